@@ -1,0 +1,14 @@
+//! truc's domain vocabulary: identifiers, message kinds, delivery states and routing.
+//!
+//! Nothing here performs IO or reads a clock; the runtime (`truc-node`) feeds it
+//! values and acts on what it returns.
+
+#![forbid(unsafe_code)]
+
+pub mod ids;
+pub mod kinds;
+pub mod route;
+
+pub use ids::{DocId, IdError, NodeId, OrganId, Seq};
+pub use kinds::{DeliveryState, Kind, Priority, ReceiptType};
+pub use route::{Destination, RouteError, RoutingTable};
