@@ -1,0 +1,280 @@
+//! A development PKI made with rcgen: the two CAs and their leaves.
+//!
+//! Production deployments bring their own CAs (the signing CA stands in for the
+//! government's special-use CA); everything here exists so that a fresh machine can
+//! run real mTLS and real signatures with one command.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use time::{Duration, OffsetDateTime};
+use truc_core::{NodeId, OrganId};
+
+use crate::{
+    PkiError,
+    identity::{NODE_URN, OPERATOR_URN, ORGAN_URN},
+};
+
+/// A certificate and its private key, PEM encoded.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert_der: Vec<u8>,
+}
+
+/// A CA able to issue leaves.
+pub struct DevCa {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl std::fmt::Debug for DevCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevCa").finish_non_exhaustive()
+    }
+}
+
+/// Validity of leaves, and of CAs.
+pub const LEAF_DAYS: i64 = 398;
+pub const CA_DAYS: i64 = 3650;
+
+fn serial() -> Result<SerialNumber, PkiError> {
+    let mut bytes = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| PkiError::Key("no randomness".into()))?;
+    bytes[0] &= 0x7f; // positive
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+fn params(cn: &str, days: i64) -> Result<CertificateParams, PkiError> {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "truc development PKI");
+    dn.push(DnType::CommonName, cn);
+    p.distinguished_name = dn;
+    let now = OffsetDateTime::now_utc();
+    // An hour of slack for clocks that run behind.
+    p.not_before = now - Duration::hours(1);
+    p.not_after = now + Duration::days(days);
+    p.serial_number = Some(serial()?);
+    p.use_authority_key_identifier_extension = true;
+    Ok(p)
+}
+
+fn uri(s: String) -> Result<SanType, PkiError> {
+    Ok(SanType::URI(s.try_into()?))
+}
+
+impl DevCa {
+    /// A new self-signed CA named `cn`.
+    pub fn generate(cn: &str) -> Result<Self, PkiError> {
+        Self::generate_valid(cn, CA_DAYS)
+    }
+
+    /// A new self-signed CA valid for `days` from now.
+    pub fn generate_valid(cn: &str, days: i64) -> Result<Self, PkiError> {
+        let mut p = params(cn, days)?;
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate()?;
+        let key_pem = key.serialize_pem();
+        let ca = CertifiedIssuer::self_signed(p, key)?;
+        let cert_pem = ca.pem();
+        Self::load(&cert_pem, &key_pem)
+    }
+
+    /// Reloads a CA from its PEM certificate and key.
+    pub fn load(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        Ok(Self {
+            issuer,
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+        })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    fn issue(&self, p: CertificateParams) -> Result<Issued, PkiError> {
+        let key = KeyPair::generate()?;
+        let cert = p.signed_by(&key, &self.issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_der: cert.der().to_vec(),
+        })
+    }
+
+    /// A node certificate: client and server auth, `urn:truc:node:<id>`, DNS names
+    /// `<id>` and `localhost` plus `hostnames`, and the loopback addresses.
+    pub fn node_cert(&self, node: &NodeId, hostnames: &[String]) -> Result<Issued, PkiError> {
+        self.node_cert_valid(node, hostnames, LEAF_DAYS)
+    }
+
+    /// As [`node_cert`](Self::node_cert) with a chosen validity (negative: already expired).
+    pub fn node_cert_valid(&self, node: &NodeId, hostnames: &[String], days: i64) -> Result<Issued, PkiError> {
+        let mut p = params(&format!("truc node {node}"), days)?;
+        if days < 0 {
+            p.not_before = OffsetDateTime::now_utc() - Duration::days(30);
+        }
+        let mut sans = vec![
+            uri(format!("{NODE_URN}{node}"))?,
+            SanType::DnsName(node.as_str().try_into()?),
+            SanType::DnsName("localhost".try_into()?),
+            SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        ];
+        for h in hostnames {
+            sans.push(match h.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(h.as_str().try_into()?),
+            });
+        }
+        p.subject_alt_names = sans;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(p)
+    }
+
+    /// An agency signing certificate: `urn:truc:organ:<OrganId>`, digital signature and
+    /// non-repudiation (content commitment).
+    pub fn agency_cert(&self, organ: &OrganId, name: &str) -> Result<Issued, PkiError> {
+        let mut p = params(if name.is_empty() { organ.as_str() } else { name }, LEAF_DAYS)?;
+        p.distinguished_name.push(DnType::OrganizationalUnitName, organ.as_str());
+        p.subject_alt_names = vec![uri(format!("{ORGAN_URN}{organ}"))?];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::ContentCommitment];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::EmailProtection];
+        self.issue(p)
+    }
+
+    /// An operator client certificate, `urn:truc:operator:<name>`.
+    pub fn operator_cert(&self, name: &str) -> Result<Issued, PkiError> {
+        let mut p = params(&format!("truc operator {name}"), LEAF_DAYS)?;
+        p.subject_alt_names = vec![uri(format!("{OPERATOR_URN}{name}"))?];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject};
+
+    use super::*;
+    use crate::{
+        identity::{Identity, cert_info},
+        sign::{AgencySigner, SignatureVerifier, VerifyError},
+    };
+
+    fn organ(s: &str) -> OrganId {
+        s.parse().unwrap()
+    }
+
+    fn signer(ca: &DevCa, o: &OrganId) -> AgencySigner {
+        let issued = ca.agency_cert(o, "Văn phòng Chính phủ").unwrap();
+        AgencySigner::from_der(
+            o,
+            vec![CertificateDer::from(issued.cert_der.clone())],
+            PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn verifier(ca: &DevCa) -> SignatureVerifier {
+        let der = CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap();
+        SignatureVerifier::new(&[der]).unwrap()
+    }
+
+    #[test]
+    fn node_certificates_name_their_node() {
+        let ca = DevCa::generate("transport").unwrap();
+        let issued = ca.node_cert(&"nghean".parse().unwrap(), &[]).unwrap();
+        let info = cert_info(&issued.cert_der).unwrap();
+        assert_eq!(info.identity, Identity::Node("nghean".parse().unwrap()));
+    }
+
+    #[test]
+    fn signatures_verify_against_the_signing_ca_and_name_the_agency() {
+        let ca = DevCa::generate("signing").unwrap();
+        let g22 = organ("000.00.00.G22");
+        let s = signer(&ca, &g22);
+        let sig = s.sign(b"header bytes").unwrap();
+        let v = verifier(&ca)
+            .verify(b"header bytes", &sig.bytes, sig.algorithm, &sig.chain, UnixTime::now())
+            .unwrap();
+        assert_eq!(v.organ, g22);
+        assert!(v.subject.contains("Văn phòng Chính phủ") || v.subject.contains("CN="));
+    }
+
+    #[test]
+    fn one_flipped_byte_anywhere_is_refused() {
+        let ca = DevCa::generate("signing").unwrap();
+        let s = signer(&ca, &organ("000.00.00.G22"));
+        let sig = s.sign(b"header bytes").unwrap();
+        let v = verifier(&ca);
+        let err = v
+            .verify(b"header bytez", &sig.bytes, sig.algorithm, &sig.chain, UnixTime::now())
+            .unwrap_err();
+        assert_eq!(err, VerifyError::BadSignature);
+        let mut bad = sig.bytes.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(v.verify(b"header bytes", &bad, sig.algorithm, &sig.chain, UnixTime::now()).is_err());
+    }
+
+    #[test]
+    fn a_signer_from_another_ca_is_untrusted() {
+        let ca = DevCa::generate("signing").unwrap();
+        let rogue = DevCa::generate("rogue").unwrap();
+        let s = signer(&rogue, &organ("000.00.00.G22"));
+        let sig = s.sign(b"x").unwrap();
+        let err = verifier(&ca)
+            .verify(b"x", &sig.bytes, sig.algorithm, &sig.chain, UnixTime::now())
+            .unwrap_err();
+        assert!(matches!(err, VerifyError::Untrusted(_)), "{err:?}");
+    }
+
+    #[test]
+    fn a_signer_refuses_a_certificate_for_another_agency() {
+        let ca = DevCa::generate("signing").unwrap();
+        let issued = ca.agency_cert(&organ("000.00.00.H41"), "").unwrap();
+        let err = AgencySigner::from_der(
+            &organ("000.00.00.G22"),
+            vec![CertificateDer::from(issued.cert_der)],
+            PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("expected agency 000.00.00.G22"), "{err}");
+    }
+
+    #[test]
+    fn expired_signer_certificates_are_refused() {
+        let ca = DevCa::generate("signing").unwrap();
+        let s = signer(&ca, &organ("000.00.00.G22"));
+        let sig = s.sign(b"x").unwrap();
+        let later = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            UnixTime::now().as_secs() + 3600 * 24 * (LEAF_DAYS as u64 + 1),
+        ));
+        let err = verifier(&ca).verify(b"x", &sig.bytes, sig.algorithm, &sig.chain, later).unwrap_err();
+        assert!(matches!(err, VerifyError::Untrusted(ref r) if r.contains("Expired")), "{err:?}");
+    }
+}

@@ -1,0 +1,86 @@
+//! Who a certificate names: `urn:truc:node:<id>`, `urn:truc:organ:<OrganId>` or
+//! `urn:truc:operator:<name>` in its subject alternative names.
+
+use truc_core::{NodeId, OrganId};
+use x509_parser::prelude::*;
+
+use crate::PkiError;
+
+pub const NODE_URN: &str = "urn:truc:node:";
+pub const ORGAN_URN: &str = "urn:truc:organ:";
+pub const OPERATOR_URN: &str = "urn:truc:operator:";
+
+/// The identity a certificate carries. A certificate names exactly one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    Node(NodeId),
+    Organ(OrganId),
+    Operator(String),
+}
+
+/// Facts read off a certificate for display and checks.
+#[derive(Debug, Clone)]
+pub struct CertInfo {
+    pub identity: Identity,
+    pub subject: String,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// Reads the identity of a DER certificate. Fails if it names none or several.
+pub fn cert_info(der: &[u8]) -> Result<CertInfo, PkiError> {
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| PkiError::BadCertificate(format!("cannot parse: {e}")))?;
+    let mut found = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::URI(uri) = name {
+                if let Some(id) = parse_urn(uri)? {
+                    found.push(id);
+                }
+            }
+        }
+    }
+    let identity = match found.len() {
+        1 => found.remove(0),
+        0 => {
+            return Err(PkiError::BadCertificate(format!(
+                "{} names no urn:truc identity",
+                cert.subject()
+            )));
+        }
+        _ => {
+            return Err(PkiError::BadCertificate(format!(
+                "{} names several urn:truc identities",
+                cert.subject()
+            )));
+        }
+    };
+    Ok(CertInfo {
+        identity,
+        subject: cert.subject().to_string(),
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}
+
+fn parse_urn(uri: &str) -> Result<Option<Identity>, PkiError> {
+    let bad = |e: truc_core::IdError| PkiError::BadCertificate(format!("{uri}: {e}"));
+    Ok(if let Some(id) = uri.strip_prefix(NODE_URN) {
+        Some(Identity::Node(id.parse().map_err(bad)?))
+    } else if let Some(id) = uri.strip_prefix(ORGAN_URN) {
+        Some(Identity::Organ(id.parse().map_err(bad)?))
+    } else {
+        uri.strip_prefix(OPERATOR_URN)
+            .map(|name| Identity::Operator(name.to_owned()))
+    })
+}
+
+/// The node a certificate names, or why it names none.
+pub fn node_id(der: &[u8]) -> Result<NodeId, PkiError> {
+    match cert_info(der)?.identity {
+        Identity::Node(id) => Ok(id),
+        other => Err(PkiError::BadCertificate(format!(
+            "expected a node certificate, got {other:?}"
+        ))),
+    }
+}

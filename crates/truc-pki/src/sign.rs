@@ -1,0 +1,277 @@
+//! Signing and verifying envelope bytes.
+//!
+//! The signer signs the exact header bytes with its agency key; verifiers check
+//! those bytes, the signature, and that the signer certificate chains to the signing
+//! CA and names an agency. Nobody re-serializes what was signed.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use ring::{
+    rand::SystemRandom,
+    signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair},
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, TrustAnchor, UnixTime};
+use truc_core::OrganId;
+use webpki::{EndEntityCert, KeyPurposeIdIter};
+
+use crate::{
+    PkiError,
+    identity::{Identity, cert_info},
+    load_certs, load_key,
+};
+
+/// Signature algorithms on the native path. SHA-1 is never accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// ECDSA P-256 with SHA-256, ASN.1 DER signature: what truc signs with.
+    EcdsaP256Sha256,
+    Ed25519,
+    RsaPkcs1Sha256,
+    RsaPssSha256,
+}
+
+/// Why a signature was refused. Every variant is a reason to refuse the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("no signer certificate")]
+    NoSigner,
+    #[error("unsupported signature algorithm")]
+    UnsupportedAlgorithm,
+    #[error("signer certificate is malformed: {0}")]
+    MalformedCertificate(String),
+    #[error("signer certificate is not trusted by the signing ca: {0}")]
+    Untrusted(String),
+    #[error("signer certificate names {0:?}, not an agency")]
+    NotAnAgency(String),
+    #[error("signature does not match the signed bytes")]
+    BadSignature,
+}
+
+/// What a valid signature proves: which agency signed, with which certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub organ: OrganId,
+    /// Subject of the signer certificate, for display.
+    pub subject: String,
+}
+
+/// A signature and what a verifier needs to check it.
+#[derive(Debug, Clone)]
+pub struct Signature {
+    pub bytes: Vec<u8>,
+    pub algorithm: Algorithm,
+    /// DER certificates, leaf first.
+    pub chain: Vec<Vec<u8>>,
+}
+
+/// An agency's signing key and certificate, held only on that agency's edge.
+pub struct AgencySigner {
+    organ: OrganId,
+    key: EcdsaKeyPair,
+    chain: Vec<Vec<u8>>,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for AgencySigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgencySigner").field("organ", &self.organ).finish_non_exhaustive()
+    }
+}
+
+impl AgencySigner {
+    /// Loads a signer and checks that the certificate names `organ` and matches the key.
+    pub fn load(organ: &OrganId, cert: &Path, key: &Path) -> Result<Self, PkiError> {
+        let chain = load_certs(cert)?;
+        let key_der = load_key(key)?;
+        Self::from_der(organ, chain, key_der).map_err(|e| match e {
+            PkiError::Key(reason) => PkiError::Key(format!("{}: {reason}", key.display())),
+            PkiError::BadCertificate(reason) => {
+                PkiError::BadCertificate(format!("{}: {reason}", cert.display()))
+            }
+            other => other,
+        })
+    }
+
+    pub fn from_der(
+        organ: &OrganId,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, PkiError> {
+        let PrivateKeyDer::Pkcs8(pkcs8) = key else {
+            return Err(PkiError::Key("expected a PKCS#8 ECDSA P-256 key".into()));
+        };
+        let rng = SystemRandom::new();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.secret_pkcs8_der(), &rng)
+            .map_err(|e| PkiError::Key(format!("not an ECDSA P-256 PKCS#8 key: {e}")))?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| PkiError::BadCertificate("empty certificate chain".into()))?;
+        match cert_info(leaf)?.identity {
+            Identity::Organ(o) if &o == organ => {}
+            other => {
+                return Err(PkiError::BadCertificate(format!(
+                    "certificate names {other:?}, expected agency {organ}"
+                )));
+            }
+        }
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
+            .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key().as_ref() {
+            return Err(PkiError::Key("key does not match the certificate".into()));
+        }
+        Ok(Self {
+            organ: organ.clone(),
+            key,
+            chain: chain.into_iter().map(|c| c.to_vec()).collect(),
+            rng,
+        })
+    }
+
+    pub fn organ(&self) -> &OrganId {
+        &self.organ
+    }
+
+    /// Signs `msg` (the header bytes).
+    pub fn sign(&self, msg: &[u8]) -> Result<Signature, PkiError> {
+        let sig = self
+            .key
+            .sign(&self.rng, msg)
+            .map_err(|_| PkiError::Key(format!("signing failed for {}", self.organ)))?;
+        Ok(Signature {
+            bytes: sig.as_ref().to_vec(),
+            algorithm: Algorithm::EcdsaP256Sha256,
+            chain: self.chain.clone(),
+        })
+    }
+}
+
+/// Accepts any well-formed extended key usage: agency certificates from the
+/// government CA carry various EKUs; the identity check is the organ URN.
+struct AnyEku;
+
+impl webpki::ExtendedKeyUsageValidator for AnyEku {
+    fn validate(&self, iter: KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
+        for id in iter {
+            id?;
+        }
+        Ok(())
+    }
+}
+
+const CACHE_LIMIT: usize = 4096;
+
+/// Verifies agency signatures against the signing CA.
+///
+/// Chain checks are cached per leaf certificate until the certificate expires, so
+/// the common case costs one signature verification.
+#[derive(Clone)]
+pub struct SignatureVerifier {
+    anchors: Arc<Vec<TrustAnchor<'static>>>,
+    cache: Arc<Mutex<HashMap<Vec<u8>, (Verified, u64)>>>,
+}
+
+impl std::fmt::Debug for SignatureVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignatureVerifier")
+            .field("anchors", &self.anchors.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SignatureVerifier {
+    /// Trusts the given signing CA certificates.
+    pub fn new(cas: &[CertificateDer<'static>]) -> Result<Self, PkiError> {
+        let anchors = cas
+            .iter()
+            .map(|c| {
+                webpki::anchor_from_trusted_cert(c)
+                    .map(|a| a.to_owned())
+                    .map_err(|e| PkiError::BadCertificate(format!("signing ca: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            anchors: Arc::new(anchors),
+            cache: Arc::default(),
+        })
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, PkiError> {
+        Self::new(&load_certs(path)?)
+    }
+
+    /// Checks `signature` over `msg` and returns the agency that made it.
+    pub fn verify(
+        &self,
+        msg: &[u8],
+        signature: &[u8],
+        algorithm: Algorithm,
+        chain: &[Vec<u8>],
+        now: UnixTime,
+    ) -> Result<Verified, VerifyError> {
+        let leaf_der = chain.first().ok_or(VerifyError::NoSigner)?;
+        let leaf_cert = CertificateDer::from(leaf_der.as_slice());
+        let leaf = EndEntityCert::try_from(&leaf_cert)
+            .map_err(|e| VerifyError::MalformedCertificate(e.to_string()))?;
+        let verified = self.verify_chain(&leaf, chain, now)?;
+        let alg: &dyn rustls::pki_types::SignatureVerificationAlgorithm = match algorithm {
+            Algorithm::EcdsaP256Sha256 => webpki::ring::ECDSA_P256_SHA256,
+            Algorithm::Ed25519 => webpki::ring::ED25519,
+            Algorithm::RsaPkcs1Sha256 => webpki::ring::RSA_PKCS1_2048_8192_SHA256,
+            Algorithm::RsaPssSha256 => webpki::ring::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+        };
+        leaf.verify_signature(alg, msg, signature)
+            .map_err(|_| VerifyError::BadSignature)?;
+        Ok(verified)
+    }
+
+    fn verify_chain(
+        &self,
+        leaf: &EndEntityCert<'_>,
+        chain: &[Vec<u8>],
+        now: UnixTime,
+    ) -> Result<Verified, VerifyError> {
+        let key: Vec<u8> = chain.concat();
+        let cache_key = ring::digest::digest(&ring::digest::SHA256, &key).as_ref().to_vec();
+        if let Ok(cache) = self.cache.lock() {
+            if let Some((v, not_after)) = cache.get(&cache_key) {
+                if now.as_secs() <= *not_after {
+                    return Ok(v.clone());
+                }
+            }
+        }
+        let intermediates: Vec<CertificateDer<'_>> = chain[1..]
+            .iter()
+            .map(|c| CertificateDer::from(c.as_slice()))
+            .collect();
+        leaf.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &self.anchors,
+            &intermediates,
+            now,
+            AnyEku,
+            None,
+            None,
+        )
+        .map_err(|e| VerifyError::Untrusted(e.to_string()))?;
+        let info = cert_info(&chain[0]).map_err(|e| VerifyError::MalformedCertificate(e.to_string()))?;
+        let organ = match info.identity {
+            Identity::Organ(o) => o,
+            other => return Err(VerifyError::NotAnAgency(format!("{other:?}"))),
+        };
+        let verified = Verified {
+            organ,
+            subject: info.subject,
+        };
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_LIMIT {
+                cache.clear();
+            }
+            cache.insert(cache_key, (verified.clone(), info.not_after.max(0) as u64));
+        }
+        Ok(verified)
+    }
+}
