@@ -1,1 +1,44 @@
-//! placeholder
+//! truc's durable state.
+//!
+//! - [`Store`]: an ordered key-value store with atomic multi-key batches and an
+//!   explicit `flush` (fsync). Implementations: [`SledStore`] (the default),
+//!   [`MemoryStore`] (unit tests) and [`FaultyStore`] (fails or freezes on the N-th
+//!   write, for fault tests).
+//! - [`GroupCommit`]: many writers share one flush; `durable(ticket)` resolves once
+//!   the writer's batch is on disk. Nothing may be acknowledged before that.
+//! - [`record`]: every value carries a format version and a CRC32; a corrupt record
+//!   is an error naming its key, never a silent default.
+//! - [`BlobStore`]: document bodies and attachments as files named by their SHA-256
+//!   (temp file, fsync, rename, fsync dir). Never inside the key-value store.
+//!
+//! On-disk layout of the key-value store: one keyspace per [`Space`], the space's
+//! byte first, then the key. Sequence numbers are big-endian so keys sort by them.
+
+#![forbid(unsafe_code)]
+
+mod blob;
+mod commit;
+pub mod keys;
+mod kv;
+pub mod record;
+
+pub use blob::{BlobError, BlobStore, Digest};
+pub use commit::{GroupCommit, Ticket};
+pub use kv::{Batch, FaultPlan, FaultyStore, MemoryStore, SledStore, Space, Store};
+
+/// Errors of the key-value layer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage io: {0}")]
+    Io(String),
+    #[error("corrupt record in {space:?} at key {key}: {reason}")]
+    Corrupt {
+        space: Space,
+        key: String,
+        reason: String,
+    },
+    #[error("store has failed and refuses writes until restart: {0}")]
+    Failed(String),
+    #[error("injected fault: {0}")]
+    Injected(String),
+}

@@ -1,0 +1,254 @@
+//! Group commit: writers apply batches, then wait for a flush that covers them.
+//! One flusher thread runs `Store::flush` back to back while anyone is waiting, so a
+//! thousand concurrent writers share a handful of fsyncs instead of a thousand.
+
+use std::{
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::watch;
+
+use crate::{Batch, Store, StoreError};
+
+/// Proof that a batch was applied; redeem it with [`GroupCommit::durable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+#[derive(Debug, Clone)]
+enum Flushed {
+    Upto(u64),
+    /// A flush failed: what was applied may not be on disk. Sticky until restart,
+    /// because a failed fsync may have dropped dirty pages (fail closed).
+    Failed(String),
+}
+
+#[derive(Debug, Default)]
+struct Requests {
+    wanted: u64,
+    stop: bool,
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    pub flushes: AtomicU64,
+    pub flush_micros_total: AtomicU64,
+    pub batches: AtomicU64,
+}
+
+/// Shares fsyncs between concurrent writers.
+pub struct GroupCommit {
+    store: Arc<dyn Store>,
+    applied: AtomicU64,
+    requests: Arc<(Mutex<Requests>, Condvar)>,
+    flushed: watch::Receiver<Flushed>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    stats: Arc<CommitStats>,
+}
+
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit")
+            .field("applied", &self.applied)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupCommit {
+    /// Starts the flusher thread for `store`.
+    pub fn start(store: Arc<dyn Store>) -> Arc<Self> {
+        let requests = Arc::new((Mutex::new(Requests::default()), Condvar::new()));
+        let (tx, rx) = watch::channel(Flushed::Upto(0));
+        let stats = Arc::new(CommitStats::default());
+        let this = Arc::new(Self {
+            store: store.clone(),
+            applied: AtomicU64::new(0),
+            requests: requests.clone(),
+            flushed: rx,
+            thread: Mutex::new(None),
+            stats: stats.clone(),
+        });
+        let applied_probe = Arc::downgrade(&this);
+        let handle = std::thread::Builder::new()
+            .name("truc-fsync".into())
+            .spawn(move || flusher(store, requests, tx, applied_probe, stats))
+            .ok();
+        if let Ok(mut t) = this.thread.lock() {
+            *t = handle;
+        }
+        this
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn stats(&self) -> &CommitStats {
+        &self.stats
+    }
+
+    /// Applies `batch` (visible at once, durable later).
+    pub fn apply(&self, batch: Batch) -> Result<Ticket, StoreError> {
+        if let Flushed::Failed(e) = &*self.flushed.borrow() {
+            return Err(StoreError::Failed(e.clone()));
+        }
+        self.store.apply(batch)?;
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(Ticket(self.applied.fetch_add(1, Ordering::SeqCst) + 1))
+    }
+
+    /// The ticket of everything applied so far.
+    pub fn current(&self) -> Ticket {
+        Ticket(self.applied.load(Ordering::SeqCst))
+    }
+
+    /// Resolves once a flush that started after `ticket`'s batch was applied has
+    /// finished, or fails if flushing failed.
+    pub async fn durable(&self, ticket: Ticket) -> Result<(), StoreError> {
+        let mut rx = self.flushed.clone();
+        loop {
+            match &*rx.borrow_and_update() {
+                Flushed::Upto(n) if *n >= ticket.0 => return Ok(()),
+                Flushed::Failed(e) => return Err(StoreError::Failed(e.clone())),
+                Flushed::Upto(_) => {}
+            }
+            self.request(ticket.0);
+            if rx.changed().await.is_err() {
+                return Err(StoreError::Failed("flusher stopped".into()));
+            }
+        }
+    }
+
+    /// Whether the store can still be written (no flush has failed).
+    pub fn healthy(&self) -> bool {
+        matches!(&*self.flushed.borrow(), Flushed::Upto(_))
+    }
+
+    fn request(&self, upto: u64) {
+        let (lock, cv) = &*self.requests;
+        if let Ok(mut r) = lock.lock() {
+            if r.wanted < upto {
+                r.wanted = upto;
+                cv.notify_one();
+            }
+        }
+    }
+
+    /// Flushes what is pending and stops the flusher thread.
+    pub fn close(&self) -> Result<(), StoreError> {
+        let (lock, cv) = &*self.requests;
+        if let Ok(mut r) = lock.lock() {
+            r.stop = true;
+            cv.notify_one();
+        }
+        if let Some(h) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = h.join();
+        }
+        self.store.flush()
+    }
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.requests;
+        if let Ok(mut r) = lock.lock() {
+            r.stop = true;
+            cv.notify_one();
+        }
+    }
+}
+
+fn flusher(
+    store: Arc<dyn Store>,
+    requests: Arc<(Mutex<Requests>, Condvar)>,
+    tx: watch::Sender<Flushed>,
+    owner: std::sync::Weak<GroupCommit>,
+    stats: Arc<CommitStats>,
+) {
+    let (lock, cv) = &*requests;
+    let mut done = 0u64;
+    loop {
+        {
+            let Ok(mut r) = lock.lock() else { return };
+            while r.wanted <= done && !r.stop {
+                r = match cv.wait_timeout(r, Duration::from_secs(1)) {
+                    Ok((r, _)) => r,
+                    Err(_) => return,
+                };
+                if owner.strong_count() == 0 {
+                    return;
+                }
+            }
+            if r.stop && r.wanted <= done {
+                return;
+            }
+        }
+        // Everything applied before this load is covered by the flush below.
+        let Some(target) = owner.upgrade().map(|o| o.applied.load(Ordering::SeqCst)) else {
+            return;
+        };
+        let started = Instant::now();
+        match store.flush() {
+            Ok(()) => {
+                done = target;
+                stats.flushes.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .flush_micros_total
+                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                tx.send_replace(Flushed::Upto(target));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store flush failed; refusing writes until restart");
+                tx.send_replace(Flushed::Failed(e.to_string()));
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FaultyStore, MemoryStore, Space};
+
+    fn batch(k: &[u8]) -> Batch {
+        let mut b = Batch::new();
+        b.put(Space::Meta, k.to_vec(), vec![1]);
+        b
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_share_flushes() {
+        let gc = GroupCommit::start(Arc::new(MemoryStore::new()));
+        let mut tasks = Vec::new();
+        for i in 0..200u32 {
+            let gc = gc.clone();
+            tasks.push(tokio::spawn(async move {
+                let t = gc.apply(batch(&i.to_be_bytes())).unwrap();
+                gc.durable(t).await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let flushes = gc.stats().flushes.load(Ordering::Relaxed);
+        assert!(flushes >= 1 && flushes <= 200, "{flushes}");
+        gc.close().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_fails_every_waiter_and_refuses_later_writes() {
+        let (store, plan) = FaultyStore::new(MemoryStore::new());
+        let gc = GroupCommit::start(Arc::new(store));
+        plan.fail_flush.store(true, Ordering::SeqCst);
+        let t = gc.apply(batch(b"a")).unwrap();
+        assert!(gc.durable(t).await.is_err());
+        assert!(!gc.healthy());
+        assert!(matches!(gc.apply(batch(b"b")), Err(StoreError::Failed(_))));
+    }
+}

@@ -1,0 +1,387 @@
+//! The key-value `Store` trait and its implementations.
+
+use std::{
+    collections::BTreeMap,
+    ops::Bound,
+    path::Path,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use crate::StoreError;
+
+/// Keyspaces. The discriminant is the first byte of every stored key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Space {
+    /// Counters and node facts.
+    Meta = 0,
+    /// (from, doc_id) → the stored envelope and where it came from.
+    Docs = 1,
+    /// (from, doc_id) → envelope digest. Permanent: dedup outlives documents.
+    Dedup = 2,
+    /// (queue, seq) → what to send next on a link.
+    Queue = 3,
+    /// (organ, seq) → a document delivered to a local agency.
+    Inbox = 4,
+    /// (doc_id, from, organ) → inbox seq, to find an inbox entry by document.
+    InboxIndex = 5,
+    /// (doc_id, from) → per-recipient state of a document sent from here.
+    Sent = 6,
+    /// (queue, seq) → a transfer the peer refused for good, with the reason.
+    Dead = 7,
+}
+
+/// An atomic group of writes, possibly across spaces.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    pub(crate) ops: Vec<(Space, Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push((space, key, Some(value)));
+    }
+    pub fn delete(&mut self, space: Space, key: Vec<u8>) {
+        self.ops.push((space, key, None));
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+}
+
+/// An ordered key-value store with atomic batches and an explicit durability point.
+///
+/// Writes are visible to readers as soon as `apply` returns, but they are durable
+/// only after a later `flush` returns. Callers acknowledge nothing before that; use
+/// [`GroupCommit`](crate::GroupCommit) rather than calling `flush` per write.
+pub trait Store: Send + Sync + 'static {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Entries whose key starts with `prefix` and is strictly greater than `after`
+    /// (when given), in key order, at most `limit`.
+    fn scan(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    /// The greatest entry whose key starts with `prefix`.
+    fn last(&self, space: Space, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError>;
+    /// Applies every write of `batch` or none.
+    fn apply(&self, batch: Batch) -> Result<(), StoreError>;
+    /// Makes every applied write durable (fsync).
+    fn flush(&self) -> Result<(), StoreError>;
+    /// Bytes the store occupies on disk (0 for memory).
+    fn size_on_disk(&self) -> u64;
+}
+
+fn full_key(space: Space, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(space as u8);
+    k.extend_from_slice(key);
+    k
+}
+
+fn io(e: sled::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+/// The embedded default: sled, one tree, keys prefixed by their space.
+pub struct SledStore {
+    db: sled::Db,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore").finish_non_exhaustive()
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`. `cache_bytes` bounds sled's page cache,
+    /// so memory does not grow with the queue.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            // Durability points are ours (GroupCommit), not a background timer's.
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| StoreError::Io(format!("open {}: {e}", dir.display())))?;
+        Ok(Self { db })
+    }
+}
+
+impl Store for SledStore {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(full_key(space, key)).map_err(io)?.map(|v| v.to_vec()))
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let p = full_key(space, prefix);
+        let iter = match after {
+            Some(a) => self.db.range((Bound::Excluded(full_key(space, a)), Bound::Unbounded)),
+            None => self.db.range((Bound::Included(p.clone()), Bound::Unbounded)),
+        };
+        let mut out = Vec::new();
+        for item in iter {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(io)?;
+            if !k.starts_with(&p) {
+                break;
+            }
+            out.push((k[1..].to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn last(&self, space: Space, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let p = full_key(space, prefix);
+        match self.db.scan_prefix(&p).next_back() {
+            Some(item) => {
+                let (k, v) = item.map_err(io)?;
+                Ok(Some((k[1..].to_vec(), v.to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for (space, key, value) in batch.ops {
+            match value {
+                Some(v) => b.insert(full_key(space, &key), v),
+                None => b.remove(full_key(space, &key)),
+            }
+        }
+        self.db.apply_batch(b).map_err(io)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(io)
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// An in-memory store for unit tests: same semantics, nothing durable.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    map: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn poisoned<T>(_: T) -> StoreError {
+    StoreError::Failed("memory store lock poisoned".into())
+}
+
+impl Store for MemoryStore {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.map.read().map_err(poisoned)?.get(&full_key(space, key)).cloned())
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let p = full_key(space, prefix);
+        let map = self.map.read().map_err(poisoned)?;
+        let range = match after {
+            Some(a) => map.range((Bound::Excluded(full_key(space, a)), Bound::Unbounded)),
+            None => map.range((Bound::Included(p.clone()), Bound::Unbounded)),
+        };
+        Ok(range
+            .take_while(|(k, _)| k.starts_with(&p))
+            .take(limit)
+            .map(|(k, v)| (k[1..].to_vec(), v.clone()))
+            .collect())
+    }
+
+    fn last(&self, space: Space, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let p = full_key(space, prefix);
+        let map = self.map.read().map_err(poisoned)?;
+        Ok(map
+            .range((Bound::Included(p.clone()), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(&p))
+            .last()
+            .map(|(k, v)| (k[1..].to_vec(), v.clone())))
+    }
+
+    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut map = self.map.write().map_err(poisoned)?;
+        for (space, key, value) in batch.ops {
+            match value {
+                Some(v) => map.insert(full_key(space, &key), v),
+                None => map.remove(&full_key(space, &key)),
+            };
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        0
+    }
+}
+
+/// When a [`FaultyStore`] misbehaves.
+#[derive(Debug, Default)]
+pub struct FaultPlan {
+    /// Fail every `apply` from the N-th one on (1-based); 0 = never.
+    pub fail_apply_from: AtomicU64,
+    /// Fail every `flush` while set.
+    pub fail_flush: AtomicBool,
+}
+
+/// Wraps a store and fails writes or flushes on command, for fault tests.
+pub struct FaultyStore<S> {
+    inner: S,
+    plan: Arc<FaultPlan>,
+    applies: AtomicU64,
+}
+
+impl<S> std::fmt::Debug for FaultyStore<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultyStore").field("plan", &self.plan).finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> FaultyStore<S> {
+    pub fn new(inner: S) -> (Self, Arc<FaultPlan>) {
+        let plan = Arc::new(FaultPlan::default());
+        (
+            Self {
+                inner,
+                plan: plan.clone(),
+                applies: AtomicU64::new(0),
+            },
+            plan,
+        )
+    }
+}
+
+impl<S: Store> Store for FaultyStore<S> {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(space, key)
+    }
+    fn scan(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.inner.scan(space, prefix, after, limit)
+    }
+    fn last(&self, space: Space, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.inner.last(space, prefix)
+    }
+    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        let n = self.applies.fetch_add(1, Ordering::SeqCst) + 1;
+        let from = self.plan.fail_apply_from.load(Ordering::SeqCst);
+        if from != 0 && n >= from {
+            return Err(StoreError::Injected(format!("write {n} refused (no space left on device)")));
+        }
+        self.inner.apply(batch)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        if self.plan.fail_flush.load(Ordering::SeqCst) {
+            return Err(StoreError::Injected("fsync failed".into()));
+        }
+        self.inner.flush()
+    }
+    fn size_on_disk(&self) -> u64 {
+        self.inner.size_on_disk()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exercise(store: &dyn Store) {
+        let mut b = Batch::new();
+        for i in 1u64..=5 {
+            let mut k = b"q/a/".to_vec();
+            k.extend_from_slice(&i.to_be_bytes());
+            b.put(Space::Queue, k, vec![i as u8]);
+        }
+        b.put(Space::Queue, b"q/b/x".to_vec(), vec![9]);
+        b.put(Space::Inbox, b"q/a/zzz".to_vec(), vec![7]);
+        store.apply(b).unwrap();
+        store.flush().unwrap();
+
+        let all = store.scan(Space::Queue, b"q/a/", None, 100).unwrap();
+        assert_eq!(all.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        let after = store.scan(Space::Queue, b"q/a/", Some(&all[1].0), 2).unwrap();
+        assert_eq!(after.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(store.last(Space::Queue, b"q/a/").unwrap().unwrap().1, vec![5]);
+        assert_eq!(store.last(Space::Queue, b"q/c/").unwrap(), None);
+
+        let mut b = Batch::new();
+        b.delete(Space::Queue, all[0].0.clone());
+        store.apply(b).unwrap();
+        assert_eq!(store.get(Space::Queue, &all[0].0).unwrap(), None);
+        assert_eq!(store.get(Space::Inbox, b"q/a/zzz").unwrap(), Some(vec![7]));
+    }
+
+    #[test]
+    fn memory_store_conforms() {
+        exercise(&MemoryStore::new());
+    }
+
+    #[test]
+    fn sled_store_conforms_and_keeps_flushed_writes_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path(), 1 << 20).unwrap();
+            exercise(&s);
+        }
+        let s = SledStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.scan(Space::Queue, b"q/a/", None, 100).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn faulty_store_fails_from_the_nth_write_and_changes_nothing() {
+        let (s, plan) = FaultyStore::new(MemoryStore::new());
+        plan.fail_apply_from.store(2, Ordering::SeqCst);
+        let mut b = Batch::new();
+        b.put(Space::Meta, b"a".to_vec(), vec![1]);
+        s.apply(b.clone()).unwrap();
+        let mut b2 = Batch::new();
+        b2.put(Space::Meta, b"b".to_vec(), vec![1]);
+        assert!(matches!(s.apply(b2), Err(StoreError::Injected(_))));
+        assert_eq!(s.get(Space::Meta, b"b").unwrap(), None);
+    }
+}
