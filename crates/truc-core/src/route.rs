@@ -4,7 +4,7 @@
 //! (queued for that child), and whether it has a parent (everything else goes up).
 //! A hub has no parent, so an agency it does not know is refused, never queued.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::{NodeId, OrganId};
 
@@ -34,6 +34,7 @@ pub enum RouteError {
 pub struct RoutingTable {
     local: HashMap<OrganId, ()>,
     children: HashMap<OrganId, NodeId>,
+    child_nodes: BTreeSet<NodeId>,
     has_parent: bool,
 }
 
@@ -49,8 +50,22 @@ impl RoutingTable {
         self.local.insert(organ, ());
     }
 
+    /// Registers a child node, even one that serves no agency yet.
+    pub fn add_child(&mut self, child: NodeId) {
+        self.child_nodes.insert(child);
+    }
+
     pub fn add_child_organ(&mut self, organ: OrganId, child: NodeId) {
+        self.child_nodes.insert(child.clone());
         self.children.insert(organ, child);
+    }
+
+    pub fn is_child(&self, node: &NodeId) -> bool {
+        self.child_nodes.contains(node)
+    }
+
+    pub fn child_nodes(&self) -> impl Iterator<Item = &NodeId> {
+        self.child_nodes.iter()
     }
 
     pub fn is_local(&self, organ: &OrganId) -> bool {

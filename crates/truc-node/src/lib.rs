@@ -1,1 +1,30 @@
-//! placeholder
+//! The truc runtime. One [`RunningNode`] plays hub, relay or edge depending on its
+//! [`Config`]: it listens for children when it has `[listen]`, dials a parent when it
+//! has `[parent]`, and serves the agency API when it serves agencies.
+//!
+//! - [`config`]: the TOML file, validated.
+//! - [`state`]: the durable state machine — accept, dedup, route, queue, inbox, sent.
+//! - [`link`]: the node-to-node stream with credits and acks after fsync.
+//! - [`agency`]: the gRPC API for applications.
+//! - [`transport`]: rustls under tonic.
+
+#![forbid(unsafe_code)]
+
+pub mod agency;
+pub mod config;
+pub mod envelope;
+pub mod error;
+pub mod link;
+pub mod node;
+pub mod state;
+pub mod transport;
+
+pub use config::Config;
+pub use error::{NodeError, Refusal};
+pub use node::{Listeners, RunningNode, open_state};
+pub use state::{Event, NodeState, Origin};
+
+/// Resolves once a stop flag turns true (or its sender is gone).
+pub async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}

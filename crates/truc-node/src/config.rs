@@ -1,0 +1,483 @@
+//! Node configuration: a TOML file with a `version`, unknown fields rejected,
+//! every limit and timeout a named field with a documented default. Paths are
+//! relative to the file's directory. [`Config::load`] validates everything a node
+//! needs (it reads the certificates and keys) so a bad file fails before start.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use truc_core::{NodeId, OrganId};
+
+/// The config layout this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The file as written. See `certs-dev/README.md` and the README for every field.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub version: u32,
+    pub node_id: String,
+    /// Where the store and blob files live.
+    pub data_dir: PathBuf,
+    pub tls: TlsSection,
+    pub signing: SigningSection,
+    /// Present on hubs and relays: where children connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<ListenSection>,
+    /// Present on edges and relays: the node to dial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentSection>,
+    /// Present on edges: the local API for agency software and the CLI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agency_api: Option<AgencyApiSection>,
+    /// Agencies this node serves itself, with their signing keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agencies: Vec<AgencySection>,
+    /// Hubs and relays: the directory of children and the agencies each serves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<ChildSection>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub link: LinkTuning,
+    #[serde(default)]
+    pub storage: StorageSection,
+    /// Fault injection for tests. Never set in production; a node logs a warning.
+    #[serde(default, skip_serializing_if = "TestHooks::is_off")]
+    pub test_hooks: TestHooks,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Transport CA certificate(s), PEM.
+    pub ca: PathBuf,
+    /// This node's certificate (chain), PEM.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Certificate revocation lists of the transport CA, PEM.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crls: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningSection {
+    /// Signing CA certificate(s), PEM: envelopes must chain to one of them.
+    pub ca: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenSection {
+    /// `host:port` for the link listener; port 0 picks a free port.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParentSection {
+    /// `host:port` of the parent's link listener.
+    pub address: String,
+    /// The parent's node id; its certificate must name it.
+    pub node_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgencyApiSection {
+    /// `host:port`, loopback only (the API has no authentication of its own yet).
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgencySection {
+    pub organ: String,
+    #[serde(default)]
+    pub name: String,
+    pub signing_cert: PathBuf,
+    pub signing_key: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildSection {
+    pub node_id: String,
+    pub organs: Vec<String>,
+}
+
+/// Size and count limits. Every one is enforced; none relies on a library default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest gRPC message accepted on the link and the agency API. Default 64 MiB.
+    pub max_message_bytes: usize,
+    /// Largest single attachment. Default 48 MiB.
+    pub max_attachment_bytes: u64,
+    /// Most attachments per document. Default 100.
+    pub max_attachments: usize,
+    /// Most recipients per document. Default 1000.
+    pub max_recipients: usize,
+    /// Longest subject, in characters. Default 2000.
+    pub max_subject_chars: usize,
+    /// Inbox entries returned by one list call. Default 1000.
+    pub max_list: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 << 20,
+            max_attachment_bytes: 48 << 20,
+            max_attachments: 100,
+            max_recipients: 1000,
+            max_subject_chars: 2000,
+            max_list: 1000,
+        }
+    }
+}
+
+/// Link timing and flow control.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkTuning {
+    /// Unacknowledged transfers this node lets a peer have in flight. Default 256.
+    pub window: u32,
+    /// Ping period. Default 2000 ms.
+    pub heartbeat_interval_ms: u64,
+    /// A link that hears nothing this long is dropped. Default 8000 ms.
+    pub heartbeat_timeout_ms: u64,
+    /// TCP connect timeout when dialling the parent. Default 3000 ms.
+    pub connect_timeout_ms: u64,
+    /// TLS handshake timeout on the listener. Default 5000 ms.
+    pub handshake_timeout_ms: u64,
+    /// First reconnect delay; doubles up to the maximum, with jitter. Default 100 ms.
+    pub reconnect_min_ms: u64,
+    /// Default 10000 ms.
+    pub reconnect_max_ms: u64,
+    /// Concurrent TLS connections a listener accepts. Default 10000.
+    pub max_connections: usize,
+    /// HTTP/2 streams per connection. Default 16.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for LinkTuning {
+    fn default() -> Self {
+        Self {
+            window: 256,
+            heartbeat_interval_ms: 2000,
+            heartbeat_timeout_ms: 8000,
+            connect_timeout_ms: 3000,
+            handshake_timeout_ms: 5000,
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 10_000,
+            max_connections: 10_000,
+            max_concurrent_streams: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// Page cache of the embedded store. Default 64 MiB.
+    pub cache_bytes: u64,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self { cache_bytes: 64 << 20 }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestHooks {
+    /// Flip one byte of the header of every envelope this node forwards.
+    pub corrupt_forwarded_headers: bool,
+}
+
+impl TestHooks {
+    pub fn is_off(&self) -> bool {
+        !self.corrupt_forwarded_headers
+    }
+}
+
+/// A validated configuration, paths resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    pub tls: TlsSection,
+    pub signing_ca: PathBuf,
+    pub listen: Option<String>,
+    pub parent: Option<(String, NodeId)>,
+    pub agency_api: Option<String>,
+    pub agencies: Vec<(OrganId, String, PathBuf, PathBuf)>,
+    pub children: BTreeMap<NodeId, Vec<OrganId>>,
+    pub limits: Limits,
+    pub link: LinkTuning,
+    pub storage: StorageSection,
+    pub test_hooks: TestHooks,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        Self::from_file(path, file)
+    }
+
+    pub fn from_file(path: &Path, f: FileConfig) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        if f.version != CONFIG_VERSION {
+            return Err(invalid(format!(
+                "version {} is not supported (this build reads version {CONFIG_VERSION})",
+                f.version
+            )));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+        let must_exist = |what: &str, p: &Path| -> Result<PathBuf, ConfigError> {
+            let r = resolve(p);
+            if r.is_file() {
+                Ok(r)
+            } else {
+                Err(invalid(format!("{what} file {} does not exist", r.display())))
+            }
+        };
+        let node_id: NodeId = f.node_id.parse().map_err(|e| invalid(format!("node_id: {e}")))?;
+        let tls = TlsSection {
+            ca: must_exist("tls.ca", &f.tls.ca)?,
+            cert: must_exist("tls.cert", &f.tls.cert)?,
+            key: must_exist("tls.key", &f.tls.key)?,
+            crls: f
+                .tls
+                .crls
+                .iter()
+                .map(|p| must_exist("tls.crls", p))
+                .collect::<Result<_, _>>()?,
+        };
+        let signing_ca = must_exist("signing.ca", &f.signing.ca)?;
+        if f.listen.is_none() && f.parent.is_none() {
+            return Err(invalid(
+                "a node needs [listen] (hub or relay), [parent] (edge or relay), or both".into(),
+            ));
+        }
+        let listen = match f.listen {
+            Some(l) => {
+                parse_addr(&l.address).map_err(|e| invalid(format!("listen.address: {e}")))?;
+                Some(l.address)
+            }
+            None => None,
+        };
+        let parent = match f.parent {
+            Some(p) => {
+                if p.address.trim().is_empty() {
+                    return Err(invalid("parent.address is empty".into()));
+                }
+                let id: NodeId = p.node_id.parse().map_err(|e| invalid(format!("parent.node_id: {e}")))?;
+                Some((p.address, id))
+            }
+            None => None,
+        };
+        let agency_api = match f.agency_api {
+            Some(a) => {
+                let addr = parse_addr(&a.listen).map_err(|e| invalid(format!("agency_api.listen: {e}")))?;
+                if !addr.ip().is_loopback() {
+                    return Err(invalid(format!(
+                        "agency_api.listen {addr} is not a loopback address; the agency API has no authentication of its own yet"
+                    )));
+                }
+                Some(a.listen)
+            }
+            None => None,
+        };
+        let mut seen = BTreeMap::new();
+        let mut agencies = Vec::new();
+        for a in f.agencies {
+            let organ: OrganId = a.organ.parse().map_err(|e| invalid(format!("agencies: {e}")))?;
+            if seen.insert(organ.clone(), "this node").is_some() {
+                return Err(invalid(format!("agency {organ} is listed twice")));
+            }
+            agencies.push((
+                organ,
+                a.name,
+                must_exist("agencies.signing_cert", &a.signing_cert)?,
+                must_exist("agencies.signing_key", &a.signing_key)?,
+            ));
+        }
+        if agencies.is_empty() && agency_api.is_some() {
+            return Err(invalid("[agency_api] is set but no [[agencies]] are served".into()));
+        }
+        if !agencies.is_empty() && agency_api.is_none() {
+            return Err(invalid("[[agencies]] are served but there is no [agency_api] to reach them".into()));
+        }
+        let mut children: BTreeMap<NodeId, Vec<OrganId>> = BTreeMap::new();
+        for c in f.children {
+            let id: NodeId = c.node_id.parse().map_err(|e| invalid(format!("children: {e}")))?;
+            if id == node_id {
+                return Err(invalid(format!("node {id} lists itself as a child")));
+            }
+            let mut organs = Vec::new();
+            for o in c.organs {
+                let organ: OrganId = o.parse().map_err(|e| invalid(format!("children.{id}: {e}")))?;
+                if let Some(other) = seen.insert(organ.clone(), "a child") {
+                    return Err(invalid(format!("agency {organ} is served by {other} and by child {id}")));
+                }
+                organs.push(organ);
+            }
+            if children.insert(id.clone(), organs).is_some() {
+                return Err(invalid(format!("child {id} is listed twice")));
+            }
+        }
+        if !children.is_empty() && listen.is_none() {
+            return Err(invalid("[[children]] are listed but there is no [listen] for them to reach".into()));
+        }
+        if f.link.window == 0 || f.link.heartbeat_interval_ms == 0 || f.link.heartbeat_timeout_ms <= f.link.heartbeat_interval_ms {
+            return Err(invalid(
+                "link.window must be > 0 and link.heartbeat_timeout_ms greater than link.heartbeat_interval_ms".into(),
+            ));
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            node_id,
+            data_dir: resolve(&f.data_dir),
+            tls,
+            signing_ca,
+            listen,
+            parent,
+            agency_api,
+            agencies,
+            children,
+            limits: f.limits,
+            link: f.link,
+            storage: f.storage,
+            test_hooks: f.test_hooks,
+        })
+    }
+
+    pub fn role(&self) -> &'static str {
+        match (self.listen.is_some(), self.parent.is_some()) {
+            (true, true) => "relay",
+            (true, false) => "hub",
+            _ => "edge",
+        }
+    }
+
+    pub fn ms(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|e| format!("{s:?} is not an ip:port address ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn base(dir: &Path) -> String {
+        for f in ["ca.pem", "cert.pem", "key.pem", "signing.pem"] {
+            write(dir, f, "x");
+        }
+        r#"
+version = 1
+node_id = "hub"
+data_dir = "data"
+[tls]
+ca = "ca.pem"
+cert = "cert.pem"
+key = "key.pem"
+[signing]
+ca = "signing.pem"
+[listen]
+address = "127.0.0.1:0"
+[[children]]
+node_id = "vpcp"
+organs = ["000.00.00.G22"]
+"#
+        .to_string()
+    }
+
+    #[test]
+    fn a_valid_hub_config_loads_with_paths_resolved() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "hub.toml", &base(dir.path()));
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.role(), "hub");
+        assert_eq!(c.data_dir, dir.path().join("data"));
+        assert_eq!(c.children.len(), 1);
+        assert_eq!(c.link.window, 256);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = base(dir.path()).replace("data_dir", "colour = \"red\"\ndata_dir");
+        let p = write(dir.path(), "hub.toml", &text);
+        let err = Config::load(&p).unwrap_err().to_string();
+        assert!(err.contains("unknown field `colour`"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_certificate_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = base(dir.path()).replace("cert.pem", "nowhere.pem");
+        let p = write(dir.path(), "hub.toml", &text);
+        let err = Config::load(&p).unwrap_err().to_string();
+        assert!(err.contains("tls.cert file") && err.contains("nowhere.pem"), "{err}");
+    }
+
+    #[test]
+    fn an_agency_served_twice_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = base(dir.path()) + "[[children]]\nnode_id = \"other\"\norgans = [\"000.00.00.G22\"]\n";
+        let p = write(dir.path(), "hub.toml", &text);
+        let err = Config::load(&p).unwrap_err().to_string();
+        assert!(err.contains("000.00.00.G22"), "{err}");
+    }
+
+    #[test]
+    fn wrong_versions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = base(dir.path()).replace("version = 1", "version = 7");
+        let p = write(dir.path(), "hub.toml", &text);
+        assert!(Config::load(&p).unwrap_err().to_string().contains("version 7"));
+    }
+}

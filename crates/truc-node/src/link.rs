@@ -1,0 +1,623 @@
+//! The link: one long-lived bidirectional gRPC stream between a child and its
+//! parent, opened by the child (DESIGN §5).
+//!
+//! Both directions run the same session. The sender pushes its durable queue for
+//! the peer in sequence order, never more than the peer's window unacknowledged.
+//! The receiver verifies transfers in parallel, accepts them in order, and sends a
+//! cumulative `Ack` only after the group commit covering them has fsynced; refused
+//! transfers get a `Reject` before the `Ack` that passes them. On reconnect the
+//! sender starts again from the head of its queue; the receiver's permanent dedup
+//! makes the resent transfers harmless.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::{Stream, StreamExt};
+use rustls::pki_types::UnixTime;
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinSet,
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::Instrument;
+use truc_core::NodeId;
+use truc_proto::v1::{self as pb, link_frame::Frame};
+use truc_store::Digest;
+
+use crate::{
+    envelope::{self, Verified},
+    error::{NodeError, Refusal},
+    state::{Accepted, NodeState, Origin},
+};
+
+/// The link protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Timing and flow control of a link.
+#[derive(Debug, Clone)]
+pub struct LinkParams {
+    /// What this node lets the peer have in flight.
+    pub window: u32,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub max_message_bytes: usize,
+}
+
+/// Why a link ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("peer closed the link")]
+    Closed,
+    #[error("link silent for {0:?}")]
+    Silent(Duration),
+    #[error("link rpc: {0}")]
+    Rpc(#[from] Status),
+    #[error("handshake: {0}")]
+    Handshake(String),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("link stopped")]
+    Stopped,
+}
+
+fn frame(f: Frame) -> pb::LinkFrame {
+    pb::LinkFrame { frame: Some(f) }
+}
+
+enum Control {
+    Ack { seq: u64, window: u32 },
+    Reject { seq: u64, code: i32, reason: String },
+}
+
+enum Prepared {
+    Ok(Verified),
+    Refused(Refusal),
+}
+
+/// Checks a received transfer and stores its attachments (blocking IO).
+fn prepare(state: &NodeState, t: pb::Transfer) -> Result<Prepared, NodeError> {
+    let Some(env) = t.envelope else {
+        return Ok(Prepared::Refused(Refusal::invalid("transfer without envelope")));
+    };
+    let v = match envelope::verify(env, &state.verifier, &state.limits, UnixTime::now()) {
+        Ok(v) => v,
+        Err(r) => return Ok(Prepared::Refused(r)),
+    };
+    if t.attachments.len() != v.attachments.len() {
+        return Ok(Prepared::Refused(Refusal::invalid(format!(
+            "envelope {} names {} attachments but {} were sent",
+            v.doc_id,
+            v.attachments.len(),
+            t.attachments.len()
+        ))));
+    }
+    for ((data, digest), meta) in t.attachments.iter().zip(&v.attachments).zip(&v.header.attachments) {
+        if Digest::from_slice(&data.sha256).as_ref() != Some(digest) || data.data.len() as u64 != meta.size {
+            return Ok(Prepared::Refused(Refusal::invalid(format!(
+                "attachment {:?} of {}: bytes do not match the signed manifest",
+                meta.name, v.doc_id
+            ))));
+        }
+        match state.blobs.put_expect(digest, &data.data) {
+            Ok(()) => {}
+            Err(truc_store::BlobError::Mismatch { .. }) => {
+                return Ok(Prepared::Refused(Refusal::invalid(format!(
+                    "attachment {:?} of {}: bytes do not match the signed sha-256",
+                    meta.name, v.doc_id
+                ))));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Prepared::Ok(v))
+}
+
+/// Runs one established link until the peer goes away, falls silent, or `stop`.
+#[allow(clippy::too_many_arguments)] // one call site per side
+pub async fn run_session(
+    state: Arc<NodeState>,
+    peer: NodeId,
+    origin: Origin,
+    queue: String,
+    mut incoming: Streaming<pb::LinkFrame>,
+    out: mpsc::Sender<pb::LinkFrame>,
+    peer_window: u32,
+    params: LinkParams,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), LinkError> {
+    let mut tasks = JoinSet::new();
+    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    let (prep_tx, prep_rx) = mpsc::channel(params.window.max(1) as usize);
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+
+    tasks.spawn(
+        push(state.clone(), queue.clone(), out.clone(), peer_window, ctl_rx).in_current_span(),
+    );
+    tasks.spawn(apply(state.clone(), origin, prep_rx, ack_tx).in_current_span());
+    tasks.spawn(acknowledge(state.clone(), ack_rx, out.clone(), params.window).in_current_span());
+    let hb_out = out.clone();
+    let interval = params.heartbeat_interval;
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        let mut nonce = 0u64;
+        loop {
+            tick.tick().await;
+            nonce += 1;
+            if hb_out.send(frame(Frame::Ping(pb::Ping { nonce }))).await.is_err() {
+                return Ok(());
+            }
+        }
+    });
+
+    let result = loop {
+        let next = tokio::select! {
+            _ = crate::stopped(&mut stop) => break Err(LinkError::Stopped),
+            done = tasks.join_next() => match done {
+                Some(Ok(Err(e))) => break Err(e),
+                _ => break Err(LinkError::Closed),
+            },
+            n = tokio::time::timeout(params.heartbeat_timeout, incoming.next()) => n,
+        };
+        let f = match next {
+            Err(_) => break Err(LinkError::Silent(params.heartbeat_timeout)),
+            Ok(None) => break Err(LinkError::Closed),
+            Ok(Some(Err(status))) => break Err(LinkError::Rpc(status)),
+            Ok(Some(Ok(pb::LinkFrame { frame: Some(f) }))) => f,
+            Ok(Some(Ok(_))) => continue,
+        };
+        match f {
+            Frame::Transfer(t) => {
+                let seq = t.seq;
+                let st = state.clone();
+                let job = tokio::task::spawn_blocking(move || prepare(&st, t));
+                if prep_tx.send((seq, job)).await.is_err() {
+                    break Err(LinkError::Closed);
+                }
+            }
+            Frame::Ack(a) => {
+                let _ = ctl_tx.send(Control::Ack {
+                    seq: a.seq,
+                    window: a.window,
+                });
+            }
+            Frame::Reject(r) => {
+                let _ = ctl_tx.send(Control::Reject {
+                    seq: r.seq,
+                    code: r.code,
+                    reason: r.reason,
+                });
+            }
+            Frame::Ping(p) => {
+                let _ = out.send(frame(Frame::Pong(pb::Pong { nonce: p.nonce }))).await;
+            }
+            Frame::Pong(_) => {}
+            Frame::Hello(_) | Frame::Welcome(_) => {
+                break Err(LinkError::Handshake("unexpected hello/welcome mid-session".into()));
+            }
+        }
+    };
+    // Let what was received finish: accepted transfers become durable and are
+    // acknowledged if the stream still carries it.
+    drop(prep_tx);
+    if matches!(result, Err(LinkError::Stopped)) {
+        let drain = async {
+            while let Some(done) = tasks.join_next().await {
+                if let Ok(Err(e)) = done {
+                    tracing::debug!(error = %e, "link task ended");
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+    }
+    tasks.abort_all();
+    tracing::info!(%peer, "link down");
+    result
+}
+
+/// Sends the queue for the peer, within its window.
+async fn push(
+    state: Arc<NodeState>,
+    queue: String,
+    out: mpsc::Sender<pb::LinkFrame>,
+    mut window: u32,
+    mut ctl: mpsc::UnboundedReceiver<Control>,
+) -> Result<(), LinkError> {
+    let notify = state.notifier(&queue);
+    let mut in_flight: VecDeque<u64> = VecDeque::new();
+    let mut last_sent: Option<u64> = None;
+    loop {
+        while (in_flight.len() as u32) < window {
+            let room = (window as usize - in_flight.len()).min(64);
+            let rows = state.queue_peek(&queue, last_sent, room)?;
+            if rows.is_empty() {
+                break;
+            }
+            for (seq, entry) in rows {
+                last_sent = Some(seq);
+                let st = state.clone();
+                let loaded = tokio::task::spawn_blocking(move || st.load_transfer(seq, &entry))
+                    .await
+                    .map_err(|e| NodeError::Other(e.to_string()))?;
+                match loaded {
+                    Ok(t) => {
+                        if out.send(frame(Frame::Transfer(t))).await.is_err() {
+                            return Err(LinkError::Closed);
+                        }
+                        in_flight.push_back(seq);
+                    }
+                    Err(e) => {
+                        tracing::error!(%queue, seq, error = %e, "cannot load a queued transfer; moved to dead letters");
+                        state.queue_reject(&queue, seq, Code::DataLoss as i32, &format!("cannot load at sender: {e}"))?;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            c = ctl.recv() => match c {
+                None => return Ok(()),
+                Some(Control::Ack { seq, window: w }) => {
+                    window = w.max(1);
+                    while in_flight.front().is_some_and(|s| *s <= seq) {
+                        in_flight.pop_front();
+                    }
+                    let st = state.clone();
+                    let q = queue.clone();
+                    tokio::task::spawn_blocking(move || st.queue_ack(&q, seq))
+                        .await
+                        .map_err(|e| NodeError::Other(e.to_string()))??;
+                }
+                Some(Control::Reject { seq, code, reason }) => {
+                    in_flight.retain(|s| *s != seq);
+                    tracing::warn!(%queue, seq, code = ?Code::from_i32(code), %reason, "peer refused a transfer");
+                    state.queue_reject(&queue, seq, code, &reason)?;
+                }
+            },
+            _ = notify.notified() => {}
+        }
+    }
+}
+
+type PrepJob = (u64, tokio::task::JoinHandle<Result<Prepared, NodeError>>);
+
+enum Outcome {
+    Stored(u64, Accepted),
+    Refused(u64, Refusal),
+}
+
+/// Accepts prepared transfers in arrival order.
+async fn apply(
+    state: Arc<NodeState>,
+    origin: Origin,
+    mut jobs: mpsc::Receiver<PrepJob>,
+    acks: mpsc::UnboundedSender<Outcome>,
+) -> Result<(), LinkError> {
+    while let Some((seq, job)) = jobs.recv().await {
+        let prepared = job.await.map_err(|e| NodeError::Other(e.to_string()))??;
+        let outcome = match prepared {
+            Prepared::Refused(r) => {
+                state.stats.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(origin = %origin.label(), code = ?r.code, reason = %r.reason, "transfer refused");
+                Outcome::Refused(seq, r)
+            }
+            Prepared::Ok(v) => {
+                let doc_id = v.doc_id;
+                match state.accept(v, &origin) {
+                    Ok(a) => Outcome::Stored(seq, a),
+                    Err(NodeError::Refused(r)) => {
+                        tracing::warn!(%doc_id, origin = %origin.label(), reason = %r, "transfer refused");
+                        Outcome::Refused(seq, r)
+                    }
+                    Err(e) => {
+                        tracing::error!(%doc_id, error = %e, "cannot store a transfer; dropping the link so the peer retries");
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
+        if acks.send(outcome).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Sends rejects and cumulative acks, each ack only after its batch is durable.
+async fn acknowledge(
+    state: Arc<NodeState>,
+    mut outcomes: mpsc::UnboundedReceiver<Outcome>,
+    out: mpsc::Sender<pb::LinkFrame>,
+    window: u32,
+) -> Result<(), LinkError> {
+    while let Some(first) = outcomes.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = outcomes.try_recv() {
+            batch.push(more);
+        }
+        let mut upto = 0;
+        let mut ticket = None;
+        let mut rejects = Vec::new();
+        for o in batch {
+            match o {
+                Outcome::Stored(seq, a) => {
+                    upto = upto.max(seq);
+                    ticket = ticket.max(Some(a.ticket()));
+                }
+                Outcome::Refused(seq, r) => {
+                    upto = upto.max(seq);
+                    rejects.push(pb::Reject {
+                        seq,
+                        code: r.code as i32,
+                        reason: r.reason,
+                    });
+                }
+            }
+        }
+        if let Some(t) = ticket {
+            // Invariant 1: nothing is acknowledged before it is fsynced.
+            state.durable(t).await?;
+        }
+        for r in rejects {
+            if out.send(frame(Frame::Reject(r))).await.is_err() {
+                return Ok(());
+            }
+        }
+        if out
+            .send(frame(Frame::Ack(pb::Ack { seq: upto, window })))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// The parent side: accepts links from children.
+#[derive(Clone)]
+pub struct LinkService {
+    state: Arc<NodeState>,
+    params: LinkParams,
+    stop: watch::Receiver<bool>,
+    sessions: Arc<Mutex<HashMap<NodeId, (u64, watch::Sender<bool>)>>>,
+    next_session: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl LinkService {
+    pub fn new(state: Arc<NodeState>, params: LinkParams, stop: watch::Receiver<bool>) -> Self {
+        Self {
+            state,
+            params,
+            stop,
+            sessions: Arc::default(),
+            next_session: Arc::default(),
+        }
+    }
+
+    /// Children with a link up now.
+    pub fn connected(&self) -> Vec<NodeId> {
+        self.sessions
+            .lock()
+            .map(|s| s.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<pb::LinkFrame, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::link_server::Link for LinkService {
+    type OpenStream = FrameStream;
+
+    async fn open(&self, req: Request<Streaming<pb::LinkFrame>>) -> Result<Response<FrameStream>, Status> {
+        let certs = req
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let node = truc_pki::identity::node_id(leaf)
+            .map_err(|e| Status::permission_denied(format!("not a node certificate: {e}")))?;
+        if !self.state.routing.is_child(&node) {
+            tracing::warn!(%node, "refused link from a node that is not a child here");
+            return Err(Status::permission_denied(format!(
+                "node {node} is not a child of {}",
+                self.state.node_id
+            )));
+        }
+        let mut incoming = req.into_inner();
+        let hello = match tokio::time::timeout(self.params.handshake_timeout, incoming.next()).await {
+            Ok(Some(Ok(pb::LinkFrame {
+                frame: Some(Frame::Hello(h)),
+            }))) => h,
+            Ok(Some(Err(s))) => return Err(s),
+            Err(_) => return Err(Status::deadline_exceeded("no hello")),
+            _ => return Err(Status::invalid_argument("the first frame must be hello")),
+        };
+        if hello.node_id != node.as_str() {
+            return Err(Status::permission_denied(format!(
+                "hello names {} but the certificate names {node}",
+                hello.node_id
+            )));
+        }
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "link protocol {} is not supported (this node speaks {PROTOCOL_VERSION})",
+                hello.protocol_version
+            )));
+        }
+        let (tx, rx) = mpsc::channel(self.params.window as usize + 16);
+        tx.send(frame(Frame::Welcome(pb::Welcome {
+            node_id: self.state.node_id.to_string(),
+            protocol_version: PROTOCOL_VERSION,
+            software_version: env!("CARGO_PKG_VERSION").into(),
+            window: self.params.window,
+        })))
+        .await
+        .map_err(|_| Status::unavailable("closing"))?;
+
+        // A new link from the same child replaces the old one, which may not have
+        // noticed yet that its TCP connection is gone.
+        let id = self
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (sup_tx, mut sup_rx) = watch::channel(false);
+        if let Ok(mut s) = self.sessions.lock() {
+            if let Some((_, old)) = s.insert(node.clone(), (id, sup_tx)) {
+                let _ = old.send(true);
+            }
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut node_stop = self.stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = crate::stopped(&mut node_stop) => {}
+                _ = crate::stopped(&mut sup_rx) => {}
+            }
+            let _ = stop_tx.send(true);
+        });
+        let state = self.state.clone();
+        let params = self.params.clone();
+        let sessions = self.sessions.clone();
+        let span = tracing::info_span!("link", node = %state.node_id, peer = %node);
+        tracing::info!(parent: &span, window = hello.window, "link up");
+        tokio::spawn(
+            async move {
+                let started = Instant::now();
+                let r = run_session(
+                    state,
+                    node.clone(),
+                    Origin::Child(node.clone()),
+                    format!("child:{node}"),
+                    incoming,
+                    tx,
+                    hello.window.max(1),
+                    params,
+                    stop_rx,
+                )
+                .await;
+                if let Ok(mut s) = sessions.lock() {
+                    if s.get(&node).is_some_and(|(sid, _)| *sid == id) {
+                        s.remove(&node);
+                    }
+                }
+                match r {
+                    Err(LinkError::Stopped) | Err(LinkError::Closed) | Ok(()) => {}
+                    Err(e) => tracing::info!(error = %e, after = ?started.elapsed(), "link ended"),
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+    }
+}
+
+/// The child side: keeps one link to the parent up, reconnecting with backoff.
+pub async fn dial_parent(
+    state: Arc<NodeState>,
+    address: String,
+    parent: NodeId,
+    tls: Arc<rustls::ClientConfig>,
+    params: LinkParams,
+    mut stop: watch::Receiver<bool>,
+    up: watch::Sender<bool>,
+) {
+    let mut delay = params.reconnect_min;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let started = Instant::now();
+        let r = connect_once(&state, &address, &parent, tls.clone(), &params, stop.clone(), &up).await;
+        let _ = up.send(false);
+        match r {
+            Err(LinkError::Stopped) => return,
+            Err(e) => tracing::warn!(%parent, %address, error = %e, "link to parent down; will retry"),
+            Ok(()) => {}
+        }
+        if started.elapsed() > params.heartbeat_timeout {
+            delay = params.reconnect_min;
+        }
+        // Full jitter: many edges reconnecting after a hub restart spread out.
+        let wait = delay.mul_f64(0.5 + fastrand::f64() * 0.5);
+        tokio::select! {
+            _ = crate::stopped(&mut stop) => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        delay = (delay * 2).min(params.reconnect_max);
+    }
+}
+
+async fn connect_once(
+    state: &Arc<NodeState>,
+    address: &str,
+    parent: &NodeId,
+    tls: Arc<rustls::ClientConfig>,
+    params: &LinkParams,
+    stop: watch::Receiver<bool>,
+    up: &watch::Sender<bool>,
+) -> Result<(), LinkError> {
+    let channel = crate::transport::tls_channel(
+        address,
+        parent.as_str(),
+        tls,
+        params.connect_timeout,
+        params.heartbeat_interval,
+    )
+    .map_err(LinkError::Handshake)?;
+    let mut client = pb::link_client::LinkClient::new(channel)
+        .max_decoding_message_size(params.max_message_bytes)
+        .max_encoding_message_size(params.max_message_bytes);
+    let (tx, rx) = mpsc::channel(params.window as usize + 16);
+    tx.send(frame(Frame::Hello(pb::Hello {
+        node_id: state.node_id.to_string(),
+        protocol_version: PROTOCOL_VERSION,
+        software_version: env!("CARGO_PKG_VERSION").into(),
+        window: params.window,
+    })))
+    .await
+    .map_err(|_| LinkError::Closed)?;
+    let open = tokio::time::timeout(params.handshake_timeout + params.connect_timeout, client.open(ReceiverStream::new(rx)));
+    let mut incoming = open
+        .await
+        .map_err(|_| LinkError::Handshake("parent did not answer".into()))??
+        .into_inner();
+    let welcome = match tokio::time::timeout(params.handshake_timeout, incoming.next()).await {
+        Ok(Some(Ok(pb::LinkFrame {
+            frame: Some(Frame::Welcome(w)),
+        }))) => w,
+        Ok(Some(Err(s))) => return Err(LinkError::Rpc(s)),
+        Err(_) => return Err(LinkError::Handshake("no welcome".into())),
+        _ => return Err(LinkError::Handshake("the first frame must be welcome".into())),
+    };
+    if welcome.node_id != parent.as_str() {
+        return Err(LinkError::Handshake(format!(
+            "expected parent {parent}, welcomed by {}",
+            welcome.node_id
+        )));
+    }
+    let span = tracing::info_span!("link", node = %state.node_id, peer = %parent);
+    tracing::info!(parent: &span, window = welcome.window, "link up");
+    let _ = up.send(true);
+    run_session(
+        state.clone(),
+        parent.clone(),
+        Origin::Parent(parent.clone()),
+        "parent".into(),
+        incoming,
+        tx,
+        welcome.window.max(1),
+        params.clone(),
+        stop,
+    )
+    .instrument(span)
+    .await
+}

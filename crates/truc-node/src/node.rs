@@ -1,0 +1,257 @@
+//! Starting and stopping a node: open the store, bind listeners, run the link
+//! server (hub, relay), the parent dialer (edge, relay) and the agency API (edge).
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use truc_core::RoutingTable;
+use truc_pki::{sign::{AgencySigner, SignatureVerifier}, tls::TransportMaterial};
+use truc_proto::v1 as pb;
+use truc_store::{BlobStore, SledStore};
+
+use crate::{
+    agency::AgencyService,
+    config::Config,
+    error::NodeError,
+    link::{LinkParams, LinkService, dial_parent},
+    state::NodeState,
+    transport::tls_incoming,
+};
+
+/// Listeners bound by the caller (tests, the demo); unset ones are bound from config.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub link: Option<TcpListener>,
+    pub agency: Option<TcpListener>,
+}
+
+/// A node that is running.
+pub struct RunningNode {
+    pub config: Config,
+    pub state: Arc<NodeState>,
+    pub link_addr: Option<SocketAddr>,
+    pub agency_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    parent_up: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for RunningNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningNode")
+            .field("node", &self.state.node_id)
+            .field("link_addr", &self.link_addr)
+            .field("agency_addr", &self.agency_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens the store and loads every key and certificate the config names.
+pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(NodeError::io(format!("data_dir {}", config.data_dir.display())))?;
+    let store = SledStore::open(&config.data_dir.join("store"), config.storage.cache_bytes)?;
+    let blobs = BlobStore::open(&config.data_dir.join("blobs"))?;
+    let mut routing = RoutingTable::new(config.parent.is_some());
+    let mut signers = Vec::new();
+    for (organ, _name, cert, key) in &config.agencies {
+        routing.add_local(organ.clone());
+        signers.push(AgencySigner::load(organ, cert, key)?);
+    }
+    for (child, organs) in &config.children {
+        routing.add_child(child.clone());
+        for o in organs {
+            routing.add_child_organ(o.clone(), child.clone());
+        }
+    }
+    let verifier = SignatureVerifier::from_file(&config.signing_ca)?;
+    if !config.test_hooks.is_off() {
+        tracing::warn!(hooks = ?config.test_hooks, "test hooks are on: this node misbehaves on purpose");
+    }
+    Ok(NodeState::new(
+        config.node_id.clone(),
+        routing,
+        signers,
+        verifier,
+        config.limits.clone(),
+        config.test_hooks.clone(),
+        Arc::new(store),
+        blobs,
+    ))
+}
+
+fn params(config: &Config) -> LinkParams {
+    let l = &config.link;
+    LinkParams {
+        window: l.window,
+        heartbeat_interval: Config::ms(l.heartbeat_interval_ms),
+        heartbeat_timeout: Config::ms(l.heartbeat_timeout_ms),
+        handshake_timeout: Config::ms(l.handshake_timeout_ms),
+        connect_timeout: Config::ms(l.connect_timeout_ms),
+        reconnect_min: Config::ms(l.reconnect_min_ms),
+        reconnect_max: Config::ms(l.reconnect_max_ms),
+        max_message_bytes: config.limits.max_message_bytes,
+    }
+}
+
+async fn bind(what: &str, addr: &str) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(NodeError::io(format!("bind {what} {addr}")))
+}
+
+impl RunningNode {
+    /// Starts a node, binding the addresses of its config.
+    pub async fn start(config: Config) -> Result<Self, NodeError> {
+        Self::start_with(config, Listeners::default()).await
+    }
+
+    pub async fn start_with(config: Config, listeners: Listeners) -> Result<Self, NodeError> {
+        let transport = TransportMaterial::load(&config.tls.ca, &config.tls.cert, &config.tls.key, &config.tls.crls)?;
+        // The certificate must name this node: a misplaced file fails here, not at the peer.
+        let leaf = transport
+            .chain
+            .first()
+            .ok_or_else(|| NodeError::Other("empty node certificate chain".into()))?;
+        let named = truc_pki::identity::node_id(leaf)?;
+        if named != config.node_id {
+            return Err(NodeError::Other(format!(
+                "{}: certificate {} names node {named}, but the config says node_id = {}",
+                config.path.display(),
+                config.tls.cert.display(),
+                config.node_id
+            )));
+        }
+        let state = open_state(&config)?;
+        let params = params(&config);
+        let (stop, stop_rx) = watch::channel(false);
+        let (up_tx, parent_up) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+
+        let mut link_addr = None;
+        if let Some(addr) = &config.listen {
+            let listener = match listeners.link {
+                Some(l) => l,
+                None => bind("link listener", addr).await?,
+            };
+            link_addr = Some(listener.local_addr().map_err(NodeError::io("link listener"))?);
+            let incoming = tls_incoming(
+                listener,
+                transport.server_config()?,
+                params.handshake_timeout,
+                config.link.max_connections,
+                stop_rx.clone(),
+            );
+            let svc = LinkService::new(state.clone(), params.clone(), stop_rx.clone());
+            let server = Server::builder()
+                .http2_keepalive_interval(Some(params.heartbeat_interval))
+                .http2_keepalive_timeout(Some(params.heartbeat_timeout))
+                .max_concurrent_streams(Some(config.link.max_concurrent_streams))
+                .add_service(
+                    pb::link_server::LinkServer::new(svc)
+                        .max_decoding_message_size(config.limits.max_message_bytes)
+                        .max_encoding_message_size(config.limits.max_message_bytes),
+                );
+            let mut s = stop_rx.clone();
+            tasks.spawn(async move {
+                let shutdown = async move {
+                    let _ = crate::stopped(&mut s).await;
+                };
+                if let Err(e) = server.serve_with_incoming_shutdown(incoming, shutdown).await {
+                    tracing::error!(error = %e, "link server failed");
+                }
+            });
+        }
+
+        let mut agency_addr = None;
+        if let Some(addr) = &config.agency_api {
+            let listener = match listeners.agency {
+                Some(l) => l,
+                None => bind("agency api", addr).await?,
+            };
+            agency_addr = Some(listener.local_addr().map_err(NodeError::io("agency listener"))?);
+            let server = Server::builder().add_service(
+                pb::agency_server::AgencyServer::new(AgencyService::new(state.clone()))
+                    .max_decoding_message_size(config.limits.max_message_bytes)
+                    .max_encoding_message_size(config.limits.max_message_bytes),
+            );
+            let mut s = stop_rx.clone();
+            tasks.spawn(async move {
+                let shutdown = async move {
+                    let _ = crate::stopped(&mut s).await;
+                };
+                if let Err(e) = server
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                    .await
+                {
+                    tracing::error!(error = %e, "agency api server failed");
+                }
+            });
+        }
+
+        if let Some((address, parent)) = &config.parent {
+            let tls = transport.client_config()?;
+            tasks.spawn(dial_parent(
+                state.clone(),
+                address.clone(),
+                parent.clone(),
+                tls,
+                params.clone(),
+                stop_rx.clone(),
+                up_tx,
+            ));
+        }
+
+        let node = Self {
+            config,
+            state,
+            link_addr,
+            agency_addr,
+            stop,
+            tasks,
+            parent_up,
+        };
+        node.write_endpoints()?;
+        tracing::info!(node = %node.state.node_id, role = node.config.role(), link = ?node.link_addr, agency = ?node.agency_addr, "node started");
+        Ok(node)
+    }
+
+    /// Records the bound addresses in `<data_dir>/run/endpoints.json` so the CLI can
+    /// find a node whose config says port 0.
+    fn write_endpoints(&self) -> Result<(), NodeError> {
+        let dir = self.config.data_dir.join("run");
+        std::fs::create_dir_all(&dir).map_err(NodeError::io(format!("{}", dir.display())))?;
+        let json = serde_json::json!({
+            "node_id": self.state.node_id.to_string(),
+            "pid": std::process::id(),
+            "link": self.link_addr.map(|a| a.to_string()),
+            "agency": self.agency_addr.map(|a| a.to_string()),
+        });
+        let path = dir.join("endpoints.json");
+        std::fs::write(&path, json.to_string()).map_err(NodeError::io(format!("{}", path.display())))
+    }
+
+    /// Turns true while the link to the parent is up.
+    pub fn parent_up(&self) -> watch::Receiver<bool> {
+        self.parent_up.clone()
+    }
+
+    /// Stops accepting work, lets links acknowledge what they stored, flushes the
+    /// store and returns.
+    pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        let _ = self.stop.send(true);
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+            tracing::warn!("some tasks did not stop within 10 s; stopping them");
+            self.tasks.abort_all();
+        }
+        let _ = std::fs::remove_file(self.config.data_dir.join("run").join("endpoints.json"));
+        let st = self.state.clone();
+        tokio::task::spawn_blocking(move || st.close())
+            .await
+            .map_err(|e| NodeError::Other(e.to_string()))??;
+        tracing::info!(node = %self.state.node_id, "node stopped");
+        Ok(())
+    }
+}
