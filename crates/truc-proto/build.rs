@@ -4,7 +4,11 @@ use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files = ["truc/v1/envelope.proto", "truc/v1/link.proto", "truc/v1/agency.proto"];
+    let files = [
+        "truc/v1/envelope.proto",
+        "truc/v1/link.proto",
+        "truc/v1/agency.proto",
+    ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
     }

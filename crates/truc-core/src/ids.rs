@@ -229,9 +229,18 @@ mod tests {
         assert_eq!("".parse::<OrganId>(), Err(IdError::Empty("organ id")));
         let err = "000.00.00/G22".parse::<OrganId>().unwrap_err();
         assert!(err.to_string().contains("'/'"), "{err}");
-        assert!(matches!("H53..12".parse::<OrganId>(), Err(IdError::EmptySegment { .. })));
-        assert!(matches!(".H53".parse::<OrganId>(), Err(IdError::EmptySegment { .. })));
-        assert!(matches!("A".repeat(65).parse::<OrganId>(), Err(IdError::TooLong { .. })));
+        assert!(matches!(
+            "H53..12".parse::<OrganId>(),
+            Err(IdError::EmptySegment { .. })
+        ));
+        assert!(matches!(
+            ".H53".parse::<OrganId>(),
+            Err(IdError::EmptySegment { .. })
+        ));
+        assert!(matches!(
+            "A".repeat(65).parse::<OrganId>(),
+            Err(IdError::TooLong { .. })
+        ));
         assert!("H53 12".parse::<OrganId>().is_err());
         assert!("H53\u{0}".parse::<OrganId>().is_err());
     }
@@ -250,6 +259,10 @@ mod tests {
         let id = DocId::new_v7();
         assert_eq!(id.to_string().parse::<DocId>().unwrap(), id);
         assert!("not-a-uuid".parse::<DocId>().is_err());
-        assert!("00000000-0000-0000-0000-000000000000".parse::<DocId>().is_err());
+        assert!(
+            "00000000-0000-0000-0000-000000000000"
+                .parse::<DocId>()
+                .is_err()
+        );
     }
 }

@@ -132,15 +132,25 @@ mod tests {
 
     #[test]
     fn hub_splits_recipients_by_child() {
-        let r = hub().route(&[o("000.00.00.H41"), o("000.00.00.H14")]).unwrap();
+        let r = hub()
+            .route(&[o("000.00.00.H41"), o("000.00.00.H14")])
+            .unwrap();
         assert_eq!(r.len(), 2);
-        assert_eq!(r[&Destination::Child(n("nghean"))], vec![o("000.00.00.H41")]);
-        assert_eq!(r[&Destination::Child(n("caobang"))], vec![o("000.00.00.H14")]);
+        assert_eq!(
+            r[&Destination::Child(n("nghean"))],
+            vec![o("000.00.00.H41")]
+        );
+        assert_eq!(
+            r[&Destination::Child(n("caobang"))],
+            vec![o("000.00.00.H14")]
+        );
     }
 
     #[test]
     fn hub_refuses_the_whole_message_for_one_unknown_recipient() {
-        let err = hub().route(&[o("000.00.00.H41"), o("000.00.00.H99")]).unwrap_err();
+        let err = hub()
+            .route(&[o("000.00.00.H41"), o("000.00.00.H99")])
+            .unwrap_err();
         assert_eq!(err, RouteError::UnknownRecipient(o("000.00.00.H99")));
         assert_eq!(err.to_string(), "unknown recipient 000.00.00.H99");
     }

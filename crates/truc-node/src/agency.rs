@@ -32,10 +32,16 @@ where
 }
 
 fn opt_organ(what: &str, s: &str) -> Result<Option<OrganId>, Status> {
-    if s.is_empty() { Ok(None) } else { parse(what, s).map(Some) }
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        parse(what, s).map(Some)
+    }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, NodeError> + Send + 'static) -> Result<T, Status> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Status::internal(e.to_string()))?
@@ -55,7 +61,10 @@ fn state_pb(s: u32) -> i32 {
 
 #[tonic::async_trait]
 impl Agency for AgencyService {
-    async fn send(&self, req: Request<pb::SendRequest>) -> Result<Response<pb::SendResponse>, Status> {
+    async fn send(
+        &self,
+        req: Request<pb::SendRequest>,
+    ) -> Result<Response<pb::SendResponse>, Status> {
         let r = req.into_inner();
         let sub = Submission {
             from: r.from,
@@ -75,21 +84,33 @@ impl Agency for AgencyService {
         let st = self.state.clone();
         let (doc_id, accepted) = blocking(move || st.submit(sub)).await?;
         // Invariant 1: the application hears "sent" only once the outbox is fsynced.
-        self.state.durable(accepted.ticket()).await.map_err(Status::from)?;
+        self.state
+            .durable(accepted.ticket())
+            .await
+            .map_err(Status::from)?;
         Ok(Response::new(pb::SendResponse {
             doc_id: doc_id.to_string(),
             duplicate: matches!(accepted, Accepted::Duplicate(_)),
         }))
     }
 
-    async fn list_inbox(&self, req: Request<pb::ListInboxRequest>) -> Result<Response<pb::ListInboxResponse>, Status> {
+    async fn list_inbox(
+        &self,
+        req: Request<pb::ListInboxRequest>,
+    ) -> Result<Response<pb::ListInboxResponse>, Status> {
         let r = req.into_inner();
         let organ: OrganId = parse("organ", &r.organ)?;
         if !self.state.routing.is_local(&organ) {
-            return Err(Status::not_found(format!("this edge does not serve agency {organ}")));
+            return Err(Status::not_found(format!(
+                "this edge does not serve agency {organ}"
+            )));
         }
         let max = self.state.limits.max_list;
-        let limit = if r.limit == 0 { max } else { (r.limit as usize).min(max) };
+        let limit = if r.limit == 0 {
+            max
+        } else {
+            (r.limit as usize).min(max)
+        };
         let st = self.state.clone();
         let items = blocking(move || st.inbox(&organ, r.include_acked, limit)).await?;
         Ok(Response::new(pb::ListInboxResponse {
@@ -167,19 +188,25 @@ impl Agency for AgencyService {
         let from = opt_organ("from", &r.from)?;
         let organ = opt_organ("organ", &r.organ)?;
         let st = self.state.clone();
-        let (acked, ticket) = blocking(move || st.ack(&doc_id, from.as_ref(), organ.as_ref())).await?;
+        let (acked, ticket) =
+            blocking(move || st.ack(&doc_id, from.as_ref(), organ.as_ref())).await?;
         self.state.durable(ticket).await.map_err(Status::from)?;
         Ok(Response::new(pb::AckResponse {
             acked: acked.into_iter().map(|o| o.to_string()).collect(),
         }))
     }
 
-    async fn get_status(&self, req: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusResponse>, Status> {
+    async fn get_status(
+        &self,
+        req: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let doc_id: DocId = parse("doc_id", &req.into_inner().doc_id)?;
         let st = self.state.clone();
         let mut records = blocking(move || st.sent(&doc_id)).await?;
         let Some(rec) = records.pop() else {
-            return Err(Status::not_found(format!("no document {doc_id} was sent from this edge")));
+            return Err(Status::not_found(format!(
+                "no document {doc_id} was sent from this edge"
+            )));
         };
         Ok(Response::new(pb::GetStatusResponse {
             doc_id: rec.doc_id,

@@ -19,7 +19,10 @@ pub const CONFIG_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config {path}: {message}")]
@@ -202,7 +205,9 @@ pub struct StorageSection {
 
 impl Default for StorageSection {
     fn default() -> Self {
-        Self { cache_bytes: 64 << 20 }
+        Self {
+            cache_bytes: 64 << 20,
+        }
     }
 }
 
@@ -264,16 +269,28 @@ impl Config {
             )));
         }
         let base = path.parent().unwrap_or(Path::new("."));
-        let resolve = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
         let must_exist = |what: &str, p: &Path| -> Result<PathBuf, ConfigError> {
             let r = resolve(p);
             if r.is_file() {
                 Ok(r)
             } else {
-                Err(invalid(format!("{what} file {} does not exist", r.display())))
+                Err(invalid(format!(
+                    "{what} file {} does not exist",
+                    r.display()
+                )))
             }
         };
-        let node_id: NodeId = f.node_id.parse().map_err(|e| invalid(format!("node_id: {e}")))?;
+        let node_id: NodeId = f
+            .node_id
+            .parse()
+            .map_err(|e| invalid(format!("node_id: {e}")))?;
         let tls = TlsSection {
             ca: must_exist("tls.ca", &f.tls.ca)?,
             cert: must_exist("tls.cert", &f.tls.cert)?,
@@ -303,14 +320,18 @@ impl Config {
                 if p.address.trim().is_empty() {
                     return Err(invalid("parent.address is empty".into()));
                 }
-                let id: NodeId = p.node_id.parse().map_err(|e| invalid(format!("parent.node_id: {e}")))?;
+                let id: NodeId = p
+                    .node_id
+                    .parse()
+                    .map_err(|e| invalid(format!("parent.node_id: {e}")))?;
                 Some((p.address, id))
             }
             None => None,
         };
         let agency_api = match f.agency_api {
             Some(a) => {
-                let addr = parse_addr(&a.listen).map_err(|e| invalid(format!("agency_api.listen: {e}")))?;
+                let addr = parse_addr(&a.listen)
+                    .map_err(|e| invalid(format!("agency_api.listen: {e}")))?;
                 if !addr.ip().is_loopback() {
                     return Err(invalid(format!(
                         "agency_api.listen {addr} is not a loopback address; the agency API has no authentication of its own yet"
@@ -323,7 +344,10 @@ impl Config {
         let mut seen = BTreeMap::new();
         let mut agencies = Vec::new();
         for a in f.agencies {
-            let organ: OrganId = a.organ.parse().map_err(|e| invalid(format!("agencies: {e}")))?;
+            let organ: OrganId = a
+                .organ
+                .parse()
+                .map_err(|e| invalid(format!("agencies: {e}")))?;
             if seen.insert(organ.clone(), "this node").is_some() {
                 return Err(invalid(format!("agency {organ} is listed twice")));
             }
@@ -335,22 +359,33 @@ impl Config {
             ));
         }
         if agencies.is_empty() && agency_api.is_some() {
-            return Err(invalid("[agency_api] is set but no [[agencies]] are served".into()));
+            return Err(invalid(
+                "[agency_api] is set but no [[agencies]] are served".into(),
+            ));
         }
         if !agencies.is_empty() && agency_api.is_none() {
-            return Err(invalid("[[agencies]] are served but there is no [agency_api] to reach them".into()));
+            return Err(invalid(
+                "[[agencies]] are served but there is no [agency_api] to reach them".into(),
+            ));
         }
         let mut children: BTreeMap<NodeId, Vec<OrganId>> = BTreeMap::new();
         for c in f.children {
-            let id: NodeId = c.node_id.parse().map_err(|e| invalid(format!("children: {e}")))?;
+            let id: NodeId = c
+                .node_id
+                .parse()
+                .map_err(|e| invalid(format!("children: {e}")))?;
             if id == node_id {
                 return Err(invalid(format!("node {id} lists itself as a child")));
             }
             let mut organs = Vec::new();
             for o in c.organs {
-                let organ: OrganId = o.parse().map_err(|e| invalid(format!("children.{id}: {e}")))?;
+                let organ: OrganId = o
+                    .parse()
+                    .map_err(|e| invalid(format!("children.{id}: {e}")))?;
                 if let Some(other) = seen.insert(organ.clone(), "a child") {
-                    return Err(invalid(format!("agency {organ} is served by {other} and by child {id}")));
+                    return Err(invalid(format!(
+                        "agency {organ} is served by {other} and by child {id}"
+                    )));
                 }
                 organs.push(organ);
             }
@@ -359,9 +394,14 @@ impl Config {
             }
         }
         if !children.is_empty() && listen.is_none() {
-            return Err(invalid("[[children]] are listed but there is no [listen] for them to reach".into()));
+            return Err(invalid(
+                "[[children]] are listed but there is no [listen] for them to reach".into(),
+            ));
         }
-        if f.link.window == 0 || f.link.heartbeat_interval_ms == 0 || f.link.heartbeat_timeout_ms <= f.link.heartbeat_interval_ms {
+        if f.link.window == 0
+            || f.link.heartbeat_interval_ms == 0
+            || f.link.heartbeat_timeout_ms <= f.link.heartbeat_interval_ms
+        {
             return Err(invalid(
                 "link.window must be > 0 and link.heartbeat_timeout_ms greater than link.heartbeat_interval_ms".into(),
             ));
@@ -461,13 +501,17 @@ organs = ["000.00.00.G22"]
         let text = base(dir.path()).replace("cert.pem", "nowhere.pem");
         let p = write(dir.path(), "hub.toml", &text);
         let err = Config::load(&p).unwrap_err().to_string();
-        assert!(err.contains("tls.cert file") && err.contains("nowhere.pem"), "{err}");
+        assert!(
+            err.contains("tls.cert file") && err.contains("nowhere.pem"),
+            "{err}"
+        );
     }
 
     #[test]
     fn an_agency_served_twice_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let text = base(dir.path()) + "[[children]]\nnode_id = \"other\"\norgans = [\"000.00.00.G22\"]\n";
+        let text =
+            base(dir.path()) + "[[children]]\nnode_id = \"other\"\norgans = [\"000.00.00.G22\"]\n";
         let p = write(dir.path(), "hub.toml", &text);
         let err = Config::load(&p).unwrap_err().to_string();
         assert!(err.contains("000.00.00.G22"), "{err}");
@@ -478,6 +522,11 @@ organs = ["000.00.00.G22"]
         let dir = tempfile::tempdir().unwrap();
         let text = base(dir.path()).replace("version = 1", "version = 7");
         let p = write(dir.path(), "hub.toml", &text);
-        assert!(Config::load(&p).unwrap_err().to_string().contains("version 7"));
+        assert!(
+            Config::load(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("version 7")
+        );
     }
 }

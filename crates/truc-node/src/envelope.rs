@@ -65,13 +65,20 @@ pub fn check_attachment_name(name: &str) -> Result<(), String> {
         return Err("attachment name is empty".into());
     }
     if name.chars().count() > 255 {
-        return Err(format!("attachment name {:?}… is longer than 255 characters", name.chars().take(32).collect::<String>()));
+        return Err(format!(
+            "attachment name {:?}… is longer than 255 characters",
+            name.chars().take(32).collect::<String>()
+        ));
     }
     if name == "." || name == ".." || name.contains('/') || name.contains('\\') {
-        return Err(format!("attachment name {name:?} is a path; names are display text"));
+        return Err(format!(
+            "attachment name {name:?} is a path; names are display text"
+        ));
     }
     if name.chars().any(|c| c.is_control()) {
-        return Err(format!("attachment name {name:?} contains control characters"));
+        return Err(format!(
+            "attachment name {name:?} contains control characters"
+        ));
     }
     if name.len() >= 2 && name.as_bytes()[1] == b':' {
         return Err(format!("attachment name {name:?} looks like a drive path"));
@@ -95,8 +102,12 @@ pub fn verify(
             header.format_version
         )));
     }
-    let doc_id: DocId = header.doc_id.parse().map_err(|e| Refusal::invalid(format!("{e}")))?;
-    let kind = kind_of(header.kind).ok_or_else(|| Refusal::invalid(format!("unknown message kind {}", header.kind)))?;
+    let doc_id: DocId = header
+        .doc_id
+        .parse()
+        .map_err(|e| Refusal::invalid(format!("{e}")))?;
+    let kind = kind_of(header.kind)
+        .ok_or_else(|| Refusal::invalid(format!("unknown message kind {}", header.kind)))?;
     let from: OrganId = header
         .from
         .parse()
@@ -111,7 +122,10 @@ pub fn verify(
     let to = header
         .to
         .iter()
-        .map(|t| t.parse::<OrganId>().map_err(|e| Refusal::invalid(format!("to: {e}"))))
+        .map(|t| {
+            t.parse::<OrganId>()
+                .map_err(|e| Refusal::invalid(format!("to: {e}")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if to.is_empty() {
         return Err(Refusal::invalid("no recipients"));
@@ -138,36 +152,59 @@ pub fn verify(
                 a.name, a.size, limits.max_attachment_bytes
             )));
         }
-        attachments.push(
-            Digest::from_slice(&a.sha256)
-                .ok_or_else(|| Refusal::invalid(format!("attachment {:?}: sha256 is not 32 bytes", a.name)))?,
-        );
+        attachments.push(Digest::from_slice(&a.sha256).ok_or_else(|| {
+            Refusal::invalid(format!("attachment {:?}: sha256 is not 32 bytes", a.name))
+        })?);
     }
     let receipt = match (kind, &header.receipt) {
         (Kind::Receipt, Some(r)) => {
             let kind = match pb::ReceiptType::try_from(r.r#type) {
                 Ok(pb::ReceiptType::Delivered) => ReceiptType::Delivered,
                 Ok(pb::ReceiptType::Acked) => ReceiptType::Acked,
-                _ => return Err(Refusal::invalid(format!("unknown receipt type {}", r.r#type))),
+                _ => {
+                    return Err(Refusal::invalid(format!(
+                        "unknown receipt type {}",
+                        r.r#type
+                    )));
+                }
             };
             if to.len() != 1 || to[0].as_str() != r.for_from {
-                return Err(Refusal::invalid("a receipt goes to the sender of what it acknowledges, only"));
+                return Err(Refusal::invalid(
+                    "a receipt goes to the sender of what it acknowledges, only",
+                ));
             }
             Some(ReceiptFacts {
                 kind,
-                for_from: r.for_from.parse().map_err(|e| Refusal::invalid(format!("receipt: {e}")))?,
-                for_doc_id: r.for_doc_id.parse().map_err(|e| Refusal::invalid(format!("receipt: {e}")))?,
+                for_from: r
+                    .for_from
+                    .parse()
+                    .map_err(|e| Refusal::invalid(format!("receipt: {e}")))?,
+                for_doc_id: r
+                    .for_doc_id
+                    .parse()
+                    .map_err(|e| Refusal::invalid(format!("receipt: {e}")))?,
                 envelope_sha256: Digest::from_slice(&r.envelope_sha256)
                     .ok_or_else(|| Refusal::invalid("receipt: envelope digest is not 32 bytes"))?,
             })
         }
         (Kind::Receipt, None) => return Err(Refusal::invalid("receipt without receipt details")),
-        (Kind::Status, _) => return Err(Refusal::new(Code::Unimplemented, "business statuses are not supported yet")),
-        (Kind::Document, Some(_)) => return Err(Refusal::invalid("a document cannot carry receipt details")),
+        (Kind::Status, _) => {
+            return Err(Refusal::new(
+                Code::Unimplemented,
+                "business statuses are not supported yet",
+            ));
+        }
+        (Kind::Document, Some(_)) => {
+            return Err(Refusal::invalid("a document cannot carry receipt details"));
+        }
         (Kind::Document, None) => None,
     };
-    let alg = algorithm(envelope.algorithm)
-        .ok_or_else(|| Refusal::unauthenticated(format!("unsupported signature algorithm {}", envelope.algorithm)))?;
+    let alg = algorithm(envelope.algorithm).ok_or_else(|| {
+        Refusal::unauthenticated(format!(
+            "unsupported signature algorithm {}",
+            envelope.algorithm
+        ))
+    })?;
     let signer = verifier
         .verify(
             &envelope.header_bytes,
@@ -176,7 +213,9 @@ pub fn verify(
             &envelope.signer_chain,
             now,
         )
-        .map_err(|e: VerifyError| Refusal::unauthenticated(format!("envelope {doc_id} from {from}: {e}")))?;
+        .map_err(|e: VerifyError| {
+            Refusal::unauthenticated(format!("envelope {doc_id} from {from}: {e}"))
+        })?;
     if signer.organ != from {
         return Err(Refusal::denied(format!(
             "envelope {doc_id} says from {from} but is signed by {}",
@@ -199,7 +238,10 @@ pub fn verify(
 }
 
 /// Serializes `header` once, signs those bytes and wraps them.
-pub fn seal(header: &pb::Header, signer: &AgencySigner) -> Result<pb::SignedEnvelope, truc_pki::PkiError> {
+pub fn seal(
+    header: &pb::Header,
+    signer: &AgencySigner,
+) -> Result<pb::SignedEnvelope, truc_pki::PkiError> {
     let header_bytes = header.encode_to_vec();
     let sig = signer.sign(&header_bytes)?;
     Ok(pb::SignedEnvelope {
@@ -245,7 +287,17 @@ mod tests {
 
     #[test]
     fn attachment_names_that_act_as_paths_are_refused() {
-        for bad in ["../etc/passwd", "/etc/passwd", "a/b", "a\\b", "C:evil", "..", "x\u{0}y", "x\ny", ""] {
+        for bad in [
+            "../etc/passwd",
+            "/etc/passwd",
+            "a/b",
+            "a\\b",
+            "C:evil",
+            "..",
+            "x\u{0}y",
+            "x\ny",
+            "",
+        ] {
             assert!(check_attachment_name(bad).is_err(), "{bad:?}");
         }
         for ok in ["Quyết định 123.pdf", "phu-luc.xlsx", ".hidden", "a..b.pdf"] {

@@ -82,8 +82,12 @@ impl NodeError {
 pub fn to_status(e: NodeError) -> Status {
     match e {
         NodeError::Refused(r) => Status::new(r.code, r.reason),
-        NodeError::Blob(b) if b.is_disk_full() => Status::resource_exhausted(format!("disk full: {b}")),
-        NodeError::Store(StoreError::Failed(m)) => Status::unavailable(format!("store unavailable: {m}")),
+        NodeError::Blob(b) if b.is_disk_full() => {
+            Status::resource_exhausted(format!("disk full: {b}"))
+        }
+        NodeError::Store(StoreError::Failed(m)) => {
+            Status::unavailable(format!("store unavailable: {m}"))
+        }
         NodeError::Store(StoreError::Corrupt { .. }) => Status::data_loss(e.to_string()),
         other => Status::internal(other.to_string()),
     }

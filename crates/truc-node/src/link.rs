@@ -25,7 +25,7 @@ use tokio::{
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
-use truc_core::NodeId;
+use truc_core::{NodeId, OrganId};
 use truc_proto::v1::{self as pb, link_frame::Frame};
 use truc_store::Digest;
 
@@ -79,19 +79,37 @@ enum Control {
 }
 
 enum Prepared {
-    Ok(Verified),
+    Ok(Verified, Vec<OrganId>),
     Refused(Refusal),
 }
 
 /// Checks a received transfer and stores its attachments (blocking IO).
 fn prepare(state: &NodeState, t: pb::Transfer) -> Result<Prepared, NodeError> {
     let Some(env) = t.envelope else {
-        return Ok(Prepared::Refused(Refusal::invalid("transfer without envelope")));
+        return Ok(Prepared::Refused(Refusal::invalid(
+            "transfer without envelope",
+        )));
     };
     let v = match envelope::verify(env, &state.verifier, &state.limits, UnixTime::now()) {
         Ok(v) => v,
         Err(r) => return Ok(Prepared::Refused(r)),
     };
+    let mut recipients = Vec::with_capacity(t.recipients.len());
+    for r in &t.recipients {
+        match r.parse::<OrganId>() {
+            Ok(o) => recipients.push(o),
+            Err(e) => {
+                return Ok(Prepared::Refused(Refusal::invalid(format!(
+                    "transfer recipients: {e}"
+                ))));
+            }
+        }
+    }
+    if recipients.is_empty() {
+        return Ok(Prepared::Refused(Refusal::invalid(
+            "transfer names no recipients for this hop",
+        )));
+    }
     if t.attachments.len() != v.attachments.len() {
         return Ok(Prepared::Refused(Refusal::invalid(format!(
             "envelope {} names {} attachments but {} were sent",
@@ -100,8 +118,15 @@ fn prepare(state: &NodeState, t: pb::Transfer) -> Result<Prepared, NodeError> {
             t.attachments.len()
         ))));
     }
-    for ((data, digest), meta) in t.attachments.iter().zip(&v.attachments).zip(&v.header.attachments) {
-        if Digest::from_slice(&data.sha256).as_ref() != Some(digest) || data.data.len() as u64 != meta.size {
+    for ((data, digest), meta) in t
+        .attachments
+        .iter()
+        .zip(&v.attachments)
+        .zip(&v.header.attachments)
+    {
+        if Digest::from_slice(&data.sha256).as_ref() != Some(digest)
+            || data.data.len() as u64 != meta.size
+        {
             return Ok(Prepared::Refused(Refusal::invalid(format!(
                 "attachment {:?} of {}: bytes do not match the signed manifest",
                 meta.name, v.doc_id
@@ -118,7 +143,7 @@ fn prepare(state: &NodeState, t: pb::Transfer) -> Result<Prepared, NodeError> {
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(Prepared::Ok(v))
+    Ok(Prepared::Ok(v, recipients))
 }
 
 /// Runs one established link until the peer goes away, falls silent, or `stop`.
@@ -140,7 +165,14 @@ pub async fn run_session(
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
 
     tasks.spawn(
-        push(state.clone(), queue.clone(), out.clone(), peer_window, ctl_rx).in_current_span(),
+        push(
+            state.clone(),
+            queue.clone(),
+            out.clone(),
+            peer_window,
+            ctl_rx,
+        )
+        .in_current_span(),
     );
     tasks.spawn(apply(state.clone(), origin, prep_rx, ack_tx).in_current_span());
     tasks.spawn(acknowledge(state.clone(), ack_rx, out.clone(), params.window).in_current_span());
@@ -152,7 +184,11 @@ pub async fn run_session(
         loop {
             tick.tick().await;
             nonce += 1;
-            if hb_out.send(frame(Frame::Ping(pb::Ping { nonce }))).await.is_err() {
+            if hb_out
+                .send(frame(Frame::Ping(pb::Ping { nonce })))
+                .await
+                .is_err()
+            {
                 return Ok(());
             }
         }
@@ -197,11 +233,15 @@ pub async fn run_session(
                 });
             }
             Frame::Ping(p) => {
-                let _ = out.send(frame(Frame::Pong(pb::Pong { nonce: p.nonce }))).await;
+                let _ = out
+                    .send(frame(Frame::Pong(pb::Pong { nonce: p.nonce })))
+                    .await;
             }
             Frame::Pong(_) => {}
             Frame::Hello(_) | Frame::Welcome(_) => {
-                break Err(LinkError::Handshake("unexpected hello/welcome mid-session".into()));
+                break Err(LinkError::Handshake(
+                    "unexpected hello/welcome mid-session".into(),
+                ));
             }
         }
     };
@@ -256,7 +296,12 @@ async fn push(
                     }
                     Err(e) => {
                         tracing::error!(%queue, seq, error = %e, "cannot load a queued transfer; moved to dead letters");
-                        state.queue_reject(&queue, seq, Code::DataLoss as i32, &format!("cannot load at sender: {e}"))?;
+                        state.queue_reject(
+                            &queue,
+                            seq,
+                            Code::DataLoss as i32,
+                            &format!("cannot load at sender: {e}"),
+                        )?;
                     }
                 }
             }
@@ -304,13 +349,16 @@ async fn apply(
         let prepared = job.await.map_err(|e| NodeError::Other(e.to_string()))??;
         let outcome = match prepared {
             Prepared::Refused(r) => {
-                state.stats.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                state
+                    .stats
+                    .refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(origin = %origin.label(), code = ?r.code, reason = %r.reason, "transfer refused");
                 Outcome::Refused(seq, r)
             }
-            Prepared::Ok(v) => {
+            Prepared::Ok(v, recipients) => {
                 let doc_id = v.doc_id;
-                match state.accept(v, &origin) {
+                match state.accept(v, &origin, Some(&recipients)) {
                     Ok(a) => Outcome::Stored(seq, a),
                     Err(NodeError::Refused(r)) => {
                         tracing::warn!(%doc_id, origin = %origin.label(), reason = %r, "transfer refused");
@@ -417,7 +465,10 @@ type FrameStream = Pin<Box<dyn Stream<Item = Result<pb::LinkFrame, Status>> + Se
 impl pb::link_server::Link for LinkService {
     type OpenStream = FrameStream;
 
-    async fn open(&self, req: Request<Streaming<pb::LinkFrame>>) -> Result<Response<FrameStream>, Status> {
+    async fn open(
+        &self,
+        req: Request<Streaming<pb::LinkFrame>>,
+    ) -> Result<Response<FrameStream>, Status> {
         let certs = req
             .peer_certs()
             .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
@@ -434,7 +485,8 @@ impl pb::link_server::Link for LinkService {
             )));
         }
         let mut incoming = req.into_inner();
-        let hello = match tokio::time::timeout(self.params.handshake_timeout, incoming.next()).await {
+        let hello = match tokio::time::timeout(self.params.handshake_timeout, incoming.next()).await
+        {
             Ok(Some(Ok(pb::LinkFrame {
                 frame: Some(Frame::Hello(h)),
             }))) => h,
@@ -536,11 +588,22 @@ pub async fn dial_parent(
             return;
         }
         let started = Instant::now();
-        let r = connect_once(&state, &address, &parent, tls.clone(), &params, stop.clone(), &up).await;
+        let r = connect_once(
+            &state,
+            &address,
+            &parent,
+            tls.clone(),
+            &params,
+            stop.clone(),
+            &up,
+        )
+        .await;
         let _ = up.send(false);
         match r {
             Err(LinkError::Stopped) => return,
-            Err(e) => tracing::warn!(%parent, %address, error = %e, "link to parent down; will retry"),
+            Err(e) => {
+                tracing::warn!(%parent, %address, error = %e, "link to parent down; will retry")
+            }
             Ok(()) => {}
         }
         if started.elapsed() > params.heartbeat_timeout {
@@ -585,7 +648,10 @@ async fn connect_once(
     })))
     .await
     .map_err(|_| LinkError::Closed)?;
-    let open = tokio::time::timeout(params.handshake_timeout + params.connect_timeout, client.open(ReceiverStream::new(rx)));
+    let open = tokio::time::timeout(
+        params.handshake_timeout + params.connect_timeout,
+        client.open(ReceiverStream::new(rx)),
+    );
     let mut incoming = open
         .await
         .map_err(|_| LinkError::Handshake("parent did not answer".into()))??
@@ -596,7 +662,11 @@ async fn connect_once(
         }))) => w,
         Ok(Some(Err(s))) => return Err(LinkError::Rpc(s)),
         Err(_) => return Err(LinkError::Handshake("no welcome".into())),
-        _ => return Err(LinkError::Handshake("the first frame must be welcome".into())),
+        _ => {
+            return Err(LinkError::Handshake(
+                "the first frame must be welcome".into(),
+            ));
+        }
     };
     if welcome.node_id != parent.as_str() {
         return Err(LinkError::Handshake(format!(

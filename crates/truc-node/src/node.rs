@@ -7,7 +7,10 @@ use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use truc_core::RoutingTable;
-use truc_pki::{sign::{AgencySigner, SignatureVerifier}, tls::TransportMaterial};
+use truc_pki::{
+    sign::{AgencySigner, SignatureVerifier},
+    tls::TransportMaterial,
+};
 use truc_proto::v1 as pb;
 use truc_store::{BlobStore, SledStore};
 
@@ -50,7 +53,10 @@ impl std::fmt::Debug for RunningNode {
 
 /// Opens the store and loads every key and certificate the config names.
 pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(NodeError::io(format!("data_dir {}", config.data_dir.display())))?;
+    std::fs::create_dir_all(&config.data_dir).map_err(NodeError::io(format!(
+        "data_dir {}",
+        config.data_dir.display()
+    )))?;
     let store = SledStore::open(&config.data_dir.join("store"), config.storage.cache_bytes)?;
     let blobs = BlobStore::open(&config.data_dir.join("blobs"))?;
     let mut routing = RoutingTable::new(config.parent.is_some());
@@ -108,7 +114,12 @@ impl RunningNode {
     }
 
     pub async fn start_with(config: Config, listeners: Listeners) -> Result<Self, NodeError> {
-        let transport = TransportMaterial::load(&config.tls.ca, &config.tls.cert, &config.tls.key, &config.tls.crls)?;
+        let transport = TransportMaterial::load(
+            &config.tls.ca,
+            &config.tls.cert,
+            &config.tls.key,
+            &config.tls.crls,
+        )?;
         // The certificate must name this node: a misplaced file fails here, not at the peer.
         let leaf = transport
             .chain
@@ -135,7 +146,11 @@ impl RunningNode {
                 Some(l) => l,
                 None => bind("link listener", addr).await?,
             };
-            link_addr = Some(listener.local_addr().map_err(NodeError::io("link listener"))?);
+            link_addr = Some(
+                listener
+                    .local_addr()
+                    .map_err(NodeError::io("link listener"))?,
+            );
             let incoming = tls_incoming(
                 listener,
                 transport.server_config()?,
@@ -158,7 +173,10 @@ impl RunningNode {
                 let shutdown = async move {
                     let _ = crate::stopped(&mut s).await;
                 };
-                if let Err(e) = server.serve_with_incoming_shutdown(incoming, shutdown).await {
+                if let Err(e) = server
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+                {
                     tracing::error!(error = %e, "link server failed");
                 }
             });
@@ -170,7 +188,11 @@ impl RunningNode {
                 Some(l) => l,
                 None => bind("agency api", addr).await?,
             };
-            agency_addr = Some(listener.local_addr().map_err(NodeError::io("agency listener"))?);
+            agency_addr = Some(
+                listener
+                    .local_addr()
+                    .map_err(NodeError::io("agency listener"))?,
+            );
             let server = Server::builder().add_service(
                 pb::agency_server::AgencyServer::new(AgencyService::new(state.clone()))
                     .max_decoding_message_size(config.limits.max_message_bytes)
@@ -229,7 +251,8 @@ impl RunningNode {
             "agency": self.agency_addr.map(|a| a.to_string()),
         });
         let path = dir.join("endpoints.json");
-        std::fs::write(&path, json.to_string()).map_err(NodeError::io(format!("{}", path.display())))
+        std::fs::write(&path, json.to_string())
+            .map_err(NodeError::io(format!("{}", path.display())))
     }
 
     /// Turns true while the link to the parent is up.
@@ -242,7 +265,10 @@ impl RunningNode {
     pub async fn shutdown(mut self) -> Result<(), NodeError> {
         let _ = self.stop.send(true);
         let drain = async { while self.tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), drain)
+            .await
+            .is_err()
+        {
             tracing::warn!("some tasks did not stop within 10 s; stopping them");
             self.tasks.abort_all();
         }

@@ -18,7 +18,9 @@ use prost::Message;
 use rustls::pki_types::UnixTime;
 use tokio::sync::{Notify, broadcast};
 use tonic::Code;
-use truc_core::{DeliveryState, Destination, DocId, Kind, NodeId, OrganId, ReceiptType, RouteError, RoutingTable};
+use truc_core::{
+    DeliveryState, Destination, DocId, Kind, NodeId, OrganId, ReceiptType, RouteError, RoutingTable,
+};
 use truc_pki::sign::{AgencySigner, SignatureVerifier};
 use truc_proto::v1 as pb;
 use truc_store::{
@@ -156,7 +158,9 @@ pub struct NodeState {
 
 impl std::fmt::Debug for NodeState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeState").field("node_id", &self.node_id).finish_non_exhaustive()
+        f.debug_struct("NodeState")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -209,7 +213,9 @@ impl NodeState {
             commit: GroupCommit::start(store.clone()),
             store,
             blobs,
-            writer: Mutex::new(Writer { seqs: HashMap::new() }),
+            writer: Mutex::new(Writer {
+                seqs: HashMap::new(),
+            }),
             notifiers: Mutex::default(),
             events,
             stats: Stats::default(),
@@ -248,7 +254,8 @@ impl NodeState {
         };
         let next = cur + 1;
         w.seqs.insert(name.to_owned(), next);
-        plan.batch.put(Space::Meta, meta_key, next.to_be_bytes().to_vec());
+        plan.batch
+            .put(Space::Meta, meta_key, next.to_be_bytes().to_vec());
         Ok(next)
     }
 
@@ -258,7 +265,10 @@ impl NodeState {
         match origin {
             Origin::Local => {
                 if !self.routing.is_local(&v.from) {
-                    return Err(Refusal::denied(format!("this node does not serve agency {}", v.from)));
+                    return Err(Refusal::denied(format!(
+                        "this node does not serve agency {}",
+                        v.from
+                    )));
                 }
             }
             Origin::Child(child) => {
@@ -282,7 +292,14 @@ impl NodeState {
     }
 
     /// Accepts a verified message: authorize, dedup, route, store in one batch.
-    pub fn accept(&self, v: Verified, origin: &Origin) -> Result<Accepted, NodeError> {
+    /// `recipients` is the part of `to` this node is asked to serve (all of it when
+    /// `None`); a peer forwards each recipient once, along one path.
+    pub fn accept(
+        &self,
+        v: Verified,
+        origin: &Origin,
+        recipients: Option<&[OrganId]>,
+    ) -> Result<Accepted, NodeError> {
         if let Err(r) = self.authorize(&v, origin) {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
             return Err(r.into());
@@ -298,12 +315,15 @@ impl NodeState {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::new(
                 Code::AlreadyExists,
-                format!("doc_id {} was already used by {} for different content", v.doc_id, v.from),
+                format!(
+                    "doc_id {} was already used by {} for different content",
+                    v.doc_id, v.from
+                ),
             )
             .into());
         }
         let mut plan = Plan::default();
-        if let Err(e) = self.plan_message(&mut w, &mut plan, &v, origin, now) {
+        if let Err(e) = self.plan_message(&mut w, &mut plan, &v, origin, recipients, now) {
             if matches!(e, NodeError::Refused(_)) {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
             }
@@ -354,9 +374,17 @@ impl NodeState {
         plan: &mut Plan,
         v: &Verified,
         origin: &Origin,
+        recipients: Option<&[OrganId]>,
         now: i64,
     ) -> Result<(), NodeError> {
-        let routes = self.routing.route(&v.to).map_err(|e| match e {
+        let to = recipients.unwrap_or(&v.to);
+        if let Some(extra) = to.iter().find(|r| !v.to.contains(r)) {
+            return Err(Refusal::invalid(format!(
+                "recipient {extra} is not in the signed recipient list"
+            ))
+            .into());
+        }
+        let routes = self.routing.route(to).map_err(|e| match e {
             RouteError::UnknownRecipient(_) => Refusal::not_found(e.to_string()),
             other => Refusal::invalid(other.to_string()),
         })?;
@@ -382,7 +410,8 @@ impl NodeState {
                 signer: v.signer.clone(),
             }),
         );
-        plan.batch.put(Space::Dedup, dkey, v.header_sha256.0.to_vec());
+        plan.batch
+            .put(Space::Dedup, dkey, v.header_sha256.0.to_vec());
 
         if *origin == Origin::Local && v.kind == Kind::Document {
             plan.sent.insert(
@@ -468,7 +497,11 @@ impl NodeState {
         );
         plan.batch.put(
             Space::InboxIndex,
-            Key::new().str(&doc_id).str(v.from.as_str()).str(organ.as_str()).build(),
+            Key::new()
+                .str(&doc_id)
+                .str(v.from.as_str())
+                .str(organ.as_str())
+                .build(),
             seq.to_be_bytes().to_vec(),
         );
         plan.events.push(Event::Delivered {
@@ -478,7 +511,16 @@ impl NodeState {
             subject: v.header.subject.clone(),
         });
         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
-        self.plan_new_receipt(w, plan, organ, ReceiptType::Delivered, &v.from, &v.doc_id, &v.header_sha256, now)
+        self.plan_new_receipt(
+            w,
+            plan,
+            organ,
+            ReceiptType::Delivered,
+            &v.from,
+            &v.doc_id,
+            &v.header_sha256,
+            now,
+        )
     }
 
     #[allow(clippy::too_many_arguments)] // the fields of a receipt
@@ -493,10 +535,9 @@ impl NodeState {
         digest: &Digest,
         now: i64,
     ) -> Result<(), NodeError> {
-        let signer = self
-            .signers
-            .get(recipient)
-            .ok_or_else(|| NodeError::Other(format!("no signing key for local agency {recipient}")))?;
+        let signer = self.signers.get(recipient).ok_or_else(|| {
+            NodeError::Other(format!("no signing key for local agency {recipient}"))
+        })?;
         let header = envelope::receipt_header(recipient, kind, for_from, for_doc_id, digest, now);
         let sealed = envelope::seal(&header, signer)?;
         let receipt = Verified {
@@ -517,7 +558,7 @@ impl NodeState {
             header,
         };
         self.stats.receipts.fetch_add(1, Ordering::Relaxed);
-        self.plan_message(w, plan, &receipt, &Origin::Local, now)
+        self.plan_message(w, plan, &receipt, &Origin::Local, None, now)
     }
 
     /// A receipt reached the sender's node: advance that recipient's state.
@@ -536,13 +577,22 @@ impl NodeState {
         if rec.header_sha256 != r.envelope_sha256.0 {
             tracing::error!(doc_id = %r.for_doc_id, recipient = %v.from,
                 "receipt acknowledges different envelope bytes than were sent; not counted");
-            if let Some(rr) = rec.recipients.iter_mut().find(|x| x.organ == v.from.as_str()) {
-                rr.detail = "receipt names different envelope bytes (possible tampering in transit)".into();
+            if let Some(rr) = rec
+                .recipients
+                .iter_mut()
+                .find(|x| x.organ == v.from.as_str())
+            {
+                rr.detail =
+                    "receipt names different envelope bytes (possible tampering in transit)".into();
             }
             plan.sent.insert(key, rec);
             return Ok(());
         }
-        let Some(rr) = rec.recipients.iter_mut().find(|x| x.organ == v.from.as_str()) else {
+        let Some(rr) = rec
+            .recipients
+            .iter_mut()
+            .find(|x| x.organ == v.from.as_str())
+        else {
             tracing::warn!(doc_id = %r.for_doc_id, recipient = %v.from, "receipt from an agency that was not a recipient");
             return Ok(());
         };
@@ -564,14 +614,19 @@ impl NodeState {
     /// Signs and accepts a document from a local application. Attachments are
     /// written (fsynced) first; blocking IO, call from a blocking context.
     pub fn submit(&self, s: Submission) -> Result<(DocId, Accepted), NodeError> {
-        let from: OrganId = s.from.parse().map_err(|e| Refusal::invalid(format!("from: {e}")))?;
+        let from: OrganId = s
+            .from
+            .parse()
+            .map_err(|e| Refusal::invalid(format!("from: {e}")))?;
         let signer = self
             .signers
             .get(&from)
             .ok_or_else(|| Refusal::denied(format!("this edge does not serve agency {from}")))?
             .clone();
         let doc_id = match &s.doc_id {
-            Some(id) if !id.is_empty() => id.parse::<DocId>().map_err(|e| Refusal::invalid(e.to_string()))?,
+            Some(id) if !id.is_empty() => id
+                .parse::<DocId>()
+                .map_err(|e| Refusal::invalid(e.to_string()))?,
             _ => DocId::new_v7(),
         };
         // The same doc_id again is a retry: answer as before, queue nothing.
@@ -642,15 +697,22 @@ impl NodeState {
         // Verify our own bytes like anyone else's: an expired signing certificate is
         // refused here, at the source, not three hops later.
         let v = envelope::verify(sealed, &self.verifier, &self.limits, UnixTime::now())?;
-        let accepted = self.accept(v, &Origin::Local)?;
+        let accepted = self.accept(v, &Origin::Local, None)?;
         Ok((doc_id, accepted))
     }
 
     /// Up to `limit` entries of `queue` after `after`, in order.
-    pub fn queue_peek(&self, queue: &str, after: Option<u64>, limit: usize) -> Result<Vec<(u64, QueueEntry)>, NodeError> {
+    pub fn queue_peek(
+        &self,
+        queue: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, QueueEntry)>, NodeError> {
         let prefix = queue_prefix(queue);
         let after_key = after.map(|s| Key::new().str(queue).u64(s).build());
-        let rows = self.store.scan(Space::Queue, &prefix, after_key.as_deref(), limit)?;
+        let rows = self
+            .store
+            .scan(Space::Queue, &prefix, after_key.as_deref(), limit)?;
         rows.into_iter()
             .map(|(k, v)| {
                 let seq = trailing_u64(&k).ok_or_else(|| internal("queue key without sequence"))?;
@@ -661,15 +723,17 @@ impl NodeState {
 
     /// Entries waiting in `queue`.
     pub fn queue_depth(&self, queue: &str) -> Result<usize, NodeError> {
-        Ok(self.store.scan(Space::Queue, &queue_prefix(queue), None, usize::MAX)?.len())
+        Ok(self
+            .store
+            .scan(Space::Queue, &queue_prefix(queue), None, usize::MAX)?
+            .len())
     }
 
     fn load_doc(&self, from: &str, doc_id: &str) -> Result<DocRecord, NodeError> {
         let key = doc_key(from, doc_id);
-        let bytes = self
-            .store
-            .get(Space::Docs, &key)?
-            .ok_or_else(|| NodeError::Other(format!("document {from}/{doc_id} is queued but not stored")))?;
+        let bytes = self.store.get(Space::Docs, &key)?.ok_or_else(|| {
+            NodeError::Other(format!("document {from}/{doc_id} is queued but not stored"))
+        })?;
         Ok(record::decode(Space::Docs, &key, &bytes)?)
     }
 
@@ -685,7 +749,8 @@ impl NodeState {
         }
         let mut attachments = Vec::with_capacity(doc.attachments.len());
         for d in &doc.attachments {
-            let digest = Digest::from_slice(d).ok_or_else(|| internal("stored digest is not 32 bytes"))?;
+            let digest =
+                Digest::from_slice(d).ok_or_else(|| internal("stored digest is not 32 bytes"))?;
             attachments.push(pb::AttachmentData {
                 sha256: d.clone(),
                 data: self.blobs.read(&digest)?,
@@ -695,6 +760,7 @@ impl NodeState {
             seq,
             envelope: Some(env),
             attachments,
+            recipients: entry.recipients.clone(),
         })
     }
 
@@ -716,7 +782,8 @@ impl NodeState {
                     break 'scan;
                 }
                 after = Some(seq);
-                plan.batch.delete(Space::Queue, Key::new().str(queue).u64(seq).build());
+                plan.batch
+                    .delete(Space::Queue, Key::new().str(queue).u64(seq).build());
                 n += 1;
                 if queue == "parent" && entry.kind == pb::Kind::Document as i32 {
                     self.plan_state(&mut plan, &entry, DeliveryState::AtHub, "", now)?;
@@ -742,7 +809,11 @@ impl NodeState {
             return Ok(());
         };
         let doc_id: DocId = entry.doc_id.parse().map_err(internal)?;
-        for rr in rec.recipients.iter_mut().filter(|r| entry.recipients.contains(&r.organ)) {
+        for rr in rec
+            .recipients
+            .iter_mut()
+            .filter(|r| entry.recipients.contains(&r.organ))
+        {
             let old = DeliveryState::from_u8(rr.state as u8).unwrap_or(DeliveryState::Queued);
             let new = old.advance(state);
             if new != old {
@@ -764,7 +835,13 @@ impl NodeState {
 
     /// The peer refused `seq` for good: keep it as a dead letter with the reason and
     /// mark the recipients failed for the sender to see.
-    pub fn queue_reject(&self, queue: &str, seq: u64, code: i32, reason: &str) -> Result<(), NodeError> {
+    pub fn queue_reject(
+        &self,
+        queue: &str,
+        seq: u64,
+        code: i32,
+        reason: &str,
+    ) -> Result<(), NodeError> {
         let w = self.lock();
         let key = Key::new().str(queue).u64(seq).build();
         let Some(bytes) = self.store.get(Space::Queue, &key)? else {
@@ -785,18 +862,31 @@ impl NodeState {
             }),
         );
         let code_name = format!("{:?}", Code::from_i32(code));
-        self.plan_state(&mut plan, &entry, DeliveryState::Failed, &format!("{code_name}: {reason}"), now)?;
+        self.plan_state(
+            &mut plan,
+            &entry,
+            DeliveryState::Failed,
+            &format!("{code_name}: {reason}"),
+            now,
+        )?;
         self.finish(w, plan)?;
         Ok(())
     }
 
     /// Inbox entries of a local agency, oldest first.
-    pub fn inbox(&self, organ: &OrganId, include_acked: bool, limit: usize) -> Result<Vec<InboxEntry>, NodeError> {
+    pub fn inbox(
+        &self,
+        organ: &OrganId,
+        include_acked: bool,
+        limit: usize,
+    ) -> Result<Vec<InboxEntry>, NodeError> {
         let prefix = Key::new().str(organ.as_str()).build();
         let mut out = Vec::new();
         let mut after: Option<Vec<u8>> = None;
         while out.len() < limit {
-            let rows = self.store.scan(Space::Inbox, &prefix, after.as_deref(), 512)?;
+            let rows = self
+                .store
+                .scan(Space::Inbox, &prefix, after.as_deref(), 512)?;
             let Some((last, _)) = rows.last() else { break };
             after = Some(last.clone());
             for (k, v) in rows {
@@ -813,13 +903,20 @@ impl NodeState {
     }
 
     /// Inbox entries (one per local recipient) of a received document.
-    fn inbox_entries(&self, doc_id: &DocId, from: Option<&OrganId>) -> Result<Vec<(Vec<u8>, InboxEntry)>, NodeError> {
+    fn inbox_entries(
+        &self,
+        doc_id: &DocId,
+        from: Option<&OrganId>,
+    ) -> Result<Vec<(Vec<u8>, InboxEntry)>, NodeError> {
         let mut prefix = Key::new().str(&doc_id.to_string());
         if let Some(f) = from {
             prefix = prefix.str(f.as_str());
         }
         let mut out = Vec::new();
-        for (k, v) in self.store.scan(Space::InboxIndex, &prefix.build(), None, usize::MAX)? {
+        for (k, v) in self
+            .store
+            .scan(Space::InboxIndex, &prefix.build(), None, usize::MAX)?
+        {
             let seq = trailing_u64(&v).ok_or_else(|| internal("inbox index without sequence"))?;
             let organ = truc_store::keys::str_parts(&k, 3)
                 .and_then(|p| p.into_iter().nth(2))
@@ -833,7 +930,11 @@ impl NodeState {
     }
 
     /// A received document: its stored record and the inbox entries it has here.
-    pub fn received(&self, doc_id: &DocId, from: Option<&OrganId>) -> Result<(DocRecord, Vec<InboxEntry>), NodeError> {
+    pub fn received(
+        &self,
+        doc_id: &DocId,
+        from: Option<&OrganId>,
+    ) -> Result<(DocRecord, Vec<InboxEntry>), NodeError> {
         let entries = self.inbox_entries(doc_id, from)?;
         let Some((_, first)) = entries.first() else {
             return Err(Refusal::not_found(format!("no received document {doc_id}")).into());
@@ -850,7 +951,12 @@ impl NodeState {
 
     /// The application took the document: mark it acked for `organ` (or every local
     /// recipient) and send the sender a signed ACKED receipt.
-    pub fn ack(&self, doc_id: &DocId, from: Option<&OrganId>, organ: Option<&OrganId>) -> Result<(Vec<OrganId>, Ticket), NodeError> {
+    pub fn ack(
+        &self,
+        doc_id: &DocId,
+        from: Option<&OrganId>,
+        organ: Option<&OrganId>,
+    ) -> Result<(Vec<OrganId>, Ticket), NodeError> {
         let mut w = self.lock();
         let entries = self.inbox_entries(doc_id, from)?;
         if entries.is_empty() {
@@ -866,11 +972,21 @@ impl NodeState {
             let sender: OrganId = e.from.parse().map_err(internal)?;
             let recipient: OrganId = e.organ.parse().map_err(internal)?;
             let doc = self.load_doc(&e.from, &e.doc_id)?;
-            let digest = Digest::from_slice(&doc.header_sha256).ok_or_else(|| internal("stored digest"))?;
+            let digest =
+                Digest::from_slice(&doc.header_sha256).ok_or_else(|| internal("stored digest"))?;
             e.acked = true;
             e.acked_at_ms = now;
             plan.batch.put(Space::Inbox, key, record::encode(&e));
-            self.plan_new_receipt(&mut w, &mut plan, &recipient, ReceiptType::Acked, &sender, doc_id, &digest, now)?;
+            self.plan_new_receipt(
+                &mut w,
+                &mut plan,
+                &recipient,
+                ReceiptType::Acked,
+                &sender,
+                doc_id,
+                &digest,
+                now,
+            )?;
             acked.push(recipient);
         }
         let ticket = if plan.batch.is_empty() {

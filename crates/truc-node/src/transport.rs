@@ -36,13 +36,21 @@ impl Connected for Conn {
 }
 
 impl AsyncRead for Conn {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Conn {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -98,7 +106,12 @@ pub fn tls_incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(inner)) => {
-                        let _ = tx.send(Ok(Conn { inner, _permit: permit })).await;
+                        let _ = tx
+                            .send(Ok(Conn {
+                                inner,
+                                _permit: permit,
+                            }))
+                            .await;
                     }
                     Ok(Err(e)) => tracing::warn!(%peer, error = %e, "tls handshake refused"),
                     Err(_) => tracing::warn!(%peer, "tls handshake timed out"),
@@ -118,7 +131,8 @@ pub fn tls_channel(
     connect_timeout: Duration,
     keepalive: Duration,
 ) -> Result<Channel, String> {
-    let name = ServerName::try_from(server_name.to_owned()).map_err(|e| format!("server name {server_name:?}: {e}"))?;
+    let name = ServerName::try_from(server_name.to_owned())
+        .map_err(|e| format!("server name {server_name:?}: {e}"))?;
     let address = address.to_owned();
     let endpoint = Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| format!("parent address {address:?}: {e}"))?
@@ -137,7 +151,9 @@ pub fn tls_channel(
                 Err(_) => tokio::net::lookup_host(&address)
                     .await?
                     .next()
-                    .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no address for {address}")))?,
+                    .ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::NotFound, format!("no address for {address}"))
+                    })?,
             };
             let tcp = TcpStream::connect(addr).await?;
             tcp.set_nodelay(true)?;

@@ -7,8 +7,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use time::{Duration, OffsetDateTime};
@@ -130,7 +130,12 @@ impl DevCa {
     }
 
     /// As [`node_cert`](Self::node_cert) with a chosen validity (negative: already expired).
-    pub fn node_cert_valid(&self, node: &NodeId, hostnames: &[String], days: i64) -> Result<Issued, PkiError> {
+    pub fn node_cert_valid(
+        &self,
+        node: &NodeId,
+        hostnames: &[String],
+        days: i64,
+    ) -> Result<Issued, PkiError> {
         let mut p = params(&format!("truc node {node}"), days)?;
         if days < 0 {
             p.not_before = OffsetDateTime::now_utc() - Duration::days(30);
@@ -150,17 +155,31 @@ impl DevCa {
         }
         p.subject_alt_names = sans;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         self.issue(p)
     }
 
     /// An agency signing certificate: `urn:truc:organ:<OrganId>`, digital signature and
     /// non-repudiation (content commitment).
     pub fn agency_cert(&self, organ: &OrganId, name: &str) -> Result<Issued, PkiError> {
-        let mut p = params(if name.is_empty() { organ.as_str() } else { name }, LEAF_DAYS)?;
-        p.distinguished_name.push(DnType::OrganizationalUnitName, organ.as_str());
+        let mut p = params(
+            if name.is_empty() {
+                organ.as_str()
+            } else {
+                name
+            },
+            LEAF_DAYS,
+        )?;
+        p.distinguished_name
+            .push(DnType::OrganizationalUnitName, organ.as_str());
         p.subject_alt_names = vec![uri(format!("{ORGAN_URN}{organ}"))?];
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::ContentCommitment];
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::ContentCommitment,
+        ];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::EmailProtection];
         self.issue(p)
     }
@@ -219,7 +238,13 @@ mod tests {
         let s = signer(&ca, &g22);
         let sig = s.sign(b"header bytes").unwrap();
         let v = verifier(&ca)
-            .verify(b"header bytes", &sig.bytes, sig.algorithm, &sig.chain, UnixTime::now())
+            .verify(
+                b"header bytes",
+                &sig.bytes,
+                sig.algorithm,
+                &sig.chain,
+                UnixTime::now(),
+            )
             .unwrap();
         assert_eq!(v.organ, g22);
         assert!(v.subject.contains("Văn phòng Chính phủ") || v.subject.contains("CN="));
@@ -232,13 +257,28 @@ mod tests {
         let sig = s.sign(b"header bytes").unwrap();
         let v = verifier(&ca);
         let err = v
-            .verify(b"header bytez", &sig.bytes, sig.algorithm, &sig.chain, UnixTime::now())
+            .verify(
+                b"header bytez",
+                &sig.bytes,
+                sig.algorithm,
+                &sig.chain,
+                UnixTime::now(),
+            )
             .unwrap_err();
         assert_eq!(err, VerifyError::BadSignature);
         let mut bad = sig.bytes.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        assert!(v.verify(b"header bytes", &bad, sig.algorithm, &sig.chain, UnixTime::now()).is_err());
+        assert!(
+            v.verify(
+                b"header bytes",
+                &bad,
+                sig.algorithm,
+                &sig.chain,
+                UnixTime::now()
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -263,7 +303,10 @@ mod tests {
             PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap(),
         )
         .unwrap_err();
-        assert!(err.to_string().contains("expected agency 000.00.00.G22"), "{err}");
+        assert!(
+            err.to_string().contains("expected agency 000.00.00.G22"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -274,7 +317,12 @@ mod tests {
         let later = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
             UnixTime::now().as_secs() + 3600 * 24 * (LEAF_DAYS as u64 + 1),
         ));
-        let err = verifier(&ca).verify(b"x", &sig.bytes, sig.algorithm, &sig.chain, later).unwrap_err();
-        assert!(matches!(err, VerifyError::Untrusted(ref r) if r.contains("Expired")), "{err:?}");
+        let err = verifier(&ca)
+            .verify(b"x", &sig.bytes, sig.algorithm, &sig.chain, later)
+            .unwrap_err();
+        assert!(
+            matches!(err, VerifyError::Untrusted(ref r) if r.contains("Expired")),
+            "{err:?}"
+        );
     }
 }

@@ -78,7 +78,9 @@ pub struct AgencySigner {
 
 impl std::fmt::Debug for AgencySigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgencySigner").field("organ", &self.organ).finish_non_exhaustive()
+        f.debug_struct("AgencySigner")
+            .field("organ", &self.organ)
+            .finish_non_exhaustive()
     }
 }
 
@@ -105,8 +107,12 @@ impl AgencySigner {
             return Err(PkiError::Key("expected a PKCS#8 ECDSA P-256 key".into()));
         };
         let rng = SystemRandom::new();
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.secret_pkcs8_der(), &rng)
-            .map_err(|e| PkiError::Key(format!("not an ECDSA P-256 PKCS#8 key: {e}")))?;
+        let key = EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_ASN1_SIGNING,
+            pkcs8.secret_pkcs8_der(),
+            &rng,
+        )
+        .map_err(|e| PkiError::Key(format!("not an ECDSA P-256 PKCS#8 key: {e}")))?;
         let leaf = chain
             .first()
             .ok_or_else(|| PkiError::BadCertificate("empty certificate chain".into()))?;
@@ -235,7 +241,9 @@ impl SignatureVerifier {
         now: UnixTime,
     ) -> Result<Verified, VerifyError> {
         let key: Vec<u8> = chain.concat();
-        let cache_key = ring::digest::digest(&ring::digest::SHA256, &key).as_ref().to_vec();
+        let cache_key = ring::digest::digest(&ring::digest::SHA256, &key)
+            .as_ref()
+            .to_vec();
         if let Ok(cache) = self.cache.lock() {
             if let Some((v, not_after)) = cache.get(&cache_key) {
                 if now.as_secs() <= *not_after {
@@ -257,7 +265,8 @@ impl SignatureVerifier {
             None,
         )
         .map_err(|e| VerifyError::Untrusted(e.to_string()))?;
-        let info = cert_info(&chain[0]).map_err(|e| VerifyError::MalformedCertificate(e.to_string()))?;
+        let info =
+            cert_info(&chain[0]).map_err(|e| VerifyError::MalformedCertificate(e.to_string()))?;
         let organ = match info.identity {
             Identity::Organ(o) => o,
             other => return Err(VerifyError::NotAnAgency(format!("{other:?}"))),

@@ -23,7 +23,12 @@ pub struct TransportMaterial {
 
 impl TransportMaterial {
     /// Loads the transport CA, this node's certificate chain and key, and CRLs.
-    pub fn load(ca: &Path, cert: &Path, key: &Path, crls: &[impl AsRef<Path>]) -> Result<Self, PkiError> {
+    pub fn load(
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        crls: &[impl AsRef<Path>],
+    ) -> Result<Self, PkiError> {
         let mut all_crls = Vec::new();
         for path in crls {
             all_crls.extend(load_crls(path.as_ref())?);
@@ -63,10 +68,11 @@ impl TransportMaterial {
     /// Client side of a link: TLS 1.3, presents this node's certificate, checks the
     /// server against the transport CA.
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, PkiError> {
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(self.roots()?, provider())
-            .with_crls(self.crls.clone())
-            .build()
-            .map_err(|e| PkiError::Verifier(e.to_string()))?;
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(self.roots()?, provider())
+                .with_crls(self.crls.clone())
+                .build()
+                .map_err(|e| PkiError::Verifier(e.to_string()))?;
         let mut cfg = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_webpki_verifier(verifier)

@@ -12,4 +12,5 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of every truc proto, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/truc_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/truc_descriptor.bin"));

@@ -98,7 +98,9 @@ impl BlobStore {
         }
         sync_dir(&objects)?;
         sync_dir(root)?;
-        Ok(Self { root: root.to_owned() })
+        Ok(Self {
+            root: root.to_owned(),
+        })
     }
 
     pub fn path(&self, d: &Digest) -> PathBuf {
@@ -156,14 +158,19 @@ impl BlobStore {
         let path = self.path(d);
         let mut f = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(BlobError::Missing(*d)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(BlobError::Missing(*d));
+            }
             Err(e) => return Err(io(&path)(e)),
         };
         let mut data = Vec::new();
         f.read_to_end(&mut data).map_err(io(&path))?;
         let actual = Digest::of(&data);
         if &actual != d {
-            return Err(BlobError::Mismatch { expected: *d, actual });
+            return Err(BlobError::Mismatch {
+                expected: *d,
+                actual,
+            });
         }
         Ok(data)
     }

@@ -124,7 +124,11 @@ impl SledStore {
 
 impl Store for SledStore {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(full_key(space, key)).map_err(io)?.map(|v| v.to_vec()))
+        Ok(self
+            .db
+            .get(full_key(space, key))
+            .map_err(io)?
+            .map(|v| v.to_vec()))
     }
 
     fn scan(
@@ -136,8 +140,12 @@ impl Store for SledStore {
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         let p = full_key(space, prefix);
         let iter = match after {
-            Some(a) => self.db.range((Bound::Excluded(full_key(space, a)), Bound::Unbounded)),
-            None => self.db.range((Bound::Included(p.clone()), Bound::Unbounded)),
+            Some(a) => self
+                .db
+                .range((Bound::Excluded(full_key(space, a)), Bound::Unbounded)),
+            None => self
+                .db
+                .range((Bound::Included(p.clone()), Bound::Unbounded)),
         };
         let mut out = Vec::new();
         for item in iter {
@@ -202,7 +210,12 @@ fn poisoned<T>(_: T) -> StoreError {
 
 impl Store for MemoryStore {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.map.read().map_err(poisoned)?.get(&full_key(space, key)).cloned())
+        Ok(self
+            .map
+            .read()
+            .map_err(poisoned)?
+            .get(&full_key(space, key))
+            .cloned())
     }
 
     fn scan(
@@ -273,7 +286,9 @@ pub struct FaultyStore<S> {
 
 impl<S> std::fmt::Debug for FaultyStore<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FaultyStore").field("plan", &self.plan).finish_non_exhaustive()
+        f.debug_struct("FaultyStore")
+            .field("plan", &self.plan)
+            .finish_non_exhaustive()
     }
 }
 
@@ -311,7 +326,9 @@ impl<S: Store> Store for FaultyStore<S> {
         let n = self.applies.fetch_add(1, Ordering::SeqCst) + 1;
         let from = self.plan.fail_apply_from.load(Ordering::SeqCst);
         if from != 0 && n >= from {
-            return Err(StoreError::Injected(format!("write {n} refused (no space left on device)")));
+            return Err(StoreError::Injected(format!(
+                "write {n} refused (no space left on device)"
+            )));
         }
         self.inner.apply(batch)
     }
@@ -343,10 +360,21 @@ mod tests {
         store.flush().unwrap();
 
         let all = store.scan(Space::Queue, b"q/a/", None, 100).unwrap();
-        assert_eq!(all.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
-        let after = store.scan(Space::Queue, b"q/a/", Some(&all[1].0), 2).unwrap();
-        assert_eq!(after.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), vec![3, 4]);
-        assert_eq!(store.last(Space::Queue, b"q/a/").unwrap().unwrap().1, vec![5]);
+        assert_eq!(
+            all.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
+        let after = store
+            .scan(Space::Queue, b"q/a/", Some(&all[1].0), 2)
+            .unwrap();
+        assert_eq!(
+            after.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(),
+            vec![3, 4]
+        );
+        assert_eq!(
+            store.last(Space::Queue, b"q/a/").unwrap().unwrap().1,
+            vec![5]
+        );
         assert_eq!(store.last(Space::Queue, b"q/c/").unwrap(), None);
 
         let mut b = Batch::new();

@@ -19,14 +19,21 @@ pub fn encode<M: Message>(m: &M) -> Vec<u8> {
     out
 }
 
-pub fn decode<M: Message + Default>(space: Space, key: &[u8], bytes: &[u8]) -> Result<M, StoreError> {
+pub fn decode<M: Message + Default>(
+    space: Space,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<M, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         space,
         key: crate::keys::display(key),
         reason,
     };
     if bytes.len() < 5 {
-        return Err(corrupt(format!("{} bytes is too short for a record", bytes.len())));
+        return Err(corrupt(format!(
+            "{} bytes is too short for a record",
+            bytes.len()
+        )));
     }
     if bytes[0] != FORMAT {
         return Err(corrupt(format!("unknown record format {}", bytes[0])));

@@ -1,0 +1,343 @@
+//! `truc certs init`: a development PKI and one ready config per node.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use truc_core::{NodeId, OrganId};
+use truc_node::config::{
+    AgencyApiSection, AgencySection, ChildSection, FileConfig, LinkTuning, ListenSection,
+    ParentSection, SigningSection, StorageSection, TestHooks, TlsSection,
+};
+use truc_pki::dev::DevCa;
+
+/// The default topology (`certs-dev/topology.toml`).
+pub const DEFAULT_TOPOLOGY: &str = include_str!("../../../certs-dev/topology.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    pub nodes: Vec<TopoNode>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopoNode {
+    pub id: String,
+    #[serde(default)]
+    pub parent: Option<String>,
+    #[serde(default)]
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub agency_api: Option<String>,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub agencies: Vec<TopoAgency>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopoAgency {
+    pub organ: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+impl Topology {
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let t: Topology = toml::from_str(text).with_context(|| format!("topology {origin}"))?;
+        t.validate().with_context(|| format!("topology {origin}"))?;
+        Ok(t)
+    }
+
+    pub fn default_topology() -> Result<Self> {
+        Self::parse(DEFAULT_TOPOLOGY, "(built-in)")
+    }
+
+    fn validate(&self) -> Result<()> {
+        let mut ids = BTreeSet::new();
+        let mut organs = BTreeSet::new();
+        for n in &self.nodes {
+            n.id.parse::<NodeId>()
+                .map_err(|e| anyhow::anyhow!("node {:?}: {e}", n.id))?;
+            if !ids.insert(n.id.as_str()) {
+                bail!("node {} is listed twice", n.id);
+            }
+            for a in &n.agencies {
+                a.organ
+                    .parse::<OrganId>()
+                    .map_err(|e| anyhow::anyhow!("node {}: {e}", n.id))?;
+                if !organs.insert(a.organ.as_str()) {
+                    bail!("agency {} is listed twice", a.organ);
+                }
+            }
+            if !n.agencies.is_empty() && n.agency_api.is_none() {
+                bail!("node {} serves agencies but has no agency_api", n.id);
+            }
+        }
+        let roots: Vec<_> = self.nodes.iter().filter(|n| n.parent.is_none()).collect();
+        if roots.len() != 1 {
+            bail!(
+                "exactly one node (the hub) must have no parent; found {}",
+                roots.len()
+            );
+        }
+        for n in &self.nodes {
+            if let Some(p) = &n.parent {
+                let parent = self
+                    .node(p)
+                    .ok_or_else(|| anyhow::anyhow!("node {}: parent {p} is not listed", n.id))?;
+                if parent.listen.is_none() {
+                    bail!("node {}: parent {p} has no listen address", n.id);
+                }
+                // Walk up to the root to refuse cycles.
+                let mut seen = BTreeSet::new();
+                let mut cur = Some(n);
+                while let Some(c) = cur {
+                    if !seen.insert(c.id.as_str()) {
+                        bail!("node {} is part of a parent cycle", n.id);
+                    }
+                    cur = c.parent.as_deref().and_then(|p| self.node(p));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn node(&self, id: &str) -> Option<&TopoNode> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// Agencies served by `id` and everything below it.
+    pub fn subtree_organs(&self, id: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .node(id)
+            .map(|n| n.agencies.iter().map(|a| a.organ.clone()).collect())
+            .unwrap_or_default();
+        for child in self
+            .nodes
+            .iter()
+            .filter(|c| c.parent.as_deref() == Some(id))
+        {
+            out.extend(self.subtree_organs(&child.id));
+        }
+        out
+    }
+}
+
+/// What `init` created (or kept).
+#[derive(Debug, Default)]
+pub struct InitReport {
+    pub created: Vec<PathBuf>,
+    pub kept: Vec<PathBuf>,
+    pub configs: BTreeMap<String, PathBuf>,
+}
+
+fn write_secret(path: &Path, text: &str) -> Result<()> {
+    fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn load_or_create_ca(dir: &Path, name: &str, cn: &str, report: &mut InitReport) -> Result<DevCa> {
+    let crt = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    if crt.exists() && key.exists() {
+        let ca = DevCa::load(&fs::read_to_string(&crt)?, &fs::read_to_string(&key)?)
+            .with_context(|| format!("reload {}", crt.display()))?;
+        report.kept.push(crt);
+        return Ok(ca);
+    }
+    let ca = DevCa::generate(cn)?;
+    fs::write(&crt, ca.cert_pem()).with_context(|| format!("write {}", crt.display()))?;
+    write_secret(&key, ca.key_pem())?;
+    report.created.push(crt);
+    Ok(ca)
+}
+
+fn issue_if_missing(
+    crt: PathBuf,
+    key: PathBuf,
+    report: &mut InitReport,
+    issue: impl FnOnce() -> Result<truc_pki::dev::Issued, truc_pki::PkiError>,
+) -> Result<()> {
+    if crt.exists() && key.exists() {
+        report.kept.push(crt);
+        return Ok(());
+    }
+    let issued = issue()?;
+    fs::write(&crt, &issued.cert_pem).with_context(|| format!("write {}", crt.display()))?;
+    write_secret(&key, &issued.key_pem)?;
+    report.created.push(crt);
+    Ok(())
+}
+
+/// Creates (or completes) the PKI and writes every node's config.
+pub fn init(out: &Path, topo: &Topology) -> Result<InitReport> {
+    let mut report = InitReport::default();
+    for sub in ["nodes", "agencies", "data"] {
+        fs::create_dir_all(out.join(sub))
+            .with_context(|| format!("create {}", out.join(sub).display()))?;
+    }
+    let transport = load_or_create_ca(
+        out,
+        "transport-ca",
+        "truc transport CA (development)",
+        &mut report,
+    )?;
+    let signing = load_or_create_ca(
+        out,
+        "signing-ca",
+        "truc signing CA (development)",
+        &mut report,
+    )?;
+
+    for n in &topo.nodes {
+        let id: NodeId = n.id.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        issue_if_missing(
+            out.join("nodes").join(format!("{id}.crt")),
+            out.join("nodes").join(format!("{id}.key")),
+            &mut report,
+            || transport.node_cert(&id, &n.hostnames),
+        )?;
+        for a in &n.agencies {
+            let organ: OrganId = a.organ.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+            issue_if_missing(
+                out.join("agencies").join(format!("{organ}.crt")),
+                out.join("agencies").join(format!("{organ}.key")),
+                &mut report,
+                || signing.agency_cert(&organ, &a.name),
+            )?;
+        }
+    }
+
+    for n in &topo.nodes {
+        let cfg = node_config(topo, n)?;
+        let path = out.join(format!("{}.toml", n.id));
+        let text = format!(
+            "# truc node `{}`, written by `truc certs init`. Paths are relative to this file.\n# Every limit is spelled out; see the README for what each one does.\n\n{}",
+            n.id,
+            toml::to_string_pretty(&cfg).context("serialize config")?
+        );
+        fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+        report.configs.insert(n.id.clone(), path);
+    }
+    Ok(report)
+}
+
+fn node_config(topo: &Topology, n: &TopoNode) -> Result<FileConfig> {
+    let parent = match &n.parent {
+        Some(p) => {
+            let pn = topo
+                .node(p)
+                .ok_or_else(|| anyhow::anyhow!("unknown parent {p}"))?;
+            Some(ParentSection {
+                address: pn.listen.clone().unwrap_or_default(),
+                node_id: p.clone(),
+            })
+        }
+        None => None,
+    };
+    let children = topo
+        .nodes
+        .iter()
+        .filter(|c| c.parent.as_deref() == Some(n.id.as_str()))
+        .map(|c| ChildSection {
+            node_id: c.id.clone(),
+            organs: topo.subtree_organs(&c.id),
+        })
+        .collect();
+    Ok(FileConfig {
+        version: truc_node::config::CONFIG_VERSION,
+        node_id: n.id.clone(),
+        data_dir: PathBuf::from("data").join(&n.id),
+        tls: TlsSection {
+            ca: "transport-ca.crt".into(),
+            cert: PathBuf::from("nodes").join(format!("{}.crt", n.id)),
+            key: PathBuf::from("nodes").join(format!("{}.key", n.id)),
+            crls: Vec::new(),
+        },
+        signing: SigningSection {
+            ca: "signing-ca.crt".into(),
+        },
+        listen: n.listen.clone().map(|address| ListenSection { address }),
+        parent,
+        agency_api: n
+            .agency_api
+            .clone()
+            .map(|listen| AgencyApiSection { listen }),
+        agencies: n
+            .agencies
+            .iter()
+            .map(|a| AgencySection {
+                organ: a.organ.clone(),
+                name: a.name.clone(),
+                signing_cert: PathBuf::from("agencies").join(format!("{}.crt", a.organ)),
+                signing_key: PathBuf::from("agencies").join(format!("{}.key", a.organ)),
+            })
+            .collect(),
+        children,
+        limits: Default::default(),
+        link: LinkTuning::default(),
+        storage: StorageSection::default(),
+        test_hooks: TestHooks::default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_topology_has_a_hub_and_three_edges() {
+        let t = Topology::default_topology().unwrap();
+        assert_eq!(t.nodes.len(), 4);
+        assert_eq!(
+            t.subtree_organs("nghean"),
+            vec!["000.00.00.H41".to_string()]
+        );
+    }
+
+    #[test]
+    fn topologies_with_two_hubs_or_unknown_parents_are_refused() {
+        let two = "[[nodes]]\nid=\"a\"\nlisten=\"127.0.0.1:1\"\n[[nodes]]\nid=\"b\"\nlisten=\"127.0.0.1:2\"\n";
+        assert!(Topology::parse(two, "t").is_err());
+        let orphan =
+            "[[nodes]]\nid=\"a\"\nlisten=\"127.0.0.1:1\"\n[[nodes]]\nid=\"b\"\nparent=\"zz\"\n";
+        let err = format!("{:#}", Topology::parse(orphan, "t").unwrap_err());
+        assert!(err.contains("parent zz is not listed"), "{err}");
+    }
+
+    #[test]
+    fn init_writes_loadable_configs_and_keeps_existing_keys_on_rerun() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Topology::default_topology().unwrap();
+        let first = init(dir.path(), &t).unwrap();
+        assert_eq!(first.configs.len(), 4);
+        for path in first.configs.values() {
+            truc_node::Config::load(path).unwrap();
+        }
+        let hub = fs::read_to_string(dir.path().join("hub.toml")).unwrap();
+        assert!(
+            !hub.contains(".key\"\n") || !hub.contains("agencies/"),
+            "the hub names no agency key"
+        );
+        let ca_before = fs::read(dir.path().join("signing-ca.crt")).unwrap();
+        let second = init(dir.path(), &t).unwrap();
+        assert!(second.created.is_empty());
+        assert_eq!(
+            fs::read(dir.path().join("signing-ca.crt")).unwrap(),
+            ca_before
+        );
+    }
+}
