@@ -159,12 +159,15 @@ pub async fn run_session(
     params: LinkParams,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), LinkError> {
-    let mut tasks = JoinSet::new();
+    // `senders` only produce frames and can stop at once; `receivers` hold
+    // transfers that were received and must get to disk and be acknowledged.
+    let mut senders = JoinSet::new();
+    let mut receivers = JoinSet::new();
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let (prep_tx, prep_rx) = mpsc::channel(params.window.max(1) as usize);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
 
-    tasks.spawn(
+    senders.spawn(
         push(
             state.clone(),
             queue.clone(),
@@ -174,11 +177,12 @@ pub async fn run_session(
         )
         .in_current_span(),
     );
-    tasks.spawn(apply(state.clone(), origin, prep_rx, ack_tx).in_current_span());
-    tasks.spawn(acknowledge(state.clone(), ack_rx, out.clone(), params.window).in_current_span());
+    receivers.spawn(apply(state.clone(), origin, prep_rx, ack_tx).in_current_span());
+    receivers
+        .spawn(acknowledge(state.clone(), ack_rx, out.clone(), params.window).in_current_span());
     let hb_out = out.clone();
     let interval = params.heartbeat_interval;
-    tasks.spawn(async move {
+    senders.spawn(async move {
         let mut tick = tokio::time::interval(interval);
         let mut nonce = 0u64;
         loop {
@@ -197,7 +201,11 @@ pub async fn run_session(
     let result = loop {
         let next = tokio::select! {
             _ = crate::stopped(&mut stop) => break Err(LinkError::Stopped),
-            done = tasks.join_next() => match done {
+            done = senders.join_next() => match done {
+                Some(Ok(Err(e))) => break Err(e),
+                _ => break Err(LinkError::Closed),
+            },
+            done = receivers.join_next() => match done {
                 Some(Ok(Err(e))) => break Err(e),
                 _ => break Err(LinkError::Closed),
             },
@@ -245,12 +253,14 @@ pub async fn run_session(
             }
         }
     };
+    senders.abort_all();
     // Let what was received finish: accepted transfers become durable and are
     // acknowledged if the stream still carries it.
     drop(prep_tx);
+    drop(out);
     if matches!(result, Err(LinkError::Stopped)) {
         let drain = async {
-            while let Some(done) = tasks.join_next().await {
+            while let Some(done) = receivers.join_next().await {
                 if let Ok(Err(e)) = done {
                     tracing::debug!(error = %e, "link task ended");
                 }
@@ -258,7 +268,7 @@ pub async fn run_session(
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
     }
-    tasks.abort_all();
+    receivers.abort_all();
     tracing::info!(%peer, "link down");
     result
 }

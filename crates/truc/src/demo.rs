@@ -272,7 +272,7 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<()> {
 
     if !once {
         println!("\nPress Ctrl-C to stop.");
-        crate::wait_for_signal().await?;
+        crate::cli::wait_for_signal().await?;
     }
     for node in nodes.into_iter().rev() {
         node.shutdown().await?;

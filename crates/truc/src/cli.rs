@@ -1,0 +1,318 @@
+//! The command line: argument parsing and dispatch.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Context, Result};
+
+use crate::{certs, client, demo};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "truc",
+    version,
+    about = "truc — a federated bus for signed official documents"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Development PKI and configs.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Run a hub, relay or edge until SIGINT/SIGTERM.
+    Node {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Sign and send a document from one of this edge's agencies; prints its doc_id.
+    Send {
+        #[arg(long)]
+        config: PathBuf,
+        /// Sending agency (OrganId).
+        #[arg(long)]
+        from: String,
+        /// Recipient agencies, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<String>,
+        #[arg(long)]
+        subject: String,
+        /// Number/notation, e.g. 1234/QĐ-TTg.
+        #[arg(long)]
+        code: Option<String>,
+        /// 0 normal, 1 urgent, 2 very urgent, 3 express, 4 timed express.
+        #[arg(long, default_value_t = 0)]
+        priority: u32,
+        /// A file to attach; repeat for several.
+        #[arg(long)]
+        attach: Vec<PathBuf>,
+        /// Choose the doc_id (UUID) yourself; sending the same id again is a no-op.
+        #[arg(long)]
+        doc_id: Option<String>,
+    },
+    /// List documents received by one of this edge's agencies.
+    Inbox {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        organ: String,
+        /// Include acknowledged documents.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a received document, its envelope and attachments under DIR/<doc_id>/.
+    Get {
+        #[arg(long)]
+        config: PathBuf,
+        doc_id: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// The sender, if two senders used the same doc_id.
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Acknowledge a received document: the sender gets a signed ACKED receipt.
+    Ack {
+        #[arg(long)]
+        config: PathBuf,
+        doc_id: String,
+        #[arg(long)]
+        from: Option<String>,
+        /// Only for this agency of the edge (default: every one it was delivered to).
+        #[arg(long)]
+        organ: Option<String>,
+    },
+    /// Per-recipient state of a document sent from this edge.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+        doc_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a hub and three edges on loopback with a fresh PKI and send documents.
+    Demo {
+        /// Keep the PKI, configs and data here instead of a temporary directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Exit once the demo documents are delivered instead of running until Ctrl-C.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create (or complete) a development PKI and one config per node.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+        /// Topology file (format in certs-dev/README.md); default: hub + vpcp, nghean, caobang.
+        #[arg(long)]
+        topology: Option<PathBuf>,
+    },
+}
+
+fn init_logging(format: LogFormat, default: &str) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+        LogFormat::Text => builder.with_target(false).init(),
+    }
+}
+
+/// Runs the `truc` command line with the process arguments.
+pub fn main() -> ExitCode {
+    truc_pki::install_default_provider();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Certs {
+            command: CertsCommand::Init { out, topology },
+        } => {
+            let topo = match &topology {
+                Some(p) => certs::Topology::parse(
+                    &std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?,
+                    &p.display().to_string(),
+                )?,
+                None => certs::Topology::default_topology()?,
+            };
+            let report = certs::init(&out, &topo)?;
+            let mut t = client::table();
+            t.set_header(vec!["node", "config", "role"]);
+            for n in &topo.nodes {
+                let role = match (&n.listen, &n.parent) {
+                    (Some(_), Some(_)) => "relay",
+                    (Some(_), None) => "hub",
+                    _ => "edge",
+                };
+                t.add_row(vec![
+                    n.id.clone(),
+                    report
+                        .configs
+                        .get(&n.id)
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    role.into(),
+                ]);
+            }
+            println!("{t}");
+            println!(
+                "{} certificates created, {} kept in {}",
+                report.created.len(),
+                report.kept.len(),
+                out.display()
+            );
+            println!(
+                "run a node:  truc node --config {}",
+                out.join("hub.toml").display()
+            );
+            Ok(())
+        }
+        Command::Node { config } => {
+            init_logging(cli.log_format, "info");
+            run_node(config).await
+        }
+        Command::Send {
+            config,
+            from,
+            to,
+            subject,
+            code,
+            priority,
+            attach,
+            doc_id,
+        } => {
+            let id = client::send(
+                &config,
+                client::SendArgs {
+                    from,
+                    to,
+                    subject,
+                    code,
+                    priority,
+                    attach,
+                    doc_id,
+                },
+            )
+            .await?;
+            println!("{id}");
+            Ok(())
+        }
+        Command::Inbox {
+            config,
+            organ,
+            all,
+            json,
+        } => client::inbox(&config, &organ, all, json).await,
+        Command::Get {
+            config,
+            doc_id,
+            out,
+            from,
+        } => {
+            let dir = client::get(&config, &doc_id, from, &out).await?;
+            println!("{}", dir.display());
+            Ok(())
+        }
+        Command::Ack {
+            config,
+            doc_id,
+            from,
+            organ,
+        } => {
+            let acked = client::ack(&config, &doc_id, from, organ).await?;
+            if acked.is_empty() {
+                println!("already acknowledged");
+            } else {
+                println!("acknowledged for {}", acked.join(", "));
+            }
+            Ok(())
+        }
+        Command::Status {
+            config,
+            doc_id,
+            json,
+        } => client::status(&config, &doc_id, json).await,
+        Command::Demo { dir, once } => {
+            init_logging(cli.log_format, "warn");
+            demo::run(dir, once).await
+        }
+    }
+}
+
+async fn run_node(path: PathBuf) -> Result<()> {
+    let config = truc_node::Config::load(&path)?;
+    let node = truc_node::RunningNode::start(config).await?;
+    println!(
+        "truc node {} ({}) ready link={} agency={}",
+        node.state.node_id,
+        node.config.role(),
+        node.link_addr
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into()),
+        node.agency_addr
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into()),
+    );
+    wait_for_signal().await?;
+    tracing::info!("signal received; draining");
+    node.shutdown().await?;
+    Ok(())
+}
+
+pub(crate) async fn wait_for_signal() -> Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("wait for SIGINT")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await.context("wait for Ctrl-C")?;
+    Ok(())
+}

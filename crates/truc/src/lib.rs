@@ -1,0 +1,12 @@
+//! The `truc` command line, as a library so that the integration tests in `tests/`
+//! build and run exactly this code as a real process (`truc-it`).
+
+#![forbid(unsafe_code)]
+
+pub mod certs;
+pub mod cli;
+pub mod client;
+mod demo;
+pub mod pdf;
+
+pub use cli::main;

@@ -1,0 +1,363 @@
+//! A cluster of real `truc` processes for tests: `truc certs init` into a temp dir,
+//! `truc node` per node on 127.0.0.1, readiness from each node's "ready" line.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // test harness: a failure is a test failure
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use tonic::transport::Channel;
+use truc_proto::v1::{self as pb, agency_client::AgencyClient};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_truc-it"))
+}
+
+/// Generous: a 2-core CI machine running several test binaries at once.
+pub const DEADLINE: Duration = Duration::from_secs(90);
+
+pub struct Proc {
+    child: Child,
+    pub agency: Option<SocketAddr>,
+    pub link: Option<SocketAddr>,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    procs: BTreeMap<String, Proc>,
+    /// Logs of processes that have exited, by node.
+    old_logs: BTreeMap<String, Vec<String>>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    /// The default topology (hub, vpcp G22, nghean H41, caobang H14).
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("truc-it-")
+            .tempdir()
+            .unwrap();
+        let out = Command::new(bin())
+            .args(["certs", "init", "--out"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "certs init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let c = Self {
+            dir,
+            procs: BTreeMap::new(),
+            old_logs: BTreeMap::new(),
+        };
+        // The hub's port is picked by the OS once and kept across restarts, so that
+        // edges find it again; agency APIs take port 0 and announce theirs.
+        let hub_addr = format!("127.0.0.1:{}", free_port());
+        for node in c.nodes() {
+            c.edit(&node, |t| {
+                if let Some(l) = t.get_mut("listen").and_then(|v| v.as_table_mut()) {
+                    l.insert("address".into(), hub_addr.clone().into());
+                }
+                if let Some(p) = t.get_mut("parent").and_then(|v| v.as_table_mut()) {
+                    p.insert("address".into(), hub_addr.clone().into());
+                }
+                if let Some(a) = t.get_mut("agency_api").and_then(|v| v.as_table_mut()) {
+                    a.insert("listen".into(), "127.0.0.1:0".into());
+                }
+                let limits = t
+                    .entry("limits")
+                    .or_insert(toml::Value::Table(Default::default()));
+                if let Some(l) = limits.as_table_mut() {
+                    l.insert("max_list".into(), 100_000.into());
+                }
+                // Quick failure detection keeps kill/restart tests short.
+                let link = t
+                    .entry("link")
+                    .or_insert(toml::Value::Table(Default::default()));
+                if let Some(l) = link.as_table_mut() {
+                    l.insert("heartbeat_interval_ms".into(), 500.into());
+                    l.insert("heartbeat_timeout_ms".into(), 2000.into());
+                    l.insert("reconnect_max_ms".into(), 1000.into());
+                }
+            });
+        }
+        c
+    }
+
+    pub fn nodes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(self.dir.path()).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                out.push(p.file_stem().unwrap().to_string_lossy().into_owned());
+            }
+        }
+        out.sort();
+        out
+    }
+
+    pub fn config(&self, node: &str) -> PathBuf {
+        self.dir.path().join(format!("{node}.toml"))
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Edits a node's config file in place.
+    pub fn edit(&self, node: &str, f: impl FnOnce(&mut toml::Table)) {
+        let path = self.config(node);
+        let mut t: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+        f(&mut t);
+        std::fs::write(&path, toml::to_string(&t).unwrap()).unwrap();
+    }
+
+    /// Starts `truc node` and waits for its ready line.
+    pub fn start(&mut self, node: &str) -> &Proc {
+        assert!(!self.procs.contains_key(node), "{node} is already running");
+        let mut child = Command::new(bin())
+            .args(["node", "--config"])
+            .arg(self.config(node))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let l2 = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                l2.lock().unwrap().push(line);
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let ready = loop {
+            match rx.recv_timeout(DEADLINE) {
+                Ok(line) if line.contains(" ready ") => break line,
+                Ok(_) => continue,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("{node} did not start:\n{}", logs.lock().unwrap().join("\n"));
+                }
+            }
+        };
+        let field = |name: &str| {
+            ready
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .and_then(|v| v.parse::<SocketAddr>().ok())
+        };
+        let p = Proc {
+            agency: field("agency"),
+            link: field("link"),
+            child,
+            logs,
+        };
+        self.procs.insert(node.to_owned(), p);
+        &self.procs[node]
+    }
+
+    pub fn running(&self, node: &str) -> bool {
+        self.procs.contains_key(node)
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill(&mut self, node: &str) {
+        let mut p = self.procs.remove(node).expect("node not running");
+        p.child.kill().unwrap();
+        p.child.wait().unwrap();
+        self.retire(node, p);
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn stop(&mut self, node: &str) -> ExitStatus {
+        let mut p = self.procs.remove(node).expect("node not running");
+        let pid = p.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(s) = p.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{node} did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.retire(node, p);
+        status
+    }
+
+    fn retire(&mut self, node: &str, p: Proc) {
+        let lines = p.logs.lock().unwrap().clone();
+        self.old_logs
+            .entry(node.to_owned())
+            .or_default()
+            .extend(lines);
+    }
+
+    /// Every log line of a node so far, across restarts.
+    pub fn logs(&self, node: &str) -> String {
+        let mut all = self.old_logs.get(node).cloned().unwrap_or_default();
+        if let Some(p) = self.procs.get(node) {
+            all.extend(p.logs.lock().unwrap().iter().cloned());
+        }
+        all.join("\n")
+    }
+
+    /// Waits until a node has logged a line containing every needle.
+    pub fn wait_log(&self, node: &str, needles: &[&str]) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if self
+                .logs(node)
+                .lines()
+                .any(|l| needles.iter().all(|n| l.contains(n)))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{node} never logged {needles:?}:\n{}",
+                self.logs(node)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn hub_addr(&self) -> String {
+        let t: toml::Table = std::fs::read_to_string(self.config("hub"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        t["listen"]["address"].as_str().unwrap().to_owned()
+    }
+
+    /// Runs the CLI.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin()).args(args).output().unwrap()
+    }
+
+    /// Runs the CLI and returns stdout, failing the test if it fails.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "truc {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub async fn agency(&self, node: &str) -> AgencyClient<Channel> {
+        let addr = self.procs[node].agency.expect("not an edge");
+        let ch = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        AgencyClient::new(ch)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in self.procs.values_mut() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
+
+/// Polls `f` until it returns Some, or fails the test at the deadline.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub fn doc(from: &str, to: &[&str], subject: &str) -> pb::SendRequest {
+    pb::SendRequest {
+        from: from.into(),
+        to: to.iter().map(|s| s.to_string()).collect(),
+        subject: subject.into(),
+        ..Default::default()
+    }
+}
+
+/// Every inbox entry (acked or not) of `organ` at `node`.
+pub async fn inbox(c: &Cluster, node: &str, organ: &str) -> Vec<pb::InboxItem> {
+    let mut a = c.agency(node).await;
+    a.list_inbox(pb::ListInboxRequest {
+        organ: organ.into(),
+        include_acked: true,
+        limit: 0,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .items
+}
+
+pub async fn recipient_states(c: &Cluster, node: &str, doc_id: &str) -> Vec<(String, i32, String)> {
+    let mut a = c.agency(node).await;
+    a.get_status(pb::GetStatusRequest {
+        doc_id: doc_id.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .recipients
+    .into_iter()
+    .map(|r| (r.organ, r.state, r.detail))
+    .collect()
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
+
+pub const G22: &str = "000.00.00.G22";
+pub const H41: &str = "000.00.00.H41";
+pub const H14: &str = "000.00.00.H14";
