@@ -1,0 +1,292 @@
+//! Who may talk to the hub and what it accepts: foreign CAs and TLS 1.2 refused at
+//! the handshake, `from` bound to the connecting node, signatures over the exact
+//! bytes checked at the hub and again at the recipient, duplicates delivered once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use common::*;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Streaming};
+use truc_node::envelope;
+use truc_pki::{sign::AgencySigner, tls::TransportMaterial};
+use truc_proto::v1::{self as pb, link_frame::Frame};
+
+struct RawLink {
+    tx: mpsc::Sender<pb::LinkFrame>,
+    rx: Streaming<pb::LinkFrame>,
+    seq: u64,
+}
+
+fn frame(f: Frame) -> pb::LinkFrame {
+    pb::LinkFrame { frame: Some(f) }
+}
+
+/// Opens a link to the hub as `node`, with that node's certificate from `pki`.
+async fn raw_link(pki: &Path, node: &str, hub: &str) -> Result<RawLink, String> {
+    let t = TransportMaterial::load(
+        &pki.join("transport-ca.crt"),
+        &pki.join(format!("nodes/{node}.crt")),
+        &pki.join(format!("nodes/{node}.key")),
+        &[] as &[&Path],
+    )
+    .map_err(|e| e.to_string())?;
+    let ch = truc_node::transport::tls_channel(
+        hub,
+        "hub",
+        t.client_config().map_err(|e| e.to_string())?,
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+    )?;
+    let mut client = pb::link_client::LinkClient::new(ch);
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(frame(Frame::Hello(pb::Hello {
+        node_id: node.into(),
+        protocol_version: truc_node::link::PROTOCOL_VERSION,
+        software_version: "test".into(),
+        window: 16,
+    })))
+    .await
+    .unwrap();
+    let mut rx = client
+        .open(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("open: {s}"))?
+        .into_inner();
+    match rx.message().await {
+        Ok(Some(pb::LinkFrame {
+            frame: Some(Frame::Welcome(_)),
+        })) => Ok(RawLink { tx, rx, seq: 0 }),
+        other => Err(format!("no welcome: {other:?}")),
+    }
+}
+
+impl RawLink {
+    /// Sends one transfer and returns the hub's verdict on it: Ok(()) for an ack,
+    /// Err((code, reason)) for a reject.
+    async fn offer(
+        &mut self,
+        envelope: pb::SignedEnvelope,
+        recipients: &[&str],
+    ) -> Result<(), (Code, String)> {
+        self.seq += 1;
+        let seq = self.seq;
+        self.tx
+            .send(frame(Frame::Transfer(pb::Transfer {
+                seq,
+                envelope: Some(envelope),
+                attachments: vec![],
+                recipients: recipients.iter().map(|s| s.to_string()).collect(),
+            })))
+            .await
+            .unwrap();
+        loop {
+            match self.rx.message().await.unwrap().and_then(|f| f.frame) {
+                Some(Frame::Reject(r)) if r.seq == seq => {
+                    return Err((Code::from_i32(r.code), r.reason));
+                }
+                Some(Frame::Ack(a)) if a.seq >= seq => return Ok(()),
+                Some(_) => continue,
+                None => panic!("link closed"),
+            }
+        }
+    }
+}
+
+fn sealed(pki: &Path, organ: &str, to: &[&str], subject: &str) -> pb::SignedEnvelope {
+    let o: truc_core::OrganId = organ.parse().unwrap();
+    let signer = AgencySigner::load(
+        &o,
+        &pki.join(format!("agencies/{organ}.crt")),
+        &pki.join(format!("agencies/{organ}.key")),
+    )
+    .unwrap();
+    let header = pb::Header {
+        format_version: envelope::FORMAT_VERSION,
+        doc_id: truc_core::DocId::new_v7().to_string(),
+        kind: pb::Kind::Document as i32,
+        from: organ.into(),
+        to: to.iter().map(|s| s.to_string()).collect(),
+        created_at_ms: 1,
+        subject: subject.into(),
+        ..Default::default()
+    };
+    envelope::seal(&header, &signer).unwrap()
+}
+
+async fn subjects_at(c: &Cluster, node: &str, organ: &str, barrier: &str) -> Vec<String> {
+    eventually("barrier document", || async {
+        let items = inbox(c, node, organ).await;
+        items
+            .iter()
+            .any(|i| i.subject == barrier)
+            .then(|| items.iter().map(|i| i.subject.clone()).collect())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_refuses_spoofed_senders_and_tampered_bytes_and_delivers_duplicates_once() {
+    let mut c = Cluster::new();
+    c.start("hub");
+    c.start("caobang");
+    let hub = c.hub_addr();
+    let pki = c.dir.path().to_owned();
+    // This test plays node vpcp itself, with vpcp's own certificate.
+    let mut link = raw_link(&pki, "vpcp", &hub).await.unwrap();
+
+    // vpcp serves G22 only: an envelope from H41, even validly signed by H41's key, is refused.
+    let spoofed = sealed(&pki, H41, &[H14], "spoofed from H41");
+    let (code, reason) = link.offer(spoofed, &[H14]).await.unwrap_err();
+    assert_eq!(code, Code::PermissionDenied, "{reason}");
+    assert!(
+        reason.contains("may not send from agency 000.00.00.H41"),
+        "{reason}"
+    );
+
+    // One flipped byte in the signed header, or in the signature.
+    let mut flipped = sealed(&pki, G22, &[H14], "flipped header byte");
+    let mid = flipped.header_bytes.len() / 2;
+    flipped.header_bytes[mid] ^= 0x01;
+    let (code, reason) = link.offer(flipped, &[H14]).await.unwrap_err();
+    assert!(
+        matches!(code, Code::Unauthenticated | Code::InvalidArgument),
+        "{code:?} {reason}"
+    );
+    let mut bad_sig = sealed(&pki, G22, &[H14], "flipped signature byte");
+    let last = bad_sig.signature.len() - 1;
+    bad_sig.signature[last] ^= 0x01;
+    let (code, reason) = link.offer(bad_sig, &[H14]).await.unwrap_err();
+    assert_eq!(code, Code::Unauthenticated, "{reason}");
+
+    // An agency nobody serves.
+    let (code, reason) = link
+        .offer(
+            sealed(&pki, G22, &["000.00.00.H99"], "unknown recipient"),
+            &["000.00.00.H99"],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code, Code::NotFound);
+    assert_eq!(reason, "unknown recipient 000.00.00.H99");
+
+    // The same envelope twice: acknowledged twice, delivered once.
+    let twice = sealed(&pki, G22, &[H14], "sent twice");
+    link.offer(twice.clone(), &[H14]).await.unwrap();
+    link.offer(twice, &[H14]).await.unwrap();
+
+    // The barrier travels the same queue after everything above.
+    link.offer(sealed(&pki, G22, &[H14], "barrier"), &[H14])
+        .await
+        .unwrap();
+    let subjects = subjects_at(&c, "caobang", H14, "barrier").await;
+    assert_eq!(
+        subjects,
+        vec!["sent twice".to_string(), "barrier".to_string()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_not_a_child_or_lies_in_hello_is_refused() {
+    let mut c = Cluster::new();
+    c.start("hub");
+    let hub = c.hub_addr();
+    // The hub's own certificate: a valid node of this CA, but not a child.
+    let err = raw_link(c.dir.path(), "hub", &hub).await.err().unwrap();
+    assert!(err.contains("not a child"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_from_another_ca_is_refused_at_the_handshake() {
+    let mut c = Cluster::new();
+    c.start("hub");
+    let other = tempfile::tempdir().unwrap();
+    let out = c.cli(&["certs", "init", "--out", other.path().to_str().unwrap()]);
+    assert!(out.status.success());
+    let err = raw_link(other.path(), "vpcp", &c.hub_addr())
+        .await
+        .err()
+        .unwrap();
+    assert!(!err.is_empty());
+    // The same node name with the right CA gets in: the refusal was about the CA.
+    assert!(raw_link(c.dir.path(), "vpcp", &c.hub_addr()).await.is_ok());
+    c.wait_log("hub", &["tls handshake refused"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_1_2_only_client_is_refused() {
+    let mut c = Cluster::new();
+    c.start("hub");
+    let pki = c.dir.path();
+    let t = TransportMaterial::load(
+        &pki.join("transport-ca.crt"),
+        &pki.join("nodes/vpcp.crt"),
+        &pki.join("nodes/vpcp.key"),
+        &[] as &[&Path],
+    )
+    .unwrap();
+    let connect = |versions: &'static [&'static rustls::SupportedProtocolVersion]| {
+        let t = t.clone();
+        let hub = c.hub_addr();
+        async move {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(t.ca[0].clone()).unwrap();
+            let cfg = rustls::ClientConfig::builder_with_provider(truc_pki::provider())
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(t.chain.clone(), t.key.clone_key())
+                .unwrap();
+            let tcp = tokio::net::TcpStream::connect(&hub).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("hub").unwrap();
+            tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                .connect(name, tcp)
+                .await
+        }
+    };
+    static TLS12_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    let err = connect(TLS12_ONLY)
+        .await
+        .err()
+        .expect("TLS 1.2 handshake succeeded");
+    assert!(err.to_string().to_lowercase().contains("protocol"), "{err}");
+    connect(TLS13_ONLY)
+        .await
+        .expect("the same client over TLS 1.3 gets in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_tampered_at_the_hub_are_refused_by_the_recipient() {
+    let mut c = Cluster::new();
+    c.edit("hub", |t| {
+        let mut hooks = toml::Table::new();
+        hooks.insert("corrupt_forwarded_headers".into(), true.into());
+        t.insert("test_hooks".into(), hooks.into());
+    });
+    for n in ["hub", "vpcp", "nghean"] {
+        c.start(n);
+    }
+    let mut a = c.agency("vpcp").await;
+    let id = a
+        .send(doc(G22, &[H41], "tampered in transit"))
+        .await
+        .unwrap()
+        .into_inner()
+        .doc_id;
+    c.wait_log("hub", &["peer refused a transfer", "child:nghean"]);
+    c.wait_log("nghean", &["transfer refused", "does not match"]);
+    assert!(
+        inbox(&c, "nghean", H41).await.is_empty(),
+        "a tampered document was delivered"
+    );
+    let states = recipient_states(&c, "vpcp", &id).await;
+    assert_eq!(
+        states[0].1,
+        pb::DeliveryState::AtHub as i32,
+        "no delivered receipt may exist: {states:?}"
+    );
+}
