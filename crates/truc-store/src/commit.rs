@@ -131,11 +131,11 @@ impl GroupCommit {
 
     fn request(&self, upto: u64) {
         let (lock, cv) = &*self.requests;
-        if let Ok(mut r) = lock.lock() {
-            if r.wanted < upto {
-                r.wanted = upto;
-                cv.notify_one();
-            }
+        if let Ok(mut r) = lock.lock()
+            && r.wanted < upto
+        {
+            r.wanted = upto;
+            cv.notify_one();
         }
     }
 

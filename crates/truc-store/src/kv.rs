@@ -34,6 +34,9 @@ pub enum Space {
     Dead = 7,
 }
 
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// An atomic group of writes, possibly across spaces.
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
@@ -73,9 +76,9 @@ pub trait Store: Send + Sync + 'static {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    ) -> Result<Vec<Entry>, StoreError>;
     /// The greatest entry whose key starts with `prefix`.
-    fn last(&self, space: Space, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn last(&self, space: Space, prefix: &[u8]) -> Result<Option<Entry>, StoreError>;
     /// Applies every write of `batch` or none.
     fn apply(&self, batch: Batch) -> Result<(), StoreError>;
     /// Makes every applied write durable (fsync).
@@ -137,7 +140,7 @@ impl Store for SledStore {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Entry>, StoreError> {
         let p = full_key(space, prefix);
         let iter = match after {
             Some(a) => self
@@ -161,7 +164,7 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn last(&self, space: Space, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn last(&self, space: Space, prefix: &[u8]) -> Result<Option<Entry>, StoreError> {
         let p = full_key(space, prefix);
         match self.db.scan_prefix(&p).next_back() {
             Some(item) => {
@@ -224,7 +227,7 @@ impl Store for MemoryStore {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Entry>, StoreError> {
         let p = full_key(space, prefix);
         let map = self.map.read().map_err(poisoned)?;
         let range = match after {
@@ -238,7 +241,7 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn last(&self, space: Space, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn last(&self, space: Space, prefix: &[u8]) -> Result<Option<Entry>, StoreError> {
         let p = full_key(space, prefix);
         let map = self.map.read().map_err(poisoned)?;
         Ok(map
@@ -316,10 +319,10 @@ impl<S: Store> Store for FaultyStore<S> {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Entry>, StoreError> {
         self.inner.scan(space, prefix, after, limit)
     }
-    fn last(&self, space: Space, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn last(&self, space: Space, prefix: &[u8]) -> Result<Option<Entry>, StoreError> {
         self.inner.last(space, prefix)
     }
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {

@@ -24,7 +24,7 @@ pub mod record;
 
 pub use blob::{BlobError, BlobStore, Digest};
 pub use commit::{GroupCommit, Ticket};
-pub use kv::{Batch, FaultPlan, FaultyStore, MemoryStore, SledStore, Space, Store};
+pub use kv::{Batch, Entry, FaultPlan, FaultyStore, MemoryStore, SledStore, Space, Store};
 
 /// Errors of the key-value layer.
 #[derive(Debug, Clone, thiserror::Error)]
