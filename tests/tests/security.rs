@@ -251,8 +251,7 @@ async fn a_tls_1_2_only_client_is_refused() {
     static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
     let err = connect(TLS12_ONLY)
         .await
-        .err()
-        .expect("TLS 1.2 handshake succeeded");
+        .expect_err("TLS 1.2 handshake succeeded");
     assert!(err.to_string().to_lowercase().contains("protocol"), "{err}");
     connect(TLS13_ONLY)
         .await

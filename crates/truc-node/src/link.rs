@@ -79,7 +79,7 @@ enum Control {
 }
 
 enum Prepared {
-    Ok(Verified, Vec<OrganId>),
+    Ok(Box<Verified>, Vec<OrganId>),
     Refused(Refusal),
 }
 
@@ -143,7 +143,7 @@ fn prepare(state: &NodeState, t: pb::Transfer) -> Result<Prepared, NodeError> {
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(Prepared::Ok(v, recipients))
+    Ok(Prepared::Ok(Box::new(v), recipients))
 }
 
 /// Runs one established link until the peer goes away, falls silent, or `stop`.
@@ -368,7 +368,7 @@ async fn apply(
             }
             Prepared::Ok(v, recipients) => {
                 let doc_id = v.doc_id;
-                match state.accept(v, &origin, Some(&recipients)) {
+                match state.accept(*v, &origin, Some(&recipients)) {
                     Ok(a) => Outcome::Stored(seq, a),
                     Err(NodeError::Refused(r)) => {
                         tracing::warn!(%doc_id, origin = %origin.label(), reason = %r, "transfer refused");
@@ -439,13 +439,16 @@ async fn acknowledge(
     Ok(())
 }
 
+/// Live sessions by child: an id and the switch that ends it.
+type Sessions = HashMap<NodeId, (u64, watch::Sender<bool>)>;
+
 /// The parent side: accepts links from children.
 #[derive(Clone)]
 pub struct LinkService {
     state: Arc<NodeState>,
     params: LinkParams,
     stop: watch::Receiver<bool>,
-    sessions: Arc<Mutex<HashMap<NodeId, (u64, watch::Sender<bool>)>>>,
+    sessions: Arc<Mutex<Sessions>>,
     next_session: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -532,10 +535,10 @@ impl pb::link_server::Link for LinkService {
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (sup_tx, mut sup_rx) = watch::channel(false);
-        if let Ok(mut s) = self.sessions.lock() {
-            if let Some((_, old)) = s.insert(node.clone(), (id, sup_tx)) {
-                let _ = old.send(true);
-            }
+        if let Ok(mut s) = self.sessions.lock()
+            && let Some((_, old)) = s.insert(node.clone(), (id, sup_tx))
+        {
+            let _ = old.send(true);
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut node_stop = self.stop.clone();
@@ -566,10 +569,10 @@ impl pb::link_server::Link for LinkService {
                     stop_rx,
                 )
                 .await;
-                if let Ok(mut s) = sessions.lock() {
-                    if s.get(&node).is_some_and(|(sid, _)| *sid == id) {
-                        s.remove(&node);
-                    }
+                if let Ok(mut s) = sessions.lock()
+                    && s.get(&node).is_some_and(|(sid, _)| *sid == id)
+                {
+                    s.remove(&node);
                 }
                 match r {
                     Err(LinkError::Stopped) | Err(LinkError::Closed) | Ok(()) => {}
@@ -700,4 +703,54 @@ async fn connect_once(
     )
     .instrument(span)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, atomic::Ordering};
+
+    use truc_store::{Batch, FaultyStore, MemoryStore, Space};
+
+    use super::*;
+    use crate::state::testing::Fixture;
+
+    fn stored(state: &NodeState, seq: u64) -> Outcome {
+        let mut b = Batch::new();
+        b.put(Space::Meta, seq.to_be_bytes().to_vec(), vec![1]);
+        let t = state.commit().apply(b).unwrap();
+        Outcome::Stored(seq, Accepted::Stored(t))
+    }
+
+    #[tokio::test]
+    async fn acks_follow_the_fsync_and_never_precede_it() {
+        let f = Fixture::new();
+        let (store, plan) = FaultyStore::new(MemoryStore::new());
+        let state = f.hub(Arc::new(store));
+        let (otx, orx) = mpsc::unbounded_channel();
+        let (ftx, mut frx) = mpsc::channel(16);
+        otx.send(stored(&state, 1)).unwrap();
+        otx.send(Outcome::Refused(2, Refusal::invalid("bad")))
+            .unwrap();
+        otx.send(stored(&state, 3)).unwrap();
+        drop(otx);
+        acknowledge(state.clone(), orx, ftx, 8).await.unwrap();
+        let frames: Vec<_> = std::iter::from_fn(|| frx.try_recv().ok())
+            .filter_map(|f| f.frame)
+            .collect();
+        assert!(matches!(&frames[0], Frame::Reject(r) if r.seq == 2));
+        assert!(matches!(&frames[1], Frame::Ack(a) if a.seq == 3 && a.window == 8));
+        assert!(state.commit().stats().flushes.load(Ordering::SeqCst) >= 1);
+
+        // When the fsync fails, nothing is acknowledged and the link ends.
+        plan.fail_flush.store(true, Ordering::SeqCst);
+        let (otx, orx) = mpsc::unbounded_channel();
+        let (ftx, mut frx) = mpsc::channel(16);
+        otx.send(stored(&state, 4)).unwrap();
+        drop(otx);
+        assert!(acknowledge(state, orx, ftx, 8).await.is_err());
+        assert!(
+            frx.try_recv().is_err(),
+            "an ack went out for data that is not on disk"
+        );
+    }
 }

@@ -388,13 +388,13 @@ impl NodeState {
             RouteError::UnknownRecipient(_) => Refusal::not_found(e.to_string()),
             other => Refusal::invalid(other.to_string()),
         })?;
-        if let Origin::Parent(p) = origin {
-            if routes.contains_key(&Destination::Parent) {
-                return Err(Refusal::not_found(format!(
-                    "parent {p} sent a message for agencies not served below this node"
-                ))
-                .into());
-            }
+        if let Origin::Parent(p) = origin
+            && routes.contains_key(&Destination::Parent)
+        {
+            return Err(Refusal::not_found(format!(
+                "parent {p} sent a message for agencies not served below this node"
+            ))
+            .into());
         }
         let doc_id = v.doc_id.to_string();
         let dkey = doc_key(v.from.as_str(), &doc_id);
@@ -742,10 +742,10 @@ impl NodeState {
         let doc = self.load_doc(&entry.from, &entry.doc_id)?;
         let mut env = pb::SignedEnvelope::decode(doc.envelope.as_slice())
             .map_err(|e| NodeError::Other(format!("stored envelope {}: {e}", entry.doc_id)))?;
-        if self.hooks.corrupt_forwarded_headers {
-            if let Some(b) = env.header_bytes.last_mut() {
-                *b ^= 0x01;
-            }
+        if self.hooks.corrupt_forwarded_headers
+            && let Some(b) = env.header_bytes.last_mut()
+        {
+            *b ^= 0x01;
         }
         let mut attachments = Vec::with_capacity(doc.attachments.len());
         for d in &doc.attachments {
@@ -1024,5 +1024,246 @@ impl NodeState {
     /// Flushes and stops the flusher.
     pub fn close(&self) -> Result<(), NodeError> {
         Ok(self.commit.close()?)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A node state over any store, with a throwaway signing CA and agencies.
+    use std::sync::Arc;
+
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    use truc_core::{NodeId, OrganId, RoutingTable};
+    use truc_pki::{
+        dev::DevCa,
+        sign::{AgencySigner, SignatureVerifier},
+    };
+    use truc_store::{BlobStore, Store};
+
+    use super::NodeState;
+    use crate::config::{Limits, TestHooks};
+
+    pub struct Fixture {
+        pub ca: DevCa,
+        pub blobs_dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        pub fn new() -> Self {
+            Self {
+                ca: DevCa::generate("test signing").unwrap(),
+                blobs_dir: tempfile::tempdir().unwrap(),
+            }
+        }
+
+        pub fn signer(&self, organ: &str) -> AgencySigner {
+            let o: OrganId = organ.parse().unwrap();
+            let issued = self.ca.agency_cert(&o, organ).unwrap();
+            AgencySigner::from_der(
+                &o,
+                vec![CertificateDer::from(issued.cert_der)],
+                PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap()
+        }
+
+        /// A hub with children `vpcp` (G22) and `nghean` (H41).
+        pub fn hub(&self, store: Arc<dyn Store>) -> Arc<NodeState> {
+            let mut routing = RoutingTable::new(false);
+            routing.add_child_organ("000.00.00.G22".parse().unwrap(), "vpcp".parse().unwrap());
+            routing.add_child_organ("000.00.00.H41".parse().unwrap(), "nghean".parse().unwrap());
+            self.state("hub", routing, vec![], store)
+        }
+
+        /// An edge serving G22 under a parent.
+        pub fn edge(&self, store: Arc<dyn Store>) -> Arc<NodeState> {
+            let mut routing = RoutingTable::new(true);
+            routing.add_local("000.00.00.G22".parse().unwrap());
+            self.state("vpcp", routing, vec![self.signer("000.00.00.G22")], store)
+        }
+
+        fn state(
+            &self,
+            id: &str,
+            routing: RoutingTable,
+            signers: Vec<AgencySigner>,
+            store: Arc<dyn Store>,
+        ) -> Arc<NodeState> {
+            let ca = CertificateDer::from_pem_slice(self.ca.cert_pem().as_bytes()).unwrap();
+            NodeState::new(
+                id.parse::<NodeId>().unwrap(),
+                routing,
+                signers,
+                SignatureVerifier::new(&[ca]).unwrap(),
+                Limits::default(),
+                TestHooks::default(),
+                store,
+                BlobStore::open(self.blobs_dir.path()).unwrap(),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rustls::pki_types::UnixTime;
+    use tonic::Code;
+    use truc_store::{MemoryStore, SledStore};
+
+    use super::{testing::Fixture, *};
+    use crate::envelope;
+
+    fn verified(f: &Fixture, from: &str, to: &[&str]) -> Verified {
+        let header = pb::Header {
+            format_version: envelope::FORMAT_VERSION,
+            doc_id: DocId::new_v7().to_string(),
+            kind: pb::Kind::Document as i32,
+            from: from.into(),
+            to: to.iter().map(|s| s.to_string()).collect(),
+            subject: "Công văn".into(),
+            ..Default::default()
+        };
+        let env = envelope::seal(&header, &f.signer(from)).unwrap();
+        envelope::verify(
+            env,
+            &f.hub(Arc::new(MemoryStore::new())).verifier,
+            &Limits::default(),
+            UnixTime::now(),
+        )
+        .unwrap()
+    }
+
+    fn child(n: &str) -> Origin {
+        Origin::Child(n.parse().unwrap())
+    }
+
+    #[test]
+    fn from_is_accepted_only_from_the_node_the_directory_binds_it_to() {
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let v = verified(&f, "000.00.00.G22", &["000.00.00.H41"]);
+        let err = hub.accept(v.clone(), &child("nghean"), None).unwrap_err();
+        assert!(
+            matches!(err, NodeError::Refused(ref r) if r.code == Code::PermissionDenied),
+            "{err}"
+        );
+        assert_eq!(
+            hub.queue_depth("child:nghean").unwrap(),
+            0,
+            "a refused message queued nothing"
+        );
+        assert!(matches!(
+            hub.accept(v, &child("vpcp"), None).unwrap(),
+            Accepted::Stored(_)
+        ));
+        assert_eq!(hub.queue_depth("child:nghean").unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn dedup_is_permanent_across_restarts() {
+        let f = Fixture::new();
+        let dir = tempfile::tempdir().unwrap();
+        let v = verified(&f, "000.00.00.G22", &["000.00.00.H41"]);
+        {
+            let hub = f.hub(Arc::new(SledStore::open(dir.path(), 1 << 20).unwrap()));
+            let a = hub.accept(v.clone(), &child("vpcp"), None).unwrap();
+            hub.durable(a.ticket()).await.unwrap();
+            hub.close().unwrap();
+        }
+        let hub = f.hub(Arc::new(SledStore::open(dir.path(), 1 << 20).unwrap()));
+        assert!(matches!(
+            hub.accept(v, &child("vpcp"), None).unwrap(),
+            Accepted::Duplicate(_)
+        ));
+        assert_eq!(hub.queue_depth("child:nghean").unwrap(), 1, "queued once");
+    }
+
+    #[test]
+    fn the_same_doc_id_with_other_bytes_is_a_conflict_not_a_duplicate() {
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let v = verified(&f, "000.00.00.G22", &["000.00.00.H41"]);
+        hub.accept(v.clone(), &child("vpcp"), None).unwrap();
+        let mut header = v.header.clone();
+        header.subject = "something else".into();
+        let other = envelope::verify(
+            envelope::seal(&header, &f.signer("000.00.00.G22")).unwrap(),
+            &hub.verifier,
+            &Limits::default(),
+            UnixTime::now(),
+        )
+        .unwrap();
+        let err = hub.accept(other, &child("vpcp"), None).unwrap_err();
+        assert!(
+            matches!(err, NodeError::Refused(ref r) if r.code == Code::AlreadyExists),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_multi_recipient_document_is_stored_once_and_queued_per_child() {
+        let f = Fixture::new();
+        let store = Arc::new(MemoryStore::new());
+        let mut routing = RoutingTable::new(false);
+        routing.add_child_organ("000.00.00.G22".parse().unwrap(), "vpcp".parse().unwrap());
+        for (i, n) in ["a", "b", "c"].iter().enumerate() {
+            routing.add_child_organ(
+                format!("000.00.00.H{i}").parse().unwrap(),
+                n.parse().unwrap(),
+            );
+        }
+        let hub = NodeState::new(
+            "hub".parse().unwrap(),
+            routing,
+            vec![],
+            f.hub(Arc::new(MemoryStore::new())).verifier.clone(),
+            Limits::default(),
+            TestHooks::default(),
+            store.clone(),
+            BlobStore::open(f.blobs_dir.path()).unwrap(),
+        );
+        let v = verified(
+            &f,
+            "000.00.00.G22",
+            &["000.00.00.H0", "000.00.00.H1", "000.00.00.H2"],
+        );
+        hub.accept(v, &child("vpcp"), None).unwrap();
+        assert_eq!(store.scan(Space::Docs, b"", None, 100).unwrap().len(), 1);
+        for n in ["a", "b", "c"] {
+            assert_eq!(hub.queue_depth(&format!("child:{n}")).unwrap(), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_edge_answers_send_only_after_its_outbox_is_durable() {
+        let f = Fixture::new();
+        let (store, plan) = truc_store::FaultyStore::new(MemoryStore::new());
+        let edge = f.edge(Arc::new(store));
+        plan.fail_flush.store(true, Ordering::SeqCst);
+        let (_, accepted) = edge
+            .submit(Submission {
+                from: "000.00.00.G22".into(),
+                to: vec!["000.00.00.H41".into()],
+                subject: "x".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        // The write is applied but not durable: the caller must not be told "sent".
+        assert!(edge.durable(accepted.ticket()).await.is_err());
+        assert!(!edge.is_healthy());
+        let err = edge
+            .submit(Submission {
+                from: "000.00.00.G22".into(),
+                to: vec!["000.00.00.H41".into()],
+                subject: "y".into(),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, NodeError::Store(_)),
+            "a failed store refuses new work: {err}"
+        );
     }
 }

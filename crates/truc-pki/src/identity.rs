@@ -34,10 +34,10 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, PkiError> {
     let mut found = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
-            if let GeneralName::URI(uri) = name {
-                if let Some(id) = parse_urn(uri)? {
-                    found.push(id);
-                }
+            if let GeneralName::URI(uri) = name
+                && let Some(id) = parse_urn(uri)?
+            {
+                found.push(id);
             }
         }
     }

@@ -170,6 +170,9 @@ impl webpki::ExtendedKeyUsageValidator for AnyEku {
 
 const CACHE_LIMIT: usize = 4096;
 
+/// Verified chains by digest, with the leaf's `not_after` (Unix seconds).
+type VerifiedCache = HashMap<Vec<u8>, (Verified, u64)>;
+
 /// Verifies agency signatures against the signing CA.
 ///
 /// Chain checks are cached per leaf certificate until the certificate expires, so
@@ -177,7 +180,7 @@ const CACHE_LIMIT: usize = 4096;
 #[derive(Clone)]
 pub struct SignatureVerifier {
     anchors: Arc<Vec<TrustAnchor<'static>>>,
-    cache: Arc<Mutex<HashMap<Vec<u8>, (Verified, u64)>>>,
+    cache: Arc<Mutex<VerifiedCache>>,
 }
 
 impl std::fmt::Debug for SignatureVerifier {
@@ -244,12 +247,11 @@ impl SignatureVerifier {
         let cache_key = ring::digest::digest(&ring::digest::SHA256, &key)
             .as_ref()
             .to_vec();
-        if let Ok(cache) = self.cache.lock() {
-            if let Some((v, not_after)) = cache.get(&cache_key) {
-                if now.as_secs() <= *not_after {
-                    return Ok(v.clone());
-                }
-            }
+        if let Ok(cache) = self.cache.lock()
+            && let Some((v, not_after)) = cache.get(&cache_key)
+            && now.as_secs() <= *not_after
+        {
+            return Ok(v.clone());
         }
         let intermediates: Vec<CertificateDer<'_>> = chain[1..]
             .iter()

@@ -237,7 +237,7 @@ mod tests {
             t.await.unwrap();
         }
         let flushes = gc.stats().flushes.load(Ordering::Relaxed);
-        assert!(flushes >= 1 && flushes <= 200, "{flushes}");
+        assert!((1..=200).contains(&flushes), "{flushes}");
         gc.close().unwrap();
     }
 
