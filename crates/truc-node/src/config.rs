@@ -178,6 +178,8 @@ pub struct LinkTuning {
     pub max_connections: usize,
     /// HTTP/2 streams per connection. Default 16.
     pub max_concurrent_streams: u32,
+    /// Bytes of unacknowledged transfers this node sends on one link. Default 32 MiB.
+    pub max_inflight_bytes: usize,
 }
 
 impl Default for LinkTuning {
@@ -192,6 +194,7 @@ impl Default for LinkTuning {
             reconnect_max_ms: 10_000,
             max_connections: 10_000,
             max_concurrent_streams: 16,
+            max_inflight_bytes: 32 << 20,
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct LinkParams {
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub max_message_bytes: usize,
+    /// Bytes this node keeps in flight on one link.
+    pub max_inflight_bytes: usize,
 }
 
 /// Why a link ended.
@@ -173,6 +175,7 @@ pub async fn run_session(
             queue.clone(),
             out.clone(),
             peer_window,
+            params.max_inflight_bytes,
             ctl_rx,
         )
         .in_current_span(),
@@ -279,13 +282,18 @@ async fn push(
     queue: String,
     out: mpsc::Sender<pb::LinkFrame>,
     mut window: u32,
+    max_bytes: usize,
     mut ctl: mpsc::UnboundedReceiver<Control>,
 ) -> Result<(), LinkError> {
     let notify = state.notifier(&queue);
-    let mut in_flight: VecDeque<u64> = VecDeque::new();
+    // (seq, bytes) of every transfer sent and not yet acknowledged.
+    let mut in_flight: VecDeque<(u64, usize)> = VecDeque::new();
+    let mut in_flight_bytes = 0usize;
     let mut last_sent: Option<u64> = None;
     loop {
-        while (in_flight.len() as u32) < window {
+        // Bounded by count (the peer's window) and by bytes (our memory): whole
+        // attachments travel in one frame until attachments are streamed.
+        while (in_flight.len() as u32) < window && (in_flight.is_empty() || in_flight_bytes < max_bytes) {
             let room = (window as usize - in_flight.len()).min(64);
             let rows = state.queue_peek(&queue, last_sent, room)?;
             if rows.is_empty() {
@@ -299,10 +307,15 @@ async fn push(
                     .map_err(|e| NodeError::Other(e.to_string()))?;
                 match loaded {
                     Ok(t) => {
+                        let size = prost::Message::encoded_len(&t);
                         if out.send(frame(Frame::Transfer(t))).await.is_err() {
                             return Err(LinkError::Closed);
                         }
-                        in_flight.push_back(seq);
+                        in_flight.push_back((seq, size));
+                        in_flight_bytes += size;
+                        if in_flight_bytes >= max_bytes {
+                            break;
+                        }
                     }
                     Err(e) => {
                         tracing::error!(%queue, seq, error = %e, "cannot load a queued transfer; moved to dead letters");
@@ -321,8 +334,9 @@ async fn push(
                 None => return Ok(()),
                 Some(Control::Ack { seq, window: w }) => {
                     window = w.max(1);
-                    while in_flight.front().is_some_and(|s| *s <= seq) {
+                    while let Some((_, size)) = in_flight.front().filter(|(s, _)| *s <= seq).copied() {
                         in_flight.pop_front();
+                        in_flight_bytes -= size;
                     }
                     let st = state.clone();
                     let q = queue.clone();
@@ -331,8 +345,17 @@ async fn push(
                         .map_err(|e| NodeError::Other(e.to_string()))??;
                 }
                 Some(Control::Reject { seq, code, reason }) => {
-                    in_flight.retain(|s| *s != seq);
-                    tracing::warn!(%queue, seq, code = ?Code::from_i32(code), %reason, "peer refused a transfer");
+                    if let Some(i) = in_flight.iter().position(|(s, _)| *s == seq) {
+                        in_flight_bytes -= in_flight[i].1;
+                        in_flight.remove(i);
+                    }
+                    if queue.starts_with("child:") {
+                        // This node verified it before queueing it: a child that refuses it
+                        // means corruption or tampering on the way, or configs that disagree.
+                        tracing::error!(%queue, seq, code = ?Code::from_i32(code), %reason, "peer refused a transfer");
+                    } else {
+                        tracing::warn!(%queue, seq, code = ?Code::from_i32(code), %reason, "peer refused a transfer");
+                    }
                     state.queue_reject(&queue, seq, code, &reason)?;
                 }
             },

@@ -98,6 +98,7 @@ fn params(config: &Config) -> LinkParams {
         reconnect_min: Config::ms(l.reconnect_min_ms),
         reconnect_max: Config::ms(l.reconnect_max_ms),
         max_message_bytes: config.limits.max_message_bytes,
+        max_inflight_bytes: l.max_inflight_bytes,
     }
 }
 
