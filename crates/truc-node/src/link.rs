@@ -293,7 +293,9 @@ async fn push(
     loop {
         // Bounded by count (the peer's window) and by bytes (our memory): whole
         // attachments travel in one frame until attachments are streamed.
-        while (in_flight.len() as u32) < window && (in_flight.is_empty() || in_flight_bytes < max_bytes) {
+        while (in_flight.len() as u32) < window
+            && (in_flight.is_empty() || in_flight_bytes < max_bytes)
+        {
             let room = (window as usize - in_flight.len()).min(64);
             let rows = state.queue_peek(&queue, last_sent, room)?;
             if rows.is_empty() {

@@ -102,10 +102,22 @@ fn params(config: &Config) -> LinkParams {
     }
 }
 
-async fn bind(what: &str, addr: &str) -> Result<TcpListener, NodeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(NodeError::io(format!("bind {what} {addr}")))
+/// The listener the caller bound, or a new one on `addr`, with its address.
+async fn bind(
+    given: Option<TcpListener>,
+    what: &str,
+    addr: &str,
+) -> Result<(TcpListener, SocketAddr), NodeError> {
+    let listener = match given {
+        Some(l) => l,
+        None => TcpListener::bind(addr)
+            .await
+            .map_err(NodeError::io(format!("bind {what} {addr}")))?,
+    };
+    let bound = listener
+        .local_addr()
+        .map_err(NodeError::io(what.to_owned()))?;
+    Ok((listener, bound))
 }
 
 impl RunningNode {
@@ -143,15 +155,8 @@ impl RunningNode {
 
         let mut link_addr = None;
         if let Some(addr) = &config.listen {
-            let listener = match listeners.link {
-                Some(l) => l,
-                None => bind("link listener", addr).await?,
-            };
-            link_addr = Some(
-                listener
-                    .local_addr()
-                    .map_err(NodeError::io("link listener"))?,
-            );
+            let (listener, bound) = bind(listeners.link, "link listener", addr).await?;
+            link_addr = Some(bound);
             let incoming = tls_incoming(
                 listener,
                 transport.server_config()?,
@@ -185,15 +190,8 @@ impl RunningNode {
 
         let mut agency_addr = None;
         if let Some(addr) = &config.agency_api {
-            let listener = match listeners.agency {
-                Some(l) => l,
-                None => bind("agency api", addr).await?,
-            };
-            agency_addr = Some(
-                listener
-                    .local_addr()
-                    .map_err(NodeError::io("agency listener"))?,
-            );
+            let (listener, bound) = bind(listeners.agency, "agency api", addr).await?;
+            agency_addr = Some(bound);
             let server = Server::builder().add_service(
                 pb::agency_server::AgencyServer::new(AgencyService::new(state.clone()))
                     .max_decoding_message_size(config.limits.max_message_bytes)
