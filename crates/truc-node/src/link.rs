@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use rustls::pki_types::UnixTime;
 use tokio::{
     sync::{mpsc, watch},
@@ -85,67 +85,114 @@ enum Prepared {
     Refused(Refusal),
 }
 
-/// Checks a received transfer and stores its attachments (blocking IO).
-fn prepare(state: &NodeState, t: pb::Transfer) -> Result<Prepared, NodeError> {
-    let Some(env) = t.envelope else {
-        return Ok(Prepared::Refused(Refusal::invalid(
-            "transfer without envelope",
-        )));
-    };
-    let v = match envelope::verify(env, &state.verifier, &state.limits, UnixTime::now()) {
-        Ok(v) => v,
-        Err(r) => return Ok(Prepared::Refused(r)),
-    };
-    let mut recipients = Vec::with_capacity(t.recipients.len());
-    for r in &t.recipients {
-        match r.parse::<OrganId>() {
-            Ok(o) => recipients.push(o),
-            Err(e) => {
-                return Ok(Prepared::Refused(Refusal::invalid(format!(
-                    "transfer recipients: {e}"
-                ))));
-            }
-        }
-    }
+/// A transfer that passed every check: the message, the recipients this hop serves,
+/// and the attachment bytes in manifest order.
+type Checked = (Verified, Vec<OrganId>, Vec<Vec<u8>>);
+
+/// Checks one received transfer: signature, recipients, attachment bytes against
+/// the signed manifest. Returns what to store, or why it is refused.
+fn check(
+    state: &NodeState,
+    t: pb::Transfer,
+) -> Result<(Verified, Vec<OrganId>, Vec<Vec<u8>>), Refusal> {
+    let env = t
+        .envelope
+        .ok_or_else(|| Refusal::invalid("transfer without envelope"))?;
+    let v = envelope::verify(env, &state.verifier, &state.limits, UnixTime::now())?;
+    let recipients = t
+        .recipients
+        .iter()
+        .map(|r| {
+            r.parse::<OrganId>()
+                .map_err(|e| Refusal::invalid(format!("transfer recipients: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     if recipients.is_empty() {
-        return Ok(Prepared::Refused(Refusal::invalid(
+        return Err(Refusal::invalid(
             "transfer names no recipients for this hop",
-        )));
+        ));
     }
     if t.attachments.len() != v.attachments.len() {
-        return Ok(Prepared::Refused(Refusal::invalid(format!(
+        return Err(Refusal::invalid(format!(
             "envelope {} names {} attachments but {} were sent",
             v.doc_id,
             v.attachments.len(),
             t.attachments.len()
-        ))));
+        )));
     }
-    for ((data, digest), meta) in t
+    let mut data = Vec::with_capacity(t.attachments.len());
+    for ((a, digest), meta) in t
         .attachments
-        .iter()
+        .into_iter()
         .zip(&v.attachments)
         .zip(&v.header.attachments)
     {
-        if Digest::from_slice(&data.sha256).as_ref() != Some(digest)
-            || data.data.len() as u64 != meta.size
-        {
-            return Ok(Prepared::Refused(Refusal::invalid(format!(
-                "attachment {:?} of {}: bytes do not match the signed manifest",
+        if a.data.len() as u64 != meta.size || Digest::of(&a.data) != *digest {
+            return Err(Refusal::invalid(format!(
+                "attachment {:?} of {}: bytes do not match the signed sha-256",
                 meta.name, v.doc_id
-            ))));
+            )));
         }
-        match state.blobs.put_expect(digest, &data.data) {
-            Ok(()) => {}
-            Err(truc_store::BlobError::Mismatch { .. }) => {
-                return Ok(Prepared::Refused(Refusal::invalid(format!(
-                    "attachment {:?} of {}: bytes do not match the signed sha-256",
-                    meta.name, v.doc_id
-                ))));
+        data.push(a.data);
+    }
+    Ok((v, recipients, data))
+}
+
+/// Checks a batch of received transfers and stores the attachments of the valid
+/// ones with one group of filesystem syncs (blocking IO). An IO error fails the
+/// batch: nothing of it is acknowledged and the peer sends it again.
+fn prepare(state: &NodeState, batch: Vec<pb::Transfer>) -> Result<Vec<(u64, Prepared)>, NodeError> {
+    let mut out = Vec::with_capacity(batch.len());
+    let mut blobs: Vec<(Digest, Vec<u8>)> = Vec::new();
+    for t in batch {
+        let seq = t.seq;
+        match check(state, t) {
+            Ok((v, recipients, data)) => {
+                blobs.extend(v.attachments.iter().copied().zip(data));
+                out.push((seq, Prepared::Ok(Box::new(v), recipients)));
             }
-            Err(e) => return Err(e.into()),
+            Err(r) => out.push((seq, Prepared::Refused(r))),
         }
     }
-    Ok(Prepared::Ok(Box::new(v), recipients))
+    let refs: Vec<(Digest, &[u8])> = blobs.iter().map(|(d, b)| (*d, b.as_slice())).collect();
+    state.blobs.put_many(&refs)?;
+    Ok(out)
+}
+
+/// Most transfers verified and stored as one batch.
+const MAX_BATCH: usize = 512;
+
+/// Handles a frame that is not a transfer.
+async fn control(
+    f: Frame,
+    ctl: &mpsc::UnboundedSender<Control>,
+    out: &mpsc::Sender<pb::LinkFrame>,
+) -> Result<(), LinkError> {
+    match f {
+        Frame::Ack(a) => {
+            let _ = ctl.send(Control::Ack {
+                seq: a.seq,
+                window: a.window,
+            });
+        }
+        Frame::Reject(r) => {
+            let _ = ctl.send(Control::Reject {
+                seq: r.seq,
+                code: r.code,
+                reason: r.reason,
+            });
+        }
+        Frame::Ping(p) => {
+            let _ = out
+                .send(frame(Frame::Pong(pb::Pong { nonce: p.nonce })))
+                .await;
+        }
+        Frame::Pong(_) => {}
+        Frame::Transfer(_) | Frame::Hello(_) | Frame::Welcome(_) => {
+            return Err(LinkError::Handshake("unexpected frame mid-session".into()));
+        }
+    }
+    Ok(())
 }
 
 /// Runs one established link until the peer goes away, falls silent, or `stop`.
@@ -201,7 +248,15 @@ pub async fn run_session(
         }
     });
 
+    // Frames read ahead while gathering a batch of transfers.
+    let mut pending: VecDeque<Frame> = VecDeque::new();
     let result = loop {
+        if let Some(f) = pending.pop_front() {
+            if let Err(e) = control(f, &ctl_tx, &out).await {
+                break Err(e);
+            }
+            continue;
+        }
         let next = tokio::select! {
             _ = crate::stopped(&mut stop) => break Err(LinkError::Stopped),
             done = senders.join_next() => match done {
@@ -223,36 +278,44 @@ pub async fn run_session(
         };
         match f {
             Frame::Transfer(t) => {
-                let seq = t.seq;
+                // Take every transfer already here: they are verified and stored
+                // together, one write and one fsync for the lot.
+                let mut batch = vec![t];
+                let mut end = None;
+                while batch.len() < MAX_BATCH {
+                    match incoming.next().now_or_never() {
+                        Some(Some(Ok(pb::LinkFrame {
+                            frame: Some(Frame::Transfer(t)),
+                        }))) => batch.push(t),
+                        Some(Some(Ok(pb::LinkFrame { frame: Some(other) }))) => {
+                            pending.push_back(other);
+                            break;
+                        }
+                        Some(Some(Ok(_))) => {}
+                        Some(Some(Err(status))) => {
+                            end = Some(LinkError::Rpc(status));
+                            break;
+                        }
+                        Some(None) => {
+                            end = Some(LinkError::Closed);
+                            break;
+                        }
+                        None => break,
+                    }
+                }
                 let st = state.clone();
-                let job = tokio::task::spawn_blocking(move || prepare(&st, t));
-                if prep_tx.send((seq, job)).await.is_err() {
+                let job = tokio::task::spawn_blocking(move || prepare(&st, batch));
+                if prep_tx.send(job).await.is_err() {
                     break Err(LinkError::Closed);
                 }
+                if let Some(e) = end {
+                    break Err(e);
+                }
             }
-            Frame::Ack(a) => {
-                let _ = ctl_tx.send(Control::Ack {
-                    seq: a.seq,
-                    window: a.window,
-                });
-            }
-            Frame::Reject(r) => {
-                let _ = ctl_tx.send(Control::Reject {
-                    seq: r.seq,
-                    code: r.code,
-                    reason: r.reason,
-                });
-            }
-            Frame::Ping(p) => {
-                let _ = out
-                    .send(frame(Frame::Pong(pb::Pong { nonce: p.nonce })))
-                    .await;
-            }
-            Frame::Pong(_) => {}
-            Frame::Hello(_) | Frame::Welcome(_) => {
-                break Err(LinkError::Handshake(
-                    "unexpected hello/welcome mid-session".into(),
-                ));
+            other => {
+                if let Err(e) = control(other, &ctl_tx, &out).await {
+                    break Err(e);
+                }
             }
         }
     };
@@ -301,12 +364,26 @@ async fn push(
             if rows.is_empty() {
                 break;
             }
-            for (seq, entry) in rows {
+            let st = state.clone();
+            let budget = max_bytes.saturating_sub(in_flight_bytes).max(1);
+            let loaded = tokio::task::spawn_blocking(move || {
+                // Stop loading once the byte budget is spent; the rest waits.
+                let mut used = 0usize;
+                let mut out = Vec::new();
+                for (seq, entry) in rows {
+                    if used >= budget {
+                        break;
+                    }
+                    let t = st.load_transfer(seq, &entry);
+                    used += t.as_ref().map(prost::Message::encoded_len).unwrap_or(0);
+                    out.push((seq, t));
+                }
+                out
+            })
+            .await
+            .map_err(|e| NodeError::Other(e.to_string()))?;
+            for (seq, loaded) in loaded {
                 last_sent = Some(seq);
-                let st = state.clone();
-                let loaded = tokio::task::spawn_blocking(move || st.load_transfer(seq, &entry))
-                    .await
-                    .map_err(|e| NodeError::Other(e.to_string()))?;
                 match loaded {
                     Ok(t) => {
                         let size = prost::Message::encoded_len(&t);
@@ -315,9 +392,6 @@ async fn push(
                         }
                         in_flight.push_back((seq, size));
                         in_flight_bytes += size;
-                        if in_flight_bytes >= max_bytes {
-                            break;
-                        }
                     }
                     Err(e) => {
                         tracing::error!(%queue, seq, error = %e, "cannot load a queued transfer; moved to dead letters");
@@ -366,7 +440,7 @@ async fn push(
     }
 }
 
-type PrepJob = (u64, tokio::task::JoinHandle<Result<Prepared, NodeError>>);
+type PrepJob = tokio::task::JoinHandle<Result<Vec<(u64, Prepared)>, NodeError>>;
 
 enum Outcome {
     Stored(u64, Accepted),
@@ -380,34 +454,51 @@ async fn apply(
     mut jobs: mpsc::Receiver<PrepJob>,
     acks: mpsc::UnboundedSender<Outcome>,
 ) -> Result<(), LinkError> {
-    while let Some((seq, job)) = jobs.recv().await {
+    while let Some(job) = jobs.recv().await {
         let prepared = job.await.map_err(|e| NodeError::Other(e.to_string()))??;
-        let outcome = match prepared {
-            Prepared::Refused(r) => {
-                state
-                    .stats
-                    .refused
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(origin = %origin.label(), code = ?r.code, reason = %r.reason, "transfer refused");
-                Outcome::Refused(seq, r)
-            }
-            Prepared::Ok(v, recipients) => {
-                let doc_id = v.doc_id;
-                match state.accept(*v, &origin, Some(&recipients)) {
-                    Ok(a) => Outcome::Stored(seq, a),
-                    Err(NodeError::Refused(r)) => {
-                        tracing::warn!(%doc_id, origin = %origin.label(), reason = %r, "transfer refused");
-                        Outcome::Refused(seq, r)
-                    }
-                    Err(e) => {
-                        tracing::error!(%doc_id, error = %e, "cannot store a transfer; dropping the link so the peer retries");
-                        return Err(e.into());
-                    }
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(prepared.len());
+        let mut items = Vec::new();
+        let mut slots = Vec::new();
+        for (seq, p) in prepared {
+            match p {
+                Prepared::Refused(r) => {
+                    state
+                        .stats
+                        .refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(origin = %origin.label(), seq, code = ?r.code, reason = %r.reason, "transfer refused");
+                    outcomes.push(Some(Outcome::Refused(seq, r)));
+                }
+                Prepared::Ok(v, recipients) => {
+                    slots.push((outcomes.len(), seq, v.doc_id));
+                    outcomes.push(None);
+                    items.push((*v, Some(recipients)));
                 }
             }
-        };
-        if acks.send(outcome).is_err() {
-            return Ok(());
+        }
+        if !items.is_empty() {
+            let st = state.clone();
+            let o = origin.clone();
+            let verdicts = tokio::task::spawn_blocking(move || st.accept_batch(items, &o))
+                .await
+                .map_err(|e| NodeError::Other(e.to_string()))?
+                .inspect_err(|e| {
+                    tracing::error!(error = %e, "cannot store transfers; dropping the link so the peer retries");
+                })?;
+            for ((slot, seq, doc_id), verdict) in slots.into_iter().zip(verdicts) {
+                outcomes[slot] = Some(match verdict {
+                    Ok(a) => Outcome::Stored(seq, a),
+                    Err(r) => {
+                        tracing::warn!(%doc_id, origin = %origin.label(), code = ?r.code, reason = %r, "transfer refused");
+                        Outcome::Refused(seq, r)
+                    }
+                });
+            }
+        }
+        for o in outcomes.into_iter().flatten() {
+            if acks.send(o).is_err() {
+                return Ok(());
+            }
         }
     }
     Ok(())

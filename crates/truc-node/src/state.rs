@@ -138,6 +138,37 @@ struct Plan {
     sent: BTreeMap<Vec<u8>, SentRecord>,
     queues: Vec<String>,
     events: Vec<Event>,
+    /// Dedup entries written by this batch, not yet visible in the store.
+    fresh: Vec<(Vec<u8>, [u8; 32])>,
+}
+
+/// Where a plan stood before an item, to undo that item alone.
+struct Mark {
+    ops: usize,
+    queues: usize,
+    events: usize,
+    fresh: usize,
+    sent: BTreeMap<Vec<u8>, SentRecord>,
+}
+
+impl Plan {
+    fn mark(&self) -> Mark {
+        Mark {
+            ops: self.batch.len(),
+            queues: self.queues.len(),
+            events: self.events.len(),
+            fresh: self.fresh.len(),
+            sent: self.sent.clone(),
+        }
+    }
+
+    fn rollback(&mut self, m: Mark) {
+        self.batch.truncate(m.ops);
+        self.queues.truncate(m.queues);
+        self.events.truncate(m.events);
+        self.fresh.truncate(m.fresh);
+        self.sent = m.sent;
+    }
 }
 
 pub struct NodeState {
@@ -300,38 +331,84 @@ impl NodeState {
         origin: &Origin,
         recipients: Option<&[OrganId]>,
     ) -> Result<Accepted, NodeError> {
-        if let Err(r) = self.authorize(&v, origin) {
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
-            return Err(r.into());
+        let r = recipients.map(<[OrganId]>::to_vec);
+        match self.accept_batch(vec![(v, r)], origin)?.pop() {
+            Some(Ok(a)) => Ok(a),
+            Some(Err(r)) => Err(r.into()),
+            None => Err(NodeError::Other("empty batch".into())),
         }
+    }
+
+    /// Accepts many messages from one origin in one atomic write. Each is refused or
+    /// accepted on its own; an error of the store fails the whole batch. Every
+    /// accepted one (new or duplicate) is durable once the returned ticket is.
+    pub fn accept_batch(
+        &self,
+        items: Vec<(Verified, Option<Vec<OrganId>>)>,
+        origin: &Origin,
+    ) -> Result<Vec<Result<Accepted, Refusal>>, NodeError> {
         let now = now_ms();
         let mut w = self.lock();
-        let dkey = doc_key(v.from.as_str(), &v.doc_id.to_string());
-        if let Some(existing) = self.store.get(Space::Dedup, &dkey)? {
-            if existing == v.header_sha256.0 {
-                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                return Ok(Accepted::Duplicate(self.commit.current()));
-            }
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
-            return Err(Refusal::new(
-                Code::AlreadyExists,
-                format!(
-                    "doc_id {} was already used by {} for different content",
-                    v.doc_id, v.from
-                ),
-            )
-            .into());
-        }
         let mut plan = Plan::default();
-        if let Err(e) = self.plan_message(&mut w, &mut plan, &v, origin, recipients, now) {
-            if matches!(e, NodeError::Refused(_)) {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        let mut verdicts: Vec<Result<bool, Refusal>> = Vec::with_capacity(items.len()); // Ok(is_new)
+        let (mut new, mut dups) = (0u64, 0u64);
+        for (v, recipients) in &items {
+            if let Err(r) = self.authorize(v, origin) {
+                verdicts.push(Err(r));
+                continue;
             }
-            return Err(e);
+            let dkey = doc_key(v.from.as_str(), &v.doc_id.to_string());
+            let seen = match plan.fresh.iter().find(|(k, _)| *k == dkey) {
+                Some((_, d)) => Some(d.to_vec()),
+                None => self.store.get(Space::Dedup, &dkey)?,
+            };
+            if let Some(existing) = seen {
+                if existing == v.header_sha256.0 {
+                    dups += 1;
+                    verdicts.push(Ok(false));
+                } else {
+                    verdicts.push(Err(Refusal::new(
+                        Code::AlreadyExists,
+                        format!(
+                            "doc_id {} was already used by {} for different content",
+                            v.doc_id, v.from
+                        ),
+                    )));
+                }
+                continue;
+            }
+            let mark = plan.mark();
+            match self.plan_message(&mut w, &mut plan, v, origin, recipients.as_deref(), now) {
+                Ok(()) => {
+                    plan.fresh.push((dkey, v.header_sha256.0));
+                    new += 1;
+                    verdicts.push(Ok(true));
+                }
+                Err(NodeError::Refused(r)) => {
+                    plan.rollback(mark);
+                    verdicts.push(Err(r));
+                }
+                Err(e) => return Err(e),
+            }
         }
-        let ticket = self.finish(w, plan)?;
-        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        Ok(Accepted::Stored(ticket))
+        let ticket = if plan.batch.is_empty() {
+            drop(w);
+            self.commit.current()
+        } else {
+            self.finish(w, plan)?
+        };
+        let refused = verdicts.iter().filter(|v| v.is_err()).count() as u64;
+        self.stats.accepted.fetch_add(new, Ordering::Relaxed);
+        self.stats.duplicates.fetch_add(dups, Ordering::Relaxed);
+        self.stats.refused.fetch_add(refused, Ordering::Relaxed);
+        Ok(verdicts
+            .into_iter()
+            .map(|v| match v {
+                Ok(true) => Ok(Accepted::Stored(ticket)),
+                Ok(false) => Ok(Accepted::Duplicate(ticket)),
+                Err(r) => Err(r),
+            })
+            .collect())
     }
 
     fn finish(&self, w: MutexGuard<'_, Writer>, mut plan: Plan) -> Result<Ticket, NodeError> {
@@ -353,6 +430,9 @@ impl NodeState {
             self.notifier(q).notify_one();
         }
         for e in plan.events {
+            if matches!(e, Event::Delivered { .. }) {
+                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+            }
             let _ = self.events.send(e);
         }
         Ok(ticket)
@@ -510,7 +590,6 @@ impl NodeState {
             doc_id: v.doc_id,
             subject: v.header.subject.clone(),
         });
-        self.stats.delivered.fetch_add(1, Ordering::Relaxed);
         self.plan_new_receipt(
             w,
             plan,

@@ -136,10 +136,7 @@ impl BlobStore {
         if dest.exists() {
             return Ok(());
         }
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("{}.{:016x}", d.hex(), fastrand::u64(..)));
+        let tmp = self.tmp_path(d);
         let result = (|| {
             let mut f = File::create(&tmp).map_err(io(&tmp))?;
             f.write_all(data).map_err(io(&tmp))?;
@@ -151,6 +148,57 @@ impl BlobStore {
             let _ = fs::remove_file(&tmp);
         }
         result
+    }
+
+    /// Stores several blobs whose digests the caller has checked, durably, with two
+    /// filesystem syncs in all instead of two per file: temp files written, synced,
+    /// renamed into place, names synced. Nothing gets a name before its bytes are
+    /// on disk.
+    pub fn put_many(&self, items: &[(Digest, &[u8])]) -> Result<(), BlobError> {
+        let mut todo: Vec<&(Digest, &[u8])> =
+            items.iter().filter(|(d, _)| !self.contains(d)).collect();
+        todo.sort_by_key(|(d, _)| *d);
+        todo.dedup_by_key(|(d, _)| *d);
+        match todo.as_slice() {
+            [] => return Ok(()),
+            [(d, data)] => return self.write(d, data),
+            _ => {}
+        }
+        let mut written: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(todo.len());
+        let result = (|| {
+            for (d, data) in &todo {
+                let tmp = self.tmp_path(d);
+                let mut f = File::create(&tmp).map_err(io(&tmp))?;
+                written.push((tmp.clone(), self.path(d)));
+                f.write_all(data).map_err(io(&tmp))?;
+            }
+            self.sync_all_files()?;
+            for (tmp, dest) in &written {
+                fs::rename(tmp, dest).map_err(io(dest))?;
+            }
+            self.sync_all_files()
+        })();
+        if result.is_err() {
+            for (tmp, _) in &written {
+                let _ = fs::remove_file(tmp);
+            }
+        }
+        result
+    }
+
+    /// Makes every write under the root durable: one `syncfs` on Linux.
+    fn sync_all_files(&self) -> Result<(), BlobError> {
+        let root = File::open(&self.root).map_err(io(&self.root))?;
+        rustix::fs::syncfs(&root).map_err(|e| BlobError::Io {
+            path: self.root.clone(),
+            source: e.into(),
+        })
+    }
+
+    fn tmp_path(&self, d: &Digest) -> PathBuf {
+        self.root
+            .join("tmp")
+            .join(format!("{}.{:016x}", d.hex(), fastrand::u64(..)))
     }
 
     /// Reads a blob and checks it against its name.
@@ -203,6 +251,21 @@ mod tests {
         let err = s.put_expect(&expected, b"tampered").unwrap_err();
         assert!(matches!(err, BlobError::Mismatch { .. }));
         assert!(!s.contains(&expected));
+    }
+
+    #[test]
+    fn many_blobs_are_stored_together_and_each_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let data: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000]).collect();
+        let items: Vec<(Digest, &[u8])> =
+            data.iter().map(|d| (Digest::of(d), d.as_slice())).collect();
+        s.put_many(&items).unwrap();
+        s.put_many(&items).unwrap();
+        for (d, bytes) in &items {
+            assert_eq!(s.read(d).unwrap(), *bytes);
+        }
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 
     #[test]

@@ -59,6 +59,10 @@ impl Batch {
     pub fn len(&self) -> usize {
         self.ops.len()
     }
+    /// Drops every write after the first `len` (to undo a partly planned item).
+    pub fn truncate(&mut self, len: usize) {
+        self.ops.truncate(len);
+    }
 }
 
 /// An ordered key-value store with atomic batches and an explicit durability point.

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
 
-use crate::{certs, client, demo};
+use crate::{bench, certs, client, demo};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -105,6 +105,15 @@ enum Command {
         doc_id: String,
         #[arg(long)]
         json: bool,
+    },
+    /// Measure throughput and latency through an in-process federation.
+    Bench {
+        #[arg(long, default_value_t = 5000)]
+        docs: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10 * 1024)]
+        body_bytes: usize,
     },
     /// Run a hub and three edges on loopback with a fresh PKI and send documents.
     Demo {
@@ -275,6 +284,19 @@ async fn run(cli: Cli) -> Result<()> {
             doc_id,
             json,
         } => client::status(&config, &doc_id, json).await,
+        Command::Bench {
+            docs,
+            concurrency,
+            body_bytes,
+        } => {
+            init_logging(cli.log_format, "warn");
+            bench::run(bench::BenchArgs {
+                docs,
+                concurrency,
+                body_bytes,
+            })
+            .await
+        }
         Command::Demo { dir, once } => {
             init_logging(cli.log_format, "warn");
             demo::run(dir, once).await

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
 pub mod certs;
 pub mod cli;
 pub mod client;
