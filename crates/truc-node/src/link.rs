@@ -94,7 +94,7 @@ type Checked = (Verified, Vec<OrganId>, Vec<Vec<u8>>);
 fn check(
     state: &NodeState,
     t: pb::Transfer,
-) -> Result<(Verified, Vec<OrganId>, Vec<Vec<u8>>), Refusal> {
+) -> Result<Checked, Refusal> {
     let env = t
         .envelope
         .ok_or_else(|| Refusal::invalid("transfer without envelope"))?;
