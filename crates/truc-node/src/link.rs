@@ -91,10 +91,7 @@ type Checked = (Verified, Vec<OrganId>, Vec<Vec<u8>>);
 
 /// Checks one received transfer: signature, recipients, attachment bytes against
 /// the signed manifest. Returns what to store, or why it is refused.
-fn check(
-    state: &NodeState,
-    t: pb::Transfer,
-) -> Result<Checked, Refusal> {
+fn check(state: &NodeState, t: pb::Transfer) -> Result<Checked, Refusal> {
     let env = t
         .envelope
         .ok_or_else(|| Refusal::invalid("transfer without envelope"))?;

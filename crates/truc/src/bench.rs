@@ -102,16 +102,16 @@ pub async fn run(a: BenchArgs) -> Result<()> {
                 Err(_) => break,
             }
             // Deliveries seen before their send returned.
-            if !early.is_empty() {
-                if let Ok(m) = st.lock() {
-                    early.retain(|id, at| match m.get(id) {
-                        Some(t0) => {
-                            lat.push(at.saturating_duration_since(*t0));
-                            false
-                        }
-                        None => true,
-                    });
-                }
+            if !early.is_empty()
+                && let Ok(m) = st.lock()
+            {
+                early.retain(|id, at| match m.get(id) {
+                    Some(t0) => {
+                        lat.push(at.saturating_duration_since(*t0));
+                        false
+                    }
+                    None => true,
+                });
             }
         }
         lat
