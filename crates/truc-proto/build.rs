@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "truc/v1/envelope.proto",
         "truc/v1/link.proto",
         "truc/v1/agency.proto",
+        "truc/v1/admin.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());

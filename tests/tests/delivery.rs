@@ -147,7 +147,7 @@ async fn documents_reach_one_and_two_recipients_with_signatures_that_verify() {
             UnixTime::now(),
         )
         .unwrap();
-    assert_eq!(verified.organ.as_str(), G22);
+    assert_eq!(verified.organ().unwrap().as_str(), G22);
     let mut tampered = env.header_bytes.clone();
     tampered[10] ^= 1;
     assert!(

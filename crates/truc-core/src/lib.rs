@@ -10,5 +10,5 @@ pub mod kinds;
 pub mod route;
 
 pub use ids::{DocId, IdError, NodeId, OrganId, Seq};
-pub use kinds::{DeliveryState, Kind, Priority, ReceiptType};
+pub use kinds::{BusinessType, DeliveryState, Kind, Priority, ReceiptType, StatusCode};
 pub use route::{Destination, RouteError, RoutingTable};

@@ -3,13 +3,14 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use truc_core::{DeliveryState, DocId, OrganId};
+use truc_core::{BusinessType, DeliveryState, DocId, OrganId};
 use truc_proto::v1::{self as pb, agency_server::Agency};
-use truc_store::Digest;
+use truc_store::{Digest, record::SentRecord};
 
 use crate::{
+    envelope,
     error::{NodeError, Refusal},
-    state::{Accepted, NodeState, Submission},
+    state::{Accepted, NodeState, Reply, Submission},
 };
 
 #[derive(Clone)]
@@ -20,6 +21,16 @@ pub struct AgencyService {
 impl AgencyService {
     pub fn new(state: Arc<NodeState>) -> Self {
         Self { state }
+    }
+
+    fn local_organ(&self, s: &str) -> Result<OrganId, Status> {
+        let organ: OrganId = parse("organ", s)?;
+        if !self.state.routing.is_local(&organ) {
+            return Err(Status::not_found(format!(
+                "this edge does not serve agency {organ}"
+            )));
+        }
+        Ok(organ)
     }
 }
 
@@ -59,6 +70,50 @@ fn state_pb(s: u32) -> i32 {
     }
 }
 
+/// The sent-list view of one document.
+pub fn status_view(rec: SentRecord, deadline_for: impl Fn(u32) -> u64) -> pb::GetStatusResponse {
+    let mut deadline = rec.created_at_ms + deadline_for(rec.priority) as i64;
+    if rec.due_at_ms > 0 && rec.due_at_ms < deadline {
+        deadline = rec.due_at_ms;
+    }
+    pb::GetStatusResponse {
+        doc_id: rec.doc_id,
+        from: rec.from,
+        subject: rec.subject,
+        created_at_ms: rec.created_at_ms,
+        business_type: rec.business_type,
+        target_doc_id: rec.target_doc_id,
+        priority: rec.priority,
+        deadline_ms: deadline,
+        recipients: rec
+            .recipients
+            .into_iter()
+            .map(|r| pb::RecipientStatus {
+                organ: r.organ,
+                state: state_pb(r.state),
+                updated_at_ms: r.updated_at_ms,
+                detail: r.detail,
+                last_status: r.last_status,
+                last_status_at_ms: r.last_status_at_ms,
+                status_note: r.status_note,
+                accepted_at_ms: r.accepted_at_ms,
+                delivered_at_ms: r.delivered_at_ms,
+                acked_at_ms: r.acked_at_ms,
+            })
+            .collect(),
+    }
+}
+
+/// Adds a retry hint to RESOURCE_EXHAUSTED answers.
+fn with_retry_hint(mut s: Status, retry_after_ms: u32) -> Status {
+    if s.code() == tonic::Code::ResourceExhausted
+        && let Ok(v) = retry_after_ms.to_string().parse()
+    {
+        s.metadata_mut().insert("retry-after-ms", v);
+    }
+    s
+}
+
 #[tonic::async_trait]
 impl Agency for AgencyService {
     async fn send(
@@ -80,9 +135,20 @@ impl Agency for AgencyService {
                 .map(|a| (a.name, a.content_type, a.data))
                 .collect(),
             doc_id: Some(r.doc_id).filter(|s| !s.is_empty()),
+            business_type: r.business_type,
+            target_doc_id: r.target_doc_id,
+            reason: r.reason,
+            changes: r
+                .recipient_changes
+                .into_iter()
+                .map(|c| (c.organ, c.added))
+                .collect(),
         };
         let st = self.state.clone();
-        let (doc_id, accepted) = blocking(move || st.submit(sub)).await?;
+        let retry = self.state.quotas.retry_after_ms;
+        let (doc_id, accepted) = blocking(move || st.submit(sub))
+            .await
+            .map_err(|s| with_retry_hint(s, retry))?;
         // Invariant 1: the application hears "sent" only once the outbox is fsynced.
         self.state
             .durable(accepted.ticket())
@@ -99,10 +165,11 @@ impl Agency for AgencyService {
         req: Request<pb::ListInboxRequest>,
     ) -> Result<Response<pb::ListInboxResponse>, Status> {
         let r = req.into_inner();
-        let organ: OrganId = parse("organ", &r.organ)?;
-        if !self.state.routing.is_local(&organ) {
-            return Err(Status::not_found(format!(
-                "this edge does not serve agency {organ}"
+        let organ = self.local_organ(&r.organ)?;
+        if !matches!(r.kind.as_str(), "" | "document" | "status") {
+            return Err(Status::invalid_argument(format!(
+                "kind {:?} is not document or status",
+                r.kind
             )));
         }
         let max = self.state.limits.max_list;
@@ -112,7 +179,7 @@ impl Agency for AgencyService {
             (r.limit as usize).min(max)
         };
         let st = self.state.clone();
-        let items = blocking(move || st.inbox(&organ, r.include_acked, limit)).await?;
+        let items = blocking(move || st.inbox(&organ, r.include_acked, &r.kind, limit)).await?;
         Ok(Response::new(pb::ListInboxResponse {
             items: items
                 .into_iter()
@@ -127,6 +194,14 @@ impl Agency for AgencyService {
                     code_number: e.code_number,
                     code_notation: e.code_notation,
                     attachments: e.attachments,
+                    kind: e.kind,
+                    status_code: e.status_code,
+                    for_doc_id: e.for_doc_id,
+                    note: e.note,
+                    business_type: e.business_type,
+                    target_doc_id: e.target_doc_id,
+                    replied: e.replied,
+                    recalled: e.recalled,
                 })
                 .collect(),
         }))
@@ -208,21 +283,208 @@ impl Agency for AgencyService {
                 "no document {doc_id} was sent from this edge"
             )));
         };
-        Ok(Response::new(pb::GetStatusResponse {
-            doc_id: rec.doc_id,
-            from: rec.from,
-            subject: rec.subject,
-            created_at_ms: rec.created_at_ms,
-            recipients: rec
-                .recipients
+        let delivery = self.state.delivery.clone();
+        Ok(Response::new(status_view(rec, |p| {
+            delivery.deadline_for(p)
+        })))
+    }
+
+    async fn list_sent(
+        &self,
+        req: Request<pb::ListSentRequest>,
+    ) -> Result<Response<pb::ListSentResponse>, Status> {
+        let r = req.into_inner();
+        let organ = self.local_organ(&r.from)?;
+        let max = self.state.limits.max_list;
+        let limit = if r.limit == 0 {
+            max
+        } else {
+            (r.limit as usize).min(max)
+        };
+        let st = self.state.clone();
+        let records = blocking(move || st.list_sent(&organ, limit)).await?;
+        let delivery = self.state.delivery.clone();
+        Ok(Response::new(pb::ListSentResponse {
+            documents: records
                 .into_iter()
-                .map(|r| pb::RecipientStatus {
-                    organ: r.organ,
-                    state: state_pb(r.state),
-                    updated_at_ms: r.updated_at_ms,
-                    detail: r.detail,
-                })
+                .map(|r| status_view(r, |p| delivery.deadline_for(p)))
                 .collect(),
         }))
     }
+
+    async fn reply(
+        &self,
+        req: Request<pb::ReplyRequest>,
+    ) -> Result<Response<pb::SendResponse>, Status> {
+        let r = req.into_inner();
+        let reply = Reply {
+            doc_id: r.doc_id,
+            from: r.from,
+            organ: r.organ,
+            code: r.code,
+            note: r.note,
+            staff: r.staff,
+        };
+        let st = self.state.clone();
+        let (id, accepted) = blocking(move || st.reply(reply)).await?;
+        self.state
+            .durable(accepted.ticket())
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(pb::SendResponse {
+            doc_id: id.to_string(),
+            duplicate: matches!(accepted, Accepted::Duplicate(_)),
+        }))
+    }
+
+    async fn get_receipts(
+        &self,
+        req: Request<pb::GetReceiptsRequest>,
+    ) -> Result<Response<pb::GetReceiptsResponse>, Status> {
+        let doc_id: DocId = parse("doc_id", &req.into_inner().doc_id)?;
+        let st = self.state.clone();
+        let (receipts, document) =
+            blocking(move || Ok((st.receipts(&doc_id)?, st.sent_envelope(&doc_id)?))).await?;
+        let mut out = Vec::new();
+        for (organ, env) in receipts {
+            let header = <pb::Header as prost::Message>::decode(env.header_bytes.as_slice())
+                .map_err(|e| Status::internal(format!("stored receipt: {e}")))?;
+            let r = header.receipt.clone().unwrap_or_default();
+            out.push(pb::ReceiptView {
+                organ,
+                r#type: r.r#type,
+                at_ms: r.at_ms,
+                signer: if header.from.is_empty() {
+                    format!("node:{}", header.from_node)
+                } else {
+                    header.from.clone()
+                },
+                envelope: Some(env),
+            });
+        }
+        Ok(Response::new(pb::GetReceiptsResponse {
+            receipts: out,
+            document,
+        }))
+    }
+
+    async fn lookup_agency(
+        &self,
+        req: Request<pb::LookupAgencyRequest>,
+    ) -> Result<Response<pb::AgencyEntry>, Status> {
+        let organ: OrganId = parse("organ", &req.into_inner().organ)?;
+        self.state
+            .directory()
+            .get(&organ)
+            .cloned()
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("unknown agency {organ}")))
+    }
+
+    async fn list_agencies(
+        &self,
+        req: Request<pb::ListAgenciesRequest>,
+    ) -> Result<Response<pb::ListAgenciesResponse>, Status> {
+        let prefix = req.into_inner().prefix;
+        let d = self.state.directory();
+        Ok(Response::new(pb::ListAgenciesResponse {
+            version: d.version,
+            agencies: d
+                .entries
+                .values()
+                .filter(|a| a.organ.starts_with(&prefix))
+                .cloned()
+                .collect(),
+        }))
+    }
+
+    async fn trace(
+        &self,
+        req: Request<pb::TraceRequest>,
+    ) -> Result<Response<pb::TraceResponse>, Status> {
+        let doc_id: DocId = parse("doc_id", &req.into_inner().doc_id)?;
+        let st = self.state.clone();
+        let steps = blocking(move || trace(&st, &doc_id)).await?;
+        Ok(Response::new(pb::TraceResponse { steps }))
+    }
+}
+
+/// One document's path as this node knows it: its own audit entries, and for a
+/// document it sent, the signed receipts and statuses of every hop and recipient.
+pub fn trace(state: &NodeState, doc_id: &DocId) -> Result<Vec<pb::TraceStep>, NodeError> {
+    let here = state.node_id.to_string();
+    let mut steps: Vec<pb::TraceStep> = state
+        .audit_trail(&doc_id.to_string())?
+        .into_iter()
+        .map(|e| pb::TraceStep {
+            at_ms: e.at_ms,
+            node: here.clone(),
+            step: e.event,
+            detail: e.detail,
+        })
+        .collect();
+    for (organ, env) in state.receipts(doc_id)? {
+        let Ok(header) = <pb::Header as prost::Message>::decode(env.header_bytes.as_slice()) else {
+            continue;
+        };
+        let Some(r) = header.receipt else { continue };
+        let kind = envelope::receipt_type(r.r#type)
+            .map(|k| k.as_str())
+            .unwrap_or("receipt");
+        let (node, signer) = if header.from.is_empty() {
+            (
+                header.from_node.clone(),
+                format!("signed by node {}", header.from_node),
+            )
+        } else {
+            (organ.clone(), format!("signed by {}", header.from))
+        };
+        steps.push(pb::TraceStep {
+            at_ms: r.at_ms,
+            node,
+            step: kind.to_owned(),
+            detail: if r.detail.is_empty() {
+                format!("{organ}, {signer}")
+            } else {
+                format!("{organ}, {signer}: {}", r.detail)
+            },
+        });
+    }
+    for rec in state.sent(doc_id)? {
+        for r in rec.recipients {
+            if !r.last_status.is_empty() {
+                let meaning = r
+                    .last_status
+                    .parse::<truc_core::StatusCode>()
+                    .map(|c| c.meaning())
+                    .unwrap_or("status");
+                steps.push(pb::TraceStep {
+                    at_ms: r.last_status_at_ms,
+                    node: r.organ.clone(),
+                    step: format!("status {}", r.last_status),
+                    detail: format!(
+                        "{meaning}{}",
+                        if r.status_note.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", r.status_note)
+                        }
+                    ),
+                });
+            }
+        }
+        if rec.business_type != BusinessType::New as i32 {
+            steps.push(pb::TraceStep {
+                at_ms: rec.created_at_ms,
+                node: here.clone(),
+                step: BusinessType::from_i32(rec.business_type)
+                    .map(|b| b.as_str())
+                    .unwrap_or("change")
+                    .to_owned(),
+                detail: format!("of {}", rec.target_doc_id),
+            });
+        }
+    }
+    steps.sort_by_key(|s| s.at_ms);
+    Ok(steps)
 }

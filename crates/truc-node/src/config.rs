@@ -60,6 +60,16 @@ pub struct FileConfig {
     pub link: LinkTuning,
     #[serde(default)]
     pub storage: StorageSection,
+    #[serde(default)]
+    pub delivery: DeliverySection,
+    #[serde(default)]
+    pub quotas: QuotaSection,
+    /// Loopback API for operators (requeue, audit, queues).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_api: Option<AdminApiSection>,
+    /// Hubs and relays: names and administrative parents of the agencies below.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub directory: Vec<DirectoryEntry>,
     /// Fault injection for tests. Never set in production; a node logs a warning.
     #[serde(default, skip_serializing_if = "TestHooks::is_off")]
     pub test_hooks: TestHooks,
@@ -106,6 +116,77 @@ pub struct ParentSection {
 pub struct AgencyApiSection {
     /// `host:port`, loopback only (the API has no authentication of its own yet).
     pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminApiSection {
+    /// `host:port`, loopback only until operator certificates guard it.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryEntry {
+    pub organ: String,
+    #[serde(default)]
+    pub name: String,
+    /// The agency above it in the administrative tree, if any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub parent: String,
+}
+
+/// When an undelivered document is given up on and its sender told.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverySection {
+    /// Delivery deadline by priority: normal, urgent, very urgent, express (hỏa
+    /// tốc), timed express. Default 24 h, 8 h, 4 h, 2 h, 1 h. A document's own
+    /// earlier due date wins.
+    pub deadline_ms: [u64; 5],
+    /// How often queues are checked for overdue documents. Default 5000 ms.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for DeliverySection {
+    fn default() -> Self {
+        const H: u64 = 3_600_000;
+        Self {
+            deadline_ms: [24 * H, 8 * H, 4 * H, 2 * H, H],
+            sweep_interval_ms: 5000,
+        }
+    }
+}
+
+impl DeliverySection {
+    pub fn deadline_for(&self, priority: u32) -> u64 {
+        self.deadline_ms[(priority as usize).min(4)]
+    }
+}
+
+/// Backpressure: limits on what waits in this node's queues.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaSection {
+    /// Documents waiting here for one recipient agency. Default 100000.
+    pub max_queued_per_recipient: u64,
+    /// Documents waiting here from one sending agency. Default 200000.
+    pub max_queued_per_sender: u64,
+    /// Documents an edge keeps in its outbox before refusing new ones. Default 100000.
+    pub max_outbox: u64,
+    /// Retry hint given with RESOURCE_EXHAUSTED. Default 1000 ms.
+    pub retry_after_ms: u32,
+}
+
+impl Default for QuotaSection {
+    fn default() -> Self {
+        Self {
+            max_queued_per_recipient: 100_000,
+            max_queued_per_sender: 200_000,
+            max_outbox: 100_000,
+            retry_after_ms: 1000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -243,6 +324,11 @@ pub struct Config {
     pub limits: Limits,
     pub link: LinkTuning,
     pub storage: StorageSection,
+    pub delivery: DeliverySection,
+    pub quotas: QuotaSection,
+    pub admin_api: Option<String>,
+    /// OrganId → (name, parent).
+    pub directory: BTreeMap<OrganId, (String, Option<OrganId>)>,
     pub test_hooks: TestHooks,
 }
 
@@ -401,6 +487,48 @@ impl Config {
                 "[[children]] are listed but there is no [listen] for them to reach".into(),
             ));
         }
+        let admin_api = match f.admin_api {
+            Some(a) => {
+                let addr =
+                    parse_addr(&a.listen).map_err(|e| invalid(format!("admin_api.listen: {e}")))?;
+                if !addr.ip().is_loopback() {
+                    return Err(invalid(format!(
+                        "admin_api.listen {addr} is not a loopback address; operator certificates do not guard it yet"
+                    )));
+                }
+                Some(a.listen)
+            }
+            None => None,
+        };
+        let mut directory = BTreeMap::new();
+        for d in f.directory {
+            let organ: OrganId = d
+                .organ
+                .parse()
+                .map_err(|e| invalid(format!("directory: {e}")))?;
+            let parent = if d.parent.is_empty() {
+                None
+            } else {
+                Some(
+                    d.parent
+                        .parse::<OrganId>()
+                        .map_err(|e| invalid(format!("directory.{organ}.parent: {e}")))?,
+                )
+            };
+            if !seen.contains_key(&organ) {
+                return Err(invalid(format!(
+                    "directory names {organ}, which neither this node nor a child serves"
+                )));
+            }
+            if directory.insert(organ.clone(), (d.name, parent)).is_some() {
+                return Err(invalid(format!("directory lists {organ} twice")));
+            }
+        }
+        if f.delivery.sweep_interval_ms == 0 || f.delivery.deadline_ms.contains(&0) {
+            return Err(invalid(
+                "delivery.deadline_ms and delivery.sweep_interval_ms must be > 0".into(),
+            ));
+        }
         if f.link.window == 0
             || f.link.heartbeat_interval_ms == 0
             || f.link.heartbeat_timeout_ms <= f.link.heartbeat_interval_ms
@@ -423,6 +551,10 @@ impl Config {
             limits: f.limits,
             link: f.link,
             storage: f.storage,
+            delivery: f.delivery,
+            quotas: f.quotas,
+            admin_api,
+            directory,
             test_hooks: f.test_hooks,
         })
     }

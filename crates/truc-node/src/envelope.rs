@@ -1,11 +1,15 @@
-//! Envelopes: building and signing them on the sending edge, and checking them
+//! Envelopes: building and signing them where they start, and checking them
 //! everywhere else. Only bytes that passed [`verify`] are processed further.
+
+use std::fmt;
 
 use prost::Message;
 use rustls::pki_types::UnixTime;
-use tonic::Code;
-use truc_core::{DocId, Kind, OrganId, ReceiptType};
-use truc_pki::sign::{AgencySigner, Algorithm, SignatureVerifier, VerifyError};
+use truc_core::{BusinessType, DocId, Kind, NodeId, OrganId, ReceiptType, StatusCode};
+use truc_pki::{
+    identity::Identity,
+    sign::{Algorithm, SignatureVerifier, Signer, VerifyError},
+};
 use truc_proto::v1 as pb;
 use truc_store::Digest;
 
@@ -13,6 +17,41 @@ use crate::{config::Limits, error::Refusal};
 
 /// The header layout this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
+
+/// Who signed a message: an agency (documents, statuses, delivered/acked receipts)
+/// or a node (accepted/undeliverable receipts of hubs and relays).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Sender {
+    Agency(OrganId),
+    Node(NodeId),
+}
+
+impl Sender {
+    pub fn agency(&self) -> Option<&OrganId> {
+        match self {
+            Sender::Agency(o) => Some(o),
+            Sender::Node(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Sender {
+    /// The key used in stores: the OrganId, or `node:<id>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Sender::Agency(o) => write!(f, "{o}"),
+            Sender::Node(n) => write!(f, "node:{n}"),
+        }
+    }
+}
+
+/// Both trust roots: agencies sign against the signing CA, nodes against the
+/// transport CA.
+#[derive(Debug, Clone)]
+pub struct Verifiers {
+    pub agencies: SignatureVerifier,
+    pub nodes: SignatureVerifier,
+}
 
 /// An envelope whose signature, signer and header passed every check.
 #[derive(Debug, Clone)]
@@ -22,13 +61,19 @@ pub struct Verified {
     pub header_sha256: Digest,
     pub doc_id: DocId,
     pub kind: Kind,
-    pub from: OrganId,
+    pub from: Sender,
     pub to: Vec<OrganId>,
     /// Subject of the signer certificate.
     pub signer: String,
     /// Attachment digests, in manifest order.
     pub attachments: Vec<Digest>,
+    pub business: BusinessType,
+    /// Revoke/update/replace: the document acted on.
+    pub target: Option<DocId>,
+    /// Update: recipients added (true) or removed (false).
+    pub changes: Vec<(OrganId, bool)>,
     pub receipt: Option<ReceiptFacts>,
+    pub status: Option<StatusFacts>,
 }
 
 /// What a receipt acknowledges.
@@ -38,6 +83,20 @@ pub struct ReceiptFacts {
     pub for_from: OrganId,
     pub for_doc_id: DocId,
     pub envelope_sha256: Digest,
+    /// Node-signed receipts: the recipients they speak for.
+    pub recipients: Vec<OrganId>,
+    pub at_ms: i64,
+    pub detail: String,
+}
+
+/// What a business status says, and about which document.
+#[derive(Debug, Clone)]
+pub struct StatusFacts {
+    pub code: StatusCode,
+    pub for_from: OrganId,
+    pub for_doc_id: DocId,
+    pub envelope_sha256: Digest,
+    pub note: String,
 }
 
 pub fn kind_of(k: i32) -> Option<Kind> {
@@ -46,6 +105,25 @@ pub fn kind_of(k: i32) -> Option<Kind> {
         pb::Kind::Status => Some(Kind::Status),
         pb::Kind::Receipt => Some(Kind::Receipt),
         pb::Kind::Unspecified => None,
+    }
+}
+
+pub fn receipt_type(t: i32) -> Option<ReceiptType> {
+    Some(match pb::ReceiptType::try_from(t).ok()? {
+        pb::ReceiptType::Delivered => ReceiptType::Delivered,
+        pb::ReceiptType::Acked => ReceiptType::Acked,
+        pb::ReceiptType::Accepted => ReceiptType::Accepted,
+        pb::ReceiptType::Undeliverable => ReceiptType::Undeliverable,
+        pb::ReceiptType::Unspecified => return None,
+    })
+}
+
+fn receipt_type_pb(t: ReceiptType) -> pb::ReceiptType {
+    match t {
+        ReceiptType::Delivered => pb::ReceiptType::Delivered,
+        ReceiptType::Acked => pb::ReceiptType::Acked,
+        ReceiptType::Accepted => pb::ReceiptType::Accepted,
+        ReceiptType::Undeliverable => pb::ReceiptType::Undeliverable,
     }
 }
 
@@ -86,11 +164,25 @@ pub fn check_attachment_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn organ(what: &str, s: &str) -> Result<OrganId, Refusal> {
+    s.parse()
+        .map_err(|e| Refusal::invalid(format!("{what}: {e}")))
+}
+
+fn doc_id(what: &str, s: &str) -> Result<DocId, Refusal> {
+    s.parse()
+        .map_err(|e| Refusal::invalid(format!("{what}: {e}")))
+}
+
+fn digest(what: &str, b: &[u8]) -> Result<Digest, Refusal> {
+    Digest::from_slice(b).ok_or_else(|| Refusal::invalid(format!("{what}: digest is not 32 bytes")))
+}
+
 /// Checks an envelope: header shape, signature over the exact header bytes, signer
-/// chained to the signing CA, and signer agency == `from`.
+/// chained to the right CA, and signer == `from` (or `from_node`).
 pub fn verify(
     envelope: pb::SignedEnvelope,
-    verifier: &SignatureVerifier,
+    verifiers: &Verifiers,
     limits: &Limits,
     now: UnixTime,
 ) -> Result<Verified, Refusal> {
@@ -102,19 +194,26 @@ pub fn verify(
             header.format_version
         )));
     }
-    let doc_id: DocId = header
-        .doc_id
-        .parse()
-        .map_err(|e| Refusal::invalid(format!("{e}")))?;
+    let id = doc_id("doc_id", &header.doc_id)?;
     let kind = kind_of(header.kind)
         .ok_or_else(|| Refusal::invalid(format!("unknown message kind {}", header.kind)))?;
-    let from: OrganId = header
-        .from
-        .parse()
-        .map_err(|e| Refusal::invalid(format!("from: {e}")))?;
+    let from = match (header.from.is_empty(), header.from_node.is_empty()) {
+        (false, true) => Sender::Agency(organ("from", &header.from)?),
+        (true, false) => Sender::Node(
+            header
+                .from_node
+                .parse()
+                .map_err(|e| Refusal::invalid(format!("from_node: {e}")))?,
+        ),
+        _ => {
+            return Err(Refusal::invalid(
+                "exactly one of from and from_node must be set",
+            ));
+        }
+    };
     if header.to.len() > limits.max_recipients {
         return Err(Refusal::exhausted(format!(
-            "{} recipients exceed the limit of {}",
+            "{} recipients exceed the limit of {} (limits.max_recipients)",
             header.to.len(),
             limits.max_recipients
         )));
@@ -122,10 +221,7 @@ pub fn verify(
     let to = header
         .to
         .iter()
-        .map(|t| {
-            t.parse::<OrganId>()
-                .map_err(|e| Refusal::invalid(format!("to: {e}")))
-        })
+        .map(|t| organ("to", t))
         .collect::<Result<Vec<_>, _>>()?;
     if to.is_empty() {
         return Err(Refusal::invalid("no recipients"));
@@ -138,7 +234,7 @@ pub fn verify(
     }
     if header.attachments.len() > limits.max_attachments {
         return Err(Refusal::exhausted(format!(
-            "{} attachments exceed the limit of {}",
+            "{} attachments exceed the limit of {} (limits.max_attachments)",
             header.attachments.len(),
             limits.max_attachments
         )));
@@ -152,59 +248,131 @@ pub fn verify(
                 a.name, a.size, limits.max_attachment_bytes
             )));
         }
-        attachments.push(Digest::from_slice(&a.sha256).ok_or_else(|| {
-            Refusal::invalid(format!("attachment {:?}: sha256 is not 32 bytes", a.name))
-        })?);
+        attachments.push(digest(&format!("attachment {:?}", a.name), &a.sha256)?);
     }
-    let receipt = match (kind, &header.receipt) {
-        (Kind::Receipt, Some(r)) => {
-            let kind = match pb::ReceiptType::try_from(r.r#type) {
-                Ok(pb::ReceiptType::Delivered) => ReceiptType::Delivered,
-                Ok(pb::ReceiptType::Acked) => ReceiptType::Acked,
-                _ => {
-                    return Err(Refusal::invalid(format!(
-                        "unknown receipt type {}",
-                        r.r#type
-                    )));
-                }
-            };
+    let business = BusinessType::from_i32(header.business_type).ok_or_else(|| {
+        Refusal::invalid(format!("unknown business type {}", header.business_type))
+    })?;
+    let target = match (business, header.target_doc_id.is_empty()) {
+        (BusinessType::New, true) => None,
+        (BusinessType::New, false) => {
+            return Err(Refusal::invalid("a new document names no target"));
+        }
+        (_, true) => {
+            return Err(Refusal::invalid(format!(
+                "a {} names the document it acts on (target_doc_id)",
+                business.as_str()
+            )));
+        }
+        (_, false) => Some(doc_id("target_doc_id", &header.target_doc_id)?),
+    };
+    if kind != Kind::Document && business != BusinessType::New {
+        return Err(Refusal::invalid("only documents revoke, update or replace"));
+    }
+    if business != BusinessType::Update && !header.recipient_changes.is_empty() {
+        return Err(Refusal::invalid(
+            "only an update adds or removes recipients",
+        ));
+    }
+    let changes = header
+        .recipient_changes
+        .iter()
+        .map(|c| Ok((organ("recipient_changes", &c.organ)?, c.added)))
+        .collect::<Result<Vec<_>, Refusal>>()?;
+
+    let mut receipt = None;
+    let mut status = None;
+    match kind {
+        Kind::Document => {
+            if header.receipt.is_some() || header.status.is_some() {
+                return Err(Refusal::invalid("a document carries no receipt or status"));
+            }
+            if matches!(from, Sender::Node(_)) {
+                return Err(Refusal::invalid(
+                    "documents are signed by agencies, not nodes",
+                ));
+            }
+        }
+        Kind::Receipt => {
+            let r = header
+                .receipt
+                .as_ref()
+                .ok_or_else(|| Refusal::invalid("receipt without receipt details"))?;
+            let rt = receipt_type(r.r#type)
+                .ok_or_else(|| Refusal::invalid(format!("unknown receipt type {}", r.r#type)))?;
+            if rt.node_signed() != matches!(from, Sender::Node(_)) {
+                return Err(Refusal::invalid(format!(
+                    "a {} receipt is signed by {}",
+                    rt.as_str(),
+                    if rt.node_signed() {
+                        "a node"
+                    } else {
+                        "the recipient agency"
+                    }
+                )));
+            }
             if to.len() != 1 || to[0].as_str() != r.for_from {
                 return Err(Refusal::invalid(
                     "a receipt goes to the sender of what it acknowledges, only",
                 ));
             }
-            Some(ReceiptFacts {
-                kind,
-                for_from: r
-                    .for_from
-                    .parse()
-                    .map_err(|e| Refusal::invalid(format!("receipt: {e}")))?,
-                for_doc_id: r
-                    .for_doc_id
-                    .parse()
-                    .map_err(|e| Refusal::invalid(format!("receipt: {e}")))?,
-                envelope_sha256: Digest::from_slice(&r.envelope_sha256)
-                    .ok_or_else(|| Refusal::invalid("receipt: envelope digest is not 32 bytes"))?,
-            })
+            receipt = Some(ReceiptFacts {
+                kind: rt,
+                for_from: organ("receipt for_from", &r.for_from)?,
+                for_doc_id: doc_id("receipt for_doc_id", &r.for_doc_id)?,
+                envelope_sha256: digest("receipt", &r.envelope_sha256)?,
+                recipients: r
+                    .recipients
+                    .iter()
+                    .map(|o| organ("receipt recipients", o))
+                    .collect::<Result<_, _>>()?,
+                at_ms: r.at_ms,
+                detail: r.detail.clone(),
+            });
         }
-        (Kind::Receipt, None) => return Err(Refusal::invalid("receipt without receipt details")),
-        (Kind::Status, _) => {
-            return Err(Refusal::new(
-                Code::Unimplemented,
-                "business statuses are not supported yet",
-            ));
+        Kind::Status => {
+            let st = header
+                .status
+                .as_ref()
+                .ok_or_else(|| Refusal::invalid("status without status details"))?;
+            let code: StatusCode = st.code.parse().map_err(Refusal::invalid)?;
+            let for_from = organ("status for_from", &st.for_from)?;
+            let sender = from
+                .agency()
+                .ok_or_else(|| Refusal::invalid("statuses are signed by agencies, not nodes"))?;
+            if code.from_original_sender() {
+                if sender != &for_from {
+                    return Err(Refusal::denied(format!(
+                        "status {} comes only from the original sender {for_from}",
+                        code.code()
+                    )));
+                }
+            } else if to.len() != 1 || to[0] != for_from {
+                return Err(Refusal::invalid(format!(
+                    "status {} goes to the sender of the document, {for_from}, only",
+                    code.code()
+                )));
+            }
+            status = Some(StatusFacts {
+                code,
+                for_from,
+                for_doc_id: doc_id("status for_doc_id", &st.for_doc_id)?,
+                envelope_sha256: digest("status", &st.envelope_sha256)?,
+                note: st.note.clone(),
+            });
         }
-        (Kind::Document, Some(_)) => {
-            return Err(Refusal::invalid("a document cannot carry receipt details"));
-        }
-        (Kind::Document, None) => None,
-    };
+    }
+
     let alg = algorithm(envelope.algorithm).ok_or_else(|| {
         Refusal::unauthenticated(format!(
             "unsupported signature algorithm {}",
             envelope.algorithm
         ))
     })?;
+    let (verifier, expected) = match &from {
+        Sender::Agency(o) => (&verifiers.agencies, Identity::Organ(o.clone())),
+        Sender::Node(n) => (&verifiers.nodes, Identity::Node(n.clone())),
+    };
     let signer = verifier
         .verify(
             &envelope.header_bytes,
@@ -214,12 +382,12 @@ pub fn verify(
             now,
         )
         .map_err(|e: VerifyError| {
-            Refusal::unauthenticated(format!("envelope {doc_id} from {from}: {e}"))
+            Refusal::unauthenticated(format!("envelope {id} from {from}: {e}"))
         })?;
-    if signer.organ != from {
+    if signer.identity != expected {
         return Err(Refusal::denied(format!(
-            "envelope {doc_id} says from {from} but is signed by {}",
-            signer.organ
+            "envelope {id} says from {from} but is signed by {:?}",
+            signer.identity
         )));
     }
     let header_sha256 = Digest::of(&envelope.header_bytes);
@@ -227,20 +395,24 @@ pub fn verify(
         envelope,
         header,
         header_sha256,
-        doc_id,
+        doc_id: id,
         kind,
         from,
         to,
         signer: signer.subject,
         attachments,
+        business,
+        target,
+        changes,
         receipt,
+        status,
     })
 }
 
 /// Serializes `header` once, signs those bytes and wraps them.
 pub fn seal(
     header: &pb::Header,
-    signer: &AgencySigner,
+    signer: &Signer,
 ) -> Result<pb::SignedEnvelope, truc_pki::PkiError> {
     let header_bytes = header.encode_to_vec();
     let sig = signer.sign(&header_bytes)?;
@@ -252,30 +424,40 @@ pub fn seal(
     })
 }
 
-/// A receipt header from `recipient` for a document it received.
-pub fn receipt_header(
-    recipient: &OrganId,
-    kind: ReceiptType,
-    for_from: &OrganId,
-    for_doc_id: &DocId,
-    envelope_sha256: &Digest,
-    now_ms: i64,
-) -> pb::Header {
+/// What a receipt says, for [`receipt_header`].
+#[derive(Debug, Clone)]
+pub struct ReceiptSpec<'a> {
+    pub kind: ReceiptType,
+    pub for_from: &'a OrganId,
+    pub for_doc_id: &'a DocId,
+    pub envelope_sha256: &'a Digest,
+    pub recipients: &'a [OrganId],
+    pub detail: &'a str,
+}
+
+/// A receipt header signed by `signer` (an agency for delivered/acked, this node
+/// for accepted/undeliverable).
+pub fn receipt_header(signer: &Sender, r: &ReceiptSpec<'_>, now_ms: i64) -> pb::Header {
+    let (from, from_node) = match signer {
+        Sender::Agency(o) => (o.to_string(), String::new()),
+        Sender::Node(n) => (String::new(), n.to_string()),
+    };
     pb::Header {
         format_version: FORMAT_VERSION,
         doc_id: DocId::new_v7().to_string(),
         kind: pb::Kind::Receipt as i32,
-        from: recipient.to_string(),
-        to: vec![for_from.to_string()],
+        from,
+        from_node,
+        to: vec![r.for_from.to_string()],
         created_at_ms: now_ms,
         receipt: Some(pb::Receipt {
-            r#type: match kind {
-                ReceiptType::Delivered => pb::ReceiptType::Delivered as i32,
-                ReceiptType::Acked => pb::ReceiptType::Acked as i32,
-            },
-            for_from: for_from.to_string(),
-            for_doc_id: for_doc_id.to_string(),
-            envelope_sha256: envelope_sha256.0.to_vec(),
+            r#type: receipt_type_pb(r.kind) as i32,
+            for_from: r.for_from.to_string(),
+            for_doc_id: r.for_doc_id.to_string(),
+            envelope_sha256: r.envelope_sha256.0.to_vec(),
+            recipients: r.recipients.iter().map(|o| o.to_string()).collect(),
+            at_ms: now_ms,
+            detail: r.detail.to_owned(),
         }),
         ..Default::default()
     }

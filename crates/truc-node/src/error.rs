@@ -67,6 +67,9 @@ pub enum NodeError {
         what: String,
         source: std::io::Error,
     },
+    /// Not taken now: a quota is full; the sender keeps the message and retries.
+    #[error("deferred: {0}")]
+    Deferred(String),
     #[error("{0}")]
     Other(String),
 }
@@ -82,6 +85,7 @@ impl NodeError {
 pub fn to_status(e: NodeError) -> Status {
     match e {
         NodeError::Refused(r) => Status::new(r.code, r.reason),
+        NodeError::Deferred(reason) => Status::resource_exhausted(reason),
         NodeError::Blob(b) if b.is_disk_full() => {
             Status::resource_exhausted(format!("disk full: {b}"))
         }

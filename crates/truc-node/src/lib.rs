@@ -10,8 +10,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod agency;
+pub mod audit;
 pub mod config;
+pub mod directory;
 pub mod envelope;
 pub mod error;
 pub mod link;

@@ -27,12 +27,12 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 use truc_core::{NodeId, OrganId};
 use truc_proto::v1::{self as pb, link_frame::Frame};
-use truc_store::Digest;
+use truc_store::{Digest, Ticket};
 
 use crate::{
     envelope::{self, Verified},
     error::{NodeError, Refusal},
-    state::{Accepted, NodeState, Origin},
+    state::{NodeState, Origin, Verdict},
 };
 
 /// The link protocol version this build speaks.
@@ -76,8 +76,20 @@ fn frame(f: Frame) -> pb::LinkFrame {
 }
 
 enum Control {
-    Ack { seq: u64, window: u32 },
-    Reject { seq: u64, code: i32, reason: String },
+    Ack {
+        seq: u64,
+        window: u32,
+    },
+    Reject {
+        seq: u64,
+        code: i32,
+        reason: String,
+    },
+    Defer {
+        seq: u64,
+        reason: String,
+        retry_after_ms: u32,
+    },
 }
 
 enum Prepared {
@@ -95,7 +107,7 @@ fn check(state: &NodeState, t: pb::Transfer) -> Result<Checked, Refusal> {
     let env = t
         .envelope
         .ok_or_else(|| Refusal::invalid("transfer without envelope"))?;
-    let v = envelope::verify(env, &state.verifier, &state.limits, UnixTime::now())?;
+    let v = envelope::verify(env, &state.verifiers, &state.limits, UnixTime::now())?;
     let recipients = t
         .recipients
         .iter()
@@ -164,8 +176,28 @@ async fn control(
     f: Frame,
     ctl: &mpsc::UnboundedSender<Control>,
     out: &mpsc::Sender<pb::LinkFrame>,
+    state: &Arc<NodeState>,
+    peer_is_parent: bool,
 ) -> Result<(), LinkError> {
     match f {
+        Frame::Defer(d) => {
+            let _ = ctl.send(Control::Defer {
+                seq: d.seq,
+                reason: d.reason,
+                retry_after_ms: d.retry_after_ms,
+            });
+        }
+        Frame::Directory(d) if peer_is_parent => {
+            let st = state.clone();
+            tokio::task::spawn_blocking(move || st.set_directory(&d))
+                .await
+                .map_err(|e| NodeError::Other(e.to_string()))??;
+        }
+        Frame::Directory(_) => {
+            return Err(LinkError::Handshake(
+                "a child may not send a directory".into(),
+            ));
+        }
         Frame::Ack(a) => {
             let _ = ctl.send(Control::Ack {
                 seq: a.seq,
@@ -207,6 +239,7 @@ pub async fn run_session(
 ) -> Result<(), LinkError> {
     // `senders` only produce frames and can stop at once; `receivers` hold
     // transfers that were received and must get to disk and be acknowledged.
+    let peer_is_parent = matches!(origin, Origin::Parent(_));
     let mut senders = JoinSet::new();
     let mut receivers = JoinSet::new();
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
@@ -225,8 +258,16 @@ pub async fn run_session(
         .in_current_span(),
     );
     receivers.spawn(apply(state.clone(), origin, prep_rx, ack_tx).in_current_span());
-    receivers
-        .spawn(acknowledge(state.clone(), ack_rx, out.clone(), params.window).in_current_span());
+    receivers.spawn(
+        acknowledge(
+            state.clone(),
+            ack_rx,
+            out.clone(),
+            params.window,
+            state.quotas.retry_after_ms,
+        )
+        .in_current_span(),
+    );
     let hb_out = out.clone();
     let interval = params.heartbeat_interval;
     senders.spawn(async move {
@@ -249,7 +290,7 @@ pub async fn run_session(
     let mut pending: VecDeque<Frame> = VecDeque::new();
     let result = loop {
         if let Some(f) = pending.pop_front() {
-            if let Err(e) = control(f, &ctl_tx, &out).await {
+            if let Err(e) = control(f, &ctl_tx, &out, &state, peer_is_parent).await {
                 break Err(e);
             }
             continue;
@@ -310,7 +351,7 @@ pub async fn run_session(
                 }
             }
             other => {
-                if let Err(e) = control(other, &ctl_tx, &out).await {
+                if let Err(e) = control(other, &ctl_tx, &out, &state, peer_is_parent).await {
                     break Err(e);
                 }
             }
@@ -350,10 +391,16 @@ async fn push(
     let mut in_flight: VecDeque<(u64, usize)> = VecDeque::new();
     let mut in_flight_bytes = 0usize;
     let mut last_sent: Option<u64> = None;
+    // Set by a Defer: nothing is sent before then.
+    let mut paused_until: Option<tokio::time::Instant> = None;
     loop {
+        if paused_until.is_some_and(|t| t <= tokio::time::Instant::now()) {
+            paused_until = None;
+        }
         // Bounded by count (the peer's window) and by bytes (our memory): whole
         // attachments travel in one frame until attachments are streamed.
-        while (in_flight.len() as u32) < window
+        while paused_until.is_none()
+            && (in_flight.len() as u32) < window
             && (in_flight.is_empty() || in_flight_bytes < max_bytes)
         {
             let room = (window as usize - in_flight.len()).min(64);
@@ -431,8 +478,30 @@ async fn push(
                     }
                     state.queue_reject(&queue, seq, code, &reason)?;
                 }
+                Some(Control::Defer { seq, reason, retry_after_ms }) => {
+                    // The peer took nothing from `seq` on: send it all again later.
+                    while let Some((_, size)) = in_flight.back().filter(|(s, _)| *s >= seq).copied() {
+                        in_flight.pop_back();
+                        in_flight_bytes -= size;
+                    }
+                    last_sent = seq.checked_sub(1);
+                    let wait = Duration::from_millis(u64::from(retry_after_ms.max(50)));
+                    paused_until = Some(tokio::time::Instant::now() + wait);
+                    tracing::warn!(%queue, seq, %reason, ?wait, "peer deferred a transfer; the queue keeps it");
+                    let st = state.clone();
+                    let q = queue.clone();
+                    tokio::task::spawn_blocking(move || st.queue_deferred(&q, seq, &reason, retry_after_ms))
+                        .await
+                        .map_err(|e| NodeError::Other(e.to_string()))??;
+                }
             },
             _ = notify.notified() => {}
+            _ = async {
+                match paused_until {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
     }
 }
@@ -440,23 +509,32 @@ async fn push(
 type PrepJob = tokio::task::JoinHandle<Result<Vec<(u64, Prepared)>, NodeError>>;
 
 enum Outcome {
-    Stored(u64, Accepted),
+    Stored(u64, Ticket),
     Refused(u64, Refusal),
+    Deferred(u64, String),
 }
 
-/// Accepts prepared transfers in arrival order.
+/// Accepts prepared transfers in arrival order. After a deferral nothing later of
+/// this session is taken until the deferred transfer comes again.
 async fn apply(
     state: Arc<NodeState>,
     origin: Origin,
     mut jobs: mpsc::Receiver<PrepJob>,
     acks: mpsc::UnboundedSender<Outcome>,
 ) -> Result<(), LinkError> {
+    let mut deferred_from: Option<u64> = None;
     while let Some(job) = jobs.recv().await {
         let prepared = job.await.map_err(|e| NodeError::Other(e.to_string()))??;
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(prepared.len());
         let mut items = Vec::new();
         let mut slots = Vec::new();
         for (seq, p) in prepared {
+            if let Some(d) = deferred_from {
+                if seq != d {
+                    continue;
+                }
+                deferred_from = None;
+            }
             match p {
                 Prepared::Refused(r) => {
                     state
@@ -476,7 +554,7 @@ async fn apply(
         if !items.is_empty() {
             let st = state.clone();
             let o = origin.clone();
-            let verdicts = tokio::task::spawn_blocking(move || st.accept_batch(items, &o))
+            let (verdicts, ticket) = tokio::task::spawn_blocking(move || st.accept_batch(items, &o))
                 .await
                 .map_err(|e| NodeError::Other(e.to_string()))?
                 .inspect_err(|e| {
@@ -484,10 +562,19 @@ async fn apply(
                 })?;
             for ((slot, seq, doc_id), verdict) in slots.into_iter().zip(verdicts) {
                 outcomes[slot] = Some(match verdict {
-                    Ok(a) => Outcome::Stored(seq, a),
-                    Err(r) => {
+                    Verdict::Stored | Verdict::Duplicate => Outcome::Stored(seq, ticket),
+                    Verdict::Refused(r) => {
                         tracing::warn!(%doc_id, origin = %origin.label(), code = ?r.code, reason = %r, "transfer refused");
                         Outcome::Refused(seq, r)
+                    }
+                    Verdict::Deferred(reason) => {
+                        if deferred_from.is_none() {
+                            deferred_from = Some(seq);
+                            tracing::warn!(%doc_id, origin = %origin.label(), %reason, "transfer deferred");
+                            Outcome::Deferred(seq, reason)
+                        } else {
+                            continue;
+                        }
                     }
                 });
             }
@@ -501,12 +588,14 @@ async fn apply(
     Ok(())
 }
 
-/// Sends rejects and cumulative acks, each ack only after its batch is durable.
+/// Sends rejects and cumulative acks, each ack only after its batch is durable,
+/// then any deferral.
 async fn acknowledge(
     state: Arc<NodeState>,
     mut outcomes: mpsc::UnboundedReceiver<Outcome>,
     out: mpsc::Sender<pb::LinkFrame>,
     window: u32,
+    retry_after_ms: u32,
 ) -> Result<(), LinkError> {
     while let Some(first) = outcomes.recv().await {
         let mut batch = vec![first];
@@ -516,11 +605,12 @@ async fn acknowledge(
         let mut upto = 0;
         let mut ticket = None;
         let mut rejects = Vec::new();
+        let mut defer = None;
         for o in batch {
             match o {
-                Outcome::Stored(seq, a) => {
+                Outcome::Stored(seq, t) => {
                     upto = upto.max(seq);
-                    ticket = ticket.max(Some(a.ticket()));
+                    ticket = ticket.max(Some(t));
                 }
                 Outcome::Refused(seq, r) => {
                     upto = upto.max(seq);
@@ -528,6 +618,13 @@ async fn acknowledge(
                         seq,
                         code: r.code as i32,
                         reason: r.reason,
+                    });
+                }
+                Outcome::Deferred(seq, reason) => {
+                    defer = Some(pb::Defer {
+                        seq,
+                        reason,
+                        retry_after_ms,
                     });
                 }
             }
@@ -541,10 +638,16 @@ async fn acknowledge(
                 return Ok(());
             }
         }
-        if out
-            .send(frame(Frame::Ack(pb::Ack { seq: upto, window })))
-            .await
-            .is_err()
+        if upto > 0
+            && out
+                .send(frame(Frame::Ack(pb::Ack { seq: upto, window })))
+                .await
+                .is_err()
+        {
+            return Ok(());
+        }
+        if let Some(d) = defer
+            && out.send(frame(Frame::Defer(d))).await.is_err()
         {
             return Ok(());
         }
@@ -641,6 +744,9 @@ impl pb::link_server::Link for LinkService {
         })))
         .await
         .map_err(|_| Status::unavailable("closing"))?;
+        tx.send(frame(Frame::Directory(self.state.directory().to_pb())))
+            .await
+            .map_err(|_| Status::unavailable("closing"))?;
 
         // A new link from the same child replaces the old one, which may not have
         // noticed yet that its TCP connection is gone.
@@ -670,6 +776,8 @@ impl pb::link_server::Link for LinkService {
         tokio::spawn(
             async move {
                 let started = Instant::now();
+                state.set_connected(&node, true);
+                let st = state.clone();
                 let r = run_session(
                     state,
                     node.clone(),
@@ -686,6 +794,7 @@ impl pb::link_server::Link for LinkService {
                     && s.get(&node).is_some_and(|(sid, _)| *sid == id)
                 {
                     s.remove(&node);
+                    st.set_connected(&node, false);
                 }
                 match r {
                     Err(LinkError::Stopped) | Err(LinkError::Closed) | Ok(()) => {}
@@ -831,7 +940,7 @@ mod tests {
         let mut b = Batch::new();
         b.put(Space::Meta, seq.to_be_bytes().to_vec(), vec![1]);
         let t = state.commit().apply(b).unwrap();
-        Outcome::Stored(seq, Accepted::Stored(t))
+        Outcome::Stored(seq, t)
     }
 
     #[tokio::test]
@@ -846,7 +955,7 @@ mod tests {
             .unwrap();
         otx.send(stored(&state, 3)).unwrap();
         drop(otx);
-        acknowledge(state.clone(), orx, ftx, 8).await.unwrap();
+        acknowledge(state.clone(), orx, ftx, 8, 1000).await.unwrap();
         let frames: Vec<_> = std::iter::from_fn(|| frx.try_recv().ok())
             .filter_map(|f| f.frame)
             .collect();
@@ -860,7 +969,7 @@ mod tests {
         let (ftx, mut frx) = mpsc::channel(16);
         otx.send(stored(&state, 4)).unwrap();
         drop(otx);
-        assert!(acknowledge(state, orx, ftx, 8).await.is_err());
+        assert!(acknowledge(state, orx, ftx, 8, 1000).await.is_err());
         assert!(
             frx.try_recv().is_err(),
             "an ack went out for data that is not on disk"

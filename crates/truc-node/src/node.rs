@@ -8,18 +8,22 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use truc_core::RoutingTable;
 use truc_pki::{
-    sign::{AgencySigner, SignatureVerifier},
+    identity::Identity,
+    sign::{SignatureVerifier, Signer},
     tls::TransportMaterial,
 };
 use truc_proto::v1 as pb;
 use truc_store::{BlobStore, SledStore};
 
 use crate::{
+    admin::AdminService,
     agency::AgencyService,
     config::Config,
+    directory::Directory,
+    envelope::Verifiers,
     error::NodeError,
     link::{LinkParams, LinkService, dial_parent},
-    state::NodeState,
+    state::{NodeState, Parts},
     transport::tls_incoming,
 };
 
@@ -28,6 +32,7 @@ use crate::{
 pub struct Listeners {
     pub link: Option<TcpListener>,
     pub agency: Option<TcpListener>,
+    pub admin: Option<TcpListener>,
 }
 
 /// A node that is running.
@@ -36,6 +41,7 @@ pub struct RunningNode {
     pub state: Arc<NodeState>,
     pub link_addr: Option<SocketAddr>,
     pub agency_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     parent_up: watch::Receiver<bool>,
@@ -63,7 +69,7 @@ pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
     let mut signers = Vec::new();
     for (organ, _name, cert, key) in &config.agencies {
         routing.add_local(organ.clone());
-        signers.push(AgencySigner::load(organ, cert, key)?);
+        signers.push(Signer::load(organ, cert, key)?);
     }
     for (child, organs) in &config.children {
         routing.add_child(child.clone());
@@ -71,20 +77,38 @@ pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
             routing.add_child_organ(o.clone(), child.clone());
         }
     }
-    let verifier = SignatureVerifier::from_file(&config.signing_ca)?;
+    // Hubs and relays sign their own receipts with their node key; they hold no
+    // agency key (invariant 6).
+    let node_signer = if config.listen.is_some() {
+        Some(Signer::load_for(
+            &Identity::Node(config.node_id.clone()),
+            &config.tls.cert,
+            &config.tls.key,
+        )?)
+    } else {
+        None
+    };
+    let verifiers = Verifiers {
+        agencies: SignatureVerifier::from_file(&config.signing_ca)?,
+        nodes: SignatureVerifier::from_file(&config.tls.ca)?,
+    };
     if !config.test_hooks.is_off() {
         tracing::warn!(hooks = ?config.test_hooks, "test hooks are on: this node misbehaves on purpose");
     }
-    Ok(NodeState::new(
-        config.node_id.clone(),
+    NodeState::new(Parts {
+        node_id: config.node_id.clone(),
         routing,
         signers,
-        verifier,
-        config.limits.clone(),
-        config.test_hooks.clone(),
-        Arc::new(store),
+        node_signer,
+        verifiers,
+        limits: config.limits.clone(),
+        delivery: config.delivery.clone(),
+        quotas: config.quotas.clone(),
+        hooks: config.test_hooks.clone(),
+        store: Arc::new(store),
         blobs,
-    ))
+        directory: Directory::from_config(config),
+    })
 }
 
 fn params(config: &Config) -> LinkParams {
@@ -211,6 +235,51 @@ impl RunningNode {
             });
         }
 
+        let mut admin_addr = None;
+        if let Some(addr) = &config.admin_api {
+            let (listener, bound) = bind(listeners.admin, "admin api", addr).await?;
+            admin_addr = Some(bound);
+            let server = Server::builder().add_service(pb::admin_server::AdminServer::new(
+                AdminService::new(state.clone()),
+            ));
+            let mut s = stop_rx.clone();
+            tasks.spawn(async move {
+                let shutdown = async move {
+                    crate::stopped(&mut s).await;
+                };
+                if let Err(e) = server
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                    .await
+                {
+                    tracing::error!(error = %e, "admin api server failed");
+                }
+            });
+        }
+
+        if !config.children.is_empty() {
+            // Overdue documents of children that stay away are parked and their
+            // senders told, instead of waiting forever.
+            let st = state.clone();
+            let every = Config::ms(config.delivery.sweep_interval_ms);
+            let mut s = stop_rx.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = crate::stopped(&mut s) => return,
+                        _ = tick.tick() => {}
+                    }
+                    let st = st.clone();
+                    match tokio::task::spawn_blocking(move || st.park_overdue()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::error!(error = %e, "deadline sweep failed"),
+                        Err(e) => tracing::error!(error = %e, "deadline sweep panicked"),
+                    }
+                }
+            });
+        }
+
         if let Some((address, parent)) = &config.parent {
             let tls = transport.client_config()?;
             tasks.spawn(dial_parent(
@@ -229,6 +298,7 @@ impl RunningNode {
             state,
             link_addr,
             agency_addr,
+            admin_addr,
             stop,
             tasks,
             parent_up,
@@ -248,6 +318,7 @@ impl RunningNode {
             "pid": std::process::id(),
             "link": self.link_addr.map(|a| a.to_string()),
             "agency": self.agency_addr.map(|a| a.to_string()),
+            "admin": self.admin_addr.map(|a| a.to_string()),
         });
         let path = dir.join("endpoints.json");
         std::fs::write(&path, json.to_string())

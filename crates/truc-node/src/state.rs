@@ -1,15 +1,17 @@
 //! A node's durable state and every operation that changes it.
 //!
 //! One type serves all roles: a message accepted from the local agency API, the
-//! parent or a child goes through [`NodeState::accept`], which checks who may send
-//! it, deduplicates it permanently by (from, doc_id), routes each recipient to the
-//! local inbox, a child's queue or the parent's queue, and writes all of that in one
-//! atomic batch. The caller acknowledges only after [`NodeState::durable`].
+//! parent or a child goes through [`NodeState::accept_batch`], which checks who may
+//! send it, deduplicates it permanently by (from, doc_id), checks it against what
+//! this node knows (a recall names a document its sender sent; a status comes from
+//! a recipient), routes each recipient to the local inbox, a child's queue or the
+//! parent's queue, and writes all of that, with its audit entries, in one atomic
+//! batch. Callers acknowledge only after [`NodeState::durable`].
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, RwLock,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -19,26 +21,29 @@ use rustls::pki_types::UnixTime;
 use tokio::sync::{Notify, broadcast};
 use tonic::Code;
 use truc_core::{
-    DeliveryState, Destination, DocId, Kind, NodeId, OrganId, ReceiptType, RouteError, RoutingTable,
+    BusinessType, DeliveryState, Destination, DocId, Kind, NodeId, OrganId, ReceiptType,
+    RouteError, RoutingTable, StatusCode,
 };
-use truc_pki::sign::{AgencySigner, SignatureVerifier};
+use truc_pki::sign::Signer;
 use truc_proto::v1 as pb;
 use truc_store::{
     Batch, BlobStore, Digest, GroupCommit, Space, Store, Ticket,
-    keys::{Key, trailing_u64},
+    keys::{Key, str_parts, trailing_u64},
     record::{self, DeadEntry, DocRecord, InboxEntry, QueueEntry, RecipientRecord, SentRecord},
 };
 
 use crate::{
-    config::{Limits, TestHooks},
-    envelope::{self, Verified},
+    audit,
+    config::{DeliverySection, Limits, QuotaSection, TestHooks},
+    directory::Directory,
+    envelope::{self, ReceiptSpec, Sender, Verified, Verifiers},
     error::{NodeError, Refusal},
 };
 
 /// Where a message entered this node from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
-    /// The agency API of this node (or a receipt this node made).
+    /// The agency API of this node (or a receipt or status this node made).
     Local,
     Parent(NodeId),
     Child(NodeId),
@@ -63,7 +68,7 @@ pub fn queue_name(dest: &Destination) -> Option<String> {
     }
 }
 
-/// What `accept` did.
+/// What `accept` did with one message.
 #[derive(Debug, Clone, Copy)]
 pub enum Accepted {
     /// Newly stored; durable once the ticket is.
@@ -80,6 +85,17 @@ impl Accepted {
     }
 }
 
+/// The fate of one message of a batch.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    Stored,
+    Duplicate,
+    /// Refused for good.
+    Refused(Refusal),
+    /// Not taken now (a quota is full); the sender keeps it and retries later.
+    Deferred(String),
+}
+
 /// Something that happened, for live views (demo, tests, later the event stream).
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -94,6 +110,11 @@ pub enum Event {
         recipient: OrganId,
         state: DeliveryState,
     },
+    Status {
+        doc_id: DocId,
+        recipient: OrganId,
+        code: StatusCode,
+    },
 }
 
 /// Counters for metrics and the demo.
@@ -102,8 +123,10 @@ pub struct Stats {
     pub accepted: AtomicU64,
     pub duplicates: AtomicU64,
     pub refused: AtomicU64,
+    pub deferred: AtomicU64,
     pub delivered: AtomicU64,
     pub receipts: AtomicU64,
+    pub parked: AtomicU64,
 }
 
 /// A document submitted by an application on this edge.
@@ -118,17 +141,31 @@ pub struct Submission {
     pub due_at_ms: i64,
     pub attachments: Vec<(String, String, Vec<u8>)>,
     pub doc_id: Option<String>,
+    pub business_type: i32,
+    pub target_doc_id: String,
+    pub reason: String,
+    /// Update: (organ, added).
+    pub changes: Vec<(String, bool)>,
 }
 
-/// A transfer ready to send on a link.
-#[derive(Debug)]
-pub struct Outgoing {
-    pub transfer: pb::Transfer,
-    pub entry: QueueEntry,
+/// A business status an application sends about a document.
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    pub doc_id: String,
+    pub from: String,
+    pub organ: String,
+    pub code: String,
+    pub note: String,
+    pub staff: String,
 }
 
 struct Writer {
     seqs: HashMap<String, u64>,
+    audit_seq: u64,
+    audit_head: [u8; 32],
+    /// `q:<queue>` depth, `r:<organ>` and `s:<organ>` documents waiting in child
+    /// queues per recipient and per sender.
+    counts: HashMap<String, i64>,
 }
 
 /// Effects gathered while planning one atomic batch.
@@ -136,10 +173,13 @@ struct Writer {
 struct Plan {
     batch: Batch,
     sent: BTreeMap<Vec<u8>, SentRecord>,
+    inbox: BTreeMap<Vec<u8>, InboxEntry>,
     queues: Vec<String>,
     events: Vec<Event>,
     /// Dedup entries written by this batch, not yet visible in the store.
     fresh: Vec<(Vec<u8>, [u8; 32])>,
+    audit: Vec<audit::Draft>,
+    deltas: Vec<(String, i64)>,
 }
 
 /// Where a plan stood before an item, to undo that item alone.
@@ -148,7 +188,10 @@ struct Mark {
     queues: usize,
     events: usize,
     fresh: usize,
+    audit: usize,
+    deltas: usize,
     sent: BTreeMap<Vec<u8>, SentRecord>,
+    inbox: BTreeMap<Vec<u8>, InboxEntry>,
 }
 
 impl Plan {
@@ -158,7 +201,10 @@ impl Plan {
             queues: self.queues.len(),
             events: self.events.len(),
             fresh: self.fresh.len(),
+            audit: self.audit.len(),
+            deltas: self.deltas.len(),
             sent: self.sent.clone(),
+            inbox: self.inbox.clone(),
         }
     }
 
@@ -167,16 +213,43 @@ impl Plan {
         self.queues.truncate(m.queues);
         self.events.truncate(m.events);
         self.fresh.truncate(m.fresh);
+        self.audit.truncate(m.audit);
+        self.deltas.truncate(m.deltas);
         self.sent = m.sent;
+        self.inbox = m.inbox;
+    }
+
+    fn audit(
+        &mut self,
+        event: impl Into<String>,
+        doc_id: &str,
+        from: &str,
+        detail: impl Into<String>,
+    ) {
+        self.audit.push(audit::Draft {
+            event: event.into(),
+            doc_id: doc_id.to_owned(),
+            from: from.to_owned(),
+            detail: detail.into(),
+        });
     }
 }
 
+enum Planned {
+    Stored,
+    Duplicate,
+}
+
+/// The node's state machine over its store.
 pub struct NodeState {
     pub node_id: NodeId,
     pub routing: RoutingTable,
-    signers: HashMap<OrganId, Arc<AgencySigner>>,
-    pub verifier: SignatureVerifier,
+    signers: HashMap<OrganId, Arc<Signer>>,
+    node_signer: Option<Arc<Signer>>,
+    pub verifiers: Verifiers,
     pub limits: Limits,
+    pub delivery: DeliverySection,
+    pub quotas: QuotaSection,
     pub hooks: TestHooks,
     commit: Arc<GroupCommit>,
     store: Arc<dyn Store>,
@@ -185,6 +258,9 @@ pub struct NodeState {
     notifiers: Mutex<HashMap<String, Arc<Notify>>>,
     events: broadcast::Sender<Event>,
     pub stats: Stats,
+    own_directory: Directory,
+    directory: RwLock<Directory>,
+    connected: Mutex<BTreeSet<NodeId>>,
 }
 
 impl std::fmt::Debug for NodeState {
@@ -202,7 +278,7 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn doc_key(from: &str, doc_id: &str) -> Vec<u8> {
+pub(crate) fn doc_key(from: &str, doc_id: &str) -> Vec<u8> {
     Key::new().str(from).str(doc_id).build()
 }
 
@@ -210,51 +286,137 @@ fn sent_key(doc_id: &str, from: &str) -> Vec<u8> {
     Key::new().str(doc_id).str(from).build()
 }
 
+fn sent_index_key(from: &str, created_ms: i64, doc_id: &str) -> Vec<u8> {
+    // Newest first: the scan goes in key order.
+    Key::new()
+        .str(from)
+        .u64(u64::MAX - created_ms.max(0) as u64)
+        .str(doc_id)
+        .build()
+}
+
+fn inbox_index_key(doc_id: &str, from: &str, organ: &str) -> Vec<u8> {
+    Key::new().str(doc_id).str(from).str(organ).build()
+}
+
 fn queue_prefix(queue: &str) -> Vec<u8> {
     Key::new().str(queue).build()
+}
+
+fn change_key(from: &str, target: &str, business: BusinessType) -> Vec<u8> {
+    Key::new()
+        .str(from)
+        .str(target)
+        .str(business.as_str())
+        .build()
 }
 
 fn internal(e: impl std::fmt::Display) -> NodeError {
     NodeError::Other(e.to_string())
 }
 
+fn state_of(r: &RecipientRecord) -> DeliveryState {
+    DeliveryState::from_u8(r.state as u8).unwrap_or(DeliveryState::Queued)
+}
+
+/// The parts of NodeState that `new` takes.
+pub struct Parts {
+    pub node_id: NodeId,
+    pub routing: RoutingTable,
+    pub signers: Vec<Signer>,
+    pub node_signer: Option<Signer>,
+    pub verifiers: Verifiers,
+    pub limits: Limits,
+    pub delivery: DeliverySection,
+    pub quotas: QuotaSection,
+    pub hooks: TestHooks,
+    pub store: Arc<dyn Store>,
+    pub blobs: BlobStore,
+    pub directory: Directory,
+}
+
 impl NodeState {
-    #[allow(clippy::too_many_arguments)] // assembled once, by Node::start and tests
-    pub fn new(
-        node_id: NodeId,
-        routing: RoutingTable,
-        signers: Vec<AgencySigner>,
-        verifier: SignatureVerifier,
-        limits: Limits,
-        hooks: TestHooks,
-        store: Arc<dyn Store>,
-        blobs: BlobStore,
-    ) -> Arc<Self> {
+    /// Opens the state: reads counters and the audit head back from the store.
+    pub fn new(p: Parts) -> Result<Arc<Self>, NodeError> {
         let (events, _) = broadcast::channel(4096);
-        Arc::new(Self {
-            node_id,
-            routing,
-            signers: signers
+        let (audit_seq, audit_head) = audit::head(p.store.as_ref())?;
+        let mut counts: HashMap<String, i64> = HashMap::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let rows = p.store.scan(Space::Queue, &[], after.as_deref(), 4096)?;
+            let Some((last, _)) = rows.last() else { break };
+            after = Some(last.clone());
+            for (k, v) in rows {
+                let queue = str_parts(&k, 1)
+                    .and_then(|mut q| q.pop())
+                    .unwrap_or_default();
+                *counts.entry(format!("q:{queue}")).or_default() += 1;
+                if queue.starts_with("child:") {
+                    let e: QueueEntry = record::decode(Space::Queue, &k, &v)?;
+                    *counts.entry(format!("s:{}", e.from)).or_default() += 1;
+                    for r in &e.recipients {
+                        *counts.entry(format!("r:{r}")).or_default() += 1;
+                    }
+                }
+            }
+        }
+        let received = match p
+            .store
+            .get(Space::Meta, &Key::new().str("directory").build())?
+        {
+            Some(bytes) => pb::Directory::decode(bytes.as_slice())
+                .map(|d| Directory::from_pb(&d))
+                .unwrap_or_default(),
+            None => Directory::default(),
+        };
+        let received_version = received.version;
+        let mut directory = if p.routing.has_parent() {
+            received.merged_with(&p.directory)
+        } else {
+            p.directory.clone()
+        };
+        if p.routing.has_parent() {
+            // Until a parent has sent one, recipients are checked by the parent only.
+            directory.version = received_version;
+        }
+        Ok(Arc::new(Self {
+            node_id: p.node_id,
+            routing: p.routing,
+            signers: p
+                .signers
                 .into_iter()
-                .map(|s| (s.organ().clone(), Arc::new(s)))
+                .filter_map(|s| s.organ().cloned().map(|o| (o, Arc::new(s))))
                 .collect(),
-            verifier,
-            limits,
-            hooks,
-            commit: GroupCommit::start(store.clone()),
-            store,
-            blobs,
+            node_signer: p.node_signer.map(Arc::new),
+            verifiers: p.verifiers,
+            limits: p.limits,
+            delivery: p.delivery,
+            quotas: p.quotas,
+            hooks: p.hooks,
+            commit: GroupCommit::start(p.store.clone()),
+            store: p.store,
+            blobs: p.blobs,
             writer: Mutex::new(Writer {
                 seqs: HashMap::new(),
+                audit_seq,
+                audit_head,
+                counts,
             }),
             notifiers: Mutex::default(),
             events,
             stats: Stats::default(),
-        })
+            own_directory: p.directory,
+            directory: RwLock::new(directory),
+            connected: Mutex::default(),
+        }))
     }
 
     pub fn commit(&self) -> &Arc<GroupCommit> {
         &self.commit
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -274,6 +436,56 @@ impl NodeState {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The directory this node routes and checks by.
+    pub fn directory(&self) -> Directory {
+        self.directory.read().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// Takes the directory a parent sent, keeps it for restarts.
+    pub fn set_directory(&self, d: &pb::Directory) -> Result<(), NodeError> {
+        let merged = Directory::from_pb(d).merged_with(&self.own_directory);
+        if let Ok(cur) = self.directory.read()
+            && cur.version == d.version
+            && d.version != 0
+        {
+            return Ok(());
+        }
+        let mut b = Batch::new();
+        b.put(
+            Space::Meta,
+            Key::new().str("directory").build(),
+            d.encode_to_vec(),
+        );
+        self.commit.apply(b)?;
+        let mut merged = merged;
+        merged.version = d.version;
+        if let Ok(mut cur) = self.directory.write() {
+            *cur = merged;
+        }
+        tracing::info!(
+            version = d.version,
+            agencies = d.agencies.len(),
+            "directory updated from parent"
+        );
+        Ok(())
+    }
+
+    pub fn set_connected(&self, child: &NodeId, up: bool) {
+        let mut c = self.connected.lock().unwrap_or_else(|p| p.into_inner());
+        if up {
+            c.insert(child.clone());
+        } else {
+            c.remove(child);
+        }
+    }
+
+    pub fn is_connected(&self, child: &NodeId) -> bool {
+        self.connected
+            .lock()
+            .map(|c| c.contains(child))
+            .unwrap_or(false)
+    }
+
     fn next_seq(&self, w: &mut Writer, plan: &mut Plan, name: &str) -> Result<u64, NodeError> {
         let meta_key = Key::new().str("seq").str(name).build();
         let cur = match w.seqs.get(name) {
@@ -290,41 +502,71 @@ impl NodeState {
         Ok(next)
     }
 
+    fn count(w: &Writer, plan: &Plan, key: &str) -> i64 {
+        w.counts.get(key).copied().unwrap_or(0)
+            + plan
+                .deltas
+                .iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, d)| d)
+                .sum::<i64>()
+    }
+
+    /// Documents waiting in a queue.
+    pub fn queue_depth(&self, queue: &str) -> u64 {
+        self.lock()
+            .counts
+            .get(&format!("q:{queue}"))
+            .copied()
+            .unwrap_or(0)
+            .max(0) as u64
+    }
+
     /// Who may send `from` through `origin` (DESIGN invariant 3: identity is the
     /// certificate intersected with the directory; `from` alone is never trusted).
     fn authorize(&self, v: &Verified, origin: &Origin) -> Result<(), Refusal> {
-        match origin {
-            Origin::Local => {
-                if !self.routing.is_local(&v.from) {
+        match (origin, &v.from) {
+            (Origin::Local, Sender::Agency(o)) => {
+                if !self.routing.is_local(o) {
                     return Err(Refusal::denied(format!(
-                        "this node does not serve agency {}",
-                        v.from
+                        "this node does not serve agency {o}"
                     )));
                 }
             }
-            Origin::Child(child) => {
-                if self.routing.child_of(&v.from) != Some(child) {
+            (Origin::Local, Sender::Node(n)) => {
+                if n != &self.node_id {
                     return Err(Refusal::denied(format!(
-                        "node {child} may not send from agency {}: the directory does not bind it to {child}",
-                        v.from
+                        "node {} cannot sign for node {n}",
+                        self.node_id
                     )));
                 }
             }
-            Origin::Parent(parent) => {
-                if self.routing.is_local(&v.from) || self.routing.child_of(&v.from).is_some() {
+            (Origin::Child(child), Sender::Agency(o)) => {
+                if self.routing.child_of(o) != Some(child) {
                     return Err(Refusal::denied(format!(
-                        "parent {parent} sent a message from {}, which is served below this node",
-                        v.from
+                        "node {child} may not send from agency {o}: the directory does not bind it to {child}"
                     )));
                 }
             }
+            (Origin::Child(child), Sender::Node(n)) => {
+                // Receipts signed by nodes travel from a parent down towards senders.
+                return Err(Refusal::denied(format!(
+                    "child {child} may not pass on a message signed by node {n}"
+                )));
+            }
+            (Origin::Parent(parent), Sender::Agency(o)) => {
+                if self.routing.is_local(o) || self.routing.child_of(o).is_some() {
+                    return Err(Refusal::denied(format!(
+                        "parent {parent} sent a message from {o}, which is served below this node"
+                    )));
+                }
+            }
+            (Origin::Parent(_), Sender::Node(_)) => {}
         }
         Ok(())
     }
 
-    /// Accepts a verified message: authorize, dedup, route, store in one batch.
-    /// `recipients` is the part of `to` this node is asked to serve (all of it when
-    /// `None`); a peer forwards each recipient once, along one path.
+    /// Accepts one message; see [`accept_batch`](Self::accept_batch).
     pub fn accept(
         &self,
         v: Verified,
@@ -332,97 +574,145 @@ impl NodeState {
         recipients: Option<&[OrganId]>,
     ) -> Result<Accepted, NodeError> {
         let r = recipients.map(<[OrganId]>::to_vec);
-        match self.accept_batch(vec![(v, r)], origin)?.pop() {
-            Some(Ok(a)) => Ok(a),
-            Some(Err(r)) => Err(r.into()),
-            None => Err(NodeError::Other("empty batch".into())),
+        let (mut verdicts, ticket) = self.accept_batch(vec![(v, r)], origin)?;
+        match verdicts.pop() {
+            Some(Verdict::Stored) => Ok(Accepted::Stored(ticket)),
+            Some(Verdict::Duplicate) => Ok(Accepted::Duplicate(ticket)),
+            Some(Verdict::Refused(r)) => Err(r.into()),
+            Some(Verdict::Deferred(reason)) => Err(Refusal::exhausted(reason).into()),
+            None => Err(internal("empty batch")),
         }
     }
 
-    /// Accepts many messages from one origin in one atomic write. Each is refused or
-    /// accepted on its own; an error of the store fails the whole batch. Every
-    /// accepted one (new or duplicate) is durable once the returned ticket is.
+    /// Accepts many messages from one origin in one atomic write. `recipients` is
+    /// the part of `to` this node is asked to serve (all of it when `None`): a peer
+    /// forwards each recipient once, along one path. Each message is refused,
+    /// deferred or accepted on its own; once one is deferred every later one is
+    /// too, so that order per (from, to) holds. Every accepted one (new or
+    /// duplicate) is durable once the returned ticket is; an error of the store
+    /// fails the whole batch.
     pub fn accept_batch(
         &self,
         items: Vec<(Verified, Option<Vec<OrganId>>)>,
         origin: &Origin,
-    ) -> Result<Vec<Result<Accepted, Refusal>>, NodeError> {
+    ) -> Result<(Vec<Verdict>, Ticket), NodeError> {
         let now = now_ms();
         let mut w = self.lock();
         let mut plan = Plan::default();
-        let mut verdicts: Vec<Result<bool, Refusal>> = Vec::with_capacity(items.len()); // Ok(is_new)
-        let (mut new, mut dups) = (0u64, 0u64);
+        let mut verdicts: Vec<Verdict> = Vec::with_capacity(items.len());
+        let mut deferred: Option<String> = None;
         for (v, recipients) in &items {
-            if let Err(r) = self.authorize(v, origin) {
-                verdicts.push(Err(r));
+            if let Some(reason) = &deferred {
+                verdicts.push(Verdict::Deferred(reason.clone()));
                 continue;
             }
-            let dkey = doc_key(v.from.as_str(), &v.doc_id.to_string());
+            if let Err(r) = self.authorize(v, origin) {
+                verdicts.push(Verdict::Refused(r));
+                continue;
+            }
+            let dkey = doc_key(&v.from.to_string(), &v.doc_id.to_string());
             let seen = match plan.fresh.iter().find(|(k, _)| *k == dkey) {
                 Some((_, d)) => Some(d.to_vec()),
                 None => self.store.get(Space::Dedup, &dkey)?,
             };
             if let Some(existing) = seen {
-                if existing == v.header_sha256.0 {
-                    dups += 1;
-                    verdicts.push(Ok(false));
+                verdicts.push(if existing == v.header_sha256.0 {
+                    Verdict::Duplicate
                 } else {
-                    verdicts.push(Err(Refusal::new(
+                    Verdict::Refused(Refusal::new(
                         Code::AlreadyExists,
                         format!(
                             "doc_id {} was already used by {} for different content",
                             v.doc_id, v.from
                         ),
-                    )));
-                }
+                    ))
+                });
                 continue;
             }
             let mark = plan.mark();
             match self.plan_message(&mut w, &mut plan, v, origin, recipients.as_deref(), now) {
-                Ok(()) => {
+                Ok(Planned::Stored) => {
                     plan.fresh.push((dkey, v.header_sha256.0));
-                    new += 1;
-                    verdicts.push(Ok(true));
+                    verdicts.push(Verdict::Stored);
+                }
+                Ok(Planned::Duplicate) => {
+                    plan.rollback(mark);
+                    verdicts.push(Verdict::Duplicate);
                 }
                 Err(NodeError::Refused(r)) => {
                     plan.rollback(mark);
-                    verdicts.push(Err(r));
+                    plan.audit(
+                        "refused",
+                        &v.doc_id.to_string(),
+                        &v.from.to_string(),
+                        r.reason.clone(),
+                    );
+                    verdicts.push(Verdict::Refused(r));
+                }
+                Err(NodeError::Deferred(reason)) => {
+                    plan.rollback(mark);
+                    verdicts.push(Verdict::Deferred(reason.clone()));
+                    deferred = Some(reason);
                 }
                 Err(e) => return Err(e),
             }
         }
-        let ticket = if plan.batch.is_empty() {
+        let ticket = if plan.batch.is_empty() && plan.audit.is_empty() {
             drop(w);
             self.commit.current()
         } else {
             self.finish(w, plan)?
         };
-        let refused = verdicts.iter().filter(|v| v.is_err()).count() as u64;
-        self.stats.accepted.fetch_add(new, Ordering::Relaxed);
-        self.stats.duplicates.fetch_add(dups, Ordering::Relaxed);
-        self.stats.refused.fetch_add(refused, Ordering::Relaxed);
-        Ok(verdicts
-            .into_iter()
-            .map(|v| match v {
-                Ok(true) => Ok(Accepted::Stored(ticket)),
-                Ok(false) => Ok(Accepted::Duplicate(ticket)),
-                Err(r) => Err(r),
-            })
-            .collect())
+        for v in &verdicts {
+            let c = match v {
+                Verdict::Stored => &self.stats.accepted,
+                Verdict::Duplicate => &self.stats.duplicates,
+                Verdict::Refused(_) => &self.stats.refused,
+                Verdict::Deferred(_) => &self.stats.deferred,
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok((verdicts, ticket))
     }
 
-    fn finish(&self, w: MutexGuard<'_, Writer>, mut plan: Plan) -> Result<Ticket, NodeError> {
+    fn finish(&self, mut w: MutexGuard<'_, Writer>, mut plan: Plan) -> Result<Ticket, NodeError> {
         for (key, rec) in std::mem::take(&mut plan.sent) {
             plan.batch.put(Space::Sent, key, record::encode(&rec));
         }
-        let ticket = match self.commit.apply(std::mem::take(&mut plan.batch)) {
-            Ok(t) => t,
-            Err(e) => {
-                // Sequences handed out for the failed batch are simply skipped.
-                drop(w);
-                return Err(e.into());
+        for (key, e) in std::mem::take(&mut plan.inbox) {
+            plan.batch.put(Space::Inbox, key, record::encode(&e));
+        }
+        let now = now_ms();
+        let (mut seq, mut head) = (w.audit_seq, w.audit_head);
+        for d in std::mem::take(&mut plan.audit) {
+            seq += 1;
+            let doc_id = d.doc_id.clone();
+            let e = audit::seal(head, seq, now, d);
+            head.copy_from_slice(&e.hash);
+            if !doc_id.is_empty() {
+                plan.batch.put(
+                    Space::AuditIndex,
+                    audit::index_key(&doc_id, seq),
+                    Vec::new(),
+                );
             }
-        };
+            plan.batch
+                .put(Space::Audit, audit::entry_key(seq), record::encode(&e));
+        }
+        if seq != w.audit_seq {
+            plan.batch.put(
+                Space::Meta,
+                audit::head_key(),
+                audit::head_value(seq, &head),
+            );
+        }
+        // Sequences handed out for a failed batch are simply skipped.
+        let ticket = self.commit.apply(std::mem::take(&mut plan.batch))?;
+        w.audit_seq = seq;
+        w.audit_head = head;
+        for (k, d) in plan.deltas.drain(..) {
+            *w.counts.entry(k).or_default() += d;
+        }
         drop(w);
         plan.queues.sort();
         plan.queues.dedup();
@@ -438,7 +728,7 @@ impl NodeState {
         Ok(ticket)
     }
 
-    fn sent_record(&self, plan: &mut Plan, key: &[u8]) -> Result<Option<SentRecord>, NodeError> {
+    fn sent_record(&self, plan: &Plan, key: &[u8]) -> Result<Option<SentRecord>, NodeError> {
         if let Some(r) = plan.sent.get(key) {
             return Ok(Some(r.clone()));
         }
@@ -446,6 +736,141 @@ impl NodeState {
             Some(bytes) => Ok(Some(record::decode(Space::Sent, key, &bytes)?)),
             None => Ok(None),
         }
+    }
+
+    fn inbox_entry_at(&self, plan: &Plan, key: &[u8]) -> Result<Option<InboxEntry>, NodeError> {
+        if let Some(e) = plan.inbox.get(key) {
+            return Ok(Some(e.clone()));
+        }
+        match self.store.get(Space::Inbox, key)? {
+            Some(bytes) => Ok(Some(record::decode(Space::Inbox, key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The inbox key of a document delivered to `organ`, if it was.
+    fn inbox_key_of(
+        &self,
+        doc_id: &str,
+        from: &str,
+        organ: &str,
+    ) -> Result<Option<Vec<u8>>, NodeError> {
+        Ok(self
+            .store
+            .get(Space::InboxIndex, &inbox_index_key(doc_id, from, organ))?
+            .and_then(|v| trailing_u64(&v))
+            .map(|seq| Key::new().str(organ).u64(seq).build()))
+    }
+
+    /// A document this node stored, with its decoded header.
+    fn known_doc(
+        &self,
+        from: &str,
+        doc_id: &str,
+    ) -> Result<Option<(DocRecord, pb::Header)>, NodeError> {
+        let key = doc_key(from, doc_id);
+        let Some(bytes) = self.store.get(Space::Docs, &key)? else {
+            return Ok(None);
+        };
+        let rec: DocRecord = record::decode(Space::Docs, &key, &bytes)?;
+        let env = pb::SignedEnvelope::decode(rec.envelope.as_slice()).map_err(internal)?;
+        let header = pb::Header::decode(env.header_bytes.as_slice()).map_err(internal)?;
+        Ok(Some((rec, header)))
+    }
+
+    /// Checks a revoke/update/replace or a status against the document it names,
+    /// as far as this node knows it.
+    fn check_against_target(
+        &self,
+        v: &Verified,
+        to: &[OrganId],
+    ) -> Result<Option<Planned>, NodeError> {
+        if let (Some(target), Sender::Agency(sender)) = (&v.target, &v.from) {
+            let t = target.to_string();
+            if v.business == BusinessType::Revoke
+                && self
+                    .store
+                    .get(
+                        Space::Changes,
+                        &change_key(sender.as_str(), &t, BusinessType::Revoke),
+                    )?
+                    .is_some()
+            {
+                // The same recall again, under another id: it reaches nobody twice.
+                return Ok(Some(Planned::Duplicate));
+            }
+            let added: Vec<&OrganId> = v
+                .changes
+                .iter()
+                .filter(|(_, a)| *a)
+                .map(|(o, _)| o)
+                .collect();
+            match self.known_doc(sender.as_str(), &t)? {
+                Some((_, h)) => {
+                    for r in to {
+                        if !h.to.iter().any(|x| x == r.as_str()) && !added.contains(&r) {
+                            return Err(Refusal::denied(format!(
+                                "{} of {t} goes to {r}, which did not receive {t}",
+                                v.business.as_str()
+                            ))
+                            .into());
+                        }
+                    }
+                    for (o, a) in &v.changes {
+                        if !a && !h.to.iter().any(|x| x == o.as_str()) {
+                            return Err(Refusal::invalid(format!(
+                                "update removes {o}, which was not a recipient of {t}"
+                            ))
+                            .into());
+                        }
+                    }
+                }
+                None => {
+                    // An edge that only serves agencies the update adds never saw the target.
+                    let all_added_here = v.business == BusinessType::Update
+                        && to
+                            .iter()
+                            .all(|r| self.routing.is_local(r) && added.contains(&r));
+                    if !all_added_here {
+                        return Err(Refusal::denied(format!(
+                            "{} names document {t}, which {sender} did not send through this node",
+                            v.business.as_str()
+                        ))
+                        .into());
+                    }
+                }
+            }
+        }
+        if let (Some(st), Sender::Agency(sender)) = (&v.status, &v.from) {
+            let d = st.for_doc_id.to_string();
+            let Some((rec, h)) = self.known_doc(st.for_from.as_str(), &d)? else {
+                return Err(Refusal::not_found(format!(
+                    "status {} is about document {d} from {}, which is not known here",
+                    st.code.code(),
+                    st.for_from
+                ))
+                .into());
+            };
+            if rec.header_sha256 != st.envelope_sha256.0 {
+                return Err(Refusal::invalid(format!(
+                    "status about {d} names other envelope bytes than {d} has"
+                ))
+                .into());
+            }
+            if st.code.from_original_sender() {
+                for r in to {
+                    if !h.to.iter().any(|x| x == r.as_str()) {
+                        return Err(Refusal::denied(format!("{r} did not receive {d}")).into());
+                    }
+                }
+            } else if !h.to.iter().any(|x| x == sender.as_str()) {
+                return Err(Refusal::denied(format!(
+                    "{sender} sends a status about {d}, which it never received"
+                ))
+                .into());
+            }
+        }
+        Ok(None)
     }
 
     fn plan_message(
@@ -456,13 +881,16 @@ impl NodeState {
         origin: &Origin,
         recipients: Option<&[OrganId]>,
         now: i64,
-    ) -> Result<(), NodeError> {
+    ) -> Result<Planned, NodeError> {
         let to = recipients.unwrap_or(&v.to);
         if let Some(extra) = to.iter().find(|r| !v.to.contains(r)) {
             return Err(Refusal::invalid(format!(
                 "recipient {extra} is not in the signed recipient list"
             ))
             .into());
+        }
+        if let Some(p) = self.check_against_target(v, to)? {
+            return Ok(p);
         }
         let routes = self.routing.route(to).map_err(|e| match e {
             RouteError::UnknownRecipient(_) => Refusal::not_found(e.to_string()),
@@ -476,8 +904,46 @@ impl NodeState {
             ))
             .into());
         }
+        let from_key = v.from.to_string();
         let doc_id = v.doc_id.to_string();
-        let dkey = doc_key(v.from.as_str(), &doc_id);
+        let carries_business = matches!(v.kind, Kind::Document | Kind::Status);
+
+        // Backpressure before anything is written.
+        if carries_business {
+            if let (Origin::Local, Some(_)) = (origin, routes.get(&Destination::Parent)) {
+                let waiting = Self::count(w, plan, "q:parent");
+                if waiting as u64 >= self.quotas.max_outbox {
+                    return Err(Refusal::exhausted(format!(
+                        "outbox full: {waiting} documents wait for the parent (quotas.max_outbox); retry in {} ms",
+                        self.quotas.retry_after_ms
+                    ))
+                    .into());
+                }
+            }
+            if !matches!(origin, Origin::Local) {
+                for (dest, rs) in &routes {
+                    if !matches!(dest, Destination::Child(_)) {
+                        continue;
+                    }
+                    for r in rs {
+                        let n = Self::count(w, plan, &format!("r:{r}"));
+                        if n as u64 >= self.quotas.max_queued_per_recipient {
+                            return Err(NodeError::Deferred(format!(
+                                "queue for {r} is full: {n} documents wait (quotas.max_queued_per_recipient)"
+                            )));
+                        }
+                    }
+                    let n = Self::count(w, plan, &format!("s:{from_key}"));
+                    if n as u64 >= self.quotas.max_queued_per_sender {
+                        return Err(NodeError::Deferred(format!(
+                            "{from_key} has {n} documents waiting here (quotas.max_queued_per_sender)"
+                        )));
+                    }
+                }
+            }
+        }
+
+        let dkey = doc_key(&from_key, &doc_id);
         plan.batch.put(
             Space::Docs,
             dkey.clone(),
@@ -492,13 +958,48 @@ impl NodeState {
         );
         plan.batch
             .put(Space::Dedup, dkey, v.header_sha256.0.to_vec());
+        let what = match (&v.kind, &v.status, &v.receipt) {
+            (Kind::Document, _, _) if v.business != BusinessType::New => {
+                v.business.as_str().to_owned()
+            }
+            (Kind::Document, _, _) => "document".to_owned(),
+            (Kind::Status, Some(s), _) => {
+                format!("status {} about {}", s.code.code(), s.for_doc_id)
+            }
+            (Kind::Receipt, _, Some(r)) => {
+                format!("{} receipt for {}", r.kind.as_str(), r.for_doc_id)
+            }
+            _ => "message".to_owned(),
+        };
+        plan.audit(
+            if *origin == Origin::Local {
+                "submitted"
+            } else {
+                "received"
+            },
+            &doc_id,
+            &from_key,
+            format!("{what} from {}", origin.label()),
+        );
+        if let (Some(target), Some(sender)) = (&v.target, v.from.agency()) {
+            plan.batch.put(
+                Space::Changes,
+                change_key(sender.as_str(), &target.to_string(), v.business),
+                doc_id.clone().into_bytes(),
+            );
+        }
 
-        if *origin == Origin::Local && v.kind == Kind::Document {
+        if let (Origin::Local, Kind::Document, Some(sender)) = (origin, v.kind, v.from.agency()) {
+            plan.batch.put(
+                Space::SentIndex,
+                sent_index_key(sender.as_str(), v.header.created_at_ms, &doc_id),
+                Vec::new(),
+            );
             plan.sent.insert(
-                sent_key(&doc_id, v.from.as_str()),
+                sent_key(&doc_id, sender.as_str()),
                 SentRecord {
                     doc_id: doc_id.clone(),
-                    from: v.from.to_string(),
+                    from: sender.to_string(),
                     subject: v.header.subject.clone(),
                     created_at_ms: v.header.created_at_ms,
                     header_sha256: v.header_sha256.0.to_vec(),
@@ -509,40 +1010,178 @@ impl NodeState {
                             organ: o.to_string(),
                             state: DeliveryState::Queued as u32,
                             updated_at_ms: now,
-                            detail: String::new(),
+                            ..Default::default()
                         })
                         .collect(),
+                    business_type: v.business as i32,
+                    target_doc_id: v.target.map(|t| t.to_string()).unwrap_or_default(),
+                    priority: v.header.priority,
+                    due_at_ms: v.header.due_at_ms,
                 },
             );
+        }
+        if let (Origin::Local, Some(st), Some(replier)) = (origin, &v.status, v.from.agency()) {
+            self.plan_replied(plan, st, replier)?;
+        }
+
+        // A hub or relay proves it has the document with a signed receipt.
+        if let (Origin::Child(_), Kind::Document, Some(sender)) = (origin, v.kind, v.from.agency())
+            && self.node_signer.is_some()
+        {
+            let spec = ReceiptSpec {
+                kind: ReceiptType::Accepted,
+                for_from: sender,
+                for_doc_id: &v.doc_id,
+                envelope_sha256: &v.header_sha256,
+                recipients: to,
+                detail: "",
+            };
+            self.plan_new_receipt(w, plan, &Sender::Node(self.node_id.clone()), &spec, now)?;
         }
 
         for (dest, recipients) in routes {
             match queue_name(&dest) {
                 Some(queue) => {
                     let seq = self.next_seq(w, plan, &queue)?;
+                    let child = matches!(dest, Destination::Child(_));
+                    let mut deadline = 0;
+                    if child && carries_business {
+                        deadline = now + self.delivery.deadline_for(v.header.priority) as i64;
+                        if v.header.due_at_ms > now && v.header.due_at_ms < deadline {
+                            deadline = v.header.due_at_ms;
+                        }
+                    }
                     plan.batch.put(
                         Space::Queue,
                         Key::new().str(&queue).u64(seq).build(),
                         record::encode(&QueueEntry {
-                            from: v.from.to_string(),
+                            from: from_key.clone(),
                             doc_id: doc_id.clone(),
                             recipients: recipients.iter().map(|o| o.to_string()).collect(),
                             enqueued_at_ms: now,
                             kind: v.header.kind,
+                            priority: v.header.priority,
+                            deadline_ms: deadline,
                         }),
+                    );
+                    plan.deltas.push((format!("q:{queue}"), 1));
+                    if child {
+                        plan.deltas.push((format!("s:{from_key}"), 1));
+                        for r in &recipients {
+                            plan.deltas.push((format!("r:{r}"), 1));
+                        }
+                    }
+                    plan.audit(
+                        "queued",
+                        &doc_id,
+                        &from_key,
+                        format!(
+                            "for {} on {queue}",
+                            recipients
+                                .iter()
+                                .map(|o| o.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
                     );
                     plan.queues.push(queue);
                 }
-                None => match (&v.kind, &v.receipt) {
-                    (Kind::Receipt, Some(r)) => self.plan_receipt(plan, v, r, now)?,
-                    _ => {
-                        for organ in recipients {
-                            self.plan_delivery(w, plan, v, &organ, now)?;
+                None => {
+                    for organ in recipients {
+                        match (&v.kind, &v.receipt, &v.status) {
+                            (Kind::Receipt, Some(r), _) => self.plan_receipt(plan, v, r, now)?,
+                            (Kind::Status, _, Some(st)) => {
+                                self.plan_status_arrival(w, plan, v, st, &organ, now)?
+                            }
+                            _ => self.plan_delivery(w, plan, v, &organ, now)?,
                         }
                     }
-                },
+                }
             }
         }
+        Ok(Planned::Stored)
+    }
+
+    /// A local agency sent a status: remember it on its inbox entry; a 15 to a recall
+    /// marks the recalled document.
+    fn plan_replied(
+        &self,
+        plan: &mut Plan,
+        st: &envelope::StatusFacts,
+        replier: &OrganId,
+    ) -> Result<(), NodeError> {
+        let d = st.for_doc_id.to_string();
+        let Some(key) = self.inbox_key_of(&d, st.for_from.as_str(), replier.as_str())? else {
+            return Ok(());
+        };
+        let Some(mut e) = self.inbox_entry_at(plan, &key)? else {
+            return Ok(());
+        };
+        e.replied = st.code.code().to_owned();
+        if st.code == StatusCode::AcceptsChange
+            && e.business_type == BusinessType::Revoke as i32
+            && let Some(tkey) = self.inbox_key_of(&e.target_doc_id, &e.from, replier.as_str())?
+            && let Some(mut t) = self.inbox_entry_at(plan, &tkey)?
+        {
+            t.recalled = true;
+            plan.inbox.insert(tkey, t);
+        }
+        plan.inbox.insert(key, e);
+        Ok(())
+    }
+
+    fn new_inbox_entry(v: &Verified, organ: &OrganId, now: i64) -> InboxEntry {
+        let (kind, code, for_doc, note) = match &v.status {
+            Some(s) => (
+                "status",
+                s.code.code().to_owned(),
+                s.for_doc_id.to_string(),
+                s.note.clone(),
+            ),
+            None => (
+                "document",
+                String::new(),
+                String::new(),
+                v.header.reason.clone(),
+            ),
+        };
+        InboxEntry {
+            from: v.from.to_string(),
+            doc_id: v.doc_id.to_string(),
+            organ: organ.to_string(),
+            subject: v.header.subject.clone(),
+            received_at_ms: now,
+            priority: v.header.priority,
+            code_number: v.header.code_number.clone(),
+            code_notation: v.header.code_notation.clone(),
+            attachments: v.attachments.len() as u32,
+            kind: kind.into(),
+            status_code: code,
+            for_doc_id: for_doc,
+            note,
+            business_type: v.business as i32,
+            target_doc_id: v.target.map(|t| t.to_string()).unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    fn plan_inbox(
+        &self,
+        w: &mut Writer,
+        plan: &mut Plan,
+        v: &Verified,
+        organ: &OrganId,
+        now: i64,
+    ) -> Result<(), NodeError> {
+        let seq = self.next_seq(w, plan, &format!("inbox:{organ}"))?;
+        let doc_id = v.doc_id.to_string();
+        let key = Key::new().str(organ.as_str()).u64(seq).build();
+        plan.inbox.insert(key, Self::new_inbox_entry(v, organ, now));
+        plan.batch.put(
+            Space::InboxIndex,
+            inbox_index_key(&doc_id, &v.from.to_string(), organ.as_str()),
+            seq.to_be_bytes().to_vec(),
+        );
         Ok(())
     }
 
@@ -556,91 +1195,180 @@ impl NodeState {
         organ: &OrganId,
         now: i64,
     ) -> Result<(), NodeError> {
-        let seq = self.next_seq(w, plan, &format!("inbox:{organ}"))?;
-        let doc_id = v.doc_id.to_string();
-        plan.batch.put(
-            Space::Inbox,
-            Key::new().str(organ.as_str()).u64(seq).build(),
-            record::encode(&InboxEntry {
-                from: v.from.to_string(),
-                doc_id: doc_id.clone(),
-                organ: organ.to_string(),
-                subject: v.header.subject.clone(),
-                received_at_ms: now,
-                acked: false,
-                acked_at_ms: 0,
-                priority: v.header.priority,
-                code_number: v.header.code_number.clone(),
-                code_notation: v.header.code_notation.clone(),
-                attachments: v.attachments.len() as u32,
-            }),
-        );
-        plan.batch.put(
-            Space::InboxIndex,
-            Key::new()
-                .str(&doc_id)
-                .str(v.from.as_str())
-                .str(organ.as_str())
-                .build(),
-            seq.to_be_bytes().to_vec(),
+        let Sender::Agency(sender) = &v.from else {
+            return Err(Refusal::invalid("only agencies send documents").into());
+        };
+        if let Some(target) = &v.target {
+            let t = target.to_string();
+            let had = self.inbox_key_of(&t, sender.as_str(), organ.as_str())?;
+            let added = v.changes.iter().any(|(o, a)| *a && o == organ);
+            if had.is_none() && !added {
+                return Err(Refusal::not_found(format!(
+                    "{} of {t}: {organ} never received {t} from {sender}",
+                    v.business.as_str()
+                ))
+                .into());
+            }
+            if let (BusinessType::Revoke, Some(key)) = (v.business, had)
+                && let Some(mut e) = self.inbox_entry_at(plan, &key)?
+            {
+                e.recall_requested = true;
+                plan.inbox.insert(key, e);
+            }
+        }
+        self.plan_inbox(w, plan, v, organ, now)?;
+        plan.audit(
+            "delivered",
+            &v.doc_id.to_string(),
+            sender.as_str(),
+            format!("to {organ}"),
         );
         plan.events.push(Event::Delivered {
             organ: organ.clone(),
-            from: v.from.clone(),
+            from: sender.clone(),
             doc_id: v.doc_id,
             subject: v.header.subject.clone(),
         });
-        self.plan_new_receipt(
-            w,
-            plan,
-            organ,
-            ReceiptType::Delivered,
-            &v.from,
-            &v.doc_id,
-            &v.header_sha256,
-            now,
-        )
+        let spec = ReceiptSpec {
+            kind: ReceiptType::Delivered,
+            for_from: sender,
+            for_doc_id: &v.doc_id,
+            envelope_sha256: &v.header_sha256,
+            recipients: std::slice::from_ref(organ),
+            detail: "",
+        };
+        self.plan_new_receipt(w, plan, &Sender::Agency(organ.clone()), &spec, now)
     }
 
-    #[allow(clippy::too_many_arguments)] // the fields of a receipt
+    /// A status reached a local agency: the original sender learns how a recipient
+    /// handles its document; a recipient learns of a recall request (13).
+    fn plan_status_arrival(
+        &self,
+        w: &mut Writer,
+        plan: &mut Plan,
+        v: &Verified,
+        st: &envelope::StatusFacts,
+        organ: &OrganId,
+        now: i64,
+    ) -> Result<(), NodeError> {
+        let Sender::Agency(sender) = &v.from else {
+            return Err(Refusal::invalid("only agencies send statuses").into());
+        };
+        let d = st.for_doc_id.to_string();
+        if st.code.from_original_sender() {
+            let Some(key) = self.inbox_key_of(&d, st.for_from.as_str(), organ.as_str())? else {
+                return Err(Refusal::not_found(format!(
+                    "{organ} never received {d} from {}",
+                    st.for_from
+                ))
+                .into());
+            };
+            if let Some(mut e) = self.inbox_entry_at(plan, &key)? {
+                e.recall_requested = true;
+                plan.inbox.insert(key, e);
+            }
+        } else {
+            let key = sent_key(&d, organ.as_str());
+            let Some(mut rec) = self.sent_record(plan, &key)? else {
+                return Err(Refusal::not_found(format!(
+                    "no document {d} was sent by {organ} from this node"
+                ))
+                .into());
+            };
+            let Some(rr) = rec
+                .recipients
+                .iter_mut()
+                .find(|r| r.organ == sender.as_str())
+            else {
+                return Err(Refusal::denied(format!("{sender} was not a recipient of {d}")).into());
+            };
+            rr.last_status = st.code.code().to_owned();
+            rr.last_status_at_ms = now;
+            rr.status_note = st.note.clone();
+            plan.events.push(Event::Status {
+                doc_id: st.for_doc_id,
+                recipient: sender.clone(),
+                code: st.code,
+            });
+            // An answer to a recall, update or replace also shows on the document it changes.
+            if st.code.answers_change()
+                && rec.business_type != BusinessType::New as i32
+                && !rec.target_doc_id.is_empty()
+            {
+                let tkey = sent_key(&rec.target_doc_id, organ.as_str());
+                if let Some(mut target) = self.sent_record(plan, &tkey)?
+                    && let Some(tr) = target
+                        .recipients
+                        .iter_mut()
+                        .find(|r| r.organ == sender.as_str())
+                {
+                    let business = BusinessType::from_i32(rec.business_type)
+                        .map(|b| b.as_str())
+                        .unwrap_or("change");
+                    tr.last_status = st.code.code().to_owned();
+                    tr.last_status_at_ms = now;
+                    tr.status_note = format!("on {business} {d}: {}", st.code.meaning());
+                    plan.sent.insert(tkey, target);
+                }
+            }
+            plan.sent.insert(key, rec);
+        }
+        self.plan_inbox(w, plan, v, organ, now)?;
+        plan.audit(
+            "status",
+            &d,
+            sender.as_str(),
+            format!("{} ({}) to {organ}", st.code.code(), st.code.meaning()),
+        );
+        Ok(())
+    }
+
     fn plan_new_receipt(
         &self,
         w: &mut Writer,
         plan: &mut Plan,
-        recipient: &OrganId,
-        kind: ReceiptType,
-        for_from: &OrganId,
-        for_doc_id: &DocId,
-        digest: &Digest,
+        signer: &Sender,
+        spec: &ReceiptSpec<'_>,
         now: i64,
     ) -> Result<(), NodeError> {
-        let signer = self.signers.get(recipient).ok_or_else(|| {
-            NodeError::Other(format!("no signing key for local agency {recipient}"))
-        })?;
-        let header = envelope::receipt_header(recipient, kind, for_from, for_doc_id, digest, now);
-        let sealed = envelope::seal(&header, signer)?;
+        let key = match signer {
+            Sender::Agency(o) => self.signers.get(o),
+            Sender::Node(_) => self.node_signer.as_ref(),
+        }
+        .ok_or_else(|| NodeError::Other(format!("no signing key for {signer}")))?;
+        let header = envelope::receipt_header(signer, spec, now);
+        let sealed = envelope::seal(&header, key)?;
         let receipt = Verified {
             header_sha256: Digest::of(&sealed.header_bytes),
             envelope: sealed,
             doc_id: header.doc_id.parse().map_err(internal)?,
             kind: Kind::Receipt,
-            from: recipient.clone(),
-            to: vec![for_from.clone()],
-            signer: recipient.to_string(),
+            from: signer.clone(),
+            to: vec![spec.for_from.clone()],
+            signer: signer.to_string(),
             attachments: Vec::new(),
+            business: BusinessType::New,
+            target: None,
+            changes: Vec::new(),
             receipt: Some(envelope::ReceiptFacts {
-                kind,
-                for_from: for_from.clone(),
-                for_doc_id: *for_doc_id,
-                envelope_sha256: *digest,
+                kind: spec.kind,
+                for_from: spec.for_from.clone(),
+                for_doc_id: *spec.for_doc_id,
+                envelope_sha256: *spec.envelope_sha256,
+                recipients: spec.recipients.to_vec(),
+                at_ms: now,
+                detail: spec.detail.to_owned(),
             }),
+            status: None,
             header,
         };
         self.stats.receipts.fetch_add(1, Ordering::Relaxed);
-        self.plan_message(w, plan, &receipt, &Origin::Local, None, now)
+        self.plan_message(w, plan, &receipt, &Origin::Local, None, now)?;
+        Ok(())
     }
 
-    /// A receipt reached the sender's node: advance that recipient's state.
+    /// A receipt reached the sender's node: advance the recipients' states and keep
+    /// the receipt with the sent document.
     fn plan_receipt(
         &self,
         plan: &mut Plan,
@@ -654,38 +1382,56 @@ impl NodeState {
             return Ok(());
         };
         if rec.header_sha256 != r.envelope_sha256.0 {
-            tracing::error!(doc_id = %r.for_doc_id, recipient = %v.from,
+            tracing::error!(doc_id = %r.for_doc_id, signer = %v.from,
                 "receipt acknowledges different envelope bytes than were sent; not counted");
-            if let Some(rr) = rec
-                .recipients
-                .iter_mut()
-                .find(|x| x.organ == v.from.as_str())
-            {
-                rr.detail =
-                    "receipt names different envelope bytes (possible tampering in transit)".into();
-            }
-            plan.sent.insert(key, rec);
+            plan.audit(
+                "receipt refused",
+                &r.for_doc_id.to_string(),
+                &v.from.to_string(),
+                "names other envelope bytes",
+            );
             return Ok(());
         }
-        let Some(rr) = rec
+        let concerned: Vec<String> = match &v.from {
+            Sender::Agency(o) => vec![o.to_string()],
+            Sender::Node(_) => r.recipients.iter().map(|o| o.to_string()).collect(),
+        };
+        let receipt_key = doc_key(&v.from.to_string(), &v.doc_id.to_string());
+        let doc_id = r.for_doc_id;
+        for rr in rec
             .recipients
             .iter_mut()
-            .find(|x| x.organ == v.from.as_str())
-        else {
-            tracing::warn!(doc_id = %r.for_doc_id, recipient = %v.from, "receipt from an agency that was not a recipient");
-            return Ok(());
-        };
-        let old = DeliveryState::from_u8(rr.state as u8).unwrap_or(DeliveryState::Queued);
-        let new = old.advance(r.kind.into());
-        if new != old {
-            rr.state = new as u32;
-            rr.updated_at_ms = now;
-            plan.events.push(Event::StateChanged {
-                doc_id: r.for_doc_id,
-                recipient: v.from.clone(),
-                state: new,
-            });
+            .filter(|x| concerned.contains(&x.organ))
+        {
+            match r.kind {
+                ReceiptType::Accepted if rr.accepted_at_ms == 0 => rr.accepted_at_ms = r.at_ms,
+                ReceiptType::Delivered => rr.delivered_at_ms = r.at_ms,
+                ReceiptType::Acked => rr.acked_at_ms = r.at_ms,
+                ReceiptType::Undeliverable => rr.detail = format!("undeliverable: {}", r.detail),
+                _ => {}
+            }
+            rr.receipts.push(receipt_key.clone());
+            let old = state_of(rr);
+            let new = old.advance(r.kind.into());
+            if new != old {
+                rr.state = new as u32;
+                rr.updated_at_ms = now;
+                if matches!(new, DeliveryState::Delivered | DeliveryState::Acked) {
+                    rr.detail.clear();
+                }
+                plan.events.push(Event::StateChanged {
+                    doc_id,
+                    recipient: rr.organ.parse().map_err(internal)?,
+                    state: new,
+                });
+            }
         }
+        plan.audit(
+            "receipt",
+            &doc_id.to_string(),
+            &v.from.to_string(),
+            format!("{} for {}", r.kind.as_str(), concerned.join(", ")),
+        );
         plan.sent.insert(key, rec);
         Ok(())
     }
@@ -716,8 +1462,69 @@ impl NodeState {
         {
             return Ok((doc_id, Accepted::Duplicate(self.commit.current())));
         }
-        if s.to.is_empty() {
+        let business = BusinessType::from_i32(s.business_type).ok_or_else(|| {
+            Refusal::invalid(format!("unknown business type {}", s.business_type))
+        })?;
+        let mut to = s.to.clone();
+        let mut changes = Vec::new();
+        for (o, added) in &s.changes {
+            let organ: OrganId = o
+                .parse()
+                .map_err(|e| Refusal::invalid(format!("recipient change: {e}")))?;
+            changes.push(pb::RecipientChange {
+                organ: organ.to_string(),
+                added: *added,
+            });
+        }
+        if business != BusinessType::New {
+            let target: DocId = s
+                .target_doc_id
+                .parse()
+                .map_err(|e| Refusal::invalid(format!("target_doc_id: {e}")))?;
+            let t = target.to_string();
+            let Some(rec) = self.sent_record(&Plan::default(), &sent_key(&t, from.as_str()))?
+            else {
+                return Err(Refusal::denied(format!(
+                    "{from} did not send {t} from this edge: only the original sender may {} it",
+                    business.as_str()
+                ))
+                .into());
+            };
+            if business == BusinessType::Revoke
+                && let Some(existing) = self.store.get(
+                    Space::Changes,
+                    &change_key(from.as_str(), &t, BusinessType::Revoke),
+                )?
+            {
+                let id = String::from_utf8_lossy(&existing)
+                    .parse::<DocId>()
+                    .map_err(internal)?;
+                return Ok((id, Accepted::Duplicate(self.commit.current())));
+            }
+            if to.is_empty() {
+                // By default a change goes to everyone the document went to, adjusted
+                // by an update's additions and removals.
+                to = rec.recipients.iter().map(|r| r.organ.clone()).collect();
+                for c in &changes {
+                    if c.added && !to.contains(&c.organ) {
+                        to.push(c.organ.clone());
+                    }
+                }
+            }
+        }
+        if to.is_empty() {
             return Err(Refusal::invalid("no recipients").into());
+        }
+        let directory = self.directory();
+        if directory.known() {
+            for r in &to {
+                let organ: OrganId = r
+                    .parse()
+                    .map_err(|e| Refusal::invalid(format!("to: {e}")))?;
+                if directory.get(&organ).is_none() && !self.routing.is_local(&organ) {
+                    return Err(Refusal::not_found(format!("unknown recipient {organ}")).into());
+                }
+            }
         }
         if s.priority > 4 {
             return Err(Refusal::invalid(format!("priority {} is not 0-4", s.priority)).into());
@@ -730,7 +1537,6 @@ impl NodeState {
             ))
             .into());
         }
-        let mut manifest = Vec::with_capacity(s.attachments.len());
         for (name, _, data) in &s.attachments {
             envelope::check_attachment_name(name).map_err(Refusal::invalid)?;
             if data.len() as u64 > self.limits.max_attachment_bytes {
@@ -742,42 +1548,167 @@ impl NodeState {
                 .into());
             }
         }
-        for (name, content_type, data) in &s.attachments {
-            let digest = self.blobs.put(data)?;
-            manifest.push(pb::AttachmentRef {
-                name: name.clone(),
-                content_type: if content_type.is_empty() {
-                    "application/octet-stream".into()
-                } else {
-                    content_type.clone()
+        let blobs: Vec<(Digest, &[u8])> = s
+            .attachments
+            .iter()
+            .map(|(_, _, d)| (Digest::of(d), d.as_slice()))
+            .collect();
+        self.blobs.put_many(&blobs)?;
+        let manifest = s
+            .attachments
+            .iter()
+            .zip(&blobs)
+            .map(
+                |((name, content_type, data), (digest, _))| pb::AttachmentRef {
+                    name: name.clone(),
+                    content_type: if content_type.is_empty() {
+                        "application/octet-stream".into()
+                    } else {
+                        content_type.clone()
+                    },
+                    size: data.len() as u64,
+                    sha256: digest.0.to_vec(),
                 },
-                size: data.len() as u64,
-                sha256: digest.0.to_vec(),
-            });
-        }
+            )
+            .collect();
         let header = pb::Header {
             format_version: envelope::FORMAT_VERSION,
             doc_id: doc_id.to_string(),
             kind: pb::Kind::Document as i32,
             from: from.to_string(),
-            to: s.to.clone(),
+            to,
             created_at_ms: now_ms(),
-            business_type: pb::BusinessType::New as i32,
-            target_doc_id: String::new(),
+            business_type: business as i32,
+            target_doc_id: s.target_doc_id.clone(),
             subject: s.subject,
             code_number: s.code_number,
             code_notation: s.code_notation,
             priority: s.priority,
             due_at_ms: s.due_at_ms,
             attachments: manifest,
-            receipt: None,
+            recipient_changes: changes,
+            reason: s.reason,
+            ..Default::default()
         };
         let sealed = envelope::seal(&header, &signer)?;
         // Verify our own bytes like anyone else's: an expired signing certificate is
         // refused here, at the source, not three hops later.
-        let v = envelope::verify(sealed, &self.verifier, &self.limits, UnixTime::now())?;
+        let v = envelope::verify(sealed, &self.verifiers, &self.limits, UnixTime::now())?;
         let accepted = self.accept(v, &Origin::Local, None)?;
         Ok((doc_id, accepted))
+    }
+
+    /// Signs and sends a business status about a document (blocking).
+    pub fn reply(&self, r: Reply) -> Result<(DocId, Accepted), NodeError> {
+        let code: StatusCode = r.code.parse().map_err(Refusal::invalid)?;
+        let doc: DocId = r
+            .doc_id
+            .parse()
+            .map_err(|e| Refusal::invalid(format!("doc_id: {e}")))?;
+        let d = doc.to_string();
+        let want_organ: Option<OrganId> = if r.organ.is_empty() {
+            None
+        } else {
+            Some(
+                r.organ
+                    .parse()
+                    .map_err(|e| Refusal::invalid(format!("organ: {e}")))?,
+            )
+        };
+        let (replier, for_from, to, digest) = if code.from_original_sender() {
+            let mut sent = self.sent(&doc)?;
+            if let Some(o) = &want_organ {
+                sent.retain(|s| s.from == o.as_str());
+            }
+            let Some(rec) = sent.pop() else {
+                return Err(Refusal::denied(format!(
+                    "status 13 comes from the original sender, and {d} was not sent from this edge"
+                ))
+                .into());
+            };
+            let sender: OrganId = rec.from.parse().map_err(internal)?;
+            let to: Vec<String> = rec.recipients.iter().map(|r| r.organ.clone()).collect();
+            (sender.clone(), sender, to, rec.header_sha256)
+        } else {
+            let from = if r.from.is_empty() {
+                None
+            } else {
+                Some(
+                    r.from
+                        .parse::<OrganId>()
+                        .map_err(|e| Refusal::invalid(format!("from: {e}")))?,
+                )
+            };
+            let mut entries = self.inbox_entries(&doc, from.as_ref())?;
+            entries.retain(|(_, e)| e.kind == "document");
+            if let Some(o) = &want_organ {
+                entries.retain(|(_, e)| e.organ == o.as_str());
+            }
+            let e = match entries.as_slice() {
+                [] => {
+                    return Err(Refusal::not_found(format!(
+                        "no received document {d}{}: a status goes only about what an agency received",
+                        want_organ.as_ref().map(|o| format!(" for {o}")).unwrap_or_default()
+                    ))
+                    .into());
+                }
+                [(_, e)] => e.clone(),
+                _ => {
+                    return Err(Refusal::invalid(format!(
+                        "{d} reached several agencies of this edge; name one with --organ"
+                    ))
+                    .into());
+                }
+            };
+            if code.answers_change()
+                && e.business_type == BusinessType::New as i32
+                && !e.recall_requested
+            {
+                return Err(Refusal::invalid(format!(
+                    "status {} answers a recall, update or replace; {d} is none and has no recall request",
+                    code.code()
+                ))
+                .into());
+            }
+            let sender: OrganId = e.from.parse().map_err(internal)?;
+            let organ: OrganId = e.organ.parse().map_err(internal)?;
+            let (rec, _) = self
+                .known_doc(sender.as_str(), &d)?
+                .ok_or_else(|| internal(format!("received {d} is not stored")))?;
+            (
+                organ,
+                sender.clone(),
+                vec![sender.to_string()],
+                rec.header_sha256,
+            )
+        };
+        let signer = self
+            .signers
+            .get(&replier)
+            .ok_or_else(|| Refusal::denied(format!("this edge does not serve agency {replier}")))?
+            .clone();
+        let header = pb::Header {
+            format_version: envelope::FORMAT_VERSION,
+            doc_id: DocId::new_v7().to_string(),
+            kind: pb::Kind::Status as i32,
+            from: replier.to_string(),
+            to,
+            created_at_ms: now_ms(),
+            status: Some(pb::Status {
+                code: code.code().to_owned(),
+                for_from: for_from.to_string(),
+                for_doc_id: d,
+                envelope_sha256: digest,
+                note: r.note,
+                staff: r.staff,
+            }),
+            ..Default::default()
+        };
+        let id: DocId = header.doc_id.parse().map_err(internal)?;
+        let sealed = envelope::seal(&header, &signer)?;
+        let v = envelope::verify(sealed, &self.verifiers, &self.limits, UnixTime::now())?;
+        let accepted = self.accept(v, &Origin::Local, None)?;
+        Ok((id, accepted))
     }
 
     /// Up to `limit` entries of `queue` after `after`, in order.
@@ -798,14 +1729,6 @@ impl NodeState {
                 Ok((seq, record::decode(Space::Queue, &k, &v)?))
             })
             .collect()
-    }
-
-    /// Entries waiting in `queue`.
-    pub fn queue_depth(&self, queue: &str) -> Result<usize, NodeError> {
-        Ok(self
-            .store
-            .scan(Space::Queue, &queue_prefix(queue), None, usize::MAX)?
-            .len())
     }
 
     fn load_doc(&self, from: &str, doc_id: &str) -> Result<DocRecord, NodeError> {
@@ -843,6 +1766,16 @@ impl NodeState {
         })
     }
 
+    fn plan_dequeue(plan: &mut Plan, queue: &str, entry: &QueueEntry) {
+        plan.deltas.push((format!("q:{queue}"), -1));
+        if queue.starts_with("child:") {
+            plan.deltas.push((format!("s:{}", entry.from), -1));
+            for r in &entry.recipients {
+                plan.deltas.push((format!("r:{r}"), -1));
+            }
+        }
+    }
+
     /// The peer stored everything up to `upto`: drop those entries from `queue`.
     pub fn queue_ack(&self, queue: &str, upto: u64) -> Result<usize, NodeError> {
         let w = self.lock();
@@ -863,7 +1796,16 @@ impl NodeState {
                 after = Some(seq);
                 plan.batch
                     .delete(Space::Queue, Key::new().str(queue).u64(seq).build());
+                Self::plan_dequeue(&mut plan, queue, &entry);
                 n += 1;
+                if entry.kind != pb::Kind::Receipt as i32 {
+                    plan.audit(
+                        "forwarded",
+                        &entry.doc_id,
+                        &entry.from,
+                        format!("stored by {queue}"),
+                    );
+                }
                 if queue == "parent" && entry.kind == pb::Kind::Document as i32 {
                     self.plan_state(&mut plan, &entry, DeliveryState::AtHub, "", now)?;
                 }
@@ -893,14 +1835,14 @@ impl NodeState {
             .iter_mut()
             .filter(|r| entry.recipients.contains(&r.organ))
         {
-            let old = DeliveryState::from_u8(rr.state as u8).unwrap_or(DeliveryState::Queued);
+            let old = state_of(rr);
             let new = old.advance(state);
+            if !detail.is_empty() && new == state {
+                rr.detail = detail.to_owned();
+            }
             if new != old {
                 rr.state = new as u32;
                 rr.updated_at_ms = now;
-                if !detail.is_empty() {
-                    rr.detail = detail.to_owned();
-                }
                 plan.events.push(Event::StateChanged {
                     doc_id,
                     recipient: rr.organ.parse().map_err(internal)?,
@@ -930,6 +1872,7 @@ impl NodeState {
         let now = now_ms();
         let mut plan = Plan::default();
         plan.batch.delete(Space::Queue, key.clone());
+        Self::plan_dequeue(&mut plan, queue, &entry);
         plan.batch.put(
             Space::Dead,
             key,
@@ -941,6 +1884,12 @@ impl NodeState {
             }),
         );
         let code_name = format!("{:?}", Code::from_i32(code));
+        plan.audit(
+            "refused by peer",
+            &entry.doc_id,
+            &entry.from,
+            format!("{queue}: {code_name}: {reason}"),
+        );
         self.plan_state(
             &mut plan,
             &entry,
@@ -952,11 +1901,229 @@ impl NodeState {
         Ok(())
     }
 
-    /// Inbox entries of a local agency, oldest first.
+    /// The peer cannot take `seq` now: tell the sender of a local document why it waits.
+    pub fn queue_deferred(
+        &self,
+        queue: &str,
+        seq: u64,
+        reason: &str,
+        retry_after_ms: u32,
+    ) -> Result<(), NodeError> {
+        let key = Key::new().str(queue).u64(seq).build();
+        let Some(bytes) = self.store.get(Space::Queue, &key)? else {
+            return Ok(());
+        };
+        let entry: QueueEntry = record::decode(Space::Queue, &key, &bytes)?;
+        let w = self.lock();
+        let mut plan = Plan::default();
+        let detail =
+            format!("RESOURCE_EXHAUSTED at {queue}: {reason}; retrying every {retry_after_ms} ms");
+        let skey = sent_key(&entry.doc_id, &entry.from);
+        if let Some(rec) = self.sent_record(&plan, &skey)?
+            && rec
+                .recipients
+                .iter()
+                .any(|r| entry.recipients.contains(&r.organ) && r.detail != detail)
+        {
+            let mut rec = rec;
+            for rr in rec
+                .recipients
+                .iter_mut()
+                .filter(|r| entry.recipients.contains(&r.organ))
+            {
+                rr.detail = detail.clone();
+            }
+            plan.sent.insert(skey, rec);
+            plan.audit("deferred", &entry.doc_id, &entry.from, detail);
+            self.finish(w, plan)?;
+        }
+        Ok(())
+    }
+
+    /// Parks documents in the queues of disconnected children that missed their
+    /// delivery deadline, and sends each sender a signed UNDELIVERABLE receipt.
+    pub fn park_overdue(&self) -> Result<usize, NodeError> {
+        let now = now_ms();
+        let min_deadline = self.delivery.deadline_ms.iter().copied().min().unwrap_or(0) as i64;
+        let children: Vec<NodeId> = self.routing.child_nodes().cloned().collect();
+        let mut parked = 0;
+        for child in children {
+            if self.is_connected(&child) {
+                continue;
+            }
+            let queue = format!("child:{child}");
+            let mut overdue = Vec::new();
+            let mut after = None;
+            'scan: loop {
+                let rows = self.queue_peek(&queue, after, 256)?;
+                if rows.is_empty() {
+                    break;
+                }
+                for (seq, e) in rows {
+                    after = Some(seq);
+                    // Entries are in arrival order: past this one nothing can be overdue.
+                    if e.enqueued_at_ms + min_deadline > now {
+                        break 'scan;
+                    }
+                    if e.deadline_ms != 0 && e.deadline_ms <= now {
+                        overdue.push((seq, e));
+                    }
+                }
+            }
+            if overdue.is_empty() {
+                continue;
+            }
+            let mut w = self.lock();
+            let mut plan = Plan::default();
+            for (seq, e) in &overdue {
+                let key = Key::new().str(&queue).u64(*seq).build();
+                if self.store.get(Space::Queue, &key)?.is_none() {
+                    continue;
+                }
+                let reason = format!(
+                    "not delivered to {} within the deadline (priority {}); parked at {}",
+                    e.recipients.join(", "),
+                    e.priority,
+                    self.node_id
+                );
+                plan.batch.delete(Space::Queue, key.clone());
+                Self::plan_dequeue(&mut plan, &queue, e);
+                plan.batch.put(
+                    Space::Parked,
+                    key,
+                    record::encode(&DeadEntry {
+                        entry: Some(e.clone()),
+                        code: Code::DeadlineExceeded as i32,
+                        reason: reason.clone(),
+                        at_ms: now,
+                    }),
+                );
+                plan.audit("parked", &e.doc_id, &e.from, reason.clone());
+                tracing::error!(doc_id = %e.doc_id, from = %e.from, recipients = ?e.recipients, %queue,
+                    "delivery deadline missed; sender notified, parked for requeue");
+                if let (Ok(sender), Ok(id)) = (e.from.parse::<OrganId>(), e.doc_id.parse::<DocId>())
+                    && let Some((rec, _)) = self.known_doc(&e.from, &e.doc_id)?
+                    && e.kind == pb::Kind::Document as i32
+                {
+                    let digest = Digest::from_slice(&rec.header_sha256)
+                        .ok_or_else(|| internal("stored digest"))?;
+                    let recipients: Vec<OrganId> =
+                        e.recipients.iter().filter_map(|r| r.parse().ok()).collect();
+                    let spec = ReceiptSpec {
+                        kind: ReceiptType::Undeliverable,
+                        for_from: &sender,
+                        for_doc_id: &id,
+                        envelope_sha256: &digest,
+                        recipients: &recipients,
+                        detail: &reason,
+                    };
+                    self.plan_new_receipt(
+                        &mut w,
+                        &mut plan,
+                        &Sender::Node(self.node_id.clone()),
+                        &spec,
+                        now,
+                    )?;
+                }
+                parked += 1;
+            }
+            self.finish(w, plan)?;
+        }
+        self.stats
+            .parked
+            .fetch_add(parked as u64, Ordering::Relaxed);
+        Ok(parked)
+    }
+
+    /// Puts the parked entries of a document back at the end of their queues.
+    pub fn requeue(&self, doc_id: &DocId) -> Result<usize, NodeError> {
+        let d = doc_id.to_string();
+        let now = now_ms();
+        let mut w = self.lock();
+        let mut plan = Plan::default();
+        let mut n = 0;
+        for (k, v) in self.store.scan(Space::Parked, &[], None, usize::MAX)? {
+            let parked: DeadEntry = record::decode(Space::Parked, &k, &v)?;
+            let Some(mut e) = parked.entry else { continue };
+            if e.doc_id != d {
+                continue;
+            }
+            let queue = str_parts(&k, 1)
+                .and_then(|mut q| q.pop())
+                .ok_or_else(|| internal("parked key"))?;
+            plan.batch.delete(Space::Parked, k);
+            let seq = self.next_seq(&mut w, &mut plan, &queue)?;
+            e.enqueued_at_ms = now;
+            e.deadline_ms = now + self.delivery.deadline_for(e.priority) as i64;
+            plan.batch.put(
+                Space::Queue,
+                Key::new().str(&queue).u64(seq).build(),
+                record::encode(&e),
+            );
+            plan.deltas.push((format!("q:{queue}"), 1));
+            if queue.starts_with("child:") {
+                plan.deltas.push((format!("s:{}", e.from), 1));
+                for r in &e.recipients {
+                    plan.deltas.push((format!("r:{r}"), 1));
+                }
+            }
+            plan.audit(
+                "requeued",
+                &d,
+                &e.from,
+                format!("on {queue} by an operator"),
+            );
+            plan.queues.push(queue);
+            n += 1;
+        }
+        if n == 0 {
+            return Err(Refusal::not_found(format!("no parked entry for document {d}")).into());
+        }
+        self.finish(w, plan)?;
+        Ok(n)
+    }
+
+    /// Entries parked after their deadline, with their queue.
+    pub fn parked(&self) -> Result<Vec<(String, DeadEntry)>, NodeError> {
+        self.store
+            .scan(Space::Parked, &[], None, usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| {
+                let queue = str_parts(&k, 1)
+                    .and_then(|mut q| q.pop())
+                    .unwrap_or_default();
+                Ok((queue, record::decode(Space::Parked, &k, &v)?))
+            })
+            .collect()
+    }
+
+    /// Every queue with its depth and the enqueue time of its head.
+    pub fn queues(&self) -> Result<Vec<(String, u64, i64)>, NodeError> {
+        let counts: Vec<(String, i64)> = self
+            .lock()
+            .counts
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("q:").map(|q| (q.to_owned(), *v)))
+            .collect();
+        let mut out = Vec::new();
+        for (q, depth) in counts {
+            let oldest = self
+                .queue_peek(&q, None, 1)?
+                .first()
+                .map(|(_, e)| e.enqueued_at_ms)
+                .unwrap_or(0);
+            out.push((q, depth.max(0) as u64, oldest));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Inbox entries of a local agency, oldest first; `kind` "document", "status" or "".
     pub fn inbox(
         &self,
         organ: &OrganId,
         include_acked: bool,
+        kind: &str,
         limit: usize,
     ) -> Result<Vec<InboxEntry>, NodeError> {
         let prefix = Key::new().str(organ.as_str()).build();
@@ -970,7 +2137,7 @@ impl NodeState {
             after = Some(last.clone());
             for (k, v) in rows {
                 let e: InboxEntry = record::decode(Space::Inbox, &k, &v)?;
-                if include_acked || !e.acked {
+                if (include_acked || !e.acked) && (kind.is_empty() || e.kind == kind) {
                     out.push(e);
                     if out.len() >= limit {
                         break;
@@ -997,7 +2164,7 @@ impl NodeState {
             .scan(Space::InboxIndex, &prefix.build(), None, usize::MAX)?
         {
             let seq = trailing_u64(&v).ok_or_else(|| internal("inbox index without sequence"))?;
-            let organ = truc_store::keys::str_parts(&k, 3)
+            let organ = str_parts(&k, 3)
                 .and_then(|p| p.into_iter().nth(2))
                 .ok_or_else(|| internal("malformed inbox index key"))?;
             let ikey = Key::new().str(&organ).u64(seq).build();
@@ -1029,7 +2196,7 @@ impl NodeState {
     }
 
     /// The application took the document: mark it acked for `organ` (or every local
-    /// recipient) and send the sender a signed ACKED receipt.
+    /// recipient) and send the sender a signed ACKED receipt (documents only).
     pub fn ack(
         &self,
         doc_id: &DocId,
@@ -1048,27 +2215,37 @@ impl NodeState {
             if organ.is_some_and(|o| o.as_str() != e.organ) || e.acked {
                 continue;
             }
-            let sender: OrganId = e.from.parse().map_err(internal)?;
             let recipient: OrganId = e.organ.parse().map_err(internal)?;
-            let doc = self.load_doc(&e.from, &e.doc_id)?;
-            let digest =
-                Digest::from_slice(&doc.header_sha256).ok_or_else(|| internal("stored digest"))?;
             e.acked = true;
             e.acked_at_ms = now;
-            plan.batch.put(Space::Inbox, key, record::encode(&e));
-            self.plan_new_receipt(
-                &mut w,
-                &mut plan,
-                &recipient,
-                ReceiptType::Acked,
-                &sender,
-                doc_id,
-                &digest,
-                now,
-            )?;
+            plan.audit("acked", &e.doc_id, &e.from, format!("by {recipient}"));
+            if e.kind == "document" {
+                let sender: OrganId = e.from.parse().map_err(internal)?;
+                let doc = self.load_doc(&e.from, &e.doc_id)?;
+                let digest = Digest::from_slice(&doc.header_sha256)
+                    .ok_or_else(|| internal("stored digest"))?;
+                let spec = ReceiptSpec {
+                    kind: ReceiptType::Acked,
+                    for_from: &sender,
+                    for_doc_id: doc_id,
+                    envelope_sha256: &digest,
+                    recipients: std::slice::from_ref(&recipient),
+                    detail: "",
+                };
+                plan.inbox.insert(key, e);
+                self.plan_new_receipt(
+                    &mut w,
+                    &mut plan,
+                    &Sender::Agency(recipient.clone()),
+                    &spec,
+                    now,
+                )?;
+            } else {
+                plan.inbox.insert(key, e);
+            }
             acked.push(recipient);
         }
-        let ticket = if plan.batch.is_empty() {
+        let ticket = if plan.inbox.is_empty() {
             drop(w);
             self.commit.current()
         } else {
@@ -1085,6 +2262,72 @@ impl NodeState {
             .into_iter()
             .map(|(k, v)| Ok(record::decode(Space::Sent, &k, &v)?))
             .collect()
+    }
+
+    /// What an agency of this edge sent, newest first.
+    pub fn list_sent(&self, from: &OrganId, limit: usize) -> Result<Vec<SentRecord>, NodeError> {
+        let prefix = Key::new().str(from.as_str()).build();
+        let mut out = Vec::new();
+        for (k, _) in self.store.scan(Space::SentIndex, &prefix, None, limit)? {
+            let Some(doc_id) = str_parts(&k[prefix.len() + 8..], 1).and_then(|mut p| p.pop())
+            else {
+                continue;
+            };
+            let key = sent_key(&doc_id, from.as_str());
+            if let Some(bytes) = self.store.get(Space::Sent, &key)? {
+                out.push(record::decode(Space::Sent, &key, &bytes)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The signed receipts kept for a document sent from here: (recipient, envelope).
+    pub fn receipts(&self, doc_id: &DocId) -> Result<Vec<(String, pb::SignedEnvelope)>, NodeError> {
+        let mut out = Vec::new();
+        for rec in self.sent(doc_id)? {
+            for rr in &rec.recipients {
+                for key in &rr.receipts {
+                    if let Some(bytes) = self.store.get(Space::Docs, key)? {
+                        let d: DocRecord = record::decode(Space::Docs, key, &bytes)?;
+                        out.push((
+                            rr.organ.clone(),
+                            pb::SignedEnvelope::decode(d.envelope.as_slice()).map_err(internal)?,
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The envelope of a document sent from this node.
+    pub fn sent_envelope(&self, doc_id: &DocId) -> Result<Option<pb::SignedEnvelope>, NodeError> {
+        let Some(rec) = self.sent(doc_id)?.pop() else {
+            return Ok(None);
+        };
+        let doc = self.load_doc(&rec.from, &rec.doc_id)?;
+        Ok(Some(
+            pb::SignedEnvelope::decode(doc.envelope.as_slice()).map_err(internal)?,
+        ))
+    }
+
+    /// This node's audit entries about a document, in order.
+    pub fn audit_trail(&self, doc_id: &str) -> Result<Vec<record::AuditEntry>, NodeError> {
+        let prefix = Key::new().str(doc_id).build();
+        let mut out = Vec::new();
+        for (k, _) in self
+            .store
+            .scan(Space::AuditIndex, &prefix, None, usize::MAX)?
+        {
+            let Some(seq) = trailing_u64(&k) else {
+                continue;
+            };
+            let key = audit::entry_key(seq);
+            if let Some(bytes) = self.store.get(Space::Audit, &key)? {
+                out.push(record::decode(Space::Audit, &key, &bytes)?);
+            }
+        }
+        Ok(out)
     }
 
     /// Dead letters of `queue`.
@@ -1105,40 +2348,48 @@ impl NodeState {
         Ok(self.commit.close()?)
     }
 }
-
 #[cfg(test)]
 pub(crate) mod testing {
-    //! A node state over any store, with a throwaway signing CA and agencies.
+    //! A node state over any store, with throwaway CAs, agencies and node keys.
     use std::sync::Arc;
 
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
     use truc_core::{NodeId, OrganId, RoutingTable};
     use truc_pki::{
         dev::DevCa,
-        sign::{AgencySigner, SignatureVerifier},
+        identity::Identity,
+        sign::{SignatureVerifier, Signer},
     };
     use truc_store::{BlobStore, Store};
 
-    use super::NodeState;
-    use crate::config::{Limits, TestHooks};
+    use super::{NodeState, Parts};
+    use crate::{
+        config::{DeliverySection, Limits, QuotaSection, TestHooks},
+        directory::Directory,
+        envelope::Verifiers,
+    };
 
     pub struct Fixture {
         pub ca: DevCa,
+        pub transport: DevCa,
         pub blobs_dir: tempfile::TempDir,
+        pub quotas: QuotaSection,
     }
 
     impl Fixture {
         pub fn new() -> Self {
             Self {
                 ca: DevCa::generate("test signing").unwrap(),
+                transport: DevCa::generate("test transport").unwrap(),
                 blobs_dir: tempfile::tempdir().unwrap(),
+                quotas: QuotaSection::default(),
             }
         }
 
-        pub fn signer(&self, organ: &str) -> AgencySigner {
+        pub fn signer(&self, organ: &str) -> Signer {
             let o: OrganId = organ.parse().unwrap();
             let issued = self.ca.agency_cert(&o, organ).unwrap();
-            AgencySigner::from_der(
+            Signer::from_der(
                 &o,
                 vec![CertificateDer::from(issued.cert_der)],
                 PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap(),
@@ -1146,39 +2397,79 @@ pub(crate) mod testing {
             .unwrap()
         }
 
+        fn node_signer(&self, node: &str) -> Signer {
+            let n: NodeId = node.parse().unwrap();
+            let issued = self.transport.node_cert(&n, &[]).unwrap();
+            Signer::from_der_for(
+                &Identity::Node(n),
+                vec![CertificateDer::from(issued.cert_der)],
+                PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap()
+        }
+
+        pub fn verifiers(&self) -> Verifiers {
+            let ca = CertificateDer::from_pem_slice(self.ca.cert_pem().as_bytes()).unwrap();
+            let tca = CertificateDer::from_pem_slice(self.transport.cert_pem().as_bytes()).unwrap();
+            Verifiers {
+                agencies: SignatureVerifier::new(&[ca]).unwrap(),
+                nodes: SignatureVerifier::new(&[tca]).unwrap(),
+            }
+        }
+
+        /// A hub whose children serve `organs[i]` as node `nodes[i]`.
+        pub fn hub_with(&self, store: Arc<dyn Store>, children: &[(&str, &str)]) -> Arc<NodeState> {
+            let mut routing = RoutingTable::new(false);
+            for (organ, node) in children {
+                routing.add_child_organ(organ.parse().unwrap(), node.parse().unwrap());
+            }
+            self.state("hub", routing, vec![], Some(self.node_signer("hub")), store)
+        }
+
         /// A hub with children `vpcp` (G22) and `nghean` (H41).
         pub fn hub(&self, store: Arc<dyn Store>) -> Arc<NodeState> {
-            let mut routing = RoutingTable::new(false);
-            routing.add_child_organ("000.00.00.G22".parse().unwrap(), "vpcp".parse().unwrap());
-            routing.add_child_organ("000.00.00.H41".parse().unwrap(), "nghean".parse().unwrap());
-            self.state("hub", routing, vec![], store)
+            self.hub_with(
+                store,
+                &[("000.00.00.G22", "vpcp"), ("000.00.00.H41", "nghean")],
+            )
         }
 
         /// An edge serving G22 under a parent.
         pub fn edge(&self, store: Arc<dyn Store>) -> Arc<NodeState> {
             let mut routing = RoutingTable::new(true);
             routing.add_local("000.00.00.G22".parse().unwrap());
-            self.state("vpcp", routing, vec![self.signer("000.00.00.G22")], store)
+            self.state(
+                "vpcp",
+                routing,
+                vec![self.signer("000.00.00.G22")],
+                None,
+                store,
+            )
         }
 
         fn state(
             &self,
             id: &str,
             routing: RoutingTable,
-            signers: Vec<AgencySigner>,
+            signers: Vec<Signer>,
+            node_signer: Option<Signer>,
             store: Arc<dyn Store>,
         ) -> Arc<NodeState> {
-            let ca = CertificateDer::from_pem_slice(self.ca.cert_pem().as_bytes()).unwrap();
-            NodeState::new(
-                id.parse::<NodeId>().unwrap(),
+            NodeState::new(Parts {
+                node_id: id.parse().unwrap(),
                 routing,
                 signers,
-                SignatureVerifier::new(&[ca]).unwrap(),
-                Limits::default(),
-                TestHooks::default(),
+                node_signer,
+                verifiers: self.verifiers(),
+                limits: Limits::default(),
+                delivery: DeliverySection::default(),
+                quotas: self.quotas.clone(),
+                hooks: TestHooks::default(),
                 store,
-                BlobStore::open(self.blobs_dir.path()).unwrap(),
-            )
+                blobs: BlobStore::open(self.blobs_dir.path()).unwrap(),
+                directory: Directory::default(),
+            })
+            .unwrap()
         }
     }
 }
@@ -1205,13 +2496,7 @@ mod tests {
             ..Default::default()
         };
         let env = envelope::seal(&header, &f.signer(from)).unwrap();
-        envelope::verify(
-            env,
-            &f.hub(Arc::new(MemoryStore::new())).verifier,
-            &Limits::default(),
-            UnixTime::now(),
-        )
-        .unwrap()
+        envelope::verify(env, &f.verifiers(), &Limits::default(), UnixTime::now()).unwrap()
     }
 
     fn child(n: &str) -> Origin {
@@ -1229,7 +2514,7 @@ mod tests {
             "{err}"
         );
         assert_eq!(
-            hub.queue_depth("child:nghean").unwrap(),
+            hub.queue_depth("child:nghean"),
             0,
             "a refused message queued nothing"
         );
@@ -1237,7 +2522,9 @@ mod tests {
             hub.accept(v, &child("vpcp"), None).unwrap(),
             Accepted::Stored(_)
         ));
-        assert_eq!(hub.queue_depth("child:nghean").unwrap(), 1);
+        assert_eq!(hub.queue_depth("child:nghean"), 1);
+        // ... and the hub's signed ACCEPTED receipt waits for the sender.
+        assert_eq!(hub.queue_depth("child:vpcp"), 1);
     }
 
     #[tokio::test]
@@ -1256,7 +2543,7 @@ mod tests {
             hub.accept(v, &child("vpcp"), None).unwrap(),
             Accepted::Duplicate(_)
         ));
-        assert_eq!(hub.queue_depth("child:nghean").unwrap(), 1, "queued once");
+        assert_eq!(hub.queue_depth("child:nghean"), 1, "queued once");
     }
 
     #[test]
@@ -1269,7 +2556,7 @@ mod tests {
         header.subject = "something else".into();
         let other = envelope::verify(
             envelope::seal(&header, &f.signer("000.00.00.G22")).unwrap(),
-            &hub.verifier,
+            &f.verifiers(),
             &Limits::default(),
             UnixTime::now(),
         )
@@ -1285,23 +2572,14 @@ mod tests {
     fn a_multi_recipient_document_is_stored_once_and_queued_per_child() {
         let f = Fixture::new();
         let store = Arc::new(MemoryStore::new());
-        let mut routing = RoutingTable::new(false);
-        routing.add_child_organ("000.00.00.G22".parse().unwrap(), "vpcp".parse().unwrap());
-        for (i, n) in ["a", "b", "c"].iter().enumerate() {
-            routing.add_child_organ(
-                format!("000.00.00.H{i}").parse().unwrap(),
-                n.parse().unwrap(),
-            );
-        }
-        let hub = NodeState::new(
-            "hub".parse().unwrap(),
-            routing,
-            vec![],
-            f.hub(Arc::new(MemoryStore::new())).verifier.clone(),
-            Limits::default(),
-            TestHooks::default(),
+        let hub = f.hub_with(
             store.clone(),
-            BlobStore::open(f.blobs_dir.path()).unwrap(),
+            &[
+                ("000.00.00.G22", "vpcp"),
+                ("000.00.00.H0", "a"),
+                ("000.00.00.H1", "b"),
+                ("000.00.00.H2", "c"),
+            ],
         );
         let v = verified(
             &f,
@@ -1309,10 +2587,55 @@ mod tests {
             &["000.00.00.H0", "000.00.00.H1", "000.00.00.H2"],
         );
         hub.accept(v, &child("vpcp"), None).unwrap();
-        assert_eq!(store.scan(Space::Docs, b"", None, 100).unwrap().len(), 1);
+        // The document and the hub's own accepted receipt.
+        assert_eq!(store.scan(Space::Docs, b"", None, 100).unwrap().len(), 2);
         for n in ["a", "b", "c"] {
-            assert_eq!(hub.queue_depth(&format!("child:{n}")).unwrap(), 1);
+            assert_eq!(hub.queue_depth(&format!("child:{n}")), 1);
         }
+    }
+
+    #[test]
+    fn a_full_recipient_queue_defers_and_everything_after_it_in_the_batch() {
+        let mut f = Fixture::new();
+        f.quotas.max_queued_per_recipient = 2;
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let items: Vec<_> = (0..4)
+            .map(|_| (verified(&f, "000.00.00.G22", &["000.00.00.H41"]), None))
+            .collect();
+        let (verdicts, _) = hub.accept_batch(items, &child("vpcp")).unwrap();
+        assert!(matches!(verdicts[0], Verdict::Stored));
+        assert!(matches!(verdicts[1], Verdict::Stored));
+        assert!(
+            matches!(&verdicts[2], Verdict::Deferred(r) if r.contains("max_queued_per_recipient"))
+        );
+        assert!(
+            matches!(verdicts[3], Verdict::Deferred(_)),
+            "order per pair: nothing overtakes"
+        );
+        assert_eq!(hub.queue_depth("child:nghean"), 2);
+        assert_eq!(hub.queue_ack("child:nghean", u64::MAX).unwrap(), 2);
+        assert_eq!(hub.queue_depth("child:nghean"), 0, "acks free the quota");
+    }
+
+    #[test]
+    fn every_change_is_in_the_audit_chain() {
+        let f = Fixture::new();
+        let store = Arc::new(MemoryStore::new());
+        let hub = f.hub(store.clone());
+        let v = verified(&f, "000.00.00.G22", &["000.00.00.H41"]);
+        let id = v.doc_id.to_string();
+        hub.accept(v, &child("vpcp"), None).unwrap();
+        hub.queue_ack("child:nghean", u64::MAX).unwrap();
+        let events: Vec<String> = hub
+            .audit_trail(&id)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        assert_eq!(events, vec!["received", "queued", "forwarded"]);
+        let report = crate::audit::verify(store.as_ref()).unwrap();
+        assert_eq!(report.first_bad, None);
+        assert!(report.entries >= 3);
     }
 
     #[tokio::test]

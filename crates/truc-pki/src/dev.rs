@@ -246,7 +246,7 @@ mod tests {
                 UnixTime::now(),
             )
             .unwrap();
-        assert_eq!(v.organ, g22);
+        assert_eq!(v.organ(), Some(&g22));
         assert!(v.subject.contains("Văn phòng Chính phủ") || v.subject.contains("CN="));
     }
 

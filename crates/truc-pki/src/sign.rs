@@ -45,18 +45,27 @@ pub enum VerifyError {
     MalformedCertificate(String),
     #[error("signer certificate is not trusted by the signing ca: {0}")]
     Untrusted(String),
-    #[error("signer certificate names {0:?}, not an agency")]
-    NotAnAgency(String),
     #[error("signature does not match the signed bytes")]
     BadSignature,
 }
 
-/// What a valid signature proves: which agency signed, with which certificate.
+/// What a valid signature proves: who signed (an agency or a node), with which
+/// certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
-    pub organ: OrganId,
+    pub identity: Identity,
     /// Subject of the signer certificate, for display.
     pub subject: String,
+}
+
+impl Verified {
+    /// The agency that signed, if an agency did.
+    pub fn organ(&self) -> Option<&OrganId> {
+        match &self.identity {
+            Identity::Organ(o) => Some(o),
+            _ => None,
+        }
+    }
 }
 
 /// A signature and what a verifier needs to check it.
@@ -68,28 +77,37 @@ pub struct Signature {
     pub chain: Vec<Vec<u8>>,
 }
 
-/// An agency's signing key and certificate, held only on that agency's edge.
-pub struct AgencySigner {
-    organ: OrganId,
+/// A signing key and its certificate: an agency's (held only on its edge), or a
+/// node's own transport key (for the receipts a hub or relay signs).
+pub struct Signer {
+    identity: Identity,
     key: EcdsaKeyPair,
     chain: Vec<Vec<u8>>,
     rng: SystemRandom,
 }
 
-impl std::fmt::Debug for AgencySigner {
+/// Most signers are agencies.
+pub type AgencySigner = Signer;
+
+impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgencySigner")
-            .field("organ", &self.organ)
+        f.debug_struct("Signer")
+            .field("identity", &self.identity)
             .finish_non_exhaustive()
     }
 }
 
-impl AgencySigner {
-    /// Loads a signer and checks that the certificate names `organ` and matches the key.
+impl Signer {
+    /// Loads an agency signer; the certificate must name `organ` and match the key.
     pub fn load(organ: &OrganId, cert: &Path, key: &Path) -> Result<Self, PkiError> {
+        Self::load_for(&Identity::Organ(organ.clone()), cert, key)
+    }
+
+    /// Loads a signer whose certificate must name `identity` and match the key.
+    pub fn load_for(identity: &Identity, cert: &Path, key: &Path) -> Result<Self, PkiError> {
         let chain = load_certs(cert)?;
         let key_der = load_key(key)?;
-        Self::from_der(organ, chain, key_der).map_err(|e| match e {
+        Self::from_der_for(identity, chain, key_der).map_err(|e| match e {
             PkiError::Key(reason) => PkiError::Key(format!("{}: {reason}", key.display())),
             PkiError::BadCertificate(reason) => {
                 PkiError::BadCertificate(format!("{}: {reason}", cert.display()))
@@ -100,6 +118,14 @@ impl AgencySigner {
 
     pub fn from_der(
         organ: &OrganId,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, PkiError> {
+        Self::from_der_for(&Identity::Organ(organ.clone()), chain, key)
+    }
+
+    pub fn from_der_for(
+        expected: &Identity,
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Result<Self, PkiError> {
@@ -116,13 +142,16 @@ impl AgencySigner {
         let leaf = chain
             .first()
             .ok_or_else(|| PkiError::BadCertificate("empty certificate chain".into()))?;
-        match cert_info(leaf)?.identity {
-            Identity::Organ(o) if &o == organ => {}
-            other => {
-                return Err(PkiError::BadCertificate(format!(
-                    "certificate names {other:?}, expected agency {organ}"
-                )));
-            }
+        let named = cert_info(leaf)?.identity;
+        if &named != expected {
+            return Err(PkiError::BadCertificate(format!(
+                "certificate names {named:?}, expected {}",
+                match expected {
+                    Identity::Organ(o) => format!("agency {o}"),
+                    Identity::Node(n) => format!("node {n}"),
+                    Identity::Operator(n) => format!("operator {n}"),
+                }
+            )));
         }
         let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
             .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
@@ -130,15 +159,23 @@ impl AgencySigner {
             return Err(PkiError::Key("key does not match the certificate".into()));
         }
         Ok(Self {
-            organ: organ.clone(),
+            identity: expected.clone(),
             key,
             chain: chain.into_iter().map(|c| c.to_vec()).collect(),
             rng,
         })
     }
 
-    pub fn organ(&self) -> &OrganId {
-        &self.organ
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The agency this signer signs for, if it is an agency's.
+    pub fn organ(&self) -> Option<&OrganId> {
+        match &self.identity {
+            Identity::Organ(o) => Some(o),
+            _ => None,
+        }
     }
 
     /// Signs `msg` (the header bytes).
@@ -146,7 +183,7 @@ impl AgencySigner {
         let sig = self
             .key
             .sign(&self.rng, msg)
-            .map_err(|_| PkiError::Key(format!("signing failed for {}", self.organ)))?;
+            .map_err(|_| PkiError::Key(format!("signing failed for {:?}", self.identity)))?;
         Ok(Signature {
             bytes: sig.as_ref().to_vec(),
             algorithm: Algorithm::EcdsaP256Sha256,
@@ -173,7 +210,8 @@ const CACHE_LIMIT: usize = 4096;
 /// Verified chains by digest, with the leaf's `not_after` (Unix seconds).
 type VerifiedCache = HashMap<Vec<u8>, (Verified, u64)>;
 
-/// Verifies agency signatures against the signing CA.
+/// Verifies signatures against a set of CAs: agency signatures against the signing
+/// CA, node signatures (receipts of hubs and relays) against the transport CA.
 ///
 /// Chain checks are cached per leaf certificate until the certificate expires, so
 /// the common case costs one signature verification.
@@ -269,12 +307,8 @@ impl SignatureVerifier {
         .map_err(|e| VerifyError::Untrusted(e.to_string()))?;
         let info =
             cert_info(&chain[0]).map_err(|e| VerifyError::MalformedCertificate(e.to_string()))?;
-        let organ = match info.identity {
-            Identity::Organ(o) => o,
-            other => return Err(VerifyError::NotAnAgency(format!("{other:?}"))),
-        };
         let verified = Verified {
-            organ,
+            identity: info.identity,
             subject: info.subject,
         };
         if let Ok(mut cache) = self.cache.lock() {

@@ -32,6 +32,16 @@ pub enum Space {
     Sent = 6,
     /// (queue, seq) → a transfer the peer refused for good, with the reason.
     Dead = 7,
+    /// seq → one hash-chained audit entry.
+    Audit = 8,
+    /// (doc_id, seq) → (), to find a document's audit entries.
+    AuditIndex = 9,
+    /// (queue, seq) → an entry parked after its deadline; an operator can requeue it.
+    Parked = 10,
+    /// (from, target, business type) → the change message's doc_id (dedups recalls).
+    Changes = 11,
+    /// (from, newest-first time, doc_id) → (), to list what an agency sent.
+    SentIndex = 12,
 }
 
 /// A key and its value.

@@ -83,6 +83,12 @@ pub struct QueueEntry {
     /// The message kind (truc.v1.Kind).
     #[prost(int32, tag = "5")]
     pub kind: i32,
+    /// Priority of the document (0–4), for its delivery deadline.
+    #[prost(uint32, tag = "6")]
+    pub priority: u32,
+    /// Unix ms after which an undelivered entry is parked (0: never).
+    #[prost(int64, tag = "7")]
+    pub deadline_ms: i64,
 }
 
 /// A document delivered to one local agency.
@@ -110,6 +116,28 @@ pub struct InboxEntry {
     pub code_notation: String,
     #[prost(uint32, tag = "11")]
     pub attachments: u32,
+    /// "document" or "status".
+    #[prost(string, tag = "12")]
+    pub kind: String,
+    #[prost(string, tag = "13")]
+    pub status_code: String,
+    #[prost(string, tag = "14")]
+    pub for_doc_id: String,
+    #[prost(string, tag = "15")]
+    pub note: String,
+    #[prost(int32, tag = "16")]
+    pub business_type: i32,
+    #[prost(string, tag = "17")]
+    pub target_doc_id: String,
+    /// The last status code this agency sent about it.
+    #[prost(string, tag = "18")]
+    pub replied: String,
+    /// This agency accepted a recall of it (15).
+    #[prost(bool, tag = "19")]
+    pub recalled: bool,
+    /// A recall or recall request names it and waits for 15/16.
+    #[prost(bool, tag = "20")]
+    pub recall_requested: bool,
 }
 
 /// A recipient's state as the sender sees it.
@@ -124,6 +152,21 @@ pub struct RecipientRecord {
     pub updated_at_ms: i64,
     #[prost(string, tag = "4")]
     pub detail: String,
+    #[prost(int64, tag = "5")]
+    pub accepted_at_ms: i64,
+    #[prost(int64, tag = "6")]
+    pub delivered_at_ms: i64,
+    #[prost(int64, tag = "7")]
+    pub acked_at_ms: i64,
+    #[prost(string, tag = "8")]
+    pub last_status: String,
+    #[prost(int64, tag = "9")]
+    pub last_status_at_ms: i64,
+    #[prost(string, tag = "10")]
+    pub status_note: String,
+    /// Keys (`Docs` space) of the signed receipts kept for this recipient.
+    #[prost(bytes = "vec", repeated, tag = "11")]
+    pub receipts: Vec<Vec<u8>>,
 }
 
 /// A document sent from this node, with per-recipient state.
@@ -141,6 +184,38 @@ pub struct SentRecord {
     pub header_sha256: Vec<u8>,
     #[prost(message, repeated, tag = "6")]
     pub recipients: Vec<RecipientRecord>,
+    #[prost(int32, tag = "7")]
+    pub business_type: i32,
+    #[prost(string, tag = "8")]
+    pub target_doc_id: String,
+    #[prost(uint32, tag = "9")]
+    pub priority: u32,
+    #[prost(int64, tag = "10")]
+    pub due_at_ms: i64,
+}
+
+/// One entry of the hash-chained audit log.
+#[derive(Clone, PartialEq, Message)]
+pub struct AuditEntry {
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    #[prost(int64, tag = "2")]
+    pub at_ms: i64,
+    /// What happened: received, stored, queued, forwarded, delivered, acked, …
+    #[prost(string, tag = "3")]
+    pub event: String,
+    #[prost(string, tag = "4")]
+    pub doc_id: String,
+    #[prost(string, tag = "5")]
+    pub from: String,
+    #[prost(string, tag = "6")]
+    pub detail: String,
+    /// Hash of the previous entry (zeros for the first).
+    #[prost(bytes = "vec", tag = "7")]
+    pub prev: Vec<u8>,
+    /// SHA-256 of `prev` followed by this entry encoded with an empty `hash`.
+    #[prost(bytes = "vec", tag = "8")]
+    pub hash: Vec<u8>,
 }
 
 /// A transfer refused for good by the peer.
@@ -168,6 +243,8 @@ mod tests {
             recipients: vec!["000.00.00.H41".into()],
             enqueued_at_ms: 7,
             kind: 1,
+            priority: 3,
+            deadline_ms: 9,
         };
         let bytes = encode(&r);
         assert_eq!(decode::<QueueEntry>(Space::Queue, b"k", &bytes).unwrap(), r);

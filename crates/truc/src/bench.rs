@@ -51,6 +51,11 @@ pub async fn run(a: BenchArgs) -> Result<()> {
             n.agency_api = Some(tcp.local_addr()?.to_string());
             l.agency = Some(tcp);
         }
+        if n.admin_api.is_some() {
+            let tcp = TcpListener::bind("127.0.0.1:0").await?;
+            n.admin_api = Some(tcp.local_addr()?.to_string());
+            l.admin = Some(tcp);
+        }
         listeners.insert(n.id.clone(), l);
     }
     let report = certs::init(dir, &topo)?;

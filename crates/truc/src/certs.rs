@@ -10,8 +10,9 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use truc_core::{NodeId, OrganId};
 use truc_node::config::{
-    AgencyApiSection, AgencySection, ChildSection, FileConfig, LinkTuning, ListenSection,
-    ParentSection, SigningSection, StorageSection, TestHooks, TlsSection,
+    AdminApiSection, AgencyApiSection, AgencySection, ChildSection, DeliverySection,
+    DirectoryEntry, FileConfig, LinkTuning, ListenSection, ParentSection, QuotaSection,
+    SigningSection, StorageSection, TestHooks, TlsSection,
 };
 use truc_pki::dev::DevCa;
 
@@ -34,6 +35,9 @@ pub struct TopoNode {
     pub listen: Option<String>,
     #[serde(default)]
     pub agency_api: Option<String>,
+    /// Loopback admin API for operators.
+    #[serde(default)]
+    pub admin_api: Option<String>,
     #[serde(default)]
     pub hostnames: Vec<String>,
     #[serde(default)]
@@ -46,6 +50,9 @@ pub struct TopoAgency {
     pub organ: String,
     #[serde(default)]
     pub name: String,
+    /// The agency above it in the administrative tree, if any.
+    #[serde(default)]
+    pub parent: String,
 }
 
 impl Topology {
@@ -111,6 +118,22 @@ impl Topology {
 
     pub fn node(&self, id: &str) -> Option<&TopoNode> {
         self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// Agencies (with their details) served by `id` and everything below it.
+    pub fn subtree_agencies(&self, id: &str) -> Vec<TopoAgency> {
+        let mut out: Vec<TopoAgency> = self
+            .node(id)
+            .map(|n| n.agencies.clone())
+            .unwrap_or_default();
+        for child in self
+            .nodes
+            .iter()
+            .filter(|c| c.parent.as_deref() == Some(id))
+        {
+            out.extend(self.subtree_agencies(&child.id));
+        }
+        out
     }
 
     /// Agencies served by `id` and everything below it.
@@ -286,10 +309,24 @@ fn node_config(topo: &Topology, n: &TopoNode) -> Result<FileConfig> {
                 signing_key: PathBuf::from("agencies").join(format!("{}.key", a.organ)),
             })
             .collect(),
+        directory: topo
+            .nodes
+            .iter()
+            .filter(|c| c.parent.as_deref() == Some(n.id.as_str()))
+            .flat_map(|c| topo.subtree_agencies(&c.id))
+            .map(|a| DirectoryEntry {
+                organ: a.organ,
+                name: a.name,
+                parent: a.parent,
+            })
+            .collect(),
         children,
+        admin_api: n.admin_api.clone().map(|listen| AdminApiSection { listen }),
         limits: Default::default(),
         link: LinkTuning::default(),
         storage: StorageSection::default(),
+        delivery: DeliverySection::default(),
+        quotas: QuotaSection::default(),
         test_hooks: TestHooks::default(),
     })
 }

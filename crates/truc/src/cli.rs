@@ -4,8 +4,9 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
 
-use crate::{bench, certs, client, demo};
+use crate::{bench, certs, client, demo, verify};
 use clap::{Parser, Subcommand, ValueEnum};
+use truc_proto::v1 as pb;
 
 #[derive(Parser)]
 #[command(
@@ -73,6 +74,9 @@ enum Command {
         /// Include acknowledged documents.
         #[arg(long)]
         all: bool,
+        /// Only documents or only statuses.
+        #[arg(long, value_parser = ["document", "status"])]
+        kind: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -106,6 +110,136 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Documents one agency of this edge sent, newest first, per recipient.
+    Sent {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        from: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a signed business status about a document: 01 arrived, 02 rejected,
+    /// 03 accepted, 04 assigned, 05 processing, 06 finished (to its sender);
+    /// 15/16 accept/refuse a recall or update; 13 recall request (from its sender).
+    Reply {
+        #[arg(long)]
+        config: PathBuf,
+        doc_id: String,
+        #[arg(long)]
+        status: String,
+        #[arg(long)]
+        note: Option<String>,
+        /// Who handled it.
+        #[arg(long)]
+        staff: Option<String>,
+        /// Which agency of this edge replies, if the document reached several.
+        #[arg(long)]
+        organ: Option<String>,
+        /// The document's sender, if two senders used the same doc_id.
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Revoke (thu hồi) a document this edge sent; recipients answer 15 or 16.
+    Recall {
+        #[arg(long)]
+        config: PathBuf,
+        doc_id: String,
+        #[arg(long)]
+        reason: String,
+        /// Only these recipients (default: every recipient).
+        #[arg(long, value_delimiter = ',')]
+        to: Vec<String>,
+    },
+    /// Update a document this edge sent; may add or remove recipients.
+    Update {
+        #[arg(long)]
+        config: PathBuf,
+        doc_id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long, value_delimiter = ',')]
+        add: Vec<String>,
+        #[arg(long, value_delimiter = ',')]
+        remove: Vec<String>,
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        attach: Vec<PathBuf>,
+    },
+    /// Replace a document this edge sent with a new one.
+    Replace {
+        #[arg(long)]
+        config: PathBuf,
+        doc_id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        code: Option<String>,
+        #[arg(long)]
+        attach: Vec<PathBuf>,
+        #[arg(long, value_delimiter = ',')]
+        to: Vec<String>,
+    },
+    /// Write a sent document's envelope and its signed receipts into DIR.
+    Receipts {
+        #[arg(long)]
+        config: PathBuf,
+        doc_id: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check signed envelopes and receipts offline against the CAs.
+    Verify {
+        /// A node config whose CAs to trust (or give both CA files).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        signing_ca: Option<PathBuf>,
+        #[arg(long)]
+        transport_ca: Option<PathBuf>,
+        /// The document envelope every receipt must name.
+        #[arg(long)]
+        document: Option<PathBuf>,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Put a document parked after its deadline back into its queue (admin API).
+    Requeue {
+        #[arg(long)]
+        config: PathBuf,
+        doc_id: String,
+    },
+    /// One document's path and timings: this node's audit entries and every signed
+    /// receipt and status from the other hops.
+    Trace {
+        #[arg(long)]
+        config: PathBuf,
+        doc_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue depths and parked documents of a node (admin API).
+    Queues {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The hash-chained audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// The agency directory as an edge knows it.
+    Directory {
+        #[command(subcommand)]
+        command: DirectoryCommand,
+    },
     /// Measure throughput and latency through an in-process federation.
     Bench {
         #[arg(long, default_value_t = 5000)]
@@ -123,6 +257,36 @@ enum Command {
         /// Exit once the demo documents are delivered instead of running until Ctrl-C.
         #[arg(long)]
         once: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the chain; names the first entry that was changed or removed.
+    Verify {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DirectoryCommand {
+    /// Every agency.
+    List {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One agency.
+    Lookup {
+        #[arg(long)]
+        config: PathBuf,
+        organ: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -253,8 +417,165 @@ async fn run(cli: Cli) -> Result<()> {
             config,
             organ,
             all,
+            kind,
             json,
-        } => client::inbox(&config, &organ, all, json).await,
+        } => client::inbox(&config, &organ, all, kind.as_deref().unwrap_or(""), json).await,
+        Command::Sent {
+            config,
+            from,
+            limit,
+            json,
+        } => client::sent(&config, &from, limit, json).await,
+        Command::Reply {
+            config,
+            doc_id,
+            status,
+            note,
+            staff,
+            organ,
+            from,
+        } => {
+            let id = client::reply(
+                &config,
+                pb::ReplyRequest {
+                    doc_id,
+                    from: from.unwrap_or_default(),
+                    organ: organ.unwrap_or_default(),
+                    code: status,
+                    note: note.unwrap_or_default(),
+                    staff: staff.unwrap_or_default(),
+                },
+            )
+            .await?;
+            println!("{id}");
+            Ok(())
+        }
+        Command::Recall {
+            config,
+            doc_id,
+            reason,
+            to,
+        } => {
+            let id = client::change(
+                &config,
+                client::ChangeArgs {
+                    business: pb::BusinessType::Revoke,
+                    target: doc_id,
+                    reason,
+                    to,
+                    add: vec![],
+                    remove: vec![],
+                    subject: None,
+                    code: None,
+                    attach: vec![],
+                },
+            )
+            .await?;
+            println!("{id}");
+            Ok(())
+        }
+        Command::Update {
+            config,
+            doc_id,
+            reason,
+            add,
+            remove,
+            subject,
+            attach,
+        } => {
+            let id = client::change(
+                &config,
+                client::ChangeArgs {
+                    business: pb::BusinessType::Update,
+                    target: doc_id,
+                    reason,
+                    to: vec![],
+                    add,
+                    remove,
+                    subject,
+                    code: None,
+                    attach,
+                },
+            )
+            .await?;
+            println!("{id}");
+            Ok(())
+        }
+        Command::Replace {
+            config,
+            doc_id,
+            reason,
+            subject,
+            code,
+            attach,
+            to,
+        } => {
+            let id = client::change(
+                &config,
+                client::ChangeArgs {
+                    business: pb::BusinessType::Replace,
+                    target: doc_id,
+                    reason,
+                    to,
+                    add: vec![],
+                    remove: vec![],
+                    subject,
+                    code,
+                    attach,
+                },
+            )
+            .await?;
+            println!("{id}");
+            Ok(())
+        }
+        Command::Receipts {
+            config,
+            doc_id,
+            out,
+        } => {
+            for p in client::receipts(&config, &doc_id, &out).await? {
+                println!("{}", p.display());
+            }
+            Ok(())
+        }
+        Command::Verify {
+            config,
+            signing_ca,
+            transport_ca,
+            document,
+            files,
+        } => verify::verify(verify::VerifyArgs {
+            files,
+            config,
+            signing_ca,
+            transport_ca,
+            document,
+        }),
+        Command::Requeue { config, doc_id } => {
+            let n = client::requeue(&config, &doc_id).await?;
+            println!(
+                "requeued {n} queue entr{} of {doc_id}",
+                if n == 1 { "y" } else { "ies" }
+            );
+            Ok(())
+        }
+        Command::Trace {
+            config,
+            doc_id,
+            json,
+        } => client::trace(&config, &doc_id, json).await,
+        Command::Queues { config, json } => client::queues(&config, json).await,
+        Command::Audit {
+            command: AuditCommand::Verify { config, json },
+        } => verify::audit_verify(&config, json).await,
+        Command::Directory { command } => match command {
+            DirectoryCommand::List { config, json } => client::directory(&config, None, json).await,
+            DirectoryCommand::Lookup {
+                config,
+                organ,
+                json,
+            } => client::directory(&config, Some(&organ), json).await,
+        },
         Command::Get {
             config,
             doc_id,

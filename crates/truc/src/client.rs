@@ -6,24 +6,51 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail};
+
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use tonic::transport::Channel;
 use truc_node::Config;
-use truc_proto::v1::{self as pb, agency_client::AgencyClient};
+use truc_proto::v1::{self as pb, admin_client::AdminClient, agency_client::AgencyClient};
 
-/// Finds the agency API of the edge a config describes.
-pub fn agency_addr(config_path: &Path) -> Result<SocketAddr> {
+/// Which local API of a node.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    Agency,
+    Admin,
+}
+
+impl Api {
+    fn name(self) -> &'static str {
+        match self {
+            Api::Agency => "agency",
+            Api::Admin => "admin",
+        }
+    }
+}
+
+/// Finds a local API of the node a config describes.
+pub fn api_addr(config_path: &Path, api: Api) -> Result<SocketAddr> {
     let cfg = Config::load(config_path)?;
-    let api = cfg.agency_api.as_ref().ok_or_else(|| {
+    let configured = match api {
+        Api::Agency => cfg.agency_api.as_ref(),
+        Api::Admin => cfg.admin_api.as_ref(),
+    };
+    let listen = configured.ok_or_else(|| {
         anyhow!(
-            "{} describes a {} with no [agency_api]; point --config at an edge",
+            "{} ({}) has no [{}_api]{}",
             config_path.display(),
-            cfg.role()
+            cfg.role(),
+            api.name(),
+            if api == Api::Agency {
+                "; point --config at an edge"
+            } else {
+                ""
+            }
         )
     })?;
-    let addr: SocketAddr = api
+    let addr: SocketAddr = listen
         .parse()
-        .with_context(|| format!("agency_api.listen {api:?}"))?;
+        .with_context(|| format!("{}_api.listen {listen:?}", api.name()))?;
     if addr.port() != 0 {
         return Ok(addr);
     }
@@ -37,27 +64,35 @@ pub fn agency_addr(config_path: &Path) -> Result<SocketAddr> {
     })?;
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}", endpoints.display()))?;
-    v["agency"]
+    v[api.name()]
         .as_str()
-        .ok_or_else(|| anyhow!("{} names no agency address", endpoints.display()))?
+        .ok_or_else(|| anyhow!("{} names no {} address", endpoints.display(), api.name()))?
         .parse()
         .with_context(|| format!("{}", endpoints.display()))
 }
 
-pub async fn connect(config_path: &Path) -> Result<AgencyClient<Channel>> {
-    let addr = agency_addr(config_path)?;
-    let channel = Channel::from_shared(format!("http://{addr}"))?
+async fn channel(config_path: &Path, api: Api) -> Result<Channel> {
+    let addr = api_addr(config_path, api)?;
+    Channel::from_shared(format!("http://{addr}"))?
         .connect()
         .await
         .with_context(|| {
             format!(
-                "cannot reach the edge's agency API at {addr}: is `truc node --config {}` running?",
+                "cannot reach the {} API at {addr}: is `truc node --config {}` running?",
+                api.name(),
                 config_path.display()
             )
-        })?;
-    Ok(AgencyClient::new(channel)
+        })
+}
+
+pub async fn connect(config_path: &Path) -> Result<AgencyClient<Channel>> {
+    Ok(AgencyClient::new(channel(config_path, Api::Agency).await?)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX))
+}
+
+pub async fn admin(config_path: &Path) -> Result<AdminClient<Channel>> {
+    Ok(AdminClient::new(channel(config_path, Api::Admin).await?))
 }
 
 /// Turns a gRPC status into a one-line error naming the code.
@@ -104,6 +139,35 @@ fn guess_content_type(path: &Path) -> &'static str {
     }
 }
 
+fn attachments(paths: &[PathBuf]) -> Result<Vec<pb::Attachment>> {
+    let mut out = Vec::new();
+    for path in paths {
+        let data =
+            std::fs::read(path).with_context(|| format!("read attachment {}", path.display()))?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| anyhow!("{} has no usable file name", path.display()))?
+            .to_owned();
+        out.push(pb::Attachment {
+            name,
+            content_type: guess_content_type(path).into(),
+            data,
+        });
+    }
+    Ok(out)
+}
+
+fn split_code(code: &Option<String>) -> (String, String) {
+    match code {
+        Some(c) => match c.split_once('/') {
+            Some((n, s)) => (n.to_owned(), s.to_owned()),
+            None => (c.clone(), String::new()),
+        },
+        None => (String::new(), String::new()),
+    }
+}
+
 pub struct SendArgs {
     pub from: String,
     pub to: Vec<String>,
@@ -115,28 +179,7 @@ pub struct SendArgs {
 }
 
 pub async fn send(config: &Path, a: SendArgs) -> Result<String> {
-    let mut attachments = Vec::new();
-    for path in &a.attach {
-        let data =
-            std::fs::read(path).with_context(|| format!("read attachment {}", path.display()))?;
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| anyhow!("{} has no usable file name", path.display()))?
-            .to_owned();
-        attachments.push(pb::Attachment {
-            name,
-            content_type: guess_content_type(path).into(),
-            data,
-        });
-    }
-    let (code_number, code_notation) = match &a.code {
-        Some(c) => match c.split_once('/') {
-            Some((n, s)) => (n.to_owned(), s.to_owned()),
-            None => (c.clone(), String::new()),
-        },
-        None => (String::new(), String::new()),
-    };
+    let (code_number, code_notation) = split_code(&a.code);
     let mut client = connect(config).await?;
     let resp = client
         .send(pb::SendRequest {
@@ -146,9 +189,9 @@ pub async fn send(config: &Path, a: SendArgs) -> Result<String> {
             code_number,
             code_notation,
             priority: a.priority,
-            due_at_ms: 0,
-            attachments,
+            attachments: attachments(&a.attach)?,
             doc_id: a.doc_id.unwrap_or_default(),
+            ..Default::default()
         })
         .await
         .map_err(status_error)?
@@ -159,13 +202,97 @@ pub async fn send(config: &Path, a: SendArgs) -> Result<String> {
     Ok(resp.doc_id)
 }
 
-pub async fn inbox(config: &Path, organ: &str, all: bool, json: bool) -> Result<()> {
+/// What a revoke, update or replace changes.
+pub struct ChangeArgs {
+    pub business: pb::BusinessType,
+    pub target: String,
+    pub reason: String,
+    pub to: Vec<String>,
+    pub add: Vec<String>,
+    pub remove: Vec<String>,
+    pub subject: Option<String>,
+    pub code: Option<String>,
+    pub attach: Vec<PathBuf>,
+}
+
+/// Sends a revoke, update or replace of a document this edge sent; prints its id.
+pub async fn change(config: &Path, a: ChangeArgs) -> Result<String> {
+    let mut client = connect(config).await?;
+    let target = client
+        .get_status(pb::GetStatusRequest {
+            doc_id: a.target.clone(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let verb = match a.business {
+        pb::BusinessType::Revoke => "Thu hồi",
+        pb::BusinessType::Update => "Cập nhật",
+        pb::BusinessType::Replace => "Thay thế",
+        pb::BusinessType::New => "",
+    };
+    let (code_number, code_notation) = split_code(&a.code);
+    let mut changes: Vec<pb::RecipientChange> = a
+        .add
+        .iter()
+        .map(|o| pb::RecipientChange {
+            organ: o.clone(),
+            added: true,
+        })
+        .collect();
+    changes.extend(a.remove.iter().map(|o| pb::RecipientChange {
+        organ: o.clone(),
+        added: false,
+    }));
+    let resp = client
+        .send(pb::SendRequest {
+            from: target.from.clone(),
+            to: a.to,
+            subject: a
+                .subject
+                .unwrap_or_else(|| format!("{verb}: {}", target.subject)),
+            code_number,
+            code_notation,
+            priority: target.priority,
+            attachments: attachments(&a.attach)?,
+            business_type: a.business as i32,
+            target_doc_id: a.target,
+            reason: a.reason,
+            recipient_changes: changes,
+            ..Default::default()
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if resp.duplicate {
+        eprintln!("this was already sent: nothing new was queued");
+    }
+    Ok(resp.doc_id)
+}
+
+pub async fn reply(config: &Path, r: pb::ReplyRequest) -> Result<String> {
+    let mut client = connect(config).await?;
+    let resp = client.reply(r).await.map_err(status_error)?.into_inner();
+    Ok(resp.doc_id)
+}
+
+fn business_name(b: i32) -> &'static str {
+    match pb::BusinessType::try_from(b) {
+        Ok(pb::BusinessType::Revoke) => "revoke",
+        Ok(pb::BusinessType::Update) => "update",
+        Ok(pb::BusinessType::Replace) => "replace",
+        _ => "",
+    }
+}
+
+pub async fn inbox(config: &Path, organ: &str, all: bool, kind: &str, json: bool) -> Result<()> {
     let mut client = connect(config).await?;
     let items = client
         .list_inbox(pb::ListInboxRequest {
             organ: organ.into(),
             include_acked: all,
             limit: 0,
+            kind: kind.into(),
         })
         .await
         .map_err(status_error)?
@@ -177,6 +304,7 @@ pub async fn inbox(config: &Path, organ: &str, all: bool, json: bool) -> Result<
             .map(|i| {
                 serde_json::json!({
                     "doc_id": i.doc_id,
+                    "kind": i.kind,
                     "from": i.from,
                     "to": i.organ,
                     "subject": i.subject,
@@ -186,6 +314,13 @@ pub async fn inbox(config: &Path, organ: &str, all: bool, json: bool) -> Result<
                     "received_at_ms": i.received_at_ms,
                     "received": time(i.received_at_ms),
                     "acked": i.acked,
+                    "status_code": i.status_code,
+                    "for_doc_id": i.for_doc_id,
+                    "note": i.note,
+                    "business_type": business_name(i.business_type),
+                    "target_doc_id": i.target_doc_id,
+                    "replied": i.replied,
+                    "recalled": i.recalled,
                 })
             })
             .collect();
@@ -194,7 +329,7 @@ pub async fn inbox(config: &Path, organ: &str, all: bool, json: bool) -> Result<
     }
     if items.is_empty() {
         println!(
-            "no {}documents for {organ}",
+            "nothing {}for {organ}",
             if all { "" } else { "unacknowledged " }
         );
         return Ok(());
@@ -202,20 +337,51 @@ pub async fn inbox(config: &Path, organ: &str, all: bool, json: bool) -> Result<
     let mut t = table();
     t.set_header(vec![
         "doc_id",
+        "kind",
         "from",
         "subject",
         "received (UTC+7)",
         "files",
-        "acked",
+        "state",
     ]);
     for i in &items {
+        let kind = if i.kind == "status" {
+            format!("status {}", i.status_code)
+        } else if i.business_type != 0 {
+            business_name(i.business_type).to_owned()
+        } else {
+            "document".to_owned()
+        };
+        let subject = if i.kind == "status" {
+            format!(
+                "about {}{}",
+                i.for_doc_id,
+                if i.note.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", i.note)
+                }
+            )
+        } else if !i.target_doc_id.is_empty() {
+            format!("{} (of {})", i.subject, i.target_doc_id)
+        } else {
+            i.subject.clone()
+        };
+        let mut state = vec![if i.acked { "acked" } else { "new" }.to_owned()];
+        if !i.replied.is_empty() {
+            state.push(format!("replied {}", i.replied));
+        }
+        if i.recalled {
+            state.push("recalled".into());
+        }
         t.add_row(vec![
             i.doc_id.clone(),
+            kind,
             i.from.clone(),
-            i.subject.clone(),
+            subject,
             time(i.received_at_ms),
             i.attachments.to_string(),
-            if i.acked { "yes".into() } else { "no".into() },
+            state.join(", "),
         ]);
     }
     println!("{t}");
@@ -305,6 +471,76 @@ pub fn state_name(s: i32) -> &'static str {
     }
 }
 
+fn status_json(s: &pb::GetStatusResponse) -> serde_json::Value {
+    serde_json::json!({
+        "doc_id": s.doc_id,
+        "from": s.from,
+        "subject": s.subject,
+        "created_at_ms": s.created_at_ms,
+        "priority": s.priority,
+        "deadline_ms": s.deadline_ms,
+        "business_type": business_name(s.business_type),
+        "target_doc_id": s.target_doc_id,
+        "recipients": s.recipients.iter().map(|r| serde_json::json!({
+            "organ": r.organ,
+            "state": state_name(r.state),
+            "updated_at_ms": r.updated_at_ms,
+            "detail": r.detail,
+            "accepted_at_ms": r.accepted_at_ms,
+            "delivered_at_ms": r.delivered_at_ms,
+            "acked_at_ms": r.acked_at_ms,
+            "last_status": r.last_status,
+            "last_status_at_ms": r.last_status_at_ms,
+            "status_note": r.status_note,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn status_label(code: &str) -> String {
+    match code.parse::<truc_core::StatusCode>() {
+        Ok(c) => format!("{code} {}", c.meaning()),
+        Err(_) => code.to_owned(),
+    }
+}
+
+fn recipients_table(s: &pb::GetStatusResponse) -> Table {
+    let mut t = table();
+    t.set_header(vec![
+        "recipient",
+        "state",
+        "accepted",
+        "delivered",
+        "acked",
+        "business status",
+        "detail",
+    ]);
+    for r in &s.recipients {
+        t.add_row(vec![
+            r.organ.clone(),
+            state_name(r.state).into(),
+            time(r.accepted_at_ms),
+            time(r.delivered_at_ms),
+            time(r.acked_at_ms),
+            if r.last_status.is_empty() {
+                "-".into()
+            } else {
+                format!(
+                    "{} at {}",
+                    status_label(&r.last_status),
+                    time(r.last_status_at_ms)
+                )
+            },
+            [r.detail.as_str(), r.status_note.as_str()]
+                .iter()
+                .filter(|x| !x.is_empty())
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; "),
+        ]);
+    }
+    t
+}
+
 pub async fn status(config: &Path, doc_id: &str, json: bool) -> Result<()> {
     let mut client = connect(config).await?;
     let s = client
@@ -315,44 +551,287 @@ pub async fn status(config: &Path, doc_id: &str, json: bool) -> Result<()> {
         .map_err(status_error)?
         .into_inner();
     if json {
-        let v = serde_json::json!({
-            "doc_id": s.doc_id,
-            "from": s.from,
-            "subject": s.subject,
-            "created_at_ms": s.created_at_ms,
-            "recipients": s.recipients.iter().map(|r| serde_json::json!({
-                "organ": r.organ,
-                "state": state_name(r.state),
-                "updated_at_ms": r.updated_at_ms,
-                "detail": r.detail,
-            })).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
         return Ok(());
     }
+    let change = if s.business_type != 0 {
+        format!(
+            "  ({} of {})",
+            business_name(s.business_type),
+            s.target_doc_id
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "{}  {}  from {}  sent {}",
+        "{}  {}  from {}  sent {}  deliver by {}{change}",
         s.doc_id,
         s.subject,
         s.from,
-        time(s.created_at_ms)
+        time(s.created_at_ms),
+        time(s.deadline_ms)
     );
-    let mut t = table();
-    t.set_header(vec!["recipient", "state", "since (UTC+7)", "detail"]);
-    for r in &s.recipients {
-        t.add_row(vec![
-            r.organ.clone(),
-            state_name(r.state).into(),
-            time(r.updated_at_ms),
-            r.detail.clone(),
-        ]);
-    }
-    println!("{t}");
+    println!("{}", recipients_table(&s));
     if s.recipients
         .iter()
         .any(|r| r.state == pb::DeliveryState::Failed as i32)
     {
         bail!("delivery failed for at least one recipient");
+    }
+    Ok(())
+}
+
+/// The sent list of one agency (today's getSentEdocList).
+pub async fn sent(config: &Path, from: &str, limit: u32, json: bool) -> Result<()> {
+    let mut client = connect(config).await?;
+    let docs = client
+        .list_sent(pb::ListSentRequest {
+            from: from.into(),
+            limit,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .documents;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&docs.iter().map(status_json).collect::<Vec<_>>())?
+        );
+        return Ok(());
+    }
+    if docs.is_empty() {
+        println!("{from} has sent nothing from this edge");
+        return Ok(());
+    }
+    let mut t = table();
+    t.set_header(vec![
+        "doc_id",
+        "sent (UTC+7)",
+        "subject",
+        "recipient",
+        "state",
+        "business status",
+    ]);
+    for d in &docs {
+        for (i, r) in d.recipients.iter().enumerate() {
+            t.add_row(vec![
+                if i == 0 {
+                    d.doc_id.clone()
+                } else {
+                    String::new()
+                },
+                if i == 0 {
+                    time(d.created_at_ms)
+                } else {
+                    String::new()
+                },
+                if i == 0 {
+                    d.subject.clone()
+                } else {
+                    String::new()
+                },
+                r.organ.clone(),
+                state_name(r.state).into(),
+                if r.last_status.is_empty() {
+                    "-".into()
+                } else {
+                    status_label(&r.last_status)
+                },
+            ]);
+        }
+    }
+    println!("{t}");
+    Ok(())
+}
+
+/// Writes a sent document's envelope and every signed receipt into `out`.
+pub async fn receipts(config: &Path, doc_id: &str, out: &Path) -> Result<Vec<PathBuf>> {
+    let mut client = connect(config).await?;
+    let r = client
+        .get_receipts(pb::GetReceiptsRequest {
+            doc_id: doc_id.into(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+    let mut written = Vec::new();
+    if let Some(doc) = &r.document {
+        let p = out.join("document.pb");
+        std::fs::write(&p, prost::Message::encode_to_vec(doc))?;
+        written.push(p);
+    }
+    for (i, rv) in r.receipts.iter().enumerate() {
+        let kind = truc_node::envelope::receipt_type(rv.r#type)
+            .map(|k| k.as_str())
+            .unwrap_or("receipt");
+        let p = out.join(format!("{:02}-{}-{kind}.pb", i + 1, rv.organ));
+        if let Some(env) = &rv.envelope {
+            std::fs::write(&p, prost::Message::encode_to_vec(env))?;
+            written.push(p);
+        }
+    }
+    Ok(written)
+}
+
+pub async fn requeue(config: &Path, doc_id: &str) -> Result<u32> {
+    let mut client = admin(config).await?;
+    Ok(client
+        .requeue(pb::RequeueRequest {
+            doc_id: doc_id.into(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .requeued)
+}
+
+pub async fn trace(config: &Path, doc_id: &str, json: bool) -> Result<()> {
+    let cfg = Config::load(config)?;
+    let req = pb::TraceRequest {
+        doc_id: doc_id.into(),
+    };
+    let steps = if cfg.agency_api.is_some() {
+        connect(config)
+            .await?
+            .trace(req)
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .steps
+    } else {
+        admin(config)
+            .await?
+            .trace(req)
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .steps
+    };
+    if json {
+        let v: Vec<_> = steps
+            .iter()
+            .map(|s| serde_json::json!({"at_ms": s.at_ms, "node": s.node, "step": s.step, "detail": s.detail}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if steps.is_empty() {
+        bail!("nothing is known of {doc_id} here");
+    }
+    let t0 = steps.first().map(|s| s.at_ms).unwrap_or(0);
+    let mut t = table();
+    t.set_header(vec!["time (UTC+7)", "+ms", "where", "step", "detail"]);
+    for s in &steps {
+        t.add_row(vec![
+            time(s.at_ms),
+            format!("{}", s.at_ms - t0),
+            s.node.clone(),
+            s.step.clone(),
+            s.detail.clone(),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+pub async fn queues(config: &Path, json: bool) -> Result<()> {
+    let r = admin(config)
+        .await?
+        .queues(pb::QueuesRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if json {
+        let v = serde_json::json!({
+            "queues": r.queues.iter().map(|q| serde_json::json!({"queue": q.queue, "depth": q.depth, "oldest_ms": q.oldest_ms})).collect::<Vec<_>>(),
+            "parked": r.parked.iter().map(|p| serde_json::json!({"queue": p.queue, "doc_id": p.doc_id, "from": p.from, "recipients": p.recipients, "reason": p.reason, "at_ms": p.at_ms})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let mut t = table();
+    t.set_header(vec!["queue", "depth", "oldest (UTC+7)"]);
+    for q in &r.queues {
+        t.add_row(vec![
+            q.queue.clone(),
+            q.depth.to_string(),
+            time(q.oldest_ms),
+        ]);
+    }
+    println!("{t}");
+    if !r.parked.is_empty() {
+        let mut t = table();
+        t.set_header(vec![
+            "parked doc_id",
+            "from",
+            "recipients",
+            "since",
+            "reason",
+        ]);
+        for p in &r.parked {
+            t.add_row(vec![
+                p.doc_id.clone(),
+                p.from.clone(),
+                p.recipients.join(", "),
+                time(p.at_ms),
+                p.reason.clone(),
+            ]);
+        }
+        println!("{t}");
+    }
+    Ok(())
+}
+
+pub async fn directory(config: &Path, organ: Option<&str>, json: bool) -> Result<()> {
+    let mut client = connect(config).await?;
+    let (version, agencies) = match organ {
+        Some(o) => (
+            0,
+            vec![
+                client
+                    .lookup_agency(pb::LookupAgencyRequest { organ: o.into() })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner(),
+            ],
+        ),
+        None => {
+            let r = client
+                .list_agencies(pb::ListAgenciesRequest {
+                    prefix: String::new(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            (r.version, r.agencies)
+        }
+    };
+    if json {
+        let v: Vec<_> = agencies
+            .iter()
+            .map(|a| serde_json::json!({"organ": a.organ, "name": a.name, "parent": a.parent, "node": a.node}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let mut t = table();
+    t.set_header(vec!["organ", "name", "parent", "node"]);
+    for a in &agencies {
+        t.add_row(vec![
+            a.organ.clone(),
+            a.name.clone(),
+            a.parent.clone(),
+            a.node.clone(),
+        ]);
+    }
+    println!("{t}");
+    if organ.is_none() {
+        println!(
+            "directory version {version:016x}, {} agencies",
+            agencies.len()
+        );
     }
     Ok(())
 }

@@ -9,5 +9,6 @@ pub mod cli;
 pub mod client;
 mod demo;
 pub mod pdf;
+pub mod verify;
 
 pub use cli::main;

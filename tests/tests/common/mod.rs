@@ -77,8 +77,10 @@ impl Cluster {
                 if let Some(p) = t.get_mut("parent").and_then(|v| v.as_table_mut()) {
                     p.insert("address".into(), hub_addr.clone().into());
                 }
-                if let Some(a) = t.get_mut("agency_api").and_then(|v| v.as_table_mut()) {
-                    a.insert("listen".into(), "127.0.0.1:0".into());
+                for api in ["agency_api", "admin_api"] {
+                    if let Some(a) = t.get_mut(api).and_then(|v| v.as_table_mut()) {
+                        a.insert("listen".into(), "127.0.0.1:0".into());
+                    }
                 }
                 let limits = t
                     .entry("limits")
@@ -333,6 +335,7 @@ pub async fn inbox(c: &Cluster, node: &str, organ: &str) -> Vec<pb::InboxItem> {
         organ: organ.into(),
         include_acked: true,
         limit: 0,
+        kind: "document".into(),
     })
     .await
     .unwrap()

@@ -1,0 +1,247 @@
+//! The audit log: every state change a node makes is appended, in the same atomic
+//! batch as the change itself, to a hash chain. Each entry's hash covers the
+//! previous hash and the entry, and the chain head is kept apart, so an edited,
+//! removed or truncated entry is found and named by [`verify`].
+
+use prost::Message;
+use ring::digest::{SHA256, digest};
+use truc_store::{
+    Space, Store, StoreError,
+    keys::{Key, trailing_u64},
+    record::{self, AuditEntry},
+};
+
+/// What a state change records, before it gets its place in the chain.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub event: String,
+    pub doc_id: String,
+    pub from: String,
+    pub detail: String,
+}
+
+/// Meta key of the chain head: `[seq u64 BE][hash 32]`.
+pub fn head_key() -> Vec<u8> {
+    Key::new().str("audit-head").build()
+}
+
+pub fn entry_key(seq: u64) -> Vec<u8> {
+    Key::new().u64(seq).build()
+}
+
+pub fn index_key(doc_id: &str, seq: u64) -> Vec<u8> {
+    Key::new().str(doc_id).u64(seq).build()
+}
+
+fn hash_of(e: &AuditEntry) -> [u8; 32] {
+    let mut unhashed = e.clone();
+    unhashed.hash.clear();
+    let mut input = e.prev.clone();
+    input.extend_from_slice(&unhashed.encode_to_vec());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, &input).as_ref());
+    out
+}
+
+/// Chains a draft after `prev`.
+pub fn seal(prev: [u8; 32], seq: u64, at_ms: i64, d: Draft) -> AuditEntry {
+    let mut e = AuditEntry {
+        seq,
+        at_ms,
+        event: d.event,
+        doc_id: d.doc_id,
+        from: d.from,
+        detail: d.detail,
+        prev: prev.to_vec(),
+        hash: Vec::new(),
+    };
+    e.hash = hash_of(&e).to_vec();
+    e
+}
+
+/// The chain head: last sequence number and hash (0 and zeros when empty).
+pub fn head(store: &dyn Store) -> Result<(u64, [u8; 32]), StoreError> {
+    match store.get(Space::Meta, &head_key())? {
+        Some(v) if v.len() == 40 => {
+            let seq = trailing_u64(&v[..8]).unwrap_or(0);
+            let mut h = [0u8; 32];
+            h.copy_from_slice(&v[8..]);
+            Ok((seq, h))
+        }
+        _ => Ok((0, [0u8; 32])),
+    }
+}
+
+pub fn head_value(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
+    let mut v = seq.to_be_bytes().to_vec();
+    v.extend_from_slice(hash);
+    v
+}
+
+/// The result of checking a node's chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub entries: u64,
+    /// The first entry that does not verify, and why.
+    pub first_bad: Option<(u64, String)>,
+    pub head: [u8; 32],
+}
+
+/// Walks the whole chain from entry 1.
+pub fn verify(store: &dyn Store) -> Result<Report, StoreError> {
+    let (head_seq, head_hash) = head(store)?;
+    let mut prev = [0u8; 32];
+    let mut expected = 1u64;
+    let mut after: Option<Vec<u8>> = None;
+    let bad = |seq: u64, why: String, n: u64, prev: [u8; 32]| Report {
+        entries: n,
+        first_bad: Some((seq, why)),
+        head: prev,
+    };
+    loop {
+        let rows = store.scan(Space::Audit, &[], after.as_deref(), 1024)?;
+        let Some((last, _)) = rows.last() else { break };
+        after = Some(last.clone());
+        for (k, v) in rows {
+            let seq = trailing_u64(&k).unwrap_or(0);
+            if seq != expected {
+                return Ok(bad(
+                    expected,
+                    format!("entry {expected} is missing (next is {seq})"),
+                    expected - 1,
+                    prev,
+                ));
+            }
+            let e: AuditEntry = match record::decode(Space::Audit, &k, &v) {
+                Ok(e) => e,
+                Err(err) => {
+                    return Ok(bad(
+                        seq,
+                        format!("entry {seq} is unreadable: {err}"),
+                        seq - 1,
+                        prev,
+                    ));
+                }
+            };
+            if e.seq != seq {
+                return Ok(bad(
+                    seq,
+                    format!("entry {seq} says it is entry {}", e.seq),
+                    seq - 1,
+                    prev,
+                ));
+            }
+            if e.prev != prev {
+                return Ok(bad(
+                    seq,
+                    format!("entry {seq} does not follow entry {}", seq - 1),
+                    seq - 1,
+                    prev,
+                ));
+            }
+            let h = hash_of(&e);
+            if e.hash != h {
+                return Ok(bad(
+                    seq,
+                    format!("entry {seq} was changed: its hash does not match its content"),
+                    seq - 1,
+                    prev,
+                ));
+            }
+            prev = h;
+            expected += 1;
+        }
+    }
+    let n = expected - 1;
+    if n != head_seq {
+        return Ok(bad(
+            n + 1,
+            format!("the log ends at entry {n} but its head says {head_seq}: entries were removed"),
+            n,
+            prev,
+        ));
+    }
+    if n > 0 && prev != head_hash {
+        return Ok(bad(
+            n,
+            format!("entry {n} does not match the recorded chain head"),
+            n - 1,
+            prev,
+        ));
+    }
+    Ok(Report {
+        entries: n,
+        first_bad: None,
+        head: prev,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use truc_store::{Batch, MemoryStore};
+
+    use super::*;
+
+    fn write(store: &MemoryStore, n: u64) {
+        let mut prev = [0u8; 32];
+        let mut b = Batch::new();
+        for seq in 1..=n {
+            let e = seal(
+                prev,
+                seq,
+                seq as i64,
+                Draft {
+                    event: "stored".into(),
+                    doc_id: format!("d{seq}"),
+                    from: "000.00.00.G22".into(),
+                    detail: String::new(),
+                },
+            );
+            prev.copy_from_slice(&e.hash);
+            b.put(Space::Audit, entry_key(seq), record::encode(&e));
+        }
+        b.put(Space::Meta, head_key(), head_value(n, &prev));
+        store.apply(b).unwrap();
+    }
+
+    #[test]
+    fn an_intact_chain_verifies() {
+        let s = MemoryStore::new();
+        write(&s, 10);
+        let r = verify(&s).unwrap();
+        assert_eq!((r.entries, r.first_bad), (10, None));
+    }
+
+    #[test]
+    fn an_edited_entry_is_named() {
+        let s = MemoryStore::new();
+        write(&s, 10);
+        let k = entry_key(4);
+        let mut e: AuditEntry =
+            record::decode(Space::Audit, &k, &s.get(Space::Audit, &k).unwrap().unwrap()).unwrap();
+        e.detail = "nothing happened".into();
+        let mut b = Batch::new();
+        b.put(Space::Audit, k, record::encode(&e));
+        s.apply(b).unwrap();
+        assert_eq!(verify(&s).unwrap().first_bad.unwrap().0, 4);
+    }
+
+    #[test]
+    fn a_removed_entry_and_a_truncated_tail_are_named() {
+        let s = MemoryStore::new();
+        write(&s, 10);
+        let mut b = Batch::new();
+        b.delete(Space::Audit, entry_key(6));
+        s.apply(b).unwrap();
+        let (seq, why) = verify(&s).unwrap().first_bad.unwrap();
+        assert_eq!(seq, 6, "{why}");
+
+        let s = MemoryStore::new();
+        write(&s, 10);
+        let mut b = Batch::new();
+        b.delete(Space::Audit, entry_key(10));
+        s.apply(b).unwrap();
+        let (seq, why) = verify(&s).unwrap().first_bad.unwrap();
+        assert_eq!(seq, 10, "{why}");
+    }
+}
