@@ -5,117 +5,12 @@
 
 mod common;
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc};
 
-use common::*;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Streaming};
-use truc_node::envelope;
-use truc_pki::{sign::AgencySigner, tls::TransportMaterial};
-use truc_proto::v1::{self as pb, link_frame::Frame};
-
-struct RawLink {
-    tx: mpsc::Sender<pb::LinkFrame>,
-    rx: Streaming<pb::LinkFrame>,
-    seq: u64,
-}
-
-fn frame(f: Frame) -> pb::LinkFrame {
-    pb::LinkFrame { frame: Some(f) }
-}
-
-/// Opens a link to the hub as `node`, with that node's certificate from `pki`.
-async fn raw_link(pki: &Path, node: &str, hub: &str) -> Result<RawLink, String> {
-    let t = TransportMaterial::load(
-        &pki.join("transport-ca.crt"),
-        &pki.join(format!("nodes/{node}.crt")),
-        &pki.join(format!("nodes/{node}.key")),
-        &[] as &[&Path],
-    )
-    .map_err(|e| e.to_string())?;
-    let ch = truc_node::transport::tls_channel(
-        hub,
-        "hub",
-        t.client_config().map_err(|e| e.to_string())?,
-        Duration::from_secs(5),
-        Duration::from_secs(5),
-    )?;
-    let mut client = pb::link_client::LinkClient::new(ch);
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(frame(Frame::Hello(pb::Hello {
-        node_id: node.into(),
-        protocol_version: truc_node::link::PROTOCOL_VERSION,
-        software_version: "test".into(),
-        window: 16,
-    })))
-    .await
-    .unwrap();
-    let mut rx = client
-        .open(ReceiverStream::new(rx))
-        .await
-        .map_err(|s| format!("open: {s}"))?
-        .into_inner();
-    match rx.message().await {
-        Ok(Some(pb::LinkFrame {
-            frame: Some(Frame::Welcome(_)),
-        })) => Ok(RawLink { tx, rx, seq: 0 }),
-        other => Err(format!("no welcome: {other:?}")),
-    }
-}
-
-impl RawLink {
-    /// Sends one transfer and returns the hub's verdict on it: Ok(()) for an ack,
-    /// Err((code, reason)) for a reject.
-    async fn offer(
-        &mut self,
-        envelope: pb::SignedEnvelope,
-        recipients: &[&str],
-    ) -> Result<(), (Code, String)> {
-        self.seq += 1;
-        let seq = self.seq;
-        self.tx
-            .send(frame(Frame::Transfer(pb::Transfer {
-                seq,
-                envelope: Some(envelope),
-                attachments: vec![],
-                recipients: recipients.iter().map(|s| s.to_string()).collect(),
-            })))
-            .await
-            .unwrap();
-        loop {
-            match self.rx.message().await.unwrap().and_then(|f| f.frame) {
-                Some(Frame::Reject(r)) if r.seq == seq => {
-                    return Err((Code::from_i32(r.code), r.reason));
-                }
-                Some(Frame::Ack(a)) if a.seq >= seq => return Ok(()),
-                Some(_) => continue,
-                None => panic!("link closed"),
-            }
-        }
-    }
-}
-
-fn sealed(pki: &Path, organ: &str, to: &[&str], subject: &str) -> pb::SignedEnvelope {
-    let o: truc_core::OrganId = organ.parse().unwrap();
-    let signer = AgencySigner::load(
-        &o,
-        &pki.join(format!("agencies/{organ}.crt")),
-        &pki.join(format!("agencies/{organ}.key")),
-    )
-    .unwrap();
-    let header = pb::Header {
-        format_version: envelope::FORMAT_VERSION,
-        doc_id: truc_core::DocId::new_v7().to_string(),
-        kind: pb::Kind::Document as i32,
-        from: organ.into(),
-        to: to.iter().map(|s| s.to_string()).collect(),
-        created_at_ms: 1,
-        subject: subject.into(),
-        ..Default::default()
-    };
-    envelope::seal(&header, &signer).unwrap()
-}
+use common::{raw::*, *};
+use tonic::Code;
+use truc_pki::tls::TransportMaterial;
+use truc_proto::v1 as pb;
 
 async fn subjects_at(c: &Cluster, node: &str, organ: &str, barrier: &str) -> Vec<String> {
     eventually("barrier document", || async {

@@ -12,6 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod raw;
+
 use tonic::transport::Channel;
 use truc_proto::v1::{self as pb, agency_client::AgencyClient};
 
@@ -47,15 +49,23 @@ fn free_port() -> u16 {
 impl Cluster {
     /// The default topology (hub, vpcp G22, nghean H41, caobang H14).
     pub fn new() -> Self {
+        Self::with_topology(None)
+    }
+
+    /// A topology in the format of certs-dev/README.md (None: the default).
+    pub fn with_topology(topology: Option<&str>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("truc-it-")
             .tempdir()
             .unwrap();
-        let out = Command::new(bin())
-            .args(["certs", "init", "--out"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args(["certs", "init", "--out"]).arg(dir.path());
+        if let Some(t) = topology {
+            let path = dir.path().join("topology.toml");
+            std::fs::write(&path, t).unwrap();
+            cmd.arg("--topology").arg(path);
+        }
+        let out = cmd.output().unwrap();
         assert!(
             out.status.success(),
             "certs init: {}",
@@ -106,7 +116,9 @@ impl Cluster {
         let mut out = Vec::new();
         for e in std::fs::read_dir(self.dir.path()).unwrap() {
             let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "toml") {
+            if p.extension().is_some_and(|x| x == "toml")
+                && p.file_stem().is_some_and(|s| s != "topology")
+            {
                 out.push(p.file_stem().unwrap().to_string_lossy().into_owned());
             }
         }
@@ -256,6 +268,23 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Runs the CLI and returns (success, stdout + stderr).
+    pub fn cli_any(&self, args: &[&str]) -> (bool, String) {
+        let out = self.cli(args);
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    pub fn cfg(&self, node: &str) -> String {
+        self.config(node).to_str().unwrap().to_owned()
     }
 
     pub fn hub_addr(&self) -> String {

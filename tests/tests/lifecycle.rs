@@ -1,0 +1,778 @@
+//! The document lifecycle with proof: receipts verifiable offline, business
+//! statuses, recall, deadlines with undeliverable notices and requeue, quotas with
+//! backpressure, the audit chain, and a circular stored once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{raw::*, *};
+use tonic::Code;
+use truc_proto::v1 as pb;
+
+const FOUR_EDGES: &str = r#"
+[[nodes]]
+id = "hub"
+listen = "127.0.0.1:7700"
+admin_api = "127.0.0.1:7790"
+
+[[nodes]]
+id = "vpcp"
+parent = "hub"
+agency_api = "127.0.0.1:7711"
+agencies = [{ organ = "000.00.00.G22", name = "Văn phòng Chính phủ" }]
+
+[[nodes]]
+id = "nghean"
+parent = "hub"
+agency_api = "127.0.0.1:7712"
+agencies = [{ organ = "000.00.00.H41", name = "UBND tỉnh Nghệ An" }]
+
+[[nodes]]
+id = "caobang"
+parent = "hub"
+agency_api = "127.0.0.1:7713"
+agencies = [{ organ = "000.00.00.H14", name = "UBND tỉnh Cao Bằng" }]
+
+[[nodes]]
+id = "danang"
+parent = "hub"
+agency_api = "127.0.0.1:7714"
+agencies = [{ organ = "000.00.00.H43", name = "UBND thành phố Đà Nẵng" }]
+"#;
+const H43: &str = "000.00.00.H43";
+
+fn status_json(c: &Cluster, id: &str) -> serde_json::Value {
+    serde_json::from_str(&c.cli_ok(&["status", "--config", &c.cfg("vpcp"), id, "--json"])).unwrap()
+}
+
+async fn wait_all(
+    c: &Cluster,
+    id: &str,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    eventually(what, || {
+        let v = status_json(c, id);
+        let done = v["recipients"].as_array().unwrap().iter().all(&ok);
+        async move { done.then_some(v) }
+    })
+    .await
+}
+
+fn send(c: &Cluster, to: &str, subject: &str) -> String {
+    c.cli_ok(&[
+        "send",
+        "--config",
+        &c.cfg("vpcp"),
+        "--from",
+        G22,
+        "--to",
+        to,
+        "--subject",
+        subject,
+    ])
+    .trim()
+    .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_delivered_receipts_verify_offline_and_an_edited_one_does_not() {
+    let mut c = Cluster::with_topology(Some(FOUR_EDGES));
+    for n in ["hub", "vpcp", "nghean", "caobang", "danang"] {
+        c.start(n);
+    }
+    let id = send(
+        &c,
+        &format!("{H41},{H14},{H43}"),
+        "Thông báo kết luận cuộc họp",
+    );
+    let v = wait_all(&c, &id, "three delivered receipts", |r| {
+        r["state"] == "delivered"
+    })
+    .await;
+    for r in v["recipients"].as_array().unwrap() {
+        assert!(
+            r["accepted_at_ms"].as_i64().unwrap() > 0,
+            "the hub's accepted receipt is kept: {r}"
+        );
+        assert!(
+            r["delivered_at_ms"].as_i64().unwrap() >= r["accepted_at_ms"].as_i64().unwrap() - 5_000
+        );
+    }
+
+    let out = c.path("receipts");
+    let files: Vec<PathBuf> = c
+        .cli_ok(&[
+            "receipts",
+            "--config",
+            &c.cfg("vpcp"),
+            &id,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .lines()
+        .map(PathBuf::from)
+        .collect();
+    let delivered: Vec<&PathBuf> = files
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with("-delivered.pb"))
+        .collect();
+    let accepted: Vec<&PathBuf> = files
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with("-accepted.pb"))
+        .collect();
+    assert_eq!(delivered.len(), 3, "{files:?}");
+    assert_eq!(
+        accepted.len(),
+        3,
+        "the hub's receipt is kept for each recipient: {files:?}"
+    );
+    let document = out.join("document.pb");
+
+    let mut args = vec![
+        "verify".to_string(),
+        "--config".into(),
+        c.cfg("vpcp"),
+        "--document".into(),
+        document.to_str().unwrap().into(),
+    ];
+    args.extend(
+        delivered
+            .iter()
+            .chain(&accepted)
+            .map(|p| p.to_str().unwrap().to_owned()),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let ok = c.cli_ok(&args);
+    assert_eq!(ok.matches("OK ").count(), 6, "{ok}");
+    for organ in [H41, H14, H43] {
+        assert!(ok.contains(&format!("signed by agency {organ}")), "{ok}");
+    }
+    assert!(ok.contains("signed by node hub"), "{ok}");
+
+    // One byte changed in a receipt: it no longer verifies.
+    let mut bytes = std::fs::read(delivered[0]).unwrap();
+    let mid = bytes.len() / 3;
+    bytes[mid] ^= 0x01;
+    let edited = c.path("edited.pb");
+    std::fs::write(&edited, bytes).unwrap();
+    let (success, text) = c.cli_any(&[
+        "verify",
+        "--config",
+        &c.cfg("vpcp"),
+        edited.to_str().unwrap(),
+    ]);
+    assert!(!success, "{text}");
+    assert!(text.contains("FAIL"), "{text}");
+
+    // A receipt for another document does not name this one.
+    let other = send(&c, H41, "Giấy mời");
+    wait_all(&c, &other, "delivered", |r| r["state"] == "delivered").await;
+    let other_dir = c.path("other");
+    let other_files = c.cli_ok(&[
+        "receipts",
+        "--config",
+        &c.cfg("vpcp"),
+        &other,
+        "--out",
+        other_dir.to_str().unwrap(),
+    ]);
+    let other_receipt = other_files
+        .lines()
+        .find(|l| l.ends_with("-delivered.pb"))
+        .unwrap();
+    let (success, text) = c.cli_any(&[
+        "verify",
+        "--config",
+        &c.cfg("vpcp"),
+        "--document",
+        document.to_str().unwrap(),
+        other_receipt,
+    ]);
+    assert!(!success && text.contains("other bytes"), "{text}");
+
+    // The trace shows every hop with times, from the signed receipts.
+    let trace = c.cli_ok(&["trace", "--config", &c.cfg("vpcp"), &id]);
+    for step in ["submitted", "forwarded", "accepted", "delivered"] {
+        assert!(trace.contains(step), "{step} missing from\n{trace}");
+    }
+    assert!(trace.contains("signed by node hub"), "{trace}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn business_statuses_arrive_in_order_and_only_from_recipients() {
+    let mut c = Cluster::new();
+    for n in ["hub", "vpcp", "nghean", "caobang"] {
+        c.start(n);
+    }
+    let id = send(&c, H41, "Công văn đề nghị báo cáo");
+    wait_all(&c, &id, "delivered", |r| r["state"] == "delivered").await;
+    for (code, note) in [
+        ("01", "đã đến"),
+        ("03", "đã vào sổ"),
+        ("05", "đang xử lý"),
+        ("06", "hoàn thành"),
+    ] {
+        c.cli_ok(&[
+            "reply",
+            "--config",
+            &c.cfg("nghean"),
+            &id,
+            "--status",
+            code,
+            "--note",
+            note,
+        ]);
+    }
+    let v = wait_all(&c, &id, "status 06", |r| r["last_status"] == "06").await;
+    assert_eq!(v["recipients"][0]["status_note"], "hoàn thành");
+
+    // The sender's inbox lists the four statuses, in the order they were sent.
+    let statuses: serde_json::Value = serde_json::from_str(&c.cli_ok(&[
+        "inbox",
+        "--config",
+        &c.cfg("vpcp"),
+        "--organ",
+        G22,
+        "--kind",
+        "status",
+        "--json",
+    ]))
+    .unwrap();
+    let codes: Vec<&str> = statuses
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status_code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, vec!["01", "03", "05", "06"]);
+    assert!(
+        statuses
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["for_doc_id"] == id.as_str())
+    );
+
+    // The sent list shows the last status per recipient.
+    let sent: serde_json::Value = serde_json::from_str(&c.cli_ok(&[
+        "sent",
+        "--config",
+        &c.cfg("vpcp"),
+        "--from",
+        G22,
+        "--json",
+    ]))
+    .unwrap();
+    let doc = sent
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["doc_id"] == id.as_str())
+        .unwrap();
+    assert_eq!(doc["recipients"][0]["last_status"], "06");
+    assert_eq!(doc["recipients"][0]["state"], "delivered");
+
+    // An agency that never received the document cannot send a status about it:
+    // refused at its own edge...
+    let (ok, text) = c.cli_any(&[
+        "reply",
+        "--config",
+        &c.cfg("caobang"),
+        &id,
+        "--status",
+        "03",
+    ]);
+    assert!(!ok && text.contains("no received document"), "{text}");
+    // ...and at the hub, for a node that forges one anyway.
+    c.stop("caobang");
+    let pki = c.dir.path().to_owned();
+    let mut link = raw_link(&pki, "caobang", &c.hub_addr()).await.unwrap();
+    let digest = truc_store::Digest::of(&read_document_bytes(&c, &id).await)
+        .0
+        .to_vec();
+    let forged = pb::Header {
+        format_version: 1,
+        doc_id: truc_core::DocId::new_v7().to_string(),
+        kind: pb::Kind::Status as i32,
+        from: H14.into(),
+        to: vec![G22.into()],
+        status: Some(pb::Status {
+            code: "03".into(),
+            for_from: G22.into(),
+            for_doc_id: id.clone(),
+            envelope_sha256: digest,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let (code, reason) = link
+        .offer(seal_as(&pki, H14, &forged), &[G22])
+        .await
+        .unwrap_err();
+    assert_eq!(code, Code::PermissionDenied, "{reason}");
+    assert!(reason.contains("never received"), "{reason}");
+    // A code outside the nine is refused before anything else.
+    let (ok, text) = c.cli_any(&["reply", "--config", &c.cfg("nghean"), &id, "--status", "07"]);
+    assert!(!ok && text.contains("not one of"), "{text}");
+}
+
+/// The header bytes of a sent document, from the sender's receipts export.
+async fn read_document_bytes(c: &Cluster, id: &str) -> Vec<u8> {
+    let dir = c.path(&format!("doc-{id}"));
+    c.cli_ok(&[
+        "receipts",
+        "--config",
+        &c.cfg("vpcp"),
+        id,
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    let env: pb::SignedEnvelope =
+        prost::Message::decode(std::fs::read(dir.join("document.pb")).unwrap().as_slice()).unwrap();
+    env.header_bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_original_sender_recalls_and_a_recall_reaches_each_recipient_once() {
+    let mut c = Cluster::new();
+    for n in ["hub", "vpcp", "nghean", "caobang"] {
+        c.start(n);
+    }
+    let id = send(&c, &format!("{H41},{H14}"), "Quyết định bổ nhiệm");
+    wait_all(&c, &id, "delivered", |r| r["state"] == "delivered").await;
+
+    // Not the original sender: refused at its edge, and at the hub for a forger.
+    let (ok, text) = c.cli_any(&[
+        "recall",
+        "--config",
+        &c.cfg("nghean"),
+        &id,
+        "--reason",
+        "nhầm",
+    ]);
+    assert!(!ok, "{text}");
+    c.stop("nghean");
+    let pki = c.dir.path().to_owned();
+    let mut link = raw_link(&pki, "nghean", &c.hub_addr()).await.unwrap();
+    let forged = pb::Header {
+        format_version: 1,
+        doc_id: truc_core::DocId::new_v7().to_string(),
+        kind: pb::Kind::Document as i32,
+        from: H41.into(),
+        to: vec![H14.into()],
+        business_type: pb::BusinessType::Revoke as i32,
+        target_doc_id: id.clone(),
+        subject: "Thu hồi".into(),
+        ..Default::default()
+    };
+    let (code, reason) = link
+        .offer(seal_as(&pki, H41, &forged), &[H14])
+        .await
+        .unwrap_err();
+    assert_eq!(code, Code::PermissionDenied, "{reason}");
+    drop(link);
+    c.start("nghean");
+
+    // The genuine recall, sent twice: one recall message per recipient.
+    let r1 = c
+        .cli_ok(&[
+            "recall",
+            "--config",
+            &c.cfg("vpcp"),
+            &id,
+            "--reason",
+            "ban hành nhầm",
+        ])
+        .trim()
+        .to_owned();
+    let r2 = c
+        .cli_ok(&[
+            "recall",
+            "--config",
+            &c.cfg("vpcp"),
+            &id,
+            "--reason",
+            "ban hành nhầm",
+        ])
+        .trim()
+        .to_owned();
+    assert_eq!(r1, r2, "the second recall is the first one");
+    wait_all(&c, &r1, "recall delivered", |r| r["state"] == "delivered").await;
+    for (node, organ) in [("nghean", H41), ("caobang", H14)] {
+        let items: serde_json::Value = serde_json::from_str(&c.cli_ok(&[
+            "inbox",
+            "--config",
+            &c.cfg(node),
+            "--organ",
+            organ,
+            "--kind",
+            "document",
+            "--json",
+        ]))
+        .unwrap();
+        let recalls: Vec<_> = items
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["business_type"] == "revoke")
+            .collect();
+        assert_eq!(recalls.len(), 1, "{organ}: {items}");
+        assert_eq!(recalls[0]["target_doc_id"], id.as_str());
+    }
+
+    // Answers come back: H41 accepts (15), H14 refuses (16).
+    c.cli_ok(&["reply", "--config", &c.cfg("nghean"), &r1, "--status", "15"]);
+    c.cli_ok(&[
+        "reply",
+        "--config",
+        &c.cfg("caobang"),
+        &r1,
+        "--status",
+        "16",
+        "--note",
+        "đã ban hành nội bộ",
+    ]);
+    let v = wait_all(&c, &r1, "15/16 answers", |r| {
+        !r["last_status"].as_str().unwrap().is_empty()
+    })
+    .await;
+    let answers: Vec<(String, String)> = v["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["organ"].as_str().unwrap().to_owned(),
+                r["last_status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        answers,
+        vec![
+            (H41.to_owned(), "15".to_owned()),
+            (H14.to_owned(), "16".to_owned())
+        ]
+    );
+    // The answers also show on the recalled document itself.
+    let original = status_json(&c, &id);
+    assert_eq!(original["recipients"][0]["last_status"], "15");
+    // ...and the accepting recipient's copy is marked recalled.
+    let items: serde_json::Value = serde_json::from_str(&c.cli_ok(&[
+        "inbox",
+        "--config",
+        &c.cfg("nghean"),
+        "--organ",
+        H41,
+        "--all",
+        "--json",
+    ]))
+    .unwrap();
+    let doc = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["doc_id"] == id.as_str())
+        .unwrap();
+    assert_eq!(doc["recalled"], true, "{doc}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undeliverable_document_is_reported_after_its_deadline_and_requeue_delivers_it() {
+    let mut c = Cluster::new();
+    c.edit("hub", |t| {
+        let mut d = toml::Table::new();
+        d.insert(
+            "deadline_ms".into(),
+            toml::Value::Array(
+                [1500, 1500, 1500, 500, 500]
+                    .iter()
+                    .map(|v| toml::Value::Integer(*v))
+                    .collect(),
+            ),
+        );
+        d.insert("sweep_interval_ms".into(), 100.into());
+        t.insert("delivery".into(), d.into());
+    });
+    for n in ["hub", "vpcp"] {
+        c.start(n);
+    }
+    // caobang never connects.
+    let id = send(&c, H14, "Công điện hỏa tốc về phòng chống bão");
+    let v = wait_all(&c, &id, "undeliverable notice", |r| r["state"] == "failed").await;
+    assert!(
+        v["recipients"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("undeliverable"),
+        "{v}"
+    );
+    c.wait_log("hub", &["delivery deadline missed"]);
+    let queues: serde_json::Value =
+        serde_json::from_str(&c.cli_ok(&["queues", "--config", &c.cfg("hub"), "--json"])).unwrap();
+    assert_eq!(queues["parked"][0]["doc_id"], id.as_str(), "{queues}");
+
+    // The notice is a receipt signed by the hub.
+    let dir = c.path("undeliverable");
+    let files = c.cli_ok(&[
+        "receipts",
+        "--config",
+        &c.cfg("vpcp"),
+        &id,
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    let notice = files
+        .lines()
+        .find(|l| l.ends_with("-undeliverable.pb"))
+        .expect("an undeliverable receipt");
+    let ok = c.cli_ok(&["verify", "--config", &c.cfg("vpcp"), notice]);
+    assert!(
+        ok.contains("undeliverable receipt") && ok.contains("signed by node hub"),
+        "{ok}"
+    );
+
+    // An operator requeues it; once the edge is up it is delivered, once.
+    assert!(
+        c.cli_ok(&["requeue", "--config", &c.cfg("hub"), &id])
+            .contains("requeued 1")
+    );
+    c.start("caobang");
+    wait_all(&c, &id, "delivered after requeue", |r| {
+        r["state"] == "delivered"
+    })
+    .await;
+    let items = inbox(&c, "caobang", H14).await;
+    assert_eq!(items.iter().filter(|i| i.doc_id == id).count(), 1);
+    let (ok, text) = c.cli_any(&["requeue", "--config", &c.cfg("hub"), &id]);
+    assert!(!ok && text.contains("no parked entry"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_recipient_queue_pushes_back_and_nothing_is_lost() {
+    let mut c = Cluster::new();
+    c.edit("hub", |t| {
+        let mut q = toml::Table::new();
+        q.insert("max_queued_per_recipient".into(), 3.into());
+        q.insert("retry_after_ms".into(), 200.into());
+        t.insert("quotas".into(), q.into());
+    });
+    for n in ["hub", "vpcp"] {
+        c.start(n);
+    }
+    let ids: Vec<String> = (0..4)
+        .map(|i| send(&c, H41, &format!("Báo cáo số {i}")))
+        .collect();
+    // Three wait at the hub; the fourth is held back in the sender's outbox.
+    for id in &ids[..3] {
+        wait_all(&c, id, "at hub", |r| r["state"] == "at hub").await;
+    }
+    let v = wait_all(&c, &ids[3], "RESOURCE_EXHAUSTED", |r| {
+        r["detail"].as_str().unwrap().contains("RESOURCE_EXHAUSTED")
+    })
+    .await;
+    assert_eq!(v["recipients"][0]["state"], "queued", "{v}");
+    assert!(
+        v["recipients"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_queued_per_recipient"),
+        "{v}"
+    );
+    c.start("nghean");
+    for id in &ids {
+        wait_all(&c, id, "delivered", |r| r["state"] == "delivered").await;
+    }
+    let got: Vec<String> = inbox(&c, "nghean", H41)
+        .await
+        .into_iter()
+        .map(|i| i.doc_id)
+        .collect();
+    assert_eq!(got, ids, "all four, once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_or_removed_audit_entry_is_named() {
+    let mut c = Cluster::new();
+    for n in ["hub", "vpcp", "nghean"] {
+        c.start(n);
+    }
+    let id = send(&c, H41, "Biên bản");
+    wait_all(&c, &id, "delivered", |r| r["state"] == "delivered").await;
+    let ok = c.cli_ok(&["audit", "verify", "--config", &c.cfg("hub")]);
+    assert!(ok.contains("audit log intact"), "{ok}");
+    assert!(c.stop("hub").success());
+
+    let store_dir = c.path("data/hub/store");
+    let edit = |f: &dyn Fn(&truc_store::SledStore)| {
+        let s = truc_store::SledStore::open(&store_dir, 1 << 20).unwrap();
+        f(&s);
+        truc_store::Store::flush(&s).unwrap();
+    };
+    use truc_store::{Batch, Space, Store, record};
+    let key3 = truc_node::audit::entry_key(3);
+    let original = {
+        let s = truc_store::SledStore::open(&store_dir, 1 << 20).unwrap();
+        s.get(Space::Audit, &key3).unwrap().unwrap()
+    };
+    // Change what entry 3 says (a valid record: only the chain can tell).
+    edit(&|s| {
+        let mut e: record::AuditEntry = record::decode(Space::Audit, &key3, &original).unwrap();
+        e.detail = "nothing to see".into();
+        let mut b = Batch::new();
+        b.put(Space::Audit, key3.clone(), record::encode(&e));
+        s.apply(b).unwrap();
+    });
+    let (ok, text) = c.cli_any(&["audit", "verify", "--config", &c.cfg("hub")]);
+    assert!(!ok && text.contains("entry 3"), "{text}");
+
+    // Put it back, then delete entry 2.
+    edit(&|s| {
+        let mut b = Batch::new();
+        b.put(Space::Audit, key3.clone(), original.clone());
+        s.apply(b).unwrap();
+    });
+    assert!(
+        c.cli_ok(&["audit", "verify", "--config", &c.cfg("hub")])
+            .contains("intact")
+    );
+    edit(&|s| {
+        let mut b = Batch::new();
+        b.delete(Space::Audit, truc_node::audit::entry_key(2));
+        s.apply(b).unwrap();
+    });
+    let (ok, text) = c.cli_any(&["audit", "verify", "--config", &c.cfg("hub")]);
+    assert!(!ok && text.contains("entry 2"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_circular_to_60_agencies_is_stored_once_at_the_hub() {
+    let mut topo = String::from(
+        "[[nodes]]\nid = \"hub\"\nlisten = \"127.0.0.1:7700\"\n\n[[nodes]]\nid = \"vpcp\"\nparent = \"hub\"\nagency_api = \"127.0.0.1:7711\"\nagencies = [{ organ = \"000.00.00.G22\", name = \"Văn phòng Chính phủ\" }]\n",
+    );
+    let mut organs = Vec::new();
+    for (e, edge) in ["mienbac", "mientrung", "miennam"].iter().enumerate() {
+        topo.push_str(&format!(
+            "\n[[nodes]]\nid = \"{edge}\"\nparent = \"hub\"\nagency_api = \"127.0.0.1:0\"\nagencies = ["
+        ));
+        for i in 0..20 {
+            let organ = format!("000.00.{:02}.H{:02}", e, i + 10);
+            topo.push_str(&format!(
+                "{{ organ = \"{organ}\", name = \"Tỉnh {organ}\" }},"
+            ));
+            organs.push((edge.to_string(), organ));
+        }
+        topo.push_str("]\n");
+    }
+    let mut c = Cluster::with_topology(Some(&topo));
+    for n in ["hub", "vpcp", "mienbac", "mientrung", "miennam"] {
+        c.start(n);
+    }
+    let pdf = c.path("chi-thi.pdf");
+    std::fs::write(
+        &pdf,
+        truc::pdf::simple_pdf(&["CHI THI so 01/CT-TTg"]).repeat(200),
+    )
+    .unwrap();
+    let to = organs
+        .iter()
+        .map(|(_, o)| o.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let id = c
+        .cli_ok(&[
+            "send",
+            "--config",
+            &c.cfg("vpcp"),
+            "--from",
+            G22,
+            "--to",
+            &to,
+            "--subject",
+            "Chỉ thị về công tác phòng chống thiên tai",
+            "--attach",
+            pdf.to_str().unwrap(),
+        ])
+        .trim()
+        .to_owned();
+    let v = wait_all(&c, &id, "60 delivered", |r| r["state"] == "delivered").await;
+    assert_eq!(v["recipients"].as_array().unwrap().len(), 60);
+    let mut copies = 0;
+    for (edge, organ) in &organs {
+        copies += inbox(&c, edge, organ)
+            .await
+            .iter()
+            .filter(|i| i.doc_id == id)
+            .count();
+    }
+    assert_eq!(copies, 60);
+    // One blob file at the hub for the attachment, whatever the fan-out.
+    let blobs = walk_files(&c.path("data/hub/blobs/sha256"));
+    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    assert_eq!(
+        std::fs::metadata(&blobs[0]).unwrap().len(),
+        std::fs::metadata(&pdf).unwrap().len()
+    );
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_recipient_is_refused_up_front_once_the_directory_is_known() {
+    let mut c = Cluster::new();
+    for n in ["hub", "vpcp"] {
+        c.start(n);
+    }
+    // The directory reaches the edge with the link.
+    let list = eventually("directory at the edge", || {
+        let out = c.cli_ok(&["directory", "list", "--config", &c.cfg("vpcp"), "--json"]);
+        async move { out.contains(H14).then_some(out) }
+    })
+    .await;
+    assert!(
+        list.contains("UBND tỉnh Nghệ An") && list.contains("\"node\": \"nghean\""),
+        "{list}"
+    );
+    let one = c.cli_ok(&[
+        "directory",
+        "lookup",
+        "--config",
+        &c.cfg("vpcp"),
+        H41,
+        "--json",
+    ]);
+    assert!(one.contains("nghean"), "{one}");
+
+    let (ok, text) = c.cli_any(&[
+        "send",
+        "--config",
+        &c.cfg("vpcp"),
+        "--from",
+        G22,
+        "--to",
+        &format!("{H41},000.00.00.H99"),
+        "--subject",
+        "x",
+    ]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("unknown recipient 000.00.00.H99") && text.contains("NotFound"),
+        "{text}"
+    );
+    let sent = c.cli_ok(&["sent", "--config", &c.cfg("vpcp"), "--from", G22, "--json"]);
+    assert_eq!(sent.trim(), "[]", "nothing was queued: {sent}");
+}
