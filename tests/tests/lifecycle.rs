@@ -776,3 +776,104 @@ async fn an_unknown_recipient_is_refused_up_front_once_the_directory_is_known() 
     let sent = c.cli_ok(&["sent", "--config", &c.cfg("vpcp"), "--from", G22, "--json"]);
     assert_eq!(sent.trim(), "[]", "nothing was queued: {sent}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_adds_and_removes_recipients_and_a_replace_reaches_the_recipients() {
+    let mut c = Cluster::new();
+    for n in ["hub", "vpcp", "nghean", "caobang"] {
+        c.start(n);
+    }
+    let id = send(&c, H41, "Kế hoạch tổ chức hội nghị");
+    wait_all(&c, &id, "delivered", |r| r["state"] == "delivered").await;
+
+    // An update that adds H14: H14 gets it although it never had the original.
+    let upd = c
+        .cli_ok(&[
+            "update",
+            "--config",
+            &c.cfg("vpcp"),
+            &id,
+            "--add",
+            H14,
+            "--reason",
+            "bổ sung thành phần",
+        ])
+        .trim()
+        .to_owned();
+    let v = wait_all(&c, &upd, "update delivered", |r| r["state"] == "delivered").await;
+    let to: Vec<&str> = v["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["organ"].as_str().unwrap())
+        .collect();
+    assert_eq!(to, vec![H41, H14]);
+    let h14: serde_json::Value = serde_json::from_str(&c.cli_ok(&[
+        "inbox",
+        "--config",
+        &c.cfg("caobang"),
+        "--organ",
+        H14,
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(h14[0]["business_type"], "update");
+    assert_eq!(h14[0]["target_doc_id"], id.as_str());
+
+    // Removing an agency that was never a recipient is refused with the reason.
+    let (ok, text) = c.cli_any(&[
+        "update",
+        "--config",
+        &c.cfg("vpcp"),
+        &id,
+        "--remove",
+        "000.00.00.H99",
+        "--reason",
+        "x",
+    ]);
+    assert!(!ok, "{text}");
+
+    // A replace goes to the recipients of the original.
+    let rep = c
+        .cli_ok(&[
+            "replace",
+            "--config",
+            &c.cfg("vpcp"),
+            &id,
+            "--reason",
+            "thay đổi thời gian",
+            "--subject",
+            "Kế hoạch (thay thế)",
+        ])
+        .trim()
+        .to_owned();
+    wait_all(&c, &rep, "replace delivered", |r| r["state"] == "delivered").await;
+    let h41: serde_json::Value = serde_json::from_str(&c.cli_ok(&[
+        "inbox",
+        "--config",
+        &c.cfg("nghean"),
+        "--organ",
+        H41,
+        "--json",
+    ]))
+    .unwrap();
+    let kinds: Vec<&str> = h41
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["business_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, vec!["", "update", "replace"]);
+    // A replace aimed at an agency that never received the original is refused.
+    let (ok, text) = c.cli_any(&[
+        "replace",
+        "--config",
+        &c.cfg("vpcp"),
+        &id,
+        "--reason",
+        "x",
+        "--to",
+        "000.00.00.H14",
+    ]);
+    assert!(!ok && text.contains("did not receive"), "{text}");
+}
