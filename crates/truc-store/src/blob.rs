@@ -6,8 +6,8 @@
 
 use std::{
     fmt,
-    fs::{self, File},
-    io::{Read, Write},
+    fs::{self, File, OpenOptions},
+    io::{Read, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
 };
 
@@ -56,12 +56,24 @@ pub enum BlobError {
     Mismatch { expected: Digest, actual: Digest },
     #[error("blob {0} is missing")]
     Missing(Digest),
+    #[error("disk full: {free} bytes free under {path}, {needed} more needed and storage.min_free_bytes keeps {reserve} free")]
+    DiskFull {
+        path: PathBuf,
+        free: u64,
+        needed: u64,
+        reserve: u64,
+    },
+    #[error("partial {name}: data at offset {got} does not continue the {have} bytes received")]
+    OutOfOrder { name: String, have: u64, got: u64 },
+    #[error("partial {name}: {got} bytes exceed the announced size of {size}")]
+    TooLong { name: String, size: u64, got: u64 },
 }
 
 impl BlobError {
     /// Whether the failure is a full disk (intake should be refused, not retried blindly).
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, BlobError::Io { source, .. } if source.raw_os_error() == Some(28))
+        matches!(self, BlobError::DiskFull { .. })
+            || matches!(self, BlobError::Io { source, .. } if source.raw_os_error() == Some(28))
     }
 }
 
@@ -90,6 +102,8 @@ impl BlobStore {
             let entry = entry.map_err(io(&tmp))?;
             let _ = fs::remove_file(entry.path());
         }
+        let partial = root.join("partial");
+        fs::create_dir_all(&partial).map_err(io(&partial))?;
         for i in 0..=255u8 {
             let shard = objects.join(hex::encode([i]));
             if !shard.exists() {
@@ -201,6 +215,120 @@ impl BlobStore {
             .join(format!("{}.{:016x}", d.hex(), fastrand::u64(..)))
     }
 
+    /// Bytes free for this store on its filesystem.
+    pub fn free_bytes(&self) -> Result<u64, BlobError> {
+        let st = rustix::fs::statvfs(&self.root).map_err(|e| BlobError::Io {
+            path: self.root.clone(),
+            source: e.into(),
+        })?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
+    /// Refuses intake of `needed` bytes that would leave less than `reserve` free.
+    pub fn check_space(&self, needed: u64, reserve: u64) -> Result<(), BlobError> {
+        let free = self.free_bytes()?;
+        if free < needed.saturating_add(reserve) {
+            return Err(BlobError::DiskFull {
+                path: self.root.clone(),
+                free,
+                needed,
+                reserve,
+            });
+        }
+        Ok(())
+    }
+
+    /// Size of a stored blob.
+    pub fn size(&self, d: &Digest) -> Option<u64> {
+        fs::metadata(self.path(d)).ok().map(|m| m.len())
+    }
+
+    /// Opens a stored blob for streaming reads (callers check the digest as they read).
+    pub fn open_blob(&self, d: &Digest) -> Result<File, BlobError> {
+        let path = self.path(d);
+        File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => BlobError::Missing(*d),
+            _ => io(&path)(e),
+        })
+    }
+
+    /// Deletes a blob no document refers to any more.
+    pub fn remove(&self, d: &Digest) -> Result<(), BlobError> {
+        let path = self.path(d);
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(path.parent().unwrap_or(&self.root)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// Every stored blob with its age in seconds (for the orphan sweep).
+    pub fn list(&self) -> Result<Vec<(Digest, u64)>, BlobError> {
+        let objects = self.root.join("sha256");
+        let mut out = Vec::new();
+        for shard in fs::read_dir(&objects).map_err(io(&objects))? {
+            let shard = shard.map_err(io(&objects))?.path();
+            for entry in fs::read_dir(&shard).map_err(io(&shard))? {
+                let entry = entry.map_err(io(&shard))?;
+                let Some(d) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| hex::decode(n).ok())
+                    .and_then(|b| Digest::from_slice(&b))
+                else {
+                    continue;
+                };
+                let age = entry
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .map(|e| e.as_secs())
+                    .unwrap_or(0);
+                out.push((d, age));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A resumable partial file named `name` (a digest or an upload id), for bytes
+    /// that arrive in order and may be interrupted.
+    pub fn partial(&self, name: &str, size: u64, resume_at: u64) -> Result<Partial, BlobError> {
+        let path = self.root.join("partial").join(name);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        let len = file.metadata().map_err(io(&path))?.len();
+        // Only what was recorded as durable counts; anything after it is redone.
+        let offset = resume_at.min(len).min(size);
+        file.set_len(offset).map_err(io(&path))?;
+        file.seek(SeekFrom::Start(offset)).map_err(io(&path))?;
+        let hasher = (offset == 0).then(|| ring::digest::Context::new(&SHA256));
+        Ok(Partial {
+            name: name.to_owned(),
+            path,
+            file,
+            size,
+            offset,
+            synced: offset,
+            hasher,
+        })
+    }
+
+    /// Removes a partial file (refused or abandoned).
+    pub fn drop_partial(&self, name: &str) {
+        let _ = fs::remove_file(self.root.join("partial").join(name));
+    }
+
+    /// Durable length of a partial file, if one exists.
+    pub fn partial_len(&self, name: &str) -> Option<u64> {
+        fs::metadata(self.root.join("partial").join(name)).ok().map(|m| m.len())
+    }
+
     /// Reads a blob and checks it against its name.
     pub fn read(&self, d: &Digest) -> Result<Vec<u8>, BlobError> {
         let path = self.path(d);
@@ -221,6 +349,123 @@ impl BlobStore {
             });
         }
         Ok(data)
+    }
+}
+
+/// Bytes of one blob arriving in order, resumable after a cut.
+pub struct Partial {
+    name: String,
+    path: PathBuf,
+    file: File,
+    size: u64,
+    offset: u64,
+    synced: u64,
+    /// Present when every byte went through it (the transfer started at 0).
+    hasher: Option<ring::digest::Context>,
+}
+
+impl fmt::Debug for Partial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Partial")
+            .field("name", &self.name)
+            .field("offset", &self.offset)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Partial {
+    /// Bytes written so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Bytes known to be on disk.
+    pub fn synced(&self) -> u64 {
+        self.synced
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.offset == self.size
+    }
+
+    /// Appends `data`, which must start where the file ends.
+    pub fn write(&mut self, at: u64, data: &[u8]) -> Result<(), BlobError> {
+        if at != self.offset {
+            return Err(BlobError::OutOfOrder {
+                name: self.name.clone(),
+                have: self.offset,
+                got: at,
+            });
+        }
+        let end = self.offset + data.len() as u64;
+        if end > self.size {
+            return Err(BlobError::TooLong {
+                name: self.name.clone(),
+                size: self.size,
+                got: end,
+            });
+        }
+        self.file.write_all(data).map_err(io(&self.path))?;
+        if let Some(h) = &mut self.hasher {
+            h.update(data);
+        }
+        self.offset = end;
+        Ok(())
+    }
+
+    /// Makes what was written durable; returns the durable offset.
+    pub fn sync(&mut self) -> Result<u64, BlobError> {
+        self.file.sync_data().map_err(io(&self.path))?;
+        self.synced = self.offset;
+        Ok(self.synced)
+    }
+
+    /// Completes the blob: checks its digest (against `expected` if given) and
+    /// moves it into the content-addressed store. A mismatch deletes the partial.
+    pub fn finish(mut self, store: &BlobStore, expected: Option<&Digest>) -> Result<Digest, BlobError> {
+        self.sync()?;
+        let actual = match self.hasher.take() {
+            Some(h) => {
+                let mut d = [0u8; 32];
+                d.copy_from_slice(h.finish().as_ref());
+                Digest(d)
+            }
+            None => {
+                // Resumed: hash what is on disk.
+                let mut f = File::open(&self.path).map_err(io(&self.path))?;
+                let mut h = ring::digest::Context::new(&SHA256);
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = f.read(&mut buf).map_err(io(&self.path))?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                }
+                let mut d = [0u8; 32];
+                d.copy_from_slice(h.finish().as_ref());
+                Digest(d)
+            }
+        };
+        if let Some(e) = expected
+            && e != &actual
+        {
+            let _ = fs::remove_file(&self.path);
+            return Err(BlobError::Mismatch { expected: *e, actual });
+        }
+        let dest = store.path(&actual);
+        if dest.exists() {
+            let _ = fs::remove_file(&self.path);
+        } else {
+            fs::rename(&self.path, &dest).map_err(io(&dest))?;
+            sync_dir(dest.parent().unwrap_or(&store.root))?;
+        }
+        Ok(actual)
     }
 }
 
@@ -266,6 +511,49 @@ mod tests {
             assert_eq!(s.read(d).unwrap(), *bytes);
         }
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_partial_resumes_from_its_durable_offset_and_checks_the_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let d = Digest::of(&data);
+        let mut p = s.partial(&d.hex(), data.len() as u64, 0).unwrap();
+        p.write(0, &data[..100_000]).unwrap();
+        let durable = p.sync().unwrap();
+        p.write(100_000, &data[100_000..150_000]).unwrap(); // not synced: redone
+        drop(p);
+        let mut p = s.partial(&d.hex(), data.len() as u64, durable).unwrap();
+        assert_eq!(p.offset(), 100_000);
+        assert!(matches!(p.write(0, b"x"), Err(BlobError::OutOfOrder { .. })));
+        p.write(100_000, &data[100_000..]).unwrap();
+        assert!(p.is_complete());
+        assert_eq!(p.finish(&s, Some(&d)).unwrap(), d);
+        assert_eq!(s.read(&d).unwrap(), data);
+        assert_eq!(s.partial_len(&d.hex()), None);
+    }
+
+    #[test]
+    fn a_partial_with_other_bytes_is_refused_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let expected = Digest::of(b"signed bytes");
+        let mut p = s.partial("x", 12, 0).unwrap();
+        p.write(0, b"forged bytes").unwrap();
+        assert!(matches!(p.finish(&s, Some(&expected)), Err(BlobError::Mismatch { .. })));
+        assert!(!s.contains(&expected));
+        assert_eq!(s.partial_len("x"), None);
+    }
+
+    #[test]
+    fn intake_that_would_fill_the_disk_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let free = s.free_bytes().unwrap();
+        assert!(s.check_space(1, 0).is_ok());
+        let err = s.check_space(1, free + 1).unwrap_err();
+        assert!(err.is_disk_full() && err.to_string().contains("disk full"), "{err}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub mod keys;
 mod kv;
 pub mod record;
 
-pub use blob::{BlobError, BlobStore, Digest};
+pub use blob::{BlobError, BlobStore, Digest, Partial};
 pub use commit::{GroupCommit, Ticket};
 pub use kv::{Batch, Entry, FaultPlan, FaultyStore, MemoryStore, SledStore, Space, Store};
 
