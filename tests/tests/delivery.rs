@@ -247,6 +247,7 @@ async fn bad_submissions_are_refused_up_front_with_the_reason() {
         name: "../../etc/passwd".into(),
         content_type: "text/plain".into(),
         data: b"x".to_vec(),
+        ..Default::default()
     });
     let err = a.send(bad_name).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -258,6 +259,7 @@ async fn bad_submissions_are_refused_up_front_with_the_reason() {
             name: format!("{i}.txt"),
             content_type: String::new(),
             data: vec![b'x'],
+            ..Default::default()
         });
     }
     let err = a.send(too_many).await.unwrap_err();

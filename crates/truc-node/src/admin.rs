@@ -80,6 +80,20 @@ impl Admin for AdminService {
         Ok(Response::new(pb::TraceResponse { steps }))
     }
 
+    async fn stats(
+        &self,
+        _: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        Ok(Response::new(pb::StatsResponse {
+            counters: self
+                .state
+                .counters()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        }))
+    }
+
     async fn queues(
         &self,
         _: Request<pb::QueuesRequest>,

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use truc_core::{BusinessType, DeliveryState, DocId, OrganId};
 use truc_proto::v1::{self as pb, agency_server::Agency};
 use truc_store::{Digest, record::SentRecord};
@@ -10,7 +10,7 @@ use truc_store::{Digest, record::SentRecord};
 use crate::{
     envelope,
     error::{NodeError, Refusal},
-    state::{Accepted, NodeState, Reply, Submission},
+    state::{Accepted, Body, NodeState, Reply, Submission, SubmittedAttachment},
 };
 
 #[derive(Clone)]
@@ -132,8 +132,26 @@ impl Agency for AgencyService {
             attachments: r
                 .attachments
                 .into_iter()
-                .map(|a| (a.name, a.content_type, a.data))
-                .collect(),
+                .map(|a| {
+                    let body = if a.sha256.is_empty() {
+                        Ok(Body::Inline(a.data))
+                    } else {
+                        Digest::from_slice(&a.sha256)
+                            .map(|d| Body::Stored(d, a.size))
+                            .ok_or_else(|| {
+                                Status::invalid_argument(format!(
+                                    "attachment {:?}: sha256 is not 32 bytes",
+                                    a.name
+                                ))
+                            })
+                    };
+                    body.map(|body| SubmittedAttachment {
+                        name: a.name,
+                        content_type: a.content_type,
+                        body,
+                    })
+                })
+                .collect::<Result<_, _>>()?,
             doc_id: Some(r.doc_id).filter(|s| !s.is_empty()),
             business_type: r.business_type,
             target_doc_id: r.target_doc_id,
@@ -215,20 +233,29 @@ impl Agency for AgencyService {
         let doc_id: DocId = parse("doc_id", &r.doc_id)?;
         let from = opt_organ("from", &r.from)?;
         let st = self.state.clone();
+        let without_data = r.without_data;
         let resp = blocking(move || {
             let (doc, entries) = st.received(&doc_id, from.as_ref())?;
             let envelope = <pb::SignedEnvelope as prost::Message>::decode(doc.envelope.as_slice())
                 .map_err(|e| NodeError::Other(format!("stored envelope: {e}")))?;
             let header = <pb::Header as prost::Message>::decode(envelope.header_bytes.as_slice())
                 .map_err(|e| NodeError::Other(format!("stored header: {e}")))?;
-            let mut attachments = Vec::new();
+                        let mut attachments = Vec::new();
+            let total: u64 = header.attachments.iter().map(|a| a.size).sum();
+            if !without_data && total > st.limits.max_message_bytes as u64 / 2 {
+                return Err(Refusal::exhausted(format!(
+                    "attachments total {total} bytes, too large for one message: use without_data and GetAttachment"
+                ))
+                .into());
+            }
             for a in &header.attachments {
-                let d = Digest::from_slice(&a.sha256)
-                    .ok_or_else(|| Refusal::invalid("stored attachment digest"))?;
+                let d = Digest::from_slice(&a.sha256).ok_or_else(|| Refusal::invalid("stored attachment digest"))?;
                 attachments.push(pb::Attachment {
                     name: a.name.clone(),
                     content_type: a.content_type.clone(),
-                    data: st.blobs.read(&d)?,
+                    data: if without_data { Vec::new() } else { st.blobs.read(&d)? },
+                    sha256: a.sha256.clone(),
+                    size: a.size,
                 });
             }
             let document = pb::DocumentView {
@@ -398,6 +425,107 @@ impl Agency for AgencyService {
         }))
     }
 
+    async fn upload(
+        &self,
+        req: Request<Streaming<pb::UploadChunk>>,
+    ) -> Result<Response<pb::UploadResult>, Status> {
+        upload(&self.state, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn upload_status(
+        &self,
+        req: Request<pb::UploadStatusRequest>,
+    ) -> Result<Response<pb::UploadStatusResponse>, Status> {
+        let id: uuid::Uuid = parse("upload_id", &req.into_inner().upload_id)?;
+        let st = self.state.clone();
+        let (offset, sha256) = blocking(move || {
+            if let Some((digest, size)) = st.upload_done(&id)? {
+                return Ok((size, digest.0.to_vec()));
+            }
+            let name = upload_name(&id);
+            let recorded = st.partial_offset(&name)?;
+            Ok((
+                recorded.min(st.blobs.partial_len(&name).unwrap_or(0)),
+                Vec::new(),
+            ))
+        })
+        .await?;
+        Ok(Response::new(pb::UploadStatusResponse { offset, sha256 }))
+    }
+
+    type GetAttachmentStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::AttachmentChunk, Status>> + Send>>;
+
+    async fn get_attachment(
+        &self,
+        req: Request<pb::GetAttachmentRequest>,
+    ) -> Result<Response<Self::GetAttachmentStream>, Status> {
+        let r = req.into_inner();
+        let doc_id: DocId = parse("doc_id", &r.doc_id)?;
+        let from = opt_organ("from", &r.from)?;
+        let st = self.state.clone();
+        let index = r.index as usize;
+        let (digest, size, name) = blocking(move || {
+            let sender = match st.received(&doc_id, from.as_ref()) {
+                Ok((_, entries)) => entries.first().map(|e| e.from.clone()).unwrap_or_default(),
+                Err(_) => st
+                    .sent(&doc_id)?
+                    .pop()
+                    .map(|s| s.from)
+                    .ok_or_else(|| Refusal::not_found(format!("no document {doc_id} here")))?,
+            };
+            st.attachment_of(&sender, &doc_id.to_string(), index)
+        })
+        .await?;
+        if r.offset > size {
+            return Err(Status::out_of_range(format!(
+                "offset {} is past the end of {name} ({size} bytes)",
+                r.offset
+            )));
+        }
+        let file = self
+            .state
+            .blobs
+            .open_blob(&digest)
+            .map_err(|e| Status::from(NodeError::from(e)))?;
+        let chunk = self.state.limits.max_message_bytes.min(256 << 10);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut offset = r.offset;
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncSeekExt};
+            let mut file = tokio::fs::File::from_std(file);
+            if let Err(e) = file.seek(std::io::SeekFrom::Start(offset)).await {
+                let _ = tx
+                    .send(Err(Status::internal(format!("seek {name}: {e}"))))
+                    .await;
+                return;
+            }
+            while offset < size {
+                let len = ((size - offset) as usize).min(chunk);
+                let mut data = vec![0u8; len];
+                if let Err(e) = file.read_exact(&mut data).await {
+                    let _ = tx
+                        .send(Err(Status::internal(format!("read {name}: {e}"))))
+                        .await;
+                    return;
+                }
+                if tx
+                    .send(Ok(pb::AttachmentChunk { offset, data }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                offset += len as u64;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn trace(
         &self,
         req: Request<pb::TraceRequest>,
@@ -487,4 +615,111 @@ pub fn trace(state: &NodeState, doc_id: &DocId) -> Result<Vec<pb::TraceStep>, No
     }
     steps.sort_by_key(|s| s.at_ms);
     Ok(steps)
+}
+
+fn upload_name(id: &uuid::Uuid) -> String {
+    format!("upload-{id}")
+}
+
+/// Receives an attachment in chunks into a resumable partial file, then into the
+/// content-addressed store. Size limits and free space are checked before a byte
+/// is written; a cut leaves a durable prefix to resume from.
+async fn upload(
+    state: &Arc<NodeState>,
+    mut stream: Streaming<pb::UploadChunk>,
+) -> Result<pb::UploadResult, Status> {
+    let first = stream
+        .message()
+        .await?
+        .ok_or_else(|| Status::invalid_argument("empty upload"))?;
+    let id: uuid::Uuid = parse("upload_id", &first.upload_id)?;
+    let size = first.size;
+    if size > state.limits.max_attachment_bytes {
+        return Err(Status::resource_exhausted(format!(
+            "an attachment of {size} bytes is over the limit of {} (limits.max_attachment_bytes)",
+            state.limits.max_attachment_bytes
+        )));
+    }
+    let expected = if first.sha256.is_empty() {
+        None
+    } else {
+        Some(
+            Digest::from_slice(&first.sha256)
+                .ok_or_else(|| Status::invalid_argument("sha256 is not 32 bytes"))?,
+        )
+    };
+    if let Some((digest, done_size)) = state.upload_done(&id).map_err(Status::from)? {
+        return Ok(pb::UploadResult {
+            sha256: digest.0.to_vec(),
+            size: done_size,
+        });
+    }
+    let name = upload_name(&id);
+    let recorded = state.partial_offset(&name).map_err(Status::from)?;
+    let resume = recorded.min(state.blobs.partial_len(&name).unwrap_or(0));
+    if first.offset != resume {
+        return Err(Status::failed_precondition(format!(
+            "upload {id} continues at byte {resume}, not {}",
+            first.offset
+        )));
+    }
+    state
+        .blobs
+        .check_space(size.saturating_sub(resume), state.storage.min_free_bytes)
+        .map_err(|e| Status::from(NodeError::from(e)))?;
+    let io = |e: truc_store::BlobError| Status::from(NodeError::from(e));
+    let mut partial =
+        tokio::task::block_in_place(|| state.blobs.partial(&name, size, resume)).map_err(io)?;
+    let every = state.storage.sync_every_bytes.max(1);
+    let mut next = Some(first);
+        while let Some(chunk) = next.take() {
+        if chunk.upload_id != id.to_string() && !chunk.upload_id.is_empty() {
+            return Err(Status::invalid_argument("one upload per stream"));
+        }
+        tokio::task::block_in_place(|| partial.write(chunk.offset, &chunk.data)).map_err(|e| {
+            match e {
+                e @ (truc_store::BlobError::OutOfOrder { .. }
+                | truc_store::BlobError::TooLong { .. }) => Status::invalid_argument(e.to_string()),
+                other => io(other),
+            }
+        })?;
+        if partial.offset() - partial.synced() >= every && !partial.is_complete() {
+            let durable = tokio::task::block_in_place(|| partial.sync()).map_err(io)?;
+            state.record_partial(&name, durable).map_err(Status::from)?;
+        }
+        next = match stream.message().await {
+            Ok(m) => m,
+            Err(status) => {
+                // The client went away: keep what is on disk for a resume.
+                let durable = tokio::task::block_in_place(|| partial.sync()).map_err(io)?;
+                state.record_partial(&name, durable).map_err(Status::from)?;
+                return Err(status);
+            }
+        };
+    }
+    if !partial.is_complete() {
+        let durable = tokio::task::block_in_place(|| partial.sync()).map_err(io)?;
+        state.record_partial(&name, durable).map_err(Status::from)?;
+        return Err(Status::failed_precondition(format!(
+            "upload {id} stopped at byte {durable} of {size}; resume from there"
+        )));
+    }
+    let digest =
+        match tokio::task::block_in_place(|| partial.finish(&state.blobs, expected.as_ref())) {
+            Ok(d) => d,
+            Err(e @ truc_store::BlobError::Mismatch { .. }) => {
+                let _ = state.clear_partial(&name);
+                return Err(Status::invalid_argument(format!("upload {id}: {e}")));
+            }
+            Err(e) => return Err(io(e)),
+        };
+    let ticket = state
+        .finish_upload(&id, &name, &digest, size)
+        .map_err(Status::from)?;
+    state.durable(ticket).await.map_err(Status::from)?;
+    tracing::info!(upload = %id, sha256 = %digest, size, "upload complete");
+    Ok(pb::UploadResult {
+        sha256: digest.0.to_vec(),
+        size,
+    })
 }

@@ -176,6 +176,8 @@ pub struct QuotaSection {
     pub max_outbox: u64,
     /// Retry hint given with RESOURCE_EXHAUSTED. Default 1000 ms.
     pub retry_after_ms: u32,
+    /// Attachment bytes held here for the documents of one sending agency. Default 100 GiB.
+    pub max_agency_bytes: u64,
 }
 
 impl Default for QuotaSection {
@@ -185,6 +187,7 @@ impl Default for QuotaSection {
             max_queued_per_sender: 200_000,
             max_outbox: 100_000,
             retry_after_ms: 1000,
+            max_agency_bytes: 100 << 30,
         }
     }
 }
@@ -212,8 +215,10 @@ pub struct ChildSection {
 pub struct Limits {
     /// Largest gRPC message accepted on the link and the agency API. Default 64 MiB.
     pub max_message_bytes: usize,
-    /// Largest single attachment. Default 48 MiB.
+    /// Largest single attachment. Default 2 GiB.
     pub max_attachment_bytes: u64,
+    /// Largest total of all attachments of one document. Default 4 GiB.
+    pub max_document_bytes: u64,
     /// Most attachments per document. Default 100.
     pub max_attachments: usize,
     /// Most recipients per document. Default 1000.
@@ -228,7 +233,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_message_bytes: 64 << 20,
-            max_attachment_bytes: 48 << 20,
+            max_attachment_bytes: 2 << 30,
+            max_document_bytes: 4 << 30,
             max_attachments: 100,
             max_recipients: 1000,
             max_subject_chars: 2000,
@@ -261,6 +267,13 @@ pub struct LinkTuning {
     pub max_concurrent_streams: u32,
     /// Bytes of unacknowledged transfers this node sends on one link. Default 32 MiB.
     pub max_inflight_bytes: usize,
+    /// Attachments of a document travel inline in its transfer up to this total;
+    /// larger ones are streamed in chunks, resumably. Default 256 KiB.
+    pub inline_attachment_bytes: u64,
+    /// Size of one streamed chunk. Default 256 KiB.
+    pub chunk_bytes: usize,
+    /// HTTP/2 flow-control window per stream (bounds memory per link). Default 4 MiB.
+    pub stream_window_bytes: u32,
 }
 
 impl Default for LinkTuning {
@@ -276,6 +289,9 @@ impl Default for LinkTuning {
             max_connections: 10_000,
             max_concurrent_streams: 16,
             max_inflight_bytes: 32 << 20,
+            inline_attachment_bytes: 256 << 10,
+            chunk_bytes: 256 << 10,
+            stream_window_bytes: 4 << 20,
         }
     }
 }
@@ -285,12 +301,23 @@ impl Default for LinkTuning {
 pub struct StorageSection {
     /// Page cache of the embedded store. Default 64 MiB.
     pub cache_bytes: u64,
+    /// Intake is refused (RESOURCE_EXHAUSTED, "disk full") when it would leave less
+    /// free space than this on the data disk. Default 512 MiB.
+    pub min_free_bytes: u64,
+    /// How long the attachment files of a fully delivered document are kept before
+    /// they are deleted (the envelope, receipts and dedup entry stay). Default 30 days.
+    pub retention_ms: u64,
+    /// How often partial transfers are made durable while they stream. Default 8 MiB.
+    pub sync_every_bytes: u64,
 }
 
 impl Default for StorageSection {
     fn default() -> Self {
         Self {
             cache_bytes: 64 << 20,
+            min_free_bytes: 512 << 20,
+            retention_ms: 30 * 24 * 3_600_000,
+            sync_every_bytes: 8 << 20,
         }
     }
 }
@@ -527,6 +554,13 @@ impl Config {
         if f.delivery.sweep_interval_ms == 0 || f.delivery.deadline_ms.contains(&0) {
             return Err(invalid(
                 "delivery.deadline_ms and delivery.sweep_interval_ms must be > 0".into(),
+            ));
+        }
+        if f.link.chunk_bytes == 0
+            || f.link.chunk_bytes as u64 > f.limits.max_message_bytes as u64 / 2
+        {
+            return Err(invalid(
+                "link.chunk_bytes must be > 0 and at most half of limits.max_message_bytes".into(),
             ));
         }
         if f.link.window == 0

@@ -250,6 +250,13 @@ pub fn verify(
         }
         attachments.push(digest(&format!("attachment {:?}", a.name), &a.sha256)?);
     }
+    let total: u64 = header.attachments.iter().map(|a| a.size).sum();
+    if total > limits.max_document_bytes {
+        return Err(Refusal::exhausted(format!(
+            "attachments total {total} bytes, over the limit of {} per document (limits.max_document_bytes)",
+            limits.max_document_bytes
+        )));
+    }
     let business = BusinessType::from_i32(header.business_type).ok_or_else(|| {
         Refusal::invalid(format!("unknown business type {}", header.business_type))
     })?;

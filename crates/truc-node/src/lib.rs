@@ -20,6 +20,7 @@ pub mod error;
 pub mod link;
 pub mod node;
 pub mod state;
+pub mod stream;
 pub mod transport;
 
 pub use config::Config;

@@ -52,6 +52,10 @@ pub struct LinkParams {
     pub max_message_bytes: usize,
     /// Bytes this node keeps in flight on one link.
     pub max_inflight_bytes: usize,
+    /// Attachments up to this total travel inline; larger ones are streamed.
+    pub inline_attachment_bytes: u64,
+    pub chunk_bytes: usize,
+    pub stream_window_bytes: u32,
 }
 
 /// Why a link ended.
@@ -95,6 +99,8 @@ enum Control {
 enum Prepared {
     Ok(Box<Verified>, Vec<OrganId>),
     Refused(Refusal),
+    /// Not now (disk full); the sender keeps it and retries.
+    Deferred(String),
 }
 
 /// A transfer that passed every check: the message, the recipients this hop serves,
@@ -120,6 +126,10 @@ fn check(state: &NodeState, t: pb::Transfer) -> Result<Checked, Refusal> {
         return Err(Refusal::invalid(
             "transfer names no recipients for this hop",
         ));
+    }
+    if t.attachments.is_empty() {
+        // Streamed: the bytes follow on request and are checked as they complete.
+        return Ok((v, recipients, Vec::new()));
     }
     if t.attachments.len() != v.attachments.len() {
         return Err(Refusal::invalid(format!(
@@ -168,18 +178,84 @@ fn prepare(state: &NodeState, batch: Vec<pb::Transfer>) -> Result<Vec<(u64, Prep
     Ok(out)
 }
 
+/// Whether a transfer's attachments follow as streams.
+fn is_streamed(t: &pb::Transfer) -> bool {
+    t.attachments.is_empty()
+        && t.envelope.as_ref().is_some_and(|e| {
+            <pb::Header as prost::Message>::decode(e.header_bytes.as_slice())
+                .is_ok_and(|h| !h.attachments.is_empty())
+        })
+}
+
+/// Checks a transfer whose attachments are streamed, then fetches each one that is
+/// not on this node yet (resuming partial copies) before it counts as received.
+async fn receive_streamed(
+    state: Arc<NodeState>,
+    out: mpsc::Sender<pb::LinkFrame>,
+    sinks: crate::stream::Sinks,
+    t: pb::Transfer,
+) -> Result<Vec<(u64, Prepared)>, NodeError> {
+    let seq = t.seq;
+    let st = state.clone();
+    let checked = tokio::task::spawn_blocking(move || check(&st, t))
+        .await
+        .map_err(|e| NodeError::Other(e.to_string()))?;
+    let (v, recipients, _) = match checked {
+        Ok(c) => c,
+        Err(r) => return Ok(vec![(seq, Prepared::Refused(r))]),
+    };
+    // Seen before: no need for its bytes again.
+    if !state.is_duplicate(&v)? {
+        let parts: Vec<(Digest, u64)> = v
+            .attachments
+            .iter()
+            .copied()
+            .zip(v.header.attachments.iter().map(|a| a.size))
+            .collect();
+        for (i, (digest, size)) in parts.into_iter().enumerate() {
+            match crate::stream::fetch(&state, &out, &sinks, seq, i as u32, digest, size).await {
+                Ok(()) => {}
+                Err(crate::stream::Fetch::Refused(r)) => {
+                    return Ok(vec![(seq, Prepared::Refused(r))]);
+                }
+                Err(crate::stream::Fetch::Deferred(reason)) => {
+                    return Ok(vec![(seq, Prepared::Deferred(reason))]);
+                }
+                Err(crate::stream::Fetch::Failed(e)) => return Err(e),
+            }
+        }
+    }
+    Ok(vec![(seq, Prepared::Ok(Box::new(v), recipients))])
+}
+
 /// Most transfers verified and stored as one batch.
 const MAX_BATCH: usize = 512;
 
 /// Handles a frame that is not a transfer.
-async fn control(
-    f: Frame,
-    ctl: &mpsc::UnboundedSender<Control>,
-    out: &mpsc::Sender<pb::LinkFrame>,
-    state: &Arc<NodeState>,
-    peer_is_parent: bool,
-) -> Result<(), LinkError> {
+async fn control(f: Frame, cx: &Ctx) -> Result<(), LinkError> {
+    let (ctl, out, state, peer_is_parent) = (&cx.ctl, &cx.out, &cx.state, cx.peer_is_parent);
     match f {
+        Frame::Want(w) => {
+            let _ = cx.wants.send(w);
+        }
+        Frame::Chunk(c) => {
+            let sink = cx
+                .sinks
+                .lock()
+                .ok()
+                .and_then(|s| s.get(&(c.seq, c.index)).cloned());
+            match sink {
+                // Waiting here pushes back on the sender through HTTP/2 flow control.
+                Some(tx) => {
+                    let _ = tx.send((c.offset, c.data)).await;
+                }
+                None => tracing::debug!(
+                    seq = c.seq,
+                    index = c.index,
+                    "chunk for no open stream; ignored"
+                ),
+            }
+        }
         Frame::Defer(d) => {
             let _ = ctl.send(Control::Defer {
                 seq: d.seq,
@@ -224,6 +300,16 @@ async fn control(
     Ok(())
 }
 
+/// What the receive loop needs to handle control frames.
+struct Ctx {
+    state: Arc<NodeState>,
+    out: mpsc::Sender<pb::LinkFrame>,
+    ctl: mpsc::UnboundedSender<Control>,
+    wants: mpsc::UnboundedSender<pb::Want>,
+    sinks: crate::stream::Sinks,
+    peer_is_parent: bool,
+}
+
 /// Runs one established link until the peer goes away, falls silent, or `stop`.
 #[allow(clippy::too_many_arguments)] // one call site per side
 pub async fn run_session(
@@ -245,6 +331,25 @@ pub async fn run_session(
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let (prep_tx, prep_rx) = mpsc::channel(params.window.max(1) as usize);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let (want_tx, want_rx) = mpsc::unbounded_channel();
+    let cx = Ctx {
+        state: state.clone(),
+        out: out.clone(),
+        ctl: ctl_tx,
+        wants: want_tx,
+        sinks: Arc::default(),
+        peer_is_parent,
+    };
+    senders.spawn(
+        crate::stream::serve(
+            state.clone(),
+            queue.clone(),
+            out.clone(),
+            want_rx,
+            params.chunk_bytes,
+        )
+        .in_current_span(),
+    );
 
     senders.spawn(
         push(
@@ -253,6 +358,7 @@ pub async fn run_session(
             out.clone(),
             peer_window,
             params.max_inflight_bytes,
+            params.inline_attachment_bytes,
             ctl_rx,
         )
         .in_current_span(),
@@ -290,7 +396,7 @@ pub async fn run_session(
     let mut pending: VecDeque<Frame> = VecDeque::new();
     let result = loop {
         if let Some(f) = pending.pop_front() {
-            if let Err(e) = control(f, &ctl_tx, &out, &state, peer_is_parent).await {
+            if let Err(e) = control(f, &cx).await {
                 break Err(e);
             }
             continue;
@@ -341,9 +447,37 @@ pub async fn run_session(
                         None => break,
                     }
                 }
-                let st = state.clone();
-                let job = tokio::task::spawn_blocking(move || prepare(&st, batch));
-                if prep_tx.send(job).await.is_err() {
+                // Inline transfers go in batches; each streamed one is a job of its
+                // own that waits for its chunks. Jobs complete in order.
+                let mut closed = false;
+                let mut inline = Vec::new();
+                for t in batch {
+                    if is_streamed(&t) {
+                        if !inline.is_empty() {
+                            let st = state.clone();
+                            let b = std::mem::take(&mut inline);
+                            closed |= prep_tx
+                                .send(tokio::task::spawn_blocking(move || prepare(&st, b)))
+                                .await
+                                .is_err();
+                        }
+                        let job = tokio::spawn(
+                            receive_streamed(state.clone(), cx.out.clone(), cx.sinks.clone(), t)
+                                .in_current_span(),
+                        );
+                        closed |= prep_tx.send(job).await.is_err();
+                    } else {
+                        inline.push(t);
+                    }
+                }
+                if !inline.is_empty() {
+                    let st = state.clone();
+                    closed |= prep_tx
+                        .send(tokio::task::spawn_blocking(move || prepare(&st, inline)))
+                        .await
+                        .is_err();
+                }
+                if closed {
                     break Err(LinkError::Closed);
                 }
                 if let Some(e) = end {
@@ -351,7 +485,7 @@ pub async fn run_session(
                 }
             }
             other => {
-                if let Err(e) = control(other, &ctl_tx, &out, &state, peer_is_parent).await {
+                if let Err(e) = control(other, &cx).await {
                     break Err(e);
                 }
             }
@@ -384,6 +518,7 @@ async fn push(
     out: mpsc::Sender<pb::LinkFrame>,
     mut window: u32,
     max_bytes: usize,
+    inline_max: u64,
     mut ctl: mpsc::UnboundedReceiver<Control>,
 ) -> Result<(), LinkError> {
     let notify = state.notifier(&queue);
@@ -418,7 +553,7 @@ async fn push(
                     if used >= budget {
                         break;
                     }
-                    let t = st.load_transfer(seq, &entry);
+                    let t = st.load_transfer(seq, &entry, inline_max);
                     used += t.as_ref().map(prost::Message::encoded_len).unwrap_or(0);
                     out.push((seq, t));
                 }
@@ -536,6 +671,12 @@ async fn apply(
                 deferred_from = None;
             }
             match p {
+                Prepared::Deferred(reason) => {
+                    // Nothing after it in this session is taken until it comes again.
+                    tracing::warn!(origin = %origin.label(), seq, %reason, "transfer deferred");
+                    deferred_from = Some(seq);
+                    outcomes.push(Some(Outcome::Deferred(seq, reason)));
+                }
                 Prepared::Refused(r) => {
                     state
                         .stats
@@ -869,6 +1010,7 @@ async fn connect_once(
         tls,
         params.connect_timeout,
         params.heartbeat_interval,
+        params.stream_window_bytes,
     )
     .map_err(LinkError::Handshake)?;
     let mut client = pb::link_client::LinkClient::new(channel)

@@ -108,6 +108,7 @@ pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
         store: Arc::new(store),
         blobs,
         directory: Directory::from_config(config),
+        storage: config.storage.clone(),
     })
 }
 
@@ -123,6 +124,9 @@ fn params(config: &Config) -> LinkParams {
         reconnect_max: Config::ms(l.reconnect_max_ms),
         max_message_bytes: config.limits.max_message_bytes,
         max_inflight_bytes: l.max_inflight_bytes,
+        inline_attachment_bytes: l.inline_attachment_bytes,
+        chunk_bytes: l.chunk_bytes,
+        stream_window_bytes: l.stream_window_bytes,
     }
 }
 
@@ -192,6 +196,8 @@ impl RunningNode {
             let server = Server::builder()
                 .http2_keepalive_interval(Some(params.heartbeat_interval))
                 .http2_keepalive_timeout(Some(params.heartbeat_timeout))
+                .initial_stream_window_size(Some(params.stream_window_bytes))
+                .initial_connection_window_size(Some(params.stream_window_bytes.saturating_mul(2)))
                 .max_concurrent_streams(Some(config.link.max_concurrent_streams))
                 .add_service(
                     pb::link_server::LinkServer::new(svc)

@@ -127,6 +127,43 @@ pub struct Stats {
     pub delivered: AtomicU64,
     pub receipts: AtomicU64,
     pub parked: AtomicU64,
+    /// Attachment bytes streamed to peers, and how many of them were sent before.
+    pub stream_bytes_sent: AtomicU64,
+    pub stream_bytes_resent: AtomicU64,
+    /// Attachment bytes received in streams.
+    pub stream_bytes_received: AtomicU64,
+    pub streams_resumed: AtomicU64,
+}
+
+/// Who writes the partial copy of an attachment now.
+pub enum Claim {
+    /// This caller: write it, then call [`PartialGuard::done`].
+    Mine(PartialGuard),
+    /// Someone else: wait for the outcome, then look again.
+    Busy(tokio::sync::watch::Receiver<Option<bool>>),
+}
+
+/// Held while one task writes a partial attachment; tells waiters how it ended.
+pub struct PartialGuard {
+    digest: Digest,
+    tx: tokio::sync::watch::Sender<Option<bool>>,
+    owner: Arc<Mutex<HashMap<Digest, tokio::sync::watch::Receiver<Option<bool>>>>>,
+    ok: bool,
+}
+
+impl PartialGuard {
+    pub fn done(mut self) {
+        self.ok = true;
+    }
+}
+
+impl Drop for PartialGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.owner.lock() {
+            m.remove(&self.digest);
+        }
+        let _ = self.tx.send(Some(self.ok));
+    }
 }
 
 /// A document submitted by an application on this edge.
@@ -139,13 +176,28 @@ pub struct Submission {
     pub code_notation: String,
     pub priority: u32,
     pub due_at_ms: i64,
-    pub attachments: Vec<(String, String, Vec<u8>)>,
+    pub attachments: Vec<SubmittedAttachment>,
     pub doc_id: Option<String>,
     pub business_type: i32,
     pub target_doc_id: String,
     pub reason: String,
     /// Update: (organ, added).
     pub changes: Vec<(String, bool)>,
+}
+
+/// One attachment of a submission: its bytes, or an upload already on this edge.
+#[derive(Debug, Clone)]
+pub struct SubmittedAttachment {
+    pub name: String,
+    pub content_type: String,
+    pub body: Body,
+}
+
+#[derive(Debug, Clone)]
+pub enum Body {
+    Inline(Vec<u8>),
+    /// Uploaded earlier (`Upload`), named by digest and size.
+    Stored(Digest, u64),
 }
 
 /// A business status an application sends about a document.
@@ -261,6 +313,10 @@ pub struct NodeState {
     own_directory: Directory,
     directory: RwLock<Directory>,
     connected: Mutex<BTreeSet<NodeId>>,
+    pub storage: crate::config::StorageSection,
+    partials: Arc<Mutex<HashMap<Digest, tokio::sync::watch::Receiver<Option<bool>>>>>,
+    /// Highest offset streamed so far per attachment, to count re-sent bytes.
+    stream_hwm: Mutex<HashMap<Digest, u64>>,
 }
 
 impl std::fmt::Debug for NodeState {
@@ -333,6 +389,7 @@ pub struct Parts {
     pub store: Arc<dyn Store>,
     pub blobs: BlobStore,
     pub directory: Directory,
+    pub storage: crate::config::StorageSection,
 }
 
 impl NodeState {
@@ -408,6 +465,9 @@ impl NodeState {
             own_directory: p.directory,
             directory: RwLock::new(directory),
             connected: Mutex::default(),
+            storage: p.storage,
+            partials: Arc::default(),
+            stream_hwm: Mutex::default(),
         }))
     }
 
@@ -477,6 +537,138 @@ impl NodeState {
         } else {
             c.remove(child);
         }
+    }
+
+    /// Claims the writing of the partial copy of `digest`.
+    pub fn claim_partial(&self, digest: Digest) -> Claim {
+        let mut m = self.partials.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rx) = m.get(&digest) {
+            return Claim::Busy(rx.clone());
+        }
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        m.insert(digest, rx);
+        Claim::Mine(PartialGuard {
+            digest,
+            tx,
+            owner: self.partials.clone(),
+            ok: false,
+        })
+    }
+
+    fn partial_key(name: &str) -> Vec<u8> {
+        Key::new().str("partial").str(name).build()
+    }
+
+    /// The durable offset recorded for a partial file (0 if none).
+    pub fn partial_offset(&self, name: &str) -> Result<u64, NodeError> {
+        Ok(self
+            .store
+            .get(Space::Meta, &Self::partial_key(name))?
+            .and_then(|v| trailing_u64(&v))
+            .unwrap_or(0))
+    }
+
+    /// Records that a partial file is durable up to `offset` (after its fsync).
+    pub fn record_partial(&self, name: &str, offset: u64) -> Result<(), NodeError> {
+        let mut b = Batch::new();
+        b.put(
+            Space::Meta,
+            Self::partial_key(name),
+            offset.to_be_bytes().to_vec(),
+        );
+        self.commit.apply(b)?;
+        Ok(())
+    }
+
+    pub fn clear_partial(&self, name: &str) -> Result<(), NodeError> {
+        let mut b = Batch::new();
+        b.delete(Space::Meta, Self::partial_key(name));
+        self.commit.apply(b)?;
+        Ok(())
+    }
+
+    fn upload_key(id: &uuid::Uuid) -> Vec<u8> {
+        Key::new().str("upload").str(&id.to_string()).build()
+    }
+
+    /// A finished upload: its digest and size.
+    pub fn upload_done(&self, id: &uuid::Uuid) -> Result<Option<(Digest, u64)>, NodeError> {
+        Ok(self
+            .store
+            .get(Space::Meta, &Self::upload_key(id))?
+            .and_then(|v| {
+                let d = Digest::from_slice(v.get(..32)?)?;
+                Some((d, trailing_u64(&v)?))
+            }))
+    }
+
+    /// Records a finished upload (so a retry of it answers at once) and drops its
+    /// partial record, in one write.
+    pub fn finish_upload(
+        &self,
+        id: &uuid::Uuid,
+        partial: &str,
+        d: &Digest,
+        size: u64,
+    ) -> Result<Ticket, NodeError> {
+        let mut b = Batch::new();
+        b.delete(Space::Meta, Self::partial_key(partial));
+        let mut v = d.0.to_vec();
+        v.extend_from_slice(&size.to_be_bytes());
+        b.put(Space::Meta, Self::upload_key(id), v);
+        Ok(self.commit.apply(b)?)
+    }
+
+    /// Counts streamed bytes, and those of them that were streamed before.
+    pub fn count_streamed(&self, digest: &Digest, from: u64, to: u64) {
+        let mut hwm = self.stream_hwm.lock().unwrap_or_else(|p| p.into_inner());
+        let h = hwm.entry(*digest).or_insert(0);
+        let resent = (*h).min(to).saturating_sub(from);
+        *h = (*h).max(to);
+        self.stats
+            .stream_bytes_sent
+            .fetch_add(to - from, Ordering::Relaxed);
+        self.stats
+            .stream_bytes_resent
+            .fetch_add(resent, Ordering::Relaxed);
+    }
+
+    /// Whether this exact message is already stored here.
+    pub fn is_duplicate(&self, v: &Verified) -> Result<bool, NodeError> {
+        Ok(self
+            .store
+            .get(
+                Space::Dedup,
+                &doc_key(&v.from.to_string(), &v.doc_id.to_string()),
+            )?
+            .is_some_and(|d| d == v.header_sha256.0))
+    }
+
+    /// The queue entry at `seq`, if it is still queued.
+    pub fn queue_entry(&self, queue: &str, seq: u64) -> Result<Option<QueueEntry>, NodeError> {
+        let key = Key::new().str(queue).u64(seq).build();
+        match self.store.get(Space::Queue, &key)? {
+            Some(v) => Ok(Some(record::decode(Space::Queue, &key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Digest and size of attachment `index` of a stored document.
+    pub fn attachment_of(
+        &self,
+        from: &str,
+        doc_id: &str,
+        index: usize,
+    ) -> Result<(Digest, u64, String), NodeError> {
+        let (_, h) = self.known_doc(from, doc_id)?.ok_or_else(|| {
+            Refusal::not_found(format!("document {doc_id} from {from} is not stored here"))
+        })?;
+        let a = h.attachments.get(index).ok_or_else(|| {
+            Refusal::not_found(format!("document {doc_id} has no attachment {index}"))
+        })?;
+        let d =
+            Digest::from_slice(&a.sha256).ok_or_else(|| internal("stored attachment digest"))?;
+        Ok((d, a.size, a.name.clone()))
     }
 
     pub fn is_connected(&self, child: &NodeId) -> bool {
@@ -1537,40 +1729,67 @@ impl NodeState {
             ))
             .into());
         }
-        for (name, _, data) in &s.attachments {
-            envelope::check_attachment_name(name).map_err(Refusal::invalid)?;
-            if data.len() as u64 > self.limits.max_attachment_bytes {
+        let mut total = 0u64;
+        let mut manifest = Vec::with_capacity(s.attachments.len());
+        let mut inline: Vec<(Digest, &[u8])> = Vec::new();
+        for a in &s.attachments {
+            envelope::check_attachment_name(&a.name).map_err(Refusal::invalid)?;
+            let (digest, size) = match &a.body {
+                Body::Inline(data) => (Digest::of(data), data.len() as u64),
+                Body::Stored(d, size) => {
+                    match self.blobs.size(d) {
+                        Some(n) if n == *size => {}
+                        Some(n) => {
+                            return Err(Refusal::invalid(format!(
+                                "attachment {:?}: the upload {d} has {n} bytes, not {size}",
+                                a.name
+                            ))
+                            .into());
+                        }
+                        None => {
+                            return Err(Refusal::not_found(format!(
+                                "attachment {:?}: nothing was uploaded with sha-256 {d}",
+                                a.name
+                            ))
+                            .into());
+                        }
+                    }
+                    (*d, *size)
+                }
+            };
+            if size > self.limits.max_attachment_bytes {
                 return Err(Refusal::exhausted(format!(
-                    "attachment {name:?} is {} bytes, over the limit of {} (limits.max_attachment_bytes)",
-                    data.len(),
-                    self.limits.max_attachment_bytes
+                    "attachment {:?} is {size} bytes, over the limit of {} (limits.max_attachment_bytes)",
+                    a.name, self.limits.max_attachment_bytes
                 ))
                 .into());
             }
-        }
-        let blobs: Vec<(Digest, &[u8])> = s
-            .attachments
-            .iter()
-            .map(|(_, _, d)| (Digest::of(d), d.as_slice()))
-            .collect();
-        self.blobs.put_many(&blobs)?;
-        let manifest = s
-            .attachments
-            .iter()
-            .zip(&blobs)
-            .map(
-                |((name, content_type, data), (digest, _))| pb::AttachmentRef {
-                    name: name.clone(),
-                    content_type: if content_type.is_empty() {
-                        "application/octet-stream".into()
-                    } else {
-                        content_type.clone()
-                    },
-                    size: data.len() as u64,
-                    sha256: digest.0.to_vec(),
+            total += size;
+            if let Body::Inline(data) = &a.body {
+                inline.push((digest, data.as_slice()));
+            }
+            manifest.push(pb::AttachmentRef {
+                name: a.name.clone(),
+                content_type: if a.content_type.is_empty() {
+                    "application/octet-stream".into()
+                } else {
+                    a.content_type.clone()
                 },
-            )
-            .collect();
+                size,
+                sha256: digest.0.to_vec(),
+            });
+        }
+        if total > self.limits.max_document_bytes {
+            return Err(Refusal::exhausted(format!(
+                "attachments total {total} bytes, over the limit of {} per document (limits.max_document_bytes)",
+                self.limits.max_document_bytes
+            ))
+            .into());
+        }
+        let inline_bytes: u64 = inline.iter().map(|(_, d)| d.len() as u64).sum();
+        self.blobs
+            .check_space(inline_bytes, self.storage.min_free_bytes)?;
+        self.blobs.put_many(&inline)?;
         let header = pb::Header {
             format_version: envelope::FORMAT_VERSION,
             doc_id: doc_id.to_string(),
@@ -1739,8 +1958,15 @@ impl NodeState {
         Ok(record::decode(Space::Docs, &key, &bytes)?)
     }
 
-    /// Builds the transfer for a queue entry (reads blobs: blocking IO).
-    pub fn load_transfer(&self, seq: u64, entry: &QueueEntry) -> Result<pb::Transfer, NodeError> {
+    /// Builds the transfer for a queue entry (reads blobs: blocking IO). Attachments
+    /// travel inline only when they total at most `inline_max` bytes; otherwise the
+    /// peer asks for them (`Want`) and they are streamed.
+    pub fn load_transfer(
+        &self,
+        seq: u64,
+        entry: &QueueEntry,
+        inline_max: u64,
+    ) -> Result<pb::Transfer, NodeError> {
         let doc = self.load_doc(&entry.from, &entry.doc_id)?;
         let mut env = pb::SignedEnvelope::decode(doc.envelope.as_slice())
             .map_err(|e| NodeError::Other(format!("stored envelope {}: {e}", entry.doc_id)))?;
@@ -1750,13 +1976,24 @@ impl NodeState {
             *b ^= 0x01;
         }
         let mut attachments = Vec::with_capacity(doc.attachments.len());
+        let mut total = 0u64;
         for d in &doc.attachments {
             let digest =
                 Digest::from_slice(d).ok_or_else(|| internal("stored digest is not 32 bytes"))?;
-            attachments.push(pb::AttachmentData {
-                sha256: d.clone(),
-                data: self.blobs.read(&digest)?,
-            });
+            total += self
+                .blobs
+                .size(&digest)
+                .ok_or(truc_store::BlobError::Missing(digest))?;
+        }
+        if total <= inline_max {
+            for d in &doc.attachments {
+                let digest = Digest::from_slice(d)
+                    .ok_or_else(|| internal("stored digest is not 32 bytes"))?;
+                attachments.push(pb::AttachmentData {
+                    sha256: d.clone(),
+                    data: self.blobs.read(&digest)?,
+                });
+            }
         }
         Ok(pb::Transfer {
             seq,
@@ -2339,6 +2576,30 @@ impl NodeState {
             .collect()
     }
 
+    /// Every counter by name.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = &self.stats;
+        let c = self.commit.stats();
+        [
+            ("accepted", &s.accepted),
+            ("duplicates", &s.duplicates),
+            ("refused", &s.refused),
+            ("deferred", &s.deferred),
+            ("delivered", &s.delivered),
+            ("receipts", &s.receipts),
+            ("parked", &s.parked),
+            ("stream_bytes_sent", &s.stream_bytes_sent),
+            ("stream_bytes_resent", &s.stream_bytes_resent),
+            ("stream_bytes_received", &s.stream_bytes_received),
+            ("streams_resumed", &s.streams_resumed),
+            ("fsyncs", &c.flushes),
+            ("batches", &c.batches),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.load(Ordering::Relaxed)))
+        .collect()
+    }
+
     pub fn is_healthy(&self) -> bool {
         self.commit.healthy()
     }
@@ -2468,6 +2729,7 @@ pub(crate) mod testing {
                 store,
                 blobs: BlobStore::open(self.blobs_dir.path()).unwrap(),
                 directory: Directory::default(),
+                storage: crate::config::StorageSection::default(),
             })
             .unwrap()
         }

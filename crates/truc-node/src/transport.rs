@@ -130,6 +130,7 @@ pub fn tls_channel(
     tls: Arc<ClientConfig>,
     connect_timeout: Duration,
     keepalive: Duration,
+    window: u32,
 ) -> Result<Channel, String> {
     let name = ServerName::try_from(server_name.to_owned())
         .map_err(|e| format!("server name {server_name:?}: {e}"))?;
@@ -140,6 +141,8 @@ pub fn tls_channel(
         .http2_keep_alive_interval(keepalive)
         .keep_alive_timeout(keepalive * 3)
         .keep_alive_while_idle(true)
+        .initial_stream_window_size(Some(window))
+        .initial_connection_window_size(Some(window.saturating_mul(2)))
         .tcp_nodelay(true);
     let connector = tower::service_fn(move |_uri: http::Uri| {
         let tls = tls.clone();

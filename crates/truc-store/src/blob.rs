@@ -56,7 +56,9 @@ pub enum BlobError {
     Mismatch { expected: Digest, actual: Digest },
     #[error("blob {0} is missing")]
     Missing(Digest),
-    #[error("disk full: {free} bytes free under {path}, {needed} more needed and storage.min_free_bytes keeps {reserve} free")]
+    #[error(
+        "disk full: {free} bytes free under {path}, {needed} more needed and storage.min_free_bytes keeps {reserve} free"
+    )]
     DiskFull {
         path: PathBuf,
         free: u64,
@@ -326,7 +328,9 @@ impl BlobStore {
 
     /// Durable length of a partial file, if one exists.
     pub fn partial_len(&self, name: &str) -> Option<u64> {
-        fs::metadata(self.root.join("partial").join(name)).ok().map(|m| m.len())
+        fs::metadata(self.root.join("partial").join(name))
+            .ok()
+            .map(|m| m.len())
     }
 
     /// Reads a blob and checks it against its name.
@@ -427,7 +431,11 @@ impl Partial {
 
     /// Completes the blob: checks its digest (against `expected` if given) and
     /// moves it into the content-addressed store. A mismatch deletes the partial.
-    pub fn finish(mut self, store: &BlobStore, expected: Option<&Digest>) -> Result<Digest, BlobError> {
+    pub fn finish(
+        mut self,
+        store: &BlobStore,
+        expected: Option<&Digest>,
+    ) -> Result<Digest, BlobError> {
         self.sync()?;
         let actual = match self.hasher.take() {
             Some(h) => {
@@ -456,7 +464,10 @@ impl Partial {
             && e != &actual
         {
             let _ = fs::remove_file(&self.path);
-            return Err(BlobError::Mismatch { expected: *e, actual });
+            return Err(BlobError::Mismatch {
+                expected: *e,
+                actual,
+            });
         }
         let dest = store.path(&actual);
         if dest.exists() {
@@ -526,7 +537,10 @@ mod tests {
         drop(p);
         let mut p = s.partial(&d.hex(), data.len() as u64, durable).unwrap();
         assert_eq!(p.offset(), 100_000);
-        assert!(matches!(p.write(0, b"x"), Err(BlobError::OutOfOrder { .. })));
+        assert!(matches!(
+            p.write(0, b"x"),
+            Err(BlobError::OutOfOrder { .. })
+        ));
         p.write(100_000, &data[100_000..]).unwrap();
         assert!(p.is_complete());
         assert_eq!(p.finish(&s, Some(&d)).unwrap(), d);
@@ -541,7 +555,10 @@ mod tests {
         let expected = Digest::of(b"signed bytes");
         let mut p = s.partial("x", 12, 0).unwrap();
         p.write(0, b"forged bytes").unwrap();
-        assert!(matches!(p.finish(&s, Some(&expected)), Err(BlobError::Mismatch { .. })));
+        assert!(matches!(
+            p.finish(&s, Some(&expected)),
+            Err(BlobError::Mismatch { .. })
+        ));
         assert!(!s.contains(&expected));
         assert_eq!(s.partial_len("x"), None);
     }
@@ -553,7 +570,10 @@ mod tests {
         let free = s.free_bytes().unwrap();
         assert!(s.check_space(1, 0).is_ok());
         let err = s.check_space(1, free + 1).unwrap_err();
-        assert!(err.is_disk_full() && err.to_string().contains("disk full"), "{err}");
+        assert!(
+            err.is_disk_full() && err.to_string().contains("disk full"),
+            "{err}"
+        );
     }
 
     #[test]

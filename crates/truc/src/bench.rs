@@ -153,6 +153,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
                         name: "body.bin".into(),
                         content_type: "application/octet-stream".into(),
                         data,
+                        ..Default::default()
                     }],
                     doc_id: id,
                     ..Default::default()

@@ -139,6 +139,152 @@ fn guess_content_type(path: &Path) -> &'static str {
     }
 }
 
+/// Attachments up to this size travel inside the send request; larger ones are
+/// uploaded first, in resumable chunks, with a progress bar.
+const INLINE_MAX: u64 = 256 << 10;
+const UPLOAD_CHUNK: usize = 1 << 20;
+
+fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg:30!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_owned());
+    bar
+}
+
+fn retryable(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::Internal
+            | tonic::Code::DeadlineExceeded
+    )
+}
+
+/// Uploads one file to the edge; resumes from the edge's durable offset after a cut.
+async fn upload_file(
+    client: &mut AgencyClient<Channel>,
+    path: &Path,
+    name: &str,
+) -> Result<pb::Attachment> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("read attachment {}", path.display()))?
+        .len();
+    let id = uuid::Uuid::now_v7().to_string();
+    let bar = progress(size, name);
+    let mut attempt = 0u32;
+    loop {
+        let st = client
+            .upload_status(pb::UploadStatusRequest {
+                upload_id: id.clone(),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        if !st.sha256.is_empty() {
+            bar.finish();
+            return Ok(pb::Attachment {
+                name: name.to_owned(),
+                content_type: guess_content_type(path).into(),
+                sha256: st.sha256,
+                size,
+                data: Vec::new(),
+            });
+        }
+        bar.set_position(st.offset);
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadChunk>(4);
+        let file_path = path.to_owned();
+        let (uid, b) = (id.clone(), bar.clone());
+        let mut offset = st.offset;
+        let reader = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncSeekExt};
+            let mut f = tokio::fs::File::open(&file_path).await?;
+            f.seek(std::io::SeekFrom::Start(offset)).await?;
+            loop {
+                let len = ((size - offset) as usize).min(UPLOAD_CHUNK);
+                let mut data = vec![0u8; len];
+                f.read_exact(&mut data).await?;
+                let chunk = pb::UploadChunk {
+                    upload_id: uid.clone(),
+                    size,
+                    offset,
+                    data,
+                    sha256: Vec::new(),
+                };
+                if tx.send(chunk).await.is_err() {
+                    break;
+                }
+                offset += len as u64;
+                b.set_position(offset);
+                if offset >= size {
+                    break;
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        });
+        let result = client
+            .upload(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await;
+        reader.abort();
+        match result {
+            Ok(r) => {
+                bar.finish();
+                let r = r.into_inner();
+                return Ok(pb::Attachment {
+                    name: name.to_owned(),
+                    content_type: guess_content_type(path).into(),
+                    sha256: r.sha256,
+                    size: r.size,
+                    data: Vec::new(),
+                });
+            }
+            Err(s) if retryable(&s) && attempt < 10 => {
+                attempt += 1;
+                bar.println(format!(
+                    "upload of {name} interrupted ({}); resuming",
+                    s.message()
+                ));
+                tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)))
+                    .await;
+            }
+            Err(s) => {
+                bar.abandon();
+                return Err(status_error(s));
+            }
+        }
+    }
+}
+
+/// Small files inline, large ones uploaded first.
+async fn prepare_attachments(
+    client: &mut AgencyClient<Channel>,
+    paths: &[PathBuf],
+) -> Result<Vec<pb::Attachment>> {
+    let mut out = Vec::new();
+    for path in paths {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| anyhow!("{} has no usable file name", path.display()))?
+            .to_owned();
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("read attachment {}", path.display()))?
+            .len();
+        if size > INLINE_MAX {
+            out.push(upload_file(client, path, &name).await?);
+        } else {
+            out.extend(attachments(std::slice::from_ref(path))?);
+        }
+    }
+    Ok(out)
+}
+
 fn attachments(paths: &[PathBuf]) -> Result<Vec<pb::Attachment>> {
     let mut out = Vec::new();
     for path in paths {
@@ -153,6 +299,7 @@ fn attachments(paths: &[PathBuf]) -> Result<Vec<pb::Attachment>> {
             name,
             content_type: guess_content_type(path).into(),
             data,
+            ..Default::default()
         });
     }
     Ok(out)
@@ -181,6 +328,7 @@ pub struct SendArgs {
 pub async fn send(config: &Path, a: SendArgs) -> Result<String> {
     let (code_number, code_notation) = split_code(&a.code);
     let mut client = connect(config).await?;
+    let attachments = prepare_attachments(&mut client, &a.attach).await?;
     let resp = client
         .send(pb::SendRequest {
             from: a.from,
@@ -189,7 +337,7 @@ pub async fn send(config: &Path, a: SendArgs) -> Result<String> {
             code_number,
             code_notation,
             priority: a.priority,
-            attachments: attachments(&a.attach)?,
+            attachments,
             doc_id: a.doc_id.unwrap_or_default(),
             ..Default::default()
         })
@@ -244,6 +392,7 @@ pub async fn change(config: &Path, a: ChangeArgs) -> Result<String> {
         organ: o.clone(),
         added: false,
     }));
+    let attachments = prepare_attachments(&mut client, &a.attach).await?;
     let resp = client
         .send(pb::SendRequest {
             from: target.from.clone(),
@@ -254,7 +403,7 @@ pub async fn change(config: &Path, a: ChangeArgs) -> Result<String> {
             code_number,
             code_notation,
             priority: target.priority,
-            attachments: attachments(&a.attach)?,
+            attachments,
             business_type: a.business as i32,
             target_doc_id: a.target,
             reason: a.reason,
@@ -393,7 +542,8 @@ pub async fn get(config: &Path, doc_id: &str, from: Option<String>, out: &Path) 
     let resp = client
         .get_document(pb::GetDocumentRequest {
             doc_id: doc_id.into(),
-            from: from.unwrap_or_default(),
+            from: from.clone().unwrap_or_default(),
+            without_data: true,
         })
         .await
         .map_err(status_error)?
@@ -428,13 +578,107 @@ pub async fn get(config: &Path, doc_id: &str, from: Option<String>, out: &Path) 
         dir.join("document.json"),
         serde_json::to_string_pretty(&meta)?,
     )?;
-    for a in &resp.attachments {
+    for (i, a) in doc.attachments.iter().enumerate() {
         // Names were checked by every hop; check again before touching the disk.
         truc_node::envelope::check_attachment_name(&a.name).map_err(|e| anyhow!(e))?;
-        std::fs::write(dir.join("attachments").join(&a.name), &a.data)
-            .with_context(|| format!("write attachment {}", a.name))?;
+        download(
+            &mut client,
+            &doc.doc_id,
+            from.as_deref(),
+            i as u32,
+            a,
+            &dir.join("attachments"),
+        )
+        .await?;
     }
     Ok(dir)
+}
+
+/// Streams one attachment to `dir/<name>` through a `.part` file (resumed if one is
+/// there), checks its SHA-256 against the signed manifest, then renames it.
+async fn download(
+    client: &mut AgencyClient<Channel>,
+    doc_id: &str,
+    from: Option<&str>,
+    index: u32,
+    a: &pb::AttachmentRef,
+    dir: &Path,
+) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let dest = dir.join(&a.name);
+    let part = dir.join(format!("{}.part", a.name));
+    let mut offset = std::fs::metadata(&part)
+        .map(|m| m.len())
+        .unwrap_or(0)
+        .min(a.size);
+    let mut f = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&part)
+        .await
+        .with_context(|| format!("open {}", part.display()))?;
+    f.set_len(offset).await?;
+    let bar = progress(a.size, &a.name);
+    bar.set_position(offset);
+    let mut stream = client
+        .get_attachment(pb::GetAttachmentRequest {
+            doc_id: doc_id.into(),
+            from: from.unwrap_or_default().into(),
+            index,
+            offset,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    while let Some(chunk) = stream.message().await.map_err(status_error)? {
+        if chunk.offset != offset {
+            bail!(
+                "{}: the edge sent bytes at {} while {offset} were expected",
+                a.name,
+                chunk.offset
+            );
+        }
+        f.write_all(&chunk.data).await?;
+        offset += chunk.data.len() as u64;
+        bar.set_position(offset);
+    }
+    f.sync_all().await?;
+    drop(f);
+    if offset != a.size {
+        bail!(
+            "{}: the stream ended at {offset} of {} bytes; run the command again to resume",
+            a.name,
+            a.size
+        );
+    }
+    let actual = tokio::task::spawn_blocking({
+        let part = part.clone();
+        move || -> std::io::Result<Vec<u8>> {
+            use std::io::Read;
+            let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+            let mut file = std::fs::File::open(part)?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            Ok(h.finish().as_ref().to_vec())
+        }
+    })
+    .await??;
+    if actual != a.sha256 {
+        let _ = std::fs::remove_file(&part);
+        bail!(
+            "{}: the bytes do not match the signed sha-256; removed",
+            a.name
+        );
+    }
+    std::fs::rename(&part, &dest).with_context(|| format!("rename to {}", dest.display()))?;
+    bar.finish();
+    Ok(())
 }
 
 fn hex_of(b: &[u8]) -> String {

@@ -180,6 +180,7 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<()> {
                 name: name.into(),
                 content_type: "application/pdf".into(),
                 data: pdf::simple_pdf(lines),
+                ..Default::default()
             })
             .into_iter()
             .collect();

@@ -35,6 +35,7 @@ pub async fn raw_link(pki: &Path, node: &str, hub: &str) -> Result<RawLink, Stri
         t.client_config().map_err(|e| e.to_string())?,
         Duration::from_secs(5),
         Duration::from_secs(5),
+        4 << 20,
     )?;
     let mut client = pb::link_client::LinkClient::new(ch);
     let (tx, rx) = mpsc::channel(16);

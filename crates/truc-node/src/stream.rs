@@ -1,0 +1,245 @@
+//! Attachments larger than a transfer carries inline travel as streams of chunks,
+//! asked for by the receiver from where its durable partial copy ends.
+//!
+//! Receiver: for each missing attachment of a transfer it claims the digest (one
+//! writer per digest on the node, others wait for it), opens the partial file at its
+//! durable offset, sends `Want{seq, index, offset}`, writes the chunks in order,
+//! fsyncs every `storage.sync_every_bytes` and records the durable offset, and at the
+//! end checks the whole against the SHA-256 of the signed manifest before the
+//! attachment counts as stored. Memory per stream is a few chunks; the HTTP/2 window
+//! and a small channel push back on the sender.
+//!
+//! Sender: serves `Want`s one at a time from the blob file, chunk by chunk.
+
+use std::{
+    collections::HashMap,
+    io::SeekFrom,
+    sync::{Arc, Mutex},
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncSeekExt},
+    sync::mpsc,
+};
+use truc_proto::v1::{self as pb, link_frame::Frame};
+use truc_store::{BlobError, Digest};
+
+use crate::{
+    error::{NodeError, Refusal},
+    state::{Claim, NodeState},
+};
+
+/// Chunk writers of one session, by (seq, attachment index).
+pub type Sinks = Arc<Mutex<HashMap<(u64, u32), mpsc::Sender<(u64, Vec<u8>)>>>>;
+
+/// How fetching one attachment ended, when it did not end well.
+pub enum Fetch {
+    /// The bytes are not the signed ones: refuse the transfer for good.
+    Refused(Refusal),
+    /// Not now (disk full): the sender keeps it and retries.
+    Deferred(String),
+    /// The link or the disk failed: drop the link, the peer resends.
+    Failed(NodeError),
+}
+
+impl From<NodeError> for Fetch {
+    fn from(e: NodeError) -> Self {
+        Fetch::Failed(e)
+    }
+}
+
+impl From<BlobError> for Fetch {
+    fn from(e: BlobError) -> Self {
+        if e.is_disk_full() {
+            Fetch::Deferred(e.to_string())
+        } else {
+            Fetch::Failed(e.into())
+        }
+    }
+}
+
+/// Removes a sink when its fetch ends, however it ends.
+struct SinkGuard {
+    sinks: Sinks,
+    key: (u64, u32),
+}
+
+impl Drop for SinkGuard {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.sinks.lock() {
+            s.remove(&self.key);
+        }
+    }
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// Gets attachment `index` of transfer `seq` onto this node's disk, resuming a
+/// partial copy if there is one.
+pub async fn fetch(
+    state: &Arc<NodeState>,
+    out: &mpsc::Sender<pb::LinkFrame>,
+    sinks: &Sinks,
+    seq: u64,
+    index: u32,
+    digest: Digest,
+    size: u64,
+) -> Result<(), Fetch> {
+    let guard = loop {
+        if state.blobs.contains(&digest) {
+            return Ok(());
+        }
+        match state.claim_partial(digest) {
+            Claim::Mine(g) => break g,
+            // Another transfer (the same attachment in another document, or an
+            // older session) is writing it: wait for it, then look again.
+            Claim::Busy(mut rx) => {
+                let _ = rx.wait_for(|r| r.is_some()).await;
+            }
+        }
+    };
+    if state.blobs.contains(&digest) {
+        guard.done();
+        return Ok(());
+    }
+    let name = digest.hex();
+    let resume = state.partial_offset(&name)?;
+    state
+        .blobs
+        .check_space(size.saturating_sub(resume), state.storage.min_free_bytes)?;
+    let mut partial = blocking(|| state.blobs.partial(&name, size, resume))?;
+    let (tx, mut rx) = mpsc::channel::<(u64, Vec<u8>)>(4);
+    if let Ok(mut s) = sinks.lock() {
+        s.insert((seq, index), tx);
+    }
+    let _sink = SinkGuard {
+        sinks: sinks.clone(),
+        key: (seq, index),
+    };
+    if partial.offset() > 0 {
+        state
+            .stats
+            .streams_resumed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(attachment = %name, offset = partial.offset(), size, "resuming an attachment from its durable offset");
+    }
+    let want = pb::Want {
+        seq,
+        index,
+        offset: partial.offset(),
+    };
+    out.send(pb::LinkFrame {
+        frame: Some(Frame::Want(want)),
+    })
+    .await
+    .map_err(|_| Fetch::Failed(NodeError::Other("link closed".into())))?;
+    let every = state.storage.sync_every_bytes.max(1);
+    while !partial.is_complete() {
+        let Some((at, data)) = rx.recv().await else {
+            return Err(Fetch::Failed(NodeError::Other(
+                "link closed mid-stream".into(),
+            )));
+        };
+        let n = data.len() as u64;
+        blocking(|| partial.write(at, &data)).map_err(|e| match e {
+            e @ (BlobError::OutOfOrder { .. } | BlobError::TooLong { .. }) => {
+                Fetch::Refused(Refusal::invalid(format!("attachment {name}: {e}")))
+            }
+            other => other.into(),
+        })?;
+        state
+            .stats
+            .stream_bytes_received
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        if partial.offset() - partial.synced() >= every && !partial.is_complete() {
+            let durable = blocking(|| partial.sync())?;
+            state.record_partial(&name, durable)?;
+        }
+    }
+    match blocking(|| partial.finish(&state.blobs, Some(&digest))) {
+        Ok(_) => {}
+        Err(BlobError::Mismatch { .. }) => {
+            let _ = state.clear_partial(&name);
+            return Err(Fetch::Refused(Refusal::invalid(format!(
+                "attachment {index} of transfer {seq}: bytes do not match the signed sha-256 {name}"
+            ))));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    state.clear_partial(&name)?;
+    guard.done();
+    Ok(())
+}
+
+/// Serves the peer's `Want`s for the queue `queue`, one at a time.
+pub async fn serve(
+    state: Arc<NodeState>,
+    queue: String,
+    out: mpsc::Sender<pb::LinkFrame>,
+    mut wants: mpsc::UnboundedReceiver<pb::Want>,
+    chunk_bytes: usize,
+) -> Result<(), crate::link::LinkError> {
+    while let Some(w) = wants.recv().await {
+        let st = state.clone();
+        let q = queue.clone();
+        let found = tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
+            let Some(entry) = st.queue_entry(&q, w.seq)? else {
+                return Ok(None);
+            };
+            Ok(Some(st.attachment_of(
+                &entry.from,
+                &entry.doc_id,
+                w.index as usize,
+            )?))
+        })
+        .await
+        .map_err(|e| NodeError::Other(e.to_string()))??;
+        let Some((digest, size, name)) = found else {
+            tracing::debug!(seq = w.seq, "want for a transfer that is no longer queued");
+            continue;
+        };
+        if w.offset > size {
+            tracing::warn!(
+                seq = w.seq,
+                offset = w.offset,
+                size,
+                "want beyond the end of the attachment"
+            );
+            continue;
+        }
+        let mut file =
+            tokio::fs::File::from_std(state.blobs.open_blob(&digest).map_err(NodeError::from)?);
+        file.seek(SeekFrom::Start(w.offset))
+            .await
+            .map_err(NodeError::io(format!("seek {name}")))?;
+        tracing::debug!(seq = w.seq, attachment = %name, from = w.offset, size, "streaming attachment");
+        let mut offset = w.offset;
+        while offset < size {
+            let len = ((size - offset) as usize).min(chunk_bytes);
+            let mut buf = vec![0u8; len];
+            file.read_exact(&mut buf)
+                .await
+                .map_err(NodeError::io(format!("read {name}")))?;
+            let chunk = pb::Chunk {
+                seq: w.seq,
+                index: w.index,
+                offset,
+                data: buf,
+            };
+            if out
+                .send(pb::LinkFrame {
+                    frame: Some(Frame::Chunk(chunk)),
+                })
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+            state.count_streamed(&digest, offset, offset + len as u64);
+            offset += len as u64;
+        }
+    }
+    Ok(())
+}
