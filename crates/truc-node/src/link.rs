@@ -178,6 +178,29 @@ fn prepare(state: &NodeState, batch: Vec<pb::Transfer>) -> Result<Vec<(u64, Prep
     Ok(out)
 }
 
+/// The sending half of a link: control frames and transfers on one channel (up to
+/// a window of them), attachment chunks on a short one of their own, so that a
+/// stream of chunks never queues more than a couple in memory.
+#[derive(Clone)]
+pub struct Outbox {
+    pub frames: mpsc::Sender<pb::LinkFrame>,
+    pub chunks: mpsc::Sender<pb::LinkFrame>,
+}
+
+/// A new outbox and the stream of frames it feeds, for the gRPC call.
+pub fn outbox(window: u32) -> (Outbox, impl futures::Stream<Item = pb::LinkFrame> + Send + 'static) {
+    let (f_tx, f_rx) = mpsc::channel(window as usize + 16);
+    let (c_tx, c_rx) = mpsc::channel(2);
+    let stream = futures::stream::select(ReceiverStream::new(f_rx), ReceiverStream::new(c_rx));
+    (
+        Outbox {
+            frames: f_tx,
+            chunks: c_tx,
+        },
+        stream,
+    )
+}
+
 /// Whether a transfer's attachments follow as streams.
 fn is_streamed(t: &pb::Transfer) -> bool {
     t.attachments.is_empty()
@@ -317,15 +340,16 @@ pub async fn run_session(
     peer: NodeId,
     origin: Origin,
     queue: String,
-    mut incoming: Streaming<pb::LinkFrame>,
-    out: mpsc::Sender<pb::LinkFrame>,
+        mut incoming: Streaming<pb::LinkFrame>,
+    outbox: Outbox,
     peer_window: u32,
     params: LinkParams,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), LinkError> {
     // `senders` only produce frames and can stop at once; `receivers` hold
     // transfers that were received and must get to disk and be acknowledged.
-    let peer_is_parent = matches!(origin, Origin::Parent(_));
+        let peer_is_parent = matches!(origin, Origin::Parent(_));
+    let out = outbox.frames.clone();
     let mut senders = JoinSet::new();
     let mut receivers = JoinSet::new();
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
@@ -341,10 +365,10 @@ pub async fn run_session(
         peer_is_parent,
     };
     senders.spawn(
-        crate::stream::serve(
+                crate::stream::serve(
             state.clone(),
             queue.clone(),
-            out.clone(),
+            outbox.chunks.clone(),
             want_rx,
             params.chunk_bytes,
         )
@@ -876,7 +900,8 @@ impl pb::link_server::Link for LinkService {
                 hello.protocol_version
             )));
         }
-        let (tx, rx) = mpsc::channel(self.params.window as usize + 16);
+                let (outbox, frames) = outbox(self.params.window);
+        let tx = outbox.frames.clone();
         tx.send(frame(Frame::Welcome(pb::Welcome {
             node_id: self.state.node_id.to_string(),
             protocol_version: PROTOCOL_VERSION,
@@ -923,9 +948,9 @@ impl pb::link_server::Link for LinkService {
                     state,
                     node.clone(),
                     Origin::Child(node.clone()),
-                    format!("child:{node}"),
+                                        format!("child:{node}"),
                     incoming,
-                    tx,
+                    outbox,
                     hello.window.max(1),
                     params,
                     stop_rx,
@@ -944,7 +969,7 @@ impl pb::link_server::Link for LinkService {
             }
             .instrument(span),
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+                Ok(Response::new(Box::pin(frames.map(Ok))))
     }
 }
 
@@ -1016,7 +1041,8 @@ async fn connect_once(
     let mut client = pb::link_client::LinkClient::new(channel)
         .max_decoding_message_size(params.max_message_bytes)
         .max_encoding_message_size(params.max_message_bytes);
-    let (tx, rx) = mpsc::channel(params.window as usize + 16);
+        let (outbox, frames) = outbox(params.window);
+    let tx = outbox.frames.clone();
     tx.send(frame(Frame::Hello(pb::Hello {
         node_id: state.node_id.to_string(),
         protocol_version: PROTOCOL_VERSION,
@@ -1027,7 +1053,7 @@ async fn connect_once(
     .map_err(|_| LinkError::Closed)?;
     let open = tokio::time::timeout(
         params.handshake_timeout + params.connect_timeout,
-        client.open(ReceiverStream::new(rx)),
+                client.open(frames),
     );
     let mut incoming = open
         .await
@@ -1058,9 +1084,9 @@ async fn connect_once(
         state.clone(),
         parent.clone(),
         Origin::Parent(parent.clone()),
-        "parent".into(),
+                "parent".into(),
         incoming,
-        tx,
+        outbox,
         welcome.window.max(1),
         params.clone(),
         stop,
