@@ -672,7 +672,7 @@ async fn upload(
         tokio::task::block_in_place(|| state.blobs.partial(&name, size, resume)).map_err(io)?;
     let every = state.storage.sync_every_bytes.max(1);
     let mut next = Some(first);
-        while let Some(chunk) = next.take() {
+    while let Some(chunk) = next.take() {
         if chunk.upload_id != id.to_string() && !chunk.upload_id.is_empty() {
             return Err(Status::invalid_argument("one upload per stream"));
         }

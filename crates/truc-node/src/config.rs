@@ -309,6 +309,9 @@ pub struct StorageSection {
     pub retention_ms: u64,
     /// How often partial transfers are made durable while they stream. Default 8 MiB.
     pub sync_every_bytes: u64,
+    /// Blob files no document names (uploads never sent, leftovers of a crash) and
+    /// abandoned partial transfers are deleted after this long. Default 24 h.
+    pub orphan_grace_ms: u64,
 }
 
 impl Default for StorageSection {
@@ -318,6 +321,7 @@ impl Default for StorageSection {
             min_free_bytes: 512 << 20,
             retention_ms: 30 * 24 * 3_600_000,
             sync_every_bytes: 8 << 20,
+            orphan_grace_ms: 24 * 3_600_000,
         }
     }
 }

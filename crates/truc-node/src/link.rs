@@ -188,7 +188,12 @@ pub struct Outbox {
 }
 
 /// A new outbox and the stream of frames it feeds, for the gRPC call.
-pub fn outbox(window: u32) -> (Outbox, impl futures::Stream<Item = pb::LinkFrame> + Send + 'static) {
+pub fn outbox(
+    window: u32,
+) -> (
+    Outbox,
+    impl futures::Stream<Item = pb::LinkFrame> + Send + 'static,
+) {
     let (f_tx, f_rx) = mpsc::channel(window as usize + 16);
     let (c_tx, c_rx) = mpsc::channel(2);
     let stream = futures::stream::select(ReceiverStream::new(f_rx), ReceiverStream::new(c_rx));
@@ -340,7 +345,7 @@ pub async fn run_session(
     peer: NodeId,
     origin: Origin,
     queue: String,
-        mut incoming: Streaming<pb::LinkFrame>,
+    mut incoming: Streaming<pb::LinkFrame>,
     outbox: Outbox,
     peer_window: u32,
     params: LinkParams,
@@ -348,7 +353,7 @@ pub async fn run_session(
 ) -> Result<(), LinkError> {
     // `senders` only produce frames and can stop at once; `receivers` hold
     // transfers that were received and must get to disk and be acknowledged.
-        let peer_is_parent = matches!(origin, Origin::Parent(_));
+    let peer_is_parent = matches!(origin, Origin::Parent(_));
     let out = outbox.frames.clone();
     let mut senders = JoinSet::new();
     let mut receivers = JoinSet::new();
@@ -365,7 +370,7 @@ pub async fn run_session(
         peer_is_parent,
     };
     senders.spawn(
-                crate::stream::serve(
+        crate::stream::serve(
             state.clone(),
             queue.clone(),
             outbox.chunks.clone(),
@@ -900,7 +905,7 @@ impl pb::link_server::Link for LinkService {
                 hello.protocol_version
             )));
         }
-                let (outbox, frames) = outbox(self.params.window);
+        let (outbox, frames) = outbox(self.params.window);
         let tx = outbox.frames.clone();
         tx.send(frame(Frame::Welcome(pb::Welcome {
             node_id: self.state.node_id.to_string(),
@@ -948,7 +953,7 @@ impl pb::link_server::Link for LinkService {
                     state,
                     node.clone(),
                     Origin::Child(node.clone()),
-                                        format!("child:{node}"),
+                    format!("child:{node}"),
                     incoming,
                     outbox,
                     hello.window.max(1),
@@ -969,7 +974,7 @@ impl pb::link_server::Link for LinkService {
             }
             .instrument(span),
         );
-                Ok(Response::new(Box::pin(frames.map(Ok))))
+        Ok(Response::new(Box::pin(frames.map(Ok))))
     }
 }
 
@@ -1041,7 +1046,7 @@ async fn connect_once(
     let mut client = pb::link_client::LinkClient::new(channel)
         .max_decoding_message_size(params.max_message_bytes)
         .max_encoding_message_size(params.max_message_bytes);
-        let (outbox, frames) = outbox(params.window);
+    let (outbox, frames) = outbox(params.window);
     let tx = outbox.frames.clone();
     tx.send(frame(Frame::Hello(pb::Hello {
         node_id: state.node_id.to_string(),
@@ -1053,7 +1058,7 @@ async fn connect_once(
     .map_err(|_| LinkError::Closed)?;
     let open = tokio::time::timeout(
         params.handshake_timeout + params.connect_timeout,
-                client.open(frames),
+        client.open(frames),
     );
     let mut incoming = open
         .await
@@ -1084,7 +1089,7 @@ async fn connect_once(
         state.clone(),
         parent.clone(),
         Origin::Parent(parent.clone()),
-                "parent".into(),
+        "parent".into(),
         incoming,
         outbox,
         welcome.window.max(1),

@@ -262,6 +262,47 @@ impl RunningNode {
             });
         }
 
+        {
+            // Attachments past their retention are released, and files nobody
+            // names any more (uploads never sent, leftovers of a crash) removed.
+            let st = state.clone();
+            let every = Config::ms(config.delivery.sweep_interval_ms);
+            let mut s = stop_rx.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut last_orphans: Option<std::time::Instant> = None;
+                loop {
+                    tokio::select! {
+                        _ = crate::stopped(&mut s) => return,
+                        _ = tick.tick() => {}
+                    }
+                    let orphans =
+                        last_orphans.is_none_or(|t| t.elapsed() > Duration::from_secs(3600));
+                    if orphans {
+                        last_orphans = Some(std::time::Instant::now());
+                    }
+                    let st = st.clone();
+                    let r = tokio::task::spawn_blocking(move || -> Result<(), NodeError> {
+                        while st.release_due()? > 0 {}
+                        if orphans {
+                            let n = st.sweep_orphans()?;
+                            if n > 0 {
+                                tracing::info!(files = n, "removed blob files no document names");
+                            }
+                        }
+                        Ok(())
+                    })
+                    .await;
+                    match r {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
+                        Err(e) => tracing::error!(error = %e, "retention sweep panicked"),
+                    }
+                }
+            });
+        }
+
         if !config.children.is_empty() {
             // Overdue documents of children that stay away are parked and their
             // senders told, instead of waiting forever.

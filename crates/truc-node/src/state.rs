@@ -232,6 +232,11 @@ struct Plan {
     fresh: Vec<(Vec<u8>, [u8; 32])>,
     audit: Vec<audit::Draft>,
     deltas: Vec<(String, i64)>,
+    /// Blob reference counts and per-agency held bytes changed by this batch.
+    refs: BTreeMap<Digest, u64>,
+    held: BTreeMap<String, u64>,
+    /// Stored documents changed by this batch (pending counts).
+    docs: BTreeMap<Vec<u8>, DocRecord>,
 }
 
 /// Where a plan stood before an item, to undo that item alone.
@@ -244,6 +249,9 @@ struct Mark {
     deltas: usize,
     sent: BTreeMap<Vec<u8>, SentRecord>,
     inbox: BTreeMap<Vec<u8>, InboxEntry>,
+    refs: BTreeMap<Digest, u64>,
+    held: BTreeMap<String, u64>,
+    docs: BTreeMap<Vec<u8>, DocRecord>,
 }
 
 impl Plan {
@@ -257,6 +265,9 @@ impl Plan {
             deltas: self.deltas.len(),
             sent: self.sent.clone(),
             inbox: self.inbox.clone(),
+            refs: self.refs.clone(),
+            held: self.held.clone(),
+            docs: self.docs.clone(),
         }
     }
 
@@ -269,6 +280,9 @@ impl Plan {
         self.deltas.truncate(m.deltas);
         self.sent = m.sent;
         self.inbox = m.inbox;
+        self.refs = m.refs;
+        self.held = m.held;
+        self.docs = m.docs;
     }
 
     fn audit(
@@ -874,6 +888,21 @@ impl NodeState {
         for (key, e) in std::mem::take(&mut plan.inbox) {
             plan.batch.put(Space::Inbox, key, record::encode(&e));
         }
+        for (key, d) in std::mem::take(&mut plan.docs) {
+            plan.batch.put(Space::Docs, key, record::encode(&d));
+        }
+        for (d, n) in std::mem::take(&mut plan.refs) {
+            if n == 0 {
+                plan.batch.delete(Space::BlobRefs, d.0.to_vec());
+            } else {
+                plan.batch
+                    .put(Space::BlobRefs, d.0.to_vec(), n.to_be_bytes().to_vec());
+            }
+        }
+        for (from, n) in std::mem::take(&mut plan.held) {
+            plan.batch
+                .put(Space::Meta, Self::held_key(&from), n.to_be_bytes().to_vec());
+        }
         let now = now_ms();
         let (mut seq, mut head) = (w.audit_seq, w.audit_head);
         for d in std::mem::take(&mut plan.audit) {
@@ -918,6 +947,167 @@ impl NodeState {
             let _ = self.events.send(e);
         }
         Ok(ticket)
+    }
+
+    fn held_key(from: &str) -> Vec<u8> {
+        Key::new().str("held").str(from).build()
+    }
+
+    /// Attachment bytes held here for documents from `from`.
+    fn held(&self, plan: &Plan, from: &str) -> Result<u64, NodeError> {
+        if let Some(n) = plan.held.get(from) {
+            return Ok(*n);
+        }
+        Ok(self
+            .store
+            .get(Space::Meta, &Self::held_key(from))?
+            .and_then(|v| trailing_u64(&v))
+            .unwrap_or(0))
+    }
+
+    /// How many stored documents name blob `d`.
+    fn refs(&self, plan: &Plan, d: &Digest) -> Result<u64, NodeError> {
+        if let Some(n) = plan.refs.get(d) {
+            return Ok(*n);
+        }
+        Ok(self
+            .store
+            .get(Space::BlobRefs, &d.0)?
+            .and_then(|v| trailing_u64(&v))
+            .unwrap_or(0))
+    }
+
+    fn doc_record(&self, plan: &Plan, key: &[u8]) -> Result<Option<DocRecord>, NodeError> {
+        if let Some(d) = plan.docs.get(key) {
+            return Ok(Some(d.clone()));
+        }
+        match self.store.get(Space::Docs, key)? {
+            Some(bytes) => Ok(Some(record::decode(Space::Docs, key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// One delivery of a document is done here (passed on, refused for good, or
+    /// taken by the application); after the last, its attachments are scheduled
+    /// for release after the retention period.
+    fn plan_done_once(
+        &self,
+        plan: &mut Plan,
+        from: &str,
+        doc_id: &str,
+        now: i64,
+    ) -> Result<(), NodeError> {
+        let key = doc_key(from, doc_id);
+        let Some(mut d) = self.doc_record(plan, &key)? else {
+            return Ok(());
+        };
+        if d.bytes == 0 || d.pending == 0 {
+            return Ok(());
+        }
+        d.pending -= 1;
+        if d.pending == 0 {
+            let due = now + self.storage.retention_ms.min(i64::MAX as u64) as i64;
+            plan.batch.put(
+                Space::Release,
+                Key::new()
+                    .u64(due.max(0) as u64)
+                    .str(from)
+                    .str(doc_id)
+                    .build(),
+                Vec::new(),
+            );
+        }
+        plan.docs.insert(key, d);
+        Ok(())
+    }
+
+    /// Releases the attachments of documents whose retention has passed: their
+    /// reference counts drop, and files nobody names any more are deleted once
+    /// that is durable. Blocking.
+    pub fn release_due(&self) -> Result<usize, NodeError> {
+        let now = now_ms();
+        let due = self.store.scan(Space::Release, &[], None, 1024)?;
+        let due: Vec<Vec<u8>> = due
+            .into_iter()
+            .map(|(k, _)| k)
+            .take_while(|k| k.len() >= 8 && trailing_u64(&k[..8]).is_some_and(|t| t as i64 <= now))
+            .collect();
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let w = self.lock();
+        let mut plan = Plan::default();
+        let mut doomed = Vec::new();
+        for k in &due {
+            plan.batch.delete(Space::Release, k.clone());
+            let Some(parts) = str_parts(&k[8..], 2) else {
+                continue;
+            };
+            let (from, doc_id) = (&parts[0], &parts[1]);
+            let key = doc_key(from, doc_id);
+            let Some(mut d) = self.doc_record(&plan, &key)? else {
+                continue;
+            };
+            if d.released_at_ms != 0 {
+                continue;
+            }
+            for raw in &d.attachments {
+                let Some(digest) = Digest::from_slice(raw) else {
+                    continue;
+                };
+                let n = self.refs(&plan, &digest)?.saturating_sub(1);
+                plan.refs.insert(digest, n);
+                if n == 0 {
+                    doomed.push(digest);
+                }
+            }
+            let held = self.held(&plan, from)?;
+            plan.held.insert(from.clone(), held.saturating_sub(d.bytes));
+            d.released_at_ms = now;
+            plan.audit(
+                "released",
+                doc_id,
+                from,
+                format!(
+                    "{} bytes of attachments after the retention period",
+                    d.bytes
+                ),
+            );
+            plan.docs.insert(key, d);
+        }
+        let ticket = self.finish(w, plan)?;
+        futures::executor::block_on(self.durable(ticket))?;
+        // Under the writer lock: a document that names one of these again in the
+        // meantime checks that its file is there, and nobody deletes it then.
+        let _w = self.lock();
+        for d in doomed {
+            if self.refs(&Plan::default(), &d)? == 0 {
+                self.blobs.remove(&d)?;
+            }
+        }
+        Ok(due.len())
+    }
+
+    /// Deletes blob files no document names and abandoned partial transfers, once
+    /// older than `storage.orphan_grace_ms`. Blocking.
+    pub fn sweep_orphans(&self) -> Result<usize, NodeError> {
+        let grace = self.storage.orphan_grace_ms / 1000;
+        let mut n = 0;
+        let candidates: Vec<Digest> = self
+            .blobs
+            .list()?
+            .into_iter()
+            .filter(|(_, age)| *age >= grace)
+            .map(|(d, _)| d)
+            .collect();
+        let _w = self.lock();
+        for d in candidates {
+            if self.refs(&Plan::default(), &d)? == 0 {
+                self.blobs.remove(&d)?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     fn sent_record(&self, plan: &Plan, key: &[u8]) -> Result<Option<SentRecord>, NodeError> {
@@ -1136,17 +1326,54 @@ impl NodeState {
         }
 
         let dkey = doc_key(&from_key, &doc_id);
-        plan.batch.put(
-            Space::Docs,
+        let bytes: u64 = v.header.attachments.iter().map(|a| a.size).sum();
+        let mut pending = 0u32;
+        if bytes > 0 {
+            // The files stay while anyone here still has to pass them on or hand
+            // them to an application; then for the retention period.
+            for (dest, rs) in &routes {
+                pending += match dest {
+                    Destination::Local if v.kind == Kind::Document => rs.len() as u32,
+                    Destination::Local => 0,
+                    _ => 1,
+                };
+            }
+            let held = self.held(plan, &from_key)?;
+            if held + bytes > self.quotas.max_agency_bytes {
+                let why = format!(
+                    "{from_key} holds {held} bytes of attachments here; {bytes} more would pass quotas.max_agency_bytes ({})",
+                    self.quotas.max_agency_bytes
+                );
+                return Err(match origin {
+                    Origin::Local => Refusal::exhausted(why).into(),
+                    _ => NodeError::Deferred(why),
+                });
+            }
+            plan.held.insert(from_key.clone(), held + bytes);
+            for d in &v.attachments {
+                let n = self.refs(plan, d)?;
+                if n == 0 && !self.blobs.contains(d) {
+                    // Released while this document was on its way: the peer resends it.
+                    return Err(NodeError::Other(format!(
+                        "attachment {d} is not on disk; retry"
+                    )));
+                }
+                plan.refs.insert(*d, n + 1);
+            }
+        }
+        plan.docs.insert(
             dkey.clone(),
-            record::encode(&DocRecord {
+            DocRecord {
                 envelope: v.envelope.encode_to_vec(),
                 header_sha256: v.header_sha256.0.to_vec(),
                 origin: origin.label(),
                 received_at_ms: now,
                 attachments: v.attachments.iter().map(|d| d.0.to_vec()).collect(),
                 signer: v.signer.clone(),
-            }),
+                pending,
+                bytes,
+                released_at_ms: 0,
+            },
         );
         plan.batch
             .put(Space::Dedup, dkey, v.header_sha256.0.to_vec());
@@ -2034,6 +2261,7 @@ impl NodeState {
                 plan.batch
                     .delete(Space::Queue, Key::new().str(queue).u64(seq).build());
                 Self::plan_dequeue(&mut plan, queue, &entry);
+                self.plan_done_once(&mut plan, &entry.from, &entry.doc_id, now)?;
                 n += 1;
                 if entry.kind != pb::Kind::Receipt as i32 {
                     plan.audit(
@@ -2110,6 +2338,7 @@ impl NodeState {
         let mut plan = Plan::default();
         plan.batch.delete(Space::Queue, key.clone());
         Self::plan_dequeue(&mut plan, queue, &entry);
+        self.plan_done_once(&mut plan, &entry.from, &entry.doc_id, now)?;
         plan.batch.put(
             Space::Dead,
             key,
@@ -2456,6 +2685,7 @@ impl NodeState {
             e.acked = true;
             e.acked_at_ms = now;
             plan.audit("acked", &e.doc_id, &e.from, format!("by {recipient}"));
+            self.plan_done_once(&mut plan, &e.from, &e.doc_id, now)?;
             if e.kind == "document" {
                 let sender: OrganId = e.from.parse().map_err(internal)?;
                 let doc = self.load_doc(&e.from, &e.doc_id)?;
@@ -2635,6 +2865,7 @@ pub(crate) mod testing {
         pub transport: DevCa,
         pub blobs_dir: tempfile::TempDir,
         pub quotas: QuotaSection,
+        pub storage: crate::config::StorageSection,
     }
 
     impl Fixture {
@@ -2644,6 +2875,10 @@ pub(crate) mod testing {
                 transport: DevCa::generate("test transport").unwrap(),
                 blobs_dir: tempfile::tempdir().unwrap(),
                 quotas: QuotaSection::default(),
+                storage: crate::config::StorageSection {
+                    min_free_bytes: 0,
+                    ..Default::default()
+                },
             }
         }
 
@@ -2729,7 +2964,7 @@ pub(crate) mod testing {
                 store,
                 blobs: BlobStore::open(self.blobs_dir.path()).unwrap(),
                 directory: Directory::default(),
-                storage: crate::config::StorageSection::default(),
+                storage: self.storage.clone(),
             })
             .unwrap()
         }
@@ -2763,6 +2998,70 @@ mod tests {
 
     fn child(n: &str) -> Origin {
         Origin::Child(n.parse().unwrap())
+    }
+
+    fn with_attachment(f: &Fixture, hub: &NodeState, data: &[u8]) -> Verified {
+        let d = hub.blobs.put(data).unwrap();
+        let header = pb::Header {
+            format_version: envelope::FORMAT_VERSION,
+            doc_id: DocId::new_v7().to_string(),
+            kind: pb::Kind::Document as i32,
+            from: "000.00.00.G22".into(),
+            to: vec!["000.00.00.H41".into()],
+            subject: "Phụ lục".into(),
+            attachments: vec![pb::AttachmentRef {
+                name: "phu-luc.pdf".into(),
+                content_type: "application/pdf".into(),
+                size: data.len() as u64,
+                sha256: d.0.to_vec(),
+            }],
+            ..Default::default()
+        };
+        let env = envelope::seal(&header, &f.signer("000.00.00.G22")).unwrap();
+        envelope::verify(env, &f.verifiers(), &Limits::default(), UnixTime::now()).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shared_attachment_is_deleted_only_after_the_last_document_naming_it_is_released() {
+        let mut f = Fixture::new();
+        f.storage.retention_ms = 0;
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let one = with_attachment(&f, &hub, b"bang tong hop");
+        let two = with_attachment(&f, &hub, b"bang tong hop");
+        let d = one.attachments[0];
+        hub.accept(one, &child("vpcp"), None).unwrap();
+        hub.accept(two, &child("vpcp"), None).unwrap();
+        assert_eq!(
+            hub.release_due().unwrap(),
+            0,
+            "nothing is released before it is passed on"
+        );
+        hub.queue_ack("child:nghean", 1).unwrap();
+        assert_eq!(hub.release_due().unwrap(), 1);
+        assert!(hub.blobs.contains(&d), "the second document still names it");
+        hub.queue_ack("child:nghean", 2).unwrap();
+        assert_eq!(hub.release_due().unwrap(), 1);
+        assert!(!hub.blobs.contains(&d), "nobody names it any more");
+        let r = crate::audit::verify(hub.store().as_ref()).unwrap();
+        assert_eq!(r.first_bad, None);
+    }
+
+    #[test]
+    fn the_per_agency_quota_counts_attachment_bytes_held() {
+        let mut f = Fixture::new();
+        f.quotas.max_agency_bytes = 20;
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let items = vec![
+            (with_attachment(&f, &hub, b"0123456789"), None),
+            (with_attachment(&f, &hub, b"abcdefghij"), None),
+            (with_attachment(&f, &hub, b"ABCDEFGHIJ"), None),
+        ];
+        let (verdicts, _) = hub.accept_batch(items, &child("vpcp")).unwrap();
+        assert!(matches!(verdicts[1], Verdict::Stored));
+        assert!(
+            matches!(&verdicts[2], Verdict::Deferred(r) if r.contains("quotas.max_agency_bytes")),
+            "{verdicts:?}"
+        );
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub enum Space {
     Changes = 11,
     /// (from, newest-first time, doc_id) → (), to list what an agency sent.
     SentIndex = 12,
+    /// digest → number of stored documents that name it (absent: none).
+    BlobRefs = 13,
+    /// (due time, from, doc_id) → (): attachments to release when due.
+    Release = 14,
 }
 
 /// A key and its value.

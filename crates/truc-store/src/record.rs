@@ -66,6 +66,16 @@ pub struct DocRecord {
     /// Signer certificate subject, as verified on arrival.
     #[prost(string, tag = "6")]
     pub signer: String,
+    /// Deliveries still outstanding here (queue entries and unacknowledged local
+    /// inbox entries); at zero the attachments are released after the retention period.
+    #[prost(uint32, tag = "7")]
+    pub pending: u32,
+    /// Total attachment bytes (0: nothing to release).
+    #[prost(uint64, tag = "8")]
+    pub bytes: u64,
+    /// When the attachment files were released (0: still held).
+    #[prost(int64, tag = "9")]
+    pub released_at_ms: i64,
 }
 
 /// One transfer waiting on a link.
