@@ -685,21 +685,24 @@ async fn upload(
         })?;
         if partial.offset() - partial.synced() >= every && !partial.is_complete() {
             let durable = tokio::task::block_in_place(|| partial.sync()).map_err(io)?;
-            state.record_partial(&name, durable).map_err(Status::from)?;
+            let t = state.record_partial(&name, durable).map_err(Status::from)?;
+            state.durable(t).await.map_err(Status::from)?;
         }
         next = match stream.message().await {
             Ok(m) => m,
             Err(status) => {
                 // The client went away: keep what is on disk for a resume.
                 let durable = tokio::task::block_in_place(|| partial.sync()).map_err(io)?;
-                state.record_partial(&name, durable).map_err(Status::from)?;
+                let t = state.record_partial(&name, durable).map_err(Status::from)?;
+                state.durable(t).await.map_err(Status::from)?;
                 return Err(status);
             }
         };
     }
     if !partial.is_complete() {
         let durable = tokio::task::block_in_place(|| partial.sync()).map_err(io)?;
-        state.record_partial(&name, durable).map_err(Status::from)?;
+        let t = state.record_partial(&name, durable).map_err(Status::from)?;
+        state.durable(t).await.map_err(Status::from)?;
         return Err(Status::failed_precondition(format!(
             "upload {id} stopped at byte {durable} of {size}; resume from there"
         )));

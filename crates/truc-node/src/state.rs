@@ -583,15 +583,14 @@ impl NodeState {
     }
 
     /// Records that a partial file is durable up to `offset` (after its fsync).
-    pub fn record_partial(&self, name: &str, offset: u64) -> Result<(), NodeError> {
+    pub fn record_partial(&self, name: &str, offset: u64) -> Result<Ticket, NodeError> {
         let mut b = Batch::new();
         b.put(
             Space::Meta,
             Self::partial_key(name),
             offset.to_be_bytes().to_vec(),
         );
-        self.commit.apply(b)?;
-        Ok(())
+        Ok(self.commit.apply(b)?)
     }
 
     pub fn clear_partial(&self, name: &str) -> Result<(), NodeError> {

@@ -155,7 +155,9 @@ pub async fn fetch(
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         if partial.offset() - partial.synced() >= every && !partial.is_complete() {
             let durable = blocking(|| partial.sync())?;
-            state.record_partial(&name, durable)?;
+            // The offset must survive a crash of this node, or a resume starts over.
+            let t = state.record_partial(&name, durable)?;
+            state.durable(t).await?;
         }
     }
     match blocking(|| partial.finish(&state.blobs, Some(&digest))) {

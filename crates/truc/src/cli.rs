@@ -223,6 +223,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Counters of a running node (admin API): documents accepted, refused,
+    /// deferred, bytes streamed and re-sent, fsyncs.
+    Stats {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Queue depths and parked documents of a node (admin API).
     Queues {
         #[arg(long)]
@@ -565,6 +573,7 @@ async fn run(cli: Cli) -> Result<()> {
             json,
         } => client::trace(&config, &doc_id, json).await,
         Command::Queues { config, json } => client::queues(&config, json).await,
+        Command::Stats { config, json } => client::stats(&config, json).await,
         Command::Audit {
             command: AuditCommand::Verify { config, json },
         } => verify::audit_verify(&config, json).await,

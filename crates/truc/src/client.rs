@@ -1079,3 +1079,25 @@ pub async fn directory(config: &Path, organ: Option<&str>, json: bool) -> Result
     }
     Ok(())
 }
+
+pub async fn stats(config: &Path, json: bool) -> Result<()> {
+    let counters = admin(config)
+        .await?
+        .stats(pb::StatsRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .counters;
+    let sorted: std::collections::BTreeMap<_, _> = counters.into_iter().collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&sorted)?);
+        return Ok(());
+    }
+    let mut t = table();
+    t.set_header(vec!["counter", "value"]);
+    for (k, v) in sorted {
+        t.add_row(vec![k, v.to_string()]);
+    }
+    println!("{t}");
+    Ok(())
+}

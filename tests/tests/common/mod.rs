@@ -195,6 +195,27 @@ impl Cluster {
         &self.procs[node]
     }
 
+    pub fn pid(&self, node: &str) -> u32 {
+        self.procs[node].child.id()
+    }
+
+    /// Peak resident memory of a running node so far, in KiB (VmHWM).
+    pub fn peak_rss_kib(&self, node: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid(node))).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// A counter of a running node (admin API).
+    pub fn stat(&self, node: &str, name: &str) -> u64 {
+        let out = self.cli_ok(&["stats", "--config", &self.cfg(node), "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[name].as_u64().unwrap_or(0)
+    }
+
     pub fn running(&self, node: &str) -> bool {
         self.procs.contains_key(node)
     }

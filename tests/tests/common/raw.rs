@@ -11,9 +11,9 @@ use truc_pki::{sign::AgencySigner, tls::TransportMaterial};
 use truc_proto::v1::{self as pb, link_frame::Frame};
 
 pub struct RawLink {
-    tx: mpsc::Sender<pb::LinkFrame>,
-    rx: Streaming<pb::LinkFrame>,
-    seq: u64,
+    pub tx: mpsc::Sender<pb::LinkFrame>,
+    pub rx: Streaming<pb::LinkFrame>,
+    pub seq: u64,
 }
 
 pub fn frame(f: Frame) -> pb::LinkFrame {
@@ -123,4 +123,53 @@ pub fn seal_as(pki: &Path, organ: &str, header: &pb::Header) -> pb::SignedEnvelo
     )
     .unwrap();
     envelope::seal(header, &signer).unwrap()
+}
+
+impl RawLink {
+    /// Offers a transfer whose attachment bytes are streamed on request: answers
+    /// every `Want` with `data` (whatever the manifest says), returns the verdict.
+    pub async fn offer_streamed(
+        &mut self,
+        envelope: pb::SignedEnvelope,
+        recipients: &[&str],
+        data: &[u8],
+    ) -> Result<(), (Code, String)> {
+        self.seq += 1;
+        let seq = self.seq;
+        self.tx
+            .send(frame(Frame::Transfer(pb::Transfer {
+                seq,
+                envelope: Some(envelope),
+                attachments: vec![],
+                recipients: recipients.iter().map(|s| s.to_string()).collect(),
+            })))
+            .await
+            .unwrap();
+        loop {
+            match self.rx.message().await.unwrap().and_then(|f| f.frame) {
+                Some(Frame::Want(w)) if w.seq == seq => {
+                    let mut offset = w.offset as usize;
+                    while offset < data.len() {
+                        let end = (offset + (64 << 10)).min(data.len());
+                        self.tx
+                            .send(frame(Frame::Chunk(pb::Chunk {
+                                seq,
+                                index: w.index,
+                                offset: offset as u64,
+                                data: data[offset..end].to_vec(),
+                            })))
+                            .await
+                            .unwrap();
+                        offset = end;
+                    }
+                }
+                Some(Frame::Reject(r)) if r.seq == seq => {
+                    return Err((Code::from_i32(r.code), r.reason));
+                }
+                Some(Frame::Ack(a)) if a.seq >= seq => return Ok(()),
+                Some(_) => continue,
+                None => panic!("link closed"),
+            }
+        }
+    }
 }
