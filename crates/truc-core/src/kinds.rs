@@ -8,6 +8,8 @@ pub enum Kind {
     Document,
     Status,
     Receipt,
+    /// A change to the agency directory, signed by a node.
+    Directory,
 }
 
 /// Which step a signed receipt proves.

@@ -60,6 +60,11 @@ impl RoutingTable {
         self.children.insert(organ, child);
     }
 
+    /// Forgets where an agency served below is (it was removed from the directory).
+    pub fn remove_child_organ(&mut self, organ: &OrganId) -> Option<NodeId> {
+        self.children.remove(organ)
+    }
+
     pub fn is_child(&self, node: &NodeId) -> bool {
         self.child_nodes.contains(node)
     }

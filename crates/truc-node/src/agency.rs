@@ -25,7 +25,7 @@ impl AgencyService {
 
     fn local_organ(&self, s: &str) -> Result<OrganId, Status> {
         let organ: OrganId = parse("organ", s)?;
-        if !self.state.routing.is_local(&organ) {
+        if !self.state.routing().is_local(&organ) {
             return Err(Status::not_found(format!(
                 "this edge does not serve agency {organ}"
             )));

@@ -70,6 +70,10 @@ pub struct FileConfig {
     /// Hubs and relays: names and administrative parents of the agencies below.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub directory: Vec<DirectoryEntry>,
+    /// Relays: the subtree this node may register agencies in on its own (agencies
+    /// whose parent chain reaches this OrganId); its parent holds the same grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
     /// Fault injection for tests. Never set in production; a node logs a warning.
     #[serde(default, skip_serializing_if = "TestHooks::is_off")]
     pub test_hooks: TestHooks,
@@ -207,6 +211,9 @@ pub struct AgencySection {
 pub struct ChildSection {
     pub node_id: String,
     pub organs: Vec<String>,
+    /// A relay's grant: it may register agencies whose parent chain reaches this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
 }
 
 /// Size and count limits. Every one is enforced; none relies on a library default.
@@ -360,6 +367,8 @@ pub struct Config {
     pub admin_api: Option<String>,
     /// OrganId → (name, parent).
     pub directory: BTreeMap<OrganId, (String, Option<OrganId>)>,
+    pub grant: Option<OrganId>,
+    pub child_grants: BTreeMap<NodeId, OrganId>,
     pub test_hooks: TestHooks,
 }
 
@@ -489,6 +498,7 @@ impl Config {
             ));
         }
         let mut children: BTreeMap<NodeId, Vec<OrganId>> = BTreeMap::new();
+        let mut child_grants = BTreeMap::new();
         for c in f.children {
             let id: NodeId = c
                 .node_id
@@ -508,6 +518,10 @@ impl Config {
                     )));
                 }
                 organs.push(organ);
+            }
+            if let Some(g) = &c.grant {
+                let g: OrganId = g.parse().map_err(|e| invalid(format!("children.{id}.grant: {e}")))?;
+                child_grants.insert(id.clone(), g);
             }
             if children.insert(id.clone(), organs).is_some() {
                 return Err(invalid(format!("child {id} is listed twice")));
@@ -593,6 +607,11 @@ impl Config {
             quotas: f.quotas,
             admin_api,
             directory,
+            grant: match f.grant {
+                Some(g) => Some(g.parse().map_err(|e| invalid(format!("grant: {e}")))?),
+                None => None,
+            },
+            child_grants,
             test_hooks: f.test_hooks,
         })
     }

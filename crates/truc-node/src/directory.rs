@@ -52,7 +52,7 @@ impl Directory {
     }
 
     /// A version derived from the content: equal directories, equal versions.
-    fn content_version(&self) -> u64 {
+    pub fn content_version(&self) -> u64 {
         let bytes = self.to_pb_with(0).encode_to_vec();
         let h = ring::digest::digest(&ring::digest::SHA256, &bytes);
         let mut v = [0u8; 8];

@@ -74,6 +74,18 @@ pub struct Verified {
     pub changes: Vec<(OrganId, bool)>,
     pub receipt: Option<ReceiptFacts>,
     pub status: Option<StatusFacts>,
+    /// Kind::Directory: the changes.
+    pub directory: Vec<DirectoryFact>,
+}
+
+/// One change of a directory message.
+#[derive(Debug, Clone)]
+pub struct DirectoryFact {
+    pub remove: bool,
+    pub organ: OrganId,
+    pub name: String,
+    pub parent: Option<OrganId>,
+    pub node: Option<NodeId>,
 }
 
 /// What a receipt acknowledges.
@@ -104,6 +116,7 @@ pub fn kind_of(k: i32) -> Option<Kind> {
         pb::Kind::Document => Some(Kind::Document),
         pb::Kind::Status => Some(Kind::Status),
         pb::Kind::Receipt => Some(Kind::Receipt),
+        pb::Kind::Directory => Some(Kind::Directory),
         pb::Kind::Unspecified => None,
     }
 }
@@ -223,7 +236,7 @@ pub fn verify(
         .iter()
         .map(|t| organ("to", t))
         .collect::<Result<Vec<_>, _>>()?;
-    if to.is_empty() {
+    if to.is_empty() && kind != Kind::Directory {
         return Err(Refusal::invalid("no recipients"));
     }
     if header.subject.chars().count() > limits.max_subject_chars {
@@ -289,7 +302,43 @@ pub fn verify(
 
     let mut receipt = None;
     let mut status = None;
+    let mut directory = Vec::new();
     match kind {
+        Kind::Directory => {
+            if !matches!(from, Sender::Node(_)) {
+                return Err(Refusal::invalid("directory changes are signed by nodes"));
+            }
+            if !to.is_empty() {
+                return Err(Refusal::invalid("a directory change names no recipients"));
+            }
+            let d = header
+                .directory
+                .as_ref()
+                .ok_or_else(|| Refusal::invalid("directory change without changes"))?;
+            if d.changes.is_empty() {
+                return Err(Refusal::invalid("directory change without changes"));
+            }
+            for c in &d.changes {
+                let o = organ("directory organ", &c.organ)?;
+                let parent = if c.parent.is_empty() {
+                    None
+                } else {
+                    Some(organ("directory parent", &c.parent)?)
+                };
+                let node = if c.node.is_empty() && c.remove {
+                    None
+                } else {
+                    Some(c.node.parse::<NodeId>().map_err(|e| Refusal::invalid(format!("directory node: {e}")))?)
+                };
+                directory.push(DirectoryFact {
+                    remove: c.remove,
+                    organ: o,
+                    name: c.name.clone(),
+                    parent,
+                    node,
+                });
+            }
+        }
         Kind::Document => {
             if header.receipt.is_some() || header.status.is_some() {
                 return Err(Refusal::invalid("a document carries no receipt or status"));
@@ -413,6 +462,7 @@ pub fn verify(
         changes,
         receipt,
         status,
+        directory,
     })
 }
 

@@ -122,10 +122,8 @@ fn check(state: &NodeState, t: pb::Transfer) -> Result<Checked, Refusal> {
                 .map_err(|e| Refusal::invalid(format!("transfer recipients: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if recipients.is_empty() {
-        return Err(Refusal::invalid(
-            "transfer names no recipients for this hop",
-        ));
+    if recipients.is_empty() && v.kind != truc_core::Kind::Directory {
+        return Err(Refusal::invalid("transfer names no recipients for this hop"));
     }
     if t.attachments.is_empty() {
         // Streamed: the bytes follow on request and are checked as they complete.
@@ -449,6 +447,7 @@ pub async fn run_session(
             Ok(Some(Ok(pb::LinkFrame { frame: Some(f) }))) => f,
             Ok(Some(Ok(_))) => continue,
         };
+        state.seen(&peer);
         match f {
             Frame::Transfer(t) => {
                 // Take every transfer already here: they are verified and stored
@@ -876,7 +875,7 @@ impl pb::link_server::Link for LinkService {
             .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
         let node = truc_pki::identity::node_id(leaf)
             .map_err(|e| Status::permission_denied(format!("not a node certificate: {e}")))?;
-        if !self.state.routing.is_child(&node) {
+        if !self.state.routing().is_child(&node) {
             tracing::warn!(%node, "refused link from a node that is not a child here");
             return Err(Status::permission_denied(format!(
                 "node {node} is not a child of {}",
@@ -939,6 +938,26 @@ impl pb::link_server::Link for LinkService {
             }
             let _ = stop_tx.send(true);
         });
+        // The child hears of every change of the directory while the link is up.
+        let (done_tx, mut done_rx) = watch::channel(false);
+        {
+            let mut changes = self.state.directory_changes();
+            let st = self.state.clone();
+            let tx = tx.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = crate::stopped(&mut stop) => return,
+                        _ = crate::stopped(&mut done_rx) => return,
+                        r = changes.changed() => if r.is_err() { return },
+                    }
+                    if tx.send(frame(Frame::Directory(st.directory().to_pb()))).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
         let state = self.state.clone();
         let params = self.params.clone();
         let sessions = self.sessions.clone();
@@ -961,6 +980,7 @@ impl pb::link_server::Link for LinkService {
                     stop_rx,
                 )
                 .await;
+                let _ = done_tx.send(true);
                 if let Ok(mut s) = sessions.lock()
                     && s.get(&node).is_some_and(|(sid, _)| *sid == id)
                 {
@@ -1085,7 +1105,8 @@ async fn connect_once(
     let span = tracing::info_span!("link", node = %state.node_id, peer = %parent);
     tracing::info!(parent: &span, window = welcome.window, "link up");
     let _ = up.send(true);
-    run_session(
+    state.set_connected(parent, true);
+    let r = run_session(
         state.clone(),
         parent.clone(),
         Origin::Parent(parent.clone()),
@@ -1097,7 +1118,9 @@ async fn connect_once(
         stop,
     )
     .instrument(span)
-    .await
+    .await;
+    state.set_connected(parent, false);
+    r
 }
 
 #[cfg(test)]

@@ -109,6 +109,9 @@ pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
         blobs,
         directory: Directory::from_config(config),
         storage: config.storage.clone(),
+        grant: config.grant.clone(),
+        child_grants: config.child_grants.clone().into_iter().collect(),
+        parent: config.parent.as_ref().map(|(_, p)| p.clone()),
     })
 }
 

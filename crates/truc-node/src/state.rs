@@ -237,6 +237,8 @@ struct Plan {
     held: BTreeMap<String, u64>,
     /// Stored documents changed by this batch (pending counts).
     docs: BTreeMap<Vec<u8>, DocRecord>,
+    /// Directory changes to apply once the batch is written.
+    directory: Vec<(envelope::DirectoryFact, NodeId)>,
 }
 
 /// Where a plan stood before an item, to undo that item alone.
@@ -252,6 +254,7 @@ struct Mark {
     refs: BTreeMap<Digest, u64>,
     held: BTreeMap<String, u64>,
     docs: BTreeMap<Vec<u8>, DocRecord>,
+    directory: usize,
 }
 
 impl Plan {
@@ -268,6 +271,7 @@ impl Plan {
             refs: self.refs.clone(),
             held: self.held.clone(),
             docs: self.docs.clone(),
+            directory: self.directory.len(),
         }
     }
 
@@ -283,6 +287,7 @@ impl Plan {
         self.refs = m.refs;
         self.held = m.held;
         self.docs = m.docs;
+        self.directory.truncate(m.directory);
     }
 
     fn audit(
@@ -306,10 +311,19 @@ enum Planned {
     Duplicate,
 }
 
+/// An agency registered below this node at runtime, and the child it is reached by.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Registration {
+    #[prost(message, optional, tag = "1")]
+    entry: Option<pb::AgencyEntry>,
+    #[prost(string, tag = "2")]
+    via: String,
+}
+
 /// The node's state machine over its store.
 pub struct NodeState {
     pub node_id: NodeId,
-    pub routing: RoutingTable,
+    routes: RwLock<Arc<RoutingTable>>,
     signers: HashMap<OrganId, Arc<Signer>>,
     node_signer: Option<Arc<Signer>>,
     pub verifiers: Verifiers,
@@ -324,8 +338,21 @@ pub struct NodeState {
     notifiers: Mutex<HashMap<String, Arc<Notify>>>,
     events: broadcast::Sender<Event>,
     pub stats: Stats,
-    own_directory: Directory,
+    /// This node's agencies and what is registered below it (config + changes).
+    own_directory: RwLock<Directory>,
+    /// The last directory the parent sent.
+    received_directory: RwLock<Option<Directory>>,
+    /// What this node routes and checks by, and sends its children.
     directory: RwLock<Directory>,
+    /// Bumped on every directory change, for the children's links.
+    directory_changed: tokio::sync::watch::Sender<u64>,
+    /// The subtree this node may register agencies in (relays).
+    grant: Option<OrganId>,
+    /// The subtrees each child may register agencies in.
+    child_grants: HashMap<NodeId, OrganId>,
+    /// Last frame heard from each peer (Unix ms).
+    last_seen: Mutex<HashMap<NodeId, i64>>,
+    parent: Option<NodeId>,
     connected: Mutex<BTreeSet<NodeId>>,
     pub storage: crate::config::StorageSection,
     partials: Arc<Mutex<HashMap<Digest, tokio::sync::watch::Receiver<Option<bool>>>>>,
@@ -404,6 +431,9 @@ pub struct Parts {
     pub blobs: BlobStore,
     pub directory: Directory,
     pub storage: crate::config::StorageSection,
+    pub grant: Option<OrganId>,
+    pub child_grants: HashMap<NodeId, OrganId>,
+    pub parent: Option<NodeId>,
 }
 
 impl NodeState {
@@ -440,19 +470,24 @@ impl NodeState {
                 .unwrap_or_default(),
             None => Directory::default(),
         };
-        let received_version = received.version;
-        let mut directory = if p.routing.has_parent() {
-            received.merged_with(&p.directory)
-        } else {
-            p.directory.clone()
-        };
-        if p.routing.has_parent() {
-            // Until a parent has sent one, recipients are checked by the parent only.
-            directory.version = received_version;
+        // Agencies registered at runtime below this node (relays' delegated directory).
+        let mut routing = p.routing;
+        let mut own = p.directory;
+        for (k, v) in p.store.scan(Space::Meta, &Key::new().str("reg").build(), None, usize::MAX)? {
+            let r: Registration = record::decode(Space::Meta, &k, &v)?;
+            let Some(entry) = r.entry else { continue };
+            let (Ok(organ), Ok(via)) = (entry.organ.parse::<OrganId>(), r.via.parse::<NodeId>()) else {
+                continue;
+            };
+            routing.add_child_organ(organ.clone(), via);
+            own.entries.insert(organ, entry);
         }
+        let received = (received.version != 0).then_some(received);
+        let directory = Self::merge_directories(routing.has_parent(), received.as_ref(), &own);
+        let (directory_changed, _) = tokio::sync::watch::channel(directory.version);
         Ok(Arc::new(Self {
             node_id: p.node_id,
-            routing: p.routing,
+            routes: RwLock::new(Arc::new(routing)),
             signers: p
                 .signers
                 .into_iter()
@@ -476,8 +511,14 @@ impl NodeState {
             notifiers: Mutex::default(),
             events,
             stats: Stats::default(),
-            own_directory: p.directory,
+            own_directory: RwLock::new(own),
+            received_directory: RwLock::new(received),
             directory: RwLock::new(directory),
+            directory_changed,
+            grant: p.grant,
+            child_grants: p.child_grants,
+            last_seen: Mutex::default(),
+            parent: p.parent,
             connected: Mutex::default(),
             storage: p.storage,
             partials: Arc::default(),
@@ -516,32 +557,428 @@ impl NodeState {
     }
 
     /// Takes the directory a parent sent, keeps it for restarts.
+    /// What a node routes by: the parent's directory (if any) with its own on top.
+    /// An edge that has not heard from its parent yet has version 0: recipients
+    /// are then checked by the parent only.
+    fn merge_directories(has_parent: bool, received: Option<&Directory>, own: &Directory) -> Directory {
+        let mut d = match received {
+            Some(r) => r.clone().merged_with(own),
+            None => own.clone(),
+        };
+        d.version = if has_parent && received.is_none() { 0 } else { d.content_version() };
+        d
+    }
+
+    fn remerge(&self) {
+        let has_parent = self.routing().has_parent();
+        let received = self.received_directory.read().map(|r| r.clone()).unwrap_or_default();
+        let own = self.own_directory.read().map(|o| o.clone()).unwrap_or_default();
+        let merged = Self::merge_directories(has_parent, received.as_ref(), &own);
+        let version = merged.version;
+        if let Ok(mut cur) = self.directory.write() {
+            if cur.version == version {
+                return;
+            }
+            *cur = merged;
+        }
+        self.directory_changed.send_replace(version);
+    }
+
+    /// Resolves when the directory changes (children's links send it on).
+    pub fn directory_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.directory_changed.subscribe()
+    }
+
+    /// The routing table now (it changes when agencies are registered or removed).
+    pub fn routing(&self) -> Arc<RoutingTable> {
+        self.routes.read().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Takes the directory a parent sent, keeps it for restarts.
     pub fn set_directory(&self, d: &pb::Directory) -> Result<(), NodeError> {
-        let merged = Directory::from_pb(d).merged_with(&self.own_directory);
-        if let Ok(cur) = self.directory.read()
-            && cur.version == d.version
-            && d.version != 0
+        if let Ok(cur) = self.received_directory.read()
+            && cur.as_ref().is_some_and(|c| c.version == d.version)
         {
             return Ok(());
         }
         let mut b = Batch::new();
-        b.put(
-            Space::Meta,
-            Key::new().str("directory").build(),
-            d.encode_to_vec(),
-        );
+        b.put(Space::Meta, Key::new().str("directory").build(), d.encode_to_vec());
         self.commit.apply(b)?;
-        let mut merged = merged;
-        merged.version = d.version;
-        if let Ok(mut cur) = self.directory.write() {
-            *cur = merged;
+        if let Ok(mut r) = self.received_directory.write() {
+            *r = Some(Directory::from_pb(d));
         }
-        tracing::info!(
-            version = d.version,
-            agencies = d.agencies.len(),
-            "directory updated from parent"
-        );
+        self.remerge();
+        tracing::info!(version = d.version, agencies = d.agencies.len(), "directory updated from parent");
         Ok(())
+    }
+
+    /// This node and what it knows of the tree below it: agencies per node from the
+    /// directory, link state, last frame and queue depth for its own links.
+    pub fn node_tree(&self) -> Vec<pb::NodeView> {
+        let routing = self.routing();
+        let dir = self.directory();
+        let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for e in dir.entries.values() {
+            by_node.entry(e.node.clone()).or_default().push(e.organ.clone());
+        }
+        let me = self.node_id.to_string();
+        let role = match (routing.has_parent(), routing.child_nodes().next().is_some()) {
+            (true, true) => "relay",
+            (false, _) => "hub",
+            (true, false) => "edge",
+        };
+        let mut out = vec![pb::NodeView {
+            node: me.clone(),
+            parent: String::new(),
+            role: role.into(),
+            agencies: by_node.remove(&me).unwrap_or_default(),
+            link: match &self.parent {
+                Some(p) if self.is_connected(p) => format!("up to {p}"),
+                Some(p) => format!("down to {p}"),
+                None => String::new(),
+            },
+            last_seen_ms: self.parent.as_ref().map(|p| self.last_seen(p)).unwrap_or(0),
+            queue_depth: self.queue_depth("parent"),
+        }];
+        // Which direct child each deeper node is reached through.
+        let mut via: BTreeMap<String, String> = BTreeMap::new();
+        for e in dir.entries.values() {
+            if let Ok(o) = e.organ.parse::<OrganId>()
+                && let Some(c) = routing.child_of(&o)
+                && c.as_str() != e.node
+            {
+                via.insert(e.node.clone(), c.to_string());
+            }
+        }
+        for child in routing.child_nodes() {
+            let up = self.is_connected(child);
+            let below: Vec<&String> = via.iter().filter(|(_, c)| *c == child.as_str()).map(|(n, _)| n).collect();
+            out.push(pb::NodeView {
+                node: child.to_string(),
+                parent: me.clone(),
+                role: if below.is_empty() { "edge".into() } else { "relay".into() },
+                agencies: by_node.remove(child.as_str()).unwrap_or_default(),
+                link: if up { "up".into() } else { "down".into() },
+                last_seen_ms: self.last_seen(child),
+                queue_depth: self.queue_depth(&format!("child:{child}")),
+            });
+            for n in below {
+                out.push(pb::NodeView {
+                    node: n.clone(),
+                    parent: child.to_string(),
+                    role: String::new(),
+                    agencies: by_node.remove(n).unwrap_or_default(),
+                    link: format!("via {child}"),
+                    last_seen_ms: 0,
+                    queue_depth: 0,
+                });
+            }
+        }
+        out
+    }
+
+    /// Notes that a frame came from `peer`.
+    pub fn seen(&self, peer: &NodeId) {
+        if let Ok(mut m) = self.last_seen.lock() {
+            m.insert(peer.clone(), now_ms());
+        }
+    }
+
+    pub fn last_seen(&self, peer: &NodeId) -> i64 {
+        self.last_seen
+            .lock()
+            .ok()
+            .and_then(|m| m.get(peer).copied())
+            .unwrap_or(0)
+    }
+
+    /// Walks `organ`'s administrative parents (in `pending` first, then the
+    /// directory) and says whether the chain reaches `root`.
+    fn reaches(&self, organ: &OrganId, root: &OrganId, pending: &BTreeMap<OrganId, Option<OrganId>>) -> bool {
+        let dir = self.directory();
+        let mut cur = Some(organ.clone());
+        for _ in 0..32 {
+            let Some(o) = cur else { return false };
+            if &o == root {
+                return true;
+            }
+            cur = match pending.get(&o) {
+                Some(p) => p.clone(),
+                None => dir.get(&o).and_then(|e| e.parent.parse().ok()),
+            };
+        }
+        false
+    }
+
+    /// Checks and plans directory changes made here (origin Local) or sent by a
+    /// child relay for its subtree, then passes them up, signed by this node.
+    fn plan_directory(
+        &self,
+        w: &mut Writer,
+        plan: &mut Plan,
+        v: &Verified,
+        origin: &Origin,
+        now: i64,
+    ) -> Result<(), NodeError> {
+        let routing = self.routing();
+        let mut pending: BTreeMap<OrganId, Option<OrganId>> = BTreeMap::new();
+        let via_child = match origin {
+            Origin::Child(c) => {
+                let Some(grant) = self.child_grants.get(c) else {
+                    return Err(Refusal::denied(format!("node {c} has no grant to register agencies")).into());
+                };
+                Some((c.clone(), grant.clone()))
+            }
+            Origin::Local => None,
+            Origin::Parent(p) => {
+                return Err(Refusal::denied(format!("parent {p} sends directories, not directory changes")).into());
+            }
+        };
+        let mut changes = Vec::new();
+        for c in &v.directory {
+            let who = via_child.as_ref().map(|(n, _)| n.to_string()).unwrap_or_else(|| "this node".into());
+            if routing.is_local(&c.organ) {
+                return Err(Refusal::denied(format!("{} is served by node {} itself", c.organ, self.node_id)).into());
+            }
+            let bound = routing.child_of(&c.organ).cloned();
+            let via = match &via_child {
+                Some((child, _)) => child.clone(),
+                None => match (&c.node, c.remove) {
+                    (_, true) => bound
+                        .clone()
+                        .ok_or_else(|| Refusal::not_found(format!("{} is not registered below this node", c.organ)))?,
+                    (Some(n), false) if routing.is_child(n) => n.clone(),
+                    (Some(n), false) => {
+                        return Err(Refusal::invalid(format!("node {n} is not a child of {}", self.node_id)).into());
+                    }
+                    (None, false) => return Err(Refusal::invalid("an added agency names the node that serves it").into()),
+                },
+            };
+            if let Some(b) = &bound
+                && b != &via
+            {
+                return Err(Refusal::denied(format!("{} is served by node {b}, not below {via}", c.organ)).into());
+            }
+            if c.remove && bound.is_none() {
+                return Err(Refusal::not_found(format!("{} is not registered below {who}", c.organ)).into());
+            }
+            // The grant: a child registers inside its own; a relay's operator inside
+            // the relay's. The hub (no parent, no grant) is the authority.
+            let root = match (&via_child, &self.grant) {
+                (Some((_, g)), _) => Some(g.clone()),
+                (None, Some(g)) => Some(g.clone()),
+                (None, None) => None,
+            };
+            if !c.remove {
+                pending.insert(c.organ.clone(), c.parent.clone());
+            }
+            if let Some(root) = root
+                && !self.reaches(&c.organ, &root, &pending)
+            {
+                return Err(Refusal::denied(format!(
+                    "{} is outside the grant of {who} ({root}): its parent chain does not reach {root}",
+                    c.organ
+                ))
+                .into());
+            }
+            changes.push((c.clone(), via));
+        }
+        for (c, via) in &changes {
+            let key = Key::new().str("reg").str(c.organ.as_str()).build();
+            if c.remove {
+                plan.batch.delete(Space::Meta, key);
+            } else {
+                let entry = pb::AgencyEntry {
+                    organ: c.organ.to_string(),
+                    name: c.name.clone(),
+                    parent: c.parent.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+                    node: c.node.as_ref().map(|n| n.to_string()).unwrap_or_default(),
+                };
+                plan.batch.put(
+                    Space::Meta,
+                    key,
+                    record::encode(&Registration {
+                        entry: Some(entry),
+                        via: via.to_string(),
+                    }),
+                );
+            }
+            plan.directory.push((c.clone(), via.clone()));
+            plan.audit(
+                if c.remove { "directory remove" } else { "directory add" },
+                &v.doc_id.to_string(),
+                &v.from.to_string(),
+                format!(
+                    "{}{} via {via}",
+                    c.organ,
+                    c.node.as_ref().map(|n| format!(" served by {n}")).unwrap_or_default()
+                ),
+            );
+        }
+        // The parent hears of it from this node, which answers for its subtree.
+        if routing.has_parent() && matches!(origin, Origin::Child(_)) {
+            self.plan_new_directory_change(w, plan, &v.directory, now)?;
+        }
+        Ok(())
+    }
+
+    /// Stores a directory message: one made here goes to the parent's queue; one
+    /// from a child is checked against its grant and applied.
+    fn plan_directory_message(
+        &self,
+        w: &mut Writer,
+        plan: &mut Plan,
+        v: &Verified,
+        origin: &Origin,
+        now: i64,
+    ) -> Result<Planned, NodeError> {
+        let from_key = v.from.to_string();
+        let doc_id = v.doc_id.to_string();
+        let dkey = doc_key(&from_key, &doc_id);
+        plan.docs.insert(
+            dkey.clone(),
+            DocRecord {
+                envelope: v.envelope.encode_to_vec(),
+                header_sha256: v.header_sha256.0.to_vec(),
+                origin: origin.label(),
+                received_at_ms: now,
+                signer: v.signer.clone(),
+                ..Default::default()
+            },
+        );
+        plan.batch.put(Space::Dedup, dkey, v.header_sha256.0.to_vec());
+        match origin {
+            Origin::Local => {
+                let queue = "parent";
+                let seq = self.next_seq(w, plan, queue)?;
+                plan.batch.put(
+                    Space::Queue,
+                    Key::new().str(queue).u64(seq).build(),
+                    record::encode(&QueueEntry {
+                        from: from_key.clone(),
+                        doc_id: doc_id.clone(),
+                        recipients: Vec::new(),
+                        enqueued_at_ms: now,
+                        kind: v.header.kind,
+                        priority: 0,
+                        deadline_ms: 0,
+                    }),
+                );
+                plan.deltas.push((format!("q:{queue}"), 1));
+                plan.audit("queued", &doc_id, &from_key, "directory change for the parent");
+                plan.queues.push(queue.to_owned());
+            }
+            _ => {
+                plan.audit("received", &doc_id, &from_key, format!("directory change from {}", origin.label()));
+                self.plan_directory(w, plan, v, origin, now)?;
+            }
+        }
+        Ok(Planned::Stored)
+    }
+
+    /// A directory change signed by this node, queued for the parent.
+    fn plan_new_directory_change(
+        &self,
+        w: &mut Writer,
+        plan: &mut Plan,
+        changes: &[envelope::DirectoryFact],
+        now: i64,
+    ) -> Result<DocId, NodeError> {
+        let key = self
+            .node_signer
+            .as_ref()
+            .ok_or_else(|| NodeError::Other("this node has no node key to sign directory changes".into()))?;
+        let header = pb::Header {
+            format_version: envelope::FORMAT_VERSION,
+            doc_id: DocId::new_v7().to_string(),
+            kind: pb::Kind::Directory as i32,
+            from_node: self.node_id.to_string(),
+            created_at_ms: now,
+            directory: Some(pb::DirectoryChanges {
+                changes: changes
+                    .iter()
+                    .map(|c| pb::DirectoryChange {
+                        remove: c.remove,
+                        organ: c.organ.to_string(),
+                        name: c.name.clone(),
+                        parent: c.parent.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+                        node: c.node.as_ref().map(|n| n.to_string()).unwrap_or_default(),
+                    })
+                    .collect(),
+            }),
+            ..Default::default()
+        };
+        let sealed = envelope::seal(&header, key)?;
+        let v = envelope::verify(sealed, &self.verifiers, &self.limits, UnixTime::now())?;
+        let id = v.doc_id;
+        let dkey = doc_key(&v.from.to_string(), &id.to_string());
+        plan.fresh.push((dkey, v.header_sha256.0));
+        self.plan_message(w, plan, &v, &Origin::Local, None, now)?;
+        Ok(id)
+    }
+
+    /// Registers or removes an agency below this node (an operator's change): checked
+    /// against the grant, applied, and passed up signed. Blocking.
+    pub fn change_directory(&self, c: envelope::DirectoryFact) -> Result<(DocId, Ticket), NodeError> {
+        let now = now_ms();
+        let mut w = self.lock();
+        let mut plan = Plan::default();
+        let local = Verified {
+            envelope: pb::SignedEnvelope::default(),
+            header: pb::Header::default(),
+            header_sha256: Digest([0; 32]),
+            doc_id: DocId::new_v7(),
+            kind: Kind::Directory,
+            from: Sender::Node(self.node_id.clone()),
+            to: Vec::new(),
+            signer: String::new(),
+            attachments: Vec::new(),
+            business: BusinessType::New,
+            target: None,
+            changes: Vec::new(),
+            receipt: None,
+            status: None,
+            directory: vec![c],
+        };
+        self.plan_directory(&mut w, &mut plan, &local, &Origin::Local, now)?;
+        let id = if self.routing().has_parent() {
+            self.plan_new_directory_change(&mut w, &mut plan, &local.directory, now)?
+        } else {
+            local.doc_id
+        };
+        let ticket = self.finish(w, plan)?;
+        Ok((id, ticket))
+    }
+
+    /// Applies planned directory changes to the routing table and the directory.
+    fn apply_directory(&self, changes: Vec<(envelope::DirectoryFact, NodeId)>) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut routing = (*self.routing()).clone();
+        if let Ok(mut own) = self.own_directory.write() {
+            for (c, via) in changes {
+                if c.remove {
+                    routing.remove_child_organ(&c.organ);
+                    own.entries.remove(&c.organ);
+                } else {
+                    routing.add_child_organ(c.organ.clone(), via);
+                    own.entries.insert(
+                        c.organ.clone(),
+                        pb::AgencyEntry {
+                            organ: c.organ.to_string(),
+                            name: c.name,
+                            parent: c.parent.map(|p| p.to_string()).unwrap_or_default(),
+                            node: c.node.map(|n| n.to_string()).unwrap_or_default(),
+                        },
+                    );
+                }
+            }
+        }
+        if let Ok(mut r) = self.routes.write() {
+            *r = Arc::new(routing);
+        }
+        self.remerge();
     }
 
     pub fn set_connected(&self, child: &NodeId, up: bool) {
@@ -732,7 +1169,7 @@ impl NodeState {
     fn authorize(&self, v: &Verified, origin: &Origin) -> Result<(), Refusal> {
         match (origin, &v.from) {
             (Origin::Local, Sender::Agency(o)) => {
-                if !self.routing.is_local(o) {
+                if !self.routing().is_local(o) {
                     return Err(Refusal::denied(format!(
                         "this node does not serve agency {o}"
                     )));
@@ -747,12 +1184,13 @@ impl NodeState {
                 }
             }
             (Origin::Child(child), Sender::Agency(o)) => {
-                if self.routing.child_of(o) != Some(child) {
+                if self.routing().child_of(o) != Some(child) {
                     return Err(Refusal::denied(format!(
                         "node {child} may not send from agency {o}: the directory does not bind it to {child}"
                     )));
                 }
             }
+            (Origin::Child(child), Sender::Node(n)) if v.kind == Kind::Directory && n == child => {}
             (Origin::Child(child), Sender::Node(n)) => {
                 // Receipts signed by nodes travel from a parent down towards senders.
                 return Err(Refusal::denied(format!(
@@ -760,7 +1198,7 @@ impl NodeState {
                 )));
             }
             (Origin::Parent(parent), Sender::Agency(o)) => {
-                if self.routing.is_local(o) || self.routing.child_of(o).is_some() {
+                if self.routing().is_local(o) || self.routing().child_of(o).is_some() {
                     return Err(Refusal::denied(format!(
                         "parent {parent} sent a message from {o}, which is served below this node"
                     )));
@@ -933,6 +1371,7 @@ impl NodeState {
         for (k, d) in plan.deltas.drain(..) {
             *w.counts.entry(k).or_default() += d;
         }
+        self.apply_directory(std::mem::take(&mut plan.directory));
         drop(w);
         plan.queues.sort();
         plan.queues.dedup();
@@ -1211,7 +1650,7 @@ impl NodeState {
                     let all_added_here = v.business == BusinessType::Update
                         && to
                             .iter()
-                            .all(|r| self.routing.is_local(r) && added.contains(&r));
+                            .all(|r| self.routing().is_local(r) && added.contains(&r));
                     if !all_added_here {
                         return Err(Refusal::denied(format!(
                             "{} names document {t}, which {sender} did not send through this node",
@@ -1263,6 +1702,9 @@ impl NodeState {
         recipients: Option<&[OrganId]>,
         now: i64,
     ) -> Result<Planned, NodeError> {
+        if v.kind == Kind::Directory {
+            return self.plan_directory_message(w, plan, v, origin, now);
+        }
         let to = recipients.unwrap_or(&v.to);
         if let Some(extra) = to.iter().find(|r| !v.to.contains(r)) {
             return Err(Refusal::invalid(format!(
@@ -1273,7 +1715,7 @@ impl NodeState {
         if let Some(p) = self.check_against_target(v, to)? {
             return Ok(p);
         }
-        let routes = self.routing.route(to).map_err(|e| match e {
+        let routes = self.routing().route(to).map_err(|e| match e {
             RouteError::UnknownRecipient(_) => Refusal::not_found(e.to_string()),
             other => Refusal::invalid(other.to_string()),
         })?;
@@ -1778,6 +2220,7 @@ impl NodeState {
                 detail: spec.detail.to_owned(),
             }),
             status: None,
+            directory: Vec::new(),
             header,
         };
         self.stats.receipts.fetch_add(1, Ordering::Relaxed);
@@ -1939,7 +2382,7 @@ impl NodeState {
                 let organ: OrganId = r
                     .parse()
                     .map_err(|e| Refusal::invalid(format!("to: {e}")))?;
-                if directory.get(&organ).is_none() && !self.routing.is_local(&organ) {
+                if directory.get(&organ).is_none() && !self.routing().is_local(&organ) {
                     return Err(Refusal::not_found(format!("unknown recipient {organ}")).into());
                 }
             }
@@ -2410,7 +2853,7 @@ impl NodeState {
     pub fn park_overdue(&self) -> Result<usize, NodeError> {
         let now = now_ms();
         let min_deadline = self.delivery.deadline_ms.iter().copied().min().unwrap_or(0) as i64;
-        let children: Vec<NodeId> = self.routing.child_nodes().cloned().collect();
+        let children: Vec<NodeId> = self.routing().child_nodes().cloned().collect();
         let mut parked = 0;
         for child in children {
             if self.is_connected(&child) {
@@ -2841,7 +3284,7 @@ impl NodeState {
 #[cfg(test)]
 pub(crate) mod testing {
     //! A node state over any store, with throwaway CAs, agencies and node keys.
-    use std::sync::Arc;
+    use std::{collections::HashMap, sync::Arc};
 
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
     use truc_core::{NodeId, OrganId, RoutingTable};
@@ -2964,6 +3407,9 @@ pub(crate) mod testing {
                 blobs: BlobStore::open(self.blobs_dir.path()).unwrap(),
                 directory: Directory::default(),
                 storage: self.storage.clone(),
+                grant: None,
+                child_grants: HashMap::new(),
+                parent: None,
             })
             .unwrap()
         }

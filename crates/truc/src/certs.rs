@@ -38,6 +38,9 @@ pub struct TopoNode {
     /// Loopback admin API for operators.
     #[serde(default)]
     pub admin_api: Option<String>,
+    /// Relays: the subtree (an OrganId) in which they register agencies on their own.
+    #[serde(default)]
+    pub grant: Option<String>,
     #[serde(default)]
     pub hostnames: Vec<String>,
     #[serde(default)]
@@ -278,6 +281,7 @@ fn node_config(topo: &Topology, n: &TopoNode) -> Result<FileConfig> {
         .map(|c| ChildSection {
             node_id: c.id.clone(),
             organs: topo.subtree_organs(&c.id),
+            grant: c.grant.clone(),
         })
         .collect();
     Ok(FileConfig {
@@ -322,6 +326,7 @@ fn node_config(topo: &Topology, n: &TopoNode) -> Result<FileConfig> {
             .collect(),
         children,
         admin_api: n.admin_api.clone().map(|listen| AdminApiSection { listen }),
+        grant: n.grant.clone(),
         limits: Default::default(),
         link: LinkTuning::default(),
         storage: StorageSection::default(),
@@ -336,12 +341,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_topology_has_a_hub_and_three_edges() {
+    fn the_default_topology_has_a_hub_three_edges_and_a_province_relay() {
         let t = Topology::default_topology().unwrap();
-        assert_eq!(t.nodes.len(), 4);
+        assert_eq!(t.nodes.len(), 7);
+        assert_eq!(t.subtree_organs("nghean"), vec!["000.00.00.H41".to_string()]);
         assert_eq!(
-            t.subtree_organs("nghean"),
-            vec!["000.00.00.H41".to_string()]
+            t.subtree_organs("quangnam"),
+            vec!["000.00.00.H47".to_string(), "001.00.10.H47".to_string(), "002.00.10.H47".to_string()]
         );
     }
 
@@ -360,7 +366,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = Topology::default_topology().unwrap();
         let first = init(dir.path(), &t).unwrap();
-        assert_eq!(first.configs.len(), 4);
+        assert_eq!(first.configs.len(), 7);
+        let relay = truc_node::Config::load(&first.configs["quangnam"]).unwrap();
+        assert_eq!(relay.role(), "relay");
+        assert_eq!(relay.grant.as_ref().map(|g| g.as_str()), Some("000.00.00.H47"));
         for path in first.configs.values() {
             truc_node::Config::load(path).unwrap();
         }
