@@ -18,7 +18,7 @@ fn the_demo_delivers_its_documents_and_exits() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("demo finished: 4 documents delivered"),
+        stdout.contains("demo finished: 7 documents delivered"),
         "{stdout}"
     );
     assert!(stdout.contains("000.00.00.H14 delivered"), "{stdout}");

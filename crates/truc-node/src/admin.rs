@@ -94,22 +94,36 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn change_directory(&self, req: Request<pb::DirectoryChange>) -> Result<Response<pb::ChangeDirectoryResponse>, Status> {
+    async fn change_directory(
+        &self,
+        req: Request<pb::DirectoryChange>,
+    ) -> Result<Response<pb::ChangeDirectoryResponse>, Status> {
         let c = req.into_inner();
         let bad = |what: &str, e: String| Status::invalid_argument(format!("{what}: {e}"));
         let fact = crate::envelope::DirectoryFact {
             remove: c.remove,
-            organ: c.organ.parse().map_err(|e: truc_core::IdError| bad("organ", e.to_string()))?,
+            organ: c
+                .organ
+                .parse()
+                .map_err(|e: truc_core::IdError| bad("organ", e.to_string()))?,
             name: c.name,
             parent: if c.parent.is_empty() {
                 None
             } else {
-                Some(c.parent.parse().map_err(|e: truc_core::IdError| bad("parent", e.to_string()))?)
+                Some(
+                    c.parent
+                        .parse()
+                        .map_err(|e: truc_core::IdError| bad("parent", e.to_string()))?,
+                )
             },
             node: if c.node.is_empty() {
                 None
             } else {
-                Some(c.node.parse().map_err(|e: truc_core::IdError| bad("node", e.to_string()))?)
+                Some(
+                    c.node
+                        .parse()
+                        .map_err(|e: truc_core::IdError| bad("node", e.to_string()))?,
+                )
             },
         };
         let st = self.state.clone();
@@ -121,16 +135,27 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn list_directory(&self, req: Request<pb::ListAgenciesRequest>) -> Result<Response<pb::ListAgenciesResponse>, Status> {
+    async fn list_directory(
+        &self,
+        req: Request<pb::ListAgenciesRequest>,
+    ) -> Result<Response<pb::ListAgenciesResponse>, Status> {
         let prefix = req.into_inner().prefix;
         let d = self.state.directory();
         Ok(Response::new(pb::ListAgenciesResponse {
             version: d.version,
-            agencies: d.entries.values().filter(|a| a.organ.starts_with(&prefix)).cloned().collect(),
+            agencies: d
+                .entries
+                .values()
+                .filter(|a| a.organ.starts_with(&prefix))
+                .cloned()
+                .collect(),
         }))
     }
 
-    async fn nodes(&self, _: Request<pb::NodesRequest>) -> Result<Response<pb::NodesResponse>, Status> {
+    async fn nodes(
+        &self,
+        _: Request<pb::NodesRequest>,
+    ) -> Result<Response<pb::NodesResponse>, Status> {
         Ok(Response::new(pb::NodesResponse {
             nodes: self.state.node_tree(),
         }))

@@ -138,6 +138,9 @@ pub struct DirectoryEntry {
     /// The agency above it in the administrative tree, if any.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub parent: String,
+    /// The node that serves it, when that is not the child itself (below a relay).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
 }
 
 /// When an undelivered document is given up on and its sender told.
@@ -365,8 +368,8 @@ pub struct Config {
     pub delivery: DeliverySection,
     pub quotas: QuotaSection,
     pub admin_api: Option<String>,
-    /// OrganId → (name, parent).
-    pub directory: BTreeMap<OrganId, (String, Option<OrganId>)>,
+    /// OrganId → (name, parent, serving node if given).
+    pub directory: BTreeMap<OrganId, (String, Option<OrganId>, Option<NodeId>)>,
     pub grant: Option<OrganId>,
     pub child_grants: BTreeMap<NodeId, OrganId>,
     pub test_hooks: TestHooks,
@@ -520,7 +523,9 @@ impl Config {
                 organs.push(organ);
             }
             if let Some(g) = &c.grant {
-                let g: OrganId = g.parse().map_err(|e| invalid(format!("children.{id}.grant: {e}")))?;
+                let g: OrganId = g
+                    .parse()
+                    .map_err(|e| invalid(format!("children.{id}.grant: {e}")))?;
                 child_grants.insert(id.clone(), g);
             }
             if children.insert(id.clone(), organs).is_some() {
@@ -565,7 +570,19 @@ impl Config {
                     "directory names {organ}, which neither this node nor a child serves"
                 )));
             }
-            if directory.insert(organ.clone(), (d.name, parent)).is_some() {
+            let node = if d.node.is_empty() {
+                None
+            } else {
+                Some(
+                    d.node
+                        .parse::<NodeId>()
+                        .map_err(|e| invalid(format!("directory.{organ}.node: {e}")))?,
+                )
+            };
+            if directory
+                .insert(organ.clone(), (d.name, parent, node))
+                .is_some()
+            {
                 return Err(invalid(format!("directory lists {organ} twice")));
             }
         }

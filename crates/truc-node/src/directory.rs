@@ -23,7 +23,7 @@ impl Directory {
     pub fn from_config(c: &Config) -> Self {
         let mut entries = BTreeMap::new();
         let describe = |organ: &OrganId, name: &str, node: &str| {
-            let (dname, parent) = c.directory.get(organ).cloned().unwrap_or_default();
+            let (dname, parent, serving) = c.directory.get(organ).cloned().unwrap_or_default();
             pb::AgencyEntry {
                 organ: organ.to_string(),
                 name: if dname.is_empty() {
@@ -32,7 +32,9 @@ impl Directory {
                     dname
                 },
                 parent: parent.map(|p| p.to_string()).unwrap_or_default(),
-                node: node.to_owned(),
+                node: serving
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| node.to_owned()),
             }
         };
         for (organ, name, _, _) in &c.agencies {

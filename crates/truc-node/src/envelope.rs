@@ -328,7 +328,11 @@ pub fn verify(
                 let node = if c.node.is_empty() && c.remove {
                     None
                 } else {
-                    Some(c.node.parse::<NodeId>().map_err(|e| Refusal::invalid(format!("directory node: {e}")))?)
+                    Some(
+                        c.node
+                            .parse::<NodeId>()
+                            .map_err(|e| Refusal::invalid(format!("directory node: {e}")))?,
+                    )
                 };
                 directory.push(DirectoryFact {
                     remove: c.remove,

@@ -123,7 +123,9 @@ fn check(state: &NodeState, t: pb::Transfer) -> Result<Checked, Refusal> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     if recipients.is_empty() && v.kind != truc_core::Kind::Directory {
-        return Err(Refusal::invalid("transfer names no recipients for this hop"));
+        return Err(Refusal::invalid(
+            "transfer names no recipients for this hop",
+        ));
     }
     if t.attachments.is_empty() {
         // Streamed: the bytes follow on request and are checked as they complete.
@@ -952,7 +954,11 @@ impl pb::link_server::Link for LinkService {
                         _ = crate::stopped(&mut done_rx) => return,
                         r = changes.changed() => if r.is_err() { return },
                     }
-                    if tx.send(frame(Frame::Directory(st.directory().to_pb()))).await.is_err() {
+                    if tx
+                        .send(frame(Frame::Directory(st.directory().to_pb())))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

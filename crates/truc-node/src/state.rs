@@ -473,10 +473,16 @@ impl NodeState {
         // Agencies registered at runtime below this node (relays' delegated directory).
         let mut routing = p.routing;
         let mut own = p.directory;
-        for (k, v) in p.store.scan(Space::Meta, &Key::new().str("reg").build(), None, usize::MAX)? {
+        for (k, v) in p.store.scan(
+            Space::Meta,
+            &Key::new().str("reg").build(),
+            None,
+            usize::MAX,
+        )? {
             let r: Registration = record::decode(Space::Meta, &k, &v)?;
             let Some(entry) = r.entry else { continue };
-            let (Ok(organ), Ok(via)) = (entry.organ.parse::<OrganId>(), r.via.parse::<NodeId>()) else {
+            let (Ok(organ), Ok(via)) = (entry.organ.parse::<OrganId>(), r.via.parse::<NodeId>())
+            else {
                 continue;
             };
             routing.add_child_organ(organ.clone(), via);
@@ -560,19 +566,35 @@ impl NodeState {
     /// What a node routes by: the parent's directory (if any) with its own on top.
     /// An edge that has not heard from its parent yet has version 0: recipients
     /// are then checked by the parent only.
-    fn merge_directories(has_parent: bool, received: Option<&Directory>, own: &Directory) -> Directory {
+    fn merge_directories(
+        has_parent: bool,
+        received: Option<&Directory>,
+        own: &Directory,
+    ) -> Directory {
         let mut d = match received {
             Some(r) => r.clone().merged_with(own),
             None => own.clone(),
         };
-        d.version = if has_parent && received.is_none() { 0 } else { d.content_version() };
+        // Version 0 says "incomplete": a node whose parent has not sent a complete
+        // directory passes that on, and its children check recipients no more
+        // than it can.
+        let complete = !has_parent || received.is_some_and(|r| r.version != 0);
+        d.version = if complete { d.content_version() } else { 0 };
         d
     }
 
     fn remerge(&self) {
         let has_parent = self.routing().has_parent();
-        let received = self.received_directory.read().map(|r| r.clone()).unwrap_or_default();
-        let own = self.own_directory.read().map(|o| o.clone()).unwrap_or_default();
+        let received = self
+            .received_directory
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_default();
+        let own = self
+            .own_directory
+            .read()
+            .map(|o| o.clone())
+            .unwrap_or_default();
         let merged = Self::merge_directories(has_parent, received.as_ref(), &own);
         let version = merged.version;
         if let Ok(mut cur) = self.directory.write() {
@@ -602,13 +624,21 @@ impl NodeState {
             return Ok(());
         }
         let mut b = Batch::new();
-        b.put(Space::Meta, Key::new().str("directory").build(), d.encode_to_vec());
+        b.put(
+            Space::Meta,
+            Key::new().str("directory").build(),
+            d.encode_to_vec(),
+        );
         self.commit.apply(b)?;
         if let Ok(mut r) = self.received_directory.write() {
             *r = Some(Directory::from_pb(d));
         }
         self.remerge();
-        tracing::info!(version = d.version, agencies = d.agencies.len(), "directory updated from parent");
+        tracing::info!(
+            version = d.version,
+            agencies = d.agencies.len(),
+            "directory updated from parent"
+        );
         Ok(())
     }
 
@@ -619,7 +649,10 @@ impl NodeState {
         let dir = self.directory();
         let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for e in dir.entries.values() {
-            by_node.entry(e.node.clone()).or_default().push(e.organ.clone());
+            by_node
+                .entry(e.node.clone())
+                .or_default()
+                .push(e.organ.clone());
         }
         let me = self.node_id.to_string();
         let role = match (routing.has_parent(), routing.child_nodes().next().is_some()) {
@@ -652,11 +685,19 @@ impl NodeState {
         }
         for child in routing.child_nodes() {
             let up = self.is_connected(child);
-            let below: Vec<&String> = via.iter().filter(|(_, c)| *c == child.as_str()).map(|(n, _)| n).collect();
+            let below: Vec<&String> = via
+                .iter()
+                .filter(|(_, c)| *c == child.as_str())
+                .map(|(n, _)| n)
+                .collect();
             out.push(pb::NodeView {
                 node: child.to_string(),
                 parent: me.clone(),
-                role: if below.is_empty() { "edge".into() } else { "relay".into() },
+                role: if below.is_empty() {
+                    "edge".into()
+                } else {
+                    "relay".into()
+                },
                 agencies: by_node.remove(child.as_str()).unwrap_or_default(),
                 link: if up { "up".into() } else { "down".into() },
                 last_seen_ms: self.last_seen(child),
@@ -694,7 +735,12 @@ impl NodeState {
 
     /// Walks `organ`'s administrative parents (in `pending` first, then the
     /// directory) and says whether the chain reaches `root`.
-    fn reaches(&self, organ: &OrganId, root: &OrganId, pending: &BTreeMap<OrganId, Option<OrganId>>) -> bool {
+    fn reaches(
+        &self,
+        organ: &OrganId,
+        root: &OrganId,
+        pending: &BTreeMap<OrganId, Option<OrganId>>,
+    ) -> bool {
         let dir = self.directory();
         let mut cur = Some(organ.clone());
         for _ in 0..32 {
@@ -725,42 +771,72 @@ impl NodeState {
         let via_child = match origin {
             Origin::Child(c) => {
                 let Some(grant) = self.child_grants.get(c) else {
-                    return Err(Refusal::denied(format!("node {c} has no grant to register agencies")).into());
+                    return Err(Refusal::denied(format!(
+                        "node {c} has no grant to register agencies"
+                    ))
+                    .into());
                 };
                 Some((c.clone(), grant.clone()))
             }
             Origin::Local => None,
             Origin::Parent(p) => {
-                return Err(Refusal::denied(format!("parent {p} sends directories, not directory changes")).into());
+                return Err(Refusal::denied(format!(
+                    "parent {p} sends directories, not directory changes"
+                ))
+                .into());
             }
         };
         let mut changes = Vec::new();
         for c in &v.directory {
-            let who = via_child.as_ref().map(|(n, _)| n.to_string()).unwrap_or_else(|| "this node".into());
+            let who = via_child
+                .as_ref()
+                .map(|(n, _)| n.to_string())
+                .unwrap_or_else(|| "this node".into());
             if routing.is_local(&c.organ) {
-                return Err(Refusal::denied(format!("{} is served by node {} itself", c.organ, self.node_id)).into());
+                return Err(Refusal::denied(format!(
+                    "{} is served by node {} itself",
+                    c.organ, self.node_id
+                ))
+                .into());
             }
             let bound = routing.child_of(&c.organ).cloned();
             let via = match &via_child {
                 Some((child, _)) => child.clone(),
                 None => match (&c.node, c.remove) {
-                    (_, true) => bound
-                        .clone()
-                        .ok_or_else(|| Refusal::not_found(format!("{} is not registered below this node", c.organ)))?,
+                    (_, true) => bound.clone().ok_or_else(|| {
+                        Refusal::not_found(format!("{} is not registered below this node", c.organ))
+                    })?,
                     (Some(n), false) if routing.is_child(n) => n.clone(),
                     (Some(n), false) => {
-                        return Err(Refusal::invalid(format!("node {n} is not a child of {}", self.node_id)).into());
+                        return Err(Refusal::invalid(format!(
+                            "node {n} is not a child of {}",
+                            self.node_id
+                        ))
+                        .into());
                     }
-                    (None, false) => return Err(Refusal::invalid("an added agency names the node that serves it").into()),
+                    (None, false) => {
+                        return Err(Refusal::invalid(
+                            "an added agency names the node that serves it",
+                        )
+                        .into());
+                    }
                 },
             };
             if let Some(b) = &bound
                 && b != &via
             {
-                return Err(Refusal::denied(format!("{} is served by node {b}, not below {via}", c.organ)).into());
+                return Err(Refusal::denied(format!(
+                    "{} is served by node {b}, not below {via}",
+                    c.organ
+                ))
+                .into());
             }
             if c.remove && bound.is_none() {
-                return Err(Refusal::not_found(format!("{} is not registered below {who}", c.organ)).into());
+                return Err(Refusal::not_found(format!(
+                    "{} is not registered below {who}",
+                    c.organ
+                ))
+                .into());
             }
             // The grant: a child registers inside its own; a relay's operator inside
             // the relay's. The hub (no parent, no grant) is the authority.
@@ -805,13 +881,20 @@ impl NodeState {
             }
             plan.directory.push((c.clone(), via.clone()));
             plan.audit(
-                if c.remove { "directory remove" } else { "directory add" },
+                if c.remove {
+                    "directory remove"
+                } else {
+                    "directory add"
+                },
                 &v.doc_id.to_string(),
                 &v.from.to_string(),
                 format!(
                     "{}{} via {via}",
                     c.organ,
-                    c.node.as_ref().map(|n| format!(" served by {n}")).unwrap_or_default()
+                    c.node
+                        .as_ref()
+                        .map(|n| format!(" served by {n}"))
+                        .unwrap_or_default()
                 ),
             );
         }
@@ -846,7 +929,8 @@ impl NodeState {
                 ..Default::default()
             },
         );
-        plan.batch.put(Space::Dedup, dkey, v.header_sha256.0.to_vec());
+        plan.batch
+            .put(Space::Dedup, dkey, v.header_sha256.0.to_vec());
         match origin {
             Origin::Local => {
                 let queue = "parent";
@@ -865,11 +949,21 @@ impl NodeState {
                     }),
                 );
                 plan.deltas.push((format!("q:{queue}"), 1));
-                plan.audit("queued", &doc_id, &from_key, "directory change for the parent");
+                plan.audit(
+                    "queued",
+                    &doc_id,
+                    &from_key,
+                    "directory change for the parent",
+                );
                 plan.queues.push(queue.to_owned());
             }
             _ => {
-                plan.audit("received", &doc_id, &from_key, format!("directory change from {}", origin.label()));
+                plan.audit(
+                    "received",
+                    &doc_id,
+                    &from_key,
+                    format!("directory change from {}", origin.label()),
+                );
                 self.plan_directory(w, plan, v, origin, now)?;
             }
         }
@@ -884,10 +978,9 @@ impl NodeState {
         changes: &[envelope::DirectoryFact],
         now: i64,
     ) -> Result<DocId, NodeError> {
-        let key = self
-            .node_signer
-            .as_ref()
-            .ok_or_else(|| NodeError::Other("this node has no node key to sign directory changes".into()))?;
+        let key = self.node_signer.as_ref().ok_or_else(|| {
+            NodeError::Other("this node has no node key to sign directory changes".into())
+        })?;
         let header = pb::Header {
             format_version: envelope::FORMAT_VERSION,
             doc_id: DocId::new_v7().to_string(),
@@ -919,7 +1012,10 @@ impl NodeState {
 
     /// Registers or removes an agency below this node (an operator's change): checked
     /// against the grant, applied, and passed up signed. Blocking.
-    pub fn change_directory(&self, c: envelope::DirectoryFact) -> Result<(DocId, Ticket), NodeError> {
+    pub fn change_directory(
+        &self,
+        c: envelope::DirectoryFact,
+    ) -> Result<(DocId, Ticket), NodeError> {
         let now = now_ms();
         let mut w = self.lock();
         let mut plan = Plan::default();

@@ -124,10 +124,15 @@ impl Topology {
     }
 
     /// Agencies (with their details) served by `id` and everything below it.
-    pub fn subtree_agencies(&self, id: &str) -> Vec<TopoAgency> {
-        let mut out: Vec<TopoAgency> = self
+    pub fn subtree_agencies(&self, id: &str) -> Vec<(TopoAgency, String)> {
+        let mut out: Vec<(TopoAgency, String)> = self
             .node(id)
-            .map(|n| n.agencies.clone())
+            .map(|n| {
+                n.agencies
+                    .iter()
+                    .map(|a| (a.clone(), n.id.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
         for child in self
             .nodes
@@ -318,10 +323,11 @@ fn node_config(topo: &Topology, n: &TopoNode) -> Result<FileConfig> {
             .iter()
             .filter(|c| c.parent.as_deref() == Some(n.id.as_str()))
             .flat_map(|c| topo.subtree_agencies(&c.id))
-            .map(|a| DirectoryEntry {
+            .map(|(a, node)| DirectoryEntry {
                 organ: a.organ,
                 name: a.name,
                 parent: a.parent,
+                node,
             })
             .collect(),
         children,
@@ -344,10 +350,17 @@ mod tests {
     fn the_default_topology_has_a_hub_three_edges_and_a_province_relay() {
         let t = Topology::default_topology().unwrap();
         assert_eq!(t.nodes.len(), 7);
-        assert_eq!(t.subtree_organs("nghean"), vec!["000.00.00.H41".to_string()]);
+        assert_eq!(
+            t.subtree_organs("nghean"),
+            vec!["000.00.00.H41".to_string()]
+        );
         assert_eq!(
             t.subtree_organs("quangnam"),
-            vec!["000.00.00.H47".to_string(), "001.00.10.H47".to_string(), "002.00.10.H47".to_string()]
+            vec![
+                "000.00.00.H47".to_string(),
+                "001.00.10.H47".to_string(),
+                "002.00.10.H47".to_string()
+            ]
         );
     }
 
@@ -369,7 +382,10 @@ mod tests {
         assert_eq!(first.configs.len(), 7);
         let relay = truc_node::Config::load(&first.configs["quangnam"]).unwrap();
         assert_eq!(relay.role(), "relay");
-        assert_eq!(relay.grant.as_ref().map(|g| g.as_str()), Some("000.00.00.H47"));
+        assert_eq!(
+            relay.grant.as_ref().map(|g| g.as_str()),
+            Some("000.00.00.H47")
+        );
         for path in first.configs.values() {
             truc_node::Config::load(path).unwrap();
         }

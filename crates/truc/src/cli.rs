@@ -231,6 +231,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The tree of nodes below this one: agencies, link state, queue depth, last seen.
+    Nodes {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Queue depths and parked documents of a node (admin API).
     Queues {
         #[arg(long)]
@@ -295,6 +302,29 @@ enum DirectoryCommand {
         organ: String,
         #[arg(long)]
         json: bool,
+    },
+    /// Register an agency below this node (a relay: inside its grant); the change
+    /// is signed and goes up to the parent, the new directory down to the children.
+    Add {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        organ: String,
+        #[arg(long)]
+        name: String,
+        /// Its parent agency in the administrative tree.
+        #[arg(long)]
+        parent: String,
+        /// The child node that serves it.
+        #[arg(long)]
+        node: String,
+    },
+    /// Remove an agency registered below this node.
+    Remove {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        organ: String,
     },
 }
 
@@ -574,6 +604,7 @@ async fn run(cli: Cli) -> Result<()> {
         } => client::trace(&config, &doc_id, json).await,
         Command::Queues { config, json } => client::queues(&config, json).await,
         Command::Stats { config, json } => client::stats(&config, json).await,
+        Command::Nodes { config, json } => client::nodes(&config, json).await,
         Command::Audit {
             command: AuditCommand::Verify { config, json },
         } => verify::audit_verify(&config, json).await,
@@ -584,6 +615,30 @@ async fn run(cli: Cli) -> Result<()> {
                 organ,
                 json,
             } => client::directory(&config, Some(&organ), json).await,
+            DirectoryCommand::Add {
+                config,
+                organ,
+                name,
+                parent,
+                node,
+            } => {
+                let c = pb::DirectoryChange {
+                    remove: false,
+                    organ,
+                    name,
+                    parent,
+                    node,
+                };
+                client::change_directory(&config, c).await
+            }
+            DirectoryCommand::Remove { config, organ } => {
+                let c = pb::DirectoryChange {
+                    remove: true,
+                    organ,
+                    ..Default::default()
+                };
+                client::change_directory(&config, c).await
+            }
         },
         Command::Get {
             config,

@@ -1029,6 +1029,18 @@ pub async fn queues(config: &Path, json: bool) -> Result<()> {
 }
 
 pub async fn directory(config: &Path, organ: Option<&str>, json: bool) -> Result<()> {
+    if Config::load(config)?.agency_api.is_none() {
+        // Hubs and relays without agencies answer through their admin API.
+        let r = admin(config)
+            .await?
+            .list_directory(pb::ListAgenciesRequest {
+                prefix: organ.unwrap_or_default().into(),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        return print_directory(r.version, &r.agencies, organ.is_none(), json);
+    }
     let mut client = connect(config).await?;
     let (version, agencies) = match organ {
         Some(o) => (
@@ -1052,6 +1064,15 @@ pub async fn directory(config: &Path, organ: Option<&str>, json: bool) -> Result
             (r.version, r.agencies)
         }
     };
+    print_directory(version, &agencies, organ.is_none(), json)
+}
+
+fn print_directory(
+    version: u64,
+    agencies: &[pb::AgencyEntry],
+    all: bool,
+    json: bool,
+) -> Result<()> {
     if json {
         let v: Vec<_> = agencies
             .iter()
@@ -1062,7 +1083,7 @@ pub async fn directory(config: &Path, organ: Option<&str>, json: bool) -> Result
     }
     let mut t = table();
     t.set_header(vec!["organ", "name", "parent", "node"]);
-    for a in &agencies {
+    for a in agencies {
         t.add_row(vec![
             a.organ.clone(),
             a.name.clone(),
@@ -1071,12 +1092,83 @@ pub async fn directory(config: &Path, organ: Option<&str>, json: bool) -> Result
         ]);
     }
     println!("{t}");
-    if organ.is_none() {
+    if all {
         println!(
             "directory version {version:016x}, {} agencies",
             agencies.len()
         );
     }
+    Ok(())
+}
+
+pub async fn change_directory(config: &Path, c: pb::DirectoryChange) -> Result<()> {
+    let what = format!(
+        "{} {}",
+        if c.remove { "removed" } else { "registered" },
+        c.organ
+    );
+    let r = admin(config)
+        .await?
+        .change_directory(c)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!(
+        "{what}; directory version {:016x}; signed change {}",
+        r.version, r.doc_id
+    );
+    Ok(())
+}
+
+pub async fn nodes(config: &Path, json: bool) -> Result<()> {
+    let nodes = admin(config)
+        .await?
+        .nodes(pb::NodesRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .nodes;
+    if json {
+        let v: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "node": n.node, "parent": n.parent, "role": n.role, "agencies": n.agencies,
+                    "link": n.link, "last_seen_ms": n.last_seen_ms, "queue_depth": n.queue_depth,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let root = nodes.first().map(|n| n.node.clone()).unwrap_or_default();
+    let mut t = table();
+    t.set_header(vec![
+        "node",
+        "role",
+        "agencies",
+        "link",
+        "queued",
+        "last seen (UTC+7)",
+    ]);
+    for n in &nodes {
+        let depth = if n.parent.is_empty() {
+            0
+        } else if n.parent == root {
+            1
+        } else {
+            2
+        };
+        t.add_row(vec![
+            format!("{}{}", "  ".repeat(depth), n.node),
+            n.role.clone(),
+            n.agencies.join("\n"),
+            n.link.clone(),
+            n.queue_depth.to_string(),
+            time(n.last_seen_ms),
+        ]);
+    }
+    println!("{t}");
     Ok(())
 }
 

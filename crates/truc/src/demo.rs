@@ -69,6 +69,33 @@ const DOCS: &[DemoDoc] = &[
         )),
     },
     DemoDoc {
+        from_node: "duyxuyen",
+        from: "001.00.10.H47",
+        to: &["000.00.00.G22"],
+        subject: "Báo cáo kết quả giải ngân vốn đầu tư công năm 2026 (huyện → Chính phủ, qua LGSP Quảng Nam)",
+        code: ("112", "BC-UBND"),
+        priority: 0,
+        pdf: None,
+    },
+    DemoDoc {
+        from_node: "vpcp",
+        from: "000.00.00.G22",
+        to: &["002.00.10.H47"],
+        subject: "Công văn hướng dẫn thực hiện chương trình mục tiêu quốc gia (Chính phủ → thị xã, qua LGSP)",
+        code: ("890", "VPCP-KTTH"),
+        priority: 1,
+        pdf: None,
+    },
+    DemoDoc {
+        from_node: "duyxuyen",
+        from: "001.00.10.H47",
+        to: &["002.00.10.H47"],
+        subject: "Giấy mời dự họp liên huyện về phòng chống lụt bão (huyện → thị xã, không qua trục quốc gia)",
+        code: ("45", "GM-UBND"),
+        priority: 3,
+        pdf: None,
+    },
+    DemoDoc {
         from_node: "caobang",
         from: "000.00.00.H14",
         to: &["000.00.00.G22"],
@@ -270,6 +297,9 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<()> {
     );
     println!("  truc ack    --config {} {first}", cfg("nghean"));
     println!("  truc status --config {} {first}", cfg("vpcp"));
+    println!("  truc trace  --config {} {first}", cfg("vpcp"));
+    println!("  truc nodes  --config {}", cfg("hub"));
+    println!("  truc queues --config {}", cfg("hub"));
     println!(
         "  truc send   --config {} --from 000.00.00.G22 --to 000.00.00.H14 --subject \"Giấy mời họp\" --attach README.md",
         cfg("vpcp")

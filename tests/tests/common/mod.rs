@@ -76,16 +76,27 @@ impl Cluster {
             procs: BTreeMap::new(),
             old_logs: BTreeMap::new(),
         };
-        // The hub's port is picked by the OS once and kept across restarts, so that
-        // edges find it again; agency APIs take port 0 and announce theirs.
-        let hub_addr = format!("127.0.0.1:{}", free_port());
+        // Listener ports (hub, relays) are picked by the OS once and kept across
+        // restarts, so that children find them again; agency and admin APIs take
+        // port 0 and announce theirs.
+        let mut listen: BTreeMap<String, String> = BTreeMap::new();
+        for node in c.nodes() {
+            let t: toml::Table = std::fs::read_to_string(c.config(&node))
+                .unwrap()
+                .parse()
+                .unwrap();
+            if t.contains_key("listen") {
+                listen.insert(node.clone(), format!("127.0.0.1:{}", free_port()));
+            }
+        }
         for node in c.nodes() {
             c.edit(&node, |t| {
                 if let Some(l) = t.get_mut("listen").and_then(|v| v.as_table_mut()) {
-                    l.insert("address".into(), hub_addr.clone().into());
+                    l.insert("address".into(), listen[&node].clone().into());
                 }
                 if let Some(p) = t.get_mut("parent").and_then(|v| v.as_table_mut()) {
-                    p.insert("address".into(), hub_addr.clone().into());
+                    let parent = p["node_id"].as_str().unwrap().to_owned();
+                    p.insert("address".into(), listen[&parent].clone().into());
                 }
                 for api in ["agency_api", "admin_api"] {
                     if let Some(a) = t.get_mut(api).and_then(|v| v.as_table_mut()) {
@@ -309,7 +320,12 @@ impl Cluster {
     }
 
     pub fn hub_addr(&self) -> String {
-        let t: toml::Table = std::fs::read_to_string(self.config("hub"))
+        self.listen_addr("hub")
+    }
+
+    /// Where a hub or relay listens for children.
+    pub fn listen_addr(&self, node: &str) -> String {
+        let t: toml::Table = std::fs::read_to_string(self.config(node))
             .unwrap()
             .parse()
             .unwrap();

@@ -22,6 +22,17 @@ pub fn frame(f: Frame) -> pb::LinkFrame {
 
 /// Opens a link to the hub as `node`, with that node's certificate from `pki`.
 pub async fn raw_link(pki: &Path, node: &str, hub: &str) -> Result<RawLink, String> {
+    raw_link_to(pki, node, "hub", hub).await
+}
+
+/// Opens a link to `parent` (listening at `addr`) as `node`.
+pub async fn raw_link_to(
+    pki: &Path,
+    node: &str,
+    parent: &str,
+    addr: &str,
+) -> Result<RawLink, String> {
+    let hub = addr;
     let t = TransportMaterial::load(
         &pki.join("transport-ca.crt"),
         &pki.join(format!("nodes/{node}.crt")),
@@ -31,7 +42,7 @@ pub async fn raw_link(pki: &Path, node: &str, hub: &str) -> Result<RawLink, Stri
     .map_err(|e| e.to_string())?;
     let ch = truc_node::transport::tls_channel(
         hub,
-        "hub",
+        parent,
         t.client_config().map_err(|e| e.to_string())?,
         Duration::from_secs(5),
         Duration::from_secs(5),
@@ -172,4 +183,16 @@ impl RawLink {
             }
         }
     }
+}
+
+/// Signs a header as node `node` with its node key from `pki` (directory changes).
+pub fn seal_as_node(pki: &Path, node: &str, header: &pb::Header) -> pb::SignedEnvelope {
+    let n: truc_core::NodeId = node.parse().unwrap();
+    let signer = truc_pki::sign::Signer::load_for(
+        &truc_pki::identity::Identity::Node(n),
+        &pki.join(format!("nodes/{node}.crt")),
+        &pki.join(format!("nodes/{node}.key")),
+    )
+    .unwrap();
+    envelope::seal(header, &signer).unwrap()
 }
