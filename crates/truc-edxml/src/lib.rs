@@ -1,0 +1,279 @@
+//! edXML (QCVN 102:2016), the package format of Vietnam's document exchange.
+//!
+//! [`parse`] reads a document or status package tolerantly (element order and
+//! namespace prefixes vary between producers, optional parts go missing, the
+//! manifest's content type may differ from the attachment's) and safely: no DTD is
+//! accepted (so no entity expansion), depth, size, element count, ZIP entry count,
+//! expansion ratio and attachment size are bounded, and attachment names that could
+//! act as paths are refused. Every refusal names the element and the reason.
+//! [`emit`] writes a package that today's software accepts (prefixed envelope
+//! children, base64 ZIP attachments).
+
+#![forbid(unsafe_code)]
+
+mod dom;
+mod emit;
+mod model;
+mod parse;
+mod zipped;
+
+pub use emit::emit;
+pub use model::*;
+pub use parse::parse;
+
+/// The edXML namespace.
+pub const NS: &str = "http://www.mic.gov.vn/TBT/QCVN_102_2016";
+
+/// Why a package was refused: the element (a path) and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{element}: {reason}")]
+pub struct EdxmlError {
+    pub element: String,
+    pub reason: String,
+}
+
+impl EdxmlError {
+    pub fn new(element: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            element: element.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Bounds on what a package may make the parser do.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest package, bytes.
+    pub max_package_bytes: usize,
+    /// Deepest element nesting.
+    pub max_depth: usize,
+    /// Most elements in the whole document.
+    pub max_elements: usize,
+    pub max_attachments: usize,
+    /// Largest attachment once unzipped.
+    pub max_attachment_bytes: u64,
+    /// Most entries in one attachment ZIP.
+    pub max_zip_entries: usize,
+    /// Largest unzipped/zipped ratio of one entry.
+    pub max_zip_ratio: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_package_bytes: 64 << 20,
+            max_depth: 48,
+            max_elements: 200_000,
+            max_attachments: 100,
+            max_attachment_bytes: 48 << 20,
+            max_zip_entries: 8,
+            max_zip_ratio: 200,
+        }
+    }
+}
+
+/// Refuses attachment names that could act as paths or control sequences.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("attachment name is empty".into());
+    }
+    if name.chars().count() > 255 {
+        return Err("attachment name is longer than 255 characters".into());
+    }
+    if name == "." || name == ".." || name.contains('/') || name.contains('\\') {
+        return Err(format!(
+            "attachment name {name:?} is a path; names are display text"
+        ));
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return Err(format!(
+            "attachment name {name:?} contains control characters"
+        ));
+    }
+    if name.len() >= 2 && name.as_bytes()[1] == b':' {
+        return Err(format!("attachment name {name:?} looks like a drive path"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use base64::Engine;
+
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/../../tests/fixtures/edxml/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn ok(name: &str) -> Package {
+        parse(&fixture(name), &Limits::default()).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    #[test]
+    fn a_document_package_maps_every_field() {
+        let p = ok("new-document.xml");
+        assert_eq!(p.kind, Kind::Document);
+        assert_eq!(p.from.organ_id, "000.00.00.G22");
+        assert_eq!(p.from.organ_name, "Văn phòng Chính phủ");
+        assert_eq!(p.recipients(), vec!["000.00.00.H41", "000.00.00.H14"]);
+        assert_eq!(p.document_id, "000.00.00.G22,2026/11/28,7816/VPCP-TTĐT");
+        assert_eq!(
+            (p.code_number.as_str(), p.code_notation.as_str()),
+            ("7816", "VPCP-TTĐT")
+        );
+        assert_eq!(p.promulgation_place, "Hà Nội");
+        assert_eq!(p.document_type_name, "Công văn");
+        assert_eq!(p.signer_full_name, "Trần Văn B");
+        assert_eq!(p.priority, Some(1));
+        assert_eq!(p.due_date, "2026/12/15");
+        assert_eq!(p.traces.len(), 1);
+        assert_eq!(p.attachments.len(), 2);
+        assert_eq!(p.attachments[0].name, "7816-VPCP-TTDT.pdf");
+        assert!(p.attachments[0].data.starts_with(b"%PDF"));
+        assert_eq!(p.attachments[0].manifest_content_type, "application/pdf");
+        assert_eq!(p.attachments[0].content_type, "application/zip");
+    }
+
+    #[test]
+    fn producers_that_differ_in_prefixes_and_order_parse_alike() {
+        let p = ok("new-document-unprefixed.xml");
+        assert_eq!(p.subject, "Giấy mời họp");
+        assert_eq!(p.attachments[0].name, "giay-moi.pdf");
+        let r = ok("revoke.xml");
+        let b = r.business.unwrap();
+        assert_eq!(
+            (b.doc_type, b.document_id.as_str()),
+            (1, "000.00.00.G22,2026/11/28,7816/VPCP-TTĐT")
+        );
+        assert_eq!(r.traces.len(), 1, "Bussiness before TraceHeader");
+        let u = ok("update.xml").business.unwrap();
+        assert_eq!(
+            u.receivers,
+            vec![
+                ("000.00.00.H41".into(), true),
+                ("000.00.00.H14".into(), false)
+            ]
+        );
+        let rep = ok("replace.xml").business.unwrap();
+        assert_eq!(rep.doc_type, 3);
+        assert_eq!(rep.replacements[0].1.len(), 2);
+    }
+
+    #[test]
+    fn every_status_code_parses_as_a_status_for_its_document() {
+        for code in ["01", "02", "03", "04", "05", "06", "13", "15", "16"] {
+            let p = ok(&format!("status-{code}.xml"));
+            assert_eq!(p.kind, Kind::Status);
+            assert_eq!(p.status_code, code);
+            assert_eq!(p.recipients(), vec!["000.00.00.G22"]);
+            assert_eq!(
+                p.response_for[0].document_id,
+                "000.00.00.G22,2026/11/28,7816/VPCP-TTĐT"
+            );
+        }
+    }
+
+    #[test]
+    fn emitting_and_parsing_again_gives_the_same_package() {
+        for name in [
+            "new-document.xml",
+            "new-document-unprefixed.xml",
+            "revoke.xml",
+            "update.xml",
+            "replace.xml",
+            "status-05.xml",
+            "status-13.xml",
+        ] {
+            let p = ok(name);
+            let again = parse(&emit(&p), &Limits::default()).unwrap();
+            assert_eq!(again, p, "{name}");
+        }
+        let out = String::from_utf8(emit(&ok("new-document.xml"))).unwrap();
+        assert!(
+            out.contains("<edXML:MessageHeader><edXML:From><edXML:OrganId>"),
+            "prefixed envelope children"
+        );
+        assert!(
+            out.contains("<AttachmentEncoded><Attachment><ContentId>"),
+            "unprefixed attachment children"
+        );
+    }
+
+    fn err(xml: &[u8]) -> EdxmlError {
+        parse(xml, &Limits::default()).unwrap_err()
+    }
+
+    fn with_attachment(name: &str, payload: &str) -> Vec<u8> {
+        let doc = String::from_utf8(fixture("new-document-unprefixed.xml")).unwrap();
+        let start = doc.find("<AttachmentEncoded>").unwrap();
+        format!(
+            "{}<AttachmentEncoded><Attachment><ContentId>cid:1</ContentId><AttachmentName>{name}</AttachmentName><ContentTransferEncoded>{payload}</ContentTransferEncoded></Attachment></AttachmentEncoded></edXML>",
+            &doc[..start]
+        )
+        .into_bytes()
+    }
+
+    fn zip_of(name: &str, data: &[u8]) -> String {
+        let mut buf = std::io::Cursor::new(Vec::new());
+        {
+            let mut w = zip::ZipWriter::new(&mut buf);
+            let o = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated);
+            w.start_file(name, o).unwrap();
+            w.write_all(data).unwrap();
+            w.finish().unwrap();
+        }
+        base64::engine::general_purpose::STANDARD.encode(buf.into_inner())
+    }
+
+    #[test]
+    fn hostile_packages_are_refused_with_the_element_and_reason() {
+        let laughs = b"<?xml version=\"1.0\"?><!DOCTYPE lolz [<!ENTITY lol \"lol\"><!ENTITY lol2 \"&lol;&lol;&lol;&lol;&lol;\">]><edXML>&lol2;</edXML>";
+        assert!(err(laughs).reason.contains("DOCTYPE"));
+        let xxe = b"<?xml version=\"1.0\"?><!DOCTYPE x [<!ENTITY xxe SYSTEM \"file:///etc/passwd\">]><edXML>&xxe;</edXML>";
+        assert!(err(xxe).reason.contains("DOCTYPE"));
+        let undeclared = b"<edXML><edXMLEnvelope>&xxe;</edXMLEnvelope></edXML>";
+        assert!(err(undeclared).reason.contains("unknown entity"));
+        let deep = format!("{}{}", "<a>".repeat(100_000), "</a>".repeat(100_000));
+        assert!(err(deep.as_bytes()).reason.contains("nested deeper"));
+        for bad in ["../../etc/passwd", "/etc/shadow", "C:evil.exe", "a\\b.pdf"] {
+            let e = err(&with_attachment(bad, &zip_of("x", b"x")));
+            assert!(
+                e.element.ends_with("AttachmentName") && e.reason.contains("path"),
+                "{bad}: {e}"
+            );
+        }
+        let e = err(&with_attachment("a.pdf", "%%%not base64%%%"));
+        assert!(e.reason.contains("invalid base64"), "{e}");
+        // A bomb: 100 MiB of zeros in a few hundred KiB, over the size limit.
+        let e = err(&with_attachment(
+            "bomb.pdf",
+            &zip_of("bomb", &vec![0u8; 100 << 20]),
+        ));
+        assert!(e.reason.contains("expands to"), "{e}");
+        // Small enough in total but expanding 1000:1.
+        let e = err(&with_attachment(
+            "bomb.pdf",
+            &zip_of("bomb", &vec![0u8; 10 << 20]),
+        ));
+        assert!(e.reason.contains(":1"), "{e}");
+        let e = err(b"<edXML><edXMLEnvelope><edXMLHeader><MessageHeader><To><OrganId>x</OrganId></To></MessageHeader></edXMLHeader></edXMLEnvelope></edXML>");
+        assert_eq!(e.element, "MessageHeader");
+        assert!(e.reason.contains("From"));
+        let e = err(b"<edXML><edXMLEnvelope><edXMLHeader><MessageHeader><From><OrganId>a</OrganId></From></MessageHeader></edXMLHeader></edXMLEnvelope></edXML>");
+        assert!(e.element.contains("To"), "{e}");
+        assert!(
+            err(b"<edXML><unclosed></edXML>")
+                .reason
+                .contains("malformed")
+        );
+    }
+}

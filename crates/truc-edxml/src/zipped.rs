@@ -1,0 +1,107 @@
+//! Attachments travel as base64 of a ZIP holding one file. Both layers are
+//! decoded under limits checked before the bytes exist: the base64 length bounds the
+//! ZIP, the ZIP's entry count and each entry's size and ratio bound what is read,
+//! and reading stops at the limit whatever the headers claim.
+
+use std::io::{Cursor, Read, Write};
+
+use base64::Engine;
+
+use crate::{EdxmlError, Limits};
+
+pub fn decode(
+    element: &str,
+    encoded: &str,
+    limits: &Limits,
+) -> Result<(String, Vec<u8>), EdxmlError> {
+    let compact: String = encoded
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    let max_zip = limits.max_attachment_bytes.saturating_add(1 << 20);
+    if (compact.len() as u64 / 4) * 3 > max_zip {
+        return Err(EdxmlError::new(
+            element,
+            format!("encoded attachment is over {} bytes", max_zip),
+        ));
+    }
+    let zip_bytes = base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .map_err(|e| EdxmlError::new(element, format!("invalid base64: {e}")))?;
+    let mut archive = zip::ZipArchive::new(Cursor::new(zip_bytes))
+        .map_err(|e| EdxmlError::new(element, format!("not a ZIP archive: {e}")))?;
+    if archive.len() > limits.max_zip_entries {
+        return Err(EdxmlError::new(
+            element,
+            format!(
+                "ZIP holds {} entries, more than {}",
+                archive.len(),
+                limits.max_zip_entries
+            ),
+        ));
+    }
+    let mut found: Option<(String, Vec<u8>)> = None;
+    for i in 0..archive.len() {
+        let mut entry = archive
+            .by_index(i)
+            .map_err(|e| EdxmlError::new(element, format!("ZIP entry {i}: {e}")))?;
+        if entry.is_dir() {
+            continue;
+        }
+        if found.is_some() {
+            return Err(EdxmlError::new(element, "ZIP holds more than one file"));
+        }
+        let declared = entry.size();
+        let compressed = entry.compressed_size().max(1);
+        if declared > limits.max_attachment_bytes {
+            return Err(EdxmlError::new(
+                element,
+                format!(
+                    "ZIP entry expands to {declared} bytes, over the limit of {}",
+                    limits.max_attachment_bytes
+                ),
+            ));
+        }
+        if declared / compressed > limits.max_zip_ratio {
+            return Err(EdxmlError::new(
+                element,
+                format!(
+                    "ZIP entry expands {}:1, over the limit of {}:1",
+                    declared / compressed,
+                    limits.max_zip_ratio
+                ),
+            ));
+        }
+        let name = entry.name().to_owned();
+        let mut data = Vec::with_capacity(declared.min(1 << 20) as usize);
+        // The header may lie: never read more than the limit.
+        let read = (&mut entry)
+            .take(limits.max_attachment_bytes + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| EdxmlError::new(element, format!("ZIP entry {name}: {e}")))?;
+        if read as u64 > limits.max_attachment_bytes || read as u64 != declared {
+            return Err(EdxmlError::new(
+                element,
+                format!("ZIP entry {name} is not the size it declares"),
+            ));
+        }
+        found = Some((name, data));
+    }
+    found.ok_or_else(|| EdxmlError::new(element, "ZIP holds no file"))
+}
+
+/// Base64 of a ZIP holding `data` as `name`.
+pub fn encode(name: &str, data: &[u8]) -> String {
+    let mut buf = Cursor::new(Vec::new());
+    {
+        let mut w = zip::ZipWriter::new(&mut buf);
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        // Writing into memory cannot fail but for allocation.
+        if w.start_file(name, opts).is_ok() {
+            let _ = w.write_all(data);
+        }
+        let _ = w.finish();
+    }
+    base64::engine::general_purpose::STANDARD.encode(buf.into_inner())
+}
