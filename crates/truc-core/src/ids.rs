@@ -137,6 +137,12 @@ impl DocId {
         Self(uuid::Uuid::now_v7())
     }
 
+    /// A doc_id from a UUID made elsewhere (for example derived from an edXML
+    /// DocumentId); the nil UUID is not a doc_id and maps to a fresh one.
+    pub fn from_uuid(u: uuid::Uuid) -> Self {
+        if u.is_nil() { Self::new_v7() } else { Self(u) }
+    }
+
     pub fn as_uuid(&self) -> &uuid::Uuid {
         &self.0
     }

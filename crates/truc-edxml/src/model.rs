@@ -1,7 +1,9 @@
 //! A package as plain data. Fields follow the standard's element names.
 
+use serde::{Deserialize, Serialize};
+
 /// Document package or status package.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Kind {
     #[default]
     Document,
@@ -9,7 +11,8 @@ pub enum Kind {
 }
 
 /// `From`, `To`, `ResponseFor` agencies.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Organ {
     pub organ_id: String,
     pub organization_in_charge: String,
@@ -21,7 +24,8 @@ pub struct Organ {
     pub website: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ResponseFor {
     pub organ_id: String,
     pub code: String,
@@ -29,7 +33,8 @@ pub struct ResponseFor {
     pub document_id: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Staff {
     pub department: String,
     pub staff: String,
@@ -37,7 +42,8 @@ pub struct Staff {
     pub email: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Trace {
     pub organ_id: String,
     /// `yyyy/MM/dd HH:mm:ss`, local time.
@@ -45,7 +51,8 @@ pub struct Trace {
 }
 
 /// `TraceHeaderList/Bussiness`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Business {
     pub document_id: String,
     /// 0 new, 1 revoke, 2 update, 3 replace.
@@ -60,7 +67,8 @@ pub struct Business {
 }
 
 /// One attachment: manifest reference and decoded bytes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Attachment {
     pub content_id: String,
     pub name: String,
@@ -70,11 +78,13 @@ pub struct Attachment {
     /// As the attachment says (often application/zip).
     pub content_type: String,
     /// The file inside the ZIP.
+    #[serde(skip)]
     pub data: Vec<u8>,
 }
 
 /// A document or status package.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Package {
     pub kind: Kind,
     pub from: Organ,

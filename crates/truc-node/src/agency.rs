@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use truc_core::{BusinessType, DeliveryState, DocId, OrganId};
 use truc_proto::v1::{self as pb, agency_server::Agency};
@@ -161,6 +162,7 @@ impl Agency for AgencyService {
                 .into_iter()
                 .map(|c| (c.organ, c.added))
                 .collect(),
+            meta: Default::default(),
         };
         let st = self.state.clone();
         let retry = self.state.quotas.retry_after_ms;
@@ -220,6 +222,7 @@ impl Agency for AgencyService {
                     target_doc_id: e.target_doc_id,
                     replied: e.replied,
                     recalled: e.recalled,
+                    nacked: e.nacked,
                 })
                 .collect(),
         }))
@@ -351,6 +354,7 @@ impl Agency for AgencyService {
             code: r.code,
             note: r.note,
             staff: r.staff,
+            meta: Default::default(),
         };
         let st = self.state.clone();
         let (id, accepted) = blocking(move || st.reply(reply)).await?;
@@ -526,6 +530,157 @@ impl Agency for AgencyService {
         )))
     }
 
+    async fn import_edxml(
+        &self,
+        req: Request<pb::ImportEdxmlRequest>,
+    ) -> Result<Response<pb::ImportEdxmlResponse>, Status> {
+        let package = req.into_inner().package;
+        let limits = truc_edxml::Limits {
+            max_package_bytes: self.state.limits.max_message_bytes,
+            max_attachments: self.state.limits.max_attachments,
+            max_attachment_bytes: self
+                .state
+                .limits
+                .max_attachment_bytes
+                .min(self.state.limits.max_message_bytes as u64),
+            ..Default::default()
+        };
+        let st = self.state.clone();
+        let (id, kind, accepted, from) = blocking(move || {
+            let p = truc_edxml::parse(&package, &limits)
+                .map_err(|e| Refusal::invalid(format!("edXML {e}")))?;
+            match crate::edxml::to_truc(&p)? {
+                crate::edxml::Imported::Document(sub) => {
+                    let from: OrganId = sub
+                        .from
+                        .parse()
+                        .map_err(|e| Refusal::invalid(format!("edXML From/OrganId: {e}")))?;
+                    let (id, a) = st.submit(*sub)?;
+                    if matches!(a, Accepted::Stored(_)) {
+                        st.keep_original(&from, &id, &package)?;
+                    }
+                    Ok((id, "document", a, from))
+                }
+                crate::edxml::Imported::Status(reply) => {
+                    let from: OrganId = reply
+                        .organ
+                        .parse()
+                        .map_err(|e| Refusal::invalid(format!("edXML From/OrganId: {e}")))?;
+                    let (id, a) = st.reply(reply)?;
+                    Ok((id, "status", a, from))
+                }
+            }
+        })
+        .await?;
+        self.state
+            .durable(accepted.ticket())
+            .await
+            .map_err(Status::from)?;
+        tracing::info!(doc_id = %id, %from, kind, "edXML package imported");
+        Ok(Response::new(pb::ImportEdxmlResponse {
+            doc_id: id.to_string(),
+            kind: kind.into(),
+            duplicate: matches!(accepted, Accepted::Duplicate(_)),
+        }))
+    }
+
+    async fn export_edxml(
+        &self,
+        req: Request<pb::ExportEdxmlRequest>,
+    ) -> Result<Response<pb::ExportEdxmlResponse>, Status> {
+        let r = req.into_inner();
+        let doc_id: DocId = parse("doc_id", &r.doc_id)?;
+        let from = opt_organ("from", &r.from)?;
+        let st = self.state.clone();
+        let package = blocking(move || {
+            if r.original {
+                let sender = match &from {
+                    Some(f) => f.to_string(),
+                    None => st.sent(&doc_id)?.pop().map(|s| s.from).ok_or_else(|| {
+                        Refusal::not_found(format!("no document {doc_id} was sent from this edge"))
+                    })?,
+                };
+                return st.original(&sender, &doc_id)?.ok_or_else(|| {
+                    Refusal::not_found(format!(
+                        "{doc_id} was not imported from an edXML package here"
+                    ))
+                    .into()
+                });
+            }
+            let (doc, entries) = st.received(&doc_id, from.as_ref())?;
+            let env = <pb::SignedEnvelope as prost::Message>::decode(doc.envelope.as_slice())
+                .map_err(|e| NodeError::Other(format!("stored envelope: {e}")))?;
+            let header = <pb::Header as prost::Message>::decode(env.header_bytes.as_slice())
+                .map_err(|e| NodeError::Other(format!("stored header: {e}")))?;
+            let mut data = Vec::new();
+            for a in &header.attachments {
+                let d = Digest::from_slice(&a.sha256)
+                    .ok_or_else(|| Refusal::invalid("stored attachment digest"))?;
+                data.push(st.blobs.read(&d)?);
+            }
+            let here: OrganId = entries
+                .first()
+                .map(|e| e.organ.parse())
+                .transpose()
+                .map_err(|e| NodeError::Other(format!("{e}")))?
+                .ok_or_else(|| Refusal::not_found("no local recipient"))?;
+            let dir = st.directory();
+            let names = |id: &str| {
+                id.parse::<OrganId>()
+                    .ok()
+                    .and_then(|o| dir.get(&o).map(|e| e.name.clone()))
+                    .unwrap_or_default()
+            };
+            let p = crate::edxml::from_truc(&header, data, &here, doc.received_at_ms, names);
+            Ok(truc_edxml::emit(&p))
+        })
+        .await?;
+        Ok(Response::new(pb::ExportEdxmlResponse { package }))
+    }
+
+    async fn nack(
+        &self,
+        req: Request<pb::NackRequest>,
+    ) -> Result<Response<pb::AckResponse>, Status> {
+        let r = req.into_inner();
+        let doc_id: DocId = parse("doc_id", &r.doc_id)?;
+        let from = opt_organ("from", &r.from)?;
+        let organ = opt_organ("organ", &r.organ)?;
+        let st = self.state.clone();
+        let (nacked, ticket) =
+            blocking(move || st.nack(&doc_id, from.as_ref(), organ.as_ref(), &r.reason)).await?;
+        self.state.durable(ticket).await.map_err(Status::from)?;
+        Ok(Response::new(pb::AckResponse {
+            acked: nacked.into_iter().map(|o| o.to_string()).collect(),
+        }))
+    }
+
+    async fn counts(
+        &self,
+        req: Request<pb::CountsRequest>,
+    ) -> Result<Response<pb::CountsResponse>, Status> {
+        let organ = self.local_organ(&req.into_inner().organ)?;
+        let (documents, statuses) = self.state.counts(&organ);
+        Ok(Response::new(pb::CountsResponse {
+            documents,
+            statuses,
+        }))
+    }
+
+    type EventsStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::AgencyEvent, Status>> + Send>>;
+
+    async fn events(
+        &self,
+        req: Request<pb::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        let r = req.into_inner();
+        let organ = self.local_organ(&r.organ)?;
+        Ok(Response::new(Box::pin(
+            event_stream(self.state.clone(), organ, r.after).map(Ok),
+        )))
+    }
+
     async fn trace(
         &self,
         req: Request<pb::TraceRequest>,
@@ -535,6 +690,71 @@ impl Agency for AgencyService {
         let steps = blocking(move || trace(&st, &doc_id)).await?;
         Ok(Response::new(pb::TraceResponse { steps }))
     }
+}
+
+/// The events of `organ` after `after`: what is kept, then live ones as they are
+/// written; each id once, in order, across the switch from one to the other.
+pub fn event_stream(
+    state: Arc<NodeState>,
+    organ: OrganId,
+    after: u64,
+) -> impl futures::Stream<Item = pb::AgencyEvent> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        // Subscribe first so nothing written while the backlog is read is missed.
+        let mut live = state.subscribe_agency();
+        let mut last = after;
+        loop {
+            let st = state.clone();
+            let o = organ.clone();
+            let batch =
+                match tokio::task::spawn_blocking(move || st.agency_events_after(&o, last, 512))
+                    .await
+                {
+                    Ok(Ok(b)) => b,
+                    _ => return,
+                };
+            if batch.is_empty() {
+                break;
+            }
+            for e in batch {
+                last = e.id;
+                if tx.send(e).await.is_err() {
+                    return;
+                }
+            }
+        }
+        loop {
+            match live.recv().await {
+                Ok(e) if e.organ == organ.as_str() && e.id > last => {
+                    last = e.id;
+                    if tx.send(e).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Fell behind the live feed: catch up from the store.
+                    let st = state.clone();
+                    let o = organ.clone();
+                    let Ok(Ok(batch)) =
+                        tokio::task::spawn_blocking(move || st.agency_events_after(&o, last, 4096))
+                            .await
+                    else {
+                        return;
+                    };
+                    for e in batch {
+                        last = e.id;
+                        if tx.send(e).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// One document's path as this node knows it: its own audit entries, and for a

@@ -15,6 +15,7 @@ pub mod agency;
 pub mod audit;
 pub mod config;
 pub mod directory;
+pub mod edxml;
 pub mod envelope;
 pub mod error;
 pub mod link;

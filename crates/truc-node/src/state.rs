@@ -105,15 +105,27 @@ pub enum Event {
         doc_id: DocId,
         subject: String,
     },
+    /// A recipient's delivery state of a document `organ` sent.
     StateChanged {
+        organ: String,
         doc_id: DocId,
         recipient: OrganId,
         state: DeliveryState,
     },
+    /// A business status about a document `organ` sent.
     Status {
+        organ: String,
         doc_id: DocId,
         recipient: OrganId,
         code: StatusCode,
+    },
+    /// A status package arrived for `organ` (it is in its inbox).
+    StatusArrived {
+        organ: OrganId,
+        from: OrganId,
+        doc_id: DocId,
+        code: StatusCode,
+        for_doc_id: DocId,
     },
 }
 
@@ -183,6 +195,8 @@ pub struct Submission {
     pub reason: String,
     /// Update: (organ, added).
     pub changes: Vec<(String, bool)>,
+    /// Extra header fields (an imported edXML package's).
+    pub meta: BTreeMap<String, String>,
 }
 
 /// One attachment of a submission: its bytes, or an upload already on this edge.
@@ -209,6 +223,7 @@ pub struct Reply {
     pub code: String,
     pub note: String,
     pub staff: String,
+    pub meta: BTreeMap<String, String>,
 }
 
 struct Writer {
@@ -337,6 +352,8 @@ pub struct NodeState {
     writer: Mutex<Writer>,
     notifiers: Mutex<HashMap<String, Arc<Notify>>>,
     events: broadcast::Sender<Event>,
+    /// Durable agency events as they are written (the live part of `Events`).
+    agency_events: broadcast::Sender<pb::AgencyEvent>,
     pub stats: Stats,
     /// This node's agencies and what is registered below it (config + changes).
     own_directory: RwLock<Directory>,
@@ -461,6 +478,21 @@ impl NodeState {
                 }
             }
         }
+        // Unacknowledged inbox entries per agency and kind (today's count operations).
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let rows = p.store.scan(Space::Inbox, &[], after.as_deref(), 4096)?;
+            let Some((last, _)) = rows.last() else { break };
+            after = Some(last.clone());
+            for (k, v) in rows {
+                let e: InboxEntry = record::decode(Space::Inbox, &k, &v)?;
+                if !e.acked {
+                    *counts
+                        .entry(format!("u:{}:{}", e.organ, e.kind))
+                        .or_default() += 1;
+                }
+            }
+        }
         let received = match p
             .store
             .get(Space::Meta, &Key::new().str("directory").build())?
@@ -516,6 +548,7 @@ impl NodeState {
             }),
             notifiers: Mutex::default(),
             events,
+            agency_events: broadcast::channel(4096).0,
             stats: Stats::default(),
             own_directory: RwLock::new(own),
             received_directory: RwLock::new(received),
@@ -542,6 +575,122 @@ impl NodeState {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Live agency events (subscribe before reading the backlog, then skip ids seen).
+    pub fn subscribe_agency(&self) -> broadcast::Receiver<pb::AgencyEvent> {
+        self.agency_events.subscribe()
+    }
+
+    /// Kept agency events of `organ` after `after`, oldest first.
+    pub fn agency_events_after(
+        &self,
+        organ: &OrganId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<pb::AgencyEvent>, NodeError> {
+        let prefix = Key::new().str(organ.as_str()).build();
+        let from = Key::new().str(organ.as_str()).u64(after).build();
+        self.store
+            .scan(Space::Events, &prefix, Some(&from), limit)?
+            .into_iter()
+            .map(|(_, v)| pb::AgencyEvent::decode(v.as_slice()).map_err(internal))
+            .collect()
+    }
+
+    fn original_key(from: &str, doc_id: &str) -> Vec<u8> {
+        Key::new().str("edxml").str(from).str(doc_id).build()
+    }
+
+    /// Keeps the package a document was imported from, to hand it back unchanged;
+    /// it goes with the document's attachments at the end of the retention period.
+    pub fn keep_original(
+        &self,
+        from: &OrganId,
+        doc_id: &DocId,
+        package: &[u8],
+    ) -> Result<Ticket, NodeError> {
+        let d = self.blobs.put(package)?;
+        let w = self.lock();
+        let mut plan = Plan::default();
+        let n = self.refs(&plan, &d)?;
+        plan.refs.insert(d, n + 1);
+        plan.batch.put(
+            Space::Meta,
+            Self::original_key(from.as_str(), &doc_id.to_string()),
+            d.0.to_vec(),
+        );
+        self.finish(w, plan)
+    }
+
+    /// The package a document sent from here was imported from.
+    pub fn original(&self, from: &str, doc_id: &DocId) -> Result<Option<Vec<u8>>, NodeError> {
+        match self
+            .store
+            .get(Space::Meta, &Self::original_key(from, &doc_id.to_string()))?
+        {
+            Some(v) => {
+                let d = Digest::from_slice(&v).ok_or_else(|| internal("stored digest"))?;
+                Ok(Some(self.blobs.read(&d)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Unacknowledged documents and statuses of a local agency.
+    pub fn counts(&self, organ: &OrganId) -> (u64, u64) {
+        let w = self.lock();
+        let get = |k: &str| {
+            w.counts
+                .get(&format!("u:{organ}:{k}"))
+                .copied()
+                .unwrap_or(0)
+                .max(0) as u64
+        };
+        (get("document"), get("status"))
+    }
+
+    /// The application could not process a received item: keep it unacknowledged,
+    /// with the reason (today's `updateStatus fail`).
+    pub fn nack(
+        &self,
+        doc_id: &DocId,
+        from: Option<&OrganId>,
+        organ: Option<&OrganId>,
+        reason: &str,
+    ) -> Result<(Vec<OrganId>, Ticket), NodeError> {
+        let w = self.lock();
+        let entries = self.inbox_entries(doc_id, from)?;
+        if entries.is_empty() {
+            return Err(Refusal::not_found(format!("no received document {doc_id}")).into());
+        }
+        let mut plan = Plan::default();
+        let mut out = Vec::new();
+        for (key, mut e) in entries {
+            if organ.is_some_and(|o| o.as_str() != e.organ) || e.acked {
+                continue;
+            }
+            e.nacked = if reason.is_empty() {
+                "failed".into()
+            } else {
+                reason.to_owned()
+            };
+            plan.audit(
+                "nacked",
+                &e.doc_id,
+                &e.from,
+                format!("by {}: {}", e.organ, e.nacked),
+            );
+            out.push(e.organ.parse().map_err(internal)?);
+            plan.inbox.insert(key, e);
+        }
+        let ticket = if plan.inbox.is_empty() {
+            drop(w);
+            self.commit.current()
+        } else {
+            self.finish(w, plan)?
+        };
+        Ok((out, ticket))
     }
 
     pub fn notifier(&self, queue: &str) -> Arc<Notify> {
@@ -1437,6 +1586,94 @@ impl NodeState {
                 .put(Space::Meta, Self::held_key(&from), n.to_be_bytes().to_vec());
         }
         let now = now_ms();
+        let mut agency_events = Vec::new();
+        let events = std::mem::take(&mut plan.events);
+        for e in &events {
+            let (organ, kind, doc_id, from, detail, subject, recipient) = match e {
+                Event::Delivered {
+                    organ,
+                    from,
+                    doc_id,
+                    subject,
+                } => (
+                    organ.to_string(),
+                    "arrived",
+                    doc_id.to_string(),
+                    from.to_string(),
+                    "document".to_owned(),
+                    subject.clone(),
+                    String::new(),
+                ),
+                Event::StatusArrived {
+                    organ,
+                    from,
+                    doc_id,
+                    code,
+                    for_doc_id,
+                } => (
+                    organ.to_string(),
+                    "arrived",
+                    doc_id.to_string(),
+                    from.to_string(),
+                    format!("status {}", code.code()),
+                    format!("about {for_doc_id}"),
+                    String::new(),
+                ),
+                Event::StateChanged {
+                    organ,
+                    doc_id,
+                    recipient,
+                    state,
+                } => (
+                    organ.clone(),
+                    "state",
+                    doc_id.to_string(),
+                    organ.clone(),
+                    state.as_str().to_owned(),
+                    String::new(),
+                    recipient.to_string(),
+                ),
+                Event::Status {
+                    organ,
+                    doc_id,
+                    recipient,
+                    code,
+                } => (
+                    organ.clone(),
+                    "status",
+                    doc_id.to_string(),
+                    recipient.to_string(),
+                    code.code().to_owned(),
+                    String::new(),
+                    recipient.to_string(),
+                ),
+            };
+            let Ok(o) = organ.parse::<OrganId>() else {
+                continue;
+            };
+            if !self.routing().is_local(&o) {
+                continue;
+            }
+            let id = self.next_seq(&mut w, &mut plan, "events")?;
+            let ev = pb::AgencyEvent {
+                id,
+                at_ms: now,
+                organ: organ.clone(),
+                kind: kind.to_owned(),
+                doc_id,
+                from,
+                detail,
+                subject,
+                recipient,
+            };
+            plan.batch.put(
+                Space::Events,
+                Key::new().str(&organ).u64(id).build(),
+                ev.encode_to_vec(),
+            );
+            agency_events.push(ev);
+        }
+        plan.events = events;
         let (mut seq, mut head) = (w.audit_seq, w.audit_head);
         for d in std::mem::take(&mut plan.audit) {
             seq += 1;
@@ -1479,6 +1716,9 @@ impl NodeState {
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
             }
             let _ = self.events.send(e);
+        }
+        for e in agency_events {
+            let _ = self.agency_events.send(e);
         }
         Ok(ticket)
     }
@@ -1597,6 +1837,17 @@ impl NodeState {
             }
             let held = self.held(&plan, from)?;
             plan.held.insert(from.clone(), held.saturating_sub(d.bytes));
+            let okey = Self::original_key(from, doc_id);
+            if let Some(raw) = self.store.get(Space::Meta, &okey)?
+                && let Some(digest) = Digest::from_slice(&raw)
+            {
+                let n = self.refs(&plan, &digest)?.saturating_sub(1);
+                plan.refs.insert(digest, n);
+                if n == 0 {
+                    doomed.push(digest);
+                }
+                plan.batch.delete(Space::Meta, okey);
+            }
             d.released_at_ms = now;
             plan.audit(
                 "released",
@@ -2132,7 +2383,9 @@ impl NodeState {
         let seq = self.next_seq(w, plan, &format!("inbox:{organ}"))?;
         let doc_id = v.doc_id.to_string();
         let key = Key::new().str(organ.as_str()).u64(seq).build();
-        plan.inbox.insert(key, Self::new_inbox_entry(v, organ, now));
+        let entry = Self::new_inbox_entry(v, organ, now);
+        plan.deltas.push((format!("u:{organ}:{}", entry.kind), 1));
+        plan.inbox.insert(key, entry);
         plan.batch.put(
             Space::InboxIndex,
             inbox_index_key(&doc_id, &v.from.to_string(), organ.as_str()),
@@ -2242,6 +2495,7 @@ impl NodeState {
             rr.last_status_at_ms = now;
             rr.status_note = st.note.clone();
             plan.events.push(Event::Status {
+                organ: organ.to_string(),
                 doc_id: st.for_doc_id,
                 recipient: sender.clone(),
                 code: st.code,
@@ -2270,6 +2524,13 @@ impl NodeState {
             plan.sent.insert(key, rec);
         }
         self.plan_inbox(w, plan, v, organ, now)?;
+        plan.events.push(Event::StatusArrived {
+            organ: organ.clone(),
+            from: sender.clone(),
+            doc_id: v.doc_id,
+            code: st.code,
+            for_doc_id: st.for_doc_id,
+        });
         plan.audit(
             "status",
             &d,
@@ -2355,6 +2616,7 @@ impl NodeState {
         };
         let receipt_key = doc_key(&v.from.to_string(), &v.doc_id.to_string());
         let doc_id = r.for_doc_id;
+        let sender_organ = rec.from.clone();
         for rr in rec
             .recipients
             .iter_mut()
@@ -2377,6 +2639,7 @@ impl NodeState {
                     rr.detail.clear();
                 }
                 plan.events.push(Event::StateChanged {
+                    organ: sender_organ.clone(),
                     doc_id,
                     recipient: rr.organ.parse().map_err(internal)?,
                     state: new,
@@ -2572,6 +2835,7 @@ impl NodeState {
             attachments: manifest,
             recipient_changes: changes,
             reason: s.reason,
+            meta: s.meta,
             ..Default::default()
         };
         let sealed = envelope::seal(&header, &signer)?;
@@ -2686,6 +2950,7 @@ impl NodeState {
                 note: r.note,
                 staff: r.staff,
             }),
+            meta: r.meta,
             ..Default::default()
         };
         let id: DocId = header.doc_id.parse().map_err(internal)?;
@@ -2833,6 +3098,7 @@ impl NodeState {
             return Ok(());
         };
         let doc_id: DocId = entry.doc_id.parse().map_err(internal)?;
+        let sender_organ = rec.from.clone();
         for rr in rec
             .recipients
             .iter_mut()
@@ -2847,6 +3113,7 @@ impl NodeState {
                 rr.state = new as u32;
                 rr.updated_at_ms = now;
                 plan.events.push(Event::StateChanged {
+                    organ: sender_organ.clone(),
                     doc_id,
                     recipient: rr.organ.parse().map_err(internal)?,
                     state: new,
@@ -3222,6 +3489,7 @@ impl NodeState {
             let recipient: OrganId = e.organ.parse().map_err(internal)?;
             e.acked = true;
             e.acked_at_ms = now;
+            plan.deltas.push((format!("u:{}:{}", e.organ, e.kind), -1));
             plan.audit("acked", &e.doc_id, &e.from, format!("by {recipient}"));
             self.plan_done_once(&mut plan, &e.from, &e.doc_id, now)?;
             if e.kind == "document" {

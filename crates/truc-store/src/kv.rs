@@ -46,6 +46,8 @@ pub enum Space {
     BlobRefs = 13,
     /// (due time, from, doc_id) → (): attachments to release when due.
     Release = 14,
+    /// (organ, event id) → an agency event, for applications that resume a stream.
+    Events = 15,
 }
 
 /// A key and its value.

@@ -148,6 +148,9 @@ pub struct InboxEntry {
     /// A recall or recall request names it and waits for 15/16.
     #[prost(bool, tag = "20")]
     pub recall_requested: bool,
+    /// The application could not process it (Nack): why.
+    #[prost(string, tag = "21")]
+    pub nacked: String,
 }
 
 /// A recipient's state as the sender sees it.
