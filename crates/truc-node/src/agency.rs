@@ -60,6 +60,18 @@ async fn blocking<T: Send + 'static>(
         .map_err(Status::from)
 }
 
+/// A delivery state's name, as shown to people and in JSON.
+pub fn state_name(s: i32) -> &'static str {
+    match pb::DeliveryState::try_from(s) {
+        Ok(pb::DeliveryState::Queued) => "queued",
+        Ok(pb::DeliveryState::AtHub) => "at hub",
+        Ok(pb::DeliveryState::Delivered) => "delivered",
+        Ok(pb::DeliveryState::Acked) => "acked",
+        Ok(pb::DeliveryState::Failed) => "failed",
+        _ => "unknown",
+    }
+}
+
 fn state_pb(s: u32) -> i32 {
     match DeliveryState::from_u8(s as u8) {
         Some(DeliveryState::Queued) => pb::DeliveryState::Queued as i32,
@@ -844,13 +856,14 @@ fn upload_name(id: &uuid::Uuid) -> String {
 /// Receives an attachment in chunks into a resumable partial file, then into the
 /// content-addressed store. Size limits and free space are checked before a byte
 /// is written; a cut leaves a durable prefix to resume from.
-async fn upload(
-    state: &Arc<NodeState>,
-    mut stream: Streaming<pb::UploadChunk>,
-) -> Result<pb::UploadResult, Status> {
+pub async fn upload<S>(state: &Arc<NodeState>, mut stream: S) -> Result<pb::UploadResult, Status>
+where
+    S: futures::Stream<Item = Result<pb::UploadChunk, Status>> + Unpin,
+{
     let first = stream
-        .message()
-        .await?
+        .next()
+        .await
+        .transpose()?
         .ok_or_else(|| Status::invalid_argument("empty upload"))?;
     let id: uuid::Uuid = parse("upload_id", &first.upload_id)?;
     let size = first.size;
@@ -908,7 +921,7 @@ async fn upload(
             let t = state.record_partial(&name, durable).map_err(Status::from)?;
             state.durable(t).await.map_err(Status::from)?;
         }
-        next = match stream.message().await {
+        next = match stream.next().await.transpose() {
             Ok(m) => m,
             Err(status) => {
                 // The client went away: keep what is on disk for a resume.

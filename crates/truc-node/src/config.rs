@@ -67,6 +67,9 @@ pub struct FileConfig {
     /// Loopback API for operators (requeue, audit, queues).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_api: Option<AdminApiSection>,
+    /// REST/JSON agency API for document software (edges).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rest: Option<RestSection>,
     /// Hubs and relays: names and administrative parents of the agencies below.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub directory: Vec<DirectoryEntry>,
@@ -127,6 +130,27 @@ pub struct AgencyApiSection {
 pub struct AdminApiSection {
     /// `host:port`, loopback only until operator certificates guard it.
     pub listen: String,
+}
+
+/// The REST/JSON agency API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestSection {
+    /// `host:port`; loopback only (use a reverse proxy with TLS to publish it).
+    pub listen: String,
+    /// Applications allowed to call it, each with a bearer token.
+    #[serde(default)]
+    pub apps: Vec<RestApp>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestApp {
+    pub name: String,
+    /// Hex SHA-256 of the bearer token (the token itself is not kept in the config).
+    pub token_sha256: String,
+    /// The agencies this application may act for.
+    pub organs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -372,7 +396,25 @@ pub struct Config {
     pub directory: BTreeMap<OrganId, (String, Option<OrganId>, Option<NodeId>)>,
     pub grant: Option<OrganId>,
     pub child_grants: BTreeMap<NodeId, OrganId>,
+    /// REST listener and the applications allowed to use it.
+    pub rest: Option<RestApi>,
     pub test_hooks: TestHooks,
+}
+
+/// The REST listener of a node and the applications allowed to use it.
+#[derive(Debug, Clone)]
+pub struct RestApi {
+    pub listen: String,
+    pub apps: Vec<RestClient>,
+}
+
+/// One document-management application: its bearer token is never stored,
+/// only its SHA-256, and it may act only for the organs listed.
+#[derive(Debug, Clone)]
+pub struct RestClient {
+    pub name: String,
+    pub token_sha256: [u8; 32],
+    pub organs: Vec<OrganId>,
 }
 
 impl Config {
@@ -550,6 +592,52 @@ impl Config {
             }
             None => None,
         };
+        let rest = match f.rest {
+            Some(r) => {
+                let addr =
+                    parse_addr(&r.listen).map_err(|e| invalid(format!("rest.listen: {e}")))?;
+                if !addr.ip().is_loopback() {
+                    return Err(invalid(format!(
+                        "rest.listen {addr} is not a loopback address; publish it through a TLS reverse proxy"
+                    )));
+                }
+                let mut apps = Vec::new();
+                for a in r.apps {
+                    let raw = hex::decode(a.token_sha256.trim())
+                        .ok()
+                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                        .ok_or_else(|| {
+                            invalid(format!(
+                                "rest.apps.{}: token_sha256 is not 64 hex digits",
+                                a.name
+                            ))
+                        })?;
+                    let mut organs = Vec::new();
+                    for o in a.organs {
+                        let organ: OrganId = o
+                            .parse()
+                            .map_err(|e| invalid(format!("rest.apps.{}: {e}", a.name)))?;
+                        if seen.get(&organ).is_none_or(|w| *w != "this node") {
+                            return Err(invalid(format!(
+                                "rest.apps.{} acts for {organ}, which this node does not serve",
+                                a.name
+                            )));
+                        }
+                        organs.push(organ);
+                    }
+                    apps.push(RestClient {
+                        name: a.name,
+                        token_sha256: raw,
+                        organs,
+                    });
+                }
+                Some(RestApi {
+                    listen: r.listen,
+                    apps,
+                })
+            }
+            None => None,
+        };
         let mut directory = BTreeMap::new();
         for d in f.directory {
             let organ: OrganId = d
@@ -629,6 +717,7 @@ impl Config {
                 None => None,
             },
             child_grants,
+            rest,
             test_hooks: f.test_hooks,
         })
     }

@@ -247,7 +247,7 @@ mod tests {
         // 2026/11/28 00:00:00 UTC+7 = 2026-11-27T17:00:00Z.
         let end = parse_date("2026/11/28").unwrap();
         assert_eq!(timestamp(end), "2026/11/28 23:59:59");
-        assert_eq!(timestamp(1_795_806_000_000), "2026/11/28 00:00:00");
+        assert_eq!(timestamp(1_795_798_800_000), "2026/11/28 00:00:00");
         assert_eq!(parse_date("2026/13/01"), None);
         assert_eq!(parse_date("hôm qua"), None);
     }

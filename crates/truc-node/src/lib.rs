@@ -20,6 +20,7 @@ pub mod envelope;
 pub mod error;
 pub mod link;
 pub mod node;
+pub mod rest;
 pub mod state;
 pub mod stream;
 pub mod transport;

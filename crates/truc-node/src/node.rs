@@ -33,6 +33,7 @@ pub struct Listeners {
     pub link: Option<TcpListener>,
     pub agency: Option<TcpListener>,
     pub admin: Option<TcpListener>,
+    pub rest: Option<TcpListener>,
 }
 
 /// A node that is running.
@@ -42,6 +43,7 @@ pub struct RunningNode {
     pub link_addr: Option<SocketAddr>,
     pub agency_addr: Option<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
+    pub rest_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     parent_up: watch::Receiver<bool>,
@@ -244,6 +246,25 @@ impl RunningNode {
             });
         }
 
+        let mut rest_addr = None;
+        if let Some(rest) = &config.rest {
+            let (listener, bound) = bind(listeners.rest, "rest api", &rest.listen).await?;
+            rest_addr = Some(bound);
+            let app = crate::rest::router(state.clone(), rest.apps.clone());
+            let mut s = stop_rx.clone();
+            tasks.spawn(async move {
+                let shutdown = async move {
+                    crate::stopped(&mut s).await;
+                };
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
+                    tracing::error!(error = %e, "rest api server failed");
+                }
+            });
+        }
+
         let mut admin_addr = None;
         if let Some(addr) = &config.admin_api {
             let (listener, bound) = bind(listeners.admin, "admin api", addr).await?;
@@ -349,6 +370,7 @@ impl RunningNode {
             link_addr,
             agency_addr,
             admin_addr,
+            rest_addr,
             stop,
             tasks,
             parent_up,
@@ -369,6 +391,7 @@ impl RunningNode {
             "link": self.link_addr.map(|a| a.to_string()),
             "agency": self.agency_addr.map(|a| a.to_string()),
             "admin": self.admin_addr.map(|a| a.to_string()),
+            "rest": self.rest_addr.map(|a| a.to_string()),
         });
         let path = dir.join("endpoints.json");
         std::fs::write(&path, json.to_string())

@@ -56,6 +56,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
             n.admin_api = Some(tcp.local_addr()?.to_string());
             l.admin = Some(tcp);
         }
+        n.rest_api = None;
         listeners.insert(n.id.clone(), l);
     }
     let report = certs::init(dir, &topo)?;

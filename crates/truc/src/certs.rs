@@ -11,8 +11,8 @@ use serde::Deserialize;
 use truc_core::{NodeId, OrganId};
 use truc_node::config::{
     AdminApiSection, AgencyApiSection, AgencySection, ChildSection, DeliverySection,
-    DirectoryEntry, FileConfig, LinkTuning, ListenSection, ParentSection, QuotaSection,
-    SigningSection, StorageSection, TestHooks, TlsSection,
+    DirectoryEntry, FileConfig, LinkTuning, ListenSection, ParentSection, QuotaSection, RestApp,
+    RestSection, SigningSection, StorageSection, TestHooks, TlsSection,
 };
 use truc_pki::dev::DevCa;
 
@@ -38,6 +38,9 @@ pub struct TopoNode {
     /// Loopback admin API for operators.
     #[serde(default)]
     pub admin_api: Option<String>,
+    /// Loopback REST/JSON agency API; a bearer token is made for it.
+    #[serde(default)]
+    pub rest_api: Option<String>,
     /// Relays: the subtree (an OrganId) in which they register agencies on their own.
     #[serde(default)]
     pub grant: Option<String>,
@@ -213,6 +216,15 @@ fn issue_if_missing(
     Ok(())
 }
 
+fn random_token() -> Result<String> {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 24];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| anyhow::anyhow!("no randomness for a token"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
 /// Creates (or completes) the PKI and writes every node's config.
 pub fn init(out: &Path, topo: &Topology) -> Result<InitReport> {
     let mut report = InitReport::default();
@@ -252,8 +264,33 @@ pub fn init(out: &Path, topo: &Topology) -> Result<InitReport> {
         }
     }
 
+    fs::create_dir_all(out.join("tokens"))
+        .with_context(|| format!("create {}", out.join("tokens").display()))?;
     for n in &topo.nodes {
-        let cfg = node_config(topo, n)?;
+        let mut cfg = node_config(topo, n)?;
+        if let Some(listen) = &n.rest_api {
+            // One application per edge, acting for its agencies; the token itself
+            // is written once, beside the keys, and the config keeps its hash.
+            let path = out.join("tokens").join(format!("{}.token", n.id));
+            let token = match fs::read_to_string(&path) {
+                Ok(t) => t.trim().to_owned(),
+                Err(_) => {
+                    let t = random_token()?;
+                    write_secret(&path, &t)?;
+                    report.created.push(path.clone());
+                    t
+                }
+            };
+            let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+            cfg.rest = Some(RestSection {
+                listen: listen.clone(),
+                apps: vec![RestApp {
+                    name: format!("{}-app", n.id),
+                    token_sha256: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+                    organs: n.agencies.iter().map(|a| a.organ.clone()).collect(),
+                }],
+            });
+        }
         let path = out.join(format!("{}.toml", n.id));
         let text = format!(
             "# truc node `{}`, written by `truc certs init`. Paths are relative to this file.\n# Every limit is spelled out; see the README for what each one does.\n\n{}",
@@ -332,6 +369,7 @@ fn node_config(topo: &Topology, n: &TopoNode) -> Result<FileConfig> {
             .collect(),
         children,
         admin_api: n.admin_api.clone().map(|listen| AdminApiSection { listen }),
+        rest: None,
         grant: n.grant.clone(),
         limits: Default::default(),
         link: LinkTuning::default(),

@@ -144,6 +144,11 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<()> {
             n.admin_api = Some(tcp.local_addr()?.to_string());
             l.admin = Some(tcp);
         }
+        if n.rest_api.is_some() {
+            let tcp = TcpListener::bind("127.0.0.1:0").await?;
+            n.rest_api = Some(tcp.local_addr()?.to_string());
+            l.rest = Some(tcp);
+        }
         listeners.insert(n.id.clone(), l);
     }
     let started = Instant::now();

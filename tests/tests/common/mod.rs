@@ -98,7 +98,7 @@ impl Cluster {
                     let parent = p["node_id"].as_str().unwrap().to_owned();
                     p.insert("address".into(), listen[&parent].clone().into());
                 }
-                for api in ["agency_api", "admin_api"] {
+                for api in ["agency_api", "admin_api", "rest"] {
                     if let Some(a) = t.get_mut(api).and_then(|v| v.as_table_mut()) {
                         a.insert("listen".into(), "127.0.0.1:0".into());
                     }

@@ -1,0 +1,946 @@
+//! The REST/JSON agency API: every operation of today's axis (see
+//! `domain/VDXP.md`) over HTTP for document software, on top of the same
+//! implementation as the gRPC agency API. Bearer tokens from the config name the
+//! application and the agencies it may act for. Errors are JSON
+//! `{"code": "NOT_FOUND", "message": "..."}` with the matching HTTP status.
+//! The OpenAPI document is `openapi.json` beside this file, served at
+//! `/v1/openapi.json`.
+
+use std::{convert::Infallible, sync::Arc};
+
+use axum::{
+    Json, Router,
+    body::{Body, Bytes},
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+    routing::{get, post},
+};
+use base64::Engine;
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tonic::{Code, Request, Status};
+use truc_core::OrganId;
+use truc_proto::v1::{self as pb, agency_server::Agency};
+use truc_store::Digest;
+
+use crate::{agency::AgencyService, state::NodeState};
+
+/// The OpenAPI document, kept in the repository beside this file.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// One application allowed to call the API.
+pub use crate::config::RestClient as App;
+
+#[derive(Clone)]
+struct Ctx {
+    svc: AgencyService,
+    state: Arc<NodeState>,
+    apps: Arc<Vec<App>>,
+}
+
+/// An error as the API returns it.
+pub struct ApiError(Status);
+
+impl From<Status> for ApiError {
+    fn from(s: Status) -> Self {
+        ApiError(s)
+    }
+}
+
+/// The one mapping from gRPC codes to HTTP statuses and stable error codes.
+pub fn http_status(code: Code) -> (StatusCode, &'static str) {
+    match code {
+        Code::InvalidArgument => (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        Code::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+        Code::AlreadyExists => (StatusCode::CONFLICT, "ALREADY_EXISTS"),
+        Code::PermissionDenied => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
+        Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
+        Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED"),
+        Code::FailedPrecondition => (StatusCode::CONFLICT, "FAILED_PRECONDITION"),
+        Code::OutOfRange => (StatusCode::RANGE_NOT_SATISFIABLE, "OUT_OF_RANGE"),
+        Code::Unimplemented => (StatusCode::NOT_IMPLEMENTED, "UNIMPLEMENTED"),
+        Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+        Code::DataLoss => (StatusCode::INTERNAL_SERVER_ERROR, "DATA_LOSS"),
+        Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "DEADLINE_EXCEEDED"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = http_status(self.0.code());
+        let mut r = (
+            status,
+            Json(json!({"code": code, "message": self.0.message()})),
+        )
+            .into_response();
+        if let Some(v) = self.0.metadata().get("retry-after-ms")
+            && let Ok(ms) = v.to_str().unwrap_or("").parse::<u64>()
+            && let Ok(h) = (ms.div_ceil(1000)).to_string().parse()
+        {
+            r.headers_mut().insert(header::RETRY_AFTER, h);
+        }
+        r
+    }
+}
+
+type Res = Result<Response, ApiError>;
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(Status::invalid_argument(msg))
+}
+
+fn denied(msg: impl Into<String>) -> ApiError {
+    ApiError(Status::permission_denied(msg))
+}
+
+impl Ctx {
+    /// The application a request comes from, by its bearer token.
+    fn app(&self, headers: &HeaderMap) -> Result<&App, ApiError> {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError(Status::unauthenticated(
+                    "missing Authorization: Bearer <token>",
+                ))
+            })?;
+        let d = Digest::of(token.trim().as_bytes());
+        self.apps
+            .iter()
+            // Digests of the token are compared: their bytes reveal nothing about it.
+            .find(|a| a.token_sha256 == d.0)
+            .ok_or_else(|| ApiError(Status::unauthenticated("unknown token")))
+    }
+
+    /// The application may act for `organ`.
+    fn may(&self, headers: &HeaderMap, organ: &str) -> Result<(), ApiError> {
+        let app = self.app(headers)?;
+        if app.organs.iter().any(|o| o.as_str() == organ) {
+            Ok(())
+        } else {
+            Err(denied(format!(
+                "application {} may not act for {organ}",
+                app.name
+            )))
+        }
+    }
+
+    /// The application may see a received document (one of its agencies got it).
+    async fn may_received(
+        &self,
+        headers: &HeaderMap,
+        doc_id: &str,
+    ) -> Result<Vec<String>, ApiError> {
+        let app = self.app(headers)?.clone();
+        let doc = self
+            .svc
+            .get_document(Request::new(pb::GetDocumentRequest {
+                doc_id: doc_id.into(),
+                from: String::new(),
+                without_data: true,
+            }))
+            .await?
+            .into_inner()
+            .document
+            .unwrap_or_default();
+        let mine: Vec<String> = doc
+            .delivered_to
+            .into_iter()
+            .filter(|o| app.organs.iter().any(|a| a.as_str() == o))
+            .collect();
+        if mine.is_empty() {
+            return Err(denied(format!(
+                "application {} received no document {doc_id}",
+                app.name
+            )));
+        }
+        Ok(mine)
+    }
+
+    /// The application may see a document sent from its agencies.
+    async fn may_sent(
+        &self,
+        headers: &HeaderMap,
+        doc_id: &str,
+    ) -> Result<pb::GetStatusResponse, ApiError> {
+        let s = self
+            .svc
+            .get_status(Request::new(pb::GetStatusRequest {
+                doc_id: doc_id.into(),
+            }))
+            .await?
+            .into_inner();
+        self.may(headers, &s.from)?;
+        Ok(s)
+    }
+}
+
+/// The router for a node's REST API.
+pub fn router(state: Arc<NodeState>, apps: Vec<App>) -> Router {
+    let cx = Ctx {
+        svc: AgencyService::new(state.clone()),
+        state,
+        apps: Arc::new(apps),
+    };
+    Router::new()
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/documents", post(send))
+        .route("/v1/documents/{doc_id}", get(sent_status))
+        .route("/v1/documents/{doc_id}/receipts", get(receipts))
+        .route("/v1/documents/{doc_id}/recall", post(recall))
+        .route("/v1/documents/{doc_id}/update", post(update))
+        .route("/v1/documents/{doc_id}/replace", post(replace))
+        .route("/v1/sent", get(sent_list))
+        .route("/v1/uploads/{upload_id}", get(upload_status).put(upload))
+        .route("/v1/inbox", get(inbox))
+        .route("/v1/inbox/{doc_id}", get(received))
+        .route("/v1/inbox/{doc_id}/attachments/{index}", get(attachment))
+        .route("/v1/inbox/{doc_id}/edxml", get(export_edxml))
+        .route("/v1/inbox/{doc_id}/ack", post(ack))
+        .route("/v1/inbox/{doc_id}/nack", post(nack))
+        .route("/v1/inbox/{doc_id}/status", post(status))
+        .route("/v1/counts", get(counts))
+        .route("/v1/edxml", post(import_edxml))
+        .route("/v1/directory", get(directory))
+        .route("/v1/directory/{organ}", get(agency))
+        .route("/v1/events", get(events))
+        .with_state(cx)
+}
+
+/// Every path the router serves, for the OpenAPI check.
+pub const PATHS: &[&str] = &[
+    "/v1/openapi.json",
+    "/v1/documents",
+    "/v1/documents/{doc_id}",
+    "/v1/documents/{doc_id}/receipts",
+    "/v1/documents/{doc_id}/recall",
+    "/v1/documents/{doc_id}/update",
+    "/v1/documents/{doc_id}/replace",
+    "/v1/sent",
+    "/v1/uploads/{upload_id}",
+    "/v1/inbox",
+    "/v1/inbox/{doc_id}",
+    "/v1/inbox/{doc_id}/attachments/{index}",
+    "/v1/inbox/{doc_id}/edxml",
+    "/v1/inbox/{doc_id}/ack",
+    "/v1/inbox/{doc_id}/nack",
+    "/v1/inbox/{doc_id}/status",
+    "/v1/counts",
+    "/v1/edxml",
+    "/v1/directory",
+    "/v1/directory/{organ}",
+    "/v1/events",
+];
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+#[derive(Deserialize)]
+struct AttachmentIn {
+    name: String,
+    #[serde(default)]
+    content_type: String,
+    /// The bytes, base64 (small attachments).
+    #[serde(default)]
+    data_base64: Option<String>,
+    /// Or an upload, by hex SHA-256 and size.
+    #[serde(default)]
+    sha256: Option<String>,
+    #[serde(default)]
+    size: u64,
+}
+
+fn attachments_in(list: Vec<AttachmentIn>) -> Result<Vec<pb::Attachment>, ApiError> {
+    list.into_iter()
+        .map(|a| {
+            let (data, sha256) = match (a.data_base64, a.sha256) {
+                (Some(b), None) => (
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b.as_bytes())
+                        .map_err(|e| bad(format!("attachment {:?}: data_base64: {e}", a.name)))?,
+                    Vec::new(),
+                ),
+                (None, Some(h)) => (
+                    Vec::new(),
+                    hex::decode(&h)
+                        .map_err(|e| bad(format!("attachment {:?}: sha256: {e}", a.name)))?,
+                ),
+                _ => {
+                    return Err(bad(format!(
+                        "attachment {:?}: give data_base64 or sha256",
+                        a.name
+                    )));
+                }
+            };
+            Ok(pb::Attachment {
+                name: a.name,
+                content_type: a.content_type,
+                data,
+                sha256,
+                size: a.size,
+            })
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct SendIn {
+    from: String,
+    to: Vec<String>,
+    subject: String,
+    #[serde(default)]
+    code_number: String,
+    #[serde(default)]
+    code_notation: String,
+    #[serde(default)]
+    priority: u32,
+    #[serde(default)]
+    due_at_ms: i64,
+    #[serde(default)]
+    doc_id: String,
+    #[serde(default)]
+    attachments: Vec<AttachmentIn>,
+}
+
+fn sent_json(r: pb::SendResponse) -> Response {
+    (
+        StatusCode::CREATED,
+        Json(json!({"doc_id": r.doc_id, "duplicate": r.duplicate})),
+    )
+        .into_response()
+}
+
+async fn send(State(cx): State<Ctx>, headers: HeaderMap, Json(b): Json<SendIn>) -> Res {
+    cx.may(&headers, &b.from)?;
+    let r = cx
+        .svc
+        .send(Request::new(pb::SendRequest {
+            from: b.from,
+            to: b.to,
+            subject: b.subject,
+            code_number: b.code_number,
+            code_notation: b.code_notation,
+            priority: b.priority,
+            due_at_ms: b.due_at_ms,
+            attachments: attachments_in(b.attachments)?,
+            doc_id: b.doc_id,
+            ..Default::default()
+        }))
+        .await?;
+    Ok(sent_json(r.into_inner()))
+}
+
+fn status_json(s: &pb::GetStatusResponse) -> Value {
+    json!({
+        "doc_id": s.doc_id, "from": s.from, "subject": s.subject, "created_at_ms": s.created_at_ms,
+        "priority": s.priority, "deadline_ms": s.deadline_ms, "business_type": s.business_type,
+        "target_doc_id": s.target_doc_id,
+        "recipients": s.recipients.iter().map(|r| json!({
+            "organ": r.organ,
+            "state": crate::agency::state_name(r.state),
+            "updated_at_ms": r.updated_at_ms,
+            "detail": r.detail,
+            "accepted_at_ms": r.accepted_at_ms,
+            "delivered_at_ms": r.delivered_at_ms,
+            "acked_at_ms": r.acked_at_ms,
+            "last_status": r.last_status,
+            "last_status_at_ms": r.last_status_at_ms,
+            "status_note": r.status_note,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+async fn sent_status(State(cx): State<Ctx>, headers: HeaderMap, Path(doc_id): Path<String>) -> Res {
+    let s = cx.may_sent(&headers, &doc_id).await?;
+    Ok(Json(status_json(&s)).into_response())
+}
+
+async fn receipts(State(cx): State<Ctx>, headers: HeaderMap, Path(doc_id): Path<String>) -> Res {
+    cx.may_sent(&headers, &doc_id).await?;
+    let r = cx
+        .svc
+        .get_receipts(Request::new(pb::GetReceiptsRequest { doc_id }))
+        .await?
+        .into_inner();
+    let enc = |e: &Option<pb::SignedEnvelope>| {
+        e.as_ref().map(|e| {
+            base64::engine::general_purpose::STANDARD.encode(prost::Message::encode_to_vec(e))
+        })
+    };
+    Ok(Json(json!({
+        "document_envelope_base64": enc(&r.document),
+        "receipts": r.receipts.iter().map(|v| json!({
+            "organ": v.organ,
+            "type": crate::envelope::receipt_type(v.r#type).map(|t| t.as_str()).unwrap_or(""),
+            "at_ms": v.at_ms,
+            "signer": v.signer,
+            "envelope_base64": enc(&v.envelope),
+        })).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ChangeIn {
+    reason: String,
+    to: Vec<String>,
+    add: Vec<String>,
+    remove: Vec<String>,
+    subject: Option<String>,
+    code_number: String,
+    code_notation: String,
+    attachments: Vec<AttachmentIn>,
+}
+
+async fn change(
+    cx: &Ctx,
+    headers: &HeaderMap,
+    doc_id: String,
+    business: pb::BusinessType,
+    b: ChangeIn,
+) -> Res {
+    let target = cx.may_sent(headers, &doc_id).await?;
+    let mut changes: Vec<pb::RecipientChange> = b
+        .add
+        .into_iter()
+        .map(|organ| pb::RecipientChange { organ, added: true })
+        .collect();
+    changes.extend(b.remove.into_iter().map(|organ| pb::RecipientChange {
+        organ,
+        added: false,
+    }));
+    let r = cx
+        .svc
+        .send(Request::new(pb::SendRequest {
+            from: target.from,
+            to: b.to,
+            subject: b.subject.unwrap_or_else(|| target.subject.clone()),
+            code_number: b.code_number,
+            code_notation: b.code_notation,
+            priority: target.priority,
+            attachments: attachments_in(b.attachments)?,
+            business_type: business as i32,
+            target_doc_id: doc_id,
+            reason: b.reason,
+            recipient_changes: changes,
+            ..Default::default()
+        }))
+        .await?;
+    Ok(sent_json(r.into_inner()))
+}
+
+async fn recall(
+    State(cx): State<Ctx>,
+    headers: HeaderMap,
+    Path(doc_id): Path<String>,
+    Json(b): Json<ChangeIn>,
+) -> Res {
+    change(&cx, &headers, doc_id, pb::BusinessType::Revoke, b).await
+}
+
+async fn update(
+    State(cx): State<Ctx>,
+    headers: HeaderMap,
+    Path(doc_id): Path<String>,
+    Json(b): Json<ChangeIn>,
+) -> Res {
+    change(&cx, &headers, doc_id, pb::BusinessType::Update, b).await
+}
+
+async fn replace(
+    State(cx): State<Ctx>,
+    headers: HeaderMap,
+    Path(doc_id): Path<String>,
+    Json(b): Json<ChangeIn>,
+) -> Res {
+    change(&cx, &headers, doc_id, pb::BusinessType::Replace, b).await
+}
+
+#[derive(Deserialize)]
+struct SentQuery {
+    from: String,
+    #[serde(default)]
+    limit: u32,
+}
+
+async fn sent_list(State(cx): State<Ctx>, headers: HeaderMap, Query(q): Query<SentQuery>) -> Res {
+    cx.may(&headers, &q.from)?;
+    let r = cx
+        .svc
+        .list_sent(Request::new(pb::ListSentRequest {
+            from: q.from,
+            limit: q.limit,
+        }))
+        .await?
+        .into_inner();
+    Ok(
+        Json(json!({"documents": r.documents.iter().map(status_json).collect::<Vec<_>>()}))
+            .into_response(),
+    )
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    size: u64,
+    #[serde(default)]
+    offset: u64,
+}
+
+/// `PUT /v1/uploads/{id}?size=N&offset=K` with the bytes from K as the body;
+/// after a cut, `GET /v1/uploads/{id}` says where to resume.
+async fn upload(
+    State(cx): State<Ctx>,
+    headers: HeaderMap,
+    Path(upload_id): Path<String>,
+    Query(q): Query<UploadQuery>,
+    body: Body,
+) -> Res {
+    cx.app(&headers)?;
+    let mut offset = q.offset;
+    let id = upload_id.clone();
+    let size = q.size;
+    let mut first = true;
+    let chunks = body.into_data_stream().filter_map(move |frame| {
+        let out = match frame {
+            Ok(data) if data.is_empty() && !first => None,
+            Ok(data) => {
+                first = false;
+                let c = pb::UploadChunk {
+                    upload_id: id.clone(),
+                    size,
+                    offset,
+                    data: data.to_vec(),
+                    sha256: Vec::new(),
+                };
+                offset += data.len() as u64;
+                Some(Ok(c))
+            }
+            Err(e) => Some(Err(Status::cancelled(format!("request body: {e}")))),
+        };
+        std::future::ready(out)
+    });
+    let r = crate::agency::upload(&cx.state, Box::pin(chunks)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"sha256": hex::encode(r.sha256), "size": r.size})),
+    )
+        .into_response())
+}
+
+async fn upload_status(
+    State(cx): State<Ctx>,
+    headers: HeaderMap,
+    Path(upload_id): Path<String>,
+) -> Res {
+    cx.app(&headers)?;
+    let r = cx
+        .svc
+        .upload_status(Request::new(pb::UploadStatusRequest { upload_id }))
+        .await?
+        .into_inner();
+    Ok(Json(json!({
+        "offset": r.offset,
+        "sha256": if r.sha256.is_empty() { Value::Null } else { hex::encode(r.sha256).into() },
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+struct InboxQuery {
+    organ: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    all: bool,
+    #[serde(default)]
+    limit: u32,
+}
+
+async fn inbox(State(cx): State<Ctx>, headers: HeaderMap, Query(q): Query<InboxQuery>) -> Res {
+    cx.may(&headers, &q.organ)?;
+    let items = cx
+        .svc
+        .list_inbox(Request::new(pb::ListInboxRequest {
+            organ: q.organ,
+            include_acked: q.all,
+            limit: q.limit,
+            kind: q.kind,
+        }))
+        .await?
+        .into_inner()
+        .items;
+    Ok(Json(json!({"items": items.iter().map(|i| json!({
+        "doc_id": i.doc_id, "kind": i.kind, "from": i.from, "organ": i.organ, "subject": i.subject,
+        "received_at_ms": i.received_at_ms, "acked": i.acked, "priority": i.priority,
+        "code_number": i.code_number, "code_notation": i.code_notation, "attachments": i.attachments,
+        "status_code": i.status_code, "for_doc_id": i.for_doc_id, "note": i.note,
+        "business_type": i.business_type, "target_doc_id": i.target_doc_id,
+        "replied": i.replied, "recalled": i.recalled, "nacked": i.nacked,
+    })).collect::<Vec<_>>()}))
+    .into_response())
+}
+
+async fn received(State(cx): State<Ctx>, headers: HeaderMap, Path(doc_id): Path<String>) -> Res {
+    cx.may_received(&headers, &doc_id).await?;
+    let r = cx
+        .svc
+        .get_document(Request::new(pb::GetDocumentRequest {
+            doc_id: doc_id.clone(),
+            from: String::new(),
+            without_data: true,
+        }))
+        .await?
+        .into_inner();
+    let d = r.document.unwrap_or_default();
+    Ok(Json(json!({
+        "doc_id": d.doc_id, "from": d.from, "to": d.to, "subject": d.subject,
+        "code_number": d.code_number, "code_notation": d.code_notation, "priority": d.priority,
+        "created_at_ms": d.created_at_ms, "due_at_ms": d.due_at_ms, "received_at_ms": d.received_at_ms,
+        "signer": d.signer, "delivered_to": d.delivered_to, "acked": d.acked,
+        "attachments": d.attachments.iter().enumerate().map(|(i, a)| json!({
+            "index": i, "name": a.name, "content_type": a.content_type, "size": a.size,
+            "sha256": hex::encode(&a.sha256),
+            "href": format!("/v1/inbox/{doc_id}/attachments/{i}"),
+        })).collect::<Vec<_>>(),
+        "envelope_base64": r.envelope.map(|e| base64::engine::general_purpose::STANDARD.encode(prost::Message::encode_to_vec(&e))),
+    }))
+    .into_response())
+}
+
+async fn attachment(
+    State(cx): State<Ctx>,
+    headers: HeaderMap,
+    Path((doc_id, index)): Path<(String, u32)>,
+) -> Res {
+    cx.may_received(&headers, &doc_id).await?;
+    let doc = cx
+        .svc
+        .get_document(Request::new(pb::GetDocumentRequest {
+            doc_id: doc_id.clone(),
+            from: String::new(),
+            without_data: true,
+        }))
+        .await?
+        .into_inner()
+        .document
+        .unwrap_or_default();
+    let a = doc
+        .attachments
+        .get(index as usize)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError(Status::not_found(format!(
+                "{doc_id} has no attachment {index}"
+            )))
+        })?;
+    let stream = cx
+        .svc
+        .get_attachment(Request::new(pb::GetAttachmentRequest {
+            doc_id,
+            from: String::new(),
+            index,
+            offset: 0,
+        }))
+        .await?
+        .into_inner()
+        .map(|c| {
+            c.map(|c| Bytes::from(c.data))
+                .map_err(|s| std::io::Error::other(s.message().to_owned()))
+        });
+    Ok((
+        [
+            (header::CONTENT_TYPE, a.content_type.clone()),
+            (header::CONTENT_LENGTH, a.size.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename*=UTF-8''{}", urlencode(&a.name)),
+            ),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn export_edxml(
+    State(cx): State<Ctx>,
+    headers: HeaderMap,
+    Path(doc_id): Path<String>,
+) -> Res {
+    cx.may_received(&headers, &doc_id).await?;
+    let r = cx
+        .svc
+        .export_edxml(Request::new(pb::ExportEdxmlRequest {
+            doc_id,
+            from: String::new(),
+            original: false,
+        }))
+        .await?
+        .into_inner();
+    Ok((
+        [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+        r.package,
+    )
+        .into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AckIn {
+    organ: String,
+    reason: String,
+}
+
+fn json_or_default<T: Default + for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
+    if body.is_empty() {
+        Ok(T::default())
+    } else {
+        serde_json::from_slice(body).map_err(|e| bad(format!("body: {e}")))
+    }
+}
+
+async fn ack(
+    State(cx): State<Ctx>,
+    headers: HeaderMap,
+    Path(doc_id): Path<String>,
+    body: Bytes,
+) -> Res {
+    let b: AckIn = json_or_default(&body)?;
+    let mine = cx.may_received(&headers, &doc_id).await?;
+    if !b.organ.is_empty() {
+        cx.may(&headers, &b.organ)?;
+    }
+    let mut acked = Vec::new();
+    for organ in mine.iter().filter(|o| b.organ.is_empty() || **o == b.organ) {
+        acked.extend(
+            cx.svc
+                .ack(Request::new(pb::AckRequest {
+                    doc_id: doc_id.clone(),
+                    from: String::new(),
+                    organ: organ.clone(),
+                }))
+                .await?
+                .into_inner()
+                .acked,
+        );
+    }
+    Ok(Json(json!({"acked": acked})).into_response())
+}
+
+async fn nack(
+    State(cx): State<Ctx>,
+    headers: HeaderMap,
+    Path(doc_id): Path<String>,
+    body: Bytes,
+) -> Res {
+    let b: AckIn = json_or_default(&body)?;
+    let mine = cx.may_received(&headers, &doc_id).await?;
+    let mut nacked = Vec::new();
+    for organ in mine.iter().filter(|o| b.organ.is_empty() || **o == b.organ) {
+        nacked.extend(
+            cx.svc
+                .nack(Request::new(pb::NackRequest {
+                    doc_id: doc_id.clone(),
+                    from: String::new(),
+                    organ: organ.clone(),
+                    reason: b.reason.clone(),
+                }))
+                .await?
+                .into_inner()
+                .acked,
+        );
+    }
+    Ok(Json(json!({"nacked": nacked})).into_response())
+}
+
+#[derive(Deserialize)]
+struct StatusIn {
+    code: String,
+    #[serde(default)]
+    note: String,
+    #[serde(default)]
+    staff: String,
+    #[serde(default)]
+    organ: String,
+}
+
+/// A business status about a document: 01–06, 15, 16 by a recipient (the document
+/// is in its inbox), 13 by the original sender (the document is in its sent list).
+async fn status(
+    State(cx): State<Ctx>,
+    headers: HeaderMap,
+    Path(doc_id): Path<String>,
+    Json(b): Json<StatusIn>,
+) -> Res {
+    let organ = if b.code == "13" {
+        cx.may_sent(&headers, &doc_id).await?.from
+    } else {
+        let mine = cx.may_received(&headers, &doc_id).await?;
+        if b.organ.is_empty() {
+            mine.into_iter().next().unwrap_or_default()
+        } else {
+            cx.may(&headers, &b.organ)?;
+            b.organ
+        }
+    };
+    let r = cx
+        .svc
+        .reply(Request::new(pb::ReplyRequest {
+            doc_id,
+            from: String::new(),
+            organ,
+            code: b.code,
+            note: b.note,
+            staff: b.staff,
+        }))
+        .await?
+        .into_inner();
+    Ok(sent_json(r))
+}
+
+#[derive(Deserialize)]
+struct OrganQuery {
+    organ: String,
+}
+
+async fn counts(State(cx): State<Ctx>, headers: HeaderMap, Query(q): Query<OrganQuery>) -> Res {
+    cx.may(&headers, &q.organ)?;
+    let r = cx
+        .svc
+        .counts(Request::new(pb::CountsRequest { organ: q.organ }))
+        .await?
+        .into_inner();
+    Ok(Json(json!({"documents": r.documents, "statuses": r.statuses})).into_response())
+}
+
+async fn import_edxml(State(cx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Res {
+    let app = cx.app(&headers)?.clone();
+    // Check who it is from before anything else (cheaply, without attachments).
+    let limits = truc_edxml::Limits {
+        max_package_bytes: cx.state.limits.max_message_bytes,
+        ..Default::default()
+    };
+    let from = truc_edxml::parse(&body, &limits)
+        .map_err(|e| bad(format!("edXML {e}")))?
+        .from
+        .organ_id;
+    if !app.organs.iter().any(|o| o.as_str() == from) {
+        return Err(denied(format!(
+            "application {} may not act for {from}",
+            app.name
+        )));
+    }
+    let r = cx
+        .svc
+        .import_edxml(Request::new(pb::ImportEdxmlRequest {
+            package: body.to_vec(),
+        }))
+        .await?
+        .into_inner();
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"doc_id": r.doc_id, "kind": r.kind, "duplicate": r.duplicate})),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct PrefixQuery {
+    prefix: String,
+}
+
+fn agency_json(a: &pb::AgencyEntry) -> Value {
+    json!({"organ": a.organ, "name": a.name, "parent": a.parent, "node": a.node})
+}
+
+async fn directory(State(cx): State<Ctx>, headers: HeaderMap, Query(q): Query<PrefixQuery>) -> Res {
+    cx.app(&headers)?;
+    let r = cx
+        .svc
+        .list_agencies(Request::new(pb::ListAgenciesRequest { prefix: q.prefix }))
+        .await?
+        .into_inner();
+    Ok(Json(json!({"version": r.version, "agencies": r.agencies.iter().map(agency_json).collect::<Vec<_>>()})).into_response())
+}
+
+async fn agency(State(cx): State<Ctx>, headers: HeaderMap, Path(organ): Path<String>) -> Res {
+    cx.app(&headers)?;
+    let a = cx
+        .svc
+        .lookup_agency(Request::new(pb::LookupAgencyRequest { organ }))
+        .await?
+        .into_inner();
+    Ok(Json(agency_json(&a)).into_response())
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    organ: String,
+    #[serde(default)]
+    after: Option<u64>,
+}
+
+/// Server-sent events: `id:` is the event id; reconnect with `Last-Event-ID`.
+async fn events(State(cx): State<Ctx>, headers: HeaderMap, Query(q): Query<EventsQuery>) -> Res {
+    cx.may(&headers, &q.organ)?;
+    let organ: OrganId = q.organ.parse().map_err(|e| bad(format!("organ: {e}")))?;
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .or(q.after)
+        .unwrap_or(0);
+    let stream = crate::agency::event_stream(cx.state.clone(), organ, after).map(|e| {
+        let data = json!({
+            "id": e.id, "at_ms": e.at_ms, "organ": e.organ, "kind": e.kind, "doc_id": e.doc_id,
+            "from": e.from, "detail": e.detail, "subject": e.subject, "recipient": e.recipient,
+        });
+        Ok::<_, Infallible>(
+            Event::default()
+                .id(e.id.to_string())
+                .event(e.kind.clone())
+                .data(data.to_string()),
+        )
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_openapi_document_describes_every_path_served() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        for p in super::PATHS {
+            assert!(
+                paths.contains_key(*p),
+                "{p} is served but not in openapi.json"
+            );
+        }
+        assert_eq!(
+            paths.len(),
+            super::PATHS.len(),
+            "openapi.json lists paths that are not served"
+        );
+    }
+}
