@@ -20,6 +20,67 @@ pub struct AgencyService {
 }
 
 impl AgencyService {
+    /// Imports an edXML package. `allowed`, when given, is the set of agencies
+    /// the caller may act for: a package from any other is refused before it
+    /// touches the store.
+    pub async fn import(
+        &self,
+        package: Vec<u8>,
+        allowed: Option<Vec<OrganId>>,
+    ) -> Result<pb::ImportEdxmlResponse, Status> {
+        let limits = truc_edxml::Limits {
+            max_package_bytes: self.state.limits.max_message_bytes,
+            max_attachments: self.state.limits.max_attachments,
+            max_attachment_bytes: self
+                .state
+                .limits
+                .max_attachment_bytes
+                .min(self.state.limits.max_message_bytes as u64),
+            ..Default::default()
+        };
+        let st = self.state.clone();
+        let (id, kind, accepted, from) = blocking(move || {
+            let p = truc_edxml::parse(&package, &limits)
+                .map_err(|e| Refusal::invalid(format!("edXML {e}")))?;
+            let from: OrganId = p
+                .from
+                .organ_id
+                .parse()
+                .map_err(|e| Refusal::invalid(format!("edXML From/OrganId: {e}")))?;
+            if let Some(allowed) = &allowed
+                && !allowed.contains(&from)
+            {
+                return Err(NodeError::Refused(Refusal::denied(format!(
+                    "this application may not act for {from}"
+                ))));
+            }
+            match crate::edxml::to_truc(&p)? {
+                crate::edxml::Imported::Document(sub) => {
+                    let (id, a) = st.submit(*sub)?;
+                    if matches!(a, Accepted::Stored(_)) {
+                        st.keep_original(&from, &id, &package)?;
+                    }
+                    Ok((id, "document", a, from))
+                }
+                crate::edxml::Imported::Status(reply) => {
+                    let (id, a) = st.reply(reply)?;
+                    Ok((id, "status", a, from))
+                }
+            }
+        })
+        .await?;
+        self.state
+            .durable(accepted.ticket())
+            .await
+            .map_err(Status::from)?;
+        tracing::info!(doc_id = %id, %from, kind, "edXML package imported");
+        Ok(pb::ImportEdxmlResponse {
+            doc_id: id.to_string(),
+            kind: kind.into(),
+            duplicate: matches!(accepted, Accepted::Duplicate(_)),
+        })
+    }
+
     pub fn new(state: Arc<NodeState>) -> Self {
         Self { state }
     }
@@ -546,54 +607,8 @@ impl Agency for AgencyService {
         &self,
         req: Request<pb::ImportEdxmlRequest>,
     ) -> Result<Response<pb::ImportEdxmlResponse>, Status> {
-        let package = req.into_inner().package;
-        let limits = truc_edxml::Limits {
-            max_package_bytes: self.state.limits.max_message_bytes,
-            max_attachments: self.state.limits.max_attachments,
-            max_attachment_bytes: self
-                .state
-                .limits
-                .max_attachment_bytes
-                .min(self.state.limits.max_message_bytes as u64),
-            ..Default::default()
-        };
-        let st = self.state.clone();
-        let (id, kind, accepted, from) = blocking(move || {
-            let p = truc_edxml::parse(&package, &limits)
-                .map_err(|e| Refusal::invalid(format!("edXML {e}")))?;
-            match crate::edxml::to_truc(&p)? {
-                crate::edxml::Imported::Document(sub) => {
-                    let from: OrganId = sub
-                        .from
-                        .parse()
-                        .map_err(|e| Refusal::invalid(format!("edXML From/OrganId: {e}")))?;
-                    let (id, a) = st.submit(*sub)?;
-                    if matches!(a, Accepted::Stored(_)) {
-                        st.keep_original(&from, &id, &package)?;
-                    }
-                    Ok((id, "document", a, from))
-                }
-                crate::edxml::Imported::Status(reply) => {
-                    let from: OrganId = reply
-                        .organ
-                        .parse()
-                        .map_err(|e| Refusal::invalid(format!("edXML From/OrganId: {e}")))?;
-                    let (id, a) = st.reply(reply)?;
-                    Ok((id, "status", a, from))
-                }
-            }
-        })
-        .await?;
-        self.state
-            .durable(accepted.ticket())
-            .await
-            .map_err(Status::from)?;
-        tracing::info!(doc_id = %id, %from, kind, "edXML package imported");
-        Ok(Response::new(pb::ImportEdxmlResponse {
-            doc_id: id.to_string(),
-            kind: kind.into(),
-            duplicate: matches!(accepted, Accepted::Duplicate(_)),
-        }))
+        let r = self.import(req.into_inner().package, None).await?;
+        Ok(Response::new(r))
     }
 
     async fn export_edxml(

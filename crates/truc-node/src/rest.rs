@@ -11,7 +11,7 @@ use std::{convert::Infallible, sync::Arc};
 use axum::{
     Json, Router,
     body::{Body, Bytes},
-    extract::{Path, Query, State},
+    extract::{DefaultBodyLimit, Path, Query, State},
     http::{HeaderMap, StatusCode, header},
     response::{
         IntoResponse, Response,
@@ -184,6 +184,7 @@ impl Ctx {
 
 /// The router for a node's REST API.
 pub fn router(state: Arc<NodeState>, apps: Vec<App>) -> Router {
+    let body_limit = state.limits.max_message_bytes / 3 * 4 + (64 << 10);
     let cx = Ctx {
         svc: AgencyService::new(state.clone()),
         state,
@@ -211,6 +212,9 @@ pub fn router(state: Arc<NodeState>, apps: Vec<App>) -> Router {
         .route("/v1/directory", get(directory))
         .route("/v1/directory/{organ}", get(agency))
         .route("/v1/events", get(events))
+        // JSON with base64 attachments and edXML packages may be as large as a
+        // message (base64 adds a third); uploads stream and are not bound by this.
+        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(cx)
 }
 
@@ -679,10 +683,18 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ExportQuery {
+    /// The package exactly as the sender's software imported it.
+    original: bool,
+}
+
 async fn export_edxml(
     State(cx): State<Ctx>,
     headers: HeaderMap,
     Path(doc_id): Path<String>,
+    Query(q): Query<ExportQuery>,
 ) -> Res {
     cx.may_received(&headers, &doc_id).await?;
     let r = cx
@@ -690,7 +702,7 @@ async fn export_edxml(
         .export_edxml(Request::new(pb::ExportEdxmlRequest {
             doc_id,
             from: String::new(),
-            original: false,
+            original: q.original,
         }))
         .await?
         .into_inner();
@@ -832,28 +844,7 @@ async fn counts(State(cx): State<Ctx>, headers: HeaderMap, Query(q): Query<Organ
 
 async fn import_edxml(State(cx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Res {
     let app = cx.app(&headers)?.clone();
-    // Check who it is from before anything else (cheaply, without attachments).
-    let limits = truc_edxml::Limits {
-        max_package_bytes: cx.state.limits.max_message_bytes,
-        ..Default::default()
-    };
-    let from = truc_edxml::parse(&body, &limits)
-        .map_err(|e| bad(format!("edXML {e}")))?
-        .from
-        .organ_id;
-    if !app.organs.iter().any(|o| o.as_str() == from) {
-        return Err(denied(format!(
-            "application {} may not act for {from}",
-            app.name
-        )));
-    }
-    let r = cx
-        .svc
-        .import_edxml(Request::new(pb::ImportEdxmlRequest {
-            package: body.to_vec(),
-        }))
-        .await?
-        .into_inner();
+    let r = cx.svc.import(body.to_vec(), Some(app.organs)).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"doc_id": r.doc_id, "kind": r.kind, "duplicate": r.duplicate})),

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
 
-use crate::{bench, certs, client, demo, verify};
+use crate::{bench, certs, client, demo, edxml, verify};
 use clap::{Parser, Subcommand, ValueEnum};
 use truc_proto::v1 as pb;
 
@@ -101,6 +101,35 @@ enum Command {
         /// Only for this agency of the edge (default: every one it was delivered to).
         #[arg(long)]
         organ: Option<String>,
+    },
+    /// Send an edXML package (document or status) through this edge; prints its doc_id.
+    Import {
+        #[arg(long)]
+        config: PathBuf,
+        /// The package, as the document-management software wrote it.
+        package: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a received document or status as an edXML package today's software accepts.
+    Export {
+        #[arg(long)]
+        config: PathBuf,
+        doc_id: String,
+        /// The sender, if two senders used the same doc_id.
+        #[arg(long)]
+        from: Option<String>,
+        /// The package exactly as the sender imported it, byte for byte.
+        #[arg(long)]
+        original: bool,
+        /// Where to write it (`-` for stdout); default `<doc_id>.edxml`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// edXML packages, offline.
+    Edxml {
+        #[command(subcommand)]
+        command: EdxmlCommand,
     },
     /// Per-recipient state of a document sent from this edge.
     Status {
@@ -281,6 +310,17 @@ enum AuditCommand {
     Verify {
         #[arg(long)]
         config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum EdxmlCommand {
+    /// Parse a package without sending it and print the fields truc maps;
+    /// exits non-zero naming the element that is wrong.
+    Inspect {
+        package: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -669,6 +709,39 @@ async fn run(cli: Cli) -> Result<()> {
             doc_id,
             json,
         } => client::status(&config, &doc_id, json).await,
+        Command::Import {
+            config,
+            package,
+            json,
+        } => {
+            let r = edxml::import(&config, &package).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"doc_id": r.doc_id, "kind": r.kind, "duplicate": r.duplicate})
+                );
+            } else if r.duplicate {
+                println!("{} (already imported; nothing sent again)", r.doc_id);
+            } else {
+                println!("{}", r.doc_id);
+            }
+            Ok(())
+        }
+        Command::Export {
+            config,
+            doc_id,
+            from,
+            original,
+            out,
+        } => {
+            if let Some(path) = edxml::export(&config, &doc_id, from, original, out).await? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
+        Command::Edxml {
+            command: EdxmlCommand::Inspect { package, json },
+        } => edxml::inspect(&package, json),
         Command::Bench {
             docs,
             concurrency,
@@ -693,13 +766,16 @@ async fn run_node(path: PathBuf) -> Result<()> {
     let config = truc_node::Config::load(&path)?;
     let node = truc_node::RunningNode::start(config).await?;
     println!(
-        "truc node {} ({}) ready link={} agency={}",
+        "truc node {} ({}) ready link={} agency={} rest={}",
         node.state.node_id,
         node.config.role(),
         node.link_addr
             .map(|a| a.to_string())
             .unwrap_or_else(|| "-".into()),
         node.agency_addr
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into()),
+        node.rest_addr
             .map(|a| a.to_string())
             .unwrap_or_else(|| "-".into()),
     );

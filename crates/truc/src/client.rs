@@ -740,7 +740,7 @@ fn status_json(s: &pb::GetStatusResponse) -> serde_json::Value {
     })
 }
 
-fn status_label(code: &str) -> String {
+pub fn status_label(code: &str) -> String {
     match code.parse::<truc_core::StatusCode>() {
         Ok(c) => format!("{code} {}", c.meaning()),
         Err(_) => code.to_owned(),

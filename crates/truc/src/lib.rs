@@ -8,6 +8,7 @@ pub mod certs;
 pub mod cli;
 pub mod client;
 mod demo;
+pub mod edxml;
 pub mod pdf;
 pub mod verify;
 

@@ -28,6 +28,7 @@ pub struct Proc {
     child: Child,
     pub agency: Option<SocketAddr>,
     pub link: Option<SocketAddr>,
+    pub rest: Option<SocketAddr>,
     pub logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -199,6 +200,7 @@ impl Cluster {
         let p = Proc {
             agency: field("agency"),
             link: field("link"),
+            rest: field("rest"),
             child,
             logs,
         };
