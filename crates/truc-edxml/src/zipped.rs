@@ -74,12 +74,13 @@ pub fn decode(
         }
         let name = entry.name().to_owned();
         let mut data = Vec::with_capacity(declared.min(1 << 20) as usize);
-        // The header may lie: never read more than the limit.
+        // The header may lie: never read more than it declares (itself under
+        // the limit), plus one byte to catch the lie.
         let read = (&mut entry)
-            .take(limits.max_attachment_bytes + 1)
+            .take(declared + 1)
             .read_to_end(&mut data)
             .map_err(|e| EdxmlError::new(element, format!("ZIP entry {name}: {e}")))?;
-        if read as u64 > limits.max_attachment_bytes || read as u64 != declared {
+        if read as u64 != declared {
             return Err(EdxmlError::new(
                 element,
                 format!("ZIP entry {name} is not the size it declares"),

@@ -588,7 +588,8 @@ async fn inbox(State(cx): State<Ctx>, headers: HeaderMap, Query(q): Query<InboxQ
         "code_number": i.code_number, "code_notation": i.code_notation, "attachments": i.attachments,
         "status_code": i.status_code, "for_doc_id": i.for_doc_id, "note": i.note,
         "business_type": i.business_type, "target_doc_id": i.target_doc_id,
-        "replied": i.replied, "recalled": i.recalled, "nacked": i.nacked,
+        "replied": i.replied, "recalled": i.recalled,
+        "nacked": !i.nacked.is_empty(), "nack_reason": i.nacked,
     })).collect::<Vec<_>>()}))
     .into_response())
 }
@@ -721,11 +722,13 @@ struct AckIn {
 }
 
 fn json_or_default<T: Default + for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
-    if body.is_empty() {
-        Ok(T::default())
-    } else {
-        serde_json::from_slice(body).map_err(|e| bad(format!("body: {e}")))
+    // No body, `null` and `{}` all mean "the defaults".
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
     }
+    serde_json::from_slice::<Option<T>>(body)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| bad(format!("body: {e}")))
 }
 
 async fn ack(

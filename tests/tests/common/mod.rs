@@ -13,6 +13,7 @@ use std::{
 };
 
 pub mod raw;
+pub mod rest;
 
 use tonic::transport::Channel;
 use truc_proto::v1::{self as pb, agency_client::AgencyClient};

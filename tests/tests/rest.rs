@@ -1,0 +1,402 @@
+//! The REST/JSON agency API against real edges: every operation of today's
+//! axis (domain/VDXP.md) as an application would call it, its errors, and the
+//! event stream resuming across a reconnect and a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use base64::Engine;
+use common::{rest::*, *};
+use serde_json::{Value, json};
+
+fn start_default() -> Cluster {
+    let mut c = Cluster::new();
+    for n in ["hub", "vpcp", "nghean", "caobang"] {
+        c.start(n);
+    }
+    c
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, b))
+}
+
+fn inbox_item(api: &Rest, organ: &str, doc_id: &str) -> Option<Value> {
+    let (s, v) = api.get(&format!("/v1/inbox?organ={organ}&all=true"));
+    assert_eq!(s, 200, "{v}");
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["doc_id"] == doc_id)
+        .cloned()
+}
+
+fn wait_inbox(api: &Rest, organ: &str, doc_id: &str) -> Value {
+    poll(&format!("{doc_id} in the inbox of {organ}"), || {
+        inbox_item(api, organ, doc_id)
+    })
+}
+
+fn recipient<'a>(status: &'a Value, organ: &str) -> &'a Value {
+    status["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["organ"] == organ)
+        .unwrap_or_else(|| panic!("{organ} not in {status}"))
+}
+
+#[test]
+fn every_vdxp_operation_works_over_rest() {
+    let c = start_default();
+    let vpcp = c.rest("vpcp");
+    let nghean = c.rest("nghean");
+    let caobang = c.rest("caobang");
+
+    // The OpenAPI document is served and lists what the router serves.
+    let (s, doc) = vpcp.get_anonymous("/v1/openapi.json");
+    assert_eq!(s, 200);
+    assert!(doc["paths"]["/v1/documents"]["post"].is_object(), "{doc}");
+
+    // Authentication and authorization, each with its own stable code.
+    let (s, e) = vpcp.get_anonymous(&format!("/v1/inbox?organ={G22}"));
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (401, Some("UNAUTHENTICATED")),
+        "{e}"
+    );
+    let (s, e) = vpcp
+        .with_token("not-a-token")
+        .get(&format!("/v1/inbox?organ={G22}"));
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (401, Some("UNAUTHENTICATED")),
+        "{e}"
+    );
+    let (s, e) = vpcp.with_token(&nghean.token).post(
+        "/v1/documents",
+        json!({"from": G22, "to": [H41], "subject": "giả mạo"}),
+    );
+    assert_eq!(s, 401, "nghean's token means nothing at vpcp: {e}");
+    let (s, e) = nghean.post(
+        "/v1/documents",
+        json!({"from": G22, "to": [H41], "subject": "giả mạo"}),
+    );
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (403, Some("PERMISSION_DENIED")),
+        "{e}"
+    );
+    assert!(e["message"].as_str().unwrap().contains(G22), "{e}");
+
+    // Directory lookup and sync.
+    let (s, dir) = vpcp.get("/v1/directory");
+    assert_eq!(s, 200, "{dir}");
+    let organs: BTreeSet<&str> = dir["agencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["organ"].as_str().unwrap())
+        .collect();
+    assert!(organs.contains(H41) && organs.contains(H14), "{dir}");
+    assert!(dir["version"].as_u64().unwrap() > 0, "{dir}");
+    let (s, a) = vpcp.get(&format!("/v1/directory/{H41}"));
+    assert_eq!(
+        (s, a["name"].as_str()),
+        (200, Some("UBND tỉnh Nghệ An")),
+        "{a}"
+    );
+    let (s, e) = vpcp.get("/v1/directory/000.00.00.Z99");
+    assert_eq!((s, e["code"].as_str()), (404, Some("NOT_FOUND")), "{e}");
+
+    // A resumable upload: half, ask where to resume, the rest.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let up = "/v1/uploads/0196f1d2-7c3a-7e21-9a4b-5c6d7e8f9012";
+    let (s, _) = vpcp.put_bytes(&format!("{up}?size={}", big.len()), &big[..100_000]);
+    assert!(s >= 400, "a short upload is not complete");
+    let (s, st) = vpcp.get(up);
+    assert_eq!(s, 200, "{st}");
+    let offset = st["offset"].as_u64().unwrap() as usize;
+    assert!(offset > 0 && offset <= 100_000, "{st}");
+    let (s, done) = vpcp.put_bytes(
+        &format!("{up}?size={}&offset={offset}", big.len()),
+        &big[offset..],
+    );
+    assert_eq!(s, 201, "{done}");
+    assert_eq!(done["sha256"], sha256_hex(&big));
+
+    // Send: an inline attachment and the uploaded one.
+    let small = "Nội dung công văn".as_bytes();
+    let (s, sent) = vpcp.post(
+        "/v1/documents",
+        json!({
+            "from": G22, "to": [H41, H14],
+            "subject": "Về việc triển khai Nghị định 30/2020/NĐ-CP",
+            "code_number": "7816", "code_notation": "VPCP-TTĐT", "priority": 1,
+            "attachments": [
+                {"name": "7816.txt", "content_type": "text/plain",
+                 "data_base64": base64::engine::general_purpose::STANDARD.encode(small)},
+                {"name": "phu-luc.bin", "content_type": "application/octet-stream",
+                 "sha256": done["sha256"], "size": big.len()},
+            ],
+        }),
+    );
+    assert_eq!(s, 201, "{sent}");
+    let id = sent["doc_id"].as_str().unwrap().to_owned();
+    assert_eq!(sent["duplicate"], false);
+    // The same doc_id again is a no-op, said so.
+    let (s, again) = vpcp.post(
+        "/v1/documents",
+        json!({"from": G22, "to": [H41, H14], "subject": "Về việc triển khai Nghị định 30/2020/NĐ-CP", "doc_id": id}),
+    );
+    assert_eq!(
+        (s, again["duplicate"].as_bool()),
+        (201, Some(true)),
+        "{again}"
+    );
+    // An unknown recipient is refused with a reason naming it.
+    let (s, e) = vpcp.post(
+        "/v1/documents",
+        json!({"from": G22, "to": ["000.00.00.Z99"], "subject": "x"}),
+    );
+    assert!((400..500).contains(&s), "{s} {e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("000.00.00.Z99"),
+        "{e}"
+    );
+    assert!(!e["code"].as_str().unwrap().is_empty());
+
+    // The recipient: counts, inbox, the document, its attachments, edXML.
+    let item = wait_inbox(&nghean, H41, &id);
+    assert_eq!(
+        item["subject"],
+        "Về việc triển khai Nghị định 30/2020/NĐ-CP"
+    );
+    assert_eq!(item["acked"], false);
+    let (s, n) = nghean.get(&format!("/v1/counts?organ={H41}"));
+    assert_eq!((s, n["documents"].as_u64()), (200, Some(1)), "{n}");
+    let (s, d) = nghean.get(&format!("/v1/inbox/{id}"));
+    assert_eq!(s, 200, "{d}");
+    assert_eq!(d["from"], G22);
+    let atts = d["attachments"].as_array().unwrap();
+    assert_eq!(atts.len(), 2, "{d}");
+    for (a, want) in atts.iter().zip([small, &big[..]]) {
+        assert_eq!(a["sha256"], sha256_hex(want));
+        let (s, bytes) = nghean.get_bytes(a["href"].as_str().unwrap());
+        assert_eq!(s, 200);
+        assert_eq!(bytes, want, "{} comes back byte for byte", a["name"]);
+    }
+    let (s, xml) = nghean.get_bytes(&format!("/v1/inbox/{id}/edxml"));
+    assert_eq!(s, 200);
+    let p = truc_edxml::parse(&xml, &truc_edxml::Limits::default()).unwrap();
+    assert_eq!(p.subject, "Về việc triển khai Nghị định 30/2020/NĐ-CP");
+    assert_eq!(
+        (p.code_number.as_str(), p.code_notation.as_str()),
+        ("7816", "VPCP-TTĐT")
+    );
+    assert_eq!(p.attachments[1].data, big);
+    // An application whose agencies did not receive it sees nothing of it.
+    let (s, e) = vpcp.get(&format!("/v1/inbox/{id}"));
+    assert!(s == 403 || s == 404, "{s} {e}");
+
+    // Ack, then a business status; nack at the other recipient.
+    let (s, a) = nghean.post(&format!("/v1/inbox/{id}/ack"), Value::Null);
+    assert_eq!((s, a["acked"].clone()), (200, json!([H41])), "{a}");
+    let (s, st) = nghean.post(
+        &format!("/v1/inbox/{id}/status"),
+        json!({"code": "03", "note": "Đã vào sổ", "staff": "Nguyễn Văn A"}),
+    );
+    assert_eq!(s, 201, "{st}");
+    let (s, e) = nghean.post(&format!("/v1/inbox/{id}/status"), json!({"code": "42"}));
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (400, Some("INVALID_ARGUMENT")),
+        "{e}"
+    );
+    wait_inbox(&caobang, H14, &id);
+    let (s, nk) = caobang.post(
+        &format!("/v1/inbox/{id}/nack"),
+        json!({"reason": "tệp đính kèm không mở được"}),
+    );
+    assert_eq!((s, nk["nacked"].clone()), (200, json!([H14])), "{nk}");
+    let it = inbox_item(&caobang, H14, &id).unwrap();
+    assert_eq!(
+        (it["nacked"].as_bool(), it["acked"].as_bool()),
+        (Some(true), Some(false)),
+        "{it}"
+    );
+
+    // The sender: per-recipient state, the sent list, receipts.
+    let status = poll("acked with status 03 at the sender", || {
+        let (s, v) = vpcp.get(&format!("/v1/documents/{id}"));
+        assert_eq!(s, 200, "{v}");
+        let r = recipient(&v, H41);
+        (r["state"] == "acked" && r["last_status"] == "03").then_some(v)
+    });
+    assert_eq!(recipient(&status, H41)["status_note"], "Đã vào sổ");
+    assert_eq!(recipient(&status, H14)["state"], "delivered");
+    let (s, list) = vpcp.get(&format!("/v1/sent?from={G22}"));
+    assert_eq!(s, 200);
+    assert!(
+        list["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["doc_id"] == id),
+        "{list}"
+    );
+    let (s, rc) = vpcp.get(&format!("/v1/documents/{id}/receipts"));
+    assert_eq!(s, 200, "{rc}");
+    let types: BTreeSet<(String, String)> = rc["receipts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["organ"].as_str().unwrap().into(),
+                r["type"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    for t in ["accepted", "delivered", "acked"] {
+        assert!(
+            types.contains(&(H41.to_owned(), t.to_owned())),
+            "{t}: {types:?}"
+        );
+    }
+    assert!(rc["document_envelope_base64"].is_string());
+    // Nobody else's application reads the sender's view.
+    let (s, _) = nghean.get(&format!("/v1/documents/{id}"));
+    assert!(s == 403 || s == 404);
+
+    // Update (remove Cao Bằng), replace, recall: each a new message at the recipient.
+    let (s, upd) = vpcp.post(
+        &format!("/v1/documents/{id}/update"),
+        json!({"remove": [H14], "reason": "Bớt nơi nhận"}),
+    );
+    assert_eq!(s, 201, "{upd}");
+    let (s, rep) = vpcp.post(
+        &format!("/v1/documents/{id}/replace"),
+        json!({"to": [H41], "subject": "Thay thế công văn 7816", "reason": "Sai sót",
+               "attachments": [{"name": "7816-v2.txt", "data_base64": "djI="}]}),
+    );
+    assert_eq!(s, 201, "{rep}");
+    let (s, rec) = vpcp.post(
+        &format!("/v1/documents/{id}/recall"),
+        json!({"reason": "Ban hành nhầm"}),
+    );
+    assert_eq!(s, 201, "{rec}");
+    for (resp, kind) in [(&upd, 2), (&rep, 3), (&rec, 1)] {
+        let got = wait_inbox(&nghean, H41, resp["doc_id"].as_str().unwrap());
+        assert_eq!(got["business_type"], kind, "{got}");
+        assert_eq!(got["target_doc_id"], id.as_str(), "{got}");
+    }
+    // A recall is a request: the recipient agrees with a 15 on it.
+    let rec_id = rec["doc_id"].as_str().unwrap();
+    let (s, agree) = nghean.post(
+        &format!("/v1/inbox/{rec_id}/status"),
+        json!({"code": "15", "note": "Đồng ý thu hồi"}),
+    );
+    assert_eq!(s, 201, "{agree}");
+    let it = poll("the recall is seen on the original", || {
+        inbox_item(&nghean, H41, &id).filter(|i| i["recalled"] == true)
+    });
+    assert_eq!(it["doc_id"], id.as_str());
+    // Only the original sender may change it.
+    let (s, _) = nghean.post(&format!("/v1/documents/{id}/recall"), json!({}));
+    assert!(s == 403 || s == 404, "{s}");
+
+    // Statuses arrive at the sender's inbox and can be listed by kind.
+    let st_id = st["doc_id"].as_str().unwrap();
+    let got = poll("the status in the sender's inbox", || {
+        let (_, v) = vpcp.get(&format!("/v1/inbox?organ={G22}&kind=status&all=true"));
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["doc_id"] == st_id)
+            .cloned()
+    });
+    assert_eq!(
+        (got["status_code"].as_str(), got["for_doc_id"].as_str()),
+        (Some("03"), Some(id.as_str()))
+    );
+    let (s, n) = vpcp.get(&format!("/v1/counts?organ={G22}"));
+    assert_eq!(s, 200);
+    assert!(n["statuses"].as_u64().unwrap() >= 1, "{n}");
+}
+
+#[test]
+fn the_event_stream_delivers_each_event_once_across_a_reconnect_and_a_restart() {
+    let mut c = start_default();
+    let vpcp = c.rest("vpcp");
+    let send = |i: usize| -> String {
+        let (s, v) = vpcp.post(
+            "/v1/documents",
+            json!({"from": G22, "to": [H41], "subject": format!("Công văn số {i}")}),
+        );
+        assert_eq!(s, 201, "{v}");
+        v["doc_id"].as_str().unwrap().to_owned()
+    };
+    let mut sent: Vec<String> = (0..10).map(send).collect();
+
+    let mut seen: Vec<SseEvent> = Vec::new();
+    {
+        let mut stream = c.rest("nghean").events(H41, None);
+        while seen.len() < 4 {
+            seen.push(stream.next().expect("stream open"));
+        }
+        // Dropped here: the client goes away mid-stream.
+    }
+    let last = seen.last().unwrap().id;
+
+    // More arrive while nobody listens, and the edge restarts in between.
+    sent.extend((10..15).map(send));
+    c.stop("nghean");
+    sent.extend((15..20).map(send));
+    c.start("nghean");
+
+    let mut stream = c.rest("nghean").events(H41, Some(last));
+    let want: BTreeSet<&str> = sent.iter().map(String::as_str).collect();
+    loop {
+        let arrived: BTreeSet<String> = seen
+            .iter()
+            .filter(|e| e.event == "arrived")
+            .map(|e| e.data["doc_id"].as_str().unwrap().to_owned())
+            .collect();
+        if arrived.len() == want.len() {
+            break;
+        }
+        seen.push(stream.next().expect("stream open"));
+    }
+    let ids: Vec<u64> = seen.iter().map(|e| e.id).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "event ids increase with no repeat: {ids:?}"
+    );
+    let arrivals: Vec<&str> = seen
+        .iter()
+        .filter(|e| e.event == "arrived")
+        .map(|e| e.data["doc_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        arrivals.len(),
+        want.len(),
+        "each arrival once: {arrivals:?}"
+    );
+    assert_eq!(arrivals.iter().copied().collect::<BTreeSet<_>>(), want);
+    for e in &seen {
+        assert_eq!(e.data["organ"], H41);
+        assert_eq!(e.data["id"], e.id);
+    }
+
+    // The sender's stream carries the recipients' receipts of its documents.
+    let mut s = c.rest("vpcp").events(G22, None);
+    let ev = s.next().unwrap();
+    assert_eq!(ev.event, "state", "{ev:?}");
+    assert!(want.contains(ev.data["doc_id"].as_str().unwrap()));
+    assert_eq!(ev.data["recipient"], H41);
+}
