@@ -1,6 +1,6 @@
 //! The agency API (gRPC): what document software and the CLI call on their edge.
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::Ordering};
 
 use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -40,8 +40,11 @@ impl AgencyService {
         };
         let st = self.state.clone();
         let (id, kind, accepted, from) = blocking(move || {
-            let p = truc_edxml::parse(&package, &limits)
-                .map_err(|e| Refusal::invalid(format!("edXML {e}")))?;
+            let p = truc_edxml::parse(&package, &limits).map_err(|e| {
+                st.stats.edxml_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(element = %e.element, reason = %e.reason, bytes = package.len(), "edXML package refused");
+                Refusal::invalid(format!("edXML {e}"))
+            })?;
             let from: OrganId = p
                 .from
                 .organ_id

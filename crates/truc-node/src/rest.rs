@@ -195,6 +195,7 @@ pub fn router(state: Arc<NodeState>, apps: Vec<App>) -> Router {
         .route("/v1/documents", post(send))
         .route("/v1/documents/{doc_id}", get(sent_status))
         .route("/v1/documents/{doc_id}/receipts", get(receipts))
+        .route("/v1/documents/{doc_id}/edxml", get(sent_edxml))
         .route("/v1/documents/{doc_id}/recall", post(recall))
         .route("/v1/documents/{doc_id}/update", post(update))
         .route("/v1/documents/{doc_id}/replace", post(replace))
@@ -224,6 +225,7 @@ pub const PATHS: &[&str] = &[
     "/v1/documents",
     "/v1/documents/{doc_id}",
     "/v1/documents/{doc_id}/receipts",
+    "/v1/documents/{doc_id}/edxml",
     "/v1/documents/{doc_id}/recall",
     "/v1/documents/{doc_id}/update",
     "/v1/documents/{doc_id}/replace",
@@ -684,18 +686,29 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct ExportQuery {
-    /// The package exactly as the sender's software imported it.
-    original: bool,
+/// The package a document sent from here was imported from, byte for byte.
+async fn sent_edxml(State(cx): State<Ctx>, headers: HeaderMap, Path(doc_id): Path<String>) -> Res {
+    let s = cx.may_sent(&headers, &doc_id).await?;
+    let r = cx
+        .svc
+        .export_edxml(Request::new(pb::ExportEdxmlRequest {
+            doc_id,
+            from: s.from,
+            original: true,
+        }))
+        .await?
+        .into_inner();
+    Ok((
+        [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+        r.package,
+    )
+        .into_response())
 }
 
 async fn export_edxml(
     State(cx): State<Ctx>,
     headers: HeaderMap,
     Path(doc_id): Path<String>,
-    Query(q): Query<ExportQuery>,
 ) -> Res {
     cx.may_received(&headers, &doc_id).await?;
     let r = cx
@@ -703,7 +716,7 @@ async fn export_edxml(
         .export_edxml(Request::new(pb::ExportEdxmlRequest {
             doc_id,
             from: String::new(),
-            original: q.original,
+            original: false,
         }))
         .await?
         .into_inner();

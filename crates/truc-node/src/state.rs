@@ -145,6 +145,8 @@ pub struct Stats {
     /// Attachment bytes received in streams.
     pub stream_bytes_received: AtomicU64,
     pub streams_resumed: AtomicU64,
+    /// edXML packages refused at import (malformed, hostile, over a limit).
+    pub edxml_refused: AtomicU64,
 }
 
 /// Who writes the partial copy of an attachment now.
@@ -3628,6 +3630,7 @@ impl NodeState {
             ("stream_bytes_resent", &s.stream_bytes_resent),
             ("stream_bytes_received", &s.stream_bytes_received),
             ("streams_resumed", &s.streams_resumed),
+            ("edxml_refused", &s.edxml_refused),
             ("fsyncs", &c.flushes),
             ("batches", &c.batches),
         ]

@@ -111,7 +111,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write a received document or status as an edXML package today's software accepts.
+    /// Write a received document or status as an edXML package today's software
+    /// accepts (a TraceHeader for this hop appended).
     Export {
         #[arg(long)]
         config: PathBuf,
@@ -119,7 +120,7 @@ enum Command {
         /// The sender, if two senders used the same doc_id.
         #[arg(long)]
         from: Option<String>,
-        /// The package exactly as the sender imported it, byte for byte.
+        /// At the sender's edge: the package exactly as it was imported, byte for byte.
         #[arg(long)]
         original: bool,
         /// Where to write it (`-` for stdout); default `<doc_id>.edxml`.
