@@ -11,6 +11,29 @@ use base64::Engine;
 use common::{rest::*, *};
 use serde_json::{Value, json};
 
+/// Every field of `v` is declared in the OpenAPI schema `name` and every
+/// declared field is present (nested objects and arrays of objects too).
+fn conforms(openapi: &Value, name: &str, v: &Value) {
+    let schema = &openapi["components"]["schemas"][name];
+    let props = schema["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no schema {name}"));
+    let got = v.as_object().unwrap();
+    let declared: BTreeSet<&String> = props.keys().collect();
+    let returned: BTreeSet<&String> = got.keys().collect();
+    assert_eq!(returned, declared, "{name}: returned vs declared fields");
+    for (k, p) in props {
+        let r = p["$ref"].as_str().or(p["items"]["$ref"].as_str());
+        if let Some(r) = r {
+            let inner = r.rsplit('/').next().unwrap();
+            match &got[k] {
+                Value::Array(a) => a.iter().for_each(|x| conforms(openapi, inner, x)),
+                x => conforms(openapi, inner, x),
+            }
+        }
+    }
+}
+
 fn start_default() -> Cluster {
     let mut c = Cluster::new();
     for n in ["hub", "vpcp", "nghean", "caobang"] {
@@ -59,6 +82,7 @@ fn every_vdxp_operation_works_over_rest() {
     // The OpenAPI document is served and lists what the router serves.
     let (s, doc) = vpcp.get_anonymous("/v1/openapi.json");
     assert_eq!(s, 200);
+    let openapi = doc.clone();
     assert!(doc["paths"]["/v1/documents"]["post"].is_object(), "{doc}");
 
     // Authentication and authorization, each with its own stable code.
@@ -103,6 +127,7 @@ fn every_vdxp_operation_works_over_rest() {
         .collect();
     assert!(organs.contains(H41) && organs.contains(H14), "{dir}");
     assert!(dir["version"].as_u64().unwrap() > 0, "{dir}");
+    conforms(&openapi, "Directory", &dir);
     let (s, a) = vpcp.get(&format!("/v1/directory/{H41}"));
     assert_eq!(
         (s, a["name"].as_str()),
@@ -176,10 +201,13 @@ fn every_vdxp_operation_works_over_rest() {
         "Về việc triển khai Nghị định 30/2020/NĐ-CP"
     );
     assert_eq!(item["acked"], false);
+    conforms(&openapi, "InboxItem", &item);
     let (s, n) = nghean.get(&format!("/v1/counts?organ={H41}"));
     assert_eq!((s, n["documents"].as_u64()), (200, Some(1)), "{n}");
+    conforms(&openapi, "Counts", &n);
     let (s, d) = nghean.get(&format!("/v1/inbox/{id}"));
     assert_eq!(s, 200, "{d}");
+    conforms(&openapi, "ReceivedDocument", &d);
     assert_eq!(d["from"], G22);
     let atts = d["attachments"].as_array().unwrap();
     assert_eq!(atts.len(), 2, "{d}");
@@ -237,6 +265,7 @@ fn every_vdxp_operation_works_over_rest() {
         (r["state"] == "acked" && r["last_status"] == "03").then_some(v)
     });
     assert_eq!(recipient(&status, H41)["status_note"], "Đã vào sổ");
+    conforms(&openapi, "SentDocument", &status);
     assert_eq!(recipient(&status, H14)["state"], "delivered");
     let (s, list) = vpcp.get(&format!("/v1/sent?from={G22}"));
     assert_eq!(s, 200);
@@ -268,6 +297,7 @@ fn every_vdxp_operation_works_over_rest() {
         );
     }
     assert!(rc["document_envelope_base64"].is_string());
+    conforms(&openapi, "Receipts", &rc);
     // Nobody else's application reads the sender's view.
     let (s, _) = nghean.get(&format!("/v1/documents/{id}"));
     assert!(s == 403 || s == 404);

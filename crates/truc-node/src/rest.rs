@@ -950,4 +950,30 @@ mod tests {
             "openapi.json lists paths that are not served"
         );
     }
+
+    #[test]
+    fn every_schema_reference_in_the_openapi_document_resolves() {
+        fn walk(v: &serde_json::Value, doc: &serde_json::Value, n: &mut usize) {
+            match v {
+                serde_json::Value::Object(o) => {
+                    if let Some(r) = o.get("$ref").and_then(|r| r.as_str()) {
+                        let target = r
+                            .strip_prefix("#/")
+                            .unwrap()
+                            .split('/')
+                            .fold(doc, |at, k| &at[k]);
+                        assert!(target.is_object(), "{r} does not resolve");
+                        *n += 1;
+                    }
+                    o.values().for_each(|x| walk(x, doc, n));
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, doc, n)),
+                _ => {}
+            }
+        }
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let mut n = 0;
+        walk(&doc, &doc, &mut n);
+        assert!(n > 20, "{n} references");
+    }
 }
