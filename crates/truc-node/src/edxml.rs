@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use truc_core::{DocId, OrganId};
-use truc_edxml::{Attachment, Kind, Organ, Package, ResponseFor, Trace};
+use truc_edxml::{Attachment, Business, Kind, Organ, Package, ResponseFor, Trace};
 use truc_proto::v1 as pb;
 use truc_store::Digest;
 
@@ -169,11 +169,36 @@ pub fn from_truc(
     received_at_ms: i64,
     names: impl Fn(&str) -> String,
 ) -> Package {
-    let mut p: Package = header
+    let imported: Option<Package> = header
         .meta
         .get(META_KEY)
-        .and_then(|j| serde_json::from_str(j).ok())
-        .unwrap_or_default();
+        .and_then(|j| serde_json::from_str(j).ok());
+    // A message sent natively (not from a package) gets the sender's hop and
+    // the business fields its header carries.
+    let native = imported.is_none();
+    let mut p = imported.unwrap_or_default();
+    if native {
+        p.traces.push(Trace {
+            organ_id: header.from.clone(),
+            timestamp: timestamp(header.created_at_ms),
+        });
+        if header.status.is_none() {
+            p.promulgation_date = timestamp(header.created_at_ms)[..10].to_owned();
+            if header.business_type != 0 {
+                p.business = Some(Business {
+                    document_id: header.target_doc_id.clone(),
+                    doc_type: u8::try_from(header.business_type).unwrap_or(0),
+                    reason: header.reason.clone(),
+                    receivers: header
+                        .recipient_changes
+                        .iter()
+                        .map(|c| (c.organ.clone(), c.added))
+                        .collect(),
+                    ..Default::default()
+                });
+            }
+        }
+    }
     let organ = |id: &str| Organ {
         organ_id: id.to_owned(),
         organ_name: names(id),
@@ -263,5 +288,44 @@ mod tests {
             a,
             derive_doc_id("000.00.00.H41", "000.00.00.G22,2026/11/28,7816/VPCP-TTĐT")
         );
+    }
+
+    #[test]
+    fn a_native_recall_exports_with_its_business_fields_and_both_hops() {
+        let h = pb::Header {
+            doc_id: "01a22465-0eea-7770-8f2c-30e818cd8cad".into(),
+            from: "000.00.00.G22".into(),
+            to: vec!["000.00.00.H41".into()],
+            created_at_ms: 1_795_798_800_000,
+            business_type: pb::BusinessType::Revoke as i32,
+            target_doc_id: "01a22465-0000-7000-8000-000000000001".into(),
+            reason: "Ban hành nhầm".into(),
+            subject: "Thu hồi".into(),
+            ..Default::default()
+        };
+        let here: OrganId = "000.00.00.H41".parse().unwrap();
+        let p = from_truc(&h, Vec::new(), &here, 1_795_798_860_000, |_| String::new());
+        let b = p.business.as_ref().unwrap();
+        assert_eq!(
+            (b.doc_type, b.document_id.as_str(), b.reason.as_str()),
+            (1, h.target_doc_id.as_str(), "Ban hành nhầm")
+        );
+        assert_eq!(p.promulgation_date, "2026/11/28");
+        let hops: Vec<(&str, &str)> = p
+            .traces
+            .iter()
+            .map(|t| (t.organ_id.as_str(), t.timestamp.as_str()))
+            .collect();
+        assert_eq!(
+            hops,
+            [
+                ("000.00.00.G22", "2026/11/28 00:00:00"),
+                ("000.00.00.H41", "2026/11/28 00:01:00")
+            ]
+        );
+        // And it parses back as what it says.
+        let back =
+            truc_edxml::parse(&truc_edxml::emit(&p), &truc_edxml::Limits::default()).unwrap();
+        assert_eq!(back.business.unwrap().doc_type, 1);
     }
 }

@@ -291,6 +291,26 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<()> {
 
     let cfg = |id: &str| report.configs[id].display().to_string();
     let first = &rows[0].1;
+    // The first document as today's software would receive it from Nghệ An's edge.
+    let edxml_path = dir.join(format!("{first}.edxml"));
+    let package = agency(addr_of("nghean").context("demo node missing")?)
+        .await?
+        .export_edxml(pb::ExportEdxmlRequest {
+            doc_id: first.clone(),
+            ..Default::default()
+        })
+        .await
+        .map_err(client::status_error)?
+        .into_inner()
+        .package;
+    std::fs::write(&edxml_path, package)
+        .with_context(|| format!("write {}", edxml_path.display()))?;
+    let rest = nodes
+        .iter()
+        .find(|n| n.state.node_id.as_str() == "nghean")
+        .and_then(|n| n.rest_addr)
+        .context("nghean has no REST API")?;
+    let token = dir.join("tokens").join("nghean.token");
     println!("\nThe federation keeps running. In another terminal, try:");
     println!(
         "  truc inbox  --config {} --organ 000.00.00.H41",
@@ -308,6 +328,23 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<()> {
     println!(
         "  truc send   --config {} --from 000.00.00.G22 --to 000.00.00.H14 --subject \"Giấy mời họp\" --attach README.md",
         cfg("vpcp")
+    );
+    println!(
+        "  truc edxml inspect {}          # the first document, exported as edXML by Nghệ An's edge",
+        edxml_path.display()
+    );
+    println!("\nOr as a document-management application, over REST:");
+    println!(
+        "  curl -H \"Authorization: Bearer $(cat {})\" 'http://{rest}/v1/inbox?organ=000.00.00.H41'",
+        token.display()
+    );
+    println!(
+        "  curl -N -H \"Authorization: Bearer $(cat {})\" 'http://{rest}/v1/events?organ=000.00.00.H41'",
+        token.display()
+    );
+    println!(
+        "  python3 examples/dms_bridge.py --url http://{rest} --token $(cat {}) listen --organ 000.00.00.H41",
+        token.display()
     );
     println!("(use `cargo run --release -p truc --` in place of `truc` inside the repository)");
 
