@@ -57,18 +57,6 @@ fn import(api: &Rest, package: &[u8]) -> Value {
     v
 }
 
-fn wait_inbox(api: &Rest, organ: &str, doc_id: &str, kind: &str) -> Value {
-    poll(&format!("{doc_id} at {organ}"), || {
-        let (_, v) = api.get(&format!("/v1/inbox?organ={organ}&all=true&kind={kind}"));
-        v["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["doc_id"] == doc_id)
-            .cloned()
-    })
-}
-
 /// Exports `doc_id` at `api`, checks it against `sent`, returns the export.
 fn export_matches(api: &Rest, doc_id: &str, sent: &[u8], hop_organ: &str) -> Vec<u8> {
     let (s, out) = api.get_bytes(&format!("/v1/inbox/{doc_id}/edxml"));
@@ -121,13 +109,13 @@ fn every_fixture_imports_routes_and_exports_with_the_same_fields_and_bytes() {
         (Some("document"), Some(false))
     );
     let doc = r["doc_id"].as_str().unwrap().to_owned();
-    let item = wait_inbox(&nghean, H41, &doc, "document");
+    let item = nghean.wait_inbox(H41, &doc, "document");
     assert_eq!(
         item["subject"],
         "Về việc triển khai Nghị định 30/2020/NĐ-CP"
     );
     assert_eq!(item["priority"], 1);
-    wait_inbox(&caobang, H14, &doc, "document");
+    caobang.wait_inbox(H14, &doc, "document");
     let exported = export_matches(&nghean, &doc, &fixture("new-document.xml"), H41);
     export_matches(&caobang, &doc, &fixture("new-document.xml"), H14);
     // The CLI export is the same package.
@@ -186,7 +174,7 @@ fn every_fixture_imports_routes_and_exports_with_the_same_fields_and_bytes() {
         let r = import(&nghean, &fixture(&name));
         assert_eq!(r["kind"], "status", "{name}: {r}");
         let id = r["doc_id"].as_str().unwrap().to_owned();
-        let got = wait_inbox(&vpcp, G22, &id, "status");
+        let got = vpcp.wait_inbox(G22, &id, "status");
         assert_eq!(
             (got["status_code"].as_str(), got["for_doc_id"].as_str()),
             (Some(code), Some(doc.as_str())),
@@ -199,8 +187,8 @@ fn every_fixture_imports_routes_and_exports_with_the_same_fields_and_bytes() {
     }
     let r = import(&vpcp, &fixture("status-13.xml"));
     let id = r["doc_id"].as_str().unwrap();
-    wait_inbox(&nghean, H41, id, "status");
-    wait_inbox(&caobang, H14, id, "status");
+    nghean.wait_inbox(H41, id, "status");
+    caobang.wait_inbox(H14, id, "status");
     export_matches(&nghean, id, &fixture("status-13.xml"), H41);
     for code in ["16", "15"] {
         status_from_h41(code);
@@ -229,7 +217,7 @@ fn every_fixture_imports_routes_and_exports_with_the_same_fields_and_bytes() {
         let r = import(&vpcp, &fixture(name));
         let id = r["doc_id"].as_str().unwrap().to_owned();
         for (api, organ) in to {
-            let got = wait_inbox(api, organ, &id, "document");
+            let got = api.wait_inbox(organ, &id, "document");
             assert_eq!(got["target_doc_id"], doc.as_str(), "{name}: {got}");
             export_matches(api, &id, &fixture(name), organ);
         }
@@ -238,7 +226,7 @@ fn every_fixture_imports_routes_and_exports_with_the_same_fields_and_bytes() {
     // A producer that leaves envelope children unprefixed: exported prefixed.
     let r = import(&vpcp, &fixture("new-document-unprefixed.xml"));
     let id = r["doc_id"].as_str().unwrap();
-    wait_inbox(&nghean, H41, id, "document");
+    nghean.wait_inbox(H41, id, "document");
     export_matches(&nghean, id, &fixture("new-document-unprefixed.xml"), H41);
 }
 
@@ -455,7 +443,7 @@ fn hostile_packages_are_refused_with_a_reason_and_the_edge_keeps_serving() {
     let r = import(&vpcp, &fixture("new-document.xml"));
     assert_eq!(r["duplicate"], false);
     let nghean = c.rest("nghean");
-    wait_inbox(&nghean, H41, r["doc_id"].as_str().unwrap(), "document");
+    nghean.wait_inbox(H41, r["doc_id"].as_str().unwrap(), "document");
     // Each refusal is counted and logged with its reason.
     assert_eq!(c.stat("vpcp", "edxml_refused"), 2 * cases.len() as u64);
     c.wait_log("vpcp", &["edXML package refused", "nested deeper"]);

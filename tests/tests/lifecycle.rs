@@ -863,7 +863,7 @@ async fn an_update_adds_and_removes_recipients_and_a_replace_reaches_the_recipie
         .iter()
         .map(|i| i["business_type"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, vec!["", "update", "replace"]);
+    assert_eq!(kinds, vec!["new", "update", "replace"]);
     // A replace aimed at an agency that never received the original is refused.
     let (ok, text) = c.cli_any(&[
         "replace",

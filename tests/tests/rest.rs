@@ -46,23 +46,6 @@ fn sha256_hex(b: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, b))
 }
 
-fn inbox_item(api: &Rest, organ: &str, doc_id: &str) -> Option<Value> {
-    let (s, v) = api.get(&format!("/v1/inbox?organ={organ}&all=true"));
-    assert_eq!(s, 200, "{v}");
-    v["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["doc_id"] == doc_id)
-        .cloned()
-}
-
-fn wait_inbox(api: &Rest, organ: &str, doc_id: &str) -> Value {
-    poll(&format!("{doc_id} in the inbox of {organ}"), || {
-        inbox_item(api, organ, doc_id)
-    })
-}
-
 fn recipient<'a>(status: &'a Value, organ: &str) -> &'a Value {
     status["recipients"]
         .as_array()
@@ -195,7 +178,7 @@ fn every_vdxp_operation_works_over_rest() {
     assert!(!e["code"].as_str().unwrap().is_empty());
 
     // The recipient: counts, inbox, the document, its attachments, edXML.
-    let item = wait_inbox(&nghean, H41, &id);
+    let item = nghean.wait_inbox(H41, &id, "");
     assert_eq!(
         item["subject"],
         "Về việc triển khai Nghị định 30/2020/NĐ-CP"
@@ -244,13 +227,13 @@ fn every_vdxp_operation_works_over_rest() {
         (400, Some("INVALID_ARGUMENT")),
         "{e}"
     );
-    wait_inbox(&caobang, H14, &id);
+    caobang.wait_inbox(H14, &id, "");
     let (s, nk) = caobang.post(
         &format!("/v1/inbox/{id}/nack"),
         json!({"reason": "tệp đính kèm không mở được"}),
     );
     assert_eq!((s, nk["nacked"].clone()), (200, json!([H14])), "{nk}");
-    let it = inbox_item(&caobang, H14, &id).unwrap();
+    let it = caobang.inbox_item(H14, &id, "").unwrap();
     assert_eq!(
         (it["nacked"].as_bool(), it["acked"].as_bool()),
         (Some(true), Some(false)),
@@ -319,8 +302,8 @@ fn every_vdxp_operation_works_over_rest() {
         json!({"reason": "Ban hành nhầm"}),
     );
     assert_eq!(s, 201, "{rec}");
-    for (resp, kind) in [(&upd, 2), (&rep, 3), (&rec, 1)] {
-        let got = wait_inbox(&nghean, H41, resp["doc_id"].as_str().unwrap());
+    for (resp, kind) in [(&upd, "update"), (&rep, "replace"), (&rec, "revoke")] {
+        let got = nghean.wait_inbox(H41, resp["doc_id"].as_str().unwrap(), "");
         assert_eq!(got["business_type"], kind, "{got}");
         assert_eq!(got["target_doc_id"], id.as_str(), "{got}");
     }
@@ -332,7 +315,9 @@ fn every_vdxp_operation_works_over_rest() {
     );
     assert_eq!(s, 201, "{agree}");
     let it = poll("the recall is seen on the original", || {
-        inbox_item(&nghean, H41, &id).filter(|i| i["recalled"] == true)
+        nghean
+            .inbox_item(H41, &id, "")
+            .filter(|i| i["recalled"] == true)
     });
     assert_eq!(it["doc_id"], id.as_str());
     // Only the original sender may change it.

@@ -124,17 +124,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(Status::from)
 }
 
-/// A delivery state's name, as shown to people and in JSON.
-pub fn state_name(s: i32) -> &'static str {
-    match pb::DeliveryState::try_from(s) {
-        Ok(pb::DeliveryState::Queued) => "queued",
-        Ok(pb::DeliveryState::AtHub) => "at hub",
-        Ok(pb::DeliveryState::Delivered) => "delivered",
-        Ok(pb::DeliveryState::Acked) => "acked",
-        Ok(pb::DeliveryState::Failed) => "failed",
-        _ => "unknown",
-    }
-}
+pub use crate::json::state_name;
 
 fn state_pb(s: u32) -> i32 {
     match DeliveryState::from_u8(s as u8) {

@@ -18,6 +18,7 @@ pub mod directory;
 pub mod edxml;
 pub mod envelope;
 pub mod error;
+pub mod json;
 pub mod link;
 pub mod node;
 pub mod rest;

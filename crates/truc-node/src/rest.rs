@@ -196,9 +196,18 @@ pub fn router(state: Arc<NodeState>, apps: Vec<App>) -> Router {
         .route("/v1/documents/{doc_id}", get(sent_status))
         .route("/v1/documents/{doc_id}/receipts", get(receipts))
         .route("/v1/documents/{doc_id}/edxml", get(sent_edxml))
-        .route("/v1/documents/{doc_id}/recall", post(recall))
-        .route("/v1/documents/{doc_id}/update", post(update))
-        .route("/v1/documents/{doc_id}/replace", post(replace))
+        .route(
+            "/v1/documents/{doc_id}/recall",
+            change_route(pb::BusinessType::Revoke),
+        )
+        .route(
+            "/v1/documents/{doc_id}/update",
+            change_route(pb::BusinessType::Update),
+        )
+        .route(
+            "/v1/documents/{doc_id}/replace",
+            change_route(pb::BusinessType::Replace),
+        )
         .route("/v1/sent", get(sent_list))
         .route("/v1/uploads/{upload_id}", get(upload_status).put(upload))
         .route("/v1/inbox", get(inbox))
@@ -344,29 +353,9 @@ async fn send(State(cx): State<Ctx>, headers: HeaderMap, Json(b): Json<SendIn>) 
     Ok(sent_json(r.into_inner()))
 }
 
-fn status_json(s: &pb::GetStatusResponse) -> Value {
-    json!({
-        "doc_id": s.doc_id, "from": s.from, "subject": s.subject, "created_at_ms": s.created_at_ms,
-        "priority": s.priority, "deadline_ms": s.deadline_ms, "business_type": s.business_type,
-        "target_doc_id": s.target_doc_id,
-        "recipients": s.recipients.iter().map(|r| json!({
-            "organ": r.organ,
-            "state": crate::agency::state_name(r.state),
-            "updated_at_ms": r.updated_at_ms,
-            "detail": r.detail,
-            "accepted_at_ms": r.accepted_at_ms,
-            "delivered_at_ms": r.delivered_at_ms,
-            "acked_at_ms": r.acked_at_ms,
-            "last_status": r.last_status,
-            "last_status_at_ms": r.last_status_at_ms,
-            "status_note": r.status_note,
-        })).collect::<Vec<_>>(),
-    })
-}
-
 async fn sent_status(State(cx): State<Ctx>, headers: HeaderMap, Path(doc_id): Path<String>) -> Res {
     let s = cx.may_sent(&headers, &doc_id).await?;
-    Ok(Json(status_json(&s)).into_response())
+    Ok(Json(crate::json::sent_document(&s)).into_response())
 }
 
 async fn receipts(State(cx): State<Ctx>, headers: HeaderMap, Path(doc_id): Path<String>) -> Res {
@@ -444,31 +433,16 @@ async fn change(
     Ok(sent_json(r.into_inner()))
 }
 
-async fn recall(
-    State(cx): State<Ctx>,
-    headers: HeaderMap,
-    Path(doc_id): Path<String>,
-    Json(b): Json<ChangeIn>,
-) -> Res {
-    change(&cx, &headers, doc_id, pb::BusinessType::Revoke, b).await
-}
-
-async fn update(
-    State(cx): State<Ctx>,
-    headers: HeaderMap,
-    Path(doc_id): Path<String>,
-    Json(b): Json<ChangeIn>,
-) -> Res {
-    change(&cx, &headers, doc_id, pb::BusinessType::Update, b).await
-}
-
-async fn replace(
-    State(cx): State<Ctx>,
-    headers: HeaderMap,
-    Path(doc_id): Path<String>,
-    Json(b): Json<ChangeIn>,
-) -> Res {
-    change(&cx, &headers, doc_id, pb::BusinessType::Replace, b).await
+/// `POST /v1/documents/{doc_id}/recall|update|replace`.
+fn change_route(business: pb::BusinessType) -> axum::routing::MethodRouter<Ctx> {
+    post(
+        move |State(cx): State<Ctx>,
+              headers: HeaderMap,
+              Path(doc_id): Path<String>,
+              Json(b): Json<ChangeIn>| async move {
+            change(&cx, &headers, doc_id, business, b).await
+        },
+    )
 }
 
 #[derive(Deserialize)]
@@ -489,7 +463,7 @@ async fn sent_list(State(cx): State<Ctx>, headers: HeaderMap, Query(q): Query<Se
         .await?
         .into_inner();
     Ok(
-        Json(json!({"documents": r.documents.iter().map(status_json).collect::<Vec<_>>()}))
+        Json(json!({"documents": r.documents.iter().map(crate::json::sent_document).collect::<Vec<_>>()}))
             .into_response(),
     )
 }
@@ -584,16 +558,10 @@ async fn inbox(State(cx): State<Ctx>, headers: HeaderMap, Query(q): Query<InboxQ
         .await?
         .into_inner()
         .items;
-    Ok(Json(json!({"items": items.iter().map(|i| json!({
-        "doc_id": i.doc_id, "kind": i.kind, "from": i.from, "organ": i.organ, "subject": i.subject,
-        "received_at_ms": i.received_at_ms, "acked": i.acked, "priority": i.priority,
-        "code_number": i.code_number, "code_notation": i.code_notation, "attachments": i.attachments,
-        "status_code": i.status_code, "for_doc_id": i.for_doc_id, "note": i.note,
-        "business_type": i.business_type, "target_doc_id": i.target_doc_id,
-        "replied": i.replied, "recalled": i.recalled,
-        "nacked": !i.nacked.is_empty(), "nack_reason": i.nacked,
-    })).collect::<Vec<_>>()}))
-    .into_response())
+    Ok(
+        Json(json!({"items": items.iter().map(crate::json::inbox_item).collect::<Vec<_>>()}))
+            .into_response(),
+    )
 }
 
 async fn received(State(cx): State<Ctx>, headers: HeaderMap, Path(doc_id): Path<String>) -> Res {

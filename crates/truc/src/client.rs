@@ -425,14 +425,7 @@ pub async fn reply(config: &Path, r: pb::ReplyRequest) -> Result<String> {
     Ok(resp.doc_id)
 }
 
-fn business_name(b: i32) -> &'static str {
-    match pb::BusinessType::try_from(b) {
-        Ok(pb::BusinessType::Revoke) => "revoke",
-        Ok(pb::BusinessType::Update) => "update",
-        Ok(pb::BusinessType::Replace) => "replace",
-        _ => "",
-    }
-}
+use truc_node::json::business_name;
 
 pub async fn inbox(config: &Path, organ: &str, all: bool, kind: &str, json: bool) -> Result<()> {
     let mut client = connect(config).await?;
@@ -451,26 +444,10 @@ pub async fn inbox(config: &Path, organ: &str, all: bool, kind: &str, json: bool
         let v: Vec<_> = items
             .iter()
             .map(|i| {
-                serde_json::json!({
-                    "doc_id": i.doc_id,
-                    "kind": i.kind,
-                    "from": i.from,
-                    "to": i.organ,
-                    "subject": i.subject,
-                    "code": format!("{}/{}", i.code_number, i.code_notation).trim_matches('/'),
-                    "priority": i.priority,
-                    "attachments": i.attachments,
-                    "received_at_ms": i.received_at_ms,
-                    "received": time(i.received_at_ms),
-                    "acked": i.acked,
-                    "status_code": i.status_code,
-                    "for_doc_id": i.for_doc_id,
-                    "note": i.note,
-                    "business_type": business_name(i.business_type),
-                    "target_doc_id": i.target_doc_id,
-                    "replied": i.replied,
-                    "recalled": i.recalled,
-                })
+                // The REST shape, plus the time as people read it.
+                let mut v = truc_node::json::inbox_item(i);
+                v["received"] = time(i.received_at_ms).into();
+                v
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -704,41 +681,7 @@ pub async fn ack(
     Ok(resp.acked)
 }
 
-pub fn state_name(s: i32) -> &'static str {
-    match pb::DeliveryState::try_from(s) {
-        Ok(pb::DeliveryState::Queued) => "queued",
-        Ok(pb::DeliveryState::AtHub) => "at hub",
-        Ok(pb::DeliveryState::Delivered) => "delivered",
-        Ok(pb::DeliveryState::Acked) => "acked",
-        Ok(pb::DeliveryState::Failed) => "failed",
-        _ => "unknown",
-    }
-}
-
-fn status_json(s: &pb::GetStatusResponse) -> serde_json::Value {
-    serde_json::json!({
-        "doc_id": s.doc_id,
-        "from": s.from,
-        "subject": s.subject,
-        "created_at_ms": s.created_at_ms,
-        "priority": s.priority,
-        "deadline_ms": s.deadline_ms,
-        "business_type": business_name(s.business_type),
-        "target_doc_id": s.target_doc_id,
-        "recipients": s.recipients.iter().map(|r| serde_json::json!({
-            "organ": r.organ,
-            "state": state_name(r.state),
-            "updated_at_ms": r.updated_at_ms,
-            "detail": r.detail,
-            "accepted_at_ms": r.accepted_at_ms,
-            "delivered_at_ms": r.delivered_at_ms,
-            "acked_at_ms": r.acked_at_ms,
-            "last_status": r.last_status,
-            "last_status_at_ms": r.last_status_at_ms,
-            "status_note": r.status_note,
-        })).collect::<Vec<_>>(),
-    })
-}
+pub use truc_node::json::state_name;
 
 pub fn status_label(code: &str) -> String {
     match code.parse::<truc_core::StatusCode>() {
@@ -795,7 +738,10 @@ pub async fn status(config: &Path, doc_id: &str, json: bool) -> Result<()> {
         .map_err(status_error)?
         .into_inner();
     if json {
-        println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&truc_node::json::sent_document(&s))?
+        );
         return Ok(());
     }
     let change = if s.business_type != 0 {
@@ -840,7 +786,12 @@ pub async fn sent(config: &Path, from: &str, limit: u32, json: bool) -> Result<(
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&docs.iter().map(status_json).collect::<Vec<_>>())?
+            serde_json::to_string_pretty(
+                &docs
+                    .iter()
+                    .map(truc_node::json::sent_document)
+                    .collect::<Vec<_>>()
+            )?
         );
         return Ok(());
     }

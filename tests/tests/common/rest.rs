@@ -177,6 +177,26 @@ impl Rest {
         Self::json_of(r)
     }
 
+    /// The inbox entry of `doc_id` for `organ` (acked or not), if there is one;
+    /// `kind` is "document", "status" or "" for both.
+    pub fn inbox_item(&self, organ: &str, doc_id: &str, kind: &str) -> Option<Value> {
+        let (s, v) = self.get(&format!("/v1/inbox?organ={organ}&all=true&kind={kind}"));
+        assert_eq!(s, 200, "{v}");
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["doc_id"] == doc_id)
+            .cloned()
+    }
+
+    /// Waits until `doc_id` is in the inbox of `organ`.
+    pub fn wait_inbox(&self, organ: &str, doc_id: &str, kind: &str) -> Value {
+        poll(&format!("{doc_id} in the inbox of {organ}"), || {
+            self.inbox_item(organ, doc_id, kind)
+        })
+    }
+
     /// Opens the event stream of `organ`, resuming after `last_event_id`.
     pub fn events(&self, organ: &str, last_event_id: Option<u64>) -> Sse {
         let mut req = self

@@ -1,0 +1,80 @@
+//! The JSON shapes of the agency views, shared by the REST API and the CLI's
+//! `--json` so that a script sees the same fields whichever it uses (the REST
+//! schemas in `openapi.json` describe these).
+
+use serde_json::{Value, json};
+use truc_proto::v1 as pb;
+
+/// A delivery state's name, as shown to people and in JSON.
+pub fn state_name(s: i32) -> &'static str {
+    match pb::DeliveryState::try_from(s) {
+        Ok(pb::DeliveryState::Queued) => "queued",
+        Ok(pb::DeliveryState::AtHub) => "at hub",
+        Ok(pb::DeliveryState::Delivered) => "delivered",
+        Ok(pb::DeliveryState::Acked) => "acked",
+        Ok(pb::DeliveryState::Failed) => "failed",
+        _ => "unknown",
+    }
+}
+
+/// `new`, `revoke`, `update` or `replace` (edXML BussinessDocType 0–3).
+pub fn business_name(b: i32) -> &'static str {
+    match pb::BusinessType::try_from(b) {
+        Ok(pb::BusinessType::Revoke) => "revoke",
+        Ok(pb::BusinessType::Update) => "update",
+        Ok(pb::BusinessType::Replace) => "replace",
+        _ => "new",
+    }
+}
+
+/// The sender's view of one document: per-recipient state and statuses.
+pub fn sent_document(s: &pb::GetStatusResponse) -> Value {
+    json!({
+        "doc_id": s.doc_id,
+        "from": s.from,
+        "subject": s.subject,
+        "created_at_ms": s.created_at_ms,
+        "priority": s.priority,
+        "deadline_ms": s.deadline_ms,
+        "business_type": business_name(s.business_type),
+        "target_doc_id": s.target_doc_id,
+        "recipients": s.recipients.iter().map(|r| json!({
+            "organ": r.organ,
+            "state": state_name(r.state),
+            "updated_at_ms": r.updated_at_ms,
+            "detail": r.detail,
+            "accepted_at_ms": r.accepted_at_ms,
+            "delivered_at_ms": r.delivered_at_ms,
+            "acked_at_ms": r.acked_at_ms,
+            "last_status": r.last_status,
+            "last_status_at_ms": r.last_status_at_ms,
+            "status_note": r.status_note,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// One entry of an agency's inbox.
+pub fn inbox_item(i: &pb::InboxItem) -> Value {
+    json!({
+        "doc_id": i.doc_id,
+        "kind": i.kind,
+        "from": i.from,
+        "organ": i.organ,
+        "subject": i.subject,
+        "received_at_ms": i.received_at_ms,
+        "acked": i.acked,
+        "priority": i.priority,
+        "code_number": i.code_number,
+        "code_notation": i.code_notation,
+        "attachments": i.attachments,
+        "status_code": i.status_code,
+        "for_doc_id": i.for_doc_id,
+        "note": i.note,
+        "business_type": business_name(i.business_type),
+        "target_doc_id": i.target_doc_id,
+        "replied": i.replied,
+        "recalled": i.recalled,
+        "nacked": !i.nacked.is_empty(),
+        "nack_reason": i.nacked,
+    })
+}
