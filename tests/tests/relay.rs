@@ -146,7 +146,10 @@ async fn every_route_through_a_province_delivers_and_its_own_traffic_stays_insid
     };
     assert_eq!(row("quangnam")["role"], "relay");
     assert_eq!(row("quangnam")["link"], "up");
-    assert_eq!(row("dienban")["link"], "via quangnam");
+    // Deeper nodes as the relay reports them: its own link to each district.
+    assert_eq!(row("dienban")["parent"], "quangnam");
+    assert_eq!(row("dienban")["link"], "up");
+    assert!(row("dienban")["reported_at_ms"].as_i64().unwrap() > 0);
     assert_eq!(row("dienban")["agencies"][0], DIENBAN);
 }
 

@@ -1,5 +1,6 @@
-//! The admin API (gRPC) for operators: requeue, audit check, trace, queues.
-//! Loopback only for now; operator certificates come with the operator surface.
+//! The admin API (gRPC) for operators: nodes, queues, trace, stats, audit check
+//! (role viewer), requeue and directory changes (role operator). Served on the
+//! operator port; every call needs an operator certificate (see `operator`).
 
 use std::sync::Arc;
 
@@ -7,7 +8,17 @@ use tonic::{Request, Response, Status};
 use truc_core::DocId;
 use truc_proto::v1::{self as pb, admin_server::Admin};
 
-use crate::{audit, error::NodeError, state::NodeState};
+use truc_pki::identity::Role;
+
+use crate::{audit, error::NodeError, operator::Caller, state::NodeState};
+
+/// Days of per-agency statistics `truc stats` shows.
+const STATS_DAYS: usize = 7;
+
+/// Who called: the operator certificate of the TLS connection, if any.
+fn caller<T>(req: &Request<T>) -> Caller {
+    Caller::from_certs(req.peer_certs().as_deref().map(|v| &v[..]))
+}
 
 #[derive(Clone)]
 pub struct AdminService {
@@ -46,6 +57,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RequeueRequest>,
     ) -> Result<Response<pb::RequeueResponse>, Status> {
+        let (operator, _) = caller(&req).require(Role::Operator)?;
         let doc_id: DocId = req
             .into_inner()
             .doc_id
@@ -53,14 +65,15 @@ impl Admin for AdminService {
             .map_err(|e| Status::invalid_argument(format!("doc_id: {e}")))?;
         let st = self.state.clone();
         let n = blocking(move || st.requeue(&doc_id)).await?;
-        tracing::info!(%doc_id, entries = n, "requeued by an operator");
+        tracing::info!(%doc_id, entries = n, %operator, "requeued by an operator");
         Ok(Response::new(pb::RequeueResponse { requeued: n as u32 }))
     }
 
     async fn audit_verify(
         &self,
-        _: Request<pb::AuditVerifyRequest>,
+        req: Request<pb::AuditVerifyRequest>,
     ) -> Result<Response<pb::AuditVerifyResponse>, Status> {
+        caller(&req).require(Role::Viewer)?;
         let st = self.state.clone();
         let r = blocking(move || Ok(audit::verify(st.store().as_ref())?)).await?;
         Ok(Response::new(report_pb(r)))
@@ -70,6 +83,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::TraceRequest>,
     ) -> Result<Response<pb::TraceResponse>, Status> {
+        caller(&req).require(Role::Viewer)?;
         let doc_id: DocId = req
             .into_inner()
             .doc_id
@@ -82,8 +96,19 @@ impl Admin for AdminService {
 
     async fn stats(
         &self,
-        _: Request<pb::StatsRequest>,
+        req: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
+        caller(&req).require(Role::Viewer)?;
+        let st = self.state.clone();
+        let (daily, dead, parked) = blocking(move || {
+            Ok((
+                st.daily_stats(STATS_DAYS)?,
+                st.dead_count()?,
+                st.parked()?.len() as u64,
+            ))
+        })
+        .await?;
+        let (count, p50_s, p90_s, p99_s) = self.state.telemetry.latency_percentiles();
         Ok(Response::new(pb::StatsResponse {
             counters: self
                 .state
@@ -91,6 +116,24 @@ impl Admin for AdminService {
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
                 .collect(),
+            daily: daily
+                .into_iter()
+                .map(|d| pb::DailyStat {
+                    day: d.day,
+                    organ: d.organ,
+                    direction: d.direction,
+                    documents: d.documents,
+                    bytes: d.bytes,
+                })
+                .collect(),
+            latency: Some(pb::LatencySummary {
+                count,
+                p50_s,
+                p90_s,
+                p99_s,
+            }),
+            dead_letters: dead,
+            parked,
         }))
     }
 
@@ -98,6 +141,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DirectoryChange>,
     ) -> Result<Response<pb::ChangeDirectoryResponse>, Status> {
+        let (operator, _) = caller(&req).require(Role::Operator)?;
         let c = req.into_inner();
         let bad = |what: &str, e: String| Status::invalid_argument(format!("{what}: {e}"));
         let fact = crate::envelope::DirectoryFact {
@@ -127,8 +171,14 @@ impl Admin for AdminService {
             },
         };
         let st = self.state.clone();
+        let what = format!(
+            "{} {}",
+            if fact.remove { "remove" } else { "add" },
+            fact.organ
+        );
         let (id, ticket) = blocking(move || st.change_directory(fact)).await?;
         self.state.durable(ticket).await.map_err(Status::from)?;
+        tracing::info!(%operator, change = %what, "directory changed by an operator");
         Ok(Response::new(pb::ChangeDirectoryResponse {
             doc_id: id.to_string(),
             version: self.state.directory().version,
@@ -139,6 +189,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ListAgenciesRequest>,
     ) -> Result<Response<pb::ListAgenciesResponse>, Status> {
+        caller(&req).require(Role::Viewer)?;
         let prefix = req.into_inner().prefix;
         let d = self.state.directory();
         Ok(Response::new(pb::ListAgenciesResponse {
@@ -154,8 +205,9 @@ impl Admin for AdminService {
 
     async fn nodes(
         &self,
-        _: Request<pb::NodesRequest>,
+        req: Request<pb::NodesRequest>,
     ) -> Result<Response<pb::NodesResponse>, Status> {
+        caller(&req).require(Role::Viewer)?;
         Ok(Response::new(pb::NodesResponse {
             nodes: self.state.node_tree(),
         }))
@@ -163,11 +215,35 @@ impl Admin for AdminService {
 
     async fn queues(
         &self,
-        _: Request<pb::QueuesRequest>,
+        req: Request<pb::QueuesRequest>,
     ) -> Result<Response<pb::QueuesResponse>, Status> {
+        caller(&req).require(Role::Viewer)?;
         let st = self.state.clone();
-        let (queues, parked) = blocking(move || Ok((st.queues()?, st.parked()?))).await?;
+        let (queues, parked, snap) =
+            blocking(move || Ok((st.queues()?, st.parked()?, st.queue_snapshot()?))).await?;
         Ok(Response::new(pb::QueuesResponse {
+            recipients: snap
+                .recipients
+                .into_iter()
+                .map(|q| pb::RecipientQueueView {
+                    recipient: q.organ,
+                    depth: q.depth,
+                    oldest_ms: q.oldest_ms,
+                })
+                .collect(),
+            overdue: snap
+                .overdue
+                .into_iter()
+                .map(|o| pb::OverdueView {
+                    doc_id: o.doc_id,
+                    from: o.from,
+                    recipient: o.recipient,
+                    priority: o.priority,
+                    deadline_ms: o.deadline_ms,
+                    parked: o.parked,
+                    queue: o.queue,
+                })
+                .collect(),
             queues: queues
                 .into_iter()
                 .map(|(queue, depth, oldest_ms)| pb::QueueView {

@@ -64,9 +64,11 @@ pub struct FileConfig {
     pub delivery: DeliverySection,
     #[serde(default)]
     pub quotas: QuotaSection,
-    /// Loopback API for operators (requeue, audit, queues).
+    /// The operator port: admin gRPC API, dashboard, `/metrics`, health.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_api: Option<AdminApiSection>,
+    #[serde(default)]
+    pub alerts: AlertSection,
     /// REST/JSON agency API for document software (edges).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rest: Option<RestSection>,
@@ -128,8 +130,53 @@ pub struct AgencyApiSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminApiSection {
-    /// `host:port`, loopback only until operator certificates guard it.
+    /// `host:port`. TLS 1.3 with this node's certificate; the admin gRPC API and
+    /// `/metrics` need an operator certificate, the dashboard a certificate or a
+    /// login token.
     pub listen: String,
+    /// Dashboard logins for browsers without an operator certificate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logins: Vec<LoginEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginEntry {
+    pub name: String,
+    /// `viewer` or `operator`.
+    pub role: String,
+    /// Hex SHA-256 of the login token (the token itself is not kept in the config).
+    pub token_sha256: String,
+}
+
+/// When the node raises an alert (as metrics and on the dashboard).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertSection {
+    /// A link to a child or the parent down longer than this.
+    pub link_down_ms: u64,
+    /// A certificate (node, agency, child node) expiring within this.
+    pub cert_expiry_days: u64,
+    /// Disk of `data_dir` fuller than this fraction.
+    pub disk_high_water: f64,
+}
+
+impl Default for AlertSection {
+    fn default() -> Self {
+        Self {
+            link_down_ms: 5 * 60_000,
+            cert_expiry_days: 30,
+            disk_high_water: 0.9,
+        }
+    }
+}
+
+/// A dashboard login, validated.
+#[derive(Debug, Clone)]
+pub struct AdminLogin {
+    pub name: String,
+    pub role: truc_pki::identity::Role,
+    pub token_sha256: [u8; 32],
 }
 
 /// The REST/JSON agency API.
@@ -392,6 +439,8 @@ pub struct Config {
     pub delivery: DeliverySection,
     pub quotas: QuotaSection,
     pub admin_api: Option<String>,
+    pub admin_logins: Vec<AdminLogin>,
+    pub alerts: AlertSection,
     /// OrganId → (name, parent, serving node if given).
     pub directory: BTreeMap<OrganId, (String, Option<OrganId>, Option<NodeId>)>,
     pub grant: Option<OrganId>,
@@ -579,19 +628,39 @@ impl Config {
                 "[[children]] are listed but there is no [listen] for them to reach".into(),
             ));
         }
+        let mut admin_logins = Vec::new();
         let admin_api = match f.admin_api {
             Some(a) => {
-                let addr =
-                    parse_addr(&a.listen).map_err(|e| invalid(format!("admin_api.listen: {e}")))?;
-                if !addr.ip().is_loopback() {
-                    return Err(invalid(format!(
-                        "admin_api.listen {addr} is not a loopback address; operator certificates do not guard it yet"
-                    )));
+                parse_addr(&a.listen).map_err(|e| invalid(format!("admin_api.listen: {e}")))?;
+                for l in a.logins {
+                    let role = l
+                        .role
+                        .parse()
+                        .map_err(|e| invalid(format!("admin_api.logins.{}: {e}", l.name)))?;
+                    let token_sha256 = hex::decode(l.token_sha256.trim())
+                        .ok()
+                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                        .ok_or_else(|| {
+                            invalid(format!(
+                                "admin_api.logins.{}: token_sha256 is not 64 hex digits",
+                                l.name
+                            ))
+                        })?;
+                    admin_logins.push(AdminLogin {
+                        name: l.name,
+                        role,
+                        token_sha256,
+                    });
                 }
                 Some(a.listen)
             }
             None => None,
         };
+        if !(0.0..=1.0).contains(&f.alerts.disk_high_water) {
+            return Err(invalid(
+                "alerts.disk_high_water must be between 0 and 1".into(),
+            ));
+        }
         let rest = match f.rest {
             Some(r) => {
                 let addr =
@@ -711,6 +780,8 @@ impl Config {
             delivery: f.delivery,
             quotas: f.quotas,
             admin_api,
+            admin_logins,
+            alerts: f.alerts,
             directory,
             grant: match f.grant {
                 Some(g) => Some(g.parse().map_err(|e| invalid(format!("grant: {e}")))?),

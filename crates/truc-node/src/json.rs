@@ -78,3 +78,20 @@ pub fn inbox_item(i: &pb::InboxItem) -> Value {
         "nack_reason": i.nacked,
     })
 }
+
+/// One node of the federation tree (`truc nodes --json`, the dashboard).
+pub fn node_view(n: &pb::NodeView) -> Value {
+    json!({
+        "node": n.node,
+        "parent": n.parent,
+        "role": n.role,
+        "agencies": n.agencies,
+        "link": n.link,
+        "last_seen_ms": n.last_seen_ms,
+        "queue_depth": n.queue_depth,
+        "version": n.version,
+        "cert_not_after_ms": n.cert_not_after_ms,
+        "reported_at_ms": n.reported_at_ms,
+        "down_since_ms": n.down_since_ms,
+    })
+}

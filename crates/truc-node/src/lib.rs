@@ -21,9 +21,11 @@ pub mod error;
 pub mod json;
 pub mod link;
 pub mod node;
+pub mod operator;
 pub mod rest;
 pub mod state;
 pub mod stream;
+pub mod telemetry;
 pub mod transport;
 
 pub use config::Config;

@@ -321,12 +321,23 @@ async fn control(f: Frame, cx: &Ctx) -> Result<(), LinkError> {
                 .await;
         }
         Frame::Pong(_) => {}
+        Frame::Report(r) if !peer_is_parent => {
+            let mut nodes = r.nodes;
+            nodes.truncate(MAX_REPORTED_NODES);
+            state.telemetry.set_report(&cx.peer, nodes);
+        }
+        Frame::Report(_) => {
+            tracing::debug!("a parent sent a report; ignored");
+        }
         Frame::Transfer(_) | Frame::Hello(_) | Frame::Welcome(_) => {
             return Err(LinkError::Handshake("unexpected frame mid-session".into()));
         }
     }
     Ok(())
 }
+
+/// Nodes kept from one child's report (a bound on what a child can make us hold).
+const MAX_REPORTED_NODES: usize = 10_000;
 
 /// What the receive loop needs to handle control frames.
 struct Ctx {
@@ -336,6 +347,7 @@ struct Ctx {
     wants: mpsc::UnboundedSender<pb::Want>,
     sinks: crate::stream::Sinks,
     peer_is_parent: bool,
+    peer: NodeId,
 }
 
 /// Runs one established link until the peer goes away, falls silent, or `stop`.
@@ -368,6 +380,7 @@ pub async fn run_session(
         wants: want_tx,
         sinks: Arc::default(),
         peer_is_parent,
+        peer: peer.clone(),
     };
     senders.spawn(
         crate::stream::serve(
@@ -405,6 +418,7 @@ pub async fn run_session(
     );
     let hb_out = out.clone();
     let interval = params.heartbeat_interval;
+    let hb_state = state.clone();
     senders.spawn(async move {
         let mut tick = tokio::time::interval(interval);
         let mut nonce = 0u64;
@@ -417,6 +431,18 @@ pub async fn run_session(
                 .is_err()
             {
                 return Ok(());
+            }
+            // A child tells its parent what it sees, so that operators above see
+            // every node of the tree with its link state.
+            if peer_is_parent {
+                let nodes = hb_state.node_tree();
+                if hb_out
+                    .send(frame(Frame::Report(pb::Report { nodes })))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
             }
         }
     });
@@ -877,6 +903,9 @@ impl pb::link_server::Link for LinkService {
             .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
         let node = truc_pki::identity::node_id(leaf)
             .map_err(|e| Status::permission_denied(format!("not a node certificate: {e}")))?;
+        let cert_not_after = truc_pki::identity::cert_info(leaf)
+            .map(|i| i.not_after)
+            .unwrap_or(0);
         if !self.state.routing().is_child(&node) {
             tracing::warn!(%node, "refused link from a node that is not a child here");
             return Err(Status::permission_denied(format!(
@@ -973,6 +1002,9 @@ impl pb::link_server::Link for LinkService {
             async move {
                 let started = Instant::now();
                 state.set_connected(&node, true);
+                state
+                    .telemetry
+                    .link_up(&node, &hello.software_version, cert_not_after);
                 let st = state.clone();
                 let r = run_session(
                     state,
@@ -992,6 +1024,7 @@ impl pb::link_server::Link for LinkService {
                 {
                     s.remove(&node);
                     st.set_connected(&node, false);
+                    st.telemetry.link_down(&node);
                 }
                 match r {
                     Err(LinkError::Stopped) | Err(LinkError::Closed) | Ok(()) => {}
@@ -1112,6 +1145,9 @@ async fn connect_once(
     tracing::info!(parent: &span, window = welcome.window, "link up");
     let _ = up.send(true);
     state.set_connected(parent, true);
+    state
+        .telemetry
+        .link_up(parent, &welcome.software_version, 0);
     let r = run_session(
         state.clone(),
         parent.clone(),
@@ -1126,6 +1162,7 @@ async fn connect_once(
     .instrument(span)
     .await;
     state.set_connected(parent, false);
+    state.telemetry.link_down(parent);
     r
 }
 

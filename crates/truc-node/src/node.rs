@@ -59,6 +59,25 @@ impl std::fmt::Debug for RunningNode {
     }
 }
 
+/// How often the dashboard's throughput is sampled.
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// How often the audit chain is re-verified in the background.
+const AUDIT_EVERY: Duration = Duration::from_secs(600);
+
+/// gRPC server reflection for every truc service and health.
+fn reflection() -> Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    NodeError,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(truc_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| NodeError::Other(format!("reflection: {e}")))
+}
+
 /// Opens the store and loads every key and certificate the config names.
 pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
     std::fs::create_dir_all(&config.data_dir).map_err(NodeError::io(format!(
@@ -172,6 +191,7 @@ impl RunningNode {
             .first()
             .ok_or_else(|| NodeError::Other("empty node certificate chain".into()))?;
         let named = truc_pki::identity::node_id(leaf)?;
+        let own_not_after = truc_pki::identity::cert_info(leaf)?.not_after;
         if named != config.node_id {
             return Err(NodeError::Other(format!(
                 "{}: certificate {} names node {named}, but the config says node_id = {}",
@@ -181,6 +201,11 @@ impl RunningNode {
             )));
         }
         let state = open_state(&config)?;
+        state
+            .telemetry
+            .own_cert_not_after
+            .store(own_not_after, std::sync::atomic::Ordering::Relaxed);
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let params = params(&config);
         let (stop, stop_rx) = watch::channel(false);
         let (up_tx, parent_up) = watch::channel(false);
@@ -208,7 +233,9 @@ impl RunningNode {
                     pb::link_server::LinkServer::new(svc)
                         .max_decoding_message_size(config.limits.max_message_bytes)
                         .max_encoding_message_size(config.limits.max_message_bytes),
-                );
+                )
+                .add_service(health_service.clone())
+                .add_service(reflection()?);
             let mut s = stop_rx.clone();
             tasks.spawn(async move {
                 let shutdown = async move {
@@ -227,11 +254,14 @@ impl RunningNode {
         if let Some(addr) = &config.agency_api {
             let (listener, bound) = bind(listeners.agency, "agency api", addr).await?;
             agency_addr = Some(bound);
-            let server = Server::builder().add_service(
-                pb::agency_server::AgencyServer::new(AgencyService::new(state.clone()))
-                    .max_decoding_message_size(config.limits.max_message_bytes)
-                    .max_encoding_message_size(config.limits.max_message_bytes),
-            );
+            let server = Server::builder()
+                .add_service(
+                    pb::agency_server::AgencyServer::new(AgencyService::new(state.clone()))
+                        .max_decoding_message_size(config.limits.max_message_bytes)
+                        .max_encoding_message_size(config.limits.max_message_bytes),
+                )
+                .add_service(health_service.clone())
+                .add_service(reflection()?);
             let mut s = stop_rx.clone();
             tasks.spawn(async move {
                 let shutdown = async move {
@@ -267,21 +297,123 @@ impl RunningNode {
 
         let mut admin_addr = None;
         if let Some(addr) = &config.admin_api {
+            // The operator port: admin gRPC, health, reflection, /metrics and the
+            // dashboard over TLS; each request authorized by who it comes from.
             let (listener, bound) = bind(listeners.admin, "admin api", addr).await?;
             admin_addr = Some(bound);
-            let server = Server::builder().add_service(pb::admin_server::AdminServer::new(
-                AdminService::new(state.clone()),
+            let registry = Arc::new(crate::telemetry::Telemetry::registry(
+                &state,
+                config.alerts.clone(),
             ));
+            let http = crate::operator::router(
+                state.clone(),
+                registry,
+                config.admin_logins.clone(),
+                config.alerts.clone(),
+            );
+            let routes = tonic::service::Routes::from(http)
+                .add_service(pb::admin_server::AdminServer::new(AdminService::new(
+                    state.clone(),
+                )))
+                .add_service(health_service.clone())
+                .add_service(reflection()?);
+            let incoming = tls_incoming(
+                listener,
+                transport.operator_server_config()?,
+                params.handshake_timeout,
+                config.link.max_connections,
+                stop_rx.clone(),
+            );
             let mut s = stop_rx.clone();
             tasks.spawn(async move {
                 let shutdown = async move {
                     crate::stopped(&mut s).await;
                 };
-                if let Err(e) = server
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                if let Err(e) = Server::builder()
+                    .accept_http1(true)
+                    .add_routes(routes)
+                    .serve_with_incoming_shutdown(incoming, shutdown)
                     .await
                 {
-                    tracing::error!(error = %e, "admin api server failed");
+                    tracing::error!(error = %e, "operator port failed");
+                }
+            });
+        }
+
+        // Health for load balancers and probes: SERVING while the store takes
+        // writes (no failed flush, free space above the reserve).
+        {
+            let st = state.clone();
+            let reporter = health_reporter.clone();
+            let mut s = stop_rx.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                let mut last = None;
+                loop {
+                    tokio::select! {
+                        _ = crate::stopped(&mut s) => return,
+                        _ = tick.tick() => {}
+                    }
+                    let st2 = st.clone();
+                    let ok = tokio::task::spawn_blocking(move || st2.writable())
+                        .await
+                        .unwrap_or(false);
+                    if last != Some(ok) {
+                        let status = if ok {
+                            tonic_health::ServingStatus::Serving
+                        } else {
+                            tracing::error!("store not writable: health NOT_SERVING");
+                            tonic_health::ServingStatus::NotServing
+                        };
+                        for name in ["", "truc.v1.Link", "truc.v1.Agency", "truc.v1.Admin"] {
+                            reporter.set_service_status(name, status).await;
+                        }
+                        last = Some(ok);
+                    }
+                }
+            });
+        }
+
+        // Throughput samples for the dashboard, and the audit chain checked now
+        // and then (its result is a metric and an alert).
+        {
+            let st = state.clone();
+            let mut s = stop_rx.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(SAMPLE_EVERY);
+                let mut last_audit: Option<std::time::Instant> = None;
+                loop {
+                    tokio::select! {
+                        _ = crate::stopped(&mut s) => return,
+                        _ = tick.tick() => {}
+                    }
+                    let c: std::collections::HashMap<&str, u64> =
+                        st.counters().into_iter().collect();
+                    st.telemetry.sample(crate::telemetry::Sample {
+                        at_ms: crate::state::now_ms(),
+                        accepted: c.get("accepted").copied().unwrap_or(0),
+                        delivered: c.get("delivered").copied().unwrap_or(0),
+                        refused: c.get("refused").copied().unwrap_or(0),
+                    });
+                    if last_audit.is_none_or(|t| t.elapsed() > AUDIT_EVERY) {
+                        last_audit = Some(std::time::Instant::now());
+                        let st2 = st.clone();
+                        let r = tokio::task::spawn_blocking(move || {
+                            crate::audit::verify(st2.store().as_ref())
+                        })
+                        .await;
+                        if let Ok(Ok(r)) = r {
+                            if let Some((seq, why)) = &r.first_bad {
+                                tracing::error!(entry = seq, reason = %why, "audit chain does not verify");
+                            }
+                            st.telemetry.set_audit(crate::telemetry::AuditStatus {
+                                checked_at_ms: crate::state::now_ms(),
+                                entries: r.entries,
+                                ok: r.first_bad.is_none(),
+                                reason: r.first_bad.map(|(s, w)| format!("entry {s}: {w}")).unwrap_or_default(),
+                            });
+                        }
+                    }
                 }
             });
         }

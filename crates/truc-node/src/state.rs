@@ -254,6 +254,8 @@ struct Plan {
     held: BTreeMap<String, u64>,
     /// Stored documents changed by this batch (pending counts).
     docs: BTreeMap<Vec<u8>, DocRecord>,
+    /// (day, organ, "in"|"delivered") → (documents, bytes) to add.
+    daily: BTreeMap<(String, String, &'static str), (u64, u64)>,
     /// Directory changes to apply once the batch is written.
     directory: Vec<(envelope::DirectoryFact, NodeId)>,
 }
@@ -337,6 +339,44 @@ struct Registration {
     via: String,
 }
 
+/// Documents and bytes of one agency on one day at this node.
+#[derive(Debug, Clone)]
+pub struct DailyStat {
+    pub day: String,
+    pub organ: String,
+    pub direction: String,
+    pub documents: u64,
+    pub bytes: u64,
+}
+
+/// Documents waiting at this node for one recipient agency.
+#[derive(Debug, Clone)]
+pub struct RecipientQueue {
+    pub organ: String,
+    pub depth: u64,
+    /// Unix ms the oldest of them was queued (0 when not known).
+    pub oldest_ms: i64,
+}
+
+/// A document past its delivery deadline for one recipient.
+#[derive(Debug, Clone)]
+pub struct Overdue {
+    pub doc_id: String,
+    pub from: String,
+    pub recipient: String,
+    pub priority: u32,
+    pub deadline_ms: i64,
+    /// Parked (waiting for an operator's requeue) or still queued.
+    pub parked: bool,
+    pub queue: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct QueueSnapshot {
+    pub recipients: Vec<RecipientQueue>,
+    pub overdue: Vec<Overdue>,
+}
+
 /// The node's state machine over its store.
 pub struct NodeState {
     pub node_id: NodeId,
@@ -357,6 +397,8 @@ pub struct NodeState {
     /// Durable agency events as they are written (the live part of `Events`).
     agency_events: broadcast::Sender<pb::AgencyEvent>,
     pub stats: Stats,
+    /// Metrics, peer facts, children's reports, throughput samples.
+    pub telemetry: crate::telemetry::Telemetry,
     /// This node's agencies and what is registered below it (config + changes).
     own_directory: RwLock<Directory>,
     /// The last directory the parent sent.
@@ -384,6 +426,32 @@ impl std::fmt::Debug for NodeState {
         f.debug_struct("NodeState")
             .field("node_id", &self.node_id)
             .finish_non_exhaustive()
+    }
+}
+
+/// The Vietnam (UTC+7) date of a Unix ms time, `YYYY-MM-DD`.
+pub fn day_of(ms: i64) -> String {
+    crate::edxml::timestamp(ms)[..10].replace('/', "-")
+}
+
+/// A message kind as metrics and logs name it.
+pub fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Document => "document",
+        Kind::Status => "status",
+        Kind::Receipt => "receipt",
+        Kind::Directory => "directory",
+    }
+}
+
+/// The kind of a queue entry (`pb::Kind` as i32) as metrics name it.
+fn pb_kind_name(k: i32) -> &'static str {
+    match pb::Kind::try_from(k) {
+        Ok(pb::Kind::Document) => "document",
+        Ok(pb::Kind::Status) => "status",
+        Ok(pb::Kind::Receipt) => "receipt",
+        Ok(pb::Kind::Directory) => "directory",
+        _ => "unknown",
     }
 }
 
@@ -552,6 +620,7 @@ impl NodeState {
             events,
             agency_events: broadcast::channel(4096).0,
             stats: Stats::default(),
+            telemetry: crate::telemetry::Telemetry::default(),
             own_directory: RwLock::new(own),
             received_directory: RwLock::new(received),
             directory: RwLock::new(directory),
@@ -794,7 +863,9 @@ impl NodeState {
     }
 
     /// This node and what it knows of the tree below it: agencies per node from the
-    /// directory, link state, last frame and queue depth for its own links.
+    /// directory; link state, last frame, queue depth, version and certificate
+    /// expiry for its own links; and, for nodes further down, what each child
+    /// last reported (link state as seen by their own parent).
     pub fn node_tree(&self) -> Vec<pb::NodeView> {
         let routing = self.routing();
         let dir = self.directory();
@@ -806,15 +877,14 @@ impl NodeState {
                 .push(e.organ.clone());
         }
         let me = self.node_id.to_string();
-        let role = match (routing.has_parent(), routing.child_nodes().next().is_some()) {
-            (true, true) => "relay",
-            (false, _) => "hub",
-            (true, false) => "edge",
-        };
+        let parent_info = self
+            .parent
+            .as_ref()
+            .map(|p| self.telemetry.peer(p).unwrap_or_default());
         let mut out = vec![pb::NodeView {
             node: me.clone(),
             parent: String::new(),
-            role: role.into(),
+            role: self.role().into(),
             agencies: by_node.remove(&me).unwrap_or_default(),
             link: match &self.parent {
                 Some(p) if self.is_connected(p) => format!("up to {p}"),
@@ -823,8 +893,15 @@ impl NodeState {
             },
             last_seen_ms: self.parent.as_ref().map(|p| self.last_seen(p)).unwrap_or(0),
             queue_depth: self.queue_depth("parent"),
+            version: env!("CARGO_PKG_VERSION").into(),
+            cert_not_after_ms: self.telemetry.own_cert_not_after.load(Ordering::Relaxed) * 1000,
+            reported_at_ms: 0,
+            down_since_ms: parent_info
+                .filter(|i| !i.up)
+                .map(|i| i.down_since_ms)
+                .unwrap_or(0),
         }];
-        // Which direct child each deeper node is reached through.
+        // Which direct child each deeper node is reached through (directory).
         let mut via: BTreeMap<String, String> = BTreeMap::new();
         for e in dir.entries.values() {
             if let Ok(o) = e.organ.parse::<OrganId>()
@@ -836,6 +913,12 @@ impl NodeState {
         }
         for child in routing.child_nodes() {
             let up = self.is_connected(child);
+            let info = self.telemetry.peer(child).unwrap_or_default();
+            let report = self.telemetry.report(child);
+            let reported_self = report
+                .as_ref()
+                .and_then(|(_, nodes)| nodes.first())
+                .filter(|n| n.node == child.as_str());
             let below: Vec<&String> = via
                 .iter()
                 .filter(|(_, c)| *c == child.as_str())
@@ -844,28 +927,211 @@ impl NodeState {
             out.push(pb::NodeView {
                 node: child.to_string(),
                 parent: me.clone(),
-                role: if below.is_empty() {
-                    "edge".into()
-                } else {
-                    "relay".into()
+                role: match reported_self {
+                    Some(r) if !r.role.is_empty() => r.role.clone(),
+                    _ if below.is_empty() => "edge".into(),
+                    _ => "relay".into(),
                 },
                 agencies: by_node.remove(child.as_str()).unwrap_or_default(),
                 link: if up { "up".into() } else { "down".into() },
                 last_seen_ms: self.last_seen(child),
                 queue_depth: self.queue_depth(&format!("child:{child}")),
+                version: if info.version.is_empty() {
+                    reported_self.map(|r| r.version.clone()).unwrap_or_default()
+                } else {
+                    info.version.clone()
+                },
+                cert_not_after_ms: if info.cert_not_after != 0 {
+                    info.cert_not_after * 1000
+                } else {
+                    reported_self.map(|r| r.cert_not_after_ms).unwrap_or(0)
+                },
+                reported_at_ms: 0,
+                down_since_ms: if up {
+                    0
+                } else if info.down_since_ms != 0 {
+                    info.down_since_ms
+                } else {
+                    self.telemetry.started_ms
+                },
             });
-            for n in below {
-                out.push(pb::NodeView {
-                    node: n.clone(),
-                    parent: child.to_string(),
-                    role: String::new(),
-                    agencies: by_node.remove(n).unwrap_or_default(),
-                    link: format!("via {child}"),
-                    last_seen_ms: 0,
-                    queue_depth: 0,
+            match report {
+                Some((at, nodes)) => {
+                    for mut n in nodes.into_iter().skip(1) {
+                        n.reported_at_ms = at;
+                        if !up {
+                            // What the child last said; it may have changed since.
+                            n.link = format!("unknown (via {child})");
+                        }
+                        by_node.remove(&n.node);
+                        out.push(n);
+                    }
+                }
+                None => {
+                    for n in below {
+                        out.push(pb::NodeView {
+                            node: n.clone(),
+                            parent: child.to_string(),
+                            agencies: by_node.remove(n).unwrap_or_default(),
+                            link: format!("via {child}"),
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// hub, relay or edge.
+    pub fn role(&self) -> &'static str {
+        let routing = self.routing();
+        match (routing.has_parent(), routing.child_nodes().next().is_some()) {
+            (true, true) => "relay",
+            (false, _) => "hub",
+            (true, false) => "edge",
+        }
+    }
+
+    /// Every direct link (parent, then children) with what is known of it.
+    pub fn links(&self) -> Vec<(NodeId, &'static str, crate::telemetry::PeerInfo)> {
+        let mut out = Vec::new();
+        let info = |n: &NodeId| {
+            let mut i = self.telemetry.peer(n).unwrap_or_default();
+            i.up = self.is_connected(n);
+            i
+        };
+        if let Some(p) = &self.parent {
+            out.push((p.clone(), "parent", info(p)));
+        }
+        for c in self.routing().child_nodes() {
+            out.push((c.clone(), "child", info(c)));
+        }
+        out
+    }
+
+    /// Certificates this node uses or sees, with their expiry (Unix seconds).
+    pub fn certificates(&self) -> Vec<(String, i64)> {
+        let mut out = vec![(
+            format!("node:{}", self.node_id),
+            self.telemetry.own_cert_not_after.load(Ordering::Relaxed),
+        )];
+        let mut agencies: Vec<(String, i64)> = self
+            .signers
+            .iter()
+            .map(|(o, s)| (format!("agency:{o}"), s.not_after()))
+            .collect();
+        agencies.sort();
+        out.extend(agencies);
+        for (peer, _, info) in self.links() {
+            if info.cert_not_after != 0 {
+                out.push((format!("peer:{peer}"), info.cert_not_after));
+            }
+        }
+        out
+    }
+
+    /// The store takes writes: no failed flush, and free space above the reserve.
+    pub fn writable(&self) -> bool {
+        self.commit.healthy()
+            && self
+                .blobs
+                .free_bytes()
+                .is_ok_and(|f| f >= self.storage.min_free_bytes)
+    }
+
+    /// What needs an operator now, by the thresholds of `[alerts]`.
+    pub fn alerts(&self, cfg: &crate::config::AlertSection) -> Vec<crate::telemetry::Alert> {
+        use crate::telemetry::Alert;
+        let now = now_ms();
+        let mut out = Vec::new();
+        if let Ok(snap) = self.queue_snapshot() {
+            let mut by: BTreeMap<&str, (usize, u32, usize)> = BTreeMap::new();
+            for o in &snap.overdue {
+                let e = by.entry(o.recipient.as_str()).or_default();
+                e.0 += 1;
+                e.1 = e.1.max(o.priority);
+                e.2 += usize::from(o.parked);
+            }
+            for (organ, (n, prio, parked)) in by {
+                out.push(Alert {
+                    kind: "overdue",
+                    subject: organ.to_owned(),
+                    detail: format!(
+                        "{n} document(s) past their deadline (highest priority {prio}, {parked} parked)"
+                    ),
                 });
             }
         }
+        for (peer, dir, info) in self.links() {
+            if info.up {
+                continue;
+            }
+            let since = if info.down_since_ms != 0 {
+                info.down_since_ms
+            } else {
+                self.telemetry.started_ms
+            };
+            if now - since > cfg.link_down_ms as i64 {
+                out.push(Alert {
+                    kind: "link_down",
+                    subject: peer.to_string(),
+                    detail: format!("link to {dir} {peer} down for {} s", (now - since) / 1000),
+                });
+            }
+        }
+        let horizon = now / 1000 + cfg.cert_expiry_days as i64 * 86_400;
+        for (subject, t) in self.certificates() {
+            if t != 0 && t < horizon {
+                let days = (t - now / 1000) / 86_400;
+                out.push(Alert {
+                    kind: "cert_expiry",
+                    detail: if days < 0 {
+                        format!("{subject} has expired")
+                    } else {
+                        format!("{subject} expires in {days} day(s)")
+                    },
+                    subject,
+                });
+            }
+        }
+        if let Ok((total, free)) = self.blobs.disk_usage()
+            && total > 0
+        {
+            let used = 1.0 - free as f64 / total as f64;
+            if used > cfg.disk_high_water {
+                out.push(Alert {
+                    kind: "disk",
+                    subject: self.node_id.to_string(),
+                    detail: format!(
+                        "disk {:.0}% full (high water {:.0}%)",
+                        used * 100.0,
+                        cfg.disk_high_water * 100.0
+                    ),
+                });
+            }
+        }
+        if !self.writable() {
+            out.push(Alert {
+                kind: "store",
+                subject: self.node_id.to_string(),
+                detail: if self.commit.healthy() {
+                    "free space below storage.min_free_bytes: intake refused".into()
+                } else {
+                    "a store flush failed: writes refused until restart".into()
+                },
+            });
+        }
+        if let Some(a) = self.telemetry.audit()
+            && !a.ok
+        {
+            out.push(Alert {
+                kind: "audit",
+                subject: self.node_id.to_string(),
+                detail: format!("audit chain does not verify: {}", a.reason),
+            });
+        }
+        out.sort();
         out
     }
 
@@ -1524,6 +1790,29 @@ impl NodeState {
                 Ok(Planned::Stored) => {
                     plan.fresh.push((dkey, v.header_sha256.0));
                     verdicts.push(Verdict::Stored);
+                    if v.kind == Kind::Document {
+                        let bytes: u64 = v.header.attachments.iter().map(|a| a.size).sum();
+                        let day = day_of(now);
+                        let e = plan
+                            .daily
+                            .entry((day.clone(), v.from.to_string(), "in"))
+                            .or_default();
+                        e.0 += 1;
+                        e.1 += bytes;
+                        let routing = self.routing();
+                        let served: Vec<&OrganId> = match recipients {
+                            Some(r) => r.iter().collect(),
+                            None => v.to.iter().collect(),
+                        };
+                        for o in served.into_iter().filter(|o| routing.is_local(o)) {
+                            let e = plan
+                                .daily
+                                .entry((day.clone(), o.to_string(), "delivered"))
+                                .or_default();
+                            e.0 += 1;
+                            e.1 += bytes;
+                        }
+                    }
                 }
                 Ok(Planned::Duplicate) => {
                     plan.rollback(mark);
@@ -1553,19 +1842,41 @@ impl NodeState {
         } else {
             self.finish(w, plan)?
         };
-        for v in &verdicts {
-            let c = match v {
-                Verdict::Stored => &self.stats.accepted,
-                Verdict::Duplicate => &self.stats.duplicates,
-                Verdict::Refused(_) => &self.stats.refused,
-                Verdict::Deferred(_) => &self.stats.deferred,
+        let source = match origin {
+            Origin::Local => "agency",
+            _ => "link",
+        };
+        for ((v, _), verdict) in items.iter().zip(&verdicts) {
+            let (c, result) = match verdict {
+                Verdict::Stored => (&self.stats.accepted, "stored"),
+                Verdict::Duplicate => (&self.stats.duplicates, "duplicate"),
+                Verdict::Refused(r) => {
+                    self.telemetry.refused(source, r.code);
+                    (&self.stats.refused, "refused")
+                }
+                Verdict::Deferred(_) => (&self.stats.deferred, "deferred"),
             };
             c.fetch_add(1, Ordering::Relaxed);
+            self.telemetry.document_in(kind_name(v.kind), result);
         }
         Ok((verdicts, ticket))
     }
 
     fn finish(&self, mut w: MutexGuard<'_, Writer>, mut plan: Plan) -> Result<Ticket, NodeError> {
+        for ((day, organ, dir), (docs, bytes)) in std::mem::take(&mut plan.daily) {
+            let key = Key::new().str(&day).str(&organ).str(dir).build();
+            let (d0, b0) = match self.store.get(Space::Stats, &key)? {
+                Some(v) if v.len() == 16 => (
+                    u64::from_be_bytes(v[..8].try_into().map_err(internal)?),
+                    u64::from_be_bytes(v[8..].try_into().map_err(internal)?),
+                ),
+                _ => (0, 0),
+            };
+            let mut v = Vec::with_capacity(16);
+            v.extend((d0 + docs).to_be_bytes());
+            v.extend((b0 + bytes).to_be_bytes());
+            plan.batch.put(Space::Stats, key, v);
+        }
         for (key, rec) in std::mem::take(&mut plan.sent) {
             plan.batch.put(Space::Sent, key, record::encode(&rec));
         }
@@ -1739,6 +2050,55 @@ impl NodeState {
             .get(Space::Meta, &Self::held_key(from))?
             .and_then(|v| trailing_u64(&v))
             .unwrap_or(0))
+    }
+
+    /// Documents and bytes per day, agency and direction ("in": accepted here from
+    /// the agency; "delivered": delivered here to it), newest day first.
+    pub fn daily_stats(&self, days: usize) -> Result<Vec<DailyStat>, NodeError> {
+        let mut out: Vec<DailyStat> = self
+            .store
+            .scan(Space::Stats, &[], None, usize::MAX)?
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let mut p = str_parts(&k, 3)?;
+                let dir = p.pop()?;
+                let organ = p.pop()?;
+                let day = p.pop()?;
+                (v.len() == 16).then(|| DailyStat {
+                    day,
+                    organ,
+                    direction: dir,
+                    documents: u64::from_be_bytes(v[..8].try_into().unwrap_or_default()),
+                    bytes: u64::from_be_bytes(v[8..].try_into().unwrap_or_default()),
+                })
+            })
+            .collect();
+        let mut recent: Vec<String> = out.iter().map(|s| s.day.clone()).collect();
+        recent.sort();
+        recent.dedup();
+        let keep: BTreeSet<String> = recent.into_iter().rev().take(days).collect();
+        out.retain(|s| keep.contains(&s.day));
+        out.sort_by(|a, b| {
+            b.day
+                .cmp(&a.day)
+                .then(a.organ.cmp(&b.organ))
+                .then(a.direction.cmp(&b.direction))
+        });
+        Ok(out)
+    }
+
+    /// Attachment bytes held here, per sending agency.
+    pub fn held_bytes(&self) -> Result<Vec<(String, u64)>, NodeError> {
+        let prefix = Key::new().str("held").build();
+        Ok(self
+            .store
+            .scan(Space::Meta, &prefix, None, usize::MAX)?
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let from = str_parts(&k, 2)?.pop()?;
+                Some((from, trailing_u64(&v)?))
+            })
+            .collect())
     }
 
     /// How many stored documents name blob `d`.
@@ -2619,6 +2979,7 @@ impl NodeState {
         let receipt_key = doc_key(&v.from.to_string(), &v.doc_id.to_string());
         let doc_id = r.for_doc_id;
         let sender_organ = rec.from.clone();
+        let created_at_ms = rec.created_at_ms;
         for rr in rec
             .recipients
             .iter_mut()
@@ -2626,7 +2987,13 @@ impl NodeState {
         {
             match r.kind {
                 ReceiptType::Accepted if rr.accepted_at_ms == 0 => rr.accepted_at_ms = r.at_ms,
-                ReceiptType::Delivered => rr.delivered_at_ms = r.at_ms,
+                ReceiptType::Delivered => {
+                    if rr.delivered_at_ms == 0 && created_at_ms > 0 {
+                        self.telemetry
+                            .delivered_after((r.at_ms - created_at_ms).max(0) as f64 / 1000.0);
+                    }
+                    rr.delivered_at_ms = r.at_ms
+                }
                 ReceiptType::Acked => rr.acked_at_ms = r.at_ms,
                 ReceiptType::Undeliverable => rr.detail = format!("undeliverable: {}", r.detail),
                 _ => {}
@@ -3052,6 +3419,7 @@ impl NodeState {
         let now = now_ms();
         let mut n = 0;
         let mut after = None;
+        let mut kinds = Vec::new();
         'scan: loop {
             // Acknowledged entries are the head of the queue: stop at the first one past `upto`.
             let rows = self.queue_peek(queue, after, 256)?;
@@ -3068,6 +3436,7 @@ impl NodeState {
                 Self::plan_dequeue(&mut plan, queue, &entry);
                 self.plan_done_once(&mut plan, &entry.from, &entry.doc_id, now)?;
                 n += 1;
+                kinds.push(entry.kind);
                 if entry.kind != pb::Kind::Receipt as i32 {
                     plan.audit(
                         "forwarded",
@@ -3083,6 +3452,9 @@ impl NodeState {
         }
         if n > 0 {
             self.finish(w, plan)?;
+        }
+        for k in kinds {
+            self.telemetry.document_out(pb_kind_name(k), "acked");
         }
         Ok(n)
     }
@@ -3171,6 +3543,8 @@ impl NodeState {
             now,
         )?;
         self.finish(w, plan)?;
+        self.telemetry
+            .document_out(pb_kind_name(entry.kind), "rejected");
         Ok(())
     }
 
@@ -3368,6 +3742,95 @@ impl NodeState {
                 Ok((queue, record::decode(Space::Parked, &k, &v)?))
             })
             .collect()
+    }
+
+    /// Documents waiting here per recipient agency (depth and the enqueue time of
+    /// the oldest), and every document past its delivery deadline — still queued
+    /// or parked — with its priority. Queues are read in arrival order and only as
+    /// far as needed: up to the point where the oldest entry of every waiting
+    /// recipient is known and nothing later can be overdue yet.
+    pub fn queue_snapshot(&self) -> Result<QueueSnapshot, NodeError> {
+        let now = now_ms();
+        let min_deadline = self.delivery.deadline_ms.iter().copied().min().unwrap_or(0) as i64;
+        let (queues, mut waiting): (Vec<String>, BTreeMap<String, u64>) = {
+            let w = self.lock();
+            let q = w
+                .counts
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .filter_map(|(k, _)| k.strip_prefix("q:").map(str::to_owned))
+                .collect();
+            let r = w
+                .counts
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .filter_map(|(k, v)| k.strip_prefix("r:").map(|o| (o.to_owned(), *v as u64)))
+                .collect();
+            (q, r)
+        };
+        let mut oldest: BTreeMap<String, i64> = BTreeMap::new();
+        let mut overdue = Vec::new();
+        for queue in queues {
+            let mut after = None;
+            'scan: loop {
+                let rows = self.queue_peek(&queue, after, 512)?;
+                if rows.is_empty() {
+                    break;
+                }
+                for (seq, e) in rows {
+                    after = Some(seq);
+                    let all_known = waiting.keys().all(|r| oldest.contains_key(r));
+                    if all_known && e.enqueued_at_ms + min_deadline > now {
+                        break 'scan;
+                    }
+                    for r in &e.recipients {
+                        oldest.entry(r.clone()).or_insert(e.enqueued_at_ms);
+                        // A queue towards the parent has no recipient counts; show it too.
+                        waiting.entry(r.clone()).or_insert(0);
+                    }
+                    if e.deadline_ms != 0 && e.deadline_ms <= now {
+                        for r in &e.recipients {
+                            overdue.push(Overdue {
+                                doc_id: e.doc_id.clone(),
+                                from: e.from.clone(),
+                                recipient: r.clone(),
+                                priority: e.priority,
+                                deadline_ms: e.deadline_ms,
+                                parked: false,
+                                queue: queue.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        for (queue, d) in self.parked()? {
+            if let Some(e) = d.entry {
+                for r in &e.recipients {
+                    overdue.push(Overdue {
+                        doc_id: e.doc_id.clone(),
+                        from: e.from.clone(),
+                        recipient: r.clone(),
+                        priority: e.priority,
+                        deadline_ms: e.deadline_ms,
+                        parked: true,
+                        queue: queue.clone(),
+                    });
+                }
+            }
+        }
+        overdue.sort_by_key(|o| (o.deadline_ms, o.doc_id.clone(), o.recipient.clone()));
+        Ok(QueueSnapshot {
+            recipients: waiting
+                .into_iter()
+                .map(|(organ, depth)| RecipientQueue {
+                    oldest_ms: oldest.get(&organ).copied().unwrap_or(0),
+                    depth: depth.max(u64::from(oldest.contains_key(&organ))),
+                    organ,
+                })
+                .collect(),
+            overdue,
+        })
     }
 
     /// Every queue with its depth and the enqueue time of its head.
@@ -3603,6 +4066,11 @@ impl NodeState {
             }
         }
         Ok(out)
+    }
+
+    /// How many transfers peers refused for good, over all queues.
+    pub fn dead_count(&self) -> Result<u64, NodeError> {
+        Ok(self.store.scan(Space::Dead, &[], None, usize::MAX)?.len() as u64)
     }
 
     /// Dead letters of `queue`.

@@ -16,7 +16,7 @@ use truc_core::{NodeId, OrganId};
 
 use crate::{
     PkiError,
-    identity::{NODE_URN, OPERATOR_URN, ORGAN_URN},
+    identity::{NODE_URN, OPERATOR_URN, ORGAN_URN, ROLE_URN, Role},
 };
 
 /// A certificate and its private key, PEM encoded.
@@ -184,10 +184,17 @@ impl DevCa {
         self.issue(p)
     }
 
-    /// An operator client certificate, `urn:truc:operator:<name>`.
-    pub fn operator_cert(&self, name: &str) -> Result<Issued, PkiError> {
+    /// An operator client certificate, `urn:truc:operator:<name>` with
+    /// `urn:truc:role:<role>`. It has client authentication only: no node or
+    /// agency identity, so it can neither open a link nor sign a document.
+    pub fn operator_cert(&self, name: &str, role: Role) -> Result<Issued, PkiError> {
         let mut p = params(&format!("truc operator {name}"), LEAF_DAYS)?;
-        p.subject_alt_names = vec![uri(format!("{OPERATOR_URN}{name}"))?];
+        p.distinguished_name
+            .push(DnType::OrganizationalUnitName, role.as_str());
+        p.subject_alt_names = vec![
+            uri(format!("{OPERATOR_URN}{name}"))?,
+            uri(format!("{ROLE_URN}{}", role.as_str()))?,
+        ];
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(p)
@@ -229,6 +236,25 @@ mod tests {
         let issued = ca.node_cert(&"nghean".parse().unwrap(), &[]).unwrap();
         let info = cert_info(&issued.cert_der).unwrap();
         assert_eq!(info.identity, Identity::Node("nghean".parse().unwrap()));
+    }
+
+    #[test]
+    fn operator_certificates_carry_their_role_and_no_node_identity() {
+        let ca = DevCa::generate("transport").unwrap();
+        let admin = ca.operator_cert("admin", Role::Operator).unwrap();
+        let viewer = ca.operator_cert("xem", Role::Viewer).unwrap();
+        assert_eq!(
+            crate::identity::operator(&admin.cert_der).unwrap(),
+            ("admin".to_owned(), Role::Operator)
+        );
+        assert_eq!(
+            crate::identity::operator(&viewer.cert_der).unwrap(),
+            ("xem".to_owned(), Role::Viewer)
+        );
+        assert!(crate::identity::node_id(&admin.cert_der).is_err());
+        let node = ca.node_cert(&"hub".parse().unwrap(), &[]).unwrap();
+        assert!(crate::identity::operator(&node.cert_der).is_err());
+        assert!(Role::Operator > Role::Viewer);
     }
 
     #[test]

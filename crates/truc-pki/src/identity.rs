@@ -9,6 +9,37 @@ use crate::PkiError;
 pub const NODE_URN: &str = "urn:truc:node:";
 pub const ORGAN_URN: &str = "urn:truc:organ:";
 pub const OPERATOR_URN: &str = "urn:truc:operator:";
+/// An operator certificate's role, in a second URI SAN; none means viewer.
+pub const ROLE_URN: &str = "urn:truc:role:";
+
+/// What an operator may do. Ordered: an operator may do what a viewer may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Reads: nodes, queues, traces, stats, metrics, the dashboard.
+    Viewer,
+    /// Also acts: requeue, directory changes.
+    Operator,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            other => Err(format!("unknown role {other:?} (viewer or operator)")),
+        }
+    }
+}
 
 /// The identity a certificate carries. A certificate names exactly one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +56,8 @@ pub struct CertInfo {
     pub subject: String,
     /// Unix seconds.
     pub not_after: i64,
+    /// For operator certificates: the role it grants (viewer when it names none).
+    pub role: Option<Role>,
 }
 
 /// Reads the identity of a DER certificate. Fails if it names none or several.
@@ -32,12 +65,15 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, PkiError> {
     let (_, cert) = X509Certificate::from_der(der)
         .map_err(|e| PkiError::BadCertificate(format!("cannot parse: {e}")))?;
     let mut found = Vec::new();
+    let mut roles = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
-            if let GeneralName::URI(uri) = name
-                && let Some(id) = parse_urn(uri)?
-            {
-                found.push(id);
+            if let GeneralName::URI(uri) = name {
+                if let Some(r) = uri.strip_prefix(ROLE_URN) {
+                    roles.push(r.parse::<Role>().map_err(PkiError::BadCertificate)?);
+                } else if let Some(id) = parse_urn(uri)? {
+                    found.push(id);
+                }
             }
         }
     }
@@ -56,10 +92,29 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, PkiError> {
             )));
         }
     };
+    let role = match (&identity, roles.as_slice()) {
+        (Identity::Operator(_), []) => Some(Role::Viewer),
+        (Identity::Operator(_), [r]) => Some(*r),
+        (Identity::Operator(_), _) => {
+            return Err(PkiError::BadCertificate(format!(
+                "{} names several roles",
+                cert.subject()
+            )));
+        }
+        // A role on a node or agency certificate grants nothing; refuse the oddity.
+        (_, []) => None,
+        (_, _) => {
+            return Err(PkiError::BadCertificate(format!(
+                "{} is not an operator certificate but names a role",
+                cert.subject()
+            )));
+        }
+    };
     Ok(CertInfo {
         identity,
         subject: cert.subject().to_string(),
         not_after: cert.validity().not_after.timestamp(),
+        role,
     })
 }
 
@@ -81,6 +136,17 @@ pub fn node_id(der: &[u8]) -> Result<NodeId, PkiError> {
         Identity::Node(id) => Ok(id),
         other => Err(PkiError::BadCertificate(format!(
             "expected a node certificate, got {other:?}"
+        ))),
+    }
+}
+
+/// The operator a certificate names and its role, or why it names none.
+pub fn operator(der: &[u8]) -> Result<(String, Role), PkiError> {
+    let info = cert_info(der)?;
+    match (info.identity, info.role) {
+        (Identity::Operator(name), Some(role)) => Ok((name, role)),
+        (other, _) => Err(PkiError::BadCertificate(format!(
+            "expected an operator certificate, got {other:?}"
         ))),
     }
 }

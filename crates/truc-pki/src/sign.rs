@@ -166,6 +166,15 @@ impl Signer {
         })
     }
 
+    /// When the signing certificate expires (Unix seconds), for alerts.
+    pub fn not_after(&self) -> i64 {
+        self.chain
+            .first()
+            .and_then(|c| crate::identity::cert_info(c).ok())
+            .map(|i| i.not_after)
+            .unwrap_or(0)
+    }
+
     pub fn identity(&self) -> &Identity {
         &self.identity
     }

@@ -65,6 +65,24 @@ impl TransportMaterial {
         Ok(Arc::new(cfg))
     }
 
+    /// Server side of an operator port (admin gRPC, dashboard, metrics): TLS 1.3
+    /// with this node's certificate; a client certificate from the transport CA is
+    /// checked when presented but not required, so that a browser can reach the
+    /// login page. Each request is then authorized by the identity it carries.
+    pub fn operator_server_config(&self) -> Result<Arc<ServerConfig>, PkiError> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
+            .with_crls(self.crls.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| PkiError::Verifier(e.to_string()))?;
+        let mut cfg = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+
     /// Client side of a link: TLS 1.3, presents this node's certificate, checks the
     /// server against the transport CA.
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, PkiError> {

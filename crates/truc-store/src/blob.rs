@@ -226,6 +226,18 @@ impl BlobStore {
         Ok(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
+    /// (total, free to unprivileged users) bytes of the filesystem holding the blobs.
+    pub fn disk_usage(&self) -> Result<(u64, u64), BlobError> {
+        let st = rustix::fs::statvfs(&self.root).map_err(|e| BlobError::Io {
+            path: self.root.clone(),
+            source: e.into(),
+        })?;
+        Ok((
+            st.f_blocks.saturating_mul(st.f_frsize),
+            st.f_bavail.saturating_mul(st.f_frsize),
+        ))
+    }
+
     /// Refuses intake of `needed` bytes that would leave less than `reserve` free.
     pub fn check_space(&self, needed: u64, reserve: u64) -> Result<(), BlobError> {
         let free = self.free_bytes()?;

@@ -33,12 +33,44 @@ struct Requests {
     stop: bool,
 }
 
+/// Upper bounds (seconds) of the flush-duration histogram buckets.
+pub const FLUSH_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
 /// Counters for metrics.
 #[derive(Debug, Default)]
 pub struct CommitStats {
     pub flushes: AtomicU64,
     pub flush_micros_total: AtomicU64,
     pub batches: AtomicU64,
+    /// Flushes per bucket of [`FLUSH_BUCKETS`] (not cumulative; the last slot
+    /// counts the slower ones).
+    pub flush_buckets: [AtomicU64; FLUSH_BUCKETS.len() + 1],
+}
+
+impl CommitStats {
+    fn observe(&self, secs: f64) {
+        let i = FLUSH_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(FLUSH_BUCKETS.len());
+        self.flush_buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (sum of seconds, count, cumulative buckets) as Prometheus wants them.
+    pub fn flush_histogram(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut cum = 0;
+        let mut buckets = Vec::with_capacity(FLUSH_BUCKETS.len() + 1);
+        for (i, b) in FLUSH_BUCKETS.iter().enumerate() {
+            cum += self.flush_buckets[i].load(Ordering::Relaxed);
+            buckets.push((*b, cum));
+        }
+        cum += self.flush_buckets[FLUSH_BUCKETS.len()].load(Ordering::Relaxed);
+        buckets.push((f64::INFINITY, cum));
+        let sum = self.flush_micros_total.load(Ordering::Relaxed) as f64 / 1e6;
+        (sum, cum, buckets)
+    }
 }
 
 /// Shares fsyncs between concurrent writers.
@@ -196,10 +228,12 @@ fn flusher(
         match store.flush() {
             Ok(()) => {
                 done = target;
+                let took = started.elapsed();
                 stats.flushes.fetch_add(1, Ordering::Relaxed);
                 stats
                     .flush_micros_total
-                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+                stats.observe(took.as_secs_f64());
                 tx.send_replace(Flushed::Upto(target));
             }
             Err(e) => {

@@ -48,6 +48,8 @@ pub enum Space {
     Release = 14,
     /// (organ, event id) → an agency event, for applications that resume a stream.
     Events = 15,
+    /// (day, organ, direction) → documents and bytes: daily statistics.
+    Stats = 16,
 }
 
 /// A key and its value.

@@ -11,10 +11,10 @@ use serde::Deserialize;
 use truc_core::{NodeId, OrganId};
 use truc_node::config::{
     AdminApiSection, AgencyApiSection, AgencySection, ChildSection, DeliverySection,
-    DirectoryEntry, FileConfig, LinkTuning, ListenSection, ParentSection, QuotaSection, RestApp,
-    RestSection, SigningSection, StorageSection, TestHooks, TlsSection,
+    DirectoryEntry, FileConfig, LinkTuning, ListenSection, LoginEntry, ParentSection, QuotaSection,
+    RestApp, RestSection, SigningSection, StorageSection, TestHooks, TlsSection,
 };
-use truc_pki::dev::DevCa;
+use truc_pki::{dev::DevCa, identity::Role};
 
 /// The default topology (`certs-dev/topology.toml`).
 pub const DEFAULT_TOPOLOGY: &str = include_str!("../../../certs-dev/topology.toml");
@@ -216,6 +216,24 @@ fn issue_if_missing(
     Ok(())
 }
 
+/// A token kept in `path` (made once), and its hex SHA-256 for a config.
+fn token_at(path: &Path, report: &mut InitReport) -> Result<String> {
+    let token = match fs::read_to_string(path) {
+        Ok(t) => t.trim().to_owned(),
+        Err(_) => {
+            let t = random_token()?;
+            write_secret(path, &t)?;
+            report.created.push(path.to_owned());
+            t
+        }
+    };
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    Ok(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The development operators: `admin` may act, `viewer` may only look.
+pub const DEV_OPERATORS: [(&str, Role); 2] = [("admin", Role::Operator), ("viewer", Role::Viewer)];
+
 fn random_token() -> Result<String> {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 24];
@@ -264,29 +282,47 @@ pub fn init(out: &Path, topo: &Topology) -> Result<InitReport> {
         }
     }
 
+    // Operators: a client certificate each (admin gRPC, /metrics, dashboard)
+    // and a token for logging in to the dashboard from a browser.
+    fs::create_dir_all(out.join("operators"))
+        .with_context(|| format!("create {}", out.join("operators").display()))?;
+    let mut logins = Vec::new();
+    for (name, role) in DEV_OPERATORS {
+        issue_if_missing(
+            out.join("operators").join(format!("{name}.crt")),
+            out.join("operators").join(format!("{name}.key")),
+            &mut report,
+            || transport.operator_cert(name, role),
+        )?;
+        logins.push(LoginEntry {
+            name: name.to_owned(),
+            role: role.as_str().to_owned(),
+            token_sha256: token_at(
+                &out.join("operators").join(format!("{name}.token")),
+                &mut report,
+            )?,
+        });
+    }
+
     fs::create_dir_all(out.join("tokens"))
         .with_context(|| format!("create {}", out.join("tokens").display()))?;
     for n in &topo.nodes {
         let mut cfg = node_config(topo, n)?;
+        if let Some(a) = cfg.admin_api.as_mut() {
+            a.logins = logins.clone();
+        }
         if let Some(listen) = &n.rest_api {
             // One application per edge, acting for its agencies; the token itself
             // is written once, beside the keys, and the config keeps its hash.
-            let path = out.join("tokens").join(format!("{}.token", n.id));
-            let token = match fs::read_to_string(&path) {
-                Ok(t) => t.trim().to_owned(),
-                Err(_) => {
-                    let t = random_token()?;
-                    write_secret(&path, &t)?;
-                    report.created.push(path.clone());
-                    t
-                }
-            };
-            let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+            let token_sha256 = token_at(
+                &out.join("tokens").join(format!("{}.token", n.id)),
+                &mut report,
+            )?;
             cfg.rest = Some(RestSection {
                 listen: listen.clone(),
                 apps: vec![RestApp {
                     name: format!("{}-app", n.id),
-                    token_sha256: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+                    token_sha256,
                     organs: n.agencies.iter().map(|a| a.organ.clone()).collect(),
                 }],
             });
@@ -368,7 +404,11 @@ fn node_config(topo: &Topology, n: &TopoNode) -> Result<FileConfig> {
             })
             .collect(),
         children,
-        admin_api: n.admin_api.clone().map(|listen| AdminApiSection { listen }),
+        admin_api: n.admin_api.clone().map(|listen| AdminApiSection {
+            listen,
+            logins: Vec::new(),
+        }),
+        alerts: Default::default(),
         rest: None,
         grant: n.grant.clone(),
         limits: Default::default(),

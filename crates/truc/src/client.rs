@@ -91,8 +91,54 @@ pub async fn connect(config_path: &Path) -> Result<AgencyClient<Channel>> {
         .max_encoding_message_size(usize::MAX))
 }
 
+/// The operator certificate and key the CLI presents to a node's operator
+/// port: `TRUC_OPERATOR_CERT` and `TRUC_OPERATOR_KEY`, or
+/// `operators/<TRUC_OPERATOR or admin>.crt|key` beside the config (as
+/// `truc certs init` writes them).
+pub fn operator_identity(config_path: &Path) -> Result<(PathBuf, PathBuf)> {
+    if let (Ok(c), Ok(k)) = (
+        std::env::var("TRUC_OPERATOR_CERT"),
+        std::env::var("TRUC_OPERATOR_KEY"),
+    ) {
+        return Ok((c.into(), k.into()));
+    }
+    let name = std::env::var("TRUC_OPERATOR").unwrap_or_else(|_| "admin".into());
+    let dir = config_path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join("operators");
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    if !cert.exists() || !key.exists() {
+        bail!(
+            "no operator certificate: {} is missing; set TRUC_OPERATOR_CERT and TRUC_OPERATOR_KEY (or TRUC_OPERATOR=<name> for operators/<name>.crt)",
+            cert.display()
+        );
+    }
+    Ok((cert, key))
+}
+
+/// The admin API of a node, over TLS with an operator certificate.
 pub async fn admin(config_path: &Path) -> Result<AdminClient<Channel>> {
-    Ok(AdminClient::new(channel(config_path, Api::Admin).await?))
+    let cfg = Config::load(config_path)?;
+    let addr = api_addr(config_path, Api::Admin)?;
+    let (cert, key) = operator_identity(config_path)?;
+    let tls = truc_pki::tls::TransportMaterial::load(&cfg.tls.ca, &cert, &key, &cfg.tls.crls)
+        .with_context(|| format!("operator certificate {}", cert.display()))?
+        .client_config()?;
+    let ch = truc_node::transport::tls_channel(
+        &addr.to_string(),
+        cfg.node_id.as_str(),
+        tls,
+        std::time::Duration::from_secs(5),
+        std::time::Duration::from_secs(30),
+        1 << 20,
+    )
+    .map_err(|e| anyhow!("{e}"))?;
+    Ok(AdminClient::new(ch))
 }
 
 /// Turns a gRPC status into a one-line error naming the code.
@@ -940,14 +986,31 @@ pub async fn queues(config: &Path, json: bool) -> Result<()> {
         .into_inner();
     if json {
         let v = serde_json::json!({
+            "recipients": r.recipients.iter().map(|q| serde_json::json!({"recipient": q.recipient, "depth": q.depth, "oldest_ms": q.oldest_ms})).collect::<Vec<_>>(),
             "queues": r.queues.iter().map(|q| serde_json::json!({"queue": q.queue, "depth": q.depth, "oldest_ms": q.oldest_ms})).collect::<Vec<_>>(),
+            "overdue": r.overdue.iter().map(|o| serde_json::json!({"doc_id": o.doc_id, "from": o.from, "recipient": o.recipient, "priority": o.priority, "deadline_ms": o.deadline_ms, "parked": o.parked, "queue": o.queue})).collect::<Vec<_>>(),
             "parked": r.parked.iter().map(|p| serde_json::json!({"queue": p.queue, "doc_id": p.doc_id, "from": p.from, "recipients": p.recipients, "reason": p.reason, "at_ms": p.at_ms})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
+    let now = chrono::Utc::now().timestamp_millis();
     let mut t = table();
-    t.set_header(vec!["queue", "depth", "oldest (UTC+7)"]);
+    t.set_header(vec!["recipient", "waiting", "oldest (UTC+7)", "age"]);
+    for q in &r.recipients {
+        t.add_row(vec![
+            q.recipient.clone(),
+            q.depth.to_string(),
+            time(q.oldest_ms),
+            age(q.oldest_ms, now),
+        ]);
+    }
+    if r.recipients.is_empty() {
+        t.add_row(vec!["(nothing waiting)", "", "", ""]);
+    }
+    println!("{t}");
+    let mut t = table();
+    t.set_header(vec!["link queue", "depth", "oldest (UTC+7)"]);
     for q in &r.queues {
         t.add_row(vec![
             q.queue.clone(),
@@ -955,28 +1018,50 @@ pub async fn queues(config: &Path, json: bool) -> Result<()> {
             time(q.oldest_ms),
         ]);
     }
-    println!("{t}");
-    if !r.parked.is_empty() {
+    if !r.queues.is_empty() {
+        println!("{t}");
+    }
+    if !r.overdue.is_empty() {
         let mut t = table();
         t.set_header(vec![
-            "parked doc_id",
+            "overdue doc_id",
             "from",
-            "recipients",
-            "since",
-            "reason",
+            "recipient",
+            "priority",
+            "deadline (UTC+7)",
+            "state",
         ]);
-        for p in &r.parked {
+        for o in &r.overdue {
             t.add_row(vec![
-                p.doc_id.clone(),
-                p.from.clone(),
-                p.recipients.join(", "),
-                time(p.at_ms),
-                p.reason.clone(),
+                o.doc_id.clone(),
+                o.from.clone(),
+                o.recipient.clone(),
+                o.priority.to_string(),
+                time(o.deadline_ms),
+                if o.parked {
+                    format!("parked ({}): truc requeue", o.queue)
+                } else {
+                    format!("queued ({})", o.queue)
+                },
             ]);
         }
         println!("{t}");
     }
     Ok(())
+}
+
+/// A duration since `ms` as people read it.
+fn age(ms: i64, now: i64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    let s = ((now - ms) / 1000).max(0);
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86_400 => format!("{:.1} h", s as f64 / 3600.0),
+        _ => format!("{:.1} d", s as f64 / 86_400.0),
+    }
 }
 
 pub async fn directory(config: &Path, organ: Option<&str>, json: bool) -> Result<()> {
@@ -1080,19 +1165,28 @@ pub async fn nodes(config: &Path, json: bool) -> Result<()> {
         .into_inner()
         .nodes;
     if json {
-        let v: Vec<_> = nodes
-            .iter()
-            .map(|n| {
-                serde_json::json!({
-                    "node": n.node, "parent": n.parent, "role": n.role, "agencies": n.agencies,
-                    "link": n.link, "last_seen_ms": n.last_seen_ms, "queue_depth": n.queue_depth,
-                })
-            })
-            .collect();
+        let v: Vec<_> = nodes.iter().map(truc_node::json::node_view).collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let root = nodes.first().map(|n| n.node.clone()).unwrap_or_default();
+    // Depth in the tree, from the parent links.
+    let parent_of: std::collections::HashMap<&str, &str> = nodes
+        .iter()
+        .map(|n| (n.node.as_str(), n.parent.as_str()))
+        .collect();
+    let depth = |node: &str| -> usize {
+        let mut d = 0;
+        let mut cur = node.to_owned();
+        while let Some(p) = parent_of.get(cur.as_str()).filter(|p| !p.is_empty()) {
+            d += 1;
+            cur = (*p).to_owned();
+            if d > 16 {
+                break;
+            }
+        }
+        d
+    };
+    let now = chrono::Utc::now().timestamp_millis();
     let mut t = table();
     t.set_header(vec![
         "node",
@@ -1101,22 +1195,37 @@ pub async fn nodes(config: &Path, json: bool) -> Result<()> {
         "link",
         "queued",
         "last seen (UTC+7)",
+        "version",
+        "certificate expires",
     ]);
     for n in &nodes {
-        let depth = if n.parent.is_empty() {
-            0
-        } else if n.parent == root {
-            1
+        let cert = if n.cert_not_after_ms == 0 {
+            "-".to_owned()
         } else {
-            2
+            format!(
+                "{} ({} days)",
+                &time(n.cert_not_after_ms)[..10],
+                (n.cert_not_after_ms - now) / 86_400_000
+            )
+        };
+        let link = if n.down_since_ms > 0 && !n.link.starts_with("up") {
+            format!("{} since {}", n.link, &time(n.down_since_ms)[11..])
+        } else {
+            n.link.clone()
         };
         t.add_row(vec![
-            format!("{}{}", "  ".repeat(depth), n.node),
+            format!("{}{}", "  ".repeat(depth(&n.node)), n.node),
             n.role.clone(),
             n.agencies.join("\n"),
-            n.link.clone(),
+            link,
             n.queue_depth.to_string(),
             time(n.last_seen_ms),
+            if n.version.is_empty() {
+                "-".into()
+            } else {
+                n.version.clone()
+            },
+            cert,
         ]);
     }
     println!("{t}");
@@ -1124,23 +1233,91 @@ pub async fn nodes(config: &Path, json: bool) -> Result<()> {
 }
 
 pub async fn stats(config: &Path, json: bool) -> Result<()> {
-    let counters = admin(config)
+    let r = admin(config)
         .await?
         .stats(pb::StatsRequest {})
         .await
         .map_err(status_error)?
-        .into_inner()
-        .counters;
-    let sorted: std::collections::BTreeMap<_, _> = counters.into_iter().collect();
+        .into_inner();
+    let counters: std::collections::BTreeMap<_, _> = r.counters.into_iter().collect();
+    let lat = r.latency.unwrap_or_default();
     if json {
-        println!("{}", serde_json::to_string_pretty(&sorted)?);
+        let v = serde_json::json!({
+            "counters": counters,
+            "daily": r.daily.iter().map(|d| serde_json::json!({
+                "day": d.day, "organ": d.organ, "direction": d.direction,
+                "documents": d.documents, "bytes": d.bytes,
+            })).collect::<Vec<_>>(),
+            "latency": {"count": lat.count, "p50_s": lat.p50_s, "p90_s": lat.p90_s, "p99_s": lat.p99_s},
+            "failures": {
+                "refused": counters.get("refused").copied().unwrap_or(0),
+                "dead_letters": r.dead_letters,
+                "parked_now": r.parked,
+                "edxml_refused": counters.get("edxml_refused").copied().unwrap_or(0),
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     let mut t = table();
-    t.set_header(vec!["counter", "value"]);
-    for (k, v) in sorted {
+    t.set_header(vec![
+        "day (UTC+7)",
+        "agency",
+        "direction",
+        "documents",
+        "bytes",
+    ]);
+    for d in &r.daily {
+        t.add_row(vec![
+            d.day.clone(),
+            d.organ.clone(),
+            if d.direction == "in" {
+                "accepted from".into()
+            } else {
+                "delivered to".to_owned()
+            },
+            d.documents.to_string(),
+            human_bytes(d.bytes),
+        ]);
+    }
+    if r.daily.is_empty() {
+        t.add_row(vec!["(no documents yet)", "", "", "", ""]);
+    }
+    println!("{t}");
+    if lat.count > 0 {
+        println!(
+            "delivery latency (creation → delivered receipt, last {} documents sent from here): p50 {:.3} s · p90 {:.3} s · p99 {:.3} s",
+            lat.count, lat.p50_s, lat.p90_s, lat.p99_s
+        );
+    }
+    println!(
+        "failures: {} refused · {} refused by a peer for good (dead letters) · {} parked after their deadline · {} edXML packages refused",
+        counters.get("refused").copied().unwrap_or(0),
+        r.dead_letters,
+        r.parked,
+        counters.get("edxml_refused").copied().unwrap_or(0),
+    );
+    let mut t = table();
+    t.set_header(vec!["counter (since start)", "value"]);
+    for (k, v) in counters {
         t.add_row(vec![k, v.to_string()]);
     }
     println!("{t}");
     Ok(())
+}
+
+/// Bytes as people read them.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }

@@ -227,7 +227,7 @@ impl Cluster {
     pub fn stat(&self, node: &str, name: &str) -> u64 {
         let out = self.cli_ok(&["stats", "--config", &self.cfg(node), "--json"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v[name].as_u64().unwrap_or(0)
+        v["counters"][name].as_u64().unwrap_or(0)
     }
 
     pub fn running(&self, node: &str) -> bool {
