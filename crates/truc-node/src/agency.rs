@@ -20,6 +20,24 @@ pub struct AgencyService {
 }
 
 impl AgencyService {
+    /// Counts a refusal the application hears (by its code), and passes it on.
+    fn refused(&self, s: Status) -> Status {
+        use tonic::Code::*;
+        if matches!(
+            s.code(),
+            InvalidArgument
+                | NotFound
+                | PermissionDenied
+                | ResourceExhausted
+                | AlreadyExists
+                | FailedPrecondition
+                | Unauthenticated
+                | OutOfRange
+        ) {
+            self.state.telemetry.refused("agency", s.code());
+        }
+        s
+    }
     /// Imports an edXML package. `allowed`, when given, is the set of agencies
     /// the caller may act for: a package from any other is refused before it
     /// touches the store.
@@ -39,8 +57,11 @@ impl AgencyService {
             ..Default::default()
         };
         let st = self.state.clone();
+        let parse_failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pf = parse_failed.clone();
         let (id, kind, accepted, from) = blocking(move || {
             let p = truc_edxml::parse(&package, &limits).map_err(|e| {
+                pf.store(true, Ordering::Relaxed);
                 st.stats.edxml_refused.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(element = %e.element, reason = %e.reason, bytes = package.len(), "edXML package refused");
                 Refusal::invalid(format!("edXML {e}"))
@@ -71,7 +92,15 @@ impl AgencyService {
                 }
             }
         })
-        .await?;
+        .await
+        .map_err(|s| {
+            if parse_failed.load(Ordering::Relaxed) {
+                self.state.telemetry.refused("edxml", s.code());
+                s
+            } else {
+                self.refused(s)
+            }
+        })?;
         self.state
             .durable(accepted.ticket())
             .await
@@ -234,7 +263,7 @@ impl Agency for AgencyService {
         let retry = self.state.quotas.retry_after_ms;
         let (doc_id, accepted) = blocking(move || st.submit(sub))
             .await
-            .map_err(|s| with_retry_hint(s, retry))?;
+            .map_err(|s| self.refused(with_retry_hint(s, retry)))?;
         // Invariant 1: the application hears "sent" only once the outbox is fsynced.
         self.state
             .durable(accepted.ticket())
@@ -423,7 +452,9 @@ impl Agency for AgencyService {
             meta: Default::default(),
         };
         let st = self.state.clone();
-        let (id, accepted) = blocking(move || st.reply(reply)).await?;
+        let (id, accepted) = blocking(move || st.reply(reply))
+            .await
+            .map_err(|s| self.refused(s))?;
         self.state
             .durable(accepted.ticket())
             .await

@@ -738,6 +738,7 @@ async fn apply(
                         .stats
                         .refused
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    state.telemetry.refused("link", r.code);
                     tracing::warn!(origin = %origin.label(), seq, code = ?r.code, reason = %r.reason, "transfer refused");
                     outcomes.push(Some(Outcome::Refused(seq, r)));
                 }

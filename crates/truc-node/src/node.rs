@@ -62,7 +62,7 @@ impl std::fmt::Debug for RunningNode {
 /// How often the dashboard's throughput is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// How often the audit chain is re-verified in the background.
-const AUDIT_EVERY: Duration = Duration::from_secs(600);
+const AUDIT_EVERY: Duration = Duration::from_secs(300);
 
 /// gRPC server reflection for every truc service and health.
 fn reflection() -> Result<

@@ -1842,16 +1842,15 @@ impl NodeState {
         } else {
             self.finish(w, plan)?
         };
-        let source = match origin {
-            Origin::Local => "agency",
-            _ => "link",
-        };
         for ((v, _), verdict) in items.iter().zip(&verdicts) {
             let (c, result) = match verdict {
                 Verdict::Stored => (&self.stats.accepted, "stored"),
                 Verdict::Duplicate => (&self.stats.duplicates, "duplicate"),
                 Verdict::Refused(r) => {
-                    self.telemetry.refused(source, r.code);
+                    // Local refusals are counted where the application hears them.
+                    if !matches!(origin, Origin::Local) {
+                        self.telemetry.refused("link", r.code);
+                    }
                     (&self.stats.refused, "refused")
                 }
                 Verdict::Deferred(_) => (&self.stats.deferred, "deferred"),

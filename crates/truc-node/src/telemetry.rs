@@ -278,8 +278,14 @@ where
     ConstGauge<N>: EncodeMetric,
 {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, v) in rows {
-        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+    match rows {
+        // A single unlabelled value is written without `{}`.
+        [(labels, v)] if labels.is_empty() => ConstGauge::new(*v).encode(m)?,
+        _ => {
+            for (labels, v) in rows {
+                ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+            }
+        }
     }
     Ok(())
 }
@@ -305,13 +311,13 @@ impl Collector for StateCollector {
         )?;
         for (name, v) in st.counters() {
             let full = format!("node_{name}");
-            let mut m = enc.encode_descriptor(
+            let m = enc.encode_descriptor(
                 &full,
                 "Node counter since start (see `truc stats`)",
                 None,
                 MetricType::Counter,
             )?;
-            ConstCounter::new(v).encode(m.encode_family(&Labels::new())?)?;
+            ConstCounter::new(v).encode(m)?;
         }
 
         let snap = st.queue_snapshot().unwrap_or_default();
@@ -486,8 +492,7 @@ impl Collector for StateCollector {
                 None,
                 MetricType::Histogram,
             )?;
-            m.encode_family(&Labels::new())?
-                .encode_histogram::<Labels>(sum, count, &buckets, None)?;
+            m.encode_histogram::<Labels>(sum, count, &buckets, None)?;
         }
         let alerts: Vec<(Labels, i64)> = st
             .alerts(&self.alerts)

@@ -767,7 +767,7 @@ async fn run_node(path: PathBuf) -> Result<()> {
     let config = truc_node::Config::load(&path)?;
     let node = truc_node::RunningNode::start(config).await?;
     println!(
-        "truc node {} ({}) ready link={} agency={} rest={}",
+        "truc node {} ({}) ready link={} agency={} rest={} admin={}",
         node.state.node_id,
         node.config.role(),
         node.link_addr
@@ -777,6 +777,9 @@ async fn run_node(path: PathBuf) -> Result<()> {
             .map(|a| a.to_string())
             .unwrap_or_else(|| "-".into()),
         node.rest_addr
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into()),
+        node.admin_addr
             .map(|a| a.to_string())
             .unwrap_or_else(|| "-".into()),
     );

@@ -311,6 +311,17 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<()> {
         .and_then(|n| n.rest_addr)
         .context("nghean has no REST API")?;
     let token = dir.join("tokens").join("nghean.token");
+    if let Some(admin) = nodes
+        .iter()
+        .find(|n| n.config.parent.is_none())
+        .and_then(|n| n.admin_addr)
+    {
+        println!(
+            "\nDashboard: https://{admin}/  — sign in with the token in {} (the certificate is from the demo's own CA, {}; accept it or import that CA)",
+            dir.join("operators").join("admin.token").display(),
+            dir.join("transport-ca.crt").display()
+        );
+    }
     println!("\nThe federation keeps running. In another terminal, try:");
     println!(
         "  truc inbox  --config {} --organ 000.00.00.H41",

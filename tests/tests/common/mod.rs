@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod ops;
 pub mod raw;
 pub mod rest;
 
@@ -30,6 +31,7 @@ pub struct Proc {
     pub agency: Option<SocketAddr>,
     pub link: Option<SocketAddr>,
     pub rest: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
     pub logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -202,6 +204,7 @@ impl Cluster {
             agency: field("agency"),
             link: field("link"),
             rest: field("rest"),
+            admin: field("admin"),
             child,
             logs,
         };
@@ -338,6 +341,28 @@ impl Cluster {
     /// Runs the CLI.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(bin()).args(args).output().unwrap()
+    }
+
+    /// Runs the CLI with extra environment; returns (success, stdout + stderr).
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, String)]) -> (bool, String) {
+        let out = Command::new(bin())
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// The operator port of a running node.
+    pub fn admin_addr(&self, node: &str) -> SocketAddr {
+        self.procs[node].admin.expect("no admin port")
     }
 
     /// Runs the CLI and returns stdout, failing the test if it fails.

@@ -1,0 +1,470 @@
+//! The operator surface against real nodes: who may use the operator port
+//! (operator certificates by role, never a node certificate or nobody), that
+//! an operator certificate can never send a document, `/metrics` as valid
+//! Prometheus text whose counters match what was sent, and gRPC health turning
+//! NOT_SERVING while the store cannot take writes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ops::*, raw::*, *};
+use tonic::Code;
+use truc_proto::v1::{self as pb, admin_client::AdminClient};
+
+fn send(c: &Cluster, subject: &str) -> String {
+    c.cli_ok(&[
+        "send",
+        "--config",
+        &c.cfg("vpcp"),
+        "--from",
+        G22,
+        "--to",
+        H41,
+        "--subject",
+        subject,
+    ])
+    .trim()
+    .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_operators_use_the_operator_port_and_only_by_their_role() {
+    let mut c = Cluster::new();
+    for n in ["hub", "vpcp", "nghean"] {
+        c.start(n);
+    }
+    let hub = c.cfg("hub");
+
+    // The CLI presents operators/admin.crt by default: it may read and act.
+    let out = c.cli_ok(&["nodes", "--config", &hub]);
+    assert!(out.contains("vpcp") && out.contains("nghean"), "{out}");
+    let (ok, out) = c.cli_any(&[
+        "requeue",
+        "--config",
+        &hub,
+        &truc_core::DocId::new_v7().to_string(),
+    ]);
+    assert!(
+        !ok && out.contains("NotFound"),
+        "an operator may requeue (nothing is parked here): {out}"
+    );
+
+    // A viewer may read, not act.
+    let viewer = [("TRUC_OPERATOR", "viewer".to_owned())];
+    let (ok, out) = c.cli_env(&["queues", "--config", &hub], &viewer);
+    assert!(ok, "{out}");
+    let (ok, out) = c.cli_env(
+        &[
+            "requeue",
+            "--config",
+            &hub,
+            &truc_core::DocId::new_v7().to_string(),
+        ],
+        &viewer,
+    );
+    assert!(
+        !ok && out.contains("role viewer") && out.contains("PermissionDenied"),
+        "{out}"
+    );
+
+    // A node certificate is refused by every admin RPC.
+    let node_cert = [
+        (
+            "TRUC_OPERATOR_CERT",
+            c.path("nodes/vpcp.crt").display().to_string(),
+        ),
+        (
+            "TRUC_OPERATOR_KEY",
+            c.path("nodes/vpcp.key").display().to_string(),
+        ),
+    ];
+    for cmd in ["nodes", "queues", "stats"] {
+        let (ok, out) = c.cli_env(&[cmd, "--config", &hub], &node_cert);
+        assert!(!ok && out.contains("node certificate"), "{cmd}: {out}");
+    }
+    // And nobody at all is unauthenticated.
+    let mut anon = AdminClient::new(admin_channel(&c, "hub", None));
+    let e = anon.nodes(pb::NodesRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    let mut as_node = AdminClient::new(admin_channel(&c, "hub", Some("nodes/vpcp")));
+    let e = as_node.stats(pb::StatsRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+
+    // The dashboard: nobody gets the login page (401), a node 403, an operator
+    // certificate the page; the API and /metrics likewise.
+    let a = c.ops("hub", None).get("/");
+    assert_eq!(a.status, 401);
+    assert!(a.body.contains("name=\"token\""), "the login form");
+    for path in ["/api/overview", "/metrics", "/api/trace/x"] {
+        assert_eq!(c.ops("hub", None).get(path).status, 401, "{path}");
+        assert_eq!(
+            c.ops("hub", Some("nodes/vpcp")).get(path).status,
+            403,
+            "{path}"
+        );
+    }
+    let a = c.ops("hub", Some("operators/viewer")).get("/");
+    assert_eq!(a.status, 200);
+    assert!(a.body.contains("id=\"tree\""));
+    let a = c.ops("hub", Some("operators/viewer")).get("/api/overview");
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(v["operator"]["role"], "viewer");
+
+    // A login token opens a session; a wrong one does not.
+    let a = c
+        .ops("hub", None)
+        .post_form("/login", &[("token", "not-the-token")]);
+    assert_eq!(a.status, 401);
+    assert!(a.set_cookie.is_none());
+    let token = std::fs::read_to_string(c.path("operators/admin.token")).unwrap();
+    let a = c
+        .ops("hub", None)
+        .post_form("/login", &[("token", token.trim())]);
+    assert_eq!(a.status, 303, "{}", a.body);
+    let cookie = a.set_cookie.expect("a session cookie");
+    let with = c.ops("hub", None).with_cookie(&cookie);
+    let a = with.get("/api/overview");
+    assert_eq!(a.status, 200);
+    let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(
+        (v["operator"]["name"].as_str(), v["operator"]["by"].as_str()),
+        (Some("admin"), Some("login"))
+    );
+    let a = with.post_form("/logout", &[]);
+    assert_eq!(a.status, 303);
+    assert_eq!(with.get("/api/overview").status, 401, "the session ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_certificate_can_never_send_a_document() {
+    let mut c = Cluster::new();
+    for n in ["hub", "vpcp", "nghean"] {
+        c.start(n);
+    }
+    let pki = c.dir.path().to_owned();
+    let hub = c.hub_addr();
+
+    // It cannot open a link, whatever node it claims to be.
+    let t = truc_pki::tls::TransportMaterial::load(
+        &pki.join("transport-ca.crt"),
+        &pki.join("operators/admin.crt"),
+        &pki.join("operators/admin.key"),
+        &[] as &[&std::path::Path],
+    )
+    .unwrap();
+    let ch = truc_node::transport::tls_channel(
+        &hub,
+        "hub",
+        t.client_config().unwrap(),
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+        1 << 20,
+    )
+    .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(frame(pb::link_frame::Frame::Hello(pb::Hello {
+        node_id: "vpcp".into(),
+        protocol_version: truc_node::link::PROTOCOL_VERSION,
+        software_version: "test".into(),
+        window: 4,
+    })))
+    .await
+    .unwrap();
+    let e = pb::link_client::LinkClient::new(ch)
+        .open(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("not a node certificate"), "{e}");
+
+    // A document signed with the operator's key, carried by a real edge's link,
+    // is refused: only agency keys from the signing CA sign documents.
+    let header = pb::Header {
+        format_version: truc_node::envelope::FORMAT_VERSION,
+        doc_id: truc_core::DocId::new_v7().to_string(),
+        kind: pb::Kind::Document as i32,
+        from: G22.into(),
+        to: vec![H41.into()],
+        created_at_ms: 1,
+        subject: "do an operator's bidding".into(),
+        ..Default::default()
+    };
+    let operator = truc_pki::sign::Signer::load_for(
+        &truc_pki::identity::Identity::Operator("admin".into()),
+        &pki.join("operators/admin.crt"),
+        &pki.join("operators/admin.key"),
+    )
+    .unwrap();
+    let env = truc_node::envelope::seal(&header, &operator).unwrap();
+    c.stop("vpcp");
+    let mut link = raw_link(&pki, "vpcp", &hub).await.unwrap();
+    let (code, reason) = link.offer(env, &[H41]).await.unwrap_err();
+    assert_eq!(code, Code::Unauthenticated, "{reason}");
+    assert!(reason.contains("not trusted by the signing ca"), "{reason}");
+    // And nothing reached the recipient.
+    let inbox = c.cli_ok(&[
+        "inbox",
+        "--config",
+        &c.cfg("nghean"),
+        "--organ",
+        H41,
+        "--json",
+    ]);
+    assert_eq!(inbox.trim(), "[]", "{inbox}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_valid_prometheus_text_and_count_what_was_sent() {
+    let mut c = Cluster::new();
+    for n in ["hub", "vpcp", "nghean"] {
+        c.start(n);
+    }
+    let ids: Vec<String> = (0..5)
+        .map(|i| send(&c, &format!("Báo cáo số {i}")))
+        .collect();
+    for id in &ids {
+        eventually("delivered", || {
+            let st = recipient_states_cli(&c, id);
+            async move { st.then_some(()) }
+        })
+        .await;
+    }
+    let scrape = |c: &Cluster, node: &str| {
+        let a = c.ops(node, Some("operators/viewer")).get("/metrics");
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert!(
+            a.content_type.starts_with("application/openmetrics-text"),
+            "{}",
+            a.content_type
+        );
+        parse_metrics(&a.body)
+    };
+    let docs_in = [
+        ("direction", "in"),
+        ("kind", "document"),
+        ("result", "stored"),
+    ];
+    let s = scrape(&c, "vpcp");
+    assert_eq!(
+        sample(&s, "truc_documents_total", &docs_in),
+        Some(5.0),
+        "submitted at the sender's edge"
+    );
+    assert_eq!(
+        sample(
+            &s,
+            "truc_documents_total",
+            &[
+                ("direction", "out"),
+                ("kind", "document"),
+                ("result", "acked")
+            ]
+        ),
+        Some(5.0),
+        "taken by the hub"
+    );
+    // Delivered receipts reach the sender after the documents: wait for all five.
+    let s = eventually_sync("five latencies", || {
+        let s = scrape(&c, "vpcp");
+        (sample(&s, "truc_delivery_latency_seconds", &[]) == Some(5.0)).then_some(s)
+    });
+    assert_eq!(
+        sample(
+            &s,
+            "truc_link_up",
+            &[("peer", "hub"), ("direction", "parent")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            &s,
+            "truc_certificate_expiry_timestamp_seconds",
+            &[("subject", &format!("agency:{G22}"))]
+        )
+        .unwrap()
+            > 1.7e9
+    );
+    assert!(sample(&s, "truc_fsync_duration_seconds", &[]).unwrap() >= 1.0);
+    assert_eq!(sample(&s, "truc_store_writable", &[]), Some(1.0));
+    let s = scrape(&c, "hub");
+    assert_eq!(
+        sample(&s, "truc_documents_total", &docs_in),
+        Some(5.0),
+        "routed by the hub"
+    );
+    let s = scrape(&c, "nghean");
+    assert_eq!(
+        sample(&s, "truc_documents_total", &docs_in),
+        Some(5.0),
+        "delivered to the recipient"
+    );
+
+    // A recipient away: its queue at the hub, its link down, its age.
+    c.stop("nghean");
+    send(&c, "Thư mời họp");
+    send(&c, "Công văn khẩn");
+    let s = eventually_sync("two waiting for nghean", || {
+        let s = scrape(&c, "hub");
+        (sample(&s, "truc_queue_depth", &[("recipient", H41)]) == Some(2.0)).then_some(s)
+    });
+    assert_eq!(sample(&s, "truc_link_up", &[("peer", "nghean")]), Some(0.0));
+    assert!(sample(&s, "truc_queue_oldest_age_seconds", &[("recipient", H41)]).is_some());
+    assert!(sample(&s, "truc_link_down_seconds", &[("peer", "nghean")]).is_some());
+    // The same numbers in `truc queues`.
+    let q: serde_json::Value =
+        serde_json::from_str(&c.cli_ok(&["queues", "--config", &c.cfg("hub"), "--json"])).unwrap();
+    assert_eq!(q["recipients"][0]["recipient"], H41);
+    assert_eq!(q["recipients"][0]["depth"], 2);
+
+    // Refused input is counted by reason.
+    let (ok, _) = c.cli_any(&[
+        "send",
+        "--config",
+        &c.cfg("vpcp"),
+        "--from",
+        G22,
+        "--to",
+        "000.00.00.Z99",
+        "--subject",
+        "x",
+    ]);
+    assert!(!ok);
+    let s = scrape(&c, "vpcp");
+    let refused: f64 = s
+        .samples
+        .iter()
+        .filter(|m| m.metric == "truc_refused_total" && m.labels.get("source") == Some("agency"))
+        .map(|m| match m.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum();
+    assert_eq!(
+        refused, 1.0,
+        "the unknown recipient, counted with its reason"
+    );
+
+    // `truc stats`: per agency per day, latency percentiles.
+    let st: serde_json::Value =
+        serde_json::from_str(&c.cli_ok(&["stats", "--config", &c.cfg("vpcp"), "--json"])).unwrap();
+    let g22_in = st["daily"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["organ"] == G22 && d["direction"] == "in")
+        .cloned()
+        .unwrap();
+    assert_eq!(g22_in["documents"], 7, "{st}");
+    assert_eq!(st["latency"]["count"], 5, "{st}");
+    assert!(st["latency"]["p99_s"].as_f64().unwrap() >= st["latency"]["p50_s"].as_f64().unwrap());
+}
+
+fn recipient_states_cli(c: &Cluster, id: &str) -> bool {
+    let v: serde_json::Value =
+        serde_json::from_str(&c.cli_ok(&["status", "--config", &c.cfg("vpcp"), id, "--json"]))
+            .unwrap();
+    v["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["state"] == "delivered" || r["state"] == "acked")
+}
+
+fn eventually_sync<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_not_serving_while_the_store_cannot_take_writes() {
+    let mut c = Cluster::new();
+    // The free-space reserve sits 128 MiB below what is free now: a 256 MiB
+    // file crosses it.
+    let free = free_bytes(c.dir.path());
+    c.edit("vpcp", |t| {
+        let storage = t
+            .entry("storage")
+            .or_insert(toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .unwrap();
+        storage.insert(
+            "min_free_bytes".into(),
+            ((free - (128 << 20)) as i64).into(),
+        );
+    });
+    for n in ["hub", "vpcp"] {
+        c.start(n);
+    }
+    let status = |c: &Cluster| {
+        let ch = admin_channel(c, "vpcp", None);
+        let rt = tokio::runtime::Handle::current();
+        let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+        tokio::task::block_in_place(|| {
+            rt.block_on(async {
+                h.check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(|r| r.into_inner().status)
+            })
+        })
+    };
+    use tonic_health::pb::health_check_response::ServingStatus;
+    eventually_sync("SERVING", || {
+        (status(&c).ok()? == ServingStatus::Serving as i32).then_some(())
+    });
+
+    let filler = c.path("filler.bin");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0x5au8; 1 << 20];
+        for _ in 0..256 {
+            f.write_all(&block).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    eventually_sync("NOT_SERVING", || {
+        (status(&c).ok()? == ServingStatus::NotServing as i32).then_some(())
+    });
+    // The reason is an alert and a metric.
+    let s = parse_metrics(&c.ops("vpcp", Some("operators/viewer")).get("/metrics").body);
+    assert_eq!(sample(&s, "truc_store_writable", &[]), Some(0.0));
+    assert_eq!(
+        sample(&s, "truc_alert_active", &[("alert", "store")]),
+        Some(1.0)
+    );
+    // And intake is refused with the reason.
+    let (ok, out) = c.cli_any(&[
+        "send",
+        "--config",
+        &c.cfg("vpcp"),
+        "--from",
+        G22,
+        "--to",
+        H41,
+        "--subject",
+        "x",
+        "--attach",
+        c.path("nodes/vpcp.crt").to_str().unwrap(),
+    ]);
+    assert!(!ok && out.contains("disk"), "{out}");
+
+    std::fs::remove_file(&filler).unwrap();
+    eventually_sync("SERVING again", || {
+        (status(&c).ok()? == ServingStatus::Serving as i32).then_some(())
+    });
+}
