@@ -60,7 +60,7 @@ impl std::fmt::Debug for RunningNode {
 }
 
 /// How often the dashboard's throughput is sampled.
-const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 /// How often the audit chain is re-verified in the background.
 const AUDIT_EVERY: Duration = Duration::from_secs(300);
 

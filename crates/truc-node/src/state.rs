@@ -1080,6 +1080,33 @@ impl NodeState {
                 });
             }
         }
+        // Links further down, as the children report them (each relay also
+        // raises these itself; here the operator above sees them too).
+        for child in self.routing().child_nodes() {
+            if !self.is_connected(child) {
+                continue;
+            }
+            let Some((_, nodes)) = self.telemetry.report(child) else {
+                continue;
+            };
+            for n in nodes.iter().skip(1) {
+                if n.link == "down"
+                    && n.down_since_ms > 0
+                    && now - n.down_since_ms > cfg.link_down_ms as i64
+                {
+                    out.push(Alert {
+                        kind: "link_down",
+                        subject: n.node.clone(),
+                        detail: format!(
+                            "link from {} to {} down for {} s (reported by {child})",
+                            n.parent,
+                            n.node,
+                            (now - n.down_since_ms) / 1000
+                        ),
+                    });
+                }
+            }
+        }
         let horizon = now / 1000 + cfg.cert_expiry_days as i64 * 86_400;
         for (subject, t) in self.certificates() {
             if t != 0 && t < horizon {

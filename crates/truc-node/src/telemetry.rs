@@ -35,7 +35,7 @@ const LATENCY_BUCKETS: [f64; 14] = [
 /// Latencies kept for percentiles in `truc stats`.
 const RECENT_LATENCIES: usize = 10_000;
 /// Throughput samples kept for the dashboard (one per sample interval).
-const SAMPLES: usize = 360;
+const SAMPLES: usize = 900;
 
 /// What this node knows of a direct peer.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod browser;
 pub mod ops;
 pub mod raw;
 pub mod rest;

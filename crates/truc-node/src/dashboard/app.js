@@ -18,6 +18,7 @@ const I18N = {
     version: "phiên bản", cert: "chứng thư", seen: "liên lạc", hub: "trục", relay: "LGSP", edge: "đơn vị",
     overdue_k: "quá hạn", link_down_k: "mất kết nối", cert_expiry_k: "chứng thư sắp hết hạn",
     disk_k: "đĩa đầy", audit_k: "nhật ký kiểm toán", store_k: "kho lưu trữ",
+    collecting: "Đang thu thập số liệu (mỗi 2 giây)…",
   },
   en: {
     alerts: "Alerts", tree: "Federation", throughput: "Throughput (documents/s)",
@@ -33,11 +34,13 @@ const I18N = {
     version: "version", cert: "certificate", seen: "seen", hub: "hub", relay: "relay", edge: "edge",
     overdue_k: "overdue", link_down_k: "link down", cert_expiry_k: "certificate expiry",
     disk_k: "disk", audit_k: "audit chain", store_k: "store",
+    collecting: "Collecting samples (every 2 seconds)…",
   },
 };
 
 let lang = localStorage.getItem("truc-lang") || "vi";
 let last = null;
+let lastTrace = null;
 const t = (k) => (I18N[lang] && I18N[lang][k]) || k;
 const $ = (id) => document.getElementById(id);
 
@@ -76,6 +79,7 @@ function applyLang() {
   $("lang").textContent = lang === "vi" ? "EN" : "VI";
   for (const e of document.querySelectorAll("[data-i18n]")) e.textContent = t(e.dataset.i18n);
   if (last) render(last);
+  if (lastTrace) renderTrace(lastTrace);
 }
 
 function linkState(n) {
@@ -100,11 +104,13 @@ function renderTree(v) {
       " ",
       el("span", { class: "state" }, t(state)),
       n.agencies.length ? el("div", { class: "agencies" }, n.agencies.join(" · ")) : null,
-      el("div", { class: "facts muted" },
-        (n.version ? t("version") + " " + n.version + " · " : "") +
-        (n.cert_not_after_ms ? t("cert") + " " + time(n.cert_not_after_ms).slice(0, 10) + " · " : "") +
-        (n.last_seen_ms ? t("seen") + " " + age(n.last_seen_ms, v.now_ms) : "") +
-        (n.queue_depth ? " · " + t("waiting") + " " + n.queue_depth : "")),
+      el("div", { class: "facts muted" }, [
+        n.version ? t("version") + " " + n.version : "",
+        n.cert_not_after_ms ? t("cert") + " " + time(n.cert_not_after_ms).slice(0, 10) : "",
+        n.last_seen_ms ? t("seen") + " " + age(n.last_seen_ms, v.now_ms) : "",
+        n.down_since_ms && state === "down" ? t("down") + " " + age(n.down_since_ms, v.now_ms) : "",
+        n.queue_depth ? t("waiting") + " " + n.queue_depth : "",
+      ].filter(Boolean).join(" · ")),
     );
     parentEl.append(li);
     const children = (kids[n.node] || []).filter((c) => c !== n);
@@ -126,7 +132,7 @@ function renderChart(v) {
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   svg.setAttribute("role", "img");
   if (s.length < 2) {
-    box.append(svg);
+    box.append(el("p", { class: "muted" }, t("collecting")));
     return;
   }
   const series = { accepted: [], delivered: [], refused: [] };
@@ -217,12 +223,19 @@ async function poll() {
 async function search(ev) {
   ev.preventDefault();
   const id = $("doc").value.trim();
-  const box = $("trace");
-  box.replaceChildren();
+  lastTrace = null;
+  $("trace").replaceChildren();
   if (!id) return;
   const r = await fetch("/api/trace/" + encodeURIComponent(id), { credentials: "same-origin" });
   const v = await r.json();
-  if (!r.ok) {
+  lastTrace = { ok: r.ok, v };
+  renderTrace(lastTrace);
+}
+
+function renderTrace({ ok, v }) {
+  const box = $("trace");
+  box.replaceChildren();
+  if (!ok) {
     box.append(el("p", { class: "error", id: "trace-error" }, `${t("not_found")}: ${v.message}`));
     return;
   }
@@ -234,7 +247,7 @@ async function search(ev) {
       el("td", {}, s.step), el("td", {}, s.detail)));
   }
   table.append(body);
-  box.append(table);
+  box.append(el("p", { class: "muted", id: "trace-caption" }, `${v.doc_id} — ${v.node}`), table);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
