@@ -206,6 +206,12 @@ impl RunningNode {
             .own_cert_not_after
             .store(own_not_after, std::sync::atomic::Ordering::Relaxed);
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        // Every log line of this node's tasks and requests names it.
+        let node_span = tracing::info_span!("node", node = %config.node_id);
+        let trace_node = {
+            let id = config.node_id.to_string();
+            move |_: &http::Request<()>| tracing::info_span!("node", node = %id)
+        };
         let params = params(&config);
         let (stop, stop_rx) = watch::channel(false);
         let (up_tx, parent_up) = watch::channel(false);
@@ -224,6 +230,7 @@ impl RunningNode {
             );
             let svc = LinkService::new(state.clone(), params.clone(), stop_rx.clone());
             let server = Server::builder()
+                .trace_fn(trace_node.clone())
                 .http2_keepalive_interval(Some(params.heartbeat_interval))
                 .http2_keepalive_timeout(Some(params.heartbeat_timeout))
                 .initial_stream_window_size(Some(params.stream_window_bytes))
@@ -237,17 +244,20 @@ impl RunningNode {
                 .add_service(health_service.clone())
                 .add_service(reflection()?);
             let mut s = stop_rx.clone();
-            tasks.spawn(async move {
-                let shutdown = async move {
-                    let _ = crate::stopped(&mut s).await;
-                };
-                if let Err(e) = server
-                    .serve_with_incoming_shutdown(incoming, shutdown)
-                    .await
-                {
-                    tracing::error!(error = %e, "link server failed");
-                }
-            });
+            tasks.spawn(tracing::Instrument::instrument(
+                async move {
+                    let shutdown = async move {
+                        let _ = crate::stopped(&mut s).await;
+                    };
+                    if let Err(e) = server
+                        .serve_with_incoming_shutdown(incoming, shutdown)
+                        .await
+                    {
+                        tracing::error!(error = %e, "link server failed");
+                    }
+                },
+                node_span.clone(),
+            ));
         }
 
         let mut agency_addr = None;
@@ -255,6 +265,7 @@ impl RunningNode {
             let (listener, bound) = bind(listeners.agency, "agency api", addr).await?;
             agency_addr = Some(bound);
             let server = Server::builder()
+                .trace_fn(trace_node.clone())
                 .add_service(
                     pb::agency_server::AgencyServer::new(AgencyService::new(state.clone()))
                         .max_decoding_message_size(config.limits.max_message_bytes)
@@ -263,17 +274,20 @@ impl RunningNode {
                 .add_service(health_service.clone())
                 .add_service(reflection()?);
             let mut s = stop_rx.clone();
-            tasks.spawn(async move {
-                let shutdown = async move {
-                    let _ = crate::stopped(&mut s).await;
-                };
-                if let Err(e) = server
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-                    .await
-                {
-                    tracing::error!(error = %e, "agency api server failed");
-                }
-            });
+            tasks.spawn(tracing::Instrument::instrument(
+                async move {
+                    let shutdown = async move {
+                        let _ = crate::stopped(&mut s).await;
+                    };
+                    if let Err(e) = server
+                        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                        .await
+                    {
+                        tracing::error!(error = %e, "agency api server failed");
+                    }
+                },
+                node_span.clone(),
+            ));
         }
 
         let mut rest_addr = None;
@@ -282,17 +296,20 @@ impl RunningNode {
             rest_addr = Some(bound);
             let app = crate::rest::router(state.clone(), rest.apps.clone());
             let mut s = stop_rx.clone();
-            tasks.spawn(async move {
-                let shutdown = async move {
-                    crate::stopped(&mut s).await;
-                };
-                if let Err(e) = axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                {
-                    tracing::error!(error = %e, "rest api server failed");
-                }
-            });
+            tasks.spawn(tracing::Instrument::instrument(
+                async move {
+                    let shutdown = async move {
+                        crate::stopped(&mut s).await;
+                    };
+                    if let Err(e) = axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                    {
+                        tracing::error!(error = %e, "rest api server failed");
+                    }
+                },
+                node_span.clone(),
+            ));
         }
 
         let mut admin_addr = None;
@@ -325,19 +342,23 @@ impl RunningNode {
                 stop_rx.clone(),
             );
             let mut s = stop_rx.clone();
-            tasks.spawn(async move {
-                let shutdown = async move {
-                    crate::stopped(&mut s).await;
-                };
-                if let Err(e) = Server::builder()
-                    .accept_http1(true)
-                    .add_routes(routes)
-                    .serve_with_incoming_shutdown(incoming, shutdown)
-                    .await
-                {
-                    tracing::error!(error = %e, "operator port failed");
-                }
-            });
+            tasks.spawn(tracing::Instrument::instrument(
+                async move {
+                    let shutdown = async move {
+                        crate::stopped(&mut s).await;
+                    };
+                    if let Err(e) = Server::builder()
+                        .trace_fn(trace_node.clone())
+                        .accept_http1(true)
+                        .add_routes(routes)
+                        .serve_with_incoming_shutdown(incoming, shutdown)
+                        .await
+                    {
+                        tracing::error!(error = %e, "operator port failed");
+                    }
+                },
+                node_span.clone(),
+            ));
         }
 
         // Health for load balancers and probes: SERVING while the store takes
@@ -346,32 +367,35 @@ impl RunningNode {
             let st = state.clone();
             let reporter = health_reporter.clone();
             let mut s = stop_rx.clone();
-            tasks.spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                let mut last = None;
-                loop {
-                    tokio::select! {
-                        _ = crate::stopped(&mut s) => return,
-                        _ = tick.tick() => {}
-                    }
-                    let st2 = st.clone();
-                    let ok = tokio::task::spawn_blocking(move || st2.writable())
-                        .await
-                        .unwrap_or(false);
-                    if last != Some(ok) {
-                        let status = if ok {
-                            tonic_health::ServingStatus::Serving
-                        } else {
-                            tracing::error!("store not writable: health NOT_SERVING");
-                            tonic_health::ServingStatus::NotServing
-                        };
-                        for name in ["", "truc.v1.Link", "truc.v1.Agency", "truc.v1.Admin"] {
-                            reporter.set_service_status(name, status).await;
+            tasks.spawn(tracing::Instrument::instrument(
+                async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(1));
+                    let mut last = None;
+                    loop {
+                        tokio::select! {
+                            _ = crate::stopped(&mut s) => return,
+                            _ = tick.tick() => {}
                         }
-                        last = Some(ok);
+                        let st2 = st.clone();
+                        let ok = tokio::task::spawn_blocking(move || st2.writable())
+                            .await
+                            .unwrap_or(false);
+                        if last != Some(ok) {
+                            let status = if ok {
+                                tonic_health::ServingStatus::Serving
+                            } else {
+                                tracing::error!("store not writable: health NOT_SERVING");
+                                tonic_health::ServingStatus::NotServing
+                            };
+                            for name in ["", "truc.v1.Link", "truc.v1.Agency", "truc.v1.Admin"] {
+                                reporter.set_service_status(name, status).await;
+                            }
+                            last = Some(ok);
+                        }
                     }
-                }
-            });
+                },
+                node_span.clone(),
+            ));
         }
 
         // Throughput samples for the dashboard, and the audit chain checked now
@@ -379,7 +403,7 @@ impl RunningNode {
         {
             let st = state.clone();
             let mut s = stop_rx.clone();
-            tasks.spawn(async move {
+            tasks.spawn(tracing::Instrument::instrument(async move {
                 let mut tick = tokio::time::interval(SAMPLE_EVERY);
                 let mut last_audit: Option<std::time::Instant> = None;
                 loop {
@@ -415,7 +439,7 @@ impl RunningNode {
                         }
                     }
                 }
-            });
+            }, node_span.clone()));
         }
 
         {
@@ -424,39 +448,45 @@ impl RunningNode {
             let st = state.clone();
             let every = Config::ms(config.delivery.sweep_interval_ms);
             let mut s = stop_rx.clone();
-            tasks.spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut last_orphans: Option<std::time::Instant> = None;
-                loop {
-                    tokio::select! {
-                        _ = crate::stopped(&mut s) => return,
-                        _ = tick.tick() => {}
-                    }
-                    let orphans =
-                        last_orphans.is_none_or(|t| t.elapsed() > Duration::from_secs(3600));
-                    if orphans {
-                        last_orphans = Some(std::time::Instant::now());
-                    }
-                    let st = st.clone();
-                    let r = tokio::task::spawn_blocking(move || -> Result<(), NodeError> {
-                        while st.release_due()? > 0 {}
-                        if orphans {
-                            let n = st.sweep_orphans()?;
-                            if n > 0 {
-                                tracing::info!(files = n, "removed blob files no document names");
-                            }
+            tasks.spawn(tracing::Instrument::instrument(
+                async move {
+                    let mut tick = tokio::time::interval(every);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let mut last_orphans: Option<std::time::Instant> = None;
+                    loop {
+                        tokio::select! {
+                            _ = crate::stopped(&mut s) => return,
+                            _ = tick.tick() => {}
                         }
-                        Ok(())
-                    })
-                    .await;
-                    match r {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
-                        Err(e) => tracing::error!(error = %e, "retention sweep panicked"),
+                        let orphans =
+                            last_orphans.is_none_or(|t| t.elapsed() > Duration::from_secs(3600));
+                        if orphans {
+                            last_orphans = Some(std::time::Instant::now());
+                        }
+                        let st = st.clone();
+                        let r = tokio::task::spawn_blocking(move || -> Result<(), NodeError> {
+                            while st.release_due()? > 0 {}
+                            if orphans {
+                                let n = st.sweep_orphans()?;
+                                if n > 0 {
+                                    tracing::info!(
+                                        files = n,
+                                        "removed blob files no document names"
+                                    );
+                                }
+                            }
+                            Ok(())
+                        })
+                        .await;
+                        match r {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
+                            Err(e) => tracing::error!(error = %e, "retention sweep panicked"),
+                        }
                     }
-                }
-            });
+                },
+                node_span.clone(),
+            ));
         }
 
         if !config.children.is_empty() {
@@ -465,34 +495,40 @@ impl RunningNode {
             let st = state.clone();
             let every = Config::ms(config.delivery.sweep_interval_ms);
             let mut s = stop_rx.clone();
-            tasks.spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = crate::stopped(&mut s) => return,
-                        _ = tick.tick() => {}
+            tasks.spawn(tracing::Instrument::instrument(
+                async move {
+                    let mut tick = tokio::time::interval(every);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tokio::select! {
+                            _ = crate::stopped(&mut s) => return,
+                            _ = tick.tick() => {}
+                        }
+                        let st = st.clone();
+                        match tokio::task::spawn_blocking(move || st.park_overdue()).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => tracing::error!(error = %e, "deadline sweep failed"),
+                            Err(e) => tracing::error!(error = %e, "deadline sweep panicked"),
+                        }
                     }
-                    let st = st.clone();
-                    match tokio::task::spawn_blocking(move || st.park_overdue()).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => tracing::error!(error = %e, "deadline sweep failed"),
-                        Err(e) => tracing::error!(error = %e, "deadline sweep panicked"),
-                    }
-                }
-            });
+                },
+                node_span.clone(),
+            ));
         }
 
         if let Some((address, parent)) = &config.parent {
             let tls = transport.client_config()?;
-            tasks.spawn(dial_parent(
-                state.clone(),
-                address.clone(),
-                parent.clone(),
-                tls,
-                params.clone(),
-                stop_rx.clone(),
-                up_tx,
+            tasks.spawn(tracing::Instrument::instrument(
+                dial_parent(
+                    state.clone(),
+                    address.clone(),
+                    parent.clone(),
+                    tls,
+                    params.clone(),
+                    stop_rx.clone(),
+                    up_tx,
+                ),
+                node_span.clone(),
             ));
         }
 
