@@ -42,7 +42,13 @@ fn every_metric_the_alerts_and_the_grafana_board_use_is_exported() {
         let mut d = toml::Table::new();
         d.insert(
             "deadline_ms".into(),
-            toml::Value::Array((0..5).map(|_| toml::Value::Integer(500)).collect()),
+            // Normal documents wait a minute; express ones (priority 3) 500 ms.
+            toml::Value::Array(
+                [60_000, 60_000, 60_000, 500, 500]
+                    .into_iter()
+                    .map(toml::Value::Integer)
+                    .collect(),
+            ),
         );
         d.insert("sweep_interval_ms".into(), 100.into());
         t.insert("delivery".into(), d.into());
@@ -92,8 +98,22 @@ fn every_metric_the_alerts_and_the_grafana_board_use_is_exported() {
         H41,
         "--subject",
         "y",
+        "--priority",
+        "3",
         "--attach",
         attachment.to_str().unwrap(),
+    ]);
+    // And one that stays queued.
+    c.cli_ok(&[
+        "send",
+        "--config",
+        &c.cfg("vpcp"),
+        "--from",
+        G22,
+        "--to",
+        H41,
+        "--subject",
+        "w",
     ]);
     // A refusal, counted by reason.
     let (ok, _) = c.cli_any(&[

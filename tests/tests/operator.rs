@@ -92,6 +92,33 @@ async fn only_operators_use_the_operator_port_and_only_by_their_role() {
     let e = as_node.stats(pb::StatsRequest {}).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
 
+    // Health and reflection answer anyone (probes, grpcurl): no secrets there.
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut refl = ServerReflectionClient::new(admin_channel(&c, "hub", None));
+    let mut answers = refl
+        .server_reflection_info(tokio_stream::iter([ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = answers
+        .message()
+        .await
+        .unwrap()
+        .and_then(|r| r.message_response)
+    else {
+        panic!("no service list")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for svc in ["truc.v1.Admin", "truc.v1.Link", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == svc), "{svc} in {names:?}");
+    }
+
     // The dashboard: nobody gets the login page (401), a node 403, an operator
     // certificate the page; the API and /metrics likewise.
     let a = c.ops("hub", None).get("/");
