@@ -332,7 +332,7 @@ async fn each_limit_and_a_full_disk_refuse_with_their_own_reason() {
     // Room for what this test writes plus a margin, measured on the real disk.
     let filler = c.path("filler.bin");
     random_file(&filler, 256 * MIB);
-    let free = rustix_free(c.dir.path());
+    let free = common::ops::free_bytes(c.dir.path());
     c.edit("vpcp", |t| {
         let limits = t["limits"].as_table_mut().unwrap();
         limits.insert("max_attachment_bytes".into(), ((3 * MIB) as i64).into());
@@ -423,21 +423,6 @@ async fn each_limit_and_a_full_disk_refuse_with_their_own_reason() {
 }
 
 /// Free bytes on the filesystem holding `dir`.
-fn rustix_free(dir: &Path) -> u64 {
-    let out = std::process::Command::new("df")
-        .args(["--output=avail", "-B1"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_100_mib_attachment_in_10_documents_is_stored_once_at_the_hub() {

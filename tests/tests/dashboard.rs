@@ -95,32 +95,9 @@ fn the_dashboard_shows_the_federation_live_and_finds_a_trace() {
     );
 
     // A document, found through the search box: its trace at the hub.
-    let id = c
-        .cli_ok(&[
-            "send",
-            "--config",
-            &c.cfg("vpcp"),
-            "--from",
-            G22,
-            "--to",
-            H41,
-            "--subject",
-            "Công văn tra cứu",
-        ])
-        .trim()
-        .to_owned();
+    let id = c.send_from_vpcp(H41, "Công văn tra cứu", &[]);
     // Delivered: the hub has received and forwarded it.
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        let v: serde_json::Value =
-            serde_json::from_str(&c.cli_ok(&["status", "--config", &c.cfg("vpcp"), &id, "--json"]))
-                .unwrap();
-        if v["recipients"][0]["state"] == "delivered" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "not delivered: {v}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    c.wait_delivered("vpcp", &id);
     b.eval(&format!(
         "document.getElementById('doc').value = {id:?}; document.getElementById('search').requestSubmit(); true"
     ));

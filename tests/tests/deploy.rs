@@ -36,22 +36,10 @@ fn metric_names(expr: &str) -> Vec<String> {
 #[test]
 fn every_metric_the_alerts_and_the_grafana_board_use_is_exported() {
     let mut c = Cluster::new();
-    // Short deadlines and alert thresholds, so that overdue documents and
-    // alerts exist within the test.
+    // Short deadlines (express documents) and alert thresholds, so that
+    // overdue documents and alerts exist within the test.
+    c.set_deadlines("hub", [60_000, 60_000, 60_000, 500, 500]);
     c.edit("hub", |t| {
-        let mut d = toml::Table::new();
-        d.insert(
-            "deadline_ms".into(),
-            // Normal documents wait a minute; express ones (priority 3) 500 ms.
-            toml::Value::Array(
-                [60_000, 60_000, 60_000, 500, 500]
-                    .into_iter()
-                    .map(toml::Value::Integer)
-                    .collect(),
-            ),
-        );
-        d.insert("sweep_interval_ms".into(), 100.into());
-        t.insert("delivery".into(), d.into());
         let mut a = toml::Table::new();
         a.insert("link_down_ms".into(), 200.into());
         t.insert("alerts".into(), a.into());
@@ -61,86 +49,23 @@ fn every_metric_the_alerts_and_the_grafana_board_use_is_exported() {
     }
     // Traffic, a waiting queue and a delivered receipt, so that every family
     // has samples.
-    let id = c
-        .cli_ok(&[
-            "send",
-            "--config",
-            &c.cfg("vpcp"),
-            "--from",
-            G22,
-            "--to",
-            H41,
-            "--subject",
-            "x",
-        ])
-        .trim()
-        .to_owned();
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        let v: serde_json::Value =
-            serde_json::from_str(&c.cli_ok(&["status", "--config", &c.cfg("vpcp"), &id, "--json"]))
-                .unwrap();
-        if v["recipients"][0]["state"] == "delivered" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline);
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let id = c.send_from_vpcp(H41, "x", &[]);
+    c.wait_delivered("vpcp", &id);
     c.stop("nghean");
     let attachment = c.path("nodes/vpcp.crt");
-    c.cli_ok(&[
-        "send",
-        "--config",
-        &c.cfg("vpcp"),
-        "--from",
-        G22,
-        "--to",
-        H41,
-        "--subject",
-        "y",
-        "--priority",
-        "3",
-        "--attach",
-        attachment.to_str().unwrap(),
-    ]);
+    let attachment = attachment.to_str().unwrap();
+    c.send_from_vpcp(H41, "y", &["--priority", "3", "--attach", attachment]);
     // And one that stays queued.
-    c.cli_ok(&[
-        "send",
-        "--config",
-        &c.cfg("vpcp"),
-        "--from",
-        G22,
-        "--to",
-        H41,
-        "--subject",
-        "w",
-    ]);
+    c.send_from_vpcp(H41, "w", &[]);
     // A refusal, counted by reason.
-    let (ok, _) = c.cli_any(&[
-        "send",
-        "--config",
-        &c.cfg("vpcp"),
-        "--from",
-        G22,
-        "--to",
-        "000.00.00.Z99",
-        "--subject",
-        "z",
-    ]);
+    let (ok, _) = c.send_as("vpcp", G22, "000.00.00.Z99", "z", &[]);
     assert!(!ok);
     // Past its deadline at the hub (parked), and the link-down alert raised.
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
+    rest::poll("an overdue document and an alert at the hub", || {
         let text = c.ops("hub", Some("operators/viewer")).get("/metrics").body;
-        if text.contains("truc_overdue_documents{") && text.contains("truc_alert_active{") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no overdue document at the hub:\n{text}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+        (text.contains("truc_overdue_documents{") && text.contains("truc_alert_active{"))
+            .then_some(())
+    });
     let mut exported = BTreeSet::new();
     for node in ["hub", "vpcp"] {
         let text = c.ops(node, Some("operators/viewer")).get("/metrics").body;

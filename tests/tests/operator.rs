@@ -14,19 +14,7 @@ use tonic::Code;
 use truc_proto::v1::{self as pb, admin_client::AdminClient};
 
 fn send(c: &Cluster, subject: &str) -> String {
-    c.cli_ok(&[
-        "send",
-        "--config",
-        &c.cfg("vpcp"),
-        "--from",
-        G22,
-        "--to",
-        H41,
-        "--subject",
-        subject,
-    ])
-    .trim()
-    .to_owned()
+    c.send_from_vpcp(H41, subject, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,11 +241,7 @@ async fn metrics_are_valid_prometheus_text_and_count_what_was_sent() {
         .map(|i| send(&c, &format!("Báo cáo số {i}")))
         .collect();
     for id in &ids {
-        eventually("delivered", || {
-            let st = recipient_states_cli(&c, id);
-            async move { st.then_some(()) }
-        })
-        .await;
+        c.wait_delivered("vpcp", id);
     }
     let scrape = |c: &Cluster, node: &str| {
         let a = c.ops(node, Some("operators/viewer")).get("/metrics");
@@ -348,17 +332,7 @@ async fn metrics_are_valid_prometheus_text_and_count_what_was_sent() {
     assert_eq!(q["recipients"][0]["depth"], 2);
 
     // Refused input is counted by reason.
-    let (ok, _) = c.cli_any(&[
-        "send",
-        "--config",
-        &c.cfg("vpcp"),
-        "--from",
-        G22,
-        "--to",
-        "000.00.00.Z99",
-        "--subject",
-        "x",
-    ]);
+    let (ok, _) = c.send_as("vpcp", G22, "000.00.00.Z99", "x", &[]);
     assert!(!ok);
     let s = scrape(&c, "vpcp");
     let refused: f64 = s
@@ -390,29 +364,8 @@ async fn metrics_are_valid_prometheus_text_and_count_what_was_sent() {
     assert!(st["latency"]["p99_s"].as_f64().unwrap() >= st["latency"]["p50_s"].as_f64().unwrap());
 }
 
-fn recipient_states_cli(c: &Cluster, id: &str) -> bool {
-    let v: serde_json::Value =
-        serde_json::from_str(&c.cli_ok(&["status", "--config", &c.cfg("vpcp"), id, "--json"]))
-            .unwrap();
-    v["recipients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|r| r["state"] == "delivered" || r["state"] == "acked")
-}
-
-fn eventually_sync<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn eventually_sync<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    rest::poll(what, f)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,19 +428,8 @@ async fn health_is_not_serving_while_the_store_cannot_take_writes() {
         Some(1.0)
     );
     // And intake is refused with the reason.
-    let (ok, out) = c.cli_any(&[
-        "send",
-        "--config",
-        &c.cfg("vpcp"),
-        "--from",
-        G22,
-        "--to",
-        H41,
-        "--subject",
-        "x",
-        "--attach",
-        c.path("nodes/vpcp.crt").to_str().unwrap(),
-    ]);
+    let cert = c.path("nodes/vpcp.crt");
+    let (ok, out) = c.send_as("vpcp", G22, H41, "x", &["--attach", cert.to_str().unwrap()]);
     assert!(!ok && out.contains("disk"), "{out}");
 
     std::fs::remove_file(&filler).unwrap();

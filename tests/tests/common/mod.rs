@@ -361,6 +361,72 @@ impl Cluster {
         )
     }
 
+    /// `truc send` from an edge: (success, doc_id or the error text).
+    pub fn send_as(
+        &self,
+        node: &str,
+        from: &str,
+        to: &str,
+        subject: &str,
+        extra: &[&str],
+    ) -> (bool, String) {
+        let cfg = self.cfg(node);
+        let mut args = vec![
+            "send",
+            "--config",
+            &cfg,
+            "--from",
+            from,
+            "--to",
+            to,
+            "--subject",
+            subject,
+        ];
+        args.extend_from_slice(extra);
+        let (ok, out) = self.cli_any(&args);
+        (ok, out.trim().to_owned())
+    }
+
+    /// `truc send` G22 → `to` from vpcp; returns the doc_id (fails the test otherwise).
+    pub fn send_from_vpcp(&self, to: &str, subject: &str, extra: &[&str]) -> String {
+        let (ok, out) = self.send_as("vpcp", G22, to, subject, extra);
+        assert!(ok, "send: {out}");
+        out
+    }
+
+    /// Waits until every recipient of `doc_id` (sent from `node`) is delivered or acked.
+    pub fn wait_delivered(&self, node: &str, doc_id: &str) {
+        rest::poll(&format!("{doc_id} delivered"), || {
+            let v: serde_json::Value = serde_json::from_str(&self.cli_ok(&[
+                "status",
+                "--config",
+                &self.cfg(node),
+                doc_id,
+                "--json",
+            ]))
+            .unwrap();
+            v["recipients"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["state"] == "delivered" || r["state"] == "acked")
+                .then_some(())
+        })
+    }
+
+    /// Delivery deadlines per priority (normal … timed express) at `node`, swept often.
+    pub fn set_deadlines(&self, node: &str, ms: [i64; 5]) {
+        self.edit(node, |t| {
+            let mut d = toml::Table::new();
+            d.insert(
+                "deadline_ms".into(),
+                toml::Value::Array(ms.into_iter().map(toml::Value::Integer).collect()),
+            );
+            d.insert("sweep_interval_ms".into(), 100.into());
+            t.insert("delivery".into(), d.into());
+        });
+    }
+
     /// The operator port of a running node.
     pub fn admin_addr(&self, node: &str) -> SocketAddr {
         self.procs[node].admin.expect("no admin port")
