@@ -132,9 +132,28 @@ async fn every_route_through_a_province_delivers_and_its_own_traffic_stays_insid
         "the hub knows of {inside}: {text}"
     );
 
-    // The tree as the hub sees it.
-    let nodes: serde_json::Value =
-        serde_json::from_str(&c.cli_ok(&["nodes", "--config", &c.cfg("hub"), "--json"])).unwrap();
+    // The tree as the hub sees it. Deeper nodes come from the relay's
+    // report, sent each heartbeat: wait for one made after the district
+    // connected.
+    let nodes_at_hub = || {
+        serde_json::from_str::<serde_json::Value>(&c.cli_ok(&[
+            "nodes",
+            "--config",
+            &c.cfg("hub"),
+            "--json",
+        ]))
+        .unwrap()
+    };
+    let nodes = eventually("the relay to report dienban up", || {
+        let nodes = nodes_at_hub();
+        let up = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["node"] == "dienban" && r["link"] == "up");
+        async move { up.then_some(nodes) }
+    })
+    .await;
     let row = |n: &str| {
         nodes
             .as_array()
