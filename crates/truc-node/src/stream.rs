@@ -105,70 +105,87 @@ pub async fn fetch(
         return Ok(());
     }
     let name = digest.hex();
-    let resume = state.partial_offset(&name)?;
-    state
-        .blobs
-        .check_space(size.saturating_sub(resume), state.storage.min_free_bytes)?;
-    let mut partial = blocking(|| state.blobs.partial(&name, size, resume))?;
-    let (tx, mut rx) = mpsc::channel::<(u64, Vec<u8>)>(4);
-    if let Ok(mut s) = sinks.lock() {
-        s.insert((seq, index), tx);
-    }
-    let _sink = SinkGuard {
-        sinks: sinks.clone(),
-        key: (seq, index),
-    };
-    if partial.offset() > 0 {
-        state
-            .stats
-            .streams_resumed
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(attachment = %name, offset = partial.offset(), size, "resuming an attachment from its durable offset");
-    }
-    let want = pb::Want {
-        seq,
-        index,
-        offset: partial.offset(),
-    };
-    out.send(pb::LinkFrame {
-        frame: Some(Frame::Want(want)),
-    })
-    .await
-    .map_err(|_| Fetch::Failed(NodeError::Other("link closed".into())))?;
-    let every = state.storage.sync_every_bytes.max(1);
-    while !partial.is_complete() {
-        let Some((at, data)) = rx.recv().await else {
-            return Err(Fetch::Failed(NodeError::Other(
-                "link closed mid-stream".into(),
-            )));
+    // A resumed copy that does not verify may have been damaged here (a bad
+    // disk, a crash, an operator's mistake): fetch it once more from the start
+    // before blaming the sender.
+    let mut fresh = false;
+    loop {
+        let resume = if fresh {
+            0
+        } else {
+            state.partial_offset(&name)?
         };
-        let n = data.len() as u64;
-        blocking(|| partial.write(at, &data)).map_err(|e| match e {
-            e @ (BlobError::OutOfOrder { .. } | BlobError::TooLong { .. }) => {
-                Fetch::Refused(Refusal::invalid(format!("attachment {name}: {e}")))
-            }
-            other => other.into(),
-        })?;
         state
-            .stats
-            .stream_bytes_received
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        if partial.offset() - partial.synced() >= every && !partial.is_complete() {
-            let durable = blocking(|| partial.sync())?;
-            // The offset must survive a crash of this node, or a resume starts over.
-            let t = state.record_partial(&name, durable)?;
-            state.durable(t).await?;
+            .blobs
+            .check_space(size.saturating_sub(resume), state.storage.min_free_bytes)?;
+        let mut partial = blocking(|| state.blobs.partial(&name, size, resume))?;
+        let resumed = partial.offset() > 0;
+        let (tx, mut rx) = mpsc::channel::<(u64, Vec<u8>)>(4);
+        if let Ok(mut s) = sinks.lock() {
+            s.insert((seq, index), tx);
         }
-    }
-    match blocking(|| partial.finish(&state.blobs, Some(&digest))) {
-        Ok(_) => {}
-        Err(BlobError::Mismatch { .. }) => {
-            let _ = state.clear_partial(&name);
-            return Err(Fetch::Refused(Refusal::invalid(format!(
-                "attachment {index} of transfer {seq}: bytes do not match the signed sha-256 {name}"
-            ))));
+        let _sink = SinkGuard {
+            sinks: sinks.clone(),
+            key: (seq, index),
+        };
+        if resumed {
+            state
+                .stats
+                .streams_resumed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(attachment = %name, offset = partial.offset(), size, "resuming an attachment from its durable offset");
         }
-        Err(e) => return Err(e.into()),
+        let want = pb::Want {
+            seq,
+            index,
+            offset: partial.offset(),
+        };
+        out.send(pb::LinkFrame {
+            frame: Some(Frame::Want(want)),
+        })
+        .await
+        .map_err(|_| Fetch::Failed(NodeError::Other("link closed".into())))?;
+        let every = state.storage.sync_every_bytes.max(1);
+        while !partial.is_complete() {
+            let Some((at, data)) = rx.recv().await else {
+                return Err(Fetch::Failed(NodeError::Other(
+                    "link closed mid-stream".into(),
+                )));
+            };
+            let n = data.len() as u64;
+            blocking(|| partial.write(at, &data)).map_err(|e| match e {
+                e @ (BlobError::OutOfOrder { .. } | BlobError::TooLong { .. }) => {
+                    Fetch::Refused(Refusal::invalid(format!("attachment {name}: {e}")))
+                }
+                other => other.into(),
+            })?;
+            state
+                .stats
+                .stream_bytes_received
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            if partial.offset() - partial.synced() >= every && !partial.is_complete() {
+                let durable = blocking(|| partial.sync())?;
+                // The offset must survive a crash of this node, or a resume starts over.
+                let t = state.record_partial(&name, durable)?;
+                state.durable(t).await?;
+            }
+        }
+        match blocking(|| partial.finish(&state.blobs, Some(&digest))) {
+            Ok(_) => break,
+            Err(BlobError::Mismatch { .. }) if resumed && !fresh => {
+                // Its recorded offset goes; `partial(…, 0)` truncates the file.
+                state.clear_partial(&name)?;
+                tracing::warn!(attachment = %name, "the resumed partial copy does not verify; fetching it again from the start");
+                fresh = true;
+            }
+            Err(BlobError::Mismatch { .. }) => {
+                let _ = state.clear_partial(&name);
+                return Err(Fetch::Refused(Refusal::invalid(format!(
+                    "attachment {index} of transfer {seq}: bytes do not match the signed sha-256 {name}"
+                ))));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     state.clear_partial(&name)?;
     guard.done();
