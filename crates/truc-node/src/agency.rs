@@ -269,6 +269,7 @@ impl Agency for AgencyService {
             .durable(accepted.ticket())
             .await
             .map_err(Status::from)?;
+        self.state.hooks.before_ack("send reply");
         Ok(Response::new(pb::SendResponse {
             doc_id: doc_id.to_string(),
             duplicate: matches!(accepted, Accepted::Duplicate(_)),

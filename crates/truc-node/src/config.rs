@@ -412,11 +412,28 @@ impl Default for StorageSection {
 pub struct TestHooks {
     /// Flip one byte of the header of every envelope this node forwards.
     pub corrupt_forwarded_headers: bool,
+    /// Crash (abort) once every N acknowledgements, after what they cover is
+    /// durable and before the ack leaves: the window between "stored" and "acked".
+    pub abort_before_ack_every: u64,
+    /// Shift this node's clock (Unix ms it stamps and compares) by this much.
+    pub clock_offset_ms: i64,
 }
 
 impl TestHooks {
     pub fn is_off(&self) -> bool {
         !self.corrupt_forwarded_headers
+            && self.abort_before_ack_every == 0
+            && self.clock_offset_ms == 0
+    }
+
+    /// Called where an acknowledgement is about to leave, once it is durable.
+    pub fn before_ack(&self, what: &str) {
+        static ACKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = self.abort_before_ack_every;
+        if n > 0 && ACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n == n - 1 {
+            tracing::error!(what, "test hook: aborting between stored and acknowledged");
+            std::process::abort();
+        }
     }
 }
 

@@ -830,6 +830,7 @@ async fn acknowledge(
         if let Some(t) = ticket {
             // Invariant 1: nothing is acknowledged before it is fsynced.
             state.durable(t).await?;
+            state.hooks.before_ack("link ack");
         }
         for r in rejects {
             if out.send(frame(Frame::Reject(r))).await.is_err() {

@@ -113,6 +113,7 @@ pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
         agencies: SignatureVerifier::from_file(&config.signing_ca)?,
         nodes: SignatureVerifier::from_file(&config.tls.ca)?,
     };
+    crate::state::set_clock_offset_ms(config.test_hooks.clock_offset_ms);
     if !config.test_hooks.is_off() {
         tracing::warn!(hooks = ?config.test_hooks, "test hooks are on: this node misbehaves on purpose");
     }

@@ -455,11 +455,21 @@ fn pb_kind_name(k: i32) -> &'static str {
     }
 }
 
+/// Shift of this process's clock (test hook `clock_offset_ms`).
+static CLOCK_OFFSET_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Shifts [`now_ms`] for this process (fault injection: clock skew).
+pub fn set_clock_offset_ms(ms: i64) {
+    CLOCK_OFFSET_MS.store(ms, Ordering::Relaxed);
+}
+
+/// Unix ms as this node tells time.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+        + CLOCK_OFFSET_MS.load(Ordering::Relaxed)
 }
 
 pub(crate) fn doc_key(from: &str, doc_id: &str) -> Vec<u8> {

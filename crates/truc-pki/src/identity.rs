@@ -150,3 +150,10 @@ pub fn operator(der: &[u8]) -> Result<(String, Role), PkiError> {
         ))),
     }
 }
+
+/// The raw serial number of a DER certificate (for revocation lists).
+pub fn serial(der: &[u8]) -> Result<Vec<u8>, PkiError> {
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| PkiError::BadCertificate(format!("cannot parse: {e}")))?;
+    Ok(cert.tbs_certificate.raw_serial().to_vec())
+}

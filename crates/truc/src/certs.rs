@@ -243,6 +243,79 @@ fn random_token() -> Result<String> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
+/// The transport CA's CRL, beside it.
+pub const CRL_FILE: &str = "transport-ca.crl";
+/// Revoked serial numbers (hex, one per line, `# node` comments kept).
+const REVOKED_FILE: &str = "revoked.txt";
+
+fn write_crl(out: &Path, transport: &DevCa) -> Result<()> {
+    let serials: Vec<Vec<u8>> = fs::read_to_string(out.join(REVOKED_FILE))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split('#').next())
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|h| hex::decode(h).with_context(|| format!("{REVOKED_FILE}: {h}")))
+        .collect::<Result<_>>()?;
+    let pem = transport.crl(&serials)?;
+    let path = out.join(CRL_FILE);
+    fs::write(&path, pem).with_context(|| format!("write {}", path.display()))
+}
+
+fn load_transport(out: &Path) -> Result<DevCa> {
+    let cert = fs::read_to_string(out.join("transport-ca.crt"))
+        .with_context(|| format!("{}: run truc certs init first", out.display()))?;
+    let key = fs::read_to_string(out.join("transport-ca.key"))
+        .with_context(|| format!("{}/transport-ca.key", out.display()))?;
+    Ok(DevCa::load(&cert, &key)?)
+}
+
+/// Issues a new certificate and key for `node` (a new serial); the node uses
+/// them when it restarts. The old files are kept as `.old`.
+pub fn rotate(out: &Path, node: &str, hostnames: &[String]) -> Result<PathBuf> {
+    let id: NodeId = node.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let transport = load_transport(out)?;
+    let crt = out.join("nodes").join(format!("{id}.crt"));
+    let key = out.join("nodes").join(format!("{id}.key"));
+    if !crt.exists() {
+        bail!(
+            "{} does not exist: {node} is not a node of this PKI",
+            crt.display()
+        );
+    }
+    let issued = transport.node_cert(&id, hostnames)?;
+    let _ = fs::copy(&crt, crt.with_extension("crt.old"));
+    let _ = fs::copy(&key, key.with_extension("key.old"));
+    write_secret(&key.with_extension("key.new"), &issued.key_pem)?;
+    fs::write(crt.with_extension("crt.new"), &issued.cert_pem)?;
+    fs::rename(key.with_extension("key.new"), &key)?;
+    fs::rename(crt.with_extension("crt.new"), &crt)?;
+    Ok(crt)
+}
+
+/// Adds `node`'s current certificate to the transport CA's revocation list and
+/// rewrites it; nodes refuse it once they restart with the new list.
+pub fn revoke(out: &Path, node: &str) -> Result<String> {
+    let transport = load_transport(out)?;
+    let crt = out.join("nodes").join(format!("{node}.crt"));
+    let der = truc_pki::load_certs(&crt)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{}: no certificate", crt.display()))?;
+    let serial = hex::encode(truc_pki::identity::serial(&der)?);
+    let path = out.join(REVOKED_FILE);
+    let mut list = fs::read_to_string(&path).unwrap_or_default();
+    if !list
+        .lines()
+        .any(|l| l.split('#').next().map(str::trim) == Some(serial.as_str()))
+    {
+        list.push_str(&format!("{serial} # {node}\n"));
+        fs::write(&path, list).with_context(|| format!("write {}", path.display()))?;
+    }
+    write_crl(out, &transport)?;
+    Ok(serial)
+}
+
 /// Creates (or completes) the PKI and writes every node's config.
 pub fn init(out: &Path, topo: &Topology) -> Result<InitReport> {
     let mut report = InitReport::default();
@@ -262,6 +335,7 @@ pub fn init(out: &Path, topo: &Topology) -> Result<InitReport> {
         "truc signing CA (development)",
         &mut report,
     )?;
+    write_crl(out, &transport)?;
 
     for n in &topo.nodes {
         let id: NodeId = n.id.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -370,7 +444,9 @@ fn node_config(topo: &Topology, n: &TopoNode) -> Result<FileConfig> {
             ca: "transport-ca.crt".into(),
             cert: PathBuf::from("nodes").join(format!("{}.crt", n.id)),
             key: PathBuf::from("nodes").join(format!("{}.key", n.id)),
-            crls: Vec::new(),
+            // The transport CA's revocation list (`truc certs revoke` rewrites it;
+            // nodes read it when they start).
+            crls: vec![CRL_FILE.into()],
         },
         signing: SigningSection {
             ca: "signing-ca.crt".into(),

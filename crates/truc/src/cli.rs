@@ -379,6 +379,20 @@ enum CertsCommand {
         #[arg(long)]
         topology: Option<PathBuf>,
     },
+    /// Issue a new certificate and key for a node (the old ones kept as .old);
+    /// restart the node to use them.
+    Rotate {
+        #[arg(long)]
+        out: PathBuf,
+        node: String,
+    },
+    /// Revoke a node's current certificate: it goes into transport-ca.crl, which
+    /// every node reads when it starts.
+    Revoke {
+        #[arg(long)]
+        out: PathBuf,
+        node: String,
+    },
 }
 
 fn init_logging(format: LogFormat, default: &str) {
@@ -420,6 +434,23 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Certs {
+            command: CertsCommand::Rotate { out, node },
+        } => {
+            let crt = certs::rotate(&out, &node, &[])?;
+            println!("{} rewritten; restart {node} to use it", crt.display());
+            Ok(())
+        }
+        Command::Certs {
+            command: CertsCommand::Revoke { out, node },
+        } => {
+            let serial = certs::revoke(&out, &node)?;
+            println!(
+                "serial {serial} of {node} revoked in {}; nodes refuse it once restarted (truc certs rotate {node} for a new one)",
+                out.join(certs::CRL_FILE).display()
+            );
+            Ok(())
+        }
         Command::Certs {
             command: CertsCommand::Init { out, topology },
         } => {
