@@ -184,3 +184,90 @@ async fn bytes_tampered_at_the_hub_are_refused_by_the_recipient() {
         "no delivered receipt may exist: {states:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_loses_its_link_and_cannot_come_back() {
+    let mut c = Cluster::new();
+    c.edit("hub", |t| {
+        t["tls"]
+            .as_table_mut()
+            .unwrap()
+            .insert("crl_reload_ms".into(), 100.into());
+    });
+    for n in ["hub", "vpcp", "nghean", "caobang"] {
+        c.start(n);
+    }
+    let before = c.send_from_vpcp(H41, "trước khi thu hồi", &[]);
+    c.wait_delivered("vpcp", &before);
+
+    let revoke = c.cli_ok(&[
+        "certs",
+        "revoke",
+        "--out",
+        c.dir.path().to_str().unwrap(),
+        "vpcp",
+    ]);
+    assert!(revoke.contains("vpcp"), "{revoke}");
+    // The running hub reads the new list, drops the live link and refuses the next
+    // handshakes; nothing vpcp queues afterwards gets through.
+    c.wait_log("hub", &["revocation lists reloaded", "vpcp"]);
+    c.wait_log("hub", &["tls handshake refused"]);
+    let err = raw_link(c.dir.path(), "vpcp", &c.hub_addr())
+        .await
+        .err()
+        .expect("a revoked certificate opened a link");
+    assert!(!err.is_empty());
+    let after = c.send_from_vpcp(H41, "sau khi thu hồi", &[]);
+    // Another node is not affected.
+    let (ok, id) = c.send_as("nghean", H41, H14, "vẫn thông suốt", &[]);
+    assert!(ok, "{id}");
+    c.wait_delivered("nghean", &id);
+    assert!(
+        !inbox(&c, "nghean", H41)
+            .await
+            .iter()
+            .any(|i| i.doc_id == after),
+        "a document went through on a revoked link"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&c.cli_ok(&["nodes", "--config", &c.cfg("hub"), "--json"])).unwrap();
+    let vpcp = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["node"] == "vpcp")
+        .unwrap();
+    assert_eq!(vpcp["link"], "down", "{vpcp}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_node_certificate_is_refused_at_the_handshake() {
+    let mut c = Cluster::new();
+    c.start("hub");
+    let pki = c.dir.path();
+    let ca = truc_pki::dev::DevCa::load(
+        &std::fs::read_to_string(pki.join("transport-ca.crt")).unwrap(),
+        &std::fs::read_to_string(pki.join("transport-ca.key")).unwrap(),
+    )
+    .unwrap();
+    let expired = ca
+        .node_cert_valid(&"vpcp".parse().unwrap(), &[], -1)
+        .unwrap();
+    let other = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(other.path().join("nodes")).unwrap();
+    std::fs::copy(
+        pki.join("transport-ca.crt"),
+        other.path().join("transport-ca.crt"),
+    )
+    .unwrap();
+    std::fs::write(other.path().join("nodes/vpcp.crt"), &expired.cert_pem).unwrap();
+    std::fs::write(other.path().join("nodes/vpcp.key"), &expired.key_pem).unwrap();
+    let err = raw_link(other.path(), "vpcp", &c.hub_addr())
+        .await
+        .err()
+        .expect("an expired certificate opened a link");
+    assert!(!err.is_empty());
+    c.wait_log("hub", &["tls handshake refused", "xpired"]);
+    // The same node with its valid certificate gets in: the refusal was the date.
+    assert!(raw_link(pki, "vpcp", &c.hub_addr()).await.is_ok());
+}

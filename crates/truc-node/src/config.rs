@@ -95,6 +95,14 @@ pub struct TlsSection {
     /// Certificate revocation lists of the transport CA, PEM.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub crls: Vec<PathBuf>,
+    /// How often the CRL files are read again (ms): a new list applies to the next
+    /// handshake, and links of children it revokes are closed at once.
+    #[serde(default = "default_crl_reload_ms")]
+    pub crl_reload_ms: u64,
+}
+
+fn default_crl_reload_ms() -> u64 {
+    10_000
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -541,6 +549,7 @@ impl Config {
                 .iter()
                 .map(|p| must_exist("tls.crls", p))
                 .collect::<Result<_, _>>()?,
+            crl_reload_ms: f.tls.crl_reload_ms.max(100),
         };
         let signing_ca = must_exist("signing.ca", &f.signing.ca)?;
         if f.listen.is_none() && f.parent.is_none() {

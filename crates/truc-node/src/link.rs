@@ -855,7 +855,7 @@ async fn acknowledge(
 }
 
 /// Live sessions by child: an id and the switch that ends it.
-type Sessions = HashMap<NodeId, (u64, watch::Sender<bool>)>;
+type Sessions = HashMap<NodeId, (u64, Vec<u8>, watch::Sender<bool>)>;
 
 /// The parent side: accepts links from children.
 #[derive(Clone)]
@@ -876,6 +876,22 @@ impl LinkService {
             sessions: Arc::default(),
             next_session: Arc::default(),
         }
+    }
+
+    /// Closes the links of children whose certificate serial is in `revoked`;
+    /// returns them.
+    pub fn close_revoked(&self, revoked: &std::collections::HashSet<Vec<u8>>) -> Vec<NodeId> {
+        let Ok(s) = self.sessions.lock() else {
+            return Vec::new();
+        };
+        // The session removes itself (and marks the child down) as it ends.
+        s.iter()
+            .filter(|(_, (_, serial, _))| revoked.contains(serial))
+            .map(|(n, (_, _, stop))| {
+                let _ = stop.send(true);
+                n.clone()
+            })
+            .collect()
     }
 
     /// Children with a link up now.
@@ -905,6 +921,7 @@ impl pb::link_server::Link for LinkService {
             .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
         let node = truc_pki::identity::node_id(leaf)
             .map_err(|e| Status::permission_denied(format!("not a node certificate: {e}")))?;
+        let serial = truc_pki::identity::serial(leaf).unwrap_or_default();
         let cert_not_after = truc_pki::identity::cert_info(leaf)
             .map(|i| i.not_after)
             .unwrap_or(0);
@@ -958,7 +975,7 @@ impl pb::link_server::Link for LinkService {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (sup_tx, mut sup_rx) = watch::channel(false);
         if let Ok(mut s) = self.sessions.lock()
-            && let Some((_, old)) = s.insert(node.clone(), (id, sup_tx))
+            && let Some((_, _, old)) = s.insert(node.clone(), (id, serial, sup_tx))
         {
             let _ = old.send(true);
         }
@@ -1022,7 +1039,7 @@ impl pb::link_server::Link for LinkService {
                 .await;
                 let _ = done_tx.send(true);
                 if let Ok(mut s) = sessions.lock()
-                    && s.get(&node).is_some_and(|(sid, _)| *sid == id)
+                    && s.get(&node).is_some_and(|(sid, _, _)| *sid == id)
                 {
                     s.remove(&node);
                     st.set_connected(&node, false);

@@ -218,18 +218,24 @@ impl RunningNode {
         let (up_tx, parent_up) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
+        // Server TLS configurations, replaced when the CRLs change on disk.
+        let (link_tls_tx, link_tls) = watch::channel(transport.server_config()?);
+        let (operator_tls_tx, operator_tls) = watch::channel(transport.operator_server_config()?);
+        let mut link_service = None;
+
         let mut link_addr = None;
         if let Some(addr) = &config.listen {
             let (listener, bound) = bind(listeners.link, "link listener", addr).await?;
             link_addr = Some(bound);
             let incoming = tls_incoming(
                 listener,
-                transport.server_config()?,
+                link_tls.clone(),
                 params.handshake_timeout,
                 config.link.max_connections,
                 stop_rx.clone(),
             );
             let svc = LinkService::new(state.clone(), params.clone(), stop_rx.clone());
+            link_service = Some(svc.clone());
             let server = Server::builder()
                 .trace_fn(trace_node.clone())
                 .http2_keepalive_interval(Some(params.heartbeat_interval))
@@ -337,7 +343,7 @@ impl RunningNode {
                 .add_service(reflection()?);
             let incoming = tls_incoming(
                 listener,
-                transport.operator_server_config()?,
+                operator_tls.clone(),
                 params.handshake_timeout,
                 config.link.max_connections,
                 stop_rx.clone(),
@@ -517,6 +523,19 @@ impl RunningNode {
             ));
         }
 
+        if !config.tls.crls.is_empty() {
+            tasks.spawn(tracing::Instrument::instrument(
+                reload_crls(
+                    config.tls.clone(),
+                    link_tls_tx,
+                    operator_tls_tx,
+                    link_service,
+                    stop_rx.clone(),
+                ),
+                node_span.clone(),
+            ));
+        }
+
         if let Some((address, parent)) = &config.parent {
             let tls = transport.client_config()?;
             tasks.spawn(tracing::Instrument::instrument(
@@ -591,5 +610,64 @@ impl RunningNode {
             .map_err(|e| NodeError::Other(e.to_string()))??;
         tracing::info!(node = %self.state.node_id, "node stopped");
         Ok(())
+    }
+}
+
+/// Reads the CRL files again every `tls.crl_reload_ms`. When they change, the next
+/// handshakes use the new lists and children whose certificate they revoke lose
+/// their link at once. A list that cannot be read or parsed keeps the previous one
+/// in force (fail closed: nothing revoked becomes valid again) and says so.
+async fn reload_crls(
+    tls: crate::config::TlsSection,
+    link_tls: watch::Sender<Arc<rustls::ServerConfig>>,
+    operator_tls: watch::Sender<Arc<rustls::ServerConfig>>,
+    links: Option<LinkService>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let read_all = |paths: &[std::path::PathBuf]| -> Vec<Option<Vec<u8>>> {
+        paths.iter().map(|p| std::fs::read(p).ok()).collect()
+    };
+    let mut seen = read_all(&tls.crls);
+    let mut tick = tokio::time::interval(Duration::from_millis(tls.crl_reload_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = crate::stopped(&mut stop) => return,
+            _ = tick.tick() => {}
+        }
+        let now = read_all(&tls.crls);
+        if now == seen {
+            continue;
+        }
+        let material = match TransportMaterial::load(&tls.ca, &tls.cert, &tls.key, &tls.crls) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "revocation lists changed but cannot be loaded; the previous ones stay in force");
+                continue;
+            }
+        };
+        let (Ok(link_cfg), Ok(operator_cfg)) =
+            (material.server_config(), material.operator_server_config())
+        else {
+            tracing::error!(
+                "revocation lists changed but the TLS configuration cannot be rebuilt; the previous ones stay in force"
+            );
+            continue;
+        };
+        let revoked: std::collections::HashSet<Vec<u8>> = material
+            .crls
+            .iter()
+            .filter_map(|c| truc_pki::identity::revoked_serials(c).ok())
+            .flatten()
+            .collect();
+        seen = now;
+        let _ = link_tls.send(link_cfg);
+        let _ = operator_tls.send(operator_cfg);
+        let closed = links
+            .as_ref()
+            .map(|l| l.close_revoked(&revoked))
+            .unwrap_or_default();
+        let closed: Vec<String> = closed.iter().map(|n| n.to_string()).collect();
+        tracing::warn!(revoked = revoked.len(), closed = ?closed, "revocation lists reloaded");
     }
 }

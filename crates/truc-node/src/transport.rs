@@ -72,16 +72,16 @@ impl AsyncWrite for Conn {
 }
 
 /// Accepts TCP connections, completes TLS handshakes concurrently and yields the
-/// established connections. Stops when `shutdown` turns true.
+/// established connections. Each handshake uses the latest configuration `tls`
+/// holds (CRLs are reloaded while running). Stops when `shutdown` turns true.
 pub fn tls_incoming(
     listener: TcpListener,
-    tls: Arc<ServerConfig>,
+    tls: watch::Receiver<Arc<ServerConfig>>,
     handshake_timeout: Duration,
     max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
 ) -> ReceiverStream<Result<Conn, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
-    let acceptor = TlsAcceptor::from(tls);
     let slots = Arc::new(Semaphore::new(max_connections));
     tokio::spawn(async move {
         loop {
@@ -101,7 +101,7 @@ pub fn tls_incoming(
                 },
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            let acceptor = TlsAcceptor::from(tls.borrow().clone());
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {

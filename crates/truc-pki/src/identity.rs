@@ -157,3 +157,13 @@ pub fn serial(der: &[u8]) -> Result<Vec<u8>, PkiError> {
         .map_err(|e| PkiError::BadCertificate(format!("cannot parse: {e}")))?;
     Ok(cert.tbs_certificate.raw_serial().to_vec())
 }
+
+/// The serial numbers a DER certificate revocation list revokes.
+pub fn revoked_serials(crl_der: &[u8]) -> Result<Vec<Vec<u8>>, PkiError> {
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl_der)
+        .map_err(|e| PkiError::BadCertificate(format!("cannot parse revocation list: {e}")))?;
+    Ok(crl
+        .iter_revoked_certificates()
+        .map(|r| r.raw_serial().to_vec())
+        .collect())
+}

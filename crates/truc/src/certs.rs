@@ -258,8 +258,11 @@ fn write_crl(out: &Path, transport: &DevCa) -> Result<()> {
         .map(|h| hex::decode(h).with_context(|| format!("{REVOKED_FILE}: {h}")))
         .collect::<Result<_>>()?;
     let pem = transport.crl(&serials)?;
+    // Nodes read the list while running: replace it whole, never half-written.
     let path = out.join(CRL_FILE);
-    fs::write(&path, pem).with_context(|| format!("write {}", path.display()))
+    let tmp = out.join(format!("{CRL_FILE}.new"));
+    fs::write(&tmp, pem).with_context(|| format!("write {}", tmp.display()))?;
+    fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))
 }
 
 fn load_transport(out: &Path) -> Result<DevCa> {
@@ -294,7 +297,8 @@ pub fn rotate(out: &Path, node: &str, hostnames: &[String]) -> Result<PathBuf> {
 }
 
 /// Adds `node`'s current certificate to the transport CA's revocation list and
-/// rewrites it; nodes refuse it once they restart with the new list.
+/// rewrites it; running nodes read it again within `tls.crl_reload_ms`, refuse the
+/// certificate at the next handshake and close a link that uses it.
 pub fn revoke(out: &Path, node: &str) -> Result<String> {
     let transport = load_transport(out)?;
     let crt = out.join("nodes").join(format!("{node}.crt"));
@@ -445,8 +449,9 @@ fn node_config(topo: &Topology, n: &TopoNode) -> Result<FileConfig> {
             cert: PathBuf::from("nodes").join(format!("{}.crt", n.id)),
             key: PathBuf::from("nodes").join(format!("{}.key", n.id)),
             // The transport CA's revocation list (`truc certs revoke` rewrites it;
-            // nodes read it when they start).
+            // nodes read it again every crl_reload_ms).
             crls: vec![CRL_FILE.into()],
+            crl_reload_ms: 10_000,
         },
         signing: SigningSection {
             ca: "signing-ca.crt".into(),
