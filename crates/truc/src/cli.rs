@@ -294,6 +294,29 @@ enum Command {
         #[arg(long, default_value_t = 10 * 1024)]
         body_bytes: usize,
     },
+    /// Fault injection: real nodes on loopback under load, faults in a loop, and a
+    /// checker that must count nothing lost, duplicated, corrupted, phantom or
+    /// misrouted (RELIABILITY.md). Scenarios: all, kill-hub, kill-relay,
+    /// kill-edges, crash-before-ack, partition, disk-full, corrupt-partials,
+    /// clock-skew, cert-rotation.
+    Chaos {
+        scenario: String,
+        /// At least this many documents (sending goes on until the faults are done).
+        #[arg(long, default_value_t = 10_000)]
+        docs: u64,
+        /// At least this many injected faults.
+        #[arg(long, default_value_t = 50)]
+        faults: u64,
+        /// Print the reports as JSON (for scripts and the tests).
+        #[arg(long)]
+        json: bool,
+        /// Keep PKI, data and node logs here (one directory per scenario).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seed of the fault schedule (printed by every run).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Run a hub and three edges on loopback with a fresh PKI and send documents.
     Demo {
         /// Keep the PKI, configs and data here instead of a temporary directory.
@@ -784,6 +807,25 @@ async fn run(cli: Cli) -> Result<()> {
                 docs,
                 concurrency,
                 body_bytes,
+            })
+            .await
+        }
+        Command::Chaos {
+            scenario,
+            docs,
+            faults,
+            json,
+            dir,
+            seed,
+        } => {
+            init_logging(cli.log_format, "error");
+            crate::chaos::run(crate::chaos::ChaosArgs {
+                scenario,
+                docs,
+                faults,
+                json,
+                dir,
+                seed,
             })
             .await
         }

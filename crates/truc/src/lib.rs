@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+pub mod chaos;
 pub mod certs;
 pub mod cli;
 pub mod client;

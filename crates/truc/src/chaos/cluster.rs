@@ -1,0 +1,272 @@
+//! A federation of real `truc node` processes on loopback for fault injection:
+//! a fresh dev PKI, every listener on a free port chosen once (so restarts find
+//! each other again), each child dialing its parent through a fault proxy,
+//! SIGKILL and restart, logs kept per node.
+
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, TcpListener as StdListener},
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+use super::proxy::Proxy;
+use crate::certs::{self, Topology};
+
+/// How long a node may take to print its ready line.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    exe: PathBuf,
+    pub topo: Topology,
+    procs: BTreeMap<String, Child>,
+    /// The proxy on each child's link to its parent, by child.
+    pub proxies: BTreeMap<String, Proxy>,
+    /// Restarts of each node (for the log file names).
+    starts: BTreeMap<String, u32>,
+}
+
+fn free_port() -> Result<String> {
+    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.to_string())
+}
+
+impl Cluster {
+    /// Makes the PKI and configs in `dir` (a temporary directory if None) for the
+    /// default topology, with quick failure detection.
+    pub async fn create(dir: Option<PathBuf>) -> Result<Self> {
+        let (tmp, dir) = match dir {
+            Some(d) => {
+                std::fs::create_dir_all(&d)?;
+                (None, d)
+            }
+            None => {
+                let t = tempfile::Builder::new().prefix("truc-chaos-").tempdir()?;
+                let d = t.path().to_owned();
+                (Some(t), d)
+            }
+        };
+        let mut topo = Topology::default_topology()?;
+        for n in &mut topo.nodes {
+            for addr in [&mut n.listen, &mut n.agency_api, &mut n.admin_api] {
+                if addr.is_some() {
+                    *addr = Some(free_port()?);
+                }
+            }
+            n.rest_api = None;
+        }
+        certs::init(&dir, &topo)?;
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let mut proxies = BTreeMap::new();
+        for n in &topo.nodes {
+            if let Some(parent) = &n.parent {
+                let upstream: SocketAddr = topo
+                    .node(parent)
+                    .and_then(|p| p.listen.clone())
+                    .ok_or_else(|| anyhow!("{parent} has no listen address"))?
+                    .parse()?;
+                proxies.insert(n.id.clone(), Proxy::start(upstream).await?);
+            }
+        }
+        let c = Self {
+            dir,
+            _tmp: tmp,
+            exe: std::env::current_exe().context("where is this program")?,
+            topo,
+            procs: BTreeMap::new(),
+            proxies,
+            starts: BTreeMap::new(),
+        };
+        for n in c.nodes() {
+            let via = c.proxies.get(&n).map(|p| p.addr.to_string());
+            c.edit(&n, |t| {
+                if let (Some(via), Some(p)) =
+                    (via, t.get_mut("parent").and_then(|v| v.as_table_mut()))
+                {
+                    p.insert("address".into(), via.into());
+                }
+                let link = table(t, "link");
+                link.insert("heartbeat_interval_ms".into(), 300.into());
+                link.insert("heartbeat_timeout_ms".into(), 1500.into());
+                link.insert("reconnect_max_ms".into(), 500.into());
+                table(t, "limits").insert("max_list".into(), 100_000.into());
+                table(t, "tls").insert("crl_reload_ms".into(), 200.into());
+            })?;
+        }
+        Ok(c)
+    }
+
+    pub fn nodes(&self) -> Vec<String> {
+        self.topo.nodes.iter().map(|n| n.id.clone()).collect()
+    }
+
+    pub fn config(&self, node: &str) -> PathBuf {
+        self.dir.join(format!("{node}.toml"))
+    }
+
+    pub fn data_dir(&self, node: &str) -> PathBuf {
+        self.dir.join("data").join(node)
+    }
+
+    /// Edits a node's config file (read when it next starts).
+    pub fn edit(&self, node: &str, f: impl FnOnce(&mut toml::Table)) -> Result<()> {
+        let path = self.config(node);
+        let mut t: toml::Table = std::fs::read_to_string(&path)?
+            .parse()
+            .with_context(|| format!("{}", path.display()))?;
+        f(&mut t);
+        std::fs::write(&path, toml::to_string(&t)?)?;
+        Ok(())
+    }
+
+    pub fn running(&self, node: &str) -> bool {
+        self.procs.contains_key(node)
+    }
+
+    /// Starts `truc node` and waits for its ready line.
+    pub async fn start(&mut self, node: &str) -> Result<()> {
+        if self.procs.contains_key(node) {
+            bail!("{node} is already running");
+        }
+        let n = self.starts.entry(node.to_owned()).or_default();
+        *n += 1;
+        let log = self.dir.join("logs").join(format!("{node}.{n}.log"));
+        let mut child = Command::new(&self.exe)
+            .args(["--log-format", "json", "node", "--config"])
+            .arg(self.config(node))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start {node}"))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(START_TIMEOUT, async {
+            while let Ok(Some(l)) = lines.next_line().await {
+                if l.contains(" ready ") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        if ready != Ok(true) {
+            let _ = child.kill().await;
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(15).collect();
+            bail!(
+                "{node} did not start (log {}):\n{}",
+                log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.procs.insert(node.to_owned(), child);
+        Ok(())
+    }
+
+    pub async fn start_all(&mut self) -> Result<()> {
+        for n in self.nodes() {
+            self.start(&n).await?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub async fn kill(&mut self, node: &str) -> Result<()> {
+        let mut c = self
+            .procs
+            .remove(node)
+            .ok_or_else(|| anyhow!("{node} is not running"))?;
+        c.kill().await?;
+        Ok(())
+    }
+
+    /// Nodes that exited on their own since the last call (a crash, or a test
+    /// hook's abort), with how they ended.
+    pub fn exited(&mut self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (n, c) in &mut self.procs {
+            if let Ok(Some(status)) = c.try_wait() {
+                out.push((n.clone(), status.to_string()));
+            }
+        }
+        for (n, _) in &out {
+            self.procs.remove(n);
+        }
+        out
+    }
+
+    /// Starts every node that is not running; returns them.
+    pub async fn restart_missing(&mut self) -> Result<Vec<String>> {
+        let mut started = Vec::new();
+        for n in self.nodes() {
+            if !self.running(&n) {
+                self.start(&n).await?;
+                started.push(n);
+            }
+        }
+        Ok(started)
+    }
+
+    pub async fn stop_all(&mut self) {
+        for (_, mut c) in std::mem::take(&mut self.procs) {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// Free bytes of the file system holding the data directories.
+    pub fn free_bytes(&self) -> Result<u64> {
+        let st = rustix::fs::statvfs(&self.dir)?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+}
+
+fn table<'a>(t: &'a mut toml::Table, name: &str) -> &'a mut toml::Table {
+    let v = t
+        .entry(name)
+        .or_insert_with(|| toml::Value::Table(Default::default()));
+    if !v.is_table() {
+        *v = toml::Value::Table(Default::default());
+    }
+    match v {
+        toml::Value::Table(t) => t,
+        _ => unreachable!("made a table above"),
+    }
+}
+
+/// Files under `dir` (recursively) whose path contains `part`.
+pub fn files_under(dir: &Path, part: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().contains(part) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Seconds since `t` with millisecond precision, for logs.
+pub fn since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64()
+}

@@ -1,0 +1,604 @@
+//! `truc chaos <scenario>`: real `truc node` processes on loopback under load,
+//! faults injected in a loop, and a checker that must count zero lost,
+//! duplicated, corrupted, phantom and misrouted documents and zero order
+//! violations. See RELIABILITY.md for the scenarios and the figures.
+
+pub mod cluster;
+pub mod proxy;
+pub mod workload;
+
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use tokio::sync::watch;
+
+use self::{
+    cluster::Cluster,
+    proxy::Faults,
+    workload::{Ledger, Outcome, Pool, Shared},
+};
+
+/// The scenarios, in the order `all` runs them.
+pub const SCENARIOS: &[(&str, &str)] = &[
+    ("kill-hub", "SIGKILL the hub, restart it"),
+    ("kill-relay", "SIGKILL the province relay, restart it"),
+    ("kill-edges", "SIGKILL a sending or receiving edge, restart it"),
+    (
+        "crash-before-ack",
+        "hub, relay and a sender abort between storing and acknowledging",
+    ),
+    (
+        "partition",
+        "cut a link both ways or one way, add latency, cap bandwidth, reset connections",
+    ),
+    ("disk-full", "fill the disk under the hub and a recipient"),
+    (
+        "corrupt-partials",
+        "kill a node mid-transfer, flip bytes in or truncate its partial files",
+    ),
+    ("clock-skew", "restart an edge with its clock 2 h ahead or behind"),
+    (
+        "cert-rotation",
+        "revoke an edge's certificate, give it a new one, restart it",
+    ),
+];
+
+#[derive(Debug, Clone)]
+pub struct ChaosArgs {
+    pub scenario: String,
+    /// At least this many documents (generators keep going until the faults are done).
+    pub docs: u64,
+    /// At least this many faults.
+    pub faults: u64,
+    pub json: bool,
+    pub dir: Option<PathBuf>,
+    pub seed: Option<u64>,
+}
+
+/// One injected fault and how long the federation took to deliver fresh
+/// documents on every route again.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FaultRecord {
+    pub kind: String,
+    pub target: String,
+    pub held_ms: u64,
+    pub recovery_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub seed: u64,
+    pub documents: u64,
+    pub faults: u64,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    pub recovery_p50_ms: u64,
+    pub recovery_p99_ms: u64,
+    pub recovery_max_ms: u64,
+    pub not_recovered: u64,
+    /// Nodes that exited on their own where no fault asked them to.
+    pub unexpected_exits: Vec<String>,
+    pub duration_s: f64,
+    pub anomalies: Vec<String>,
+    pub send_errors_retried: u64,
+    pub fault_log: Vec<FaultRecord>,
+    pub ok: bool,
+}
+
+/// Runs one scenario, or every one for `all`; prints the reports; fails if any
+/// run is not clean.
+pub async fn run(a: ChaosArgs) -> Result<()> {
+    let names: Vec<&str> = if a.scenario == "all" {
+        SCENARIOS.iter().map(|(n, _)| *n).collect()
+    } else if SCENARIOS.iter().any(|(n, _)| *n == a.scenario) {
+        vec![a.scenario.as_str()]
+    } else {
+        let list: Vec<String> = SCENARIOS
+            .iter()
+            .map(|(n, what)| format!("  {n:18} {what}"))
+            .collect();
+        bail!(
+            "unknown scenario {:?}; choose all or one of:\n{}",
+            a.scenario,
+            list.join("\n")
+        );
+    };
+    let mut reports = Vec::new();
+    for name in names {
+        let dir = a.dir.as_ref().map(|d| d.join(name));
+        let r = run_one(name, &a, dir).await?;
+        if !a.json {
+            print_report(&r);
+        }
+        reports.push(r);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else if reports.len() > 1 {
+        print_summary(&reports);
+    }
+    let bad: Vec<&str> = reports
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| r.scenario.as_str())
+        .collect();
+    if !bad.is_empty() {
+        bail!("not clean: {}", bad.join(", "));
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// How long a single fault is held, at most.
+fn hold(rng: &mut fastrand::Rng, min_ms: u64, max_ms: u64) -> Duration {
+    Duration::from_millis(rng.u64(min_ms..=max_ms))
+}
+
+/// After a fault heals: until every route delivers a document accepted after
+/// the heal, or a minute passes. Nodes that exit meanwhile (a test hook's
+/// abort) are restarted and counted.
+async fn await_recovery(
+    c: &mut Cluster,
+    ledger: &Shared,
+    since: Instant,
+    flows: usize,
+    crashes: &mut Vec<(String, String)>,
+) -> Result<Option<u64>> {
+    let deadline = since + Duration::from_secs(60);
+    loop {
+        if ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .recovered(since, flows)
+        {
+            return Ok(Some(since.elapsed().as_millis() as u64));
+        }
+        if Instant::now() > deadline {
+            return Ok(None);
+        }
+        for (n, how) in c.exited() {
+            crashes.push((n.clone(), how));
+            c.start(&n).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Report> {
+    let seed = a.seed.unwrap_or_else(|| fastrand::u64(..));
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let started = Instant::now();
+    let mut c = Cluster::create(dir).await?;
+    eprintln!(
+        "chaos {name}: seed {seed}, ≥{} documents, ≥{} faults, in {}",
+        a.docs,
+        a.faults,
+        c.dir.display()
+    );
+
+    // Per-scenario setup before the nodes start.
+    let mut large_every = 20;
+    let mut filler_reserve = 0u64;
+    match name {
+        "crash-before-ack" => {
+            // About two crashes per fault wanted, spread over the run.
+            let every = (a.docs * 3 / a.faults.max(1) / 2).clamp(25, 5000);
+            for (node, n) in [("hub", every), ("quangnam", every + 7), ("vpcp", every + 13)] {
+                c.edit(node, |t| {
+                    hooks(t).insert("abort_before_ack_every".into(), (n as i64).into());
+                })?;
+            }
+        }
+        "disk-full" => {
+            let free = c.free_bytes()?;
+            if free < 6 << 30 {
+                bail!(
+                    "disk-full needs 6 GiB free under {} to fill without harm; {} free",
+                    c.dir.display(),
+                    crate::client::human_bytes(free)
+                );
+            }
+            // The hub and a recipient refuse intake below (free now - 4 GiB):
+            // a filler file taking the rest makes their disk full.
+            filler_reserve = free - (4 << 30);
+            for node in ["hub", "nghean"] {
+                c.edit(node, |t| {
+                    table(t, "storage").insert("min_free_bytes".into(), (filler_reserve as i64).into());
+                })?;
+            }
+        }
+        "corrupt-partials" => large_every = 3,
+        _ => {}
+    }
+    c.start_all().await?;
+
+    let ledger: Shared = Arc::new(std::sync::Mutex::new(Ledger::default()));
+    let (stop_gen_tx, stop_gen) = watch::channel(false);
+    let (stop_recv_tx, stop_recv) = watch::channel(false);
+    let pool = Arc::new(Pool::new(large_every));
+    let flows = workload::flows();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, f) in flows.iter().enumerate() {
+        tasks.spawn(workload::generate(
+            c.dir.clone(),
+            i,
+            f.clone(),
+            ledger.clone(),
+            pool.clone(),
+            stop_gen.clone(),
+        ));
+    }
+    let mut receivers = tokio::task::JoinSet::new();
+    for (node, organ) in workload::receivers() {
+        receivers.spawn(workload::receive(
+            c.dir.clone(),
+            node,
+            organ,
+            ledger.clone(),
+            stop_recv.clone(),
+        ));
+    }
+
+    let bar = indicatif::ProgressBar::new(a.faults);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg:24} [{bar:30}] {pos}/{len} faults, {prefix} documents accepted, {elapsed}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(name.to_owned());
+    if a.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+
+    let mut log: Vec<FaultRecord> = Vec::new();
+    let mut crashes: Vec<(String, String)> = Vec::new();
+    let mut unexpected: Vec<String> = Vec::new();
+    let edges = ["vpcp", "nghean", "caobang", "duyxuyen", "dienban"];
+    let accepted = |l: &Shared| l.lock().unwrap_or_else(|e| e.into_inner()).accepted_total();
+    // Let traffic start before the first fault.
+    let warm = Instant::now();
+    while accepted(&ledger) < 10 && warm.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut faults = 0u64;
+    while faults < a.faults || accepted(&ledger) < a.docs {
+        bar.set_prefix(accepted(&ledger).to_string());
+        if faults >= a.faults {
+            // Enough faults: let the generators reach the document count.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            for (n, how) in c.exited() {
+                if name == "crash-before-ack" {
+                    crashes.push((n.clone(), how));
+                } else {
+                    unexpected.push(format!("{n}: {how}"));
+                }
+                c.start(&n).await?;
+            }
+            continue;
+        }
+        tokio::time::sleep(hold(&mut rng, 100, 600)).await;
+        for (n, how) in c.exited() {
+            if name != "crash-before-ack" {
+                unexpected.push(format!("{n}: {how}"));
+            } else {
+                crashes.push((n.clone(), how));
+            }
+            c.start(&n).await?;
+        }
+        let injected = Instant::now();
+        let (kind, target): (String, String) = match name {
+            "kill-hub" | "kill-relay" | "kill-edges" => {
+                let node = match name {
+                    "kill-hub" => "hub",
+                    "kill-relay" => "quangnam",
+                    _ => edges[rng.usize(..edges.len())],
+                };
+                c.kill(node).await?;
+                tokio::time::sleep(hold(&mut rng, 50, 1500)).await;
+                c.start(node).await?;
+                ("sigkill".into(), node.into())
+            }
+            "crash-before-ack" => {
+                // The nodes crash on their own; wait for the next one.
+                let t0 = Instant::now();
+                let (n, how) = loop {
+                    if let Some(x) = c.exited().into_iter().next() {
+                        break x;
+                    }
+                    if t0.elapsed() > Duration::from_secs(120) {
+                        bail!("no node crashed in 2 minutes: is the test hook on?");
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                };
+                c.start(&n).await?;
+                (format!("abort before ack ({how})"), n)
+            }
+            "partition" => {
+                let links: Vec<String> = c.proxies.keys().cloned().collect();
+                let link = links[rng.usize(..links.len())].clone();
+                let p = &c.proxies[&link];
+                let (kind, f) = match rng.u8(0..6) {
+                    0 => ("partition both ways", Faults { hold_up: true, hold_down: true, ..Default::default() }),
+                    1 => ("partition child→parent", Faults { hold_up: true, ..Default::default() }),
+                    2 => ("partition parent→child", Faults { hold_down: true, ..Default::default() }),
+                    3 => ("latency 300 ms", Faults { latency_ms: 300, ..Default::default() }),
+                    4 => ("bandwidth 128 KiB/s", Faults { rate_bps: 128 << 10, ..Default::default() }),
+                    _ => ("reset mid-transfer", Faults { rate_bps: 256 << 10, ..Default::default() }),
+                };
+                p.set(f);
+                tokio::time::sleep(hold(&mut rng, 300, 3000)).await;
+                if kind == "reset mid-transfer" {
+                    p.reset_all();
+                }
+                p.heal();
+                (kind.into(), format!("{link}→parent"))
+            }
+            "disk-full" => {
+                let free = c.free_bytes()?;
+                let fill = free.saturating_sub(filler_reserve) + (64 << 20);
+                let path = c.dir.join("filler");
+                let f = std::fs::File::create(&path)?;
+                rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, fill)?;
+                f.sync_all()?;
+                tokio::time::sleep(hold(&mut rng, 300, 2500)).await;
+                drop(f);
+                std::fs::remove_file(&path)?;
+                ("disk full".into(), "hub, nghean".into())
+            }
+            "corrupt-partials" => {
+                // Slow links make transfers long; kill a node while partial
+                // files are there, damage them, restart it.
+                let targets = ["hub", "nghean", "quangnam", "duyxuyen", "vpcp"];
+                let node = targets[rng.usize(..targets.len())];
+                for p in c.proxies.values() {
+                    p.set(Faults { rate_bps: 512 << 10, ..Default::default() });
+                }
+                let t0 = Instant::now();
+                while cluster::files_under(&c.data_dir(node), "partial").is_empty()
+                    && t0.elapsed() < Duration::from_secs(5)
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                c.kill(node).await?;
+                let mut damaged = 0;
+                for f in cluster::files_under(&c.data_dir(node), "partial") {
+                    damaged += damage(&f, &mut rng)?;
+                }
+                for p in c.proxies.values() {
+                    p.heal();
+                }
+                c.start(node).await?;
+                (format!("kill + {damaged} partial files damaged"), node.into())
+            }
+            "clock-skew" => {
+                let node = edges[rng.usize(..edges.len())];
+                let offset: i64 = match rng.u8(0..3) {
+                    0 => 2 * 3_600_000,
+                    1 => -2 * 3_600_000,
+                    _ => 0,
+                };
+                c.edit(node, |t| {
+                    hooks(t).insert("clock_offset_ms".into(), offset.into());
+                })?;
+                c.kill(node).await?;
+                c.start(node).await?;
+                (format!("clock {:+} h", offset / 3_600_000), node.into())
+            }
+            "cert-rotation" => {
+                let node = edges[rng.usize(..edges.len())];
+                crate::certs::revoke(&c.dir, node)?;
+                crate::certs::rotate(&c.dir, node, &[])?;
+                // The parent drops the revoked link within crl_reload_ms; the
+                // node comes back with its new certificate.
+                tokio::time::sleep(hold(&mut rng, 250, 1000)).await;
+                c.kill(node).await?;
+                c.start(node).await?;
+                ("revoke + rotate".into(), node.into())
+            }
+            other => bail!("scenario {other} has no fault"),
+        };
+        let healed = Instant::now();
+        let recovery = await_recovery(&mut c, &ledger, healed, flows.len(), &mut crashes).await?;
+        faults += 1;
+        bar.inc(1);
+        log.push(FaultRecord {
+            kind,
+            target,
+            held_ms: (healed - injected).as_millis() as u64,
+            recovery_ms: recovery,
+        });
+    }
+    // The crashes the hook caused meanwhile count as faults too.
+    for (n, how) in crashes.drain(..) {
+        log.push(FaultRecord {
+            kind: format!("abort before ack ({how})"),
+            target: n,
+            held_ms: 0,
+            recovery_ms: None,
+        });
+    }
+
+    // Drain: stop sending, heal everything, wait for every accepted document.
+    stop_gen_tx.send_replace(true);
+    while tasks.join_next().await.is_some() {}
+    for p in c.proxies.values() {
+        p.heal();
+    }
+    if name == "crash-before-ack" {
+        for node in ["hub", "quangnam", "vpcp"] {
+            c.edit(node, |t| {
+                hooks(t).remove("abort_before_ack_every");
+            })?;
+        }
+    }
+    let drain_deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        for (n, how) in c.exited() {
+            if name == "crash-before-ack" {
+                log.push(FaultRecord {
+                    kind: format!("abort before ack ({how})"),
+                    target: n.clone(),
+                    held_ms: 0,
+                    recovery_ms: None,
+                });
+            } else {
+                unexpected.push(format!("{n}: {how}"));
+            }
+            c.start(&n).await?;
+        }
+        let left = ledger.lock().unwrap_or_else(|e| e.into_inner()).outstanding();
+        if left == 0 || Instant::now() > drain_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A last look for late duplicates.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_recv_tx.send_replace(true);
+    while receivers.join_next().await.is_some() {}
+    c.stop_all().await;
+    bar.finish_and_clear();
+
+    let l = ledger.lock().unwrap_or_else(|e| e.into_inner());
+    let outcome = l.outcome();
+    let mut rec: Vec<u64> = log.iter().filter_map(|f| f.recovery_ms).collect();
+    rec.sort_unstable();
+    let not_recovered = log
+        .iter()
+        .filter(|f| f.recovery_ms.is_none() && !f.kind.starts_with("abort"))
+        .count() as u64;
+    let ok = outcome.clean() && unexpected.is_empty();
+    Ok(Report {
+        scenario: name.into(),
+        seed,
+        documents: outcome.offered,
+        faults: log.len() as u64,
+        recovery_p50_ms: percentile(&rec, 0.5),
+        recovery_p99_ms: percentile(&rec, 0.99),
+        recovery_max_ms: rec.last().copied().unwrap_or(0),
+        not_recovered,
+        unexpected_exits: unexpected,
+        duration_s: started.elapsed().as_secs_f64(),
+        anomalies: l.anomalies.clone(),
+        send_errors_retried: l.send_errors.values().sum(),
+        fault_log: log,
+        ok,
+        outcome,
+    })
+}
+
+/// Flips a byte or truncates; returns 1 if the file was damaged.
+fn damage(path: &std::path::Path, rng: &mut fastrand::Rng) -> Result<u32> {
+    let Ok(mut bytes) = std::fs::read(path) else {
+        return Ok(0);
+    };
+    if bytes.is_empty() {
+        return Ok(0);
+    }
+    if rng.bool() {
+        let i = rng.usize(..bytes.len());
+        bytes[i] ^= 0x5a;
+    } else {
+        bytes.truncate(rng.usize(..bytes.len()));
+    }
+    std::fs::write(path, bytes)?;
+    Ok(1)
+}
+
+fn table<'a>(t: &'a mut toml::Table, name: &str) -> &'a mut toml::Table {
+    let v = t
+        .entry(name)
+        .or_insert_with(|| toml::Value::Table(Default::default()));
+    if !v.is_table() {
+        *v = toml::Value::Table(Default::default());
+    }
+    match v {
+        toml::Value::Table(t) => t,
+        _ => unreachable!("made a table above"),
+    }
+}
+
+fn hooks(t: &mut toml::Table) -> &mut toml::Table {
+    table(t, "test_hooks")
+}
+
+fn print_report(r: &Report) {
+    let o = &r.outcome;
+    let mut t = crate::client::table();
+    t.set_header(vec!["chaos", &r.scenario]);
+    let rows: Vec<(&str, String)> = vec![
+        ("verdict", if r.ok { "CLEAN".into() } else { "FAILED".into() }),
+        ("documents offered", o.offered.to_string()),
+        ("accepted by the sender's edge", o.accepted.to_string()),
+        ("delivered and acknowledged", o.delivered.to_string()),
+        ("faults injected", r.faults.to_string()),
+        ("lost", o.lost.to_string()),
+        ("duplicated", o.duplicated.to_string()),
+        ("corrupted", o.corrupted.to_string()),
+        ("phantom", o.phantom.to_string()),
+        ("misrouted", o.misrouted.to_string()),
+        ("order violations", o.order_violations.to_string()),
+        ("never accepted", o.unaccepted.to_string()),
+        (
+            "recovery p50 / p99 / max",
+            format!(
+                "{} / {} / {} ms",
+                r.recovery_p50_ms, r.recovery_p99_ms, r.recovery_max_ms
+            ),
+        ),
+        ("not recovered within 60 s", r.not_recovered.to_string()),
+        ("unexpected exits", r.unexpected_exits.len().to_string()),
+        ("send errors retried", r.send_errors_retried.to_string()),
+        ("seed", r.seed.to_string()),
+        ("duration", format!("{:.1} s", r.duration_s)),
+    ];
+    for (k, v) in rows {
+        t.add_row(vec![k.to_owned(), v]);
+    }
+    println!("{t}");
+    for a in &r.anomalies {
+        println!("  anomaly: {a}");
+    }
+    for u in &r.unexpected_exits {
+        println!("  unexpected exit: {u}");
+    }
+}
+
+fn print_summary(reports: &[Report]) {
+    let mut t = crate::client::table();
+    t.set_header(vec![
+        "scenario", "docs", "faults", "lost", "dup", "corrupt", "phantom", "misrouted",
+        "order", "rec p50", "rec p99", "verdict",
+    ]);
+    for r in reports {
+        let o = &r.outcome;
+        t.add_row(vec![
+            r.scenario.clone(),
+            o.offered.to_string(),
+            r.faults.to_string(),
+            o.lost.to_string(),
+            o.duplicated.to_string(),
+            o.corrupted.to_string(),
+            o.phantom.to_string(),
+            o.misrouted.to_string(),
+            o.order_violations.to_string(),
+            format!("{} ms", r.recovery_p50_ms),
+            format!("{} ms", r.recovery_p99_ms),
+            if r.ok { "clean".into() } else { "FAILED".into() },
+        ]);
+    }
+    println!("{t}");
+}
