@@ -87,7 +87,10 @@ pub struct Report {
     pub head: [u8; 32],
 }
 
-/// Walks the whole chain from entry 1.
+/// Walks the whole chain from entry 1 up to the head read when it starts. A
+/// running node keeps appending meanwhile (each batch writes entries and head
+/// together): entries after that head are newer, not a fault, and are left to
+/// the next check.
 pub fn verify(store: &dyn Store) -> Result<Report, StoreError> {
     let (head_seq, head_hash) = head(store)?;
     let mut prev = [0u8; 32];
@@ -98,11 +101,14 @@ pub fn verify(store: &dyn Store) -> Result<Report, StoreError> {
         first_bad: Some((seq, why)),
         head: prev,
     };
-    loop {
+    while expected <= head_seq {
         let rows = store.scan(Space::Audit, &[], after.as_deref(), 1024)?;
         let Some((last, _)) = rows.last() else { break };
         after = Some(last.clone());
         for (k, v) in rows {
+            if expected > head_seq {
+                break;
+            }
             let seq = trailing_u64(&k).unwrap_or(0);
             if seq != expected {
                 return Ok(bad(
@@ -243,5 +249,33 @@ mod tests {
         s.apply(b).unwrap();
         let (seq, why) = verify(&s).unwrap().first_bad.unwrap();
         assert_eq!(seq, 10, "{why}");
+    }
+
+    /// Found by `truc chaos crash-before-ack`: the check at start-up ran while the
+    /// node was already appending, read the head, then saw entries past it and
+    /// called the chain broken.
+    #[test]
+    fn entries_appended_after_the_head_was_read_are_not_a_fault() {
+        let s = MemoryStore::new();
+        write(&s, 10);
+        let (_, head_hash) = head(&s).unwrap();
+        // What a writer adds between the checker reading the head and scanning.
+        let e = seal(
+            head_hash,
+            11,
+            11,
+            Draft {
+                event: "stored".into(),
+                doc_id: "d11".into(),
+                from: "000.00.00.G22".into(),
+                detail: String::new(),
+            },
+        );
+        let mut b = Batch::new();
+        b.put(Space::Audit, entry_key(11), record::encode(&e));
+        s.apply(b).unwrap();
+        let r = verify(&s).unwrap();
+        assert_eq!((r.entries, r.first_bad), (10, None));
+        assert_eq!(r.head, head_hash);
     }
 }

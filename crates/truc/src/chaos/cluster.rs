@@ -226,6 +226,24 @@ impl Cluster {
         }
     }
 
+    /// Log lines of every node, every run, that no fault excuses: panics and a
+    /// broken audit chain.
+    pub fn integrity_errors(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for f in files_under(&self.dir.join("logs"), ".log") {
+            let Ok(text) = std::fs::read_to_string(&f) else {
+                continue;
+            };
+            for l in text.lines() {
+                if l.contains("panicked") || l.contains("audit chain does not verify") {
+                    let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+                    out.push(format!("{}: {}", name.unwrap_or_default(), l.chars().take(300).collect::<String>()));
+                }
+            }
+        }
+        out
+    }
+
     /// Free bytes of the file system holding the data directories.
     pub fn free_bytes(&self) -> Result<u64> {
         let st = rustix::fs::statvfs(&self.dir)?;

@@ -83,6 +83,8 @@ pub struct Report {
     pub not_recovered: u64,
     /// Nodes that exited on their own where no fault asked them to.
     pub unexpected_exits: Vec<String>,
+    /// Panics and audit-chain failures in the node logs.
+    pub integrity_errors: Vec<String>,
     pub duration_s: f64,
     pub anomalies: Vec<String>,
     pub send_errors_retried: u64,
@@ -480,7 +482,8 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
         .iter()
         .filter(|f| f.recovery_ms.is_none() && !f.kind.starts_with("abort"))
         .count() as u64;
-    let ok = outcome.clean() && unexpected.is_empty();
+    let integrity_errors = c.integrity_errors();
+    let ok = outcome.clean() && unexpected.is_empty() && integrity_errors.is_empty();
     Ok(Report {
         scenario: name.into(),
         seed,
@@ -491,6 +494,7 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
         recovery_max_ms: rec.last().copied().unwrap_or(0),
         not_recovered,
         unexpected_exits: unexpected,
+        integrity_errors,
         duration_s: started.elapsed().as_secs_f64(),
         anomalies: l.anomalies.clone(),
         send_errors_retried: l.send_errors.values().sum(),
@@ -561,6 +565,7 @@ fn print_report(r: &Report) {
         ),
         ("not recovered within 60 s", r.not_recovered.to_string()),
         ("unexpected exits", r.unexpected_exits.len().to_string()),
+        ("panics, audit chain errors", r.integrity_errors.len().to_string()),
         ("send errors retried", r.send_errors_retried.to_string()),
         ("seed", r.seed.to_string()),
         ("duration", format!("{:.1} s", r.duration_s)),
@@ -574,6 +579,9 @@ fn print_report(r: &Report) {
     }
     for u in &r.unexpected_exits {
         println!("  unexpected exit: {u}");
+    }
+    for e in r.integrity_errors.iter().take(10) {
+        println!("  in the logs: {e}");
     }
 }
 
