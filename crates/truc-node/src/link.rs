@@ -449,6 +449,11 @@ pub async fn run_session(
 
     // Frames read ahead while gathering a batch of transfers.
     let mut pending: VecDeque<Frame> = VecDeque::new();
+    // Streamed transfers of this session waiting for their chunks. They end with
+    // it: one left waiting would keep its attachment claimed, and the next
+    // session's transfer of the same attachment would wait behind it forever
+    // (found by `truc chaos partition`).
+    let mut jobs: Vec<tokio::task::AbortHandle> = Vec::new();
     let result = loop {
         if let Some(f) = pending.pop_front() {
             if let Err(e) = control(f, &cx).await {
@@ -521,6 +526,8 @@ pub async fn run_session(
                             receive_streamed(state.clone(), cx.out.clone(), cx.sinks.clone(), t)
                                 .in_current_span(),
                         );
+                        jobs.retain(|j| !j.is_finished());
+                        jobs.push(job.abort_handle());
                         closed |= prep_tx.send(job).await.is_err();
                     } else {
                         inline.push(t);
@@ -563,6 +570,9 @@ pub async fn run_session(
         let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
     }
     receivers.abort_all();
+    for j in jobs {
+        j.abort();
+    }
     tracing::info!(%peer, "link down");
     result
 }

@@ -332,7 +332,8 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
                 let links: Vec<String> = c.proxies.keys().cloned().collect();
                 let link = links[rng.usize(..links.len())].clone();
                 let p = &c.proxies[&link];
-                let (kind, f) = match rng.u8(0..6) {
+                // Every kind in turn, so that a short run sees each one.
+                let (kind, f) = match faults % 6 {
                     0 => ("partition both ways", Faults { hold_up: true, hold_down: true, ..Default::default() }),
                     1 => ("partition child→parent", Faults { hold_up: true, ..Default::default() }),
                     2 => ("partition parent→child", Faults { hold_down: true, ..Default::default() }),
@@ -416,6 +417,17 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
         let recovery = await_recovery(&mut c, &ledger, healed, flows.len(), &mut crashes).await?;
         faults += 1;
         bar.inc(1);
+        if !a.json {
+            let rec = recovery.map_or("not recovered in 60 s".to_owned(), |ms| {
+                format!("every route delivering again {:.1} s after", ms as f64 / 1000.0)
+            });
+            bar.suspend(|| {
+                eprintln!(
+                    "  fault {faults}: {kind} on {target}, held {:.1} s; {rec}",
+                    (healed - injected).as_secs_f64()
+                )
+            });
+        }
         log.push(FaultRecord {
             kind,
             target,
@@ -446,7 +458,8 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
             })?;
         }
     }
-    let drain_deadline = Instant::now() + Duration::from_secs(120);
+    let drain_started = Instant::now();
+    let drain_deadline = drain_started + Duration::from_secs(120);
     loop {
         for (n, how) in c.exited() {
             if name == "crash-before-ack" {
@@ -464,6 +477,9 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
         let left = ledger.lock().unwrap_or_else(|e| e.into_inner()).outstanding();
         if left == 0 || Instant::now() > drain_deadline {
             break;
+        }
+        if drain_started.elapsed() > Duration::from_secs(2) {
+            workload::reconcile(&c.dir, &ledger).await;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -576,6 +592,9 @@ fn print_report(r: &Report) {
     println!("{t}");
     for a in &r.anomalies {
         println!("  anomaly: {a}");
+    }
+    for l in &o.lost_examples {
+        println!("  lost: {l}");
     }
     for u in &r.unexpected_exits {
         println!("  unexpected exit: {u}");

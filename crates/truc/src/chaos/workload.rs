@@ -190,6 +190,15 @@ impl Ledger {
                 o.delivered += 1;
             } else {
                 o.lost += 1;
+                if o.lost_examples.len() < 10 {
+                    o.lost_examples.push(format!(
+                        "{id} (flow {} #{}: {} → {})",
+                        off.flow,
+                        off.seq,
+                        off.from,
+                        off.to.join(",")
+                    ));
+                }
             }
         }
         for seen in by_flow.values_mut() {
@@ -216,6 +225,7 @@ pub struct Outcome {
     pub order_violations: u64,
     /// Offered but never accepted by the sending edge before the run ended.
     pub unaccepted: u64,
+    pub lost_examples: Vec<String>,
 }
 
 impl Outcome {
@@ -602,6 +612,41 @@ fn record(
                     *f = t;
                 }
             }
+        }
+    }
+}
+
+/// An acknowledgement can be recorded by the edge and its answer lost (the edge
+/// killed right after): the application then never sees the document again. It
+/// asks the edge which of the documents it fetched are acknowledged there.
+pub async fn reconcile(dir: &std::path::Path, ledger: &Shared) {
+    for (node, organ) in receivers() {
+        let Ok(mut c) = agency(dir, node).await else {
+            continue;
+        };
+        let Ok(items) = c
+            .list_inbox(pb::ListInboxRequest {
+                organ: organ.into(),
+                include_acked: true,
+                limit: 100_000,
+                kind: "document".into(),
+            })
+            .await
+        else {
+            continue;
+        };
+        let mut l = lock(ledger);
+        let mut newly = Vec::new();
+        for item in items.into_inner().items.into_iter().filter(|i| i.acked) {
+            if let Some(s) = l.seen.get_mut(&(item.doc_id.clone(), organ.to_owned()))
+                && !s.acked
+            {
+                s.acked = true;
+                newly.extend(s.flow);
+            }
+        }
+        for f in newly {
+            *l.acked.entry(f).or_default() += 1;
         }
     }
 }
