@@ -264,7 +264,7 @@ fn table<'a>(t: &'a mut toml::Table, name: &str) -> &'a mut toml::Table {
     }
 }
 
-/// Files under `dir` (recursively) whose path contains `part`.
+/// Files under `dir` (recursively) whose path below `dir` contains `part`.
 pub fn files_under(dir: &Path, part: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
@@ -276,7 +276,10 @@ pub fn files_under(dir: &Path, part: &str) -> Vec<PathBuf> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.to_string_lossy().contains(part) {
+            } else if p
+                .strip_prefix(dir)
+                .is_ok_and(|rel| rel.to_string_lossy().contains(part))
+            {
                 out.push(p);
             }
         }

@@ -221,7 +221,16 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
                 })?;
             }
         }
-        "corrupt-partials" => large_every = 3,
+        "corrupt-partials" => {
+            large_every = 3;
+            // Partial files reach the disk (and record a resume offset) every
+            // 64 KiB, so that a kill leaves something to damage.
+            for node in c.nodes() {
+                c.edit(&node, |t| {
+                    table(t, "storage").insert("sync_every_bytes".into(), 65_536.into());
+                })?;
+            }
+        }
         _ => {}
     }
     c.start_all().await?;
@@ -364,20 +373,34 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
             "corrupt-partials" => {
                 // Slow links make transfers long; kill a node while partial
                 // files are there, damage them, restart it.
-                let targets = ["hub", "nghean", "quangnam", "duyxuyen", "vpcp"];
-                let node = targets[rng.usize(..targets.len())];
+                let targets = ["hub", "nghean", "quangnam", "duyxuyen", "vpcp", "caobang", "dienban"];
                 for p in c.proxies.values() {
                     p.set(Faults { rate_bps: 512 << 10, ..Default::default() });
                 }
+                // The first node seen holding a partial file (a transfer under
+                // way), or a random one after 5 s.
                 let t0 = Instant::now();
-                while cluster::files_under(&c.data_dir(node), "partial").is_empty()
-                    && t0.elapsed() < Duration::from_secs(5)
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                let node = loop {
+                    let busy: Vec<&str> = targets
+                        .iter()
+                        .copied()
+                        .filter(|n| {
+                            cluster::files_under(&c.data_dir(n), "partial/")
+                                .iter()
+                                .any(|f| std::fs::metadata(f).is_ok_and(|m| m.len() > 0))
+                        })
+                        .collect();
+                    if !busy.is_empty() {
+                        break busy[rng.usize(..busy.len())];
+                    }
+                    if t0.elapsed() > Duration::from_secs(10) {
+                        break targets[rng.usize(..targets.len())];
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                };
                 c.kill(node).await?;
                 let mut damaged = 0;
-                for f in cluster::files_under(&c.data_dir(node), "partial") {
+                for f in cluster::files_under(&c.data_dir(node), "partial/") {
                     damaged += damage(&f, &mut rng)?;
                 }
                 for p in c.proxies.values() {
