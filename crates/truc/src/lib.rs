@@ -4,8 +4,8 @@
 #![forbid(unsafe_code)]
 
 mod bench;
-pub mod chaos;
 pub mod certs;
+pub mod chaos;
 pub mod cli;
 pub mod client;
 mod demo;

@@ -326,6 +326,11 @@ impl Cluster {
         self.config(node).to_str().unwrap().to_owned()
     }
 
+    /// The agency API of a running edge.
+    pub fn agency_addr(&self, node: &str) -> SocketAddr {
+        self.procs[node].agency.expect("an edge with an agency API")
+    }
+
     pub fn hub_addr(&self) -> String {
         self.listen_addr("hub")
     }

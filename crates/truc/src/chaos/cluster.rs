@@ -237,7 +237,11 @@ impl Cluster {
             for l in text.lines() {
                 if l.contains("panicked") || l.contains("audit chain does not verify") {
                     let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
-                    out.push(format!("{}: {}", name.unwrap_or_default(), l.chars().take(300).collect::<String>()));
+                    out.push(format!(
+                        "{}: {}",
+                        name.unwrap_or_default(),
+                        l.chars().take(300).collect::<String>()
+                    ));
                 }
             }
         }

@@ -26,7 +26,10 @@ use self::{
 pub const SCENARIOS: &[(&str, &str)] = &[
     ("kill-hub", "SIGKILL the hub, restart it"),
     ("kill-relay", "SIGKILL the province relay, restart it"),
-    ("kill-edges", "SIGKILL a sending or receiving edge, restart it"),
+    (
+        "kill-edges",
+        "SIGKILL a sending or receiving edge, restart it",
+    ),
     (
         "crash-before-ack",
         "hub, relay and a sender abort between storing and acknowledging",
@@ -40,7 +43,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "corrupt-partials",
         "kill a node mid-transfer, flip bytes in or truncate its partial files",
     ),
-    ("clock-skew", "restart an edge with its clock 2 h ahead or behind"),
+    (
+        "clock-skew",
+        "restart an edge with its clock 2 h ahead or behind",
+    ),
     (
         "cert-rotation",
         "revoke an edge's certificate, give it a new one, restart it",
@@ -197,7 +203,11 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
         "crash-before-ack" => {
             // About two crashes per fault wanted, spread over the run.
             let every = (a.docs * 3 / a.faults.max(1) / 2).clamp(25, 5000);
-            for (node, n) in [("hub", every), ("quangnam", every + 7), ("vpcp", every + 13)] {
+            for (node, n) in [
+                ("hub", every),
+                ("quangnam", every + 7),
+                ("vpcp", every + 13),
+            ] {
                 c.edit(node, |t| {
                     hooks(t).insert("abort_before_ack_every".into(), (n as i64).into());
                 })?;
@@ -205,19 +215,22 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
         }
         "disk-full" => {
             let free = c.free_bytes()?;
-            if free < 6 << 30 {
+            if free < 2 << 30 {
                 bail!(
-                    "disk-full needs 6 GiB free under {} to fill without harm; {} free",
+                    "disk-full needs 2 GiB free under {} to fill without harm; {} free",
                     c.dir.display(),
                     crate::client::human_bytes(free)
                 );
             }
-            // The hub and a recipient refuse intake below (free now - 4 GiB):
-            // a filler file taking the rest makes their disk full.
-            filler_reserve = free - (4 << 30);
+            // The hub and a recipient refuse intake below (free now - margin,
+            // room for what the run writes): a filler file taking the margin
+            // makes their disk full. The other nodes keep their 512 MiB floor.
+            let margin = (free / 4).min(4 << 30);
+            filler_reserve = free - margin;
             for node in ["hub", "nghean"] {
                 c.edit(node, |t| {
-                    table(t, "storage").insert("min_free_bytes".into(), (filler_reserve as i64).into());
+                    table(t, "storage")
+                        .insert("min_free_bytes".into(), (filler_reserve as i64).into());
                 })?;
             }
         }
@@ -343,12 +356,49 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
                 let p = &c.proxies[&link];
                 // Every kind in turn, so that a short run sees each one.
                 let (kind, f) = match faults % 6 {
-                    0 => ("partition both ways", Faults { hold_up: true, hold_down: true, ..Default::default() }),
-                    1 => ("partition child→parent", Faults { hold_up: true, ..Default::default() }),
-                    2 => ("partition parent→child", Faults { hold_down: true, ..Default::default() }),
-                    3 => ("latency 300 ms", Faults { latency_ms: 300, ..Default::default() }),
-                    4 => ("bandwidth 128 KiB/s", Faults { rate_bps: 128 << 10, ..Default::default() }),
-                    _ => ("reset mid-transfer", Faults { rate_bps: 256 << 10, ..Default::default() }),
+                    0 => (
+                        "partition both ways",
+                        Faults {
+                            hold_up: true,
+                            hold_down: true,
+                            ..Default::default()
+                        },
+                    ),
+                    1 => (
+                        "partition child→parent",
+                        Faults {
+                            hold_up: true,
+                            ..Default::default()
+                        },
+                    ),
+                    2 => (
+                        "partition parent→child",
+                        Faults {
+                            hold_down: true,
+                            ..Default::default()
+                        },
+                    ),
+                    3 => (
+                        "latency 300 ms",
+                        Faults {
+                            latency_ms: 300,
+                            ..Default::default()
+                        },
+                    ),
+                    4 => (
+                        "bandwidth 128 KiB/s",
+                        Faults {
+                            rate_bps: 128 << 10,
+                            ..Default::default()
+                        },
+                    ),
+                    _ => (
+                        "reset mid-transfer",
+                        Faults {
+                            rate_bps: 256 << 10,
+                            ..Default::default()
+                        },
+                    ),
                 };
                 p.set(f);
                 tokio::time::sleep(hold(&mut rng, 300, 3000)).await;
@@ -373,9 +423,14 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
             "corrupt-partials" => {
                 // Slow links make transfers long; kill a node while partial
                 // files are there, damage them, restart it.
-                let targets = ["hub", "nghean", "quangnam", "duyxuyen", "vpcp", "caobang", "dienban"];
+                let targets = [
+                    "hub", "nghean", "quangnam", "duyxuyen", "vpcp", "caobang", "dienban",
+                ];
                 for p in c.proxies.values() {
-                    p.set(Faults { rate_bps: 512 << 10, ..Default::default() });
+                    p.set(Faults {
+                        rate_bps: 512 << 10,
+                        ..Default::default()
+                    });
                 }
                 // The first node seen holding a partial file (a transfer under
                 // way), or a random one after 5 s.
@@ -407,7 +462,10 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
                     p.heal();
                 }
                 c.start(node).await?;
-                (format!("kill + {damaged} partial files damaged"), node.into())
+                (
+                    format!("kill + {damaged} partial files damaged"),
+                    node.into(),
+                )
             }
             "clock-skew" => {
                 let node = edges[rng.usize(..edges.len())];
@@ -442,7 +500,10 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
         bar.inc(1);
         if !a.json {
             let rec = recovery.map_or("not recovered in 60 s".to_owned(), |ms| {
-                format!("every route delivering again {:.1} s after", ms as f64 / 1000.0)
+                format!(
+                    "every route delivering again {:.1} s after",
+                    ms as f64 / 1000.0
+                )
             });
             bar.suspend(|| {
                 eprintln!(
@@ -497,7 +558,10 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
             }
             c.start(&n).await?;
         }
-        let left = ledger.lock().unwrap_or_else(|e| e.into_inner()).outstanding();
+        let left = ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .outstanding();
         if left == 0 || Instant::now() > drain_deadline {
             break;
         }
@@ -583,7 +647,14 @@ fn print_report(r: &Report) {
     let mut t = crate::client::table();
     t.set_header(vec!["chaos", &r.scenario]);
     let rows: Vec<(&str, String)> = vec![
-        ("verdict", if r.ok { "CLEAN".into() } else { "FAILED".into() }),
+        (
+            "verdict",
+            if r.ok {
+                "CLEAN".into()
+            } else {
+                "FAILED".into()
+            },
+        ),
         ("documents offered", o.offered.to_string()),
         ("accepted by the sender's edge", o.accepted.to_string()),
         ("delivered and acknowledged", o.delivered.to_string()),
@@ -604,7 +675,10 @@ fn print_report(r: &Report) {
         ),
         ("not recovered within 60 s", r.not_recovered.to_string()),
         ("unexpected exits", r.unexpected_exits.len().to_string()),
-        ("panics, audit chain errors", r.integrity_errors.len().to_string()),
+        (
+            "panics, audit chain errors",
+            r.integrity_errors.len().to_string(),
+        ),
         ("send errors retried", r.send_errors_retried.to_string()),
         ("seed", r.seed.to_string()),
         ("duration", format!("{:.1} s", r.duration_s)),
@@ -630,8 +704,18 @@ fn print_report(r: &Report) {
 fn print_summary(reports: &[Report]) {
     let mut t = crate::client::table();
     t.set_header(vec![
-        "scenario", "docs", "faults", "lost", "dup", "corrupt", "phantom", "misrouted",
-        "order", "rec p50", "rec p99", "verdict",
+        "scenario",
+        "docs",
+        "faults",
+        "lost",
+        "dup",
+        "corrupt",
+        "phantom",
+        "misrouted",
+        "order",
+        "rec p50",
+        "rec p99",
+        "verdict",
     ]);
     for r in reports {
         let o = &r.outcome;
@@ -647,7 +731,11 @@ fn print_summary(reports: &[Report]) {
             o.order_violations.to_string(),
             format!("{} ms", r.recovery_p50_ms),
             format!("{} ms", r.recovery_p99_ms),
-            if r.ok { "clean".into() } else { "FAILED".into() },
+            if r.ok {
+                "clean".into()
+            } else {
+                "FAILED".into()
+            },
         ]);
     }
     println!("{t}");

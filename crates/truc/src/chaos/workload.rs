@@ -39,7 +39,11 @@ pub struct Flow {
 /// Every route of the default topology: edge to edge through the hub, down and
 /// up through the relay, and inside the province.
 pub fn flows() -> Vec<Flow> {
-    let f = |from_node, from, to| Flow { from_node, from, to };
+    let f = |from_node, from, to| Flow {
+        from_node,
+        from,
+        to,
+    };
     vec![
         f("vpcp", "000.00.00.G22", "000.00.00.H41"),
         f("nghean", "000.00.00.H41", "000.00.00.G22"),
@@ -181,7 +185,10 @@ impl Ledger {
             for to in &off.to {
                 match self.seen.get(&(id.clone(), to.clone())) {
                     Some(s) if s.acked => {
-                        by_flow.entry(off.flow).or_default().push((off.seq, s.observed));
+                        by_flow
+                            .entry(off.flow)
+                            .or_default()
+                            .push((off.seq, s.observed));
                     }
                     _ => all = false,
                 }
@@ -579,9 +586,7 @@ fn record(
             Ok(v) if v.attachments != fetched => {
                 Some("attachment bytes differ from the signed digests".into())
             }
-            Ok(_) if fetched != off.digests => {
-                Some("attachments differ from what was sent".into())
-            }
+            Ok(_) if fetched != off.digests => Some("attachments differ from what was sent".into()),
             Ok(_) => None,
         };
         if l.seen.contains_key(key) {
