@@ -13,6 +13,8 @@
 
 mod dom;
 mod emit;
+#[cfg(test)]
+mod fuzz;
 mod model;
 mod parse;
 mod zipped;

@@ -18,8 +18,12 @@ pub mod directory;
 pub mod edxml;
 pub mod envelope;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod json;
 pub mod link;
+#[cfg(test)]
+mod model_test;
 pub mod node;
 pub mod operator;
 pub mod rest;

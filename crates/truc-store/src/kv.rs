@@ -300,6 +300,10 @@ pub struct FaultPlan {
     pub fail_apply_from: AtomicU64,
     /// Fail every `flush` while set.
     pub fail_flush: AtomicBool,
+    /// Freeze the N-th `apply` (1-based) for `stall_ms` before it goes through,
+    /// as a disk that hangs on a write; 0 = never.
+    pub stall_apply_at: AtomicU64,
+    pub stall_ms: AtomicU64,
 }
 
 /// Wraps a store and fails writes or flushes on command, for fault tests.
@@ -354,6 +358,11 @@ impl<S: Store> Store for FaultyStore<S> {
             return Err(StoreError::Injected(format!(
                 "write {n} refused (no space left on device)"
             )));
+        }
+        if self.plan.stall_apply_at.load(Ordering::SeqCst) == n {
+            std::thread::sleep(std::time::Duration::from_millis(
+                self.plan.stall_ms.load(Ordering::SeqCst),
+            ));
         }
         self.inner.apply(batch)
     }
