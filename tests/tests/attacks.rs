@@ -18,21 +18,8 @@ use tonic::{
     Code, Request, Status,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
 };
-use truc_pki::tls::TransportMaterial;
 use truc_proto::v1::{self as pb, link_frame::Frame};
 use truc_store::Digest;
-
-/// Subjects of the documents in `organ`'s inbox at `node`, once `barrier` is there.
-async fn subjects_at(c: &Cluster, node: &str, organ: &str, barrier: &str) -> Vec<String> {
-    eventually(&format!("{barrier} at {node}"), || async {
-        let items = inbox(c, node, organ).await;
-        items
-            .iter()
-            .any(|i| i.subject == barrier)
-            .then(|| items.into_iter().map(|i| i.subject).collect())
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_envelope_replayed_after_a_hub_restart_is_delivered_once() {
@@ -261,22 +248,7 @@ async fn malformed_protobuf_is_refused_on_the_link_and_the_agency_api() {
 
     // The link, with a valid node certificate.
     let pki = c.dir.path();
-    let t = TransportMaterial::load(
-        &pki.join("transport-ca.crt"),
-        &pki.join("nodes/nghean.crt"),
-        &pki.join("nodes/nghean.key"),
-        &[] as &[&Path],
-    )
-    .unwrap();
-    let ch = truc_node::transport::tls_channel(
-        &c.hub_addr(),
-        "hub",
-        t.client_config().unwrap(),
-        Duration::from_secs(5),
-        Duration::from_secs(5),
-        4 << 20,
-    )
-    .unwrap();
+    let ch = node_channel(pki, "nghean", &c.hub_addr());
     let mut g = tonic::client::Grpc::new(ch);
     g.ready().await.unwrap();
     let r = g
@@ -353,22 +325,7 @@ async fn slow_loris_and_a_stream_flood_do_not_stop_legitimate_traffic() {
     // A stream flood from an authenticated node: hundreds of link streams that
     // never say hello, on one HTTP/2 connection.
     let pki = c.dir.path().to_owned();
-    let t = TransportMaterial::load(
-        &pki.join("transport-ca.crt"),
-        &pki.join("nodes/nghean.crt"),
-        &pki.join("nodes/nghean.key"),
-        &[] as &[&Path],
-    )
-    .unwrap();
-    let ch = truc_node::transport::tls_channel(
-        &hub,
-        "hub",
-        t.client_config().unwrap(),
-        Duration::from_secs(5),
-        Duration::from_secs(5),
-        4 << 20,
-    )
-    .unwrap();
+    let ch = node_channel(&pki, "nghean", &hub);
     let mut flood = Vec::new();
     for _ in 0..300 {
         let mut client = pb::link_client::LinkClient::new(ch.clone());

@@ -12,17 +12,6 @@ use tonic::Code;
 use truc_pki::tls::TransportMaterial;
 use truc_proto::v1 as pb;
 
-async fn subjects_at(c: &Cluster, node: &str, organ: &str, barrier: &str) -> Vec<String> {
-    eventually("barrier document", || async {
-        let items = inbox(c, node, organ).await;
-        items
-            .iter()
-            .any(|i| i.subject == barrier)
-            .then(|| items.iter().map(|i| i.subject.clone()).collect())
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hub_refuses_spoofed_senders_and_tampered_bytes_and_delivers_duplicates_once() {
     let mut c = Cluster::new();

@@ -485,6 +485,18 @@ where
     }
 }
 
+/// Subjects of the documents in `organ`'s inbox at `node`, once `barrier` is there.
+pub async fn subjects_at(c: &Cluster, node: &str, organ: &str, barrier: &str) -> Vec<String> {
+    eventually(&format!("{barrier} at {node}"), || async {
+        let items = inbox(c, node, organ).await;
+        items
+            .iter()
+            .any(|i| i.subject == barrier)
+            .then(|| items.into_iter().map(|i| i.subject).collect())
+    })
+    .await
+}
+
 pub fn doc(from: &str, to: &[&str], subject: &str) -> pb::SendRequest {
     pb::SendRequest {
         from: from.into(),

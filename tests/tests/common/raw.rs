@@ -21,6 +21,27 @@ pub fn frame(f: Frame) -> pb::LinkFrame {
 }
 
 /// Opens a link to the hub as `node`, with that node's certificate from `pki`.
+/// A TLS channel to a parent's link port at `addr` with `node`'s certificate
+/// (nothing sent yet).
+pub fn node_channel(pki: &Path, node: &str, addr: &str) -> tonic::transport::Channel {
+    let t = TransportMaterial::load(
+        &pki.join("transport-ca.crt"),
+        &pki.join(format!("nodes/{node}.crt")),
+        &pki.join(format!("nodes/{node}.key")),
+        &[] as &[&Path],
+    )
+    .unwrap();
+    truc_node::transport::tls_channel(
+        addr,
+        "hub",
+        t.client_config().unwrap(),
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+        4 << 20,
+    )
+    .unwrap()
+}
+
 pub async fn raw_link(pki: &Path, node: &str, hub: &str) -> Result<RawLink, String> {
     raw_link_to(pki, node, "hub", hub).await
 }

@@ -255,7 +255,8 @@ impl Cluster {
     }
 }
 
-fn table<'a>(t: &'a mut toml::Table, name: &str) -> &'a mut toml::Table {
+/// The sub-table `name` of a config, made if missing.
+pub(crate) fn table<'a>(t: &'a mut toml::Table, name: &str) -> &'a mut toml::Table {
     let v = t
         .entry(name)
         .or_insert_with(|| toml::Value::Table(Default::default()));

@@ -17,7 +17,7 @@ use anyhow::{Result, bail};
 use tokio::sync::watch;
 
 use self::{
-    cluster::Cluster,
+    cluster::{Cluster, table},
     proxy::Faults,
     workload::{Ledger, Outcome, Pool, Shared},
 };
@@ -623,19 +623,6 @@ fn damage(path: &std::path::Path, rng: &mut fastrand::Rng) -> Result<u32> {
     }
     std::fs::write(path, bytes)?;
     Ok(1)
-}
-
-fn table<'a>(t: &'a mut toml::Table, name: &str) -> &'a mut toml::Table {
-    let v = t
-        .entry(name)
-        .or_insert_with(|| toml::Value::Table(Default::default()));
-    if !v.is_table() {
-        *v = toml::Value::Table(Default::default());
-    }
-    match v {
-        toml::Value::Table(t) => t,
-        _ => unreachable!("made a table above"),
-    }
 }
 
 fn hooks(t: &mut toml::Table) -> &mut toml::Table {

@@ -17,10 +17,7 @@ use rustls::pki_types::UnixTime;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
-use truc_node::{
-    config::Limits,
-    envelope::{self, Sender, Verifiers},
-};
+use truc_node::envelope::{self, Sender, Verifiers};
 use truc_pki::sign::SignatureVerifier;
 use truc_proto::v1::{self as pb, agency_client::AgencyClient};
 use truc_store::Digest;
@@ -519,13 +516,7 @@ async fn take(
             out.copy_from_slice(d.as_ref());
             fetched.push(Digest(out));
         }
-        let limits = Limits {
-            max_recipients: usize::MAX,
-            max_attachments: usize::MAX,
-            max_attachment_bytes: u64::MAX,
-            max_subject_chars: usize::MAX,
-            ..Limits::default()
-        };
+        let limits = crate::verify::offline_limits();
         let verdict = envelope::verify(envelope, verifiers, &limits, UnixTime::now());
         record(ledger, &key, verdict, fetched);
     } else {
