@@ -336,18 +336,27 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
                 ("sigkill".into(), node.into())
             }
             "crash-before-ack" => {
-                // The nodes crash on their own; wait for the next one.
+                // The nodes crash on their own; wait for the next ones (two
+                // can go down together) and bring every one back.
                 let t0 = Instant::now();
-                let (n, how) = loop {
-                    if let Some(x) = c.exited().into_iter().next() {
-                        break x;
+                let down = loop {
+                    let down = c.exited();
+                    if !down.is_empty() {
+                        break down;
                     }
                     if t0.elapsed() > Duration::from_secs(120) {
                         bail!("no node crashed in 2 minutes: is the test hook on?");
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 };
-                c.start(&n).await?;
+                for (n, _) in &down {
+                    c.start(n).await?;
+                }
+                // Every crash counts; the first is timed here, the others are logged.
+                for (n, how) in &down[1..] {
+                    crashes.push((n.clone(), how.clone()));
+                }
+                let (n, how) = down[0].clone();
                 (format!("abort before ack ({how})"), n)
             }
             "partition" => {
