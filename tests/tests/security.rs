@@ -260,3 +260,28 @@ async fn an_expired_node_certificate_is_refused_at_the_handshake() {
     // The same node with its valid certificate gets in: the refusal was the date.
     assert!(raw_link(pki, "vpcp", &c.hub_addr()).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_revocation_list_fails_closed() {
+    let mut c = Cluster::new();
+    let pki = c.dir.path().to_owned();
+    let ca = truc_pki::dev::DevCa::load(
+        &std::fs::read_to_string(pki.join("transport-ca.crt")).unwrap(),
+        &std::fs::read_to_string(pki.join("transport-ca.key")).unwrap(),
+    )
+    .unwrap();
+    // A list that revokes nothing, but whose next update is a day past.
+    std::fs::write(pki.join("transport-ca.crl"), ca.crl_valid(&[], -1).unwrap()).unwrap();
+    c.start("hub");
+    let err = raw_link(&pki, "vpcp", &c.hub_addr())
+        .await
+        .err()
+        .expect("a stale CRL let a node in");
+    assert!(!err.is_empty());
+    c.wait_log("hub", &["tls handshake refused"]);
+    // With a fresh list the same node gets in: the refusal was the list's age.
+    std::fs::write(pki.join("transport-ca.crl"), ca.crl(&[]).unwrap()).unwrap();
+    c.kill("hub");
+    c.start("hub");
+    assert!(raw_link(&pki, "vpcp", &c.hub_addr()).await.is_ok());
+}

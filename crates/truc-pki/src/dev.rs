@@ -60,8 +60,8 @@ fn params(cn: &str, days: i64) -> Result<CertificateParams, PkiError> {
     dn.push(DnType::CommonName, cn);
     p.distinguished_name = dn;
     let now = OffsetDateTime::now_utc();
-    // An hour of slack for clocks that run behind.
-    p.not_before = now - Duration::hours(1);
+    // A day of slack for clocks that run behind (DESIGN: nodes tolerate ±2 h).
+    p.not_before = now - Duration::days(1);
     p.not_after = now + Duration::days(days);
     p.serial_number = Some(serial()?);
     p.use_authority_key_identifier_extension = true;
@@ -115,10 +115,15 @@ impl DevCa {
 
     /// A CRL listing `serials` (raw big-endian serial numbers), valid for a year.
     pub fn crl(&self, serials: &[Vec<u8>]) -> Result<String, PkiError> {
+        self.crl_valid(serials, 365)
+    }
+
+    /// As [`crl`](Self::crl), due for its next update in `days` (negative: stale).
+    pub fn crl_valid(&self, serials: &[Vec<u8>], days: i64) -> Result<String, PkiError> {
         let now = OffsetDateTime::now_utc();
         let params = rcgen::CertificateRevocationListParams {
-            this_update: now - Duration::hours(1),
-            next_update: now + Duration::days(365),
+            this_update: now - Duration::days(days.abs() + 1),
+            next_update: now + Duration::days(days),
             crl_number: SerialNumber::from_slice(&now.unix_timestamp().to_be_bytes()),
             issuing_distribution_point: None,
             revoked_certs: serials

@@ -55,6 +55,8 @@ impl TransportMaterial {
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, PkiError> {
         let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
             .with_crls(self.crls.clone())
+            // A CRL past its next update fails closed (DESIGN §8.5: stale CRL).
+            .enforce_revocation_expiration()
             .build()
             .map_err(|e| PkiError::Verifier(e.to_string()))?;
         let mut cfg = ServerConfig::builder_with_provider(provider())
@@ -72,6 +74,8 @@ impl TransportMaterial {
     pub fn operator_server_config(&self) -> Result<Arc<ServerConfig>, PkiError> {
         let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
             .with_crls(self.crls.clone())
+            // A CRL past its next update fails closed (DESIGN §8.5: stale CRL).
+            .enforce_revocation_expiration()
             .allow_unauthenticated()
             .build()
             .map_err(|e| PkiError::Verifier(e.to_string()))?;
@@ -89,6 +93,8 @@ impl TransportMaterial {
         let verifier =
             rustls::client::WebPkiServerVerifier::builder_with_provider(self.roots()?, provider())
                 .with_crls(self.crls.clone())
+                // A CRL past its next update fails closed (DESIGN §8.5: stale CRL).
+                .enforce_revocation_expiration()
                 .build()
                 .map_err(|e| PkiError::Verifier(e.to_string()))?;
         let mut cfg = ClientConfig::builder_with_provider(provider())
