@@ -122,6 +122,20 @@ impl Ledger {
         }
     }
 
+    /// Records the first time the application sees a document at an agency.
+    fn first_seen(&mut self, key: &(String, String), flow: Option<usize>) {
+        self.observe += 1;
+        let observed = self.observe;
+        self.seen.insert(
+            key.clone(),
+            Seen {
+                observed,
+                acked: false,
+                flow,
+            },
+        );
+    }
+
     /// Documents of a flow accepted and not yet acknowledged by their recipient.
     fn in_flight(&self, flow: usize) -> u64 {
         self.accepted
@@ -554,16 +568,7 @@ fn record(
             if !l.seen.contains_key(key) {
                 l.phantom += 1;
                 l.anomaly(format!("phantom {doc_id} at {organ}"));
-                l.observe += 1;
-                let observed = l.observe;
-                l.seen.insert(
-                    key.clone(),
-                    Seen {
-                        observed,
-                        acked: false,
-                        flow: None,
-                    },
-                );
+                l.first_seen(key, None);
             }
             return;
         };
@@ -584,16 +589,7 @@ fn record(
             // Fetched before, not acknowledged yet (the edge or this app stopped
             // between the two): seen again, not a duplicate.
         } else {
-            l.observe += 1;
-            let observed = l.observe;
-            l.seen.insert(
-                key.clone(),
-                Seen {
-                    observed,
-                    acked: false,
-                    flow: Some(flow),
-                },
-            );
+            l.first_seen(key, Some(flow));
             if misrouted {
                 l.misrouted += 1;
                 l.anomaly(format!("{doc_id} delivered to {organ}, not a recipient"));
