@@ -297,8 +297,16 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // Every run is bounded: a federation that stops making progress ends the run
+    // as a failure instead of hanging it.
+    let budget = Duration::from_secs(300 + a.docs / 20 + a.faults * 20);
+    let mut timed_out = false;
     let mut faults = 0u64;
     while faults < a.faults || accepted(&ledger) < a.docs {
+        if started.elapsed() > budget {
+            timed_out = true;
+            break;
+        }
         bar.set_prefix(accepted(&ledger).to_string());
         if faults >= a.faults {
             // Enough faults: let the generators reach the document count.
@@ -586,7 +594,15 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
     c.stop_all().await;
     bar.finish_and_clear();
 
-    let l = ledger.lock().unwrap_or_else(|e| e.into_inner());
+    let mut l = ledger.lock().unwrap_or_else(|e| e.into_inner());
+    if timed_out {
+        l.anomalies.push(format!(
+            "the run did not reach {} documents and {} faults within {} s",
+            a.docs,
+            a.faults,
+            budget.as_secs()
+        ));
+    }
     let outcome = l.outcome();
     let mut rec: Vec<u64> = log.iter().filter_map(|f| f.recovery_ms).collect();
     rec.sort_unstable();
@@ -595,7 +611,7 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
         .filter(|f| f.recovery_ms.is_none() && !f.kind.starts_with("abort"))
         .count() as u64;
     let integrity_errors = c.integrity_errors();
-    let ok = outcome.clean() && unexpected.is_empty() && integrity_errors.is_empty();
+    let ok = outcome.clean() && unexpected.is_empty() && integrity_errors.is_empty() && !timed_out;
     Ok(Report {
         scenario: name.into(),
         seed,
