@@ -546,11 +546,21 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
         });
     }
 
-    // Drain: stop sending, heal everything, wait for every accepted document.
-    stop_gen_tx.send_replace(true);
-    while tasks.join_next().await.is_some() {}
+    // Drain: heal everything, stop sending (what is being offered is finished),
+    // wait for every accepted document.
     for p in c.proxies.values() {
         p.heal();
+    }
+    let _ = std::fs::remove_file(c.dir.join("filler"));
+    stop_gen_tx.send_replace(true);
+    // The generators finish what they are offering; crashed nodes keep coming back.
+    while !tasks.is_empty() {
+        tokio::select! {
+            _ = tasks.join_next() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                restart_exited(&mut c, name, &mut log, &mut unexpected).await?;
+            }
+        }
     }
     if name == "crash-before-ack" {
         for node in ["hub", "quangnam", "vpcp"] {
@@ -562,19 +572,7 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
     let drain_started = Instant::now();
     let drain_deadline = drain_started + Duration::from_secs(120);
     loop {
-        for (n, how) in c.exited() {
-            if name == "crash-before-ack" {
-                log.push(FaultRecord {
-                    kind: format!("abort before ack ({how})"),
-                    target: n.clone(),
-                    held_ms: 0,
-                    recovery_ms: None,
-                });
-            } else {
-                unexpected.push(format!("{n}: {how}"));
-            }
-            c.start(&n).await?;
-        }
+        restart_exited(&mut c, name, &mut log, &mut unexpected).await?;
         let left = ledger
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -630,6 +628,30 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
         ok,
         outcome,
     })
+}
+
+/// Restarts the nodes that exited on their own: a fault of `crash-before-ack`,
+/// unexpected anywhere else.
+async fn restart_exited(
+    c: &mut Cluster,
+    scenario: &str,
+    log: &mut Vec<FaultRecord>,
+    unexpected: &mut Vec<String>,
+) -> Result<()> {
+    for (n, how) in c.exited() {
+        if scenario == "crash-before-ack" {
+            log.push(FaultRecord {
+                kind: format!("abort before ack ({how})"),
+                target: n.clone(),
+                held_ms: 0,
+                recovery_ms: None,
+            });
+        } else {
+            unexpected.push(format!("{n}: {how}"));
+        }
+        c.start(&n).await?;
+    }
+    Ok(())
 }
 
 /// Flips a byte or truncates; returns 1 if the file was damaged.

@@ -335,10 +335,16 @@ pub async fn generate(
                 accepted_at: None,
             },
         );
-        // Until accepted, or the run ends (the document then counts as unaccepted).
+        // Until accepted. When the run ends, the document being offered still gets
+        // a minute (the faults are healed by then); only then does it count as
+        // never accepted.
+        let mut stopping: Option<Instant> = None;
         loop {
-            if *stop.borrow() && seq > 0 {
-                break;
+            if *stop.borrow() {
+                let since = *stopping.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(60) {
+                    break;
+                }
             }
             let r = send_once(&dir, &mut conn, &flow, &doc_id, seq, &body, large).await;
             match r {
