@@ -33,9 +33,38 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// How many 4 KiB write + fdatasync rounds the disk under `dir` takes per second
+/// over `for_`. The disks here swing between a fast and a slow fsync state; every
+/// figure of a run only means something next to this one.
+pub fn fsync_probe(dir: &std::path::Path, for_: Duration) -> Result<f64> {
+    use std::io::Write;
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path)?;
+    let block = [0x5au8; 4096];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < for_ {
+        f.write_all(&block)?;
+        f.sync_data()?;
+        n += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(rate)
+}
+
 pub async fn run(a: BenchArgs) -> Result<()> {
     let tmp = tempfile::Builder::new().prefix("truc-bench-").tempdir()?;
     let dir = tmp.path();
+    let probe = {
+        let d = dir.to_owned();
+        tokio::task::spawn_blocking(move || fsync_probe(&d, Duration::from_millis(500))).await??
+    };
+    println!(
+        "fsync probe: {probe:.0} write+fdatasync/s of 4 KiB in {}",
+        dir.display()
+    );
     let mut topo = certs::Topology::default_topology()?;
     topo.nodes.retain(|n| n.id != "caobang");
     let mut listeners: HashMap<String, Listeners> = HashMap::new();
@@ -200,4 +229,17 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         node.shutdown().await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fsync_probe_measures_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let rate = fsync_probe(dir.path(), Duration::from_millis(50)).unwrap();
+        assert!(rate > 0.0, "{rate}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 }
