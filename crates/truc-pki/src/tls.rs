@@ -53,18 +53,7 @@ impl TransportMaterial {
 
     /// Server side of a link: TLS 1.3, a client certificate from the transport CA required.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, PkiError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
-            .with_crls(self.crls.clone())
-            // A CRL past its next update fails closed (DESIGN §8.5: stale CRL).
-            .enforce_revocation_expiration()
-            .build()
-            .map_err(|e| PkiError::Verifier(e.to_string()))?;
-        let mut cfg = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(Arc::new(cfg))
+        self.server_config_for(true, &[b"h2"])
     }
 
     /// Server side of an operator port (admin gRPC, dashboard, metrics): TLS 1.3
@@ -72,18 +61,29 @@ impl TransportMaterial {
     /// checked when presented but not required, so that a browser can reach the
     /// login page. Each request is then authorized by the identity it carries.
     pub fn operator_server_config(&self) -> Result<Arc<ServerConfig>, PkiError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
+        self.server_config_for(false, &[b"h2", b"http/1.1"])
+    }
+
+    fn server_config_for(
+        &self,
+        client_cert_required: bool,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<ServerConfig>, PkiError> {
+        let mut builder = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
             .with_crls(self.crls.clone())
             // A CRL past its next update fails closed (DESIGN §8.5: stale CRL).
-            .enforce_revocation_expiration()
-            .allow_unauthenticated()
+            .enforce_revocation_expiration();
+        if !client_cert_required {
+            builder = builder.allow_unauthenticated();
+        }
+        let verifier = builder
             .build()
             .map_err(|e| PkiError::Verifier(e.to_string()))?;
         let mut cfg = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.chain.clone(), self.key.clone_key())?;
-        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(cfg))
     }
 

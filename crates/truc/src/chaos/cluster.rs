@@ -8,7 +8,7 @@ use std::{
     net::{SocketAddr, TcpListener as StdListener},
     path::{Path, PathBuf},
     process::Stdio,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -56,10 +56,17 @@ impl Cluster {
             }
         };
         let mut topo = Topology::default_topology()?;
+        // Link listeners keep the port picked here across restarts (children's
+        // proxies point at it); the APIs take any free port and announce it in
+        // the node's endpoints file, so there is no window for another process
+        // to take a port picked in advance.
         for n in &mut topo.nodes {
-            for addr in [&mut n.listen, &mut n.agency_api, &mut n.admin_api] {
+            if n.listen.is_some() {
+                n.listen = Some(free_port()?);
+            }
+            for addr in [&mut n.agency_api, &mut n.admin_api] {
                 if addr.is_some() {
-                    *addr = Some(free_port()?);
+                    *addr = Some("127.0.0.1:0".into());
                 }
             }
             n.rest_api = None;
@@ -208,18 +215,6 @@ impl Cluster {
         out
     }
 
-    /// Starts every node that is not running; returns them.
-    pub async fn restart_missing(&mut self) -> Result<Vec<String>> {
-        let mut started = Vec::new();
-        for n in self.nodes() {
-            if !self.running(&n) {
-                self.start(&n).await?;
-                started.push(n);
-            }
-        }
-        Ok(started)
-    }
-
     pub async fn stop_all(&mut self) {
         for (_, mut c) in std::mem::take(&mut self.procs) {
             let _ = c.kill().await;
@@ -290,9 +285,4 @@ pub fn files_under(dir: &Path, part: &str) -> Vec<PathBuf> {
         }
     }
     out
-}
-
-/// Seconds since `t` with millisecond precision, for logs.
-pub fn since(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64()
 }

@@ -3,7 +3,7 @@
 //! as a real network would until it heals or a heartbeat gives up), delays them,
 //! caps the bandwidth, or resets every connection it carries.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Result;
 use tokio::{
@@ -141,6 +141,3 @@ async fn pump(
         to.write_all(&buf[..n]).await?;
     }
 }
-
-/// Shared handle to the proxies of a cluster, by child node.
-pub type Proxies = Arc<std::collections::BTreeMap<String, Proxy>>;
