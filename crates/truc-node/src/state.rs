@@ -9,7 +9,7 @@
 //! batch. Callers acknowledge only after [`NodeState::durable`].
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     sync::{
         Arc, Mutex, MutexGuard, RwLock,
         atomic::{AtomicU64, Ordering},
@@ -378,6 +378,9 @@ pub struct QueueSnapshot {
 }
 
 /// The node's state machine over its store.
+/// Agency events per batch, waiting for the batch's flush.
+type Undurable = VecDeque<(Ticket, Vec<pb::AgencyEvent>)>;
+
 pub struct NodeState {
     pub node_id: NodeId,
     routes: RwLock<Arc<RoutingTable>>,
@@ -396,6 +399,12 @@ pub struct NodeState {
     events: broadcast::Sender<Event>,
     /// Durable agency events as they are written (the live part of `Events`).
     agency_events: broadcast::Sender<pb::AgencyEvent>,
+    /// Agency events written but not yet durable, in id order: an application
+    /// hears of an event only once it survives a crash, so an id it was told is
+    /// never reused for another event.
+    undurable_events: Arc<Mutex<Undurable>>,
+    /// The highest event id announced (all below it are durable too).
+    durable_event_id: Arc<AtomicU64>,
     pub stats: Stats,
     /// Metrics, peer facts, children's reports, throughput samples.
     pub telemetry: crate::telemetry::Telemetry,
@@ -601,6 +610,12 @@ impl NodeState {
             own.entries.insert(organ, entry);
         }
         let received = (received.version != 0).then_some(received);
+        // Every event found on disk at startup is durable.
+        let stored_event_seq = p
+            .store
+            .get(Space::Meta, &Key::new().str("seq").str("events").build())?
+            .and_then(|v| trailing_u64(&v))
+            .unwrap_or(0);
         let directory = Self::merge_directories(routing.has_parent(), received.as_ref(), &own);
         let (directory_changed, _) = tokio::sync::watch::channel(directory.version);
         Ok(Arc::new(Self {
@@ -629,6 +644,8 @@ impl NodeState {
             notifiers: Mutex::default(),
             events,
             agency_events: broadcast::channel(4096).0,
+            undurable_events: Arc::default(),
+            durable_event_id: Arc::new(AtomicU64::new(stored_event_seq)),
             stats: Stats::default(),
             telemetry: crate::telemetry::Telemetry::default(),
             own_directory: RwLock::new(own),
@@ -670,13 +687,22 @@ impl NodeState {
         after: u64,
         limit: usize,
     ) -> Result<Vec<pb::AgencyEvent>, NodeError> {
+        // Events written but not yet durable are not told.
+        let durable = self.durable_event_id.load(Ordering::SeqCst);
         let prefix = Key::new().str(organ.as_str()).build();
         let from = Key::new().str(organ.as_str()).u64(after).build();
-        self.store
+        let mut out = Vec::new();
+        for (_, v) in self
+            .store
             .scan(Space::Events, &prefix, Some(&from), limit)?
-            .into_iter()
-            .map(|(_, v)| pb::AgencyEvent::decode(v.as_slice()).map_err(internal))
-            .collect()
+        {
+            let e = pb::AgencyEvent::decode(v.as_slice()).map_err(internal)?;
+            if e.id > durable {
+                break;
+            }
+            out.push(e);
+        }
+        Ok(out)
     }
 
     fn original_key(from: &str, doc_id: &str) -> Vec<u8> {
@@ -2054,6 +2080,13 @@ impl NodeState {
             *w.counts.entry(k).or_default() += d;
         }
         self.apply_directory(std::mem::take(&mut plan.directory));
+        // Queued for announcement under the writer lock: in event id order.
+        if !agency_events.is_empty() {
+            self.undurable_events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back((ticket, std::mem::take(&mut agency_events)));
+        }
         drop(w);
         plan.queues.sort();
         plan.queues.dedup();
@@ -2066,10 +2099,51 @@ impl NodeState {
             }
             let _ = self.events.send(e);
         }
-        for e in agency_events {
-            let _ = self.agency_events.send(e);
-        }
+        self.announce_when_durable(ticket);
         Ok(ticket)
+    }
+
+    /// Broadcasts the queued agency events of every batch up to `ticket` once it
+    /// is durable, in id order.
+    fn announce_when_durable(&self, ticket: Ticket) {
+        let pending = self.undurable_events.clone();
+        let tx = self.agency_events.clone();
+        let durable_id = self.durable_event_id.clone();
+        let release = move |upto: Ticket| {
+            let mut q = pending.lock().unwrap_or_else(|p| p.into_inner());
+            while q.front().is_some_and(|(t, _)| *t <= upto) {
+                if let Some((_, evs)) = q.pop_front() {
+                    for e in evs {
+                        durable_id.fetch_max(e.id, Ordering::SeqCst);
+                        let _ = tx.send(e);
+                    }
+                }
+            }
+        };
+        let waiting = {
+            let q = self
+                .undurable_events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            q.front().is_some_and(|(t, _)| *t <= ticket)
+        };
+        if !waiting {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let commit = self.commit.clone();
+                rt.spawn(async move {
+                    // A failed flush stops the node's writes; the events stay
+                    // unannounced and are read from the store after a restart.
+                    if commit.durable(ticket).await.is_ok() {
+                        release(ticket);
+                    }
+                });
+            }
+            // Outside a runtime (unit tests driving the state directly).
+            Err(_) => release(ticket),
+        }
     }
 
     fn held_key(from: &str) -> Vec<u8> {

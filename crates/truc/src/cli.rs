@@ -285,14 +285,48 @@ enum Command {
         #[command(subcommand)]
         command: DirectoryCommand,
     },
-    /// Measure throughput and latency through an in-process federation.
+    /// Measure truc side by side with NATS JetStream (run bench/setup for the
+    /// peer): real `truc node` processes on loopback, interleaved runs, medians
+    /// per fsync state (BENCHMARKS.md). Scenarios: one-hop, edge-hub-edge,
+    /// steady, relay, fan-out (the default set), attachment, queued-drain,
+    /// idle-edges, reconnect, or all.
     Bench {
+        scenarios: Vec<String>,
+        /// Documents per run.
         #[arg(long, default_value_t = 5000)]
         docs: usize,
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
+        /// Documents in flight (the same for truc and the peer).
+        #[arg(long, alias = "concurrency", default_value_t = 64)]
+        window: usize,
         #[arg(long, default_value_t = 10 * 1024)]
         body_bytes: usize,
+        /// Runs of each system per scenario, interleaved.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Documents per second of the steady scenario.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Agencies one fan-out document goes to.
+        #[arg(long, default_value_t = 60)]
+        fanout: usize,
+        /// Documents queued for the offline edge in queued-drain.
+        #[arg(long, default_value_t = 100_000)]
+        queued: usize,
+        #[arg(long, default_value_t = 1000)]
+        idle_edges: usize,
+        #[arg(long, default_value_t = 100)]
+        reconnect_edges: usize,
+        #[arg(long, default_value_t = 1024)]
+        attachment_mib: u64,
+        /// truc alone, even when nats-server is installed.
+        #[arg(long)]
+        no_peer: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Keep the runs' data here (deleted after each run) instead of a temp dir.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Fault injection: real nodes on loopback under load, faults in a loop, and a
     /// checker that must count nothing lost, duplicated, corrupted, phantom or
@@ -798,15 +832,37 @@ async fn run(cli: Cli) -> Result<()> {
             command: EdxmlCommand::Inspect { package, json },
         } => edxml::inspect(&package, json),
         Command::Bench {
+            scenarios,
             docs,
-            concurrency,
+            window,
             body_bytes,
+            runs,
+            rate,
+            fanout,
+            queued,
+            idle_edges,
+            reconnect_edges,
+            attachment_mib,
+            no_peer,
+            json,
+            dir,
         } => {
-            init_logging(cli.log_format, "warn");
+            init_logging(cli.log_format, "error");
             bench::run(bench::BenchArgs {
+                scenarios,
                 docs,
-                concurrency,
+                window,
                 body_bytes,
+                runs,
+                rate,
+                fanout,
+                queued,
+                idle_edges,
+                reconnect_edges,
+                attachment_mib,
+                no_peer,
+                json,
+                dir,
             })
             .await
         }

@@ -214,7 +214,7 @@ fn retryable(s: &tonic::Status) -> bool {
 }
 
 /// Uploads one file to the edge; resumes from the edge's durable offset after a cut.
-async fn upload_file(
+pub(crate) async fn upload_file(
     client: &mut AgencyClient<Channel>,
     path: &Path,
     name: &str,

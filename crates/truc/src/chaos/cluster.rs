@@ -36,14 +36,28 @@ pub struct Cluster {
     starts: BTreeMap<String, u32>,
 }
 
+/// How a cluster is made.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Children dial their parent directly (no fault proxy) and keep the default
+    /// heartbeats: the benchmark's setting.
+    pub direct: bool,
+}
+
 fn free_port() -> Result<String> {
     Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.to_string())
 }
 
 impl Cluster {
     /// Makes the PKI and configs in `dir` (a temporary directory if None) for the
-    /// default topology, with quick failure detection.
+    /// default topology, with quick failure detection and a fault proxy on every
+    /// link.
     pub async fn create(dir: Option<PathBuf>) -> Result<Self> {
+        Self::create_with(dir, Topology::default_topology()?, Options::default()).await
+    }
+
+    /// Like [`Cluster::create`] for any topology, with or without the proxies.
+    pub async fn create_with(dir: Option<PathBuf>, topo: Topology, opts: Options) -> Result<Self> {
         let (tmp, dir) = match dir {
             Some(d) => {
                 std::fs::create_dir_all(&d)?;
@@ -55,7 +69,7 @@ impl Cluster {
                 (Some(t), d)
             }
         };
-        let mut topo = Topology::default_topology()?;
+        let mut topo = topo;
         // Link listeners keep the port picked here across restarts (children's
         // proxies point at it); the APIs take any free port and announce it in
         // the node's endpoints file, so there is no window for another process
@@ -74,7 +88,7 @@ impl Cluster {
         certs::init(&dir, &topo)?;
         std::fs::create_dir_all(dir.join("logs"))?;
         let mut proxies = BTreeMap::new();
-        for n in &topo.nodes {
+        for n in topo.nodes.iter().filter(|_| !opts.direct) {
             if let Some(parent) = &n.parent {
                 let upstream: SocketAddr = topo
                     .node(parent)
@@ -102,9 +116,11 @@ impl Cluster {
                     p.insert("address".into(), via.into());
                 }
                 let link = table(t, "link");
-                link.insert("heartbeat_interval_ms".into(), 300.into());
-                link.insert("heartbeat_timeout_ms".into(), 1500.into());
-                link.insert("reconnect_max_ms".into(), 500.into());
+                if !opts.direct {
+                    link.insert("heartbeat_interval_ms".into(), 300.into());
+                    link.insert("heartbeat_timeout_ms".into(), 1500.into());
+                    link.insert("reconnect_max_ms".into(), 500.into());
+                }
                 table(t, "limits").insert("max_list".into(), 100_000.into());
                 table(t, "tls").insert("crl_reload_ms".into(), 200.into());
             })?;
@@ -137,6 +153,32 @@ impl Cluster {
 
     pub fn running(&self, node: &str) -> bool {
         self.procs.contains_key(node)
+    }
+
+    /// The process id of a running node.
+    pub fn pid(&self, node: &str) -> Option<u32> {
+        self.procs.get(node).and_then(Child::id)
+    }
+
+    /// Stops a node the way an operator does (SIGTERM: drain, then exit) and waits
+    /// for it to exit.
+    pub async fn stop(&mut self, node: &str) -> Result<()> {
+        let mut c = self
+            .procs
+            .remove(node)
+            .ok_or_else(|| anyhow!("{node} is not running"))?;
+        if let Some(pid) = c.id() {
+            let pid = rustix::process::Pid::from_raw(pid as i32)
+                .ok_or_else(|| anyhow!("bad pid {pid}"))?;
+            rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+        }
+        match tokio::time::timeout(Duration::from_secs(30), c.wait()).await {
+            Ok(r) => {
+                r?;
+            }
+            Err(_) => c.kill().await?,
+        }
+        Ok(())
     }
 
     /// Starts `truc node` and waits for its ready line.

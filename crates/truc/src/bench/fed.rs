@@ -1,0 +1,628 @@
+//! truc's side of the bench: a federation of real `truc node` processes on
+//! loopback (real mTLS, fsync, signatures made and verified at every hop), the
+//! application's documents sent through the sender edge's agency API, arrivals
+//! seen on the recipients' live event streams.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use truc_node::{Config, RunningNode};
+use truc_proto::v1::{self as pb, agency_client::AgencyClient};
+
+use super::{
+    load::{self, Clock, Load},
+    peer::Measured,
+    procstat::{self, Sampler, Usage},
+};
+use crate::{
+    certs::{TopoAgency, TopoNode, Topology},
+    chaos::cluster::{self, Cluster, Options},
+    client,
+};
+
+pub const SENDER: (&str, &str) = ("vpcp", "000.00.00.G22");
+pub const RECIPIENT: (&str, &str) = ("nghean", "000.00.00.H41");
+pub const DISTRICT: (&str, &str) = ("duyxuyen", "001.00.10.H47");
+/// Agencies per edge in the fan-out topology.
+const PER_EDGE: usize = 10;
+/// The warm-up document's index (outside every run's range).
+const WARM: usize = usize::MAX;
+/// How long nothing may arrive before a run counts as stalled.
+const STALL: Duration = Duration::from_secs(120);
+
+/// The topologies the scenarios run on.
+#[derive(Debug, Clone, Copy)]
+pub enum Shape {
+    /// hub, the ministry edge and one province edge.
+    Core,
+    /// hub, the ministry edge, the Quảng Nam relay and one of its districts.
+    Relay,
+    /// hub, the ministry edge and edges serving `n` agencies, ten per edge.
+    FanOut(usize),
+    /// hub and `n` edges serving no agency (started inside the bench).
+    Idle(usize),
+}
+
+fn edge(id: String, parent: &str, agencies: Vec<TopoAgency>) -> TopoNode {
+    let api = (!agencies.is_empty()).then(|| "127.0.0.1:0".to_owned());
+    TopoNode {
+        id,
+        parent: Some(parent.into()),
+        listen: None,
+        agency_api: api,
+        admin_api: None,
+        rest_api: None,
+        grant: None,
+        hostnames: Vec::new(),
+        agencies,
+    }
+}
+
+/// The fan-out recipients: (node, organ).
+pub fn fan_out_agencies(n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|k| {
+            (
+                format!("fan{:02}", k / PER_EDGE + 1),
+                format!("{:03}.{:02}.00.H99", k % PER_EDGE + 1, k / PER_EDGE + 1),
+            )
+        })
+        .collect()
+}
+
+pub fn topology(shape: Shape) -> Result<Topology> {
+    let mut t = Topology::default_topology()?;
+    let keep: &[&str] = match shape {
+        Shape::Core => &["hub", "vpcp", "nghean"],
+        Shape::Relay => &["hub", "vpcp", "quangnam", "duyxuyen"],
+        Shape::FanOut(_) => &["hub", "vpcp"],
+        Shape::Idle(_) => &["hub"],
+    };
+    t.nodes.retain(|n| keep.contains(&n.id.as_str()));
+    match shape {
+        Shape::FanOut(n) => {
+            let mut by_node: Vec<(String, Vec<TopoAgency>)> = Vec::new();
+            for (node, organ) in fan_out_agencies(n) {
+                if by_node.last().is_none_or(|(id, _)| *id != node) {
+                    by_node.push((node.clone(), Vec::new()));
+                }
+                if let Some((_, a)) = by_node.last_mut() {
+                    a.push(TopoAgency {
+                        name: format!("Sở {organ}"),
+                        organ,
+                        parent: String::new(),
+                    });
+                }
+            }
+            for (id, agencies) in by_node {
+                t.nodes.push(edge(id, "hub", agencies));
+            }
+        }
+        Shape::Idle(n) => {
+            for k in 0..n {
+                t.nodes.push(edge(format!("idle{k:04}"), "hub", Vec::new()));
+            }
+        }
+        _ => {}
+    }
+    for n in &mut t.nodes {
+        n.rest_api = None;
+        if n.id != "hub" {
+            n.admin_api = None;
+        }
+    }
+    Ok(t)
+}
+
+/// A federation made and started for one run, deleted with its directory.
+pub struct Fed {
+    pub cluster: Cluster,
+}
+
+impl Fed {
+    /// Makes the PKI and configs in `dir`; starts the nodes (all of them, or only
+    /// the hub for the idle shapes, whose edges run in the bench).
+    pub async fn start(dir: &Path, shape: Shape) -> Result<Self> {
+        let topo = topology(shape)?;
+        let mut cluster =
+            Cluster::create_with(Some(dir.to_owned()), topo, Options { direct: true }).await?;
+        if let Shape::Idle(_) = shape {
+            for n in cluster.nodes().into_iter().filter(|n| n != "hub") {
+                cluster.edit(&n, |t| {
+                    // An idle edge needs little page cache: many run in one process.
+                    cluster::table(t, "storage").insert("cache_bytes".into(), (1i64 << 20).into());
+                })?;
+            }
+            cluster.start("hub").await?;
+        } else {
+            cluster.start_all().await?;
+        }
+        Ok(Self { cluster })
+    }
+
+    pub async fn agency(&self, node: &str) -> Result<AgencyClient<Channel>> {
+        client::connect(&self.cluster.config(node)).await
+    }
+
+    /// (node, pid) of every running node.
+    pub fn procs(&self) -> Vec<(String, u32)> {
+        self.cluster
+            .nodes()
+            .into_iter()
+            .filter_map(|n| self.cluster.pid(&n).map(|p| (n, p)))
+            .collect()
+    }
+
+    pub async fn stop(mut self) {
+        self.cluster.stop_all().await;
+    }
+}
+
+/// Which event of an agency's live stream counts as the arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// A document arrived at the recipient (it is durable there).
+    Arrived,
+    /// The hub's signed acceptance reached the sender.
+    AtHub,
+}
+
+/// doc_id → index of the documents of a run.
+type Ids = Arc<Mutex<HashMap<String, usize>>>;
+
+/// Follows one agency's live events and reports the arrivals of this run's
+/// documents.
+async fn watch(
+    mut client: AgencyClient<Channel>,
+    organ: &str,
+    want: Want,
+    ids: Ids,
+    tx: mpsc::UnboundedSender<load::Arrival>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let mut events = client
+        .events(pb::EventsRequest {
+            organ: organ.to_owned(),
+            after: 0,
+        })
+        .await
+        .map_err(client::status_error)?
+        .into_inner();
+    Ok(tokio::spawn(async move {
+        while let Ok(Some(e)) = events.message().await {
+            let hit = match want {
+                Want::Arrived => e.kind == "arrived" && e.detail == "document",
+                // A delivered receipt can overtake the hub's acceptance: the
+                // state then jumps past "at hub", which it implies.
+                Want::AtHub => {
+                    e.kind == "state"
+                        && matches!(e.detail.as_str(), "at hub" | "delivered" | "acked")
+                }
+            };
+            if !hit {
+                continue;
+            }
+            let i = ids.lock().ok().and_then(|m| m.get(&e.doc_id).copied());
+            if let Some(i) = i
+                && tx.send((i, Instant::now())).is_err()
+            {
+                return;
+            }
+        }
+    }))
+}
+
+/// Sends document `i` (or the warm-up) through the sender edge.
+#[derive(Clone)]
+struct Sender {
+    client: AgencyClient<Channel>,
+    to: Vec<String>,
+    body: usize,
+    ids: Ids,
+}
+
+impl Sender {
+    async fn send(mut self, i: usize, attachments: Option<Vec<pb::Attachment>>) -> Result<()> {
+        let doc_id = truc_core::DocId::new_v7().to_string();
+        if let Ok(mut m) = self.ids.lock() {
+            m.insert(doc_id.clone(), i);
+        }
+        let attachments = attachments.unwrap_or_else(|| {
+            vec![pb::Attachment {
+                name: "body.bin".into(),
+                content_type: "application/octet-stream".into(),
+                data: load::body(i, self.body),
+                ..Default::default()
+            }]
+        });
+        self.client
+            .send(pb::SendRequest {
+                from: SENDER.1.into(),
+                to: self.to.clone(),
+                subject: if i == WARM {
+                    "Khởi động".into()
+                } else {
+                    format!("Công văn số {i}")
+                },
+                attachments,
+                doc_id,
+                ..Default::default()
+            })
+            .await
+            .map_err(client::status_error)?;
+        Ok(())
+    }
+}
+
+/// Waits for `n` arrivals of the warm-up document.
+async fn warmed(rx: &mut mpsc::UnboundedReceiver<load::Arrival>, n: usize) -> Result<()> {
+    let mut seen = 0;
+    while seen < n {
+        match tokio::time::timeout(STALL, rx.recv()).await {
+            Ok(Some((WARM, _))) => seen += 1,
+            Ok(Some(_)) => {}
+            _ => bail!("the warm-up document did not arrive ({seen} of {n})"),
+        }
+    }
+    Ok(())
+}
+
+/// A flow run: the sender edge sends `load` to `to`; a document counts when every
+/// watched agency saw it.
+pub async fn flow(
+    dir: &Path,
+    shape: Shape,
+    to: Vec<String>,
+    watched: Vec<(String, String)>,
+    want: Want,
+    load: &Load,
+    bar: &indicatif::ProgressBar,
+) -> Result<(Measured, Vec<Usage>)> {
+    let fed = Fed::start(dir, shape).await?;
+    let result = async {
+        let ids: Ids = Arc::default();
+        let (tx, mut rx) = load::arrivals();
+        let mut watchers = Vec::new();
+        for (node, organ) in &watched {
+            watchers.push(
+                watch(
+                    fed.agency(node).await?,
+                    organ,
+                    want,
+                    ids.clone(),
+                    tx.clone(),
+                )
+                .await?,
+            );
+        }
+        drop(tx);
+        let sender = Sender {
+            client: fed.agency(SENDER.0).await?,
+            to,
+            body: load.body,
+            ids,
+        };
+        sender.clone().send(WARM, None).await?;
+        warmed(&mut rx, watched.len()).await?;
+        let sampler = Sampler::start(&fed.procs());
+        let clock = Clock::new(load.docs);
+        let t0 = Instant::now();
+        let s = sender.clone();
+        let send = tokio::spawn(load::drive(load.clone(), clock.clone(), move |i| {
+            s.clone().send(i, None)
+        }));
+        let collected = load::collect(&mut rx, &clock, load.docs, watched.len(), STALL, bar).await;
+        let usage = sampler.finish().await;
+        for w in watchers {
+            w.abort();
+        }
+        let (latencies, last) = collected?;
+        send.await??;
+        Ok::<_, anyhow::Error>((
+            Measured {
+                elapsed: last.saturating_duration_since(t0),
+                latencies,
+                extra: Vec::new(),
+            },
+            usage,
+        ))
+    };
+    let r = result.await;
+    fed.stop().await;
+    r
+}
+
+/// One attachment of `size` bytes from the ministry to the province: upload to
+/// the sender edge, then every hop, until the recipient has it durably.
+pub async fn attachment(
+    dir: &Path,
+    size: u64,
+    bar: &indicatif::ProgressBar,
+) -> Result<(Measured, Vec<Usage>)> {
+    use std::io::Write;
+    let file = dir.join("annex.bin");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&file)?);
+        let mut block = vec![0u8; 1 << 20];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut left = size;
+        while left > 0 {
+            for b in block.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+            }
+            let n = left.min(block.len() as u64) as usize;
+            f.write_all(&block[..n])?;
+            left -= n as u64;
+        }
+        f.flush()?;
+    }
+    let fed_dir = dir.join("fed");
+    let fed = Fed::start(&fed_dir, Shape::Core).await?;
+    let result = async {
+        let ids: Ids = Arc::default();
+        let (tx, mut rx) = load::arrivals();
+        let w = watch(
+            fed.agency(RECIPIENT.0).await?,
+            RECIPIENT.1,
+            Want::Arrived,
+            ids.clone(),
+            tx,
+        )
+        .await?;
+        let mut sender = Sender {
+            client: fed.agency(SENDER.0).await?,
+            to: vec![RECIPIENT.1.into()],
+            body: 1024,
+            ids,
+        };
+        sender.clone().send(WARM, None).await?;
+        warmed(&mut rx, 1).await?;
+        let sampler = Sampler::start(&fed.procs());
+        let clock = Clock::new(1);
+        let t0 = Instant::now();
+        clock.mark_at(0, t0);
+        bar.set_length(size);
+        let att = client::upload_file(&mut sender.client, &file, "annex.bin").await?;
+        sender.send(0, Some(vec![att])).await?;
+        let collected = load::collect(&mut rx, &clock, 1, 1, STALL, bar).await;
+        let usage = sampler.finish().await;
+        w.abort();
+        let (latencies, last) = collected?;
+        Ok::<_, anyhow::Error>((
+            Measured {
+                elapsed: last.saturating_duration_since(t0),
+                latencies,
+                extra: Vec::new(),
+            },
+            usage,
+        ))
+    };
+    let r = result.await;
+    fed.stop().await;
+    let _ = std::fs::remove_file(&file);
+    r
+}
+
+/// `load.docs` documents queued at the hub for an offline province edge (the
+/// hub's memory growth), then the edge comes back and they drain.
+pub async fn queued_drain(
+    dir: &Path,
+    load: &Load,
+    bar: &indicatif::ProgressBar,
+) -> Result<(Measured, Vec<Usage>)> {
+    let mut fed = Fed::start(dir, Shape::Core).await?;
+    let result = async {
+        let ids: Ids = Arc::default();
+        let (tx, mut rx) = load::arrivals();
+        let w = watch(
+            fed.agency(RECIPIENT.0).await?,
+            RECIPIENT.1,
+            Want::Arrived,
+            ids.clone(),
+            tx.clone(),
+        )
+        .await?;
+        let sender = Sender {
+            client: fed.agency(SENDER.0).await?,
+            to: vec![RECIPIENT.1.into()],
+            body: load.body,
+            ids: ids.clone(),
+        };
+        sender.clone().send(WARM, None).await?;
+        warmed(&mut rx, 1).await?;
+        w.abort();
+        fed.cluster.stop(RECIPIENT.0).await?;
+        // Queue everything at the hub: done when the sender has every signed
+        // acceptance back.
+        let (acc_tx, mut acc_rx) = load::arrivals();
+        let acc = watch(
+            fed.agency(SENDER.0).await?,
+            SENDER.1,
+            Want::AtHub,
+            ids.clone(),
+            acc_tx,
+        )
+        .await?;
+        let hub = fed
+            .cluster
+            .pid("hub")
+            .ok_or_else(|| anyhow!("hub not running"))?;
+        let rss0 = procstat::rss_bytes(hub).unwrap_or(0);
+        let clock = Clock::new(load.docs);
+        let s = sender.clone();
+        let send = tokio::spawn(load::drive(load.clone(), clock.clone(), move |i| {
+            s.clone().send(i, None)
+        }));
+        load::collect(&mut acc_rx, &clock, load.docs, 1, STALL, bar).await?;
+        send.await??;
+        acc.abort();
+        let rss1 = procstat::rss_bytes(hub).unwrap_or(0);
+        // The edge comes back; everything drains to it.
+        bar.set_position(0);
+        let drain = Clock::new(load.docs);
+        let t0 = Instant::now();
+        for i in 0..load.docs {
+            drain.mark_at(i, t0);
+        }
+        fed.cluster.start(RECIPIENT.0).await?;
+        let sampler = Sampler::start(&fed.procs());
+        let w = watch(
+            fed.agency(RECIPIENT.0).await?,
+            RECIPIENT.1,
+            Want::Arrived,
+            ids,
+            tx,
+        )
+        .await?;
+        let collected = load::collect(&mut rx, &drain, load.docs, 1, STALL, bar).await;
+        let usage = sampler.finish().await;
+        w.abort();
+        let (_, last) = collected?;
+        let mib = 1024.0 * 1024.0;
+        Ok::<_, anyhow::Error>((
+            Measured {
+                elapsed: last.saturating_duration_since(t0),
+                latencies: Vec::new(),
+                extra: vec![
+                    (
+                        "queued_rss_growth_mib",
+                        rss1.saturating_sub(rss0) as f64 / mib,
+                    ),
+                    ("hub_rss_before_mib", rss0 as f64 / mib),
+                ],
+            },
+            usage,
+        ))
+    };
+    let r = result.await;
+    fed.stop().await;
+    r
+}
+
+/// Starts the idle edges of `fed` inside this process and waits until each has
+/// its link to the hub up.
+async fn start_edges(fed: &Fed, bar: &indicatif::ProgressBar) -> Result<Vec<RunningNode>> {
+    let mut nodes = Vec::new();
+    for n in fed.cluster.nodes().into_iter().filter(|n| n != "hub") {
+        let cfg = Config::load(&fed.cluster.config(&n)).with_context(|| n.clone())?;
+        nodes.push(RunningNode::start(cfg).await.with_context(|| n.clone())?);
+    }
+    for n in &nodes {
+        let mut up = n.parent_up();
+        tokio::time::timeout(STALL, up.wait_for(|u| *u))
+            .await
+            .map_err(|_| anyhow!("{} did not connect", n.state.node_id))??;
+        bar.inc(1);
+    }
+    Ok(nodes)
+}
+
+async fn shutdown(nodes: Vec<RunningNode>) {
+    let stops: Vec<_> = nodes
+        .into_iter()
+        .map(|n| tokio::spawn(n.shutdown()))
+        .collect();
+    for s in stops {
+        let _ = s.await;
+    }
+}
+
+/// `n` idle edges connected to one hub: the hub's memory per edge.
+pub async fn idle(
+    dir: &Path,
+    n: usize,
+    bar: &indicatif::ProgressBar,
+) -> Result<(Measured, Vec<Usage>)> {
+    let fed = Fed::start(dir, Shape::Idle(n)).await?;
+    let result = async {
+        let hub = fed
+            .cluster
+            .pid("hub")
+            .ok_or_else(|| anyhow!("hub not running"))?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let sampler = Sampler::start(&fed.procs());
+        let rss0 = procstat::rss_bytes(hub).unwrap_or(0);
+        let t0 = Instant::now();
+        let nodes = start_edges(&fed, bar).await?;
+        let elapsed = t0.elapsed();
+        // Let the links settle (directory sync, first heartbeats) before measuring.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss1 = procstat::rss_bytes(hub).unwrap_or(0);
+        let usage = sampler.finish().await;
+        shutdown(nodes).await;
+        Ok::<_, anyhow::Error>((
+            Measured {
+                elapsed,
+                latencies: Vec::new(),
+                extra: vec![(
+                    "rss_per_connection_kib",
+                    rss1.saturating_sub(rss0) as f64 / 1024.0 / n.max(1) as f64,
+                )],
+            },
+            usage,
+        ))
+    };
+    let r = result.await;
+    fed.stop().await;
+    r
+}
+
+/// `n` edges connected; the hub is stopped and started again; how long until
+/// every edge is back, counted from the hub's ready line.
+pub async fn reconnect(
+    dir: &Path,
+    n: usize,
+    bar: &indicatif::ProgressBar,
+) -> Result<(Measured, Vec<Usage>)> {
+    let mut fed = Fed::start(dir, Shape::Idle(n)).await?;
+    let result = async {
+        let nodes = start_edges(&fed, &indicatif::ProgressBar::hidden()).await?;
+        fed.cluster.stop("hub").await?;
+        for e in &nodes {
+            let mut up = e.parent_up();
+            tokio::time::timeout(STALL, up.wait_for(|u| !*u)).await??;
+        }
+        fed.cluster.start("hub").await?;
+        let ready = Instant::now();
+        let clock = Clock::new(n);
+        for i in 0..n {
+            clock.mark_at(i, ready);
+        }
+        let (tx, mut rx) = load::arrivals();
+        for (i, e) in nodes.iter().enumerate() {
+            let mut up = e.parent_up();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if up.wait_for(|u| *u).await.is_ok() {
+                    let _ = tx.send((i, Instant::now()));
+                }
+            });
+        }
+        drop(tx);
+        let sampler = Sampler::start(&fed.procs());
+        let collected = load::collect(&mut rx, &clock, n, 1, STALL, bar).await;
+        let usage = sampler.finish().await;
+        shutdown(nodes).await;
+        let (latencies, last) = collected?;
+        Ok::<_, anyhow::Error>((
+            Measured {
+                elapsed: last.saturating_duration_since(ready),
+                latencies,
+                extra: Vec::new(),
+            },
+            usage,
+        ))
+    };
+    let r = result.await;
+    fed.stop().await;
+    r
+}

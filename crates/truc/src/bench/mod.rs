@@ -1,0 +1,741 @@
+//! `truc bench`: truc side by side with NATS JetStream on the same machine, in the
+//! same run, driven by the same load tool (BENCHMARKS.md).
+//!
+//! Each scenario runs interleaved — peer, truc, peer, truc … — at least three
+//! rounds; every run starts with an fsync probe of the disk, and medians compare
+//! only runs made in the same fsync state (the disks here swing between a fast
+//! and a slow one).
+
+mod fed;
+mod load;
+mod peer;
+mod procstat;
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+
+use self::{
+    fed::{Shape, Want},
+    load::{Latency, Load},
+    peer::Measured,
+    procstat::Usage,
+};
+use crate::client;
+
+/// The scenarios, in the order they run; the first five are the default.
+pub const SCENARIOS: &[(&str, &str)] = &[
+    (
+        "one-hop",
+        "ministry edge → hub: send until the hub's signed acceptance is back at the sender",
+    ),
+    (
+        "edge-hub-edge",
+        "ministry edge → hub → province edge, as fast as the window allows",
+    ),
+    (
+        "steady",
+        "edge → hub → edge at a steady rate (--rate): latency under a constant load",
+    ),
+    (
+        "relay",
+        "ministry edge → hub → province relay → district edge",
+    ),
+    (
+        "fan-out",
+        "one document to --fanout agencies on edges of ten agencies each",
+    ),
+    (
+        "attachment",
+        "one --attachment-mib attachment edge → hub → edge: MB/s and memory per node",
+    ),
+    (
+        "queued-drain",
+        "--queued documents queued at the hub for an offline edge, then drained",
+    ),
+    (
+        "idle-edges",
+        "--idle-edges idle edges connected to one hub: the hub's memory per edge",
+    ),
+    (
+        "reconnect",
+        "--reconnect-edges edges back after a hub restart",
+    ),
+];
+const DEFAULT_SET: usize = 5;
+
+#[derive(Debug, Clone)]
+pub struct BenchArgs {
+    pub scenarios: Vec<String>,
+    pub docs: usize,
+    pub window: usize,
+    pub body_bytes: usize,
+    pub runs: usize,
+    pub rate: f64,
+    pub fanout: usize,
+    pub queued: usize,
+    pub idle_edges: usize,
+    pub reconnect_edges: usize,
+    pub attachment_mib: u64,
+    pub no_peer: bool,
+    pub json: bool,
+    pub dir: Option<PathBuf>,
+}
+
+/// The systems a scenario compares.
+const TRUC: &str = "truc";
+const NATS_SYNC: &str = "nats-sync";
+const NATS_DEFAULT: &str = "nats-default";
+
+/// One run of one system in one scenario.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Run {
+    pub scenario: String,
+    pub system: String,
+    pub round: usize,
+    /// 4 KiB write + fdatasync per second just before the run.
+    pub fsync_per_s: f64,
+    /// "fast" or "slow" (or "steady" when the probes never swung).
+    pub fsync_state: String,
+    pub docs: u64,
+    pub bytes: u64,
+    pub secs: f64,
+    pub docs_per_s: f64,
+    pub mb_per_s: f64,
+    pub latency: Option<Latency>,
+    pub nodes: Vec<Usage>,
+    pub extra: BTreeMap<String, f64>,
+}
+
+/// Medians over the runs of one system in one scenario, in one fsync state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub system: String,
+    pub fsync_state: String,
+    pub runs: usize,
+    pub docs_per_s: f64,
+    pub mb_per_s: f64,
+    pub secs: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub p999_ms: Option<f64>,
+    /// truc's throughput over the durable peer's, in this state.
+    pub vs_nats_sync: Option<f64>,
+    pub extra: BTreeMap<String, f64>,
+    /// Median CPU seconds and peak RSS per node.
+    pub nodes: Vec<Usage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub nats_server: Option<String>,
+    pub runs: Vec<Run>,
+    pub summary: Vec<Summary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub memory_gib: f64,
+    pub kernel: String,
+    pub data_dir: String,
+}
+
+fn machine(dir: &std::path::Path) -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    Machine {
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu_model: cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .unwrap_or("unknown")
+            .trim()
+            .to_owned(),
+        memory_gib: meminfo
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|k| k.parse::<f64>().ok())
+            .map_or(0.0, |k| k / 1024.0 / 1024.0),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        data_dir: dir.display().to_string(),
+    }
+}
+
+/// How many 4 KiB write + fdatasync rounds the disk under `dir` takes per second
+/// over `for_`. The disks here swing between a fast and a slow fsync state; every
+/// figure of a run only means something next to this one.
+pub fn fsync_probe(dir: &std::path::Path, for_: Duration) -> Result<f64> {
+    use std::io::Write;
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path)?;
+    let block = [0x5au8; 4096];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < for_ {
+        f.write_all(&block)?;
+        f.sync_data()?;
+        n += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(rate)
+}
+
+async fn probe(dir: &std::path::Path) -> Result<f64> {
+    let d = dir.to_owned();
+    tokio::task::spawn_blocking(move || fsync_probe(&d, Duration::from_millis(300))).await?
+}
+
+/// Names each probe "fast" or "slow": two states only when the probes differ by
+/// more than 2× (split at their geometric mean), else one "steady" state.
+pub fn classify(probes: &[f64]) -> Vec<&'static str> {
+    let lo = probes.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = probes.iter().copied().fold(0.0, f64::max);
+    if probes.is_empty() || hi < lo * 2.0 {
+        return vec!["steady"; probes.len()];
+    }
+    let split = (lo * hi).sqrt();
+    probes
+        .iter()
+        .map(|p| if *p >= split { "fast" } else { "slow" })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// Medians per scenario and system over the runs made in the fsync state most
+/// of that scenario's runs were in; truc's ratio against the durable peer in it.
+pub fn summarize(runs: &[Run]) -> Vec<Summary> {
+    let mut out = Vec::new();
+    let mut scenarios: Vec<&str> = Vec::new();
+    for r in runs {
+        if !scenarios.contains(&r.scenario.as_str()) {
+            scenarios.push(&r.scenario);
+        }
+    }
+    for sc in scenarios {
+        let of: Vec<&Run> = runs.iter().filter(|r| r.scenario == sc).collect();
+        // The state with the most runs of both systems; ties go to "fast".
+        let mut states: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        for r in &of {
+            let e = states.entry(r.fsync_state.as_str()).or_default();
+            if r.system == TRUC {
+                e.0 += 1;
+            } else {
+                e.1 += 1;
+            }
+        }
+        let Some(state) = states
+            .iter()
+            .max_by_key(|(s, (t, p))| {
+                (
+                    (*t).min(*p).max(usize::from(*p == 0)),
+                    *t + *p,
+                    **s == "fast",
+                )
+            })
+            .map(|(s, _)| s.to_string())
+        else {
+            continue;
+        };
+        let mut systems: Vec<&str> = Vec::new();
+        for r in &of {
+            if !systems.contains(&r.system.as_str()) {
+                systems.push(&r.system);
+            }
+        }
+        let mut rows: Vec<Summary> = Vec::new();
+        for sys in systems {
+            let these: Vec<&&Run> = of
+                .iter()
+                .filter(|r| r.system == sys && r.fsync_state == state)
+                .collect();
+            if these.is_empty() {
+                continue;
+            }
+            let lat = |f: fn(&Latency) -> f64| {
+                let v: Vec<f64> = these
+                    .iter()
+                    .filter_map(|r| r.latency.as_ref().map(f))
+                    .collect();
+                (!v.is_empty()).then(|| median(v))
+            };
+            let mut extra = BTreeMap::new();
+            for k in these.iter().flat_map(|r| r.extra.keys()) {
+                if !extra.contains_key(k) {
+                    let v = these
+                        .iter()
+                        .filter_map(|r| r.extra.get(k).copied())
+                        .collect();
+                    extra.insert(k.clone(), median(v));
+                }
+            }
+            let mut nodes: Vec<Usage> = Vec::new();
+            for u in these.iter().flat_map(|r| &r.nodes) {
+                if nodes.iter().any(|n| n.node == u.node) {
+                    continue;
+                }
+                let of_node: Vec<&Usage> = these
+                    .iter()
+                    .flat_map(|r| &r.nodes)
+                    .filter(|n| n.node == u.node)
+                    .collect();
+                nodes.push(Usage {
+                    node: u.node.clone(),
+                    cpu_s: median(of_node.iter().map(|n| n.cpu_s).collect()),
+                    rss_start_mib: median(of_node.iter().map(|n| n.rss_start_mib).collect()),
+                    rss_peak_mib: median(of_node.iter().map(|n| n.rss_peak_mib).collect()),
+                });
+            }
+            rows.push(Summary {
+                scenario: sc.to_owned(),
+                system: sys.to_owned(),
+                fsync_state: state.clone(),
+                runs: these.len(),
+                docs_per_s: median(these.iter().map(|r| r.docs_per_s).collect()),
+                mb_per_s: median(these.iter().map(|r| r.mb_per_s).collect()),
+                secs: median(these.iter().map(|r| r.secs).collect()),
+                p50_ms: lat(|l| l.p50_ms),
+                p99_ms: lat(|l| l.p99_ms),
+                p999_ms: lat(|l| l.p999_ms),
+                vs_nats_sync: None,
+                extra,
+                nodes,
+            });
+        }
+        let peer = rows
+            .iter()
+            .find(|r| r.system == NATS_SYNC)
+            .map(|r| r.docs_per_s);
+        for r in &mut rows {
+            if r.system == TRUC
+                && let Some(p) = peer.filter(|p| *p > 0.0)
+            {
+                r.vs_nats_sync = Some(r.docs_per_s / p);
+            }
+        }
+        out.extend(rows);
+    }
+    out
+}
+
+fn bar(len: u64, what: &str, hidden: bool) -> indicatif::ProgressBar {
+    if hidden {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg:34!} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}",
+    ) {
+        b.set_style(style.progress_chars("=> "));
+    }
+    b.set_message(what.to_owned());
+    b
+}
+
+/// Which systems run a scenario: the peer where it has an equivalent.
+fn systems(scenario: &str, peer: bool) -> Vec<&'static str> {
+    let with_peer = matches!(
+        scenario,
+        "one-hop" | "edge-hub-edge" | "steady" | "fan-out" | "queued-drain" | "idle-edges"
+    );
+    let mut v = Vec::new();
+    if peer && with_peer {
+        v.push(NATS_SYNC);
+    }
+    v.push(TRUC);
+    if peer && with_peer && !matches!(scenario, "idle-edges") {
+        v.push(NATS_DEFAULT);
+    }
+    v
+}
+
+fn load_of(scenario: &str, a: &BenchArgs) -> Load {
+    let (docs, rate) = match scenario {
+        "steady" => (a.docs, Some(a.rate)),
+        "fan-out" => ((a.docs / a.fanout.max(1)).max(20), None),
+        "queued-drain" => (a.queued, None),
+        _ => (a.docs, None),
+    };
+    Load {
+        docs,
+        window: a.window,
+        body: a.body_bytes,
+        rate,
+    }
+}
+
+async fn run_truc(
+    scenario: &str,
+    a: &BenchArgs,
+    dir: &std::path::Path,
+    bar: &indicatif::ProgressBar,
+) -> Result<(Measured, Vec<Usage>)> {
+    let l = load_of(scenario, a);
+    let one = |(n, o): (&str, &str)| vec![(n.to_owned(), o.to_owned())];
+    match scenario {
+        "one-hop" => {
+            fed::flow(
+                dir,
+                Shape::Core,
+                vec![fed::RECIPIENT.1.into()],
+                one(fed::SENDER),
+                Want::AtHub,
+                &l,
+                bar,
+            )
+            .await
+        }
+        "edge-hub-edge" | "steady" => {
+            fed::flow(
+                dir,
+                Shape::Core,
+                vec![fed::RECIPIENT.1.into()],
+                one(fed::RECIPIENT),
+                Want::Arrived,
+                &l,
+                bar,
+            )
+            .await
+        }
+        "relay" => {
+            fed::flow(
+                dir,
+                Shape::Relay,
+                vec![fed::DISTRICT.1.into()],
+                one(fed::DISTRICT),
+                Want::Arrived,
+                &l,
+                bar,
+            )
+            .await
+        }
+        "fan-out" => {
+            let watched = fed::fan_out_agencies(a.fanout);
+            let to = watched.iter().map(|(_, o)| o.clone()).collect();
+            fed::flow(
+                dir,
+                Shape::FanOut(a.fanout),
+                to,
+                watched,
+                Want::Arrived,
+                &l,
+                bar,
+            )
+            .await
+        }
+        "attachment" => fed::attachment(dir, a.attachment_mib << 20, bar).await,
+        "queued-drain" => fed::queued_drain(dir, &l, bar).await,
+        "idle-edges" => fed::idle(dir, a.idle_edges, bar).await,
+        "reconnect" => fed::reconnect(dir, a.reconnect_edges, bar).await,
+        other => bail!("unknown scenario {other}"),
+    }
+}
+
+async fn run_peer(
+    scenario: &str,
+    a: &BenchArgs,
+    server: &peer::Server,
+    bar: &indicatif::ProgressBar,
+) -> Result<Measured> {
+    let l = load_of(scenario, a);
+    match scenario {
+        "one-hop" => peer::one_hop(server, &l, bar).await,
+        "edge-hub-edge" | "steady" => peer::deliver(server, &l, 1, bar).await,
+        "fan-out" => peer::deliver(server, &l, a.fanout, bar).await,
+        "queued-drain" => peer::queued_drain(server, &l, bar).await,
+        "idle-edges" => peer::idle(server, a.idle_edges).await,
+        other => bail!("the peer has no {other} scenario"),
+    }
+}
+
+/// Documents (or edges) a run counts, and their bytes.
+fn volume(scenario: &str, a: &BenchArgs) -> (u64, u64) {
+    let l = load_of(scenario, a);
+    match scenario {
+        "attachment" => (1, a.attachment_mib << 20),
+        "idle-edges" => (a.idle_edges as u64, 0),
+        "reconnect" => (a.reconnect_edges as u64, 0),
+        "fan-out" => {
+            let n = (l.docs * a.fanout) as u64;
+            (n, n * l.body as u64)
+        }
+        _ => (l.docs as u64, (l.docs * l.body) as u64),
+    }
+}
+
+pub async fn run(a: BenchArgs) -> Result<()> {
+    let mut selected: Vec<&str> = Vec::new();
+    let wanted: Vec<String> = if a.scenarios.is_empty() {
+        SCENARIOS[..DEFAULT_SET]
+            .iter()
+            .map(|s| s.0.to_owned())
+            .collect()
+    } else if a.scenarios.iter().any(|s| s == "all") {
+        SCENARIOS.iter().map(|s| s.0.to_owned()).collect()
+    } else {
+        a.scenarios.clone()
+    };
+    for w in &wanted {
+        match SCENARIOS.iter().find(|s| s.0 == w) {
+            Some(s) => selected.push(s.0),
+            None => bail!(
+                "unknown scenario {w}; known: all, {}",
+                SCENARIOS.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+    if a.runs == 0 || a.docs == 0 || a.window == 0 || a.body_bytes < 8 {
+        bail!("--runs, --docs and --window must be > 0 and --body-bytes >= 8");
+    }
+    let tmp;
+    let dir = match &a.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            tmp = tempfile::Builder::new().prefix("truc-bench-").tempdir()?;
+            tmp.path().to_owned()
+        }
+    };
+    let say = |s: String| {
+        if !a.json {
+            println!("{s}");
+        }
+    };
+    let nats = if a.no_peer { None } else { peer::find_server() };
+    match (&nats, a.no_peer) {
+        (_, true) => say("peer: off (--no-peer); truc runs alone".into()),
+        (None, false) => say(
+            "peer: no nats-server >= 2.10 found (run bench/setup, or set NATS_SERVER); truc runs alone".into(),
+        ),
+        (Some(p), false) => say(format!("peer: {} (NATS JetStream, R1 file stream)", p.display())),
+    }
+    let m = machine(&dir);
+    say(format!(
+        "machine: {} × {}, {:.1} GiB, Linux {}; data in {}",
+        m.cpus, m.cpu_model, m.memory_gib, m.kernel, m.data_dir
+    ));
+    let mut runs: Vec<Run> = Vec::new();
+    let mut nats_version = None;
+    for round in 1..=a.runs {
+        for sc in &selected {
+            for sys in systems(sc, nats.is_some()) {
+                let run_dir = dir.join(format!("{sc}-{sys}-{round}"));
+                std::fs::create_dir_all(&run_dir)?;
+                let fsync = probe(&run_dir).await?;
+                let (docs, bytes) = volume(sc, &a);
+                let b = bar(docs, &format!("{sc} · {sys} · run {round}"), a.json);
+                let measured = if sys == TRUC {
+                    run_truc(sc, &a, &run_dir, &b).await
+                } else {
+                    let bin = nats.as_deref().ok_or_else(|| anyhow::anyhow!("no peer"))?;
+                    let server = peer::Server::start(bin, &run_dir, sys == NATS_SYNC).await?;
+                    nats_version.get_or_insert(server.version.clone());
+                    let sampler = procstat::Sampler::start(&[("nats-server".into(), server.pid)]);
+                    let r = run_peer(sc, &a, &server, &b).await;
+                    let usage = sampler.finish().await;
+                    server.stop().await;
+                    r.map(|m| (m, usage))
+                };
+                b.finish_and_clear();
+                let _ = std::fs::remove_dir_all(&run_dir);
+                let (m, nodes) =
+                    measured.map_err(|e| e.context(format!("{sc} · {sys} · run {round}")))?;
+                let secs = m.elapsed.as_secs_f64().max(1e-9);
+                let run = Run {
+                    scenario: sc.to_string(),
+                    system: sys.to_owned(),
+                    round,
+                    fsync_per_s: fsync,
+                    fsync_state: String::new(),
+                    docs,
+                    bytes,
+                    secs,
+                    docs_per_s: docs as f64 / secs,
+                    mb_per_s: bytes as f64 / 1e6 / secs,
+                    latency: Latency::of(m.latencies),
+                    nodes,
+                    extra: m
+                        .extra
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .collect(),
+                };
+                say(line(&run));
+                runs.push(run);
+            }
+        }
+    }
+    let probes: Vec<f64> = runs.iter().map(|r| r.fsync_per_s).collect();
+    for (r, s) in runs.iter_mut().zip(classify(&probes)) {
+        r.fsync_state = s.to_owned();
+    }
+    let summary = summarize(&runs);
+    let report = Report {
+        machine: m,
+        nats_server: nats_version,
+        runs,
+        summary,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_summary(&report);
+    }
+    Ok(())
+}
+
+fn line(r: &Run) -> String {
+    let lat = r
+        .latency
+        .map(|l| {
+            format!(
+                "  p50 {:.1} ms  p99 {:.1} ms  p99.9 {:.1} ms",
+                l.p50_ms, l.p99_ms, l.p999_ms
+            )
+        })
+        .unwrap_or_default();
+    let extra: String = r
+        .extra
+        .iter()
+        .map(|(k, v)| format!("  {k} {v:.1}"))
+        .collect();
+    format!(
+        "{:13} {:12} run {}  fsync {:5.0}/s  {:8.0}/s  {:7.2} MB/s{lat}{extra}",
+        r.scenario, r.system, r.round, r.fsync_per_s, r.docs_per_s, r.mb_per_s
+    )
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "—".into())
+}
+
+fn print_summary(r: &Report) {
+    let mut t = client::table();
+    t.set_header(vec![
+        "scenario",
+        "system",
+        "fsync",
+        "runs",
+        "per s",
+        "MB/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "× nats-sync",
+        "other",
+        "CPU s · peak RSS MiB per node",
+    ]);
+    for s in &r.summary {
+        let nodes: Vec<String> = s
+            .nodes
+            .iter()
+            .map(|u| format!("{} {:.1}s {:.0}", u.node, u.cpu_s, u.rss_peak_mib))
+            .collect();
+        let extra: Vec<String> = s.extra.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
+        t.add_row(vec![
+            s.scenario.clone(),
+            s.system.clone(),
+            s.fsync_state.clone(),
+            s.runs.to_string(),
+            format!("{:.0}", s.docs_per_s),
+            format!("{:.2}", s.mb_per_s),
+            ms(s.p50_ms),
+            ms(s.p99_ms),
+            ms(s.p999_ms),
+            s.vs_nats_sync
+                .map(|v| format!("{v:.2}×"))
+                .unwrap_or_else(|| "—".into()),
+            extra.join("\n"),
+            nodes.join("\n"),
+        ]);
+    }
+    println!("\nmedians (only runs in the same fsync state are compared):\n{t}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fsync_probe_measures_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let rate = fsync_probe(dir.path(), Duration::from_millis(50)).unwrap();
+        assert!(rate > 0.0, "{rate}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn probes_split_into_two_states_only_when_they_swing() {
+        assert_eq!(classify(&[4000.0, 4300.0, 3900.0]), vec!["steady"; 3]);
+        assert_eq!(
+            classify(&[4000.0, 300.0, 4200.0, 280.0]),
+            vec!["fast", "slow", "fast", "slow"]
+        );
+    }
+
+    fn run(system: &str, state: &str, docs_per_s: f64) -> Run {
+        Run {
+            scenario: "edge-hub-edge".into(),
+            system: system.into(),
+            round: 1,
+            fsync_per_s: 0.0,
+            fsync_state: state.into(),
+            docs: 1,
+            bytes: 1,
+            secs: 1.0,
+            docs_per_s,
+            mb_per_s: 0.0,
+            latency: None,
+            nodes: Vec::new(),
+            extra: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn medians_compare_only_runs_of_the_same_fsync_state() {
+        let runs = vec![
+            run(NATS_SYNC, "fast", 1000.0),
+            run(TRUC, "fast", 3000.0),
+            run(NATS_SYNC, "fast", 1200.0),
+            run(TRUC, "slow", 100.0),
+            run(NATS_SYNC, "fast", 1100.0),
+            run(TRUC, "fast", 3300.0),
+            run(TRUC, "fast", 2000.0),
+        ];
+        let s = summarize(&runs);
+        let truc = s.iter().find(|r| r.system == TRUC).unwrap();
+        assert_eq!(truc.fsync_state, "fast");
+        assert_eq!(truc.runs, 3);
+        assert_eq!(truc.docs_per_s, 3000.0);
+        assert_eq!(truc.vs_nats_sync, Some(3000.0 / 1100.0));
+    }
+}

@@ -1,0 +1,127 @@
+//! CPU time and resident memory of the processes of a run, from /proc.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+/// One process's share of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Usage {
+    pub node: String,
+    /// CPU seconds (user + system) spent during the run.
+    pub cpu_s: f64,
+    /// Resident memory when the run started.
+    pub rss_start_mib: f64,
+    /// Highest resident memory seen during the run.
+    pub rss_peak_mib: f64,
+}
+
+fn ticks_per_second() -> f64 {
+    rustix::param::clock_ticks_per_second() as f64
+}
+
+/// user + system CPU seconds of `pid` so far.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the name.
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / ticks_per_second())
+}
+
+/// Resident memory of `pid` in bytes.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()
+        .map(|kib| kib * 1024)
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Samples the resident memory of some processes every 20 ms until finished.
+pub struct Sampler {
+    procs: Vec<(String, u32, f64, u64)>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Vec<u64>>,
+}
+
+impl Sampler {
+    pub fn start(procs: &[(String, u32)]) -> Self {
+        let procs: Vec<(String, u32, f64, u64)> = procs
+            .iter()
+            .map(|(n, pid)| {
+                (
+                    n.clone(),
+                    *pid,
+                    cpu_seconds(*pid).unwrap_or(0.0),
+                    rss_bytes(*pid).unwrap_or(0),
+                )
+            })
+            .collect();
+        let pids: Vec<u32> = procs.iter().map(|p| p.1).collect();
+        let mut peaks: Vec<u64> = procs.iter().map(|p| p.3).collect();
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                for (peak, pid) in peaks.iter_mut().zip(&pids) {
+                    *peak = (*peak).max(rss_bytes(*pid).unwrap_or(0));
+                }
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped.changed() => return peaks,
+                }
+            }
+        });
+        Self { procs, stop, task }
+    }
+
+    pub async fn finish(self) -> Vec<Usage> {
+        let _ = self.stop.send(true);
+        let peaks = self.task.await.unwrap_or_default();
+        self.procs
+            .into_iter()
+            .enumerate()
+            .map(|(k, (node, pid, cpu0, rss0))| {
+                let now = rss_bytes(pid).unwrap_or(0);
+                Usage {
+                    node,
+                    cpu_s: cpu_seconds(pid).map(|c| c - cpu0).unwrap_or(0.0),
+                    rss_start_mib: rss0 as f64 / MIB,
+                    rss_peak_mib: peaks.get(k).copied().unwrap_or(0).max(now) as f64 / MIB,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn this_process_has_cpu_time_and_memory() {
+        let me = std::process::id();
+        assert!(rss_bytes(me).unwrap() > 0);
+        let s = Sampler::start(&[("me".into(), me)]);
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        let u = s.finish().await;
+        assert_eq!(u[0].node, "me");
+        assert!(u[0].cpu_s > 0.0, "{u:?}");
+        assert!(u[0].rss_peak_mib >= u[0].rss_start_mib * 0.5, "{u:?}");
+    }
+}
