@@ -333,8 +333,11 @@ pub fn summarize(runs: &[Run]) -> Vec<Summary> {
             .iter()
             .find(|r| r.system == NATS_SYNC)
             .map(|r| r.docs_per_s);
+        // A throughput ratio only where throughput is what the scenario measures.
+        let ratio = matches!(sc, "one-hop" | "edge-hub-edge" | "fan-out" | "queued-drain");
         for r in &mut rows {
-            if r.system == TRUC
+            if ratio
+                && r.system == TRUC
                 && let Some(p) = peer.filter(|p| *p > 0.0)
             {
                 r.vs_nats_sync = Some(r.docs_per_s / p);

@@ -1,0 +1,72 @@
+//! `truc bench` end to end on a small load: real node processes, the report's
+//! shape, and figures a user reads (documents counted, latencies, per-node usage).
+//! No wall-clock assertion: speed is for BENCHMARKS.md, not for tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn bench_reports_every_document_with_latency_and_per_node_usage() {
+    let out = Command::new(common::bin())
+        .args([
+            "bench",
+            "edge-hub-edge",
+            "one-hop",
+            "--docs",
+            "40",
+            "--window",
+            "8",
+            "--runs",
+            "1",
+            "--no-peer",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let r: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("no report ({e}):\n{stdout}\n{stderr}"));
+    let runs = r["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{r:#}");
+    for run in runs {
+        assert_eq!(run["system"], "truc");
+        assert_eq!(run["docs"], 40);
+        assert!(run["fsync_per_s"].as_f64().unwrap() > 0.0, "{run:#}");
+        assert!(run["docs_per_s"].as_f64().unwrap() > 0.0, "{run:#}");
+        let lat = &run["latency"];
+        assert!(lat["p50_ms"].as_f64().unwrap() > 0.0, "{run:#}");
+        assert!(
+            lat["p50_ms"].as_f64().unwrap() <= lat["p99_ms"].as_f64().unwrap(),
+            "{run:#}"
+        );
+        let mut nodes: Vec<&str> = run["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["node"].as_str().unwrap())
+            .collect();
+        nodes.sort();
+        assert_eq!(nodes, ["hub", "nghean", "vpcp"], "{run:#}");
+        for n in run["nodes"].as_array().unwrap() {
+            assert!(n["rss_peak_mib"].as_f64().unwrap() > 1.0, "{n:#}");
+        }
+    }
+    let summary = r["summary"].as_array().unwrap();
+    assert_eq!(summary.len(), 2, "{r:#}");
+}
+
+#[test]
+fn bench_refuses_an_unknown_scenario_and_names_the_known_ones() {
+    let out = Command::new(common::bin())
+        .args(["bench", "warp-speed", "--no-peer"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown scenario warp-speed"), "{stderr}");
+    assert!(stderr.contains("edge-hub-edge"), "{stderr}");
+}
