@@ -709,13 +709,23 @@ async fn a_circular_to_60_agencies_is_stored_once_at_the_hub() {
             .count();
     }
     assert_eq!(copies, 60);
-    // One blob file at the hub for the attachment, whatever the fan-out.
-    let blobs = walk_files(&c.path("data/hub/blobs/sha256"));
-    assert_eq!(blobs.len(), 1, "{blobs:?}");
-    assert_eq!(
-        std::fs::metadata(&blobs[0]).unwrap().len(),
-        std::fs::metadata(&pdf).unwrap().len()
-    );
+    // One copy at the hub for the attachment, whatever the fan-out: a file of its
+    // own when large, once in a pack when small.
+    let pdf_len = std::fs::metadata(&pdf).unwrap().len();
+    let files = walk_files(&c.path("data/hub/blobs/sha256"));
+    let packed: u64 = walk_files(&c.path("data/hub/blobs/packs"))
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    if files.is_empty() {
+        assert!(
+            packed >= pdf_len && packed < pdf_len + 4096,
+            "{packed} bytes packed for one {pdf_len}-byte attachment"
+        );
+    } else {
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(std::fs::metadata(&files[0]).unwrap().len(), pdf_len);
+    }
 }
 
 fn walk_files(dir: &std::path::Path) -> Vec<PathBuf> {

@@ -587,23 +587,14 @@ impl Agency for AgencyService {
                 r.offset
             )));
         }
-        let file = self
-            .state
-            .blobs
-            .open_blob(&digest)
-            .map_err(|e| Status::from(NodeError::from(e)))?;
+        let mut file = crate::stream::blob_reader(&self.state, digest, r.offset)
+            .await
+            .map_err(Status::from)?;
         let chunk = self.state.limits.max_message_bytes.min(256 << 10);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let mut offset = r.offset;
         tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncSeekExt};
-            let mut file = tokio::fs::File::from_std(file);
-            if let Err(e) = file.seek(std::io::SeekFrom::Start(offset)).await {
-                let _ = tx
-                    .send(Err(Status::internal(format!("seek {name}: {e}"))))
-                    .await;
-                return;
-            }
+            use tokio::io::AsyncReadExt;
             while offset < size {
                 let len = ((size - offset) as usize).min(chunk);
                 let mut data = vec![0u8; len];

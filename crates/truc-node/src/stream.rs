@@ -228,11 +228,7 @@ pub async fn serve(
             );
             continue;
         }
-        let mut file =
-            tokio::fs::File::from_std(state.blobs.open_blob(&digest).map_err(NodeError::from)?);
-        file.seek(SeekFrom::Start(w.offset))
-            .await
-            .map_err(NodeError::io(format!("seek {name}")))?;
+        let mut file = blob_reader(&state, digest, w.offset).await?;
         tracing::debug!(seq = w.seq, attachment = %name, from = w.offset, size, "streaming attachment");
         let mut offset = w.offset;
         while offset < size {
@@ -261,4 +257,28 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Reads a stored blob from `offset`: its own file, or, for a small blob in a
+/// pack, its bytes read whole and checked against the digest.
+pub(crate) async fn blob_reader(
+    state: &Arc<NodeState>,
+    digest: Digest,
+    offset: u64,
+) -> Result<std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>, NodeError> {
+    if state.blobs.is_packed(&digest) {
+        let st = state.clone();
+        let data = tokio::task::spawn_blocking(move || st.blobs.read(&digest))
+            .await
+            .map_err(|e| NodeError::Other(e.to_string()))?
+            .map_err(NodeError::from)?;
+        let mut c = std::io::Cursor::new(data);
+        c.set_position(offset);
+        return Ok(Box::pin(c));
+    }
+    let mut f = tokio::fs::File::from_std(state.blobs.open_blob(&digest).map_err(NodeError::from)?);
+    f.seek(SeekFrom::Start(offset))
+        .await
+        .map_err(NodeError::io(format!("seek {digest}")))?;
+    Ok(Box::pin(f))
 }

@@ -1,15 +1,19 @@
-//! Content-addressed blob files: `<root>/sha256/<2 hex>/<64 hex>`.
+//! Content-addressed blobs: small ones in pack files (`<root>/packs/`, see
+//! [`crate::pack`]), larger ones as files `<root>/sha256/<2 hex>/<64 hex>`.
 //!
-//! A blob is written to `<root>/tmp/`, fsynced, renamed into place and its directory
-//! fsynced, so a name in `sha256/` always means the whole content is on disk.
-//! Identical content is stored once. Reads check the digest.
+//! A blob file is written to `<root>/tmp/`, fsynced, renamed into place and its
+//! directory fsynced, so a name in `sha256/` always means the whole content is on
+//! disk. Identical content is stored once. Reads check the digest.
 
 use std::{
     fmt,
     fs::{self, File, OpenOptions},
     io::{Read, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
+    sync::Arc,
 };
+
+use crate::pack::{PACK_MAX, Packs};
 
 use ring::digest::{SHA256, digest};
 
@@ -86,10 +90,14 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BlobError + '_ {
     }
 }
 
-/// Blob files under one root directory.
+/// A blob to store: its digest (checked by the caller) and its bytes.
+type Item<'a> = (Digest, &'a [u8]);
+
+/// Blobs under one root directory.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
+    packs: Arc<Packs>,
 }
 
 impl BlobStore {
@@ -113,19 +121,27 @@ impl BlobStore {
             }
         }
         sync_dir(&objects)?;
+        let packs = Arc::new(Packs::open(&root.join("packs"))?);
         sync_dir(root)?;
         Ok(Self {
             root: root.to_owned(),
+            packs,
         })
     }
 
+    /// Where the blob's own file is (blobs too small for one are in packs).
     pub fn path(&self, d: &Digest) -> PathBuf {
         let h = d.hex();
         self.root.join("sha256").join(&h[..2]).join(h)
     }
 
     pub fn contains(&self, d: &Digest) -> bool {
-        self.path(d).exists()
+        self.packs.contains(d) || self.path(d).exists()
+    }
+
+    /// Whether the blob lives in a pack (it has no file of its own).
+    pub fn is_packed(&self, d: &Digest) -> bool {
+        self.packs.contains(d)
     }
 
     /// Stores `data` durably and returns its digest.
@@ -148,6 +164,13 @@ impl BlobStore {
     }
 
     fn write(&self, d: &Digest, data: &[u8]) -> Result<(), BlobError> {
+        if data.len() <= PACK_MAX {
+            return if self.contains(d) {
+                Ok(())
+            } else {
+                self.packs.put_many(&[(*d, data)])
+            };
+        }
         let dest = self.path(d);
         if dest.exists() {
             return Ok(());
@@ -171,8 +194,14 @@ impl BlobStore {
     /// renamed into place, names synced. Nothing gets a name before its bytes are
     /// on disk.
     pub fn put_many(&self, items: &[(Digest, &[u8])]) -> Result<(), BlobError> {
-        let mut todo: Vec<&(Digest, &[u8])> =
-            items.iter().filter(|(d, _)| !self.contains(d)).collect();
+        let (small, large): (Vec<Item<'_>>, Vec<Item<'_>>) = items
+            .iter()
+            .filter(|(d, _)| !self.contains(d))
+            .partition(|(_, data)| data.len() <= PACK_MAX);
+        if !small.is_empty() {
+            self.packs.put_many(&small)?;
+        }
+        let mut todo: Vec<&(Digest, &[u8])> = large.iter().collect();
         todo.sort_by_key(|(d, _)| *d);
         todo.dedup_by_key(|(d, _)| *d);
         match todo.as_slice() {
@@ -254,10 +283,13 @@ impl BlobStore {
 
     /// Size of a stored blob.
     pub fn size(&self, d: &Digest) -> Option<u64> {
-        fs::metadata(self.path(d)).ok().map(|m| m.len())
+        self.packs
+            .size(d)
+            .or_else(|| fs::metadata(self.path(d)).ok().map(|m| m.len()))
     }
 
-    /// Opens a stored blob for streaming reads (callers check the digest as they read).
+    /// Opens a stored blob file for streaming reads (callers check the digest as
+    /// they read). A packed blob has none: read it whole with [`BlobStore::read`].
     pub fn open_blob(&self, d: &Digest) -> Result<File, BlobError> {
         let path = self.path(d);
         File::open(&path).map_err(|e| match e.kind() {
@@ -268,6 +300,7 @@ impl BlobStore {
 
     /// Deletes a blob no document refers to any more.
     pub fn remove(&self, d: &Digest) -> Result<(), BlobError> {
+        self.packs.remove(d)?;
         let path = self.path(d);
         match fs::remove_file(&path) {
             Ok(()) => sync_dir(path.parent().unwrap_or(&self.root)),
@@ -279,7 +312,7 @@ impl BlobStore {
     /// Every stored blob with its age in seconds (for the orphan sweep).
     pub fn list(&self) -> Result<Vec<(Digest, u64)>, BlobError> {
         let objects = self.root.join("sha256");
-        let mut out = Vec::new();
+        let mut out = self.packs.list();
         for shard in fs::read_dir(&objects).map_err(io(&objects))? {
             let shard = shard.map_err(io(&objects))?.path();
             for entry in fs::read_dir(&shard).map_err(io(&shard))? {
@@ -347,6 +380,9 @@ impl BlobStore {
 
     /// Reads a blob and checks it against its name.
     pub fn read(&self, d: &Digest) -> Result<Vec<u8>, BlobError> {
+        if let Some(data) = self.packs.read(d)? {
+            return Ok(data);
+        }
         let path = self.path(d);
         let mut f = match File::open(&path) {
             Ok(f) => f,
@@ -482,7 +518,7 @@ impl Partial {
             });
         }
         let dest = store.path(&actual);
-        if dest.exists() {
+        if store.contains(&actual) {
             let _ = fs::remove_file(&self.path);
         } else {
             fs::rename(&self.path, &dest).map_err(io(&dest))?;
@@ -593,8 +629,12 @@ mod tests {
     fn a_corrupted_blob_file_is_detected_on_read() {
         let dir = tempfile::tempdir().unwrap();
         let s = BlobStore::open(dir.path()).unwrap();
-        let d = s.put(b"attachment").unwrap();
-        fs::write(s.path(&d), b"attachmenT").unwrap();
+        // Large enough for a file of its own (packed ones: `pack` tests).
+        let mut data = vec![b'a'; PACK_MAX + 1];
+        let d = s.put(&data).unwrap();
+        assert!(!s.is_packed(&d));
+        data[7] = b'A';
+        fs::write(s.path(&d), &data).unwrap();
         assert!(matches!(s.read(&d), Err(BlobError::Mismatch { .. })));
     }
 }

@@ -8,8 +8,10 @@
 //!   the writer's batch is on disk. Nothing may be acknowledged before that.
 //! - [`record`]: every value carries a format version and a CRC32; a corrupt record
 //!   is an error naming its key, never a silent default.
-//! - [`BlobStore`]: document bodies and attachments as files named by their SHA-256
-//!   (temp file, fsync, rename, fsync dir). Never inside the key-value store.
+//! - [`BlobStore`]: document bodies and attachments addressed by their SHA-256,
+//!   never inside the key-value store: large ones as files of their own (temp
+//!   file, fsync, rename, fsync dir), small ones (≤ 64 KiB) appended to pack files
+//!   with one fdatasync per group of writers ([`pack`]).
 //!
 //! On-disk layout of the key-value store: one keyspace per [`Space`], the space's
 //! byte first, then the key. Sequence numbers are big-endian so keys sort by them.
@@ -20,6 +22,7 @@ mod blob;
 mod commit;
 pub mod keys;
 mod kv;
+pub mod pack;
 pub mod record;
 
 pub use blob::{BlobError, BlobStore, Digest, Partial};
