@@ -4619,4 +4619,38 @@ mod tests {
             "a failed store refuses new work: {err}"
         );
     }
+
+    #[tokio::test]
+    async fn an_arrival_is_announced_to_applications_only_once_durable() {
+        // Durable: the application hears of it.
+        let f = Fixture::new();
+        let edge = f.edge(Arc::new(MemoryStore::new()));
+        let mut live = edge.subscribe_agency();
+        let v = verified(&f, "000.00.00.H41", &["000.00.00.G22"]);
+        let parent = Origin::Parent("hub".parse().unwrap());
+        let (_, ticket) = edge.accept_batch(vec![(v, None)], &parent).unwrap();
+        edge.durable(ticket).await.unwrap();
+        let e = tokio::time::timeout(std::time::Duration::from_secs(10), live.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.kind, "arrived");
+        let g22: OrganId = "000.00.00.G22".parse().unwrap();
+        assert_eq!(edge.agency_events_after(&g22, 0, 10).unwrap().len(), 1);
+
+        // Never durable (the flush fails): never told, live or from the store, so
+        // its event id cannot be promised and then reused after a restart.
+        let (store, plan) = truc_store::FaultyStore::new(MemoryStore::new());
+        let edge = f.edge(Arc::new(store));
+        let mut live = edge.subscribe_agency();
+        plan.fail_flush.store(true, Ordering::SeqCst);
+        let v = verified(&f, "000.00.00.H41", &["000.00.00.G22"]);
+        let (_, ticket) = edge.accept_batch(vec![(v, None)], &parent).unwrap();
+        assert!(edge.durable(ticket).await.is_err());
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(live.try_recv().is_err(), "announced before it was durable");
+        assert!(edge.agency_events_after(&g22, 0, 10).unwrap().is_empty());
+    }
 }

@@ -133,6 +133,18 @@ impl Fed {
         let topo = topology(shape)?;
         let mut cluster =
             Cluster::create_with(Some(dir.to_owned()), topo, Options { direct: true }).await?;
+        // TRUC_BENCH_CACHE_BYTES: every node's sled page cache (storage.cache_bytes),
+        // to see what memory the cache accounts for.
+        if let Ok(c) = std::env::var("TRUC_BENCH_CACHE_BYTES") {
+            let c: i64 = c
+                .parse()
+                .with_context(|| format!("TRUC_BENCH_CACHE_BYTES={c}"))?;
+            for n in cluster.nodes() {
+                cluster.edit(&n, |t| {
+                    cluster::table(t, "storage").insert("cache_bytes".into(), c.into());
+                })?;
+            }
+        }
         if let Shape::Idle(_) = shape {
             for n in cluster.nodes().into_iter().filter(|n| n != "hub") {
                 cluster.edit(&n, |t| {
