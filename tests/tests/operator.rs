@@ -384,12 +384,14 @@ async fn health_is_not_serving_while_the_store_cannot_take_writes() {
             "min_free_bytes".into(),
             ((free - (128 << 20)) as i64).into(),
         );
+        // The plaintext probe port of orchestrators says the same.
+        let mut h = toml::Table::new();
+        h.insert("listen".into(), "127.0.0.1:0".into());
+        t.insert("health".into(), toml::Value::Table(h));
     });
-    for n in ["hub", "vpcp"] {
-        c.start(n);
-    }
-    let status = |c: &Cluster| {
-        let ch = admin_channel(c, "vpcp", None);
+    c.start("hub");
+    let probe = c.start("vpcp").health.expect("a health port");
+    let check = |ch: tonic::transport::Channel| {
         let rt = tokio::runtime::Handle::current();
         let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
         tokio::task::block_in_place(|| {
@@ -402,10 +404,28 @@ async fn health_is_not_serving_while_the_store_cannot_take_writes() {
             })
         })
     };
+    let status = |c: &Cluster| check(admin_channel(c, "vpcp", None));
+    let plain = || {
+        let rt = tokio::runtime::Handle::current();
+        let ch = tokio::task::block_in_place(|| {
+            rt.block_on(
+                tonic::transport::Channel::from_shared(format!("http://{probe}"))
+                    .unwrap()
+                    .connect(),
+            )
+        })
+        .unwrap();
+        check(ch)
+    };
     use tonic_health::pb::health_check_response::ServingStatus;
     eventually_sync("SERVING", || {
         (status(&c).ok()? == ServingStatus::Serving as i32).then_some(())
     });
+    assert_eq!(plain().unwrap(), ServingStatus::Serving as i32);
+    // `truc health` (container health checks) says so and exits 0.
+    let out = c.cli(&["health", &probe.to_string()]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
 
     let filler = c.path("filler.bin");
     {
@@ -420,6 +440,12 @@ async fn health_is_not_serving_while_the_store_cannot_take_writes() {
     eventually_sync("NOT_SERVING", || {
         (status(&c).ok()? == ServingStatus::NotServing as i32).then_some(())
     });
+    eventually_sync("NOT_SERVING on the probe port", || {
+        (plain().ok()? == ServingStatus::NotServing as i32).then_some(())
+    });
+    let out = c.cli(&["health", &probe.to_string()]);
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "NOT_SERVING");
     // The reason is an alert and a metric.
     let s = parse_metrics(&c.ops("vpcp", Some("operators/viewer")).get("/metrics").body);
     assert_eq!(sample(&s, "truc_store_writable", &[]), Some(0.0));

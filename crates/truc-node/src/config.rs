@@ -67,6 +67,11 @@ pub struct FileConfig {
     /// The operator port: admin gRPC API, dashboard, `/metrics`, health.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_api: Option<AdminApiSection>,
+    /// A plaintext port serving only `grpc.health.v1.Health`, for orchestrators
+    /// whose probes cannot present a certificate (Kubernetes gRPC probes). It
+    /// says SERVING or NOT_SERVING and nothing else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSection>,
     #[serde(default)]
     pub alerts: AlertSection,
     /// REST/JSON agency API for document software (edges).
@@ -132,6 +137,13 @@ pub struct ParentSection {
 #[serde(deny_unknown_fields)]
 pub struct AgencyApiSection {
     /// `host:port`, loopback only (the API has no authentication of its own yet).
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    /// `host:port`.
     pub listen: String,
 }
 
@@ -465,6 +477,8 @@ pub struct Config {
     pub quotas: QuotaSection,
     pub admin_api: Option<String>,
     pub admin_logins: Vec<AdminLogin>,
+    /// The plaintext health-only listener, if any.
+    pub health_listen: Option<String>,
     pub alerts: AlertSection,
     /// OrganId → (name, parent, serving node if given).
     pub directory: BTreeMap<OrganId, (String, Option<OrganId>, Option<NodeId>)>,
@@ -807,6 +821,7 @@ impl Config {
             quotas: f.quotas,
             admin_api,
             admin_logins,
+            health_listen: f.health.map(|h| h.listen),
             alerts: f.alerts,
             directory,
             grant: match f.grant {

@@ -44,6 +44,7 @@ pub struct RunningNode {
     pub agency_addr: Option<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
     pub rest_addr: Option<SocketAddr>,
+    pub health_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     parent_up: watch::Receiver<bool>,
@@ -267,6 +268,30 @@ impl RunningNode {
             ));
         }
 
+        // The plaintext health-only port for orchestrators' probes.
+        let mut health_addr = None;
+        if let Some(addr) = &config.health_listen {
+            let (listener, bound) = bind(None, "health", addr).await?;
+            health_addr = Some(bound);
+            let server = Server::builder()
+                .trace_fn(trace_node.clone())
+                .add_service(health_service.clone());
+            let mut s = stop_rx.clone();
+            tasks.spawn(tracing::Instrument::instrument(
+                async move {
+                    let shutdown = async move {
+                        let _ = crate::stopped(&mut s).await;
+                    };
+                    if let Err(e) = server
+                        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                        .await
+                    {
+                        tracing::error!(error = %e, "health server failed");
+                    }
+                },
+                node_span.clone(),
+            ));
+        }
         let mut agency_addr = None;
         if let Some(addr) = &config.agency_api {
             let (listener, bound) = bind(listeners.agency, "agency api", addr).await?;
@@ -559,6 +584,7 @@ impl RunningNode {
             agency_addr,
             admin_addr,
             rest_addr,
+            health_addr,
             stop,
             tasks,
             parent_up,
@@ -580,6 +606,7 @@ impl RunningNode {
             "agency": self.agency_addr.map(|a| a.to_string()),
             "admin": self.admin_addr.map(|a| a.to_string()),
             "rest": self.rest_addr.map(|a| a.to_string()),
+            "health": self.health_addr.map(|a| a.to_string()),
         });
         let path = dir.join("endpoints.json");
         std::fs::write(&path, json.to_string())

@@ -33,8 +33,15 @@ pub struct TopoNode {
     pub parent: Option<String>,
     #[serde(default)]
     pub listen: Option<String>,
+    /// The address children dial (default: `listen`), when the node listens on
+    /// a wildcard address behind a name (`hub:7700` in compose or Kubernetes).
+    #[serde(default)]
+    pub advertise: Option<String>,
     #[serde(default)]
     pub agency_api: Option<String>,
+    /// A plaintext gRPC health-only listener for orchestrators' probes.
+    #[serde(default)]
+    pub health: Option<String>,
     /// Loopback admin API for operators.
     #[serde(default)]
     pub admin_api: Option<String>,
@@ -424,7 +431,11 @@ fn node_config(topo: &Topology, n: &TopoNode) -> Result<FileConfig> {
                 .node(p)
                 .ok_or_else(|| anyhow::anyhow!("unknown parent {p}"))?;
             Some(ParentSection {
-                address: pn.listen.clone().unwrap_or_default(),
+                address: pn
+                    .advertise
+                    .clone()
+                    .or_else(|| pn.listen.clone())
+                    .unwrap_or_default(),
                 node_id: p.clone(),
             })
         }
@@ -457,6 +468,10 @@ fn node_config(topo: &Topology, n: &TopoNode) -> Result<FileConfig> {
             ca: "signing-ca.crt".into(),
         },
         listen: n.listen.clone().map(|address| ListenSection { address }),
+        health: n
+            .health
+            .clone()
+            .map(|listen| truc_node::config::HealthSection { listen }),
         parent,
         agency_api: n
             .agency_api

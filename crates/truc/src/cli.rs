@@ -333,6 +333,13 @@ enum Command {
     /// misrouted (RELIABILITY.md). Scenarios: all, kill-hub, kill-relay,
     /// kill-edges, crash-before-ack, partition, disk-full, corrupt-partials,
     /// clock-skew, cert-rotation.
+    /// Asks a node's plaintext health port (`[health] listen`) whether it serves:
+    /// prints SERVING or NOT_SERVING, exits 0 only when serving. For container
+    /// health checks and scripts.
+    Health {
+        /// `host:port` of the health port.
+        addr: String,
+    },
     Chaos {
         scenario: String,
         /// At least this many documents (sending goes on until the faults are done).
@@ -866,6 +873,7 @@ async fn run(cli: Cli) -> Result<()> {
             })
             .await
         }
+        Command::Health { addr } => health(&addr).await,
         Command::Chaos {
             scenario,
             docs,
@@ -892,11 +900,37 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+async fn health(addr: &str) -> Result<()> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(3))
+        .connect()
+        .await
+        .with_context(|| format!("no health port answers at {addr}"))?;
+    let status = HealthClient::new(ch)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map_err(client::status_error)?
+        .into_inner()
+        .status;
+    let status = ServingStatus::try_from(status).unwrap_or(ServingStatus::Unknown);
+    println!("{}", status.as_str_name());
+    if status != ServingStatus::Serving {
+        anyhow::bail!("{addr} is {}", status.as_str_name());
+    }
+    Ok(())
+}
+
 async fn run_node(path: PathBuf) -> Result<()> {
     let config = truc_node::Config::load(&path)?;
     let node = truc_node::RunningNode::start(config).await?;
     println!(
-        "truc node {} ({}) ready link={} agency={} rest={} admin={}",
+        "truc node {} ({}) ready link={} agency={} rest={} admin={} health={}",
         node.state.node_id,
         node.config.role(),
         node.link_addr
@@ -909,6 +943,9 @@ async fn run_node(path: PathBuf) -> Result<()> {
             .map(|a| a.to_string())
             .unwrap_or_else(|| "-".into()),
         node.admin_addr
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into()),
+        node.health_addr
             .map(|a| a.to_string())
             .unwrap_or_else(|| "-".into()),
     );

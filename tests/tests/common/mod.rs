@@ -33,6 +33,8 @@ pub struct Proc {
     pub link: Option<SocketAddr>,
     pub rest: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// The plaintext health-only port, if configured.
+    pub health: Option<SocketAddr>,
     pub logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -206,6 +208,7 @@ impl Cluster {
             link: field("link"),
             rest: field("rest"),
             admin: field("admin"),
+            health: field("health"),
             child,
             logs,
         };
