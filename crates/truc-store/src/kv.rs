@@ -377,45 +377,85 @@ impl<S: Store> Store for FaultyStore<S> {
     }
 }
 
+/// The behaviour every [`Store`] implementation must have: ordered prefix scans
+/// with an exclusive `after`, `last`, atomic batches with puts and deletes, keys
+/// of different spaces kept apart. Panics on the first difference. Run on sled,
+/// memory and PostgreSQL.
+#[allow(clippy::expect_used)]
+pub fn conformance(store: &dyn Store) {
+    let mut b = Batch::new();
+    for i in 1u64..=5 {
+        let mut k = b"q/a/".to_vec();
+        k.extend_from_slice(&i.to_be_bytes());
+        b.put(Space::Queue, k, vec![i as u8]);
+    }
+    b.put(Space::Queue, b"q/b/x".to_vec(), vec![9]);
+    b.put(Space::Queue, vec![0xff, 0xff], vec![10]);
+    b.put(Space::Inbox, b"q/a/zzz".to_vec(), vec![7]);
+    store.apply(b).expect("apply");
+    store.flush().expect("flush");
+    let all = store.scan(Space::Queue, b"q/a/", None, 100).expect("scan");
+    assert_eq!(
+        all.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5],
+        "a prefix scan returns that prefix only, in key order"
+    );
+    let after = store
+        .scan(Space::Queue, b"q/a/", Some(&all[1].0), 2)
+        .expect("scan after");
+    assert_eq!(
+        after.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(),
+        vec![3, 4],
+        "`after` is exclusive and `limit` holds"
+    );
+    assert_eq!(
+        store
+            .scan(Space::Queue, b"", None, 100)
+            .expect("scan all")
+            .len(),
+        7,
+        "an empty prefix is the whole space"
+    );
+    assert_eq!(
+        store
+            .scan(Space::Queue, &[0xff], None, 10)
+            .expect("scan 0xff")
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .last(Space::Queue, b"q/a/")
+            .expect("last")
+            .map(|e| e.1),
+        Some(vec![5])
+    );
+    assert_eq!(store.last(Space::Queue, b"q/c/").expect("last none"), None);
+    // Overwrite and delete in one atomic batch.
+    let mut b = Batch::new();
+    b.delete(Space::Queue, all[0].0.clone());
+    b.put(Space::Queue, all[1].0.clone(), vec![22]);
+    store.apply(b).expect("apply 2");
+    assert_eq!(store.get(Space::Queue, &all[0].0).expect("get"), None);
+    assert_eq!(
+        store.get(Space::Queue, &all[1].0).expect("get"),
+        Some(vec![22])
+    );
+    assert_eq!(
+        store
+            .get(Space::Inbox, b"q/a/zzz")
+            .expect("get other space"),
+        Some(vec![7])
+    );
+    assert_eq!(store.get(Space::Meta, b"q/a/zzz").expect("get"), None);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn exercise(store: &dyn Store) {
-        let mut b = Batch::new();
-        for i in 1u64..=5 {
-            let mut k = b"q/a/".to_vec();
-            k.extend_from_slice(&i.to_be_bytes());
-            b.put(Space::Queue, k, vec![i as u8]);
-        }
-        b.put(Space::Queue, b"q/b/x".to_vec(), vec![9]);
-        b.put(Space::Inbox, b"q/a/zzz".to_vec(), vec![7]);
-        store.apply(b).unwrap();
-        store.flush().unwrap();
-
-        let all = store.scan(Space::Queue, b"q/a/", None, 100).unwrap();
-        assert_eq!(
-            all.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(),
-            vec![1, 2, 3, 4, 5]
-        );
-        let after = store
-            .scan(Space::Queue, b"q/a/", Some(&all[1].0), 2)
-            .unwrap();
-        assert_eq!(
-            after.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(),
-            vec![3, 4]
-        );
-        assert_eq!(
-            store.last(Space::Queue, b"q/a/").unwrap().unwrap().1,
-            vec![5]
-        );
-        assert_eq!(store.last(Space::Queue, b"q/c/").unwrap(), None);
-
-        let mut b = Batch::new();
-        b.delete(Space::Queue, all[0].0.clone());
-        store.apply(b).unwrap();
-        assert_eq!(store.get(Space::Queue, &all[0].0).unwrap(), None);
-        assert_eq!(store.get(Space::Inbox, b"q/a/zzz").unwrap(), Some(vec![7]));
+        conformance(store);
     }
 
     #[test]

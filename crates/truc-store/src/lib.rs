@@ -23,11 +23,15 @@ mod commit;
 pub mod keys;
 mod kv;
 pub mod pack;
+pub mod pg;
 pub mod record;
 
 pub use blob::{BlobError, BlobStore, Digest, Partial};
 pub use commit::{GroupCommit, Ticket};
-pub use kv::{Batch, Entry, FaultPlan, FaultyStore, MemoryStore, SledStore, Space, Store};
+pub use kv::{
+    Batch, Entry, FaultPlan, FaultyStore, MemoryStore, SledStore, Space, Store, conformance,
+};
+pub use pg::PgStore;
 
 /// Errors of the key-value layer.
 #[derive(Debug, Clone, thiserror::Error)]

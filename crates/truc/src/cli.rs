@@ -333,6 +333,11 @@ enum Command {
     /// misrouted (RELIABILITY.md). Scenarios: all, kill-hub, kill-relay,
     /// kill-edges, crash-before-ack, partition, disk-full, corrupt-partials,
     /// clock-skew, cert-rotation.
+    /// The PostgreSQL store's schema.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Asks a node's plaintext health port (`[health] listen`) whether it serves:
     /// prints SERVING or NOT_SERVING, exits 0 only when serving. For container
     /// health checks and scripts.
@@ -392,6 +397,19 @@ enum EdxmlCommand {
 }
 
 #[derive(Subcommand)]
+enum StoreCommand {
+    /// Applies the schema migrations a PostgreSQL database lacks (versioned SQL in
+    /// crates/truc-store/migrations), each in its own transaction; safe to run again
+    /// and from several hosts at once.
+    Migrate {
+        /// libpq URL or key=value string, e.g. `postgresql://truc@db/truc` or
+        /// `host=/run/postgresql dbname=truc`.
+        #[arg(long, env = "TRUC_POSTGRES_URL")]
+        url: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum DirectoryCommand {
     /// Every agency.
     List {
@@ -874,6 +892,26 @@ async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Command::Health { addr } => health(&addr).await,
+        Command::Store {
+            command: StoreCommand::Migrate { url },
+        } => {
+            let applied = tokio::task::spawn_blocking(move || {
+                let applied = truc_store::pg::migrate(&url)?;
+                let version = truc_store::pg::schema_version(&url)?;
+                Ok::<_, truc_store::StoreError>((applied, version))
+            })
+            .await??;
+            let (applied, version) = applied;
+            if applied.is_empty() {
+                println!("schema at version {version}: nothing to apply");
+            } else {
+                for a in &applied {
+                    println!("applied {a}");
+                }
+                println!("schema at version {version}");
+            }
+            Ok(())
+        }
         Command::Chaos {
             scenario,
             docs,

@@ -1,0 +1,254 @@
+//! The key-value store on PostgreSQL: one table `truc_kv (space, key, value)`,
+//! batches as transactions, the same ordering and prefix semantics as sled.
+//!
+//! Durability follows the [`Store`] contract with PostgreSQL's own machinery:
+//! `apply` commits with `synchronous_commit = off` (visible at once, not yet
+//! flushed), `flush` commits one small write with `synchronous_commit = on`,
+//! which returns once the WAL is flushed up to it — and so past every earlier
+//! commit. One WAL flush covers a whole group, as [`GroupCommit`] expects.
+//!
+//! Schema changes are versioned SQL files in `migrations/`, applied in order by
+//! [`migrate`] (`truc store migrate`) inside one transaction each, recorded in
+//! `truc_migrations`.
+//!
+//! The client is synchronous: call it from blocking threads (as the node calls
+//! its store), never from an async task.
+//!
+//! [`GroupCommit`]: crate::GroupCommit
+
+use std::sync::Mutex;
+
+use postgres::{Client, NoTls};
+
+use crate::{
+    StoreError,
+    kv::{Batch, Entry, Space, Store},
+};
+
+/// (version, name, SQL), in order.
+pub const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "0001_kv.sql", include_str!("../migrations/0001_kv.sql"))];
+
+fn pg(e: postgres::Error) -> StoreError {
+    StoreError::Io(format!("postgresql: {e}"))
+}
+
+/// Applies the migrations not yet applied to the database at `url`; returns the
+/// names of those it applied.
+pub fn migrate(url: &str) -> Result<Vec<String>, StoreError> {
+    let mut c = Client::connect(url, NoTls).map_err(pg)?;
+    migrate_client(&mut c)
+}
+
+fn migrate_client(c: &mut Client) -> Result<Vec<String>, StoreError> {
+    c.batch_execute(
+        "CREATE TABLE IF NOT EXISTS truc_migrations (
+            version integer PRIMARY KEY,
+            name text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .map_err(pg)?;
+    let mut applied = Vec::new();
+    for (version, name, sql) in MIGRATIONS {
+        let mut tx = c.transaction().map_err(pg)?;
+        // One migrator at a time (several hubs may start together).
+        tx.execute("LOCK TABLE truc_migrations IN EXCLUSIVE MODE", &[])
+            .map_err(pg)?;
+        let done = tx
+            .query_opt(
+                "SELECT 1 FROM truc_migrations WHERE version = $1",
+                &[version],
+            )
+            .map_err(pg)?
+            .is_some();
+        if !done {
+            tx.batch_execute(sql).map_err(pg)?;
+            tx.execute(
+                "INSERT INTO truc_migrations (version, name) VALUES ($1, $2)",
+                &[version, name],
+            )
+            .map_err(pg)?;
+            applied.push((*name).to_owned());
+        }
+        tx.commit().map_err(pg)?;
+    }
+    Ok(applied)
+}
+
+/// The schema version the database is at (0: none).
+pub fn schema_version(url: &str) -> Result<i32, StoreError> {
+    let mut c = Client::connect(url, NoTls).map_err(pg)?;
+    let row = c
+        .query_opt("SELECT to_regclass('truc_migrations') IS NOT NULL", &[])
+        .map_err(pg)?;
+    if !row.is_some_and(|r| r.get::<_, bool>(0)) {
+        return Ok(0);
+    }
+    let v: Option<i32> = c
+        .query_one("SELECT max(version) FROM truc_migrations", &[])
+        .map_err(pg)?
+        .get(0);
+    Ok(v.unwrap_or(0))
+}
+
+pub struct PgStore {
+    client: Mutex<Client>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix` (None: no
+/// bound, the prefix is empty or all 0xff).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+impl PgStore {
+    /// Connects and refuses a database whose schema is not the one this build
+    /// knows (run `truc store migrate` first).
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        let want = MIGRATIONS.last().map_or(0, |m| m.0);
+        let have = schema_version(url)?;
+        if have != want {
+            return Err(StoreError::Io(format!(
+                "postgresql schema is at version {have}, this build needs {want}: run `truc store migrate`"
+            )));
+        }
+        let client = Client::connect(url, NoTls).map_err(pg)?;
+        Ok(Self {
+            client: Mutex::new(client),
+        })
+    }
+
+    fn client(&self) -> std::sync::MutexGuard<'_, Client> {
+        self.client.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn range(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+        descending: bool,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let space = space as i16;
+        let lower: Vec<u8> = match after {
+            Some(a) if a >= prefix => a.to_vec(),
+            _ => prefix.to_vec(),
+        };
+        let strict = after.is_some_and(|a| a >= prefix);
+        let upper = prefix_end(prefix);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let order = if descending { "DESC" } else { "ASC" };
+        let lower_op = if strict { ">" } else { ">=" };
+        let sql = format!(
+            "SELECT key, value FROM truc_kv WHERE space = $1 AND key {lower_op} $2 \
+             AND ($3::bytea IS NULL OR key < $3) ORDER BY key {order} LIMIT $4"
+        );
+        let rows = self
+            .client()
+            .query(&sql, &[&space, &lower, &upper, &limit])
+            .map_err(pg)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1)))
+            .collect())
+    }
+}
+
+impl Store for PgStore {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = self
+            .client()
+            .query_opt(
+                "SELECT value FROM truc_kv WHERE space = $1 AND key = $2",
+                &[&(space as i16), &key],
+            )
+            .map_err(pg)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.range(space, prefix, after, limit, false)
+    }
+
+    fn last(&self, space: Space, prefix: &[u8]) -> Result<Option<Entry>, StoreError> {
+        Ok(self.range(space, prefix, None, 1, true)?.pop())
+    }
+
+    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut c = self.client();
+        let mut tx = c.transaction().map_err(pg)?;
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .map_err(pg)?;
+        let put = tx
+            .prepare(
+                "INSERT INTO truc_kv (space, key, value) VALUES ($1, $2, $3) \
+                 ON CONFLICT (space, key) DO UPDATE SET value = EXCLUDED.value",
+            )
+            .map_err(pg)?;
+        let del = tx
+            .prepare("DELETE FROM truc_kv WHERE space = $1 AND key = $2")
+            .map_err(pg)?;
+        for (space, key, value) in &batch.ops {
+            let space = *space as i16;
+            match value {
+                Some(v) => tx.execute(&put, &[&space, key, v]),
+                None => tx.execute(&del, &[&space, key]),
+            }
+            .map_err(pg)?;
+        }
+        tx.commit().map_err(pg)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        // A synchronous commit of a real write waits for the WAL up to it, and so
+        // for every asynchronous commit before it.
+        let mut c = self.client();
+        let mut tx = c.transaction().map_err(pg)?;
+        tx.batch_execute("SET LOCAL synchronous_commit = on")
+            .map_err(pg)?;
+        tx.execute("UPDATE truc_flush SET n = n + 1 WHERE id = 1", &[])
+            .map_err(pg)?;
+        tx.commit().map_err(pg)
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.client()
+            .query_one("SELECT pg_total_relation_size('truc_kv')", &[])
+            .ok()
+            .and_then(|r| r.get::<_, Option<i64>>(0))
+            .map_or(0, |n| n.max(0) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends_are_the_next_key_after_the_prefix() {
+        assert_eq!(prefix_end(b"q/a/"), Some(b"q/a0".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+}

@@ -1,0 +1,196 @@
+//! The PostgreSQL store against a real server: a throwaway cluster (initdb,
+//! pg_ctl) on a unix socket in a temp dir — no TCP port — with fsync on.
+//! `truc store migrate` makes the schema; the store passes the same conformance
+//! suite as sled and memory, keeps flushed writes across a reconnect, and refuses
+//! a database whose schema it does not know.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{path::PathBuf, process::Command};
+
+use truc_store::{Batch, PgStore, Space, Store, conformance};
+
+/// The directory holding initdb and pg_ctl.
+fn pg_bin() -> PathBuf {
+    if let Ok(out) = Command::new("sh")
+        .args(["-c", "command -v initdb"])
+        .output()
+        && out.status.success()
+    {
+        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let p = std::fs::canonicalize(&p).unwrap_or(p);
+        return p.parent().unwrap().to_owned();
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    found.sort();
+    found
+        .pop()
+        .filter(|b| b.join("initdb").exists())
+        .expect("PostgreSQL's initdb is not installed (scripts/test installs it)")
+}
+
+struct Server {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    /// Runs the server binaries as the `postgres` user when we are root.
+    as_postgres: bool,
+}
+
+impl Server {
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let out = if self.as_postgres {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&exe)
+                .args(args)
+                .output()
+        } else {
+            Command::new(&exe).args(args).output()
+        }
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let as_postgres = rustix::process::geteuid().is_root();
+        if as_postgres {
+            // The server refuses to run as root: hand it the directory.
+            let out = Command::new("chown")
+                .args(["-R", "postgres:"])
+                .arg(dir.path())
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let s = Self {
+            bin: pg_bin(),
+            as_postgres,
+            dir,
+        };
+        let data = s.path("data");
+        let sock = s.path("");
+        s.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-A",
+                "trust",
+                "-U",
+                "truc",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        let opts = format!("-c listen_addresses='' -k {sock} -c fsync=on");
+        s.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &data,
+                "-o",
+                &opts,
+                "-l",
+                &s.path("server.log"),
+                "-w",
+                "start",
+            ],
+        );
+        s
+    }
+
+    fn path(&self, rel: &str) -> String {
+        self.dir
+            .path()
+            .join(rel)
+            .to_str()
+            .unwrap()
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    fn url(&self, db: &str) -> String {
+        format!("host={} user=truc dbname={db}", self.path(""))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let data = self.path("data");
+        let exe = self.bin.join("pg_ctl");
+        let args = ["-D", data.as_str(), "-m", "immediate", "stop"];
+        let _ = if self.as_postgres {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&exe)
+                .args(args)
+                .output()
+        } else {
+            Command::new(&exe).args(args).output()
+        };
+    }
+}
+
+fn migrate(url: &str) -> String {
+    let out = Command::new(common::bin())
+        .args(["store", "migrate", "--url", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_postgresql_store_conforms_and_keeps_flushed_writes() {
+    let pg = Server::start();
+    let url = pg.url("postgres");
+    let out = migrate(&url);
+    assert!(out.contains("applied 0001_kv.sql"), "{out}");
+    assert!(out.contains("schema at version 1"), "{out}");
+    let again = migrate(&url);
+    assert!(again.contains("nothing to apply"), "{again}");
+
+    let store = PgStore::open(&url).unwrap();
+    conformance(&store);
+
+    let mut b = Batch::new();
+    b.put(Space::Docs, b"durable".to_vec(), b"bytes".to_vec());
+    store.apply(b).unwrap();
+    store.flush().unwrap();
+    drop(store);
+    let store = PgStore::open(&url).unwrap();
+    assert_eq!(
+        store.get(Space::Docs, b"durable").unwrap(),
+        Some(b"bytes".to_vec())
+    );
+    assert!(store.size_on_disk() > 0);
+}
+
+#[test]
+fn a_database_without_the_schema_is_refused_with_the_command_that_fixes_it() {
+    let pg = Server::start();
+    let mut c = postgres::Client::connect(&pg.url("postgres"), postgres::NoTls).unwrap();
+    c.batch_execute("CREATE DATABASE fresh").unwrap();
+    let err = PgStore::open(&pg.url("fresh")).unwrap_err().to_string();
+    assert!(err.contains("truc store migrate"), "{err}");
+    assert!(err.contains("version 0"), "{err}");
+    migrate(&pg.url("fresh"));
+    PgStore::open(&pg.url("fresh")).unwrap();
+}
