@@ -194,3 +194,46 @@ fn a_database_without_the_schema_is_refused_with_the_command_that_fixes_it() {
     migrate(&pg.url("fresh"));
     PgStore::open(&pg.url("fresh")).unwrap();
 }
+
+#[test]
+fn a_hub_on_postgresql_delivers_and_keeps_everything_across_a_kill() {
+    let pg = Server::start();
+    let url = pg.url("postgres");
+    migrate(&url);
+    let mut c = common::Cluster::new();
+    let u = url.clone();
+    c.edit("hub", move |t| {
+        t.entry("storage")
+            .or_insert(toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .unwrap()
+            .insert("postgres_url".into(), u.into());
+    });
+    for n in ["hub", "vpcp", "nghean"] {
+        c.start(n);
+    }
+    let first = c.send_from_vpcp(common::H41, "Công văn qua PostgreSQL", &[]);
+    c.wait_delivered("vpcp", &first);
+    // SIGKILL: what the hub acknowledged is in PostgreSQL's WAL, nowhere else.
+    c.kill("hub");
+    c.start("hub");
+    let second = c.send_from_vpcp(common::H41, "Sau khi khởi động lại", &[]);
+    c.wait_delivered("vpcp", &second);
+    assert!(
+        !c.path("data/hub/store").exists(),
+        "the hub kept a sled store beside PostgreSQL"
+    );
+    let out = c.cli_ok(&[
+        "audit",
+        "verify",
+        "--config",
+        c.config("hub").to_str().unwrap(),
+    ]);
+    assert!(out.contains("audit log intact"), "{out}");
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let rows: i64 = db
+        .query_one("SELECT count(*) FROM truc_kv", &[])
+        .unwrap()
+        .get(0);
+    assert!(rows > 10, "{rows} rows in truc_kv");
+}

@@ -413,6 +413,12 @@ pub struct StorageSection {
     /// Blob files no document names (uploads never sent, leftovers of a crash) and
     /// abandoned partial transfers are deleted after this long. Default 24 h.
     pub orphan_grace_ms: u64,
+    /// Keep the key-value store (queues, dedup index, directory, receipts, audit)
+    /// in PostgreSQL instead of the embedded sled: a libpq URL or key=value
+    /// string. The schema comes from `truc store migrate`. Attachments stay under
+    /// `data_dir/blobs`. Default: none (sled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres_url: Option<String>,
 }
 
 impl Default for StorageSection {
@@ -423,6 +429,7 @@ impl Default for StorageSection {
             retention_ms: 30 * 24 * 3_600_000,
             sync_every_bytes: 8 << 20,
             orphan_grace_ms: 24 * 3_600_000,
+            postgres_url: None,
         }
     }
 }

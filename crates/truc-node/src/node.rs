@@ -85,7 +85,13 @@ pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
         "data_dir {}",
         config.data_dir.display()
     )))?;
-    let store = SledStore::open(&config.data_dir.join("store"), config.storage.cache_bytes)?;
+    let store: Arc<dyn truc_store::Store> = match &config.storage.postgres_url {
+        Some(url) => Arc::new(truc_store::PgStore::open(url)?),
+        None => Arc::new(SledStore::open(
+            &config.data_dir.join("store"),
+            config.storage.cache_bytes,
+        )?),
+    };
     let blobs = BlobStore::open(&config.data_dir.join("blobs"))?;
     let mut routing = RoutingTable::new(config.parent.is_some());
     let mut signers = Vec::new();
@@ -128,7 +134,7 @@ pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
         delivery: config.delivery.clone(),
         quotas: config.quotas.clone(),
         hooks: config.test_hooks.clone(),
-        store: Arc::new(store),
+        store,
         blobs,
         directory: Directory::from_config(config),
         storage: config.storage.clone(),

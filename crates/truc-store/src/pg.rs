@@ -11,12 +11,13 @@
 //! [`migrate`] (`truc store migrate`) inside one transaction each, recorded in
 //! `truc_migrations`.
 //!
-//! The client is synchronous: call it from blocking threads (as the node calls
-//! its store), never from an async task.
+//! The synchronous client runs a runtime of its own, which may not be started
+//! from a thread driving async tasks: the connection lives on a thread of its
+//! own and callers (async or not) send it their requests and wait.
 //!
 //! [`GroupCommit`]: crate::GroupCommit
 
-use std::sync::Mutex;
+use std::sync::{Mutex, mpsc};
 
 use postgres::{Client, NoTls};
 
@@ -78,6 +79,10 @@ fn migrate_client(c: &mut Client) -> Result<Vec<String>, StoreError> {
 /// The schema version the database is at (0: none).
 pub fn schema_version(url: &str) -> Result<i32, StoreError> {
     let mut c = Client::connect(url, NoTls).map_err(pg)?;
+    version_of(&mut c)
+}
+
+fn version_of(c: &mut Client) -> Result<i32, StoreError> {
     let row = c
         .query_opt("SELECT to_regclass('truc_migrations') IS NOT NULL", &[])
         .map_err(pg)?;
@@ -91,8 +96,10 @@ pub fn schema_version(url: &str) -> Result<i32, StoreError> {
     Ok(v.unwrap_or(0))
 }
 
+type Job = Box<dyn FnOnce(&mut Client) + Send>;
+
 pub struct PgStore {
-    client: Mutex<Client>,
+    jobs: Mutex<mpsc::Sender<Job>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -118,21 +125,61 @@ impl PgStore {
     /// Connects and refuses a database whose schema is not the one this build
     /// knows (run `truc store migrate` first).
     pub fn open(url: &str) -> Result<Self, StoreError> {
-        let want = MIGRATIONS.last().map_or(0, |m| m.0);
-        let have = schema_version(url)?;
-        if have != want {
-            return Err(StoreError::Io(format!(
-                "postgresql schema is at version {have}, this build needs {want}: run `truc store migrate`"
-            )));
-        }
-        let client = Client::connect(url, NoTls).map_err(pg)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let url = url.to_owned();
+        std::thread::Builder::new()
+            .name("truc-postgres".into())
+            .spawn(move || {
+                let opened = Client::connect(&url, NoTls).map_err(pg).and_then(|mut c| {
+                    let want = MIGRATIONS.last().map_or(0, |m| m.0);
+                    let have = version_of(&mut c)?;
+                    if have != want {
+                        return Err(StoreError::Io(format!(
+                            "postgresql schema is at version {have}, this build needs {want}: run `truc store migrate`"
+                        )));
+                    }
+                    Ok(c)
+                });
+                let mut client = match opened {
+                    Ok(c) => {
+                        let _ = ready_tx.send(Ok(()));
+                        c
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                while let Ok(job) = rx.recv() {
+                    job(&mut client);
+                }
+            })
+            .map_err(|e| StoreError::Io(format!("postgresql thread: {e}")))?;
+        ready_rx
+            .recv()
+            .map_err(|_| StoreError::Io("postgresql thread ended".into()))??;
         Ok(Self {
-            client: Mutex::new(client),
+            jobs: Mutex::new(tx),
         })
     }
 
-    fn client(&self) -> std::sync::MutexGuard<'_, Client> {
-        self.client.lock().unwrap_or_else(|p| p.into_inner())
+    /// Runs `f` on the connection's thread and waits for its result.
+    fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = mpsc::channel();
+        let job: Job = Box::new(move |c| {
+            let _ = tx.send(f(c));
+        });
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job)
+            .map_err(|_| StoreError::Io("postgresql connection thread ended".into()))?;
+        rx.recv()
+            .map_err(|_| StoreError::Io("postgresql connection thread ended".into()))?
     }
 
     fn range(
@@ -157,27 +204,30 @@ impl PgStore {
             "SELECT key, value FROM truc_kv WHERE space = $1 AND key {lower_op} $2 \
              AND ($3::bytea IS NULL OR key < $3) ORDER BY key {order} LIMIT $4"
         );
-        let rows = self
-            .client()
-            .query(&sql, &[&space, &lower, &upper, &limit])
-            .map_err(pg)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1)))
-            .collect())
+        self.with(move |c| {
+            let rows = c
+                .query(&sql, &[&space, &lower, &upper, &limit])
+                .map_err(pg)?;
+            Ok(rows
+                .into_iter()
+                .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1)))
+                .collect())
+        })
     }
 }
 
 impl Store for PgStore {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let row = self
-            .client()
-            .query_opt(
-                "SELECT value FROM truc_kv WHERE space = $1 AND key = $2",
-                &[&(space as i16), &key],
-            )
-            .map_err(pg)?;
-        Ok(row.map(|r| r.get(0)))
+        let key = key.to_vec();
+        self.with(move |c| {
+            let row = c
+                .query_opt(
+                    "SELECT value FROM truc_kv WHERE space = $1 AND key = $2",
+                    &[&(space as i16), &key],
+                )
+                .map_err(pg)?;
+            Ok(row.map(|r| r.get(0)))
+        })
     }
 
     fn scan(
@@ -195,7 +245,35 @@ impl Store for PgStore {
     }
 
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
-        let mut c = self.client();
+        self.with(move |c| apply(c, &batch))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        // A synchronous commit of a real write waits for the WAL up to it, and so
+        // for every asynchronous commit before it.
+        self.with(|c| {
+            let mut tx = c.transaction().map_err(pg)?;
+            tx.batch_execute("SET LOCAL synchronous_commit = on")
+                .map_err(pg)?;
+            tx.execute("UPDATE truc_flush SET n = n + 1 WHERE id = 1", &[])
+                .map_err(pg)?;
+            tx.commit().map_err(pg)
+        })
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.with(|c| {
+            Ok(c.query_one("SELECT pg_total_relation_size('truc_kv')", &[])
+                .ok()
+                .and_then(|r| r.get::<_, Option<i64>>(0))
+                .map_or(0, |n| n.max(0) as u64))
+        })
+        .unwrap_or(0)
+    }
+}
+
+fn apply(c: &mut Client, batch: &Batch) -> Result<(), StoreError> {
+    {
         let mut tx = c.transaction().map_err(pg)?;
         tx.batch_execute("SET LOCAL synchronous_commit = off")
             .map_err(pg)?;
@@ -217,26 +295,6 @@ impl Store for PgStore {
             .map_err(pg)?;
         }
         tx.commit().map_err(pg)
-    }
-
-    fn flush(&self) -> Result<(), StoreError> {
-        // A synchronous commit of a real write waits for the WAL up to it, and so
-        // for every asynchronous commit before it.
-        let mut c = self.client();
-        let mut tx = c.transaction().map_err(pg)?;
-        tx.batch_execute("SET LOCAL synchronous_commit = on")
-            .map_err(pg)?;
-        tx.execute("UPDATE truc_flush SET n = n + 1 WHERE id = 1", &[])
-            .map_err(pg)?;
-        tx.commit().map_err(pg)
-    }
-
-    fn size_on_disk(&self) -> u64 {
-        self.client()
-            .query_one("SELECT pg_total_relation_size('truc_kv')", &[])
-            .ok()
-            .and_then(|r| r.get::<_, Option<i64>>(0))
-            .map_or(0, |n| n.max(0) as u64)
     }
 }
 

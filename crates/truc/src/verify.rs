@@ -144,6 +144,14 @@ pub async fn audit_verify(config: &Path, json: bool) -> Result<()> {
             .into_inner(),
         Err(_) => {
             let cfg = Config::load(config)?;
+            if let Some(url) = cfg.storage.postgres_url.clone() {
+                let report = tokio::task::spawn_blocking(move || {
+                    let store = truc_store::PgStore::open(&url)?;
+                    Ok::<_, anyhow::Error>(truc_node::audit::verify(&store)?)
+                })
+                .await??;
+                return print_audit(truc_node::admin::report_pb(report), json);
+            }
             let dir = cfg.data_dir.join("store");
             if !dir.exists() {
                 bail!("{} has no store yet", cfg.data_dir.display());
@@ -158,6 +166,10 @@ pub async fn audit_verify(config: &Path, json: bool) -> Result<()> {
             truc_node::admin::report_pb(truc_node::audit::verify(&store)?)
         }
     };
+    print_audit(report, json)
+}
+
+fn print_audit(report: pb::AuditVerifyResponse, json: bool) -> Result<()> {
     if json {
         println!(
             "{}",
