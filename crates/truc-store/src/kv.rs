@@ -448,6 +448,18 @@ pub fn conformance(store: &dyn Store) {
         Some(vec![7])
     );
     assert_eq!(store.get(Space::Meta, b"q/a/zzz").expect("get"), None);
+    // Within one batch the last write to a key wins.
+    let mut b = Batch::new();
+    b.put(Space::Meta, b"twice".to_vec(), vec![1]);
+    b.put(Space::Meta, b"twice".to_vec(), vec![2]);
+    b.put(Space::Meta, b"short-lived".to_vec(), vec![3]);
+    b.delete(Space::Meta, b"short-lived".to_vec());
+    store.apply(b).expect("apply 3");
+    assert_eq!(
+        store.get(Space::Meta, b"twice").expect("get"),
+        Some(vec![2])
+    );
+    assert_eq!(store.get(Space::Meta, b"short-lived").expect("get"), None);
 }
 
 #[cfg(test)]

@@ -272,30 +272,62 @@ impl Store for PgStore {
     }
 }
 
-fn apply(c: &mut Client, batch: &Batch) -> Result<(), StoreError> {
-    {
-        let mut tx = c.transaction().map_err(pg)?;
-        tx.batch_execute("SET LOCAL synchronous_commit = off")
-            .map_err(pg)?;
-        let put = tx
-            .prepare(
-                "INSERT INTO truc_kv (space, key, value) VALUES ($1, $2, $3) \
-                 ON CONFLICT (space, key) DO UPDATE SET value = EXCLUDED.value",
-            )
-            .map_err(pg)?;
-        let del = tx
-            .prepare("DELETE FROM truc_kv WHERE space = $1 AND key = $2")
-            .map_err(pg)?;
-        for (space, key, value) in &batch.ops {
-            let space = *space as i16;
-            match value {
-                Some(v) => tx.execute(&put, &[&space, key, v]),
-                None => tx.execute(&del, &[&space, key]),
-            }
-            .map_err(pg)?;
+/// The batch as its net effect: the last write to each key wins (the batch is
+/// atomic, so nothing in between is ever visible), puts and deletes apart.
+type Net = (Vec<i16>, Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<i16>, Vec<Vec<u8>>);
+
+fn net(batch: &Batch) -> Net {
+    let mut last: std::collections::HashMap<(i16, &[u8]), Option<&[u8]>> =
+        std::collections::HashMap::new();
+    let mut order: Vec<(i16, &[u8])> = Vec::new();
+    for (space, key, value) in &batch.ops {
+        let k = (*space as i16, key.as_slice());
+        if last.insert(k, value.as_deref()).is_none() {
+            order.push(k);
         }
-        tx.commit().map_err(pg)
     }
+    let mut out: Net = Default::default();
+    for k in order {
+        match last[&k] {
+            Some(v) => {
+                out.0.push(k.0);
+                out.1.push(k.1.to_vec());
+                out.2.push(v.to_vec());
+            }
+            None => {
+                out.3.push(k.0);
+                out.4.push(k.1.to_vec());
+            }
+        }
+    }
+    out
+}
+
+/// One transaction, two statements whatever the batch size (round trips are
+/// what a remote store pays for).
+fn apply(c: &mut Client, batch: &Batch) -> Result<(), StoreError> {
+    let (ps, pk, pv, ds, dk) = net(batch);
+    let mut tx = c.transaction().map_err(pg)?;
+    tx.batch_execute("SET LOCAL synchronous_commit = off")
+        .map_err(pg)?;
+    if !ps.is_empty() {
+        tx.execute(
+            "INSERT INTO truc_kv (space, key, value) \
+             SELECT * FROM unnest($1::smallint[], $2::bytea[], $3::bytea[]) \
+             ON CONFLICT (space, key) DO UPDATE SET value = EXCLUDED.value",
+            &[&ps, &pk, &pv],
+        )
+        .map_err(pg)?;
+    }
+    if !ds.is_empty() {
+        tx.execute(
+            "DELETE FROM truc_kv USING unnest($1::smallint[], $2::bytea[]) AS d(space, key) \
+             WHERE truc_kv.space = d.space AND truc_kv.key = d.key",
+            &[&ds, &dk],
+        )
+        .map_err(pg)?;
+    }
+    tx.commit().map_err(pg)
 }
 
 #[cfg(test)]
@@ -308,5 +340,20 @@ mod tests {
         assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
         assert_eq!(prefix_end(&[0xff, 0xff]), None);
         assert_eq!(prefix_end(b""), None);
+    }
+
+    #[test]
+    fn a_batch_is_applied_as_its_net_effect_per_key() {
+        let mut b = Batch::new();
+        b.put(Space::Meta, b"a".to_vec(), b"1".to_vec());
+        b.put(Space::Meta, b"a".to_vec(), b"2".to_vec());
+        b.put(Space::Meta, b"gone".to_vec(), b"x".to_vec());
+        b.delete(Space::Meta, b"gone".to_vec());
+        b.put(Space::Docs, b"a".to_vec(), b"3".to_vec());
+        let (ps, pk, pv, ds, dk) = net(&b);
+        assert_eq!(ps.len(), 2);
+        assert_eq!(pk, vec![b"a".to_vec(), b"a".to_vec()]);
+        assert_eq!(pv, vec![b"2".to_vec(), b"3".to_vec()]);
+        assert_eq!((ds, dk), (vec![Space::Meta as i16], vec![b"gone".to_vec()]));
     }
 }

@@ -147,6 +147,21 @@ impl Fed {
                 })?;
             }
         }
+        // TRUC_BENCH_HUB_POSTGRES_URL: the hub keeps its store in this PostgreSQL
+        // database (emptied and migrated first) instead of sled.
+        if let Ok(url) = std::env::var("TRUC_BENCH_HUB_POSTGRES_URL") {
+            let u = url.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut c = postgres::Client::connect(&u, postgres::NoTls)?;
+                c.batch_execute("DROP TABLE IF EXISTS truc_kv, truc_flush, truc_migrations")?;
+                truc_store::pg::migrate(&u)?;
+                Ok::<_, anyhow::Error>(())
+            })
+            .await??;
+            cluster.edit("hub", |t| {
+                cluster::table(t, "storage").insert("postgres_url".into(), url.into());
+            })?;
+        }
         if let Shape::Idle(_) = shape {
             for n in cluster.nodes().into_iter().filter(|n| n != "hub") {
                 cluster.edit(&n, |t| {
