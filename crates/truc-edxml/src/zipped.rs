@@ -73,6 +73,10 @@ pub fn decode(
             ));
         }
         let name = entry.name().to_owned();
+        // The name becomes the attachment's display name: a damaged or hostile
+        // ZIP may carry control characters or a path in it.
+        crate::check_name(&name)
+            .map_err(|e| EdxmlError::new(element, format!("ZIP entry: {e}")))?;
         let mut data = Vec::with_capacity(declared.min(1 << 20) as usize);
         // The header may lie: never read more than it declares (itself under
         // the limit), plus one byte to catch the lie.
