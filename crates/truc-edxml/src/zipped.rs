@@ -73,10 +73,6 @@ pub fn decode(
             ));
         }
         let name = entry.name().to_owned();
-        // The name becomes the attachment's display name: a damaged or hostile
-        // ZIP may carry control characters or a path in it.
-        crate::check_name(&name)
-            .map_err(|e| EdxmlError::new(element, format!("ZIP entry: {e}")))?;
         let mut data = Vec::with_capacity(declared.min(1 << 20) as usize);
         // The header may lie: never read more than it declares (itself under
         // the limit), plus one byte to catch the lie.
@@ -90,6 +86,11 @@ pub fn decode(
                 format!("ZIP entry {name} is not the size it declares"),
             ));
         }
+        // The name becomes the attachment's display name: a damaged or hostile
+        // ZIP may carry control characters or a path in it (checked after the
+        // sizes, whose lies are the more telling reason).
+        crate::check_name(&name)
+            .map_err(|e| EdxmlError::new(element, format!("ZIP entry: {e}")))?;
         found = Some((name, data));
     }
     found.ok_or_else(|| EdxmlError::new(element, "ZIP holds no file"))
