@@ -118,9 +118,23 @@ async fn a_1_gib_attachment_goes_through_every_hop_in_bounded_memory() {
         .iter()
         .map(|n| c.peak_rss_kib(n))
         .collect();
+    // The sender's, the hub's and the recipient's copies, the received file and
+    // the nodes' 512 MiB floors: say so up front rather than fail half-way.
+    let need = 4 * 1024 * MIB + 3 * 512 * MIB + 256 * MIB;
+    let free = common::ops::free_bytes(c.dir.path());
+    assert!(
+        free >= need,
+        "this test moves 1 GiB through three nodes and needs {} MiB free under {}; {} MiB free",
+        need / MIB,
+        c.dir.path().display(),
+        free / MIB
+    );
     let file = c.path("video.bin");
     random_file(&file, 1024 * MIB);
+    let sent = sha256_file(&file);
     let id = send_file(&c, &file);
+    // The sender holds it durably once `send` returns: the source can go.
+    std::fs::remove_file(&file).unwrap();
     wait_state(&c, &id, "delivered").await;
     let out = c.path("received");
     c.cli_ok(&[
@@ -132,11 +146,7 @@ async fn a_1_gib_attachment_goes_through_every_hop_in_bounded_memory() {
         out.to_str().unwrap(),
     ]);
     let got = out.join(&id).join("attachments").join("video.bin");
-    assert_eq!(
-        sha256_file(&got),
-        sha256_file(&file),
-        "the received file is the sent one"
-    );
+    assert_eq!(sha256_file(&got), sent, "the received file is the sent one");
     for (i, n) in ["hub", "vpcp", "nghean"].iter().enumerate() {
         let after = c.peak_rss_kib(n);
         let grown = after.saturating_sub(before[i]);
@@ -146,7 +156,6 @@ async fn a_1_gib_attachment_goes_through_every_hop_in_bounded_memory() {
         );
         assert!(grown < 64 * 1024, "{n} grew by {grown} KiB moving 1 GiB");
     }
-    let _ = std::fs::remove_file(&file);
     let _ = std::fs::remove_file(&got);
 }
 
