@@ -12,38 +12,6 @@ use std::sync::{
 
 use common::*;
 
-/// Waits until `organ` at `node` has received `expected` (in that order), and
-/// checks that nothing else and nothing twice arrived.
-async fn assert_exactly_once_in_order(c: &Cluster, node: &str, organ: &str, expected: &[String]) {
-    let items = eventually(
-        &format!("{} documents at {organ}", expected.len()),
-        || async {
-            let items = inbox(c, node, organ).await;
-            (items.len() >= expected.len()).then_some(items)
-        },
-    )
-    .await;
-    let got: Vec<String> = items.iter().map(|i| i.doc_id.clone()).collect();
-    let mut unique = got.clone();
-    unique.sort();
-    unique.dedup();
-    assert_eq!(unique.len(), got.len(), "duplicates delivered");
-    assert_eq!(got.len(), expected.len(), "unexpected documents delivered");
-    assert_eq!(got, expected, "order per (from, to) not kept");
-}
-
-fn wait_progress(p: &AtomicUsize, n: usize) {
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while p.load(Ordering::SeqCst) < n {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sender stalled at {}",
-            p.load(Ordering::SeqCst)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_killed_mid_stream_loses_and_duplicates_nothing() {
     let mut c = Cluster::new();

@@ -162,7 +162,7 @@ fn the_postgresql_store_conforms_and_keeps_flushed_writes() {
     let again = migrate(&url);
     assert!(again.contains("nothing to apply"), "{again}");
 
-    let store = PgStore::open(&url).unwrap();
+    let store = PgStore::open(&url, || {}).unwrap();
     conformance(&store);
 
     let mut b = Batch::new();
@@ -170,7 +170,7 @@ fn the_postgresql_store_conforms_and_keeps_flushed_writes() {
     store.apply(b).unwrap();
     store.flush().unwrap();
     drop(store);
-    let store = PgStore::open(&url).unwrap();
+    let store = PgStore::open(&url, || {}).unwrap();
     assert_eq!(
         store.get(Space::Docs, b"durable").unwrap(),
         Some(b"bytes".to_vec())
@@ -183,11 +183,13 @@ fn a_database_without_the_schema_is_refused_with_the_command_that_fixes_it() {
     let pg = Server::start();
     let mut c = postgres::Client::connect(&pg.url("postgres"), postgres::NoTls).unwrap();
     c.batch_execute("CREATE DATABASE fresh").unwrap();
-    let err = PgStore::open(&pg.url("fresh")).unwrap_err().to_string();
+    let err = PgStore::open(&pg.url("fresh"), || {})
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("truc store migrate"), "{err}");
     assert!(err.contains("version 0"), "{err}");
     migrate(&pg.url("fresh"));
-    PgStore::open(&pg.url("fresh")).unwrap();
+    PgStore::open(&pg.url("fresh"), || {}).unwrap();
 }
 
 #[test]
@@ -231,4 +233,166 @@ fn a_hub_on_postgresql_delivers_and_keeps_everything_across_a_kill() {
         .unwrap()
         .get(0);
     assert!(rows > 10, "{rows} rows in truc_kv");
+}
+
+/// One address in front of several hubs, as a TCP load balancer: each
+/// connection goes to the first backend that accepts it (a standby hub does not
+/// listen for links until it holds the store).
+async fn front(backends: Vec<String>) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = l.accept().await {
+            let backends = backends.clone();
+            tokio::spawn(async move {
+                for b in &backends {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(b).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+fn table<'a>(t: &'a mut toml::Table, name: &str) -> &'a mut toml::Table {
+    t.entry(name)
+        .or_insert(toml::Value::Table(Default::default()))
+        .as_table_mut()
+        .unwrap()
+}
+
+/// `truc health ADDR`: (serving, what it printed).
+fn health(addr: &str) -> (bool, String) {
+    let out = Command::new(common::bin())
+        .args(["health", addr])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Two hub processes on one database and one blob directory, behind one address:
+/// "hub" writes, "hub-b" stands by. The writer is SIGKILLed during 2,000
+/// documents; the standby takes the store over and the edges reconnect through
+/// the same address. Then the new writer loses its database session and stops,
+/// and the first hub, restarted as a standby, takes over again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hubs_on_one_postgresql_fail_over_without_loss_or_duplicates() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let pg = Server::start();
+    let url = pg.url("postgres");
+    migrate(&url);
+    let mut c = common::Cluster::new();
+    let shared = c.path("shared-blobs");
+    let health_b = free_addr();
+    let (u, s) = (url.clone(), shared.clone());
+    c.edit("hub", move |t| {
+        let st = table(t, "storage");
+        st.insert("postgres_url".into(), u.into());
+        st.insert("blob_dir".into(), s.to_str().unwrap().into());
+    });
+    // The second hub: the same identity, database and blob directory; its own
+    // data directory, link port and health port.
+    std::fs::copy(c.config("hub"), c.config("hub-b")).unwrap();
+    let (link_b, hb) = (free_addr(), health_b.clone());
+    c.edit("hub-b", move |t| {
+        t.insert("data_dir".into(), "data/hub-b".into());
+        table(t, "listen").insert("address".into(), link_b.into());
+        table(t, "health").insert("listen".into(), hb.into());
+    });
+    let addr = front(vec![c.listen_addr("hub"), c.listen_addr("hub-b")]).await;
+    for edge in ["vpcp", "nghean"] {
+        let a = addr.clone();
+        c.edit(edge, move |t| {
+            table(t, "parent").insert("address".into(), a.into());
+        });
+    }
+    c.start("hub");
+    c.start_standby("hub-b", "standing by");
+    let (serving, said) = health(&health_b);
+    assert!(
+        !serving && said.contains("NOT_SERVING"),
+        "a standby must not draw traffic: {said}"
+    );
+    c.start("vpcp");
+    c.start("nghean");
+
+    const N: usize = 2000;
+    let mut a = c.agency("vpcp").await;
+    let progress = Arc::new(AtomicUsize::new(0));
+    let p = progress.clone();
+    let sender = tokio::spawn(async move {
+        let mut ids = Vec::with_capacity(N);
+        for i in 0..N {
+            let r = a
+                .send(common::doc(
+                    common::G22,
+                    &[common::H41],
+                    &format!("Công văn số {i:04}"),
+                ))
+                .await
+                .unwrap();
+            ids.push(r.into_inner().doc_id);
+            p.store(i + 1, Ordering::SeqCst);
+        }
+        ids
+    });
+    tokio::task::block_in_place(|| {
+        common::wait_progress(&progress, 700);
+        c.kill("hub");
+        c.wait_log("hub-b", &["node started"]);
+    });
+    let ids = sender.await.unwrap();
+    common::assert_exactly_once_in_order(&c, "nghean", common::H41, &ids).await;
+    assert!(
+        c.logs("vpcp").contains("link to parent down"),
+        "the sender never noticed the failover: the test did not test anything"
+    );
+    let (serving, said) = health(&health_b);
+    assert!(serving, "the hub that took over is not serving: {said}");
+
+    // The writer's session ends (an operator, a network cut): it stops writing
+    // at once and exits, and the other hub takes over.
+    c.start_standby("hub", "standing by");
+    tokio::task::block_in_place(|| {
+        let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let ended: i64 = db
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
+                 WHERE locktype = 'advisory' AND objid = $1 AND granted",
+                &[&(truc_store::pg::WRITER_LOCK as u32)],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(ended, 1, "one session holds the writer lock");
+        c.wait_log("hub-b", &["stopping"]);
+        c.wait_log("hub", &["node started"]);
+    });
+    let last = c.send_from_vpcp(common::H41, "Sau khi chuyển đổi lần hai", &[]);
+    c.wait_delivered("vpcp", &last);
+    let status = c.stop("hub-b");
+    assert!(
+        !status.success(),
+        "a hub that lost its store must exit with an error: {status}"
+    );
+    assert!(
+        c.logs("hub-b")
+            .contains("the connection to postgresql was lost")
+            || c.logs("hub-b").contains("did not answer"),
+        "{}",
+        c.logs("hub-b")
+    );
 }

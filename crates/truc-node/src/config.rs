@@ -415,10 +415,16 @@ pub struct StorageSection {
     pub orphan_grace_ms: u64,
     /// Keep the key-value store (queues, dedup index, directory, receipts, audit)
     /// in PostgreSQL instead of the embedded sled: a libpq URL or key=value
-    /// string. The schema comes from `truc store migrate`. Attachments stay under
-    /// `data_dir/blobs`. Default: none (sled).
+    /// string. The schema comes from `truc store migrate`. One process writes a
+    /// database at a time: a second hub on the same URL stands by (health
+    /// NOT_SERVING) and takes over when the first dies. Default: none (sled).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub postgres_url: Option<String>,
+    /// Where attachment and body files are kept (relative paths from the config
+    /// file). Hubs sharing one PostgreSQL database share this directory too (a
+    /// shared volume). Default: `data_dir/blobs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blob_dir: Option<PathBuf>,
 }
 
 impl Default for StorageSection {
@@ -430,6 +436,7 @@ impl Default for StorageSection {
             sync_every_bytes: 8 << 20,
             orphan_grace_ms: 24 * 3_600_000,
             postgres_url: None,
+            blob_dir: None,
         }
     }
 }
@@ -823,7 +830,15 @@ impl Config {
             children,
             limits: f.limits,
             link: f.link,
-            storage: f.storage,
+            storage: StorageSection {
+                blob_dir: Some(
+                    f.storage
+                        .blob_dir
+                        .as_deref()
+                        .map_or_else(|| resolve(&f.data_dir).join("blobs"), resolve),
+                ),
+                ..f.storage
+            },
             delivery: f.delivery,
             quotas: f.quotas,
             admin_api,
@@ -839,6 +854,14 @@ impl Config {
             rest,
             test_hooks: f.test_hooks,
         })
+    }
+
+    /// Where blob files are kept (`storage.blob_dir`, resolved at load).
+    pub fn blob_dir(&self) -> PathBuf {
+        self.storage
+            .blob_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("blobs"))
     }
 
     pub fn role(&self) -> &'static str {

@@ -48,6 +48,7 @@ pub struct RunningNode {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     parent_up: watch::Receiver<bool>,
+    failed: watch::Receiver<Option<String>>,
 }
 
 impl std::fmt::Debug for RunningNode {
@@ -59,6 +60,9 @@ impl std::fmt::Debug for RunningNode {
             .finish_non_exhaustive()
     }
 }
+
+/// The names health reports on: the server as a whole and each truc service.
+const HEALTH_SERVICES: [&str; 4] = ["", "truc.v1.Link", "truc.v1.Agency", "truc.v1.Admin"];
 
 /// How often the dashboard's throughput is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
@@ -86,13 +90,17 @@ pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
         config.data_dir.display()
     )))?;
     let store: Arc<dyn truc_store::Store> = match &config.storage.postgres_url {
-        Some(url) => Arc::new(truc_store::PgStore::open(url)?),
+        Some(url) => Arc::new(truc_store::PgStore::open(url, || {
+            tracing::warn!(
+                "another process writes this PostgreSQL store: standing by (health NOT_SERVING) until it stops"
+            );
+        })?),
         None => Arc::new(SledStore::open(
             &config.data_dir.join("store"),
             config.storage.cache_bytes,
         )?),
     };
-    let blobs = BlobStore::open(&config.data_dir.join("blobs"))?;
+    let blobs = BlobStore::open(&config.blob_dir())?;
     let mut routing = RoutingTable::new(config.parent.is_some());
     let mut signers = Vec::new();
     for (organ, _name, cert, key) in &config.agencies {
@@ -208,12 +216,13 @@ impl RunningNode {
                 config.node_id
             )));
         }
-        let state = open_state(&config)?;
-        state
-            .telemetry
-            .own_cert_not_after
-            .store(own_not_after, std::sync::atomic::Ordering::Relaxed);
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        // NOT_SERVING until the store is open and the health loop says otherwise.
+        for name in HEALTH_SERVICES {
+            health_reporter
+                .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
         // Every log line of this node's tasks and requests names it.
         let node_span = tracing::info_span!("node", node = %config.node_id);
         let trace_node = {
@@ -223,7 +232,47 @@ impl RunningNode {
         let params = params(&config);
         let (stop, stop_rx) = watch::channel(false);
         let (up_tx, parent_up) = watch::channel(false);
+        let (failed_tx, failed) = watch::channel(None);
         let mut tasks = JoinSet::new();
+
+        // The plaintext health-only port for orchestrators' probes, up first: a
+        // standby hub answers NOT_SERVING there while it waits for the store.
+        let mut health_addr = None;
+        if let Some(addr) = &config.health_listen {
+            let (listener, bound) = bind(None, "health", addr).await?;
+            health_addr = Some(bound);
+            let server = Server::builder()
+                .trace_fn(trace_node.clone())
+                .add_service(health_service.clone());
+            let mut s = stop_rx.clone();
+            tasks.spawn(tracing::Instrument::instrument(
+                async move {
+                    let shutdown = async move {
+                        let _ = crate::stopped(&mut s).await;
+                    };
+                    if let Err(e) = server
+                        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                        .await
+                    {
+                        tracing::error!(error = %e, "health server failed");
+                    }
+                },
+                node_span.clone(),
+            ));
+        }
+
+        // Opening may wait (a standby for a shared store's writer lock): off the
+        // async threads.
+        let state = {
+            let c = config.clone();
+            tokio::task::spawn_blocking(move || open_state(&c))
+                .await
+                .map_err(|e| NodeError::Other(format!("opening the store: {e}")))??
+        };
+        state
+            .telemetry
+            .own_cert_not_after
+            .store(own_not_after, std::sync::atomic::Ordering::Relaxed);
 
         // Server TLS configurations, replaced when the CRLs change on disk.
         let (link_tls_tx, link_tls) = watch::channel(transport.server_config()?);
@@ -274,30 +323,6 @@ impl RunningNode {
             ));
         }
 
-        // The plaintext health-only port for orchestrators' probes.
-        let mut health_addr = None;
-        if let Some(addr) = &config.health_listen {
-            let (listener, bound) = bind(None, "health", addr).await?;
-            health_addr = Some(bound);
-            let server = Server::builder()
-                .trace_fn(trace_node.clone())
-                .add_service(health_service.clone());
-            let mut s = stop_rx.clone();
-            tasks.spawn(tracing::Instrument::instrument(
-                async move {
-                    let shutdown = async move {
-                        let _ = crate::stopped(&mut s).await;
-                    };
-                    if let Err(e) = server
-                        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-                        .await
-                    {
-                        tracing::error!(error = %e, "health server failed");
-                    }
-                },
-                node_span.clone(),
-            ));
-        }
         let mut agency_addr = None;
         if let Some(addr) = &config.agency_api {
             let (listener, bound) = bind(listeners.agency, "agency api", addr).await?;
@@ -400,7 +425,22 @@ impl RunningNode {
         }
 
         // Health for load balancers and probes: SERVING while the store takes
-        // writes (no failed flush, free space above the reserve).
+        // writes (no failed flush, free space above the reserve). A store that is
+        // fenced (a shared store's lock lost with its connection) stops the node.
+        // Checked once before `start` returns: a node that says ready is SERVING.
+        {
+            let st = state.clone();
+            if tokio::task::spawn_blocking(move || st.writable())
+                .await
+                .unwrap_or(false)
+            {
+                for name in HEALTH_SERVICES {
+                    health_reporter
+                        .set_service_status(name, tonic_health::ServingStatus::Serving)
+                        .await;
+                }
+            }
+        }
         {
             let st = state.clone();
             let reporter = health_reporter.clone();
@@ -414,6 +454,16 @@ impl RunningNode {
                             _ = crate::stopped(&mut s) => return,
                             _ = tick.tick() => {}
                         }
+                        if let Some(why) = st.store().fenced() {
+                            tracing::error!(reason = %why, "the store may be another process's now: stopping");
+                            for name in HEALTH_SERVICES {
+                                reporter
+                                    .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                                    .await;
+                            }
+                            let _ = failed_tx.send(Some(why));
+                            return;
+                        }
                         let st2 = st.clone();
                         let ok = tokio::task::spawn_blocking(move || st2.writable())
                             .await
@@ -425,7 +475,7 @@ impl RunningNode {
                                 tracing::error!("store not writable: health NOT_SERVING");
                                 tonic_health::ServingStatus::NotServing
                             };
-                            for name in ["", "truc.v1.Link", "truc.v1.Agency", "truc.v1.Admin"] {
+                            for name in HEALTH_SERVICES {
                                 reporter.set_service_status(name, status).await;
                             }
                             last = Some(ok);
@@ -594,6 +644,7 @@ impl RunningNode {
             stop,
             tasks,
             parent_up,
+            failed,
         };
         node.write_endpoints()?;
         tracing::info!(node = %node.state.node_id, role = node.config.role(), link = ?node.link_addr, agency = ?node.agency_addr, "node started");
@@ -617,6 +668,20 @@ impl RunningNode {
         let path = dir.join("endpoints.json");
         std::fs::write(&path, json.to_string())
             .map_err(NodeError::io(format!("{}", path.display())))
+    }
+
+    /// Resolves with the reason once the node cannot go on (its store was
+    /// fenced); the caller shuts it down and exits with an error.
+    pub async fn failure(&self) -> String {
+        let mut f = self.failed.clone();
+        loop {
+            if let Some(why) = f.borrow_and_update().clone() {
+                return why;
+            }
+            if f.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Turns true while the link to the parent is up.

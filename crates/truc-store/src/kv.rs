@@ -107,6 +107,12 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> Result<(), StoreError>;
     /// Bytes the store occupies on disk (0 for memory).
     fn size_on_disk(&self) -> u64;
+    /// Why this process may no longer write the store, once it may not: a shared
+    /// store whose exclusive lock went with a lost connection, so that another
+    /// process may hold it now. The node stops serving at once (fail-stop).
+    fn fenced(&self) -> Option<String> {
+        None
+    }
 }
 
 fn full_key(space: Space, key: &[u8]) -> Vec<u8> {

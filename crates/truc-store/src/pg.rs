@@ -11,13 +11,21 @@
 //! [`migrate`] (`truc store migrate`) inside one transaction each, recorded in
 //! `truc_migrations`.
 //!
+//! One writer at a time: [`PgStore::open`] takes a session-level advisory lock,
+//! and a second process opening the same database (a standby hub) waits for it.
+//! The lock lives as long as the connection: when the holder dies, PostgreSQL
+//! drops its session and the lock with it, and the standby takes over with what
+//! was committed. A holder whose connection breaks never reconnects: it reports
+//! itself [fenced](Store::fenced) and its node stops, since the lock may be
+//! another's by then. Read-only tools use [`PgStore::open_shared`].
+//!
 //! The synchronous client runs a runtime of its own, which may not be started
 //! from a thread driving async tasks: the connection lives on a thread of its
 //! own and callers (async or not) send it their requests and wait.
 //!
 //! [`GroupCommit`]: crate::GroupCommit
 
-use std::sync::{Mutex, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 
 use postgres::{Client, NoTls};
 
@@ -98,8 +106,48 @@ fn version_of(c: &mut Client) -> Result<i32, StoreError> {
 
 type Job = Box<dyn FnOnce(&mut Client) + Send>;
 
+/// Connects, checks the schema version and, unless `lock` is None, takes the
+/// writer lock (calling the standby callback first if it must wait).
+fn connect_checked(url: &str, lock: Standby) -> Result<Client, StoreError> {
+    let mut client = Client::connect(url, NoTls).map_err(pg)?;
+    let want = MIGRATIONS.last().map_or(0, |m| m.0);
+    let have = version_of(&mut client)?;
+    if have != want {
+        return Err(StoreError::Io(format!(
+            "postgresql schema is at version {have}, this build needs {want}: run `truc store migrate`"
+        )));
+    }
+    if let Some(standby) = lock {
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK])
+            .map_err(pg)?
+            .get(0);
+        if !got {
+            standby();
+            // Returns when the holder's session ends.
+            client
+                .execute("SELECT pg_advisory_lock($1)", &[&WRITER_LOCK])
+                .map_err(pg)?;
+        }
+    }
+    Ok(client)
+}
+
+/// How long the connection may stay idle before its session is checked.
+const PING_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long that check may take before the session counts as lost.
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The advisory lock key of the store's single writer ("truc" in ASCII).
+pub const WRITER_LOCK: i64 = 0x7472_7563;
+
+/// Whether to take the writer lock, and what to do while waiting for it.
+type Standby = Option<Box<dyn FnOnce() + Send>>;
+
 pub struct PgStore {
     jobs: Mutex<mpsc::Sender<Job>>,
+    /// Set once the connection is gone (why): nothing more is written.
+    fenced: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -122,26 +170,29 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl PgStore {
-    /// Connects and refuses a database whose schema is not the one this build
-    /// knows (run `truc store migrate` first).
-    pub fn open(url: &str) -> Result<Self, StoreError> {
+    /// Connects as the store's single writer, refusing a database whose schema
+    /// is not the one this build knows (run `truc store migrate` first). While
+    /// another process holds the writer lock, calls `standby` once and waits.
+    pub fn open(url: &str, standby: impl FnOnce() + Send + 'static) -> Result<Self, StoreError> {
+        Self::connect(url, Some(Box::new(standby)))
+    }
+
+    /// Connects without the writer lock, for tools that only read (`truc audit
+    /// verify` beside a running hub).
+    pub fn open_shared(url: &str) -> Result<Self, StoreError> {
+        Self::connect(url, None)
+    }
+
+    fn connect(url: &str, lock: Standby) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel();
+        let fenced = Arc::new(Mutex::new(None));
+        let lost = fenced.clone();
         let url = url.to_owned();
         std::thread::Builder::new()
             .name("truc-postgres".into())
             .spawn(move || {
-                let opened = Client::connect(&url, NoTls).map_err(pg).and_then(|mut c| {
-                    let want = MIGRATIONS.last().map_or(0, |m| m.0);
-                    let have = version_of(&mut c)?;
-                    if have != want {
-                        return Err(StoreError::Io(format!(
-                            "postgresql schema is at version {have}, this build needs {want}: run `truc store migrate`"
-                        )));
-                    }
-                    Ok(c)
-                });
-                let mut client = match opened {
+                let mut client = match connect_checked(&url, lock) {
                     Ok(c) => {
                         let _ = ready_tx.send(Ok(()));
                         c
@@ -151,8 +202,26 @@ impl PgStore {
                         return;
                     }
                 };
-                while let Ok(job) = rx.recv() {
-                    job(&mut client);
+                let fence = |why: String| {
+                    *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                };
+                loop {
+                    match rx.recv_timeout(PING_IDLE) {
+                        Ok(job) => job(&mut client),
+                        // An idle writer checks its session now and then: a lost
+                        // one means the lock may be another's.
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            if let Err(e) = client.is_valid(PING_TIMEOUT) {
+                                fence(format!("the postgresql session did not answer: {e}"));
+                                break;
+                            }
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                    if client.is_closed() {
+                        fence("the connection to postgresql was lost".to_owned());
+                        break;
+                    }
                 }
             })
             .map_err(|e| StoreError::Io(format!("postgresql thread: {e}")))?;
@@ -161,6 +230,7 @@ impl PgStore {
             .map_err(|_| StoreError::Io("postgresql thread ended".into()))??;
         Ok(Self {
             jobs: Mutex::new(tx),
+            fenced,
         })
     }
 
@@ -269,6 +339,13 @@ impl Store for PgStore {
                 .map_or(0, |n| n.max(0) as u64))
         })
         .unwrap_or(0)
+    }
+
+    fn fenced(&self) -> Option<String> {
+        self.fenced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

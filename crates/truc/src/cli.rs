@@ -987,10 +987,22 @@ async fn run_node(path: PathBuf) -> Result<()> {
             .map(|a| a.to_string())
             .unwrap_or_else(|| "-".into()),
     );
-    wait_for_signal().await?;
-    tracing::info!("signal received; draining");
-    node.shutdown().await?;
-    Ok(())
+    tokio::select! {
+        r = wait_for_signal() => {
+            r?;
+            tracing::info!("signal received; draining");
+            node.shutdown().await?;
+            Ok(())
+        }
+        why = node.failure() => {
+            // The store cannot take the final flush; what was acknowledged is
+            // already durable.
+            if let Err(e) = node.shutdown().await {
+                tracing::warn!(error = %e, "shutdown after the store was fenced");
+            }
+            anyhow::bail!("node stopped: {why}")
+        }
+    }
 }
 
 pub(crate) async fn wait_for_signal() -> Result<()> {

@@ -146,7 +146,7 @@ pub async fn audit_verify(config: &Path, json: bool) -> Result<()> {
             let cfg = Config::load(config)?;
             if let Some(url) = cfg.storage.postgres_url.clone() {
                 let report = tokio::task::spawn_blocking(move || {
-                    let store = truc_store::PgStore::open(&url)?;
+                    let store = truc_store::PgStore::open_shared(&url)?;
                     Ok::<_, anyhow::Error>(truc_node::audit::verify(&store)?)
                 })
                 .await??;

@@ -162,6 +162,16 @@ impl Cluster {
 
     /// Starts `truc node` and waits for its ready line.
     pub fn start(&mut self, node: &str) -> &Proc {
+        self.start_until(node, None)
+    }
+
+    /// Starts `truc node` and waits until it logs `needle` (a standby hub, which
+    /// is not ready until it takes over); no addresses are known for it then.
+    pub fn start_standby(&mut self, node: &str, needle: &str) -> &Proc {
+        self.start_until(node, Some(needle))
+    }
+
+    fn start_until(&mut self, node: &str, needle: Option<&str>) -> &Proc {
         assert!(!self.procs.contains_key(node), "{node} is already running");
         let mut child = Command::new(bin())
             .args(["node", "--config"])
@@ -187,10 +197,22 @@ impl Cluster {
                 let _ = tx.send(line);
             }
         });
+        let deadline = Instant::now() + DEADLINE;
         let ready = loop {
-            match rx.recv_timeout(DEADLINE) {
+            match rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(line) if line.contains(" ready ") => break line,
                 Ok(_) => continue,
+                Err(mpsc::RecvTimeoutError::Timeout)
+                    if Instant::now() < deadline
+                        && !needle.is_some_and(|n| {
+                            logs.lock().unwrap().iter().any(|l| l.contains(n))
+                        }) =>
+                {
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                    break String::new();
+                }
                 Err(_) => {
                     let _ = child.kill();
                     panic!("{node} did not start:\n{}", logs.lock().unwrap().join("\n"));
@@ -510,6 +532,44 @@ pub fn doc(from: &str, to: &[&str], subject: &str) -> pb::SendRequest {
 }
 
 /// Every inbox entry (acked or not) of `organ` at `node`.
+/// Waits until `organ` at `node` has received `expected` (in that order), and
+/// checks that nothing else and nothing twice arrived.
+pub async fn assert_exactly_once_in_order(
+    c: &Cluster,
+    node: &str,
+    organ: &str,
+    expected: &[String],
+) {
+    let items = eventually(
+        &format!("{} documents at {organ}", expected.len()),
+        || async {
+            let items = inbox(c, node, organ).await;
+            (items.len() >= expected.len()).then_some(items)
+        },
+    )
+    .await;
+    let got: Vec<String> = items.iter().map(|i| i.doc_id.clone()).collect();
+    let mut unique = got.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), got.len(), "duplicates delivered");
+    assert_eq!(got.len(), expected.len(), "unexpected documents delivered");
+    assert_eq!(got, expected, "order per (from, to) not kept");
+}
+
+/// Waits (blocking) until a sender task has counted `n` documents sent.
+pub fn wait_progress(p: &std::sync::atomic::AtomicUsize, n: usize) {
+    let deadline = Instant::now() + DEADLINE;
+    while p.load(std::sync::atomic::Ordering::SeqCst) < n {
+        assert!(
+            Instant::now() < deadline,
+            "sender stalled at {}",
+            p.load(std::sync::atomic::Ordering::SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 pub async fn inbox(c: &Cluster, node: &str, organ: &str) -> Vec<pb::InboxItem> {
     let mut a = c.agency(node).await;
     a.list_inbox(pb::ListInboxRequest {
