@@ -70,3 +70,41 @@ fn bench_refuses_an_unknown_scenario_and_names_the_known_ones() {
     assert!(stderr.contains("unknown scenario warp-speed"), "{stderr}");
     assert!(stderr.contains("edge-hub-edge"), "{stderr}");
 }
+
+#[test]
+fn the_postgresql_hub_scenario_compares_it_with_the_sled_hub_in_the_same_run() {
+    let out = Command::new(common::bin())
+        .args([
+            "bench", "pg-hub", "--docs", "40", "--window", "8", "--runs", "1", "--json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let r: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("no report ({e}):\n{stdout}\n{stderr}"));
+    let systems: Vec<&str> = r["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| run["system"].as_str().unwrap())
+        .collect();
+    assert_eq!(systems, ["truc", "truc-pg"], "{r:#}");
+    let pg = r["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|run| run["system"] == "truc-pg")
+        .unwrap();
+    assert_eq!(pg["docs"], 40, "{pg:#}");
+    assert!(
+        pg["extra"]["postgresql_cpu_s"]
+            .as_f64()
+            .is_some_and(|s| s >= 0.0),
+        "the database's own CPU is reported: {pg:#}"
+    );
+    let summary = r["summary"].as_array().unwrap();
+    let row = summary.iter().find(|s| s["system"] == "truc-pg").unwrap();
+    assert!(row["vs_sled_hub"].as_f64().unwrap() > 0.0, "{row:#}");
+}

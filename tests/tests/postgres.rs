@@ -7,135 +7,20 @@
 
 mod common;
 
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
 use truc_store::{Batch, PgStore, Space, Store, conformance};
 
-/// The directory holding initdb and pg_ctl.
-fn pg_bin() -> PathBuf {
-    if let Ok(out) = Command::new("sh")
-        .args(["-c", "command -v initdb"])
-        .output()
-        && out.status.success()
-    {
-        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        let p = std::fs::canonicalize(&p).unwrap_or(p);
-        return p.parent().unwrap().to_owned();
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
-        .unwrap_or_default();
-    found.sort();
-    found
-        .pop()
-        .filter(|b| b.join("initdb").exists())
-        .expect("PostgreSQL's initdb is not installed (scripts/test installs it)")
-}
-
-struct Server {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-    /// Runs the server binaries as the `postgres` user when we are root.
-    as_postgres: bool,
-}
+/// A throwaway server (truc's own helper, the one `truc bench pg-hub` uses).
+struct Server(truc::pgserver::Server);
 
 impl Server {
-    /// A server tool, run as `postgres` when we are root.
-    fn tool(&self, tool: &str) -> Command {
-        let exe = self.bin.join(tool);
-        if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(exe);
-            c
-        } else {
-            Command::new(exe)
-        }
-    }
-
-    fn run(&self, tool: &str, args: &[&str]) {
-        let out = self.tool(tool).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{tool} {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
     fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let as_postgres = rustix::process::geteuid().is_root();
-        if as_postgres {
-            // The server refuses to run as root: hand it the directory.
-            let out = Command::new("chown")
-                .args(["-R", "postgres:"])
-                .arg(dir.path())
-                .output()
-                .unwrap();
-            assert!(out.status.success());
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        let s = Self {
-            bin: pg_bin(),
-            as_postgres,
-            dir,
-        };
-        let data = s.path("data");
-        let sock = s.path("");
-        s.run(
-            "initdb",
-            &[
-                "-D",
-                &data,
-                "-A",
-                "trust",
-                "-U",
-                "truc",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ],
-        );
-        let opts = format!("-c listen_addresses='' -k {sock} -c fsync=on");
-        s.run(
-            "pg_ctl",
-            &[
-                "-D",
-                &data,
-                "-o",
-                &opts,
-                "-l",
-                &s.path("server.log"),
-                "-w",
-                "start",
-            ],
-        );
-        s
-    }
-
-    fn path(&self, rel: &str) -> String {
-        self.dir
-            .path()
-            .join(rel)
-            .to_str()
-            .unwrap()
-            .trim_end_matches('/')
-            .to_owned()
+        Self(truc::pgserver::Server::start().unwrap())
     }
 
     fn url(&self, db: &str) -> String {
-        format!("host={} user=truc dbname={db}", self.path(""))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let data = self.path("data");
-        let _ = self
-            .tool("pg_ctl")
-            .args(["-D", data.as_str(), "-m", "immediate", "stop"])
-            .output();
+        self.0.url(db)
     }
 }
 

@@ -11,6 +11,7 @@ pub mod client;
 mod demo;
 pub mod edxml;
 pub mod pdf;
+pub mod pgserver;
 pub mod verify;
 
 pub use cli::main;

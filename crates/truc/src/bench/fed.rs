@@ -123,6 +123,19 @@ pub fn topology(shape: Shape) -> Result<Topology> {
     Ok(t)
 }
 
+/// Where the hub keeps its key-value store.
+#[derive(Debug, Clone)]
+pub enum HubStore {
+    /// The embedded default.
+    Sled,
+    /// A migrated PostgreSQL database; the server's main process, whose CPU
+    /// (with its backends') the run reports.
+    Postgres {
+        url: String,
+        server_pid: Option<u32>,
+    },
+}
+
 /// A federation made and started for one run, deleted with its directory.
 pub struct Fed {
     pub cluster: Cluster,
@@ -131,7 +144,7 @@ pub struct Fed {
 impl Fed {
     /// Makes the PKI and configs in `dir`; starts the nodes (all of them, or only
     /// the hub for the idle shapes, whose edges run in the bench).
-    pub async fn start(dir: &Path, shape: Shape) -> Result<Self> {
+    pub async fn start(dir: &Path, shape: Shape, hub: &HubStore) -> Result<Self> {
         let topo = topology(shape)?;
         let mut cluster =
             Cluster::create_with(Some(dir.to_owned()), topo, Options { direct: true }).await?;
@@ -147,19 +160,9 @@ impl Fed {
                 })?;
             }
         }
-        // TRUC_BENCH_HUB_POSTGRES_URL: the hub keeps its store in this PostgreSQL
-        // database (emptied and migrated first) instead of sled.
-        if let Ok(url) = std::env::var("TRUC_BENCH_HUB_POSTGRES_URL") {
-            let u = url.clone();
-            tokio::task::spawn_blocking(move || {
-                let mut c = postgres::Client::connect(&u, postgres::NoTls)?;
-                c.batch_execute("DROP TABLE IF EXISTS truc_kv, truc_flush, truc_migrations")?;
-                truc_store::pg::migrate(&u)?;
-                Ok::<_, anyhow::Error>(())
-            })
-            .await??;
+        if let HubStore::Postgres { url, .. } = hub {
             cluster.edit("hub", |t| {
-                cluster::table(t, "storage").insert("postgres_url".into(), url.into());
+                cluster::table(t, "storage").insert("postgres_url".into(), url.clone().into());
             })?;
         }
         if let Shape::Idle(_) = shape {
@@ -304,16 +307,22 @@ async fn warmed(rx: &mut mpsc::UnboundedReceiver<load::Arrival>, n: usize) -> Re
 
 /// A flow run: the sender edge sends `load` to `to`; a document counts when every
 /// watched agency saw it.
+#[allow(clippy::too_many_arguments)]
 pub async fn flow(
     dir: &Path,
     shape: Shape,
+    hub: &HubStore,
     to: Vec<String>,
     watched: Vec<(String, String)>,
     want: Want,
     load: &Load,
     bar: &indicatif::ProgressBar,
 ) -> Result<(Measured, Vec<Usage>)> {
-    let fed = Fed::start(dir, shape).await?;
+    let fed = Fed::start(dir, shape, hub).await?;
+    let pg_pid = match hub {
+        HubStore::Postgres { server_pid, .. } => *server_pid,
+        HubStore::Sled => None,
+    };
     let result = async {
         let ids: Ids = Arc::default();
         let (tx, mut rx) = load::arrivals();
@@ -340,6 +349,7 @@ pub async fn flow(
         sender.clone().send(WARM, None).await?;
         warmed(&mut rx, watched.len()).await?;
         let sampler = Sampler::start(&fed.procs());
+        let pg_cpu0 = pg_pid.map(crate::bench::procstat::tree_cpu_seconds);
         let clock = Clock::new(load.docs);
         let t0 = Instant::now();
         let s = sender.clone();
@@ -348,6 +358,13 @@ pub async fn flow(
         }));
         let collected = load::collect(&mut rx, &clock, load.docs, watched.len(), STALL, bar).await;
         let usage = sampler.finish().await;
+        let mut extra = Vec::new();
+        if let (Some(pid), Some(c0)) = (pg_pid, pg_cpu0) {
+            extra.push((
+                "postgresql_cpu_s",
+                crate::bench::procstat::tree_cpu_seconds(pid) - c0,
+            ));
+        }
         for w in watchers {
             w.abort();
         }
@@ -357,13 +374,46 @@ pub async fn flow(
             Measured {
                 elapsed: last.saturating_duration_since(t0),
                 latencies,
-                extra: Vec::new(),
+                extra,
             },
             usage,
         ))
     };
     let r = result.await;
     fed.stop().await;
+    r
+}
+
+/// edge-hub-edge with the hub's store in a throwaway PostgreSQL server, started
+/// for the run (initdb, pg_ctl: Debian's `postgresql` package) and migrated.
+pub async fn pg_hub(
+    dir: &Path,
+    load: &Load,
+    bar: &indicatif::ProgressBar,
+) -> Result<(Measured, Vec<Usage>)> {
+    let server = tokio::task::spawn_blocking(|| -> Result<_> {
+        let s = crate::pgserver::Server::start()
+            .context("scenario pg-hub starts a PostgreSQL server of its own")?;
+        truc_store::pg::migrate(&s.url("postgres"))?;
+        Ok(s)
+    })
+    .await??;
+    let hub = HubStore::Postgres {
+        url: server.url("postgres"),
+        server_pid: server.pid(),
+    };
+    let r = flow(
+        dir,
+        Shape::Core,
+        &hub,
+        vec![RECIPIENT.1.into()],
+        vec![(RECIPIENT.0.to_owned(), RECIPIENT.1.to_owned())],
+        Want::Arrived,
+        load,
+        bar,
+    )
+    .await;
+    tokio::task::spawn_blocking(move || drop(server)).await?;
     r
 }
 
@@ -395,7 +445,7 @@ pub async fn attachment(
         f.flush()?;
     }
     let fed_dir = dir.join("fed");
-    let fed = Fed::start(&fed_dir, Shape::Core).await?;
+    let fed = Fed::start(&fed_dir, Shape::Core, &HubStore::Sled).await?;
     let result = async {
         let ids: Ids = Arc::default();
         let (tx, mut rx) = load::arrivals();
@@ -448,7 +498,7 @@ pub async fn queued_drain(
     load: &Load,
     bar: &indicatif::ProgressBar,
 ) -> Result<(Measured, Vec<Usage>)> {
-    let mut fed = Fed::start(dir, Shape::Core).await?;
+    let mut fed = Fed::start(dir, Shape::Core, &HubStore::Sled).await?;
     let result = async {
         let ids: Ids = Arc::default();
         let (tx, mut rx) = load::arrivals();
@@ -571,7 +621,7 @@ pub async fn idle(
     n: usize,
     bar: &indicatif::ProgressBar,
 ) -> Result<(Measured, Vec<Usage>)> {
-    let fed = Fed::start(dir, Shape::Idle(n)).await?;
+    let fed = Fed::start(dir, Shape::Idle(n), &HubStore::Sled).await?;
     let result = async {
         let hub = fed
             .cluster
@@ -612,7 +662,7 @@ pub async fn reconnect(
     n: usize,
     bar: &indicatif::ProgressBar,
 ) -> Result<(Measured, Vec<Usage>)> {
-    let mut fed = Fed::start(dir, Shape::Idle(n)).await?;
+    let mut fed = Fed::start(dir, Shape::Idle(n), &HubStore::Sled).await?;
     let result = async {
         let nodes = start_edges(&fed, &indicatif::ProgressBar::hidden()).await?;
         fed.cluster.stop("hub").await?;

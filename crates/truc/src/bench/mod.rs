@@ -66,6 +66,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "reconnect",
         "--reconnect-edges edges back after a hub restart",
     ),
+    (
+        "pg-hub",
+        "edge → hub → edge with the hub's store in PostgreSQL (a throwaway local server) against the sled hub",
+    ),
 ];
 const DEFAULT_SET: usize = 5;
 
@@ -89,6 +93,8 @@ pub struct BenchArgs {
 
 /// The systems a scenario compares.
 const TRUC: &str = "truc";
+/// truc with the hub's store in PostgreSQL (scenario pg-hub).
+const TRUC_PG: &str = "truc-pg";
 const NATS_SYNC: &str = "nats-sync";
 const NATS_DEFAULT: &str = "nats-default";
 
@@ -127,6 +133,9 @@ pub struct Summary {
     pub p999_ms: Option<f64>,
     /// truc's throughput over the durable peer's, in this state.
     pub vs_nats_sync: Option<f64>,
+    /// The PostgreSQL hub's throughput over the sled hub's (scenario pg-hub).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vs_sled_hub: Option<f64>,
     pub extra: BTreeMap<String, f64>,
     /// Median CPU seconds and peak RSS per node.
     pub nodes: Vec<Usage>,
@@ -325,6 +334,7 @@ pub fn summarize(runs: &[Run]) -> Vec<Summary> {
                 p99_ms: lat(|l| l.p99_ms),
                 p999_ms: lat(|l| l.p999_ms),
                 vs_nats_sync: None,
+                vs_sled_hub: None,
                 extra,
                 nodes,
             });
@@ -335,12 +345,22 @@ pub fn summarize(runs: &[Run]) -> Vec<Summary> {
             .map(|r| r.docs_per_s);
         // A throughput ratio only where throughput is what the scenario measures.
         let ratio = matches!(sc, "one-hop" | "edge-hub-edge" | "fan-out" | "queued-drain");
+        let sled_hub = rows
+            .iter()
+            .find(|r| r.system == TRUC)
+            .map(|r| r.docs_per_s)
+            .filter(|p| *p > 0.0);
         for r in &mut rows {
             if ratio
                 && r.system == TRUC
                 && let Some(p) = peer.filter(|p| *p > 0.0)
             {
                 r.vs_nats_sync = Some(r.docs_per_s / p);
+            }
+            if r.system == TRUC_PG
+                && let Some(s) = sled_hub
+            {
+                r.vs_sled_hub = Some(r.docs_per_s / s);
             }
         }
         out.extend(rows);
@@ -364,6 +384,9 @@ fn bar(len: u64, what: &str, hidden: bool) -> indicatif::ProgressBar {
 
 /// Which systems run a scenario: the peer where it has an equivalent.
 fn systems(scenario: &str, peer: bool) -> Vec<&'static str> {
+    if scenario == "pg-hub" {
+        return vec![TRUC, TRUC_PG];
+    }
     let with_peer = matches!(
         scenario,
         "one-hop" | "edge-hub-edge" | "steady" | "fan-out" | "queued-drain" | "idle-edges"
@@ -396,6 +419,7 @@ fn load_of(scenario: &str, a: &BenchArgs) -> Load {
 
 async fn run_truc(
     scenario: &str,
+    system: &str,
     a: &BenchArgs,
     dir: &std::path::Path,
     bar: &indicatif::ProgressBar,
@@ -407,6 +431,7 @@ async fn run_truc(
             fed::flow(
                 dir,
                 Shape::Core,
+                &fed::HubStore::Sled,
                 vec![fed::RECIPIENT.1.into()],
                 one(fed::SENDER),
                 Want::AtHub,
@@ -415,10 +440,13 @@ async fn run_truc(
             )
             .await
         }
-        "edge-hub-edge" | "steady" => {
+        "pg-hub" if system == TRUC_PG => fed::pg_hub(dir, &l, bar).await,
+        // pg-hub's sled side is edge-hub-edge under the same load.
+        "edge-hub-edge" | "steady" | "pg-hub" => {
             fed::flow(
                 dir,
                 Shape::Core,
+                &fed::HubStore::Sled,
                 vec![fed::RECIPIENT.1.into()],
                 one(fed::RECIPIENT),
                 Want::Arrived,
@@ -427,10 +455,12 @@ async fn run_truc(
             )
             .await
         }
+
         "relay" => {
             fed::flow(
                 dir,
                 Shape::Relay,
+                &fed::HubStore::Sled,
                 vec![fed::DISTRICT.1.into()],
                 one(fed::DISTRICT),
                 Want::Arrived,
@@ -445,6 +475,7 @@ async fn run_truc(
             fed::flow(
                 dir,
                 Shape::FanOut(a.fanout),
+                &fed::HubStore::Sled,
                 to,
                 watched,
                 Want::Arrived,
@@ -556,8 +587,8 @@ pub async fn run(a: BenchArgs) -> Result<()> {
                 let fsync = probe(&run_dir).await?;
                 let (docs, bytes) = volume(sc, &a);
                 let b = bar(docs, &format!("{sc} · {sys} · run {round}"), a.json);
-                let measured = if sys == TRUC {
-                    run_truc(sc, &a, &run_dir, &b).await
+                let measured = if sys == TRUC || sys == TRUC_PG {
+                    run_truc(sc, sys, &a, &run_dir, &b).await
                 } else {
                     let bin = nats.as_deref().ok_or_else(|| anyhow::anyhow!("no peer"))?;
                     let server = peer::Server::start(bin, &run_dir, sys == NATS_SYNC).await?;
@@ -674,9 +705,11 @@ fn print_summary(r: &Report) {
             ms(s.p50_ms),
             ms(s.p99_ms),
             ms(s.p999_ms),
-            s.vs_nats_sync
-                .map(|v| format!("{v:.2}×"))
-                .unwrap_or_else(|| "—".into()),
+            match (s.vs_nats_sync, s.vs_sled_hub) {
+                (Some(v), _) => format!("{v:.2}×"),
+                (None, Some(v)) => format!("{v:.2}× sled hub"),
+                (None, None) => "—".into(),
+            },
             extra.join("\n"),
             nodes.join("\n"),
         ]);

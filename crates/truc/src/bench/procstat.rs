@@ -33,6 +33,33 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) as f64 / ticks_per_second())
 }
 
+/// CPU seconds of `root` (with its waited-for children) and of every live
+/// process whose parent it is: a PostgreSQL server and its backends.
+pub fn tree_cpu_seconds(root: u32) -> f64 {
+    let fields = |pid: u32| -> Option<Vec<u64>> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = &stat[stat.rfind(')')? + 2..];
+        // From the state field: ppid is 1, utime..cstime are 11..14.
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        [1usize, 11, 12, 13, 14]
+            .iter()
+            .map(|i| f.get(*i).and_then(|v| v.parse().ok()))
+            .collect()
+    };
+    let mut ticks = fields(root).map_or(0, |f| f[1] + f[2] + f[3] + f[4]);
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+                && let Some(f) = fields(pid)
+                && f[0] == u64::from(root)
+            {
+                ticks += f[1] + f[2];
+            }
+        }
+    }
+    ticks as f64 / ticks_per_second()
+}
+
 /// Resident memory of `pid` in bytes.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
