@@ -474,25 +474,8 @@ impl Agency for AgencyService {
         let st = self.state.clone();
         let (receipts, document) =
             blocking(move || Ok((st.receipts(&doc_id)?, st.sent_envelope(&doc_id)?))).await?;
-        let mut out = Vec::new();
-        for (organ, env) in receipts {
-            let header = <pb::Header as prost::Message>::decode(env.header_bytes.as_slice())
-                .map_err(|e| Status::internal(format!("stored receipt: {e}")))?;
-            let r = header.receipt.clone().unwrap_or_default();
-            out.push(pb::ReceiptView {
-                organ,
-                r#type: r.r#type,
-                at_ms: r.at_ms,
-                signer: if header.from.is_empty() {
-                    format!("node:{}", header.from_node)
-                } else {
-                    header.from.clone()
-                },
-                envelope: Some(env),
-            });
-        }
         Ok(Response::new(pb::GetReceiptsResponse {
-            receipts: out,
+            receipts: receipt_views(receipts)?,
             document,
         }))
     }
@@ -733,6 +716,68 @@ impl Agency for AgencyService {
         let steps = blocking(move || trace(&st, &doc_id)).await?;
         Ok(Response::new(pb::TraceResponse { steps }))
     }
+
+    async fn archive_record(
+        &self,
+        req: Request<pb::ArchiveRecordRequest>,
+    ) -> Result<Response<pb::ArchiveRecordResponse>, Status> {
+        let r = req.into_inner();
+        let doc_id: DocId = parse("doc_id", &r.doc_id)?;
+        let from = opt_organ("from", &r.from)?;
+        let st = self.state.clone();
+        let (envelope, receipts, statuses, steps, (entries, checkpoint)) = blocking(move || {
+            // Sent from here, or received here.
+            let envelope = match st.sent_envelope(&doc_id)? {
+                Some(e) => e,
+                None => {
+                    let (doc, _) = st.received(&doc_id, from.as_ref())?;
+                    <pb::SignedEnvelope as prost::Message>::decode(doc.envelope.as_slice())
+                        .map_err(|e| NodeError::Other(format!("stored envelope: {e}")))?
+                }
+            };
+            Ok((
+                envelope,
+                st.receipts(&doc_id)?,
+                st.statuses_about(&doc_id)?,
+                trace(&st, &doc_id)?,
+                st.audit_proof(&doc_id.to_string())?,
+            ))
+        })
+        .await?;
+        Ok(Response::new(pb::ArchiveRecordResponse {
+            node: self.state.node_id.to_string(),
+            envelope: Some(envelope),
+            receipts: receipt_views(receipts)?,
+            statuses,
+            trace: steps,
+            audit_entries: entries.iter().map(prost::Message::encode_to_vec).collect(),
+            checkpoint: Some(checkpoint),
+        }))
+    }
+}
+
+/// Receipts as the API shows them: whom each concerns, its type, time and signer.
+fn receipt_views(
+    receipts: Vec<(String, pb::SignedEnvelope)>,
+) -> Result<Vec<pb::ReceiptView>, Status> {
+    let mut out = Vec::new();
+    for (organ, env) in receipts {
+        let header = <pb::Header as prost::Message>::decode(env.header_bytes.as_slice())
+            .map_err(|e| Status::internal(format!("stored receipt: {e}")))?;
+        let r = header.receipt.clone().unwrap_or_default();
+        out.push(pb::ReceiptView {
+            organ,
+            r#type: r.r#type,
+            at_ms: r.at_ms,
+            signer: if header.from.is_empty() {
+                format!("node:{}", header.from_node)
+            } else {
+                header.from.clone()
+            },
+            envelope: Some(env),
+        });
+    }
+    Ok(out)
 }
 
 /// The events of `organ` after `after`: what is kept, then live ones as they are

@@ -33,7 +33,9 @@ pub fn index_key(doc_id: &str, seq: u64) -> Vec<u8> {
     Key::new().str(doc_id).u64(seq).build()
 }
 
-fn hash_of(e: &AuditEntry) -> [u8; 32] {
+/// The hash an entry must carry: SHA-256 of `prev` followed by the entry
+/// encoded with an empty `hash`.
+pub fn entry_hash(e: &AuditEntry) -> [u8; 32] {
     let mut unhashed = e.clone();
     unhashed.hash.clear();
     let mut input = e.prev.clone();
@@ -55,7 +57,7 @@ pub fn seal(prev: [u8; 32], seq: u64, at_ms: i64, d: Draft) -> AuditEntry {
         prev: prev.to_vec(),
         hash: Vec::new(),
     };
-    e.hash = hash_of(&e).to_vec();
+    e.hash = entry_hash(&e).to_vec();
     e
 }
 
@@ -145,7 +147,7 @@ pub fn verify(store: &dyn Store) -> Result<Report, StoreError> {
                     prev,
                 ));
             }
-            let h = hash_of(&e);
+            let h = entry_hash(&e);
             if e.hash != h {
                 return Ok(bad(
                     seq,

@@ -140,7 +140,8 @@ fn receipt_type_pb(t: ReceiptType) -> pb::ReceiptType {
     }
 }
 
-fn algorithm(a: i32) -> Option<Algorithm> {
+/// The signature algorithm a wire value names (None: unspecified or unknown).
+pub fn algorithm(a: i32) -> Option<Algorithm> {
     match pb::SignatureAlgorithm::try_from(a).ok()? {
         pb::SignatureAlgorithm::EcdsaP256Sha256 => Some(Algorithm::EcdsaP256Sha256),
         pb::SignatureAlgorithm::Ed25519 => Some(Algorithm::Ed25519),

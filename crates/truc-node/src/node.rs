@@ -124,6 +124,12 @@ pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
     } else {
         None
     };
+    // Every node signs the audit checkpoints of its archival packages.
+    let checkpoint_signer = Some(Signer::load_for(
+        &Identity::Node(config.node_id.clone()),
+        &config.tls.cert,
+        &config.tls.key,
+    )?);
     let verifiers = Verifiers {
         agencies: SignatureVerifier::from_file(&config.signing_ca)?,
         nodes: SignatureVerifier::from_file(&config.tls.ca)?,
@@ -137,6 +143,7 @@ pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
         routing,
         signers,
         node_signer,
+        checkpoint_signer,
         verifiers,
         limits: config.limits.clone(),
         delivery: config.delivery.clone(),

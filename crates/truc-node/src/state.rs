@@ -386,6 +386,8 @@ pub struct NodeState {
     routes: RwLock<Arc<RoutingTable>>,
     signers: HashMap<OrganId, Arc<Signer>>,
     node_signer: Option<Arc<Signer>>,
+    /// The node's own key, for the audit checkpoints of archival packages.
+    checkpoint_signer: Option<Arc<Signer>>,
     pub verifiers: Verifiers,
     pub limits: Limits,
     pub delivery: DeliverySection,
@@ -528,6 +530,8 @@ pub struct Parts {
     pub routing: RoutingTable,
     pub signers: Vec<Signer>,
     pub node_signer: Option<Signer>,
+    /// Every node's transport key, to sign audit checkpoints (None: no archives).
+    pub checkpoint_signer: Option<Signer>,
     pub verifiers: Verifiers,
     pub limits: Limits,
     pub delivery: DeliverySection,
@@ -627,6 +631,7 @@ impl NodeState {
                 .filter_map(|s| s.organ().cloned().map(|o| (o, Arc::new(s))))
                 .collect(),
             node_signer: p.node_signer.map(Arc::new),
+            checkpoint_signer: p.checkpoint_signer.map(Arc::new),
             verifiers: p.verifiers,
             limits: p.limits,
             delivery: p.delivery,
@@ -4159,6 +4164,74 @@ impl NodeState {
         ))
     }
 
+    /// Signed business statuses about `doc_id` that reached this node's agencies.
+    pub fn statuses_about(&self, doc_id: &DocId) -> Result<Vec<pb::SignedEnvelope>, NodeError> {
+        let d = doc_id.to_string();
+        let mut out = Vec::new();
+        for organ in self.routing().local_organs() {
+            for e in self.inbox(organ, true, "status", usize::MAX)? {
+                if e.for_doc_id == d {
+                    let doc = self.load_doc(&e.from, &e.doc_id)?;
+                    out.push(
+                        pb::SignedEnvelope::decode(doc.envelope.as_slice()).map_err(internal)?,
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The proof that this node's audit entries about `doc_id` are in its log: the
+    /// entries from the first one about it up to the head, and that head signed by
+    /// this node's key. Whoever holds both recomputes the chain to the signed head.
+    pub fn audit_proof(
+        &self,
+        doc_id: &str,
+    ) -> Result<(Vec<record::AuditEntry>, pb::SignedCheckpoint), NodeError> {
+        let signer = self.checkpoint_signer.as_ref().ok_or_else(|| {
+            NodeError::Other("this node has no key to sign its audit head with".into())
+        })?;
+        let (head_seq, head_hash) = audit::head(self.store.as_ref())?;
+        let prefix = Key::new().str(doc_id).build();
+        let first = self
+            .store
+            .scan(Space::AuditIndex, &prefix, None, 1)?
+            .first()
+            .and_then(|(k, _)| trailing_u64(k))
+            .ok_or_else(|| Refusal::not_found(format!("no audit entry about {doc_id} here")))?;
+        let mut entries = Vec::new();
+        let mut after = Some(audit::entry_key(first.saturating_sub(1)));
+        'scan: loop {
+            let rows = self.store.scan(Space::Audit, &[], after.as_deref(), 1024)?;
+            let Some((last, _)) = rows.last() else { break };
+            after = Some(last.clone());
+            for (k, v) in rows {
+                let e: record::AuditEntry = record::decode(Space::Audit, &k, &v)?;
+                if e.seq > head_seq {
+                    break 'scan;
+                }
+                entries.push(e);
+            }
+        }
+        let checkpoint = pb::AuditCheckpoint {
+            node: self.node_id.to_string(),
+            seq: head_seq,
+            head_sha256: head_hash.to_vec(),
+            at_ms: now_ms(),
+        }
+        .encode_to_vec();
+        let sig = signer.sign(&checkpoint)?;
+        Ok((
+            entries,
+            pb::SignedCheckpoint {
+                checkpoint_bytes: checkpoint,
+                signature: sig.bytes,
+                algorithm: pb::SignatureAlgorithm::EcdsaP256Sha256 as i32,
+                signer_chain: sig.chain,
+            },
+        ))
+    }
+
     /// This node's audit entries about a document, in order.
     pub fn audit_trail(&self, doc_id: &str) -> Result<Vec<record::AuditEntry>, NodeError> {
         let prefix = Key::new().str(doc_id).build();
@@ -4343,6 +4416,7 @@ pub(crate) mod testing {
                 routing,
                 signers,
                 node_signer,
+                checkpoint_signer: None,
                 verifiers: self.verifiers(),
                 limits: Limits::default(),
                 delivery: DeliverySection::default(),

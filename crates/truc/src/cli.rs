@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
 
-use crate::{bench, certs, client, demo, edxml, verify};
+use crate::{archive, bench, certs, client, demo, edxml, verify};
 use clap::{Parser, Subcommand, ValueEnum};
 use truc_proto::v1 as pb;
 
@@ -280,6 +280,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Archival packages of documents, and their offline check.
+    Archive {
+        #[command(subcommand)]
+        command: ArchiveCommand,
+    },
     /// The agency directory as an edge knows it.
     Directory {
         #[command(subcommand)]
@@ -371,6 +376,42 @@ enum Command {
         /// Exit once the demo documents are delivered instead of running until Ctrl-C.
         #[arg(long)]
         once: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ArchiveCommand {
+    /// Write one archival package (a BagIt bag, docs/archive.md) per document:
+    /// signed envelope, attachments, receipts, statuses, trace, certificates and
+    /// the edge's audit entries chained to a head it signs.
+    Export {
+        #[arg(long)]
+        config: PathBuf,
+        /// Documents to export (or a period with --from/--to).
+        doc_ids: Vec<String>,
+        /// The sender, when two senders used the same doc_id.
+        #[arg(long)]
+        sender: Option<String>,
+        /// Every document sent or received from this day on (YYYY-MM-DD).
+        #[arg(long = "from")]
+        since: Option<String>,
+        /// … up to this day, inclusive (YYYY-MM-DD).
+        #[arg(long = "to")]
+        until: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a package offline against the trusted CA certificates; names every
+    /// part that does not verify, and prints what the package proves.
+    Verify {
+        package: PathBuf,
+        /// Take the CA certificates from a node's config.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        signing_ca: Option<PathBuf>,
+        #[arg(long)]
+        transport_ca: Option<PathBuf>,
     },
 }
 
@@ -762,6 +803,37 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Audit {
             command: AuditCommand::Verify { config, json },
         } => verify::audit_verify(&config, json).await,
+        Command::Archive { command } => match command {
+            ArchiveCommand::Export {
+                config,
+                doc_ids,
+                sender,
+                since,
+                until,
+                out,
+            } => {
+                archive::export(archive::ExportArgs {
+                    config,
+                    doc_ids,
+                    sender,
+                    since,
+                    until,
+                    out,
+                })
+                .await
+            }
+            ArchiveCommand::Verify {
+                package,
+                config,
+                signing_ca,
+                transport_ca,
+            } => archive::verify(archive::VerifyArgs {
+                package,
+                config,
+                signing_ca,
+                transport_ca,
+            }),
+        },
         Command::Directory { command } => match command {
             DirectoryCommand::List { config, json } => client::directory(&config, None, json).await,
             DirectoryCommand::Lookup {

@@ -619,7 +619,7 @@ pub async fn get(config: &Path, doc_id: &str, from: Option<String>, out: &Path) 
 
 /// Streams one attachment to `dir/<name>` through a `.part` file (resumed if one is
 /// there), checks its SHA-256 against the signed manifest, then renames it.
-async fn download(
+pub(crate) async fn download(
     client: &mut AgencyClient<Channel>,
     doc_id: &str,
     from: Option<&str>,

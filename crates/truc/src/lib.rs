@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod archive;
 mod bench;
 pub mod certs;
 pub mod chaos;

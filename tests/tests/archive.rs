@@ -1,0 +1,210 @@
+//! Archival packages: `truc archive export` on a sender's and a recipient's edge,
+//! `truc archive verify` offline with only the CA certificates; a byte changed
+//! in any part makes the check fail and name that part.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
+/// The one package an export wrote into `out`.
+fn package_in(out: &Path) -> PathBuf {
+    let pkgs: Vec<PathBuf> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(pkgs.len(), 1, "{pkgs:?}");
+    pkgs[0].clone()
+}
+
+fn verify(c: &Cluster, pkg: &Path) -> (bool, String) {
+    c.cli_any(&[
+        "archive",
+        "verify",
+        pkg.to_str().unwrap(),
+        "--signing-ca",
+        c.path("signing-ca.crt").to_str().unwrap(),
+        "--transport-ca",
+        c.path("transport-ca.crt").to_str().unwrap(),
+    ])
+}
+
+fn sha256_hex(path: &Path) -> String {
+    hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        &std::fs::read(path).unwrap(),
+    ))
+}
+
+#[test]
+fn an_exported_package_verifies_offline_and_a_changed_byte_is_named() {
+    let mut c = Cluster::new();
+    for n in ["hub", "vpcp", "nghean"] {
+        c.start(n);
+    }
+    let pdf = c.path("to-trinh.pdf");
+    std::fs::write(&pdf, truc::pdf::simple_pdf(&["To trinh so 12/TTr-VPCP"])).unwrap();
+    let id = c.send_from_vpcp(
+        H41,
+        "Tờ trình phê duyệt",
+        &["--attach", pdf.to_str().unwrap()],
+    );
+    c.wait_delivered("vpcp", &id);
+    c.cli_ok(&["ack", "--config", &c.cfg("nghean"), &id]);
+    c.cli_ok(&[
+        "reply",
+        "--config",
+        &c.cfg("nghean"),
+        &id,
+        "--status",
+        "03",
+        "--note",
+        "Đã tiếp nhận",
+    ]);
+    rest::poll("acked, status 03 back at the sender", || {
+        let v: serde_json::Value =
+            serde_json::from_str(&c.cli_ok(&["status", "--config", &c.cfg("vpcp"), &id, "--json"]))
+                .unwrap();
+        let r = &v["recipients"][0];
+        (r["state"] == "acked" && r["last_status"] == "03").then_some(())
+    });
+
+    let out = c.path("archive");
+    let listed = c.cli_ok(&[
+        "archive",
+        "export",
+        "--config",
+        &c.cfg("vpcp"),
+        &id,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(listed.contains(&id), "{listed}");
+    let pkg = package_in(&out);
+    for f in [
+        "bagit.txt",
+        "bag-info.txt",
+        "manifest-sha256.txt",
+        "tagmanifest-sha256.txt",
+    ] {
+        assert!(pkg.join(f).exists(), "{f} missing");
+    }
+    let (ok, said) = verify(&c, &pkg);
+    assert!(ok, "{said}");
+    for proof in [
+        "Tờ trình phê duyệt",
+        "000.00.00.G22",
+        "attachment to-trinh.pdf",
+        "accepted",
+        "delivered",
+        "acked",
+        "status 03",
+        "audit log are about it",
+    ] {
+        assert!(said.contains(proof), "{proof} not shown:\n{said}");
+    }
+
+    // An archive is never overwritten.
+    let (ok, again) = c.cli_any(&[
+        "archive",
+        "export",
+        "--config",
+        &c.cfg("vpcp"),
+        &id,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && again.contains("never overwritten"), "{again}");
+
+    // One byte changed in each part: the check fails and names it.
+    let receipt = std::fs::read_dir(pkg.join("data/receipts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("delivered"))
+        .unwrap();
+    let receipt_rel = format!(
+        "data/receipts/{}",
+        receipt.file_name().unwrap().to_string_lossy()
+    );
+    for (rel, part) in [
+        ("data/envelope.pb", "envelope"),
+        ("data/attachments/to-trinh.pdf", "attachment to-trinh.pdf"),
+        (receipt_rel.as_str(), "receipt"),
+        ("data/audit/entries.pb", "audit proof"),
+        ("data/audit/checkpoint.pb", "audit proof"),
+    ] {
+        let copy = c.path(&format!("tampered-{}", rel.replace('/', "_")));
+        copy_dir(&pkg, &copy);
+        let file = copy.join(rel);
+        let mut bytes = std::fs::read(&file).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x01;
+        std::fs::write(&file, bytes).unwrap();
+        let (ok, said) = verify(&c, &copy);
+        assert!(!ok, "{rel} changed and the package still verifies:\n{said}");
+        assert!(
+            said.contains(rel),
+            "the manifest check does not name {rel}:\n{said}"
+        );
+        assert!(said.contains(part), "{part} not named for {rel}:\n{said}");
+    }
+
+    // Changing an attachment and its manifest lines together still fails: the
+    // envelope signs the attachment's digest.
+    let copy = c.path("tampered-resealed");
+    copy_dir(&pkg, &copy);
+    let att = copy.join("data/attachments/to-trinh.pdf");
+    let old = sha256_hex(&att);
+    let mut bytes = std::fs::read(&att).unwrap();
+    bytes[10] ^= 0x20;
+    std::fs::write(&att, bytes).unwrap();
+    let manifest = std::fs::read_to_string(copy.join("manifest-sha256.txt"))
+        .unwrap()
+        .replace(&old, &sha256_hex(&att));
+    std::fs::write(copy.join("manifest-sha256.txt"), manifest).unwrap();
+    let old_m = sha256_hex(&pkg.join("manifest-sha256.txt"));
+    let tags = std::fs::read_to_string(copy.join("tagmanifest-sha256.txt"))
+        .unwrap()
+        .replace(&old_m, &sha256_hex(&copy.join("manifest-sha256.txt")));
+    std::fs::write(copy.join("tagmanifest-sha256.txt"), tags).unwrap();
+    let (ok, said) = verify(&c, &copy);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("attachment to-trinh.pdf: its bytes are not the ones the envelope signs"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("sha-256 is not the one in the manifest"),
+        "the manifests were made to match:\n{said}"
+    );
+
+    // The recipient's edge exports its own package of the same document.
+    let out2 = c.path("archive-nghean");
+    c.cli_ok(&[
+        "archive",
+        "export",
+        "--config",
+        &c.cfg("nghean"),
+        &id,
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    let (ok, said) = verify(&c, &package_in(&out2));
+    assert!(ok, "{said}");
+    assert!(said.contains("node nghean's audit log"), "{said}");
+}
