@@ -208,3 +208,71 @@ fn an_exported_package_verifies_offline_and_a_changed_byte_is_named() {
     assert!(ok, "{said}");
     assert!(said.contains("node nghean's audit log"), "{said}");
 }
+
+/// The steps `truc trace` shows for a document at a node.
+fn steps(c: &Cluster, node: &str, id: &str) -> Vec<String> {
+    let v: serde_json::Value =
+        serde_json::from_str(&c.cli_ok(&["trace", "--config", &c.cfg(node), id, "--json"]))
+            .unwrap();
+    v.as_array()
+        .or_else(|| v["steps"].as_array())
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn with_a_records_duty_attachments_outlive_retention_until_archived() {
+    let mut c = Cluster::new();
+    c.edit("vpcp", |t| {
+        let s = t
+            .entry("storage")
+            .or_insert(toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .unwrap();
+        s.insert("retention_ms".into(), 1.into());
+        s.insert("keep_until_archived".into(), true.into());
+        let d = t
+            .entry("delivery")
+            .or_insert(toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .unwrap();
+        d.insert("sweep_interval_ms".into(), 100.into());
+    });
+    for n in ["hub", "vpcp", "nghean"] {
+        c.start(n);
+    }
+    let pdf = c.path("bao-cao.pdf");
+    std::fs::write(&pdf, truc::pdf::simple_pdf(&["Bao cao quy IV"])).unwrap();
+    let id = c.send_from_vpcp(H41, "Báo cáo quý IV", &["--attach", pdf.to_str().unwrap()]);
+    c.wait_delivered("vpcp", &id);
+    rest::poll("retention over, attachments kept", || {
+        steps(&c, "vpcp", &id)
+            .iter()
+            .any(|s| s == "retention-deferred")
+            .then_some(())
+    });
+    assert!(
+        !steps(&c, "vpcp", &id).iter().any(|s| s == "released"),
+        "released before it was archived"
+    );
+    // The attachment is still there: the export fetches it.
+    let out = c.path("archive");
+    c.cli_ok(&[
+        "archive",
+        "export",
+        "--config",
+        &c.cfg("vpcp"),
+        &id,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let (ok, said) = verify(&c, &package_in(&out));
+    assert!(ok, "{said}");
+    // Archived, then released at the next sweep; both audited.
+    rest::poll("released after the export", || {
+        let s = steps(&c, "vpcp", &id);
+        (s.iter().any(|s| s == "archived") && s.iter().any(|s| s == "released")).then_some(())
+    });
+}

@@ -754,6 +754,22 @@ impl Agency for AgencyService {
             checkpoint: Some(checkpoint),
         }))
     }
+
+    async fn archive_exported(
+        &self,
+        req: Request<pb::ArchiveExportedRequest>,
+    ) -> Result<Response<pb::ArchiveExportedResponse>, Status> {
+        let r = req.into_inner();
+        let doc_id: DocId = parse("doc_id", &r.doc_id)?;
+        let from: OrganId = parse("from", &r.from)?;
+        if r.package_sha256.len() != 32 {
+            return Err(Status::invalid_argument("package_sha256 must be 32 bytes"));
+        }
+        let st = self.state.clone();
+        blocking(move || st.mark_archived(from.as_str(), &doc_id.to_string(), &r.package_sha256))
+            .await?;
+        Ok(Response::new(pb::ArchiveExportedResponse {}))
+    }
 }
 
 /// Receipts as the API shows them: whom each concerns, its type, time and signer.

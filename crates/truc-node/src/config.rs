@@ -408,6 +408,10 @@ pub struct StorageSection {
     /// How long the attachment files of a fully delivered document are kept before
     /// they are deleted (the envelope, receipts and dedup entry stay). Default 30 days.
     pub retention_ms: u64,
+    /// Records duty: attachments past `retention_ms` are kept until the document
+    /// has been exported as an archival package (`truc archive export`), then
+    /// released at the next sweep. Default false.
+    pub keep_until_archived: bool,
     /// How often partial transfers are made durable while they stream. Default 8 MiB.
     pub sync_every_bytes: u64,
     /// Blob files no document names (uploads never sent, leftovers of a crash) and
@@ -433,6 +437,7 @@ impl Default for StorageSection {
             cache_bytes: 64 << 20,
             min_free_bytes: 512 << 20,
             retention_ms: 30 * 24 * 3_600_000,
+            keep_until_archived: false,
             sync_every_bytes: 8 << 20,
             orphan_grace_ms: 24 * 3_600_000,
             postgres_url: None,

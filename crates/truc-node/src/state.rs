@@ -710,6 +710,66 @@ impl NodeState {
         Ok(out)
     }
 
+    /// Meta: the document was exported as an archival package (value: the
+    /// package's tag-manifest SHA-256).
+    fn archived_key(from: &str, doc_id: &str) -> Vec<u8> {
+        Key::new().str("archived").str(from).str(doc_id).build()
+    }
+
+    /// Meta: its retention passed while it was not archived yet.
+    fn deferred_key(from: &str, doc_id: &str) -> Vec<u8> {
+        Key::new()
+            .str("retention-deferred")
+            .str(from)
+            .str(doc_id)
+            .build()
+    }
+
+    /// Records that a document was exported as an archival package (audited);
+    /// attachments kept for that are released at the next sweep.
+    pub fn mark_archived(
+        &self,
+        from: &str,
+        doc_id: &str,
+        package_sha256: &[u8],
+    ) -> Result<(), NodeError> {
+        let w = self.lock();
+        let mut plan = Plan::default();
+        if self.doc_record(&plan, &doc_key(from, doc_id))?.is_none() {
+            return Err(Refusal::not_found(format!("no document {from}/{doc_id} here")).into());
+        }
+        plan.batch.put(
+            Space::Meta,
+            Self::archived_key(from, doc_id),
+            package_sha256.to_vec(),
+        );
+        let dkey = Self::deferred_key(from, doc_id);
+        if self.store.get(Space::Meta, &dkey)?.is_some() {
+            plan.batch.delete(Space::Meta, dkey);
+            plan.batch.put(
+                Space::Release,
+                Key::new()
+                    .u64(now_ms().max(0) as u64)
+                    .str(from)
+                    .str(doc_id)
+                    .build(),
+                Vec::new(),
+            );
+        }
+        plan.audit(
+            "archived",
+            doc_id,
+            from,
+            format!(
+                "exported as an archival package (tag manifest sha-256 {})",
+                hex::encode(package_sha256)
+            ),
+        );
+        let ticket = self.finish(w, plan)?;
+        futures::executor::block_on(self.durable(ticket))?;
+        Ok(())
+    }
+
     fn original_key(from: &str, doc_id: &str) -> Vec<u8> {
         Key::new().str("edxml").str(from).str(doc_id).build()
     }
@@ -2300,6 +2360,23 @@ impl NodeState {
                 continue;
             };
             if d.released_at_ms != 0 {
+                continue;
+            }
+            // Kept until archived: marked, and released when the export is told.
+            if self.storage.keep_until_archived
+                && self
+                    .store
+                    .get(Space::Meta, &Self::archived_key(from, doc_id))?
+                    .is_none()
+            {
+                plan.batch
+                    .put(Space::Meta, Self::deferred_key(from, doc_id), Vec::new());
+                plan.audit(
+                    "retention-deferred",
+                    doc_id,
+                    from,
+                    "retention period over; attachments kept until the document is archived",
+                );
                 continue;
             }
             for raw in &d.attachments {

@@ -347,6 +347,15 @@ async fn export_one(
     if let Ok(d) = std::fs::File::open(out) {
         let _ = d.sync_all();
     }
+    // Only a package that is whole on disk counts as archived at the edge.
+    let (package_sha256, _) = sha256_file(&final_dir.join("tagmanifest-sha256.txt"))?;
+    c.archive_exported(pb::ArchiveExportedRequest {
+        doc_id: header.doc_id.clone(),
+        from: header.from.clone(),
+        package_sha256,
+    })
+    .await
+    .map_err(client::status_error)?;
     Ok((final_dir, payload.len(), octets))
 }
 
