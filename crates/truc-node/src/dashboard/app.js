@@ -215,21 +215,32 @@ async function poll() {
       return;
     }
     if (r.ok) render(await r.json());
+    // The trace on screen stays live: steps still to come show up.
+    await loadTrace();
   } catch (e) {
     $("updated").textContent = String(e);
   }
 }
 
-async function search(ev) {
-  ev.preventDefault();
-  const id = $("doc").value.trim();
-  lastTrace = null;
-  $("trace").replaceChildren();
+// The document whose trace is shown, if any.
+let traceId = null;
+
+async function loadTrace() {
+  const id = traceId;
   if (!id) return;
-  const r = await fetch("/api/trace/" + encodeURIComponent(id), { credentials: "same-origin" });
+  const r = await fetch("/api/trace/" + encodeURIComponent(id), { credentials: "same-origin", cache: "no-store" });
   const v = await r.json();
+  if (id !== traceId) return;
   lastTrace = { ok: r.ok, v };
   renderTrace(lastTrace);
+}
+
+async function search(ev) {
+  ev.preventDefault();
+  traceId = $("doc").value.trim() || null;
+  lastTrace = null;
+  $("trace").replaceChildren();
+  await loadTrace();
 }
 
 function renderTrace({ ok, v }) {
