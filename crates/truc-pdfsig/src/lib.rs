@@ -27,9 +27,11 @@
 //!    allow digital signatures or non-repudiation.
 //! 5. **Chain**: with rustls-webpki from the signer's certificate through the
 //!    other certificates of the CMS to one of the [`TrustAnchors`], any extended
-//!    key usage accepted, at the `signingTime` signed attribute if present
-//!    (else at `now`). An expired or not yet valid certificate makes the
-//!    signature [`Verdict::Invalid`]; any other chain failure makes it
+//!    key usage accepted, at the claimed signing time: the `signingTime` signed
+//!    attribute, else the signature dictionary's `/M` (PAdES forbids
+//!    `signingTime`; `/M` is inside the signed bytes), else `now`. An expired
+//!    or not yet valid certificate makes the signature [`Verdict::Invalid`];
+//!    any other chain failure makes it
 //!    [`Verdict::SignerUnknown`] with the signer's name. A signing time more
 //!    than five minutes after `now` is invalid.
 //!
@@ -38,9 +40,10 @@
 //! signer's own claim, so a signer can back-date within the validity of the
 //! certificate), what incremental updates between two signatures changed
 //! (DocMDP/FieldMDP, certification levels), the ESS signing-certificate
-//! attribute of CAdES, signatures on cross-reference-stream-only structure
-//! beyond finding the dictionaries, BER (indefinite length) CMS, and the
-//! visual appearance. The PDF is not parsed as objects: signature dictionaries
+//! attribute of CAdES, document time-stamps (`/ETSI.RFC3161`, PAdES-LTA:
+//! reported as [`Verdict::Invalid`] "not supported"), SHA-1 and RSA keys under
+//! 2048 bits (refused), BER (indefinite length) CMS, and the visual
+//! appearance. The PDF is not parsed as objects: signature dictionaries
 //! are found by scanning for `/ByteRange` (see [`pdf`](crate) notes in the
 //! source), which works because a signature's `/Contents` must be a hole in the
 //! raw file bytes.
@@ -139,7 +142,8 @@ pub enum Verdict {
     Valid {
         /// The signer certificate's subject CN (or whole subject).
         signer: String,
-        /// The `signingTime` signed attribute (the signer's claim), Unix ms.
+        /// The signer's claimed signing time, Unix ms: the `signingTime` signed
+        /// attribute, else the dictionary's `/M`.
         signing_time_ms: Option<i64>,
         /// Whether the signature covers the whole file (else a later
         /// signature covers what was appended after it).

@@ -29,6 +29,8 @@ pub(crate) struct SigDict {
     pub contents: Vec<u8>,
     /// The /SubFilter name, if any was found in the dictionary.
     pub sub_filter: Option<String>,
+    /// The /M signing time of the dictionary (the signer's claim), Unix ms.
+    pub signing_date_ms: Option<i64>,
 }
 
 pub(crate) fn is_whitespace(b: u8) -> bool {
@@ -273,23 +275,100 @@ fn contents_for(pdf: &[u8], span: (usize, usize)) -> Result<((usize, usize), Vec
     ))
 }
 
-/// The `/SubFilter /Name` near the dictionary, for reasons only.
-fn sub_filter(pdf: &[u8], around: (usize, usize)) -> Option<String> {
-    let start = around.0.saturating_sub(4096);
-    let end = pdf.len().min(around.1.saturating_add(4096));
-    let region = &pdf[start..end];
-    let p = *find_names(region, b"/SubFilter").first()?;
-    let i = skip_ws(region, p + b"/SubFilter".len());
-    if region.get(i) != Some(&b'/') {
+/// Where the value of the entry `name` of the dictionary spanning `span`
+/// starts (searched 4 KiB around it, same-dictionary checked).
+fn dict_entry(pdf: &[u8], span: (usize, usize), name: &[u8]) -> Option<usize> {
+    let start = span.0.saturating_sub(4096);
+    let end = pdf.len().min(span.1.saturating_add(4096));
+    let mut found = find_names(&pdf[start..end], name)
+        .into_iter()
+        .map(|p| start + p);
+    let at = found.find(|p| {
+        if *p < span.0 {
+            same_dictionary(&pdf[*p..span.0])
+        } else {
+            *p >= span.1 && same_dictionary(&pdf[span.1..*p])
+        }
+    })?;
+    Some(skip_ws(pdf, at + name.len()))
+}
+
+/// The `/SubFilter /Name` of the dictionary, for reasons only.
+fn sub_filter(pdf: &[u8], span: (usize, usize)) -> Option<String> {
+    let i = dict_entry(pdf, span, b"/SubFilter")?;
+    if pdf.get(i) != Some(&b'/') {
         return None;
     }
-    let name: Vec<u8> = region[i + 1..]
+    let name: Vec<u8> = pdf[i + 1..]
         .iter()
         .take_while(|b| is_regular(**b))
         .take(64)
         .copied()
         .collect();
     Some(String::from_utf8_lossy(&name).into_owned())
+}
+
+/// The `/M (D:YYYYMMDDHHmmSSOHH'mm')` signing time of the dictionary, Unix ms.
+fn signing_date(pdf: &[u8], span: (usize, usize)) -> Option<i64> {
+    let i = dict_entry(pdf, span, b"/M")?;
+    if pdf.get(i) != Some(&b'(') {
+        return None;
+    }
+    let text: Vec<u8> = pdf[i + 1..]
+        .iter()
+        .take_while(|b| **b != b')')
+        .take(40)
+        .copied()
+        .collect();
+    pdf_date_ms(&text)
+}
+
+/// A PDF date (ISO 32000-1 7.9.4) in Unix ms.
+pub(crate) fn pdf_date_ms(text: &[u8]) -> Option<i64> {
+    let t = text.strip_prefix(b"D:").unwrap_or(text);
+    let digits = t.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits < 4 || digits % 2 == 1 || digits > 14 {
+        return None;
+    }
+    let num = |from: usize, len: usize, default: i64| -> i64 {
+        if from + len > digits {
+            return default;
+        }
+        t[from..from + len]
+            .iter()
+            .fold(0, |n, d| n * 10 + i64::from(d - b'0'))
+    };
+    let (y, mo, d) = (num(0, 4, 0), num(4, 2, 1), num(6, 2, 1));
+    let (h, mi, sec) = (num(8, 2, 0), num(10, 2, 0), num(12, 2, 0));
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let rest = &t[digits..];
+    let offset_min = match rest.first() {
+        Some(sign @ (b'+' | b'-')) => {
+            let oh: Vec<u8> = rest[1..]
+                .iter()
+                .filter(|b| b.is_ascii_digit())
+                .copied()
+                .collect();
+            let v = |s: &[u8]| s.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
+            let m = v(oh.get(..2)?) * 60 + oh.get(2..4).map_or(0, v);
+            if *sign == b'-' { -m } else { m }
+        }
+        _ => 0,
+    };
+    // Days from 1970-01-01 (proleptic Gregorian; H. Hinnant's algorithm).
+    let (yy, mm) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let doy = (153 * mm + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + h * 3600 + mi * 60 + sec) - offset_min * 60) * 1000)
 }
 
 /// Every signature dictionary of the file, in file order.
@@ -313,6 +392,7 @@ pub(crate) fn signature_dicts(pdf: &[u8]) -> Result<Vec<SigDict>, Error> {
             contents_span,
             contents,
             sub_filter: sub_filter(pdf, (lo, hi)),
+            signing_date_ms: signing_date(pdf, (lo, hi)),
         });
     }
     Ok(out)
@@ -394,6 +474,24 @@ mod tests {
         // A /Contents in another object is not this dictionary's.
         let c = b"1 0 obj << /Contents <00> >> endobj 2 0 obj << /ByteRange [0 1 2 3] >> endobj";
         assert!(matches!(signature_dicts(c), Err(Error::Malformed(_))));
+    }
+
+    #[test]
+    fn pdf_dates_are_read() {
+        // 2025-06-01T00:00:00Z
+        assert_eq!(pdf_date_ms(b"D:20250601000000Z"), Some(1_748_736_000_000));
+        assert_eq!(
+            pdf_date_ms(b"D:20250601070000+07'00'"),
+            Some(1_748_736_000_000)
+        );
+        assert_eq!(pdf_date_ms(b"D:2025"), Some(1_735_689_600_000));
+        assert_eq!(pdf_date_ms(b"D:20251301"), None);
+        assert_eq!(pdf_date_ms(b"yesterday"), None);
+        let d = b"1 0 obj << /Type /Sig /M (D:20250601000000Z) /ByteRange [0 1 2 3] /Contents <00> >> endobj";
+        assert_eq!(
+            signature_dicts(d).unwrap()[0].signing_date_ms,
+            Some(1_748_736_000_000)
+        );
     }
 
     #[test]

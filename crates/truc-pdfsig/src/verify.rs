@@ -126,6 +126,11 @@ fn check_inner(
     now_ms: i64,
 ) -> Result<Verdict, Verdict> {
     let ranges = ranges(sig, pdf.len()).map_err(invalid)?;
+    if sig.contents.iter().all(|b| *b == 0) {
+        return Err(invalid(
+            "/Contents is empty: the signature placeholder was never filled in",
+        ));
+    }
     // The CMS is the first TLV; the rest of /Contents is zero padding.
     let (ci_tlv, padding) = tlv::read(&sig.contents)
         .ok_or_else(|| invalid("/Contents does not hold a DER-encoded CMS ContentInfo"))?;
@@ -260,6 +265,8 @@ fn check_inner(
         }
     }
 
+    // PAdES (ETSI.CAdES.detached) forbids signingTime: its claim is /M.
+    let signing_time_ms = signing_time_ms.or(sig.signing_date_ms);
     if let Some(t) = signing_time_ms
         && t > now_ms.saturating_add(FUTURE_SKEW_MS)
     {
@@ -273,10 +280,9 @@ fn check_inner(
     let at_ms = signing_time_ms.unwrap_or(now_ms).max(0);
     let time = UnixTime::since_unix_epoch(Duration::from_millis(at_ms as u64));
     let leaf_der = CertificateDer::from(signer_der);
-    let leaf = EndEntityCert::try_from(&leaf_der).map_err(|e| {
-        invalid(format!(
-            "the signer's certificate is not acceptable ({signer}): {e}"
-        ))
+    let leaf = EndEntityCert::try_from(&leaf_der).map_err(|e| Verdict::SignerUnknown {
+        signer: signer.clone(),
+        reason: format!("the signer's certificate cannot be validated: {e}"),
     })?;
     let intermediates: Vec<CertificateDer<'_>> = raw
         .certificates
