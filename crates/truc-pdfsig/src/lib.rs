@@ -1,0 +1,290 @@
+//! Verification of the signatures embedded in a PDF (PAdES baseline B /
+//! `adbe.pkcs7.detached` / `ETSI.CAdES.detached`): bytes in, verdict out.
+//!
+//! Vietnamese official documents carry their legally binding signature inside
+//! the attached PDF. [`verify_pdf`] finds every signature dictionary and checks,
+//! for each:
+//!
+//! 1. **Byte range**: `/ByteRange [a b c d]` starts at 0, stays inside the file,
+//!    does not overlap itself, its hole is exactly the `<...>` hex string of the
+//!    same dictionary's `/Contents`, and the `/ByteRange` entry itself is signed.
+//!    If bytes follow `c + d` (an incremental update after signing) and no
+//!    other signature covers the whole file, the verdict is
+//!    [`Verdict::Invalid`] "changed after signing: N bytes appended after the
+//!    signed range". When a later signature does cover the whole file, the
+//!    earlier one stays valid with `covers_whole_file: false`: what the later
+//!    revisions changed is **not** examined (no DocMDP/FieldMDP check).
+//! 2. **CMS**: `/Contents` is a DER ContentInfo holding a detached SignedData
+//!    with exactly one SignerInfo, whose certificate (by issuer and serial
+//!    number, or subject key identifier) is in `certificates`.
+//! 3. **Digest**: SHA-256, SHA-384 or SHA-512 over the signed ranges equals the
+//!    `messageDigest` signed attribute (SHA-1 is refused). Without signed
+//!    attributes the signature is checked over the signed bytes directly.
+//! 4. **Signature** over the original DER of the signed attributes (as a SET
+//!    OF): ECDSA P-256/P-384 with SHA-256/384, RSA PKCS#1 v1.5 with SHA-256/384/
+//!    512 (2048 bits or more) and RSA-PSS (salt of the hash's length; the PSS
+//!    parameters are not read), verified with *ring*. A key usage extension must
+//!    allow digital signatures or non-repudiation.
+//! 5. **Chain**: with rustls-webpki from the signer's certificate through the
+//!    other certificates of the CMS to one of the [`TrustAnchors`], any extended
+//!    key usage accepted, at the claimed signing time: the `signingTime` signed
+//!    attribute, else the signature dictionary's `/M` (PAdES forbids
+//!    `signingTime`; `/M` is inside the signed bytes), else `now`. An expired
+//!    or not yet valid certificate makes the signature [`Verdict::Invalid`];
+//!    any other chain failure makes it
+//!    [`Verdict::SignerUnknown`] with the signer's name. A signing time more
+//!    than five minutes after `now` is invalid.
+//!
+//! **Not checked** (left to a fuller PAdES validator): revocation (CRLs, OCSP,
+//! the DSS dictionary), signature time-stamps (the `signingTime` is the
+//! signer's own claim, so a signer can back-date within the validity of the
+//! certificate), what incremental updates between two signatures changed
+//! (DocMDP/FieldMDP, certification levels), the ESS signing-certificate
+//! attribute of CAdES, document time-stamps (`/ETSI.RFC3161`, PAdES-LTA:
+//! reported as [`Verdict::Invalid`] "not supported"), SHA-1 and RSA keys under
+//! 2048 bits (refused), BER (indefinite length) CMS, and the visual
+//! appearance. The PDF is not parsed as objects: signature dictionaries
+//! are found by scanning for `/ByteRange` (see [`pdf`](crate) notes in the
+//! source), which works because a signature's `/Contents` must be a hole in the
+//! raw file bytes.
+//!
+//! Hostile input: nothing panics, numbers are checked, at most
+//! 64 signatures and 4 MiB of `/Contents` hex per signature are examined, and
+//! all work is linear in the file size per signature.
+//!
+//! With the `sign` feature, [`sign_pdf`] appends a signature to a PDF (for tests
+//! and demos; it is not a production signer) and [`simple_pdf`] makes a
+//! one-page PDF.
+
+#![forbid(unsafe_code)]
+
+mod pdf;
+#[cfg(feature = "sign")]
+mod sign;
+mod tlv;
+mod verify;
+
+#[cfg(test)]
+mod fuzz;
+#[cfg(test)]
+mod tests;
+
+use rustls::pki_types::{CertificateDer, TrustAnchor, pem::PemObject};
+
+pub use pdf::simple_pdf;
+#[cfg(feature = "sign")]
+pub use sign::sign_pdf;
+
+/// Why a PDF could not be examined (a verdict could not be reached).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Not a PDF, or a signature dictionary that cannot be parsed.
+    #[error("malformed PDF: {0}")]
+    Malformed(String),
+    /// A CA certificate that cannot serve as a trust anchor.
+    #[error("trust anchors: {0}")]
+    Anchors(String),
+    /// `sign_pdf` could not sign.
+    #[error("cannot sign: {0}")]
+    Sign(String),
+}
+
+/// The CA certificates that signatures must chain to (the government's CAs).
+#[derive(Debug, Clone)]
+pub struct TrustAnchors {
+    anchors: Vec<TrustAnchor<'static>>,
+}
+
+impl TrustAnchors {
+    /// Every `CERTIFICATE` of a PEM file (other PEM sections are ignored).
+    pub fn from_pem(pem: &[u8]) -> Result<Self, Error> {
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .map(|c| c.map(|c| c.to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Anchors(format!("PEM: {e}")))?;
+        Self::from_der(&certs)
+    }
+
+    /// DER certificates, at least one.
+    pub fn from_der(certs: &[Vec<u8>]) -> Result<Self, Error> {
+        if certs.is_empty() {
+            return Err(Error::Anchors("no CA certificate given".into()));
+        }
+        let anchors = certs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                webpki::anchor_from_trusted_cert(&CertificateDer::from(c.as_slice()))
+                    .map(|a| a.to_owned())
+                    .map_err(|e| Error::Anchors(format!("certificate {}: {e}", i + 1)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { anchors })
+    }
+
+    /// How many CAs are trusted.
+    pub fn len(&self) -> usize {
+        self.anchors.len()
+    }
+
+    /// Never true for anchors built by this crate.
+    pub fn is_empty(&self) -> bool {
+        self.anchors.is_empty()
+    }
+}
+
+/// The verdict on one signature, or on the whole document ([`Report::summary`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A well-formed PDF without any signature dictionary.
+    Unsigned,
+    /// The signature verifies and chains to a trust anchor.
+    Valid {
+        /// The signer certificate's subject CN (or whole subject).
+        signer: String,
+        /// The signer's claimed signing time, Unix ms: the `signingTime` signed
+        /// attribute, else the dictionary's `/M`.
+        signing_time_ms: Option<i64>,
+        /// Whether the signature covers the whole file (else a later
+        /// signature covers what was appended after it).
+        covers_whole_file: bool,
+    },
+    /// Digest mismatch, bad signature, bad byte range, changed after signing,
+    /// certificate expired at the signing time, unsupported algorithm...
+    Invalid { reason: String },
+    /// The signature verifies but its chain does not lead to a trust anchor.
+    SignerUnknown { signer: String, reason: String },
+}
+
+impl Verdict {
+    /// A short human sentence.
+    pub fn describe(&self) -> String {
+        match self {
+            Verdict::Unsigned => "not signed".into(),
+            Verdict::Valid {
+                signer,
+                covers_whole_file,
+                ..
+            } => {
+                if *covers_whole_file {
+                    format!("valid signature by {signer}")
+                } else {
+                    format!("valid signature by {signer} (of an earlier revision)")
+                }
+            }
+            Verdict::Invalid { reason } => format!("invalid signature: {reason}"),
+            Verdict::SignerUnknown { signer, reason } => {
+                format!("signature by {signer}, who is not trusted: {reason}")
+            }
+        }
+    }
+}
+
+/// The verdicts on every signature of a PDF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// One per signature dictionary, in file order (oldest revision first).
+    pub signatures: Vec<Verdict>,
+}
+
+impl Report {
+    /// The document's verdict: the first invalid signature if any, else the
+    /// first untrusted one, else the valid signature that covers the whole file
+    /// (the last valid one otherwise), and [`Verdict::Unsigned`] if none.
+    pub fn summary(&self) -> Verdict {
+        let s = &self.signatures;
+        if let Some(v) = s.iter().find(|v| matches!(v, Verdict::Invalid { .. })) {
+            return v.clone();
+        }
+        if let Some(v) = s
+            .iter()
+            .find(|v| matches!(v, Verdict::SignerUnknown { .. }))
+        {
+            return v.clone();
+        }
+        s.iter()
+            .rev()
+            .find(|v| {
+                matches!(
+                    v,
+                    Verdict::Valid {
+                        covers_whole_file: true,
+                        ..
+                    }
+                )
+            })
+            .or_else(|| s.last())
+            .cloned()
+            .unwrap_or(Verdict::Unsigned)
+    }
+}
+
+/// Verifies every signature of `pdf` against `anchors`; `now_ms` (Unix ms) is
+/// used for signatures without a signing time and to refuse future ones.
+///
+/// `Err(Error::Malformed)` when `pdf` is not a PDF (no `%PDF-` header in its
+/// first KiB; an unsigned one must also end with `%%EOF`) or a signature
+/// dictionary cannot be parsed (`/ByteRange` not four integers, `/Contents`
+/// missing or not hex). Everything wrong with a parsed signature is a
+/// [`Verdict::Invalid`] in the report.
+pub fn verify_pdf(pdf: &[u8], anchors: &TrustAnchors, now_ms: i64) -> Result<Report, Error> {
+    let head = &pdf[..pdf.len().min(1024)];
+    if !head.windows(5).any(|w| w == b"%PDF-") {
+        return Err(Error::Malformed(
+            "not a PDF: no %PDF- header in the first 1024 bytes".into(),
+        ));
+    }
+    let dicts = pdf::signature_dicts(pdf)?;
+    if dicts.is_empty() {
+        let tail = &pdf[pdf.len().saturating_sub(1024)..];
+        if !tail.windows(5).any(|w| w == b"%%EOF") {
+            return Err(Error::Malformed(
+                "no %%EOF in the last 1024 bytes: truncated file?".into(),
+            ));
+        }
+        return Ok(Report {
+            signatures: Vec::new(),
+        });
+    }
+    let ends: Vec<Option<u64>> = dicts
+        .iter()
+        .map(|d| d.byte_range[2].checked_add(d.byte_range[3]))
+        .collect();
+    let len = pdf.len() as u64;
+    let someone_covers_all = ends.contains(&Some(len));
+    let signatures = dicts
+        .iter()
+        .zip(&ends)
+        .map(|(d, end)| {
+            let mut verdict = verify::check(pdf, d, anchors, now_ms);
+            let sub = d.sub_filter.as_deref().unwrap_or("");
+            let covers = *end == Some(len);
+            if !covers
+                && !someone_covers_all
+                && !matches!(verdict, Verdict::Invalid { .. })
+                && let Some(e) = end
+            {
+                verdict = Verdict::Invalid {
+                    reason: format!(
+                        "changed after signing: {} bytes appended after the signed range",
+                        len.saturating_sub(*e)
+                    ),
+                };
+            }
+            if let Verdict::Valid {
+                covers_whole_file, ..
+            } = &mut verdict
+            {
+                *covers_whole_file = covers;
+            }
+            if let Verdict::Invalid { reason } = &mut verdict
+                && !sub.is_empty()
+                && !matches!(sub, "adbe.pkcs7.detached" | "ETSI.CAdES.detached")
+            {
+                reason.push_str(&format!(" (/SubFilter /{sub} is not supported)"));
+            }
+            verdict
+        })
+        .collect();
+    Ok(Report { signatures })
+}

@@ -1,0 +1,322 @@
+//! What a recipient notices: valid, tampered, appended, untrusted, unsigned,
+//! expired and malformed PDFs.
+
+#![cfg(feature = "sign")]
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, date_time_ymd,
+};
+
+use crate::{Error, TrustAnchors, Verdict, sign_pdf, simple_pdf, verify_pdf};
+
+/// 2025-06-01T00:00:00Z, in Unix ms.
+pub(crate) const SIGNED_AT: i64 = 1_748_736_000_000;
+/// A day later.
+pub(crate) const NOW: i64 = SIGNED_AT + 86_400_000;
+
+pub(crate) struct Ca {
+    pub der: Vec<u8>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+pub(crate) struct Leaf {
+    pub chain: Vec<Vec<u8>>,
+    pub key_pkcs8: Vec<u8>,
+}
+
+fn name(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Ban Co yeu Chinh phu (test)");
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+impl Ca {
+    pub fn new(cn: &str) -> Self {
+        let mut p = CertificateParams::default();
+        p.distinguished_name = name(cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p.not_before = date_time_ymd(2024, 1, 1);
+        p.not_after = date_time_ymd(2034, 1, 1);
+        let key = KeyPair::generate().unwrap();
+        let der = p.self_signed(&key).unwrap().der().to_vec();
+        Self {
+            der,
+            issuer: Issuer::new(p, key),
+        }
+    }
+
+    pub fn anchors(&self) -> TrustAnchors {
+        TrustAnchors::from_der(std::slice::from_ref(&self.der)).unwrap()
+    }
+
+    pub fn leaf_valid(&self, cn: &str, from: i32, to: i32) -> Leaf {
+        let mut p = CertificateParams::default();
+        p.distinguished_name = name(cn);
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::ContentCommitment,
+        ];
+        p.not_before = date_time_ymd(from, 1, 1);
+        p.not_after = date_time_ymd(to, 1, 1);
+        p.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            chain: vec![cert.der().to_vec()],
+            key_pkcs8: key.serialize_der(),
+        }
+    }
+
+    pub fn leaf(&self, cn: &str) -> Leaf {
+        self.leaf_valid(cn, 2024, 2030)
+    }
+}
+
+pub(crate) fn signed_pdf(leaf: &Leaf) -> Vec<u8> {
+    let pdf = simple_pdf(&["Quyet dinh so 1234/QD-UBND", "Ha Noi, ngay 1 thang 6"]);
+    sign_pdf(&pdf, &leaf.chain, &leaf.key_pkcs8, SIGNED_AT).unwrap()
+}
+
+fn invalid_reason(v: &Verdict) -> &str {
+    match v {
+        Verdict::Invalid { reason } => reason,
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_signed_pdf_verifies_with_the_signer_and_the_time() {
+    let ca = Ca::new("CA A");
+    let pdf = signed_pdf(&ca.leaf("Nguyen Van A"));
+    let report = verify_pdf(&pdf, &ca.anchors(), NOW).unwrap();
+    let want = Verdict::Valid {
+        signer: "Nguyen Van A".into(),
+        signing_time_ms: Some(SIGNED_AT),
+        covers_whole_file: true,
+    };
+    assert_eq!(report.signatures, vec![want.clone()]);
+    assert_eq!(report.summary(), want);
+    assert_eq!(
+        report.summary().describe(),
+        "valid signature by Nguyen Van A"
+    );
+    // PEM anchors work the same.
+    let pem = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        base64(&ca.der)
+    );
+    let anchors = TrustAnchors::from_pem(pem.as_bytes()).unwrap();
+    assert_eq!(verify_pdf(&pdf, &anchors, NOW).unwrap().summary(), want);
+}
+
+#[test]
+fn one_changed_byte_in_the_signed_range_is_a_digest_mismatch() {
+    let ca = Ca::new("CA A");
+    let mut pdf = signed_pdf(&ca.leaf("Nguyen Van A"));
+    let at = pdf.windows(4).position(|w| w == b"1234").unwrap();
+    pdf[at] = b'9'; // "Quyet dinh so 9234"
+    let report = verify_pdf(&pdf, &ca.anchors(), NOW).unwrap();
+    assert!(
+        invalid_reason(&report.summary()).contains("digest mismatch"),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn a_changed_signature_does_not_verify() {
+    let ca = Ca::new("CA A");
+    let pdf = signed_pdf(&ca.leaf("Nguyen Van A"));
+    // The last byte of the CMS is the ECDSA signature's: change it.
+    let hex = pdf.windows(11).position(|w| w == b"/Contents <").unwrap() + 11;
+    let header = std::str::from_utf8(&pdf[hex..hex + 8]).unwrap();
+    assert!(header.starts_with("3082"), "{header}");
+    let der_len = 4 + usize::from_str_radix(&header[4..], 16).unwrap();
+    let last = hex + 2 * der_len - 1;
+    let mut bad = pdf.clone();
+    bad[last] = if bad[last] == b'1' { b'2' } else { b'1' };
+    let report = verify_pdf(&bad, &ca.anchors(), NOW).unwrap();
+    assert!(
+        invalid_reason(&report.summary()).contains("does not verify"),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn bytes_appended_after_signing_are_reported() {
+    let ca = Ca::new("CA A");
+    let mut pdf = signed_pdf(&ca.leaf("Nguyen Van A"));
+    let update = b"3 0 obj\n<< /Type /Page /Contents 9 0 R >>\nendobj\n%%EOF\n";
+    pdf.extend_from_slice(update);
+    let report = verify_pdf(&pdf, &ca.anchors(), NOW).unwrap();
+    let reason = invalid_reason(&report.summary()).to_string();
+    assert!(reason.contains("changed after signing"), "{reason}");
+    assert!(
+        reason.contains(&format!("{} bytes appended", update.len())),
+        "{reason}"
+    );
+}
+
+#[test]
+fn an_unknown_ca_gives_signer_unknown_with_the_name() {
+    let (a, b) = (Ca::new("CA A"), Ca::new("CA B"));
+    let pdf = signed_pdf(&a.leaf("Tran Thi B"));
+    match verify_pdf(&pdf, &b.anchors(), NOW).unwrap().summary() {
+        Verdict::SignerUnknown { signer, reason } => {
+            assert_eq!(signer, "Tran Thi B");
+            assert!(reason.contains("trusted CA"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_certificate_expired_at_signing_time_is_invalid() {
+    let ca = Ca::new("CA A");
+    let pdf = signed_pdf(&ca.leaf_valid("Le Van C", 2024, 2025)); // signed mid 2025
+    let reason =
+        invalid_reason(&verify_pdf(&pdf, &ca.anchors(), NOW).unwrap().summary()).to_string();
+    assert!(reason.contains("not valid at the signing time"), "{reason}");
+}
+
+#[test]
+fn an_unsigned_pdf_is_unsigned() {
+    let ca = Ca::new("CA A");
+    let report = verify_pdf(&simple_pdf(&["x"]), &ca.anchors(), NOW).unwrap();
+    assert!(report.signatures.is_empty());
+    assert_eq!(report.summary(), Verdict::Unsigned);
+}
+
+#[test]
+fn two_signatures_each_get_a_verdict() {
+    let ca = Ca::new("CA A");
+    let first = signed_pdf(&ca.leaf("Nguyen Van A"));
+    let second = ca.leaf("Pham Van D");
+    let pdf = sign_pdf(&first, &second.chain, &second.key_pkcs8, SIGNED_AT + 1000).unwrap();
+    let report = verify_pdf(&pdf, &ca.anchors(), NOW).unwrap();
+    assert_eq!(
+        report.signatures,
+        vec![
+            Verdict::Valid {
+                signer: "Nguyen Van A".into(),
+                signing_time_ms: Some(SIGNED_AT),
+                covers_whole_file: false,
+            },
+            Verdict::Valid {
+                signer: "Pham Van D".into(),
+                signing_time_ms: Some(SIGNED_AT + 1000),
+                covers_whole_file: true,
+            }
+        ]
+    );
+    assert!(matches!(
+        report.summary(),
+        Verdict::Valid { signer, .. } if signer == "Pham Van D"
+    ));
+    // The second signature by an untrusted CA makes the document untrusted.
+    let other = Ca::new("CA B").leaf("Mallory");
+    let pdf = sign_pdf(&first, &other.chain, &other.key_pkcs8, SIGNED_AT).unwrap();
+    assert!(matches!(
+        verify_pdf(&pdf, &ca.anchors(), NOW).unwrap().summary(),
+        Verdict::SignerUnknown { signer, .. } if signer == "Mallory"
+    ));
+}
+
+#[test]
+fn a_signing_time_in_the_future_is_invalid() {
+    let ca = Ca::new("CA A");
+    let pdf = signed_pdf(&ca.leaf("Nguyen Van A"));
+    let report = verify_pdf(&pdf, &ca.anchors(), SIGNED_AT - 3_600_000).unwrap();
+    assert!(invalid_reason(&report.summary()).contains("future"));
+}
+
+fn malformed(pdf: &[u8], anchors: &TrustAnchors) -> String {
+    match verify_pdf(pdf, anchors, NOW) {
+        Err(Error::Malformed(r)) => r,
+        Ok(r) => match r.summary() {
+            Verdict::Invalid { reason } => reason,
+            other => panic!("expected Malformed or Invalid, got {other:?}"),
+        },
+        Err(e) => panic!("{e:?}"),
+    }
+}
+
+#[test]
+fn malformed_inputs_are_refused_with_a_reason() {
+    let ca = Ca::new("CA A");
+    let anchors = ca.anchors();
+    let pdf = signed_pdf(&ca.leaf("Nguyen Van A"));
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+
+    assert!(malformed(b"", &anchors).contains("not a PDF"));
+    assert!(malformed(b"PK\x03\x04 a zip file", &anchors).contains("not a PDF"));
+    let unsigned = simple_pdf(&["x"]);
+    assert!(malformed(&unsigned[..unsigned.len() - 20], &anchors).contains("truncated"));
+    // A truncated signed file: the byte range ends beyond it.
+    assert!(malformed(&pdf[..pdf.len() - 10], &anchors).contains("beyond the end"));
+    // Cut inside the /Contents hex string.
+    let contents = find(&pdf, b"/Contents <").unwrap();
+    assert!(malformed(&pdf[..contents + 40], &anchors).contains("not terminated"));
+
+    // The four numbers of /ByteRange, as written (fixed width).
+    let br = find(&pdf, b"/ByteRange [").unwrap() + b"/ByteRange [".len();
+    let close = br + find(&pdf[br..], b"]").unwrap();
+    let numbers: Vec<(usize, String)> = {
+        let mut out = Vec::new();
+        let mut at = br;
+        for n in std::str::from_utf8(&pdf[br..close]).unwrap().split(' ') {
+            out.push((at, n.to_string()));
+            at += n.len() + 1;
+        }
+        out
+    };
+    let edit = |which: usize, to: &str| -> Vec<u8> {
+        let (at, old) = &numbers[which];
+        let mut out = pdf[..*at].to_vec();
+        out.extend_from_slice(to.as_bytes());
+        out.extend_from_slice(&pdf[at + old.len()..]);
+        out
+    };
+    // The last number points outside the file (same width: offsets unchanged).
+    let huge = "9".repeat(numbers[3].1.len());
+    assert!(malformed(&edit(3, &huge), &anchors).contains("beyond the end"));
+    assert!(malformed(&edit(0, "1"), &anchors).contains("not at 0"));
+    assert!(malformed(&edit(0, "99999999999999999999999"), &anchors).contains("too"));
+    // The hole moved off the /Contents string.
+    let moved = format!(
+        "{:0width$}",
+        numbers[1].1.parse::<u64>().unwrap() - 1,
+        width = numbers[1].1.len()
+    );
+    assert!(malformed(&edit(1, &moved), &anchors).contains("not the /Contents"));
+
+    // /Contents not hex.
+    let mut bad = pdf.clone();
+    bad[contents + 12] = b'G';
+    assert!(malformed(&bad, &anchors).contains("not a hex string"));
+    // Garbage CMS (hex, but not DER), same length.
+    let mut bad = pdf.clone();
+    bad[contents + 11..contents + 19].copy_from_slice(b"DEADBEEF");
+    assert!(malformed(&bad, &anchors).contains("CMS"));
+}
+
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,434 @@
+//! The checks of one signature: byte range, CMS, digest, signature, chain.
+
+use std::time::Duration;
+
+use cms::{
+    content_info::ContentInfo,
+    signed_data::{SignedData, SignerIdentifier, SignerInfo},
+};
+use der::{
+    Decode, Encode,
+    asn1::{ObjectIdentifier, OctetString},
+};
+use ring::{digest, signature};
+use rustls::pki_types::{CertificateDer, UnixTime};
+use webpki::{EndEntityCert, KeyPurposeIdIter};
+use x509_cert::{Certificate, ext::pkix::SubjectKeyIdentifier, time::Time};
+
+use crate::{TrustAnchors, Verdict, pdf::SigDict, tlv};
+
+pub(crate) const ID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
+pub(crate) const ID_SIGNED_DATA: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
+pub(crate) const ID_CONTENT_TYPE: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.3");
+pub(crate) const ID_MESSAGE_DIGEST: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.4");
+pub(crate) const ID_SIGNING_TIME: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.5");
+pub(crate) const ID_SHA256: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
+const ID_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
+const ID_SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.3");
+const ID_SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
+const ID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+pub(crate) const ECDSA_WITH_SHA256: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+const ECDSA_WITH_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
+const ECDSA_WITH_SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.4");
+const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+const RSA_PSS: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
+const SHA256_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
+const SHA384_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.12");
+const SHA512_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.13");
+
+/// A claimed signing time may be this far ahead of `now` (clock skew).
+const FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hash {
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl Hash {
+    fn from_oid(oid: &ObjectIdentifier) -> Result<Self, String> {
+        match *oid {
+            ID_SHA256 => Ok(Hash::Sha256),
+            ID_SHA384 => Ok(Hash::Sha384),
+            ID_SHA512 => Ok(Hash::Sha512),
+            ID_SHA1 => Err("SHA-1 digests are not accepted".into()),
+            other => Err(format!("unsupported digest algorithm {other}")),
+        }
+    }
+
+    fn ring(self) -> &'static digest::Algorithm {
+        match self {
+            Hash::Sha256 => &digest::SHA256,
+            Hash::Sha384 => &digest::SHA384,
+            Hash::Sha512 => &digest::SHA512,
+        }
+    }
+}
+
+fn invalid(reason: impl Into<String>) -> Verdict {
+    Verdict::Invalid {
+        reason: reason.into(),
+    }
+}
+
+/// The signed ranges `[0, b)` and `[c, c + d)`, if sane for a file of `len` bytes.
+fn ranges(sig: &SigDict, len: usize) -> Result<[(usize, usize); 2], String> {
+    let [a, b, c, d] = sig.byte_range;
+    if a != 0 {
+        return Err(format!("the byte range starts at {a}, not at 0"));
+    }
+    let len64 = len as u64;
+    let end = c
+        .checked_add(d)
+        .filter(|e| *e <= len64)
+        .ok_or_else(|| {
+            format!(
+                "the byte range [{a} {b} {c} {d}] ends beyond the end of the file ({len} bytes): truncated?"
+            )
+        })?;
+    if b >= c {
+        return Err(format!("the byte range [{a} {b} {c} {d}] overlaps itself"));
+    }
+    let (b, c, end) = (b as usize, c as usize, end as usize);
+    if (b, c) != sig.contents_span {
+        return Err(format!(
+            "the unsigned hole [{b}, {c}) of the byte range is not the /Contents hex string at [{}, {})",
+            sig.contents_span.0, sig.contents_span.1
+        ));
+    }
+    let (s, e) = sig.byte_range_span;
+    if e > end {
+        return Err("the /ByteRange entry itself is not covered by the signature".into());
+    }
+    debug_assert!(s < b || s >= c);
+    Ok([(0, b), (c, end)])
+}
+
+/// Checks one signature dictionary of `pdf` (everything but what depends on the
+/// other signatures: whether bytes after its range are covered by a later one).
+pub(crate) fn check(pdf: &[u8], sig: &SigDict, anchors: &TrustAnchors, now_ms: i64) -> Verdict {
+    check_inner(pdf, sig, anchors, now_ms).unwrap_or_else(|v| v)
+}
+
+fn check_inner(
+    pdf: &[u8],
+    sig: &SigDict,
+    anchors: &TrustAnchors,
+    now_ms: i64,
+) -> Result<Verdict, Verdict> {
+    let ranges = ranges(sig, pdf.len()).map_err(invalid)?;
+    if sig.contents.iter().all(|b| *b == 0) {
+        return Err(invalid(
+            "/Contents is empty: the signature placeholder was never filled in",
+        ));
+    }
+    // The CMS is the first TLV; the rest of /Contents is zero padding.
+    let (ci_tlv, padding) = tlv::read(&sig.contents)
+        .ok_or_else(|| invalid("/Contents does not hold a DER-encoded CMS ContentInfo"))?;
+    if padding.iter().any(|b| *b != 0) {
+        return Err(invalid("/Contents has data after the CMS ContentInfo"));
+    }
+    let ci = ContentInfo::from_der(ci_tlv.raw)
+        .map_err(|e| invalid(format!("/Contents is not a CMS ContentInfo: {e}")))?;
+    if ci.content_type != ID_SIGNED_DATA {
+        return Err(invalid(format!(
+            "the CMS content is {}, not SignedData",
+            ci.content_type
+        )));
+    }
+    let sd: SignedData = ci
+        .content
+        .decode_as()
+        .map_err(|e| invalid(format!("the CMS SignedData cannot be decoded: {e}")))?;
+    let raw = tlv::raw_signed_data(ci_tlv.raw)
+        .ok_or_else(|| invalid("the CMS SignedData must hold exactly one SignerInfo"))?;
+    let infos: Vec<&SignerInfo> = sd.signer_infos.0.iter().collect();
+    let [si] = infos.as_slice() else {
+        return Err(invalid(format!(
+            "the CMS SignedData holds {} SignerInfos, expected one",
+            infos.len()
+        )));
+    };
+    if sd.encap_content_info.econtent_type != ID_DATA {
+        return Err(invalid(format!(
+            "the signed content type is {}, not id-data",
+            sd.encap_content_info.econtent_type
+        )));
+    }
+    if sd.encap_content_info.econtent.is_some() {
+        return Err(invalid(
+            "the CMS SignedData encapsulates its content: not a detached signature",
+        ));
+    }
+
+    // The signer's certificate.
+    let signer_der = raw
+        .certificates
+        .iter()
+        .copied()
+        .find(|c| Certificate::from_der(c).is_ok_and(|cert| is_signer(&cert, &si.sid)))
+        .ok_or_else(|| invalid("the signer's certificate is not in the CMS"))?;
+    // `find` above decoded it once already.
+    let signer_cert = Certificate::from_der(signer_der)
+        .map_err(|e| invalid(format!("signer certificate: {e}")))?;
+    let signer = signer_name(signer_der);
+
+    // 3. The digest of the signed bytes.
+    let hash = Hash::from_oid(&si.digest_alg.oid).map_err(invalid)?;
+    let mut ctx = digest::Context::new(hash.ring());
+    for (s, e) in ranges {
+        ctx.update(&pdf[s..e]);
+    }
+    let content_digest = ctx.finish();
+
+    // 4. The signature, over the signed attributes or the content itself.
+    let alg = verification_alg(si, &signer_cert, hash).map_err(invalid)?;
+    let spki = &signer_cert.tbs_certificate.subject_public_key_info;
+    let key = signature::UnparsedPublicKey::new(alg, spki.subject_public_key.raw_bytes());
+    let mut signing_time_ms = None;
+    match (&si.signed_attrs, raw.signed_attrs) {
+        (Some(attrs), Some(raw_attrs)) => {
+            let mut content_type = None;
+            let mut message_digest = None;
+            for a in attrs.iter() {
+                let mut values = a.values.iter();
+                let (Some(v), None) = (values.next(), values.next()) else {
+                    return Err(invalid(format!(
+                        "signed attribute {} must have exactly one value",
+                        a.oid
+                    )));
+                };
+                match a.oid {
+                    ID_CONTENT_TYPE => content_type = Some(v.decode_as::<ObjectIdentifier>()),
+                    ID_MESSAGE_DIGEST => message_digest = Some(v.decode_as::<OctetString>()),
+                    ID_SIGNING_TIME => {
+                        let t = v
+                            .to_der()
+                            .and_then(|d| Time::from_der(&d))
+                            .map_err(|e| invalid(format!("signingTime: {e}")))?;
+                        signing_time_ms = Some(
+                            i64::try_from(t.to_unix_duration().as_millis()).unwrap_or(i64::MAX),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            match content_type {
+                Some(Ok(ct)) if ct == sd.encap_content_info.econtent_type => {}
+                Some(Ok(ct)) => {
+                    return Err(invalid(format!(
+                        "the contentType attribute ({ct}) differs from the content's type"
+                    )));
+                }
+                Some(Err(e)) => return Err(invalid(format!("contentType: {e}"))),
+                None => return Err(invalid("the contentType signed attribute is missing")),
+            }
+            let md = match message_digest {
+                Some(Ok(md)) => md,
+                Some(Err(e)) => return Err(invalid(format!("messageDigest: {e}"))),
+                None => return Err(invalid("the messageDigest signed attribute is missing")),
+            };
+            if md.as_bytes() != content_digest.as_ref() {
+                return Err(invalid(
+                    "digest mismatch: the signed bytes of the PDF differ from what was signed (messageDigest)",
+                ));
+            }
+            let mut to_verify = raw_attrs.to_vec();
+            if let Some(t) = to_verify.first_mut() {
+                *t = 0x31; // signed as SET OF, stored with the implicit [0] tag
+            }
+            key.verify(&to_verify, si.signature.as_bytes())
+                .map_err(|_| invalid("the signature over the signed attributes does not verify"))?;
+        }
+        (None, None) => {
+            let mut content = Vec::with_capacity(ranges.iter().map(|(s, e)| e - s).sum());
+            for (s, e) in ranges {
+                content.extend_from_slice(&pdf[s..e]);
+            }
+            key.verify(&content, si.signature.as_bytes()).map_err(|_| {
+                invalid("digest mismatch: the signature over the signed bytes does not verify")
+            })?;
+        }
+        _ => {
+            return Err(invalid(
+                "the signed attributes cannot be located in the CMS",
+            ));
+        }
+    }
+
+    // PAdES (ETSI.CAdES.detached) forbids signingTime: its claim is /M.
+    let signing_time_ms = signing_time_ms.or(sig.signing_date_ms);
+    if let Some(t) = signing_time_ms
+        && t > now_ms.saturating_add(FUTURE_SKEW_MS)
+    {
+        return Err(invalid(format!(
+            "the signing time ({t} ms) is in the future"
+        )));
+    }
+    key_usage_allows_signing(signer_der).map_err(invalid)?;
+
+    // 5. The chain, at the claimed signing time (or now).
+    let at_ms = signing_time_ms.unwrap_or(now_ms).max(0);
+    let time = UnixTime::since_unix_epoch(Duration::from_millis(at_ms as u64));
+    let leaf_der = CertificateDer::from(signer_der);
+    let leaf = EndEntityCert::try_from(&leaf_der).map_err(|e| Verdict::SignerUnknown {
+        signer: signer.clone(),
+        reason: format!("the signer's certificate cannot be validated: {e}"),
+    })?;
+    let intermediates: Vec<CertificateDer<'_>> = raw
+        .certificates
+        .iter()
+        .filter(|c| **c != signer_der)
+        .map(|c| CertificateDer::from(*c))
+        .collect();
+    match leaf.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors.anchors,
+        &intermediates,
+        time,
+        AnyEku,
+        None,
+        None,
+    ) {
+        Ok(_) => Ok(Verdict::Valid {
+            signer,
+            signing_time_ms,
+            covers_whole_file: false, // set by the caller
+        }),
+        Err(e @ (webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. })) => {
+            Err(invalid(format!(
+                "the certificate of {signer} was not valid at the signing time: {e}"
+            )))
+        }
+        Err(e) => Err(Verdict::SignerUnknown {
+            signer,
+            reason: format!("the certificate chain does not lead to a trusted CA: {e}"),
+        }),
+    }
+}
+
+fn is_signer(cert: &Certificate, sid: &SignerIdentifier) -> bool {
+    match sid {
+        SignerIdentifier::IssuerAndSerialNumber(is) => {
+            cert.tbs_certificate.issuer == is.issuer
+                && cert.tbs_certificate.serial_number == is.serial_number
+        }
+        SignerIdentifier::SubjectKeyIdentifier(ski) => cert
+            .tbs_certificate
+            .extensions
+            .iter()
+            .flatten()
+            .filter(|e| e.extn_id == ObjectIdentifier::new_unwrap("2.5.29.14"))
+            .any(|e| {
+                SubjectKeyIdentifier::from_der(e.extn_value.as_bytes())
+                    .is_ok_and(|k| k.0.as_bytes() == ski.0.as_bytes())
+            }),
+    }
+}
+
+/// The subject's CN, or the whole subject.
+pub(crate) fn signer_name(cert_der: &[u8]) -> String {
+    match x509_parser::parse_x509_certificate(cert_der) {
+        Ok((_, cert)) => cert
+            .subject()
+            .iter_common_name()
+            .find_map(|cn| cn.as_str().ok().map(str::to_owned))
+            .unwrap_or_else(|| cert.subject().to_string()),
+        Err(_) => "(unreadable certificate)".into(),
+    }
+}
+
+/// A key usage extension, when present, must allow digital signatures or
+/// non-repudiation (content commitment).
+fn key_usage_allows_signing(cert_der: &[u8]) -> Result<(), String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert_der) else {
+        return Err("the signer's certificate cannot be parsed".into());
+    };
+    match cert.key_usage() {
+        Ok(Some(ku)) if !(ku.value.digital_signature() || ku.value.non_repudiation()) => {
+            Err("the signer's certificate does not allow digital signatures (key usage)".into())
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("the signer's key usage cannot be read: {e}")),
+    }
+}
+
+fn verification_alg(
+    si: &SignerInfo,
+    cert: &Certificate,
+    digest: Hash,
+) -> Result<&'static dyn signature::VerificationAlgorithm, String> {
+    let spki = &cert.tbs_certificate.subject_public_key_info;
+    let sig_oid = si.signature_algorithm.oid;
+    match spki.algorithm.oid {
+        ID_EC_PUBLIC_KEY => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
+                .ok_or("the signer's EC key names no curve")?;
+            let hash = match sig_oid {
+                ECDSA_WITH_SHA256 => Hash::Sha256,
+                ECDSA_WITH_SHA384 => Hash::Sha384,
+                ECDSA_WITH_SHA512 => Hash::Sha512,
+                ID_EC_PUBLIC_KEY => digest,
+                other => {
+                    return Err(format!(
+                        "signature algorithm {other} does not fit an EC key"
+                    ));
+                }
+            };
+            match (curve, hash) {
+                (SECP256R1, Hash::Sha256) => Ok(&signature::ECDSA_P256_SHA256_ASN1),
+                (SECP256R1, Hash::Sha384) => Ok(&signature::ECDSA_P256_SHA384_ASN1),
+                (SECP384R1, Hash::Sha256) => Ok(&signature::ECDSA_P384_SHA256_ASN1),
+                (SECP384R1, Hash::Sha384) => Ok(&signature::ECDSA_P384_SHA384_ASN1),
+                (c, h) => Err(format!("unsupported ECDSA curve/hash {c} with {h:?}")),
+            }
+        }
+        RSA_ENCRYPTION => match sig_oid {
+            SHA256_WITH_RSA => Ok(&signature::RSA_PKCS1_2048_8192_SHA256),
+            SHA384_WITH_RSA => Ok(&signature::RSA_PKCS1_2048_8192_SHA384),
+            SHA512_WITH_RSA => Ok(&signature::RSA_PKCS1_2048_8192_SHA512),
+            RSA_ENCRYPTION => Ok(match digest {
+                Hash::Sha256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+                Hash::Sha384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+                Hash::Sha512 => &signature::RSA_PKCS1_2048_8192_SHA512,
+            }),
+            // PSS parameters are not read: the digest algorithm is taken for the
+            // hash, MGF1 and a salt of the hash's length (what ring verifies).
+            RSA_PSS => Ok(match digest {
+                Hash::Sha256 => &signature::RSA_PSS_2048_8192_SHA256,
+                Hash::Sha384 => &signature::RSA_PSS_2048_8192_SHA384,
+                Hash::Sha512 => &signature::RSA_PSS_2048_8192_SHA512,
+            }),
+            other => Err(format!(
+                "signature algorithm {other} does not fit an RSA key"
+            )),
+        },
+        other => Err(format!("unsupported public key algorithm {other}")),
+    }
+}
+
+/// Accepts any well-formed extended key usage, like `truc-pki`: signing
+/// certificates from the government CA carry various EKUs.
+struct AnyEku;
+
+impl webpki::ExtendedKeyUsageValidator for AnyEku {
+    fn validate(&self, iter: KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
+        for id in iter {
+            id?;
+        }
+        Ok(())
+    }
+}
