@@ -295,11 +295,26 @@ impl Agency for AgencyService {
             (r.limit as usize).min(max)
         };
         let st = self.state.clone();
-        let items = blocking(move || st.inbox(&organ, r.include_acked, &r.kind, limit)).await?;
+        let items = blocking(move || {
+            let items = st.inbox(&organ, r.include_acked, &r.kind, limit)?;
+            // What the PDF checks found so far (they run as documents arrive).
+            let pdfs = items
+                .iter()
+                .map(|e| {
+                    Ok(st
+                        .pdf_checks_recorded(&e.from, &e.doc_id)?
+                        .map(|c| crate::state::pdf_summary(&c))
+                        .unwrap_or_default())
+                })
+                .collect::<Result<Vec<String>, NodeError>>()?;
+            Ok(items.into_iter().zip(pdfs).collect::<Vec<_>>())
+        })
+        .await?;
         Ok(Response::new(pb::ListInboxResponse {
             items: items
                 .into_iter()
-                .map(|e| pb::InboxItem {
+                .map(|(e, pdf_signatures)| pb::InboxItem {
+                    pdf_signatures,
                     doc_id: e.doc_id,
                     from: e.from,
                     organ: e.organ,
@@ -372,6 +387,8 @@ impl Agency for AgencyService {
                 signer: doc.signer.clone(),
                 delivered_to: entries.iter().map(|e| e.organ.clone()).collect(),
                 acked: entries.iter().all(|e| e.acked),
+                // Checked on arrival; done now if that has not happened yet.
+                pdf_signatures: st.check_pdfs(&header.from, &header.doc_id)?,
             };
             Ok(pb::GetDocumentResponse {
                 document: Some(document),

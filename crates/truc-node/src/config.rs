@@ -74,6 +74,9 @@ pub struct FileConfig {
     pub health: Option<HealthSection>,
     #[serde(default)]
     pub alerts: AlertSection,
+    /// Edges: checking the signatures embedded in received PDF attachments.
+    #[serde(default)]
+    pub pdf: PdfSection,
     /// REST/JSON agency API for document software (edges).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rest: Option<RestSection>,
@@ -167,6 +170,31 @@ pub struct LoginEntry {
     pub role: String,
     /// Hex SHA-256 of the login token (the token itself is not kept in the config).
     pub token_sha256: String,
+}
+
+/// How an edge checks the signatures inside the PDF attachments it receives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PdfSection {
+    /// Check them at all. Default true.
+    pub check: bool,
+    /// CA certificates (PEM) a PDF signer must chain to: the government's CAs
+    /// for special-use certificates. Default: the signing CA (`signing.ca`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trust_anchors: Vec<PathBuf>,
+    /// Larger PDFs are not read for this ("not checked"): a PDF is read whole
+    /// to be checked. Default 64 MiB.
+    pub max_bytes: u64,
+}
+
+impl Default for PdfSection {
+    fn default() -> Self {
+        Self {
+            check: true,
+            trust_anchors: Vec::new(),
+            max_bytes: 64 << 20,
+        }
+    }
 }
 
 /// When the node raises an alert (as metrics and on the dashboard).
@@ -499,6 +527,8 @@ pub struct Config {
     /// The plaintext health-only listener, if any.
     pub health_listen: Option<String>,
     pub alerts: AlertSection,
+    /// PDF signature checks; `trust_anchors` resolved (the signing CA if none given).
+    pub pdf: PdfSection,
     /// OrganId → (name, parent, serving node if given).
     pub directory: BTreeMap<OrganId, (String, Option<OrganId>, Option<NodeId>)>,
     pub grant: Option<OrganId>,
@@ -585,6 +615,18 @@ impl Config {
             crl_reload_ms: f.tls.crl_reload_ms.max(100),
         };
         let signing_ca = must_exist("signing.ca", &f.signing.ca)?;
+        let pdf = PdfSection {
+            trust_anchors: if f.pdf.trust_anchors.is_empty() {
+                vec![signing_ca.clone()]
+            } else {
+                f.pdf
+                    .trust_anchors
+                    .iter()
+                    .map(|p| must_exist("pdf.trust_anchors", p))
+                    .collect::<Result<_, _>>()?
+            },
+            ..f.pdf.clone()
+        };
         if f.listen.is_none() && f.parent.is_none() {
             return Err(invalid(
                 "a node needs [listen] (hub or relay), [parent] (edge or relay), or both".into(),
@@ -850,6 +892,7 @@ impl Config {
             admin_logins,
             health_listen: f.health.map(|h| h.listen),
             alerts: f.alerts,
+            pdf,
             directory,
             grant: match f.grant {
                 Some(g) => Some(g.parse().map_err(|e| invalid(format!("grant: {e}")))?),

@@ -76,6 +76,7 @@ pub fn inbox_item(i: &pb::InboxItem) -> Value {
         "recalled": i.recalled,
         "nacked": !i.nacked.is_empty(),
         "nack_reason": i.nacked,
+        "pdf_signatures": i.pdf_signatures,
     })
 }
 

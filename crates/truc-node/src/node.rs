@@ -124,6 +124,25 @@ pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
     } else {
         None
     };
+    // Edges check the signatures inside the PDFs their agencies receive.
+    let pdf = if config.pdf.check && !config.agencies.is_empty() {
+        let mut pem = Vec::new();
+        for p in &config.pdf.trust_anchors {
+            pem.extend(
+                std::fs::read(p)
+                    .map_err(NodeError::io(format!("pdf.trust_anchors {}", p.display())))?,
+            );
+            pem.push(b'\n');
+        }
+        let anchors = truc_pdfsig::TrustAnchors::from_pem(&pem)
+            .map_err(|e| NodeError::Other(format!("pdf.trust_anchors: {e}")))?;
+        Some(crate::state::PdfCheck {
+            anchors,
+            max_bytes: config.pdf.max_bytes,
+        })
+    } else {
+        None
+    };
     // Every node signs the audit checkpoints of its archival packages.
     let checkpoint_signer = Some(Signer::load_for(
         &Identity::Node(config.node_id.clone()),
@@ -144,6 +163,7 @@ pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
         signers,
         node_signer,
         checkpoint_signer,
+        pdf,
         verifiers,
         limits: config.limits.clone(),
         delivery: config.delivery.clone(),
@@ -577,6 +597,49 @@ impl RunningNode {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
                             Err(e) => tracing::error!(error = %e, "retention sweep panicked"),
+                        }
+                    }
+                },
+                node_span.clone(),
+            ));
+        }
+
+        if state.checks_pdfs() {
+            // Each arriving document's PDFs are checked once it is durable, and
+            // the verdict recorded with it; a check missed here (a lagging
+            // subscriber, a restart) is made when the document is read.
+            let st = state.clone();
+            let mut events = state.subscribe_agency();
+            let mut s = stop_rx.clone();
+            tasks.spawn(tracing::Instrument::instrument(
+                async move {
+                    loop {
+                        let ev = tokio::select! {
+                            _ = crate::stopped(&mut s) => return,
+                            ev = events.recv() => ev,
+                        };
+                        let ev = match ev {
+                            Ok(ev) => ev,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                            Err(_) => return,
+                        };
+                        if ev.kind != "arrived" || ev.detail != "document" {
+                            continue;
+                        }
+                        let st = st.clone();
+                        let (from, doc_id) = (ev.from.clone(), ev.doc_id.clone());
+                        match tokio::task::spawn_blocking(move || st.check_pdfs(&from, &doc_id))
+                            .await
+                        {
+                            Ok(Ok(checks)) if !checks.is_empty() => tracing::info!(
+                                doc_id = %ev.doc_id,
+                                from = %ev.from,
+                                pdf = %crate::state::pdf_summary(&checks),
+                                "PDF signatures checked"
+                            ),
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => tracing::warn!(doc_id = %ev.doc_id, error = %e, "PDF check failed"),
+                            Err(e) => tracing::error!(doc_id = %ev.doc_id, error = %e, "PDF check panicked"),
                         }
                     }
                 },

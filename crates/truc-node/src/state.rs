@@ -388,6 +388,8 @@ pub struct NodeState {
     node_signer: Option<Arc<Signer>>,
     /// The node's own key, for the audit checkpoints of archival packages.
     checkpoint_signer: Option<Arc<Signer>>,
+    /// Edges: how received PDF attachments' signatures are checked.
+    pdf: Option<PdfCheck>,
     pub verifiers: Verifiers,
     pub limits: Limits,
     pub delivery: DeliverySection,
@@ -532,6 +534,8 @@ pub struct Parts {
     pub node_signer: Option<Signer>,
     /// Every node's transport key, to sign audit checkpoints (None: no archives).
     pub checkpoint_signer: Option<Signer>,
+    /// Edges: PDF signature checks (None: off).
+    pub pdf: Option<PdfCheck>,
     pub verifiers: Verifiers,
     pub limits: Limits,
     pub delivery: DeliverySection,
@@ -632,6 +636,7 @@ impl NodeState {
                 .collect(),
             node_signer: p.node_signer.map(Arc::new),
             checkpoint_signer: p.checkpoint_signer.map(Arc::new),
+            pdf: p.pdf,
             verifiers: p.verifiers,
             limits: p.limits,
             delivery: p.delivery,
@@ -4241,6 +4246,96 @@ impl NodeState {
         ))
     }
 
+    /// Whether this node checks received PDFs' signatures.
+    pub fn checks_pdfs(&self) -> bool {
+        self.pdf.is_some()
+    }
+
+    fn pdf_key(from: &str, doc_id: &str) -> Vec<u8> {
+        Key::new().str("pdfsig").str(from).str(doc_id).build()
+    }
+
+    /// The PDF signature checks recorded for a received document (None: none yet).
+    pub fn pdf_checks_recorded(
+        &self,
+        from: &str,
+        doc_id: &str,
+    ) -> Result<Option<Vec<pb::PdfSignatureCheck>>, NodeError> {
+        let Some(v) = self.store.get(Space::Meta, &Self::pdf_key(from, doc_id))? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            pb::PdfSignatureChecks::decode(v.as_slice())
+                .map_err(internal)?
+                .checks,
+        ))
+    }
+
+    /// Checks the signatures embedded in a received document's PDF attachments
+    /// and records the result with it (audited), unless that was done already.
+    /// Blocking: reads the files, each at most `pdf.max_bytes`.
+    pub fn check_pdfs(
+        &self,
+        from: &str,
+        doc_id: &str,
+    ) -> Result<Vec<pb::PdfSignatureCheck>, NodeError> {
+        if let Some(done) = self.pdf_checks_recorded(from, doc_id)? {
+            return Ok(done);
+        }
+        let Some(pdf) = &self.pdf else {
+            return Ok(Vec::new());
+        };
+        let doc = self.load_doc(from, doc_id)?;
+        let env = pb::SignedEnvelope::decode(doc.envelope.as_slice()).map_err(internal)?;
+        let header = pb::Header::decode(env.header_bytes.as_slice()).map_err(internal)?;
+        let mut checks = Vec::new();
+        for a in &header.attachments {
+            let is_pdf = a.content_type.eq_ignore_ascii_case("application/pdf")
+                || a.name.to_ascii_lowercase().ends_with(".pdf");
+            if !is_pdf {
+                continue;
+            }
+            let not_checked = |why: String| pb::PdfSignatureCheck {
+                attachment: a.name.clone(),
+                verdict: "not checked".into(),
+                detail: why,
+                ..Default::default()
+            };
+            let check = if a.size > pdf.max_bytes {
+                not_checked(format!(
+                    "{} bytes, more than pdf.max_bytes ({})",
+                    a.size, pdf.max_bytes
+                ))
+            } else {
+                match Digest::from_slice(&a.sha256).map(|d| self.blobs.read(&d)) {
+                    Some(Ok(bytes)) => pdf_verdict(
+                        &a.name,
+                        truc_pdfsig::verify_pdf(&bytes, &pdf.anchors, now_ms()),
+                    ),
+                    _ => not_checked("the file is no longer kept here".into()),
+                }
+            };
+            checks.push(check);
+        }
+        if checks.is_empty() {
+            return Ok(checks);
+        }
+        let w = self.lock();
+        let mut plan = Plan::default();
+        plan.batch.put(
+            Space::Meta,
+            Self::pdf_key(from, doc_id),
+            pb::PdfSignatureChecks {
+                checks: checks.clone(),
+            }
+            .encode_to_vec(),
+        );
+        plan.audit("pdf-checked", doc_id, from, pdf_summary(&checks));
+        // Derived from stored bytes: if this write is lost, the next read checks again.
+        self.finish(w, plan)?;
+        Ok(checks)
+    }
+
     /// Signed business statuses about `doc_id` that reached this node's agencies.
     pub fn statuses_about(&self, doc_id: &DocId) -> Result<Vec<pb::SignedEnvelope>, NodeError> {
         let d = doc_id.to_string();
@@ -4494,6 +4589,7 @@ pub(crate) mod testing {
                 signers,
                 node_signer,
                 checkpoint_signer: None,
+                pdf: None,
                 verifiers: self.verifiers(),
                 limits: Limits::default(),
                 delivery: DeliverySection::default(),
@@ -4510,6 +4606,76 @@ pub(crate) mod testing {
             .unwrap()
         }
     }
+}
+
+/// How received PDFs' signatures are checked.
+#[derive(Debug, Clone)]
+pub struct PdfCheck {
+    pub anchors: truc_pdfsig::TrustAnchors,
+    pub max_bytes: u64,
+}
+
+/// One attachment's check as the API shows it.
+fn pdf_verdict(
+    name: &str,
+    r: Result<truc_pdfsig::Report, truc_pdfsig::Error>,
+) -> pb::PdfSignatureCheck {
+    use truc_pdfsig::Verdict;
+    let mut c = pb::PdfSignatureCheck {
+        attachment: name.to_owned(),
+        ..Default::default()
+    };
+    match r.map(|r| r.summary()) {
+        Ok(Verdict::Valid {
+            signer,
+            signing_time_ms,
+            covers_whole_file,
+        }) => {
+            c.verdict = "valid".into();
+            c.signer = signer;
+            c.signing_time_ms = signing_time_ms.unwrap_or(0);
+            if !covers_whole_file {
+                c.detail = "the signature covers an earlier revision".into();
+            }
+        }
+        Ok(Verdict::Invalid { reason }) => {
+            c.verdict = "invalid".into();
+            c.detail = reason;
+        }
+        Ok(Verdict::SignerUnknown { signer, reason }) => {
+            c.verdict = "signer unknown".into();
+            c.signer = signer;
+            c.detail = reason;
+        }
+        Ok(Verdict::Unsigned) => c.verdict = "unsigned".into(),
+        Err(truc_pdfsig::Error::Malformed(why)) => {
+            c.verdict = "malformed".into();
+            c.detail = why;
+        }
+        Err(e) => {
+            c.verdict = "not checked".into();
+            c.detail = e.to_string();
+        }
+    }
+    c
+}
+
+/// The checks of a document in one line: `name: verdict (signer)`, `;`-separated.
+pub fn pdf_summary(checks: &[pb::PdfSignatureCheck]) -> String {
+    checks
+        .iter()
+        .map(|c| {
+            let mut s = format!("{}: {}", c.attachment, c.verdict);
+            if !c.signer.is_empty() {
+                s.push_str(&format!(" ({})", c.signer));
+            }
+            if !c.detail.is_empty() && c.verdict != "valid" {
+                s.push_str(&format!(" — {}", c.detail));
+            }
+            s
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]

@@ -505,6 +505,7 @@ fn node_config(topo: &Topology, n: &TopoNode) -> Result<FileConfig> {
             logins: Vec::new(),
         }),
         alerts: Default::default(),
+        pdf: Default::default(),
         rest: None,
         grant: n.grant.clone(),
         limits: Default::default(),

@@ -546,6 +546,9 @@ pub async fn inbox(config: &Path, organ: &str, all: bool, kind: &str, json: bool
         if i.recalled {
             state.push("recalled".into());
         }
+        if !i.pdf_signatures.is_empty() {
+            state.push(format!("PDF {}", i.pdf_signatures));
+        }
         t.add_row(vec![
             i.doc_id.clone(),
             kind,
@@ -596,7 +599,25 @@ pub async fn get(config: &Path, doc_id: &str, from: Option<String>, out: &Path) 
         "attachments": doc.attachments.iter().map(|a| serde_json::json!({
             "name": a.name, "content_type": a.content_type, "size": a.size, "sha256": hex_of(&a.sha256),
         })).collect::<Vec<_>>(),
+        "pdf_signatures": doc.pdf_signatures.iter().map(|c| serde_json::json!({
+            "attachment": c.attachment, "verdict": c.verdict, "signer": c.signer,
+            "signing_time_ms": c.signing_time_ms, "detail": c.detail,
+        })).collect::<Vec<_>>(),
     });
+    // What the edge found inside the PDFs: the legally binding signatures.
+    for c in &doc.pdf_signatures {
+        let mut line = format!("{}: signature {}", c.attachment, c.verdict);
+        if !c.signer.is_empty() {
+            line.push_str(&format!(", signed by {}", c.signer));
+        }
+        if c.signing_time_ms != 0 {
+            line.push_str(&format!(" at {}", time(c.signing_time_ms)));
+        }
+        if !c.detail.is_empty() {
+            line.push_str(&format!(" — {}", c.detail));
+        }
+        eprintln!("{line}");
+    }
     std::fs::write(
         dir.join("document.json"),
         serde_json::to_string_pretty(&meta)?,

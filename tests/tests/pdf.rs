@@ -1,0 +1,176 @@
+//! The signatures inside PDF attachments (the legally binding ones, DESIGN §4's
+//! envelope only proves transport): the recipient edge checks each PDF against
+//! its trust anchors on arrival and shows the verdict in `truc get`, `truc
+//! inbox` and the agency API. A malformed PDF gets a reason and the edge keeps
+//! serving.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, pem::PemObject};
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A one-page PDF signed with `chain` and `key` (PKCS#8 DER).
+fn signed(text: &str, chain: &[Vec<u8>], key: &[u8]) -> Vec<u8> {
+    truc_pdfsig::sign_pdf(
+        &truc::pdf::simple_pdf(&[text]),
+        chain,
+        key,
+        now_ms() - 60_000,
+    )
+    .unwrap()
+}
+
+/// A signer from a CA nobody configured.
+fn stranger() -> (Vec<Vec<u8>>, Vec<u8>) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name
+        .push(DnType::CommonName, "CA la (không tin cậy)");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let ca_key = KeyPair::generate().unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf = CertificateParams::default();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "Người ký lạ");
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    (vec![cert.der().to_vec()], key.serialize_der())
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn pdf_signatures_are_checked_on_arrival_and_shown_with_the_document() {
+    let mut c = Cluster::new();
+    for n in ["hub", "vpcp", "nghean"] {
+        c.start(n);
+    }
+    // The agency's own signing certificate from the dev signing CA, which is
+    // the edges' default PDF trust anchor.
+    let chain: Vec<Vec<u8>> = CertificateDer::pem_file_iter(c.path("agencies/000.00.00.G22.crt"))
+        .unwrap()
+        .map(|c| c.unwrap().to_vec())
+        .collect();
+    let key = PrivatePkcs8KeyDer::from_pem_file(c.path("agencies/000.00.00.G22.key"))
+        .unwrap()
+        .secret_pkcs8_der()
+        .to_vec();
+    let dir = c.path("pdfs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = signed("Quyet dinh so 12/QD-VPCP", &chain, &key);
+    let mut changed = good.clone();
+    // A byte of the page content, inside the signed range.
+    let at = changed.windows(7).position(|w| w == b"Quyet d").unwrap();
+    changed[at] = b'X';
+    let (sc, sk) = stranger();
+    let files = [
+        write(&dir, "quyet-dinh.pdf", &good),
+        write(&dir, "sua-doi.pdf", &changed),
+        write(&dir, "nguoi-la.pdf", &signed("Van ban la", &sc, &sk)),
+        write(&dir, "khong-ky.pdf", &truc::pdf::simple_pdf(&["Ban nhap"])),
+        write(
+            &dir,
+            "hong.pdf",
+            b"%PDF-1.7\n/ByteRange [0 10 99999999 5] /Contents <zz>\n",
+        ),
+    ];
+    let mut args = vec![];
+    for f in &files {
+        args.push("--attach");
+        args.push(f.as_str());
+    }
+    let id = c.send_from_vpcp(H41, "Quyết định kèm văn bản ký số", &args);
+    c.wait_delivered("vpcp", &id);
+
+    // Checked on arrival: the inbox shows it without anyone opening the document.
+    let items = rest::poll("the PDF verdicts in the inbox", || {
+        let v: serde_json::Value = serde_json::from_str(&c.cli_ok(&[
+            "inbox",
+            "--config",
+            &c.cfg("nghean"),
+            "--organ",
+            H41,
+            "--json",
+        ]))
+        .unwrap();
+        let s = v[0]["pdf_signatures"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        (!s.is_empty()).then_some(s)
+    });
+    assert!(
+        items.contains("quyet-dinh.pdf: valid (Văn phòng Chính phủ)"),
+        "{items}"
+    );
+
+    let out = c.path("received");
+    let (ok, said) = c.cli_any(&[
+        "get",
+        "--config",
+        &c.cfg("nghean"),
+        &id,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{said}");
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join(&id).join("document.json")).unwrap(),
+    )
+    .unwrap();
+    let verdict = |name: &str| {
+        meta["pdf_signatures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["attachment"] == name)
+            .unwrap_or_else(|| panic!("no check for {name}: {meta:#}"))
+            .clone()
+    };
+    let v = verdict("quyet-dinh.pdf");
+    assert_eq!(v["verdict"], "valid", "{v}");
+    assert_eq!(v["signer"], "Văn phòng Chính phủ", "{v}");
+    assert!(v["signing_time_ms"].as_i64().unwrap() > 0, "{v}");
+    let v = verdict("sua-doi.pdf");
+    assert_eq!(v["verdict"], "invalid", "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("digest"), "{v}");
+    let v = verdict("nguoi-la.pdf");
+    assert_eq!(v["verdict"], "signer unknown", "{v}");
+    assert_eq!(v["signer"], "Người ký lạ", "{v}");
+    assert_eq!(verdict("khong-ky.pdf")["verdict"], "unsigned");
+    let v = verdict("hong.pdf");
+    assert_eq!(v["verdict"], "malformed", "{v}");
+    assert!(!v["detail"].as_str().unwrap().is_empty(), "{v}");
+    // `truc get` says it too, for people.
+    assert!(
+        said.contains("quyet-dinh.pdf: signature valid, signed by Văn phòng Chính phủ"),
+        "{said}"
+    );
+    assert!(said.contains("sua-doi.pdf: signature invalid"), "{said}");
+
+    // Recorded with the document: in its trace (the audit log).
+    let trace = c.cli_ok(&["trace", "--config", &c.cfg("nghean"), &id]);
+    assert!(trace.contains("pdf-checked"), "{trace}");
+
+    // The malformed PDF did not hurt the edge: the next document arrives.
+    let next = c.send_from_vpcp(H41, "Văn bản tiếp theo", &[]);
+    c.wait_delivered("vpcp", &next);
+}
