@@ -166,6 +166,26 @@ fn pdf_signatures_are_checked_on_arrival_and_shown_with_the_document() {
     );
     assert!(said.contains("sua-doi.pdf: signature invalid"), "{said}");
 
+    // The edXML export for today's software carries the verdicts beside the package.
+    let pkg = c.path("quyet-dinh.edxml");
+    let (ok, said) = c.cli_any(&[
+        "export",
+        "--config",
+        &c.cfg("nghean"),
+        &id,
+        "--out",
+        pkg.to_str().unwrap(),
+    ]);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("quyet-dinh.pdf: signature valid, signed by Văn phòng Chính phủ"),
+        "{said}"
+    );
+    assert!(
+        said.contains("nguoi-la.pdf: signature signer unknown"),
+        "{said}"
+    );
+
     // Recorded with the document: in its trace (the audit log).
     let trace = c.cli_ok(&["trace", "--config", &c.cfg("nghean"), &id]);
     assert!(trace.contains("pdf-checked"), "{trace}");

@@ -635,7 +635,7 @@ impl Agency for AgencyService {
         let doc_id: DocId = parse("doc_id", &r.doc_id)?;
         let from = opt_organ("from", &r.from)?;
         let st = self.state.clone();
-        let package = blocking(move || {
+        let (package, pdf_signatures) = blocking(move || {
             if r.original {
                 let sender = match &from {
                     Some(f) => f.to_string(),
@@ -643,12 +643,12 @@ impl Agency for AgencyService {
                         Refusal::not_found(format!("no document {doc_id} was sent from this edge"))
                     })?,
                 };
-                return st.original(&sender, &doc_id)?.ok_or_else(|| {
+                let original = st.original(&sender, &doc_id)?.ok_or_else(|| {
                     Refusal::not_found(format!(
                         "{doc_id} was not imported from an edXML package here"
                     ))
-                    .into()
-                });
+                })?;
+                return Ok((original, Vec::new()));
             }
             let (doc, entries) = st.received(&doc_id, from.as_ref())?;
             let env = <pb::SignedEnvelope as prost::Message>::decode(doc.envelope.as_slice())
@@ -675,10 +675,14 @@ impl Agency for AgencyService {
                     .unwrap_or_default()
             };
             let p = crate::edxml::from_truc(&header, data, &here, doc.received_at_ms, names);
-            Ok(truc_edxml::emit(&p))
+            let checks = st.check_pdfs(&header.from, &header.doc_id)?;
+            Ok((truc_edxml::emit(&p), checks))
         })
         .await?;
-        Ok(Response::new(pb::ExportEdxmlResponse { package }))
+        Ok(Response::new(pb::ExportEdxmlResponse {
+            package,
+            pdf_signatures,
+        }))
     }
 
     async fn nack(

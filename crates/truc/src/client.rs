@@ -146,6 +146,24 @@ pub fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow!("{} ({:?})", s.message(), s.code())
 }
 
+/// What the edge found inside a document's PDFs (the legally binding
+/// signatures), one line each on stderr: stdout stays for paths and data.
+pub fn print_pdf_checks(checks: &[pb::PdfSignatureCheck]) {
+    for c in checks {
+        let mut line = format!("{}: signature {}", c.attachment, c.verdict);
+        if !c.signer.is_empty() {
+            line.push_str(&format!(", signed by {}", c.signer));
+        }
+        if c.signing_time_ms != 0 {
+            line.push_str(&format!(" at {}", time(c.signing_time_ms)));
+        }
+        if !c.detail.is_empty() {
+            line.push_str(&format!(" — {}", c.detail));
+        }
+        eprintln!("{line}");
+    }
+}
+
 /// Unix milliseconds as Vietnam local time (UTC+7), as edXML dates are.
 pub fn time(ms: i64) -> String {
     let Some(t) = chrono::DateTime::from_timestamp_millis(ms).filter(|_| ms != 0) else {
@@ -604,20 +622,7 @@ pub async fn get(config: &Path, doc_id: &str, from: Option<String>, out: &Path) 
             "signing_time_ms": c.signing_time_ms, "detail": c.detail,
         })).collect::<Vec<_>>(),
     });
-    // What the edge found inside the PDFs: the legally binding signatures.
-    for c in &doc.pdf_signatures {
-        let mut line = format!("{}: signature {}", c.attachment, c.verdict);
-        if !c.signer.is_empty() {
-            line.push_str(&format!(", signed by {}", c.signer));
-        }
-        if c.signing_time_ms != 0 {
-            line.push_str(&format!(" at {}", time(c.signing_time_ms)));
-        }
-        if !c.detail.is_empty() {
-            line.push_str(&format!(" — {}", c.detail));
-        }
-        eprintln!("{line}");
-    }
+    print_pdf_checks(&doc.pdf_signatures);
     std::fs::write(
         dir.join("document.json"),
         serde_json::to_string_pretty(&meta)?,

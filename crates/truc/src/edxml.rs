@@ -206,6 +206,7 @@ pub async fn export(
         .await
         .map_err(status_error)?
         .into_inner();
+    client::print_pdf_checks(&r.pdf_signatures);
     match out {
         Some(path) if path.as_os_str() == "-" => {
             use std::io::Write;
