@@ -22,5 +22,10 @@ fn the_demo_delivers_its_documents_and_exits() {
         "{stdout}"
     );
     assert!(stdout.contains("000.00.00.H14 delivered"), "{stdout}");
+    // The PDF carries the agency's own signature, which the recipient checked.
+    assert!(
+        stdout.contains("signature inside QD-1234-TTg.pdf: valid, signed by Văn phòng Chính phủ"),
+        "{stdout}"
+    );
     assert!(dir.path().join("vpcp.toml").exists());
 }

@@ -206,16 +206,27 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<()> {
     for d in DOCS {
         let addr = addr_of(d.from_node).context("demo node missing")?;
         let mut c = agency(addr).await?;
-        let attachments = d
-            .pdf
-            .map(|(name, lines)| pb::Attachment {
+        // The PDF carries the legally binding signature, made with the sending
+        // agency's key as the special-use certificates would; recipients check it.
+        let key_of = |organ: &str| {
+            nodes.iter().find_map(|n| {
+                n.config
+                    .agencies
+                    .iter()
+                    .find(|(o, ..)| o.as_str() == organ)
+                    .map(|(_, _, cert, key)| (cert.clone(), key.clone()))
+            })
+        };
+        let mut attachments = Vec::new();
+        if let Some((name, lines)) = d.pdf {
+            let (cert, key) = key_of(d.from).context("demo agency key missing")?;
+            attachments.push(pb::Attachment {
                 name: name.into(),
                 content_type: "application/pdf".into(),
-                data: pdf::simple_pdf(lines),
+                data: signed_pdf(lines, &cert, &key)?,
                 ..Default::default()
-            })
-            .into_iter()
-            .collect();
+            });
+        }
         let t0 = Instant::now();
         let resp = c
             .send(pb::SendRequest {
@@ -301,10 +312,21 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<()> {
         })
         .await
         .map_err(client::status_error)?
-        .into_inner()
-        .package;
-    std::fs::write(&edxml_path, package)
+        .into_inner();
+    std::fs::write(&edxml_path, &package.package)
         .with_context(|| format!("write {}", edxml_path.display()))?;
+    for c in &package.pdf_signatures {
+        println!(
+            "Nghệ An's edge checked the signature inside {}: {}{}",
+            c.attachment,
+            c.verdict,
+            if c.signer.is_empty() {
+                String::new()
+            } else {
+                format!(", signed by {}", c.signer)
+            }
+        );
+    }
     let rest = nodes
         .iter()
         .find(|n| n.state.node_id.as_str() == "nghean")
@@ -370,4 +392,22 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<()> {
         println!("demo finished: {} documents delivered", rows.len());
     }
     Ok(())
+}
+
+/// A one-page PDF signed with an agency's certificate and key (PEM files).
+fn signed_pdf(lines: &[&str], cert: &std::path::Path, key: &std::path::Path) -> Result<Vec<u8>> {
+    use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, pem::PemObject};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("read {}", cert.display()))?
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parse {}", cert.display()))?;
+    let key = PrivatePkcs8KeyDer::from_pem_file(key)
+        .with_context(|| format!("read {}", key.display()))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    truc_pdfsig::sign_pdf(&pdf::simple_pdf(lines), &chain, key.secret_pkcs8_der(), now)
+        .map_err(|e| anyhow::anyhow!("sign the demo PDF: {e}"))
 }
