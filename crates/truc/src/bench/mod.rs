@@ -273,6 +273,19 @@ pub fn summarize(runs: &[Run]) -> Vec<Summary> {
         else {
             continue;
         };
+        // When no single state holds runs of every system (too few runs for the
+        // disk's swings), compare them all, and say so: "mixed".
+        let both = |st: &str| {
+            let (t, p) = states.get(st).copied().unwrap_or_default();
+            t > 0 && p > 0
+        };
+        let everywhere =
+            states.values().any(|(t, _)| *t > 0) && states.values().any(|(_, p)| *p > 0);
+        let state = if everywhere && !both(&state) {
+            "mixed".to_owned()
+        } else {
+            state
+        };
         let mut systems: Vec<&str> = Vec::new();
         for r in &of {
             if !systems.contains(&r.system.as_str()) {
@@ -283,7 +296,7 @@ pub fn summarize(runs: &[Run]) -> Vec<Summary> {
         for sys in systems {
             let these: Vec<&&Run> = of
                 .iter()
-                .filter(|r| r.system == sys && r.fsync_state == state)
+                .filter(|r| r.system == sys && (state == "mixed" || r.fsync_state == state))
                 .collect();
             if these.is_empty() {
                 continue;
@@ -754,6 +767,16 @@ mod tests {
             nodes: Vec::new(),
             extra: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn with_no_state_shared_by_both_systems_every_run_is_compared_as_mixed() {
+        let runs = vec![run(NATS_SYNC, "slow", 1000.0), run(TRUC, "fast", 3000.0)];
+        let s = summarize(&runs);
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert!(s.iter().all(|r| r.fsync_state == "mixed"), "{s:?}");
+        let truc = s.iter().find(|r| r.system == TRUC).unwrap();
+        assert_eq!(truc.vs_nats_sync, Some(3.0));
     }
 
     #[test]
