@@ -44,6 +44,19 @@ fn verify(c: &Cluster, pkg: &Path) -> (bool, String) {
     ])
 }
 
+/// `truc archive export` of one document at `node` into `out`.
+fn export(c: &Cluster, node: &str, id: &str, out: &Path) -> String {
+    c.cli_ok(&[
+        "archive",
+        "export",
+        "--config",
+        &c.cfg(node),
+        id,
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
 fn sha256_hex(path: &Path) -> String {
     hex::encode(ring::digest::digest(
         &ring::digest::SHA256,
@@ -85,15 +98,7 @@ fn an_exported_package_verifies_offline_and_a_changed_byte_is_named() {
     });
 
     let out = c.path("archive");
-    let listed = c.cli_ok(&[
-        "archive",
-        "export",
-        "--config",
-        &c.cfg("vpcp"),
-        &id,
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let listed = export(&c, "vpcp", &id, &out);
     assert!(listed.contains(&id), "{listed}");
     let pkg = package_in(&out);
     for f in [
@@ -195,15 +200,7 @@ fn an_exported_package_verifies_offline_and_a_changed_byte_is_named() {
 
     // The recipient's edge exports its own package of the same document.
     let out2 = c.path("archive-nghean");
-    c.cli_ok(&[
-        "archive",
-        "export",
-        "--config",
-        &c.cfg("nghean"),
-        &id,
-        "--out",
-        out2.to_str().unwrap(),
-    ]);
+    export(&c, "nghean", &id, &out2);
     let (ok, said) = verify(&c, &package_in(&out2));
     assert!(ok, "{said}");
     assert!(said.contains("node nghean's audit log"), "{said}");
@@ -259,15 +256,7 @@ fn with_a_records_duty_attachments_outlive_retention_until_archived() {
     );
     // The attachment is still there: the export fetches it.
     let out = c.path("archive");
-    c.cli_ok(&[
-        "archive",
-        "export",
-        "--config",
-        &c.cfg("vpcp"),
-        &id,
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    export(&c, "vpcp", &id, &out);
     let (ok, said) = verify(&c, &package_in(&out));
     assert!(ok, "{said}");
     // Archived, then released at the next sweep; both audited.

@@ -5,11 +5,6 @@
 
 mod common;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
-};
-
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,22 +13,7 @@ async fn a_hub_killed_mid_stream_loses_and_duplicates_nothing() {
     for n in ["hub", "vpcp", "nghean"] {
         c.start(n);
     }
-    const N: usize = 1000;
-    let mut a = c.agency("vpcp").await;
-    let progress = Arc::new(AtomicUsize::new(0));
-    let p = progress.clone();
-    let sender = tokio::spawn(async move {
-        let mut ids = Vec::with_capacity(N);
-        for i in 0..N {
-            let r = a
-                .send(doc(G22, &[H41], &format!("Công văn số {i:04}")))
-                .await
-                .unwrap();
-            ids.push(r.into_inner().doc_id);
-            p.store(i + 1, Ordering::SeqCst);
-        }
-        ids
-    });
+    let (progress, sender) = send_in_background(&c, 1000).await;
     tokio::task::block_in_place(|| {
         wait_progress(&progress, 200);
         c.kill("hub");

@@ -173,10 +173,6 @@ fn health(addr: &str) -> (bool, String) {
 /// and the first hub, restarted as a standby, takes over again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hubs_on_one_postgresql_fail_over_without_loss_or_duplicates() {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    };
     let pg = Server::start();
     let url = pg.url("postgres");
     migrate(&url);
@@ -215,26 +211,7 @@ async fn two_hubs_on_one_postgresql_fail_over_without_loss_or_duplicates() {
     c.start("vpcp");
     c.start("nghean");
 
-    const N: usize = 2000;
-    let mut a = c.agency("vpcp").await;
-    let progress = Arc::new(AtomicUsize::new(0));
-    let p = progress.clone();
-    let sender = tokio::spawn(async move {
-        let mut ids = Vec::with_capacity(N);
-        for i in 0..N {
-            let r = a
-                .send(common::doc(
-                    common::G22,
-                    &[common::H41],
-                    &format!("Công văn số {i:04}"),
-                ))
-                .await
-                .unwrap();
-            ids.push(r.into_inner().doc_id);
-            p.store(i + 1, Ordering::SeqCst);
-        }
-        ids
-    });
+    let (progress, sender) = common::send_in_background(&c, 2000).await;
     tokio::task::block_in_place(|| {
         common::wait_progress(&progress, 700);
         c.kill("hub");

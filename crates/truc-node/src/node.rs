@@ -197,6 +197,31 @@ fn params(config: &Config) -> LinkParams {
     }
 }
 
+/// Serves a plaintext gRPC router on `listener` until the node stops.
+fn serve_plain(
+    tasks: &mut JoinSet<()>,
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    span: tracing::Span,
+    what: &'static str,
+) {
+    tasks.spawn(tracing::Instrument::instrument(
+        async move {
+            let shutdown = async move {
+                let _ = crate::stopped(&mut stop).await;
+            };
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "{what} failed");
+            }
+        },
+        span,
+    ));
+}
+
 /// The listener the caller bound, or a new one on `addr`, with its address.
 async fn bind(
     given: Option<TcpListener>,
@@ -271,21 +296,14 @@ impl RunningNode {
             let server = Server::builder()
                 .trace_fn(trace_node.clone())
                 .add_service(health_service.clone());
-            let mut s = stop_rx.clone();
-            tasks.spawn(tracing::Instrument::instrument(
-                async move {
-                    let shutdown = async move {
-                        let _ = crate::stopped(&mut s).await;
-                    };
-                    if let Err(e) = server
-                        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-                        .await
-                    {
-                        tracing::error!(error = %e, "health server failed");
-                    }
-                },
+            serve_plain(
+                &mut tasks,
+                server,
+                listener,
+                stop_rx.clone(),
                 node_span.clone(),
-            ));
+                "health server",
+            );
         }
 
         // Opening may wait (a standby for a shared store's writer lock): off the
@@ -363,21 +381,14 @@ impl RunningNode {
                 )
                 .add_service(health_service.clone())
                 .add_service(reflection()?);
-            let mut s = stop_rx.clone();
-            tasks.spawn(tracing::Instrument::instrument(
-                async move {
-                    let shutdown = async move {
-                        let _ = crate::stopped(&mut s).await;
-                    };
-                    if let Err(e) = server
-                        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-                        .await
-                    {
-                        tracing::error!(error = %e, "agency api server failed");
-                    }
-                },
+            serve_plain(
+                &mut tasks,
+                server,
+                listener,
+                stop_rx.clone(),
                 node_span.clone(),
-            ));
+                "agency api server",
+            );
         }
 
         let mut rest_addr = None;

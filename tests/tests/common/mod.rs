@@ -557,6 +557,33 @@ pub async fn assert_exactly_once_in_order(
     assert_eq!(got, expected, "order per (from, to) not kept");
 }
 
+/// Sends `n` documents G22 → H41 from vpcp in order, counting each in the
+/// returned progress once `send` returned; the task yields their ids.
+pub async fn send_in_background(
+    c: &Cluster,
+    n: usize,
+) -> (
+    Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<Vec<String>>,
+) {
+    let mut a = c.agency("vpcp").await;
+    let progress = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let p = progress.clone();
+    let sender = tokio::spawn(async move {
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            let r = a
+                .send(doc(G22, &[H41], &format!("Công văn số {i:04}")))
+                .await
+                .unwrap();
+            ids.push(r.into_inner().doc_id);
+            p.store(i + 1, std::sync::atomic::Ordering::SeqCst);
+        }
+        ids
+    });
+    (progress, sender)
+}
+
 /// Waits (blocking) until a sender task has counted `n` documents sent.
 pub fn wait_progress(p: &std::sync::atomic::AtomicUsize, n: usize) {
     let deadline = Instant::now() + DEADLINE;
