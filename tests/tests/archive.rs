@@ -204,6 +204,35 @@ fn an_exported_package_verifies_offline_and_a_changed_byte_is_named() {
     let (ok, said) = verify(&c, &package_in(&out2));
     assert!(ok, "{said}");
     assert!(said.contains("node nghean's audit log"), "{said}");
+
+    // A period: every document the edge's agencies sent or received in it.
+    let out3 = c.path("archive-period");
+    let listed = c.cli_ok(&[
+        "archive",
+        "export",
+        "--config",
+        &c.cfg("vpcp"),
+        "--from",
+        "2000-01-01",
+        "--out",
+        out3.to_str().unwrap(),
+    ]);
+    assert!(listed.contains(&id), "{listed}");
+    let (ok, said) = verify(&c, &package_in(&out3));
+    assert!(ok, "{said}");
+    let (ok, said) = c.cli_any(&[
+        "archive",
+        "export",
+        "--config",
+        &c.cfg("vpcp"),
+        "--from",
+        "2000-01-01",
+        "--to",
+        "2000-01-31",
+        "--out",
+        c.path("archive-empty").to_str().unwrap(),
+    ]);
+    assert!(ok && said.contains("0 package(s)"), "{said}");
 }
 
 /// The steps `truc trace` shows for a document at a node.
