@@ -40,6 +40,8 @@ pub struct ExportArgs {
     pub out: PathBuf,
 }
 
+
+
 /// Unix ms of the start of a day in Vietnam time (UTC+7).
 fn day_start_ms(day: &str) -> Result<i64> {
     let d = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
@@ -65,6 +67,7 @@ async fn documents_between(
         .unwrap_or(i64::MAX);
     let cfg = Config::load(config)?;
     let mut out = BTreeSet::new();
+    let mut truncated = false;
     for (organ, ..) in &cfg.agencies {
         let sent = client
             .list_sent(pb::ListSentRequest {
@@ -74,6 +77,7 @@ async fn documents_between(
             .await
             .map_err(client::status_error)?
             .into_inner();
+        truncated |= sent.documents.len() >= cfg.limits.max_list;
         for d in sent.documents {
             if (lo..hi).contains(&d.created_at_ms) {
                 out.insert((d.doc_id, d.from));
@@ -89,11 +93,18 @@ async fn documents_between(
             .await
             .map_err(client::status_error)?
             .into_inner();
+        truncated |= inbox.items.len() >= cfg.limits.max_list;
         for i in inbox.items {
             if (lo..hi).contains(&i.received_at_ms) {
                 out.insert((i.doc_id, i.from));
             }
         }
+    }
+    if truncated {
+        eprintln!(
+            "warning: the edge lists at most limits.max_list documents per agency and a list was full; \
+             documents of the period may be missing — raise limits.max_list or export them by id"
+        );
     }
     Ok(out.into_iter().collect())
 }
