@@ -104,7 +104,25 @@ fn version_of(c: &mut Client) -> Result<i32, StoreError> {
     Ok(v.unwrap_or(0))
 }
 
-type Job = Box<dyn FnOnce(&mut Client) + Send>;
+type Job = Box<dyn FnOnce(&mut Conn) + Send>;
+
+/// The connection and its prepared statements (each SQL text parsed and
+/// planned once per connection, not once per call).
+struct Conn {
+    client: Client,
+    statements: std::collections::HashMap<&'static str, postgres::Statement>,
+}
+
+impl Conn {
+    fn prepared(&mut self, sql: &'static str) -> Result<postgres::Statement, StoreError> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql).map_err(pg)?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+}
 
 /// Connects, checks the schema version and, unless `lock` is None, takes the
 /// writer lock (calling the standby callback first if it must wait).
@@ -192,10 +210,13 @@ impl PgStore {
         std::thread::Builder::new()
             .name("truc-postgres".into())
             .spawn(move || {
-                let mut client = match connect_checked(&url, lock) {
-                    Ok(c) => {
+                let mut conn = match connect_checked(&url, lock) {
+                    Ok(client) => {
                         let _ = ready_tx.send(Ok(()));
-                        c
+                        Conn {
+                            client,
+                            statements: Default::default(),
+                        }
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -207,18 +228,18 @@ impl PgStore {
                 };
                 loop {
                     match rx.recv_timeout(PING_IDLE) {
-                        Ok(job) => job(&mut client),
+                        Ok(job) => job(&mut conn),
                         // An idle writer checks its session now and then: a lost
                         // one means the lock may be another's.
                         Err(mpsc::RecvTimeoutError::Timeout) => {
-                            if let Err(e) = client.is_valid(PING_TIMEOUT) {
+                            if let Err(e) = conn.client.is_valid(PING_TIMEOUT) {
                                 fence(format!("the postgresql session did not answer: {e}"));
                                 break;
                             }
                         }
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
-                    if client.is_closed() {
+                    if conn.client.is_closed() {
                         fence("the connection to postgresql was lost".to_owned());
                         break;
                     }
@@ -237,7 +258,7 @@ impl PgStore {
     /// Runs `f` on the connection's thread and waits for its result.
     fn with<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&mut Conn) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = mpsc::channel();
         let job: Job = Box::new(move |c| {
@@ -268,15 +289,29 @@ impl PgStore {
         let strict = after.is_some_and(|a| a >= prefix);
         let upper = prefix_end(prefix);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let order = if descending { "DESC" } else { "ASC" };
-        let lower_op = if strict { ">" } else { ">=" };
-        let sql = format!(
-            "SELECT key, value FROM truc_kv WHERE space = $1 AND key {lower_op} $2 \
-             AND ($3::bytea IS NULL OR key < $3) ORDER BY key {order} LIMIT $4"
-        );
+        let sql = match (strict, descending) {
+            (false, false) => {
+                "SELECT key, value FROM truc_kv WHERE space = $1 AND key >= $2 \
+                 AND ($3::bytea IS NULL OR key < $3) ORDER BY key ASC LIMIT $4"
+            }
+            (true, false) => {
+                "SELECT key, value FROM truc_kv WHERE space = $1 AND key > $2 \
+                 AND ($3::bytea IS NULL OR key < $3) ORDER BY key ASC LIMIT $4"
+            }
+            (false, true) => {
+                "SELECT key, value FROM truc_kv WHERE space = $1 AND key >= $2 \
+                 AND ($3::bytea IS NULL OR key < $3) ORDER BY key DESC LIMIT $4"
+            }
+            (true, true) => {
+                "SELECT key, value FROM truc_kv WHERE space = $1 AND key > $2 \
+                 AND ($3::bytea IS NULL OR key < $3) ORDER BY key DESC LIMIT $4"
+            }
+        };
         self.with(move |c| {
+            let stmt = c.prepared(sql)?;
             let rows = c
-                .query(&sql, &[&space, &lower, &upper, &limit])
+                .client
+                .query(&stmt, &[&space, &lower, &upper, &limit])
                 .map_err(pg)?;
             Ok(rows
                 .into_iter()
@@ -290,11 +325,10 @@ impl Store for PgStore {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let key = key.to_vec();
         self.with(move |c| {
+            let stmt = c.prepared("SELECT value FROM truc_kv WHERE space = $1 AND key = $2")?;
             let row = c
-                .query_opt(
-                    "SELECT value FROM truc_kv WHERE space = $1 AND key = $2",
-                    &[&(space as i16), &key],
-                )
+                .client
+                .query_opt(&stmt, &[&(space as i16), &key])
                 .map_err(pg)?;
             Ok(row.map(|r| r.get(0)))
         })
@@ -322,18 +356,19 @@ impl Store for PgStore {
         // A synchronous commit of a real write waits for the WAL up to it, and so
         // for every asynchronous commit before it.
         self.with(|c| {
-            let mut tx = c.transaction().map_err(pg)?;
+            let bump = c.prepared("UPDATE truc_flush SET n = n + 1 WHERE id = 1")?;
+            let mut tx = c.client.transaction().map_err(pg)?;
             tx.batch_execute("SET LOCAL synchronous_commit = on")
                 .map_err(pg)?;
-            tx.execute("UPDATE truc_flush SET n = n + 1 WHERE id = 1", &[])
-                .map_err(pg)?;
+            tx.execute(&bump, &[]).map_err(pg)?;
             tx.commit().map_err(pg)
         })
     }
 
     fn size_on_disk(&self) -> u64 {
         self.with(|c| {
-            Ok(c.query_one("SELECT pg_total_relation_size('truc_kv')", &[])
+            Ok(c.client
+                .query_one("SELECT pg_total_relation_size('truc_kv')", &[])
                 .ok()
                 .and_then(|r| r.get::<_, Option<i64>>(0))
                 .map_or(0, |n| n.max(0) as u64))
@@ -382,27 +417,25 @@ fn net(batch: &Batch) -> Net {
 
 /// One transaction, two statements whatever the batch size (round trips are
 /// what a remote store pays for).
-fn apply(c: &mut Client, batch: &Batch) -> Result<(), StoreError> {
+fn apply(c: &mut Conn, batch: &Batch) -> Result<(), StoreError> {
     let (ps, pk, pv, ds, dk) = net(batch);
-    let mut tx = c.transaction().map_err(pg)?;
+    let upsert = c.prepared(
+        "INSERT INTO truc_kv (space, key, value) \
+         SELECT * FROM unnest($1::smallint[], $2::bytea[], $3::bytea[]) \
+         ON CONFLICT (space, key) DO UPDATE SET value = EXCLUDED.value",
+    )?;
+    let delete = c.prepared(
+        "DELETE FROM truc_kv USING unnest($1::smallint[], $2::bytea[]) AS d(space, key) \
+         WHERE truc_kv.space = d.space AND truc_kv.key = d.key",
+    )?;
+    let mut tx = c.client.transaction().map_err(pg)?;
     tx.batch_execute("SET LOCAL synchronous_commit = off")
         .map_err(pg)?;
     if !ps.is_empty() {
-        tx.execute(
-            "INSERT INTO truc_kv (space, key, value) \
-             SELECT * FROM unnest($1::smallint[], $2::bytea[], $3::bytea[]) \
-             ON CONFLICT (space, key) DO UPDATE SET value = EXCLUDED.value",
-            &[&ps, &pk, &pv],
-        )
-        .map_err(pg)?;
+        tx.execute(&upsert, &[&ps, &pk, &pv]).map_err(pg)?;
     }
     if !ds.is_empty() {
-        tx.execute(
-            "DELETE FROM truc_kv USING unnest($1::smallint[], $2::bytea[]) AS d(space, key) \
-             WHERE truc_kv.space = d.space AND truc_kv.key = d.key",
-            &[&ds, &dk],
-        )
-        .map_err(pg)?;
+        tx.execute(&delete, &[&ds, &dk]).map_err(pg)?;
     }
     tx.commit().map_err(pg)
 }
