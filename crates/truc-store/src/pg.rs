@@ -106,20 +106,22 @@ fn version_of(c: &mut Client) -> Result<i32, StoreError> {
 
 type Job = Box<dyn FnOnce(&mut Conn) + Send>;
 
-/// The connection and its prepared statements (each SQL text parsed and
-/// planned once per connection, not once per call).
+/// The connection and its prepared statements (each SQL text parsed once per
+/// connection, not once per call). Every statement's conditions are plain
+/// index bounds, so that PostgreSQL's generic plan for it is as good as a
+/// custom one.
 struct Conn {
     client: Client,
-    statements: std::collections::HashMap<&'static str, postgres::Statement>,
+    statements: std::collections::HashMap<String, postgres::Statement>,
 }
 
 impl Conn {
-    fn prepared(&mut self, sql: &'static str) -> Result<postgres::Statement, StoreError> {
+    fn prepared(&mut self, sql: &str) -> Result<postgres::Statement, StoreError> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
         let s = self.client.prepare(sql).map_err(pg)?;
-        self.statements.insert(sql, s.clone());
+        self.statements.insert(sql.to_owned(), s.clone());
         Ok(s)
     }
 }
@@ -128,6 +130,12 @@ impl Conn {
 /// writer lock (calling the standby callback first if it must wait).
 fn connect_checked(url: &str, lock: Standby) -> Result<Client, StoreError> {
     let mut client = Client::connect(url, NoTls).map_err(pg)?;
+    // Statements are prepared once (parsed once) but planned with their values:
+    // a generic plan cannot size the `unnest` arrays of a batch and was seen
+    // to join the whole table (bench pg-hub: 0.24× instead of 0.29×).
+    client
+        .batch_execute("SET plan_cache_mode = force_custom_plan")
+        .map_err(pg)?;
     let want = MIGRATIONS.last().map_or(0, |m| m.0);
     let have = version_of(&mut client)?;
     if have != want {
@@ -289,30 +297,28 @@ impl PgStore {
         let strict = after.is_some_and(|a| a >= prefix);
         let upper = prefix_end(prefix);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let sql = match (strict, descending) {
-            (false, false) => {
-                "SELECT key, value FROM truc_kv WHERE space = $1 AND key >= $2 \
-                 AND ($3::bytea IS NULL OR key < $3) ORDER BY key ASC LIMIT $4"
-            }
-            (true, false) => {
-                "SELECT key, value FROM truc_kv WHERE space = $1 AND key > $2 \
-                 AND ($3::bytea IS NULL OR key < $3) ORDER BY key ASC LIMIT $4"
-            }
-            (false, true) => {
-                "SELECT key, value FROM truc_kv WHERE space = $1 AND key >= $2 \
-                 AND ($3::bytea IS NULL OR key < $3) ORDER BY key DESC LIMIT $4"
-            }
-            (true, true) => {
-                "SELECT key, value FROM truc_kv WHERE space = $1 AND key > $2 \
-                 AND ($3::bytea IS NULL OR key < $3) ORDER BY key DESC LIMIT $4"
-            }
+        let order = if descending { "DESC" } else { "ASC" };
+        let lower_op = if strict { ">" } else { ">=" };
+        // With and without an upper bound: `($3 IS NULL OR key < $3)` would
+        // leave a generic plan scanning past the prefix to the end of the space.
+        let sql = if upper.is_some() {
+            format!(
+                "SELECT key, value FROM truc_kv WHERE space = $1 AND key {lower_op} $2 \
+                 AND key < $3 ORDER BY key {order} LIMIT $4"
+            )
+        } else {
+            format!(
+                "SELECT key, value FROM truc_kv WHERE space = $1 AND key {lower_op} $2 \
+                 ORDER BY key {order} LIMIT $3"
+            )
         };
         self.with(move |c| {
-            let stmt = c.prepared(sql)?;
-            let rows = c
-                .client
-                .query(&stmt, &[&space, &lower, &upper, &limit])
-                .map_err(pg)?;
+            let stmt = c.prepared(&sql)?;
+            let rows = match &upper {
+                Some(u) => c.client.query(&stmt, &[&space, &lower, u, &limit]),
+                None => c.client.query(&stmt, &[&space, &lower, &limit]),
+            }
+            .map_err(pg)?;
             Ok(rows
                 .into_iter()
                 .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1)))
