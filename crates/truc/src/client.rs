@@ -150,7 +150,11 @@ pub fn status_error(s: tonic::Status) -> anyhow::Error {
 /// signatures), one line each on stderr: stdout stays for paths and data.
 pub fn print_pdf_checks(checks: &[pb::PdfSignatureCheck]) {
     for c in checks {
-        let mut line = format!("{}: signature {}", c.attachment, c.verdict);
+        let mut line = if c.verdict == "unsigned" {
+            format!("{}: no signature", c.attachment)
+        } else {
+            format!("{}: signature {}", c.attachment, c.verdict)
+        };
         if !c.signer.is_empty() {
             line.push_str(&format!(", signed by {}", c.signer));
         }
