@@ -40,8 +40,6 @@ pub struct ExportArgs {
     pub out: PathBuf,
 }
 
-
-
 /// Unix ms of the start of a day in Vietnam time (UTC+7).
 fn day_start_ms(day: &str) -> Result<i64> {
     let d = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
