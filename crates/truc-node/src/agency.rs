@@ -301,6 +301,9 @@ impl Agency for AgencyService {
             let pdfs = items
                 .iter()
                 .map(|e| {
+                    if e.attachments == 0 {
+                        return Ok(String::new());
+                    }
                     Ok(st
                         .pdf_checks_recorded(&e.from, &e.doc_id)?
                         .map(|c| crate::state::pdf_summary(&c))
@@ -388,7 +391,7 @@ impl Agency for AgencyService {
                 delivered_to: entries.iter().map(|e| e.organ.clone()).collect(),
                 acked: entries.iter().all(|e| e.acked),
                 // Checked on arrival; done now if that has not happened yet.
-                pdf_signatures: st.check_pdfs(&header.from, &header.doc_id)?,
+                pdf_signatures: st.check_pdfs_of(&header)?,
             };
             Ok(pb::GetDocumentResponse {
                 document: Some(document),
@@ -675,7 +678,7 @@ impl Agency for AgencyService {
                     .unwrap_or_default()
             };
             let p = crate::edxml::from_truc(&header, data, &here, doc.received_at_ms, names);
-            let checks = st.check_pdfs(&header.from, &header.doc_id)?;
+            let checks = st.check_pdfs_of(&header)?;
             Ok((truc_edxml::emit(&p), checks))
         })
         .await?;

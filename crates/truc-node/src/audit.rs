@@ -80,6 +80,71 @@ pub fn head_value(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
     v
 }
 
+/// Walks consecutive entries, each checked against the one before it: its
+/// number, its link to the previous hash, its own hash. Used over a whole log
+/// ([`verify`]) and over a segment of one (an archival package's proof).
+#[derive(Debug, Clone)]
+pub struct ChainWalk {
+    prev: [u8; 32],
+    next_seq: u64,
+}
+
+impl ChainWalk {
+    /// From the first entry of a log.
+    pub fn from_start() -> Self {
+        Self {
+            prev: [0u8; 32],
+            next_seq: 1,
+        }
+    }
+
+    /// From `first`, whose predecessor is not at hand: its own link is taken
+    /// as given.
+    pub fn from_entry(first: &AuditEntry) -> Self {
+        let mut prev = [0u8; 32];
+        if first.prev.len() == 32 {
+            prev.copy_from_slice(&first.prev);
+        }
+        Self {
+            prev,
+            next_seq: first.seq,
+        }
+    }
+
+    /// Checks that `e` is the next entry; it then becomes the previous one.
+    pub fn step(&mut self, e: &AuditEntry) -> Result<(), String> {
+        let seq = self.next_seq;
+        if e.seq != seq {
+            return Err(format!("entry {seq} says it is entry {}", e.seq));
+        }
+        if e.prev != self.prev {
+            return Err(format!(
+                "entry {seq} does not follow entry {}",
+                seq.saturating_sub(1)
+            ));
+        }
+        let h = entry_hash(e);
+        if e.hash != h {
+            return Err(format!(
+                "entry {seq} was changed: its hash does not match its content"
+            ));
+        }
+        self.prev = h;
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// The hash of the last entry walked (the start's link before any).
+    pub fn head(&self) -> [u8; 32] {
+        self.prev
+    }
+
+    /// The number of the last entry walked.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq.saturating_sub(1)
+    }
+}
+
 /// The result of checking a node's chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
@@ -95,19 +160,19 @@ pub struct Report {
 /// the next check.
 pub fn verify(store: &dyn Store) -> Result<Report, StoreError> {
     let (head_seq, head_hash) = head(store)?;
-    let mut prev = [0u8; 32];
-    let mut expected = 1u64;
+    let mut walk = ChainWalk::from_start();
     let mut after: Option<Vec<u8>> = None;
-    let bad = |seq: u64, why: String, n: u64, prev: [u8; 32]| Report {
-        entries: n,
+    let bad = |seq: u64, why: String, walk: &ChainWalk| Report {
+        entries: walk.last_seq(),
         first_bad: Some((seq, why)),
-        head: prev,
+        head: walk.head(),
     };
-    while expected <= head_seq {
+    while walk.last_seq() < head_seq {
         let rows = store.scan(Space::Audit, &[], after.as_deref(), 1024)?;
         let Some((last, _)) = rows.last() else { break };
         after = Some(last.clone());
         for (k, v) in rows {
+            let expected = walk.last_seq() + 1;
             if expected > head_seq {
                 break;
             }
@@ -116,71 +181,42 @@ pub fn verify(store: &dyn Store) -> Result<Report, StoreError> {
                 return Ok(bad(
                     expected,
                     format!("entry {expected} is missing (next is {seq})"),
-                    expected - 1,
-                    prev,
+                    &walk,
                 ));
             }
             let e: AuditEntry = match record::decode(Space::Audit, &k, &v) {
                 Ok(e) => e,
                 Err(err) => {
-                    return Ok(bad(
-                        seq,
-                        format!("entry {seq} is unreadable: {err}"),
-                        seq - 1,
-                        prev,
-                    ));
+                    return Ok(bad(seq, format!("entry {seq} is unreadable: {err}"), &walk));
                 }
             };
-            if e.seq != seq {
-                return Ok(bad(
-                    seq,
-                    format!("entry {seq} says it is entry {}", e.seq),
-                    seq - 1,
-                    prev,
-                ));
+            if let Err(why) = walk.step(&e) {
+                return Ok(bad(seq, why, &walk));
             }
-            if e.prev != prev {
-                return Ok(bad(
-                    seq,
-                    format!("entry {seq} does not follow entry {}", seq - 1),
-                    seq - 1,
-                    prev,
-                ));
-            }
-            let h = entry_hash(&e);
-            if e.hash != h {
-                return Ok(bad(
-                    seq,
-                    format!("entry {seq} was changed: its hash does not match its content"),
-                    seq - 1,
-                    prev,
-                ));
-            }
-            prev = h;
-            expected += 1;
         }
     }
-    let n = expected - 1;
+    let n = walk.last_seq();
     if n != head_seq {
         return Ok(bad(
             n + 1,
             format!("the log ends at entry {n} but its head says {head_seq}: entries were removed"),
-            n,
-            prev,
+            &walk,
         ));
     }
-    if n > 0 && prev != head_hash {
-        return Ok(bad(
-            n,
-            format!("entry {n} does not match the recorded chain head"),
-            n - 1,
-            prev,
-        ));
+    if n > 0 && walk.head() != head_hash {
+        return Ok(Report {
+            entries: n - 1,
+            first_bad: Some((
+                n,
+                format!("entry {n} does not match the recorded chain head"),
+            )),
+            head: walk.head(),
+        });
     }
     Ok(Report {
         entries: n,
         first_bad: None,
-        head: prev,
+        head: walk.head(),
     })
 }
 

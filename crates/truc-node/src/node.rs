@@ -64,6 +64,16 @@ impl std::fmt::Debug for RunningNode {
 /// The names health reports on: the server as a whole and each truc service.
 const HEALTH_SERVICES: [&str; 4] = ["", "truc.v1.Link", "truc.v1.Agency", "truc.v1.Admin"];
 
+/// Sets every name health reports on.
+async fn set_health(
+    reporter: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    for name in HEALTH_SERVICES {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
 /// How often the dashboard's throughput is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 /// How often the audit chain is re-verified in the background.
@@ -115,26 +125,25 @@ pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
     }
     // Hubs and relays sign their own receipts with their node key; they hold no
     // agency key (invariant 6).
-    let node_signer = if config.listen.is_some() {
-        Some(Signer::load_for(
-            &Identity::Node(config.node_id.clone()),
-            &config.tls.cert,
-            &config.tls.key,
-        )?)
+    // Every node signs the audit checkpoints of its archival packages with
+    // that key too; loaded once.
+    let node_key = Signer::load_for(
+        &Identity::Node(config.node_id.clone()),
+        &config.tls.cert,
+        &config.tls.key,
+    )?;
+    let (node_signer, checkpoint_signer) = if config.listen.is_some() {
+        (Some(node_key), None)
     } else {
-        None
+        (None, Some(node_key))
     };
     // Edges check the signatures inside the PDFs their agencies receive.
     let pdf = if config.pdf.check && !config.agencies.is_empty() {
-        let mut pem = Vec::new();
+        let mut cas = Vec::new();
         for p in &config.pdf.trust_anchors {
-            pem.extend(
-                std::fs::read(p)
-                    .map_err(NodeError::io(format!("pdf.trust_anchors {}", p.display())))?,
-            );
-            pem.push(b'\n');
+            cas.extend(truc_pki::load_certs(p)?.iter().map(|c| c.to_vec()));
         }
-        let anchors = truc_pdfsig::TrustAnchors::from_pem(&pem)
+        let anchors = truc_pdfsig::TrustAnchors::from_der(&cas)
             .map_err(|e| NodeError::Other(format!("pdf.trust_anchors: {e}")))?;
         Some(crate::state::PdfCheck {
             anchors,
@@ -143,12 +152,6 @@ pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
     } else {
         None
     };
-    // Every node signs the audit checkpoints of its archival packages.
-    let checkpoint_signer = Some(Signer::load_for(
-        &Identity::Node(config.node_id.clone()),
-        &config.tls.cert,
-        &config.tls.key,
-    )?);
     let verifiers = Verifiers {
         agencies: SignatureVerifier::from_file(&config.signing_ca)?,
         nodes: SignatureVerifier::from_file(&config.tls.ca)?,
@@ -270,11 +273,7 @@ impl RunningNode {
         }
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         // NOT_SERVING until the store is open and the health loop says otherwise.
-        for name in HEALTH_SERVICES {
-            health_reporter
-                .set_service_status(name, tonic_health::ServingStatus::NotServing)
-                .await;
-        }
+        set_health(&health_reporter, tonic_health::ServingStatus::NotServing).await;
         // Every log line of this node's tasks and requests names it.
         let node_span = tracing::info_span!("node", node = %config.node_id);
         let trace_node = {
@@ -465,28 +464,26 @@ impl RunningNode {
         // Health for load balancers and probes: SERVING while the store takes
         // writes (no failed flush, free space above the reserve). A store that is
         // fenced (a shared store's lock lost with its connection) stops the node.
-        // Checked once before `start` returns: a node that says ready is SERVING.
+        // Checked once before `start` returns (a node that says ready is
+        // SERVING), then every second.
         {
             let st = state.clone();
-            if tokio::task::spawn_blocking(move || st.writable())
+            let first = tokio::task::spawn_blocking(move || st.writable())
                 .await
-                .unwrap_or(false)
-            {
-                for name in HEALTH_SERVICES {
-                    health_reporter
-                        .set_service_status(name, tonic_health::ServingStatus::Serving)
-                        .await;
-                }
+                .unwrap_or(false);
+            if first {
+                set_health(&health_reporter, tonic_health::ServingStatus::Serving).await;
+            } else {
+                tracing::error!("store not writable: health NOT_SERVING");
             }
-        }
-        {
             let st = state.clone();
             let reporter = health_reporter.clone();
             let mut s = stop_rx.clone();
             tasks.spawn(tracing::Instrument::instrument(
                 async move {
-                    let mut tick = tokio::time::interval(Duration::from_secs(1));
-                    let mut last = None;
+                    let every = Duration::from_secs(1);
+                    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                    let mut last = Some(first);
                     loop {
                         tokio::select! {
                             _ = crate::stopped(&mut s) => return,
@@ -494,11 +491,7 @@ impl RunningNode {
                         }
                         if let Some(why) = st.store().fenced() {
                             tracing::error!(reason = %why, "the store may be another process's now: stopping");
-                            for name in HEALTH_SERVICES {
-                                reporter
-                                    .set_service_status(name, tonic_health::ServingStatus::NotServing)
-                                    .await;
-                            }
+                            set_health(&reporter, tonic_health::ServingStatus::NotServing).await;
                             let _ = failed_tx.send(Some(why));
                             return;
                         }
@@ -513,9 +506,7 @@ impl RunningNode {
                                 tracing::error!("store not writable: health NOT_SERVING");
                                 tonic_health::ServingStatus::NotServing
                             };
-                            for name in HEALTH_SERVICES {
-                                reporter.set_service_status(name, status).await;
-                            }
+                            set_health(&reporter, status).await;
                             last = Some(ok);
                         }
                     }

@@ -532,7 +532,8 @@ pub struct Parts {
     pub routing: RoutingTable,
     pub signers: Vec<Signer>,
     pub node_signer: Option<Signer>,
-    /// Every node's transport key, to sign audit checkpoints (None: no archives).
+    /// The node's transport key for audit checkpoints when `node_signer` is
+    /// None (hubs and relays sign them with `node_signer`; neither: no archives).
     pub checkpoint_signer: Option<Signer>,
     /// Edges: PDF signature checks (None: off).
     pub pdf: Option<PdfCheck>,
@@ -626,6 +627,7 @@ impl NodeState {
             .unwrap_or(0);
         let directory = Self::merge_directories(routing.has_parent(), received.as_ref(), &own);
         let (directory_changed, _) = tokio::sync::watch::channel(directory.version);
+        let node_signer = p.node_signer.map(Arc::new);
         Ok(Arc::new(Self {
             node_id: p.node_id,
             routes: RwLock::new(Arc::new(routing)),
@@ -634,8 +636,11 @@ impl NodeState {
                 .into_iter()
                 .filter_map(|s| s.organ().cloned().map(|o| (o, Arc::new(s))))
                 .collect(),
-            node_signer: p.node_signer.map(Arc::new),
-            checkpoint_signer: p.checkpoint_signer.map(Arc::new),
+            checkpoint_signer: p
+                .checkpoint_signer
+                .map(Arc::new)
+                .or_else(|| node_signer.clone()),
+            node_signer,
             pdf: p.pdf,
             verifiers: p.verifiers,
             limits: p.limits,
@@ -4279,22 +4284,38 @@ impl NodeState {
         from: &str,
         doc_id: &str,
     ) -> Result<Vec<pb::PdfSignatureCheck>, NodeError> {
+        let doc = self.load_doc(from, doc_id)?;
+        let env = pb::SignedEnvelope::decode(doc.envelope.as_slice()).map_err(internal)?;
+        let header = pb::Header::decode(env.header_bytes.as_slice()).map_err(internal)?;
+        self.check_pdfs_of(&header)
+    }
+
+    /// [`check_pdfs`](Self::check_pdfs) for a header already at hand; nothing
+    /// is read for a document without PDF attachments.
+    pub fn check_pdfs_of(
+        &self,
+        header: &pb::Header,
+    ) -> Result<Vec<pb::PdfSignatureCheck>, NodeError> {
+        let pdfs: Vec<&pb::AttachmentRef> = header
+            .attachments
+            .iter()
+            .filter(|a| {
+                a.content_type.eq_ignore_ascii_case("application/pdf")
+                    || a.name.to_ascii_lowercase().ends_with(".pdf")
+            })
+            .collect();
+        if pdfs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (from, doc_id) = (header.from.as_str(), header.doc_id.as_str());
         if let Some(done) = self.pdf_checks_recorded(from, doc_id)? {
             return Ok(done);
         }
         let Some(pdf) = &self.pdf else {
             return Ok(Vec::new());
         };
-        let doc = self.load_doc(from, doc_id)?;
-        let env = pb::SignedEnvelope::decode(doc.envelope.as_slice()).map_err(internal)?;
-        let header = pb::Header::decode(env.header_bytes.as_slice()).map_err(internal)?;
         let mut checks = Vec::new();
-        for a in &header.attachments {
-            let is_pdf = a.content_type.eq_ignore_ascii_case("application/pdf")
-                || a.name.to_ascii_lowercase().ends_with(".pdf");
-            if !is_pdf {
-                continue;
-            }
+        for a in pdfs {
             let not_checked = |why: String| pb::PdfSignatureCheck {
                 attachment: a.name.clone(),
                 verdict: "not checked".into(),
@@ -4316,9 +4337,6 @@ impl NodeState {
                 }
             };
             checks.push(check);
-        }
-        if checks.is_empty() {
-            return Ok(checks);
         }
         let w = self.lock();
         let mut plan = Plan::default();

@@ -8,7 +8,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::Read,
     path::{Path, PathBuf},
 };
 
@@ -19,7 +18,6 @@ use truc_node::{
     Config, audit,
     envelope::{self, Sender, Verifiers},
 };
-use truc_pki::sign::SignatureVerifier;
 use truc_proto::v1 as pb;
 use truc_store::{Digest, record::AuditEntry};
 
@@ -157,22 +155,6 @@ fn safe(s: &str) -> String {
             }
         })
         .collect()
-}
-
-fn sha256_file(path: &Path) -> Result<(Vec<u8>, u64)> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("read {}", path.display()))?;
-    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((h.finish().as_ref().to_vec(), n))
 }
 
 /// Every file under `dir`, as paths relative to `base` with `/` separators.
@@ -320,20 +302,36 @@ async fn export_one(
         }
     }
 
-    // BagIt: the payload manifest, then the tag files and their manifest.
-    let payload = files_under(&dir, &data)?;
+    let (files, octets, package_sha256) = write_bag_files(&dir, &header, &rec.node)?;
+    sync_tree(&dir)?;
+    std::fs::rename(&dir, &final_dir)?;
+    if let Ok(d) = std::fs::File::open(out) {
+        let _ = d.sync_all();
+    }
+    // Only a package that is whole on disk counts as archived at the edge.
+    c.archive_exported(pb::ArchiveExportedRequest {
+        doc_id: header.doc_id.clone(),
+        from: header.from.clone(),
+        package_sha256,
+    })
+    .await
+    .map_err(client::status_error)?;
+    Ok((final_dir, files, octets))
+}
+
+/// BagIt's files around the payload under `dir/data`: the payload manifest,
+/// `bagit.txt`, `bag-info.txt` and the tag manifest. Returns the payload's file
+/// count and bytes, and the tag manifest's SHA-256 (the package's digest).
+fn write_bag_files(dir: &Path, header: &pb::Header, node: &str) -> Result<(usize, u64, Vec<u8>)> {
+    let payload = files_under(dir, &dir.join("data"))?;
     let mut manifest = String::new();
     let mut octets = 0u64;
     for rel in &payload {
-        let (h, n) = sha256_file(&dir.join(rel))?;
+        let (h, n) = client::sha256_file(&dir.join(rel))?;
         octets += n;
         manifest.push_str(&format!("{}  {rel}\n", hex::encode(h)));
     }
-    std::fs::write(dir.join("manifest-sha256.txt"), manifest)?;
-    std::fs::write(
-        dir.join("bagit.txt"),
-        "BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n",
-    )?;
+    let bagit = "BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n".to_owned();
     let info = format!(
         "Source-Organization: {}\nBagging-Date: {}\nExternal-Identifier: {}\nExternal-Description: {}\nPayload-Oxum: {octets}.{}\nBag-Software-Agent: truc {}\nTruc-Archive-Version: {FORMAT_VERSION}\nTruc-Node: {}\n",
         one_line(&header.from),
@@ -342,30 +340,21 @@ async fn export_one(
         one_line(&header.subject),
         payload.len(),
         env!("CARGO_PKG_VERSION"),
-        one_line(&rec.node),
+        one_line(node),
     );
-    std::fs::write(dir.join("bag-info.txt"), info)?;
     let mut tags = String::new();
-    for t in ["bagit.txt", "bag-info.txt", "manifest-sha256.txt"] {
-        let (h, _) = sha256_file(&dir.join(t))?;
-        tags.push_str(&format!("{}  {t}\n", hex::encode(h)));
+    for (name, text) in [
+        ("bagit.txt", &bagit),
+        ("bag-info.txt", &info),
+        ("manifest-sha256.txt", &manifest),
+    ] {
+        std::fs::write(dir.join(name), text)?;
+        let h = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+        tags.push_str(&format!("{}  {name}\n", hex::encode(h)));
     }
-    std::fs::write(dir.join("tagmanifest-sha256.txt"), tags)?;
-    sync_tree(&dir)?;
-    std::fs::rename(&dir, &final_dir)?;
-    if let Ok(d) = std::fs::File::open(out) {
-        let _ = d.sync_all();
-    }
-    // Only a package that is whole on disk counts as archived at the edge.
-    let (package_sha256, _) = sha256_file(&final_dir.join("tagmanifest-sha256.txt"))?;
-    c.archive_exported(pb::ArchiveExportedRequest {
-        doc_id: header.doc_id.clone(),
-        from: header.from.clone(),
-        package_sha256,
-    })
-    .await
-    .map_err(client::status_error)?;
-    Ok((final_dir, payload.len(), octets))
+    std::fs::write(dir.join("tagmanifest-sha256.txt"), &tags)?;
+    let package = ring::digest::digest(&ring::digest::SHA256, tags.as_bytes());
+    Ok((payload.len(), octets, package.as_ref().to_vec()))
 }
 
 /// A bag-info value on one line.
@@ -441,7 +430,7 @@ fn check_bag(pkg: &Path, f: &mut Findings) -> Result<()> {
             f.fail(rel, "a path outside the package");
             continue;
         }
-        match sha256_file(&pkg.join(rel)) {
+        match client::sha256_file(&pkg.join(rel)) {
             Ok((h, _)) if hex::encode(&h) == *want => {}
             Ok(_) => f.fail(rel, "changed: its sha-256 is not the one in the manifest"),
             Err(_) => f.fail(rel, "missing"),
@@ -469,18 +458,11 @@ fn signer_of(v: &envelope::Verified) -> String {
 }
 
 pub fn verify(a: VerifyArgs) -> Result<()> {
-    let (signing, transport) = match (&a.config, &a.signing_ca, &a.transport_ca) {
-        (Some(c), None, None) => {
-            let cfg = Config::load(c)?;
-            (cfg.signing_ca, cfg.tls.ca)
-        }
-        (None, Some(s), Some(t)) => (s.clone(), t.clone()),
-        _ => bail!("give either --config FILE or both --signing-ca and --transport-ca"),
-    };
-    let v = Verifiers {
-        agencies: SignatureVerifier::from_file(&signing)?,
-        nodes: SignatureVerifier::from_file(&transport)?,
-    };
+    let v = crate::verify::trusted(
+        a.config.as_deref(),
+        a.signing_ca.as_deref(),
+        a.transport_ca.as_deref(),
+    )?;
     let pkg = &a.package;
     if !pkg.join("bagit.txt").exists() {
         bail!(
@@ -533,7 +515,7 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
         ));
         for (i, a) in d.header.attachments.iter().enumerate() {
             let rel = format!("data/attachments/{}", a.name);
-            match sha256_file(&pkg.join(&rel)) {
+            match client::sha256_file(&pkg.join(&rel)) {
                 Ok((h, n))
                     if Some(&h[..]) == d.attachments.get(i).map(|x| &x.0[..]) && n == a.size =>
                 {
@@ -647,22 +629,11 @@ fn check_audit(pkg: &Path, v: &Verifiers, doc_id: Option<String>) -> Result<Stri
         entries.push(e);
     }
     let first = entries.first().ok_or_else(|| anyhow!("no entries"))?;
-    let mut prev: Option<&AuditEntry> = None;
+    // The segment's first link is taken as given; the signed head closes it.
+    let mut walk = audit::ChainWalk::from_entry(first);
     for e in &entries {
-        if e.hash != audit::entry_hash(e) {
-            bail!("entry {} does not match its hash (edited)", e.seq);
-        }
-        if let Some(p) = prev {
-            if e.seq != p.seq + 1 {
-                bail!("entry {} follows entry {} (entries removed)", e.seq, p.seq);
-            }
-            if e.prev != p.hash {
-                bail!("entry {} does not chain to entry {}", e.seq, p.seq);
-            }
-        }
-        prev = Some(e);
+        walk.step(e).map_err(|why| anyhow!(why))?;
     }
-    let last = prev.unwrap_or(first);
     let signed = pb::SignedCheckpoint::decode(read(pkg, "data/audit/checkpoint.pb")?.as_slice())
         .map_err(|e| anyhow!("checkpoint unreadable: {e}"))?;
     let cp = pb::AuditCheckpoint::decode(signed.checkpoint_bytes.as_slice())
@@ -686,10 +657,10 @@ fn check_audit(pkg: &Path, v: &Verifiers, doc_id: Option<String>) -> Result<Stri
             cp.node
         ),
     }
-    if cp.seq != last.seq || cp.head_sha256 != last.hash {
+    if cp.seq != walk.last_seq() || cp.head_sha256 != walk.head() {
         bail!(
             "the entries end at {} but the signed head is entry {}",
-            last.seq,
+            walk.last_seq(),
             cp.seq
         );
     }

@@ -647,6 +647,24 @@ pub async fn get(config: &Path, doc_id: &str, from: Option<String>, out: &Path) 
     Ok(dir)
 }
 
+/// SHA-256 and length of a file, read in 1 MiB pieces.
+pub(crate) fn sha256_file(path: &Path) -> Result<(Vec<u8>, u64)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("read {}", path.display()))?;
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((h.finish().as_ref().to_vec(), n))
+}
+
 /// Streams one attachment to `dir/<name>` through a `.part` file (resumed if one is
 /// there), checks its SHA-256 against the signed manifest, then renames it.
 pub(crate) async fn download(
@@ -706,20 +724,7 @@ pub(crate) async fn download(
     }
     let actual = tokio::task::spawn_blocking({
         let part = part.clone();
-        move || -> std::io::Result<Vec<u8>> {
-            use std::io::Read;
-            let mut h = ring::digest::Context::new(&ring::digest::SHA256);
-            let mut file = std::fs::File::open(part)?;
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = file.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
-            Ok(h.finish().as_ref().to_vec())
-        }
+        move || sha256_file(&part).map(|(h, _)| h)
     })
     .await??;
     if actual != a.sha256 {

@@ -396,18 +396,15 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<()> {
 
 /// A one-page PDF signed with an agency's certificate and key (PEM files).
 fn signed_pdf(lines: &[&str], cert: &std::path::Path, key: &std::path::Path) -> Result<Vec<u8>> {
-    use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, pem::PemObject};
-    let chain = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("read {}", cert.display()))?
-        .map(|c| c.map(|c| c.to_vec()))
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parse {}", cert.display()))?;
-    let key = PrivatePkcs8KeyDer::from_pem_file(key)
-        .with_context(|| format!("read {}", key.display()))?;
+    let chain: Vec<Vec<u8>> = truc_pki::load_certs(cert)?
+        .iter()
+        .map(|c| c.to_vec())
+        .collect();
+    let key = truc_pki::load_key(key)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    truc_pdfsig::sign_pdf(&pdf::simple_pdf(lines), &chain, key.secret_pkcs8_der(), now)
+    truc_pdfsig::sign_pdf(&pdf::simple_pdf(lines), &chain, key.secret_der(), now)
         .map_err(|e| anyhow::anyhow!("sign the demo PDF: {e}"))
 }

@@ -27,12 +27,26 @@ pub struct VerifyArgs {
 }
 
 fn verifiers(a: &VerifyArgs) -> Result<Verifiers> {
-    let (signing, transport) = match (&a.config, &a.signing_ca, &a.transport_ca) {
+    trusted(
+        a.config.as_deref(),
+        a.signing_ca.as_deref(),
+        a.transport_ca.as_deref(),
+    )
+}
+
+/// The CAs an offline check trusts: those a node's config names, or the two
+/// files given.
+pub fn trusted(
+    config: Option<&Path>,
+    signing_ca: Option<&Path>,
+    transport_ca: Option<&Path>,
+) -> Result<Verifiers> {
+    let (signing, transport) = match (config, signing_ca, transport_ca) {
         (Some(c), None, None) => {
             let cfg = Config::load(c)?;
             (cfg.signing_ca, cfg.tls.ca)
         }
-        (None, Some(s), Some(t)) => (s.clone(), t.clone()),
+        (None, Some(s), Some(t)) => (s.to_owned(), t.to_owned()),
         _ => bail!("give either --config FILE or both --signing-ca and --transport-ca"),
     };
     Ok(Verifiers {
