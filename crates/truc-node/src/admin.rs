@@ -48,6 +48,7 @@ pub fn report_pb(r: audit::Report) -> pb::AuditVerifyResponse {
         first_bad: r.first_bad.as_ref().map(|(s, _)| *s).unwrap_or(0),
         reason: r.first_bad.map(|(_, why)| why).unwrap_or_default(),
         head: r.head.iter().map(|b| format!("{b:02x}")).collect(),
+        pruned_through: r.pruned_through,
     }
 }
 

@@ -352,9 +352,7 @@ impl Agency for AgencyService {
         let st = self.state.clone();
         let without_data = r.without_data;
         let resp = blocking(move || {
-            let (doc, entries) = st.received(&doc_id, from.as_ref())?;
-            let envelope = <pb::SignedEnvelope as prost::Message>::decode(doc.envelope.as_slice())
-                .map_err(|e| NodeError::Other(format!("stored envelope: {e}")))?;
+            let (envelope, doc, entries) = st.received_envelope(&doc_id, from.as_ref())?;
             let header = <pb::Header as prost::Message>::decode(envelope.header_bytes.as_slice())
                 .map_err(|e| NodeError::Other(format!("stored header: {e}")))?;
                         let mut attachments = Vec::new();
@@ -653,9 +651,7 @@ impl Agency for AgencyService {
                 })?;
                 return Ok((original, Vec::new()));
             }
-            let (doc, entries) = st.received(&doc_id, from.as_ref())?;
-            let env = <pb::SignedEnvelope as prost::Message>::decode(doc.envelope.as_slice())
-                .map_err(|e| NodeError::Other(format!("stored envelope: {e}")))?;
+            let (env, doc, entries) = st.received_envelope(&doc_id, from.as_ref())?;
             let header = <pb::Header as prost::Message>::decode(env.header_bytes.as_slice())
                 .map_err(|e| NodeError::Other(format!("stored header: {e}")))?;
             let mut data = Vec::new();
@@ -753,11 +749,7 @@ impl Agency for AgencyService {
             // Sent from here, or received here.
             let envelope = match st.sent_envelope(&doc_id)? {
                 Some(e) => e,
-                None => {
-                    let (doc, _) = st.received(&doc_id, from.as_ref())?;
-                    <pb::SignedEnvelope as prost::Message>::decode(doc.envelope.as_slice())
-                        .map_err(|e| NodeError::Other(format!("stored envelope: {e}")))?
-                }
+                None => st.received_envelope(&doc_id, from.as_ref())?.0,
             };
             Ok((
                 envelope,

@@ -2,6 +2,13 @@
 //! batch as the change itself, to a hash chain. Each entry's hash covers the
 //! previous hash and the entry, and the chain head is kept apart, so an edited,
 //! removed or truncated entry is found and named by [`verify`].
+//!
+//! Entries older than the node's audit retention are removed from the start of
+//! the chain ([`crate::state::State::prune_audit`]): the chain then starts from
+//! an anchor (the last removed entry's number and hash, [`base_key`]) and the
+//! removal is itself an entry, `audit-pruned`, naming that anchor. [`verify`]
+//! starts from the anchor and requires the newest `audit-pruned` entry to name
+//! it, so moving the anchor to hide removed entries breaks the chain.
 
 use prost::Message;
 use ring::digest::{SHA256, digest};
@@ -23,6 +30,24 @@ pub struct Draft {
 /// Meta key of the chain head: `[seq u64 BE][hash 32]`.
 pub fn head_key() -> Vec<u8> {
     Key::new().str("audit-head").build()
+}
+
+/// Meta key of the chain's start after pruning: `[seq u64 BE][hash 32]` of
+/// the last removed entry. Absent: the chain starts at entry 1.
+pub fn base_key() -> Vec<u8> {
+    Key::new().str("audit-base").build()
+}
+
+/// The event of the entry that records a pruning.
+pub const PRUNED: &str = "audit-pruned";
+
+/// How an `audit-pruned` entry names the anchor; [`verify`] looks for it.
+pub fn anchor_text(seq: u64, hash: &[u8]) -> String {
+    format!("chain now starts after entry {seq} (hash {})", hex(hash))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 pub fn entry_key(seq: u64) -> Vec<u8> {
@@ -63,7 +88,17 @@ pub fn seal(prev: [u8; 32], seq: u64, at_ms: i64, d: Draft) -> AuditEntry {
 
 /// The chain head: last sequence number and hash (0 and zeros when empty).
 pub fn head(store: &dyn Store) -> Result<(u64, [u8; 32]), StoreError> {
-    match store.get(Space::Meta, &head_key())? {
+    seq_and_hash(store, &head_key())
+}
+
+/// The chain's start: the last removed entry's number and hash (0 and zeros
+/// when nothing was ever pruned).
+pub fn base(store: &dyn Store) -> Result<(u64, [u8; 32]), StoreError> {
+    seq_and_hash(store, &base_key())
+}
+
+fn seq_and_hash(store: &dyn Store, key: &[u8]) -> Result<(u64, [u8; 32]), StoreError> {
+    match store.get(Space::Meta, key)? {
         Some(v) if v.len() == 40 => {
             let seq = trailing_u64(&v[..8]).unwrap_or(0);
             let mut h = [0u8; 32];
@@ -92,9 +127,14 @@ pub struct ChainWalk {
 impl ChainWalk {
     /// From the first entry of a log.
     pub fn from_start() -> Self {
+        Self::after(0, [0u8; 32])
+    }
+
+    /// From the entry after `seq`, whose hash is `hash` (a pruned log's anchor).
+    pub fn after(seq: u64, hash: [u8; 32]) -> Self {
         Self {
-            prev: [0u8; 32],
-            next_seq: 1,
+            prev: hash,
+            next_seq: seq + 1,
         }
     }
 
@@ -148,22 +188,51 @@ impl ChainWalk {
 /// The result of checking a node's chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
+    /// Entries checked (those after the anchor).
     pub entries: u64,
+    /// Entries up to this one were removed after the retention period (0: none).
+    pub pruned_through: u64,
     /// The first entry that does not verify, and why.
     pub first_bad: Option<(u64, String)>,
     pub head: [u8; 32],
 }
 
-/// Walks the whole chain from entry 1 up to the head read when it starts. A
-/// running node keeps appending meanwhile (each batch writes entries and head
-/// together): entries after that head are newer, not a fault, and are left to
-/// the next check.
+/// Walks the whole chain from its start (entry 1, or the anchor left by
+/// pruning) up to the head read when it starts. A running node keeps appending
+/// meanwhile (each batch writes entries and head together): entries after that
+/// head are newer, not a fault, and are left to the next check. A pruning that
+/// removes entries under the walk moves the anchor first: the walk starts again
+/// from the new one.
 pub fn verify(store: &dyn Store) -> Result<Report, StoreError> {
-    let (head_seq, head_hash) = head(store)?;
-    let mut walk = ChainWalk::from_start();
-    let mut after: Option<Vec<u8>> = None;
+    let mut tries = 0;
+    loop {
+        // The anchor before the head: a pruning between the two reads is seen
+        // as entries missing after a moved anchor, and walked again.
+        let (base_seq, base_hash) = base(store)?;
+        let (head_seq, head_hash) = head(store)?;
+        let r = walk(store, (base_seq, base_hash), (head_seq, head_hash))?;
+        if let Some((seq, _)) = &r.first_bad
+            && tries < 3
+            && base(store)?.0 >= *seq
+        {
+            tries += 1;
+            continue;
+        }
+        return Ok(r);
+    }
+}
+
+fn walk(
+    store: &dyn Store,
+    (base_seq, base_hash): (u64, [u8; 32]),
+    (head_seq, head_hash): (u64, [u8; 32]),
+) -> Result<Report, StoreError> {
+    let mut walk = ChainWalk::after(base_seq, base_hash);
+    let mut after: Option<Vec<u8>> = Some(entry_key(base_seq));
+    let mut last_pruning: Option<String> = None;
     let bad = |seq: u64, why: String, walk: &ChainWalk| Report {
-        entries: walk.last_seq(),
+        entries: walk.last_seq() - base_seq,
+        pruned_through: base_seq,
         first_bad: Some((seq, why)),
         head: walk.head(),
     };
@@ -193,6 +262,9 @@ pub fn verify(store: &dyn Store) -> Result<Report, StoreError> {
             if let Err(why) = walk.step(&e) {
                 return Ok(bad(seq, why, &walk));
             }
+            if e.event == PRUNED {
+                last_pruning = Some(e.detail);
+            }
         }
     }
     let n = walk.last_seq();
@@ -203,9 +275,10 @@ pub fn verify(store: &dyn Store) -> Result<Report, StoreError> {
             &walk,
         ));
     }
-    if n > 0 && walk.head() != head_hash {
+    if n > base_seq && walk.head() != head_hash {
         return Ok(Report {
-            entries: n - 1,
+            entries: n - 1 - base_seq,
+            pruned_through: base_seq,
             first_bad: Some((
                 n,
                 format!("entry {n} does not match the recorded chain head"),
@@ -213,8 +286,22 @@ pub fn verify(store: &dyn Store) -> Result<Report, StoreError> {
             head: walk.head(),
         });
     }
+    if base_seq > 0
+        && !last_pruning
+            .as_deref()
+            .is_some_and(|d| d.contains(&anchor_text(base_seq, &base_hash)))
+    {
+        return Ok(bad(
+            base_seq + 1,
+            format!(
+                "the log starts after entry {base_seq}, but no {PRUNED} entry records that removal: entries were removed"
+            ),
+            &walk,
+        ));
+    }
     Ok(Report {
-        entries: n,
+        entries: n - base_seq,
+        pruned_through: base_seq,
         first_bad: None,
         head: walk.head(),
     })
@@ -287,6 +374,80 @@ mod tests {
         s.apply(b).unwrap();
         let (seq, why) = verify(&s).unwrap().first_bad.unwrap();
         assert_eq!(seq, 10, "{why}");
+    }
+
+    /// What a pruning leaves: entries 1..=through gone, the anchor, and an
+    /// entry naming it.
+    fn prune(store: &MemoryStore, through: u64) {
+        let key = entry_key(through);
+        let last: AuditEntry = record::decode(
+            Space::Audit,
+            &key,
+            &store.get(Space::Audit, &key).unwrap().unwrap(),
+        )
+        .unwrap();
+        let (head_seq, head_hash) = head(store).unwrap();
+        let mut b = Batch::new();
+        for seq in 1..=through {
+            b.delete(Space::Audit, entry_key(seq));
+        }
+        let mut anchor = [0u8; 32];
+        anchor.copy_from_slice(&last.hash);
+        b.put(Space::Meta, base_key(), head_value(through, &anchor));
+        let e = seal(
+            head_hash,
+            head_seq + 1,
+            0,
+            Draft {
+                event: PRUNED.into(),
+                doc_id: String::new(),
+                from: String::new(),
+                detail: anchor_text(through, &anchor),
+            },
+        );
+        b.put(Space::Audit, entry_key(head_seq + 1), record::encode(&e));
+        let mut h = [0u8; 32];
+        h.copy_from_slice(&e.hash);
+        b.put(Space::Meta, head_key(), head_value(head_seq + 1, &h));
+        store.apply(b).unwrap();
+    }
+
+    #[test]
+    fn a_pruned_chain_verifies_from_its_anchor_and_a_moved_anchor_is_named() {
+        let s = MemoryStore::new();
+        write(&s, 10);
+        prune(&s, 4);
+        let r = verify(&s).unwrap();
+        assert_eq!((r.entries, r.pruned_through, r.first_bad), (7, 4, None));
+
+        // Entries 5 and 6 removed as well, the anchor moved over them by hand:
+        // no pruning entry names that anchor.
+        let k6 = entry_key(6);
+        let six: AuditEntry = record::decode(
+            Space::Audit,
+            &k6,
+            &s.get(Space::Audit, &k6).unwrap().unwrap(),
+        )
+        .unwrap();
+        let mut anchor = [0u8; 32];
+        anchor.copy_from_slice(&six.hash);
+        let mut b = Batch::new();
+        b.delete(Space::Audit, entry_key(5));
+        b.delete(Space::Audit, k6);
+        b.put(Space::Meta, base_key(), head_value(6, &anchor));
+        s.apply(b).unwrap();
+        let (seq, why) = verify(&s).unwrap().first_bad.unwrap();
+        assert_eq!(seq, 7);
+        assert!(why.contains("no audit-pruned entry"), "{why}");
+
+        // Entries removed without moving the anchor: the first one is named.
+        let s = MemoryStore::new();
+        write(&s, 10);
+        prune(&s, 4);
+        let mut b = Batch::new();
+        b.delete(Space::Audit, entry_key(5));
+        s.apply(b).unwrap();
+        assert_eq!(verify(&s).unwrap().first_bad.unwrap().0, 5);
     }
 
     /// Found by `truc chaos crash-before-ack`: the check at start-up ran while the

@@ -436,9 +436,21 @@ pub struct StorageSection {
     /// How long the attachment files of a fully delivered document are kept before
     /// they are deleted (the envelope, receipts and dedup entry stay). Default 30 days.
     pub retention_ms: u64,
-    /// Records duty: attachments past `retention_ms` are kept until the document
-    /// has been exported as an archival package (`truc archive export`), then
-    /// released at the next sweep. Default false.
+    /// How long a document's signed envelope is kept once every delivery of it
+    /// here is done; then the envelope (and any attachment still held) is
+    /// removed, audited as `envelope-removed`. Its record stays: dedup, trace,
+    /// receipts and statuses. At least `retention_ms`. Default: kept for good.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envelope_retention_ms: Option<u64>,
+    /// How long audit entries are kept: older entries are removed from the
+    /// start of the chain, which then starts from a recorded anchor; the removal
+    /// is itself an audit entry (`audit-pruned`). Default: kept for good.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_retention_ms: Option<u64>,
+    /// Records duty: nothing of a document is deleted before it has been
+    /// exported as an archival package (`truc archive export`) — attachments
+    /// and envelope past their retention, and the audit entries about it, are
+    /// kept and removed at the first sweep after the export. Default false.
     pub keep_until_archived: bool,
     /// How often partial transfers are made durable while they stream. Default 8 MiB.
     pub sync_every_bytes: u64,
@@ -465,6 +477,8 @@ impl Default for StorageSection {
             cache_bytes: 64 << 20,
             min_free_bytes: 512 << 20,
             retention_ms: 30 * 24 * 3_600_000,
+            envelope_retention_ms: None,
+            audit_retention_ms: None,
             keep_until_archived: false,
             sync_every_bytes: 8 << 20,
             orphan_grace_ms: 24 * 3_600_000,
@@ -843,6 +857,14 @@ impl Config {
             {
                 return Err(invalid(format!("directory lists {organ} twice")));
             }
+        }
+        if let Some(e) = f.storage.envelope_retention_ms
+            && e < f.storage.retention_ms
+        {
+            return Err(invalid(format!(
+                "storage.envelope_retention_ms ({e}) is shorter than storage.retention_ms ({}): an attachment is only reachable through its envelope",
+                f.storage.retention_ms
+            )));
         }
         if f.delivery.sweep_interval_ms == 0 || f.delivery.deadline_ms.contains(&0) {
             return Err(invalid(

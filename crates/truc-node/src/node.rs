@@ -560,8 +560,9 @@ impl RunningNode {
         }
 
         {
-            // Attachments past their retention are released, and files nobody
-            // names any more (uploads never sent, leftovers of a crash) removed.
+            // Attachments and envelopes past their retention are released, audit
+            // entries past theirs pruned, and files nobody names any more
+            // (uploads never sent, leftovers of a crash) removed.
             let st = state.clone();
             let every = Config::ms(config.delivery.sweep_interval_ms);
             let mut s = stop_rx.clone();
@@ -583,6 +584,7 @@ impl RunningNode {
                         let st = st.clone();
                         let r = tokio::task::spawn_blocking(move || -> Result<(), NodeError> {
                             while st.release_due()? > 0 {}
+                            while st.prune_audit(10_000)? > 0 {}
                             if orphans {
                                 let n = st.sweep_orphans()?;
                                 if n > 0 {

@@ -442,6 +442,53 @@ impl std::fmt::Debug for NodeState {
     }
 }
 
+/// What a document holds until its retention ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Attachments,
+    Envelope,
+}
+
+impl Held {
+    fn label(self) -> &'static str {
+        match self {
+            Held::Attachments => "attachments",
+            Held::Envelope => "envelope",
+        }
+    }
+}
+
+/// The signed envelope of a stored message, or why it is no longer here.
+pub fn envelope_of(
+    from: &str,
+    doc_id: &str,
+    d: &DocRecord,
+) -> Result<pb::SignedEnvelope, NodeError> {
+    if d.envelope_removed_at_ms != 0 {
+        return Err(Refusal::new(
+            Code::FailedPrecondition,
+            format!(
+                "{from}/{doc_id}: its signed envelope and attachments were removed on {} at the end of their retention period (storage.envelope_retention_ms); its record, receipts, statuses and audit entries remain",
+                day_of(d.envelope_removed_at_ms)
+            ),
+        )
+        .into());
+    }
+    pb::SignedEnvelope::decode(d.envelope.as_slice())
+        .map_err(|e| NodeError::Other(format!("stored envelope {from}/{doc_id}: {e}")))
+}
+
+/// Release schedule key: due time, then the document; an envelope's removal
+/// carries a third part (the attachments' key is the one from before envelopes
+/// had a retention).
+fn release_key(due_ms: i64, from: &str, doc_id: &str, what: Held) -> Vec<u8> {
+    let k = Key::new().u64(due_ms.max(0) as u64).str(from).str(doc_id);
+    match what {
+        Held::Attachments => k.build(),
+        Held::Envelope => k.str(what.label()).build(),
+    }
+}
+
 /// The Vietnam (UTC+7) date of a Unix ms time, `YYYY-MM-DD`.
 pub fn day_of(ms: i64) -> String {
     crate::edxml::timestamp(ms)[..10].replace('/', "-")
@@ -487,6 +534,17 @@ pub fn now_ms() -> i64 {
 
 pub(crate) fn doc_key(from: &str, doc_id: &str) -> Vec<u8> {
     Key::new().str(from).str(doc_id).build()
+}
+
+/// `(from, doc_id)` of a [`doc_key`] (empty parts when it is not one).
+fn split_doc_key(key: &[u8]) -> (String, String) {
+    match str_parts(key, 2) {
+        Some(mut p) => {
+            let doc_id = p.pop().unwrap_or_default();
+            (p.pop().unwrap_or_default(), doc_id)
+        }
+        None => Default::default(),
+    }
 }
 
 fn sent_key(doc_id: &str, from: &str) -> Vec<u8> {
@@ -726,13 +784,14 @@ impl NodeState {
         Key::new().str("archived").str(from).str(doc_id).build()
     }
 
-    /// Meta: its retention passed while it was not archived yet.
-    fn deferred_key(from: &str, doc_id: &str) -> Vec<u8> {
-        Key::new()
-            .str("retention-deferred")
-            .str(from)
-            .str(doc_id)
-            .build()
+    /// Meta: the retention of what it holds passed while it was not archived yet.
+    fn deferred_key(from: &str, doc_id: &str, what: Held) -> Vec<u8> {
+        let k = Key::new().str("retention-deferred").str(from).str(doc_id);
+        match what {
+            // The key of the first release (attachments only) stays as it was.
+            Held::Attachments => k.build(),
+            Held::Envelope => k.str(what.label()).build(),
+        }
     }
 
     /// Records that a document was exported as an archival package (audited);
@@ -753,18 +812,16 @@ impl NodeState {
             Self::archived_key(from, doc_id),
             package_sha256.to_vec(),
         );
-        let dkey = Self::deferred_key(from, doc_id);
-        if self.store.get(Space::Meta, &dkey)?.is_some() {
-            plan.batch.delete(Space::Meta, dkey);
-            plan.batch.put(
-                Space::Release,
-                Key::new()
-                    .u64(now_ms().max(0) as u64)
-                    .str(from)
-                    .str(doc_id)
-                    .build(),
-                Vec::new(),
-            );
+        for what in [Held::Attachments, Held::Envelope] {
+            let dkey = Self::deferred_key(from, doc_id, what);
+            if self.store.get(Space::Meta, &dkey)?.is_some() {
+                plan.batch.delete(Space::Meta, dkey);
+                plan.batch.put(
+                    Space::Release,
+                    release_key(now_ms(), from, doc_id, what),
+                    Vec::new(),
+                );
+            }
         }
         plan.audit(
             "archived",
@@ -1481,6 +1538,7 @@ impl NodeState {
                 origin: origin.label(),
                 received_at_ms: now,
                 signer: v.signer.clone(),
+                kind: v.header.kind,
                 ..Default::default()
             },
         );
@@ -2310,7 +2368,8 @@ impl NodeState {
 
     /// One delivery of a document is done here (passed on, refused for good, or
     /// taken by the application); after the last, its attachments are scheduled
-    /// for release after the retention period.
+    /// for release after the retention period, and its envelope for removal
+    /// after the envelope retention period.
     fn plan_done_once(
         &self,
         plan: &mut Plan,
@@ -2322,29 +2381,40 @@ impl NodeState {
         let Some(mut d) = self.doc_record(plan, &key)? else {
             return Ok(());
         };
-        if d.bytes == 0 || d.pending == 0 {
+        if d.pending == 0 {
             return Ok(());
         }
         d.pending -= 1;
         if d.pending == 0 {
-            let due = now + self.storage.retention_ms.min(i64::MAX as u64) as i64;
-            plan.batch.put(
-                Space::Release,
-                Key::new()
-                    .u64(due.max(0) as u64)
-                    .str(from)
-                    .str(doc_id)
-                    .build(),
-                Vec::new(),
-            );
+            if d.bytes > 0 {
+                let due = now.saturating_add(self.storage.retention_ms.min(i64::MAX as u64) as i64);
+                plan.batch.put(
+                    Space::Release,
+                    release_key(due, from, doc_id, Held::Attachments),
+                    Vec::new(),
+                );
+            }
+            if let Some(keep) = self.storage.envelope_retention_ms
+                && d.kind == pb::Kind::Document as i32
+            {
+                let due = now.saturating_add(keep.min(i64::MAX as u64) as i64);
+                plan.batch.put(
+                    Space::Release,
+                    release_key(due, from, doc_id, Held::Envelope),
+                    Vec::new(),
+                );
+            }
         }
         plan.docs.insert(key, d);
         Ok(())
     }
 
-    /// Releases the attachments of documents whose retention has passed: their
+    /// Ends the retention of what is due: a document's attachments (their
     /// reference counts drop, and files nobody names any more are deleted once
-    /// that is durable. Blocking.
+    /// that is durable) or its signed envelope (emptied in its record, with any
+    /// attachment still held). Under `keep_until_archived` a document not yet
+    /// exported is kept and marked instead, and released when the export is
+    /// told. Every removal and deferral is audited. Blocking.
     pub fn release_due(&self) -> Result<usize, NodeError> {
         let now = now_ms();
         let due = self.store.scan(Space::Release, &[], None, 1024)?;
@@ -2364,12 +2434,20 @@ impl NodeState {
             let Some(parts) = str_parts(&k[8..], 2) else {
                 continue;
             };
+            let what = match str_parts(&k[8..], 3) {
+                Some(p) if p[2] == Held::Envelope.label() => Held::Envelope,
+                _ => Held::Attachments,
+            };
             let (from, doc_id) = (&parts[0], &parts[1]);
             let key = doc_key(from, doc_id);
             let Some(mut d) = self.doc_record(&plan, &key)? else {
                 continue;
             };
-            if d.released_at_ms != 0 {
+            let gone = match what {
+                Held::Attachments => d.released_at_ms != 0,
+                Held::Envelope => d.envelope_removed_at_ms != 0,
+            };
+            if gone {
                 continue;
             }
             // Kept until archived: marked, and released when the export is told.
@@ -2379,49 +2457,39 @@ impl NodeState {
                     .get(Space::Meta, &Self::archived_key(from, doc_id))?
                     .is_none()
             {
-                plan.batch
-                    .put(Space::Meta, Self::deferred_key(from, doc_id), Vec::new());
+                plan.batch.put(
+                    Space::Meta,
+                    Self::deferred_key(from, doc_id, what),
+                    Vec::new(),
+                );
                 plan.audit(
                     "retention-deferred",
                     doc_id,
                     from,
-                    "retention period over; attachments kept until the document is archived",
+                    format!(
+                        "retention period of its {} over; kept until the document is archived",
+                        what.label()
+                    ),
                 );
                 continue;
             }
-            for raw in &d.attachments {
-                let Some(digest) = Digest::from_slice(raw) else {
-                    continue;
-                };
-                let n = self.refs(&plan, &digest)?.saturating_sub(1);
-                plan.refs.insert(digest, n);
-                if n == 0 {
-                    doomed.push(digest);
-                }
+            if d.released_at_ms == 0 {
+                self.plan_release_attachments(&mut plan, from, doc_id, &mut d, &mut doomed, now)?;
             }
-            let held = self.held(&plan, from)?;
-            plan.held.insert(from.clone(), held.saturating_sub(d.bytes));
-            let okey = Self::original_key(from, doc_id);
-            if let Some(raw) = self.store.get(Space::Meta, &okey)?
-                && let Some(digest) = Digest::from_slice(&raw)
-            {
-                let n = self.refs(&plan, &digest)?.saturating_sub(1);
-                plan.refs.insert(digest, n);
-                if n == 0 {
-                    doomed.push(digest);
-                }
-                plan.batch.delete(Space::Meta, okey);
+            if what == Held::Envelope {
+                let n = d.envelope.len();
+                d.envelope = Vec::new();
+                d.envelope_removed_at_ms = now;
+                plan.audit(
+                    "envelope-removed",
+                    doc_id,
+                    from,
+                    format!(
+                        "signed envelope ({n} bytes, header sha-256 {}) after the retention period; the record, receipts and statuses stay",
+                        hex::encode(&d.header_sha256)
+                    ),
+                );
             }
-            d.released_at_ms = now;
-            plan.audit(
-                "released",
-                doc_id,
-                from,
-                format!(
-                    "{} bytes of attachments after the retention period",
-                    d.bytes
-                ),
-            );
             plan.docs.insert(key, d);
         }
         let ticket = self.finish(w, plan)?;
@@ -2435,6 +2503,170 @@ impl NodeState {
             }
         }
         Ok(due.len())
+    }
+
+    /// Drops a document's hold on its attachment files and on the edXML package
+    /// it was imported from (audited when there were attachments); the files
+    /// nobody names any more go to `doomed`.
+    fn plan_release_attachments(
+        &self,
+        plan: &mut Plan,
+        from: &str,
+        doc_id: &str,
+        d: &mut DocRecord,
+        doomed: &mut Vec<Digest>,
+        now: i64,
+    ) -> Result<(), NodeError> {
+        for raw in &d.attachments {
+            let Some(digest) = Digest::from_slice(raw) else {
+                continue;
+            };
+            let n = self.refs(plan, &digest)?.saturating_sub(1);
+            plan.refs.insert(digest, n);
+            if n == 0 {
+                doomed.push(digest);
+            }
+        }
+        if d.bytes > 0 {
+            let held = self.held(plan, from)?;
+            plan.held
+                .insert(from.to_owned(), held.saturating_sub(d.bytes));
+        }
+        let okey = Self::original_key(from, doc_id);
+        if let Some(raw) = self.store.get(Space::Meta, &okey)?
+            && let Some(digest) = Digest::from_slice(&raw)
+        {
+            let n = self.refs(plan, &digest)?.saturating_sub(1);
+            plan.refs.insert(digest, n);
+            if n == 0 {
+                doomed.push(digest);
+            }
+            plan.batch.delete(Space::Meta, okey);
+        }
+        d.released_at_ms = now;
+        if d.bytes > 0 {
+            plan.audit(
+                "released",
+                doc_id,
+                from,
+                format!(
+                    "{} bytes of attachments after the retention period",
+                    d.bytes
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Removes audit entries older than `storage.audit_retention_ms` from the
+    /// start of the chain, at most `max` at a time: the chain then starts after
+    /// the last one removed (its number and hash kept as the anchor), and the
+    /// removal is itself an entry naming that anchor. Under
+    /// `keep_until_archived` it stops at the first entry about a document not
+    /// yet exported (an archival package carries its entries). Returns how
+    /// many were removed. Blocking.
+    pub fn prune_audit(&self, max: usize) -> Result<usize, NodeError> {
+        let Some(keep) = self.storage.audit_retention_ms else {
+            return Ok(0);
+        };
+        self.prune_audit_before(
+            now_ms().saturating_sub(keep.min(i64::MAX as u64) as i64),
+            max,
+        )
+    }
+
+    /// [`prune_audit`](Self::prune_audit) of the entries made before `cutoff`.
+    fn prune_audit_before(&self, cutoff: i64, max: usize) -> Result<usize, NodeError> {
+        let w = self.lock();
+        let (base_seq, _) = audit::base(self.store.as_ref())?;
+        let rows = self.store.scan(
+            Space::Audit,
+            &[],
+            Some(&audit::entry_key(base_seq)),
+            max.min(w.audit_seq.saturating_sub(base_seq) as usize),
+        )?;
+        let mut plan = Plan::default();
+        let mut last: Option<record::AuditEntry> = None;
+        let mut archived: HashMap<(String, String), bool> = HashMap::new();
+        for (k, v) in rows {
+            let e: record::AuditEntry = record::decode(Space::Audit, &k, &v)?;
+            // The newest entry stays: the chain's head is never removed.
+            if e.at_ms >= cutoff || e.seq >= w.audit_seq {
+                break;
+            }
+            if self.storage.keep_until_archived && !e.doc_id.is_empty() {
+                let id = (e.from.clone(), e.doc_id.clone());
+                let kept = match archived.get(&id) {
+                    Some(k) => *k,
+                    None => {
+                        let k = self.unarchived_document(&e.from, &e.doc_id)?;
+                        archived.insert(id, k);
+                        k
+                    }
+                };
+                if kept {
+                    break;
+                }
+            }
+            plan.batch.delete(Space::Audit, k);
+            if !e.doc_id.is_empty() {
+                plan.batch
+                    .delete(Space::AuditIndex, audit::index_key(&e.doc_id, e.seq));
+            }
+            last = Some(e);
+        }
+        let Some(last) = last else {
+            return Ok(0);
+        };
+        let n = (last.seq - base_seq) as usize;
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(&last.hash);
+        plan.batch.put(
+            Space::Meta,
+            audit::base_key(),
+            audit::head_value(last.seq, &hash),
+        );
+        plan.audit(
+            audit::PRUNED,
+            "",
+            "",
+            format!(
+                "entries {}–{} (until {}) removed after the retention period; {}",
+                base_seq + 1,
+                last.seq,
+                day_of(last.at_ms),
+                audit::anchor_text(last.seq, &hash)
+            ),
+        );
+        let ticket = self.finish(w, plan)?;
+        futures::executor::block_on(self.durable(ticket))?;
+        tracing::info!(
+            entries = n,
+            through = last.seq,
+            "audit entries removed after the retention period"
+        );
+        Ok(n)
+    }
+
+    /// Whether `(from, doc_id)` names a document stored here that has not been
+    /// exported as an archival package.
+    fn unarchived_document(&self, from: &str, doc_id: &str) -> Result<bool, NodeError> {
+        let Some(d) = self.doc_record(&Plan::default(), &doc_key(from, doc_id))? else {
+            return Ok(false);
+        };
+        let kind = match d.kind {
+            // Stored before records named their kind: the header says.
+            0 => envelope_of(from, doc_id, &d)
+                .ok()
+                .and_then(|env| pb::Header::decode(env.header_bytes.as_slice()).ok())
+                .map_or(pb::Kind::Document as i32, |h| h.kind),
+            k => k,
+        };
+        Ok(kind == pb::Kind::Document as i32
+            && self
+                .store
+                .get(Space::Meta, &Self::archived_key(from, doc_id))?
+                .is_none())
     }
 
     /// Deletes blob files no document names and abandoned partial transfers, once
@@ -2504,7 +2736,7 @@ impl NodeState {
             return Ok(None);
         };
         let rec: DocRecord = record::decode(Space::Docs, &key, &bytes)?;
-        let env = pb::SignedEnvelope::decode(rec.envelope.as_slice()).map_err(internal)?;
+        let env = envelope_of(from, doc_id, &rec)?;
         let header = pb::Header::decode(env.header_bytes.as_slice()).map_err(internal)?;
         Ok(Some((rec, header)))
     }
@@ -2680,9 +2912,10 @@ impl NodeState {
         let dkey = doc_key(&from_key, &doc_id);
         let bytes: u64 = v.header.attachments.iter().map(|a| a.size).sum();
         let mut pending = 0u32;
-        if bytes > 0 {
-            // The files stay while anyone here still has to pass them on or hand
-            // them to an application; then for the retention period.
+        // Counted where something is released when the last delivery is done:
+        // attachments, and a document's envelope under an envelope retention
+        // (off: no record rewritten per delivery).
+        if bytes > 0 || (v.kind == Kind::Document && self.storage.envelope_retention_ms.is_some()) {
             for (dest, rs) in &routes {
                 pending += match dest {
                     Destination::Local if v.kind == Kind::Document => rs.len() as u32,
@@ -2690,6 +2923,10 @@ impl NodeState {
                     _ => 1,
                 };
             }
+        }
+        if bytes > 0 {
+            // The files stay while anyone here still has to pass them on or hand
+            // them to an application; then for the retention period.
             let held = self.held(plan, &from_key)?;
             if held + bytes > self.quotas.max_agency_bytes {
                 let why = format!(
@@ -2724,7 +2961,8 @@ impl NodeState {
                 signer: v.signer.clone(),
                 pending,
                 bytes,
-                released_at_ms: 0,
+                kind: v.header.kind,
+                ..Default::default()
             },
         );
         plan.batch
@@ -3569,8 +3807,7 @@ impl NodeState {
         inline_max: u64,
     ) -> Result<pb::Transfer, NodeError> {
         let doc = self.load_doc(&entry.from, &entry.doc_id)?;
-        let mut env = pb::SignedEnvelope::decode(doc.envelope.as_slice())
-            .map_err(|e| NodeError::Other(format!("stored envelope {}: {e}", entry.doc_id)))?;
+        let mut env = envelope_of(&entry.from, &entry.doc_id, &doc)?;
         if self.hooks.corrupt_forwarded_headers
             && let Some(b) = env.header_bytes.last_mut()
         {
@@ -4133,6 +4370,19 @@ impl NodeState {
         Ok((doc, entries.into_iter().map(|(_, e)| e).collect()))
     }
 
+    /// [`received`](Self::received) with the document's signed envelope, or
+    /// why it is no longer here.
+    pub fn received_envelope(
+        &self,
+        doc_id: &DocId,
+        from: Option<&OrganId>,
+    ) -> Result<(pb::SignedEnvelope, DocRecord, Vec<InboxEntry>), NodeError> {
+        let (doc, entries) = self.received(doc_id, from)?;
+        let from = entries.first().map(|e| e.from.as_str()).unwrap_or_default();
+        let env = envelope_of(from, &doc_id.to_string(), &doc)?;
+        Ok((env, doc, entries))
+    }
+
     /// The application took the document: mark it acked for `organ` (or every local
     /// recipient) and send the sender a signed ACKED receipt (documents only).
     pub fn ack(
@@ -4229,10 +4479,8 @@ impl NodeState {
                 for key in &rr.receipts {
                     if let Some(bytes) = self.store.get(Space::Docs, key)? {
                         let d: DocRecord = record::decode(Space::Docs, key, &bytes)?;
-                        out.push((
-                            rr.organ.clone(),
-                            pb::SignedEnvelope::decode(d.envelope.as_slice()).map_err(internal)?,
-                        ));
+                        let (from, doc_id) = split_doc_key(key);
+                        out.push((rr.organ.clone(), envelope_of(&from, &doc_id, &d)?));
                     }
                 }
             }
@@ -4246,9 +4494,7 @@ impl NodeState {
             return Ok(None);
         };
         let doc = self.load_doc(&rec.from, &rec.doc_id)?;
-        Ok(Some(
-            pb::SignedEnvelope::decode(doc.envelope.as_slice()).map_err(internal)?,
-        ))
+        Ok(Some(envelope_of(&rec.from, &rec.doc_id, &doc)?))
     }
 
     /// Whether this node checks received PDFs' signatures.
@@ -4285,7 +4531,7 @@ impl NodeState {
         doc_id: &str,
     ) -> Result<Vec<pb::PdfSignatureCheck>, NodeError> {
         let doc = self.load_doc(from, doc_id)?;
-        let env = pb::SignedEnvelope::decode(doc.envelope.as_slice()).map_err(internal)?;
+        let env = envelope_of(from, doc_id, &doc)?;
         let header = pb::Header::decode(env.header_bytes.as_slice()).map_err(internal)?;
         self.check_pdfs_of(&header)
     }
@@ -4362,9 +4608,7 @@ impl NodeState {
             for e in self.inbox(organ, true, "status", usize::MAX)? {
                 if e.for_doc_id == d {
                     let doc = self.load_doc(&e.from, &e.doc_id)?;
-                    out.push(
-                        pb::SignedEnvelope::decode(doc.envelope.as_slice()).map_err(internal)?,
-                    );
+                    out.push(envelope_of(&e.from, &e.doc_id, &doc)?);
                 }
             }
         }
@@ -4383,12 +4627,25 @@ impl NodeState {
         })?;
         let (head_seq, head_hash) = audit::head(self.store.as_ref())?;
         let prefix = Key::new().str(doc_id).build();
-        let first = self
+        let first = match self
             .store
             .scan(Space::AuditIndex, &prefix, None, 1)?
             .first()
             .and_then(|(k, _)| trailing_u64(k))
-            .ok_or_else(|| Refusal::not_found(format!("no audit entry about {doc_id} here")))?;
+        {
+            Some(first) => first,
+            None => {
+                let (pruned, _) = audit::base(self.store.as_ref())?;
+                let why = if pruned > 0 {
+                    format!(
+                        "no audit entry about {doc_id} here (entries 1–{pruned} were removed after the retention period)"
+                    )
+                } else {
+                    format!("no audit entry about {doc_id} here")
+                };
+                return Err(Refusal::not_found(why).into());
+            }
+        };
         let mut entries = Vec::new();
         let mut after = Some(audit::entry_key(first.saturating_sub(1)));
         'scan: loop {
@@ -4769,6 +5026,84 @@ mod tests {
         assert!(!hub.blobs.contains(&d), "nobody names it any more");
         let r = crate::audit::verify(hub.store().as_ref()).unwrap();
         assert_eq!(r.first_bad, None);
+    }
+
+    /// Records duty: past every retention, nothing of a document goes before
+    /// it is exported — not its attachments, not its envelope, not its audit
+    /// entries; once exported, all go at the next sweep, each removal audited,
+    /// and the pruned chain still verifies from its anchor.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_of_an_unexported_document_is_deleted_and_every_deletion_is_audited() {
+        let mut f = Fixture::new();
+        f.storage.retention_ms = 0;
+        f.storage.envelope_retention_ms = Some(0);
+        f.storage.audit_retention_ms = Some(0);
+        f.storage.keep_until_archived = true;
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let v = with_attachment(&f, &hub, b"quyet dinh");
+        let (from, id) = (v.from.to_string(), v.doc_id.to_string());
+        let blob = v.attachments[0];
+        let resent = v.clone();
+        hub.accept(v, &child("vpcp"), None).unwrap();
+        hub.queue_ack("child:nghean", 1).unwrap();
+        let events = |hub: &NodeState| -> Vec<String> {
+            hub.audit_trail(&id)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.event)
+                .collect()
+        };
+
+        assert_eq!(
+            hub.release_due().unwrap(),
+            2,
+            "attachments and envelope due"
+        );
+        assert_eq!(
+            events(&hub)
+                .iter()
+                .filter(|e| *e == "retention-deferred")
+                .count(),
+            2,
+            "{:?}",
+            events(&hub)
+        );
+        assert!(
+            hub.blobs.contains(&blob),
+            "attachment deleted before export"
+        );
+        hub.attachment_of(&from, &id, 0)
+            .expect("envelope removed before export");
+        assert_eq!(
+            hub.prune_audit_before(i64::MAX, 1000).unwrap(),
+            0,
+            "audit entries about an unexported document removed"
+        );
+        assert_eq!(events(&hub)[0], "received");
+
+        hub.mark_archived(&from, &id, b"package").unwrap();
+        assert_eq!(hub.release_due().unwrap(), 2);
+        assert!(!hub.blobs.contains(&blob), "attachment kept after export");
+        let e = hub.attachment_of(&from, &id, 0).unwrap_err().to_string();
+        assert!(e.contains("removed on") && e.contains("retention"), "{e}");
+        let ev = events(&hub);
+        assert!(
+            ev.contains(&"released".to_owned()) && ev.contains(&"envelope-removed".to_owned()),
+            "{ev:?}"
+        );
+        // The record stays: the same envelope again is still a duplicate.
+        assert!(matches!(
+            hub.accept(resent, &child("vpcp"), None).unwrap(),
+            Accepted::Duplicate(_)
+        ));
+
+        let before = crate::audit::head(hub.store().as_ref()).unwrap().0;
+        let n = hub.prune_audit_before(i64::MAX, 1000).unwrap();
+        assert_eq!(n as u64, before - 1, "all but the head removed");
+        let r = crate::audit::verify(hub.store().as_ref()).unwrap();
+        assert_eq!(r.first_bad, None);
+        assert_eq!(r.pruned_through, before - 1);
+        assert_eq!(r.entries, 2, "the head and the pruning entry");
     }
 
     #[test]

@@ -76,6 +76,14 @@ pub struct DocRecord {
     /// When the attachment files were released (0: still held).
     #[prost(int64, tag = "9")]
     pub released_at_ms: i64,
+    /// When `envelope` was emptied at the end of the envelope retention period
+    /// (0: still here). The record itself stays: dedup, trace and receipts name it.
+    #[prost(int64, tag = "10")]
+    pub envelope_removed_at_ms: i64,
+    /// The message kind (truc.v1.Kind); only documents' envelopes are removed
+    /// after retention (receipts and statuses are the proof and stay).
+    #[prost(int32, tag = "11")]
+    pub kind: i32,
 }
 
 /// One transfer waiting on a link.

@@ -193,6 +193,7 @@ fn print_audit(report: pb::AuditVerifyResponse, json: bool) -> Result<()> {
                 "first_bad": if report.ok { None } else { Some(report.first_bad) },
                 "reason": report.reason,
                 "head": report.head,
+                "pruned_through": report.pruned_through,
             })
         );
     } else if report.ok {
@@ -200,6 +201,12 @@ fn print_audit(report: pb::AuditVerifyResponse, json: bool) -> Result<()> {
             "audit log intact: {} entries, head {}",
             report.entries, report.head
         );
+        if report.pruned_through > 0 {
+            println!(
+                "entries 1–{} were removed after the retention period; the chain is checked from the anchor they left",
+                report.pruned_through
+            );
+        }
     }
     if !report.ok {
         bail!(
