@@ -294,3 +294,103 @@ fn with_a_records_duty_attachments_outlive_retention_until_archived() {
         (s.iter().any(|s| s == "archived") && s.iter().any(|s| s == "released")).then_some(())
     });
 }
+
+/// Retention of everything a recipient keeps, under a records duty: past
+/// every period, the received document stays whole (`truc get` works, its
+/// audit entries are there) until it is exported; then its envelope and
+/// attachments go, `truc get` says so, the old audit entries are pruned and
+/// the chain still verifies from its anchor, and the package verifies offline.
+#[test]
+fn past_every_retention_a_received_document_stays_whole_until_exported() {
+    let mut c = Cluster::new();
+    c.edit("nghean", |t| {
+        let s = t
+            .entry("storage")
+            .or_insert(toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .unwrap();
+        s.insert("retention_ms".into(), 1.into());
+        s.insert("envelope_retention_ms".into(), 1.into());
+        s.insert("audit_retention_ms".into(), 1.into());
+        s.insert("keep_until_archived".into(), true.into());
+        let d = t
+            .entry("delivery")
+            .or_insert(toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .unwrap();
+        d.insert("sweep_interval_ms".into(), 100.into());
+    });
+    for n in ["hub", "vpcp", "nghean"] {
+        c.start(n);
+    }
+    let pdf = c.path("quyet-dinh.pdf");
+    std::fs::write(&pdf, truc::pdf::simple_pdf(&["Quyet dinh so 7/QD-UBND"])).unwrap();
+    let id = c.send_from_vpcp(
+        H41,
+        "Quyết định khen thưởng",
+        &["--attach", pdf.to_str().unwrap()],
+    );
+    c.wait_delivered("vpcp", &id);
+    let nghean = c.cfg("nghean");
+    c.cli_ok(&["ack", "--config", &nghean, &id]);
+    rest::poll("both retentions over, both deferred", || {
+        let s = steps(&c, "nghean", &id);
+        (s.iter().filter(|s| *s == "retention-deferred").count() == 2).then_some(())
+    });
+    // Its audit entries are all there, the first one included.
+    let audit = |c: &Cluster| -> serde_json::Value {
+        serde_json::from_str(&c.cli_ok(&["audit", "verify", "--config", &nghean, "--json"]))
+            .unwrap()
+    };
+    assert_eq!(audit(&c)["pruned_through"], 0);
+    let s = steps(&c, "nghean", &id);
+    assert_eq!(s.first().map(String::as_str), Some("received"), "{s:?}");
+    let got = c.path("got");
+    let dir = c.cli_ok(&[
+        "get",
+        "--config",
+        &nghean,
+        &id,
+        "--out",
+        got.to_str().unwrap(),
+    ]);
+    assert!(
+        Path::new(dir.trim())
+            .join("attachments")
+            .join("quyet-dinh.pdf")
+            .exists(),
+        "{dir}"
+    );
+
+    let out = c.path("archive-nghean");
+    export(&c, "nghean", &id, &out);
+    let pkg = package_in(&out);
+    let (ok, said) = verify(&c, &pkg);
+    assert!(ok, "{said}");
+
+    rest::poll("envelope removed after the export", || {
+        let (ok, said) = c.cli_any(&[
+            "get",
+            "--config",
+            &nghean,
+            &id,
+            "--out",
+            got.to_str().unwrap(),
+        ]);
+        (!ok && said.contains("removed on")).then_some(said)
+    });
+    rest::poll("the document's entries pruned after the export", || {
+        steps(&c, "nghean", &id).is_empty().then_some(())
+    });
+    let a = audit(&c);
+    assert_eq!(a["ok"], true, "{a}");
+    assert!(a["pruned_through"].as_u64() > Some(0), "{a}");
+    // Still a record of the document: the inbox lists it.
+    let inbox = c.cli_ok(&[
+        "inbox", "--config", &nghean, "--organ", H41, "--all", "--json",
+    ]);
+    assert!(inbox.contains(&id), "{inbox}");
+    // The package needs nothing from the node.
+    let (ok, said) = verify(&c, &pkg);
+    assert!(ok, "{said}");
+}

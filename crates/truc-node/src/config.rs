@@ -1028,6 +1028,24 @@ organs = ["000.00.00.G22"]
     }
 
     #[test]
+    fn an_envelope_kept_shorter_than_its_attachments_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = base(dir.path())
+            + "[storage]\nretention_ms = 86400000\nenvelope_retention_ms = 3600000\n";
+        let p = write(dir.path(), "hub.toml", &text);
+        let err = Config::load(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("storage.envelope_retention_ms") && err.contains("storage.retention_ms"),
+            "{err}"
+        );
+        let ok = base(dir.path())
+            + "[storage]\nretention_ms = 3600000\nenvelope_retention_ms = 86400000\naudit_retention_ms = 1\n";
+        let p = write(dir.path(), "hub.toml", &ok);
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.storage.audit_retention_ms, Some(1));
+    }
+
+    #[test]
     fn wrong_versions_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let text = base(dir.path()).replace("version = 1", "version = 7");
