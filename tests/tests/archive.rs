@@ -385,6 +385,10 @@ fn past_every_retention_a_received_document_stays_whole_until_exported() {
     let a = audit(&c);
     assert_eq!(a["ok"], true, "{a}");
     assert!(a["pruned_through"].as_u64() > Some(0), "{a}");
+    assert_eq!(c.stat("nghean", "retention_deferred"), 2);
+    assert_eq!(c.stat("nghean", "retention_envelopes_removed"), 1);
+    assert_eq!(c.stat("nghean", "retention_released"), 1);
+    assert!(c.stat("nghean", "audit_entries_pruned") > 0);
     // Still a record of the document: the inbox lists it.
     let inbox = c.cli_ok(&[
         "inbox", "--config", &nghean, "--organ", H41, "--all", "--json",

@@ -147,6 +147,12 @@ pub struct Stats {
     pub streams_resumed: AtomicU64,
     /// edXML packages refused at import (malformed, hostile, over a limit).
     pub edxml_refused: AtomicU64,
+    /// Retention: documents whose attachments were released, whose envelopes
+    /// were removed, whose removal waits for an export; audit entries pruned.
+    pub retention_released: AtomicU64,
+    pub retention_envelopes_removed: AtomicU64,
+    pub retention_deferred: AtomicU64,
+    pub audit_entries_pruned: AtomicU64,
 }
 
 /// Who writes the partial copy of an attachment now.
@@ -2429,6 +2435,7 @@ impl NodeState {
         let w = self.lock();
         let mut plan = Plan::default();
         let mut doomed = Vec::new();
+        let (mut released, mut removed, mut deferred) = (0u64, 0u64, 0u64);
         for k in &due {
             plan.batch.delete(Space::Release, k.clone());
             let Some(parts) = str_parts(&k[8..], 2) else {
@@ -2471,12 +2478,15 @@ impl NodeState {
                         what.label()
                     ),
                 );
+                deferred += 1;
                 continue;
             }
             if d.released_at_ms == 0 {
                 self.plan_release_attachments(&mut plan, from, doc_id, &mut d, &mut doomed, now)?;
+                released += u64::from(d.bytes > 0);
             }
             if what == Held::Envelope {
+                removed += 1;
                 let n = d.envelope.len();
                 d.envelope = Vec::new();
                 d.envelope_removed_at_ms = now;
@@ -2494,6 +2504,19 @@ impl NodeState {
         }
         let ticket = self.finish(w, plan)?;
         futures::executor::block_on(self.durable(ticket))?;
+        let s = &self.stats;
+        s.retention_released.fetch_add(released, Ordering::Relaxed);
+        s.retention_envelopes_removed
+            .fetch_add(removed, Ordering::Relaxed);
+        s.retention_deferred.fetch_add(deferred, Ordering::Relaxed);
+        if released + removed + deferred > 0 {
+            tracing::info!(
+                attachments_released = released,
+                envelopes_removed = removed,
+                kept_until_archived = deferred,
+                "retention sweep"
+            );
+        }
         // Under the writer lock: a document that names one of these again in the
         // meantime checks that its file is there, and nobody deletes it then.
         let _w = self.lock();
@@ -2640,6 +2663,9 @@ impl NodeState {
         );
         let ticket = self.finish(w, plan)?;
         futures::executor::block_on(self.durable(ticket))?;
+        self.stats
+            .audit_entries_pruned
+            .fetch_add(n as u64, Ordering::Relaxed);
         tracing::info!(
             entries = n,
             through = last.seq,
@@ -4729,6 +4755,13 @@ impl NodeState {
             ("stream_bytes_received", &s.stream_bytes_received),
             ("streams_resumed", &s.streams_resumed),
             ("edxml_refused", &s.edxml_refused),
+            ("retention_released", &s.retention_released),
+            (
+                "retention_envelopes_removed",
+                &s.retention_envelopes_removed,
+            ),
+            ("retention_deferred", &s.retention_deferred),
+            ("audit_entries_pruned", &s.audit_entries_pruned),
             ("fsyncs", &c.flushes),
             ("batches", &c.batches),
         ]
