@@ -3885,9 +3885,18 @@ impl NodeState {
         let mut n = 0;
         let mut after = None;
         let mut kinds = Vec::new();
+        // Acknowledged entries are the head of the queue, numbered upwards: only
+        // as many as `upto` can cover are read (a long backlog behind them is
+        // neither scanned nor decoded on every acknowledgement).
+        let Some((head, _)) = self.queue_peek(queue, None, 1)?.pop() else {
+            return Ok(0);
+        };
         'scan: loop {
-            // Acknowledged entries are the head of the queue: stop at the first one past `upto`.
-            let rows = self.queue_peek(queue, after, 256)?;
+            let covered = upto.saturating_sub(after.unwrap_or(head.saturating_sub(1)));
+            if covered == 0 {
+                break;
+            }
+            let rows = self.queue_peek(queue, after, covered.min(256) as usize)?;
             if rows.is_empty() {
                 break;
             }
