@@ -76,6 +76,10 @@ pub struct Verified {
     pub status: Option<StatusFacts>,
     /// Kind::Directory: the changes.
     pub directory: Vec<DirectoryFact>,
+    /// Set by whoever stored the encoded envelope durably as a blob before
+    /// handing it on: the record then names the blob instead of holding the
+    /// bytes.
+    pub envelope_blob: Option<Digest>,
 }
 
 /// One change of a directory message.
@@ -468,6 +472,7 @@ pub fn verify(
         receipt,
         status,
         directory,
+        envelope_blob: None,
     })
 }
 

@@ -166,8 +166,14 @@ fn prepare(state: &NodeState, batch: Vec<pb::Transfer>) -> Result<Vec<(u64, Prep
     for t in batch {
         let seq = t.seq;
         match check(state, t) {
-            Ok((v, recipients, data)) => {
+            Ok((mut v, recipients, data)) => {
                 blobs.extend(v.attachments.iter().copied().zip(data));
+                // The envelope's bytes go with the attachments (same syncs);
+                // the record names them instead of holding them.
+                let env = prost::Message::encode_to_vec(&v.envelope);
+                let d = Digest::of(&env);
+                blobs.push((d, env));
+                v.envelope_blob = Some(d);
                 out.push((seq, Prepared::Ok(Box::new(v), recipients)));
             }
             Err(r) => out.push((seq, Prepared::Refused(r))),

@@ -464,26 +464,6 @@ impl Held {
     }
 }
 
-/// The signed envelope of a stored message, or why it is no longer here.
-pub fn envelope_of(
-    from: &str,
-    doc_id: &str,
-    d: &DocRecord,
-) -> Result<pb::SignedEnvelope, NodeError> {
-    if d.envelope_removed_at_ms != 0 {
-        return Err(Refusal::new(
-            Code::FailedPrecondition,
-            format!(
-                "{from}/{doc_id}: its signed envelope and attachments were removed on {} at the end of their retention period (storage.envelope_retention_ms); its record, receipts, statuses and audit entries remain",
-                day_of(d.envelope_removed_at_ms)
-            ),
-        )
-        .into());
-    }
-    pb::SignedEnvelope::decode(d.envelope.as_slice())
-        .map_err(|e| NodeError::Other(format!("stored envelope {from}/{doc_id}: {e}")))
-}
-
 /// Release schedule key: due time, then the document; an envelope's removal
 /// carries a third part (the attachments' key is the one from before envelopes
 /// had a retention).
@@ -1536,10 +1516,12 @@ impl NodeState {
         let from_key = v.from.to_string();
         let doc_id = v.doc_id.to_string();
         let dkey = doc_key(&from_key, &doc_id);
+        let (envelope, envelope_sha256) = self.plan_envelope(plan, v)?;
         plan.docs.insert(
             dkey.clone(),
             DocRecord {
-                envelope: v.envelope.encode_to_vec(),
+                envelope,
+                envelope_sha256,
                 header_sha256: v.header_sha256.0.to_vec(),
                 origin: origin.label(),
                 received_at_ms: now,
@@ -1654,6 +1636,7 @@ impl NodeState {
             receipt: None,
             status: None,
             directory: vec![c],
+            envelope_blob: None,
         };
         self.plan_directory(&mut w, &mut plan, &local, &Origin::Local, now)?;
         let id = if self.routing().has_parent() {
@@ -2362,6 +2345,29 @@ impl NodeState {
             .unwrap_or(0))
     }
 
+    /// How a new record keeps its envelope: `(inline bytes, blob digest)` —
+    /// the blob, with a reference, when the caller stored it as one.
+    fn plan_envelope(
+        &self,
+        plan: &mut Plan,
+        v: &Verified,
+    ) -> Result<(Vec<u8>, Vec<u8>), NodeError> {
+        match v.envelope_blob {
+            Some(d) => {
+                let n = self.refs(plan, &d)?;
+                if n == 0 && !self.blobs.contains(&d) {
+                    return Err(NodeError::Other(format!(
+                        "envelope blob {d} of {} is not on disk; retry",
+                        v.doc_id
+                    )));
+                }
+                plan.refs.insert(d, n + 1);
+                Ok((Vec::new(), d.0.to_vec()))
+            }
+            None => Ok((v.envelope.encode_to_vec(), Vec::new())),
+        }
+    }
+
     fn doc_record(&self, plan: &Plan, key: &[u8]) -> Result<Option<DocRecord>, NodeError> {
         if let Some(d) = plan.docs.get(key) {
             return Ok(Some(d.clone()));
@@ -2487,7 +2493,15 @@ impl NodeState {
             }
             if what == Held::Envelope {
                 removed += 1;
-                let n = d.envelope.len();
+                let mut n = d.envelope.len() as u64;
+                if let Some(digest) = Digest::from_slice(&d.envelope_sha256) {
+                    n = self.blobs.size(&digest).unwrap_or(0);
+                    let left = self.refs(&plan, &digest)?.saturating_sub(1);
+                    plan.refs.insert(digest, left);
+                    if left == 0 {
+                        doomed.push(digest);
+                    }
+                }
                 d.envelope = Vec::new();
                 d.envelope_removed_at_ms = now;
                 plan.audit(
@@ -2682,7 +2696,8 @@ impl NodeState {
         };
         let kind = match d.kind {
             // Stored before records named their kind: the header says.
-            0 => envelope_of(from, doc_id, &d)
+            0 => self
+                .envelope_of(from, doc_id, &d)
                 .ok()
                 .and_then(|env| pb::Header::decode(env.header_bytes.as_slice()).ok())
                 .map_or(pb::Kind::Document as i32, |h| h.kind),
@@ -2762,7 +2777,7 @@ impl NodeState {
             return Ok(None);
         };
         let rec: DocRecord = record::decode(Space::Docs, &key, &bytes)?;
-        let env = envelope_of(from, doc_id, &rec)?;
+        let env = self.envelope_of(from, doc_id, &rec)?;
         let header = pb::Header::decode(env.header_bytes.as_slice()).map_err(internal)?;
         Ok(Some((rec, header)))
     }
@@ -2976,10 +2991,12 @@ impl NodeState {
                 plan.refs.insert(*d, n + 1);
             }
         }
+        let (envelope, envelope_sha256) = self.plan_envelope(plan, v)?;
         plan.docs.insert(
             dkey.clone(),
             DocRecord {
-                envelope: v.envelope.encode_to_vec(),
+                envelope,
+                envelope_sha256,
                 header_sha256: v.header_sha256.0.to_vec(),
                 origin: origin.label(),
                 received_at_ms: now,
@@ -3407,6 +3424,7 @@ impl NodeState {
             status: None,
             directory: Vec::new(),
             header,
+            envelope_blob: None,
         };
         self.stats.receipts.fetch_add(1, Ordering::Relaxed);
         self.plan_message(w, plan, &receipt, &Origin::Local, None, now)?;
@@ -3649,10 +3667,6 @@ impl NodeState {
             ))
             .into());
         }
-        let inline_bytes: u64 = inline.iter().map(|(_, d)| d.len() as u64).sum();
-        self.blobs
-            .check_space(inline_bytes, self.storage.min_free_bytes)?;
-        self.blobs.put_many(&inline)?;
         let header = pb::Header {
             format_version: envelope::FORMAT_VERSION,
             doc_id: doc_id.to_string(),
@@ -3676,7 +3690,17 @@ impl NodeState {
         let sealed = envelope::seal(&header, &signer)?;
         // Verify our own bytes like anyone else's: an expired signing certificate is
         // refused here, at the source, not three hops later.
-        let v = envelope::verify(sealed, &self.verifiers, &self.limits, UnixTime::now())?;
+        let mut v = envelope::verify(sealed, &self.verifiers, &self.limits, UnixTime::now())?;
+        // The envelope and the inline attachments are made durable together
+        // (one group of syncs), before the record that names them.
+        let env = v.envelope.encode_to_vec();
+        let env_digest = Digest::of(&env);
+        inline.push((env_digest, env.as_slice()));
+        let inline_bytes: u64 = inline.iter().map(|(_, d)| d.len() as u64).sum();
+        self.blobs
+            .check_space(inline_bytes, self.storage.min_free_bytes)?;
+        self.blobs.put_many(&inline)?;
+        v.envelope_blob = Some(env_digest);
         let accepted = self.accept(v, &Origin::Local, None)?;
         Ok((doc_id, accepted))
     }
@@ -3815,6 +3839,40 @@ impl NodeState {
             .collect()
     }
 
+    /// The signed envelope of a stored message (inline in its record, or a blob
+    /// the record names), or why it is no longer here.
+    pub fn envelope_of(
+        &self,
+        from: &str,
+        doc_id: &str,
+        d: &DocRecord,
+    ) -> Result<pb::SignedEnvelope, NodeError> {
+        if d.envelope_removed_at_ms != 0 {
+            return Err(Refusal::new(
+                Code::FailedPrecondition,
+                format!(
+                    "{from}/{doc_id}: its signed envelope and attachments were removed on {} at the end of their retention period (storage.envelope_retention_ms); its record, receipts, statuses and audit entries remain",
+                    day_of(d.envelope_removed_at_ms)
+                ),
+            )
+            .into());
+        }
+        let blob;
+        let bytes = if !d.envelope.is_empty() {
+            d.envelope.as_slice()
+        } else {
+            let digest = Digest::from_slice(&d.envelope_sha256).ok_or_else(|| {
+                NodeError::Other(format!(
+                    "stored envelope {from}/{doc_id}: the record names none"
+                ))
+            })?;
+            blob = self.blobs.read(&digest)?;
+            blob.as_slice()
+        };
+        pb::SignedEnvelope::decode(bytes)
+            .map_err(|e| NodeError::Other(format!("stored envelope {from}/{doc_id}: {e}")))
+    }
+
     fn load_doc(&self, from: &str, doc_id: &str) -> Result<DocRecord, NodeError> {
         let key = doc_key(from, doc_id);
         let bytes = self.store.get(Space::Docs, &key)?.ok_or_else(|| {
@@ -3833,7 +3891,7 @@ impl NodeState {
         inline_max: u64,
     ) -> Result<pb::Transfer, NodeError> {
         let doc = self.load_doc(&entry.from, &entry.doc_id)?;
-        let mut env = envelope_of(&entry.from, &entry.doc_id, &doc)?;
+        let mut env = self.envelope_of(&entry.from, &entry.doc_id, &doc)?;
         if self.hooks.corrupt_forwarded_headers
             && let Some(b) = env.header_bytes.last_mut()
         {
@@ -4414,7 +4472,7 @@ impl NodeState {
     ) -> Result<(pb::SignedEnvelope, DocRecord, Vec<InboxEntry>), NodeError> {
         let (doc, entries) = self.received(doc_id, from)?;
         let from = entries.first().map(|e| e.from.as_str()).unwrap_or_default();
-        let env = envelope_of(from, &doc_id.to_string(), &doc)?;
+        let env = self.envelope_of(from, &doc_id.to_string(), &doc)?;
         Ok((env, doc, entries))
     }
 
@@ -4515,7 +4573,7 @@ impl NodeState {
                     if let Some(bytes) = self.store.get(Space::Docs, key)? {
                         let d: DocRecord = record::decode(Space::Docs, key, &bytes)?;
                         let (from, doc_id) = split_doc_key(key);
-                        out.push((rr.organ.clone(), envelope_of(&from, &doc_id, &d)?));
+                        out.push((rr.organ.clone(), self.envelope_of(&from, &doc_id, &d)?));
                     }
                 }
             }
@@ -4529,7 +4587,7 @@ impl NodeState {
             return Ok(None);
         };
         let doc = self.load_doc(&rec.from, &rec.doc_id)?;
-        Ok(Some(envelope_of(&rec.from, &rec.doc_id, &doc)?))
+        Ok(Some(self.envelope_of(&rec.from, &rec.doc_id, &doc)?))
     }
 
     /// Whether this node checks received PDFs' signatures.
@@ -4566,7 +4624,7 @@ impl NodeState {
         doc_id: &str,
     ) -> Result<Vec<pb::PdfSignatureCheck>, NodeError> {
         let doc = self.load_doc(from, doc_id)?;
-        let env = envelope_of(from, doc_id, &doc)?;
+        let env = self.envelope_of(from, doc_id, &doc)?;
         let header = pb::Header::decode(env.header_bytes.as_slice()).map_err(internal)?;
         self.check_pdfs_of(&header)
     }
@@ -4643,7 +4701,7 @@ impl NodeState {
             for e in self.inbox(organ, true, "status", usize::MAX)? {
                 if e.for_doc_id == d {
                     let doc = self.load_doc(&e.from, &e.doc_id)?;
-                    out.push(envelope_of(&e.from, &e.doc_id, &doc)?);
+                    out.push(self.envelope_of(&e.from, &e.doc_id, &doc)?);
                 }
             }
         }
@@ -5043,6 +5101,52 @@ mod tests {
         };
         let env = envelope::seal(&header, &f.signer("000.00.00.G22")).unwrap();
         envelope::verify(env, &f.verifiers(), &Limits::default(), UnixTime::now()).unwrap()
+    }
+
+    /// A submitted document's envelope is kept as a blob the record names (out
+    /// of the key-value store): it has a reference, so the orphan sweep leaves
+    /// it; the queue still sends it; its retention removes the file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_envelope_kept_as_a_blob_is_referenced_sent_and_released_with_its_retention() {
+        let mut f = Fixture::new();
+        f.storage.retention_ms = 0;
+        f.storage.envelope_retention_ms = Some(0);
+        f.storage.orphan_grace_ms = 0;
+        let edge = f.edge(Arc::new(MemoryStore::new()));
+        let (id, _) = edge
+            .submit(Submission {
+                from: "000.00.00.G22".into(),
+                to: vec!["000.00.00.H41".into()],
+                subject: "Công văn".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let (from, id) = ("000.00.00.G22", id.to_string());
+        let rec = edge.load_doc(from, &id).unwrap();
+        assert!(rec.envelope.is_empty(), "envelope bytes in the record");
+        let blob = Digest::from_slice(&rec.envelope_sha256).expect("record names its envelope");
+        assert!(edge.blobs.contains(&blob));
+        assert_eq!(
+            edge.sweep_orphans().unwrap(),
+            0,
+            "the envelope is not an orphan"
+        );
+        let (seq, entry) = edge.queue_peek("parent", None, 1).unwrap().pop().unwrap();
+        let t = edge.load_transfer(seq, &entry, 1 << 20).unwrap();
+        let sent = t.envelope.expect("transfer carries the envelope");
+        assert_eq!(Digest::of(&sent.encode_to_vec()), blob);
+
+        edge.queue_ack("parent", seq).unwrap();
+        assert_eq!(edge.release_due().unwrap(), 1);
+        assert!(
+            !edge.blobs.contains(&blob),
+            "envelope file kept after its retention"
+        );
+        let e = edge
+            .load_transfer(seq, &entry, 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("removed on"), "{e}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

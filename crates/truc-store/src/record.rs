@@ -49,7 +49,10 @@ pub fn decode<M: Message + Default>(
 /// A stored document: its signed envelope and where it came from.
 #[derive(Clone, PartialEq, Message)]
 pub struct DocRecord {
-    /// The encoded `SignedEnvelope`, exactly as received.
+    /// The encoded `SignedEnvelope`, exactly as received — or empty, when it is
+    /// kept as a blob named by `envelope_sha256` (documents and what arrives
+    /// over a link: immutable bytes stay out of the key-value store, whose
+    /// records are rewritten as deliveries progress).
     #[prost(bytes = "vec", tag = "1")]
     pub envelope: Vec<u8>,
     /// SHA-256 of the header bytes.
@@ -84,6 +87,10 @@ pub struct DocRecord {
     /// after retention (receipts and statuses are the proof and stay).
     #[prost(int32, tag = "11")]
     pub kind: i32,
+    /// SHA-256 of the encoded envelope, stored as a blob with one reference,
+    /// when `envelope` is empty.
+    #[prost(bytes = "vec", tag = "12")]
+    pub envelope_sha256: Vec<u8>,
 }
 
 /// One transfer waiting on a link.
