@@ -167,13 +167,18 @@ fn prepare(state: &NodeState, batch: Vec<pb::Transfer>) -> Result<Vec<(u64, Prep
         let seq = t.seq;
         match check(state, t) {
             Ok((mut v, recipients, data)) => {
+                // A document's envelope goes with its attachments (the same
+                // syncs): its record, rewritten as deliveries progress, then
+                // names the bytes instead of holding them. Without attachments
+                // (receipts, statuses) the record is written once: inline, no
+                // file sync of its own.
+                if !v.attachments.is_empty() {
+                    let env = prost::Message::encode_to_vec(&v.envelope);
+                    let d = Digest::of(&env);
+                    blobs.push((d, env));
+                    v.envelope_blob = Some(d);
+                }
                 blobs.extend(v.attachments.iter().copied().zip(data));
-                // The envelope's bytes go with the attachments (same syncs);
-                // the record names them instead of holding them.
-                let env = prost::Message::encode_to_vec(&v.envelope);
-                let d = Digest::of(&env);
-                blobs.push((d, env));
-                v.envelope_blob = Some(d);
                 out.push((seq, Prepared::Ok(Box::new(v), recipients)));
             }
             Err(r) => out.push((seq, Prepared::Refused(r))),

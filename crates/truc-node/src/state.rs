@@ -3691,16 +3691,18 @@ impl NodeState {
         // Verify our own bytes like anyone else's: an expired signing certificate is
         // refused here, at the source, not three hops later.
         let mut v = envelope::verify(sealed, &self.verifiers, &self.limits, UnixTime::now())?;
-        // The envelope and the inline attachments are made durable together
-        // (one group of syncs), before the record that names them.
+        // With attachments to write anyway, the envelope goes with them (one
+        // group of syncs), before the record that names it.
         let env = v.envelope.encode_to_vec();
         let env_digest = Digest::of(&env);
-        inline.push((env_digest, env.as_slice()));
+        if !inline.is_empty() {
+            inline.push((env_digest, env.as_slice()));
+            v.envelope_blob = Some(env_digest);
+        }
         let inline_bytes: u64 = inline.iter().map(|(_, d)| d.len() as u64).sum();
         self.blobs
             .check_space(inline_bytes, self.storage.min_free_bytes)?;
         self.blobs.put_many(&inline)?;
-        v.envelope_blob = Some(env_digest);
         let accepted = self.accept(v, &Origin::Local, None)?;
         Ok((doc_id, accepted))
     }
@@ -5104,8 +5106,9 @@ mod tests {
     }
 
     /// A submitted document's envelope is kept as a blob the record names (out
-    /// of the key-value store): it has a reference, so the orphan sweep leaves
-    /// it; the queue still sends it; its retention removes the file.
+    /// of the key-value store), written with its attachments: it has a
+    /// reference, so the orphan sweep leaves it; the queue still sends it; its
+    /// retention removes the file.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_envelope_kept_as_a_blob_is_referenced_sent_and_released_with_its_retention() {
         let mut f = Fixture::new();
@@ -5118,6 +5121,11 @@ mod tests {
                 from: "000.00.00.G22".into(),
                 to: vec!["000.00.00.H41".into()],
                 subject: "Công văn".into(),
+                attachments: vec![SubmittedAttachment {
+                    name: "cong-van.txt".into(),
+                    content_type: String::new(),
+                    body: Body::Inline(b"Kinh gui".to_vec()),
+                }],
                 ..Default::default()
             })
             .unwrap();
@@ -5137,7 +5145,7 @@ mod tests {
         assert_eq!(Digest::of(&sent.encode_to_vec()), blob);
 
         edge.queue_ack("parent", seq).unwrap();
-        assert_eq!(edge.release_due().unwrap(), 1);
+        assert_eq!(edge.release_due().unwrap(), 2, "attachments and envelope");
         assert!(
             !edge.blobs.contains(&blob),
             "envelope file kept after its retention"
