@@ -235,6 +235,28 @@ fn an_exported_package_verifies_offline_and_a_changed_byte_is_named() {
     assert!(ok && said.contains("0 package(s)"), "{said}");
 }
 
+/// `node` under a records duty, with each of `periods` (retention settings)
+/// at 1 ms and a sweep every 100 ms.
+fn records_duty(c: &Cluster, node: &str, periods: &[&str]) {
+    c.edit(node, |t| {
+        let s = t
+            .entry("storage")
+            .or_insert(toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .unwrap();
+        for p in periods {
+            s.insert((*p).into(), 1.into());
+        }
+        s.insert("keep_until_archived".into(), true.into());
+        let d = t
+            .entry("delivery")
+            .or_insert(toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .unwrap();
+        d.insert("sweep_interval_ms".into(), 100.into());
+    });
+}
+
 /// The steps `truc trace` shows for a document at a node.
 fn steps(c: &Cluster, node: &str, id: &str) -> Vec<String> {
     let v: serde_json::Value =
@@ -251,21 +273,7 @@ fn steps(c: &Cluster, node: &str, id: &str) -> Vec<String> {
 #[test]
 fn with_a_records_duty_attachments_outlive_retention_until_archived() {
     let mut c = Cluster::new();
-    c.edit("vpcp", |t| {
-        let s = t
-            .entry("storage")
-            .or_insert(toml::Value::Table(Default::default()))
-            .as_table_mut()
-            .unwrap();
-        s.insert("retention_ms".into(), 1.into());
-        s.insert("keep_until_archived".into(), true.into());
-        let d = t
-            .entry("delivery")
-            .or_insert(toml::Value::Table(Default::default()))
-            .as_table_mut()
-            .unwrap();
-        d.insert("sweep_interval_ms".into(), 100.into());
-    });
+    records_duty(&c, "vpcp", &["retention_ms"]);
     for n in ["hub", "vpcp", "nghean"] {
         c.start(n);
     }
@@ -303,23 +311,15 @@ fn with_a_records_duty_attachments_outlive_retention_until_archived() {
 #[test]
 fn past_every_retention_a_received_document_stays_whole_until_exported() {
     let mut c = Cluster::new();
-    c.edit("nghean", |t| {
-        let s = t
-            .entry("storage")
-            .or_insert(toml::Value::Table(Default::default()))
-            .as_table_mut()
-            .unwrap();
-        s.insert("retention_ms".into(), 1.into());
-        s.insert("envelope_retention_ms".into(), 1.into());
-        s.insert("audit_retention_ms".into(), 1.into());
-        s.insert("keep_until_archived".into(), true.into());
-        let d = t
-            .entry("delivery")
-            .or_insert(toml::Value::Table(Default::default()))
-            .as_table_mut()
-            .unwrap();
-        d.insert("sweep_interval_ms".into(), 100.into());
-    });
+    records_duty(
+        &c,
+        "nghean",
+        &[
+            "retention_ms",
+            "envelope_retention_ms",
+            "audit_retention_ms",
+        ],
+    );
     for n in ["hub", "vpcp", "nghean"] {
         c.start(n);
     }
