@@ -550,6 +550,24 @@ fn inbox_index_key(doc_id: &str, from: &str, organ: &str) -> Vec<u8> {
     Key::new().str(doc_id).str(from).str(organ).build()
 }
 
+/// `InboxIndex`: a status in `organ`'s inbox (entry `seq`) about `for_doc_id`.
+/// (Its first part cannot be a doc_id, so it never mixes with `inbox_index_key`.)
+fn status_index_key(for_doc_id: &str, organ: &str, seq: u64) -> Vec<u8> {
+    Key::new()
+        .str(STATUS_INDEX)
+        .str(for_doc_id)
+        .str(organ)
+        .u64(seq)
+        .build()
+}
+
+const STATUS_INDEX: &str = "~status";
+
+/// `Meta`: set once every status in the inbox has its `status_index_key`.
+fn status_index_marker() -> Vec<u8> {
+    Key::new().str("index").str(STATUS_INDEX).build()
+}
+
 fn queue_prefix(queue: &str) -> Vec<u8> {
     Key::new().str(queue).build()
 }
@@ -621,6 +639,9 @@ impl NodeState {
             }
         }
         // Unacknowledged inbox entries per agency and kind (today's count operations).
+        // A store from before the status index gets it on the same pass.
+        let indexed = p.store.get(Space::Meta, &status_index_marker())?.is_some();
+        let mut backfill = Batch::new();
         let mut after: Option<Vec<u8>> = None;
         loop {
             let rows = p.store.scan(Space::Inbox, &[], after.as_deref(), 4096)?;
@@ -633,7 +654,23 @@ impl NodeState {
                         .entry(format!("u:{}:{}", e.organ, e.kind))
                         .or_default() += 1;
                 }
+                if !indexed
+                    && e.kind == "status"
+                    && !e.for_doc_id.is_empty()
+                    && let Some(seq) = trailing_u64(&k)
+                {
+                    backfill.put(
+                        Space::InboxIndex,
+                        status_index_key(&e.for_doc_id, &e.organ, seq),
+                        Vec::new(),
+                    );
+                }
             }
+        }
+        if !indexed {
+            backfill.put(Space::Meta, status_index_marker(), Vec::new());
+            p.store.apply(backfill)?;
+            p.store.flush()?;
         }
         let received = match p
             .store
@@ -3230,6 +3267,13 @@ impl NodeState {
         let key = Key::new().str(organ.as_str()).u64(seq).build();
         let entry = Self::new_inbox_entry(v, organ, now);
         plan.deltas.push((format!("u:{organ}:{}", entry.kind), 1));
+        if entry.kind == "status" && !entry.for_doc_id.is_empty() {
+            plan.batch.put(
+                Space::InboxIndex,
+                status_index_key(&entry.for_doc_id, organ.as_str(), seq),
+                Vec::new(),
+            );
+        }
         plan.inbox.insert(key, entry);
         plan.batch.put(
             Space::InboxIndex,
@@ -4695,17 +4739,28 @@ impl NodeState {
         Ok(checks)
     }
 
-    /// Signed business statuses about `doc_id` that reached this node's agencies.
+    /// Signed business statuses about `doc_id` that reached this node's agencies
+    /// (through the status index: no inbox is scanned).
     pub fn statuses_about(&self, doc_id: &DocId) -> Result<Vec<pb::SignedEnvelope>, NodeError> {
-        let d = doc_id.to_string();
+        let prefix = Key::new()
+            .str(STATUS_INDEX)
+            .str(&doc_id.to_string())
+            .build();
         let mut out = Vec::new();
-        for organ in self.routing().local_organs() {
-            for e in self.inbox(organ, true, "status", usize::MAX)? {
-                if e.for_doc_id == d {
-                    let doc = self.load_doc(&e.from, &e.doc_id)?;
-                    out.push(self.envelope_of(&e.from, &e.doc_id, &doc)?);
-                }
-            }
+        for (k, _) in self
+            .store
+            .scan(Space::InboxIndex, &prefix, None, usize::MAX)?
+        {
+            let (Some(parts), Some(seq)) = (str_parts(&k, 3), trailing_u64(&k)) else {
+                continue;
+            };
+            let ikey = Key::new().str(&parts[2]).u64(seq).build();
+            let Some(bytes) = self.store.get(Space::Inbox, &ikey)? else {
+                continue;
+            };
+            let e: InboxEntry = record::decode(Space::Inbox, &ikey, &bytes)?;
+            let doc = self.load_doc(&e.from, &e.doc_id)?;
+            out.push(self.envelope_of(&e.from, &e.doc_id, &doc)?);
         }
         Ok(out)
     }
@@ -5103,6 +5158,44 @@ mod tests {
         };
         let env = envelope::seal(&header, &f.signer("000.00.00.G22")).unwrap();
         envelope::verify(env, &f.verifiers(), &Limits::default(), UnixTime::now()).unwrap()
+    }
+
+    /// Statuses are found through their index; a store written before the
+    /// index existed gets it when a node opens it.
+    #[test]
+    fn statuses_stored_before_their_index_existed_are_found_after_a_restart() {
+        let f = Fixture::new();
+        let store = Arc::new(MemoryStore::new());
+        let env = pb::SignedEnvelope {
+            signature: vec![1, 2, 3],
+            ..Default::default()
+        };
+        let (doc, status) = (DocId::new_v7(), DocId::new_v7().to_string());
+        let mut b = truc_store::Batch::new();
+        b.put(
+            Space::Docs,
+            doc_key("000.00.00.H41", &status),
+            record::encode(&DocRecord {
+                envelope: env.encode_to_vec(),
+                ..Default::default()
+            }),
+        );
+        b.put(
+            Space::Inbox,
+            Key::new().str("000.00.00.G22").u64(1).build(),
+            record::encode(&InboxEntry {
+                organ: "000.00.00.G22".into(),
+                from: "000.00.00.H41".into(),
+                doc_id: status,
+                kind: "status".into(),
+                for_doc_id: doc.to_string(),
+                ..Default::default()
+            }),
+        );
+        store.apply(b).unwrap();
+        let edge = f.edge(store.clone());
+        assert_eq!(edge.statuses_about(&doc).unwrap(), vec![env]);
+        assert!(edge.statuses_about(&DocId::new_v7()).unwrap().is_empty());
     }
 
     /// A submitted document's envelope is kept as a blob the record names (out
