@@ -22,6 +22,19 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Starts hub, vpcp and nghean, sends a one-page PDF (`name`, saying `text`)
+/// from G22 to H41 and waits until it is delivered; returns its doc_id.
+fn deliver_pdf(c: &mut Cluster, name: &str, text: &str, subject: &str) -> String {
+    for n in ["hub", "vpcp", "nghean"] {
+        c.start(n);
+    }
+    let pdf = c.path(name);
+    std::fs::write(&pdf, truc::pdf::simple_pdf(&[text])).unwrap();
+    let id = c.send_from_vpcp(H41, subject, &["--attach", pdf.to_str().unwrap()]);
+    c.wait_delivered("vpcp", &id);
+    id
+}
+
 /// The one package an export wrote into `out`.
 fn package_in(out: &Path) -> PathBuf {
     let pkgs: Vec<PathBuf> = std::fs::read_dir(out)
@@ -67,17 +80,12 @@ fn sha256_hex(path: &Path) -> String {
 #[test]
 fn an_exported_package_verifies_offline_and_a_changed_byte_is_named() {
     let mut c = Cluster::new();
-    for n in ["hub", "vpcp", "nghean"] {
-        c.start(n);
-    }
-    let pdf = c.path("to-trinh.pdf");
-    std::fs::write(&pdf, truc::pdf::simple_pdf(&["To trinh so 12/TTr-VPCP"])).unwrap();
-    let id = c.send_from_vpcp(
-        H41,
+    let id = deliver_pdf(
+        &mut c,
+        "to-trinh.pdf",
+        "To trinh so 12/TTr-VPCP",
         "Tờ trình phê duyệt",
-        &["--attach", pdf.to_str().unwrap()],
     );
-    c.wait_delivered("vpcp", &id);
     c.cli_ok(&["ack", "--config", &c.cfg("nghean"), &id]);
     c.cli_ok(&[
         "reply",
@@ -274,13 +282,7 @@ fn steps(c: &Cluster, node: &str, id: &str) -> Vec<String> {
 fn with_a_records_duty_attachments_outlive_retention_until_archived() {
     let mut c = Cluster::new();
     records_duty(&c, "vpcp", &["retention_ms"]);
-    for n in ["hub", "vpcp", "nghean"] {
-        c.start(n);
-    }
-    let pdf = c.path("bao-cao.pdf");
-    std::fs::write(&pdf, truc::pdf::simple_pdf(&["Bao cao quy IV"])).unwrap();
-    let id = c.send_from_vpcp(H41, "Báo cáo quý IV", &["--attach", pdf.to_str().unwrap()]);
-    c.wait_delivered("vpcp", &id);
+    let id = deliver_pdf(&mut c, "bao-cao.pdf", "Bao cao quy IV", "Báo cáo quý IV");
     rest::poll("retention over, attachments kept", || {
         steps(&c, "vpcp", &id)
             .iter()
@@ -320,17 +322,12 @@ fn past_every_retention_a_received_document_stays_whole_until_exported() {
             "audit_retention_ms",
         ],
     );
-    for n in ["hub", "vpcp", "nghean"] {
-        c.start(n);
-    }
-    let pdf = c.path("quyet-dinh.pdf");
-    std::fs::write(&pdf, truc::pdf::simple_pdf(&["Quyet dinh so 7/QD-UBND"])).unwrap();
-    let id = c.send_from_vpcp(
-        H41,
+    let id = deliver_pdf(
+        &mut c,
+        "quyet-dinh.pdf",
+        "Quyet dinh so 7/QD-UBND",
         "Quyết định khen thưởng",
-        &["--attach", pdf.to_str().unwrap()],
     );
-    c.wait_delivered("vpcp", &id);
     let nghean = c.cfg("nghean");
     c.cli_ok(&["ack", "--config", &nghean, &id]);
     rest::poll("both retentions over, both deferred", || {
@@ -390,9 +387,7 @@ fn past_every_retention_a_received_document_stays_whole_until_exported() {
     assert_eq!(c.stat("nghean", "retention_released"), 1);
     assert!(c.stat("nghean", "audit_entries_pruned") > 0);
     // Still a record of the document: the inbox lists it.
-    let inbox = c.cli_ok(&[
-        "inbox", "--config", &nghean, "--organ", H41, "--all", "--json",
-    ]);
+    let inbox = c.inbox("nghean", H41, &["--all"]).to_string();
     assert!(inbox.contains(&id), "{inbox}");
     // The package needs nothing from the node.
     let (ok, said) = verify(&c, &pkg);

@@ -230,17 +230,7 @@ async fn business_statuses_arrive_in_order_and_only_from_recipients() {
     assert_eq!(v["recipients"][0]["status_note"], "hoàn thành");
 
     // The sender's inbox lists the four statuses, in the order they were sent.
-    let statuses: serde_json::Value = serde_json::from_str(&c.cli_ok(&[
-        "inbox",
-        "--config",
-        &c.cfg("vpcp"),
-        "--organ",
-        G22,
-        "--kind",
-        "status",
-        "--json",
-    ]))
-    .unwrap();
+    let statuses = c.inbox("vpcp", G22, &["--kind", "status"]);
     let codes: Vec<&str> = statuses
         .as_array()
         .unwrap()
@@ -402,17 +392,7 @@ async fn only_the_original_sender_recalls_and_a_recall_reaches_each_recipient_on
     assert_eq!(r1, r2, "the second recall is the first one");
     wait_all(&c, &r1, "recall delivered", |r| r["state"] == "delivered").await;
     for (node, organ) in [("nghean", H41), ("caobang", H14)] {
-        let items: serde_json::Value = serde_json::from_str(&c.cli_ok(&[
-            "inbox",
-            "--config",
-            &c.cfg(node),
-            "--organ",
-            organ,
-            "--kind",
-            "document",
-            "--json",
-        ]))
-        .unwrap();
+        let items = c.inbox(node, organ, &["--kind", "document"]);
         let recalls: Vec<_> = items
             .as_array()
             .unwrap()
@@ -461,16 +441,7 @@ async fn only_the_original_sender_recalls_and_a_recall_reaches_each_recipient_on
     let original = status_json(&c, &id);
     assert_eq!(original["recipients"][0]["last_status"], "15");
     // ...and the accepting recipient's copy is marked recalled.
-    let items: serde_json::Value = serde_json::from_str(&c.cli_ok(&[
-        "inbox",
-        "--config",
-        &c.cfg("nghean"),
-        "--organ",
-        H41,
-        "--all",
-        "--json",
-    ]))
-    .unwrap();
+    let items = c.inbox("nghean", H41, &["--all"]);
     let doc = items
         .as_array()
         .unwrap()
@@ -818,15 +789,7 @@ async fn an_update_adds_and_removes_recipients_and_a_replace_reaches_the_recipie
         .map(|r| r["organ"].as_str().unwrap())
         .collect();
     assert_eq!(to, vec![H41, H14]);
-    let h14: serde_json::Value = serde_json::from_str(&c.cli_ok(&[
-        "inbox",
-        "--config",
-        &c.cfg("caobang"),
-        "--organ",
-        H14,
-        "--json",
-    ]))
-    .unwrap();
+    let h14 = c.inbox("caobang", H14, &[]);
     assert_eq!(h14[0]["business_type"], "update");
     assert_eq!(h14[0]["target_doc_id"], id.as_str());
 
@@ -858,15 +821,7 @@ async fn an_update_adds_and_removes_recipients_and_a_replace_reaches_the_recipie
         .trim()
         .to_owned();
     wait_all(&c, &rep, "replace delivered", |r| r["state"] == "delivered").await;
-    let h41: serde_json::Value = serde_json::from_str(&c.cli_ok(&[
-        "inbox",
-        "--config",
-        &c.cfg("nghean"),
-        "--organ",
-        H41,
-        "--json",
-    ]))
-    .unwrap();
+    let h41 = c.inbox("nghean", H41, &[]);
     let kinds: Vec<&str> = h41
         .as_array()
         .unwrap()

@@ -102,15 +102,7 @@ fn pdf_signatures_are_checked_on_arrival_and_shown_with_the_document() {
 
     // Checked on arrival: the inbox shows it without anyone opening the document.
     let items = rest::poll("the PDF verdicts in the inbox", || {
-        let v: serde_json::Value = serde_json::from_str(&c.cli_ok(&[
-            "inbox",
-            "--config",
-            &c.cfg("nghean"),
-            "--organ",
-            H41,
-            "--json",
-        ]))
-        .unwrap();
+        let v = c.inbox("nghean", H41, &[]);
         let s = v[0]["pdf_signatures"]
             .as_str()
             .unwrap_or_default()

@@ -47,7 +47,7 @@ pub fn report_pb(r: audit::Report) -> pb::AuditVerifyResponse {
         ok: r.first_bad.is_none(),
         first_bad: r.first_bad.as_ref().map(|(s, _)| *s).unwrap_or(0),
         reason: r.first_bad.map(|(_, why)| why).unwrap_or_default(),
-        head: r.head.iter().map(|b| format!("{b:02x}")).collect(),
+        head: hex::encode(r.head),
         pruned_through: r.pruned_through,
     }
 }

@@ -43,11 +43,10 @@ pub const PRUNED: &str = "audit-pruned";
 
 /// How an `audit-pruned` entry names the anchor; [`verify`] looks for it.
 pub fn anchor_text(seq: u64, hash: &[u8]) -> String {
-    format!("chain now starts after entry {seq} (hash {})", hex(hash))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    format!(
+        "chain now starts after entry {seq} (hash {})",
+        hex::encode(hash)
+    )
 }
 
 pub fn entry_key(seq: u64) -> Vec<u8> {

@@ -82,6 +82,17 @@ pub struct Verified {
     pub envelope_blob: Option<Digest>,
 }
 
+impl Verified {
+    /// The encoded envelope and its digest, for the caller to store durably
+    /// as a blob before the record is written; the record will name it.
+    pub fn keep_envelope_as_blob(&mut self) -> (Digest, Vec<u8>) {
+        let bytes = self.envelope.encode_to_vec();
+        let d = Digest::of(&bytes);
+        self.envelope_blob = Some(d);
+        (d, bytes)
+    }
+}
+
 /// One change of a directory message.
 #[derive(Debug, Clone)]
 pub struct DirectoryFact {

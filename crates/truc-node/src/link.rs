@@ -173,10 +173,7 @@ fn prepare(state: &NodeState, batch: Vec<pb::Transfer>) -> Result<Vec<(u64, Prep
                 // (receipts, statuses) the record is written once: inline, no
                 // file sync of its own.
                 if !v.attachments.is_empty() {
-                    let env = prost::Message::encode_to_vec(&v.envelope);
-                    let d = Digest::of(&env);
-                    blobs.push((d, env));
-                    v.envelope_blob = Some(d);
+                    blobs.push(v.keep_envelope_as_blob());
                 }
                 blobs.extend(v.attachments.iter().copied().zip(data));
                 out.push((seq, Prepared::Ok(Box::new(v), recipients)));

@@ -462,17 +462,20 @@ impl Held {
             Held::Envelope => "envelope",
         }
     }
+
+    /// Ends a key about a document: an envelope's keys carry a last part, the
+    /// attachments' keep the shape they had before envelopes had a retention.
+    fn finish_key(self, k: Key) -> Vec<u8> {
+        match self {
+            Held::Attachments => k.build(),
+            Held::Envelope => k.str(self.label()).build(),
+        }
+    }
 }
 
-/// Release schedule key: due time, then the document; an envelope's removal
-/// carries a third part (the attachments' key is the one from before envelopes
-/// had a retention).
+/// Release schedule key: due time, then the document (and what is due).
 fn release_key(due_ms: i64, from: &str, doc_id: &str, what: Held) -> Vec<u8> {
-    let k = Key::new().u64(due_ms.max(0) as u64).str(from).str(doc_id);
-    match what {
-        Held::Attachments => k.build(),
-        Held::Envelope => k.str(what.label()).build(),
-    }
+    what.finish_key(Key::new().u64(due_ms.max(0) as u64).str(from).str(doc_id))
 }
 
 /// The Vietnam (UTC+7) date of a Unix ms time, `YYYY-MM-DD`.
@@ -809,12 +812,7 @@ impl NodeState {
 
     /// Meta: the retention of what it holds passed while it was not archived yet.
     fn deferred_key(from: &str, doc_id: &str, what: Held) -> Vec<u8> {
-        let k = Key::new().str("retention-deferred").str(from).str(doc_id);
-        match what {
-            // The key of the first release (attachments only) stays as it was.
-            Held::Attachments => k.build(),
-            Held::Envelope => k.str(what.label()).build(),
-        }
+        what.finish_key(Key::new().str("retention-deferred").str(from).str(doc_id))
     }
 
     /// Records that a document was exported as an archival package (audited);
@@ -875,8 +873,7 @@ impl NodeState {
         let d = self.blobs.put(package)?;
         let w = self.lock();
         let mut plan = Plan::default();
-        let n = self.refs(&plan, &d)?;
-        plan.refs.insert(d, n + 1);
+        self.plan_ref(&mut plan, &d, "the edXML package")?;
         plan.batch.put(
             Space::Meta,
             Self::original_key(from.as_str(), &doc_id.to_string()),
@@ -2391,18 +2388,40 @@ impl NodeState {
     ) -> Result<(Vec<u8>, Vec<u8>), NodeError> {
         match v.envelope_blob {
             Some(d) => {
-                let n = self.refs(plan, &d)?;
-                if n == 0 && !self.blobs.contains(&d) {
-                    return Err(NodeError::Other(format!(
-                        "envelope blob {d} of {} is not on disk; retry",
-                        v.doc_id
-                    )));
-                }
-                plan.refs.insert(d, n + 1);
+                self.plan_ref(plan, &d, "envelope")?;
                 Ok((Vec::new(), d.0.to_vec()))
             }
             None => Ok((v.envelope.encode_to_vec(), Vec::new())),
         }
+    }
+
+    /// One more stored thing names blob `d`. It must still be on disk: a file
+    /// released while the document was on its way is sent again by the peer.
+    fn plan_ref(&self, plan: &mut Plan, d: &Digest, what: &str) -> Result<(), NodeError> {
+        let n = self.refs(plan, d)?;
+        if n == 0 && !self.blobs.contains(d) {
+            return Err(NodeError::Other(format!(
+                "{what} {d} is not on disk; retry"
+            )));
+        }
+        plan.refs.insert(*d, n + 1);
+        Ok(())
+    }
+
+    /// One stored thing less names blob `d`; nobody left: it goes to `doomed`,
+    /// deleted once the batch is durable.
+    fn plan_unref(
+        &self,
+        plan: &mut Plan,
+        d: Digest,
+        doomed: &mut Vec<Digest>,
+    ) -> Result<(), NodeError> {
+        let n = self.refs(plan, &d)?.saturating_sub(1);
+        plan.refs.insert(d, n);
+        if n == 0 {
+            doomed.push(d);
+        }
+        Ok(())
     }
 
     fn doc_record(&self, plan: &Plan, key: &[u8]) -> Result<Option<DocRecord>, NodeError> {
@@ -2533,11 +2552,7 @@ impl NodeState {
                 let mut n = d.envelope.len() as u64;
                 if let Some(digest) = Digest::from_slice(&d.envelope_sha256) {
                     n = self.blobs.size(&digest).unwrap_or(0);
-                    let left = self.refs(&plan, &digest)?.saturating_sub(1);
-                    plan.refs.insert(digest, left);
-                    if left == 0 {
-                        doomed.push(digest);
-                    }
+                    self.plan_unref(&mut plan, digest, &mut doomed)?;
                 }
                 d.envelope = Vec::new();
                 d.envelope_removed_at_ms = now;
@@ -2591,15 +2606,12 @@ impl NodeState {
         doomed: &mut Vec<Digest>,
         now: i64,
     ) -> Result<(), NodeError> {
-        for raw in &d.attachments {
-            let Some(digest) = Digest::from_slice(raw) else {
-                continue;
-            };
-            let n = self.refs(plan, &digest)?.saturating_sub(1);
-            plan.refs.insert(digest, n);
-            if n == 0 {
-                doomed.push(digest);
-            }
+        for digest in d
+            .attachments
+            .iter()
+            .filter_map(|raw| Digest::from_slice(raw))
+        {
+            self.plan_unref(plan, digest, doomed)?;
         }
         if d.bytes > 0 {
             let held = self.held(plan, from)?;
@@ -2610,11 +2622,7 @@ impl NodeState {
         if let Some(raw) = self.store.get(Space::Meta, &okey)?
             && let Some(digest) = Digest::from_slice(&raw)
         {
-            let n = self.refs(plan, &digest)?.saturating_sub(1);
-            plan.refs.insert(digest, n);
-            if n == 0 {
-                doomed.push(digest);
-            }
+            self.plan_unref(plan, digest, doomed)?;
             plan.batch.delete(Space::Meta, okey);
         }
         d.released_at_ms = now;
@@ -3018,14 +3026,7 @@ impl NodeState {
             }
             plan.held.insert(from_key.clone(), held + bytes);
             for d in &v.attachments {
-                let n = self.refs(plan, d)?;
-                if n == 0 && !self.blobs.contains(d) {
-                    // Released while this document was on its way: the peer resends it.
-                    return Err(NodeError::Other(format!(
-                        "attachment {d} is not on disk; retry"
-                    )));
-                }
-                plan.refs.insert(*d, n + 1);
+                self.plan_ref(plan, d, "attachment")?;
             }
         }
         let (envelope, envelope_sha256) = self.plan_envelope(plan, v)?;
@@ -3737,11 +3738,9 @@ impl NodeState {
         let mut v = envelope::verify(sealed, &self.verifiers, &self.limits, UnixTime::now())?;
         // With attachments to write anyway, the envelope goes with them (one
         // group of syncs), before the record that names it.
-        let env = v.envelope.encode_to_vec();
-        let env_digest = Digest::of(&env);
-        if !inline.is_empty() {
-            inline.push((env_digest, env.as_slice()));
-            v.envelope_blob = Some(env_digest);
+        let env = (!inline.is_empty()).then(|| v.keep_envelope_as_blob());
+        if let Some((d, bytes)) = &env {
+            inline.push((*d, bytes.as_slice()));
         }
         let inline_bytes: u64 = inline.iter().map(|(_, d)| d.len() as u64).sum();
         self.blobs

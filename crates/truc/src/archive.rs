@@ -380,9 +380,7 @@ fn sync_tree(dir: &Path) -> Result<()> {
 
 pub struct VerifyArgs {
     pub package: PathBuf,
-    pub config: Option<PathBuf>,
-    pub signing_ca: Option<PathBuf>,
-    pub transport_ca: Option<PathBuf>,
+    pub trust: crate::verify::TrustArgs,
 }
 
 /// What a verified package proves, line by line.
@@ -458,11 +456,7 @@ fn signer_of(v: &envelope::Verified) -> String {
 }
 
 pub fn verify(a: VerifyArgs) -> Result<()> {
-    let v = crate::verify::trusted(
-        a.config.as_deref(),
-        a.signing_ca.as_deref(),
-        a.transport_ca.as_deref(),
-    )?;
+    let v = a.trust.verifiers()?;
     let pkg = &a.package;
     if !pkg.join("bagit.txt").exists() {
         bail!(

@@ -225,13 +225,8 @@ enum Command {
     },
     /// Check signed envelopes and receipts offline against the CAs.
     Verify {
-        /// A node config whose CAs to trust (or give both CA files).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        signing_ca: Option<PathBuf>,
-        #[arg(long)]
-        transport_ca: Option<PathBuf>,
+        #[command(flatten)]
+        trust: verify::TrustArgs,
         /// The document envelope every receipt must name.
         #[arg(long)]
         document: Option<PathBuf>,
@@ -405,13 +400,8 @@ enum ArchiveCommand {
     /// part that does not verify, and prints what the package proves.
     Verify {
         package: PathBuf,
-        /// Take the CA certificates from a node's config.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        signing_ca: Option<PathBuf>,
-        #[arg(long)]
-        transport_ca: Option<PathBuf>,
+        #[command(flatten)]
+        trust: verify::TrustArgs,
     },
 }
 
@@ -772,16 +762,12 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Verify {
-            config,
-            signing_ca,
-            transport_ca,
+            trust,
             document,
             files,
         } => verify::verify(verify::VerifyArgs {
             files,
-            config,
-            signing_ca,
-            transport_ca,
+            trust,
             document,
         }),
         Command::Requeue { config, doc_id } => {
@@ -822,17 +808,9 @@ async fn run(cli: Cli) -> Result<()> {
                 })
                 .await
             }
-            ArchiveCommand::Verify {
-                package,
-                config,
-                signing_ca,
-                transport_ca,
-            } => archive::verify(archive::VerifyArgs {
-                package,
-                config,
-                signing_ca,
-                transport_ca,
-            }),
+            ArchiveCommand::Verify { package, trust } => {
+                archive::verify(archive::VerifyArgs { package, trust })
+            }
         },
         Command::Directory { command } => match command {
             DirectoryCommand::List { config, json } => client::directory(&config, None, json).await,

@@ -19,40 +19,39 @@ use crate::client;
 
 pub struct VerifyArgs {
     pub files: Vec<PathBuf>,
-    pub config: Option<PathBuf>,
-    pub signing_ca: Option<PathBuf>,
-    pub transport_ca: Option<PathBuf>,
+    pub trust: TrustArgs,
     /// A document envelope the receipts must name.
     pub document: Option<PathBuf>,
 }
 
-fn verifiers(a: &VerifyArgs) -> Result<Verifiers> {
-    trusted(
-        a.config.as_deref(),
-        a.signing_ca.as_deref(),
-        a.transport_ca.as_deref(),
-    )
+/// The CAs an offline check trusts (`truc verify`, `truc archive verify`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrustArgs {
+    /// Take the CA certificates from a node's config (or give both CA files).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub signing_ca: Option<PathBuf>,
+    #[arg(long)]
+    pub transport_ca: Option<PathBuf>,
 }
 
-/// The CAs an offline check trusts: those a node's config names, or the two
-/// files given.
-pub fn trusted(
-    config: Option<&Path>,
-    signing_ca: Option<&Path>,
-    transport_ca: Option<&Path>,
-) -> Result<Verifiers> {
-    let (signing, transport) = match (config, signing_ca, transport_ca) {
-        (Some(c), None, None) => {
-            let cfg = Config::load(c)?;
-            (cfg.signing_ca, cfg.tls.ca)
-        }
-        (None, Some(s), Some(t)) => (s.to_owned(), t.to_owned()),
-        _ => bail!("give either --config FILE or both --signing-ca and --transport-ca"),
-    };
-    Ok(Verifiers {
-        agencies: SignatureVerifier::from_file(&signing)?,
-        nodes: SignatureVerifier::from_file(&transport)?,
-    })
+impl TrustArgs {
+    /// Those a node's config names, or the two files given.
+    pub fn verifiers(&self) -> Result<Verifiers> {
+        let (signing, transport) = match (&self.config, &self.signing_ca, &self.transport_ca) {
+            (Some(c), None, None) => {
+                let cfg = Config::load(c)?;
+                (cfg.signing_ca, cfg.tls.ca)
+            }
+            (None, Some(s), Some(t)) => (s.clone(), t.clone()),
+            _ => bail!("give either --config FILE or both --signing-ca and --transport-ca"),
+        };
+        Ok(Verifiers {
+            agencies: SignatureVerifier::from_file(&signing)?,
+            nodes: SignatureVerifier::from_file(&transport)?,
+        })
+    }
 }
 
 fn read_envelope(path: &Path) -> Result<pb::SignedEnvelope> {
@@ -75,7 +74,7 @@ pub fn offline_limits() -> Limits {
 
 /// Checks each file; prints what each proves; fails if any does not verify.
 pub fn verify(a: VerifyArgs) -> Result<()> {
-    let v = verifiers(&a)?;
+    let v = a.trust.verifiers()?;
     let limits = offline_limits();
     let document = match &a.document {
         Some(p) => Some(Digest::of(&read_envelope(p)?.header_bytes)),

@@ -424,6 +424,15 @@ impl Cluster {
         out
     }
 
+    /// `truc inbox --json` of `organ` at `node`, with `extra` flags
+    /// (`--all`, `--kind status`, …).
+    pub fn inbox(&self, node: &str, organ: &str, extra: &[&str]) -> serde_json::Value {
+        let cfg = self.cfg(node);
+        let mut args = vec!["inbox", "--config", &cfg, "--organ", organ, "--json"];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&self.cli_ok(&args)).unwrap()
+    }
+
     /// Waits until every recipient of `doc_id` (sent from `node`) is delivered or acked.
     pub fn wait_delivered(&self, node: &str, doc_id: &str) {
         rest::poll(&format!("{doc_id} delivered"), || {
