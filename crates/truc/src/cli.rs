@@ -328,11 +328,6 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Fault injection: real nodes on loopback under load, faults in a loop, and a
-    /// checker that must count nothing lost, duplicated, corrupted, phantom or
-    /// misrouted (RELIABILITY.md). Scenarios: all, kill-hub, kill-relay,
-    /// kill-edges, crash-before-ack, partition, disk-full, corrupt-partials,
-    /// clock-skew, cert-rotation.
     /// The PostgreSQL store's schema.
     Store {
         #[command(subcommand)]
@@ -345,6 +340,11 @@ enum Command {
         /// `host:port` of the health port.
         addr: String,
     },
+    /// Fault injection: real nodes on loopback under load, faults in a loop, and a
+    /// checker that must count nothing lost, duplicated, corrupted, phantom or
+    /// misrouted (RELIABILITY.md). Scenarios: all, kill-hub, kill-relay,
+    /// kill-edges, crash-before-ack, partition, disk-full, corrupt-partials,
+    /// clock-skew, cert-rotation.
     Chaos {
         scenario: String,
         /// At least this many documents (sending goes on until the faults are done).
@@ -363,7 +363,9 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
-    /// Run a hub and three edges on loopback with a fresh PKI and send documents.
+    /// Run the default federation on loopback with a fresh PKI — a hub, edges,
+    /// a provincial relay with its districts — send documents and serve the
+    /// dashboard.
     Demo {
         /// Keep the PKI, configs and data here instead of a temporary directory.
         #[arg(long)]
