@@ -4890,6 +4890,10 @@ impl NodeState {
         ]
         .into_iter()
         .map(|(k, v)| (k, v.load(Ordering::Relaxed)))
+        .chain({
+            let (made, verified) = truc_pki::sign::signature_counts();
+            [("signatures_made", made), ("signatures_verified", verified)]
+        })
         .collect()
     }
 

@@ -7,7 +7,10 @@
 use std::{
     collections::HashMap,
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use ring::{
@@ -23,6 +26,20 @@ use crate::{
     identity::{Identity, cert_info},
     load_certs, load_key,
 };
+
+static SIGNED: AtomicU64 = AtomicU64::new(0);
+static VERIFIED: AtomicU64 = AtomicU64::new(0);
+
+/// Signatures this process made and signatures it checked (each public-key
+/// operation, whatever the outcome), since it started. One node runs per
+/// process, so these are the node's: what every document costs in public-key
+/// work, the part of the CPU that no storage or transport change removes.
+pub fn signature_counts() -> (u64, u64) {
+    (
+        SIGNED.load(Ordering::Relaxed),
+        VERIFIED.load(Ordering::Relaxed),
+    )
+}
 
 /// Signature algorithms on the native path. SHA-1 is never accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +206,7 @@ impl Signer {
 
     /// Signs `msg` (the header bytes).
     pub fn sign(&self, msg: &[u8]) -> Result<Signature, PkiError> {
+        SIGNED.fetch_add(1, Ordering::Relaxed);
         let sig = self
             .key
             .sign(&self.rng, msg)
@@ -279,6 +297,7 @@ impl SignatureVerifier {
             Algorithm::RsaPkcs1Sha256 => webpki::ring::RSA_PKCS1_2048_8192_SHA256,
             Algorithm::RsaPssSha256 => webpki::ring::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
         };
+        VERIFIED.fetch_add(1, Ordering::Relaxed);
         leaf.verify_signature(alg, msg, signature)
             .map_err(|_| VerifyError::BadSignature)?;
         Ok(verified)

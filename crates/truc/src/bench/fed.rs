@@ -34,6 +34,9 @@ pub const DISTRICT: (&str, &str) = ("duyxuyen", "001.00.10.H47");
 const PER_EDGE: usize = 10;
 /// The warm-up document's index (outside every run's range).
 const WARM: usize = usize::MAX;
+/// Signatures made and checked per document, all nodes together (run extras).
+pub const SIGNED_PER_DOC: &str = "signatures_made_per_doc";
+pub const VERIFIED_PER_DOC: &str = "signatures_verified_per_doc";
 /// How long nothing may arrive before a run counts as stalled.
 const STALL: Duration = Duration::from_secs(120);
 
@@ -116,7 +119,10 @@ pub fn topology(shape: Shape) -> Result<Topology> {
     }
     for n in &mut t.nodes {
         n.rest_api = None;
-        if n.id != "hub" {
+        // Every node that runs as a process of its own keeps its admin API: the
+        // bench reads its signature counters there. The idle edges run inside
+        // the bench, a thousand of them.
+        if matches!(shape, Shape::Idle(_)) && n.id != "hub" {
             n.admin_api = None;
         }
     }
@@ -194,6 +200,24 @@ impl Fed {
 
     pub async fn stop(mut self) {
         self.cluster.stop_all().await;
+    }
+
+    /// Signatures made and checked by all the running nodes since they started
+    /// (their `signatures_made` and `signatures_verified` counters).
+    pub async fn signatures(&self) -> Result<(u64, u64)> {
+        let (mut made, mut verified) = (0, 0);
+        for (node, _) in self.procs() {
+            let counters = client::admin(&self.cluster.config(&node))
+                .await?
+                .stats(pb::StatsRequest {})
+                .await
+                .map_err(client::status_error)?
+                .into_inner()
+                .counters;
+            made += counters.get("signatures_made").copied().unwrap_or(0);
+            verified += counters.get("signatures_verified").copied().unwrap_or(0);
+        }
+        Ok((made, verified))
     }
 }
 
@@ -348,6 +372,7 @@ pub async fn flow(
         };
         sender.clone().send(WARM, None).await?;
         warmed(&mut rx, watched.len()).await?;
+        let signatures0 = fed.signatures().await?;
         let sampler = Sampler::start(&fed.procs());
         let pg_cpu0 = pg_pid.map(crate::bench::procstat::tree_cpu_seconds);
         let clock = Clock::new(load.docs);
@@ -358,7 +383,18 @@ pub async fn flow(
         }));
         let collected = load::collect(&mut rx, &clock, load.docs, watched.len(), STALL, bar).await;
         let usage = sampler.finish().await;
-        let mut extra = Vec::new();
+        let signatures1 = fed.signatures().await?;
+        let docs = load.docs.max(1) as f64;
+        let mut extra = vec![
+            (
+                SIGNED_PER_DOC,
+                signatures1.0.saturating_sub(signatures0.0) as f64 / docs,
+            ),
+            (
+                VERIFIED_PER_DOC,
+                signatures1.1.saturating_sub(signatures0.1) as f64 / docs,
+            ),
+        ];
         if let (Some(pid), Some(c0)) = (pg_pid, pg_cpu0) {
             extra.push((
                 "postgresql_cpu_s",

@@ -156,6 +156,12 @@ pub struct Machine {
     pub memory_gib: f64,
     pub kernel: String,
     pub data_dir: String,
+    /// One ECDSA P-256 signature and one check through truc's own signer and
+    /// verifier (chain cached, as on the hot path), in microseconds of one core.
+    #[serde(default)]
+    pub ecdsa_sign_us: f64,
+    #[serde(default)]
+    pub ecdsa_verify_us: f64,
 }
 
 fn machine(dir: &std::path::Path) -> Machine {
@@ -181,7 +187,55 @@ fn machine(dir: &std::path::Path) -> Machine {
             .trim()
             .to_owned(),
         data_dir: dir.display().to_string(),
+        ecdsa_sign_us: 0.0,
+        ecdsa_verify_us: 0.0,
     }
+}
+
+/// What one signature and one check cost on this machine, in microseconds:
+/// truc's [`Signer`](truc_pki::sign::Signer) and
+/// [`SignatureVerifier`](truc_pki::sign::SignatureVerifier) over a header-sized
+/// message with a dev agency certificate, `rounds` of each, on one thread.
+pub fn crypto_probe(rounds: u32) -> Result<(f64, f64)> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject};
+    use truc_pki::{
+        dev::DevCa,
+        sign::{SignatureVerifier, Signer},
+    };
+    let ca = DevCa::generate("bench signing")?;
+    let organ: truc_core::OrganId = "000.00.00.G22".parse()?;
+    let issued = ca.agency_cert(&organ, "bench")?;
+    let signer = Signer::from_der(
+        &organ,
+        vec![CertificateDer::from(issued.cert_der)],
+        PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())?,
+    )?;
+    let verifier =
+        SignatureVerifier::new(&[CertificateDer::from_pem_slice(ca.cert_pem().as_bytes())?])?;
+    let msg = vec![0x42u8; 600];
+    let rounds = rounds.max(1);
+    let t = Instant::now();
+    let mut sig = signer.sign(&msg)?;
+    for _ in 1..rounds {
+        sig = signer.sign(&msg)?;
+    }
+    let sign_us = t.elapsed().as_secs_f64() * 1e6 / f64::from(rounds);
+    let now = UnixTime::now();
+    let t = Instant::now();
+    for _ in 0..rounds {
+        verifier.verify(&msg, &sig.bytes, sig.algorithm, &sig.chain, now)?;
+    }
+    let verify_us = t.elapsed().as_secs_f64() * 1e6 / f64::from(rounds);
+    Ok((sign_us, verify_us))
+}
+
+/// The least CPU a document costs in public-key work alone, in milliseconds,
+/// for a truc summary whose runs counted signatures.
+fn crypto_floor_ms(s: &Summary, m: &Machine) -> Option<(f64, f64, f64)> {
+    let made = *s.extra.get(fed::SIGNED_PER_DOC)?;
+    let verified = *s.extra.get(fed::VERIFIED_PER_DOC)?;
+    let ms = (made * m.ecdsa_sign_us + verified * m.ecdsa_verify_us) / 1000.0;
+    (ms > 0.0).then_some((made, verified, ms))
 }
 
 /// How many 4 KiB write + fdatasync rounds the disk under `dir` takes per second
@@ -585,10 +639,12 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         ),
         (Some(p), false) => say(format!("peer: {} (NATS JetStream, R1 file stream)", p.display())),
     }
-    let m = machine(&dir);
+    let mut m = machine(&dir);
+    (m.ecdsa_sign_us, m.ecdsa_verify_us) =
+        tokio::task::spawn_blocking(|| crypto_probe(2000)).await??;
     say(format!(
-        "machine: {} × {}, {:.1} GiB, Linux {}; data in {}",
-        m.cpus, m.cpu_model, m.memory_gib, m.kernel, m.data_dir
+        "machine: {} × {}, {:.1} GiB, Linux {}; data in {}; ECDSA P-256 sign {:.1} µs, verify {:.1} µs",
+        m.cpus, m.cpu_model, m.memory_gib, m.kernel, m.data_dir, m.ecdsa_sign_us, m.ecdsa_verify_us
     ));
     let mut runs: Vec<Run> = Vec::new();
     let mut nats_version = None;
@@ -728,6 +784,42 @@ fn print_summary(r: &Report) {
         ]);
     }
     println!("\nmedians (only runs in the same fsync state are compared):\n{t}");
+    let floors: Vec<String> = r
+        .summary
+        .iter()
+        .filter_map(|s| {
+            let (made, verified, ms) = crypto_floor_ms(s, &r.machine)?;
+            let ceiling = r.machine.cpus as f64 * 1000.0 / ms;
+            let peer = r
+                .summary
+                .iter()
+                .find(|p| {
+                    p.scenario == s.scenario
+                        && p.system == NATS_SYNC
+                        && p.fsync_state == s.fsync_state
+                })
+                .map(|p| {
+                    format!(
+                        "; 1.5× nats-sync is {:.0}/s, {:.0}% of the cores for signatures alone",
+                        1.5 * p.docs_per_s,
+                        1.5 * p.docs_per_s * ms / 10.0 / r.machine.cpus as f64
+                    )
+                })
+                .unwrap_or_default();
+            Some(format!(
+                "  {:13} {:.1} signatures made + {:.1} checked per document = {:.2} ms of CPU: at most {:.0} documents/s on {} cores if nothing else cost anything{peer}",
+                s.scenario, made, verified, ms, ceiling, r.machine.cpus
+            ))
+        })
+        .collect();
+    if !floors.is_empty() {
+        println!(
+            "\npublic-key work per document, all nodes (ECDSA P-256: sign {:.1} µs, verify {:.1} µs here):\n{}",
+            r.machine.ecdsa_sign_us,
+            r.machine.ecdsa_verify_us,
+            floors.join("\n")
+        );
+    }
 }
 
 #[cfg(test)]
