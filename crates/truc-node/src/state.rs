@@ -243,6 +243,12 @@ struct Writer {
     counts: HashMap<String, i64>,
 }
 
+/// A local message waiting for the writer, and where its verdict goes.
+type LocalItem = (
+    (Verified, Option<Vec<OrganId>>),
+    std::sync::mpsc::Sender<Result<(Verdict, Ticket), NodeError>>,
+);
+
 /// Effects gathered while planning one atomic batch.
 #[derive(Default)]
 struct Plan {
@@ -264,6 +270,8 @@ struct Plan {
     daily: BTreeMap<(String, String, &'static str), (u64, u64)>,
     /// Directory changes to apply once the batch is written.
     directory: Vec<(envelope::DirectoryFact, NodeId)>,
+    /// Sequences this batch drew from, written once when it is applied.
+    seqs: std::collections::BTreeSet<String>,
 }
 
 /// Where a plan stood before an item, to undo that item alone.
@@ -405,6 +413,8 @@ pub struct NodeState {
     store: Arc<dyn Store>,
     pub blobs: BlobStore,
     writer: Mutex<Writer>,
+    /// Local messages waiting to be accepted together (see `accept`).
+    local: Mutex<Vec<LocalItem>>,
     notifiers: Mutex<HashMap<String, Arc<Notify>>>,
     events: broadcast::Sender<Event>,
     /// Durable agency events as they are written (the live part of `Events`).
@@ -740,6 +750,7 @@ impl NodeState {
                 audit_head,
                 counts,
             }),
+            local: Mutex::default(),
             notifiers: Mutex::default(),
             events,
             agency_events: broadcast::channel(4096).0,
@@ -1871,8 +1882,7 @@ impl NodeState {
         };
         let next = cur + 1;
         w.seqs.insert(name.to_owned(), next);
-        plan.batch
-            .put(Space::Meta, meta_key, next.to_be_bytes().to_vec());
+        plan.seqs.insert(name.to_owned());
         Ok(next)
     }
 
@@ -1942,6 +1952,12 @@ impl NodeState {
     }
 
     /// Accepts one message; see [`accept_batch`](Self::accept_batch).
+    ///
+    /// Messages of local agencies, submitted concurrently by many application
+    /// requests, are accepted together: each waits for the writer, and whoever
+    /// gets it writes every local message waiting by then in one batch (one set
+    /// of sequence, counter and audit-head writes, one apply), and hands each its
+    /// own verdict. A lone request is a batch of one, as before.
     pub fn accept(
         &self,
         v: Verified,
@@ -1949,14 +1965,65 @@ impl NodeState {
         recipients: Option<&[OrganId]>,
     ) -> Result<Accepted, NodeError> {
         let r = recipients.map(<[OrganId]>::to_vec);
-        let (mut verdicts, ticket) = self.accept_batch(vec![(v, r)], origin)?;
-        match verdicts.pop() {
-            Some(Verdict::Stored) => Ok(Accepted::Stored(ticket)),
-            Some(Verdict::Duplicate) => Ok(Accepted::Duplicate(ticket)),
-            Some(Verdict::Refused(r)) => Err(r.into()),
-            Some(Verdict::Deferred(reason)) => Err(Refusal::exhausted(reason).into()),
-            None => Err(internal("empty batch")),
+        let (verdict, ticket) = if matches!(origin, Origin::Local) {
+            self.accept_local(v, r)?
+        } else {
+            let (mut verdicts, ticket) = self.accept_batch(vec![(v, r)], origin)?;
+            (
+                verdicts.pop().ok_or_else(|| internal("empty batch"))?,
+                ticket,
+            )
+        };
+        match verdict {
+            Verdict::Stored => Ok(Accepted::Stored(ticket)),
+            Verdict::Duplicate => Ok(Accepted::Duplicate(ticket)),
+            Verdict::Refused(r) => Err(r.into()),
+            Verdict::Deferred(reason) => Err(Refusal::exhausted(reason).into()),
         }
+    }
+
+    fn accept_local(
+        &self,
+        v: Verified,
+        recipients: Option<Vec<OrganId>>,
+    ) -> Result<(Verdict, Ticket), NodeError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(((v, recipients), tx));
+        let w = self.lock();
+        // Only the writer's holder takes waiting items, so a message is either
+        // still waiting (and taken now) or taken by an earlier holder, which
+        // sends its verdict once its batch is applied.
+        if let Ok(done) = rx.try_recv() {
+            return done;
+        }
+        let waiting = std::mem::take(&mut *self.local.lock().unwrap_or_else(|p| p.into_inner()));
+        if waiting.is_empty() {
+            drop(w);
+        } else {
+            let (items, senders): (Vec<_>, Vec<_>) = waiting.into_iter().unzip();
+            match self.accept_locked(w, items, &Origin::Local, false) {
+                Ok((verdicts, ticket)) => {
+                    for (tx, verdict) in senders.iter().zip(verdicts) {
+                        let _ = tx.send(Ok((verdict, ticket)));
+                    }
+                }
+                Err(e) => {
+                    // The whole batch failed to apply: each request hears why.
+                    let shared = match e {
+                        NodeError::Store(s) => s,
+                        other => truc_store::StoreError::Io(other.to_string()),
+                    };
+                    for tx in &senders {
+                        let _ = tx.send(Err(NodeError::Store(shared.clone())));
+                    }
+                }
+            }
+        }
+        rx.recv()
+            .map_err(|_| internal("the batch that took this message ended without a verdict"))?
     }
 
     /// Accepts many messages from one origin in one atomic write. `recipients` is
@@ -1971,8 +2038,21 @@ impl NodeState {
         items: Vec<(Verified, Option<Vec<OrganId>>)>,
         origin: &Origin,
     ) -> Result<(Vec<Verdict>, Ticket), NodeError> {
+        let w = self.lock();
+        self.accept_locked(w, items, origin, true)
+    }
+
+    /// `accept_batch` with the writer held. With `ordered`, the first deferred
+    /// message defers every later one (they come from one peer, in order);
+    /// without, each is deferred on its own (independent local requests).
+    fn accept_locked(
+        &self,
+        mut w: MutexGuard<'_, Writer>,
+        items: Vec<(Verified, Option<Vec<OrganId>>)>,
+        origin: &Origin,
+        ordered: bool,
+    ) -> Result<(Vec<Verdict>, Ticket), NodeError> {
         let now = now_ms();
-        let mut w = self.lock();
         let mut plan = Plan::default();
         let mut verdicts: Vec<Verdict> = Vec::with_capacity(items.len());
         let mut deferred: Option<String> = None;
@@ -2050,7 +2130,9 @@ impl NodeState {
                 Err(NodeError::Deferred(reason)) => {
                     plan.rollback(mark);
                     verdicts.push(Verdict::Deferred(reason.clone()));
-                    deferred = Some(reason);
+                    if ordered {
+                        deferred = Some(reason);
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -2227,6 +2309,17 @@ impl NodeState {
                 audit::head_key(),
                 audit::head_value(seq, &head),
             );
+        }
+        // Each sequence once per batch, at the last number drawn (numbers of
+        // items rolled back are skipped, never reused).
+        for name in std::mem::take(&mut plan.seqs) {
+            if let Some(n) = w.seqs.get(&name) {
+                plan.batch.put(
+                    Space::Meta,
+                    Key::new().str("seq").str(&name).build(),
+                    n.to_be_bytes().to_vec(),
+                );
+            }
         }
         // Sequences handed out for a failed batch are simply skipped.
         let ticket = self.commit.apply(std::mem::take(&mut plan.batch))?;
@@ -5507,6 +5600,72 @@ mod tests {
         let report = crate::audit::verify(store.as_ref()).unwrap();
         assert_eq!(report.first_bad, None);
         assert!(report.entries >= 3);
+    }
+
+    /// Concurrent sends of local agencies share one batch, and each hears its
+    /// own verdict: a document reused with other content is refused, the rest
+    /// are stored, queued once each, with consecutive sequence numbers.
+    #[test]
+    fn concurrent_sends_are_written_in_one_batch_with_a_verdict_each() {
+        let f = Fixture::new();
+        let edge = f.edge(Arc::new(MemoryStore::new()));
+        let reused = DocId::new_v7().to_string();
+        let batches0 = edge.commit().stats().batches.load(Ordering::SeqCst);
+        // Hold the writer so that every send queues up behind it.
+        let w = edge.lock();
+        let sends: Vec<_> = (0..8)
+            .map(|i| {
+                let edge = edge.clone();
+                let doc_id = (i >= 6).then(|| reused.clone());
+                std::thread::spawn(move || {
+                    edge.submit(Submission {
+                        from: "000.00.00.G22".into(),
+                        to: vec!["000.00.00.H41".into()],
+                        subject: format!("Công văn {i}"),
+                        doc_id,
+                        ..Default::default()
+                    })
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while edge.local.lock().unwrap().len() < 8 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sends never queued up for the writer"
+            );
+            std::thread::yield_now();
+        }
+        drop(w);
+        let results: Vec<_> = sends.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(
+            edge.commit().stats().batches.load(Ordering::SeqCst) - batches0,
+            1,
+            "eight sends, one batch"
+        );
+        let stored = results
+            .iter()
+            .filter(|r| matches!(r, Ok((_, Accepted::Stored(_)))))
+            .count();
+        let conflicts: Vec<_> = results
+            .iter()
+            .filter_map(|r| match r {
+                Err(NodeError::Refused(r)) => Some(r.code),
+                _ => None,
+            })
+            .collect();
+        assert_eq!((stored, conflicts), (7, vec![Code::AlreadyExists]));
+        let queued = edge.queue_peek("parent", None, 100).unwrap();
+        let seqs: Vec<u64> = queued.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
+        // The queue's sequence was written once, at its last number: a restart
+        // goes on after it.
+        let stored_seq = edge
+            .store
+            .get(Space::Meta, &Key::new().str("seq").str("parent").build())
+            .unwrap()
+            .and_then(|v| trailing_u64(&v));
+        assert_eq!(stored_seq, Some(7));
     }
 
     #[tokio::test]
