@@ -432,8 +432,9 @@ pub struct NodeState {
     own_directory: RwLock<Directory>,
     /// The last directory the parent sent.
     received_directory: RwLock<Option<Directory>>,
-    /// What this node routes and checks by, and sends its children.
-    directory: RwLock<Directory>,
+    /// What this node routes and checks by, and sends its children. Shared,
+    /// not copied, by every reader (each send checks its recipients in it).
+    directory: RwLock<Arc<Directory>>,
     /// Bumped on every directory change, for the children's links.
     directory_changed: tokio::sync::watch::Sender<u64>,
     /// The subtree this node may register agencies in (relays).
@@ -760,7 +761,7 @@ impl NodeState {
             telemetry: crate::telemetry::Telemetry::default(),
             own_directory: RwLock::new(own),
             received_directory: RwLock::new(received),
-            directory: RwLock::new(directory),
+            directory: RwLock::new(Arc::new(directory)),
             directory_changed,
             grant: p.grant,
             child_grants: p.child_grants,
@@ -977,7 +978,7 @@ impl NodeState {
     }
 
     /// The directory this node routes and checks by.
-    pub fn directory(&self) -> Directory {
+    pub fn directory(&self) -> Arc<Directory> {
         self.directory.read().map(|d| d.clone()).unwrap_or_default()
     }
 
@@ -1020,7 +1021,7 @@ impl NodeState {
             if cur.version == version {
                 return;
             }
-            *cur = merged;
+            *cur = Arc::new(merged);
         }
         self.directory_changed.send_replace(version);
     }
