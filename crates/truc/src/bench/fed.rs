@@ -34,7 +34,8 @@ pub const DISTRICT: (&str, &str) = ("duyxuyen", "001.00.10.H47");
 const PER_EDGE: usize = 10;
 /// The warm-up document's index (outside every run's range).
 const WARM: usize = usize::MAX;
-/// Signatures made and checked per document, all nodes together (run extras).
+/// Signatures made and checked per document delivered (per delivery in
+/// fan-out), all nodes together (run extras).
 pub const SIGNED_PER_DOC: &str = "signatures_made_per_doc";
 pub const VERIFIED_PER_DOC: &str = "signatures_verified_per_doc";
 /// How long nothing may arrive before a run counts as stalled.
@@ -62,7 +63,8 @@ fn edge(id: String, parent: &str, agencies: Vec<TopoAgency>) -> TopoNode {
         advertise: None,
         agency_api: api,
         health: None,
-        admin_api: None,
+        // The bench reads each node's counters there (none for idle edges).
+        admin_api: Some("127.0.0.1:0".into()),
         rest_api: None,
         grant: None,
         hostnames: Vec::new(),
@@ -384,7 +386,8 @@ pub async fn flow(
         let collected = load::collect(&mut rx, &clock, load.docs, watched.len(), STALL, bar).await;
         let usage = sampler.finish().await;
         let signatures1 = fed.signatures().await?;
-        let docs = load.docs.max(1) as f64;
+        // Per arrival counted, the unit of the run's rate (a delivery in fan-out).
+        let docs = (load.docs * watched.len()).max(1) as f64;
         let mut extra = vec![
             (
                 SIGNED_PER_DOC,

@@ -807,14 +807,14 @@ fn print_summary(r: &Report) {
                 })
                 .unwrap_or_default();
             Some(format!(
-                "  {:13} {:.1} signatures made + {:.1} checked per document = {:.2} ms of CPU: at most {:.0} documents/s on {} cores if nothing else cost anything{peer}",
+                "  {:13} {:.1} signatures made + {:.1} checked per document delivered = {:.2} ms of CPU: at most {:.0}/s on {} cores if nothing else cost anything{peer}",
                 s.scenario, made, verified, ms, ceiling, r.machine.cpus
             ))
         })
         .collect();
     if !floors.is_empty() {
         println!(
-            "\npublic-key work per document, all nodes (ECDSA P-256: sign {:.1} µs, verify {:.1} µs here):\n{}",
+            "\npublic-key work per document delivered (per delivery in fan-out), all nodes (ECDSA P-256: sign {:.1} µs, verify {:.1} µs here):\n{}",
             r.machine.ecdsa_sign_us,
             r.machine.ecdsa_verify_us,
             floors.join("\n")
