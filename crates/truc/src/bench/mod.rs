@@ -790,13 +790,15 @@ fn print_summary(r: &Report) {
         .filter_map(|s| {
             let (made, verified, ms) = crypto_floor_ms(s, &r.machine)?;
             let ceiling = r.machine.cpus as f64 * 1000.0 / ms;
-            let peer = r
-                .summary
-                .iter()
-                .find(|p| {
+            // Only where the rates compare (not at a fixed offered rate).
+            let peer = s
+                .vs_nats_sync
+                .and_then(|_| {
+                    r.summary.iter().find(|p| {
                     p.scenario == s.scenario
                         && p.system == NATS_SYNC
                         && p.fsync_state == s.fsync_state
+                    })
                 })
                 .map(|p| {
                     format!(
