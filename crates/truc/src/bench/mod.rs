@@ -808,8 +808,14 @@ fn print_summary(r: &Report) {
                     )
                 })
                 .unwrap_or_default();
+            // What the nodes spent in all, per document (medians of the runs).
+            let delivered = s.docs_per_s * s.secs;
+            let spent = (delivered > 0.0)
+                .then(|| s.nodes.iter().map(|u| u.cpu_s).sum::<f64>() * 1000.0 / delivered)
+                .map(|all| format!(" (of {all:.2} ms the nodes spent in all)"))
+                .unwrap_or_default();
             Some(format!(
-                "  {:13} {:.1} signatures made + {:.1} checked per document delivered = {:.2} ms of CPU: at most {:.0}/s on {} cores if nothing else cost anything{peer}",
+                "  {:13} {:.1} signatures made + {:.1} checked per document delivered = {:.2} ms of CPU{spent}: at most {:.0}/s on {} cores if nothing else cost anything{peer}",
                 s.scenario, made, verified, ms, ceiling, r.machine.cpus
             ))
         })
