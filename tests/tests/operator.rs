@@ -434,12 +434,16 @@ async fn health_is_not_serving_while_the_store_cannot_take_writes() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
 
+    // The filler takes free space to 128 MiB under the reserve, sized from what
+    // is free now: tests beside this one write and delete on the same disk.
+    let reserve = free - (128 << 20);
+    let size = (free_bytes(c.dir.path()) + (128 << 20)).saturating_sub(reserve);
     let filler = c.path("filler.bin");
     {
         use std::io::Write;
         let mut f = std::fs::File::create(&filler).unwrap();
         let block = vec![0x5au8; 1 << 20];
-        for _ in 0..256 {
+        for _ in 0..size.div_ceil(1 << 20) {
             f.write_all(&block).unwrap();
         }
         f.sync_all().unwrap();
