@@ -32,13 +32,6 @@ fn random_file(path: &Path, size: u64) {
     dst.sync_all().unwrap();
 }
 
-/// `size` bytes of zeros really written (not a sparse file): disk space taken.
-fn zero_file(path: &Path, size: u64) {
-    let mut dst = std::fs::File::create(path).unwrap();
-    std::io::copy(&mut std::io::repeat(0).take(size), &mut dst).unwrap();
-    dst.sync_all().unwrap();
-}
-
 fn sha256_file(path: &Path) -> Vec<u8> {
     let mut f = std::fs::File::open(path).unwrap();
     let mut h = ring::digest::Context::new(&ring::digest::SHA256);
@@ -427,7 +420,7 @@ async fn each_limit_and_a_full_disk_refuse_with_their_own_reason() {
     let reserve = free - 192 * MIB;
     let fill = c.path("fill-up.bin");
     let now = common::ops::free_bytes(c.dir.path());
-    zero_file(&fill, (now + 64 * MIB).saturating_sub(reserve));
+    common::ops::zero_file(&fill, (now + 64 * MIB).saturating_sub(reserve));
     let (ok, text) = send(&[&one]);
     assert!(!ok && text.contains("disk full"), "{text}");
     // ...and taken again once space is freed.

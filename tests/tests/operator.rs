@@ -439,15 +439,7 @@ async fn health_is_not_serving_while_the_store_cannot_take_writes() {
     let reserve = free - (128 << 20);
     let size = (free_bytes(c.dir.path()) + (128 << 20)).saturating_sub(reserve);
     let filler = c.path("filler.bin");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let block = vec![0x5au8; 1 << 20];
-        for _ in 0..size.div_ceil(1 << 20) {
-            f.write_all(&block).unwrap();
-        }
-        f.sync_all().unwrap();
-    }
+    zero_file(&filler, size);
     eventually_sync("NOT_SERVING", || {
         (status(&c).ok()? == ServingStatus::NotServing as i32).then_some(())
     });

@@ -243,6 +243,11 @@ struct Writer {
     counts: HashMap<String, i64>,
 }
 
+/// `Meta` key of the sequence `name` (queues, inboxes, agency events).
+fn seq_key(name: &str) -> Vec<u8> {
+    Key::new().str("seq").str(name).build()
+}
+
 /// A local message waiting for the writer, and where its verdict goes.
 type LocalItem = (
     (Verified, Option<Vec<OrganId>>),
@@ -717,7 +722,7 @@ impl NodeState {
         // Every event found on disk at startup is durable.
         let stored_event_seq = p
             .store
-            .get(Space::Meta, &Key::new().str("seq").str("events").build())?
+            .get(Space::Meta, &seq_key("events"))?
             .and_then(|v| trailing_u64(&v))
             .unwrap_or(0);
         let directory = Self::merge_directories(routing.has_parent(), received.as_ref(), &own);
@@ -1873,7 +1878,7 @@ impl NodeState {
     }
 
     fn next_seq(&self, w: &mut Writer, plan: &mut Plan, name: &str) -> Result<u64, NodeError> {
-        let meta_key = Key::new().str("seq").str(name).build();
+        let meta_key = seq_key(name);
         let cur = match w.seqs.get(name) {
             Some(n) => *n,
             None => match self.store.get(Space::Meta, &meta_key)? {
@@ -2315,11 +2320,8 @@ impl NodeState {
         // items rolled back are skipped, never reused).
         for name in std::mem::take(&mut plan.seqs) {
             if let Some(n) = w.seqs.get(&name) {
-                plan.batch.put(
-                    Space::Meta,
-                    Key::new().str("seq").str(&name).build(),
-                    n.to_be_bytes().to_vec(),
-                );
+                plan.batch
+                    .put(Space::Meta, seq_key(&name), n.to_be_bytes().to_vec());
             }
         }
         // Sequences handed out for a failed batch are simply skipped.
@@ -5006,12 +5008,8 @@ pub(crate) mod testing {
     use std::{collections::HashMap, sync::Arc};
 
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-    use truc_core::{NodeId, OrganId, RoutingTable};
-    use truc_pki::{
-        dev::DevCa,
-        identity::Identity,
-        sign::{SignatureVerifier, Signer},
-    };
+    use truc_core::{NodeId, RoutingTable};
+    use truc_pki::{dev::DevCa, identity::Identity, sign::Signer};
     use truc_store::{BlobStore, Store};
 
     use super::{NodeState, Parts};
@@ -5044,14 +5042,9 @@ pub(crate) mod testing {
         }
 
         pub fn signer(&self, organ: &str) -> Signer {
-            let o: OrganId = organ.parse().unwrap();
-            let issued = self.ca.agency_cert(&o, organ).unwrap();
-            Signer::from_der(
-                &o,
-                vec![CertificateDer::from(issued.cert_der)],
-                PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap(),
-            )
-            .unwrap()
+            self.ca
+                .agency_signer(&organ.parse().unwrap(), organ)
+                .unwrap()
         }
 
         fn node_signer(&self, node: &str) -> Signer {
@@ -5066,11 +5059,9 @@ pub(crate) mod testing {
         }
 
         pub fn verifiers(&self) -> Verifiers {
-            let ca = CertificateDer::from_pem_slice(self.ca.cert_pem().as_bytes()).unwrap();
-            let tca = CertificateDer::from_pem_slice(self.transport.cert_pem().as_bytes()).unwrap();
             Verifiers {
-                agencies: SignatureVerifier::new(&[ca]).unwrap(),
-                nodes: SignatureVerifier::new(&[tca]).unwrap(),
+                agencies: self.ca.signature_verifier().unwrap(),
+                nodes: self.transport.signature_verifier().unwrap(),
             }
         }
 
@@ -5663,7 +5654,7 @@ mod tests {
         // goes on after it.
         let stored_seq = edge
             .store
-            .get(Space::Meta, &Key::new().str("seq").str("parent").build())
+            .get(Space::Meta, &seq_key("parent"))
             .unwrap()
             .and_then(|v| trailing_u64(&v));
         assert_eq!(stored_seq, Some(7));

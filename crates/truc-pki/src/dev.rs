@@ -211,6 +211,28 @@ impl DevCa {
         self.issue(p)
     }
 
+    /// A signer holding a fresh agency certificate of this CA and its key (tests,
+    /// the bench's signature probe).
+    pub fn agency_signer(
+        &self,
+        organ: &OrganId,
+        name: &str,
+    ) -> Result<crate::sign::Signer, PkiError> {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        let issued = self.agency_cert(organ, name)?;
+        let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())
+            .map_err(|e| PkiError::Key(format!("issued agency key: {e}")))?;
+        crate::sign::Signer::from_der(organ, vec![CertificateDer::from(issued.cert_der)], key)
+    }
+
+    /// A verifier trusting this CA alone.
+    pub fn signature_verifier(&self) -> Result<crate::sign::SignatureVerifier, PkiError> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let der = CertificateDer::from_pem_slice(self.cert_pem().as_bytes())
+            .map_err(|e| PkiError::BadCertificate(format!("dev ca: {e}")))?;
+        crate::sign::SignatureVerifier::new(&[der])
+    }
+
     /// An operator client certificate, `urn:truc:operator:<name>` with
     /// `urn:truc:role:<role>`. It has client authentication only: no node or
     /// agency identity, so it can neither open a link nor sign a document.
@@ -243,18 +265,11 @@ mod tests {
     }
 
     fn signer(ca: &DevCa, o: &OrganId) -> AgencySigner {
-        let issued = ca.agency_cert(o, "Văn phòng Chính phủ").unwrap();
-        AgencySigner::from_der(
-            o,
-            vec![CertificateDer::from(issued.cert_der.clone())],
-            PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap(),
-        )
-        .unwrap()
+        ca.agency_signer(o, "Văn phòng Chính phủ").unwrap()
     }
 
     fn verifier(ca: &DevCa) -> SignatureVerifier {
-        let der = CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap();
-        SignatureVerifier::new(&[der]).unwrap()
+        ca.signature_verifier().unwrap()
     }
 
     #[test]

@@ -222,6 +222,15 @@ pub fn sample(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
         })
 }
 
+/// `size` bytes of zeros really written and synced (not a sparse file): disk
+/// space taken, for the tests that fill the disk up to a node's reserve.
+pub fn zero_file(path: &Path, size: u64) {
+    use std::io::Read;
+    let mut dst = std::fs::File::create(path).unwrap();
+    std::io::copy(&mut std::io::repeat(0).take(size), &mut dst).unwrap();
+    dst.sync_all().unwrap();
+}
+
 /// Free bytes of the filesystem holding `dir` (as `df` reports them).
 pub fn free_bytes(dir: &Path) -> u64 {
     let out = std::process::Command::new("df")
