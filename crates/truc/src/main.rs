@@ -1,7 +1,33 @@
 //! `truc`: the one binary of truc. See `truc --help`.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 fn main() -> std::process::ExitCode {
+    limit_malloc_arenas();
     truc::main()
 }
+
+/// At most two glibc malloc arenas, set before any thread starts.
+///
+/// glibc gives a thread that meets contention an arena of its own, up to eight
+/// per core, and each keeps the memory freed in it. A node's threads (tokio's
+/// workers, the blocking pool that runs store batches, sled's flushers) filled
+/// sixteen of them: a hub holding 20,000 queued documents grew 29 MiB, 23 MiB
+/// with one arena (`truc bench queued-drain`, BENCHMARKS.md), and throughput
+/// did not change with two. An operator's `GLIBC_TUNABLES=glibc.malloc.arena_max=N`
+/// wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn limit_malloc_arenas() {
+    if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("arena_max")) {
+        return;
+    }
+    // SAFETY: mallopt only sets an allocator parameter; it is called first thing
+    // in main, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
