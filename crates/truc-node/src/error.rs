@@ -72,9 +72,26 @@ pub enum NodeError {
     Deferred(String),
     #[error("{0}")]
     Other(String),
+    /// One failure shared by every request of a batch that failed as a whole:
+    /// the status it maps to, so that each request answers with the code and
+    /// text a lone request would have (a full disk stays RESOURCE_EXHAUSTED).
+    #[error("{}", .0.message())]
+    Shared(Status),
 }
 
 impl NodeError {
+    /// This error for each of `n` requests that failed together: a store error
+    /// stays one (callers look at it), anything else becomes the status it maps
+    /// to, so that every request answers with the code and text a lone one would.
+    pub fn for_each(self, n: usize) -> Vec<NodeError> {
+        match self {
+            NodeError::Store(s) => (0..n).map(|_| NodeError::Store(s.clone())).collect(),
+            other => {
+                let status = to_status(other);
+                (0..n).map(|_| NodeError::Shared(status.clone())).collect()
+            }
+        }
+    }
     pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
         let what = what.into();
         move |source| NodeError::Io { what, source }
@@ -93,6 +110,7 @@ pub fn to_status(e: NodeError) -> Status {
             Status::unavailable(format!("store unavailable: {m}"))
         }
         NodeError::Store(StoreError::Corrupt { .. }) => Status::data_loss(e.to_string()),
+        NodeError::Shared(s) => s,
         other => Status::internal(other.to_string()),
     }
 }
@@ -100,5 +118,43 @@ pub fn to_status(e: NodeError) -> Status {
 impl From<NodeError> for Status {
     fn from(e: NodeError) -> Self {
         to_status(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch of concurrent sends that fails on a full disk answers every one
+    /// of them "disk full" (RESOURCE_EXHAUSTED, retry later), not an internal
+    /// error; a store failure stays a store failure.
+    #[test]
+    fn every_request_of_a_failed_batch_gets_the_status_a_lone_one_would() {
+        let full = || {
+            NodeError::Blob(BlobError::Io {
+                path: "/var/lib/truc/blobs/packs/00000001.pack".into(),
+                source: std::io::Error::from_raw_os_error(28),
+            })
+        };
+        let alone = to_status(full());
+        let shared = full().for_each(3);
+        assert_eq!(shared.len(), 3);
+        for e in shared {
+            let s = to_status(e);
+            assert_eq!(s.code(), Code::ResourceExhausted);
+            assert_eq!((s.code(), s.message()), (alone.code(), alone.message()));
+            assert!(s.message().contains("disk full"), "{}", s.message());
+        }
+        let failed = NodeError::Store(StoreError::Failed("flush: I/O error".into())).for_each(2);
+        assert!(
+            failed
+                .iter()
+                .all(|e| matches!(e, NodeError::Store(StoreError::Failed(_))))
+        );
+        assert!(
+            failed
+                .into_iter()
+                .all(|e| to_status(e).code() == Code::Unavailable)
+        );
     }
 }

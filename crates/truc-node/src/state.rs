@@ -2018,12 +2018,8 @@ impl NodeState {
                 }
                 Err(e) => {
                     // The whole batch failed to apply: each request hears why.
-                    let shared = match e {
-                        NodeError::Store(s) => s,
-                        other => truc_store::StoreError::Io(other.to_string()),
-                    };
-                    for tx in &senders {
-                        let _ = tx.send(Err(NodeError::Store(shared.clone())));
+                    for (tx, e) in senders.iter().zip(e.for_each(senders.len())) {
+                        let _ = tx.send(Err(e));
                     }
                 }
             }
