@@ -220,6 +220,8 @@ impl Packs {
         }
         for id in ids {
             if st.live.get(&id).copied().unwrap_or(0) == 0 {
+                // Checking a header may have opened it: no handle keeps it alive.
+                st.files.remove(&id);
                 let path = pack_path(dir, id);
                 let _ = fs::remove_file(&path);
             }
@@ -683,6 +685,24 @@ mod tests {
         assert_eq!(a, a2);
         drop(p);
         assert!(Packs::open(dir.path()).unwrap().contains(&a));
+    }
+
+    /// The active pack's blobs all removed: its removal records are read at the
+    /// next open (each checked against the header it removes), and the pack is
+    /// deleted with no handle left open on it to keep its space.
+    #[test]
+    fn a_pack_emptied_while_active_goes_at_the_next_open_with_no_handle_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Packs::open(dir.path()).unwrap();
+        let a = put(&p, b"first");
+        let b = put(&p, b"second");
+        assert!(p.remove(&a).unwrap());
+        assert!(p.remove(&b).unwrap());
+        drop(p);
+        let p = Packs::open(dir.path()).unwrap();
+        assert!(!p.contains(&a) && !p.contains(&b));
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert!(p.lock().files.is_empty(), "a handle on a deleted pack");
     }
 
     #[test]
