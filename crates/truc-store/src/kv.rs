@@ -140,16 +140,39 @@ impl std::fmt::Debug for SledStore {
 impl SledStore {
     /// Opens (or creates) the store in `dir`. `cache_bytes` bounds sled's page cache,
     /// so memory does not grow with the queue.
+    ///
+    /// sled's threads let go of a dropped handle's file lock a moment after the
+    /// drop, so a store reopened in the same process (a node restarted in place)
+    /// can find the lock still held: that is retried for up to two seconds. A
+    /// lock another process holds still fails, with the reason.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            // Durability points are ours (GroupCommit), not a background timer's.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| StoreError::Io(format!("open {}: {e}", dir.display())))?;
-        Ok(Self { db })
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let opened = sled::Config::new()
+                .path(dir)
+                .cache_capacity(cache_bytes)
+                .mode(sled::Mode::HighThroughput)
+                // Durability points are ours (GroupCommit), not a background timer's.
+                .flush_every_ms(None)
+                .open();
+            match opened {
+                Ok(db) => return Ok(Self { db }),
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => {
+                    let hint = if e.to_string().contains("could not acquire lock") {
+                        " (is another truc node using this directory?)"
+                    } else {
+                        ""
+                    };
+                    return Err(StoreError::Io(format!("open {}: {e}{hint}", dir.display())));
+                }
+            }
+        }
     }
 }
 
@@ -490,6 +513,16 @@ mod tests {
         }
         let s = SledStore::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(s.scan(Space::Queue, b"q/a/", None, 100).unwrap().len(), 4);
+    }
+
+    /// A directory a live store holds is refused with the reason, after the short
+    /// wait that covers a handle still being let go of.
+    #[test]
+    fn a_store_in_use_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = SledStore::open(dir.path(), 1 << 20).unwrap();
+        let e = SledStore::open(dir.path(), 1 << 20).unwrap_err().to_string();
+        assert!(e.contains("another truc node"), "{e}");
     }
 
     #[test]
