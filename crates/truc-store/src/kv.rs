@@ -521,7 +521,9 @@ mod tests {
     fn a_store_in_use_is_refused_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
         let _held = SledStore::open(dir.path(), 1 << 20).unwrap();
-        let e = SledStore::open(dir.path(), 1 << 20).unwrap_err().to_string();
+        let e = SledStore::open(dir.path(), 1 << 20)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("another truc node"), "{e}");
     }
 
