@@ -130,20 +130,7 @@ impl Packs {
     /// newest pack, deletes packs with nothing live.
     pub fn open(dir: &Path) -> Result<Self, BlobError> {
         fs::create_dir_all(dir).map_err(io(dir))?;
-        let mut ids: Vec<u32> = Vec::new();
-        for e in fs::read_dir(dir).map_err(io(dir))? {
-            let e = e.map_err(io(dir))?;
-            let name = e.file_name();
-            let Some(id) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".pack"))
-                .and_then(|n| u32::from_str_radix(n, 16).ok())
-            else {
-                continue;
-            };
-            ids.push(id);
-        }
-        ids.sort();
+        let ids = pack_ids(dir)?;
         let mut st = State {
             next_id: ids.last().map_or(1, |l| l + 1),
             ..State::default()
@@ -585,6 +572,23 @@ fn pack_path(dir: &Path, id: u32) -> PathBuf {
     dir.join(format!("{id:08x}.pack"))
 }
 
+/// The ids of the packs in `dir`, oldest first.
+fn pack_ids(dir: &Path) -> Result<Vec<u32>, BlobError> {
+    let mut ids: Vec<u32> = Vec::new();
+    for e in fs::read_dir(dir).map_err(io(dir))? {
+        let name = e.map_err(io(dir))?.file_name();
+        if let Some(id) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".pack"))
+            .and_then(|n| u32::from_str_radix(n, 16).ok())
+        {
+            ids.push(id);
+        }
+    }
+    ids.sort();
+    Ok(ids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -783,7 +787,7 @@ mod tests {
         let reopen = |p: Packs| {
             drop(p);
             // An empty newer pack makes the others sealed ones.
-            let newest = p_ids(dir.path()).last().copied().unwrap() + 1;
+            let newest = pack_ids(dir.path()).unwrap().last().copied().unwrap() + 1;
             File::create(pack_path(dir.path(), newest)).unwrap();
             Packs::open(dir.path()).unwrap()
         };
@@ -795,17 +799,5 @@ mod tests {
         let p = reopen(p);
         check(&p, false);
         assert!(p.read(&a).unwrap().is_none());
-    }
-
-    fn p_ids(dir: &Path) -> Vec<u32> {
-        let mut ids: Vec<u32> = fs::read_dir(dir)
-            .unwrap()
-            .filter_map(|e| {
-                let n = e.unwrap().file_name().into_string().unwrap();
-                u32::from_str_radix(n.strip_suffix(".pack")?, 16).ok()
-            })
-            .collect();
-        ids.sort();
-        ids
     }
 }
