@@ -583,18 +583,23 @@ async fn an_edited_or_removed_audit_entry_is_named() {
         f(&s);
         truc_store::Store::flush(&s).unwrap();
     };
-    use truc_store::{Batch, Space, Store, record};
-    let key3 = truc_node::audit::entry_key(3);
-    let original = {
+    use truc_node::audit::{decode_block, encode_block, entry_key};
+    use truc_store::{Batch, Space, Store};
+    // The block holding entry `seq`: the first whose last entry is not before it.
+    let block_of = |seq: u64| {
         let s = truc_store::SledStore::open(&store_dir, 1 << 20).unwrap();
-        s.get(Space::Audit, &key3).unwrap().unwrap()
+        s.scan(Space::Audit, &[], Some(&entry_key(seq - 1)), 1)
+            .unwrap()
+            .remove(0)
     };
+    let (key3, original) = block_of(3);
     // Change what entry 3 says (a valid record: only the chain can tell).
     edit(&|s| {
-        let mut e: record::AuditEntry = record::decode(Space::Audit, &key3, &original).unwrap();
+        let mut entries = decode_block(&key3, &original).unwrap();
+        let e = entries.iter_mut().find(|e| e.seq == 3).unwrap();
         e.detail = "nothing to see".into();
         let mut b = Batch::new();
-        b.put(Space::Audit, key3.clone(), record::encode(&e));
+        b.put(Space::Audit, key3.clone(), encode_block(entries));
         s.apply(b).unwrap();
     });
     let (ok, text) = c.cli_any(&["audit", "verify", "--config", &c.cfg("hub")]);
@@ -610,9 +615,16 @@ async fn an_edited_or_removed_audit_entry_is_named() {
         c.cli_ok(&["audit", "verify", "--config", &c.cfg("hub")])
             .contains("intact")
     );
+    let (key2, block2) = block_of(2);
     edit(&|s| {
+        let mut entries = decode_block(&key2, &block2).unwrap();
+        entries.retain(|e| e.seq != 2);
         let mut b = Batch::new();
-        b.delete(Space::Audit, truc_node::audit::entry_key(2));
+        if entries.is_empty() {
+            b.delete(Space::Audit, key2.clone());
+        } else {
+            b.put(Space::Audit, key2.clone(), encode_block(entries));
+        }
         s.apply(b).unwrap();
     });
     let (ok, text) = c.cli_any(&["audit", "verify", "--config", &c.cfg("hub")]);

@@ -2289,22 +2289,12 @@ impl NodeState {
             agency_events.push(ev);
         }
         plan.events = events;
-        let (mut seq, mut head) = (w.audit_seq, w.audit_head);
-        for d in std::mem::take(&mut plan.audit) {
-            seq += 1;
-            let doc_id = d.doc_id.clone();
-            let e = audit::seal(head, seq, now, d);
-            head.copy_from_slice(&e.hash);
-            if !doc_id.is_empty() {
-                plan.batch.put(
-                    Space::AuditIndex,
-                    audit::index_key(&doc_id, seq),
-                    Vec::new(),
-                );
-            }
-            plan.batch
-                .put(Space::Audit, audit::entry_key(seq), record::encode(&e));
-        }
+        let (seq, head) = audit::append(
+            &mut plan.batch,
+            (w.audit_seq, w.audit_head),
+            now,
+            std::mem::take(&mut plan.audit),
+        );
         if seq != w.audit_seq {
             plan.batch.put(
                 Space::Meta,
@@ -2762,32 +2752,51 @@ impl NodeState {
         let mut plan = Plan::default();
         let mut last: Option<record::AuditEntry> = None;
         let mut archived: HashMap<(String, String), bool> = HashMap::new();
-        for (k, v) in rows {
-            let e: record::AuditEntry = record::decode(Space::Audit, &k, &v)?;
-            // The newest entry stays: the chain's head is never removed.
-            if e.at_ms >= cutoff || e.seq >= w.audit_seq {
+        // Whole blocks go, the entries of a batch together: a block stays
+        // when one of its entries must.
+        'blocks: for (k, v) in rows {
+            let entries = audit::decode_block(&k, &v)?;
+            let (Some(first), Some(end)) = (entries.first(), entries.last()) else {
+                break;
+            };
+            if last.is_some() && (end.seq - base_seq) as usize > max {
                 break;
             }
-            if self.storage.keep_until_archived && !e.doc_id.is_empty() {
-                let id = (e.from.clone(), e.doc_id.clone());
-                let kept = match archived.get(&id) {
-                    Some(k) => *k,
-                    None => {
-                        let k = self.unarchived_document(&e.from, &e.doc_id)?;
-                        archived.insert(id, k);
-                        k
-                    }
-                };
-                if kept {
-                    break;
+            if first.seq <= base_seq {
+                continue;
+            }
+            let mut docs: Vec<&str> = Vec::new();
+            for e in &entries {
+                // The newest entry stays: the chain's head is never removed.
+                if e.at_ms >= cutoff || e.seq >= w.audit_seq {
+                    break 'blocks;
                 }
+                if e.doc_id.is_empty() || docs.contains(&e.doc_id.as_str()) {
+                    continue;
+                }
+                if self.storage.keep_until_archived {
+                    let id = (e.from.clone(), e.doc_id.clone());
+                    let kept = match archived.get(&id) {
+                        Some(k) => *k,
+                        None => {
+                            let k = self.unarchived_document(&e.from, &e.doc_id)?;
+                            archived.insert(id, k);
+                            k
+                        }
+                    };
+                    if kept {
+                        break 'blocks;
+                    }
+                }
+                docs.push(&e.doc_id);
+            }
+            let key_seq = end.seq;
+            for doc in docs {
+                plan.batch
+                    .delete(Space::AuditIndex, audit::index_key(doc, key_seq));
             }
             plan.batch.delete(Space::Audit, k);
-            if !e.doc_id.is_empty() {
-                plan.batch
-                    .delete(Space::AuditIndex, audit::index_key(&e.doc_id, e.seq));
-            }
-            last = Some(e);
+            last = entries.into_iter().next_back();
         }
         let Some(last) = last else {
             return Ok(0);
@@ -4887,18 +4896,22 @@ impl NodeState {
                 return Err(Refusal::not_found(why).into());
             }
         };
+        // From the first entry about it, in the block the index names.
         let mut entries = Vec::new();
         let mut after = Some(audit::entry_key(first.saturating_sub(1)));
         'scan: loop {
-            let rows = self.store.scan(Space::Audit, &[], after.as_deref(), 1024)?;
+            let rows = self.store.scan(Space::Audit, &[], after.as_deref(), 256)?;
             let Some((last, _)) = rows.last() else { break };
             after = Some(last.clone());
             for (k, v) in rows {
-                let e: record::AuditEntry = record::decode(Space::Audit, &k, &v)?;
-                if e.seq > head_seq {
-                    break 'scan;
+                for e in audit::decode_block(&k, &v)? {
+                    if e.seq > head_seq {
+                        break 'scan;
+                    }
+                    if !entries.is_empty() || e.doc_id == doc_id {
+                        entries.push(e);
+                    }
                 }
-                entries.push(e);
             }
         }
         let checkpoint = pb::AuditCheckpoint {
@@ -4933,7 +4946,11 @@ impl NodeState {
             };
             let key = audit::entry_key(seq);
             if let Some(bytes) = self.store.get(Space::Audit, &key)? {
-                out.push(record::decode(Space::Audit, &key, &bytes)?);
+                out.extend(
+                    audit::decode_block(&key, &bytes)?
+                        .into_iter()
+                        .filter(|e| e.doc_id == doc_id),
+                );
             }
         }
         Ok(out)
@@ -5429,12 +5446,23 @@ mod tests {
         ));
 
         let before = crate::audit::head(hub.store().as_ref()).unwrap().0;
+        // The entries of the newest batch are one block, the head's: it stays.
+        let (k, v) = hub.store().last(Space::Audit, &[]).unwrap().unwrap();
+        let newest = crate::audit::decode_block(&k, &v).unwrap().len() as u64;
         let n = hub.prune_audit_before(i64::MAX, 1000).unwrap();
-        assert_eq!(n as u64, before - 1, "all but the head removed");
+        assert_eq!(
+            n as u64,
+            before - newest,
+            "all but the head's batch removed"
+        );
         let r = crate::audit::verify(hub.store().as_ref()).unwrap();
         assert_eq!(r.first_bad, None);
-        assert_eq!(r.pruned_through, before - 1);
-        assert_eq!(r.entries, 2, "the head and the pruning entry");
+        assert_eq!(r.pruned_through, before - newest);
+        assert_eq!(
+            r.entries,
+            newest + 1,
+            "the head's batch and the pruning entry"
+        );
     }
 
     #[test]

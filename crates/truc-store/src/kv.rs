@@ -32,9 +32,10 @@ pub enum Space {
     Sent = 6,
     /// (queue, seq) → a transfer the peer refused for good, with the reason.
     Dead = 7,
-    /// seq → one hash-chained audit entry.
+    /// seq of its last entry → the hash-chained audit entries of one batch
+    /// (before blocks, an entry's own seq → that entry alone).
     Audit = 8,
-    /// (doc_id, seq) → (), to find a document's audit entries.
+    /// (doc_id, block seq) → (), to find the blocks with a document's entries.
     AuditIndex = 9,
     /// (queue, seq) → an entry parked after its deadline; an operator can requeue it.
     Parked = 10,
