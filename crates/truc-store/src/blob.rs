@@ -165,7 +165,7 @@ impl BlobStore {
 
     fn write(&self, d: &Digest, data: &[u8]) -> Result<(), BlobError> {
         if data.len() <= PACK_MAX {
-            return if self.contains(d) {
+            return if self.packs.contains(d) {
                 Ok(())
             } else {
                 self.packs.put_many(&[(*d, data)])
@@ -194,9 +194,18 @@ impl BlobStore {
     /// renamed into place, names synced. Nothing gets a name before its bytes are
     /// on disk.
     pub fn put_many(&self, items: &[(Digest, &[u8])]) -> Result<(), BlobError> {
+        // A small blob is looked for in the packs only: the one that could be
+        // a file of its own (stored before packs) is then packed as well, an
+        // extra copy `remove` deletes with it, instead of a stat per new blob.
         let (small, large): (Vec<Item<'_>>, Vec<Item<'_>>) = items
             .iter()
-            .filter(|(d, _)| !self.contains(d))
+            .filter(|(d, data)| {
+                if data.len() <= PACK_MAX {
+                    !self.packs.contains(d)
+                } else {
+                    !self.path(d).exists()
+                }
+            })
             .partition(|(_, data)| data.len() <= PACK_MAX);
         if !small.is_empty() {
             self.packs.put_many(&small)?;
@@ -636,5 +645,23 @@ mod tests {
         data[7] = b'A';
         fs::write(s.path(&d), &data).unwrap();
         assert!(matches!(s.read(&d), Err(BlobError::Mismatch { .. })));
+    }
+
+    /// A small blob stored as a file of its own, as before packs, is not looked
+    /// for on each new blob: stored again it is packed too, and removing it
+    /// removes both copies.
+    #[test]
+    fn a_small_blob_kept_as_a_file_is_packed_when_stored_again_and_removed_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let d = Digest::of(b"cong van");
+        fs::write(s.path(&d), b"cong van").unwrap();
+        assert!(s.contains(&d) && !s.is_packed(&d));
+        s.put_many(&[(d, b"cong van".as_slice())]).unwrap();
+        assert!(s.is_packed(&d));
+        assert_eq!(s.read(&d).unwrap(), b"cong van");
+        s.remove(&d).unwrap();
+        assert!(!s.contains(&d), "a copy was left behind");
+        assert!(!s.path(&d).exists());
     }
 }
