@@ -254,12 +254,68 @@ type LocalItem = (
     std::sync::mpsc::Sender<Result<(Verdict, Ticket), NodeError>>,
 );
 
+/// Records a plan has changed, keyed as in the store, with what each change
+/// replaced: one item's changes are undone by replaying that backwards, where
+/// copying every map at every item cost a batch of n items n² record copies
+/// (7% of a sending edge's CPU in a profile, BENCHMARKS.md).
+struct Staged<K, V> {
+    map: BTreeMap<K, V>,
+    undo: Vec<(K, Option<V>)>,
+}
+
+impl<K, V> Default for Staged<K, V> {
+    fn default() -> Self {
+        Self {
+            map: BTreeMap::new(),
+            undo: Vec::new(),
+        }
+    }
+}
+
+impl<K: Ord + Clone, V> Staged<K, V> {
+    fn insert(&mut self, key: K, value: V) {
+        let old = self.map.insert(key.clone(), value);
+        self.undo.push((key, old));
+    }
+
+    /// A point to [`undo_to`](Self::undo_to).
+    fn mark(&self) -> usize {
+        self.undo.len()
+    }
+
+    /// Undoes every change made since `mark`, newest first.
+    fn undo_to(&mut self, mark: usize) {
+        while self.undo.len() > mark {
+            let Some((key, old)) = self.undo.pop() else {
+                break;
+            };
+            match old {
+                Some(v) => self.map.insert(key, v),
+                None => self.map.remove(&key),
+            };
+        }
+    }
+
+    /// Everything changed, for writing; nothing is left to undo.
+    fn take(&mut self) -> BTreeMap<K, V> {
+        self.undo.clear();
+        std::mem::take(&mut self.map)
+    }
+}
+
+impl<K, V> std::ops::Deref for Staged<K, V> {
+    type Target = BTreeMap<K, V>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
 /// Effects gathered while planning one atomic batch.
 #[derive(Default)]
 struct Plan {
     batch: Batch,
-    sent: BTreeMap<Vec<u8>, SentRecord>,
-    inbox: BTreeMap<Vec<u8>, InboxEntry>,
+    sent: Staged<Vec<u8>, SentRecord>,
+    inbox: Staged<Vec<u8>, InboxEntry>,
     queues: Vec<String>,
     events: Vec<Event>,
     /// Dedup entries written by this batch, not yet visible in the store.
@@ -267,10 +323,10 @@ struct Plan {
     audit: Vec<audit::Draft>,
     deltas: Vec<(String, i64)>,
     /// Blob reference counts and per-agency held bytes changed by this batch.
-    refs: BTreeMap<Digest, u64>,
-    held: BTreeMap<String, u64>,
+    refs: Staged<Digest, u64>,
+    held: Staged<String, u64>,
     /// Stored documents changed by this batch (pending counts).
-    docs: BTreeMap<Vec<u8>, DocRecord>,
+    docs: Staged<Vec<u8>, DocRecord>,
     /// (day, organ, "in"|"delivered") → (documents, bytes) to add.
     daily: BTreeMap<(String, String, &'static str), (u64, u64)>,
     /// Directory changes to apply once the batch is written.
@@ -287,11 +343,11 @@ struct Mark {
     fresh: usize,
     audit: usize,
     deltas: usize,
-    sent: BTreeMap<Vec<u8>, SentRecord>,
-    inbox: BTreeMap<Vec<u8>, InboxEntry>,
-    refs: BTreeMap<Digest, u64>,
-    held: BTreeMap<String, u64>,
-    docs: BTreeMap<Vec<u8>, DocRecord>,
+    sent: usize,
+    inbox: usize,
+    refs: usize,
+    held: usize,
+    docs: usize,
     directory: usize,
 }
 
@@ -304,11 +360,11 @@ impl Plan {
             fresh: self.fresh.len(),
             audit: self.audit.len(),
             deltas: self.deltas.len(),
-            sent: self.sent.clone(),
-            inbox: self.inbox.clone(),
-            refs: self.refs.clone(),
-            held: self.held.clone(),
-            docs: self.docs.clone(),
+            sent: self.sent.mark(),
+            inbox: self.inbox.mark(),
+            refs: self.refs.mark(),
+            held: self.held.mark(),
+            docs: self.docs.mark(),
             directory: self.directory.len(),
         }
     }
@@ -320,11 +376,11 @@ impl Plan {
         self.fresh.truncate(m.fresh);
         self.audit.truncate(m.audit);
         self.deltas.truncate(m.deltas);
-        self.sent = m.sent;
-        self.inbox = m.inbox;
-        self.refs = m.refs;
-        self.held = m.held;
-        self.docs = m.docs;
+        self.sent.undo_to(m.sent);
+        self.inbox.undo_to(m.inbox);
+        self.refs.undo_to(m.refs);
+        self.held.undo_to(m.held);
+        self.docs.undo_to(m.docs);
         self.directory.truncate(m.directory);
     }
 
@@ -2179,16 +2235,16 @@ impl NodeState {
             v.extend((b0 + bytes).to_be_bytes());
             plan.batch.put(Space::Stats, key, v);
         }
-        for (key, rec) in std::mem::take(&mut plan.sent) {
+        for (key, rec) in plan.sent.take() {
             plan.batch.put(Space::Sent, key, record::encode(&rec));
         }
-        for (key, e) in std::mem::take(&mut plan.inbox) {
+        for (key, e) in plan.inbox.take() {
             plan.batch.put(Space::Inbox, key, record::encode(&e));
         }
-        for (key, d) in std::mem::take(&mut plan.docs) {
+        for (key, d) in plan.docs.take() {
             plan.batch.put(Space::Docs, key, record::encode(&d));
         }
-        for (d, n) in std::mem::take(&mut plan.refs) {
+        for (d, n) in plan.refs.take() {
             if n == 0 {
                 plan.batch.delete(Space::BlobRefs, d.0.to_vec());
             } else {
@@ -2196,7 +2252,7 @@ impl NodeState {
                     .put(Space::BlobRefs, d.0.to_vec(), n.to_be_bytes().to_vec());
             }
         }
-        for (from, n) in std::mem::take(&mut plan.held) {
+        for (from, n) in plan.held.take() {
             plan.batch
                 .put(Space::Meta, Self::held_key(&from), n.to_be_bytes().to_vec());
         }
@@ -5221,6 +5277,27 @@ mod tests {
 
     use super::{testing::Fixture, *};
     use crate::envelope;
+
+    /// An item undone in a batch leaves the records as the items before it
+    /// left them: values it replaced come back, keys it added go.
+    #[test]
+    fn undoing_an_item_restores_what_it_changed_and_only_that() {
+        let mut m: Staged<&str, u64> = Staged::default();
+        m.insert("a", 1);
+        m.insert("b", 2);
+        let before = m.mark();
+        m.insert("a", 10);
+        m.insert("c", 3);
+        m.insert("a", 11);
+        m.undo_to(before);
+        assert_eq!(
+            m.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>(),
+            vec![("a", 1), ("b", 2)]
+        );
+        m.insert("d", 4);
+        assert_eq!(m.take().len(), 3);
+        assert!(m.is_empty() && m.mark() == 0);
+    }
 
     fn verified(f: &Fixture, from: &str, to: &[&str]) -> Verified {
         let header = pb::Header {
