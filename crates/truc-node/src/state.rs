@@ -4823,7 +4823,8 @@ impl NodeState {
     pub fn check_pdfs(
         &self,
         from: &str,
-        doc_id: &str) -> Result<Vec<pb::PdfSignatureCheck>, NodeError> {
+        doc_id: &str,
+    ) -> Result<Vec<pb::PdfSignatureCheck>, NodeError> {
         let doc = self.load_doc(from, doc_id)?;
         if doc.attachments.is_empty() {
             // No file, no PDF: the envelope need not be read (it was, for
