@@ -79,18 +79,17 @@ pub fn append(
     }
     let last = seq + drafts.len() as u64;
     let mut entries = Vec::with_capacity(drafts.len());
-    let mut docs: Vec<&str> = Vec::new();
     for d in drafts {
         seq += 1;
         let e = seal(prev, seq, at_ms, d);
         prev.copy_from_slice(&e.hash);
         entries.push(e);
     }
-    for e in &entries {
-        if !e.doc_id.is_empty() && !docs.contains(&e.doc_id.as_str()) {
-            docs.push(&e.doc_id);
-        }
-    }
+    let docs: std::collections::BTreeSet<&str> = entries
+        .iter()
+        .map(|e| e.doc_id.as_str())
+        .filter(|d| !d.is_empty())
+        .collect();
     for doc in docs {
         batch.put(Space::AuditIndex, index_key(doc, last), Vec::new());
     }

@@ -2821,13 +2821,13 @@ impl NodeState {
             if first.seq <= base_seq {
                 continue;
             }
-            let mut docs: Vec<&str> = Vec::new();
+            let mut docs: std::collections::BTreeSet<&str> = Default::default();
             for e in &entries {
                 // The newest entry stays: the chain's head is never removed.
                 if e.at_ms >= cutoff || e.seq >= w.audit_seq {
                     break 'blocks;
                 }
-                if e.doc_id.is_empty() || docs.contains(&e.doc_id.as_str()) {
+                if e.doc_id.is_empty() || docs.contains(e.doc_id.as_str()) {
                     continue;
                 }
                 if self.storage.keep_until_archived {
@@ -2844,7 +2844,7 @@ impl NodeState {
                         break 'blocks;
                     }
                 }
-                docs.push(&e.doc_id);
+                docs.insert(&e.doc_id);
             }
             let key_seq = end.seq;
             for doc in docs {
