@@ -16,8 +16,9 @@
 //! no document and the orphan sweep removes it.
 //!
 //! Where each blob is stays in memory (rebuilt from the headers at start-up),
-//! keyed by 8 bytes of its digest and confirmed against the header on disk: about
-//! 21 bytes per blob, which is what a queue of 100,000 documents costs the hub.
+//! keyed by 8 bytes of its digest and confirmed against the header on disk (a
+//! read, against the bytes it reads anyway): about 21 bytes per blob, which is
+//! what a queue of 100,000 documents costs the hub.
 
 use std::{
     collections::HashMap,
