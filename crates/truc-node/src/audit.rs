@@ -10,8 +10,8 @@
 //! starts from the anchor and requires the newest `audit-pruned` entry to name
 //! it, so moving the anchor to hide removed entries breaks the chain.
 //!
-//! The entries of one batch are stored together, as one block under the number
-//! of the last ([`append`]), and the index of a document's entries names the
+//! The entries of one batch are stored together, in blocks of up to
+//! [`BLOCK_MAX`] under the number of their last ([`append`]), and the index of a document's entries names the
 //! blocks that hold them: a node writes a handful of keys per batch for its
 //! audit instead of two per entry (the audit was 46% of the writes a hub made
 //! per document, BENCHMARKS.md). Entries stored one per key, as before blocks,
@@ -66,35 +66,40 @@ pub fn index_key(doc_id: &str, seq: u64) -> Vec<u8> {
     Key::new().str(doc_id).u64(seq).build()
 }
 
-/// Seals `drafts` after the head (`seq`, `prev`) and puts them in `batch` as one
-/// block, with one index key per document they name. Returns the new head.
+/// Entries per block at most. A batch that acknowledges or releases thousands
+/// of documents at once makes several blocks: sled rewrites a page whole, and
+/// a page holds up to 16 values, so a value stays a few kilobytes.
+pub const BLOCK_MAX: usize = 64;
+
+/// Seals `drafts` after the head (`seq`, `prev`) and puts them in `batch` as
+/// blocks of at most [`BLOCK_MAX`] entries, with one index key per document a
+/// block names. Returns the new head.
 pub fn append(
     batch: &mut Batch,
     (mut seq, mut prev): (u64, [u8; 32]),
     at_ms: i64,
     drafts: Vec<Draft>,
 ) -> (u64, [u8; 32]) {
-    if drafts.is_empty() {
-        return (seq, prev);
+    let mut drafts = drafts.into_iter().peekable();
+    while drafts.peek().is_some() {
+        let mut entries = Vec::with_capacity(BLOCK_MAX.min(drafts.len()));
+        for d in drafts.by_ref().take(BLOCK_MAX) {
+            seq += 1;
+            let e = seal(prev, seq, at_ms, d);
+            prev.copy_from_slice(&e.hash);
+            entries.push(e);
+        }
+        let docs: std::collections::BTreeSet<&str> = entries
+            .iter()
+            .map(|e| e.doc_id.as_str())
+            .filter(|d| !d.is_empty())
+            .collect();
+        for doc in docs {
+            batch.put(Space::AuditIndex, index_key(doc, seq), Vec::new());
+        }
+        batch.put(Space::Audit, entry_key(seq), encode_block(entries));
     }
-    let last = seq + drafts.len() as u64;
-    let mut entries = Vec::with_capacity(drafts.len());
-    for d in drafts {
-        seq += 1;
-        let e = seal(prev, seq, at_ms, d);
-        prev.copy_from_slice(&e.hash);
-        entries.push(e);
-    }
-    let docs: std::collections::BTreeSet<&str> = entries
-        .iter()
-        .map(|e| e.doc_id.as_str())
-        .filter(|d| !d.is_empty())
-        .collect();
-    for doc in docs {
-        batch.put(Space::AuditIndex, index_key(doc, last), Vec::new());
-    }
-    batch.put(Space::Audit, entry_key(last), encode_block(entries));
-    (last, prev)
+    (seq, prev)
 }
 
 /// One block's stored bytes: the entries with every `prev` but the first left
@@ -506,6 +511,28 @@ mod tests {
                 index_key("d2", 13)
             ]
         );
+    }
+
+    #[test]
+    fn a_large_batch_is_stored_as_several_bounded_blocks_that_verify() {
+        let s = MemoryStore::new();
+        let n = 2 * BLOCK_MAX as u64 + 5;
+        let mut b = Batch::new();
+        let head = append(&mut b, (0, [0u8; 32]), 0, (1..=n).map(draft).collect());
+        assert_eq!(head.0, n);
+        b.put(Space::Meta, head_key(), head_value(head.0, &head.1));
+        s.apply(b).unwrap();
+        let blocks = s.scan(Space::Audit, &[], None, 100).unwrap();
+        let sizes: Vec<usize> = blocks
+            .iter()
+            .map(|(k, v)| decode_block(k, v).unwrap().len())
+            .collect();
+        assert_eq!(sizes, vec![BLOCK_MAX, BLOCK_MAX, 5]);
+        // Each block is found by the index of the documents it names.
+        let index = s.scan(Space::AuditIndex, &[], None, 100).unwrap();
+        assert_eq!(index.len(), 3 * 3);
+        let r = verify(&s).unwrap();
+        assert_eq!((r.entries, r.first_bad), (n, None));
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub enum Space {
     Sent = 6,
     /// (queue, seq) → a transfer the peer refused for good, with the reason.
     Dead = 7,
-    /// seq of its last entry → the hash-chained audit entries of one batch
+    /// seq of its last entry → hash-chained audit entries of one batch (≤ 64)
     /// (before blocks, an entry's own seq → that entry alone).
     Audit = 8,
     /// (doc_id, block seq) → (), to find the blocks with a document's entries.

@@ -246,8 +246,8 @@ pub struct AuditEntry {
     pub hash: Vec<u8>,
 }
 
-/// The audit entries one batch appended, stored under one key (the number of
-/// the last): one write per batch instead of one per entry. Every entry after
+/// Audit entries one batch appended (up to 64 of them), stored under one key
+/// (the number of the last): one write per block instead of one per entry. Every entry after
 /// the first is kept with an empty `prev` (it is the hash of the entry before
 /// it in the block); the reader puts it back before the chain is walked.
 #[derive(Clone, PartialEq, Message)]
