@@ -2812,14 +2812,11 @@ impl NodeState {
         // when one of its entries must.
         'blocks: for (k, v) in rows {
             let entries = audit::decode_block(&k, &v)?;
-            let (Some(first), Some(end)) = (entries.first(), entries.last()) else {
+            let Some(end) = entries.last() else {
                 break;
             };
             if last.is_some() && (end.seq - base_seq) as usize > max {
                 break;
-            }
-            if first.seq <= base_seq {
-                continue;
             }
             let mut docs: std::collections::BTreeSet<&str> = Default::default();
             for e in &entries {

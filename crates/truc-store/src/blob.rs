@@ -163,18 +163,26 @@ impl BlobStore {
         self.write(expected, data)
     }
 
-    fn write(&self, d: &Digest, data: &[u8]) -> Result<(), BlobError> {
-        if data.len() <= PACK_MAX {
-            return if self.packs.contains(d) {
-                Ok(())
-            } else {
-                self.packs.put_many(&[(*d, data)])
-            };
+    /// Whether a blob of `len` bytes is already where it would be stored: a
+    /// small one in the packs (one left as a file of its own from before packs
+    /// is then packed as well, an extra copy `remove` deletes with it, instead
+    /// of a stat per new blob), a large one as its file.
+    fn stored(&self, d: &Digest, len: usize) -> bool {
+        if len <= PACK_MAX {
+            self.packs.contains(d)
+        } else {
+            self.path(d).exists()
         }
-        let dest = self.path(d);
-        if dest.exists() {
+    }
+
+    fn write(&self, d: &Digest, data: &[u8]) -> Result<(), BlobError> {
+        if self.stored(d, data.len()) {
             return Ok(());
         }
+        if data.len() <= PACK_MAX {
+            return self.packs.put_many(&[(*d, data)]);
+        }
+        let dest = self.path(d);
         let tmp = self.tmp_path(d);
         let result = (|| {
             let mut f = File::create(&tmp).map_err(io(&tmp))?;
@@ -194,18 +202,9 @@ impl BlobStore {
     /// renamed into place, names synced. Nothing gets a name before its bytes are
     /// on disk.
     pub fn put_many(&self, items: &[(Digest, &[u8])]) -> Result<(), BlobError> {
-        // A small blob is looked for in the packs only: the one that could be
-        // a file of its own (stored before packs) is then packed as well, an
-        // extra copy `remove` deletes with it, instead of a stat per new blob.
         let (small, large): (Vec<Item<'_>>, Vec<Item<'_>>) = items
             .iter()
-            .filter(|(d, data)| {
-                if data.len() <= PACK_MAX {
-                    !self.packs.contains(d)
-                } else {
-                    !self.path(d).exists()
-                }
-            })
+            .filter(|(d, data)| !self.stored(d, data.len()))
             .partition(|(_, data)| data.len() <= PACK_MAX);
         if !small.is_empty() {
             self.packs.put_many(&small)?;

@@ -156,23 +156,21 @@ impl SledStore {
                 // Durability points are ours (GroupCommit), not a background timer's.
                 .flush_every_ms(None)
                 .open();
-            match opened {
+            let e = match opened {
                 Ok(db) => return Ok(Self { db }),
-                Err(e)
-                    if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(e) => {
-                    let hint = if e.to_string().contains("could not acquire lock") {
-                        " (is another truc node using this directory?)"
-                    } else {
-                        ""
-                    };
-                    return Err(StoreError::Io(format!("open {}: {e}{hint}", dir.display())));
-                }
+                Err(e) => e,
+            };
+            let locked = e.to_string().contains("could not acquire lock");
+            if locked && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
             }
+            let hint = if locked {
+                " (is another truc node using this directory?)"
+            } else {
+                ""
+            };
+            return Err(StoreError::Io(format!("open {}: {e}{hint}", dir.display())));
         }
     }
 }
