@@ -577,18 +577,19 @@ async fn an_edited_or_removed_audit_entry_is_named() {
     assert!(ok.contains("audit log intact"), "{ok}");
     assert!(c.stop("hub").success());
 
-    let store_dir = c.path("data/hub/store");
-    let edit = |f: &dyn Fn(&truc_store::SledStore)| {
-        let s = truc_store::SledStore::open(&store_dir, 1 << 20).unwrap();
-        f(&s);
-        truc_store::Store::flush(&s).unwrap();
+    let data_dir = c.path("data/hub");
+    let open = || truc_store::embedded::open(&data_dir, Default::default(), 1 << 20).unwrap();
+    let edit = |f: &dyn Fn(&dyn truc_store::Store)| {
+        let s = open();
+        f(s.as_ref());
+        s.flush().unwrap();
     };
     use truc_node::audit::{decode_block, encode_block, entry_key};
-    use truc_store::{Batch, Space, Store};
+    use truc_store::{Batch, Space};
     // The block holding entry `seq`: the first whose last entry is not before it.
     let block_of = |seq: u64| {
-        let s = truc_store::SledStore::open(&store_dir, 1 << 20).unwrap();
-        s.scan(Space::Audit, &[], Some(&entry_key(seq - 1)), 1)
+        open()
+            .scan(Space::Audit, &[], Some(&entry_key(seq - 1)), 1)
             .unwrap()
             .remove(0)
     };

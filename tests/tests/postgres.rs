@@ -102,8 +102,8 @@ fn a_hub_on_postgresql_delivers_and_keeps_everything_across_a_kill() {
     let second = c.send_from_vpcp(common::H41, "Sau khi khởi động lại", &[]);
     c.wait_delivered("vpcp", &second);
     assert!(
-        !c.path("data/hub/store").exists(),
-        "the hub kept a sled store beside PostgreSQL"
+        truc_store::embedded::Engine::found_in(&c.path("data/hub")).is_none(),
+        "the hub kept an embedded store beside PostgreSQL"
     );
     let out = c.cli_ok(&[
         "audit",

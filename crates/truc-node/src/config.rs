@@ -428,10 +428,13 @@ impl Default for LinkTuning {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSection {
-    /// Page cache of the embedded store. Default 32 MiB: over 100,000 documents
-    /// edge → hub → edge ran as fast as with 64 MiB (449 and 434 documents/s)
-    /// and 23% faster than with 8 MiB (365), whose smaller memory cost CPU once
-    /// the store had grown (BENCHMARKS.md).
+    /// The embedded store's engine: `redb` (default; `data_dir/store.redb`) or
+    /// `sled` (`data_dir/store/`, the default before redb). A node refuses a
+    /// data directory holding the other engine's store; `truc store convert`
+    /// converts it. Ignored with `postgres_url`.
+    pub engine: truc_store::embedded::Engine,
+    /// Page cache of the embedded store. Default 32 MiB. The store's memory
+    /// stays within it with redb; sled keeps memory per written page on top.
     pub cache_bytes: u64,
     /// Intake is refused (RESOURCE_EXHAUSTED, "disk full") when it would leave less
     /// free space than this on the data disk. Default 512 MiB.
@@ -477,6 +480,7 @@ pub struct StorageSection {
 impl Default for StorageSection {
     fn default() -> Self {
         Self {
+            engine: truc_store::embedded::Engine::default(),
             cache_bytes: 32 << 20,
             min_free_bytes: 512 << 20,
             retention_ms: 30 * 24 * 3_600_000,

@@ -13,7 +13,7 @@ use truc_pki::{
     tls::TransportMaterial,
 };
 use truc_proto::v1 as pb;
-use truc_store::{BlobStore, SledStore};
+use truc_store::BlobStore;
 
 use crate::{
     admin::AdminService,
@@ -105,10 +105,11 @@ pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
                 "another process writes this PostgreSQL store: standing by (health NOT_SERVING) until it stops"
             );
         })?),
-        None => Arc::new(SledStore::open(
-            &config.data_dir.join("store"),
+        None => truc_store::embedded::open(
+            &config.data_dir,
+            config.storage.engine,
             config.storage.cache_bytes,
-        )?),
+        )?,
     };
     let blobs = BlobStore::open(&config.blob_dir())?;
     let mut routing = RoutingTable::new(config.parent.is_some());

@@ -53,6 +53,29 @@ pub enum Space {
     Stats = 16,
 }
 
+impl Space {
+    /// Every space, in key order.
+    pub const ALL: [Space; 17] = [
+        Space::Meta,
+        Space::Docs,
+        Space::Dedup,
+        Space::Queue,
+        Space::Inbox,
+        Space::InboxIndex,
+        Space::Sent,
+        Space::Dead,
+        Space::Audit,
+        Space::AuditIndex,
+        Space::Parked,
+        Space::Changes,
+        Space::SentIndex,
+        Space::BlobRefs,
+        Space::Release,
+        Space::Events,
+        Space::Stats,
+    ];
+}
+
 /// A key and its value.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
@@ -116,7 +139,7 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-fn full_key(space: Space, key: &[u8]) -> Vec<u8> {
+pub(crate) fn full_key(space: Space, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);
     k.push(space as u8);
     k.extend_from_slice(key);
@@ -496,6 +519,36 @@ mod tests {
 
     fn exercise(store: &dyn Store) {
         conformance(store);
+    }
+
+    /// `Space::ALL` names every space once, in order: a space added later and
+    /// left out would be skipped by `truc store convert`.
+    #[test]
+    fn every_space_is_listed_once_in_order() {
+        for (i, s) in Space::ALL.iter().enumerate() {
+            assert_eq!(*s as usize, i);
+        }
+        // Fails to compile when a space is added without a place here.
+        let last = |s: Space| match s {
+            Space::Meta
+            | Space::Docs
+            | Space::Dedup
+            | Space::Queue
+            | Space::Inbox
+            | Space::InboxIndex
+            | Space::Sent
+            | Space::Dead
+            | Space::Audit
+            | Space::AuditIndex
+            | Space::Parked
+            | Space::Changes
+            | Space::SentIndex
+            | Space::BlobRefs
+            | Space::Release
+            | Space::Events => false,
+            Space::Stats => true,
+        };
+        assert!(last(Space::ALL[Space::ALL.len() - 1]));
     }
 
     #[test]

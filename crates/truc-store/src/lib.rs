@@ -20,11 +20,13 @@
 
 mod blob;
 mod commit;
+pub mod embedded;
 pub mod keys;
 mod kv;
 pub mod pack;
 pub mod pg;
 pub mod record;
+mod redb_store;
 
 pub use blob::{BlobError, BlobStore, Digest, Partial};
 pub use commit::{GroupCommit, Ticket};
@@ -32,6 +34,7 @@ pub use kv::{
     Batch, Entry, FaultPlan, FaultyStore, MemoryStore, SledStore, Space, Store, conformance,
 };
 pub use pg::PgStore;
+pub use redb_store::RedbStore;
 
 /// Errors of the key-value layer.
 #[derive(Debug, Clone, thiserror::Error)]

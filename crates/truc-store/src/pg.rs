@@ -184,7 +184,7 @@ impl std::fmt::Debug for PgStore {
 
 /// The smallest key greater than every key starting with `prefix` (None: no
 /// bound, the prefix is empty or all 0xff).
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

@@ -1,8 +1,11 @@
 //! The command line: argument parsing and dispatch.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::{archive, bench, certs, client, demo, edxml, verify};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -328,7 +331,7 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// The PostgreSQL store's schema.
+    /// The node's key-value store: PostgreSQL schema, embedded engine conversion.
     Store {
         #[command(subcommand)]
         command: StoreCommand,
@@ -439,6 +442,18 @@ enum StoreCommand {
         /// `host=/run/postgresql dbname=truc`.
         #[arg(long, env = "TRUC_POSTGRES_URL")]
         url: String,
+    },
+    /// Converts a stopped node's embedded store to another engine (by default
+    /// to the one its config names, `storage.engine`): copies every entry,
+    /// reads the copy back and compares it (entries and SHA-256 per space), and
+    /// only then puts it in place. The old store is kept beside it as
+    /// `store.<engine>-old`; delete it once the node runs.
+    Convert {
+        #[arg(long)]
+        config: PathBuf,
+        /// `redb` or `sled`; default: the config's `storage.engine`.
+        #[arg(long)]
+        to: Option<String>,
     },
 }
 
@@ -945,6 +960,9 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Health { addr } => health(&addr).await,
         Command::Store {
+            command: StoreCommand::Convert { config, to },
+        } => store_convert(&config, to.as_deref()).await,
+        Command::Store {
             command: StoreCommand::Migrate { url },
         } => {
             let applied = tokio::task::spawn_blocking(move || {
@@ -988,6 +1006,65 @@ async fn run(cli: Cli) -> Result<()> {
             demo::run(dir, once).await
         }
     }
+}
+
+async fn store_convert(config: &Path, to: Option<&str>) -> Result<()> {
+    use truc_store::embedded::{self, Engine};
+    let cfg = truc_node::Config::load(config)?;
+    if cfg.storage.postgres_url.is_some() {
+        bail!(
+            "{} keeps its store in PostgreSQL: nothing embedded to convert",
+            config.display()
+        );
+    }
+    let to = match to {
+        None => cfg.storage.engine,
+        Some("redb") => Engine::Redb,
+        Some("sled") => Engine::Sled,
+        Some(other) => bail!("--to {other}: the engines are redb and sled"),
+    };
+    let bar = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let dir = cfg.data_dir.clone();
+    let cache = cfg.storage.cache_bytes;
+    let b = bar.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        embedded::convert(&dir, to, cache, |space, n| {
+            b.set_message(format!("to {}: {space:?} {n} entries", to.name()));
+        })
+    })
+    .await?
+    .with_context(|| format!("convert the store of {}", cfg.data_dir.display()))?;
+    bar.finish_and_clear();
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table.set_header(["space", "entries", "sha-256 (both stores)"]);
+    for c in done.spaces.iter().filter(|c| c.entries > 0) {
+        table.add_row([
+            format!("{:?}", c.space),
+            c.entries.to_string(),
+            hex::encode(&c.digest[..8]),
+        ]);
+    }
+    println!("{table}");
+    println!(
+        "converted {} entries from {} to {}; the old store is kept at {}",
+        done.entries(),
+        done.from.name(),
+        done.to.name(),
+        done.old_kept_at.display()
+    );
+    if cfg.storage.engine != done.to {
+        println!(
+            "set storage.engine = \"{}\" in {} before starting the node",
+            done.to.name(),
+            config.display()
+        );
+    }
+    Ok(())
 }
 
 async fn health(addr: &str) -> Result<()> {

@@ -165,18 +165,18 @@ pub async fn audit_verify(config: &Path, json: bool) -> Result<()> {
                 .await??;
                 return print_audit(truc_node::admin::report_pb(report), json);
             }
-            let dir = cfg.data_dir.join("store");
-            if !dir.exists() {
+            let Some(engine) = truc_store::embedded::Engine::found_in(&cfg.data_dir) else {
                 bail!("{} has no store yet", cfg.data_dir.display());
-            }
-            let store =
-                truc_store::SledStore::open(&dir, cfg.storage.cache_bytes).with_context(|| {
+            };
+            let store = truc_store::embedded::open(&cfg.data_dir, engine, cfg.storage.cache_bytes)
+                .with_context(|| {
                     format!(
-                        "open {} (is the node running without an admin API?)",
-                        dir.display()
+                        "open the {} store in {} (is the node running without an admin API?)",
+                        engine.name(),
+                        cfg.data_dir.display()
                     )
                 })?;
-            truc_node::admin::report_pb(truc_node::audit::verify(&store)?)
+            truc_node::admin::report_pb(truc_node::audit::verify(store.as_ref())?)
         }
     };
     print_audit(report, json)
