@@ -100,3 +100,84 @@ async fn a_sender_killed_right_after_send_returned_still_delivers_once() {
     c.start("vpcp");
     assert_exactly_once_in_order(&c, "nghean", H41, &ids).await;
 }
+
+/// The embedded store's engine (storage.engine): a hub that ran on sled refuses
+/// to start on redb beside it and says how to convert; `truc store convert`
+/// moves everything, and the converted hub still knows the first document
+/// (dedup, trace, audit chain) and carries new ones. A SIGTERM closes redb
+/// cleanly (no repair at the next start); a SIGKILL makes it repair, and the
+/// log says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sled_hub_converted_to_redb_keeps_everything_and_says_when_it_repairs() {
+    let mut c = Cluster::new();
+    c.edit("hub", |t| {
+        let storage = t
+            .entry("storage")
+            .or_insert(toml::Value::Table(Default::default()));
+        storage
+            .as_table_mut()
+            .unwrap()
+            .insert("engine".into(), "sled".into());
+    });
+    for n in ["hub", "vpcp", "nghean"] {
+        c.start(n);
+    }
+    let first = c.send_from_vpcp(H41, "Trước khi chuyển", &[]);
+    c.wait_delivered("vpcp", &first);
+    assert!(c.stop("hub").success());
+    assert!(c.path("data/hub/store").is_dir(), "the sled store");
+
+    // Configured for redb, the hub refuses the sled store and names the way out.
+    c.edit("hub", |t| {
+        t["storage"]
+            .as_table_mut()
+            .unwrap()
+            .insert("engine".into(), "redb".into());
+    });
+    let out = std::process::Command::new(bin())
+        .args(["node", "--config", &c.cfg("hub")])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "started beside a sled store: {text}");
+    assert!(
+        text.contains("holds a sled store") && text.contains("truc store convert"),
+        "{text}"
+    );
+    assert!(
+        !c.path("data/hub/store.redb").exists(),
+        "an empty redb store was created: {text}"
+    );
+
+    let done = c.cli_ok(&["store", "convert", "--config", &c.cfg("hub")]);
+    assert!(done.contains("from sled to redb"), "{done}");
+    assert!(c.path("data/hub/store.redb").is_file());
+    assert!(
+        c.path("data/hub/store.sled-old").is_dir(),
+        "the old store is kept"
+    );
+
+    c.start("hub");
+    let trace = c.cli_ok(&["trace", "--config", &c.cfg("hub"), &first]);
+    assert!(trace.contains("stored by child:nghean"), "{trace}");
+    let second = c.send_from_vpcp(H41, "Sau khi chuyển", &[]);
+    c.wait_delivered("vpcp", &second);
+    let audit = c.cli_ok(&["audit", "verify", "--config", &c.cfg("hub")]);
+    assert!(audit.contains("intact"), "{audit}");
+
+    assert!(c.stop("hub").success());
+    c.start("hub");
+    assert!(
+        !c.logs("hub").contains("not closed cleanly"),
+        "a SIGTERM left redb to repair"
+    );
+    c.kill("hub");
+    c.start("hub");
+    assert!(
+        c.logs("hub")
+            .contains("store not closed cleanly: repairing")
+    );
+    let third = c.send_from_vpcp(H41, "Sau khi sửa", &[]);
+    c.wait_delivered("vpcp", &third);
+}

@@ -33,8 +33,18 @@ impl std::fmt::Debug for RedbStore {
 impl RedbStore {
     /// Opens (or creates) the store at `file`; `cache_bytes` bounds redb's page cache.
     pub fn open(file: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let shown = std::sync::atomic::AtomicU64::new(u64::MAX);
         let db = Database::builder()
             .set_cache_size(cache_bytes as usize)
+            // After an unclean stop (a crash, SIGKILL, power loss) redb walks the
+            // tree to rebuild its allocator state before it opens: say so, with
+            // progress, rather than look hung.
+            .set_repair_callback(move |r| {
+                let pct = (r.progress() * 100.0) as u64 / 10 * 10;
+                if shown.swap(pct, std::sync::atomic::Ordering::Relaxed) != pct {
+                    tracing::warn!(progress_pct = pct, "store not closed cleanly: repairing");
+                }
+            })
             .create(file)
             .map_err(|e| {
                 let hint = if matches!(e, redb::DatabaseError::DatabaseAlreadyOpen) {
