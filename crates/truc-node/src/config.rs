@@ -433,9 +433,13 @@ pub struct StorageSection {
     /// data directory holding the other engine's store; `truc store convert`
     /// converts it. Ignored with `postgres_url`.
     pub engine: truc_store::embedded::Engine,
-    /// Page cache of the embedded store. Default 32 MiB. The store's memory
-    /// stays within it with redb; sled keeps memory per written page on top.
-    pub cache_bytes: u64,
+    /// Page cache of the embedded store. Default: 8 MiB with redb, whose
+    /// memory stays within it (100,000 documents queued at a hub: +21 MiB of
+    /// RSS with 8 MiB, +52 MiB with 32, drained as fast); 32 MiB with sled,
+    /// which keeps memory per written page on top and ran 23% slower with
+    /// 8 MiB once its store had grown (BENCHMARKS.md). See [`Self::cache`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_bytes: Option<u64>,
     /// Intake is refused (RESOURCE_EXHAUSTED, "disk full") when it would leave less
     /// free space than this on the data disk. Default 512 MiB.
     pub min_free_bytes: u64,
@@ -477,11 +481,22 @@ pub struct StorageSection {
     pub blob_dir: Option<PathBuf>,
 }
 
+impl StorageSection {
+    /// The embedded store's page cache: `cache_bytes`, or the engine's default.
+    pub fn cache(&self) -> u64 {
+        use truc_store::embedded::Engine;
+        self.cache_bytes.unwrap_or(match self.engine {
+            Engine::Redb => 8 << 20,
+            Engine::Sled => 32 << 20,
+        })
+    }
+}
+
 impl Default for StorageSection {
     fn default() -> Self {
         Self {
             engine: truc_store::embedded::Engine::default(),
-            cache_bytes: 32 << 20,
+            cache_bytes: None,
             min_free_bytes: 512 << 20,
             retention_ms: 30 * 24 * 3_600_000,
             envelope_retention_ms: None,

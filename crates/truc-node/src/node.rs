@@ -108,7 +108,7 @@ pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
         None => truc_store::embedded::open(
             &config.data_dir,
             config.storage.engine,
-            config.storage.cache_bytes,
+            config.storage.cache(),
         )?,
     };
     let blobs = BlobStore::open(&config.blob_dir())?;

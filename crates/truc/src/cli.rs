@@ -1029,7 +1029,7 @@ async fn store_convert(config: &Path, to: Option<&str>) -> Result<()> {
     }
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     let dir = cfg.data_dir.clone();
-    let cache = cfg.storage.cache_bytes;
+    let cache = cfg.storage.cache();
     let b = bar.clone();
     let done = tokio::task::spawn_blocking(move || {
         embedded::convert(&dir, to, cache, |space, n| {

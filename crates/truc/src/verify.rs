@@ -168,7 +168,7 @@ pub async fn audit_verify(config: &Path, json: bool) -> Result<()> {
             let Some(engine) = truc_store::embedded::Engine::found_in(&cfg.data_dir) else {
                 bail!("{} has no store yet", cfg.data_dir.display());
             };
-            let store = truc_store::embedded::open(&cfg.data_dir, engine, cfg.storage.cache_bytes)
+            let store = truc_store::embedded::open(&cfg.data_dir, engine, cfg.storage.cache())
                 .with_context(|| {
                     format!(
                         "open the {} store in {} (is the node running without an admin API?)",

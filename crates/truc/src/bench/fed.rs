@@ -156,7 +156,19 @@ impl Fed {
         let topo = topology(shape)?;
         let mut cluster =
             Cluster::create_with(Some(dir.to_owned()), topo, Options { direct: true }).await?;
-        // TRUC_BENCH_CACHE_BYTES: every node's sled page cache (storage.cache_bytes),
+        // TRUC_BENCH_ENGINE: every node's embedded store engine (storage.engine),
+        // to compare redb with sled on the same machine.
+        if let Ok(e) = std::env::var("TRUC_BENCH_ENGINE") {
+            if !matches!(e.as_str(), "redb" | "sled") {
+                bail!("TRUC_BENCH_ENGINE={e}: the engines are redb and sled");
+            }
+            for n in cluster.nodes() {
+                cluster.edit(&n, |t| {
+                    cluster::table(t, "storage").insert("engine".into(), e.clone().into());
+                })?;
+            }
+        }
+        // TRUC_BENCH_CACHE_BYTES: every node's page cache (storage.cache_bytes),
         // to see what memory the cache accounts for.
         if let Ok(c) = std::env::var("TRUC_BENCH_CACHE_BYTES") {
             let c: i64 = c
