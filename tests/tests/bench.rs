@@ -72,7 +72,7 @@ fn bench_refuses_an_unknown_scenario_and_names_the_known_ones() {
 }
 
 #[test]
-fn the_postgresql_hub_scenario_compares_it_with_the_sled_hub_in_the_same_run() {
+fn the_postgresql_hub_scenario_compares_it_with_the_embedded_store_hub_in_the_same_run() {
     let out = Command::new(common::bin())
         .args([
             "bench", "pg-hub", "--docs", "40", "--window", "8", "--runs", "1", "--json",
@@ -106,5 +106,5 @@ fn the_postgresql_hub_scenario_compares_it_with_the_sled_hub_in_the_same_run() {
     );
     let summary = r["summary"].as_array().unwrap();
     let row = summary.iter().find(|s| s["system"] == "truc-pg").unwrap();
-    assert!(row["vs_sled_hub"].as_f64().unwrap() > 0.0, "{row:#}");
+    assert!(row["vs_embedded_hub"].as_f64().unwrap() > 0.0, "{row:#}");
 }

@@ -134,8 +134,8 @@ pub fn topology(shape: Shape) -> Result<Topology> {
 /// Where the hub keeps its key-value store.
 #[derive(Debug, Clone)]
 pub enum HubStore {
-    /// The embedded default.
-    Sled,
+    /// The embedded store (`storage.engine`: redb unless TRUC_BENCH_ENGINE says).
+    Embedded,
     /// A migrated PostgreSQL database; the server's main process, whose CPU
     /// (with its backends') the run reports.
     Postgres {
@@ -359,7 +359,7 @@ pub async fn flow(
     let fed = Fed::start(dir, shape, hub).await?;
     let pg_pid = match hub {
         HubStore::Postgres { server_pid, .. } => *server_pid,
-        HubStore::Sled => None,
+        HubStore::Embedded => None,
     };
     let result = async {
         let ids: Ids = Arc::default();
@@ -496,7 +496,7 @@ pub async fn attachment(
         f.flush()?;
     }
     let fed_dir = dir.join("fed");
-    let fed = Fed::start(&fed_dir, Shape::Core, &HubStore::Sled).await?;
+    let fed = Fed::start(&fed_dir, Shape::Core, &HubStore::Embedded).await?;
     let result = async {
         let ids: Ids = Arc::default();
         let (tx, mut rx) = load::arrivals();
@@ -549,7 +549,7 @@ pub async fn queued_drain(
     load: &Load,
     bar: &indicatif::ProgressBar,
 ) -> Result<(Measured, Vec<Usage>)> {
-    let mut fed = Fed::start(dir, Shape::Core, &HubStore::Sled).await?;
+    let mut fed = Fed::start(dir, Shape::Core, &HubStore::Embedded).await?;
     let result = async {
         let ids: Ids = Arc::default();
         let (tx, mut rx) = load::arrivals();
@@ -672,7 +672,7 @@ pub async fn idle(
     n: usize,
     bar: &indicatif::ProgressBar,
 ) -> Result<(Measured, Vec<Usage>)> {
-    let fed = Fed::start(dir, Shape::Idle(n), &HubStore::Sled).await?;
+    let fed = Fed::start(dir, Shape::Idle(n), &HubStore::Embedded).await?;
     let result = async {
         let hub = fed
             .cluster
@@ -713,7 +713,7 @@ pub async fn reconnect(
     n: usize,
     bar: &indicatif::ProgressBar,
 ) -> Result<(Measured, Vec<Usage>)> {
-    let mut fed = Fed::start(dir, Shape::Idle(n), &HubStore::Sled).await?;
+    let mut fed = Fed::start(dir, Shape::Idle(n), &HubStore::Embedded).await?;
     let result = async {
         let nodes = start_edges(&fed, &indicatif::ProgressBar::hidden()).await?;
         fed.cluster.stop("hub").await?;

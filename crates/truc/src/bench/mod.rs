@@ -68,7 +68,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ),
     (
         "pg-hub",
-        "edge → hub → edge with the hub's store in PostgreSQL (a throwaway local server) against the sled hub",
+        "edge → hub → edge with the hub's store in PostgreSQL (a throwaway local server) against the hub on its embedded store",
     ),
 ];
 const DEFAULT_SET: usize = 5;
@@ -133,9 +133,9 @@ pub struct Summary {
     pub p999_ms: Option<f64>,
     /// truc's throughput over the durable peer's, in this state.
     pub vs_nats_sync: Option<f64>,
-    /// The PostgreSQL hub's throughput over the sled hub's (scenario pg-hub).
+    /// The PostgreSQL hub's throughput over the embedded-store hub's (scenario pg-hub).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vs_sled_hub: Option<f64>,
+    pub vs_embedded_hub: Option<f64>,
     pub extra: BTreeMap<String, f64>,
     /// Median CPU seconds and peak RSS per node.
     pub nodes: Vec<Usage>,
@@ -389,7 +389,7 @@ pub fn summarize(runs: &[Run]) -> Vec<Summary> {
                 p99_ms: lat(|l| l.p99_ms),
                 p999_ms: lat(|l| l.p999_ms),
                 vs_nats_sync: None,
-                vs_sled_hub: None,
+                vs_embedded_hub: None,
                 extra,
                 nodes,
             });
@@ -400,7 +400,7 @@ pub fn summarize(runs: &[Run]) -> Vec<Summary> {
             .map(|r| r.docs_per_s);
         // A throughput ratio only where throughput is what the scenario measures.
         let ratio = matches!(sc, "one-hop" | "edge-hub-edge" | "fan-out" | "queued-drain");
-        let sled_hub = rows
+        let embedded_hub = rows
             .iter()
             .find(|r| r.system == TRUC)
             .map(|r| r.docs_per_s)
@@ -413,9 +413,9 @@ pub fn summarize(runs: &[Run]) -> Vec<Summary> {
                 r.vs_nats_sync = Some(r.docs_per_s / p);
             }
             if r.system == TRUC_PG
-                && let Some(s) = sled_hub
+                && let Some(s) = embedded_hub
             {
-                r.vs_sled_hub = Some(r.docs_per_s / s);
+                r.vs_embedded_hub = Some(r.docs_per_s / s);
             }
         }
         out.extend(rows);
@@ -486,7 +486,7 @@ async fn run_truc(
             fed::flow(
                 dir,
                 Shape::Core,
-                &fed::HubStore::Sled,
+                &fed::HubStore::Embedded,
                 vec![fed::RECIPIENT.1.into()],
                 one(fed::SENDER),
                 Want::AtHub,
@@ -496,12 +496,12 @@ async fn run_truc(
             .await
         }
         "pg-hub" if system == TRUC_PG => fed::pg_hub(dir, &l, bar).await,
-        // pg-hub's sled side is edge-hub-edge under the same load.
+        // pg-hub's embedded side is edge-hub-edge under the same load.
         "edge-hub-edge" | "steady" | "pg-hub" => {
             fed::flow(
                 dir,
                 Shape::Core,
-                &fed::HubStore::Sled,
+                &fed::HubStore::Embedded,
                 vec![fed::RECIPIENT.1.into()],
                 one(fed::RECIPIENT),
                 Want::Arrived,
@@ -515,7 +515,7 @@ async fn run_truc(
             fed::flow(
                 dir,
                 Shape::Relay,
-                &fed::HubStore::Sled,
+                &fed::HubStore::Embedded,
                 vec![fed::DISTRICT.1.into()],
                 one(fed::DISTRICT),
                 Want::Arrived,
@@ -530,7 +530,7 @@ async fn run_truc(
             fed::flow(
                 dir,
                 Shape::FanOut(a.fanout),
-                &fed::HubStore::Sled,
+                &fed::HubStore::Embedded,
                 to,
                 watched,
                 Want::Arrived,
@@ -762,9 +762,9 @@ fn print_summary(r: &Report) {
             ms(s.p50_ms),
             ms(s.p99_ms),
             ms(s.p999_ms),
-            match (s.vs_nats_sync, s.vs_sled_hub) {
+            match (s.vs_nats_sync, s.vs_embedded_hub) {
                 (Some(v), _) => format!("{v:.2}×"),
-                (None, Some(v)) => format!("{v:.2}× sled hub"),
+                (None, Some(v)) => format!("{v:.2}× embedded hub"),
                 (None, None) => "—".into(),
             },
             extra.join("\n"),
