@@ -15,7 +15,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Batch, RedbStore, SledStore, Space, Store, StoreError};
+use crate::{Batch, Entry, RedbStore, SledStore, Space, Store, StoreError};
 
 /// The engine of the embedded store (`storage.engine`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -197,41 +197,40 @@ fn copy_space(
     space: Space,
     progress: &mut impl FnMut(Space, u64),
 ) -> Result<Copied, StoreError> {
-    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut entries = 0u64;
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let page = src.scan(space, &[], after.as_deref(), PAGE)?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.0.clone());
+    walk_space(src, space, |page, entries| {
         let mut b = Batch::new();
         for (k, v) in page {
-            hash_entry(&mut hash, &k, &v);
-            entries += 1;
             b.put(space, k, v);
         }
         dst.apply(b)?;
         progress(space, entries);
-    }
-    Ok(Copied {
-        space,
-        entries,
-        digest: finish(hash),
+        Ok(())
     })
 }
 
 fn digest_space(store: &dyn Store, space: Space) -> Result<Copied, StoreError> {
+    walk_space(store, space, |_, _| Ok(()))
+}
+
+/// Reads every entry of `space` in key order, a page at a time, counting and
+/// hashing them; `page` gets each page and the entries read so far.
+fn walk_space(
+    store: &dyn Store,
+    space: Space,
+    mut page: impl FnMut(Vec<Entry>, u64) -> Result<(), StoreError>,
+) -> Result<Copied, StoreError> {
     let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
     let mut entries = 0u64;
     let mut after: Option<Vec<u8>> = None;
     loop {
-        let page = store.scan(space, &[], after.as_deref(), PAGE)?;
-        let Some(last) = page.last() else { break };
+        let rows = store.scan(space, &[], after.as_deref(), PAGE)?;
+        let Some(last) = rows.last() else { break };
         after = Some(last.0.clone());
-        for (k, v) in &page {
+        for (k, v) in &rows {
             hash_entry(&mut hash, k, v);
             entries += 1;
         }
+        page(rows, entries)?;
     }
     Ok(Copied {
         space,

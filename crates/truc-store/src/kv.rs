@@ -146,6 +146,28 @@ pub(crate) fn full_key(space: Space, key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The entries of an ordered iteration of full keys, from its start while the
+/// keys start with `p`, at most `limit`, with the space byte taken off.
+pub(crate) fn prefixed<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    iter: impl Iterator<Item = Result<(K, V), StoreError>>,
+    p: &[u8],
+    limit: usize,
+) -> Result<Vec<Entry>, StoreError> {
+    let mut out = Vec::new();
+    for item in iter {
+        if out.len() >= limit {
+            break;
+        }
+        let (k, v) = item?;
+        let k = k.as_ref();
+        if !k.starts_with(p) {
+            break;
+        }
+        out.push((k[1..].to_vec(), v.as_ref().to_vec()));
+    }
+    Ok(out)
+}
+
 fn io(e: sled::Error) -> StoreError {
     StoreError::Io(e.to_string())
 }
@@ -223,18 +245,7 @@ impl Store for SledStore {
                 .db
                 .range((Bound::Included(p.clone()), Bound::Unbounded)),
         };
-        let mut out = Vec::new();
-        for item in iter {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item.map_err(io)?;
-            if !k.starts_with(&p) {
-                break;
-            }
-            out.push((k[1..].to_vec(), v.to_vec()));
-        }
-        Ok(out)
+        prefixed(iter.map(|r| r.map_err(io)), &p, limit)
     }
 
     fn last(&self, space: Space, prefix: &[u8]) -> Result<Option<Entry>, StoreError> {

@@ -10,7 +10,11 @@ use std::{ops::Bound, path::Path};
 
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
-use crate::{Batch, Entry, Space, Store, StoreError, kv::full_key, pg::prefix_end};
+use crate::{
+    Batch, Entry, Space, Store, StoreError,
+    kv::{full_key, prefixed},
+    pg::prefix_end,
+};
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
@@ -89,19 +93,14 @@ impl Store for RedbStore {
             None => t.range::<&[u8]>((Bound::Included(p.as_slice()), Bound::Unbounded)),
         }
         .map_err(io)?;
-        let mut out = Vec::new();
-        for item in range {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item.map_err(io)?;
-            let k = k.value();
-            if !k.starts_with(&p) {
-                break;
-            }
-            out.push((k[1..].to_vec(), v.value().to_vec()));
-        }
-        Ok(out)
+        prefixed(
+            range.map(|r| {
+                r.map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
+                    .map_err(io)
+            }),
+            &p,
+            limit,
+        )
     }
 
     fn last(&self, space: Space, prefix: &[u8]) -> Result<Option<Entry>, StoreError> {
