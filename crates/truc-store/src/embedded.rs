@@ -337,4 +337,19 @@ mod tests {
         let e = convert(dir.path(), Engine::Redb, 1 << 20, |_, _| {}).unwrap_err();
         assert!(e.to_string().contains("already holds a redb store"), "{e}");
     }
+
+    /// A store a running node holds is not converted under it: the engine's
+    /// lock refuses, and both stores stay as they were.
+    #[test]
+    fn convert_refuses_a_store_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = open(dir.path(), Engine::Redb, 1 << 20).unwrap();
+        fill(held.as_ref(), 10);
+        let e = convert(dir.path(), Engine::Sled, 1 << 20, |_, _| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("another truc node"), "{e}");
+        assert!(!Engine::Sled.path(dir.path()).exists());
+        assert_eq!(held.scan(Space::Docs, &[], None, 100).unwrap().len(), 10);
+    }
 }
