@@ -584,14 +584,15 @@ async fn an_edited_or_removed_audit_entry_is_named() {
         f(s.as_ref());
         s.flush().unwrap();
     };
-    use truc_node::audit::{decode_block, encode_block, entry_key};
+    use truc_node::audit::{decode_block, encode_block};
     use truc_store::{Batch, Space};
     // The block holding entry `seq`: the first whose last entry is not before it.
     let block_of = |seq: u64| {
-        open()
-            .scan(Space::Audit, &[], Some(&entry_key(seq - 1)), 1)
-            .unwrap()
-            .remove(0)
+        truc_node::audit::each_block_after(open().as_ref(), seq - 1, |k, v| {
+            Ok(std::ops::ControlFlow::Break((k, v)))
+        })
+        .unwrap()
+        .unwrap()
     };
     let (key3, original) = block_of(3);
     // Change what entry 3 says (a valid record: only the chain can tell).

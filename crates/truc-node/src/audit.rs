@@ -17,6 +17,8 @@
 //! per document, BENCHMARKS.md). Entries stored one per key, as before blocks,
 //! are read as blocks of one.
 
+use std::ops::ControlFlow;
+
 use prost::Message;
 use ring::digest::{SHA256, digest};
 use truc_store::{
@@ -291,13 +293,35 @@ pub fn verify(store: &dyn Store) -> Result<Report, StoreError> {
     }
 }
 
+/// Calls `f` with every stored block of the chain after entry `after_seq`
+/// (its key and bytes, the block holding entry `after_seq + 1` first), in
+/// order, until `f` breaks or the log ends; returns what `f` broke with.
+pub fn each_block_after<B>(
+    store: &dyn Store,
+    after_seq: u64,
+    mut f: impl FnMut(Vec<u8>, Vec<u8>) -> Result<ControlFlow<B>, StoreError>,
+) -> Result<Option<B>, StoreError> {
+    let mut after = Some(entry_key(after_seq));
+    loop {
+        let rows = store.scan(Space::Audit, &[], after.as_deref(), 256)?;
+        let Some((last, _)) = rows.last() else {
+            return Ok(None);
+        };
+        after = Some(last.clone());
+        for (k, v) in rows {
+            if let ControlFlow::Break(b) = f(k, v)? {
+                return Ok(Some(b));
+            }
+        }
+    }
+}
+
 fn walk(
     store: &dyn Store,
     (base_seq, base_hash): (u64, [u8; 32]),
     (head_seq, head_hash): (u64, [u8; 32]),
 ) -> Result<Report, StoreError> {
     let mut walk = ChainWalk::after(base_seq, base_hash);
-    let mut after: Option<Vec<u8>> = Some(entry_key(base_seq));
     let mut last_pruning: Option<String> = None;
     let bad = |seq: u64, why: String, walk: &ChainWalk| Report {
         entries: walk.last_seq() - base_seq,
@@ -305,65 +329,57 @@ fn walk(
         first_bad: Some((seq, why)),
         head: walk.head(),
     };
-    'scan: while walk.last_seq() < head_seq {
-        let rows = store.scan(Space::Audit, &[], after.as_deref(), 256)?;
-        let Some((last, _)) = rows.last() else { break };
-        after = Some(last.clone());
-        for (k, v) in rows {
-            let first = walk.last_seq() + 1;
-            if first > head_seq {
-                break 'scan;
+    let found = each_block_after(store, base_seq, |k, v| {
+        let first = walk.last_seq() + 1;
+        if first > head_seq {
+            return Ok(ControlFlow::Break(None));
+        }
+        let key_seq = trailing_u64(&k).unwrap_or(0);
+        let entries = match decode_block(&k, &v) {
+            Ok(e) => e,
+            Err(err) => {
+                let which = if key_seq == first {
+                    format!("entry {first} is")
+                } else {
+                    format!("entries {first}–{key_seq} are")
+                };
+                let why = format!("{which} unreadable: {err}");
+                return Ok(ControlFlow::Break(Some(bad(first, why, &walk))));
             }
-            let key_seq = trailing_u64(&k).unwrap_or(0);
-            let entries = match decode_block(&k, &v) {
-                Ok(e) => e,
-                Err(err) => {
-                    let which = if key_seq == first {
-                        format!("entry {first} is")
-                    } else {
-                        format!("entries {first}–{key_seq} are")
-                    };
-                    return Ok(bad(first, format!("{which} unreadable: {err}"), &walk));
-                }
-            };
-            let stored_last = entries.last().map_or(0, |e| e.seq);
-            for e in entries {
-                let expected = walk.last_seq() + 1;
-                if expected > head_seq {
-                    break 'scan;
-                }
-                if e.seq != expected {
-                    return Ok(bad(
-                        expected,
-                        format!("entry {expected} is missing (next is {})", e.seq),
-                        &walk,
-                    ));
-                }
-                if let Err(why) = walk.step(&e) {
-                    return Ok(bad(e.seq, why, &walk));
-                }
-                if e.event == PRUNED {
-                    last_pruning = Some(e.detail);
-                }
+        };
+        let stored_last = entries.last().map_or(0, |e| e.seq);
+        for e in entries {
+            let expected = walk.last_seq() + 1;
+            if expected > head_seq {
+                return Ok(ControlFlow::Break(None));
             }
-            if stored_last < key_seq {
-                let missing = stored_last + 1;
-                return Ok(bad(
-                    missing,
-                    format!(
-                        "entry {missing} is missing (its block, stored under {key_seq}, ends at {stored_last})"
-                    ),
-                    &walk,
-                ));
+            if e.seq != expected {
+                let why = format!("entry {expected} is missing (next is {})", e.seq);
+                return Ok(ControlFlow::Break(Some(bad(expected, why, &walk))));
             }
-            if stored_last > key_seq {
-                return Ok(bad(
-                    stored_last,
-                    format!("entries up to {stored_last} are stored as if they ended at {key_seq}"),
-                    &walk,
-                ));
+            if let Err(why) = walk.step(&e) {
+                return Ok(ControlFlow::Break(Some(bad(e.seq, why, &walk))));
+            }
+            if e.event == PRUNED {
+                last_pruning = Some(e.detail);
             }
         }
+        if stored_last < key_seq {
+            let missing = stored_last + 1;
+            let why = format!(
+                "entry {missing} is missing (its block, stored under {key_seq}, ends at {stored_last})"
+            );
+            return Ok(ControlFlow::Break(Some(bad(missing, why, &walk))));
+        }
+        if stored_last > key_seq {
+            let why =
+                format!("entries up to {stored_last} are stored as if they ended at {key_seq}");
+            return Ok(ControlFlow::Break(Some(bad(stored_last, why, &walk))));
+        }
+        Ok(ControlFlow::Continue(()))
+    })?;
+    if let Some(Some(report)) = found {
+        return Ok(report);
     }
     let n = walk.last_seq();
     if n != head_seq {
@@ -447,10 +463,9 @@ mod tests {
 
     /// The key of the block holding entry `seq`, and its entries.
     fn block_of(store: &MemoryStore, seq: u64) -> (Vec<u8>, Vec<AuditEntry>) {
-        let (k, v) = store
-            .scan(Space::Audit, &[], Some(&entry_key(seq - 1)), 1)
+        let (k, v) = each_block_after(store, seq - 1, |k, v| Ok(ControlFlow::Break((k, v))))
             .unwrap()
-            .remove(0);
+            .unwrap();
         let entries = decode_block(&k, &v).unwrap();
         (k, entries)
     }

@@ -4956,22 +4956,17 @@ impl NodeState {
         };
         // From the first entry about it, in the block the index names.
         let mut entries = Vec::new();
-        let mut after = Some(audit::entry_key(first.saturating_sub(1)));
-        'scan: loop {
-            let rows = self.store.scan(Space::Audit, &[], after.as_deref(), 256)?;
-            let Some((last, _)) = rows.last() else { break };
-            after = Some(last.clone());
-            for (k, v) in rows {
-                for e in audit::decode_block(&k, &v)? {
-                    if e.seq > head_seq {
-                        break 'scan;
-                    }
-                    if !entries.is_empty() || e.doc_id == doc_id {
-                        entries.push(e);
-                    }
+        audit::each_block_after(self.store.as_ref(), first.saturating_sub(1), |k, v| {
+            for e in audit::decode_block(&k, &v)? {
+                if e.seq > head_seq {
+                    return Ok(std::ops::ControlFlow::Break(()));
+                }
+                if !entries.is_empty() || e.doc_id == doc_id {
+                    entries.push(e);
                 }
             }
-        }
+            Ok(std::ops::ControlFlow::Continue(()))
+        })?;
         let checkpoint = pb::AuditCheckpoint {
             node: self.node_id.to_string(),
             seq: head_seq,
