@@ -178,6 +178,13 @@ async fn a_sled_hub_converted_to_redb_keeps_everything_and_says_when_it_repairs(
         c.logs("hub")
             .contains("store not closed cleanly: repairing")
     );
+    // A killed node's chain is checked on disk, though its address file is
+    // still there and nothing answers at it.
+    c.kill("hub");
+    assert!(c.path("data/hub/run/endpoints.json").exists());
+    let audit = c.cli_ok(&["audit", "verify", "--config", &c.cfg("hub")]);
+    assert!(audit.contains("intact"), "{audit}");
+    c.start("hub");
     let third = c.send_from_vpcp(H41, "Sau khi sửa", &[]);
     c.wait_delivered("vpcp", &third);
 }

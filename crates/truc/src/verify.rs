@@ -147,39 +147,57 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
     Ok(())
 }
 
-/// Checks a node's audit chain: through its admin API when it runs, else on disk.
+/// Checks a node's audit chain: through its admin API when it runs, else on
+/// disk — also when the API's address is known but nothing answers there (a
+/// fixed admin port, or the address file a killed node left behind).
 pub async fn audit_verify(config: &Path, json: bool) -> Result<()> {
     let report = match client::admin(config).await {
-        Ok(mut c) => c
-            .audit_verify(pb::AuditVerifyRequest {})
-            .await
-            .map_err(client::status_error)?
-            .into_inner(),
-        Err(_) => {
-            let cfg = Config::load(config)?;
-            if let Some(url) = cfg.storage.postgres_url.clone() {
-                let report = tokio::task::spawn_blocking(move || {
-                    let store = truc_store::PgStore::open_shared(&url)?;
-                    Ok::<_, anyhow::Error>(truc_node::audit::verify(&store)?)
-                })
-                .await??;
-                return print_audit(truc_node::admin::report_pb(report), json);
-            }
-            let Some(engine) = truc_store::embedded::Engine::found_in(&cfg.data_dir) else {
-                bail!("{} has no store yet", cfg.data_dir.display());
-            };
-            let store = truc_store::embedded::open(&cfg.data_dir, engine, cfg.storage.cache())
-                .with_context(|| {
-                    format!(
-                        "open the {} store in {} (is the node running without an admin API?)",
-                        engine.name(),
-                        cfg.data_dir.display()
-                    )
-                })?;
-            truc_node::admin::report_pb(truc_node::audit::verify(store.as_ref())?)
-        }
+        Ok(mut c) => match c.audit_verify(pb::AuditVerifyRequest {}).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unavailable => on_disk(config).await?,
+            Err(s) => return Err(client::status_error(s)),
+        },
+        Err(_) => on_disk(config).await?,
     };
     print_audit(report, json)
+}
+
+/// [`audit_verify_on_disk`] off the async threads (PostgreSQL's client blocks).
+async fn on_disk(config: &Path) -> Result<pb::AuditVerifyResponse> {
+    let config = config.to_owned();
+    tokio::task::spawn_blocking(move || audit_verify_on_disk(&config)).await?
+}
+
+/// Verifies the audit chain in a stopped node's store (or its PostgreSQL
+/// database, read-only).
+fn audit_verify_on_disk(config: &Path) -> Result<pb::AuditVerifyResponse> {
+    let cfg = Config::load(config)?;
+    if let Some(url) = cfg.storage.postgres_url.clone() {
+        let store = truc_store::PgStore::open_shared(&url)?;
+        return Ok(truc_node::admin::report_pb(truc_node::audit::verify(
+            &store,
+        )?));
+    }
+    let configured = cfg.storage.engine;
+    let engine = if configured.path(&cfg.data_dir).exists() {
+        configured
+    } else {
+        match truc_store::embedded::Engine::found_in(&cfg.data_dir) {
+            Some(e) => e,
+            None => bail!("{} has no store yet", cfg.data_dir.display()),
+        }
+    };
+    let store = truc_store::embedded::open(&cfg.data_dir, engine, cfg.storage.cache())
+        .with_context(|| {
+            format!(
+                "open the {} store in {} (is the node running without an admin API?)",
+                engine.name(),
+                cfg.data_dir.display()
+            )
+        })?;
+    Ok(truc_node::admin::report_pb(truc_node::audit::verify(
+        store.as_ref(),
+    )?))
 }
 
 fn print_audit(report: pb::AuditVerifyResponse, json: bool) -> Result<()> {
