@@ -69,8 +69,9 @@ pub fn index_key(doc_id: &str, seq: u64) -> Vec<u8> {
 }
 
 /// Entries per block at most. A batch that acknowledges or releases thousands
-/// of documents at once makes several blocks: sled rewrites a page whole, and
-/// a page holds up to 16 values, so a value stays a few kilobytes.
+/// of documents at once makes several blocks, so a stored value stays a few
+/// kilobytes (sled rewrote a page of up to 16 values whole; redb copies a
+/// value over a page into pages of its own).
 pub const BLOCK_MAX: usize = 64;
 
 /// Seals `drafts` after the head (`seq`, `prev`) and puts them in `batch` as
@@ -91,17 +92,23 @@ pub fn append(
             prev.copy_from_slice(&e.hash);
             entries.push(e);
         }
-        let docs: std::collections::BTreeSet<&str> = entries
-            .iter()
-            .map(|e| e.doc_id.as_str())
-            .filter(|d| !d.is_empty())
-            .collect();
-        for doc in docs {
+        for doc in docs_named(&entries) {
             batch.put(Space::AuditIndex, index_key(doc, seq), Vec::new());
         }
         batch.put(Space::Audit, entry_key(seq), encode_block(entries));
     }
     (seq, prev)
+}
+
+/// The documents a block's entries name, each once: the block has one index
+/// key per document ([`index_key`] with the block's number), written by
+/// [`append`] and removed with the block when it is pruned.
+pub fn docs_named(entries: &[AuditEntry]) -> std::collections::BTreeSet<&str> {
+    entries
+        .iter()
+        .map(|e| e.doc_id.as_str())
+        .filter(|d| !d.is_empty())
+        .collect()
 }
 
 /// One block's stored bytes: the entries with every `prev` but the first left

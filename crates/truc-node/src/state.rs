@@ -285,10 +285,7 @@ impl<K: Ord + Clone, V> Staged<K, V> {
 
     /// Undoes every change made since `mark`, newest first.
     fn undo_to(&mut self, mark: usize) {
-        while self.undo.len() > mark {
-            let Some((key, old)) = self.undo.pop() else {
-                break;
-            };
+        for (key, old) in self.undo.drain(mark..).rev() {
             match old {
                 Some(v) => self.map.insert(key, v),
                 None => self.map.remove(&key),
@@ -2818,16 +2815,12 @@ impl NodeState {
             if last.is_some() && (end.seq - base_seq) as usize > max {
                 break;
             }
-            let mut docs: std::collections::BTreeSet<&str> = Default::default();
             for e in &entries {
                 // The newest entry stays: the chain's head is never removed.
                 if e.at_ms >= cutoff || e.seq >= w.audit_seq {
                     break 'blocks;
                 }
-                if e.doc_id.is_empty() || docs.contains(e.doc_id.as_str()) {
-                    continue;
-                }
-                if self.storage.keep_until_archived {
+                if self.storage.keep_until_archived && !e.doc_id.is_empty() {
                     let id = (e.from.clone(), e.doc_id.clone());
                     let kept = match archived.get(&id) {
                         Some(k) => *k,
@@ -2841,10 +2834,9 @@ impl NodeState {
                         break 'blocks;
                     }
                 }
-                docs.insert(&e.doc_id);
             }
             let key_seq = end.seq;
-            for doc in docs {
+            for doc in audit::docs_named(&entries) {
                 plan.batch
                     .delete(Space::AuditIndex, audit::index_key(doc, key_seq));
             }

@@ -537,7 +537,7 @@ impl Partial {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), BlobError> {
-    File::open(dir).and_then(|f| f.sync_all()).map_err(io(dir))
+    crate::fsync_dir(dir).map_err(io(dir))
 }
 
 #[cfg(test)]

@@ -28,6 +28,16 @@ pub enum Engine {
     Sled,
 }
 
+impl std::str::FromStr for Engine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Engine::Redb, Engine::Sled]
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| format!("{s}: the engines are redb and sled"))
+    }
+}
+
 impl Engine {
     pub fn name(self) -> &'static str {
         match self {
@@ -182,7 +192,8 @@ pub fn convert(
         .map_err(|e| StoreError::Io(format!("move {} aside: {e}", src_path.display())))?;
     std::fs::rename(&tmp, &dst_path)
         .map_err(|e| StoreError::Io(format!("put {} in place: {e}", dst_path.display())))?;
-    sync_dir(data_dir)?;
+    crate::fsync_dir(data_dir)
+        .map_err(|e| StoreError::Io(format!("sync {}: {e}", data_dir.display())))?;
     Ok(Converted {
         from,
         to,
@@ -263,12 +274,6 @@ fn remove_path(p: &Path) -> Result<(), StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(StoreError::Io(format!("remove {}: {e}", p.display()))),
     }
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::Io(format!("sync {}: {e}", dir.display())))
 }
 
 #[cfg(test)]

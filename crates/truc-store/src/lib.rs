@@ -36,6 +36,11 @@ pub use kv::{
 pub use pg::PgStore;
 pub use redb_store::RedbStore;
 
+/// Makes a directory's entries (names created, renamed or removed in it) durable.
+pub(crate) fn fsync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Errors of the key-value layer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {

@@ -270,9 +270,7 @@ impl Packs {
             .write(true)
             .open(&path)
             .map_err(io(&path))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir))?;
+        crate::fsync_dir(&self.dir).map_err(io(&self.dir))?;
         let file = Arc::new(file);
         st.files.insert(id, file.clone());
         st.active = Some(Active {

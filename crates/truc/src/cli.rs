@@ -1019,9 +1019,9 @@ async fn store_convert(config: &Path, to: Option<&str>) -> Result<()> {
     }
     let to = match to {
         None => cfg.storage.engine,
-        Some("redb") => Engine::Redb,
-        Some("sled") => Engine::Sled,
-        Some(other) => bail!("--to {other}: the engines are redb and sled"),
+        Some(name) => name
+            .parse::<Engine>()
+            .map_err(|e| anyhow::anyhow!("--to {e}"))?,
     };
     let bar = indicatif::ProgressBar::new_spinner();
     if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}") {

@@ -159,8 +159,8 @@ impl Fed {
         // TRUC_BENCH_ENGINE: every node's embedded store engine (storage.engine),
         // to compare redb with sled on the same machine.
         if let Ok(e) = std::env::var("TRUC_BENCH_ENGINE") {
-            if !matches!(e.as_str(), "redb" | "sled") {
-                bail!("TRUC_BENCH_ENGINE={e}: the engines are redb and sled");
+            if let Err(why) = e.parse::<truc_store::embedded::Engine>() {
+                bail!("TRUC_BENCH_ENGINE={why}");
             }
             for n in cluster.nodes() {
                 cluster.edit(&n, |t| {
