@@ -23,7 +23,7 @@
 //! (200,000 blobs at the hub) costs 2.4 MB instead of 5.5.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, hash_map::Entry},
     fs::{self, File, OpenOptions},
     io::{BufReader, Read},
     os::unix::fs::FileExt,
@@ -649,11 +649,14 @@ impl State {
     fn insert(&mut self, dir: &Path, d: Digest, loc: Loc) -> Result<Option<Loc>, BlobError> {
         let old = self.take(dir, &d)?;
         let k = short(&d);
-        if self.index.short.contains_key(&k) {
+        match self.index.short.entry(k) {
             // Another blob has this prefix.
-            self.index.spill.insert(d, loc);
-        } else {
-            self.index.short.insert(k, loc);
+            Entry::Occupied(_) => {
+                self.index.spill.insert(d, loc);
+            }
+            Entry::Vacant(v) => {
+                v.insert(loc);
+            }
         }
         Ok(old)
     }
