@@ -40,6 +40,8 @@ pub const SIGNED_PER_DOC: &str = "signatures_made_per_doc";
 pub const VERIFIED_PER_DOC: &str = "signatures_verified_per_doc";
 /// How long nothing may arrive before a run counts as stalled.
 const STALL: Duration = Duration::from_secs(120);
+/// Every node's document quotas in a bench run: far above any load it drives.
+const BENCH_QUOTA: i64 = 100_000_000;
 
 /// The topologies the scenarios run on.
 #[derive(Debug, Clone, Copy)]
@@ -179,6 +181,23 @@ impl Fed {
                     cluster::table(t, "storage").insert("cache_bytes".into(), c.into());
                 })?;
             }
+        }
+        // The quotas are not what is measured: 100,000 queued documents sit
+        // exactly at the default per-recipient quota, and the warm-up document,
+        // still queued when the recipient stopped before its receipt reached the
+        // hub, made it 100,001 — the last one was deferred for as long as the
+        // recipient stayed away, and the run stalled at 99,999.
+        for n in cluster.nodes() {
+            cluster.edit(&n, |t| {
+                let q = cluster::table(t, "quotas");
+                for k in [
+                    "max_queued_per_recipient",
+                    "max_queued_per_sender",
+                    "max_outbox",
+                ] {
+                    q.insert(k.into(), BENCH_QUOTA.into());
+                }
+            })?;
         }
         if let HubStore::Postgres { url, .. } = hub {
             cluster.edit("hub", |t| {

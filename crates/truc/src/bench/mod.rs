@@ -603,15 +603,17 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     if a.runs == 0 || a.docs == 0 || a.window == 0 || a.body_bytes < 8 {
         bail!("--runs, --docs and --window must be > 0 and --body-bytes >= 8");
     }
-    let tmp;
+    let mut tmp = None;
     let dir = match &a.dir {
         Some(d) => {
             std::fs::create_dir_all(d)?;
             d.clone()
         }
         None => {
-            tmp = tempfile::Builder::new().prefix("truc-bench-").tempdir()?;
-            tmp.path().to_owned()
+            let t = tempfile::Builder::new().prefix("truc-bench-").tempdir()?;
+            let p = t.path().to_owned();
+            tmp = Some(t);
+            p
         }
     };
     let say = |s: String| {
@@ -657,9 +659,22 @@ pub async fn run(a: BenchArgs) -> Result<()> {
                     r.map(|m| (m, usage))
                 };
                 b.finish_and_clear();
-                let _ = std::fs::remove_dir_all(&run_dir);
-                let (m, nodes) =
-                    measured.map_err(|e| e.context(format!("{sc} · {sys} · run {round}")))?;
+                let (m, nodes) = match measured {
+                    Ok(m) => {
+                        let _ = std::fs::remove_dir_all(&run_dir);
+                        m
+                    }
+                    // The failed run's nodes, logs and stores stay for a look.
+                    Err(e) => {
+                        if let Some(t) = tmp.take() {
+                            let _ = t.keep();
+                        }
+                        return Err(e.context(format!(
+                            "{sc} · {sys} · run {round} (its nodes' logs and stores are kept in {})",
+                            run_dir.display()
+                        )));
+                    }
+                };
                 let secs = m.elapsed.as_secs_f64().max(1e-9);
                 let run = Run {
                     scenario: sc.to_string(),
