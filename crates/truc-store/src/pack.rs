@@ -485,9 +485,17 @@ impl Packs {
     /// only when they do not match (another blob sharing the prefix, or this
     /// one changed on disk).
     pub fn read(&self, d: &Digest) -> Result<Option<Vec<u8>>, BlobError> {
-        let candidates = self.lock().index.candidates(d);
-        for (loc, confirmed, _) in candidates {
-            let file = self.lock().file(&self.dir, loc.pack)?;
+        // The handles are taken with the candidates, under one lock: a pack
+        // deleted after that is still read through its open handle.
+        let candidates = {
+            let mut st = self.lock();
+            let found = st.index.candidates(d);
+            found
+                .into_iter()
+                .map(|(loc, confirmed, _)| Ok((loc, confirmed, st.file(&self.dir, loc.pack)?)))
+                .collect::<Result<Vec<_>, BlobError>>()?
+        };
+        for (loc, confirmed, file) in candidates {
             let err = |e| io(&pack_path(&self.dir, loc.pack))(e);
             let mut data = vec![0u8; loc.len as usize];
             file.read_exact_at(&mut data, u64::from(loc.offset))
