@@ -95,7 +95,10 @@ struct Index {
     /// keyed by its whole digest.
     short: HashMap<[u8; 8], Loc>,
     spill: HashMap<Digest, Loc>,
-    /// Blobs of sealed packs, per pack sorted by prefix: 12 bytes each.
+    /// Blobs of sealed packs, per pack sorted by prefix: 12 bytes each. A
+    /// lookup binary-searches every pack's array, so its cost grows with the
+    /// number of packs (a 64 GiB store of small blobs has a thousand); one
+    /// merged array would keep it at one search.
     sealed: BTreeMap<u32, Box<[Slot]>>,
 }
 
