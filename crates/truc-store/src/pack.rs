@@ -78,8 +78,9 @@ struct Slot {
     len: u32,
 }
 
-fn prefix(d: &Digest) -> u32 {
-    u32::from_be_bytes([d.0[0], d.0[1], d.0[2], d.0[3]])
+/// The first 4 bytes of a digest, or of its 8-byte `short` key: a slot's key.
+fn prefix(bytes: &[u8]) -> u32 {
+    u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
 }
 
 /// Where every packed blob is. At most one live entry per digest, anywhere in
@@ -121,7 +122,7 @@ impl Index {
         if let Some(l) = self.short.get(&short(d)) {
             out.push((*l, false, At::Short));
         }
-        let p = prefix(d);
+        let p = prefix(&d.0);
         for (pack, slots) in self.sealed.iter().rev() {
             let from = slots.partition_point(|s| s.prefix < p);
             for (i, s) in slots[from..].iter().enumerate() {
@@ -149,8 +150,8 @@ impl Index {
         let spill = std::mem::take(&mut self.spill);
         let entries = short
             .into_iter()
-            .map(|(k, l)| (u32::from_be_bytes([k[0], k[1], k[2], k[3]]), l))
-            .chain(spill.into_iter().map(|(d, l)| (prefix(&d), l)));
+            .map(|(k, l)| (prefix(&k), l))
+            .chain(spill.into_iter().map(|(d, l)| (prefix(&d.0), l)));
         for (p, l) in entries {
             by_pack.entry(l.pack).or_default().push(Slot {
                 prefix: p,

@@ -160,35 +160,46 @@ impl Fed {
             Cluster::create_with(Some(dir.to_owned()), topo, Options { direct: true }).await?;
         // TRUC_BENCH_ENGINE: every node's embedded store engine (storage.engine),
         // to compare redb with sled on the same machine.
-        if let Ok(e) = std::env::var("TRUC_BENCH_ENGINE") {
-            if let Err(why) = e.parse::<truc_store::embedded::Engine>() {
-                bail!("TRUC_BENCH_ENGINE={why}");
-            }
-            for n in cluster.nodes() {
-                cluster.edit(&n, |t| {
-                    cluster::table(t, "storage").insert("engine".into(), e.clone().into());
-                })?;
-            }
-        }
+        let engine = match std::env::var("TRUC_BENCH_ENGINE") {
+            Ok(e) => match e.parse::<truc_store::embedded::Engine>() {
+                Ok(_) => Some(e),
+                Err(why) => bail!("TRUC_BENCH_ENGINE={why}"),
+            },
+            Err(_) => None,
+        };
         // TRUC_BENCH_CACHE_BYTES: every node's page cache (storage.cache_bytes),
         // to see what memory the cache accounts for.
-        if let Ok(c) = std::env::var("TRUC_BENCH_CACHE_BYTES") {
-            let c: i64 = c
-                .parse()
-                .with_context(|| format!("TRUC_BENCH_CACHE_BYTES={c}"))?;
-            for n in cluster.nodes() {
-                cluster.edit(&n, |t| {
-                    cluster::table(t, "storage").insert("cache_bytes".into(), c.into());
-                })?;
-            }
-        }
-        // The quotas are not what is measured: 100,000 queued documents sit
-        // exactly at the default per-recipient quota, and the warm-up document,
-        // still queued when the recipient stopped before its receipt reached the
-        // hub, made it 100,001 — the last one was deferred for as long as the
-        // recipient stayed away, and the run stalled at 99,999.
+        let cache: Option<i64> = match std::env::var("TRUC_BENCH_CACHE_BYTES") {
+            Ok(c) => Some(
+                c.parse()
+                    .with_context(|| format!("TRUC_BENCH_CACHE_BYTES={c}"))?,
+            ),
+            Err(_) => None,
+        };
+        let idle = matches!(shape, Shape::Idle(_));
+        // One edit per node's config file (a thousand of them for idle-edges).
         for n in cluster.nodes() {
+            let hub_node = n == "hub";
             cluster.edit(&n, |t| {
+                let storage = cluster::table(t, "storage");
+                if let Some(e) = &engine {
+                    storage.insert("engine".into(), e.clone().into());
+                }
+                if idle && !hub_node {
+                    // An idle edge needs little page cache: many run in one process.
+                    storage.insert("cache_bytes".into(), (1i64 << 20).into());
+                } else if let Some(c) = cache {
+                    storage.insert("cache_bytes".into(), c.into());
+                }
+                if let (true, HubStore::Postgres { url, .. }) = (hub_node, hub) {
+                    storage.insert("postgres_url".into(), url.clone().into());
+                }
+                // The quotas are not what is measured: 100,000 queued documents
+                // sit exactly at the default per-recipient quota, and the warm-up
+                // document, still queued when the recipient stopped before its
+                // receipt reached the hub, made it 100,001 — the last one was
+                // deferred for as long as the recipient stayed away, and the run
+                // stalled at 99,999.
                 let q = cluster::table(t, "quotas");
                 for k in [
                     "max_queued_per_recipient",
@@ -199,18 +210,7 @@ impl Fed {
                 }
             })?;
         }
-        if let HubStore::Postgres { url, .. } = hub {
-            cluster.edit("hub", |t| {
-                cluster::table(t, "storage").insert("postgres_url".into(), url.clone().into());
-            })?;
-        }
-        if let Shape::Idle(_) = shape {
-            for n in cluster.nodes().into_iter().filter(|n| n != "hub") {
-                cluster.edit(&n, |t| {
-                    // An idle edge needs little page cache: many run in one process.
-                    cluster::table(t, "storage").insert("cache_bytes".into(), (1i64 << 20).into());
-                })?;
-            }
+        if idle {
             cluster.start("hub").await?;
         } else {
             cluster.start_all().await?;
