@@ -59,6 +59,45 @@ fn bench_reports_every_document_with_latency_and_per_node_usage() {
     assert_eq!(summary.len(), 2, "{r:#}");
 }
 
+/// The queue scenario on a small load: every document queued at the hub while
+/// the recipient is away, then drained to it, and the hub's growth reported
+/// both on a warm hub (the queue's own cost) and from cold.
+#[test]
+fn queued_drain_delivers_every_queued_document_and_reports_the_hubs_growth() {
+    let out = Command::new(common::bin())
+        .args([
+            "bench",
+            "queued-drain",
+            "--queued",
+            "30",
+            "--window",
+            "8",
+            "--runs",
+            "1",
+            "--no-peer",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let r: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("no report ({e}):\n{stdout}\n{stderr}"));
+    let run = &r["runs"][0];
+    assert_eq!(run["system"], "truc", "{r:#}");
+    assert_eq!(run["docs"], 30, "{run:#}");
+    assert!(run["docs_per_s"].as_f64().unwrap() > 0.0, "{run:#}");
+    for k in [
+        "queued_rss_growth_mib",
+        "queued_rss_growth_cold_mib",
+        "hub_rss_before_mib",
+    ] {
+        assert!(run["extra"][k].as_f64().is_some(), "no {k}: {run:#}");
+    }
+    assert!(run["extra"]["hub_rss_before_mib"].as_f64().unwrap() > 1.0, "{run:#}");
+}
+
 #[test]
 fn bench_refuses_an_unknown_scenario_and_names_the_known_ones() {
     let out = Command::new(common::bin())

@@ -14,6 +14,12 @@ use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
 
+/// Documents delivered through a server before its queue is measured
+/// (queued-drain), so that the growth measured is the queue's, not the warm-up
+/// of caches and allocator that any traffic brings (reported apart as the
+/// growth from cold).
+pub const QUEUED_WARM: usize = 10_000;
+
 /// What one run sends.
 #[derive(Debug, Clone)]
 pub struct Load {

@@ -288,6 +288,34 @@ pub async fn queued_drain(
 ) -> Result<Measured> {
     let js = server.context().await?;
     let stream = server.stream(&js).await?;
+    let rss_cold = super::procstat::rss_bytes(server.pid).unwrap_or(0);
+    // Warm, as truc's hub is: `QUEUED_WARM` messages published and consumed,
+    // then the stream emptied and its consumer deleted.
+    let warm = load.docs.min(load::QUEUED_WARM);
+    let (wtx, mut wrx) = load::arrivals();
+    let readers = consumers(&stream, 1, &wtx).await?;
+    drop(wtx);
+    let wclock = Clock::new(warm);
+    let warm_load = Load {
+        docs: warm,
+        rate: None,
+        ..load.clone()
+    };
+    publish_all(js.clone(), warm_load, wclock.clone(), None).await?;
+    let consumed = load::collect(&mut wrx, &wclock, warm, 1, Duration::from_secs(60), bar).await;
+    for r in readers {
+        r.abort();
+    }
+    consumed?;
+    stream
+        .delete_consumer("recipient0")
+        .await
+        .map_err(|e| anyhow!("delete the warm-up consumer: {e}"))?;
+    stream
+        .purge()
+        .await
+        .map_err(|e| anyhow!("purge the warm-up messages: {e}"))?;
+    bar.set_position(0);
     let rss0 = super::procstat::rss_bytes(server.pid).unwrap_or(0);
     let clock = Clock::new(load.docs);
     publish_all(js, load.clone(), clock, None).await?;
@@ -317,10 +345,16 @@ pub async fn queued_drain(
     Ok(Measured {
         elapsed: last.saturating_duration_since(t0),
         latencies: Vec::new(),
-        extra: vec![(
-            "queued_rss_growth_mib",
-            rss1.saturating_sub(rss0) as f64 / mib,
-        )],
+        extra: vec![
+            (
+                "queued_rss_growth_mib",
+                rss1.saturating_sub(rss0) as f64 / mib,
+            ),
+            (
+                "queued_rss_growth_cold_mib",
+                rss1.saturating_sub(rss_cold) as f64 / mib,
+            ),
+        ],
     })
 }
 
