@@ -95,7 +95,10 @@ fn queued_drain_delivers_every_queued_document_and_reports_the_hubs_growth() {
     ] {
         assert!(run["extra"][k].as_f64().is_some(), "no {k}: {run:#}");
     }
-    assert!(run["extra"]["hub_rss_before_mib"].as_f64().unwrap() > 1.0, "{run:#}");
+    assert!(
+        run["extra"]["hub_rss_before_mib"].as_f64().unwrap() > 1.0,
+        "{run:#}"
+    );
 }
 
 #[test]

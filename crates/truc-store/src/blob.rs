@@ -202,9 +202,10 @@ impl BlobStore {
     /// renamed into place, names synced. Nothing gets a name before its bytes are
     /// on disk.
     pub fn put_many(&self, items: &[(Digest, &[u8])]) -> Result<(), BlobError> {
+        // Packed blobs already stored are skipped by the packs themselves.
         let (small, large): (Vec<Item<'_>>, Vec<Item<'_>>) = items
             .iter()
-            .filter(|(d, data)| !self.stored(d, data.len()))
+            .filter(|(d, data)| data.len() <= PACK_MAX || !self.stored(d, data.len()))
             .partition(|(_, data)| data.len() <= PACK_MAX);
         if !small.is_empty() {
             self.packs.put_many(&small)?;

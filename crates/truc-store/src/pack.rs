@@ -154,6 +154,19 @@ impl Index {
         out
     }
 
+    /// Indexes blob `d`, known not to be indexed, at `loc`.
+    fn add(&mut self, d: Digest, loc: Loc) {
+        match self.short.entry(short(&d)) {
+            // Another blob has this prefix.
+            Entry::Occupied(_) => {
+                self.spill.insert(d, loc);
+            }
+            Entry::Vacant(v) => {
+                v.insert(loc);
+            }
+        }
+    }
+
     /// Blobs indexed since the last seal.
     fn unsealed(&self) -> usize {
         self.short.len() + self.spill.len()
@@ -476,7 +489,10 @@ impl Packs {
                 // Another writer may have made it visible meanwhile.
                 Ok(()) => match st.find(&self.dir, &d) {
                     Ok(Some(_)) => Ok(false),
-                    Ok(None) => st.insert(&self.dir, d, loc).map(|_| true),
+                    Ok(None) => {
+                        st.index.add(d, loc);
+                        Ok(true)
+                    }
                     Err(e) => Err(e),
                 },
                 Err(_) => Ok(false),
@@ -692,16 +708,7 @@ impl State {
     /// Indexes blob `d` at `loc`; returns where it was before, if it was.
     fn insert(&mut self, dir: &Path, d: Digest, loc: Loc) -> Result<Option<Loc>, BlobError> {
         let old = self.take(dir, &d)?;
-        let k = short(&d);
-        match self.index.short.entry(k) {
-            // Another blob has this prefix.
-            Entry::Occupied(_) => {
-                self.index.spill.insert(d, loc);
-            }
-            Entry::Vacant(v) => {
-                v.insert(loc);
-            }
-        }
+        self.index.add(d, loc);
         Ok(old)
     }
 
