@@ -393,3 +393,43 @@ fn past_every_retention_a_received_document_stays_whole_until_exported() {
     let (ok, said) = verify(&c, &pkg);
     assert!(ok, "{said}");
 }
+
+/// A document's audit proof is the node's log from the first entry about it to
+/// the last, that last one signed: not every entry written since. An old
+/// document archived at a busy node would otherwise carry its whole log since
+/// (and other documents' entries with it).
+#[test]
+fn a_documents_audit_proof_ends_at_its_last_entry_not_at_the_logs_head() {
+    use prost::Message;
+    let mut c = Cluster::new();
+    let first = deliver_pdf(&mut c, "cong-van.pdf", "Cong van so 1", "Công văn thứ nhất");
+    let later = c.send_from_vpcp(H41, "Công văn sau", &[]);
+    c.wait_delivered("vpcp", &later);
+
+    let out = c.path("archive-first");
+    export(&c, "nghean", &first, &out);
+    let pkg = package_in(&out);
+    let (ok, said) = verify(&c, &pkg);
+    assert!(ok, "{said}");
+    let bytes = std::fs::read(pkg.join("data/audit/entries.pb")).unwrap();
+    let mut buf = bytes.as_slice();
+    let mut entries = Vec::new();
+    while !buf.is_empty() {
+        entries.push(truc_store::record::AuditEntry::decode_length_delimited(&mut buf).unwrap());
+    }
+    let events: Vec<(String, String)> = entries
+        .iter()
+        .map(|e| (e.doc_id.clone(), e.event.clone()))
+        .collect();
+    assert_eq!(entries.first().unwrap().doc_id, first, "{events:?}");
+    assert_eq!(entries.last().unwrap().doc_id, first, "{events:?}");
+    assert!(
+        entries.iter().all(|e| e.doc_id != later),
+        "entries about the later document in the first one's proof: {events:?}"
+    );
+    let last = entries.last().unwrap().seq;
+    assert!(
+        said.contains(&format!("chained to entry #{last} ")),
+        "{said}"
+    );
+}

@@ -4916,8 +4916,12 @@ impl NodeState {
     }
 
     /// The proof that this node's audit entries about `doc_id` are in its log: the
-    /// entries from the first one about it up to the head, and that head signed by
-    /// this node's key. Whoever holds both recomputes the chain to the signed head.
+    /// entries from the first one about it to the last one about it, and that
+    /// last entry's place and hash signed by this node's key. Whoever holds both
+    /// recomputes the chain to the signed entry. The segment ends there, not at
+    /// the log's head: a document archived a month after it was delivered would
+    /// otherwise carry every entry the node wrote since (past the message limit
+    /// on a busy hub), and other documents' entries with them.
     pub fn audit_proof(
         &self,
         doc_id: &str,
@@ -4925,16 +4929,17 @@ impl NodeState {
         let signer = self.checkpoint_signer.as_ref().ok_or_else(|| {
             NodeError::Other("this node has no key to sign its audit head with".into())
         })?;
-        let (head_seq, head_hash) = audit::head(self.store.as_ref())?;
+        let (head_seq, _) = audit::head(self.store.as_ref())?;
         let prefix = Key::new().str(doc_id).build();
-        let first = match self
+        let about: Vec<u64> = self
             .store
-            .scan(Space::AuditIndex, &prefix, None, 1)?
-            .first()
-            .and_then(|(k, _)| trailing_u64(k))
-        {
-            Some(first) => first,
-            None => {
+            .scan(Space::AuditIndex, &prefix, None, usize::MAX)?
+            .iter()
+            .filter_map(|(k, _)| trailing_u64(k))
+            .collect();
+        let (first, last) = match (about.iter().min(), about.iter().max()) {
+            (Some(first), Some(last)) => (*first, (*last).min(head_seq)),
+            _ => {
                 let (pruned, _) = audit::base(self.store.as_ref())?;
                 let why = if pruned > 0 {
                     format!(
@@ -4950,7 +4955,7 @@ impl NodeState {
         let mut entries = Vec::new();
         audit::each_block_after(self.store.as_ref(), first.saturating_sub(1), |k, v| {
             for e in audit::decode_block(&k, &v)? {
-                if e.seq > head_seq {
+                if e.seq > last {
                     return Ok(std::ops::ControlFlow::Break(()));
                 }
                 if !entries.is_empty() || e.doc_id == doc_id {
@@ -4959,10 +4964,15 @@ impl NodeState {
             }
             Ok(std::ops::ControlFlow::Continue(()))
         })?;
+        let end = entries.last().ok_or_else(|| {
+            NodeError::Other(format!(
+                "audit entries about {doc_id} are indexed but not found"
+            ))
+        })?;
         let checkpoint = pb::AuditCheckpoint {
             node: self.node_id.to_string(),
-            seq: head_seq,
-            head_sha256: head_hash.to_vec(),
+            seq: end.seq,
+            head_sha256: end.hash.clone(),
             at_ms: now_ms(),
         }
         .encode_to_vec();

@@ -623,7 +623,8 @@ fn check_audit(pkg: &Path, v: &Verifiers, doc_id: Option<String>) -> Result<Stri
         entries.push(e);
     }
     let first = entries.first().ok_or_else(|| anyhow!("no entries"))?;
-    // The segment's first link is taken as given; the signed head closes it.
+    // The segment's first link is taken as given; the signed entry closes it (the
+    // last one about the document, or the log's head in packages made before).
     let mut walk = audit::ChainWalk::from_entry(first);
     for e in &entries {
         walk.step(e).map_err(|why| anyhow!(why))?;
@@ -653,7 +654,7 @@ fn check_audit(pkg: &Path, v: &Verifiers, doc_id: Option<String>) -> Result<Stri
     }
     if cp.seq != walk.last_seq() || cp.head_sha256 != walk.head() {
         bail!(
-            "the entries end at {} but the signed head is entry {}",
+            "the entries end at {} but the signed entry is {}",
             walk.last_seq(),
             cp.seq
         );
@@ -666,7 +667,7 @@ fn check_audit(pkg: &Path, v: &Verifiers, doc_id: Option<String>) -> Result<Stri
         bail!("no entry is about this document");
     }
     Ok(format!(
-        "{} entries of node {}'s audit log are about it ({}), chained to its head #{} signed by that node at {}",
+        "{} entries of node {}'s audit log are about it ({}), chained to entry #{} signed by that node at {}",
         about.len(),
         cp.node,
         about
