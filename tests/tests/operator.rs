@@ -366,6 +366,26 @@ async fn metrics_are_valid_prometheus_text_and_count_what_was_sent() {
     assert_eq!(g22_in["documents"], 7, "{st}");
     assert_eq!(st["latency"]["count"], 5, "{st}");
     assert!(st["latency"]["p99_s"].as_f64().unwrap() >= st["latency"]["p50_s"].as_f64().unwrap());
+
+    // Small attachments go into pack files; the hub says how many, and what
+    // their index costs in memory.
+    let s = scrape(&c, "hub");
+    let before = sample(&s, "truc_packed_blobs", &[]).unwrap();
+    let file = c.path("phu-luc.txt");
+    std::fs::write(&file, "Phụ lục kèm theo công văn").unwrap();
+    c.send_from_vpcp(
+        H41,
+        "Công văn có phụ lục",
+        &["--attach", file.to_str().unwrap()],
+    );
+    let s = eventually_sync("the attachment packed at the hub", || {
+        let s = scrape(&c, "hub");
+        (sample(&s, "truc_queue_depth", &[("recipient", H41)]) == Some(3.0)).then_some(s)
+    });
+    let packed = sample(&s, "truc_packed_blobs", &[]).unwrap();
+    assert!(packed >= before + 1.0, "{before} -> {packed} packed blobs");
+    assert!(sample(&s, "truc_pack_files", &[]).unwrap() >= 1.0);
+    assert!(sample(&s, "truc_pack_index_bytes", &[]).unwrap() > 0.0);
 }
 
 fn eventually_sync<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {

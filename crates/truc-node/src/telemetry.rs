@@ -464,6 +464,25 @@ impl Collector for StateCollector {
                 &[(Labels::new(), free as i64)],
             )?;
         }
+        let packs = st.blobs.pack_stats();
+        gauge(
+            &mut enc,
+            "pack_files",
+            "Pack files holding small blobs (live ones, and the one being written)",
+            &[(Labels::new(), packs.packs as i64)],
+        )?;
+        gauge(
+            &mut enc,
+            "packed_blobs",
+            "Small blobs (envelopes, attachments up to 64 KiB) stored in pack files",
+            &[(Labels::new(), packs.blobs as i64)],
+        )?;
+        gauge(
+            &mut enc,
+            "pack_index_bytes",
+            "Memory of the index of packed blobs (rebuilt from the packs at start-up)",
+            &[(Labels::new(), packs.index_bytes as i64)],
+        )?;
         gauge(
             &mut enc,
             "store_writable",

@@ -255,6 +255,11 @@ impl BlobStore {
             .join(format!("{}.{:016x}", d.hex(), fastrand::u64(..)))
     }
 
+    /// The pack files: how many, the blobs in them, the memory of their index.
+    pub fn pack_stats(&self) -> crate::pack::PackStats {
+        self.packs.stats()
+    }
+
     /// Bytes free for this store on its filesystem.
     pub fn free_bytes(&self) -> Result<u64, BlobError> {
         let st = rustix::fs::statvfs(&self.root).map_err(|e| BlobError::Io {

@@ -240,6 +240,17 @@ struct State {
     next_id: u32,
 }
 
+/// What the packs hold (operators' metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PackStats {
+    /// Pack files with a live blob (and the one being written).
+    pub packs: usize,
+    /// Blobs stored in them.
+    pub blobs: usize,
+    /// Memory of their index: the sealed array and the hash maps' tables.
+    pub index_bytes: usize,
+}
+
 #[derive(Debug)]
 pub struct Packs {
     dir: PathBuf,
@@ -374,6 +385,24 @@ impl Packs {
             syncing: Mutex::new(()),
             target: PACK_TARGET,
         })
+    }
+
+    pub fn stats(&self) -> PackStats {
+        let st = self.lock();
+        let active = st.active.as_ref().map(|a| a.id);
+        let i = &st.index;
+        let entry = |key: usize| key + size_of::<Loc>() + 1;
+        PackStats {
+            packs: st
+                .live
+                .iter()
+                .filter(|(id, n)| **n > 0 || Some(**id) == active)
+                .count(),
+            blobs: st.live.values().sum(),
+            index_bytes: i.sealed.capacity() * size_of::<Slot>()
+                + i.short.capacity() * entry(8)
+                + i.spill.capacity() * entry(32),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
