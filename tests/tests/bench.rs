@@ -7,22 +7,12 @@ mod common;
 
 use std::process::Command;
 
-#[test]
-fn bench_reports_every_document_with_latency_and_per_node_usage() {
+/// `truc bench ARGS --json`, which must succeed; its report.
+fn report(args: &[&str]) -> serde_json::Value {
     let out = Command::new(common::bin())
-        .args([
-            "bench",
-            "edge-hub-edge",
-            "one-hop",
-            "--docs",
-            "40",
-            "--window",
-            "8",
-            "--runs",
-            "1",
-            "--no-peer",
-            "--json",
-        ])
+        .arg("bench")
+        .args(args)
+        .arg("--json")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -30,6 +20,22 @@ fn bench_reports_every_document_with_latency_and_per_node_usage() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let r: serde_json::Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("no report ({e}):\n{stdout}\n{stderr}"));
+    r
+}
+
+#[test]
+fn bench_reports_every_document_with_latency_and_per_node_usage() {
+    let r = report(&[
+        "edge-hub-edge",
+        "one-hop",
+        "--docs",
+        "40",
+        "--window",
+        "8",
+        "--runs",
+        "1",
+        "--no-peer",
+    ]);
     let runs = r["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2, "{r:#}");
     for run in runs {
@@ -64,26 +70,16 @@ fn bench_reports_every_document_with_latency_and_per_node_usage() {
 /// both on a warm hub (the queue's own cost) and from cold.
 #[test]
 fn queued_drain_delivers_every_queued_document_and_reports_the_hubs_growth() {
-    let out = Command::new(common::bin())
-        .args([
-            "bench",
-            "queued-drain",
-            "--queued",
-            "30",
-            "--window",
-            "8",
-            "--runs",
-            "1",
-            "--no-peer",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    let r: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("no report ({e}):\n{stdout}\n{stderr}"));
+    let r = report(&[
+        "queued-drain",
+        "--queued",
+        "30",
+        "--window",
+        "8",
+        "--runs",
+        "1",
+        "--no-peer",
+    ]);
     let run = &r["runs"][0];
     assert_eq!(run["system"], "truc", "{r:#}");
     assert_eq!(run["docs"], 30, "{run:#}");
@@ -115,17 +111,7 @@ fn bench_refuses_an_unknown_scenario_and_names_the_known_ones() {
 
 #[test]
 fn the_postgresql_hub_scenario_compares_it_with_the_embedded_store_hub_in_the_same_run() {
-    let out = Command::new(common::bin())
-        .args([
-            "bench", "pg-hub", "--docs", "40", "--window", "8", "--runs", "1", "--json",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    let r: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("no report ({e}):\n{stdout}\n{stderr}"));
+    let r = report(&["pg-hub", "--docs", "40", "--window", "8", "--runs", "1"]);
     let systems: Vec<&str> = r["runs"]
         .as_array()
         .unwrap()
