@@ -4929,7 +4929,6 @@ impl NodeState {
         let signer = self.checkpoint_signer.as_ref().ok_or_else(|| {
             NodeError::Other("this node has no key to sign its audit head with".into())
         })?;
-        let (head_seq, _) = audit::head(self.store.as_ref())?;
         let prefix = Key::new().str(doc_id).build();
         let about: Vec<u64> = self
             .store
@@ -4938,7 +4937,9 @@ impl NodeState {
             .filter_map(|(k, _)| trailing_u64(k))
             .collect();
         let (first, last) = match (about.iter().min(), about.iter().max()) {
-            (Some(first), Some(last)) => (*first, (*last).min(head_seq)),
+            // The index names blocks by their last entry: the segment is cut
+            // after the document's own last entry below.
+            (Some(first), Some(last)) => (*first, *last),
             _ => {
                 let (pruned, _) = audit::base(self.store.as_ref())?;
                 let why = if pruned > 0 {
@@ -4964,6 +4965,9 @@ impl NodeState {
             }
             Ok(std::ops::ControlFlow::Continue(()))
         })?;
+        if let Some(at) = entries.iter().rposition(|e| e.doc_id == doc_id) {
+            entries.truncate(at + 1);
+        }
         let end = entries.last().ok_or_else(|| {
             NodeError::Other(format!(
                 "audit entries about {doc_id} are indexed but not found"
@@ -5175,8 +5179,8 @@ pub(crate) mod testing {
                 node_id: id.parse().unwrap(),
                 routing,
                 signers,
+                checkpoint_signer: node_signer.as_ref().map(|_| self.node_signer(id)),
                 node_signer,
-                checkpoint_signer: None,
                 pdf: None,
                 verifiers: self.verifiers(),
                 limits: Limits::default(),
@@ -5556,6 +5560,36 @@ mod tests {
         assert!(
             matches!(&verdicts[2], Verdict::Deferred(r) if r.contains("quotas.max_agency_bytes")),
             "{verdicts:?}"
+        );
+    }
+
+    /// Two documents acknowledged together share an audit block; the first
+    /// one's proof stops at its own last entry, not at the block's end (where
+    /// the index points) nor at the log's head, and its checkpoint signs that
+    /// entry.
+    #[test]
+    fn an_audit_proof_ends_at_the_documents_own_last_entry_inside_a_shared_block() {
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let a = verified(&f, "000.00.00.G22", &["000.00.00.H41"]);
+        let b = verified(&f, "000.00.00.G22", &["000.00.00.H41"]);
+        let (a_id, b_id) = (a.doc_id.to_string(), b.doc_id.to_string());
+        hub.accept_batch(vec![(a, None), (b, None)], &child("vpcp"))
+            .unwrap();
+        // Both passed on in one acknowledgement: one block, b's entry after a's
+        // last one.
+        hub.queue_ack("child:nghean", 2).unwrap();
+        let (entries, checkpoint) = hub.audit_proof(&a_id).unwrap();
+        let about: Vec<&str> = entries.iter().map(|e| e.doc_id.as_str()).collect();
+        assert_eq!(about.first(), Some(&a_id.as_str()), "{about:?}");
+        assert_eq!(about.last(), Some(&a_id.as_str()), "{about:?}");
+        let b_last = hub.audit_trail(&b_id).unwrap().last().unwrap().seq;
+        assert!(entries.last().unwrap().seq < b_last, "{about:?}");
+        let cp = pb::AuditCheckpoint::decode(checkpoint.checkpoint_bytes.as_slice()).unwrap();
+        let last = entries.last().unwrap();
+        assert_eq!(
+            (cp.seq, cp.head_sha256.as_slice()),
+            (last.seq, last.hash.as_slice())
         );
     }
 

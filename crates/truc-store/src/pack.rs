@@ -379,6 +379,10 @@ impl Packs {
             }
         }
         st.index.forget(&dead);
+        // Start-up may have filled the short map with every blob read: its
+        // table would stay that large for good.
+        st.index.short.shrink_to_fit();
+        st.index.spill.shrink_to_fit();
         Ok(Self {
             dir: dir.to_owned(),
             state: Mutex::new(st),
@@ -391,17 +395,20 @@ impl Packs {
         let st = self.lock();
         let active = st.active.as_ref().map(|a| a.id);
         let i = &st.index;
-        let entry = |key: usize| key + size_of::<Loc>() + 1;
+        // A table has 8 buckets for every 7 entries it can hold, each bucket
+        // its key, its value and a control byte.
+        let table = |cap: usize, key: usize| cap * 8 / 7 * (key + size_of::<Loc>() + 1);
         PackStats {
             packs: st
                 .live
                 .iter()
-                .filter(|(id, n)| **n > 0 || Some(**id) == active)
-                .count(),
+                .filter(|(id, n)| **n > 0 && Some(**id) != active)
+                .count()
+                + usize::from(active.is_some()),
             blobs: st.live.values().sum(),
             index_bytes: i.sealed.capacity() * size_of::<Slot>()
-                + i.short.capacity() * entry(8)
-                + i.spill.capacity() * entry(32),
+                + table(i.short.capacity(), 8)
+                + table(i.spill.capacity(), 32),
         }
     }
 
@@ -606,8 +613,9 @@ impl Packs {
         dec(&mut st.live, loc.pack);
         let active = st.active.as_ref().map(|a| a.id);
         if st.live.get(&loc.pack).copied().unwrap_or(0) == 0 && Some(loc.pack) != active {
+            // Its slots are all marked removed (nothing in it is live): the
+            // next seal drops them, without a pass over the array here.
             st.files.remove(&loc.pack);
-            st.index.forget(&HashSet::from([loc.pack]));
             let path = pack_path(&self.dir, loc.pack);
             if let Err(e) = fs::remove_file(&path)
                 && e.kind() != std::io::ErrorKind::NotFound
@@ -975,6 +983,8 @@ mod tests {
             assert_eq!(p.read(d).unwrap().as_ref(), want, "blob {i}");
         }
         assert_eq!(p.lock().index.counts(), (151, 151));
+        // What start-up put in the short map has moved: no table kept for it.
+        assert_eq!(p.lock().index.short.capacity(), 0);
         assert_eq!(p.list().len(), 151);
     }
 

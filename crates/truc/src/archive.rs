@@ -1,7 +1,7 @@
 //! Archival packages: `truc archive export` writes one BagIt 1.0 bag per document
 //! (RFC 8493) from what its edge keeps — the signed envelope, the attachments,
 //! the receipts, the business statuses, the trace, the signer certificates and
-//! the edge's audit entries with the signed chain head they lead to.
+//! the edge's audit entries about the document with the last of them signed.
 //! `truc archive verify` checks a bag offline with nothing but the trusted CA
 //! certificates, names any part that does not verify, and says what it proves.
 //! The format is documented in docs/archive.md.
