@@ -602,6 +602,8 @@ async fn push(
     let mut last_sent: Option<u64> = None;
     // Set by a Defer: nothing is sent before then.
     let mut paused_until: Option<tokio::time::Instant> = None;
+    // A control message read while gathering acks, handled next.
+    let mut stashed: Option<Control> = None;
     loop {
         if paused_until.is_some_and(|t| t <= tokio::time::Instant::now()) {
             paused_until = None;
@@ -658,59 +660,91 @@ async fn push(
                 }
             }
         }
-        tokio::select! {
-            c = ctl.recv() => match c {
-                None => return Ok(()),
-                Some(Control::Ack { seq, window: w }) => {
-                    window = w.max(1);
-                    while let Some((_, size)) = in_flight.front().filter(|(s, _)| *s <= seq).copied() {
-                        in_flight.pop_front();
-                        in_flight_bytes -= size;
+        let c = match stashed.take() {
+            Some(c) => c,
+            None => tokio::select! {
+                c = ctl.recv() => match c {
+                    None => return Ok(()),
+                    Some(c) => c,
+                },
+                _ = notify.notified() => continue,
+                _ = async {
+                    match paused_until {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
                     }
-                    let st = state.clone();
-                    let q = queue.clone();
-                    tokio::task::spawn_blocking(move || st.queue_ack(&q, seq))
-                        .await
-                        .map_err(|e| NodeError::Other(e.to_string()))??;
-                }
-                Some(Control::Reject { seq, code, reason }) => {
-                    if let Some(i) = in_flight.iter().position(|(s, _)| *s == seq) {
-                        in_flight_bytes -= in_flight[i].1;
-                        in_flight.remove(i);
-                    }
-                    if queue.starts_with("child:") {
-                        // This node verified it before queueing it: a child that refuses it
-                        // means corruption or tampering on the way, or configs that disagree.
-                        tracing::error!(%queue, seq, code = ?Code::from_i32(code), %reason, "peer refused a transfer");
-                    } else {
-                        tracing::warn!(%queue, seq, code = ?Code::from_i32(code), %reason, "peer refused a transfer");
-                    }
-                    state.queue_reject(&queue, seq, code, &reason)?;
-                }
-                Some(Control::Defer { seq, reason, retry_after_ms }) => {
-                    // The peer took nothing from `seq` on: send it all again later.
-                    while let Some((_, size)) = in_flight.back().filter(|(s, _)| *s >= seq).copied() {
-                        in_flight.pop_back();
-                        in_flight_bytes -= size;
-                    }
-                    last_sent = seq.checked_sub(1);
-                    let wait = Duration::from_millis(u64::from(retry_after_ms.max(50)));
-                    paused_until = Some(tokio::time::Instant::now() + wait);
-                    tracing::warn!(%queue, seq, %reason, ?wait, "peer deferred a transfer; the queue keeps it");
-                    let st = state.clone();
-                    let q = queue.clone();
-                    tokio::task::spawn_blocking(move || st.queue_deferred(&q, seq, &reason, retry_after_ms))
-                        .await
-                        .map_err(|e| NodeError::Other(e.to_string()))??;
-                }
+                } => continue,
             },
-            _ = notify.notified() => {}
-            _ = async {
-                match paused_until {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
+        };
+        match c {
+            Control::Ack {
+                mut seq,
+                window: mut w,
+            } => {
+                // Acks are cumulative: those already waiting behind this one
+                // are applied with it, one store transaction for all. Anything
+                // else waits its turn, so that a reject is never overtaken by
+                // an ack covering its seq.
+                loop {
+                    match ctl.try_recv() {
+                        Ok(Control::Ack { seq: s, window: nw }) => {
+                            seq = seq.max(s);
+                            w = nw;
+                        }
+                        Ok(other) => {
+                            stashed = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
                 }
-            } => {}
+                window = w.max(1);
+                while let Some((_, size)) = in_flight.front().filter(|(s, _)| *s <= seq).copied() {
+                    in_flight.pop_front();
+                    in_flight_bytes -= size;
+                }
+                let st = state.clone();
+                let q = queue.clone();
+                tokio::task::spawn_blocking(move || st.queue_ack(&q, seq))
+                    .await
+                    .map_err(|e| NodeError::Other(e.to_string()))??;
+            }
+            Control::Reject { seq, code, reason } => {
+                if let Some(i) = in_flight.iter().position(|(s, _)| *s == seq) {
+                    in_flight_bytes -= in_flight[i].1;
+                    in_flight.remove(i);
+                }
+                if queue.starts_with("child:") {
+                    // This node verified it before queueing it: a child that refuses it
+                    // means corruption or tampering on the way, or configs that disagree.
+                    tracing::error!(%queue, seq, code = ?Code::from_i32(code), %reason, "peer refused a transfer");
+                } else {
+                    tracing::warn!(%queue, seq, code = ?Code::from_i32(code), %reason, "peer refused a transfer");
+                }
+                state.queue_reject(&queue, seq, code, &reason)?;
+            }
+            Control::Defer {
+                seq,
+                reason,
+                retry_after_ms,
+            } => {
+                // The peer took nothing from `seq` on: send it all again later.
+                while let Some((_, size)) = in_flight.back().filter(|(s, _)| *s >= seq).copied() {
+                    in_flight.pop_back();
+                    in_flight_bytes -= size;
+                }
+                last_sent = seq.checked_sub(1);
+                let wait = Duration::from_millis(u64::from(retry_after_ms.max(50)));
+                paused_until = Some(tokio::time::Instant::now() + wait);
+                tracing::warn!(%queue, seq, %reason, ?wait, "peer deferred a transfer; the queue keeps it");
+                let st = state.clone();
+                let q = queue.clone();
+                tokio::task::spawn_blocking(move || {
+                    st.queue_deferred(&q, seq, &reason, retry_after_ms)
+                })
+                .await
+                .map_err(|e| NodeError::Other(e.to_string()))??;
+            }
         }
     }
 }
