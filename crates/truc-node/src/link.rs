@@ -766,8 +766,40 @@ async fn apply(
     acks: mpsc::UnboundedSender<Outcome>,
 ) -> Result<(), LinkError> {
     let mut deferred_from: Option<u64> = None;
-    while let Some(job) = jobs.recv().await {
-        let prepared = job.await.map_err(|e| NodeError::Other(e.to_string()))??;
+    // A job taken while gathering, not finished yet; an error of one that was.
+    let mut held: Option<PrepJob> = None;
+    let mut failed: Option<LinkError> = None;
+    loop {
+        if let Some(e) = failed.take() {
+            return Err(e);
+        }
+        let job = match held.take() {
+            Some(j) => j,
+            None => match jobs.recv().await {
+                Some(j) => j,
+                None => break,
+            },
+        };
+        let mut prepared = job.await.map_err(|e| NodeError::Other(e.to_string()))??;
+        // Jobs behind it that are already prepared are accepted with it: one
+        // store transaction for all, in arrival order as before.
+        while let Ok(next) = jobs.try_recv() {
+            if !next.is_finished() {
+                held = Some(next);
+                break;
+            }
+            match next.await {
+                Ok(Ok(more)) => prepared.extend(more),
+                Ok(Err(e)) => {
+                    failed = Some(e.into());
+                    break;
+                }
+                Err(e) => {
+                    failed = Some(NodeError::Other(e.to_string()).into());
+                    break;
+                }
+            }
+        }
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(prepared.len());
         let mut items = Vec::new();
         let mut slots = Vec::new();
