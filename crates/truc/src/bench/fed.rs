@@ -369,6 +369,28 @@ impl Sender {
     }
 }
 
+/// Waits until the hub's queue for child `node` is empty: everything passed
+/// on to it acknowledged.
+async fn hub_queue_empty(fed: &Fed, node: &str) -> Result<()> {
+    let queue = format!("child:{node}");
+    let mut admin = client::admin(&fed.cluster.config("hub")).await?;
+    let t0 = Instant::now();
+    loop {
+        let r = admin
+            .queues(pb::QueuesRequest {})
+            .await
+            .map_err(client::status_error)?
+            .into_inner();
+        if r.queues.iter().all(|q| q.queue != queue || q.depth == 0) {
+            return Ok(());
+        }
+        if t0.elapsed() > STALL {
+            bail!("the hub's queue for {node} did not empty in {STALL:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits for `n` arrivals of the warm-up document.
 async fn warmed(rx: &mut mpsc::UnboundedReceiver<load::Arrival>, n: usize) -> Result<()> {
     let mut seen = 0;
@@ -632,6 +654,9 @@ pub async fn queued_drain(
         })
         .await?;
         warmed(&mut rx, warm).await?;
+        // Stopped only once the hub has every warm-up document acknowledged:
+        // one still queued would be delivered again inside the timed drain.
+        hub_queue_empty(&fed, RECIPIENT.0).await?;
         w.abort();
         fed.cluster.stop(RECIPIENT.0).await?;
         // Queue everything at the hub: done when the sender has every signed
