@@ -24,7 +24,7 @@
 //! 100,000 documents (200,000 blobs at the hub) costs 3.2 MB instead of 5.5.
 
 use std::{
-    collections::{HashMap, HashSet, hash_map::Entry},
+    collections::{HashMap, hash_map::Entry},
     fs::{self, File, OpenOptions},
     io::{BufReader, Read},
     os::unix::fs::FileExt,
@@ -118,7 +118,8 @@ struct Index {
     spill: HashMap<Digest, Loc>,
     /// Blobs of sealed packs, all packs in one array sorted by `Slot::key`: 16
     /// bytes each, one binary search per lookup however many packs there are.
-    /// Removed blobs stay (offset 0) until the next seal or their pack's deletion.
+    /// Removed blobs stay (offset 0) until the next seal, also when their pack
+    /// is deleted (a pack is deleted only once all its blobs are removed).
     sealed: Vec<Slot>,
 }
 
@@ -205,11 +206,6 @@ impl Index {
         if self.sealed.capacity() > 2 * self.sealed.len() {
             self.sealed.shrink_to_fit();
         }
-    }
-
-    /// Drops the sealed entries of deleted packs.
-    fn forget(&mut self, packs: &HashSet<u32>) {
-        self.sealed.retain(|s| !packs.contains(&s.pack));
     }
 
     /// Blobs indexed, and how many of them are in the sealed array.
@@ -367,18 +363,17 @@ impl Packs {
                 }
             }
         }
+        // Slots of packs with nothing live are all marked removed: this
+        // merge drops them with the others.
         st.index.seal();
-        let mut dead = HashSet::new();
         for id in ids {
             if st.live.get(&id).copied().unwrap_or(0) == 0 {
                 // Checking a header may have opened it: no handle keeps it alive.
                 st.files.remove(&id);
-                dead.insert(id);
                 let path = pack_path(dir, id);
                 let _ = fs::remove_file(&path);
             }
         }
-        st.index.forget(&dead);
         // Start-up may have filled the short map with every blob read: its
         // table would stay that large for good.
         st.index.short.shrink_to_fit();
@@ -1039,7 +1034,17 @@ mod tests {
                 "a removed slot kept"
             );
         }
-        idx.forget(&HashSet::from([3, 17]));
+        // Packs 3 and 17 emptied and deleted: their slots marked removed
+        // (what `take` does), gone at the next merge.
+        for s in idx
+            .sealed
+            .iter_mut()
+            .filter(|s| s.pack == 3 || s.pack == 17)
+        {
+            s.offset = 0;
+        }
+        idx.seal();
+        assert!(idx.sealed.iter().all(|s| s.pack != 3 && s.pack != 17));
         live.retain(|_, l| l.pack != 3 && l.pack != 17);
         assert_eq!(idx.counts(), (live.len(), live.len()));
         for (d, loc) in &live {

@@ -639,14 +639,10 @@ pub async fn queued_drain(
         // by the traffic it carries. What the queue costs is measured on top
         // of that, after `QUEUED_WARM` documents delivered (their bodies apart
         // from the measured ones, which would otherwise be stored already).
-        let warm = load.docs.min(load::QUEUED_WARM);
+        let warm_load = load.warm_up();
+        let warm = warm_load.docs;
         let s = sender.clone();
         let from = load.docs;
-        let warm_load = Load {
-            docs: warm,
-            rate: None,
-            ..load.clone()
-        };
         load::drive(warm_load, Clock::new(warm), move |k| {
             let s = s.clone();
             let body = s.body(from + k);

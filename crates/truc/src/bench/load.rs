@@ -33,6 +33,18 @@ pub struct Load {
     pub rate: Option<f64>,
 }
 
+impl Load {
+    /// The warm-up before a queue is measured: `QUEUED_WARM` documents (at
+    /// most as many as the run's), as fast as the window allows.
+    pub fn warm_up(&self) -> Load {
+        Load {
+            docs: self.docs.min(QUEUED_WARM),
+            rate: None,
+            ..self.clone()
+        }
+    }
+}
+
 /// When each document was sent (or, at a steady rate, was due), in nanoseconds
 /// after `base` plus one (0: not yet).
 pub struct Clock {

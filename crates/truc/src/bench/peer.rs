@@ -291,16 +291,12 @@ pub async fn queued_drain(
     let rss_cold = super::procstat::rss_bytes(server.pid).unwrap_or(0);
     // Warm, as truc's hub is: `QUEUED_WARM` messages published and consumed,
     // then the stream emptied and its consumer deleted.
-    let warm = load.docs.min(load::QUEUED_WARM);
+    let warm_load = load.warm_up();
+    let warm = warm_load.docs;
     let (wtx, mut wrx) = load::arrivals();
     let readers = consumers(&stream, 1, &wtx).await?;
     drop(wtx);
     let wclock = Clock::new(warm);
-    let warm_load = Load {
-        docs: warm,
-        rate: None,
-        ..load.clone()
-    };
     publish_all(js.clone(), warm_load, wclock.clone(), None).await?;
     let consumed = load::collect(&mut wrx, &wclock, warm, 1, Duration::from_secs(60), bar).await;
     for r in readers {
