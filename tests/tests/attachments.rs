@@ -415,12 +415,13 @@ async fn each_limit_and_a_full_disk_refuse_with_their_own_reason() {
     // A full disk: intake that would cut into the reserve is refused... The
     // disk is shared with tests running beside this one, which write and
     // delete gigabytes: the fill is sized from the free space measured now,
-    // to 64 MiB below the reserve, not from the figure at the start.
+    // to 512 MiB below the reserve, not from the figure at the start (64 MiB
+    // was not enough: a clean-clone run saw the send accepted once).
     let one = f("one.bin", MIB);
     let reserve = free - 192 * MIB;
     let fill = c.path("fill-up.bin");
     let now = common::ops::free_bytes(c.dir.path());
-    common::ops::zero_file(&fill, (now + 64 * MIB).saturating_sub(reserve));
+    common::ops::zero_file(&fill, (now + 512 * MIB).saturating_sub(reserve));
     let (ok, text) = send(&[&one]);
     assert!(!ok && text.contains("disk full"), "{text}");
     // ...and taken again once space is freed.
