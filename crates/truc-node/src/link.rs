@@ -182,7 +182,9 @@ fn prepare(state: &NodeState, batch: Vec<pb::Transfer>) -> Result<Vec<(u64, Prep
         }
     }
     let refs: Vec<(Digest, &[u8])> = blobs.iter().map(|(d, b)| (*d, b.as_slice())).collect();
-    state.blobs.put_many(&refs)?;
+    // Durable with the records that name them: the flush that `accept_batch`'s
+    // ticket waits for syncs the packs first.
+    state.blobs.put_many_unsynced(&refs)?;
     Ok(out)
 }
 

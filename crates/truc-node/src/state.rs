@@ -800,7 +800,9 @@ impl NodeState {
             delivery: p.delivery,
             quotas: p.quotas,
             hooks: p.hooks,
-            commit: GroupCommit::start(p.store.clone()),
+            // Records name blobs stored without a sync of their own
+            // (`put_many_unsynced`): every flush syncs the packs first.
+            commit: GroupCommit::start_after(p.store.clone(), p.blobs.pack_syncer()),
             store: p.store,
             blobs: p.blobs,
             writer: Mutex::new(Writer {
@@ -5429,6 +5431,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("removed on"), "{e}");
+    }
+
+    /// Invariant 1 with attachments: a submission stores its attachments and
+    /// envelope without a sync of its own, so the flush the sender waits for must
+    /// sync them before the record that names them is durable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_submission_is_durable_only_with_the_bytes_it_names() {
+        let f = Fixture::new();
+        let edge = f.edge(Arc::new(MemoryStore::new()));
+        let (_, accepted) = edge
+            .submit(Submission {
+                from: "000.00.00.G22".into(),
+                to: vec!["000.00.00.H41".into()],
+                subject: "Công văn".into(),
+                attachments: vec![SubmittedAttachment {
+                    name: "cong-van.txt".into(),
+                    content_type: String::new(),
+                    body: Body::Inline(b"Kinh gui".to_vec()),
+                }],
+                ..Default::default()
+            })
+            .unwrap();
+        edge.durable(accepted.ticket()).await.unwrap();
+        assert_eq!(
+            edge.blobs.unsynced_bytes(),
+            0,
+            "the record is durable, the attachment it names is not"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

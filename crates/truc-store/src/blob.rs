@@ -202,13 +202,42 @@ impl BlobStore {
     /// renamed into place, names synced. Nothing gets a name before its bytes are
     /// on disk.
     pub fn put_many(&self, items: &[(Digest, &[u8])]) -> Result<(), BlobError> {
+        self.put_items(items, true)
+    }
+
+    /// [`BlobStore::put_many`], except that the small blobs (the packed ones)
+    /// are durable only once [`BlobStore::pack_syncer`] has run after it: for
+    /// blobs that records committed through a group commit started with that
+    /// syncer name. Large ones are written and synced as by `put_many`.
+    pub fn put_many_unsynced(&self, items: &[(Digest, &[u8])]) -> Result<(), BlobError> {
+        self.put_items(items, false)
+    }
+
+    /// Makes every packed blob stored so far durable; a group commit runs it
+    /// before each flush, so that a record never becomes durable before the
+    /// bytes it names.
+    pub fn pack_syncer(&self) -> impl Fn() -> Result<(), BlobError> + Send + Sync + 'static {
+        let packs = self.packs.clone();
+        move || packs.sync()
+    }
+
+    /// Bytes of packed blobs stored but not yet known durable.
+    pub fn unsynced_bytes(&self) -> u64 {
+        self.packs.unsynced_bytes()
+    }
+
+    fn put_items(&self, items: &[(Digest, &[u8])], durable: bool) -> Result<(), BlobError> {
         // Packed blobs already stored are skipped by the packs themselves.
         let (small, large): (Vec<Item<'_>>, Vec<Item<'_>>) = items
             .iter()
             .filter(|(d, data)| data.len() <= PACK_MAX || !self.stored(d, data.len()))
             .partition(|(_, data)| data.len() <= PACK_MAX);
         if !small.is_empty() {
-            self.packs.put_many(&small)?;
+            if durable {
+                self.packs.put_many(&small)?;
+            } else {
+                self.packs.put_many_unsynced(&small)?;
+            }
         }
         let mut todo: Vec<&(Digest, &[u8])> = large.iter().collect();
         todo.sort_by_key(|(d, _)| *d);

@@ -81,7 +81,11 @@ pub struct GroupCommit {
     flushed: watch::Receiver<Flushed>,
     thread: Mutex<Option<JoinHandle<()>>>,
     stats: Arc<CommitStats>,
+    /// What a flush runs: the hook given at start, then the store's flush.
+    flush: FlushFn,
 }
+
+type FlushFn = Arc<dyn Fn() -> Result<(), StoreError> + Send + Sync>;
 
 impl std::fmt::Debug for GroupCommit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -94,6 +98,24 @@ impl std::fmt::Debug for GroupCommit {
 impl GroupCommit {
     /// Starts the flusher thread for `store`.
     pub fn start(store: Arc<dyn Store>) -> Arc<Self> {
+        Self::start_after(store, || Ok::<(), StoreError>(()))
+    }
+
+    /// Starts the flusher thread for `store`, running `before` ahead of every
+    /// flush: what it makes durable (the blobs the records name) is then on disk
+    /// before any record applied ahead of that flush is. An error from it fails
+    /// the flush, and with it every write after (fail closed).
+    pub fn start_after<E: std::fmt::Display>(
+        store: Arc<dyn Store>,
+        before: impl Fn() -> Result<(), E> + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        let flush: FlushFn = {
+            let store = store.clone();
+            Arc::new(move || {
+                before().map_err(|e| StoreError::Io(e.to_string()))?;
+                store.flush()
+            })
+        };
         let requests = Arc::new((Mutex::new(Requests::default()), Condvar::new()));
         let (tx, rx) = watch::channel(Flushed::Upto(0));
         let stats = Arc::new(CommitStats::default());
@@ -104,11 +126,15 @@ impl GroupCommit {
             flushed: rx,
             thread: Mutex::new(None),
             stats: stats.clone(),
+            flush: flush.clone(),
         });
         let applied_probe = Arc::downgrade(&this);
         let handle = std::thread::Builder::new()
             .name("truc-fsync".into())
-            .spawn(move || flusher(store, requests, tx, applied_probe, stats))
+            .spawn({
+                let flush = flush.clone();
+                move || flusher(flush, requests, tx, applied_probe, stats)
+            })
             .ok();
         if let Ok(mut t) = this.thread.lock() {
             *t = handle;
@@ -181,7 +207,7 @@ impl GroupCommit {
         if let Some(h) = self.thread.lock().ok().and_then(|mut t| t.take()) {
             let _ = h.join();
         }
-        self.store.flush()
+        (self.flush)()
     }
 }
 
@@ -196,7 +222,7 @@ impl Drop for GroupCommit {
 }
 
 fn flusher(
-    store: Arc<dyn Store>,
+    flush: FlushFn,
     requests: Arc<(Mutex<Requests>, Condvar)>,
     tx: watch::Sender<Flushed>,
     owner: std::sync::Weak<GroupCommit>,
@@ -225,7 +251,7 @@ fn flusher(
             return;
         };
         let started = Instant::now();
-        match store.flush() {
+        match flush() {
             Ok(()) => {
                 done = target;
                 let took = started.elapsed();
@@ -273,6 +299,51 @@ mod tests {
         let flushes = gc.stats().flushes.load(Ordering::Relaxed);
         assert!((1..=200).contains(&flushes), "{flushes}");
         gc.close().unwrap();
+    }
+
+    /// The hook runs before every flush, including the one `close` makes, and
+    /// a failing hook fails the flush like the store's own error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_hook_runs_before_each_flush_and_its_failure_fails_it() {
+        let runs = Arc::new(AtomicU64::new(0));
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let gc = GroupCommit::start_after(Arc::new(MemoryStore::new()), {
+            let (runs, fail) = (runs.clone(), fail.clone());
+            move || {
+                runs.fetch_add(1, Ordering::SeqCst);
+                if fail.load(Ordering::SeqCst) {
+                    Err("pack sync: no space left on device")
+                } else {
+                    Ok(())
+                }
+            }
+        });
+        let t = gc.apply(batch(b"a")).unwrap();
+        gc.durable(t).await.unwrap();
+        let before = runs.load(Ordering::SeqCst);
+        assert!(before >= 1);
+        gc.close().unwrap();
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            before + 1,
+            "close flushes through the hook"
+        );
+
+        let gc = GroupCommit::start_after(Arc::new(MemoryStore::new()), {
+            let fail = fail.clone();
+            move || {
+                if fail.load(Ordering::SeqCst) {
+                    Err("pack sync: no space left on device")
+                } else {
+                    Ok(())
+                }
+            }
+        });
+        fail.store(true, Ordering::SeqCst);
+        let t = gc.apply(batch(b"b")).unwrap();
+        let e = gc.durable(t).await.unwrap_err().to_string();
+        assert!(e.contains("no space left"), "{e}");
+        assert!(!gc.healthy());
     }
 
     #[tokio::test]

@@ -430,12 +430,15 @@ impl Packs {
     /// A new active pack (the old one is synced and sealed first; one left with
     /// nothing live goes at the next open).
     fn rotate(&self, st: &mut State) -> Result<(), BlobError> {
-        if let Some(old) = st.active.take()
+        // Synced before it stops being the active pack: `sync` and `sync_upto`
+        // take a pack that is no longer active as durable.
+        if let Some(old) = st.active.as_ref()
             && old.synced < old.len
         {
             let path = pack_path(&self.dir, old.id);
             old.file.sync_data().map_err(io(&path))?;
         }
+        st.active = None;
         st.index.seal();
         let id = st.next_id;
         st.next_id += 1;
@@ -461,9 +464,40 @@ impl Packs {
     /// Appends `items` (digests checked by the caller, each at most `PACK_MAX`
     /// bytes) and returns once they are durable and readable.
     pub fn put_many(&self, items: &[(Digest, &[u8])]) -> Result<(), BlobError> {
+        self.put(items, true)
+    }
+
+    /// Appends `items` and makes them readable at once, without waiting for the
+    /// disk: they are durable once a later [`Packs::sync`] has returned. For blobs
+    /// named only by records whose commit runs that sync before it flushes (the
+    /// node's group commit does), so that one fdatasync serves the blobs and
+    /// records of every writer of a flush, off the writers' threads.
+    pub fn put_many_unsynced(&self, items: &[(Digest, &[u8])]) -> Result<(), BlobError> {
+        self.put(items, false)
+    }
+
+    /// Makes every append made before the call durable: one fdatasync of the
+    /// active pack if it has bytes not yet synced, nothing otherwise (a pack is
+    /// synced before another becomes active).
+    pub fn sync(&self) -> Result<(), BlobError> {
+        let (id, len) = match self.lock().active.as_ref() {
+            Some(a) if a.synced < a.len => (a.id, a.len),
+            _ => return Ok(()),
+        };
+        self.sync_upto(id, len)
+    }
+
+    /// Bytes appended but not yet known durable.
+    pub fn unsynced_bytes(&self) -> u64 {
+        self.lock()
+            .active
+            .as_ref()
+            .map_or(0, |a| a.len.saturating_sub(a.synced))
+    }
+
+    fn put(&self, items: &[(Digest, &[u8])], durable: bool) -> Result<(), BlobError> {
         // 1. Append, under the lock: offsets in order.
         let mut placed: Vec<(Digest, Loc)> = Vec::with_capacity(items.len());
-        let mut need: Vec<(u32, u64)> = Vec::new();
         {
             let mut st = self.lock();
             for (d, data) in items {
@@ -499,19 +533,12 @@ impl Packs {
                 // before the blob becomes visible.
                 let id = a.id;
                 *st.live.entry(id).or_default() += 1;
-                let Some(a) = st.active.as_ref() else {
-                    continue;
-                };
-                match need.iter_mut().find(|(p, _)| *p == a.id) {
-                    Some(n) => n.1 = a.len,
-                    None => need.push((a.id, a.len)),
-                }
             }
         }
-        // 2. Durable: one fdatasync covers every append made before it started.
-        let synced = need
-            .into_iter()
-            .try_for_each(|(id, upto)| self.sync_upto(id, upto));
+        // 2. Durable: one fdatasync covers every append made before it started,
+        // ours and those of unsynced writers whose blobs we found already there
+        // (packs before the active one were synced when they stopped being it).
+        let synced = if durable { self.sync() } else { Ok(()) };
         // 3. Visible (or, if the sync failed, forgotten).
         let mut st = self.lock();
         let mut result = synced;
@@ -818,6 +845,36 @@ mod tests {
         assert_eq!(p.list().len(), 2);
         // One pack file for both: no file per blob.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// An unsynced append is readable at once and counted as not durable until
+    /// a sync; a durable put of the same blob does not take it as durable just
+    /// because it finds it stored.
+    #[test]
+    fn unsynced_appends_are_readable_at_once_and_durable_after_a_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Packs::open(dir.path()).unwrap();
+        let data: &[u8] = b"attachment named by a record not yet flushed";
+        let d = Digest::of(data);
+        p.put_many_unsynced(&[(d, data)]).unwrap();
+        assert_eq!(p.read(&d).unwrap().unwrap(), data);
+        assert_eq!(p.unsynced_bytes(), (HEADER + data.len()) as u64);
+        p.sync().unwrap();
+        assert_eq!(p.unsynced_bytes(), 0);
+
+        let other: &[u8] = b"a second one, then stored again by a durable put";
+        let o = Digest::of(other);
+        p.put_many_unsynced(&[(o, other)]).unwrap();
+        assert!(p.unsynced_bytes() > 0);
+        p.put_many(&[(o, other)]).unwrap();
+        assert_eq!(
+            p.unsynced_bytes(),
+            0,
+            "found, but not synced by the durable put"
+        );
+        drop(p);
+        let p = Packs::open(dir.path()).unwrap();
+        assert_eq!(p.read(&o).unwrap().unwrap(), other);
     }
 
     #[test]
