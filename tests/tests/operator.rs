@@ -299,12 +299,12 @@ async fn metrics_are_valid_prometheus_text_and_count_what_was_sent() {
     assert!(sample(&s, "truc_fsync_duration_seconds", &[]).unwrap() >= 1.0);
     assert_eq!(sample(&s, "truc_store_writable", &[]), Some(1.0));
     // Public-key work is counted where it happens: the sender signed five
-    // envelopes and checked them, then the hub's five acceptances and the
-    // recipient's five deliveries.
+    // envelopes (a signature it has just made is not checked again), then
+    // checked the hub's five acceptances and the recipient's five deliveries.
     let made = sample(&s, "truc_node_signatures_made_total", &[]).unwrap();
     let checked = sample(&s, "truc_node_signatures_verified_total", &[]).unwrap();
     assert!(made >= 5.0, "the sender signed {made}");
-    assert!(checked >= 15.0, "the sender checked {checked}");
+    assert!(checked >= 10.0, "the sender checked {checked}");
     let s = scrape(&c, "hub");
     assert_eq!(
         sample(&s, "truc_documents_total", &docs_in),

@@ -1709,7 +1709,7 @@ impl NodeState {
             ..Default::default()
         };
         let sealed = envelope::seal(&header, key)?;
-        let v = envelope::verify(sealed, &self.verifiers, &self.limits, UnixTime::now())?;
+        let v = envelope::verify_own(sealed, &self.verifiers, &self.limits, UnixTime::now())?;
         let id = v.doc_id;
         let dkey = doc_key(&v.from.to_string(), &id.to_string());
         plan.fresh.push((dkey, v.header_sha256.0));
@@ -3881,9 +3881,9 @@ impl NodeState {
             ..Default::default()
         };
         let sealed = envelope::seal(&header, &signer)?;
-        // Verify our own bytes like anyone else's: an expired signing certificate is
-        // refused here, at the source, not three hops later.
-        let mut v = envelope::verify(sealed, &self.verifiers, &self.limits, UnixTime::now())?;
+        // Checked like anyone's but for the signature we just made: an expired
+        // signing certificate is refused here, at the source, not three hops later.
+        let mut v = envelope::verify_own(sealed, &self.verifiers, &self.limits, UnixTime::now())?;
         // With attachments to write anyway, the envelope goes with them (one
         // group of syncs), before the record that names it.
         let env = (!inline.is_empty()).then(|| v.keep_envelope_as_blob());
@@ -4007,7 +4007,7 @@ impl NodeState {
         };
         let id: DocId = header.doc_id.parse().map_err(internal)?;
         let sealed = envelope::seal(&header, &signer)?;
-        let v = envelope::verify(sealed, &self.verifiers, &self.limits, UnixTime::now())?;
+        let v = envelope::verify_own(sealed, &self.verifiers, &self.limits, UnixTime::now())?;
         let accepted = self.accept(v, &Origin::Local, None)?;
         Ok((id, accepted))
     }
@@ -5169,7 +5169,7 @@ pub(crate) mod testing {
             )
         }
 
-        fn state(
+        pub fn state(
             &self,
             id: &str,
             routing: RoutingTable,
@@ -5431,6 +5431,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("removed on"), "{e}");
+    }
+
+    /// A submission's own signature is not checked again, but its signer's
+    /// certificate is: one this node's verifiers do not trust is refused at the
+    /// source, and nothing is queued.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_submission_signed_with_an_untrusted_certificate_is_refused_at_the_source() {
+        let f = Fixture::new();
+        let rogue = truc_pki::dev::DevCa::generate("not the signing CA").unwrap();
+        let mut routing = RoutingTable::new(true);
+        routing.add_local("000.00.00.G22".parse().unwrap());
+        let signer = rogue
+            .agency_signer(&"000.00.00.G22".parse().unwrap(), "G22")
+            .unwrap();
+        let edge = f.state(
+            "vpcp",
+            routing,
+            vec![signer],
+            None,
+            Arc::new(MemoryStore::new()),
+        );
+        let e = edge
+            .submit(Submission {
+                from: "000.00.00.G22".into(),
+                to: vec!["000.00.00.H41".into()],
+                subject: "Công văn".into(),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("envelope") && e.contains("from 000.00.00.G22"),
+            "{e}"
+        );
+        assert!(edge.queue_peek("parent", None, 10).unwrap().is_empty());
     }
 
     /// Invariant 1 with attachments: a submission stores its attachments and

@@ -303,6 +303,18 @@ impl SignatureVerifier {
         Ok(verified)
     }
 
+    /// The signer's chain alone, not the signature: for bytes this process
+    /// signed a moment ago with a key that [`Signer`] checked against the leaf
+    /// when it was loaded. The chain, its validity at `now` and the identity are
+    /// checked as by [`verify`](Self::verify).
+    pub fn verify_own(&self, chain: &[Vec<u8>], now: UnixTime) -> Result<Verified, VerifyError> {
+        let leaf_der = chain.first().ok_or(VerifyError::NoSigner)?;
+        let leaf_cert = CertificateDer::from(leaf_der.as_slice());
+        let leaf = EndEntityCert::try_from(&leaf_cert)
+            .map_err(|e| VerifyError::MalformedCertificate(e.to_string()))?;
+        self.verify_chain(&leaf, chain, now)
+    }
+
     fn verify_chain(
         &self,
         leaf: &EndEntityCert<'_>,
