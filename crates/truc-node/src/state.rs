@@ -3893,7 +3893,8 @@ impl NodeState {
         let inline_bytes: u64 = inline.iter().map(|(_, d)| d.len() as u64).sum();
         self.blobs
             .check_space(inline_bytes, self.storage.min_free_bytes)?;
-        self.blobs.put_many(&inline)?;
+        // Durable with the record, by the flush the caller waits for.
+        self.blobs.put_many_unsynced(&inline)?;
         let accepted = self.accept(v, &Origin::Local, None)?;
         Ok((doc_id, accepted))
     }
