@@ -484,6 +484,7 @@ pub async fn flow(
         send.await??;
         Ok::<_, anyhow::Error>((
             Measured {
+                usage: None,
                 elapsed: last.saturating_duration_since(t0),
                 latencies,
                 extra,
@@ -590,6 +591,7 @@ pub async fn attachment(
         let (latencies, last) = collected?;
         Ok::<_, anyhow::Error>((
             Measured {
+                usage: None,
                 elapsed: last.saturating_duration_since(t0),
                 latencies,
                 extra: Vec::new(),
@@ -700,6 +702,7 @@ pub async fn queued_drain(
         let mib = 1024.0 * 1024.0;
         Ok::<_, anyhow::Error>((
             Measured {
+                usage: None,
                 elapsed: last.saturating_duration_since(t0),
                 latencies: Vec::new(),
                 extra: vec![
@@ -775,6 +778,7 @@ pub async fn idle(
         shutdown(nodes).await;
         Ok::<_, anyhow::Error>((
             Measured {
+                usage: None,
                 elapsed,
                 latencies: Vec::new(),
                 extra: vec![(
@@ -829,6 +833,7 @@ pub async fn reconnect(
         let (latencies, last) = collected?;
         Ok::<_, anyhow::Error>((
             Measured {
+                usage: None,
                 elapsed: last.saturating_duration_since(ready),
                 latencies,
                 extra: Vec::new(),

@@ -656,7 +656,10 @@ pub async fn run(a: BenchArgs) -> Result<()> {
                     let r = run_peer(sc, &a, &server, &b).await;
                     let usage = sampler.finish().await;
                     server.stop().await;
-                    r.map(|m| (m, usage))
+                    r.map(|mut m| {
+                        let usage = m.usage.take().unwrap_or(usage);
+                        (m, usage)
+                    })
                 };
                 b.finish_and_clear();
                 let (m, nodes) = match measured {

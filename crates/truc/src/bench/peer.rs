@@ -164,6 +164,10 @@ pub struct Measured {
     pub elapsed: Duration,
     pub latencies: Vec<Duration>,
     pub extra: Vec<(&'static str, f64)>,
+    /// CPU and memory over the timed part only, when a scenario has an untimed
+    /// part (queued-drain's warm-up and fill); otherwise the caller's sampler,
+    /// which covers the whole run, is used.
+    pub usage: Option<Vec<super::procstat::Usage>>,
 }
 
 /// Consumers that report every message's index as an arrival.
@@ -236,6 +240,7 @@ pub async fn one_hop(
         load::collect(&mut rx, &clock, load.docs, 1, Duration::from_secs(60), bar).await?;
     send.await??;
     Ok(Measured {
+        usage: None,
         elapsed: t0.elapsed(),
         latencies,
         extra: Vec::new(),
@@ -273,6 +278,7 @@ pub async fn deliver(
     let (latencies, last) = collected?;
     send.await??;
     Ok(Measured {
+        usage: None,
         elapsed: last.saturating_duration_since(t0),
         latencies,
         extra: Vec::new(),
@@ -322,6 +328,8 @@ pub async fn queued_drain(
     for i in 0..load.docs {
         drain_clock.mark_at(i, t0);
     }
+    // As for truc: the server's CPU and peak memory over the drain alone.
+    let sampler = super::procstat::Sampler::start(&[("nats-server".into(), server.pid)]);
     let readers = consumers(&stream, 1, &tx).await?;
     drop(tx);
     let collected = load::collect(
@@ -333,6 +341,7 @@ pub async fn queued_drain(
         bar,
     )
     .await;
+    let usage = sampler.finish().await;
     for r in readers {
         r.abort();
     }
@@ -341,6 +350,7 @@ pub async fn queued_drain(
     Ok(Measured {
         elapsed: last.saturating_duration_since(t0),
         latencies: Vec::new(),
+        usage: Some(usage),
         extra: vec![
             (
                 "queued_rss_growth_mib",
@@ -372,6 +382,7 @@ pub async fn idle(server: &Server, n: usize) -> Result<Measured> {
     Ok(Measured {
         elapsed,
         latencies: Vec::new(),
+        usage: None,
         extra: vec![(
             "rss_per_connection_kib",
             rss1.saturating_sub(rss0) as f64 / 1024.0 / n.max(1) as f64,
