@@ -5382,6 +5382,21 @@ mod tests {
         assert!(edge.statuses_about(&DocId::new_v7()).unwrap().is_empty());
     }
 
+    /// G22 to H41, one small attachment.
+    fn letter_with_attachment() -> Submission {
+        Submission {
+            from: "000.00.00.G22".into(),
+            to: vec!["000.00.00.H41".into()],
+            subject: "Công văn".into(),
+            attachments: vec![SubmittedAttachment {
+                name: "cong-van.txt".into(),
+                content_type: String::new(),
+                body: Body::Inline(b"Kinh gui".to_vec()),
+            }],
+            ..Default::default()
+        }
+    }
+
     /// A submitted document's envelope is kept as a blob the record names (out
     /// of the key-value store), written with its attachments: it has a
     /// reference, so the orphan sweep leaves it; the queue still sends it; its
@@ -5393,19 +5408,7 @@ mod tests {
         f.storage.envelope_retention_ms = Some(0);
         f.storage.orphan_grace_ms = 0;
         let edge = f.edge(Arc::new(MemoryStore::new()));
-        let (id, _) = edge
-            .submit(Submission {
-                from: "000.00.00.G22".into(),
-                to: vec!["000.00.00.H41".into()],
-                subject: "Công văn".into(),
-                attachments: vec![SubmittedAttachment {
-                    name: "cong-van.txt".into(),
-                    content_type: String::new(),
-                    body: Body::Inline(b"Kinh gui".to_vec()),
-                }],
-                ..Default::default()
-            })
-            .unwrap();
+        let (id, _) = edge.submit(letter_with_attachment()).unwrap();
         let (from, id) = ("000.00.00.G22", id.to_string());
         let rec = edge.load_doc(from, &id).unwrap();
         assert!(rec.envelope.is_empty(), "envelope bytes in the record");
@@ -5476,19 +5479,7 @@ mod tests {
     async fn a_submission_is_durable_only_with_the_bytes_it_names() {
         let f = Fixture::new();
         let edge = f.edge(Arc::new(MemoryStore::new()));
-        let (_, accepted) = edge
-            .submit(Submission {
-                from: "000.00.00.G22".into(),
-                to: vec!["000.00.00.H41".into()],
-                subject: "Công văn".into(),
-                attachments: vec![SubmittedAttachment {
-                    name: "cong-van.txt".into(),
-                    content_type: String::new(),
-                    body: Body::Inline(b"Kinh gui".to_vec()),
-                }],
-                ..Default::default()
-            })
-            .unwrap();
+        let (_, accepted) = edge.submit(letter_with_attachment()).unwrap();
         edge.durable(accepted.ticket()).await.unwrap();
         assert_eq!(
             edge.blobs.unsynced_bytes(),
