@@ -182,9 +182,8 @@ fn prepare(state: &NodeState, batch: Vec<pb::Transfer>) -> Result<Vec<(u64, Prep
         }
     }
     let refs: Vec<(Digest, &[u8])> = blobs.iter().map(|(d, b)| (*d, b.as_slice())).collect();
-    // Durable with the records that name them: the flush that `accept_batch`'s
-    // ticket waits for syncs the packs first.
-    state.blobs.put_many_unsynced(&refs)?;
+    // Durable no later than the records that name them.
+    state.put_named_blobs(&refs)?;
     Ok(out)
 }
 

@@ -3893,10 +3893,23 @@ impl NodeState {
         let inline_bytes: u64 = inline.iter().map(|(_, d)| d.len() as u64).sum();
         self.blobs
             .check_space(inline_bytes, self.storage.min_free_bytes)?;
-        // Durable with the record, by the flush the caller waits for.
-        self.blobs.put_many_unsynced(&inline)?;
+        self.put_named_blobs(&inline)?;
         let accepted = self.accept(v, &Origin::Local, None)?;
         Ok((doc_id, accepted))
+    }
+
+    /// Stores blobs that records applied next through the group commit will
+    /// name. Where the store keeps applied records non-durable until a flush
+    /// (redb), they get no sync of their own: the flush syncs the packs first,
+    /// under the store's write lock. Elsewhere (sled, PostgreSQL, which may
+    /// persist a record on their own) they are synced before the record exists.
+    pub fn put_named_blobs(&self, items: &[(Digest, &[u8])]) -> Result<(), NodeError> {
+        if self.store.durable_only_at_flush() {
+            self.blobs.put_many_unsynced(items)?;
+        } else {
+            self.blobs.put_many(items)?;
+        }
+        Ok(())
     }
 
     /// Signs and sends a business status about a document (blocking).
@@ -5486,6 +5499,18 @@ mod tests {
             0,
             "the record is durable, the attachment it names is not"
         );
+    }
+
+    /// On a store that may persist an applied record on its own (sled's log,
+    /// PostgreSQL's asynchronous commit), the attachments are synced before the
+    /// record that names them is applied, not by the flush.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_a_store_that_persists_on_its_own_attachments_are_synced_before_the_record() {
+        let f = Fixture::new();
+        let dir = tempfile::tempdir().unwrap();
+        let edge = f.edge(Arc::new(SledStore::open(dir.path(), 1 << 20).unwrap()));
+        edge.submit(letter_with_attachment()).unwrap();
+        assert_eq!(edge.blobs.unsynced_bytes(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

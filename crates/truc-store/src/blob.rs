@@ -177,6 +177,10 @@ impl BlobStore {
 
     fn write(&self, d: &Digest, data: &[u8]) -> Result<(), BlobError> {
         if self.stored(d, data.len()) {
+            // A packed blob found may have been stored unsynced.
+            if data.len() <= PACK_MAX {
+                self.packs.sync()?;
+            }
             return Ok(());
         }
         if data.len() <= PACK_MAX {

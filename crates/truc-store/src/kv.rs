@@ -129,6 +129,23 @@ pub trait Store: Send + Sync + 'static {
     fn apply(&self, batch: Batch) -> Result<(), StoreError>;
     /// Makes every applied write durable (fsync).
     fn flush(&self) -> Result<(), StoreError>;
+    /// Whether an applied write stays non-durable until a `flush` (redb; memory,
+    /// where nothing is durable). Then the bytes a record names may be synced by
+    /// the flush that makes the record durable ([`Store::flush_after`]). A store
+    /// that may persist applied writes on its own (sled's log, PostgreSQL's
+    /// asynchronous commit) says no: blobs are synced before the records naming
+    /// them are applied.
+    fn durable_only_at_flush(&self) -> bool {
+        false
+    }
+    /// `before`, then a flush, with no write applied in between: what `before`
+    /// makes durable (the blobs records name) is on disk before any record this
+    /// flush makes durable. The default runs the two in turn, enough for a store
+    /// whose `durable_only_at_flush` is false.
+    fn flush_after(&self, before: &dyn Fn() -> Result<(), StoreError>) -> Result<(), StoreError> {
+        before()?;
+        self.flush()
+    }
     /// Bytes the store occupies on disk (0 for memory).
     fn size_on_disk(&self) -> u64;
     /// Why this process may no longer write the store, once it may not: a shared
@@ -350,6 +367,12 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    /// Nothing is ever durable here; unit tests then take the paths a node on
+    /// redb takes.
+    fn durable_only_at_flush(&self) -> bool {
+        true
+    }
+
     fn size_on_disk(&self) -> u64 {
         0
     }
@@ -433,6 +456,15 @@ impl<S: Store> Store for FaultyStore<S> {
             return Err(StoreError::Injected("fsync failed".into()));
         }
         self.inner.flush()
+    }
+    fn durable_only_at_flush(&self) -> bool {
+        self.inner.durable_only_at_flush()
+    }
+    fn flush_after(&self, before: &dyn Fn() -> Result<(), StoreError>) -> Result<(), StoreError> {
+        if self.plan.fail_flush.load(Ordering::SeqCst) {
+            return Err(StoreError::Injected("fsync failed".into()));
+        }
+        self.inner.flush_after(before)
     }
     fn size_on_disk(&self) -> u64 {
         self.inner.size_on_disk()

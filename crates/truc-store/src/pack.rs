@@ -234,6 +234,9 @@ struct State {
     files: HashMap<u32, Arc<File>>,
     active: Option<Active>,
     next_id: u32,
+    /// A failed fdatasync: the pages it covered may be lost, and a later sync
+    /// could succeed without them. Every put and sync is refused until restart.
+    failed: Option<String>,
 }
 
 /// What the packs hold (operators' metrics).
@@ -349,6 +352,14 @@ impl Packs {
             if st.index.unsealed() >= OPEN_SEAL {
                 st.index.seal();
             }
+            if Some(*id) == newest && at >= size {
+                // Its tail may have been written by a process killed before
+                // its flush: the page cache kept it, the disk may not have.
+                // Synced before it is taken as sealed, hence durable.
+                File::open(&path)
+                    .and_then(|f| f.sync_data())
+                    .map_err(io(&path))?;
+            }
             if at < size {
                 if Some(*id) == newest {
                     tracing::warn!(pack = %path.display(), kept = at, size, "cutting a torn tail off the newest pack");
@@ -436,7 +447,10 @@ impl Packs {
             && old.synced < old.len
         {
             let path = pack_path(&self.dir, old.id);
-            old.file.sync_data().map_err(io(&path))?;
+            if let Err(e) = old.file.sync_data() {
+                st.failed.get_or_insert_with(|| e.to_string());
+                return Err(io(&path)(e));
+            }
         }
         st.active = None;
         st.index.seal();
@@ -480,11 +494,27 @@ impl Packs {
     /// active pack if it has bytes not yet synced, nothing otherwise (a pack is
     /// synced before another becomes active).
     pub fn sync(&self) -> Result<(), BlobError> {
-        let (id, len) = match self.lock().active.as_ref() {
-            Some(a) if a.synced < a.len => (a.id, a.len),
-            _ => return Ok(()),
+        let (id, len) = {
+            let st = self.lock();
+            self.healthy(&st)?;
+            match st.active.as_ref() {
+                Some(a) if a.synced < a.len => (a.id, a.len),
+                _ => return Ok(()),
+            }
         };
         self.sync_upto(id, len)
+    }
+
+    fn healthy(&self, st: &State) -> Result<(), BlobError> {
+        match &st.failed {
+            None => Ok(()),
+            Some(e) => Err(BlobError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::other(format!(
+                    "an earlier pack sync failed ({e}); refusing blob writes until restart"
+                )),
+            }),
+        }
     }
 
     /// Bytes appended but not yet known durable.
@@ -500,6 +530,7 @@ impl Packs {
         let mut placed: Vec<(Digest, Loc)> = Vec::with_capacity(items.len());
         {
             let mut st = self.lock();
+            self.healthy(&st)?;
             for (d, data) in items {
                 if st.find(&self.dir, d)?.is_some() || placed.iter().any(|(p, _)| p == d) {
                     continue;
@@ -583,7 +614,10 @@ impl Packs {
             }
         };
         let path = pack_path(&self.dir, id);
-        file.sync_data().map_err(io(&path))?;
+        if let Err(e) = file.sync_data() {
+            self.lock().failed.get_or_insert_with(|| e.to_string());
+            return Err(io(&path)(e));
+        }
         let mut st = self.lock();
         if let Some(a) = st.active.as_mut().filter(|a| a.id == id) {
             a.synced = a.synced.max(len);

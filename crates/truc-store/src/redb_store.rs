@@ -150,6 +150,21 @@ impl Store for RedbStore {
         w.commit().map_err(io)
     }
 
+    /// `apply` commits with `Durability::None`: nothing applied is durable
+    /// before a flush's durable commit.
+    fn durable_only_at_flush(&self) -> bool {
+        true
+    }
+
+    /// `before` runs inside the flush's write transaction: redb has one writer
+    /// at a time, so no record can be applied between `before` and the commit
+    /// that makes every record applied so far durable.
+    fn flush_after(&self, before: &dyn Fn() -> Result<(), StoreError>) -> Result<(), StoreError> {
+        let w = self.db.begin_write().map_err(io)?;
+        before()?;
+        w.commit().map_err(io)
+    }
+
     fn size_on_disk(&self) -> u64 {
         std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
     }
@@ -158,6 +173,41 @@ impl Store for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Batch;
+    use std::{
+        sync::Arc,
+        time::{Duration, Instant},
+    };
+
+    /// What `flush_after`'s hook syncs covers every record the flush makes
+    /// durable: a writer arriving while the hook runs waits for the commit.
+    #[test]
+    fn no_write_is_applied_between_the_hook_and_its_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(RedbStore::open(&dir.path().join("store.redb"), 1 << 20).unwrap());
+        let writer = std::sync::Mutex::new(None);
+        s.flush_after(&|| {
+            let s2 = s.clone();
+            *writer.lock().unwrap() = Some(std::thread::spawn(move || {
+                let mut b = Batch::new();
+                b.put(Space::Meta, b"late".to_vec(), vec![1]);
+                s2.apply(b).unwrap();
+            }));
+            let until = Instant::now() + Duration::from_millis(300);
+            while Instant::now() < until {
+                assert_eq!(
+                    s.get(Space::Meta, b"late").unwrap(),
+                    None,
+                    "a record was applied between the hook and the flush"
+                );
+                std::thread::yield_now();
+            }
+            Ok(())
+        })
+        .unwrap();
+        writer.lock().unwrap().take().unwrap().join().unwrap();
+        assert_eq!(s.get(Space::Meta, b"late").unwrap(), Some(vec![1]));
+    }
 
     #[test]
     fn redb_store_conforms_and_keeps_flushed_writes_across_reopen() {
