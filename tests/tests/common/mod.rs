@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{Arc, Mutex, mpsc},
@@ -45,10 +45,12 @@ pub struct Cluster {
     old_logs: BTreeMap<String, Vec<String>>,
 }
 
+/// A port for a listener that keeps it across restarts (see `free_port` there:
+/// outside the range the kernel hands to other processes' connections).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    truc::chaos::cluster::free_port()
         .unwrap()
-        .local_addr()
+        .parse::<SocketAddr>()
         .unwrap()
         .port()
 }

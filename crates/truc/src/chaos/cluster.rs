@@ -44,7 +44,25 @@ pub struct Options {
     pub direct: bool,
 }
 
-fn free_port() -> Result<String> {
+/// A loopback address for a listener that must keep its port across restarts,
+/// so it is picked before the node binds it. Picked below the kernel's
+/// ephemeral range (`ip_local_port_range`), which port 0 and outgoing
+/// connections draw from: in the window before the node binds it, no other
+/// process's connection can be handed the same port. Random, checked free;
+/// port 0's pick if the range cannot be read or nothing below it is free.
+pub fn free_port() -> Result<String> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(0);
+    if low > 20_000 {
+        for _ in 0..64 {
+            let port = fastrand::u16(10_000..low);
+            if let Ok(l) = StdListener::bind(("127.0.0.1", port)) {
+                return Ok(l.local_addr()?.to_string());
+            }
+        }
+    }
     Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.to_string())
 }
 
@@ -327,4 +345,27 @@ pub fn files_under(dir: &Path, part: &str) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port picked for later is one no other process's connection can be
+    /// given meanwhile: below the ephemeral range, and free when picked.
+    #[test]
+    fn a_port_picked_for_later_is_below_the_ephemeral_range_and_free() {
+        let Some(low) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+            .filter(|low| *low > 20_000)
+        else {
+            return;
+        };
+        for _ in 0..20 {
+            let addr: SocketAddr = free_port().unwrap().parse().unwrap();
+            assert!(addr.port() < low, "{addr} is in the ephemeral range");
+            StdListener::bind(addr).unwrap();
+        }
+    }
 }
