@@ -420,6 +420,15 @@ impl<S: Store> FaultyStore<S> {
     }
 }
 
+impl<S> FaultyStore<S> {
+    fn flush_fault(&self) -> Result<(), StoreError> {
+        if self.plan.fail_flush.load(Ordering::SeqCst) {
+            return Err(StoreError::Injected("fsync failed".into()));
+        }
+        Ok(())
+    }
+}
+
 impl<S: Store> Store for FaultyStore<S> {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.get(space, key)
@@ -452,18 +461,14 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.apply(batch)
     }
     fn flush(&self) -> Result<(), StoreError> {
-        if self.plan.fail_flush.load(Ordering::SeqCst) {
-            return Err(StoreError::Injected("fsync failed".into()));
-        }
+        self.flush_fault()?;
         self.inner.flush()
     }
     fn durable_only_at_flush(&self) -> bool {
         self.inner.durable_only_at_flush()
     }
     fn flush_after(&self, before: &dyn Fn() -> Result<(), StoreError>) -> Result<(), StoreError> {
-        if self.plan.fail_flush.load(Ordering::SeqCst) {
-            return Err(StoreError::Injected("fsync failed".into()));
-        }
+        self.flush_fault()?;
         self.inner.flush_after(before)
     }
     fn size_on_disk(&self) -> u64 {

@@ -356,9 +356,7 @@ impl Packs {
                 // Its tail may have been written by a process killed before
                 // its flush: the page cache kept it, the disk may not have.
                 // Synced before it is taken as sealed, hence durable.
-                File::open(&path)
-                    .and_then(|f| f.sync_data())
-                    .map_err(io(&path))?;
+                r.get_ref().sync_data().map_err(io(&path))?;
             }
             if at < size {
                 if Some(*id) == newest {
@@ -441,8 +439,8 @@ impl Packs {
     /// A new active pack (the old one is synced and sealed first; one left with
     /// nothing live goes at the next open).
     fn rotate(&self, st: &mut State) -> Result<(), BlobError> {
-        // Synced before it stops being the active pack: `sync` and `sync_upto`
-        // take a pack that is no longer active as durable.
+        // Synced before it stops being the active pack: `sync` takes a pack
+        // that is no longer active as durable.
         if let Some(old) = st.active.as_ref()
             && old.synced < old.len
         {
@@ -494,15 +492,36 @@ impl Packs {
     /// active pack if it has bytes not yet synced, nothing otherwise (a pack is
     /// synced before another becomes active).
     pub fn sync(&self) -> Result<(), BlobError> {
-        let (id, len) = {
-            let st = self.lock();
-            self.healthy(&st)?;
-            match st.active.as_ref() {
-                Some(a) if a.synced < a.len => (a.id, a.len),
-                _ => return Ok(()),
-            }
+        // Nothing to do (the flusher's second call, mostly): no wait for a
+        // sync in progress.
+        if self.pending()?.is_none() {
+            return Ok(());
+        }
+        // One writer syncs for everyone; those waiting here find it done.
+        let _g = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((id, file, len)) = self.pending()? else {
+            return Ok(());
         };
-        self.sync_upto(id, len)
+        if let Err(e) = file.sync_data() {
+            self.lock().failed.get_or_insert_with(|| e.to_string());
+            return Err(io(&pack_path(&self.dir, id))(e));
+        }
+        // Still the active pack: only rotation replaces it, after syncing it.
+        if let Some(a) = self.lock().active.as_mut().filter(|a| a.id == id) {
+            a.synced = a.synced.max(len);
+        }
+        Ok(())
+    }
+
+    /// The active pack and its length, if it has bytes not yet synced.
+    fn pending(&self) -> Result<Option<(u32, Arc<File>, u64)>, BlobError> {
+        let st = self.lock();
+        self.healthy(&st)?;
+        Ok(st
+            .active
+            .as_ref()
+            .filter(|a| a.synced < a.len)
+            .map(|a| (a.id, a.file.clone(), a.len)))
     }
 
     fn healthy(&self, st: &State) -> Result<(), BlobError> {
@@ -596,33 +615,6 @@ impl Packs {
             }
         }
         result
-    }
-
-    fn sync_upto(&self, id: u32, upto: u64) -> Result<(), BlobError> {
-        let _g = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
-        let (file, len) = {
-            let st = self.lock();
-            match &st.active {
-                Some(a) if a.id == id => {
-                    if a.synced >= upto {
-                        return Ok(());
-                    }
-                    (a.file.clone(), a.len)
-                }
-                // Sealed since: rotation synced it.
-                _ => return Ok(()),
-            }
-        };
-        let path = pack_path(&self.dir, id);
-        if let Err(e) = file.sync_data() {
-            self.lock().failed.get_or_insert_with(|| e.to_string());
-            return Err(io(&path)(e));
-        }
-        let mut st = self.lock();
-        if let Some(a) = st.active.as_mut().filter(|a| a.id == id) {
-            a.synced = a.synced.max(len);
-        }
-        Ok(())
     }
 
     /// The blob's bytes, checked against its digest; None if it is not packed.

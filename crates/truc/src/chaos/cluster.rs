@@ -44,6 +44,15 @@ pub struct Options {
     pub direct: bool,
 }
 
+/// The low end of the kernel's ephemeral port range, when it leaves room below
+/// for picks (Linux: 32768 by default).
+fn ephemeral_low() -> Option<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|low| *low > 20_000)
+}
+
 /// A loopback address for a listener that must keep its port across restarts,
 /// so it is picked before the node binds it. Picked below the kernel's
 /// ephemeral range (`ip_local_port_range`), which port 0 and outgoing
@@ -51,11 +60,7 @@ pub struct Options {
 /// process's connection can be handed the same port. Random, checked free;
 /// port 0's pick if the range cannot be read or nothing below it is free.
 pub fn free_port() -> Result<String> {
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(0);
-    if low > 20_000 {
+    if let Some(low) = ephemeral_low() {
         for _ in 0..64 {
             let port = fastrand::u16(10_000..low);
             if let Ok(l) = StdListener::bind(("127.0.0.1", port)) {
@@ -355,11 +360,7 @@ mod tests {
     /// given meanwhile: below the ephemeral range, and free when picked.
     #[test]
     fn a_port_picked_for_later_is_below_the_ephemeral_range_and_free() {
-        let Some(low) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-            .filter(|low| *low > 20_000)
-        else {
+        let Some(low) = ephemeral_low() else {
             return;
         };
         for _ in 0..20 {
