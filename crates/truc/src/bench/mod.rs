@@ -226,6 +226,41 @@ fn crypto_floor_ms(s: &Summary, m: &Machine) -> Option<(f64, f64, f64)> {
     (ms > 0.0).then_some((made, verified, ms))
 }
 
+/// CPU milliseconds the nodes of a summary spent per document delivered.
+fn cpu_ms_per_doc(s: &Summary) -> Option<f64> {
+    let delivered = s.docs_per_s * s.secs;
+    (delivered > 0.0).then(|| s.nodes.iter().map(|u| u.cpu_s).sum::<f64>() * 1000.0 / delivered)
+}
+
+/// How many durable copies truc makes of one document in a scenario whose
+/// throughput is compared with the peer's (the peer makes one).
+fn durable_copies(scenario: &str) -> Option<f64> {
+    match scenario {
+        "one-hop" => Some(2.0),
+        "edge-hub-edge" => Some(3.0),
+        _ => None,
+    }
+}
+
+/// The most truc could do if each of its durable copies cost no more CPU than
+/// the peer spends storing one message, and signatures cost what was measured
+/// (`crypto_ms` per document): a bound from the peer's own figures, in this run.
+fn peer_cost_ceiling(s: &Summary, all: &[Summary], crypto_ms: f64, cpus: usize) -> Option<String> {
+    let copies = durable_copies(&s.scenario)?;
+    let ratio = s.vs_nats_sync.filter(|v| *v > 0.0)?;
+    let peer = all.iter().find(|p| {
+        p.scenario == s.scenario && p.system == NATS_SYNC && p.fsync_state == s.fsync_state
+    })?;
+    let per_copy = cpu_ms_per_doc(peer).filter(|ms| *ms > 0.0)?;
+    let floor = copies * per_copy + crypto_ms;
+    let ceiling = cpus as f64 * 1000.0 / floor;
+    let peer_rate = s.docs_per_s / ratio;
+    Some(format!(
+        "at nats-sync's own {per_copy:.2} ms of CPU per stored message for each of truc's {copies:.0} durable copies, plus the signatures: {floor:.2} ms, at most {ceiling:.0}/s on {cpus} cores = {:.2}× nats-sync",
+        ceiling / peer_rate
+    ))
+}
+
 /// How many 4 KiB write + fdatasync rounds the disk under `dir` takes per second
 /// over `for_`. The disks here swing between a fast and a slow fsync state; every
 /// figure of a run only means something next to this one.
@@ -810,13 +845,14 @@ fn print_summary(r: &Report) {
                 })
                 .unwrap_or_default();
             // What the nodes spent in all, per document (medians of the runs).
-            let delivered = s.docs_per_s * s.secs;
-            let spent = (delivered > 0.0)
-                .then(|| s.nodes.iter().map(|u| u.cpu_s).sum::<f64>() * 1000.0 / delivered)
+            let spent = cpu_ms_per_doc(s)
                 .map(|all| format!(" (of {all:.2} ms the nodes spent in all)"))
                 .unwrap_or_default();
+            let at_peer_cost = peer_cost_ceiling(s, &r.summary, ms, r.machine.cpus)
+                .map(|l| format!("\n  {:13} {l}", ""))
+                .unwrap_or_default();
             Some(format!(
-                "  {:13} {:.1} signatures made + {:.1} checked per document delivered = {:.2} ms of CPU{spent}: at most {:.0}/s on {} cores if nothing else cost anything{peer}",
+                "  {:13} {:.1} signatures made + {:.1} checked per document delivered = {:.2} ms of CPU{spent}: at most {:.0}/s on {} cores if nothing else cost anything{peer}{at_peer_cost}",
                 s.scenario, made, verified, ms, ceiling, r.machine.cpus
             ))
         })
@@ -897,5 +933,37 @@ mod tests {
         assert_eq!(truc.runs, 3);
         assert_eq!(truc.docs_per_s, 3000.0);
         assert_eq!(truc.vs_nats_sync, Some(3000.0 / 1100.0));
+    }
+
+    #[test]
+    fn the_bound_at_the_peers_cost_counts_each_durable_copy_and_the_signatures() {
+        let with_cpu = |system: &str, docs_per_s: f64, cpu_s: f64| {
+            let mut r = run(system, "steady", docs_per_s);
+            r.docs = docs_per_s as u64;
+            r.nodes = vec![procstat::Usage {
+                node: system.into(),
+                cpu_s,
+                rss_start_mib: 0.0,
+                rss_peak_mib: 0.0,
+            }];
+            r
+        };
+        // The peer: 2,000 messages in a second for 0.6 CPU-s, 0.3 ms each.
+        let s = summarize(&[
+            with_cpu(NATS_SYNC, 2000.0, 0.6),
+            with_cpu(TRUC, 1000.0, 1.7),
+        ]);
+        let truc = s.iter().find(|r| r.system == TRUC).unwrap();
+        // Three copies at 0.3 ms and 0.5 ms of signatures: 1.4 ms, 1,429/s on 2 cores.
+        let line = peer_cost_ceiling(truc, &s, 0.5, 2).unwrap();
+        assert!(line.contains("0.30 ms of CPU per stored message"), "{line}");
+        assert!(line.contains("3 durable copies"), "{line}");
+        assert!(
+            line.contains("1.40 ms, at most 1429/s on 2 cores = 0.71× nats-sync"),
+            "{line}"
+        );
+        // Without the peer in the same state there is no bound to give.
+        let alone = summarize(&[with_cpu(TRUC, 1000.0, 1.7)]);
+        assert!(peer_cost_ceiling(&alone[0], &alone, 0.5, 2).is_none());
     }
 }
