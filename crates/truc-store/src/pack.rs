@@ -550,39 +550,13 @@ impl Packs {
         {
             let mut st = self.lock();
             self.healthy(&st)?;
-            for (d, data) in items {
-                if st.find(&self.dir, d)?.is_some() || placed.iter().any(|(p, _)| p == d) {
-                    continue;
+            if let Err(e) = self.append(&mut st, items, &mut placed) {
+                // Never made visible: what was appended before the failure is
+                // not counted live, so that its pack can still be deleted.
+                for (_, loc) in placed {
+                    dec(&mut st.live, loc.pack);
                 }
-                if st.active.as_ref().is_none_or(|a| a.len >= self.target) {
-                    self.rotate(&mut st)?;
-                }
-                let a = st.active.as_mut().ok_or_else(|| BlobError::Io {
-                    path: self.dir.clone(),
-                    source: std::io::Error::other("no active pack"),
-                })?;
-                let len = data.len() as u32;
-                let mut rec = Vec::with_capacity(HEADER + data.len());
-                rec.extend_from_slice(&header(BLOB, len, d));
-                rec.extend_from_slice(data);
-                let path = pack_path(&self.dir, a.id);
-                if let Err(e) = a.file.write_all_at(&rec, a.len) {
-                    // Nothing after `len` counts: the next append overwrites it.
-                    return Err(io(&path)(e));
-                }
-                placed.push((
-                    *d,
-                    Loc {
-                        pack: a.id,
-                        offset: (a.len + HEADER as u64) as u32,
-                        len,
-                    },
-                ));
-                a.len += rec.len() as u64;
-                // Counted live from now on, so that its pack is not deleted
-                // before the blob becomes visible.
-                let id = a.id;
-                *st.live.entry(id).or_default() += 1;
+                return Err(e);
             }
         }
         // 2. Durable: one fdatasync covers every append made before it started,
@@ -615,6 +589,51 @@ impl Packs {
             }
         }
         result
+    }
+
+    /// Appends what `items` holds that is not stored yet to the active pack
+    /// (rotating it when full), each counted live and pushed to `placed`.
+    fn append(
+        &self,
+        st: &mut State,
+        items: &[(Digest, &[u8])],
+        placed: &mut Vec<(Digest, Loc)>,
+    ) -> Result<(), BlobError> {
+        for (d, data) in items {
+            if st.find(&self.dir, d)?.is_some() || placed.iter().any(|(p, _)| p == d) {
+                continue;
+            }
+            if st.active.as_ref().is_none_or(|a| a.len >= self.target) {
+                self.rotate(st)?;
+            }
+            let a = st.active.as_mut().ok_or_else(|| BlobError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::other("no active pack"),
+            })?;
+            let len = data.len() as u32;
+            let mut rec = Vec::with_capacity(HEADER + data.len());
+            rec.extend_from_slice(&header(BLOB, len, d));
+            rec.extend_from_slice(data);
+            let path = pack_path(&self.dir, a.id);
+            if let Err(e) = a.file.write_all_at(&rec, a.len) {
+                // Nothing after `len` counts: the next append overwrites it.
+                return Err(io(&path)(e));
+            }
+            placed.push((
+                *d,
+                Loc {
+                    pack: a.id,
+                    offset: (a.len + HEADER as u64) as u32,
+                    len,
+                },
+            ));
+            a.len += rec.len() as u64;
+            // Counted live from now on, so that its pack is not deleted
+            // before the blob becomes visible.
+            let id = a.id;
+            *st.live.entry(id).or_default() += 1;
+        }
+        Ok(())
     }
 
     /// The blob's bytes, checked against its digest; None if it is not packed.
@@ -933,6 +952,39 @@ mod tests {
         drop(p);
         let p = Packs::open(dir.path()).unwrap();
         assert_eq!(p.read(&c).unwrap().unwrap(), b"after the crash");
+    }
+
+    /// A put that fails half-way (here the rotation after its first blob: the
+    /// next pack's name is taken) leaves nothing counted live that was not made
+    /// visible, so that the pack it wrote into can still be deleted.
+    #[test]
+    fn a_put_that_fails_half_way_does_not_keep_its_pack_alive() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Packs::open(dir.path()).unwrap();
+        p.target = 200;
+        let a = put(&p, b"the only blob a record names");
+        let first = p.lock().active.as_ref().unwrap().id;
+        let blocker = pack_path(dir.path(), p.lock().next_id);
+        fs::write(&blocker, b"").unwrap();
+        let (b, c) = (vec![0x62u8; 200], b"rotates".to_vec());
+        let items = [
+            (Digest::of(&b), b.as_slice()),
+            (Digest::of(&c), c.as_slice()),
+        ];
+        assert!(
+            p.put_many(&items).is_err(),
+            "the rotation cannot create its pack"
+        );
+        assert!(!p.contains(&items[0].0), "half a put is not visible");
+        assert!(p.remove(&a).unwrap());
+        assert!(
+            !pack_path(dir.path(), first).exists(),
+            "nothing visible is left in the pack, so it goes"
+        );
+        // Once the name is free, the same put goes through.
+        fs::remove_file(&blocker).unwrap();
+        p.put_many(&items).unwrap();
+        assert_eq!(p.read(&items[1].0).unwrap().unwrap(), c);
     }
 
     #[test]
