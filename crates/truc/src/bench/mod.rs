@@ -10,6 +10,7 @@ mod fed;
 mod load;
 mod peer;
 mod procstat;
+mod targets;
 
 use std::{
     collections::BTreeMap,
@@ -147,6 +148,9 @@ pub struct Report {
     pub nats_server: Option<String>,
     pub runs: Vec<Run>,
     pub summary: Vec<Summary>,
+    /// The targets this run measured, met or missed.
+    #[serde(default)]
+    pub targets: Vec<targets::TargetCheck>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -743,11 +747,13 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         r.fsync_state = s.to_owned();
     }
     let summary = summarize(&runs);
+    let targets = targets::check_all(&summary, &a);
     let report = Report {
         machine: m,
         nats_server: nats_version,
         runs,
         summary,
+        targets,
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -864,6 +870,14 @@ fn print_summary(r: &Report) {
             r.machine.ecdsa_verify_us,
             floors.join("\n")
         );
+    }
+    if !r.targets.is_empty() {
+        let mut t = client::table();
+        t.set_header(vec!["target (2 cores)", "measured (medians)", "verdict"]);
+        for c in &r.targets {
+            t.add_row(vec![c.target.as_str(), &c.measured, &c.verdict]);
+        }
+        println!("\nthe targets this run measured:\n{t}");
     }
 }
 

@@ -1,0 +1,310 @@
+//! The performance targets, checked against a run's medians: each
+//! target the run measured gets what was measured and whether it was met, so
+//! that a bench run says where truc stands without reading BENCHMARKS.md.
+
+use serde::{Deserialize, Serialize};
+
+use super::{BenchArgs, NATS_SYNC, Summary, TRUC};
+
+/// One target and what this run measured of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetCheck {
+    pub target: String,
+    pub measured: String,
+    /// "met", "missed", or why the run cannot say (another setting, no peer).
+    pub verdict: String,
+}
+
+fn check(target: &str, measured: String, verdict: impl Into<String>) -> TargetCheck {
+    TargetCheck {
+        target: target.to_owned(),
+        measured,
+        verdict: verdict.into(),
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "missed" }
+}
+
+/// truc's summary of a scenario: the one of the most runs when the runs fell
+/// into two fsync states.
+fn truc<'a>(summary: &'a [Summary], scenario: &str) -> Option<&'a Summary> {
+    summary
+        .iter()
+        .filter(|s| s.scenario == scenario && s.system == TRUC)
+        .max_by_key(|s| s.runs)
+}
+
+const MB_PER_MIB: f64 = 1.048_576;
+
+/// The targets of the scenarios this run measured, in the order.
+pub fn check_all(summary: &[Summary], a: &BenchArgs) -> Vec<TargetCheck> {
+    let mut out = Vec::new();
+    if let Some(s) = truc(summary, "edge-hub-edge") {
+        const T: &str = "edge → hub → edge ≥ 1.5× nats-sync";
+        let peer = summary.iter().find(|p| {
+            p.scenario == s.scenario && p.system == NATS_SYNC && p.fsync_state == s.fsync_state
+        });
+        out.push(match (s.vs_nats_sync, peer) {
+            (Some(v), Some(p)) => check(
+                T,
+                format!(
+                    "{v:.2}× ({:.0} vs {:.0} docs/s)",
+                    s.docs_per_s, p.docs_per_s
+                ),
+                met(v >= 1.5),
+            ),
+            _ => check(
+                T,
+                format!("{:.0} docs/s", s.docs_per_s),
+                "no peer in this run",
+            ),
+        });
+    }
+    if let Some(s) = truc(summary, "steady") {
+        const T: &str = "p99 ≤ 10 ms at a steady 1,000 docs/s";
+        let p99 = s.p99_ms.unwrap_or(f64::INFINITY);
+        let measured = format!(
+            "p99 {p99:.1} ms, {:.0}/s kept of {:.0} offered",
+            s.docs_per_s, a.rate
+        );
+        out.push(if (a.rate - 1000.0).abs() < 0.5 {
+            check(
+                T,
+                measured,
+                met(p99 <= 10.0 && s.docs_per_s >= 0.99 * a.rate),
+            )
+        } else {
+            check(T, measured, "another rate (--rate 1000)")
+        });
+    }
+    if let Some(s) = truc(summary, "attachment") {
+        const T: &str = "1 GiB attachment: < 64 MiB extra RSS on each node";
+        let extra: Vec<(String, f64)> = s
+            .nodes
+            .iter()
+            .map(|u| (u.node.clone(), u.rss_peak_mib - u.rss_start_mib))
+            .collect();
+        let measured = extra
+            .iter()
+            .map(|(n, m)| format!("{n} +{m:.1} MiB"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push(if a.attachment_mib == 1024 {
+            check(T, measured, met(extra.iter().all(|(_, m)| *m < 64.0)))
+        } else {
+            check(
+                T,
+                format!("{measured} for {} MiB", a.attachment_mib),
+                "another size (--attachment-mib 1024)",
+            )
+        });
+    }
+    if let Some(s) = truc(summary, "queued-drain") {
+        const T: &str = "100,000 queued: < 10 MB extra hub RSS";
+        let warm = s.extra.get("queued_rss_growth_mib").copied();
+        let cold = s.extra.get("queued_rss_growth_cold_mib").copied();
+        let mb = |m: Option<f64>| m.map_or("—".into(), |m| format!("{:.1} MB", m * MB_PER_MIB));
+        let measured = format!("warm hub +{}, from cold +{}", mb(warm), mb(cold));
+        let under = |m: Option<f64>| m.is_some_and(|m| m * MB_PER_MIB < 10.0);
+        out.push(if a.queued == 100_000 {
+            let verdict = match (under(warm), under(cold)) {
+                (true, true) => "met".to_owned(),
+                (true, false) => "met on a warm hub, missed from cold".to_owned(),
+                (false, _) => "missed".to_owned(),
+            };
+            check(T, measured, verdict)
+        } else {
+            check(
+                T,
+                format!("{measured} for {} queued", a.queued),
+                "another count (--queued 100000)",
+            )
+        });
+        // A gigabit link's speed: loopback is faster still.
+        let mbit = s.mb_per_s * 8.0;
+        out.push(check(
+            "the queue drained at link speed",
+            format!(
+                "{:.0} docs/s, {:.1} MB/s = {mbit:.0} Mbit/s",
+                s.docs_per_s, s.mb_per_s
+            ),
+            if mbit >= 1000.0 {
+                "met (a gigabit link's speed)"
+            } else {
+                "missed (below a gigabit link; loopback is faster)"
+            },
+        ));
+    }
+    if let Some(s) = truc(summary, "idle-edges") {
+        const T: &str = "1,000 idle edges on one hub";
+        let per = s
+            .extra
+            .get("rss_per_connection_kib")
+            .copied()
+            .unwrap_or(0.0);
+        let measured = format!("{} connected, {per:.1} KiB of hub RSS each", a.idle_edges);
+        // A run that did not connect every edge fails instead of reporting.
+        out.push(if a.idle_edges >= 1000 {
+            check(T, measured, "met")
+        } else {
+            check(T, measured, "fewer edges (--idle-edges 1000)")
+        });
+    }
+    if let Some(s) = truc(summary, "reconnect") {
+        const T: &str = "100 edges back within 1 s of a hub restart";
+        let measured = format!(
+            "{} back {:.0} ms after the hub's ready line",
+            a.reconnect_edges,
+            s.secs * 1000.0
+        );
+        out.push(if a.reconnect_edges >= 100 {
+            check(T, measured, met(s.secs <= 1.0))
+        } else {
+            check(T, measured, "fewer edges (--reconnect-edges 100)")
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::bench::procstat::Usage;
+
+    fn args() -> BenchArgs {
+        BenchArgs {
+            scenarios: Vec::new(),
+            docs: 5000,
+            window: 64,
+            body_bytes: 10240,
+            runs: 3,
+            rate: 1000.0,
+            fanout: 60,
+            queued: 100_000,
+            idle_edges: 1000,
+            reconnect_edges: 100,
+            attachment_mib: 1024,
+            no_peer: false,
+            json: false,
+            dir: None,
+        }
+    }
+
+    fn summary(scenario: &str, system: &str, docs_per_s: f64) -> Summary {
+        Summary {
+            scenario: scenario.into(),
+            system: system.into(),
+            fsync_state: "steady".into(),
+            runs: 3,
+            docs_per_s,
+            mb_per_s: docs_per_s * 0.01024,
+            secs: 1.0,
+            p50_ms: None,
+            p99_ms: None,
+            p999_ms: None,
+            vs_nats_sync: None,
+            vs_embedded_hub: None,
+            extra: BTreeMap::new(),
+            nodes: Vec::new(),
+        }
+    }
+
+    fn verdict<'a>(checks: &'a [TargetCheck], prefix: &str) -> &'a TargetCheck {
+        checks
+            .iter()
+            .find(|c| c.target.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no target {prefix:?} in {checks:#?}"))
+    }
+
+    #[test]
+    fn each_target_is_met_or_missed_by_what_the_run_measured() {
+        let mut ehe = summary("edge-hub-edge", TRUC, 958.0);
+        ehe.vs_nats_sync = Some(958.0 / 1883.0);
+        let mut steady = summary("steady", TRUC, 896.0);
+        steady.p99_ms = Some(640.8);
+        let mut attachment = summary("attachment", TRUC, 0.0);
+        attachment.nodes = vec![
+            Usage {
+                node: "hub".into(),
+                cpu_s: 1.0,
+                rss_start_mib: 30.0,
+                rss_peak_mib: 43.0,
+            },
+            Usage {
+                node: "nghean".into(),
+                cpu_s: 1.0,
+                rss_start_mib: 30.0,
+                rss_peak_mib: 95.0,
+            },
+        ];
+        let mut queued = summary("queued-drain", TRUC, 1874.0);
+        queued.extra.insert("queued_rss_growth_mib".into(), 6.1);
+        queued
+            .extra
+            .insert("queued_rss_growth_cold_mib".into(), 24.4);
+        let mut reconnect = summary("reconnect", TRUC, 100.0 / 0.122);
+        reconnect.secs = 0.122;
+        let all = vec![
+            summary("edge-hub-edge", NATS_SYNC, 1883.0),
+            ehe,
+            steady,
+            attachment,
+            queued,
+            summary("idle-edges", TRUC, 44.0),
+            reconnect,
+        ];
+        let c = check_all(&all, &args());
+        let ratio = verdict(&c, "edge → hub → edge");
+        assert_eq!(ratio.verdict, "missed");
+        assert_eq!(ratio.measured, "0.51× (958 vs 1883 docs/s)");
+        let p99 = verdict(&c, "p99");
+        assert_eq!(p99.verdict, "missed");
+        assert_eq!(p99.measured, "p99 640.8 ms, 896/s kept of 1000 offered");
+        let att = verdict(&c, "1 GiB");
+        assert_eq!(att.verdict, "missed", "nghean grew 65 MiB");
+        assert_eq!(att.measured, "hub +13.0 MiB, nghean +65.0 MiB");
+        // 6.1 MiB is 6.4 MB; 24.4 MiB is 25.6 MB.
+        let q = verdict(&c, "100,000 queued");
+        assert_eq!(q.verdict, "met on a warm hub, missed from cold");
+        assert_eq!(q.measured, "warm hub +6.4 MB, from cold +25.6 MB");
+        assert_eq!(
+            verdict(&c, "the queue drained").verdict,
+            "missed (below a gigabit link; loopback is faster)"
+        );
+        assert_eq!(verdict(&c, "1,000 idle").verdict, "met");
+        let r = verdict(&c, "100 edges back");
+        assert_eq!(r.verdict, "met");
+        assert_eq!(r.measured, "100 back 122 ms after the hub's ready line");
+    }
+
+    #[test]
+    fn a_run_with_other_settings_or_no_peer_does_not_claim_a_target() {
+        let mut a = args();
+        a.rate = 300.0;
+        a.queued = 10_000;
+        let mut steady = summary("steady", TRUC, 300.0);
+        steady.p99_ms = Some(8.0);
+        let mut queued = summary("queued-drain", TRUC, 2000.0);
+        queued.extra.insert("queued_rss_growth_mib".into(), 1.0);
+        queued
+            .extra
+            .insert("queued_rss_growth_cold_mib".into(), 2.0);
+        let all = vec![summary("edge-hub-edge", TRUC, 958.0), steady, queued];
+        let c = check_all(&all, &a);
+        assert_eq!(
+            verdict(&c, "edge → hub → edge").verdict,
+            "no peer in this run"
+        );
+        assert_eq!(verdict(&c, "p99").verdict, "another rate (--rate 1000)");
+        assert_eq!(
+            verdict(&c, "100,000 queued").verdict,
+            "another count (--queued 100000)"
+        );
+        // Scenarios the run did not measure have no row.
+        assert!(c.iter().all(|t| !t.target.contains("idle")), "{c:#?}");
+    }
+}
