@@ -552,9 +552,14 @@ impl Packs {
             self.healthy(&st)?;
             if let Err(e) = self.append(&mut st, items, &mut placed) {
                 // Never made visible: what was appended before the failure is
-                // not counted live, so that its pack can still be deleted.
-                for (_, loc) in placed {
+                // not counted live, so that its pack can still be deleted, now
+                // if nothing else in it is live and it is no longer active.
+                for (_, loc) in &placed {
                     dec(&mut st.live, loc.pack);
+                }
+                for (_, loc) in &placed {
+                    // The put's own error is the one to report.
+                    let _ = self.delete_if_dead(&mut st, loc.pack);
                 }
                 return Err(e);
             }
@@ -678,17 +683,7 @@ impl Packs {
             return Ok(false);
         };
         dec(&mut st.live, loc.pack);
-        let active = st.active.as_ref().map(|a| a.id);
-        if st.live.get(&loc.pack).copied().unwrap_or(0) == 0 && Some(loc.pack) != active {
-            // Its slots are all marked removed (nothing in it is live): the
-            // next seal drops them, without a pass over the array here.
-            st.files.remove(&loc.pack);
-            let path = pack_path(&self.dir, loc.pack);
-            if let Err(e) = fs::remove_file(&path)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                return Err(io(&path)(e));
-            }
+        if self.delete_if_dead(&mut st, loc.pack)? {
             return Ok(true);
         }
         // The removal is recorded (unsynced: losing it only delays the space's
@@ -701,6 +696,24 @@ impl Packs {
             let path = pack_path(&self.dir, a.id);
             a.file.write_all_at(&h, a.len).map_err(io(&path))?;
             a.len += HEADER as u64;
+        }
+        Ok(true)
+    }
+
+    /// Deletes `pack` if nothing in it is live and it is not the active pack;
+    /// returns whether it did. Its slots are all marked removed (or were never
+    /// added): the next seal drops them, without a pass over the array here.
+    fn delete_if_dead(&self, st: &mut State, pack: u32) -> Result<bool, BlobError> {
+        let active = st.active.as_ref().map(|a| a.id);
+        if st.live.get(&pack).copied().unwrap_or(0) != 0 || Some(pack) == active {
+            return Ok(false);
+        }
+        st.files.remove(&pack);
+        let path = pack_path(&self.dir, pack);
+        if let Err(e) = fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(io(&path)(e));
         }
         Ok(true)
     }
@@ -981,10 +994,34 @@ mod tests {
             !pack_path(dir.path(), first).exists(),
             "nothing visible is left in the pack, so it goes"
         );
-        // Once the name is free, the same put goes through.
-        fs::remove_file(&blocker).unwrap();
+        // The failed rotation used up the taken name: the next put goes on.
         p.put_many(&items).unwrap();
         assert_eq!(p.read(&items[1].0).unwrap().unwrap(), c);
+        assert!(blocker.exists());
+    }
+
+    /// When the pack a failed put wrote into holds nothing else live and is no
+    /// longer the active one, it goes at once, not at some later removal.
+    #[test]
+    fn a_pack_holding_only_a_failed_put_goes_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Packs::open(dir.path()).unwrap();
+        p.target = 200;
+        let first = p.lock().next_id;
+        let blocker = pack_path(dir.path(), first + 1);
+        fs::write(&blocker, b"").unwrap();
+        let (b, c) = (vec![0x62u8; 200], b"rotates".to_vec());
+        let items = [
+            (Digest::of(&b), b.as_slice()),
+            (Digest::of(&c), c.as_slice()),
+        ];
+        assert!(p.put_many(&items).is_err());
+        assert!(
+            !pack_path(dir.path(), first).exists(),
+            "the pack the failed put wrote into is deleted"
+        );
+        assert!(p.lock().files.is_empty(), "a handle on a deleted pack");
+        assert!(p.list().is_empty());
     }
 
     #[test]

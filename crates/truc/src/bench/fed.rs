@@ -809,6 +809,7 @@ pub async fn reconnect(
             let mut up = e.parent_up();
             tokio::time::timeout(STALL, up.wait_for(|u| !*u)).await??;
         }
+        let starting = Instant::now();
         fed.cluster.start("hub").await?;
         let ready = Instant::now();
         let clock = Clock::new(n);
@@ -836,7 +837,12 @@ pub async fn reconnect(
                 usage: None,
                 elapsed: last.saturating_duration_since(ready),
                 latencies,
-                extra: Vec::new(),
+                // From the start command to the hub's ready line (process start,
+                // store open, listeners): the edges cannot come back before it.
+                extra: vec![(
+                    "hub_start_ms",
+                    ready.duration_since(starting).as_secs_f64() * 1000.0,
+                )],
             },
             usage,
         ))

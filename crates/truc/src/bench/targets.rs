@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{BenchArgs, NATS_SYNC, Summary, TRUC};
+use super::{BenchArgs, Summary, TRUC, peer_of};
 
 /// One target and what this run measured of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,26 +27,33 @@ fn met(ok: bool) -> &'static str {
     if ok { "met" } else { "missed" }
 }
 
-/// truc's summary of a scenario: the one of the most runs when the runs fell
-/// into two fsync states.
+/// truc's summary of a scenario (one per scenario: in the fsync state compared).
 fn truc<'a>(summary: &'a [Summary], scenario: &str) -> Option<&'a Summary> {
     summary
         .iter()
-        .filter(|s| s.scenario == scenario && s.system == TRUC)
-        .max_by_key(|s| s.runs)
+        .find(|s| s.scenario == scenario && s.system == TRUC)
 }
 
 const MB_PER_MIB: f64 = 1.048_576;
 
-/// The targets of the scenarios this run measured, in the order.
-pub fn check_all(summary: &[Summary], a: &BenchArgs) -> Vec<TargetCheck> {
+/// The targets of the scenarios this run measured, in the order. The
+/// targets are set for the 2-core development machine: on another, each
+/// verdict says so.
+pub fn check_all(summary: &[Summary], a: &BenchArgs, cpus: usize) -> Vec<TargetCheck> {
+    let mut out = checks(summary, a);
+    if cpus != 2 {
+        for c in &mut out {
+            c.verdict = format!("{} (on {cpus} cores, not 2)", c.verdict);
+        }
+    }
+    out
+}
+
+fn checks(summary: &[Summary], a: &BenchArgs) -> Vec<TargetCheck> {
     let mut out = Vec::new();
     if let Some(s) = truc(summary, "edge-hub-edge") {
         const T: &str = "edge → hub → edge ≥ 1.5× nats-sync";
-        let peer = summary.iter().find(|p| {
-            p.scenario == s.scenario && p.system == NATS_SYNC && p.fsync_state == s.fsync_state
-        });
-        out.push(match (s.vs_nats_sync, peer) {
+        out.push(match (s.vs_nats_sync, peer_of(s, summary)) {
             (Some(v), Some(p)) => check(
                 T,
                 format!(
@@ -64,17 +71,16 @@ pub fn check_all(summary: &[Summary], a: &BenchArgs) -> Vec<TargetCheck> {
     }
     if let Some(s) = truc(summary, "steady") {
         const T: &str = "p99 ≤ 10 ms at a steady 1,000 docs/s";
-        let p99 = s.p99_ms.unwrap_or(f64::INFINITY);
         let measured = format!(
-            "p99 {p99:.1} ms, {:.0}/s kept of {:.0} offered",
-            s.docs_per_s, a.rate
+            "p99 {}, {:.0}/s kept of {:.0} offered",
+            s.p99_ms.map_or("—".into(), |p| format!("{p:.1} ms")),
+            s.docs_per_s,
+            a.rate
         );
+        // Latency counts from when each document was due (open loop): a system
+        // that falls behind shows it in the p99, so the p99 alone decides.
         out.push(if (a.rate - 1000.0).abs() < 0.5 {
-            check(
-                T,
-                measured,
-                met(p99 <= 10.0 && s.docs_per_s >= 0.99 * a.rate),
-            )
+            check(T, measured, met(s.p99_ms.is_some_and(|p| p <= 10.0)))
         } else {
             check(T, measured, "another rate (--rate 1000)")
         });
@@ -142,9 +148,8 @@ pub fn check_all(summary: &[Summary], a: &BenchArgs) -> Vec<TargetCheck> {
         let per = s
             .extra
             .get("rss_per_connection_kib")
-            .copied()
-            .unwrap_or(0.0);
-        let measured = format!("{} connected, {per:.1} KiB of hub RSS each", a.idle_edges);
+            .map_or("—".into(), |k| format!("{k:.1} KiB"));
+        let measured = format!("{} connected, {per} of hub RSS each", a.idle_edges);
         // A run that did not connect every edge fails instead of reporting.
         out.push(if a.idle_edges >= 1000 {
             check(T, measured, "met")
@@ -154,8 +159,12 @@ pub fn check_all(summary: &[Summary], a: &BenchArgs) -> Vec<TargetCheck> {
     }
     if let Some(s) = truc(summary, "reconnect") {
         const T: &str = "100 edges back within 1 s of a hub restart";
+        let start = s
+            .extra
+            .get("hub_start_ms")
+            .map_or(String::new(), |ms| format!(" (its start took {ms:.0} ms)"));
         let measured = format!(
-            "{} back {:.0} ms after the hub's ready line",
+            "{} back {:.0} ms after the hub's ready line{start}",
             a.reconnect_edges,
             s.secs * 1000.0
         );
@@ -173,7 +182,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::bench::procstat::Usage;
+    use crate::bench::{NATS_SYNC, procstat::Usage};
 
     fn args() -> BenchArgs {
         BenchArgs {
@@ -203,6 +212,7 @@ mod tests {
             docs_per_s,
             mb_per_s: docs_per_s * 0.01024,
             secs: 1.0,
+            docs: docs_per_s,
             p50_ms: None,
             p99_ms: None,
             p999_ms: None,
@@ -246,8 +256,9 @@ mod tests {
         queued
             .extra
             .insert("queued_rss_growth_cold_mib".into(), 24.4);
-        let mut reconnect = summary("reconnect", TRUC, 100.0 / 0.122);
-        reconnect.secs = 0.122;
+        let mut reconnect = summary("reconnect", TRUC, 100.0 / 0.186);
+        reconnect.secs = 0.186;
+        reconnect.extra.insert("hub_start_ms".into(), 310.0);
         let all = vec![
             summary("edge-hub-edge", NATS_SYNC, 1883.0),
             ehe,
@@ -257,7 +268,7 @@ mod tests {
             summary("idle-edges", TRUC, 44.0),
             reconnect,
         ];
-        let c = check_all(&all, &args());
+        let c = check_all(&all, &args(), 2);
         let ratio = verdict(&c, "edge → hub → edge");
         assert_eq!(ratio.verdict, "missed");
         assert_eq!(ratio.measured, "0.51× (958 vs 1883 docs/s)");
@@ -278,7 +289,10 @@ mod tests {
         assert_eq!(verdict(&c, "1,000 idle").verdict, "met");
         let r = verdict(&c, "100 edges back");
         assert_eq!(r.verdict, "met");
-        assert_eq!(r.measured, "100 back 122 ms after the hub's ready line");
+        assert_eq!(
+            r.measured,
+            "100 back 186 ms after the hub's ready line (its start took 310 ms)"
+        );
     }
 
     #[test]
@@ -294,7 +308,7 @@ mod tests {
             .extra
             .insert("queued_rss_growth_cold_mib".into(), 2.0);
         let all = vec![summary("edge-hub-edge", TRUC, 958.0), steady, queued];
-        let c = check_all(&all, &a);
+        let c = check_all(&all, &a, 2);
         assert_eq!(
             verdict(&c, "edge → hub → edge").verdict,
             "no peer in this run"
@@ -306,5 +320,20 @@ mod tests {
         );
         // Scenarios the run did not measure have no row.
         assert!(c.iter().all(|t| !t.target.contains("idle")), "{c:#?}");
+    }
+
+    /// Open loop: a p99 within 10 ms at 1,000/s is met even if the run's
+    /// rate, counted to the last arrival, reads a little under the offered one;
+    /// on a machine other than the 2-core one each verdict says so.
+    #[test]
+    fn the_p99_decides_the_steady_target_and_other_machines_are_named() {
+        let mut steady = summary("steady", TRUC, 985.0);
+        steady.p99_ms = Some(8.0);
+        let all = vec![steady];
+        assert_eq!(verdict(&check_all(&all, &args(), 2), "p99").verdict, "met");
+        assert_eq!(
+            verdict(&check_all(&all, &args(), 8), "p99").verdict,
+            "met (on 8 cores, not 2)"
+        );
     }
 }
