@@ -552,14 +552,9 @@ impl Packs {
             self.healthy(&st)?;
             if let Err(e) = self.append(&mut st, items, &mut placed) {
                 // Never made visible: what was appended before the failure is
-                // not counted live, so that its pack can still be deleted, now
-                // if nothing else in it is live and it is no longer active.
+                // not counted live (the put's own error is the one to report).
                 for (_, loc) in &placed {
-                    dec(&mut st.live, loc.pack);
-                }
-                for (_, loc) in &placed {
-                    // The put's own error is the one to report.
-                    let _ = self.delete_if_dead(&mut st, loc.pack);
+                    self.release_quietly(&mut st, loc.pack);
                 }
                 return Err(e);
             }
@@ -586,9 +581,9 @@ impl Packs {
             };
             match indexed {
                 Ok(true) => {}
-                Ok(false) => dec(&mut st.live, loc.pack),
+                Ok(false) => self.release_quietly(&mut st, loc.pack),
                 Err(e) => {
-                    dec(&mut st.live, loc.pack);
+                    self.release_quietly(&mut st, loc.pack);
                     result = Err(e);
                 }
             }
@@ -682,8 +677,7 @@ impl Packs {
         let Some(loc) = st.take(&self.dir, d)? else {
             return Ok(false);
         };
-        dec(&mut st.live, loc.pack);
-        if self.delete_if_dead(&mut st, loc.pack)? {
+        if self.release(&mut st, loc.pack)? {
             return Ok(true);
         }
         // The removal is recorded (unsynced: losing it only delays the space's
@@ -700,10 +694,12 @@ impl Packs {
         Ok(true)
     }
 
-    /// Deletes `pack` if nothing in it is live and it is not the active pack;
-    /// returns whether it did. Its slots are all marked removed (or were never
-    /// added): the next seal drops them, without a pass over the array here.
-    fn delete_if_dead(&self, st: &mut State, pack: u32) -> Result<bool, BlobError> {
+    /// Counts one blob of `pack` no longer live, and deletes the pack if nothing
+    /// in it is live any more and it is not the active pack; returns whether it
+    /// did. Its slots are all marked removed (or were never added): the next
+    /// seal drops them, without a pass over the array here.
+    fn release(&self, st: &mut State, pack: u32) -> Result<bool, BlobError> {
+        dec(&mut st.live, pack);
         let active = st.active.as_ref().map(|a| a.id);
         if st.live.get(&pack).copied().unwrap_or(0) != 0 || Some(pack) == active {
             return Ok(false);
@@ -716,6 +712,14 @@ impl Packs {
             return Err(io(&path)(e));
         }
         Ok(true)
+    }
+
+    /// [`Packs::release`] for a put whose own outcome is the one to report: a
+    /// dead pack that cannot be deleted is logged, and swept at the next open.
+    fn release_quietly(&self, st: &mut State, pack: u32) {
+        if let Err(e) = self.release(st, pack) {
+            tracing::warn!(error = %e, "cannot delete a pack with nothing live in it");
+        }
     }
 
     /// Every packed blob with the age in seconds of its pack's last write. The

@@ -145,9 +145,9 @@ impl Store for RedbStore {
         w.commit().map_err(io)
     }
 
+    /// A durable commit of nothing: redb writes every page applied before it.
     fn flush(&self) -> Result<(), StoreError> {
-        let w = self.db.begin_write().map_err(io)?;
-        w.commit().map_err(io)
+        self.flush_after(&|| Ok(()))
     }
 
     /// `apply` commits with `Durability::None`: nothing applied is durable

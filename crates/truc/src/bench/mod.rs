@@ -260,7 +260,6 @@ fn durable_copies(scenario: &str) -> Option<f64> {
 /// (`crypto_ms` per document): a bound from the peer's own figures, in this run.
 fn peer_cost_ceiling(s: &Summary, all: &[Summary], crypto_ms: f64, cpus: usize) -> Option<String> {
     let copies = durable_copies(&s.scenario)?;
-    s.vs_nats_sync?;
     let peer = peer_of(s, all).filter(|p| p.docs_per_s > 0.0)?;
     let per_copy = cpu_ms_per_doc(peer).filter(|ms| *ms > 0.0)?;
     let floor = copies * per_copy + crypto_ms;
