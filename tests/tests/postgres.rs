@@ -47,7 +47,7 @@ fn the_postgresql_store_conforms_and_keeps_flushed_writes() {
     let again = migrate(&url);
     assert!(again.contains("nothing to apply"), "{again}");
 
-    let store = PgStore::open(&url, || {}).unwrap();
+    let store = PgStore::open(&url, 1 << 20, || {}).unwrap();
     conformance(&store);
 
     let mut b = Batch::new();
@@ -55,7 +55,7 @@ fn the_postgresql_store_conforms_and_keeps_flushed_writes() {
     store.apply(b).unwrap();
     store.flush().unwrap();
     drop(store);
-    let store = PgStore::open(&url, || {}).unwrap();
+    let store = PgStore::open(&url, 1 << 20, || {}).unwrap();
     assert_eq!(
         store.get(Space::Docs, b"durable").unwrap(),
         Some(b"bytes".to_vec())
@@ -63,18 +63,100 @@ fn the_postgresql_store_conforms_and_keeps_flushed_writes() {
     assert!(store.size_on_disk() > 0);
 }
 
+/// The writer answers a point read it has the answer to (a key it wrote or
+/// read, or found absent) without a round trip; a shared reader, beside a
+/// writer, always asks the server. A write the server refused leaves no answer
+/// behind: what it would have written is not read back.
+#[test]
+fn the_writer_answers_known_reads_itself_and_forgets_after_a_failed_write() {
+    let pg = Server::start();
+    let url = pg.url("postgres");
+    migrate(&url);
+    let store = PgStore::open(&url, 1 << 20, || {}).unwrap();
+    let mut b = Batch::new();
+    b.put(Space::Docs, b"k1".to_vec(), b"v1".to_vec());
+    store.apply(b).unwrap();
+
+    let before = store.round_trips();
+    for _ in 0..3 {
+        assert_eq!(store.get(Space::Docs, b"k1").unwrap(), Some(b"v1".to_vec()));
+        assert_eq!(store.get(Space::Docs, b"nothing").unwrap(), None);
+    }
+    assert_eq!(
+        store.round_trips() - before,
+        1,
+        "only the first absent read"
+    );
+    assert!(store.cached_bytes() > 0);
+
+    let shared = PgStore::open_shared(&url).unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            shared.get(Space::Docs, b"k1").unwrap(),
+            Some(b"v1".to_vec())
+        );
+    }
+    assert_eq!(shared.round_trips(), 3);
+    assert_eq!(shared.cached_bytes(), 0);
+
+    // A key beyond PostgreSQL's index row limit (2,704 bytes, here
+    // incompressible) fails the whole batch.
+    let mut b = Batch::new();
+    b.put(Space::Docs, b"k2".to_vec(), b"v2".to_vec());
+    b.delete(Space::Docs, b"k1".to_vec());
+    let mut x = 0x9e37_79b9u32;
+    let huge: Vec<u8> = (0..20_000)
+        .map(|_| {
+            // xorshift32: bytes PostgreSQL cannot compress under the limit.
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    b.put(Space::Docs, huge, b"x".to_vec());
+    let err = store.apply(b).unwrap_err().to_string();
+    assert!(err.contains("postgresql"), "{err}");
+    let before = store.round_trips();
+    assert_eq!(store.get(Space::Docs, b"k2").unwrap(), None);
+    assert_eq!(store.get(Space::Docs, b"k1").unwrap(), Some(b"v1".to_vec()));
+    assert_eq!(
+        store.round_trips() - before,
+        2,
+        "both asked of the server again"
+    );
+
+    // Its session ended (a standby may write now): fenced, it answers
+    // nothing from memory.
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
+             WHERE locktype = 'advisory' AND objid = $1 AND granted",
+            &[&(truc_store::pg::WRITER_LOCK as u32)],
+        )
+        .unwrap();
+    assert!(store.flush().is_err());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while store.fenced().is_none() {
+        assert!(std::time::Instant::now() < deadline, "never fenced");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(store.get(Space::Docs, b"k1").is_err());
+}
+
 #[test]
 fn a_database_without_the_schema_is_refused_with_the_command_that_fixes_it() {
     let pg = Server::start();
     let mut c = postgres::Client::connect(&pg.url("postgres"), postgres::NoTls).unwrap();
     c.batch_execute("CREATE DATABASE fresh").unwrap();
-    let err = PgStore::open(&pg.url("fresh"), || {})
+    let err = PgStore::open(&pg.url("fresh"), 1 << 20, || {})
         .unwrap_err()
         .to_string();
     assert!(err.contains("truc store migrate"), "{err}");
     assert!(err.contains("version 0"), "{err}");
     migrate(&pg.url("fresh"));
-    PgStore::open(&pg.url("fresh"), || {}).unwrap();
+    PgStore::open(&pg.url("fresh"), 1 << 20, || {}).unwrap();
 }
 
 #[test]
@@ -112,6 +194,13 @@ fn a_hub_on_postgresql_delivers_and_keeps_everything_across_a_kill() {
         c.config("hub").to_str().unwrap(),
     ]);
     assert!(out.contains("audit log intact"), "{out}");
+    // Operators see what the store costs in requests, and the memory sparing some.
+    let m =
+        common::ops::parse_metrics(&c.ops("hub", Some("operators/viewer")).get("/metrics").body);
+    let trips = common::ops::sample(&m, "truc_node_store_round_trips_total", &[]).unwrap_or(0.0);
+    assert!(trips > 10.0, "{trips} round trips");
+    let cached = common::ops::sample(&m, "truc_store_read_cache_bytes", &[]).unwrap_or(0.0);
+    assert!(cached > 0.0, "{cached} bytes of cached reads");
     let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     let rows: i64 = db
         .query_one("SELECT count(*) FROM truc_kv", &[])

@@ -100,11 +100,15 @@ pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
         config.data_dir.display()
     )))?;
     let store: Arc<dyn truc_store::Store> = match &config.storage.postgres_url {
-        Some(url) => Arc::new(truc_store::PgStore::open(url, || {
-            tracing::warn!(
-                "another process writes this PostgreSQL store: standing by (health NOT_SERVING) until it stops"
-            );
-        })?),
+        Some(url) => Arc::new(truc_store::PgStore::open(
+            url,
+            config.storage.cache(),
+            || {
+                tracing::warn!(
+                    "another process writes this PostgreSQL store: standing by (health NOT_SERVING) until it stops"
+                );
+            },
+        )?),
         None => truc_store::embedded::open(
             &config.data_dir,
             config.storage.engine,

@@ -5078,6 +5078,11 @@ impl NodeState {
             let (made, verified) = truc_pki::sign::signature_counts();
             [("signatures_made", made), ("signatures_verified", verified)]
         })
+        .chain(
+            self.store
+                .remote_stats()
+                .map(|r| ("store_round_trips", r.round_trips)),
+        )
         .collect()
     }
 

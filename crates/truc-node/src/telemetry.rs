@@ -483,6 +483,14 @@ impl Collector for StateCollector {
             "Memory of the index of packed blobs (rebuilt from the packs at start-up)",
             &[(Labels::new(), packs.index_bytes as i64)],
         )?;
+        if let Some(r) = st.store().remote_stats() {
+            gauge(
+                &mut enc,
+                "store_read_cache_bytes",
+                "Memory of the answers to point reads the PostgreSQL store's writer keeps (storage.cache_bytes bounds it)",
+                &[(Labels::new(), r.cached_bytes as i64)],
+            )?;
+        }
         gauge(
             &mut enc,
             "store_writable",

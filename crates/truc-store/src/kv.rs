@@ -154,6 +154,20 @@ pub trait Store: Send + Sync + 'static {
     fn fenced(&self) -> Option<String> {
         None
     }
+    /// For a store on a server: what its reads and writes cost in requests,
+    /// and the memory that spares some. None for an embedded store.
+    fn remote_stats(&self) -> Option<RemoteStats> {
+        None
+    }
+}
+
+/// What a store on a server reports (operators' metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RemoteStats {
+    /// Requests sent to the server since the store was opened.
+    pub round_trips: u64,
+    /// Bytes of point-read answers kept in memory.
+    pub cached_bytes: u64,
 }
 
 pub(crate) fn full_key(space: Space, key: &[u8]) -> Vec<u8> {
@@ -473,6 +487,9 @@ impl<S: Store> Store for FaultyStore<S> {
     }
     fn size_on_disk(&self) -> u64 {
         self.inner.size_on_disk()
+    }
+    fn remote_stats(&self) -> Option<RemoteStats> {
+        self.inner.remote_stats()
     }
 }
 

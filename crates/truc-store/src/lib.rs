@@ -31,7 +31,8 @@ mod redb_store;
 pub use blob::{BlobError, BlobStore, Digest, Partial};
 pub use commit::{GroupCommit, Ticket};
 pub use kv::{
-    Batch, Entry, FaultPlan, FaultyStore, MemoryStore, SledStore, Space, Store, conformance,
+    Batch, Entry, FaultPlan, FaultyStore, MemoryStore, RemoteStats, SledStore, Space, Store,
+    conformance,
 };
 pub use pg::PgStore;
 pub use redb_store::RedbStore;

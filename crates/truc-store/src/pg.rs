@@ -19,19 +19,32 @@
 //! itself [fenced](Store::fenced) and its node stops, since the lock may be
 //! another's by then. Read-only tools use [`PgStore::open_shared`].
 //!
+//! Being the only writer also lets the holder answer point reads from memory:
+//! what it last wrote or read for a key — a value, or that there is none —
+//! stays true while it holds the lock. [`ReadCache`] keeps those answers,
+//! bounded by `storage.cache_bytes`; a read that misses, and every scan, still
+//! goes to the server. Read-only tools ([`PgStore::open_shared`]) keep none.
+//!
 //! The synchronous client runs a runtime of its own, which may not be started
 //! from a thread driving async tasks: the connection lives on a thread of its
 //! own and callers (async or not) send it their requests and wait.
 //!
 //! [`GroupCommit`]: crate::GroupCommit
 
-use std::sync::{Arc, Mutex, mpsc};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+};
 
 use postgres::{Client, NoTls};
 
 use crate::{
     StoreError,
-    kv::{Batch, Entry, Space, Store},
+    kv::{Batch, Entry, RemoteStats, Space, Store, full_key},
 };
 
 /// (version, name, SQL), in order.
@@ -174,6 +187,89 @@ pub struct PgStore {
     jobs: Mutex<mpsc::Sender<Job>>,
     /// Set once the connection is gone (why): nothing more is written.
     fenced: Arc<Mutex<Option<String>>>,
+    /// The writer's point reads (None for a shared, read-only handle). Changed
+    /// only on the connection's thread, by the job that read or wrote the key,
+    /// so it follows the server's own order of reads and writes.
+    cache: Option<Arc<Mutex<ReadCache>>>,
+    /// Requests sent to the server (its statements and transactions).
+    round_trips: AtomicU64,
+}
+
+/// Bytes counted for an entry besides its key and value (the map's slot, the
+/// two vectors' headers).
+const ENTRY_OVERHEAD: usize = 64;
+
+/// Answers to point reads, by full key (space byte, then key): `Some(value)`,
+/// or `None` for a key known absent. Bounded without a list, in two
+/// generations: answers go to `young`; one found in `old` moves back to it;
+/// when `young` holds half the budget it becomes `old` and the previous `old`
+/// is dropped — least recently used first, within a factor of two.
+#[derive(Debug, Default)]
+pub(crate) struct ReadCache {
+    young: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    old: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    young_bytes: usize,
+    old_bytes: usize,
+    budget: usize,
+}
+
+fn entry_bytes(key: &[u8], value: &Option<Vec<u8>>) -> usize {
+    key.len() + value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD
+}
+
+impl ReadCache {
+    pub(crate) fn new(budget: usize) -> Self {
+        Self {
+            budget,
+            ..Self::default()
+        }
+    }
+
+    /// The known answer for `key`: None if it must be asked of the server.
+    pub(crate) fn get(&mut self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        if let Some(v) = self.young.get(key) {
+            return Some(v.clone());
+        }
+        let (k, v) = self.old.remove_entry(key)?;
+        self.old_bytes -= entry_bytes(&k, &v);
+        self.put(k, v.clone());
+        Some(v)
+    }
+
+    /// What the server now holds for `key` (`None`: nothing).
+    pub(crate) fn put(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        if let Some(before) = self.old.remove(&key) {
+            self.old_bytes -= entry_bytes(&key, &before);
+        }
+        if let Some(before) = self.young.remove(&key) {
+            self.young_bytes -= entry_bytes(&key, &before);
+        }
+        let n = entry_bytes(&key, &value);
+        // One too large for a generation is not kept (its older answer is gone).
+        if n > self.budget / 2 {
+            return;
+        }
+        if self.young_bytes + n > self.budget / 2 {
+            self.old = std::mem::take(&mut self.young);
+            self.old_bytes = std::mem::take(&mut self.young_bytes);
+        }
+        self.young.insert(key, value);
+        self.young_bytes += n;
+    }
+
+    /// After a write whose outcome is not known.
+    pub(crate) fn clear(&mut self) {
+        *self = Self::new(self.budget);
+    }
+
+    /// Bytes held, both generations: at most the budget.
+    pub(crate) fn bytes(&self) -> usize {
+        self.young_bytes + self.old_bytes
+    }
+}
+
+fn lock_cache(c: &Mutex<ReadCache>) -> std::sync::MutexGuard<'_, ReadCache> {
+    c.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl std::fmt::Debug for PgStore {
@@ -199,14 +295,33 @@ impl PgStore {
     /// Connects as the store's single writer, refusing a database whose schema
     /// is not the one this build knows (run `truc store migrate` first). While
     /// another process holds the writer lock, calls `standby` once and waits.
-    pub fn open(url: &str, standby: impl FnOnce() + Send + 'static) -> Result<Self, StoreError> {
-        Self::connect(url, Some(Box::new(standby)))
+    /// Answers point reads from a cache of at most `cache_bytes`.
+    pub fn open(
+        url: &str,
+        cache_bytes: u64,
+        standby: impl FnOnce() + Send + 'static,
+    ) -> Result<Self, StoreError> {
+        let mut s = Self::connect(url, Some(Box::new(standby)))?;
+        let budget = usize::try_from(cache_bytes).unwrap_or(usize::MAX);
+        s.cache = Some(Arc::new(Mutex::new(ReadCache::new(budget))));
+        Ok(s)
     }
 
     /// Connects without the writer lock, for tools that only read (`truc audit
     /// verify` beside a running hub).
+    /// It caches nothing: the writer changes what it reads.
     pub fn open_shared(url: &str) -> Result<Self, StoreError> {
         Self::connect(url, None)
+    }
+
+    /// Requests sent to the server so far.
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// Bytes held by the cache of point reads.
+    pub fn cached_bytes(&self) -> usize {
+        self.cache.as_deref().map_or(0, |c| lock_cache(c).bytes())
     }
 
     fn connect(url: &str, lock: Standby) -> Result<Self, StoreError> {
@@ -260,6 +375,8 @@ impl PgStore {
         Ok(Self {
             jobs: Mutex::new(tx),
             fenced,
+            cache: None,
+            round_trips: AtomicU64::new(0),
         })
     }
 
@@ -272,6 +389,7 @@ impl PgStore {
         let job: Job = Box::new(move |c| {
             let _ = tx.send(f(c));
         });
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
         self.jobs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -329,14 +447,25 @@ impl PgStore {
 
 impl Store for PgStore {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let key = key.to_vec();
+        let full = full_key(space, key);
+        if let Some(cache) = &self.cache
+            && self.fenced().is_none()
+            && let Some(known) = lock_cache(cache).get(&full)
+        {
+            return Ok(known);
+        }
+        let cache = self.cache.clone();
         self.with(move |c| {
             let stmt = c.prepared("SELECT value FROM truc_kv WHERE space = $1 AND key = $2")?;
             let row = c
                 .client
-                .query_opt(&stmt, &[&(space as i16), &key])
+                .query_opt(&stmt, &[&(space as i16), &&full[1..]])
                 .map_err(pg)?;
-            Ok(row.map(|r| r.get(0)))
+            let value: Option<Vec<u8>> = row.map(|r| r.get(0));
+            if let Some(cache) = cache {
+                lock_cache(&cache).put(full, value.clone());
+            }
+            Ok(value)
         })
     }
 
@@ -355,7 +484,26 @@ impl Store for PgStore {
     }
 
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
-        self.with(move |c| apply(c, &batch))
+        let cache = self.cache.clone();
+        self.with(move |c| {
+            let applied = apply(c, &batch);
+            if let Some(cache) = cache {
+                let mut cache = lock_cache(&cache);
+                match &applied {
+                    // Committed: the batch's last write to each key is what
+                    // the server holds.
+                    Ok(()) => {
+                        for (space, key, value) in batch.ops {
+                            cache.put(full_key(space, &key), value);
+                        }
+                    }
+                    // Rolled back, or not known (a broken connection also
+                    // fences the store): no answer kept is trusted.
+                    Err(_) => cache.clear(),
+                }
+            }
+            applied
+        })
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -380,6 +528,13 @@ impl Store for PgStore {
                 .map_or(0, |n| n.max(0) as u64))
         })
         .unwrap_or(0)
+    }
+
+    fn remote_stats(&self) -> Option<RemoteStats> {
+        Some(RemoteStats {
+            round_trips: self.round_trips(),
+            cached_bytes: self.cached_bytes() as u64,
+        })
     }
 
     fn fenced(&self) -> Option<String> {
@@ -456,6 +611,43 @@ mod tests {
         assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
         assert_eq!(prefix_end(&[0xff, 0xff]), None);
         assert_eq!(prefix_end(b""), None);
+    }
+
+    fn full(k: &str) -> Vec<u8> {
+        full_key(Space::Meta, k.as_bytes())
+    }
+
+    /// Entries of 8-byte keys and values cost 80 bytes each.
+    #[test]
+    fn the_read_cache_keeps_recent_answers_within_its_budget() {
+        let mut c = ReadCache::new(800);
+        assert_eq!(c.get(&full("a")), None, "nothing known yet");
+        c.put(full("a"), Some(b"1234567".to_vec()));
+        c.put(full("absent"), None);
+        assert_eq!(c.get(&full("a")), Some(Some(b"1234567".to_vec())));
+        assert_eq!(c.get(&full("absent")), Some(None), "absence is an answer");
+        c.put(full("a"), Some(b"7654321".to_vec()));
+        assert_eq!(c.get(&full("a")), Some(Some(b"7654321".to_vec())));
+        for i in 0..100 {
+            c.put(full(&format!("k{i:06}")), Some(vec![0; 7]));
+            assert!(c.bytes() <= 800, "{} bytes after {i}", c.bytes());
+        }
+        // The oldest went two generations ago; the last ones stay.
+        assert_eq!(c.get(&full("a")), None);
+        assert!(c.get(&full("k000099")).is_some());
+        // Read again, an answer of the older generation outlives the next turn.
+        assert!(c.get(&full("k000095")).is_some());
+        for i in 100..106 {
+            c.put(full(&format!("k{i:06}")), Some(vec![0; 7]));
+        }
+        assert!(c.get(&full("k000095")).is_some());
+        assert_eq!(c.get(&full("k000094")), None);
+        // One larger than a generation is not kept, and its older answer goes.
+        c.put(full("big"), Some(vec![1; 7]));
+        c.put(full("big"), Some(vec![1; 500]));
+        assert_eq!(c.get(&full("big")), None);
+        c.clear();
+        assert_eq!((c.get(&full("k000099")), c.bytes()), (None, 0));
     }
 
     #[test]
