@@ -235,15 +235,15 @@ impl Fed {
         self.cluster.stop_all().await;
     }
 
-    /// `signatures` once the counters stop moving (a tenth of a second apart,
-    /// ten seconds at most): when the last document arrives, receipts about the
-    /// last ones are still on their way back and checked at the sender; counted
-    /// early, a run showed 5.7 checks per document where every one has 6.
-    async fn settled_signatures(&self) -> Result<(u64, u64)> {
-        let mut last = self.signatures().await?;
+    /// `counts` once they stop moving (a tenth of a second apart, ten seconds
+    /// at most): when the last document arrives, receipts about the last ones
+    /// are still on their way back and checked at the sender; counted early, a
+    /// run showed 5.7 checks per document where every one has 6.
+    async fn settled_counts(&self) -> Result<Counts> {
+        let mut last = self.counts().await?;
         for _ in 0..100 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let now = self.signatures().await?;
+            let now = self.counts().await?;
             if now == last {
                 break;
             }
@@ -252,10 +252,9 @@ impl Fed {
         Ok(last)
     }
 
-    /// Signatures made and checked by all the running nodes since they started
-    /// (their `signatures_made` and `signatures_verified` counters).
-    pub async fn signatures(&self) -> Result<(u64, u64)> {
-        let (mut made, mut verified) = (0, 0);
+    /// What all the running nodes counted since they started.
+    async fn counts(&self) -> Result<Counts> {
+        let mut sum = Counts::default();
         for (node, _) in self.procs() {
             let counters = client::admin(&self.cluster.config(&node))
                 .await?
@@ -264,11 +263,22 @@ impl Fed {
                 .map_err(client::status_error)?
                 .into_inner()
                 .counters;
-            made += counters.get("signatures_made").copied().unwrap_or(0);
-            verified += counters.get("signatures_verified").copied().unwrap_or(0);
+            let count = |name: &str| counters.get(name).copied().unwrap_or(0);
+            sum.signatures_made += count("signatures_made");
+            sum.signatures_verified += count("signatures_verified");
+            sum.store_round_trips += count("store_round_trips");
         }
-        Ok((made, verified))
+        Ok(sum)
     }
+}
+
+/// Counters of the nodes that a run reports per document.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counts {
+    signatures_made: u64,
+    signatures_verified: u64,
+    /// Requests to a store on a server (the PostgreSQL hub's).
+    store_round_trips: u64,
 }
 
 /// Which event of an agency's live stream counts as the arrival.
@@ -447,7 +457,7 @@ pub async fn flow(
         };
         sender.clone().send(WARM, None).await?;
         warmed(&mut rx, watched.len()).await?;
-        let signatures0 = fed.settled_signatures().await?;
+        let counts0 = fed.settled_counts().await?;
         let sampler = Sampler::start(&fed.procs());
         let pg_cpu0 = pg_pid.map(crate::bench::procstat::tree_cpu_seconds);
         let clock = Clock::new(load.docs);
@@ -458,23 +468,22 @@ pub async fn flow(
         }));
         let collected = load::collect(&mut rx, &clock, load.docs, watched.len(), STALL, bar).await;
         let usage = sampler.finish().await;
-        let signatures1 = fed.settled_signatures().await?;
+        let counts1 = fed.settled_counts().await?;
         // Per arrival counted, the unit of the run's rate (a delivery in fan-out).
         let docs = (load.docs * watched.len()).max(1) as f64;
+        let per_doc = |f: fn(&Counts) -> u64| f(&counts1).saturating_sub(f(&counts0)) as f64 / docs;
         let mut extra = vec![
-            (
-                SIGNED_PER_DOC,
-                signatures1.0.saturating_sub(signatures0.0) as f64 / docs,
-            ),
-            (
-                VERIFIED_PER_DOC,
-                signatures1.1.saturating_sub(signatures0.1) as f64 / docs,
-            ),
+            (SIGNED_PER_DOC, per_doc(|c| c.signatures_made)),
+            (VERIFIED_PER_DOC, per_doc(|c| c.signatures_verified)),
         ];
         if let (Some(pid), Some(c0)) = (pg_pid, pg_cpu0) {
             extra.push((
                 "postgresql_cpu_s",
                 crate::bench::procstat::tree_cpu_seconds(pid) - c0,
+            ));
+            extra.push((
+                "store_round_trips_per_doc",
+                per_doc(|c| c.store_round_trips),
             ));
         }
         for w in watchers {
