@@ -438,6 +438,8 @@ pub struct StorageSection {
     /// RSS with 8 MiB, +52 MiB with 32, drained as fast); 32 MiB with sled,
     /// which keeps memory per written page on top and ran 23% slower with
     /// 8 MiB once its store had grown (BENCHMARKS.md). See [`Self::cache`].
+    /// With `postgres_url`: the memory of the writer's answers to point reads
+    /// (the same default, 8 MiB unless `engine` says sled).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_bytes: Option<u64>,
     /// Intake is refused (RESOURCE_EXHAUSTED, "disk full") when it would leave less

@@ -5081,7 +5081,7 @@ impl NodeState {
         .chain(
             self.store
                 .remote_stats()
-                .map(|r| ("store_round_trips", r.round_trips)),
+                .map(|r| ("store_requests", r.requests)),
         )
         .collect()
     }

@@ -164,8 +164,9 @@ pub trait Store: Send + Sync + 'static {
 /// What a store on a server reports (operators' metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RemoteStats {
-    /// Requests sent to the server since the store was opened.
-    pub round_trips: u64,
+    /// Requests sent to the server since the store was opened: one per read,
+    /// scan, batch or flush.
+    pub requests: u64,
     /// Bytes of point-read answers kept in memory.
     pub cached_bytes: u64,
 }

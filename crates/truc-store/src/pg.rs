@@ -187,12 +187,14 @@ pub struct PgStore {
     jobs: Mutex<mpsc::Sender<Job>>,
     /// Set once the connection is gone (why): nothing more is written.
     fenced: Arc<Mutex<Option<String>>>,
-    /// The writer's point reads (None for a shared, read-only handle). Changed
-    /// only on the connection's thread, by the job that read or wrote the key,
-    /// so it follows the server's own order of reads and writes.
+    /// The writer's point reads (None for a shared, read-only handle). An
+    /// answer changes only on the connection's thread, in the job that read or
+    /// wrote its key, so the answers follow the server's own order of reads and
+    /// writes (a hit only moves its answer to the young generation).
     cache: Option<Arc<Mutex<ReadCache>>>,
-    /// Requests sent to the server (its statements and transactions).
-    round_trips: AtomicU64,
+    /// Requests sent to the server: one per read, scan, batch or flush (a
+    /// batch's transaction is a few statements on the wire).
+    requests: AtomicU64,
 }
 
 /// Bytes counted for an entry besides its key and value (the map's slot, the
@@ -268,6 +270,18 @@ impl ReadCache {
     }
 }
 
+/// Fences the store when the connection's thread ends, unless it already is.
+struct FenceOnExit(Arc<Mutex<Option<String>>>);
+
+impl Drop for FenceOnExit {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| "the postgresql connection thread ended".to_owned());
+    }
+}
+
 fn lock_cache(c: &Mutex<ReadCache>) -> std::sync::MutexGuard<'_, ReadCache> {
     c.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -314,16 +328,6 @@ impl PgStore {
         Self::connect(url, None)
     }
 
-    /// Requests sent to the server so far.
-    pub fn round_trips(&self) -> u64 {
-        self.round_trips.load(Ordering::Relaxed)
-    }
-
-    /// Bytes held by the cache of point reads.
-    pub fn cached_bytes(&self) -> usize {
-        self.cache.as_deref().map_or(0, |c| lock_cache(c).bytes())
-    }
-
     fn connect(url: &str, lock: Standby) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -346,6 +350,10 @@ impl PgStore {
                         return;
                     }
                 };
+                // However the thread ends (a panic in a job too), the session
+                // and its lock go with it: what is cached is no longer known
+                // true.
+                let _ended = FenceOnExit(lost.clone());
                 let fence = |why: String| {
                     *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                 };
@@ -376,7 +384,7 @@ impl PgStore {
             jobs: Mutex::new(tx),
             fenced,
             cache: None,
-            round_trips: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
         })
     }
 
@@ -389,7 +397,7 @@ impl PgStore {
         let job: Job = Box::new(move |c| {
             let _ = tx.send(f(c));
         });
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.jobs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -532,8 +540,11 @@ impl Store for PgStore {
 
     fn remote_stats(&self) -> Option<RemoteStats> {
         Some(RemoteStats {
-            round_trips: self.round_trips(),
-            cached_bytes: self.cached_bytes() as u64,
+            requests: self.requests.load(Ordering::Relaxed),
+            cached_bytes: self
+                .cache
+                .as_deref()
+                .map_or(0, |c| lock_cache(c).bytes() as u64),
         })
     }
 
@@ -617,7 +628,8 @@ mod tests {
         full_key(Space::Meta, k.as_bytes())
     }
 
-    /// Entries of 8-byte keys and values cost 80 bytes each.
+    /// An entry of an 8-byte key (space byte and `k000000`) and a 7-byte value
+    /// counts 79 bytes: five fit in a generation of 400.
     #[test]
     fn the_read_cache_keeps_recent_answers_within_its_budget() {
         let mut c = ReadCache::new(800);
@@ -628,6 +640,8 @@ mod tests {
         assert_eq!(c.get(&full("absent")), Some(None), "absence is an answer");
         c.put(full("a"), Some(b"7654321".to_vec()));
         assert_eq!(c.get(&full("a")), Some(Some(b"7654321".to_vec())));
+        // "a" (2 + 7 + 64) and "absent" (7 + 0 + 64), each counted once.
+        assert_eq!(c.bytes(), 73 + 71);
         for i in 0..100 {
             c.put(full(&format!("k{i:06}")), Some(vec![0; 7]));
             assert!(c.bytes() <= 800, "{} bytes after {i}", c.bytes());
@@ -635,8 +649,11 @@ mod tests {
         // The oldest went two generations ago; the last ones stay.
         assert_eq!(c.get(&full("a")), None);
         assert!(c.get(&full("k000099")).is_some());
+        // k000093..97 in the old generation, 98 and 99 in the young one.
+        assert_eq!(c.bytes(), 7 * 79);
         // Read again, an answer of the older generation outlives the next turn.
         assert!(c.get(&full("k000095")).is_some());
+        assert_eq!(c.bytes(), 7 * 79, "moved, not counted twice");
         for i in 100..106 {
             c.put(full(&format!("k{i:06}")), Some(vec![0; 7]));
         }

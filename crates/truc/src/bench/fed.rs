@@ -266,7 +266,7 @@ impl Fed {
             let count = |name: &str| counters.get(name).copied().unwrap_or(0);
             sum.signatures_made += count("signatures_made");
             sum.signatures_verified += count("signatures_verified");
-            sum.store_round_trips += count("store_round_trips");
+            sum.store_requests += count("store_requests");
         }
         Ok(sum)
     }
@@ -278,7 +278,7 @@ struct Counts {
     signatures_made: u64,
     signatures_verified: u64,
     /// Requests to a store on a server (the PostgreSQL hub's).
-    store_round_trips: u64,
+    store_requests: u64,
 }
 
 /// Which event of an agency's live stream counts as the arrival.
@@ -481,10 +481,7 @@ pub async fn flow(
                 "postgresql_cpu_s",
                 crate::bench::procstat::tree_cpu_seconds(pid) - c0,
             ));
-            extra.push((
-                "store_round_trips_per_doc",
-                per_doc(|c| c.store_round_trips),
-            ));
+            extra.push(("store_requests_per_doc", per_doc(|c| c.store_requests)));
         }
         for w in watchers {
             w.abort();
