@@ -168,6 +168,70 @@ fn the_writer_answers_known_reads_itself_and_forgets_after_a_failed_write() {
     assert!(store.get(Space::Docs, b"k1").is_err());
 }
 
+/// Writers on several threads over a cache far smaller than what they write
+/// (answers evicted all the time, reads and writes racing on the one
+/// connection): every read returns the last value its thread wrote, and at the
+/// end the writer and the server agree on every key.
+#[test]
+fn cached_reads_stay_true_under_concurrent_writes_and_eviction() {
+    let pg = Server::start();
+    let url = pg.url("postgres");
+    migrate(&url);
+    // About 40 answers fit.
+    let store = std::sync::Arc::new(PgStore::open(&url, 4096, || {}).unwrap());
+    const KEYS: u32 = 30;
+    let threads: Vec<_> = (0..4u32)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut last: Vec<Option<Vec<u8>>> = vec![None; KEYS as usize];
+                let mut x = 0x2545_f491u32 ^ t;
+                for step in 0..600u32 {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    let k = (x % KEYS) as usize;
+                    let key = format!("t{t}/k{k}").into_bytes();
+                    match x % 4 {
+                        0 | 1 => assert_eq!(
+                            store.get(Space::Docs, &key).unwrap(),
+                            last[k],
+                            "thread {t} step {step} key {k}"
+                        ),
+                        2 => {
+                            let v = format!("{t}.{step}").into_bytes();
+                            let mut b = Batch::new();
+                            b.put(Space::Docs, key, v.clone());
+                            store.apply(b).unwrap();
+                            last[k] = Some(v);
+                        }
+                        _ => {
+                            let mut b = Batch::new();
+                            b.delete(Space::Docs, key);
+                            store.apply(b).unwrap();
+                            last[k] = None;
+                        }
+                    }
+                }
+                last
+            })
+        })
+        .collect();
+    let shared = PgStore::open_shared(&url).unwrap();
+    for (t, h) in threads.into_iter().enumerate() {
+        for (k, v) in h.join().unwrap().into_iter().enumerate() {
+            let key = format!("t{t}/k{k}").into_bytes();
+            assert_eq!(store.get(Space::Docs, &key).unwrap(), v, "t{t}/k{k}");
+            assert_eq!(
+                shared.get(Space::Docs, &key).unwrap(),
+                v,
+                "server t{t}/k{k}"
+            );
+        }
+    }
+    assert!(store.remote_stats().unwrap().cached_bytes <= 4096);
+}
+
 #[test]
 fn a_database_without_the_schema_is_refused_with_the_command_that_fixes_it() {
     let pg = Server::start();
