@@ -168,6 +168,52 @@ fn the_writer_answers_known_reads_itself_and_forgets_after_a_failed_write() {
     assert!(store.get(Space::Docs, b"k1").is_err());
 }
 
+/// A request hung on the server (here on a lock another session holds) may be
+/// a network cut the writer has not noticed yet, with a standby writing: once
+/// it has run longer than the ping timeout (5 s), the writer answers nothing
+/// from memory, and a read waits its turn on the connection.
+#[test]
+fn the_writer_stops_answering_from_memory_while_a_request_hangs() {
+    let pg = Server::start();
+    let url = pg.url("postgres");
+    migrate(&url);
+    let store = std::sync::Arc::new(PgStore::open(&url, 1 << 20, || {}).unwrap());
+    let mut b = Batch::new();
+    b.put(Space::Docs, b"k1".to_vec(), b"v1".to_vec());
+    store.apply(b).unwrap();
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let mut tx = admin.transaction().unwrap();
+    tx.batch_execute("LOCK TABLE truc_kv IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let before = requests(&store);
+    let s = store.clone();
+    let hung = std::thread::spawn(move || {
+        let mut b = Batch::new();
+        b.put(Space::Docs, b"k2".to_vec(), b"v2".to_vec());
+        s.apply(b)
+    });
+    let wait_for = |n: u64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while requests(&store) < n {
+            assert!(std::time::Instant::now() < deadline, "no request {n}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    wait_for(before + 1);
+    // A young request: the answer it cannot change is still given from memory.
+    assert_eq!(store.get(Space::Docs, b"k1").unwrap(), Some(b"v1".to_vec()));
+    assert_eq!(requests(&store), before + 1);
+    // Past the ping timeout (a wait for that time, not for readiness).
+    std::thread::sleep(std::time::Duration::from_millis(5_500));
+    let s = store.clone();
+    let reader = std::thread::spawn(move || s.get(Space::Docs, b"k1"));
+    wait_for(before + 2);
+    tx.commit().unwrap();
+    hung.join().unwrap().unwrap();
+    assert_eq!(reader.join().unwrap().unwrap(), Some(b"v1".to_vec()));
+    assert_eq!(store.get(Space::Docs, b"k2").unwrap(), Some(b"v2".to_vec()));
+}
+
 /// Writers on several threads over a cache far smaller than what they write
 /// (answers evicted all the time, reads and writes racing on the one
 /// connection): every read returns the last value its thread wrote, and at the

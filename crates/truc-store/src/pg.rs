@@ -38,6 +38,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         mpsc,
     },
+    time::Instant,
 };
 
 use postgres::{Client, NoTls};
@@ -195,6 +196,8 @@ pub struct PgStore {
     /// Requests sent to the server: one per read, scan, batch or flush (a
     /// batch's transaction is a few statements on the wire).
     requests: AtomicU64,
+    /// When the request the connection is running started (None when idle).
+    busy_since: Arc<Mutex<Option<Instant>>>,
 }
 
 /// Bytes counted for an entry besides its key and value (the map's slot, the
@@ -282,6 +285,10 @@ impl Drop for FenceOnExit {
     }
 }
 
+fn lock_busy(b: &Mutex<Option<Instant>>) -> std::sync::MutexGuard<'_, Option<Instant>> {
+    b.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn lock_cache(c: &Mutex<ReadCache>) -> std::sync::MutexGuard<'_, ReadCache> {
     c.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -334,6 +341,8 @@ impl PgStore {
         let fenced = Arc::new(Mutex::new(None));
         let lost = fenced.clone();
         let url = url.to_owned();
+        let busy_since = Arc::new(Mutex::new(None));
+        let busy = busy_since.clone();
         std::thread::Builder::new()
             .name("truc-postgres".into())
             .spawn(move || {
@@ -359,7 +368,11 @@ impl PgStore {
                 };
                 loop {
                     match rx.recv_timeout(PING_IDLE) {
-                        Ok(job) => job(&mut conn),
+                        Ok(job) => {
+                            *lock_busy(&busy) = Some(Instant::now());
+                            job(&mut conn);
+                            *lock_busy(&busy) = None;
+                        }
                         // An idle writer checks its session now and then: a lost
                         // one means the lock may be another's.
                         Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -385,7 +398,16 @@ impl PgStore {
             fenced,
             cache: None,
             requests: AtomicU64::new(0),
+            busy_since,
         })
+    }
+
+    /// A request has run longer than an idle session's check may take: it may
+    /// hang on a network cut the writer has not noticed, while the server ended
+    /// the session and a standby writes. Until it ends, nothing is answered
+    /// from memory (reads wait their turn on the connection).
+    fn stalled(&self) -> bool {
+        lock_busy(&self.busy_since).is_some_and(|t| t.elapsed() > PING_TIMEOUT)
     }
 
     /// Runs `f` on the connection's thread and waits for its result.
@@ -458,6 +480,7 @@ impl Store for PgStore {
         let full = full_key(space, key);
         if let Some(cache) = &self.cache
             && self.fenced().is_none()
+            && !self.stalled()
             && let Some(known) = lock_cache(cache).get(&full)
         {
             return Ok(known);
