@@ -122,22 +122,11 @@ fn the_writer_answers_known_reads_itself_and_forgets_after_a_failed_write() {
     }
     assert_eq!(requests(&store), before);
 
-    // A key beyond PostgreSQL's index row limit (2,704 bytes, here
-    // incompressible) fails the whole batch.
+    // A key beyond PostgreSQL's index row limit fails the whole batch.
     let mut b = Batch::new();
     b.put(Space::Docs, b"k2".to_vec(), b"v2".to_vec());
     b.delete(Space::Docs, b"k1".to_vec());
-    let mut x = 0x9e37_79b9u32;
-    let huge: Vec<u8> = (0..20_000)
-        .map(|_| {
-            // xorshift32: bytes PostgreSQL cannot compress under the limit.
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect();
-    b.put(Space::Docs, huge, b"x".to_vec());
+    b.put(Space::Docs, huge_key(), b"x".to_vec());
     let err = store.apply(b).unwrap_err().to_string();
     assert!(err.contains("postgresql"), "{err}");
     let before = requests(&store);
@@ -166,6 +155,114 @@ fn the_writer_answers_known_reads_itself_and_forgets_after_a_failed_write() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert!(store.get(Space::Docs, b"k1").is_err());
+}
+
+/// Incompressible bytes: as a key, beyond PostgreSQL's index row limit (2,704
+/// bytes), so that the server refuses the batch that writes it.
+fn huge_key() -> Vec<u8> {
+    let mut x = 0x9e37_79b9u32;
+    (0..20_000)
+        .map(|_| {
+            // xorshift32: bytes PostgreSQL cannot compress under the limit.
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// Batches that wait for the connection together are committed in one
+/// transaction: one request to the server, not one each. One the server
+/// refuses fails alone; the others it waited with are committed.
+#[test]
+fn batches_waiting_together_share_a_transaction_and_a_refused_one_fails_alone() {
+    let pg = Server::start();
+    let url = pg.url("postgres");
+    migrate(&url);
+    let store = std::sync::Arc::new(PgStore::open(&url, 1 << 20, || {}).unwrap());
+    let shared = PgStore::open_shared(&url).unwrap();
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let until = |what: &str, ok: &dyn Fn(truc_store::RemoteStats) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !ok(store.remote_stats().unwrap()) {
+            assert!(std::time::Instant::now() < deadline, "never {what}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    let apply = |puts: Vec<Vec<u8>>| {
+        let s = store.clone();
+        std::thread::spawn(move || {
+            let mut b = Batch::new();
+            for k in puts {
+                b.put(Space::Docs, k, b"v".to_vec());
+            }
+            s.apply(b)
+        })
+    };
+    // Holds the connection on a locked table while `batches` queue behind it,
+    // then lets them all through: their outcomes, in order.
+    let behind_a_lock = |admin: &mut postgres::Client, first: &[u8], batches: Vec<Vec<Vec<u8>>>| {
+        let mut tx = admin.transaction().unwrap();
+        tx.batch_execute("LOCK TABLE truc_kv IN ACCESS EXCLUSIVE MODE")
+            .unwrap();
+        let before = store.remote_stats().unwrap().requests;
+        let held = apply(vec![first.to_vec()]);
+        until("taken", &|r| r.requests == before + 1 && r.waiting == 0);
+        let n = batches.len() as u64;
+        let queued: Vec<_> = batches.into_iter().map(&apply).collect();
+        until("queued", &|r| r.waiting == n);
+        tx.commit().unwrap();
+        held.join().unwrap().unwrap();
+        let outcomes: Vec<_> = queued.into_iter().map(|t| t.join().unwrap()).collect();
+        (outcomes, store.remote_stats().unwrap().requests - before)
+    };
+
+    let (outcomes, sent) = behind_a_lock(
+        &mut admin,
+        b"first",
+        vec![
+            vec![b"a".to_vec()],
+            vec![b"b".to_vec()],
+            vec![b"c".to_vec()],
+        ],
+    );
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert_eq!(sent, 2, "the held batch, then one transaction for three");
+    for k in [&b"a"[..], b"b", b"c"] {
+        assert_eq!(shared.get(Space::Docs, k).unwrap(), Some(b"v".to_vec()));
+    }
+
+    let (outcomes, sent) = behind_a_lock(
+        &mut admin,
+        b"second",
+        vec![
+            vec![b"d".to_vec()],
+            vec![b"refused-with-its-batch".to_vec(), huge_key()],
+            vec![b"e".to_vec()],
+        ],
+    );
+    let refused: Vec<_> = outcomes.iter().filter(|o| o.is_err()).collect();
+    assert_eq!(refused.len(), 1, "{outcomes:?}");
+    // The server's reason, not just "db error".
+    let why = outcomes[1].as_ref().unwrap_err().to_string();
+    assert!(
+        why.contains("index row") && why.contains("SQLSTATE"),
+        "{why}"
+    );
+    assert_eq!(
+        sent,
+        1 + 1 + 3,
+        "the held one, the refused transaction, each batch alone"
+    );
+    for (k, v) in [
+        (&b"d"[..], Some(b"v".to_vec())),
+        (b"e", Some(b"v".to_vec())),
+        (b"refused-with-its-batch", None),
+    ] {
+        assert_eq!(shared.get(Space::Docs, k).unwrap(), v, "the server holds");
+        assert_eq!(store.get(Space::Docs, k).unwrap(), v, "the writer answers");
+    }
 }
 
 /// A request hung on the server (here on a lock another session holds) may be
@@ -334,6 +431,10 @@ fn a_hub_on_postgresql_delivers_and_keeps_everything_across_a_kill() {
     assert!(requests > 10.0, "{requests} requests");
     let cached = common::ops::sample(&m, "truc_store_read_cache_bytes", &[]).unwrap_or(0.0);
     assert!(cached > 0.0, "{cached} bytes of cached reads");
+    // And how many requests wait for its connection (none, or a few from the
+    // hub's own background work).
+    let waiting = common::ops::sample(&m, "truc_store_requests_waiting", &[]);
+    assert!(waiting.is_some_and(|w| w < 100.0), "{waiting:?}");
     let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     let rows: i64 = db
         .query_one("SELECT count(*) FROM truc_kv", &[])

@@ -490,6 +490,12 @@ impl Collector for StateCollector {
                 "Memory of the answers to point reads the PostgreSQL store's writer keeps (storage.cache_bytes bounds it)",
                 &[(Labels::new(), r.cached_bytes as i64)],
             )?;
+            gauge(
+                &mut enc,
+                "store_requests_waiting",
+                "Requests to the PostgreSQL store waiting for its connection (batches waiting together are committed in one transaction)",
+                &[(Labels::new(), r.waiting as i64)],
+            )?;
         }
         gauge(
             &mut enc,

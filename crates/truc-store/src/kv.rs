@@ -165,8 +165,11 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RemoteStats {
     /// Requests sent to the server since the store was opened: one per read,
-    /// scan, batch or flush.
+    /// scan or flush, and one per transaction of batches (batches waiting
+    /// together share one).
     pub requests: u64,
+    /// Requests waiting for the connection now.
+    pub waiting: u64,
     /// Bytes of point-read answers kept in memory.
     pub cached_bytes: u64,
 }

@@ -27,7 +27,9 @@
 //!
 //! The synchronous client runs a runtime of its own, which may not be started
 //! from a thread driving async tasks: the connection lives on a thread of its
-//! own and callers (async or not) send it their requests and wait.
+//! own and callers (async or not) send it their requests and wait. Batches
+//! waiting there together are committed in one transaction, as their
+//! concatenation (see [`group`]).
 //!
 //! [`GroupCommit`]: crate::GroupCommit
 
@@ -52,8 +54,29 @@ use crate::{
 pub const MIGRATIONS: &[(i32, &str, &str)] =
     &[(1, "0001_kv.sql", include_str!("../migrations/0001_kv.sql"))];
 
+/// The server's own words (its message, SQLSTATE and detail) where it gave
+/// any, else the client's error with its causes.
 fn pg(e: postgres::Error) -> StoreError {
-    StoreError::Io(format!("postgresql: {e}"))
+    if let Some(db) = e.as_db_error() {
+        let mut m = format!(
+            "postgresql: {} (SQLSTATE {})",
+            db.message(),
+            db.code().code()
+        );
+        if let Some(d) = db.detail() {
+            m.push_str(": ");
+            m.push_str(d);
+        }
+        return StoreError::Io(m);
+    }
+    let mut m = format!("postgresql: {e}");
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        m.push_str(": ");
+        m.push_str(&c.to_string());
+        cause = c.source();
+    }
+    StoreError::Io(m)
 }
 
 /// Applies the migrations not yet applied to the database at `url`; returns the
@@ -118,7 +141,17 @@ fn version_of(c: &mut Client) -> Result<i32, StoreError> {
     Ok(v.unwrap_or(0))
 }
 
-type Job = Box<dyn FnOnce(&mut Conn) + Send>;
+/// A request for the connection's thread.
+enum Job {
+    /// A batch to commit, and where its outcome goes. Batches waiting together
+    /// share one transaction.
+    Apply(Batch, mpsc::Sender<Result<(), StoreError>>),
+    /// Anything else (reads, scans, flushes), run alone.
+    Run(Box<dyn FnOnce(&mut Conn) + Send>),
+}
+
+/// At most this many writes are committed in one transaction of batches.
+const GROUP_OPS: usize = 4096;
 
 /// The connection and its prepared statements (each SQL text parsed once per
 /// connection, not once per call). Every statement's conditions are plain
@@ -193,11 +226,41 @@ pub struct PgStore {
     /// wrote its key, so the answers follow the server's own order of reads and
     /// writes (a hit only moves its answer to the young generation).
     cache: Option<Arc<Mutex<ReadCache>>>,
-    /// Requests sent to the server: one per read, scan, batch or flush (a
-    /// batch's transaction is a few statements on the wire).
-    requests: AtomicU64,
-    /// When the request the connection is running started (None when idle).
-    busy_since: Arc<Mutex<Option<Instant>>>,
+    /// Requests to the server: one per read, scan or flush, counted when
+    /// asked, and one per transaction of batches, counted when it starts (a
+    /// transaction is a few statements on the wire).
+    requests: Arc<AtomicU64>,
+    /// Requests sent to the connection's thread and not yet taken by it.
+    waiting: Arc<AtomicU64>,
+    /// When the request the connection is running started.
+    busy: Arc<Busy>,
+}
+
+/// When the connection's current request started, in milliseconds since the
+/// store opened plus one (0: idle). An atomic: every cached read looks at it.
+struct Busy {
+    opened: Instant,
+    since: AtomicU64,
+}
+
+impl Busy {
+    fn now(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    fn start(&self) {
+        self.since.store(self.now(), Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        self.since.store(0, Ordering::Relaxed);
+    }
+
+    /// A request has run for longer than `limit`.
+    fn longer_than(&self, limit: std::time::Duration) -> bool {
+        let since = self.since.load(Ordering::Relaxed);
+        since != 0 && u128::from(self.now().saturating_sub(since)) > limit.as_millis()
+    }
 }
 
 /// Bytes counted for an entry besides its key and value (the map's slot, the
@@ -285,10 +348,6 @@ impl Drop for FenceOnExit {
     }
 }
 
-fn lock_busy(b: &Mutex<Option<Instant>>) -> std::sync::MutexGuard<'_, Option<Instant>> {
-    b.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn lock_cache(c: &Mutex<ReadCache>) -> std::sync::MutexGuard<'_, ReadCache> {
     c.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -322,27 +381,40 @@ impl PgStore {
         cache_bytes: u64,
         standby: impl FnOnce() + Send + 'static,
     ) -> Result<Self, StoreError> {
-        let mut s = Self::connect(url, Some(Box::new(standby)))?;
         let budget = usize::try_from(cache_bytes).unwrap_or(usize::MAX);
-        s.cache = Some(Arc::new(Mutex::new(ReadCache::new(budget))));
-        Ok(s)
+        let cache = Arc::new(Mutex::new(ReadCache::new(budget)));
+        Self::connect(url, Some(Box::new(standby)), Some(cache))
     }
 
     /// Connects without the writer lock, for tools that only read (`truc audit
     /// verify` beside a running hub).
     /// It caches nothing: the writer changes what it reads.
     pub fn open_shared(url: &str) -> Result<Self, StoreError> {
-        Self::connect(url, None)
+        Self::connect(url, None, None)
     }
 
-    fn connect(url: &str, lock: Standby) -> Result<Self, StoreError> {
+    fn connect(
+        url: &str,
+        lock: Standby,
+        cache: Option<Arc<Mutex<ReadCache>>>,
+    ) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel();
         let fenced = Arc::new(Mutex::new(None));
         let lost = fenced.clone();
         let url = url.to_owned();
-        let busy_since = Arc::new(Mutex::new(None));
-        let busy = busy_since.clone();
+        let busy = Arc::new(Busy {
+            opened: Instant::now(),
+            since: AtomicU64::new(0),
+        });
+        let requests = Arc::new(AtomicU64::new(0));
+        let waiting = Arc::new(AtomicU64::new(0));
+        let (thread_busy, thread_requests, thread_cache, taken) = (
+            busy.clone(),
+            requests.clone(),
+            cache.clone(),
+            waiting.clone(),
+        );
         std::thread::Builder::new()
             .name("truc-postgres".into())
             .spawn(move || {
@@ -366,12 +438,49 @@ impl PgStore {
                 let fence = |why: String| {
                     *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                 };
+                // A request taken while gathering batches, run next.
+                let mut held = None;
                 loop {
-                    match rx.recv_timeout(PING_IDLE) {
-                        Ok(job) => {
-                            *lock_busy(&busy) = Some(Instant::now());
+                    let next = match held.take() {
+                        Some(job) => Ok(job),
+                        None => rx.recv_timeout(PING_IDLE).inspect(|_| {
+                            taken.fetch_sub(1, Ordering::Relaxed);
+                        }),
+                    };
+                    match next {
+                        Ok(Job::Run(job)) => {
+                            thread_busy.start();
                             job(&mut conn);
-                            *lock_busy(&busy) = None;
+                            thread_busy.end();
+                        }
+                        Ok(Job::Apply(batch, reply)) => {
+                            let mut batches = vec![(batch, reply)];
+                            let mut ops = batches[0].0.len();
+                            while ops < GROUP_OPS {
+                                let more = rx.try_recv();
+                                if more.is_ok() {
+                                    taken.fetch_sub(1, Ordering::Relaxed);
+                                }
+                                match more {
+                                    Ok(Job::Apply(b, r)) => {
+                                        ops += b.len();
+                                        batches.push((b, r));
+                                    }
+                                    Ok(other) => {
+                                        held = Some(other);
+                                        break;
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                            thread_busy.start();
+                            group(
+                                &mut conn,
+                                thread_cache.as_deref(),
+                                &thread_requests,
+                                batches,
+                            );
+                            thread_busy.end();
                         }
                         // An idle writer checks its session now and then: a lost
                         // one means the lock may be another's.
@@ -396,9 +505,10 @@ impl PgStore {
         Ok(Self {
             jobs: Mutex::new(tx),
             fenced,
-            cache: None,
-            requests: AtomicU64::new(0),
-            busy_since,
+            cache,
+            requests,
+            waiting,
+            busy,
         })
     }
 
@@ -407,7 +517,7 @@ impl PgStore {
     /// the session and a standby writes. Until it ends, nothing is answered
     /// from memory (reads wait their turn on the connection).
     fn stalled(&self) -> bool {
-        lock_busy(&self.busy_since).is_some_and(|t| t.elapsed() > PING_TIMEOUT)
+        self.busy.longer_than(PING_TIMEOUT)
     }
 
     /// Runs `f` on the connection's thread and waits for its result.
@@ -416,17 +526,21 @@ impl PgStore {
         f: impl FnOnce(&mut Conn) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = mpsc::channel();
-        let job: Job = Box::new(move |c| {
+        let job = Job::Run(Box::new(move |c| {
             let _ = tx.send(f(c));
-        });
+        }));
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(job)
-            .map_err(|_| StoreError::Io("postgresql connection thread ended".into()))?;
-        rx.recv()
-            .map_err(|_| StoreError::Io("postgresql connection thread ended".into()))?
+        self.send(job)?;
+        rx.recv().map_err(|_| ended())?
+    }
+
+    fn send(&self, job: Job) -> Result<(), StoreError> {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        jobs.send(job).map_err(|_| {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            ended()
+        })
     }
 
     fn range(
@@ -515,26 +629,9 @@ impl Store for PgStore {
     }
 
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
-        let cache = self.cache.clone();
-        self.with(move |c| {
-            let applied = apply(c, &batch);
-            if let Some(cache) = cache {
-                let mut cache = lock_cache(&cache);
-                match &applied {
-                    // Committed: the batch's last write to each key is what
-                    // the server holds.
-                    Ok(()) => {
-                        for (space, key, value) in batch.ops {
-                            cache.put(full_key(space, &key), value);
-                        }
-                    }
-                    // Rolled back, or not known (a broken connection also
-                    // fences the store): no answer kept is trusted.
-                    Err(_) => cache.clear(),
-                }
-            }
-            applied
-        })
+        let (tx, rx) = mpsc::channel();
+        self.send(Job::Apply(batch, tx))?;
+        rx.recv().map_err(|_| ended())?
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -564,6 +661,7 @@ impl Store for PgStore {
     fn remote_stats(&self) -> Option<RemoteStats> {
         Some(RemoteStats {
             requests: self.requests.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
             cached_bytes: self
                 .cache
                 .as_deref()
@@ -579,15 +677,63 @@ impl Store for PgStore {
     }
 }
 
-/// The batch as its net effect: the last write to each key wins (the batch is
-/// atomic, so nothing in between is ever visible), puts and deletes apart.
+fn ended() -> StoreError {
+    StoreError::Io("postgresql connection thread ended".into())
+}
+
+/// Commits `batches` (in their order) in one transaction and tells each its
+/// outcome, keeping the cache true. If the server refuses the transaction,
+/// each batch is tried again alone, so that one bad batch fails only itself;
+/// a lost connection fails them all.
+fn group(
+    c: &mut Conn,
+    cache: Option<&Mutex<ReadCache>>,
+    requests: &AtomicU64,
+    batches: Vec<(Batch, mpsc::Sender<Result<(), StoreError>>)>,
+) {
+    requests.fetch_add(1, Ordering::Relaxed);
+    let applied = apply(c, batches.iter().map(|(b, _)| b));
+    if applied.is_err() && batches.len() > 1 && !c.client.is_closed() {
+        if let Some(cache) = cache {
+            lock_cache(cache).clear();
+        }
+        for one in batches {
+            group(c, cache, requests, vec![one]);
+        }
+        return;
+    }
+    let mut replies = Vec::with_capacity(batches.len());
+    let mut known = cache.map(lock_cache);
+    for (batch, reply) in batches {
+        // Committed: the last write to each key is what the server holds.
+        if let (Some(known), Ok(())) = (&mut known, &applied) {
+            for (space, key, value) in batch.ops {
+                known.put(full_key(space, &key), value);
+            }
+        }
+        replies.push(reply);
+    }
+    // Rolled back, or not known (a broken connection also fences the store):
+    // no answer kept is trusted.
+    if let (Some(known), Err(_)) = (&mut known, &applied) {
+        known.clear();
+    }
+    drop(known);
+    for reply in replies {
+        let _ = reply.send(applied.clone());
+    }
+}
+
+/// The batches' writes as their net effect: the last write to each key wins
+/// (a transaction is atomic, so nothing in between is ever visible), puts and
+/// deletes apart.
 type Net = (Vec<i16>, Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<i16>, Vec<Vec<u8>>);
 
-fn net(batch: &Batch) -> Net {
+fn net<'a>(batches: impl IntoIterator<Item = &'a Batch>) -> Net {
     let mut last: std::collections::HashMap<(i16, &[u8]), Option<&[u8]>> =
         std::collections::HashMap::new();
     let mut order: Vec<(i16, &[u8])> = Vec::new();
-    for (space, key, value) in &batch.ops {
+    for (space, key, value) in batches.into_iter().flat_map(|b| &b.ops) {
         let k = (*space as i16, key.as_slice());
         if last.insert(k, value.as_deref()).is_none() {
             order.push(k);
@@ -610,10 +756,10 @@ fn net(batch: &Batch) -> Net {
     out
 }
 
-/// One transaction, two statements whatever the batch size (round trips are
-/// what a remote store pays for).
-fn apply(c: &mut Conn, batch: &Batch) -> Result<(), StoreError> {
-    let (ps, pk, pv, ds, dk) = net(batch);
+/// One transaction, two statements whatever the batches' size (round trips
+/// are what a remote store pays for).
+fn apply<'a>(c: &mut Conn, batches: impl IntoIterator<Item = &'a Batch>) -> Result<(), StoreError> {
+    let (ps, pk, pv, ds, dk) = net(batches);
     let upsert = c.prepared(
         "INSERT INTO truc_kv (space, key, value) \
          SELECT * FROM unnest($1::smallint[], $2::bytea[], $3::bytea[]) \
@@ -698,7 +844,7 @@ mod tests {
         b.put(Space::Meta, b"gone".to_vec(), b"x".to_vec());
         b.delete(Space::Meta, b"gone".to_vec());
         b.put(Space::Docs, b"a".to_vec(), b"3".to_vec());
-        let (ps, pk, pv, ds, dk) = net(&b);
+        let (ps, pk, pv, ds, dk) = net([&b]);
         assert_eq!(ps.len(), 2);
         assert_eq!(pk, vec![b"a".to_vec(), b"a".to_vec()]);
         assert_eq!(pv, vec![b"2".to_vec(), b"3".to_vec()]);
