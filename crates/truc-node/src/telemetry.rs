@@ -493,7 +493,7 @@ impl Collector for StateCollector {
             gauge(
                 &mut enc,
                 "store_requests_waiting",
-                "Requests to the PostgreSQL store waiting for its connection (batches waiting together are committed in one transaction)",
+                "Requests to the PostgreSQL store waiting for its one connection",
                 &[(Labels::new(), r.waiting as i64)],
             )?;
         }

@@ -165,8 +165,7 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RemoteStats {
     /// Requests sent to the server since the store was opened: one per read,
-    /// scan or flush, and one per transaction of batches (batches waiting
-    /// together share one).
+    /// scan, batch or flush.
     pub requests: u64,
     /// Requests waiting for the connection now.
     pub waiting: u64,

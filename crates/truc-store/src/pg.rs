@@ -27,9 +27,7 @@
 //!
 //! The synchronous client runs a runtime of its own, which may not be started
 //! from a thread driving async tasks: the connection lives on a thread of its
-//! own and callers (async or not) send it their requests and wait. Batches
-//! waiting there together are committed in one transaction, as their
-//! concatenation (see [`group`]).
+//! own and callers (async or not) send it their requests and wait.
 //!
 //! [`GroupCommit`]: crate::GroupCommit
 
@@ -141,17 +139,7 @@ fn version_of(c: &mut Client) -> Result<i32, StoreError> {
     Ok(v.unwrap_or(0))
 }
 
-/// A request for the connection's thread.
-enum Job {
-    /// A batch to commit, and where its outcome goes. Batches waiting together
-    /// share one transaction.
-    Apply(Batch, mpsc::Sender<Result<(), StoreError>>),
-    /// Anything else (reads, scans, flushes), run alone.
-    Run(Box<dyn FnOnce(&mut Conn) + Send>),
-}
-
-/// At most this many writes are committed in one transaction of batches.
-const GROUP_OPS: usize = 4096;
+type Job = Box<dyn FnOnce(&mut Conn) + Send>;
 
 /// The connection and its prepared statements (each SQL text parsed once per
 /// connection, not once per call). Every statement's conditions are plain
@@ -226,10 +214,9 @@ pub struct PgStore {
     /// wrote its key, so the answers follow the server's own order of reads and
     /// writes (a hit only moves its answer to the young generation).
     cache: Option<Arc<Mutex<ReadCache>>>,
-    /// Requests to the server: one per read, scan or flush, counted when
-    /// asked, and one per transaction of batches, counted when it starts (a
-    /// transaction is a few statements on the wire).
-    requests: Arc<AtomicU64>,
+    /// Requests sent to the server: one per read, scan, batch or flush (a
+    /// batch's transaction is a few statements on the wire).
+    requests: AtomicU64,
     /// Requests sent to the connection's thread and not yet taken by it.
     waiting: Arc<AtomicU64>,
     /// When the request the connection is running started.
@@ -407,14 +394,8 @@ impl PgStore {
             opened: Instant::now(),
             since: AtomicU64::new(0),
         });
-        let requests = Arc::new(AtomicU64::new(0));
         let waiting = Arc::new(AtomicU64::new(0));
-        let (thread_busy, thread_requests, thread_cache, taken) = (
-            busy.clone(),
-            requests.clone(),
-            cache.clone(),
-            waiting.clone(),
-        );
+        let (thread_busy, taken) = (busy.clone(), waiting.clone());
         std::thread::Builder::new()
             .name("truc-postgres".into())
             .spawn(move || {
@@ -438,48 +419,12 @@ impl PgStore {
                 let fence = |why: String| {
                     *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                 };
-                // A request taken while gathering batches, run next.
-                let mut held = None;
                 loop {
-                    let next = match held.take() {
-                        Some(job) => Ok(job),
-                        None => rx.recv_timeout(PING_IDLE).inspect(|_| {
+                    match rx.recv_timeout(PING_IDLE) {
+                        Ok(job) => {
                             taken.fetch_sub(1, Ordering::Relaxed);
-                        }),
-                    };
-                    match next {
-                        Ok(Job::Run(job)) => {
                             thread_busy.start();
                             job(&mut conn);
-                            thread_busy.end();
-                        }
-                        Ok(Job::Apply(batch, reply)) => {
-                            let mut batches = vec![(batch, reply)];
-                            let mut ops = batches[0].0.len();
-                            while ops < GROUP_OPS {
-                                let more = rx.try_recv();
-                                if more.is_ok() {
-                                    taken.fetch_sub(1, Ordering::Relaxed);
-                                }
-                                match more {
-                                    Ok(Job::Apply(b, r)) => {
-                                        ops += b.len();
-                                        batches.push((b, r));
-                                    }
-                                    Ok(other) => {
-                                        held = Some(other);
-                                        break;
-                                    }
-                                    Err(_) => break,
-                                }
-                            }
-                            thread_busy.start();
-                            group(
-                                &mut conn,
-                                thread_cache.as_deref(),
-                                &thread_requests,
-                                batches,
-                            );
                             thread_busy.end();
                         }
                         // An idle writer checks its session now and then: a lost
@@ -506,7 +451,7 @@ impl PgStore {
             jobs: Mutex::new(tx),
             fenced,
             cache,
-            requests,
+            requests: AtomicU64::new(0),
             waiting,
             busy,
         })
@@ -526,21 +471,18 @@ impl PgStore {
         f: impl FnOnce(&mut Conn) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = mpsc::channel();
-        let job = Job::Run(Box::new(move |c| {
+        let job: Job = Box::new(move |c| {
             let _ = tx.send(f(c));
-        }));
+        });
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.send(job)?;
-        rx.recv().map_err(|_| ended())?
-    }
-
-    fn send(&self, job: Job) -> Result<(), StoreError> {
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         self.waiting.fetch_add(1, Ordering::Relaxed);
-        jobs.send(job).map_err(|_| {
+        if jobs.send(job).is_err() {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
-            ended()
-        })
+            return Err(ended());
+        }
+        drop(jobs);
+        rx.recv().map_err(|_| ended())?
     }
 
     fn range(
@@ -629,9 +571,26 @@ impl Store for PgStore {
     }
 
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
-        let (tx, rx) = mpsc::channel();
-        self.send(Job::Apply(batch, tx))?;
-        rx.recv().map_err(|_| ended())?
+        let cache = self.cache.clone();
+        self.with(move |c| {
+            let applied = apply(c, &batch);
+            if let Some(cache) = cache {
+                let mut cache = lock_cache(&cache);
+                match &applied {
+                    // Committed: the batch's last write to each key is what
+                    // the server holds.
+                    Ok(()) => {
+                        for (space, key, value) in batch.ops {
+                            cache.put(full_key(space, &key), value);
+                        }
+                    }
+                    // Rolled back, or not known (a broken connection also
+                    // fences the store): no answer kept is trusted.
+                    Err(_) => cache.clear(),
+                }
+            }
+            applied
+        })
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -681,59 +640,15 @@ fn ended() -> StoreError {
     StoreError::Io("postgresql connection thread ended".into())
 }
 
-/// Commits `batches` (in their order) in one transaction and tells each its
-/// outcome, keeping the cache true. If the server refuses the transaction,
-/// each batch is tried again alone, so that one bad batch fails only itself;
-/// a lost connection fails them all.
-fn group(
-    c: &mut Conn,
-    cache: Option<&Mutex<ReadCache>>,
-    requests: &AtomicU64,
-    batches: Vec<(Batch, mpsc::Sender<Result<(), StoreError>>)>,
-) {
-    requests.fetch_add(1, Ordering::Relaxed);
-    let applied = apply(c, batches.iter().map(|(b, _)| b));
-    if applied.is_err() && batches.len() > 1 && !c.client.is_closed() {
-        if let Some(cache) = cache {
-            lock_cache(cache).clear();
-        }
-        for one in batches {
-            group(c, cache, requests, vec![one]);
-        }
-        return;
-    }
-    let mut replies = Vec::with_capacity(batches.len());
-    let mut known = cache.map(lock_cache);
-    for (batch, reply) in batches {
-        // Committed: the last write to each key is what the server holds.
-        if let (Some(known), Ok(())) = (&mut known, &applied) {
-            for (space, key, value) in batch.ops {
-                known.put(full_key(space, &key), value);
-            }
-        }
-        replies.push(reply);
-    }
-    // Rolled back, or not known (a broken connection also fences the store):
-    // no answer kept is trusted.
-    if let (Some(known), Err(_)) = (&mut known, &applied) {
-        known.clear();
-    }
-    drop(known);
-    for reply in replies {
-        let _ = reply.send(applied.clone());
-    }
-}
-
-/// The batches' writes as their net effect: the last write to each key wins
-/// (a transaction is atomic, so nothing in between is ever visible), puts and
-/// deletes apart.
+/// The batch as its net effect: the last write to each key wins (the batch is
+/// atomic, so nothing in between is ever visible), puts and deletes apart.
 type Net = (Vec<i16>, Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<i16>, Vec<Vec<u8>>);
 
-fn net<'a>(batches: impl IntoIterator<Item = &'a Batch>) -> Net {
+fn net(batch: &Batch) -> Net {
     let mut last: std::collections::HashMap<(i16, &[u8]), Option<&[u8]>> =
         std::collections::HashMap::new();
     let mut order: Vec<(i16, &[u8])> = Vec::new();
-    for (space, key, value) in batches.into_iter().flat_map(|b| &b.ops) {
+    for (space, key, value) in &batch.ops {
         let k = (*space as i16, key.as_slice());
         if last.insert(k, value.as_deref()).is_none() {
             order.push(k);
@@ -756,10 +671,10 @@ fn net<'a>(batches: impl IntoIterator<Item = &'a Batch>) -> Net {
     out
 }
 
-/// One transaction, two statements whatever the batches' size (round trips
-/// are what a remote store pays for).
-fn apply<'a>(c: &mut Conn, batches: impl IntoIterator<Item = &'a Batch>) -> Result<(), StoreError> {
-    let (ps, pk, pv, ds, dk) = net(batches);
+/// One transaction, two statements whatever the batch size (round trips are
+/// what a remote store pays for).
+fn apply(c: &mut Conn, batch: &Batch) -> Result<(), StoreError> {
+    let (ps, pk, pv, ds, dk) = net(batch);
     let upsert = c.prepared(
         "INSERT INTO truc_kv (space, key, value) \
          SELECT * FROM unnest($1::smallint[], $2::bytea[], $3::bytea[]) \
@@ -844,7 +759,7 @@ mod tests {
         b.put(Space::Meta, b"gone".to_vec(), b"x".to_vec());
         b.delete(Space::Meta, b"gone".to_vec());
         b.put(Space::Docs, b"a".to_vec(), b"3".to_vec());
-        let (ps, pk, pv, ds, dk) = net([&b]);
+        let (ps, pk, pv, ds, dk) = net(&b);
         assert_eq!(ps.len(), 2);
         assert_eq!(pk, vec![b"a".to_vec(), b"a".to_vec()]);
         assert_eq!(pv, vec![b"2".to_vec(), b"3".to_vec()]);
