@@ -684,7 +684,10 @@ pub async fn queued_drain(
         send.await??;
         acc.abort();
         let rss1 = procstat::rss_bytes(hub).unwrap_or(0);
-        // The edge comes back; everything drains to it.
+        // The edge comes back; everything drains to it. The public-key work of
+        // the drain is counted from here: the hub's and the sender's counters,
+        // and the recipient's from its start.
+        let counts0 = fed.settled_counts().await?;
         bar.set_position(0);
         let drain = Clock::new(load.docs);
         let t0 = Instant::now();
@@ -705,6 +708,10 @@ pub async fn queued_drain(
         let usage = sampler.finish().await;
         w.abort();
         let (_, last) = collected?;
+        let counts1 = fed.settled_counts().await?;
+        let per_doc = |f: fn(&Counts) -> u64| {
+            f(&counts1).saturating_sub(f(&counts0)) as f64 / load.docs.max(1) as f64
+        };
         let mib = 1024.0 * 1024.0;
         Ok::<_, anyhow::Error>((
             Measured {
@@ -721,6 +728,8 @@ pub async fn queued_drain(
                         "queued_rss_growth_cold_mib",
                         rss1.saturating_sub(rss_cold) as f64 / mib,
                     ),
+                    (SIGNED_PER_DOC, per_doc(|c| c.signatures_made)),
+                    (VERIFIED_PER_DOC, per_doc(|c| c.signatures_verified)),
                 ],
             },
             usage,

@@ -258,15 +258,49 @@ fn durable_copies(scenario: &str) -> Option<f64> {
 /// The most truc could do if each of its durable copies cost no more CPU than
 /// the peer spends storing one message, and signatures cost what was measured
 /// (`crypto_ms` per document): a bound from the peer's own figures, in this run.
-fn peer_cost_ceiling(s: &Summary, all: &[Summary], crypto_ms: f64, cpus: usize) -> Option<String> {
+#[derive(Debug, Clone, Copy)]
+struct PeerCostBound {
+    copies: f64,
+    /// The peer's CPU milliseconds per message stored and delivered.
+    per_copy: f64,
+    /// CPU milliseconds per document: the copies and the signatures.
+    floor: f64,
+    /// Documents per second on all the cores at that cost.
+    ceiling: f64,
+    /// That rate against the peer's.
+    ratio: f64,
+}
+
+fn peer_cost_bound(
+    s: &Summary,
+    all: &[Summary],
+    crypto_ms: f64,
+    cpus: usize,
+) -> Option<PeerCostBound> {
     let copies = durable_copies(&s.scenario)?;
     let peer = peer_of(s, all).filter(|p| p.docs_per_s > 0.0)?;
     let per_copy = cpu_ms_per_doc(peer).filter(|ms| *ms > 0.0)?;
     let floor = copies * per_copy + crypto_ms;
     let ceiling = cpus as f64 * 1000.0 / floor;
+    Some(PeerCostBound {
+        copies,
+        per_copy,
+        floor,
+        ceiling,
+        ratio: ceiling / peer.docs_per_s,
+    })
+}
+
+fn peer_cost_ceiling(s: &Summary, all: &[Summary], crypto_ms: f64, cpus: usize) -> Option<String> {
+    let PeerCostBound {
+        copies,
+        per_copy,
+        floor,
+        ceiling,
+        ratio,
+    } = peer_cost_bound(s, all, crypto_ms, cpus)?;
     Some(format!(
-        "at nats-sync's own {per_copy:.2} ms of CPU per message stored and delivered for each of truc's {copies:.0} durable copies, plus the signatures: {floor:.2} ms, at most {ceiling:.0}/s on {cpus} cores = {:.2}× nats-sync",
-        ceiling / peer.docs_per_s
+        "at nats-sync's own {per_copy:.2} ms of CPU per message stored and delivered for each of truc's {copies:.0} durable copies, plus the signatures: {floor:.2} ms, at most {ceiling:.0}/s on {cpus} cores = {ratio:.2}× nats-sync"
     ))
 }
 
@@ -758,7 +792,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         r.fsync_state = s.to_owned();
     }
     let summary = summarize(&runs);
-    let targets = targets::check_all(&summary, &a, m.cpus);
+    let targets = targets::check_all(&summary, &a, &m);
     let report = Report {
         machine: m,
         nats_server: nats_version,
