@@ -884,8 +884,11 @@ fn print_summary(r: &Report) {
             let ceiling = r.machine.cpus as f64 * 1000.0 / ms;
             // Only where the rates compare (not at a fixed offered rate): the
             // peer's rate is the one `summarize` took the ratio against.
+            // The 1.5× target is set for throughput (a drain is judged by
+            // link speed).
             let peer = s
                 .vs_nats_sync
+                .filter(|_| durable_copies(&s.scenario).is_some())
                 .and(peer_of(s, &r.summary))
                 .filter(|p| p.docs_per_s > 0.0)
                 .map(|p| {
