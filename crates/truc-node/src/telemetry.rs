@@ -494,7 +494,7 @@ impl Collector for StateCollector {
                 &mut enc,
                 "store_requests_waiting",
                 "Requests to the PostgreSQL store waiting for its one connection",
-                &[(Labels::new(), r.waiting as i64)],
+                &[(Labels::new(), i64::try_from(r.waiting).unwrap_or(i64::MAX))],
             )?;
         }
         gauge(

@@ -52,7 +52,7 @@ use crate::{
 pub const MIGRATIONS: &[(i32, &str, &str)] =
     &[(1, "0001_kv.sql", include_str!("../migrations/0001_kv.sql"))];
 
-/// The server's own words (its message, SQLSTATE and detail) where it gave
+/// The server's own words (its message, SQLSTATE, detail and hint) where it gave
 /// any, else the client's error with its causes.
 fn pg(e: postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
@@ -61,9 +61,9 @@ fn pg(e: postgres::Error) -> StoreError {
             db.message(),
             db.code().code()
         );
-        if let Some(d) = db.detail() {
+        for more in [db.detail(), db.hint()].into_iter().flatten() {
             m.push_str(": ");
-            m.push_str(d);
+            m.push_str(more);
         }
         return StoreError::Io(m);
     }
@@ -221,6 +221,16 @@ pub struct PgStore {
     waiting: Arc<AtomicU64>,
     /// When the request the connection is running started.
     busy: Arc<Busy>,
+}
+
+/// Counts a request out of `waiting` when the connection's thread takes it,
+/// or when it is dropped untaken (a send that failed, a thread that ended).
+struct Queued(Arc<AtomicU64>);
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// When the connection's current request started, in milliseconds since the
@@ -395,7 +405,7 @@ impl PgStore {
             since: AtomicU64::new(0),
         });
         let waiting = Arc::new(AtomicU64::new(0));
-        let (thread_busy, taken) = (busy.clone(), waiting.clone());
+        let thread_busy = busy.clone();
         std::thread::Builder::new()
             .name("truc-postgres".into())
             .spawn(move || {
@@ -422,7 +432,6 @@ impl PgStore {
                 loop {
                     match rx.recv_timeout(PING_IDLE) {
                         Ok(job) => {
-                            taken.fetch_sub(1, Ordering::Relaxed);
                             thread_busy.start();
                             job(&mut conn);
                             thread_busy.end();
@@ -471,17 +480,18 @@ impl PgStore {
         f: impl FnOnce(&mut Conn) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = mpsc::channel();
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let queued = Queued(self.waiting.clone());
         let job: Job = Box::new(move |c| {
+            drop(queued);
             let _ = tx.send(f(c));
         });
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        if jobs.send(job).is_err() {
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
-            return Err(ended());
-        }
-        drop(jobs);
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job)
+            .map_err(|_| ended())?;
         rx.recv().map_err(|_| ended())?
     }
 

@@ -256,8 +256,8 @@ fn durable_copies(scenario: &str) -> Option<f64> {
 }
 
 /// The most truc could do if each of its durable copies cost no more CPU than
-/// the peer spends storing one message, and signatures cost what was measured
-/// (`crypto_ms` per document): a bound from the peer's own figures, in this run.
+/// the peer spends storing one message, and signatures cost what was measured:
+/// a bound from the peer's own figures, in this run.
 #[derive(Debug, Clone, Copy)]
 struct PeerCostBound {
     copies: f64,
@@ -271,6 +271,8 @@ struct PeerCostBound {
     ratio: f64,
 }
 
+/// The bound for `s` at `crypto_ms` of signatures per document, if the run
+/// measured its peer's CPU and truc makes a known number of copies.
 fn peer_cost_bound(
     s: &Summary,
     all: &[Summary],
@@ -291,6 +293,7 @@ fn peer_cost_bound(
     })
 }
 
+/// The bound as the public-key section prints it.
 fn peer_cost_ceiling(s: &Summary, all: &[Summary], crypto_ms: f64, cpus: usize) -> Option<String> {
     let PeerCostBound {
         copies,
@@ -888,7 +891,7 @@ fn print_summary(r: &Report) {
             // link speed).
             let peer = s
                 .vs_nats_sync
-                .filter(|_| durable_copies(&s.scenario).is_some())
+                .filter(|_| s.scenario != "queued-drain")
                 .and(peer_of(s, &r.summary))
                 .filter(|p| p.docs_per_s > 0.0)
                 .map(|p| {
