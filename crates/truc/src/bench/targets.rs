@@ -187,11 +187,18 @@ fn checks(summary: &[Summary], a: &BenchArgs, m: &Machine) -> Vec<TargetCheck> {
             measured += &format!(" for {} queued", a.queued);
         }
         let under = |m: Option<f64>| m.is_some_and(|m| m * MB_PER_MIB < 10.0);
-        let verdict = match (under(warm), under(cold)) {
+        let mut verdict = match (under(warm), under(cold)) {
             (true, true) => "met",
             (true, false) => "met on a warm hub, missed from cold",
             (false, _) => "missed",
-        };
+        }
+        .to_owned();
+        // From cold, any traffic fills caches and the allocator: the durable
+        // peer's own growth in the same run says how much of it is the queue's.
+        let peer_cold = peer_of(s, summary).and_then(|p| p.extra.get("queued_rss_growth_cold_mib"));
+        if let (false, Some(p)) = (under(cold), peer_cold) {
+            verdict += &format!("; nats-sync +{} from cold in the same run", mb(Some(*p)));
+        }
         out.push(at_setting(
             T,
             measured,
@@ -366,6 +373,10 @@ mod tests {
                 rss_peak_mib: 40.0,
             })
             .collect();
+        let mut queued_peer = summary("queued-drain", NATS_SYNC, 47516.0);
+        queued_peer
+            .extra
+            .insert("queued_rss_growth_cold_mib".into(), 24.0);
         let mut steady_peer = summary("steady", NATS_SYNC, 1000.0);
         steady_peer.p99_ms = Some(24.2);
         let mut attachment = summary("attachment", TRUC, 0.0);
@@ -400,6 +411,7 @@ mod tests {
             ehe,
             steady,
             steady_peer,
+            queued_peer,
             attachment,
             queued,
             summary("idle-edges", TRUC, 44.0),
@@ -425,7 +437,10 @@ mod tests {
         assert_eq!(att.measured, "hub +13.0 MiB, nghean +65.0 MiB");
         // 6.1 MiB is 6.4 MB; 24.4 MiB is 25.6 MB.
         let q = verdict(&c, "100,000 queued");
-        assert_eq!(q.verdict, "met on a warm hub, missed from cold");
+        assert_eq!(
+            q.verdict,
+            "met on a warm hub, missed from cold; nats-sync +25.2 MB from cold in the same run"
+        );
         assert_eq!(q.measured, "warm hub +6.4 MB, from cold +25.6 MB");
         // 21.5 + 3 × 64.6 µs a document: at most 9,289 docs/s on 2 cores, of
         // 10,245 bytes (19.2 MB/s over 1,874/s).
