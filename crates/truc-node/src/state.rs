@@ -24,7 +24,7 @@ use truc_core::{
     BusinessType, DeliveryState, Destination, DocId, Kind, NodeId, OrganId, ReceiptType,
     RouteError, RoutingTable, StatusCode,
 };
-use truc_pki::sign::Signer;
+use truc_pki::sign::{SignatureCounter, Signer};
 use truc_proto::v1 as pb;
 use truc_store::{
     Batch, BlobStore, Digest, GroupCommit, Space, Store, Ticket,
@@ -463,6 +463,8 @@ pub struct NodeState {
     /// Edges: how received PDF attachments' signatures are checked.
     pdf: Option<PdfCheck>,
     pub verifiers: Verifiers,
+    /// Signatures this node's keys made and its verifiers checked.
+    signatures: SignatureCounter,
     pub limits: Limits,
     pub delivery: DeliverySection,
     pub quotas: QuotaSection,
@@ -780,22 +782,32 @@ impl NodeState {
             .unwrap_or(0);
         let directory = Self::merge_directories(routing.has_parent(), received.as_ref(), &own);
         let (directory_changed, _) = tokio::sync::watch::channel(directory.version);
-        let node_signer = p.node_signer.map(Arc::new);
+        // Every key and verifier of this node counts into one counter: its
+        // own figures, whatever else runs in the process.
+        let signatures = SignatureCounter::default();
+        let node_signer = p.node_signer.map(|s| Arc::new(s.counting(&signatures)));
         Ok(Arc::new(Self {
             node_id: p.node_id,
             routes: RwLock::new(Arc::new(routing)),
             signers: p
                 .signers
                 .into_iter()
-                .filter_map(|s| s.organ().cloned().map(|o| (o, Arc::new(s))))
+                .filter_map(|s| {
+                    let o = s.organ().cloned()?;
+                    Some((o, Arc::new(s.counting(&signatures))))
+                })
                 .collect(),
             checkpoint_signer: p
                 .checkpoint_signer
-                .map(Arc::new)
+                .map(|s| Arc::new(s.counting(&signatures)))
                 .or_else(|| node_signer.clone()),
             node_signer,
             pdf: p.pdf,
-            verifiers: p.verifiers,
+            verifiers: Verifiers {
+                agencies: p.verifiers.agencies.counting(&signatures),
+                nodes: p.verifiers.nodes.counting(&signatures),
+            },
+            signatures,
             limits: p.limits,
             delivery: p.delivery,
             quotas: p.quotas,
@@ -5075,7 +5087,7 @@ impl NodeState {
         .into_iter()
         .map(|(k, v)| (k, v.load(Ordering::Relaxed)))
         .chain({
-            let (made, verified) = truc_pki::sign::signature_counts();
+            let (made, verified) = self.signatures.counts();
             [("signatures_made", made), ("signatures_verified", verified)]
         })
         .chain(
@@ -5413,6 +5425,25 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    /// Each node counts its own public-key work, even beside other nodes in
+    /// one process (`truc demo`): the edge's signature is not the hub's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_node_counts_its_own_signatures_beside_others_in_the_process() {
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let edge = f.edge(Arc::new(MemoryStore::new()));
+        let count = |n: &NodeState, name: &str| {
+            n.counters()
+                .into_iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v)
+        };
+        edge.submit(letter_with_attachment()).unwrap();
+        assert_eq!(count(&edge, "signatures_made"), Some(1), "the envelope");
+        assert_eq!(count(&hub, "signatures_made"), Some(0));
+        assert_eq!(count(&hub, "signatures_verified"), Some(0));
     }
 
     /// A submitted document's envelope is kept as a blob the record names (out

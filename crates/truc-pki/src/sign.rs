@@ -27,18 +27,31 @@ use crate::{
     load_certs, load_key,
 };
 
-static SIGNED: AtomicU64 = AtomicU64::new(0);
-static VERIFIED: AtomicU64 = AtomicU64::new(0);
+/// Signatures made and signatures checked (each public-key operation,
+/// whatever the outcome) by the signers and verifiers that share it: a node
+/// gives its own to all of its keys and verifiers, so that its figures stay
+/// its own where several nodes share a process (`truc demo`, tests). What
+/// every document costs in public-key work, the part of the CPU that no
+/// storage or transport change removes.
+#[derive(Debug, Clone, Default)]
+pub struct SignatureCounter(Arc<[AtomicU64; 2]>);
 
-/// Signatures this process made and signatures it checked (each public-key
-/// operation, whatever the outcome), since it started. One node runs per
-/// process, so these are the node's: what every document costs in public-key
-/// work, the part of the CPU that no storage or transport change removes.
-pub fn signature_counts() -> (u64, u64) {
-    (
-        SIGNED.load(Ordering::Relaxed),
-        VERIFIED.load(Ordering::Relaxed),
-    )
+impl SignatureCounter {
+    /// (made, checked) since the counter was made.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.0[0].load(Ordering::Relaxed),
+            self.0[1].load(Ordering::Relaxed),
+        )
+    }
+
+    fn made(&self) {
+        self.0[0].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn checked(&self) {
+        self.0[1].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Signature algorithms on the native path. SHA-1 is never accepted.
@@ -101,6 +114,7 @@ pub struct Signer {
     key: EcdsaKeyPair,
     chain: Vec<Vec<u8>>,
     rng: SystemRandom,
+    counter: SignatureCounter,
 }
 
 /// Most signers are agencies.
@@ -180,7 +194,14 @@ impl Signer {
             key,
             chain: chain.into_iter().map(|c| c.to_vec()).collect(),
             rng,
+            counter: SignatureCounter::default(),
         })
+    }
+
+    /// Counts this signer's signatures in `counter` (its own until then).
+    pub fn counting(mut self, counter: &SignatureCounter) -> Self {
+        self.counter = counter.clone();
+        self
     }
 
     /// When the signing certificate expires (Unix seconds), for alerts.
@@ -206,7 +227,7 @@ impl Signer {
 
     /// Signs `msg` (the header bytes).
     pub fn sign(&self, msg: &[u8]) -> Result<Signature, PkiError> {
-        SIGNED.fetch_add(1, Ordering::Relaxed);
+        self.counter.made();
         let sig = self
             .key
             .sign(&self.rng, msg)
@@ -246,6 +267,7 @@ type VerifiedCache = HashMap<Vec<u8>, (Verified, u64)>;
 pub struct SignatureVerifier {
     anchors: Arc<Vec<TrustAnchor<'static>>>,
     cache: Arc<Mutex<VerifiedCache>>,
+    counter: SignatureCounter,
 }
 
 impl std::fmt::Debug for SignatureVerifier {
@@ -270,7 +292,14 @@ impl SignatureVerifier {
         Ok(Self {
             anchors: Arc::new(anchors),
             cache: Arc::default(),
+            counter: SignatureCounter::default(),
         })
+    }
+
+    /// Counts this verifier's checks in `counter` (its own until then).
+    pub fn counting(mut self, counter: &SignatureCounter) -> Self {
+        self.counter = counter.clone();
+        self
     }
 
     pub fn from_file(path: &Path) -> Result<Self, PkiError> {
@@ -297,7 +326,7 @@ impl SignatureVerifier {
             Algorithm::RsaPkcs1Sha256 => webpki::ring::RSA_PKCS1_2048_8192_SHA256,
             Algorithm::RsaPssSha256 => webpki::ring::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
         };
-        VERIFIED.fetch_add(1, Ordering::Relaxed);
+        self.counter.checked();
         leaf.verify_signature(alg, msg, signature)
             .map_err(|_| VerifyError::BadSignature)?;
         Ok(verified)
