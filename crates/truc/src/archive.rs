@@ -26,15 +26,23 @@ use crate::{client, verify::offline_limits};
 /// The version of the package layout (bag-info.txt `Truc-Archive-Version`).
 pub const FORMAT_VERSION: u32 = 1;
 
+/// `truc archive export` (clap reads its flags from here).
+#[derive(Debug, Clone, clap::Args)]
 pub struct ExportArgs {
+    #[arg(long)]
     pub config: PathBuf,
+    /// Documents to export (or a period with --from/--to).
     pub doc_ids: Vec<String>,
     /// The sender, when two senders used the same doc_id.
+    #[arg(long)]
     pub sender: Option<String>,
-    /// Every document sent or received from this day (YYYY-MM-DD, Vietnam time)…
+    /// Every document sent or received from this day on (YYYY-MM-DD, Vietnam time).
+    #[arg(long = "from")]
     pub since: Option<String>,
-    /// …to this day, inclusive.
+    /// … up to this day, inclusive (YYYY-MM-DD).
+    #[arg(long = "to")]
     pub until: Option<String>,
+    #[arg(long)]
     pub out: PathBuf,
 }
 
@@ -378,8 +386,11 @@ fn sync_tree(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `truc archive verify`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct VerifyArgs {
     pub package: PathBuf,
+    #[command(flatten)]
     pub trust: crate::verify::TrustArgs,
 }
 

@@ -384,30 +384,10 @@ enum ArchiveCommand {
     /// Write one archival package (a BagIt bag, docs/archive.md) per document:
     /// signed envelope, attachments, receipts, statuses, trace, certificates and
     /// the edge's audit entries chained to a head it signs.
-    Export {
-        #[arg(long)]
-        config: PathBuf,
-        /// Documents to export (or a period with --from/--to).
-        doc_ids: Vec<String>,
-        /// The sender, when two senders used the same doc_id.
-        #[arg(long)]
-        sender: Option<String>,
-        /// Every document sent or received from this day on (YYYY-MM-DD).
-        #[arg(long = "from")]
-        since: Option<String>,
-        /// … up to this day, inclusive (YYYY-MM-DD).
-        #[arg(long = "to")]
-        until: Option<String>,
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Export(archive::ExportArgs),
     /// Check a package offline against the trusted CA certificates; names every
     /// part that does not verify, and prints what the package proves.
-    Verify {
-        package: PathBuf,
-        #[command(flatten)]
-        trust: verify::TrustArgs,
-    },
+    Verify(archive::VerifyArgs),
 }
 
 #[derive(Subcommand)]
@@ -807,27 +787,8 @@ async fn run(cli: Cli) -> Result<()> {
             command: AuditCommand::Verify { config, json },
         } => verify::audit_verify(&config, json).await,
         Command::Archive { command } => match command {
-            ArchiveCommand::Export {
-                config,
-                doc_ids,
-                sender,
-                since,
-                until,
-                out,
-            } => {
-                archive::export(archive::ExportArgs {
-                    config,
-                    doc_ids,
-                    sender,
-                    since,
-                    until,
-                    out,
-                })
-                .await
-            }
-            ArchiveCommand::Verify { package, trust } => {
-                archive::verify(archive::VerifyArgs { package, trust })
-            }
+            ArchiveCommand::Export(a) => archive::export(a).await,
+            ArchiveCommand::Verify(a) => archive::verify(a),
         },
         Command::Directory { command } => match command {
             DirectoryCommand::List { config, json } => client::directory(&config, None, json).await,
