@@ -176,6 +176,46 @@ fn huge_key() -> Vec<u8> {
         .collect()
 }
 
+/// Keys about to be read are fetched in one request; the reads that follow
+/// are answered from memory, each as the server would (a value, or none).
+#[test]
+fn prefetched_keys_cost_one_request_and_read_as_the_server_holds_them() {
+    let pg = Server::start();
+    let url = pg.url("postgres");
+    migrate(&url);
+    let first = PgStore::open(&url, 1 << 20, || {}).unwrap();
+    let mut b = Batch::new();
+    b.put(Space::Dedup, b"there".to_vec(), b"v".to_vec());
+    b.put(Space::Docs, b"there".to_vec(), b"other space".to_vec());
+    first.apply(b).unwrap();
+    drop(first);
+    // A writer that knows nothing yet.
+    let store = PgStore::open(&url, 1 << 20, || {}).unwrap();
+    let before = requests(&store);
+    let keys = [
+        (Space::Dedup, b"there".to_vec()),
+        (Space::Dedup, b"absent".to_vec()),
+        (Space::Docs, b"there".to_vec()),
+        (Space::BlobRefs, b"absent".to_vec()),
+    ];
+    store.prefetch(&keys).unwrap();
+    assert_eq!(requests(&store) - before, 1, "one request for four keys");
+    assert_eq!(
+        store.get(Space::Dedup, b"there").unwrap(),
+        Some(b"v".to_vec())
+    );
+    assert_eq!(store.get(Space::Dedup, b"absent").unwrap(), None);
+    assert_eq!(
+        store.get(Space::Docs, b"there").unwrap(),
+        Some(b"other space".to_vec())
+    );
+    assert_eq!(store.get(Space::BlobRefs, b"absent").unwrap(), None);
+    assert_eq!(requests(&store) - before, 1, "the reads asked nothing");
+    // Known keys are not asked again.
+    store.prefetch(&keys).unwrap();
+    assert_eq!(requests(&store) - before, 1);
+}
+
 /// Polls `ok` (30 s at most) for what a test waits on.
 fn wait_until(what: &str, ok: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -159,6 +159,12 @@ pub trait Store: Send + Sync + 'static {
     fn remote_stats(&self) -> Option<RemoteStats> {
         None
     }
+    /// A hint that `keys` are about to be read one by one: a store on a server
+    /// may fetch them in one request, so that those reads need none. Changes
+    /// nothing a read returns. Embedded stores read in-process and ignore it.
+    fn prefetch(&self, _keys: &[(Space, Vec<u8>)]) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// What a store on a server reports (operators' metrics).
@@ -493,6 +499,9 @@ impl<S: Store> Store for FaultyStore<S> {
     }
     fn remote_stats(&self) -> Option<RemoteStats> {
         self.inner.remote_stats()
+    }
+    fn prefetch(&self, keys: &[(Space, Vec<u8>)]) -> Result<(), StoreError> {
+        self.inner.prefetch(keys)
     }
 }
 

@@ -638,6 +638,52 @@ impl Store for PgStore {
         })
     }
 
+    /// One request for every key not known yet; each answer (a value, or
+    /// that there is none) goes to the cache on the connection's thread, as a
+    /// read's would.
+    fn prefetch(&self, keys: &[(Space, Vec<u8>)]) -> Result<(), StoreError> {
+        let Some(cache) = self.cache.clone() else {
+            return Ok(());
+        };
+        if self.fenced().is_some() || self.stalled() {
+            return Ok(());
+        }
+        let mut wanted: Vec<Vec<u8>> = {
+            let mut known = lock_cache(&cache);
+            keys.iter()
+                .map(|(space, key)| full_key(*space, key))
+                .filter(|full| known.get(full).is_none())
+                .collect()
+        };
+        wanted.sort();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        self.with(move |c| {
+            let stmt = c.prepared(
+                "SELECT t.space, t.key, t.value FROM truc_kv t \
+                 JOIN unnest($1::smallint[], $2::bytea[]) AS k(space, key) \
+                 ON t.space = k.space AND t.key = k.key",
+            )?;
+            let spaces: Vec<i16> = wanted.iter().map(|f| i16::from(f[0])).collect();
+            let bare: Vec<&[u8]> = wanted.iter().map(|f| &f[1..]).collect();
+            let rows = c.client.query(&stmt, &[&spaces, &bare]).map_err(pg)?;
+            let mut found: HashMap<Vec<u8>, Vec<u8>> = HashMap::with_capacity(rows.len());
+            for r in rows {
+                let mut full = vec![r.get::<_, i16>(0) as u8];
+                full.extend_from_slice(r.get::<_, &[u8]>(1));
+                found.insert(full, r.get(2));
+            }
+            let mut known = lock_cache(&cache);
+            for full in wanted {
+                let value = found.remove(&full);
+                known.put(full, value);
+            }
+            Ok(())
+        })
+    }
+
     fn fenced(&self) -> Option<String> {
         self.fenced
             .lock()
