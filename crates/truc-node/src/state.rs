@@ -2113,15 +2113,14 @@ impl NodeState {
     }
 
     /// What accepting `items` reads first — each document's dedup entry and
-    /// record, and the reference counts of its blobs, mostly keys no one has
-    /// written yet — asked of a store on a server in one request, before the
-    /// writer lock, instead of one round trip per key under it. A failure only
-    /// leaves those reads to ask one by one.
+    /// the reference counts of its blobs, mostly keys no one has written yet —
+    /// asked of a store on a server in one request, before the writer lock,
+    /// instead of one round trip per key under it. A failure only leaves those
+    /// reads to ask one by one.
     fn prefetch_for(&self, items: &[(Verified, Option<Vec<OrganId>>)]) {
-        let mut keys = Vec::with_capacity(items.len() * 4);
+        let mut keys = Vec::with_capacity(items.len() * 3);
         for (v, _) in items {
             let dkey = doc_key(&v.from.to_string(), &v.doc_id.to_string());
-            keys.push((Space::Docs, dkey.clone()));
             keys.push((Space::Dedup, dkey));
             for d in v.attachments.iter().chain(&v.envelope_blob) {
                 keys.push((Space::BlobRefs, d.0.to_vec()));

@@ -23,7 +23,8 @@
 //! what it last wrote or read for a key — a value, or that there is none —
 //! stays true while it holds the lock. [`ReadCache`] keeps those answers,
 //! bounded by `storage.cache_bytes`; a read that misses, and every scan, still
-//! goes to the server. Read-only tools ([`PgStore::open_shared`]) keep none.
+//! goes to the server. Keys about to be read can be fetched together first
+//! ([`Store::prefetch`]), one request for all. Read-only tools ([`PgStore::open_shared`]) keep none.
 //!
 //! The synchronous client runs a runtime of its own, which may not be started
 //! from a thread driving async tasks: the connection lives on a thread of its
@@ -648,15 +649,28 @@ impl Store for PgStore {
         if self.fenced().is_some() || self.stalled() {
             return Ok(());
         }
-        let mut wanted: Vec<Vec<u8>> = {
-            let mut known = lock_cache(&cache);
-            keys.iter()
-                .map(|(space, key)| full_key(*space, key))
-                .filter(|full| known.get(full).is_none())
-                .collect()
-        };
+        let mut wanted: Vec<Vec<u8>> = keys
+            .iter()
+            .map(|(space, key)| full_key(*space, key))
+            .collect();
         wanted.sort();
         wanted.dedup();
+        {
+            let mut known = lock_cache(&cache);
+            wanted.retain(|full| known.get(full).is_none());
+            // No more than a quarter of the cache, so that the answers are
+            // still there when they are read.
+            let mut room = known.budget / 4;
+            let fits = wanted
+                .iter()
+                .take_while(|full| {
+                    let n = full.len() + ENTRY_OVERHEAD;
+                    room = room.saturating_sub(n);
+                    room > 0
+                })
+                .count();
+            wanted.truncate(fits);
+        }
         if wanted.is_empty() {
             return Ok(());
         }
