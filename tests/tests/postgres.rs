@@ -37,6 +37,15 @@ fn migrate(url: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A throwaway server with truc's schema, and its URL (the server lives as
+/// long as the first value).
+fn migrated() -> (Server, String) {
+    let pg = Server::start();
+    let url = pg.url("postgres");
+    migrate(&url);
+    (pg, url)
+}
+
 #[test]
 fn the_postgresql_store_conforms_and_keeps_flushed_writes() {
     let pg = Server::start();
@@ -73,9 +82,7 @@ fn requests(s: &PgStore) -> u64 {
 /// behind: what it would have written is not read back.
 #[test]
 fn the_writer_answers_known_reads_itself_and_forgets_after_a_failed_write() {
-    let pg = Server::start();
-    let url = pg.url("postgres");
-    migrate(&url);
+    let (_pg, url) = migrated();
     let store = PgStore::open(&url, 1 << 20, || {}).unwrap();
     let mut b = Batch::new();
     b.put(Space::Docs, b"k1".to_vec(), b"v1".to_vec());
@@ -180,9 +187,7 @@ fn huge_key() -> Vec<u8> {
 /// are answered from memory, each as the server would (a value, or none).
 #[test]
 fn prefetched_keys_cost_one_request_and_read_as_the_server_holds_them() {
-    let pg = Server::start();
-    let url = pg.url("postgres");
-    migrate(&url);
+    let (_pg, url) = migrated();
     let first = PgStore::open(&url, 1 << 20, || {}).unwrap();
     let mut b = Batch::new();
     b.put(Space::Dedup, b"there".to_vec(), b"v".to_vec());
@@ -198,7 +203,7 @@ fn prefetched_keys_cost_one_request_and_read_as_the_server_holds_them() {
         (Space::Docs, b"there".to_vec()),
         (Space::BlobRefs, b"absent".to_vec()),
     ];
-    store.prefetch(&keys).unwrap();
+    store.prefetch(&mut keys.iter().cloned()).unwrap();
     assert_eq!(requests(&store) - before, 1, "one request for four keys");
     assert_eq!(
         store.get(Space::Dedup, b"there").unwrap(),
@@ -212,7 +217,7 @@ fn prefetched_keys_cost_one_request_and_read_as_the_server_holds_them() {
     assert_eq!(store.get(Space::BlobRefs, b"absent").unwrap(), None);
     assert_eq!(requests(&store) - before, 1, "the reads asked nothing");
     // Known keys are not asked again.
-    store.prefetch(&keys).unwrap();
+    store.prefetch(&mut keys.iter().cloned()).unwrap();
     assert_eq!(requests(&store) - before, 1);
 }
 
@@ -238,9 +243,7 @@ fn lock_waits(url: &str) -> i64 {
 /// (`truc_store_requests_waiting`); once it is free, every one is served.
 #[test]
 fn requests_waiting_for_the_connection_are_counted_and_all_served() {
-    let pg = Server::start();
-    let url = pg.url("postgres");
-    migrate(&url);
+    let (_pg, url) = migrated();
     let store = std::sync::Arc::new(PgStore::open(&url, 1 << 20, || {}).unwrap());
     let shared = PgStore::open_shared(&url).unwrap();
     let waiting = || store.remote_stats().unwrap().waiting;
@@ -278,9 +281,7 @@ fn requests_waiting_for_the_connection_are_counted_and_all_served() {
 /// from memory, and a read waits its turn on the connection.
 #[test]
 fn the_writer_stops_answering_from_memory_while_a_request_hangs() {
-    let pg = Server::start();
-    let url = pg.url("postgres");
-    migrate(&url);
+    let (_pg, url) = migrated();
     let store = std::sync::Arc::new(PgStore::open(&url, 1 << 20, || {}).unwrap());
     let mut b = Batch::new();
     b.put(Space::Docs, b"k1".to_vec(), b"v1".to_vec());
@@ -318,9 +319,7 @@ fn the_writer_stops_answering_from_memory_while_a_request_hangs() {
 /// end the writer and the server agree on every key.
 #[test]
 fn cached_reads_stay_true_under_concurrent_writes_and_eviction() {
-    let pg = Server::start();
-    let url = pg.url("postgres");
-    migrate(&url);
+    let (_pg, url) = migrated();
     // About 40 answers fit.
     let store = std::sync::Arc::new(PgStore::open(&url, 4096, || {}).unwrap());
     const KEYS: u32 = 30;
@@ -344,7 +343,7 @@ fn cached_reads_stay_true_under_concurrent_writes_and_eviction() {
                                 let keys: Vec<_> = (0..4u32)
                                     .map(|u| (Space::Docs, format!("t{u}/k{k}").into_bytes()))
                                     .collect();
-                                store.prefetch(&keys).unwrap();
+                                store.prefetch(&mut keys.iter().cloned()).unwrap();
                             }
                             assert_eq!(
                                 store.get(Space::Docs, &key).unwrap(),
@@ -402,9 +401,7 @@ fn a_database_without_the_schema_is_refused_with_the_command_that_fixes_it() {
 
 #[test]
 fn a_hub_on_postgresql_delivers_and_keeps_everything_across_a_kill() {
-    let pg = Server::start();
-    let url = pg.url("postgres");
-    migrate(&url);
+    let (_pg, url) = migrated();
     let mut c = common::Cluster::new();
     let u = url.clone();
     c.edit("hub", move |t| {
@@ -510,9 +507,7 @@ fn health(addr: &str) -> (bool, String) {
 /// and the first hub, restarted as a standby, takes over again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hubs_on_one_postgresql_fail_over_without_loss_or_duplicates() {
-    let pg = Server::start();
-    let url = pg.url("postgres");
-    migrate(&url);
+    let (_pg, url) = migrated();
     let mut c = common::Cluster::new();
     let shared = c.path("shared-blobs");
     let health_b = free_addr();

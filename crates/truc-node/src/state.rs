@@ -2118,15 +2118,16 @@ impl NodeState {
     /// instead of one round trip per key under it. A failure only leaves those
     /// reads to ask one by one.
     fn prefetch_for(&self, items: &[(Verified, Option<Vec<OrganId>>)]) {
-        let mut keys = Vec::with_capacity(items.len() * 3);
-        for (v, _) in items {
-            let dkey = doc_key(&v.from.to_string(), &v.doc_id.to_string());
-            keys.push((Space::Dedup, dkey));
-            for d in v.attachments.iter().chain(&v.envelope_blob) {
-                keys.push((Space::BlobRefs, d.0.to_vec()));
-            }
-        }
-        if let Err(e) = self.store.prefetch(&keys) {
+        // Built only if the store draws them (embedded stores do not).
+        let mut keys = items.iter().flat_map(|(v, _)| {
+            let dedup = (
+                Space::Dedup,
+                doc_key(&v.from.to_string(), &v.doc_id.to_string()),
+            );
+            let blobs = v.attachments.iter().chain(&v.envelope_blob);
+            std::iter::once(dedup).chain(blobs.map(|d| (Space::BlobRefs, d.0.to_vec())))
+        });
+        if let Err(e) = self.store.prefetch(&mut keys) {
             tracing::debug!(error = %e, "prefetch failed; the reads ask one by one");
         }
     }

@@ -161,8 +161,12 @@ pub trait Store: Send + Sync + 'static {
     }
     /// A hint that `keys` are about to be read one by one: a store on a server
     /// may fetch them in one request, so that those reads need none. Changes
-    /// nothing a read returns. Embedded stores read in-process and ignore it.
-    fn prefetch(&self, _keys: &[(Space, Vec<u8>)]) -> Result<(), StoreError> {
+    /// nothing a read returns. Embedded stores read in-process and ignore it
+    /// without drawing a key (the iterator builds them only when asked).
+    fn prefetch(
+        &self,
+        _keys: &mut dyn Iterator<Item = (Space, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
         Ok(())
     }
 }
@@ -500,7 +504,7 @@ impl<S: Store> Store for FaultyStore<S> {
     fn remote_stats(&self) -> Option<RemoteStats> {
         self.inner.remote_stats()
     }
-    fn prefetch(&self, keys: &[(Space, Vec<u8>)]) -> Result<(), StoreError> {
+    fn prefetch(&self, keys: &mut dyn Iterator<Item = (Space, Vec<u8>)>) -> Result<(), StoreError> {
         self.inner.prefetch(keys)
     }
 }

@@ -475,6 +475,14 @@ impl PgStore {
         self.busy.longer_than(PING_TIMEOUT)
     }
 
+    /// The cache, while what it knows may be relied on: the writer is not
+    /// fenced and no request hangs.
+    fn trusted_cache(&self) -> Option<&Arc<Mutex<ReadCache>>> {
+        self.cache
+            .as_ref()
+            .filter(|_| self.fenced().is_none() && !self.stalled())
+    }
+
     /// Runs `f` on the connection's thread and waits for its result.
     fn with<T: Send + 'static>(
         &self,
@@ -545,9 +553,7 @@ impl PgStore {
 impl Store for PgStore {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let full = full_key(space, key);
-        if let Some(cache) = &self.cache
-            && self.fenced().is_none()
-            && !self.stalled()
+        if let Some(cache) = self.trusted_cache()
             && let Some(known) = lock_cache(cache).get(&full)
         {
             return Ok(known);
@@ -642,17 +648,11 @@ impl Store for PgStore {
     /// One request for every key not known yet; each answer (a value, or
     /// that there is none) goes to the cache on the connection's thread, as a
     /// read's would.
-    fn prefetch(&self, keys: &[(Space, Vec<u8>)]) -> Result<(), StoreError> {
-        let Some(cache) = self.cache.clone() else {
+    fn prefetch(&self, keys: &mut dyn Iterator<Item = (Space, Vec<u8>)>) -> Result<(), StoreError> {
+        let Some(cache) = self.trusted_cache().cloned() else {
             return Ok(());
         };
-        if self.fenced().is_some() || self.stalled() {
-            return Ok(());
-        }
-        let mut wanted: Vec<Vec<u8>> = keys
-            .iter()
-            .map(|(space, key)| full_key(*space, key))
-            .collect();
+        let mut wanted: Vec<Vec<u8>> = keys.map(|(space, key)| full_key(space, &key)).collect();
         wanted.sort();
         wanted.dedup();
         {
