@@ -281,6 +281,28 @@ struct Counts {
     store_requests: u64,
 }
 
+impl Counts {
+    /// Signatures made and checked per document between `before` and `self`,
+    /// as the scenario's extra columns.
+    fn signatures_per_doc(&self, before: &Counts, docs: f64) -> [(&'static str, f64); 2] {
+        [
+            (
+                SIGNED_PER_DOC,
+                self.per_doc(before, docs, |c| c.signatures_made),
+            ),
+            (
+                VERIFIED_PER_DOC,
+                self.per_doc(before, docs, |c| c.signatures_verified),
+            ),
+        ]
+    }
+
+    /// One count's growth since `before`, per document.
+    fn per_doc(&self, before: &Counts, docs: f64, f: fn(&Counts) -> u64) -> f64 {
+        f(self).saturating_sub(f(before)) as f64 / docs.max(1.0)
+    }
+}
+
 /// Which event of an agency's live stream counts as the arrival.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Want {
@@ -470,18 +492,17 @@ pub async fn flow(
         let usage = sampler.finish().await;
         let counts1 = fed.settled_counts().await?;
         // Per arrival counted, the unit of the run's rate (a delivery in fan-out).
-        let docs = (load.docs * watched.len()).max(1) as f64;
-        let per_doc = |f: fn(&Counts) -> u64| f(&counts1).saturating_sub(f(&counts0)) as f64 / docs;
-        let mut extra = vec![
-            (SIGNED_PER_DOC, per_doc(|c| c.signatures_made)),
-            (VERIFIED_PER_DOC, per_doc(|c| c.signatures_verified)),
-        ];
+        let docs = (load.docs * watched.len()) as f64;
+        let mut extra = counts1.signatures_per_doc(&counts0, docs).to_vec();
         if let (Some(pid), Some(c0)) = (pg_pid, pg_cpu0) {
             extra.push((
                 "postgresql_cpu_s",
                 crate::bench::procstat::tree_cpu_seconds(pid) - c0,
             ));
-            extra.push(("store_requests_per_doc", per_doc(|c| c.store_requests)));
+            extra.push((
+                "store_requests_per_doc",
+                counts1.per_doc(&counts0, docs, |c| c.store_requests),
+            ));
         }
         for w in watchers {
             w.abort();
@@ -709,28 +730,25 @@ pub async fn queued_drain(
         w.abort();
         let (_, last) = collected?;
         let counts1 = fed.settled_counts().await?;
-        let per_doc = |f: fn(&Counts) -> u64| {
-            f(&counts1).saturating_sub(f(&counts0)) as f64 / load.docs.max(1) as f64
-        };
         let mib = 1024.0 * 1024.0;
+        let mut extra = vec![
+            (
+                "queued_rss_growth_mib",
+                rss1.saturating_sub(rss0) as f64 / mib,
+            ),
+            ("hub_rss_before_mib", rss0 as f64 / mib),
+            (
+                "queued_rss_growth_cold_mib",
+                rss1.saturating_sub(rss_cold) as f64 / mib,
+            ),
+        ];
+        extra.extend(counts1.signatures_per_doc(&counts0, load.docs as f64));
         Ok::<_, anyhow::Error>((
             Measured {
                 usage: None,
                 elapsed: last.saturating_duration_since(t0),
                 latencies: Vec::new(),
-                extra: vec![
-                    (
-                        "queued_rss_growth_mib",
-                        rss1.saturating_sub(rss0) as f64 / mib,
-                    ),
-                    ("hub_rss_before_mib", rss0 as f64 / mib),
-                    (
-                        "queued_rss_growth_cold_mib",
-                        rss1.saturating_sub(rss_cold) as f64 / mib,
-                    ),
-                    (SIGNED_PER_DOC, per_doc(|c| c.signatures_made)),
-                    (VERIFIED_PER_DOC, per_doc(|c| c.signatures_verified)),
-                ],
+                extra,
             },
             usage,
         ))

@@ -134,11 +134,20 @@ fn checks(summary: &[Summary], a: &BenchArgs, m: &Machine) -> Vec<TargetCheck> {
         // that falls behind shows it in the p99, so the p99 alone decides.
         let mut verdict = met(s.p99_ms.is_some_and(|p| p <= 10.0)).to_owned();
         if verdict == "missed" {
-            // What stood in the way: the cores the nodes kept busy at this
-            // rate, and whether the durable peer kept within it.
-            if s.secs > 0.0 && !s.nodes.is_empty() {
+            // What stood in the way: the cores the rate needs at the CPU the
+            // nodes spent per document, and whether the durable peer kept
+            // within it. Needing every core, the queues cannot stay short.
+            if s.secs > 0.0 && s.docs_per_s > 0.0 && !s.nodes.is_empty() {
                 let busy = s.nodes.iter().map(|u| u.cpu_s).sum::<f64>() / s.secs;
-                verdict += &format!(": the nodes kept {busy:.1} of the {} cores busy", m.cpus);
+                let ms = busy / s.docs_per_s * 1000.0;
+                let need = ms * a.rate / 1000.0;
+                if need >= m.cpus as f64 {
+                    verdict += ", out of reach here";
+                }
+                verdict += &format!(
+                    ": at the {ms:.2} ms of CPU per document the nodes spent, {:.0}/s needs {need:.1} of the {} cores (they kept {busy:.1} busy)",
+                    a.rate, m.cpus
+                );
             }
             if let Some(p) = peer_of(s, summary).and_then(|p| p.p99_ms) {
                 verdict += &format!("; nats-sync's p99 {p:.1} ms in the same run");
@@ -425,11 +434,11 @@ mod tests {
             "missed, out of reach here: at nats-sync's own CPU per message for each of 3 durable copies, plus the signatures, at most 0.82×"
         );
         assert_eq!(ratio.measured, "0.51× (958 vs 1883 docs/s)");
-        // 9.4 CPU-seconds over 5.6 s.
+        // 9.4 CPU-seconds over 5.6 s: 1.68 cores for 896/s, 1.87 ms each.
         let p99 = verdict(&c, "p99");
         assert_eq!(
             p99.verdict,
-            "missed: the nodes kept 1.7 of the 2 cores busy; nats-sync's p99 24.2 ms in the same run"
+            "missed: at the 1.87 ms of CPU per document the nodes spent, 1000/s needs 1.9 of the 2 cores (they kept 1.7 busy); nats-sync's p99 24.2 ms in the same run"
         );
         assert_eq!(p99.measured, "p99 640.8 ms, 896/s kept of 1000 offered");
         let att = verdict(&c, "1 GiB");
@@ -572,6 +581,20 @@ mod tests {
         assert_eq!(
             verdict(&check_all(&all, &args(), &machine(8)), "p99").verdict,
             "met (on 8 cores, not 2)"
+        );
+        // 1.6 cores busy for 778/s: 2.06 ms a document, more than 2 cores at
+        // 1,000/s.
+        let mut slow = summary("steady", TRUC, 778.0);
+        slow.p99_ms = Some(1522.5);
+        slow.nodes = vec![Usage {
+            node: "hub".into(),
+            cpu_s: 1.6,
+            rss_start_mib: 30.0,
+            rss_peak_mib: 40.0,
+        }];
+        assert_eq!(
+            verdict(&check_all(&[slow], &args(), &machine(2)), "p99").verdict,
+            "missed, out of reach here: at the 2.06 ms of CPU per document the nodes spent, 1000/s needs 2.1 of the 2 cores (they kept 1.6 busy)"
         );
     }
 }
