@@ -470,10 +470,10 @@ pub struct StorageSection {
     /// abandoned partial transfers are deleted after this long. Default 24 h.
     pub orphan_grace_ms: u64,
     /// Keep the key-value store (queues, dedup index, directory, receipts, audit)
-    /// in PostgreSQL instead of the embedded sled: a libpq URL or key=value
+    /// in PostgreSQL instead of the embedded store: a libpq URL or key=value
     /// string. The schema comes from `truc store migrate`. One process writes a
     /// database at a time: a second hub on the same URL stands by (health
-    /// NOT_SERVING) and takes over when the first dies. Default: none (sled).
+    /// NOT_SERVING) and takes over when the first dies. Default: none (embedded).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub postgres_url: Option<String>,
     /// Where attachment and body files are kept (relative paths from the config

@@ -292,7 +292,8 @@ enum Command {
     /// peer): real `truc node` processes on loopback, interleaved runs, medians
     /// per fsync state (BENCHMARKS.md). Scenarios: one-hop, edge-hub-edge,
     /// steady, relay, fan-out (the default set), attachment, queued-drain,
-    /// idle-edges, reconnect, or all.
+    /// idle-edges, reconnect, or all; pg-hub compares a hub on PostgreSQL with
+    /// the embedded one.
     Bench {
         scenarios: Vec<String>,
         /// Documents per run.
@@ -485,7 +486,8 @@ enum CertsCommand {
     Init {
         #[arg(long)]
         out: PathBuf,
-        /// Topology file (format in certs-dev/README.md); default: hub + vpcp, nghean, caobang.
+        /// Topology file (format in certs-dev/README.md); default: hub + vpcp, nghean,
+        /// caobang, and the relay quangnam with its districts duyxuyen and dienban.
         #[arg(long)]
         topology: Option<PathBuf>,
     },
@@ -497,7 +499,7 @@ enum CertsCommand {
         node: String,
     },
     /// Revoke a node's current certificate: it goes into transport-ca.crl, which
-    /// every node reads when it starts.
+    /// running nodes read again every `tls.crl_reload_ms` (and at start).
     Revoke {
         #[arg(long)]
         out: PathBuf,
@@ -556,7 +558,7 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let serial = certs::revoke(&out, &node)?;
             println!(
-                "serial {serial} of {node} revoked in {}; nodes refuse it once restarted (truc certs rotate {node} for a new one)",
+                "serial {serial} of {node} revoked in {}; nodes refuse it once they reload the list (tls.crl_reload_ms; truc certs rotate {node} for a new one)",
                 out.join(certs::CRL_FILE).display()
             );
             Ok(())
