@@ -229,6 +229,55 @@ async fn a_revoked_certificate_loses_its_link_and_cannot_come_back() {
     assert_eq!(vpcp["link"], "down", "{vpcp}");
 }
 
+/// A child checks its parent's certificate against the lists it reloads too:
+/// a revoked hub loses the link of a child that has read the new list, and the
+/// child's next handshakes fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_drops_a_parent_whose_certificate_is_revoked() {
+    let mut c = Cluster::new();
+    let reload = |ms: i64| {
+        move |t: &mut toml::Table| {
+            t["tls"]
+                .as_table_mut()
+                .unwrap()
+                .insert("crl_reload_ms".into(), ms.into());
+        }
+    };
+    c.edit("vpcp", reload(100));
+    // The others have not read the list yet: the hub still carries their traffic.
+    for n in ["hub", "nghean", "caobang"] {
+        c.edit(n, reload(3_600_000));
+    }
+    for n in ["hub", "vpcp", "nghean", "caobang"] {
+        c.start(n);
+    }
+    let before = c.send_from_vpcp(H41, "trước khi thu hồi", &[]);
+    c.wait_delivered("vpcp", &before);
+
+    c.cli_ok(&[
+        "certs",
+        "revoke",
+        "--out",
+        c.dir.path().to_str().unwrap(),
+        "hub",
+    ]);
+    c.wait_log("vpcp", &["revocation lists reloaded"]);
+    c.wait_log("vpcp", &["revocation lists changed", "parent"]);
+    c.wait_log("vpcp", &["link to parent down", "evoked"]);
+    let after = c.send_from_vpcp(H41, "sau khi thu hồi", &[]);
+    // The hub itself still works for nodes that have not read the list.
+    let (ok, id) = c.send_as("nghean", H41, H14, "vẫn thông suốt", &[]);
+    assert!(ok, "{id}");
+    c.wait_delivered("nghean", &id);
+    assert!(
+        !inbox(&c, "nghean", H41)
+            .await
+            .iter()
+            .any(|i| i.doc_id == after),
+        "a document went to a parent whose certificate is revoked"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_node_certificate_is_refused_at_the_handshake() {
     let mut c = Cluster::new();

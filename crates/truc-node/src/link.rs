@@ -1142,32 +1142,55 @@ impl pb::link_server::Link for LinkService {
 }
 
 /// The child side: keeps one link to the parent up, reconnecting with backoff.
+/// `tls` changes when the revocation lists do: the link then ends, as it does
+/// when the node stops (what was received is acknowledged first), and the next
+/// handshake checks the parent's certificate against the new lists.
 pub async fn dial_parent(
     state: Arc<NodeState>,
     address: String,
     parent: NodeId,
-    tls: Arc<rustls::ClientConfig>,
+    mut tls: watch::Receiver<Arc<rustls::ClientConfig>>,
     params: LinkParams,
     mut stop: watch::Receiver<bool>,
     up: watch::Sender<bool>,
 ) {
     let mut delay = params.reconnect_min;
+    // Whether the lists can still change (no reloading without lists).
+    let mut reloading = true;
     loop {
         if *stop.borrow() {
             return;
         }
         let started = Instant::now();
-        let r = connect_once(
-            &state,
-            &address,
-            &parent,
-            tls.clone(),
-            &params,
-            stop.clone(),
-            &up,
-        )
-        .await;
+        let config = tls.borrow_and_update().clone();
+        let (end_tx, end_rx) = watch::channel(false);
+        let session = connect_once(&state, &address, &parent, config, &params, end_rx, &up);
+        tokio::pin!(session);
+        let mut ending = false;
+        let mut reloaded = false;
+        let r = loop {
+            tokio::select! {
+                r = &mut session => break r,
+                _ = crate::stopped(&mut stop), if !ending => {
+                    ending = true;
+                    let _ = end_tx.send(true);
+                }
+                changed = tls.changed(), if !ending && reloading => match changed {
+                    Ok(()) => {
+                        ending = true;
+                        reloaded = true;
+                        let _ = end_tx.send(true);
+                    }
+                    Err(_) => reloading = false,
+                },
+            }
+        };
         let _ = up.send(false);
+        if reloaded && !*stop.borrow() {
+            tracing::warn!(%parent, "revocation lists changed: the link to the parent starts again under them");
+            delay = params.reconnect_min;
+            continue;
+        }
         match r {
             Err(LinkError::Stopped) => return,
             Err(e) => {

@@ -323,9 +323,11 @@ impl RunningNode {
             .own_cert_not_after
             .store(own_not_after, std::sync::atomic::Ordering::Relaxed);
 
-        // Server TLS configurations, replaced when the CRLs change on disk.
+        // TLS configurations, replaced when the CRLs change on disk: the ports
+        // this node serves, and its dialing of the parent.
         let (link_tls_tx, link_tls) = watch::channel(transport.server_config()?);
         let (operator_tls_tx, operator_tls) = watch::channel(transport.operator_server_config()?);
+        let (parent_tls_tx, parent_tls) = watch::channel(transport.client_config()?);
         let mut link_service = None;
 
         let mut link_addr = None;
@@ -687,8 +689,11 @@ impl RunningNode {
             tasks.spawn(tracing::Instrument::instrument(
                 reload_crls(
                     config.tls.clone(),
-                    link_tls_tx,
-                    operator_tls_tx,
+                    Reloaded {
+                        link: link_tls_tx,
+                        operator: operator_tls_tx,
+                        parent: parent_tls_tx,
+                    },
                     link_service,
                     stop_rx.clone(),
                 ),
@@ -697,13 +702,12 @@ impl RunningNode {
         }
 
         if let Some((address, parent)) = &config.parent {
-            let tls = transport.client_config()?;
             tasks.spawn(tracing::Instrument::instrument(
                 dial_parent(
                     state.clone(),
                     address.clone(),
                     parent.clone(),
-                    tls,
+                    parent_tls,
                     params.clone(),
                     stop_rx.clone(),
                     up_tx,
@@ -794,10 +798,18 @@ impl RunningNode {
 /// handshakes use the new lists and children whose certificate they revoke lose
 /// their link at once. A list that cannot be read or parsed keeps the previous one
 /// in force (fail closed: nothing revoked becomes valid again) and says so.
+/// Where [`reload_crls`] puts the TLS configurations it rebuilds.
+struct Reloaded {
+    link: watch::Sender<Arc<rustls::ServerConfig>>,
+    operator: watch::Sender<Arc<rustls::ServerConfig>>,
+    /// The dialing of the parent: a new list ends the link to it, and the next
+    /// handshake checks the parent's certificate against the list.
+    parent: watch::Sender<Arc<rustls::ClientConfig>>,
+}
+
 async fn reload_crls(
     tls: crate::config::TlsSection,
-    link_tls: watch::Sender<Arc<rustls::ServerConfig>>,
-    operator_tls: watch::Sender<Arc<rustls::ServerConfig>>,
+    to: Reloaded,
     links: Option<LinkService>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -823,9 +835,11 @@ async fn reload_crls(
                 continue;
             }
         };
-        let (Ok(link_cfg), Ok(operator_cfg)) =
-            (material.server_config(), material.operator_server_config())
-        else {
+        let (Ok(link_cfg), Ok(operator_cfg), Ok(parent_cfg)) = (
+            material.server_config(),
+            material.operator_server_config(),
+            material.client_config(),
+        ) else {
             tracing::error!(
                 "revocation lists changed but the TLS configuration cannot be rebuilt; the previous ones stay in force"
             );
@@ -838,8 +852,9 @@ async fn reload_crls(
             .flatten()
             .collect();
         seen = now;
-        let _ = link_tls.send(link_cfg);
-        let _ = operator_tls.send(operator_cfg);
+        let _ = to.link.send(link_cfg);
+        let _ = to.operator.send(operator_cfg);
+        let _ = to.parent.send(parent_cfg);
         let closed = links
             .as_ref()
             .map(|l| l.close_revoked(&revoked))

@@ -305,7 +305,8 @@ pub fn rotate(out: &Path, node: &str, hostnames: &[String]) -> Result<PathBuf> {
 
 /// Adds `node`'s current certificate to the transport CA's revocation list and
 /// rewrites it; running nodes read it again within `tls.crl_reload_ms`, refuse the
-/// certificate at the next handshake and close a link that uses it.
+/// certificate at the next handshake and close a link that uses it (a child
+/// starts its link to its parent again under the new list).
 pub fn revoke(out: &Path, node: &str) -> Result<String> {
     let transport = load_transport(out)?;
     let crt = out.join("nodes").join(format!("{node}.crt"));
