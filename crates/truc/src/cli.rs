@@ -292,8 +292,8 @@ enum Command {
     /// peer): real `truc node` processes on loopback, interleaved runs, medians
     /// per fsync state (BENCHMARKS.md). Scenarios: one-hop, edge-hub-edge,
     /// steady, relay, fan-out (the default set), attachment, queued-drain,
-    /// idle-edges, reconnect, or all; pg-hub compares a hub on PostgreSQL with
-    /// the embedded one.
+    /// idle-edges, reconnect, pg-hub (a hub on PostgreSQL beside the embedded
+    /// one), or all.
     Bench {
         scenarios: Vec<String>,
         /// Documents per run.

@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{BenchArgs, Machine, Summary, TRUC, crypto_floor_ms, peer_cost_bound, peer_of};
+use super::{
+    BenchArgs, Machine, Summary, TRUC, cpu_ms_per_doc, crypto_floor_ms, peer_cost_bound, peer_of,
+};
 
 /// One target and what this run measured of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,15 +139,16 @@ fn checks(summary: &[Summary], a: &BenchArgs, m: &Machine) -> Vec<TargetCheck> {
             // What stood in the way: the cores the rate needs at the CPU the
             // nodes spent per document, and whether the durable peer kept
             // within it. Needing every core, the queues cannot stay short.
-            if s.secs > 0.0 && s.docs_per_s > 0.0 && !s.nodes.is_empty() {
+            // The CPU per document is the report's own figure (the public-key
+            // lines print it too).
+            if let Some(ms) = cpu_ms_per_doc(s).filter(|_| s.secs > 0.0 && !s.nodes.is_empty()) {
                 let busy = s.nodes.iter().map(|u| u.cpu_s).sum::<f64>() / s.secs;
-                let ms = busy / s.docs_per_s * 1000.0;
                 let need = ms * a.rate / 1000.0;
                 if need >= m.cpus as f64 {
                     verdict += ", out of reach here";
                 }
                 verdict += &format!(
-                    ": at the {ms:.2} ms of CPU per document the nodes spent, {:.0}/s needs {need:.1} of the {} cores (they kept {busy:.1} busy)",
+                    ": at the {ms:.2} ms of CPU per document the nodes spent, {:.0}/s needs {need:.2} cores, of the {} here (they kept {busy:.1} busy)",
                     a.rate, m.cpus
                 );
             }
@@ -372,6 +375,7 @@ mod tests {
         let mut steady = summary("steady", TRUC, 896.0);
         steady.p99_ms = Some(640.8);
         steady.secs = 5.6;
+        steady.docs = 5000.0;
         steady.nodes = ["hub", "vpcp", "nghean"]
             .into_iter()
             .zip([3.0, 4.2, 2.2])
@@ -434,11 +438,12 @@ mod tests {
             "missed, out of reach here: at nats-sync's own CPU per message for each of 3 durable copies, plus the signatures, at most 0.82×"
         );
         assert_eq!(ratio.measured, "0.51× (958 vs 1883 docs/s)");
-        // 9.4 CPU-seconds over 5.6 s: 1.68 cores for 896/s, 1.87 ms each.
+        // 9.4 CPU-seconds for 5,000 documents over 5.6 s: 1.88 ms each, 1.7
+        // cores busy.
         let p99 = verdict(&c, "p99");
         assert_eq!(
             p99.verdict,
-            "missed: at the 1.87 ms of CPU per document the nodes spent, 1000/s needs 1.9 of the 2 cores (they kept 1.7 busy); nats-sync's p99 24.2 ms in the same run"
+            "missed: at the 1.88 ms of CPU per document the nodes spent, 1000/s needs 1.88 cores, of the 2 here (they kept 1.7 busy); nats-sync's p99 24.2 ms in the same run"
         );
         assert_eq!(p99.measured, "p99 640.8 ms, 896/s kept of 1000 offered");
         let att = verdict(&c, "1 GiB");
@@ -582,19 +587,31 @@ mod tests {
             verdict(&check_all(&all, &args(), &machine(8)), "p99").verdict,
             "met (on 8 cores, not 2)"
         );
-        // 1.6 cores busy for 778/s: 2.06 ms a document, more than 2 cores at
-        // 1,000/s.
-        let mut slow = summary("steady", TRUC, 778.0);
-        slow.p99_ms = Some(1522.5);
-        slow.nodes = vec![Usage {
-            node: "hub".into(),
-            cpu_s: 1.6,
-            rss_start_mib: 30.0,
-            rss_peak_mib: 40.0,
-        }];
+        // The run of 2026-11-30 13:24: 10.4 CPU-seconds for 5,000 documents at
+        // 778/s, 2.08 ms each: more than the 2 cores at 1,000/s.
+        let slow = |cpu_s: f64, docs: f64| {
+            let mut s = summary("steady", TRUC, 778.0);
+            s.p99_ms = Some(1522.5);
+            s.docs = docs;
+            s.secs = docs / 778.0;
+            s.nodes = vec![Usage {
+                node: "hub".into(),
+                cpu_s,
+                rss_start_mib: 30.0,
+                rss_peak_mib: 40.0,
+            }];
+            verdict(&check_all(&[s], &args(), &machine(2)), "p99")
+                .verdict
+                .clone()
+        };
         assert_eq!(
-            verdict(&check_all(&[slow], &args(), &machine(2)), "p99").verdict,
-            "missed, out of reach here: at the 2.06 ms of CPU per document the nodes spent, 1000/s needs 2.1 of the 2 cores (they kept 1.6 busy)"
+            slow(10.4, 5000.0),
+            "missed, out of reach here: at the 2.08 ms of CPU per document the nodes spent, 1000/s needs 2.08 cores, of the 2 here (they kept 1.6 busy)"
         );
+        // Exactly every core is out of reach: no headroom is left.
+        assert!(slow(10.0, 5000.0).starts_with("missed, out of reach here: at the 2.00 ms"));
+        assert!(slow(9.9, 5000.0).starts_with("missed: at the 1.98 ms"));
+        // A run that delivered nothing names no cost per document.
+        assert_eq!(slow(10.4, 0.0), "missed");
     }
 }
