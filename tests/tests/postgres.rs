@@ -46,6 +46,12 @@ fn migrated() -> (Server, String) {
     (pg, url)
 }
 
+/// The store's writer on `url`, with a cache of 1 MiB (the server has no
+/// other writer: nothing to do while standing by).
+fn writer(url: &str) -> PgStore {
+    PgStore::open(url, 1 << 20, || {}).unwrap()
+}
+
 #[test]
 fn the_postgresql_store_conforms_and_keeps_flushed_writes() {
     let pg = Server::start();
@@ -56,7 +62,7 @@ fn the_postgresql_store_conforms_and_keeps_flushed_writes() {
     let again = migrate(&url);
     assert!(again.contains("nothing to apply"), "{again}");
 
-    let store = PgStore::open(&url, 1 << 20, || {}).unwrap();
+    let store = writer(&url);
     conformance(&store);
 
     let mut b = Batch::new();
@@ -64,7 +70,7 @@ fn the_postgresql_store_conforms_and_keeps_flushed_writes() {
     store.apply(b).unwrap();
     store.flush().unwrap();
     drop(store);
-    let store = PgStore::open(&url, 1 << 20, || {}).unwrap();
+    let store = writer(&url);
     assert_eq!(
         store.get(Space::Docs, b"durable").unwrap(),
         Some(b"bytes".to_vec())
@@ -83,7 +89,7 @@ fn requests(s: &PgStore) -> u64 {
 #[test]
 fn the_writer_answers_known_reads_itself_and_forgets_after_a_failed_write() {
     let (_pg, url) = migrated();
-    let store = PgStore::open(&url, 1 << 20, || {}).unwrap();
+    let store = writer(&url);
     let mut b = Batch::new();
     b.put(Space::Docs, b"k1".to_vec(), b"v1".to_vec());
     store.apply(b).unwrap();
@@ -188,14 +194,14 @@ fn huge_key() -> Vec<u8> {
 #[test]
 fn prefetched_keys_cost_one_request_and_read_as_the_server_holds_them() {
     let (_pg, url) = migrated();
-    let first = PgStore::open(&url, 1 << 20, || {}).unwrap();
+    let first = writer(&url);
     let mut b = Batch::new();
     b.put(Space::Dedup, b"there".to_vec(), b"v".to_vec());
     b.put(Space::Docs, b"there".to_vec(), b"other space".to_vec());
     first.apply(b).unwrap();
     drop(first);
     // A writer that knows nothing yet.
-    let store = PgStore::open(&url, 1 << 20, || {}).unwrap();
+    let store = writer(&url);
     let before = requests(&store);
     let keys = [
         (Space::Dedup, b"there".to_vec()),
@@ -244,7 +250,7 @@ fn lock_waits(url: &str) -> i64 {
 #[test]
 fn requests_waiting_for_the_connection_are_counted_and_all_served() {
     let (_pg, url) = migrated();
-    let store = std::sync::Arc::new(PgStore::open(&url, 1 << 20, || {}).unwrap());
+    let store = std::sync::Arc::new(writer(&url));
     let shared = PgStore::open_shared(&url).unwrap();
     let waiting = || store.remote_stats().unwrap().waiting;
     let put = |k: &'static [u8]| {
@@ -282,7 +288,7 @@ fn requests_waiting_for_the_connection_are_counted_and_all_served() {
 #[test]
 fn the_writer_stops_answering_from_memory_while_a_request_hangs() {
     let (_pg, url) = migrated();
-    let store = std::sync::Arc::new(PgStore::open(&url, 1 << 20, || {}).unwrap());
+    let store = std::sync::Arc::new(writer(&url));
     let mut b = Batch::new();
     b.put(Space::Docs, b"k1".to_vec(), b"v1".to_vec());
     store.apply(b).unwrap();

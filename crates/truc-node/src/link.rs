@@ -1166,20 +1166,20 @@ pub async fn dial_parent(
         let (end_tx, end_rx) = watch::channel(false);
         let session = connect_once(&state, &address, &parent, config, &params, end_rx, &up);
         tokio::pin!(session);
-        let mut ending = false;
+        // The session is told to end once (`end_tx` says whether it was), and
+        // polled until it has.
         let mut reloaded = false;
         let r = loop {
+            let ending = *end_tx.borrow();
             tokio::select! {
                 r = &mut session => break r,
                 _ = crate::stopped(&mut stop), if !ending => {
-                    ending = true;
-                    let _ = end_tx.send(true);
+                    end_tx.send_replace(true);
                 }
                 changed = tls.changed(), if !ending && reloading => match changed {
                     Ok(()) => {
-                        ending = true;
                         reloaded = true;
-                        let _ = end_tx.send(true);
+                        end_tx.send_replace(true);
                     }
                     Err(_) => reloading = false,
                 },

@@ -327,7 +327,11 @@ impl RunningNode {
         // this node serves, and its dialing of the parent.
         let (link_tls_tx, link_tls) = watch::channel(transport.server_config()?);
         let (operator_tls_tx, operator_tls) = watch::channel(transport.operator_server_config()?);
-        let (parent_tls_tx, parent_tls) = watch::channel(transport.client_config()?);
+        let (parent_tls_tx, parent_tls) = match &config.parent {
+            Some(_) => Some(watch::channel(transport.client_config()?)),
+            None => None,
+        }
+        .unzip();
         let mut link_service = None;
 
         let mut link_addr = None;
@@ -701,7 +705,7 @@ impl RunningNode {
             ));
         }
 
-        if let Some((address, parent)) = &config.parent {
+        if let (Some((address, parent)), Some(parent_tls)) = (&config.parent, parent_tls) {
             tasks.spawn(tracing::Instrument::instrument(
                 dial_parent(
                     state.clone(),
@@ -794,19 +798,21 @@ impl RunningNode {
     }
 }
 
-/// Reads the CRL files again every `tls.crl_reload_ms`. When they change, the next
-/// handshakes use the new lists and children whose certificate they revoke lose
-/// their link at once. A list that cannot be read or parsed keeps the previous one
-/// in force (fail closed: nothing revoked becomes valid again) and says so.
 /// Where [`reload_crls`] puts the TLS configurations it rebuilds.
 struct Reloaded {
     link: watch::Sender<Arc<rustls::ServerConfig>>,
     operator: watch::Sender<Arc<rustls::ServerConfig>>,
-    /// The dialing of the parent: a new list ends the link to it, and the next
-    /// handshake checks the parent's certificate against the list.
-    parent: watch::Sender<Arc<rustls::ClientConfig>>,
+    /// The dialing of the parent, on a node that has one: a new list ends the
+    /// link to it, and the next handshake checks the parent's certificate
+    /// against the list.
+    parent: Option<watch::Sender<Arc<rustls::ClientConfig>>>,
 }
 
+/// Reads the CRL files again every `tls.crl_reload_ms`. When they change, the next
+/// handshakes use the new lists, children whose certificate they revoke lose
+/// their link at once, and the link to the parent starts again under them. A
+/// list that cannot be read or parsed keeps the previous one in force (fail
+/// closed: nothing revoked becomes valid again) and says so.
 async fn reload_crls(
     tls: crate::config::TlsSection,
     to: Reloaded,
@@ -835,11 +841,15 @@ async fn reload_crls(
                 continue;
             }
         };
-        let (Ok(link_cfg), Ok(operator_cfg), Ok(parent_cfg)) = (
-            material.server_config(),
-            material.operator_server_config(),
-            material.client_config(),
-        ) else {
+        let built = (|| {
+            let parent = to.parent.as_ref().map(|_| material.client_config());
+            Ok::<_, truc_pki::PkiError>((
+                material.server_config()?,
+                material.operator_server_config()?,
+                parent.transpose()?,
+            ))
+        })();
+        let Ok((link_cfg, operator_cfg, parent_cfg)) = built else {
             tracing::error!(
                 "revocation lists changed but the TLS configuration cannot be rebuilt; the previous ones stay in force"
             );
@@ -854,7 +864,9 @@ async fn reload_crls(
         seen = now;
         let _ = to.link.send(link_cfg);
         let _ = to.operator.send(operator_cfg);
-        let _ = to.parent.send(parent_cfg);
+        if let (Some(tx), Some(cfg)) = (&to.parent, parent_cfg) {
+            let _ = tx.send(cfg);
+        }
         let closed = links
             .as_ref()
             .map(|l| l.close_revoked(&revoked))

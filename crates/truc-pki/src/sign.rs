@@ -34,23 +34,29 @@ use crate::{
 /// every document costs in public-key work, the part of the CPU that no
 /// storage or transport change removes.
 #[derive(Debug, Clone, Default)]
-pub struct SignatureCounter(Arc<[AtomicU64; 2]>);
+pub struct SignatureCounter(Arc<Counts>);
+
+#[derive(Debug, Default)]
+struct Counts {
+    made: AtomicU64,
+    checked: AtomicU64,
+}
 
 impl SignatureCounter {
     /// (made, checked) since the counter was made.
     pub fn counts(&self) -> (u64, u64) {
         (
-            self.0[0].load(Ordering::Relaxed),
-            self.0[1].load(Ordering::Relaxed),
+            self.0.made.load(Ordering::Relaxed),
+            self.0.checked.load(Ordering::Relaxed),
         )
     }
 
     fn made(&self) {
-        self.0[0].fetch_add(1, Ordering::Relaxed);
+        self.0.made.fetch_add(1, Ordering::Relaxed);
     }
 
     fn checked(&self) {
-        self.0[1].fetch_add(1, Ordering::Relaxed);
+        self.0.checked.fetch_add(1, Ordering::Relaxed);
     }
 }
 
