@@ -25,7 +25,7 @@ use tokio::{
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
-use truc_core::{NodeId, OrganId};
+use truc_core::{DocId, NodeId, OrganId};
 use truc_proto::v1::{self as pb, link_frame::Frame};
 use truc_store::{Digest, Ticket};
 
@@ -73,6 +73,8 @@ pub enum LinkError {
     Node(#[from] NodeError),
     #[error("link stopped")]
     Stopped,
+    #[error("{0}; the session starts again")]
+    Resync(String),
 }
 
 fn frame(f: Frame) -> pb::LinkFrame {
@@ -379,7 +381,11 @@ pub async fn run_session(
     let mut senders = JoinSet::new();
     let mut receivers = JoinSet::new();
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-    let (prep_tx, prep_rx) = mpsc::channel(params.window.max(1) as usize);
+    // Unbounded: the read loop must never wait for `apply`, which may be waiting
+    // for a streamed transfer's chunks that only this loop reads. The peer's
+    // window bounds the jobs, except after a deferral, when the peer sends
+    // again what it had in flight while the skipped jobs still finish here.
+    let (prep_tx, prep_rx) = mpsc::unbounded_channel();
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let (want_tx, want_rx) = mpsc::unbounded_channel();
     let cx = Ctx {
@@ -528,7 +534,6 @@ pub async fn run_session(
                             let b = std::mem::take(&mut inline);
                             closed |= prep_tx
                                 .send(tokio::task::spawn_blocking(move || prepare(&st, b)))
-                                .await
                                 .is_err();
                         }
                         let job = tokio::spawn(
@@ -537,7 +542,7 @@ pub async fn run_session(
                         );
                         jobs.retain(|j| !j.is_finished());
                         jobs.push(job.abort_handle());
-                        closed |= prep_tx.send(job).await.is_err();
+                        closed |= prep_tx.send(job).is_err();
                     } else {
                         inline.push(t);
                     }
@@ -546,7 +551,6 @@ pub async fn run_session(
                     let st = state.clone();
                     closed |= prep_tx
                         .send(tokio::task::spawn_blocking(move || prepare(&st, inline)))
-                        .await
                         .is_err();
                 }
                 if closed {
@@ -603,6 +607,9 @@ async fn push(
     let mut last_sent: Option<u64> = None;
     // Set by a Defer: nothing is sent before then.
     let mut paused_until: Option<tokio::time::Instant> = None;
+    // The transfer the peer deferred: it takes nothing else until that one
+    // comes again, so if it is gone (dead-lettered, say) the session restarts.
+    let mut deferred: Option<u64> = None;
     // A control message read while gathering acks, handled next.
     let mut stashed: Option<Control> = None;
     loop {
@@ -619,6 +626,13 @@ async fn push(
             let rows = state.queue_peek(&queue, last_sent, room)?;
             if rows.is_empty() {
                 break;
+            }
+            if let Some(d) = deferred
+                && rows[0].0 != d
+            {
+                return Err(LinkError::Resync(format!(
+                    "transfer {d}, which the peer deferred and waits for, is no longer queued here"
+                )));
             }
             let st = state.clone();
             let budget = max_bytes.saturating_sub(in_flight_bytes).max(1);
@@ -648,6 +662,9 @@ async fn push(
                         }
                         in_flight.push_back((seq, size));
                         in_flight_bytes += size;
+                        if deferred == Some(seq) {
+                            deferred = None;
+                        }
                     }
                     Err(e) => {
                         tracing::error!(%queue, seq, error = %e, "cannot load a queued transfer; moved to dead letters");
@@ -735,6 +752,7 @@ async fn push(
                     in_flight_bytes -= size;
                 }
                 last_sent = seq.checked_sub(1);
+                deferred = Some(seq);
                 let wait = Duration::from_millis(u64::from(retry_after_ms.max(50)));
                 paused_until = Some(tokio::time::Instant::now() + wait);
                 tracing::warn!(%queue, seq, %reason, ?wait, "peer deferred a transfer; the queue keeps it");
@@ -752,6 +770,13 @@ async fn push(
 
 type PrepJob = tokio::task::JoinHandle<Result<Vec<(u64, Prepared)>, NodeError>>;
 
+/// A prepared transfer on its way to an outcome.
+enum Step {
+    Deferred(String),
+    Refused(Refusal),
+    Accept(DocId),
+}
+
 enum Outcome {
     Stored(u64, Ticket),
     Refused(u64, Refusal),
@@ -763,7 +788,7 @@ enum Outcome {
 async fn apply(
     state: Arc<NodeState>,
     origin: Origin,
-    mut jobs: mpsc::Receiver<PrepJob>,
+    mut jobs: mpsc::UnboundedReceiver<PrepJob>,
     acks: mpsc::UnboundedSender<Outcome>,
 ) -> Result<(), LinkError> {
     let mut deferred_from: Option<u64> = None;
@@ -801,9 +826,10 @@ async fn apply(
                 }
             }
         }
-        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(prepared.len());
+        // Arrival order first: what was refused or deferred while prepared, and
+        // what goes to the store. Nothing after a deferral is taken.
+        let mut steps: Vec<(u64, Step)> = Vec::with_capacity(prepared.len());
         let mut items = Vec::new();
-        let mut slots = Vec::new();
         for (seq, p) in prepared {
             if let Some(d) = deferred_from {
                 if seq != d {
@@ -811,30 +837,25 @@ async fn apply(
                 }
                 deferred_from = None;
             }
-            match p {
-                Prepared::Deferred(reason) => {
-                    // Nothing after it in this session is taken until it comes again.
-                    tracing::warn!(origin = %origin.label(), seq, %reason, "transfer deferred");
-                    deferred_from = Some(seq);
-                    outcomes.push(Some(Outcome::Deferred(seq, reason)));
-                }
-                Prepared::Refused(r) => {
-                    state
-                        .stats
-                        .refused
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    state.telemetry.refused("link", r.code);
-                    tracing::warn!(origin = %origin.label(), seq, code = ?r.code, reason = %r.reason, "transfer refused");
-                    outcomes.push(Some(Outcome::Refused(seq, r)));
-                }
-                Prepared::Ok(v, recipients) => {
-                    slots.push((outcomes.len(), seq, v.doc_id));
-                    outcomes.push(None);
-                    items.push((*v, Some(recipients)));
-                }
-            }
+            steps.push((
+                seq,
+                match p {
+                    Prepared::Deferred(reason) => {
+                        deferred_from = Some(seq);
+                        Step::Deferred(reason)
+                    }
+                    Prepared::Refused(r) => Step::Refused(r),
+                    Prepared::Ok(v, recipients) => {
+                        let doc_id = v.doc_id;
+                        items.push((*v, Some(recipients)));
+                        Step::Accept(doc_id)
+                    }
+                },
+            ));
         }
-        if !items.is_empty() {
+        let (mut verdicts, ticket) = if items.is_empty() {
+            (Vec::new().into_iter(), state.commit().current())
+        } else {
             let st = state.clone();
             let o = origin.clone();
             let (verdicts, ticket) = tokio::task::spawn_blocking(move || st.accept_batch(items, &o))
@@ -843,26 +864,49 @@ async fn apply(
                 .inspect_err(|e| {
                     tracing::error!(error = %e, "cannot store transfers; dropping the link so the peer retries");
                 })?;
-            for ((slot, seq, doc_id), verdict) in slots.into_iter().zip(verdicts) {
-                outcomes[slot] = Some(match verdict {
-                    Verdict::Stored | Verdict::Duplicate => Outcome::Stored(seq, ticket),
-                    Verdict::Refused(r) => {
+            (verdicts.into_iter(), ticket)
+        };
+        // Then the outcomes, up to the first deferral, whether it came while
+        // prepared or from the store (a quota): the peer sends everything from
+        // it again, so nothing after it may be acknowledged or refused now, or
+        // the cumulative ack would cover the deferred transfer.
+        let mut outcomes = Vec::with_capacity(steps.len());
+        for (seq, step) in steps {
+            let outcome = match step {
+                Step::Deferred(reason) => Outcome::Deferred(seq, reason),
+                Step::Refused(r) => {
+                    state
+                        .stats
+                        .refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    state.telemetry.refused("link", r.code);
+                    tracing::warn!(origin = %origin.label(), seq, code = ?r.code, reason = %r.reason, "transfer refused");
+                    Outcome::Refused(seq, r)
+                }
+                Step::Accept(doc_id) => match verdicts.next() {
+                    Some(Verdict::Stored | Verdict::Duplicate) => Outcome::Stored(seq, ticket),
+                    Some(Verdict::Refused(r)) => {
                         tracing::warn!(%doc_id, origin = %origin.label(), code = ?r.code, reason = %r, "transfer refused");
                         Outcome::Refused(seq, r)
                     }
-                    Verdict::Deferred(reason) => {
-                        if deferred_from.is_none() {
-                            deferred_from = Some(seq);
-                            tracing::warn!(%doc_id, origin = %origin.label(), %reason, "transfer deferred");
-                            Outcome::Deferred(seq, reason)
-                        } else {
-                            continue;
-                        }
+                    Some(Verdict::Deferred(reason)) => Outcome::Deferred(seq, reason),
+                    None => {
+                        return Err(NodeError::Other(
+                            "the store gave fewer verdicts than transfers".into(),
+                        )
+                        .into());
                     }
-                });
+                },
+            };
+            if let Outcome::Deferred(_, reason) = &outcome {
+                tracing::warn!(origin = %origin.label(), seq, %reason, "transfer deferred; nothing after it is taken until it comes again");
+                deferred_from = Some(seq);
+                outcomes.push(outcome);
+                break;
             }
+            outcomes.push(outcome);
         }
-        for o in outcomes.into_iter().flatten() {
+        for o in outcomes {
             if acks.send(o).is_err() {
                 return Ok(());
             }
@@ -1307,6 +1351,155 @@ mod tests {
         b.put(Space::Meta, seq.to_be_bytes().to_vec(), vec![1]);
         let t = state.commit().apply(b).unwrap();
         Outcome::Stored(seq, t)
+    }
+
+    /// `apply` for a child, fed prepared batches, its answers read back as
+    /// (seq, "stored" | "refused" | "deferred").
+    struct Applier {
+        jobs: mpsc::UnboundedSender<PrepJob>,
+        outcomes: mpsc::UnboundedReceiver<Outcome>,
+        task: tokio::task::JoinHandle<Result<(), LinkError>>,
+    }
+
+    impl Applier {
+        fn start(state: &Arc<NodeState>) -> Self {
+            let (jobs, jrx) = mpsc::unbounded_channel();
+            let (otx, outcomes) = mpsc::unbounded_channel();
+            let origin = Origin::Child("vpcp".parse().unwrap());
+            let task = tokio::spawn(apply(state.clone(), origin, jrx, otx));
+            Self {
+                jobs,
+                outcomes,
+                task,
+            }
+        }
+
+        fn send(&self, batch: Vec<(u64, Prepared)>) {
+            self.jobs
+                .send(tokio::spawn(async move { Ok(batch) }))
+                .unwrap();
+        }
+
+        fn name(o: Outcome) -> (u64, &'static str) {
+            match o {
+                Outcome::Stored(s, _) => (s, "stored"),
+                Outcome::Refused(s, _) => (s, "refused"),
+                Outcome::Deferred(s, _) => (s, "deferred"),
+            }
+        }
+
+        async fn next(&mut self) -> (u64, &'static str) {
+            Self::name(self.outcomes.recv().await.unwrap())
+        }
+
+        /// Everything answered after the last batch.
+        async fn finish(mut self) -> Vec<(u64, &'static str)> {
+            drop(self.jobs);
+            self.task.await.unwrap().unwrap();
+            std::iter::from_fn(|| self.outcomes.try_recv().ok())
+                .map(Self::name)
+                .collect()
+        }
+    }
+
+    fn to_nghean(f: &Fixture) -> Prepared {
+        Prepared::Ok(
+            Box::new(f.verified("000.00.00.G22", &["000.00.00.H41"])),
+            vec!["000.00.00.H41".parse().unwrap()],
+        )
+    }
+
+    #[tokio::test]
+    async fn nothing_after_a_deferral_is_answered_so_no_ack_covers_it() {
+        // nghean's queue holds one document: the second is deferred by the store.
+        let mut f = Fixture::new();
+        f.quotas.max_queued_per_recipient = 1;
+
+        // A transfer refused while prepared, after one the store defers: the
+        // refusal's cumulative ack would cover the deferred one, and the
+        // sender would drop it.
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let a = Applier::start(&hub);
+        let refused = Prepared::Refused(Refusal::invalid("signature expired"));
+        a.send(vec![(1, to_nghean(&f)), (2, to_nghean(&f)), (3, refused)]);
+        assert_eq!(a.finish().await, [(1, "stored"), (2, "deferred")]);
+
+        // A transfer deferred while prepared (a full disk for its stream),
+        // after one the store defers: the earlier deferral is the one to answer,
+        // and the one waited for.
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let mut a = Applier::start(&hub);
+        let disk_full = Prepared::Deferred("disk full".into());
+        a.send(vec![(1, to_nghean(&f)), (2, to_nghean(&f)), (3, disk_full)]);
+        assert_eq!(a.next().await, (1, "stored"));
+        assert_eq!(a.next().await, (2, "deferred"));
+        // Sent before the peer saw the deferral: not taken. Then 2 again; the
+        // queue is still full.
+        a.send(vec![(4, to_nghean(&f))]);
+        a.send(vec![(2, to_nghean(&f))]);
+        assert_eq!(a.finish().await, [(2, "deferred")]);
+        assert_eq!(
+            hub.queue_depth("child:nghean"),
+            1,
+            "nothing after 1 was stored"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sender_starts_again_when_the_transfer_its_peer_waits_for_is_gone() {
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let docs = (0..2)
+            .map(|_| (f.verified("000.00.00.G22", &["000.00.00.H41"]), None))
+            .collect();
+        hub.accept_batch(docs, &Origin::Child("vpcp".parse().unwrap()))
+            .unwrap();
+        let (out, mut frames) = mpsc::channel(16);
+        let (ctl, ctl_rx) = mpsc::unbounded_channel();
+        let queue = "child:nghean".to_string();
+        let mut pushing = tokio::spawn(push(
+            hub.clone(),
+            queue.clone(),
+            out,
+            8,
+            1 << 20,
+            1 << 20,
+            ctl_rx,
+        ));
+        let mut sent = async || match frames.recv().await.and_then(|f| f.frame) {
+            Some(Frame::Transfer(t)) => t.seq,
+            other => panic!("expected a transfer, got {other:?}"),
+        };
+        let (first, second) = (sent().await, sent().await);
+        let defer = || Control::Defer {
+            seq: first,
+            reason: "queue full".into(),
+            retry_after_ms: 50,
+        };
+
+        // Deferred: both again, from the deferred one.
+        ctl.send(defer()).unwrap();
+        assert_eq!((sent().await, sent().await), (first, second));
+
+        // Deferred again, but gone from the queue meanwhile: the peer would
+        // wait for it for ever, so the session ends and starts afresh.
+        hub.queue_reject(&queue, first, Code::DataLoss as i32, "cannot load")
+            .unwrap();
+        ctl.send(defer()).unwrap();
+        let ended = tokio::select! {
+            f = frames.recv() => match f.and_then(|f| f.frame) {
+                Some(Frame::Transfer(t)) => panic!(
+                    "sent transfer {} while the peer waits for {first}, which is gone",
+                    t.seq
+                ),
+                _ => pushing.await.unwrap(),
+            },
+            r = &mut pushing => r.unwrap(),
+        };
+        assert!(
+            matches!(&ended, Err(LinkError::Resync(why)) if why.contains(&format!("transfer {first}"))),
+            "{ended:?}"
+        );
     }
 
     #[tokio::test]

@@ -5138,11 +5138,15 @@ pub(crate) mod testing {
     use truc_pki::{dev::DevCa, identity::Identity, sign::Signer};
     use truc_store::{BlobStore, Store};
 
+    use rustls::pki_types::UnixTime;
+    use truc_core::DocId;
+    use truc_proto::v1 as pb;
+
     use super::{NodeState, Parts};
     use crate::{
         config::{DeliverySection, Limits, QuotaSection, TestHooks},
         directory::Directory,
-        envelope::Verifiers,
+        envelope::{self, Verified, Verifiers},
     };
 
     pub struct Fixture {
@@ -5182,6 +5186,21 @@ pub(crate) mod testing {
                 PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap(),
             )
             .unwrap()
+        }
+
+        /// A new document from `from` to `to`, sealed and checked.
+        pub fn verified(&self, from: &str, to: &[&str]) -> Verified {
+            let header = pb::Header {
+                format_version: envelope::FORMAT_VERSION,
+                doc_id: DocId::new_v7().to_string(),
+                kind: pb::Kind::Document as i32,
+                from: from.into(),
+                to: to.iter().map(|s| s.to_string()).collect(),
+                subject: "Công văn".into(),
+                ..Default::default()
+            };
+            let env = envelope::seal(&header, &self.signer(from)).unwrap();
+            envelope::verify(env, &self.verifiers(), &Limits::default(), UnixTime::now()).unwrap()
         }
 
         pub fn verifiers(&self) -> Verifiers {
@@ -5357,17 +5376,7 @@ mod tests {
     }
 
     fn verified(f: &Fixture, from: &str, to: &[&str]) -> Verified {
-        let header = pb::Header {
-            format_version: envelope::FORMAT_VERSION,
-            doc_id: DocId::new_v7().to_string(),
-            kind: pb::Kind::Document as i32,
-            from: from.into(),
-            to: to.iter().map(|s| s.to_string()).collect(),
-            subject: "Công văn".into(),
-            ..Default::default()
-        };
-        let env = envelope::seal(&header, &f.signer(from)).unwrap();
-        envelope::verify(env, &f.verifiers(), &Limits::default(), UnixTime::now()).unwrap()
+        f.verified(from, to)
     }
 
     fn child(n: &str) -> Origin {
