@@ -989,7 +989,20 @@ where
                 .ok_or_else(|| Status::invalid_argument("sha256 is not 32 bytes"))?,
         )
     };
+    let _claim = state.claim_upload(id).ok_or_else(|| {
+        Status::aborted(format!(
+            "upload {id} is being received on another stream; resume once that one ends"
+        ))
+    })?;
     if let Some((digest, done_size)) = state.upload_done(&id).map_err(Status::from)? {
+        // The same upload again (a retry that missed the answer): the same
+        // answer, if it announces the same content.
+        if done_size != size || expected.is_some_and(|e| e != digest) {
+            return Err(Status::invalid_argument(format!(
+                "upload {id} already finished as {done_size} bytes with sha256 {digest}; \
+                 a different attachment needs a new upload_id"
+            )));
+        }
         return Ok(pb::UploadResult {
             sha256: digest.0.to_vec(),
             size: done_size,
@@ -998,6 +1011,12 @@ where
     let name = upload_name(&id);
     let recorded = state.partial_offset(&name).map_err(Status::from)?;
     let resume = recorded.min(state.blobs.partial_len(&name).unwrap_or(0));
+    if size < resume {
+        return Err(Status::invalid_argument(format!(
+            "upload {id} already holds {resume} bytes, more than the {size} announced now; \
+             a different attachment needs a new upload_id"
+        )));
+    }
     if first.offset != resume {
         return Err(Status::failed_precondition(format!(
             "upload {id} continues at byte {resume}, not {}",
@@ -1066,4 +1085,104 @@ where
         sha256: digest.0.to_vec(),
         size,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::Code;
+    use truc_store::MemoryStore;
+
+    use super::*;
+    use crate::state::testing::Fixture;
+
+    type Chunks = mpsc::Sender<Result<pb::UploadChunk, Status>>;
+
+    /// An upload running on its own task, fed chunk by chunk.
+    fn uploading(
+        state: &Arc<NodeState>,
+    ) -> (
+        Chunks,
+        tokio::task::JoinHandle<Result<pb::UploadResult, Status>>,
+    ) {
+        let (tx, rx) = mpsc::channel(4);
+        let st = state.clone();
+        let task = tokio::spawn(async move { upload(&st, ReceiverStream::new(rx)).await });
+        (tx, task)
+    }
+
+    fn chunk(id: &str, size: u64, offset: u64, data: &[u8], sha256: &[u8]) -> pb::UploadChunk {
+        pb::UploadChunk {
+            upload_id: id.into(),
+            size,
+            offset,
+            data: data.to_vec(),
+            sha256: sha256.to_vec(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upload_takes_one_stream_at_a_time_and_its_answer_only_for_the_same_content() {
+        let f = Fixture::new();
+        let edge = f.edge(Arc::new(MemoryStore::new()));
+        let id = uuid::Uuid::now_v7().to_string();
+        let (half, rest) = (vec![7u8; 4096], vec![9u8; 4096]);
+
+        // The first stream has written its first half.
+        let (a, first) = uploading(&edge);
+        a.send(Ok(chunk(&id, 8192, 0, &half, &[]))).await.unwrap();
+        let name = upload_name(&id.parse().unwrap());
+        while edge.blobs.partial_len(&name) != Some(4096) {
+            tokio::task::yield_now().await;
+        }
+
+        // A second stream for the same upload (a client's retry, say) would
+        // write the same file under the first one's running digest: refused.
+        let (b, second) = uploading(&edge);
+        b.send(Ok(chunk(&id, 8192, 4096, &rest, &[])))
+            .await
+            .unwrap();
+        let refused = second.await.unwrap().unwrap_err();
+        assert_eq!(refused.code(), Code::Aborted, "{refused:?}");
+        assert!(refused.message().contains("another stream"), "{refused:?}");
+
+        a.send(Ok(chunk(&id, 8192, 4096, &rest, &[])))
+            .await
+            .unwrap();
+        drop(a);
+        let done = first.await.unwrap().unwrap();
+        let whole = [half.as_slice(), rest.as_slice()].concat();
+        let digest = ring::digest::digest(&ring::digest::SHA256, &whole);
+        assert_eq!(done.sha256, digest.as_ref());
+        assert_eq!(
+            edge.blobs
+                .read(&Digest::from_slice(&done.sha256).unwrap())
+                .unwrap(),
+            whole
+        );
+
+        // The same upload again gets the same answer; one announcing other
+        // content is told to use a new upload_id.
+        let again = |size, sha256: Vec<u8>| {
+            let (c, task) = uploading(&edge);
+            let id = id.clone();
+            async move {
+                c.send(Ok(chunk(&id, size, 0, &[], &sha256))).await.unwrap();
+                drop(c);
+                task.await.unwrap()
+            }
+        };
+        assert_eq!(
+            again(8192, digest.as_ref().to_vec()).await.unwrap().sha256,
+            done.sha256
+        );
+        for (size, sha256) in [(8192, vec![1u8; 32]), (100, vec![])] {
+            let e = again(size, sha256).await.unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+            assert!(e.message().contains("new upload_id"), "{e:?}");
+        }
+    }
 }

@@ -186,6 +186,19 @@ impl Drop for PartialGuard {
     }
 }
 
+/// The one stream receiving an upload; released when dropped.
+pub struct UploadClaim {
+    id: uuid::Uuid,
+    owner: Arc<Mutex<BTreeSet<uuid::Uuid>>>,
+}
+
+impl Drop for UploadClaim {
+    fn drop(&mut self) {
+        let mut m = self.owner.lock().unwrap_or_else(|p| p.into_inner());
+        m.remove(&self.id);
+    }
+}
+
 /// A document submitted by an application on this edge.
 #[derive(Debug, Clone, Default)]
 pub struct Submission {
@@ -507,6 +520,8 @@ pub struct NodeState {
     connected: Mutex<BTreeSet<NodeId>>,
     pub storage: crate::config::StorageSection,
     partials: Arc<Mutex<HashMap<Digest, tokio::sync::watch::Receiver<Option<bool>>>>>,
+    /// Uploads being received, one stream each.
+    uploading: Arc<Mutex<BTreeSet<uuid::Uuid>>>,
     /// Highest offset streamed so far per attachment, to count re-sent bytes.
     stream_hwm: Mutex<HashMap<Digest, u64>>,
 }
@@ -842,6 +857,7 @@ impl NodeState {
             connected: Mutex::default(),
             storage: p.storage,
             partials: Arc::default(),
+            uploading: Arc::default(),
             stream_hwm: Mutex::default(),
         }))
     }
@@ -1819,6 +1835,17 @@ impl NodeState {
             tx,
             owner: self.partials.clone(),
             ok: false,
+        })
+    }
+
+    /// Claims the receiving of upload `id`, or `None` while another stream
+    /// has it: two streams writing one partial file would mix their bytes
+    /// under a digest only one of them was hashed for.
+    pub fn claim_upload(&self, id: uuid::Uuid) -> Option<UploadClaim> {
+        let mut m = self.uploading.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(id).then(|| UploadClaim {
+            id,
+            owner: self.uploading.clone(),
         })
     }
 
