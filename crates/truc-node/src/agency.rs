@@ -20,8 +20,12 @@ pub struct AgencyService {
 }
 
 impl AgencyService {
-    /// Counts a refusal the application hears (by its code), and passes it on.
-    fn refused(&self, s: Status) -> Status {
+    /// Counts a refusal the application hears (by its code), and passes it on,
+    /// with this node's retry hint if waiting may clear it.
+    fn refused(&self, mut s: Status) -> Status {
+        if s.metadata().contains_key(crate::error::RETRY_AFTER_MS) {
+            s = crate::error::retry_after(s, self.state.quotas.retry_after_ms);
+        }
         use tonic::Code::*;
         if matches!(
             s.code(),
@@ -59,7 +63,7 @@ impl AgencyService {
         let st = self.state.clone();
         let parse_failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let pf = parse_failed.clone();
-        let (id, kind, accepted, from) = blocking(move || {
+        let (id, kind, ticket, accepted, from) = blocking(move || {
             let p = truc_edxml::parse(&package, &limits).map_err(|e| {
                 pf.store(true, Ordering::Relaxed);
                 st.stats.edxml_refused.fetch_add(1, Ordering::Relaxed);
@@ -81,14 +85,14 @@ impl AgencyService {
             match crate::edxml::to_truc(&p)? {
                 crate::edxml::Imported::Document(sub) => {
                     let (id, a) = st.submit(*sub)?;
-                    if matches!(a, Accepted::Stored(_)) {
-                        st.keep_original(&from, &id, &package)?;
-                    }
-                    Ok((id, "document", a, from))
+                    let kept = st.keep_original(&from, &id, &package)?;
+                    // The original is durable with the document before "imported".
+                    let ticket = kept.map_or(a.ticket(), |k| k.max(a.ticket()));
+                    Ok((id, "document", ticket, a, from))
                 }
                 crate::edxml::Imported::Status(reply) => {
                     let (id, a) = st.reply(reply)?;
-                    Ok((id, "status", a, from))
+                    Ok((id, "status", a.ticket(), a, from))
                 }
             }
         })
@@ -101,10 +105,7 @@ impl AgencyService {
                 self.refused(s)
             }
         })?;
-        self.state
-            .durable(accepted.ticket())
-            .await
-            .map_err(Status::from)?;
+        self.state.durable(ticket).await.map_err(Status::from)?;
         tracing::info!(doc_id = %id, %from, kind, "edXML package imported");
         Ok(pb::ImportEdxmlResponse {
             doc_id: id.to_string(),
@@ -200,16 +201,6 @@ pub fn status_view(rec: SentRecord, deadline_for: impl Fn(u32) -> u64) -> pb::Ge
     }
 }
 
-/// Adds a retry hint to RESOURCE_EXHAUSTED answers.
-fn with_retry_hint(mut s: Status, retry_after_ms: u32) -> Status {
-    if s.code() == tonic::Code::ResourceExhausted
-        && let Ok(v) = retry_after_ms.to_string().parse()
-    {
-        s.metadata_mut().insert("retry-after-ms", v);
-    }
-    s
-}
-
 #[tonic::async_trait]
 impl Agency for AgencyService {
     async fn send(
@@ -260,10 +251,9 @@ impl Agency for AgencyService {
             meta: Default::default(),
         };
         let st = self.state.clone();
-        let retry = self.state.quotas.retry_after_ms;
         let (doc_id, accepted) = blocking(move || st.submit(sub))
             .await
-            .map_err(|s| self.refused(with_retry_hint(s, retry)))?;
+            .map_err(|s| self.refused(s))?;
         // Invariant 1: the application hears "sent" only once the outbox is fsynced.
         self.state
             .durable(accepted.ticket())
@@ -358,7 +348,7 @@ impl Agency for AgencyService {
                         let mut attachments = Vec::new();
             let total: u64 = header.attachments.iter().map(|a| a.size).sum();
             if !without_data && total > st.limits.max_message_bytes as u64 / 2 {
-                return Err(Refusal::exhausted(format!(
+                return Err(Refusal::over_limit(format!(
                     "attachments total {total} bytes, too large for one message: use without_data and GetAttachment"
                 ))
                 .into());

@@ -265,7 +265,7 @@ fn check(
         }
     };
     if header.to.len() > limits.max_recipients {
-        return Err(Refusal::exhausted(format!(
+        return Err(Refusal::over_limit(format!(
             "{} recipients exceed the limit of {} (limits.max_recipients)",
             header.to.len(),
             limits.max_recipients
@@ -286,7 +286,7 @@ fn check(
         )));
     }
     if header.attachments.len() > limits.max_attachments {
-        return Err(Refusal::exhausted(format!(
+        return Err(Refusal::over_limit(format!(
             "{} attachments exceed the limit of {} (limits.max_attachments)",
             header.attachments.len(),
             limits.max_attachments
@@ -296,7 +296,7 @@ fn check(
     for a in &header.attachments {
         check_attachment_name(&a.name).map_err(Refusal::invalid)?;
         if a.size > limits.max_attachment_bytes {
-            return Err(Refusal::exhausted(format!(
+            return Err(Refusal::over_limit(format!(
                 "attachment {:?} is {} bytes, over the limit of {} (limits.max_attachment_bytes)",
                 a.name, a.size, limits.max_attachment_bytes
             )));
@@ -305,7 +305,7 @@ fn check(
     }
     let total: u64 = header.attachments.iter().map(|a| a.size).sum();
     if total > limits.max_document_bytes {
-        return Err(Refusal::exhausted(format!(
+        return Err(Refusal::over_limit(format!(
             "attachments total {total} bytes, over the limit of {} per document (limits.max_document_bytes)",
             limits.max_document_bytes
         )));

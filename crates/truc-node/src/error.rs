@@ -3,13 +3,15 @@
 use tonic::{Code, Status};
 use truc_store::{BlobError, StoreError};
 
-/// A message refused for good: resending the same bytes will be refused again.
-/// Carried back to the sender as a `Reject` frame or a gRPC status.
+/// A message refused: resending the same bytes will be refused again, unless
+/// `retry` (a quota or a full outbox: waiting helps). Carried back to the
+/// sender as a `Reject` frame or a gRPC status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
 pub struct Refusal {
     pub code: Code,
     pub reason: String,
+    pub retry: bool,
 }
 
 impl Refusal {
@@ -17,6 +19,7 @@ impl Refusal {
         Self {
             code,
             reason: reason.into(),
+            retry: false,
         }
     }
     pub fn invalid(reason: impl Into<String>) -> Self {
@@ -31,7 +34,16 @@ impl Refusal {
     pub fn not_found(reason: impl Into<String>) -> Self {
         Self::new(Code::NotFound, reason)
     }
+    /// A quota or a queue is full for now: the same request later may pass.
     pub fn exhausted(reason: impl Into<String>) -> Self {
+        Self {
+            retry: true,
+            ..Self::new(Code::ResourceExhausted, reason)
+        }
+    }
+    /// The request itself is over a limit (`limits.*`): the same request will
+    /// never pass. The same code as a quota, without a retry hint.
+    pub fn over_limit(reason: impl Into<String>) -> Self {
         Self::new(Code::ResourceExhausted, reason)
     }
 
@@ -98,14 +110,36 @@ impl NodeError {
     }
 }
 
-/// The single mapping from runtime errors to gRPC statuses.
+/// Metadata on a status that waiting may clear: when to try again.
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+
+/// The hint when the caller does not give the node's own (`quotas.retry_after_ms`).
+const DEFAULT_RETRY_AFTER_MS: u32 = 1000;
+
+/// Marks `s` as worth retrying after `ms`.
+pub fn retry_after(mut s: Status, ms: u32) -> Status {
+    if let Ok(v) = ms.to_string().parse() {
+        s.metadata_mut().insert(RETRY_AFTER_MS, v);
+    }
+    s
+}
+
+/// The single mapping from runtime errors to gRPC statuses. What waiting may
+/// clear (a quota, a full disk) carries a retry hint; a request over a limit
+/// does not.
 pub fn to_status(e: NodeError) -> Status {
     match e {
-        NodeError::Refused(r) => Status::new(r.code, r.reason),
-        NodeError::Deferred(reason) => Status::resource_exhausted(reason),
-        NodeError::Blob(b) if b.is_disk_full() => {
-            Status::resource_exhausted(format!("disk full: {b}"))
+        NodeError::Refused(r) if r.retry => {
+            retry_after(Status::new(r.code, r.reason), DEFAULT_RETRY_AFTER_MS)
         }
+        NodeError::Refused(r) => Status::new(r.code, r.reason),
+        NodeError::Deferred(reason) => {
+            retry_after(Status::resource_exhausted(reason), DEFAULT_RETRY_AFTER_MS)
+        }
+        NodeError::Blob(b) if b.is_disk_full() => retry_after(
+            Status::resource_exhausted(format!("disk full: {b}")),
+            DEFAULT_RETRY_AFTER_MS,
+        ),
         NodeError::Store(StoreError::Failed(m)) => {
             Status::unavailable(format!("store unavailable: {m}"))
         }
@@ -124,6 +158,28 @@ impl From<NodeError> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What waiting may clear carries a retry hint; a request over a limit,
+    /// which will never pass, does not (REST then answers 413, not 429).
+    #[test]
+    fn only_what_waiting_may_clear_carries_a_retry_hint() {
+        let hint = |e: NodeError| {
+            let s = to_status(e);
+            assert_eq!(s.code(), Code::ResourceExhausted);
+            s.metadata().contains_key(RETRY_AFTER_MS)
+        };
+        assert!(hint(
+            Refusal::exhausted("outbox full (quotas.max_outbox)").into()
+        ));
+        assert!(hint(NodeError::Deferred("queue full".into())));
+        assert!(hint(NodeError::Blob(BlobError::Io {
+            path: "/data/blobs".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        })));
+        assert!(!hint(
+            Refusal::over_limit("over the limit (limits.max_attachment_bytes)").into()
+        ));
+    }
 
     /// A batch of concurrent sends that fails on a full disk answers every one
     /// of them "disk full" (RESOURCE_EXHAUSTED, retry later), not an internal

@@ -74,15 +74,24 @@ pub fn http_status(code: Code) -> (StatusCode, &'static str) {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = http_status(self.0.code());
+        let (mut status, code) = http_status(self.0.code());
+        let retry_ms = self
+            .0
+            .metadata()
+            .get(crate::error::RETRY_AFTER_MS)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        // RESOURCE_EXHAUSTED without a hint is a request over a limit, which
+        // waiting will not clear: 413, not 429.
+        if self.0.code() == Code::ResourceExhausted && retry_ms.is_none() {
+            status = StatusCode::PAYLOAD_TOO_LARGE;
+        }
         let mut r = (
             status,
             Json(json!({"code": code, "message": self.0.message()})),
         )
             .into_response();
-        if let Some(v) = self.0.metadata().get("retry-after-ms")
-            && let Ok(ms) = v.to_str().unwrap_or("").parse::<u64>()
-            && let Ok(h) = (ms.div_ceil(1000)).to_string().parse()
+        if let Some(ms) = retry_ms
+            && let Ok(h) = ms.div_ceil(1000).to_string().parse()
         {
             r.headers_mut().insert(header::RETRY_AFTER, h);
         }
@@ -903,6 +912,22 @@ async fn events(State(cx): State<Ctx>, headers: HeaderMap, Query(q): Query<Event
 
 #[cfg(test)]
 mod tests {
+    use axum::response::IntoResponse;
+    use tonic::Status;
+
+    use crate::error::{NodeError, Refusal};
+
+    #[test]
+    fn a_quota_is_429_with_retry_after_and_a_request_over_a_limit_413() {
+        let answer = |e: NodeError| super::ApiError(Status::from(e)).into_response();
+        let quota = answer(Refusal::exhausted("outbox full (quotas.max_outbox)").into());
+        assert_eq!(quota.status(), 429);
+        assert_eq!(quota.headers()["retry-after"], "1");
+        let over = answer(Refusal::over_limit("too big (limits.max_document_bytes)").into());
+        assert_eq!(over.status(), 413);
+        assert!(!over.headers().contains_key("retry-after"));
+    }
+
     #[test]
     fn the_openapi_document_describes_every_path_served() {
         let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();

@@ -964,22 +964,30 @@ impl NodeState {
 
     /// Keeps the package a document was imported from, to hand it back unchanged;
     /// it goes with the document's attachments at the end of the retention period.
+    /// Once: `None` when it is kept already, so that a retried import (the
+    /// document a duplicate by then) keeps it if the first one could not.
     pub fn keep_original(
         &self,
         from: &OrganId,
         doc_id: &DocId,
         package: &[u8],
-    ) -> Result<Ticket, NodeError> {
+    ) -> Result<Option<Ticket>, NodeError> {
+        let key = Self::original_key(from.as_str(), &doc_id.to_string());
+        if self.store.get(Space::Meta, &key)?.is_some() {
+            return Ok(None);
+        }
+        self.blobs
+            .check_space(package.len() as u64, self.storage.min_free_bytes)?;
         let d = self.blobs.put(package)?;
         let w = self.lock();
+        // Two imports of one package at once: the second keeps nothing more.
+        if self.store.get(Space::Meta, &key)?.is_some() {
+            return Ok(None);
+        }
         let mut plan = Plan::default();
         self.plan_ref(&mut plan, &d, "the edXML package")?;
-        plan.batch.put(
-            Space::Meta,
-            Self::original_key(from.as_str(), &doc_id.to_string()),
-            d.0.to_vec(),
-        );
-        self.finish(w, plan)
+        plan.batch.put(Space::Meta, key, d.0.to_vec());
+        self.finish(w, plan).map(Some)
     }
 
     /// The package a document sent from here was imported from.
@@ -3856,7 +3864,7 @@ impl NodeState {
             return Err(Refusal::invalid(format!("priority {} is not 0-4", s.priority)).into());
         }
         if s.attachments.len() > self.limits.max_attachments {
-            return Err(Refusal::exhausted(format!(
+            return Err(Refusal::over_limit(format!(
                 "{} attachments exceed the limit of {} (limits.max_attachments)",
                 s.attachments.len(),
                 self.limits.max_attachments
@@ -3892,7 +3900,7 @@ impl NodeState {
                 }
             };
             if size > self.limits.max_attachment_bytes {
-                return Err(Refusal::exhausted(format!(
+                return Err(Refusal::over_limit(format!(
                     "attachment {:?} is {size} bytes, over the limit of {} (limits.max_attachment_bytes)",
                     a.name, self.limits.max_attachment_bytes
                 ))
@@ -3914,7 +3922,7 @@ impl NodeState {
             });
         }
         if total > self.limits.max_document_bytes {
-            return Err(Refusal::exhausted(format!(
+            return Err(Refusal::over_limit(format!(
                 "attachments total {total} bytes, over the limit of {} per document (limits.max_document_bytes)",
                 self.limits.max_document_bytes
             ))
@@ -5857,6 +5865,38 @@ mod tests {
         for n in ["a", "b", "c"] {
             assert_eq!(hub.queue_depth(&format!("child:{n}")), 1);
         }
+    }
+
+    #[test]
+    fn an_imported_package_is_kept_once_whatever_the_number_of_imports() {
+        let f = Fixture::new();
+        let edge = f.edge(Arc::new(MemoryStore::new()));
+        let from: OrganId = "000.00.00.G22".parse().unwrap();
+        let doc_id = DocId::new_v7();
+        let package = b"<edXML>...</edXML>".to_vec();
+        assert!(
+            edge.keep_original(&from, &doc_id, &package)
+                .unwrap()
+                .is_some()
+        );
+        // A retried import (the document a duplicate by then) keeps nothing more,
+        // and holds no second reference that would keep the file for ever.
+        assert!(
+            edge.keep_original(&from, &doc_id, &package)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            edge.original(from.as_str(), &doc_id).unwrap(),
+            Some(package.clone())
+        );
+        let d = Digest(
+            ring::digest::digest(&ring::digest::SHA256, &package)
+                .as_ref()
+                .try_into()
+                .unwrap(),
+        );
+        assert_eq!(edge.refs(&Plan::default(), &d).unwrap(), 1);
     }
 
     #[test]

@@ -230,6 +230,8 @@ fn retryable(s: &tonic::Status) -> bool {
             | tonic::Code::Unknown
             | tonic::Code::Cancelled
             | tonic::Code::FailedPrecondition
+            // The edge still receiving the cut stream: it lets go shortly.
+            | tonic::Code::Aborted
             | tonic::Code::Internal
             | tonic::Code::DeadlineExceeded
     )
