@@ -353,6 +353,36 @@ async fn metrics_are_valid_prometheus_text_and_count_what_was_sent() {
         "the unknown recipient, counted with its reason"
     );
 
+    // Every method's refusals are counted, not only sending's, and so are
+    // REST's, whose malformed bodies get the JSON error every answer has.
+    let mut a = c.agency("vpcp").await;
+    let e = a
+        .ack(pb::AckRequest {
+            doc_id: truc_core::DocId::new_v7().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let (status, body) =
+        c.rest("vpcp")
+            .post_bytes("/v1/documents", "application/json", b"{\"from\": ");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "INVALID_ARGUMENT", "{body}");
+    let s = scrape(&c, "vpcp");
+    let count = |source: &str| -> f64 {
+        s.samples
+            .iter()
+            .filter(|m| m.metric == "truc_refused_total" && m.labels.get("source") == Some(source))
+            .map(|m| match m.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    assert_eq!(count("agency"), 2.0, "the ack of an unknown document");
+    assert_eq!(count("rest"), 1.0, "the malformed body");
+
     // `truc stats`: per agency per day, latency percentiles.
     let st: serde_json::Value =
         serde_json::from_str(&c.cli_ok(&["stats", "--config", &c.cfg("vpcp"), "--json"])).unwrap();

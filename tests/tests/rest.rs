@@ -214,6 +214,15 @@ fn every_vdxp_operation_works_over_rest() {
     assert!(s == 403 || s == 404, "{s} {e}");
 
     // Ack, then a business status; nack at the other recipient.
+    // Not for an agency this application may not act for: 403, not an empty 200.
+    for verb in ["ack", "nack"] {
+        let (s, e) = nghean.post(&format!("/v1/inbox/{id}/{verb}"), json!({"organ": H14}));
+        assert_eq!(
+            (s, e["code"].as_str()),
+            (403, Some("PERMISSION_DENIED")),
+            "{verb}: {e}"
+        );
+    }
     let (s, a) = nghean.post(&format!("/v1/inbox/{id}/ack"), Value::Null);
     assert_eq!((s, a["acked"].clone()), (200, json!([H41])), "{a}");
     let (s, st) = nghean.post(

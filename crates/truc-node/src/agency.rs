@@ -20,27 +20,15 @@ pub struct AgencyService {
 }
 
 impl AgencyService {
-    /// Counts a refusal the application hears (by its code), and passes it on,
-    /// with this node's retry hint if waiting may clear it.
-    fn refused(&self, mut s: Status) -> Status {
+    /// Passes a refusal on with this node's retry hint if waiting may clear
+    /// it. (Refusals are counted and logged where they leave: [`Refusals`]
+    /// for gRPC, the REST router's middleware for REST.)
+    fn refused(&self, s: Status) -> Status {
         if s.metadata().contains_key(crate::error::RETRY_AFTER_MS) {
-            s = crate::error::retry_after(s, self.state.quotas.retry_after_ms);
+            crate::error::retry_after(s, self.state.quotas.retry_after_ms)
+        } else {
+            s
         }
-        use tonic::Code::*;
-        if matches!(
-            s.code(),
-            InvalidArgument
-                | NotFound
-                | PermissionDenied
-                | ResourceExhausted
-                | AlreadyExists
-                | FailedPrecondition
-                | Unauthenticated
-                | OutOfRange
-        ) {
-            self.state.telemetry.refused("agency", s.code());
-        }
-        s
     }
     /// Imports an edXML package. `allowed`, when given, is the set of agencies
     /// the caller may act for: a package from any other is refused before it
@@ -61,11 +49,8 @@ impl AgencyService {
             ..Default::default()
         };
         let st = self.state.clone();
-        let parse_failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let pf = parse_failed.clone();
         let (id, kind, ticket, accepted, from) = blocking(move || {
             let p = truc_edxml::parse(&package, &limits).map_err(|e| {
-                pf.store(true, Ordering::Relaxed);
                 st.stats.edxml_refused.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(element = %e.element, reason = %e.reason, bytes = package.len(), "edXML package refused");
                 Refusal::invalid(format!("edXML {e}"))
@@ -97,14 +82,7 @@ impl AgencyService {
             }
         })
         .await
-        .map_err(|s| {
-            if parse_failed.load(Ordering::Relaxed) {
-                self.state.telemetry.refused("edxml", s.code());
-                s
-            } else {
-                self.refused(s)
-            }
-        })?;
+        .map_err(|s| self.refused(s))?;
         self.state.durable(ticket).await.map_err(Status::from)?;
         tracing::info!(doc_id = %id, %from, kind, "edXML package imported");
         Ok(pb::ImportEdxmlResponse {
@@ -353,8 +331,11 @@ impl Agency for AgencyService {
                 ))
                 .into());
             }
+            if !without_data && !header.attachments.is_empty() {
+                st.attachments_kept(&doc, &header.doc_id)?;
+            }
             for a in &header.attachments {
-                let d = Digest::from_slice(&a.sha256).ok_or_else(|| Refusal::invalid("stored attachment digest"))?;
+                let d = Digest::from_slice(&a.sha256).ok_or_else(|| NodeError::Other("stored attachment digest".into()))?;
                 attachments.push(pb::Attachment {
                     name: a.name.clone(),
                     content_type: a.content_type.clone(),
@@ -563,11 +544,14 @@ impl Agency for AgencyService {
         let (digest, size, name) = blocking(move || {
             let sender = match st.received(&doc_id, from.as_ref()) {
                 Ok((_, entries)) => entries.first().map(|e| e.from.clone()).unwrap_or_default(),
-                Err(_) => st
+                // Not received here: perhaps sent from here. Any other error
+                // (several senders, a store failure) is the answer.
+                Err(NodeError::Refused(r)) if r.code == tonic::Code::NotFound => st
                     .sent(&doc_id)?
                     .pop()
                     .map(|s| s.from)
                     .ok_or_else(|| Refusal::not_found(format!("no document {doc_id} here")))?,
+                Err(e) => return Err(e),
             };
             st.attachment_of(&sender, &doc_id.to_string(), index)
         })
@@ -644,10 +628,13 @@ impl Agency for AgencyService {
             let (env, doc, entries) = st.received_envelope(&doc_id, from.as_ref())?;
             let header = <pb::Header as prost::Message>::decode(env.header_bytes.as_slice())
                 .map_err(|e| NodeError::Other(format!("stored header: {e}")))?;
+            if !header.attachments.is_empty() {
+                st.attachments_kept(&doc, &header.doc_id)?;
+            }
             let mut data = Vec::new();
             for a in &header.attachments {
                 let d = Digest::from_slice(&a.sha256)
-                    .ok_or_else(|| Refusal::invalid("stored attachment digest"))?;
+                    .ok_or_else(|| NodeError::Other("stored attachment digest".into()))?;
                 data.push(st.blobs.read(&d)?);
             }
             let here: OrganId = entries
@@ -1075,6 +1062,94 @@ where
         sha256: digest.0.to_vec(),
         size,
     })
+}
+
+/// Counts and logs every error the gRPC agency API answers, in one place for
+/// all its methods: `truc_refused_total{source="agency"}` (`"edxml"` for
+/// imports) and a log line with the method, the code and the reason.
+#[derive(Clone)]
+pub struct Refusals {
+    state: Arc<NodeState>,
+}
+
+impl Refusals {
+    pub fn new(state: Arc<NodeState>) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> tower::Layer<S> for Refusals {
+    type Service = RefusalsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RefusalsService {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RefusalsService<S> {
+    inner: S,
+    state: Arc<NodeState>,
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for RefusalsService<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for RefusalsService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = req.uri().path().to_owned();
+        let state = self.state.clone();
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let r = answer.await?;
+            // An error answered at once travels in the headers (trailers only).
+            if let Some(s) = Status::from_header_map(r.headers())
+                && s.code() != tonic::Code::Ok
+            {
+                let source = if method.ends_with("/ImportEdxml") {
+                    "edxml"
+                } else {
+                    "agency"
+                };
+                note_refusal(&state, source, &method, s.code(), s.message());
+            }
+            Ok(r)
+        })
+    }
+}
+
+/// One refusal an application hears: counted by its code if it is the
+/// caller's (bad input, a limit, a quota), and logged with what was asked.
+pub fn note_refusal(state: &NodeState, source: &str, what: &str, code: tonic::Code, reason: &str) {
+    use tonic::Code::*;
+    match code {
+        InvalidArgument | NotFound | PermissionDenied | ResourceExhausted | AlreadyExists
+        | FailedPrecondition | Unauthenticated | OutOfRange | Aborted => {
+            state.telemetry.refused(source, code);
+            tracing::warn!(source, what, ?code, %reason, "request refused");
+        }
+        Cancelled => {}
+        _ => tracing::error!(source, what, ?code, %reason, "request failed"),
+    }
 }
 
 #[cfg(test)]

@@ -167,6 +167,23 @@ pub fn algorithm(a: i32) -> Option<Algorithm> {
 }
 
 /// Refuses names that could act as paths or control sequences when written to disk.
+/// An attachment's content type goes into HTTP headers where it is handed out:
+/// printable ASCII, at most 255 bytes (empty: not given).
+pub fn check_content_type(ct: &str) -> Result<(), String> {
+    if ct.len() > 255 {
+        return Err(format!(
+            "content type {:?}… is longer than 255 bytes",
+            ct.chars().take(32).collect::<String>()
+        ));
+    }
+    if !ct.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err(format!(
+            "content type {ct:?} has characters other than printable ASCII"
+        ));
+    }
+    Ok(())
+}
+
 pub fn check_attachment_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("attachment name is empty".into());
@@ -295,6 +312,7 @@ fn check(
     let mut attachments = Vec::with_capacity(header.attachments.len());
     for a in &header.attachments {
         check_attachment_name(&a.name).map_err(Refusal::invalid)?;
+        check_content_type(&a.content_type).map_err(Refusal::invalid)?;
         if a.size > limits.max_attachment_bytes {
             return Err(Refusal::over_limit(format!(
                 "attachment {:?} is {} bytes, over the limit of {} (limits.max_attachment_bytes)",
@@ -589,6 +607,21 @@ mod tests {
         }
         for ok in ["Quyết định 123.pdf", "phu-luc.xlsx", ".hidden", "a..b.pdf"] {
             assert!(check_attachment_name(ok).is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn content_types_that_would_break_a_header_are_refused() {
+        for bad in [
+            "application/pdf\n",
+            "text/plain\r\nX-Evil: 1",
+            "ảnh/png",
+            &"a".repeat(256),
+        ] {
+            assert!(check_content_type(bad).is_err(), "{bad:?}");
+        }
+        for ok in ["", "application/pdf", "text/plain; charset=utf-8"] {
+            assert!(check_content_type(ok).is_ok(), "{ok:?}");
         }
     }
 }

@@ -384,11 +384,12 @@ impl RunningNode {
             agency_addr = Some(bound);
             let server = Server::builder()
                 .trace_fn(trace_node.clone())
-                .add_service(
+                .add_service(tower::Layer::layer(
+                    &crate::agency::Refusals::new(state.clone()),
                     pb::agency_server::AgencyServer::new(AgencyService::new(state.clone()))
                         .max_decoding_message_size(config.limits.max_message_bytes)
                         .max_encoding_message_size(config.limits.max_message_bytes),
-                )
+                ))
                 .add_service(health_service.clone())
                 .add_service(reflection()?);
             serve_plain(

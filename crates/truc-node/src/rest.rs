@@ -90,6 +90,8 @@ impl IntoResponse for ApiError {
             Json(json!({"code": code, "message": self.0.message()})),
         )
             .into_response();
+        r.extensions_mut()
+            .insert(Answered(self.0.code(), self.0.message().to_owned()));
         if let Some(ms) = retry_ms
             && let Ok(h) = ms.div_ceil(1000).to_string().parse()
         {
@@ -100,6 +102,47 @@ impl IntoResponse for ApiError {
 }
 
 type Res = Result<Response, ApiError>;
+
+/// What an error answer said, for [`errors`] to count and log.
+#[derive(Clone)]
+struct Answered(Code, String);
+
+/// Every error answer leaves through here: counted and logged once
+/// (`truc_refused_total{source="rest"}`), and axum's own plain-text rejections
+/// of a malformed body, query or path turned into the JSON error every other
+/// answer has.
+async fn errors(
+    State(state): State<Arc<NodeState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let what = format!("{} {}", req.method(), req.uri().path());
+    let r = next.run(req).await;
+    let status = r.status();
+    if !status.is_client_error() && !status.is_server_error() {
+        return r;
+    }
+    if let Some(Answered(code, reason)) = r.extensions().get::<Answered>() {
+        crate::agency::note_refusal(&state, "rest", &what, *code, reason);
+        return r;
+    }
+    let rejected = match status {
+        StatusCode::BAD_REQUEST
+        | StatusCode::UNPROCESSABLE_ENTITY
+        | StatusCode::UNSUPPORTED_MEDIA_TYPE => Status::invalid_argument,
+        StatusCode::PAYLOAD_TOO_LARGE => Status::resource_exhausted,
+        _ => return r,
+    };
+    let text = axum::body::to_bytes(r.into_body(), 64 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let r = ApiError(rejected(text)).into_response();
+    if let Some(Answered(code, reason)) = r.extensions().get::<Answered>() {
+        crate::agency::note_refusal(&state, "rest", &what, *code, reason);
+    }
+    r
+}
 
 fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(Status::invalid_argument(msg))
@@ -197,7 +240,7 @@ pub fn router(state: Arc<NodeState>, apps: Vec<App>) -> Router {
     let body_limit = state.limits.max_message_bytes / 3 * 4 + (64 << 10);
     let cx = Ctx {
         svc: AgencyService::new(state.clone()),
-        state,
+        state: state.clone(),
         apps: Arc::new(apps),
     };
     Router::new()
@@ -235,6 +278,7 @@ pub fn router(state: Arc<NodeState>, apps: Vec<App>) -> Router {
         // JSON with base64 attachments and edXML packages may be as large as a
         // message (base64 adds a third); uploads stream and are not bound by this.
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(state, errors))
         .with_state(cx)
 }
 
@@ -641,9 +685,14 @@ async fn attachment(
             c.map(|c| Bytes::from(c.data))
                 .map_err(|s| std::io::Error::other(s.message().to_owned()))
         });
+    // Checked where documents come in; one from before that check still downloads.
+    let content_type = match crate::envelope::check_content_type(&a.content_type) {
+        Ok(()) if !a.content_type.is_empty() => a.content_type.clone(),
+        _ => "application/octet-stream".to_owned(),
+    };
     Ok((
         [
-            (header::CONTENT_TYPE, a.content_type.clone()),
+            (header::CONTENT_TYPE, content_type),
             (header::CONTENT_LENGTH, a.size.to_string()),
             (
                 header::CONTENT_DISPOSITION,
@@ -722,6 +771,27 @@ fn json_or_default<T: Default + for<'de> Deserialize<'de>>(body: &Bytes) -> Resu
         .map_err(|e| bad(format!("body: {e}")))
 }
 
+/// An ack or nack naming an agency: one this application may act for, that
+/// received the document here.
+fn received_by(
+    cx: &Ctx,
+    headers: &HeaderMap,
+    mine: &[String],
+    doc_id: &str,
+    organ: &str,
+) -> Result<(), ApiError> {
+    if organ.is_empty() {
+        return Ok(());
+    }
+    cx.may(headers, organ)?;
+    if !mine.iter().any(|o| o == organ) {
+        return Err(ApiError(Status::not_found(format!(
+            "{doc_id} was not delivered to {organ} here"
+        ))));
+    }
+    Ok(())
+}
+
 async fn ack(
     State(cx): State<Ctx>,
     headers: HeaderMap,
@@ -730,9 +800,7 @@ async fn ack(
 ) -> Res {
     let b: AckIn = json_or_default(&body)?;
     let mine = cx.may_received(&headers, &doc_id).await?;
-    if !b.organ.is_empty() {
-        cx.may(&headers, &b.organ)?;
-    }
+    received_by(&cx, &headers, &mine, &doc_id, &b.organ)?;
     let mut acked = Vec::new();
     for organ in mine.iter().filter(|o| b.organ.is_empty() || **o == b.organ) {
         acked.extend(
@@ -758,6 +826,7 @@ async fn nack(
 ) -> Res {
     let b: AckIn = json_or_default(&body)?;
     let mine = cx.may_received(&headers, &doc_id).await?;
+    received_by(&cx, &headers, &mine, &doc_id, &b.organ)?;
     let mut nacked = Vec::new();
     for organ in mine.iter().filter(|o| b.organ.is_empty() || **o == b.organ) {
         nacked.extend(

@@ -1031,6 +1031,13 @@ impl NodeState {
         if entries.is_empty() {
             return Err(Refusal::not_found(format!("no received document {doc_id}")).into());
         }
+        if let Some(o) = organ
+            && !entries.iter().any(|(_, e)| e.organ == o.as_str())
+        {
+            return Err(
+                Refusal::not_found(format!("{doc_id} was not delivered to {o} here")).into(),
+            );
+        }
         let mut plan = Plan::default();
         let mut out = Vec::new();
         for (key, mut e) in entries {
@@ -1955,15 +1962,33 @@ impl NodeState {
     }
 
     /// Digest and size of attachment `index` of a stored document.
+    /// Refuses to hand out attachments released after the retention period,
+    /// saying so, rather than failing on a file that is gone.
+    pub fn attachments_kept(&self, doc: &DocRecord, doc_id: &str) -> Result<(), NodeError> {
+        if doc.released_at_ms == 0 {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            Code::FailedPrecondition,
+            format!(
+                "the attachments of {doc_id} were released after the retention period \
+                 (storage.retention_ms = {} ms); its envelope and receipts remain",
+                self.storage.retention_ms
+            ),
+        )
+        .into())
+    }
+
     pub fn attachment_of(
         &self,
         from: &str,
         doc_id: &str,
         index: usize,
     ) -> Result<(Digest, u64, String), NodeError> {
-        let (_, h) = self.known_doc(from, doc_id)?.ok_or_else(|| {
+        let (rec, h) = self.known_doc(from, doc_id)?.ok_or_else(|| {
             Refusal::not_found(format!("document {doc_id} from {from} is not stored here"))
         })?;
+        self.attachments_kept(&rec, doc_id)?;
         let a = h.attachments.get(index).ok_or_else(|| {
             Refusal::not_found(format!("document {doc_id} has no attachment {index}"))
         })?;
@@ -2512,6 +2537,17 @@ impl NodeState {
     }
 
     /// Attachment bytes held here for documents from `from`.
+    /// Why `bytes` more attachments of `from`, which holds `held` here, would
+    /// pass `quotas.max_agency_bytes`, if they would.
+    fn over_agency_bytes(&self, from: &str, held: u64, bytes: u64) -> Option<String> {
+        (held + bytes > self.quotas.max_agency_bytes).then(|| {
+            format!(
+                "{from} holds {held} bytes of attachments here; {bytes} more would pass quotas.max_agency_bytes ({})",
+                self.quotas.max_agency_bytes
+            )
+        })
+    }
+
     fn held(&self, plan: &Plan, from: &str) -> Result<u64, NodeError> {
         if let Some(n) = plan.held.get(from) {
             return Ok(*n);
@@ -3230,11 +3266,7 @@ impl NodeState {
             // The files stay while anyone here still has to pass them on or hand
             // them to an application; then for the retention period.
             let held = self.held(plan, &from_key)?;
-            if held + bytes > self.quotas.max_agency_bytes {
-                let why = format!(
-                    "{from_key} holds {held} bytes of attachments here; {bytes} more would pass quotas.max_agency_bytes ({})",
-                    self.quotas.max_agency_bytes
-                );
+            if let Some(why) = self.over_agency_bytes(&from_key, held, bytes) {
                 return Err(match origin {
                     Origin::Local => Refusal::exhausted(why).into(),
                     _ => NodeError::Deferred(why),
@@ -3876,6 +3908,7 @@ impl NodeState {
         let mut inline: Vec<(Digest, &[u8])> = Vec::new();
         for a in &s.attachments {
             envelope::check_attachment_name(&a.name).map_err(Refusal::invalid)?;
+            envelope::check_content_type(&a.content_type).map_err(Refusal::invalid)?;
             let (digest, size) = match &a.body {
                 Body::Inline(data) => (Digest::of(data), data.len() as u64),
                 Body::Stored(d, size) => {
@@ -3961,6 +3994,16 @@ impl NodeState {
         let inline_bytes: u64 = inline.iter().map(|(_, d)| d.len() as u64).sum();
         self.blobs
             .check_space(inline_bytes, self.storage.min_free_bytes)?;
+        // Before a byte is written: an agency over its quota must not fill the
+        // disk with files that only the orphan sweep would remove. (`accept`
+        // checks again, under the writer lock.)
+        if let Some(why) = self.over_agency_bytes(
+            from.as_str(),
+            self.held(&Plan::default(), from.as_str())?,
+            total,
+        ) {
+            return Err(Refusal::exhausted(why).into());
+        }
         self.put_named_blobs(&inline)?;
         let accepted = self.accept(v, &Origin::Local, None)?;
         Ok((doc_id, accepted))
@@ -4763,6 +4806,13 @@ impl NodeState {
         let entries = self.inbox_entries(doc_id, from)?;
         if entries.is_empty() {
             return Err(Refusal::not_found(format!("no received document {doc_id}")).into());
+        }
+        if let Some(o) = organ
+            && !entries.iter().any(|(_, e)| e.organ == o.as_str())
+        {
+            return Err(
+                Refusal::not_found(format!("{doc_id} was not delivered to {o} here")).into(),
+            );
         }
         let now = now_ms();
         let mut plan = Plan::default();
@@ -5622,6 +5672,7 @@ mod tests {
         let one = with_attachment(&f, &hub, b"bang tong hop");
         let two = with_attachment(&f, &hub, b"bang tong hop");
         let d = one.attachments[0];
+        let (from, first) = (one.from.to_string(), one.doc_id.to_string());
         hub.accept(one, &child("vpcp"), None).unwrap();
         hub.accept(two, &child("vpcp"), None).unwrap();
         assert_eq!(
@@ -5632,6 +5683,13 @@ mod tests {
         hub.queue_ack("child:nghean", 1).unwrap();
         assert_eq!(hub.release_due().unwrap(), 1);
         assert!(hub.blobs.contains(&d), "the second document still names it");
+        // Asked for, the released one says why, not that a file is missing.
+        let e = hub.attachment_of(&from, &first, 0).unwrap_err();
+        assert!(
+            matches!(&e, NodeError::Refused(r) if r.code == Code::FailedPrecondition
+                && r.reason.contains("released after the retention period")),
+            "{e}"
+        );
         hub.queue_ack("child:nghean", 2).unwrap();
         assert_eq!(hub.release_due().unwrap(), 1);
         assert!(!hub.blobs.contains(&d), "nobody names it any more");
@@ -5865,6 +5923,21 @@ mod tests {
         for n in ["a", "b", "c"] {
             assert_eq!(hub.queue_depth(&format!("child:{n}")), 1);
         }
+    }
+
+    #[test]
+    fn a_send_over_its_agencys_quota_is_refused_before_its_files_are_written() {
+        let mut f = Fixture::new();
+        f.quotas.max_agency_bytes = 4;
+        let edge = f.edge(Arc::new(MemoryStore::new()));
+        let e = edge.submit(letter_with_attachment()).unwrap_err();
+        let s = tonic::Status::from(e);
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(s.message().contains("quotas.max_agency_bytes"), "{s:?}");
+        assert!(
+            !edge.blobs.contains(&Digest::of(b"Kinh gui")),
+            "the refused attachment was written, for the orphan sweep to find a day later"
+        );
     }
 
     #[test]
