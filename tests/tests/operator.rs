@@ -153,6 +153,46 @@ async fn only_operators_use_the_operator_port_and_only_by_their_role() {
     assert_eq!(with.get("/api/overview").status, 401, "the session ended");
 }
 
+/// A web page can make an operator's browser send requests that carry the
+/// operator's certificate: none of them reaches the node's admin API or its
+/// dashboard, while the dashboard's own requests and the CLI's gRPC do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_page_cannot_drive_the_operator_port_through_an_operators_browser() {
+    let mut c = Cluster::new();
+    c.start("hub");
+    let admin = c.ops("hub", Some("operators/admin"));
+    // A "simple" cross-site fetch of an admin method: text/plain, no preflight.
+    let a = admin.post_with(
+        "/truc.v1.Admin/Requeue",
+        &[("content-type", "text/plain")],
+        b"\0\0\0\0\0",
+    );
+    assert_eq!(a.status, 415, "{}", a.body);
+    // Whatever a browser marks as coming from another site, on any path.
+    for (k, v) in [
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-site", "same-site"),
+        ("origin", "https://evil.example"),
+        ("origin", "null"),
+    ] {
+        let a = admin.post_with("/logout", &[(k, v)], b"");
+        assert_eq!(a.status, 403, "{k}: {v}: {}", a.body);
+        let a = admin.get_with("/api/overview", &[(k, v)]);
+        assert_eq!(a.status, 403, "{k}: {v}: {}", a.body);
+    }
+    // The dashboard's own requests pass, and its pages may not be framed.
+    let own = [
+        ("sec-fetch-site", "same-origin"),
+        ("origin", admin.base.as_str()),
+    ];
+    let a = admin.get_with("/api/overview", &own);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(admin.get("/").frame_options.as_deref(), Some("DENY"));
+    // The CLI's gRPC is untouched.
+    let mut cli = AdminClient::new(admin_channel(&c, "hub", Some("operators/admin")));
+    cli.stats(pb::StatsRequest {}).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_certificate_can_never_send_a_document() {
     let mut c = Cluster::new();

@@ -72,7 +72,7 @@ impl AgencyService {
                     let (id, a) = st.submit(*sub)?;
                     let kept = st.keep_original(&from, &id, &package)?;
                     // The original is durable with the document before "imported".
-                    let ticket = kept.map_or(a.ticket(), |k| k.max(a.ticket()));
+                    let ticket = kept.max(a.ticket());
                     Ok((id, "document", ticket, a, from))
                 }
                 crate::edxml::Imported::Status(reply) => {
@@ -966,11 +966,7 @@ where
                 .ok_or_else(|| Status::invalid_argument("sha256 is not 32 bytes"))?,
         )
     };
-    let _claim = state.claim_upload(id).ok_or_else(|| {
-        Status::aborted(format!(
-            "upload {id} is being received on another stream; resume once that one ends"
-        ))
-    })?;
+    let claim = state.claim_upload(id).await;
     if let Some((digest, done_size)) = state.upload_done(&id).map_err(Status::from)? {
         // The same upload again (a retry that missed the answer): the same
         // answer, if it announces the same content.
@@ -1025,16 +1021,28 @@ where
             let t = state.record_partial(&name, durable).map_err(Status::from)?;
             state.durable(t).await.map_err(Status::from)?;
         }
-        next = match stream.next().await.transpose() {
-            Ok(m) => m,
-            Err(status) => {
-                // The client went away: keep what is on disk for a resume.
-                let durable = tokio::task::block_in_place(|| partial.sync()).map_err(io)?;
-                let t = state.record_partial(&name, durable).map_err(Status::from)?;
-                state.durable(t).await.map_err(Status::from)?;
-                return Err(status);
-            }
+        let gone = tokio::select! {
+            m = stream.next() => match m.transpose() {
+                Ok(m) => {
+                    next = m;
+                    None
+                }
+                // The client went away.
+                Err(status) => Some(status),
+            },
+            // A newer stream for this upload: the client retried, and this
+            // stream's connection is dead or about to be.
+            () = claim.taken_over() => Some(Status::aborted(format!(
+                "upload {id} was taken over by a newer stream"
+            ))),
         };
+        if let Some(status) = gone {
+            // Keep what is on disk for a resume.
+            let durable = tokio::task::block_in_place(|| partial.sync()).map_err(io)?;
+            let t = state.record_partial(&name, durable).map_err(Status::from)?;
+            state.durable(t).await.map_err(Status::from)?;
+            return Err(status);
+        }
     }
     if !partial.is_complete() {
         let durable = tokio::task::block_in_place(|| partial.sync()).map_err(io)?;
@@ -1196,7 +1204,8 @@ mod tests {
         let id = uuid::Uuid::now_v7().to_string();
         let (half, rest) = (vec![7u8; 4096], vec![9u8; 4096]);
 
-        // The first stream has written its first half.
+        // The first stream has written its first half, and its connection
+        // then goes quiet (it is never closed).
         let (a, first) = uploading(&edge);
         a.send(Ok(chunk(&id, 8192, 0, &half, &[]))).await.unwrap();
         let name = upload_name(&id.parse().unwrap());
@@ -1204,21 +1213,19 @@ mod tests {
             tokio::task::yield_now().await;
         }
 
-        // A second stream for the same upload (a client's retry, say) would
-        // write the same file under the first one's running digest: refused.
+        // The client's retry takes the upload over: the first stream lets go
+        // (keeping its bytes), then the second writes, never both at once,
+        // which would mix their bytes under one stream's running digest.
         let (b, second) = uploading(&edge);
         b.send(Ok(chunk(&id, 8192, 4096, &rest, &[])))
             .await
             .unwrap();
-        let refused = second.await.unwrap().unwrap_err();
-        assert_eq!(refused.code(), Code::Aborted, "{refused:?}");
-        assert!(refused.message().contains("another stream"), "{refused:?}");
-
-        a.send(Ok(chunk(&id, 8192, 4096, &rest, &[])))
-            .await
-            .unwrap();
+        let let_go = first.await.unwrap().unwrap_err();
+        assert_eq!(let_go.code(), Code::Aborted, "{let_go:?}");
+        assert!(let_go.message().contains("taken over"), "{let_go:?}");
+        drop(b);
+        let done = second.await.unwrap().unwrap();
         drop(a);
-        let done = first.await.unwrap().unwrap();
         let whole = [half.as_slice(), rest.as_slice()].concat();
         let digest = ring::digest::digest(&ring::digest::SHA256, &whole);
         assert_eq!(done.sha256, digest.as_ref());

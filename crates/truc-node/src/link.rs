@@ -12,7 +12,10 @@
 use std::{
     collections::{HashMap, VecDeque},
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -386,6 +389,11 @@ pub async fn run_session(
     // window bounds the jobs, except after a deferral, when the peer sends
     // again what it had in flight while the skipped jobs still finish here.
     let (prep_tx, prep_rx) = mpsc::unbounded_channel();
+    // Transfers read and not yet answered. A peer keeps to the window we give
+    // it (twice over, after a deferral); far past that it is misbehaving, and
+    // the link ends before its transfers fill this node's memory.
+    let unanswered = Arc::new(AtomicUsize::new(0));
+    let most_unanswered = 4 * params.window.max(1) as usize;
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let (want_tx, want_rx) = mpsc::unbounded_channel();
     let cx = Ctx {
@@ -420,7 +428,8 @@ pub async fn run_session(
         )
         .in_current_span(),
     );
-    receivers.spawn(apply(state.clone(), origin, prep_rx, ack_tx).in_current_span());
+    receivers
+        .spawn(apply(state.clone(), origin, prep_rx, ack_tx, unanswered.clone()).in_current_span());
     receivers.spawn(
         acknowledge(
             state.clone(),
@@ -522,6 +531,13 @@ pub async fn run_session(
                         }
                         None => break,
                     }
+                }
+                let n = batch.len();
+                if unanswered.fetch_add(n, Ordering::Relaxed) + n > most_unanswered {
+                    break Err(LinkError::Rpc(Status::resource_exhausted(format!(
+                        "the peer sent more than {most_unanswered} transfers without waiting for answers (window {})",
+                        params.window
+                    ))));
                 }
                 // Inline transfers go in batches; each streamed one is a job of its
                 // own that waits for its chunks. Jobs complete in order.
@@ -674,6 +690,11 @@ async fn push(
                             Code::DataLoss as i32,
                             &format!("cannot load at sender: {e}"),
                         )?;
+                        if deferred == Some(seq) {
+                            return Err(LinkError::Resync(format!(
+                                "transfer {seq}, which the peer deferred and waits for, could not be loaded again"
+                            )));
+                        }
                     }
                 }
             }
@@ -790,6 +811,7 @@ async fn apply(
     origin: Origin,
     mut jobs: mpsc::UnboundedReceiver<PrepJob>,
     acks: mpsc::UnboundedSender<Outcome>,
+    unanswered: Arc<AtomicUsize>,
 ) -> Result<(), LinkError> {
     let mut deferred_from: Option<u64> = None;
     // A job taken while gathering, not finished yet; an error of one that was.
@@ -826,6 +848,7 @@ async fn apply(
                 }
             }
         }
+        unanswered.fetch_sub(prepared.len(), Ordering::Relaxed);
         // Arrival order first: what was refused or deferred while prepared, and
         // what goes to the store. Nothing after a deferral is taken.
         let mut steps: Vec<(u64, Step)> = Vec::with_capacity(prepared.len());
@@ -1366,7 +1389,7 @@ mod tests {
             let (jobs, jrx) = mpsc::unbounded_channel();
             let (otx, outcomes) = mpsc::unbounded_channel();
             let origin = Origin::Child("vpcp".parse().unwrap());
-            let task = tokio::spawn(apply(state.clone(), origin, jrx, otx));
+            let task = tokio::spawn(apply(state.clone(), origin, jrx, otx, Arc::default()));
             Self {
                 jobs,
                 outcomes,

@@ -382,8 +382,13 @@ impl RunningNode {
         if let Some(addr) = &config.agency_api {
             let (listener, bound) = bind(listeners.agency, "agency api", addr).await?;
             agency_addr = Some(bound);
+            // Keepalive: a client whose connection died without a word (a
+            // laptop asleep, a NAT that forgot it) is noticed, and what its
+            // streams hold (an upload's turn) is let go.
             let server = Server::builder()
                 .trace_fn(trace_node.clone())
+                .http2_keepalive_interval(Some(params.heartbeat_interval))
+                .http2_keepalive_timeout(Some(params.heartbeat_timeout))
                 .add_service(tower::Layer::layer(
                     &crate::agency::Refusals::new(state.clone()),
                     pb::agency_server::AgencyServer::new(AgencyService::new(state.clone()))
@@ -446,6 +451,11 @@ impl RunningNode {
                 )))
                 .add_service(health_service.clone())
                 .add_service(reflection()?);
+            let routes = tonic::service::Routes::from(
+                routes
+                    .into_axum_router()
+                    .layer(axum::middleware::from_fn(crate::operator::same_origin_only)),
+            );
             let incoming = tls_incoming(
                 listener,
                 operator_tls.clone(),

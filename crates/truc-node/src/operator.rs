@@ -7,7 +7,9 @@
 //! every request is then authorized by who it comes from ([`Caller`]): an
 //! operator certificate (role viewer or operator, `urn:truc:role:`), or a
 //! dashboard session opened with a login token from `[[admin_api.logins]]`.
-//! Node certificates and anonymous callers get nothing but the login page.
+//! Node certificates and anonymous callers get nothing but the login page (and
+//! gRPC health and reflection, which answer anyone). [`same_origin_only`] keeps
+//! web pages from using an operator's browser against the port.
 
 use std::{
     collections::HashMap,
@@ -187,6 +189,73 @@ const LOGIN: &str = include_str!("dashboard/login.html");
 const APP_JS: &str = include_str!("dashboard/app.js");
 const APP_CSS: &str = include_str!("dashboard/app.css");
 
+/// In front of everything on the operator port. Browsers send an operator's
+/// client certificate with requests any web page makes them send, so what a
+/// browser marks as coming from another site is refused, and a gRPC path
+/// takes only gRPC's content type, which no cross-site form or simple fetch
+/// can set: the admin API cannot be driven from a web page. Pages get headers
+/// that keep them out of other sites' frames.
+pub async fn same_origin_only(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let h = req.headers();
+    let path = req.uri().path().to_owned();
+    let fetch_site = h.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    let cross_site = fetch_site.is_some_and(|s| s != "same-origin" && s != "none");
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            h.get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        });
+    let origin = h.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let foreign_origin = origin.is_some_and(|o| o.strip_prefix("https://") != authority.as_deref());
+    if cross_site || foreign_origin {
+        tracing::warn!(%path, ?origin, ?fetch_site, "cross-site request to the operator port refused");
+        return (
+            StatusCode::FORBIDDEN,
+            "cross-site requests to the operator port are refused",
+        )
+            .into_response();
+    }
+    // "/package.Service/Method"
+    let mut segments = path.trim_start_matches('/').split('/');
+    let grpc_path = segments.next().is_some_and(|s| s.contains('.')) && segments.next().is_some();
+    if grpc_path {
+        let grpc = h
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if !grpc {
+            tracing::warn!(%path, "a gRPC path asked without gRPC's content type: refused");
+            return (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "gRPC paths take application/grpc only",
+            )
+                .into_response();
+        }
+        return next.run(req).await;
+    }
+    let mut r = next.run(req).await;
+    let headers = r.headers_mut();
+    headers.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static("frame-ancestors 'none'"),
+    );
+    r
+}
+
 /// The HTTP part of the operator port.
 pub fn router(
     state: Arc<NodeState>,
@@ -351,9 +420,9 @@ async fn overview(State(cx): State<Ctx>, tls: Tls, headers: HeaderMap) -> Respon
     let st = cx.state.clone();
     let alerts_cfg = cx.alerts.clone();
     let r = tokio::task::spawn_blocking(move || {
-        let snap = st.queue_snapshot().unwrap_or_default();
+        let snap = st.queue_snapshot()?;
         let (n, p50, p90, p99) = st.telemetry.latency_percentiles();
-        json!({
+        Ok::<_, crate::NodeError>(json!({
             "node": st.node_id.to_string(),
             "role": st.role(),
             "version": env!("CARGO_PKG_VERSION"),
@@ -373,11 +442,17 @@ async fn overview(State(cx): State<Ctx>, tls: Tls, headers: HeaderMap) -> Respon
             "latency": {"count": n, "p50_s": p50, "p90_s": p90, "p99_s": p99},
             "counters": st.counters().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             "audit": st.telemetry.audit(),
-        })
+        }))
     })
     .await;
     match r {
-        Ok(mut v) => {
+        // The queues could not be read: say so, not "no queues".
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"code": "UNAVAILABLE", "message": format!("queues: {e}")})),
+        )
+            .into_response(),
+        Ok(Ok(mut v)) => {
             if let Caller::Operator { name, role, by } = caller {
                 v["operator"] = json!({"name": name, "role": role.as_str(), "by": by});
             }
@@ -415,12 +490,11 @@ async fn trace(
         }))
         .into_response(),
         Ok(Err(e)) => {
+            // The same status and code as the REST API: not found is 404, a
+            // store that fails is not.
             let s = tonic::Status::from(e);
-            (
-                StatusCode::NOT_FOUND,
-                Json(json!({"code": "NOT_FOUND", "message": s.message()})),
-            )
-                .into_response()
+            let (status, code) = crate::rest::http_status(s.code());
+            (status, Json(json!({"code": code, "message": s.message()}))).into_response()
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }

@@ -186,16 +186,39 @@ impl Drop for PartialGuard {
     }
 }
 
+/// One upload's turn: the stream receiving it holds `turn`; each stream that
+/// asks for it counts in `asked`, which tells the holder to let go.
+#[derive(Default)]
+pub struct UploadSlot {
+    turn: Arc<tokio::sync::Mutex<()>>,
+    asked: tokio::sync::watch::Sender<u64>,
+}
+
 /// The one stream receiving an upload; released when dropped.
 pub struct UploadClaim {
     id: uuid::Uuid,
-    owner: Arc<Mutex<BTreeSet<uuid::Uuid>>>,
+    slot: Arc<UploadSlot>,
+    mine: u64,
+    owner: Arc<Mutex<HashMap<uuid::Uuid, Arc<UploadSlot>>>>,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl UploadClaim {
+    /// Resolves once a newer stream asks for the same upload (the client's
+    /// retry after a connection that died without a word): let go then.
+    pub async fn taken_over(&self) {
+        let mut asked = self.slot.asked.subscribe();
+        let _ = asked.wait_for(|n| *n > self.mine).await;
+    }
 }
 
 impl Drop for UploadClaim {
     fn drop(&mut self) {
         let mut m = self.owner.lock().unwrap_or_else(|p| p.into_inner());
-        m.remove(&self.id);
+        // Nobody else holds or waits for it (the map's reference and this one).
+        if Arc::strong_count(&self.slot) == 2 {
+            m.remove(&self.id);
+        }
     }
 }
 
@@ -520,8 +543,8 @@ pub struct NodeState {
     connected: Mutex<BTreeSet<NodeId>>,
     pub storage: crate::config::StorageSection,
     partials: Arc<Mutex<HashMap<Digest, tokio::sync::watch::Receiver<Option<bool>>>>>,
-    /// Uploads being received, one stream each.
-    uploading: Arc<Mutex<BTreeSet<uuid::Uuid>>>,
+    /// Uploads being received, one stream at a time each.
+    uploading: Arc<Mutex<HashMap<uuid::Uuid, Arc<UploadSlot>>>>,
     /// Highest offset streamed so far per attachment, to count re-sent bytes.
     stream_hwm: Mutex<HashMap<Digest, u64>>,
 }
@@ -964,30 +987,41 @@ impl NodeState {
 
     /// Keeps the package a document was imported from, to hand it back unchanged;
     /// it goes with the document's attachments at the end of the retention period.
-    /// Once: `None` when it is kept already, so that a retried import (the
-    /// document a duplicate by then) keeps it if the first one could not.
+    /// Once, so that a retried import (the document a duplicate by then) keeps
+    /// it if the first one could not.
     pub fn keep_original(
         &self,
         from: &OrganId,
         doc_id: &DocId,
         package: &[u8],
-    ) -> Result<Option<Ticket>, NodeError> {
+    ) -> Result<Ticket, NodeError> {
         let key = Self::original_key(from.as_str(), &doc_id.to_string());
-        if self.store.get(Space::Meta, &key)?.is_some() {
-            return Ok(None);
+        // Kept already, or released with the document's attachments (a late
+        // re-import must not keep it again, for ever): nothing to write. The
+        // current ticket covers a keep another import has just applied.
+        let done = |s: &Self| -> Result<bool, NodeError> {
+            Ok(s.store.get(Space::Meta, &key)?.is_some()
+                || s.known_doc(from.as_str(), &doc_id.to_string())
+                    .ok()
+                    .flatten()
+                    .is_some_and(|(rec, _)| rec.released_at_ms != 0))
+        };
+        if done(self)? {
+            return Ok(self.commit.current());
         }
         self.blobs
             .check_space(package.len() as u64, self.storage.min_free_bytes)?;
         let d = self.blobs.put(package)?;
         let w = self.lock();
         // Two imports of one package at once: the second keeps nothing more.
-        if self.store.get(Space::Meta, &key)?.is_some() {
-            return Ok(None);
+        if done(self)? {
+            drop(w);
+            return Ok(self.commit.current());
         }
         let mut plan = Plan::default();
         self.plan_ref(&mut plan, &d, "the edXML package")?;
         plan.batch.put(Space::Meta, key, d.0.to_vec());
-        self.finish(w, plan).map(Some)
+        self.finish(w, plan)
     }
 
     /// The package a document sent from here was imported from.
@@ -1027,17 +1061,7 @@ impl NodeState {
         reason: &str,
     ) -> Result<(Vec<OrganId>, Ticket), NodeError> {
         let w = self.lock();
-        let entries = self.inbox_entries(doc_id, from)?;
-        if entries.is_empty() {
-            return Err(Refusal::not_found(format!("no received document {doc_id}")).into());
-        }
-        if let Some(o) = organ
-            && !entries.iter().any(|(_, e)| e.organ == o.as_str())
-        {
-            return Err(
-                Refusal::not_found(format!("{doc_id} was not delivered to {o} here")).into(),
-            );
-        }
+        let entries = self.answerable_entries(doc_id, from, organ)?;
         let mut plan = Plan::default();
         let mut out = Vec::new();
         for (key, mut e) in entries {
@@ -1853,15 +1877,28 @@ impl NodeState {
         })
     }
 
-    /// Claims the receiving of upload `id`, or `None` while another stream
-    /// has it: two streams writing one partial file would mix their bytes
-    /// under a digest only one of them was hashed for.
-    pub fn claim_upload(&self, id: uuid::Uuid) -> Option<UploadClaim> {
-        let mut m = self.uploading.lock().unwrap_or_else(|p| p.into_inner());
-        m.insert(id).then(|| UploadClaim {
+    /// Claims the receiving of upload `id`: one stream at a time, since two
+    /// writing one partial file would mix their bytes under a digest only one
+    /// of them was hashed for. A stream that has it is asked to let go (see
+    /// [`UploadClaim::taken_over`]) and this waits until it has.
+    pub async fn claim_upload(&self, id: uuid::Uuid) -> UploadClaim {
+        let slot = {
+            let mut m = self.uploading.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(id).or_default().clone()
+        };
+        let mut mine = 0;
+        slot.asked.send_modify(|n| {
+            *n += 1;
+            mine = *n;
+        });
+        let turn = slot.turn.clone().lock_owned().await;
+        UploadClaim {
             id,
+            slot,
+            mine,
             owner: self.uploading.clone(),
-        })
+            _turn: turn,
+        }
     }
 
     fn partial_key(name: &str) -> Vec<u8> {
@@ -1961,7 +1998,6 @@ impl NodeState {
         }
     }
 
-    /// Digest and size of attachment `index` of a stored document.
     /// Refuses to hand out attachments released after the retention period,
     /// saying so, rather than failing on a file that is gone.
     pub fn attachments_kept(&self, doc: &DocRecord, doc_id: &str) -> Result<(), NodeError> {
@@ -1979,6 +2015,7 @@ impl NodeState {
         .into())
     }
 
+    /// Digest and size of attachment `index` of a stored document.
     pub fn attachment_of(
         &self,
         from: &str,
@@ -2536,7 +2573,6 @@ impl NodeState {
         Key::new().str("held").str(from).build()
     }
 
-    /// Attachment bytes held here for documents from `from`.
     /// Why `bytes` more attachments of `from`, which holds `held` here, would
     /// pass `quotas.max_agency_bytes`, if they would.
     fn over_agency_bytes(&self, from: &str, held: u64, bytes: u64) -> Option<String> {
@@ -2548,6 +2584,7 @@ impl NodeState {
         })
     }
 
+    /// Attachment bytes held here for documents from `from`.
     fn held(&self, plan: &Plan, from: &str) -> Result<u64, NodeError> {
         if let Some(n) = plan.held.get(from) {
             return Ok(*n);
@@ -3997,11 +4034,13 @@ impl NodeState {
         // Before a byte is written: an agency over its quota must not fill the
         // disk with files that only the orphan sweep would remove. (`accept`
         // checks again, under the writer lock.)
-        if let Some(why) = self.over_agency_bytes(
-            from.as_str(),
-            self.held(&Plan::default(), from.as_str())?,
-            total,
-        ) {
+        if total > 0
+            && let Some(why) = self.over_agency_bytes(
+                from.as_str(),
+                self.held(&Plan::default(), from.as_str())?,
+                total,
+            )
+        {
             return Err(Refusal::exhausted(why).into());
         }
         self.put_named_blobs(&inline)?;
@@ -4734,6 +4773,28 @@ impl NodeState {
         Ok(out)
     }
 
+    /// The inbox entries an ack or a nack answers: NOT_FOUND when the document
+    /// was not received here, or not by `organ` if one is named.
+    fn answerable_entries(
+        &self,
+        doc_id: &DocId,
+        from: Option<&OrganId>,
+        organ: Option<&OrganId>,
+    ) -> Result<Vec<(Vec<u8>, InboxEntry)>, NodeError> {
+        let entries = self.inbox_entries(doc_id, from)?;
+        if entries.is_empty() {
+            return Err(Refusal::not_found(format!("no received document {doc_id}")).into());
+        }
+        if let Some(o) = organ
+            && !entries.iter().any(|(_, e)| e.organ == o.as_str())
+        {
+            return Err(
+                Refusal::not_found(format!("{doc_id} was not delivered to {o} here")).into(),
+            );
+        }
+        Ok(entries)
+    }
+
     /// Inbox entries (one per local recipient) of a received document.
     fn inbox_entries(
         &self,
@@ -4803,17 +4864,7 @@ impl NodeState {
         organ: Option<&OrganId>,
     ) -> Result<(Vec<OrganId>, Ticket), NodeError> {
         let mut w = self.lock();
-        let entries = self.inbox_entries(doc_id, from)?;
-        if entries.is_empty() {
-            return Err(Refusal::not_found(format!("no received document {doc_id}")).into());
-        }
-        if let Some(o) = organ
-            && !entries.iter().any(|(_, e)| e.organ == o.as_str())
-        {
-            return Err(
-                Refusal::not_found(format!("{doc_id} was not delivered to {o} here")).into(),
-            );
-        }
+        let entries = self.answerable_entries(doc_id, from, organ)?;
         let now = now_ms();
         let mut plan = Plan::default();
         let mut acked = Vec::new();
@@ -5947,18 +5998,10 @@ mod tests {
         let from: OrganId = "000.00.00.G22".parse().unwrap();
         let doc_id = DocId::new_v7();
         let package = b"<edXML>...</edXML>".to_vec();
-        assert!(
-            edge.keep_original(&from, &doc_id, &package)
-                .unwrap()
-                .is_some()
-        );
+        edge.keep_original(&from, &doc_id, &package).unwrap();
         // A retried import (the document a duplicate by then) keeps nothing more,
         // and holds no second reference that would keep the file for ever.
-        assert!(
-            edge.keep_original(&from, &doc_id, &package)
-                .unwrap()
-                .is_none()
-        );
+        edge.keep_original(&from, &doc_id, &package).unwrap();
         assert_eq!(
             edge.original(from.as_str(), &doc_id).unwrap(),
             Some(package.clone())
@@ -6111,6 +6154,25 @@ mod tests {
             matches!(err, NodeError::Store(_)),
             "a failed store refuses new work: {err}"
         );
+    }
+
+    #[test]
+    fn an_ack_or_nack_for_an_agency_that_did_not_receive_the_document_is_not_found() {
+        let f = Fixture::new();
+        let edge = f.edge(Arc::new(MemoryStore::new()));
+        let v = verified(&f, "000.00.00.H41", &["000.00.00.G22"]);
+        let doc_id = v.doc_id;
+        edge.accept_batch(vec![(v, None)], &Origin::Parent("hub".parse().unwrap()))
+            .unwrap();
+        let h41: OrganId = "000.00.00.H41".parse().unwrap();
+        let not_found =
+            |e: NodeError| matches!(e, NodeError::Refused(r) if r.code == Code::NotFound);
+        assert!(not_found(edge.ack(&doc_id, None, Some(&h41)).unwrap_err()));
+        assert!(not_found(
+            edge.nack(&doc_id, None, Some(&h41), "x").unwrap_err()
+        ));
+        let g22: OrganId = "000.00.00.G22".parse().unwrap();
+        assert_eq!(edge.ack(&doc_id, None, Some(&g22)).unwrap().0, [g22]);
     }
 
     #[tokio::test]

@@ -179,15 +179,25 @@ pub struct InitReport {
     pub configs: BTreeMap<String, PathBuf>,
 }
 
+/// Writes a key or a token readable by its owner only, from the first byte
+/// (a file written first and restricted after is readable by anyone between).
 fn write_secret(path: &Path, text: &str) -> Result<()> {
-    fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
+    use std::io::Write;
+    let mut o = fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("chmod {}", path.display()))?;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        o.mode(0o600);
+        // An existing file keeps its mode through open: restrict it first.
+        if path.exists() {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("chmod {}", path.display()))?;
+        }
     }
-    Ok(())
+    o.open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .with_context(|| format!("write {}", path.display()))
 }
 
 fn load_or_create_ca(dir: &Path, name: &str, cn: &str, report: &mut InitReport) -> Result<DevCa> {

@@ -19,6 +19,7 @@ pub struct Answer {
     pub body: String,
     pub set_cookie: Option<String>,
     pub content_type: String,
+    pub frame_options: Option<String>,
 }
 
 impl Cluster {
@@ -69,11 +70,13 @@ impl Ops {
         };
         let set_cookie = header("set-cookie").and_then(|c| c.split(';').next().map(str::to_owned));
         let content_type = header("content-type").unwrap_or_default();
+        let frame_options = header("x-frame-options");
         Answer {
             status: r.status().as_u16(),
             body: r.body_mut().read_to_string().unwrap(),
             set_cookie,
             content_type,
+            frame_options,
         }
     }
 
@@ -81,6 +84,24 @@ impl Ops {
         let mut req = self.agent.get(format!("{}{path}", self.base));
         if let Some(c) = &self.cookie {
             req = req.header("Cookie", c);
+        }
+        Self::answer(req.call().unwrap())
+    }
+
+    /// A POST with the headers a browser would add, as a web page could make it.
+    pub fn post_with(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+        let mut req = self.agent.post(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Self::answer(req.send(body).unwrap())
+    }
+
+    /// A GET with the headers a browser would add.
+    pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut req = self.agent.get(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
         Self::answer(req.call().unwrap())
     }
