@@ -83,6 +83,10 @@ pub struct GroupCommit {
     stats: Arc<CommitStats>,
     /// What a flush runs: the hook given at start, then the store's flush.
     flush: FlushFn,
+    /// Set by `close`, held shared by every `apply`: nothing is applied after
+    /// the last flush, where no hook would make its blobs durable before the
+    /// store, dropped, makes its records durable.
+    closed: std::sync::RwLock<bool>,
 }
 
 type FlushFn = Arc<dyn Fn() -> Result<(), StoreError> + Send + Sync>;
@@ -129,6 +133,7 @@ impl GroupCommit {
             requests: requests.clone(),
             flushed: rx,
             thread: Mutex::new(None),
+            closed: std::sync::RwLock::new(false),
             stats: stats.clone(),
             flush: flush.clone(),
         });
@@ -158,6 +163,10 @@ impl GroupCommit {
     pub fn apply(&self, batch: Batch) -> Result<Ticket, StoreError> {
         if let Flushed::Failed(e) = &*self.flushed.borrow() {
             return Err(StoreError::Failed(e.clone()));
+        }
+        let closed = self.closed.read().unwrap_or_else(|p| p.into_inner());
+        if *closed {
+            return Err(StoreError::Failed("the store is closed".into()));
         }
         self.store.apply(batch)?;
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -211,6 +220,9 @@ impl GroupCommit {
         if let Some(h) = self.thread.lock().ok().and_then(|mut t| t.take()) {
             let _ = h.join();
         }
+        // Waits for applies under way; none after.
+        let mut closed = self.closed.write().unwrap_or_else(|p| p.into_inner());
+        *closed = true;
         // After a failed flush nothing more is made durable: a second fsync can
         // succeed where the first lost pages.
         if let Flushed::Failed(e) = &*self.flushed.borrow() {
@@ -308,6 +320,20 @@ mod tests {
         let flushes = gc.stats().flushes.load(Ordering::Relaxed);
         assert!((1..=200).contains(&flushes), "{flushes}");
         gc.close().unwrap();
+    }
+
+    /// Nothing is applied after `close`'s last flush: a write then would be
+    /// made durable by the store's own close, without the hook that makes its
+    /// blobs durable first.
+    #[test]
+    fn nothing_is_applied_after_close() {
+        let store = Arc::new(MemoryStore::new());
+        let gc = GroupCommit::start(store.clone());
+        gc.apply(batch(b"before")).unwrap();
+        gc.close().unwrap();
+        let e = gc.apply(batch(b"after")).unwrap_err();
+        assert!(e.to_string().contains("closed"), "{e}");
+        assert!(store.get(Space::Meta, b"after").unwrap().is_none());
     }
 
     /// The hook runs before every flush, including the one `close` makes, and

@@ -186,14 +186,22 @@ pub fn convert(
         }
     }
     drop(src);
+    // The new store in place first, durably, then the old one aside: a crash
+    // or an error in between leaves a complete store under the engine's name
+    // (the new one, or still only the old one), never neither, which would
+    // start the node on an empty store.
+    let sync = || {
+        crate::fsync_dir(data_dir)
+            .map_err(|e| StoreError::Io(format!("sync {}: {e}", data_dir.display())))
+    };
+    std::fs::rename(&tmp, &dst_path)
+        .map_err(|e| StoreError::Io(format!("put {} in place: {e}", dst_path.display())))?;
+    sync()?;
     let old_kept_at = data_dir.join(format!("store.{}-old", from.name()));
     remove_path(&old_kept_at)?;
     std::fs::rename(&src_path, &old_kept_at)
         .map_err(|e| StoreError::Io(format!("move {} aside: {e}", src_path.display())))?;
-    std::fs::rename(&tmp, &dst_path)
-        .map_err(|e| StoreError::Io(format!("put {} in place: {e}", dst_path.display())))?;
-    crate::fsync_dir(data_dir)
-        .map_err(|e| StoreError::Io(format!("sync {}: {e}", data_dir.display())))?;
+    sync()?;
     Ok(Converted {
         from,
         to,

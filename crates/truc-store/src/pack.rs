@@ -225,6 +225,30 @@ struct Active {
     synced: u64,
 }
 
+impl Active {
+    /// Writes `rec` at the pack's end. A write that fails partway (a full disk)
+    /// is cut off again: bytes left past the end, under a shorter record
+    /// written over their start, would be read at the next start as records
+    /// (and an attachment's bytes are the sender's to choose).
+    fn write_at_end(&mut self, dir: &Path, rec: &[u8]) -> Result<(), BlobError> {
+        let path = pack_path(dir, self.id);
+        if let Err(e) = self.file.write_all_at(rec, self.len) {
+            if let Err(cut) = self.file.set_len(self.len) {
+                return Err(io(&path)(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{e}; cutting the pack back to its {} bytes failed too: {cut}",
+                        self.len
+                    ),
+                )));
+            }
+            return Err(io(&path)(e));
+        }
+        self.len += rec.len() as u64;
+        Ok(())
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     index: Index,
@@ -614,20 +638,16 @@ impl Packs {
             let mut rec = Vec::with_capacity(HEADER + data.len());
             rec.extend_from_slice(&header(BLOB, len, d));
             rec.extend_from_slice(data);
-            let path = pack_path(&self.dir, a.id);
-            if let Err(e) = a.file.write_all_at(&rec, a.len) {
-                // Nothing after `len` counts: the next append overwrites it.
-                return Err(io(&path)(e));
-            }
+            let at = a.len;
+            a.write_at_end(&self.dir, &rec)?;
             placed.push((
                 *d,
                 Loc {
                     pack: a.id,
-                    offset: (a.len + HEADER as u64) as u32,
+                    offset: (at + HEADER as u64) as u32,
                     len,
                 },
             ));
-            a.len += rec.len() as u64;
             // Counted live from now on, so that its pack is not deleted
             // before the blob becomes visible.
             let id = a.id;
@@ -686,10 +706,7 @@ impl Packs {
             self.rotate(&mut st)?;
         }
         if let Some(a) = st.active.as_mut() {
-            let h = header(REMOVED, 0, d);
-            let path = pack_path(&self.dir, a.id);
-            a.file.write_all_at(&h, a.len).map_err(io(&path))?;
-            a.len += HEADER as u64;
+            a.write_at_end(&self.dir, &header(REMOVED, 0, d))?;
         }
         Ok(true)
     }
