@@ -265,6 +265,10 @@ async fn bad_submissions_are_refused_up_front_with_the_reason() {
     let err = a.send(too_many).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
     assert!(err.message().contains("limits.max_attachments"), "{err}");
+    assert!(
+        err.metadata().get("retry-after-ms").is_none(),
+        "the same request never passes a limit: no retry hint"
+    );
 
     let err = a
         .send(doc(G22, &["000.00.00/H41"], "bad id"))

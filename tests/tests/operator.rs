@@ -151,6 +151,29 @@ async fn only_operators_use_the_operator_port_and_only_by_their_role() {
     let a = with.post_form("/logout", &[]);
     assert_eq!(a.status, 303);
     assert_eq!(with.get("/api/overview").status, 401, "the session ended");
+    assert!(
+        cookie_attrs_of(&c, token.trim()).contains("Max-Age=43200"),
+        "a session lasts a working day at most"
+    );
+
+    // Ten wrong tokens from one address, and it waits: even the right one.
+    for _ in 0..9 {
+        let a = c
+            .ops("hub", None)
+            .post_form("/login", &[("token", "guess")]);
+        assert_eq!(a.status, 401);
+    }
+    let a = c
+        .ops("hub", None)
+        .post_form("/login", &[("token", token.trim())]);
+    assert_eq!(a.status, 429, "{}", a.body);
+}
+
+/// The attributes of the session cookie a login with `token` sets.
+fn cookie_attrs_of(c: &Cluster, token: &str) -> String {
+    let a = c.ops("hub", None).post_form("/login", &[("token", token)]);
+    assert_eq!(a.status, 303, "{}", a.body);
+    a.set_cookie_attrs.expect("a session cookie")
 }
 
 /// A web page can make an operator's browser send requests that carry the

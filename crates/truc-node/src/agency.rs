@@ -20,16 +20,6 @@ pub struct AgencyService {
 }
 
 impl AgencyService {
-    /// Passes a refusal on with this node's retry hint if waiting may clear
-    /// it. (Refusals are counted and logged where they leave: [`Refusals`]
-    /// for gRPC, the REST router's middleware for REST.)
-    fn refused(&self, s: Status) -> Status {
-        if s.metadata().contains_key(crate::error::RETRY_AFTER_MS) {
-            crate::error::retry_after(s, self.state.quotas.retry_after_ms)
-        } else {
-            s
-        }
-    }
     /// Imports an edXML package. `allowed`, when given, is the set of agencies
     /// the caller may act for: a package from any other is refused before it
     /// touches the store.
@@ -82,7 +72,7 @@ impl AgencyService {
             }
         })
         .await
-        .map_err(|s| self.refused(s))?;
+        ?;
         self.state.durable(ticket).await.map_err(Status::from)?;
         tracing::info!(doc_id = %id, %from, kind, "edXML package imported");
         Ok(pb::ImportEdxmlResponse {
@@ -229,9 +219,7 @@ impl Agency for AgencyService {
             meta: Default::default(),
         };
         let st = self.state.clone();
-        let (doc_id, accepted) = blocking(move || st.submit(sub))
-            .await
-            .map_err(|s| self.refused(s))?;
+        let (doc_id, accepted) = blocking(move || st.submit(sub)).await?;
         // Invariant 1: the application hears "sent" only once the outbox is fsynced.
         self.state
             .durable(accepted.ticket())
@@ -442,9 +430,7 @@ impl Agency for AgencyService {
             meta: Default::default(),
         };
         let st = self.state.clone();
-        let (id, accepted) = blocking(move || st.reply(reply))
-            .await
-            .map_err(|s| self.refused(s))?;
+        let (id, accepted) = blocking(move || st.reply(reply)).await?;
         self.state
             .durable(accepted.ticket())
             .await
@@ -1128,11 +1114,19 @@ where
         let state = self.state.clone();
         let answer = self.inner.call(req);
         Box::pin(async move {
-            let r = answer.await?;
+            let mut r = answer.await?;
             // An error answered at once travels in the headers (trailers only).
             if let Some(s) = Status::from_header_map(r.headers())
                 && s.code() != tonic::Code::Ok
             {
+                // What waiting may clear says when to try again: this node's
+                // `quotas.retry_after_ms`.
+                let ms = state.quotas.retry_after_ms.to_string();
+                if r.headers().contains_key(crate::error::RETRY_AFTER_MS)
+                    && let Ok(v) = http::HeaderValue::from_str(&ms)
+                {
+                    r.headers_mut().insert(crate::error::RETRY_AFTER_MS, v);
+                }
                 let source = if method.ends_with("/ImportEdxml") {
                     "edxml"
                 } else {
@@ -1195,6 +1189,36 @@ mod tests {
             data: data.to_vec(),
             sha256: sha256.to_vec(),
         }
+    }
+
+    /// Every error the gRPC API answers passes the layer: counted, and a retry
+    /// hint given in this node's `quotas.retry_after_ms`.
+    #[tokio::test]
+    async fn the_refusal_layer_counts_and_gives_the_nodes_retry_hint() {
+        use tower::{Layer, Service};
+        let mut f = Fixture::new();
+        f.quotas.retry_after_ms = 2500;
+        let edge = f.edge(Arc::new(MemoryStore::new()));
+        let quota_full = tower::service_fn(|_req: http::Request<()>| async {
+            let s = crate::error::to_status(Refusal::exhausted("outbox full").into());
+            Ok::<_, std::convert::Infallible>(s.into_http::<()>())
+        });
+        let mut svc = Refusals::new(edge.clone()).layer(quota_full);
+        let req = http::Request::builder()
+            .uri("/truc.v1.Agency/Send")
+            .body(())
+            .unwrap();
+        let r = svc.call(req).await.unwrap();
+        assert_eq!(r.headers()["retry-after-ms"], "2500");
+        let counted = crate::telemetry::render(&crate::telemetry::Telemetry::registry(
+            &edge,
+            crate::config::AlertSection::default(),
+        ));
+        assert!(
+            counted
+                .contains("truc_refused_total{source=\"agency\",reason=\"resource_exhausted\"} 1"),
+            "{counted}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

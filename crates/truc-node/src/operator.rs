@@ -38,7 +38,15 @@ use crate::{
 
 /// How long a dashboard session lasts without use.
 const SESSION_IDLE: Duration = Duration::from_secs(8 * 3600);
+/// How long it lasts at most, in use or not (an open tab polls every 2 s):
+/// a working day, then a new login.
+const SESSION_MAX: Duration = Duration::from_secs(12 * 3600);
 const COOKIE: &str = "truc_session";
+/// Failed logins an address may make in [`LOGIN_WINDOW`] before it waits for
+/// the window to pass (tokens are 192 random bits: this is for the logs and
+/// the CPU, not the odds).
+const LOGIN_FAILURES: u32 = 10;
+const LOGIN_WINDOW: Duration = Duration::from_secs(60);
 
 /// Who a request on the operator port comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +111,7 @@ impl Caller {
 struct Session {
     name: String,
     role: Role,
+    opened_ms: i64,
     last_used_ms: i64,
 }
 
@@ -113,6 +122,8 @@ struct Ctx {
     registry: Arc<Registry>,
     logins: Arc<Vec<AdminLogin>>,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
+    /// Failed logins by address: (start of the window, count).
+    failed_logins: Arc<Mutex<HashMap<std::net::IpAddr, (i64, u32)>>>,
     alerts: AlertSection,
 }
 
@@ -128,7 +139,10 @@ impl Ctx {
         };
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let now = now_ms();
-        sessions.retain(|_, s| now - s.last_used_ms < SESSION_IDLE.as_millis() as i64);
+        sessions.retain(|_, s| {
+            now - s.last_used_ms < SESSION_IDLE.as_millis() as i64
+                && now - s.opened_ms < SESSION_MAX.as_millis() as i64
+        });
         match sessions.get_mut(&id) {
             Some(s) => {
                 s.last_used_ms = now;
@@ -268,6 +282,7 @@ pub fn router(
         registry,
         logins: Arc::new(logins),
         sessions: Arc::default(),
+        failed_logins: Arc::default(),
         alerts,
     };
     Router::new()
@@ -344,11 +359,30 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(State(cx): State<Ctx>, Form(f): Form<LoginForm>) -> Response {
+async fn login(State(cx): State<Ctx>, tls: Tls, Form(f): Form<LoginForm>) -> Response {
+    let from = tls
+        .and_then(|t| t.0.get_ref().remote_addr())
+        .map(|a| a.ip());
+    let now = now_ms();
+    let window = LOGIN_WINDOW.as_millis() as i64;
+    if let Some(ip) = from {
+        let mut failed = cx.failed_logins.lock().unwrap_or_else(|p| p.into_inner());
+        failed.retain(|_, (start, _)| now - *start < window);
+        if failed.get(&ip).is_some_and(|(_, n)| *n >= LOGIN_FAILURES) {
+            return login_page(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Đăng nhập sai quá nhiều lần; chờ một phút · Too many failed logins; wait a minute",
+            );
+        }
+    }
     let d = Digest::of(f.token.trim().as_bytes());
     // Digests are compared, so the comparison says nothing about the token.
     let Some(l) = cx.logins.iter().find(|l| l.token_sha256 == d.0) else {
-        tracing::warn!("dashboard login with an unknown token");
+        tracing::warn!(from = ?from, "dashboard login with an unknown token");
+        if let Some(ip) = from {
+            let mut failed = cx.failed_logins.lock().unwrap_or_else(|p| p.into_inner());
+            failed.entry(ip).or_insert((now, 0)).1 += 1;
+        }
         return login_page(
             StatusCode::UNAUTHORIZED,
             "Mã đăng nhập không đúng · Unknown login token",
@@ -367,6 +401,7 @@ async fn login(State(cx): State<Ctx>, Form(f): Form<LoginForm>) -> Response {
             Session {
                 name: l.name.clone(),
                 role: l.role,
+                opened_ms: now_ms(),
                 last_used_ms: now_ms(),
             },
         );
@@ -374,7 +409,10 @@ async fn login(State(cx): State<Ctx>, Form(f): Form<LoginForm>) -> Response {
     (
         [(
             header::SET_COOKIE,
-            format!("{COOKIE}={id}; Path=/; HttpOnly; Secure; SameSite=Strict"),
+            format!(
+                "{COOKIE}={id}; Path=/; Max-Age={}; HttpOnly; Secure; SameSite=Strict",
+                SESSION_MAX.as_secs()
+            ),
         )],
         Redirect::to("/"),
     )

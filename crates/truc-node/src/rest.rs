@@ -103,6 +103,19 @@ impl IntoResponse for ApiError {
 
 type Res = Result<Response, ApiError>;
 
+/// A Retry-After in this node's `quotas.retry_after_ms` (rounded up to a second).
+fn with_node_retry_hint(state: &NodeState, mut r: Response) -> Response {
+    if r.headers().contains_key(header::RETRY_AFTER)
+        && let Ok(v) = u64::from(state.quotas.retry_after_ms)
+            .div_ceil(1000)
+            .to_string()
+            .parse()
+    {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
 /// What an error answer said, for [`errors`] to count and log.
 #[derive(Clone)]
 struct Answered(Code, String);
@@ -124,7 +137,7 @@ async fn errors(
     }
     if let Some(Answered(code, reason)) = r.extensions().get::<Answered>() {
         crate::agency::note_refusal(&state, "rest", &what, *code, reason);
-        return r;
+        return with_node_retry_hint(&state, r);
     }
     let rejected = match status {
         StatusCode::BAD_REQUEST

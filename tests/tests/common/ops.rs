@@ -18,6 +18,8 @@ pub struct Answer {
     pub status: u16,
     pub body: String,
     pub set_cookie: Option<String>,
+    /// The whole Set-Cookie header, attributes included.
+    pub set_cookie_attrs: Option<String>,
     pub content_type: String,
     pub frame_options: Option<String>,
 }
@@ -68,13 +70,17 @@ impl Ops {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let set_cookie = header("set-cookie").and_then(|c| c.split(';').next().map(str::to_owned));
+        let set_cookie_attrs = header("set-cookie");
+        let set_cookie = set_cookie_attrs
+            .as_deref()
+            .and_then(|c| c.split(';').next().map(str::to_owned));
         let content_type = header("content-type").unwrap_or_default();
         let frame_options = header("x-frame-options");
         Answer {
             status: r.status().as_u16(),
             body: r.body_mut().read_to_string().unwrap(),
             set_cookie,
+            set_cookie_attrs,
             content_type,
             frame_options,
         }
