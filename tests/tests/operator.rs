@@ -432,6 +432,12 @@ async fn metrics_are_valid_prometheus_text_and_count_what_was_sent() {
             .post_bytes("/v1/documents", "application/json", b"{\"from\": ");
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["code"], "INVALID_ARGUMENT", "{body}");
+    let (status, body) = c.rest("vpcp").get("/v1/no-such-route");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("NOT_FOUND")),
+        "{body}"
+    );
     let s = scrape(&c, "vpcp");
     let count = |source: &str| -> f64 {
         s.samples
@@ -444,7 +450,11 @@ async fn metrics_are_valid_prometheus_text_and_count_what_was_sent() {
             .sum()
     };
     assert_eq!(count("agency"), 2.0, "the ack of an unknown document");
-    assert_eq!(count("rest"), 1.0, "the malformed body");
+    assert_eq!(
+        count("rest"),
+        2.0,
+        "the malformed body and the unknown route"
+    );
 
     // `truc stats`: per agency per day, latency percentiles.
     let st: serde_json::Value =

@@ -144,12 +144,19 @@ async fn errors(
         | StatusCode::UNPROCESSABLE_ENTITY
         | StatusCode::UNSUPPORTED_MEDIA_TYPE => Status::invalid_argument,
         StatusCode::PAYLOAD_TOO_LARGE => Status::resource_exhausted,
+        // No such route (a handler's own 404 is an ApiError, answered above).
+        StatusCode::NOT_FOUND => Status::not_found,
         _ => return r,
     };
     let text = axum::body::to_bytes(r.into_body(), 64 << 10)
         .await
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
+    let text = if text.is_empty() {
+        format!("no route for {what}")
+    } else {
+        text
+    };
     let r = ApiError(rejected(text)).into_response();
     if let Some(Answered(code, reason)) = r.extensions().get::<Answered>() {
         crate::agency::note_refusal(&state, "rest", &what, *code, reason);
