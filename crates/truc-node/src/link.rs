@@ -1468,6 +1468,55 @@ mod tests {
         );
     }
 
+    /// `push` of nghean's queue at the hub, with the peer's side in hand.
+    struct Pushing {
+        frames: mpsc::Receiver<pb::LinkFrame>,
+        ctl: mpsc::UnboundedSender<Control>,
+        task: tokio::task::JoinHandle<Result<(), LinkError>>,
+    }
+
+    impl Pushing {
+        fn start(hub: &Arc<NodeState>) -> Self {
+            let (out, frames) = mpsc::channel(16);
+            let (ctl, ctl_rx) = mpsc::unbounded_channel();
+            let queue = "child:nghean".to_string();
+            let task = tokio::spawn(push(hub.clone(), queue, out, 8, 1 << 20, 1 << 20, ctl_rx));
+            Self { frames, ctl, task }
+        }
+
+        async fn sent(&mut self) -> u64 {
+            match self.frames.recv().await.and_then(|f| f.frame) {
+                Some(Frame::Transfer(t)) => t.seq,
+                other => panic!("expected a transfer, got {other:?}"),
+            }
+        }
+
+        fn defer(&self, seq: u64) {
+            self.ctl
+                .send(Control::Defer {
+                    seq,
+                    reason: "queue full".into(),
+                    retry_after_ms: 50,
+                })
+                .unwrap();
+        }
+
+        /// How the push ends while the peer waits for `seq`; sending another
+        /// transfer instead fails the test.
+        async fn ended(mut self, seq: u64) -> Result<(), LinkError> {
+            tokio::select! {
+                f = self.frames.recv() => match f.and_then(|f| f.frame) {
+                    Some(Frame::Transfer(t)) => panic!(
+                        "sent transfer {} while the peer waits for {seq}, which is gone",
+                        t.seq
+                    ),
+                    _ => self.task.await.unwrap(),
+                },
+                r = &mut self.task => r.unwrap(),
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_sender_starts_again_when_the_transfer_its_peer_waits_for_is_gone() {
         let f = Fixture::new();
@@ -1477,50 +1526,48 @@ mod tests {
             .collect();
         hub.accept_batch(docs, &Origin::Child("vpcp".parse().unwrap()))
             .unwrap();
-        let (out, mut frames) = mpsc::channel(16);
-        let (ctl, ctl_rx) = mpsc::unbounded_channel();
-        let queue = "child:nghean".to_string();
-        let mut pushing = tokio::spawn(push(
-            hub.clone(),
-            queue.clone(),
-            out,
-            8,
-            1 << 20,
-            1 << 20,
-            ctl_rx,
-        ));
-        let mut sent = async || match frames.recv().await.and_then(|f| f.frame) {
-            Some(Frame::Transfer(t)) => t.seq,
-            other => panic!("expected a transfer, got {other:?}"),
-        };
-        let (first, second) = (sent().await, sent().await);
-        let defer = || Control::Defer {
-            seq: first,
-            reason: "queue full".into(),
-            retry_after_ms: 50,
-        };
+        let mut p = Pushing::start(&hub);
+        let (first, second) = (p.sent().await, p.sent().await);
 
         // Deferred: both again, from the deferred one.
-        ctl.send(defer()).unwrap();
-        assert_eq!((sent().await, sent().await), (first, second));
+        p.defer(first);
+        assert_eq!((p.sent().await, p.sent().await), (first, second));
 
         // Deferred again, but gone from the queue meanwhile: the peer would
         // wait for it for ever, so the session ends and starts afresh.
-        hub.queue_reject(&queue, first, Code::DataLoss as i32, "cannot load")
+        hub.queue_reject("child:nghean", first, Code::DataLoss as i32, "cannot load")
             .unwrap();
-        ctl.send(defer()).unwrap();
-        let ended = tokio::select! {
-            f = frames.recv() => match f.and_then(|f| f.frame) {
-                Some(Frame::Transfer(t)) => panic!(
-                    "sent transfer {} while the peer waits for {first}, which is gone",
-                    t.seq
-                ),
-                _ => pushing.await.unwrap(),
-            },
-            r = &mut pushing => r.unwrap(),
-        };
+        p.defer(first);
+        let ended = p.ended(first).await;
         assert!(
             matches!(&ended, Err(LinkError::Resync(why)) if why.contains(&format!("transfer {first}"))),
+            "{ended:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sender_starts_again_when_the_transfer_its_peer_waits_for_cannot_be_loaded() {
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let one = f.with_attachment(&hub, b"phu luc mot");
+        let its_file = one.attachments[0];
+        let two = f.with_attachment(&hub, b"phu luc hai");
+        hub.accept_batch(
+            vec![(one, None), (two, None)],
+            &Origin::Child("vpcp".parse().unwrap()),
+        )
+        .unwrap();
+        let mut p = Pushing::start(&hub);
+        let first = p.sent().await;
+        p.sent().await;
+
+        // Deferred, and its attachment gone meanwhile: the resend cannot load
+        // it, so it goes to dead letters and the session starts afresh.
+        hub.blobs.remove(&its_file).unwrap();
+        p.defer(first);
+        let ended = p.ended(first).await;
+        assert!(
+            matches!(&ended, Err(LinkError::Resync(why)) if why.contains("could not be loaded again")),
             "{ended:?}"
         );
     }

@@ -5339,6 +5339,29 @@ pub(crate) mod testing {
             envelope::verify(env, &self.verifiers(), &Limits::default(), UnixTime::now()).unwrap()
         }
 
+        /// A document from G22 to H41 naming `data` as its attachment, stored
+        /// on `node` first.
+        pub fn with_attachment(&self, node: &NodeState, data: &[u8]) -> Verified {
+            let d = node.blobs.put(data).unwrap();
+            let header = pb::Header {
+                format_version: envelope::FORMAT_VERSION,
+                doc_id: DocId::new_v7().to_string(),
+                kind: pb::Kind::Document as i32,
+                from: "000.00.00.G22".into(),
+                to: vec!["000.00.00.H41".into()],
+                subject: "Phụ lục".into(),
+                attachments: vec![pb::AttachmentRef {
+                    name: "phu-luc.pdf".into(),
+                    content_type: "application/pdf".into(),
+                    size: data.len() as u64,
+                    sha256: d.0.to_vec(),
+                }],
+                ..Default::default()
+            };
+            let env = envelope::seal(&header, &self.signer("000.00.00.G22")).unwrap();
+            envelope::verify(env, &self.verifiers(), &Limits::default(), UnixTime::now()).unwrap()
+        }
+
         pub fn verifiers(&self) -> Verifiers {
             Verifiers {
                 agencies: self.ca.signature_verifier().unwrap(),
@@ -5520,24 +5543,7 @@ mod tests {
     }
 
     fn with_attachment(f: &Fixture, hub: &NodeState, data: &[u8]) -> Verified {
-        let d = hub.blobs.put(data).unwrap();
-        let header = pb::Header {
-            format_version: envelope::FORMAT_VERSION,
-            doc_id: DocId::new_v7().to_string(),
-            kind: pb::Kind::Document as i32,
-            from: "000.00.00.G22".into(),
-            to: vec!["000.00.00.H41".into()],
-            subject: "Phụ lục".into(),
-            attachments: vec![pb::AttachmentRef {
-                name: "phu-luc.pdf".into(),
-                content_type: "application/pdf".into(),
-                size: data.len() as u64,
-                sha256: d.0.to_vec(),
-            }],
-            ..Default::default()
-        };
-        let env = envelope::seal(&header, &f.signer("000.00.00.G22")).unwrap();
-        envelope::verify(env, &f.verifiers(), &Limits::default(), UnixTime::now()).unwrap()
+        f.with_attachment(hub, data)
     }
 
     /// Statuses are found through their index; a store written before the
