@@ -452,6 +452,13 @@ async fn metrics(State(cx): State<Ctx>, tls: Tls, headers: HeaderMap) -> Respons
     }
 }
 
+/// An error as the REST API answers it (status, stable code, message): not
+/// found is 404, a store that fails is not.
+fn error_json(s: tonic::Status) -> Response {
+    let (status, code) = crate::rest::http_status(s.code());
+    (status, Json(json!({"code": code, "message": s.message()}))).into_response()
+}
+
 /// Everything the dashboard shows, in one document.
 async fn overview(State(cx): State<Ctx>, tls: Tls, headers: HeaderMap) -> Response {
     let caller = authorize!(cx, tls, headers, Role::Viewer);
@@ -485,11 +492,7 @@ async fn overview(State(cx): State<Ctx>, tls: Tls, headers: HeaderMap) -> Respon
     .await;
     match r {
         // The queues could not be read: say so, not "no queues".
-        Ok(Err(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"code": "UNAVAILABLE", "message": format!("queues: {e}")})),
-        )
-            .into_response(),
+        Ok(Err(e)) => error_json(tonic::Status::unavailable(format!("queues: {e}"))),
         Ok(Ok(mut v)) => {
             if let Caller::Operator { name, role, by } = caller {
                 v["operator"] = json!({"name": name, "role": role.as_str(), "by": by});
@@ -527,13 +530,7 @@ async fn trace(
             })).collect::<Vec<_>>(),
         }))
         .into_response(),
-        Ok(Err(e)) => {
-            // The same status and code as the REST API: not found is 404, a
-            // store that fails is not.
-            let s = tonic::Status::from(e);
-            let (status, code) = crate::rest::http_status(s.code());
-            (status, Json(json!({"code": code, "message": s.message()}))).into_response()
-        }
+        Ok(Err(e)) => error_json(tonic::Status::from(e)),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }

@@ -135,33 +135,34 @@ async fn errors(
     if !status.is_client_error() && !status.is_server_error() {
         return r;
     }
-    if let Some(Answered(code, reason)) = r.extensions().get::<Answered>() {
-        crate::agency::note_refusal(&state, "rest", &what, *code, reason);
-        return with_node_retry_hint(&state, r);
-    }
-    let rejected = match status {
-        StatusCode::BAD_REQUEST
-        | StatusCode::UNPROCESSABLE_ENTITY
-        | StatusCode::UNSUPPORTED_MEDIA_TYPE => Status::invalid_argument,
-        StatusCode::PAYLOAD_TOO_LARGE => Status::resource_exhausted,
-        // No such route (a handler's own 404 is an ApiError, answered above).
-        StatusCode::NOT_FOUND => Status::not_found,
-        _ => return r,
-    };
-    let text = axum::body::to_bytes(r.into_body(), 64 << 10)
-        .await
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let text = if text.is_empty() {
-        format!("no route for {what}")
+    let r = if r.extensions().get::<Answered>().is_some() {
+        r
     } else {
-        text
+        // axum's own rejection, plain text: the JSON error instead.
+        let rejected = match status {
+            StatusCode::BAD_REQUEST
+            | StatusCode::UNPROCESSABLE_ENTITY
+            | StatusCode::UNSUPPORTED_MEDIA_TYPE => Status::invalid_argument,
+            StatusCode::PAYLOAD_TOO_LARGE => Status::resource_exhausted,
+            // No such route (a handler's own 404 is an ApiError).
+            StatusCode::NOT_FOUND => Status::not_found,
+            _ => return r,
+        };
+        let text = axum::body::to_bytes(r.into_body(), 64 << 10)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let text = if text.is_empty() {
+            format!("no route for {what}")
+        } else {
+            text
+        };
+        ApiError(rejected(text)).into_response()
     };
-    let r = ApiError(rejected(text)).into_response();
     if let Some(Answered(code, reason)) = r.extensions().get::<Answered>() {
         crate::agency::note_refusal(&state, "rest", &what, *code, reason);
     }
-    r
+    with_node_retry_hint(&state, r)
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {

@@ -1000,11 +1000,13 @@ impl NodeState {
         // re-import must not keep it again, for ever): nothing to write. The
         // current ticket covers a keep another import has just applied.
         let done = |s: &Self| -> Result<bool, NodeError> {
+            // The record alone: its envelope is not needed to see a release.
+            let doc = s.doc_record(
+                &Plan::default(),
+                &doc_key(from.as_str(), &doc_id.to_string()),
+            )?;
             Ok(s.store.get(Space::Meta, &key)?.is_some()
-                || s.known_doc(from.as_str(), &doc_id.to_string())
-                    .ok()
-                    .flatten()
-                    .is_some_and(|(rec, _)| rec.released_at_ms != 0))
+                || doc.is_some_and(|d| d.released_at_ms != 0))
         };
         if done(self)? {
             return Ok(self.commit.current());
