@@ -438,6 +438,12 @@ async fn metrics_are_valid_prometheus_text_and_count_what_was_sent() {
         (404, Some("NOT_FOUND")),
         "{body}"
     );
+    let (status, body) = c.rest("vpcp").put_bytes("/v1/documents", b"{}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (405, Some("UNIMPLEMENTED")),
+        "a known route with another method: {body}"
+    );
     let s = scrape(&c, "vpcp");
     let count = |source: &str| -> f64 {
         s.samples
@@ -452,8 +458,8 @@ async fn metrics_are_valid_prometheus_text_and_count_what_was_sent() {
     assert_eq!(count("agency"), 2.0, "the ack of an unknown document");
     assert_eq!(
         count("rest"),
-        2.0,
-        "the malformed body and the unknown route"
+        3.0,
+        "the malformed body, the unknown route and the wrong method"
     );
 
     // `truc stats`: per agency per day, latency percentiles.

@@ -1145,7 +1145,9 @@ pub fn note_refusal(state: &NodeState, source: &str, what: &str, code: tonic::Co
     use tonic::Code::*;
     match code {
         InvalidArgument | NotFound | PermissionDenied | ResourceExhausted | AlreadyExists
-        | FailedPrecondition | Unauthenticated | OutOfRange | Aborted => {
+        | FailedPrecondition | Unauthenticated | OutOfRange | Aborted
+        // A method (or REST verb) this node does not have: the caller's mistake.
+        | Unimplemented => {
             state.telemetry.refused(source, code);
             tracing::warn!(source, what, ?code, %reason, "request refused");
         }

@@ -146,18 +146,34 @@ async fn errors(
             StatusCode::PAYLOAD_TOO_LARGE => Status::resource_exhausted,
             // No such route (a handler's own 404 is an ApiError).
             StatusCode::NOT_FOUND => Status::not_found,
+            // A route without this method: still 405, with its Allow.
+            StatusCode::METHOD_NOT_ALLOWED => Status::unimplemented,
             _ => return r,
         };
+        let allow = r.headers().get(header::ALLOW).cloned();
         let text = axum::body::to_bytes(r.into_body(), 64 << 10)
             .await
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
-        let text = if text.is_empty() {
+        let text = if status == StatusCode::METHOD_NOT_ALLOWED {
+            let allowed = allow.as_ref().and_then(|a| a.to_str().ok());
+            format!(
+                "{what}: method not allowed (allowed: {})",
+                allowed.unwrap_or_default()
+            )
+        } else if text.is_empty() {
             format!("no route for {what}")
         } else {
             text
         };
-        ApiError(rejected(text)).into_response()
+        let mut answer = ApiError(rejected(text)).into_response();
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            *answer.status_mut() = status;
+            if let Some(allow) = allow {
+                answer.headers_mut().insert(header::ALLOW, allow);
+            }
+        }
+        answer
     };
     if let Some(Answered(code, reason)) = r.extensions().get::<Answered>() {
         crate::agency::note_refusal(&state, "rest", &what, *code, reason);
