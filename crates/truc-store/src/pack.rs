@@ -909,6 +909,52 @@ mod tests {
         d
     }
 
+    /// A write the disk cuts short leaves nothing past the pack's end: bytes
+    /// left there, under a shorter record written later over their start, would
+    /// be read at the next start as records. A file size limit (`ulimit -f`,
+    /// with SIGXFSZ ignored so the write fails with EFBIG) plays the full disk,
+    /// in a child process: the limit is the process's.
+    #[test]
+    fn a_write_cut_short_leaves_nothing_past_the_pack_end() {
+        const CHILD: &str = "TRUC_TEST_PACK_FSIZE_DIR";
+        const NAME: &str = "pack::tests::a_write_cut_short_leaves_nothing_past_the_pack_end";
+        if let Some(dir) = std::env::var_os(CHILD) {
+            let dir = Path::new(&dir);
+            let p = Packs::open(dir).unwrap();
+            let big = vec![7u8; 40 << 10];
+            let e = p.put_many(&[(Digest::of(&big), &big)]).unwrap_err();
+            let a = p.lock().active.as_ref().map(|a| (a.id, a.len)).unwrap();
+            assert_eq!(
+                fs::metadata(pack_path(dir, a.0)).unwrap().len(),
+                a.1,
+                "the pack is cut back to its length after: {e}"
+            );
+            eprintln!("refused as it should be: {e}");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = Packs::open(dir.path()).unwrap();
+        put(&p, b"the first document");
+        drop(p);
+        // 2 KiB: far below the 40 KiB record, above any pack's header.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "trap '' XFSZ; ulimit -f 4; exec \"$0\" \"$@\""])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+            .env(CHILD, dir.path())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{said}");
+        assert!(said.contains("refused as it should be"), "{said}");
+        // And the node starts on what is there: the first blob, whole.
+        let p = Packs::open(dir.path()).unwrap();
+        assert_eq!(p.list().len(), 1);
+        put(&p, b"after the disk was freed");
+        drop(p);
+        assert_eq!(Packs::open(dir.path()).unwrap().list().len(), 2);
+    }
+
     #[test]
     fn packed_blobs_survive_a_reopen_and_read_back_checked() {
         let dir = tempfile::tempdir().unwrap();
