@@ -554,15 +554,17 @@ impl Agency for AgencyService {
         let chunk = self.state.limits.max_message_bytes.min(256 << 10);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let mut offset = r.offset;
+        let state = self.state.clone();
         tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
             while offset < size {
                 let len = ((size - offset) as usize).min(chunk);
                 let mut data = vec![0u8; len];
                 if let Err(e) = file.read_exact(&mut data).await {
-                    let _ = tx
-                        .send(Err(Status::internal(format!("read {name}: {e}"))))
-                        .await;
+                    // Past the answer's headers: logged here, where it happens.
+                    let s = Status::internal(format!("read {name} of {doc_id} at {offset}: {e}"));
+                    note_refusal(&state, "agency", "GetAttachment", s.code(), s.message());
+                    let _ = tx.send(Err(s)).await;
                     return;
                 }
                 if tx
