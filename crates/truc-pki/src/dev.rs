@@ -272,6 +272,32 @@ mod tests {
         ca.signature_verifier().unwrap()
     }
 
+    /// A revocation list file with no list in it is refused: an empty set
+    /// would check no revocation at all. DER files, as CAs publish them, load.
+    #[test]
+    fn a_crl_file_without_a_crl_is_refused_and_der_loads() {
+        let ca = DevCa::generate("transport").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pem = ca.crl(&[vec![1, 2, 3]]).unwrap();
+        let path = dir.path().join("ca.crl");
+        std::fs::write(&path, &pem).unwrap();
+        assert_eq!(crate::load_crls(&path).unwrap().len(), 1);
+        let der = rustls::pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes())
+            .unwrap();
+        std::fs::write(&path, der.as_ref()).unwrap();
+        let loaded = crate::load_crls(&path).unwrap();
+        assert_eq!(loaded, vec![der]);
+        assert_eq!(
+            crate::identity::revoked_serials(&loaded[0]).unwrap(),
+            vec![vec![1, 2, 3]]
+        );
+        for not_a_crl in ["", "# the CRL goes here\n", &pem[..pem.len() / 2]] {
+            std::fs::write(&path, not_a_crl).unwrap();
+            let e = crate::load_crls(&path).unwrap_err().to_string();
+            assert!(e.contains("ca.crl"), "{e}");
+        }
+    }
+
     #[test]
     fn node_certificates_name_their_node() {
         let ca = DevCa::generate("transport").unwrap();

@@ -99,13 +99,27 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, PkiError> {
     })
 }
 
-/// Loads every CRL of a PEM file.
+/// Loads every CRL of a PEM file, or the one CRL of a DER file (as CAs
+/// publish them). A file with none is an error, not an empty list: an empty
+/// list would check no revocation at all (a wrong file, or one caught
+/// half-rewritten).
 pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, PkiError> {
     let bytes = read(path)?;
-    CertificateRevocationListDer::pem_slice_iter(&bytes)
+    // DER: one ASN.1 SEQUENCE. PEM is text and never starts with 0x30.
+    if bytes.first() == Some(&0x30) {
+        return Ok(vec![CertificateRevocationListDer::from(bytes)]);
+    }
+    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| PkiError::BadPem {
             path: path.to_owned(),
             reason: e.to_string(),
-        })
+        })?;
+    if crls.is_empty() {
+        return Err(PkiError::NoPem {
+            path: path.to_owned(),
+            what: "certificate revocation list",
+        });
+    }
+    Ok(crls)
 }
