@@ -360,6 +360,28 @@ async fn metrics_are_valid_prometheus_text_and_count_what_was_sent() {
             > 1.7e9
     );
     assert!(sample(&s, "truc_fsync_duration_seconds", &[]).unwrap() >= 1.0);
+    // Histograms as Prometheus reads them: cumulative buckets, the last one
+    // +Inf and equal to the count (a p99 panel reads nonsense otherwise).
+    for h in [
+        "truc_fsync_duration_seconds",
+        "truc_delivery_latency_seconds",
+    ] {
+        let buckets = s
+            .samples
+            .iter()
+            .find_map(|m| match (&m.value, m.metric == h) {
+                (prometheus_parse::Value::Histogram(b), true) => Some(b.clone()),
+                _ => None,
+            })
+            .unwrap();
+        let count = sample(&s, &format!("{h}_count"), &[]).unwrap();
+        let last = buckets.last().unwrap();
+        assert_eq!((last.less_than, last.count), (f64::INFINITY, count), "{h}");
+        assert!(
+            buckets.windows(2).all(|w| w[0].count <= w[1].count),
+            "{h}: {buckets:?}"
+        );
+    }
     assert_eq!(sample(&s, "truc_store_writable", &[]), Some(1.0));
     // Public-key work is counted where it happens: the sender signed five
     // envelopes (a signature it has just made is not checked again), then

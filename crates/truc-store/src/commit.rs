@@ -58,18 +58,20 @@ impl CommitStats {
         self.flush_buckets[i].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// (sum of seconds, count, cumulative buckets) as Prometheus wants them.
+    /// (sum of seconds, count, per-bucket counts) as prometheus-client's
+    /// `encode_histogram` takes them: each bucket's own count (the encoder
+    /// adds them up), the last one's bound `f64::MAX` (written `+Inf`).
     pub fn flush_histogram(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        let mut cum = 0;
+        let mut count = 0;
         let mut buckets = Vec::with_capacity(FLUSH_BUCKETS.len() + 1);
-        for (i, b) in FLUSH_BUCKETS.iter().enumerate() {
-            cum += self.flush_buckets[i].load(Ordering::Relaxed);
-            buckets.push((*b, cum));
+        let bounds = FLUSH_BUCKETS.iter().copied().chain([f64::MAX]);
+        for (bound, n) in bounds.zip(&self.flush_buckets) {
+            let n = n.load(Ordering::Relaxed);
+            count += n;
+            buckets.push((bound, n));
         }
-        cum += self.flush_buckets[FLUSH_BUCKETS.len()].load(Ordering::Relaxed);
-        buckets.push((f64::INFINITY, cum));
         let sum = self.flush_micros_total.load(Ordering::Relaxed) as f64 / 1e6;
-        (sum, cum, buckets)
+        (sum, count, buckets)
     }
 }
 
