@@ -338,6 +338,7 @@ async fn control(f: Frame, cx: &Ctx) -> Result<(), LinkError> {
         Frame::Report(r) if !peer_is_parent => {
             let mut nodes = r.nodes;
             nodes.truncate(MAX_REPORTED_NODES);
+            let nodes = state.trusted_report(&cx.peer, nodes);
             state.telemetry.set_report(&cx.peer, nodes);
         }
         Frame::Report(_) => {

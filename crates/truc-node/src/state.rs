@@ -9,7 +9,7 @@
 //! batch. Callers acknowledge only after [`NodeState::durable`].
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     sync::{
         Arc, Mutex, MutexGuard, RwLock,
         atomic::{AtomicU64, Ordering},
@@ -725,6 +725,9 @@ pub struct Parts {
     pub parent: Option<NodeId>,
 }
 
+/// The longest free-text field (role, link, version) kept of a child's report.
+pub const REPORT_TEXT: usize = 64;
+
 impl NodeState {
     /// Opens the state: reads counters and the audit head back from the store.
     pub fn new(p: Parts) -> Result<Arc<Self>, NodeError> {
@@ -1189,6 +1192,66 @@ impl NodeState {
             "directory updated from parent"
         );
         Ok(())
+    }
+
+    /// What of a child's report may be shown and alerted on: the child itself
+    /// first, then nodes that form a tree below it. A node name that is not a
+    /// node id, this node, its parent, another child or a node the directory
+    /// places below another child, a node twice, or a parent not reported
+    /// before it, is left out (a report is the child's word, and its names
+    /// become metric labels and the dashboard's tree). Free-text fields are
+    /// cut to [`REPORT_TEXT`] characters.
+    pub fn trusted_report(&self, child: &NodeId, nodes: Vec<pb::NodeView>) -> Vec<pb::NodeView> {
+        let routing = self.routing();
+        let dir = self.directory();
+        // Nodes the directory places below another child.
+        let below_others: HashSet<&str> = dir
+            .entries
+            .values()
+            .filter(|e| {
+                e.organ
+                    .parse::<OrganId>()
+                    .ok()
+                    .and_then(|o| routing.child_of(&o).cloned())
+                    .is_some_and(|c| &c != child)
+            })
+            .map(|e| e.node.as_str())
+            .collect();
+        let elsewhere = |node: &NodeId| {
+            node == &self.node_id
+                || self.parent.as_ref() == Some(node)
+                || (node != child && routing.is_child(node))
+                || below_others.contains(node.as_str())
+        };
+        let mut placed: BTreeSet<String> = BTreeSet::new();
+        let mut out = Vec::new();
+        let mut dropped = 0usize;
+        for (i, mut n) in nodes.into_iter().enumerate() {
+            let ok = match n.node.parse::<NodeId>() {
+                Ok(node) if i == 0 => &node == child,
+                Ok(node) => {
+                    !elsewhere(&node) && !placed.contains(&n.node) && placed.contains(&n.parent)
+                }
+                Err(_) => false,
+            };
+            if !ok {
+                dropped += 1;
+                continue;
+            }
+            for text in [&mut n.role, &mut n.link, &mut n.version] {
+                if let Some((at, _)) = text.char_indices().nth(REPORT_TEXT) {
+                    text.truncate(at);
+                }
+                text.retain(|c| !c.is_control());
+            }
+            n.agencies.retain(|a| a.parse::<OrganId>().is_ok());
+            placed.insert(n.node.clone());
+            out.push(n);
+        }
+        if dropped > 0 {
+            tracing::warn!(peer = %child, dropped, "a child's report names nodes it cannot speak for; those are left out");
+        }
+        out
     }
 
     /// This node and what it knows of the tree below it: agencies per node from the
@@ -5546,6 +5609,62 @@ mod tests {
 
     fn with_attachment(f: &Fixture, hub: &NodeState, data: &[u8]) -> Verified {
         f.with_attachment(hub, data)
+    }
+
+    /// A child's report is its word: only nodes that form a tree below it are
+    /// kept, so it cannot speak for the hub, its siblings or itself twice, nor
+    /// put a name that is no node id into a metric label or the dashboard.
+    #[test]
+    fn a_childs_report_keeps_only_the_tree_below_it() {
+        let f = Fixture::new();
+        let hub = f.hub_with(
+            Arc::new(MemoryStore::new()),
+            &[
+                ("000.00.00.G22", "vpcp"),
+                ("000.00.00.H41", "nghean"),
+                ("000.00.00.H47", "quangnam"),
+            ],
+        );
+        let view = |node: &str, parent: &str| pb::NodeView {
+            node: node.into(),
+            parent: parent.into(),
+            link: "down".into(),
+            down_since_ms: 1,
+            ..Default::default()
+        };
+        let quangnam: NodeId = "quangnam".parse().unwrap();
+        let long = "v".repeat(1000);
+        let report = vec![
+            pb::NodeView {
+                version: long.clone(),
+                ..view("quangnam", "")
+            },
+            view("duyxuyen", "quangnam"),
+            view("x\"} 1\ntruc_fake 1", "quangnam"),
+            view("vpcp", "quangnam"),
+            view("hub", "quangnam"),
+            view("quangnam", "duyxuyen"),
+            view("duyxuyen", "quangnam"),
+            view("xaduy", "nowhere"),
+            view("xaduy", "duyxuyen"),
+        ];
+        let kept = hub.trusted_report(&quangnam, report);
+        assert_eq!(
+            kept.iter()
+                .map(|n| (n.node.as_str(), n.parent.as_str()))
+                .collect::<Vec<_>>(),
+            vec![
+                ("quangnam", ""),
+                ("duyxuyen", "quangnam"),
+                ("xaduy", "duyxuyen")
+            ]
+        );
+        assert_eq!(kept[0].version.len(), REPORT_TEXT);
+        // A report that does not start with the child itself keeps nothing.
+        assert!(
+            hub.trusted_report(&quangnam, vec![view("vpcp", ""), view("a", "vpcp")])
+                .is_empty()
+        );
     }
 
     /// Statuses are found through their index; a store written before the
