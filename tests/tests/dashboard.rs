@@ -141,5 +141,15 @@ fn the_dashboard_shows_the_federation_live_and_finds_a_trace() {
         "document.querySelector('[data-i18n=\"tree\"]').textContent === 'Federation'",
     );
     b.screenshot(&shots.join("3-down-and-trace-en.png"));
+
+    // The hub itself stops: the page says what it shows is out of date,
+    // instead of showing the last numbers as if they were live.
+    c.stop("hub");
+    b.wait_for(
+        "the out-of-date banner",
+        "(() => { const s = document.getElementById('stale'); \
+         return !s.hidden && document.body.classList.contains('is-stale') ? s.textContent : ''; })()",
+    );
+    b.screenshot(&shots.join("4-hub-stopped.png"));
     eprintln!("dashboard screenshots: {}", shots.display());
 }

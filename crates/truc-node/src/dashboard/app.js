@@ -19,6 +19,7 @@ const I18N = {
     overdue_k: "quá hạn", link_down_k: "mất kết nối", cert_expiry_k: "chứng thư sắp hết hạn",
     disk_k: "đĩa đầy", audit_k: "nhật ký kiểm toán", store_k: "kho lưu trữ",
     collecting: "Đang thu thập số liệu (mỗi 2 giây)…",
+    stale: "Số liệu dưới đây đã cũ, nút không trả lời được", timeout: "quá 10 giây không có trả lời",
   },
   en: {
     alerts: "Alerts", tree: "Federation", throughput: "Throughput (documents/s)",
@@ -35,6 +36,7 @@ const I18N = {
     overdue_k: "overdue", link_down_k: "link down", cert_expiry_k: "certificate expiry",
     disk_k: "disk", audit_k: "audit chain", store_k: "store",
     collecting: "Collecting samples (every 2 seconds)…",
+    stale: "What is shown below is out of date: the node cannot answer", timeout: "no answer within 10 s",
   },
 };
 
@@ -207,18 +209,47 @@ function render(v) {
   });
 }
 
+// What is on screen is old: say so above everything and grey it out, until
+// an answer comes again.
+function stale(why) {
+  const b = $("stale");
+  if (why) {
+    b.textContent = `${t("stale")}: ${why}`;
+    b.hidden = false;
+    document.body.classList.add("is-stale");
+  } else {
+    b.hidden = true;
+    document.body.classList.remove("is-stale");
+  }
+}
+
+const POLL_MS = 2000;
+const TIMEOUT_MS = 10000;
+
+// One request at a time: the next poll is planned when this one is over, so
+// a slow node is not sent more while it is still answering.
 async function poll() {
   try {
-    const r = await fetch("/api/overview", { credentials: "same-origin", cache: "no-store" });
+    const r = await fetch("/api/overview", {
+      credentials: "same-origin", cache: "no-store", signal: AbortSignal.timeout(TIMEOUT_MS),
+    });
     if (r.status === 401 || r.status === 403) {
       location.reload();
       return;
     }
-    if (r.ok) render(await r.json());
+    if (r.ok) {
+      render(await r.json());
+      stale(null);
+    } else {
+      const v = await r.json().catch(() => ({}));
+      stale(`${r.status} ${v.message || r.statusText}`);
+    }
     // The trace on screen stays live: steps still to come show up.
     await loadTrace();
   } catch (e) {
-    $("updated").textContent = String(e);
+    stale(e.name === "TimeoutError" ? t("timeout") : String(e));
+  } finally {
+    setTimeout(poll, POLL_MS);
   }
 }
 
@@ -228,7 +259,9 @@ let traceId = null;
 async function loadTrace() {
   const id = traceId;
   if (!id) return;
-  const r = await fetch("/api/trace/" + encodeURIComponent(id), { credentials: "same-origin", cache: "no-store" });
+  const r = await fetch("/api/trace/" + encodeURIComponent(id), {
+    credentials: "same-origin", cache: "no-store", signal: AbortSignal.timeout(TIMEOUT_MS),
+  });
   const v = await r.json();
   if (id !== traceId) return;
   lastTrace = { ok: r.ok, v };
@@ -270,5 +303,4 @@ document.addEventListener("DOMContentLoaded", () => {
   $("search").addEventListener("submit", search);
   applyLang();
   poll();
-  setInterval(poll, 2000);
 });
