@@ -544,6 +544,8 @@ impl RunningNode {
             let mut s = stop_rx.clone();
             tasks.spawn(tracing::Instrument::instrument(async move {
                 let mut tick = tokio::time::interval(SAMPLE_EVERY);
+                // After a long audit check, no burst of samples a moment apart.
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 let mut last_audit: Option<std::time::Instant> = None;
                 loop {
                     tokio::select! {
@@ -565,17 +567,33 @@ impl RunningNode {
                             crate::audit::verify(st2.store().as_ref())
                         })
                         .await;
-                        if let Ok(Ok(r)) = r {
-                            if let Some((seq, why)) = &r.first_bad {
-                                tracing::error!(entry = seq, reason = %why, "audit chain does not verify");
-                            }
-                            st.telemetry.set_audit(crate::telemetry::AuditStatus {
+                        // Not checked is not intact: the last "ok" would
+                        // stand for a chain nobody could read.
+                        let unchecked = |why: String| {
+                            tracing::error!(reason = %why, "audit chain cannot be checked");
+                            crate::telemetry::AuditStatus {
                                 checked_at_ms: crate::state::now_ms(),
-                                entries: r.entries,
-                                ok: r.first_bad.is_none(),
-                                reason: r.first_bad.map(|(s, w)| format!("entry {s}: {w}")).unwrap_or_default(),
-                            });
-                        }
+                                entries: st.telemetry.audit().map_or(0, |a| a.entries),
+                                ok: false,
+                                reason: format!("cannot be checked: {why}"),
+                            }
+                        };
+                        let status = match r {
+                            Ok(Ok(r)) => {
+                                if let Some((seq, why)) = &r.first_bad {
+                                    tracing::error!(entry = seq, reason = %why, "audit chain does not verify");
+                                }
+                                crate::telemetry::AuditStatus {
+                                    checked_at_ms: crate::state::now_ms(),
+                                    entries: r.entries,
+                                    ok: r.first_bad.is_none(),
+                                    reason: r.first_bad.map(|(s, w)| format!("entry {s}: {w}")).unwrap_or_default(),
+                                }
+                            }
+                            Ok(Err(e)) => unchecked(e.to_string()),
+                            Err(e) => unchecked(e.to_string()),
+                        };
+                        st.telemetry.set_audit(status);
                     }
                 }
             }, node_span.clone()));
