@@ -175,6 +175,9 @@ pub fn base(store: &dyn Store) -> Result<(u64, [u8; 32]), StoreError> {
     seq_and_hash(store, &base_key())
 }
 
+/// A head or base record: absent is (0, zeros); anything but 40 bytes is a
+/// corrupt record, not an empty chain (which would verify as intact and be
+/// written over from entry 1).
 fn seq_and_hash(store: &dyn Store, key: &[u8]) -> Result<(u64, [u8; 32]), StoreError> {
     match store.get(Space::Meta, key)? {
         Some(v) if v.len() == 40 => {
@@ -183,8 +186,48 @@ fn seq_and_hash(store: &dyn Store, key: &[u8]) -> Result<(u64, [u8; 32]), StoreE
             h.copy_from_slice(&v[8..]);
             Ok((seq, h))
         }
-        _ => Ok((0, [0u8; 32])),
+        Some(v) => Err(StoreError::Corrupt {
+            space: Space::Meta,
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: format!("an audit chain mark is 40 bytes, this one {}", v.len()),
+        }),
+        None => Ok((0, [0u8; 32])),
     }
+}
+
+/// The last entry stored in the log, whatever the head says: its number and
+/// hash (0 and zeros when there is none).
+pub fn last_stored(store: &dyn Store) -> Result<(u64, [u8; 32]), StoreError> {
+    let Some((k, v)) = store.last(Space::Audit, &[])? else {
+        return Ok((0, [0u8; 32]));
+    };
+    let Some(last) = decode_block(&k, &v)?.pop() else {
+        return Ok((0, [0u8; 32]));
+    };
+    let hash = <[u8; 32]>::try_from(last.hash.as_slice()).map_err(|_| StoreError::Corrupt {
+        space: Space::Audit,
+        key: hex::encode(&k),
+        reason: format!("entry {} has a hash of {} bytes", last.seq, last.hash.len()),
+    })?;
+    Ok((last.seq, hash))
+}
+
+/// Where a node appends its next audit entry after: the head, or the last
+/// stored entry if that is further (a head removed or moved back). Entries
+/// are never written over; the mismatch is logged, and [`verify`] reports it
+/// until the next entry writes the head again.
+pub fn append_point(store: &dyn Store) -> Result<(u64, [u8; 32]), StoreError> {
+    let head = head(store)?;
+    let stored = last_stored(store)?;
+    if stored.0 > head.0 {
+        tracing::error!(
+            head = head.0,
+            last_stored = stored.0,
+            "the audit log holds entries past its head (removed or moved back); going on after the last stored entry"
+        );
+        return Ok(stored);
+    }
+    Ok(head)
 }
 
 pub fn head_value(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
@@ -387,6 +430,27 @@ fn walk(
     })?;
     if let Some(Some(report)) = found {
         return Ok(report);
+    }
+    // Entries past the head: appended since the head was read, or a head
+    // moved back (or removed) to hide them. Only the second leaves the head
+    // as it was.
+    if store
+        .scan(Space::Audit, &[], Some(&entry_key(head_seq)), 1)?
+        .first()
+        .is_some_and(|(k, v)| {
+            trailing_u64(k).is_some_and(|s| s > head_seq)
+                || decode_block(k, v).is_ok_and(|e| e.last().is_some_and(|e| e.seq > head_seq))
+        })
+        && head(store)? == (head_seq, head_hash)
+    {
+        let n = walk.last_seq();
+        return Ok(bad(
+            n.max(head_seq) + 1,
+            format!(
+                "the log holds entries past its head (entry {head_seq}): the head was moved back or removed"
+            ),
+            &walk,
+        ));
     }
     let n = walk.last_seq();
     if n != head_seq {
@@ -708,12 +772,49 @@ mod tests {
         let s = MemoryStore::new();
         write(&s);
         let head_now = head(&s).unwrap();
-        // What a writer adds between the checker reading the head and scanning.
+        // What a writer adds between the checker reading the head and scanning
+        // (its new head with it, as every writer does).
         let mut b = Batch::new();
-        append(&mut b, head_now, 11, vec![draft(11), draft(12)]);
+        let (seq, hash) = append(&mut b, head_now, 11, vec![draft(11), draft(12)]);
+        b.put(Space::Meta, head_key(), head_value(seq, &hash));
         s.apply(b).unwrap();
-        let r = verify(&s).unwrap();
+        let r = walk(&s, base(&s).unwrap(), head_now).unwrap();
         assert_eq!((r.entries, r.first_bad), (10, None));
         assert_eq!(r.head, head_now.1);
+    }
+
+    /// A head moved back, or removed, would hide every entry after it (and a
+    /// node would number its next entries over them): it is named, and a node
+    /// goes on after the last stored entry. A head that is not a head is a
+    /// corrupt record, not an empty chain.
+    #[test]
+    fn a_head_moved_back_or_removed_is_named_and_nothing_is_written_over() {
+        let s = MemoryStore::new();
+        write(&s);
+        let (_, four) = block_of(&s, 4);
+        let four = four.iter().find(|e| e.seq == 4).unwrap();
+        let mut b = Batch::new();
+        b.put(
+            Space::Meta,
+            head_key(),
+            head_value(4, &<[u8; 32]>::try_from(four.hash.as_slice()).unwrap()),
+        );
+        s.apply(b).unwrap();
+        let (_, why) = verify(&s).unwrap().first_bad.unwrap();
+        assert!(why.contains("past its head"), "{why}");
+        assert_eq!(append_point(&s).unwrap().0, 10);
+
+        let mut b = Batch::new();
+        b.delete(Space::Meta, head_key());
+        s.apply(b).unwrap();
+        let (_, why) = verify(&s).unwrap().first_bad.unwrap();
+        assert!(why.contains("past its head"), "{why}");
+        assert_eq!(append_point(&s).unwrap().0, 10);
+
+        let mut b = Batch::new();
+        b.put(Space::Meta, head_key(), vec![0; 8]);
+        s.apply(b).unwrap();
+        assert!(matches!(verify(&s), Err(StoreError::Corrupt { .. })));
+        assert!(append_point(&s).is_err());
     }
 }

@@ -732,7 +732,7 @@ impl NodeState {
     /// Opens the state: reads counters and the audit head back from the store.
     pub fn new(p: Parts) -> Result<Arc<Self>, NodeError> {
         let (events, _) = broadcast::channel(4096);
-        let (audit_seq, audit_head) = audit::head(p.store.as_ref())?;
+        let (audit_seq, audit_head) = audit::append_point(p.store.as_ref())?;
         let mut counts: HashMap<String, i64> = HashMap::new();
         let mut after: Option<Vec<u8>> = None;
         loop {
