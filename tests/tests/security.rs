@@ -83,6 +83,29 @@ async fn a_node_that_is_not_a_child_or_lies_in_hello_is_refused() {
     assert!(err.contains("not a child"), "{err}");
 }
 
+/// A child checks that its parent's certificate names the parent node, not
+/// only a DNS name the parent's id matches: every dev certificate carries
+/// `localhost`, and a CA may put the same host name on several nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_refuses_a_parent_whose_certificate_names_another_node() {
+    let mut c = Cluster::new();
+    c.start("hub");
+    // The hub's certificate is valid for "localhost", but it names node hub.
+    let err = raw_link_to(c.dir.path(), "vpcp", "localhost", &c.hub_addr())
+        .await
+        .err()
+        .expect("a link to the wrong node opened");
+    assert!(
+        err.contains("certificate of node hub, not localhost"),
+        "{err}"
+    );
+    assert!(
+        raw_link_to(c.dir.path(), "vpcp", "hub", &c.hub_addr())
+            .await
+            .is_ok()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_from_another_ca_is_refused_at_the_handshake() {
     let mut c = Cluster::new();

@@ -123,7 +123,8 @@ pub fn tls_incoming(
 }
 
 /// A lazily connecting gRPC channel to `address` over TLS with this node's client
-/// certificate. The server certificate must be valid for `server_name`.
+/// certificate. The server certificate must be valid for `server_name` and
+/// name node `server_name` (`urn:truc:node:`).
 pub fn tls_channel(
     address: &str,
     server_name: &str,
@@ -144,10 +145,12 @@ pub fn tls_channel(
         .initial_stream_window_size(Some(window))
         .initial_connection_window_size(Some(window.saturating_mul(2)))
         .tcp_nodelay(true);
+    let expected = server_name.to_owned();
     let connector = tower::service_fn(move |_uri: http::Uri| {
         let tls = tls.clone();
         let name = name.clone();
         let address = address.clone();
+        let expected = expected.clone();
         async move {
             let addr: SocketAddr = match address.parse() {
                 Ok(a) => a,
@@ -160,7 +163,39 @@ pub fn tls_channel(
             };
             let tcp = TcpStream::connect(addr).await?;
             tcp.set_nodelay(true)?;
-            let stream = TlsConnector::from(tls).connect(name, tcp).await?;
+            let stream = TlsConnector::from(tls).connect(name.clone(), tcp).await?;
+            // The certificate was checked for the DNS name; the node it names
+            // must be the one expected too (a DNS name can be on another
+            // node's certificate: `localhost` is on every dev certificate).
+            let presented = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|leaf| truc_pki::identity::node_id(leaf));
+            match presented {
+                Some(Ok(node)) if node.as_str() == expected => {}
+                Some(Ok(node)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!(
+                            "{address} presented the certificate of node {node}, not {expected}"
+                        ),
+                    ));
+                }
+                Some(Err(e)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!("{address} presented no node certificate for {expected}: {e}"),
+                    ));
+                }
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!("{address} presented no certificate"),
+                    ));
+                }
+            }
             Ok::<_, io::Error>(TokioIo::new(stream))
         }
     });
