@@ -261,6 +261,49 @@ async fn a_child_drops_a_parent_whose_certificate_is_revoked() {
     .await;
 }
 
+/// An agency certificate revoked in the signing CA's list: the hub, having
+/// read the list, refuses the agency's documents even from an edge that has
+/// not (a compromised key cannot be used through a stale edge), the other
+/// agencies' documents still go through, and the edge refuses them itself
+/// once it reads the list (here at its start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_agency_certificate_signs_nothing_that_is_accepted() {
+    let mut c = Cluster::new();
+    c.edit("hub", crl_reload_every(100));
+    for n in ["vpcp", "nghean", "caobang"] {
+        c.edit(n, crl_reload_every(3_600_000));
+    }
+    for n in ["hub", "vpcp", "nghean", "caobang"] {
+        c.start(n);
+    }
+    let before = c.send_from_vpcp(H41, "trước khi thu hồi", &[]);
+    c.wait_delivered("vpcp", &before);
+
+    let out = revoke(&c, G22);
+    assert!(out.contains("signing-ca.crl"), "{out}");
+    c.wait_log("hub", &["signing revocation lists reloaded"]);
+    // vpcp has not read the list: it takes the document, the hub refuses it.
+    let refused = c.send_from_vpcp(H41, "sau khi thu hồi", &[]);
+    c.wait_log("hub", &["CertRevoked"]);
+    let (ok, id) = c.send_as("nghean", H41, H14, "vẫn thông suốt", &[]);
+    assert!(ok, "{id}");
+    c.wait_delivered("nghean", &id);
+    assert!(
+        !inbox(&c, "nghean", H41)
+            .await
+            .iter()
+            .any(|i| i.doc_id == refused),
+        "a document signed with a revoked certificate was delivered"
+    );
+
+    // Read at start: the edge itself refuses to send with the revoked key.
+    c.stop("vpcp");
+    c.start("vpcp");
+    let (ok, out) = c.send_as("vpcp", G22, H41, "sau khi khởi động lại", &[]);
+    assert!(!ok, "sent with a revoked certificate: {out}");
+    assert!(out.contains("CertRevoked"), "{out}");
+}
+
 /// A config edit: the node reads its revocation lists again every `ms`.
 fn crl_reload_every(ms: i64) -> impl FnOnce(&mut toml::Table) {
     move |t| {

@@ -100,7 +100,9 @@ pub struct TlsSection {
     /// This node's certificate (chain), PEM.
     pub cert: PathBuf,
     pub key: PathBuf,
-    /// Certificate revocation lists of the transport CA, PEM.
+    /// Certificate revocation lists of the transport CA, PEM or DER. Node
+    /// signatures (directory changes, receipts a node signs) are checked
+    /// against them too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub crls: Vec<PathBuf>,
     /// How often the CRL files are read again (ms): a new list applies to the next
@@ -118,6 +120,12 @@ fn default_crl_reload_ms() -> u64 {
 pub struct SigningSection {
     /// Signing CA certificate(s), PEM: envelopes must chain to one of them.
     pub ca: PathBuf,
+    /// Certificate revocation lists of the signing CA(s), PEM or DER: a
+    /// revoked agency certificate's documents and receipts are refused at
+    /// every hop. Read again every `tls.crl_reload_ms`. None: no revocation
+    /// check of signers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crls: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -550,6 +558,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub tls: TlsSection,
     pub signing_ca: PathBuf,
+    /// `signing.crls`, resolved.
+    pub signing_crls: Vec<PathBuf>,
     pub listen: Option<String>,
     pub parent: Option<(String, NodeId)>,
     pub agency_api: Option<String>,
@@ -653,6 +663,12 @@ impl Config {
             crl_reload_ms: f.tls.crl_reload_ms.max(100),
         };
         let signing_ca = must_exist("signing.ca", &f.signing.ca)?;
+        let signing_crls = f
+            .signing
+            .crls
+            .iter()
+            .map(|p| must_exist("signing.crls", p))
+            .collect::<Result<_, _>>()?;
         let pdf = PdfSection {
             trust_anchors: if f.pdf.trust_anchors.is_empty() {
                 vec![signing_ca.clone()]
@@ -916,6 +932,7 @@ impl Config {
             data_dir: resolve(&f.data_dir),
             tls,
             signing_ca,
+            signing_crls,
             listen,
             parent,
             agency_api,

@@ -323,7 +323,13 @@ fn check(
         }
         attachments.push(digest(&format!("attachment {:?}", a.name), &a.sha256)?);
     }
-    let total: u64 = header.attachments.iter().map(|a| a.size).sum();
+    // Checked: sizes are the sender's to choose, and where every single size
+    // is allowed (offline checks) a sum could wrap round to a small one.
+    let total = header
+        .attachments
+        .iter()
+        .try_fold(0u64, |t, a| t.checked_add(a.size))
+        .unwrap_or(u64::MAX);
     if total > limits.max_document_bytes {
         return Err(Refusal::over_limit(format!(
             "attachments total {total} bytes, over the limit of {} per document (limits.max_document_bytes)",
@@ -610,6 +616,42 @@ mod tests {
         for ok in ["Quyết định 123.pdf", "phu-luc.xlsx", ".hidden", "a..b.pdf"] {
             assert!(check_attachment_name(ok).is_ok(), "{ok:?}");
         }
+    }
+
+    /// Attachment sizes are the sender's to choose: where any single size is
+    /// allowed (offline checks), their sum must not wrap round to a small one.
+    #[test]
+    fn attachment_sizes_that_overflow_their_total_are_over_the_limit() {
+        let ca = truc_pki::dev::DevCa::generate("signing").unwrap();
+        let verifiers = Verifiers {
+            agencies: ca.signature_verifier().unwrap(),
+            nodes: ca.signature_verifier().unwrap(),
+        };
+        let att = |name: &str, size| pb::AttachmentRef {
+            name: name.into(),
+            size,
+            sha256: vec![7; 32],
+            ..Default::default()
+        };
+        let header = pb::Header {
+            format_version: FORMAT_VERSION,
+            doc_id: truc_core::DocId::new_v7().to_string(),
+            kind: pb::Kind::Document as i32,
+            from: "000.00.00.G22".into(),
+            to: vec!["000.00.00.H41".into()],
+            attachments: vec![att("a.pdf", u64::MAX), att("b.pdf", 2)],
+            ..Default::default()
+        };
+        let limits = Limits {
+            max_attachment_bytes: u64::MAX,
+            ..Limits::default()
+        };
+        let signer = ca
+            .agency_signer(&"000.00.00.G22".parse().unwrap(), "")
+            .unwrap();
+        let env = seal(&header, &signer).unwrap();
+        let err = verify(env, &verifiers, &limits, UnixTime::now()).unwrap_err();
+        assert!(err.reason.contains("max_document_bytes"), "{err:?}");
     }
 
     #[test]

@@ -161,6 +161,10 @@ pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
         agencies: SignatureVerifier::from_file(&config.signing_ca)?,
         nodes: SignatureVerifier::from_file(&config.tls.ca)?,
     };
+    signer_crls(&verifiers.agencies, &config.signing_crls)
+        .map_err(|e| NodeError::Other(format!("signing.crls: {e}")))?;
+    signer_crls(&verifiers.nodes, &config.tls.crls)
+        .map_err(|e| NodeError::Other(format!("tls.crls: {e}")))?;
     crate::state::set_clock_offset_ms(config.test_hooks.clock_offset_ms);
     if !config.test_hooks.is_off() {
         tracing::warn!(hooks = ?config.test_hooks, "test hooks are on: this node misbehaves on purpose");
@@ -718,10 +722,22 @@ impl RunningNode {
             ));
         }
 
+        if !config.signing_crls.is_empty() {
+            tasks.spawn(tracing::Instrument::instrument(
+                reload_signer_crls(
+                    config.signing_crls.clone(),
+                    state.verifiers.agencies.clone(),
+                    Config::ms(config.tls.crl_reload_ms),
+                    stop_rx.clone(),
+                ),
+                node_span.clone(),
+            ));
+        }
         if !config.tls.crls.is_empty() {
             tasks.spawn(tracing::Instrument::instrument(
                 reload_crls(
                     config.tls.clone(),
+                    state.verifiers.nodes.clone(),
                     Reloaded {
                         link: link_tls_tx,
                         operator: operator_tls_tx,
@@ -827,6 +843,54 @@ impl RunningNode {
     }
 }
 
+/// Checks signers' chains against the revocation lists in `paths` (none: no
+/// check).
+fn signer_crls(
+    verifier: &SignatureVerifier,
+    paths: &[std::path::PathBuf],
+) -> Result<(), truc_pki::PkiError> {
+    let mut crls = Vec::new();
+    for p in paths {
+        crls.extend(truc_pki::load_crls(p)?);
+    }
+    verifier.set_crls(&crls)
+}
+
+/// Reads the signing CA's revocation lists again every `every`; when they
+/// change, signatures are checked against the new ones (a list that cannot be
+/// loaded keeps the previous ones, and says so).
+async fn reload_signer_crls(
+    paths: Vec<std::path::PathBuf>,
+    verifier: SignatureVerifier,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let read_all =
+        || -> Vec<Option<Vec<u8>>> { paths.iter().map(|p| std::fs::read(p).ok()).collect() };
+    let mut seen = read_all();
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = crate::stopped(&mut stop) => return,
+            _ = tick.tick() => {}
+        }
+        let now = read_all();
+        if now == seen {
+            continue;
+        }
+        match signer_crls(&verifier, &paths) {
+            Ok(()) => {
+                seen = now;
+                tracing::warn!("signing revocation lists reloaded");
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "signing revocation lists changed but cannot be loaded; the previous ones stay in force"
+            ),
+        }
+    }
+}
+
 /// Where [`reload_crls`] puts the TLS configurations it rebuilds.
 struct Reloaded {
     link: watch::Sender<Arc<rustls::ServerConfig>>,
@@ -844,6 +908,7 @@ struct Reloaded {
 /// closed: nothing revoked becomes valid again) and says so.
 async fn reload_crls(
     tls: crate::config::TlsSection,
+    node_signatures: SignatureVerifier,
     to: Reloaded,
     links: Option<LinkService>,
     mut stop: watch::Receiver<bool>,
@@ -878,12 +943,23 @@ async fn reload_crls(
                 parent.transpose()?,
             ))
         })();
-        let Ok((link_cfg, operator_cfg, parent_cfg)) = built else {
+        let (link_cfg, operator_cfg, parent_cfg) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "revocation lists changed but the TLS configuration cannot be rebuilt; the previous ones stay in force"
+                );
+                continue;
+            }
+        };
+        if let Err(e) = node_signatures.set_crls(&material.crls) {
             tracing::error!(
-                "revocation lists changed but the TLS configuration cannot be rebuilt; the previous ones stay in force"
+                error = %e,
+                "revocation lists changed but node signatures cannot be checked against them; the previous ones stay in force"
             );
             continue;
-        };
+        }
         let revoked: std::collections::HashSet<Vec<u8>> = material
             .crls
             .iter()

@@ -375,6 +375,50 @@ mod tests {
         );
     }
 
+    /// webpki leaves an end entity's key usage to its caller: an agency's
+    /// encryption-only certificate (same name, same CA) signs nothing.
+    #[test]
+    fn a_certificate_whose_key_usage_is_not_signing_signs_nothing() {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        let ca = DevCa::generate("signing").unwrap();
+        let o = organ("000.00.00.G22");
+        let mut p = params("encryption only", LEAF_DAYS).unwrap();
+        p.subject_alt_names = vec![uri(format!("{ORGAN_URN}{o}")).unwrap()];
+        p.key_usages = vec![KeyUsagePurpose::KeyEncipherment];
+        let issued = ca.issue(p).unwrap();
+        let signer = crate::sign::Signer::from_der(
+            &o,
+            vec![CertificateDer::from(issued.cert_der)],
+            PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let sig = signer.sign(b"header bytes").unwrap();
+        let err = verifier(&ca)
+            .verify(
+                b"header bytes",
+                &sig.bytes,
+                sig.algorithm,
+                &sig.chain,
+                UnixTime::now(),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&err, VerifyError::Untrusted(why) if why.contains("key usage")),
+            "{err}"
+        );
+        // The same agency with a signing certificate is fine.
+        let sig = signer_ok(&ca, &o);
+        assert!(
+            verifier(&ca)
+                .verify(b"x", &sig.bytes, sig.algorithm, &sig.chain, UnixTime::now())
+                .is_ok()
+        );
+    }
+
+    fn signer_ok(ca: &DevCa, o: &OrganId) -> crate::sign::Signature {
+        signer(ca, o).sign(b"x").unwrap()
+    }
+
     #[test]
     fn a_signer_from_another_ca_is_untrusted() {
         let ca = DevCa::generate("signing").unwrap();

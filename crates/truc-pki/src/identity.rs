@@ -58,6 +58,8 @@ pub struct CertInfo {
     pub not_after: i64,
     /// For operator certificates: the role it grants (viewer when it names none).
     pub role: Option<Role>,
+    /// Its key usage (if it has one) allows digitalSignature or nonRepudiation.
+    pub may_sign: bool,
 }
 
 /// Reads the identity of a DER certificate. Fails if it names none or several.
@@ -66,7 +68,13 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, PkiError> {
         .map_err(|e| PkiError::BadCertificate(format!("cannot parse: {e}")))?;
     let mut found = Vec::new();
     let mut roles = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
+    let san = cert.subject_alternative_name().map_err(|e| {
+        PkiError::BadCertificate(format!(
+            "{}: unreadable subject alternative names: {e}",
+            cert.subject()
+        ))
+    })?;
+    if let Some(san) = san {
         for name in &san.value.general_names {
             if let GeneralName::URI(uri) = name {
                 if let Some(r) = uri.strip_prefix(ROLE_URN) {
@@ -110,11 +118,22 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, PkiError> {
             )));
         }
     };
+    let may_sign = match cert.key_usage() {
+        Ok(Some(ku)) => ku.value.digital_signature() || ku.value.non_repudiation(),
+        Ok(None) => true,
+        Err(e) => {
+            return Err(PkiError::BadCertificate(format!(
+                "{}: unreadable key usage: {e}",
+                cert.subject()
+            )));
+        }
+    };
     Ok(CertInfo {
         identity,
         subject: cert.subject().to_string(),
         not_after: cert.validity().not_after.timestamp(),
         role,
+        may_sign,
     })
 }
 

@@ -8,7 +8,7 @@ use std::{
     collections::HashMap,
     path::Path,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -17,9 +17,11 @@ use ring::{
     rand::SystemRandom,
     signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair},
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, TrustAnchor, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, TrustAnchor, UnixTime,
+};
 use truc_core::OrganId;
-use webpki::{EndEntityCert, KeyPurposeIdIter};
+use webpki::{CertRevocationList, EndEntityCert, KeyPurposeIdIter};
 
 use crate::{
     PkiError,
@@ -75,7 +77,7 @@ pub enum Algorithm {
 pub enum VerifyError {
     #[error("no signer certificate")]
     NoSigner,
-    #[error("unsupported signature algorithm")]
+    #[error("unsupported signature algorithm, or one that does not fit the signer's key")]
     UnsupportedAlgorithm,
     #[error("signer certificate is malformed: {0}")]
     MalformedCertificate(String),
@@ -274,7 +276,15 @@ pub struct SignatureVerifier {
     anchors: Arc<Vec<TrustAnchor<'static>>>,
     cache: Arc<Mutex<VerifiedCache>>,
     counter: SignatureCounter,
+    /// Revocation lists the signers' chains are checked against (none: no
+    /// revocation check). Shared by clones, replaced by [`Self::set_crls`].
+    crls: Arc<RwLock<Arc<Vec<CertRevocationList<'static>>>>>,
 }
+
+/// How long a chain checked against revocation lists stays cached: a list
+/// past its next update must fail closed soon after, not at the certificate's
+/// end.
+const REVOCATION_CACHE_SECS: u64 = 60;
 
 impl std::fmt::Debug for SignatureVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -299,7 +309,34 @@ impl SignatureVerifier {
             anchors: Arc::new(anchors),
             cache: Arc::default(),
             counter: SignatureCounter::default(),
+            crls: Arc::default(),
         })
+    }
+
+    /// Checks signers' chains against `crls` from now on (for every clone of
+    /// this verifier): a revoked certificate's signatures are refused, and so
+    /// are all of them once a list is past its next update (fail closed), as
+    /// on the transport. A certificate whose issuer has no list here is
+    /// refused too. Empty: no revocation check. What was checked before is
+    /// checked again.
+    pub fn set_crls(&self, crls: &[CertificateRevocationListDer<'_>]) -> Result<(), PkiError> {
+        let parsed = crls
+            .iter()
+            .map(|c| webpki::OwnedCertRevocationList::from_der(c).map(CertRevocationList::from))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PkiError::BadCertificate(format!("revocation list: {e:?}")))?;
+        *self.crls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(parsed);
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        Ok(())
+    }
+
+    /// Revocation lists are checked (some are set).
+    pub fn checks_revocation(&self) -> bool {
+        !self
+            .crls
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
     }
 
     /// Counts this verifier's checks in `counter` (its own until then).
@@ -334,7 +371,11 @@ impl SignatureVerifier {
         };
         self.counter.checked();
         leaf.verify_signature(alg, msg, signature)
-            .map_err(|_| VerifyError::BadSignature)?;
+            .map_err(|e| match e {
+                webpki::Error::InvalidSignatureForPublicKey => VerifyError::BadSignature,
+                // The algorithm the envelope names does not fit the key.
+                _ => VerifyError::UnsupportedAlgorithm,
+            })?;
         Ok(verified)
     }
 
@@ -370,18 +411,37 @@ impl SignatureVerifier {
             .iter()
             .map(|c| CertificateDer::from(c.as_slice()))
             .collect();
+        let crls = self.crls.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let crl_refs: Vec<&CertRevocationList<'_>> = crls.iter().collect();
+        // As on the transport: the whole chain, unknown status refused, a
+        // list past its next update refused.
+        let revocation = webpki::RevocationOptionsBuilder::new(&crl_refs)
+            .ok()
+            .map(|b| {
+                b.with_expiration_policy(webpki::ExpirationPolicy::Enforce)
+                    .build()
+            });
         leaf.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
             &self.anchors,
             &intermediates,
             now,
             AnyEku,
-            None,
+            revocation,
             None,
         )
         .map_err(|e| VerifyError::Untrusted(e.to_string()))?;
         let info =
             cert_info(&chain[0]).map_err(|e| VerifyError::MalformedCertificate(e.to_string()))?;
+        // webpki leaves an end entity's key usage to the caller: a key usage
+        // that names neither signing use (an encryption-only certificate)
+        // does not sign documents.
+        if !info.may_sign {
+            return Err(VerifyError::Untrusted(
+                "the certificate's key usage allows neither digitalSignature nor nonRepudiation"
+                    .into(),
+            ));
+        }
         let verified = Verified {
             identity: info.identity,
             subject: info.subject,
@@ -390,7 +450,11 @@ impl SignatureVerifier {
             if cache.len() >= CACHE_LIMIT {
                 cache.clear();
             }
-            cache.insert(cache_key, (verified.clone(), info.not_after.max(0) as u64));
+            let mut until = info.not_after.max(0) as u64;
+            if !crls.is_empty() {
+                until = until.min(now.as_secs() + REVOCATION_CACHE_SECS);
+            }
+            cache.insert(cache_key, (verified.clone(), until));
         }
         Ok(verified)
     }

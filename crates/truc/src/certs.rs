@@ -264,29 +264,52 @@ fn random_token() -> Result<String> {
 pub const CRL_FILE: &str = "transport-ca.crl";
 /// Revoked serial numbers (hex, one per line, `# node` comments kept).
 const REVOKED_FILE: &str = "revoked.txt";
+/// The signing CA's CRL, beside it: revoked agency certificates.
+pub const SIGNING_CRL_FILE: &str = "signing-ca.crl";
+/// Revoked agency certificates' serial numbers, as [`REVOKED_FILE`].
+const SIGNING_REVOKED_FILE: &str = "revoked-agencies.txt";
 
-fn write_crl(out: &Path, transport: &DevCa) -> Result<()> {
-    let serials: Vec<Vec<u8>> = fs::read_to_string(out.join(REVOKED_FILE))
+/// One CA's revocation: its list file and the serials it is written from.
+struct Revocations {
+    crl: &'static str,
+    serials: &'static str,
+}
+
+const TRANSPORT: Revocations = Revocations {
+    crl: CRL_FILE,
+    serials: REVOKED_FILE,
+};
+const SIGNING: Revocations = Revocations {
+    crl: SIGNING_CRL_FILE,
+    serials: SIGNING_REVOKED_FILE,
+};
+
+fn write_crl(out: &Path, ca: &DevCa, which: &Revocations) -> Result<()> {
+    let serials: Vec<Vec<u8>> = fs::read_to_string(out.join(which.serials))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split('#').next())
         .map(str::trim)
         .filter(|l| !l.is_empty())
-        .map(|h| hex::decode(h).with_context(|| format!("{REVOKED_FILE}: {h}")))
+        .map(|h| hex::decode(h).with_context(|| format!("{}: {h}", which.serials)))
         .collect::<Result<_>>()?;
-    let pem = transport.crl(&serials)?;
+    let pem = ca.crl(&serials)?;
     // Nodes read the list while running: replace it whole, never half-written.
-    let path = out.join(CRL_FILE);
-    let tmp = out.join(format!("{CRL_FILE}.new"));
+    let path = out.join(which.crl);
+    let tmp = out.join(format!("{}.new", which.crl));
     fs::write(&tmp, pem).with_context(|| format!("write {}", tmp.display()))?;
     fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))
 }
 
 fn load_transport(out: &Path) -> Result<DevCa> {
-    let cert = fs::read_to_string(out.join("transport-ca.crt"))
+    load_ca(out, "transport-ca")
+}
+
+fn load_ca(out: &Path, name: &str) -> Result<DevCa> {
+    let cert = fs::read_to_string(out.join(format!("{name}.crt")))
         .with_context(|| format!("{}: run truc certs init first", out.display()))?;
-    let key = fs::read_to_string(out.join("transport-ca.key"))
-        .with_context(|| format!("{}/transport-ca.key", out.display()))?;
+    let key = fs::read_to_string(out.join(format!("{name}.key")))
+        .with_context(|| format!("{}/{name}.key", out.display()))?;
     Ok(DevCa::load(&cert, &key)?)
 }
 
@@ -313,29 +336,42 @@ pub fn rotate(out: &Path, node: &str, hostnames: &[String]) -> Result<PathBuf> {
     Ok(crt)
 }
 
-/// Adds `node`'s current certificate to the transport CA's revocation list and
-/// rewrites it; running nodes read it again within `tls.crl_reload_ms`, refuse the
-/// certificate at the next handshake and close a link that uses it (a child
-/// starts its link to its parent again under the new list).
-pub fn revoke(out: &Path, node: &str) -> Result<String> {
-    let transport = load_transport(out)?;
-    let crt = out.join("nodes").join(format!("{node}.crt"));
+/// Adds the current certificate of `name`, a node or an agency, to its CA's
+/// revocation list and rewrites it; returns the serial and the list's path.
+/// Running nodes read the lists again within `tls.crl_reload_ms`. A node's
+/// certificate is refused at the next handshake, and a link that uses it is
+/// closed (a child starts its link to its parent again under the new list).
+/// An agency's signatures are refused from then on at every hop.
+pub fn revoke(out: &Path, name: &str) -> Result<(String, PathBuf)> {
+    let node_crt = out.join("nodes").join(format!("{name}.crt"));
+    let agency_crt = out.join("agencies").join(format!("{name}.crt"));
+    let (ca, which, crt) = if node_crt.exists() {
+        (load_transport(out)?, TRANSPORT, node_crt)
+    } else if agency_crt.exists() {
+        (load_ca(out, "signing-ca")?, SIGNING, agency_crt)
+    } else {
+        bail!(
+            "{name} is neither a node ({}) nor an agency ({}) of this PKI",
+            node_crt.display(),
+            agency_crt.display()
+        );
+    };
     let der = truc_pki::load_certs(&crt)?
         .into_iter()
         .next()
         .ok_or_else(|| anyhow::anyhow!("{}: no certificate", crt.display()))?;
     let serial = hex::encode(truc_pki::identity::serial(&der)?);
-    let path = out.join(REVOKED_FILE);
+    let path = out.join(which.serials);
     let mut list = fs::read_to_string(&path).unwrap_or_default();
     if !list
         .lines()
         .any(|l| l.split('#').next().map(str::trim) == Some(serial.as_str()))
     {
-        list.push_str(&format!("{serial} # {node}\n"));
+        list.push_str(&format!("{serial} # {name}\n"));
         fs::write(&path, list).with_context(|| format!("write {}", path.display()))?;
     }
-    write_crl(out, &transport)?;
-    Ok(serial)
+    write_crl(out, &ca, &which)?;
+    Ok((serial, out.join(which.crl)))
 }
 
 /// Creates (or completes) the PKI and writes every node's config.
@@ -357,7 +393,8 @@ pub fn init(out: &Path, topo: &Topology) -> Result<InitReport> {
         "truc signing CA (development)",
         &mut report,
     )?;
-    write_crl(out, &transport)?;
+    write_crl(out, &transport, &TRANSPORT)?;
+    write_crl(out, &signing, &SIGNING)?;
 
     for n in &topo.nodes {
         let id: NodeId = n.id.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -477,6 +514,8 @@ fn node_config(topo: &Topology, n: &TopoNode) -> Result<FileConfig> {
         },
         signing: SigningSection {
             ca: "signing-ca.crt".into(),
+            // `truc certs revoke <agency>` rewrites it.
+            crls: vec![SIGNING_CRL_FILE.into()],
         },
         listen: n.listen.clone().map(|address| ListenSection { address }),
         health: n

@@ -498,11 +498,13 @@ enum CertsCommand {
         out: PathBuf,
         node: String,
     },
-    /// Revoke a node's current certificate: it goes into transport-ca.crl, which
-    /// running nodes read again every `tls.crl_reload_ms` (and at start).
+    /// Revoke the current certificate of a node (into transport-ca.crl) or of
+    /// an agency (into signing-ca.crl); running nodes read the lists again
+    /// every `tls.crl_reload_ms` (and at start).
     Revoke {
         #[arg(long)]
         out: PathBuf,
+        /// A node id (`hub`) or an agency code (`000.00.00.G22`).
         node: String,
     },
 }
@@ -556,10 +558,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Certs {
             command: CertsCommand::Revoke { out, node },
         } => {
-            let serial = certs::revoke(&out, &node)?;
+            let (serial, crl) = certs::revoke(&out, &node)?;
             println!(
-                "serial {serial} of {node} revoked in {}; nodes refuse it once they reload the list (tls.crl_reload_ms; truc certs rotate {node} for a new one)",
-                out.join(certs::CRL_FILE).display()
+                "serial {serial} of {node} revoked in {}; nodes refuse it once they reload the list (tls.crl_reload_ms)",
+                crl.display()
             );
             Ok(())
         }
