@@ -76,6 +76,13 @@ fn the_postgresql_store_conforms_and_keeps_flushed_writes() {
         Some(b"bytes".to_vec())
     );
     assert!(store.size_on_disk() > 0);
+
+    // Without its row, a flush would commit nothing and so wait for no WAL:
+    // it says so instead of passing for durable.
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    admin.execute("DELETE FROM truc_flush", &[]).unwrap();
+    let e = store.flush().unwrap_err().to_string();
+    assert!(e.contains("truc_flush"), "{e}");
 }
 
 fn requests(s: &PgStore) -> u64 {

@@ -162,10 +162,26 @@ impl Conn {
     }
 }
 
+/// How long data sent to PostgreSQL may stay unacknowledged before the
+/// connection is given up (`tcp_user_timeout`, unless the URL sets one).
+const PG_TCP_USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Connects, checks the schema version and, unless `lock` is None, takes the
 /// writer lock (calling the standby callback first if it must wait).
 fn connect_checked(url: &str, lock: Standby) -> Result<Client, StoreError> {
-    let mut client = Client::connect(url, NoTls).map_err(pg)?;
+    let mut config: postgres::Config = url.parse().map_err(pg)?;
+    // A connection cut silently (no RST) must fail a commit within seconds,
+    // not after TCP's retransmissions (many minutes, every writer queued
+    // behind it, health still SERVING). Unless the URL says otherwise.
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(PG_TCP_USER_TIMEOUT);
+    }
+    config
+        .keepalives(true)
+        .keepalives_idle(std::time::Duration::from_secs(10))
+        .keepalives_interval(std::time::Duration::from_secs(5))
+        .keepalives_retries(3);
+    let mut client = config.connect(NoTls).map_err(pg)?;
     // Statements are prepared once (parsed once) but planned with their values:
     // a generic plan cannot size the `unnest` arrays of a batch and was seen
     // to join the whole table (bench pg-hub: 0.24× instead of 0.29×).
@@ -618,7 +634,14 @@ impl Store for PgStore {
             let mut tx = c.client.transaction().map_err(pg)?;
             tx.batch_execute("SET LOCAL synchronous_commit = on")
                 .map_err(pg)?;
-            tx.execute(&bump, &[]).map_err(pg)?;
+            // No row bumped, no commit record: the commit would not wait for
+            // the WAL, and acks would follow what is not durable.
+            let bumped = tx.execute(&bump, &[]).map_err(pg)?;
+            if bumped != 1 {
+                return Err(StoreError::Io(format!(
+                    "postgresql table truc_flush has {bumped} rows with id 1, not 1: a flush would make nothing durable (restore it: INSERT INTO truc_flush (id, n) VALUES (1, 0))"
+                )));
+            }
             tx.commit().map_err(pg)
         })
     }
