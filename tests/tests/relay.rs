@@ -172,6 +172,39 @@ async fn every_route_through_a_province_delivers_and_its_own_traffic_stays_insid
     assert_eq!(row("dienban")["agencies"][0], DIENBAN);
 }
 
+/// A district that stays away: its relay gives up at the deadline and signs
+/// the undeliverable notice, which travels up through the hub to a sender
+/// outside the province (the hub takes a relay's own receipts for the
+/// agencies below it, and only those).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_gives_up_on_a_district_tells_a_sender_beyond_the_hub() {
+    let mut c = Cluster::new();
+    c.edit("quangnam", |t| {
+        let mut d = toml::Table::new();
+        d.insert(
+            "deadline_ms".into(),
+            toml::Value::Array((0..5).map(|_| toml::Value::Integer(500)).collect()),
+        );
+        d.insert("sweep_interval_ms".into(), 100.into());
+        t.insert("delivery".into(), d.into());
+    });
+    // dienban never connects.
+    for n in ["hub", "vpcp", "quangnam"] {
+        c.start(n);
+    }
+    let id = send_from(&c, "vpcp", G22, DIENBAN, "Công điện gửi huyện");
+    let v = eventually("the relay's undeliverable notice at the sender", || {
+        let out = c.cli_ok(&["status", "--config", &c.cfg("vpcp"), &id, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let failed = v["recipients"][0]["state"] == "failed";
+        async move { failed.then_some(v) }
+    })
+    .await;
+    let detail = v["recipients"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("undeliverable"), "{v}");
+    c.wait_log("quangnam", &["delivery deadline missed"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_hub_the_province_keeps_delivering_and_the_rest_waits() {
     let mut c = Cluster::new();

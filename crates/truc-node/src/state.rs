@@ -811,6 +811,21 @@ impl NodeState {
             else {
                 continue;
             };
+            // The configuration decides which children there are and binds
+            // its own agencies: a registration through a child no longer
+            // configured, or for an agency the configuration places
+            // elsewhere, would bring back what the operator took away.
+            let bound = routing.child_of(&organ).cloned();
+            if !routing.is_child(&via)
+                || routing.is_local(&organ)
+                || bound.as_ref().is_some_and(|b| b != &via)
+            {
+                tracing::warn!(
+                    %organ, %via, ?bound,
+                    "a stored registration names a child that is not configured, or an agency the configuration places elsewhere; left out"
+                );
+                continue;
+            }
             routing.add_child_organ(organ.clone(), via);
             own.entries.insert(organ, entry);
         }
@@ -2168,6 +2183,27 @@ impl NodeState {
                 }
             }
             (Origin::Child(child), Sender::Node(n)) if v.kind == Kind::Directory && n == child => {}
+            // A relay's own receipt (accepted, undeliverable) for a sender
+            // outside its subtree goes up: it speaks only for recipients
+            // served below it.
+            (Origin::Child(child), Sender::Node(n)) if v.kind == Kind::Receipt && n == child => {
+                let routing = self.routing();
+                let recipients = v.receipt.as_ref().map(|r| r.recipients.as_slice());
+                if let Some(o) = recipients
+                    .unwrap_or_default()
+                    .iter()
+                    .find(|o| routing.child_of(o) != Some(child))
+                {
+                    return Err(Refusal::denied(format!(
+                        "node {child} may not sign a receipt for {o}, which it does not serve"
+                    )));
+                }
+                if recipients.is_none_or(<[OrganId]>::is_empty) {
+                    return Err(Refusal::denied(format!(
+                        "node {child} signed a receipt for no recipient"
+                    )));
+                }
+            }
             (Origin::Child(child), Sender::Node(n)) => {
                 // Receipts signed by nodes travel from a parent down towards senders.
                 return Err(Refusal::denied(format!(
@@ -3867,9 +3903,12 @@ impl NodeState {
             match r.kind {
                 ReceiptType::Accepted if rr.accepted_at_ms == 0 => rr.accepted_at_ms = r.at_ms,
                 ReceiptType::Delivered => {
+                    // Both ends on this node's clock (the receipt's own time
+                    // is the recipient's: an edge running fast would raise
+                    // the latency alert, one running slow hide delays).
                     if rr.delivered_at_ms == 0 && created_at_ms > 0 {
                         self.telemetry
-                            .delivered_after((r.at_ms - created_at_ms).max(0) as f64 / 1000.0);
+                            .delivered_after((now - created_at_ms).max(0) as f64 / 1000.0);
                     }
                     rr.delivered_at_ms = r.at_ms
                 }
@@ -5609,6 +5648,43 @@ mod tests {
 
     fn with_attachment(f: &Fixture, hub: &NodeState, data: &[u8]) -> Verified {
         f.with_attachment(hub, data)
+    }
+
+    /// A registration stored through a child is left out at start once the
+    /// configuration no longer has that child: it would let the removed node
+    /// connect again and send as the agencies registered through it.
+    #[test]
+    fn a_registration_through_a_removed_child_does_not_bring_it_back() {
+        let f = Fixture::new();
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let with_relay = [
+            ("000.00.00.G22", "vpcp"),
+            ("000.00.00.H41", "nghean"),
+            ("000.00.00.H47", "quangnam"),
+        ];
+        let hub = f.hub_with(store.clone(), &with_relay);
+        let district: OrganId = "001.00.10.H47".parse().unwrap();
+        hub.change_directory(envelope::DirectoryFact {
+            remove: false,
+            organ: district.clone(),
+            name: "Huyện Duy Xuyên".into(),
+            parent: Some("000.00.00.H47".parse().unwrap()),
+            node: Some("quangnam".parse().unwrap()),
+        })
+        .unwrap();
+        let quangnam: NodeId = "quangnam".parse().unwrap();
+        assert_eq!(hub.routing().child_of(&district), Some(&quangnam));
+        hub.close().unwrap();
+        drop(hub);
+
+        let hub = f.hub_with(store.clone(), &with_relay);
+        assert_eq!(hub.routing().child_of(&district), Some(&quangnam), "kept");
+        hub.close().unwrap();
+        drop(hub);
+
+        let hub = f.hub_with(store, &with_relay[..2]);
+        assert!(!hub.routing().is_child(&quangnam));
+        assert_eq!(hub.routing().child_of(&district), None);
     }
 
     /// A child's report is its word: only nodes that form a tree below it are
