@@ -206,6 +206,35 @@ fn an_exported_package_verifies_offline_and_a_changed_byte_is_named() {
         "the manifests were made to match:\n{said}"
     );
 
+    // A file added beside the signed attachment, manifests made to match:
+    // the envelope does not name it, so it is no part of the document.
+    let copy = c.path("tampered-added");
+    copy_dir(&pkg, &copy);
+    let forged = copy.join("data/attachments/quyet-dinh.pdf");
+    std::fs::write(&forged, b"%PDF-1.7 not signed by anyone").unwrap();
+    let mut manifest = std::fs::read_to_string(copy.join("manifest-sha256.txt")).unwrap();
+    manifest.push_str(&format!(
+        "{}  data/attachments/quyet-dinh.pdf\n",
+        sha256_hex(&forged)
+    ));
+    std::fs::write(copy.join("manifest-sha256.txt"), manifest).unwrap();
+    let tags = std::fs::read_to_string(copy.join("tagmanifest-sha256.txt"))
+        .unwrap()
+        .replace(&old_m, &sha256_hex(&copy.join("manifest-sha256.txt")));
+    std::fs::write(copy.join("tagmanifest-sha256.txt"), tags).unwrap();
+    let (ok, said) = verify(&c, &copy);
+    assert!(!ok, "an added attachment passed:\n{said}");
+    assert!(
+        said.contains(
+            "data/attachments/quyet-dinh.pdf: an attachment the signed envelope does not name"
+        ),
+        "{said}"
+    );
+    assert!(
+        !said.contains("not in the manifest"),
+        "the manifests were made to match:\n{said}"
+    );
+
     // The recipient's edge exports its own package of the same document.
     let out2 = c.path("archive-nghean");
     export(&c, "nghean", &id, &out2);

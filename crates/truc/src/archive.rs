@@ -537,6 +537,18 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
                 Err(_) => f.fail(&format!("attachment {}", a.name), "missing"),
             }
         }
+        // The manifest is not signed: a file beside the signed ones would
+        // pass for part of the document.
+        for rel in files_under(pkg, &pkg.join("data").join("attachments"))? {
+            let named = d
+                .header
+                .attachments
+                .iter()
+                .any(|a| rel == format!("data/attachments/{}", a.name));
+            if !named {
+                f.fail(&rel, "an attachment the signed envelope does not name");
+            }
+        }
     }
 
     // Receipts and statuses: each signed, each about these exact bytes.
