@@ -5,8 +5,8 @@
 
 const I18N = {
   vi: {
-    alerts: "Cảnh báo", tree: "Mạng liên thông", throughput: "Lưu lượng (văn bản/giây)",
-    accepted: "nhận", delivered: "đã chuyển đến", refused: "từ chối",
+    alerts: "Cảnh báo", tree: "Mạng liên thông", throughput: "Lưu lượng (thông điệp/giây)",
+    accepted: "đã lưu (văn bản, biên nhận, trạng thái)", delivered: "chuyển đến cơ quan tại nút này", refused: "từ chối",
     search: "Tra cứu văn bản", find: "Tìm", queues: "Hàng đợi theo cơ quan",
     agency: "Cơ quan", waiting: "Đang chờ", oldest: "Cũ nhất", overdue: "Văn bản quá hạn",
     from: "Gửi từ", priority: "Độ khẩn", deadline: "Hạn", state: "Trạng thái",
@@ -22,8 +22,8 @@ const I18N = {
     stale: "Số liệu dưới đây đã cũ, nút không trả lời được", timeout: "quá 10 giây không có trả lời",
   },
   en: {
-    alerts: "Alerts", tree: "Federation", throughput: "Throughput (documents/s)",
-    accepted: "accepted", delivered: "delivered", refused: "refused",
+    alerts: "Alerts", tree: "Federation", throughput: "Throughput (messages/s)",
+    accepted: "stored (documents, receipts, statuses)", delivered: "delivered to agencies on this node", refused: "refused",
     search: "Find a document", find: "Find", queues: "Queues per agency",
     agency: "Agency", waiting: "Waiting", oldest: "Oldest", overdue: "Overdue documents",
     from: "From", priority: "Priority", deadline: "Deadline", state: "State",
