@@ -205,6 +205,65 @@ async fn a_relay_that_gives_up_on_a_district_tells_a_sender_beyond_the_hub() {
     c.wait_log("quangnam", &["delivery deadline missed"]);
 }
 
+/// What the hub refuses from a relay's district reaches the district's
+/// sender: the relay, which has no record of the document's sending, gives
+/// it up with a signed undeliverable notice carrying the hub's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_beyond_the_relay_reaches_the_districts_sender() {
+    let mut c = Cluster::new();
+    // The hub takes smaller attachments than the province does.
+    c.edit("hub", |t| {
+        t["limits"]
+            .as_table_mut()
+            .unwrap()
+            .insert("max_attachment_bytes".into(), 1000.into());
+    });
+    for n in ["hub", "vpcp", "quangnam", "duyxuyen"] {
+        c.start(n);
+    }
+    eventually("national directory at the district", || {
+        let out = c.cli_ok(&[
+            "directory",
+            "list",
+            "--config",
+            &c.cfg("duyxuyen"),
+            "--json",
+        ]);
+        async move { out.contains(G22).then_some(()) }
+    })
+    .await;
+    let big = c.path("bao-cao.pdf");
+    std::fs::write(&big, vec![b'x'; 4000]).unwrap();
+    let id = c
+        .cli_ok(&[
+            "send",
+            "--config",
+            &c.cfg("duyxuyen"),
+            "--from",
+            DUYXUYEN,
+            "--to",
+            G22,
+            "--subject",
+            "Báo cáo có phụ lục lớn",
+            "--attach",
+            big.to_str().unwrap(),
+        ])
+        .trim()
+        .to_owned();
+    let v = eventually("the refusal at the district's sender", || {
+        let out = c.cli_ok(&["status", "--config", &c.cfg("duyxuyen"), &id, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let failed = v["recipients"][0]["state"] == "failed";
+        async move { failed.then_some(v) }
+    })
+    .await;
+    let detail = v["recipients"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("undeliverable") && detail.contains("max_attachment_bytes"),
+        "{v}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_hub_the_province_keeps_delivering_and_the_rest_waits() {
     let mut c = Cluster::new();

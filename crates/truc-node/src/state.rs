@@ -4500,7 +4500,7 @@ impl NodeState {
         code: i32,
         reason: &str,
     ) -> Result<(), NodeError> {
-        let w = self.lock();
+        let mut w = self.lock();
         let key = Key::new().str(queue).u64(seq).build();
         let Some(bytes) = self.store.get(Space::Queue, &key)? else {
             return Ok(());
@@ -4508,6 +4508,18 @@ impl NodeState {
         let entry: QueueEntry = record::decode(Space::Queue, &key, &bytes)?;
         let now = now_ms();
         let mut plan = Plan::default();
+        // A sender on this node sees the refusal on its sent record (below);
+        // one elsewhere (a relay's district, a ministry beyond the hub) has
+        // no record here and hears it as this node's signed notice.
+        let local_sender = entry
+            .from
+            .parse::<OrganId>()
+            .is_ok_and(|o| self.routing().is_local(&o));
+        if !local_sender {
+            let code_name = format!("{:?}", Code::from_i32(code));
+            let why = format!("refused by {queue}: {code_name}: {reason}");
+            self.plan_undeliverable(&mut w, &mut plan, &entry, &why, now)?;
+        }
         plan.batch.delete(Space::Queue, key.clone());
         Self::plan_dequeue(&mut plan, queue, &entry);
         self.plan_done_once(&mut plan, &entry.from, &entry.doc_id, now)?;
@@ -4582,6 +4594,38 @@ impl NodeState {
 
     /// Parks documents in the queues of disconnected children that missed their
     /// delivery deadline, and sends each sender a signed UNDELIVERABLE receipt.
+    /// A document this node gives up on for `e`'s recipients: its sender,
+    /// wherever it is, hears it as an undeliverable receipt signed by this
+    /// node (receipts and statuses given up on are not answered).
+    fn plan_undeliverable(
+        &self,
+        w: &mut Writer,
+        plan: &mut Plan,
+        e: &QueueEntry,
+        reason: &str,
+        now: i64,
+    ) -> Result<(), NodeError> {
+        if let (Ok(sender), Ok(id)) = (e.from.parse::<OrganId>(), e.doc_id.parse::<DocId>())
+            && e.kind == pb::Kind::Document as i32
+            && let Some((rec, _)) = self.known_doc(&e.from, &e.doc_id)?
+        {
+            let digest =
+                Digest::from_slice(&rec.header_sha256).ok_or_else(|| internal("stored digest"))?;
+            let recipients: Vec<OrganId> =
+                e.recipients.iter().filter_map(|r| r.parse().ok()).collect();
+            let spec = ReceiptSpec {
+                kind: ReceiptType::Undeliverable,
+                for_from: &sender,
+                for_doc_id: &id,
+                envelope_sha256: &digest,
+                recipients: &recipients,
+                detail: reason,
+            };
+            self.plan_new_receipt(w, plan, &Sender::Node(self.node_id.clone()), &spec, now)?;
+        }
+        Ok(())
+    }
+
     pub fn park_overdue(&self) -> Result<usize, NodeError> {
         let now = now_ms();
         let min_deadline = self.delivery.deadline_ms.iter().copied().min().unwrap_or(0) as i64;
@@ -4641,30 +4685,7 @@ impl NodeState {
                 plan.audit("parked", &e.doc_id, &e.from, reason.clone());
                 tracing::error!(doc_id = %e.doc_id, from = %e.from, recipients = ?e.recipients, %queue,
                     "delivery deadline missed; sender notified, parked for requeue");
-                if let (Ok(sender), Ok(id)) = (e.from.parse::<OrganId>(), e.doc_id.parse::<DocId>())
-                    && let Some((rec, _)) = self.known_doc(&e.from, &e.doc_id)?
-                    && e.kind == pb::Kind::Document as i32
-                {
-                    let digest = Digest::from_slice(&rec.header_sha256)
-                        .ok_or_else(|| internal("stored digest"))?;
-                    let recipients: Vec<OrganId> =
-                        e.recipients.iter().filter_map(|r| r.parse().ok()).collect();
-                    let spec = ReceiptSpec {
-                        kind: ReceiptType::Undeliverable,
-                        for_from: &sender,
-                        for_doc_id: &id,
-                        envelope_sha256: &digest,
-                        recipients: &recipients,
-                        detail: &reason,
-                    };
-                    self.plan_new_receipt(
-                        &mut w,
-                        &mut plan,
-                        &Sender::Node(self.node_id.clone()),
-                        &spec,
-                        now,
-                    )?;
-                }
+                self.plan_undeliverable(&mut w, &mut plan, e, &reason, now)?;
                 parked += 1;
             }
             self.finish(w, plan)?;
