@@ -2302,9 +2302,30 @@ impl NodeState {
     /// fails the whole batch.
     pub fn accept_batch(
         &self,
-        items: Vec<(Verified, Option<Vec<OrganId>>)>,
+        mut items: Vec<(Verified, Option<Vec<OrganId>>)>,
         origin: &Origin,
     ) -> Result<(Vec<Verdict>, Ticket), NodeError> {
+        // A directory change reaches the routing table when its batch is
+        // written: what follows it (a new agency's first document, the
+        // same agency removed again) is planned after that, in a batch of
+        // its own.
+        if let Some(i) = items.iter().position(|(v, _)| v.kind == Kind::Directory)
+            && i + 1 < items.len()
+        {
+            let rest = items.split_off(i + 1);
+            let (mut verdicts, first) = self.accept_batch(items, origin)?;
+            // In order from one peer: after a deferral, everything waits.
+            if let Some(Verdict::Deferred(why)) =
+                verdicts.iter().find(|v| matches!(v, Verdict::Deferred(_)))
+            {
+                let why = why.clone();
+                verdicts.extend(rest.iter().map(|_| Verdict::Deferred(why.clone())));
+                return Ok((verdicts, first));
+            }
+            let (more, second) = self.accept_batch(rest, origin)?;
+            verdicts.extend(more);
+            return Ok((verdicts, first.max(second)));
+        }
         self.prefetch_for(&items);
         let w = self.lock();
         self.accept_locked(w, items, origin, true)
@@ -5438,7 +5459,7 @@ pub(crate) mod testing {
                 .unwrap()
         }
 
-        fn node_signer(&self, node: &str) -> Signer {
+        pub fn node_signer(&self, node: &str) -> Signer {
             let n: NodeId = node.parse().unwrap();
             let issued = self.transport.node_cert(&n, &[]).unwrap();
             Signer::from_der_for(
@@ -5532,6 +5553,20 @@ pub(crate) mod testing {
             node_signer: Option<Signer>,
             store: Arc<dyn Store>,
         ) -> Arc<NodeState> {
+            self.state_granting(id, routing, signers, node_signer, store, HashMap::new())
+        }
+
+        /// [`state`](Self::state) whose children may register agencies
+        /// below the ones `child_grants` gives them.
+        pub fn state_granting(
+            &self,
+            id: &str,
+            routing: RoutingTable,
+            signers: Vec<Signer>,
+            node_signer: Option<Signer>,
+            store: Arc<dyn Store>,
+            child_grants: HashMap<NodeId, truc_core::OrganId>,
+        ) -> Arc<NodeState> {
             NodeState::new(Parts {
                 node_id: id.parse().unwrap(),
                 routing,
@@ -5549,7 +5584,7 @@ pub(crate) mod testing {
                 directory: Directory::default(),
                 storage: self.storage.clone(),
                 grant: None,
-                child_grants: HashMap::new(),
+                child_grants,
                 parent: None,
             })
             .unwrap()
@@ -5669,6 +5704,64 @@ mod tests {
 
     fn with_attachment(f: &Fixture, hub: &NodeState, data: &[u8]) -> Verified {
         f.with_attachment(hub, data)
+    }
+
+    /// A relay's registration of a new agency and that agency's first
+    /// document, taken in one batch: the document is routed by the
+    /// registration before it, not refused for an agency not yet bound.
+    #[test]
+    fn a_new_agencys_first_document_in_its_registrations_batch_is_taken() {
+        let f = Fixture::new();
+        let mut routing = RoutingTable::new(false);
+        routing.add_child_organ(
+            "000.00.00.H47".parse().unwrap(),
+            "quangnam".parse().unwrap(),
+        );
+        routing.add_child_organ("000.00.00.G22".parse().unwrap(), "vpcp".parse().unwrap());
+        let hub = f.state_granting(
+            "hub",
+            routing,
+            vec![],
+            Some(f.node_signer("hub")),
+            Arc::new(MemoryStore::new()),
+            HashMap::from([(
+                "quangnam".parse().unwrap(),
+                "000.00.00.H47".parse().unwrap(),
+            )]),
+        );
+        let district = "001.00.10.H47";
+        let header = pb::Header {
+            format_version: envelope::FORMAT_VERSION,
+            doc_id: DocId::new_v7().to_string(),
+            kind: pb::Kind::Directory as i32,
+            from_node: "quangnam".into(),
+            created_at_ms: now_ms(),
+            directory: Some(pb::DirectoryChanges {
+                changes: vec![pb::DirectoryChange {
+                    remove: false,
+                    organ: district.into(),
+                    name: "Huyện Duy Xuyên".into(),
+                    parent: "000.00.00.H47".into(),
+                    node: "quangnam".into(),
+                }],
+            }),
+            ..Default::default()
+        };
+        let sealed = envelope::seal(&header, &f.node_signer("quangnam")).unwrap();
+        let registration =
+            envelope::verify(sealed, &f.verifiers(), &Limits::default(), UnixTime::now()).unwrap();
+        let first = verified(&f, district, &["000.00.00.G22"]);
+        let g22: OrganId = "000.00.00.G22".parse().unwrap();
+        let (verdicts, _) = hub
+            .accept_batch(
+                vec![(registration, None), (first, Some(vec![g22]))],
+                &child("quangnam"),
+            )
+            .unwrap();
+        assert!(
+            matches!(verdicts[..], [Verdict::Stored, Verdict::Stored]),
+            "{verdicts:?}"
+        );
     }
 
     /// A registration stored through a child is left out at start once the
