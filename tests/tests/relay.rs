@@ -427,9 +427,12 @@ async fn a_relay_registers_inside_its_grant_only_and_everyone_hears_of_it() {
         "003.00.10.H47",
         "Công văn gửi huyện mới đăng ký",
     );
-    eventually("routed to the relay", || {
+    // It reaches the relay and goes on to dienban, which was not configured
+    // to serve the agency (the registration names it, its own config does
+    // not) and refuses it; the sender hears that from the relay.
+    eventually("routed through the relay to dienban", || {
         let v = c.cli_ok(&["status", "--config", &c.cfg("vpcp"), &id, "--json"]);
-        async move { v.contains("\"at hub\"").then_some(()) }
+        async move { v.contains("refused by child:dienban").then_some(()) }
     })
     .await;
 
@@ -464,6 +467,26 @@ async fn a_relay_registers_inside_its_grant_only_and_everyone_hears_of_it() {
         "dienban",
     ]);
     assert!(!ok, "{text}");
+    // A ministry's agency claimed inside the grant (its parent named H47):
+    // the national directory already places it, so the relay refuses.
+    let (ok, text) = c.cli_any(&[
+        "directory",
+        "add",
+        "--config",
+        &relay,
+        "--organ",
+        G22,
+        "--name",
+        "giả danh Văn phòng Chính phủ",
+        "--parent",
+        H47,
+        "--node",
+        "dienban",
+    ]);
+    assert!(
+        !ok && text.contains("already in the directory, served by node vpcp"),
+        "{text}"
+    );
     // ...and at the hub, for a relay that signs such a change anyway.
     c.stop("quangnam");
     let pki = c.dir.path().to_owned();

@@ -1269,6 +1269,12 @@ impl NodeState {
         out
     }
 
+    /// `organ`'s entry in the directory the parent sent, if it has one.
+    fn received_entry(&self, organ: &OrganId) -> Option<pb::AgencyEntry> {
+        let received = self.received_directory.read().ok()?;
+        received.as_ref()?.entries.get(organ).cloned()
+    }
+
     /// This node and what it knows of the tree below it: agencies per node from the
     /// directory; link state, last frame, queue depth, version and certificate
     /// expiry for its own links; and, for nodes further down, what each child
@@ -1686,6 +1692,19 @@ impl NodeState {
                 return Err(Refusal::not_found(format!(
                     "{} is not registered below {who}",
                     c.organ
+                ))
+                .into());
+            }
+            // An agency the parent's directory already places elsewhere is
+            // not this subtree's to claim: the parent would refuse the change,
+            // and meanwhile this node would route its mail below.
+            if !c.remove
+                && bound.is_none()
+                && let Some(e) = self.received_entry(&c.organ)
+            {
+                return Err(Refusal::denied(format!(
+                    "{} is already in the directory, served by node {}: it cannot be registered below {who}",
+                    c.organ, e.node
                 ))
                 .into());
             }
