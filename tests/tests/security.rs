@@ -374,6 +374,53 @@ async fn an_expired_node_certificate_is_refused_at_the_handshake() {
     assert!(raw_link(pki, "vpcp", &c.hub_addr()).await.is_ok());
 }
 
+/// A certificate is checked at the handshake; a link does not outlive it:
+/// the hub closes a child's link when its certificate expires, and the next
+/// handshake is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_ends_when_the_childs_certificate_expires() {
+    let mut c = Cluster::new();
+    // The raw link answers no pings: only the expiry may end it here.
+    c.edit("hub", |t| {
+        t["link"]
+            .as_table_mut()
+            .unwrap()
+            .insert("heartbeat_timeout_ms".into(), 60_000.into());
+    });
+    c.start("hub");
+    let pki = c.dir.path();
+    let ca = truc_pki::dev::DevCa::load(
+        &std::fs::read_to_string(pki.join("transport-ca.crt")).unwrap(),
+        &std::fs::read_to_string(pki.join("transport-ca.key")).unwrap(),
+    )
+    .unwrap();
+    let short = ca
+        .node_cert_expiring(&"vpcp".parse().unwrap(), std::time::Duration::from_secs(3))
+        .unwrap();
+    let other = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(other.path().join("nodes")).unwrap();
+    std::fs::copy(
+        pki.join("transport-ca.crt"),
+        other.path().join("transport-ca.crt"),
+    )
+    .unwrap();
+    std::fs::write(other.path().join("nodes/vpcp.crt"), &short.cert_pem).unwrap();
+    std::fs::write(other.path().join("nodes/vpcp.key"), &short.key_pem).unwrap();
+    let link = raw_link(other.path(), "vpcp", &c.hub_addr())
+        .await
+        .expect("a certificate valid for three more seconds opens a link");
+    c.wait_log(
+        "hub",
+        &["certificate has expired; its link is closed", "vpcp"],
+    );
+    drop(link);
+    let err = raw_link(other.path(), "vpcp", &c.hub_addr())
+        .await
+        .err()
+        .expect("an expired certificate opened a link");
+    assert!(!err.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_revocation_list_fails_closed() {
     let mut c = Cluster::new();

@@ -783,6 +783,18 @@ impl Config {
                 "[[children]] are listed but there is no [listen] for them to reach".into(),
             ));
         }
+        // A parent that is this node or one of its children would make a
+        // link both ways between one pair of nodes (a routing loop).
+        if let Some((_, p)) = &parent {
+            if p == &node_id {
+                return Err(invalid(format!("node {p} names itself as its parent")));
+            }
+            if children.contains_key(p) {
+                return Err(invalid(format!(
+                    "node {p} is both this node's parent and one of its [[children]]"
+                )));
+            }
+        }
         let mut admin_logins = Vec::new();
         let admin_api = match f.admin_api {
             Some(a) => {
@@ -1056,6 +1068,34 @@ organs = ["000.00.00.G22"]
             err.contains("tls.cert file") && err.contains("nowhere.pem"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_parent_that_is_this_node_or_a_child_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let parent =
+            |id: &str| format!("[parent]\naddress = \"127.0.0.1:1\"\nnode_id = \"{id}\"\n");
+        let child = "[[children]]\nnode_id = \"other\"\norgans = [\"000.00.00.H41\"]\n";
+        for (text, says) in [
+            (
+                base(dir.path()) + &parent("hub"),
+                "names itself as its parent",
+            ),
+            (
+                base(dir.path()) + &parent("other") + child,
+                "both this node's parent and one of its [[children]]",
+            ),
+        ] {
+            let p = write(dir.path(), "hub.toml", &text);
+            let err = Config::load(&p).unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+        }
+        let p = write(
+            dir.path(),
+            "hub.toml",
+            &(base(dir.path()) + &parent("national") + child),
+        );
+        Config::load(&p).unwrap();
     }
 
     #[test]

@@ -1134,10 +1134,21 @@ impl pb::link_server::Link for LinkService {
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut node_stop = self.stop.clone();
+        // The certificate was checked at the handshake; a session does not
+        // outlive it. It lasts through its notAfter second (as the handshake
+        // check counts it): the session ends as the next second starts, when
+        // the next handshake is refused.
+        let expires_in = Duration::from_millis(
+            u64::try_from((cert_not_after + 1) * 1000 - crate::state::now_ms()).unwrap_or(0),
+        );
+        let expiring = node.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = crate::stopped(&mut node_stop) => {}
                 _ = crate::stopped(&mut sup_rx) => {}
+                _ = tokio::time::sleep(expires_in), if cert_not_after > 0 => {
+                    tracing::warn!(peer = %expiring, "the child's certificate has expired; its link is closed");
+                }
             }
             let _ = stop_tx.send(true);
         });

@@ -1458,7 +1458,17 @@ impl NodeState {
         use crate::telemetry::Alert;
         let now = now_ms();
         let mut out = Vec::new();
-        if let Ok(snap) = self.queue_snapshot() {
+        let snapshot = self.queue_snapshot();
+        if let Err(e) = &snapshot {
+            // Unreadable queues hide overdue documents: that is an alert of
+            // its own, not "nothing overdue".
+            out.push(Alert {
+                kind: "store",
+                subject: self.node_id.to_string(),
+                detail: format!("the queues cannot be read: {e}"),
+            });
+        }
+        if let Ok(snap) = snapshot {
             let mut by: BTreeMap<&str, (usize, u32, usize)> = BTreeMap::new();
             for o in &snap.overdue {
                 let e = by.entry(o.recipient.as_str()).or_default();
@@ -1572,6 +1582,15 @@ impl NodeState {
             });
         }
         out.sort();
+        // One alert per kind and subject (one metric series each): two
+        // reasons for the same alert are one alert saying both.
+        out.dedup_by(|later, kept| {
+            let same = later.kind == kept.kind && later.subject == kept.subject;
+            if same {
+                kept.detail = format!("{}; {}", kept.detail, later.detail);
+            }
+            same
+        });
         out
     }
 

@@ -320,6 +320,8 @@ impl Collector for StateCollector {
             ConstCounter::new(v).encode(m)?;
         }
 
+        // Unreadable queues: no queue gauges (absent, not zero) and the
+        // store alert below; a scrape still answers.
         let snap = st.queue_snapshot().unwrap_or_default();
         let depth: Vec<(Labels, i64)> = snap
             .recipients

@@ -167,6 +167,28 @@ impl DevCa {
         if days < 0 {
             p.not_before = OffsetDateTime::now_utc() - Duration::days(30);
         }
+        self.node_cert_from(node, hostnames, p)
+    }
+
+    /// A node certificate that expires `after` from now (tests of what
+    /// happens at expiry).
+    pub fn node_cert_expiring(
+        &self,
+        node: &NodeId,
+        after: std::time::Duration,
+    ) -> Result<Issued, PkiError> {
+        let mut p = params(&format!("truc node {node}"), 1)?;
+        p.not_after = OffsetDateTime::now_utc()
+            + Duration::try_from(after).map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+        self.node_cert_from(node, &[], p)
+    }
+
+    fn node_cert_from(
+        &self,
+        node: &NodeId,
+        hostnames: &[String],
+        mut p: CertificateParams,
+    ) -> Result<Issued, PkiError> {
         let mut sans = vec![
             uri(format!("{NODE_URN}{node}"))?,
             SanType::DnsName(node.as_str().try_into()?),
