@@ -235,6 +235,40 @@ fn an_exported_package_verifies_offline_and_a_changed_byte_is_named() {
         "the manifests were made to match:\n{said}"
     );
 
+    // The first audit entry of the segment dropped (say, "submitted" at the
+    // time it was sent), the manifests made to match: the rest still chains
+    // to the signed end, but the node signed where the segment starts.
+    let copy = c.path("tampered-audit-start");
+    copy_dir(&pkg, &copy);
+    let entries_pb = copy.join("data/audit/entries.pb");
+    let bytes = std::fs::read(&entries_pb).unwrap();
+    let mut buf = bytes.as_slice();
+    let mut entries = Vec::new();
+    while !buf.is_empty() {
+        entries.push(
+            <truc_store::record::AuditEntry as prost::Message>::decode_length_delimited(&mut buf)
+                .unwrap(),
+        );
+    }
+    assert!(entries.len() > 1, "{} entries", entries.len());
+    let old_e = sha256_hex(&entries_pb);
+    let mut rest = Vec::new();
+    for e in &entries[1..] {
+        prost::Message::encode_length_delimited(e, &mut rest).unwrap();
+    }
+    std::fs::write(&entries_pb, rest).unwrap();
+    let manifest = std::fs::read_to_string(copy.join("manifest-sha256.txt"))
+        .unwrap()
+        .replace(&old_e, &sha256_hex(&entries_pb));
+    std::fs::write(copy.join("manifest-sha256.txt"), manifest).unwrap();
+    let tags = std::fs::read_to_string(copy.join("tagmanifest-sha256.txt"))
+        .unwrap()
+        .replace(&old_m, &sha256_hex(&copy.join("manifest-sha256.txt")));
+    std::fs::write(copy.join("tagmanifest-sha256.txt"), tags).unwrap();
+    let (ok, said) = verify(&c, &copy);
+    assert!(!ok, "a segment without its first entry passed:\n{said}");
+    assert!(said.contains("entries were removed"), "{said}");
+
     // The recipient's edge exports its own package of the same document.
     let out2 = c.path("archive-nghean");
     export(&c, "nghean", &id, &out2);

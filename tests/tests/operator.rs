@@ -156,17 +156,26 @@ async fn only_operators_use_the_operator_port_and_only_by_their_role() {
         "a session lasts a working day at most"
     );
 
-    // Ten wrong tokens from one address, and it waits: even the right one.
-    for _ in 0..9 {
+    // Ten wrong tokens from one address, and its guesses wait a minute; the
+    // right token still gets in (a guesser behind an office's shared address
+    // does not lock the operators out).
+    let mut statuses = Vec::new();
+    for _ in 0..11 {
         let a = c
             .ops("hub", None)
             .post_form("/login", &[("token", "guess")]);
-        assert_eq!(a.status, 401);
+        statuses.push(a.status);
     }
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        9,
+        "{statuses:?}"
+    );
     let a = c
         .ops("hub", None)
         .post_form("/login", &[("token", token.trim())]);
-    assert_eq!(a.status, 429, "{}", a.body);
+    assert_eq!(a.status, 303, "{}", a.body);
 }
 
 /// The attributes of the session cookie a login with `token` sets.

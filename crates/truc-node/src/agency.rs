@@ -716,12 +716,13 @@ impl Agency for AgencyService {
                 Some(e) => e,
                 None => st.received_envelope(&doc_id, from.as_ref())?.0,
             };
+            let proof = st.audit_proof(&doc_id.to_string(), &Digest::of(&envelope.header_bytes))?;
             Ok((
                 envelope,
                 st.receipts(&doc_id)?,
                 st.statuses_about(&doc_id)?,
                 trace(&st, &doc_id)?,
-                st.audit_proof(&doc_id.to_string())?,
+                proof,
             ))
         })
         .await?;

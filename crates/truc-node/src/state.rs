@@ -1152,6 +1152,12 @@ impl NodeState {
 
     fn remerge(&self) {
         let has_parent = self.routing().has_parent();
+        // One merge at a time, both sources read under the lock: of two
+        // changes racing (the parent's directory, a local registration), the
+        // older merge cannot be written last.
+        let Ok(mut cur) = self.directory.write() else {
+            return;
+        };
         let received = self
             .received_directory
             .read()
@@ -1163,13 +1169,14 @@ impl NodeState {
             .map(|o| o.clone())
             .unwrap_or_default();
         let merged = Self::merge_directories(has_parent, received.as_ref(), &own);
-        let version = merged.version;
-        if let Ok(mut cur) = self.directory.write() {
-            if cur.version == version {
-                return;
-            }
-            *cur = Arc::new(merged);
+        // By content, not version: before the parent's first directory every
+        // merge has version 0, and local registrations must still be published.
+        if **cur == merged {
+            return;
         }
+        let version = merged.version;
+        *cur = Arc::new(merged);
+        drop(cur);
         self.directory_changed.send_replace(version);
     }
 
@@ -1185,8 +1192,11 @@ impl NodeState {
 
     /// Takes the directory a parent sent, keeps it for restarts.
     pub fn set_directory(&self, d: &pb::Directory) -> Result<(), NodeError> {
+        // By content: a relay that has not met its own parent yet sends
+        // version 0 each time its registrations change.
+        let new = Directory::from_pb(d);
         if let Ok(cur) = self.received_directory.read()
-            && cur.as_ref().is_some_and(|c| c.version == d.version)
+            && cur.as_ref() == Some(&new)
         {
             return Ok(());
         }
@@ -1198,7 +1208,7 @@ impl NodeState {
         );
         self.commit.apply(b)?;
         if let Ok(mut r) = self.received_directory.write() {
-            *r = Some(Directory::from_pb(d));
+            *r = Some(new);
         }
         self.remerge();
         tracing::info!(
@@ -5294,6 +5304,7 @@ impl NodeState {
     pub fn audit_proof(
         &self,
         doc_id: &str,
+        document_sha256: &Digest,
     ) -> Result<(Vec<record::AuditEntry>, pb::SignedCheckpoint), NodeError> {
         let signer = self.checkpoint_signer.as_ref().ok_or_else(|| {
             NodeError::Other("this node has no key to sign its audit head with".into())
@@ -5342,11 +5353,15 @@ impl NodeState {
                 "audit entries about {doc_id} are indexed but not found"
             ))
         })?;
+        let start = &entries[0];
         let checkpoint = pb::AuditCheckpoint {
             node: self.node_id.to_string(),
             seq: end.seq,
             head_sha256: end.hash.clone(),
             at_ms: now_ms(),
+            first_seq: start.seq,
+            first_prev: start.prev.clone(),
+            document_sha256: document_sha256.0.to_vec(),
         }
         .encode_to_vec();
         let sig = signer.sign(&checkpoint)?;
@@ -5802,6 +5817,37 @@ mod tests {
         );
     }
 
+    /// A relay that has not met its parent yet (every merge has version 0)
+    /// still publishes what its operator registers, to its own routing and
+    /// directory and so to its children.
+    #[test]
+    fn a_registration_before_the_parents_first_directory_is_published() {
+        let f = Fixture::new();
+        let mut routing = RoutingTable::new(true);
+        routing.add_local("000.00.00.H47".parse().unwrap());
+        routing.add_child("duyxuyen".parse().unwrap());
+        let relay = f.state(
+            "quangnam",
+            routing,
+            vec![f.signer("000.00.00.H47")],
+            Some(f.node_signer("quangnam")),
+            Arc::new(MemoryStore::new()),
+        );
+        let changes = relay.directory_changes();
+        let district: OrganId = "001.00.10.H47".parse().unwrap();
+        relay
+            .change_directory(envelope::DirectoryFact {
+                remove: false,
+                organ: district.clone(),
+                name: "Huyện Duy Xuyên".into(),
+                parent: Some("000.00.00.H47".parse().unwrap()),
+                node: Some("duyxuyen".parse().unwrap()),
+            })
+            .unwrap();
+        assert!(relay.directory().entries.contains_key(&district));
+        assert!(changes.has_changed().unwrap(), "children are told");
+    }
+
     /// A registration stored through a child is left out at start once the
     /// configuration no longer has that child: it would let the removed node
     /// connect again and send as the agencies registered through it.
@@ -6221,12 +6267,13 @@ mod tests {
         let a = verified(&f, "000.00.00.G22", &["000.00.00.H41"]);
         let b = verified(&f, "000.00.00.G22", &["000.00.00.H41"]);
         let (a_id, b_id) = (a.doc_id.to_string(), b.doc_id.to_string());
+        let a_sha256 = a.header_sha256;
         hub.accept_batch(vec![(a, None), (b, None)], &child("vpcp"))
             .unwrap();
         // Both passed on in one acknowledgement: one block, b's entry after a's
         // last one.
         hub.queue_ack("child:nghean", 2).unwrap();
-        let (entries, checkpoint) = hub.audit_proof(&a_id).unwrap();
+        let (entries, checkpoint) = hub.audit_proof(&a_id, &a_sha256).unwrap();
         let about: Vec<&str> = entries.iter().map(|e| e.doc_id.as_str()).collect();
         assert_eq!(about.first(), Some(&a_id.as_str()), "{about:?}");
         assert_eq!(about.last(), Some(&a_id.as_str()), "{about:?}");
@@ -6238,6 +6285,14 @@ mod tests {
             (cp.seq, cp.head_sha256.as_slice()),
             (last.seq, last.hash.as_slice())
         );
+        // And its start and the document's bytes: no leading entry can be
+        // dropped, no other version passed off under the same id.
+        let first = &entries[0];
+        assert_eq!(
+            (cp.first_seq, cp.first_prev.as_slice()),
+            (first.seq, first.prev.as_slice())
+        );
+        assert_eq!(cp.document_sha256, a_sha256.0.to_vec());
     }
 
     #[test]

@@ -614,7 +614,7 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
     }
 
     // The audit proof: entries chained to a head the node signed.
-    match check_audit(pkg, &v, doc.as_ref().map(|d| d.doc_id.to_string())) {
+    match check_audit(pkg, &v, doc.as_ref()) {
         Ok(line) => f.proves.push(line),
         Err(e) => f.fail("audit proof (data/audit)", e),
     }
@@ -636,7 +636,8 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
     Ok(())
 }
 
-fn check_audit(pkg: &Path, v: &Verifiers, doc_id: Option<String>) -> Result<String> {
+fn check_audit(pkg: &Path, v: &Verifiers, doc: Option<&envelope::Verified>) -> Result<String> {
+    let doc_id = doc.map(|d| d.doc_id.to_string());
     let bytes = read(pkg, "data/audit/entries.pb")?;
     let mut buf = bytes.as_slice();
     let mut entries = Vec::new();
@@ -682,6 +683,25 @@ fn check_audit(pkg: &Path, v: &Verifiers, doc_id: Option<String>) -> Result<Stri
             cp.seq
         );
     }
+    // The segment's start and the document, as the node signed them (in
+    // checkpoints that carry them: those made before are weaker, and say so).
+    let signed_ends = cp.first_seq != 0;
+    if signed_ends && (first.seq != cp.first_seq || first.prev != cp.first_prev) {
+        bail!(
+            "the entries start at {} but the signed segment starts at {}: entries were removed",
+            first.seq,
+            cp.first_seq
+        );
+    }
+    if let Some(d) = doc
+        && !cp.document_sha256.is_empty()
+        && cp.document_sha256 != d.header_sha256.0.to_vec()
+    {
+        bail!(
+            "the node signed these entries for another version of {}",
+            d.doc_id
+        );
+    }
     let about: Vec<&AuditEntry> = entries
         .iter()
         .filter(|e| doc_id.as_deref() == Some(e.doc_id.as_str()))
@@ -689,8 +709,13 @@ fn check_audit(pkg: &Path, v: &Verifiers, doc_id: Option<String>) -> Result<Stri
     if doc_id.is_some() && about.is_empty() {
         bail!("no entry is about this document");
     }
+    let weaker = if signed_ends && !cp.document_sha256.is_empty() {
+        ""
+    } else {
+        " (a checkpoint from before the segment's start and the document's digest were signed)"
+    };
     Ok(format!(
-        "{} entries of node {}'s audit log are about it ({}), chained to entry #{} signed by that node at {}",
+        "{} entries of node {}'s audit log are about it ({}), chained to entry #{} signed by that node at {}{weaker}",
         about.len(),
         cp.node,
         about
