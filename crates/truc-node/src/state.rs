@@ -1279,6 +1279,31 @@ impl NodeState {
         out
     }
 
+    /// Node `n` serves agencies below `child` (a relay under a relay), as the
+    /// directory says.
+    fn node_below(&self, child: &NodeId, n: &NodeId) -> bool {
+        let routing = self.routing();
+        self.directory().entries.values().any(|e| {
+            e.node == n.as_str()
+                && e.organ
+                    .parse::<OrganId>()
+                    .is_ok_and(|o| routing.child_of(&o) == Some(child))
+        })
+    }
+
+    /// Node `node` is this one or in its subtree: a configured child, or a
+    /// node this node's own registrations name.
+    fn here_or_below(&self, node: &str) -> bool {
+        node == self.node_id.as_str()
+            || node
+                .parse::<NodeId>()
+                .is_ok_and(|n| self.routing().is_child(&n))
+            || self
+                .own_directory
+                .read()
+                .is_ok_and(|own| own.entries.values().any(|e| e.node == node))
+    }
+
     /// `organ`'s entry in the directory the parent sent, if it has one.
     fn received_entry(&self, organ: &OrganId) -> Option<pb::AgencyEntry> {
         let received = self.received_directory.read().ok()?;
@@ -1730,6 +1755,7 @@ impl NodeState {
             if !c.remove
                 && bound.is_none()
                 && let Some(e) = self.received_entry(&c.organ)
+                && !self.here_or_below(&e.node)
             {
                 return Err(Refusal::denied(format!(
                     "{} is already in the directory, served by node {}: it cannot be registered below {who}",
@@ -2234,7 +2260,9 @@ impl NodeState {
             // A relay's own receipt (accepted, undeliverable) for a sender
             // outside its subtree goes up: it speaks only for recipients
             // served below it.
-            (Origin::Child(child), Sender::Node(n)) if v.kind == Kind::Receipt && n == child => {
+            (Origin::Child(child), Sender::Node(n))
+                if v.kind == Kind::Receipt && (n == child || self.node_below(child, n)) =>
+            {
                 let routing = self.routing();
                 let recipients = v.receipt.as_ref().map(|r| r.recipients.as_slice());
                 if let Some(o) = recipients
@@ -2243,12 +2271,12 @@ impl NodeState {
                     .find(|o| routing.child_of(o) != Some(child))
                 {
                     return Err(Refusal::denied(format!(
-                        "node {child} may not sign a receipt for {o}, which it does not serve"
+                        "node {n} may not sign a receipt for {o}, which is not served below {child}"
                     )));
                 }
                 if recipients.is_none_or(<[OrganId]>::is_empty) {
                     return Err(Refusal::denied(format!(
-                        "node {child} signed a receipt for no recipient"
+                        "node {n} signed a receipt for no recipient"
                     )));
                 }
             }
@@ -2341,7 +2369,9 @@ impl NodeState {
             .map_err(|_| internal("the batch that took this message ended without a verdict"))?
     }
 
-    /// Accepts many messages from one origin in one atomic write. `recipients` is
+    /// Accepts many messages from one origin in one atomic write (two or more
+    /// when a directory message is followed by others: what follows it is
+    /// routed by it). `recipients` is
     /// the part of `to` this node is asked to serve (all of it when `None`): a peer
     /// forwards each recipient once, along one path. Each message is refused,
     /// deferred or accepted on its own; once one is deferred every later one is
@@ -4665,8 +4695,35 @@ impl NodeState {
     /// delivery deadline, and sends each sender a signed UNDELIVERABLE receipt.
     /// A document this node gives up on for `e`'s recipients: its sender,
     /// wherever it is, hears it as an undeliverable receipt signed by this
-    /// node (receipts and statuses given up on are not answered).
+    /// node (receipts and statuses given up on are not answered). A notice
+    /// that cannot be made (the envelope unreadable, the sender no longer
+    /// routable, no node key) is an ERROR line, never a reason to keep the
+    /// entry: the queue behind it must go on.
     fn plan_undeliverable(
+        &self,
+        w: &mut Writer,
+        plan: &mut Plan,
+        e: &QueueEntry,
+        reason: &str,
+        now: i64,
+    ) -> Result<(), NodeError> {
+        let mark = plan.mark();
+        if let Err(err) = self.plan_undeliverable_notice(w, plan, e, reason, now) {
+            // A store that fails fails the whole write anyway.
+            if let NodeError::Store(
+                truc_store::StoreError::Io(_) | truc_store::StoreError::Failed(_),
+            ) = err
+            {
+                return Err(err);
+            }
+            plan.rollback(mark);
+            tracing::error!(doc_id = %e.doc_id, from = %e.from, error = %err,
+                "the sender cannot be sent an undeliverable notice; given up without one");
+        }
+        Ok(())
+    }
+
+    fn plan_undeliverable_notice(
         &self,
         w: &mut Writer,
         plan: &mut Plan,
@@ -5759,19 +5816,16 @@ mod tests {
         f.with_attachment(hub, data)
     }
 
-    /// A relay's registration of a new agency and that agency's first
-    /// document, taken in one batch: the document is routed by the
-    /// registration before it, not refused for an agency not yet bound.
-    #[test]
-    fn a_new_agencys_first_document_in_its_registrations_batch_is_taken() {
-        let f = Fixture::new();
+    /// A hub whose child quangnam may register agencies below H47 (vpcp
+    /// serves G22).
+    fn hub_granting_quangnam(f: &Fixture) -> Arc<NodeState> {
         let mut routing = RoutingTable::new(false);
         routing.add_child_organ(
             "000.00.00.H47".parse().unwrap(),
             "quangnam".parse().unwrap(),
         );
         routing.add_child_organ("000.00.00.G22".parse().unwrap(), "vpcp".parse().unwrap());
-        let hub = f.state_granting(
+        f.state_granting(
             "hub",
             routing,
             vec![],
@@ -5781,8 +5835,11 @@ mod tests {
                 "quangnam".parse().unwrap(),
                 "000.00.00.H47".parse().unwrap(),
             )]),
-        );
-        let district = "001.00.10.H47";
+        )
+    }
+
+    /// quangnam's signed registration of `organ` (parent H47), served by `node`.
+    fn registration(f: &Fixture, organ: &str, node: &str) -> Verified {
         let header = pb::Header {
             format_version: envelope::FORMAT_VERSION,
             doc_id: DocId::new_v7().to_string(),
@@ -5792,17 +5849,79 @@ mod tests {
             directory: Some(pb::DirectoryChanges {
                 changes: vec![pb::DirectoryChange {
                     remove: false,
-                    organ: district.into(),
-                    name: "Huyện Duy Xuyên".into(),
+                    organ: organ.into(),
+                    name: "Huyện".into(),
                     parent: "000.00.00.H47".into(),
-                    node: "quangnam".into(),
+                    node: node.into(),
                 }],
             }),
             ..Default::default()
         };
         let sealed = envelope::seal(&header, &f.node_signer("quangnam")).unwrap();
-        let registration =
-            envelope::verify(sealed, &f.verifiers(), &Limits::default(), UnixTime::now()).unwrap();
+        envelope::verify(sealed, &f.verifiers(), &Limits::default(), UnixTime::now()).unwrap()
+    }
+
+    /// A relay below a relay gives up on a district: its notice, signed by
+    /// its own node key, passes quangnam and is taken by the hub for the
+    /// agency the directory places below quangnam; one for an agency served
+    /// elsewhere is refused.
+    #[test]
+    fn a_notice_from_a_relay_below_a_relay_is_taken_for_its_own_agencies() {
+        let f = Fixture::new();
+        let hub = hub_granting_quangnam(&f);
+        let district: OrganId = "001.00.10.H47".parse().unwrap();
+        let (v, _) = hub
+            .accept_batch(
+                vec![(registration(&f, district.as_str(), "subrelay"), None)],
+                &child("quangnam"),
+            )
+            .unwrap();
+        assert!(matches!(v[..], [Verdict::Stored]), "{v:?}");
+        let notice = |recipient: &OrganId| {
+            let g22: OrganId = "000.00.00.G22".parse().unwrap();
+            let spec = envelope::ReceiptSpec {
+                kind: ReceiptType::Undeliverable,
+                for_from: &g22,
+                for_doc_id: &DocId::new_v7(),
+                envelope_sha256: &Digest([7; 32]),
+                recipients: std::slice::from_ref(recipient),
+                detail: "not delivered within the deadline",
+            };
+            let header = envelope::receipt_header(
+                &Sender::Node("subrelay".parse().unwrap()),
+                &spec,
+                now_ms(),
+            );
+            let sealed = envelope::seal(&header, &f.node_signer("subrelay")).unwrap();
+            envelope::verify(sealed, &f.verifiers(), &Limits::default(), UnixTime::now()).unwrap()
+        };
+        let verdict = |v: Verified| {
+            let (mut v, _) = hub
+                .accept_batch(vec![(v, None)], &child("quangnam"))
+                .unwrap();
+            v.remove(0)
+        };
+        let below = verdict(notice(&district));
+        assert!(
+            !matches!(&below, Verdict::Refused(r) if r.code == Code::PermissionDenied),
+            "the notice for an agency below quangnam is refused: {below:?}"
+        );
+        let elsewhere = verdict(notice(&"000.00.00.G22".parse().unwrap()));
+        assert!(
+            matches!(&elsewhere, Verdict::Refused(r) if r.reason.contains("not served below quangnam")),
+            "{elsewhere:?}"
+        );
+    }
+
+    /// A relay's registration of a new agency and that agency's first
+    /// document, taken in one batch: the document is routed by the
+    /// registration before it, not refused for an agency not yet bound.
+    #[test]
+    fn a_new_agencys_first_document_in_its_registrations_batch_is_taken() {
+        let f = Fixture::new();
+        let hub = hub_granting_quangnam(&f);
+        let district = "001.00.10.H47";
+        let registration = registration(&f, district, "quangnam");
         let first = verified(&f, district, &["000.00.00.G22"]);
         let g22: OrganId = "000.00.00.G22".parse().unwrap();
         let (verdicts, _) = hub
@@ -5814,6 +5933,73 @@ mod tests {
         assert!(
             matches!(verdicts[..], [Verdict::Stored, Verdict::Stored]),
             "{verdicts:?}"
+        );
+    }
+
+    /// A refused document whose sender cannot be sent the notice (here: no
+    /// longer routable from this hub) is still dead-lettered: the queue
+    /// behind it goes on.
+    #[test]
+    fn a_refusal_whose_notice_cannot_be_made_still_clears_the_queue() {
+        let f = Fixture::new();
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let hub = f.hub(store.clone());
+        let v = verified(&f, "000.00.00.G22", &["000.00.00.H41"]);
+        hub.accept(v, &child("vpcp"), None).unwrap();
+        hub.close().unwrap();
+        drop(hub);
+        // vpcp (G22) is gone from the configuration.
+        let hub = f.hub_with(store.clone(), &[("000.00.00.H41", "nghean")]);
+        hub.queue_reject("child:nghean", 1, Code::InvalidArgument as i32, "refused")
+            .unwrap();
+        assert_eq!(hub.queue_depth("child:nghean"), 0);
+        assert_eq!(store.scan(Space::Dead, &[], None, 10).unwrap().len(), 1);
+    }
+
+    /// A relay claims no agency the national directory places elsewhere, but
+    /// may move one it places on the relay itself to a district below it.
+    #[test]
+    fn a_relay_registers_what_is_its_own_and_nothing_placed_elsewhere() {
+        let f = Fixture::new();
+        let mut routing = RoutingTable::new(true);
+        routing.add_local("000.00.00.H47".parse().unwrap());
+        routing.add_child("dienban".parse().unwrap());
+        let relay = f.state(
+            "quangnam",
+            routing,
+            vec![f.signer("000.00.00.H47")],
+            Some(f.node_signer("quangnam")),
+            Arc::new(MemoryStore::new()),
+        );
+        let entry = |organ: &str, node: &str| pb::AgencyEntry {
+            organ: organ.into(),
+            name: String::new(),
+            parent: "000.00.00.H47".into(),
+            node: node.into(),
+        };
+        relay
+            .set_directory(&pb::Directory {
+                version: 1,
+                agencies: vec![
+                    entry("000.00.00.G22", "vpcp"),
+                    entry("003.00.10.H47", "quangnam"),
+                ],
+            })
+            .unwrap();
+        let add = |organ: &str| {
+            relay.change_directory(envelope::DirectoryFact {
+                remove: false,
+                organ: organ.parse().unwrap(),
+                name: "Huyện".into(),
+                parent: Some("000.00.00.H47".parse().unwrap()),
+                node: Some("dienban".parse().unwrap()),
+            })
+        };
+        add("003.00.10.H47").unwrap();
+        let e = add("000.00.00.G22").unwrap_err().to_string();
+        assert!(
+            e.contains("already in the directory, served by node vpcp"),
+            "{e}"
         );
     }
 

@@ -279,6 +279,9 @@ pub struct SignatureVerifier {
     /// Revocation lists the signers' chains are checked against (none: no
     /// revocation check). Shared by clones, replaced by [`Self::set_crls`].
     crls: Arc<RwLock<Arc<Vec<CertRevocationList<'static>>>>>,
+    /// Bumped by each [`Self::set_crls`]: a check made under older lists is
+    /// not cached after the cache was cleared for new ones.
+    generation: Arc<AtomicU64>,
 }
 
 /// How long a chain checked against revocation lists stays cached: a list
@@ -310,6 +313,7 @@ impl SignatureVerifier {
             cache: Arc::default(),
             counter: SignatureCounter::default(),
             crls: Arc::default(),
+            generation: Arc::default(),
         })
     }
 
@@ -326,7 +330,9 @@ impl SignatureVerifier {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| PkiError::BadCertificate(format!("revocation list: {e:?}")))?;
         *self.crls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(parsed);
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        cache.clear();
         Ok(())
     }
 
@@ -411,6 +417,7 @@ impl SignatureVerifier {
             .iter()
             .map(|c| CertificateDer::from(c.as_slice()))
             .collect();
+        let generation = self.generation.load(Ordering::SeqCst);
         let crls = self.crls.read().unwrap_or_else(|p| p.into_inner()).clone();
         let crl_refs: Vec<&CertRevocationList<'_>> = crls.iter().collect();
         // As on the transport: the whole chain, unknown status refused, a
@@ -446,7 +453,9 @@ impl SignatureVerifier {
             identity: info.identity,
             subject: info.subject,
         };
-        if let Ok(mut cache) = self.cache.lock() {
+        if let Ok(mut cache) = self.cache.lock()
+            && self.generation.load(Ordering::SeqCst) == generation
+        {
             if cache.len() >= CACHE_LIMIT {
                 cache.clear();
             }

@@ -176,11 +176,13 @@ fn connect_checked(url: &str, lock: Standby) -> Result<Client, StoreError> {
     if config.get_tcp_user_timeout().is_none() {
         config.tcp_user_timeout(PG_TCP_USER_TIMEOUT);
     }
-    config
-        .keepalives(true)
-        .keepalives_idle(std::time::Duration::from_secs(10))
-        .keepalives_interval(std::time::Duration::from_secs(5))
-        .keepalives_retries(3);
+    if !url.contains("keepalives") {
+        config
+            .keepalives(true)
+            .keepalives_idle(std::time::Duration::from_secs(10))
+            .keepalives_interval(std::time::Duration::from_secs(5))
+            .keepalives_retries(3);
+    }
     let mut client = config.connect(NoTls).map_err(pg)?;
     // Statements are prepared once (parsed once) but planned with their values:
     // a generic plan cannot size the `unnest` arrays of a batch and was seen

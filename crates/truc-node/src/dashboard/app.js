@@ -226,12 +226,21 @@ function stale(why) {
 const POLL_MS = 2000;
 const TIMEOUT_MS = 10000;
 
+// A signal that aborts a request after TIMEOUT_MS (AbortSignal.timeout where
+// the browser has it, a timer elsewhere).
+function deadline() {
+  if (typeof AbortSignal.timeout === "function") return AbortSignal.timeout(TIMEOUT_MS);
+  const c = new AbortController();
+  setTimeout(() => c.abort(new DOMException("timeout", "TimeoutError")), TIMEOUT_MS);
+  return c.signal;
+}
+
 // One request at a time: the next poll is planned when this one is over, so
 // a slow node is not sent more while it is still answering.
 async function poll() {
   try {
     const r = await fetch("/api/overview", {
-      credentials: "same-origin", cache: "no-store", signal: AbortSignal.timeout(TIMEOUT_MS),
+      credentials: "same-origin", cache: "no-store", signal: deadline(),
     });
     if (r.status === 401 || r.status === 403) {
       location.reload();
@@ -244,8 +253,9 @@ async function poll() {
       const v = await r.json().catch(() => ({}));
       stale(`${r.status} ${v.message || r.statusText}`);
     }
-    // The trace on screen stays live: steps still to come show up.
-    await loadTrace();
+    // The trace on screen stays live: steps still to come show up (its own
+    // errors are the trace's, not the node's).
+    await loadTrace().catch(() => {});
   } catch (e) {
     stale(e.name === "TimeoutError" ? t("timeout") : String(e));
   } finally {
@@ -260,7 +270,7 @@ async function loadTrace() {
   const id = traceId;
   if (!id) return;
   const r = await fetch("/api/trace/" + encodeURIComponent(id), {
-    credentials: "same-origin", cache: "no-store", signal: AbortSignal.timeout(TIMEOUT_MS),
+    credentials: "same-origin", cache: "no-store", signal: deadline(),
   });
   const v = await r.json();
   if (id !== traceId) return;
