@@ -132,7 +132,9 @@ fn an_exported_package_verifies_offline_and_a_changed_byte_is_named() {
         assert!(said.contains(proof), "{proof} not shown:\n{said}");
     }
 
-    // An archive is never overwritten.
+    // An archive is never overwritten: a second run keeps it as it is (and
+    // goes on, so that a period's run stopped halfway can be run again).
+    let before = sha256_hex(&pkg.join("tagmanifest-sha256.txt"));
     let (ok, again) = c.cli_any(&[
         "archive",
         "export",
@@ -142,7 +144,8 @@ fn an_exported_package_verifies_offline_and_a_changed_byte_is_named() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(!ok && again.contains("never overwritten"), "{again}");
+    assert!(ok && again.contains("never overwritten"), "{again}");
+    assert_eq!(sha256_hex(&pkg.join("tagmanifest-sha256.txt")), before);
 
     // One byte changed in each part: the check fails and names it.
     let receipt = std::fs::read_dir(pkg.join("data/receipts"))

@@ -712,7 +712,8 @@ impl Agency for AgencyService {
         let st = self.state.clone();
         let (envelope, receipts, statuses, steps, (entries, checkpoint)) = blocking(move || {
             // Sent from here, or received here.
-            let envelope = match st.sent_envelope(&doc_id)? {
+            // The sender's, when named: another agency may have used the same id.
+            let envelope = match st.sent_envelope_from(&doc_id, from.as_ref())? {
                 Some(e) => e,
                 None => st.received_envelope(&doc_id, from.as_ref())?.0,
             };

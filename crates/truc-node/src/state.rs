@@ -5210,7 +5210,21 @@ impl NodeState {
 
     /// The envelope of a document sent from this node.
     pub fn sent_envelope(&self, doc_id: &DocId) -> Result<Option<pb::SignedEnvelope>, NodeError> {
-        let Some(rec) = self.sent(doc_id)?.pop() else {
+        self.sent_envelope_from(doc_id, None)
+    }
+
+    /// The envelope `from` (any agency here when None) sent under `doc_id`.
+    pub fn sent_envelope_from(
+        &self,
+        doc_id: &DocId,
+        from: Option<&OrganId>,
+    ) -> Result<Option<pb::SignedEnvelope>, NodeError> {
+        let Some(rec) = self
+            .sent(doc_id)?
+            .into_iter()
+            .rev()
+            .find(|r| from.is_none_or(|f| r.from == f.as_str()))
+        else {
             return Ok(None);
         };
         let doc = self.load_doc(&rec.from, &rec.doc_id)?;

@@ -134,12 +134,20 @@ pub async fn export(a: ExportArgs) -> Result<()> {
     let mut t = client::table();
     t.set_header(vec!["document", "package", "files", "bytes"]);
     for (id, from) in &docs {
-        let (dir, files, bytes) = export_one(&mut c, id, from.as_deref(), &a.out)
+        let (dir, files, bytes, kept) = export_one(&mut c, id, from.as_deref(), &a.out)
             .await
             .with_context(|| format!("export {id}"))?;
+        let shown = if kept {
+            format!(
+                "{} (already there, kept: an archival package is never overwritten)",
+                dir.display()
+            )
+        } else {
+            dir.display().to_string()
+        };
         t.add_row(vec![
             id.clone(),
-            dir.display().to_string(),
+            shown,
             files.to_string(),
             client::human_bytes(bytes),
         ]);
@@ -195,7 +203,7 @@ async fn export_one(
     doc_id: &str,
     from: Option<&str>,
     out: &Path,
-) -> Result<(PathBuf, usize, u64)> {
+) -> Result<(PathBuf, usize, u64, bool)> {
     let rec = c
         .archive_record(pb::ArchiveRecordRequest {
             doc_id: doc_id.into(),
@@ -211,10 +219,26 @@ async fn export_one(
     let header = pb::Header::decode(env.header_bytes.as_slice())?;
     let final_dir = out.join(safe(&format!("{}-{}", header.from, header.doc_id)));
     if final_dir.exists() {
-        bail!(
-            "{} exists: an archival package is never overwritten",
-            final_dir.display()
-        );
+        // Never overwritten. A package is renamed into place only whole, so
+        // one that is there is this document's: it is recorded as archived
+        // again (a run stopped after the rename and before that record can
+        // be run again), and a period's run goes on with the next document.
+        let (package_sha256, _) = client::sha256_file(&final_dir.join("tagmanifest-sha256.txt"))
+            .with_context(|| format!("{} exists but is not a package", final_dir.display()))?;
+        c.archive_exported(pb::ArchiveExportedRequest {
+            doc_id: header.doc_id.clone(),
+            from: header.from.clone(),
+            package_sha256: package_sha256.to_vec(),
+        })
+        .await
+        .map_err(client::status_error)?;
+        let payload = files_under(&final_dir, &final_dir.join("data"))?;
+        let bytes = payload
+            .iter()
+            .filter_map(|rel| std::fs::metadata(final_dir.join(rel)).ok())
+            .map(|m| m.len())
+            .sum();
+        return Ok((final_dir, payload.len(), bytes, true));
     }
     // Built beside its final place, renamed when complete: a package that is
     // there is whole.
@@ -324,7 +348,7 @@ async fn export_one(
     })
     .await
     .map_err(client::status_error)?;
-    Ok((final_dir, files, octets))
+    Ok((final_dir, files, octets, false))
 }
 
 /// BagIt's files around the payload under `dir/data`: the payload manifest,
