@@ -36,6 +36,32 @@ fn send_from(c: &Cluster, node: &str, from: &str, to: &str, subject: &str) -> St
     .to_owned()
 }
 
+/// Waits until duyxuyen knows the national directory (G22 in it).
+async fn national_directory_at_the_district(c: &Cluster) {
+    eventually("national directory at the district", || {
+        let out = c.cli_ok(&[
+            "directory",
+            "list",
+            "--config",
+            &c.cfg("duyxuyen"),
+            "--json",
+        ]);
+        async move { out.contains(G22).then_some(()) }
+    })
+    .await;
+}
+
+/// Waits until `id`, sent from `node`, shows its first recipient failed.
+async fn failed(c: &Cluster, node: &str, id: &str) -> serde_json::Value {
+    eventually(&format!("{id} failed at {node}"), || {
+        let out = c.cli_ok(&["status", "--config", &c.cfg(node), id, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let failed = v["recipients"][0]["state"] == "failed";
+        async move { failed.then_some(v) }
+    })
+    .await
+}
+
 async fn delivered(c: &Cluster, node: &str, id: &str) -> serde_json::Value {
     eventually(&format!("{id} delivered"), || {
         let out = c.cli_ok(&["status", "--config", &c.cfg(node), id, "--json"]);
@@ -193,13 +219,7 @@ async fn a_relay_that_gives_up_on_a_district_tells_a_sender_beyond_the_hub() {
         c.start(n);
     }
     let id = send_from(&c, "vpcp", G22, DIENBAN, "Công điện gửi huyện");
-    let v = eventually("the relay's undeliverable notice at the sender", || {
-        let out = c.cli_ok(&["status", "--config", &c.cfg("vpcp"), &id, "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let failed = v["recipients"][0]["state"] == "failed";
-        async move { failed.then_some(v) }
-    })
-    .await;
+    let v = failed(&c, "vpcp", &id).await;
     let detail = v["recipients"][0]["detail"].as_str().unwrap();
     assert!(detail.contains("undeliverable"), "{v}");
     c.wait_log("quangnam", &["delivery deadline missed"]);
@@ -221,17 +241,7 @@ async fn a_refusal_beyond_the_relay_reaches_the_districts_sender() {
     for n in ["hub", "vpcp", "quangnam", "duyxuyen"] {
         c.start(n);
     }
-    eventually("national directory at the district", || {
-        let out = c.cli_ok(&[
-            "directory",
-            "list",
-            "--config",
-            &c.cfg("duyxuyen"),
-            "--json",
-        ]);
-        async move { out.contains(G22).then_some(()) }
-    })
-    .await;
+    national_directory_at_the_district(&c).await;
     let big = c.path("bao-cao.pdf");
     std::fs::write(&big, vec![b'x'; 4000]).unwrap();
     let id = c
@@ -250,13 +260,7 @@ async fn a_refusal_beyond_the_relay_reaches_the_districts_sender() {
         ])
         .trim()
         .to_owned();
-    let v = eventually("the refusal at the district's sender", || {
-        let out = c.cli_ok(&["status", "--config", &c.cfg("duyxuyen"), &id, "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let failed = v["recipients"][0]["state"] == "failed";
-        async move { failed.then_some(v) }
-    })
-    .await;
+    let v = failed(&c, "duyxuyen", &id).await;
     let detail = v["recipients"][0]["detail"].as_str().unwrap();
     assert!(
         detail.contains("undeliverable") && detail.contains("max_attachment_bytes"),
@@ -271,17 +275,7 @@ async fn without_the_hub_the_province_keeps_delivering_and_the_rest_waits() {
         c.start(n);
     }
     // Wait until the district knows the national directory, then cut the hub.
-    eventually("national directory at the district", || {
-        let out = c.cli_ok(&[
-            "directory",
-            "list",
-            "--config",
-            &c.cfg("duyxuyen"),
-            "--json",
-        ]);
-        async move { out.contains(G22).then_some(()) }
-    })
-    .await;
+    national_directory_at_the_district(&c).await;
     c.kill("hub");
     let inside = send_from(
         &c,

@@ -237,17 +237,8 @@ async fn a_revoked_certificate_loses_its_link_and_cannot_come_back() {
 /// child's next handshakes fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_drops_a_parent_whose_certificate_is_revoked() {
-    let mut c = Cluster::new();
-    c.edit("vpcp", crl_reload_every(100));
     // The others have not read the list yet: the hub still carries their traffic.
-    for n in ["hub", "nghean", "caobang"] {
-        c.edit(n, crl_reload_every(3_600_000));
-    }
-    for n in ["hub", "vpcp", "nghean", "caobang"] {
-        c.start(n);
-    }
-    let before = c.send_from_vpcp(H41, "trước khi thu hồi", &[]);
-    c.wait_delivered("vpcp", &before);
+    let c = four_nodes_one_reading_lists("vpcp");
 
     revoke(&c, "hub");
     c.wait_log("vpcp", &["revocation lists reloaded"]);
@@ -268,16 +259,7 @@ async fn a_child_drops_a_parent_whose_certificate_is_revoked() {
 /// once it reads the list (here at its start).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_agency_certificate_signs_nothing_that_is_accepted() {
-    let mut c = Cluster::new();
-    c.edit("hub", crl_reload_every(100));
-    for n in ["vpcp", "nghean", "caobang"] {
-        c.edit(n, crl_reload_every(3_600_000));
-    }
-    for n in ["hub", "vpcp", "nghean", "caobang"] {
-        c.start(n);
-    }
-    let before = c.send_from_vpcp(H41, "trước khi thu hồi", &[]);
-    c.wait_delivered("vpcp", &before);
+    let mut c = four_nodes_one_reading_lists("hub");
 
     let out = revoke(&c, G22);
     assert!(out.contains("signing-ca.crl"), "{out}");
@@ -302,6 +284,36 @@ async fn a_revoked_agency_certificate_signs_nothing_that_is_accepted() {
     let (ok, out) = c.send_as("vpcp", G22, H41, "sau khi khởi động lại", &[]);
     assert!(!ok, "sent with a revoked certificate: {out}");
     assert!(out.contains("CertRevoked"), "{out}");
+}
+
+/// hub, vpcp, nghean and caobang running, `fast` reading its revocation lists
+/// every 100 ms and the others hourly, one document delivered vpcp → H41.
+fn four_nodes_one_reading_lists(fast: &str) -> Cluster {
+    let mut c = Cluster::new();
+    for n in ["hub", "vpcp", "nghean", "caobang"] {
+        c.edit(n, crl_reload_every(if n == fast { 100 } else { 3_600_000 }));
+    }
+    for n in ["hub", "vpcp", "nghean", "caobang"] {
+        c.start(n);
+    }
+    let before = c.send_from_vpcp(H41, "trước khi thu hồi", &[]);
+    c.wait_delivered("vpcp", &before);
+    c
+}
+
+/// A PKI directory with `pki`'s transport CA and `issued` as vpcp's
+/// certificate and key.
+fn pki_holding_vpcp(pki: &Path, issued: &truc_pki::dev::Issued) -> tempfile::TempDir {
+    let other = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(other.path().join("nodes")).unwrap();
+    std::fs::copy(
+        pki.join("transport-ca.crt"),
+        other.path().join("transport-ca.crt"),
+    )
+    .unwrap();
+    std::fs::write(other.path().join("nodes/vpcp.crt"), &issued.cert_pem).unwrap();
+    std::fs::write(other.path().join("nodes/vpcp.key"), &issued.key_pem).unwrap();
+    other
 }
 
 /// A config edit: the node reads its revocation lists again every `ms`.
@@ -355,15 +367,7 @@ async fn an_expired_node_certificate_is_refused_at_the_handshake() {
     let expired = ca
         .node_cert_valid(&"vpcp".parse().unwrap(), &[], -1)
         .unwrap();
-    let other = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(other.path().join("nodes")).unwrap();
-    std::fs::copy(
-        pki.join("transport-ca.crt"),
-        other.path().join("transport-ca.crt"),
-    )
-    .unwrap();
-    std::fs::write(other.path().join("nodes/vpcp.crt"), &expired.cert_pem).unwrap();
-    std::fs::write(other.path().join("nodes/vpcp.key"), &expired.key_pem).unwrap();
+    let other = pki_holding_vpcp(pki, &expired);
     let err = raw_link(other.path(), "vpcp", &c.hub_addr())
         .await
         .err()
@@ -397,15 +401,7 @@ async fn a_link_ends_when_the_childs_certificate_expires() {
     let short = ca
         .node_cert_expiring(&"vpcp".parse().unwrap(), std::time::Duration::from_secs(3))
         .unwrap();
-    let other = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(other.path().join("nodes")).unwrap();
-    std::fs::copy(
-        pki.join("transport-ca.crt"),
-        other.path().join("transport-ca.crt"),
-    )
-    .unwrap();
-    std::fs::write(other.path().join("nodes/vpcp.crt"), &short.cert_pem).unwrap();
-    std::fs::write(other.path().join("nodes/vpcp.key"), &short.key_pem).unwrap();
+    let other = pki_holding_vpcp(pki, &short);
     let link = raw_link(other.path(), "vpcp", &c.hub_addr())
         .await
         .expect("a certificate valid for three more seconds opens a link");

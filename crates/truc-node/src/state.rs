@@ -5970,21 +5970,26 @@ mod tests {
         assert_eq!(store.scan(Space::Dead, &[], None, 10).unwrap().len(), 1);
     }
 
-    /// A relay claims no agency the national directory places elsewhere, but
-    /// may move one it places on the relay itself to a district below it.
-    #[test]
-    fn a_relay_registers_what_is_its_own_and_nothing_placed_elsewhere() {
-        let f = Fixture::new();
+    /// Relay quangnam (H47, under a parent) with one child, `child`.
+    fn relay_with_child(f: &Fixture, child: &str) -> Arc<NodeState> {
         let mut routing = RoutingTable::new(true);
         routing.add_local("000.00.00.H47".parse().unwrap());
-        routing.add_child("dienban".parse().unwrap());
-        let relay = f.state(
+        routing.add_child(child.parse().unwrap());
+        f.state(
             "quangnam",
             routing,
             vec![f.signer("000.00.00.H47")],
             Some(f.node_signer("quangnam")),
             Arc::new(MemoryStore::new()),
-        );
+        )
+    }
+
+    /// A relay claims no agency the national directory places elsewhere, but
+    /// may move one it places on the relay itself to a district below it.
+    #[test]
+    fn a_relay_registers_what_is_its_own_and_nothing_placed_elsewhere() {
+        let f = Fixture::new();
+        let relay = relay_with_child(&f, "dienban");
         let entry = |organ: &str, node: &str| pb::AgencyEntry {
             organ: organ.into(),
             name: String::new(),
@@ -6023,16 +6028,7 @@ mod tests {
     #[test]
     fn a_registration_before_the_parents_first_directory_is_published() {
         let f = Fixture::new();
-        let mut routing = RoutingTable::new(true);
-        routing.add_local("000.00.00.H47".parse().unwrap());
-        routing.add_child("duyxuyen".parse().unwrap());
-        let relay = f.state(
-            "quangnam",
-            routing,
-            vec![f.signer("000.00.00.H47")],
-            Some(f.node_signer("quangnam")),
-            Arc::new(MemoryStore::new()),
-        );
+        let relay = relay_with_child(&f, "duyxuyen");
         let changes = relay.directory_changes();
         let district: OrganId = "001.00.10.H47".parse().unwrap();
         relay

@@ -408,37 +408,34 @@ mod tests {
         p.subject_alt_names = vec![uri(format!("{ORGAN_URN}{o}")).unwrap()];
         p.key_usages = vec![KeyUsagePurpose::KeyEncipherment];
         let issued = ca.issue(p).unwrap();
-        let signer = crate::sign::Signer::from_der(
+        let encryption_only = crate::sign::Signer::from_der(
             &o,
             vec![CertificateDer::from(issued.cert_der)],
             PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap(),
         )
         .unwrap();
-        let sig = signer.sign(b"header bytes").unwrap();
-        let err = verifier(&ca)
-            .verify(
-                b"header bytes",
-                &sig.bytes,
-                sig.algorithm,
-                &sig.chain,
-                UnixTime::now(),
-            )
-            .unwrap_err();
+        let err = signed_and_checked(&ca, &encryption_only).unwrap_err();
         assert!(
             matches!(&err, VerifyError::Untrusted(why) if why.contains("key usage")),
             "{err}"
         );
         // The same agency with a signing certificate is fine.
-        let sig = signer_ok(&ca, &o);
-        assert!(
-            verifier(&ca)
-                .verify(b"x", &sig.bytes, sig.algorithm, &sig.chain, UnixTime::now())
-                .is_ok()
-        );
+        assert!(signed_and_checked(&ca, &signer(&ca, &o)).is_ok());
     }
 
-    fn signer_ok(ca: &DevCa, o: &OrganId) -> crate::sign::Signature {
-        signer(ca, o).sign(b"x").unwrap()
+    /// Signs b"header bytes" with `s` and checks it against `ca`.
+    fn signed_and_checked(
+        ca: &DevCa,
+        s: &crate::sign::Signer,
+    ) -> Result<crate::sign::Verified, VerifyError> {
+        let sig = s.sign(b"header bytes").unwrap();
+        verifier(ca).verify(
+            b"header bytes",
+            &sig.bytes,
+            sig.algorithm,
+            &sig.chain,
+            UnixTime::now(),
+        )
     }
 
     #[test]
