@@ -4691,8 +4691,6 @@ impl NodeState {
         Ok(())
     }
 
-    /// Parks documents in the queues of disconnected children that missed their
-    /// delivery deadline, and sends each sender a signed UNDELIVERABLE receipt.
     /// A document this node gives up on for `e`'s recipients: its sender,
     /// wherever it is, hears it as an undeliverable receipt signed by this
     /// node (receipts and statuses given up on are not answered). A notice
@@ -4752,6 +4750,8 @@ impl NodeState {
         Ok(())
     }
 
+    /// Parks documents in the queues of disconnected children that missed their
+    /// delivery deadline, and sends each sender a signed UNDELIVERABLE receipt.
     pub fn park_overdue(&self) -> Result<usize, NodeError> {
         let now = now_ms();
         let min_deadline = self.delivery.deadline_ms.iter().copied().min().unwrap_or(0) as i64;
