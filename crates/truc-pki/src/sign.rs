@@ -336,15 +336,6 @@ impl SignatureVerifier {
         Ok(())
     }
 
-    /// Revocation lists are checked (some are set).
-    pub fn checks_revocation(&self) -> bool {
-        !self
-            .crls
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
-    }
-
     /// Counts this verifier's checks in `counter` (its own until then).
     pub fn counting(mut self, counter: &SignatureCounter) -> Self {
         self.counter = counter.clone();
