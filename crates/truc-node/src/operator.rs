@@ -378,6 +378,7 @@ async fn login(State(cx): State<Ctx>, tls: Tls, Form(f): Form<LoginForm>) -> Res
             let n = &mut failed.entry(ip).or_insert((now, 0)).1;
             *n += 1;
             if *n > LOGIN_FAILURES {
+                tracing::warn!(from = ?from, "dashboard login with an unknown token; this address waits a minute");
                 return login_page(
                     StatusCode::TOO_MANY_REQUESTS,
                     "Đăng nhập sai quá nhiều lần; chờ một phút · Too many failed logins; wait a minute",
