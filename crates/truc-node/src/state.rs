@@ -1749,6 +1749,27 @@ impl NodeState {
                 ))
                 .into());
             }
+            // What the configuration binds comes back at the next start:
+            // removing it here would last until then, and the parent and the
+            // children would have dropped it meanwhile.
+            if c.remove
+                && self
+                    .store
+                    .get(
+                        Space::Meta,
+                        &Key::new().str("reg").str(c.organ.as_str()).build(),
+                    )?
+                    .is_none()
+            {
+                return Err(Refusal::new(
+                    Code::FailedPrecondition,
+                    format!(
+                        "{} is bound by this node's configuration ([[children]] organs): remove it there and restart",
+                        c.organ
+                    ),
+                )
+                .into());
+            }
             // An agency the parent's directory already places elsewhere is
             // not this subtree's to claim: the parent would refuse the change,
             // and meanwhile this node would route its mail below.
@@ -4784,6 +4805,11 @@ impl NodeState {
                 continue;
             }
             let mut w = self.lock();
+            // Back meanwhile: what it is being sent is not given up on (the
+            // sender would hear "undeliverable", then "delivered").
+            if self.is_connected(&child) {
+                continue;
+            }
             let mut plan = Plan::default();
             for (seq, e) in &overdue {
                 let key = Key::new().str(&queue).u64(*seq).build();
@@ -6042,6 +6068,35 @@ mod tests {
             .unwrap();
         assert!(relay.directory().entries.contains_key(&district));
         assert!(changes.has_changed().unwrap(), "children are told");
+    }
+
+    /// An agency the configuration binds is not removed at runtime: it would
+    /// come back at the next start, after the parent and the children had
+    /// dropped it. One registered at runtime is.
+    #[test]
+    fn only_runtime_registrations_are_removed_at_runtime() {
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let remove = |organ: &str| {
+            hub.change_directory(envelope::DirectoryFact {
+                remove: true,
+                organ: organ.parse().unwrap(),
+                name: String::new(),
+                parent: None,
+                node: None,
+            })
+        };
+        let e = remove("000.00.00.G22").unwrap_err().to_string();
+        assert!(e.contains("bound by this node's configuration"), "{e}");
+        hub.change_directory(envelope::DirectoryFact {
+            remove: false,
+            organ: "001.00.00.G22".parse().unwrap(),
+            name: "Vụ".into(),
+            parent: Some("000.00.00.G22".parse().unwrap()),
+            node: Some("vpcp".parse().unwrap()),
+        })
+        .unwrap();
+        remove("001.00.00.G22").unwrap();
     }
 
     /// A registration stored through a child is left out at start once the
