@@ -12,7 +12,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     sync::{
         Arc, Mutex, MutexGuard, RwLock,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
     },
 };
 
@@ -541,6 +541,10 @@ pub struct NodeState {
     last_seen: Mutex<HashMap<NodeId, i64>>,
     parent: Option<NodeId>,
     connected: Mutex<BTreeSet<NodeId>>,
+    /// The earliest deadline a document's own due date made shorter than
+    /// its priority's (0: not known, scan every queue fully next time). The
+    /// deadline sweep stops early in a queue only before it.
+    next_short_deadline: AtomicI64,
     pub storage: crate::config::StorageSection,
     partials: Arc<Mutex<HashMap<Digest, tokio::sync::watch::Receiver<Option<bool>>>>>,
     /// Uploads being received, one stream at a time each.
@@ -896,6 +900,7 @@ impl NodeState {
             last_seen: Mutex::default(),
             parent: p.parent,
             connected: Mutex::default(),
+            next_short_deadline: AtomicI64::new(0),
             storage: p.storage,
             partials: Arc::default(),
             uploading: Arc::default(),
@@ -2033,6 +2038,9 @@ impl NodeState {
             c.insert(child.clone());
         } else {
             c.remove(child);
+            // Its queue was not read while it was up: the next sweep reads
+            // every queue for shortened deadlines.
+            self.next_short_deadline.store(0, Ordering::Relaxed);
         }
     }
 
@@ -3645,6 +3653,8 @@ impl NodeState {
                         deadline = now + self.delivery.deadline_for(v.header.priority) as i64;
                         if v.header.due_at_ms > now && v.header.due_at_ms < deadline {
                             deadline = v.header.due_at_ms;
+                            self.next_short_deadline
+                                .fetch_min(deadline, Ordering::Relaxed);
                         }
                     }
                     plan.batch.put(
@@ -4776,7 +4786,26 @@ impl NodeState {
     pub fn park_overdue(&self) -> Result<usize, NodeError> {
         let now = now_ms();
         let min_deadline = self.delivery.deadline_ms.iter().copied().min().unwrap_or(0) as i64;
-        let children: Vec<NodeId> = self.routing().child_nodes().cloned().collect();
+        let mut children: Vec<NodeId> = self.routing().child_nodes().cloned().collect();
+        // Queues of children no longer configured still hold documents: they
+        // are as good as disconnected for ever, and their senders must hear.
+        let gone: Vec<NodeId> = self
+            .lock()
+            .counts
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .filter_map(|(k, _)| k.strip_prefix("q:child:")?.parse::<NodeId>().ok())
+            .filter(|n| !children.contains(n))
+            .collect();
+        children.extend(gone);
+        // Entries are in arrival order, so past the first one enqueued less
+        // than the shortest deadline ago nothing is overdue, unless a due date
+        // made a deadline shorter: then every queue is read to its end, and
+        // the next such deadline found.
+        let full = now >= self.next_short_deadline.load(Ordering::Relaxed);
+        if full {
+            self.next_short_deadline.store(i64::MAX, Ordering::Relaxed);
+        }
         let mut parked = 0;
         for child in children {
             if self.is_connected(&child) {
@@ -4792,8 +4821,13 @@ impl NodeState {
                 }
                 for (seq, e) in rows {
                     after = Some(seq);
-                    // Entries are in arrival order: past this one nothing can be overdue.
-                    if e.enqueued_at_ms + min_deadline > now {
+                    let shortened =
+                        e.deadline_ms != 0 && e.deadline_ms < e.enqueued_at_ms + min_deadline;
+                    if full && shortened && e.deadline_ms > now {
+                        self.next_short_deadline
+                            .fetch_min(e.deadline_ms, Ordering::Relaxed);
+                    }
+                    if !full && e.enqueued_at_ms + min_deadline > now {
                         break 'scan;
                     }
                     if e.deadline_ms != 0 && e.deadline_ms <= now {
@@ -4861,33 +4895,58 @@ impl NodeState {
             if e.doc_id != d {
                 continue;
             }
-            let queue = str_parts(&k, 1)
+            let parked_on = str_parts(&k, 1)
                 .and_then(|mut q| q.pop())
                 .ok_or_else(|| internal("parked key"))?;
+            // Routed again: the directory may have moved a recipient to
+            // another child since (the old one may be gone for good).
+            let recipients: Vec<OrganId> = e
+                .recipients
+                .iter()
+                .map(|r| r.parse().map_err(|_| internal("parked recipient")))
+                .collect::<Result<_, _>>()?;
+            let routes = self.routing().route(&recipients).map_err(|err| {
+                Refusal::new(
+                    Code::FailedPrecondition,
+                    format!("document {d} parked on {parked_on} cannot be routed again: {err}"),
+                )
+            })?;
             plan.batch.delete(Space::Parked, k);
-            let seq = self.next_seq(&mut w, &mut plan, &queue)?;
-            e.enqueued_at_ms = now;
-            e.deadline_ms = now + self.delivery.deadline_for(e.priority) as i64;
-            plan.batch.put(
-                Space::Queue,
-                Key::new().str(&queue).u64(seq).build(),
-                record::encode(&e),
-            );
-            plan.deltas.push((format!("q:{queue}"), 1));
-            if queue.starts_with("child:") {
-                plan.deltas.push((format!("s:{}", e.from), 1));
-                for r in &e.recipients {
-                    plan.deltas.push((format!("r:{r}"), 1));
+            for (dest, to) in routes {
+                let Some(queue) = queue_name(&dest) else {
+                    return Err(Refusal::new(
+                        Code::FailedPrecondition,
+                        format!(
+                            "document {d} is now for an agency this node serves itself; it cannot be requeued"
+                        ),
+                    )
+                    .into());
+                };
+                let seq = self.next_seq(&mut w, &mut plan, &queue)?;
+                e.enqueued_at_ms = now;
+                e.deadline_ms = now + self.delivery.deadline_for(e.priority) as i64;
+                e.recipients = to.iter().map(|o| o.to_string()).collect();
+                plan.batch.put(
+                    Space::Queue,
+                    Key::new().str(&queue).u64(seq).build(),
+                    record::encode(&e),
+                );
+                plan.deltas.push((format!("q:{queue}"), 1));
+                if queue.starts_with("child:") {
+                    plan.deltas.push((format!("s:{}", e.from), 1));
+                    for r in &e.recipients {
+                        plan.deltas.push((format!("r:{r}"), 1));
+                    }
                 }
+                plan.audit(
+                    "requeued",
+                    &d,
+                    &e.from,
+                    format!("on {queue} by an operator (parked on {parked_on})"),
+                );
+                plan.queues.push(queue);
+                n += 1;
             }
-            plan.audit(
-                "requeued",
-                &d,
-                &e.from,
-                format!("on {queue} by an operator"),
-            );
-            plan.queues.push(queue);
-            n += 1;
         }
         if n == 0 {
             return Err(Refusal::not_found(format!("no parked entry for document {d}")).into());
@@ -6068,6 +6127,45 @@ mod tests {
             .unwrap();
         assert!(relay.directory().entries.contains_key(&district));
         assert!(changes.has_changed().unwrap(), "children are told");
+    }
+
+    /// A child taken out of the configuration leaves its queue behind: its
+    /// overdue documents are parked (their senders hear), and an operator's
+    /// requeue routes them again, to where the directory now puts their
+    /// recipients.
+    #[test]
+    fn a_removed_childs_queue_is_parked_and_requeued_where_its_agencies_are_now() {
+        let f = Fixture::new();
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let hub = f.hub(store.clone());
+        let header = pb::Header {
+            format_version: envelope::FORMAT_VERSION,
+            doc_id: DocId::new_v7().to_string(),
+            kind: pb::Kind::Document as i32,
+            from: "000.00.00.G22".into(),
+            to: vec!["000.00.00.H41".into()],
+            subject: "Hỏa tốc".into(),
+            due_at_ms: now_ms() + 30,
+            ..Default::default()
+        };
+        let env = envelope::seal(&header, &f.signer("000.00.00.G22")).unwrap();
+        let v = envelope::verify(env, &f.verifiers(), &Limits::default(), UnixTime::now()).unwrap();
+        let id = v.doc_id;
+        hub.accept(v, &child("vpcp"), None).unwrap();
+        assert_eq!(hub.queue_depth("child:nghean"), 1);
+        hub.close().unwrap();
+        drop(hub);
+        // H41 is now served by another node; nghean is gone from the config.
+        let hub = f.hub_with(
+            store,
+            &[("000.00.00.G22", "vpcp"), ("000.00.00.H41", "nghean2")],
+        );
+        // Past the document's due time (the deadline it carries, 30 ms).
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(hub.park_overdue().unwrap(), 1, "the gone child's queue");
+        assert_eq!(hub.queue_depth("child:nghean"), 0);
+        assert_eq!(hub.requeue(&id).unwrap(), 1);
+        assert_eq!(hub.queue_depth("child:nghean2"), 1, "routed again");
     }
 
     /// An agency the configuration binds is not removed at runtime: it would
