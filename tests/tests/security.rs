@@ -435,6 +435,14 @@ async fn a_stale_revocation_list_fails_closed() {
         .expect("a stale CRL let a node in");
     assert!(!err.is_empty());
     c.wait_log("hub", &["tls handshake refused"]);
+    // And it says why, not only that handshakes fail.
+    c.wait_log(
+        "hub",
+        &[
+            "revocation list is past its next update",
+            "transport-ca.crl",
+        ],
+    );
     // With a fresh list the same node gets in: the refusal was the list's age.
     std::fs::write(pki.join("transport-ca.crl"), ca.crl(&[]).unwrap()).unwrap();
     c.kill("hub");

@@ -722,11 +722,13 @@ impl RunningNode {
             ));
         }
 
+        note_crl_dates(&state, "tls", &config.tls.crls);
+        note_crl_dates(&state, "signing", &config.signing_crls);
         if !config.signing_crls.is_empty() {
             tasks.spawn(tracing::Instrument::instrument(
                 reload_signer_crls(
                     config.signing_crls.clone(),
-                    state.verifiers.agencies.clone(),
+                    state.clone(),
                     Config::ms(config.tls.crl_reload_ms),
                     stop_rx.clone(),
                 ),
@@ -737,7 +739,7 @@ impl RunningNode {
             tasks.spawn(tracing::Instrument::instrument(
                 reload_crls(
                     config.tls.clone(),
-                    state.verifiers.nodes.clone(),
+                    state.clone(),
                     Reloaded {
                         link: link_tls_tx,
                         operator: operator_tls_tx,
@@ -843,6 +845,28 @@ impl RunningNode {
     }
 }
 
+/// Records when each list in `paths` is due to be replaced (for the `crl`
+/// alert), and says so in the log when one is already past it.
+fn note_crl_dates(state: &NodeState, which: &str, paths: &[std::path::PathBuf]) {
+    let now = crate::state::now_ms() / 1000;
+    let mut due = Vec::new();
+    for p in paths {
+        let Ok(crls) = truc_pki::load_crls(p) else {
+            continue;
+        };
+        let next = crls
+            .iter()
+            .filter_map(|c| truc_pki::identity::crl_next_update(c).ok().flatten())
+            .min()
+            .unwrap_or(0);
+        if next > 0 && now >= next {
+            tracing::error!(list = %p.display(), which, "revocation list is past its next update: everything it covers is refused until a new one is published");
+        }
+        due.push((p.display().to_string(), next));
+    }
+    state.telemetry.set_crls(which, due);
+}
+
 /// Checks signers' chains against the revocation lists in `paths` (none: no
 /// check).
 fn signer_crls(
@@ -861,7 +885,7 @@ fn signer_crls(
 /// loaded keeps the previous ones, and says so).
 async fn reload_signer_crls(
     paths: Vec<std::path::PathBuf>,
-    verifier: SignatureVerifier,
+    state: Arc<NodeState>,
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -878,9 +902,10 @@ async fn reload_signer_crls(
         if now == seen {
             continue;
         }
-        match signer_crls(&verifier, &paths) {
+        match signer_crls(&state.verifiers.agencies, &paths) {
             Ok(()) => {
                 seen = now;
+                note_crl_dates(&state, "signing", &paths);
                 tracing::warn!("signing revocation lists reloaded");
             }
             Err(e) => tracing::error!(
@@ -908,7 +933,7 @@ struct Reloaded {
 /// closed: nothing revoked becomes valid again) and says so.
 async fn reload_crls(
     tls: crate::config::TlsSection,
-    node_signatures: SignatureVerifier,
+    state: Arc<NodeState>,
     to: Reloaded,
     links: Option<LinkService>,
     mut stop: watch::Receiver<bool>,
@@ -953,7 +978,7 @@ async fn reload_crls(
                 continue;
             }
         };
-        if let Err(e) = node_signatures.set_crls(&material.crls) {
+        if let Err(e) = state.verifiers.nodes.set_crls(&material.crls) {
             tracing::error!(
                 error = %e,
                 "revocation lists changed but node signatures cannot be checked against them; the previous ones stay in force"
@@ -967,6 +992,7 @@ async fn reload_crls(
             .flatten()
             .collect();
         seen = now;
+        note_crl_dates(&state, "tls", &tls.crls);
         let _ = to.link.send(link_cfg);
         let _ = to.operator.send(operator_cfg);
         if let (Some(tx), Some(cfg)) = (&to.parent, parent_cfg) {

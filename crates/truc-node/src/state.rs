@@ -1612,6 +1612,27 @@ impl NodeState {
                 },
             });
         }
+        // A revocation list past its next update fails closed: every
+        // handshake or signature it covers is refused.
+        for (which, path, next) in self.telemetry.crls() {
+            if next > 0 && now / 1000 >= next {
+                out.push(Alert {
+                    kind: "crl",
+                    subject: format!("{which}:{path}"),
+                    detail: format!(
+                        "revocation list {path} is past its next update: everything it covers is refused until a new one is published"
+                    ),
+                });
+            } else if next > 0 && now / 1000 + 86_400 >= next {
+                out.push(Alert {
+                    kind: "crl",
+                    subject: format!("{which}:{path}"),
+                    detail: format!(
+                        "revocation list {path} is due for its next update within a day"
+                    ),
+                });
+            }
+        }
         if let Some(a) = self.telemetry.audit()
             && !a.ok
         {

@@ -71,7 +71,7 @@ pub struct AuditStatus {
 /// One active alert.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Alert {
-    /// overdue, link_down, cert_expiry, disk, audit, store.
+    /// overdue, link_down, cert_expiry, disk, audit, store, crl.
     pub kind: &'static str,
     /// What it is about: an agency, a node, a certificate.
     pub subject: String,
@@ -88,6 +88,8 @@ pub struct Telemetry {
     reports: Mutex<HashMap<NodeId, (i64, Vec<pb::NodeView>)>>,
     samples: Mutex<VecDeque<Sample>>,
     audit: Mutex<Option<AuditStatus>>,
+    /// (which: "tls" | "signing", file, next update in Unix seconds).
+    crls: Mutex<Vec<(String, String, i64)>>,
     /// This node's own transport certificate (Unix seconds).
     pub own_cert_not_after: AtomicI64,
     pub started_ms: i64,
@@ -104,6 +106,7 @@ impl Default for Telemetry {
             reports: Mutex::default(),
             samples: Mutex::default(),
             audit: Mutex::default(),
+            crls: Mutex::default(),
             own_cert_not_after: AtomicI64::new(0),
             started_ms: crate::state::now_ms(),
         }
@@ -222,6 +225,21 @@ impl Telemetry {
 
     pub fn samples(&self) -> Vec<Sample> {
         lock(&self.samples).iter().copied().collect()
+    }
+
+    /// The revocation lists in force, each with when it is due to be
+    /// replaced (Unix seconds): a list past it fails every check it covers.
+    pub fn set_crls(&self, which: &str, due: Vec<(String, i64)>) {
+        let mut m = lock(&self.crls);
+        m.retain(|(w, _, _)| w != which);
+        m.extend(
+            due.into_iter()
+                .map(|(path, at)| (which.to_owned(), path, at)),
+        );
+    }
+
+    pub fn crls(&self) -> Vec<(String, String, i64)> {
+        lock(&self.crls).clone()
     }
 
     pub fn set_audit(&self, a: AuditStatus) {

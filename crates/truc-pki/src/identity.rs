@@ -178,6 +178,13 @@ pub fn serial(der: &[u8]) -> Result<Vec<u8>, PkiError> {
 }
 
 /// The serial numbers a DER certificate revocation list revokes.
+/// When a CRL is due to be replaced (Unix seconds), if it says.
+pub fn crl_next_update(crl_der: &[u8]) -> Result<Option<i64>, PkiError> {
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl_der)
+        .map_err(|e| PkiError::BadCertificate(format!("cannot parse revocation list: {e}")))?;
+    Ok(crl.next_update().map(|t| t.timestamp()))
+}
+
 pub fn revoked_serials(crl_der: &[u8]) -> Result<Vec<Vec<u8>>, PkiError> {
     let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl_der)
         .map_err(|e| PkiError::BadCertificate(format!("cannot parse revocation list: {e}")))?;
