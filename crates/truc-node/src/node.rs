@@ -161,10 +161,14 @@ pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
         agencies: SignatureVerifier::from_file(&config.signing_ca)?,
         nodes: SignatureVerifier::from_file(&config.tls.ca)?,
     };
-    signer_crls(&verifiers.agencies, &config.signing_crls)
-        .map_err(|e| NodeError::Other(format!("signing.crls: {e}")))?;
-    signer_crls(&verifiers.nodes, &config.tls.crls)
-        .map_err(|e| NodeError::Other(format!("tls.crls: {e}")))?;
+    for (verifier, paths, what) in [
+        (&verifiers.agencies, &config.signing_crls, "signing.crls"),
+        (&verifiers.nodes, &config.tls.crls, "tls.crls"),
+    ] {
+        load_crl_files(paths)
+            .and_then(|files| verifier.set_crls(&all_crls(&files)))
+            .map_err(|e| NodeError::Other(format!("{what}: {e}")))?;
+    }
     crate::state::set_clock_offset_ms(config.test_hooks.clock_offset_ms);
     if !config.test_hooks.is_off() {
         tracing::warn!(hooks = ?config.test_hooks, "test hooks are on: this node misbehaves on purpose");
@@ -722,8 +726,13 @@ impl RunningNode {
             ));
         }
 
-        note_crl_dates(&state, "tls", &config.tls.crls);
-        note_crl_dates(&state, "signing", &config.signing_crls);
+        // Read once more for their dates (the verifiers and TLS configs took
+        // the lists at build time, which has no node state to note them in).
+        for (which, paths) in [("tls", &config.tls.crls), ("signing", &config.signing_crls)] {
+            if let Ok(files) = load_crl_files(paths) {
+                note_crl_dates(&state, which, &files);
+            }
+        }
         if !config.signing_crls.is_empty() {
             tasks.spawn(tracing::Instrument::instrument(
                 reload_signer_crls(
@@ -845,39 +854,67 @@ impl RunningNode {
     }
 }
 
-/// Records when each list in `paths` is due to be replaced (for the `crl`
+/// Revocation list files, each with the lists it holds, read once.
+type CrlFiles = Vec<(std::path::PathBuf, Vec<Crl>)>;
+
+type Crl = rustls::pki_types::CertificateRevocationListDer<'static>;
+
+fn load_crl_files(paths: &[std::path::PathBuf]) -> Result<CrlFiles, truc_pki::PkiError> {
+    paths
+        .iter()
+        .map(|p| Ok((p.clone(), truc_pki::load_crls(p)?)))
+        .collect()
+}
+
+fn all_crls(files: &CrlFiles) -> Vec<Crl> {
+    files.iter().flat_map(|(_, l)| l.iter().cloned()).collect()
+}
+
+/// Records when each file's lists are due to be replaced (for the `crl`
 /// alert), and says so in the log when one is already past it.
-fn note_crl_dates(state: &NodeState, which: &str, paths: &[std::path::PathBuf]) {
+fn note_crl_dates(state: &NodeState, which: &str, files: &CrlFiles) {
     let now = crate::state::now_ms() / 1000;
-    let mut due = Vec::new();
-    for p in paths {
-        let Ok(crls) = truc_pki::load_crls(p) else {
-            continue;
-        };
-        let next = crls
-            .iter()
-            .filter_map(|c| truc_pki::identity::crl_next_update(c).ok().flatten())
-            .min()
-            .unwrap_or(0);
-        if next > 0 && now >= next {
-            tracing::error!(list = %p.display(), which, "revocation list is past its next update: everything it covers is refused until a new one is published");
-        }
-        due.push((p.display().to_string(), next));
-    }
+    let due = files
+        .iter()
+        .map(|(p, crls)| {
+            let next = crls
+                .iter()
+                .filter_map(|c| truc_pki::identity::crl_facts(c).ok()?.next_update)
+                .min()
+                .unwrap_or(0);
+            if next > 0 && now >= next {
+                tracing::error!(list = %p.display(), which, "revocation list is past its next update: everything it covers is refused until a new one is published");
+            }
+            (p.display().to_string(), next)
+        })
+        .collect();
     state.telemetry.set_crls(which, due);
 }
 
-/// Checks signers' chains against the revocation lists in `paths` (none: no
-/// check).
-fn signer_crls(
-    verifier: &SignatureVerifier,
+/// Calls `changed` every `every` when the bytes of `paths` differ from those
+/// it last took (it returns whether it took them: a change it could not
+/// apply is tried again at the next tick). Until `stop`.
+async fn on_change(
     paths: &[std::path::PathBuf],
-) -> Result<(), truc_pki::PkiError> {
-    let mut crls = Vec::new();
-    for p in paths {
-        crls.extend(truc_pki::load_crls(p)?);
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+    mut changed: impl FnMut() -> bool,
+) {
+    let read_all =
+        || -> Vec<Option<Vec<u8>>> { paths.iter().map(|p| std::fs::read(p).ok()).collect() };
+    let mut seen = read_all();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = crate::stopped(&mut stop) => return,
+            _ = tick.tick() => {}
+        }
+        let now = read_all();
+        if now != seen && changed() {
+            seen = now;
+        }
     }
-    verifier.set_crls(&crls)
 }
 
 /// Reads the signing CA's revocation lists again every `every`; when they
@@ -887,33 +924,26 @@ async fn reload_signer_crls(
     paths: Vec<std::path::PathBuf>,
     state: Arc<NodeState>,
     every: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let read_all =
-        || -> Vec<Option<Vec<u8>>> { paths.iter().map(|p| std::fs::read(p).ok()).collect() };
-    let mut seen = read_all();
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            _ = crate::stopped(&mut stop) => return,
-            _ = tick.tick() => {}
-        }
-        let now = read_all();
-        if now == seen {
-            continue;
-        }
-        match signer_crls(&state.verifiers.agencies, &paths) {
-            Ok(()) => {
-                seen = now;
-                note_crl_dates(&state, "signing", &paths);
+    on_change(&paths, every, stop, || {
+        let applied = load_crl_files(&paths).and_then(|files| {
+            state.verifiers.agencies.set_crls(&all_crls(&files))?;
+            Ok(files)
+        });
+        match applied {
+            Ok(files) => {
+                note_crl_dates(&state, "signing", &files);
                 tracing::warn!("signing revocation lists reloaded");
+                true
             }
-            Err(e) => tracing::error!(
-                error = %e,
-                "signing revocation lists changed but cannot be loaded; the previous ones stay in force"
-            ),
+            Err(e) => {
+                tracing::error!(error = %e, "signing revocation lists changed but cannot be loaded; the previous ones stay in force");
+                false
+            }
         }
-    }
+    })
+    .await;
 }
 
 /// Where [`reload_crls`] puts the TLS configurations it rebuilds.
@@ -936,28 +966,21 @@ async fn reload_crls(
     state: Arc<NodeState>,
     to: Reloaded,
     links: Option<LinkService>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let read_all = |paths: &[std::path::PathBuf]| -> Vec<Option<Vec<u8>>> {
-        paths.iter().map(|p| std::fs::read(p).ok()).collect()
-    };
-    let mut seen = read_all(&tls.crls);
-    let mut tick = tokio::time::interval(Duration::from_millis(tls.crl_reload_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = crate::stopped(&mut stop) => return,
-            _ = tick.tick() => {}
-        }
-        let now = read_all(&tls.crls);
-        if now == seen {
-            continue;
-        }
-        let material = match TransportMaterial::load(&tls.ca, &tls.cert, &tls.key, &tls.crls) {
-            Ok(m) => m,
+    let every = Duration::from_millis(tls.crl_reload_ms);
+    on_change(&tls.crls, every, stop, || {
+        let loaded = load_crl_files(&tls.crls).and_then(|files| {
+            let mut material =
+                TransportMaterial::load(&tls.ca, &tls.cert, &tls.key, &[] as &[&std::path::Path])?;
+            material.crls = all_crls(&files);
+            Ok((files, material))
+        });
+        let (files, material) = match loaded {
+            Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "revocation lists changed but cannot be loaded; the previous ones stay in force");
-                continue;
+                return false;
             }
         };
         let built = (|| {
@@ -975,7 +998,7 @@ async fn reload_crls(
                     error = %e,
                     "revocation lists changed but the TLS configuration cannot be rebuilt; the previous ones stay in force"
                 );
-                continue;
+                return false;
             }
         };
         if let Err(e) = state.verifiers.nodes.set_crls(&material.crls) {
@@ -983,7 +1006,7 @@ async fn reload_crls(
                 error = %e,
                 "revocation lists changed but node signatures cannot be checked against them; the previous ones stay in force"
             );
-            continue;
+            return false;
         }
         let revoked: std::collections::HashSet<Vec<u8>> = material
             .crls
@@ -991,8 +1014,7 @@ async fn reload_crls(
             .filter_map(|c| truc_pki::identity::revoked_serials(c).ok())
             .flatten()
             .collect();
-        seen = now;
-        note_crl_dates(&state, "tls", &tls.crls);
+        note_crl_dates(&state, "tls", &files);
         let _ = to.link.send(link_cfg);
         let _ = to.operator.send(operator_cfg);
         if let (Some(tx), Some(cfg)) = (&to.parent, parent_cfg) {
@@ -1004,5 +1026,7 @@ async fn reload_crls(
             .unwrap_or_default();
         let closed: Vec<String> = closed.iter().map(|n| n.to_string()).collect();
         tracing::warn!(revoked = revoked.len(), closed = ?closed, "revocation lists reloaded");
-    }
+        true
+    })
+    .await;
 }

@@ -1234,19 +1234,17 @@ impl NodeState {
     pub fn trusted_report(&self, child: &NodeId, nodes: Vec<pb::NodeView>) -> Vec<pb::NodeView> {
         let routing = self.routing();
         let dir = self.directory();
-        // Nodes the directory places below another child.
-        let below_others: HashSet<&str> = dir
-            .entries
-            .values()
-            .filter(|e| {
-                e.organ
-                    .parse::<OrganId>()
-                    .ok()
-                    .and_then(|o| routing.child_of(&o).cloned())
-                    .is_some_and(|c| &c != child)
-            })
-            .map(|e| e.node.as_str())
-            .collect();
+        // Nodes the directory places below another child. Most reports (an
+        // edge's, every heartbeat) name only the child itself: no walk then.
+        let below_others: HashSet<&str> = if nodes.len() > 1 {
+            dir.entries
+                .iter()
+                .filter(|(o, _)| routing.child_of(o).is_some_and(|c| c != child))
+                .map(|(_, e)| e.node.as_str())
+                .collect()
+        } else {
+            HashSet::new()
+        };
         let elsewhere = |node: &NodeId| {
             node == &self.node_id
                 || self.parent.as_ref() == Some(node)
@@ -1288,12 +1286,10 @@ impl NodeState {
     /// directory says.
     fn node_below(&self, child: &NodeId, n: &NodeId) -> bool {
         let routing = self.routing();
-        self.directory().entries.values().any(|e| {
-            e.node == n.as_str()
-                && e.organ
-                    .parse::<OrganId>()
-                    .is_ok_and(|o| routing.child_of(&o) == Some(child))
-        })
+        self.directory()
+            .entries
+            .iter()
+            .any(|(o, e)| e.node == n.as_str() && routing.child_of(o) == Some(child))
     }
 
     /// Node `node` is this one or in its subtree: a configured child, or a

@@ -178,18 +178,26 @@ pub fn serial(der: &[u8]) -> Result<Vec<u8>, PkiError> {
 }
 
 /// The serial numbers a DER certificate revocation list revokes.
-/// When a CRL is due to be replaced (Unix seconds), if it says.
-pub fn crl_next_update(crl_der: &[u8]) -> Result<Option<i64>, PkiError> {
+/// What a CRL says, read in one parse.
+pub struct CrlFacts {
+    /// Revoked serial numbers (raw big-endian).
+    pub revoked: Vec<Vec<u8>>,
+    /// When it is due to be replaced (Unix seconds), if it says.
+    pub next_update: Option<i64>,
+}
+
+pub fn crl_facts(crl_der: &[u8]) -> Result<CrlFacts, PkiError> {
     let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl_der)
         .map_err(|e| PkiError::BadCertificate(format!("cannot parse revocation list: {e}")))?;
-    Ok(crl.next_update().map(|t| t.timestamp()))
+    Ok(CrlFacts {
+        revoked: crl
+            .iter_revoked_certificates()
+            .map(|r| r.raw_serial().to_vec())
+            .collect(),
+        next_update: crl.next_update().map(|t| t.timestamp()),
+    })
 }
 
 pub fn revoked_serials(crl_der: &[u8]) -> Result<Vec<Vec<u8>>, PkiError> {
-    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl_der)
-        .map_err(|e| PkiError::BadCertificate(format!("cannot parse revocation list: {e}")))?;
-    Ok(crl
-        .iter_revoked_certificates()
-        .map(|r| r.raw_serial().to_vec())
-        .collect())
+    Ok(crl_facts(crl_der)?.revoked)
 }

@@ -563,13 +563,14 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
         }
         // The manifest is not signed: a file beside the signed ones would
         // pass for part of the document.
+        let named: std::collections::HashSet<String> = d
+            .header
+            .attachments
+            .iter()
+            .map(|a| format!("data/attachments/{}", a.name))
+            .collect();
         for rel in files_under(pkg, &pkg.join("data").join("attachments"))? {
-            let named = d
-                .header
-                .attachments
-                .iter()
-                .any(|a| rel == format!("data/attachments/{}", a.name));
-            if !named {
+            if !named.contains(&rel) {
                 f.fail(&rel, "an attachment the signed envelope does not name");
             }
         }
