@@ -230,6 +230,56 @@ fn every_fixture_imports_routes_and_exports_with_the_same_fields_and_bytes() {
     export_matches(&nghean, id, &fixture("new-document-unprefixed.xml"), H41);
 }
 
+/// Software on either side may send natively or as edXML: a status package
+/// answering a document sent natively names it by the id the export wrote,
+/// and a status sent natively about an imported document names it by its
+/// package's DocumentId, as the sender's software knows it.
+#[test]
+fn native_and_edxml_senders_name_the_same_document() {
+    let mut c = Cluster::new();
+    for n in ["hub", "vpcp", "nghean"] {
+        c.start(n);
+    }
+    let vpcp = c.rest("vpcp");
+    let nghean = c.rest("nghean");
+    let fixture_id = "000.00.00.G22,2026/11/28,7816/VPCP-TTĐT";
+
+    // Sent natively, answered with a package.
+    let (s, sent) = vpcp.post(
+        "/v1/documents",
+        json!({"from": G22, "to": [H41], "subject": "Công văn gửi thẳng"}),
+    );
+    assert_eq!(s, 201, "{sent}");
+    let id = sent["doc_id"].as_str().unwrap().to_owned();
+    nghean.wait_inbox(H41, &id, "document");
+    let (s, out) = nghean.get_bytes(&format!("/v1/inbox/{id}/edxml"));
+    assert_eq!(s, 200);
+    assert_eq!(parse(&out).document_id, id, "the export names the truc id");
+    let answer = String::from_utf8(fixture("status-03.xml"))
+        .unwrap()
+        .replace(fixture_id, &id);
+    let r = import(&nghean, answer.as_bytes());
+    let got = vpcp.wait_inbox(G22, r["doc_id"].as_str().unwrap(), "status");
+    assert_eq!(got["for_doc_id"], id.as_str(), "{got}");
+
+    // Imported, answered natively.
+    let r = import(&vpcp, &fixture("new-document.xml"));
+    let doc = r["doc_id"].as_str().unwrap().to_owned();
+    nghean.wait_inbox(H41, &doc, "document");
+    let (s, st) = nghean.post(&format!("/v1/inbox/{doc}/status"), json!({"code": "03"}));
+    assert_eq!(s, 201, "{st}");
+    let st_id = st["doc_id"].as_str().unwrap();
+    vpcp.wait_inbox(G22, st_id, "status");
+    let (s, out) = vpcp.get_bytes(&format!("/v1/inbox/{st_id}/edxml"));
+    assert_eq!(s, 200);
+    let p = parse(&out);
+    assert_eq!(
+        p.response_for[0].document_id, fixture_id,
+        "{:?}",
+        p.response_for
+    );
+}
+
 /// A ZIP holding `name`, whose sizes say `declared` whatever the data is:
 /// written by hand so that the header can lie (ZIP64 for sizes over 4 GiB).
 fn lying_zip(name: &str, data: &[u8], declared: u64) -> Vec<u8> {
@@ -310,9 +360,13 @@ fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
-/// The new-document fixture with one attachment of our making.
+/// The new-document fixture with one attachment of our making (and its
+/// manifest naming only that one).
 fn with_attachment(name: &str, encoded: &str) -> Vec<u8> {
-    let doc = String::from_utf8(fixture("new-document.xml")).unwrap();
+    let mut doc = String::from_utf8(fixture("new-document.xml")).unwrap();
+    let second = doc.find("<edXML:Reference><edXML:ContentId>cid:2").unwrap();
+    let end = second + doc[second..].find("</edXML:Reference>").unwrap();
+    doc.replace_range(second..end + "</edXML:Reference>".len(), "");
     let start = doc.find("<AttachmentEncoded>").unwrap();
     format!(
         "{}<AttachmentEncoded><Attachment><ContentId>cid:1</ContentId><AttachmentName>{name}</AttachmentName><ContentType>application/zip</ContentType><edXML:ContentTransferEncoded>{encoded}</edXML:ContentTransferEncoded></Attachment></AttachmentEncoded></edXML>",

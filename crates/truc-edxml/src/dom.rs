@@ -40,6 +40,26 @@ impl El {
     }
 }
 
+/// Most attributes on one element: edXML uses only `xmlns*` and `version`,
+/// and the reader checks each new one against every earlier one.
+const MAX_ATTRIBUTES: usize = 32;
+
+/// A character XML 1.0 allows (`Char`): what a strict receiver accepts.
+pub fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// Refuses text holding characters XML does not allow.
+fn xml_text(element: impl FnOnce() -> String, s: &str) -> Result<(), EdxmlError> {
+    match s.chars().find(|c| !is_xml_char(*c)) {
+        Some(c) => Err(EdxmlError::new(
+            element(),
+            format!("character U+{:04X} is not allowed in XML", c as u32),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn local(qname: &[u8]) -> String {
     let s = String::from_utf8_lossy(qname);
     match s.rsplit_once(':') {
@@ -116,13 +136,20 @@ pub fn parse(xml: &[u8], limits: &Limits) -> Result<El, EdxmlError> {
                     name: local(e.name().as_ref()),
                     ..Default::default()
                 };
-                for a in e.attributes() {
+                for (i, a) in e.attributes().enumerate() {
+                    if i >= MAX_ATTRIBUTES {
+                        return Err(EdxmlError::new(
+                            path(&stack),
+                            format!("more than {MAX_ATTRIBUTES} attributes on one element"),
+                        ));
+                    }
                     let a = a.map_err(|err| {
                         EdxmlError::new(path(&stack), format!("bad attribute: {err}"))
                     })?;
                     let v = a.unescape_value().map_err(|err| {
                         EdxmlError::new(path(&stack), format!("bad attribute value: {err}"))
                     })?;
+                    xml_text(|| path(&stack), &v)?;
                     el.attrs.push((local(a.key.as_ref()), v.into_owned()));
                 }
                 if matches!(ev, Event::Empty(_)) {
@@ -146,15 +173,22 @@ pub fn parse(xml: &[u8], limits: &Limits) -> Result<El, EdxmlError> {
             Event::Text(t) => {
                 let text = t
                     .decode()
-                    .map_err(|err| EdxmlError::new(path(&stack), format!("bad text: {err}")))?
+                    .map_err(|err| {
+                        EdxmlError::new(path(&stack), format!("text is not UTF-8: {err}"))
+                    })?
                     .into_owned();
+                xml_text(|| path(&stack), &text)?;
                 if let Some(cur) = stack.last_mut() {
                     cur.text.push_str(&text);
                 }
             }
             Event::CData(t) => {
+                let text = std::str::from_utf8(&t).map_err(|err| {
+                    EdxmlError::new(path(&stack), format!("CDATA is not UTF-8: {err}"))
+                })?;
+                xml_text(|| path(&stack), text)?;
                 if let Some(cur) = stack.last_mut() {
-                    cur.text.push_str(&String::from_utf8_lossy(&t));
+                    cur.text.push_str(text);
                 }
             }
             Event::GeneralRef(r) => {
@@ -172,6 +206,15 @@ pub fn parse(xml: &[u8], limits: &Limits) -> Result<El, EdxmlError> {
                     n if n.starts_with('#') => n[1..].parse::<u32>().ok().and_then(char::from_u32),
                     _ => None,
                 };
+                if let Some(c) = ch.filter(|c| !is_xml_char(*c)) {
+                    return Err(EdxmlError::new(
+                        path(&stack),
+                        format!(
+                            "&{name}; is U+{:04X}, which is not allowed in XML",
+                            c as u32
+                        ),
+                    ));
+                }
                 match (ch, stack.last_mut()) {
                     (Some(c), Some(cur)) => cur.text.push(c),
                     (Some(_), None) => {}
@@ -184,7 +227,23 @@ pub fn parse(xml: &[u8], limits: &Limits) -> Result<El, EdxmlError> {
                 }
             }
             Event::Eof => break,
-            Event::Decl(_) | Event::Comment(_) | Event::PI(_) => {}
+            Event::Decl(ref d) => {
+                // Only UTF-8 is read: a package declaring another encoding
+                // would otherwise lose its Vietnamese letters.
+                if let Some(Ok(enc)) = d.encoding()
+                    && !enc.eq_ignore_ascii_case(b"utf-8")
+                    && !enc.eq_ignore_ascii_case(b"utf8")
+                {
+                    return Err(EdxmlError::new(
+                        "document",
+                        format!(
+                            "encoding {:?} is not accepted: send the package in UTF-8",
+                            String::from_utf8_lossy(&enc)
+                        ),
+                    ));
+                }
+            }
+            Event::Comment(_) | Event::PI(_) => {}
         }
         buf.clear();
     }

@@ -25,7 +25,17 @@ impl W {
             return;
         }
         self.open(name);
-        self.out.push_str(&escape(text));
+        // Characters XML does not allow (a vertical tab pasted from a word
+        // processor) are left out: a strict receiver refuses the whole package.
+        if text.chars().all(crate::dom::is_xml_char) {
+            self.out.push_str(&escape(text));
+        } else {
+            let clean: String = text
+                .chars()
+                .filter(|c| crate::dom::is_xml_char(*c))
+                .collect();
+            self.out.push_str(&escape(&clean));
+        }
         self.close(name);
     }
     fn organ(&mut self, tag: &str, o: &Organ) {

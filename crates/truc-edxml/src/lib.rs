@@ -55,6 +55,9 @@ pub struct Limits {
     pub max_attachments: usize,
     /// Largest attachment once unzipped.
     pub max_attachment_bytes: u64,
+    /// Largest sum of every attachment once unzipped: what one package may
+    /// make the parser hold in memory.
+    pub max_total_attachment_bytes: u64,
     /// Most entries in one attachment ZIP.
     pub max_zip_entries: usize,
     /// Largest unzipped/zipped ratio of one entry.
@@ -69,6 +72,7 @@ impl Default for Limits {
             max_elements: 200_000,
             max_attachments: 100,
             max_attachment_bytes: 48 << 20,
+            max_total_attachment_bytes: 256 << 20,
             max_zip_entries: 8,
             max_zip_ratio: 200,
         }
@@ -91,6 +95,15 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if name.chars().any(|c| c.is_control()) {
         return Err(format!(
             "attachment name {name:?} contains control characters"
+        ));
+    }
+    // Bidirectional overrides make "hop-dong\u{202E}fdp.exe" display as a PDF.
+    if name
+        .chars()
+        .any(|c| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
+    {
+        return Err(format!(
+            "attachment name {name:?} contains bidirectional override characters"
         ));
     }
     if name.len() >= 2 && name.as_bytes()[1] == b':' {
@@ -277,5 +290,96 @@ mod tests {
                 .reason
                 .contains("malformed")
         );
+    }
+
+    /// Many attachments each under the limit are refused once together they
+    /// are over the package's: what one package may make the parser hold.
+    #[test]
+    fn the_attachments_together_are_bounded() {
+        let doc = String::from_utf8(fixture("new-document-unprefixed.xml")).unwrap();
+        let start = doc.find("<AttachmentEncoded>").unwrap();
+        // Bytes that do not compress: the ratio limit is not what refuses.
+        let mut x = 1u32;
+        let noise: Vec<u8> = (0..600 << 10)
+            .map(|_| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (x >> 24) as u8
+            })
+            .collect();
+        let one = zip_of("x", &noise);
+        let attachments: String = (1..=4)
+            .map(|i| format!("<Attachment><ContentId>cid:{i}</ContentId><AttachmentName>{i}.pdf</AttachmentName><ContentTransferEncoded>{one}</ContentTransferEncoded></Attachment>"))
+            .collect();
+        let xml = format!(
+            "{}<AttachmentEncoded>{attachments}</AttachmentEncoded></edXML>",
+            &doc[..start]
+        );
+        let limits = Limits {
+            max_attachment_bytes: 1 << 20,
+            max_total_attachment_bytes: 2 << 20,
+            ..Limits::default()
+        };
+        let e = parse(xml.as_bytes(), &limits).unwrap_err();
+        assert!(e.reason.contains("together"), "{e}");
+        assert!(e.element.contains("Attachment[4]"), "{e}");
+        let roomy = Limits {
+            max_total_attachment_bytes: 4 << 20,
+            ..limits
+        };
+        assert_eq!(parse(xml.as_bytes(), &roomy).unwrap().attachments.len(), 4);
+    }
+
+    #[test]
+    fn what_strict_receivers_refuse_is_refused_or_left_out() {
+        // Thousands of attributes: each is checked against every earlier one.
+        let attrs: String = (0..200_000).map(|i| format!(" a{i}=\"\"")).collect();
+        let e = err(format!("<edXML{attrs}/>").as_bytes());
+        assert!(e.reason.contains("attributes"), "{e}");
+        // Characters XML does not allow, as a reference, raw or in CDATA.
+        for bad in ["A&#1;B", "A\u{b}B", "<![CDATA[A\u{0}B]]>", "&#xFFFE;"] {
+            let e = err(format!("<edXML><Subject>{bad}</Subject></edXML>").as_bytes());
+            assert!(e.reason.contains("not allowed"), "{bad}: {e}");
+        }
+        let e = err(b"<edXML><Subject><![CDATA[\xe0]]></Subject></edXML>");
+        assert!(e.reason.contains("not UTF-8"), "{e}");
+        let e = err(b"<?xml version=\"1.0\" encoding=\"windows-1258\"?><edXML/>");
+        assert!(e.reason.contains("UTF-8"), "{e}");
+        // A subject pasted with a vertical tab is written without it.
+        let mut p = ok("new-document.xml");
+        p.subject = "Giấy\u{b} mời".into();
+        let xml = emit(&p);
+        assert!(!xml.contains(&0x0b), "a vertical tab was written");
+        assert_eq!(parse(&xml, &Limits::default()).unwrap().subject, "Giấy mời");
+    }
+
+    #[test]
+    fn a_manifest_names_only_attachments_that_travel_and_receivers_are_added_or_removed() {
+        let doc = String::from_utf8(with_attachment("a.pdf", &zip_of("x", b"x"))).unwrap();
+        let two = doc.replace(
+            "</edXMLManifest>",
+            "<Reference><ContentId>cid:2</ContentId><AttachmentName>b.pdf</AttachmentName></Reference></edXMLManifest>",
+        );
+        assert_ne!(two, doc, "the fixture has a manifest");
+        let e = err(two.as_bytes());
+        assert!(e.reason.contains("cid:2"), "{e}");
+        let update = String::from_utf8(fixture("update.xml")).unwrap();
+        let garbled = update.replacen(
+            "<edXML:ReceiverType>1</edXML:ReceiverType>",
+            "<edXML:ReceiverType>x</edXML:ReceiverType>",
+            1,
+        );
+        assert_ne!(garbled, update, "the fixture adds a receiver");
+        let e = err(garbled.as_bytes());
+        assert!(e.element.ends_with("ReceiverType"), "{e}");
+    }
+
+    #[test]
+    fn a_name_that_displays_as_another_is_refused() {
+        assert!(
+            check_name("hop-dong\u{202E}fdp.exe")
+                .unwrap_err()
+                .contains("bidirectional")
+        );
+        assert!(check_name("Quyết định số 12.pdf").is_ok());
     }
 }

@@ -156,8 +156,17 @@ pub fn parse(xml: &[u8], limits: &Limits) -> Result<Package, EdxmlError> {
             };
             if let Some(list) = b.at(&["BussinessDocumentInfo", "ReceiverList"]) {
                 for r in list.all("Receiver") {
-                    let kind = r.text_of("ReceiverType");
-                    business.receivers.push((r.text_of("OrganId"), kind != "0"));
+                    let added = match r.text_of("ReceiverType").as_str() {
+                        "0" => false,
+                        "1" => true,
+                        other => {
+                            return Err(EdxmlError::new(
+                                "Bussiness/BussinessDocumentInfo/ReceiverList/Receiver/ReceiverType",
+                                format!("{other:?} is neither 1 (added) nor 0 (removed)"),
+                            ));
+                        }
+                    };
+                    business.receivers.push((r.text_of("OrganId"), added));
                 }
             }
             if let Some(list) = b.child("ReplacementInfoList") {
@@ -217,6 +226,17 @@ pub fn parse(xml: &[u8], limits: &Limits) -> Result<Package, EdxmlError> {
             ),
         ));
     }
+    // Every file the manifest names travels with the package.
+    for (i, r) in refs.iter().enumerate() {
+        let id = r.text_of("ContentId");
+        if !id.is_empty() && !blobs.iter().any(|a| a.text_of("ContentId") == id) {
+            return Err(EdxmlError::new(
+                format!("edXMLManifest/Reference[{}]", i + 1),
+                format!("no AttachmentEncoded/Attachment with ContentId {id}"),
+            ));
+        }
+    }
+    let mut total: u64 = 0;
     for (i, a) in blobs.iter().enumerate() {
         let element = format!("AttachmentEncoded/Attachment[{}]", i + 1);
         let content_id = a.text_of("ContentId");
@@ -238,12 +258,28 @@ pub fn parse(xml: &[u8], limits: &Limits) -> Result<Package, EdxmlError> {
             .child("ContentTransferEncoded")
             .map(|e| e.text.as_str())
             .ok_or_else(|| EdxmlError::new(&element, "no ContentTransferEncoded"))?;
-        let (inner_name, data) = zipped::decode(
+        // What is left of the package's budget bounds this one too.
+        let left = limits.max_total_attachment_bytes.saturating_sub(total);
+        let data = zipped::decode(
             &format!("{element}/ContentTransferEncoded"),
             payload,
+            limits.max_attachment_bytes.min(left),
             limits,
-        )?;
-        let _ = inner_name;
+        )
+        .map_err(|e| {
+            if left < limits.max_attachment_bytes && e.reason.contains("over the limit") {
+                EdxmlError::new(
+                    e.element,
+                    format!(
+                        "the attachments together are over the package's limit of {} bytes",
+                        limits.max_total_attachment_bytes
+                    ),
+                )
+            } else {
+                e
+            }
+        })?;
+        total += data.len() as u64;
         p.attachments.push(Attachment {
             content_id,
             name,

@@ -9,16 +9,19 @@ use base64::Engine;
 
 use crate::{EdxmlError, Limits};
 
+/// The one file of the ZIP in `encoded`, at most `max_bytes` unzipped. The
+/// entry's own name is not used (the manifest names the attachment).
 pub fn decode(
     element: &str,
     encoded: &str,
+    max_bytes: u64,
     limits: &Limits,
-) -> Result<(String, Vec<u8>), EdxmlError> {
+) -> Result<Vec<u8>, EdxmlError> {
     let compact: String = encoded
         .chars()
         .filter(|c| !c.is_ascii_whitespace())
         .collect();
-    let max_zip = limits.max_attachment_bytes.saturating_add(1 << 20);
+    let max_zip = max_bytes.saturating_add(1 << 20);
     if (compact.len() as u64 / 4) * 3 > max_zip {
         return Err(EdxmlError::new(
             element,
@@ -40,7 +43,7 @@ pub fn decode(
             ),
         ));
     }
-    let mut found: Option<(String, Vec<u8>)> = None;
+    let mut found: Option<Vec<u8>> = None;
     for i in 0..archive.len() {
         let mut entry = archive
             .by_index(i)
@@ -53,13 +56,10 @@ pub fn decode(
         }
         let declared = entry.size();
         let compressed = entry.compressed_size().max(1);
-        if declared > limits.max_attachment_bytes {
+        if declared > max_bytes {
             return Err(EdxmlError::new(
                 element,
-                format!(
-                    "ZIP entry expands to {declared} bytes, over the limit of {}",
-                    limits.max_attachment_bytes
-                ),
+                format!("ZIP entry expands to {declared} bytes, over the limit of {max_bytes}"),
             ));
         }
         if declared / compressed > limits.max_zip_ratio {
@@ -86,12 +86,7 @@ pub fn decode(
                 format!("ZIP entry {name} is not the size it declares"),
             ));
         }
-        // The name becomes the attachment's display name: a damaged or hostile
-        // ZIP may carry control characters or a path in it (checked after the
-        // sizes, whose lies are the more telling reason).
-        crate::check_name(&name)
-            .map_err(|e| EdxmlError::new(element, format!("ZIP entry: {e}")))?;
-        found = Some((name, data));
+        found = Some(data);
     }
     found.ok_or_else(|| EdxmlError::new(element, "ZIP holds no file"))
 }

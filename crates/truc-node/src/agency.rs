@@ -36,6 +36,13 @@ impl AgencyService {
                 .limits
                 .max_attachment_bytes
                 .min(self.state.limits.max_message_bytes as u64),
+            // Decoded in memory before anything is stored: a package of at
+            // most `max_message_bytes` may hold four times that unzipped.
+            max_total_attachment_bytes: self
+                .state
+                .limits
+                .max_document_bytes
+                .min(4 * self.state.limits.max_message_bytes as u64),
             ..Default::default()
         };
         let st = self.state.clone();
@@ -57,7 +64,7 @@ impl AgencyService {
                     "this application may not act for {from}"
                 ))));
             }
-            match crate::edxml::to_truc(&p)? {
+            match crate::edxml::to_truc(p)? {
                 crate::edxml::Imported::Document(sub) => {
                     let (id, a) = st.submit(*sub)?;
                     let kept = st.keep_original(&from, &id, &package)?;
@@ -638,7 +645,15 @@ impl Agency for AgencyService {
                     .and_then(|o| dir.get(&o).map(|e| e.name.clone()))
                     .unwrap_or_default()
             };
-            let p = crate::edxml::from_truc(&header, data, &here, doc.received_at_ms, names);
+            let package_id = |from: &str, id: &str| st.package_document_id(from, id);
+            let p = crate::edxml::from_truc(
+                &header,
+                data,
+                &here,
+                doc.received_at_ms,
+                names,
+                package_id,
+            );
             let checks = st.check_pdfs_of(&header)?;
             Ok((truc_edxml::emit(&p), checks))
         })

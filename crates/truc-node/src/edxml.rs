@@ -27,6 +27,26 @@ pub fn derive_doc_id(from: &str, document_id: &str) -> DocId {
     DocId::from_uuid(uuid::Uuid::new_v8(b))
 }
 
+/// The truc doc_id a package's DocumentId names for sender `from`: a truc id
+/// as it is (a package answering or recalling a document truc exported
+/// carries the id the export wrote), any other derived from it.
+pub fn doc_id_of(from: &str, document_id: &str) -> DocId {
+    document_id
+        .parse()
+        .unwrap_or_else(|_| derive_doc_id(from, document_id))
+}
+
+/// The DocumentId of the package a document was imported from, kept in its
+/// signed header's meta; none for a document sent natively.
+pub fn document_id_in(header: &pb::Header) -> Option<String> {
+    let json = header.meta.get(META_KEY)?;
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    v.get("document_id")?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
 /// What an imported package asks for.
 #[derive(Debug)]
 pub enum Imported {
@@ -58,18 +78,26 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 
 const VN_OFFSET_MS: i64 = 7 * 3_600_000;
 
-/// `yyyy/MM/dd` (local time, UTC+7) → Unix ms at the end of that day.
+/// `yyyy/MM/dd` (local time, UTC+7; a time after the date is ignored) →
+/// Unix ms at the end of that day. A day the month does not have, or a year
+/// outside 1900–9999, is no date.
 pub fn parse_date(s: &str) -> Option<i64> {
-    let mut it = s.trim().split(['/', '-']);
+    let date = s.trim().split([' ', 'T']).next()?;
+    let mut it = date.split(['/', '-']);
     let (y, m, d): (i64, i64, i64) = (
         it.next()?.parse().ok()?,
         it.next()?.parse().ok()?,
-        it.next()?.get(..2)?.trim().parse().ok()?,
+        it.next()?.parse().ok()?,
     );
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    if it.next().is_some() || !(1900..=9999).contains(&y) || !(1..=12).contains(&m) || d < 1 {
         return None;
     }
-    Some((days_from_civil(y, m, d) + 1) * 86_400_000 - 1 - VN_OFFSET_MS)
+    let days = days_from_civil(y, m, d);
+    // 31 November comes back as 1 December.
+    if civil_from_days(days) != (y, m, d) {
+        return None;
+    }
+    Some((days + 1) * 86_400_000 - 1 - VN_OFFSET_MS)
 }
 
 /// Unix ms → `yyyy/MM/dd HH:mm:ss` in UTC+7, as edXML timestamps are written.
@@ -85,9 +113,16 @@ pub fn timestamp(ms: i64) -> String {
     )
 }
 
-/// Maps a parsed package onto a submission or a status reply.
-pub fn to_truc(p: &Package) -> Result<Imported, Refusal> {
-    let json = serde_json::to_string(p).map_err(|e| Refusal::invalid(format!("edXML: {e}")))?;
+/// Maps a parsed package onto a submission or a status reply; its attachments'
+/// bytes move into the submission.
+pub fn to_truc(mut p: Package) -> Result<Imported, Refusal> {
+    let json = serde_json::to_string(&p).map_err(|e| Refusal::invalid(format!("edXML: {e}")))?;
+    let due_at_ms = match p.due_date.trim() {
+        "" => 0,
+        d => parse_date(d).ok_or_else(|| {
+            Refusal::invalid(format!("edXML DueDate: {d:?} is not a date (yyyy/MM/dd)"))
+        })?,
+    };
     let meta: BTreeMap<String, String> = [(META_KEY.to_owned(), json)].into();
     match p.kind {
         Kind::Document => {
@@ -101,13 +136,25 @@ pub fn to_truc(p: &Package) -> Result<Imported, Refusal> {
                     }
                     (
                         i32::from(b.doc_type),
-                        derive_doc_id(from, &b.document_id).to_string(),
+                        doc_id_of(from, &b.document_id).to_string(),
                         b.reason.clone(),
                         b.receivers.clone(),
                     )
                 }
                 _ => (0, String::new(), String::new(), Vec::new()),
             };
+            let attachments = std::mem::take(&mut p.attachments)
+                .into_iter()
+                .map(|a| SubmittedAttachment {
+                    name: a.name,
+                    content_type: if a.manifest_content_type.is_empty() {
+                        a.content_type
+                    } else {
+                        a.manifest_content_type
+                    },
+                    body: Body::Inline(a.data),
+                })
+                .collect();
             Ok(Imported::Document(Box::new(Submission {
                 from: from.clone(),
                 to: p.recipients(),
@@ -115,22 +162,10 @@ pub fn to_truc(p: &Package) -> Result<Imported, Refusal> {
                 code_number: p.code_number.clone(),
                 code_notation: p.code_notation.clone(),
                 priority: p.priority.unwrap_or(0),
-                due_at_ms: parse_date(&p.due_date).unwrap_or(0),
-                attachments: p
-                    .attachments
-                    .iter()
-                    .map(|a| SubmittedAttachment {
-                        name: a.name.clone(),
-                        content_type: if a.manifest_content_type.is_empty() {
-                            a.content_type.clone()
-                        } else {
-                            a.manifest_content_type.clone()
-                        },
-                        body: Body::Inline(a.data.clone()),
-                    })
-                    .collect(),
+                due_at_ms,
+                attachments,
                 doc_id: (!p.document_id.is_empty())
-                    .then(|| derive_doc_id(from, &p.document_id).to_string()),
+                    .then(|| doc_id_of(from, &p.document_id).to_string()),
                 business_type,
                 target_doc_id: target,
                 reason,
@@ -149,7 +184,7 @@ pub fn to_truc(p: &Package) -> Result<Imported, Refusal> {
                 ));
             }
             Ok(Imported::Status(Reply {
-                doc_id: derive_doc_id(&r.organ_id, &r.document_id).to_string(),
+                doc_id: doc_id_of(&r.organ_id, &r.document_id).to_string(),
                 from: r.organ_id.clone(),
                 organ: p.from.organ_id.clone(),
                 code: p.status_code.clone(),
@@ -162,12 +197,16 @@ pub fn to_truc(p: &Package) -> Result<Imported, Refusal> {
 }
 
 /// A received message as a package; `here` is the agency that received it.
+/// `package_id(from, doc_id)` gives the DocumentId of a document imported
+/// from a package, so that a status or recall sent natively about it names
+/// the document as its sender's software knows it.
 pub fn from_truc(
     header: &pb::Header,
     attachments: Vec<Vec<u8>>,
     here: &OrganId,
     received_at_ms: i64,
     names: impl Fn(&str) -> String,
+    package_id: impl Fn(&str, &str) -> Option<String>,
 ) -> Package {
     let imported: Option<Package> = header
         .meta
@@ -186,7 +225,8 @@ pub fn from_truc(
             p.promulgation_date = timestamp(header.created_at_ms)[..10].to_owned();
             if header.business_type != 0 {
                 p.business = Some(Business {
-                    document_id: header.target_doc_id.clone(),
+                    document_id: package_id(&header.from, &header.target_doc_id)
+                        .unwrap_or_else(|| header.target_doc_id.clone()),
                     doc_type: u8::try_from(header.business_type).unwrap_or(0),
                     reason: header.reason.clone(),
                     receivers: header
@@ -218,7 +258,8 @@ pub fn from_truc(
         if p.response_for.is_empty() {
             p.response_for = vec![ResponseFor {
                 organ_id: st.for_from.clone(),
-                document_id: st.for_doc_id.clone(),
+                document_id: package_id(&st.for_from, &st.for_doc_id)
+                    .unwrap_or_else(|| st.for_doc_id.clone()),
                 ..Default::default()
             }];
         }
@@ -275,6 +316,14 @@ mod tests {
         assert_eq!(timestamp(1_795_798_800_000), "2026/11/28 00:00:00");
         assert_eq!(parse_date("2026/13/01"), None);
         assert_eq!(parse_date("hôm qua"), None);
+        assert_eq!(
+            parse_date("2026/12/5"),
+            Some(parse_date("2026/12/05").unwrap())
+        );
+        assert_eq!(parse_date("2026/12/05 17:00:00"), parse_date("2026/12/05"));
+        assert_eq!(parse_date("2026/02/30"), None, "not 2 March");
+        assert_eq!(parse_date("05/12/2026"), None, "not the year 5");
+        assert_eq!(parse_date("99999999999/01/01"), None);
     }
 
     #[test]
@@ -304,7 +353,14 @@ mod tests {
             ..Default::default()
         };
         let here: OrganId = "000.00.00.H41".parse().unwrap();
-        let p = from_truc(&h, Vec::new(), &here, 1_795_798_860_000, |_| String::new());
+        let p = from_truc(
+            &h,
+            Vec::new(),
+            &here,
+            1_795_798_860_000,
+            |_| String::new(),
+            |_, _| None,
+        );
         let b = p.business.as_ref().unwrap();
         assert_eq!(
             (b.doc_type, b.document_id.as_str(), b.reason.as_str()),

@@ -3346,6 +3346,13 @@ impl NodeState {
             .map(|seq| Key::new().str(organ).u64(seq).build()))
     }
 
+    /// The DocumentId of the edXML package the document (`from`, `doc_id`)
+    /// was imported from, if it was and is still known here.
+    pub fn package_document_id(&self, from: &str, doc_id: &str) -> Option<String> {
+        let (_, header) = self.known_doc(from, doc_id).ok()??;
+        crate::edxml::document_id_in(&header)
+    }
+
     /// A document this node stored, with its decoded header.
     fn known_doc(
         &self,
