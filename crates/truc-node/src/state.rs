@@ -542,8 +542,9 @@ pub struct NodeState {
     parent: Option<NodeId>,
     connected: Mutex<BTreeSet<NodeId>>,
     /// The earliest deadline a document's own due date made shorter than
-    /// its priority's (0: not known, scan every queue fully next time). The
-    /// deadline sweep stops early in a queue only before it.
+    /// its priority's (0: not known, scan every queue fully next time, as
+    /// after a disconnect or a directory change). The deadline sweep stops
+    /// early in a queue only before it.
     next_short_deadline: AtomicI64,
     pub storage: crate::config::StorageSection,
     partials: Arc<Mutex<HashMap<Digest, tokio::sync::watch::Receiver<Option<bool>>>>>,
@@ -1904,29 +1905,17 @@ impl NodeState {
             .put(Space::Dedup, dkey, v.header_sha256.0.to_vec());
         match origin {
             Origin::Local => {
-                let queue = "parent";
-                let seq = self.next_seq(w, plan, queue)?;
-                plan.batch.put(
-                    Space::Queue,
-                    Key::new().str(queue).u64(seq).build(),
-                    record::encode(&QueueEntry {
-                        from: from_key.clone(),
-                        doc_id: doc_id.clone(),
-                        recipients: Vec::new(),
-                        enqueued_at_ms: now,
-                        kind: v.header.kind,
-                        priority: 0,
-                        deadline_ms: 0,
-                    }),
-                );
-                plan.deltas.push((format!("q:{queue}"), 1));
-                plan.audit(
-                    "queued",
-                    &doc_id,
-                    &from_key,
-                    "directory change for the parent",
-                );
-                plan.queues.push(queue.to_owned());
+                let entry = QueueEntry {
+                    from: from_key.clone(),
+                    doc_id: doc_id.clone(),
+                    recipients: Vec::new(),
+                    enqueued_at_ms: now,
+                    kind: v.header.kind,
+                    priority: 0,
+                    deadline_ms: 0,
+                };
+                let note = "directory change for the parent".to_owned();
+                self.plan_enqueue(w, plan, "parent".into(), &entry, "queued", note)?;
             }
             _ => {
                 plan.audit(
@@ -2046,6 +2035,9 @@ impl NodeState {
         if let Ok(mut r) = self.routes.write() {
             *r = Arc::new(routing);
         }
+        // Documents queued for an agency that moved are routed again by the
+        // next sweep, which reads every queue to its end for them.
+        self.next_short_deadline.store(0, Ordering::Relaxed);
         self.remerge();
     }
 
@@ -3417,11 +3409,15 @@ impl NodeState {
                     }
                 }
                 None => {
-                    // An edge that only serves agencies the update adds never saw the target.
+                    // A hop that only serves, itself or below, agencies the
+                    // update adds never saw the target: the original went
+                    // elsewhere (an edge, a relay and its districts).
+                    let routing = self.routing();
                     let all_added_here = v.business == BusinessType::Update
-                        && to
-                            .iter()
-                            .all(|r| self.routing().is_local(r) && added.contains(&r));
+                        && to.iter().all(|r| {
+                            (routing.is_local(r) || routing.child_of(r).is_some())
+                                && added.contains(&r)
+                        });
                     if !all_added_here {
                         return Err(Refusal::denied(format!(
                             "{} names document {t}, which {sender} did not send through this node",
@@ -3670,7 +3666,6 @@ impl NodeState {
         for (dest, recipients) in routes {
             match queue_name(&dest) {
                 Some(queue) => {
-                    let seq = self.next_seq(w, plan, &queue)?;
                     let child = matches!(dest, Destination::Child(_));
                     let mut deadline = 0;
                     if child && carries_business {
@@ -3681,40 +3676,17 @@ impl NodeState {
                                 .fetch_min(deadline, Ordering::Relaxed);
                         }
                     }
-                    plan.batch.put(
-                        Space::Queue,
-                        Key::new().str(&queue).u64(seq).build(),
-                        record::encode(&QueueEntry {
-                            from: from_key.clone(),
-                            doc_id: doc_id.clone(),
-                            recipients: recipients.iter().map(|o| o.to_string()).collect(),
-                            enqueued_at_ms: now,
-                            kind: v.header.kind,
-                            priority: v.header.priority,
-                            deadline_ms: deadline,
-                        }),
-                    );
-                    plan.deltas.push((format!("q:{queue}"), 1));
-                    if child {
-                        plan.deltas.push((format!("s:{from_key}"), 1));
-                        for r in &recipients {
-                            plan.deltas.push((format!("r:{r}"), 1));
-                        }
-                    }
-                    plan.audit(
-                        "queued",
-                        &doc_id,
-                        &from_key,
-                        format!(
-                            "for {} on {queue}",
-                            recipients
-                                .iter()
-                                .map(|o| o.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    );
-                    plan.queues.push(queue);
+                    let entry = QueueEntry {
+                        from: from_key.clone(),
+                        doc_id: doc_id.clone(),
+                        recipients: recipients.iter().map(|o| o.to_string()).collect(),
+                        enqueued_at_ms: now,
+                        kind: v.header.kind,
+                        priority: v.header.priority,
+                        deadline_ms: deadline,
+                    };
+                    let note = format!("for {} on {queue}", entry.recipients.join(", "));
+                    self.plan_enqueue(w, plan, queue, &entry, "queued", note)?;
                 }
                 None => {
                     for organ in recipients {
@@ -4540,6 +4512,94 @@ impl NodeState {
         })
     }
 
+    /// Puts `entry` at the end of `queue`, counted as [`Self::plan_dequeue`]
+    /// uncounts it, with an audit line `event`: `note`.
+    fn plan_enqueue(
+        &self,
+        w: &mut Writer,
+        plan: &mut Plan,
+        queue: String,
+        entry: &QueueEntry,
+        event: &str,
+        note: String,
+    ) -> Result<(), NodeError> {
+        let seq = self.next_seq(w, plan, &queue)?;
+        plan.batch.put(
+            Space::Queue,
+            Key::new().str(&queue).u64(seq).build(),
+            record::encode(entry),
+        );
+        plan.deltas.push((format!("q:{queue}"), 1));
+        if queue.starts_with("child:") {
+            plan.deltas.push((format!("s:{}", entry.from), 1));
+            for r in &entry.recipients {
+                plan.deltas.push((format!("r:{r}"), 1));
+            }
+        }
+        plan.audit(event, &entry.doc_id, &entry.from, note);
+        plan.queues.push(queue);
+        Ok(())
+    }
+
+    /// Where `entry`, waiting on `queue`, goes now that the directory sends
+    /// some of its recipients elsewhere (an agency moved to another child):
+    /// the queues and their recipients, or `None` while it is where it
+    /// belongs, or when it cannot be routed from here at all (then it stays,
+    /// to be refused or parked with its sender told).
+    fn moved_to(&self, queue: &str, entry: &QueueEntry) -> Option<Vec<(String, Vec<OrganId>)>> {
+        if entry.recipients.is_empty() {
+            return None;
+        }
+        let recipients: Vec<OrganId> = entry
+            .recipients
+            .iter()
+            .map(|r| r.parse().ok())
+            .collect::<Option<_>>()?;
+        let routes = self.routing().route(&recipients).ok()?;
+        let routes: Vec<(String, Vec<OrganId>)> = routes
+            .into_iter()
+            .map(|(dest, to)| Some((queue_name(&dest)?, to)))
+            .collect::<Option<_>>()?;
+        (routes.iter().any(|(q, _)| q != queue)).then_some(routes)
+    }
+
+    /// Moves `entry` from `seq` on `queue` to the queues `routes` names. It
+    /// keeps its deadline; it is new on its queues, so a deadline shorter
+    /// than theirs has the sweep read them to the end.
+    #[allow(clippy::too_many_arguments)]
+    fn plan_reroute(
+        &self,
+        w: &mut Writer,
+        plan: &mut Plan,
+        queue: &str,
+        seq: u64,
+        entry: &QueueEntry,
+        routes: Vec<(String, Vec<OrganId>)>,
+        why: &str,
+    ) -> Result<(), NodeError> {
+        plan.batch
+            .delete(Space::Queue, Key::new().str(queue).u64(seq).build());
+        Self::plan_dequeue(plan, queue, entry);
+        let now = now_ms();
+        for (to_queue, to) in routes {
+            let mut e = entry.clone();
+            e.recipients = to.iter().map(|o| o.to_string()).collect();
+            e.enqueued_at_ms = now;
+            if e.deadline_ms != 0 {
+                self.next_short_deadline
+                    .fetch_min(e.deadline_ms, Ordering::Relaxed);
+            }
+            let note = format!(
+                "for {} moved from {queue} to {to_queue}: {why}",
+                e.recipients.join(", ")
+            );
+            tracing::warn!(doc_id = %e.doc_id, from = %e.from, recipients = ?e.recipients,
+                from_queue = %queue, to_queue = %to_queue, why, "routed again: the directory moved its recipients");
+            self.plan_enqueue(w, plan, to_queue, &e, "routed again", note)?;
+        }
+        Ok(())
+    }
+
     fn plan_dequeue(plan: &mut Plan, queue: &str, entry: &QueueEntry) {
         plan.deltas.push((format!("q:{queue}"), -1));
         if queue.starts_with("child:") {
@@ -4662,6 +4722,15 @@ impl NodeState {
         let entry: QueueEntry = record::decode(Space::Queue, &key, &bytes)?;
         let now = now_ms();
         let mut plan = Plan::default();
+        // Refused by a child its recipients have left since it was queued:
+        // they are served elsewhere now, and it goes there.
+        if let Some(routes) = self.moved_to(queue, &entry) {
+            let code_name = format!("{:?}", Code::from_i32(code));
+            let why = format!("refused by {queue}: {code_name}: {reason}");
+            self.plan_reroute(&mut w, &mut plan, queue, seq, &entry, routes, &why)?;
+            self.finish(w, plan)?;
+            return Ok(());
+        }
         // A sender on this node sees the refusal on its sent record (below);
         // one elsewhere (a relay's district, a ministry beyond the hub) has
         // no record here and hears it as this node's signed notice.
@@ -4807,6 +4876,8 @@ impl NodeState {
 
     /// Parks documents in the queues of disconnected children that missed their
     /// delivery deadline, and sends each sender a signed UNDELIVERABLE receipt.
+    /// Documents whose recipients the directory has since moved elsewhere are
+    /// first routed again (a connected child refuses them, which does the same).
     pub fn park_overdue(&self) -> Result<usize, NodeError> {
         let now = now_ms();
         let min_deadline = self.delivery.deadline_ms.iter().copied().min().unwrap_or(0) as i64;
@@ -4837,6 +4908,7 @@ impl NodeState {
             }
             let queue = format!("child:{child}");
             let mut overdue = Vec::new();
+            let mut moved = Vec::new();
             let mut after = None;
             'scan: loop {
                 let rows = self.queue_peek(&queue, after, 256)?;
@@ -4854,12 +4926,14 @@ impl NodeState {
                     if !full && e.enqueued_at_ms + min_deadline > now {
                         break 'scan;
                     }
-                    if e.deadline_ms != 0 && e.deadline_ms <= now {
+                    if full && let Some(routes) = self.moved_to(&queue, &e) {
+                        moved.push((seq, e, routes));
+                    } else if e.deadline_ms != 0 && e.deadline_ms <= now {
                         overdue.push((seq, e));
                     }
                 }
             }
-            if overdue.is_empty() {
+            if overdue.is_empty() && moved.is_empty() {
                 continue;
             }
             let mut w = self.lock();
@@ -4869,6 +4943,13 @@ impl NodeState {
                 continue;
             }
             let mut plan = Plan::default();
+            for (seq, e, routes) in moved {
+                let key = Key::new().str(&queue).u64(seq).build();
+                if self.store.get(Space::Queue, &key)?.is_some() {
+                    let why = format!("{child} is not connected");
+                    self.plan_reroute(&mut w, &mut plan, &queue, seq, &e, routes, &why)?;
+                }
+            }
             for (seq, e) in &overdue {
                 let key = Key::new().str(&queue).u64(*seq).build();
                 if self.store.get(Space::Queue, &key)?.is_none() {
@@ -4946,29 +5027,11 @@ impl NodeState {
                     )
                     .into());
                 };
-                let seq = self.next_seq(&mut w, &mut plan, &queue)?;
                 e.enqueued_at_ms = now;
                 e.deadline_ms = now + self.delivery.deadline_for(e.priority) as i64;
                 e.recipients = to.iter().map(|o| o.to_string()).collect();
-                plan.batch.put(
-                    Space::Queue,
-                    Key::new().str(&queue).u64(seq).build(),
-                    record::encode(&e),
-                );
-                plan.deltas.push((format!("q:{queue}"), 1));
-                if queue.starts_with("child:") {
-                    plan.deltas.push((format!("s:{}", e.from), 1));
-                    for r in &e.recipients {
-                        plan.deltas.push((format!("r:{r}"), 1));
-                    }
-                }
-                plan.audit(
-                    "requeued",
-                    &d,
-                    &e.from,
-                    format!("on {queue} by an operator (parked on {parked_on})"),
-                );
-                plan.queues.push(queue);
+                let note = format!("on {queue} by an operator (parked on {parked_on})");
+                self.plan_enqueue(&mut w, &mut plan, queue, &e, "requeued", note)?;
                 n += 1;
             }
         }
@@ -5718,6 +5781,22 @@ pub(crate) mod testing {
             envelope::verify(env, &self.verifiers(), &Limits::default(), UnixTime::now()).unwrap()
         }
 
+        /// A document from `from` to `to` due at `due_at_ms` (0: no due date).
+        pub fn verified_due(&self, from: &str, to: &str, due_at_ms: i64) -> Verified {
+            let header = pb::Header {
+                format_version: envelope::FORMAT_VERSION,
+                doc_id: DocId::new_v7().to_string(),
+                kind: pb::Kind::Document as i32,
+                from: from.into(),
+                to: vec![to.into()],
+                subject: "Hỏa tốc".into(),
+                due_at_ms,
+                ..Default::default()
+            };
+            let env = envelope::seal(&header, &self.signer(from)).unwrap();
+            envelope::verify(env, &self.verifiers(), &Limits::default(), UnixTime::now()).unwrap()
+        }
+
         /// A document from G22 to H41 naming `data` as its attachment, stored
         /// on `node` first.
         pub fn with_attachment(&self, node: &NodeState, data: &[u8]) -> Verified {
@@ -6093,6 +6172,47 @@ mod tests {
         )
     }
 
+    /// An update that adds a district reaches it through its relay, which
+    /// never saw the original (it went to a ministry); one that names a
+    /// district the original did not go to, without adding it, does not.
+    #[test]
+    fn an_update_adding_a_district_passes_a_relay_the_original_never_passed() {
+        let f = Fixture::new();
+        let relay = relay_with_child(&f, "dienban");
+        let district: OrganId = "001.00.10.H47".parse().unwrap();
+        let mut routing = (*relay.routing()).clone();
+        routing.add_child_organ(district.clone(), "dienban".parse().unwrap());
+        *relay.routes.write().unwrap() = Arc::new(routing);
+        let update = |added: bool| {
+            let header = pb::Header {
+                format_version: envelope::FORMAT_VERSION,
+                doc_id: DocId::new_v7().to_string(),
+                kind: pb::Kind::Document as i32,
+                from: "000.00.00.G22".into(),
+                to: vec![district.to_string()],
+                subject: "Bổ sung nơi nhận".into(),
+                business_type: BusinessType::Update as i32,
+                target_doc_id: DocId::new_v7().to_string(),
+                recipient_changes: vec![pb::RecipientChange {
+                    organ: district.to_string(),
+                    added,
+                }],
+                ..Default::default()
+            };
+            let env = envelope::seal(&header, &f.signer("000.00.00.G22")).unwrap();
+            envelope::verify(env, &f.verifiers(), &Limits::default(), UnixTime::now()).unwrap()
+        };
+        let parent = Origin::Parent("hub".parse().unwrap());
+        let to = [district.clone()];
+        let err = relay.accept(update(false), &parent, Some(&to)).unwrap_err();
+        assert!(
+            err.to_string().contains("did not send through this node"),
+            "{err}"
+        );
+        relay.accept(update(true), &parent, Some(&to)).unwrap();
+        assert_eq!(relay.queue_depth("child:dienban"), 1, "on to the district");
+    }
+
     /// A relay claims no agency the national directory places elsewhere, but
     /// may move one it places on the relay itself to a district below it.
     #[test]
@@ -6162,21 +6282,13 @@ mod tests {
         let f = Fixture::new();
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let hub = f.hub(store.clone());
-        let header = pb::Header {
-            format_version: envelope::FORMAT_VERSION,
-            doc_id: DocId::new_v7().to_string(),
-            kind: pb::Kind::Document as i32,
-            from: "000.00.00.G22".into(),
-            to: vec!["000.00.00.H41".into()],
-            subject: "Hỏa tốc".into(),
-            due_at_ms: now_ms() + 30,
-            ..Default::default()
-        };
-        let env = envelope::seal(&header, &f.signer("000.00.00.G22")).unwrap();
-        let v = envelope::verify(env, &f.verifiers(), &Limits::default(), UnixTime::now()).unwrap();
+        let v = f.verified_due("000.00.00.G22", "000.00.00.H41", now_ms() + 30);
         let id = v.doc_id;
         hub.accept(v, &child("vpcp"), None).unwrap();
         assert_eq!(hub.queue_depth("child:nghean"), 1);
+        // Past the document's due time (the deadline it carries, 30 ms).
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(hub.park_overdue().unwrap(), 1);
         hub.close().unwrap();
         drop(hub);
         // H41 is now served by another node; nghean is gone from the config.
@@ -6184,12 +6296,71 @@ mod tests {
             store,
             &[("000.00.00.G22", "vpcp"), ("000.00.00.H41", "nghean2")],
         );
-        // Past the document's due time (the deadline it carries, 30 ms).
-        std::thread::sleep(std::time::Duration::from_millis(60));
-        assert_eq!(hub.park_overdue().unwrap(), 1, "the gone child's queue");
-        assert_eq!(hub.queue_depth("child:nghean"), 0);
         assert_eq!(hub.requeue(&id).unwrap(), 1);
         assert_eq!(hub.queue_depth("child:nghean2"), 1, "routed again");
+    }
+
+    /// A document queued for an agency that has since moved to another child
+    /// goes there: from a removed child's queue at the next sweep, before its
+    /// deadline, and from a connected child's when that child refuses it.
+    /// Its sender is not told it is undeliverable.
+    #[test]
+    fn a_document_queued_for_an_agency_that_moved_goes_where_it_is_now() {
+        let f = Fixture::new();
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let hub = f.hub(store.clone());
+        hub.accept(
+            f.verified("000.00.00.G22", &["000.00.00.H41"]),
+            &child("vpcp"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(hub.queue_depth("child:nghean"), 1);
+        hub.close().unwrap();
+        drop(hub);
+        let moved = [("000.00.00.G22", "vpcp"), ("000.00.00.H41", "nghean2")];
+        let hub = f.hub_with(store, &moved);
+        assert_eq!(hub.park_overdue().unwrap(), 0, "nothing is overdue");
+        assert_eq!(hub.queue_depth("child:nghean"), 0, "the old queue");
+        assert_eq!(hub.queue_depth("child:nghean2"), 1, "routed again");
+        assert_eq!(
+            hub.queue_depth("child:vpcp"),
+            1,
+            "the sender has the ACCEPTED receipt, and no notice"
+        );
+
+        // Refused by the child it was queued for, which no longer serves it.
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let hub = f.hub(store.clone());
+        hub.accept(
+            f.verified("000.00.00.G22", &["000.00.00.H41"]),
+            &child("vpcp"),
+            None,
+        )
+        .unwrap();
+        let (seq, _) = hub.queue_peek("child:nghean", None, 1).unwrap().remove(0);
+        hub.close().unwrap();
+        drop(hub);
+        let hub = f.hub_with(store, &moved);
+        let unserved = Code::NotFound as i32;
+        hub.queue_reject(
+            "child:nghean",
+            seq,
+            unserved,
+            "no agency 000.00.00.H41 here",
+        )
+        .unwrap();
+        assert_eq!(hub.queue_depth("child:nghean"), 0);
+        assert_eq!(hub.queue_depth("child:nghean2"), 1, "routed again");
+        assert!(
+            hub.dead("child:nghean").unwrap().is_empty(),
+            "not given up on"
+        );
+        assert_eq!(
+            hub.queue_depth("child:vpcp"),
+            1,
+            "the sender has the ACCEPTED receipt, and no notice"
+        );
     }
 
     /// An agency the configuration binds is not removed at runtime: it would
