@@ -10,7 +10,7 @@ use truc_proto::v1::{self as pb, admin_server::Admin};
 
 use truc_pki::identity::Role;
 
-use crate::{audit, error::NodeError, operator::Caller, state::NodeState};
+use crate::{audit, error::blocking, operator::Caller, state::NodeState};
 
 /// Days of per-agency statistics `truc stats` shows.
 const STATS_DAYS: usize = 7;
@@ -29,15 +29,6 @@ impl AdminService {
     pub fn new(state: Arc<NodeState>) -> Self {
         Self { state }
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(Status::from)
 }
 
 /// The audit report as the API returns it.

@@ -10,7 +10,7 @@ use truc_store::{Digest, record::SentRecord};
 
 use crate::{
     envelope,
-    error::{NodeError, Refusal},
+    error::{NodeError, Refusal, blocking},
     state::{Accepted, Body, NodeState, Reply, Submission, SubmittedAttachment},
 };
 
@@ -118,15 +118,6 @@ fn opt_organ(what: &str, s: &str) -> Result<Option<OrganId>, Status> {
     } else {
         parse(what, s).map(Some)
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(Status::from)
 }
 
 pub use crate::json::state_name;
@@ -725,23 +716,33 @@ impl Agency for AgencyService {
         let doc_id: DocId = parse("doc_id", &r.doc_id)?;
         let from = opt_organ("from", &r.from)?;
         let st = self.state.clone();
-        let (envelope, receipts, statuses, steps, (entries, checkpoint)) = blocking(move || {
-            // Sent from here, or received here.
-            // The sender's, when named: another agency may have used the same id.
-            let envelope = match st.sent_envelope_from(&doc_id, from.as_ref())? {
-                Some(e) => e,
-                None => st.received_envelope(&doc_id, from.as_ref())?.0,
-            };
-            let proof = st.audit_proof(&doc_id.to_string(), &Digest::of(&envelope.header_bytes))?;
-            Ok((
-                envelope,
-                st.receipts(&doc_id)?,
-                st.statuses_about(&doc_id)?,
-                trace(&st, &doc_id)?,
-                proof,
-            ))
-        })
-        .await?;
+        let (envelope, mut receipts, mut statuses, steps, (entries, checkpoint)) =
+            blocking(move || {
+                // Sent from here, or received here.
+                // The sender's, when named: another agency may have used the same id.
+                let envelope = match st.sent_envelope_from(&doc_id, from.as_ref())? {
+                    Some(e) => e,
+                    None => st.received_envelope(&doc_id, from.as_ref())?.0,
+                };
+                let proof =
+                    st.audit_proof(&doc_id.to_string(), &Digest::of(&envelope.header_bytes))?;
+                Ok((
+                    envelope,
+                    st.receipts(&doc_id)?,
+                    st.statuses_about(&doc_id)?,
+                    trace(&st, &doc_id)?,
+                    proof,
+                ))
+            })
+            .await?;
+        // Another agency may have used the same doc_id: only what answers
+        // this very envelope (its sender, its header bytes) goes in.
+        let sender = <pb::Header as prost::Message>::decode(envelope.header_bytes.as_slice())
+            .map_err(|e| Status::internal(format!("stored envelope: {e}")))?
+            .from;
+        let digest = Digest::of(&envelope.header_bytes);
+        receipts.retain(|(_, e)| answers(e, &sender, &digest));
+        statuses.retain(|e| answers(e, &sender, &digest));
         Ok(Response::new(pb::ArchiveRecordResponse {
             node: self.state.node_id.to_string(),
             envelope: Some(envelope),
@@ -768,6 +769,20 @@ impl Agency for AgencyService {
             .await?;
         Ok(Response::new(pb::ArchiveExportedResponse {}))
     }
+}
+
+/// `env` is a receipt or a status about the document `sender` sent whose
+/// header bytes hash to `digest`.
+fn answers(env: &pb::SignedEnvelope, sender: &str, digest: &Digest) -> bool {
+    let Ok(h) = <pb::Header as prost::Message>::decode(env.header_bytes.as_slice()) else {
+        return false;
+    };
+    let (for_from, sha) = match (&h.receipt, &h.status) {
+        (Some(r), _) => (&r.for_from, &r.envelope_sha256),
+        (_, Some(s)) => (&s.for_from, &s.envelope_sha256),
+        _ => return false,
+    };
+    for_from == sender && sha.as_slice() == digest.0.as_slice()
 }
 
 /// Receipts as the API shows them: whom each concerns, its type, time and signer.
@@ -1188,6 +1203,41 @@ mod tests {
     use crate::state::testing::Fixture;
 
     type Chunks = mpsc::Sender<Result<pb::UploadChunk, Status>>;
+
+    /// An archive takes a receipt or status only for its own document: not
+    /// for another sender's under the same doc_id, nor another version.
+    #[test]
+    fn only_what_answers_the_envelope_goes_into_an_archive() {
+        let digest = Digest::of(b"header bytes");
+        let receipt = |for_from: &str, sha: &[u8]| pb::SignedEnvelope {
+            header_bytes: prost::Message::encode_to_vec(&pb::Header {
+                receipt: Some(pb::Receipt {
+                    for_from: for_from.into(),
+                    envelope_sha256: sha.to_vec(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let status = pb::SignedEnvelope {
+            header_bytes: prost::Message::encode_to_vec(&pb::Header {
+                status: Some(pb::Status {
+                    for_from: "000.00.00.G22".into(),
+                    envelope_sha256: digest.0.to_vec(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let g22 = "000.00.00.G22";
+        assert!(answers(&receipt(g22, &digest.0), g22, &digest));
+        assert!(answers(&status, g22, &digest));
+        assert!(!answers(&receipt("000.00.00.H41", &digest.0), g22, &digest));
+        assert!(!answers(&receipt(g22, &[0; 32]), g22, &digest));
+        assert!(!answers(&status, "000.00.00.H41", &digest));
+    }
 
     /// An upload running on its own task, fed chunk by chunk.
     fn uploading(

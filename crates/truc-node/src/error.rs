@@ -149,6 +149,16 @@ pub fn to_status(e: NodeError) -> Status {
     }
 }
 
+/// Runs store work off the async threads; its error as the API answers it.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(Status::from)
+}
+
 impl From<NodeError> for Status {
     fn from(e: NodeError) -> Self {
         to_status(e)
