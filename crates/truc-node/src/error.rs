@@ -104,6 +104,20 @@ impl NodeError {
             }
         }
     }
+    /// An error that trying again later may not meet: a disk or store that
+    /// failed a read now (a full descriptor table, an I/O retry, a
+    /// database connection), as against a record that is gone or corrupt.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            NodeError::Io { .. }
+                | NodeError::Store(
+                    StoreError::Io(_) | StoreError::Failed(_) | StoreError::Injected(_)
+                )
+                | NodeError::Blob(truc_store::BlobError::Io { .. })
+        )
+    }
+
     pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
         let what = what.into();
         move |source| NodeError::Io { what, source }

@@ -683,6 +683,13 @@ async fn push(
                             deferred = None;
                         }
                     }
+                    // A read that failed now is tried again: the session
+                    // ends and the next one, after the reconnect backoff,
+                    // starts from this entry.
+                    Err(e) if e.is_transient() => {
+                        tracing::error!(%queue, seq, error = %e, "cannot read a queued transfer now; the link restarts and tries again");
+                        return Err(e.into());
+                    }
                     Err(e) => {
                         tracing::error!(%queue, seq, error = %e, "cannot load a queued transfer; moved to dead letters");
                         state.queue_reject(
@@ -1582,6 +1589,39 @@ mod tests {
             matches!(&ended, Err(LinkError::Resync(why)) if why.contains("could not be loaded again")),
             "{ended:?}"
         );
+    }
+
+    /// A queued transfer that cannot be read now (a disk or database that
+    /// failed one read) is tried again by the next session: it is not
+    /// dead-lettered, nor its sender told it is undeliverable.
+    #[tokio::test]
+    async fn a_transfer_that_cannot_be_read_now_is_tried_again_not_given_up() {
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        // An attachment kept as a file of its own, which cannot be read now.
+        let v = f.with_attachment(&hub, &vec![9u8; 100 << 10]);
+        let file = hub.blobs.path(&v.attachments[0]);
+        hub.accept(v, &Origin::Child("vpcp".parse().unwrap()), None)
+            .unwrap();
+        let bytes = std::fs::read(&file).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        std::fs::create_dir(&file).unwrap();
+        let p = Pushing::start(&hub);
+        // Given up on instead, the session would go on waiting for acks.
+        let ended = tokio::time::timeout(Duration::from_secs(30), p.task)
+            .await
+            .expect("the session ends to try again")
+            .unwrap();
+        assert!(
+            matches!(&ended, Err(LinkError::Node(e)) if e.is_transient()),
+            "{ended:?}"
+        );
+        std::fs::remove_dir(&file).unwrap();
+        std::fs::write(&file, bytes).unwrap();
+        assert_eq!(hub.queue_depth("child:nghean"), 1, "still queued");
+        assert!(hub.dead("child:nghean").unwrap().is_empty());
+        let mut p = Pushing::start(&hub);
+        p.sent().await;
     }
 
     #[tokio::test]
