@@ -5472,6 +5472,9 @@ impl NodeState {
             return Ok(Vec::new());
         };
         let mut checks = Vec::new();
+        // A damaged stored copy is reported, not recorded: once repaired (the
+        // document fetched again), the next read checks it.
+        let mut record = true;
         for a in pdfs {
             let not_checked = |why: String| pb::PdfSignatureCheck {
                 attachment: a.name.clone(),
@@ -5485,15 +5488,30 @@ impl NodeState {
                     a.size, pdf.max_bytes
                 ))
             } else {
-                match Digest::from_slice(&a.sha256).map(|d| self.blobs.read(&d)) {
-                    Some(Ok(bytes)) => pdf_verdict(
+                let digest =
+                    Digest::from_slice(&a.sha256).ok_or_else(|| internal("stored digest"))?;
+                match self.blobs.read(&digest) {
+                    Ok(bytes) => pdf_verdict(
                         &a.name,
                         truc_pdfsig::verify_pdf(&bytes, &pdf.anchors, now_ms()),
                     ),
-                    _ => not_checked("the file is no longer kept here".into()),
+                    Err(truc_store::BlobError::Missing(_)) => {
+                        not_checked("the file is no longer kept here".into())
+                    }
+                    Err(e @ truc_store::BlobError::Mismatch { .. }) => {
+                        tracing::error!(%doc_id, %from, attachment = %a.name, error = %e,
+                            "a stored attachment is damaged; its PDF signatures cannot be checked");
+                        record = false;
+                        not_checked(format!("the stored copy is damaged: {e}"))
+                    }
+                    // Unreadable now (I/O): nothing is recorded, the caller hears why.
+                    Err(e) => return Err(e.into()),
                 }
             };
             checks.push(check);
+        }
+        if !record {
+            return Ok(checks);
         }
         let w = self.lock();
         let mut plan = Plan::default();
