@@ -1,11 +1,13 @@
 //! Locating signature dictionaries in a PDF without a full object parser.
 //!
-//! A signature dictionary is found by its `/ByteRange [a b c d]` entry; its
-//! `/Contents <hex>` is the nearest `/Contents` hex string before or after it that
-//! lies in the same dictionary (no `obj`, `endobj`, `stream`... keyword and
-//! balanced `<<`/`>>` in between, strings skipped). Signature dictionaries cannot
-//! live in compressed object streams (their `/Contents` must be a hole in the file
-//! bytes), so scanning the raw bytes finds them all.
+//! One pass over the file's tokens follows the nesting of dictionaries
+//! (`<<`/`>>`), skipping comments and literal strings; a dictionary with a
+//! `/ByteRange` entry is a signature dictionary, and its `/Contents`,
+//! `/SubFilter` and `/M` are the entries of that same dictionary (not of one
+//! nested in it). The keywords `obj`, `endobj`, `stream`, `xref`, `trailer`...
+//! end every open dictionary. Signature dictionaries cannot live in compressed
+//! object streams (their `/Contents` must be a hole in the file bytes), so
+//! scanning the raw bytes finds them all.
 
 use crate::Error;
 
@@ -13,8 +15,9 @@ use crate::Error;
 pub(crate) const MAX_SIGNATURES: usize = 64;
 /// The largest `/Contents` hex string accepted (bytes of text, 2 MiB of CMS).
 pub(crate) const MAX_CONTENTS_HEX: usize = 4 << 20;
-/// The largest distance between `/ByteRange` and `/Contents` (other entries).
-const MAX_GAP: usize = 64 << 10;
+/// Dictionaries nested deeper than this are not followed (a `/ByteRange`
+/// inside one is malformed).
+const MAX_DEPTH: usize = 256;
 
 /// One signature dictionary as found in the file.
 #[derive(Debug, Clone)]
@@ -44,30 +47,8 @@ fn is_delimiter(b: u8) -> bool {
     )
 }
 
-fn is_regular(b: u8) -> bool {
+pub(crate) fn is_regular(b: u8) -> bool {
     !is_whitespace(b) && !is_delimiter(b)
-}
-
-/// Positions of `needle` in `hay` as a whole name (not a prefix of a longer one).
-pub(crate) fn find_names(hay: &[u8], needle: &[u8]) -> Vec<usize> {
-    let mut out = Vec::new();
-    if needle.is_empty() || hay.len() < needle.len() {
-        return out;
-    }
-    let first = needle[0];
-    let mut i = 0;
-    while i + needle.len() <= hay.len() {
-        if hay[i] == first && hay[i..].starts_with(needle) {
-            let next = hay.get(i + needle.len()).copied();
-            if next.is_none_or(|b| !is_regular(b)) {
-                out.push(i);
-            }
-            i += needle.len();
-        } else {
-            i += 1;
-        }
-    }
-    out
 }
 
 pub(crate) fn skip_ws(pdf: &[u8], mut i: usize) -> usize {
@@ -171,131 +152,8 @@ fn hex_string(pdf: &[u8], open: usize) -> Result<(usize, Vec<u8>), Error> {
     Ok((i, out))
 }
 
-/// Whether `s` (the bytes between two entries) stays inside one dictionary.
-fn same_dictionary(s: &[u8]) -> bool {
-    let mut depth: i64 = 0;
-    let mut i = 0;
-    while let Some(&b) = s.get(i) {
-        match b {
-            b'(' => {
-                let mut nest = 1u32;
-                i += 1;
-                while nest > 0 {
-                    match s.get(i) {
-                        None => return false,
-                        Some(b'\\') => i += 1,
-                        Some(b'(') => nest += 1,
-                        Some(b')') => nest -= 1,
-                        Some(_) => {}
-                    }
-                    i += 1;
-                }
-                continue;
-            }
-            b'<' if s.get(i + 1) == Some(&b'<') => {
-                depth += 1;
-                i += 2;
-                continue;
-            }
-            b'<' => match s[i..].iter().position(|c| *c == b'>') {
-                Some(p) => i += p,
-                None => return false,
-            },
-            b'>' if s.get(i + 1) == Some(&b'>') => {
-                depth -= 1;
-                if depth < 0 {
-                    return false;
-                }
-                i += 2;
-                continue;
-            }
-            b'%' => {
-                while s.get(i).is_some_and(|c| *c != b'\n' && *c != b'\r') {
-                    i += 1;
-                }
-            }
-            b'/' => {
-                i += 1;
-                while s.get(i).is_some_and(|c| is_regular(*c)) {
-                    i += 1;
-                }
-                continue;
-            }
-            b if is_regular(b) => {
-                let start = i;
-                while s.get(i).is_some_and(|c| is_regular(*c)) {
-                    i += 1;
-                }
-                if matches!(
-                    &s[start..i],
-                    b"obj" | b"endobj" | b"stream" | b"endstream" | b"xref" | b"trailer"
-                ) {
-                    return false;
-                }
-                continue;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    depth == 0
-}
-
-/// The `/Contents <...>` that belongs to the dictionary holding `span`.
-fn contents_for(pdf: &[u8], span: (usize, usize)) -> Result<((usize, usize), Vec<u8>), Error> {
-    // After: `/ByteRange [...] ... /Contents <...>`.
-    let after_end = pdf.len().min(span.1.saturating_add(MAX_GAP));
-    if let Some(&p) = find_names(&pdf[span.1..after_end], b"/Contents").first() {
-        let name = span.1 + p;
-        let open = skip_ws(pdf, name + b"/Contents".len());
-        if pdf.get(open) == Some(&b'<')
-            && pdf.get(open + 1) != Some(&b'<')
-            && same_dictionary(&pdf[span.1..name])
-        {
-            let (end, bytes) = hex_string(pdf, open)?;
-            return Ok(((open, end), bytes));
-        }
-    }
-    // Before: `/Contents <...> ... /ByteRange [...]`.
-    let window = MAX_CONTENTS_HEX + MAX_GAP;
-    let before_start = span.0.saturating_sub(window);
-    if let Some(&p) = find_names(&pdf[before_start..span.0], b"/Contents").last() {
-        let name = before_start + p;
-        let open = skip_ws(pdf, name + b"/Contents".len());
-        if pdf.get(open) == Some(&b'<') && pdf.get(open + 1) != Some(&b'<') {
-            let (end, bytes) = hex_string(pdf, open)?;
-            if end <= span.0 && same_dictionary(&pdf[end..span.0]) {
-                return Ok(((open, end), bytes));
-            }
-        }
-    }
-    Err(malformed(
-        span.0,
-        "no /Contents hex string in the dictionary of this /ByteRange",
-    ))
-}
-
-/// Where the value of the entry `name` of the dictionary spanning `span`
-/// starts (searched 4 KiB around it, same-dictionary checked).
-fn dict_entry(pdf: &[u8], span: (usize, usize), name: &[u8]) -> Option<usize> {
-    let start = span.0.saturating_sub(4096);
-    let end = pdf.len().min(span.1.saturating_add(4096));
-    let mut found = find_names(&pdf[start..end], name)
-        .into_iter()
-        .map(|p| start + p);
-    let at = found.find(|p| {
-        if *p < span.0 {
-            same_dictionary(&pdf[*p..span.0])
-        } else {
-            *p >= span.1 && same_dictionary(&pdf[span.1..*p])
-        }
-    })?;
-    Some(skip_ws(pdf, at + name.len()))
-}
-
-/// The `/SubFilter /Name` of the dictionary, for reasons only.
-fn sub_filter(pdf: &[u8], span: (usize, usize)) -> Option<String> {
-    let i = dict_entry(pdf, span, b"/SubFilter")?;
+/// The `/SubFilter /Name` at `i` (the entry's value), for reasons only.
+fn sub_filter(pdf: &[u8], i: usize) -> Option<String> {
     if pdf.get(i) != Some(&b'/') {
         return None;
     }
@@ -308,9 +166,9 @@ fn sub_filter(pdf: &[u8], span: (usize, usize)) -> Option<String> {
     Some(String::from_utf8_lossy(&name).into_owned())
 }
 
-/// The `/M (D:YYYYMMDDHHmmSSOHH'mm')` signing time of the dictionary, Unix ms.
-fn signing_date(pdf: &[u8], span: (usize, usize)) -> Option<i64> {
-    let i = dict_entry(pdf, span, b"/M")?;
+/// The `/M (D:YYYYMMDDHHmmSSOHH'mm')` signing time at `i` (the entry's
+/// value), Unix ms.
+fn signing_date(pdf: &[u8], i: usize) -> Option<i64> {
     if pdf.get(i) != Some(&b'(') {
         return None;
     }
@@ -371,28 +229,202 @@ pub(crate) fn pdf_date_ms(text: &[u8]) -> Option<i64> {
     Some(((days * 86_400 + h * 3600 + mi * 60 + sec) - offset_min * 60) * 1000)
 }
 
+/// Where the entries that matter of one dictionary are (their names).
+#[derive(Debug, Default)]
+struct Entries {
+    byte_range: Option<usize>,
+    contents: Option<usize>,
+    contents_twice: bool,
+    sub_filter: Option<usize>,
+    m: Option<usize>,
+}
+
+/// The end (exclusive) of the literal string `(...)` opening at `open`.
+fn literal_string_end(pdf: &[u8], open: usize) -> Option<usize> {
+    let mut nest = 0u32;
+    let mut i = open;
+    loop {
+        match pdf.get(i)? {
+            b'\\' => i += 1,
+            b'(' => nest += 1,
+            b')' => {
+                nest -= 1;
+                if nest == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+}
+
+/// The entries of every dictionary holding a `/ByteRange`, in file order of
+/// that entry: one pass over the tokens of the file.
+fn signature_entries(pdf: &[u8]) -> Result<Vec<Entries>, Error> {
+    let mut open: Vec<Entries> = Vec::new();
+    // Dictionaries open beyond MAX_DEPTH, counted only.
+    let mut untracked = 0usize;
+    let mut found = Vec::new();
+    let mut close = |e: Entries| {
+        if e.byte_range.is_some() {
+            found.push(e);
+        }
+    };
+    // Cleared at the first literal string without an end: from there on `(`
+    // is read as any other byte (each string is then scanned once at most).
+    let mut strings = true;
+    let mut i = 0;
+    while let Some(&b) = pdf.get(i) {
+        match b {
+            b'%' => {
+                while pdf.get(i).is_some_and(|c| *c != b'\n' && *c != b'\r') {
+                    i += 1;
+                }
+                continue;
+            }
+            b'(' if strings => match literal_string_end(pdf, i) {
+                Some(end) => {
+                    i = end;
+                    continue;
+                }
+                None => strings = false,
+            },
+            b'<' if pdf.get(i + 1) == Some(&b'<') => {
+                if untracked == 0 && open.len() < MAX_DEPTH {
+                    open.push(Entries::default());
+                } else {
+                    untracked += 1;
+                }
+                i += 2;
+                continue;
+            }
+            b'<' => {
+                // A hex string: its closing `>` is not half of a `>>`.
+                i += 1;
+                while pdf
+                    .get(i)
+                    .is_some_and(|c| c.is_ascii_hexdigit() || is_whitespace(*c))
+                {
+                    i += 1;
+                }
+                if pdf.get(i) == Some(&b'>') {
+                    i += 1;
+                }
+                continue;
+            }
+            b'>' if pdf.get(i + 1) == Some(&b'>') => {
+                if untracked > 0 {
+                    untracked -= 1;
+                } else if let Some(e) = open.pop() {
+                    close(e);
+                }
+                i += 2;
+                continue;
+            }
+            b'/' => {
+                let at = i;
+                i += 1;
+                while pdf.get(i).is_some_and(|c| is_regular(*c)) {
+                    i += 1;
+                }
+                let name = &pdf[at..i];
+                if untracked > 0 {
+                    if name == b"/ByteRange" {
+                        return Err(malformed(
+                            at,
+                            "/ByteRange in dictionaries nested too deeply",
+                        ));
+                    }
+                } else if let Some(top) = open.last_mut() {
+                    match name {
+                        b"/ByteRange" if top.byte_range.is_some() => {
+                            return Err(malformed(
+                                at,
+                                "duplicate /ByteRange in one signature dictionary",
+                            ));
+                        }
+                        b"/ByteRange" => top.byte_range = Some(at),
+                        b"/Contents" => {
+                            top.contents_twice |= top.contents.is_some();
+                            top.contents.get_or_insert(at);
+                        }
+                        b"/SubFilter" => _ = top.sub_filter.get_or_insert(at),
+                        b"/M" => _ = top.m.get_or_insert(at),
+                        _ => {}
+                    }
+                }
+                // A `/ByteRange` outside any dictionary is no signature.
+                continue;
+            }
+            b if is_regular(b) => {
+                let at = i;
+                while pdf.get(i).is_some_and(|c| is_regular(*c)) {
+                    i += 1;
+                }
+                if matches!(
+                    &pdf[at..i],
+                    b"obj"
+                        | b"endobj"
+                        | b"stream"
+                        | b"endstream"
+                        | b"xref"
+                        | b"trailer"
+                        | b"startxref"
+                ) {
+                    open.drain(..).rev().for_each(&mut close);
+                    untracked = 0;
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    open.drain(..).rev().for_each(&mut close);
+    found.sort_by_key(|e| e.byte_range);
+    Ok(found)
+}
+
 /// Every signature dictionary of the file, in file order.
 pub(crate) fn signature_dicts(pdf: &[u8]) -> Result<Vec<SigDict>, Error> {
-    let names = find_names(pdf, b"/ByteRange");
-    if names.len() > MAX_SIGNATURES {
+    let found = signature_entries(pdf)?;
+    if found.len() > MAX_SIGNATURES {
         return Err(Error::Malformed(format!(
             "{} /ByteRange entries: more than {MAX_SIGNATURES} signatures",
-            names.len()
+            found.len()
         )));
     }
     let mut out = Vec::new();
-    for name_at in names {
+    for e in found {
+        let Some(name_at) = e.byte_range else {
+            continue;
+        };
         let (byte_range, byte_range_span) = byte_range(pdf, name_at)?;
-        let (contents_span, contents) = contents_for(pdf, byte_range_span)?;
-        let lo = byte_range_span.0.min(contents_span.0);
-        let hi = byte_range_span.1.max(contents_span.1);
+        let Some(contents_at) = e.contents else {
+            return Err(malformed(
+                name_at,
+                "no /Contents hex string in the dictionary of this /ByteRange",
+            ));
+        };
+        if e.contents_twice {
+            return Err(malformed(
+                contents_at,
+                "two /Contents in one signature dictionary",
+            ));
+        }
+        let value = |name_at: usize, name: &[u8]| skip_ws(pdf, name_at + name.len());
+        let open = value(contents_at, b"/Contents");
+        let (end, contents) = hex_string(pdf, open)?;
         out.push(SigDict {
             byte_range,
             byte_range_span,
-            contents_span,
+            contents_span: (open, end),
             contents,
-            sub_filter: sub_filter(pdf, (lo, hi)),
-            signing_date_ms: signing_date(pdf, (lo, hi)),
+            sub_filter: e
+                .sub_filter
+                .and_then(|at| sub_filter(pdf, value(at, b"/SubFilter"))),
+            signing_date_ms: e.m.and_then(|at| signing_date(pdf, value(at, b"/M"))),
         });
     }
     Ok(out)
@@ -516,5 +548,64 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn two_byte_ranges_in_one_dictionary_are_malformed() {
+        // 64 entries sharing one /Contents: each would decode and hash its own copy.
+        let mut pdf = b"1 0 obj\n<< /Type /Sig ".to_vec();
+        for _ in 0..MAX_SIGNATURES {
+            pdf.extend_from_slice(b"/ByteRange [0 10 20 30] ");
+        }
+        pdf.extend_from_slice(b"/Contents <");
+        pdf.resize(pdf.len() + (64 << 10), b'0');
+        pdf.extend_from_slice(b"> >>\nendobj\n");
+        let nested = b"<< /ByteRange [0 1 2 3] /Contents <00> /X << /ByteRange [0 1 2 3] /Contents <01> >> /ByteRange [0 1 2 3] >>";
+        let apart = b"<< /ByteRange [0 1 2 3] /Contents <00> /Contents <01> /ByteRange [0 1 2 3] /Contents <02> >>";
+        for pdf in [&pdf[..], nested, apart] {
+            match signature_dicts(pdf) {
+                Err(Error::Malformed(r)) => assert!(r.contains("duplicate /ByteRange"), "{r}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let twice = b"<< /ByteRange [0 1 2 3] /Contents <00> /Contents <01> >>";
+        match signature_dicts(twice) {
+            Err(Error::Malformed(r)) => assert!(r.contains("two /Contents"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        let mut deep = b"<<".repeat(MAX_DEPTH + 1);
+        deep.extend_from_slice(b"/ByteRange [0 1 2 3] /Contents <00>");
+        match signature_dicts(&deep) {
+            Err(Error::Malformed(r)) => assert!(r.contains("nested too deeply"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        // A nested dictionary is another dictionary.
+        let two = b"<< /ByteRange [0 1 2 3] /Contents <00> /X << /ByteRange [0 1 2 3] /Contents <01> >> >>";
+        let d = signature_dicts(two).unwrap();
+        assert_eq!(d.len(), 2);
+        assert_ne!(d[0].contents_span, d[1].contents_span);
+    }
+
+    #[test]
+    fn dictionary_entries_are_found_in_linear_time() {
+        // Names of a nested dictionary around each signature dictionary: every
+        // one of them is a candidate that is not of the same dictionary.
+        let mut pdf = Vec::new();
+        for n in 1..=MAX_SIGNATURES {
+            pdf.extend_from_slice(format!("{n} 0 obj << /Type /Sig /K << ").as_bytes());
+            pdf.extend_from_slice(&b"/M".repeat(2000));
+            pdf.extend_from_slice(b" >> /M (D:2025) /ByteRange [0 1 2 3] /Contents <00> /L << ");
+            pdf.extend_from_slice(&b"/M".repeat(2000));
+            pdf.extend_from_slice(b" >> >> endobj\n");
+        }
+        let started = std::time::Instant::now();
+        let d = signature_dicts(&pdf).unwrap();
+        let took = started.elapsed();
+        assert_eq!(d.len(), MAX_SIGNATURES);
+        assert!(
+            d.iter()
+                .all(|d| d.signing_date_ms == Some(1_735_689_600_000))
+        );
+        assert!(took < std::time::Duration::from_millis(500), "{took:?}");
     }
 }

@@ -32,7 +32,7 @@ use x509_cert::{Certificate, attr::Attribute, spki::AlgorithmIdentifierOwned, ti
 
 use crate::{
     Error,
-    pdf::{find_names, skip_ws},
+    pdf::{is_regular, skip_ws},
     verify::{
         ECDSA_WITH_SHA256, ID_CONTENT_TYPE, ID_DATA, ID_MESSAGE_DIGEST, ID_SHA256, ID_SIGNED_DATA,
         ID_SIGNING_TIME,
@@ -41,6 +41,28 @@ use crate::{
 
 fn err(e: impl std::fmt::Display) -> Error {
     Error::Sign(e.to_string())
+}
+
+/// Positions of `needle` in `hay` as a whole name (not a prefix of a longer one).
+fn find_names(hay: &[u8], needle: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    if needle.is_empty() || hay.len() < needle.len() {
+        return out;
+    }
+    let first = needle[0];
+    let mut i = 0;
+    while i + needle.len() <= hay.len() {
+        if hay[i] == first && hay[i..].starts_with(needle) {
+            let next = hay.get(i + needle.len()).copied();
+            if next.is_none_or(|b| !is_regular(b)) {
+                out.push(i);
+            }
+            i += needle.len();
+        } else {
+            i += 1;
+        }
+    }
+    out
 }
 
 /// `N G R` after `key` in `dict`.
