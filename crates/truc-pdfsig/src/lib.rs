@@ -44,9 +44,10 @@
 //! reported as [`Verdict::Invalid`] "not supported"), SHA-1 and RSA keys under
 //! 2048 bits (refused), BER (indefinite length) CMS, and the visual
 //! appearance. The PDF is not parsed as objects: signature dictionaries
-//! are found by scanning for `/ByteRange` (see [`pdf`](crate) notes in the
-//! source), which works because a signature's `/Contents` must be a hole in the
-//! raw file bytes.
+//! are the dictionaries holding a `/ByteRange` entry, found in one pass over
+//! the file's tokens that skips comments, strings and stream bodies (see the
+//! `pdf` module notes in the source), which works because a signature's
+//! `/Contents` must be a hole in the raw file bytes.
 //!
 //! Hostile input: nothing panics, numbers are checked, at most
 //! 64 signatures and 4 MiB of `/Contents` hex per signature are examined, and

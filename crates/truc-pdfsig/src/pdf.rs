@@ -1,7 +1,8 @@
 //! Locating signature dictionaries in a PDF without a full object parser.
 //!
 //! One pass over the file's tokens follows the nesting of dictionaries
-//! (`<<`/`>>`), skipping comments and literal strings; a dictionary with a
+//! (`<<`/`>>`), skipping comments, literal strings and the bodies of streams
+//! (`stream` ... `endstream`: page content, fonts, images); a dictionary with a
 //! `/ByteRange` entry is a signature dictionary, and its `/Contents`,
 //! `/SubFilter` and `/M` are the entries of that same dictionary (not of one
 //! nested in it). The keywords `obj`, `endobj`, `stream`, `xref`, `trailer`...
@@ -362,8 +363,9 @@ fn signature_entries(pdf: &[u8]) -> Result<Vec<Entries>, Error> {
                 while pdf.get(i).is_some_and(|c| is_regular(*c)) {
                     i += 1;
                 }
+                let word = &pdf[at..i];
                 if matches!(
-                    &pdf[at..i],
+                    word,
                     b"obj"
                         | b"endobj"
                         | b"stream"
@@ -374,6 +376,15 @@ fn signature_entries(pdf: &[u8]) -> Result<Vec<Entries>, Error> {
                 ) {
                     open.drain(..).rev().for_each(&mut close);
                     untracked = 0;
+                }
+                if word == b"stream" {
+                    // The body, to its `endstream` (or the end of the file):
+                    // content operators, binary data, nothing of the file's
+                    // own structure.
+                    i = pdf[i..]
+                        .windows(b"endstream".len())
+                        .position(|w| w == b"endstream")
+                        .map_or(pdf.len(), |p| i + p);
                 }
                 continue;
             }
@@ -446,18 +457,35 @@ pub fn simple_pdf(lines: &[&str]) -> Vec<u8> {
         content.push_str(&format!("({escaped}) Tj T*\n"));
     }
     content.push_str("ET\n");
+    one_page_pdf(b"", content.as_bytes())
+}
+
+/// A one-page PDF with a classic cross-reference table: `catalog_extra`
+/// entries in its catalog, `content` as the page's content stream.
+pub(crate) fn one_page_pdf(catalog_extra: &[u8], content: &[u8]) -> Vec<u8> {
+    let mut catalog = b"<< /Type /Catalog /Pages 2 0 R ".to_vec();
+    catalog.extend_from_slice(catalog_extra);
+    if !catalog_extra.is_empty() {
+        catalog.push(b' ');
+    }
+    catalog.extend_from_slice(b">>");
+    let mut stream = format!("<< /Length {} >>\nstream\n", content.len()).into_bytes();
+    stream.extend_from_slice(content);
+    stream.extend_from_slice(b"endstream");
     let objects = [
-        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
-        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_string(),
-        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>".to_string(),
-        format!("<< /Length {} >>\nstream\n{content}endstream", content.len()),
-        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_string(),
+        catalog,
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>".to_vec(),
+        stream,
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_vec(),
     ];
     let mut out = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n".to_vec();
     let mut offsets = Vec::new();
     for (i, o) in objects.iter().enumerate() {
         offsets.push(out.len());
-        out.extend_from_slice(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
+        out.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
+        out.extend_from_slice(o);
+        out.extend_from_slice(b"\nendobj\n");
     }
     let xref = out.len();
     out.extend_from_slice(

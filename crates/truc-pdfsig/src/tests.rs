@@ -232,6 +232,38 @@ fn a_signing_time_in_the_future_is_invalid() {
     assert!(invalid_reason(&report.summary()).contains("future"));
 }
 
+#[test]
+fn signature_like_text_in_streams_and_strings_is_no_signature() {
+    let ca = Ca::new("CA A");
+    let leaf = ca.leaf("Nguyen Van A");
+    let fake = "/ByteRange [0 1 2 3] /Contents <00>";
+    // A content stream showing it, holding it as operands, in a marked-content
+    // property dictionary, a bare /ByteRange, and binary bytes with an
+    // unbalanced `(`; the catalog holds it in a literal string.
+    let mut content = format!(
+        "BT /F1 12 Tf 56 780 Td ({fake}) Tj ET\n{fake}\n/P << {fake} >> BDC EMC\n<< /ByteRange >>\n"
+    )
+    .into_bytes();
+    content.extend_from_slice(b"\x00\x9c(\xff<<\x01\n");
+    let catalog = format!("/Note ({fake})");
+    let pdf = crate::pdf::one_page_pdf(catalog.as_bytes(), &content);
+    let anchors = ca.anchors();
+    assert_eq!(
+        verify_pdf(&pdf, &anchors, NOW).unwrap().summary(),
+        Verdict::Unsigned
+    );
+    let signed = sign_pdf(&pdf, &leaf.chain, &leaf.key_pkcs8, SIGNED_AT).unwrap();
+    let report = verify_pdf(&signed, &anchors, NOW).unwrap();
+    assert_eq!(
+        report.signatures,
+        vec![Verdict::Valid {
+            signer: "Nguyen Van A".into(),
+            signing_time_ms: Some(SIGNED_AT),
+            covers_whole_file: true,
+        }]
+    );
+}
+
 fn malformed(pdf: &[u8], anchors: &TrustAnchors) -> String {
     match verify_pdf(pdf, anchors, NOW) {
         Err(Error::Malformed(r)) => r,
