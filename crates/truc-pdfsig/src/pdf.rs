@@ -27,14 +27,20 @@ pub(crate) struct SigDict {
     pub byte_range: [u64; 4],
     /// Where the `[ ... ]` of /ByteRange lies (start, end exclusive).
     pub byte_range_span: (usize, usize),
-    /// Where the `<...>` of /Contents lies (start, end exclusive).
+    /// Where the `<...>` of /Contents lies (start, end exclusive), checked to
+    /// be a hex string; decoded by [`SigDict::contents`] when needed.
     pub contents_span: (usize, usize),
-    /// The decoded /Contents (CMS plus padding).
-    pub contents: Vec<u8>,
     /// The /SubFilter name, if any was found in the dictionary.
     pub sub_filter: Option<String>,
     /// The /M signing time of the dictionary (the signer's claim), Unix ms.
     pub signing_date_ms: Option<i64>,
+}
+
+impl SigDict {
+    /// The decoded /Contents (CMS plus padding) of this dictionary in `pdf`.
+    pub(crate) fn contents(&self, pdf: &[u8]) -> Vec<u8> {
+        decode_hex(pdf, self.contents_span)
+    }
 }
 
 pub(crate) fn is_whitespace(b: u8) -> bool {
@@ -113,13 +119,12 @@ fn byte_range(pdf: &[u8], name_at: usize) -> Result<([u64; 4], (usize, usize)), 
     Ok((v, (open, i + 1)))
 }
 
-/// The hex string `<...>` starting at `open`: its end (exclusive) and bytes.
-fn hex_string(pdf: &[u8], open: usize) -> Result<(usize, Vec<u8>), Error> {
+/// The end (exclusive) of the hex string `<...>` starting at `open`, checked
+/// (hex digits and whitespace only, terminated, not too large).
+fn hex_string_end(pdf: &[u8], open: usize) -> Result<usize, Error> {
     if pdf.get(open) != Some(&b'<') || pdf.get(open + 1) == Some(&b'<') {
         return Err(malformed(open, "/Contents is not a hex string"));
     }
-    let mut out = Vec::new();
-    let mut half: Option<u8> = None;
     let mut i = open + 1;
     loop {
         let Some(&b) = pdf.get(i) else {
@@ -129,18 +134,32 @@ fn hex_string(pdf: &[u8], open: usize) -> Result<(usize, Vec<u8>), Error> {
             return Err(malformed(open, "/Contents hex string is too large"));
         }
         i += 1;
-        let nibble = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            b'>' => break,
-            b if is_whitespace(b) => continue,
+        match b {
+            b'>' => return Ok(i),
+            b if b.is_ascii_hexdigit() || is_whitespace(b) => {}
             _ => {
                 return Err(malformed(
                     i - 1,
                     "/Contents is not a hex string (non-hex character)",
                 ));
             }
+        }
+    }
+}
+
+/// The bytes of the hex string `<...>` at `span` (checked by `hex_string_end`).
+fn decode_hex(pdf: &[u8], span: (usize, usize)) -> Vec<u8> {
+    let text = pdf
+        .get(span.0 + 1..span.1.saturating_sub(1))
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(text.len() / 2 + 1);
+    let mut half: Option<u8> = None;
+    for &b in text {
+        let nibble = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => continue,
         };
         match half.take() {
             None => half = Some(nibble),
@@ -150,7 +169,7 @@ fn hex_string(pdf: &[u8], open: usize) -> Result<(usize, Vec<u8>), Error> {
     if let Some(h) = half {
         out.push(h << 4); // a final odd digit is followed by an implied 0
     }
-    Ok((i, out))
+    out
 }
 
 /// The `/SubFilter /Name` at `i` (the entry's value), for reasons only.
@@ -426,12 +445,11 @@ pub(crate) fn signature_dicts(pdf: &[u8]) -> Result<Vec<SigDict>, Error> {
         }
         let value = |name_at: usize, name: &[u8]| skip_ws(pdf, name_at + name.len());
         let open = value(contents_at, b"/Contents");
-        let (end, contents) = hex_string(pdf, open)?;
+        let end = hex_string_end(pdf, open)?;
         out.push(SigDict {
             byte_range,
             byte_range_span,
             contents_span: (open, end),
-            contents,
             sub_filter: e
                 .sub_filter
                 .and_then(|at| sub_filter(pdf, value(at, b"/SubFilter"))),
@@ -527,10 +545,10 @@ mod tests {
         let a = b"1 0 obj\n<</Type/Sig/ByteRange[0\r\n10 20\t5]/Contents<0a0B\n c>>>\nendobj";
         let d = signature_dicts(a).unwrap();
         assert_eq!(d[0].byte_range, [0, 10, 20, 5]);
-        assert_eq!(d[0].contents, vec![0x0a, 0x0b, 0xc0]);
+        assert_eq!(d[0].contents(a), vec![0x0a, 0x0b, 0xc0]);
         let b = b"1 0 obj << /Contents <00ff> /M (D:2024) /Ref [<< /X 1 >>] /ByteRange [ 0 1 2 3 ] >> endobj";
         let d = signature_dicts(b).unwrap();
-        assert_eq!(d[0].contents, vec![0, 255]);
+        assert_eq!(d[0].contents(b), vec![0, 255]);
         // A /Contents in another object is not this dictionary's.
         let c = b"1 0 obj << /Contents <00> >> endobj 2 0 obj << /ByteRange [0 1 2 3] >> endobj";
         assert!(matches!(signature_dicts(c), Err(Error::Malformed(_))));

@@ -126,13 +126,15 @@ fn check_inner(
     now_ms: i64,
 ) -> Result<Verdict, Verdict> {
     let ranges = ranges(sig, pdf.len()).map_err(invalid)?;
-    if sig.contents.iter().all(|b| *b == 0) {
+    // Decoded here, one signature at a time (not kept for every dictionary).
+    let contents = sig.contents(pdf);
+    if contents.iter().all(|b| *b == 0) {
         return Err(invalid(
             "/Contents is empty: the signature placeholder was never filled in",
         ));
     }
     // The CMS is the first TLV; the rest of /Contents is zero padding.
-    let (ci_tlv, padding) = tlv::read(&sig.contents)
+    let (ci_tlv, padding) = tlv::read(&contents)
         .ok_or_else(|| invalid("/Contents does not hold a DER-encoded CMS ContentInfo"))?;
     if padding.iter().any(|b| *b != 0) {
         return Err(invalid("/Contents has data after the CMS ContentInfo"));
