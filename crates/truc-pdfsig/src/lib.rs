@@ -50,8 +50,10 @@
 //! `/Contents` must be a hole in the raw file bytes.
 //!
 //! Hostile input: nothing panics, numbers are checked, at most
-//! 64 signatures and 4 MiB of `/Contents` hex per signature are examined, and
-//! all work is linear in the file size per signature.
+//! 64 signatures and 4 MiB of `/Contents` hex per signature are examined, one
+//! `/Contents` is decoded at a time, finding the signatures is one linear pass,
+//! and the byte ranges of all signatures together hash at most eight times the
+//! file's length (beyond that the file is [`Error::Malformed`]).
 //!
 //! With the `sign` feature, [`sign_pdf`] appends a signature to a PDF (for tests
 //! and demos; it is not a production signer) and [`simple_pdf`] makes a
@@ -220,13 +222,18 @@ impl Report {
     }
 }
 
+/// The byte ranges of all signatures together may hash at most this many
+/// times the file's length: eight signatures over (nearly) the whole file.
+const MAX_HASHED_PER_BYTE: u64 = 8;
+
 /// Verifies every signature of `pdf` against `anchors`; `now_ms` (Unix ms) is
 /// used for signatures without a signing time and to refuse future ones.
 ///
 /// `Err(Error::Malformed)` when `pdf` is not a PDF (no `%PDF-` header in its
 /// first KiB; an unsigned one must also end with `%%EOF`) or a signature
-/// dictionary cannot be parsed (`/ByteRange` not four integers, `/Contents`
-/// missing or not hex). Everything wrong with a parsed signature is a
+/// dictionary cannot be parsed (`/ByteRange` not four integers or given twice,
+/// `/Contents` missing or not hex), or the byte ranges of all signatures add
+/// up to more than eight times the file's length. Everything wrong with a parsed signature is a
 /// [`Verdict::Invalid`] in the report.
 pub fn verify_pdf(pdf: &[u8], anchors: &TrustAnchors, now_ms: i64) -> Result<Report, Error> {
     let head = &pdf[..pdf.len().min(1024)];
@@ -247,11 +254,25 @@ pub fn verify_pdf(pdf: &[u8], anchors: &TrustAnchors, now_ms: i64) -> Result<Rep
             signatures: Vec::new(),
         });
     }
+    // Every signature hashes its own byte ranges: together, a bounded number
+    // of times the file (a few signatures over the whole file, not 64).
+    let len = pdf.len() as u64;
+    let hashed: u64 = dicts
+        .iter()
+        .filter_map(|d| verify::ranges(d, pdf.len()).ok())
+        .flatten()
+        .map(|(s, e)| (e - s) as u64)
+        .sum();
+    if hashed > MAX_HASHED_PER_BYTE.saturating_mul(len) {
+        return Err(Error::Malformed(format!(
+            "the byte ranges of the {} signatures add up to {hashed} bytes to hash, more than {MAX_HASHED_PER_BYTE} times the file's {len} bytes",
+            dicts.len()
+        )));
+    }
     let ends: Vec<Option<u64>> = dicts
         .iter()
         .map(|d| d.byte_range[2].checked_add(d.byte_range[3]))
         .collect();
-    let len = pdf.len() as u64;
     let someone_covers_all = ends.contains(&Some(len));
     let signatures = dicts
         .iter()

@@ -264,6 +264,41 @@ fn signature_like_text_in_streams_and_strings_is_no_signature() {
     );
 }
 
+/// A file of `n` signature dictionaries (empty /Contents), each of whose byte
+/// ranges signs the whole file but its own /Contents.
+fn whole_file_signatures(n: usize) -> Vec<u8> {
+    let mut pdf = b"%PDF-1.7\n".to_vec();
+    let mut holes = Vec::new();
+    for i in 1..=n {
+        pdf.extend_from_slice(format!("{i} 0 obj\n<< /Type /Sig /ByteRange [").as_bytes());
+        let numbers = pdf.len();
+        pdf.extend_from_slice(b"0 0000000000 0000000000 0000000000] /Contents ");
+        let open = pdf.len();
+        pdf.extend_from_slice(b"<0000>");
+        holes.push((numbers, open, pdf.len()));
+        pdf.extend_from_slice(b"\n>>\nendobj\n");
+    }
+    pdf.extend_from_slice(format!("%{}\n%%EOF\n", "x".repeat(4096)).as_bytes());
+    let len = pdf.len();
+    for (at, b, c) in holes {
+        let numbers = format!("0 {b:010} {c:010} {:010}", len - c);
+        pdf[at..at + numbers.len()].copy_from_slice(numbers.as_bytes());
+    }
+    pdf
+}
+
+#[test]
+fn byte_ranges_hashing_the_file_more_than_eight_times_over_are_malformed() {
+    let anchors = Ca::new("CA A").anchors();
+    let report = verify_pdf(&whole_file_signatures(8), &anchors, NOW).unwrap();
+    assert_eq!(report.signatures.len(), 8);
+    assert!(invalid_reason(&report.summary()).contains("empty"));
+    match verify_pdf(&whole_file_signatures(9), &anchors, NOW) {
+        Err(Error::Malformed(r)) => assert!(r.contains("8 times the file"), "{r}"),
+        other => panic!("{other:?}"),
+    }
+}
+
 fn malformed(pdf: &[u8], anchors: &TrustAnchors) -> String {
     match verify_pdf(pdf, anchors, NOW) {
         Err(Error::Malformed(r)) => r,

@@ -81,7 +81,7 @@ fn invalid(reason: impl Into<String>) -> Verdict {
 }
 
 /// The signed ranges `[0, b)` and `[c, c + d)`, if sane for a file of `len` bytes.
-fn ranges(sig: &SigDict, len: usize) -> Result<[(usize, usize); 2], String> {
+pub(crate) fn ranges(sig: &SigDict, len: usize) -> Result<[(usize, usize); 2], String> {
     let [a, b, c, d] = sig.byte_range;
     if a != 0 {
         return Err(format!("the byte range starts at {a}, not at 0"));
