@@ -6,8 +6,10 @@
 //! the catalog with an `/AcroForm` listing the field; then a CMS SignedData
 //! (contentType, messageDigest, signingTime; ECDSA P-256 with SHA-256 by *ring*)
 //! over the byte ranges. The field is not added to a page's `/Annots`, which
-//! viewers tolerate for invisible signatures. Not supported: cross-reference
-//! streams, encrypted PDFs, an indirect `/AcroForm`.
+//! viewers tolerate for invisible signatures. The newest revision must end
+//! with a classic `xref` table (startxref points at it) followed by its
+//! trailer. Not supported: cross-reference streams (refused by name),
+//! encrypted PDFs, an indirect `/AcroForm`.
 
 use std::time::Duration;
 
@@ -32,7 +34,7 @@ use x509_cert::{Certificate, attr::Attribute, spki::AlgorithmIdentifierOwned, ti
 
 use crate::{
     Error,
-    pdf::{is_regular, skip_ws},
+    pdf::{is_regular, is_whitespace, skip_ws},
     verify::{
         ECDSA_WITH_SHA256, ID_CONTENT_TYPE, ID_DATA, ID_MESSAGE_DIGEST, ID_SHA256, ID_SIGNED_DATA,
         ID_SIGNING_TIME,
@@ -148,16 +150,38 @@ pub fn sign_pdf(
         .map(Duration::from_millis)
         .map_err(|_| err("negative signing time"))?;
 
-    // The document's newest trailer.
     let tail = &pdf[pdf.len().saturating_sub(1024)..];
     if !pdf.starts_with(b"%PDF-") || rfind(tail, b"%%EOF").is_none() {
         return Err(err("not a complete PDF (%PDF- ... %%EOF)"));
     }
+    // The document's newest trailer: the one after the classic cross-reference
+    // table that the last startxref points at.
     let sx = rfind(pdf, b"startxref").ok_or_else(|| err("no startxref"))?;
     let prev = integer_after(&pdf[sx..], b"startxref").ok_or_else(|| err("bad startxref"))?;
-    let tr = rfind(&pdf[..sx], b"trailer")
-        .ok_or_else(|| err("no trailer: cross-reference streams are not supported"))?;
-    let trailer = &pdf[tr..sx];
+    let table = usize::try_from(prev)
+        .ok()
+        .filter(|at| pdf.get(*at..).is_some_and(|t| t.starts_with(b"xref")))
+        .ok_or_else(|| {
+            err(format!(
+                "startxref {prev} does not point at a classic cross-reference table (`xref`): cross-reference streams are not supported for signing"
+            ))
+        })?;
+    // Subsection headers and entries: numbers, `f`/`n`, whitespace.
+    let entries = table + b"xref".len();
+    let tr = entries
+        + pdf[entries..]
+            .iter()
+            .position(|b| !(b.is_ascii_digit() || is_whitespace(*b) || matches!(b, b'f' | b'n')))
+            .unwrap_or(pdf.len() - entries);
+    if !pdf[tr..].starts_with(b"trailer") {
+        return Err(err(format!(
+            "the cross-reference table at {prev} is not followed by its trailer"
+        )));
+    }
+    let trailer_end = tr
+        + rfind_first(&pdf[tr..], b"startxref")
+            .ok_or_else(|| err("no startxref after the trailer"))?;
+    let trailer = &pdf[tr..trailer_end];
     if !find_names(trailer, b"/Encrypt").is_empty() {
         return Err(err("encrypted PDFs are not supported"));
     }
@@ -165,24 +189,26 @@ pub fn sign_pdf(
     let size = integer_after(trailer, b"/Size").ok_or_else(|| err("no /Size"))?;
     let info = reference(trailer, b"/Info");
 
-    // The catalog's new revision, with the field in /AcroForm.
+    // The catalog's new revision, with the field in /AcroForm: its bytes as
+    // they are (strings in it need not be UTF-8).
     let (sig_num, field_num) = (size, size + 1);
     let body = object_body(pdf, root, root_gen).ok_or_else(|| err("catalog not found"))?;
-    let catalog = String::from_utf8_lossy(body).trim().to_string();
-    let catalog = if catalog.contains("/AcroForm") {
-        let at = catalog
-            .find("/Fields [")
-            .ok_or_else(|| err("an /AcroForm without an inline /Fields array"))?;
-        let at = at + "/Fields [".len();
-        format!("{}{field_num} 0 R {}", &catalog[..at], &catalog[at..])
+    let catalog = body.trim_ascii();
+    let catalog = if find_names(catalog, b"/AcroForm").is_empty() {
+        let close = rfind(catalog, b">>").ok_or_else(|| err("the catalog is not a dictionary"))?;
+        let mut out = catalog[..close].trim_ascii_end().to_vec();
+        out.extend_from_slice(
+            format!(" /AcroForm << /Fields [{field_num} 0 R] /SigFlags 3 >> >>").as_bytes(),
+        );
+        out
     } else {
-        let close = catalog
-            .rfind(">>")
-            .ok_or_else(|| err("the catalog is not a dictionary"))?;
-        format!(
-            "{} /AcroForm << /Fields [{field_num} 0 R] /SigFlags 3 >> >>",
-            catalog[..close].trim_end()
-        )
+        let at = rfind_first(catalog, b"/Fields [")
+            .ok_or_else(|| err("an /AcroForm without an inline /Fields array"))?
+            + b"/Fields [".len();
+        let mut out = catalog[..at].to_vec();
+        out.extend_from_slice(format!("{field_num} 0 R ").as_bytes());
+        out.extend_from_slice(&catalog[at..]);
+        out
     };
 
     // Room for the CMS: the certificates plus attributes and signature.
@@ -213,7 +239,9 @@ pub fn sign_pdf(
         .as_bytes(),
     );
     let catalog_off = out.len();
-    out.extend_from_slice(format!("{root} {root_gen} obj\n{catalog}\nendobj\n").as_bytes());
+    out.extend_from_slice(format!("{root} {root_gen} obj\n").as_bytes());
+    out.extend_from_slice(&catalog);
+    out.extend_from_slice(b"\nendobj\n");
     let xref = out.len();
     let info = info
         .map(|(n, g)| format!(" /Info {n} {g} R"))

@@ -299,6 +299,53 @@ fn byte_ranges_hashing_the_file_more_than_eight_times_over_are_malformed() {
     }
 }
 
+#[test]
+fn signing_refuses_a_newest_revision_with_a_cross_reference_stream() {
+    let leaf = Ca::new("CA A").leaf("Nguyen Van A");
+    let mut pdf = simple_pdf(&["x"]);
+    let old_xref = pdf.windows(5).rposition(|w| w == b"xref\n").unwrap();
+    // An update whose cross-reference section is a stream (object 6, the
+    // /Size of the older classic trailer).
+    let stream_at = pdf.len();
+    let mut entry = vec![1u8];
+    entry.extend_from_slice(&u32::try_from(stream_at).unwrap().to_be_bytes());
+    entry.extend_from_slice(&[0, 0]);
+    pdf.extend_from_slice(
+        format!(
+            "6 0 obj\n<< /Type /XRef /Size 7 /Root 1 0 R /Prev {old_xref} /W [1 4 2] /Index [6 1] /Length {} >>\nstream\n",
+            entry.len()
+        )
+        .as_bytes(),
+    );
+    pdf.extend_from_slice(&entry);
+    pdf.extend_from_slice(
+        format!("\nendstream\nendobj\nstartxref\n{stream_at}\n%%EOF\n").as_bytes(),
+    );
+    match sign_pdf(&pdf, &leaf.chain, &leaf.key_pkcs8, SIGNED_AT) {
+        Err(Error::Sign(r)) => assert!(
+            r.contains("cross-reference streams are not supported for signing"),
+            "{r}"
+        ),
+        other => panic!("{:?}", other.map(|signed| signed.len())),
+    }
+}
+
+#[test]
+fn signing_copies_the_catalog_byte_for_byte() {
+    let ca = Ca::new("CA A");
+    let leaf = ca.leaf("Nguyen Van A");
+    // A catalog entry that is not UTF-8 (PDFDocEncoding: "Lê").
+    let note = b"/Note (L\xea)";
+    let pdf = crate::pdf::one_page_pdf(note, b"BT ET\n");
+    let signed = sign_pdf(&pdf, &leaf.chain, &leaf.key_pkcs8, SIGNED_AT).unwrap();
+    let count = signed.windows(note.len()).filter(|w| w == note).count();
+    assert_eq!(count, 2, "the new revision of the catalog lost its bytes");
+    assert!(matches!(
+        verify_pdf(&signed, &ca.anchors(), NOW).unwrap().summary(),
+        Verdict::Valid { .. }
+    ));
+}
+
 fn malformed(pdf: &[u8], anchors: &TrustAnchors) -> String {
     match verify_pdf(pdf, anchors, NOW) {
         Err(Error::Malformed(r)) => r,
