@@ -186,3 +186,62 @@ fn pdf_signatures_are_checked_on_arrival_and_shown_with_the_document() {
     let next = c.send_from_vpcp(H41, "Văn bản tiếp theo", &[]);
     c.wait_delivered("vpcp", &next);
 }
+
+/// A PDF signed with an agency key that is revoked since is not valid at a
+/// recipient that has read the list, whatever signing time it claims; the
+/// same PDF was valid before.
+#[test]
+fn a_pdf_signed_with_a_revoked_key_is_not_valid() {
+    let mut c = Cluster::new();
+    c.edit("nghean", |t| {
+        t["tls"]
+            .as_table_mut()
+            .unwrap()
+            .insert("crl_reload_ms".into(), 100.into());
+    });
+    for n in ["hub", "vpcp", "nghean"] {
+        c.start(n);
+    }
+    // Signed by another agency (H14), forwarded by G22.
+    let chain: Vec<Vec<u8>> = CertificateDer::pem_file_iter(c.path("agencies/000.00.00.H14.crt"))
+        .unwrap()
+        .map(|c| c.unwrap().to_vec())
+        .collect();
+    let key = PrivatePkcs8KeyDer::from_pem_file(c.path("agencies/000.00.00.H14.key"))
+        .unwrap()
+        .secret_pkcs8_der()
+        .to_vec();
+    let dir = c.path("pdfs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pdf = write(&dir, "cong-van.pdf", &signed("Cong van so 7", &chain, &key));
+    let verdict = |c: &Cluster, id: &str| {
+        rest::poll("the PDF verdict in the inbox", || {
+            c.inbox("nghean", H41, &[])
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|i| i["doc_id"] == id)
+                .and_then(|i| i["pdf_signatures"].as_str())
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        })
+    };
+    let before = c.send_from_vpcp(H41, "Trước khi thu hồi", &["--attach", &pdf]);
+    let v = verdict(&c, &before);
+    assert!(v.contains("cong-van.pdf: valid"), "{v}");
+
+    c.cli_ok(&[
+        "certs",
+        "revoke",
+        "--out",
+        c.dir.path().to_str().unwrap(),
+        "000.00.00.H14",
+    ]);
+    c.wait_log("nghean", &["signing revocation lists reloaded"]);
+    let after = c.send_from_vpcp(H41, "Sau khi thu hồi", &["--attach", &pdf]);
+    let v = verdict(&c, &after);
+    assert!(
+        v.contains("cong-van.pdf: invalid") && v.contains("revoked"),
+        "{v}"
+    );
+}

@@ -165,9 +165,18 @@ pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
         (&verifiers.agencies, &config.signing_crls, "signing.crls"),
         (&verifiers.nodes, &config.tls.crls, "tls.crls"),
     ] {
-        load_crl_files(paths)
-            .and_then(|files| verifier.set_crls(&all_crls(&files)))
+        let crls = load_crl_files(paths)
+            .map(|files| all_crls(&files))
+            .and_then(|crls| verifier.set_crls(&crls).map(|()| crls))
             .map_err(|e| NodeError::Other(format!("{what}: {e}")))?;
+        // The signatures inside PDFs answer to the agencies' lists too.
+        if what == "signing.crls"
+            && let Some(p) = &pdf
+        {
+            p.anchors
+                .set_crls(&crls)
+                .map_err(|e| NodeError::Other(format!("{what}: {e}")))?;
+        }
     }
     crate::state::set_clock_offset_ms(config.test_hooks.clock_offset_ms);
     if !config.test_hooks.is_off() {
@@ -928,7 +937,11 @@ async fn reload_signer_crls(
 ) {
     on_change(&paths, every, stop, || {
         let applied = load_crl_files(&paths).and_then(|files| {
-            state.verifiers.agencies.set_crls(&all_crls(&files))?;
+            let crls = all_crls(&files);
+            state.verifiers.agencies.set_crls(&crls)?;
+            state
+                .set_pdf_crls(&crls)
+                .map_err(|e| truc_pki::PkiError::BadCertificate(e.to_string()))?;
             Ok(files)
         });
         match applied {

@@ -5408,6 +5408,18 @@ impl NodeState {
         self.pdf.is_some()
     }
 
+    /// The revocation lists the signers of PDFs are checked against from now
+    /// on (the signing CA's: PDFs are signed with agency keys).
+    pub fn set_pdf_crls(
+        &self,
+        crls: &[rustls::pki_types::CertificateRevocationListDer<'_>],
+    ) -> Result<(), truc_pdfsig::Error> {
+        match &self.pdf {
+            Some(p) => p.anchors.set_crls(crls),
+            None => Ok(()),
+        }
+    }
+
     fn pdf_key(from: &str, doc_id: &str) -> Vec<u8> {
         Key::new().str("pdfsig").str(from).str(doc_id).build()
     }

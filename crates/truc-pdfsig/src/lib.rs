@@ -27,18 +27,19 @@
 //!    allow digital signatures or non-repudiation.
 //! 5. **Chain**: with rustls-webpki from the signer's certificate through the
 //!    other certificates of the CMS to one of the [`TrustAnchors`], any extended
-//!    key usage accepted, at the claimed signing time: the `signingTime` signed
-//!    attribute, else the signature dictionary's `/M` (PAdES forbids
-//!    `signingTime`; `/M` is inside the signed bytes), else `now`. An expired
-//!    or not yet valid certificate makes the signature [`Verdict::Invalid`];
-//!    any other chain failure makes it
-//!    [`Verdict::SignerUnknown`] with the signer's name. A signing time more
-//!    than five minutes after `now` is invalid.
+//!    key usage accepted, at `now` (the claimed signing time, the `signingTime`
+//!    signed attribute or the dictionary's `/M`, is only reported: without a
+//!    trusted timestamp a key whose certificate expired or was revoked could
+//!    claim any earlier time), against the anchors' revocation lists
+//!    ([`TrustAnchors::set_crls`]) where they hold one for the issuer. An
+//!    expired, not yet valid or revoked certificate, or a list past its next
+//!    update, makes the signature [`Verdict::Invalid`]; any other chain
+//!    failure makes it [`Verdict::SignerUnknown`] with the signer's name. A
+//!    signing time more than five minutes after `now` is invalid.
 //!
-//! **Not checked** (left to a fuller PAdES validator): revocation (CRLs, OCSP,
-//! the DSS dictionary), signature time-stamps (the `signingTime` is the
-//! signer's own claim, so a signer can back-date within the validity of the
-//! certificate), what incremental updates between two signatures changed
+//! **Not checked** (left to a fuller PAdES validator): OCSP and the DSS
+//! dictionary, signature time-stamps (so a signature whose certificate has
+//! expired since is invalid, however early it claims to be), what incremental updates between two signatures changed
 //! (DocMDP/FieldMDP, certification levels), the ESS signing-certificate
 //! attribute of CAdES, document time-stamps (`/ETSI.RFC3161`, PAdES-LTA:
 //! reported as [`Verdict::Invalid`] "not supported"), SHA-1 and RSA keys under
@@ -72,7 +73,12 @@ mod fuzz;
 #[cfg(test)]
 mod tests;
 
-use rustls::pki_types::{CertificateDer, TrustAnchor, pem::PemObject};
+use std::sync::{Arc, RwLock};
+
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, TrustAnchor, pem::PemObject,
+};
+use webpki::CertRevocationList;
 
 pub use pdf::simple_pdf;
 #[cfg(feature = "sign")]
@@ -92,10 +98,13 @@ pub enum Error {
     Sign(String),
 }
 
-/// The CA certificates that signatures must chain to (the government's CAs).
+/// The CA certificates that signatures must chain to (the government's CAs),
+/// and the revocation lists their certificates are checked against.
 #[derive(Debug, Clone)]
 pub struct TrustAnchors {
     anchors: Vec<TrustAnchor<'static>>,
+    /// Shared by clones, replaced by [`Self::set_crls`].
+    crls: Arc<RwLock<Arc<Vec<CertRevocationList<'static>>>>>,
 }
 
 impl TrustAnchors {
@@ -122,7 +131,29 @@ impl TrustAnchors {
                     .map_err(|e| Error::Anchors(format!("certificate {}: {e}", i + 1)))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { anchors })
+        Ok(Self {
+            anchors,
+            crls: Arc::default(),
+        })
+    }
+
+    /// Checks signers' chains against `crls` from now on (for every clone):
+    /// a revoked certificate signs nothing valid, and nothing is valid once
+    /// a list is past its next update. A certificate whose issuer has no
+    /// list here is checked for its chain only (PDF signers may come from
+    /// CAs whose lists this node does not hold). Empty: no revocation check.
+    pub fn set_crls(&self, crls: &[CertificateRevocationListDer<'_>]) -> Result<(), Error> {
+        let parsed = crls
+            .iter()
+            .map(|c| webpki::OwnedCertRevocationList::from_der(c).map(CertRevocationList::from))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Anchors(format!("revocation list: {e:?}")))?;
+        *self.crls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(parsed);
+        Ok(())
+    }
+
+    pub(crate) fn crls(&self) -> Arc<Vec<CertRevocationList<'static>>> {
+        self.crls.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// How many CAs are trusted.
@@ -153,7 +184,7 @@ pub enum Verdict {
         covers_whole_file: bool,
     },
     /// Digest mismatch, bad signature, bad byte range, changed after signing,
-    /// certificate expired at the signing time, unsupported algorithm...
+    /// certificate expired or revoked, unsupported algorithm...
     Invalid { reason: String },
     /// The signature verifies but its chain does not lead to a trust anchor.
     SignerUnknown { signer: String, reason: String },
@@ -226,8 +257,8 @@ impl Report {
 /// times the file's length: eight signatures over (nearly) the whole file.
 const MAX_HASHED_PER_BYTE: u64 = 8;
 
-/// Verifies every signature of `pdf` against `anchors`; `now_ms` (Unix ms) is
-/// used for signatures without a signing time and to refuse future ones.
+/// Verifies every signature of `pdf` against `anchors`, at `now_ms` (Unix ms;
+/// a claimed signing time after it is refused).
 ///
 /// `Err(Error::Malformed)` when `pdf` is not a PDF (no `%PDF-` header in its
 /// first KiB; an unsigned one must also end with `%%EOF`) or a signature

@@ -178,7 +178,69 @@ fn a_certificate_expired_at_signing_time_is_invalid() {
     let pdf = signed_pdf(&ca.leaf_valid("Le Van C", 2024, 2025)); // signed mid 2025
     let reason =
         invalid_reason(&verify_pdf(&pdf, &ca.anchors(), NOW).unwrap().summary()).to_string();
-    assert!(reason.contains("not valid at the signing time"), "{reason}");
+    assert!(reason.contains("not valid now"), "{reason}");
+}
+
+/// Without a trusted timestamp the signing time is the signer's claim: a
+/// certificate that has expired since, or been revoked, signs nothing valid,
+/// however early the signature says it was made.
+#[test]
+fn an_expired_or_revoked_signer_signs_nothing_valid_whatever_time_it_claims() {
+    let ca = Ca::new("CA A");
+    let leaf = ca.leaf_valid("Tran Van E", 2024, 2026);
+    let pdf = signed_pdf(&leaf); // claims mid 2025, inside the validity
+    let anchors = ca.anchors();
+    assert!(matches!(
+        verify_pdf(&pdf, &anchors, NOW).unwrap().summary(),
+        Verdict::Valid { .. }
+    ));
+    let in_2027 = NOW + 2 * 365 * 86_400_000;
+    let reason =
+        invalid_reason(&verify_pdf(&pdf, &anchors, in_2027).unwrap().summary()).to_string();
+    assert!(reason.contains("not valid now"), "{reason}");
+
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf.chain[0]).unwrap();
+    let crl = |serials: &[&[u8]], next_update| {
+        rcgen::CertificateRevocationListParams {
+            this_update: date_time_ymd(2025, 5, 1),
+            next_update,
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(s),
+                    revocation_time: date_time_ymd(2025, 5, 2),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&ca.issuer)
+        .unwrap()
+        .der()
+        .clone()
+    };
+    anchors
+        .set_crls(&[crl(&[cert.raw_serial()], date_time_ymd(2025, 7, 1))])
+        .unwrap();
+    let reason = invalid_reason(&verify_pdf(&pdf, &anchors, NOW).unwrap().summary()).to_string();
+    assert!(reason.contains("revoked"), "{reason}");
+    // A list past its next update: nothing can be known.
+    anchors
+        .set_crls(&[crl(&[], date_time_ymd(2025, 5, 15))])
+        .unwrap();
+    let reason = invalid_reason(&verify_pdf(&pdf, &anchors, NOW).unwrap().summary()).to_string();
+    assert!(reason.contains("cannot be known"), "{reason}");
+    // A current list that does not name it.
+    anchors
+        .set_crls(&[crl(&[], date_time_ymd(2025, 7, 1))])
+        .unwrap();
+    assert!(matches!(
+        verify_pdf(&pdf, &anchors, NOW).unwrap().summary(),
+        Verdict::Valid { .. }
+    ));
 }
 
 #[test]

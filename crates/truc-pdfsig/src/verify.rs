@@ -278,9 +278,19 @@ fn check_inner(
     }
     key_usage_allows_signing(signer_der).map_err(invalid)?;
 
-    // 5. The chain, at the claimed signing time (or now).
-    let at_ms = signing_time_ms.unwrap_or(now_ms).max(0);
-    let time = UnixTime::since_unix_epoch(Duration::from_millis(at_ms as u64));
+    // 5. The chain, now: without a trusted timestamp the signing time is only
+    // the signer's claim, and a key whose certificate has expired or been
+    // revoked could claim any earlier one.
+    let time = UnixTime::since_unix_epoch(Duration::from_millis(now_ms.max(0) as u64));
+    let crls = anchors.crls();
+    let crl_refs: Vec<&webpki::CertRevocationList<'_>> = crls.iter().collect();
+    let revocation = webpki::RevocationOptionsBuilder::new(&crl_refs)
+        .ok()
+        .map(|b| {
+            b.with_expiration_policy(webpki::ExpirationPolicy::Enforce)
+                .with_status_policy(webpki::UnknownStatusPolicy::Allow)
+                .build()
+        });
     let leaf_der = CertificateDer::from(signer_der);
     let leaf = EndEntityCert::try_from(&leaf_der).map_err(|e| Verdict::SignerUnknown {
         signer: signer.clone(),
@@ -298,7 +308,7 @@ fn check_inner(
         &intermediates,
         time,
         AnyEku,
-        None,
+        revocation,
         None,
     ) {
         Ok(_) => Ok(Verdict::Valid {
@@ -308,7 +318,15 @@ fn check_inner(
         }),
         Err(e @ (webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. })) => {
             Err(invalid(format!(
-                "the certificate of {signer} was not valid at the signing time: {e}"
+                "the certificate of {signer} is not valid now, and no trusted timestamp proves an earlier signing time: {e}"
+            )))
+        }
+        Err(webpki::Error::CertRevoked) => {
+            Err(invalid(format!("the certificate of {signer} is revoked")))
+        }
+        Err(e @ (webpki::Error::CrlExpired { .. } | webpki::Error::UnknownRevocationStatus)) => {
+            Err(invalid(format!(
+                "the revocation status of {signer}'s certificate cannot be known: {e}"
             )))
         }
         Err(e) => Err(Verdict::SignerUnknown {
