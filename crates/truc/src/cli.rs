@@ -299,7 +299,10 @@ enum Command {
         /// Documents per run.
         #[arg(long, default_value_t = 5000)]
         docs: usize,
-        /// Documents in flight (the same for truc and the peer).
+        /// Documents in flight (the same for truc and the peer): back to back,
+        /// from a document's send until every recipient has it (one-hop: until
+        /// the hub's acceptance, or the peer's ack, is back); at a steady rate,
+        /// until the send returns.
         #[arg(long, alias = "concurrency", default_value_t = 64)]
         window: usize,
         #[arg(long, default_value_t = 10 * 1024)]

@@ -17,7 +17,7 @@ use truc_node::{Config, RunningNode};
 use truc_proto::v1::{self as pb, agency_client::AgencyClient};
 
 use super::{
-    load::{self, Clock, Load},
+    load::{self, Clock, Load, Window},
     peer::Measured,
     procstat::{self, Sampler, Usage},
 };
@@ -483,12 +483,29 @@ pub async fn flow(
         let sampler = Sampler::start(&fed.procs());
         let pg_cpu0 = pg_pid.map(crate::bench::procstat::tree_cpu_seconds);
         let clock = Clock::new(load.docs);
+        // Back to back, a document holds its slot until every watched agency
+        // has it (one-hop: until the hub's acceptance is back at the sender),
+        // not only until the sender edge stored it: the peer's window is the
+        // same.
+        let window = load.rate.is_none().then(|| Window::new(load));
         let t0 = Instant::now();
         let s = sender.clone();
-        let send = tokio::spawn(load::drive(load.clone(), clock.clone(), move |i| {
-            s.clone().send(i, None)
-        }));
-        let collected = load::collect(&mut rx, &clock, load.docs, watched.len(), STALL, bar).await;
+        let send = tokio::spawn(load::drive(
+            load.clone(),
+            clock.clone(),
+            window.clone(),
+            move |i| s.clone().send(i, None),
+        ));
+        let collected = load::collect(
+            &mut rx,
+            &clock,
+            window.as_deref(),
+            load.docs,
+            watched.len(),
+            STALL,
+            bar,
+        )
+        .await;
         let usage = sampler.finish().await;
         let counts1 = fed.settled_counts().await?;
         // Per arrival counted, the unit of the run's rate (a delivery in fan-out).
@@ -612,7 +629,7 @@ pub async fn attachment(
         bar.set_length(size);
         let att = client::upload_file(&mut sender.client, &file, "annex.bin").await?;
         sender.send(0, Some(vec![att])).await?;
-        let collected = load::collect(&mut rx, &clock, 1, 1, STALL, bar).await;
+        let collected = load::collect(&mut rx, &clock, None, 1, 1, STALL, bar).await;
         let usage = sampler.finish().await;
         w.abort();
         let (latencies, last) = collected?;
@@ -672,7 +689,7 @@ pub async fn queued_drain(
         let warm = warm_load.docs;
         let s = sender.clone();
         let from = load.docs;
-        load::drive(warm_load, Clock::new(warm), move |k| {
+        load::drive(warm_load, Clock::new(warm), None, move |k| {
             let s = s.clone();
             let body = s.body(from + k);
             s.send(WARM, Some(vec![body]))
@@ -698,10 +715,12 @@ pub async fn queued_drain(
         let rss0 = procstat::rss_bytes(hub).unwrap_or(0);
         let clock = Clock::new(load.docs);
         let s = sender.clone();
-        let send = tokio::spawn(load::drive(load.clone(), clock.clone(), move |i| {
+        // Filling the queue: a slot frees when the sender edge stored the
+        // document (the peer's at its stream's ack), as at a steady rate.
+        let send = tokio::spawn(load::drive(load.clone(), clock.clone(), None, move |i| {
             s.clone().send(i, None)
         }));
-        load::collect(&mut acc_rx, &clock, load.docs, 1, STALL, bar).await?;
+        load::collect(&mut acc_rx, &clock, None, load.docs, 1, STALL, bar).await?;
         send.await??;
         acc.abort();
         let rss1 = procstat::rss_bytes(hub).unwrap_or(0);
@@ -725,7 +744,7 @@ pub async fn queued_drain(
             tx,
         )
         .await?;
-        let collected = load::collect(&mut rx, &drain, load.docs, 1, STALL, bar).await;
+        let collected = load::collect(&mut rx, &drain, None, load.docs, 1, STALL, bar).await;
         let usage = sampler.finish().await;
         w.abort();
         let (_, last) = collected?;
@@ -861,7 +880,7 @@ pub async fn reconnect(
         }
         drop(tx);
         let sampler = Sampler::start(&fed.procs());
-        let collected = load::collect(&mut rx, &clock, n, 1, STALL, bar).await;
+        let collected = load::collect(&mut rx, &clock, None, n, 1, STALL, bar).await;
         let usage = sampler.finish().await;
         shutdown(nodes).await;
         let (latencies, last) = collected?;

@@ -154,6 +154,9 @@ pub struct Report {
     /// The targets this run measured, met or missed.
     #[serde(default)]
     pub targets: Vec<targets::TargetCheck>,
+    /// The window (`--window`) and what "in flight" means for it.
+    #[serde(default)]
+    pub in_flight: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -723,6 +726,12 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         "machine: {} × {}, {:.1} GiB, Linux {}; data in {}; ECDSA P-256 sign {:.1} µs, verify {:.1} µs",
         m.cpus, m.cpu_model, m.memory_gib, m.kernel, m.data_dir, m.ecdsa_sign_us, m.ecdsa_verify_us
     ));
+    let in_flight = format!(
+        "window: at most {} documents in flight for either system; {}",
+        a.window,
+        load::IN_FLIGHT
+    );
+    say(in_flight.clone());
     let mut runs: Vec<Run> = Vec::new();
     let mut nats_version = None;
     for round in 1..=a.runs {
@@ -802,6 +811,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         runs,
         summary,
         targets,
+        in_flight,
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
