@@ -432,9 +432,12 @@ mod tests {
         let clock = Clock::new(10);
         let window = Window::new(&load);
         let (_tx, mut rx) = arrivals();
-        let send = tokio::spawn(drive(load, clock.clone(), Some(window.clone()), |_| async {
-            Ok(())
-        }));
+        let send = tokio::spawn(drive(
+            load,
+            clock.clone(),
+            Some(window.clone()),
+            |_| async { Ok(()) },
+        ));
         let bar = indicatif::ProgressBar::hidden();
         let r = collect(
             &mut rx,

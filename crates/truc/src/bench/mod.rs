@@ -65,7 +65,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ),
     (
         "reconnect",
-        "--reconnect-edges edges back after a hub restart",
+        "--reconnect-edges edges back after a hub restart, counted from its start command",
     ),
     (
         "pg-hub",
