@@ -296,7 +296,8 @@ enum Command {
     /// one), or all.
     Bench {
         scenarios: Vec<String>,
-        /// Documents per run.
+        /// Documents per run (fan-out: at most 1,000, each to --fanout
+        /// agencies).
         #[arg(long, default_value_t = 5000)]
         docs: usize,
         /// Documents in flight (the same for truc and the peer): back to back,

@@ -283,13 +283,22 @@ async fn collect_arrivals(
     Ok((lat, last))
 }
 
+/// Latencies a run needs for its p99.9: with fewer, the 99.9th percentile is
+/// only the largest one or two.
+pub const MIN_P999_SAMPLES: usize = 1000;
+
 /// p50 / p99 / p99.9 / max in milliseconds.
 #[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, Default)]
 pub struct Latency {
     pub p50_ms: f64,
     pub p99_ms: f64,
-    pub p999_ms: f64,
+    /// None with fewer than [`MIN_P999_SAMPLES`] latencies.
+    #[serde(default)]
+    pub p999_ms: Option<f64>,
     pub max_ms: f64,
+    /// How many latencies these are of.
+    #[serde(default)]
+    pub samples: usize,
 }
 
 impl Latency {
@@ -305,8 +314,9 @@ impl Latency {
         Some(Self {
             p50_ms: at(0.5),
             p99_ms: at(0.99),
-            p999_ms: at(0.999),
+            p999_ms: (v.len() >= MIN_P999_SAMPLES).then(|| at(0.999)),
             max_ms: at(1.0),
+            samples: v.len(),
         })
     }
 }
@@ -333,9 +343,19 @@ mod tests {
         let l = Latency::of(v).unwrap();
         assert_eq!(l.p50_ms.round(), 501.0);
         assert_eq!(l.p99_ms.round(), 990.0);
-        assert_eq!(l.p999_ms.round(), 999.0);
+        assert_eq!(l.p999_ms.map(f64::round), Some(999.0));
         assert_eq!(l.max_ms.round(), 1000.0);
+        assert_eq!(l.samples, 1000);
         assert!(Latency::of(Vec::new()).is_none());
+    }
+
+    /// 999 latencies are too few for a p99.9 (it would be their largest).
+    #[test]
+    fn no_p999_from_fewer_than_a_thousand_latencies() {
+        let v: Vec<Duration> = (1..=999).map(Duration::from_millis).collect();
+        let l = Latency::of(v).unwrap();
+        assert_eq!(l.p999_ms, None);
+        assert_eq!(l.max_ms.round(), 999.0);
     }
 
     #[test]
