@@ -167,6 +167,10 @@ pub struct Machine {
     pub memory_gib: f64,
     pub kernel: String,
     pub data_dir: String,
+    /// The filesystem the data directory is on (statfs), e.g. "ext4" or
+    /// "tmpfs"; on tmpfs or ramfs fsync costs nothing.
+    #[serde(default)]
+    pub data_fs: String,
     /// One ECDSA P-256 signature and one check through truc's own signer and
     /// verifier (chain cached, as on the hot path), in microseconds of one core.
     #[serde(default)]
@@ -198,9 +202,38 @@ fn machine(dir: &std::path::Path) -> Machine {
             .trim()
             .to_owned(),
         data_dir: dir.display().to_string(),
+        data_fs: filesystem(dir).unwrap_or_else(|| "unknown".into()),
         ecdsa_sign_us: 0.0,
         ecdsa_verify_us: 0.0,
     }
+}
+
+/// The filesystem `dir` is on, by its statfs type.
+fn filesystem(dir: &std::path::Path) -> Option<String> {
+    let st = rustix::fs::statfs(dir).ok()?;
+    Some(fs_name(i128::from(st.f_type)))
+}
+
+/// A statfs type's name (linux/magic.h), or its number.
+fn fs_name(magic: i128) -> String {
+    match magic {
+        0x0102_1994 => "tmpfs".into(),
+        0x8584_58f6 => "ramfs".into(),
+        0xef53 => "ext2/3/4".into(),
+        0x5846_5342 => "xfs".into(),
+        0x9123_683e => "btrfs".into(),
+        0x794c_7630 => "overlayfs".into(),
+        0x2fc1_2fc1 => "zfs".into(),
+        0xf2f5_2010 => "f2fs".into(),
+        0x6969 => "nfs".into(),
+        m => format!("{m:#x}"),
+    }
+}
+
+/// On a filesystem in memory fsync is free: nothing a run measures there is a
+/// durable-disk result.
+fn in_memory(fs: &str) -> bool {
+    matches!(fs, "tmpfs" | "ramfs")
 }
 
 /// What one signature and one check cost on this machine, in microseconds:
@@ -730,9 +763,27 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     (m.ecdsa_sign_us, m.ecdsa_verify_us) =
         tokio::task::spawn_blocking(|| crypto_probe(2000)).await??;
     say(format!(
-        "machine: {} × {}, {:.1} GiB, Linux {}; data in {}; ECDSA P-256 sign {:.1} µs, verify {:.1} µs",
-        m.cpus, m.cpu_model, m.memory_gib, m.kernel, m.data_dir, m.ecdsa_sign_us, m.ecdsa_verify_us
+        "machine: {} × {}, {:.1} GiB, Linux {}; data in {} ({}); ECDSA P-256 sign {:.1} µs, verify {:.1} µs",
+        m.cpus,
+        m.cpu_model,
+        m.memory_gib,
+        m.kernel,
+        m.data_dir,
+        m.data_fs,
+        m.ecdsa_sign_us,
+        m.ecdsa_verify_us
     ));
+    if in_memory(&m.data_fs) {
+        let warning = format!(
+            "WARNING: the data directory {} is on {}, in memory: fsync costs nothing there, so these are not durable-disk results (truc's and the peer's fsyncs alike); give --dir on a disk, or set TMPDIR to one",
+            m.data_dir, m.data_fs
+        );
+        if a.json {
+            eprintln!("{warning}");
+        } else {
+            say(warning);
+        }
+    }
     let in_flight = format!(
         "window: at most {} documents in flight for either system; {}",
         a.window,
@@ -969,6 +1020,17 @@ mod tests {
         let rate = fsync_probe(dir.path(), Duration::from_millis(50)).unwrap();
         assert!(rate > 0.0, "{rate}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_data_dir_on_tmpfs_is_named_and_counts_as_in_memory() {
+        assert_eq!(fs_name(0x0102_1994), "tmpfs");
+        assert!(in_memory(&fs_name(0x0102_1994)));
+        assert!(in_memory(&fs_name(0x8584_58f6)));
+        assert!(!in_memory(&fs_name(0xef53)));
+        assert_eq!(fs_name(0x1234), "0x1234");
+        let dir = tempfile::tempdir().unwrap();
+        assert!(filesystem(dir.path()).is_some());
     }
 
     #[test]

@@ -351,6 +351,7 @@ mod tests {
             memory_gib: 23.5,
             kernel: "6.18".into(),
             data_dir: "/tmp".into(),
+            data_fs: "ext2/3/4".into(),
             ecdsa_sign_us: 21.5,
             ecdsa_verify_us: 64.6,
         }
