@@ -296,10 +296,14 @@ enum Command {
     /// one), or all.
     Bench {
         scenarios: Vec<String>,
-        /// Documents per run.
+        /// Documents per run (fan-out: at most 1,000, each to --fanout
+        /// agencies).
         #[arg(long, default_value_t = 5000)]
         docs: usize,
-        /// Documents in flight (the same for truc and the peer).
+        /// Documents in flight (the same for truc and the peer): back to back,
+        /// from a document's send until every recipient has it (one-hop: until
+        /// the hub's acceptance, or the peer's ack, is back); at a steady rate,
+        /// until the send returns.
         #[arg(long, alias = "concurrency", default_value_t = 64)]
         window: usize,
         #[arg(long, default_value_t = 10 * 1024)]

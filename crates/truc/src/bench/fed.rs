@@ -17,7 +17,7 @@ use truc_node::{Config, RunningNode};
 use truc_proto::v1::{self as pb, agency_client::AgencyClient};
 
 use super::{
-    load::{self, Clock, Load},
+    load::{self, Clock, Load, Window},
     peer::Measured,
     procstat::{self, Sampler, Usage},
 };
@@ -483,12 +483,29 @@ pub async fn flow(
         let sampler = Sampler::start(&fed.procs());
         let pg_cpu0 = pg_pid.map(crate::bench::procstat::tree_cpu_seconds);
         let clock = Clock::new(load.docs);
+        // Back to back, a document holds its slot until every watched agency
+        // has it (one-hop: until the hub's acceptance is back at the sender),
+        // not only until the sender edge stored it: the peer's window is the
+        // same.
+        let window = load.rate.is_none().then(|| Window::new(load));
         let t0 = Instant::now();
         let s = sender.clone();
-        let send = tokio::spawn(load::drive(load.clone(), clock.clone(), move |i| {
-            s.clone().send(i, None)
-        }));
-        let collected = load::collect(&mut rx, &clock, load.docs, watched.len(), STALL, bar).await;
+        let send = tokio::spawn(load::drive(
+            load.clone(),
+            clock.clone(),
+            window.clone(),
+            move |i| s.clone().send(i, None),
+        ));
+        let collected = load::collect(
+            &mut rx,
+            &clock,
+            window.as_deref(),
+            load.docs,
+            watched.len(),
+            STALL,
+            bar,
+        )
+        .await;
         let usage = sampler.finish().await;
         let counts1 = fed.settled_counts().await?;
         // Per arrival counted, the unit of the run's rate (a delivery in fan-out).
@@ -612,7 +629,7 @@ pub async fn attachment(
         bar.set_length(size);
         let att = client::upload_file(&mut sender.client, &file, "annex.bin").await?;
         sender.send(0, Some(vec![att])).await?;
-        let collected = load::collect(&mut rx, &clock, 1, 1, STALL, bar).await;
+        let collected = load::collect(&mut rx, &clock, None, 1, 1, STALL, bar).await;
         let usage = sampler.finish().await;
         w.abort();
         let (latencies, last) = collected?;
@@ -672,7 +689,7 @@ pub async fn queued_drain(
         let warm = warm_load.docs;
         let s = sender.clone();
         let from = load.docs;
-        load::drive(warm_load, Clock::new(warm), move |k| {
+        load::drive(warm_load, Clock::new(warm), None, move |k| {
             let s = s.clone();
             let body = s.body(from + k);
             s.send(WARM, Some(vec![body]))
@@ -698,10 +715,12 @@ pub async fn queued_drain(
         let rss0 = procstat::rss_bytes(hub).unwrap_or(0);
         let clock = Clock::new(load.docs);
         let s = sender.clone();
-        let send = tokio::spawn(load::drive(load.clone(), clock.clone(), move |i| {
+        // Filling the queue: a slot frees when the sender edge stored the
+        // document (the peer's at its stream's ack), as at a steady rate.
+        let send = tokio::spawn(load::drive(load.clone(), clock.clone(), None, move |i| {
             s.clone().send(i, None)
         }));
-        load::collect(&mut acc_rx, &clock, load.docs, 1, STALL, bar).await?;
+        load::collect(&mut acc_rx, &clock, None, load.docs, 1, STALL, bar).await?;
         send.await??;
         acc.abort();
         let rss1 = procstat::rss_bytes(hub).unwrap_or(0);
@@ -725,7 +744,7 @@ pub async fn queued_drain(
             tx,
         )
         .await?;
-        let collected = load::collect(&mut rx, &drain, load.docs, 1, STALL, bar).await;
+        let collected = load::collect(&mut rx, &drain, None, load.docs, 1, STALL, bar).await;
         let usage = sampler.finish().await;
         w.abort();
         let (_, last) = collected?;
@@ -828,7 +847,9 @@ pub async fn idle(
 }
 
 /// `n` edges connected; the hub is stopped and started again; how long until
-/// every edge is back, counted from the hub's ready line.
+/// every edge is back, counted from the hub's start command (the target: back
+/// within 1 s of a restart), with the hub's own start (to its ready line) and
+/// the rest after it reported apart.
 pub async fn reconnect(
     dir: &Path,
     n: usize,
@@ -842,13 +863,8 @@ pub async fn reconnect(
             let mut up = e.parent_up();
             tokio::time::timeout(STALL, up.wait_for(|u| !*u)).await??;
         }
-        let starting = Instant::now();
-        fed.cluster.start("hub").await?;
-        let ready = Instant::now();
-        let clock = Clock::new(n);
-        for i in 0..n {
-            clock.mark_at(i, ready);
-        }
+        // Every edge is down; each is watched before the hub starts, so that
+        // one back before the ready line is read is seen when it is back.
         let (tx, mut rx) = load::arrivals();
         for (i, e) in nodes.iter().enumerate() {
             let mut up = e.parent_up();
@@ -860,22 +876,33 @@ pub async fn reconnect(
             });
         }
         drop(tx);
+        let clock = Clock::new(n);
+        let starting = Instant::now();
+        for i in 0..n {
+            clock.mark_at(i, starting);
+        }
+        fed.cluster.start("hub").await?;
+        let ready = Instant::now();
         let sampler = Sampler::start(&fed.procs());
-        let collected = load::collect(&mut rx, &clock, n, 1, STALL, bar).await;
+        let collected = load::collect(&mut rx, &clock, None, n, 1, STALL, bar).await;
         let usage = sampler.finish().await;
         shutdown(nodes).await;
         let (latencies, last) = collected?;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         Ok::<_, anyhow::Error>((
             Measured {
                 usage: None,
-                elapsed: last.saturating_duration_since(ready),
+                // From the hub's start command to the last edge back.
+                elapsed: last.saturating_duration_since(starting),
                 latencies,
-                // From the start command to the hub's ready line (process start,
-                // store open, listeners): the edges cannot come back before it.
-                extra: vec![(
-                    "hub_start_ms",
-                    ready.duration_since(starting).as_secs_f64() * 1000.0,
-                )],
+                extra: vec![
+                    // From the start command to the hub's ready line (process
+                    // start, store open, listeners): the edges cannot come
+                    // back much before it.
+                    ("hub_start_ms", ms(ready.duration_since(starting))),
+                    // From the ready line to the last edge back.
+                    ("after_ready_ms", ms(last.saturating_duration_since(ready))),
+                ],
             },
             usage,
         ))

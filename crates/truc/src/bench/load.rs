@@ -5,7 +5,7 @@ use std::{
     future::Future,
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -77,20 +77,96 @@ impl Clock {
     }
 }
 
+/// What "in flight" means in a closed-loop run, for both systems alike.
+pub const IN_FLIGHT: &str = "a document is in flight from its send until it has reached every recipient (one-hop: until the hub's signed acceptance is back at the sender, or the peer's fsynced ack); at a steady rate, and while filling a queue, until the send returns (truc: the sender edge stored it; the peer: the stream's fsynced ack)";
+
+/// The slots of a closed-loop run: a document takes one when it is sent and
+/// gives it back only once its send has returned *and* it has reached every
+/// recipient (`collect` sees that), so that `window` documents are in flight
+/// end to end whatever the system acknowledges on the way. Without it a truc
+/// slot would free when the sender edge stored the document (its `Send`
+/// returns) and a peer slot at the stream's ack: not the same window.
+pub struct Window {
+    slots: Semaphore,
+    /// Per document, how many of its two ends (send returned, arrived
+    /// everywhere) have happened.
+    ends: Vec<AtomicU8>,
+}
+
+impl Window {
+    pub fn new(load: &Load) -> Arc<Self> {
+        Arc::new(Self {
+            slots: Semaphore::new(load.window.max(1)),
+            ends: (0..load.docs).map(|_| AtomicU8::new(0)).collect(),
+        })
+    }
+
+    /// Waits for a free slot; fails once the window is closed.
+    async fn take(&self) -> Result<()> {
+        self.slots
+            .acquire()
+            .await
+            .map_err(|_| anyhow!("the run stopped"))?
+            .forget();
+        Ok(())
+    }
+
+    /// One end of document `i`: its slot frees at the second.
+    fn end(&self, i: usize) {
+        if let Some(e) = self.ends.get(i)
+            && e.fetch_add(1, Ordering::SeqCst) == 1
+        {
+            self.slots.add_permits(1);
+        }
+    }
+
+    /// Stops the run: the sender waiting for a slot fails instead of waiting
+    /// for arrivals that will not come.
+    pub fn close(&self) {
+        self.slots.close();
+    }
+}
+
 /// Runs `send(i)` for every document: `window` at a time back to back, or at a
 /// steady rate with at most `window` in flight. At a steady rate latency counts
 /// from when a document was due, not when a free slot let it go, so a system that
 /// stalls is not flattered (no coordinated omission). Returns when every send
 /// has returned.
-pub async fn drive<F, Fut>(load: Load, clock: Arc<Clock>, send: F) -> Result<Duration>
+///
+/// Back to back with a [`Window`] (the closed-loop scenarios), a slot is held
+/// until the document has reached every recipient (the `Window` given to
+/// [`collect`] too); without one (warm-ups, filling a queue) and at a steady
+/// rate, a slot frees when the send returns.
+pub async fn drive<F, Fut>(
+    load: Load,
+    clock: Arc<Clock>,
+    window: Option<Arc<Window>>,
+    send: F,
+) -> Result<Duration>
 where
     F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<()>> + Send + 'static,
 {
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    match load.rate {
-        None => {
+    match (load.rate, window) {
+        (None, Some(window)) => {
+            for i in 0..load.docs {
+                window.take().await?;
+                clock.mark_at(i, Instant::now());
+                let (send, window) = (send.clone(), window.clone());
+                tasks.spawn(async move {
+                    let r = send(i).await;
+                    window.end(i);
+                    r
+                });
+                // Reap finished sends as we go: an error stops the run early.
+                while let Some(done) = tasks.try_join_next() {
+                    done??;
+                }
+            }
+        }
+        (None, None) => {
             let next = Arc::new(AtomicUsize::new(0));
             for _ in 0..load.window.max(1) {
                 let (next, clock, send, docs) =
@@ -107,7 +183,7 @@ where
                 });
             }
         }
-        Some(rate) => {
+        (Some(rate), _) => {
             let slots = Arc::new(Semaphore::new(load.window.max(1)));
             let every = Duration::from_secs_f64(1.0 / rate.max(0.001));
             let start = tokio::time::Instant::now();
@@ -147,10 +223,29 @@ pub fn arrivals() -> (
 
 /// Waits until every document reached `per_doc` recipients; returns each
 /// document's latency (send to its last recipient) and when the last arrived.
-/// Fails if nothing arrives for `stall`.
+/// Fails if nothing arrives for `stall`. With a `window`, each document's slot
+/// is given back once it reached every recipient; the window is closed if this
+/// fails, so that the sender stops too.
 pub async fn collect(
     rx: &mut mpsc::UnboundedReceiver<Arrival>,
     clock: &Clock,
+    window: Option<&Window>,
+    docs: usize,
+    per_doc: usize,
+    stall: Duration,
+    bar: &indicatif::ProgressBar,
+) -> Result<(Vec<Duration>, Instant)> {
+    let r = collect_arrivals(rx, clock, window, docs, per_doc, stall, bar).await;
+    if let (Err(_), Some(w)) = (&r, window) {
+        w.close();
+    }
+    r
+}
+
+async fn collect_arrivals(
+    rx: &mut mpsc::UnboundedReceiver<Arrival>,
+    clock: &Clock,
+    window: Option<&Window>,
     docs: usize,
     per_doc: usize,
     stall: Duration,
@@ -179,19 +274,31 @@ pub async fn collect(
                 .ok_or_else(|| anyhow!("document {i} arrived before it was sent"))?;
             lat.push(at.saturating_duration_since(t0));
             last = last.max(at);
+            if let Some(w) = window {
+                w.end(i);
+            }
             bar.inc(1);
         }
     }
     Ok((lat, last))
 }
 
+/// Latencies a run needs for its p99.9: with fewer, the 99.9th percentile is
+/// only the largest one or two.
+pub const MIN_P999_SAMPLES: usize = 1000;
+
 /// p50 / p99 / p99.9 / max in milliseconds.
 #[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, Default)]
 pub struct Latency {
     pub p50_ms: f64,
     pub p99_ms: f64,
-    pub p999_ms: f64,
+    /// None with fewer than [`MIN_P999_SAMPLES`] latencies.
+    #[serde(default)]
+    pub p999_ms: Option<f64>,
     pub max_ms: f64,
+    /// How many latencies these are of.
+    #[serde(default)]
+    pub samples: usize,
 }
 
 impl Latency {
@@ -207,8 +314,9 @@ impl Latency {
         Some(Self {
             p50_ms: at(0.5),
             p99_ms: at(0.99),
-            p999_ms: at(0.999),
+            p999_ms: (v.len() >= MIN_P999_SAMPLES).then(|| at(0.999)),
             max_ms: at(1.0),
+            samples: v.len(),
         })
     }
 }
@@ -235,9 +343,19 @@ mod tests {
         let l = Latency::of(v).unwrap();
         assert_eq!(l.p50_ms.round(), 501.0);
         assert_eq!(l.p99_ms.round(), 990.0);
-        assert_eq!(l.p999_ms.round(), 999.0);
+        assert_eq!(l.p999_ms.map(f64::round), Some(999.0));
         assert_eq!(l.max_ms.round(), 1000.0);
+        assert_eq!(l.samples, 1000);
         assert!(Latency::of(Vec::new()).is_none());
+    }
+
+    /// 999 latencies are too few for a p99.9 (it would be their largest).
+    #[test]
+    fn no_p999_from_fewer_than_a_thousand_latencies() {
+        let v: Vec<Duration> = (1..=999).map(Duration::from_millis).collect();
+        let l = Latency::of(v).unwrap();
+        assert_eq!(l.p999_ms, None);
+        assert_eq!(l.max_ms.round(), 999.0);
     }
 
     #[test]
@@ -258,7 +376,7 @@ mod tests {
         };
         let clock = Clock::new(5);
         let (tx, mut rx) = arrivals();
-        drive(load, clock.clone(), move |i| {
+        drive(load, clock.clone(), None, move |i| {
             let tx = tx.clone();
             async move {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -269,10 +387,90 @@ mod tests {
         .await
         .unwrap();
         let bar = indicatif::ProgressBar::hidden();
-        let (lat, _) = collect(&mut rx, &clock, 5, 1, Duration::from_secs(5), &bar)
+        let (lat, _) = collect(&mut rx, &clock, None, 5, 1, Duration::from_secs(5), &bar)
             .await
             .unwrap();
         let l = Latency::of(lat).unwrap();
         assert!(l.max_ms >= 90.0, "{l:?}");
+    }
+
+    /// Sends that return at once and documents that arrive later: with a
+    /// window, no more than `window` are ever sent and not yet arrived.
+    #[tokio::test]
+    async fn a_closed_loop_slot_is_held_until_the_document_arrives() {
+        let load = Load {
+            docs: 30,
+            window: 3,
+            body: 8,
+            rate: None,
+        };
+        let clock = Clock::new(30);
+        let window = Window::new(&load);
+        let (tx, mut rx) = arrivals();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let (f, p) = (in_flight.clone(), peak.clone());
+        let send = tokio::spawn(drive(load, clock.clone(), Some(window.clone()), move |i| {
+            let (tx, f, p) = (tx.clone(), f.clone(), p.clone());
+            async move {
+                p.fetch_max(f.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    f.fetch_sub(1, Ordering::SeqCst);
+                    let _ = tx.send((i, Instant::now()));
+                });
+                Ok(())
+            }
+        }));
+        let bar = indicatif::ProgressBar::hidden();
+        let (lat, _) = collect(
+            &mut rx,
+            &clock,
+            Some(&window),
+            30,
+            1,
+            Duration::from_secs(5),
+            &bar,
+        )
+        .await
+        .unwrap();
+        send.await.unwrap().unwrap();
+        assert_eq!(lat.len(), 30);
+        assert_eq!(peak.load(Ordering::SeqCst), 3);
+    }
+
+    /// Documents that never arrive: the collector gives up and the sender,
+    /// waiting for a slot, stops with it instead of waiting for ever.
+    #[tokio::test]
+    async fn a_stalled_closed_loop_run_stops_its_sender() {
+        let load = Load {
+            docs: 10,
+            window: 2,
+            body: 8,
+            rate: None,
+        };
+        let clock = Clock::new(10);
+        let window = Window::new(&load);
+        let (_tx, mut rx) = arrivals();
+        let send = tokio::spawn(drive(
+            load,
+            clock.clone(),
+            Some(window.clone()),
+            |_| async { Ok(()) },
+        ));
+        let bar = indicatif::ProgressBar::hidden();
+        let r = collect(
+            &mut rx,
+            &clock,
+            Some(&window),
+            10,
+            1,
+            Duration::from_millis(50),
+            &bar,
+        )
+        .await;
+        assert!(r.is_err());
+        let sent = tokio::time::timeout(Duration::from_secs(5), send).await;
+        assert!(sent.unwrap().unwrap().is_err());
     }
 }

@@ -49,7 +49,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ),
     (
         "fan-out",
-        "one document to --fanout agencies on edges of ten agencies each",
+        "1,000 documents (fewer if --docs is smaller), each to --fanout agencies on edges of ten agencies each",
     ),
     (
         "attachment",
@@ -65,7 +65,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ),
     (
         "reconnect",
-        "--reconnect-edges edges back after a hub restart",
+        "--reconnect-edges edges back after a hub restart, counted from its start command",
     ),
     (
         "pg-hub",
@@ -134,6 +134,7 @@ pub struct Summary {
     pub docs: f64,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    /// None unless the runs had 1,000 latencies or more each.
     pub p999_ms: Option<f64>,
     /// truc's throughput over the durable peer's, in this state.
     pub vs_nats_sync: Option<f64>,
@@ -154,6 +155,9 @@ pub struct Report {
     /// The targets this run measured, met or missed.
     #[serde(default)]
     pub targets: Vec<targets::TargetCheck>,
+    /// The window (`--window`) and what "in flight" means for it.
+    #[serde(default)]
+    pub in_flight: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,6 +167,10 @@ pub struct Machine {
     pub memory_gib: f64,
     pub kernel: String,
     pub data_dir: String,
+    /// The filesystem the data directory is on (statfs), e.g. "ext4" or
+    /// "tmpfs"; on tmpfs or ramfs fsync costs nothing.
+    #[serde(default)]
+    pub data_fs: String,
     /// One ECDSA P-256 signature and one check through truc's own signer and
     /// verifier (chain cached, as on the hot path), in microseconds of one core.
     #[serde(default)]
@@ -194,9 +202,38 @@ fn machine(dir: &std::path::Path) -> Machine {
             .trim()
             .to_owned(),
         data_dir: dir.display().to_string(),
+        data_fs: filesystem(dir).unwrap_or_else(|| "unknown".into()),
         ecdsa_sign_us: 0.0,
         ecdsa_verify_us: 0.0,
     }
+}
+
+/// The filesystem `dir` is on, by its statfs type.
+fn filesystem(dir: &std::path::Path) -> Option<String> {
+    let st = rustix::fs::statfs(dir).ok()?;
+    Some(fs_name(i128::from(st.f_type)))
+}
+
+/// A statfs type's name (linux/magic.h), or its number.
+fn fs_name(magic: i128) -> String {
+    match magic {
+        0x0102_1994 => "tmpfs".into(),
+        0x8584_58f6 => "ramfs".into(),
+        0xef53 => "ext2/3/4".into(),
+        0x5846_5342 => "xfs".into(),
+        0x9123_683e => "btrfs".into(),
+        0x794c_7630 => "overlayfs".into(),
+        0x2fc1_2fc1 => "zfs".into(),
+        0xf2f5_2010 => "f2fs".into(),
+        0x6969 => "nfs".into(),
+        m => format!("{m:#x}"),
+    }
+}
+
+/// On a filesystem in memory fsync is free: nothing a run measures there is a
+/// durable-disk result.
+fn in_memory(fs: &str) -> bool {
+    matches!(fs, "tmpfs" | "ramfs")
 }
 
 /// What one signature and one check cost on this machine, in microseconds:
@@ -429,10 +466,10 @@ pub fn summarize(runs: &[Run]) -> Vec<Summary> {
             if these.is_empty() {
                 continue;
             }
-            let lat = |f: fn(&Latency) -> f64| {
+            let lat = |f: fn(&Latency) -> Option<f64>| {
                 let v: Vec<f64> = these
                     .iter()
-                    .filter_map(|r| r.latency.as_ref().map(f))
+                    .filter_map(|r| r.latency.as_ref().and_then(f))
                     .collect();
                 (!v.is_empty()).then(|| median(v))
             };
@@ -472,8 +509,9 @@ pub fn summarize(runs: &[Run]) -> Vec<Summary> {
                 mb_per_s: median(these.iter().map(|r| r.mb_per_s).collect()),
                 secs: median(these.iter().map(|r| r.secs).collect()),
                 docs: median(these.iter().map(|r| r.docs as f64).collect()),
-                p50_ms: lat(|l| l.p50_ms),
-                p99_ms: lat(|l| l.p99_ms),
+                p50_ms: lat(|l| Some(l.p50_ms)),
+                p99_ms: lat(|l| Some(l.p99_ms)),
+                // Only from runs with enough latencies for one.
                 p999_ms: lat(|l| l.p999_ms),
                 vs_nats_sync: None,
                 vs_embedded_hub: None,
@@ -544,10 +582,15 @@ fn systems(scenario: &str, peer: bool) -> Vec<&'static str> {
     v
 }
 
+/// Documents a fan-out run sends (fewer if `--docs` is smaller), each to
+/// every one of `--fanout` agencies: 60,000 deliveries at the default 60, a
+/// p99.9 of 1,000 latencies, and a run of seconds on two cores.
+const FAN_OUT_DOCS: usize = 1000;
+
 fn load_of(scenario: &str, a: &BenchArgs) -> Load {
     let (docs, rate) = match scenario {
         "steady" => (a.docs, Some(a.rate)),
-        "fan-out" => ((a.docs / a.fanout.max(1)).max(20), None),
+        "fan-out" => (a.docs.min(FAN_OUT_DOCS), None),
         "queued-drain" => (a.queued, None),
         _ => (a.docs, None),
     };
@@ -720,9 +763,33 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     (m.ecdsa_sign_us, m.ecdsa_verify_us) =
         tokio::task::spawn_blocking(|| crypto_probe(2000)).await??;
     say(format!(
-        "machine: {} × {}, {:.1} GiB, Linux {}; data in {}; ECDSA P-256 sign {:.1} µs, verify {:.1} µs",
-        m.cpus, m.cpu_model, m.memory_gib, m.kernel, m.data_dir, m.ecdsa_sign_us, m.ecdsa_verify_us
+        "machine: {} × {}, {:.1} GiB, Linux {}; data in {} ({}); ECDSA P-256 sign {:.1} µs, verify {:.1} µs",
+        m.cpus,
+        m.cpu_model,
+        m.memory_gib,
+        m.kernel,
+        m.data_dir,
+        m.data_fs,
+        m.ecdsa_sign_us,
+        m.ecdsa_verify_us
     ));
+    if in_memory(&m.data_fs) {
+        let warning = format!(
+            "WARNING: the data directory {} is on {}, in memory: fsync costs nothing there, so these are not durable-disk results (truc's and the peer's fsyncs alike); give --dir on a disk, or set TMPDIR to one",
+            m.data_dir, m.data_fs
+        );
+        if a.json {
+            eprintln!("{warning}");
+        } else {
+            say(warning);
+        }
+    }
+    let in_flight = format!(
+        "window: at most {} documents in flight for either system; {}",
+        a.window,
+        load::IN_FLIGHT
+    );
+    say(in_flight.clone());
     let mut runs: Vec<Run> = Vec::new();
     let mut nats_version = None;
     for round in 1..=a.runs {
@@ -732,7 +799,13 @@ pub async fn run(a: BenchArgs) -> Result<()> {
                 std::fs::create_dir_all(&run_dir)?;
                 let fsync = probe(&run_dir).await?;
                 let (docs, bytes) = volume(sc, &a);
-                let b = bar(docs, &format!("{sc} · {sys} · run {round}"), a.json);
+                // The bar counts documents complete (in fan-out, once every
+                // agency has one), the rate deliveries.
+                let steps = match *sc {
+                    "fan-out" => load_of(sc, &a).docs as u64,
+                    _ => docs,
+                };
+                let b = bar(steps, &format!("{sc} · {sys} · run {round}"), a.json);
                 let measured = if sys == TRUC || sys == TRUC_PG {
                     run_truc(sc, sys, &a, &run_dir, &b).await
                 } else {
@@ -802,6 +875,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         runs,
         summary,
         targets,
+        in_flight,
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -816,8 +890,10 @@ fn line(r: &Run) -> String {
         .latency
         .map(|l| {
             format!(
-                "  p50 {:.1} ms  p99 {:.1} ms  p99.9 {:.1} ms",
-                l.p50_ms, l.p99_ms, l.p999_ms
+                "  p50 {:.1} ms  p99 {:.1} ms  p99.9 {} ms",
+                l.p50_ms,
+                l.p99_ms,
+                ms(l.p999_ms)
             )
         })
         .unwrap_or_default();
@@ -944,6 +1020,17 @@ mod tests {
         let rate = fsync_probe(dir.path(), Duration::from_millis(50)).unwrap();
         assert!(rate > 0.0, "{rate}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_data_dir_on_tmpfs_is_named_and_counts_as_in_memory() {
+        assert_eq!(fs_name(0x0102_1994), "tmpfs");
+        assert!(in_memory(&fs_name(0x0102_1994)));
+        assert!(in_memory(&fs_name(0x8584_58f6)));
+        assert!(!in_memory(&fs_name(0xef53)));
+        assert_eq!(fs_name(0x1234), "0x1234");
+        let dir = tempfile::tempdir().unwrap();
+        assert!(filesystem(dir.path()).is_some());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio::{
 };
 use tokio_stream::StreamExt;
 
-use super::load::{self, Clock, Load};
+use super::load::{self, Clock, Load, Window};
 
 const STREAM: &str = "BENCH";
 const SUBJECT: &str = "bench.docs";
@@ -199,14 +199,18 @@ async fn consumers(
     Ok(out)
 }
 
+/// Publishes every document, awaiting each one's ack; with a `window`, a
+/// document's slot is held until it reached every consumer as well (see
+/// [`Window`]).
 async fn publish_all(
     js: jetstream::Context,
     load: Load,
     clock: Arc<Clock>,
+    window: Option<Arc<Window>>,
     acks: Option<tokio::sync::mpsc::UnboundedSender<load::Arrival>>,
 ) -> Result<Duration> {
     let body = load.body;
-    load::drive(load, clock, move |i| {
+    load::drive(load, clock, window, move |i| {
         let js = js.clone();
         let acks = acks.clone();
         async move {
@@ -234,10 +238,27 @@ pub async fn one_hop(
     server.stream(&js).await?;
     let clock = Clock::new(load.docs);
     let (tx, mut rx) = load::arrivals();
+    // Back to back, the slot is held until the ack is back, as truc's is
+    // until the hub's acceptance is back at the sender.
+    let window = load.rate.is_none().then(|| Window::new(load));
     let t0 = Instant::now();
-    let send = tokio::spawn(publish_all(js, load.clone(), clock.clone(), Some(tx)));
-    let (latencies, _) =
-        load::collect(&mut rx, &clock, load.docs, 1, Duration::from_secs(60), bar).await?;
+    let send = tokio::spawn(publish_all(
+        js,
+        load.clone(),
+        clock.clone(),
+        window.clone(),
+        Some(tx),
+    ));
+    let (latencies, _) = load::collect(
+        &mut rx,
+        &clock,
+        window.as_deref(),
+        load.docs,
+        1,
+        Duration::from_secs(60),
+        bar,
+    )
+    .await?;
     send.await??;
     Ok(Measured {
         usage: None,
@@ -261,11 +282,21 @@ pub async fn deliver(
     let readers = consumers(&stream, recipients, &tx).await?;
     drop(tx);
     let clock = Clock::new(load.docs);
+    // Back to back, a document holds its slot until every consumer has it
+    // (and its ack is back), as truc's is held until every recipient has it.
+    let window = load.rate.is_none().then(|| Window::new(load));
     let t0 = Instant::now();
-    let send = tokio::spawn(publish_all(js, load.clone(), clock.clone(), None));
+    let send = tokio::spawn(publish_all(
+        js,
+        load.clone(),
+        clock.clone(),
+        window.clone(),
+        None,
+    ));
     let collected = load::collect(
         &mut rx,
         &clock,
+        window.as_deref(),
         load.docs,
         recipients,
         Duration::from_secs(60),
@@ -303,8 +334,17 @@ pub async fn queued_drain(
     let readers = consumers(&stream, 1, &wtx).await?;
     drop(wtx);
     let wclock = Clock::new(warm);
-    publish_all(js.clone(), warm_load, wclock.clone(), None).await?;
-    let consumed = load::collect(&mut wrx, &wclock, warm, 1, Duration::from_secs(60), bar).await;
+    publish_all(js.clone(), warm_load, wclock.clone(), None, None).await?;
+    let consumed = load::collect(
+        &mut wrx,
+        &wclock,
+        None,
+        warm,
+        1,
+        Duration::from_secs(60),
+        bar,
+    )
+    .await;
     for r in readers {
         r.abort();
     }
@@ -320,7 +360,7 @@ pub async fn queued_drain(
     bar.set_position(0);
     let rss0 = super::procstat::rss_bytes(server.pid).unwrap_or(0);
     let clock = Clock::new(load.docs);
-    publish_all(js, load.clone(), clock, None).await?;
+    publish_all(js, load.clone(), clock, None, None).await?;
     let rss1 = super::procstat::rss_bytes(server.pid).unwrap_or(0);
     let (tx, mut rx) = load::arrivals();
     let drain_clock = Clock::new(load.docs);
@@ -335,6 +375,7 @@ pub async fn queued_drain(
     let collected = load::collect(
         &mut rx,
         &drain_clock,
+        None,
         load.docs,
         1,
         Duration::from_secs(60),
