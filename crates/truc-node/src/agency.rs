@@ -309,27 +309,29 @@ impl Agency for AgencyService {
             let (envelope, doc, entries) = st.received_envelope(&doc_id, from.as_ref())?;
             let header = <pb::Header as prost::Message>::decode(envelope.header_bytes.as_slice())
                 .map_err(|e| NodeError::Other(format!("stored header: {e}")))?;
-                        let mut attachments = Vec::new();
-            let total: u64 = header.attachments.iter().map(|a| a.size).sum();
-            if !without_data && total > st.limits.max_message_bytes as u64 / 2 {
-                return Err(Refusal::over_limit(format!(
-                    "attachments total {total} bytes, too large for one message: use without_data and GetAttachment"
-                ))
-                .into());
-            }
-            if !without_data && !header.attachments.is_empty() {
-                st.attachments_kept(&doc, &header.doc_id)?;
-            }
-            for a in &header.attachments {
-                let d = Digest::from_slice(&a.sha256).ok_or_else(|| NodeError::Other("stored attachment digest".into()))?;
-                attachments.push(pb::Attachment {
+            let mut data = if without_data {
+                Vec::new()
+            } else {
+                attachments_in_one_message(
+                    &st,
+                    &doc,
+                    &header,
+                    "use without_data and GetAttachment",
+                )?
+            };
+            data.resize(header.attachments.len(), Vec::new());
+            let attachments = header
+                .attachments
+                .iter()
+                .zip(data)
+                .map(|(a, data)| pb::Attachment {
                     name: a.name.clone(),
                     content_type: a.content_type.clone(),
-                    data: if without_data { Vec::new() } else { st.blobs.read(&d)? },
+                    data,
                     sha256: a.sha256.clone(),
                     size: a.size,
-                });
-            }
+                })
+                .collect();
             let document = pb::DocumentView {
                 doc_id: header.doc_id.clone(),
                 from: header.from.clone(),
@@ -614,15 +616,12 @@ impl Agency for AgencyService {
             let (env, doc, entries) = st.received_envelope(&doc_id, from.as_ref())?;
             let header = <pb::Header as prost::Message>::decode(env.header_bytes.as_slice())
                 .map_err(|e| NodeError::Other(format!("stored header: {e}")))?;
-            if !header.attachments.is_empty() {
-                st.attachments_kept(&doc, &header.doc_id)?;
-            }
-            let mut data = Vec::new();
-            for a in &header.attachments {
-                let d = Digest::from_slice(&a.sha256)
-                    .ok_or_else(|| NodeError::Other("stored attachment digest".into()))?;
-                data.push(st.blobs.read(&d)?);
-            }
+            let data = attachments_in_one_message(
+                &st,
+                &doc,
+                &header,
+                "fetch the document with its attachments one by one (`truc get`), or export the imported package (--original)",
+            )?;
             let here: OrganId = entries
                 .first()
                 .map(|e| e.organ.parse())
@@ -769,6 +768,43 @@ impl Agency for AgencyService {
             .await?;
         Ok(Response::new(pb::ArchiveExportedResponse {}))
     }
+}
+
+/// Every attachment of a received document, read whole for one answer
+/// (GetDocument, ExportEdxml): refused before anything is read when
+/// together they would not fit in a message (`hint` says what to do
+/// instead), and when one is no longer kept here.
+fn attachments_in_one_message(
+    st: &NodeState,
+    doc: &truc_store::record::DocRecord,
+    header: &pb::Header,
+    hint: &str,
+) -> Result<Vec<Vec<u8>>, NodeError> {
+    if header.attachments.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Half the limit: room for base64 (edXML) and the rest of the answer.
+    let total = header
+        .attachments
+        .iter()
+        .fold(0u64, |t, a| t.saturating_add(a.size));
+    if total > st.limits.max_message_bytes as u64 / 2 {
+        return Err(Refusal::over_limit(format!(
+            "attachments total {total} bytes, too large for one message (limits.max_message_bytes {}): {hint}",
+            st.limits.max_message_bytes
+        ))
+        .into());
+    }
+    st.attachments_kept(doc, &header.doc_id)?;
+    header
+        .attachments
+        .iter()
+        .map(|a| {
+            let d = Digest::from_slice(&a.sha256)
+                .ok_or_else(|| NodeError::Other("stored attachment digest".into()))?;
+            Ok(st.blobs.read(&d)?)
+        })
+        .collect()
 }
 
 /// `env` is a receipt or a status about the document `sender` sent whose
@@ -1200,7 +1236,7 @@ mod tests {
     use truc_store::MemoryStore;
 
     use super::*;
-    use crate::state::testing::Fixture;
+    use crate::state::{Origin, testing::Fixture};
 
     type Chunks = mpsc::Sender<Result<pb::UploadChunk, Status>>;
 
@@ -1264,6 +1300,54 @@ mod tests {
 
     /// Every error the gRPC API answers passes the layer: counted, and a retry
     /// hint given in this node's `quotas.retry_after_ms`.
+    #[tokio::test]
+    async fn a_document_too_large_for_one_answer_is_refused_before_it_is_read() {
+        let mut f = Fixture::new();
+        f.limits.max_message_bytes = 64 << 10;
+        let mut routing = truc_core::RoutingTable::new(true);
+        routing.add_local("000.00.00.H41".parse().unwrap());
+        let edge = f.state(
+            "nghean",
+            routing,
+            vec![f.signer("000.00.00.H41")],
+            None,
+            Arc::new(MemoryStore::new()),
+        );
+        let v = f.with_attachment(&edge, &vec![1u8; 40 << 10]);
+        let id = v.doc_id.to_string();
+        edge.accept(v, &Origin::Parent("hub".parse().unwrap()), None)
+            .unwrap();
+        let svc = AgencyService::new(edge);
+        let e = svc
+            .export_edxml(Request::new(pb::ExportEdxmlRequest {
+                doc_id: id.clone(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+        assert!(e.message().contains("too large for one message"), "{e}");
+        let e = svc
+            .get_document(Request::new(pb::GetDocumentRequest {
+                doc_id: id.clone(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+        let d = svc
+            .get_document(Request::new(pb::GetDocumentRequest {
+                doc_id: id,
+                without_data: true,
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(d.attachments.len(), 1, "described without its bytes");
+        assert!(d.attachments[0].data.is_empty());
+    }
+
     #[tokio::test]
     async fn the_refusal_layer_counts_and_gives_the_nodes_retry_hint() {
         use tower::{Layer, Service};

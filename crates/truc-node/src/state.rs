@@ -5762,6 +5762,7 @@ pub(crate) mod testing {
         pub transport: DevCa,
         pub blobs_dir: tempfile::TempDir,
         pub quotas: QuotaSection,
+        pub limits: Limits,
         pub storage: crate::config::StorageSection,
     }
 
@@ -5772,6 +5773,7 @@ pub(crate) mod testing {
                 transport: DevCa::generate("test transport").unwrap(),
                 blobs_dir: tempfile::tempdir().unwrap(),
                 quotas: QuotaSection::default(),
+                limits: Limits::default(),
                 storage: crate::config::StorageSection {
                     min_free_bytes: 0,
                     ..Default::default()
@@ -5917,7 +5919,7 @@ pub(crate) mod testing {
                 node_signer,
                 pdf: None,
                 verifiers: self.verifiers(),
-                limits: Limits::default(),
+                limits: self.limits.clone(),
                 delivery: DeliverySection::default(),
                 quotas: self.quotas.clone(),
                 hooks: TestHooks::default(),
