@@ -2128,7 +2128,8 @@ impl NodeState {
         Key::new().str("upload").str(&id.to_string()).build()
     }
 
-    /// A finished upload: its digest and size.
+    /// A finished upload: its digest and size, while its file is still kept
+    /// (one the orphan sweep took is to be uploaded again).
     pub fn upload_done(&self, id: &uuid::Uuid) -> Result<Option<(Digest, u64)>, NodeError> {
         Ok(self
             .store
@@ -2136,7 +2137,8 @@ impl NodeState {
             .and_then(|v| {
                 let d = Digest::from_slice(v.get(..32)?)?;
                 Some((d, trailing_u64(&v)?))
-            }))
+            })
+            .filter(|(d, _)| self.blobs.contains(d)))
     }
 
     /// Records a finished upload (so a retry of it answers at once) and drops its
@@ -3300,6 +3302,39 @@ impl NodeState {
                 self.blobs.remove(&d)?;
                 n += 1;
             }
+        }
+        drop(_w);
+        Ok(n + self.sweep_abandoned_partials(grace)?)
+    }
+
+    /// Partial files (an upload an application gave up on, a transfer whose
+    /// document went away) not written for `grace` seconds, and their
+    /// records. One being received is left alone: its claim is held while
+    /// it is checked and removed.
+    fn sweep_abandoned_partials(&self, grace: u64) -> Result<usize, NodeError> {
+        let mut n = 0;
+        for (name, age) in self.blobs.list_partials()? {
+            if age < grace {
+                continue;
+            }
+            let uploads = self.uploading.lock().unwrap_or_else(|p| p.into_inner());
+            let partials = self.partials.lock().unwrap_or_else(|p| p.into_inner());
+            let busy = match name.strip_prefix("upload-") {
+                Some(id) => id
+                    .parse::<uuid::Uuid>()
+                    .is_ok_and(|id| uploads.contains_key(&id)),
+                None => hex::decode(&name)
+                    .ok()
+                    .and_then(|b| Digest::from_slice(&b))
+                    .is_some_and(|d| partials.contains_key(&d)),
+            };
+            if busy {
+                continue;
+            }
+            self.clear_partial(&name)?;
+            self.blobs.drop_partial(&name);
+            tracing::info!(partial = %name, age_s = age, "abandoned partial file removed");
+            n += 1;
         }
         Ok(n)
     }
@@ -6587,6 +6622,51 @@ mod tests {
         assert_eq!(count(&edge, "signatures_made"), Some(1), "the envelope");
         assert_eq!(count(&hub, "signatures_made"), Some(0));
         assert_eq!(count(&hub, "signatures_verified"), Some(0));
+    }
+
+    /// An upload an application gave up on, and a transfer whose document
+    /// went away, are removed by the orphan sweep with their records; one
+    /// still being received is not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn abandoned_partial_files_are_swept_and_one_being_received_is_not() {
+        let mut f = Fixture::new();
+        f.storage.orphan_grace_ms = 0;
+        let edge = f.edge(Arc::new(MemoryStore::new()));
+        let (gone, live) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        let transfer = Digest::of(b"a document that went away").hex();
+        for name in [
+            format!("upload-{gone}"),
+            format!("upload-{live}"),
+            transfer.clone(),
+        ] {
+            let mut p = edge.blobs.partial(&name, 100, 0).unwrap();
+            p.write(0, &[7; 40]).unwrap();
+            p.sync().unwrap();
+            edge.record_partial(&name, 40).unwrap();
+        }
+        let claim = edge.claim_upload(live).await;
+        assert_eq!(edge.sweep_orphans().unwrap(), 2);
+        for name in [format!("upload-{gone}"), transfer] {
+            assert_eq!(edge.blobs.partial_len(&name), None, "{name}");
+            assert_eq!(edge.partial_offset(&name).unwrap(), 0, "{name}");
+        }
+        let name = format!("upload-{live}");
+        assert_eq!(edge.blobs.partial_len(&name), Some(40), "being received");
+        assert_eq!(edge.partial_offset(&name).unwrap(), 40);
+        drop(claim);
+
+        // A finished upload whose file the sweep took is to be sent again,
+        // not named by a document that would then find nothing.
+        let data = vec![3u8; 100 << 10];
+        let d = Digest::of(&data);
+        edge.finish_upload(&gone, "upload-x", &d, data.len() as u64)
+            .unwrap();
+        assert_eq!(edge.upload_done(&gone).unwrap(), None);
+        edge.blobs.put(&data).unwrap();
+        assert_eq!(
+            edge.upload_done(&gone).unwrap(),
+            Some((d, data.len() as u64))
+        );
     }
 
     /// A submitted document's envelope is kept as a blob the record names (out

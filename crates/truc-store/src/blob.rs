@@ -413,6 +413,28 @@ impl BlobStore {
         })
     }
 
+    /// Every partial file with its age in seconds since it was last written
+    /// (for the sweep of abandoned transfers and uploads).
+    pub fn list_partials(&self) -> Result<Vec<(String, u64)>, BlobError> {
+        let dir = self.root.join("partial");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io(&dir))? {
+            let entry = entry.map_err(io(&dir))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let age = entry
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .map(|e| e.as_secs())
+                .unwrap_or(0);
+            out.push((name, age));
+        }
+        Ok(out)
+    }
+
     /// Removes a partial file (refused or abandoned).
     pub fn drop_partial(&self, name: &str) {
         let _ = fs::remove_file(self.root.join("partial").join(name));
@@ -567,6 +589,11 @@ impl Partial {
         let dest = store.path(&actual);
         if store.contains(&actual) {
             let _ = fs::remove_file(&self.path);
+            // Stored again now: the orphan sweep must not take it for an
+            // old one before the document that names it is sent.
+            if let Ok(f) = File::options().write(true).open(&dest) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
         } else {
             fs::rename(&self.path, &dest).map_err(io(&dest))?;
             sync_dir(dest.parent().unwrap_or(&store.root))?;
