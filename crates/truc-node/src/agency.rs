@@ -562,7 +562,12 @@ impl Agency for AgencyService {
                 let mut data = vec![0u8; len];
                 if let Err(e) = file.read_exact(&mut data).await {
                     // Past the answer's headers: logged here, where it happens.
-                    let s = Status::internal(format!("read {name} of {doc_id} at {offset}: {e}"));
+                    let what = format!("read {name} of {doc_id} at {offset}: {e}");
+                    let s = if e.kind() == std::io::ErrorKind::InvalidData {
+                        Status::data_loss(what)
+                    } else {
+                        Status::internal(what)
+                    };
                     note_refusal(&state, "agency", "GetAttachment", s.code(), s.message());
                     let _ = tx.send(Err(s)).await;
                     return;
@@ -1346,6 +1351,62 @@ mod tests {
             .into_inner();
         assert_eq!(d.attachments.len(), 1, "described without its bytes");
         assert!(d.attachments[0].data.is_empty());
+    }
+
+    /// A stored attachment whose bytes no longer hash to its name is not
+    /// served as if whole: the stream ends with DATA_LOSS in place of its
+    /// last chunk, from the start or from an offset.
+    #[tokio::test]
+    async fn a_damaged_attachment_is_not_served_as_whole() {
+        let f = Fixture::new();
+        let mut routing = truc_core::RoutingTable::new(true);
+        routing.add_local("000.00.00.H41".parse().unwrap());
+        let edge = f.state(
+            "nghean",
+            routing,
+            vec![f.signer("000.00.00.H41")],
+            None,
+            Arc::new(MemoryStore::new()),
+        );
+        let data = vec![5u8; 600 << 10];
+        let v = f.with_attachment(&edge, &data);
+        let (id, file) = (v.doc_id.to_string(), edge.blobs.path(&v.attachments[0]));
+        edge.accept(v, &Origin::Parent("hub".parse().unwrap()), None)
+            .unwrap();
+        let svc = AgencyService::new(edge);
+        let fetch = |offset: u64| {
+            let svc = svc.clone();
+            let id = id.clone();
+            async move {
+                let mut s = svc
+                    .get_attachment(Request::new(pb::GetAttachmentRequest {
+                        doc_id: id,
+                        offset,
+                        ..Default::default()
+                    }))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let mut got = 0u64;
+                while let Some(c) = s.next().await {
+                    match c {
+                        Ok(c) => got += c.data.len() as u64,
+                        Err(e) => return Err((got, e)),
+                    }
+                }
+                Ok(got)
+            }
+        };
+        assert_eq!(fetch(0).await.unwrap(), data.len() as u64, "whole");
+        let mut damaged = data.clone();
+        damaged[1000] ^= 0xff;
+        std::fs::write(&file, &damaged).unwrap();
+        for offset in [0, 300 << 10] {
+            let (got, e) = fetch(offset).await.unwrap_err();
+            assert_eq!(e.code(), Code::DataLoss, "{e}");
+            assert!(e.message().contains("damaged"), "{e}");
+            assert!(offset + got < data.len() as u64, "the last bytes withheld");
+        }
     }
 
     #[tokio::test]

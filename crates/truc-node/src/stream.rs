@@ -259,8 +259,50 @@ pub async fn serve(
     Ok(())
 }
 
-/// Reads a stored blob from `offset`: its own file, or, for a small blob in a
-/// pack, its bytes read whole and checked against the digest.
+/// Passes a stored blob's bytes through while hashing them. At the end, a
+/// digest other than the blob's name is an `InvalidData` error in place of
+/// the last bytes: a damaged copy is never served as if whole.
+struct Checked<R> {
+    inner: R,
+    hasher: Option<ring::digest::Context>,
+    left: u64,
+    digest: Digest,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Checked<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let new = &buf.filled()[before..];
+        if let Some(h) = this.hasher.as_mut() {
+            h.update(new);
+        }
+        this.left = this.left.saturating_sub(new.len() as u64);
+        if this.left == 0
+            && let Some(h) = this.hasher.take()
+            && h.finish().as_ref() != this.digest.0.as_slice()
+        {
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the stored copy of {} is damaged: its bytes no longer hash to its name",
+                    this.digest
+                ),
+            )));
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Reads a stored blob from `offset`, checked against its digest as it is
+/// read (see [`Checked`]; from an offset, the bytes before it are hashed
+/// first): its own file, or, for a small blob in a pack, its bytes read
+/// whole and checked.
 pub(crate) async fn blob_reader(
     state: &Arc<NodeState>,
     digest: Digest,
@@ -276,9 +318,33 @@ pub(crate) async fn blob_reader(
         c.set_position(offset);
         return Ok(Box::pin(c));
     }
-    let mut f = tokio::fs::File::from_std(state.blobs.open_blob(&digest).map_err(NodeError::from)?);
+    let file = state.blobs.open_blob(&digest).map_err(NodeError::from)?;
+    let (file, hasher, len) = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let what = format!("read {digest}");
+        let len = file.metadata().map_err(NodeError::io(what.clone()))?.len();
+        let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut prefix = (&file).take(offset);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = prefix.read(&mut buf).map_err(NodeError::io(what.clone()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok::<_, NodeError>((file, hasher, len))
+    })
+    .await
+    .map_err(|e| NodeError::Other(e.to_string()))??;
+    let mut f = tokio::fs::File::from_std(file);
     f.seek(SeekFrom::Start(offset))
         .await
         .map_err(NodeError::io(format!("seek {digest}")))?;
-    Ok(Box::pin(f))
+    Ok(Box::pin(Checked {
+        inner: f,
+        hasher: Some(hasher),
+        left: len.saturating_sub(offset),
+        digest,
+    }))
 }
