@@ -330,9 +330,10 @@ async fn control(f: Frame, cx: &Ctx) -> Result<(), LinkError> {
             });
         }
         Frame::Ping(p) => {
-            let _ = out
-                .send(frame(Frame::Pong(pb::Pong { nonce: p.nonce })))
-                .await;
+            // Never waited for: with the outgoing frames full the peer has
+            // proof of life enough, and a peer that pings and never reads
+            // must not hold this loop.
+            let _ = out.try_send(frame(Frame::Pong(pb::Pong { nonce: p.nonce })));
         }
         Frame::Pong(_) => {}
         Frame::Report(r) if !peer_is_parent => {
@@ -349,6 +350,25 @@ async fn control(f: Frame, cx: &Ctx) -> Result<(), LinkError> {
         }
     }
     Ok(())
+}
+
+/// [`control`], given up on at `stop` or when it cannot go on for `limit`
+/// (a chunk its stream does not take, a directory that does not apply): the
+/// read loop must go on seeing both.
+async fn control_within(
+    f: Frame,
+    cx: &Ctx,
+    stop: &mut watch::Receiver<bool>,
+    limit: Duration,
+) -> Result<(), LinkError> {
+    tokio::select! {
+        _ = crate::stopped(stop) => Err(LinkError::Stopped),
+        r = tokio::time::timeout(limit, control(f, cx)) => r.unwrap_or_else(|_| {
+            Err(LinkError::Rpc(Status::deadline_exceeded(format!(
+                "a frame from the peer could not be handled within {limit:?}"
+            ))))
+        }),
+    }
 }
 
 /// Nodes kept from one child's report (a bound on what a child can make us hold).
@@ -481,7 +501,7 @@ pub async fn run_session(
     let mut jobs: Vec<tokio::task::AbortHandle> = Vec::new();
     let result = loop {
         if let Some(f) = pending.pop_front() {
-            if let Err(e) = control(f, &cx).await {
+            if let Err(e) = control_within(f, &cx, &mut stop, params.heartbeat_timeout).await {
                 break Err(e);
             }
             continue;
@@ -578,7 +598,9 @@ pub async fn run_session(
                 }
             }
             other => {
-                if let Err(e) = control(other, &cx).await {
+                if let Err(e) =
+                    control_within(other, &cx, &mut stop, params.heartbeat_timeout).await
+                {
                     break Err(e);
                 }
             }
@@ -617,11 +639,13 @@ async fn push(
     inline_max: u64,
     mut ctl: mpsc::UnboundedReceiver<Control>,
 ) -> Result<(), LinkError> {
-    let notify = state.notifier(&queue);
+    let mut notify = state.notifier(&queue);
     // (seq, bytes) of every transfer sent and not yet acknowledged.
     let mut in_flight: VecDeque<(u64, usize)> = VecDeque::new();
     let mut in_flight_bytes = 0usize;
     let mut last_sent: Option<u64> = None;
+    // The highest seq sent in this session: the peer answers nothing past it.
+    let mut sent_upto = 0u64;
     // Set by a Defer: nothing is sent before then.
     let mut paused_until: Option<tokio::time::Instant> = None;
     // The transfer the peer deferred: it takes nothing else until that one
@@ -679,6 +703,7 @@ async fn push(
                         }
                         in_flight.push_back((seq, size));
                         in_flight_bytes += size;
+                        sent_upto = sent_upto.max(seq);
                         if deferred == Some(seq) {
                             deferred = None;
                         }
@@ -714,7 +739,7 @@ async fn push(
                     None => return Ok(()),
                     Some(c) => c,
                 },
-                _ = notify.notified() => continue,
+                _ = notify.changed() => continue,
                 _ = async {
                     match paused_until {
                         Some(t) => tokio::time::sleep_until(t).await,
@@ -746,6 +771,11 @@ async fn push(
                     }
                 }
                 window = w.max(1);
+                // An ack past what was sent would drop entries never sent.
+                if seq > sent_upto {
+                    tracing::warn!(%queue, seq, sent_upto, "peer acknowledged transfers never sent; taken up to the last one sent");
+                    seq = sent_upto;
+                }
                 while let Some((_, size)) = in_flight.front().filter(|(s, _)| *s <= seq).copied() {
                     in_flight.pop_front();
                     in_flight_bytes -= size;
@@ -755,6 +785,9 @@ async fn push(
                 tokio::task::spawn_blocking(move || st.queue_ack(&q, seq))
                     .await
                     .map_err(|e| NodeError::Other(e.to_string()))??;
+            }
+            Control::Reject { seq, .. } if seq > sent_upto => {
+                tracing::warn!(%queue, seq, sent_upto, "peer refused a transfer never sent; ignored");
             }
             Control::Reject { seq, code, reason } => {
                 if let Some(i) = in_flight.iter().position(|(s, _)| *s == seq) {
@@ -1247,7 +1280,9 @@ pub async fn dial_parent(
         if *stop.borrow() {
             return;
         }
-        let started = Instant::now();
+        // When this attempt's link came up (the parent's welcome), if it did.
+        let mut came_up: Option<Instant> = None;
+        let mut up_now = up.subscribe();
         let config = tls.borrow_and_update().clone();
         let (end_tx, end_rx) = watch::channel(false);
         let session = connect_once(&state, &address, &parent, config, &params, end_rx, &up);
@@ -1259,6 +1294,11 @@ pub async fn dial_parent(
             let ending = *end_tx.borrow();
             tokio::select! {
                 r = &mut session => break r,
+                Ok(()) = up_now.changed(), if came_up.is_none() => {
+                    if *up_now.borrow_and_update() {
+                        came_up = Some(Instant::now());
+                    }
+                }
                 _ = crate::stopped(&mut stop), if !ending => {
                     end_tx.send_replace(true);
                 }
@@ -1284,7 +1324,10 @@ pub async fn dial_parent(
             }
             Ok(()) => {}
         }
-        if started.elapsed() > params.heartbeat_timeout {
+        // Back to the shortest wait only after a link that came up and
+        // lasted: attempts that time out, or a parent that welcomes and then
+        // says nothing, wait longer and longer.
+        if came_up.is_some_and(|t| t.elapsed() > params.heartbeat_timeout) {
             delay = params.reconnect_min;
         }
         // Full jitter: many edges reconnecting after a hub restart spread out.
@@ -1496,10 +1539,22 @@ mod tests {
 
     impl Pushing {
         fn start(hub: &Arc<NodeState>) -> Self {
+            Self::with_window(hub, 8)
+        }
+
+        fn with_window(hub: &Arc<NodeState>, window: u32) -> Self {
             let (out, frames) = mpsc::channel(16);
             let (ctl, ctl_rx) = mpsc::unbounded_channel();
             let queue = "child:nghean".to_string();
-            let task = tokio::spawn(push(hub.clone(), queue, out, 8, 1 << 20, 1 << 20, ctl_rx));
+            let task = tokio::spawn(push(
+                hub.clone(),
+                queue,
+                out,
+                window,
+                1 << 20,
+                1 << 20,
+                ctl_rx,
+            ));
             Self { frames, ctl, task }
         }
 
@@ -1589,6 +1644,107 @@ mod tests {
             matches!(&ended, Err(LinkError::Resync(why)) if why.contains("could not be loaded again")),
             "{ended:?}"
         );
+    }
+
+    /// An ack or a refusal past what was sent touches nothing unsent: the
+    /// entry waiting behind a full window is still sent.
+    #[tokio::test]
+    async fn an_answer_past_what_was_sent_drops_nothing_unsent() {
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let docs = (0..2)
+            .map(|_| (f.verified("000.00.00.G22", &["000.00.00.H41"]), None))
+            .collect();
+        hub.accept_batch(docs, &Origin::Child("vpcp".parse().unwrap()))
+            .unwrap();
+        let mut p = Pushing::with_window(&hub, 1);
+        let first = p.sent().await;
+        for c in [
+            Control::Reject {
+                seq: u64::MAX,
+                code: Code::InvalidArgument as i32,
+                reason: "made up".into(),
+            },
+            Control::Ack {
+                seq: u64::MAX,
+                window: 1,
+            },
+        ] {
+            p.ctl.send(c).unwrap();
+        }
+        let second = tokio::time::timeout(Duration::from_secs(30), p.sent())
+            .await
+            .expect("the second entry is sent");
+        assert!(second > first);
+        assert!(hub.dead("child:nghean").unwrap().is_empty());
+    }
+
+    /// A peer that pings and never reads cannot hold the read loop on a
+    /// full outgoing channel, and a frame that cannot be handled (a chunk
+    /// its stream does not take) gives way to `stop`.
+    #[tokio::test]
+    async fn a_peer_that_reads_nothing_cannot_hold_the_read_loop() {
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let (out, _frames) = mpsc::channel(1);
+        out.try_send(frame(Frame::Pong(pb::Pong { nonce: 0 })))
+            .unwrap();
+        let (ctl, _ctl) = mpsc::unbounded_channel();
+        let (wants, _wants) = mpsc::unbounded_channel();
+        let cx = Ctx {
+            state: hub,
+            out,
+            ctl,
+            wants,
+            sinks: Arc::default(),
+            peer_is_parent: false,
+            peer: "nghean".parse().unwrap(),
+        };
+        let (stop_tx, mut stop) = watch::channel(false);
+        let limit = Duration::from_secs(5);
+        let ping = Frame::Ping(pb::Ping { nonce: 1 });
+        control_within(ping, &cx, &mut stop, limit)
+            .await
+            .expect("a ping is answered without waiting, or not at all");
+
+        let (sink, _chunks) = mpsc::channel(1);
+        sink.try_send((0, Vec::new())).unwrap();
+        cx.sinks.lock().unwrap().insert((7, 0), sink);
+        stop_tx.send(true).unwrap();
+        let chunk = Frame::Chunk(pb::Chunk {
+            seq: 7,
+            index: 0,
+            offset: 0,
+            data: vec![1],
+        });
+        let r = control_within(chunk, &cx, &mut stop, Duration::from_secs(3600)).await;
+        assert!(matches!(r, Err(LinkError::Stopped)), "{r:?}");
+    }
+
+    /// While a session is replaced, two senders wait on one queue: a new
+    /// entry wakes both, so the old one, sending it on its dying stream,
+    /// cannot take the only wake-up and leave the new one waiting for the
+    /// next entry.
+    #[tokio::test]
+    async fn a_new_entry_wakes_every_sender_of_its_queue() {
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let (mut old, mut new) = (Pushing::start(&hub), Pushing::start(&hub));
+        // One thread: both run to their wait before the test goes on.
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        hub.accept(
+            f.verified("000.00.00.G22", &["000.00.00.H41"]),
+            &Origin::Child("vpcp".parse().unwrap()),
+            None,
+        )
+        .unwrap();
+        old.sent().await;
+        old.task.abort();
+        tokio::time::timeout(Duration::from_secs(30), new.sent())
+            .await
+            .expect("the new session sends the entry");
     }
 
     /// A queued transfer that cannot be read now (a disk or database that

@@ -18,7 +18,7 @@ use std::{
 
 use prost::Message;
 use rustls::pki_types::UnixTime;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::broadcast;
 use tonic::Code;
 use truc_core::{
     BusinessType, DeliveryState, Destination, DocId, Kind, NodeId, OrganId, ReceiptType,
@@ -511,7 +511,9 @@ pub struct NodeState {
     writer: Mutex<Writer>,
     /// Local messages waiting to be accepted together (see `accept`).
     local: Mutex<Vec<LocalItem>>,
-    notifiers: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Per queue, a count bumped by every write that adds to it: each sender
+    /// on that queue sees it move (two during a session's replacement).
+    notifiers: Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>,
     events: broadcast::Sender<Event>,
     /// Durable agency events as they are written (the live part of `Events`).
     agency_events: broadcast::Sender<pb::AgencyEvent>,
@@ -1117,9 +1119,19 @@ impl NodeState {
         Ok((out, ticket))
     }
 
-    pub fn notifier(&self, queue: &str) -> Arc<Notify> {
+    /// Moves when `queue` gets new entries (from the time it is called).
+    pub fn notifier(&self, queue: &str) -> tokio::sync::watch::Receiver<u64> {
         let mut map = self.notifiers.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(queue.to_owned()).or_default().clone()
+        map.entry(queue.to_owned())
+            .or_insert_with(|| tokio::sync::watch::channel(0).0)
+            .subscribe()
+    }
+
+    fn notify_queue(&self, queue: &str) {
+        let mut map = self.notifiers.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(queue.to_owned())
+            .or_insert_with(|| tokio::sync::watch::channel(0).0)
+            .send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub async fn durable(&self, ticket: Ticket) -> Result<(), NodeError> {
@@ -2754,7 +2766,7 @@ impl NodeState {
         plan.queues.sort();
         plan.queues.dedup();
         for q in &plan.queues {
-            self.notifier(q).notify_one();
+            self.notify_queue(q);
         }
         for e in plan.events {
             if matches!(e, Event::Delivered { .. }) {
