@@ -135,6 +135,13 @@ fn every_vdxp_operation_works_over_rest() {
     );
     assert_eq!(s, 201, "{done}");
     assert_eq!(done["sha256"], sha256_hex(&big));
+    // A body with no bytes finishes an upload: here a zero-byte file.
+    let (s, empty) = vpcp.put_bytes(
+        "/v1/uploads/0196f1d2-7c3a-7e21-9a4b-000000000000?size=0",
+        b"",
+    );
+    assert_eq!(s, 201, "{empty}");
+    assert_eq!(empty["sha256"], sha256_hex(b""));
 
     // Send: an inline attachment and the uploaded one.
     let small = "Nội dung công văn".as_bytes();

@@ -187,6 +187,16 @@ impl Agency for AgencyService {
                 .into_iter()
                 .map(|a| {
                     let body = if a.sha256.is_empty() {
+                        // A size given must be the bytes carried: an upload's
+                        // digest lost on the way is not a signed empty file.
+                        if a.size != 0 && a.size != a.data.len() as u64 {
+                            return Err(Status::invalid_argument(format!(
+                                "attachment {:?} declares {} bytes but carries {} (and no sha256 of an upload)",
+                                a.name,
+                                a.size,
+                                a.data.len()
+                            )));
+                        }
                         Ok(Body::Inline(a.data))
                     } else {
                         Digest::from_slice(&a.sha256)
@@ -1351,6 +1361,30 @@ mod tests {
             .into_inner();
         assert_eq!(d.attachments.len(), 1, "described without its bytes");
         assert!(d.attachments[0].data.is_empty());
+    }
+
+    /// An attachment that declares a size it does not carry (an upload's
+    /// digest lost on the way) is refused, not signed as an empty file.
+    #[tokio::test]
+    async fn an_attachment_without_the_bytes_it_declares_is_refused() {
+        let f = Fixture::new();
+        let svc = AgencyService::new(f.edge(Arc::new(MemoryStore::new())));
+        let e = svc
+            .send(Request::new(pb::SendRequest {
+                from: "000.00.00.G22".into(),
+                to: vec!["000.00.00.H41".into()],
+                subject: "Quyết định".into(),
+                attachments: vec![pb::Attachment {
+                    name: "qd.pdf".into(),
+                    size: 5_000_000,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+        assert!(e.message().contains("declares 5000000 bytes"), "{e}");
     }
 
     /// A stored attachment whose bytes no longer hash to its name is not

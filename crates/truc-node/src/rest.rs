@@ -374,6 +374,12 @@ fn attachments_in(list: Vec<AttachmentIn>) -> Result<Vec<pb::Attachment>, ApiErr
                         .map_err(|e| bad(format!("attachment {:?}: data_base64: {e}", a.name)))?,
                     Vec::new(),
                 ),
+                (None, Some(h)) if h.trim().is_empty() => {
+                    return Err(bad(format!(
+                        "attachment {:?}: sha256 is empty (the upload's digest, in hex)",
+                        a.name
+                    )));
+                }
                 (None, Some(h)) => (
                     Vec::new(),
                     hex::decode(&h)
@@ -579,12 +585,28 @@ async fn upload(
     let mut offset = q.offset;
     let id = upload_id.clone();
     let size = q.size;
-    let mut first = true;
+    // A body with no bytes (a zero-byte file, or the end of an upload whose
+    // bytes are all durable already) is one empty chunk: it finishes it.
+    let any = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let none_sent = {
+        let any = any.clone();
+        let c = pb::UploadChunk {
+            upload_id: upload_id.clone(),
+            size,
+            offset: q.offset,
+            data: Vec::new(),
+            sha256: Vec::new(),
+        };
+        futures::stream::once(async move {
+            (!any.load(std::sync::atomic::Ordering::Relaxed)).then_some(Ok(c))
+        })
+        .filter_map(std::future::ready)
+    };
     let chunks = body.into_data_stream().filter_map(move |frame| {
         let out = match frame {
-            Ok(data) if data.is_empty() && !first => None,
+            Ok(data) if data.is_empty() => None,
             Ok(data) => {
-                first = false;
+                any.store(true, std::sync::atomic::Ordering::Relaxed);
                 let c = pb::UploadChunk {
                     upload_id: id.clone(),
                     size,
@@ -599,7 +621,7 @@ async fn upload(
         };
         std::future::ready(out)
     });
-    let r = crate::agency::upload(&cx.state, Box::pin(chunks)).await?;
+    let r = crate::agency::upload(&cx.state, Box::pin(chunks.chain(none_sent))).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"sha256": hex::encode(r.sha256), "size": r.size})),
@@ -1021,7 +1043,28 @@ mod tests {
     use axum::response::IntoResponse;
     use tonic::Status;
 
+    use super::{AttachmentIn, attachments_in};
     use crate::error::{NodeError, Refusal};
+
+    /// An attachment naming an upload by an empty digest is refused, not
+    /// sent as an empty file.
+    #[test]
+    fn an_empty_upload_digest_is_refused() {
+        let e = attachments_in(vec![AttachmentIn {
+            name: "qd.pdf".into(),
+            content_type: String::new(),
+            data_base64: None,
+            sha256: Some(String::new()),
+            size: 5_000_000,
+        }])
+        .err()
+        .unwrap();
+        assert!(
+            e.0.message().contains("sha256 is empty"),
+            "{}",
+            e.0.message()
+        );
+    }
 
     #[test]
     fn a_quota_is_429_with_retry_after_and_a_request_over_a_limit_413() {
