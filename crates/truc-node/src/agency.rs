@@ -388,9 +388,11 @@ impl Agency for AgencyService {
         &self,
         req: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        let doc_id: DocId = parse("doc_id", &req.into_inner().doc_id)?;
+        let r = req.into_inner();
+        let doc_id: DocId = parse("doc_id", &r.doc_id)?;
+        let from = opt_organ("from", &r.from)?;
         let st = self.state.clone();
-        let mut records = blocking(move || st.sent(&doc_id)).await?;
+        let mut records = blocking(move || st.sent_by(&doc_id, from.as_ref())).await?;
         let Some(rec) = records.pop() else {
             return Err(Status::not_found(format!(
                 "no document {doc_id} was sent from this edge"
@@ -455,10 +457,25 @@ impl Agency for AgencyService {
         &self,
         req: Request<pb::GetReceiptsRequest>,
     ) -> Result<Response<pb::GetReceiptsResponse>, Status> {
-        let doc_id: DocId = parse("doc_id", &req.into_inner().doc_id)?;
+        let r = req.into_inner();
+        let doc_id: DocId = parse("doc_id", &r.doc_id)?;
+        let from = opt_organ("from", &r.from)?;
         let st = self.state.clone();
-        let (receipts, document) =
-            blocking(move || Ok((st.receipts(&doc_id)?, st.sent_envelope(&doc_id)?))).await?;
+        let (receipts, document) = blocking(move || {
+            let from = match from {
+                Some(f) => Some(f),
+                // The one sender, or the refusal naming them.
+                None => st
+                    .sent_by(&doc_id, None)?
+                    .pop()
+                    .and_then(|r| r.from.parse().ok()),
+            };
+            Ok((
+                st.receipts(&doc_id, from.as_ref())?,
+                st.sent_envelope_from(&doc_id, from.as_ref())?,
+            ))
+        })
+        .await?;
         Ok(Response::new(pb::GetReceiptsResponse {
             receipts: receipt_views(receipts)?,
             document,
@@ -742,7 +759,7 @@ impl Agency for AgencyService {
                     st.audit_proof(&doc_id.to_string(), &Digest::of(&envelope.header_bytes))?;
                 Ok((
                     envelope,
-                    st.receipts(&doc_id)?,
+                    st.receipts(&doc_id, from.as_ref())?,
                     st.statuses_about(&doc_id)?,
                     trace(&st, &doc_id)?,
                     proof,
@@ -939,7 +956,7 @@ pub fn trace(state: &NodeState, doc_id: &DocId) -> Result<Vec<pb::TraceStep>, No
             detail: e.detail,
         })
         .collect();
-    for (organ, env) in state.receipts(doc_id)? {
+    for (organ, env) in state.receipts(doc_id, None)? {
         let Ok(header) = <pb::Header as prost::Message>::decode(env.header_bytes.as_slice()) else {
             continue;
         };

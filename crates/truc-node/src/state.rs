@@ -5393,6 +5393,33 @@ impl NodeState {
             .collect()
     }
 
+    /// The record of `doc_id` sent by `from`, or, when none is named, by the
+    /// one agency of this edge that used that doc_id (several: refused,
+    /// naming them, as each sender chooses its own ids).
+    pub fn sent_by(
+        &self,
+        doc_id: &DocId,
+        from: Option<&OrganId>,
+    ) -> Result<Vec<SentRecord>, NodeError> {
+        let mut records = self.sent(doc_id)?;
+        match from {
+            Some(f) => records.retain(|r| r.from == f.as_str()),
+            None if records.len() > 1 => {
+                let senders: Vec<&str> = records.iter().map(|r| r.from.as_str()).collect();
+                return Err(Refusal::new(
+                    Code::FailedPrecondition,
+                    format!(
+                        "several agencies here sent a document {doc_id} ({}): name the sender",
+                        senders.join(", ")
+                    ),
+                )
+                .into());
+            }
+            None => {}
+        }
+        Ok(records)
+    }
+
     /// What an agency of this edge sent, newest first.
     pub fn list_sent(&self, from: &OrganId, limit: usize) -> Result<Vec<SentRecord>, NodeError> {
         let prefix = Key::new().str(from.as_str()).build();
@@ -5410,10 +5437,16 @@ impl NodeState {
         Ok(out)
     }
 
-    /// The signed receipts kept for a document sent from here: (recipient, envelope).
-    pub fn receipts(&self, doc_id: &DocId) -> Result<Vec<(String, pb::SignedEnvelope)>, NodeError> {
+    /// The signed receipts kept for a document sent from here: (recipient,
+    /// envelope); those of `from`'s document only, when named.
+    pub fn receipts(
+        &self,
+        doc_id: &DocId,
+        from: Option<&OrganId>,
+    ) -> Result<Vec<(String, pb::SignedEnvelope)>, NodeError> {
         let mut out = Vec::new();
-        for rec in self.sent(doc_id)? {
+        let records = self.sent(doc_id)?.into_iter();
+        for rec in records.filter(|r| from.is_none_or(|f| r.from == f.as_str())) {
             for rr in &rec.recipients {
                 for key in &rr.receipts {
                     if let Some(bytes) = self.store.get(Space::Docs, key)? {
@@ -6615,6 +6648,45 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    /// Two agencies of one edge may use the same doc_id: each finds its own
+    /// record and receipts by naming itself; not naming one is refused,
+    /// naming both, instead of picking one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_senders_of_one_doc_id_each_find_their_own() {
+        let f = Fixture::new();
+        let mut routing = RoutingTable::new(true);
+        for o in ["000.00.00.G22", "000.00.00.G21"] {
+            routing.add_local(o.parse().unwrap());
+        }
+        let edge = f.state(
+            "vpcp",
+            routing,
+            vec![f.signer("000.00.00.G22"), f.signer("000.00.00.G21")],
+            None,
+            Arc::new(MemoryStore::new()),
+        );
+        let id = DocId::new_v7();
+        for from in ["000.00.00.G22", "000.00.00.G21"] {
+            edge.submit(Submission {
+                from: from.into(),
+                to: vec!["000.00.00.H41".into()],
+                subject: "Trùng số".into(),
+                doc_id: Some(id.to_string()),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        let e = edge.sent_by(&id, None).unwrap_err().to_string();
+        assert!(
+            e.contains("000.00.00.G22") && e.contains("000.00.00.G21"),
+            "{e}"
+        );
+        let g21: OrganId = "000.00.00.G21".parse().unwrap();
+        let mine = edge.sent_by(&id, Some(&g21)).unwrap();
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].from, "000.00.00.G21");
     }
 
     /// Each node counts its own public-key work, even beside other nodes in

@@ -439,6 +439,7 @@ pub async fn change(config: &Path, a: ChangeArgs) -> Result<String> {
     let target = client
         .get_status(pb::GetStatusRequest {
             doc_id: a.target.clone(),
+            ..Default::default()
         })
         .await
         .map_err(status_error)?
@@ -816,6 +817,7 @@ pub async fn status(config: &Path, doc_id: &str, json: bool) -> Result<()> {
     let s = client
         .get_status(pb::GetStatusRequest {
             doc_id: doc_id.into(),
+            ..Default::default()
         })
         .await
         .map_err(status_error)?
@@ -929,6 +931,7 @@ pub async fn receipts(config: &Path, doc_id: &str, out: &Path) -> Result<Vec<Pat
     let r = client
         .get_receipts(pb::GetReceiptsRequest {
             doc_id: doc_id.into(),
+            ..Default::default()
         })
         .await
         .map_err(status_error)?

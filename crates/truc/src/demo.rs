@@ -255,6 +255,7 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<()> {
             let s = c
                 .get_status(pb::GetStatusRequest {
                     doc_id: doc_id.clone(),
+                    ..Default::default()
                 })
                 .await
                 .map_err(client::status_error)?

@@ -626,6 +626,7 @@ pub async fn recipient_states(c: &Cluster, node: &str, doc_id: &str) -> Vec<(Str
     let mut a = c.agency(node).await;
     a.get_status(pb::GetStatusRequest {
         doc_id: doc_id.into(),
+        ..Default::default()
     })
     .await
     .unwrap()
