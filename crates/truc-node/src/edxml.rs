@@ -27,13 +27,17 @@ pub fn derive_doc_id(from: &str, document_id: &str) -> DocId {
     DocId::from_uuid(uuid::Uuid::new_v8(b))
 }
 
-/// The truc doc_id a package's DocumentId names for sender `from`: a truc id
-/// as it is (a package answering or recalling a document truc exported
-/// carries the id the export wrote), any other derived from it.
-pub fn doc_id_of(from: &str, document_id: &str) -> DocId {
-    document_id
-        .parse()
-        .unwrap_or_else(|_| derive_doc_id(from, document_id))
+/// The truc doc_id of the document sent by `from` that a package refers to
+/// by `document_id` (answering or recalling it): a truc id as it is when a
+/// document of that id from `from` is known here (truc exported it with its
+/// own id), else derived as at import. A package's own DocumentId is always
+/// derived ([`derive_doc_id`]): another sender keeping a forwarded id must
+/// not make a second document of the same doc_id.
+pub fn doc_id_of(from: &str, document_id: &str, known: impl Fn(&str, &DocId) -> bool) -> DocId {
+    match document_id.parse::<DocId>() {
+        Ok(id) if id.to_string() == document_id && known(from, &id) => id,
+        _ => derive_doc_id(from, document_id),
+    }
 }
 
 /// The DocumentId of the package a document was imported from, kept in its
@@ -114,8 +118,9 @@ pub fn timestamp(ms: i64) -> String {
 }
 
 /// Maps a parsed package onto a submission or a status reply; its attachments'
-/// bytes move into the submission.
-pub fn to_truc(mut p: Package) -> Result<Imported, Refusal> {
+/// bytes move into the submission. `known(from, doc_id)`: whether such a
+/// document is known here (see [`doc_id_of`]).
+pub fn to_truc(mut p: Package, known: impl Fn(&str, &DocId) -> bool) -> Result<Imported, Refusal> {
     let json = serde_json::to_string(&p).map_err(|e| Refusal::invalid(format!("edXML: {e}")))?;
     let due_at_ms = match p.due_date.trim() {
         "" => 0,
@@ -136,7 +141,7 @@ pub fn to_truc(mut p: Package) -> Result<Imported, Refusal> {
                     }
                     (
                         i32::from(b.doc_type),
-                        doc_id_of(from, &b.document_id).to_string(),
+                        doc_id_of(from, &b.document_id, &known).to_string(),
                         b.reason.clone(),
                         b.receivers.clone(),
                     )
@@ -165,7 +170,7 @@ pub fn to_truc(mut p: Package) -> Result<Imported, Refusal> {
                 due_at_ms,
                 attachments,
                 doc_id: (!p.document_id.is_empty())
-                    .then(|| doc_id_of(from, &p.document_id).to_string()),
+                    .then(|| derive_doc_id(from, &p.document_id).to_string()),
                 business_type,
                 target_doc_id: target,
                 reason,
@@ -184,7 +189,7 @@ pub fn to_truc(mut p: Package) -> Result<Imported, Refusal> {
                 ));
             }
             Ok(Imported::Status(Reply {
-                doc_id: doc_id_of(&r.organ_id, &r.document_id).to_string(),
+                doc_id: doc_id_of(&r.organ_id, &r.document_id, &known).to_string(),
                 from: r.organ_id.clone(),
                 organ: p.from.organ_id.clone(),
                 code: p.status_code.clone(),

@@ -353,14 +353,22 @@ async fn control(f: Frame, cx: &Ctx) -> Result<(), LinkError> {
 }
 
 /// [`control`], given up on at `stop` or when it cannot go on for `limit`
-/// (a chunk its stream does not take, a directory that does not apply): the
-/// read loop must go on seeing both.
+/// (a chunk its stream does not take): the read loop must go on seeing both.
+/// A directory is given all the time it takes (its merge, off the async
+/// threads, cannot be cancelled: given up on, it would run on beside the
+/// parent's next copy).
 async fn control_within(
     f: Frame,
     cx: &Ctx,
     stop: &mut watch::Receiver<bool>,
     limit: Duration,
 ) -> Result<(), LinkError> {
+    if matches!(f, Frame::Directory(_)) {
+        return tokio::select! {
+            _ = crate::stopped(stop) => Err(LinkError::Stopped),
+            r = control(f, cx) => r,
+        };
+    }
     tokio::select! {
         _ = crate::stopped(stop) => Err(LinkError::Stopped),
         r = tokio::time::timeout(limit, control(f, cx)) => r.unwrap_or_else(|_| {
@@ -697,6 +705,7 @@ async fn push(
                 last_sent = Some(seq);
                 match loaded {
                     Ok(t) => {
+                        state.read_ok(&queue, seq);
                         let size = prost::Message::encoded_len(&t);
                         if out.send(frame(Frame::Transfer(t))).await.is_err() {
                             return Err(LinkError::Closed);
@@ -710,8 +719,8 @@ async fn push(
                     }
                     // A read that failed now is tried again: the session
                     // ends and the next one, after the reconnect backoff,
-                    // starts from this entry.
-                    Err(e) if e.is_transient() => {
+                    // starts from this entry; for a while.
+                    Err(e) if e.is_transient() && state.retry_read(&queue, seq) => {
                         tracing::error!(%queue, seq, error = %e, "cannot read a queued transfer now; the link restarts and tries again");
                         return Err(e.into());
                     }
@@ -1659,9 +1668,14 @@ mod tests {
             .unwrap();
         let mut p = Pushing::with_window(&hub, 1);
         let first = p.sent().await;
+        // Queued behind the full window, not sent.
+        let (unsent, _) = hub
+            .queue_peek("child:nghean", Some(first), 1)
+            .unwrap()
+            .remove(0);
         for c in [
             Control::Reject {
-                seq: u64::MAX,
+                seq: unsent,
                 code: Code::InvalidArgument as i32,
                 reason: "made up".into(),
             },
@@ -1675,7 +1689,7 @@ mod tests {
         let second = tokio::time::timeout(Duration::from_secs(30), p.sent())
             .await
             .expect("the second entry is sent");
-        assert!(second > first);
+        assert_eq!(second, unsent);
         assert!(hub.dead("child:nghean").unwrap().is_empty());
     }
 
@@ -1772,10 +1786,30 @@ mod tests {
             matches!(&ended, Err(LinkError::Node(e)) if e.is_transient()),
             "{ended:?}"
         );
-        std::fs::remove_dir(&file).unwrap();
-        std::fs::write(&file, bytes).unwrap();
         assert_eq!(hub.queue_depth("child:nghean"), 1, "still queued");
         assert!(hub.dead("child:nghean").unwrap().is_empty());
+
+        // Still unreadable long after: given up on, its sender told.
+        hub.set_read_retry_ms(0);
+        let p = Pushing::start(&hub);
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while hub.dead("child:nghean").unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("dead-lettered after trying for a while");
+        p.task.abort();
+
+        // Readable again: a new document goes through.
+        std::fs::remove_dir(&file).unwrap();
+        std::fs::write(&file, bytes).unwrap();
+        hub.accept(
+            f.verified("000.00.00.G22", &["000.00.00.H41"]),
+            &Origin::Child("vpcp".parse().unwrap()),
+            None,
+        )
+        .unwrap();
         let mut p = Pushing::start(&hub);
         p.sent().await;
     }

@@ -550,6 +550,11 @@ pub struct NodeState {
     next_short_deadline: AtomicI64,
     pub storage: crate::config::StorageSection,
     partials: Arc<Mutex<HashMap<Digest, tokio::sync::watch::Receiver<Option<bool>>>>>,
+    /// Queue entries that could not be read, with when that began: tried
+    /// again until [`READ_RETRY_MS`], then given up on.
+    read_failures: Mutex<HashMap<(String, u64), i64>>,
+    /// [`READ_RETRY_MS`]; shorter in tests.
+    read_retry_ms: AtomicI64,
     /// Uploads being received, one stream at a time each.
     uploading: Arc<Mutex<HashMap<uuid::Uuid, Arc<UploadSlot>>>>,
     /// Highest offset streamed so far per attachment, to count re-sent bytes.
@@ -681,6 +686,11 @@ fn status_index_key(for_doc_id: &str, organ: &str, seq: u64) -> Vec<u8> {
 }
 
 const STATUS_INDEX: &str = "~status";
+
+/// How long a queue entry that cannot be read is tried again (each session,
+/// after the reconnect backoff) before it is dead-lettered with its sender
+/// told: a read error that lasts is a bad sector, not a passing fault.
+pub const READ_RETRY_MS: i64 = 10 * 60_000;
 
 /// `Meta`: set once every status in the inbox has its `status_index_key`.
 fn status_index_marker() -> Vec<u8> {
@@ -906,6 +916,8 @@ impl NodeState {
             next_short_deadline: AtomicI64::new(0),
             storage: p.storage,
             partials: Arc::default(),
+            read_failures: Mutex::default(),
+            read_retry_ms: AtomicI64::new(READ_RETRY_MS),
             uploading: Arc::default(),
             stream_hwm: Mutex::default(),
         }))
@@ -1117,6 +1129,32 @@ impl NodeState {
             self.finish(w, plan)?
         };
         Ok((out, ticket))
+    }
+
+    /// A queue entry could not be read (now): whether to try again, which
+    /// it is for [`READ_RETRY_MS`] after the first failure.
+    pub fn retry_read(&self, queue: &str, seq: u64) -> bool {
+        let now = now_ms();
+        let mut m = self.read_failures.lock().unwrap_or_else(|p| p.into_inner());
+        let first = *m.entry((queue.to_owned(), seq)).or_insert(now);
+        if now - first < self.read_retry_ms.load(Ordering::Relaxed) {
+            return true;
+        }
+        m.remove(&(queue.to_owned(), seq));
+        false
+    }
+
+    #[cfg(test)]
+    pub fn set_read_retry_ms(&self, ms: i64) {
+        self.read_retry_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// A queue entry was read: earlier failures are forgotten.
+    pub fn read_ok(&self, queue: &str, seq: u64) {
+        let mut m = self.read_failures.lock().unwrap_or_else(|p| p.into_inner());
+        if !m.is_empty() {
+            m.remove(&(queue.to_owned(), seq));
+        }
     }
 
     /// Moves when `queue` gets new entries (from the time it is called).
@@ -2968,6 +3006,28 @@ impl NodeState {
     /// taken by the application); after the last, its attachments are scheduled
     /// for release after the retention period, and its envelope for removal
     /// after the envelope retention period.
+    /// One queue entry of a document became `n`: each must be done (sent,
+    /// refused) before its files' retention starts.
+    fn plan_split(
+        &self,
+        plan: &mut Plan,
+        from: &str,
+        doc_id: &str,
+        n: usize,
+    ) -> Result<(), NodeError> {
+        if n <= 1 {
+            return Ok(());
+        }
+        let key = doc_key(from, doc_id);
+        // Not counted (nothing to release), nothing to add.
+        let Some(mut d) = self.doc_record(plan, &key)?.filter(|d| d.pending > 0) else {
+            return Ok(());
+        };
+        d.pending = d.pending.saturating_add(n as u32 - 1);
+        plan.docs.insert(key, d);
+        Ok(())
+    }
+
     fn plan_done_once(
         &self,
         plan: &mut Plan,
@@ -3390,6 +3450,13 @@ impl NodeState {
     pub fn package_document_id(&self, from: &str, doc_id: &str) -> Option<String> {
         let (_, header) = self.known_doc(from, doc_id).ok()??;
         crate::edxml::document_id_in(&header)
+    }
+
+    /// Whether a document (`from`, `doc_id`) is stored here.
+    pub fn knows_doc(&self, from: &str, doc_id: &DocId) -> bool {
+        self.store
+            .get(Space::Docs, &doc_key(from, &doc_id.to_string()))
+            .is_ok_and(|v| v.is_some())
     }
 
     /// A document this node stored, with its decoded header.
@@ -4592,7 +4659,9 @@ impl NodeState {
     /// some of its recipients elsewhere (an agency moved to another child):
     /// the queues and their recipients, or `None` while it is where it
     /// belongs, or when it cannot be routed from here at all (then it stays,
-    /// to be refused or parked with its sender told).
+    /// to be refused or parked with its sender told). Never up to the parent:
+    /// a relay's parent would refuse what it sent down (an agency that left
+    /// the relay's subtree is the parent's to route).
     fn moved_to(&self, queue: &str, entry: &QueueEntry) -> Option<Vec<(String, Vec<OrganId>)>> {
         if entry.recipients.is_empty() {
             return None;
@@ -4605,7 +4674,10 @@ impl NodeState {
         let routes = self.routing().route(&recipients).ok()?;
         let routes: Vec<(String, Vec<OrganId>)> = routes
             .into_iter()
-            .map(|(dest, to)| Some((queue_name(&dest)?, to)))
+            .map(|(dest, to)| match dest {
+                Destination::Parent => None,
+                _ => Some((queue_name(&dest)?, to)),
+            })
             .collect::<Option<_>>()?;
         (routes.iter().any(|(q, _)| q != queue)).then_some(routes)
     }
@@ -4627,6 +4699,7 @@ impl NodeState {
         plan.batch
             .delete(Space::Queue, Key::new().str(queue).u64(seq).build());
         Self::plan_dequeue(plan, queue, entry);
+        self.plan_split(plan, &entry.from, &entry.doc_id, routes.len())?;
         let now = now_ms();
         for (to_queue, to) in routes {
             let mut e = entry.clone();
@@ -5064,6 +5137,7 @@ impl NodeState {
                 )
             })?;
             plan.batch.delete(Space::Parked, k);
+            self.plan_split(&mut plan, &e.from, &e.doc_id, routes.len())?;
             for (dest, to) in routes {
                 let Some(queue) = queue_name(&dest) else {
                     return Err(Refusal::new(
@@ -5536,14 +5610,20 @@ impl NodeState {
         }
         let env = self.envelope_of(from, doc_id, &doc)?;
         let header = pb::Header::decode(env.header_bytes.as_slice()).map_err(internal)?;
-        self.check_pdfs_of(&header)
+        self.check_pdfs_of(&header, doc.received_at_ms)
     }
 
     /// [`check_pdfs`](Self::check_pdfs) for a header already at hand; nothing
     /// is read for a document without PDF attachments.
+    /// Signatures are judged as at `received_at_ms`, when this node got the
+    /// document (the check runs then, or at the first read after a restart
+    /// or a lagging event stream: a certificate that expired since does not
+    /// make an older arrival invalid). A verdict that may change (a
+    /// revocation list past its next update, a damaged copy) is not recorded.
     pub fn check_pdfs_of(
         &self,
         header: &pb::Header,
+        received_at_ms: i64,
     ) -> Result<Vec<pb::PdfSignatureCheck>, NodeError> {
         let pdfs: Vec<&pb::AttachmentRef> = header
             .attachments
@@ -5583,10 +5663,18 @@ impl NodeState {
                 let digest =
                     Digest::from_slice(&a.sha256).ok_or_else(|| internal("stored digest"))?;
                 match self.blobs.read(&digest) {
-                    Ok(bytes) => pdf_verdict(
-                        &a.name,
-                        truc_pdfsig::verify_pdf(&bytes, &pdf.anchors, now_ms()),
-                    ),
+                    Ok(bytes) => {
+                        let at = if received_at_ms > 0 {
+                            received_at_ms
+                        } else {
+                            now_ms()
+                        };
+                        let report = truc_pdfsig::verify_pdf(&bytes, &pdf.anchors, at);
+                        if report.as_ref().is_ok_and(|r| !r.is_final()) {
+                            record = false;
+                        }
+                        pdf_verdict(&a.name, report)
+                    }
                     Err(truc_store::BlobError::Missing(_)) => {
                         not_checked("the file is no longer kept here".into())
                     }
@@ -6473,6 +6561,41 @@ mod tests {
             1,
             "the sender has the ACCEPTED receipt, and no notice"
         );
+    }
+
+    /// An entry for two agencies that moved to two children becomes two
+    /// entries: what the document keeps until it is passed on (attachments,
+    /// envelope) is kept until both are done.
+    #[test]
+    fn an_entry_split_by_a_move_keeps_its_files_until_both_halves_are_done() {
+        let mut f = Fixture::new();
+        f.storage.envelope_retention_ms = Some(3_600_000);
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let both = [
+            ("000.00.00.G22", "vpcp"),
+            ("000.00.00.H41", "nghean"),
+            ("000.00.00.H14", "nghean"),
+        ];
+        let hub = f.hub_with(store.clone(), &both);
+        let v = f.verified("000.00.00.G22", &["000.00.00.H41", "000.00.00.H14"]);
+        let id = v.doc_id.to_string();
+        hub.accept(v, &child("vpcp"), None).unwrap();
+        assert_eq!(hub.queue_depth("child:nghean"), 1, "one entry for both");
+        hub.close().unwrap();
+        drop(hub);
+        let apart = [
+            ("000.00.00.G22", "vpcp"),
+            ("000.00.00.H41", "nghean2"),
+            ("000.00.00.H14", "caobang"),
+        ];
+        let hub = f.hub_with(store, &apart);
+        hub.park_overdue().unwrap();
+        assert_eq!(hub.queue_depth("child:nghean2"), 1);
+        assert_eq!(hub.queue_depth("child:caobang"), 1);
+        let (seq, _) = hub.queue_peek("child:nghean2", None, 1).unwrap().remove(0);
+        hub.queue_ack("child:nghean2", seq).unwrap();
+        let rec = hub.load_doc("000.00.00.G22", &id).unwrap();
+        assert_eq!(rec.pending, 1, "caobang's half is still to be sent");
     }
 
     /// An agency the configuration binds is not removed at runtime: it would

@@ -228,7 +228,7 @@ pub async fn serve(
             );
             continue;
         }
-        let mut file = blob_reader(&state, digest, w.offset).await?;
+        let mut file = blob_reader(&state, digest, w.offset, false).await?;
         tracing::debug!(seq = w.seq, attachment = %name, from = w.offset, size, "streaming attachment");
         let mut offset = w.offset;
         while offset < size {
@@ -299,14 +299,16 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Checked<R> {
     }
 }
 
-/// Reads a stored blob from `offset`, checked against its digest as it is
-/// read (see [`Checked`]; from an offset, the bytes before it are hashed
-/// first): its own file, or, for a small blob in a pack, its bytes read
-/// whole and checked.
+/// Reads a stored blob from `offset`: its own file, or, for a small blob in a
+/// pack, its bytes read whole and checked. With `check`, a whole file read
+/// from the start is checked against its digest as it is read (see
+/// [`Checked`]); one read from an offset is not (its reader checks the whole:
+/// the CLI does). The link does not check: its receiver does, and refuses.
 pub(crate) async fn blob_reader(
     state: &Arc<NodeState>,
     digest: Digest,
     offset: u64,
+    check: bool,
 ) -> Result<std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>, NodeError> {
     if state.blobs.is_packed(&digest) {
         let st = state.clone();
@@ -318,33 +320,22 @@ pub(crate) async fn blob_reader(
         c.set_position(offset);
         return Ok(Box::pin(c));
     }
-    let file = state.blobs.open_blob(&digest).map_err(NodeError::from)?;
-    let (file, hasher, len) = tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let what = format!("read {digest}");
-        let len = file.metadata().map_err(NodeError::io(what.clone()))?.len();
-        let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut prefix = (&file).take(offset);
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = prefix.read(&mut buf).map_err(NodeError::io(what.clone()))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        Ok::<_, NodeError>((file, hasher, len))
-    })
-    .await
-    .map_err(|e| NodeError::Other(e.to_string()))??;
-    let mut f = tokio::fs::File::from_std(file);
-    f.seek(SeekFrom::Start(offset))
+    let mut f = tokio::fs::File::from_std(state.blobs.open_blob(&digest).map_err(NodeError::from)?);
+    if !check || offset > 0 {
+        f.seek(SeekFrom::Start(offset))
+            .await
+            .map_err(NodeError::io(format!("seek {digest}")))?;
+        return Ok(Box::pin(f));
+    }
+    let len = f
+        .metadata()
         .await
-        .map_err(NodeError::io(format!("seek {digest}")))?;
+        .map_err(NodeError::io(format!("read {digest}")))?
+        .len();
     Ok(Box::pin(Checked {
         inner: f,
-        hasher: Some(hasher),
-        left: len.saturating_sub(offset),
+        hasher: Some(ring::digest::Context::new(&ring::digest::SHA256)),
+        left: len,
         digest,
     }))
 }

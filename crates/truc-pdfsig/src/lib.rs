@@ -221,7 +221,20 @@ pub struct Report {
     pub signatures: Vec<Verdict>,
 }
 
+/// How an invalid verdict begins when the signer's revocation status cannot
+/// be known now (a list past its next update): a verdict that a fresh list
+/// may change.
+pub const REVOCATION_UNKNOWN: &str = "the revocation status of ";
+
 impl Report {
+    /// Whether the verdicts hold for good: none of them waits on a
+    /// revocation list past its next update.
+    pub fn is_final(&self) -> bool {
+        !self.signatures.iter().any(
+            |v| matches!(v, Verdict::Invalid { reason } if reason.starts_with(REVOCATION_UNKNOWN)),
+        )
+    }
+
     /// The document's verdict: the first invalid signature if any, else the
     /// first untrusted one, else the valid signature that covers the whole file
     /// (the last valid one otherwise), and [`Verdict::Unsigned`] if none.

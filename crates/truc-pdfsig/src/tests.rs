@@ -225,14 +225,18 @@ fn an_expired_or_revoked_signer_signs_nothing_valid_whatever_time_it_claims() {
     anchors
         .set_crls(&[crl(&[cert.raw_serial()], date_time_ymd(2025, 7, 1))])
         .unwrap();
-    let reason = invalid_reason(&verify_pdf(&pdf, &anchors, NOW).unwrap().summary()).to_string();
+    let report = verify_pdf(&pdf, &anchors, NOW).unwrap();
+    let reason = invalid_reason(&report.summary()).to_string();
     assert!(reason.contains("revoked"), "{reason}");
+    assert!(report.is_final());
     // A list past its next update: nothing can be known.
     anchors
         .set_crls(&[crl(&[], date_time_ymd(2025, 5, 15))])
         .unwrap();
-    let reason = invalid_reason(&verify_pdf(&pdf, &anchors, NOW).unwrap().summary()).to_string();
+    let report = verify_pdf(&pdf, &anchors, NOW).unwrap();
+    let reason = invalid_reason(&report.summary()).to_string();
     assert!(reason.contains("cannot be known"), "{reason}");
+    assert!(!report.is_final(), "a fresh list may change it");
     // A current list that does not name it.
     anchors
         .set_crls(&[crl(&[], date_time_ymd(2025, 7, 1))])

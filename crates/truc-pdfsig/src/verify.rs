@@ -326,7 +326,8 @@ fn check_inner(
         }
         Err(e @ (webpki::Error::CrlExpired { .. } | webpki::Error::UnknownRevocationStatus)) => {
             Err(invalid(format!(
-                "the revocation status of {signer}'s certificate cannot be known: {e}"
+                "{}{signer}'s certificate cannot be known: {e}",
+                crate::REVOCATION_UNKNOWN
             )))
         }
         Err(e) => Err(Verdict::SignerUnknown {
