@@ -258,7 +258,8 @@ async fn export_one(
     }
     std::fs::write(data.join("envelope.pb"), env.encode_to_vec())?;
     let sender = (!header.from.is_empty()).then_some(header.from.as_str());
-    for (i, a) in header.attachments.iter().enumerate() {
+    let files = client::file_names(&header.attachments);
+    for (i, (a, file)) in header.attachments.iter().zip(&files).enumerate() {
         envelope::check_attachment_name(&a.name).map_err(|e| anyhow!(e))?;
         client::download(
             c,
@@ -267,6 +268,7 @@ async fn export_one(
             i as u32,
             a,
             &data.join("attachments"),
+            file,
         )
         .await?;
     }
@@ -542,8 +544,10 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
             client::time(created),
             signer_of(d)
         ));
-        for (i, a) in d.header.attachments.iter().enumerate() {
-            let rel = format!("data/attachments/{}", a.name);
+        // Named as export names them (a second "QD.pdf" is "QD (2).pdf").
+        let files = client::file_names(&d.header.attachments);
+        for (i, (a, file)) in d.header.attachments.iter().zip(&files).enumerate() {
+            let rel = format!("data/attachments/{file}");
             match client::sha256_file(&pkg.join(&rel)) {
                 Ok((h, n))
                     if Some(&h[..]) == d.attachments.get(i).map(|x| &x.0[..]) && n == a.size =>
@@ -563,11 +567,9 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
         }
         // The manifest is not signed: a file beside the signed ones would
         // pass for part of the document.
-        let named: std::collections::HashSet<String> = d
-            .header
-            .attachments
+        let named: std::collections::HashSet<String> = files
             .iter()
-            .map(|a| format!("data/attachments/{}", a.name))
+            .map(|file| format!("data/attachments/{file}"))
             .collect();
         for rel in files_under(pkg, &pkg.join("data").join("attachments"))? {
             if !named.contains(&rel) {

@@ -634,9 +634,13 @@ pub async fn get(config: &Path, doc_id: &str, from: Option<String>, out: &Path) 
         dir.join("document.json"),
         serde_json::to_string_pretty(&meta)?,
     )?;
-    for (i, a) in doc.attachments.iter().enumerate() {
+    let files = file_names(&doc.attachments);
+    for (i, (a, file)) in doc.attachments.iter().zip(&files).enumerate() {
         // Names were checked by every hop; check again before touching the disk.
         truc_node::envelope::check_attachment_name(&a.name).map_err(|e| anyhow!(e))?;
+        if file != &a.name {
+            println!("  {}: saved as {file} (another attachment has its name)", a.name);
+        }
         download(
             &mut client,
             &doc.doc_id,
@@ -644,10 +648,37 @@ pub async fn get(config: &Path, doc_id: &str, from: Option<String>, out: &Path) 
             i as u32,
             a,
             &dir.join("attachments"),
+            file,
         )
         .await?;
     }
     Ok(dir)
+}
+
+/// Where partly downloaded attachments wait, beside the finished ones.
+const PART_DIR: &str = ".part";
+
+/// A file name in one directory for each attachment: its own name, unless an
+/// earlier attachment has it (names need not be unique), then "QD (2).pdf";
+/// compared without case, as some file systems do.
+pub(crate) fn file_names(attachments: &[pb::AttachmentRef]) -> Vec<String> {
+    let mut taken = std::collections::HashSet::from([PART_DIR.to_owned()]);
+    attachments
+        .iter()
+        .map(|a| {
+            let (stem, ext) = match a.name.rfind('.') {
+                Some(i) if i > 0 => a.name.split_at(i),
+                _ => (a.name.as_str(), ""),
+            };
+            let mut name = a.name.clone();
+            let mut k = 2;
+            while !taken.insert(name.to_lowercase()) {
+                name = format!("{stem} ({k}){ext}");
+                k += 1;
+            }
+            name
+        })
+        .collect()
 }
 
 /// SHA-256 and length of a file, read in 1 MiB pieces.
@@ -668,8 +699,9 @@ pub(crate) fn sha256_file(path: &Path) -> Result<(Vec<u8>, u64)> {
     Ok((h.finish().as_ref().to_vec(), n))
 }
 
-/// Streams one attachment to `dir/<name>` through a `.part` file (resumed if one is
-/// there), checks its SHA-256 against the signed manifest, then renames it.
+/// Streams one attachment to `dir/<file>` through `dir/.part/<file>` (resumed
+/// if it is there), checks its SHA-256 against the signed manifest, then
+/// renames it.
 pub(crate) async fn download(
     client: &mut AgencyClient<Channel>,
     doc_id: &str,
@@ -677,10 +709,13 @@ pub(crate) async fn download(
     index: u32,
     a: &pb::AttachmentRef,
     dir: &Path,
+    file: &str,
 ) -> Result<()> {
     use tokio::io::AsyncWriteExt;
-    let dest = dir.join(&a.name);
-    let part = dir.join(format!("{}.part", a.name));
+    let dest = dir.join(file);
+    let parts = dir.join(PART_DIR);
+    std::fs::create_dir_all(&parts).with_context(|| format!("create {}", parts.display()))?;
+    let part = parts.join(file);
     let mut offset = std::fs::metadata(&part)
         .map(|m| m.len())
         .unwrap_or(0)
@@ -738,6 +773,8 @@ pub(crate) async fn download(
         );
     }
     std::fs::rename(&part, &dest).with_context(|| format!("rename to {}", dest.display()))?;
+    // Empty once every attachment is in place.
+    let _ = std::fs::remove_dir(&parts);
     bar.finish();
     Ok(())
 }
@@ -1359,5 +1396,25 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attachments with one name are saved side by side, not over each
+    /// other, and none takes the place of the partial downloads.
+    #[test]
+    fn attachments_sharing_a_name_get_a_file_each() {
+        let a = |name: &str| pb::AttachmentRef {
+            name: name.into(),
+            ..Default::default()
+        };
+        let names = file_names(&[a("QD.pdf"), a("qd.PDF"), a("QD.pdf"), a(".part"), a("README")]);
+        assert_eq!(
+            names,
+            ["QD.pdf", "qd (2).PDF", "QD (3).pdf", ".part (2)", "README"]
+        );
     }
 }
