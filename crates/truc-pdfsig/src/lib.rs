@@ -52,9 +52,18 @@
 //!
 //! Hostile input: nothing panics, numbers are checked, at most
 //! 64 signatures and 4 MiB of `/Contents` hex per signature are examined, one
-//! `/Contents` is decoded at a time, finding the signatures is one linear pass,
-//! and the byte ranges of all signatures together hash at most eight times the
-//! file's length (beyond that the file is [`Error::Malformed`]).
+//! `/Contents` is decoded at a time (twice: once to learn its digest algorithm
+//! before anything is hashed, once to check it), finding the signatures is one
+//! linear pass, and the file is hashed about once whatever the number of
+//! signatures: every byte range is a prefix `[0, b)` of the file and a tail
+//! `[c, c + d)`, the prefixes are hashed together (once per digest algorithm
+//! in use) and only the tails one by one. The tails of all signatures together
+//! may be at most twice the file's length (beyond that the file is
+//! [`Error::Malformed`]; those of signatures made in turn lie each in its own
+//! revision, together at most the file). A signature without signed
+//! attributes is verified over a copy of its signed bytes, hashed anew: such
+//! copies may add up to eight times the file's length, signatures beyond that
+//! are [`Verdict::Invalid`] "not checked".
 //!
 //! With the `sign` feature, [`sign_pdf`] appends a signature to a PDF (for tests
 //! and demos; it is not a production signer) and [`simple_pdf`] makes a
@@ -266,9 +275,21 @@ impl Report {
     }
 }
 
-/// The byte ranges of all signatures together may hash at most this many
-/// times the file's length: eight signatures over (nearly) the whole file.
-const MAX_HASHED_PER_BYTE: u64 = 8;
+/// The tails `[c, c + d)` of the byte ranges of all signatures, which cannot
+/// be hashed together, may add up to at most this many times the file's
+/// length. The tail of a signature made by an incremental update lies in its
+/// own revision (after its `/Contents`, up to the end of that revision), so
+/// those of signatures made in turn are disjoint and add up to at most the
+/// file, however many there are: twice leaves room for odd layouts (a leftover
+/// placeholder dictionary) while a hostile file cannot make the verifier hash
+/// its tail many times over.
+const MAX_TAILS_PER_BYTE: u64 = 2;
+
+/// A signature without signed attributes is verified by *ring* over a copy of
+/// its signed bytes, hashed anew (no shared prefix): such copies may add up to
+/// at most this many times the file's length (the others are invalid, "not
+/// checked"). PAdES signatures always have signed attributes.
+pub(crate) const MAX_COPIED_PER_BYTE: u64 = 8;
 
 /// Verifies every signature of `pdf` against `anchors`, at `now_ms` (Unix ms;
 /// a claimed signing time after it is refused).
@@ -276,8 +297,9 @@ const MAX_HASHED_PER_BYTE: u64 = 8;
 /// `Err(Error::Malformed)` when `pdf` is not a PDF (no `%PDF-` header in its
 /// first KiB; an unsigned one must also end with `%%EOF`) or a signature
 /// dictionary cannot be parsed (`/ByteRange` not four integers or given twice,
-/// `/Contents` missing or not hex), or the byte ranges of all signatures add
-/// up to more than eight times the file's length. Everything wrong with a parsed signature is a
+/// `/Contents` missing or not hex), or the tails `[c, c + d)` of the byte
+/// ranges of all signatures add up to more than twice the file's length (see
+/// the crate documentation). Everything wrong with a parsed signature is a
 /// [`Verdict::Invalid`] in the report.
 pub fn verify_pdf(pdf: &[u8], anchors: &TrustAnchors, now_ms: i64) -> Result<Report, Error> {
     let head = &pdf[..pdf.len().min(1024)];
@@ -298,21 +320,30 @@ pub fn verify_pdf(pdf: &[u8], anchors: &TrustAnchors, now_ms: i64) -> Result<Rep
             signatures: Vec::new(),
         });
     }
-    // Every signature hashes its own byte ranges: together, a bounded number
-    // of times the file (a few signatures over the whole file, not 64).
+    // The prefixes [0, b) of the byte ranges are hashed together, the tails
+    // [c, c + d) one by one: together a bounded number of times the file.
     let len = pdf.len() as u64;
-    let hashed: u64 = dicts
+    let tails: u64 = dicts
         .iter()
         .filter_map(|d| verify::ranges(d, pdf.len()).ok())
-        .flatten()
-        .map(|(s, e)| (e - s) as u64)
+        .map(|[_, (c, e)]| (e - c) as u64)
         .sum();
-    if hashed > MAX_HASHED_PER_BYTE.saturating_mul(len) {
+    if tails > MAX_TAILS_PER_BYTE.saturating_mul(len) {
         return Err(Error::Malformed(format!(
-            "the byte ranges of the {} signatures add up to {hashed} bytes to hash, more than {MAX_HASHED_PER_BYTE} times the file's {len} bytes",
+            "the byte ranges of the {} signatures end in tails ([c, c + d)) that add up to {tails} bytes to hash one by one, more than {MAX_TAILS_PER_BYTE} times the file's {len} bytes",
             dicts.len()
         )));
     }
+    // A first look at each signature (one /Contents decoded at a time) tells
+    // which digest algorithm its signed bytes need, then all are hashed.
+    let prepared: Vec<Result<Option<verify::Hash>, Verdict>> =
+        dicts.iter().map(|d| verify::prepare(pdf, d)).collect();
+    let wanted: Vec<Option<verify::Hash>> = prepared
+        .iter()
+        .map(|p| p.as_ref().ok().copied().flatten())
+        .collect();
+    let digests = verify::signed_digests(pdf, &dicts, &wanted);
+    let mut copy_budget = MAX_COPIED_PER_BYTE.saturating_mul(len);
     let ends: Vec<Option<u64>> = dicts
         .iter()
         .map(|d| d.byte_range[2].checked_add(d.byte_range[3]))
@@ -321,8 +352,19 @@ pub fn verify_pdf(pdf: &[u8], anchors: &TrustAnchors, now_ms: i64) -> Result<Rep
     let signatures = dicts
         .iter()
         .zip(&ends)
-        .map(|(d, end)| {
-            let mut verdict = verify::check(pdf, d, anchors, now_ms);
+        .zip(prepared.into_iter().zip(&digests))
+        .map(|((d, end), (prepared, digest))| {
+            let mut verdict = match prepared {
+                Ok(_) => verify::check(
+                    pdf,
+                    d,
+                    anchors,
+                    now_ms,
+                    digest.as_ref().map(|d| d.as_ref()),
+                    &mut copy_budget,
+                ),
+                Err(verdict) => verdict,
+            };
             let sub = d.sub_filter.as_deref().unwrap_or("");
             let covers = *end == Some(len);
             if !covers

@@ -36,8 +36,8 @@ use crate::{
     Error,
     pdf::{is_regular, is_whitespace, skip_ws},
     verify::{
-        ECDSA_WITH_SHA256, ID_CONTENT_TYPE, ID_DATA, ID_MESSAGE_DIGEST, ID_SHA256, ID_SIGNED_DATA,
-        ID_SIGNING_TIME,
+        ECDSA_WITH_SHA256, Hash, ID_CONTENT_TYPE, ID_DATA, ID_MESSAGE_DIGEST, ID_SHA256, ID_SHA384,
+        ID_SHA512, ID_SIGNED_DATA, ID_SIGNING_TIME,
     },
 };
 
@@ -129,6 +129,28 @@ pub fn sign_pdf(
     cert_chain_der: &[Vec<u8>],
     key_pkcs8_der: &[u8],
     signing_time_ms: i64,
+) -> Result<Vec<u8>, Error> {
+    sign_pdf_with(
+        pdf,
+        cert_chain_der,
+        key_pkcs8_der,
+        signing_time_ms,
+        Hash::Sha256,
+        true,
+    )
+}
+
+/// [`sign_pdf`] with `hash` as the digest algorithm of the signed bytes (the
+/// signed attributes are still signed with ECDSA P-256 and SHA-256), and
+/// without signed attributes unless `signed_attrs` (the signature is then over
+/// the signed bytes themselves, with SHA-256, and claims no signing time).
+pub(crate) fn sign_pdf_with(
+    pdf: &[u8],
+    cert_chain_der: &[Vec<u8>],
+    key_pkcs8_der: &[u8],
+    signing_time_ms: i64,
+    hash: Hash,
+    signed_attrs: bool,
 ) -> Result<Vec<u8>, Error> {
     let signer_der = cert_chain_der
         .first()
@@ -260,15 +282,17 @@ pub fn sign_pdf(
     out[br_at..br_at + ranges.len()].copy_from_slice(ranges.as_bytes());
 
     // The digest of the signed bytes, and the CMS.
-    let mut ctx = digest::Context::new(&digest::SHA256);
+    let mut ctx = digest::Context::new(hash.ring());
     ctx.update(&out[..contents_at]);
     ctx.update(&out[contents_end..]);
+    let content = (!signed_attrs).then(|| [&out[..contents_at], &out[contents_end..]].concat());
     let cms = cms_signed_data(
         &signer,
         cert_chain_der,
         &key,
         &rng,
-        ctx.finish().as_ref(),
+        &ctx.finish(),
+        content.as_deref(),
         signing_time,
     )?;
     if cms.len() > room {
@@ -291,7 +315,9 @@ fn cms_signed_data(
     chain: &[Vec<u8>],
     key: &EcdsaKeyPair,
     rng: &SystemRandom,
-    message_digest: &[u8],
+    message_digest: &digest::Digest,
+    // Signed directly, without signed attributes, when given.
+    content: Option<&[u8]>,
     signing_time: Duration,
 ) -> Result<Vec<u8>, Error> {
     let time: Time = match UtcTime::from_unix_duration(signing_time) {
@@ -304,16 +330,28 @@ fn cms_signed_data(
         attribute(ID_CONTENT_TYPE, Any::encode_from(&ID_DATA).map_err(err)?)?,
         attribute(
             ID_MESSAGE_DIGEST,
-            Any::encode_from(&OctetString::new(message_digest).map_err(err)?).map_err(err)?,
+            Any::encode_from(&OctetString::new(message_digest.as_ref()).map_err(err)?)
+                .map_err(err)?,
         )?,
         attribute(ID_SIGNING_TIME, Any::encode_from(&time).map_err(err)?)?,
     ])
     .map_err(err)?;
+    let attrs_der = attrs.to_der().map_err(err)?;
+    let (signed_attrs, to_sign) = match content {
+        None => (Some(attrs), attrs_der.as_slice()),
+        Some(content) => (None, content),
+    };
     let signature = key
-        .sign(rng, &attrs.to_der().map_err(err)?)
+        .sign(rng, to_sign)
         .map_err(|_| err("ECDSA signing failed"))?;
-    let sha256 = AlgorithmIdentifierOwned {
-        oid: ID_SHA256,
+    let digest_alg = AlgorithmIdentifierOwned {
+        oid: if *message_digest.algorithm() == digest::SHA512 {
+            ID_SHA512
+        } else if *message_digest.algorithm() == digest::SHA384 {
+            ID_SHA384
+        } else {
+            ID_SHA256
+        },
         parameters: None,
     };
     let info = SignerInfo {
@@ -322,8 +360,8 @@ fn cms_signed_data(
             issuer: signer.tbs_certificate.issuer.clone(),
             serial_number: signer.tbs_certificate.serial_number.clone(),
         }),
-        digest_alg: sha256.clone(),
-        signed_attrs: Some(attrs),
+        digest_alg: digest_alg.clone(),
+        signed_attrs,
         signature_algorithm: AlgorithmIdentifierOwned {
             oid: ECDSA_WITH_SHA256,
             parameters: None,
@@ -338,7 +376,7 @@ fn cms_signed_data(
         .map_err(|e| err(format!("certificate chain: {e}")))?;
     let sd = SignedData {
         version: CmsVersion::V1,
-        digest_algorithms: SetOfVec::try_from(vec![sha256]).map_err(err)?,
+        digest_algorithms: SetOfVec::try_from(vec![digest_alg]).map_err(err)?,
         encap_content_info: EncapsulatedContentInfo {
             econtent_type: ID_DATA,
             econtent: None,

@@ -8,7 +8,10 @@ use rcgen::{
     KeyUsagePurpose, date_time_ymd,
 };
 
-use crate::{Error, TrustAnchors, Verdict, sign_pdf, simple_pdf, verify_pdf};
+use crate::{
+    Error, Report, TrustAnchors, Verdict, sign::sign_pdf_with, sign_pdf, simple_pdf, verify::Hash,
+    verify_pdf,
+};
 
 /// 2025-06-01T00:00:00Z, in Unix ms.
 pub(crate) const SIGNED_AT: i64 = 1_748_736_000_000;
@@ -330,21 +333,35 @@ fn signature_like_text_in_streams_and_strings_is_no_signature() {
     );
 }
 
-/// A file of `n` signature dictionaries (empty /Contents), each of whose byte
-/// ranges signs the whole file but its own /Contents.
-fn whole_file_signatures(n: usize) -> Vec<u8> {
+/// A file of `n` signature dictionaries whose /Contents hold `contents_hex`,
+/// each of whose byte ranges signs the whole file but its own /Contents, and
+/// `padding` bytes of comment after the dictionaries, or before them if
+/// `padding_first`.
+fn whole_file_signatures(
+    n: usize,
+    contents_hex: &str,
+    padding: usize,
+    padding_first: bool,
+) -> Vec<u8> {
+    let comment = format!("%{}\n", "x".repeat(padding));
     let mut pdf = b"%PDF-1.7\n".to_vec();
+    if padding_first {
+        pdf.extend_from_slice(comment.as_bytes());
+    }
     let mut holes = Vec::new();
     for i in 1..=n {
         pdf.extend_from_slice(format!("{i} 0 obj\n<< /Type /Sig /ByteRange [").as_bytes());
         let numbers = pdf.len();
         pdf.extend_from_slice(b"0 0000000000 0000000000 0000000000] /Contents ");
         let open = pdf.len();
-        pdf.extend_from_slice(b"<0000>");
+        pdf.extend_from_slice(format!("<{contents_hex}>").as_bytes());
         holes.push((numbers, open, pdf.len()));
         pdf.extend_from_slice(b"\n>>\nendobj\n");
     }
-    pdf.extend_from_slice(format!("%{}\n%%EOF\n", "x".repeat(4096)).as_bytes());
+    if !padding_first {
+        pdf.extend_from_slice(comment.as_bytes());
+    }
+    pdf.extend_from_slice(b"%%EOF\n");
     let len = pdf.len();
     for (at, b, c) in holes {
         let numbers = format!("0 {b:010} {c:010} {:010}", len - c);
@@ -353,16 +370,213 @@ fn whole_file_signatures(n: usize) -> Vec<u8> {
     pdf
 }
 
+/// The DER of the CMS of the (first) signature of `pdf`, in hex, without the
+/// zero padding of /Contents.
+fn cms_hex(pdf: &[u8]) -> String {
+    let hex = pdf.windows(11).position(|w| w == b"/Contents <").unwrap() + 11;
+    let header = std::str::from_utf8(&pdf[hex..hex + 8]).unwrap();
+    assert!(header.starts_with("3082"), "{header}");
+    let der_len = 4 + usize::from_str_radix(&header[4..], 16).unwrap();
+    std::str::from_utf8(&pdf[hex..hex + 2 * der_len])
+        .unwrap()
+        .to_string()
+}
+
+/// What `verify_pdf` returns and how many bytes it hashed.
+fn verify_counting(pdf: &[u8], anchors: &TrustAnchors) -> (Result<Report, Error>, u64) {
+    crate::verify::HASHED.with(|h| h.set(0));
+    let result = verify_pdf(pdf, anchors, NOW);
+    (result, crate::verify::HASHED.with(|h| h.get()))
+}
+
+/// The sum of the tails `[c, c + d)` of the byte ranges of `pdf`.
+fn tails(pdf: &[u8]) -> u64 {
+    crate::pdf::signature_dicts(pdf)
+        .unwrap()
+        .iter()
+        .map(|d| d.byte_range[3])
+        .sum()
+}
+
 #[test]
-fn byte_ranges_hashing_the_file_more_than_eight_times_over_are_malformed() {
-    let anchors = Ca::new("CA A").anchors();
-    let report = verify_pdf(&whole_file_signatures(8), &anchors, NOW).unwrap();
-    assert_eq!(report.signatures.len(), 8);
-    assert!(invalid_reason(&report.summary()).contains("empty"));
-    match verify_pdf(&whole_file_signatures(9), &anchors, NOW) {
-        Err(Error::Malformed(r)) => assert!(r.contains("8 times the file"), "{r}"),
+fn a_pdf_signed_by_twelve_people_in_turn_verifies_hashing_it_about_once() {
+    let ca = Ca::new("CA A");
+    // A document of some size (each signature covers nearly all of it).
+    let articles: Vec<String> = (1..=5000)
+        .map(|i| format!("Dieu {i}. Quy dinh chi tiet thi hanh."))
+        .collect();
+    let lines: Vec<&str> = articles.iter().map(String::as_str).collect();
+    let mut pdf = simple_pdf(&lines);
+    let names: Vec<String> = (1..=12).map(|i| format!("Signer {i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let leaf = ca.leaf(name);
+        pdf = sign_pdf(
+            &pdf,
+            &leaf.chain,
+            &leaf.key_pkcs8,
+            SIGNED_AT + 1000 * i as i64,
+        )
+        .unwrap();
+    }
+    let (report, hashed) = verify_counting(&pdf, &ca.anchors());
+    let report = report.unwrap();
+    let want: Vec<Verdict> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Verdict::Valid {
+            signer: name.clone(),
+            signing_time_ms: Some(SIGNED_AT + 1000 * i as i64),
+            covers_whole_file: i == 11,
+        })
+        .collect();
+    assert_eq!(report.signatures, want);
+    assert_eq!(report.summary(), want[11]);
+    // The shared prefix once, then each signature's own tail.
+    let len = pdf.len() as u64;
+    assert!(
+        hashed <= len + tails(&pdf),
+        "{hashed} bytes hashed, file {len}"
+    );
+    assert!(hashed < 2 * len, "{hashed} bytes hashed, file {len}");
+}
+
+#[test]
+fn signatures_in_turn_with_different_digests_or_no_signed_attributes_all_verify() {
+    let ca = Ca::new("CA A");
+    let mut pdf = simple_pdf(&["Quyet dinh so 1234/QD-UBND"]);
+    let hashes = [Hash::Sha256, Hash::Sha384, Hash::Sha512];
+    let mut want = Vec::new();
+    for i in 0..12 {
+        let name = format!("Signer {i}");
+        let leaf = ca.leaf(&name);
+        let signed_attrs = i % 4 != 3;
+        pdf = sign_pdf_with(
+            &pdf,
+            &leaf.chain,
+            &leaf.key_pkcs8,
+            SIGNED_AT + 1000 * i,
+            hashes[i as usize % 3],
+            signed_attrs,
+        )
+        .unwrap();
+        want.push(Verdict::Valid {
+            signer: name,
+            signing_time_ms: signed_attrs.then_some(SIGNED_AT + 1000 * i),
+            covers_whole_file: i == 11,
+        });
+    }
+    let anchors = ca.anchors();
+    let (report, hashed) = verify_counting(&pdf, &anchors);
+    assert_eq!(report.unwrap().signatures, want);
+    // A prefix per digest algorithm, the tails, and the copies of the signed
+    // bytes of the three signatures without signed attributes.
+    let len = pdf.len() as u64;
+    assert!(
+        hashed < 3 * len + tails(&pdf) + 3 * len,
+        "{hashed}, file {len}"
+    );
+
+    // A changed byte is seen by every kind of signature.
+    let at = pdf.windows(4).position(|w| w == b"1234").unwrap();
+    pdf[at] = b'9';
+    let report = verify_pdf(&pdf, &anchors, NOW).unwrap();
+    for (i, v) in report.signatures.iter().enumerate() {
+        let reason = invalid_reason(v);
+        assert!(reason.contains("digest mismatch"), "{i}: {reason}");
+        if i % 4 == 3 {
+            assert!(reason.contains("over the signed bytes"), "{i}: {reason}");
+        }
+    }
+}
+
+#[test]
+fn many_byte_ranges_over_the_whole_file_hash_it_about_once() {
+    let ca = Ca::new("CA A");
+    let anchors = ca.anchors();
+    // 32 real CMS (each decoded and checked: digest mismatch), every byte
+    // range over the whole file but its own /Contents: hashed one by one,
+    // 32 times the file.
+    let cms = cms_hex(&signed_pdf(&ca.leaf("Mallory")));
+    let pdf = whole_file_signatures(32, &cms, 1 << 20, true);
+    let (report, hashed) = verify_counting(&pdf, &anchors);
+    let report = report.unwrap();
+    assert_eq!(report.signatures.len(), 32);
+    for v in &report.signatures {
+        assert!(invalid_reason(v).contains("digest mismatch"), "{v:?}");
+    }
+    let len = pdf.len() as u64;
+    assert!(
+        hashed <= len + tails(&pdf),
+        "{hashed} bytes hashed, file {len}"
+    );
+    assert!(hashed <= 3 * len, "{hashed} bytes hashed, file {len}");
+
+    // The same with the dictionaries first: their tails are the whole file.
+    let pdf = whole_file_signatures(32, &cms, 1 << 20, false);
+    let (result, hashed) = verify_counting(&pdf, &anchors);
+    match result {
+        Err(Error::Malformed(r)) => assert!(r.contains("2 times the file"), "{r}"),
         other => panic!("{other:?}"),
     }
+    assert_eq!(hashed, 0);
+}
+
+#[test]
+fn tails_of_byte_ranges_adding_up_to_more_than_twice_the_file_are_malformed() {
+    let anchors = Ca::new("CA A").anchors();
+    let (report, hashed) =
+        verify_counting(&whole_file_signatures(2, "0000", 4096, false), &anchors);
+    let report = report.unwrap();
+    assert_eq!(report.signatures.len(), 2);
+    assert!(invalid_reason(&report.summary()).contains("empty"));
+    assert_eq!(hashed, 0, "an empty /Contents needs no digest");
+    match verify_pdf(
+        &whole_file_signatures(3, "0000", 4096, false),
+        &anchors,
+        NOW,
+    ) {
+        Err(Error::Malformed(r)) => assert!(r.contains("2 times the file"), "{r}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn copies_for_signatures_without_signed_attributes_are_bounded() {
+    let ca = Ca::new("CA A");
+    let leaf = ca.leaf("Mallory");
+    let pdf = simple_pdf(&["x"]);
+    let signed = sign_pdf_with(
+        &pdf,
+        &leaf.chain,
+        &leaf.key_pkcs8,
+        SIGNED_AT,
+        Hash::Sha256,
+        false,
+    )
+    .unwrap();
+    let anchors = ca.anchors();
+    assert!(matches!(
+        verify_pdf(&signed, &anchors, NOW).unwrap().summary(),
+        Verdict::Valid {
+            signing_time_ms: None,
+            ..
+        }
+    ));
+    // 12 signatures without signed attributes over the whole file: eight are
+    // checked (and do not verify), the others are not.
+    let pdf = whole_file_signatures(12, &cms_hex(&signed), 1 << 20, true);
+    let (report, hashed) = verify_counting(&pdf, &anchors);
+    let report = report.unwrap();
+    let reasons: Vec<&str> = report.signatures.iter().map(invalid_reason).collect();
+    for r in &reasons[..8] {
+        assert!(r.contains("over the signed bytes does not verify"), "{r}");
+    }
+    for r in &reasons[8..] {
+        assert!(r.starts_with("not checked"), "{r}");
+        assert!(r.contains("8 times its length"), "{r}");
+    }
+    let len = pdf.len() as u64;
+    assert!(hashed <= 8 * len, "{hashed} bytes hashed, file {len}");
 }
 
 #[test]

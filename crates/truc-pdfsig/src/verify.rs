@@ -28,8 +28,10 @@ pub(crate) const ID_SIGNING_TIME: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.5");
 pub(crate) const ID_SHA256: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
-const ID_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
-const ID_SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.3");
+pub(crate) const ID_SHA384: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
+pub(crate) const ID_SHA512: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.3");
 const ID_SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
 const ID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 pub(crate) const ECDSA_WITH_SHA256: ObjectIdentifier =
@@ -48,7 +50,7 @@ const SHA512_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.
 const FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hash {
+pub(crate) enum Hash {
     Sha256,
     Sha384,
     Sha512,
@@ -65,7 +67,7 @@ impl Hash {
         }
     }
 
-    fn ring(self) -> &'static digest::Algorithm {
+    pub(crate) fn ring(self) -> &'static digest::Algorithm {
         match self {
             Hash::Sha256 => &digest::SHA256,
             Hash::Sha384 => &digest::SHA384,
@@ -113,28 +115,51 @@ pub(crate) fn ranges(sig: &SigDict, len: usize) -> Result<[(usize, usize); 2], S
     Ok([(0, b), (c, end)])
 }
 
-/// Checks one signature dictionary of `pdf` (everything but what depends on the
-/// other signatures: whether bytes after its range are covered by a later one).
-pub(crate) fn check(pdf: &[u8], sig: &SigDict, anchors: &TrustAnchors, now_ms: i64) -> Verdict {
-    check_inner(pdf, sig, anchors, now_ms).unwrap_or_else(|v| v)
+#[cfg(test)]
+thread_local! {
+    /// How many bytes the digests of this thread have hashed (tests only).
+    pub(crate) static HASHED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
-fn check_inner(
-    pdf: &[u8],
-    sig: &SigDict,
-    anchors: &TrustAnchors,
-    now_ms: i64,
-) -> Result<Verdict, Verdict> {
-    let ranges = ranges(sig, pdf.len()).map_err(invalid)?;
-    // Decoded here, one signature at a time (not kept for every dictionary).
-    let contents = sig.contents(pdf);
+fn count_hashed(n: usize) {
+    #[cfg(test)]
+    HASHED.with(|h| h.set(h.get().saturating_add(n as u64)));
+    #[cfg(not(test))]
+    let _ = n;
+}
+
+fn update(ctx: &mut digest::Context, bytes: &[u8]) {
+    count_hashed(bytes.len());
+    ctx.update(bytes);
+}
+
+/// A signature's CMS, decoded and checked as far as the digest algorithm.
+struct Cms<'a> {
+    sd: SignedData,
+    si: SignerInfo,
+    raw: tlv::RawSignedData<'a>,
+    signer_der: &'a [u8],
+    signer_cert: Certificate,
+    hash: Hash,
+}
+
+impl Cms<'_> {
+    /// Whether the signature is over signed attributes, whose messageDigest
+    /// the digest of the signed bytes must equal. Without them (or when they
+    /// cannot be located, which `check` refuses) no digest is needed.
+    fn needs_digest(&self) -> bool {
+        self.si.signed_attrs.is_some() && self.raw.signed_attrs.is_some()
+    }
+}
+
+fn decode_cms(contents: &[u8]) -> Result<Cms<'_>, Verdict> {
     if contents.iter().all(|b| *b == 0) {
         return Err(invalid(
             "/Contents is empty: the signature placeholder was never filled in",
         ));
     }
     // The CMS is the first TLV; the rest of /Contents is zero padding.
-    let (ci_tlv, padding) = tlv::read(&contents)
+    let (ci_tlv, padding) = tlv::read(contents)
         .ok_or_else(|| invalid("/Contents does not hold a DER-encoded CMS ContentInfo"))?;
     if padding.iter().any(|b| *b != 0) {
         return Err(invalid("/Contents has data after the CMS ContentInfo"));
@@ -160,6 +185,7 @@ fn check_inner(
             infos.len()
         )));
     };
+    let si = (*si).clone();
     if sd.encap_content_info.econtent_type != ID_DATA {
         return Err(invalid(format!(
             "the signed content type is {}, not id-data",
@@ -182,15 +208,110 @@ fn check_inner(
     // `find` above decoded it once already.
     let signer_cert = Certificate::from_der(signer_der)
         .map_err(|e| invalid(format!("signer certificate: {e}")))?;
-    let signer = signer_name(signer_der);
-
-    // 3. The digest of the signed bytes.
     let hash = Hash::from_oid(&si.digest_alg.oid).map_err(invalid)?;
-    let mut ctx = digest::Context::new(hash.ring());
-    for (s, e) in ranges {
-        ctx.update(&pdf[s..e]);
+    Ok(Cms {
+        sd,
+        si,
+        raw,
+        signer_der,
+        signer_cert,
+        hash,
+    })
+}
+
+/// The first look at one signature dictionary, before anything is hashed:
+/// `Err` with its verdict when that is already decided (bad byte range or CMS,
+/// unsupported digest algorithm), else the algorithm its signed bytes must be
+/// hashed with ([`signed_digests`]), `None` when it needs no digest (no signed
+/// attributes: `check` verifies the signature over the signed bytes).
+pub(crate) fn prepare(pdf: &[u8], sig: &SigDict) -> Result<Option<Hash>, Verdict> {
+    ranges(sig, pdf.len()).map_err(invalid)?;
+    // Decoded here and again in `check`, one signature at a time.
+    let contents = sig.contents(pdf);
+    let cms = decode_cms(&contents)?;
+    Ok(cms.needs_digest().then_some(cms.hash))
+}
+
+/// The digest of the signed bytes `[0, b) + [c, c + d)` of every signature
+/// whose `wanted` entry names an algorithm (the others get `None`).
+///
+/// Every byte range starts with a prefix `[0, b)` of the file, so the
+/// prefixes are hashed together: for each algorithm in use, one context reads
+/// the file once, in increasing `b`, and is cloned at each signature's `b` to
+/// add that signature's tail `[c, c + d)`. Hashed in all: at most the file once
+/// per algorithm, plus the tails.
+pub(crate) fn signed_digests(
+    pdf: &[u8],
+    dicts: &[SigDict],
+    wanted: &[Option<Hash>],
+) -> Vec<Option<digest::Digest>> {
+    let mut out = vec![None; dicts.len()];
+    for hash in [Hash::Sha256, Hash::Sha384, Hash::Sha512] {
+        let mut todo: Vec<(usize, [(usize, usize); 2])> = dicts
+            .iter()
+            .zip(wanted)
+            .enumerate()
+            .filter(|(_, (_, w))| **w == Some(hash))
+            .filter_map(|(i, (d, _))| ranges(d, pdf.len()).ok().map(|r| (i, r)))
+            .collect();
+        if todo.is_empty() {
+            continue;
+        }
+        todo.sort_by_key(|(_, [(_, b), _])| *b);
+        let mut prefix = digest::Context::new(hash.ring());
+        let mut hashed_to = 0;
+        for (i, [(_, b), (c, e)]) in todo {
+            update(&mut prefix, &pdf[hashed_to..b]);
+            hashed_to = b;
+            let mut ctx = prefix.clone();
+            update(&mut ctx, &pdf[c..e]);
+            if let Some(slot) = out.get_mut(i) {
+                *slot = Some(ctx.finish());
+            }
+        }
     }
-    let content_digest = ctx.finish();
+    out
+}
+
+/// Checks one signature dictionary of `pdf` (everything but what depends on the
+/// other signatures: whether bytes after its range are covered by a later one),
+/// once [`prepare`] found nothing wrong with it. `digest`: the digest of its
+/// signed bytes, with the algorithm `prepare` gave ([`signed_digests`]). A signature without signed
+/// attributes is verified over a copy of its signed bytes, taken from
+/// `copy_budget` (bytes; none left: invalid, not checked).
+pub(crate) fn check(
+    pdf: &[u8],
+    sig: &SigDict,
+    anchors: &TrustAnchors,
+    now_ms: i64,
+    content_digest: Option<&[u8]>,
+    copy_budget: &mut u64,
+) -> Verdict {
+    check_inner(pdf, sig, anchors, now_ms, content_digest, copy_budget).unwrap_or_else(|v| v)
+}
+
+fn check_inner(
+    pdf: &[u8],
+    sig: &SigDict,
+    anchors: &TrustAnchors,
+    now_ms: i64,
+    content_digest: Option<&[u8]>,
+    copy_budget: &mut u64,
+) -> Result<Verdict, Verdict> {
+    let ranges = ranges(sig, pdf.len()).map_err(invalid)?;
+    // Decoded here, one signature at a time (not kept for every dictionary);
+    // `prepare` decoded it the same way.
+    let contents = sig.contents(pdf);
+    let Cms {
+        sd,
+        si,
+        raw,
+        signer_der,
+        signer_cert,
+        hash,
+    } = decode_cms(&contents)?;
+    let si = &si;
+    let signer = signer_name(signer_der);
 
     // 4. The signature, over the signed attributes or the content itself.
     let alg = verification_alg(si, &signer_cert, hash).map_err(invalid)?;
@@ -239,7 +360,10 @@ fn check_inner(
                 Some(Err(e)) => return Err(invalid(format!("messageDigest: {e}"))),
                 None => return Err(invalid("the messageDigest signed attribute is missing")),
             };
-            if md.as_bytes() != content_digest.as_ref() {
+            let Some(content_digest) = content_digest else {
+                return Err(invalid("internal error: the signed bytes were not hashed"));
+            };
+            if md.as_bytes() != content_digest {
                 return Err(invalid(
                     "digest mismatch: the signed bytes of the PDF differ from what was signed (messageDigest)",
                 ));
@@ -252,10 +376,20 @@ fn check_inner(
                 .map_err(|_| invalid("the signature over the signed attributes does not verify"))?;
         }
         (None, None) => {
-            let mut content = Vec::with_capacity(ranges.iter().map(|(s, e)| e - s).sum());
+            // ring hashes the message itself: a copy of the signed bytes, one
+            // such signature at a time, the copies bounded together.
+            let len: usize = ranges.iter().map(|(s, e)| e - s).sum();
+            *copy_budget = copy_budget.checked_sub(len as u64).ok_or_else(|| {
+                invalid(format!(
+                    "not checked: a signature without signed attributes is verified over a copy of its signed bytes, and those of this file's signatures add up to more than {} times its length",
+                    crate::MAX_COPIED_PER_BYTE
+                ))
+            })?;
+            let mut content = Vec::with_capacity(len);
             for (s, e) in ranges {
                 content.extend_from_slice(&pdf[s..e]);
             }
+            count_hashed(len);
             key.verify(&content, si.signature.as_bytes()).map_err(|_| {
                 invalid("digest mismatch: the signature over the signed bytes does not verify")
             })?;
@@ -451,5 +585,50 @@ impl webpki::ExtendedKeyUsageValidator for AnyEku {
             id?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ring::digest;
+
+    use super::{Hash, SigDict, signed_digests};
+
+    #[test]
+    fn shared_prefixes_give_each_signature_its_own_digest_in_any_order() {
+        let pdf: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let len = pdf.len() as u64;
+        // Byte ranges [0, b) + [c, len), not in increasing b, three algorithms.
+        let holes = [
+            (9_000, 9_100),
+            (1_000, 1_010),
+            (5_000, 5_500),
+            (1_000, 1_010),
+        ];
+        let dicts: Vec<SigDict> = holes
+            .iter()
+            .map(|&(b, c)| SigDict {
+                byte_range: [0, b as u64, c as u64, len - c as u64],
+                byte_range_span: (0, 1),
+                contents_span: (b, c),
+                sub_filter: None,
+                signing_date_ms: None,
+            })
+            .collect();
+        let wanted = [
+            Some(Hash::Sha384),
+            Some(Hash::Sha256),
+            Some(Hash::Sha384),
+            Some(Hash::Sha512),
+        ];
+        let got = signed_digests(&pdf, &dicts, &wanted);
+        for (i, ((b, c), hash)) in holes.iter().zip(wanted).enumerate() {
+            let hash = hash.unwrap();
+            let want = digest::digest(hash.ring(), &[&pdf[..*b], &pdf[*c..]].concat());
+            assert_eq!(got[i].unwrap().as_ref(), want.as_ref(), "signature {i}");
+        }
+        // Nothing for a signature that wants no digest.
+        let got = signed_digests(&pdf, &dicts, &[None, Some(Hash::Sha256), None, None]);
+        assert!(got[0].is_none() && got[1].is_some() && got[2].is_none());
     }
 }
