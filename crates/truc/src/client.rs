@@ -639,7 +639,10 @@ pub async fn get(config: &Path, doc_id: &str, from: Option<String>, out: &Path) 
         // Names were checked by every hop; check again before touching the disk.
         truc_node::envelope::check_attachment_name(&a.name).map_err(|e| anyhow!(e))?;
         if file != &a.name {
-            println!("  {}: saved as {file} (another attachment has its name)", a.name);
+            println!(
+                "  {}: saved as {file} (another attachment has its name)",
+                a.name
+            );
         }
         download(
             &mut client,
@@ -1411,7 +1414,13 @@ mod tests {
             name: name.into(),
             ..Default::default()
         };
-        let names = file_names(&[a("QD.pdf"), a("qd.PDF"), a("QD.pdf"), a(".part"), a("README")]);
+        let names = file_names(&[
+            a("QD.pdf"),
+            a("qd.PDF"),
+            a("QD.pdf"),
+            a(".part"),
+            a("README"),
+        ]);
         assert_eq!(
             names,
             ["QD.pdf", "qd (2).PDF", "QD (3).pdf", ".part (2)", "README"]
