@@ -421,8 +421,11 @@ pub async fn run_session(
     // Transfers read and not yet answered. A peer keeps to the window we give
     // it (twice over, after a deferral); far past that it is misbehaving, and
     // the link ends before its transfers fill this node's memory.
-    let unanswered = Arc::new(AtomicUsize::new(0));
+    let unanswered = Arc::new(Unanswered::default());
     let most_unanswered = 4 * params.window.max(1) as usize;
+    // By bytes too: a peer's whole messages (up to max_message_bytes each)
+    // within its own in-flight bound, four times over as for the count.
+    let most_unanswered_bytes = 4 * params.max_inflight_bytes.max(params.max_message_bytes);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let (want_tx, want_rx) = mpsc::unbounded_channel();
     let cx = Ctx {
@@ -561,10 +564,9 @@ pub async fn run_session(
                         None => break,
                     }
                 }
-                let n = batch.len();
-                if unanswered.fetch_add(n, Ordering::Relaxed) + n > most_unanswered {
+                if let Err(why) = unanswered.read(&batch, most_unanswered, most_unanswered_bytes) {
                     break Err(LinkError::Rpc(Status::resource_exhausted(format!(
-                        "the peer sent more than {most_unanswered} transfers without waiting for answers (window {})",
+                        "{why} (window {})",
                         params.window
                     ))));
                 }
@@ -841,6 +843,57 @@ async fn push(
 
 type PrepJob = tokio::task::JoinHandle<Result<Vec<(u64, Prepared)>, NodeError>>;
 
+/// Transfers read and not yet answered, by count and by encoded bytes: what
+/// a peer that does not wait for answers can make this node hold.
+#[derive(Default)]
+struct Unanswered {
+    count: AtomicUsize,
+    bytes: AtomicUsize,
+    /// Bytes per seq (a seq sent again after a deferral counts again).
+    sizes: Mutex<HashMap<u64, usize>>,
+}
+
+impl Unanswered {
+    /// Counts `batch` as read; over `most` transfers or `most_bytes`, the
+    /// reason the link ends.
+    fn read(&self, batch: &[pb::Transfer], most: usize, most_bytes: usize) -> Result<(), String> {
+        let mut bytes = 0;
+        {
+            let mut sizes = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
+            for t in batch {
+                let n = prost::Message::encoded_len(t);
+                *sizes.entry(t.seq).or_default() += n;
+                bytes += n;
+            }
+        }
+        let n = batch.len();
+        if self.count.fetch_add(n, Ordering::Relaxed) + n > most {
+            return Err(format!(
+                "the peer sent more than {most} transfers without waiting for answers"
+            ));
+        }
+        if self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > most_bytes {
+            return Err(format!(
+                "the peer sent more than {most_bytes} bytes of transfers without waiting for answers"
+            ));
+        }
+        Ok(())
+    }
+
+    /// `prepared` is being answered.
+    fn answered(&self, prepared: &[(u64, Prepared)]) {
+        self.count.fetch_sub(prepared.len(), Ordering::Relaxed);
+        let freed: usize = {
+            let mut sizes = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
+            prepared
+                .iter()
+                .filter_map(|(seq, _)| sizes.remove(seq))
+                .sum()
+        };
+        self.bytes.fetch_sub(freed, Ordering::Relaxed);
+    }
+}
+
 /// A prepared transfer on its way to an outcome.
 enum Step {
     Deferred(String),
@@ -861,7 +914,7 @@ async fn apply(
     origin: Origin,
     mut jobs: mpsc::UnboundedReceiver<PrepJob>,
     acks: mpsc::UnboundedSender<Outcome>,
-    unanswered: Arc<AtomicUsize>,
+    unanswered: Arc<Unanswered>,
 ) -> Result<(), LinkError> {
     let mut deferred_from: Option<u64> = None;
     // A job taken while gathering, not finished yet; an error of one that was.
@@ -898,7 +951,7 @@ async fn apply(
                 }
             }
         }
-        unanswered.fetch_sub(prepared.len(), Ordering::Relaxed);
+        unanswered.answered(&prepared);
         // Arrival order first: what was refused or deferred while prepared, and
         // what goes to the store. Nothing after a deferral is taken.
         let mut steps: Vec<(u64, Step)> = Vec::with_capacity(prepared.len());
@@ -1691,6 +1744,26 @@ mod tests {
             .expect("the second entry is sent");
         assert_eq!(second, unsent);
         assert!(hub.dead("child:nghean").unwrap().is_empty());
+    }
+
+    /// What a peer sends without waiting for answers is bounded by bytes as
+    /// well as by count, and freed as it is answered.
+    #[test]
+    fn unanswered_transfers_are_bounded_by_bytes() {
+        let big = |seq| pb::Transfer {
+            seq,
+            envelope: Some(pb::SignedEnvelope {
+                header_bytes: vec![0; 1 << 20],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let u = Unanswered::default();
+        u.read(&[big(1), big(2)], 100, 3 << 20).unwrap();
+        u.answered(&[(1, Prepared::Refused(Refusal::invalid("x")))]);
+        u.read(&[big(3)], 100, 3 << 20).unwrap();
+        let e = u.read(&[big(4), big(5)], 100, 3 << 20).unwrap_err();
+        assert!(e.contains("bytes"), "{e}");
     }
 
     /// A peer that pings and never reads cannot hold the read loop on a

@@ -243,9 +243,13 @@ pub(crate) async fn upload_file(
     path: &Path,
     name: &str,
 ) -> Result<pb::Attachment> {
-    let size = std::fs::metadata(path)
-        .with_context(|| format!("read attachment {}", path.display()))?
-        .len();
+    // Hashed first and announced: the edge refuses bytes that are not these
+    // (a file saved again during the upload, or between two resumes).
+    let (expected, size) = tokio::task::spawn_blocking({
+        let path = path.to_owned();
+        move || sha256_file(&path)
+    })
+    .await??;
     let id = uuid::Uuid::now_v7().to_string();
     let bar = progress(size, name);
     let mut attempt = 0u32;
@@ -272,7 +276,8 @@ pub(crate) async fn upload_file(
         let file_path = path.to_owned();
         let (uid, b) = (id.clone(), bar.clone());
         let mut offset = st.offset;
-        let reader = tokio::spawn(async move {
+        let mut announce = Some(expected.clone());
+        let mut reader = tokio::spawn(async move {
             use tokio::io::{AsyncReadExt, AsyncSeekExt};
             let mut f = tokio::fs::File::open(&file_path).await?;
             f.seek(std::io::SeekFrom::Start(offset)).await?;
@@ -285,7 +290,7 @@ pub(crate) async fn upload_file(
                     size,
                     offset,
                     data,
-                    sha256: Vec::new(),
+                    sha256: announce.take().unwrap_or_default(),
                 };
                 if tx.send(chunk).await.is_err() {
                     break;
@@ -301,11 +306,25 @@ pub(crate) async fn upload_file(
         let result = client
             .upload(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await;
+        // What stopped the file's reading is the cause, not the cut stream.
+        if result.is_err()
+            && reader.is_finished()
+            && let Ok(Err(e)) = (&mut reader).await
+        {
+            bar.abandon();
+            return Err(anyhow!("read attachment {}: {e}", path.display()));
+        }
         reader.abort();
         match result {
             Ok(r) => {
                 bar.finish();
                 let r = r.into_inner();
+                if r.sha256 != expected {
+                    bail!(
+                        "{name}: the edge stored other bytes than {} holds (the file changed?)",
+                        path.display()
+                    );
+                }
                 return Ok(pb::Attachment {
                     name: name.to_owned(),
                     content_type: guess_content_type(path).into(),
