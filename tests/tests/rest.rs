@@ -135,6 +135,14 @@ fn every_vdxp_operation_works_over_rest() {
     );
     assert_eq!(s, 201, "{done}");
     assert_eq!(done["sha256"], sha256_hex(&big));
+    // Bytes other than the digest announced are refused.
+    let wrong = sha256_hex(b"another file");
+    let (s, e) = vpcp.put_bytes(
+        &format!("/v1/uploads/0196f1d2-7c3a-7e21-9a4b-000000000001?size=3&sha256={wrong}"),
+        b"abc",
+    );
+    assert!((400..500).contains(&s), "{s} {e}");
+    assert!(e["message"].as_str().unwrap().contains("sha-256"), "{e}");
     // A body with no bytes finishes an upload: here a zero-byte file.
     let (s, empty) = vpcp.put_bytes(
         "/v1/uploads/0196f1d2-7c3a-7e21-9a4b-000000000000?size=0",

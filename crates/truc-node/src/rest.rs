@@ -587,6 +587,23 @@ struct UploadQuery {
     size: u64,
     #[serde(default)]
     offset: u64,
+    /// The file's SHA-256 in hex, when the application knows it: other bytes
+    /// are refused.
+    #[serde(default)]
+    sha256: Option<String>,
+}
+
+/// The node's id for upload `id` of application `app`: uploads are the
+/// application's own (another one naming the same id neither resumes it, nor
+/// finishes it with its own bytes, nor reads its digest).
+fn app_upload_id(app: &App, id: &str) -> Result<String, ApiError> {
+    let id: uuid::Uuid = id
+        .parse()
+        .map_err(|e| bad(format!("upload id {id:?} is not a UUID: {e}")))?;
+    let d = Digest::of(format!("truc-rest-upload\0{}\0{id}", app.name).as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d.0[..16]);
+    Ok(uuid::Uuid::new_v8(b).to_string())
 }
 
 /// `PUT /v1/uploads/{id}?size=N&offset=K` with the bytes from K as the body;
@@ -598,7 +615,11 @@ async fn upload(
     Query(q): Query<UploadQuery>,
     body: Body,
 ) -> Res {
-    cx.app(&headers)?;
+    let upload_id = app_upload_id(cx.app(&headers)?, &upload_id)?;
+    let mut announce = match q.sha256.as_deref().map(str::trim) {
+        None | Some("") => Vec::new(),
+        Some(h) => hex::decode(h).map_err(|e| bad(format!("sha256: {e}")))?,
+    };
     let mut offset = q.offset;
     let id = upload_id.clone();
     let size = q.size;
@@ -612,7 +633,7 @@ async fn upload(
             size,
             offset: q.offset,
             data: Vec::new(),
-            sha256: Vec::new(),
+            sha256: announce.clone(),
         };
         futures::stream::once(async move {
             (!any.load(std::sync::atomic::Ordering::Relaxed)).then_some(Ok(c))
@@ -629,7 +650,8 @@ async fn upload(
                     size,
                     offset,
                     data: data.to_vec(),
-                    sha256: Vec::new(),
+                    // Announced once, in the first chunk.
+                    sha256: std::mem::take(&mut announce),
                 };
                 offset += data.len() as u64;
                 Some(Ok(c))
@@ -651,7 +673,7 @@ async fn upload_status(
     headers: HeaderMap,
     Path(upload_id): Path<String>,
 ) -> Res {
-    cx.app(&headers)?;
+    let upload_id = app_upload_id(cx.app(&headers)?, &upload_id)?;
     let r = cx
         .svc
         .upload_status(Request::new(pb::UploadStatusRequest { upload_id }))
@@ -1060,8 +1082,24 @@ mod tests {
     use axum::response::IntoResponse;
     use tonic::Status;
 
-    use super::{AttachmentIn, attachments_in};
+    use super::{App, AttachmentIn, app_upload_id, attachments_in};
     use crate::error::{NodeError, Refusal};
+
+    /// Upload ids are each application's own.
+    #[test]
+    fn two_applications_naming_one_upload_id_get_two_uploads() {
+        let app = |name: &str| App {
+            name: name.into(),
+            token_sha256: [0; 32],
+            organs: Vec::new(),
+        };
+        let id = "0196f1d2-7c3a-7e21-9a4b-5c6d7e8f9012";
+        let id_of = |name: &str| app_upload_id(&app(name), id).ok().unwrap();
+        let a = id_of("qlvb-vpcp");
+        assert_eq!(a, id_of("qlvb-vpcp"));
+        assert_ne!(a, id_of("qlvb-khac"));
+        assert!(app_upload_id(&app("qlvb-vpcp"), "../x").is_err());
+    }
 
     /// An attachment naming an upload by an empty digest is refused, not
     /// sent as an empty file.
