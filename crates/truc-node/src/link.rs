@@ -617,6 +617,12 @@ pub async fn run_session(
         }
     };
     senders.abort_all();
+    // A streamed transfer waits for chunks only the read loop, now ended,
+    // could hand it: it ends here (the peer sends it again), not after the
+    // drain's timeout, holding its attachment's claim meanwhile.
+    for j in jobs.drain(..) {
+        j.abort();
+    }
     // Let what was received finish: accepted transfers become durable and are
     // acknowledged if the stream still carries it.
     drop(prep_tx);
@@ -632,9 +638,6 @@ pub async fn run_session(
         let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
     }
     receivers.abort_all();
-    for j in jobs {
-        j.abort();
-    }
     tracing::info!(%peer, "link down");
     result
 }

@@ -32,6 +32,10 @@ use crate::{
 /// Chunk writers of one session, by (seq, attachment index).
 pub type Sinks = Arc<Mutex<HashMap<(u64, u32), mpsc::Sender<(u64, Vec<u8>)>>>>;
 
+/// The longest wait for the next chunk of a streamed attachment before the
+/// session ends (to resume from the durable offset in the next one).
+const CHUNK_STALL: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// How fetching one attachment ended, when it did not end well.
 pub enum Fetch {
     /// The bytes are not the signed ones: refuse the transfer for good.
@@ -147,10 +151,19 @@ pub async fn fetch(
         .map_err(|_| Fetch::Failed(NodeError::Other("link closed".into())))?;
         let every = state.storage.sync_every_bytes.max(1);
         while !partial.is_complete() {
-            let Some((at, data)) = rx.recv().await else {
-                return Err(Fetch::Failed(NodeError::Other(
-                    "link closed mid-stream".into(),
-                )));
+            // A peer that keeps the link alive but sends no chunk would hold
+            // this transfer, the ones behind it and the attachment's claim.
+            let next = tokio::time::timeout(CHUNK_STALL, rx.recv()).await;
+            let Ok(Some((at, data))) = next else {
+                let why = match next {
+                    Err(_) => format!(
+                        "no chunk of attachment {name} for {}s at {} of {size} bytes",
+                        CHUNK_STALL.as_secs(),
+                        partial.offset()
+                    ),
+                    Ok(_) => "link closed mid-stream".into(),
+                };
+                return Err(Fetch::Failed(NodeError::Other(why)));
             };
             let n = data.len() as u64;
             blocking(|| partial.write(at, &data)).map_err(|e| match e {
