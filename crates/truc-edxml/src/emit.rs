@@ -108,7 +108,10 @@ pub fn emit(p: &Package) -> Vec<u8> {
                 w.leaf("edXML:PromulgationDate", &p.promulgation_date);
                 w.close("edXML:PromulgationInfo");
             }
-            if !p.document_type.is_empty() || !p.document_type_name.is_empty() {
+            if !p.document_type.is_empty()
+                || !p.document_type_detail.is_empty()
+                || !p.document_type_name.is_empty()
+            {
                 w.open("edXML:DocumentType");
                 w.leaf("edXML:Type", &p.document_type);
                 w.leaf("edXML:TypeDetail", &p.document_type_detail);
@@ -117,7 +120,10 @@ pub fn emit(p: &Package) -> Vec<u8> {
             }
             w.leaf("edXML:Subject", &p.subject);
             w.leaf("edXML:Content", &p.content);
-            if !p.signer_full_name.is_empty() || !p.signer_position.is_empty() {
+            if !p.signer_full_name.is_empty()
+                || !p.signer_position.is_empty()
+                || !p.signer_competence.is_empty()
+            {
                 w.open("edXML:SignerInfo");
                 w.leaf("edXML:Competence", &p.signer_competence);
                 w.leaf("edXML:Position", &p.signer_position);
@@ -133,7 +139,9 @@ pub fn emit(p: &Package) -> Vec<u8> {
                 w.close("edXML:ToPlaces");
             }
             w.open("edXML:OtherInfo");
-            w.leaf("edXML:Priority", &p.priority.unwrap_or(0).to_string());
+            if let Some(priority) = p.priority {
+                w.leaf("edXML:Priority", &priority.to_string());
+            }
             w.leaf("edXML:SphereOfPromulgation", &p.sphere_of_promulgation);
             w.leaf("edXML:TyperNotation", &p.typer_notation);
             w.leaf("edXML:PromulgationAmount", &p.promulgation_amount);
@@ -207,7 +215,7 @@ pub fn emit(p: &Package) -> Vec<u8> {
                 &a.manifest_content_type
             },
         );
-        w.leaf("edXML:Description", &a.description);
+        w.leaf("edXML:Description", &a.manifest_description);
         w.leaf("edXML:AttachmentName", &a.name);
         w.close("edXML:Reference");
     }

@@ -211,6 +211,18 @@ mod tests {
             let again = parse(&emit(&p), &Limits::default()).unwrap();
             assert_eq!(again, p, "{name}");
         }
+        // Fields that travel alone, and their absence, survive too.
+        let mut p = ok("new-document.xml");
+        p.document_type.clear();
+        p.document_type_name.clear();
+        p.document_type_detail = "Công văn hành chính".into();
+        p.signer_full_name.clear();
+        p.signer_position.clear();
+        p.signer_competence = "TL. Bộ trưởng".into();
+        p.priority = None;
+        p.attachments[0].manifest_description = "Bản chính".into();
+        p.attachments[0].description = "Bản scan".into();
+        assert_eq!(parse(&emit(&p), &Limits::default()).unwrap(), p);
         let out = String::from_utf8(emit(&ok("new-document.xml"))).unwrap();
         assert!(
             out.contains("<edXML:MessageHeader><edXML:From><edXML:OrganId>"),

@@ -73,6 +73,8 @@ pub struct Attachment {
     pub content_id: String,
     pub name: String,
     pub description: String,
+    /// The manifest Reference's own Description, when it has one.
+    pub manifest_description: String,
     /// As the manifest says (may differ from `content_type`).
     pub manifest_content_type: String,
     /// As the attachment says (often application/zip).

@@ -284,6 +284,9 @@ pub fn parse(xml: &[u8], limits: &Limits) -> Result<Package, EdxmlError> {
             content_id,
             name,
             description: a.text_of("Description"),
+            manifest_description: reference
+                .map(|r| r.text_of("Description"))
+                .unwrap_or_default(),
             manifest_content_type: reference
                 .map(|r| r.text_of("ContentType"))
                 .unwrap_or_default(),
