@@ -1337,15 +1337,7 @@ mod tests {
     async fn a_document_too_large_for_one_answer_is_refused_before_it_is_read() {
         let mut f = Fixture::new();
         f.limits.max_message_bytes = 64 << 10;
-        let mut routing = truc_core::RoutingTable::new(true);
-        routing.add_local("000.00.00.H41".parse().unwrap());
-        let edge = f.state(
-            "nghean",
-            routing,
-            vec![f.signer("000.00.00.H41")],
-            None,
-            Arc::new(MemoryStore::new()),
-        );
+        let edge = f.edge_of("nghean", "000.00.00.H41");
         let v = f.with_attachment(&edge, &vec![1u8; 40 << 10]);
         let id = v.doc_id.to_string();
         edge.accept(v, &Origin::Parent("hub".parse().unwrap()), None)
@@ -1411,15 +1403,7 @@ mod tests {
     #[tokio::test]
     async fn a_damaged_attachment_is_not_served_as_whole() {
         let f = Fixture::new();
-        let mut routing = truc_core::RoutingTable::new(true);
-        routing.add_local("000.00.00.H41".parse().unwrap());
-        let edge = f.state(
-            "nghean",
-            routing,
-            vec![f.signer("000.00.00.H41")],
-            None,
-            Arc::new(MemoryStore::new()),
-        );
+        let edge = f.edge_of("nghean", "000.00.00.H41");
         let data = vec![5u8; 600 << 10];
         let v = f.with_attachment(&edge, &data);
         let (id, file) = (v.doc_id.to_string(), edge.blobs.path(&v.attachments[0]));

@@ -1656,8 +1656,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_sender_starts_again_when_the_transfer_its_peer_waits_for_is_gone() {
+    /// A hub with two documents queued for nghean.
+    fn hub_with_two_queued() -> Arc<NodeState> {
         let f = Fixture::new();
         let hub = f.hub(Arc::new(MemoryStore::new()));
         let docs = (0..2)
@@ -1665,6 +1665,12 @@ mod tests {
             .collect();
         hub.accept_batch(docs, &Origin::Child("vpcp".parse().unwrap()))
             .unwrap();
+        hub
+    }
+
+    #[tokio::test]
+    async fn a_sender_starts_again_when_the_transfer_its_peer_waits_for_is_gone() {
+        let hub = hub_with_two_queued();
         let mut p = Pushing::start(&hub);
         let (first, second) = (p.sent().await, p.sent().await);
 
@@ -1715,13 +1721,7 @@ mod tests {
     /// entry waiting behind a full window is still sent.
     #[tokio::test]
     async fn an_answer_past_what_was_sent_drops_nothing_unsent() {
-        let f = Fixture::new();
-        let hub = f.hub(Arc::new(MemoryStore::new()));
-        let docs = (0..2)
-            .map(|_| (f.verified("000.00.00.G22", &["000.00.00.H41"]), None))
-            .collect();
-        hub.accept_batch(docs, &Origin::Child("vpcp".parse().unwrap()))
-            .unwrap();
+        let hub = hub_with_two_queued();
         let mut p = Pushing::with_window(&hub, 1);
         let first = p.sent().await;
         // Queued behind the full window, not sent.

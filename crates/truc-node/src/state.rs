@@ -6045,6 +6045,19 @@ pub(crate) mod testing {
         }
 
         /// An edge serving G22 under a parent.
+        /// An edge `node` serving `organ` alone, on a memory store.
+        pub fn edge_of(&self, node: &str, organ: &str) -> Arc<NodeState> {
+            let mut routing = RoutingTable::new(true);
+            routing.add_local(organ.parse().unwrap());
+            self.state(
+                node,
+                routing,
+                vec![self.signer(organ)],
+                None,
+                Arc::new(truc_store::MemoryStore::new()),
+            )
+        }
+
         pub fn edge(&self, store: Arc<dyn Store>) -> Arc<NodeState> {
             let mut routing = RoutingTable::new(true);
             routing.add_local("000.00.00.G22".parse().unwrap());

@@ -372,14 +372,7 @@ impl BlobStore {
                 else {
                     continue;
                 };
-                let age = entry
-                    .metadata()
-                    .ok()
-                    .and_then(|m| m.modified().ok())
-                    .and_then(|t| t.elapsed().ok())
-                    .map(|e| e.as_secs())
-                    .unwrap_or(0);
-                out.push((d, age));
+                out.push((d, age_secs(&entry)));
             }
         }
         Ok(out)
@@ -423,14 +416,7 @@ impl BlobStore {
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
-            let age = entry
-                .metadata()
-                .ok()
-                .and_then(|m| m.modified().ok())
-                .and_then(|t| t.elapsed().ok())
-                .map(|e| e.as_secs())
-                .unwrap_or(0);
-            out.push((name, age));
+            out.push((name, age_secs(&entry)));
         }
         Ok(out)
     }
@@ -600,6 +586,17 @@ impl Partial {
         }
         Ok(actual)
     }
+}
+
+/// Seconds since a file was last written (0 when that cannot be read).
+fn age_secs(entry: &fs::DirEntry) -> u64 {
+    entry
+        .metadata()
+        .ok()
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.elapsed().ok())
+        .map(|e| e.as_secs())
+        .unwrap_or(0)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), BlobError> {
