@@ -51,6 +51,19 @@ fn stranger() -> (Vec<Vec<u8>>, Vec<u8>) {
     (vec![cert.der().to_vec()], key.serialize_der())
 }
 
+/// An agency's signing chain and key (PKCS#8 DER) from the cluster's PKI.
+fn agency_key(c: &Cluster, organ: &str) -> (Vec<Vec<u8>>, Vec<u8>) {
+    let chain = CertificateDer::pem_file_iter(c.path(&format!("agencies/{organ}.crt")))
+        .unwrap()
+        .map(|c| c.unwrap().to_vec())
+        .collect();
+    let key = PrivatePkcs8KeyDer::from_pem_file(c.path(&format!("agencies/{organ}.key")))
+        .unwrap()
+        .secret_pkcs8_der()
+        .to_vec();
+    (chain, key)
+}
+
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
     let p = dir.join(name);
     std::fs::write(&p, bytes).unwrap();
@@ -65,14 +78,7 @@ fn pdf_signatures_are_checked_on_arrival_and_shown_with_the_document() {
     }
     // The agency's own signing certificate from the dev signing CA, which is
     // the edges' default PDF trust anchor.
-    let chain: Vec<Vec<u8>> = CertificateDer::pem_file_iter(c.path("agencies/000.00.00.G22.crt"))
-        .unwrap()
-        .map(|c| c.unwrap().to_vec())
-        .collect();
-    let key = PrivatePkcs8KeyDer::from_pem_file(c.path("agencies/000.00.00.G22.key"))
-        .unwrap()
-        .secret_pkcs8_der()
-        .to_vec();
+    let (chain, key) = agency_key(&c, G22);
     let dir = c.path("pdfs");
     std::fs::create_dir_all(&dir).unwrap();
     let good = signed("Quyet dinh so 12/QD-VPCP", &chain, &key);
@@ -203,14 +209,7 @@ fn a_pdf_signed_with_a_revoked_key_is_not_valid() {
         c.start(n);
     }
     // Signed by another agency (H14), forwarded by G22.
-    let chain: Vec<Vec<u8>> = CertificateDer::pem_file_iter(c.path("agencies/000.00.00.H14.crt"))
-        .unwrap()
-        .map(|c| c.unwrap().to_vec())
-        .collect();
-    let key = PrivatePkcs8KeyDer::from_pem_file(c.path("agencies/000.00.00.H14.key"))
-        .unwrap()
-        .secret_pkcs8_der()
-        .to_vec();
+    let (chain, key) = agency_key(&c, H14);
     let dir = c.path("pdfs");
     std::fs::create_dir_all(&dir).unwrap();
     let pdf = write(&dir, "cong-van.pdf", &signed("Cong van so 7", &chain, &key));
