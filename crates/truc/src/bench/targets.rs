@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BenchArgs, Machine, Summary, TRUC, cpu_ms_per_doc, crypto_floor_ms, peer_cost_bound, peer_of,
+    BenchArgs, MIN_PAIRS, Machine, Summary, TRUC, cpu_ms_per_doc, crypto_floor_ms, peer_cost_bound,
+    peer_of,
 };
 
 /// One target and what this run measured of it.
@@ -45,7 +46,7 @@ fn at_setting(
     }
 }
 
-/// truc's summary of a scenario (one per scenario: in the fsync state compared).
+/// truc's summary of a scenario (one per scenario).
 fn truc<'a>(summary: &'a [Summary], scenario: &str) -> Option<&'a Summary> {
     summary
         .iter()
@@ -99,7 +100,8 @@ fn checks(summary: &[Summary], a: &BenchArgs, m: &Machine) -> Vec<TargetCheck> {
             (Some(v), Some(p)) => at_setting(
                 T,
                 format!(
-                    "{v:.2}× ({:.0} vs {:.0} docs/s){}",
+                    "{v:.2}×, median of {} pairs ({:.0} vs {:.0} docs/s){}",
+                    s.pair_ratios.len(),
                     s.docs_per_s,
                     p.docs_per_s,
                     of_size(a)
@@ -108,6 +110,10 @@ fn checks(summary: &[Summary], a: &BenchArgs, m: &Machine) -> Vec<TargetCheck> {
                 match crypto_floor_ms(s, m)
                     .and_then(|(_, _, ms)| peer_cost_bound(s, summary, ms, m.cpus))
                 {
+                    // Too few pairs for a median to stand for the run.
+                    _ if s.pair_ratios.len() < MIN_PAIRS => {
+                        format!("not judged: fewer than {MIN_PAIRS} pairs")
+                    }
                     // Out of reach even at the peer's own cost per durable copy.
                     Some(b) if v < 1.5 && b.ratio < 1.5 => format!(
                         "missed, out of reach here: at nats-sync's own CPU per message for each of {:.0} durable copies, plus the signatures, at most {:.2}×",
@@ -327,7 +333,8 @@ mod tests {
         Summary {
             scenario: scenario.into(),
             system: system.into(),
-            fsync_state: "steady".into(),
+            fsync_lo_per_s: 4000.0,
+            fsync_hi_per_s: 4000.0,
             runs: 3,
             docs_per_s,
             mb_per_s: docs_per_s * 0.01024,
@@ -338,9 +345,16 @@ mod tests {
             p999_ms: None,
             vs_nats_sync: None,
             vs_embedded_hub: None,
+            pair_ratios: Vec::new(),
             extra: BTreeMap::new(),
             nodes: Vec::new(),
         }
+    }
+
+    /// truc's ratio against the peer, `v`, from `pairs` pairs that all read it.
+    fn compared(s: &mut Summary, v: f64, pairs: usize) {
+        s.vs_nats_sync = Some(v);
+        s.pair_ratios = vec![v; pairs];
     }
 
     /// This machine's figures (its ECDSA timings of 2026-11-30).
@@ -367,7 +381,7 @@ mod tests {
     #[test]
     fn each_target_is_met_or_missed_by_what_the_run_measured() {
         let mut ehe = summary("edge-hub-edge", TRUC, 958.0);
-        ehe.vs_nats_sync = Some(958.0 / 1883.0);
+        compared(&mut ehe, 958.0 / 1883.0, 3);
         ehe.extra.insert(SIGNED_PER_DOC.into(), 3.0);
         ehe.extra.insert(VERIFIED_PER_DOC.into(), 5.0);
         // 0.30 ms of the peer's CPU per message.
@@ -444,7 +458,10 @@ mod tests {
             ratio.verdict,
             "missed, out of reach here: at nats-sync's own CPU per message for each of 3 durable copies, plus the signatures, at most 0.82×"
         );
-        assert_eq!(ratio.measured, "0.51× (958 vs 1883 docs/s)");
+        assert_eq!(
+            ratio.measured,
+            "0.51×, median of 3 pairs (958 vs 1883 docs/s)"
+        );
         // 9.4 CPU-seconds for 5,000 documents over 5.6 s: 1.88 ms each, 1.7
         // cores busy.
         let p99 = verdict(&c, "p99");
@@ -539,7 +556,7 @@ mod tests {
         let mut a = args();
         a.body_bytes = 256 << 10;
         let mut ehe = summary("edge-hub-edge", TRUC, 600.0);
-        ehe.vs_nats_sync = Some(1.6);
+        compared(&mut ehe, 1.6, 3);
         let mut queued = summary("queued-drain", TRUC, 578.0);
         queued.mb_per_s = 151.6;
         let all = vec![summary("edge-hub-edge", NATS_SYNC, 375.0), ehe, queued];
@@ -548,7 +565,7 @@ mod tests {
         assert_eq!(ratio.verdict, "another size (--body-bytes 10240)");
         assert_eq!(
             ratio.measured,
-            "1.60× (600 vs 375 docs/s), 256 KiB documents"
+            "1.60×, median of 3 pairs (600 vs 375 docs/s), 256 KiB documents"
         );
         let drain = verdict(&c, "the queue drained");
         assert_eq!(drain.verdict, "met (a gigabit link's speed)");
@@ -565,7 +582,7 @@ mod tests {
     fn a_bound_is_named_only_where_it_rules_the_target_out() {
         let with = |docs_per_s: f64, vs: f64, peer_cpu_s: f64| {
             let mut ehe = summary("edge-hub-edge", TRUC, docs_per_s);
-            ehe.vs_nats_sync = Some(vs);
+            compared(&mut ehe, vs, 3);
             ehe.extra.insert(SIGNED_PER_DOC.into(), 3.0);
             ehe.extra.insert(VERIFIED_PER_DOC.into(), 5.0);
             let mut peer = summary("edge-hub-edge", NATS_SYNC, docs_per_s / vs);
@@ -637,5 +654,24 @@ mod tests {
         assert!(slow(9.9, 5000.0).starts_with("missed: at the 1.98 ms"));
         // A run that delivered nothing names no cost per document.
         assert_eq!(slow(10.4, 0.0), "missed");
+    }
+
+    /// A ratio from fewer than three pairs of runs is printed, but no target
+    /// is met or missed by it.
+    #[test]
+    fn fewer_than_three_pairs_judge_no_target() {
+        let with = |pairs: usize, vs: f64| {
+            let mut ehe = summary("edge-hub-edge", TRUC, 900.0);
+            compared(&mut ehe, vs, pairs);
+            let peer = summary("edge-hub-edge", NATS_SYNC, 900.0 / vs);
+            let c = check_all(&[peer, ehe], &args(), &machine(2));
+            verdict(&c, "edge → hub → edge").clone()
+        };
+        let two = with(2, 1.8);
+        assert_eq!(two.verdict, "not judged: fewer than 3 pairs");
+        assert_eq!(two.measured, "1.80×, median of 2 pairs (900 vs 500 docs/s)");
+        assert_eq!(with(1, 0.5).verdict, "not judged: fewer than 3 pairs");
+        assert_eq!(with(3, 1.8).verdict, "met");
+        assert_eq!(with(3, 0.5).verdict, "missed");
     }
 }
