@@ -713,6 +713,9 @@ pub async fn queued_drain(
         )
         .await?;
         let rss0 = procstat::rss_bytes(hub).unwrap_or(0);
+        // The hub's memory all through the queueing, every 20 ms: its peak,
+        // not only where it ends once every document is queued.
+        let queueing = Sampler::start(&[("hub".into(), hub)]);
         let clock = Clock::new(load.docs);
         let s = sender.clone();
         // Filling the queue: a slot frees when the sender edge stored the
@@ -724,6 +727,12 @@ pub async fn queued_drain(
         send.await??;
         acc.abort();
         let rss1 = procstat::rss_bytes(hub).unwrap_or(0);
+        let peak = queueing
+            .finish()
+            .await
+            .first()
+            .map_or(0.0, |u| u.rss_peak_mib * MIB)
+            .max(rss1 as f64);
         // The edge comes back; everything drains to it. The public-key work of
         // the drain is counted from here: the hub's and the sender's counters,
         // and the recipient's from its start.
@@ -749,18 +758,8 @@ pub async fn queued_drain(
         w.abort();
         let (_, last) = collected?;
         let counts1 = fed.settled_counts().await?;
-        let mib = 1024.0 * 1024.0;
-        let mut extra = vec![
-            (
-                "queued_rss_growth_mib",
-                rss1.saturating_sub(rss0) as f64 / mib,
-            ),
-            ("hub_rss_before_mib", rss0 as f64 / mib),
-            (
-                "queued_rss_growth_cold_mib",
-                rss1.saturating_sub(rss_cold) as f64 / mib,
-            ),
-        ];
+        let mut extra = queued_growth(rss_cold, rss0, rss1, peak);
+        extra.push(("hub_rss_before_mib", rss0 as f64 / MIB));
         extra.extend(counts1.signatures_per_doc(&counts0, load.docs as f64));
         Ok::<_, anyhow::Error>((
             Measured {
@@ -775,6 +774,24 @@ pub async fn queued_drain(
     let r = result.await;
     fed.stop().await;
     r
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// What queueing cost a node's memory, in MiB, from two baselines: `warm`
+/// (just before the queueing, after the warm-up traffic) and `cold` (after
+/// one document); at `end` (once every document was queued) and at the
+/// `peak` sampled all through the queueing (bytes; at least `end`).
+pub fn queued_growth(cold: u64, warm: u64, end: u64, peak: f64) -> Vec<(&'static str, f64)> {
+    let peak = peak.max(end as f64);
+    let growth = |from: u64| end.saturating_sub(from) as f64 / MIB;
+    let peak_growth = |from: u64| (peak - from as f64).max(0.0) / MIB;
+    vec![
+        ("queued_rss_growth_mib", growth(warm)),
+        ("queued_rss_growth_cold_mib", growth(cold)),
+        ("queued_rss_growth_peak_mib", peak_growth(warm)),
+        ("queued_rss_growth_peak_cold_mib", peak_growth(cold)),
+    ]
 }
 
 /// Starts the idle edges of `fed` inside this process and waits until each has
@@ -910,4 +927,33 @@ pub async fn reconnect(
     let r = result.await;
     fed.stop().await;
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queues_growth_is_given_at_its_end_and_at_its_peak_from_both_baselines() {
+        let m = |mib: u64| mib << 20;
+        let g: HashMap<&str, f64> = queued_growth(m(10), m(20), m(25), m(32) as f64)
+            .into_iter()
+            .collect();
+        assert_eq!(g["queued_rss_growth_mib"], 5.0);
+        assert_eq!(g["queued_rss_growth_cold_mib"], 15.0);
+        assert_eq!(g["queued_rss_growth_peak_mib"], 12.0);
+        assert_eq!(g["queued_rss_growth_peak_cold_mib"], 22.0);
+        // A peak read below the end (a sampler that saw nothing) is the end.
+        let g: HashMap<&str, f64> = queued_growth(m(10), m(20), m(25), 0.0)
+            .into_iter()
+            .collect();
+        assert_eq!(g["queued_rss_growth_peak_mib"], 5.0);
+        // Memory given back during the queueing reads as no growth.
+        let g: HashMap<&str, f64> = queued_growth(m(10), m(20), m(15), m(18) as f64)
+            .into_iter()
+            .collect();
+        assert_eq!(g["queued_rss_growth_mib"], 0.0);
+        assert_eq!(g["queued_rss_growth_peak_mib"], 0.0);
+        assert_eq!(g["queued_rss_growth_peak_cold_mib"], 8.0);
+    }
 }

@@ -1,10 +1,11 @@
 //! `truc bench`: truc side by side with NATS JetStream on the same machine, in the
 //! same run, driven by the same load tool (BENCHMARKS.md).
 //!
-//! Each scenario runs interleaved — peer, truc, peer, truc … — at least three
-//! rounds; every run starts with an fsync probe of the disk, and medians compare
-//! only runs made in the same fsync state (the disks here swing between a fast
-//! and a slow one).
+//! Each scenario runs interleaved, at least three rounds, the peer first in odd
+//! rounds and truc first in even ones; every run is bracketed by an fsync probe
+//! of the disk, before and after. The disks here swing between a fast and a
+//! slow fsync state from one minute to the next, so truc is compared with the
+//! peer run next to it in time: the ratio is the median over those pairs.
 
 mod fed;
 mod load;
@@ -107,8 +108,9 @@ pub struct Run {
     pub round: usize,
     /// 4 KiB write + fdatasync per second just before the run.
     pub fsync_per_s: f64,
-    /// "fast" or "slow" (or "steady" when the probes never swung).
-    pub fsync_state: String,
+    /// The same just after the run.
+    #[serde(default)]
+    pub fsync_after_per_s: f64,
     pub docs: u64,
     pub bytes: u64,
     pub secs: f64,
@@ -119,12 +121,16 @@ pub struct Run {
     pub extra: BTreeMap<String, f64>,
 }
 
-/// Medians over the runs of one system in one scenario, in one fsync state.
+/// Medians over the runs of one system in one scenario.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     pub scenario: String,
     pub system: String,
-    pub fsync_state: String,
+    /// The lowest and highest fsync probe of these runs, before and after each.
+    #[serde(default)]
+    pub fsync_lo_per_s: f64,
+    #[serde(default)]
+    pub fsync_hi_per_s: f64,
     pub runs: usize,
     pub docs_per_s: f64,
     pub mb_per_s: f64,
@@ -136,11 +142,18 @@ pub struct Summary {
     pub p99_ms: Option<f64>,
     /// None unless the runs had 1,000 latencies or more each.
     pub p999_ms: Option<f64>,
-    /// truc's throughput over the durable peer's, in this state.
+    /// truc's throughput over the durable peer's: the median of
+    /// [`pair_ratios`](Self::pair_ratios).
     pub vs_nats_sync: Option<f64>,
-    /// The PostgreSQL hub's throughput over the embedded-store hub's (scenario pg-hub).
+    /// The PostgreSQL hub's throughput over the embedded-store hub's (scenario
+    /// pg-hub), the same way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vs_embedded_hub: Option<f64>,
+    /// The ratio of each pair of runs behind `vs_nats_sync` (or
+    /// `vs_embedded_hub`): this system's run over the compared one's next to
+    /// it in time, in the order the pairs ran.
+    #[serde(default)]
+    pub pair_ratios: Vec<f64>,
     pub extra: BTreeMap<String, f64>,
     /// Median CPU seconds and peak RSS per node.
     pub nodes: Vec<Usage>,
@@ -158,6 +171,9 @@ pub struct Report {
     /// The window (`--window`) and what "in flight" means for it.
     #[serde(default)]
     pub in_flight: String,
+    /// What the summary's figures do not say on their face (printed under it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -370,20 +386,48 @@ async fn probe(dir: &std::path::Path) -> Result<f64> {
     tokio::task::spawn_blocking(move || fsync_probe(&d, Duration::from_millis(300))).await?
 }
 
-/// Names each probe "fast" or "slow": two states only when the probes differ by
-/// more than 2× (split at their geometric mean), else one "steady" state.
-pub fn classify(probes: &[f64]) -> Vec<&'static str> {
-    let lo = probes.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = probes.iter().copied().fold(0.0, f64::max);
-    if probes.is_empty() || hi < lo * 2.0 {
-        return vec!["steady"; probes.len()];
+/// The order of a scenario's systems in a round: as [`systems`] gives them in
+/// odd rounds (the compared one first), the first two swapped in even ones, so
+/// that neither of the two compared always runs first (on a disk warmed or
+/// cooled by the other).
+fn in_round(mut systems: Vec<&'static str>, round: usize) -> Vec<&'static str> {
+    if round.is_multiple_of(2) && systems.len() >= 2 {
+        systems.swap(0, 1);
     }
-    let split = (lo * hi).sqrt();
-    probes
-        .iter()
-        .map(|p| if *p >= split { "fast" } else { "slow" })
-        .collect()
+    systems
 }
+
+/// The ratios of `other`'s throughput over `base`'s in pairs of runs next to
+/// each other in time: `runs` are one scenario's, in the order they ran; a
+/// pair is a run of each system, one right after the other among the two
+/// systems' runs, in the same round. Each run is in one pair at most. Runs
+/// made side by side share the disk's fsync state, which swings from one
+/// minute to the next.
+pub fn pair_ratios(runs: &[&Run], base: &str, other: &str) -> Vec<f64> {
+    let two: Vec<&Run> = runs
+        .iter()
+        .copied()
+        .filter(|r| r.system == base || r.system == other)
+        .collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 1 < two.len() {
+        let (a, b) = (two[i], two[i + 1]);
+        if a.system != b.system && a.round == b.round {
+            let (base_run, other_run) = if a.system == base { (a, b) } else { (b, a) };
+            if base_run.docs_per_s > 0.0 {
+                out.push(other_run.docs_per_s / base_run.docs_per_s);
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Fewer pairs than this and a ratio is printed but no target judged by it.
+pub const MIN_PAIRS: usize = 3;
 
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
@@ -398,8 +442,18 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Medians per scenario and system over the runs made in the fsync state most
-/// of that scenario's runs were in; truc's ratio against the durable peer in it.
+/// Scenarios whose truc figure is a throughput compared with the durable
+/// peer's. Not queued-drain: the peer's drain is a read of its own stream by a
+/// consumer that keeps nothing (it counts a message on receipt, in memory),
+/// where truc's ends in a durable copy at the recipient edge, counted after
+/// its fsync.
+fn compared_with_peer(scenario: &str) -> bool {
+    matches!(scenario, "one-hop" | "edge-hub-edge" | "fan-out")
+}
+
+/// Medians per scenario and system over all its runs; truc's ratio against
+/// the durable peer (and the PostgreSQL hub's against the embedded one) as the
+/// median of the ratios of pairs of runs made next to each other in time.
 pub fn summarize(runs: &[Run]) -> Vec<Summary> {
     let mut out = Vec::new();
     let mut scenarios: Vec<&str> = Vec::new();
@@ -410,62 +464,14 @@ pub fn summarize(runs: &[Run]) -> Vec<Summary> {
     }
     for sc in scenarios {
         let of: Vec<&Run> = runs.iter().filter(|r| r.scenario == sc).collect();
-        // What truc is compared with: the durable peer, or in pg-hub the hub
-        // on PostgreSQL; the non-durable peer only runs beside them.
-        let compared = [NATS_SYNC, TRUC_PG]
-            .into_iter()
-            .find(|sys| of.iter().any(|r| r.system == *sys));
-        // The state with the most runs of both; ties go to "fast".
-        let mut states: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-        for r in &of {
-            let e = states.entry(r.fsync_state.as_str()).or_default();
-            if r.system == TRUC {
-                e.0 += 1;
-            } else if Some(r.system.as_str()) == compared {
-                e.1 += 1;
-            }
-        }
-        let Some(state) = states
-            .iter()
-            .max_by_key(|(s, (t, p))| {
-                (
-                    (*t).min(*p).max(usize::from(*p == 0)),
-                    *t + *p,
-                    **s == "fast",
-                )
-            })
-            .map(|(s, _)| s.to_string())
-        else {
-            continue;
-        };
-        // When no single state holds runs of every system (too few runs for the
-        // disk's swings), compare them all, and say so: "mixed".
-        let both = |st: &str| {
-            let (t, p) = states.get(st).copied().unwrap_or_default();
-            t > 0 && p > 0
-        };
-        let everywhere =
-            states.values().any(|(t, _)| *t > 0) && states.values().any(|(_, p)| *p > 0);
-        let state = if everywhere && !both(&state) {
-            "mixed".to_owned()
-        } else {
-            state
-        };
         let mut systems: Vec<&str> = Vec::new();
         for r in &of {
             if !systems.contains(&r.system.as_str()) {
                 systems.push(&r.system);
             }
         }
-        let mut rows: Vec<Summary> = Vec::new();
         for sys in systems {
-            let these: Vec<&&Run> = of
-                .iter()
-                .filter(|r| r.system == sys && (state == "mixed" || r.fsync_state == state))
-                .collect();
-            if these.is_empty() {
-                continue;
-            }
+            let these: Vec<&Run> = of.iter().copied().filter(|r| r.system == sys).collect();
             let lat = |f: fn(&Latency) -> Option<f64>| {
                 let v: Vec<f64> = these
                     .iter()
@@ -500,10 +506,24 @@ pub fn summarize(runs: &[Run]) -> Vec<Summary> {
                     rss_peak_mib: median(of_node.iter().map(|n| n.rss_peak_mib).collect()),
                 });
             }
-            rows.push(Summary {
+            let probes: Vec<f64> = these
+                .iter()
+                .flat_map(|r| [r.fsync_per_s, r.fsync_after_per_s])
+                .filter(|p| *p > 0.0)
+                .collect();
+            // truc against the durable peer where throughput is what the
+            // scenario compares; the PostgreSQL hub against the embedded one.
+            let pairs = match sys {
+                TRUC if compared_with_peer(sc) => pair_ratios(&of, NATS_SYNC, TRUC),
+                TRUC_PG => pair_ratios(&of, TRUC, TRUC_PG),
+                _ => Vec::new(),
+            };
+            let ratio = (!pairs.is_empty()).then(|| median(pairs.clone()));
+            out.push(Summary {
                 scenario: sc.to_owned(),
                 system: sys.to_owned(),
-                fsync_state: state.clone(),
+                fsync_lo_per_s: probes.iter().copied().reduce(f64::min).unwrap_or(0.0),
+                fsync_hi_per_s: probes.iter().copied().reduce(f64::max).unwrap_or(0.0),
                 runs: these.len(),
                 docs_per_s: median(these.iter().map(|r| r.docs_per_s).collect()),
                 mb_per_s: median(these.iter().map(|r| r.mb_per_s).collect()),
@@ -513,37 +533,13 @@ pub fn summarize(runs: &[Run]) -> Vec<Summary> {
                 p99_ms: lat(|l| Some(l.p99_ms)),
                 // Only from runs with enough latencies for one.
                 p999_ms: lat(|l| l.p999_ms),
-                vs_nats_sync: None,
-                vs_embedded_hub: None,
+                vs_nats_sync: ratio.filter(|_| sys == TRUC),
+                vs_embedded_hub: ratio.filter(|_| sys == TRUC_PG),
+                pair_ratios: pairs,
                 extra,
                 nodes,
             });
         }
-        let peer = rows
-            .iter()
-            .find(|r| r.system == NATS_SYNC)
-            .map(|r| r.docs_per_s);
-        // A throughput ratio only where throughput is what the scenario measures.
-        let ratio = matches!(sc, "one-hop" | "edge-hub-edge" | "fan-out" | "queued-drain");
-        let embedded_hub = rows
-            .iter()
-            .find(|r| r.system == TRUC)
-            .map(|r| r.docs_per_s)
-            .filter(|p| *p > 0.0);
-        for r in &mut rows {
-            if ratio
-                && r.system == TRUC
-                && let Some(p) = peer.filter(|p| *p > 0.0)
-            {
-                r.vs_nats_sync = Some(r.docs_per_s / p);
-            }
-            if r.system == TRUC_PG
-                && let Some(s) = embedded_hub
-            {
-                r.vs_embedded_hub = Some(r.docs_per_s / s);
-            }
-        }
-        out.extend(rows);
     }
     out
 }
@@ -794,7 +790,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     let mut nats_version = None;
     for round in 1..=a.runs {
         for sc in &selected {
-            for sys in systems(sc, nats.is_some()) {
+            for sys in in_round(systems(sc, nats.is_some()), round) {
                 let run_dir = dir.join(format!("{sc}-{sys}-{round}"));
                 std::fs::create_dir_all(&run_dir)?;
                 let fsync = probe(&run_dir).await?;
@@ -823,10 +819,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
                 };
                 b.finish_and_clear();
                 let (m, nodes) = match measured {
-                    Ok(m) => {
-                        let _ = std::fs::remove_dir_all(&run_dir);
-                        m
-                    }
+                    Ok(m) => m,
                     // The failed run's nodes, logs and stores stay for a look.
                     Err(e) => {
                         if let Some(t) = tmp.take() {
@@ -838,13 +831,17 @@ pub async fn run(a: BenchArgs) -> Result<()> {
                         )));
                     }
                 };
+                // The disk as the run left it: a pair's two runs share the
+                // state only if it did not swing in between.
+                let fsync_after = probe(&run_dir).await?;
+                let _ = std::fs::remove_dir_all(&run_dir);
                 let secs = m.elapsed.as_secs_f64().max(1e-9);
                 let run = Run {
                     scenario: sc.to_string(),
                     system: sys.to_owned(),
                     round,
                     fsync_per_s: fsync,
-                    fsync_state: String::new(),
+                    fsync_after_per_s: fsync_after,
                     docs,
                     bytes,
                     secs,
@@ -863,12 +860,9 @@ pub async fn run(a: BenchArgs) -> Result<()> {
             }
         }
     }
-    let probes: Vec<f64> = runs.iter().map(|r| r.fsync_per_s).collect();
-    for (r, s) in runs.iter_mut().zip(classify(&probes)) {
-        r.fsync_state = s.to_owned();
-    }
     let summary = summarize(&runs);
     let targets = targets::check_all(&summary, &a, &m);
+    let notes = notes(&summary);
     let report = Report {
         machine: m,
         nats_server: nats_version,
@@ -876,6 +870,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         summary,
         targets,
         in_flight,
+        notes,
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -903,9 +898,33 @@ fn line(r: &Run) -> String {
         .map(|(k, v)| format!("  {k} {v:.1}"))
         .collect();
     format!(
-        "{:13} {:12} run {}  fsync {:5.0}/s  {:8.0}/s  {:7.2} MB/s{lat}{extra}",
-        r.scenario, r.system, r.round, r.fsync_per_s, r.docs_per_s, r.mb_per_s
+        "{:13} {:12} run {}  fsync {:5.0}/s → {:5.0}/s  {:8.0}/s  {:7.2} MB/s{lat}{extra}",
+        r.scenario, r.system, r.round, r.fsync_per_s, r.fsync_after_per_s, r.docs_per_s, r.mb_per_s
     )
+}
+
+/// What the summary's figures do not say on their face.
+fn notes(summary: &[Summary]) -> Vec<String> {
+    let mut out = Vec::new();
+    if summary
+        .iter()
+        .any(|s| s.scenario == "queued-drain" && s.system == NATS_SYNC)
+    {
+        out.push(
+            "queued-drain: no × nats-sync: the peer's drain is a read of its stream, not a durable copy at a recipient".to_owned(),
+        );
+    }
+    out
+}
+
+/// The × column: the median of the pair ratios, and how many pairs.
+fn ratio_cell(s: &Summary) -> String {
+    let pairs = |n: usize| format!("{n} pair{}", if n == 1 { "" } else { "s" });
+    match (s.vs_nats_sync, s.vs_embedded_hub) {
+        (Some(v), _) => format!("{v:.2}× ({})", pairs(s.pair_ratios.len())),
+        (None, Some(v)) => format!("{v:.2}× embedded hub ({})", pairs(s.pair_ratios.len())),
+        (None, None) => "—".into(),
+    }
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -938,23 +957,39 @@ fn print_summary(r: &Report) {
         t.add_row(vec![
             s.scenario.clone(),
             s.system.clone(),
-            s.fsync_state.clone(),
+            format!("{:.0}–{:.0}/s", s.fsync_lo_per_s, s.fsync_hi_per_s),
             s.runs.to_string(),
             format!("{:.0}", s.docs_per_s),
             format!("{:.2}", s.mb_per_s),
             ms(s.p50_ms),
             ms(s.p99_ms),
             ms(s.p999_ms),
-            match (s.vs_nats_sync, s.vs_embedded_hub) {
-                (Some(v), _) => format!("{v:.2}×"),
-                (None, Some(v)) => format!("{v:.2}× embedded hub"),
-                (None, None) => "—".into(),
-            },
+            ratio_cell(s),
             extra.join("\n"),
             nodes.join("\n"),
         ]);
     }
-    println!("\nmedians (only runs in the same fsync state are compared):\n{t}");
+    println!(
+        "\nmedians over every run; fsync: the lowest and highest probe, before and after each run; × is the median over pairs of runs made one right after the other (same round, the order alternating), each truc run over the run beside it:\n{t}"
+    );
+    for n in &r.notes {
+        println!("{n}");
+    }
+    let pairs: Vec<String> = r
+        .summary
+        .iter()
+        .filter(|s| !s.pair_ratios.is_empty())
+        .map(|s| {
+            let v: Vec<String> = s.pair_ratios.iter().map(|v| format!("{v:.2}")).collect();
+            format!("  {:13} {:8} {}", s.scenario, s.system, v.join(", "))
+        })
+        .collect();
+    if !pairs.is_empty() {
+        println!(
+            "\nthe pairs' ratios, in the order they ran:\n{}",
+            pairs.join("\n")
+        );
+    }
     let floors: Vec<String> = r
         .summary
         .iter()
@@ -1033,22 +1068,13 @@ mod tests {
         assert!(filesystem(dir.path()).is_some());
     }
 
-    #[test]
-    fn probes_split_into_two_states_only_when_they_swing() {
-        assert_eq!(classify(&[4000.0, 4300.0, 3900.0]), vec!["steady"; 3]);
-        assert_eq!(
-            classify(&[4000.0, 300.0, 4200.0, 280.0]),
-            vec!["fast", "slow", "fast", "slow"]
-        );
-    }
-
-    fn run(system: &str, state: &str, docs_per_s: f64) -> Run {
+    fn run_of(scenario: &str, system: &str, round: usize, docs_per_s: f64) -> Run {
         Run {
-            scenario: "edge-hub-edge".into(),
+            scenario: scenario.into(),
             system: system.into(),
-            round: 1,
+            round,
             fsync_per_s: 0.0,
-            fsync_state: state.into(),
+            fsync_after_per_s: 0.0,
             docs: 1,
             bytes: 1,
             secs: 1.0,
@@ -1060,61 +1086,125 @@ mod tests {
         }
     }
 
-    #[test]
-    fn with_no_state_shared_by_both_systems_every_run_is_compared_as_mixed() {
-        let runs = vec![run(NATS_SYNC, "slow", 1000.0), run(TRUC, "fast", 3000.0)];
-        let s = summarize(&runs);
-        assert_eq!(s.len(), 2, "{s:?}");
-        assert!(s.iter().all(|r| r.fsync_state == "mixed"), "{s:?}");
-        let truc = s.iter().find(|r| r.system == TRUC).unwrap();
-        assert_eq!(truc.vs_nats_sync, Some(3.0));
+    fn run(system: &str, round: usize, docs_per_s: f64) -> Run {
+        run_of("edge-hub-edge", system, round, docs_per_s)
     }
 
     #[test]
-    fn medians_compare_only_runs_of_the_same_fsync_state() {
+    fn the_compared_systems_take_turns_running_first() {
+        let s = systems("edge-hub-edge", true);
+        assert_eq!(in_round(s.clone(), 1), [NATS_SYNC, TRUC, NATS_DEFAULT]);
+        assert_eq!(in_round(s.clone(), 2), [TRUC, NATS_SYNC, NATS_DEFAULT]);
+        assert_eq!(in_round(s, 3), [NATS_SYNC, TRUC, NATS_DEFAULT]);
+        assert_eq!(in_round(systems("pg-hub", true), 2), [TRUC_PG, TRUC]);
+        assert_eq!(in_round(systems("relay", true), 2), [TRUC]);
+    }
+
+    /// Each truc run over the peer run beside it, in the same round; a run
+    /// with no partner (a round cut short) is in no pair, and the
+    /// non-durable peer's runs neither pair nor part a pair.
+    #[test]
+    fn a_pair_is_a_peer_run_and_the_truc_run_beside_it() {
+        let runs = [
+            run(NATS_SYNC, 1, 1000.0),
+            run(TRUC, 1, 500.0),
+            run(NATS_DEFAULT, 1, 9000.0),
+            run(TRUC, 2, 900.0),
+            run(NATS_SYNC, 2, 3000.0),
+            run(NATS_DEFAULT, 2, 9000.0),
+            run(NATS_SYNC, 3, 2000.0),
+            run(TRUC, 3, 1200.0),
+            run(NATS_SYNC, 4, 1000.0),
+        ];
+        let of: Vec<&Run> = runs.iter().collect();
+        assert_eq!(pair_ratios(&of, NATS_SYNC, TRUC), [0.5, 0.3, 0.6]);
+        // Runs of two rounds side by side are not a pair.
+        let apart = [run(TRUC, 1, 500.0), run(NATS_SYNC, 2, 1000.0)];
+        let of: Vec<&Run> = apart.iter().collect();
+        assert!(pair_ratios(&of, NATS_SYNC, TRUC).is_empty());
+        // A peer run that delivered nothing gives no ratio.
+        let none = [run(NATS_SYNC, 1, 0.0), run(TRUC, 1, 500.0)];
+        let of: Vec<&Run> = none.iter().collect();
+        assert!(pair_ratios(&of, NATS_SYNC, TRUC).is_empty());
+    }
+
+    /// The disk swung between the rounds: each system's median comes from
+    /// another round, and their ratio (800 / 2,000 = 0.4) mixes the states;
+    /// each pair shares one, and the pairs read 0.5, 0.6 and 0.4.
+    #[test]
+    fn the_ratio_is_the_median_of_the_pairs_not_of_the_medians() {
         let runs = vec![
-            run(NATS_SYNC, "fast", 1000.0),
-            run(TRUC, "fast", 3000.0),
-            run(NATS_SYNC, "fast", 1200.0),
-            run(TRUC, "slow", 100.0),
-            run(NATS_SYNC, "fast", 1100.0),
-            run(TRUC, "fast", 3300.0),
-            run(TRUC, "fast", 2000.0),
+            run(NATS_SYNC, 1, 4000.0),
+            run(TRUC, 1, 2000.0),
+            run(TRUC, 2, 600.0),
+            run(NATS_SYNC, 2, 1000.0),
+            run(NATS_SYNC, 3, 2000.0),
+            run(TRUC, 3, 800.0),
         ];
         let s = summarize(&runs);
         let truc = s.iter().find(|r| r.system == TRUC).unwrap();
-        assert_eq!(truc.fsync_state, "fast");
-        assert_eq!(truc.runs, 3);
-        assert_eq!(truc.docs_per_s, 3000.0);
-        assert_eq!(truc.vs_nats_sync, Some(3000.0 / 1100.0));
+        let peer = s.iter().find(|r| r.system == NATS_SYNC).unwrap();
+        assert_eq!((truc.runs, peer.runs), (3, 3), "every run counts");
+        assert_eq!((truc.docs_per_s, peer.docs_per_s), (800.0, 2000.0));
+        assert_eq!(truc.pair_ratios, [0.5, 0.6, 0.4]);
+        assert_eq!(truc.vs_nats_sync, Some(0.5));
+        assert_eq!(peer.vs_nats_sync, None);
+        assert_eq!(ratio_cell(truc), "0.50× (3 pairs)");
+        assert_eq!(ratio_cell(peer), "—");
     }
 
-    /// The state compared is chosen by the runs of truc and the durable peer;
-    /// the non-durable peer's runs do not count (they once made the bench pick
-    /// a state where nats-sync had no run, and report no ratio).
     #[test]
-    fn the_state_compared_is_the_one_truc_shares_with_the_durable_peer() {
+    fn the_fsync_column_spans_the_probes_before_and_after_every_run() {
+        let mut a = run(TRUC, 1, 100.0);
+        (a.fsync_per_s, a.fsync_after_per_s) = (4000.0, 1500.0);
+        let mut b = run(TRUC, 2, 100.0);
+        (b.fsync_per_s, b.fsync_after_per_s) = (2000.0, 4200.0);
+        let l = line(&a);
+        assert!(l.contains("fsync  4000/s →  1500/s"), "{l}");
+        let s = summarize(&[a, b]);
+        assert_eq!((s[0].fsync_lo_per_s, s[0].fsync_hi_per_s), (1500.0, 4200.0));
+    }
+
+    /// The peer's drain reads its stream with nothing kept durably; truc's
+    /// ends in a durable copy at the recipient: no ratio, and a note says why.
+    #[test]
+    fn the_drain_is_not_compared_with_the_peer() {
         let runs = vec![
-            run(NATS_SYNC, "slow", 1000.0),
-            run(TRUC, "fast", 900.0),
-            run(NATS_DEFAULT, "fast", 9000.0),
-            run(NATS_SYNC, "slow", 1100.0),
-            run(TRUC, "fast", 950.0),
-            run(NATS_DEFAULT, "fast", 9500.0),
-            run(NATS_SYNC, "slow", 1200.0),
-            run(TRUC, "slow", 600.0),
-            run(NATS_DEFAULT, "fast", 9900.0),
+            run_of("queued-drain", NATS_SYNC, 1, 45_000.0),
+            run_of("queued-drain", TRUC, 1, 1_800.0),
         ];
         let s = summarize(&runs);
+        assert!(s.iter().all(|r| r.vs_nats_sync.is_none()), "{s:?}");
         let truc = s.iter().find(|r| r.system == TRUC).unwrap();
-        assert_eq!(truc.fsync_state, "slow");
-        assert_eq!(truc.vs_nats_sync, Some(600.0 / 1100.0));
+        assert_eq!(ratio_cell(truc), "—");
+        assert_eq!(
+            notes(&s),
+            [
+                "queued-drain: no × nats-sync: the peer's drain is a read of its stream, not a durable copy at a recipient"
+            ]
+        );
+        // Without the peer, nothing to explain.
+        assert!(notes(&summarize(&runs[1..])).is_empty());
     }
 
+    #[test]
+    fn the_postgresql_hub_is_compared_pair_by_pair_with_the_embedded_one() {
+        let runs = vec![
+            run_of("pg-hub", TRUC, 1, 1000.0),
+            run_of("pg-hub", TRUC_PG, 1, 500.0),
+            run_of("pg-hub", TRUC_PG, 2, 300.0),
+            run_of("pg-hub", TRUC, 2, 500.0),
+        ];
+        let s = summarize(&runs);
+        let pg = s.iter().find(|r| r.system == TRUC_PG).unwrap();
+        assert_eq!(pg.pair_ratios, [0.5, 0.6]);
+        assert_eq!(pg.vs_embedded_hub, Some(0.55));
+        assert_eq!(ratio_cell(pg), "0.55× embedded hub (2 pairs)");
+    }
     #[test]
     fn the_bound_at_the_peers_cost_counts_each_durable_copy_and_the_signatures() {
         let with_cpu = |system: &str, docs_per_s: f64, cpu_s: f64| {
-            let mut r = run(system, "steady", docs_per_s);
+            let mut r = run(system, 1, docs_per_s);
             r.docs = docs_per_s as u64;
             r.nodes = vec![procstat::Usage {
                 node: system.into(),

@@ -359,9 +359,17 @@ pub async fn queued_drain(
         .map_err(|e| anyhow!("purge the warm-up messages: {e}"))?;
     bar.set_position(0);
     let rss0 = super::procstat::rss_bytes(server.pid).unwrap_or(0);
+    // The server's memory all through the queueing, as the hub's: its peak.
+    let queueing = super::procstat::Sampler::start(&[("nats-server".into(), server.pid)]);
     let clock = Clock::new(load.docs);
-    publish_all(js, load.clone(), clock, None, None).await?;
+    let published = publish_all(js, load.clone(), clock, None, None).await;
     let rss1 = super::procstat::rss_bytes(server.pid).unwrap_or(0);
+    let peak = queueing
+        .finish()
+        .await
+        .first()
+        .map_or(0.0, |u| u.rss_peak_mib * 1024.0 * 1024.0);
+    published?;
     let (tx, mut rx) = load::arrivals();
     let drain_clock = Clock::new(load.docs);
     let t0 = Instant::now();
@@ -387,21 +395,11 @@ pub async fn queued_drain(
         r.abort();
     }
     let (_, last) = collected?;
-    let mib = 1024.0 * 1024.0;
     Ok(Measured {
         elapsed: last.saturating_duration_since(t0),
         latencies: Vec::new(),
         usage: Some(usage),
-        extra: vec![
-            (
-                "queued_rss_growth_mib",
-                rss1.saturating_sub(rss0) as f64 / mib,
-            ),
-            (
-                "queued_rss_growth_cold_mib",
-                rss1.saturating_sub(rss_cold) as f64 / mib,
-            ),
-        ],
+        extra: super::fed::queued_growth(rss_cold, rss0, rss1, peak),
     })
 }
 

@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BenchArgs, Machine, Summary, TRUC, cpu_ms_per_doc, crypto_floor_ms, peer_cost_bound, peer_of,
+    BenchArgs, MIN_PAIRS, Machine, Summary, TRUC, cpu_ms_per_doc, crypto_floor_ms, peer_cost_bound,
+    peer_of,
 };
 
 /// One target and what this run measured of it.
@@ -45,7 +46,7 @@ fn at_setting(
     }
 }
 
-/// truc's summary of a scenario (one per scenario: in the fsync state compared).
+/// truc's summary of a scenario (one per scenario).
 fn truc<'a>(summary: &'a [Summary], scenario: &str) -> Option<&'a Summary> {
     summary
         .iter()
@@ -99,7 +100,8 @@ fn checks(summary: &[Summary], a: &BenchArgs, m: &Machine) -> Vec<TargetCheck> {
             (Some(v), Some(p)) => at_setting(
                 T,
                 format!(
-                    "{v:.2}× ({:.0} vs {:.0} docs/s){}",
+                    "{v:.2}×, median of {} pairs ({:.0} vs {:.0} docs/s){}",
+                    s.pair_ratios.len(),
                     s.docs_per_s,
                     p.docs_per_s,
                     of_size(a)
@@ -108,6 +110,10 @@ fn checks(summary: &[Summary], a: &BenchArgs, m: &Machine) -> Vec<TargetCheck> {
                 match crypto_floor_ms(s, m)
                     .and_then(|(_, _, ms)| peer_cost_bound(s, summary, ms, m.cpus))
                 {
+                    // Too few pairs for a median to stand for the run.
+                    _ if s.pair_ratios.len() < MIN_PAIRS => {
+                        format!("not judged: fewer than {MIN_PAIRS} pairs")
+                    }
                     // Out of reach even at the peer's own cost per durable copy.
                     Some(b) if v < 1.5 && b.ratio < 1.5 => format!(
                         "missed, out of reach here: at nats-sync's own CPU per message for each of {:.0} durable copies, plus the signatures, at most {:.2}×",
@@ -190,26 +196,52 @@ fn checks(summary: &[Summary], a: &BenchArgs, m: &Machine) -> Vec<TargetCheck> {
     }
     if let Some(s) = truc(summary, "queued-drain") {
         const T: &str = "100,000 queued: < 10 MB extra hub RSS";
-        let warm = s.extra.get("queued_rss_growth_mib").copied();
-        let cold = s.extra.get("queued_rss_growth_cold_mib").copied();
+        let get = |s: &Summary, k: &str| s.extra.get(k).copied();
+        // Once every document was queued, and the highest the hub's memory
+        // was while they were being queued (sampled every 20 ms).
+        let warm = get(s, "queued_rss_growth_mib");
+        let cold = get(s, "queued_rss_growth_cold_mib");
+        let warm_peak = get(s, "queued_rss_growth_peak_mib");
+        let cold_peak = get(s, "queued_rss_growth_peak_cold_mib");
         let mb = |m: Option<f64>| m.map_or("—".into(), |m| format!("{:.1} MB", m * MB_PER_MIB));
-        let mut measured = format!("warm hub +{}, from cold +{}", mb(warm), mb(cold));
+        let growth = |end: Option<f64>, peak: Option<f64>| match peak {
+            Some(_) => format!("+{} once queued (peak +{})", mb(end), mb(peak)),
+            None => format!("+{}", mb(end)),
+        };
+        let mut measured = format!(
+            "warm hub {}, from cold {}",
+            growth(warm, warm_peak),
+            growth(cold, cold_peak)
+        );
         let at_target = a.queued == 100_000;
         if !at_target {
             measured += &format!(" for {} queued", a.queued);
         }
         let under = |m: Option<f64>| m.is_some_and(|m| m * MB_PER_MIB < 10.0);
-        let mut verdict = match (under(warm), under(cold)) {
+        let judge = |warm: Option<f64>, cold: Option<f64>| match (under(warm), under(cold)) {
             (true, true) => "met",
             (true, false) => "met on a warm hub, missed from cold",
             (false, _) => "missed",
-        }
-        .to_owned();
+        };
+        // Judged at the peak where the run sampled one: the memory the hub
+        // needed to take the queue, not only what it kept once it had it.
+        let at_peak = judge(warm_peak.or(warm), cold_peak.or(cold));
+        let at_end = judge(warm, cold);
+        let mut verdict = if at_peak == at_end {
+            at_peak.to_owned()
+        } else {
+            format!("at the peak: {at_peak}; once all were queued: {at_end}")
+        };
         // From cold, any traffic fills caches and the allocator: the durable
         // peer's own growth in the same run says how much of it is the queue's.
-        let peer_cold = peer_of(s, summary).and_then(|p| p.extra.get("queued_rss_growth_cold_mib"));
-        if let (false, Some(p)) = (under(cold), peer_cold) {
-            verdict += &format!("; nats-sync +{} from cold in the same run", mb(Some(*p)));
+        let peer = peer_of(s, summary);
+        let peer_cold = peer.and_then(|p| get(p, "queued_rss_growth_cold_mib"));
+        let peer_cold_peak = peer.and_then(|p| get(p, "queued_rss_growth_peak_cold_mib"));
+        if let (false, Some(_)) = (under(cold_peak.or(cold)), peer_cold) {
+            verdict += &format!(
+                "; nats-sync {} from cold in the same run",
+                growth(peer_cold, peer_cold_peak)
+            );
         }
         out.push(at_setting(
             T,
@@ -327,7 +359,8 @@ mod tests {
         Summary {
             scenario: scenario.into(),
             system: system.into(),
-            fsync_state: "steady".into(),
+            fsync_lo_per_s: 4000.0,
+            fsync_hi_per_s: 4000.0,
             runs: 3,
             docs_per_s,
             mb_per_s: docs_per_s * 0.01024,
@@ -338,9 +371,16 @@ mod tests {
             p999_ms: None,
             vs_nats_sync: None,
             vs_embedded_hub: None,
+            pair_ratios: Vec::new(),
             extra: BTreeMap::new(),
             nodes: Vec::new(),
         }
+    }
+
+    /// truc's ratio against the peer, `v`, from `pairs` pairs that all read it.
+    fn compared(s: &mut Summary, v: f64, pairs: usize) {
+        s.vs_nats_sync = Some(v);
+        s.pair_ratios = vec![v; pairs];
     }
 
     /// This machine's figures (its ECDSA timings of 2026-11-30).
@@ -367,7 +407,7 @@ mod tests {
     #[test]
     fn each_target_is_met_or_missed_by_what_the_run_measured() {
         let mut ehe = summary("edge-hub-edge", TRUC, 958.0);
-        ehe.vs_nats_sync = Some(958.0 / 1883.0);
+        compared(&mut ehe, 958.0 / 1883.0, 3);
         ehe.extra.insert(SIGNED_PER_DOC.into(), 3.0);
         ehe.extra.insert(VERIFIED_PER_DOC.into(), 5.0);
         // 0.30 ms of the peer's CPU per message.
@@ -444,7 +484,10 @@ mod tests {
             ratio.verdict,
             "missed, out of reach here: at nats-sync's own CPU per message for each of 3 durable copies, plus the signatures, at most 0.82×"
         );
-        assert_eq!(ratio.measured, "0.51× (958 vs 1883 docs/s)");
+        assert_eq!(
+            ratio.measured,
+            "0.51×, median of 3 pairs (958 vs 1883 docs/s)"
+        );
         // 9.4 CPU-seconds for 5,000 documents over 5.6 s: 1.88 ms each, 1.7
         // cores busy.
         let p99 = verdict(&c, "p99");
@@ -539,7 +582,7 @@ mod tests {
         let mut a = args();
         a.body_bytes = 256 << 10;
         let mut ehe = summary("edge-hub-edge", TRUC, 600.0);
-        ehe.vs_nats_sync = Some(1.6);
+        compared(&mut ehe, 1.6, 3);
         let mut queued = summary("queued-drain", TRUC, 578.0);
         queued.mb_per_s = 151.6;
         let all = vec![summary("edge-hub-edge", NATS_SYNC, 375.0), ehe, queued];
@@ -548,7 +591,7 @@ mod tests {
         assert_eq!(ratio.verdict, "another size (--body-bytes 10240)");
         assert_eq!(
             ratio.measured,
-            "1.60× (600 vs 375 docs/s), 256 KiB documents"
+            "1.60×, median of 3 pairs (600 vs 375 docs/s), 256 KiB documents"
         );
         let drain = verdict(&c, "the queue drained");
         assert_eq!(drain.verdict, "met (a gigabit link's speed)");
@@ -565,7 +608,7 @@ mod tests {
     fn a_bound_is_named_only_where_it_rules_the_target_out() {
         let with = |docs_per_s: f64, vs: f64, peer_cpu_s: f64| {
             let mut ehe = summary("edge-hub-edge", TRUC, docs_per_s);
-            ehe.vs_nats_sync = Some(vs);
+            compared(&mut ehe, vs, 3);
             ehe.extra.insert(SIGNED_PER_DOC.into(), 3.0);
             ehe.extra.insert(VERIFIED_PER_DOC.into(), 5.0);
             let mut peer = summary("edge-hub-edge", NATS_SYNC, docs_per_s / vs);
@@ -637,5 +680,62 @@ mod tests {
         assert!(slow(9.9, 5000.0).starts_with("missed: at the 1.98 ms"));
         // A run that delivered nothing names no cost per document.
         assert_eq!(slow(10.4, 0.0), "missed");
+    }
+
+    /// A ratio from fewer than three pairs of runs is printed, but no target
+    /// is met or missed by it.
+    #[test]
+    fn fewer_than_three_pairs_judge_no_target() {
+        let with = |pairs: usize, vs: f64| {
+            let mut ehe = summary("edge-hub-edge", TRUC, 900.0);
+            compared(&mut ehe, vs, pairs);
+            let peer = summary("edge-hub-edge", NATS_SYNC, 900.0 / vs);
+            let c = check_all(&[peer, ehe], &args(), &machine(2));
+            verdict(&c, "edge → hub → edge").clone()
+        };
+        let two = with(2, 1.8);
+        assert_eq!(two.verdict, "not judged: fewer than 3 pairs");
+        assert_eq!(two.measured, "1.80×, median of 2 pairs (900 vs 500 docs/s)");
+        assert_eq!(with(1, 0.5).verdict, "not judged: fewer than 3 pairs");
+        assert_eq!(with(3, 1.8).verdict, "met");
+        assert_eq!(with(3, 0.5).verdict, "missed");
+    }
+
+    /// The hub's memory is judged at its peak during the queueing where the
+    /// run sampled one; the reading once everything was queued is given too.
+    #[test]
+    fn the_queue_is_judged_at_the_hubs_peak() {
+        let with = |warm: f64, warm_peak: f64, cold: f64, cold_peak: f64| {
+            let mut q = summary("queued-drain", TRUC, 1800.0);
+            for (k, v) in [
+                ("queued_rss_growth_mib", warm),
+                ("queued_rss_growth_peak_mib", warm_peak),
+                ("queued_rss_growth_cold_mib", cold),
+                ("queued_rss_growth_peak_cold_mib", cold_peak),
+            ] {
+                q.extra.insert(k.into(), v);
+            }
+            let mut peer = summary("queued-drain", NATS_SYNC, 45_000.0);
+            peer.extra.insert("queued_rss_growth_cold_mib".into(), 24.0);
+            peer.extra
+                .insert("queued_rss_growth_peak_cold_mib".into(), 30.0);
+            let c = check_all(&[peer, q], &args(), &machine(2));
+            verdict(&c, "100,000 queued").clone()
+        };
+        // 6.1 MiB once queued, 12.0 at the peak: 6.4 and 12.6 MB.
+        let q = with(6.1, 12.0, 24.4, 30.0);
+        assert_eq!(
+            q.measured,
+            "warm hub +6.4 MB once queued (peak +12.6 MB), from cold +25.6 MB once queued (peak +31.5 MB)"
+        );
+        assert_eq!(
+            q.verdict,
+            "at the peak: missed; once all were queued: met on a warm hub, missed from cold; nats-sync +25.2 MB once queued (peak +31.5 MB) from cold in the same run"
+        );
+        assert_eq!(with(2.0, 3.0, 4.0, 5.0).verdict, "met");
+        assert_eq!(
+            with(2.0, 3.0, 4.0, 12.0).verdict,
+            "at the peak: met on a warm hub, missed from cold; once all were queued: met; nats-sync +25.2 MB once queued (peak +31.5 MB) from cold in the same run"
+        );
     }
 }
