@@ -215,7 +215,16 @@ pub fn emit(p: &Package) -> Vec<u8> {
                 &a.manifest_content_type
             },
         );
-        w.leaf("edXML:Description", &a.manifest_description);
+        // Packages kept before the manifest's own Description was: the
+        // attachment's, as they were written then.
+        w.leaf(
+            "edXML:Description",
+            if a.manifest_description.is_empty() {
+                &a.description
+            } else {
+                &a.manifest_description
+            },
+        );
         w.leaf("edXML:AttachmentName", &a.name);
         w.close("edXML:Reference");
     }

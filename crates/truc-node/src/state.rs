@@ -3002,10 +3002,6 @@ impl NodeState {
         }
     }
 
-    /// One delivery of a document is done here (passed on, refused for good, or
-    /// taken by the application); after the last, its attachments are scheduled
-    /// for release after the retention period, and its envelope for removal
-    /// after the envelope retention period.
     /// One queue entry of a document became `n`: each must be done (sent,
     /// refused) before its files' retention starts.
     fn plan_split(
@@ -3028,6 +3024,10 @@ impl NodeState {
         Ok(())
     }
 
+    /// One delivery of a document is done here (passed on, refused for good, or
+    /// taken by the application); after the last, its attachments are scheduled
+    /// for release after the retention period, and its envelope for removal
+    /// after the envelope retention period.
     fn plan_done_once(
         &self,
         plan: &mut Plan,
@@ -6044,7 +6044,6 @@ pub(crate) mod testing {
             )
         }
 
-        /// An edge serving G22 under a parent.
         /// An edge `node` serving `organ` alone, on a memory store.
         pub fn edge_of(&self, node: &str, organ: &str) -> Arc<NodeState> {
             let mut routing = RoutingTable::new(true);
@@ -6058,6 +6057,7 @@ pub(crate) mod testing {
             )
         }
 
+        /// An edge serving G22 under a parent.
         pub fn edge(&self, store: Arc<dyn Store>) -> Arc<NodeState> {
             let mut routing = RoutingTable::new(true);
             routing.add_local("000.00.00.G22".parse().unwrap());

@@ -153,17 +153,35 @@ pub async fn fetch(
         while !partial.is_complete() {
             // A peer that keeps the link alive but sends no chunk would hold
             // this transfer, the ones behind it and the attachment's claim.
-            let next = tokio::time::timeout(CHUNK_STALL, rx.recv()).await;
-            let Ok(Some((at, data))) = next else {
-                let why = match next {
-                    Err(_) => format!(
-                        "no chunk of attachment {name} for {}s at {} of {size} bytes",
-                        CHUNK_STALL.as_secs(),
-                        partial.offset()
-                    ),
-                    Ok(_) => "link closed mid-stream".into(),
-                };
-                return Err(Fetch::Failed(NodeError::Other(why)));
+            // One waiting its turn behind another attachment (the sender
+            // serves them one at a time) waits while streamed bytes arrive.
+            let mut seen = state
+                .stats
+                .stream_bytes_received
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let next = loop {
+                match tokio::time::timeout(CHUNK_STALL, rx.recv()).await {
+                    Ok(next) => break next,
+                    Err(_) => {
+                        let now = state
+                            .stats
+                            .stream_bytes_received
+                            .load(std::sync::atomic::Ordering::Relaxed);
+                        if now == seen {
+                            return Err(Fetch::Failed(NodeError::Other(format!(
+                                "no chunk of attachment {name} for {}s at {} of {size} bytes, nor of any other",
+                                CHUNK_STALL.as_secs(),
+                                partial.offset()
+                            ))));
+                        }
+                        seen = now;
+                    }
+                }
+            };
+            let Some((at, data)) = next else {
+                return Err(Fetch::Failed(NodeError::Other(
+                    "link closed mid-stream".into(),
+                )));
             };
             let n = data.len() as u64;
             blocking(|| partial.write(at, &data)).map_err(|e| match e {

@@ -544,8 +544,20 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
             client::time(created),
             signer_of(d)
         ));
-        // Named as export names them (a second "QD.pdf" is "QD (2).pdf").
-        let files = client::file_names(&d.header.attachments);
+        // Named as export names them (a second "QD.pdf" is "QD (2).pdf"), or
+        // by their own names in a package written before that.
+        let files: Vec<String> = client::file_names(&d.header.attachments)
+            .into_iter()
+            .zip(&d.header.attachments)
+            .map(|(file, a)| {
+                let at = |n: &str| pkg.join("data").join("attachments").join(n);
+                if !at(&file).exists() && at(&a.name).exists() {
+                    a.name.clone()
+                } else {
+                    file
+                }
+            })
+            .collect();
         for (i, (a, file)) in d.header.attachments.iter().zip(&files).enumerate() {
             let rel = format!("data/attachments/{file}");
             match client::sha256_file(&pkg.join(&rel)) {

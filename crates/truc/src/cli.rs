@@ -140,6 +140,9 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
         doc_id: String,
+        /// The sending agency, when several agencies of this edge used this doc_id.
+        #[arg(long)]
+        from: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -180,6 +183,9 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
         doc_id: String,
+        /// The sending agency, when several agencies of this edge used this doc_id.
+        #[arg(long)]
+        from: Option<String>,
         #[arg(long)]
         reason: String,
         /// Only these recipients (default: every recipient).
@@ -191,6 +197,9 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
         doc_id: String,
+        /// The sending agency, when several agencies of this edge used this doc_id.
+        #[arg(long)]
+        from: Option<String>,
         #[arg(long)]
         reason: String,
         #[arg(long, value_delimiter = ',')]
@@ -207,6 +216,9 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
         doc_id: String,
+        /// The sending agency, when several agencies of this edge used this doc_id.
+        #[arg(long)]
+        from: Option<String>,
         #[arg(long)]
         reason: String,
         #[arg(long)]
@@ -223,6 +235,9 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
         doc_id: String,
+        /// The sending agency, when several agencies of this edge used this doc_id.
+        #[arg(long)]
+        from: Option<String>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -681,6 +696,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Recall {
             config,
             doc_id,
+            from,
             reason,
             to,
         } => {
@@ -689,6 +705,7 @@ async fn run(cli: Cli) -> Result<()> {
                 client::ChangeArgs {
                     business: pb::BusinessType::Revoke,
                     target: doc_id,
+                    from,
                     reason,
                     to,
                     add: vec![],
@@ -705,6 +722,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Update {
             config,
             doc_id,
+            from,
             reason,
             add,
             remove,
@@ -716,6 +734,7 @@ async fn run(cli: Cli) -> Result<()> {
                 client::ChangeArgs {
                     business: pb::BusinessType::Update,
                     target: doc_id,
+                    from,
                     reason,
                     to: vec![],
                     add,
@@ -732,6 +751,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Replace {
             config,
             doc_id,
+            from,
             reason,
             subject,
             code,
@@ -743,6 +763,7 @@ async fn run(cli: Cli) -> Result<()> {
                 client::ChangeArgs {
                     business: pb::BusinessType::Replace,
                     target: doc_id,
+                    from,
                     reason,
                     to,
                     add: vec![],
@@ -759,9 +780,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Receipts {
             config,
             doc_id,
+            from,
             out,
         } => {
-            for p in client::receipts(&config, &doc_id, &out).await? {
+            for p in client::receipts(&config, &doc_id, from.as_deref(), &out).await? {
                 println!("{}", p.display());
             }
             Ok(())
@@ -857,8 +879,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Status {
             config,
             doc_id,
+            from,
             json,
-        } => client::status(&config, &doc_id, json).await,
+        } => client::status(&config, &doc_id, from.as_deref(), json).await,
         Command::Import {
             config,
             package,

@@ -333,6 +333,16 @@ pub(crate) async fn upload_file(
                     data: Vec::new(),
                 });
             }
+            Err(s)
+                if s.code() == tonic::Code::InvalidArgument && s.message().contains("sha-256") =>
+            {
+                bar.abandon();
+                bail!(
+                    "{name}: the edge received other bytes than {} held when it was read (the file changed during the upload?): {}",
+                    path.display(),
+                    s.message()
+                );
+            }
             Err(s) if retryable(&s) && attempt < 10 => {
                 attempt += 1;
                 bar.println(format!(
@@ -443,6 +453,8 @@ pub async fn send(config: &Path, a: SendArgs) -> Result<String> {
 pub struct ChangeArgs {
     pub business: pb::BusinessType,
     pub target: String,
+    /// The target's sender, when several agencies here used its doc_id.
+    pub from: Option<String>,
     pub reason: String,
     pub to: Vec<String>,
     pub add: Vec<String>,
@@ -458,7 +470,7 @@ pub async fn change(config: &Path, a: ChangeArgs) -> Result<String> {
     let target = client
         .get_status(pb::GetStatusRequest {
             doc_id: a.target.clone(),
-            ..Default::default()
+            from: a.from.clone().unwrap_or_default(),
         })
         .await
         .map_err(status_error)?
@@ -871,12 +883,12 @@ fn recipients_table(s: &pb::GetStatusResponse) -> Table {
     t
 }
 
-pub async fn status(config: &Path, doc_id: &str, json: bool) -> Result<()> {
+pub async fn status(config: &Path, doc_id: &str, from: Option<&str>, json: bool) -> Result<()> {
     let mut client = connect(config).await?;
     let s = client
         .get_status(pb::GetStatusRequest {
             doc_id: doc_id.into(),
-            ..Default::default()
+            from: from.unwrap_or_default().into(),
         })
         .await
         .map_err(status_error)?
@@ -985,12 +997,17 @@ pub async fn sent(config: &Path, from: &str, limit: u32, json: bool) -> Result<(
 }
 
 /// Writes a sent document's envelope and every signed receipt into `out`.
-pub async fn receipts(config: &Path, doc_id: &str, out: &Path) -> Result<Vec<PathBuf>> {
+pub async fn receipts(
+    config: &Path,
+    doc_id: &str,
+    from: Option<&str>,
+    out: &Path,
+) -> Result<Vec<PathBuf>> {
     let mut client = connect(config).await?;
     let r = client
         .get_receipts(pb::GetReceiptsRequest {
             doc_id: doc_id.into(),
-            ..Default::default()
+            from: from.unwrap_or_default().into(),
         })
         .await
         .map_err(status_error)?
