@@ -439,3 +439,58 @@ fn the_event_stream_delivers_each_event_once_across_a_reconnect_and_a_restart() 
     assert!(want.contains(ev.data["doc_id"].as_str().unwrap()));
     assert_eq!(ev.data["recipient"], H41);
 }
+
+/// Upload ids are each application's own: another application naming the
+/// same id neither sees where the first one's upload stands, nor continues
+/// it with its own bytes; the first finishes it.
+#[test]
+fn an_upload_is_its_applications_own() {
+    let mut c = Cluster::new();
+    let second = "token-of-another-application";
+    let second_sha256 = hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        second.as_bytes(),
+    ));
+    c.edit("vpcp", |t| {
+        let apps = t["rest"]["apps"].as_array_mut().unwrap();
+        let mut app = toml::Table::new();
+        app.insert("name".into(), "qlvb-khac".into());
+        app.insert("token_sha256".into(), second_sha256.into());
+        app.insert("organs".into(), toml::Value::Array(vec![G22.into()]));
+        apps.push(toml::Value::Table(app));
+    });
+    for n in ["hub", "vpcp"] {
+        c.start(n);
+    }
+    let a = c.rest("vpcp");
+    let b = a.with_token(second);
+    let file: Vec<u8> = (0..200_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let up = "/v1/uploads/0196f1d2-7c3a-7e21-9a4b-0000000000aa";
+    let (s, _) = a.put_bytes(&format!("{up}?size={}", file.len()), &file[..80_000]);
+    assert!(s >= 400, "a short upload is not complete");
+    let (_, st) = a.get(up);
+    let offset = st["offset"].as_u64().unwrap();
+    assert!(offset > 0, "{st}");
+    let (s, other) = b.get(up);
+    assert_eq!((s, other["offset"].as_u64()), (200, Some(0)), "{other}");
+    let (s, e) = b.put_bytes(
+        &format!("{up}?size={}&offset={offset}", file.len()),
+        &[0u8; 10],
+    );
+    assert!(
+        (400..500).contains(&s),
+        "another application's bytes: {s} {e}"
+    );
+    let (_, st) = a.get(up);
+    assert_eq!(
+        st["offset"].as_u64(),
+        Some(offset),
+        "the first one's bytes untouched"
+    );
+    let (s, done) = a.put_bytes(
+        &format!("{up}?size={}&offset={offset}", file.len()),
+        &file[offset as usize..],
+    );
+    assert_eq!(s, 201, "{done}");
+    assert_eq!(done["sha256"], sha256_hex(&file));
+}

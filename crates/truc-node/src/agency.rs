@@ -561,7 +561,7 @@ impl Agency for AgencyService {
                 // Not received here: perhaps sent from here. Any other error
                 // (several senders, a store failure) is the answer.
                 Err(NodeError::Refused(r)) if r.code == tonic::Code::NotFound => st
-                    .sent(&doc_id)?
+                    .sent_by(&doc_id, from.as_ref())?
                     .pop()
                     .map(|s| s.from)
                     .ok_or_else(|| Refusal::not_found(format!("no document {doc_id} here")))?,
@@ -635,7 +635,7 @@ impl Agency for AgencyService {
             if r.original {
                 let sender = match &from {
                     Some(f) => f.to_string(),
-                    None => st.sent(&doc_id)?.pop().map(|s| s.from).ok_or_else(|| {
+                    None => st.sent_by(&doc_id, None)?.pop().map(|s| s.from).ok_or_else(|| {
                         Refusal::not_found(format!("no document {doc_id} was sent from this edge"))
                     })?,
                 };

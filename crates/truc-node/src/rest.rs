@@ -1085,9 +1085,10 @@ mod tests {
     use super::{App, AttachmentIn, app_upload_id, attachments_in};
     use crate::error::{NodeError, Refusal};
 
-    /// Upload ids are each application's own.
+    /// Upload ids are mapped per application (the REST process test
+    /// `an_upload_is_its_applications_own` shows two applications apart).
     #[test]
-    fn two_applications_naming_one_upload_id_get_two_uploads() {
+    fn upload_ids_are_mapped_per_application() {
         let app = |name: &str| App {
             name: name.into(),
             token_sha256: [0; 32],

@@ -6787,10 +6787,10 @@ mod tests {
     }
 
     /// Two agencies of one edge may use the same doc_id: each finds its own
-    /// record and receipts by naming itself; not naming one is refused,
-    /// naming both, instead of picking one.
+    /// sent record by naming itself (GetStatus, and GetReceipts through it);
+    /// not naming one is refused, naming both, instead of picking one.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn two_senders_of_one_doc_id_each_find_their_own() {
+    async fn two_senders_of_one_doc_id_each_find_their_own_record() {
         let f = Fixture::new();
         let mut routing = RoutingTable::new(true);
         for o in ["000.00.00.G22", "000.00.00.G21"] {
