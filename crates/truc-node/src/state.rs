@@ -4424,11 +4424,8 @@ impl NodeState {
             )
         };
         let (replier, for_from, to, digest) = if code.from_original_sender() {
-            let mut sent = self.sent(&doc)?;
-            if let Some(o) = &want_organ {
-                sent.retain(|s| s.from == o.as_str());
-            }
-            let Some(rec) = sent.pop() else {
+            // The sender named, or the one agency here that sent it.
+            let Some(rec) = self.sent_by(&doc, want_organ.as_ref())?.pop() else {
                 return Err(Refusal::denied(format!(
                     "status 13 comes from the original sender, and {d} was not sent from this edge"
                 ))
@@ -6823,6 +6820,19 @@ mod tests {
         let mine = edge.sent_by(&id, Some(&g21)).unwrap();
         assert_eq!(mine.len(), 1);
         assert_eq!(mine[0].from, "000.00.00.G21");
+        // A recall request (13) must say whose document it asks back.
+        let recall = |organ: &str| Reply {
+            doc_id: id.to_string(),
+            from: String::new(),
+            organ: organ.into(),
+            code: "13".into(),
+            note: String::new(),
+            staff: String::new(),
+            meta: BTreeMap::new(),
+        };
+        let e = edge.reply(recall("")).unwrap_err().to_string();
+        assert!(e.contains("name the sender"), "{e}");
+        edge.reply(recall("000.00.00.G21")).unwrap();
     }
 
     /// Each node counts its own public-key work, even beside other nodes in
