@@ -463,18 +463,12 @@ impl Agency for AgencyService {
         let from = opt_organ("from", &r.from)?;
         let st = self.state.clone();
         let (receipts, document) = blocking(move || {
-            let from = match from {
-                Some(f) => Some(f),
-                // The one sender, or the refusal naming them.
-                None => st
-                    .sent_by(&doc_id, None)?
-                    .pop()
-                    .and_then(|r| r.from.parse().ok()),
-            };
-            Ok((
-                st.receipts(&doc_id, from.as_ref())?,
-                st.sent_envelope_from(&doc_id, from.as_ref())?,
-            ))
+            // The named sender's record, or the one sender's, or the
+            // refusal naming them; read once.
+            match st.sent_by(&doc_id, from.as_ref())?.pop() {
+                Some(rec) => Ok((st.receipts_of(&rec)?, Some(st.envelope_of_sent(&rec)?))),
+                None => Ok((Vec::new(), None)),
+            }
         })
         .await?;
         Ok(Response::new(pb::GetReceiptsResponse {

@@ -616,42 +616,33 @@ async fn upload(
     body: Body,
 ) -> Res {
     let upload_id = app_upload_id(cx.app(&headers)?, &upload_id)?;
-    let mut announce = match q.sha256.as_deref().map(str::trim) {
+    let announce = match q.sha256.as_deref().map(str::trim) {
         None | Some("") => Vec::new(),
         Some(h) => hex::decode(h).map_err(|e| bad(format!("sha256: {e}")))?,
     };
     let mut offset = q.offset;
     let id = upload_id.clone();
     let size = q.size;
-    // A body with no bytes (a zero-byte file, or the end of an upload whose
-    // bytes are all durable already) is one empty chunk: it finishes it.
-    let any = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let none_sent = {
-        let any = any.clone();
-        let c = pb::UploadChunk {
-            upload_id: upload_id.clone(),
-            size,
-            offset: q.offset,
-            data: Vec::new(),
-            sha256: announce.clone(),
-        };
-        futures::stream::once(async move {
-            (!any.load(std::sync::atomic::Ordering::Relaxed)).then_some(Ok(c))
-        })
-        .filter_map(std::future::ready)
+    // A first chunk without bytes says what the upload is (and finishes one
+    // whose body has none: a zero-byte file, or the end of an upload whose
+    // bytes are all durable already); the body's bytes follow.
+    let first = pb::UploadChunk {
+        upload_id,
+        size,
+        offset,
+        data: Vec::new(),
+        sha256: announce,
     };
     let chunks = body.into_data_stream().filter_map(move |frame| {
         let out = match frame {
             Ok(data) if data.is_empty() => None,
             Ok(data) => {
-                any.store(true, std::sync::atomic::Ordering::Relaxed);
                 let c = pb::UploadChunk {
                     upload_id: id.clone(),
                     size,
                     offset,
                     data: data.to_vec(),
-                    // Announced once, in the first chunk.
-                    sha256: std::mem::take(&mut announce),
+                    sha256: Vec::new(),
                 };
                 offset += data.len() as u64;
                 Some(Ok(c))
@@ -660,7 +651,8 @@ async fn upload(
         };
         std::future::ready(out)
     });
-    let r = crate::agency::upload(&cx.state, Box::pin(chunks.chain(none_sent))).await?;
+    let chunks = futures::stream::once(std::future::ready(Ok(first))).chain(chunks);
+    let r = crate::agency::upload(&cx.state, Box::pin(chunks)).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"sha256": hex::encode(r.sha256), "size": r.size})),

@@ -12,7 +12,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     sync::{
         Arc, Mutex, MutexGuard, RwLock,
-        atomic::{AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -553,6 +553,8 @@ pub struct NodeState {
     /// Queue entries that could not be read, with when that began: tried
     /// again until [`READ_RETRY_MS`], then given up on.
     read_failures: Mutex<HashMap<(String, u64), i64>>,
+    /// How many `read_failures` holds, read without its lock.
+    read_failing: AtomicUsize,
     /// [`READ_RETRY_MS`]; shorter in tests.
     read_retry_ms: AtomicI64,
     /// Uploads being received, one stream at a time each.
@@ -917,6 +919,7 @@ impl NodeState {
             storage: p.storage,
             partials: Arc::default(),
             read_failures: Mutex::default(),
+            read_failing: AtomicUsize::new(0),
             read_retry_ms: AtomicI64::new(READ_RETRY_MS),
             uploading: Arc::default(),
             stream_hwm: Mutex::default(),
@@ -1137,11 +1140,12 @@ impl NodeState {
         let now = now_ms();
         let mut m = self.read_failures.lock().unwrap_or_else(|p| p.into_inner());
         let first = *m.entry((queue.to_owned(), seq)).or_insert(now);
-        if now - first < self.read_retry_ms.load(Ordering::Relaxed) {
-            return true;
+        let retry = now - first < self.read_retry_ms.load(Ordering::Relaxed);
+        if !retry {
+            m.remove(&(queue.to_owned(), seq));
         }
-        m.remove(&(queue.to_owned(), seq));
-        false
+        self.read_failing.store(m.len(), Ordering::Relaxed);
+        retry
     }
 
     #[cfg(test)]
@@ -1149,12 +1153,15 @@ impl NodeState {
         self.read_retry_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// A queue entry was read: earlier failures are forgotten.
+    /// A queue entry was read: earlier failures are forgotten (no lock
+    /// taken while there are none, the common case on the send path).
     pub fn read_ok(&self, queue: &str, seq: u64) {
-        let mut m = self.read_failures.lock().unwrap_or_else(|p| p.into_inner());
-        if !m.is_empty() {
-            m.remove(&(queue.to_owned(), seq));
+        if self.read_failing.load(Ordering::Relaxed) == 0 {
+            return;
         }
+        let mut m = self.read_failures.lock().unwrap_or_else(|p| p.into_inner());
+        m.remove(&(queue.to_owned(), seq));
+        self.read_failing.store(m.len(), Ordering::Relaxed);
     }
 
     /// Moves when `queue` gets new entries (from the time it is called).
@@ -1165,11 +1172,13 @@ impl NodeState {
             .subscribe()
     }
 
+    /// Tells `queue`'s senders it has new entries (a queue nobody sends
+    /// yet has no channel: its sender reads it whole when it starts).
     fn notify_queue(&self, queue: &str) {
-        let mut map = self.notifiers.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(queue.to_owned())
-            .or_insert_with(|| tokio::sync::watch::channel(0).0)
-            .send_modify(|n| *n = n.wrapping_add(1));
+        let map = self.notifiers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = map.get(queue) {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 
     pub async fn durable(&self, ticket: Ticket) -> Result<(), NodeError> {
@@ -3786,8 +3795,6 @@ impl NodeState {
                         deadline = now + self.delivery.deadline_for(v.header.priority) as i64;
                         if v.header.due_at_ms > now && v.header.due_at_ms < deadline {
                             deadline = v.header.due_at_ms;
-                            self.next_short_deadline
-                                .fetch_min(deadline, Ordering::Relaxed);
                         }
                     }
                     let entry = QueueEntry {
@@ -4625,6 +4632,22 @@ impl NodeState {
 
     /// Puts `entry` at the end of `queue`, counted as [`Self::plan_dequeue`]
     /// uncounts it, with an audit line `event`: `note`.
+    /// The shortest deadline of any priority: the deadline sweep stops early
+    /// in a queue at the first entry enqueued less than this long ago.
+    fn min_deadline_ms(&self) -> i64 {
+        self.delivery.deadline_ms.iter().copied().min().unwrap_or(0) as i64
+    }
+
+    /// An entry whose deadline (a due date) is shorter than every priority's
+    /// would be missed by the early-stopping sweep: the sweep reads every
+    /// queue to its end once it is reached. The one place this is kept.
+    fn note_short_deadline(&self, e: &QueueEntry, now: i64) {
+        if e.deadline_ms > now && e.deadline_ms < e.enqueued_at_ms + self.min_deadline_ms() {
+            self.next_short_deadline
+                .fetch_min(e.deadline_ms, Ordering::Relaxed);
+        }
+    }
+
     fn plan_enqueue(
         &self,
         w: &mut Writer,
@@ -4635,6 +4658,7 @@ impl NodeState {
         note: String,
     ) -> Result<(), NodeError> {
         let seq = self.next_seq(w, plan, &queue)?;
+        self.note_short_deadline(entry, entry.enqueued_at_ms);
         plan.batch.put(
             Space::Queue,
             Key::new().str(&queue).u64(seq).build(),
@@ -4693,19 +4717,13 @@ impl NodeState {
         routes: Vec<(String, Vec<OrganId>)>,
         why: &str,
     ) -> Result<(), NodeError> {
-        plan.batch
-            .delete(Space::Queue, Key::new().str(queue).u64(seq).build());
-        Self::plan_dequeue(plan, queue, entry);
+        Self::plan_dequeue(plan, queue, seq, entry);
         self.plan_split(plan, &entry.from, &entry.doc_id, routes.len())?;
         let now = now_ms();
         for (to_queue, to) in routes {
             let mut e = entry.clone();
             e.recipients = to.iter().map(|o| o.to_string()).collect();
             e.enqueued_at_ms = now;
-            if e.deadline_ms != 0 {
-                self.next_short_deadline
-                    .fetch_min(e.deadline_ms, Ordering::Relaxed);
-            }
             let note = format!(
                 "for {} moved from {queue} to {to_queue}: {why}",
                 e.recipients.join(", ")
@@ -4717,7 +4735,11 @@ impl NodeState {
         Ok(())
     }
 
-    fn plan_dequeue(plan: &mut Plan, queue: &str, entry: &QueueEntry) {
+    /// Takes `entry` off `queue` at `seq`, uncounted as [`Self::plan_enqueue`]
+    /// counted it.
+    fn plan_dequeue(plan: &mut Plan, queue: &str, seq: u64, entry: &QueueEntry) {
+        plan.batch
+            .delete(Space::Queue, Key::new().str(queue).u64(seq).build());
         plan.deltas.push((format!("q:{queue}"), -1));
         if queue.starts_with("child:") {
             plan.deltas.push((format!("s:{}", entry.from), -1));
@@ -4755,9 +4777,7 @@ impl NodeState {
                     break 'scan;
                 }
                 after = Some(seq);
-                plan.batch
-                    .delete(Space::Queue, Key::new().str(queue).u64(seq).build());
-                Self::plan_dequeue(&mut plan, queue, &entry);
+                Self::plan_dequeue(&mut plan, queue, seq, &entry);
                 self.plan_done_once(&mut plan, &entry.from, &entry.doc_id, now)?;
                 n += 1;
                 kinds.push(entry.kind);
@@ -4839,11 +4859,11 @@ impl NodeState {
         let entry: QueueEntry = record::decode(Space::Queue, &key, &bytes)?;
         let now = now_ms();
         let mut plan = Plan::default();
+        let code_name = format!("{:?}", Code::from_i32(code));
+        let why = format!("refused by {queue}: {code_name}: {reason}");
         // Refused by a child its recipients have left since it was queued:
         // they are served elsewhere now, and it goes there.
         if let Some(routes) = self.moved_to(queue, &entry) {
-            let code_name = format!("{:?}", Code::from_i32(code));
-            let why = format!("refused by {queue}: {code_name}: {reason}");
             self.plan_reroute(&mut w, &mut plan, queue, seq, &entry, routes, &why)?;
             self.finish(w, plan)?;
             return Ok(());
@@ -4856,12 +4876,9 @@ impl NodeState {
             .parse::<OrganId>()
             .is_ok_and(|o| self.routing().is_local(&o));
         if !local_sender {
-            let code_name = format!("{:?}", Code::from_i32(code));
-            let why = format!("refused by {queue}: {code_name}: {reason}");
             self.plan_undeliverable(&mut w, &mut plan, &entry, &why, now)?;
         }
-        plan.batch.delete(Space::Queue, key.clone());
-        Self::plan_dequeue(&mut plan, queue, &entry);
+        Self::plan_dequeue(&mut plan, queue, seq, &entry);
         self.plan_done_once(&mut plan, &entry.from, &entry.doc_id, now)?;
         plan.batch.put(
             Space::Dead,
@@ -4873,7 +4890,6 @@ impl NodeState {
                 at_ms: now,
             }),
         );
-        let code_name = format!("{:?}", Code::from_i32(code));
         plan.audit(
             "refused by peer",
             &entry.doc_id,
@@ -4997,7 +5013,7 @@ impl NodeState {
     /// first routed again (a connected child refuses them, which does the same).
     pub fn park_overdue(&self) -> Result<usize, NodeError> {
         let now = now_ms();
-        let min_deadline = self.delivery.deadline_ms.iter().copied().min().unwrap_or(0) as i64;
+        let min_deadline = self.min_deadline_ms();
         let mut children: Vec<NodeId> = self.routing().child_nodes().cloned().collect();
         // Queues of children no longer configured still hold documents: they
         // are as good as disconnected for ever, and their senders must hear.
@@ -5034,11 +5050,8 @@ impl NodeState {
                 }
                 for (seq, e) in rows {
                     after = Some(seq);
-                    let shortened =
-                        e.deadline_ms != 0 && e.deadline_ms < e.enqueued_at_ms + min_deadline;
-                    if full && shortened && e.deadline_ms > now {
-                        self.next_short_deadline
-                            .fetch_min(e.deadline_ms, Ordering::Relaxed);
+                    if full {
+                        self.note_short_deadline(&e, now);
                     }
                     if !full && e.enqueued_at_ms + min_deadline > now {
                         break 'scan;
@@ -5078,8 +5091,7 @@ impl NodeState {
                     e.priority,
                     self.node_id
                 );
-                plan.batch.delete(Space::Queue, key.clone());
-                Self::plan_dequeue(&mut plan, &queue, e);
+                Self::plan_dequeue(&mut plan, &queue, *seq, e);
                 plan.batch.put(
                     Space::Parked,
                     key,
@@ -5181,7 +5193,7 @@ impl NodeState {
     /// recipient is known and nothing later can be overdue yet.
     pub fn queue_snapshot(&self) -> Result<QueueSnapshot, NodeError> {
         let now = now_ms();
-        let min_deadline = self.delivery.deadline_ms.iter().copied().min().unwrap_or(0) as i64;
+        let min_deadline = self.min_deadline_ms();
         let (queues, mut waiting): (Vec<String>, BTreeMap<String, u64>) = {
             let w = self.lock();
             let q = w
@@ -5518,17 +5530,33 @@ impl NodeState {
         let mut out = Vec::new();
         let records = self.sent(doc_id)?.into_iter();
         for rec in records.filter(|r| from.is_none_or(|f| r.from == f.as_str())) {
-            for rr in &rec.recipients {
-                for key in &rr.receipts {
-                    if let Some(bytes) = self.store.get(Space::Docs, key)? {
-                        let d: DocRecord = record::decode(Space::Docs, key, &bytes)?;
-                        let (from, doc_id) = split_doc_key(key);
-                        out.push((rr.organ.clone(), self.envelope_of(&from, &doc_id, &d)?));
-                    }
+            out.extend(self.receipts_of(&rec)?);
+        }
+        Ok(out)
+    }
+
+    /// The signed receipts kept for one sent record: (recipient, envelope).
+    pub fn receipts_of(
+        &self,
+        rec: &SentRecord,
+    ) -> Result<Vec<(String, pb::SignedEnvelope)>, NodeError> {
+        let mut out = Vec::new();
+        for rr in &rec.recipients {
+            for key in &rr.receipts {
+                if let Some(bytes) = self.store.get(Space::Docs, key)? {
+                    let d: DocRecord = record::decode(Space::Docs, key, &bytes)?;
+                    let (from, doc_id) = split_doc_key(key);
+                    out.push((rr.organ.clone(), self.envelope_of(&from, &doc_id, &d)?));
                 }
             }
         }
         Ok(out)
+    }
+
+    /// The envelope of one sent record's document.
+    pub fn envelope_of_sent(&self, rec: &SentRecord) -> Result<pb::SignedEnvelope, NodeError> {
+        let doc = self.load_doc(&rec.from, &rec.doc_id)?;
+        self.envelope_of(&rec.from, &rec.doc_id, &doc)
     }
 
     /// The envelope of a document sent from this node.
@@ -5550,8 +5578,7 @@ impl NodeState {
         else {
             return Ok(None);
         };
-        let doc = self.load_doc(&rec.from, &rec.doc_id)?;
-        Ok(Some(self.envelope_of(&rec.from, &rec.doc_id, &doc)?))
+        Ok(Some(self.envelope_of_sent(&rec)?))
     }
 
     /// Whether this node checks received PDFs' signatures.
@@ -6517,40 +6544,39 @@ mod tests {
     #[test]
     fn a_document_queued_for_an_agency_that_moved_goes_where_it_is_now() {
         let f = Fixture::new();
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let hub = f.hub(store.clone());
-        hub.accept(
-            f.verified("000.00.00.G22", &["000.00.00.H41"]),
-            &child("vpcp"),
-            None,
-        )
-        .unwrap();
-        assert_eq!(hub.queue_depth("child:nghean"), 1);
-        hub.close().unwrap();
-        drop(hub);
+        // A store whose hub queued one document for H41 at nghean, and the
+        // entry's seq.
+        let queued_at_nghean = || {
+            let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+            let hub = f.hub(store.clone());
+            hub.accept(
+                f.verified("000.00.00.G22", &["000.00.00.H41"]),
+                &child("vpcp"),
+                None,
+            )
+            .unwrap();
+            let (seq, _) = hub.queue_peek("child:nghean", None, 1).unwrap().remove(0);
+            hub.close().unwrap();
+            (store, seq)
+        };
         let moved = [("000.00.00.G22", "vpcp"), ("000.00.00.H41", "nghean2")];
+        let notices = |hub: &NodeState| {
+            assert_eq!(
+                hub.queue_depth("child:vpcp"),
+                1,
+                "the sender has the ACCEPTED receipt, and no notice"
+            );
+        };
+
+        let (store, _) = queued_at_nghean();
         let hub = f.hub_with(store, &moved);
         assert_eq!(hub.park_overdue().unwrap(), 0, "nothing is overdue");
         assert_eq!(hub.queue_depth("child:nghean"), 0, "the old queue");
         assert_eq!(hub.queue_depth("child:nghean2"), 1, "routed again");
-        assert_eq!(
-            hub.queue_depth("child:vpcp"),
-            1,
-            "the sender has the ACCEPTED receipt, and no notice"
-        );
+        notices(&hub);
 
         // Refused by the child it was queued for, which no longer serves it.
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let hub = f.hub(store.clone());
-        hub.accept(
-            f.verified("000.00.00.G22", &["000.00.00.H41"]),
-            &child("vpcp"),
-            None,
-        )
-        .unwrap();
-        let (seq, _) = hub.queue_peek("child:nghean", None, 1).unwrap().remove(0);
-        hub.close().unwrap();
-        drop(hub);
+        let (store, seq) = queued_at_nghean();
         let hub = f.hub_with(store, &moved);
         let unserved = Code::NotFound as i32;
         hub.queue_reject(
@@ -6566,11 +6592,7 @@ mod tests {
             hub.dead("child:nghean").unwrap().is_empty(),
             "not given up on"
         );
-        assert_eq!(
-            hub.queue_depth("child:vpcp"),
-            1,
-            "the sender has the ACCEPTED receipt, and no notice"
-        );
+        notices(&hub);
     }
 
     /// An entry for two agencies that moved to two children becomes two
