@@ -713,7 +713,7 @@ pub async fn queued_drain(
         )
         .await?;
         let rss0 = procstat::rss_bytes(hub).unwrap_or(0);
-        // The hub's memory all through the queueing, every 20 ms: its peak,
+        // The hub's memory all through the queueing (its high-water mark): its peak,
         // not only where it ends once every document is queued.
         let queueing = Sampler::start(&[("hub".into(), hub)]);
         let clock = Clock::new(load.docs);

@@ -60,12 +60,12 @@ pub fn tree_cpu_seconds(root: u32) -> f64 {
     ticks as f64 / ticks_per_second()
 }
 
-/// Resident memory of `pid` in bytes.
-pub fn rss_bytes(pid: u32) -> Option<u64> {
+/// A `/proc/{pid}/status` field given in kB, in bytes.
+fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?
         .split_whitespace()
         .nth(1)?
         .parse::<u64>()
@@ -73,25 +73,48 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
         .map(|kib| kib * 1024)
 }
 
+/// Resident memory of `pid` in bytes.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmRSS")
+}
+
+/// The highest resident memory of `pid` since its start or since the last
+/// [`reset_peak`], in bytes: the kernel's own high-water mark, which sees a
+/// spike between two samples too.
+pub fn peak_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmHWM")
+}
+
+/// Sets the kernel's high-water mark of `pid` to its memory now (Linux 4.0 and
+/// later: `5` in `clear_refs`, which clears nothing else). False where it cannot
+/// (not our process, or an older kernel).
+pub fn reset_peak(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// Samples the resident memory of some processes every 20 ms until finished.
+/// The peak resident memory of some processes over a stretch of a run: the
+/// kernel's high-water mark, reset when the stretch starts, and where it could
+/// not be reset, samples every 20 ms (which can miss a spike between two).
 pub struct Sampler {
-    procs: Vec<(String, u32, f64, u64)>,
+    procs: Vec<(String, u32, f64, u64, bool)>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Vec<u64>>,
 }
 
 impl Sampler {
     pub fn start(procs: &[(String, u32)]) -> Self {
-        let procs: Vec<(String, u32, f64, u64)> = procs
+        let procs: Vec<(String, u32, f64, u64, bool)> = procs
             .iter()
             .map(|(n, pid)| {
+                let reset = reset_peak(*pid);
                 (
                     n.clone(),
                     *pid,
                     cpu_seconds(*pid).unwrap_or(0.0),
                     rss_bytes(*pid).unwrap_or(0),
+                    reset,
                 )
             })
             .collect();
@@ -119,13 +142,15 @@ impl Sampler {
         self.procs
             .into_iter()
             .enumerate()
-            .map(|(k, (node, pid, cpu0, rss0))| {
+            .map(|(k, (node, pid, cpu0, rss0, reset))| {
                 let now = rss_bytes(pid).unwrap_or(0);
+                let hwm = if reset { peak_bytes(pid) } else { None };
+                let peak = peaks.get(k).copied().unwrap_or(0).max(now);
                 Usage {
                     node,
                     cpu_s: cpu_seconds(pid).map(|c| c - cpu0).unwrap_or(0.0),
                     rss_start_mib: rss0 as f64 / MIB,
-                    rss_peak_mib: peaks.get(k).copied().unwrap_or(0).max(now) as f64 / MIB,
+                    rss_peak_mib: peak.max(hwm.unwrap_or(0)) as f64 / MIB,
                 }
             })
             .collect()
@@ -150,5 +175,33 @@ mod tests {
         assert_eq!(u[0].node, "me");
         assert!(u[0].cpu_s > 0.0, "{u:?}");
         assert!(u[0].rss_peak_mib >= u[0].rss_start_mib * 0.5, "{u:?}");
+    }
+
+    /// A spike of memory freed before any sample is still the peak, and a
+    /// reset forgets a spike before it.
+    #[tokio::test]
+    async fn a_spike_between_samples_is_the_peak_and_a_reset_forgets_an_earlier_one() {
+        const SPIKE: usize = 96 << 20;
+        let me = std::process::id();
+        let spike = || {
+            // Touched, so resident; large, so given back to the kernel when freed.
+            let v = vec![1u8; SPIKE];
+            std::hint::black_box(&v);
+        };
+        spike();
+        let s = Sampler::start(&[("me".into(), me)]);
+        let before = rss_bytes(me).unwrap() as f64 / MIB;
+        spike();
+        let u = s.finish().await;
+        assert!(
+            u[0].rss_peak_mib >= before + 80.0,
+            "the spike: {u:?}, {before:.1} MiB before"
+        );
+        let s = Sampler::start(&[("me".into(), me)]);
+        let u = s.finish().await;
+        assert!(
+            u[0].rss_peak_mib < before + 48.0,
+            "the spike before the reset is forgotten: {u:?}, {before:.1} MiB before"
+        );
     }
 }

@@ -198,7 +198,7 @@ fn checks(summary: &[Summary], a: &BenchArgs, m: &Machine) -> Vec<TargetCheck> {
         const T: &str = "100,000 queued: < 10 MB extra hub RSS";
         let get = |s: &Summary, k: &str| s.extra.get(k).copied();
         // Once every document was queued, and the highest the hub's memory
-        // was while they were being queued (sampled every 20 ms).
+        // was while they were being queued (its high-water mark).
         let warm = get(s, "queued_rss_growth_mib");
         let cold = get(s, "queued_rss_growth_cold_mib");
         let warm_peak = get(s, "queued_rss_growth_peak_mib");
