@@ -304,8 +304,8 @@ enum Command {
         command: DirectoryCommand,
     },
     /// Measure truc side by side with NATS JetStream (run bench/setup for the
-    /// peer): real `truc node` processes on loopback, interleaved runs, medians
-    /// per fsync state (BENCHMARKS.md). Scenarios: one-hop, edge-hub-edge,
+    /// peer): real `truc node` processes on loopback, interleaved runs, ratios
+    /// of neighbouring pairs (BENCHMARKS.md). Scenarios: one-hop, edge-hub-edge,
     /// steady, relay, fan-out (the default set), attachment, queued-drain,
     /// idle-edges, reconnect, pg-hub (a hub on PostgreSQL beside the embedded
     /// one), or all.
