@@ -273,8 +273,18 @@ async fn receive_streamed(
 /// Most transfers verified and stored as one batch.
 const MAX_BATCH: usize = 512;
 
-/// Handles a frame that is not a transfer.
-async fn control(f: Frame, cx: &Ctx) -> Result<(), LinkError> {
+/// Handles a frame that is not a transfer. Most are handed on at once; two
+/// can wait, and only they are raced against `stop`: a directory (its merge,
+/// off the async threads, cannot be cancelled: given up on, it would run on
+/// beside the parent's next copy, so it gets all the time it takes) and a
+/// chunk its stream does not take now, given up on after `limit` (the read
+/// loop must go on seeing the peer's other frames).
+async fn control(
+    f: Frame,
+    cx: &Ctx,
+    stop: &mut watch::Receiver<bool>,
+    limit: Duration,
+) -> Result<(), LinkError> {
     let (ctl, out, state, peer_is_parent) = (&cx.ctl, &cx.out, &cx.state, cx.peer_is_parent);
     match f {
         Frame::Want(w) => {
@@ -287,10 +297,21 @@ async fn control(f: Frame, cx: &Ctx) -> Result<(), LinkError> {
                 .ok()
                 .and_then(|s| s.get(&(c.seq, c.index)).cloned());
             match sink {
-                // Waiting here pushes back on the sender through HTTP/2 flow control.
-                Some(tx) => {
-                    let _ = tx.send((c.offset, c.data)).await;
-                }
+                Some(tx) => match tx.try_send((c.offset, c.data)) {
+                    Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    // Waiting here pushes back on the sender through HTTP/2
+                    // flow control, for a while.
+                    Err(mpsc::error::TrySendError::Full(piece)) => {
+                        tokio::select! {
+                            _ = crate::stopped(stop) => return Err(LinkError::Stopped),
+                            r = tokio::time::timeout(limit, tx.send(piece)) => if r.is_err() {
+                                return Err(LinkError::Rpc(Status::deadline_exceeded(format!(
+                                    "a chunk from the peer could not be handed on within {limit:?}"
+                                ))));
+                            },
+                        }
+                    }
+                },
                 None => tracing::debug!(
                     seq = c.seq,
                     index = c.index,
@@ -307,9 +328,12 @@ async fn control(f: Frame, cx: &Ctx) -> Result<(), LinkError> {
         }
         Frame::Directory(d) if peer_is_parent => {
             let st = state.clone();
-            tokio::task::spawn_blocking(move || st.set_directory(&d))
-                .await
-                .map_err(|e| NodeError::Other(e.to_string()))??;
+            tokio::select! {
+                _ = crate::stopped(stop) => return Err(LinkError::Stopped),
+                r = tokio::task::spawn_blocking(move || st.set_directory(&d)) => {
+                    r.map_err(|e| NodeError::Other(e.to_string()))??;
+                }
+            }
         }
         Frame::Directory(_) => {
             return Err(LinkError::Handshake(
@@ -350,33 +374,6 @@ async fn control(f: Frame, cx: &Ctx) -> Result<(), LinkError> {
         }
     }
     Ok(())
-}
-
-/// [`control`], given up on at `stop` or when it cannot go on for `limit`
-/// (a chunk its stream does not take): the read loop must go on seeing both.
-/// A directory is given all the time it takes (its merge, off the async
-/// threads, cannot be cancelled: given up on, it would run on beside the
-/// parent's next copy).
-async fn control_within(
-    f: Frame,
-    cx: &Ctx,
-    stop: &mut watch::Receiver<bool>,
-    limit: Duration,
-) -> Result<(), LinkError> {
-    if matches!(f, Frame::Directory(_)) {
-        return tokio::select! {
-            _ = crate::stopped(stop) => Err(LinkError::Stopped),
-            r = control(f, cx) => r,
-        };
-    }
-    tokio::select! {
-        _ = crate::stopped(stop) => Err(LinkError::Stopped),
-        r = tokio::time::timeout(limit, control(f, cx)) => r.unwrap_or_else(|_| {
-            Err(LinkError::Rpc(Status::deadline_exceeded(format!(
-                "a frame from the peer could not be handled within {limit:?}"
-            ))))
-        }),
-    }
 }
 
 /// Nodes kept from one child's report (a bound on what a child can make us hold).
@@ -512,7 +509,7 @@ pub async fn run_session(
     let mut jobs: Vec<tokio::task::AbortHandle> = Vec::new();
     let result = loop {
         if let Some(f) = pending.pop_front() {
-            if let Err(e) = control_within(f, &cx, &mut stop, params.heartbeat_timeout).await {
+            if let Err(e) = control(f, &cx, &mut stop, params.heartbeat_timeout).await {
                 break Err(e);
             }
             continue;
@@ -608,9 +605,7 @@ pub async fn run_session(
                 }
             }
             other => {
-                if let Err(e) =
-                    control_within(other, &cx, &mut stop, params.heartbeat_timeout).await
-                {
+                if let Err(e) = control(other, &cx, &mut stop, params.heartbeat_timeout).await {
                     break Err(e);
                 }
             }
@@ -1793,7 +1788,7 @@ mod tests {
         let (stop_tx, mut stop) = watch::channel(false);
         let limit = Duration::from_secs(5);
         let ping = Frame::Ping(pb::Ping { nonce: 1 });
-        control_within(ping, &cx, &mut stop, limit)
+        control(ping, &cx, &mut stop, limit)
             .await
             .expect("a ping is answered without waiting, or not at all");
 
@@ -1807,7 +1802,7 @@ mod tests {
             offset: 0,
             data: vec![1],
         });
-        let r = control_within(chunk, &cx, &mut stop, Duration::from_secs(3600)).await;
+        let r = control(chunk, &cx, &mut stop, Duration::from_secs(3600)).await;
         assert!(matches!(r, Err(LinkError::Stopped)), "{r:?}");
     }
 
