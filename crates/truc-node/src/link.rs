@@ -287,9 +287,7 @@ async fn control(
 ) -> Result<(), LinkError> {
     let (ctl, out, state, peer_is_parent) = (&cx.ctl, &cx.out, &cx.state, cx.peer_is_parent);
     match f {
-        Frame::Want(w) => {
-            let _ = cx.wants.send(w);
-        }
+        Frame::Want(w) => hand_on(cx, &cx.wants, w, "requests for attachment bytes")?,
         Frame::Chunk(c) => {
             let sink = cx
                 .sinks
@@ -319,13 +317,16 @@ async fn control(
                 ),
             }
         }
-        Frame::Defer(d) => {
-            let _ = ctl.send(Control::Defer {
+        Frame::Defer(d) => hand_on(
+            cx,
+            ctl,
+            Control::Defer {
                 seq: d.seq,
                 reason: d.reason,
                 retry_after_ms: d.retry_after_ms,
-            });
-        }
+            },
+            ANSWERS,
+        )?,
         Frame::Directory(d) if peer_is_parent => {
             let st = state.clone();
             tokio::select! {
@@ -340,19 +341,25 @@ async fn control(
                 "a child may not send a directory".into(),
             ));
         }
-        Frame::Ack(a) => {
-            let _ = ctl.send(Control::Ack {
+        Frame::Ack(a) => hand_on(
+            cx,
+            ctl,
+            Control::Ack {
                 seq: a.seq,
                 window: a.window,
-            });
-        }
-        Frame::Reject(r) => {
-            let _ = ctl.send(Control::Reject {
+            },
+            ANSWERS,
+        )?,
+        Frame::Reject(r) => hand_on(
+            cx,
+            ctl,
+            Control::Reject {
                 seq: r.seq,
                 code: r.code,
                 reason: r.reason,
-            });
-        }
+            },
+            ANSWERS,
+        )?,
         Frame::Ping(p) => {
             // Never waited for: with the outgoing frames full the peer has
             // proof of life enough, and a peer that pings and never reads
@@ -376,6 +383,47 @@ async fn control(
     Ok(())
 }
 
+const ANSWERS: &str = "answers (acks, rejects, deferrals)";
+
+/// How many of its `Want`s, or of its answers, a peer may have waiting
+/// here to be served. A well-behaved peer has at most one `Want` per
+/// streamed transfer it is receiving, and it ends the link itself past
+/// four windows of unanswered transfers; its answers are at most two per
+/// transfer of ours in flight (a reject and an ack, or an ack and a
+/// deferral), at most one window of them. So four windows, and a little
+/// more, are never filled by a peer that waits for what it asked; a window
+/// over 65,536 counts as 65,536 here, so that a peer cannot lift the bound
+/// by announcing a huge one.
+fn most_waiting(peer_window: u32) -> usize {
+    4 * peer_window.clamp(1, 1 << 16) as usize + 16
+}
+
+/// Hands a frame from the peer to the task that serves it, without waiting
+/// (the read loop must not). A full channel means a peer sending faster than
+/// it could be served ([`most_waiting`]): the link ends before it fills this
+/// node's memory, rather than read on and hold whatever it sends.
+fn hand_on<T>(cx: &Ctx, tx: &mpsc::Sender<T>, v: T, what: &str) -> Result<(), LinkError> {
+    match tx.try_send(v) {
+        // Closed: its task has ended, and the session with it.
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(_)) => Err(flooded(
+            &cx.state,
+            format!(
+                "the peer sent more than {} {what} without waiting for them to be served",
+                tx.max_capacity()
+            ),
+        )),
+    }
+}
+
+/// The link ends because the peer sends more than it waits for; counted as
+/// input refused on the link (`resource_exhausted`), the reason logged
+/// where the session's end is.
+fn flooded(state: &NodeState, why: String) -> LinkError {
+    state.telemetry.refused("link", Code::ResourceExhausted);
+    LinkError::Rpc(Status::resource_exhausted(why))
+}
+
 /// Nodes kept from one child's report (a bound on what a child can make us hold).
 const MAX_REPORTED_NODES: usize = 10_000;
 
@@ -383,8 +431,8 @@ const MAX_REPORTED_NODES: usize = 10_000;
 struct Ctx {
     state: Arc<NodeState>,
     out: mpsc::Sender<pb::LinkFrame>,
-    ctl: mpsc::UnboundedSender<Control>,
-    wants: mpsc::UnboundedSender<pb::Want>,
+    ctl: mpsc::Sender<Control>,
+    wants: mpsc::Sender<pb::Want>,
     sinks: crate::stream::Sinks,
     peer_is_parent: bool,
     peer: NodeId,
@@ -409,7 +457,9 @@ pub async fn run_session(
     let out = outbox.frames.clone();
     let mut senders = JoinSet::new();
     let mut receivers = JoinSet::new();
-    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    // Bounded: what the peer sends is read at once, served when its task
+    // gets to it; a peer far ahead of that is dropped (`hand_on`).
+    let (ctl_tx, ctl_rx) = mpsc::channel(most_waiting(peer_window));
     // Unbounded: the read loop must never wait for `apply`, which may be waiting
     // for a streamed transfer's chunks that only this loop reads. The peer's
     // window bounds the jobs, except after a deferral, when the peer sends
@@ -424,7 +474,7 @@ pub async fn run_session(
     // within its own in-flight bound, four times over as for the count.
     let most_unanswered_bytes = 4 * params.max_inflight_bytes.max(params.max_message_bytes);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-    let (want_tx, want_rx) = mpsc::unbounded_channel();
+    let (want_tx, want_rx) = mpsc::channel(most_waiting(peer_window));
     let cx = Ctx {
         state: state.clone(),
         out: out.clone(),
@@ -562,10 +612,7 @@ pub async fn run_session(
                     }
                 }
                 if let Err(why) = unanswered.read(&batch, most_unanswered, most_unanswered_bytes) {
-                    break Err(LinkError::Rpc(Status::resource_exhausted(format!(
-                        "{why} (window {})",
-                        params.window
-                    ))));
+                    break Err(flooded(&state, format!("{why} (window {})", params.window)));
                 }
                 // Inline transfers go in batches; each streamed one is a job of its
                 // own that waits for its chunks. Jobs complete in order.
@@ -645,7 +692,7 @@ async fn push(
     mut window: u32,
     max_bytes: usize,
     inline_max: u64,
-    mut ctl: mpsc::UnboundedReceiver<Control>,
+    mut ctl: mpsc::Receiver<Control>,
 ) -> Result<(), LinkError> {
     let mut notify = state.notifier(&queue);
     // (seq, bytes) of every transfer sent and not yet acknowledged.
@@ -1593,7 +1640,7 @@ mod tests {
     /// `push` of nghean's queue at the hub, with the peer's side in hand.
     struct Pushing {
         frames: mpsc::Receiver<pb::LinkFrame>,
-        ctl: mpsc::UnboundedSender<Control>,
+        ctl: mpsc::Sender<Control>,
         task: tokio::task::JoinHandle<Result<(), LinkError>>,
     }
 
@@ -1604,7 +1651,7 @@ mod tests {
 
         fn with_window(hub: &Arc<NodeState>, window: u32) -> Self {
             let (out, frames) = mpsc::channel(16);
-            let (ctl, ctl_rx) = mpsc::unbounded_channel();
+            let (ctl, ctl_rx) = mpsc::channel(most_waiting(window));
             let queue = "child:nghean".to_string();
             let task = tokio::spawn(push(
                 hub.clone(),
@@ -1627,7 +1674,7 @@ mod tests {
 
         fn defer(&self, seq: u64) {
             self.ctl
-                .send(Control::Defer {
+                .try_send(Control::Defer {
                     seq,
                     reason: "queue full".into(),
                     retry_after_ms: 50,
@@ -1735,7 +1782,7 @@ mod tests {
                 window: 1,
             },
         ] {
-            p.ctl.send(c).unwrap();
+            p.ctl.try_send(c).unwrap();
         }
         let second = tokio::time::timeout(Duration::from_secs(30), p.sent())
             .await
@@ -1774,8 +1821,8 @@ mod tests {
         let (out, _frames) = mpsc::channel(1);
         out.try_send(frame(Frame::Pong(pb::Pong { nonce: 0 })))
             .unwrap();
-        let (ctl, _ctl) = mpsc::unbounded_channel();
-        let (wants, _wants) = mpsc::unbounded_channel();
+        let (ctl, _ctl) = mpsc::channel(1);
+        let (wants, _wants) = mpsc::channel(1);
         let cx = Ctx {
             state: hub,
             out,
@@ -1804,6 +1851,59 @@ mod tests {
         });
         let r = control(chunk, &cx, &mut stop, Duration::from_secs(3600)).await;
         assert!(matches!(r, Err(LinkError::Stopped)), "{r:?}");
+    }
+
+    /// A peer that sends requests for attachment bytes, or answers, much
+    /// faster than they are served cannot make this node hold them without
+    /// limit: the link ends, saying why, and the refusal is counted.
+    #[tokio::test]
+    async fn a_peer_flooding_wants_or_answers_is_dropped() {
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let most = most_waiting(1);
+        // Nobody serves them, as when their tasks fall far behind.
+        let (ctl, _ctl) = mpsc::channel(most);
+        let (wants, _wants) = mpsc::channel(most);
+        let (out, _frames) = mpsc::channel(1);
+        let cx = Ctx {
+            state: hub.clone(),
+            out,
+            ctl,
+            wants,
+            sinks: Arc::default(),
+            peer_is_parent: false,
+            peer: "nghean".parse().unwrap(),
+        };
+        let (_stop_tx, mut stop) = watch::channel(false);
+        let limit = Duration::from_secs(5);
+        for (what, f) in [
+            ("requests for attachment bytes", Frame::Want(pb::Want::default())),
+            ("answers", Frame::Ack(pb::Ack { seq: 1, window: 1 })),
+        ] {
+            let mut handled = 0;
+            let ended = loop {
+                match control(f.clone(), &cx, &mut stop, limit).await {
+                    Ok(()) if handled <= most => handled += 1,
+                    other => break other,
+                }
+            };
+            assert_eq!(handled, most, "{what}: a well-behaved peer's worth is taken");
+            assert!(
+                matches!(&ended, Err(LinkError::Rpc(s))
+                    if s.code() == Code::ResourceExhausted && s.message().contains(what)),
+                "{what}: {ended:?}"
+            );
+        }
+        let metrics = crate::telemetry::render(&crate::telemetry::Telemetry::registry(
+            &hub,
+            Default::default(),
+        ));
+        assert!(
+            metrics.lines().any(|l| l.contains("source=\"link\"")
+                && l.contains("reason=\"resource_exhausted\"")
+                && l.ends_with(" 2")),
+            "{metrics}"
+        );
     }
 
     /// While a session is replaced, two senders wait on one queue: a new

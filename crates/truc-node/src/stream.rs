@@ -228,7 +228,7 @@ pub async fn serve(
     state: Arc<NodeState>,
     queue: String,
     out: mpsc::Sender<pb::LinkFrame>,
-    mut wants: mpsc::UnboundedReceiver<pb::Want>,
+    mut wants: mpsc::Receiver<pb::Want>,
     chunk_bytes: usize,
 ) -> Result<(), crate::link::LinkError> {
     while let Some(w) = wants.recv().await {
