@@ -289,33 +289,10 @@ async fn control(
     match f {
         Frame::Want(w) => hand_on(cx, &cx.wants, w, "requests for attachment bytes")?,
         Frame::Chunk(c) => {
-            let sink = cx
-                .sinks
-                .lock()
-                .ok()
-                .and_then(|s| s.get(&(c.seq, c.index)).cloned());
-            match sink {
-                Some(tx) => match tx.try_send((c.offset, c.data)) {
-                    Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-                    // Waiting here pushes back on the sender through HTTP/2
-                    // flow control, for a while.
-                    Err(mpsc::error::TrySendError::Full(piece)) => {
-                        tokio::select! {
-                            _ = crate::stopped(stop) => return Err(LinkError::Stopped),
-                            r = tokio::time::timeout(limit, tx.send(piece)) => if r.is_err() {
-                                return Err(LinkError::Rpc(Status::deadline_exceeded(format!(
-                                    "a chunk from the peer could not be handed on within {limit:?}"
-                                ))));
-                            },
-                        }
-                    }
-                },
-                None => tracing::debug!(
-                    seq = c.seq,
-                    index = c.index,
-                    "chunk for no open stream; ignored"
-                ),
-            }
+            to_sink(cx, (c.seq, c.index), Ok((c.offset, c.data)), stop, limit).await?;
+        }
+        Frame::Unavailable(u) => {
+            to_sink(cx, (u.seq, u.index), Err(u.reason), stop, limit).await?;
         }
         Frame::Defer(d) => hand_on(
             cx,
@@ -381,6 +358,37 @@ async fn control(
         }
     }
     Ok(())
+}
+
+/// Hands a chunk, or the sender's word that it has none, to the stream
+/// waiting for it. Waiting on a full one pushes back on the sender through
+/// HTTP/2 flow control, for `limit` at most.
+async fn to_sink(
+    cx: &Ctx,
+    key: (u64, u32),
+    piece: crate::stream::Piece,
+    stop: &mut watch::Receiver<bool>,
+    limit: Duration,
+) -> Result<(), LinkError> {
+    let Some(tx) = cx.sinks.lock().ok().and_then(|s| s.get(&key).cloned()) else {
+        tracing::debug!(
+            seq = key.0,
+            index = key.1,
+            "chunk for no open stream; ignored"
+        );
+        return Ok(());
+    };
+    match tx.try_send(piece) {
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(piece)) => tokio::select! {
+            _ = crate::stopped(stop) => Err(LinkError::Stopped),
+            r = tokio::time::timeout(limit, tx.send(piece)) => r.map(|_| ()).map_err(|_| {
+                LinkError::Rpc(Status::deadline_exceeded(format!(
+                    "a chunk from the peer could not be handed on within {limit:?}"
+                )))
+            }),
+        },
+    }
 }
 
 const ANSWERS: &str = "answers (acks, rejects, deferrals)";
@@ -1840,7 +1848,7 @@ mod tests {
             .expect("a ping is answered without waiting, or not at all");
 
         let (sink, _chunks) = mpsc::channel(1);
-        sink.try_send((0, Vec::new())).unwrap();
+        sink.try_send(Ok((0, Vec::new()))).unwrap();
         cx.sinks.lock().unwrap().insert((7, 0), sink);
         stop_tx.send(true).unwrap();
         let chunk = Frame::Chunk(pb::Chunk {
@@ -1877,7 +1885,10 @@ mod tests {
         let (_stop_tx, mut stop) = watch::channel(false);
         let limit = Duration::from_secs(5);
         for (what, f) in [
-            ("requests for attachment bytes", Frame::Want(pb::Want::default())),
+            (
+                "requests for attachment bytes",
+                Frame::Want(pb::Want::default()),
+            ),
             ("answers", Frame::Ack(pb::Ack { seq: 1, window: 1 })),
         ] {
             let mut handled = 0;
@@ -1887,7 +1898,10 @@ mod tests {
                     other => break other,
                 }
             };
-            assert_eq!(handled, most, "{what}: a well-behaved peer's worth is taken");
+            assert_eq!(
+                handled, most,
+                "{what}: a well-behaved peer's worth is taken"
+            );
             assert!(
                 matches!(&ended, Err(LinkError::Rpc(s))
                     if s.code() == Code::ResourceExhausted && s.message().contains(what)),
@@ -1904,6 +1918,70 @@ mod tests {
                 && l.ends_with(" 2")),
             "{metrics}"
         );
+    }
+
+    /// A `Want` the sender cannot serve (its attachment gone, its transfer
+    /// no longer queued) is answered at once, so the receiver need not wait
+    /// for chunks that never come, and serving goes on.
+    #[tokio::test]
+    async fn a_want_that_cannot_be_served_is_answered_and_serving_goes_on() {
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let kept = f.with_attachment(&hub, b"phu luc mot");
+        let gone = f.with_attachment(&hub, b"phu luc hai");
+        let gone_file = gone.attachments[0];
+        hub.accept_batch(
+            vec![(kept, None), (gone, None)],
+            &Origin::Child("vpcp".parse().unwrap()),
+        )
+        .unwrap();
+        let queued: Vec<u64> = hub
+            .queue_peek("child:nghean", None, 2)
+            .unwrap()
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect();
+        hub.blobs.remove(&gone_file).unwrap();
+        let (wants, want_rx) = mpsc::channel(8);
+        let (out, mut frames) = mpsc::channel(8);
+        let serving = tokio::spawn(crate::stream::serve(
+            hub.clone(),
+            "child:nghean".into(),
+            out,
+            want_rx,
+            1 << 10,
+        ));
+        let never_queued = 999;
+        for seq in [queued[1], never_queued, queued[0]] {
+            let w = pb::Want {
+                seq,
+                index: 0,
+                offset: 0,
+            };
+            wants.send(w).await.unwrap();
+        }
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(30), frames.recv())
+                .await
+                .expect("answered at once")
+                .and_then(|f| f.frame)
+        };
+        let f = next().await;
+        assert!(
+            matches!(&f, Some(Frame::Unavailable(u)) if u.seq == queued[1] && u.index == 0),
+            "{f:?}"
+        );
+        let f = next().await;
+        assert!(
+            matches!(&f, Some(Frame::Unavailable(u)) if u.seq == never_queued && u.reason.contains("no longer queued")),
+            "{f:?}"
+        );
+        let f = next().await;
+        assert!(
+            matches!(&f, Some(Frame::Chunk(c)) if c.seq == queued[0] && c.data == b"phu luc mot"),
+            "{f:?}"
+        );
+        assert!(!serving.is_finished(), "{:?}", serving.await);
     }
 
     /// While a session is replaced, two senders wait on one queue: a new
