@@ -619,20 +619,29 @@ pub async fn run_session(
                         None => break,
                     }
                 }
-                if let Err(why) = unanswered.read(&batch, most_unanswered, most_unanswered_bytes) {
+                let sizes: Vec<usize> = batch.iter().map(prost::Message::encoded_len).collect();
+                if let Err(why) = unanswered.read(
+                    batch.len(),
+                    sizes.iter().sum(),
+                    most_unanswered,
+                    most_unanswered_bytes,
+                ) {
                     break Err(flooded(&state, format!("{why} (window {})", params.window)));
                 }
                 // Inline transfers go in batches; each streamed one is a job of its
-                // own that waits for its chunks. Jobs complete in order.
+                // own that waits for its chunks. Jobs complete in order, each
+                // with the bytes it frees from `unanswered` once answered.
                 let mut closed = false;
                 let mut inline = Vec::new();
-                for t in batch {
+                let mut inline_bytes = 0;
+                for (t, size) in batch.into_iter().zip(sizes) {
                     if is_streamed(&t) {
                         if !inline.is_empty() {
                             let st = state.clone();
                             let b = std::mem::take(&mut inline);
+                            let job = tokio::task::spawn_blocking(move || prepare(&st, b));
                             closed |= prep_tx
-                                .send(tokio::task::spawn_blocking(move || prepare(&st, b)))
+                                .send((std::mem::take(&mut inline_bytes), job))
                                 .is_err();
                         }
                         let job = tokio::spawn(
@@ -641,16 +650,16 @@ pub async fn run_session(
                         );
                         jobs.retain(|j| !j.is_finished());
                         jobs.push(job.abort_handle());
-                        closed |= prep_tx.send(job).is_err();
+                        closed |= prep_tx.send((size, job)).is_err();
                     } else {
                         inline.push(t);
+                        inline_bytes += size;
                     }
                 }
                 if !inline.is_empty() {
                     let st = state.clone();
-                    closed |= prep_tx
-                        .send(tokio::task::spawn_blocking(move || prepare(&st, inline)))
-                        .is_err();
+                    let job = tokio::task::spawn_blocking(move || prepare(&st, inline));
+                    closed |= prep_tx.send((inline_bytes, job)).is_err();
                 }
                 if closed {
                     break Err(LinkError::Closed);
@@ -896,30 +905,22 @@ async fn push(
 
 type PrepJob = tokio::task::JoinHandle<Result<Vec<(u64, Prepared)>, NodeError>>;
 
+/// A job preparing transfers, with their encoded bytes (freed from
+/// [`Unanswered`] when they are answered).
+type Sized = (usize, PrepJob);
+
 /// Transfers read and not yet answered, by count and by encoded bytes: what
 /// a peer that does not wait for answers can make this node hold.
 #[derive(Default)]
 struct Unanswered {
     count: AtomicUsize,
     bytes: AtomicUsize,
-    /// Bytes per seq (a seq sent again after a deferral counts again).
-    sizes: Mutex<HashMap<u64, usize>>,
 }
 
 impl Unanswered {
-    /// Counts `batch` as read; over `most` transfers or `most_bytes`, the
-    /// reason the link ends.
-    fn read(&self, batch: &[pb::Transfer], most: usize, most_bytes: usize) -> Result<(), String> {
-        let mut bytes = 0;
-        {
-            let mut sizes = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
-            for t in batch {
-                let n = prost::Message::encoded_len(t);
-                *sizes.entry(t.seq).or_default() += n;
-                bytes += n;
-            }
-        }
-        let n = batch.len();
+    /// Counts `n` transfers of `bytes` as read; over `most` transfers or
+    /// `most_bytes`, the reason the link ends.
+    fn read(&self, n: usize, bytes: usize, most: usize, most_bytes: usize) -> Result<(), String> {
         if self.count.fetch_add(n, Ordering::Relaxed) + n > most {
             return Err(format!(
                 "the peer sent more than {most} transfers without waiting for answers"
@@ -933,17 +934,10 @@ impl Unanswered {
         Ok(())
     }
 
-    /// `prepared` is being answered.
-    fn answered(&self, prepared: &[(u64, Prepared)]) {
-        self.count.fetch_sub(prepared.len(), Ordering::Relaxed);
-        let freed: usize = {
-            let mut sizes = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
-            prepared
-                .iter()
-                .filter_map(|(seq, _)| sizes.remove(seq))
-                .sum()
-        };
-        self.bytes.fetch_sub(freed, Ordering::Relaxed);
+    /// `n` transfers of `bytes` are being answered.
+    fn answered(&self, n: usize, bytes: usize) {
+        self.count.fetch_sub(n, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 
@@ -965,19 +959,19 @@ enum Outcome {
 async fn apply(
     state: Arc<NodeState>,
     origin: Origin,
-    mut jobs: mpsc::UnboundedReceiver<PrepJob>,
+    mut jobs: mpsc::UnboundedReceiver<Sized>,
     acks: mpsc::UnboundedSender<Outcome>,
     unanswered: Arc<Unanswered>,
 ) -> Result<(), LinkError> {
     let mut deferred_from: Option<u64> = None;
     // A job taken while gathering, not finished yet; an error of one that was.
-    let mut held: Option<PrepJob> = None;
+    let mut held: Option<Sized> = None;
     let mut failed: Option<LinkError> = None;
     loop {
         if let Some(e) = failed.take() {
             return Err(e);
         }
-        let job = match held.take() {
+        let (mut bytes, job) = match held.take() {
             Some(j) => j,
             None => match jobs.recv().await {
                 Some(j) => j,
@@ -987,11 +981,12 @@ async fn apply(
         let mut prepared = job.await.map_err(|e| NodeError::Other(e.to_string()))??;
         // Jobs behind it that are already prepared are accepted with it: one
         // store transaction for all, in arrival order as before.
-        while let Ok(next) = jobs.try_recv() {
+        while let Ok((more_bytes, next)) = jobs.try_recv() {
             if !next.is_finished() {
-                held = Some(next);
+                held = Some((more_bytes, next));
                 break;
             }
+            bytes += more_bytes;
             match next.await {
                 Ok(Ok(more)) => prepared.extend(more),
                 Ok(Err(e)) => {
@@ -1004,7 +999,7 @@ async fn apply(
                 }
             }
         }
-        unanswered.answered(&prepared);
+        unanswered.answered(prepared.len(), bytes);
         // Arrival order first: what was refused or deferred while prepared, and
         // what goes to the store. Nothing after a deferral is taken.
         let mut steps: Vec<(u64, Step)> = Vec::with_capacity(prepared.len());
@@ -1556,7 +1551,7 @@ mod tests {
     /// `apply` for a child, fed prepared batches, its answers read back as
     /// (seq, "stored" | "refused" | "deferred").
     struct Applier {
-        jobs: mpsc::UnboundedSender<PrepJob>,
+        jobs: mpsc::UnboundedSender<Sized>,
         outcomes: mpsc::UnboundedReceiver<Outcome>,
         task: tokio::task::JoinHandle<Result<(), LinkError>>,
     }
@@ -1576,7 +1571,7 @@ mod tests {
 
         fn send(&self, batch: Vec<(u64, Prepared)>) {
             self.jobs
-                .send(tokio::spawn(async move { Ok(batch) }))
+                .send((0, tokio::spawn(async move { Ok(batch) })))
                 .unwrap();
         }
 
@@ -1811,11 +1806,15 @@ mod tests {
             }),
             ..Default::default()
         };
+        let size = |t: pb::Transfer| prost::Message::encoded_len(&t);
         let u = Unanswered::default();
-        u.read(&[big(1), big(2)], 100, 3 << 20).unwrap();
-        u.answered(&[(1, Prepared::Refused(Refusal::invalid("x")))]);
-        u.read(&[big(3)], 100, 3 << 20).unwrap();
-        let e = u.read(&[big(4), big(5)], 100, 3 << 20).unwrap_err();
+        u.read(2, size(big(1)) + size(big(2)), 100, 3 << 20)
+            .unwrap();
+        u.answered(1, size(big(1)));
+        u.read(1, size(big(3)), 100, 3 << 20).unwrap();
+        let e = u
+            .read(2, size(big(4)) + size(big(5)), 100, 3 << 20)
+            .unwrap_err();
         assert!(e.contains("bytes"), "{e}");
     }
 
