@@ -515,3 +515,75 @@ async fn the_same_100_mib_attachment_in_10_documents_is_stored_once_at_the_hub()
 fn uuid_like() -> String {
     truc_core::DocId::new_v7().to_string()
 }
+
+/// A sender that cannot serve an attachment it was asked for says so
+/// (`Unavailable`): the hub refuses that transfer at once, instead of waiting
+/// out its 120 s chunk stall, and the link goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attachment_the_sender_cannot_serve_is_refused_at_once_and_the_link_goes_on() {
+    let mut c = Cluster::new();
+    c.start("hub");
+    c.start("nghean");
+    let pki = c.dir.path().to_owned();
+    let mut link = raw_link(&pki, "vpcp", &c.hub_addr()).await.unwrap();
+    let data: Vec<u8> = (0..600_000u32).map(|i| (i % 241) as u8).collect();
+    let header = pb::Header {
+        format_version: 1,
+        doc_id: truc_core::DocId::new_v7().to_string(),
+        kind: pb::Kind::Document as i32,
+        from: G22.into(),
+        to: vec![H41.into()],
+        subject: "phụ lục đã mất".into(),
+        attachments: vec![pb::AttachmentRef {
+            name: "phu-luc.pdf".into(),
+            content_type: "application/pdf".into(),
+            size: data.len() as u64,
+            sha256: truc_store::Digest::of(&data).0.to_vec(),
+        }],
+        ..Default::default()
+    };
+    link.seq += 1;
+    let seq = link.seq;
+    link.tx
+        .send(frame(pb::link_frame::Frame::Transfer(pb::Transfer {
+            seq,
+            envelope: Some(seal_as(&pki, G22, &header)),
+            attachments: vec![],
+            recipients: vec![H41.into()],
+        })))
+        .await
+        .unwrap();
+    let (code, reason) = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        loop {
+            match link.rx.message().await.unwrap().and_then(|f| f.frame) {
+                Some(pb::link_frame::Frame::Want(w)) if w.seq == seq => {
+                    let u = pb::Unavailable {
+                        seq,
+                        index: w.index,
+                        reason: "gone from the sender's disk".into(),
+                    };
+                    link.tx
+                        .send(frame(pb::link_frame::Frame::Unavailable(u)))
+                        .await
+                        .unwrap();
+                }
+                Some(pb::link_frame::Frame::Reject(r)) if r.seq == seq => {
+                    return (Code::from_i32(r.code), r.reason);
+                }
+                Some(pb::link_frame::Frame::Ack(a)) if a.seq >= seq => {
+                    panic!("acknowledged a transfer whose bytes never came")
+                }
+                Some(_) => continue,
+                None => panic!("link closed"),
+            }
+        }
+    })
+    .await
+    .expect("refused at once, not after the chunk stall");
+    assert_eq!(code, Code::DataLoss, "{reason}");
+    assert!(reason.contains("gone from the sender's disk"), "{reason}");
+    // The same link goes on.
+    link.offer(sealed(&pki, G22, &[H41], "sau đó"), &[H41])
+        .await
+        .unwrap();
+}

@@ -357,3 +357,40 @@ async fn slow_loris_and_a_stream_flood_do_not_stop_legitimate_traffic() {
     // And a node that connects now still gets in.
     raw_link(&pki, "nghean", &hub).await.unwrap();
 }
+
+/// A peer that asks for attachment bytes far faster than it reads the
+/// answers cannot make the hub queue its requests without limit: the hub ends
+/// the link and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_flooding_requests_for_attachment_bytes_is_dropped() {
+    let mut c = Cluster::new();
+    c.start("hub");
+    let pki = c.dir.path().to_owned();
+    let RawLink { tx, mut rx, .. } = raw_link(&pki, "vpcp", &c.hub_addr()).await.unwrap();
+    // Requests for transfers the hub never sent: each is answered
+    // `Unavailable`, which this peer does not read.
+    let flood = tokio::spawn(async move {
+        for seq in 1..=2_000_000u64 {
+            let w = pb::Want {
+                seq,
+                index: 0,
+                offset: 0,
+            };
+            if tx.send(frame(Frame::Want(w))).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::task::block_in_place(|| {
+        c.wait_log(
+            "hub",
+            &["link ended", "without waiting for them to be served"],
+        )
+    });
+    flood.abort();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(_)) = rx.message().await {}
+    })
+    .await
+    .expect("the hub closed the link");
+}

@@ -273,62 +273,70 @@ async fn receive_streamed(
 /// Most transfers verified and stored as one batch.
 const MAX_BATCH: usize = 512;
 
-/// Handles a frame that is not a transfer.
-async fn control(f: Frame, cx: &Ctx) -> Result<(), LinkError> {
+/// Handles a frame that is not a transfer. Most are handed on at once; two
+/// can wait, and only they are raced against `stop`: a directory (its merge,
+/// off the async threads, cannot be cancelled: given up on, it would run on
+/// beside the parent's next copy, so it gets all the time it takes) and a
+/// chunk its stream does not take now, given up on after `limit` (the read
+/// loop must go on seeing the peer's other frames).
+async fn control(
+    f: Frame,
+    cx: &Ctx,
+    stop: &mut watch::Receiver<bool>,
+    limit: Duration,
+) -> Result<(), LinkError> {
     let (ctl, out, state, peer_is_parent) = (&cx.ctl, &cx.out, &cx.state, cx.peer_is_parent);
     match f {
-        Frame::Want(w) => {
-            let _ = cx.wants.send(w);
-        }
+        Frame::Want(w) => hand_on(cx, &cx.wants, w, "requests for attachment bytes")?,
         Frame::Chunk(c) => {
-            let sink = cx
-                .sinks
-                .lock()
-                .ok()
-                .and_then(|s| s.get(&(c.seq, c.index)).cloned());
-            match sink {
-                // Waiting here pushes back on the sender through HTTP/2 flow control.
-                Some(tx) => {
-                    let _ = tx.send((c.offset, c.data)).await;
-                }
-                None => tracing::debug!(
-                    seq = c.seq,
-                    index = c.index,
-                    "chunk for no open stream; ignored"
-                ),
-            }
+            to_sink(cx, (c.seq, c.index), Ok((c.offset, c.data)), stop, limit).await?;
         }
-        Frame::Defer(d) => {
-            let _ = ctl.send(Control::Defer {
+        Frame::Unavailable(u) => {
+            to_sink(cx, (u.seq, u.index), Err(u.reason), stop, limit).await?;
+        }
+        Frame::Defer(d) => hand_on(
+            cx,
+            ctl,
+            Control::Defer {
                 seq: d.seq,
                 reason: d.reason,
                 retry_after_ms: d.retry_after_ms,
-            });
-        }
+            },
+            ANSWERS,
+        )?,
         Frame::Directory(d) if peer_is_parent => {
             let st = state.clone();
-            tokio::task::spawn_blocking(move || st.set_directory(&d))
-                .await
-                .map_err(|e| NodeError::Other(e.to_string()))??;
+            tokio::select! {
+                _ = crate::stopped(stop) => return Err(LinkError::Stopped),
+                r = tokio::task::spawn_blocking(move || st.set_directory(&d)) => {
+                    r.map_err(|e| NodeError::Other(e.to_string()))??;
+                }
+            }
         }
         Frame::Directory(_) => {
             return Err(LinkError::Handshake(
                 "a child may not send a directory".into(),
             ));
         }
-        Frame::Ack(a) => {
-            let _ = ctl.send(Control::Ack {
+        Frame::Ack(a) => hand_on(
+            cx,
+            ctl,
+            Control::Ack {
                 seq: a.seq,
                 window: a.window,
-            });
-        }
-        Frame::Reject(r) => {
-            let _ = ctl.send(Control::Reject {
+            },
+            ANSWERS,
+        )?,
+        Frame::Reject(r) => hand_on(
+            cx,
+            ctl,
+            Control::Reject {
                 seq: r.seq,
                 code: r.code,
                 reason: r.reason,
-            });
-        }
+            },
+            ANSWERS,
+        )?,
         Frame::Ping(p) => {
             // Never waited for: with the outgoing frames full the peer has
             // proof of life enough, and a peer that pings and never reads
@@ -352,31 +360,76 @@ async fn control(f: Frame, cx: &Ctx) -> Result<(), LinkError> {
     Ok(())
 }
 
-/// [`control`], given up on at `stop` or when it cannot go on for `limit`
-/// (a chunk its stream does not take): the read loop must go on seeing both.
-/// A directory is given all the time it takes (its merge, off the async
-/// threads, cannot be cancelled: given up on, it would run on beside the
-/// parent's next copy).
-async fn control_within(
-    f: Frame,
+/// Hands a chunk, or the sender's word that it has none, to the stream
+/// waiting for it. Waiting on a full one pushes back on the sender through
+/// HTTP/2 flow control, for `limit` at most.
+async fn to_sink(
     cx: &Ctx,
+    key: (u64, u32),
+    piece: crate::stream::Piece,
     stop: &mut watch::Receiver<bool>,
     limit: Duration,
 ) -> Result<(), LinkError> {
-    if matches!(f, Frame::Directory(_)) {
-        return tokio::select! {
+    let Some(tx) = cx.sinks.lock().ok().and_then(|s| s.get(&key).cloned()) else {
+        tracing::debug!(
+            seq = key.0,
+            index = key.1,
+            "chunk for no open stream; ignored"
+        );
+        return Ok(());
+    };
+    match tx.try_send(piece) {
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(piece)) => tokio::select! {
             _ = crate::stopped(stop) => Err(LinkError::Stopped),
-            r = control(f, cx) => r,
-        };
+            r = tokio::time::timeout(limit, tx.send(piece)) => r.map(|_| ()).map_err(|_| {
+                LinkError::Rpc(Status::deadline_exceeded(format!(
+                    "a chunk from the peer could not be handed on within {limit:?}"
+                )))
+            }),
+        },
     }
-    tokio::select! {
-        _ = crate::stopped(stop) => Err(LinkError::Stopped),
-        r = tokio::time::timeout(limit, control(f, cx)) => r.unwrap_or_else(|_| {
-            Err(LinkError::Rpc(Status::deadline_exceeded(format!(
-                "a frame from the peer could not be handled within {limit:?}"
-            ))))
-        }),
+}
+
+const ANSWERS: &str = "answers (acks, rejects, deferrals)";
+
+/// How many of its `Want`s, or of its answers, a peer may have waiting
+/// here to be served. A well-behaved peer has at most one `Want` per
+/// streamed transfer it is receiving, and it ends the link itself past
+/// four windows of unanswered transfers; its answers are at most two per
+/// transfer of ours in flight (a reject and an ack, or an ack and a
+/// deferral), at most one window of them. So four windows, and a little
+/// more, are never filled by a peer that waits for what it asked; a window
+/// over 65,536 counts as 65,536 here, so that a peer cannot lift the bound
+/// by announcing a huge one.
+fn most_waiting(peer_window: u32) -> usize {
+    4 * peer_window.clamp(1, 1 << 16) as usize + 16
+}
+
+/// Hands a frame from the peer to the task that serves it, without waiting
+/// (the read loop must not). A full channel means a peer sending faster than
+/// it could be served ([`most_waiting`]): the link ends before it fills this
+/// node's memory, rather than read on and hold whatever it sends.
+fn hand_on<T>(cx: &Ctx, tx: &mpsc::Sender<T>, v: T, what: &str) -> Result<(), LinkError> {
+    match tx.try_send(v) {
+        // Closed: its task has ended, and the session with it.
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(_)) => Err(flooded(
+            &cx.state,
+            format!(
+                "the peer sent more than {} {what} without waiting for them to be served",
+                tx.max_capacity()
+            ),
+        )),
     }
+}
+
+/// The link ends because the peer sends more than it waits for; counted as
+/// input refused on the link (`resource_exhausted`), the reason logged
+/// where the session's end is.
+fn flooded(state: &NodeState, why: String) -> LinkError {
+    state.telemetry.refused("link", Code::ResourceExhausted);
+    LinkError::Rpc(Status::resource_exhausted(why))
 }
 
 /// Nodes kept from one child's report (a bound on what a child can make us hold).
@@ -386,8 +439,8 @@ const MAX_REPORTED_NODES: usize = 10_000;
 struct Ctx {
     state: Arc<NodeState>,
     out: mpsc::Sender<pb::LinkFrame>,
-    ctl: mpsc::UnboundedSender<Control>,
-    wants: mpsc::UnboundedSender<pb::Want>,
+    ctl: mpsc::Sender<Control>,
+    wants: mpsc::Sender<pb::Want>,
     sinks: crate::stream::Sinks,
     peer_is_parent: bool,
     peer: NodeId,
@@ -412,7 +465,9 @@ pub async fn run_session(
     let out = outbox.frames.clone();
     let mut senders = JoinSet::new();
     let mut receivers = JoinSet::new();
-    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    // Bounded: what the peer sends is read at once, served when its task
+    // gets to it; a peer far ahead of that is dropped (`hand_on`).
+    let (ctl_tx, ctl_rx) = mpsc::channel(most_waiting(peer_window));
     // Unbounded: the read loop must never wait for `apply`, which may be waiting
     // for a streamed transfer's chunks that only this loop reads. The peer's
     // window bounds the jobs, except after a deferral, when the peer sends
@@ -427,7 +482,7 @@ pub async fn run_session(
     // within its own in-flight bound, four times over as for the count.
     let most_unanswered_bytes = 4 * params.max_inflight_bytes.max(params.max_message_bytes);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-    let (want_tx, want_rx) = mpsc::unbounded_channel();
+    let (want_tx, want_rx) = mpsc::channel(most_waiting(peer_window));
     let cx = Ctx {
         state: state.clone(),
         out: out.clone(),
@@ -512,7 +567,7 @@ pub async fn run_session(
     let mut jobs: Vec<tokio::task::AbortHandle> = Vec::new();
     let result = loop {
         if let Some(f) = pending.pop_front() {
-            if let Err(e) = control_within(f, &cx, &mut stop, params.heartbeat_timeout).await {
+            if let Err(e) = control(f, &cx, &mut stop, params.heartbeat_timeout).await {
                 break Err(e);
             }
             continue;
@@ -564,23 +619,29 @@ pub async fn run_session(
                         None => break,
                     }
                 }
-                if let Err(why) = unanswered.read(&batch, most_unanswered, most_unanswered_bytes) {
-                    break Err(LinkError::Rpc(Status::resource_exhausted(format!(
-                        "{why} (window {})",
-                        params.window
-                    ))));
+                let sizes: Vec<usize> = batch.iter().map(prost::Message::encoded_len).collect();
+                if let Err(why) = unanswered.read(
+                    batch.len(),
+                    sizes.iter().sum(),
+                    most_unanswered,
+                    most_unanswered_bytes,
+                ) {
+                    break Err(flooded(&state, format!("{why} (window {})", params.window)));
                 }
                 // Inline transfers go in batches; each streamed one is a job of its
-                // own that waits for its chunks. Jobs complete in order.
+                // own that waits for its chunks. Jobs complete in order, each
+                // with the bytes it frees from `unanswered` once answered.
                 let mut closed = false;
                 let mut inline = Vec::new();
-                for t in batch {
+                let mut inline_bytes = 0;
+                for (t, size) in batch.into_iter().zip(sizes) {
                     if is_streamed(&t) {
                         if !inline.is_empty() {
                             let st = state.clone();
                             let b = std::mem::take(&mut inline);
+                            let job = tokio::task::spawn_blocking(move || prepare(&st, b));
                             closed |= prep_tx
-                                .send(tokio::task::spawn_blocking(move || prepare(&st, b)))
+                                .send((std::mem::take(&mut inline_bytes), job))
                                 .is_err();
                         }
                         let job = tokio::spawn(
@@ -589,16 +650,16 @@ pub async fn run_session(
                         );
                         jobs.retain(|j| !j.is_finished());
                         jobs.push(job.abort_handle());
-                        closed |= prep_tx.send(job).is_err();
+                        closed |= prep_tx.send((size, job)).is_err();
                     } else {
                         inline.push(t);
+                        inline_bytes += size;
                     }
                 }
                 if !inline.is_empty() {
                     let st = state.clone();
-                    closed |= prep_tx
-                        .send(tokio::task::spawn_blocking(move || prepare(&st, inline)))
-                        .is_err();
+                    let job = tokio::task::spawn_blocking(move || prepare(&st, inline));
+                    closed |= prep_tx.send((inline_bytes, job)).is_err();
                 }
                 if closed {
                     break Err(LinkError::Closed);
@@ -608,9 +669,7 @@ pub async fn run_session(
                 }
             }
             other => {
-                if let Err(e) =
-                    control_within(other, &cx, &mut stop, params.heartbeat_timeout).await
-                {
+                if let Err(e) = control(other, &cx, &mut stop, params.heartbeat_timeout).await {
                     break Err(e);
                 }
             }
@@ -650,7 +709,7 @@ async fn push(
     mut window: u32,
     max_bytes: usize,
     inline_max: u64,
-    mut ctl: mpsc::UnboundedReceiver<Control>,
+    mut ctl: mpsc::Receiver<Control>,
 ) -> Result<(), LinkError> {
     let mut notify = state.notifier(&queue);
     // (seq, bytes) of every transfer sent and not yet acknowledged.
@@ -846,30 +905,22 @@ async fn push(
 
 type PrepJob = tokio::task::JoinHandle<Result<Vec<(u64, Prepared)>, NodeError>>;
 
+/// A job preparing transfers, with their encoded bytes (freed from
+/// [`Unanswered`] when they are answered).
+type Sized = (usize, PrepJob);
+
 /// Transfers read and not yet answered, by count and by encoded bytes: what
 /// a peer that does not wait for answers can make this node hold.
 #[derive(Default)]
 struct Unanswered {
     count: AtomicUsize,
     bytes: AtomicUsize,
-    /// Bytes per seq (a seq sent again after a deferral counts again).
-    sizes: Mutex<HashMap<u64, usize>>,
 }
 
 impl Unanswered {
-    /// Counts `batch` as read; over `most` transfers or `most_bytes`, the
-    /// reason the link ends.
-    fn read(&self, batch: &[pb::Transfer], most: usize, most_bytes: usize) -> Result<(), String> {
-        let mut bytes = 0;
-        {
-            let mut sizes = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
-            for t in batch {
-                let n = prost::Message::encoded_len(t);
-                *sizes.entry(t.seq).or_default() += n;
-                bytes += n;
-            }
-        }
-        let n = batch.len();
+    /// Counts `n` transfers of `bytes` as read; over `most` transfers or
+    /// `most_bytes`, the reason the link ends.
+    fn read(&self, n: usize, bytes: usize, most: usize, most_bytes: usize) -> Result<(), String> {
         if self.count.fetch_add(n, Ordering::Relaxed) + n > most {
             return Err(format!(
                 "the peer sent more than {most} transfers without waiting for answers"
@@ -883,17 +934,10 @@ impl Unanswered {
         Ok(())
     }
 
-    /// `prepared` is being answered.
-    fn answered(&self, prepared: &[(u64, Prepared)]) {
-        self.count.fetch_sub(prepared.len(), Ordering::Relaxed);
-        let freed: usize = {
-            let mut sizes = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
-            prepared
-                .iter()
-                .filter_map(|(seq, _)| sizes.remove(seq))
-                .sum()
-        };
-        self.bytes.fetch_sub(freed, Ordering::Relaxed);
+    /// `n` transfers of `bytes` are being answered.
+    fn answered(&self, n: usize, bytes: usize) {
+        self.count.fetch_sub(n, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 
@@ -915,19 +959,19 @@ enum Outcome {
 async fn apply(
     state: Arc<NodeState>,
     origin: Origin,
-    mut jobs: mpsc::UnboundedReceiver<PrepJob>,
+    mut jobs: mpsc::UnboundedReceiver<Sized>,
     acks: mpsc::UnboundedSender<Outcome>,
     unanswered: Arc<Unanswered>,
 ) -> Result<(), LinkError> {
     let mut deferred_from: Option<u64> = None;
     // A job taken while gathering, not finished yet; an error of one that was.
-    let mut held: Option<PrepJob> = None;
+    let mut held: Option<Sized> = None;
     let mut failed: Option<LinkError> = None;
     loop {
         if let Some(e) = failed.take() {
             return Err(e);
         }
-        let job = match held.take() {
+        let (mut bytes, job) = match held.take() {
             Some(j) => j,
             None => match jobs.recv().await {
                 Some(j) => j,
@@ -937,11 +981,12 @@ async fn apply(
         let mut prepared = job.await.map_err(|e| NodeError::Other(e.to_string()))??;
         // Jobs behind it that are already prepared are accepted with it: one
         // store transaction for all, in arrival order as before.
-        while let Ok(next) = jobs.try_recv() {
+        while let Ok((more_bytes, next)) = jobs.try_recv() {
             if !next.is_finished() {
-                held = Some(next);
+                held = Some((more_bytes, next));
                 break;
             }
+            bytes += more_bytes;
             match next.await {
                 Ok(Ok(more)) => prepared.extend(more),
                 Ok(Err(e)) => {
@@ -954,7 +999,7 @@ async fn apply(
                 }
             }
         }
-        unanswered.answered(&prepared);
+        unanswered.answered(prepared.len(), bytes);
         // Arrival order first: what was refused or deferred while prepared, and
         // what goes to the store. Nothing after a deferral is taken.
         let mut steps: Vec<(u64, Step)> = Vec::with_capacity(prepared.len());
@@ -1506,7 +1551,7 @@ mod tests {
     /// `apply` for a child, fed prepared batches, its answers read back as
     /// (seq, "stored" | "refused" | "deferred").
     struct Applier {
-        jobs: mpsc::UnboundedSender<PrepJob>,
+        jobs: mpsc::UnboundedSender<Sized>,
         outcomes: mpsc::UnboundedReceiver<Outcome>,
         task: tokio::task::JoinHandle<Result<(), LinkError>>,
     }
@@ -1526,7 +1571,7 @@ mod tests {
 
         fn send(&self, batch: Vec<(u64, Prepared)>) {
             self.jobs
-                .send(tokio::spawn(async move { Ok(batch) }))
+                .send((0, tokio::spawn(async move { Ok(batch) })))
                 .unwrap();
         }
 
@@ -1598,7 +1643,7 @@ mod tests {
     /// `push` of nghean's queue at the hub, with the peer's side in hand.
     struct Pushing {
         frames: mpsc::Receiver<pb::LinkFrame>,
-        ctl: mpsc::UnboundedSender<Control>,
+        ctl: mpsc::Sender<Control>,
         task: tokio::task::JoinHandle<Result<(), LinkError>>,
     }
 
@@ -1609,7 +1654,7 @@ mod tests {
 
         fn with_window(hub: &Arc<NodeState>, window: u32) -> Self {
             let (out, frames) = mpsc::channel(16);
-            let (ctl, ctl_rx) = mpsc::unbounded_channel();
+            let (ctl, ctl_rx) = mpsc::channel(most_waiting(window));
             let queue = "child:nghean".to_string();
             let task = tokio::spawn(push(
                 hub.clone(),
@@ -1632,7 +1677,7 @@ mod tests {
 
         fn defer(&self, seq: u64) {
             self.ctl
-                .send(Control::Defer {
+                .try_send(Control::Defer {
                     seq,
                     reason: "queue full".into(),
                     retry_after_ms: 50,
@@ -1740,7 +1785,7 @@ mod tests {
                 window: 1,
             },
         ] {
-            p.ctl.send(c).unwrap();
+            p.ctl.try_send(c).unwrap();
         }
         let second = tokio::time::timeout(Duration::from_secs(30), p.sent())
             .await
@@ -1761,11 +1806,15 @@ mod tests {
             }),
             ..Default::default()
         };
+        let size = |t: pb::Transfer| prost::Message::encoded_len(&t);
         let u = Unanswered::default();
-        u.read(&[big(1), big(2)], 100, 3 << 20).unwrap();
-        u.answered(&[(1, Prepared::Refused(Refusal::invalid("x")))]);
-        u.read(&[big(3)], 100, 3 << 20).unwrap();
-        let e = u.read(&[big(4), big(5)], 100, 3 << 20).unwrap_err();
+        u.read(2, size(big(1)) + size(big(2)), 100, 3 << 20)
+            .unwrap();
+        u.answered(1, size(big(1)));
+        u.read(1, size(big(3)), 100, 3 << 20).unwrap();
+        let e = u
+            .read(2, size(big(4)) + size(big(5)), 100, 3 << 20)
+            .unwrap_err();
         assert!(e.contains("bytes"), "{e}");
     }
 
@@ -1779,8 +1828,8 @@ mod tests {
         let (out, _frames) = mpsc::channel(1);
         out.try_send(frame(Frame::Pong(pb::Pong { nonce: 0 })))
             .unwrap();
-        let (ctl, _ctl) = mpsc::unbounded_channel();
-        let (wants, _wants) = mpsc::unbounded_channel();
+        let (ctl, _ctl) = mpsc::channel(1);
+        let (wants, _wants) = mpsc::channel(1);
         let cx = Ctx {
             state: hub,
             out,
@@ -1793,12 +1842,12 @@ mod tests {
         let (stop_tx, mut stop) = watch::channel(false);
         let limit = Duration::from_secs(5);
         let ping = Frame::Ping(pb::Ping { nonce: 1 });
-        control_within(ping, &cx, &mut stop, limit)
+        control(ping, &cx, &mut stop, limit)
             .await
             .expect("a ping is answered without waiting, or not at all");
 
         let (sink, _chunks) = mpsc::channel(1);
-        sink.try_send((0, Vec::new())).unwrap();
+        sink.try_send(Ok((0, Vec::new()))).unwrap();
         cx.sinks.lock().unwrap().insert((7, 0), sink);
         stop_tx.send(true).unwrap();
         let chunk = Frame::Chunk(pb::Chunk {
@@ -1807,8 +1856,131 @@ mod tests {
             offset: 0,
             data: vec![1],
         });
-        let r = control_within(chunk, &cx, &mut stop, Duration::from_secs(3600)).await;
+        let r = control(chunk, &cx, &mut stop, Duration::from_secs(3600)).await;
         assert!(matches!(r, Err(LinkError::Stopped)), "{r:?}");
+    }
+
+    /// A peer that sends requests for attachment bytes, or answers, much
+    /// faster than they are served cannot make this node hold them without
+    /// limit: the link ends, saying why, and the refusal is counted.
+    #[tokio::test]
+    async fn a_peer_flooding_wants_or_answers_is_dropped() {
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let most = most_waiting(1);
+        // Nobody serves them, as when their tasks fall far behind.
+        let (ctl, _ctl) = mpsc::channel(most);
+        let (wants, _wants) = mpsc::channel(most);
+        let (out, _frames) = mpsc::channel(1);
+        let cx = Ctx {
+            state: hub.clone(),
+            out,
+            ctl,
+            wants,
+            sinks: Arc::default(),
+            peer_is_parent: false,
+            peer: "nghean".parse().unwrap(),
+        };
+        let (_stop_tx, mut stop) = watch::channel(false);
+        let limit = Duration::from_secs(5);
+        for (what, f) in [
+            (
+                "requests for attachment bytes",
+                Frame::Want(pb::Want::default()),
+            ),
+            ("answers", Frame::Ack(pb::Ack { seq: 1, window: 1 })),
+        ] {
+            let mut handled = 0;
+            let ended = loop {
+                match control(f.clone(), &cx, &mut stop, limit).await {
+                    Ok(()) if handled <= most => handled += 1,
+                    other => break other,
+                }
+            };
+            assert_eq!(
+                handled, most,
+                "{what}: a well-behaved peer's worth is taken"
+            );
+            assert!(
+                matches!(&ended, Err(LinkError::Rpc(s))
+                    if s.code() == Code::ResourceExhausted && s.message().contains(what)),
+                "{what}: {ended:?}"
+            );
+        }
+        let metrics = crate::telemetry::render(&crate::telemetry::Telemetry::registry(
+            &hub,
+            Default::default(),
+        ));
+        assert!(
+            metrics.lines().any(|l| l.contains("source=\"link\"")
+                && l.contains("reason=\"resource_exhausted\"")
+                && l.ends_with(" 2")),
+            "{metrics}"
+        );
+    }
+
+    /// A `Want` the sender cannot serve (its attachment gone, its transfer
+    /// no longer queued) is answered at once, so the receiver need not wait
+    /// for chunks that never come, and serving goes on.
+    #[tokio::test]
+    async fn a_want_that_cannot_be_served_is_answered_and_serving_goes_on() {
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let kept = f.with_attachment(&hub, b"phu luc mot");
+        let gone = f.with_attachment(&hub, b"phu luc hai");
+        let gone_file = gone.attachments[0];
+        hub.accept_batch(
+            vec![(kept, None), (gone, None)],
+            &Origin::Child("vpcp".parse().unwrap()),
+        )
+        .unwrap();
+        let queued: Vec<u64> = hub
+            .queue_peek("child:nghean", None, 2)
+            .unwrap()
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect();
+        hub.blobs.remove(&gone_file).unwrap();
+        let (wants, want_rx) = mpsc::channel(8);
+        let (out, mut frames) = mpsc::channel(8);
+        let serving = tokio::spawn(crate::stream::serve(
+            hub.clone(),
+            "child:nghean".into(),
+            out,
+            want_rx,
+            1 << 10,
+        ));
+        let never_queued = 999;
+        for seq in [queued[1], never_queued, queued[0]] {
+            let w = pb::Want {
+                seq,
+                index: 0,
+                offset: 0,
+            };
+            wants.send(w).await.unwrap();
+        }
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(30), frames.recv())
+                .await
+                .expect("answered at once")
+                .and_then(|f| f.frame)
+        };
+        let f = next().await;
+        assert!(
+            matches!(&f, Some(Frame::Unavailable(u)) if u.seq == queued[1] && u.index == 0),
+            "{f:?}"
+        );
+        let f = next().await;
+        assert!(
+            matches!(&f, Some(Frame::Unavailable(u)) if u.seq == never_queued && u.reason.contains("no longer queued")),
+            "{f:?}"
+        );
+        let f = next().await;
+        assert!(
+            matches!(&f, Some(Frame::Chunk(c)) if c.seq == queued[0] && c.data == b"phu luc mot"),
+            "{f:?}"
+        );
+        assert!(!serving.is_finished(), "{:?}", serving.await);
     }
 
     /// While a session is replaced, two senders wait on one queue: a new

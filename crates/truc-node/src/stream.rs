@@ -9,7 +9,11 @@
 //! attachment counts as stored. Memory per stream is a few chunks; the HTTP/2 window
 //! and a small channel push back on the sender.
 //!
-//! Sender: serves `Want`s one at a time from the blob file, chunk by chunk.
+//! Sender: serves `Want`s one at a time from the blob file, chunk by chunk; one
+//! it cannot serve (the transfer no longer queued, an offset past the end, the
+//! bytes gone or damaged) is answered `Unavailable`, and the receiver refuses
+//! that transfer at once. One it cannot read now ends the session, to be tried
+//! again by the next, for as long as `push` tries a queued entry it cannot read.
 
 use std::{
     collections::HashMap,
@@ -29,8 +33,12 @@ use crate::{
     state::{Claim, NodeState},
 };
 
+/// What a stream's writer is handed: a chunk (offset, bytes), or why the
+/// sender cannot serve it.
+pub type Piece = Result<(u64, Vec<u8>), String>;
+
 /// Chunk writers of one session, by (seq, attachment index).
-pub type Sinks = Arc<Mutex<HashMap<(u64, u32), mpsc::Sender<(u64, Vec<u8>)>>>>;
+pub type Sinks = Arc<Mutex<HashMap<(u64, u32), mpsc::Sender<Piece>>>>;
 
 /// The longest wait for the next chunk of a streamed attachment before the
 /// session ends (to resume from the durable offset in the next one).
@@ -124,7 +132,7 @@ pub async fn fetch(
             .check_space(size.saturating_sub(resume), state.storage.min_free_bytes)?;
         let mut partial = blocking(|| state.blobs.partial(&name, size, resume))?;
         let resumed = partial.offset() > 0;
-        let (tx, mut rx) = mpsc::channel::<(u64, Vec<u8>)>(4);
+        let (tx, mut rx) = mpsc::channel::<Piece>(4);
         if let Ok(mut s) = sinks.lock() {
             s.insert((seq, index), tx);
         }
@@ -178,11 +186,18 @@ pub async fn fetch(
                     }
                 }
             };
-            let Some((at, data)) = next else {
+            let Some(piece) = next else {
                 return Err(Fetch::Failed(NodeError::Other(
                     "link closed mid-stream".into(),
                 )));
             };
+            // The partial copy stays: a resend may resume it.
+            let (at, data) = piece.map_err(|why| {
+                Fetch::Refused(Refusal::new(
+                    tonic::Code::DataLoss,
+                    format!("the sender cannot serve attachment {index} of transfer {seq}: {why}"),
+                ))
+            })?;
             let n = data.len() as u64;
             blocking(|| partial.write(at, &data)).map_err(|e| match e {
                 e @ (BlobError::OutOfOrder { .. } | BlobError::TooLong { .. }) => {
@@ -228,7 +243,7 @@ pub async fn serve(
     state: Arc<NodeState>,
     queue: String,
     out: mpsc::Sender<pb::LinkFrame>,
-    mut wants: mpsc::UnboundedReceiver<pb::Want>,
+    mut wants: mpsc::Receiver<pb::Want>,
     chunk_bytes: usize,
 ) -> Result<(), crate::link::LinkError> {
     while let Some(w) = wants.recv().await {
@@ -245,21 +260,53 @@ pub async fn serve(
             )?))
         })
         .await
-        .map_err(|e| NodeError::Other(e.to_string()))??;
-        let Some((digest, size, name)) = found else {
-            tracing::debug!(seq = w.seq, "want for a transfer that is no longer queued");
-            continue;
+        .map_err(|e| NodeError::Other(e.to_string()))?;
+        let opened = match found {
+            Ok(Some((digest, size, name))) if w.offset <= size => {
+                match blob_reader(&state, digest, w.offset, false).await {
+                    Ok(file) => Ok((file, digest, size, name)),
+                    Err(e) => Err(e),
+                }
+            }
+            Ok(Some((_, size, _))) => {
+                tracing::warn!(
+                    seq = w.seq,
+                    offset = w.offset,
+                    size,
+                    "want beyond the end of the attachment"
+                );
+                unavailable(
+                    &out,
+                    &w,
+                    format!("offset {} is past its end ({size} bytes)", w.offset),
+                )
+                .await;
+                continue;
+            }
+            Ok(None) => {
+                tracing::debug!(seq = w.seq, "want for a transfer that is no longer queued");
+                unavailable(&out, &w, "the transfer is no longer queued here".into()).await;
+                continue;
+            }
+            Err(e) => Err(e),
         };
-        if w.offset > size {
-            tracing::warn!(
-                seq = w.seq,
-                offset = w.offset,
-                size,
-                "want beyond the end of the attachment"
-            );
-            continue;
-        }
-        let mut file = blob_reader(&state, digest, w.offset, false).await?;
+        let (mut file, digest, size, name) = match opened {
+            Ok(o) => {
+                state.read_ok(&queue, w.seq);
+                o
+            }
+            // As `push` does with an entry it cannot read now: the session
+            // ends and the next one, after the reconnect backoff, asks again.
+            Err(e) if e.is_transient() && state.retry_read(&queue, w.seq) => {
+                tracing::error!(%queue, seq = w.seq, error = %e, "cannot read a queued attachment now; the link restarts and tries again");
+                return Err(e.into());
+            }
+            Err(e) => {
+                tracing::error!(%queue, seq = w.seq, error = %e, "cannot serve a queued attachment; the peer refuses its transfer");
+                unavailable(&out, &w, e.to_string()).await;
+                continue;
+            }
+        };
         tracing::debug!(seq = w.seq, attachment = %name, from = w.offset, size, "streaming attachment");
         let mut offset = w.offset;
         while offset < size {
@@ -288,6 +335,20 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Tells the peer its `Want` cannot be served (a closed link needs no answer).
+async fn unavailable(out: &mpsc::Sender<pb::LinkFrame>, w: &pb::Want, reason: String) {
+    let u = pb::Unavailable {
+        seq: w.seq,
+        index: w.index,
+        reason,
+    };
+    let _ = out
+        .send(pb::LinkFrame {
+            frame: Some(Frame::Unavailable(u)),
+        })
+        .await;
 }
 
 /// Passes a stored blob's bytes through while hashing them. At the end, a
