@@ -6171,7 +6171,7 @@ fn pdf_verdict(
                 c.detail = "the signature covers an earlier revision".into();
             }
         }
-        Ok(Verdict::Invalid { reason }) => {
+        Ok(Verdict::Invalid { reason, .. }) => {
             c.verdict = "invalid".into();
             c.detail = reason;
         }
