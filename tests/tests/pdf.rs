@@ -87,6 +87,15 @@ fn pdf_signatures_are_checked_on_arrival_and_shown_with_the_document() {
     let at = changed.windows(7).position(|w| w == b"Quyet d").unwrap();
     changed[at] = b'X';
     let (sc, sk) = stranger();
+    // A decree signed by another agency (H14), then countersigned by the sender.
+    let (other_chain, other_key) = agency_key(&c, H14);
+    let decree = truc_pdfsig::sign_pdf(
+        &signed("Nghi dinh so 30", &other_chain, &other_key),
+        &chain,
+        &key,
+        now_ms() - 30_000,
+    )
+    .unwrap();
     let files = [
         write(&dir, "quyet-dinh.pdf", &good),
         write(&dir, "sua-doi.pdf", &changed),
@@ -97,6 +106,7 @@ fn pdf_signatures_are_checked_on_arrival_and_shown_with_the_document() {
             "hong.pdf",
             b"%PDF-1.7\n/ByteRange [0 10 99999999 5] /Contents <zz>\n",
         ),
+        write(&dir, "nghi-dinh.pdf", &decree),
     ];
     let mut args = vec![];
     for f in &files {
@@ -117,6 +127,10 @@ fn pdf_signatures_are_checked_on_arrival_and_shown_with_the_document() {
     });
     assert!(
         items.contains("quyet-dinh.pdf: valid (Văn phòng Chính phủ)"),
+        "{items}"
+    );
+    assert!(
+        items.contains("nghi-dinh.pdf: valid (Văn phòng Chính phủ), 2 signatures, signed by another agency than the sender (000.00.00.H14)"),
         "{items}"
     );
 
@@ -157,12 +171,64 @@ fn pdf_signatures_are_checked_on_arrival_and_shown_with_the_document() {
     let v = verdict("hong.pdf");
     assert_eq!(v["verdict"], "malformed", "{v}");
     assert!(!v["detail"].as_str().unwrap().is_empty(), "{v}");
+    // Every signature of the decree: the other agency's over the first
+    // revision, marked (not an error), the sender's over the whole file.
+    let each = |v: &serde_json::Value| -> Vec<(String, String, bool, bool)> {
+        v["signatures"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no signatures: {v}"))
+            .iter()
+            .map(|s| {
+                assert!(s["signing_time_ms"].as_i64().unwrap() > 0, "{s}");
+                assert!(!s["signer"].as_str().unwrap().is_empty(), "{s}");
+                (
+                    s["verdict"].as_str().unwrap().to_owned(),
+                    s["signer_organ"].as_str().unwrap().to_owned(),
+                    s["covers_whole_file"].as_bool().unwrap(),
+                    s["other_agency"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let want = vec![
+        ("valid".to_owned(), H14.to_owned(), false, true),
+        ("valid".to_owned(), G22.to_owned(), true, false),
+    ];
+    let v = verdict("nghi-dinh.pdf");
+    assert_eq!(v["verdict"], "valid", "{v}");
+    assert_eq!(each(&v), want, "{v}");
+    assert_eq!(each(&verdict("quyet-dinh.pdf")).len(), 1);
+    // The REST API shows the same, from the record kept across a restart.
+    c.stop("nghean");
+    c.start("nghean");
+    let (status, doc) = c.rest("nghean").get(&format!("/v1/inbox/{id}"));
+    assert_eq!(status, 200, "{doc}");
+    let rest_check = doc["pdf_signatures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["attachment"] == "nghi-dinh.pdf")
+        .unwrap_or_else(|| panic!("{doc:#}"))
+        .clone();
+    assert_eq!(each(&rest_check), want, "{rest_check}");
     // `truc get` says it too, for people.
     assert!(
         said.contains("quyet-dinh.pdf: signature valid, signed by Văn phòng Chính phủ"),
         "{said}"
     );
     assert!(said.contains("sua-doi.pdf: signature invalid"), "{said}");
+    assert!(
+        said.contains("  signature 1 of 2: valid, signed by ")
+            && said.contains("(agency 000.00.00.H14)")
+            && said.contains("over an earlier revision, signed by another agency than the sender"),
+        "{said}"
+    );
+    assert!(
+        said.contains(
+            "  signature 2 of 2: valid, signed by Văn phòng Chính phủ (agency 000.00.00.G22)"
+        ),
+        "{said}"
+    );
 
     // The edXML export for today's software carries the verdicts beside the package.
     let pkg = c.path("quyet-dinh.edxml");

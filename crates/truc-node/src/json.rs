@@ -80,6 +80,35 @@ pub fn inbox_item(i: &pb::InboxItem) -> Value {
     })
 }
 
+/// The signatures inside a document's PDF attachments (REST
+/// `/v1/inbox/{doc_id}`, `document.json` of `truc get`): per attachment the
+/// document's verdict and every signature.
+pub fn pdf_checks(checks: &[pb::PdfSignatureCheck]) -> Value {
+    Value::Array(
+        checks
+            .iter()
+            .map(|c| {
+                json!({
+                    "attachment": c.attachment,
+                    "verdict": c.verdict,
+                    "signer": c.signer,
+                    "signing_time_ms": c.signing_time_ms,
+                    "detail": c.detail,
+                    "signatures": c.signatures.iter().map(|s| json!({
+                        "verdict": s.verdict,
+                        "signer": s.signer,
+                        "signing_time_ms": s.signing_time_ms,
+                        "covers_whole_file": s.covers_whole_file,
+                        "detail": s.detail,
+                        "signer_organ": s.signer_organ,
+                        "other_agency": s.other_agency,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
 /// One node of the federation tree (`truc nodes --json`, the dashboard).
 pub fn node_view(n: &pb::NodeView) -> Value {
     json!({

@@ -730,6 +730,7 @@ async fn received(State(cx): State<Ctx>, headers: HeaderMap, Path(doc_id): Path<
             "sha256": hex::encode(&a.sha256),
             "href": format!("/v1/inbox/{doc_id}/attachments/{i}"),
         })).collect::<Vec<_>>(),
+        "pdf_signatures": crate::json::pdf_checks(&d.pdf_signatures),
         "envelope_base64": r.envelope.map(|e| base64::engine::general_purpose::STANDARD.encode(prost::Message::encode_to_vec(&e))),
     }))
     .into_response())

@@ -5697,7 +5697,7 @@ impl NodeState {
                         if report.as_ref().is_ok_and(|r| !r.is_final()) {
                             record = false;
                         }
-                        pdf_verdict(&a.name, report)
+                        pdf_verdict(&a.name, report, from)
                     }
                     Err(truc_store::BlobError::Missing(_)) => {
                         not_checked("the file is no longer kept here".into())
@@ -6148,16 +6148,27 @@ pub struct PdfCheck {
     pub max_bytes: u64,
 }
 
-/// One attachment's check as the API shows it.
+/// One attachment's check as the API shows it: the document's verdict, and
+/// each signature's with the agency a valid signer's certificate names
+/// (compared with `sender`, the organ that sent the document).
 fn pdf_verdict(
     name: &str,
     r: Result<truc_pdfsig::Report, truc_pdfsig::Error>,
+    sender: &str,
 ) -> pb::PdfSignatureCheck {
     use truc_pdfsig::Verdict;
     let mut c = pb::PdfSignatureCheck {
         attachment: name.to_owned(),
         ..Default::default()
     };
+    if let Ok(report) = &r {
+        c.signatures = report
+            .signatures
+            .iter()
+            .zip(&report.signers)
+            .map(|(v, s)| pdf_signature(v, s.as_ref(), sender))
+            .collect();
+    }
     match r.map(|r| r.summary()) {
         Ok(Verdict::Valid {
             signer,
@@ -6171,7 +6182,7 @@ fn pdf_verdict(
                 c.detail = "the signature covers an earlier revision".into();
             }
         }
-        Ok(Verdict::Invalid { reason }) => {
+        Ok(Verdict::Invalid { reason, .. }) => {
             c.verdict = "invalid".into();
             c.detail = reason;
         }
@@ -6193,7 +6204,54 @@ fn pdf_verdict(
     c
 }
 
-/// The checks of a document in one line: `name: verdict (signer)`, `;`-separated.
+/// One signature as the API shows it. Only a valid signature's certificate
+/// is read for an agency id (an untrusted one could name any); one that
+/// names none (a person's certificate from a national CA) is not compared.
+fn pdf_signature(
+    v: &truc_pdfsig::Verdict,
+    s: Option<&truc_pdfsig::Signer>,
+    sender: &str,
+) -> pb::PdfSignature {
+    use truc_pdfsig::Verdict;
+    let mut p = pb::PdfSignature {
+        signer: s.map(|s| s.name.clone()).unwrap_or_default(),
+        ..Default::default()
+    };
+    match v {
+        Verdict::Valid {
+            signer,
+            signing_time_ms,
+            covers_whole_file,
+        } => {
+            p.verdict = "valid".into();
+            p.signer = signer.clone();
+            p.signing_time_ms = signing_time_ms.unwrap_or(0);
+            p.covers_whole_file = *covers_whole_file;
+            if let Some(Ok(info)) = s.map(|s| truc_pki::identity::cert_info(&s.certificate))
+                && let truc_pki::identity::Identity::Organ(organ) = info.identity
+            {
+                p.other_agency = organ.as_str() != sender;
+                p.signer_organ = organ.to_string();
+            }
+        }
+        Verdict::Invalid { reason, .. } => {
+            p.verdict = "invalid".into();
+            p.detail = reason.clone();
+        }
+        Verdict::SignerUnknown { signer, reason } => {
+            p.verdict = "signer unknown".into();
+            p.signer = signer.clone();
+            p.detail = reason.clone();
+        }
+        // Not a signature's verdict (only the report's summary).
+        Verdict::Unsigned => p.verdict = "unsigned".into(),
+    }
+    p
+}
+
+/// The checks of a document in one line: `name: verdict (signer)`, then
+/// how many signatures when more than one and the agencies other than the
+/// sender that valid ones name, `;`-separated.
 pub fn pdf_summary(checks: &[pb::PdfSignatureCheck]) -> String {
     checks
         .iter()
@@ -6201,6 +6259,23 @@ pub fn pdf_summary(checks: &[pb::PdfSignatureCheck]) -> String {
             let mut s = format!("{}: {}", c.attachment, c.verdict);
             if !c.signer.is_empty() {
                 s.push_str(&format!(" ({})", c.signer));
+            }
+            if c.signatures.len() > 1 {
+                s.push_str(&format!(", {} signatures", c.signatures.len()));
+            }
+            let mut others: Vec<&str> = c
+                .signatures
+                .iter()
+                .filter(|p| p.other_agency)
+                .map(|p| p.signer_organ.as_str())
+                .collect();
+            others.sort_unstable();
+            others.dedup();
+            if !others.is_empty() {
+                s.push_str(&format!(
+                    ", signed by another agency than the sender ({})",
+                    others.join(", ")
+                ));
             }
             if !c.detail.is_empty() && c.verdict != "valid" {
                 s.push_str(&format!(" — {}", c.detail));
@@ -7354,6 +7429,221 @@ mod tests {
         assert_eq!(hub.queue_depth("child:nghean"), 2);
         assert_eq!(hub.queue_ack("child:nghean", u64::MAX).unwrap(), 2);
         assert_eq!(hub.queue_depth("child:nghean"), 0, "acks free the quota");
+    }
+
+    /// A signing key of the fixture's CA: its certificate chain and PKCS#8 key.
+    fn pdf_key(issued: truc_pki::dev::Issued) -> (Vec<Vec<u8>>, Vec<u8>) {
+        use rustls::pki_types::{PrivatePkcs8KeyDer, pem::PemObject};
+        let key = PrivatePkcs8KeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
+        (vec![issued.cert_der], key.secret_pkcs8_der().to_vec())
+    }
+
+    /// A decree signed by two agencies reaches the API with both signatures,
+    /// each with its signer, time, coverage and verdict; the one by another
+    /// agency than the sender is marked, and the verdict stays valid. A
+    /// certificate that names no agency is compared with nothing.
+    #[test]
+    fn each_pdf_signature_is_shown_and_one_by_another_agency_is_marked() {
+        let f = Fixture::new();
+        // Whole seconds: signing times are.
+        let now = now_ms() / 1000 * 1000;
+        let anchors = truc_pdfsig::TrustAnchors::from_pem(f.ca.cert_pem().as_bytes()).unwrap();
+        let justice = pdf_key(
+            f.ca.agency_cert(&"000.00.00.H14".parse().unwrap(), "Bộ Tư pháp")
+                .unwrap(),
+        );
+        let office = pdf_key(
+            f.ca.agency_cert(&"000.00.00.G22".parse().unwrap(), "Văn phòng Chính phủ")
+                .unwrap(),
+        );
+        let sign = |pdf: &[u8], (chain, key): &(Vec<Vec<u8>>, Vec<u8>), at: i64| {
+            truc_pdfsig::sign_pdf(pdf, chain, key, at).unwrap()
+        };
+        let pdf = truc_pdfsig::simple_pdf(&["Nghi dinh so 30/2020/ND-CP"]);
+        let pdf = sign(&pdf, &justice, now - 60_000);
+        let pdf = sign(&pdf, &office, now - 30_000);
+
+        let check = pdf_verdict(
+            "nghi-dinh.pdf",
+            truc_pdfsig::verify_pdf(&pdf, &anchors, now),
+            "000.00.00.G22",
+        );
+        // The summary as before.
+        assert_eq!(
+            (
+                check.verdict.as_str(),
+                check.signer.as_str(),
+                check.detail.as_str()
+            ),
+            ("valid", "Văn phòng Chính phủ", "")
+        );
+        let each: Vec<_> = check
+            .signatures
+            .iter()
+            .map(|s| {
+                (
+                    s.verdict.as_str(),
+                    s.signer.as_str(),
+                    s.signing_time_ms,
+                    s.covers_whole_file,
+                    s.signer_organ.as_str(),
+                    s.other_agency,
+                )
+            })
+            .collect();
+        assert_eq!(
+            each,
+            vec![
+                (
+                    "valid",
+                    "Bộ Tư pháp",
+                    now - 60_000,
+                    false,
+                    "000.00.00.H14",
+                    true
+                ),
+                (
+                    "valid",
+                    "Văn phòng Chính phủ",
+                    now - 30_000,
+                    true,
+                    "000.00.00.G22",
+                    false
+                ),
+            ]
+        );
+        assert_eq!(
+            pdf_summary(std::slice::from_ref(&check)),
+            "nghi-dinh.pdf: valid (Văn phòng Chính phủ), 2 signatures, signed by another agency than the sender (000.00.00.H14)"
+        );
+        // Sent by the Ministry of Justice itself: nobody else signed.
+        let by_justice = pdf_verdict(
+            "nghi-dinh.pdf",
+            truc_pdfsig::verify_pdf(&pdf, &anchors, now),
+            "000.00.00.H14",
+        );
+        let marks: Vec<bool> = by_justice
+            .signatures
+            .iter()
+            .map(|s| s.other_agency)
+            .collect();
+        assert_eq!(marks, vec![false, true]);
+
+        // A certificate naming no agency (a node's here; a person's from a
+        // national CA names none either): no organ, no mark.
+        let node = pdf_key(f.ca.node_cert(&"vpcp".parse().unwrap(), &[]).unwrap());
+        let pdf = sign(&truc_pdfsig::simple_pdf(&["x"]), &node, now - 1000);
+        let check = pdf_verdict(
+            "x.pdf",
+            truc_pdfsig::verify_pdf(&pdf, &anchors, now),
+            "000.00.00.G22",
+        );
+        let [only] = check.signatures.as_slice() else {
+            panic!("{check:?}")
+        };
+        assert_eq!(only.verdict, "valid");
+        assert_eq!((only.signer_organ.as_str(), only.other_agency), ("", false));
+        assert_eq!(
+            pdf_summary(std::slice::from_ref(&check)),
+            format!("x.pdf: valid ({})", only.signer)
+        );
+
+        // An invalid signature names its signer, but no agency: its
+        // certificate vouches for nothing.
+        let mut changed = sign(&truc_pdfsig::simple_pdf(&["y"]), &justice, now - 1000);
+        changed.extend_from_slice(b"\n% appended\n");
+        let check = pdf_verdict(
+            "y.pdf",
+            truc_pdfsig::verify_pdf(&changed, &anchors, now),
+            "000.00.00.G22",
+        );
+        let [only] = check.signatures.as_slice() else {
+            panic!("{check:?}")
+        };
+        assert_eq!(
+            (
+                only.verdict.as_str(),
+                only.signer.as_str(),
+                only.signer_organ.as_str(),
+                only.other_agency
+            ),
+            ("invalid", "Bộ Tư pháp", "", false)
+        );
+        assert!(only.detail.contains("changed after signing"), "{only:?}");
+    }
+
+    /// The verdicts recorded with a document keep every signature, and a
+    /// record written before truc kept them still reads, with its summary.
+    #[test]
+    fn recorded_pdf_checks_keep_each_signature_and_older_records_still_read() {
+        let f = Fixture::new();
+        let edge = f.edge(Arc::new(MemoryStore::new()));
+        let check = pb::PdfSignatureCheck {
+            attachment: "a.pdf".into(),
+            verdict: "valid".into(),
+            signer: "Văn phòng Chính phủ".into(),
+            signatures: vec![
+                pb::PdfSignature {
+                    verdict: "valid".into(),
+                    signer: "Bộ Tư pháp".into(),
+                    signer_organ: "000.00.00.H14".into(),
+                    other_agency: true,
+                    ..Default::default()
+                },
+                pb::PdfSignature {
+                    verdict: "valid".into(),
+                    signer: "Văn phòng Chính phủ".into(),
+                    covers_whole_file: true,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let put = |doc_id: &str, bytes: Vec<u8>| {
+            let mut b = Batch::default();
+            b.put(
+                Space::Meta,
+                NodeState::pdf_key("000.00.00.G22", doc_id),
+                bytes,
+            );
+            edge.store.apply(b).unwrap();
+        };
+        put(
+            "new",
+            pb::PdfSignatureChecks {
+                checks: vec![check.clone()],
+            }
+            .encode_to_vec(),
+        );
+        assert_eq!(
+            edge.pdf_checks_recorded("000.00.00.G22", "new").unwrap(),
+            Some(vec![check])
+        );
+        // As written before: fields 1 to 5 of each check, nothing else.
+        let mut old = Vec::new();
+        prost::encoding::message::encode(
+            1,
+            &pb::PdfSignatureCheck {
+                attachment: "a.pdf".into(),
+                verdict: "invalid".into(),
+                detail: "digest mismatch".into(),
+                ..Default::default()
+            },
+            &mut old,
+        );
+        put("old", old);
+        let got = edge
+            .pdf_checks_recorded("000.00.00.G22", "old")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                got[0].verdict.as_str(),
+                got[0].detail.as_str(),
+                got[0].signatures.len()
+            ),
+            ("invalid", "digest mismatch", 0)
+        );
     }
 
     #[test]

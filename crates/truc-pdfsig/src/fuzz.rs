@@ -74,6 +74,9 @@ proptest! {
             }
         }
         let result = verify_pdf(&pdf, anchors, crate::tests::NOW);
+        if let Ok(report) = &result {
+            prop_assert_eq!(report.signers.len(), report.signatures.len());
+        }
         if pdf != *signed && signed_bytes_replaced
             && let Ok(report) = &result
         {

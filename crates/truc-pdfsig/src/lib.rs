@@ -33,9 +33,16 @@
 //!    claim any earlier time), against the anchors' revocation lists
 //!    ([`TrustAnchors::set_crls`]) where they hold one for the issuer. An
 //!    expired, not yet valid or revoked certificate, or a list past its next
-//!    update, makes the signature [`Verdict::Invalid`]; any other chain
-//!    failure makes it [`Verdict::SignerUnknown`] with the signer's name. A
-//!    signing time more than five minutes after `now` is invalid.
+//!    update, makes the signature [`Verdict::Invalid`] (for a list past its
+//!    next update marked `revocation_unknown`: [`Report::is_final`] is false,
+//!    a fresh list may change it); any other chain failure makes it
+//!    [`Verdict::SignerUnknown`] with the signer's name. A signing time more
+//!    than five minutes after `now` is invalid.
+//!
+//! The [`Report`] has one verdict per signature, oldest revision first, and
+//! beside each the [`Signer`] its CMS names (name and certificate, for the
+//! caller to read what this crate does not, such as an agency id in a
+//! subject alternative name), and [`Report::summary`], the document's verdict.
 //!
 //! **Not checked** (left to a fuller PAdES validator): OCSP and the DSS
 //! dictionary, signature time-stamps (so a signature whose certificate has
@@ -194,7 +201,12 @@ pub enum Verdict {
     },
     /// Digest mismatch, bad signature, bad byte range, changed after signing,
     /// certificate expired or revoked, unsupported algorithm...
-    Invalid { reason: String },
+    Invalid {
+        reason: String,
+        /// The signer's revocation status cannot be known now (a revocation
+        /// list past its next update): a fresh list may change this verdict.
+        revocation_unknown: bool,
+    },
     /// The signature verifies but its chain does not lead to a trust anchor.
     SignerUnknown { signer: String, reason: String },
 }
@@ -215,7 +227,7 @@ impl Verdict {
                     format!("valid signature by {signer} (of an earlier revision)")
                 }
             }
-            Verdict::Invalid { reason } => format!("invalid signature: {reason}"),
+            Verdict::Invalid { reason, .. } => format!("invalid signature: {reason}"),
             Verdict::SignerUnknown { signer, reason } => {
                 format!("signature by {signer}, who is not trusted: {reason}")
             }
@@ -228,20 +240,36 @@ impl Verdict {
 pub struct Report {
     /// One per signature dictionary, in file order (oldest revision first).
     pub signatures: Vec<Verdict>,
+    /// Who made each signature, in the same order as `signatures`: `None`
+    /// where its CMS or certificate could not be read (the verdict says why).
+    /// Known for invalid signatures too, unless the reason is that it cannot
+    /// be read; trustworthy only where the verdict is [`Verdict::Valid`].
+    pub signers: Vec<Option<Signer>>,
 }
 
-/// How an invalid verdict begins when the signer's revocation status cannot
-/// be known now (a list past its next update): a verdict that a fresh list
-/// may change.
-pub const REVOCATION_UNKNOWN: &str = "the revocation status of ";
+/// The certificate a signature names as its signer's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signer {
+    /// The certificate's subject CN (or whole subject).
+    pub name: String,
+    /// The certificate, DER: for what this crate does not read (the
+    /// caller's identifiers in its subject alternative names).
+    pub certificate: Vec<u8>,
+}
 
 impl Report {
     /// Whether the verdicts hold for good: none of them waits on a
     /// revocation list past its next update.
     pub fn is_final(&self) -> bool {
-        !self.signatures.iter().any(
-            |v| matches!(v, Verdict::Invalid { reason } if reason.starts_with(REVOCATION_UNKNOWN)),
-        )
+        !self.signatures.iter().any(|v| {
+            matches!(
+                v,
+                Verdict::Invalid {
+                    revocation_unknown: true,
+                    ..
+                }
+            )
+        })
     }
 
     /// The document's verdict: the first invalid signature if any, else the
@@ -318,6 +346,7 @@ pub fn verify_pdf(pdf: &[u8], anchors: &TrustAnchors, now_ms: i64) -> Result<Rep
         }
         return Ok(Report {
             signatures: Vec::new(),
+            signers: Vec::new(),
         });
     }
     // The prefixes [0, b) of the byte ranges are hashed together, the tails
@@ -349,12 +378,12 @@ pub fn verify_pdf(pdf: &[u8], anchors: &TrustAnchors, now_ms: i64) -> Result<Rep
         .map(|d| d.byte_range[2].checked_add(d.byte_range[3]))
         .collect();
     let someone_covers_all = ends.contains(&Some(len));
-    let signatures = dicts
+    let (signatures, signers) = dicts
         .iter()
         .zip(&ends)
         .zip(prepared.into_iter().zip(&digests))
         .map(|((d, end), (prepared, digest))| {
-            let mut verdict = match prepared {
+            let (mut verdict, signer) = match prepared {
                 Ok(_) => verify::check(
                     pdf,
                     d,
@@ -363,7 +392,7 @@ pub fn verify_pdf(pdf: &[u8], anchors: &TrustAnchors, now_ms: i64) -> Result<Rep
                     digest.as_ref().map(|d| d.as_ref()),
                     &mut copy_budget,
                 ),
-                Err(verdict) => verdict,
+                Err(verdict) => (verdict, None),
             };
             let sub = d.sub_filter.as_deref().unwrap_or("");
             let covers = *end == Some(len);
@@ -377,6 +406,7 @@ pub fn verify_pdf(pdf: &[u8], anchors: &TrustAnchors, now_ms: i64) -> Result<Rep
                         "changed after signing: {} bytes appended after the signed range",
                         len.saturating_sub(*e)
                     ),
+                    revocation_unknown: false,
                 };
             }
             if let Verdict::Valid {
@@ -385,14 +415,17 @@ pub fn verify_pdf(pdf: &[u8], anchors: &TrustAnchors, now_ms: i64) -> Result<Rep
             {
                 *covers_whole_file = covers;
             }
-            if let Verdict::Invalid { reason } = &mut verdict
+            if let Verdict::Invalid { reason, .. } = &mut verdict
                 && !sub.is_empty()
                 && !matches!(sub, "adbe.pkcs7.detached" | "ETSI.CAdES.detached")
             {
                 reason.push_str(&format!(" (/SubFilter /{sub} is not supported)"));
             }
-            verdict
+            (verdict, signer)
         })
-        .collect();
-    Ok(Report { signatures })
+        .unzip();
+    Ok(Report {
+        signatures,
+        signers,
+    })
 }

@@ -85,7 +85,7 @@ pub(crate) fn signed_pdf(leaf: &Leaf) -> Vec<u8> {
 
 fn invalid_reason(v: &Verdict) -> &str {
     match v {
-        Verdict::Invalid { reason } => reason,
+        Verdict::Invalid { reason, .. } => reason,
         other => panic!("expected Invalid, got {other:?}"),
     }
 }
@@ -240,6 +240,13 @@ fn an_expired_or_revoked_signer_signs_nothing_valid_whatever_time_it_claims() {
     let reason = invalid_reason(&report.summary()).to_string();
     assert!(reason.contains("cannot be known"), "{reason}");
     assert!(!report.is_final(), "a fresh list may change it");
+    assert!(matches!(
+        report.summary(),
+        Verdict::Invalid {
+            revocation_unknown: true,
+            ..
+        }
+    ));
     // A current list that does not name it.
     anchors
         .set_crls(&[crl(&[], date_time_ymd(2025, 7, 1))])
@@ -291,6 +298,73 @@ fn two_signatures_each_get_a_verdict() {
         verify_pdf(&pdf, &ca.anchors(), NOW).unwrap().summary(),
         Verdict::SignerUnknown { signer, .. } if signer == "Mallory"
     ));
+}
+
+#[test]
+fn every_signature_names_its_signer_certificate_even_when_invalid() {
+    let ca = Ca::new("CA A");
+    let drafter = ca.leaf("Nguyen Van A");
+    let minister = ca.leaf("Pham Van D");
+    let first = signed_pdf(&drafter);
+    let pdf = sign_pdf(
+        &first,
+        &minister.chain,
+        &minister.key_pkcs8,
+        SIGNED_AT + 1000,
+    )
+    .unwrap();
+    let report = verify_pdf(&pdf, &ca.anchors(), NOW).unwrap();
+    let signers: Vec<(&str, &[u8])> = report
+        .signers
+        .iter()
+        .map(|s| {
+            let s = s.as_ref().expect("a readable signer");
+            (s.name.as_str(), s.certificate.as_slice())
+        })
+        .collect();
+    assert_eq!(
+        signers,
+        vec![
+            ("Nguyen Van A", drafter.chain[0].as_slice()),
+            ("Pham Van D", minister.chain[0].as_slice())
+        ]
+    );
+    // Changed after the last signature: both invalid, their signers still named.
+    let mut changed = pdf.clone();
+    changed.extend_from_slice(b"\n% appended\n");
+    let report = verify_pdf(&changed, &ca.anchors(), NOW).unwrap();
+    assert!(
+        report
+            .signatures
+            .iter()
+            .all(|v| invalid_reason(v).contains("changed after signing"))
+    );
+    let names: Vec<Option<&str>> = report
+        .signers
+        .iter()
+        .map(|s| s.as_ref().map(|s| s.name.as_str()))
+        .collect();
+    assert_eq!(names, vec![Some("Nguyen Van A"), Some("Pham Van D")]);
+}
+
+#[test]
+fn only_a_verdict_marked_revocation_unknown_may_change() {
+    let v = |reason: &str, revocation_unknown| Report {
+        signatures: vec![Verdict::Invalid {
+            reason: reason.into(),
+            revocation_unknown,
+        }],
+        signers: vec![None],
+    };
+    // The mark decides, not the wording.
+    assert!(!v("whatever it says", true).is_final());
+    assert!(
+        v(
+            "the revocation status of X's certificate cannot be known",
+            false
+        )
+        .is_final()
+    );
 }
 
 #[test]
@@ -630,7 +704,7 @@ fn malformed(pdf: &[u8], anchors: &TrustAnchors) -> String {
     match verify_pdf(pdf, anchors, NOW) {
         Err(Error::Malformed(r)) => r,
         Ok(r) => match r.summary() {
-            Verdict::Invalid { reason } => reason,
+            Verdict::Invalid { reason, .. } => reason,
             other => panic!("expected Malformed or Invalid, got {other:?}"),
         },
         Err(e) => panic!("{e:?}"),

@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use webpki::{EndEntityCert, KeyPurposeIdIter};
 use x509_cert::{Certificate, ext::pkix::SubjectKeyIdentifier, time::Time};
 
-use crate::{TrustAnchors, Verdict, pdf::SigDict, tlv};
+use crate::{Signer, TrustAnchors, Verdict, pdf::SigDict, tlv};
 
 pub(crate) const ID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
 pub(crate) const ID_SIGNED_DATA: ObjectIdentifier =
@@ -79,8 +79,13 @@ impl Hash {
 fn invalid(reason: impl Into<String>) -> Verdict {
     Verdict::Invalid {
         reason: reason.into(),
+        revocation_unknown: false,
     }
 }
+
+/// How an invalid verdict begins when the signer's revocation status cannot
+/// be known now (`Verdict::Invalid::revocation_unknown`).
+const REVOCATION_UNKNOWN: &str = "the revocation status of ";
 
 /// The signed ranges `[0, b)` and `[c, c + d)`, if sane for a file of `len` bytes.
 pub(crate) fn ranges(sig: &SigDict, len: usize) -> Result<[(usize, usize); 2], String> {
@@ -278,7 +283,8 @@ pub(crate) fn signed_digests(
 /// once [`prepare`] found nothing wrong with it. `digest`: the digest of its
 /// signed bytes, with the algorithm `prepare` gave ([`signed_digests`]). A signature without signed
 /// attributes is verified over a copy of its signed bytes, taken from
-/// `copy_budget` (bytes; none left: invalid, not checked).
+/// `copy_budget` (bytes; none left: invalid, not checked). With the verdict,
+/// the signer's certificate when the CMS names one that can be read.
 pub(crate) fn check(
     pdf: &[u8],
     sig: &SigDict,
@@ -286,8 +292,19 @@ pub(crate) fn check(
     now_ms: i64,
     content_digest: Option<&[u8]>,
     copy_budget: &mut u64,
-) -> Verdict {
-    check_inner(pdf, sig, anchors, now_ms, content_digest, copy_budget).unwrap_or_else(|v| v)
+) -> (Verdict, Option<Signer>) {
+    let mut signer = None;
+    let verdict = check_inner(
+        pdf,
+        sig,
+        anchors,
+        now_ms,
+        content_digest,
+        copy_budget,
+        &mut signer,
+    )
+    .unwrap_or_else(|v| v);
+    (verdict, signer)
 }
 
 fn check_inner(
@@ -297,6 +314,7 @@ fn check_inner(
     now_ms: i64,
     content_digest: Option<&[u8]>,
     copy_budget: &mut u64,
+    signer_out: &mut Option<Signer>,
 ) -> Result<Verdict, Verdict> {
     let ranges = ranges(sig, pdf.len()).map_err(invalid)?;
     // Decoded here, one signature at a time (not kept for every dictionary);
@@ -312,6 +330,10 @@ fn check_inner(
     } = decode_cms(&contents)?;
     let si = &si;
     let signer = signer_name(signer_der);
+    *signer_out = Some(Signer {
+        name: signer.clone(),
+        certificate: signer_der.to_vec(),
+    });
 
     // 4. The signature, over the signed attributes or the content itself.
     let alg = verification_alg(si, &signer_cert, hash).map_err(invalid)?;
@@ -459,10 +481,10 @@ fn check_inner(
             Err(invalid(format!("the certificate of {signer} is revoked")))
         }
         Err(e @ (webpki::Error::CrlExpired { .. } | webpki::Error::UnknownRevocationStatus)) => {
-            Err(invalid(format!(
-                "{}{signer}'s certificate cannot be known: {e}",
-                crate::REVOCATION_UNKNOWN
-            )))
+            Err(Verdict::Invalid {
+                reason: format!("{REVOCATION_UNKNOWN}{signer}'s certificate cannot be known: {e}"),
+                revocation_unknown: true,
+            })
         }
         Err(e) => Err(Verdict::SignerUnknown {
             signer,

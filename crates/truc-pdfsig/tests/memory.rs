@@ -102,7 +102,7 @@ fn contents_are_decoded_one_signature_at_a_time() {
     for v in &report.signatures {
         // Decoded, its CMS read, its signed bytes hashed.
         match v {
-            truc_pdfsig::Verdict::Invalid { reason } => {
+            truc_pdfsig::Verdict::Invalid { reason, .. } => {
                 assert!(reason.starts_with("digest mismatch"), "{reason}")
             }
             other => panic!("{other:?}"),

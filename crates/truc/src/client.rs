@@ -165,7 +165,43 @@ pub fn print_pdf_checks(checks: &[pb::PdfSignatureCheck]) {
             line.push_str(&format!(" — {}", c.detail));
         }
         eprintln!("{line}");
+        // Every signature when there are several, or when the one there is
+        // was made by another agency than the sender (not an error: said so).
+        if c.signatures.len() > 1 || c.signatures.iter().any(|s| s.other_agency) {
+            for (i, s) in c.signatures.iter().enumerate() {
+                eprintln!("  {}", pdf_signature_line(i + 1, c.signatures.len(), s));
+            }
+        }
     }
+}
+
+/// One signature of a PDF, for people: `signature 2 of 3: valid, signed by
+/// … (agency …) at …, over an earlier revision — why`.
+pub fn pdf_signature_line(n: usize, of: usize, s: &pb::PdfSignature) -> String {
+    let mut line = format!("signature {n} of {of}: {}", s.verdict);
+    if !s.signer.is_empty() {
+        line.push_str(&format!(", signed by {}", s.signer));
+    }
+    if !s.signer_organ.is_empty() {
+        line.push_str(&format!(" (agency {})", s.signer_organ));
+    }
+    if s.signing_time_ms != 0 {
+        line.push_str(&format!(" at {}", time(s.signing_time_ms)));
+    }
+    if s.verdict == "valid" {
+        line.push_str(if s.covers_whole_file {
+            ", over the whole file"
+        } else {
+            ", over an earlier revision"
+        });
+    }
+    if s.other_agency {
+        line.push_str(", signed by another agency than the sender");
+    }
+    if !s.detail.is_empty() {
+        line.push_str(&format!(" — {}", s.detail));
+    }
+    line
 }
 
 /// Unix milliseconds as Vietnam local time (UTC+7), as edXML dates are.
@@ -655,10 +691,7 @@ pub async fn get(config: &Path, doc_id: &str, from: Option<String>, out: &Path) 
         "attachments": doc.attachments.iter().map(|a| serde_json::json!({
             "name": a.name, "content_type": a.content_type, "size": a.size, "sha256": hex_of(&a.sha256),
         })).collect::<Vec<_>>(),
-        "pdf_signatures": doc.pdf_signatures.iter().map(|c| serde_json::json!({
-            "attachment": c.attachment, "verdict": c.verdict, "signer": c.signer,
-            "signing_time_ms": c.signing_time_ms, "detail": c.detail,
-        })).collect::<Vec<_>>(),
+        "pdf_signatures": truc_node::json::pdf_checks(&doc.pdf_signatures),
     });
     print_pdf_checks(&doc.pdf_signatures);
     std::fs::write(
