@@ -180,6 +180,24 @@ fn every_vdxp_operation_works_over_rest() {
         (201, Some(true)),
         "{again}"
     );
+    // A name that would display as another is refused with the reason.
+    let (s, e) = vpcp.post(
+        "/v1/documents",
+        json!({"from": G22, "to": [H41], "subject": "x",
+               "attachments": [{"name": "hop-dong\u{2067}fdp.exe", "data_base64": "TVo="}]}),
+    );
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (400, Some("INVALID_ARGUMENT")),
+        "{e}"
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("bidirectional override characters"),
+        "{e}"
+    );
     // An unknown recipient is refused with a reason naming it.
     let (s, e) = vpcp.post(
         "/v1/documents",

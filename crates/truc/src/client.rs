@@ -668,7 +668,7 @@ pub async fn get(config: &Path, doc_id: &str, from: Option<String>, out: &Path) 
     let files = file_names(&doc.attachments);
     for (i, (a, file)) in doc.attachments.iter().zip(&files).enumerate() {
         // Names were checked by every hop; check again before touching the disk.
-        truc_node::envelope::check_attachment_name(&a.name).map_err(|e| anyhow!(e))?;
+        truc_core::check_attachment_name(&a.name).map_err(|e| anyhow!(e))?;
         if file != &a.name {
             println!(
                 "  {}: saved as {file} (another attachment has its name)",
