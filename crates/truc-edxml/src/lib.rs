@@ -311,6 +311,13 @@ mod tests {
         };
         let e = parse(xml.as_bytes(), &limits).unwrap_err();
         assert!(e.reason.contains("together"), "{e}");
+        assert_eq!(
+            e.reason,
+            format!(
+                "the attachments together are over the package's limit of {} bytes",
+                2 << 20
+            )
+        );
         assert!(e.element.contains("Attachment[4]"), "{e}");
         let roomy = Limits {
             max_total_attachment_bytes: 4 << 20,
