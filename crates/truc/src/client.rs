@@ -1044,10 +1044,11 @@ pub async fn requeue(config: &Path, doc_id: &str) -> Result<u32> {
         .requeued)
 }
 
-pub async fn trace(config: &Path, doc_id: &str, json: bool) -> Result<()> {
+pub async fn trace(config: &Path, doc_id: &str, from: Option<&str>, json: bool) -> Result<()> {
     let cfg = Config::load(config)?;
     let req = pb::TraceRequest {
         doc_id: doc_id.into(),
+        from: from.unwrap_or_default().into(),
     };
     let steps = if cfg.agency_api.is_some() {
         connect(config)
