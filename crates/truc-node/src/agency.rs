@@ -511,7 +511,7 @@ impl Agency for AgencyService {
         &self,
         req: Request<Streaming<pb::UploadChunk>>,
     ) -> Result<Response<pb::UploadResult>, Status> {
-        upload(&self.state, req.into_inner())
+        upload(&self.state, req.into_inner(), None)
             .await
             .map(Response::new)
     }
@@ -1053,7 +1053,14 @@ fn upload_name(id: &uuid::Uuid) -> String {
 /// Receives an attachment in chunks into a resumable partial file, then into the
 /// content-addressed store. Size limits and free space are checked before a byte
 /// is written; a cut leaves a durable prefix to resume from.
-pub async fn upload<S>(state: &Arc<NodeState>, mut stream: S) -> Result<pb::UploadResult, Status>
+///
+/// Refusals name the upload `known_as`, the id its client chose, when the
+/// chunks carry another (REST derives one per application); else their own.
+pub async fn upload<S>(
+    state: &Arc<NodeState>,
+    mut stream: S,
+    known_as: Option<&str>,
+) -> Result<pb::UploadResult, Status>
 where
     S: futures::Stream<Item = Result<pb::UploadChunk, Status>> + Unpin,
 {
@@ -1063,6 +1070,7 @@ where
         .transpose()?
         .ok_or_else(|| Status::invalid_argument("empty upload"))?;
     let id: uuid::Uuid = parse("upload_id", &first.upload_id)?;
+    let shown = known_as.map_or_else(|| id.to_string(), str::to_owned);
     let size = first.size;
     if size > state.limits.max_attachment_bytes {
         return Err(Status::resource_exhausted(format!(
@@ -1084,7 +1092,7 @@ where
         // answer, if it announces the same content.
         if done_size != size || expected.is_some_and(|e| e != digest) {
             return Err(Status::invalid_argument(format!(
-                "upload {id} already finished as {done_size} bytes with sha256 {digest}; \
+                "upload {shown} already finished as {done_size} bytes with sha256 {digest}; \
                  a different attachment needs a new upload_id"
             )));
         }
@@ -1098,13 +1106,13 @@ where
     let resume = recorded.min(state.blobs.partial_len(&name).unwrap_or(0));
     if size < resume {
         return Err(Status::invalid_argument(format!(
-            "upload {id} already holds {resume} bytes, more than the {size} announced now; \
+            "upload {shown} already holds {resume} bytes, more than the {size} announced now; \
              a different attachment needs a new upload_id"
         )));
     }
     if first.offset != resume {
         return Err(Status::failed_precondition(format!(
-            "upload {id} continues at byte {resume}, not {}",
+            "upload {shown} continues at byte {resume}, not {}",
             first.offset
         )));
     }
@@ -1121,10 +1129,19 @@ where
         if chunk.upload_id != id.to_string() && !chunk.upload_id.is_empty() {
             return Err(Status::invalid_argument("one upload per stream"));
         }
+        // Said of the upload, not of the partial file that holds it.
         tokio::task::block_in_place(|| partial.write(chunk.offset, &chunk.data)).map_err(|e| {
             match e {
-                e @ (truc_store::BlobError::OutOfOrder { .. }
-                | truc_store::BlobError::TooLong { .. }) => Status::invalid_argument(e.to_string()),
+                truc_store::BlobError::OutOfOrder { have, got, .. } => {
+                    Status::invalid_argument(format!(
+                        "upload {shown}: data at offset {got} does not continue the {have} bytes received"
+                    ))
+                }
+                truc_store::BlobError::TooLong { size, got, .. } => {
+                    Status::invalid_argument(format!(
+                        "upload {shown}: {got} bytes exceed the announced size of {size}"
+                    ))
+                }
                 other => io(other),
             }
         })?;
@@ -1145,7 +1162,7 @@ where
             // A newer stream for this upload: the client retried, and this
             // stream's connection is dead or about to be.
             () = claim.taken_over() => Some(Status::aborted(format!(
-                "upload {id} was taken over by a newer stream"
+                "upload {shown} was taken over by a newer stream"
             ))),
         };
         if let Some(status) = gone {
@@ -1161,7 +1178,7 @@ where
         let t = state.record_partial(&name, durable).map_err(Status::from)?;
         state.durable(t).await.map_err(Status::from)?;
         return Err(Status::failed_precondition(format!(
-            "upload {id} stopped at byte {durable} of {size}; resume from there"
+            "upload {shown} stopped at byte {durable} of {size}; resume from there"
         )));
     }
     let digest =
@@ -1169,7 +1186,7 @@ where
             Ok(d) => d,
             Err(e @ truc_store::BlobError::Mismatch { .. }) => {
                 let _ = state.clear_partial(&name);
-                return Err(Status::invalid_argument(format!("upload {id}: {e}")));
+                return Err(Status::invalid_argument(format!("upload {shown}: {e}")));
             }
             Err(e) => return Err(io(e)),
         };
@@ -1340,7 +1357,7 @@ mod tests {
     ) {
         let (tx, rx) = mpsc::channel(4);
         let st = state.clone();
-        let task = tokio::spawn(async move { upload(&st, ReceiverStream::new(rx)).await });
+        let task = tokio::spawn(async move { upload(&st, ReceiverStream::new(rx), None).await });
         (tx, task)
     }
 

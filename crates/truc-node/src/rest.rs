@@ -615,7 +615,8 @@ async fn upload(
     Query(q): Query<UploadQuery>,
     body: Body,
 ) -> Res {
-    let upload_id = app_upload_id(cx.app(&headers)?, &upload_id)?;
+    let known_as = upload_id;
+    let upload_id = app_upload_id(cx.app(&headers)?, &known_as)?;
     let announce = match q.sha256.as_deref().map(str::trim) {
         None | Some("") => Vec::new(),
         Some(h) => hex::decode(h).map_err(|e| bad(format!("sha256: {e}")))?,
@@ -652,7 +653,8 @@ async fn upload(
         std::future::ready(out)
     });
     let chunks = futures::stream::once(std::future::ready(Ok(first))).chain(chunks);
-    let r = crate::agency::upload(&cx.state, Box::pin(chunks)).await?;
+    // Refusals name the id the application chose, not the node's own.
+    let r = crate::agency::upload(&cx.state, Box::pin(chunks), Some(&known_as)).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"sha256": hex::encode(r.sha256), "size": r.size})),
