@@ -262,27 +262,31 @@ impl Ctx {
         doc_id: &str,
     ) -> Result<pb::GetStatusResponse, ApiError> {
         let app = self.app(headers)?.clone();
-        let mut refused = None;
-        for organ in &app.organs {
-            match self
-                .svc
-                .get_status(Request::new(pb::GetStatusRequest {
-                    doc_id: doc_id.into(),
-                    from: organ.to_string(),
-                }))
-                .await
-            {
-                Ok(s) => return Ok(s.into_inner()),
-                Err(e) if e.code() == tonic::Code::NotFound => {}
-                Err(e) => refused = Some(e),
-            }
-        }
-        Err(ApiError(refused.unwrap_or_else(|| {
-            Status::not_found(format!(
+        let not_found = || {
+            ApiError(Status::not_found(format!(
                 "no document {doc_id} was sent from this edge by application {}'s agencies",
                 app.name
-            ))
-        })))
+            )))
+        };
+        if app.organs.is_empty() {
+            return Err(not_found());
+        }
+        let id: truc_core::DocId = doc_id.parse().map_err(|e| bad(format!("doc_id: {e}")))?;
+        // One scan of the doc_id's sent records; the first of the
+        // application's agencies (in its configured order) that sent it.
+        let st = self.state.clone();
+        let records = crate::error::blocking(move || st.sent(&id)).await?;
+        let Some(rec) = app
+            .organs
+            .iter()
+            .find_map(|o| records.iter().find(|r| r.from == o.as_str()))
+        else {
+            return Err(not_found());
+        };
+        let delivery = &self.state.delivery;
+        Ok(crate::agency::status_view(rec.clone(), |p| {
+            delivery.deadline_for(p)
+        }))
     }
 }
 
