@@ -253,6 +253,22 @@ async fn bad_submissions_are_refused_up_front_with_the_reason() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("is a path"), "{err}");
 
+    // A name that displays as another ("hop-dongexe.pdf" for an .exe) is
+    // refused natively too, as an edXML import refuses it.
+    let mut disguised = doc(G22, &[H41], "bidi trick");
+    disguised.attachments.push(pb::Attachment {
+        name: "hop-dong\u{202E}fdp.exe".into(),
+        content_type: "application/pdf".into(),
+        data: b"MZ".to_vec(),
+        ..Default::default()
+    });
+    let err = a.send(disguised).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("bidirectional override characters"),
+        "{err}"
+    );
+
     let mut too_many = doc(G22, &[H41], "too many files");
     for i in 0..101 {
         too_many.attachments.push(pb::Attachment {

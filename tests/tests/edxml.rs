@@ -440,6 +440,11 @@ fn hostile_packages_are_refused_with_a_reason_and_the_edge_keeps_serving() {
             "path",
         ),
         (
+            "bidi name",
+            with_attachment("hop-dong\u{202E}fdp.exe", &b64(&lying_zip("x", b"x", 1))),
+            "bidirectional override characters",
+        ),
+        (
             "absolute name",
             with_attachment("/etc/shadow", &b64(&lying_zip("x", b"x", 1))),
             "path",

@@ -123,8 +123,14 @@ fn every_vdxp_operation_works_over_rest() {
     // A resumable upload: half, ask where to resume, the rest.
     let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let up = "/v1/uploads/0196f1d2-7c3a-7e21-9a4b-5c6d7e8f9012";
-    let (s, _) = vpcp.put_bytes(&format!("{up}?size={}", big.len()), &big[..100_000]);
+    let (s, e) = vpcp.put_bytes(&format!("{up}?size={}", big.len()), &big[..100_000]);
     assert!(s >= 400, "a short upload is not complete");
+    // Said of the application's own upload id.
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains("upload 0196f1d2-7c3a-7e21-9a4b-5c6d7e8f9012 stopped at byte"),
+        "{e}"
+    );
     let (s, st) = vpcp.get(up);
     assert_eq!(s, 200, "{st}");
     let offset = st["offset"].as_u64().unwrap() as usize;
@@ -143,6 +149,13 @@ fn every_vdxp_operation_works_over_rest() {
     );
     assert!((400..500).contains(&s), "{s} {e}");
     assert!(e["message"].as_str().unwrap().contains("sha-256"), "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("upload 0196f1d2-7c3a-7e21-9a4b-000000000001:"),
+        "{e}"
+    );
     // A body with no bytes finishes an upload: here a zero-byte file.
     let (s, empty) = vpcp.put_bytes(
         "/v1/uploads/0196f1d2-7c3a-7e21-9a4b-000000000000?size=0",
@@ -179,6 +192,24 @@ fn every_vdxp_operation_works_over_rest() {
         (s, again["duplicate"].as_bool()),
         (201, Some(true)),
         "{again}"
+    );
+    // A name that would display as another is refused with the reason.
+    let (s, e) = vpcp.post(
+        "/v1/documents",
+        json!({"from": G22, "to": [H41], "subject": "x",
+               "attachments": [{"name": "hop-dong\u{2067}fdp.exe", "data_base64": "TVo="}]}),
+    );
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (400, Some("INVALID_ARGUMENT")),
+        "{e}"
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("bidirectional override characters"),
+        "{e}"
     );
     // An unknown recipient is refused with a reason naming it.
     let (s, e) = vpcp.post(
@@ -480,6 +511,13 @@ fn an_upload_is_its_applications_own() {
     assert!(
         (400..500).contains(&s),
         "another application's bytes: {s} {e}"
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("upload 0196f1d2-7c3a-7e21-9a4b-0000000000aa continues at byte 0"),
+        "named as the application named it: {e}"
     );
     let (_, st) = a.get(up);
     assert_eq!(

@@ -7,8 +7,10 @@
 
 pub mod ids;
 pub mod kinds;
+pub mod names;
 pub mod route;
 
 pub use ids::{DocId, IdError, NodeId, OrganId, Seq};
 pub use kinds::{BusinessType, DeliveryState, Kind, Priority, ReceiptType, StatusCode};
+pub use names::{NameError, check_attachment_name};
 pub use route::{Destination, RouteError, RoutingTable};

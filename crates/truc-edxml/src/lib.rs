@@ -79,37 +79,15 @@ impl Default for Limits {
     }
 }
 
-/// Refuses attachment names that could act as paths or control sequences.
+/// Refuses attachment names that could act as paths, control sequences or
+/// display as another name: the check every hop makes
+/// ([`truc_core::check_attachment_name`]), plus one of edXML's own (a name of
+/// white space only, which the element text would otherwise carry).
 pub fn check_name(name: &str) -> Result<(), String> {
     if name.trim().is_empty() {
         return Err("attachment name is empty".into());
     }
-    if name.chars().count() > 255 {
-        return Err("attachment name is longer than 255 characters".into());
-    }
-    if name == "." || name == ".." || name.contains('/') || name.contains('\\') {
-        return Err(format!(
-            "attachment name {name:?} is a path; names are display text"
-        ));
-    }
-    if name.chars().any(|c| c.is_control()) {
-        return Err(format!(
-            "attachment name {name:?} contains control characters"
-        ));
-    }
-    // Bidirectional overrides make "hop-dong\u{202E}fdp.exe" display as a PDF.
-    if name
-        .chars()
-        .any(|c| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
-    {
-        return Err(format!(
-            "attachment name {name:?} contains bidirectional override characters"
-        ));
-    }
-    if name.len() >= 2 && name.as_bytes()[1] == b':' {
-        return Err(format!("attachment name {name:?} looks like a drive path"));
-    }
-    Ok(())
+    truc_core::check_attachment_name(name).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -333,6 +311,13 @@ mod tests {
         };
         let e = parse(xml.as_bytes(), &limits).unwrap_err();
         assert!(e.reason.contains("together"), "{e}");
+        assert_eq!(
+            e.reason,
+            format!(
+                "the attachments together are over the package's limit of {} bytes",
+                2 << 20
+            )
+        );
         assert!(e.element.contains("Attachment[4]"), "{e}");
         let roomy = Limits {
             max_total_attachment_bytes: 4 << 20,

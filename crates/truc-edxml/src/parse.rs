@@ -266,18 +266,20 @@ pub fn parse(xml: &[u8], limits: &Limits) -> Result<Package, EdxmlError> {
             limits.max_attachment_bytes.min(left),
             limits,
         )
-        .map_err(|e| {
-            if left < limits.max_attachment_bytes && e.reason.contains("over the limit") {
+        .map_err(|e| match e {
+            // The budget left, not the attachment's own limit, was the bound.
+            zipped::DecodeError::OverLimit { element, .. }
+                if left < limits.max_attachment_bytes =>
+            {
                 EdxmlError::new(
-                    e.element,
+                    element,
                     format!(
                         "the attachments together are over the package's limit of {} bytes",
                         limits.max_total_attachment_bytes
                     ),
                 )
-            } else {
-                e
             }
+            e => e.into(),
         })?;
         total += data.len() as u64;
         p.attachments.push(Attachment {

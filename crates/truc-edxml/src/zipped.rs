@@ -9,6 +9,42 @@ use base64::Engine;
 
 use crate::{EdxmlError, Limits};
 
+/// Why [`decode`] refused an attachment.
+#[derive(Debug)]
+pub enum DecodeError {
+    /// The entry expands to more than the `max_bytes` it was given: the
+    /// caller knows which of its limits that was and may say so.
+    OverLimit {
+        element: String,
+        declared: u64,
+        max_bytes: u64,
+    },
+    /// Any other refusal, said as it is.
+    Refused(EdxmlError),
+}
+
+impl From<EdxmlError> for DecodeError {
+    fn from(e: EdxmlError) -> Self {
+        Self::Refused(e)
+    }
+}
+
+impl From<DecodeError> for EdxmlError {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::OverLimit {
+                element,
+                declared,
+                max_bytes,
+            } => EdxmlError::new(
+                element,
+                format!("ZIP entry expands to {declared} bytes, over the limit of {max_bytes}"),
+            ),
+            DecodeError::Refused(e) => e,
+        }
+    }
+}
+
 /// The one file of the ZIP in `encoded`, at most `max_bytes` unzipped. The
 /// entry's own name is not used (the manifest names the attachment).
 pub fn decode(
@@ -16,7 +52,7 @@ pub fn decode(
     encoded: &str,
     max_bytes: u64,
     limits: &Limits,
-) -> Result<Vec<u8>, EdxmlError> {
+) -> Result<Vec<u8>, DecodeError> {
     let compact: String = encoded
         .chars()
         .filter(|c| !c.is_ascii_whitespace())
@@ -26,7 +62,8 @@ pub fn decode(
         return Err(EdxmlError::new(
             element,
             format!("encoded attachment is over {} bytes", max_zip),
-        ));
+        )
+        .into());
     }
     let zip_bytes = base64::engine::general_purpose::STANDARD
         .decode(compact.as_bytes())
@@ -41,7 +78,8 @@ pub fn decode(
                 archive.len(),
                 limits.max_zip_entries
             ),
-        ));
+        )
+        .into());
     }
     let mut found: Option<Vec<u8>> = None;
     for i in 0..archive.len() {
@@ -52,15 +90,16 @@ pub fn decode(
             continue;
         }
         if found.is_some() {
-            return Err(EdxmlError::new(element, "ZIP holds more than one file"));
+            return Err(EdxmlError::new(element, "ZIP holds more than one file").into());
         }
         let declared = entry.size();
         let compressed = entry.compressed_size().max(1);
         if declared > max_bytes {
-            return Err(EdxmlError::new(
-                element,
-                format!("ZIP entry expands to {declared} bytes, over the limit of {max_bytes}"),
-            ));
+            return Err(DecodeError::OverLimit {
+                element: element.to_owned(),
+                declared,
+                max_bytes,
+            });
         }
         if declared / compressed > limits.max_zip_ratio {
             return Err(EdxmlError::new(
@@ -70,7 +109,8 @@ pub fn decode(
                     declared / compressed,
                     limits.max_zip_ratio
                 ),
-            ));
+            )
+            .into());
         }
         let name = entry.name().to_owned();
         let mut data = Vec::with_capacity(declared.min(1 << 20) as usize);
@@ -84,11 +124,12 @@ pub fn decode(
             return Err(EdxmlError::new(
                 element,
                 format!("ZIP entry {name} is not the size it declares"),
-            ));
+            )
+            .into());
         }
         found = Some(data);
     }
-    found.ok_or_else(|| EdxmlError::new(element, "ZIP holds no file"))
+    found.ok_or_else(|| EdxmlError::new(element, "ZIP holds no file").into())
 }
 
 /// Base64 of a ZIP holding `data` as `name`.

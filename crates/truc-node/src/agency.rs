@@ -511,7 +511,7 @@ impl Agency for AgencyService {
         &self,
         req: Request<Streaming<pb::UploadChunk>>,
     ) -> Result<Response<pb::UploadResult>, Status> {
-        upload(&self.state, req.into_inner())
+        upload(&self.state, req.into_inner(), None)
             .await
             .map(Response::new)
     }
@@ -728,9 +728,11 @@ impl Agency for AgencyService {
         &self,
         req: Request<pb::TraceRequest>,
     ) -> Result<Response<pb::TraceResponse>, Status> {
-        let doc_id: DocId = parse("doc_id", &req.into_inner().doc_id)?;
+        let r = req.into_inner();
+        let doc_id: DocId = parse("doc_id", &r.doc_id)?;
+        let from = opt_organ("from", &r.from)?;
         let st = self.state.clone();
-        let steps = blocking(move || trace(&st, &doc_id)).await?;
+        let steps = blocking(move || trace(&st, &doc_id, from.as_ref())).await?;
         Ok(Response::new(pb::TraceResponse { steps }))
     }
 
@@ -752,11 +754,17 @@ impl Agency for AgencyService {
                 };
                 let proof =
                     st.audit_proof(&doc_id.to_string(), &Digest::of(&envelope.header_bytes))?;
+                // The trace of this envelope's sender, whether named or not.
+                let sender =
+                    <pb::Header as prost::Message>::decode(envelope.header_bytes.as_slice())
+                        .ok()
+                        .and_then(|h| h.from.parse::<OrganId>().ok());
+                let steps = trace(&st, &doc_id, sender.as_ref().or(from.as_ref()))?;
                 Ok((
                     envelope,
                     st.receipts(&doc_id, from.as_ref())?,
                     st.statuses_about(&doc_id)?,
-                    trace(&st, &doc_id)?,
+                    steps,
                     proof,
                 ))
             })
@@ -939,10 +947,27 @@ pub fn event_stream(
 
 /// One document's path as this node knows it: its own audit entries, and for a
 /// document it sent, the signed receipts and statuses of every hop and recipient.
-pub fn trace(state: &NodeState, doc_id: &DocId) -> Result<Vec<pb::TraceStep>, NodeError> {
+///
+/// When several agencies of this edge sent a document under `doc_id`, `from`
+/// names whose; without it that is refused, naming them (as `GetStatus` does).
+/// With `from`, the audit entries are that sender's only; where another agency
+/// here used the same doc_id, entries naming neither (a receipt's or status's
+/// own line, named by its signer) cannot be told apart and are left out: the
+/// sender's record still shows its signed receipts and statuses.
+pub fn trace(
+    state: &NodeState,
+    doc_id: &DocId,
+    from: Option<&OrganId>,
+) -> Result<Vec<pb::TraceStep>, NodeError> {
     let here = state.node_id.to_string();
-    let mut steps: Vec<pb::TraceStep> = state
-        .audit_trail(&doc_id.to_string())?
+    let records = state.sent_by(doc_id, from)?;
+    let mut audit = state.audit_trail(&doc_id.to_string())?;
+    if let Some(f) = from
+        && state.sent(doc_id)?.iter().any(|r| r.from != f.as_str())
+    {
+        audit.retain(|e| e.from == f.as_str());
+    }
+    let mut steps: Vec<pb::TraceStep> = audit
         .into_iter()
         .map(|e| pb::TraceStep {
             at_ms: e.at_ms,
@@ -951,7 +976,11 @@ pub fn trace(state: &NodeState, doc_id: &DocId) -> Result<Vec<pb::TraceStep>, No
             detail: e.detail,
         })
         .collect();
-    for (organ, env) in state.receipts(doc_id, None)? {
+    let mut receipts = Vec::new();
+    for rec in &records {
+        receipts.extend(state.receipts_of(rec)?);
+    }
+    for (organ, env) in receipts {
         let Ok(header) = <pb::Header as prost::Message>::decode(env.header_bytes.as_slice()) else {
             continue;
         };
@@ -978,7 +1007,7 @@ pub fn trace(state: &NodeState, doc_id: &DocId) -> Result<Vec<pb::TraceStep>, No
             },
         });
     }
-    for rec in state.sent(doc_id)? {
+    for rec in records {
         for r in rec.recipients {
             if !r.last_status.is_empty() {
                 let meaning = r
@@ -1024,7 +1053,14 @@ fn upload_name(id: &uuid::Uuid) -> String {
 /// Receives an attachment in chunks into a resumable partial file, then into the
 /// content-addressed store. Size limits and free space are checked before a byte
 /// is written; a cut leaves a durable prefix to resume from.
-pub async fn upload<S>(state: &Arc<NodeState>, mut stream: S) -> Result<pb::UploadResult, Status>
+///
+/// Refusals name the upload `known_as`, the id its client chose, when the
+/// chunks carry another (REST derives one per application); else their own.
+pub async fn upload<S>(
+    state: &Arc<NodeState>,
+    mut stream: S,
+    known_as: Option<&str>,
+) -> Result<pb::UploadResult, Status>
 where
     S: futures::Stream<Item = Result<pb::UploadChunk, Status>> + Unpin,
 {
@@ -1034,6 +1070,7 @@ where
         .transpose()?
         .ok_or_else(|| Status::invalid_argument("empty upload"))?;
     let id: uuid::Uuid = parse("upload_id", &first.upload_id)?;
+    let shown = known_as.map_or_else(|| id.to_string(), str::to_owned);
     let size = first.size;
     if size > state.limits.max_attachment_bytes {
         return Err(Status::resource_exhausted(format!(
@@ -1055,7 +1092,7 @@ where
         // answer, if it announces the same content.
         if done_size != size || expected.is_some_and(|e| e != digest) {
             return Err(Status::invalid_argument(format!(
-                "upload {id} already finished as {done_size} bytes with sha256 {digest}; \
+                "upload {shown} already finished as {done_size} bytes with sha256 {digest}; \
                  a different attachment needs a new upload_id"
             )));
         }
@@ -1069,13 +1106,13 @@ where
     let resume = recorded.min(state.blobs.partial_len(&name).unwrap_or(0));
     if size < resume {
         return Err(Status::invalid_argument(format!(
-            "upload {id} already holds {resume} bytes, more than the {size} announced now; \
+            "upload {shown} already holds {resume} bytes, more than the {size} announced now; \
              a different attachment needs a new upload_id"
         )));
     }
     if first.offset != resume {
         return Err(Status::failed_precondition(format!(
-            "upload {id} continues at byte {resume}, not {}",
+            "upload {shown} continues at byte {resume}, not {}",
             first.offset
         )));
     }
@@ -1092,10 +1129,19 @@ where
         if chunk.upload_id != id.to_string() && !chunk.upload_id.is_empty() {
             return Err(Status::invalid_argument("one upload per stream"));
         }
+        // Said of the upload, not of the partial file that holds it.
         tokio::task::block_in_place(|| partial.write(chunk.offset, &chunk.data)).map_err(|e| {
             match e {
-                e @ (truc_store::BlobError::OutOfOrder { .. }
-                | truc_store::BlobError::TooLong { .. }) => Status::invalid_argument(e.to_string()),
+                truc_store::BlobError::OutOfOrder { have, got, .. } => {
+                    Status::invalid_argument(format!(
+                        "upload {shown}: data at offset {got} does not continue the {have} bytes received"
+                    ))
+                }
+                truc_store::BlobError::TooLong { size, got, .. } => {
+                    Status::invalid_argument(format!(
+                        "upload {shown}: {got} bytes exceed the announced size of {size}"
+                    ))
+                }
                 other => io(other),
             }
         })?;
@@ -1116,7 +1162,7 @@ where
             // A newer stream for this upload: the client retried, and this
             // stream's connection is dead or about to be.
             () = claim.taken_over() => Some(Status::aborted(format!(
-                "upload {id} was taken over by a newer stream"
+                "upload {shown} was taken over by a newer stream"
             ))),
         };
         if let Some(status) = gone {
@@ -1132,7 +1178,7 @@ where
         let t = state.record_partial(&name, durable).map_err(Status::from)?;
         state.durable(t).await.map_err(Status::from)?;
         return Err(Status::failed_precondition(format!(
-            "upload {id} stopped at byte {durable} of {size}; resume from there"
+            "upload {shown} stopped at byte {durable} of {size}; resume from there"
         )));
     }
     let digest =
@@ -1140,7 +1186,7 @@ where
             Ok(d) => d,
             Err(e @ truc_store::BlobError::Mismatch { .. }) => {
                 let _ = state.clear_partial(&name);
-                return Err(Status::invalid_argument(format!("upload {id}: {e}")));
+                return Err(Status::invalid_argument(format!("upload {shown}: {e}")));
             }
             Err(e) => return Err(io(e)),
         };
@@ -1311,7 +1357,7 @@ mod tests {
     ) {
         let (tx, rx) = mpsc::channel(4);
         let st = state.clone();
-        let task = tokio::spawn(async move { upload(&st, ReceiverStream::new(rx)).await });
+        let task = tokio::spawn(async move { upload(&st, ReceiverStream::new(rx), None).await });
         (tx, task)
     }
 
@@ -1322,6 +1368,80 @@ mod tests {
             offset,
             data: data.to_vec(),
             sha256: sha256.to_vec(),
+        }
+    }
+
+    /// Two agencies of one edge used one doc_id: the trace does not mix their
+    /// records; unnamed, it refuses to guess and names both senders; with the
+    /// sender named, it shows that sender's document only.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trace_of_a_doc_id_two_agencies_used_names_the_sender() {
+        let (g22, g21) = ("000.00.00.G22", "000.00.00.G21");
+        let (h41, h14) = ("000.00.00.H41", "000.00.00.H14");
+        let f = Fixture::new();
+        let mut routing = truc_core::RoutingTable::new(true);
+        for o in [g22, g21] {
+            routing.add_local(o.parse().unwrap());
+        }
+        let edge = f.state(
+            "vpcp",
+            routing,
+            vec![f.signer(g22), f.signer(g21)],
+            // The key that signs an archival package's audit checkpoint.
+            Some(f.node_signer("vpcp")),
+            Arc::new(MemoryStore::new()),
+        );
+        let id = DocId::new_v7();
+        for (from, to) in [(g22, h41), (g21, h14)] {
+            edge.submit(crate::state::Submission {
+                from: from.into(),
+                to: vec![to.into()],
+                subject: "Trùng số".into(),
+                doc_id: Some(id.to_string()),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        let svc = AgencyService::new(edge);
+        let trace = |from: &str| {
+            svc.trace(Request::new(pb::TraceRequest {
+                doc_id: id.to_string(),
+                from: from.into(),
+            }))
+        };
+        let e = trace("").await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+        assert!(
+            e.message().contains(g22) && e.message().contains(g21),
+            "{e}"
+        );
+        for (from, mine, theirs) in [(g21, h14, h41), (g22, h41, h14)] {
+            let steps = trace(from).await.unwrap().into_inner().steps;
+            // An archival package of the document carries the same trace.
+            let archived = svc
+                .archive_record(Request::new(pb::ArchiveRecordRequest {
+                    doc_id: id.to_string(),
+                    from: from.into(),
+                }))
+                .await
+                .unwrap()
+                .into_inner()
+                .trace;
+            assert_eq!(archived, steps, "{from}");
+            let shown = format!("{steps:?}");
+            assert!(
+                steps.iter().any(|s| s.step == "submitted"),
+                "{from}: {shown}"
+            );
+            assert_eq!(
+                steps.iter().filter(|s| s.step == "submitted").count(),
+                1,
+                "{from}: one document: {shown}"
+            );
+            assert!(
+                shown.contains(mine) && !shown.contains(theirs),
+                "{from}: {shown}"
+            );
         }
     }
 

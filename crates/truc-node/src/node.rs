@@ -93,8 +93,17 @@ fn reflection() -> Result<
         .map_err(|e| NodeError::Other(format!("reflection: {e}")))
 }
 
-/// Opens the store and loads every key and certificate the config names.
+/// Opens the store and loads every key, certificate and revocation list the
+/// config names.
 pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
+    let tls_crls =
+        load_crl_files(&config.tls.crls).map_err(|e| NodeError::Other(format!("tls.crls: {e}")))?;
+    open_state_with(config, &tls_crls)
+}
+
+/// [`open_state`] with the transport's revocation lists already read (by
+/// [`RunningNode::start_with`], which built its TLS configurations from them).
+fn open_state_with(config: &Config, tls_crls: &CrlFiles) -> Result<Arc<NodeState>, NodeError> {
     std::fs::create_dir_all(&config.data_dir).map_err(NodeError::io(format!(
         "data_dir {}",
         config.data_dir.display()
@@ -161,28 +170,28 @@ pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
         agencies: SignatureVerifier::from_file(&config.signing_ca)?,
         nodes: SignatureVerifier::from_file(&config.tls.ca)?,
     };
-    for (verifier, paths, what) in [
-        (&verifiers.agencies, &config.signing_crls, "signing.crls"),
-        (&verifiers.nodes, &config.tls.crls, "tls.crls"),
-    ] {
-        let crls = load_crl_files(paths)
-            .map(|files| all_crls(&files))
-            .and_then(|crls| verifier.set_crls(&crls).map(|()| crls))
-            .map_err(|e| NodeError::Other(format!("{what}: {e}")))?;
-        // The signatures inside PDFs answer to the agencies' lists too.
-        if what == "signing.crls"
-            && let Some(p) = &pdf
-        {
-            p.anchors
-                .set_crls(&crls)
-                .map_err(|e| NodeError::Other(format!("{what}: {e}")))?;
-        }
+    let signing_crls = load_crl_files(&config.signing_crls)
+        .map_err(|e| NodeError::Other(format!("signing.crls: {e}")))?;
+    let signing_lists = all_crls(&signing_crls);
+    verifiers
+        .agencies
+        .set_crls(&signing_lists)
+        .map_err(|e| NodeError::Other(format!("signing.crls: {e}")))?;
+    // The signatures inside PDFs answer to the agencies' lists too.
+    if let Some(p) = &pdf {
+        p.anchors
+            .set_crls(&signing_lists)
+            .map_err(|e| NodeError::Other(format!("signing.crls: {e}")))?;
     }
+    verifiers
+        .nodes
+        .set_crls(&all_crls(tls_crls))
+        .map_err(|e| NodeError::Other(format!("tls.crls: {e}")))?;
     crate::state::set_clock_offset_ms(config.test_hooks.clock_offset_ms);
     if !config.test_hooks.is_off() {
         tracing::warn!(hooks = ?config.test_hooks, "test hooks are on: this node misbehaves on purpose");
     }
-    NodeState::new(Parts {
+    let state = NodeState::new(Parts {
         node_id: config.node_id.clone(),
         routing,
         signers,
@@ -201,7 +210,10 @@ pub fn open_state(config: &Config) -> Result<Arc<NodeState>, NodeError> {
         grant: config.grant.clone(),
         child_grants: config.child_grants.clone().into_iter().collect(),
         parent: config.parent.as_ref().map(|(_, p)| p.clone()),
-    })
+    })?;
+    note_crl_dates(&state, "tls", tls_crls);
+    note_crl_dates(&state, "signing", &signing_crls);
+    Ok(state)
 }
 
 fn params(config: &Config) -> LinkParams {
@@ -272,12 +284,16 @@ impl RunningNode {
     }
 
     pub async fn start_with(config: Config, listeners: Listeners) -> Result<Self, NodeError> {
-        let transport = TransportMaterial::load(
+        // Read once: the TLS configurations, the node-signature verifier and
+        // the `crl` alert's dates all take them from here.
+        let tls_crls = load_crl_files(&config.tls.crls)?;
+        let mut transport = TransportMaterial::load(
             &config.tls.ca,
             &config.tls.cert,
             &config.tls.key,
-            &config.tls.crls,
+            &[] as &[&std::path::Path],
         )?;
+        transport.crls = all_crls(&tls_crls);
         // The certificate must name this node: a misplaced file fails here, not at the peer.
         let leaf = transport
             .chain
@@ -331,7 +347,7 @@ impl RunningNode {
         // async threads.
         let state = {
             let c = config.clone();
-            tokio::task::spawn_blocking(move || open_state(&c))
+            tokio::task::spawn_blocking(move || open_state_with(&c, &tls_crls))
                 .await
                 .map_err(|e| NodeError::Other(format!("opening the store: {e}")))??
         };
@@ -735,13 +751,6 @@ impl RunningNode {
             ));
         }
 
-        // Read once more for their dates (the verifiers and TLS configs took
-        // the lists at build time, which has no node state to note them in).
-        for (which, paths) in [("tls", &config.tls.crls), ("signing", &config.signing_crls)] {
-            if let Ok(files) = load_crl_files(paths) {
-                note_crl_dates(&state, which, &files);
-            }
-        }
         if !config.signing_crls.is_empty() {
             tasks.spawn(tracing::Instrument::instrument(
                 reload_signer_crls(
@@ -863,20 +872,41 @@ impl RunningNode {
     }
 }
 
-/// Revocation list files, each with the lists it holds, read once.
-type CrlFiles = Vec<(std::path::PathBuf, Vec<Crl>)>;
+/// One revocation list file, read and parsed once.
+struct CrlFile {
+    path: std::path::PathBuf,
+    /// The lists it holds, as the verifiers and TLS configurations take them.
+    lists: Vec<Crl>,
+    /// What each list says (revoked serials, next update); a list x509-parser
+    /// cannot read is left out here, as webpki refuses it anyway.
+    facts: Vec<truc_pki::identity::CrlFacts>,
+}
+
+/// The files of `tls.crls` or `signing.crls`.
+type CrlFiles = Vec<CrlFile>;
 
 type Crl = rustls::pki_types::CertificateRevocationListDer<'static>;
 
 fn load_crl_files(paths: &[std::path::PathBuf]) -> Result<CrlFiles, truc_pki::PkiError> {
     paths
         .iter()
-        .map(|p| Ok((p.clone(), truc_pki::load_crls(p)?)))
+        .map(|p| {
+            let lists = truc_pki::load_crls(p)?;
+            let facts = lists
+                .iter()
+                .filter_map(|c| truc_pki::identity::crl_facts(c).ok())
+                .collect();
+            Ok(CrlFile {
+                path: p.clone(),
+                lists,
+                facts,
+            })
+        })
         .collect()
 }
 
 fn all_crls(files: &CrlFiles) -> Vec<Crl> {
-    files.iter().flat_map(|(_, l)| l.iter().cloned()).collect()
+    files.iter().flat_map(|f| f.lists.iter().cloned()).collect()
 }
 
 /// Records when each file's lists are due to be replaced (for the `crl`
@@ -885,16 +915,17 @@ fn note_crl_dates(state: &NodeState, which: &str, files: &CrlFiles) {
     let now = crate::state::now_ms() / 1000;
     let due = files
         .iter()
-        .map(|(p, crls)| {
-            let next = crls
+        .map(|f| {
+            let next = f
+                .facts
                 .iter()
-                .filter_map(|c| truc_pki::identity::crl_facts(c).ok()?.next_update)
+                .filter_map(|c| c.next_update)
                 .min()
                 .unwrap_or(0);
             if next > 0 && now >= next {
-                tracing::error!(list = %p.display(), which, "revocation list is past its next update: everything it covers is refused until a new one is published");
+                tracing::error!(list = %f.path.display(), which, "revocation list is past its next update: everything it covers is refused until a new one is published");
             }
-            (p.display().to_string(), next)
+            (f.path.display().to_string(), next)
         })
         .collect();
     state.telemetry.set_crls(which, due);
@@ -1021,11 +1052,10 @@ async fn reload_crls(
             );
             return false;
         }
-        let revoked: std::collections::HashSet<Vec<u8>> = material
-            .crls
+        let revoked: std::collections::HashSet<Vec<u8>> = files
             .iter()
-            .filter_map(|c| truc_pki::identity::revoked_serials(c).ok())
-            .flatten()
+            .flat_map(|f| &f.facts)
+            .flat_map(|c| c.revoked.iter().cloned())
             .collect();
         note_crl_dates(&state, "tls", &files);
         let _ = to.link.send(link_cfg);

@@ -19,7 +19,7 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::{Form, Path, State},
+    extract::{Form, Path, Query, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
     routing::{get, post},
@@ -506,25 +506,42 @@ async fn overview(State(cx): State<Ctx>, tls: Tls, headers: HeaderMap) -> Respon
     }
 }
 
+#[derive(serde::Deserialize)]
+struct TraceQuery {
+    from: Option<String>,
+}
+
 async fn trace(
     State(cx): State<Ctx>,
     tls: Tls,
     headers: HeaderMap,
     Path(doc_id): Path<String>,
+    Query(q): Query<TraceQuery>,
 ) -> Response {
     authorize!(cx, tls, headers, Role::Viewer);
+    let bad = |e: String| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"code": "INVALID_ARGUMENT", "message": e})),
+        )
+            .into_response()
+    };
     let doc_id: truc_core::DocId = match doc_id.trim().parse() {
         Ok(d) => d,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(json!({"code": "INVALID_ARGUMENT", "message": format!("doc_id: {e}")})),
-            )
-                .into_response();
-        }
+        Err(e) => return bad(format!("doc_id: {e}")),
+    };
+    // The sender, when several agencies of this edge used the doc_id.
+    let from: Option<truc_core::OrganId> = match q.from.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(f) => match f.parse() {
+            Ok(o) => Some(o),
+            Err(e) => return bad(format!("from: {e}")),
+        },
     };
     let st = cx.state.clone();
-    match tokio::task::spawn_blocking(move || crate::agency::trace(&st, &doc_id)).await {
+    match tokio::task::spawn_blocking(move || crate::agency::trace(&st, &doc_id, from.as_ref()))
+        .await
+    {
         Ok(Ok(steps)) => Json(json!({
             "doc_id": doc_id.to_string(),
             "node": cx.state.node_id.to_string(),

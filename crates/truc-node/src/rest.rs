@@ -262,27 +262,31 @@ impl Ctx {
         doc_id: &str,
     ) -> Result<pb::GetStatusResponse, ApiError> {
         let app = self.app(headers)?.clone();
-        let mut refused = None;
-        for organ in &app.organs {
-            match self
-                .svc
-                .get_status(Request::new(pb::GetStatusRequest {
-                    doc_id: doc_id.into(),
-                    from: organ.to_string(),
-                }))
-                .await
-            {
-                Ok(s) => return Ok(s.into_inner()),
-                Err(e) if e.code() == tonic::Code::NotFound => {}
-                Err(e) => refused = Some(e),
-            }
-        }
-        Err(ApiError(refused.unwrap_or_else(|| {
-            Status::not_found(format!(
+        let not_found = || {
+            ApiError(Status::not_found(format!(
                 "no document {doc_id} was sent from this edge by application {}'s agencies",
                 app.name
-            ))
-        })))
+            )))
+        };
+        if app.organs.is_empty() {
+            return Err(not_found());
+        }
+        let id: truc_core::DocId = doc_id.parse().map_err(|e| bad(format!("doc_id: {e}")))?;
+        // One scan of the doc_id's sent records; the first of the
+        // application's agencies (in its configured order) that sent it.
+        let st = self.state.clone();
+        let records = crate::error::blocking(move || st.sent(&id)).await?;
+        let Some(rec) = app
+            .organs
+            .iter()
+            .find_map(|o| records.iter().find(|r| r.from == o.as_str()))
+        else {
+            return Err(not_found());
+        };
+        let delivery = &self.state.delivery;
+        Ok(crate::agency::status_view(rec.clone(), |p| {
+            delivery.deadline_for(p)
+        }))
     }
 }
 
@@ -615,7 +619,8 @@ async fn upload(
     Query(q): Query<UploadQuery>,
     body: Body,
 ) -> Res {
-    let upload_id = app_upload_id(cx.app(&headers)?, &upload_id)?;
+    let known_as = upload_id;
+    let upload_id = app_upload_id(cx.app(&headers)?, &known_as)?;
     let announce = match q.sha256.as_deref().map(str::trim) {
         None | Some("") => Vec::new(),
         Some(h) => hex::decode(h).map_err(|e| bad(format!("sha256: {e}")))?,
@@ -652,7 +657,8 @@ async fn upload(
         std::future::ready(out)
     });
     let chunks = futures::stream::once(std::future::ready(Ok(first))).chain(chunks);
-    let r = crate::agency::upload(&cx.state, Box::pin(chunks)).await?;
+    // Refusals name the id the application chose, not the node's own.
+    let r = crate::agency::upload(&cx.state, Box::pin(chunks), Some(&known_as)).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"sha256": hex::encode(r.sha256), "size": r.size})),

@@ -4295,7 +4295,8 @@ impl NodeState {
         let mut manifest = Vec::with_capacity(s.attachments.len());
         let mut inline: Vec<(Digest, &[u8])> = Vec::new();
         for a in &s.attachments {
-            envelope::check_attachment_name(&a.name).map_err(Refusal::invalid)?;
+            truc_core::check_attachment_name(&a.name)
+                .map_err(|e| Refusal::invalid(e.to_string()))?;
             envelope::check_content_type(&a.content_type).map_err(Refusal::invalid)?;
             let (digest, size) = match &a.body {
                 Body::Inline(data) => (Digest::of(data), data.len() as u64),

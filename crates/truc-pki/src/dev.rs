@@ -310,7 +310,7 @@ mod tests {
         let loaded = crate::load_crls(&path).unwrap();
         assert_eq!(loaded, vec![der]);
         assert_eq!(
-            crate::identity::revoked_serials(&loaded[0]).unwrap(),
+            crate::identity::crl_facts(&loaded[0]).unwrap().revoked,
             vec![vec![1, 2, 3]]
         );
         for not_a_crl in ["", "# the CRL goes here\n", &pem[..pem.len() / 2]] {

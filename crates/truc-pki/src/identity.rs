@@ -177,7 +177,6 @@ pub fn serial(der: &[u8]) -> Result<Vec<u8>, PkiError> {
     Ok(cert.tbs_certificate.raw_serial().to_vec())
 }
 
-/// The serial numbers a DER certificate revocation list revokes.
 /// What a CRL says, read in one parse.
 pub struct CrlFacts {
     /// Revoked serial numbers (raw big-endian).
@@ -186,6 +185,8 @@ pub struct CrlFacts {
     pub next_update: Option<i64>,
 }
 
+/// Parses a DER certificate revocation list: the serial numbers it revokes
+/// and when it is due to be replaced.
 pub fn crl_facts(crl_der: &[u8]) -> Result<CrlFacts, PkiError> {
     let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl_der)
         .map_err(|e| PkiError::BadCertificate(format!("cannot parse revocation list: {e}")))?;
@@ -196,8 +197,4 @@ pub fn crl_facts(crl_der: &[u8]) -> Result<CrlFacts, PkiError> {
             .collect(),
         next_update: crl.next_update().map(|t| t.timestamp()),
     })
-}
-
-pub fn revoked_serials(crl_der: &[u8]) -> Result<Vec<Vec<u8>>, PkiError> {
-    Ok(crl_facts(crl_der)?.revoked)
 }

@@ -263,6 +263,10 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
         doc_id: String,
+        /// The sending agency, when several agencies of this edge used this
+        /// doc_id: only its records are shown.
+        #[arg(long)]
+        from: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -808,8 +812,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Trace {
             config,
             doc_id,
+            from,
             json,
-        } => client::trace(&config, &doc_id, json).await,
+        } => client::trace(&config, &doc_id, from.as_deref(), json).await,
         Command::Queues { config, json } => client::queues(&config, json).await,
         Command::Stats { config, json } => client::stats(&config, json).await,
         Command::Nodes { config, json } => client::nodes(&config, json).await,

@@ -701,7 +701,7 @@ pub async fn get(config: &Path, doc_id: &str, from: Option<String>, out: &Path) 
     let files = file_names(&doc.attachments);
     for (i, (a, file)) in doc.attachments.iter().zip(&files).enumerate() {
         // Names were checked by every hop; check again before touching the disk.
-        truc_node::envelope::check_attachment_name(&a.name).map_err(|e| anyhow!(e))?;
+        truc_core::check_attachment_name(&a.name).map_err(|e| anyhow!(e))?;
         if file != &a.name {
             println!(
                 "  {}: saved as {file} (another attachment has its name)",
@@ -1077,10 +1077,11 @@ pub async fn requeue(config: &Path, doc_id: &str) -> Result<u32> {
         .requeued)
 }
 
-pub async fn trace(config: &Path, doc_id: &str, json: bool) -> Result<()> {
+pub async fn trace(config: &Path, doc_id: &str, from: Option<&str>, json: bool) -> Result<()> {
     let cfg = Config::load(config)?;
     let req = pb::TraceRequest {
         doc_id: doc_id.into(),
+        from: from.unwrap_or_default().into(),
     };
     let steps = if cfg.agency_api.is_some() {
         connect(config)

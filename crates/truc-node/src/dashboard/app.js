@@ -263,13 +263,15 @@ async function poll() {
   }
 }
 
-// The document whose trace is shown, if any.
+// The document whose trace is shown, if any, and its sender when named.
 let traceId = null;
+let traceFrom = "";
 
 async function loadTrace() {
   const id = traceId;
   if (!id) return;
-  const r = await fetch("/api/trace/" + encodeURIComponent(id), {
+  const query = traceFrom ? "?from=" + encodeURIComponent(traceFrom) : "";
+  const r = await fetch("/api/trace/" + encodeURIComponent(id) + query, {
     credentials: "same-origin", cache: "no-store", signal: deadline(),
   });
   const v = await r.json();
@@ -281,6 +283,7 @@ async function loadTrace() {
 async function search(ev) {
   ev.preventDefault();
   traceId = $("doc").value.trim() || null;
+  traceFrom = $("from").value.trim();
   lastTrace = null;
   $("trace").replaceChildren();
   await loadTrace();
