@@ -931,11 +931,12 @@ impl Config {
             ));
         }
         if f.link.window == 0
+            || f.link.window > 1 << 16
             || f.link.heartbeat_interval_ms == 0
             || f.link.heartbeat_timeout_ms <= f.link.heartbeat_interval_ms
         {
             return Err(invalid(
-                "link.window must be > 0 and link.heartbeat_timeout_ms greater than link.heartbeat_interval_ms".into(),
+                "link.window must be between 1 and 65536, and link.heartbeat_timeout_ms greater than link.heartbeat_interval_ms".into(),
             ));
         }
         Ok(Self {

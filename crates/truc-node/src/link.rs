@@ -292,14 +292,14 @@ async fn control(
             to_sink(cx, (c.seq, c.index), Ok((c.offset, c.data)), stop, limit).await?;
         }
         Frame::Unavailable(u) => {
-            to_sink(cx, (u.seq, u.index), Err(u.reason), stop, limit).await?;
+            to_sink(cx, (u.seq, u.index), Err(clipped(u.reason)), stop, limit).await?;
         }
         Frame::Defer(d) => hand_on(
             cx,
             ctl,
             Control::Defer {
                 seq: d.seq,
-                reason: d.reason,
+                reason: clipped(d.reason),
                 retry_after_ms: d.retry_after_ms,
             },
             ANSWERS,
@@ -333,7 +333,7 @@ async fn control(
             Control::Reject {
                 seq: r.seq,
                 code: r.code,
-                reason: r.reason,
+                reason: clipped(r.reason),
             },
             ANSWERS,
         )?,
@@ -392,6 +392,24 @@ async fn to_sink(
 }
 
 const ANSWERS: &str = "answers (acks, rejects, deferrals)";
+
+/// The longest reason from the peer this node keeps (it is logged, and a
+/// refusal's goes into dead letters and notices): a frame may be as large as
+/// a message, and the answers waiting here are bounded by count.
+const MAX_REASON_BYTES: usize = 1024;
+
+/// `reason`, cut to [`MAX_REASON_BYTES`] on a character boundary.
+fn clipped(mut reason: String) -> String {
+    if reason.len() > MAX_REASON_BYTES {
+        let mut end = MAX_REASON_BYTES;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push('…');
+    }
+    reason
+}
 
 /// How many of its `Want`s, or of its answers, a peer may have waiting
 /// here to be served. A well-behaved peer has at most one `Want` per
@@ -712,6 +730,9 @@ async fn push(
     mut ctl: mpsc::Receiver<Control>,
 ) -> Result<(), LinkError> {
     let mut notify = state.notifier(&queue);
+    // The window the peer announced when the link came up: the channels
+    // carrying its answers here are sized for it, so an ack cannot raise it.
+    let most = window;
     // (seq, bytes) of every transfer sent and not yet acknowledged.
     let mut in_flight: VecDeque<(u64, usize)> = VecDeque::new();
     let mut in_flight_bytes = 0usize;
@@ -843,7 +864,7 @@ async fn push(
                         Err(_) => break,
                     }
                 }
-                window = w.max(1);
+                window = w.clamp(1, most);
                 // An ack past what was sent would drop entries never sent.
                 if seq > sent_upto {
                     tracing::warn!(%queue, seq, sent_upto, "peer acknowledged transfers never sent; taken up to the last one sent");
@@ -907,7 +928,7 @@ type PrepJob = tokio::task::JoinHandle<Result<Vec<(u64, Prepared)>, NodeError>>;
 
 /// A job preparing transfers, with their encoded bytes (freed from
 /// [`Unanswered`] when they are answered).
-type Sized = (usize, PrepJob);
+type SizedJob = (usize, PrepJob);
 
 /// Transfers read and not yet answered, by count and by encoded bytes: what
 /// a peer that does not wait for answers can make this node hold.
@@ -959,13 +980,13 @@ enum Outcome {
 async fn apply(
     state: Arc<NodeState>,
     origin: Origin,
-    mut jobs: mpsc::UnboundedReceiver<Sized>,
+    mut jobs: mpsc::UnboundedReceiver<SizedJob>,
     acks: mpsc::UnboundedSender<Outcome>,
     unanswered: Arc<Unanswered>,
 ) -> Result<(), LinkError> {
     let mut deferred_from: Option<u64> = None;
     // A job taken while gathering, not finished yet; an error of one that was.
-    let mut held: Option<Sized> = None;
+    let mut held: Option<SizedJob> = None;
     let mut failed: Option<LinkError> = None;
     loop {
         if let Some(e) = failed.take() {
@@ -1551,7 +1572,7 @@ mod tests {
     /// `apply` for a child, fed prepared batches, its answers read back as
     /// (seq, "stored" | "refused" | "deferred").
     struct Applier {
-        jobs: mpsc::UnboundedSender<Sized>,
+        jobs: mpsc::UnboundedSender<SizedJob>,
         outcomes: mpsc::UnboundedReceiver<Outcome>,
         task: tokio::task::JoinHandle<Result<(), LinkError>>,
     }
@@ -1981,6 +2002,50 @@ mod tests {
             "{f:?}"
         );
         assert!(!serving.is_finished(), "{:?}", serving.await);
+        // The entry whose file is gone went to dead letters here too: a peer
+        // that does not know `Unavailable` is not sent it again and again.
+        let left: Vec<u64> = hub
+            .queue_peek("child:nghean", None, 2)
+            .unwrap()
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect();
+        assert_eq!(left, vec![queued[0]]);
+    }
+
+    /// A peer's refusal is kept to a kilobyte of reason: the answers waiting
+    /// here are bounded by count, and each may be as large as a message.
+    #[tokio::test]
+    async fn a_peers_reason_is_kept_to_a_kilobyte() {
+        let f = Fixture::new();
+        let (ctl, mut answers) = mpsc::channel(4);
+        let (wants, _wants) = mpsc::channel(1);
+        let (out, _frames) = mpsc::channel(1);
+        let cx = Ctx {
+            state: f.hub(Arc::new(MemoryStore::new())),
+            out,
+            ctl,
+            wants,
+            sinks: Arc::default(),
+            peer_is_parent: false,
+            peer: "nghean".parse().unwrap(),
+        };
+        let (_stop_tx, mut stop) = watch::channel(false);
+        let long = "không nhận được ".repeat(100_000);
+        let reject = Frame::Reject(pb::Reject {
+            seq: 1,
+            code: Code::InvalidArgument as i32,
+            reason: long.clone(),
+        });
+        control(reject, &cx, &mut stop, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let Some(Control::Reject { reason, .. }) = answers.recv().await else {
+            panic!("no reject handed on");
+        };
+        assert!(reason.len() <= MAX_REASON_BYTES + 3, "{}", reason.len());
+        assert!(long.starts_with(reason.trim_end_matches('…')), "{reason}");
+        assert_eq!(clipped("ngắn".into()), "ngắn");
     }
 
     /// While a session is replaced, two senders wait on one queue: a new

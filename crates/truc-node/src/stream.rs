@@ -11,9 +11,13 @@
 //!
 //! Sender: serves `Want`s one at a time from the blob file, chunk by chunk; one
 //! it cannot serve (the transfer no longer queued, an offset past the end, the
-//! bytes gone or damaged) is answered `Unavailable`, and the receiver refuses
-//! that transfer at once. One it cannot read now ends the session, to be tried
-//! again by the next, for as long as `push` tries a queued entry it cannot read.
+//! file gone or unreadable for good, before its first byte or after some) is
+//! answered `Unavailable`, and the receiver refuses that transfer at once; an
+//! unreadable one also goes to dead letters here (a peer that does not know
+//! `Unavailable` never refuses it). One it cannot read now ends the session, to
+//! be tried again by the next, for `READ_RETRY_MS` as `push` tries an entry it
+//! cannot load. Bytes served are not checked here: a damaged copy reaches the
+//! receiver, whose check of the whole refuses it.
 
 use std::{
     collections::HashMap,
@@ -191,7 +195,8 @@ pub async fn fetch(
                     "link closed mid-stream".into(),
                 )));
             };
-            // The partial copy stays: a resend may resume it.
+            // The partial copy stays: a resend may resume it; none coming, the
+            // sweep of abandoned partials takes it after `orphan_grace_ms`.
             let (at, data) = piece.map_err(|why| {
                 Fetch::Refused(Refusal::new(
                     tonic::Code::DataLoss,
@@ -261,12 +266,9 @@ pub async fn serve(
         })
         .await
         .map_err(|e| NodeError::Other(e.to_string()))?;
-        let opened = match found {
+        let served = match found {
             Ok(Some((digest, size, name))) if w.offset <= size => {
-                match blob_reader(&state, digest, w.offset, false).await {
-                    Ok(file) => Ok((file, digest, size, name)),
-                    Err(e) => Err(e),
-                }
+                send_chunks(&state, &out, &w, (digest, size, &name), chunk_bytes).await
             }
             Ok(Some((_, size, _))) => {
                 tracing::warn!(
@@ -290,51 +292,72 @@ pub async fn serve(
             }
             Err(e) => Err(e),
         };
-        let (mut file, digest, size, name) = match opened {
-            Ok(o) => {
-                state.read_ok(&queue, w.seq);
-                o
-            }
+        // Failures to read are counted apart from `push`'s, which forgets
+        // them each time it loads the entry again.
+        let key = format!("{queue} attachments");
+        match served {
+            Ok(true) => state.read_ok(&key, w.seq),
+            // The link closed.
+            Ok(false) => return Ok(()),
             // As `push` does with an entry it cannot read now: the session
-            // ends and the next one, after the reconnect backoff, asks again.
-            Err(e) if e.is_transient() && state.retry_read(&queue, w.seq) => {
+            // ends and the next one, after the reconnect backoff, asks again;
+            // for a while.
+            Err(e) if e.is_transient() && state.retry_read(&key, w.seq) => {
                 tracing::error!(%queue, seq = w.seq, error = %e, "cannot read a queued attachment now; the link restarts and tries again");
                 return Err(e.into());
             }
+            // Gone, damaged or unreadable for good, before its first byte or
+            // after some: the peer is told, and the entry moves to dead
+            // letters here as `push` moves one it cannot load (a peer that
+            // does not know `Unavailable` would wait for the chunks instead).
             Err(e) => {
-                tracing::error!(%queue, seq = w.seq, error = %e, "cannot serve a queued attachment; the peer refuses its transfer");
-                unavailable(&out, &w, e.to_string()).await;
-                continue;
+                tracing::error!(%queue, seq = w.seq, error = %e, "cannot serve a queued attachment; moved to dead letters");
+                let why = format!("cannot read attachment {} at sender: {e}", w.index);
+                unavailable(&out, &w, why.clone()).await;
+                state.queue_reject(&queue, w.seq, tonic::Code::DataLoss as i32, &why)?;
             }
-        };
-        tracing::debug!(seq = w.seq, attachment = %name, from = w.offset, size, "streaming attachment");
-        let mut offset = w.offset;
-        while offset < size {
-            let len = ((size - offset) as usize).min(chunk_bytes);
-            let mut buf = vec![0u8; len];
-            file.read_exact(&mut buf)
-                .await
-                .map_err(NodeError::io(format!("read {name}")))?;
-            let chunk = pb::Chunk {
-                seq: w.seq,
-                index: w.index,
-                offset,
-                data: buf,
-            };
-            if out
-                .send(pb::LinkFrame {
-                    frame: Some(Frame::Chunk(chunk)),
-                })
-                .await
-                .is_err()
-            {
-                return Ok(());
-            }
-            state.count_streamed(&digest, offset, offset + len as u64);
-            offset += len as u64;
         }
     }
     Ok(())
+}
+
+/// Streams what `w` asks of the attachment `(digest, size, name)`: true once
+/// every chunk is handed to the link, false if the link closed first.
+async fn send_chunks(
+    state: &Arc<NodeState>,
+    out: &mpsc::Sender<pb::LinkFrame>,
+    w: &pb::Want,
+    (digest, size, name): (Digest, u64, &str),
+    chunk_bytes: usize,
+) -> Result<bool, NodeError> {
+    let mut file = blob_reader(state, digest, w.offset, false).await?;
+    tracing::debug!(seq = w.seq, attachment = %name, from = w.offset, size, "streaming attachment");
+    let mut offset = w.offset;
+    while offset < size {
+        let len = ((size - offset) as usize).min(chunk_bytes);
+        let mut buf = vec![0u8; len];
+        file.read_exact(&mut buf)
+            .await
+            .map_err(NodeError::io(format!("read {name}")))?;
+        let chunk = pb::Chunk {
+            seq: w.seq,
+            index: w.index,
+            offset,
+            data: buf,
+        };
+        if out
+            .send(pb::LinkFrame {
+                frame: Some(Frame::Chunk(chunk)),
+            })
+            .await
+            .is_err()
+        {
+            return Ok(false);
+        }
+        state.count_streamed(&digest, offset, offset + len as u64);
+        offset += len as u64;
+    }
+    Ok(true)
 }
 
 /// Tells the peer its `Want` cannot be served (a closed link needs no answer).
