@@ -364,6 +364,12 @@ pub struct Limits {
     pub max_subject_chars: usize,
     /// Inbox entries returned by one list call. Default 1000.
     pub max_list: usize,
+    /// Attachment names that display as another name (bidirectional
+    /// overrides) are refused. Always on a node; off only for checking a
+    /// document that already travelled, offline (nodes accepted such names
+    /// before they refused them). Not a setting.
+    #[serde(skip)]
+    pub refuse_disguised_names: bool,
 }
 
 impl Default for Limits {
@@ -376,6 +382,7 @@ impl Default for Limits {
             max_recipients: 1000,
             max_subject_chars: 2000,
             max_list: 1000,
+            refuse_disguised_names: true,
         }
     }
 }

@@ -7,6 +7,7 @@ use prost::Message;
 use rustls::pki_types::UnixTime;
 use truc_core::{
     BusinessType, DocId, Kind, NodeId, OrganId, ReceiptType, StatusCode, check_attachment_name,
+    check_attachment_path,
 };
 use truc_pki::{
     identity::Identity,
@@ -289,7 +290,12 @@ fn check(
     }
     let mut attachments = Vec::with_capacity(header.attachments.len());
     for a in &header.attachments {
-        check_attachment_name(&a.name).map_err(|e| Refusal::invalid(e.to_string()))?;
+        if limits.refuse_disguised_names {
+            check_attachment_name(&a.name)
+        } else {
+            check_attachment_path(&a.name)
+        }
+        .map_err(|e| Refusal::invalid(e.to_string()))?;
         if a.size > limits.max_attachment_bytes {
             return Err(Refusal::over_limit(format!(
                 "attachment {:?} is {} bytes, over the limit of {} (limits.max_attachment_bytes)",
@@ -607,6 +613,42 @@ mod tests {
         let env = seal(&header, &signer).unwrap();
         let err = verify(env, &verifiers, &limits, UnixTime::now()).unwrap_err();
         assert!(err.reason.contains("max_document_bytes"), "{err:?}");
+    }
+
+    /// Every node refuses a name that displays as another; a document that
+    /// travelled before nodes did still verifies offline.
+    #[test]
+    fn a_disguised_name_is_refused_by_nodes_and_verifies_offline() {
+        let ca = truc_pki::dev::DevCa::generate("signing").unwrap();
+        let verifiers = Verifiers {
+            agencies: ca.signature_verifier().unwrap(),
+            nodes: ca.signature_verifier().unwrap(),
+        };
+        let header = pb::Header {
+            format_version: FORMAT_VERSION,
+            doc_id: truc_core::DocId::new_v7().to_string(),
+            kind: pb::Kind::Document as i32,
+            from: "000.00.00.G22".into(),
+            to: vec!["000.00.00.H41".into()],
+            attachments: vec![pb::AttachmentRef {
+                name: "hop-dong\u{202E}fdp.exe".into(),
+                size: 3,
+                sha256: vec![7; 32],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let signer = ca
+            .agency_signer(&"000.00.00.G22".parse().unwrap(), "")
+            .unwrap();
+        let env = seal(&header, &signer).unwrap();
+        let err = verify(env.clone(), &verifiers, &Limits::default(), UnixTime::now()).unwrap_err();
+        assert!(err.reason.contains("bidirectional"), "{err:?}");
+        let offline = Limits {
+            refuse_disguised_names: false,
+            ..Limits::default()
+        };
+        verify(env, &verifiers, &offline, UnixTime::now()).unwrap();
     }
 
     #[test]

@@ -260,7 +260,7 @@ async fn export_one(
     let sender = (!header.from.is_empty()).then_some(header.from.as_str());
     let files = client::file_names(&header.attachments);
     for (i, (a, file)) in header.attachments.iter().zip(&files).enumerate() {
-        truc_core::check_attachment_name(&a.name).map_err(|e| anyhow!(e))?;
+        truc_core::check_attachment_path(&a.name).map_err(|e| anyhow!(e))?;
         client::download(
             c,
             doc_id,

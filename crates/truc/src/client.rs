@@ -701,10 +701,10 @@ pub async fn get(config: &Path, doc_id: &str, from: Option<String>, out: &Path) 
     let files = file_names(&doc.attachments);
     for (i, (a, file)) in doc.attachments.iter().zip(&files).enumerate() {
         // Names were checked by every hop; check again before touching the disk.
-        truc_core::check_attachment_name(&a.name).map_err(|e| anyhow!(e))?;
+        truc_core::check_attachment_path(&a.name).map_err(|e| anyhow!(e))?;
         if file != &a.name {
             println!(
-                "  {}: saved as {file} (another attachment has its name)",
+                "  {}: saved as {file} (another attachment has its name, or it held characters that display it as another)",
                 a.name
             );
         }
@@ -733,11 +733,24 @@ pub(crate) fn file_names(attachments: &[pb::AttachmentRef]) -> Vec<String> {
     attachments
         .iter()
         .map(|a| {
-            let (stem, ext) = match a.name.rfind('.') {
-                Some(i) if i > 0 => a.name.split_at(i),
-                _ => (a.name.as_str(), ""),
+            // A name from before nodes refused bidirectional overrides is
+            // saved without them, so that it does not display as another.
+            let plain: String = a
+                .name
+                .chars()
+                .map(|c| {
+                    if truc_core::is_bidi_override(c) {
+                        '_'
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            let (stem, ext) = match plain.rfind('.') {
+                Some(i) if i > 0 => plain.split_at(i),
+                _ => (plain.as_str(), ""),
             };
-            let mut name = a.name.clone();
+            let mut name = plain.clone();
             let mut k = 2;
             while !taken.insert(name.to_lowercase()) {
                 name = format!("{stem} ({k}){ext}");
@@ -1495,5 +1508,16 @@ mod tests {
             names,
             ["QD.pdf", "qd (2).PDF", "QD (3).pdf", ".part (2)", "README"]
         );
+    }
+
+    /// A name that displays as another (sent before nodes refused them) is
+    /// saved without its bidirectional overrides.
+    #[test]
+    fn a_disguised_name_is_saved_plain() {
+        let a = pb::AttachmentRef {
+            name: "hop-dong\u{202E}fdp.exe".into(),
+            ..Default::default()
+        };
+        assert_eq!(file_names(&[a]), ["hop-dong_fdp.exe"]);
     }
 }

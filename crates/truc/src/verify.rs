@@ -68,6 +68,7 @@ pub fn offline_limits() -> Limits {
         max_attachments: usize::MAX,
         max_attachment_bytes: u64::MAX,
         max_subject_chars: usize::MAX,
+        refuse_disguised_names: false,
         ..Limits::default()
     }
 }
