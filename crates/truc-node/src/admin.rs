@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use truc_core::{DocId, OrganId};
+use truc_core::DocId;
 use truc_proto::v1::{self as pb, admin_server::Admin};
 
 use truc_pki::identity::Role;
@@ -81,15 +81,7 @@ impl Admin for AdminService {
             .doc_id
             .parse()
             .map_err(|e| Status::invalid_argument(format!("doc_id: {e}")))?;
-        let from: Option<OrganId> = if r.from.is_empty() {
-            None
-        } else {
-            Some(
-                r.from
-                    .parse()
-                    .map_err(|e| Status::invalid_argument(format!("from: {e}")))?,
-            )
-        };
+        let from = crate::agency::opt_organ("from", &r.from)?;
         let st = self.state.clone();
         let steps = blocking(move || crate::agency::trace(&st, &doc_id, from.as_ref())).await?;
         Ok(Response::new(pb::TraceResponse { steps }))

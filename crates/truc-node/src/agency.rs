@@ -113,7 +113,8 @@ where
         .map_err(|e| Status::invalid_argument(format!("{what}: {e}")))
 }
 
-fn opt_organ(what: &str, s: &str) -> Result<Option<OrganId>, Status> {
+/// An organ id a request may leave empty (none named).
+pub(crate) fn opt_organ(what: &str, s: &str) -> Result<Option<OrganId>, Status> {
     if s.is_empty() {
         Ok(None)
     } else {
@@ -744,7 +745,7 @@ impl Agency for AgencyService {
         let doc_id: DocId = parse("doc_id", &r.doc_id)?;
         let from = opt_organ("from", &r.from)?;
         let st = self.state.clone();
-        let (envelope, mut receipts, mut statuses, steps, (entries, checkpoint)) =
+        let (envelope, sender, mut receipts, mut statuses, steps, (entries, checkpoint)) =
             blocking(move || {
                 // Sent from here, or received here.
                 // The sender's, when named: another agency may have used the same id.
@@ -757,11 +758,13 @@ impl Agency for AgencyService {
                 // The trace of this envelope's sender, whether named or not.
                 let sender =
                     <pb::Header as prost::Message>::decode(envelope.header_bytes.as_slice())
-                        .ok()
-                        .and_then(|h| h.from.parse::<OrganId>().ok());
-                let steps = trace(&st, &doc_id, sender.as_ref().or(from.as_ref()))?;
+                        .map_err(|e| NodeError::Other(format!("stored envelope: {e}")))?
+                        .from;
+                let organ = sender.parse::<OrganId>().ok();
+                let steps = trace(&st, &doc_id, organ.as_ref().or(from.as_ref()))?;
                 Ok((
                     envelope,
+                    sender,
                     st.receipts(&doc_id, from.as_ref())?,
                     st.statuses_about(&doc_id)?,
                     steps,
@@ -771,9 +774,6 @@ impl Agency for AgencyService {
             .await?;
         // Another agency may have used the same doc_id: only what answers
         // this very envelope (its sender, its header bytes) goes in.
-        let sender = <pb::Header as prost::Message>::decode(envelope.header_bytes.as_slice())
-            .map_err(|e| Status::internal(format!("stored envelope: {e}")))?
-            .from;
         let digest = Digest::of(&envelope.header_bytes);
         receipts.retain(|(_, e)| answers(e, &sender, &digest));
         statuses.retain(|e| answers(e, &sender, &digest));
@@ -950,21 +950,23 @@ pub fn event_stream(
 ///
 /// When several agencies of this edge sent a document under `doc_id`, `from`
 /// names whose; without it that is refused, naming them (as `GetStatus` does).
-/// With `from`, the audit entries are that sender's only; where another agency
-/// here used the same doc_id, entries naming neither (a receipt's or status's
-/// own line, named by its signer) cannot be told apart and are left out: the
-/// sender's record still shows its signed receipts and statuses.
+/// With `from`, the audit entries are that sender's only, on any node (a hub
+/// or relay, a recipient edge, the sending edge); unless `from` alone sent
+/// that doc_id here, entries naming neither (a receipt's or status's own line,
+/// named by its signer) cannot be told apart and are left out: the sender's
+/// record still shows its signed receipts and statuses.
 pub fn trace(
     state: &NodeState,
     doc_id: &DocId,
     from: Option<&OrganId>,
 ) -> Result<Vec<pb::TraceStep>, NodeError> {
     let here = state.node_id.to_string();
-    let records = state.sent_by(doc_id, from)?;
+    let sent = state.sent(doc_id)?;
+    let only_sender = |f: &OrganId| !sent.is_empty() && sent.iter().all(|r| r.from == f.as_str());
+    let keep_all = from.is_none_or(only_sender);
+    let records = crate::state::pick_sender(sent, doc_id, from)?;
     let mut audit = state.audit_trail(&doc_id.to_string())?;
-    if let Some(f) = from
-        && state.sent(doc_id)?.iter().any(|r| r.from != f.as_str())
-    {
+    if let (Some(f), false) = (from, keep_all) {
         audit.retain(|e| e.from == f.as_str());
     }
     let mut steps: Vec<pb::TraceStep> = audit
@@ -1443,6 +1445,56 @@ mod tests {
                 "{from}: {shown}"
             );
         }
+    }
+
+    /// On a hub, which sent nothing itself, `from` still keeps that sender's
+    /// entries only, when two senders used one doc_id.
+    #[tokio::test]
+    async fn a_trace_with_from_on_a_hub_shows_that_senders_document_only() {
+        let (g22, h41) = ("000.00.00.G22", "000.00.00.H41");
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let id = DocId::new_v7();
+        for (from, to, child) in [(g22, h41, "vpcp"), (h41, g22, "nghean")] {
+            let header = pb::Header {
+                format_version: envelope::FORMAT_VERSION,
+                doc_id: id.to_string(),
+                kind: pb::Kind::Document as i32,
+                from: from.into(),
+                to: vec![to.into()],
+                subject: "Trùng số".into(),
+                ..Default::default()
+            };
+            let env = envelope::seal(&header, &f.signer(from)).unwrap();
+            let v = envelope::verify(
+                env,
+                &f.verifiers(),
+                &crate::config::Limits::default(),
+                rustls::pki_types::UnixTime::now(),
+            )
+            .unwrap();
+            hub.accept(v, &Origin::Child(child.parse().unwrap()), None)
+                .unwrap();
+        }
+        let svc = AgencyService::new(hub);
+        let trace = async |from: &str| {
+            svc.trace(Request::new(pb::TraceRequest {
+                doc_id: id.to_string(),
+                from: from.into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .steps
+        };
+        let all = trace("").await;
+        let (g, h) = (trace(g22).await, trace(h41).await);
+        assert!(!g.is_empty() && !h.is_empty(), "{g:?} {h:?}");
+        assert_eq!(
+            g.len() + h.len(),
+            all.len(),
+            "each sender's entries, and no other's: {g:?} {h:?} {all:?}"
+        );
     }
 
     /// Every error the gRPC API answers passes the layer: counted, and a retry

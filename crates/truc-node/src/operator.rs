@@ -531,12 +531,9 @@ async fn trace(
         Err(e) => return bad(format!("doc_id: {e}")),
     };
     // The sender, when several agencies of this edge used the doc_id.
-    let from: Option<truc_core::OrganId> = match q.from.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(f) => match f.parse() {
-            Ok(o) => Some(o),
-            Err(e) => return bad(format!("from: {e}")),
-        },
+    let from = match crate::agency::opt_organ("from", q.from.as_deref().unwrap_or("").trim()) {
+        Ok(f) => f,
+        Err(e) => return bad(e.message().to_owned()),
     };
     let st = cx.state.clone();
     match tokio::task::spawn_blocking(move || crate::agency::trace(&st, &doc_id, from.as_ref()))

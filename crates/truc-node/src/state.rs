@@ -5485,23 +5485,7 @@ impl NodeState {
         doc_id: &DocId,
         from: Option<&OrganId>,
     ) -> Result<Vec<SentRecord>, NodeError> {
-        let mut records = self.sent(doc_id)?;
-        match from {
-            Some(f) => records.retain(|r| r.from == f.as_str()),
-            None if records.len() > 1 => {
-                let senders: Vec<&str> = records.iter().map(|r| r.from.as_str()).collect();
-                return Err(Refusal::new(
-                    Code::FailedPrecondition,
-                    format!(
-                        "several agencies here sent a document {doc_id} ({}): name the sender",
-                        senders.join(", ")
-                    ),
-                )
-                .into());
-            }
-            None => {}
-        }
-        Ok(records)
+        pick_sender(self.sent(doc_id)?, doc_id, from)
     }
 
     /// What an agency of this edge sent, newest first.
@@ -6147,6 +6131,32 @@ pub(crate) mod testing {
 pub struct PdfCheck {
     pub anchors: truc_pdfsig::TrustAnchors,
     pub max_bytes: u64,
+}
+
+/// The records of `sent` (one doc_id's, by every agency here) that `from`
+/// sent; without `from`, all of them when there is one sender, else refused,
+/// naming the senders.
+pub fn pick_sender(
+    mut records: Vec<SentRecord>,
+    doc_id: &DocId,
+    from: Option<&OrganId>,
+) -> Result<Vec<SentRecord>, NodeError> {
+    match from {
+        Some(f) => records.retain(|r| r.from == f.as_str()),
+        None if records.len() > 1 => {
+            let senders: Vec<&str> = records.iter().map(|r| r.from.as_str()).collect();
+            return Err(Refusal::new(
+                Code::FailedPrecondition,
+                format!(
+                    "several agencies here sent a document {doc_id} ({}): name the sender",
+                    senders.join(", ")
+                ),
+            )
+            .into());
+        }
+        None => {}
+    }
+    Ok(records)
 }
 
 /// One attachment's check as the API shows it: the document's verdict, and

@@ -14,7 +14,7 @@ const I18N = {
     logout: "Đăng xuất", none: "Không có", no_alerts: "Không có cảnh báo",
     up: "kết nối", down: "mất kết nối", unknown: "không rõ", parked: "đã tạm dừng", queued: "đang chờ",
     days: "ngày", updated: "Cập nhật", latency: "Độ trễ chuyển đến",
-    not_found: "Không tìm thấy", at: "Thời điểm", node: "Nút", step: "Bước", detail: "Chi tiết",
+    not_found: "Không tìm thấy", refused: "Không thực hiện được", at: "Thời điểm", node: "Nút", step: "Bước", detail: "Chi tiết",
     version: "phiên bản", cert: "chứng thư", seen: "liên lạc", hub: "trục", relay: "LGSP", edge: "đơn vị",
     overdue_k: "quá hạn", link_down_k: "mất kết nối", cert_expiry_k: "chứng thư sắp hết hạn",
     disk_k: "đĩa đầy", audit_k: "nhật ký kiểm toán", store_k: "kho lưu trữ", crl_k: "danh sách thu hồi",
@@ -31,7 +31,7 @@ const I18N = {
     logout: "Sign out", none: "None", no_alerts: "No alerts",
     up: "up", down: "down", unknown: "unknown", parked: "parked", queued: "queued",
     days: "days", updated: "Updated", latency: "Delivery latency",
-    not_found: "Not found", at: "At", node: "Node", step: "Step", detail: "Detail",
+    not_found: "Not found", refused: "Refused", at: "At", node: "Node", step: "Step", detail: "Detail",
     version: "version", cert: "certificate", seen: "seen", hub: "hub", relay: "relay", edge: "edge",
     overdue_k: "overdue", link_down_k: "link down", cert_expiry_k: "certificate expiry",
     disk_k: "disk", audit_k: "audit chain", store_k: "store", crl_k: "revocation list",
@@ -268,15 +268,16 @@ let traceId = null;
 let traceFrom = "";
 
 async function loadTrace() {
-  const id = traceId;
+  const [id, from] = [traceId, traceFrom];
   if (!id) return;
-  const query = traceFrom ? "?from=" + encodeURIComponent(traceFrom) : "";
+  const query = from ? "?from=" + encodeURIComponent(from) : "";
   const r = await fetch("/api/trace/" + encodeURIComponent(id) + query, {
     credentials: "same-origin", cache: "no-store", signal: deadline(),
   });
   const v = await r.json();
-  if (id !== traceId) return;
-  lastTrace = { ok: r.ok, v };
+  // An answer to an earlier search (another document, or another sender).
+  if (id !== traceId || from !== traceFrom) return;
+  lastTrace = { ok: r.ok, status: r.status, v };
   renderTrace(lastTrace);
 }
 
@@ -289,11 +290,12 @@ async function search(ev) {
   await loadTrace();
 }
 
-function renderTrace({ ok, v }) {
+function renderTrace({ ok, status, v }) {
   const box = $("trace");
   box.replaceChildren();
   if (!ok) {
-    box.append(el("p", { class: "error", id: "trace-error" }, `${t("not_found")}: ${v.message}`));
+    const label = status === 404 ? t("not_found") : t("refused");
+    box.append(el("p", { class: "error", id: "trace-error" }, `${label}: ${v.message}`));
     return;
   }
   const table = el("table", { id: "trace-table" },
