@@ -6181,28 +6181,17 @@ fn pdf_verdict(
             .collect();
     }
     match r.map(|r| r.summary()) {
-        Ok(Verdict::Valid {
-            signer,
-            signing_time_ms,
-            covers_whole_file,
-        }) => {
-            c.verdict = "valid".into();
-            c.signer = signer;
-            c.signing_time_ms = signing_time_ms.unwrap_or(0);
-            if !covers_whole_file {
-                c.detail = "the signature covers an earlier revision".into();
-            }
+        // The document's verdict is one signature's (or "unsigned"), shown
+        // as that signature is, its certificate aside.
+        Ok(v) => {
+            let s = pdf_signature(&v, None, sender);
+            c.detail = if matches!(v, Verdict::Valid { .. }) && !s.covers_whole_file {
+                "the signature covers an earlier revision".into()
+            } else {
+                s.detail
+            };
+            (c.verdict, c.signer, c.signing_time_ms) = (s.verdict, s.signer, s.signing_time_ms);
         }
-        Ok(Verdict::Invalid { reason, .. }) => {
-            c.verdict = "invalid".into();
-            c.detail = reason;
-        }
-        Ok(Verdict::SignerUnknown { signer, reason }) => {
-            c.verdict = "signer unknown".into();
-            c.signer = signer;
-            c.detail = reason;
-        }
-        Ok(Verdict::Unsigned) => c.verdict = "unsigned".into(),
         Err(truc_pdfsig::Error::Malformed(why)) => {
             c.verdict = "malformed".into();
             c.detail = why;

@@ -242,8 +242,10 @@ pub struct Report {
     pub signatures: Vec<Verdict>,
     /// Who made each signature, in the same order as `signatures`: `None`
     /// where its CMS or certificate could not be read (the verdict says why).
-    /// Known for invalid signatures too, unless the reason is that it cannot
-    /// be read; trustworthy only where the verdict is [`Verdict::Valid`].
+    /// Known for some invalid signatures too (a changed file, a bad
+    /// signature, a revoked key), not where the byte range, the CMS or its
+    /// digest algorithm could not be read or is not supported; trustworthy
+    /// only where the verdict is [`Verdict::Valid`].
     pub signers: Vec<Option<Signer>>,
 }
 
