@@ -326,6 +326,46 @@ mod tests {
         assert_eq!(parse(xml.as_bytes(), &roomy).unwrap().attachments.len(), 4);
     }
 
+    /// An attachment whose encoded form alone is over what is left of the
+    /// package's budget is refused for the package's limit too, not for a
+    /// limit the sender never set.
+    #[test]
+    fn an_encoded_attachment_over_the_budget_left_names_the_packages_limit() {
+        let doc = String::from_utf8(fixture("new-document-unprefixed.xml")).unwrap();
+        let start = doc.find("<AttachmentEncoded>").unwrap();
+        let mut x = 7u32;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (x >> 24) as u8
+                })
+                .collect()
+        };
+        let (first, second) = (
+            zip_of("a", &noise(1536 << 10)),
+            zip_of("b", &noise(1843 << 10)),
+        );
+        let xml = format!(
+            "{}<AttachmentEncoded><Attachment><ContentId>cid:1</ContentId><AttachmentName>1.pdf</AttachmentName><ContentTransferEncoded>{first}</ContentTransferEncoded></Attachment><Attachment><ContentId>cid:2</ContentId><AttachmentName>2.pdf</AttachmentName><ContentTransferEncoded>{second}</ContentTransferEncoded></Attachment></AttachmentEncoded></edXML>",
+            &doc[..start]
+        );
+        let limits = Limits {
+            max_attachment_bytes: 4 << 20,
+            max_total_attachment_bytes: 2 << 20,
+            ..Limits::default()
+        };
+        let e = parse(xml.as_bytes(), &limits).unwrap_err();
+        assert_eq!(
+            e.reason,
+            format!(
+                "the attachments together are over the package's limit of {} bytes",
+                2 << 20
+            ),
+            "{e}"
+        );
+    }
+
     #[test]
     fn what_strict_receivers_refuse_is_refused_or_left_out() {
         // Thousands of attributes: each is checked against every earlier one.

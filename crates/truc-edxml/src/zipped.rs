@@ -12,11 +12,13 @@ use crate::{EdxmlError, Limits};
 /// Why [`decode`] refused an attachment.
 #[derive(Debug)]
 pub enum DecodeError {
-    /// The entry expands to more than the `max_bytes` it was given: the
-    /// caller knows which of its limits that was and may say so.
+    /// The attachment is larger than the `max_bytes` it was given (its
+    /// encoded form already, or the entry it expands to): the caller knows
+    /// which of its limits that was and may say so.
     OverLimit {
         element: String,
-        declared: u64,
+        /// What is over, e.g. "ZIP entry expands to 5000 bytes".
+        what: String,
         max_bytes: u64,
     },
     /// Any other refusal, said as it is.
@@ -34,12 +36,9 @@ impl From<DecodeError> for EdxmlError {
         match e {
             DecodeError::OverLimit {
                 element,
-                declared,
+                what,
                 max_bytes,
-            } => EdxmlError::new(
-                element,
-                format!("ZIP entry expands to {declared} bytes, over the limit of {max_bytes}"),
-            ),
+            } => EdxmlError::new(element, format!("{what}, over the limit of {max_bytes}")),
             DecodeError::Refused(e) => e,
         }
     }
@@ -57,13 +56,15 @@ pub fn decode(
         .chars()
         .filter(|c| !c.is_ascii_whitespace())
         .collect();
+    // A ZIP's own bytes add little to what it holds: 1 MiB is room enough.
     let max_zip = max_bytes.saturating_add(1 << 20);
-    if (compact.len() as u64 / 4) * 3 > max_zip {
-        return Err(EdxmlError::new(
-            element,
-            format!("encoded attachment is over {} bytes", max_zip),
-        )
-        .into());
+    let zip_len = (compact.len() as u64 / 4) * 3;
+    if zip_len > max_zip {
+        return Err(DecodeError::OverLimit {
+            element: element.to_owned(),
+            what: format!("encoded attachment is a ZIP of about {zip_len} bytes"),
+            max_bytes: max_zip,
+        });
     }
     let zip_bytes = base64::engine::general_purpose::STANDARD
         .decode(compact.as_bytes())
@@ -97,7 +98,7 @@ pub fn decode(
         if declared > max_bytes {
             return Err(DecodeError::OverLimit {
                 element: element.to_owned(),
-                declared,
+                what: format!("ZIP entry expands to {declared} bytes"),
                 max_bytes,
             });
         }
