@@ -287,13 +287,7 @@ impl RunningNode {
         // Read once: the TLS configurations, the node-signature verifier and
         // the `crl` alert's dates all take them from here.
         let tls_crls = load_crl_files(&config.tls.crls)?;
-        let mut transport = TransportMaterial::load(
-            &config.tls.ca,
-            &config.tls.cert,
-            &config.tls.key,
-            &[] as &[&std::path::Path],
-        )?;
-        transport.crls = all_crls(&tls_crls);
+        let transport = transport_material(&config.tls, &tls_crls)?;
         // The certificate must name this node: a misplaced file fails here, not at the peer.
         let leaf = transport
             .chain
@@ -909,6 +903,18 @@ fn all_crls(files: &CrlFiles) -> Vec<Crl> {
     files.iter().flat_map(|f| f.lists.iter().cloned()).collect()
 }
 
+/// This node's TLS material from `tls`, with its revocation lists as read
+/// (each file read once, for the material and for the lists' dates).
+fn transport_material(
+    tls: &crate::config::TlsSection,
+    crls: &CrlFiles,
+) -> Result<TransportMaterial, truc_pki::PkiError> {
+    let mut material =
+        TransportMaterial::load(&tls.ca, &tls.cert, &tls.key, &[] as &[&std::path::Path])?;
+    material.crls = all_crls(crls);
+    Ok(material)
+}
+
 /// Records when each file's lists are due to be replaced (for the `crl`
 /// alert), and says so in the log when one is already past it.
 fn note_crl_dates(state: &NodeState, which: &str, files: &CrlFiles) {
@@ -1015,9 +1021,7 @@ async fn reload_crls(
     let every = Duration::from_millis(tls.crl_reload_ms);
     on_change(&tls.crls, every, stop, || {
         let loaded = load_crl_files(&tls.crls).and_then(|files| {
-            let mut material =
-                TransportMaterial::load(&tls.ca, &tls.cert, &tls.key, &[] as &[&std::path::Path])?;
-            material.crls = all_crls(&files);
+            let material = transport_material(&tls, &files)?;
             Ok((files, material))
         });
         let (files, material) = match loaded {

@@ -104,6 +104,7 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// Samplers of one process must not overlap: each start resets its mark.
     pub fn start(procs: &[(String, u32)]) -> Self {
         let procs: Vec<(String, u32, f64, u64, bool)> = procs
             .iter()
@@ -161,8 +162,13 @@ impl Sampler {
 mod tests {
     use super::*;
 
+    /// Both tests sample this process, and a sampler's start resets its mark:
+    /// one at a time where tests share a process (`cargo test`).
+    static ME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     #[tokio::test]
     async fn this_process_has_cpu_time_and_memory() {
+        let _me = ME.lock().await;
         let me = std::process::id();
         assert!(rss_bytes(me).unwrap() > 0);
         let s = Sampler::start(&[("me".into(), me)]);
@@ -182,6 +188,7 @@ mod tests {
     #[tokio::test]
     async fn a_spike_between_samples_is_the_peak_and_a_reset_forgets_an_earlier_one() {
         const SPIKE: usize = 96 << 20;
+        let _me = ME.lock().await;
         let me = std::process::id();
         let spike = || {
             // Touched, so resident; large, so given back to the kernel when freed.
