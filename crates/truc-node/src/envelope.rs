@@ -579,15 +579,23 @@ pub fn receipt_header(signer: &Sender, r: &ReceiptSpec<'_>, now_ms: i64) -> pb::
 mod tests {
     use super::*;
 
-    /// Attachment sizes are the sender's to choose: where any single size is
-    /// allowed (offline checks), their sum must not wrap round to a small one.
-    #[test]
-    fn attachment_sizes_that_overflow_their_total_are_over_the_limit() {
+    const G22: &str = "000.00.00.G22";
+
+    /// A dev signing CA, and the verifiers that trust it for agencies and nodes.
+    fn signing_ca() -> (truc_pki::dev::DevCa, Verifiers) {
         let ca = truc_pki::dev::DevCa::generate("signing").unwrap();
         let verifiers = Verifiers {
             agencies: ca.signature_verifier().unwrap(),
             nodes: ca.signature_verifier().unwrap(),
         };
+        (ca, verifiers)
+    }
+
+    /// Attachment sizes are the sender's to choose: where any single size is
+    /// allowed (offline checks), their sum must not wrap round to a small one.
+    #[test]
+    fn attachment_sizes_that_overflow_their_total_are_over_the_limit() {
+        let (ca, verifiers) = signing_ca();
         let att = |name: &str, size| pb::AttachmentRef {
             name: name.into(),
             size,
@@ -607,9 +615,7 @@ mod tests {
             max_attachment_bytes: u64::MAX,
             ..Limits::default()
         };
-        let signer = ca
-            .agency_signer(&"000.00.00.G22".parse().unwrap(), "")
-            .unwrap();
+        let signer = ca.agency_signer(&G22.parse().unwrap(), "").unwrap();
         let env = seal(&header, &signer).unwrap();
         let err = verify(env, &verifiers, &limits, UnixTime::now()).unwrap_err();
         assert!(err.reason.contains("max_document_bytes"), "{err:?}");
@@ -619,11 +625,7 @@ mod tests {
     /// travelled before nodes did still verifies offline.
     #[test]
     fn a_disguised_name_is_refused_by_nodes_and_verifies_offline() {
-        let ca = truc_pki::dev::DevCa::generate("signing").unwrap();
-        let verifiers = Verifiers {
-            agencies: ca.signature_verifier().unwrap(),
-            nodes: ca.signature_verifier().unwrap(),
-        };
+        let (ca, verifiers) = signing_ca();
         let header = pb::Header {
             format_version: FORMAT_VERSION,
             doc_id: truc_core::DocId::new_v7().to_string(),
@@ -638,9 +640,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let signer = ca
-            .agency_signer(&"000.00.00.G22".parse().unwrap(), "")
-            .unwrap();
+        let signer = ca.agency_signer(&G22.parse().unwrap(), "").unwrap();
         let env = seal(&header, &signer).unwrap();
         let err = verify(env.clone(), &verifiers, &Limits::default(), UnixTime::now()).unwrap_err();
         assert!(err.reason.contains("bidirectional"), "{err:?}");

@@ -1661,6 +1661,24 @@ mod tests {
         );
     }
 
+    /// The read loop's context of a session with child nghean.
+    fn child_cx(
+        state: Arc<NodeState>,
+        out: mpsc::Sender<pb::LinkFrame>,
+        ctl: mpsc::Sender<Control>,
+        wants: mpsc::Sender<pb::Want>,
+    ) -> Ctx {
+        Ctx {
+            state,
+            out,
+            ctl,
+            wants,
+            sinks: Arc::default(),
+            peer_is_parent: false,
+            peer: "nghean".parse().unwrap(),
+        }
+    }
+
     /// `push` of nghean's queue at the hub, with the peer's side in hand.
     struct Pushing {
         frames: mpsc::Receiver<pb::LinkFrame>,
@@ -1851,15 +1869,7 @@ mod tests {
             .unwrap();
         let (ctl, _ctl) = mpsc::channel(1);
         let (wants, _wants) = mpsc::channel(1);
-        let cx = Ctx {
-            state: hub,
-            out,
-            ctl,
-            wants,
-            sinks: Arc::default(),
-            peer_is_parent: false,
-            peer: "nghean".parse().unwrap(),
-        };
+        let cx = child_cx(hub, out, ctl, wants);
         let (stop_tx, mut stop) = watch::channel(false);
         let limit = Duration::from_secs(5);
         let ping = Frame::Ping(pb::Ping { nonce: 1 });
@@ -1893,15 +1903,7 @@ mod tests {
         let (ctl, _ctl) = mpsc::channel(most);
         let (wants, _wants) = mpsc::channel(most);
         let (out, _frames) = mpsc::channel(1);
-        let cx = Ctx {
-            state: hub.clone(),
-            out,
-            ctl,
-            wants,
-            sinks: Arc::default(),
-            peer_is_parent: false,
-            peer: "nghean".parse().unwrap(),
-        };
+        let cx = child_cx(hub.clone(), out, ctl, wants);
         let (_stop_tx, mut stop) = watch::channel(false);
         let limit = Duration::from_secs(5);
         for (what, f) in [
@@ -2021,15 +2023,7 @@ mod tests {
         let (ctl, mut answers) = mpsc::channel(4);
         let (wants, _wants) = mpsc::channel(1);
         let (out, _frames) = mpsc::channel(1);
-        let cx = Ctx {
-            state: f.hub(Arc::new(MemoryStore::new())),
-            out,
-            ctl,
-            wants,
-            sinks: Arc::default(),
-            peer_is_parent: false,
-            peer: "nghean".parse().unwrap(),
-        };
+        let cx = child_cx(f.hub(Arc::new(MemoryStore::new())), out, ctl, wants);
         let (_stop_tx, mut stop) = watch::channel(false);
         let long = "không nhận được ".repeat(100_000);
         let reject = Frame::Reject(pb::Reject {
