@@ -348,6 +348,26 @@ fn steps(c: &Cluster, node: &str, id: &str) -> Vec<String> {
         .collect()
 }
 
+/// A package copied by a tool that writes names decomposed (NFD, as macOS
+/// tools do) still verifies: the same names, in another Unicode form.
+#[test]
+fn a_package_whose_names_were_decomposed_by_a_copy_still_verifies() {
+    let (composed, decomposed) = ("Tờ trình.pdf", "To\u{31B}\u{300} tri\u{300}nh.pdf");
+    assert_ne!(composed.as_bytes(), decomposed.as_bytes());
+    let mut c = Cluster::new();
+    let id = deliver_pdf(&mut c, composed, "To trinh so 3", "Tờ trình");
+    let out = c.path("archive");
+    export(&c, "vpcp", &id, &out);
+    let pkg = package_in(&out);
+    let copy = c.path("copied");
+    copy_dir(&pkg, &copy);
+    let attachments = copy.join("data").join("attachments");
+    std::fs::rename(attachments.join(composed), attachments.join(decomposed)).unwrap();
+    let (ok, said) = verify(&c, &copy);
+    assert!(ok, "{said}");
+    assert!(said.contains(&format!("attachment {composed}")), "{said}");
+}
+
 #[test]
 fn with_a_records_duty_attachments_outlive_retention_until_archived() {
     let mut c = Cluster::new();

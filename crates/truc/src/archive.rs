@@ -432,6 +432,34 @@ impl Findings {
     }
 }
 
+/// The package's payload files as they are on disk, by their names in Unicode
+/// NFC. Export writes NFC names (as truc carries them); a copy through a tool
+/// or filesystem that stores names decomposed (NFD, as macOS tools often
+/// write them) still finds each file the manifest and the envelope name.
+struct OnDisk {
+    by_nfc: BTreeMap<String, String>,
+}
+
+fn nfc(s: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    s.nfc().collect()
+}
+
+impl OnDisk {
+    fn read(pkg: &Path) -> Result<Self> {
+        let by_nfc = files_under(pkg, &pkg.join("data"))?
+            .into_iter()
+            .map(|rel| (nfc(&rel), rel))
+            .collect();
+        Ok(Self { by_nfc })
+    }
+
+    /// Where the file the package names `rel` is.
+    fn path(&self, pkg: &Path, rel: &str) -> PathBuf {
+        pkg.join(self.by_nfc.get(&nfc(rel)).map_or(rel, String::as_str))
+    }
+}
+
 fn read(pkg: &Path, rel: &str) -> Result<Vec<u8>> {
     std::fs::read(pkg.join(rel)).with_context(|| format!("{rel} is missing"))
 }
@@ -442,7 +470,7 @@ fn at(ms: i64) -> UnixTime {
 
 /// The BagIt layer: every payload file listed and unchanged, nothing extra, tag
 /// files unchanged.
-fn check_bag(pkg: &Path, f: &mut Findings) -> Result<()> {
+fn check_bag(pkg: &Path, disk: &OnDisk, f: &mut Findings) -> Result<()> {
     let bagit = String::from_utf8_lossy(&read(pkg, "bagit.txt")?).into_owned();
     if !bagit.contains("BagIt-Version: 1.0") {
         f.fail("bagit.txt", "not a BagIt 1.0 bag");
@@ -465,15 +493,16 @@ fn check_bag(pkg: &Path, f: &mut Findings) -> Result<()> {
             f.fail(rel, "a path outside the package");
             continue;
         }
-        match client::sha256_file(&pkg.join(rel)) {
+        match client::sha256_file(&disk.path(pkg, rel)) {
             Ok((h, _)) if hex::encode(&h) == *want => {}
             Ok(_) => f.fail(rel, "changed: its sha-256 is not the one in the manifest"),
             Err(_) => f.fail(rel, "missing"),
         }
     }
-    for rel in files_under(pkg, &pkg.join("data"))? {
-        if !manifest.contains_key(&rel) {
-            f.fail(&rel, "not in the manifest (added after export)");
+    let listed: std::collections::HashSet<String> = manifest.keys().map(|k| nfc(k)).collect();
+    for (name, rel) in &disk.by_nfc {
+        if !listed.contains(name) {
+            f.fail(rel, "not in the manifest (added after export)");
         }
     }
     for t in ["bag-info.txt", "manifest-sha256.txt"] {
@@ -505,7 +534,8 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
         problems: Vec::new(),
         proves: Vec::new(),
     };
-    check_bag(pkg, &mut f)?;
+    let disk = OnDisk::read(pkg)?;
+    check_bag(pkg, &disk, &mut f)?;
     let limits = offline_limits();
 
     // The document: its signature at the time it says it was made.
@@ -550,7 +580,7 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
             .into_iter()
             .zip(&d.header.attachments)
             .map(|(file, a)| {
-                let at = |n: &str| pkg.join("data").join("attachments").join(n);
+                let at = |n: &str| disk.path(pkg, &format!("data/attachments/{n}"));
                 if !at(&file).exists() && at(&a.name).exists() {
                     a.name.clone()
                 } else {
@@ -560,7 +590,7 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
             .collect();
         for (i, (a, file)) in d.header.attachments.iter().zip(&files).enumerate() {
             let rel = format!("data/attachments/{file}");
-            match client::sha256_file(&pkg.join(&rel)) {
+            match client::sha256_file(&disk.path(pkg, &rel)) {
                 Ok((h, n))
                     if Some(&h[..]) == d.attachments.get(i).map(|x| &x.0[..]) && n == a.size =>
                 {
@@ -581,11 +611,11 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
         // pass for part of the document.
         let named: std::collections::HashSet<String> = files
             .iter()
-            .map(|file| format!("data/attachments/{file}"))
+            .map(|file| nfc(&format!("data/attachments/{file}")))
             .collect();
-        for rel in files_under(pkg, &pkg.join("data").join("attachments"))? {
-            if !named.contains(&rel) {
-                f.fail(&rel, "an attachment the signed envelope does not name");
+        for (name, rel) in &disk.by_nfc {
+            if name.starts_with("data/attachments/") && !named.contains(name) {
+                f.fail(rel, "an attachment the signed envelope does not name");
             }
         }
     }
