@@ -12,5 +12,5 @@ pub mod route;
 
 pub use ids::{DocId, IdError, NodeId, OrganId, Seq};
 pub use kinds::{BusinessType, DeliveryState, Kind, Priority, ReceiptType, StatusCode};
-pub use names::{NameError, check_attachment_name, check_attachment_path, is_bidi_override};
+pub use names::{NameError, check_attachment_name, check_attachment_path, plain_file_name};
 pub use route::{Destination, RouteError, RoutingTable};

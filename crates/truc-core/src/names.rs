@@ -43,6 +43,15 @@ pub fn is_bidi_override(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
+/// `name` with `_` for each bidirectional override: how a name sent before
+/// nodes refused them is saved or offered as a file, so that it does not
+/// display as another.
+pub fn plain_file_name(name: &str) -> String {
+    name.chars()
+        .map(|c| if is_bidi_override(c) { '_' } else { c })
+        .collect()
+}
+
 /// Refuses names that could act as paths or control sequences when written to
 /// disk: what a name must pass to be a file's name. Nodes refused only these
 /// before they refused bidirectional overrides too, so a document that

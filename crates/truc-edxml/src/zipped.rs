@@ -60,10 +60,12 @@ pub fn decode(
     let max_zip = max_bytes.saturating_add(1 << 20);
     let zip_len = (compact.len() as u64 / 4) * 3;
     if zip_len > max_zip {
+        // Over the limit by more than any ZIP's own bytes: said against the
+        // limit itself, not the room allowed for them.
         return Err(DecodeError::OverLimit {
             element: element.to_owned(),
             what: format!("encoded attachment is a ZIP of about {zip_len} bytes"),
-            max_bytes: max_zip,
+            max_bytes,
         });
     }
     let zip_bytes = base64::engine::general_purpose::STANDARD

@@ -1055,6 +1055,12 @@ organs = ["000.00.00.G22"]
         assert_eq!(c.data_dir, dir.path().join("data"));
         assert_eq!(c.children.len(), 1);
         assert_eq!(c.link.window, 256);
+        // Not a setting: a node always refuses names that display as another,
+        // a [limits] section or not.
+        assert!(c.limits.refuse_disguised_names);
+        let text = base(dir.path()).replace("[listen]", "[limits]\nmax_list = 10\n[listen]");
+        let p = write(dir.path(), "hub.toml", &text);
+        assert!(Config::load(&p).unwrap().limits.refuse_disguised_names);
     }
 
     #[test]

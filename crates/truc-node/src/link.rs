@@ -732,7 +732,7 @@ async fn push(
     let mut notify = state.notifier(&queue);
     // The window the peer announced when the link came up: the channels
     // carrying its answers here are sized for it, so an ack cannot raise it.
-    let most = window;
+    let most = window.min(1 << 16);
     // (seq, bytes) of every transfer sent and not yet acknowledged.
     let mut in_flight: VecDeque<(u64, usize)> = VecDeque::new();
     let mut in_flight_bytes = 0usize;
@@ -1974,10 +1974,15 @@ mod tests {
             1 << 10,
         ));
         let never_queued = 999;
-        for seq in [queued[1], never_queued, queued[0]] {
+        for (seq, index) in [
+            (queued[1], 0),
+            (never_queued, 0),
+            (queued[0], 7),
+            (queued[0], 0),
+        ] {
             let w = pb::Want {
                 seq,
-                index: 0,
+                index,
                 offset: 0,
             };
             wants.send(w).await.unwrap();
@@ -1996,6 +2001,13 @@ mod tests {
         let f = next().await;
         assert!(
             matches!(&f, Some(Frame::Unavailable(u)) if u.seq == never_queued && u.reason.contains("no longer queued")),
+            "{f:?}"
+        );
+        // An attachment the entry does not have: the Want is wrong, not the
+        // entry, which stays queued and is served next.
+        let f = next().await;
+        assert!(
+            matches!(&f, Some(Frame::Unavailable(u)) if u.seq == queued[0] && u.index == 7),
             "{f:?}"
         );
         let f = next().await;

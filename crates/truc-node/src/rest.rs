@@ -793,7 +793,10 @@ async fn attachment(
             (header::CONTENT_LENGTH, a.size.to_string()),
             (
                 header::CONTENT_DISPOSITION,
-                format!("attachment; filename*=UTF-8''{}", urlencode(&a.name)),
+                format!(
+                    "attachment; filename*=UTF-8''{}",
+                    urlencode(&truc_core::plain_file_name(&a.name))
+                ),
             ),
         ],
         Body::from_stream(stream),

@@ -4919,11 +4919,13 @@ impl NodeState {
         retry_after_ms: u32,
     ) -> Result<(), NodeError> {
         let key = Key::new().str(queue).u64(seq).build();
+        // Under the writer lock, as `queue_reject`: another task may move the
+        // entry to dead letters meanwhile (the link's attachment server).
+        let w = self.lock();
         let Some(bytes) = self.store.get(Space::Queue, &key)? else {
             return Ok(());
         };
         let entry: QueueEntry = record::decode(Space::Queue, &key, &bytes)?;
-        let w = self.lock();
         let mut plan = Plan::default();
         let detail =
             format!("RESOURCE_EXHAUSTED at {queue}: {reason}; retrying every {retry_after_ms} ms");

@@ -290,7 +290,16 @@ pub async fn serve(
                 unavailable(&out, &w, "the transfer is no longer queued here".into()).await;
                 continue;
             }
-            Err(e) => Err(e),
+            // The store could not be read now: tried again below.
+            Err(e) if e.is_transient() => Err(e),
+            // The Want names what the entry does not have (an attachment
+            // index past its last): the peer's request is wrong, not the
+            // entry, which stays queued.
+            Err(e) => {
+                tracing::warn!(%queue, seq = w.seq, index = w.index, error = %e, "want for what the transfer does not have");
+                unavailable(&out, &w, e.to_string()).await;
+                continue;
+            }
         };
         // Failures to read are counted apart from `push`'s, which forgets
         // them each time it loads the entry again.

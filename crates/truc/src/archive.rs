@@ -574,20 +574,21 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
             client::time(created),
             signer_of(d)
         ));
-        // Named as export names them (a second "QD.pdf" is "QD (2).pdf"), or
-        // by their own names in a package written before that.
-        let files: Vec<String> = client::file_names(&d.header.attachments)
-            .into_iter()
-            .zip(&d.header.attachments)
-            .map(|(file, a)| {
-                let at = |n: &str| disk.path(pkg, &format!("data/attachments/{n}"));
-                if !at(&file).exists() && at(&a.name).exists() {
-                    a.name.clone()
-                } else {
-                    file
-                }
-            })
-            .collect();
+        // Named as export names them (a second "QD.pdf" is "QD (2).pdf"), or,
+        // when any of those names is not there, by their own names, as a
+        // package written before that names them all (file by file, one
+        // attachment's old name could be another's new one).
+        let exported = client::file_names(&d.header.attachments);
+        let at = |n: &str| disk.path(pkg, &format!("data/attachments/{n}"));
+        let files: Vec<String> = if exported.iter().all(|f| at(f).exists()) {
+            exported
+        } else {
+            d.header
+                .attachments
+                .iter()
+                .map(|a| a.name.clone())
+                .collect()
+        };
         for (i, (a, file)) in d.header.attachments.iter().zip(&files).enumerate() {
             let rel = format!("data/attachments/{file}");
             match client::sha256_file(&disk.path(pkg, &rel)) {

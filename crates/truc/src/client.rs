@@ -735,17 +735,7 @@ pub(crate) fn file_names(attachments: &[pb::AttachmentRef]) -> Vec<String> {
         .map(|a| {
             // A name from before nodes refused bidirectional overrides is
             // saved without them, so that it does not display as another.
-            let plain: String = a
-                .name
-                .chars()
-                .map(|c| {
-                    if truc_core::is_bidi_override(c) {
-                        '_'
-                    } else {
-                        c
-                    }
-                })
-                .collect();
+            let plain = truc_core::plain_file_name(&a.name);
             let (stem, ext) = match plain.rfind('.') {
                 Some(i) if i > 0 => plain.split_at(i),
                 _ => (plain.as_str(), ""),
