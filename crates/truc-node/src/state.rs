@@ -550,9 +550,9 @@ pub struct NodeState {
     next_short_deadline: AtomicI64,
     pub storage: crate::config::StorageSection,
     partials: Arc<Mutex<HashMap<Digest, tokio::sync::watch::Receiver<Option<bool>>>>>,
-    /// Queue entries that could not be read, with when that began: tried
-    /// again until [`READ_RETRY_MS`], then given up on.
-    read_failures: Mutex<HashMap<(String, u64), i64>>,
+    /// Queue entries that could not be read, with when that began and when
+    /// it last happened: tried again until [`READ_RETRY_MS`], then given up on.
+    read_failures: Mutex<HashMap<(String, u64), (i64, i64)>>,
     /// How many `read_failures` holds, read without its lock.
     read_failing: AtomicUsize,
     /// [`READ_RETRY_MS`]; shorter in tests.
@@ -1135,12 +1135,20 @@ impl NodeState {
     }
 
     /// A queue entry could not be read (now): whether to try again, which
-    /// it is for [`READ_RETRY_MS`] after the first failure.
+    /// it is for [`READ_RETRY_MS`] after the first failure. A failure that
+    /// long after the last one starts the count again: the time between was
+    /// not spent failing (the link was down, say), and one failure after an
+    /// outage does not give up at once.
     pub fn retry_read(&self, queue: &str, seq: u64) -> bool {
         let now = now_ms();
+        let limit = self.read_retry_ms.load(Ordering::Relaxed);
         let mut m = self.read_failures.lock().unwrap_or_else(|p| p.into_inner());
-        let first = *m.entry((queue.to_owned(), seq)).or_insert(now);
-        let retry = now - first < self.read_retry_ms.load(Ordering::Relaxed);
+        let (first, last) = m.entry((queue.to_owned(), seq)).or_insert((now, now));
+        if now - *last > limit {
+            *first = now;
+        }
+        *last = now;
+        let retry = now - *first < limit;
         if !retry {
             m.remove(&(queue.to_owned(), seq));
         }
@@ -7438,6 +7446,23 @@ mod tests {
         use rustls::pki_types::{PrivatePkcs8KeyDer, pem::PemObject};
         let key = PrivatePkcs8KeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
         (vec![issued.cert_der], key.secret_pkcs8_der().to_vec())
+    }
+
+    /// A read that fails long after the last failure (the link was down in
+    /// between) starts the count again instead of giving up at once.
+    #[test]
+    fn a_read_failure_after_a_quiet_while_is_tried_again() {
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        hub.set_read_retry_ms(100);
+        assert!(hub.retry_read("child:nghean", 1));
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        assert!(
+            hub.retry_read("child:nghean", 1),
+            "the 250 ms between were not spent failing"
+        );
+        hub.set_read_retry_ms(0);
+        assert!(!hub.retry_read("child:nghean", 1), "given up on");
     }
 
     /// A decree signed by two agencies reaches the API with both signatures,
