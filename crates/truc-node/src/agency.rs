@@ -761,11 +761,13 @@ impl Agency for AgencyService {
                         .map_err(|e| NodeError::Other(format!("stored envelope: {e}")))?
                         .from;
                 let organ = sender.parse::<OrganId>().ok();
-                let steps = trace(&st, &doc_id, organ.as_ref().or(from.as_ref()))?;
+                // Its receipts: those the trace read, of this sender's record.
+                let (steps, receipts) =
+                    trace_and_receipts(&st, &doc_id, organ.as_ref().or(from.as_ref()))?;
                 Ok((
                     envelope,
                     sender,
-                    st.receipts(&doc_id, from.as_ref())?,
+                    receipts,
                     st.statuses_about(&doc_id)?,
                     steps,
                     proof,
@@ -960,11 +962,24 @@ pub fn trace(
     doc_id: &DocId,
     from: Option<&OrganId>,
 ) -> Result<Vec<pb::TraceStep>, NodeError> {
+    Ok(trace_and_receipts(state, doc_id, from)?.0)
+}
+
+/// Signed receipts: (recipient, envelope).
+type Receipts = Vec<(String, pb::SignedEnvelope)>;
+
+/// [`trace`], and the signed receipts it read for it.
+fn trace_and_receipts(
+    state: &NodeState,
+    doc_id: &DocId,
+    from: Option<&OrganId>,
+) -> Result<(Vec<pb::TraceStep>, Receipts), NodeError> {
     let here = state.node_id.to_string();
     let sent = state.sent(doc_id)?;
-    let only_sender = |f: &OrganId| !sent.is_empty() && sent.iter().all(|r| r.from == f.as_str());
-    let keep_all = from.is_none_or(only_sender);
+    let senders = sent.len();
     let records = crate::state::pick_sender(sent, doc_id, from)?;
+    // Every record here is `from`'s (or none was named).
+    let keep_all = from.is_none() || (senders > 0 && records.len() == senders);
     let mut audit = state.audit_trail(&doc_id.to_string())?;
     if let (Some(f), false) = (from, keep_all) {
         audit.retain(|e| e.from == f.as_str());
@@ -982,7 +997,7 @@ pub fn trace(
     for rec in &records {
         receipts.extend(state.receipts_of(rec)?);
     }
-    for (organ, env) in receipts {
+    for (organ, env) in &receipts {
         let Ok(header) = <pb::Header as prost::Message>::decode(env.header_bytes.as_slice()) else {
             continue;
         };
@@ -1045,7 +1060,7 @@ pub fn trace(
         }
     }
     steps.sort_by_key(|s| s.at_ms);
-    Ok(steps)
+    Ok((steps, receipts))
 }
 
 fn upload_name(id: &uuid::Uuid) -> String {

@@ -938,7 +938,7 @@ impl Config {
             ));
         }
         if f.link.window == 0
-            || f.link.window > 1 << 16
+            || f.link.window > crate::link::MAX_WINDOW
             || f.link.heartbeat_interval_ms == 0
             || f.link.heartbeat_timeout_ms <= f.link.heartbeat_interval_ms
         {

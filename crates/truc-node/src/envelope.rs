@@ -581,42 +581,44 @@ mod tests {
 
     const G22: &str = "000.00.00.G22";
 
-    /// A dev signing CA, and the verifiers that trust it for agencies and nodes.
-    fn signing_ca() -> (truc_pki::dev::DevCa, Verifiers) {
+    /// A document from G22 to H41 with attachments `(name, size)`, sealed by
+    /// G22, and the verifiers that trust its CA.
+    fn sealed_with(attachments: &[(&str, u64)]) -> (pb::SignedEnvelope, Verifiers) {
         let ca = truc_pki::dev::DevCa::generate("signing").unwrap();
         let verifiers = Verifiers {
             agencies: ca.signature_verifier().unwrap(),
             nodes: ca.signature_verifier().unwrap(),
         };
-        (ca, verifiers)
+        let header = pb::Header {
+            format_version: FORMAT_VERSION,
+            doc_id: truc_core::DocId::new_v7().to_string(),
+            kind: pb::Kind::Document as i32,
+            from: G22.into(),
+            to: vec!["000.00.00.H41".into()],
+            attachments: attachments
+                .iter()
+                .map(|(name, size)| pb::AttachmentRef {
+                    name: (*name).into(),
+                    size: *size,
+                    sha256: vec![7; 32],
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let signer = ca.agency_signer(&G22.parse().unwrap(), "").unwrap();
+        (seal(&header, &signer).unwrap(), verifiers)
     }
 
     /// Attachment sizes are the sender's to choose: where any single size is
     /// allowed (offline checks), their sum must not wrap round to a small one.
     #[test]
     fn attachment_sizes_that_overflow_their_total_are_over_the_limit() {
-        let (ca, verifiers) = signing_ca();
-        let att = |name: &str, size| pb::AttachmentRef {
-            name: name.into(),
-            size,
-            sha256: vec![7; 32],
-            ..Default::default()
-        };
-        let header = pb::Header {
-            format_version: FORMAT_VERSION,
-            doc_id: truc_core::DocId::new_v7().to_string(),
-            kind: pb::Kind::Document as i32,
-            from: "000.00.00.G22".into(),
-            to: vec!["000.00.00.H41".into()],
-            attachments: vec![att("a.pdf", u64::MAX), att("b.pdf", 2)],
-            ..Default::default()
-        };
+        let (env, verifiers) = sealed_with(&[("a.pdf", u64::MAX), ("b.pdf", 2)]);
         let limits = Limits {
             max_attachment_bytes: u64::MAX,
             ..Limits::default()
         };
-        let signer = ca.agency_signer(&G22.parse().unwrap(), "").unwrap();
-        let env = seal(&header, &signer).unwrap();
         let err = verify(env, &verifiers, &limits, UnixTime::now()).unwrap_err();
         assert!(err.reason.contains("max_document_bytes"), "{err:?}");
     }
@@ -625,23 +627,7 @@ mod tests {
     /// travelled before nodes did still verifies offline.
     #[test]
     fn a_disguised_name_is_refused_by_nodes_and_verifies_offline() {
-        let (ca, verifiers) = signing_ca();
-        let header = pb::Header {
-            format_version: FORMAT_VERSION,
-            doc_id: truc_core::DocId::new_v7().to_string(),
-            kind: pb::Kind::Document as i32,
-            from: "000.00.00.G22".into(),
-            to: vec!["000.00.00.H41".into()],
-            attachments: vec![pb::AttachmentRef {
-                name: "hop-dong\u{202E}fdp.exe".into(),
-                size: 3,
-                sha256: vec![7; 32],
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        let signer = ca.agency_signer(&G22.parse().unwrap(), "").unwrap();
-        let env = seal(&header, &signer).unwrap();
+        let (env, verifiers) = sealed_with(&[("hop-dong\u{202E}fdp.exe", 3)]);
         let err = verify(env.clone(), &verifiers, &Limits::default(), UnixTime::now()).unwrap_err();
         assert!(err.reason.contains("bidirectional"), "{err:?}");
         let offline = Limits {

@@ -421,8 +421,12 @@ fn clipped(mut reason: String) -> String {
 /// over 65,536 counts as 65,536 here, so that a peer cannot lift the bound
 /// by announcing a huge one.
 fn most_waiting(peer_window: u32) -> usize {
-    4 * peer_window.clamp(1, 1 << 16) as usize + 16
+    4 * peer_window.min(MAX_WINDOW) as usize + 16
 }
+
+/// The largest window a peer's is counted as (and this node's may be:
+/// `link.window`).
+pub const MAX_WINDOW: u32 = 1 << 16;
 
 /// Hands a frame from the peer to the task that serves it, without waiting
 /// (the read loop must not). A full channel means a peer sending faster than
@@ -732,7 +736,8 @@ async fn push(
     let mut notify = state.notifier(&queue);
     // The window the peer announced when the link came up: the channels
     // carrying its answers here are sized for it, so an ack cannot raise it.
-    let most = window.min(1 << 16);
+    let most = window.min(MAX_WINDOW);
+    window = window.min(most);
     // (seq, bytes) of every transfer sent and not yet acknowledged.
     let mut in_flight: VecDeque<(u64, usize)> = VecDeque::new();
     let mut in_flight_bytes = 0usize;

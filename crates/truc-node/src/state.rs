@@ -4650,8 +4650,8 @@ impl NodeState {
     /// An entry whose deadline (a due date) is shorter than every priority's
     /// would be missed by the early-stopping sweep: the sweep reads every
     /// queue to its end once it is reached. The one place this is kept.
-    fn note_short_deadline(&self, e: &QueueEntry, now: i64) {
-        if e.deadline_ms > now && e.deadline_ms < e.enqueued_at_ms + self.min_deadline_ms() {
+    fn note_short_deadline(&self, e: &QueueEntry, now: i64, min_deadline: i64) {
+        if e.deadline_ms > now && e.deadline_ms < e.enqueued_at_ms + min_deadline {
             self.next_short_deadline
                 .fetch_min(e.deadline_ms, Ordering::Relaxed);
         }
@@ -4667,7 +4667,7 @@ impl NodeState {
         note: String,
     ) -> Result<(), NodeError> {
         let seq = self.next_seq(w, plan, &queue)?;
-        self.note_short_deadline(entry, entry.enqueued_at_ms);
+        self.note_short_deadline(entry, entry.enqueued_at_ms, self.min_deadline_ms());
         plan.batch.put(
             Space::Queue,
             Key::new().str(&queue).u64(seq).build(),
@@ -5062,7 +5062,7 @@ impl NodeState {
                 for (seq, e) in rows {
                     after = Some(seq);
                     if full {
-                        self.note_short_deadline(&e, now);
+                        self.note_short_deadline(&e, now, min_deadline);
                     }
                     if !full && e.enqueued_at_ms + min_deadline > now {
                         break 'scan;
@@ -5515,21 +5515,6 @@ impl NodeState {
         Ok(out)
     }
 
-    /// The signed receipts kept for a document sent from here: (recipient,
-    /// envelope); those of `from`'s document only, when named.
-    pub fn receipts(
-        &self,
-        doc_id: &DocId,
-        from: Option<&OrganId>,
-    ) -> Result<Vec<(String, pb::SignedEnvelope)>, NodeError> {
-        let mut out = Vec::new();
-        let records = self.sent(doc_id)?.into_iter();
-        for rec in records.filter(|r| from.is_none_or(|f| r.from == f.as_str())) {
-            out.extend(self.receipts_of(&rec)?);
-        }
-        Ok(out)
-    }
-
     /// The signed receipts kept for one sent record: (recipient, envelope).
     pub fn receipts_of(
         &self,
@@ -5552,11 +5537,6 @@ impl NodeState {
     pub fn envelope_of_sent(&self, rec: &SentRecord) -> Result<pb::SignedEnvelope, NodeError> {
         let doc = self.load_doc(&rec.from, &rec.doc_id)?;
         self.envelope_of(&rec.from, &rec.doc_id, &doc)
-    }
-
-    /// The envelope of a document sent from this node.
-    pub fn sent_envelope(&self, doc_id: &DocId) -> Result<Option<pb::SignedEnvelope>, NodeError> {
-        self.sent_envelope_from(doc_id, None)
     }
 
     /// The envelope `from` (any agency here when None) sent under `doc_id`.

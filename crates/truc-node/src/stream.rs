@@ -251,6 +251,9 @@ pub async fn serve(
     mut wants: mpsc::Receiver<pb::Want>,
     chunk_bytes: usize,
 ) -> Result<(), crate::link::LinkError> {
+    // Failures to read are counted apart from `push`'s, which forgets them
+    // each time it loads the entry again.
+    let key = format!("{queue} attachments");
     while let Some(w) = wants.recv().await {
         let st = state.clone();
         let q = queue.clone();
@@ -301,9 +304,6 @@ pub async fn serve(
                 continue;
             }
         };
-        // Failures to read are counted apart from `push`'s, which forgets
-        // them each time it loads the entry again.
-        let key = format!("{queue} attachments");
         match served {
             Ok(true) => state.read_ok(&key, w.seq),
             // The link closed.

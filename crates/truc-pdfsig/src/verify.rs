@@ -83,10 +83,6 @@ fn invalid(reason: impl Into<String>) -> Verdict {
     }
 }
 
-/// How an invalid verdict begins when the signer's revocation status cannot
-/// be known now (`Verdict::Invalid::revocation_unknown`).
-const REVOCATION_UNKNOWN: &str = "the revocation status of ";
-
 /// The signed ranges `[0, b)` and `[c, c + d)`, if sane for a file of `len` bytes.
 pub(crate) fn ranges(sig: &SigDict, len: usize) -> Result<[(usize, usize); 2], String> {
     let [a, b, c, d] = sig.byte_range;
@@ -204,15 +200,16 @@ fn decode_cms(contents: &[u8]) -> Result<Cms<'_>, Verdict> {
     }
 
     // The signer's certificate.
-    let signer_der = raw
+    let (signer_der, signer_cert) = raw
         .certificates
         .iter()
-        .copied()
-        .find(|c| Certificate::from_der(c).is_ok_and(|cert| is_signer(&cert, &si.sid)))
+        .find_map(|c| {
+            Certificate::from_der(c)
+                .ok()
+                .filter(|cert| is_signer(cert, &si.sid))
+                .map(|cert| (*c, cert))
+        })
         .ok_or_else(|| invalid("the signer's certificate is not in the CMS"))?;
-    // `find` above decoded it once already.
-    let signer_cert = Certificate::from_der(signer_der)
-        .map_err(|e| invalid(format!("signer certificate: {e}")))?;
     let hash = Hash::from_oid(&si.digest_alg.oid).map_err(invalid)?;
     Ok(Cms {
         sd,
@@ -482,7 +479,9 @@ fn check_inner(
         }
         Err(e @ (webpki::Error::CrlExpired { .. } | webpki::Error::UnknownRevocationStatus)) => {
             Err(Verdict::Invalid {
-                reason: format!("{REVOCATION_UNKNOWN}{signer}'s certificate cannot be known: {e}"),
+                reason: format!(
+                    "the revocation status of {signer}'s certificate cannot be known: {e}"
+                ),
                 revocation_unknown: true,
             })
         }

@@ -19,7 +19,7 @@ use truc_proto::v1::{self as pb, agency_client::AgencyClient};
 use super::{
     load::{self, Clock, Load, Window},
     peer::Measured,
-    procstat::{self, Sampler, Usage},
+    procstat::{self, MIB, Sampler, Usage},
 };
 use crate::{
     certs::{TopoAgency, TopoNode, Topology},
@@ -727,12 +727,7 @@ pub async fn queued_drain(
         send.await??;
         acc.abort();
         let rss1 = procstat::rss_bytes(hub).unwrap_or(0);
-        let peak = queueing
-            .finish()
-            .await
-            .first()
-            .map_or(0.0, |u| u.rss_peak_mib * MIB)
-            .max(rss1 as f64);
+        let peak = queueing.finish_peak_bytes().await;
         // The edge comes back; everything drains to it. The public-key work of
         // the drain is counted from here: the hub's and the sender's counters,
         // and the recipient's from its start.
@@ -775,8 +770,6 @@ pub async fn queued_drain(
     fed.stop().await;
     r
 }
-
-const MIB: f64 = 1024.0 * 1024.0;
 
 /// What queueing cost a node's memory, in MiB, from two baselines: `warm`
 /// (just before the queueing, after the warm-up traffic) and `cold` (after

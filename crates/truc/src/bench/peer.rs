@@ -364,11 +364,7 @@ pub async fn queued_drain(
     let clock = Clock::new(load.docs);
     let published = publish_all(js, load.clone(), clock, None, None).await;
     let rss1 = super::procstat::rss_bytes(server.pid).unwrap_or(0);
-    let peak = queueing
-        .finish()
-        .await
-        .first()
-        .map_or(0.0, |u| u.rss_peak_mib * 1024.0 * 1024.0);
+    let peak = queueing.finish_peak_bytes().await;
     published?;
     let (tx, mut rx) = load::arrivals();
     let drain_clock = Clock::new(load.docs);

@@ -92,7 +92,7 @@ pub fn reset_peak(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
-const MIB: f64 = 1024.0 * 1024.0;
+pub(crate) const MIB: f64 = 1024.0 * 1024.0;
 
 /// The peak resident memory of some processes over a stretch of a run: the
 /// kernel's high-water mark, reset when the stretch starts, and where it could
@@ -135,6 +135,14 @@ impl Sampler {
             }
         });
         Self { procs, stop, task }
+    }
+
+    /// [`finish`](Self::finish) for one process: its peak, in bytes.
+    pub async fn finish_peak_bytes(self) -> f64 {
+        self.finish()
+            .await
+            .first()
+            .map_or(0.0, |u| u.rss_peak_mib * MIB)
     }
 
     pub async fn finish(self) -> Vec<Usage> {
