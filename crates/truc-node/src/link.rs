@@ -816,12 +816,7 @@ async fn push(
                     }
                     Err(e) => {
                         tracing::error!(%queue, seq, error = %e, "cannot load a queued transfer; moved to dead letters");
-                        state.queue_reject(
-                            &queue,
-                            seq,
-                            Code::DataLoss as i32,
-                            &format!("cannot load at sender: {e}"),
-                        )?;
+                        state.queue_unsendable(&queue, seq, &format!("cannot load it: {e}"))?;
                         if deferred == Some(seq) {
                             return Err(LinkError::Resync(format!(
                                 "transfer {seq}, which the peer deferred and waits for, could not be loaded again"
@@ -2095,6 +2090,7 @@ mod tests {
         // An attachment kept as a file of its own, which cannot be read now.
         let v = f.with_attachment(&hub, &vec![9u8; 100 << 10]);
         let file = hub.blobs.path(&v.attachments[0]);
+        let id = v.doc_id.to_string();
         hub.accept(v, &Origin::Child("vpcp".parse().unwrap()), None)
             .unwrap();
         let bytes = std::fs::read(&file).unwrap();
@@ -2124,6 +2120,20 @@ mod tests {
         .await
         .expect("dead-lettered after trying for a while");
         p.task.abort();
+        // Told as this node's failure, not as a refusal by the peer.
+        let trail = hub.audit_trail(&id).unwrap();
+        let failed: Vec<_> = trail.iter().map(|e| (&e.event, &e.detail)).collect();
+        assert!(
+            failed
+                .iter()
+                .any(|(event, detail)| *event == "cannot be sent"
+                    && detail.starts_with("child:nghean: cannot load it")),
+            "{failed:?}"
+        );
+        assert!(
+            !failed.iter().any(|(event, _)| event.contains("refused")),
+            "{failed:?}"
+        );
 
         // Readable again: a new document goes through.
         std::fs::remove_dir(&file).unwrap();

@@ -4860,6 +4860,24 @@ impl NodeState {
         code: i32,
         reason: &str,
     ) -> Result<(), NodeError> {
+        self.dead_letter(queue, seq, code, reason, FailedAt::Peer)
+    }
+
+    /// This node cannot send `seq` at all (what it must read for it is gone or
+    /// unreadable for good): the same dead letter as a peer's refusal, told
+    /// as this node's failure, not the peer's.
+    pub fn queue_unsendable(&self, queue: &str, seq: u64, reason: &str) -> Result<(), NodeError> {
+        self.dead_letter(queue, seq, Code::DataLoss as i32, reason, FailedAt::Here)
+    }
+
+    fn dead_letter(
+        &self,
+        queue: &str,
+        seq: u64,
+        code: i32,
+        reason: &str,
+        at: FailedAt,
+    ) -> Result<(), NodeError> {
         let mut w = self.lock();
         let key = Key::new().str(queue).u64(seq).build();
         let Some(bytes) = self.store.get(Space::Queue, &key)? else {
@@ -4869,10 +4887,29 @@ impl NodeState {
         let now = now_ms();
         let mut plan = Plan::default();
         let code_name = format!("{:?}", Code::from_i32(code));
-        let why = format!("refused by {queue}: {code_name}: {reason}");
+        // What the sender hears (its notice), the audit line, and the
+        // recipients' state.
+        let (why, event, detail, note) = match at {
+            FailedAt::Peer => (
+                format!("refused by {queue}: {code_name}: {reason}"),
+                "refused by peer",
+                format!("{queue}: {code_name}: {reason}"),
+                format!("{code_name}: {reason}"),
+            ),
+            FailedAt::Here => {
+                let why = format!("cannot be sent from {} on {queue}: {reason}", self.node_id);
+                (
+                    why.clone(),
+                    "cannot be sent",
+                    format!("{queue}: {reason}"),
+                    why,
+                )
+            }
+        };
         // Refused by a child its recipients have left since it was queued:
-        // they are served elsewhere now, and it goes there.
-        if let Some(routes) = self.moved_to(queue, &entry) {
+        // they are served elsewhere now, and it goes there. (A document this
+        // node cannot read would fail on any queue.)
+        if let (FailedAt::Peer, Some(routes)) = (at, self.moved_to(queue, &entry)) {
             self.plan_reroute(&mut w, &mut plan, queue, seq, &entry, routes, &why)?;
             self.finish(w, plan)?;
             return Ok(());
@@ -4899,19 +4936,8 @@ impl NodeState {
                 at_ms: now,
             }),
         );
-        plan.audit(
-            "refused by peer",
-            &entry.doc_id,
-            &entry.from,
-            format!("{queue}: {code_name}: {reason}"),
-        );
-        self.plan_state(
-            &mut plan,
-            &entry,
-            DeliveryState::Failed,
-            &format!("{code_name}: {reason}"),
-            now,
-        )?;
+        plan.audit(event, &entry.doc_id, &entry.from, detail);
+        self.plan_state(&mut plan, &entry, DeliveryState::Failed, &note, now)?;
         self.finish(w, plan)?;
         self.telemetry
             .document_out(pb_kind_name(entry.kind), "rejected");
@@ -6114,6 +6140,14 @@ pub(crate) mod testing {
             .unwrap()
         }
     }
+}
+
+/// Where a queued transfer failed for good: refused by the peer, or not
+/// sendable from this node.
+#[derive(Debug, Clone, Copy)]
+enum FailedAt {
+    Peer,
+    Here,
 }
 
 /// How received PDFs' signatures are checked.

@@ -321,9 +321,9 @@ pub async fn serve(
             // does not know `Unavailable` would wait for the chunks instead).
             Err(e) => {
                 tracing::error!(%queue, seq = w.seq, error = %e, "cannot serve a queued attachment; moved to dead letters");
-                let why = format!("cannot read attachment {} at sender: {e}", w.index);
-                unavailable(&out, &w, why.clone()).await;
-                state.queue_reject(&queue, w.seq, tonic::Code::DataLoss as i32, &why)?;
+                let why = format!("cannot read attachment {}: {e}", w.index);
+                unavailable(&out, &w, format!("{why} at sender")).await;
+                state.queue_unsendable(&queue, w.seq, &why)?;
             }
         }
     }
