@@ -954,9 +954,10 @@ pub fn event_stream(
 /// names whose; without it that is refused, naming them (as `GetStatus` does).
 /// With `from`, the audit entries are that sender's only, on any node (a hub
 /// or relay, a recipient edge, the sending edge); unless `from` alone sent
-/// that doc_id here, entries naming neither (a receipt's or status's own line,
-/// named by its signer) cannot be told apart and are left out: the sender's
-/// record still shows its signed receipts and statuses.
+/// that doc_id here and no other sender's document came in under it, entries
+/// naming neither (a receipt's or status's own line, named by its signer)
+/// cannot be told apart and are left out: the sender's record still shows its
+/// signed receipts and statuses.
 pub fn trace(
     state: &NodeState,
     doc_id: &DocId,
@@ -978,8 +979,14 @@ fn trace_and_receipts(
     let sent = state.sent(doc_id)?;
     let senders = sent.len();
     let records = crate::state::pick_sender(sent, doc_id, from)?;
-    // Every record here is `from`'s (or none was named).
-    let keep_all = from.is_none() || (senders > 0 && records.len() == senders);
+    // Every document here under `doc_id` is `from`'s, sent or received (or
+    // none was named).
+    let keep_all = match from {
+        None => true,
+        Some(f) => {
+            senders > 0 && records.len() == senders && state.received_only_from(doc_id, f)?
+        }
+    };
     let mut audit = state.audit_trail(&doc_id.to_string())?;
     if let (Some(f), false) = (from, keep_all) {
         audit.retain(|e| e.from == f.as_str());
@@ -1460,6 +1467,62 @@ mod tests {
                 "{from}: {shown}"
             );
         }
+    }
+
+    /// On a sending edge, a document received later under the doc_id it sent
+    /// adds nothing to its sender's trace.
+    #[tokio::test]
+    async fn a_trace_with_from_leaves_out_a_document_received_under_the_same_doc_id() {
+        let (g22, h41, h14) = ("000.00.00.G22", "000.00.00.H41", "000.00.00.H14");
+        let f = Fixture::new();
+        let edge = f.edge_of("vpcp", g22);
+        let id = DocId::new_v7();
+        edge.submit(crate::state::Submission {
+            from: g22.into(),
+            to: vec![h41.into()],
+            subject: "Công văn".into(),
+            doc_id: Some(id.to_string()),
+            ..Default::default()
+        })
+        .unwrap();
+        let svc = AgencyService::new(edge.clone());
+        let trace = async || {
+            svc.trace(Request::new(pb::TraceRequest {
+                doc_id: id.to_string(),
+                from: g22.into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .steps
+        };
+        let before = trace().await;
+        assert!(before.iter().any(|s| s.step == "submitted"), "{before:?}");
+
+        let header = pb::Header {
+            format_version: envelope::FORMAT_VERSION,
+            doc_id: id.to_string(),
+            kind: pb::Kind::Document as i32,
+            from: h14.into(),
+            to: vec![g22.into()],
+            subject: "Trùng số".into(),
+            ..Default::default()
+        };
+        let v = envelope::verify(
+            envelope::seal(&header, &f.signer(h14)).unwrap(),
+            &f.verifiers(),
+            &crate::config::Limits::default(),
+            rustls::pki_types::UnixTime::now(),
+        )
+        .unwrap();
+        edge.accept(v, &Origin::Parent("hub".parse().unwrap()), None)
+            .unwrap();
+        let received = edge.audit_trail(&id.to_string()).unwrap();
+        assert!(
+            received.iter().any(|e| e.from == h14),
+            "the received document has lines of its own: {received:?}"
+        );
+        assert_eq!(trace().await, before);
     }
 
     /// On a hub, which sent nothing itself, `from` still keeps that sender's

@@ -5432,6 +5432,15 @@ impl NodeState {
         Ok((doc, entries.into_iter().map(|(_, e)| e).collect()))
     }
 
+    /// Whether every document received here under `doc_id` came from `from`
+    /// (or none did).
+    pub fn received_only_from(&self, doc_id: &DocId, from: &OrganId) -> Result<bool, NodeError> {
+        Ok(self
+            .inbox_entries(doc_id, None)?
+            .iter()
+            .all(|(_, e)| e.from == from.as_str()))
+    }
+
     /// [`received`](Self::received) with the document's signed envelope, or
     /// why it is no longer here.
     pub fn received_envelope(
