@@ -1143,10 +1143,8 @@ impl NodeState {
         let now = now_ms();
         let limit = self.read_retry_ms.load(Ordering::Relaxed);
         let mut m = self.read_failures.lock().unwrap_or_else(|p| p.into_inner());
+        forget_quiet_failures(&mut m, now, limit);
         let (first, last) = m.entry((queue.to_owned(), seq)).or_insert((now, now));
-        if now - *last > limit {
-            *first = now;
-        }
         *last = now;
         let retry = now - *first < limit;
         if !retry {
@@ -1162,13 +1160,16 @@ impl NodeState {
     }
 
     /// A queue entry was read: earlier failures are forgotten (no lock
-    /// taken while there are none, the common case on the send path).
+    /// taken while there are none, the common case on the send path), and
+    /// so are those of entries that left the queue some other way meanwhile
+    /// once they are quiet for long.
     pub fn read_ok(&self, queue: &str, seq: u64) {
         if self.read_failing.load(Ordering::Relaxed) == 0 {
             return;
         }
         let mut m = self.read_failures.lock().unwrap_or_else(|p| p.into_inner());
         m.remove(&(queue.to_owned(), seq));
+        forget_quiet_failures(&mut m, now_ms(), self.read_retry_ms.load(Ordering::Relaxed));
         self.read_failing.store(m.len(), Ordering::Relaxed);
     }
 
@@ -6151,6 +6152,12 @@ pub(crate) mod testing {
     }
 }
 
+/// Read failures that last happened more than `limit` ago: a new failure of
+/// such an entry starts its count again, so they are forgotten.
+fn forget_quiet_failures(m: &mut HashMap<(String, u64), (i64, i64)>, now: i64, limit: i64) {
+    m.retain(|_, &mut (_, last)| now - last <= limit);
+}
+
 /// Where a queued transfer failed for good: refused by the peer, or not
 /// sendable from this node.
 #[derive(Debug, Clone, Copy)]
@@ -7486,6 +7493,21 @@ mod tests {
         );
         hub.set_read_retry_ms(0);
         assert!(!hub.retry_read("child:nghean", 1), "given up on");
+    }
+
+    /// The failures of an entry that left the queue some other way are
+    /// forgotten once quiet: reads stop taking the failures' lock.
+    #[test]
+    fn the_failures_of_an_entry_gone_from_the_queue_are_forgotten() {
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        hub.set_read_retry_ms(100);
+        assert!(hub.retry_read("child:nghean", 1));
+        hub.read_ok("child:nghean", 2);
+        assert_eq!(hub.read_failing.load(Ordering::Relaxed), 1, "not quiet yet");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        hub.read_ok("child:nghean", 2);
+        assert_eq!(hub.read_failing.load(Ordering::Relaxed), 0);
     }
 
     /// A decree signed by two agencies reaches the API with both signatures,
