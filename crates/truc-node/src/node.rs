@@ -676,11 +676,13 @@ impl RunningNode {
         }
 
         if state.checks_pdfs() {
-            // Each arriving document's PDFs are checked once it is durable, and
-            // the verdict recorded with it; a check missed here (a lagging
-            // subscriber, a restart) is made when the document is read.
+            // Each arriving document with PDFs has them checked as it is
+            // stored, and the verdict recorded with it (in a later batch than
+            // the document's); a check missed here (a lagging subscriber, a
+            // restart) is made when the document is read. Documents without
+            // PDFs are passed over without reading anything.
             let st = state.clone();
-            let mut events = state.subscribe_agency();
+            let mut events = state.subscribe();
             let mut s = stop_rx.clone();
             tasks.spawn(tracing::Instrument::instrument(
                 async move {
@@ -694,23 +696,28 @@ impl RunningNode {
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                             Err(_) => return,
                         };
-                        if ev.kind != "arrived" || ev.detail != "document" {
+                        let crate::state::Event::Delivered {
+                            from,
+                            doc_id,
+                            pdfs: true,
+                            ..
+                        } = ev
+                        else {
                             continue;
-                        }
+                        };
                         let st = st.clone();
-                        let (from, doc_id) = (ev.from.clone(), ev.doc_id.clone());
-                        match tokio::task::spawn_blocking(move || st.check_pdfs(&from, &doc_id))
-                            .await
-                        {
+                        let (from, doc_id) = (from.to_string(), doc_id.to_string());
+                        let (f, d) = (from.clone(), doc_id.clone());
+                        match tokio::task::spawn_blocking(move || st.check_pdfs(&f, &d)).await {
                             Ok(Ok(checks)) if !checks.is_empty() => tracing::info!(
-                                doc_id = %ev.doc_id,
-                                from = %ev.from,
+                                %doc_id,
+                                %from,
                                 pdf = %crate::state::pdf_summary(&checks),
                                 "PDF signatures checked"
                             ),
                             Ok(Ok(_)) => {}
-                            Ok(Err(e)) => tracing::warn!(doc_id = %ev.doc_id, error = %e, "PDF check failed"),
-                            Err(e) => tracing::error!(doc_id = %ev.doc_id, error = %e, "PDF check panicked"),
+                            Ok(Err(e)) => tracing::warn!(%doc_id, error = %e, "PDF check failed"),
+                            Err(e) => tracing::error!(%doc_id, error = %e, "PDF check panicked"),
                         }
                     }
                 },

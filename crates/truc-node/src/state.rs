@@ -104,6 +104,8 @@ pub enum Event {
         from: OrganId,
         doc_id: DocId,
         subject: String,
+        /// Whether it has PDF attachments, whose signatures are checked.
+        pdfs: bool,
     },
     /// A recipient's delivery state of a document `organ` sent.
     StateChanged {
@@ -2703,6 +2705,7 @@ impl NodeState {
                     from,
                     doc_id,
                     subject,
+                    ..
                 } => (
                     organ.to_string(),
                     "arrived",
@@ -3969,6 +3972,7 @@ impl NodeState {
             from: sender.clone(),
             doc_id: v.doc_id,
             subject: v.header.subject.clone(),
+            pdfs: v.header.attachments.iter().any(is_pdf),
         });
         let spec = ReceiptSpec {
             kind: ReceiptType::Delivered,
@@ -5660,14 +5664,8 @@ impl NodeState {
         header: &pb::Header,
         received_at_ms: i64,
     ) -> Result<Vec<pb::PdfSignatureCheck>, NodeError> {
-        let pdfs: Vec<&pb::AttachmentRef> = header
-            .attachments
-            .iter()
-            .filter(|a| {
-                a.content_type.eq_ignore_ascii_case("application/pdf")
-                    || a.name.to_ascii_lowercase().ends_with(".pdf")
-            })
-            .collect();
+        let pdfs: Vec<&pb::AttachmentRef> =
+            header.attachments.iter().filter(|a| is_pdf(a)).collect();
         if pdfs.is_empty() {
             return Ok(Vec::new());
         }
@@ -6150,6 +6148,13 @@ pub(crate) mod testing {
             .unwrap()
         }
     }
+}
+
+/// Whether an attachment is a PDF, whose signatures are checked: by its type
+/// or its name.
+pub fn is_pdf(a: &pb::AttachmentRef) -> bool {
+    a.content_type.eq_ignore_ascii_case("application/pdf")
+        || a.name.to_ascii_lowercase().ends_with(".pdf")
 }
 
 /// Read failures that last happened more than `limit` ago: a new failure of
