@@ -979,15 +979,20 @@ fn trace_and_receipts(
     let sent = state.sent(doc_id)?;
     let senders = sent.len();
     let records = crate::state::pick_sender(sent, doc_id, from)?;
-    // Every document here under `doc_id` is `from`'s, sent or received (or
-    // none was named).
+    let mut audit = state.audit_trail(&doc_id.to_string())?;
+    // Every document here under `doc_id` is `from`'s: sent by it, and none
+    // of another sender's came in (received or refused), or none was named.
     let keep_all = match from {
         None => true,
         Some(f) => {
-            senders > 0 && records.len() == senders && state.received_only_from(doc_id, f)?
+            senders > 0
+                && records.len() == senders
+                && !audit.iter().any(|e| {
+                    matches!(e.event.as_str(), "received" | "refused" | "submitted")
+                        && e.from != f.as_str()
+                })
         }
     };
-    let mut audit = state.audit_trail(&doc_id.to_string())?;
     if let (Some(f), false) = (from, keep_all) {
         audit.retain(|e| e.from == f.as_str());
     }
@@ -1469,11 +1474,12 @@ mod tests {
         }
     }
 
-    /// On a sending edge, a document received later under the doc_id it sent
-    /// adds nothing to its sender's trace.
+    /// On a sending edge, a document another agency sent later under the
+    /// same doc_id adds nothing to its sender's trace, received or refused.
     #[tokio::test]
     async fn a_trace_with_from_leaves_out_a_document_received_under_the_same_doc_id() {
         let (g22, h41, h14) = ("000.00.00.G22", "000.00.00.H41", "000.00.00.H14");
+        let g21 = "000.00.00.G21";
         let f = Fixture::new();
         let edge = f.edge_of("vpcp", g22);
         let id = DocId::new_v7();
@@ -1499,29 +1505,34 @@ mod tests {
         let before = trace().await;
         assert!(before.iter().any(|s| s.step == "submitted"), "{before:?}");
 
-        let header = pb::Header {
-            format_version: envelope::FORMAT_VERSION,
-            doc_id: id.to_string(),
-            kind: pb::Kind::Document as i32,
-            from: h14.into(),
-            to: vec![g22.into()],
-            subject: "Trùng số".into(),
-            ..Default::default()
-        };
-        let v = envelope::verify(
-            envelope::seal(&header, &f.signer(h14)).unwrap(),
-            &f.verifiers(),
-            &crate::config::Limits::default(),
-            rustls::pki_types::UnixTime::now(),
-        )
-        .unwrap();
-        edge.accept(v, &Origin::Parent("hub".parse().unwrap()), None)
+        let arrives = |from: &str, to: &str| {
+            let header = pb::Header {
+                format_version: envelope::FORMAT_VERSION,
+                doc_id: id.to_string(),
+                kind: pb::Kind::Document as i32,
+                from: from.into(),
+                to: vec![to.into()],
+                subject: "Trùng số".into(),
+                ..Default::default()
+            };
+            let v = envelope::verify(
+                envelope::seal(&header, &f.signer(from)).unwrap(),
+                &f.verifiers(),
+                &crate::config::Limits::default(),
+                rustls::pki_types::UnixTime::now(),
+            )
             .unwrap();
-        let received = edge.audit_trail(&id.to_string()).unwrap();
-        assert!(
-            received.iter().any(|e| e.from == h14),
-            "the received document has lines of its own: {received:?}"
-        );
+            let r = edge.accept_batch(vec![(v, None)], &Origin::Parent("hub".parse().unwrap()));
+            let lines = edge.audit_trail(&id.to_string()).unwrap();
+            assert!(
+                lines.iter().any(|e| e.from == from),
+                "the document from {from} has lines of its own: {r:?} {lines:?}"
+            );
+        };
+        // Refused: not for an agency of this edge.
+        arrives(g21, h41);
+        assert_eq!(trace().await, before);
+        arrives(h14, g22);
         assert_eq!(trace().await, before);
     }
 

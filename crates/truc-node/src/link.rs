@@ -1952,6 +1952,7 @@ mod tests {
         let kept = f.with_attachment(&hub, b"phu luc mot");
         let gone = f.with_attachment(&hub, b"phu luc hai");
         let gone_file = gone.attachments[0];
+        let gone_id = gone.doc_id.to_string();
         hub.accept_batch(
             vec![(kept, None), (gone, None)],
             &Origin::Child("vpcp".parse().unwrap()),
@@ -2025,6 +2026,16 @@ mod tests {
             .map(|(seq, _)| seq)
             .collect();
         assert_eq!(left, vec![queued[0]]);
+        // As this node's failure, not the peer's refusal.
+        let trail = hub.audit_trail(&gone_id).unwrap();
+        let failed: Vec<_> = trail.iter().map(|e| (&e.event, &e.detail)).collect();
+        assert!(
+            failed
+                .iter()
+                .any(|(event, detail)| *event == "cannot be sent"
+                    && detail.starts_with("child:nghean: cannot read attachment 0")),
+            "{failed:?}"
+        );
     }
 
     /// A peer's refusal is kept to a kilobyte of reason: the answers waiting

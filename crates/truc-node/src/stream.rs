@@ -321,9 +321,16 @@ pub async fn serve(
             // does not know `Unavailable` would wait for the chunks instead).
             Err(e) => {
                 tracing::error!(%queue, seq = w.seq, error = %e, "cannot serve a queued attachment; moved to dead letters");
-                let why = format!("cannot read attachment {}: {e}", w.index);
-                unavailable(&out, &w, format!("{why} at sender")).await;
-                state.queue_unsendable(&queue, w.seq, &why)?;
+                // Dead-lettered before the peer hears of it: its refusal,
+                // quick to come back, would otherwise be taken for the cause.
+                let done = state.queue_unsendable(
+                    &queue,
+                    w.seq,
+                    &format!("cannot read attachment {}: {e}", w.index),
+                );
+                let why = format!("cannot read attachment {} at sender: {e}", w.index);
+                unavailable(&out, &w, why).await;
+                done?;
             }
         }
     }
