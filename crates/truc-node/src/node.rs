@@ -706,8 +706,7 @@ impl RunningNode {
                             continue;
                         };
                         let st = st.clone();
-                        let (from, doc_id) = (from.to_string(), doc_id.to_string());
-                        let (f, d) = (from.clone(), doc_id.clone());
+                        let (f, d) = (from.to_string(), doc_id.to_string());
                         match tokio::task::spawn_blocking(move || st.check_pdfs(&f, &d)).await {
                             Ok(Ok(checks)) if !checks.is_empty() => tracing::info!(
                                 %doc_id,

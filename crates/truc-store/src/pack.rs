@@ -125,10 +125,10 @@ struct Index {
     sealed: Vec<Slot>,
     /// Where the slots whose prefix starts with `b` (its top `dir_bits` bits)
     /// are in `sealed`: `dir[b]..dir[b + 1]`, four to eight of them (half a
-    /// byte to a byte per blob). A lookup reads one entry here and one short run there,
-    /// where a binary search over a large array missed the cache at each of
-    /// its steps (4% of a draining hub's CPU). Rebuilt at each seal; empty
-    /// before the first.
+    /// byte to a byte per blob). A lookup reads one entry here and one short
+    /// run there, where a binary search over a large array missed the cache
+    /// at each of its steps (4% of a draining hub's CPU). Rebuilt at each
+    /// seal; empty before the first.
     dir: Vec<u32>,
     dir_bits: u32,
 }
@@ -233,7 +233,7 @@ impl Index {
     }
 
     /// Rebuilds `dir` for the sealed array as it is: 2^bits + 1 bounds, with
-    /// bits such that a run holds about eight slots.
+    /// bits such that a run holds four to eight slots on average.
     fn index_runs(&mut self) {
         let n = self.sealed.len();
         self.dir_bits = (n / 8).checked_ilog2().map_or(0, |b| b + 1).min(24);
