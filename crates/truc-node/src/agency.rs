@@ -1474,6 +1474,19 @@ mod tests {
         }
     }
 
+    /// A document from `from` to `to` under the doc_id `id`, verified.
+    fn same_doc_id(f: &Fixture, id: DocId, from: &str, to: &str) -> crate::envelope::Verified {
+        f.seal_verified(&pb::Header {
+            format_version: envelope::FORMAT_VERSION,
+            doc_id: id.to_string(),
+            kind: pb::Kind::Document as i32,
+            from: from.into(),
+            to: vec![to.into()],
+            subject: "Trùng số".into(),
+            ..Default::default()
+        })
+    }
+
     /// On a sending edge, a document another agency sent later under the
     /// same doc_id adds nothing to its sender's trace, received or refused.
     #[tokio::test]
@@ -1506,22 +1519,7 @@ mod tests {
         assert!(before.iter().any(|s| s.step == "submitted"), "{before:?}");
 
         let arrives = |from: &str, to: &str| {
-            let header = pb::Header {
-                format_version: envelope::FORMAT_VERSION,
-                doc_id: id.to_string(),
-                kind: pb::Kind::Document as i32,
-                from: from.into(),
-                to: vec![to.into()],
-                subject: "Trùng số".into(),
-                ..Default::default()
-            };
-            let v = envelope::verify(
-                envelope::seal(&header, &f.signer(from)).unwrap(),
-                &f.verifiers(),
-                &crate::config::Limits::default(),
-                rustls::pki_types::UnixTime::now(),
-            )
-            .unwrap();
+            let v = same_doc_id(&f, id, from, to);
             let r = edge.accept_batch(vec![(v, None)], &Origin::Parent("hub".parse().unwrap()));
             let lines = edge.audit_trail(&id.to_string()).unwrap();
             assert!(
@@ -1545,23 +1543,7 @@ mod tests {
         let hub = f.hub(Arc::new(MemoryStore::new()));
         let id = DocId::new_v7();
         for (from, to, child) in [(g22, h41, "vpcp"), (h41, g22, "nghean")] {
-            let header = pb::Header {
-                format_version: envelope::FORMAT_VERSION,
-                doc_id: id.to_string(),
-                kind: pb::Kind::Document as i32,
-                from: from.into(),
-                to: vec![to.into()],
-                subject: "Trùng số".into(),
-                ..Default::default()
-            };
-            let env = envelope::seal(&header, &f.signer(from)).unwrap();
-            let v = envelope::verify(
-                env,
-                &f.verifiers(),
-                &crate::config::Limits::default(),
-                rustls::pki_types::UnixTime::now(),
-            )
-            .unwrap();
+            let v = same_doc_id(&f, id, from, to);
             hub.accept(v, &Origin::Child(child.parse().unwrap()), None)
                 .unwrap();
         }

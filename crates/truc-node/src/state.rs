@@ -5991,6 +5991,12 @@ pub(crate) mod testing {
         }
 
         /// A new document from `from` to `to`, sealed and checked.
+        /// `header` sealed with its sender's key and verified as a node does.
+        pub fn seal_verified(&self, header: &pb::Header) -> Verified {
+            let env = envelope::seal(header, &self.signer(&header.from)).unwrap();
+            envelope::verify(env, &self.verifiers(), &Limits::default(), UnixTime::now()).unwrap()
+        }
+
         pub fn verified(&self, from: &str, to: &[&str]) -> Verified {
             let header = pb::Header {
                 format_version: envelope::FORMAT_VERSION,
@@ -6001,8 +6007,7 @@ pub(crate) mod testing {
                 subject: "Công văn".into(),
                 ..Default::default()
             };
-            let env = envelope::seal(&header, &self.signer(from)).unwrap();
-            envelope::verify(env, &self.verifiers(), &Limits::default(), UnixTime::now()).unwrap()
+            self.seal_verified(&header)
         }
 
         /// A document from `from` to `to` due at `due_at_ms` (0: no due date).
@@ -6017,8 +6022,7 @@ pub(crate) mod testing {
                 due_at_ms,
                 ..Default::default()
             };
-            let env = envelope::seal(&header, &self.signer(from)).unwrap();
-            envelope::verify(env, &self.verifiers(), &Limits::default(), UnixTime::now()).unwrap()
+            self.seal_verified(&header)
         }
 
         /// A document from G22 to H41 naming `data` as its attachment, stored
@@ -6040,8 +6044,7 @@ pub(crate) mod testing {
                 }],
                 ..Default::default()
             };
-            let env = envelope::seal(&header, &self.signer("000.00.00.G22")).unwrap();
-            envelope::verify(env, &self.verifiers(), &Limits::default(), UnixTime::now()).unwrap()
+            self.seal_verified(&header)
         }
 
         pub fn verifiers(&self) -> Verifiers {
@@ -6547,8 +6550,7 @@ mod tests {
                 }],
                 ..Default::default()
             };
-            let env = envelope::seal(&header, &f.signer("000.00.00.G22")).unwrap();
-            envelope::verify(env, &f.verifiers(), &Limits::default(), UnixTime::now()).unwrap()
+            f.seal_verified(&header)
         };
         let parent = Origin::Parent("hub".parse().unwrap());
         let to = [district.clone()];
@@ -7365,13 +7367,7 @@ mod tests {
         hub.accept(v.clone(), &child("vpcp"), None).unwrap();
         let mut header = v.header.clone();
         header.subject = "something else".into();
-        let other = envelope::verify(
-            envelope::seal(&header, &f.signer("000.00.00.G22")).unwrap(),
-            &f.verifiers(),
-            &Limits::default(),
-            UnixTime::now(),
-        )
-        .unwrap();
+        let other = f.seal_verified(&header);
         let err = hub.accept(other, &child("vpcp"), None).unwrap_err();
         assert!(
             matches!(err, NodeError::Refused(ref r) if r.code == Code::AlreadyExists),
