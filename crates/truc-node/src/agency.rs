@@ -981,7 +981,9 @@ fn trace_and_receipts(
     let records = crate::state::pick_sender(sent, doc_id, from)?;
     let mut audit = state.audit_trail(&doc_id.to_string())?;
     // Every document here under `doc_id` is `from`'s: sent by it, and none
-    // of another sender's came in (received or refused), or none was named.
+    // of another sender's came in or was sent from here (its arrival's audit
+    // line: a refused one has no inbox entry; its inbox entry: the audit line
+    // may be pruned sooner), or none was named.
     let keep_all = match from {
         None => true,
         Some(f) => {
@@ -991,6 +993,7 @@ fn trace_and_receipts(
                     matches!(e.event.as_str(), "received" | "refused" | "submitted")
                         && e.from != f.as_str()
                 })
+                && state.received_only_from(doc_id, f)?
         }
     };
     if let (Some(f), false) = (from, keep_all) {
@@ -1338,7 +1341,7 @@ mod tests {
     use truc_store::MemoryStore;
 
     use super::*;
-    use crate::state::{Origin, testing::Fixture};
+    use crate::state::{Origin, Verdict, testing::Fixture};
 
     type Chunks = mpsc::Sender<Result<pb::UploadChunk, Status>>;
 
@@ -1520,18 +1523,68 @@ mod tests {
 
         let arrives = |from: &str, to: &str| {
             let v = same_doc_id(&f, id, from, to);
-            let r = edge.accept_batch(vec![(v, None)], &Origin::Parent("hub".parse().unwrap()));
+            let r = edge
+                .accept_batch(vec![(v, None)], &Origin::Parent("hub".parse().unwrap()))
+                .unwrap();
             let lines = edge.audit_trail(&id.to_string()).unwrap();
             assert!(
                 lines.iter().any(|e| e.from == from),
                 "the document from {from} has lines of its own: {r:?} {lines:?}"
             );
+            r
         };
         // Refused: not for an agency of this edge.
-        arrives(g21, h41);
+        let r = arrives(g21, h41);
+        assert!(matches!(r.0[..], [Verdict::Refused(_)]), "{r:?}");
         assert_eq!(trace().await, before);
-        arrives(h14, g22);
+        let r = arrives(h14, g22);
+        assert!(matches!(r.0[..], [Verdict::Stored]), "{r:?}");
         assert_eq!(trace().await, before);
+    }
+
+    /// Another agency's document received under the doc_id is told by its
+    /// inbox entry too: its arrival's audit lines may be pruned before the
+    /// later ones (its acknowledgement here).
+    #[tokio::test]
+    async fn a_trace_with_from_leaves_out_a_received_document_whose_arrival_was_pruned() {
+        let (g22, h41, h14) = ("000.00.00.G22", "000.00.00.H41", "000.00.00.H14");
+        let mut f = Fixture::new();
+        f.storage.audit_retention_ms = Some(0);
+        let edge = f.edge_of("vpcp", g22);
+        let id = DocId::new_v7();
+        edge.accept_batch(
+            vec![(same_doc_id(&f, id, h14, g22), None)],
+            &Origin::Parent("hub".parse().unwrap()),
+        )
+        .unwrap();
+        edge.ack(&id, Some(&h14.parse().unwrap()), None).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(edge.prune_audit(usize::MAX).unwrap() > 0);
+        let lines = edge.audit_trail(&id.to_string()).unwrap();
+        assert!(
+            lines.iter().any(|e| e.event == "acked")
+                && !lines.iter().any(|e| e.event == "received"),
+            "{lines:?}"
+        );
+        edge.submit(crate::state::Submission {
+            from: g22.into(),
+            to: vec![h41.into()],
+            subject: "Công văn".into(),
+            doc_id: Some(id.to_string()),
+            ..Default::default()
+        })
+        .unwrap();
+        let steps = AgencyService::new(edge)
+            .trace(Request::new(pb::TraceRequest {
+                doc_id: id.to_string(),
+                from: g22.into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .steps;
+        assert!(steps.iter().any(|s| s.step == "submitted"), "{steps:?}");
+        assert!(!steps.iter().any(|s| s.step == "acked"), "{steps:?}");
     }
 
     /// On a hub, which sent nothing itself, `from` still keeps that sender's

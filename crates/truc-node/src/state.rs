@@ -5437,6 +5437,15 @@ impl NodeState {
         Ok((doc, entries.into_iter().map(|(_, e)| e).collect()))
     }
 
+    /// Whether every document received here under `doc_id` came from `from`
+    /// (or none did).
+    pub fn received_only_from(&self, doc_id: &DocId, from: &OrganId) -> Result<bool, NodeError> {
+        Ok(self
+            .inbox_entries(doc_id, None)?
+            .iter()
+            .all(|(_, e)| e.from == from.as_str()))
+    }
+
     /// [`received`](Self::received) with the document's signed envelope, or
     /// why it is no longer here.
     pub fn received_envelope(
@@ -5990,13 +5999,13 @@ pub(crate) mod testing {
             .unwrap()
         }
 
-        /// A new document from `from` to `to`, sealed and checked.
         /// `header` sealed with its sender's key and verified as a node does.
         pub fn seal_verified(&self, header: &pb::Header) -> Verified {
             let env = envelope::seal(header, &self.signer(&header.from)).unwrap();
             envelope::verify(env, &self.verifiers(), &Limits::default(), UnixTime::now()).unwrap()
         }
 
+        /// A new document from `from` to `to`, sealed and checked.
         pub fn verified(&self, from: &str, to: &[&str]) -> Verified {
             let header = pb::Header {
                 format_version: envelope::FORMAT_VERSION,

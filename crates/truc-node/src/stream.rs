@@ -320,17 +320,18 @@ pub async fn serve(
             // letters here as `push` moves one it cannot load (a peer that
             // does not know `Unavailable` would wait for the chunks instead).
             Err(e) => {
-                tracing::error!(%queue, seq = w.seq, error = %e, "cannot serve a queued attachment; moved to dead letters");
                 // Dead-lettered before the peer hears of it: its refusal,
                 // quick to come back, would otherwise be taken for the cause.
-                let done = state.queue_unsendable(
+                // Not dead-lettered (the store failing): the session ends
+                // with the entry still queued, and the peer is not told.
+                state.queue_unsendable(
                     &queue,
                     w.seq,
                     &format!("cannot read attachment {}: {e}", w.index),
-                );
+                )?;
+                tracing::error!(%queue, seq = w.seq, error = %e, "cannot serve a queued attachment; moved to dead letters");
                 let why = format!("cannot read attachment {} at sender: {e}", w.index);
                 unavailable(&out, &w, why).await;
-                done?;
             }
         }
     }
