@@ -888,14 +888,17 @@ async fn push(
                     in_flight_bytes -= in_flight[i].1;
                     in_flight.remove(i);
                 }
-                if queue.starts_with("child:") {
+                if !state.queue_reject(&queue, seq, code, &reason)? {
+                    // Gone from the queue already: an attachment this node
+                    // could not serve, dead-lettered before the peer heard.
+                    tracing::debug!(%queue, seq, code = ?Code::from_i32(code), %reason, "peer refused a transfer no longer queued here");
+                } else if queue.starts_with("child:") {
                     // This node verified it before queueing it: a child that refuses it
                     // means corruption or tampering on the way, or configs that disagree.
                     tracing::error!(%queue, seq, code = ?Code::from_i32(code), %reason, "peer refused a transfer");
                 } else {
                     tracing::warn!(%queue, seq, code = ?Code::from_i32(code), %reason, "peer refused a transfer");
                 }
-                state.queue_reject(&queue, seq, code, &reason)?;
             }
             Control::Defer {
                 seq,
@@ -2026,6 +2029,15 @@ mod tests {
             .map(|(seq, _)| seq)
             .collect();
         assert_eq!(left, vec![queued[0]]);
+        // The peer's refusal that follows finds nothing to dead-letter (and
+        // is not logged as tampering).
+        let refused = hub.queue_reject(
+            "child:nghean",
+            queued[1],
+            Code::DataLoss as i32,
+            "the sender cannot serve attachment 0",
+        );
+        assert!(!refused.unwrap());
         // As this node's failure, not the peer's refusal.
         let trail = hub.audit_trail(&gone_id).unwrap();
         let failed: Vec<_> = trail.iter().map(|e| (&e.event, &e.detail)).collect();

@@ -4857,14 +4857,15 @@ impl NodeState {
     }
 
     /// The peer refused `seq` for good: keep it as a dead letter with the reason and
-    /// mark the recipients failed for the sender to see.
+    /// mark the recipients failed for the sender to see. False when `seq` is
+    /// no longer queued (dead-lettered here already, say), and nothing changes.
     pub fn queue_reject(
         &self,
         queue: &str,
         seq: u64,
         code: i32,
         reason: &str,
-    ) -> Result<(), NodeError> {
+    ) -> Result<bool, NodeError> {
         self.dead_letter(queue, seq, code, reason, FailedAt::Peer)
     }
 
@@ -4873,6 +4874,7 @@ impl NodeState {
     /// as this node's failure, not the peer's.
     pub fn queue_unsendable(&self, queue: &str, seq: u64, reason: &str) -> Result<(), NodeError> {
         self.dead_letter(queue, seq, Code::DataLoss as i32, reason, FailedAt::Here)
+            .map(|_| ())
     }
 
     fn dead_letter(
@@ -4882,11 +4884,11 @@ impl NodeState {
         code: i32,
         reason: &str,
         at: FailedAt,
-    ) -> Result<(), NodeError> {
+    ) -> Result<bool, NodeError> {
         let mut w = self.lock();
         let key = Key::new().str(queue).u64(seq).build();
         let Some(bytes) = self.store.get(Space::Queue, &key)? else {
-            return Ok(());
+            return Ok(false);
         };
         let entry: QueueEntry = record::decode(Space::Queue, &key, &bytes)?;
         let now = now_ms();
@@ -4917,7 +4919,7 @@ impl NodeState {
         if let (FailedAt::Peer, Some(routes)) = (at, self.moved_to(queue, &entry)) {
             self.plan_reroute(&mut w, &mut plan, queue, seq, &entry, routes, &why)?;
             self.finish(w, plan)?;
-            return Ok(());
+            return Ok(true);
         }
         // A sender on this node sees the refusal on its sent record (below);
         // one elsewhere (a relay's district, a ministry beyond the hub) has
@@ -4946,7 +4948,7 @@ impl NodeState {
         self.finish(w, plan)?;
         self.telemetry
             .document_out(pb_kind_name(entry.kind), "rejected");
-        Ok(())
+        Ok(true)
     }
 
     /// The peer cannot take `seq` now: tell the sender of a local document why it waits.
