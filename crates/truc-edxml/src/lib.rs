@@ -282,21 +282,25 @@ mod tests {
         );
     }
 
+    /// `n` bytes that do not compress (a ratio limit is not what refuses
+    /// them), from `seed`.
+    fn noise(seed: u32, n: usize) -> Vec<u8> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
     /// Many attachments each under the limit are refused once together they
     /// are over the package's: what one package may make the parser hold.
     #[test]
     fn the_attachments_together_are_bounded() {
         let doc = String::from_utf8(fixture("new-document-unprefixed.xml")).unwrap();
         let start = doc.find("<AttachmentEncoded>").unwrap();
-        // Bytes that do not compress: the ratio limit is not what refuses.
-        let mut x = 1u32;
-        let noise: Vec<u8> = (0..600 << 10)
-            .map(|_| {
-                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (x >> 24) as u8
-            })
-            .collect();
-        let one = zip_of("x", &noise);
+        let one = zip_of("x", &noise(1, 600 << 10));
         let attachments: String = (1..=4)
             .map(|i| format!("<Attachment><ContentId>cid:{i}</ContentId><AttachmentName>{i}.pdf</AttachmentName><ContentTransferEncoded>{one}</ContentTransferEncoded></Attachment>"))
             .collect();
@@ -333,18 +337,9 @@ mod tests {
     fn an_encoded_attachment_over_the_budget_left_names_the_packages_limit() {
         let doc = String::from_utf8(fixture("new-document-unprefixed.xml")).unwrap();
         let start = doc.find("<AttachmentEncoded>").unwrap();
-        let mut x = 7u32;
-        let mut noise = |n: usize| -> Vec<u8> {
-            (0..n)
-                .map(|_| {
-                    x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                    (x >> 24) as u8
-                })
-                .collect()
-        };
         let (first, second) = (
-            zip_of("a", &noise(1536 << 10)),
-            zip_of("b", &noise(1843 << 10)),
+            zip_of("a", &noise(7, 1536 << 10)),
+            zip_of("b", &noise(8, 1843 << 10)),
         );
         let xml = format!(
             "{}<AttachmentEncoded><Attachment><ContentId>cid:1</ContentId><AttachmentName>1.pdf</AttachmentName><ContentTransferEncoded>{first}</ContentTransferEncoded></Attachment><Attachment><ContentId>cid:2</ContentId><AttachmentName>2.pdf</AttachmentName><ContentTransferEncoded>{second}</ContentTransferEncoded></Attachment></AttachmentEncoded></edXML>",

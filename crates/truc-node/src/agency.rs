@@ -1425,14 +1425,7 @@ mod tests {
         );
         let id = DocId::new_v7();
         for (from, to) in [(g22, h41), (g21, h14)] {
-            edge.submit(crate::state::Submission {
-                from: from.into(),
-                to: vec![to.into()],
-                subject: "Trùng số".into(),
-                doc_id: Some(id.to_string()),
-                ..Default::default()
-            })
-            .unwrap();
+            submit_as(&edge, id, from, to);
         }
         let svc = AgencyService::new(edge);
         let trace = |from: &str| {
@@ -1477,6 +1470,30 @@ mod tests {
         }
     }
 
+    /// `from` sends a document to `to` under the doc_id `id` from `edge`.
+    fn submit_as(edge: &NodeState, id: DocId, from: &str, to: &str) {
+        edge.submit(crate::state::Submission {
+            from: from.into(),
+            to: vec![to.into()],
+            subject: "Công văn".into(),
+            doc_id: Some(id.to_string()),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+
+    /// The trace of `id` on the node behind `svc`, named by `from` ("": none).
+    async fn trace_of(svc: &AgencyService, id: DocId, from: &str) -> Vec<pb::TraceStep> {
+        svc.trace(Request::new(pb::TraceRequest {
+            doc_id: id.to_string(),
+            from: from.into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .steps
+    }
+
     /// A document from `from` to `to` under the doc_id `id`, verified.
     fn same_doc_id(f: &Fixture, id: DocId, from: &str, to: &str) -> crate::envelope::Verified {
         f.seal_verified(&pb::Header {
@@ -1499,25 +1516,9 @@ mod tests {
         let f = Fixture::new();
         let edge = f.edge_of("vpcp", g22);
         let id = DocId::new_v7();
-        edge.submit(crate::state::Submission {
-            from: g22.into(),
-            to: vec![h41.into()],
-            subject: "Công văn".into(),
-            doc_id: Some(id.to_string()),
-            ..Default::default()
-        })
-        .unwrap();
+        submit_as(&edge, id, g22, h41);
         let svc = AgencyService::new(edge.clone());
-        let trace = async || {
-            svc.trace(Request::new(pb::TraceRequest {
-                doc_id: id.to_string(),
-                from: g22.into(),
-            }))
-            .await
-            .unwrap()
-            .into_inner()
-            .steps
-        };
+        let trace = async || trace_of(&svc, id, g22).await;
         let before = trace().await;
         assert!(before.iter().any(|s| s.step == "submitted"), "{before:?}");
 
@@ -1566,23 +1567,8 @@ mod tests {
                 && !lines.iter().any(|e| e.event == "received"),
             "{lines:?}"
         );
-        edge.submit(crate::state::Submission {
-            from: g22.into(),
-            to: vec![h41.into()],
-            subject: "Công văn".into(),
-            doc_id: Some(id.to_string()),
-            ..Default::default()
-        })
-        .unwrap();
-        let steps = AgencyService::new(edge)
-            .trace(Request::new(pb::TraceRequest {
-                doc_id: id.to_string(),
-                from: g22.into(),
-            }))
-            .await
-            .unwrap()
-            .into_inner()
-            .steps;
+        submit_as(&edge, id, g22, h41);
+        let steps = trace_of(&AgencyService::new(edge), id, g22).await;
         assert!(steps.iter().any(|s| s.step == "submitted"), "{steps:?}");
         assert!(!steps.iter().any(|s| s.step == "acked"), "{steps:?}");
     }
@@ -1601,16 +1587,7 @@ mod tests {
                 .unwrap();
         }
         let svc = AgencyService::new(hub);
-        let trace = async |from: &str| {
-            svc.trace(Request::new(pb::TraceRequest {
-                doc_id: id.to_string(),
-                from: from.into(),
-            }))
-            .await
-            .unwrap()
-            .into_inner()
-            .steps
-        };
+        let trace = async |from: &str| trace_of(&svc, id, from).await;
         let all = trace("").await;
         let (g, h) = (trace(g22).await, trace(h41).await);
         assert!(!g.is_empty() && !h.is_empty(), "{g:?} {h:?}");

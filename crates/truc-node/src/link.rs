@@ -2038,15 +2038,23 @@ mod tests {
             "the sender cannot serve attachment 0",
         );
         assert!(!refused.unwrap());
-        // As this node's failure, not the peer's refusal.
-        let trail = hub.audit_trail(&gone_id).unwrap();
-        let failed: Vec<_> = trail.iter().map(|e| (&e.event, &e.detail)).collect();
+        failed_here(&hub, &gone_id, "child:nghean: cannot read attachment 0");
+    }
+
+    /// The audit of `doc_id` tells its dead letter as this node's failure
+    /// (`detail` first), not as a refusal by the peer.
+    fn failed_here(hub: &NodeState, doc_id: &str, detail: &str) {
+        let trail = hub.audit_trail(doc_id).unwrap();
+        let lines: Vec<_> = trail.iter().map(|e| (&e.event, &e.detail)).collect();
         assert!(
-            failed
+            lines
                 .iter()
-                .any(|(event, detail)| *event == "cannot be sent"
-                    && detail.starts_with("child:nghean: cannot read attachment 0")),
-            "{failed:?}"
+                .any(|(event, d)| *event == "cannot be sent" && d.starts_with(detail)),
+            "{lines:?}"
+        );
+        assert!(
+            !lines.iter().any(|(event, _)| event.contains("refused")),
+            "{lines:?}"
         );
     }
 
@@ -2143,20 +2151,7 @@ mod tests {
         .await
         .expect("dead-lettered after trying for a while");
         p.task.abort();
-        // Told as this node's failure, not as a refusal by the peer.
-        let trail = hub.audit_trail(&id).unwrap();
-        let failed: Vec<_> = trail.iter().map(|e| (&e.event, &e.detail)).collect();
-        assert!(
-            failed
-                .iter()
-                .any(|(event, detail)| *event == "cannot be sent"
-                    && detail.starts_with("child:nghean: cannot load it")),
-            "{failed:?}"
-        );
-        assert!(
-            !failed.iter().any(|(event, _)| event.contains("refused")),
-            "{failed:?}"
-        );
+        failed_here(&hub, &id, "child:nghean: cannot load it");
 
         // Readable again: a new document goes through.
         std::fs::remove_dir(&file).unwrap();
