@@ -417,11 +417,10 @@ fn clipped(mut reason: String) -> String {
 /// four windows of unanswered transfers; its answers are at most two per
 /// transfer of ours in flight (a reject and an ack, or an ack and a
 /// deferral), at most one window of them. So four windows, and a little
-/// more, are never filled by a peer that waits for what it asked; a window
-/// over 65,536 counts as 65,536 here, so that a peer cannot lift the bound
-/// by announcing a huge one.
+/// more, are never filled by a peer that waits for what it asked (its window
+/// taken as at most `MAX_WINDOW`, in `run_session`).
 fn most_waiting(peer_window: u32) -> usize {
-    4 * peer_window.min(MAX_WINDOW) as usize + 16
+    4 * peer_window as usize + 16
 }
 
 /// The largest window a peer's is counted as (and this node's may be:
@@ -481,6 +480,9 @@ pub async fn run_session(
     params: LinkParams,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), LinkError> {
+    // A peer cannot lift the bounds sized on its window by announcing a huge
+    // one, nor stall the session with none.
+    let peer_window = peer_window.clamp(1, MAX_WINDOW);
     // `senders` only produce frames and can stop at once; `receivers` hold
     // transfers that were received and must get to disk and be acknowledged.
     let peer_is_parent = matches!(origin, Origin::Parent(_));
@@ -736,8 +738,7 @@ async fn push(
     let mut notify = state.notifier(&queue);
     // The window the peer announced when the link came up: the channels
     // carrying its answers here are sized for it, so an ack cannot raise it.
-    let most = window.min(MAX_WINDOW);
-    window = window.min(most);
+    let most = window;
     // (seq, bytes) of every transfer sent and not yet acknowledged.
     let mut in_flight: VecDeque<(u64, usize)> = VecDeque::new();
     let mut in_flight_bytes = 0usize;
@@ -1370,7 +1371,7 @@ impl pb::link_server::Link for LinkService {
                     format!("child:{node}"),
                     incoming,
                     outbox,
-                    hello.window.max(1),
+                    hello.window,
                     params,
                     stop_rx,
                 )
@@ -1545,7 +1546,7 @@ async fn connect_once(
         "parent".into(),
         incoming,
         outbox,
-        welcome.window.max(1),
+        welcome.window,
         params.clone(),
         stop,
     )

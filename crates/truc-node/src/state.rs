@@ -6158,8 +6158,9 @@ pub(crate) mod testing {
 /// Whether an attachment is a PDF, whose signatures are checked: by its type
 /// or its name.
 pub fn is_pdf(a: &pb::AttachmentRef) -> bool {
+    let n = a.name.as_bytes();
     a.content_type.eq_ignore_ascii_case("application/pdf")
-        || a.name.to_ascii_lowercase().ends_with(".pdf")
+        || n.len() >= 4 && n[n.len() - 4..].eq_ignore_ascii_case(b".pdf")
 }
 
 /// Read failures that last happened more than `limit` ago: a new failure of

@@ -123,14 +123,13 @@ struct Index {
     /// Removed blobs stay (offset 0) until the next seal, also when their pack
     /// is deleted (a pack is deleted only once all its blobs are removed).
     sealed: Vec<Slot>,
-    /// Where the slots whose prefix starts with `b` (its top `dir_bits` bits)
-    /// are in `sealed`: `dir[b]..dir[b + 1]`, four to eight of them (half a
+    /// Where the slots whose prefix starts with `b` (its top bits, as many
+    /// as `dir` has runs: 2^bits + 1 bounds) are in `sealed`: `dir[b]..dir[b + 1]`, four to eight of them (half a
     /// byte to a byte per blob). A lookup reads one entry here and one short
     /// run there, where a binary search over a large array missed the cache
     /// at each of its steps (4% of a draining hub's CPU). Rebuilt at each
     /// seal; empty before the first.
     dir: Vec<u32>,
-    dir_bits: u32,
 }
 
 /// Where an index entry is, to take it out once it is confirmed.
@@ -227,18 +226,20 @@ impl Index {
         self.index_runs();
     }
 
-    /// The `dir` entry of prefix `p`.
+    /// The `dir` entry of prefix `p` (0 before the first seal).
     fn bucket(&self, p: u32) -> usize {
-        (u64::from(p) >> (32 - self.dir_bits)) as usize
+        let bits = (self.dir.len().max(2) - 1).ilog2();
+        (u64::from(p) >> (32 - bits)) as usize
     }
 
     /// Rebuilds `dir` for the sealed array as it is: 2^bits + 1 bounds, with
     /// bits such that a run holds four to eight slots on average.
     fn index_runs(&mut self) {
-        let n = self.sealed.len();
-        self.dir_bits = (n / 8).checked_ilog2().map_or(0, |b| b + 1).min(24);
-        self.dir.clear();
-        self.dir.resize((1 << self.dir_bits) + 1, 0);
+        let bits = (self.sealed.len() / 8)
+            .checked_ilog2()
+            .map_or(0, |b| b + 1)
+            .min(24);
+        self.dir = vec![0; (1 << bits) + 1];
         for s in &self.sealed {
             let b = self.bucket(s.prefix);
             self.dir[b + 1] += 1;
@@ -246,7 +247,6 @@ impl Index {
         for b in 1..self.dir.len() {
             self.dir[b] += self.dir[b - 1];
         }
-        self.dir.shrink_to_fit();
     }
 
     /// Blobs indexed, and how many of them are in the sealed array.
@@ -1361,7 +1361,7 @@ mod tests {
             }
             idx.seal();
         }
-        assert!(idx.dir_bits > 1, "{}", idx.dir_bits);
+        assert!(idx.dir.len() > 4, "runs: {}", idx.dir.len() - 1);
         for (d, loc) in &all {
             let c = idx.candidates(d);
             assert!(c.iter().any(|(l, _, _)| l == loc), "{d} lost: {c:?}");

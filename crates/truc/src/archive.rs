@@ -458,6 +458,16 @@ impl OnDisk {
     fn path(&self, pkg: &Path, rel: &str) -> PathBuf {
         pkg.join(self.by_nfc.get(&nfc(rel)).map_or(rel, String::as_str))
     }
+
+    /// Whether the package has a file named `rel`.
+    fn has(&self, rel: &str) -> bool {
+        self.by_nfc.contains_key(&nfc(rel))
+    }
+
+    /// The files under `dir` (a path under `data/`, ending in `/`), as named on disk.
+    fn under<'a>(&'a self, dir: &'a str) -> impl Iterator<Item = &'a String> {
+        self.by_nfc.values().filter(move |rel| rel.starts_with(dir))
+    }
 }
 
 fn read(pkg: &Path, rel: &str) -> Result<Vec<u8>> {
@@ -579,8 +589,10 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
         // package written before that names them all (file by file, one
         // attachment's old name could be another's new one).
         let exported = client::file_names(&d.header.attachments);
-        let at = |n: &str| disk.path(pkg, &format!("data/attachments/{n}"));
-        let files: Vec<String> = if exported.iter().all(|f| at(f).exists()) {
+        let files: Vec<String> = if exported
+            .iter()
+            .all(|f| disk.has(&format!("data/attachments/{f}")))
+        {
             exported
         } else {
             d.header
@@ -622,10 +634,10 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
     }
 
     // Receipts and statuses: each signed, each about these exact bytes.
-    for (dir, what) in [("receipts", "receipt"), ("statuses", "status")] {
-        for rel in files_under(pkg, &pkg.join("data").join(dir))? {
+    for (dir, what) in [("data/receipts/", "receipt"), ("data/statuses/", "status")] {
+        for rel in disk.under(dir) {
             let part = format!("{what} {rel}");
-            let Ok(e) = pb::SignedEnvelope::decode(read(pkg, &rel)?.as_slice()) else {
+            let Ok(e) = pb::SignedEnvelope::decode(read(pkg, rel)?.as_slice()) else {
                 f.fail(&part, "not a signed envelope");
                 continue;
             };
