@@ -4,6 +4,7 @@
 
 use std::{
     net::TcpStream,
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -19,7 +20,7 @@ pub struct Browser {
     child: Child,
     ws: WebSocket<MaybeTlsStream<TcpStream>>,
     next_id: u64,
-    _profile: tempfile::TempDir,
+    profile: tempfile::TempDir,
 }
 
 /// The Chromium binary: `TRUC_CHROMIUM`, or the first of the usual names on PATH.
@@ -54,7 +55,15 @@ impl Browser {
             .prefix("truc-chromium-")
             .tempdir()
             .unwrap();
+        // Chromium's own temporary files (its singleton socket) go into the
+        // profile too, so that nothing of a run is left in /tmp.
+        let tmp = profile.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
         let child = Command::new(chromium())
+            .env("TMPDIR", &tmp)
+            // Its own process group: dropping the browser ends its helper
+            // processes as well, before the profile is removed.
+            .process_group(0)
             .args([
                 "--headless=new",
                 "--no-sandbox",
@@ -116,7 +125,7 @@ impl Browser {
             child,
             ws,
             next_id: 0,
-            _profile: profile,
+            profile,
         };
         b.call("Page.enable", json!({}));
         b.call("Runtime.enable", json!({}));
@@ -217,8 +226,23 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // The whole group: the renderer and zygote would otherwise go on
+        // writing into the profile while it is removed, and leave it behind.
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A helper killed in the middle of a write may still add a file;
+        // a few tries remove what it left.
+        for _ in 0..20 {
+            match std::fs::remove_dir_all(self.profile.path()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                _ => break,
+            }
+        }
     }
 }
 
