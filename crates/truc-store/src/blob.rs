@@ -201,10 +201,11 @@ impl BlobStore {
         result
     }
 
-    /// Stores several blobs whose digests the caller has checked, durably, with two
-    /// filesystem syncs in all instead of two per file: temp files written, synced,
-    /// renamed into place, names synced. Nothing gets a name before its bytes are
-    /// on disk.
+    /// Stores several blobs whose digests the caller has checked, durably: the
+    /// small ones appended to a pack with one sync, the large ones written to
+    /// temp files, each synced, renamed into place, and each directory that
+    /// gained a name synced once. Nothing gets a name before its bytes are on
+    /// disk.
     pub fn put_many(&self, items: &[(Digest, &[u8])]) -> Result<(), BlobError> {
         self.put_items(items, true)
     }
@@ -253,17 +254,28 @@ impl BlobStore {
         }
         let mut written: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(todo.len());
         let result = (|| {
+            let mut files = Vec::with_capacity(todo.len());
             for (d, data) in &todo {
                 let tmp = self.tmp_path(d);
                 let mut f = File::create(&tmp).map_err(io(&tmp))?;
                 written.push((tmp.clone(), self.path(d)));
                 f.write_all(data).map_err(io(&tmp))?;
+                files.push(f);
             }
-            self.sync_all_files()?;
+            // Each file is synced through the descriptor it was written with,
+            // after all were written (their write-back overlaps): a failed
+            // write-back is reported to it. A `syncfs` through a descriptor
+            // opened afterwards would not report one that happened before.
+            for (f, (tmp, _)) in files.iter().zip(&written) {
+                f.sync_data().map_err(io(tmp))?;
+            }
+            let mut dirs = std::collections::BTreeSet::new();
             for (tmp, dest) in &written {
                 fs::rename(tmp, dest).map_err(io(dest))?;
+                dirs.insert(dest.parent().unwrap_or(&self.root));
             }
-            self.sync_all_files()
+            // Each directory that gained a name, once.
+            dirs.into_iter().try_for_each(sync_dir)
         })();
         if result.is_err() {
             for (tmp, _) in &written {
@@ -271,15 +283,6 @@ impl BlobStore {
             }
         }
         result
-    }
-
-    /// Makes every write under the root durable: one `syncfs` on Linux.
-    fn sync_all_files(&self) -> Result<(), BlobError> {
-        let root = File::open(&self.root).map_err(io(&self.root))?;
-        rustix::fs::syncfs(&root).map_err(|e| BlobError::Io {
-            path: self.root.clone(),
-            source: e.into(),
-        })
     }
 
     fn tmp_path(&self, d: &Digest) -> PathBuf {
@@ -638,6 +641,22 @@ mod tests {
         s.put_many(&items).unwrap();
         s.put_many(&items).unwrap();
         for (d, bytes) in &items {
+            assert_eq!(s.read(d).unwrap(), *bytes);
+        }
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn several_large_blobs_are_each_stored_as_a_file_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let data: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; PACK_MAX + 1]).collect();
+        let mut items: Vec<(Digest, &[u8])> =
+            data.iter().map(|d| (Digest::of(d), d.as_slice())).collect();
+        items.push(items[0]); // the same attachment twice in one batch
+        s.put_many(&items).unwrap();
+        for (d, bytes) in &items {
+            assert_eq!(fs::read(s.path(d)).unwrap(), *bytes);
             assert_eq!(s.read(d).unwrap(), *bytes);
         }
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
