@@ -808,14 +808,20 @@ impl NodeState {
             p.store.apply(backfill)?;
             p.store.flush()?;
         }
+        // The parent's last directory, complete or not: one of version 0 (from
+        // a relay that has not met its own parent yet) still names agencies.
         let received = match p
             .store
             .get(Space::Meta, &Key::new().str("directory").build())?
         {
-            Some(bytes) => pb::Directory::decode(bytes.as_slice())
-                .map(|d| Directory::from_pb(&d))
-                .unwrap_or_default(),
-            None => Directory::default(),
+            Some(bytes) => match pb::Directory::decode(bytes.as_slice()) {
+                Ok(d) => Some(Directory::from_pb(&d)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the stored directory from the parent cannot be read; left out until the parent sends it again");
+                    None
+                }
+            },
+            None => None,
         };
         // Agencies registered at runtime below this node (relays' delegated directory).
         let mut routing = p.routing;
@@ -850,7 +856,6 @@ impl NodeState {
             routing.add_child_organ(organ.clone(), via);
             own.entries.insert(organ, entry);
         }
-        let received = (received.version != 0).then_some(received);
         // Every event found on disk at startup is durable.
         let stored_event_seq = p
             .store
@@ -6611,6 +6616,34 @@ mod tests {
             e.contains("already in the directory, served by node vpcp"),
             "{e}"
         );
+    }
+
+    /// A directory of version 0 from the parent (a relay that has not met its
+    /// own parent yet) names agencies all the same: they are still known after
+    /// a restart, and the merge stays incomplete.
+    #[test]
+    fn an_incomplete_directory_from_the_parent_is_kept_across_a_restart() {
+        let f = Fixture::new();
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let district: OrganId = "001.00.10.H47".parse().unwrap();
+        let edge = f.edge(store.clone());
+        edge.set_directory(&pb::Directory {
+            version: 0,
+            agencies: vec![pb::AgencyEntry {
+                organ: district.to_string(),
+                name: "Huyện Duy Xuyên".into(),
+                parent: "000.00.00.H47".into(),
+                node: "duyxuyen".into(),
+            }],
+        })
+        .unwrap();
+        assert!(edge.directory().entries.contains_key(&district));
+        edge.close().unwrap();
+        drop(edge);
+        let edge = f.edge(store);
+        let d = edge.directory();
+        assert!(d.entries.contains_key(&district), "known after the restart");
+        assert_eq!(d.version, 0, "still incomplete");
     }
 
     /// A relay that has not met its parent yet (every merge has version 0)
