@@ -104,7 +104,7 @@ pub async fn fetch(
     size: u64,
 ) -> Result<(), Fetch> {
     let guard = loop {
-        if state.blobs.contains(&digest) {
+        if state.blobs.contains_durably(&digest) {
             return Ok(());
         }
         match state.claim_partial(digest) {
@@ -116,7 +116,7 @@ pub async fn fetch(
             }
         }
     };
-    if state.blobs.contains(&digest) {
+    if state.blobs.contains_durably(&digest) {
         guard.done();
         return Ok(());
     }

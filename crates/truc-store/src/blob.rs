@@ -139,6 +139,20 @@ impl BlobStore {
         self.packs.contains(d) || self.path(d).exists()
     }
 
+    /// [`BlobStore::contains`] for a caller that answers "stored" on it (and
+    /// skips its own write): a blob found as its own file has its directory
+    /// synced first. Another writer may have just renamed it into place and not
+    /// synced the name yet, or failed to; a power cut would then lose a blob
+    /// that a durable record names.
+    pub fn contains_durably(&self, d: &Digest) -> bool {
+        self.packs.contains(d) || self.file_named_durably(d)
+    }
+
+    fn file_named_durably(&self, d: &Digest) -> bool {
+        let p = self.path(d);
+        p.exists() && sync_dir(p.parent().unwrap_or(&self.root)).is_ok()
+    }
+
     /// Whether the blob lives in a pack (it has no file of its own).
     pub fn is_packed(&self, d: &Digest) -> bool {
         self.packs.contains(d)
@@ -166,12 +180,12 @@ impl BlobStore {
     /// Whether a blob of `len` bytes is already where it would be stored: a
     /// small one in the packs (one left as a file of its own from before packs
     /// is then packed as well, an extra copy `remove` deletes with it, instead
-    /// of a stat per new blob), a large one as its file.
+    /// of a stat per new blob), a large one as its file, its name synced.
     fn stored(&self, d: &Digest, len: usize) -> bool {
         if len <= PACK_MAX {
             self.packs.contains(d)
         } else {
-            self.path(d).exists()
+            self.file_named_durably(d)
         }
     }
 
@@ -576,7 +590,7 @@ impl Partial {
             });
         }
         let dest = store.path(&actual);
-        if store.contains(&actual) {
+        if store.contains_durably(&actual) {
             let _ = fs::remove_file(&self.path);
             // Stored again now: the orphan sweep must not take it for an
             // old one before the document that names it is sent.
@@ -603,12 +617,39 @@ fn age_secs(entry: &fs::DirEntry) -> u64 {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), BlobError> {
+    #[cfg(test)]
+    tests::DIR_SYNCS.with(|n| n.set(n.get() + 1));
     crate::fsync_dir(dir).map_err(io(dir))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Directory syncs made by this thread.
+        pub(super) static DIR_SYNCS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
+    /// A large blob found already named (by another writer that may not have
+    /// synced its directory yet, or failed to) is not taken as stored before
+    /// its name is synced.
+    #[test]
+    fn a_large_blob_found_already_named_has_its_name_synced_before_it_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let data = vec![7u8; PACK_MAX + 1];
+        let d = s.put(&data).unwrap();
+        let before = DIR_SYNCS.with(|n| n.get());
+        s.put(&data).unwrap();
+        s.put_many(&[(d, data.as_slice())]).unwrap();
+        assert!(s.contains_durably(&d));
+        assert_eq!(
+            DIR_SYNCS.with(|n| n.get()) - before,
+            3,
+            "one sync per answer"
+        );
+    }
 
     #[test]
     fn identical_content_is_stored_once_and_reads_back() {
