@@ -291,7 +291,8 @@ fn requests_waiting_for_the_connection_are_counted_and_all_served() {
 /// A request hung on the server (here on a lock another session holds) may be
 /// a network cut the writer has not noticed yet, with a standby writing: once
 /// it has run longer than the ping timeout (5 s), the writer answers nothing
-/// from memory, and a read waits its turn on the connection.
+/// from memory, a read waits its turn on the connection, and the store says
+/// it is stalled (the node's health is NOT_SERVING) until the request ends.
 #[test]
 fn the_writer_stops_answering_from_memory_while_a_request_hangs() {
     let (_pg, url) = migrated();
@@ -315,8 +316,15 @@ fn the_writer_stops_answering_from_memory_while_a_request_hangs() {
     // A young request: the answer it cannot change is still given from memory.
     assert_eq!(store.get(Space::Docs, b"k1").unwrap(), Some(b"v1".to_vec()));
     assert_eq!(requests(&store), before + 1);
+    assert_eq!(store.stalled(), None, "young");
     // Past the ping timeout (a wait for that time, not for readiness).
     std::thread::sleep(std::time::Duration::from_millis(5_500));
+    // The node reports NOT_SERVING, with this reason, while it lasts.
+    let why = store.stalled().expect("a request that hangs is reported");
+    assert!(
+        why.contains("a postgresql request has not answered for 5 s"),
+        "{why}"
+    );
     let s = store.clone();
     let reader = std::thread::spawn(move || s.get(Space::Docs, b"k1"));
     wait_for(before + 2);
@@ -324,6 +332,7 @@ fn the_writer_stops_answering_from_memory_while_a_request_hangs() {
     hung.join().unwrap().unwrap();
     assert_eq!(reader.join().unwrap().unwrap(), Some(b"v1".to_vec()));
     assert_eq!(store.get(Space::Docs, b"k2").unwrap(), Some(b"v2".to_vec()));
+    assert_eq!(store.stalled(), None, "answered");
 }
 
 /// Writers on several threads (some prefetching each other's keys) over a cache far smaller than what they write

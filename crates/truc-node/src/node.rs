@@ -517,14 +517,16 @@ impl RunningNode {
         // SERVING), then every second.
         {
             let st = state.clone();
-            let first = tokio::task::spawn_blocking(move || st.writable())
+            let first = tokio::task::spawn_blocking(move || st.unwritable())
                 .await
-                .unwrap_or(false);
-            if first {
-                set_health(&health_reporter, tonic_health::ServingStatus::Serving).await;
-            } else {
-                tracing::error!("store not writable: health NOT_SERVING");
+                .unwrap_or_else(|e| Some(e.to_string()));
+            match &first {
+                None => set_health(&health_reporter, tonic_health::ServingStatus::Serving).await,
+                Some(why) => {
+                    tracing::error!(reason = %why, "store not writable: health NOT_SERVING")
+                }
             }
+            let first = first.is_none();
             let st = state.clone();
             let reporter = health_reporter.clone();
             let mut s = stop_rx.clone();
@@ -545,15 +547,20 @@ impl RunningNode {
                             return;
                         }
                         let st2 = st.clone();
-                        let ok = tokio::task::spawn_blocking(move || st2.writable())
+                        let why = tokio::task::spawn_blocking(move || st2.unwritable())
                             .await
-                            .unwrap_or(false);
+                            .unwrap_or_else(|e| Some(e.to_string()));
+                        let ok = why.is_none();
                         if last != Some(ok) {
-                            let status = if ok {
-                                tonic_health::ServingStatus::Serving
-                            } else {
-                                tracing::error!("store not writable: health NOT_SERVING");
-                                tonic_health::ServingStatus::NotServing
+                            let status = match &why {
+                                None => {
+                                    tracing::info!("store writable again: health SERVING");
+                                    tonic_health::ServingStatus::Serving
+                                }
+                                Some(why) => {
+                                    tracing::error!(reason = %why, "store not writable: health NOT_SERVING");
+                                    tonic_health::ServingStatus::NotServing
+                                }
                             };
                             set_health(&reporter, status).await;
                             last = Some(ok);

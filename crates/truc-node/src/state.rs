@@ -749,6 +749,9 @@ pub struct Parts {
 /// The longest free-text field (role, link, version) kept of a child's report.
 pub const REPORT_TEXT: usize = 64;
 
+/// How long a store flush may run before the node reports NOT_SERVING.
+pub const STALL_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl NodeState {
     /// Opens the state: reads counters and the audit head back from the store.
     pub fn new(p: Parts) -> Result<Arc<Self>, NodeError> {
@@ -1556,13 +1559,31 @@ impl NodeState {
         out
     }
 
-    /// The store takes writes: no failed flush, and free space above the reserve.
+    /// The store takes writes: no failed flush, no request or flush hanging,
+    /// and free space above the reserve.
     pub fn writable(&self) -> bool {
-        self.commit.healthy()
-            && self
-                .blobs
-                .free_bytes()
-                .is_ok_and(|f| f >= self.storage.min_free_bytes)
+        self.unwritable().is_none()
+    }
+
+    /// Why the store does not take writes now, if it does not.
+    pub fn unwritable(&self) -> Option<String> {
+        if !self.commit.healthy() {
+            return Some("a store flush failed: writes refused until restart".into());
+        }
+        if let Some(why) = self.store.stalled() {
+            return Some(format!("{why}: nothing is acknowledged until it answers"));
+        }
+        if let Some(d) = self.commit.flush_stalled(STALL_AFTER) {
+            return Some(format!(
+                "a store flush has not finished for {} s (the disk hangs?): nothing is acknowledged until it does",
+                d.as_secs()
+            ));
+        }
+        match self.blobs.free_bytes() {
+            Ok(f) if f >= self.storage.min_free_bytes => None,
+            Ok(_) => Some("free space below storage.min_free_bytes: intake refused".into()),
+            Err(e) => Some(format!("free space cannot be read: {e}")),
+        }
     }
 
     /// What needs an operator now, by the thresholds of `[alerts]`.
@@ -1673,15 +1694,11 @@ impl NodeState {
                 });
             }
         }
-        if !self.writable() {
+        if let Some(detail) = self.unwritable() {
             out.push(Alert {
                 kind: "store",
                 subject: self.node_id.to_string(),
-                detail: if self.commit.healthy() {
-                    "free space below storage.min_free_bytes: intake refused".into()
-                } else {
-                    "a store flush failed: writes refused until restart".into()
-                },
+                detail,
             });
         }
         // A revocation list past its next update fails closed: every
@@ -7840,6 +7857,37 @@ mod tests {
             .unwrap()
             .and_then(|v| trailing_u64(&v));
         assert_eq!(stored_seq, Some(7));
+    }
+
+    /// A store write that hangs (a disk, a PostgreSQL lock) makes the node
+    /// unwritable, with the reason, for as long as it hangs: health and the
+    /// `store_writable` metric follow it.
+    #[test]
+    fn a_hanging_store_write_makes_the_node_unwritable_until_it_answers() {
+        let f = Fixture::new();
+        let (store, plan) = truc_store::FaultyStore::new(MemoryStore::new());
+        let edge = f.edge(Arc::new(store));
+        assert_eq!(edge.unwritable(), None);
+        let next = plan.applies.load(Ordering::SeqCst) + 1;
+        plan.stall_apply_at.store(next, Ordering::SeqCst);
+        plan.stall_ms.store(500, Ordering::SeqCst);
+        let e = edge.clone();
+        let writer = std::thread::spawn(move || {
+            e.submit(Submission {
+                from: "000.00.00.G22".into(),
+                to: vec!["000.00.00.H41".into()],
+                subject: "x".into(),
+                ..Default::default()
+            })
+        });
+        while !plan.stalling.load(Ordering::SeqCst) {
+            assert!(!writer.is_finished(), "the write never hung");
+            std::thread::yield_now();
+        }
+        let why = edge.unwritable().expect("unwritable while it hangs");
+        assert!(why.contains(&format!("write {next} hangs")), "{why}");
+        writer.join().unwrap().unwrap();
+        assert_eq!(edge.unwritable(), None, "answers again");
     }
 
     #[tokio::test]

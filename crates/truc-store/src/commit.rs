@@ -47,6 +47,8 @@ pub struct CommitStats {
     /// Flushes per bucket of [`FLUSH_BUCKETS`] (not cumulative; the last slot
     /// counts the slower ones).
     pub flush_buckets: [AtomicU64; FLUSH_BUCKETS.len() + 1],
+    /// When the flush in progress started (None between flushes).
+    flushing_since: Mutex<Option<Instant>>,
 }
 
 impl CommitStats {
@@ -159,6 +161,17 @@ impl GroupCommit {
 
     pub fn stats(&self) -> &CommitStats {
         &self.stats
+    }
+
+    /// How long the flush in progress has run, once that is longer than
+    /// `limit`: a disk or server that hangs. Nothing is acknowledged meanwhile.
+    pub fn flush_stalled(&self, limit: Duration) -> Option<Duration> {
+        let since = *self
+            .stats
+            .flushing_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        since.map(|t| t.elapsed()).filter(|d| *d > limit)
     }
 
     /// Applies `batch` (visible at once, durable later).
@@ -274,7 +287,16 @@ fn flusher(
             return;
         };
         let started = Instant::now();
-        match flush() {
+        let set_flushing = |v| {
+            *stats
+                .flushing_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = v;
+        };
+        set_flushing(Some(started));
+        let result = flush();
+        set_flushing(None);
+        match result {
             Ok(()) => {
                 done = target;
                 let took = started.elapsed();
@@ -321,6 +343,36 @@ mod tests {
         }
         let flushes = gc.stats().flushes.load(Ordering::Relaxed);
         assert!((1..=200).contains(&flushes), "{flushes}");
+        gc.close().unwrap();
+    }
+
+    /// A flush that hangs (a disk, a server) is reported once it has run
+    /// longer than the limit, and no longer once it has finished.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flush_that_hangs_is_reported_until_it_finishes() {
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+        let hold_rx = Mutex::new(hold_rx);
+        let gc = GroupCommit::start_after(Arc::new(MemoryStore::new()), move || {
+            let _ = entered_tx.send(());
+            let _ = hold_rx.lock().unwrap().recv();
+            Ok::<(), StoreError>(())
+        });
+        let t = gc.apply(batch(b"a")).unwrap();
+        let durable = tokio::spawn({
+            let gc = gc.clone();
+            async move { gc.durable(t).await }
+        });
+        entered_rx.recv().unwrap();
+        assert!(gc.flush_stalled(Duration::from_secs(3600)).is_none());
+        assert!(gc.flush_stalled(Duration::ZERO).is_some(), "hangs");
+        // The hook runs twice per flush (before, then under the write lock).
+        hold_tx.send(()).unwrap();
+        entered_rx.recv().unwrap();
+        hold_tx.send(()).unwrap();
+        durable.await.unwrap().unwrap();
+        assert!(gc.flush_stalled(Duration::ZERO).is_none(), "finished");
+        drop(hold_tx);
         gc.close().unwrap();
     }
 

@@ -154,6 +154,13 @@ pub trait Store: Send + Sync + 'static {
     fn fenced(&self) -> Option<String> {
         None
     }
+    /// A request the store has not answered for longer than it should (a
+    /// server that hangs, or a lock held on it): why. Nothing is lost
+    /// meanwhile, but nothing is acknowledged either; the node reports
+    /// NOT_SERVING until it answers.
+    fn stalled(&self) -> Option<String> {
+        None
+    }
     /// For a store on a server: what its reads and writes cost in requests,
     /// and the memory that spares some. None for an embedded store.
     fn remote_stats(&self) -> Option<RemoteStats> {
@@ -416,13 +423,16 @@ pub struct FaultPlan {
     /// as a disk that hangs on a write; 0 = never.
     pub stall_apply_at: AtomicU64,
     pub stall_ms: AtomicU64,
+    /// Set while that write is frozen.
+    pub stalling: AtomicBool,
+    /// Writes tried so far (the N above counts them).
+    pub applies: AtomicU64,
 }
 
 /// Wraps a store and fails writes or flushes on command, for fault tests.
 pub struct FaultyStore<S> {
     inner: S,
     plan: Arc<FaultPlan>,
-    applies: AtomicU64,
 }
 
 impl<S> std::fmt::Debug for FaultyStore<S> {
@@ -440,7 +450,6 @@ impl<S: Store> FaultyStore<S> {
             Self {
                 inner,
                 plan: plan.clone(),
-                applies: AtomicU64::new(0),
             },
             plan,
         )
@@ -473,7 +482,7 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.last(space, prefix)
     }
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
-        let n = self.applies.fetch_add(1, Ordering::SeqCst) + 1;
+        let n = self.plan.applies.fetch_add(1, Ordering::SeqCst) + 1;
         let from = self.plan.fail_apply_from.load(Ordering::SeqCst);
         if from != 0 && n >= from {
             return Err(StoreError::Injected(format!(
@@ -481,9 +490,11 @@ impl<S: Store> Store for FaultyStore<S> {
             )));
         }
         if self.plan.stall_apply_at.load(Ordering::SeqCst) == n {
+            self.plan.stalling.store(true, Ordering::SeqCst);
             std::thread::sleep(std::time::Duration::from_millis(
                 self.plan.stall_ms.load(Ordering::SeqCst),
             ));
+            self.plan.stalling.store(false, Ordering::SeqCst);
         }
         self.inner.apply(batch)
     }
@@ -506,6 +517,15 @@ impl<S: Store> Store for FaultyStore<S> {
     }
     fn prefetch(&self, keys: &mut dyn Iterator<Item = (Space, Vec<u8>)>) -> Result<(), StoreError> {
         self.inner.prefetch(keys)
+    }
+    fn stalled(&self) -> Option<String> {
+        if self.plan.stalling.load(Ordering::SeqCst) {
+            return Some(format!(
+                "write {} hangs (injected)",
+                self.plan.stall_apply_at.load(Ordering::SeqCst)
+            ));
+        }
+        self.inner.stalled()
     }
 }
 

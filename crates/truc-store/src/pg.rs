@@ -272,10 +272,11 @@ impl Busy {
         self.since.store(0, Ordering::Relaxed);
     }
 
-    /// A request has run for longer than `limit`.
-    fn longer_than(&self, limit: std::time::Duration) -> bool {
+    /// How long the current request has run, once that is longer than `limit`.
+    fn longer_than(&self, limit: std::time::Duration) -> Option<std::time::Duration> {
         let since = self.since.load(Ordering::Relaxed);
-        since != 0 && u128::from(self.now().saturating_sub(since)) > limit.as_millis()
+        let ran = std::time::Duration::from_millis(self.now().saturating_sub(since));
+        (since != 0 && ran > limit).then_some(ran)
     }
 }
 
@@ -489,7 +490,7 @@ impl PgStore {
     /// hang on a network cut the writer has not noticed, while the server ended
     /// the session and a standby writes. Until it ends, nothing is answered
     /// from memory (reads wait their turn on the connection).
-    fn stalled(&self) -> bool {
+    fn stalled_for(&self) -> Option<std::time::Duration> {
         self.busy.longer_than(PING_TIMEOUT)
     }
 
@@ -498,7 +499,7 @@ impl PgStore {
     fn trusted_cache(&self) -> Option<&Arc<Mutex<ReadCache>>> {
         self.cache
             .as_ref()
-            .filter(|_| self.fenced().is_none() && !self.stalled())
+            .filter(|_| self.fenced().is_none() && self.stalled_for().is_none())
     }
 
     /// Runs `f` on the connection's thread and waits for its result.
@@ -728,6 +729,15 @@ impl Store for PgStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    fn stalled(&self) -> Option<String> {
+        self.stalled_for().map(|d| {
+            format!(
+                "a postgresql request has not answered for {} s",
+                d.as_secs()
+            )
+        })
     }
 }
 
