@@ -2153,6 +2153,14 @@ mod tests {
         .expect("dead-lettered after trying for a while");
         p.task.abort();
         failed_here(&hub, &id, "child:nghean: cannot load it");
+        let dead = hub.dead("child:nghean").unwrap();
+        assert!(
+            dead[0]
+                .reason
+                .starts_with("cannot be sent from hub on child:nghean: cannot load it"),
+            "{}",
+            dead[0].reason
+        );
 
         // Readable again: a new document goes through.
         std::fs::remove_dir(&file).unwrap();

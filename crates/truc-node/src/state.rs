@@ -4961,7 +4961,12 @@ impl NodeState {
             record::encode(&DeadEntry {
                 entry: Some(entry.clone()),
                 code,
-                reason: reason.to_owned(),
+                // Whose failure it was, as the sender hears it, for one of
+                // this node's own; the peer's words for a refusal.
+                reason: match at {
+                    FailedAt::Peer => reason.to_owned(),
+                    FailedAt::Here => why.clone(),
+                },
                 at_ms: now,
             }),
         );
