@@ -276,9 +276,6 @@ struct Writer {
     seqs: HashMap<String, u64>,
     audit_seq: u64,
     audit_head: [u8; 32],
-    /// `q:<queue>` depth, `r:<organ>` and `s:<organ>` documents waiting in child
-    /// queues per recipient and per sender.
-    counts: HashMap<String, i64>,
 }
 
 /// `Meta` key of the sequence `name` (queues, inboxes, agency events).
@@ -511,6 +508,12 @@ pub struct NodeState {
     store: Arc<dyn Store>,
     pub blobs: BlobStore,
     writer: Mutex<Writer>,
+    /// `q:<queue>` depth, `r:<organ>` and `s:<organ>` documents waiting in child
+    /// queues per recipient and per sender, `u:<organ>:…` unacknowledged ones of
+    /// a local agency. Changed only by the writer (its lock held, then this
+    /// one), each batch's changes at once; read without the writer's lock, so
+    /// that metrics, heartbeats and sweeps do not wait for a write that hangs.
+    counts: Mutex<HashMap<String, i64>>,
     /// Local messages waiting to be accepted together (see `accept`).
     local: Mutex<Vec<LocalItem>>,
     /// Per queue, a count bumped by every write that adds to it: each sender
@@ -906,8 +909,8 @@ impl NodeState {
                 seqs: HashMap::new(),
                 audit_seq,
                 audit_head,
-                counts,
             }),
+            counts: Mutex::new(counts),
             local: Mutex::default(),
             notifiers: Mutex::default(),
             events,
@@ -1093,10 +1096,9 @@ impl NodeState {
 
     /// Unacknowledged documents and statuses of a local agency.
     pub fn counts(&self, organ: &OrganId) -> (u64, u64) {
-        let w = self.lock();
+        let c = self.lock_counts();
         let get = |k: &str| {
-            w.counts
-                .get(&format!("u:{organ}:{k}"))
+            c.get(&format!("u:{organ}:{k}"))
                 .copied()
                 .unwrap_or(0)
                 .max(0) as u64
@@ -1206,6 +1208,11 @@ impl NodeState {
 
     fn lock(&self) -> MutexGuard<'_, Writer> {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The counts (see `counts`): never held while waiting for anything.
+    fn lock_counts(&self) -> MutexGuard<'_, HashMap<String, i64>> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The directory this node routes and checks by.
@@ -2342,8 +2349,9 @@ impl NodeState {
         Ok(next)
     }
 
-    fn count(w: &Writer, plan: &Plan, key: &str) -> i64 {
-        w.counts.get(key).copied().unwrap_or(0)
+    /// A count as the plan would leave it (under the writer's lock).
+    fn count(&self, plan: &Plan, key: &str) -> i64 {
+        self.lock_counts().get(key).copied().unwrap_or(0)
             + plan
                 .deltas
                 .iter()
@@ -2354,8 +2362,7 @@ impl NodeState {
 
     /// Documents waiting in a queue.
     pub fn queue_depth(&self, queue: &str) -> u64 {
-        self.lock()
-            .counts
+        self.lock_counts()
             .get(&format!("q:{queue}"))
             .copied()
             .unwrap_or(0)
@@ -2832,8 +2839,11 @@ impl NodeState {
         let ticket = self.commit.apply(std::mem::take(&mut plan.batch))?;
         w.audit_seq = seq;
         w.audit_head = head;
-        for (k, d) in plan.deltas.drain(..) {
-            *w.counts.entry(k).or_default() += d;
+        {
+            let mut counts = self.lock_counts();
+            for (k, d) in plan.deltas.drain(..) {
+                *counts.entry(k).or_default() += d;
+            }
         }
         self.apply_directory(std::mem::take(&mut plan.directory));
         // Queued for announcement under the writer lock: in event id order.
@@ -3658,7 +3668,7 @@ impl NodeState {
         // Backpressure before anything is written.
         if carries_business {
             if let (Origin::Local, Some(_)) = (origin, routes.get(&Destination::Parent)) {
-                let waiting = Self::count(w, plan, "q:parent");
+                let waiting = self.count(plan, "q:parent");
                 if waiting as u64 >= self.quotas.max_outbox {
                     return Err(Refusal::exhausted(format!(
                         "outbox full: {waiting} documents wait for the parent (quotas.max_outbox); retry in {} ms",
@@ -3673,14 +3683,14 @@ impl NodeState {
                         continue;
                     }
                     for r in rs {
-                        let n = Self::count(w, plan, &format!("r:{r}"));
+                        let n = self.count(plan, &format!("r:{r}"));
                         if n as u64 >= self.quotas.max_queued_per_recipient {
                             return Err(NodeError::Deferred(format!(
                                 "queue for {r} is full: {n} documents wait (quotas.max_queued_per_recipient)"
                             )));
                         }
                     }
-                    let n = Self::count(w, plan, &format!("s:{from_key}"));
+                    let n = self.count(plan, &format!("s:{from_key}"));
                     if n as u64 >= self.quotas.max_queued_per_sender {
                         return Err(NodeError::Deferred(format!(
                             "{from_key} has {n} documents waiting here (quotas.max_queued_per_sender)"
@@ -5089,8 +5099,7 @@ impl NodeState {
         // Queues of children no longer configured still hold documents: they
         // are as good as disconnected for ever, and their senders must hear.
         let gone: Vec<NodeId> = self
-            .lock()
-            .counts
+            .lock_counts()
             .iter()
             .filter(|(_, n)| **n > 0)
             .filter_map(|(k, _)| k.strip_prefix("q:child:")?.parse::<NodeId>().ok())
@@ -5266,15 +5275,13 @@ impl NodeState {
         let now = now_ms();
         let min_deadline = self.min_deadline_ms();
         let (queues, mut waiting): (Vec<String>, BTreeMap<String, u64>) = {
-            let w = self.lock();
-            let q = w
-                .counts
+            let c = self.lock_counts();
+            let q = c
                 .iter()
                 .filter(|(_, v)| **v > 0)
                 .filter_map(|(k, _)| k.strip_prefix("q:").map(str::to_owned))
                 .collect();
-            let r = w
-                .counts
+            let r = c
                 .iter()
                 .filter(|(_, v)| **v > 0)
                 .filter_map(|(k, v)| k.strip_prefix("r:").map(|o| (o.to_owned(), *v as u64)))
@@ -5349,8 +5356,7 @@ impl NodeState {
     /// Every queue with its depth and the enqueue time of its head.
     pub fn queues(&self) -> Result<Vec<(String, u64, i64)>, NodeError> {
         let counts: Vec<(String, i64)> = self
-            .lock()
-            .counts
+            .lock_counts()
             .iter()
             .filter_map(|(k, v)| k.strip_prefix("q:").map(|q| (q.to_owned(), *v)))
             .collect();
@@ -7865,8 +7871,9 @@ mod tests {
     }
 
     /// A store write that hangs (a disk, a PostgreSQL lock) makes the node
-    /// unwritable, with the reason, for as long as it hangs: health and the
-    /// `store_writable` metric follow it.
+    /// unwritable, with the reason, for as long as it hangs: health, the
+    /// `store_writable` metric and the alerts follow it, and reading them
+    /// does not wait for the write.
     #[test]
     fn a_hanging_store_write_makes_the_node_unwritable_until_it_answers() {
         let f = Fixture::new();
@@ -7875,7 +7882,7 @@ mod tests {
         assert_eq!(edge.unwritable(), None);
         let next = plan.applies.load(Ordering::SeqCst) + 1;
         plan.stall_apply_at.store(next, Ordering::SeqCst);
-        plan.stall_ms.store(500, Ordering::SeqCst);
+        plan.stall_ms.store(2000, Ordering::SeqCst);
         let e = edge.clone();
         let writer = std::thread::spawn(move || {
             e.submit(Submission {
@@ -7891,6 +7898,12 @@ mod tests {
         }
         let why = edge.unwritable().expect("unwritable while it hangs");
         assert!(why.contains(&format!("write {next} hangs")), "{why}");
+        // What operators read does not wait for the write: the alerts (and
+        // the queue counts behind them), the queues.
+        let alerts = edge.alerts(&Default::default());
+        assert!(alerts.iter().any(|a| a.detail == why), "{alerts:?}");
+        assert_eq!(edge.queue_depth("parent"), 0);
+        assert!(plan.stalling.load(Ordering::SeqCst), "read while it hangs");
         writer.join().unwrap().unwrap();
         assert_eq!(edge.unwritable(), None, "answers again");
     }
