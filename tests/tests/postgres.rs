@@ -322,7 +322,7 @@ fn the_writer_stops_answering_from_memory_while_a_request_hangs() {
     // The node reports NOT_SERVING, with this reason, while it lasts.
     let why = store.stalled().expect("a request that hangs is reported");
     assert!(
-        why.contains("a postgresql request has not answered for 5 s"),
+        why.contains("a postgresql request has not answered for"),
         "{why}"
     );
     let s = store.clone();

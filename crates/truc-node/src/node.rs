@@ -74,6 +74,40 @@ async fn set_health(
     }
 }
 
+/// Health from whether the store takes writes, set and logged when that
+/// changes: SERVING or NOT_SERVING, and a new reason while NOT_SERVING (the
+/// seconds a hang has lasted aside). `last` is the previous check's reason.
+async fn check_health(
+    st: &Arc<NodeState>,
+    reporter: &tonic_health::server::HealthReporter,
+    last: &mut Option<Option<String>>,
+) {
+    let st = st.clone();
+    let why = tokio::task::spawn_blocking(move || st.unwritable())
+        .await
+        .unwrap_or_else(|e| Some(e.to_string()));
+    let kind = |w: &Option<String>| {
+        w.as_ref()
+            .map(|w| w.replace(|c: char| c.is_ascii_digit(), ""))
+    };
+    if last.as_ref().map(kind) == Some(kind(&why)) {
+        return;
+    }
+    match &why {
+        None => {
+            if last.is_some() {
+                tracing::info!("store writable again: health SERVING");
+            }
+            set_health(reporter, tonic_health::ServingStatus::Serving).await;
+        }
+        Some(why) => {
+            tracing::error!(reason = %why, "store not writable: health NOT_SERVING");
+            set_health(reporter, tonic_health::ServingStatus::NotServing).await;
+        }
+    }
+    *last = Some(why);
+}
+
 /// How often the dashboard's throughput is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 /// How often the audit chain is re-verified in the background.
@@ -537,22 +571,14 @@ impl RunningNode {
         }
 
         // Health for load balancers and probes: SERVING while the store takes
-        // writes (no failed flush, free space above the reserve). A store that is
-        // fenced (a shared store's lock lost with its connection) stops the node.
-        // Checked once before `start` returns (a node that says ready is
-        // SERVING), then every second.
+        // writes (`NodeState::unwritable`: no failed flush, nothing hanging,
+        // free space above the reserve). A store that is fenced (a shared
+        // store's lock lost with its connection) stops the node. Checked once
+        // before `start` returns (a node that says ready is SERVING), then
+        // every second.
         {
-            let st = state.clone();
-            let first = tokio::task::spawn_blocking(move || st.unwritable())
-                .await
-                .unwrap_or_else(|e| Some(e.to_string()));
-            match &first {
-                None => set_health(&health_reporter, tonic_health::ServingStatus::Serving).await,
-                Some(why) => {
-                    tracing::error!(reason = %why, "store not writable: health NOT_SERVING")
-                }
-            }
-            let first = first.is_none();
+            let mut last = None;
+            check_health(&state, &health_reporter, &mut last).await;
             let st = state.clone();
             let reporter = health_reporter.clone();
             let mut s = stop_rx.clone();
@@ -560,7 +586,6 @@ impl RunningNode {
                 async move {
                     let every = Duration::from_secs(1);
                     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                    let mut last = Some(first);
                     loop {
                         tokio::select! {
                             _ = crate::stopped(&mut s) => return,
@@ -572,25 +597,7 @@ impl RunningNode {
                             let _ = failed_tx.send(Some(why));
                             return;
                         }
-                        let st2 = st.clone();
-                        let why = tokio::task::spawn_blocking(move || st2.unwritable())
-                            .await
-                            .unwrap_or_else(|e| Some(e.to_string()));
-                        let ok = why.is_none();
-                        if last != Some(ok) {
-                            let status = match &why {
-                                None => {
-                                    tracing::info!("store writable again: health SERVING");
-                                    tonic_health::ServingStatus::Serving
-                                }
-                                Some(why) => {
-                                    tracing::error!(reason = %why, "store not writable: health NOT_SERVING");
-                                    tonic_health::ServingStatus::NotServing
-                                }
-                            };
-                            set_health(&reporter, status).await;
-                            last = Some(ok);
-                        }
+                        check_health(&st, &reporter, &mut last).await;
                     }
                 },
                 node_span.clone(),

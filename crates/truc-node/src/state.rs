@@ -513,6 +513,8 @@ pub struct NodeState {
     /// a local agency. Changed only by the writer (its lock held, then this
     /// one), each batch's changes at once; read without the writer's lock, so
     /// that metrics, heartbeats and sweeps do not wait for a write that hangs.
+    /// Such a reader may find the store one batch ahead (the batch being
+    /// applied, visible before its counts change).
     counts: Mutex<HashMap<String, i64>>,
     /// Local messages waiting to be accepted together (see `accept`).
     local: Mutex<Vec<LocalItem>>,
@@ -1220,7 +1222,6 @@ impl NodeState {
         self.directory.read().map(|d| d.clone()).unwrap_or_default()
     }
 
-    /// Takes the directory a parent sent, keeps it for restarts.
     /// What a node routes by: the parent's directory (if any) with its own on top.
     /// An edge that has not heard from its parent yet has version 0: recipients
     /// are then checked by the parent only.
@@ -1599,9 +1600,11 @@ impl NodeState {
         let now = now_ms();
         let mut out = Vec::new();
         let snapshot = self.queue_snapshot();
-        if let Err(e) = &snapshot {
-            // Unreadable queues hide overdue documents: that is an alert of
-            // its own, not "nothing overdue".
+        // Unreadable queues hide overdue documents: that is an alert of its
+        // own, not "nothing overdue" (a store that hangs has one below).
+        if let Err(e) = &snapshot
+            && self.store.stalled().is_none()
+        {
             out.push(Alert {
                 kind: "store",
                 subject: self.node_id.to_string(),
@@ -2349,8 +2352,8 @@ impl NodeState {
         Ok(next)
     }
 
-    /// A count as the plan would leave it (under the writer's lock).
-    fn count(&self, plan: &Plan, key: &str) -> i64 {
+    /// A count as the plan would leave it (the writer's lock held, `_w`).
+    fn count(&self, _w: &Writer, plan: &Plan, key: &str) -> i64 {
         self.lock_counts().get(key).copied().unwrap_or(0)
             + plan
                 .deltas
@@ -3668,7 +3671,7 @@ impl NodeState {
         // Backpressure before anything is written.
         if carries_business {
             if let (Origin::Local, Some(_)) = (origin, routes.get(&Destination::Parent)) {
-                let waiting = self.count(plan, "q:parent");
+                let waiting = self.count(w, plan, "q:parent");
                 if waiting as u64 >= self.quotas.max_outbox {
                     return Err(Refusal::exhausted(format!(
                         "outbox full: {waiting} documents wait for the parent (quotas.max_outbox); retry in {} ms",
@@ -3683,14 +3686,14 @@ impl NodeState {
                         continue;
                     }
                     for r in rs {
-                        let n = self.count(plan, &format!("r:{r}"));
+                        let n = self.count(w, plan, &format!("r:{r}"));
                         if n as u64 >= self.quotas.max_queued_per_recipient {
                             return Err(NodeError::Deferred(format!(
                                 "queue for {r} is full: {n} documents wait (quotas.max_queued_per_recipient)"
                             )));
                         }
                     }
-                    let n = self.count(plan, &format!("s:{from_key}"));
+                    let n = self.count(w, plan, &format!("s:{from_key}"));
                     if n as u64 >= self.quotas.max_queued_per_sender {
                         return Err(NodeError::Deferred(format!(
                             "{from_key} has {n} documents waiting here (quotas.max_queued_per_sender)"
@@ -5272,6 +5275,13 @@ impl NodeState {
     /// far as needed: up to the point where the oldest entry of every waiting
     /// recipient is known and nothing later can be overdue yet.
     pub fn queue_snapshot(&self) -> Result<QueueSnapshot, NodeError> {
+        // Its reads would wait behind the request that hangs (one connection
+        // to a server): the scrape and the alerts answer without the queues.
+        if let Some(why) = self.store.stalled() {
+            return Err(NodeError::Other(format!(
+                "the store does not answer: {why}"
+            )));
+        }
         let now = now_ms();
         let min_deadline = self.min_deadline_ms();
         let (queues, mut waiting): (Vec<String>, BTreeMap<String, u64>) = {
@@ -7871,9 +7881,9 @@ mod tests {
     }
 
     /// A store write that hangs (a disk, a PostgreSQL lock) makes the node
-    /// unwritable, with the reason, for as long as it hangs: health, the
-    /// `store_writable` metric and the alerts follow it, and reading them
-    /// does not wait for the write.
+    /// unwritable, with the reason, for as long as it hangs (health and the
+    /// `store_writable` metric follow `writable`), the alerts say it, and
+    /// reading them does not wait for the write.
     #[test]
     fn a_hanging_store_write_makes_the_node_unwritable_until_it_answers() {
         let f = Fixture::new();
@@ -7882,7 +7892,8 @@ mod tests {
         assert_eq!(edge.unwritable(), None);
         let next = plan.applies.load(Ordering::SeqCst) + 1;
         plan.stall_apply_at.store(next, Ordering::SeqCst);
-        plan.stall_ms.store(2000, Ordering::SeqCst);
+        // Until released below, however slow the machine.
+        plan.stall_ms.store(600_000, Ordering::SeqCst);
         let e = edge.clone();
         let writer = std::thread::spawn(move || {
             e.submit(Submission {
@@ -7898,12 +7909,14 @@ mod tests {
         }
         let why = edge.unwritable().expect("unwritable while it hangs");
         assert!(why.contains(&format!("write {next} hangs")), "{why}");
+        assert!(!edge.writable());
         // What operators read does not wait for the write: the alerts (and
         // the queue counts behind them), the queues.
         let alerts = edge.alerts(&Default::default());
         assert!(alerts.iter().any(|a| a.detail == why), "{alerts:?}");
         assert_eq!(edge.queue_depth("parent"), 0);
         assert!(plan.stalling.load(Ordering::SeqCst), "read while it hangs");
+        plan.release.store(true, Ordering::SeqCst);
         writer.join().unwrap().unwrap();
         assert_eq!(edge.unwritable(), None, "answers again");
     }

@@ -104,7 +104,8 @@ pub async fn fetch(
     size: u64,
 ) -> Result<(), Fetch> {
     let guard = loop {
-        if state.blobs.contains_durably(&digest) {
+        // It may sync a directory: off the runtime's workers.
+        if blocking(|| state.blobs.contains_durably(&digest)) {
             return Ok(());
         }
         match state.claim_partial(digest) {
@@ -116,7 +117,7 @@ pub async fn fetch(
             }
         }
     };
-    if state.blobs.contains_durably(&digest) {
+    if blocking(|| state.blobs.contains_durably(&digest)) {
         guard.done();
         return Ok(());
     }

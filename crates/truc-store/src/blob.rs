@@ -141,7 +141,8 @@ impl BlobStore {
 
     /// [`BlobStore::contains`] for a caller that answers "stored" on it (and
     /// skips its own write): a blob found as its own file has its directory
-    /// synced first. Another writer may have just renamed it into place and not
+    /// synced first. (A packed one is durable by the next flush, whose pack
+    /// sync runs before any record it makes durable.) Another writer may have just renamed it into place and not
     /// synced the name yet, or failed to; a power cut would then lose a blob
     /// that a durable record names.
     pub fn contains_durably(&self, d: &Digest) -> bool {
@@ -200,19 +201,7 @@ impl BlobStore {
         if data.len() <= PACK_MAX {
             return self.packs.put_many(&[(*d, data)]);
         }
-        let dest = self.path(d);
-        let tmp = self.tmp_path(d);
-        let result = (|| {
-            let mut f = File::create(&tmp).map_err(io(&tmp))?;
-            f.write_all(data).map_err(io(&tmp))?;
-            f.sync_all().map_err(io(&tmp))?;
-            fs::rename(&tmp, &dest).map_err(io(&dest))?;
-            sync_dir(dest.parent().unwrap_or(&self.root))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        self.write_files(&[(*d, data)])
     }
 
     /// Stores several blobs whose digests the caller has checked, durably: the
@@ -247,10 +236,8 @@ impl BlobStore {
 
     fn put_items(&self, items: &[(Digest, &[u8])], durable: bool) -> Result<(), BlobError> {
         // Packed blobs already stored are skipped by the packs themselves.
-        let (small, large): (Vec<Item<'_>>, Vec<Item<'_>>) = items
-            .iter()
-            .filter(|(d, data)| data.len() <= PACK_MAX || !self.stored(d, data.len()))
-            .partition(|(_, data)| data.len() <= PACK_MAX);
+        let (small, mut large): (Vec<Item<'_>>, Vec<Item<'_>>) =
+            items.iter().partition(|(_, data)| data.len() <= PACK_MAX);
         if !small.is_empty() {
             if durable {
                 self.packs.put_many(&small)?;
@@ -258,37 +245,34 @@ impl BlobStore {
                 self.packs.put_many_unsynced(&small)?;
             }
         }
-        let mut todo: Vec<&(Digest, &[u8])> = large.iter().collect();
-        todo.sort_by_key(|(d, _)| *d);
-        todo.dedup_by_key(|(d, _)| *d);
-        match todo.as_slice() {
-            [] => return Ok(()),
-            [(d, data)] => return self.write(d, data),
-            _ => {}
-        }
-        let mut written: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(todo.len());
+        large.sort_by_key(|(d, _)| *d);
+        large.dedup_by_key(|(d, _)| *d);
+        large.retain(|(d, data)| !self.stored(d, data.len()));
+        self.write_files(&large)
+    }
+
+    /// Writes large blobs not stored yet, each to a file of its own: written
+    /// to a temp file and synced through the descriptor it was written with
+    /// (a failed write-back is reported to it; a `syncfs` through a descriptor
+    /// opened afterwards would not report one that happened before), then
+    /// renamed into place, and each directory that gained a name synced once.
+    /// Nothing gets a name before its bytes are on disk.
+    fn write_files(&self, items: &[Item<'_>]) -> Result<(), BlobError> {
+        let mut written: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(items.len());
         let result = (|| {
-            let mut files = Vec::with_capacity(todo.len());
-            for (d, data) in &todo {
+            for (d, data) in items {
                 let tmp = self.tmp_path(d);
                 let mut f = File::create(&tmp).map_err(io(&tmp))?;
                 written.push((tmp.clone(), self.path(d)));
                 f.write_all(data).map_err(io(&tmp))?;
-                files.push(f);
-            }
-            // Each file is synced through the descriptor it was written with,
-            // after all were written (their write-back overlaps): a failed
-            // write-back is reported to it. A `syncfs` through a descriptor
-            // opened afterwards would not report one that happened before.
-            for (f, (tmp, _)) in files.iter().zip(&written) {
-                f.sync_data().map_err(io(tmp))?;
+                // Closed once synced: a batch of many holds one descriptor.
+                f.sync_data().map_err(io(&tmp))?;
             }
             let mut dirs = std::collections::BTreeSet::new();
             for (tmp, dest) in &written {
                 fs::rename(tmp, dest).map_err(io(dest))?;
                 dirs.insert(dest.parent().unwrap_or(&self.root));
             }
-            // Each directory that gained a name, once.
             dirs.into_iter().try_for_each(sync_dir)
         })();
         if result.is_err() {

@@ -47,8 +47,8 @@ pub struct CommitStats {
     /// Flushes per bucket of [`FLUSH_BUCKETS`] (not cumulative; the last slot
     /// counts the slower ones).
     pub flush_buckets: [AtomicU64; FLUSH_BUCKETS.len() + 1],
-    /// When the flush in progress started (None between flushes).
-    flushing_since: Mutex<Option<Instant>>,
+    /// The flush in progress, to tell one that hangs.
+    flushing: crate::busy::Busy,
 }
 
 impl CommitStats {
@@ -166,12 +166,7 @@ impl GroupCommit {
     /// How long the flush in progress has run, once that is longer than
     /// `limit`: a disk or server that hangs. Nothing is acknowledged meanwhile.
     pub fn flush_stalled(&self, limit: Duration) -> Option<Duration> {
-        let since = *self
-            .stats
-            .flushing_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        since.map(|t| t.elapsed()).filter(|d| *d > limit)
+        self.stats.flushing.longer_than(limit)
     }
 
     /// Applies `batch` (visible at once, durable later).
@@ -287,15 +282,9 @@ fn flusher(
             return;
         };
         let started = Instant::now();
-        let set_flushing = |v| {
-            *stats
-                .flushing_since
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = v;
-        };
-        set_flushing(Some(started));
+        stats.flushing.start();
         let result = flush();
-        set_flushing(None);
+        stats.flushing.end();
         match result {
             Ok(()) => {
                 done = target;
@@ -365,7 +354,12 @@ mod tests {
         });
         entered_rx.recv().unwrap();
         assert!(gc.flush_stalled(Duration::from_secs(3600)).is_none());
-        assert!(gc.flush_stalled(Duration::ZERO).is_some(), "hangs");
+        // Counted in milliseconds: reported once one has passed.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gc.flush_stalled(Duration::ZERO).is_none() {
+            assert!(Instant::now() < deadline, "a hanging flush is reported");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         // The hook runs twice per flush (before, then under the write lock).
         hold_tx.send(()).unwrap();
         entered_rx.recv().unwrap();

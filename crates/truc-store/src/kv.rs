@@ -425,6 +425,8 @@ pub struct FaultPlan {
     pub stall_ms: AtomicU64,
     /// Set while that write is frozen.
     pub stalling: AtomicBool,
+    /// Ends a freeze before `stall_ms`.
+    pub release: AtomicBool,
     /// Writes tried so far (the N above counts them).
     pub applies: AtomicU64,
 }
@@ -491,9 +493,11 @@ impl<S: Store> Store for FaultyStore<S> {
         }
         if self.plan.stall_apply_at.load(Ordering::SeqCst) == n {
             self.plan.stalling.store(true, Ordering::SeqCst);
-            std::thread::sleep(std::time::Duration::from_millis(
-                self.plan.stall_ms.load(Ordering::SeqCst),
-            ));
+            let until = std::time::Instant::now()
+                + std::time::Duration::from_millis(self.plan.stall_ms.load(Ordering::SeqCst));
+            while std::time::Instant::now() < until && !self.plan.release.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
             self.plan.stalling.store(false, Ordering::SeqCst);
         }
         self.inner.apply(batch)

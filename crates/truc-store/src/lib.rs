@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 mod blob;
+mod busy;
 mod commit;
 pub mod embedded;
 pub mod keys;

@@ -39,7 +39,6 @@ use std::{
         atomic::{AtomicU64, Ordering},
         mpsc,
     },
-    time::Instant,
 };
 
 use postgres::{Client, NoTls};
@@ -239,7 +238,7 @@ pub struct PgStore {
     /// Requests sent to the connection's thread and not yet taken by it.
     waiting: Arc<AtomicU64>,
     /// When the request the connection is running started.
-    busy: Arc<Busy>,
+    busy: Arc<crate::busy::Busy>,
 }
 
 /// Counts a request out of `waiting` when the connection's thread takes it,
@@ -249,34 +248,6 @@ struct Queued(Arc<AtomicU64>);
 impl Drop for Queued {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// When the connection's current request started, in milliseconds since the
-/// store opened plus one (0: idle). An atomic: every cached read looks at it.
-struct Busy {
-    opened: Instant,
-    since: AtomicU64,
-}
-
-impl Busy {
-    fn now(&self) -> u64 {
-        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
-    }
-
-    fn start(&self) {
-        self.since.store(self.now(), Ordering::Relaxed);
-    }
-
-    fn end(&self) {
-        self.since.store(0, Ordering::Relaxed);
-    }
-
-    /// How long the current request has run, once that is longer than `limit`.
-    fn longer_than(&self, limit: std::time::Duration) -> Option<std::time::Duration> {
-        let since = self.since.load(Ordering::Relaxed);
-        let ran = std::time::Duration::from_millis(self.now().saturating_sub(since));
-        (since != 0 && ran > limit).then_some(ran)
     }
 }
 
@@ -420,10 +391,7 @@ impl PgStore {
         let fenced = Arc::new(Mutex::new(None));
         let lost = fenced.clone();
         let url = url.to_owned();
-        let busy = Arc::new(Busy {
-            opened: Instant::now(),
-            since: AtomicU64::new(0),
-        });
+        let busy = Arc::new(crate::busy::Busy::default());
         let waiting = Arc::new(AtomicU64::new(0));
         let thread_busy = busy.clone();
         std::thread::Builder::new()

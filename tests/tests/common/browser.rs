@@ -4,7 +4,6 @@
 
 use std::{
     net::TcpStream,
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -17,7 +16,7 @@ use tungstenite::{Message, WebSocket, stream::MaybeTlsStream};
 use super::DEADLINE;
 
 pub struct Browser {
-    child: Child,
+    child: Chromium,
     ws: WebSocket<MaybeTlsStream<TcpStream>>,
     next_id: u64,
     profile: tempfile::TempDir,
@@ -61,9 +60,6 @@ impl Browser {
         std::fs::create_dir(&tmp).unwrap();
         let child = Command::new(chromium())
             .env("TMPDIR", &tmp)
-            // Its own process group: dropping the browser ends its helper
-            // processes as well, before the profile is removed.
-            .process_group(0)
             .args([
                 "--headless=new",
                 "--no-sandbox",
@@ -86,6 +82,8 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        // Ended even if what follows panics.
+        let child = Chromium(child);
         // Chromium writes the port it chose into the profile.
         let port_file = profile.path().join("DevToolsActivePort");
         let deadline = Instant::now() + DEADLINE;
@@ -224,17 +222,33 @@ impl Browser {
     }
 }
 
+/// The Chromium process, killed when dropped.
+struct Chromium(Child);
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for Browser {
     fn drop(&mut self) {
-        // The whole group: the renderer and zygote would otherwise go on
-        // writing into the profile while it is removed, and leave it behind.
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        // Closed as a user would: Chromium ends its helper processes (the
+        // renderer, the zygote) itself, which a kill leaves writing into the
+        // profile for a moment. Killed if it takes long.
+        // (Sent without waiting for the answer: a drop must not panic.)
+        let _ = self.ws.send(Message::text(
+            json!({"id": 0, "method": "Browser.close"}).to_string(),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // A helper killed in the middle of a write may still add a file;
-        // a few tries remove what it left.
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+        // A helper still exiting may yet add a file: a few tries remove what
+        // it left.
         for _ in 0..20 {
             match std::fs::remove_dir_all(self.profile.path()) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
