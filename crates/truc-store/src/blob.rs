@@ -141,10 +141,10 @@ impl BlobStore {
 
     /// [`BlobStore::contains`] for a caller that answers "stored" on it (and
     /// skips its own write): a blob found as its own file has its directory
-    /// synced first. (A packed one is durable by the next flush, whose pack
-    /// sync runs before any record it makes durable.) Another writer may have just renamed it into place and not
-    /// synced the name yet, or failed to; a power cut would then lose a blob
-    /// that a durable record names.
+    /// synced first. Another writer may have just renamed it into place and
+    /// not synced the name yet, or failed to; a power cut would then lose a
+    /// blob that a durable record names. (A packed one is durable by the next
+    /// flush, whose pack sync runs before any record it makes durable.)
     pub fn contains_durably(&self, d: &Digest) -> bool {
         self.packs.contains(d) || self.file_named_durably(d)
     }
