@@ -243,9 +243,9 @@ pub struct Report {
     /// Who made each signature, in the same order as `signatures`: `None`
     /// where its CMS or certificate could not be read (the verdict says why).
     /// Known for some invalid signatures too (a changed file, a bad
-    /// signature, a revoked key), not where the byte range, the CMS or its
-    /// digest algorithm could not be read or is not supported; trustworthy
-    /// only where the verdict is [`Verdict::Valid`].
+    /// signature, a revoked key, a digest algorithm not supported), not where
+    /// the byte range or the CMS could not be read; trustworthy only where the
+    /// verdict is [`Verdict::Valid`].
     pub signers: Vec<Option<Signer>>,
 }
 

@@ -115,6 +115,33 @@ fn a_signed_pdf_verifies_with_the_signer_and_the_time() {
     assert_eq!(verify_pdf(&pdf, &anchors, NOW).unwrap().summary(), want);
 }
 
+/// A digest algorithm truc does not check (SHA-224 here) makes the signature
+/// invalid, and the report still says whose signature it is.
+#[test]
+fn an_unsupported_digest_algorithm_is_invalid_and_names_the_signer() {
+    let ca = Ca::new("CA A");
+    let mut pdf = signed_pdf(&ca.leaf("Nguyen Van A"));
+    // SHA-256's OID (2.16.840.1.101.3.4.2.1) made SHA-224's (…2.4), the same
+    // length, wherever the CMS names it (in its hex /Contents, digits only).
+    let (from, to) = (b"0609608648016503040201", b"0609608648016503040204");
+    let mut n = 0;
+    while let Some(at) = pdf.windows(from.len()).position(|w| w == from) {
+        pdf[at..at + to.len()].copy_from_slice(to);
+        n += 1;
+    }
+    assert!(n >= 1, "the CMS names SHA-256");
+    let report = verify_pdf(&pdf, &ca.anchors(), NOW).unwrap();
+    assert!(
+        invalid_reason(&report.signatures[0])
+            .contains("unsupported digest algorithm 2.16.840.1.101.3.4.2.4"),
+        "{report:?}"
+    );
+    assert_eq!(
+        report.signers[0].as_ref().map(|s| s.name.as_str()),
+        Some("Nguyen Van A")
+    );
+}
+
 #[test]
 fn one_changed_byte_in_the_signed_range_is_a_digest_mismatch() {
     let ca = Ca::new("CA A");

@@ -134,14 +134,16 @@ fn update(ctx: &mut digest::Context, bytes: &[u8]) {
     ctx.update(bytes);
 }
 
-/// A signature's CMS, decoded and checked as far as the digest algorithm.
+/// A signature's CMS, decoded and checked as far as the signer's
+/// certificate; `hash` is its digest algorithm, or why that is not supported
+/// (reported by `check`, which names the signer first).
 struct Cms<'a> {
     sd: SignedData,
     si: SignerInfo,
     raw: tlv::RawSignedData<'a>,
     signer_der: &'a [u8],
     signer_cert: Certificate,
-    hash: Hash,
+    hash: Result<Hash, String>,
 }
 
 impl Cms<'_> {
@@ -210,7 +212,7 @@ fn decode_cms(contents: &[u8]) -> Result<Cms<'_>, Verdict> {
                 .map(|cert| (*c, cert))
         })
         .ok_or_else(|| invalid("the signer's certificate is not in the CMS"))?;
-    let hash = Hash::from_oid(&si.digest_alg.oid).map_err(invalid)?;
+    let hash = Hash::from_oid(&si.digest_alg.oid);
     Ok(Cms {
         sd,
         si,
@@ -222,16 +224,22 @@ fn decode_cms(contents: &[u8]) -> Result<Cms<'_>, Verdict> {
 }
 
 /// The first look at one signature dictionary, before anything is hashed:
-/// `Err` with its verdict when that is already decided (bad byte range or CMS,
-/// unsupported digest algorithm), else the algorithm its signed bytes must be
-/// hashed with ([`signed_digests`]), `None` when it needs no digest (no signed
-/// attributes: `check` verifies the signature over the signed bytes).
+/// `Err` with its verdict when that is already decided (bad byte range or CMS),
+/// else the algorithm its signed bytes must be hashed with
+/// ([`signed_digests`]), `None` when it needs no digest (no signed
+/// attributes: `check` verifies the signature over the signed bytes) or has
+/// one that is not supported (`check` says so, naming the signer).
 pub(crate) fn prepare(pdf: &[u8], sig: &SigDict) -> Result<Option<Hash>, Verdict> {
     ranges(sig, pdf.len()).map_err(invalid)?;
     // Decoded here and again in `check`, one signature at a time.
     let contents = sig.contents(pdf);
     let cms = decode_cms(&contents)?;
-    Ok(cms.needs_digest().then_some(cms.hash))
+    Ok(cms
+        .hash
+        .as_ref()
+        .ok()
+        .filter(|_| cms.needs_digest())
+        .copied())
 }
 
 /// The digest of the signed bytes `[0, b) + [c, c + d)` of every signature
@@ -331,6 +339,7 @@ fn check_inner(
         name: signer.clone(),
         certificate: signer_der.to_vec(),
     });
+    let hash = hash.map_err(invalid)?;
 
     // 4. The signature, over the signed attributes or the content itself.
     let alg = verification_alg(si, &signer_cert, hash).map_err(invalid)?;
