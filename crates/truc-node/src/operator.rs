@@ -468,7 +468,12 @@ async fn overview(State(cx): State<Ctx>, tls: Tls, headers: HeaderMap) -> Respon
     let st = cx.state.clone();
     let alerts_cfg = cx.alerts.clone();
     let r = tokio::task::spawn_blocking(move || {
-        let snap = st.queue_snapshot()?;
+        // A store that hangs: the rest of the page, whose store alert says
+        // why the queues are missing.
+        let snap = match st.queue_snapshot() {
+            Err(_) if st.store().stalled().is_some() => Default::default(),
+            r => r?,
+        };
         let (n, p50, p90, p99) = st.telemetry.latency_percentiles();
         Ok::<_, crate::NodeError>(json!({
             "node": st.node_id.to_string(),

@@ -5276,7 +5276,9 @@ impl NodeState {
     /// recipient is known and nothing later can be overdue yet.
     pub fn queue_snapshot(&self) -> Result<QueueSnapshot, NodeError> {
         // Its reads would wait behind the request that hangs (one connection
-        // to a server): the scrape and the alerts answer without the queues.
+        // to a server): once the hang is known (after 5 s), the scrape, the
+        // alerts and the dashboard answer without the queues. (One started
+        // before still waits for it.)
         if let Some(why) = self.store.stalled() {
             return Err(NodeError::Other(format!(
                 "the store does not answer: {why}"
@@ -7894,6 +7896,14 @@ mod tests {
         plan.stall_apply_at.store(next, Ordering::SeqCst);
         // Until released below, however slow the machine.
         plan.stall_ms.store(600_000, Ordering::SeqCst);
+        // Released however the test ends, so that the writer never waits long.
+        struct Release(Arc<truc_store::FaultPlan>);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                self.0.release.store(true, Ordering::SeqCst);
+            }
+        }
+        let release = Release(plan.clone());
         let e = edge.clone();
         let writer = std::thread::spawn(move || {
             e.submit(Submission {
@@ -7910,13 +7920,13 @@ mod tests {
         let why = edge.unwritable().expect("unwritable while it hangs");
         assert!(why.contains(&format!("write {next} hangs")), "{why}");
         assert!(!edge.writable());
-        // What operators read does not wait for the write: the alerts (and
-        // the queue counts behind them), the queues.
+        // What operators read does not wait for the write: the alerts, a
+        // queue's depth.
         let alerts = edge.alerts(&Default::default());
         assert!(alerts.iter().any(|a| a.detail == why), "{alerts:?}");
         assert_eq!(edge.queue_depth("parent"), 0);
         assert!(plan.stalling.load(Ordering::SeqCst), "read while it hangs");
-        plan.release.store(true, Ordering::SeqCst);
+        drop(release);
         writer.join().unwrap().unwrap();
         assert_eq!(edge.unwritable(), None, "answers again");
     }

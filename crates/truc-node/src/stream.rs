@@ -88,8 +88,13 @@ impl Drop for SinkGuard {
     }
 }
 
+/// Runs `f`, which may wait for the disk, without holding up other tasks
+/// (inline on a current-thread runtime, where it cannot move them).
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// Gets attachment `index` of transfer `seq` onto this node's disk, resuming a

@@ -520,7 +520,7 @@ impl Collector for StateCollector {
         gauge(
             &mut enc,
             "store_writable",
-            "1 while the store accepts writes (0 after a failed flush, below the free-space reserve, or while a store request or flush hangs for more than 5 s)",
+            "1 while the store accepts writes (0 after a failed flush, below the free-space reserve or when free space cannot be read, or while a store request or flush hangs for more than 5 s)",
             &[(Labels::new(), i64::from(st.writable()))],
         )?;
         if let Some(a) = st.telemetry.audit() {

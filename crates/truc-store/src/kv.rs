@@ -425,7 +425,7 @@ pub struct FaultPlan {
     pub stall_ms: AtomicU64,
     /// Set while that write is frozen.
     pub stalling: AtomicBool,
-    /// Ends a freeze before `stall_ms`.
+    /// Ends the freeze in progress before `stall_ms` (cleared when one starts).
     pub release: AtomicBool,
     /// Writes tried so far (the N above counts them).
     pub applies: AtomicU64,
@@ -492,6 +492,7 @@ impl<S: Store> Store for FaultyStore<S> {
             )));
         }
         if self.plan.stall_apply_at.load(Ordering::SeqCst) == n {
+            self.plan.release.store(false, Ordering::SeqCst);
             self.plan.stalling.store(true, Ordering::SeqCst);
             let until = std::time::Instant::now()
                 + std::time::Duration::from_millis(self.plan.stall_ms.load(Ordering::SeqCst));

@@ -225,10 +225,16 @@ impl Browser {
 /// The Chromium process, killed when dropped.
 struct Chromium(Child);
 
-impl Drop for Chromium {
-    fn drop(&mut self) {
+impl Chromium {
+    fn end(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 
@@ -245,8 +251,7 @@ impl Drop for Browser {
         while matches!(self.child.0.try_wait(), Ok(None)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.0.kill();
-        let _ = self.child.0.wait();
+        self.child.end();
         // A helper still exiting may yet add a file: a few tries remove what
         // it left.
         for _ in 0..20 {
