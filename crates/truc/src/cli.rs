@@ -354,6 +354,11 @@ enum Command {
         /// Keep the runs' data here (deleted after each run) instead of a temp dir.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Write every document's send time and latency here, one CSV file
+        /// per run (SCENARIO-SYSTEM-RUN.csv): when the slow ones were sent
+        /// shows stalls a percentile hides (a period, a moment).
+        #[arg(long, value_name = "DIR")]
+        latency_log: Option<PathBuf>,
     },
     /// The node's key-value store: PostgreSQL schema, embedded engine conversion.
     Store {
@@ -935,6 +940,7 @@ async fn run(cli: Cli) -> Result<()> {
             no_peer,
             json,
             dir,
+            latency_log,
         } => {
             init_logging(cli.log_format, "error");
             bench::run(bench::BenchArgs {
@@ -952,6 +958,7 @@ async fn run(cli: Cli) -> Result<()> {
                 no_peer,
                 json,
                 dir,
+                latency_log,
             })
             .await
         }

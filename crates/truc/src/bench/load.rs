@@ -214,6 +214,21 @@ where
 /// Arrival of document `i` at one of its recipients.
 pub type Arrival = (usize, Instant);
 
+/// One document of a run: when it was sent (due, at a steady rate), from the
+/// run's clock, and its latency.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timed {
+    pub sent: Duration,
+    pub latency: Duration,
+}
+
+impl Timed {
+    /// The latencies alone, for [`Latency::of`].
+    pub fn latencies(v: &[Timed]) -> Vec<Duration> {
+        v.iter().map(|t| t.latency).collect()
+    }
+}
+
 pub fn arrivals() -> (
     mpsc::UnboundedSender<Arrival>,
     mpsc::UnboundedReceiver<Arrival>,
@@ -222,7 +237,8 @@ pub fn arrivals() -> (
 }
 
 /// Waits until every document reached `per_doc` recipients; returns each
-/// document's latency (send to its last recipient) and when the last arrived.
+/// document's send time and latency (send to its last recipient), and when
+/// the last arrived.
 /// Fails if nothing arrives for `stall`. With a `window`, each document's slot
 /// is given back once it reached every recipient; the window is closed if this
 /// fails, so that the sender stops too.
@@ -234,7 +250,7 @@ pub async fn collect(
     per_doc: usize,
     stall: Duration,
     bar: &indicatif::ProgressBar,
-) -> Result<(Vec<Duration>, Instant)> {
+) -> Result<(Vec<Timed>, Instant)> {
     let r = collect_arrivals(rx, clock, window, docs, per_doc, stall, bar).await;
     if let (Err(_), Some(w)) = (&r, window) {
         w.close();
@@ -250,7 +266,7 @@ async fn collect_arrivals(
     per_doc: usize,
     stall: Duration,
     bar: &indicatif::ProgressBar,
-) -> Result<(Vec<Duration>, Instant)> {
+) -> Result<(Vec<Timed>, Instant)> {
     let mut seen = vec![0u32; docs];
     let mut lat = Vec::with_capacity(docs);
     let mut last = Instant::now();
@@ -272,7 +288,10 @@ async fn collect_arrivals(
             let t0 = clock
                 .start(i)
                 .ok_or_else(|| anyhow!("document {i} arrived before it was sent"))?;
-            lat.push(at.saturating_duration_since(t0));
+            lat.push(Timed {
+                sent: t0.saturating_duration_since(clock.base),
+                latency: at.saturating_duration_since(t0),
+            });
             last = last.max(at);
             if let Some(w) = window {
                 w.end(i);
@@ -390,7 +409,7 @@ mod tests {
         let (lat, _) = collect(&mut rx, &clock, None, 5, 1, Duration::from_secs(5), &bar)
             .await
             .unwrap();
-        let l = Latency::of(lat).unwrap();
+        let l = Latency::of(Timed::latencies(&lat)).unwrap();
         assert!(l.max_ms >= 90.0, "{l:?}");
     }
 

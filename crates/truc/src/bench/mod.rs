@@ -91,6 +91,8 @@ pub struct BenchArgs {
     pub no_peer: bool,
     pub json: bool,
     pub dir: Option<PathBuf>,
+    /// One CSV per run of each document's send time and latency.
+    pub latency_log: Option<PathBuf>,
 }
 
 /// The systems a scenario compares.
@@ -835,6 +837,14 @@ pub async fn run(a: BenchArgs) -> Result<()> {
                 // state only if it did not swing in between.
                 let fsync_after = probe(&run_dir).await?;
                 let _ = std::fs::remove_dir_all(&run_dir);
+                if let Some(dir) = &a.latency_log
+                    && !m.latencies.is_empty()
+                {
+                    let path = dir.join(format!("{sc}-{sys}-{round}.csv"));
+                    write_timeline(&path, &m.latencies)
+                        .map_err(|e| e.context(format!("latency log {}", path.display())))?;
+                    say(format!("latencies of each document: {}", path.display()));
+                }
                 let secs = m.elapsed.as_secs_f64().max(1e-9);
                 let run = Run {
                     scenario: sc.to_string(),
@@ -847,7 +857,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
                     secs,
                     docs_per_s: docs as f64 / secs,
                     mb_per_s: bytes as f64 / 1e6 / secs,
-                    latency: Latency::of(m.latencies),
+                    latency: Latency::of(load::Timed::latencies(&m.latencies)),
                     nodes,
                     extra: m
                         .extra
@@ -877,6 +887,30 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     } else {
         print_summary(&report);
     }
+    Ok(())
+}
+
+/// Each document's send time (seconds from the run's first send) and latency
+/// (milliseconds), in the order they were sent, as CSV.
+fn write_timeline(path: &std::path::Path, timed: &[load::Timed]) -> Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut v = timed.to_vec();
+    v.sort_by_key(|t| t.sent);
+    let first = v.first().map_or(Duration::ZERO, |t| t.sent);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "sent_s,latency_ms")?;
+    for t in &v {
+        writeln!(
+            out,
+            "{:.6},{:.3}",
+            (t.sent - first).as_secs_f64(),
+            t.latency.as_secs_f64() * 1e3
+        )?;
+    }
+    out.flush()?;
     Ok(())
 }
 
@@ -1048,6 +1082,24 @@ fn print_summary(r: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--latency-log`: one line per document, in the order they were sent,
+    /// from the first send, so that a stall shows where it happened.
+    #[test]
+    fn the_latency_log_lists_documents_in_send_order_from_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs/steady-truc-1.csv");
+        let t = |sent_ms: u64, latency_us: u64| load::Timed {
+            sent: Duration::from_millis(sent_ms),
+            latency: Duration::from_micros(latency_us),
+        };
+        // Arrival order: the stalled first document arrives last.
+        write_timeline(&path, &[t(1010, 5_100), t(1020, 5_200), t(1000, 38_700)]).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "sent_s,latency_ms\n0.000000,38.700\n0.010000,5.100\n0.020000,5.200\n"
+        );
+    }
 
     #[test]
     fn the_fsync_probe_measures_and_leaves_nothing_behind() {

@@ -162,7 +162,8 @@ impl Server {
 /// What a run of the peer measured.
 pub struct Measured {
     pub elapsed: Duration,
-    pub latencies: Vec<Duration>,
+    /// Each document's send time and latency.
+    pub latencies: Vec<load::Timed>,
     pub extra: Vec<(&'static str, f64)>,
     /// CPU and memory over the timed part only, when a scenario has an untimed
     /// part (queued-drain's warm-up and fill); otherwise the caller's sampler,

@@ -352,6 +352,7 @@ mod tests {
             no_peer: false,
             json: false,
             dir: None,
+            latency_log: None,
         }
     }
 
