@@ -49,13 +49,21 @@ impl Load {
 /// after `base` plus one (0: not yet).
 pub struct Clock {
     base: Instant,
+    /// `base` on the system's monotonic clock (`CLOCK_MONOTONIC`, which
+    /// `perf record -k CLOCK_MONOTONIC` and the kernel's log use too).
+    base_monotonic: Duration,
     starts: Vec<AtomicU64>,
 }
 
 impl Clock {
     pub fn new(docs: usize) -> Arc<Self> {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
         Arc::new(Self {
             base: Instant::now(),
+            base_monotonic: Duration::new(
+                u64::try_from(t.tv_sec).unwrap_or(0),
+                u32::try_from(t.tv_nsec).unwrap_or(0),
+            ),
             starts: (0..docs).map(|_| AtomicU64::new(0)).collect(),
         })
     }
@@ -214,8 +222,8 @@ where
 /// Arrival of document `i` at one of its recipients.
 pub type Arrival = (usize, Instant);
 
-/// One document of a run: when it was sent (due, at a steady rate), from the
-/// run's clock, and its latency.
+/// One document of a run: when it was sent (due, at a steady rate), on the
+/// system's monotonic clock, and its latency.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timed {
     pub sent: Duration,
@@ -289,7 +297,7 @@ async fn collect_arrivals(
                 .start(i)
                 .ok_or_else(|| anyhow!("document {i} arrived before it was sent"))?;
             lat.push(Timed {
-                sent: t0.saturating_duration_since(clock.base),
+                sent: clock.base_monotonic + t0.saturating_duration_since(clock.base),
                 latency: at.saturating_duration_since(t0),
             });
             last = last.max(at);

@@ -890,8 +890,10 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Each document's send time (seconds from the run's first send) and latency
-/// (milliseconds), in the order they were sent, as CSV.
+/// Each document's send time (seconds from the run's first send, and on the
+/// system's monotonic clock, to line up with `perf record -k CLOCK_MONOTONIC`
+/// or the kernel's log) and latency (milliseconds), in the order they were
+/// sent, as CSV.
 fn write_timeline(path: &std::path::Path, timed: &[load::Timed]) -> Result<()> {
     use std::io::Write;
     if let Some(dir) = path.parent() {
@@ -901,13 +903,14 @@ fn write_timeline(path: &std::path::Path, timed: &[load::Timed]) -> Result<()> {
     v.sort_by_key(|t| t.sent);
     let first = v.first().map_or(Duration::ZERO, |t| t.sent);
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    writeln!(out, "sent_s,latency_ms")?;
+    writeln!(out, "sent_s,latency_ms,sent_monotonic_s")?;
     for t in &v {
         writeln!(
             out,
-            "{:.6},{:.3}",
+            "{:.6},{:.3},{:.6}",
             (t.sent - first).as_secs_f64(),
-            t.latency.as_secs_f64() * 1e3
+            t.latency.as_secs_f64() * 1e3,
+            t.sent.as_secs_f64()
         )?;
     }
     out.flush()?;
@@ -1097,7 +1100,7 @@ mod tests {
         write_timeline(&path, &[t(1010, 5_100), t(1020, 5_200), t(1000, 38_700)]).unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
-            "sent_s,latency_ms\n0.000000,38.700\n0.010000,5.100\n0.020000,5.200\n"
+            "sent_s,latency_ms,sent_monotonic_s\n0.000000,38.700,1.000000\n0.010000,5.100,1.010000\n0.020000,5.200,1.020000\n"
         );
     }
 
