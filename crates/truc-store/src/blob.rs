@@ -145,13 +145,19 @@ impl BlobStore {
     /// not synced the name yet, or failed to; a power cut would then lose a
     /// blob that a durable record names. (A packed one is durable by the next
     /// flush, whose pack sync runs before any record it makes durable.)
-    pub fn contains_durably(&self, d: &Digest) -> bool {
-        self.packs.contains(d) || self.file_named_durably(d)
+    /// A directory that cannot be synced is an error, not "not stored": the
+    /// caller would only fetch the bytes again to fail on the same sync.
+    pub fn contains_durably(&self, d: &Digest) -> Result<bool, BlobError> {
+        Ok(self.packs.contains(d) || self.file_named_durably(d)?)
     }
 
-    fn file_named_durably(&self, d: &Digest) -> bool {
+    fn file_named_durably(&self, d: &Digest) -> Result<bool, BlobError> {
         let p = self.path(d);
-        p.exists() && sync_dir(p.parent().unwrap_or(&self.root)).is_ok()
+        if !p.exists() {
+            return Ok(false);
+        }
+        sync_dir(p.parent().unwrap_or(&self.root))?;
+        Ok(true)
     }
 
     /// Whether the blob lives in a pack (it has no file of its own).
@@ -182,16 +188,16 @@ impl BlobStore {
     /// small one in the packs (one left as a file of its own from before packs
     /// is then packed as well, an extra copy `remove` deletes with it, instead
     /// of a stat per new blob), a large one as its file, its name synced.
-    fn stored(&self, d: &Digest, len: usize) -> bool {
+    fn stored(&self, d: &Digest, len: usize) -> Result<bool, BlobError> {
         if len <= PACK_MAX {
-            self.packs.contains(d)
+            Ok(self.packs.contains(d))
         } else {
             self.file_named_durably(d)
         }
     }
 
     fn write(&self, d: &Digest, data: &[u8]) -> Result<(), BlobError> {
-        if self.stored(d, data.len()) {
+        if self.stored(d, data.len())? {
             // A packed blob found may have been stored unsynced.
             if data.len() <= PACK_MAX {
                 self.packs.sync()?;
@@ -247,8 +253,13 @@ impl BlobStore {
         }
         large.sort_by_key(|(d, _)| *d);
         large.dedup_by_key(|(d, _)| *d);
-        large.retain(|(d, data)| !self.stored(d, data.len()));
-        self.write_files(&large)
+        let mut todo = Vec::with_capacity(large.len());
+        for item in large {
+            if !self.stored(&item.0, item.1.len())? {
+                todo.push(item);
+            }
+        }
+        self.write_files(&todo)
     }
 
     /// Writes large blobs not stored yet, each to a file of its own: written
@@ -574,7 +585,7 @@ impl Partial {
             });
         }
         let dest = store.path(&actual);
-        if store.contains_durably(&actual) {
+        if store.contains_durably(&actual)? {
             let _ = fs::remove_file(&self.path);
             // Stored again now: the orphan sweep must not take it for an
             // old one before the document that names it is sent.
@@ -602,7 +613,14 @@ fn age_secs(entry: &fs::DirEntry) -> u64 {
 
 fn sync_dir(dir: &Path) -> Result<(), BlobError> {
     #[cfg(test)]
-    tests::DIR_SYNCS.with(|n| n.set(n.get() + 1));
+    {
+        tests::DIR_SYNCS.with(|n| n.set(n.get() + 1));
+        if tests::FAIL_DIR_SYNC.with(std::cell::Cell::get) {
+            return Err(io(dir)(std::io::Error::other(
+                "injected: directory sync failed",
+            )));
+        }
+    }
     crate::fsync_dir(dir).map_err(io(dir))
 }
 
@@ -613,6 +631,24 @@ mod tests {
     thread_local! {
         /// Directory syncs made by this thread.
         pub(super) static DIR_SYNCS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+        /// Makes this thread's directory syncs fail.
+        pub(super) static FAIL_DIR_SYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// A large blob whose directory cannot be synced is an error with the
+    /// reason, not "not stored" (which would have its bytes fetched again,
+    /// only to fail on the same sync).
+    #[test]
+    fn a_directory_that_cannot_be_synced_is_an_error_not_a_missing_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let data = vec![9u8; PACK_MAX + 1];
+        let d = s.put(&data).unwrap();
+        FAIL_DIR_SYNC.with(|f| f.set(true));
+        let e = s.contains_durably(&d).unwrap_err().to_string();
+        FAIL_DIR_SYNC.with(|f| f.set(false));
+        assert!(e.contains("directory sync failed"), "{e}");
+        assert!(s.contains_durably(&d).unwrap(), "the blob itself is there");
     }
 
     /// A large blob found already named (by another writer that may not have
@@ -629,7 +665,7 @@ mod tests {
         // Twice in one batch: one sync for the blob, not one per copy.
         s.put_many(&[(d, data.as_slice()), (d, data.as_slice())])
             .unwrap();
-        assert!(s.contains_durably(&d));
+        assert!(s.contains_durably(&d).unwrap());
         assert_eq!(
             DIR_SYNCS.with(|n| n.get()) - before,
             3,
