@@ -110,7 +110,7 @@ pub async fn fetch(
 ) -> Result<(), Fetch> {
     let guard = loop {
         // It may sync a directory: off the runtime's workers.
-        if blocking(|| state.blobs.contains_durably(&digest)).map_err(NodeError::from)? {
+        if blocking(|| state.blobs.contains_durably(&digest))? {
             return Ok(());
         }
         match state.claim_partial(digest) {
@@ -122,7 +122,7 @@ pub async fn fetch(
             }
         }
     };
-    if blocking(|| state.blobs.contains_durably(&digest)).map_err(NodeError::from)? {
+    if blocking(|| state.blobs.contains_durably(&digest))? {
         guard.done();
         return Ok(());
     }

@@ -644,9 +644,17 @@ mod tests {
         let s = BlobStore::open(dir.path()).unwrap();
         let data = vec![9u8; PACK_MAX + 1];
         let d = s.put(&data).unwrap();
+        /// The switch on until dropped, however the test ends.
+        struct Failing;
+        impl Drop for Failing {
+            fn drop(&mut self) {
+                FAIL_DIR_SYNC.with(|f| f.set(false));
+            }
+        }
+        let failing = Failing;
         FAIL_DIR_SYNC.with(|f| f.set(true));
         let e = s.contains_durably(&d).unwrap_err().to_string();
-        FAIL_DIR_SYNC.with(|f| f.set(false));
+        drop(failing);
         assert!(e.contains("directory sync failed"), "{e}");
         assert!(s.contains_durably(&d).unwrap(), "the blob itself is there");
     }

@@ -355,8 +355,9 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Write every document's send time and latency here, one CSV file
-        /// per run (SCENARIO-SYSTEM-RUN.csv): when the slow ones were sent
-        /// shows stalls a percentile hides (a period, a moment).
+        /// per run of a scenario that times documents
+        /// (SCENARIO-SYSTEM-RUN.csv): when the slow ones were sent shows
+        /// stalls a percentile hides (a period, a moment).
         #[arg(long, value_name = "DIR")]
         latency_log: Option<PathBuf>,
     },

@@ -50,7 +50,8 @@ impl Load {
 pub struct Clock {
     base: Instant,
     /// `base` on the system's monotonic clock (`CLOCK_MONOTONIC`, which
-    /// `perf record -k CLOCK_MONOTONIC` and the kernel's log use too).
+    /// `perf record -k CLOCK_MONOTONIC` and `journalctl -o short-monotonic`
+    /// use too).
     base_monotonic: Duration,
     starts: Vec<AtomicU64>,
 }
