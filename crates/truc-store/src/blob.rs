@@ -635,15 +635,21 @@ mod tests {
         pub(super) static FAIL_DIR_SYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
 
+    /// A store holding one blob too large for the packs, of bytes `b`.
+    fn one_large_blob(b: u8) -> (tempfile::TempDir, BlobStore, Vec<u8>, Digest) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let data = vec![b; PACK_MAX + 1];
+        let d = s.put(&data).unwrap();
+        (dir, s, data, d)
+    }
+
     /// A large blob whose directory cannot be synced is an error with the
     /// reason, not "not stored" (which would have its bytes fetched again,
     /// only to fail on the same sync).
     #[test]
     fn a_directory_that_cannot_be_synced_is_an_error_not_a_missing_blob() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = BlobStore::open(dir.path()).unwrap();
-        let data = vec![9u8; PACK_MAX + 1];
-        let d = s.put(&data).unwrap();
+        let (_dir, s, _, d) = one_large_blob(9);
         /// The switch on until dropped, however the test ends.
         struct Failing;
         impl Drop for Failing {
@@ -664,10 +670,7 @@ mod tests {
     /// its name is synced.
     #[test]
     fn a_large_blob_found_already_named_has_its_name_synced_before_it_counts() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = BlobStore::open(dir.path()).unwrap();
-        let data = vec![7u8; PACK_MAX + 1];
-        let d = s.put(&data).unwrap();
+        let (_dir, s, data, d) = one_large_blob(7);
         let before = DIR_SYNCS.with(|n| n.get());
         s.put(&data).unwrap();
         // Twice in one batch: one sync for the blob, not one per copy.
