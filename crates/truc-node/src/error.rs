@@ -112,7 +112,10 @@ impl NodeError {
             self,
             NodeError::Io { .. }
                 | NodeError::Store(
-                    StoreError::Io(_) | StoreError::Failed(_) | StoreError::Injected(_)
+                    StoreError::Io(_)
+                        | StoreError::Failed(_)
+                        | StoreError::Injected(_)
+                        | StoreError::Stalled(_)
                 )
                 | NodeError::Blob(truc_store::BlobError::Io { .. })
         )
@@ -156,6 +159,9 @@ pub fn to_status(e: NodeError) -> Status {
         ),
         NodeError::Store(StoreError::Failed(m)) => {
             Status::unavailable(format!("store unavailable: {m}"))
+        }
+        NodeError::Store(StoreError::Stalled(_)) => {
+            retry_after(Status::unavailable(e.to_string()), DEFAULT_RETRY_AFTER_MS)
         }
         NodeError::Store(StoreError::Corrupt { .. }) => Status::data_loss(e.to_string()),
         NodeError::Shared(s) => s,

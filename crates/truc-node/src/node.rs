@@ -726,6 +726,9 @@ impl RunningNode {
             let mut s = stop_rx.clone();
             tasks.spawn(tracing::Instrument::instrument(
                 async move {
+                    // A document for several agencies of this node is one
+                    // `Delivered` per agency, one after the other: checked once.
+                    let mut last: Option<(truc_core::ids::OrganId, truc_core::ids::DocId)> = None;
                     loop {
                         let ev = tokio::select! {
                             _ = crate::stopped(&mut s) => return,
@@ -745,6 +748,10 @@ impl RunningNode {
                         else {
                             continue;
                         };
+                        if last.as_ref() == Some(&(from.clone(), doc_id)) {
+                            continue;
+                        }
+                        last = Some((from.clone(), doc_id));
                         let st = st.clone();
                         let (f, d) = (from.to_string(), doc_id.to_string());
                         match tokio::task::spawn_blocking(move || st.check_pdfs(&f, &d)).await {

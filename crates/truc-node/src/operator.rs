@@ -471,7 +471,7 @@ async fn overview(State(cx): State<Ctx>, tls: Tls, headers: HeaderMap) -> Respon
         // A store that hangs: the rest of the page, whose store alert says
         // why the queues are missing.
         let snap = match st.queue_snapshot() {
-            Err(_) if st.store().stalled().is_some() => Default::default(),
+            Err(crate::NodeError::Store(truc_store::StoreError::Stalled(_))) => Default::default(),
             r => r?,
         };
         let (n, p50, p90, p99) = st.telemetry.latency_percentiles();

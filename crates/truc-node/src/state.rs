@@ -1603,7 +1603,7 @@ impl NodeState {
         // Unreadable queues hide overdue documents: that is an alert of its
         // own, not "nothing overdue" (a store that hangs has one below).
         if let Err(e) = &snapshot
-            && self.store.stalled().is_none()
+            && !matches!(e, NodeError::Store(truc_store::StoreError::Stalled(_)))
         {
             out.push(Alert {
                 kind: "store",
@@ -5280,9 +5280,7 @@ impl NodeState {
         // alerts and the dashboard answer without the queues. (One started
         // before still waits for it.)
         if let Some(why) = self.store.stalled() {
-            return Err(NodeError::Other(format!(
-                "the store does not answer: {why}"
-            )));
+            return Err(truc_store::StoreError::Stalled(why).into());
         }
         let now = now_ms();
         let min_deadline = self.min_deadline_ms();

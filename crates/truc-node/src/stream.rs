@@ -330,14 +330,10 @@ pub async fn serve(
                 // quick to come back, would otherwise be taken for the cause.
                 // Not dead-lettered (the store failing): the session ends
                 // with the entry still queued, and the peer is not told.
-                state.queue_unsendable(
-                    &queue,
-                    w.seq,
-                    &format!("cannot read attachment {}: {e}", w.index),
-                )?;
+                let what = format!("cannot read attachment {}", w.index);
+                state.queue_unsendable(&queue, w.seq, &format!("{what}: {e}"))?;
                 tracing::error!(%queue, seq = w.seq, error = %e, "cannot serve a queued attachment; moved to dead letters");
-                let why = format!("cannot read attachment {} at sender: {e}", w.index);
-                unavailable(&out, &w, why).await;
+                unavailable(&out, &w, format!("{what} at sender: {e}")).await;
             }
         }
     }

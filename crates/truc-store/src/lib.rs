@@ -58,4 +58,7 @@ pub enum StoreError {
     Failed(String),
     #[error("injected fault: {0}")]
     Injected(String),
+    /// Not tried: the store hangs on an earlier request ([`Store::stalled`]).
+    #[error("the store does not answer: {0}")]
+    Stalled(String),
 }
