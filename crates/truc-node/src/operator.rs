@@ -470,7 +470,9 @@ async fn overview(State(cx): State<Ctx>, tls: Tls, headers: HeaderMap) -> Respon
     let r = tokio::task::spawn_blocking(move || {
         // A store that hangs: the rest of the page, whose store alert says
         // why the queues are missing.
-        let snap = match st.queue_snapshot() {
+        let read = st.read_within(crate::state::READ_WAIT, crate::NodeState::queue_snapshot);
+        let alerts = st.alerts(&alerts_cfg, &read);
+        let snap = match read {
             Err(crate::NodeError::Store(truc_store::StoreError::Stalled(_))) => Default::default(),
             r => r?,
         };
@@ -491,7 +493,7 @@ async fn overview(State(cx): State<Ctx>, tls: Tls, headers: HeaderMap) -> Respon
             })).collect::<Vec<_>>(),
             "samples": st.telemetry.samples(),
             "certificates": st.certificates().into_iter().map(|(s, t)| json!({"subject": s, "not_after_ms": t * 1000})).collect::<Vec<_>>(),
-            "alerts": st.alerts(&alerts_cfg),
+            "alerts": alerts,
             "latency": {"count": n, "p50_s": p50, "p90_s": p90, "p99_s": p99},
             "counters": st.counters().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             "audit": st.telemetry.audit(),

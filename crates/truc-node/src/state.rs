@@ -516,6 +516,9 @@ pub struct NodeState {
     /// Such a reader may find the store one batch ahead (the batch being
     /// applied, visible before its counts change).
     counts: Mutex<HashMap<String, i64>>,
+    /// Operators' reads still running past their wait
+    /// ([`Self::read_within`]): a store that hangs holds each.
+    operator_reads: std::sync::atomic::AtomicUsize,
     /// Local messages waiting to be accepted together (see `accept`).
     local: Mutex<Vec<LocalItem>>,
     /// Per queue, a count bumped by every write that adds to it: each sender
@@ -757,6 +760,15 @@ pub const REPORT_TEXT: usize = 64;
 /// How long a store flush may run before the node reports NOT_SERVING.
 pub const STALL_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long a page, a scrape or the alerts wait for what they read from the
+/// store (the queues) before they answer without it: a store that hangs is
+/// known only after [`STALL_AFTER`].
+pub const READ_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Operators' reads left running past their wait, at most: beyond, a page
+/// or a scrape answers at once without what the store holds.
+const OPERATOR_READS_LEFT: usize = 4;
+
 impl NodeState {
     /// Opens the state: reads counters and the audit head back from the store.
     pub fn new(p: Parts) -> Result<Arc<Self>, NodeError> {
@@ -913,6 +925,7 @@ impl NodeState {
                 audit_head,
             }),
             counts: Mutex::new(counts),
+            operator_reads: Default::default(),
             local: Mutex::default(),
             notifiers: Mutex::default(),
             events,
@@ -1594,16 +1607,22 @@ impl NodeState {
         }
     }
 
-    /// What needs an operator now, by the thresholds of `[alerts]`.
-    pub fn alerts(&self, cfg: &crate::config::AlertSection) -> Vec<crate::telemetry::Alert> {
+    /// What needs an operator now, by the thresholds of `[alerts]`, with the
+    /// queues as `snapshot` read them (the caller's page shows the same).
+    pub fn alerts(
+        &self,
+        cfg: &crate::config::AlertSection,
+        snapshot: &Result<QueueSnapshot, NodeError>,
+    ) -> Vec<crate::telemetry::Alert> {
         use crate::telemetry::Alert;
         let now = now_ms();
         let mut out = Vec::new();
-        let snapshot = self.queue_snapshot();
+        let unwritable = self.unwritable();
         // Unreadable queues hide overdue documents: that is an alert of its
-        // own, not "nothing overdue" (a store that hangs has one below).
-        if let Err(e) = &snapshot
-            && !matches!(e, NodeError::Store(truc_store::StoreError::Stalled(_)))
+        // own, not "nothing overdue" (unless the store alert below says why).
+        if let Err(e) = snapshot
+            && !(unwritable.is_some()
+                && matches!(e, NodeError::Store(truc_store::StoreError::Stalled(_))))
         {
             out.push(Alert {
                 kind: "store",
@@ -1704,7 +1723,7 @@ impl NodeState {
                 });
             }
         }
-        if let Some(detail) = self.unwritable() {
+        if let Some(detail) = unwritable {
             out.push(Alert {
                 kind: "store",
                 subject: self.node_id.to_string(),
@@ -5269,6 +5288,48 @@ impl NodeState {
             .collect()
     }
 
+    /// `read` for an operator's page, scrape or alerts: they answer after
+    /// `wait` at most, with [`StoreError::Stalled`] (which the alerts report)
+    /// in place of what the store has not answered by then. A store that
+    /// hangs is known only after [`STALL_AFTER`]; a read started before waits
+    /// for it as long as it hangs. That read goes on on its own thread, and
+    /// only a few are left waiting at a time.
+    ///
+    /// [`StoreError::Stalled`]: truc_store::StoreError::Stalled
+    pub fn read_within<T: Send + 'static>(
+        self: &Arc<Self>,
+        wait: std::time::Duration,
+        read: impl FnOnce(&NodeState) -> Result<T, NodeError> + Send + 'static,
+    ) -> Result<T, NodeError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let unanswered = || {
+            NodeError::Store(truc_store::StoreError::Stalled(format!(
+                "a read has not answered for {} ms",
+                wait.as_millis()
+            )))
+        };
+        if self.operator_reads.fetch_add(1, SeqCst) >= OPERATOR_READS_LEFT {
+            self.operator_reads.fetch_sub(1, SeqCst);
+            return Err(unanswered());
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let me = self.clone();
+        let reader = std::thread::Builder::new()
+            .name("truc-read".into())
+            .spawn(move || {
+                let _ = tx.send(read(&me));
+                me.operator_reads.fetch_sub(1, SeqCst);
+            });
+        if let Err(source) = reader {
+            self.operator_reads.fetch_sub(1, SeqCst);
+            return Err(NodeError::Io {
+                what: "a thread for an operator's read".into(),
+                source,
+            });
+        }
+        rx.recv_timeout(wait).unwrap_or_else(|_| Err(unanswered()))
+    }
+
     /// Documents waiting here per recipient agency (depth and the enqueue time of
     /// the oldest), and every document past its delivery deadline — still queued
     /// or parked — with its priority. Queues are read in arrival order and only as
@@ -7920,13 +7981,83 @@ mod tests {
         assert!(!edge.writable());
         // What operators read does not wait for the write: the alerts, a
         // queue's depth.
-        let alerts = edge.alerts(&Default::default());
+        let alerts = edge.alerts(&Default::default(), &edge.queue_snapshot());
         assert!(alerts.iter().any(|a| a.detail == why), "{alerts:?}");
         assert_eq!(edge.queue_depth("parent"), 0);
         assert!(plan.stalling.load(Ordering::SeqCst), "read while it hangs");
         drop(release);
         writer.join().unwrap().unwrap();
         assert_eq!(edge.unwritable(), None, "answers again");
+    }
+
+    /// A read that hangs before the store is known to hang (its first 5 s)
+    /// does not hold what operators see: the alerts and the scrape answer
+    /// after their wait, without the queues and with an alert that says so;
+    /// only a few such reads are left waiting; the queues are back once the
+    /// store answers.
+    #[test]
+    fn a_read_that_hangs_does_not_hold_what_operators_see() {
+        let f = Fixture::new();
+        let (store, plan) = truc_store::FaultyStore::new(MemoryStore::new());
+        let hub = f.hub(Arc::new(store));
+        let v = f.verified("000.00.00.G22", &["000.00.00.H41"]);
+        hub.accept(v, &child("vpcp"), None).unwrap();
+        let scrape = || {
+            crate::telemetry::render(&crate::telemetry::Telemetry::registry(
+                &hub,
+                crate::config::AlertSection::default(),
+            ))
+        };
+        assert!(scrape().contains("truc_queue_depth{"), "{}", scrape());
+        plan.hold_reads.store(true, Ordering::SeqCst);
+        struct Release(Arc<truc_store::FaultPlan>);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                self.0.hold_reads.store(false, Ordering::SeqCst);
+            }
+        }
+        let release = Release(plan.clone());
+        assert_eq!(hub.unwritable(), None, "not known to hang yet");
+        let wait = std::time::Duration::from_millis(50);
+        let read = hub.read_within(wait, NodeState::queue_snapshot);
+        let e = read.as_ref().unwrap_err().to_string();
+        assert!(e.contains("has not answered for 50 ms"), "{e}");
+        let alerts = hub.alerts(&Default::default(), &read);
+        assert!(
+            alerts
+                .iter()
+                .any(|a| a.kind == "store" && a.detail.contains("the queues cannot be read")),
+            "{alerts:?}"
+        );
+        let scraped = scrape();
+        assert!(
+            scraped.contains("alert_active{alert=\"store\""),
+            "{scraped}"
+        );
+        assert!(!scraped.contains("truc_queue_depth{"), "{scraped}");
+        for _ in 0..OPERATOR_READS_LEFT + 2 {
+            assert!(hub.read_within(wait, NodeState::queue_snapshot).is_err());
+        }
+        let left = hub.operator_reads.load(Ordering::SeqCst);
+        assert!((1..=OPERATOR_READS_LEFT).contains(&left), "{left}");
+        assert_eq!(
+            plan.reads_held_out.load(Ordering::SeqCst),
+            0,
+            "nothing waited for a held read"
+        );
+        drop(release);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while hub.operator_reads.load(Ordering::SeqCst) > 0 {
+            assert!(std::time::Instant::now() < deadline, "the reads end");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let snap = hub
+            .read_within(
+                std::time::Duration::from_secs(600),
+                NodeState::queue_snapshot,
+            )
+            .unwrap();
+        assert!(!snap.recipients.is_empty(), "the queue is back");
     }
 
     #[tokio::test]

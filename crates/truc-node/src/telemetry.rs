@@ -340,7 +340,16 @@ impl Collector for StateCollector {
 
         // Unreadable queues: no queue gauges (absent, not zero) and the
         // store alert below; a scrape still answers.
-        let snap = st.queue_snapshot().unwrap_or_default();
+        // What the store holds, read once, within a wait: a store that hangs
+        // does not hold the scrape.
+        let (read, held) = match st.read_within(crate::state::READ_WAIT, |st| {
+            Ok((st.queue_snapshot(), st.held_bytes()))
+        }) {
+            Ok((read, held)) => (read, held.unwrap_or_default()),
+            Err(e) => (Err(e), Vec::new()),
+        };
+        let alerts = st.alerts(&self.alerts, &read);
+        let snap = read.unwrap_or_default();
         let depth: Vec<(Labels, i64)> = snap
             .recipients
             .iter()
@@ -458,9 +467,7 @@ impl Collector for StateCollector {
             &certs,
         )?;
 
-        let held: Vec<(Labels, i64)> = st
-            .held_bytes()
-            .unwrap_or_default()
+        let held: Vec<(Labels, i64)> = held
             .into_iter()
             .map(|(from, n)| (vec![("agency", from)], n as i64))
             .collect();
@@ -547,8 +554,7 @@ impl Collector for StateCollector {
             )?;
             m.encode_histogram::<Labels>(sum, count, &buckets, None)?;
         }
-        let alerts: Vec<(Labels, i64)> = st
-            .alerts(&self.alerts)
+        let alerts: Vec<(Labels, i64)> = alerts
             .into_iter()
             .map(|a| {
                 (

@@ -429,6 +429,11 @@ pub struct FaultPlan {
     pub release: AtomicBool,
     /// Writes tried so far (the N above counts them).
     pub applies: AtomicU64,
+    /// Hold every read while set (a minute at most), as a server whose one
+    /// connection waits on a lock: not reported by `stalled` (not known yet).
+    pub hold_reads: AtomicBool,
+    /// Reads let through while still held, after their minute.
+    pub reads_held_out: AtomicU64,
 }
 
 /// Wraps a store and fails writes or flushes on command, for fault tests.
@@ -459,6 +464,20 @@ impl<S: Store> FaultyStore<S> {
 }
 
 impl<S> FaultyStore<S> {
+    /// While `hold_reads` is set, for a minute at most (counted in
+    /// `reads_held_out`): a test that waits for a held read fails rather than
+    /// hangs.
+    fn hold_read(&self) {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.plan.hold_reads.load(Ordering::SeqCst) {
+            if std::time::Instant::now() >= until {
+                self.plan.reads_held_out.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     fn flush_fault(&self) -> Result<(), StoreError> {
         if self.plan.fail_flush.load(Ordering::SeqCst) {
             return Err(StoreError::Injected("fsync failed".into()));
@@ -469,6 +488,7 @@ impl<S> FaultyStore<S> {
 
 impl<S: Store> Store for FaultyStore<S> {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.hold_read();
         self.inner.get(space, key)
     }
     fn scan(
@@ -478,9 +498,11 @@ impl<S: Store> Store for FaultyStore<S> {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
+        self.hold_read();
         self.inner.scan(space, prefix, after, limit)
     }
     fn last(&self, space: Space, prefix: &[u8]) -> Result<Option<Entry>, StoreError> {
+        self.hold_read();
         self.inner.last(space, prefix)
     }
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
