@@ -15,6 +15,10 @@ use crate::{audit, error::blocking, operator::Caller, state::NodeState};
 /// Days of per-agency statistics `truc stats` shows.
 const STATS_DAYS: usize = 7;
 
+/// How long `truc queues` waits for the store: past it, UNAVAILABLE with the
+/// reason (it reads every parked entry, so longer than a scrape's wait).
+const ADMIN_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Who called: the operator certificate of the TLS connection, if any.
 fn caller<T>(req: &Request<T>) -> Caller {
     Caller::from_certs(req.peer_certs().as_deref().map(|v| &v[..]))
@@ -212,8 +216,14 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::QueuesResponse>, Status> {
         caller(&req).require(Role::Viewer)?;
         let st = self.state.clone();
-        let (queues, parked, snap) =
-            blocking(move || Ok((st.queues()?, st.parked()?, st.queue_snapshot()?))).await?;
+        // A store that hangs: UNAVAILABLE with the reason, not a command that
+        // waits as long as it does.
+        let (queues, parked, snap) = blocking(move || {
+            st.read_within(ADMIN_READ_WAIT, |st| {
+                Ok((st.queues()?, st.parked()?, st.queue_snapshot()?))
+            })
+        })
+        .await?;
         Ok(Response::new(pb::QueuesResponse {
             recipients: snap
                 .recipients

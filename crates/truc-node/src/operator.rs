@@ -468,14 +468,11 @@ async fn overview(State(cx): State<Ctx>, tls: Tls, headers: HeaderMap) -> Respon
     let st = cx.state.clone();
     let alerts_cfg = cx.alerts.clone();
     let r = tokio::task::spawn_blocking(move || {
-        // A store that hangs: the rest of the page, whose store alert says
-        // why the queues are missing.
+        // Queues that cannot be read (a store that hangs or fails): the rest
+        // of the page, whose store alert says why the queues are missing.
         let read = st.read_within(crate::state::READ_WAIT, crate::NodeState::queue_snapshot);
         let alerts = st.alerts(&alerts_cfg, &read);
-        let snap = match read {
-            Err(crate::NodeError::Store(truc_store::StoreError::Stalled(_))) => Default::default(),
-            r => r?,
-        };
+        let snap = read.unwrap_or_default();
         let (n, p50, p90, p99) = st.telemetry.latency_percentiles();
         Ok::<_, crate::NodeError>(json!({
             "node": st.node_id.to_string(),

@@ -516,9 +516,9 @@ pub struct NodeState {
     /// Such a reader may find the store one batch ahead (the batch being
     /// applied, visible before its counts change).
     counts: Mutex<HashMap<String, i64>>,
-    /// Operators' reads still running past their wait
+    /// Operators' reads given up on by their caller and still running
     /// ([`Self::read_within`]): a store that hangs holds each.
-    operator_reads: std::sync::atomic::AtomicUsize,
+    abandoned_reads: std::sync::atomic::AtomicUsize,
     /// Local messages waiting to be accepted together (see `accept`).
     local: Mutex<Vec<LocalItem>>,
     /// Per queue, a count bumped by every write that adds to it: each sender
@@ -760,14 +760,14 @@ pub const REPORT_TEXT: usize = 64;
 /// How long a store flush may run before the node reports NOT_SERVING.
 pub const STALL_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// How long a page, a scrape or the alerts wait for what they read from the
-/// store (the queues) before they answer without it: a store that hangs is
-/// known only after [`STALL_AFTER`].
-pub const READ_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a page or a scrape waits for what it reads from the store (the
+/// queues) before it answers without it: a store that hangs is known only
+/// after [`STALL_AFTER`]. Below Prometheus' default scrape timeout (10 s).
+pub const READ_WAIT: std::time::Duration = std::time::Duration::from_secs(4);
 
-/// Operators' reads left running past their wait, at most: beyond, a page
-/// or a scrape answers at once without what the store holds.
-const OPERATOR_READS_LEFT: usize = 4;
+/// Operators' reads left running once their caller gave up on them, at most:
+/// beyond, a page or a scrape answers at once without what the store holds.
+const ABANDONED_READS_MAX: usize = 4;
 
 impl NodeState {
     /// Opens the state: reads counters and the audit head back from the store.
@@ -925,7 +925,7 @@ impl NodeState {
                 audit_head,
             }),
             counts: Mutex::new(counts),
-            operator_reads: Default::default(),
+            abandoned_reads: Default::default(),
             local: Mutex::default(),
             notifiers: Mutex::default(),
             events,
@@ -1619,10 +1619,16 @@ impl NodeState {
         let mut out = Vec::new();
         let unwritable = self.unwritable();
         // Unreadable queues hide overdue documents: that is an alert of its
-        // own, not "nothing overdue" (unless the store alert below says why).
+        // own, not "nothing overdue" (unless the store alert below gives the
+        // same reason: a hang already known).
+        let said_below = |e: &NodeError| match e {
+            NodeError::Store(truc_store::StoreError::Stalled(why)) => unwritable
+                .as_deref()
+                .is_some_and(|u| u.contains(why.as_str())),
+            _ => false,
+        };
         if let Err(e) = snapshot
-            && !(unwritable.is_some()
-                && matches!(e, NodeError::Store(truc_store::StoreError::Stalled(_))))
+            && !said_below(e)
         {
             out.push(Alert {
                 kind: "store",
@@ -5288,12 +5294,13 @@ impl NodeState {
             .collect()
     }
 
-    /// `read` for an operator's page, scrape or alerts: they answer after
-    /// `wait` at most, with [`StoreError::Stalled`] (which the alerts report)
-    /// in place of what the store has not answered by then. A store that
-    /// hangs is known only after [`STALL_AFTER`]; a read started before waits
-    /// for it as long as it hangs. That read goes on on its own thread, and
-    /// only a few are left waiting at a time.
+    /// `read` for an operator's page, scrape or command: the caller waits
+    /// `wait` at most, then has [`StoreError::Stalled`] in place of what the
+    /// store has not answered (the alerts report it). A store that hangs is
+    /// known only after [`STALL_AFTER`]; a read started before waits for it as
+    /// long as it hangs. So the read runs on a thread of its own, which goes
+    /// on once its caller has given up; while [`ABANDONED_READS_MAX`] such
+    /// reads wait, or once the hang is known, callers are answered at once.
     ///
     /// [`StoreError::Stalled`]: truc_store::StoreError::Stalled
     pub fn read_within<T: Send + 'static>(
@@ -5301,33 +5308,65 @@ impl NodeState {
         wait: std::time::Duration,
         read: impl FnOnce(&NodeState) -> Result<T, NodeError> + Send + 'static,
     ) -> Result<T, NodeError> {
-        use std::sync::atomic::Ordering::SeqCst;
-        let unanswered = || {
-            NodeError::Store(truc_store::StoreError::Stalled(format!(
-                "a read has not answered for {} ms",
-                wait.as_millis()
-            )))
-        };
-        if self.operator_reads.fetch_add(1, SeqCst) >= OPERATOR_READS_LEFT {
-            self.operator_reads.fetch_sub(1, SeqCst);
-            return Err(unanswered());
+        use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
+        const RUNNING: u8 = 0;
+        const DONE: u8 = 1;
+        const ABANDONED: u8 = 2;
+        let stalled = |why: String| NodeError::Store(truc_store::StoreError::Stalled(why));
+        if let Some(why) = self.store.stalled() {
+            return Err(stalled(why));
         }
+        let waiting = self.abandoned_reads.load(SeqCst);
+        if waiting >= ABANDONED_READS_MAX {
+            return Err(stalled(format!(
+                "{waiting} earlier reads are still waiting for it"
+            )));
+        }
+        /// Marks the read done, even if it panics; a read its caller gave up
+        /// on no longer counts.
+        struct Finish(Arc<NodeState>, Arc<AtomicU8>);
+        impl Drop for Finish {
+            fn drop(&mut self) {
+                if self.1.compare_exchange(RUNNING, DONE, SeqCst, SeqCst) == Err(ABANDONED) {
+                    self.0.abandoned_reads.fetch_sub(1, SeqCst);
+                }
+            }
+        }
+        let phase = Arc::new(AtomicU8::new(RUNNING));
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let me = self.clone();
-        let reader = std::thread::Builder::new()
+        let finish = Finish(self.clone(), phase.clone());
+        std::thread::Builder::new()
             .name("truc-read".into())
             .spawn(move || {
-                let _ = tx.send(read(&me));
-                me.operator_reads.fetch_sub(1, SeqCst);
-            });
-        if let Err(source) = reader {
-            self.operator_reads.fetch_sub(1, SeqCst);
-            return Err(NodeError::Io {
+                let _ = tx.send(read(&finish.0));
+                drop(finish);
+            })
+            .map_err(|source| NodeError::Io {
                 what: "a thread for an operator's read".into(),
                 source,
-            });
+            })?;
+        let failed = || NodeError::Other("an operator's read of the store failed".into());
+        match rx.recv_timeout(wait) {
+            Ok(r) => r,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(failed()),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // Counted before it is marked, so that the thread's uncount
+                // (if it ends now) never comes first.
+                self.abandoned_reads.fetch_add(1, SeqCst);
+                if phase
+                    .compare_exchange(RUNNING, ABANDONED, SeqCst, SeqCst)
+                    .is_ok()
+                {
+                    return Err(stalled(format!(
+                        "a read has not answered for {} ms",
+                        wait.as_millis()
+                    )));
+                }
+                // It ended meanwhile: its answer is there (unless it panicked).
+                self.abandoned_reads.fetch_sub(1, SeqCst);
+                rx.try_recv().unwrap_or_else(|_| Err(failed()))
+            }
         }
-        rx.recv_timeout(wait).unwrap_or_else(|_| Err(unanswered()))
     }
 
     /// Documents waiting here per recipient agency (depth and the enqueue time of
@@ -8009,6 +8048,14 @@ mod tests {
             ))
         };
         assert!(scrape().contains("truc_queue_depth{"), "{}", scrape());
+        // A read that fails outright answers so, and is not left counted.
+        let e = hub
+            .read_within(std::time::Duration::from_secs(600), |_| -> Result<(), _> {
+                panic!("a read that fails")
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("read of the store failed"), "{e}");
+        assert_eq!(hub.abandoned_reads.load(Ordering::SeqCst), 0);
         plan.hold_reads.store(true, Ordering::SeqCst);
         struct Release(Arc<truc_store::FaultPlan>);
         impl Drop for Release {
@@ -8035,11 +8082,21 @@ mod tests {
             "{scraped}"
         );
         assert!(!scraped.contains("truc_queue_depth{"), "{scraped}");
-        for _ in 0..OPERATOR_READS_LEFT + 2 {
-            assert!(hub.read_within(wait, NodeState::queue_snapshot).is_err());
+        // The read and the scrape above were given up on; a few more are, then
+        // callers are answered at once.
+        assert_eq!(hub.abandoned_reads.load(Ordering::SeqCst), 2);
+        let mut last = String::new();
+        for _ in 0..ABANDONED_READS_MAX {
+            last = (hub
+                .read_within(wait, NodeState::queue_snapshot)
+                .unwrap_err())
+            .to_string();
         }
-        let left = hub.operator_reads.load(Ordering::SeqCst);
-        assert!((1..=OPERATOR_READS_LEFT).contains(&left), "{left}");
+        assert!(last.contains("4 earlier reads are still waiting"), "{last}");
+        assert_eq!(
+            hub.abandoned_reads.load(Ordering::SeqCst),
+            ABANDONED_READS_MAX
+        );
         assert_eq!(
             plan.reads_held_out.load(Ordering::SeqCst),
             0,
@@ -8047,7 +8104,7 @@ mod tests {
         );
         drop(release);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while hub.operator_reads.load(Ordering::SeqCst) > 0 {
+        while hub.abandoned_reads.load(Ordering::SeqCst) > 0 {
             assert!(std::time::Instant::now() < deadline, "the reads end");
             std::thread::sleep(std::time::Duration::from_millis(1));
         }

@@ -342,11 +342,12 @@ impl Collector for StateCollector {
         // store alert below; a scrape still answers.
         // What the store holds, read once, within a wait: a store that hangs
         // does not hold the scrape.
-        let (read, held) = match st.read_within(crate::state::READ_WAIT, |st| {
-            Ok((st.queue_snapshot(), st.held_bytes()))
+        let (read, held, packs) = match st.read_within(crate::state::READ_WAIT, |st| {
+            // The pack counts wait for a pack write under way (a disk that hangs).
+            Ok((st.queue_snapshot(), st.held_bytes(), st.blobs.pack_stats()))
         }) {
-            Ok((read, held)) => (read, held.unwrap_or_default()),
-            Err(e) => (Err(e), Vec::new()),
+            Ok((read, held, packs)) => (read, held.unwrap_or_default(), Some(packs)),
+            Err(e) => (Err(e), Vec::new(), None),
         };
         let alerts = st.alerts(&self.alerts, &read);
         let snap = read.unwrap_or_default();
@@ -491,24 +492,27 @@ impl Collector for StateCollector {
                 &[(Labels::new(), free as i64)],
             )?;
         }
-        let packs = st.blobs.pack_stats();
+        // Absent (not zero) when the read above did not answer.
+        let pack = |f: fn(&truc_store::pack::PackStats) -> usize| -> Vec<(Labels, i64)> {
+            packs.iter().map(|p| (Labels::new(), f(p) as i64)).collect()
+        };
         gauge(
             &mut enc,
             "pack_files",
             "Pack files holding small blobs (live ones, and the one being written)",
-            &[(Labels::new(), packs.packs as i64)],
+            &pack(|p| p.packs),
         )?;
         gauge(
             &mut enc,
             "packed_blobs",
             "Small blobs (envelopes, attachments up to 64 KiB) stored in pack files",
-            &[(Labels::new(), packs.blobs as i64)],
+            &pack(|p| p.blobs),
         )?;
         gauge(
             &mut enc,
             "pack_index_bytes",
             "Memory of the index of packed blobs (rebuilt from the packs at start-up)",
-            &[(Labels::new(), packs.index_bytes as i64)],
+            &pack(|p| p.index_bytes),
         )?;
         if let Some(r) = st.store().remote_stats() {
             gauge(
