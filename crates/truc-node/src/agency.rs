@@ -720,9 +720,11 @@ impl Agency for AgencyService {
     ) -> Result<Response<Self::EventsStream>, Status> {
         let r = req.into_inner();
         let organ = self.local_organ(&r.organ)?;
-        Ok(Response::new(Box::pin(
-            event_stream(self.state.clone(), organ, r.after).map(Ok),
-        )))
+        Ok(Response::new(Box::pin(event_stream(
+            self.state.clone(),
+            organ,
+            r.after,
+        ))))
     }
 
     async fn trace(
@@ -883,61 +885,35 @@ fn receipt_views(
 }
 
 /// The events of `organ` after `after`: what is kept, then live ones as they are
-/// written; each id once, in order, across the switch from one to the other.
+/// written; each id once, in order, across the switch from one to the other and
+/// whenever the reader falls behind the live feed. A store that cannot be read
+/// ends the stream with its error (logged).
 pub fn event_stream(
     state: Arc<NodeState>,
     organ: OrganId,
     after: u64,
-) -> impl futures::Stream<Item = pb::AgencyEvent> + Send + 'static {
+) -> impl futures::Stream<Item = Result<pb::AgencyEvent, Status>> + Send + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         // Subscribe first so nothing written while the backlog is read is missed.
         let mut live = state.subscribe_agency();
         let mut last = after;
-        loop {
-            let st = state.clone();
-            let o = organ.clone();
-            let batch =
-                match tokio::task::spawn_blocking(move || st.agency_events_after(&o, last, 512))
-                    .await
-                {
-                    Ok(Ok(b)) => b,
-                    _ => return,
-                };
-            if batch.is_empty() {
-                break;
-            }
-            for e in batch {
-                last = e.id;
-                if tx.send(e).await.is_err() {
-                    return;
-                }
-            }
+        if send_kept(&state, &organ, &mut last, &tx).await.is_err() {
+            return;
         }
         loop {
             match live.recv().await {
                 Ok(e) if e.organ == organ.as_str() && e.id > last => {
                     last = e.id;
-                    if tx.send(e).await.is_err() {
+                    if tx.send(Ok(e)).await.is_err() {
                         return;
                     }
                 }
                 Ok(_) => {}
+                // Fell behind the live feed: what it dropped is in the store.
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    // Fell behind the live feed: catch up from the store.
-                    let st = state.clone();
-                    let o = organ.clone();
-                    let Ok(Ok(batch)) =
-                        tokio::task::spawn_blocking(move || st.agency_events_after(&o, last, 4096))
-                            .await
-                    else {
+                    if send_kept(&state, &organ, &mut last, &tx).await.is_err() {
                         return;
-                    };
-                    for e in batch {
-                        last = e.id;
-                        if tx.send(e).await.is_err() {
-                            return;
-                        }
                     }
                 }
                 Err(_) => return,
@@ -945,6 +921,37 @@ pub fn event_stream(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Sends every stored event of `organ` after `*last`, batch after batch, up to
+/// the last durable one. Err once the stream is over: the reader left, or the
+/// store failed (the reader is told why).
+async fn send_kept(
+    state: &Arc<NodeState>,
+    organ: &OrganId,
+    last: &mut u64,
+    tx: &tokio::sync::mpsc::Sender<Result<pb::AgencyEvent, Status>>,
+) -> Result<(), ()> {
+    loop {
+        let (st, o, after) = (state.clone(), organ.clone(), *last);
+        let batch = match blocking(move || st.agency_events_after(&o, after, 512)).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(organ = %organ, after, error = %e.message(), "events stream ended: the stored events cannot be read");
+                let _ = tx.send(Err(e)).await;
+                return Err(());
+            }
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        for e in batch {
+            *last = e.id;
+            if tx.send(Ok(e)).await.is_err() {
+                return Err(());
+            }
+        }
+    }
 }
 
 /// One document's path as this node knows it: its own audit entries, and for a
@@ -1797,5 +1804,62 @@ mod tests {
             assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
             assert!(e.message().contains("new upload_id"), "{e:?}");
         }
+    }
+
+    /// A reader that falls behind the live feed by more than one read of the
+    /// store (a burst after a weekend offline) still gets every event, once
+    /// each and in order.
+    #[tokio::test]
+    async fn a_reader_far_behind_the_live_feed_gets_every_event_once() {
+        let f = Fixture::new();
+        let edge = f.edge(Arc::new(MemoryStore::new()));
+        let g22: OrganId = "000.00.00.G22".parse().unwrap();
+        let parent = Origin::Parent("hub".parse().unwrap());
+        let arrive = |n: usize| {
+            let docs = (0..n)
+                .map(|_| (f.verified("000.00.00.H41", &["000.00.00.G22"]), None))
+                .collect();
+            let (verdicts, ticket) = edge.accept_batch(docs, &parent).unwrap();
+            assert!(
+                verdicts.iter().all(|v| matches!(v, Verdict::Stored)),
+                "{verdicts:?}"
+            );
+            ticket
+        };
+        let t = arrive(1);
+        edge.durable(t).await.unwrap();
+        type Events =
+            std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::AgencyEvent, Status>> + Send>>;
+        let mut events: Events = Box::pin(event_stream(edge.clone(), g22.clone(), 0));
+        let next = async |events: &mut Events| {
+            tokio::time::timeout(std::time::Duration::from_secs(60), events.next())
+                .await
+                .expect("an event")
+                .expect("the stream goes on")
+                .expect("no error")
+        };
+        let first = next(&mut events).await;
+        // Far more than the live feed keeps, while the reader reads nothing.
+        for _ in 0..9 {
+            let t = arrive(100);
+            edge.durable(t).await.unwrap();
+        }
+        // Announced (and readable) once the announcer has seen the flush.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let kept = loop {
+            let kept = edge.agency_events_after(&g22, 0, 10_000).unwrap();
+            if kept.len() == 901 {
+                break kept;
+            }
+            assert!(std::time::Instant::now() < deadline, "{}", kept.len());
+            tokio::task::yield_now().await;
+        };
+        let mut ids = vec![first.id];
+        while ids.len() < kept.len() {
+            let e = next(&mut events).await;
+            ids.push(e.id);
+        }
+        let want: Vec<u64> = kept.iter().map(|e| e.id).collect();
+        assert_eq!(ids, want);
     }
 }

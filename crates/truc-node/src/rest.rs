@@ -1056,23 +1056,35 @@ struct EventsQuery {
 async fn events(State(cx): State<Ctx>, headers: HeaderMap, Query(q): Query<EventsQuery>) -> Res {
     cx.may(&headers, &q.organ)?;
     let organ: OrganId = q.organ.parse().map_err(|e| bad(format!("organ: {e}")))?;
-    let after = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .or(q.after)
-        .unwrap_or(0);
-    let stream = crate::agency::event_stream(cx.state.clone(), organ, after).map(|e| {
-        let data = json!({
-            "id": e.id, "at_ms": e.at_ms, "organ": e.organ, "kind": e.kind, "doc_id": e.doc_id,
-            "from": e.from, "detail": e.detail, "subject": e.subject, "recipient": e.recipient,
-        });
-        Ok::<_, Infallible>(
-            Event::default()
-                .id(e.id.to_string())
-                .event(e.kind.clone())
-                .data(data.to_string()),
-        )
+    // A cursor that cannot be read would replay everything: refused.
+    let after = match headers.get("last-event-id") {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| bad("Last-Event-ID: not an event id (a whole number)"))?,
+        None => q.after.unwrap_or(0),
+    };
+    let stream = crate::agency::event_stream(cx.state.clone(), organ, after).map(|r| {
+        Ok::<_, Infallible>(match r {
+            Ok(e) => {
+                let data = json!({
+                    "id": e.id, "at_ms": e.at_ms, "organ": e.organ, "kind": e.kind, "doc_id": e.doc_id,
+                    "from": e.from, "detail": e.detail, "subject": e.subject, "recipient": e.recipient,
+                });
+                Event::default()
+                    .id(e.id.to_string())
+                    .event(e.kind.clone())
+                    .data(data.to_string())
+            }
+            // The last event of the stream: why it ends (reconnect to resume).
+            Err(s) => {
+                let (_, code) = http_status(s.code());
+                Event::default()
+                    .event("error")
+                    .data(json!({"code": code, "message": s.message()}).to_string())
+            }
+        })
     });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())

@@ -760,6 +760,10 @@ pub const REPORT_TEXT: usize = 64;
 /// How long a store flush may run before the node reports NOT_SERVING.
 pub const STALL_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Agency events kept for live readers: one that falls further behind reads
+/// the rest from the store (small in tests, to make that happen).
+const AGENCY_EVENTS_LIVE: usize = if cfg!(test) { 128 } else { 4096 };
+
 /// How long a page or a scrape waits for what it reads from the store (the
 /// queues) before it answers without it: a store that hangs is known only
 /// after [`STALL_AFTER`]. Below Prometheus' default scrape timeout (10 s).
@@ -929,7 +933,7 @@ impl NodeState {
             local: Mutex::default(),
             notifiers: Mutex::default(),
             events,
-            agency_events: broadcast::channel(4096).0,
+            agency_events: broadcast::channel(AGENCY_EVENTS_LIVE).0,
             undurable_events: Arc::default(),
             durable_event_id: Arc::new(AtomicU64::new(stored_event_seq)),
             stats: Stats::default(),
