@@ -754,6 +754,29 @@ pub struct Parts {
     pub parent: Option<NodeId>,
 }
 
+/// Refuses inbox entries of one doc_id from several senders, when the caller
+/// named none: which sender's document is meant cannot be told (each sender
+/// picks its own doc_ids).
+fn one_sender<'a>(
+    doc_id: &DocId,
+    entries: impl Iterator<Item = &'a InboxEntry>,
+) -> Result<(), NodeError> {
+    let mut senders: Vec<&str> = entries.map(|e| e.from.as_str()).collect();
+    senders.sort_unstable();
+    senders.dedup();
+    if senders.len() > 1 {
+        return Err(Refusal::new(
+            Code::FailedPrecondition,
+            format!(
+                "several agencies sent a document {doc_id} here ({}): name the sender",
+                senders.join(", ")
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// The longest free-text field (role, link, version) kept of a child's report.
 pub const REPORT_TEXT: usize = 64;
 
@@ -4544,6 +4567,7 @@ impl NodeState {
                 }
                 [(_, e)] => e.clone(),
                 _ => {
+                    one_sender(&doc, entries.iter().map(|(_, e)| e))?;
                     return Err(Refusal::invalid(format!(
                         "{d} reached several agencies of this edge; name one with --organ"
                     ))
@@ -5536,6 +5560,12 @@ impl NodeState {
                 Refusal::not_found(format!("{doc_id} was not delivered to {o} here")).into(),
             );
         }
+        // Acking or nacking every sender's document under a doc_id another
+        // sender also used would answer for one the agency never took.
+        let concerned = entries
+            .iter()
+            .filter(|(_, e)| organ.is_none_or(|o| o.as_str() == e.organ));
+        one_sender(doc_id, concerned.map(|(_, e)| e))?;
         Ok(entries)
     }
 
@@ -5576,12 +5606,7 @@ impl NodeState {
         let Some((_, first)) = entries.first() else {
             return Err(Refusal::not_found(format!("no received document {doc_id}")).into());
         };
-        if entries.iter().any(|(_, e)| e.from != first.from) {
-            return Err(Refusal::invalid(format!(
-                "doc_id {doc_id} was used by several senders; name one with --from"
-            ))
-            .into());
-        }
+        one_sender(doc_id, entries.iter().map(|(_, e)| e))?;
         let doc = self.load_doc(&first.from, &first.doc_id)?;
         Ok((doc, entries.into_iter().map(|(_, e)| e).collect()))
     }
@@ -8169,6 +8194,60 @@ mod tests {
         ));
         let g22: OrganId = "000.00.00.G22".parse().unwrap();
         assert_eq!(edge.ack(&doc_id, None, Some(&g22)).unwrap().0, [g22]);
+    }
+
+    /// Two senders used one doc_id for documents to the same agency: an ack,
+    /// a nack or a status that does not name the sender is refused, naming
+    /// both, and changes nothing; naming one answers for that one only.
+    #[test]
+    fn an_answer_to_a_doc_id_two_senders_used_must_name_the_sender() {
+        let f = Fixture::new();
+        let edge = f.edge(Arc::new(MemoryStore::new()));
+        let doc_id = DocId::new_v7();
+        for from in ["000.00.00.H41", "000.00.00.H42"] {
+            let v = f.seal_verified(&pb::Header {
+                format_version: envelope::FORMAT_VERSION,
+                doc_id: doc_id.to_string(),
+                kind: pb::Kind::Document as i32,
+                from: from.into(),
+                to: vec!["000.00.00.G22".into()],
+                subject: "Trùng số".into(),
+                ..Default::default()
+            });
+            let (verdicts, _) = edge
+                .accept_batch(vec![(v, None)], &Origin::Parent("hub".parse().unwrap()))
+                .unwrap();
+            assert!(matches!(verdicts[..], [Verdict::Stored]), "{verdicts:?}");
+        }
+        let g22: OrganId = "000.00.00.G22".parse().unwrap();
+        let h42: OrganId = "000.00.00.H42".parse().unwrap();
+        let ambiguous = |e: NodeError| {
+            matches!(&e, NodeError::Refused(r) if r.code == Code::FailedPrecondition
+                && r.reason.contains("000.00.00.H41, 000.00.00.H42"))
+        };
+        assert!(ambiguous(edge.ack(&doc_id, None, Some(&g22)).unwrap_err()));
+        assert!(ambiguous(edge.ack(&doc_id, None, None).unwrap_err()));
+        assert!(ambiguous(
+            edge.nack(&doc_id, None, Some(&g22), "x").unwrap_err()
+        ));
+        assert!(ambiguous(
+            edge.reply(Reply {
+                doc_id: doc_id.to_string(),
+                code: "03".into(),
+                ..Default::default()
+            })
+            .unwrap_err()
+        ));
+        let unacked = |from: &str| {
+            edge.inbox_entries(&doc_id, Some(&from.parse().unwrap()))
+                .unwrap()
+                .iter()
+                .all(|(_, e)| !e.acked && e.nacked.is_empty())
+        };
+        assert!(unacked("000.00.00.H41") && unacked("000.00.00.H42"));
+        assert_eq!(edge.ack(&doc_id, Some(&h42), None).unwrap().0, [g22]);
+        assert!(unacked("000.00.00.H41"), "the other sender's stays unacked");
+        assert!(!unacked("000.00.00.H42"));
     }
 
     #[tokio::test]
