@@ -238,6 +238,12 @@ fn every_vdxp_operation_works_over_rest() {
     assert_eq!(s, 200, "{d}");
     conforms(&openapi, "ReceivedDocument", &d);
     assert_eq!(d["from"], G22);
+    // Naming the sender (needed when two used one doc_id): the same document;
+    // naming another, nothing of it.
+    let (s, named) = nghean.get(&format!("/v1/inbox/{id}?from={G22}"));
+    assert_eq!((s, &named["subject"]), (200, &d["subject"]), "{named}");
+    let (s, e) = nghean.get(&format!("/v1/inbox/{id}?from={H14}"));
+    assert_eq!(s, 403, "{e}");
     let atts = d["attachments"].as_array().unwrap();
     assert_eq!(atts.len(), 2, "{d}");
     for (a, want) in atts.iter().zip([small, &big[..]]) {

@@ -24,11 +24,11 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tonic::{Code, Request, Status};
-use truc_core::OrganId;
+use truc_core::{DocId, OrganId};
 use truc_proto::v1::{self as pb, agency_server::Agency};
 use truc_store::Digest;
 
-use crate::{agency::AgencyService, state::NodeState};
+use crate::{agency::AgencyService, error::blocking, state::NodeState};
 
 /// The OpenAPI document, kept in the repository beside this file.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -222,36 +222,35 @@ impl Ctx {
         }
     }
 
-    /// The application may see a received document (one of its agencies got it).
+    /// The application may see and answer a received document (one of its
+    /// agencies got it): those agencies, and the sender, which `from` names
+    /// when another sender used the same doc_id for one of them. Read from
+    /// the inbox, so an answer still goes once the envelope is no longer kept.
     async fn may_received(
         &self,
         headers: &HeaderMap,
         doc_id: &str,
-    ) -> Result<Vec<String>, ApiError> {
+        from: &FromQuery,
+    ) -> Result<Received, ApiError> {
         let app = self.app(headers)?.clone();
-        let doc = self
-            .svc
-            .get_document(Request::new(pb::GetDocumentRequest {
-                doc_id: doc_id.into(),
-                from: String::new(),
-                without_data: true,
-            }))
-            .await?
-            .into_inner()
-            .document
-            .unwrap_or_default();
-        let mine: Vec<String> = doc
-            .delivered_to
-            .into_iter()
-            .filter(|o| app.organs.iter().any(|a| a.as_str() == o))
-            .collect();
-        if mine.is_empty() {
+        let id: DocId = doc_id.parse().map_err(|e| bad(format!("doc_id: {e}")))?;
+        let sender: Option<OrganId> = match from.from.as_deref() {
+            None | Some("") => None,
+            Some(f) => Some(f.parse().map_err(|e| bad(format!("from: {e}")))?),
+        };
+        let st = self.state.clone();
+        let (organs, sender) =
+            blocking(move || st.received_by(&id, sender.as_ref(), &app.organs)).await?;
+        let Some(from) = sender else {
             return Err(denied(format!(
                 "application {} received no document {doc_id}",
                 app.name
             )));
-        }
-        Ok(mine)
+        };
+        Ok(Received {
+            organs: organs.iter().map(ToString::to_string).collect(),
+            from: from.to_string(),
+        })
     }
 
     /// The application may see a document sent from its agencies: the one
@@ -714,13 +713,18 @@ async fn inbox(State(cx): State<Ctx>, headers: HeaderMap, Query(q): Query<InboxQ
     )
 }
 
-async fn received(State(cx): State<Ctx>, headers: HeaderMap, Path(doc_id): Path<String>) -> Res {
-    cx.may_received(&headers, &doc_id).await?;
+async fn received(
+    State(cx): State<Ctx>,
+    headers: HeaderMap,
+    Path(doc_id): Path<String>,
+    Query(f): Query<FromQuery>,
+) -> Res {
+    let rec = cx.may_received(&headers, &doc_id, &f).await?;
     let r = cx
         .svc
         .get_document(Request::new(pb::GetDocumentRequest {
             doc_id: doc_id.clone(),
-            from: String::new(),
+            from: rec.from,
             without_data: true,
         }))
         .await?
@@ -746,13 +750,14 @@ async fn attachment(
     State(cx): State<Ctx>,
     headers: HeaderMap,
     Path((doc_id, index)): Path<(String, u32)>,
+    Query(f): Query<FromQuery>,
 ) -> Res {
-    cx.may_received(&headers, &doc_id).await?;
+    let rec = cx.may_received(&headers, &doc_id, &f).await?;
     let doc = cx
         .svc
         .get_document(Request::new(pb::GetDocumentRequest {
             doc_id: doc_id.clone(),
-            from: String::new(),
+            from: rec.from.clone(),
             without_data: true,
         }))
         .await?
@@ -772,7 +777,7 @@ async fn attachment(
         .svc
         .get_attachment(Request::new(pb::GetAttachmentRequest {
             doc_id,
-            from: String::new(),
+            from: rec.from,
             index,
             offset: 0,
         }))
@@ -836,13 +841,14 @@ async fn export_edxml(
     State(cx): State<Ctx>,
     headers: HeaderMap,
     Path(doc_id): Path<String>,
+    Query(f): Query<FromQuery>,
 ) -> Res {
-    cx.may_received(&headers, &doc_id).await?;
+    let rec = cx.may_received(&headers, &doc_id, &f).await?;
     let r = cx
         .svc
         .export_edxml(Request::new(pb::ExportEdxmlRequest {
             doc_id,
-            from: String::new(),
+            from: rec.from,
             original: false,
         }))
         .await?
@@ -852,6 +858,22 @@ async fn export_edxml(
         r.package,
     )
         .into_response())
+}
+
+/// `?from=`: the sender, when two used one doc_id for this application's
+/// agencies.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct FromQuery {
+    from: Option<String>,
+}
+
+/// A received document an application may read and answer.
+struct Received {
+    /// Its agencies that received it.
+    organs: Vec<String>,
+    /// Who sent it.
+    from: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -896,18 +918,23 @@ async fn ack(
     State(cx): State<Ctx>,
     headers: HeaderMap,
     Path(doc_id): Path<String>,
+    Query(f): Query<FromQuery>,
     body: Bytes,
 ) -> Res {
     let b: AckIn = json_or_default(&body)?;
-    let mine = cx.may_received(&headers, &doc_id).await?;
-    received_by(&cx, &headers, &mine, &doc_id, &b.organ)?;
+    let rec = cx.may_received(&headers, &doc_id, &f).await?;
+    received_by(&cx, &headers, &rec.organs, &doc_id, &b.organ)?;
     let mut acked = Vec::new();
-    for organ in mine.iter().filter(|o| b.organ.is_empty() || **o == b.organ) {
+    for organ in rec
+        .organs
+        .iter()
+        .filter(|o| b.organ.is_empty() || **o == b.organ)
+    {
         acked.extend(
             cx.svc
                 .ack(Request::new(pb::AckRequest {
                     doc_id: doc_id.clone(),
-                    from: String::new(),
+                    from: rec.from.clone(),
                     organ: organ.clone(),
                 }))
                 .await?
@@ -922,18 +949,23 @@ async fn nack(
     State(cx): State<Ctx>,
     headers: HeaderMap,
     Path(doc_id): Path<String>,
+    Query(f): Query<FromQuery>,
     body: Bytes,
 ) -> Res {
     let b: AckIn = json_or_default(&body)?;
-    let mine = cx.may_received(&headers, &doc_id).await?;
-    received_by(&cx, &headers, &mine, &doc_id, &b.organ)?;
+    let rec = cx.may_received(&headers, &doc_id, &f).await?;
+    received_by(&cx, &headers, &rec.organs, &doc_id, &b.organ)?;
     let mut nacked = Vec::new();
-    for organ in mine.iter().filter(|o| b.organ.is_empty() || **o == b.organ) {
+    for organ in rec
+        .organs
+        .iter()
+        .filter(|o| b.organ.is_empty() || **o == b.organ)
+    {
         nacked.extend(
             cx.svc
                 .nack(Request::new(pb::NackRequest {
                     doc_id: doc_id.clone(),
-                    from: String::new(),
+                    from: rec.from.clone(),
                     organ: organ.clone(),
                     reason: b.reason.clone(),
                 }))
@@ -962,24 +994,26 @@ async fn status(
     State(cx): State<Ctx>,
     headers: HeaderMap,
     Path(doc_id): Path<String>,
+    Query(f): Query<FromQuery>,
     Json(b): Json<StatusIn>,
 ) -> Res {
-    let organ = if b.code == "13" {
-        cx.may_sent(&headers, &doc_id).await?.from
+    let (organ, from) = if b.code == "13" {
+        (cx.may_sent(&headers, &doc_id).await?.from, String::new())
     } else {
-        let mine = cx.may_received(&headers, &doc_id).await?;
-        if b.organ.is_empty() {
-            mine.into_iter().next().unwrap_or_default()
+        let rec = cx.may_received(&headers, &doc_id, &f).await?;
+        let organ = if b.organ.is_empty() {
+            rec.organs.into_iter().next().unwrap_or_default()
         } else {
             cx.may(&headers, &b.organ)?;
             b.organ
-        }
+        };
+        (organ, rec.from)
     };
     let r = cx
         .svc
         .reply(Request::new(pb::ReplyRequest {
             doc_id,
-            from: String::new(),
+            from,
             organ,
             code: b.code,
             note: b.note,

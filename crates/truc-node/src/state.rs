@@ -5611,6 +5611,36 @@ impl NodeState {
         Ok((doc, entries.into_iter().map(|(_, e)| e).collect()))
     }
 
+    /// Which of `organs` received `doc_id` here (from `from`, if named), and
+    /// from whom: what an application serving `organs` may read and answer,
+    /// whether or not the envelope is still kept. None of them: an empty list.
+    /// Several senders among those documents: refused, naming them.
+    pub fn received_by(
+        &self,
+        doc_id: &DocId,
+        from: Option<&OrganId>,
+        organs: &[OrganId],
+    ) -> Result<(Vec<OrganId>, Option<OrganId>), NodeError> {
+        let entries: Vec<InboxEntry> = self
+            .inbox_entries(doc_id, from)?
+            .into_iter()
+            .map(|(_, e)| e)
+            .filter(|e| organs.iter().any(|o| o.as_str() == e.organ))
+            .collect();
+        one_sender(doc_id, entries.iter())?;
+        let mut mine: Vec<OrganId> = entries
+            .iter()
+            .map(|e| e.organ.parse().map_err(internal))
+            .collect::<Result<_, _>>()?;
+        mine.sort();
+        mine.dedup();
+        let sender = match entries.first() {
+            Some(e) => Some(e.from.parse().map_err(internal)?),
+            None => None,
+        };
+        Ok((mine, sender))
+    }
+
     /// Whether every document received here under `doc_id` came from `from`
     /// (or none did).
     pub fn received_only_from(&self, doc_id: &DocId, from: &OrganId) -> Result<bool, NodeError> {
@@ -8248,6 +8278,66 @@ mod tests {
         assert_eq!(edge.ack(&doc_id, Some(&h42), None).unwrap().0, [g22]);
         assert!(unacked("000.00.00.H41"), "the other sender's stays unacked");
         assert!(!unacked("000.00.00.H42"));
+    }
+
+    /// What an application may read and answer is read from the inbox: only
+    /// its own agencies' documents, the sender named where two used one
+    /// doc_id, and still once the envelope is no longer kept.
+    #[test]
+    fn received_by_answers_for_the_applications_agencies_from_the_inbox() {
+        let mut f = Fixture::new();
+        f.storage.retention_ms = 0;
+        f.storage.envelope_retention_ms = Some(0);
+        let edge = f.edge(Arc::new(MemoryStore::new()));
+        let doc_id = DocId::new_v7();
+        let g22: OrganId = "000.00.00.G22".parse().unwrap();
+        let (h41, h42): (OrganId, OrganId) = (
+            "000.00.00.H41".parse().unwrap(),
+            "000.00.00.H42".parse().unwrap(),
+        );
+        let arrive = |from: &OrganId| {
+            let v = f.seal_verified(&pb::Header {
+                format_version: envelope::FORMAT_VERSION,
+                doc_id: doc_id.to_string(),
+                kind: pb::Kind::Document as i32,
+                from: from.to_string(),
+                to: vec![g22.to_string()],
+                subject: "Trùng số".into(),
+                ..Default::default()
+            });
+            edge.accept_batch(vec![(v, None)], &Origin::Parent("hub".parse().unwrap()))
+                .unwrap();
+        };
+        arrive(&h41);
+        let mine = [g22.clone()];
+        assert_eq!(
+            edge.received_by(&doc_id, None, &mine).unwrap(),
+            (vec![g22.clone()], Some(h41.clone()))
+        );
+        // Another application's agencies: nothing (not even that it exists).
+        assert_eq!(
+            edge.received_by(&doc_id, None, &[h42.clone()]).unwrap(),
+            (vec![], None)
+        );
+        // Acked, and its envelope removed at the end of its retention.
+        edge.ack(&doc_id, None, None).unwrap();
+        assert!(edge.release_due().unwrap() >= 1);
+        assert!(edge.received_envelope(&doc_id, None).is_err(), "removed");
+        assert_eq!(
+            edge.received_by(&doc_id, Some(&h41), &mine).unwrap().1,
+            Some(h41.clone())
+        );
+        // A second sender's document under the same doc_id: name the sender.
+        arrive(&h42);
+        let e = edge.received_by(&doc_id, None, &mine).unwrap_err();
+        assert!(
+            matches!(&e, NodeError::Refused(r) if r.code == Code::FailedPrecondition),
+            "{e}"
+        );
+        assert_eq!(
+            edge.received_by(&doc_id, Some(&h42), &mine).unwrap(),
+            (vec![g22], Some(h42))
+        );
     }
 
     #[tokio::test]
