@@ -8316,7 +8316,8 @@ mod tests {
         );
         // Another application's agencies: nothing (not even that it exists).
         assert_eq!(
-            edge.received_by(&doc_id, None, &[h42.clone()]).unwrap(),
+            edge.received_by(&doc_id, None, std::slice::from_ref(&h42))
+                .unwrap(),
             (vec![], None)
         );
         // Acked, and its envelope removed at the end of its retention.
