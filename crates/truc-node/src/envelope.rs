@@ -491,8 +491,9 @@ fn check(
             now,
         )
     }
-    .map_err(|e: VerifyError| {
-        Refusal::unauthenticated(format!("envelope {id} from {from}: {e}"))
+    .map_err(|e: VerifyError| match e {
+        VerifyError::NotNow(_) => Refusal::not_now(format!("envelope {id} from {from}: {e}")),
+        e => Refusal::unauthenticated(format!("envelope {id} from {from}: {e}")),
     })?;
     if signer.identity != expected {
         return Err(Refusal::denied(format!(

@@ -41,6 +41,14 @@ impl Refusal {
             ..Self::new(Code::ResourceExhausted, reason)
         }
     }
+    /// Cannot be decided here now for a reason of this node's own (a stale
+    /// revocation list, its clock): the sender keeps the message and retries.
+    pub fn not_now(reason: impl Into<String>) -> Self {
+        Self {
+            retry: true,
+            ..Self::new(Code::Unavailable, reason)
+        }
+    }
     /// The request itself is over a limit (`limits.*`): the same request will
     /// never pass. The same code as a quota, without a retry hint.
     pub fn over_limit(reason: impl Into<String>) -> Self {

@@ -104,8 +104,21 @@ enum Control {
 enum Prepared {
     Ok(Box<Verified>, Vec<OrganId>),
     Refused(Refusal),
-    /// Not now (disk full); the sender keeps it and retries.
+    /// Not now (disk full, a stale revocation list here); the sender keeps it
+    /// and retries.
     Deferred(String),
+}
+
+impl Prepared {
+    /// A failed check: refused for good, or deferred when waiting may settle
+    /// it (a reason of this node's own, [`Refusal::not_now`]).
+    fn failed(r: Refusal) -> Self {
+        if r.retry {
+            Self::Deferred(r.reason)
+        } else {
+            Self::Refused(r)
+        }
+    }
 }
 
 /// A transfer that passed every check: the message, the recipients this hop serves,
@@ -183,7 +196,7 @@ fn prepare(state: &NodeState, batch: Vec<pb::Transfer>) -> Result<Vec<(u64, Prep
                 blobs.extend(v.attachments.iter().copied().zip(data));
                 out.push((seq, Prepared::Ok(Box::new(v), recipients)));
             }
-            Err(r) => out.push((seq, Prepared::Refused(r))),
+            Err(r) => out.push((seq, Prepared::failed(r))),
         }
     }
     let refs: Vec<(Digest, &[u8])> = blobs.iter().map(|(d, b)| (*d, b.as_slice())).collect();
@@ -244,7 +257,7 @@ async fn receive_streamed(
         .map_err(|e| NodeError::Other(e.to_string()))?;
     let (v, recipients, _) = match checked {
         Ok(c) => c,
-        Err(r) => return Ok(vec![(seq, Prepared::Refused(r))]),
+        Err(r) => return Ok(vec![(seq, Prepared::failed(r))]),
     };
     // Seen before: no need for its bytes again.
     if !state.is_duplicate(&v)? {
@@ -1072,7 +1085,13 @@ async fn apply(
         let mut outcomes = Vec::with_capacity(steps.len());
         for (seq, step) in steps {
             let outcome = match step {
-                Step::Deferred(reason) => Outcome::Deferred(seq, reason),
+                Step::Deferred(reason) => {
+                    state
+                        .stats
+                        .deferred
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Outcome::Deferred(seq, reason)
+                }
                 Step::Refused(r) => {
                     state
                         .stats
@@ -1620,6 +1639,42 @@ mod tests {
                 .map(Self::name)
                 .collect()
         }
+    }
+
+    /// A signature this node cannot check now for a reason of its own (its
+    /// revocation list is past its next update) defers the transfer: the
+    /// sender keeps it and retries, where a refusal would dead-letter it at
+    /// every edge. With a fresh list the same transfer passes.
+    #[test]
+    fn a_stale_revocation_list_here_defers_a_transfer_rather_than_refusing_it() {
+        use rustls::pki_types::{CertificateRevocationListDer, pem::PemObject};
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let v = f.verified("000.00.00.G22", &["000.00.00.H41"]);
+        let transfer = || pb::Transfer {
+            seq: 1,
+            envelope: Some(v.envelope.clone()),
+            recipients: vec!["000.00.00.H41".into()],
+            ..Default::default()
+        };
+        let list = |days| {
+            CertificateRevocationListDer::from_pem_slice(
+                f.ca.crl_valid(&[], days).unwrap().as_bytes(),
+            )
+            .unwrap()
+        };
+        hub.verifiers.agencies.set_crls(&[list(-1)]).unwrap();
+        let r = check(&hub, transfer()).map(|_| ()).unwrap_err();
+        assert_eq!((r.code, r.retry), (Code::Unavailable, true), "{r}");
+        match Prepared::failed(r) {
+            Prepared::Deferred(reason) => {
+                assert!(reason.contains("cannot be checked here now"), "{reason}");
+                assert!(reason.contains("CrlExpired"), "{reason}");
+            }
+            _ => panic!("not deferred"),
+        }
+        hub.verifiers.agencies.set_crls(&[list(30)]).unwrap();
+        assert!(check(&hub, transfer()).is_ok());
     }
 
     fn to_nghean(f: &Fixture) -> Prepared {

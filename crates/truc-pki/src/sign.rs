@@ -83,6 +83,12 @@ pub enum VerifyError {
     MalformedCertificate(String),
     #[error("signer certificate is not trusted by the signing ca: {0}")]
     Untrusted(String),
+    /// Cannot be decided here now, for a reason of this node's own: its
+    /// revocation list is past its next update or does not cover the issuer,
+    /// or its clock is before the certificate's start. Waiting (a fresh list,
+    /// a set clock) may settle it, unlike the other errors.
+    #[error("signer certificate cannot be checked here now: {0}")]
+    NotNow(String),
     #[error("signature does not match the signed bytes")]
     BadSignature,
 }
@@ -428,7 +434,12 @@ impl SignatureVerifier {
             revocation,
             None,
         )
-        .map_err(|e| VerifyError::Untrusted(e.to_string()))?;
+        .map_err(|e| match e {
+            webpki::Error::CrlExpired { .. }
+            | webpki::Error::UnknownRevocationStatus
+            | webpki::Error::CertNotValidYet { .. } => VerifyError::NotNow(format!("{e:?}")),
+            e => VerifyError::Untrusted(e.to_string()),
+        })?;
         let info =
             cert_info(&chain[0]).map_err(|e| VerifyError::MalformedCertificate(e.to_string()))?;
         // webpki leaves an end entity's key usage to the caller: a key usage
