@@ -67,8 +67,26 @@ impl AgencyService {
             let known = |from: &str, id: &DocId| st.knows_doc(from, id);
             match crate::edxml::to_truc(p, known)? {
                 crate::edxml::Imported::Document(sub) => {
+                    // Room for the original too, before the document is taken:
+                    // a full disk then refuses the import as a whole.
+                    st.blobs
+                        .check_space(package.len() as u64, st.storage.min_free_bytes)?;
                     let (id, a) = st.submit(*sub)?;
-                    let kept = st.keep_original(&from, &id, &package)?;
+                    let kept = st.keep_original(&from, &id, &package).map_err(|e| {
+                        // Taken and queued all the same: an error that said
+                        // only "disk full" would read as "not sent".
+                        tracing::warn!(doc_id = %id, %from, error = %e, "edXML document taken, its original package not kept");
+                        let why = |e: &dyn std::fmt::Display| {
+                            format!("{id} was taken and will be sent, but its original edXML package was not kept ({e}); import it again to keep it")
+                        };
+                        match e {
+                            NodeError::Refused(mut r) => {
+                                r.reason = why(&r.reason);
+                                NodeError::Refused(r)
+                            }
+                            e => NodeError::Other(why(&e)),
+                        }
+                    })?;
                     // The original is durable with the document before "imported".
                     let ticket = kept.max(a.ticket());
                     Ok((id, "document", ticket, a, from))
@@ -1861,5 +1879,34 @@ mod tests {
         }
         let want: Vec<u64> = kept.iter().map(|e| e.id).collect();
         assert_eq!(ids, want);
+    }
+
+    /// An edXML document taken whose original package then cannot be kept
+    /// (a write refused) says it was taken: "disk full" alone would read as
+    /// "not sent", while the document goes out. Importing it again keeps it.
+    #[tokio::test]
+    async fn an_import_whose_original_is_not_kept_says_the_document_was_taken() {
+        let f = Fixture::new();
+        let (store, plan) = truc_store::FaultyStore::new(MemoryStore::new());
+        let edge = f.edge(Arc::new(store));
+        let svc = AgencyService::new(edge.clone());
+        let package = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/edxml/new-document.xml"
+        ))
+        .unwrap();
+        // The document's own write goes through; the original's is refused.
+        let next = plan.applies.load(Ordering::SeqCst) + 2;
+        plan.fail_apply_from.store(next, Ordering::SeqCst);
+        let e = svc.import(package.clone(), None).await.unwrap_err();
+        assert!(e.message().contains("was taken and will be sent"), "{e:?}");
+        assert!(e.message().contains("import it again"), "{e:?}");
+        assert_eq!(edge.queue_depth("parent"), 1, "queued all the same");
+        plan.fail_apply_from.store(0, Ordering::SeqCst);
+        let again = svc.import(package, None).await.unwrap();
+        assert!(again.duplicate, "{again:?}");
+        let id: DocId = again.doc_id.parse().unwrap();
+        let from: OrganId = "000.00.00.G22".parse().unwrap();
+        assert!(edge.original(from.as_str(), &id).unwrap().is_some());
     }
 }
