@@ -3704,72 +3704,12 @@ impl NodeState {
         if let Some(p) = self.check_against_target(v, to)? {
             return Ok(p);
         }
-        let routes = self.routing().route(to).map_err(|e| match e {
-            RouteError::UnknownRecipient(_) => Refusal::not_found(e.to_string()),
-            other => Refusal::invalid(other.to_string()),
-        })?;
-        if let Origin::Parent(p) = origin
-            && routes.contains_key(&Destination::Parent)
-        {
-            return Err(Refusal::not_found(format!(
-                "parent {p} sent a message for agencies not served below this node"
-            ))
-            .into());
-        }
+        let routes = self.plan_routes(w, plan, v, origin, to)?;
         let from_key = v.from.to_string();
         let doc_id = v.doc_id.to_string();
-        let carries_business = matches!(v.kind, Kind::Document | Kind::Status);
-
-        // Backpressure before anything is written.
-        if carries_business {
-            if let (Origin::Local, Some(_)) = (origin, routes.get(&Destination::Parent)) {
-                let waiting = self.count(w, plan, "q:parent");
-                if waiting as u64 >= self.quotas.max_outbox {
-                    return Err(Refusal::exhausted(format!(
-                        "outbox full: {waiting} documents wait for the parent (quotas.max_outbox); retry in {} ms",
-                        self.quotas.retry_after_ms
-                    ))
-                    .into());
-                }
-            }
-            if !matches!(origin, Origin::Local) {
-                for (dest, rs) in &routes {
-                    if !matches!(dest, Destination::Child(_)) {
-                        continue;
-                    }
-                    for r in rs {
-                        let n = self.count(w, plan, &format!("r:{r}"));
-                        if n as u64 >= self.quotas.max_queued_per_recipient {
-                            return Err(NodeError::Deferred(format!(
-                                "queue for {r} is full: {n} documents wait (quotas.max_queued_per_recipient)"
-                            )));
-                        }
-                    }
-                    let n = self.count(w, plan, &format!("s:{from_key}"));
-                    if n as u64 >= self.quotas.max_queued_per_sender {
-                        return Err(NodeError::Deferred(format!(
-                            "{from_key} has {n} documents waiting here (quotas.max_queued_per_sender)"
-                        )));
-                    }
-                }
-            }
-        }
-
         let dkey = doc_key(&from_key, &doc_id);
         let bytes: u64 = v.header.attachments.iter().map(|a| a.size).sum();
-        let mut pending = 0u32;
-        // Counted where something is released when the last delivery is done:
-        // attachments, and a document's envelope under an envelope retention
-        // (off: no record rewritten per delivery).
-        if bytes > 0 || (v.kind == Kind::Document && self.storage.envelope_retention_ms.is_some()) {
-            for (dest, rs) in &routes {
-                pending += match dest {
-                    Destination::Local if v.kind == Kind::Document => rs.len() as u32,
-                    Destination::Local => 0,
-                    _ => 1,
-                };
-            }
-        }
+        let pending = self.pending_for(v, bytes, &routes);
         if bytes > 0 {
             // The files stay while anyone here still has to pass them on or hand
             // them to an application; then for the retention period.
@@ -3885,20 +3825,120 @@ impl NodeState {
             self.plan_new_receipt(w, plan, &Sender::Node(self.node_id.clone()), &spec, now)?;
         }
 
+        self.plan_forward(w, plan, v, routes, now)?;
+        Ok(Planned::Stored)
+    }
+
+    /// Where `to` goes from here, once backpressure allows it: refused when a
+    /// recipient is unknown or a parent sends what is not below this node,
+    /// deferred (or, from a local agency, refused for now) when a queue is full.
+    fn plan_routes(
+        &self,
+        w: &mut Writer,
+        plan: &mut Plan,
+        v: &Verified,
+        origin: &Origin,
+        to: &[OrganId],
+    ) -> Result<BTreeMap<Destination, Vec<OrganId>>, NodeError> {
+        let routes = self.routing().route(to).map_err(|e| match e {
+            RouteError::UnknownRecipient(_) => Refusal::not_found(e.to_string()),
+            other => Refusal::invalid(other.to_string()),
+        })?;
+        if let Origin::Parent(p) = origin
+            && routes.contains_key(&Destination::Parent)
+        {
+            return Err(Refusal::not_found(format!(
+                "parent {p} sent a message for agencies not served below this node"
+            ))
+            .into());
+        }
+        let from_key = v.from.to_string();
+        // Backpressure before anything is written.
+        if matches!(v.kind, Kind::Document | Kind::Status) {
+            if let (Origin::Local, Some(_)) = (origin, routes.get(&Destination::Parent)) {
+                let waiting = self.count(w, plan, "q:parent");
+                if waiting as u64 >= self.quotas.max_outbox {
+                    return Err(Refusal::exhausted(format!(
+                        "outbox full: {waiting} documents wait for the parent (quotas.max_outbox); retry in {} ms",
+                        self.quotas.retry_after_ms
+                    ))
+                    .into());
+                }
+            }
+            if !matches!(origin, Origin::Local) {
+                for (dest, rs) in &routes {
+                    if !matches!(dest, Destination::Child(_)) {
+                        continue;
+                    }
+                    for r in rs {
+                        let n = self.count(w, plan, &format!("r:{r}"));
+                        if n as u64 >= self.quotas.max_queued_per_recipient {
+                            return Err(NodeError::Deferred(format!(
+                                "queue for {r} is full: {n} documents wait (quotas.max_queued_per_recipient)"
+                            )));
+                        }
+                    }
+                    let n = self.count(w, plan, &format!("s:{from_key}"));
+                    if n as u64 >= self.quotas.max_queued_per_sender {
+                        return Err(NodeError::Deferred(format!(
+                            "{from_key} has {n} documents waiting here (quotas.max_queued_per_sender)"
+                        )));
+                    }
+                }
+            }
+        }
+
+        Ok(routes)
+    }
+
+    /// The deliveries along `routes` a message's stored bytes wait for here.
+    /// Counted where something is released when the last is done: attachments,
+    /// and a document's envelope under an envelope retention (off: no record
+    /// rewritten per delivery).
+    fn pending_for(
+        &self,
+        v: &Verified,
+        bytes: u64,
+        routes: &BTreeMap<Destination, Vec<OrganId>>,
+    ) -> u32 {
+        if bytes == 0 && (v.kind != Kind::Document || self.storage.envelope_retention_ms.is_none())
+        {
+            return 0;
+        }
+        routes
+            .iter()
+            .map(|(dest, rs)| match dest {
+                Destination::Local if v.kind == Kind::Document => rs.len() as u32,
+                Destination::Local => 0,
+                _ => 1,
+            })
+            .sum()
+    }
+
+    /// Queues a message on each route towards a link, and hands it to each
+    /// local recipient.
+    fn plan_forward(
+        &self,
+        w: &mut Writer,
+        plan: &mut Plan,
+        v: &Verified,
+        routes: BTreeMap<Destination, Vec<OrganId>>,
+        now: i64,
+    ) -> Result<(), NodeError> {
         for (dest, recipients) in routes {
             match queue_name(&dest) {
                 Some(queue) => {
                     let child = matches!(dest, Destination::Child(_));
                     let mut deadline = 0;
-                    if child && carries_business {
+                    if child && matches!(v.kind, Kind::Document | Kind::Status) {
                         deadline = now + self.delivery.deadline_for(v.header.priority) as i64;
                         if v.header.due_at_ms > now && v.header.due_at_ms < deadline {
                             deadline = v.header.due_at_ms;
                         }
                     }
                     let entry = QueueEntry {
-                        from: from_key.clone(),
-                        doc_id: doc_id.clone(),
+                        from: v.from.to_string(),
+                        doc_id: v.doc_id.to_string(),
                         recipients: recipients.iter().map(|o| o.to_string()).collect(),
                         enqueued_at_ms: now,
                         kind: v.header.kind,
@@ -3921,7 +3961,7 @@ impl NodeState {
                 }
             }
         }
-        Ok(Planned::Stored)
+        Ok(())
     }
 
     /// A local agency sent a status: remember it on its inbox entry; a 15 to a recall
