@@ -435,6 +435,8 @@ impl Plan {
 enum Planned {
     Stored,
     Duplicate,
+    /// Stored here before, and now taken for more of its recipients.
+    Again,
 }
 
 /// An agency registered below this node at runtime, and the child it is reached by.
@@ -2651,22 +2653,28 @@ impl NodeState {
                 Some((_, d)) => Some(d.to_vec()),
                 None => self.store.get(Space::Dedup, &dkey)?,
             };
-            if let Some(existing) = seen {
-                verdicts.push(if existing == v.header_sha256.0 {
-                    Verdict::Duplicate
-                } else {
-                    Verdict::Refused(Refusal::new(
-                        Code::AlreadyExists,
-                        format!(
-                            "doc_id {} was already used by {} for different content",
-                            v.doc_id, v.from
-                        ),
-                    ))
-                });
+            if seen
+                .as_ref()
+                .is_some_and(|existing| *existing != v.header_sha256.0)
+            {
+                verdicts.push(Verdict::Refused(Refusal::new(
+                    Code::AlreadyExists,
+                    format!(
+                        "doc_id {} was already used by {} for different content",
+                        v.doc_id, v.from
+                    ),
+                )));
                 continue;
             }
             let mark = plan.mark();
-            match self.plan_message(&mut w, &mut plan, v, origin, recipients.as_deref(), now) {
+            let planned = match seen {
+                None => self.plan_message(&mut w, &mut plan, v, origin, recipients.as_deref(), now),
+                Some(_) => {
+                    self.plan_again(&mut w, &mut plan, v, origin, recipients.as_deref(), now)
+                }
+            };
+            match planned {
+                Ok(Planned::Again) => verdicts.push(Verdict::Stored),
                 Ok(Planned::Stored) => {
                     plan.fresh.push((dkey, v.header_sha256.0));
                     verdicts.push(Verdict::Stored);
@@ -3214,7 +3222,9 @@ impl NodeState {
                 Held::Attachments => d.released_at_ms != 0,
                 Held::Envelope => d.envelope_removed_at_ms != 0,
             };
-            if gone {
+            // Gone already; or taken again for more recipients since this was
+            // due (`plan_again`): due anew once those are done.
+            if gone || d.pending > 0 {
                 continue;
             }
             // Kept until archived: marked, and released when the export is told.
@@ -3739,6 +3749,10 @@ impl NodeState {
                 pending,
                 bytes,
                 kind: v.header.kind,
+                routed: match v.kind {
+                    Kind::Document => to.iter().map(ToString::to_string).collect(),
+                    _ => Vec::new(),
+                },
                 ..Default::default()
             },
         );
@@ -3827,6 +3841,86 @@ impl NodeState {
 
         self.plan_forward(w, plan, v, routes, now)?;
         Ok(Planned::Stored)
+    }
+
+    /// A document stored here before, sent again: a resend (the link lost an
+    /// acknowledgement) is a duplicate, but one that asks this hop to serve
+    /// recipients it was not taken for yet (their agencies moved below this
+    /// node since, and the sender requeued or rerouted it) is taken for them:
+    /// queued or delivered as on its first arrival, with its proof. Records
+    /// from before the recipients were kept are duplicates, as they were.
+    fn plan_again(
+        &self,
+        w: &mut Writer,
+        plan: &mut Plan,
+        v: &Verified,
+        origin: &Origin,
+        recipients: Option<&[OrganId]>,
+        now: i64,
+    ) -> Result<Planned, NodeError> {
+        let (Kind::Document, Some(asked)) = (v.kind, recipients) else {
+            return Ok(Planned::Duplicate);
+        };
+        let (from_key, doc_id) = (v.from.to_string(), v.doc_id.to_string());
+        let dkey = doc_key(&from_key, &doc_id);
+        let Some(mut rec) = self.doc_record(plan, &dkey)? else {
+            return Ok(Planned::Duplicate);
+        };
+        let more: Vec<OrganId> = asked
+            .iter()
+            .filter(|o| !rec.routed.iter().any(|r| r == o.as_str()))
+            .cloned()
+            .collect();
+        if rec.routed.is_empty() || more.is_empty() {
+            return Ok(Planned::Duplicate);
+        }
+        if let Some(extra) = more.iter().find(|r| !v.to.contains(r)) {
+            return Err(Refusal::invalid(format!(
+                "recipient {extra} is not in the signed recipient list"
+            ))
+            .into());
+        }
+        let names = more
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Its attachments or envelope are gone here: nothing to pass on.
+        if rec.released_at_ms != 0 || rec.envelope_removed_at_ms != 0 {
+            return Err(Refusal::new(
+                Code::FailedPrecondition,
+                format!(
+                    "{doc_id} from {from_key} was taken here before and its stored bytes have since been released: it cannot be passed on to {names}; send it again under a new doc_id"
+                ),
+            )
+            .into());
+        }
+        let routes = self.plan_routes(w, plan, v, origin, &more)?;
+        let bytes: u64 = v.header.attachments.iter().map(|a| a.size).sum();
+        rec.pending += self.pending_for(v, bytes, &routes);
+        rec.routed.extend(more.iter().map(ToString::to_string));
+        plan.docs.insert(dkey, rec);
+        plan.audit(
+            "received",
+            &doc_id,
+            &from_key,
+            format!("document again from {}, for {names}", origin.label()),
+        );
+        if let (Origin::Child(_), Some(sender)) = (origin, v.from.agency())
+            && self.node_signer.is_some()
+        {
+            let spec = ReceiptSpec {
+                kind: ReceiptType::Accepted,
+                for_from: sender,
+                for_doc_id: &v.doc_id,
+                envelope_sha256: &v.header_sha256,
+                recipients: &more,
+                detail: "",
+            };
+            self.plan_new_receipt(w, plan, &Sender::Node(self.node_id.clone()), &spec, now)?;
+        }
+        self.plan_forward(w, plan, v, routes, now)?;
+        Ok(Planned::Again)
     }
 
     /// Where `to` goes from here, once backpressure allows it: refused when a
@@ -8379,6 +8473,116 @@ mod tests {
             edge.received_by(&doc_id, Some(&h42), &mine).unwrap(),
             (vec![g22], Some(h42))
         );
+    }
+
+    /// A document a hub forwarded for some recipients comes again for others
+    /// (their agencies moved to a child it already serves, and the sender
+    /// requeued it): it is forwarded for those, with an accepted receipt,
+    /// not acknowledged as a duplicate and dropped. A plain resend stays a
+    /// duplicate.
+    #[test]
+    fn a_document_sent_again_for_other_recipients_is_forwarded_for_them() {
+        let f = Fixture::new();
+        let hub = f.hub_with(
+            Arc::new(MemoryStore::new()),
+            &[
+                ("000.00.00.G22", "vpcp"),
+                ("000.00.00.H41", "nghean"),
+                ("000.00.00.H14", "caobang"),
+            ],
+        );
+        let v = f.verified("000.00.00.G22", &["000.00.00.H41", "000.00.00.H14"]);
+        let send = |to: &[&str]| {
+            let to: Vec<OrganId> = to.iter().map(|o| o.parse().unwrap()).collect();
+            let (verdicts, _) = hub
+                .accept_batch(vec![(v.clone(), Some(to))], &child("vpcp"))
+                .unwrap();
+            verdicts.into_iter().next().unwrap()
+        };
+        assert!(matches!(send(&["000.00.00.H41"]), Verdict::Stored));
+        let receipts = hub.queue_depth("child:vpcp");
+        assert_eq!(hub.queue_depth("child:nghean"), 1);
+        assert!(matches!(send(&["000.00.00.H41"]), Verdict::Duplicate));
+        assert_eq!(hub.queue_depth("child:caobang"), 0);
+
+        assert!(matches!(send(&["000.00.00.H14"]), Verdict::Stored));
+        assert_eq!(hub.queue_depth("child:caobang"), 1, "forwarded for H14");
+        assert_eq!(hub.queue_depth("child:nghean"), 1, "not again for H41");
+        assert_eq!(
+            hub.queue_depth("child:vpcp"),
+            receipts + 1,
+            "an accepted receipt for H14"
+        );
+        assert!(matches!(
+            send(&["000.00.00.H41", "000.00.00.H14"]),
+            Verdict::Duplicate
+        ));
+        assert_eq!(hub.queue_depth("child:caobang"), 1);
+    }
+
+    /// At an edge, a document delivered to one of its agencies comes again
+    /// for another it now serves: delivered to that one too. Once the stored
+    /// bytes are released it cannot be, and the refusal says why.
+    #[test]
+    fn a_document_sent_again_for_another_local_agency_is_delivered_to_it() {
+        let mut f = Fixture::new();
+        f.storage.retention_ms = 0;
+        f.storage.envelope_retention_ms = Some(0);
+        let mut routing = RoutingTable::new(true);
+        for o in ["000.00.00.G22", "000.00.00.G23", "000.00.00.G24"] {
+            routing.add_local(o.parse().unwrap());
+        }
+        let edge = f.state(
+            "vpcp",
+            routing,
+            ["000.00.00.G22", "000.00.00.G23", "000.00.00.G24"]
+                .map(|o| f.signer(o))
+                .into(),
+            None,
+            Arc::new(MemoryStore::new()),
+        );
+        let v = f.verified(
+            "000.00.00.H41",
+            &["000.00.00.G22", "000.00.00.G23", "000.00.00.G24"],
+        );
+        let parent = Origin::Parent("hub".parse().unwrap());
+        let send = |to: &str| {
+            let (verdicts, _) = edge
+                .accept_batch(vec![(v.clone(), Some(vec![to.parse().unwrap()]))], &parent)
+                .unwrap();
+            verdicts.into_iter().next().unwrap()
+        };
+        let delivered = |organ: &str| {
+            edge.inbox_entries(&v.doc_id, None)
+                .unwrap()
+                .iter()
+                .any(|(_, e)| e.organ == organ)
+        };
+        assert!(matches!(send("000.00.00.G22"), Verdict::Stored));
+        // Acknowledged by G22: its envelope's release is due (retention 0)...
+        let g22: OrganId = "000.00.00.G22".parse().unwrap();
+        edge.ack(&v.doc_id, None, Some(&g22)).unwrap();
+        assert!(matches!(send("000.00.00.G23"), Verdict::Stored));
+        assert!(delivered("000.00.00.G23"), "delivered to G23 too");
+        assert!(matches!(send("000.00.00.G23"), Verdict::Duplicate));
+        // ... but G23 has not taken it yet: kept.
+        edge.release_due().unwrap();
+        assert!(
+            edge.received_envelope(&v.doc_id, None).is_ok(),
+            "kept for G23"
+        );
+
+        // Both acknowledged: its envelope goes at the end of its retention.
+        edge.ack(&v.doc_id, None, None).unwrap();
+        assert!(edge.release_due().unwrap() >= 1);
+        match send("000.00.00.G24") {
+            Verdict::Refused(r) => {
+                assert_eq!(r.code, Code::FailedPrecondition);
+                assert!(r.reason.contains("released"), "{}", r.reason);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!delivered("000.00.00.G24"));
     }
 
     #[tokio::test]

@@ -91,6 +91,11 @@ pub struct DocRecord {
     /// when `envelope` is empty.
     #[prost(bytes = "vec", tag = "12")]
     pub envelope_sha256: Vec<u8>,
+    /// The recipients this node took a document for (the ones its transfers
+    /// asked this hop to serve). Empty in records from before it was kept:
+    /// the document is then taken as a whole when it comes again.
+    #[prost(string, repeated, tag = "13")]
+    pub routed: Vec<String>,
 }
 
 /// One transfer waiting on a link.
