@@ -383,6 +383,11 @@ async fn to_sink(
     stop: &mut watch::Receiver<bool>,
     limit: Duration,
 ) -> Result<(), LinkError> {
+    if let Ok((_, data)) = &piece {
+        cx.sinks
+            .received
+            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
     let Some(tx) = cx.sinks.lock().ok().and_then(|s| s.get(&key).cloned()) else {
         tracing::debug!(
             seq = key.0,

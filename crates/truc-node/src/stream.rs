@@ -42,7 +42,25 @@ use crate::{
 pub type Piece = Result<(u64, Vec<u8>), String>;
 
 /// Chunk writers of one session, by (seq, attachment index).
-pub type Sinks = Arc<Mutex<HashMap<(u64, u32), mpsc::Sender<Piece>>>>;
+pub type Sinks = Arc<SinkTable>;
+
+/// The chunk writers of one link session, and the streamed bytes it received.
+#[derive(Default)]
+pub struct SinkTable {
+    streams: Mutex<StreamSinks>,
+    /// Bytes of chunks this session received, for any stream: one waiting its
+    /// turn behind another of the same link waits while these grow.
+    pub received: std::sync::atomic::AtomicU64,
+}
+
+impl SinkTable {
+    pub fn lock(&self) -> std::sync::LockResult<std::sync::MutexGuard<'_, StreamSinks>> {
+        self.streams.lock()
+    }
+}
+
+/// The writer of each stream of a session, by (seq, attachment index).
+type StreamSinks = HashMap<(u64, u32), mpsc::Sender<Piece>>;
 
 /// The longest wait for the next chunk of a streamed attachment before the
 /// session ends (to resume from the durable offset in the next one).
@@ -172,22 +190,18 @@ pub async fn fetch(
             // A peer that keeps the link alive but sends no chunk would hold
             // this transfer, the ones behind it and the attachment's claim.
             // One waiting its turn behind another attachment (the sender
-            // serves them one at a time) waits while streamed bytes arrive.
-            let mut seen = state
-                .stats
-                .stream_bytes_received
-                .load(std::sync::atomic::Ordering::Relaxed);
+            // serves them one at a time) waits while streamed bytes arrive
+            // on this link (other links' do not count: they say nothing of
+            // this peer).
+            let mut seen = sinks.received.load(std::sync::atomic::Ordering::Relaxed);
             let next = loop {
                 match tokio::time::timeout(CHUNK_STALL, rx.recv()).await {
                     Ok(next) => break next,
                     Err(_) => {
-                        let now = state
-                            .stats
-                            .stream_bytes_received
-                            .load(std::sync::atomic::Ordering::Relaxed);
+                        let now = sinks.received.load(std::sync::atomic::Ordering::Relaxed);
                         if now == seen {
                             return Err(Fetch::Failed(NodeError::Other(format!(
-                                "no chunk of attachment {name} for {}s at {} of {size} bytes, nor of any other",
+                                "no chunk of attachment {name} for {}s at {} of {size} bytes, nor of any other on this link",
                                 CHUNK_STALL.as_secs(),
                                 partial.offset()
                             ))));
@@ -472,4 +486,51 @@ pub(crate) async fn blob_reader(
         left: len,
         digest,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, atomic::Ordering};
+
+    use truc_store::MemoryStore;
+
+    use super::*;
+    use crate::state::testing::Fixture;
+
+    /// A stream that gets no chunk ends after `CHUNK_STALL`, although other
+    /// links of the node go on receiving: their bytes say nothing of this
+    /// peer. (Time is virtual here.)
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_stream_ends_although_other_links_receive() {
+        let f = Fixture::new();
+        let st = f.hub(Arc::new(MemoryStore::new()));
+        let (out, mut wants) = mpsc::channel(8);
+        let sinks: Sinks = Arc::default();
+        let data = b"x".repeat(1000);
+        // Another link receiving all along, for ten stall periods.
+        let other = tokio::spawn({
+            let st = st.clone();
+            async move {
+                for _ in 0..40 {
+                    tokio::time::sleep(CHUNK_STALL / 4).await;
+                    st.stats
+                        .stream_bytes_received
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let r = fetch(&st, &out, &sinks, 1, 0, Digest::of(&data), 1000).await;
+        other.abort();
+        let Err(Fetch::Failed(e)) = r else {
+            panic!("the stalled stream did not fail");
+        };
+        assert!(e.to_string().contains("no chunk"), "{e}");
+        assert!(
+            started.elapsed() < CHUNK_STALL * 2,
+            "failed only after {:?}",
+            started.elapsed()
+        );
+        assert!(wants.try_recv().is_ok(), "it asked for the bytes");
+    }
 }
