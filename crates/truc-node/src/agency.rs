@@ -1519,19 +1519,6 @@ mod tests {
         .steps
     }
 
-    /// A document from `from` to `to` under the doc_id `id`, verified.
-    fn same_doc_id(f: &Fixture, id: DocId, from: &str, to: &str) -> crate::envelope::Verified {
-        f.seal_verified(&pb::Header {
-            format_version: envelope::FORMAT_VERSION,
-            doc_id: id.to_string(),
-            kind: pb::Kind::Document as i32,
-            from: from.into(),
-            to: vec![to.into()],
-            subject: "Trùng số".into(),
-            ..Default::default()
-        })
-    }
-
     /// On a sending edge, a document another agency sent later under the
     /// same doc_id adds nothing to its sender's trace, received or refused.
     #[tokio::test]
@@ -1548,7 +1535,7 @@ mod tests {
         assert!(before.iter().any(|s| s.step == "submitted"), "{before:?}");
 
         let arrives = |from: &str, to: &str| {
-            let v = same_doc_id(&f, id, from, to);
+            let v = f.verified_as(&id, from, &[to]);
             let r = edge
                 .accept_batch(vec![(v, None)], &Origin::Parent("hub".parse().unwrap()))
                 .unwrap();
@@ -1579,7 +1566,7 @@ mod tests {
         let edge = f.edge_of("vpcp", g22);
         let id = DocId::new_v7();
         edge.accept_batch(
-            vec![(same_doc_id(&f, id, h14, g22), None)],
+            vec![(f.verified_as(&id, h14, &[g22]), None)],
             &Origin::Parent("hub".parse().unwrap()),
         )
         .unwrap();
@@ -1607,7 +1594,7 @@ mod tests {
         let hub = f.hub(Arc::new(MemoryStore::new()));
         let id = DocId::new_v7();
         for (from, to, child) in [(g22, h41, "vpcp"), (h41, g22, "nghean")] {
-            let v = same_doc_id(&f, id, from, to);
+            let v = f.verified_as(&id, from, &[to]);
             hub.accept(v, &Origin::Child(child.parse().unwrap()), None)
                 .unwrap();
         }

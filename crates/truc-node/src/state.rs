@@ -756,6 +756,18 @@ pub struct Parts {
     pub parent: Option<NodeId>,
 }
 
+/// Refuses a transfer that asks a hop to serve a recipient the sender did not
+/// sign for.
+fn in_signed_list(v: &Verified, to: &[OrganId]) -> Result<(), NodeError> {
+    match to.iter().find(|r| !v.to.contains(r)) {
+        Some(extra) => Err(Refusal::invalid(format!(
+            "recipient {extra} is not in the signed recipient list"
+        ))
+        .into()),
+        None => Ok(()),
+    }
+}
+
 /// Refuses inbox entries of one doc_id from several senders, when the caller
 /// named none: which sender's document is meant cannot be told (each sender
 /// picks its own doc_ids).
@@ -3705,12 +3717,7 @@ impl NodeState {
             return self.plan_directory_message(w, plan, v, origin, now);
         }
         let to = recipients.unwrap_or(&v.to);
-        if let Some(extra) = to.iter().find(|r| !v.to.contains(r)) {
-            return Err(Refusal::invalid(format!(
-                "recipient {extra} is not in the signed recipient list"
-            ))
-            .into());
-        }
+        in_signed_list(v, to)?;
         if let Some(p) = self.check_against_target(v, to)? {
             return Ok(p);
         }
@@ -3824,22 +3831,7 @@ impl NodeState {
             self.plan_replied(plan, st, replier)?;
         }
 
-        // A hub or relay proves it has the document with a signed receipt.
-        if let (Origin::Child(_), Kind::Document, Some(sender)) = (origin, v.kind, v.from.agency())
-            && self.node_signer.is_some()
-        {
-            let spec = ReceiptSpec {
-                kind: ReceiptType::Accepted,
-                for_from: sender,
-                for_doc_id: &v.doc_id,
-                envelope_sha256: &v.header_sha256,
-                recipients: to,
-                detail: "",
-            };
-            self.plan_new_receipt(w, plan, &Sender::Node(self.node_id.clone()), &spec, now)?;
-        }
-
-        self.plan_forward(w, plan, v, routes, now)?;
+        self.plan_take(w, plan, v, origin, to, routes, now)?;
         Ok(Planned::Stored)
     }
 
@@ -3874,12 +3866,7 @@ impl NodeState {
         if rec.routed.is_empty() || more.is_empty() {
             return Ok(Planned::Duplicate);
         }
-        if let Some(extra) = more.iter().find(|r| !v.to.contains(r)) {
-            return Err(Refusal::invalid(format!(
-                "recipient {extra} is not in the signed recipient list"
-            ))
-            .into());
-        }
+        in_signed_list(v, &more)?;
         let names = more
             .iter()
             .map(ToString::to_string)
@@ -3906,7 +3893,24 @@ impl NodeState {
             &from_key,
             format!("document again from {}, for {names}", origin.label()),
         );
-        if let (Origin::Child(_), Some(sender)) = (origin, v.from.agency())
+        self.plan_take(w, plan, v, origin, &more, routes, now)?;
+        Ok(Planned::Again)
+    }
+
+    /// A hub or relay proves it has taken a document for `to` with a signed
+    /// receipt; then the message goes on along `routes`.
+    #[allow(clippy::too_many_arguments)] // the parts of one planned write
+    fn plan_take(
+        &self,
+        w: &mut Writer,
+        plan: &mut Plan,
+        v: &Verified,
+        origin: &Origin,
+        to: &[OrganId],
+        routes: BTreeMap<Destination, Vec<OrganId>>,
+        now: i64,
+    ) -> Result<(), NodeError> {
+        if let (Origin::Child(_), Kind::Document, Some(sender)) = (origin, v.kind, v.from.agency())
             && self.node_signer.is_some()
         {
             let spec = ReceiptSpec {
@@ -3914,13 +3918,12 @@ impl NodeState {
                 for_from: sender,
                 for_doc_id: &v.doc_id,
                 envelope_sha256: &v.header_sha256,
-                recipients: &more,
+                recipients: to,
                 detail: "",
             };
             self.plan_new_receipt(w, plan, &Sender::Node(self.node_id.clone()), &spec, now)?;
         }
-        self.plan_forward(w, plan, v, routes, now)?;
-        Ok(Planned::Again)
+        self.plan_forward(w, plan, v, routes, now)
     }
 
     /// Where `to` goes from here, once backpressure allows it: refused when a
@@ -5538,9 +5541,9 @@ impl NodeState {
     /// recipient is known and nothing later can be overdue yet.
     pub fn queue_snapshot(&self) -> Result<QueueSnapshot, NodeError> {
         // Its reads would wait behind the request that hangs (one connection
-        // to a server): once the hang is known (after 5 s), the scrape, the
-        // alerts and the dashboard answer without the queues. (One started
-        // before still waits for it.)
+        // to a server): once the hang is known (after 5 s), answered at once.
+        // (One started before waits for it: operators read through
+        // `read_within`.)
         if let Some(why) = self.store.stalled() {
             return Err(truc_store::StoreError::Stalled(why).into());
         }
@@ -6355,6 +6358,20 @@ pub(crate) mod testing {
                 ..Default::default()
             };
             self.seal_verified(&header)
+        }
+
+        /// A document from `from` to `to` under a doc_id of the caller's
+        /// (another sender may have used it).
+        pub fn verified_as(&self, doc_id: &DocId, from: &str, to: &[&str]) -> Verified {
+            self.seal_verified(&pb::Header {
+                format_version: envelope::FORMAT_VERSION,
+                doc_id: doc_id.to_string(),
+                kind: pb::Kind::Document as i32,
+                from: from.into(),
+                to: to.iter().map(|s| s.to_string()).collect(),
+                subject: "Trùng số".into(),
+                ..Default::default()
+            })
         }
 
         /// A document from `from` to `to` due at `due_at_ms` (0: no due date).
@@ -8369,15 +8386,7 @@ mod tests {
         let edge = f.edge(Arc::new(MemoryStore::new()));
         let doc_id = DocId::new_v7();
         for from in ["000.00.00.H41", "000.00.00.H42"] {
-            let v = f.seal_verified(&pb::Header {
-                format_version: envelope::FORMAT_VERSION,
-                doc_id: doc_id.to_string(),
-                kind: pb::Kind::Document as i32,
-                from: from.into(),
-                to: vec!["000.00.00.G22".into()],
-                subject: "Trùng số".into(),
-                ..Default::default()
-            });
+            let v = f.verified_as(&doc_id, from, &["000.00.00.G22"]);
             let (verdicts, _) = edge
                 .accept_batch(vec![(v, None)], &Origin::Parent("hub".parse().unwrap()))
                 .unwrap();
@@ -8430,15 +8439,7 @@ mod tests {
             "000.00.00.H42".parse().unwrap(),
         );
         let arrive = |from: &OrganId| {
-            let v = f.seal_verified(&pb::Header {
-                format_version: envelope::FORMAT_VERSION,
-                doc_id: doc_id.to_string(),
-                kind: pb::Kind::Document as i32,
-                from: from.to_string(),
-                to: vec![g22.to_string()],
-                subject: "Trùng số".into(),
-                ..Default::default()
-            });
+            let v = f.verified_as(&doc_id, from.as_str(), &[g22.as_str()]);
             edge.accept_batch(vec![(v, None)], &Origin::Parent("hub".parse().unwrap()))
                 .unwrap();
         };

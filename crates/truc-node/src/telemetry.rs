@@ -338,10 +338,9 @@ impl Collector for StateCollector {
             ConstCounter::new(v).encode(m)?;
         }
 
-        // Unreadable queues: no queue gauges (absent, not zero) and the
-        // store alert below; a scrape still answers.
-        // What the store holds, read once, within a wait: a store that hangs
-        // does not hold the scrape.
+        // What the store holds, read once and within a wait, so that a store
+        // that hangs does not hold the scrape. Unreadable: no gauges of it
+        // (absent, not zero), and the store alert below.
         let (read, held, packs) = match st.read_within(crate::state::READ_WAIT, |st| {
             // The pack counts wait for a pack write under way (a disk that hangs).
             Ok((st.queue_snapshot(), st.held_bytes(), st.blobs.pack_stats()))
