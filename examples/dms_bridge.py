@@ -140,6 +140,9 @@ class Edge:
                             if ev_id is not None:
                                 last_id = ev_id
                                 yield ev_id, kind, json.loads("\n".join(data))
+                            elif kind == "error":
+                                # The edge ends the stream and says why.
+                                print(f"event stream: {''.join(data)}", file=sys.stderr)
                             ev_id, kind, data = None, None, []
                         elif line.startswith("id:"):
                             ev_id = int(line[3:].strip())
@@ -149,8 +152,9 @@ class Edge:
                             data.append(line[5:].lstrip())
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
                 print(f"event stream: {e}; reconnecting", file=sys.stderr)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 30)
+            # Ended or dropped: resume after the last event, not at once.
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 30)
 
 
 def attachment(edge, path):
@@ -186,21 +190,23 @@ def safe_name(name):
     return "".join(c if c.isprintable() else "_" for c in base)
 
 
-def handle_document(edge, organ, doc_id, out):
-    doc = edge.call("GET", f"/v1/inbox/{doc_id}")
+def handle_document(edge, organ, doc_id, sender, out):
+    # `from` names the sender: another agency may have used the same doc_id.
+    q = "?" + urllib.parse.urlencode({"from": sender})
+    doc = edge.call("GET", f"/v1/inbox/{doc_id}{q}")
     folder = os.path.join(out, doc_id)
     os.makedirs(folder, exist_ok=True)
     for a in doc["attachments"]:
         got = edge.download(a["href"], os.path.join(folder, f'{a["index"]}-{safe_name(a["name"])}'))
         if got != a["sha256"]:
-            edge.call("POST", f"/v1/inbox/{doc_id}/nack", {"organ": organ, "reason": "attachment digest mismatch"})
+            edge.call("POST", f"/v1/inbox/{doc_id}/nack{q}", {"organ": organ, "reason": "attachment digest mismatch"})
             return
     with open(os.path.join(folder, "document.json"), "w", encoding="utf-8") as f:
         json.dump(doc, f, ensure_ascii=False, indent=2)
     # Saved: acknowledge (a signed receipt for the sender), then answer.
-    edge.call("POST", f"/v1/inbox/{doc_id}/ack", {"organ": organ})
+    edge.call("POST", f"/v1/inbox/{doc_id}/ack{q}", {"organ": organ})
     for code, note in (("01", "Đã đến"), ("03", "Đã vào sổ")):
-        edge.call("POST", f"/v1/inbox/{doc_id}/status", {"code": code, "note": note, "organ": organ})
+        edge.call("POST", f"/v1/inbox/{doc_id}/status{q}", {"code": code, "note": note, "organ": organ})
     print(f"received {doc_id} from {doc['from']}: {doc['subject']}", flush=True)
 
 
@@ -213,12 +219,13 @@ def cmd_listen(edge, a):
     handled = 0
     for ev_id, kind, ev in edge.events(a.organ, last):
         if kind == "arrived" and ev["detail"] == "document":
-            handle_document(edge, a.organ, ev["doc_id"], a.out)
+            handle_document(edge, a.organ, ev["doc_id"], ev["from"], a.out)
             handled += 1
         elif kind == "arrived":
             # A status about one of our documents: read, then acknowledge.
             print(f"{ev['detail']} from {ev['from']} ({ev['subject']})", flush=True)
-            edge.call("POST", f"/v1/inbox/{ev['doc_id']}/ack", {"organ": a.organ})
+            q = urllib.parse.urlencode({"from": ev["from"]})
+            edge.call("POST", f"/v1/inbox/{ev['doc_id']}/ack?{q}", {"organ": a.organ})
         elif kind in ("state", "status"):
             print(f"{ev['doc_id']} at {ev['recipient']}: {kind} {ev['detail']}", flush=True)
         # Only now is the event done: keep its id so a restart resumes after it.

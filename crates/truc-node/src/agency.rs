@@ -46,7 +46,7 @@ impl AgencyService {
             ..Default::default()
         };
         let st = self.state.clone();
-        let (id, kind, ticket, accepted, from) = blocking(move || {
+        let (id, kind, ticket, accepted, from, not_kept) = blocking(move || {
             let p = truc_edxml::parse(&package, &limits).map_err(|e| {
                 st.stats.edxml_refused.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(element = %e.element, reason = %e.reason, bytes = package.len(), "edXML package refused");
@@ -72,34 +72,40 @@ impl AgencyService {
                     st.blobs
                         .check_space(package.len() as u64, st.storage.min_free_bytes)?;
                     let (id, a) = st.submit(*sub)?;
-                    let kept = st.keep_original(&from, &id, &package).map_err(|e| {
-                        // Taken and queued all the same: an error that said
-                        // only "disk full" would read as "not sent".
-                        tracing::warn!(doc_id = %id, %from, error = %e, "edXML document taken, its original package not kept");
-                        let why = |e: &dyn std::fmt::Display| {
-                            format!("{id} was taken and will be sent, but its original edXML package was not kept ({e}); import it again to keep it")
-                        };
-                        match e {
-                            NodeError::Refused(mut r) => {
-                                r.reason = why(&r.reason);
-                                NodeError::Refused(r)
-                            }
-                            e => NodeError::Other(why(&e)),
-                        }
-                    })?;
-                    // The original is durable with the document before "imported".
-                    let ticket = kept.max(a.ticket());
-                    Ok((id, "document", ticket, a, from))
+                    // The original is durable with the document before
+                    // "imported"; not kept, the document is taken all the same.
+                    match st.keep_original(&from, &id, &package) {
+                        Ok(kept) => Ok((id, "document", kept.max(a.ticket()), a, from, None)),
+                        Err(e) => Ok((id, "document", a.ticket(), a, from, Some(e))),
+                    }
                 }
                 crate::edxml::Imported::Status(reply) => {
                     let (id, a) = st.reply(reply)?;
-                    Ok((id, "status", a.ticket(), a, from))
+                    Ok((id, "status", a.ticket(), a, from, None))
                 }
             }
         })
         .await
         ?;
         self.state.durable(ticket).await.map_err(Status::from)?;
+        if let Some(e) = not_kept {
+            // Durable and queued: an error that said only "disk full" would
+            // read as "not sent".
+            tracing::warn!(doc_id = %id, %from, error = %e, "edXML document taken, its original package not kept");
+            let why = |e: &dyn std::fmt::Display| {
+                format!(
+                    "{id} was taken and will be sent, but its original edXML package was not kept ({e}); import it again to keep it"
+                )
+            };
+            return Err(match e {
+                NodeError::Refused(mut r) => {
+                    r.reason = why(&r.reason);
+                    NodeError::Refused(r)
+                }
+                e => NodeError::Other(why(&e)),
+            }
+            .into());
+        }
         tracing::info!(doc_id = %id, %from, kind, "edXML package imported");
         Ok(pb::ImportEdxmlResponse {
             doc_id: id.to_string(),

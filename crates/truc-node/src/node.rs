@@ -982,7 +982,7 @@ fn note_crl_dates(state: &NodeState, which: &str, files: &CrlFiles) {
                 .min()
                 .unwrap_or(0);
             if next > 0 && now >= next {
-                tracing::error!(list = %f.path.display(), which, "revocation list is past its next update: everything it covers is refused until a new one is published");
+                tracing::error!(list = %f.path.display(), which, "revocation list is past its next update: {} until a new one is published", crate::state::crl_stale_effect(which));
             }
             (f.path.display().to_string(), next)
         })

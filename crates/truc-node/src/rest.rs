@@ -223,16 +223,24 @@ impl Ctx {
     }
 
     /// The application may see and answer a received document (one of its
-    /// agencies got it): those agencies, and the sender, which `from` names
-    /// when another sender used the same doc_id for one of them. Read from
-    /// the inbox, so an answer still goes once the envelope is no longer kept.
+    /// agencies got it; `organ`, when not empty, names the one): those
+    /// agencies, and the sender, which `from` names when another sender used
+    /// the same doc_id for one of them. Read from the inbox, so an answer
+    /// still goes once the envelope is no longer kept.
     async fn may_received(
         &self,
         headers: &HeaderMap,
         doc_id: &str,
         from: &FromQuery,
+        organ: &str,
     ) -> Result<Received, ApiError> {
         let app = self.app(headers)?.clone();
+        let organs = if organ.is_empty() {
+            app.organs.clone()
+        } else {
+            self.may(headers, organ)?;
+            vec![organ.parse().map_err(|e| bad(format!("organ: {e}")))?]
+        };
         let id: DocId = doc_id.parse().map_err(|e| bad(format!("doc_id: {e}")))?;
         let sender: Option<OrganId> = match from.from.as_deref() {
             None | Some("") => None,
@@ -240,8 +248,13 @@ impl Ctx {
         };
         let st = self.state.clone();
         let (organs, sender) =
-            blocking(move || st.received_by(&id, sender.as_ref(), &app.organs)).await?;
+            blocking(move || st.received_by(&id, sender.as_ref(), &organs)).await?;
         let Some(from) = sender else {
+            if !organ.is_empty() {
+                return Err(ApiError(Status::not_found(format!(
+                    "{doc_id} was not delivered to {organ} here"
+                ))));
+            }
             return Err(denied(format!(
                 "application {} received no document {doc_id}",
                 app.name
@@ -719,7 +732,7 @@ async fn received(
     Path(doc_id): Path<String>,
     Query(f): Query<FromQuery>,
 ) -> Res {
-    let rec = cx.may_received(&headers, &doc_id, &f).await?;
+    let rec = cx.may_received(&headers, &doc_id, &f, "").await?;
     let r = cx
         .svc
         .get_document(Request::new(pb::GetDocumentRequest {
@@ -738,7 +751,8 @@ async fn received(
         "attachments": d.attachments.iter().enumerate().map(|(i, a)| json!({
             "index": i, "name": a.name, "content_type": a.content_type, "size": a.size,
             "sha256": hex::encode(&a.sha256),
-            "href": format!("/v1/inbox/{doc_id}/attachments/{i}"),
+            // With the sender: another may have used the same doc_id.
+            "href": format!("/v1/inbox/{doc_id}/attachments/{i}?from={}", d.from),
         })).collect::<Vec<_>>(),
         "pdf_signatures": crate::json::pdf_checks(&d.pdf_signatures),
         "envelope_base64": r.envelope.map(|e| base64::engine::general_purpose::STANDARD.encode(prost::Message::encode_to_vec(&e))),
@@ -752,7 +766,7 @@ async fn attachment(
     Path((doc_id, index)): Path<(String, u32)>,
     Query(f): Query<FromQuery>,
 ) -> Res {
-    let rec = cx.may_received(&headers, &doc_id, &f).await?;
+    let rec = cx.may_received(&headers, &doc_id, &f, "").await?;
     let doc = cx
         .svc
         .get_document(Request::new(pb::GetDocumentRequest {
@@ -843,7 +857,7 @@ async fn export_edxml(
     Path(doc_id): Path<String>,
     Query(f): Query<FromQuery>,
 ) -> Res {
-    let rec = cx.may_received(&headers, &doc_id, &f).await?;
+    let rec = cx.may_received(&headers, &doc_id, &f, "").await?;
     let r = cx
         .svc
         .export_edxml(Request::new(pb::ExportEdxmlRequest {
@@ -893,27 +907,6 @@ fn json_or_default<T: Default + for<'de> Deserialize<'de>>(body: &Bytes) -> Resu
         .map_err(|e| bad(format!("body: {e}")))
 }
 
-/// An ack or nack naming an agency: one this application may act for, that
-/// received the document here.
-fn received_by(
-    cx: &Ctx,
-    headers: &HeaderMap,
-    mine: &[String],
-    doc_id: &str,
-    organ: &str,
-) -> Result<(), ApiError> {
-    if organ.is_empty() {
-        return Ok(());
-    }
-    cx.may(headers, organ)?;
-    if !mine.iter().any(|o| o == organ) {
-        return Err(ApiError(Status::not_found(format!(
-            "{doc_id} was not delivered to {organ} here"
-        ))));
-    }
-    Ok(())
-}
-
 async fn ack(
     State(cx): State<Ctx>,
     headers: HeaderMap,
@@ -922,14 +915,9 @@ async fn ack(
     body: Bytes,
 ) -> Res {
     let b: AckIn = json_or_default(&body)?;
-    let rec = cx.may_received(&headers, &doc_id, &f).await?;
-    received_by(&cx, &headers, &rec.organs, &doc_id, &b.organ)?;
+    let rec = cx.may_received(&headers, &doc_id, &f, &b.organ).await?;
     let mut acked = Vec::new();
-    for organ in rec
-        .organs
-        .iter()
-        .filter(|o| b.organ.is_empty() || **o == b.organ)
-    {
+    for organ in &rec.organs {
         acked.extend(
             cx.svc
                 .ack(Request::new(pb::AckRequest {
@@ -953,14 +941,9 @@ async fn nack(
     body: Bytes,
 ) -> Res {
     let b: AckIn = json_or_default(&body)?;
-    let rec = cx.may_received(&headers, &doc_id, &f).await?;
-    received_by(&cx, &headers, &rec.organs, &doc_id, &b.organ)?;
+    let rec = cx.may_received(&headers, &doc_id, &f, &b.organ).await?;
     let mut nacked = Vec::new();
-    for organ in rec
-        .organs
-        .iter()
-        .filter(|o| b.organ.is_empty() || **o == b.organ)
-    {
+    for organ in &rec.organs {
         nacked.extend(
             cx.svc
                 .nack(Request::new(pb::NackRequest {
@@ -1000,13 +983,8 @@ async fn status(
     let (organ, from) = if b.code == "13" {
         (cx.may_sent(&headers, &doc_id).await?.from, String::new())
     } else {
-        let rec = cx.may_received(&headers, &doc_id, &f).await?;
-        let organ = if b.organ.is_empty() {
-            rec.organs.into_iter().next().unwrap_or_default()
-        } else {
-            cx.may(&headers, &b.organ)?;
-            b.organ
-        };
+        let rec = cx.may_received(&headers, &doc_id, &f, &b.organ).await?;
+        let organ = rec.organs.into_iter().next().unwrap_or_default();
         (organ, rec.from)
     };
     let r = cx
@@ -1091,7 +1069,7 @@ async fn events(State(cx): State<Ctx>, headers: HeaderMap, Query(q): Query<Event
     cx.may(&headers, &q.organ)?;
     let organ: OrganId = q.organ.parse().map_err(|e| bad(format!("organ: {e}")))?;
     // A cursor that cannot be read would replay everything: refused.
-    let after = match headers.get("last-event-id") {
+    let after = match headers.get("last-event-id").filter(|v| !v.is_empty()) {
         Some(v) => v
             .to_str()
             .ok()

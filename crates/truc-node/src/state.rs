@@ -756,6 +756,15 @@ pub struct Parts {
     pub parent: Option<NodeId>,
 }
 
+/// What a revocation list past its next update stops (`which`: tls, signing).
+pub fn crl_stale_effect(which: &str) -> &'static str {
+    if which == "signing" {
+        "documents signed under the certificates it covers are deferred (their senders keep them and retry)"
+    } else {
+        "every connection it covers is refused"
+    }
+}
+
 /// Refuses a transfer that asks a hop to serve a recipient the sender did not
 /// sign for.
 fn in_signed_list(v: &Verified, to: &[OrganId]) -> Result<(), NodeError> {
@@ -782,7 +791,7 @@ fn one_sender<'a>(
         return Err(Refusal::new(
             Code::FailedPrecondition,
             format!(
-                "several agencies sent a document {doc_id} here ({}): name the sender",
+                "several agencies sent a document {doc_id} here ({}): name the sender (`from`; --from, ?from=)",
                 senders.join(", ")
             ),
         )
@@ -1778,14 +1787,16 @@ impl NodeState {
             });
         }
         // A revocation list past its next update fails closed: every
-        // handshake or signature it covers is refused.
+        // handshake it covers is refused, every document signed under it
+        // deferred.
         for (which, path, next) in self.telemetry.crls() {
             if next > 0 && now / 1000 >= next {
                 out.push(Alert {
                     kind: "crl",
                     subject: format!("{which}:{path}"),
                     detail: format!(
-                        "revocation list {path} is past its next update: everything it covers is refused until a new one is published"
+                        "revocation list {path} is past its next update: {} until a new one is published",
+                        crl_stale_effect(&which)
                     ),
                 });
             } else if next > 0 && now / 1000 + 86_400 >= next {
@@ -2625,12 +2636,15 @@ impl NodeState {
     fn prefetch_for(&self, items: &[(Verified, Option<Vec<OrganId>>)]) {
         // Built only if the store draws them (embedded stores do not).
         let mut keys = items.iter().flat_map(|(v, _)| {
-            let dedup = (
-                Space::Dedup,
-                doc_key(&v.from.to_string(), &v.doc_id.to_string()),
-            );
+            let key = doc_key(&v.from.to_string(), &v.doc_id.to_string());
+            // A document sent again is looked up for the recipients it was
+            // taken for (`plan_again`).
+            let record = (v.kind == Kind::Document).then(|| (Space::Docs, key.clone()));
+            let dedup = (Space::Dedup, key);
             let blobs = v.attachments.iter().chain(&v.envelope_blob);
-            std::iter::once(dedup).chain(blobs.map(|d| (Space::BlobRefs, d.0.to_vec())))
+            std::iter::once(dedup)
+                .chain(record)
+                .chain(blobs.map(|d| (Space::BlobRefs, d.0.to_vec())))
         });
         if let Err(e) = self.store.prefetch(&mut keys) {
             tracing::debug!(error = %e, "prefetch failed; the reads ask one by one");
@@ -5198,8 +5212,7 @@ impl NodeState {
         };
         let entry: QueueEntry = record::decode(Space::Queue, &key, &bytes)?;
         let mut plan = Plan::default();
-        let detail =
-            format!("RESOURCE_EXHAUSTED at {queue}: {reason}; retrying every {retry_after_ms} ms");
+        let detail = format!("deferred at {queue}: {reason}; retrying every {retry_after_ms} ms");
         let skey = sent_key(&entry.doc_id, &entry.from);
         if let Some(rec) = self.sent_record(&plan, &skey)?
             && rec
@@ -8554,10 +8567,14 @@ mod tests {
             verdicts.into_iter().next().unwrap()
         };
         let delivered = |organ: &str| {
-            edge.inbox_entries(&v.doc_id, None)
+            let n = edge
+                .inbox_entries(&v.doc_id, None)
                 .unwrap()
                 .iter()
-                .any(|(_, e)| e.organ == organ)
+                .filter(|(_, e)| e.organ == organ)
+                .count();
+            assert!(n <= 1, "{n} inbox entries for {organ}");
+            n == 1
         };
         assert!(matches!(send("000.00.00.G22"), Verdict::Stored));
         // Acknowledged by G22: its envelope's release is due (retention 0)...
@@ -8566,6 +8583,7 @@ mod tests {
         assert!(matches!(send("000.00.00.G23"), Verdict::Stored));
         assert!(delivered("000.00.00.G23"), "delivered to G23 too");
         assert!(matches!(send("000.00.00.G23"), Verdict::Duplicate));
+        assert!(delivered("000.00.00.G23"), "once");
         // ... but G23 has not taken it yet: kept.
         edge.release_due().unwrap();
         assert!(

@@ -72,7 +72,7 @@ pub enum Algorithm {
     RsaPssSha256,
 }
 
-/// Why a signature was refused. Every variant is a reason to refuse the message.
+/// Why a signature was refused. Every variant but `NotNow` is a reason to refuse the message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
     #[error("no signer certificate")]
@@ -84,9 +84,10 @@ pub enum VerifyError {
     #[error("signer certificate is not trusted by the signing ca: {0}")]
     Untrusted(String),
     /// Cannot be decided here now, for a reason of this node's own: its
-    /// revocation list is past its next update or does not cover the issuer,
-    /// or its clock is before the certificate's start. Waiting (a fresh list,
-    /// a set clock) may settle it, unlike the other errors.
+    /// revocation list for the (trusted) issuer is past its next update, or it
+    /// has none. Waiting for a fresh list may settle it, unlike the other
+    /// errors. (A certificate that starts after this node's clock is refused:
+    /// deferring it would let anyone hold a link with a future-dated one.)
     #[error("signer certificate cannot be checked here now: {0}")]
     NotNow(String),
     #[error("signature does not match the signed bytes")]
@@ -365,7 +366,14 @@ impl SignatureVerifier {
         let leaf_cert = CertificateDer::from(leaf_der.as_slice());
         let leaf = EndEntityCert::try_from(&leaf_cert)
             .map_err(|e| VerifyError::MalformedCertificate(e.to_string()))?;
-        let verified = self.verify_chain(&leaf, chain, now)?;
+        // A chain this node cannot decide on now still needs a good signature
+        // to be worth waiting for: a bad one is refused for good.
+        let chain_checked = self.verify_chain(&leaf, chain, now);
+        if let Err(e) = &chain_checked
+            && !matches!(e, VerifyError::NotNow(_))
+        {
+            return Err(e.clone());
+        }
         let alg: &dyn rustls::pki_types::SignatureVerificationAlgorithm = match algorithm {
             Algorithm::EcdsaP256Sha256 => webpki::ring::ECDSA_P256_SHA256,
             Algorithm::Ed25519 => webpki::ring::ED25519,
@@ -379,7 +387,7 @@ impl SignatureVerifier {
                 // The algorithm the envelope names does not fit the key.
                 _ => VerifyError::UnsupportedAlgorithm,
             })?;
-        Ok(verified)
+        chain_checked
     }
 
     /// The signer's chain alone, not the signature: for bytes this process
@@ -435,9 +443,13 @@ impl SignatureVerifier {
             None,
         )
         .map_err(|e| match e {
-            webpki::Error::CrlExpired { .. }
-            | webpki::Error::UnknownRevocationStatus
-            | webpki::Error::CertNotValidYet { .. } => VerifyError::NotNow(format!("{e:?}")),
+            webpki::Error::CrlExpired { next_update, .. } => VerifyError::NotNow(format!(
+                "the revocation list here for its issuer was due for renewal at {} (unix time)",
+                next_update.as_secs()
+            )),
+            webpki::Error::UnknownRevocationStatus => {
+                VerifyError::NotNow("no revocation list here covers its issuer".into())
+            }
             e => VerifyError::Untrusted(e.to_string()),
         })?;
         let info =

@@ -333,7 +333,15 @@ async fn watch(
         .map_err(client::status_error)?
         .into_inner();
     Ok(tokio::spawn(async move {
-        while let Ok(Some(e)) = events.message().await {
+        loop {
+            let e = match events.message().await {
+                Ok(Some(e)) => e,
+                Ok(None) => return,
+                Err(s) => {
+                    eprintln!("the events stream ended: {}", s.message());
+                    return;
+                }
+            };
             let hit = match want {
                 Want::Arrived => e.kind == "arrived" && e.detail == "document",
                 // A delivered receipt can overtake the hub's acceptance: the
