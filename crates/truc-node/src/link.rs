@@ -769,6 +769,8 @@ async fn push(
     // The transfer the peer deferred: it takes nothing else until that one
     // comes again, so if it is gone (dead-lettered, say) the session restarts.
     let mut deferred: Option<u64> = None;
+    // The last transfer the peer deferred, and how many times in a row.
+    let mut repeated: (Option<u64>, u32) = (None, 0);
     // A control message read while gathering acks, handled next.
     let mut stashed: Option<Control> = None;
     loop {
@@ -932,19 +934,38 @@ async fn push(
                 }
                 last_sent = seq.checked_sub(1);
                 deferred = Some(seq);
-                let wait = Duration::from_millis(u64::from(retry_after_ms.max(50)));
+                let again = if repeated.0 == Some(seq) {
+                    repeated.1 + 1
+                } else {
+                    0
+                };
+                repeated = (Some(seq), again);
+                let wait = defer_wait(retry_after_ms, again);
                 paused_until = Some(tokio::time::Instant::now() + wait);
-                tracing::warn!(%queue, seq, %reason, ?wait, "peer deferred a transfer; the queue keeps it");
+                tracing::warn!(%queue, seq, %reason, ?wait, times = again + 1, "peer deferred a transfer; the queue keeps it");
                 let st = state.clone();
                 let q = queue.clone();
-                tokio::task::spawn_blocking(move || {
-                    st.queue_deferred(&q, seq, &reason, retry_after_ms)
-                })
-                .await
-                .map_err(|e| NodeError::Other(e.to_string()))??;
+                let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+                tokio::task::spawn_blocking(move || st.queue_deferred(&q, seq, &reason, wait_ms))
+                    .await
+                    .map_err(|e| NodeError::Other(e.to_string()))??;
             }
         }
     }
+}
+
+/// The longest wait before a transfer deferred again and again is sent again.
+const DEFER_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// How long to wait before sending again a transfer the peer deferred, the
+/// `again`-th time in a row: its hint, doubled each time up to
+/// [`DEFER_WAIT_MAX`]. A peer that cannot take it for hours (a stale
+/// revocation list there) is then not sent, and does not check, the same
+/// window every second.
+fn defer_wait(retry_after_ms: u32, again: u32) -> Duration {
+    let hint = Duration::from_millis(u64::from(retry_after_ms.max(50)));
+    hint.saturating_mul(1 << again.min(16))
+        .min(DEFER_WAIT_MAX.max(hint))
 }
 
 type PrepJob = tokio::task::JoinHandle<Result<Vec<(u64, Prepared)>, NodeError>>;
@@ -1824,6 +1845,33 @@ mod tests {
         hub.accept_batch(docs, &Origin::Child("vpcp".parse().unwrap()))
             .unwrap();
         hub
+    }
+
+    /// A transfer its peer defers again and again is sent again after a wait
+    /// that doubles each time, up to 30 s: a peer that cannot take it for
+    /// hours is not sent the same window every second. (Time is virtual.)
+    #[tokio::test(start_paused = true)]
+    async fn a_transfer_deferred_again_and_again_waits_longer_each_time() {
+        let hub = hub_with_two_queued();
+        let mut p = Pushing::start(&hub);
+        let (first, second) = (p.sent().await, p.sent().await);
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            p.defer(first);
+            let t = tokio::time::Instant::now();
+            assert_eq!((p.sent().await, p.sent().await), (first, second));
+            waits.push(t.elapsed());
+        }
+        for (i, w) in waits.iter().enumerate() {
+            let hint = Duration::from_millis(50 << i);
+            assert!(*w >= hint && *w < hint * 2, "{waits:?}");
+        }
+        assert_eq!(defer_wait(1000, 20), DEFER_WAIT_MAX);
+        assert_eq!(
+            defer_wait(60_000, 3),
+            Duration::from_secs(60),
+            "never below the hint"
+        );
     }
 
     #[tokio::test]

@@ -5212,7 +5212,7 @@ impl NodeState {
         };
         let entry: QueueEntry = record::decode(Space::Queue, &key, &bytes)?;
         let mut plan = Plan::default();
-        let detail = format!("deferred at {queue}: {reason}; retrying every {retry_after_ms} ms");
+        let detail = format!("deferred at {queue}: {reason}; trying again in {retry_after_ms} ms");
         let skey = sent_key(&entry.doc_id, &entry.from);
         if let Some(rec) = self.sent_record(&plan, &skey)?
             && rec
