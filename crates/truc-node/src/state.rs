@@ -435,8 +435,8 @@ impl Plan {
 enum Planned {
     Stored,
     Duplicate,
-    /// Stored here before, and now taken for more of its recipients.
-    Again,
+    /// Stored here before, and now taken for more of its recipients: these.
+    Again(Vec<OrganId>),
 }
 
 /// An agency registered below this node at runtime, and the child it is reached by.
@@ -2700,32 +2700,27 @@ impl NodeState {
                 }
             };
             match planned {
-                Ok(Planned::Again) => verdicts.push(Verdict::Stored),
+                Ok(Planned::Again(more)) => {
+                    verdicts.push(Verdict::Stored);
+                    self.count_delivered(&mut plan, v, &more, now);
+                }
                 Ok(Planned::Stored) => {
                     plan.fresh.push((dkey, v.header_sha256.0));
                     verdicts.push(Verdict::Stored);
                     if v.kind == Kind::Document {
                         let bytes: u64 = v.header.attachments.iter().map(|a| a.size).sum();
-                        let day = day_of(now);
                         let e = plan
                             .daily
-                            .entry((day.clone(), v.from.to_string(), "in"))
+                            .entry((day_of(now), v.from.to_string(), "in"))
                             .or_default();
                         e.0 += 1;
                         e.1 += bytes;
-                        let routing = self.routing();
-                        let served: Vec<&OrganId> = match recipients {
-                            Some(r) => r.iter().collect(),
-                            None => v.to.iter().collect(),
-                        };
-                        for o in served.into_iter().filter(|o| routing.is_local(o)) {
-                            let e = plan
-                                .daily
-                                .entry((day.clone(), o.to_string(), "delivered"))
-                                .or_default();
-                            e.0 += 1;
-                            e.1 += bytes;
-                        }
+                        self.count_delivered(
+                            &mut plan,
+                            v,
+                            recipients.as_deref().unwrap_or(&v.to),
+                            now,
+                        );
                     }
                 }
                 Ok(Planned::Duplicate) => {
@@ -2775,6 +2770,21 @@ impl NodeState {
             self.telemetry.document_in(kind_name(v.kind), result);
         }
         Ok((verdicts, ticket))
+    }
+
+    /// The day's statistics: a document delivered here to the local agencies
+    /// among `served`.
+    fn count_delivered(&self, plan: &mut Plan, v: &Verified, served: &[OrganId], now: i64) {
+        let bytes: u64 = v.header.attachments.iter().map(|a| a.size).sum();
+        let (day, routing) = (day_of(now), self.routing());
+        for o in served.iter().filter(|o| routing.is_local(o)) {
+            let e = plan
+                .daily
+                .entry((day.clone(), o.to_string(), "delivered"))
+                .or_default();
+            e.0 += 1;
+            e.1 += bytes;
+        }
     }
 
     fn finish(&self, mut w: MutexGuard<'_, Writer>, mut plan: Plan) -> Result<Ticket, NodeError> {
@@ -3908,7 +3918,7 @@ impl NodeState {
             format!("document again from {}, for {names}", origin.label()),
         );
         self.plan_take(w, plan, v, origin, &more, routes, now)?;
-        Ok(Planned::Again)
+        Ok(Planned::Again(more))
     }
 
     /// A hub or relay proves it has taken a document for `to` with a signed
@@ -8584,6 +8594,19 @@ mod tests {
         assert!(delivered("000.00.00.G23"), "delivered to G23 too");
         assert!(matches!(send("000.00.00.G23"), Verdict::Duplicate));
         assert!(delivered("000.00.00.G23"), "once");
+        let counted = |organ: &str| {
+            edge.daily_stats(1)
+                .unwrap()
+                .iter()
+                .filter(|d| d.organ == organ && d.direction == "delivered")
+                .map(|d| d.documents)
+                .sum::<u64>()
+        };
+        assert_eq!(
+            (counted("000.00.00.G22"), counted("000.00.00.G23")),
+            (1, 1),
+            "each counted once in the day's statistics"
+        );
         // ... but G23 has not taken it yet: kept.
         edge.release_due().unwrap();
         assert!(
