@@ -3750,7 +3750,12 @@ impl NodeState {
         let doc_id = v.doc_id.to_string();
         let dkey = doc_key(&from_key, &doc_id);
         let bytes: u64 = v.header.attachments.iter().map(|a| a.size).sum();
-        let pending = self.pending_for(v, bytes, &routes);
+        let counted = self.counts_pending(v, bytes);
+        let pending = if counted {
+            Self::deliveries(v, &routes)
+        } else {
+            0
+        };
         if bytes > 0 {
             // The files stay while anyone here still has to pass them on or hand
             // them to an application; then for the retention period.
@@ -3784,6 +3789,7 @@ impl NodeState {
                     Kind::Document => to.iter().map(ToString::to_string).collect(),
                     _ => Vec::new(),
                 },
+                pending_counted: counted,
                 ..Default::default()
             },
         );
@@ -3907,8 +3913,10 @@ impl NodeState {
             .into());
         }
         let routes = self.plan_routes(w, plan, v, origin, &more)?;
-        let bytes: u64 = v.header.attachments.iter().map(|a| a.size).sum();
-        rec.pending += self.pending_for(v, bytes, &routes);
+        // Counted as on its first arrival, whatever the configuration now.
+        if rec.pending_counted {
+            rec.pending += Self::deliveries(v, &routes);
+        }
         rec.routed.extend(more.iter().map(ToString::to_string));
         plan.docs.insert(dkey, rec);
         plan.audit(
@@ -4012,20 +4020,17 @@ impl NodeState {
         Ok(routes)
     }
 
-    /// The deliveries along `routes` a message's stored bytes wait for here.
-    /// Counted where something is released when the last is done: attachments,
-    /// and a document's envelope under an envelope retention (off: no record
-    /// rewritten per delivery).
-    fn pending_for(
-        &self,
-        v: &Verified,
-        bytes: u64,
-        routes: &BTreeMap<Destination, Vec<OrganId>>,
-    ) -> u32 {
-        if bytes == 0 && (v.kind != Kind::Document || self.storage.envelope_retention_ms.is_none())
-        {
-            return 0;
-        }
+    /// Whether a message's deliveries are counted in its record's `pending`:
+    /// where something is released when the last is done (attachments, and a
+    /// document's envelope under an envelope retention). Off: no record
+    /// rewritten per delivery.
+    fn counts_pending(&self, v: &Verified, bytes: u64) -> bool {
+        bytes > 0 || (v.kind == Kind::Document && self.storage.envelope_retention_ms.is_some())
+    }
+
+    /// The deliveries along `routes` that a message's stored bytes wait for
+    /// here, when they are counted.
+    fn deliveries(v: &Verified, routes: &BTreeMap<Destination, Vec<OrganId>>) -> u32 {
         routes
             .iter()
             .map(|(dest, rs)| match dest {
@@ -8542,6 +8547,46 @@ mod tests {
             Verdict::Duplicate
         ));
         assert_eq!(hub.queue_depth("child:caobang"), 1);
+    }
+
+    /// A document taken again for more recipients counts their deliveries as
+    /// its first arrival did, whatever the configuration says now: here no
+    /// envelope retention then (nothing counted), one since. Its envelope is
+    /// not released while the new delivery still waits.
+    #[test]
+    fn a_document_taken_again_counts_deliveries_as_on_its_first_arrival() {
+        let mut f = Fixture::new();
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let children = [
+            ("000.00.00.G22", "vpcp"),
+            ("000.00.00.H41", "nghean"),
+            ("000.00.00.H14", "caobang"),
+        ];
+        let v = f.verified("000.00.00.G22", &["000.00.00.H41", "000.00.00.H14"]);
+        let send = |hub: &NodeState, to: &str| {
+            hub.accept_batch(
+                vec![(v.clone(), Some(vec![to.parse().unwrap()]))],
+                &child("vpcp"),
+            )
+            .unwrap()
+            .0
+            .remove(0)
+        };
+        let hub = f.hub_with(store.clone(), &children);
+        assert!(matches!(send(&hub, "000.00.00.H41"), Verdict::Stored));
+        hub.close().unwrap();
+        drop(hub);
+        f.storage.envelope_retention_ms = Some(0);
+        let hub = f.hub_with(store, &children);
+        assert!(matches!(send(&hub, "000.00.00.H14"), Verdict::Stored));
+        let (seq, _) = hub.queue_peek("child:nghean", None, 1).unwrap().remove(0);
+        hub.queue_ack("child:nghean", seq).unwrap();
+        hub.release_due().unwrap();
+        let (seq, entry) = hub.queue_peek("child:caobang", None, 1).unwrap().remove(0);
+        assert!(
+            hub.load_transfer(seq, &entry, 1 << 20).is_ok(),
+            "the envelope is kept for H14"
+        );
     }
 
     /// At an edge, a document delivered to one of its agencies comes again

@@ -96,6 +96,11 @@ pub struct DocRecord {
     /// the document is then taken as a whole when it comes again.
     #[prost(string, repeated, tag = "13")]
     pub routed: Vec<String>,
+    /// Whether `pending` counts this document's deliveries (decided at its
+    /// first arrival: attachments, or an envelope retention then), so that
+    /// one taken again for more recipients counts them the same way.
+    #[prost(bool, tag = "14")]
+    pub pending_counted: bool,
 }
 
 /// One transfer waiting on a link.
