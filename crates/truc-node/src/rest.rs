@@ -124,6 +124,19 @@ struct Answered(Code, String);
 /// (`truc_refused_total{source="rest"}`), and axum's own plain-text rejections
 /// of a malformed body, query or path turned into the JSON error every other
 /// answer has.
+/// Refuses a request without a known application token (401) before its
+/// handler reads the body; the handler then finds which application it is.
+async fn authenticated(
+    State(cx): State<Ctx>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match cx.app(req.headers()) {
+        Ok(_) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn errors(
     State(state): State<Arc<NodeState>>,
     req: axum::extract::Request,
@@ -311,7 +324,6 @@ pub fn router(state: Arc<NodeState>, apps: Vec<App>) -> Router {
         apps: Arc::new(apps),
     };
     Router::new()
-        .route("/v1/openapi.json", get(openapi))
         .route("/v1/documents", post(send))
         .route("/v1/documents/{doc_id}", get(sent_status))
         .route("/v1/documents/{doc_id}/receipts", get(receipts))
@@ -342,6 +354,13 @@ pub fn router(state: Arc<NodeState>, apps: Vec<App>) -> Router {
         .route("/v1/directory", get(directory))
         .route("/v1/directory/{organ}", get(agency))
         .route("/v1/events", get(events))
+        // Every route above, before its body is read: an unknown caller is
+        // not worth a message's worth of memory.
+        .route_layer(axum::middleware::from_fn_with_state(
+            cx.clone(),
+            authenticated,
+        ))
+        .route("/v1/openapi.json", get(openapi))
         // JSON with base64 attachments and edXML packages may be as large as a
         // message (base64 adds a third); uploads stream and are not bound by this.
         .layer(DefaultBodyLimit::max(body_limit))
@@ -1110,6 +1129,7 @@ mod tests {
 
     use super::{App, AttachmentIn, app_upload_id, attachments_in};
     use crate::error::{NodeError, Refusal};
+    use crate::state::testing::Fixture;
 
     /// Upload ids are mapped per application (the REST process test
     /// `an_upload_is_its_applications_own` shows two applications apart).
@@ -1200,5 +1220,36 @@ mod tests {
         let mut n = 0;
         walk(&doc, &doc, &mut n);
         assert!(n > 20, "{n} references");
+    }
+
+    /// A caller without a known token is refused before its body is read: a
+    /// body that never ends does not hold the answer.
+    #[tokio::test]
+    async fn an_unknown_caller_is_refused_before_its_body_is_read() {
+        use tower::ServiceExt;
+        let f = Fixture::new();
+        let edge = f.edge(std::sync::Arc::new(truc_store::MemoryStore::new()));
+        let router = super::router(edge, Vec::new());
+        let endless = axum::body::Body::from_stream(futures::stream::pending::<
+            Result<axum::body::Bytes, std::io::Error>,
+        >());
+        let req = axum::http::Request::post("/v1/documents")
+            .header("authorization", "Bearer not-a-token")
+            .header("content-type", "application/json")
+            .body(endless)
+            .unwrap();
+        let r = tokio::time::timeout(std::time::Duration::from_secs(60), router.oneshot(req))
+            .await
+            .expect("answered without the body")
+            .unwrap();
+        assert_eq!(r.status(), axum::http::StatusCode::UNAUTHORIZED);
+        // The API's description stays open to anyone.
+        let f = Fixture::new();
+        let edge = f.edge(std::sync::Arc::new(truc_store::MemoryStore::new()));
+        let req = axum::http::Request::get("/v1/openapi.json")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let r = super::router(edge, Vec::new()).oneshot(req).await.unwrap();
+        assert_eq!(r.status(), axum::http::StatusCode::OK);
     }
 }
