@@ -28,7 +28,11 @@ use truc_core::{DocId, OrganId};
 use truc_proto::v1::{self as pb, agency_server::Agency};
 use truc_store::Digest;
 
-use crate::{agency::AgencyService, error::blocking, state::NodeState};
+use crate::{
+    agency::{AgencyService, opt_organ},
+    error::blocking,
+    state::NodeState,
+};
 
 /// The OpenAPI document, kept in the repository beside this file.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -120,10 +124,6 @@ fn with_node_retry_hint(state: &NodeState, mut r: Response) -> Response {
 #[derive(Clone)]
 struct Answered(Code, String);
 
-/// Every error answer leaves through here: counted and logged once
-/// (`truc_refused_total{source="rest"}`), and axum's own plain-text rejections
-/// of a malformed body, query or path turned into the JSON error every other
-/// answer has.
 /// Refuses a request without a known application token (401) before its
 /// handler reads the body; the handler then finds which application it is.
 async fn authenticated(
@@ -137,6 +137,10 @@ async fn authenticated(
     }
 }
 
+/// Every error answer leaves through here: counted and logged once
+/// (`truc_refused_total{source="rest"}`), and axum's own plain-text rejections
+/// of a malformed body, query or path turned into the JSON error every other
+/// answer has.
 async fn errors(
     State(state): State<Arc<NodeState>>,
     req: axum::extract::Request,
@@ -248,17 +252,15 @@ impl Ctx {
         organ: &str,
     ) -> Result<Received, ApiError> {
         let app = self.app(headers)?.clone();
-        let organs = if organ.is_empty() {
-            app.organs.clone()
-        } else {
+        if !organ.is_empty() {
             self.may(headers, organ)?;
-            vec![organ.parse().map_err(|e| bad(format!("organ: {e}")))?]
+        }
+        let organs = match opt_organ("organ", organ)? {
+            Some(o) => vec![o],
+            None => app.organs.clone(),
         };
         let id: DocId = doc_id.parse().map_err(|e| bad(format!("doc_id: {e}")))?;
-        let sender: Option<OrganId> = match from.from.as_deref() {
-            None | Some("") => None,
-            Some(f) => Some(f.parse().map_err(|e| bad(format!("from: {e}")))?),
-        };
+        let sender = opt_organ("from", from.from.as_deref().unwrap_or(""))?;
         let st = self.state.clone();
         let (organs, sender) =
             blocking(move || st.received_by(&id, sender.as_ref(), &organs)).await?;

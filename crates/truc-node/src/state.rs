@@ -2635,16 +2635,16 @@ impl NodeState {
     /// reads to ask one by one.
     fn prefetch_for(&self, items: &[(Verified, Option<Vec<OrganId>>)]) {
         // Built only if the store draws them (embedded stores do not).
+        // (The record of a document sent again, which `plan_again` reads, is
+        // not fetched ahead: resends are rare, and every new document would
+        // pay a key for it.)
         let mut keys = items.iter().flat_map(|(v, _)| {
-            let key = doc_key(&v.from.to_string(), &v.doc_id.to_string());
-            // A document sent again is looked up for the recipients it was
-            // taken for (`plan_again`).
-            let record = (v.kind == Kind::Document).then(|| (Space::Docs, key.clone()));
-            let dedup = (Space::Dedup, key);
+            let dedup = (
+                Space::Dedup,
+                doc_key(&v.from.to_string(), &v.doc_id.to_string()),
+            );
             let blobs = v.attachments.iter().chain(&v.envelope_blob);
-            std::iter::once(dedup)
-                .chain(record)
-                .chain(blobs.map(|d| (Space::BlobRefs, d.0.to_vec())))
+            std::iter::once(dedup).chain(blobs.map(|d| (Space::BlobRefs, d.0.to_vec())))
         });
         if let Err(e) = self.store.prefetch(&mut keys) {
             tracing::debug!(error = %e, "prefetch failed; the reads ask one by one");
@@ -5567,14 +5567,10 @@ impl NodeState {
     /// or parked — with its priority. Queues are read in arrival order and only as
     /// far as needed: up to the point where the oldest entry of every waiting
     /// recipient is known and nothing later can be overdue yet.
+    ///
+    /// Operators read it through [`Self::read_within`], which answers at once
+    /// once the store is known to hang and waits a bounded time before.
     pub fn queue_snapshot(&self) -> Result<QueueSnapshot, NodeError> {
-        // Its reads would wait behind the request that hangs (one connection
-        // to a server): once the hang is known (after 5 s), answered at once.
-        // (One started before waits for it: operators read through
-        // `read_within`.)
-        if let Some(why) = self.store.stalled() {
-            return Err(truc_store::StoreError::Stalled(why).into());
-        }
         let now = now_ms();
         let min_deadline = self.min_deadline_ms();
         let (queues, mut waiting): (Vec<String>, BTreeMap<String, u64>) = {
@@ -8258,7 +8254,8 @@ mod tests {
         assert!(!edge.writable());
         // What operators read does not wait for the write: the alerts, a
         // queue's depth.
-        let alerts = edge.alerts(&Default::default(), &edge.queue_snapshot());
+        let read = edge.read_within(READ_WAIT, NodeState::queue_snapshot);
+        let alerts = edge.alerts(&Default::default(), &read);
         assert!(alerts.iter().any(|a| a.detail == why), "{alerts:?}");
         assert_eq!(edge.queue_depth("parent"), 0);
         assert!(plan.stalling.load(Ordering::SeqCst), "read while it hangs");
