@@ -266,9 +266,24 @@ impl Admin for AdminService {
                         recipients: e.recipients,
                         reason: d.reason,
                         at_ms: d.at_ms,
+                        code: String::new(),
                     }
                 })
                 .collect(),
+            dead: snap
+                .dead
+                .into_iter()
+                .map(|d| pb::ParkedView {
+                    queue: d.queue,
+                    doc_id: d.doc_id,
+                    from: d.from,
+                    recipients: d.recipients,
+                    reason: d.reason,
+                    at_ms: d.at_ms,
+                    code: d.code,
+                })
+                .collect(),
+            dead_total: snap.dead_total,
         }))
     }
 }

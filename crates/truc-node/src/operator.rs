@@ -488,6 +488,11 @@ async fn overview(State(cx): State<Ctx>, tls: Tls, headers: HeaderMap) -> Respon
                 "priority": o.priority, "deadline_ms": o.deadline_ms, "parked": o.parked,
                 "queue": o.queue,
             })).collect::<Vec<_>>(),
+            "dead": snap.dead.iter().map(|d| json!({
+                "doc_id": d.doc_id, "from": d.from, "recipients": d.recipients,
+                "queue": d.queue, "code": d.code, "reason": d.reason, "at_ms": d.at_ms,
+            })).collect::<Vec<_>>(),
+            "dead_total": snap.dead_total,
             "samples": st.telemetry.samples(),
             "certificates": st.certificates().into_iter().map(|(s, t)| json!({"subject": s, "not_after_ms": t * 1000})).collect::<Vec<_>>(),
             "alerts": alerts,

@@ -480,10 +480,31 @@ pub struct Overdue {
     pub queue: String,
 }
 
+/// A transfer refused for good, kept until an operator requeues it (once
+/// its cause is fixed).
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub queue: String,
+    pub doc_id: String,
+    pub from: String,
+    pub recipients: Vec<String>,
+    /// The gRPC code of the refusal, by name.
+    pub code: String,
+    pub reason: String,
+    pub at_ms: i64,
+}
+
+/// How many dead letters operators' pages and `truc queues` list (newest).
+pub const DEAD_LETTERS_SHOWN: usize = 100;
+
 #[derive(Debug, Clone, Default)]
 pub struct QueueSnapshot {
     pub recipients: Vec<RecipientQueue>,
     pub overdue: Vec<Overdue>,
+    /// The newest dead letters (at most [`DEAD_LETTERS_SHOWN`]), and how many
+    /// there are in all.
+    pub dead: Vec<DeadLetter>,
+    pub dead_total: u64,
 }
 
 /// The node's state machine over its store.
@@ -5417,72 +5438,196 @@ impl NodeState {
         Ok(parked)
     }
 
-    /// Puts the parked entries of a document back at the end of their queues.
+    /// Puts a document's parked entries (past their deadline) and dead
+    /// letters (refused for good, requeued once their cause is fixed: an
+    /// agency added to a directory, a certificate renewed) back at the end of
+    /// their queues, routed again: the directory may have moved a recipient
+    /// to another child since (the old one may be gone for good). All or
+    /// nothing.
     pub fn requeue(&self, doc_id: &DocId) -> Result<usize, NodeError> {
         let d = doc_id.to_string();
         let now = now_ms();
         let mut w = self.lock();
         let mut plan = Plan::default();
         let mut n = 0;
-        for (k, v) in self.store.scan(Space::Parked, &[], None, usize::MAX)? {
-            let parked: DeadEntry = record::decode(Space::Parked, &k, &v)?;
-            let Some(mut e) = parked.entry else { continue };
-            if e.doc_id != d {
-                continue;
-            }
-            let parked_on = str_parts(&k, 1)
-                .and_then(|mut q| q.pop())
-                .ok_or_else(|| internal("parked key"))?;
-            // Routed again: the directory may have moved a recipient to
-            // another child since (the old one may be gone for good).
-            let recipients: Vec<OrganId> = e
-                .recipients
-                .iter()
-                .map(|r| r.parse().map_err(|_| internal("parked recipient")))
-                .collect::<Result<_, _>>()?;
-            let routes = self.routing().route(&recipients).map_err(|err| {
-                Refusal::new(
-                    Code::FailedPrecondition,
-                    format!("document {d} parked on {parked_on} cannot be routed again: {err}"),
-                )
-            })?;
-            plan.batch.delete(Space::Parked, k);
-            self.plan_split(&mut plan, &e.from, &e.doc_id, routes.len())?;
-            for (dest, to) in routes {
-                let Some(queue) = queue_name(&dest) else {
-                    return Err(Refusal::new(
+        for space in [Space::Parked, Space::Dead] {
+            for (k, v) in self.store.scan(space, &[], None, usize::MAX)? {
+                let held: DeadEntry = record::decode(space, &k, &v)?;
+                let Some(mut e) = held.entry else { continue };
+                if e.doc_id != d {
+                    continue;
+                }
+                let held_on = str_parts(&k, 1)
+                    .and_then(|mut q| q.pop())
+                    .ok_or_else(|| internal("held entry key"))?;
+                let (was, why) = match space {
+                    Space::Parked => ("parked", format!("parked on {held_on}")),
+                    _ => ("refused", format!("refused on {held_on}: {}", held.reason)),
+                };
+                let recipients: Vec<OrganId> = e
+                    .recipients
+                    .iter()
+                    .map(|r| r.parse().map_err(|_| internal("held recipient")))
+                    .collect::<Result<_, _>>()?;
+                let cannot = |what: String| {
+                    Refusal::new(
                         Code::FailedPrecondition,
                         format!(
-                            "document {d} is now for an agency this node serves itself; it cannot be requeued"
+                            "document {d} from {} {was} on {held_on} cannot be requeued: {what}",
+                            e.from
                         ),
                     )
-                    .into());
                 };
-                e.enqueued_at_ms = now;
-                e.deadline_ms = now + self.delivery.deadline_for(e.priority) as i64;
-                e.recipients = to.iter().map(|o| o.to_string()).collect();
-                let note = format!("on {queue} by an operator (parked on {parked_on})");
-                self.plan_enqueue(&mut w, &mut plan, queue, &e, "requeued", note)?;
-                n += 1;
+                let routes = self
+                    .routing()
+                    .route(&recipients)
+                    .map_err(|err| cannot(format!("it cannot be routed again: {err}")))?;
+                let mut queues = Vec::new();
+                for (dest, to) in routes {
+                    let queue = queue_name(&dest).ok_or_else(|| {
+                        cannot("it is now for an agency this node serves itself".into())
+                    })?;
+                    queues.push((queue, to));
+                }
+                match space {
+                    // Still counted in what its document keeps here.
+                    Space::Parked => {
+                        self.plan_split(&mut plan, &e.from, &e.doc_id, queues.len())?
+                    }
+                    // Done with when it was refused: what it needs must still
+                    // be here, and is kept again until these are done.
+                    _ => self
+                        .plan_revive(&mut plan, &e, queues.len())
+                        .map_err(|what| {
+                            cannot(format!("{what}; send it again under a new doc_id"))
+                        })?,
+                }
+                plan.batch.delete(space, k);
+                self.plan_requeued_detail(&mut plan, &e, &why, now)?;
+                for (queue, to) in queues {
+                    e.enqueued_at_ms = now;
+                    e.deadline_ms = now + self.delivery.deadline_for(e.priority) as i64;
+                    e.recipients = to.iter().map(|o| o.to_string()).collect();
+                    let note = format!("on {queue} by an operator ({why})");
+                    self.plan_enqueue(&mut w, &mut plan, queue, &e, "requeued", note)?;
+                    n += 1;
+                }
             }
         }
         if n == 0 {
-            return Err(Refusal::not_found(format!("no parked entry for document {d}")).into());
+            return Err(Refusal::not_found(format!(
+                "no parked entry or dead letter for document {d}"
+            ))
+            .into());
         }
         self.finish(w, plan)?;
         Ok(n)
     }
 
+    /// A dead letter's document goes on its way again: its record and every
+    /// file it names must still be here (no retention period has ended), and
+    /// they are kept again until its `n` new deliveries are done. Why not,
+    /// otherwise.
+    fn plan_revive(&self, plan: &mut Plan, e: &QueueEntry, n: usize) -> Result<(), String> {
+        let key = doc_key(&e.from, &e.doc_id);
+        let mut rec = match self.doc_record(plan, &key) {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return Err("its record is not kept here".into()),
+            Err(err) => return Err(err.to_string()),
+        };
+        if rec.released_at_ms != 0 || rec.envelope_removed_at_ms != 0 {
+            return Err("its stored bytes were released after their retention period".into());
+        }
+        let files = Digest::from_slice(&rec.envelope_sha256)
+            .map(|d| ("envelope", d))
+            .into_iter()
+            .chain(
+                rec.attachments
+                    .iter()
+                    .filter_map(|a| Digest::from_slice(a))
+                    .map(|d| ("attachment", d)),
+            );
+        for (what, d) in files {
+            if !self.blobs.contains(&d) {
+                return Err(format!("its {what} {d} is not on disk"));
+            }
+        }
+        // Counted as when it was taken (records from before the flag was
+        // kept: counted when it has attachments).
+        if rec.pending_counted || rec.bytes > 0 {
+            rec.pending = rec.pending.saturating_add(n as u32);
+            plan.docs.insert(key, rec);
+        }
+        Ok(())
+    }
+
+    /// A sender on this node sees, on each recipient it was told failed,
+    /// that an operator requeued the document (the state stays "failed"
+    /// until a receipt proves more: states only move forward).
+    fn plan_requeued_detail(
+        &self,
+        plan: &mut Plan,
+        e: &QueueEntry,
+        why: &str,
+        now: i64,
+    ) -> Result<(), NodeError> {
+        let key = sent_key(&e.doc_id, &e.from);
+        let Some(mut rec) = self.sent_record(plan, &key)? else {
+            return Ok(());
+        };
+        for rr in rec
+            .recipients
+            .iter_mut()
+            .filter(|r| e.recipients.contains(&r.organ) && state_of(r) == DeliveryState::Failed)
+        {
+            rr.detail = format!("requeued by an operator at {} ({why})", self.node_id);
+            rr.updated_at_ms = now;
+        }
+        plan.sent.insert(key, rec);
+        Ok(())
+    }
+
     /// Entries parked after their deadline, with their queue.
     pub fn parked(&self) -> Result<Vec<(String, DeadEntry)>, NodeError> {
+        self.held_entries(Space::Parked)
+    }
+
+    /// Transfers refused for good (dead letters), with their queue, newest
+    /// first: at most `limit` of them, and how many there are.
+    pub fn dead_letters(&self, limit: usize) -> Result<(u64, Vec<DeadLetter>), NodeError> {
+        let mut all = self.held_entries(Space::Dead)?;
+        let total = all.len() as u64;
+        all.sort_by_key(|(_, d)| std::cmp::Reverse(d.at_ms));
+        let shown = all
+            .into_iter()
+            .take(limit)
+            .map(|(queue, d)| {
+                let e = d.entry.unwrap_or_default();
+                DeadLetter {
+                    queue,
+                    doc_id: e.doc_id,
+                    from: e.from,
+                    recipients: e.recipients,
+                    code: format!("{:?}", Code::from_i32(d.code)),
+                    reason: d.reason,
+                    at_ms: d.at_ms,
+                }
+            })
+            .collect();
+        Ok((total, shown))
+    }
+
+    /// What `space` (parked entries or dead letters) holds, with the queue
+    /// each was on.
+    fn held_entries(&self, space: Space) -> Result<Vec<(String, DeadEntry)>, NodeError> {
         self.store
-            .scan(Space::Parked, &[], None, usize::MAX)?
+            .scan(space, &[], None, usize::MAX)?
             .into_iter()
             .map(|(k, v)| {
                 let queue = str_parts(&k, 1)
                     .and_then(|mut q| q.pop())
                     .unwrap_or_default();
-                Ok((queue, record::decode(Space::Parked, &k, &v)?))
+                Ok((queue, record::decode(space, &k, &v)?))
             })
             .collect()
     }
@@ -5639,7 +5784,10 @@ impl NodeState {
             }
         }
         overdue.sort_by_key(|o| (o.deadline_ms, o.doc_id.clone(), o.recipient.clone()));
+        let (dead_total, dead) = self.dead_letters(DEAD_LETTERS_SHOWN)?;
         Ok(QueueSnapshot {
+            dead,
+            dead_total,
             recipients: waiting
                 .into_iter()
                 .map(|(organ, depth)| RecipientQueue {
@@ -7065,6 +7213,65 @@ mod tests {
         );
         assert_eq!(hub.requeue(&id).unwrap(), 1);
         assert_eq!(hub.queue_depth("child:nghean2"), 1, "routed again");
+    }
+
+    /// A transfer refused for good is listed with the refusal, and an
+    /// operator's requeue (once the cause is fixed) sends it again: what its
+    /// document keeps here is kept again until it is done. Once that has been
+    /// released, the requeue is refused with the reason, and changes nothing.
+    #[test]
+    fn a_dead_letter_is_listed_and_requeued_while_its_bytes_are_kept() {
+        let mut f = Fixture::new();
+        f.storage.envelope_retention_ms = Some(0);
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let v = f.verified("000.00.00.G22", &["000.00.00.H41"]);
+        let (id, from) = (v.doc_id, v.from.to_string());
+        hub.accept(v, &child("vpcp"), None).unwrap();
+        let reject = |hub: &NodeState| {
+            let (seq, _) = hub.queue_peek("child:nghean", None, 1).unwrap().remove(0);
+            let over = Code::ResourceExhausted as i32;
+            assert!(
+                hub.queue_reject("child:nghean", seq, over, "over the limit")
+                    .unwrap()
+            );
+        };
+        reject(&hub);
+        let snap = hub.queue_snapshot().unwrap();
+        assert_eq!(snap.dead_total, 1);
+        let d = &snap.dead[0];
+        assert_eq!(
+            (d.doc_id.as_str(), d.queue.as_str()),
+            (id.to_string().as_str(), "child:nghean")
+        );
+        assert_eq!(
+            (d.code.as_str(), d.reason.as_str()),
+            ("ResourceExhausted", "over the limit")
+        );
+        assert_eq!(d.recipients, ["000.00.00.H41"]);
+        assert_eq!(hub.load_doc(&from, &id.to_string()).unwrap().pending, 0);
+
+        assert_eq!(hub.requeue(&id).unwrap(), 1);
+        assert_eq!(hub.queue_depth("child:nghean"), 1, "on its way again");
+        assert_eq!(hub.queue_snapshot().unwrap().dead_total, 0);
+        assert_eq!(hub.load_doc(&from, &id.to_string()).unwrap().pending, 1);
+        // Its envelope retention fell due when it was refused: kept while it is queued.
+        hub.release_due().unwrap();
+        assert_eq!(
+            hub.load_doc(&from, &id.to_string())
+                .unwrap()
+                .envelope_removed_at_ms,
+            0
+        );
+
+        // Refused again, and its envelope released meanwhile: nothing to send.
+        reject(&hub);
+        hub.release_due().unwrap();
+        let s = tonic::Status::from(hub.requeue(&id).unwrap_err());
+        assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+        assert!(s.message().contains("released"), "{s:?}");
+        assert!(s.message().contains("under a new doc_id"), "{s:?}");
+        assert_eq!(hub.queue_snapshot().unwrap().dead_total, 1, "still listed");
+        assert_eq!(hub.queue_depth("child:nghean"), 0);
     }
 
     /// A document queued for an agency that has since moved to another child

@@ -349,6 +349,7 @@ impl Collector for StateCollector {
             Err(e) => (Err(e), Vec::new(), None),
         };
         let alerts = st.alerts(&self.alerts, &read);
+        let readable = read.is_ok();
         let snap = read.unwrap_or_default();
         let depth: Vec<(Labels, i64)> = snap
             .recipients
@@ -402,6 +403,16 @@ impl Collector for StateCollector {
             "overdue_documents",
             "Documents past their delivery deadline, by recipient and priority (parked: waiting for requeue)",
             &overdue,
+        )?;
+        gauge(
+            &mut enc,
+            "dead_letters",
+            "Transfers refused for good, kept until an operator requeues them (truc queues lists them)",
+            &if readable {
+                vec![(Vec::new(), snap.dead_total as i64)]
+            } else {
+                Vec::new()
+            },
         )?;
 
         let links = st.links();

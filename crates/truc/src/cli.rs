@@ -251,7 +251,8 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Put a document parked after its deadline back into its queue (admin API).
+    /// Put a document parked after its deadline, or refused for good (a dead
+    /// letter, once the cause is fixed), back into its queue (admin API).
     Requeue {
         #[arg(long)]
         config: PathBuf,

@@ -1143,6 +1143,8 @@ pub async fn queues(config: &Path, json: bool) -> Result<()> {
             "queues": r.queues.iter().map(|q| serde_json::json!({"queue": q.queue, "depth": q.depth, "oldest_ms": q.oldest_ms})).collect::<Vec<_>>(),
             "overdue": r.overdue.iter().map(|o| serde_json::json!({"doc_id": o.doc_id, "from": o.from, "recipient": o.recipient, "priority": o.priority, "deadline_ms": o.deadline_ms, "parked": o.parked, "queue": o.queue})).collect::<Vec<_>>(),
             "parked": r.parked.iter().map(|p| serde_json::json!({"queue": p.queue, "doc_id": p.doc_id, "from": p.from, "recipients": p.recipients, "reason": p.reason, "at_ms": p.at_ms})).collect::<Vec<_>>(),
+            "dead": r.dead.iter().map(|p| serde_json::json!({"queue": p.queue, "doc_id": p.doc_id, "from": p.from, "recipients": p.recipients, "code": p.code, "reason": p.reason, "at_ms": p.at_ms})).collect::<Vec<_>>(),
+            "dead_total": r.dead_total,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -1199,6 +1201,38 @@ pub async fn queues(config: &Path, json: bool) -> Result<()> {
             ]);
         }
         println!("{t}");
+    }
+    if !r.dead.is_empty() {
+        let mut t = table();
+        t.set_header(vec![
+            "dead letter doc_id",
+            "from",
+            "recipients",
+            "queue",
+            "refused (UTC+7)",
+            "why",
+        ]);
+        for d in &r.dead {
+            t.add_row(vec![
+                d.doc_id.clone(),
+                d.from.clone(),
+                d.recipients.join(", "),
+                d.queue.clone(),
+                time(d.at_ms),
+                format!("{}: {}", d.code, d.reason),
+            ]);
+        }
+        println!("{t}");
+        let shown = if r.dead_total > r.dead.len() as u64 {
+            format!(" (the newest {} shown)", r.dead.len())
+        } else {
+            String::new()
+        };
+        println!(
+            "{} transfer(s) refused for good{shown}; once the cause is fixed: truc requeue --config {} DOC_ID",
+            r.dead_total,
+            config.display()
+        );
     }
     Ok(())
 }
