@@ -522,6 +522,98 @@ async fn an_undeliverable_document_is_reported_after_its_deadline_and_requeue_de
     assert!(!ok && text.contains("no parked entry"), "{text}");
 }
 
+/// A hub whose attachment limit is below the edge's refuses a document for
+/// good: the edge keeps it as a dead letter its operator sees (`truc
+/// queues`, the dashboard, /metrics) with the hub's reason, and requeues
+/// once the hub's limit is raised. It is then delivered, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_is_shown_to_the_operator_and_requeue_delivers_it() {
+    let mut c = Cluster::new();
+    let hub_limit = |c: &Cluster, bytes: i64| {
+        c.edit("hub", |t| {
+            let l = t
+                .entry("limits")
+                .or_insert_with(|| toml::Table::new().into())
+                .as_table_mut()
+                .unwrap();
+            l.insert("max_attachment_bytes".into(), bytes.into());
+        })
+    };
+    hub_limit(&c, 1000);
+    for n in ["hub", "vpcp", "nghean"] {
+        c.start(n);
+    }
+    let file = c.path("bao-cao.bin");
+    std::fs::write(&file, vec![7u8; 4096]).unwrap();
+    let id = c.send_from_vpcp(
+        H41,
+        "Báo cáo kèm phụ lục",
+        &["--attach", file.to_str().unwrap()],
+    );
+    let v = wait_all(&c, &id, "refused by the hub", |r| r["state"] == "failed").await;
+    let detail = v["recipients"][0]["detail"].as_str().unwrap().to_owned();
+    assert!(detail.contains("max_attachment_bytes"), "{v}");
+
+    let queues: serde_json::Value =
+        serde_json::from_str(&c.cli_ok(&["queues", "--config", &c.cfg("vpcp"), "--json"])).unwrap();
+    assert_eq!(queues["dead_total"], 1, "{queues}");
+    let dead = &queues["dead"][0];
+    assert_eq!(dead["doc_id"], id.as_str(), "{queues}");
+    assert_eq!(dead["queue"], "parent", "{queues}");
+    assert_eq!(dead["code"], "ResourceExhausted", "{queues}");
+    assert!(
+        dead["reason"]
+            .as_str()
+            .unwrap()
+            .contains("max_attachment_bytes"),
+        "{queues}"
+    );
+    let text = c.cli_ok(&["queues", "--config", &c.cfg("vpcp")]);
+    assert!(
+        text.contains(&id) && text.contains("truc requeue"),
+        "{text}"
+    );
+    let overview: serde_json::Value = serde_json::from_str(
+        &c.ops("vpcp", Some("operators/viewer"))
+            .get("/api/overview")
+            .body,
+    )
+    .unwrap();
+    assert_eq!(overview["dead"][0]["doc_id"], id.as_str(), "{overview}");
+    let metrics =
+        common::ops::parse_metrics(&c.ops("vpcp", Some("operators/viewer")).get("/metrics").body);
+    assert_eq!(
+        common::ops::sample(&metrics, "truc_dead_letters", &[]),
+        Some(1.0)
+    );
+
+    // The hub's limit raised; the edge's operator sends it again.
+    c.stop("hub");
+    hub_limit(&c, 64 << 20);
+    assert!(
+        c.cli_ok(&["requeue", "--config", &c.cfg("vpcp"), &id])
+            .contains("requeued 1"),
+    );
+    let v = status_json(&c, &id);
+    let detail = v["recipients"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("requeued by an operator"), "{v}");
+    c.start("hub");
+    wait_all(&c, &id, "delivered after requeue", |r| {
+        r["state"] == "delivered"
+    })
+    .await;
+    let items = inbox(&c, "nghean", H41).await;
+    assert_eq!(items.iter().filter(|i| i.doc_id == id).count(), 1);
+    let queues: serde_json::Value =
+        serde_json::from_str(&c.cli_ok(&["queues", "--config", &c.cfg("vpcp"), "--json"])).unwrap();
+    assert_eq!(queues["dead_total"], 0, "{queues}");
+    let (ok, text) = c.cli_any(&["requeue", "--config", &c.cfg("vpcp"), &id]);
+    assert!(
+        !ok && text.contains("no parked entry or dead letter"),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_recipient_queue_pushes_back_and_nothing_is_lost() {
     let mut c = Cluster::new();
