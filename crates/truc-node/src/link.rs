@@ -103,6 +103,9 @@ enum Control {
 
 enum Prepared {
     Ok(Box<Verified>, Vec<OrganId>),
+    /// A resend of what this node took before, that fails its checks now
+    /// ([`NodeState::taken_before`]): acknowledged, nothing stored.
+    Duplicate,
     Refused(Refusal),
     /// Not now (disk full, a stale revocation list here); the sender keeps it
     /// and retries.
@@ -121,17 +124,36 @@ impl Prepared {
     }
 }
 
+impl From<Refusal> for Prepared {
+    fn from(r: Refusal) -> Self {
+        Self::failed(r)
+    }
+}
+
 /// A transfer that passed every check: the message, the recipients this hop serves,
 /// and the attachment bytes in manifest order.
 type Checked = (Verified, Vec<OrganId>, Vec<Vec<u8>>);
 
 /// Checks one received transfer: signature, recipients, attachment bytes against
-/// the signed manifest. Returns what to store, or why it is refused.
-fn check(state: &NodeState, t: pb::Transfer) -> Result<Checked, Refusal> {
+/// the signed manifest. Returns what to store, or why it is refused (a
+/// duplicate, when it is a resend of what this node took before).
+fn check(state: &NodeState, t: pb::Transfer) -> Result<Checked, Prepared> {
     let env = t
         .envelope
         .ok_or_else(|| Refusal::invalid("transfer without envelope"))?;
-    let v = envelope::verify(env, &state.verifiers, &state.limits, UnixTime::now())?;
+    // Kept for a failed check (a few KiB; the signature work is far more).
+    let header = env.header_bytes.clone();
+    let v = envelope::verify(env, &state.verifiers, &state.limits, UnixTime::now()).map_err(|r| {
+        match state.taken_before(&header, &t.recipients) {
+            Ok(true) => Prepared::Duplicate,
+            Ok(false) => Prepared::failed(r),
+            // A store that cannot say: the refusal stands, with its reason.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look up a refused transfer among the stored ones");
+                Prepared::failed(r)
+            }
+        }
+    })?;
     let recipients = t
         .recipients
         .iter()
@@ -141,21 +163,21 @@ fn check(state: &NodeState, t: pb::Transfer) -> Result<Checked, Refusal> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     if recipients.is_empty() && v.kind != truc_core::Kind::Directory {
-        return Err(Refusal::invalid(
+        return Err(Prepared::from(Refusal::invalid(
             "transfer names no recipients for this hop",
-        ));
+        )));
     }
     if t.attachments.is_empty() {
         // Streamed: the bytes follow on request and are checked as they complete.
         return Ok((v, recipients, Vec::new()));
     }
     if t.attachments.len() != v.attachments.len() {
-        return Err(Refusal::invalid(format!(
+        return Err(Prepared::from(Refusal::invalid(format!(
             "envelope {} names {} attachments but {} were sent",
             v.doc_id,
             v.attachments.len(),
             t.attachments.len()
-        )));
+        ))));
     }
     let mut data = Vec::with_capacity(t.attachments.len());
     for ((a, digest), meta) in t
@@ -165,10 +187,10 @@ fn check(state: &NodeState, t: pb::Transfer) -> Result<Checked, Refusal> {
         .zip(&v.header.attachments)
     {
         if a.data.len() as u64 != meta.size || Digest::of(&a.data) != *digest {
-            return Err(Refusal::invalid(format!(
+            return Err(Prepared::from(Refusal::invalid(format!(
                 "attachment {:?} of {}: bytes do not match the signed sha-256",
                 meta.name, v.doc_id
-            )));
+            ))));
         }
         data.push(a.data);
     }
@@ -196,7 +218,7 @@ fn prepare(state: &NodeState, batch: Vec<pb::Transfer>) -> Result<Vec<(u64, Prep
                 blobs.extend(v.attachments.iter().copied().zip(data));
                 out.push((seq, Prepared::Ok(Box::new(v), recipients)));
             }
-            Err(r) => out.push((seq, Prepared::failed(r))),
+            Err(p) => out.push((seq, p)),
         }
     }
     let refs: Vec<(Digest, &[u8])> = blobs.iter().map(|(d, b)| (*d, b.as_slice())).collect();
@@ -257,7 +279,7 @@ async fn receive_streamed(
         .map_err(|e| NodeError::Other(e.to_string()))?;
     let (v, recipients, _) = match checked {
         Ok(c) => c,
-        Err(r) => return Ok(vec![(seq, Prepared::failed(r))]),
+        Err(p) => return Ok(vec![(seq, p)]),
     };
     // Seen before: no need for its bytes again.
     if !state.is_duplicate(&v)? {
@@ -1010,6 +1032,7 @@ impl Unanswered {
 enum Step {
     Deferred(String),
     Refused(Refusal),
+    Duplicate,
     Accept(DocId),
 }
 
@@ -1084,6 +1107,7 @@ async fn apply(
                         Step::Deferred(reason)
                     }
                     Prepared::Refused(r) => Step::Refused(r),
+                    Prepared::Duplicate => Step::Duplicate,
                     Prepared::Ok(v, recipients) => {
                         let doc_id = v.doc_id;
                         items.push((*v, Some(recipients)));
@@ -1127,6 +1151,14 @@ async fn apply(
                     state.telemetry.refused("link", r.code);
                     tracing::warn!(origin = %origin.label(), seq, code = ?r.code, reason = %r.reason, "transfer refused");
                     Outcome::Refused(seq, r)
+                }
+                Step::Duplicate => {
+                    state
+                        .stats
+                        .duplicates
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(origin = %origin.label(), seq, "a resend of a message taken before, whose checks fail now: acknowledged as a duplicate");
+                    Outcome::Stored(seq, ticket)
                 }
                 Step::Accept(doc_id) => match verdicts.next() {
                     Some(Verdict::Stored | Verdict::Duplicate) => Outcome::Stored(seq, ticket),
@@ -1692,9 +1724,7 @@ mod tests {
             .unwrap()
         };
         hub.verifiers.agencies.set_crls(&[list(-1)]).unwrap();
-        let r = check(&hub, transfer()).map(|_| ()).unwrap_err();
-        assert_eq!((r.code, r.retry), (Code::Unavailable, true), "{r}");
-        match Prepared::failed(r) {
+        match check(&hub, transfer()).map(|_| ()).unwrap_err() {
             Prepared::Deferred(reason) => {
                 assert!(reason.contains("cannot be checked here now"), "{reason}");
                 assert!(reason.contains("due for renewal"), "{reason}");
@@ -1707,10 +1737,60 @@ mod tests {
             let last = env.signature.len() - 1;
             env.signature[last] ^= 1;
         }
-        let r = check(&hub, forged).map(|_| ()).unwrap_err();
-        assert_eq!((r.code, r.retry), (Code::Unauthenticated, false), "{r}");
+        match check(&hub, forged).map(|_| ()).unwrap_err() {
+            Prepared::Refused(r) => assert_eq!(r.code, Code::Unauthenticated, "{r}"),
+            _ => panic!("not refused"),
+        }
         hub.verifiers.agencies.set_crls(&[list(30)]).unwrap();
         assert!(check(&hub, transfer()).is_ok());
+    }
+
+    /// A resend of a message this node took before (the link lost the
+    /// acknowledgement) that fails its checks now (here: the revocation
+    /// list went stale meanwhile; a certificate revoked or expired since is
+    /// the same) is a duplicate, not a refusal its sender would dead-letter.
+    /// One that asks for recipients it was not taken for, or that was never
+    /// taken, is checked as any.
+    #[test]
+    fn a_resend_of_what_was_taken_is_a_duplicate_even_when_its_checks_fail_now() {
+        use rustls::pki_types::{CertificateRevocationListDer, pem::PemObject};
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let v = f.verified("000.00.00.G22", &["000.00.00.H41", "000.00.00.H14"]);
+        let transfer = |v: &Verified, to: &[&str]| pb::Transfer {
+            seq: 1,
+            envelope: Some(v.envelope.clone()),
+            recipients: to.iter().map(|o| o.to_string()).collect(),
+            ..Default::default()
+        };
+        hub.accept_batch(
+            vec![(v.clone(), Some(vec!["000.00.00.H41".parse().unwrap()]))],
+            &Origin::Child("vpcp".parse().unwrap()),
+        )
+        .unwrap();
+        let stale = CertificateRevocationListDer::from_pem_slice(
+            f.ca.crl_valid(&[], -1).unwrap().as_bytes(),
+        )
+        .unwrap();
+        hub.verifiers.agencies.set_crls(&[stale]).unwrap();
+        let outcome = |t| match check(&hub, t) {
+            Ok(_) => "checked",
+            Err(Prepared::Duplicate) => "duplicate",
+            Err(Prepared::Deferred(_)) => "deferred",
+            Err(_) => "other",
+        };
+        assert_eq!(outcome(transfer(&v, &["000.00.00.H41"])), "duplicate");
+        assert_eq!(
+            outcome(transfer(&v, &["000.00.00.H14"])),
+            "deferred",
+            "not taken for H14"
+        );
+        let other = f.verified("000.00.00.G22", &["000.00.00.H41"]);
+        assert_eq!(
+            outcome(transfer(&other, &["000.00.00.H41"])),
+            "deferred",
+            "never taken"
+        );
     }
 
     fn to_nghean(f: &Fixture) -> Prepared {

@@ -2383,6 +2383,51 @@ impl NodeState {
             .is_some_and(|d| d == v.header_sha256.0))
     }
 
+    /// Whether a transfer that failed its checks here is a resend of a
+    /// message this node already took, the same header bytes, for every one
+    /// of `recipients`: a duplicate, acknowledged as on its first arrival.
+    /// The link lost the first acknowledgement; the signer's certificate has
+    /// been revoked or has expired since, or its revocation list is stale
+    /// here now. Refusing it would have its sender dead-letter (and tell its
+    /// agency failed) a message that was passed on. Nothing is stored for it.
+    pub fn taken_before(
+        &self,
+        header_bytes: &[u8],
+        recipients: &[String],
+    ) -> Result<bool, NodeError> {
+        let Ok(h) = pb::Header::decode(header_bytes) else {
+            return Ok(false);
+        };
+        let from = match (h.from.parse::<OrganId>(), h.from_node.parse::<NodeId>()) {
+            (Ok(o), _) if h.from_node.is_empty() => o.to_string(),
+            (_, Ok(n)) if h.from.is_empty() => format!("node:{n}"),
+            _ => return Ok(false),
+        };
+        let Ok(doc_id) = h.doc_id.parse::<DocId>() else {
+            return Ok(false);
+        };
+        let key = doc_key(&from, &doc_id.to_string());
+        let hash = Digest::of(header_bytes);
+        if self
+            .store
+            .get(Space::Dedup, &key)?
+            .is_none_or(|seen| seen != hash.0)
+        {
+            return Ok(false);
+        }
+        if h.kind != pb::Kind::Document as i32 {
+            return Ok(true);
+        }
+        // Taken for more recipients now (`plan_again`) needs the checks.
+        Ok(match self.store.get(Space::Docs, &key)? {
+            Some(bytes) => {
+                let rec: DocRecord = record::decode(Space::Docs, &key, &bytes)?;
+                rec.routed.is_empty() || recipients.iter().all(|r| rec.routed.contains(r))
+            }
+            None => false,
+        })
+    }
+
     /// The queue entry at `seq`, if it is still queued.
     pub fn queue_entry(&self, queue: &str, seq: u64) -> Result<Option<QueueEntry>, NodeError> {
         let key = Key::new().str(queue).u64(seq).build();
