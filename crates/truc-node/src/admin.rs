@@ -100,7 +100,7 @@ impl Admin for AdminService {
         let (daily, dead, parked) = blocking(move || {
             Ok((
                 st.daily_stats(STATS_DAYS)?,
-                st.dead_count()?,
+                st.dead_count(),
                 st.parked()?.len() as u64,
             ))
         })

@@ -494,15 +494,19 @@ pub struct DeadLetter {
     pub at_ms: i64,
 }
 
-/// How many dead letters operators' pages and `truc queues` list (newest).
+/// How many dead letters operators' pages and `truc queues` list: the
+/// first by queue, oldest first on each (what has waited longest).
 pub const DEAD_LETTERS_SHOWN: usize = 100;
+
+/// The key of the dead letter count among the node's counts.
+const DEAD_COUNT: &str = "dead";
 
 #[derive(Debug, Clone, Default)]
 pub struct QueueSnapshot {
     pub recipients: Vec<RecipientQueue>,
     pub overdue: Vec<Overdue>,
-    /// The newest dead letters (at most [`DEAD_LETTERS_SHOWN`]), and how many
-    /// there are in all.
+    /// Dead letters (at most [`DEAD_LETTERS_SHOWN`]), and how many there
+    /// are in all.
     pub dead: Vec<DeadLetter>,
     pub dead_total: u64,
 }
@@ -864,6 +868,14 @@ impl NodeState {
                     }
                 }
             }
+        }
+        // Dead letters, for operators' pages and scrapes without a scan.
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let rows = p.store.scan(Space::Dead, &[], after.as_deref(), 4096)?;
+            let Some((last, _)) = rows.last() else { break };
+            after = Some(last.clone());
+            *counts.entry(DEAD_COUNT.to_owned()).or_default() += rows.len() as i64;
         }
         // Unacknowledged inbox entries per agency and kind (today's count operations).
         // A store from before the status index gets it on the same pass.
@@ -5253,6 +5265,7 @@ impl NodeState {
         }
         Self::plan_dequeue(&mut plan, queue, seq, &entry);
         self.plan_done_once(&mut plan, &entry.from, &entry.doc_id, now)?;
+        plan.deltas.push((DEAD_COUNT.to_owned(), 1));
         plan.batch.put(
             Space::Dead,
             key,
@@ -5548,6 +5561,9 @@ impl NodeState {
                         })?,
                 }
                 plan.batch.delete(space, k);
+                if space == Space::Dead {
+                    plan.deltas.push((DEAD_COUNT.to_owned(), -1));
+                }
                 self.plan_requeued_detail(&mut plan, &e, &why, now)?;
                 for (queue, to) in queues {
                     e.enqueued_at_ms = now;
@@ -5634,21 +5650,37 @@ impl NodeState {
 
     /// Entries parked after their deadline, with their queue.
     pub fn parked(&self) -> Result<Vec<(String, DeadEntry)>, NodeError> {
-        self.held_entries(Space::Parked)
+        self.store
+            .scan(Space::Parked, &[], None, usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| {
+                let queue = str_parts(&k, 1)
+                    .and_then(|mut q| q.pop())
+                    .unwrap_or_default();
+                Ok((queue, record::decode(Space::Parked, &k, &v)?))
+            })
+            .collect()
     }
 
-    /// Transfers refused for good (dead letters), with their queue, newest
-    /// first: at most `limit` of them, and how many there are.
+    /// Transfers refused for good (dead letters), with their queue: the
+    /// first `limit` by queue, oldest first on each (read without a scan of
+    /// them all), and how many there are.
     pub fn dead_letters(&self, limit: usize) -> Result<(u64, Vec<DeadLetter>), NodeError> {
-        let mut all = self.held_entries(Space::Dead)?;
-        let total = all.len() as u64;
-        all.sort_by_key(|(_, d)| std::cmp::Reverse(d.at_ms));
-        let shown = all
+        let total = self.dead_count();
+        if total == 0 {
+            return Ok((0, Vec::new()));
+        }
+        let shown = self
+            .store
+            .scan(Space::Dead, &[], None, limit)?
             .into_iter()
-            .take(limit)
-            .map(|(queue, d)| {
+            .map(|(k, v)| {
+                let queue = str_parts(&k, 1)
+                    .and_then(|mut q| q.pop())
+                    .unwrap_or_default();
+                let d: DeadEntry = record::decode(Space::Dead, &k, &v)?;
                 let e = d.entry.unwrap_or_default();
-                DeadLetter {
+                Ok(DeadLetter {
                     queue,
                     doc_id: e.doc_id,
                     from: e.from,
@@ -5656,25 +5688,10 @@ impl NodeState {
                     code: format!("{:?}", Code::from_i32(d.code)),
                     reason: d.reason,
                     at_ms: d.at_ms,
-                }
+                })
             })
-            .collect();
+            .collect::<Result<_, NodeError>>()?;
         Ok((total, shown))
-    }
-
-    /// What `space` (parked entries or dead letters) holds, with the queue
-    /// each was on.
-    fn held_entries(&self, space: Space) -> Result<Vec<(String, DeadEntry)>, NodeError> {
-        self.store
-            .scan(space, &[], None, usize::MAX)?
-            .into_iter()
-            .map(|(k, v)| {
-                let queue = str_parts(&k, 1)
-                    .and_then(|mut q| q.pop())
-                    .unwrap_or_default();
-                Ok((queue, record::decode(space, &k, &v)?))
-            })
-            .collect()
     }
 
     /// `read` for an operator's page, scrape or command: the caller waits
@@ -6432,8 +6449,12 @@ impl NodeState {
     }
 
     /// How many transfers peers refused for good, over all queues.
-    pub fn dead_count(&self) -> Result<u64, NodeError> {
-        Ok(self.store.scan(Space::Dead, &[], None, usize::MAX)?.len() as u64)
+    pub fn dead_count(&self) -> u64 {
+        self.lock_counts()
+            .get(DEAD_COUNT)
+            .copied()
+            .unwrap_or(0)
+            .max(0) as u64
     }
 
     /// Dead letters of `queue`.
@@ -7268,7 +7289,8 @@ mod tests {
     fn a_dead_letter_is_listed_and_requeued_while_its_bytes_are_kept() {
         let mut f = Fixture::new();
         f.storage.envelope_retention_ms = Some(0);
-        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let hub = f.hub(store.clone());
         let v = f.verified("000.00.00.G22", &["000.00.00.H41"]);
         let (id, from) = (v.doc_id, v.from.to_string());
         hub.accept(v, &child("vpcp"), None).unwrap();
@@ -7317,6 +7339,12 @@ mod tests {
         assert!(s.message().contains("under a new doc_id"), "{s:?}");
         assert_eq!(hub.queue_snapshot().unwrap().dead_total, 1, "still listed");
         assert_eq!(hub.queue_depth("child:nghean"), 0);
+        // Counted again at the next start.
+        hub.close().unwrap();
+        drop(hub);
+        let hub = f.hub(store);
+        assert_eq!(hub.dead_count(), 1);
+        assert_eq!(hub.queue_snapshot().unwrap().dead.len(), 1);
     }
 
     /// A document queued for an agency that has since moved to another child

@@ -1224,7 +1224,10 @@ pub async fn queues(config: &Path, json: bool) -> Result<()> {
         }
         println!("{t}");
         let shown = if r.dead_total > r.dead.len() as u64 {
-            format!(" (the newest {} shown)", r.dead.len())
+            format!(
+                " (the first {} shown: by queue, oldest first)",
+                r.dead.len()
+            )
         } else {
             String::new()
         };

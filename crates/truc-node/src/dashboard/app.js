@@ -10,7 +10,7 @@ const I18N = {
     search: "Tra cứu văn bản", find: "Tìm", queues: "Hàng đợi theo cơ quan",
     agency: "Cơ quan", waiting: "Đang chờ", oldest: "Cũ nhất", overdue: "Văn bản quá hạn",
     dead: "Bị từ chối hẳn (chuyển lại bằng truc requeue khi đã khắc phục)", recipients: "Nơi nhận",
-    queue: "Hàng đợi", refused_at: "Bị từ chối lúc", why: "Lý do", newest: "mới nhất", of: "trên",
+    queue: "Hàng đợi", refused_at: "Bị từ chối lúc", why: "Lý do", first: "đầu tiên", of: "trên",
     from: "Gửi từ", priority: "Độ khẩn", deadline: "Hạn", state: "Trạng thái",
     certs: "Chứng thư số", subject: "Chủ thể", expires: "Hết hạn", left: "Còn lại",
     logout: "Đăng xuất", none: "Không có", no_alerts: "Không có cảnh báo",
@@ -29,7 +29,7 @@ const I18N = {
     search: "Find a document", find: "Find", queues: "Queues per agency",
     agency: "Agency", waiting: "Waiting", oldest: "Oldest", overdue: "Overdue documents",
     dead: "Refused for good (truc requeue once the cause is fixed)", recipients: "Recipients",
-    queue: "Queue", refused_at: "Refused at", why: "Why", newest: "newest", of: "of",
+    queue: "Queue", refused_at: "Refused at", why: "Why", first: "first", of: "of",
     from: "From", priority: "Priority", deadline: "Deadline", state: "State",
     certs: "Certificates", subject: "Subject", expires: "Expires", left: "Left",
     logout: "Sign out", none: "None", no_alerts: "No alerts",
@@ -211,7 +211,7 @@ function render(v) {
     time(d.at_ms), d.doc_id, d.from, d.recipients.join(", "), d.queue, `${d.code}: ${d.reason}`,
   ]);
   $("dead-count").textContent = v.dead_total > v.dead.length
-    ? ` (${t("newest")} ${v.dead.length} ${t("of")} ${v.dead_total})`
+    ? ` (${v.dead.length} ${t("first")} ${t("of")} ${v.dead_total})`
     : v.dead_total ? ` (${v.dead_total})` : "";
   rows($("certs").tBodies[0], v.certificates, (c) => {
     const days = Math.floor((c.not_after_ms - v.now_ms) / 86400000);
