@@ -101,7 +101,7 @@ impl Admin for AdminService {
             Ok((
                 st.daily_stats(STATS_DAYS)?,
                 st.dead_count(),
-                st.parked()?.len() as u64,
+                st.parked(usize::MAX)?.len() as u64,
             ))
         })
         .await?;
@@ -220,7 +220,11 @@ impl Admin for AdminService {
         // waits as long as it does.
         let (queues, parked, snap) = blocking(move || {
             st.read_within(ADMIN_READ_WAIT, |st| {
-                Ok((st.queues()?, st.parked()?, st.queue_snapshot()?))
+                Ok((
+                    st.queues()?,
+                    st.parked(crate::state::OVERDUE_SHOWN)?,
+                    st.queue_snapshot()?,
+                ))
             })
         })
         .await?;
@@ -234,6 +238,7 @@ impl Admin for AdminService {
                     oldest_ms: q.oldest_ms,
                 })
                 .collect(),
+            overdue_total: snap.overdue_counts.values().sum(),
             overdue: snap
                 .overdue
                 .into_iter()

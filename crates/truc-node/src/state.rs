@@ -501,10 +501,19 @@ pub const DEAD_LETTERS_SHOWN: usize = 100;
 /// The key of the dead letter count among the node's counts.
 const DEAD_COUNT: &str = "dead";
 
+/// How many overdue documents operators' pages and `truc queues` list (the
+/// earliest deadlines; an edge away for a weekend can leave tens of
+/// thousands parked).
+pub const OVERDUE_SHOWN: usize = 200;
+
 #[derive(Debug, Clone, Default)]
 pub struct QueueSnapshot {
     pub recipients: Vec<RecipientQueue>,
+    /// Overdue documents per recipient, earliest deadline first: at most
+    /// [`OVERDUE_SHOWN`].
     pub overdue: Vec<Overdue>,
+    /// Every overdue document, counted by (recipient, priority, parked).
+    pub overdue_counts: BTreeMap<(String, u32, bool), u64>,
     /// Dead letters (at most [`DEAD_LETTERS_SHOWN`]), and how many there
     /// are in all.
     pub dead: Vec<DeadLetter>,
@@ -1720,12 +1729,12 @@ impl NodeState {
             });
         }
         if let Ok(snap) = snapshot {
-            let mut by: BTreeMap<&str, (usize, u32, usize)> = BTreeMap::new();
-            for o in &snap.overdue {
-                let e = by.entry(o.recipient.as_str()).or_default();
-                e.0 += 1;
-                e.1 = e.1.max(o.priority);
-                e.2 += usize::from(o.parked);
+            let mut by: BTreeMap<&str, (u64, u32, u64)> = BTreeMap::new();
+            for ((recipient, priority, parked), n) in &snap.overdue_counts {
+                let e = by.entry(recipient.as_str()).or_default();
+                e.0 += n;
+                e.1 = e.1.max(*priority);
+                e.2 += if *parked { *n } else { 0 };
             }
             for (organ, (n, prio, parked)) in by {
                 out.push(Alert {
@@ -5648,10 +5657,11 @@ impl NodeState {
         Ok(())
     }
 
-    /// Entries parked after their deadline, with their queue.
-    pub fn parked(&self) -> Result<Vec<(String, DeadEntry)>, NodeError> {
+    /// Entries parked after their deadline, with their queue: the first
+    /// `limit` by queue, oldest first on each.
+    pub fn parked(&self, limit: usize) -> Result<Vec<(String, DeadEntry)>, NodeError> {
         self.store
-            .scan(Space::Parked, &[], None, usize::MAX)?
+            .scan(Space::Parked, &[], None, limit)?
             .into_iter()
             .map(|(k, v)| {
                 let queue = str_parts(&k, 1)
@@ -5830,7 +5840,7 @@ impl NodeState {
                 }
             }
         }
-        for (queue, d) in self.parked()? {
+        for (queue, d) in self.parked(usize::MAX)? {
             if let Some(e) = d.entry {
                 for r in &e.recipients {
                     overdue.push(Overdue {
@@ -5845,7 +5855,16 @@ impl NodeState {
                 }
             }
         }
-        overdue.sort_by_key(|o| (o.deadline_ms, o.doc_id.clone(), o.recipient.clone()));
+        let mut overdue_counts = BTreeMap::new();
+        for o in &overdue {
+            *overdue_counts
+                .entry((o.recipient.clone(), o.priority, o.parked))
+                .or_default() += 1;
+        }
+        overdue.sort_by(|a, b| {
+            (a.deadline_ms, &a.doc_id, &a.recipient).cmp(&(b.deadline_ms, &b.doc_id, &b.recipient))
+        });
+        overdue.truncate(OVERDUE_SHOWN);
         let (dead_total, dead) = self.dead_letters(DEAD_LETTERS_SHOWN)?;
         Ok(QueueSnapshot {
             dead,
@@ -5859,6 +5878,7 @@ impl NodeState {
                 })
                 .collect(),
             overdue,
+            overdue_counts,
         })
     }
 
@@ -7345,6 +7365,45 @@ mod tests {
         let hub = f.hub(store);
         assert_eq!(hub.dead_count(), 1);
         assert_eq!(hub.queue_snapshot().unwrap().dead.len(), 1);
+    }
+
+    /// Operators' pages list the earliest overdue documents only (an edge
+    /// away for a weekend can leave tens of thousands parked), while the
+    /// counts, the metric and the alert cover them all.
+    #[test]
+    fn the_overdue_list_is_cut_but_every_overdue_document_is_counted() {
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let n = OVERDUE_SHOWN + 3;
+        // Due soon (a due date already past is not a deadline), then past it.
+        let due = now_ms() + 500;
+        let batch = (0..n)
+            .map(|_| {
+                let v = f.verified_due("000.00.00.G22", "000.00.00.H41", due);
+                (v, Some(vec!["000.00.00.H41".parse().unwrap()]))
+            })
+            .collect();
+        hub.accept_batch(batch, &child("vpcp")).unwrap();
+        while now_ms() <= due {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let counted = |hub: &NodeState, parked: bool| {
+            let snap = hub.queue_snapshot().unwrap();
+            assert_eq!(snap.overdue.len(), OVERDUE_SHOWN);
+            assert_eq!(
+                snap.overdue_counts,
+                BTreeMap::from([(("000.00.00.H41".to_owned(), 0, parked), n as u64)])
+            );
+            let alerts = hub.alerts(&Default::default(), &Ok(snap));
+            let a = alerts.iter().find(|a| a.kind == "overdue").unwrap();
+            assert!(
+                a.detail.starts_with(&format!("{n} document(s)")),
+                "{}",
+                a.detail
+            );
+        };
+        assert_eq!(hub.park_overdue().unwrap(), n);
+        counted(&hub, true);
     }
 
     /// A document queued for an agency that has since moved to another child

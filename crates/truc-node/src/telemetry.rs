@@ -4,7 +4,7 @@
 //! for the dashboard's chart, and the alerts computed from all of it.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex, Weak, atomic::AtomicI64},
 };
 
@@ -379,13 +379,8 @@ impl Collector for StateCollector {
             "Age of the oldest document waiting for a recipient agency",
             &age,
         )?;
-        let mut overdue: BTreeMap<(String, u32, bool), i64> = BTreeMap::new();
-        for o in &snap.overdue {
-            *overdue
-                .entry((o.recipient.clone(), o.priority, o.parked))
-                .or_default() += 1;
-        }
-        let overdue: Vec<(Labels, i64)> = overdue
+        let overdue: Vec<(Labels, i64)> = snap
+            .overdue_counts
             .into_iter()
             .map(|((r, p, parked), n)| {
                 (
@@ -394,7 +389,7 @@ impl Collector for StateCollector {
                         ("priority", p.to_string()),
                         ("parked", parked.to_string()),
                     ],
-                    n,
+                    n as i64,
                 )
             })
             .collect();

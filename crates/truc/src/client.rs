@@ -1142,6 +1142,7 @@ pub async fn queues(config: &Path, json: bool) -> Result<()> {
             "recipients": r.recipients.iter().map(|q| serde_json::json!({"recipient": q.recipient, "depth": q.depth, "oldest_ms": q.oldest_ms})).collect::<Vec<_>>(),
             "queues": r.queues.iter().map(|q| serde_json::json!({"queue": q.queue, "depth": q.depth, "oldest_ms": q.oldest_ms})).collect::<Vec<_>>(),
             "overdue": r.overdue.iter().map(|o| serde_json::json!({"doc_id": o.doc_id, "from": o.from, "recipient": o.recipient, "priority": o.priority, "deadline_ms": o.deadline_ms, "parked": o.parked, "queue": o.queue})).collect::<Vec<_>>(),
+            "overdue_total": r.overdue_total,
             "parked": r.parked.iter().map(|p| serde_json::json!({"queue": p.queue, "doc_id": p.doc_id, "from": p.from, "recipients": p.recipients, "reason": p.reason, "at_ms": p.at_ms})).collect::<Vec<_>>(),
             "dead": r.dead.iter().map(|p| serde_json::json!({"queue": p.queue, "doc_id": p.doc_id, "from": p.from, "recipients": p.recipients, "code": p.code, "reason": p.reason, "at_ms": p.at_ms})).collect::<Vec<_>>(),
             "dead_total": r.dead_total,
@@ -1201,6 +1202,13 @@ pub async fn queues(config: &Path, json: bool) -> Result<()> {
             ]);
         }
         println!("{t}");
+        if r.overdue_total > r.overdue.len() as u64 {
+            println!(
+                "{} overdue in all (per recipient); the {} with the earliest deadlines shown",
+                r.overdue_total,
+                r.overdue.len()
+            );
+        }
     }
     if !r.dead.is_empty() {
         let mut t = table();

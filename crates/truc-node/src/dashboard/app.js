@@ -185,6 +185,12 @@ function rows(tbody, list, cells) {
   for (const item of list) tbody.append(el("tr", {}, ...cells(item).map((c) => el("td", {}, c))));
 }
 
+// " (200 first of 31,000)" when a list is cut, " (12)" otherwise.
+function shownOf(shown, total) {
+  if (total > shown) return ` (${shown} ${t("first")} ${t("of")} ${total})`;
+  return total ? ` (${total})` : "";
+}
+
 function render(v) {
   last = v;
   $("node").textContent = `${v.node} · ${t(v.role)} · ${v.version}`;
@@ -210,9 +216,8 @@ function render(v) {
   rows($("dead").tBodies[0], v.dead, (d) => [
     time(d.at_ms), d.doc_id, d.from, d.recipients.join(", "), d.queue, `${d.code}: ${d.reason}`,
   ]);
-  $("dead-count").textContent = v.dead_total > v.dead.length
-    ? ` (${v.dead.length} ${t("first")} ${t("of")} ${v.dead_total})`
-    : v.dead_total ? ` (${v.dead_total})` : "";
+  $("dead-count").textContent = shownOf(v.dead.length, v.dead_total);
+  $("overdue-count").textContent = shownOf(v.overdue.length, v.overdue_total);
   rows($("certs").tBodies[0], v.certificates, (c) => {
     const days = Math.floor((c.not_after_ms - v.now_ms) / 86400000);
     return [c.subject, time(c.not_after_ms).slice(0, 10), days + " " + t("days")];
