@@ -537,4 +537,24 @@ fn an_upload_is_its_applications_own() {
     );
     assert_eq!(s, 201, "{done}");
     assert_eq!(done["sha256"], sha256_hex(&file));
+
+    // Sent by digest: by the application that uploaded it only. Another
+    // (one that learnt the digest) hears that it uploaded nothing such.
+    let letter = |subject: &str| {
+        json!({
+            "from": G22, "to": [H41], "subject": subject,
+            "attachments": [{"name": "phu-luc.bin", "sha256": sha256_hex(&file), "size": file.len()}],
+        })
+    };
+    let (s, e) = b.post("/v1/documents", letter("Mượn tệp của ứng dụng khác"));
+    assert_eq!((s, e["code"].as_str()), (404, Some("NOT_FOUND")), "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("qlvb-khac uploaded nothing"),
+        "{e}"
+    );
+    let (s, sent) = a.post("/v1/documents", letter("Phụ lục đã tải lên"));
+    assert_eq!(s, 201, "{sent}");
 }

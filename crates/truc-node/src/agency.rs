@@ -536,7 +536,7 @@ impl Agency for AgencyService {
         &self,
         req: Request<Streaming<pb::UploadChunk>>,
     ) -> Result<Response<pb::UploadResult>, Status> {
-        upload(&self.state, req.into_inner(), None)
+        upload(&self.state, req.into_inner(), None, None)
             .await
             .map(Response::new)
     }
@@ -1119,10 +1119,12 @@ fn upload_name(id: &uuid::Uuid) -> String {
 ///
 /// Refusals name the upload `known_as`, the id its client chose, when the
 /// chunks carry another (REST derives one per application); else their own.
+/// A REST application's uploads are recorded as its `owner`'s.
 pub async fn upload<S>(
     state: &Arc<NodeState>,
     mut stream: S,
     known_as: Option<&str>,
+    owner: Option<&str>,
 ) -> Result<pb::UploadResult, Status>
 where
     S: futures::Stream<Item = Result<pb::UploadChunk, Status>> + Unpin,
@@ -1254,7 +1256,7 @@ where
             Err(e) => return Err(io(e)),
         };
     let ticket = state
-        .finish_upload(&id, &name, &digest, size)
+        .finish_upload(&id, &name, &digest, size, owner)
         .map_err(Status::from)?;
     state.durable(ticket).await.map_err(Status::from)?;
     tracing::info!(upload = %id, sha256 = %digest, size, "upload complete");
@@ -1420,7 +1422,8 @@ mod tests {
     ) {
         let (tx, rx) = mpsc::channel(4);
         let st = state.clone();
-        let task = tokio::spawn(async move { upload(&st, ReceiverStream::new(rx), None).await });
+        let task =
+            tokio::spawn(async move { upload(&st, ReceiverStream::new(rx), None, None).await });
         (tx, task)
     }
 

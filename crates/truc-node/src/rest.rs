@@ -227,6 +227,44 @@ impl Ctx {
     }
 
     /// The application may act for `organ`.
+    /// `attachments` read from a request, whose uploads (named by digest)
+    /// the calling application made itself: another's upload, or a file an
+    /// agency of this edge received, is "nothing uploaded" to it.
+    async fn own_uploads(
+        &self,
+        headers: &HeaderMap,
+        attachments: Vec<AttachmentIn>,
+    ) -> Result<Vec<pb::Attachment>, ApiError> {
+        let attachments = attachments_in(attachments)?;
+        let named: Vec<(String, Digest)> = attachments
+            .iter()
+            .filter(|a| !a.sha256.is_empty())
+            .map(|a| {
+                Digest::from_slice(&a.sha256)
+                    .map(|d| (a.name.clone(), d))
+                    .ok_or_else(|| bad(format!("attachment {:?}: sha256 is not 32 bytes", a.name)))
+            })
+            .collect::<Result<_, _>>()?;
+        if named.is_empty() {
+            return Ok(attachments);
+        }
+        let app = self.app(headers)?.name.clone();
+        let st = self.state.clone();
+        tokio::task::spawn_blocking(move || {
+            for (name, d) in named {
+                if !st.uploaded_by(&app, &d).map_err(|e| ApiError(e.into()))? {
+                    return Err(ApiError(Status::not_found(format!(
+                        "attachment {name:?}: application {app} uploaded nothing with sha-256 {d}"
+                    ))));
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ApiError(Status::internal(e.to_string())))??;
+        Ok(attachments)
+    }
+
     fn may(&self, headers: &HeaderMap, organ: &str) -> Result<(), ApiError> {
         let app = self.app(headers)?;
         if app.organs.iter().any(|o| o.as_str() == organ) {
@@ -483,6 +521,7 @@ fn sent_json(r: pb::SendResponse) -> Response {
 
 async fn send(State(cx): State<Ctx>, headers: HeaderMap, Json(b): Json<SendIn>) -> Res {
     cx.may(&headers, &b.from)?;
+    let attachments = cx.own_uploads(&headers, b.attachments).await?;
     let r = cx
         .svc
         .send(Request::new(pb::SendRequest {
@@ -493,7 +532,7 @@ async fn send(State(cx): State<Ctx>, headers: HeaderMap, Json(b): Json<SendIn>) 
             code_notation: b.code_notation,
             priority: b.priority,
             due_at_ms: b.due_at_ms,
-            attachments: attachments_in(b.attachments)?,
+            attachments,
             doc_id: b.doc_id,
             ..Default::default()
         }))
@@ -555,6 +594,7 @@ async fn change(
     b: ChangeIn,
 ) -> Res {
     let target = cx.may_sent(headers, &doc_id).await?;
+    let attachments = cx.own_uploads(headers, b.attachments).await?;
     let mut changes: Vec<pb::RecipientChange> = b
         .add
         .into_iter()
@@ -573,7 +613,7 @@ async fn change(
             code_number: b.code_number,
             code_notation: b.code_notation,
             priority: target.priority,
-            attachments: attachments_in(b.attachments)?,
+            attachments,
             business_type: business as i32,
             target_doc_id: doc_id,
             reason: b.reason,
@@ -653,7 +693,8 @@ async fn upload(
     body: Body,
 ) -> Res {
     let known_as = upload_id;
-    let upload_id = app_upload_id(cx.app(&headers)?, &known_as)?;
+    let app = cx.app(&headers)?;
+    let upload_id = app_upload_id(app, &known_as)?;
     let announce = match q.sha256.as_deref().map(str::trim) {
         None | Some("") => Vec::new(),
         Some(h) => hex::decode(h).map_err(|e| bad(format!("sha256: {e}")))?,
@@ -691,7 +732,13 @@ async fn upload(
     });
     let chunks = futures::stream::once(std::future::ready(Ok(first))).chain(chunks);
     // Refusals name the id the application chose, not the node's own.
-    let r = crate::agency::upload(&cx.state, Box::pin(chunks), Some(&known_as)).await?;
+    let r = crate::agency::upload(
+        &cx.state,
+        Box::pin(chunks),
+        Some(&known_as),
+        Some(&app.name),
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"sha256": hex::encode(r.sha256), "size": r.size})),

@@ -2363,20 +2363,45 @@ impl NodeState {
     }
 
     /// Records a finished upload (so a retry of it answers at once) and drops its
-    /// partial record, in one write.
+    /// partial record, in one write; and that `owner` (a REST application)
+    /// uploaded `d`, which it alone may then name in a document.
     pub fn finish_upload(
         &self,
         id: &uuid::Uuid,
         partial: &str,
         d: &Digest,
         size: u64,
+        owner: Option<&str>,
     ) -> Result<Ticket, NodeError> {
         let mut b = Batch::new();
         b.delete(Space::Meta, Self::partial_key(partial));
         let mut v = d.0.to_vec();
         v.extend_from_slice(&size.to_be_bytes());
         b.put(Space::Meta, Self::upload_key(id), v);
+        if let Some(owner) = owner {
+            b.put(Space::Meta, Self::uploaded_by_key(owner, d), Vec::new());
+        }
         Ok(self.commit.apply(b)?)
+    }
+
+    fn uploaded_by_key(owner: &str, d: &Digest) -> Vec<u8> {
+        Key::new()
+            .str("uploaded-by")
+            .str(owner)
+            .str(&d.to_string())
+            .build()
+    }
+
+    /// Whether `owner` uploaded the file with digest `d`, still kept: a file
+    /// on this edge that another application uploaded, or an attachment an
+    /// agency received, is not its to send (its digest may be known where its
+    /// bytes are not).
+    pub fn uploaded_by(&self, owner: &str, d: &Digest) -> Result<bool, NodeError> {
+        Ok(self
+            .store
+            .get(Space::Meta, &Self::uploaded_by_key(owner, d))?
+            .is_some()
+            && self.blobs.contains(d))
     }
 
     /// Counts streamed bytes, and those of them that were streamed before.
@@ -7780,7 +7805,7 @@ mod tests {
         // not named by a document that would then find nothing.
         let data = vec![3u8; 100 << 10];
         let d = Digest::of(&data);
-        edge.finish_upload(&gone, "upload-x", &d, data.len() as u64)
+        edge.finish_upload(&gone, "upload-x", &d, data.len() as u64, None)
             .unwrap();
         assert_eq!(edge.upload_done(&gone).unwrap(), None);
         edge.blobs.put(&data).unwrap();
