@@ -1745,6 +1745,54 @@ mod tests {
         assert!(check(&hub, transfer()).is_ok());
     }
 
+    /// A signer whose issuer no list here covers (the lists name another
+    /// CA) is deferred as with a stale list, and the node raises a `crl`
+    /// alert naming the issuer and the setting to fix, which a stale list's
+    /// alert (by file) would not show.
+    #[test]
+    fn a_signer_whose_issuer_has_no_list_here_is_deferred_and_alerted() {
+        use rustls::pki_types::{CertificateRevocationListDer, pem::PemObject};
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let other = truc_pki::dev::DevCa::generate("another signing CA").unwrap();
+        let theirs = CertificateRevocationListDer::from_pem_slice(
+            other.crl_valid(&[], 30).unwrap().as_bytes(),
+        )
+        .unwrap();
+        hub.verifiers.agencies.set_crls(&[theirs]).unwrap();
+        assert!(hub.verifiers.agencies.unlisted_issuers(0).is_empty());
+        let v = f.verified("000.00.00.G22", &["000.00.00.H41"]);
+        let t = pb::Transfer {
+            seq: 1,
+            envelope: Some(v.envelope.clone()),
+            recipients: vec!["000.00.00.H41".into()],
+            ..Default::default()
+        };
+        match check(&hub, t).map(|_| ()).unwrap_err() {
+            Prepared::Deferred(reason) => {
+                assert!(
+                    reason.contains("no revocation list here covers its issuer"),
+                    "{reason}"
+                );
+                assert!(
+                    reason.contains("test signing"),
+                    "names the issuer: {reason}"
+                );
+            }
+            _ => panic!("not deferred"),
+        }
+        let alerts = hub.alerts(&Default::default(), &Ok(Default::default()));
+        let a = alerts
+            .iter()
+            .find(|a| a.kind == "crl")
+            .expect("a crl alert");
+        assert!(
+            a.subject.starts_with("signing:") && a.subject.contains("test signing"),
+            "{a:?}"
+        );
+        assert!(a.detail.contains("signing.crls"), "{a:?}");
+    }
+
     /// A resend of a message this node took before (the link lost the
     /// acknowledgement) that fails its checks now (here: the revocation
     /// list went stale meanwhile; a certificate revoked or expired since is

@@ -791,6 +791,10 @@ pub struct Parts {
 }
 
 /// What a revocation list past its next update stops (`which`: tls, signing).
+/// How long an issuer that could not be checked for want of a revocation
+/// list stays an alert after the last time (10 min).
+const UNLISTED_ALERT_SECS: u64 = 600;
+
 pub fn crl_stale_effect(which: &str) -> &'static str {
     if which == "signing" {
         "documents signed under the certificates it covers are deferred (their senders keep them and retry)"
@@ -1847,6 +1851,28 @@ impl NodeState {
                     subject: format!("{which}:{path}"),
                     detail: format!(
                         "revocation list {path} is due for its next update within a day"
+                    ),
+                });
+            }
+        }
+        // A list missing for an issuer (none here covers it, or a CA above
+        // it) fails closed as a stale one does: raised while it happened in
+        // the last UNLISTED_ALERT_SECS.
+        let since = (now / 1000)
+            .max(0)
+            .unsigned_abs()
+            .saturating_sub(UNLISTED_ALERT_SECS);
+        for (which, v, setting) in [
+            ("signing", &self.verifiers.agencies, "signing.crls"),
+            ("transport", &self.verifiers.nodes, "tls.crls"),
+        ] {
+            for (issuer, at) in v.unlisted_issuers(since) {
+                out.push(Alert {
+                    kind: "crl",
+                    subject: format!("{which}:{issuer}"),
+                    detail: format!(
+                        "no revocation list here covers {issuer} or a CA above it (last needed {} s ago): what is signed under its certificates is deferred (its senders keep it and retry); add its list to {setting}",
+                        (now / 1000).max(0).unsigned_abs().saturating_sub(at),
                     ),
                 });
             }

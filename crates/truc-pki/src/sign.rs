@@ -289,6 +289,9 @@ pub struct SignatureVerifier {
     /// Bumped by each [`Self::set_crls`]: a check made under older lists is
     /// not cached after the cache was cleared for new ones.
     generation: Arc<AtomicU64>,
+    /// Issuers of certificates that could not be checked for want of a
+    /// revocation list, with when it last happened (unix s): for an alert.
+    unlisted: Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
 }
 
 /// How long a chain checked against revocation lists stays cached: a list
@@ -321,7 +324,21 @@ impl SignatureVerifier {
             counter: SignatureCounter::default(),
             crls: Arc::default(),
             generation: Arc::default(),
+            unlisted: Arc::default(),
         })
+    }
+
+    /// Issuers (distinguished names) whose certificates could not be checked
+    /// since `since` (unix s) because no revocation list here covers them,
+    /// or a CA above them, with when that last happened.
+    pub fn unlisted_issuers(&self, since: u64) -> Vec<(String, u64)> {
+        self.unlisted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, at)| **at >= since)
+            .map(|(i, at)| (i.clone(), *at))
+            .collect()
     }
 
     /// Checks signers' chains against `crls` from now on (for every clone of
@@ -448,7 +465,18 @@ impl SignatureVerifier {
                 next_update.as_secs()
             )),
             webpki::Error::UnknownRevocationStatus => {
-                VerifyError::NotNow("no revocation list here covers its issuer".into())
+                let issuer = x509_parser::parse_x509_certificate(&chain[0])
+                    .map(|(_, c)| c.issuer().to_string())
+                    .unwrap_or_else(|_| "?".into());
+                let mut unlisted = self.unlisted.lock().unwrap_or_else(|p| p.into_inner());
+                // Bounded: a few CAs in practice; a flood of made-up issuers
+                // is refused before this (no chain to a trusted CA).
+                if unlisted.len() < 64 || unlisted.contains_key(&issuer) {
+                    unlisted.insert(issuer.clone(), now.as_secs());
+                }
+                VerifyError::NotNow(format!(
+                    "no revocation list here covers its issuer ({issuer}) or a CA above it"
+                ))
             }
             e => VerifyError::Untrusted(e.to_string()),
         })?;
