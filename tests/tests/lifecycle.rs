@@ -545,18 +545,20 @@ async fn a_dead_letter_is_shown_to_the_operator_and_requeue_delivers_it() {
     }
     let file = c.path("bao-cao.bin");
     std::fs::write(&file, vec![7u8; 4096]).unwrap();
-    let id = c.send_from_vpcp(
-        H41,
-        "Báo cáo kèm phụ lục",
-        &["--attach", file.to_str().unwrap()],
-    );
+    let attach = ["--attach", file.to_str().unwrap()];
+    let id = c.send_from_vpcp(H41, "Báo cáo kèm phụ lục", &attach);
+    let second = c.send_from_vpcp(H41, "Báo cáo thứ hai", &attach);
+    wait_all(&c, &second, "refused by the hub", |r| {
+        r["state"] == "failed"
+    })
+    .await;
     let v = wait_all(&c, &id, "refused by the hub", |r| r["state"] == "failed").await;
     let detail = v["recipients"][0]["detail"].as_str().unwrap().to_owned();
     assert!(detail.contains("max_attachment_bytes"), "{v}");
 
     let queues: serde_json::Value =
         serde_json::from_str(&c.cli_ok(&["queues", "--config", &c.cfg("vpcp"), "--json"])).unwrap();
-    assert_eq!(queues["dead_total"], 1, "{queues}");
+    assert_eq!(queues["dead_total"], 2, "{queues}");
     let dead = &queues["dead"][0];
     assert_eq!(dead["doc_id"], id.as_str(), "{queues}");
     assert_eq!(dead["queue"], "parent", "{queues}");
@@ -584,16 +586,25 @@ async fn a_dead_letter_is_shown_to_the_operator_and_requeue_delivers_it() {
         common::ops::parse_metrics(&c.ops("vpcp", Some("operators/viewer")).get("/metrics").body);
     assert_eq!(
         common::ops::sample(&metrics, "truc_dead_letters", &[]),
-        Some(1.0)
+        Some(2.0)
     );
 
-    // The hub's limit raised; the edge's operator sends it again.
+    // The hub's limit raised; the edge's operator sends one again, then the rest.
     c.stop("hub");
     hub_limit(&c, 64 << 20);
     assert!(
         c.cli_ok(&["requeue", "--config", &c.cfg("vpcp"), &id])
             .contains("requeued 1"),
     );
+    let rest = c.cli_ok(&[
+        "requeue",
+        "--config",
+        &c.cfg("vpcp"),
+        "--all",
+        "--queue",
+        "parent",
+    ]);
+    assert!(rest.contains("requeued 1 queue entry"), "{rest}");
     let v = status_json(&c, &id);
     let detail = v["recipients"][0]["detail"].as_str().unwrap();
     assert!(detail.contains("requeued by an operator"), "{v}");
@@ -602,8 +613,13 @@ async fn a_dead_letter_is_shown_to_the_operator_and_requeue_delivers_it() {
         r["state"] == "delivered"
     })
     .await;
+    wait_all(&c, &second, "the second delivered", |r| {
+        r["state"] == "delivered"
+    })
+    .await;
     let items = inbox(&c, "nghean", H41).await;
     assert_eq!(items.iter().filter(|i| i.doc_id == id).count(), 1);
+    assert_eq!(items.iter().filter(|i| i.doc_id == second).count(), 1);
     let queues: serde_json::Value =
         serde_json::from_str(&c.cli_ok(&["queues", "--config", &c.cfg("vpcp"), "--json"])).unwrap();
     assert_eq!(queues["dead_total"], 0, "{queues}");

@@ -54,15 +54,40 @@ impl Admin for AdminService {
         req: Request<pb::RequeueRequest>,
     ) -> Result<Response<pb::RequeueResponse>, Status> {
         let (operator, _) = caller(&req).require(Role::Operator)?;
-        let doc_id: DocId = req
-            .into_inner()
+        let r = req.into_inner();
+        let st = self.state.clone();
+        if r.all {
+            if !r.doc_id.is_empty() {
+                return Err(Status::invalid_argument("give a doc_id or all, not both"));
+            }
+            let queue = (!r.queue.is_empty()).then_some(r.queue);
+            let q = queue.clone();
+            let done = blocking(move || st.requeue_all(q.as_deref())).await?;
+            tracing::info!(queue = queue.as_deref().unwrap_or("(all)"), entries = done.entries,
+                refused = done.refused.len(), %operator, "everything held requeued by an operator");
+            return Ok(Response::new(pb::RequeueResponse {
+                requeued: done.entries as u32,
+                refused: done
+                    .refused
+                    .into_iter()
+                    .map(|(doc_id, from, reason)| pb::RequeueRefused {
+                        doc_id,
+                        from,
+                        reason,
+                    })
+                    .collect(),
+            }));
+        }
+        let doc_id: DocId = r
             .doc_id
             .parse()
             .map_err(|e| Status::invalid_argument(format!("doc_id: {e}")))?;
-        let st = self.state.clone();
         let n = blocking(move || st.requeue(&doc_id)).await?;
         tracing::info!(%doc_id, entries = n, %operator, "requeued by an operator");
-        Ok(Response::new(pb::RequeueResponse { requeued: n as u32 }))
+        Ok(Response::new(pb::RequeueResponse {
+            requeued: n as u32,
+            refused: Vec::new(),
+        }))
     }
 
     async fn audit_verify(

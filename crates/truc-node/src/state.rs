@@ -494,6 +494,14 @@ pub struct DeadLetter {
     pub at_ms: i64,
 }
 
+/// What [`NodeState::requeue_all`] did: queue entries put back, and the
+/// held entries that could not be, as (doc_id, from, why).
+#[derive(Debug, Default)]
+pub struct RequeuedAll {
+    pub entries: usize,
+    pub refused: Vec<(String, String, String)>,
+}
+
 /// How many dead letters operators' pages and `truc queues` list: the
 /// first by queue, oldest first on each (what has waited longest).
 pub const DEAD_LETTERS_SHOWN: usize = 100;
@@ -5571,67 +5579,8 @@ impl NodeState {
         for space in [Space::Parked, Space::Dead] {
             for (k, v) in self.store.scan(space, &[], None, usize::MAX)? {
                 let held: DeadEntry = record::decode(space, &k, &v)?;
-                let Some(mut e) = held.entry else { continue };
-                if e.doc_id != d {
-                    continue;
-                }
-                let held_on = str_parts(&k, 1)
-                    .and_then(|mut q| q.pop())
-                    .ok_or_else(|| internal("held entry key"))?;
-                let (was, why) = match space {
-                    Space::Parked => ("parked", format!("parked on {held_on}")),
-                    _ => ("refused", format!("refused on {held_on}: {}", held.reason)),
-                };
-                let recipients: Vec<OrganId> = e
-                    .recipients
-                    .iter()
-                    .map(|r| r.parse().map_err(|_| internal("held recipient")))
-                    .collect::<Result<_, _>>()?;
-                let cannot = |what: String| {
-                    Refusal::new(
-                        Code::FailedPrecondition,
-                        format!(
-                            "document {d} from {} {was} on {held_on} cannot be requeued: {what}",
-                            e.from
-                        ),
-                    )
-                };
-                let routes = self
-                    .routing()
-                    .route(&recipients)
-                    .map_err(|err| cannot(format!("it cannot be routed again: {err}")))?;
-                let mut queues = Vec::new();
-                for (dest, to) in routes {
-                    let queue = queue_name(&dest).ok_or_else(|| {
-                        cannot("it is now for an agency this node serves itself".into())
-                    })?;
-                    queues.push((queue, to));
-                }
-                match space {
-                    // Still counted in what its document keeps here.
-                    Space::Parked => {
-                        self.plan_split(&mut plan, &e.from, &e.doc_id, queues.len())?
-                    }
-                    // Done with when it was refused: what it needs must still
-                    // be here, and is kept again until these are done.
-                    _ => self
-                        .plan_revive(&mut plan, &e, queues.len())
-                        .map_err(|what| {
-                            cannot(format!("{what}; send it again under a new doc_id"))
-                        })?,
-                }
-                plan.batch.delete(space, k);
-                if space == Space::Dead {
-                    plan.deltas.push((DEAD_COUNT.to_owned(), -1));
-                }
-                self.plan_requeued_detail(&mut plan, &e, &why, now)?;
-                for (queue, to) in queues {
-                    e.enqueued_at_ms = now;
-                    e.deadline_ms = now + self.delivery.deadline_for(e.priority) as i64;
-                    e.recipients = to.iter().map(|o| o.to_string()).collect();
-                    let note = format!("on {queue} by an operator ({why})");
-                    self.plan_enqueue(&mut w, &mut plan, queue, &e, "requeued", note)?;
-                    n += 1;
+                if held.entry.as_ref().is_some_and(|e| e.doc_id == d) {
+                    n += self.plan_requeue(&mut w, &mut plan, space, k, held, now)?;
                 }
             }
         }
@@ -5642,6 +5591,113 @@ impl NodeState {
             .into());
         }
         self.finish(w, plan)?;
+        Ok(n)
+    }
+
+    /// [`Self::requeue`] for every parked entry and dead letter (of `queue`
+    /// only, when given), after a cause that held many is fixed. Each one
+    /// that cannot be requeued (its bytes released, no route) stays where it
+    /// is, and is told with the reason; the rest go, a few hundred per write.
+    pub fn requeue_all(&self, queue: Option<&str>) -> Result<RequeuedAll, NodeError> {
+        let prefix = queue.map(queue_prefix).unwrap_or_default();
+        let mut out = RequeuedAll::default();
+        for space in [Space::Parked, Space::Dead] {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let now = now_ms();
+                let mut w = self.lock();
+                let rows = self.store.scan(space, &prefix, after.as_deref(), 256)?;
+                let Some((last, _)) = rows.last() else { break };
+                after = Some(last.clone());
+                let mut plan = Plan::default();
+                for (k, v) in rows {
+                    let held: DeadEntry = record::decode(space, &k, &v)?;
+                    let Some(e) = held.entry.clone() else {
+                        continue;
+                    };
+                    let mark = plan.mark();
+                    match self.plan_requeue(&mut w, &mut plan, space, k, held, now) {
+                        Ok(n) => out.entries += n,
+                        Err(NodeError::Refused(r)) => {
+                            plan.rollback(mark);
+                            out.refused.push((e.doc_id, e.from, r.reason));
+                        }
+                        Err(err) => return Err(err),
+                    }
+                }
+                self.finish(w, plan)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Plans one held entry (`key` in `space`: parked or dead) back onto the
+    /// queues its recipients route to now; how many entries that makes.
+    fn plan_requeue(
+        &self,
+        w: &mut Writer,
+        plan: &mut Plan,
+        space: Space,
+        key: Vec<u8>,
+        held: DeadEntry,
+        now: i64,
+    ) -> Result<usize, NodeError> {
+        let Some(mut e) = held.entry else {
+            return Ok(0);
+        };
+        let held_on = str_parts(&key, 1)
+            .and_then(|mut q| q.pop())
+            .ok_or_else(|| internal("held entry key"))?;
+        let (was, why) = match space {
+            Space::Parked => ("parked", format!("parked on {held_on}")),
+            _ => ("refused", format!("refused on {held_on}: {}", held.reason)),
+        };
+        let recipients: Vec<OrganId> = e
+            .recipients
+            .iter()
+            .map(|r| r.parse().map_err(|_| internal("held recipient")))
+            .collect::<Result<_, _>>()?;
+        let cannot = |what: String| {
+            Refusal::new(
+                Code::FailedPrecondition,
+                format!(
+                    "document {} from {} {was} on {held_on} cannot be requeued: {what}",
+                    e.doc_id, e.from
+                ),
+            )
+        };
+        let routes = self
+            .routing()
+            .route(&recipients)
+            .map_err(|err| cannot(format!("it cannot be routed again: {err}")))?;
+        let mut queues = Vec::new();
+        for (dest, to) in routes {
+            let queue = queue_name(&dest)
+                .ok_or_else(|| cannot("it is now for an agency this node serves itself".into()))?;
+            queues.push((queue, to));
+        }
+        match space {
+            // Still counted in what its document keeps here.
+            Space::Parked => self.plan_split(plan, &e.from, &e.doc_id, queues.len())?,
+            // Done with when it was refused: what it needs must still be
+            // here, and is kept again until these are done.
+            _ => self
+                .plan_revive(plan, &e, queues.len())
+                .map_err(|what| cannot(format!("{what}; send it again under a new doc_id")))?,
+        }
+        plan.batch.delete(space, key);
+        if space == Space::Dead {
+            plan.deltas.push((DEAD_COUNT.to_owned(), -1));
+        }
+        self.plan_requeued_detail(plan, &e, &why, now)?;
+        let n = queues.len();
+        for (queue, to) in queues {
+            e.enqueued_at_ms = now;
+            e.deadline_ms = now + self.delivery.deadline_for(e.priority) as i64;
+            e.recipients = to.iter().map(|o| o.to_string()).collect();
+            let note = format!("on {queue} by an operator ({why})");
+            self.plan_enqueue(w, plan, queue, &e, "requeued", note)?;
+        }
         Ok(n)
     }
 
@@ -7416,6 +7472,51 @@ mod tests {
         let hub = f.hub(store);
         assert_eq!(hub.dead_count(), 1);
         assert_eq!(hub.queue_snapshot().unwrap().dead.len(), 1);
+    }
+
+    /// After a cause that held many is fixed, an operator requeues every
+    /// parked entry and dead letter at once (of one queue, if named): each
+    /// that cannot go (its bytes released) stays, told with the reason, and
+    /// the others go.
+    #[test]
+    fn requeue_all_sends_what_it_can_and_tells_what_it_cannot() {
+        let mut f = Fixture::new();
+        f.storage.envelope_retention_ms = Some(0);
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let refuse_head = |hub: &NodeState| {
+            let (seq, _) = hub.queue_peek("child:nghean", None, 1).unwrap().remove(0);
+            let over = Code::ResourceExhausted as i32;
+            assert!(
+                hub.queue_reject("child:nghean", seq, over, "over the limit")
+                    .unwrap()
+            );
+        };
+        // One dead letter whose envelope is released, then one kept.
+        let released = f.verified("000.00.00.G22", &["000.00.00.H41"]);
+        let released_id = released.doc_id.to_string();
+        hub.accept(released, &child("vpcp"), None).unwrap();
+        refuse_head(&hub);
+        hub.release_due().unwrap();
+        hub.accept(
+            f.verified("000.00.00.G22", &["000.00.00.H41"]),
+            &child("vpcp"),
+            None,
+        )
+        .unwrap();
+        refuse_head(&hub);
+        assert_eq!(hub.dead_count(), 2);
+
+        let none = hub.requeue_all(Some("child:caobang")).unwrap();
+        assert_eq!((none.entries, none.refused.len()), (0, 0), "another queue");
+        let done = hub.requeue_all(None).unwrap();
+        assert_eq!(done.entries, 1);
+        assert_eq!(hub.queue_depth("child:nghean"), 1);
+        let [(doc_id, from, why)] = &done.refused[..] else {
+            panic!("{:?}", done.refused)
+        };
+        assert_eq!((doc_id, from.as_str()), (&released_id, "000.00.00.G22"));
+        assert!(why.contains("released"), "{why}");
+        assert_eq!(hub.dead_count(), 1, "the one that cannot go stays");
     }
 
     /// Operators' pages list the earliest overdue documents only (an edge

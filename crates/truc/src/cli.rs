@@ -256,7 +256,18 @@ enum Command {
     Requeue {
         #[arg(long)]
         config: PathBuf,
-        doc_id: String,
+        /// The document (every parked entry and dead letter of it, or none).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        doc_id: Option<String>,
+        /// Every parked entry and dead letter (once their cause is fixed);
+        /// each one that cannot be requeued stays, and is listed.
+        #[arg(long)]
+        all: bool,
+        /// With --all: only those held on this link queue ("parent", "child:NODE").
+        #[arg(long, requires = "all")]
+        queue: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// One document's path and timings: this node's audit entries and every signed
     /// receipt and status from the other hops.
@@ -808,14 +819,13 @@ async fn run(cli: Cli) -> Result<()> {
             trust,
             document,
         }),
-        Command::Requeue { config, doc_id } => {
-            let n = client::requeue(&config, &doc_id).await?;
-            println!(
-                "requeued {n} queue entr{} of {doc_id}",
-                if n == 1 { "y" } else { "ies" }
-            );
-            Ok(())
-        }
+        Command::Requeue {
+            config,
+            doc_id,
+            all,
+            queue,
+            json,
+        } => client::requeue(&config, doc_id.as_deref(), all, queue.as_deref(), json).await,
         Command::Trace {
             config,
             doc_id,

@@ -1068,16 +1068,51 @@ pub async fn receipts(
     Ok(written)
 }
 
-pub async fn requeue(config: &Path, doc_id: &str) -> Result<u32> {
-    let mut client = admin(config).await?;
-    Ok(client
+pub async fn requeue(
+    config: &Path,
+    doc_id: Option<&str>,
+    all: bool,
+    queue: Option<&str>,
+    json: bool,
+) -> Result<()> {
+    let r = admin(config)
+        .await?
         .requeue(pb::RequeueRequest {
-            doc_id: doc_id.into(),
+            doc_id: doc_id.unwrap_or_default().into(),
+            all,
+            queue: queue.unwrap_or_default().into(),
         })
         .await
         .map_err(status_error)?
-        .into_inner()
-        .requeued)
+        .into_inner();
+    if json {
+        let v = serde_json::json!({
+            "requeued": r.requeued,
+            "refused": r.refused.iter().map(|f| serde_json::json!({"doc_id": f.doc_id, "from": f.from, "reason": f.reason})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let n = r.requeued;
+    let entries = if n == 1 { "entry" } else { "entries" };
+    match doc_id {
+        Some(d) => println!("requeued {n} queue {entries} of {d}"),
+        None => println!("requeued {n} queue {entries}"),
+    }
+    if !r.refused.is_empty() {
+        let mut t = table();
+        t.set_header(vec!["not requeued doc_id", "from", "why"]);
+        for f in &r.refused {
+            t.add_row(vec![f.doc_id.clone(), f.from.clone(), f.reason.clone()]);
+        }
+        println!("{t}");
+        println!(
+            "{} held entr{} left where they are",
+            r.refused.len(),
+            if r.refused.len() == 1 { "y" } else { "ies" }
+        );
+    }
+    Ok(())
 }
 
 pub async fn trace(config: &Path, doc_id: &str, from: Option<&str>, json: bool) -> Result<()> {
