@@ -80,17 +80,19 @@ async fn set_health(
 async fn check_health(
     st: &Arc<NodeState>,
     reporter: &tonic_health::server::HealthReporter,
-    last: &mut Option<Option<String>>,
+    last: &mut Option<Option<crate::state::Unwritable>>,
 ) {
     let st = st.clone();
     let why = tokio::task::spawn_blocking(move || st.unwritable())
         .await
-        .unwrap_or_else(|e| Some(e.to_string()));
-    let kind = |w: &Option<String>| {
-        w.as_ref()
-            .map(|w| w.replace(|c: char| c.is_ascii_digit(), ""))
+        .unwrap_or_else(|e| Some(crate::state::Unwritable::Unchecked(e.to_string())));
+    // Told once per reason, not again as a hang's seconds go up.
+    let same = match (last.as_ref(), &why) {
+        (Some(None), None) => true,
+        (Some(Some(a)), Some(b)) => a.same_kind(b),
+        _ => false,
     };
-    if last.as_ref().map(kind) == Some(kind(&why)) {
+    if same {
         return;
     }
     match &why {

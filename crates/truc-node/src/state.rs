@@ -799,6 +799,51 @@ pub struct Parts {
 }
 
 /// What a revocation list past its next update stops (`which`: tls, signing).
+/// Why the store takes no writes now (health NOT_SERVING, a `store` alert).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unwritable {
+    /// A flush failed: writes are refused until restart.
+    FlushFailed,
+    /// A store request hangs (the store's own words).
+    Hangs(String),
+    /// A flush has not finished for this long.
+    FlushHangs(std::time::Duration),
+    /// Free space is below `storage.min_free_bytes`.
+    LowSpace,
+    /// Free space cannot be read.
+    SpaceUnknown(String),
+    /// The check itself could not run.
+    Unchecked(String),
+}
+
+impl std::fmt::Display for Unwritable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::FlushFailed => f.write_str("a store flush failed: writes refused until restart"),
+            Self::Hangs(why) => write!(f, "{why}: nothing is acknowledged until it answers"),
+            Self::FlushHangs(d) => write!(
+                f,
+                "a store flush has not finished for {} s (the disk hangs?): nothing is acknowledged until it does",
+                d.as_secs()
+            ),
+            Self::LowSpace => {
+                f.write_str("free space below storage.min_free_bytes: intake refused")
+            }
+            Self::SpaceUnknown(e) => write!(f, "free space cannot be read: {e}"),
+            Self::Unchecked(e) => {
+                write!(f, "whether the store takes writes cannot be checked: {e}")
+            }
+        }
+    }
+}
+
+impl Unwritable {
+    /// The same reason, whatever its figures (how long a flush hangs).
+    pub fn same_kind(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+}
+
 /// How long an issuer that could not be checked for want of a revocation
 /// list stays an alert after the last time (10 min).
 const UNLISTED_ALERT_SECS: u64 = 600;
@@ -1691,23 +1736,20 @@ impl NodeState {
     }
 
     /// Why the store does not take writes now, if it does not.
-    pub fn unwritable(&self) -> Option<String> {
+    pub fn unwritable(&self) -> Option<Unwritable> {
         if !self.commit.healthy() {
-            return Some("a store flush failed: writes refused until restart".into());
+            return Some(Unwritable::FlushFailed);
         }
         if let Some(why) = self.store.stalled() {
-            return Some(format!("{why}: nothing is acknowledged until it answers"));
+            return Some(Unwritable::Hangs(why));
         }
         if let Some(d) = self.commit.flush_stalled(STALL_AFTER) {
-            return Some(format!(
-                "a store flush has not finished for {} s (the disk hangs?): nothing is acknowledged until it does",
-                d.as_secs()
-            ));
+            return Some(Unwritable::FlushHangs(d));
         }
         match self.blobs.free_bytes() {
             Ok(f) if f >= self.storage.min_free_bytes => None,
-            Ok(_) => Some("free space below storage.min_free_bytes: intake refused".into()),
-            Err(e) => Some(format!("free space cannot be read: {e}")),
+            Ok(_) => Some(Unwritable::LowSpace),
+            Err(e) => Some(Unwritable::SpaceUnknown(e.to_string())),
         }
     }
 
@@ -1725,10 +1767,11 @@ impl NodeState {
         // Unreadable queues hide overdue documents: that is an alert of its
         // own, not "nothing overdue" (unless the store alert below gives the
         // same reason: a hang already known).
-        let said_below = |e: &NodeError| match e {
-            NodeError::Store(truc_store::StoreError::Stalled(why)) => unwritable
-                .as_deref()
-                .is_some_and(|u| u.contains(why.as_str())),
+        let said_below = |e: &NodeError| match (e, &unwritable) {
+            (
+                NodeError::Store(truc_store::StoreError::Stalled(why)),
+                Some(Unwritable::Hangs(known)),
+            ) => why == known,
             _ => false,
         };
         if let Err(e) = snapshot
@@ -1833,11 +1876,11 @@ impl NodeState {
                 });
             }
         }
-        if let Some(detail) = unwritable {
+        if let Some(why) = unwritable {
             out.push(Alert {
                 kind: "store",
                 subject: self.node_id.to_string(),
-                detail,
+                detail: why.to_string(),
             });
         }
         // A revocation list past its next update fails closed: every
@@ -8740,7 +8783,10 @@ mod tests {
             assert!(!writer.is_finished(), "the write never hung");
             std::thread::yield_now();
         }
-        let why = edge.unwritable().expect("unwritable while it hangs");
+        let why = edge
+            .unwritable()
+            .expect("unwritable while it hangs")
+            .to_string();
         assert!(why.contains(&format!("write {next} hangs")), "{why}");
         assert!(!edge.writable());
         // What operators read does not wait for the write: the alerts, a
