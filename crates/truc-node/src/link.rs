@@ -1755,23 +1755,31 @@ mod tests {
         let f = Fixture::new();
         let hub = f.hub(Arc::new(MemoryStore::new()));
         let other = truc_pki::dev::DevCa::generate("another signing CA").unwrap();
-        let theirs = CertificateRevocationListDer::from_pem_slice(
-            other.crl_valid(&[], 30).unwrap().as_bytes(),
-        )
-        .unwrap();
-        hub.verifiers.agencies.set_crls(&[theirs]).unwrap();
+        let list_of = |ca: &truc_pki::dev::DevCa| {
+            CertificateRevocationListDer::from_pem_slice(ca.crl_valid(&[], 30).unwrap().as_bytes())
+                .unwrap()
+        };
+        hub.verifiers.agencies.set_crls(&[list_of(&other)]).unwrap();
         assert!(hub.verifiers.agencies.unlisted_issuers(0).is_empty());
         let v = f.verified("000.00.00.G22", &["000.00.00.H41"]);
-        let t = pb::Transfer {
+        let transfer = |v: &Verified| pb::Transfer {
             seq: 1,
             envelope: Some(v.envelope.clone()),
             recipients: vec!["000.00.00.H41".into()],
             ..Default::default()
         };
-        match check(&hub, t).map(|_| ()).unwrap_err() {
+        // A certificate replayed under a forged signature raises nothing.
+        let mut forged = transfer(&v);
+        if let Some(env) = forged.envelope.as_mut() {
+            let last = env.signature.len() - 1;
+            env.signature[last] ^= 1;
+        }
+        assert!(check(&hub, forged).is_err());
+        assert!(hub.verifiers.agencies.unlisted_issuers(0).is_empty());
+        match check(&hub, transfer(&v)).map(|_| ()).unwrap_err() {
             Prepared::Deferred(reason) => {
                 assert!(
-                    reason.contains("no revocation list here covers its issuer"),
+                    reason.contains("no revocation list here covers"),
                     "{reason}"
                 );
                 assert!(
@@ -1791,6 +1799,14 @@ mod tests {
             "{a:?}"
         );
         assert!(a.detail.contains("signing.crls"), "{a:?}");
+        // With the issuer's own list added, the alert goes and it passes.
+        hub.verifiers
+            .agencies
+            .set_crls(&[list_of(&other), list_of(&f.ca)])
+            .unwrap();
+        let alerts = hub.alerts(&Default::default(), &Ok(Default::default()));
+        assert!(!alerts.iter().any(|a| a.kind == "crl"), "{alerts:?}");
+        assert!(check(&hub, transfer(&v)).is_ok());
     }
 
     /// A resend of a message this node took before (the link lost the

@@ -226,7 +226,6 @@ impl Ctx {
             .ok_or_else(|| ApiError(Status::unauthenticated("unknown token")))
     }
 
-    /// The application may act for `organ`.
     /// `attachments` read from a request, whose uploads (named by digest)
     /// the calling application made itself: another's upload, or a file an
     /// agency of this edge received, is "nothing uploaded" to it.
@@ -265,6 +264,7 @@ impl Ctx {
         Ok(attachments)
     }
 
+    /// The application may act for `organ`.
     fn may(&self, headers: &HeaderMap, organ: &str) -> Result<(), ApiError> {
         let app = self.app(headers)?;
         if app.organs.iter().any(|o| o.as_str() == organ) {

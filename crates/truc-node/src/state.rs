@@ -798,7 +798,6 @@ pub struct Parts {
     pub parent: Option<NodeId>,
 }
 
-/// What a revocation list past its next update stops (`which`: tls, signing).
 /// Why the store takes no writes now (health NOT_SERVING, a `store` alert).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unwritable {
@@ -848,6 +847,7 @@ impl Unwritable {
 /// list stays an alert after the last time (10 min).
 const UNLISTED_ALERT_SECS: u64 = 600;
 
+/// What a revocation list past its next update stops (`which`: tls, signing).
 pub fn crl_stale_effect(which: &str) -> &'static str {
     if which == "signing" {
         "documents signed under the certificates it covers are deferred (their senders keep them and retry)"
@@ -1906,13 +1906,14 @@ impl NodeState {
                 });
             }
         }
-        // A list missing for an issuer (none here covers it, or a CA above
-        // it) fails closed as a stale one does: raised while it happened in
-        // the last UNLISTED_ALERT_SECS.
-        let since = (now / 1000)
-            .max(0)
-            .unsigned_abs()
-            .saturating_sub(UNLISTED_ALERT_SECS);
+        // A list missing for an issuer of a signer's chain fails closed as a
+        // stale one does: raised while it happened in the last
+        // UNLISTED_ALERT_SECS, on the verifier's clock (not the test hook's).
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let since = wall.saturating_sub(UNLISTED_ALERT_SECS);
         for (which, v, setting) in [
             ("signing", &self.verifiers.agencies, "signing.crls"),
             ("transport", &self.verifiers.nodes, "tls.crls"),
@@ -1922,8 +1923,8 @@ impl NodeState {
                     kind: "crl",
                     subject: format!("{which}:{issuer}"),
                     detail: format!(
-                        "no revocation list here covers {issuer} or a CA above it (last needed {} s ago): what is signed under its certificates is deferred (its senders keep it and retry); add its list to {setting}",
-                        (now / 1000).max(0).unsigned_abs().saturating_sub(at),
+                        "no revocation list here covers {issuer}, a CA of signers' chains (last needed {} s ago): what is signed under its certificates is deferred (its senders keep it and retry); add its list to {setting}",
+                        wall.saturating_sub(at),
                     ),
                 });
             }

@@ -301,11 +301,23 @@ where
         [(labels, v)] if labels.is_empty() => ConstGauge::new(*v).encode(m)?,
         _ => {
             for (labels, v) in rows {
-                ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+                let labels: Labels = labels.iter().map(|(k, v)| (*k, escaped(v))).collect();
+                ConstGauge::new(*v).encode(m.encode_family(&labels)?)?;
             }
         }
     }
     Ok(())
+}
+
+/// A label value as the text format must carry it: prometheus-client writes
+/// values as given, and a CA's name or a path may hold `"`, `\` or a newline.
+fn escaped(v: &str) -> String {
+    if !v.contains(['\\', '"', '\n']) {
+        return v.to_owned();
+    }
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl Collector for StateCollector {
@@ -589,4 +601,18 @@ pub fn render(registry: &Registry) -> String {
         out.clear();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    /// A label value with the text format's special characters (a CA named
+    /// with quotes, a path with a backslash) cannot break the scrape.
+    #[test]
+    fn label_values_are_escaped_for_the_text_format() {
+        assert_eq!(
+            super::escaped("O=\"Bộ\" \\ CN=x\ny"),
+            "O=\\\"Bộ\\\" \\\\ CN=x\\ny"
+        );
+        assert_eq!(super::escaped("000.00.00.H41"), "000.00.00.H41");
+    }
 }

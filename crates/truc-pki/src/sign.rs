@@ -294,6 +294,35 @@ pub struct SignatureVerifier {
     unlisted: Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
 }
 
+/// How long an issuer that lacked a revocation list is remembered after the
+/// last signature that needed it (the alert's window is shorter), and how
+/// many are kept.
+const UNLISTED_KEPT_SECS: u64 = 3600;
+const UNLISTED_MAX: usize = 64;
+
+/// The first issuer along `chain` (the leaf's, then each intermediate's) that
+/// none of `crls` covers: the CA whose list is missing here.
+fn unlisted_issuer(chain: &[Vec<u8>], crls: &[CertRevocationList<'_>]) -> String {
+    let mut first = None;
+    for der in chain {
+        let Ok((_, c)) = x509_parser::parse_x509_certificate(der) else {
+            continue;
+        };
+        let raw = c.issuer().as_raw();
+        // A list names its issuer by the Name's contents, without the
+        // outer tag and length the certificate's encoding has.
+        let covered = crls.iter().any(|l| {
+            let i = l.issuer();
+            raw == i || (raw.ends_with(i) && raw.len() - i.len() <= 6)
+        });
+        if !covered {
+            return c.issuer().to_string();
+        }
+        first.get_or_insert_with(|| c.issuer().to_string());
+    }
+    first.unwrap_or_else(|| "its issuer".into())
+}
+
 /// How long a chain checked against revocation lists stays cached: a list
 /// past its next update must fail closed soon after, not at the certificate's
 /// end.
@@ -354,6 +383,11 @@ impl SignatureVerifier {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| PkiError::BadCertificate(format!("revocation list: {e:?}")))?;
         *self.crls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(parsed);
+        // Issuers lacking a list are noted afresh under the new lists.
+        self.unlisted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         self.generation.fetch_add(1, Ordering::SeqCst);
         cache.clear();
@@ -386,7 +420,7 @@ impl SignatureVerifier {
         // A chain this node cannot decide on now still needs a good signature
         // to be worth waiting for: a bad one is refused for good.
         let chain_checked = self.verify_chain(&leaf, chain, now);
-        if let Err(e) = &chain_checked
+        if let Err((e, _)) = &chain_checked
             && !matches!(e, VerifyError::NotNow(_))
         {
             return Err(e.clone());
@@ -404,7 +438,31 @@ impl SignatureVerifier {
                 // The algorithm the envelope names does not fit the key.
                 _ => VerifyError::UnsupportedAlgorithm,
             })?;
-        chain_checked
+        self.noted(chain_checked, now)
+    }
+
+    /// A chain check's answer, with the issuer that lacked a revocation list
+    /// (if that was why) noted for [`Self::unlisted_issuers`]: only for a
+    /// signature that checked, so that replayed certificates under forged
+    /// signatures raise nothing.
+    fn noted(
+        &self,
+        checked: Result<Verified, (VerifyError, Option<String>)>,
+        now: UnixTime,
+    ) -> Result<Verified, VerifyError> {
+        checked.map_err(|(e, unlisted)| {
+            if let Some(issuer) = unlisted {
+                let since = now.as_secs().saturating_sub(UNLISTED_KEPT_SECS);
+                let mut m = self.unlisted.lock().unwrap_or_else(|p| p.into_inner());
+                m.retain(|_, at| *at >= since);
+                // Bounded: a few CAs in practice (each reached a trusted
+                // anchor to get here).
+                if m.len() < UNLISTED_MAX || m.contains_key(&issuer) {
+                    m.insert(issuer, now.as_secs());
+                }
+            }
+            e
+        })
     }
 
     /// The signer's chain alone, not the signature: for bytes this process
@@ -416,15 +474,18 @@ impl SignatureVerifier {
         let leaf_cert = CertificateDer::from(leaf_der.as_slice());
         let leaf = EndEntityCert::try_from(&leaf_cert)
             .map_err(|e| VerifyError::MalformedCertificate(e.to_string()))?;
-        self.verify_chain(&leaf, chain, now)
+        let checked = self.verify_chain(&leaf, chain, now);
+        self.noted(checked, now)
     }
 
+    /// The chain's check; an error comes with the issuer no revocation list
+    /// here covers, when that is why.
     fn verify_chain(
         &self,
         leaf: &EndEntityCert<'_>,
         chain: &[Vec<u8>],
         now: UnixTime,
-    ) -> Result<Verified, VerifyError> {
+    ) -> Result<Verified, (VerifyError, Option<String>)> {
         let key: Vec<u8> = chain.concat();
         let cache_key = ring::digest::digest(&ring::digest::SHA256, &key)
             .as_ref()
@@ -460,35 +521,34 @@ impl SignatureVerifier {
             None,
         )
         .map_err(|e| match e {
-            webpki::Error::CrlExpired { next_update, .. } => VerifyError::NotNow(format!(
-                "the revocation list here for its issuer was due for renewal at {} (unix time)",
-                next_update.as_secs()
-            )),
-            webpki::Error::UnknownRevocationStatus => {
-                let issuer = x509_parser::parse_x509_certificate(&chain[0])
-                    .map(|(_, c)| c.issuer().to_string())
-                    .unwrap_or_else(|_| "?".into());
-                let mut unlisted = self.unlisted.lock().unwrap_or_else(|p| p.into_inner());
-                // Bounded: a few CAs in practice; a flood of made-up issuers
-                // is refused before this (no chain to a trusted CA).
-                if unlisted.len() < 64 || unlisted.contains_key(&issuer) {
-                    unlisted.insert(issuer.clone(), now.as_secs());
-                }
+            webpki::Error::CrlExpired { next_update, .. } => (
                 VerifyError::NotNow(format!(
-                    "no revocation list here covers its issuer ({issuer}) or a CA above it"
-                ))
+                    "the revocation list here for its issuer was due for renewal at {} (unix time)",
+                    next_update.as_secs()
+                )),
+                None,
+            ),
+            webpki::Error::UnknownRevocationStatus => {
+                let issuer = unlisted_issuer(chain, &crls);
+                let e = VerifyError::NotNow(format!(
+                    "no revocation list here covers {issuer}, a CA of its chain"
+                ));
+                (e, Some(issuer))
             }
-            e => VerifyError::Untrusted(e.to_string()),
+            e => (VerifyError::Untrusted(e.to_string()), None),
         })?;
-        let info =
-            cert_info(&chain[0]).map_err(|e| VerifyError::MalformedCertificate(e.to_string()))?;
+        let info = cert_info(&chain[0])
+            .map_err(|e| (VerifyError::MalformedCertificate(e.to_string()), None))?;
         // webpki leaves an end entity's key usage to the caller: a key usage
         // that names neither signing use (an encryption-only certificate)
         // does not sign documents.
         if !info.may_sign {
-            return Err(VerifyError::Untrusted(
-                "the certificate's key usage allows neither digitalSignature nor nonRepudiation"
-                    .into(),
+            return Err((
+                VerifyError::Untrusted(
+                    "the certificate's key usage allows neither digitalSignature nor nonRepudiation"
+                        .into(),
+                ),
+                None,
             ));
         }
         let verified = Verified {
