@@ -56,3 +56,18 @@ fn a_malformed_file_and_a_wrong_version_are_refused() {
     });
     assert!(start_fails(&c, "hub").contains("version 2 is not supported"));
 }
+
+/// Two REST applications by one name would share their uploads (an upload
+/// is its application's own, by name): refused, naming it.
+#[test]
+fn two_rest_applications_by_one_name_are_refused() {
+    let c = Cluster::new();
+    c.edit("vpcp", |t| {
+        let apps = t["rest"]["apps"].as_array_mut().unwrap();
+        let mut twin = apps[0].as_table().unwrap().clone();
+        twin.insert("token_sha256".into(), "ab".repeat(32).into());
+        apps.push(toml::Value::Table(twin));
+    });
+    let err = start_fails(&c, "vpcp");
+    assert!(err.contains("two applications are named"), "{err}");
+}

@@ -1161,6 +1161,13 @@ where
                  a different attachment needs a new upload_id"
             )));
         }
+        // Finished before its application was recorded with it.
+        if let Some(owner) = owner
+            && !state.uploaded_by(owner, &digest).map_err(Status::from)?
+        {
+            let ticket = state.own_upload(owner, &digest).map_err(Status::from)?;
+            state.durable(ticket).await.map_err(Status::from)?;
+        }
         return Ok(pb::UploadResult {
             sha256: digest.0.to_vec(),
             size: done_size,
@@ -1757,6 +1764,32 @@ mod tests {
                 .contains("truc_refused_total{source=\"agency\",reason=\"resource_exhausted\"} 1"),
             "{counted}"
         );
+    }
+
+    /// An upload finished before its application was recorded with it (an
+    /// older node): the application's retry of it answers as before and
+    /// records it, so that the application may then send it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retried_upload_is_recorded_as_its_applications() {
+        let f = Fixture::new();
+        let edge = f.edge(Arc::new(MemoryStore::new()));
+        let id = uuid::Uuid::now_v7().to_string();
+        let data = vec![5u8; 2048];
+        let once = |owner: Option<&'static str>| {
+            let edge = edge.clone();
+            let c = chunk(&id, data.len() as u64, 0, &data, &[]);
+            async move {
+                upload(&edge, futures::stream::iter([Ok(c)]), None, owner)
+                    .await
+                    .unwrap()
+            }
+        };
+        let first = once(None).await;
+        let d = Digest::from_slice(&first.sha256).unwrap();
+        assert!(!edge.uploaded_by("qlvb", &d).unwrap());
+        let again = once(Some("qlvb")).await;
+        assert_eq!(again.sha256, first.sha256);
+        assert!(edge.uploaded_by("qlvb", &d).unwrap());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -844,8 +844,19 @@ impl Config {
                         "rest.listen {addr} is not a loopback address; publish it through a TLS reverse proxy"
                     )));
                 }
-                let mut apps = Vec::new();
+                let mut apps: Vec<RestClient> = Vec::new();
                 for a in r.apps {
+                    // The name keys what it uploads (and its upload ids):
+                    // two applications by one name would share them.
+                    if a.name.trim().is_empty() {
+                        return Err(invalid("rest.apps: an application without a name".into()));
+                    }
+                    if apps.iter().any(|b| b.name == a.name) {
+                        return Err(invalid(format!(
+                            "rest.apps: two applications are named {}; each needs a name of its own",
+                            a.name
+                        )));
+                    }
                     let raw = hex::decode(a.token_sha256.trim())
                         .ok()
                         .and_then(|b| <[u8; 32]>::try_from(b).ok())

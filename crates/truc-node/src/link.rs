@@ -104,8 +104,9 @@ enum Control {
 enum Prepared {
     Ok(Box<Verified>, Vec<OrganId>),
     /// A resend of what this node took before, that fails its checks now
-    /// ([`NodeState::taken_before`]): acknowledged, nothing stored.
-    Duplicate,
+    /// ([`NodeState::taken_before`]): acknowledged once the write that took
+    /// it is durable, nothing stored.
+    Duplicate(Ticket),
     Refused(Refusal),
     /// Not now (disk full, a stale revocation list here); the sender keeps it
     /// and retries.
@@ -145,13 +146,17 @@ fn check(state: &NodeState, t: pb::Transfer) -> Result<Checked, Prepared> {
     let header = env.header_bytes.clone();
     let v = envelope::verify(env, &state.verifiers, &state.limits, UnixTime::now()).map_err(|r| {
         match state.taken_before(&header, &t.recipients) {
-            Ok(true) => Prepared::Duplicate,
-            Ok(false) => Prepared::failed(r),
-            // A store that cannot say: the refusal stands, with its reason.
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot look up a refused transfer among the stored ones");
-                Prepared::failed(r)
+            Ok(Some((ticket, kind))) => {
+                tracing::info!(kind, reason = %r.reason, "a resend of a message taken before, whose checks fail now: acknowledged as a duplicate");
+                Prepared::Duplicate(ticket)
             }
+            Ok(None) => Prepared::failed(r),
+            // A store that cannot say whether it was taken: not refused for
+            // good on a guess; the sender keeps it and retries.
+            Err(e) => Prepared::Deferred(format!(
+                "{}; whether it was taken here before cannot be read now: {e}",
+                r.reason
+            )),
         }
     })?;
     let recipients = t
@@ -1032,7 +1037,7 @@ impl Unanswered {
 enum Step {
     Deferred(String),
     Refused(Refusal),
-    Duplicate,
+    Duplicate(Ticket),
     Accept(DocId),
 }
 
@@ -1107,7 +1112,7 @@ async fn apply(
                         Step::Deferred(reason)
                     }
                     Prepared::Refused(r) => Step::Refused(r),
-                    Prepared::Duplicate => Step::Duplicate,
+                    Prepared::Duplicate(ticket) => Step::Duplicate(ticket),
                     Prepared::Ok(v, recipients) => {
                         let doc_id = v.doc_id;
                         items.push((*v, Some(recipients)));
@@ -1152,14 +1157,8 @@ async fn apply(
                     tracing::warn!(origin = %origin.label(), seq, code = ?r.code, reason = %r.reason, "transfer refused");
                     Outcome::Refused(seq, r)
                 }
-                Step::Duplicate => {
-                    state
-                        .stats
-                        .duplicates
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::info!(origin = %origin.label(), seq, "a resend of a message taken before, whose checks fail now: acknowledged as a duplicate");
-                    Outcome::Stored(seq, ticket)
-                }
+                // Counted where it was found (`taken_before`).
+                Step::Duplicate(taken) => Outcome::Stored(seq, taken),
                 Step::Accept(doc_id) => match verdicts.next() {
                     Some(Verdict::Stored | Verdict::Duplicate) => Outcome::Stored(seq, ticket),
                     Some(Verdict::Refused(r)) => {
@@ -1839,7 +1838,7 @@ mod tests {
         hub.verifiers.agencies.set_crls(&[stale]).unwrap();
         let outcome = |t| match check(&hub, t) {
             Ok(_) => "checked",
-            Err(Prepared::Duplicate) => "duplicate",
+            Err(Prepared::Duplicate(_)) => "duplicate",
             Err(Prepared::Deferred(_)) => "deferred",
             Err(_) => "other",
         };

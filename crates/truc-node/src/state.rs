@@ -2462,12 +2462,23 @@ impl NodeState {
         Ok(self.commit.apply(b)?)
     }
 
+    /// Records that `owner` uploaded `d` (a retry of an upload that finished
+    /// before owners were kept).
+    pub fn own_upload(&self, owner: &str, d: &Digest) -> Result<Ticket, NodeError> {
+        let mut b = Batch::new();
+        b.put(Space::Meta, Self::uploaded_by_key(owner, d), Vec::new());
+        Ok(self.commit.apply(b)?)
+    }
+
+    /// By digest first: the orphan sweep drops a file's owners with it.
     fn uploaded_by_key(owner: &str, d: &Digest) -> Vec<u8> {
-        Key::new()
-            .str("uploaded-by")
-            .str(owner)
-            .str(&d.to_string())
-            .build()
+        let mut k = Self::uploaded_by_prefix(d);
+        k.extend(Key::new().str(owner).build());
+        k
+    }
+
+    fn uploaded_by_prefix(d: &Digest) -> Vec<u8> {
+        Key::new().str("uploaded-by").str(&d.to_string()).build()
     }
 
     /// Whether `owner` uploaded the file with digest `d`, still kept: a file
@@ -2509,7 +2520,8 @@ impl NodeState {
 
     /// Whether a transfer that failed its checks here is a resend of a
     /// message this node already took, the same header bytes, for every one
-    /// of `recipients`: a duplicate, acknowledged as on its first arrival.
+    /// of `recipients`: a duplicate, acknowledged as on its first arrival,
+    /// once the write that took it is durable (the ticket to wait for).
     /// The link lost the first acknowledgement; the signer's certificate has
     /// been revoked or has expired since, or its revocation list is stale
     /// here now. Refusing it would have its sender dead-letter (and tell its
@@ -2518,37 +2530,57 @@ impl NodeState {
         &self,
         header_bytes: &[u8],
         recipients: &[String],
-    ) -> Result<bool, NodeError> {
+    ) -> Result<Option<(Ticket, &'static str)>, NodeError> {
         let Ok(h) = pb::Header::decode(header_bytes) else {
-            return Ok(false);
+            return Ok(None);
         };
         let from = match (h.from.parse::<OrganId>(), h.from_node.parse::<NodeId>()) {
             (Ok(o), _) if h.from_node.is_empty() => o.to_string(),
             (_, Ok(n)) if h.from.is_empty() => format!("node:{n}"),
-            _ => return Ok(false),
+            _ => return Ok(None),
         };
         let Ok(doc_id) = h.doc_id.parse::<DocId>() else {
-            return Ok(false);
+            return Ok(None);
         };
         let key = doc_key(&from, &doc_id.to_string());
         let hash = Digest::of(header_bytes);
-        if self
-            .store
-            .get(Space::Dedup, &key)?
-            .is_none_or(|seen| seen != hash.0)
+        let asked: Vec<&str> = recipients.iter().map(String::as_str).collect();
+        // Under the writer lock: the write that took it is then counted in
+        // the ticket read after (it bumps the ticket before it lets go).
+        let w = self.lock();
+        let seen = self.store.get(Space::Dedup, &key)?;
+        if seen.is_none_or(|seen| seen != hash.0)
+            || !self.nothing_new(&Plan::default(), h.kind, &key, Some(&asked))?
         {
-            return Ok(false);
+            return Ok(None);
         }
-        if h.kind != pb::Kind::Document as i32 {
+        drop(w);
+        let kind = pb_kind_name(h.kind);
+        self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+        self.telemetry.document_in(kind, "duplicate");
+        Ok(Some((self.commit.current(), kind)))
+    }
+
+    /// Whether a message stored here before (same header bytes; record
+    /// `key`) asks this hop for nothing it was not taken for: a document's
+    /// recipients all among those it was taken for (`plan_again` takes the
+    /// others), any other kind always. Such a resend is a duplicate, whatever
+    /// its checks (signature, sender's route) would say now.
+    fn nothing_new(
+        &self,
+        plan: &Plan,
+        kind: i32,
+        key: &[u8],
+        recipients: Option<&[&str]>,
+    ) -> Result<bool, NodeError> {
+        let (true, Some(asked)) = (kind == pb::Kind::Document as i32, recipients) else {
             return Ok(true);
-        }
-        // Taken for more recipients now (`plan_again`) needs the checks.
-        Ok(match self.store.get(Space::Docs, &key)? {
-            Some(bytes) => {
-                let rec: DocRecord = record::decode(Space::Docs, &key, &bytes)?;
-                rec.routed.is_empty() || recipients.iter().all(|r| rec.routed.contains(r))
+        };
+        Ok(match self.doc_record(plan, key)? {
+            Some(rec) => {
+                rec.routed.is_empty() || asked.iter().all(|r| rec.routed.iter().any(|t| t == r))
             }
-            None => false,
+            None => true,
         })
     }
 
@@ -2860,15 +2892,27 @@ impl NodeState {
                 verdicts.push(Verdict::Deferred(reason.clone()));
                 continue;
             }
-            if let Err(r) = self.authorize(v, origin) {
-                verdicts.push(Verdict::Refused(r));
-                continue;
-            }
             let dkey = doc_key(&v.from.to_string(), &v.doc_id.to_string());
             let seen = match plan.fresh.iter().find(|(k, _)| *k == dkey) {
                 Some((_, d)) => Some(d.to_vec()),
                 None => self.store.get(Space::Dedup, &dkey)?,
             };
+            // A resend of what was taken here, for nothing more: a duplicate
+            // even where the sender's route would refuse it now (its agency
+            // moved to another child since the ack was lost).
+            let asked: Option<Vec<&str>> = recipients
+                .as_ref()
+                .map(|rs| rs.iter().map(OrganId::as_str).collect());
+            if seen.as_ref().is_some_and(|s| *s == v.header_sha256.0)
+                && self.nothing_new(&plan, v.header.kind, &dkey, asked.as_deref())?
+            {
+                verdicts.push(Verdict::Duplicate);
+                continue;
+            }
+            if let Err(r) = self.authorize(v, origin) {
+                verdicts.push(Verdict::Refused(r));
+                continue;
+            }
             if seen
                 .as_ref()
                 .is_some_and(|existing| *existing != v.header_sha256.0)
@@ -3713,11 +3757,21 @@ impl NodeState {
             .map(|(d, _)| d)
             .collect();
         let _w = self.lock();
+        let mut owners = Batch::new();
         for d in candidates {
             if self.refs(&Plan::default(), &d)? == 0 {
                 self.blobs.remove(&d)?;
                 n += 1;
+                for (k, _) in
+                    self.store
+                        .scan(Space::Meta, &Self::uploaded_by_prefix(&d), None, usize::MAX)?
+                {
+                    owners.delete(Space::Meta, k);
+                }
             }
+        }
+        if !owners.is_empty() {
+            self.commit.apply(owners)?;
         }
         drop(_w);
         Ok(n + self.sweep_abandoned_partials(grace)?)
@@ -7452,6 +7506,30 @@ mod tests {
         assert_eq!(hub.queue_depth("child:nghean2"), 1, "routed again");
     }
 
+    /// A resend of what a hub took, after its sender's agency moved to
+    /// another child (the first acknowledgement was lost), is a duplicate:
+    /// refused, its sender would dead-letter a document that was passed on.
+    /// A new document from the old child for that agency is still refused.
+    #[test]
+    fn a_resend_after_its_senders_agency_moved_is_a_duplicate() {
+        let f = Fixture::new();
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let hub = f.hub(store.clone());
+        let v = f.verified("000.00.00.G22", &["000.00.00.H41"]);
+        hub.accept(v.clone(), &child("vpcp"), None).unwrap();
+        hub.close().unwrap();
+        drop(hub);
+        let moved = [("000.00.00.G22", "vpcp2"), ("000.00.00.H41", "nghean")];
+        let hub = f.hub_with(store, &moved);
+        assert!(matches!(
+            hub.accept(v, &child("vpcp"), None).unwrap(),
+            Accepted::Duplicate(_)
+        ));
+        let fresh = f.verified("000.00.00.G22", &["000.00.00.H41"]);
+        assert!(hub.accept(fresh, &child("vpcp"), None).is_err());
+        assert_eq!(hub.queue_depth("child:nghean"), 1, "taken once");
+    }
+
     /// A transfer refused for good is listed with the refusal, and an
     /// operator's requeue (once the cause is fixed) sends it again: what its
     /// document keeps here is kept again until it is done. Once that has been
@@ -7976,7 +8054,7 @@ mod tests {
         // not named by a document that would then find nothing.
         let data = vec![3u8; 100 << 10];
         let d = Digest::of(&data);
-        edge.finish_upload(&gone, "upload-x", &d, data.len() as u64, None)
+        edge.finish_upload(&gone, "upload-x", &d, data.len() as u64, Some("qlvb"))
             .unwrap();
         assert_eq!(edge.upload_done(&gone).unwrap(), None);
         edge.blobs.put(&data).unwrap();
@@ -7984,6 +8062,14 @@ mod tests {
             edge.upload_done(&gone).unwrap(),
             Some((d, data.len() as u64))
         );
+        assert!(edge.uploaded_by("qlvb", &d).unwrap());
+        assert!(!edge.uploaded_by("other", &d).unwrap());
+        // Swept again (nobody named it): its owner goes with it, and the
+        // same bytes arriving later are not that application's to send.
+        edge.sweep_orphans().unwrap();
+        assert!(!edge.blobs.contains(&d));
+        edge.blobs.put(&data).unwrap();
+        assert!(!edge.uploaded_by("qlvb", &d).unwrap());
     }
 
     /// A submitted document's envelope is kept as a blob the record names (out
