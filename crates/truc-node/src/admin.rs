@@ -61,12 +61,21 @@ impl Admin for AdminService {
                 return Err(Status::invalid_argument("give a doc_id or all, not both"));
             }
             let queue = (!r.queue.is_empty()).then_some(r.queue);
+            if let Some(q) = &queue
+                && q != "parent"
+                && !q.starts_with("child:")
+            {
+                return Err(Status::invalid_argument(format!(
+                    "queue {q:?}: a link queue is \"parent\" or \"child:NODE\" (truc queues lists them)"
+                )));
+            }
             let q = queue.clone();
             let done = blocking(move || st.requeue_all(q.as_deref())).await?;
             tracing::info!(queue = queue.as_deref().unwrap_or("(all)"), entries = done.entries,
                 refused = done.refused.len(), %operator, "everything held requeued by an operator");
             return Ok(Response::new(pb::RequeueResponse {
                 requeued: done.entries as u32,
+                refused_total: done.refused_total as u32,
                 refused: done
                     .refused
                     .into_iter()
@@ -87,6 +96,7 @@ impl Admin for AdminService {
         Ok(Response::new(pb::RequeueResponse {
             requeued: n as u32,
             refused: Vec::new(),
+            refused_total: 0,
         }))
     }
 

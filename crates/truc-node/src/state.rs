@@ -499,8 +499,13 @@ pub struct DeadLetter {
 #[derive(Debug, Default)]
 pub struct RequeuedAll {
     pub entries: usize,
+    /// The first [`REQUEUE_REFUSED_SHOWN`] of them.
     pub refused: Vec<(String, String, String)>,
+    pub refused_total: usize,
 }
+
+/// How many held entries that could not be requeued an answer names.
+pub const REQUEUE_REFUSED_SHOWN: usize = 100;
 
 /// How many dead letters operators' pages and `truc queues` list: the
 /// first by queue, oldest first on each (what has waited longest).
@@ -926,8 +931,11 @@ impl NodeState {
                     .and_then(|mut q| q.pop())
                     .unwrap_or_default();
                 *counts.entry(format!("q:{queue}")).or_default() += 1;
+                let e: QueueEntry = record::decode(Space::Queue, &k, &v)?;
+                if e.short_deadline {
+                    *counts.entry(format!("d:{queue}")).or_default() += 1;
+                }
                 if queue.starts_with("child:") {
-                    let e: QueueEntry = record::decode(Space::Queue, &k, &v)?;
                     *counts.entry(format!("s:{}", e.from)).or_default() += 1;
                     for r in &e.recipients {
                         *counts.entry(format!("r:{r}")).or_default() += 1;
@@ -2212,6 +2220,7 @@ impl NodeState {
                     kind: v.header.kind,
                     priority: 0,
                     deadline_ms: 0,
+                    short_deadline: false,
                 };
                 let note = "directory change for the parent".to_owned();
                 self.plan_enqueue(w, plan, "parent".into(), &entry, "queued", note)?;
@@ -4314,6 +4323,7 @@ impl NodeState {
                         kind: v.header.kind,
                         priority: v.header.priority,
                         deadline_ms: deadline,
+                        short_deadline: false,
                     };
                     let note = format!("for {} on {queue}", entry.recipients.join(", "));
                     self.plan_enqueue(w, plan, queue, &entry, "queued", note)?;
@@ -5170,13 +5180,26 @@ impl NodeState {
         note: String,
     ) -> Result<(), NodeError> {
         let seq = self.next_seq(w, plan, &queue)?;
-        self.note_short_deadline(entry, entry.enqueued_at_ms, self.min_deadline_ms());
-        plan.batch.put(
-            Space::Queue,
-            Key::new().str(&queue).u64(seq).build(),
-            record::encode(entry),
-        );
+        let min_deadline = self.min_deadline_ms();
+        self.note_short_deadline(entry, entry.enqueued_at_ms, min_deadline);
+        // Marked as such, and counted per queue: operators' reads go through
+        // a queue that holds one to its end (`queue_snapshot`).
+        let short =
+            entry.deadline_ms != 0 && entry.deadline_ms < entry.enqueued_at_ms + min_deadline;
+        let bytes = if short == entry.short_deadline {
+            record::encode(entry)
+        } else {
+            record::encode(&QueueEntry {
+                short_deadline: short,
+                ..entry.clone()
+            })
+        };
+        plan.batch
+            .put(Space::Queue, Key::new().str(&queue).u64(seq).build(), bytes);
         plan.deltas.push((format!("q:{queue}"), 1));
+        if short {
+            plan.deltas.push((format!("d:{queue}"), 1));
+        }
         if queue.starts_with("child:") {
             plan.deltas.push((format!("s:{}", entry.from), 1));
             for r in &entry.recipients {
@@ -5253,6 +5276,9 @@ impl NodeState {
         plan.batch
             .delete(Space::Queue, Key::new().str(queue).u64(seq).build());
         plan.deltas.push((format!("q:{queue}"), -1));
+        if entry.short_deadline {
+            plan.deltas.push((format!("d:{queue}"), -1));
+        }
         if queue.starts_with("child:") {
             plan.deltas.push((format!("s:{}", entry.from), -1));
             for r in &entry.recipients {
@@ -5670,17 +5696,27 @@ impl NodeState {
     /// nothing.
     pub fn requeue(&self, doc_id: &DocId) -> Result<usize, NodeError> {
         let d = doc_id.to_string();
-        let now = now_ms();
-        let mut w = self.lock();
-        let mut plan = Plan::default();
-        let mut n = 0;
+        // Found without the writer lock (every held entry is read: intake
+        // does not wait for that), then read again under it.
+        let mut found = Vec::new();
         for space in [Space::Parked, Space::Dead] {
             for (k, v) in self.store.scan(space, &[], None, usize::MAX)? {
                 let held: DeadEntry = record::decode(space, &k, &v)?;
                 if held.entry.as_ref().is_some_and(|e| e.doc_id == d) {
-                    n += self.plan_requeue(&mut w, &mut plan, space, k, held, now)?;
+                    found.push((space, k));
                 }
             }
+        }
+        let now = now_ms();
+        let mut w = self.lock();
+        let mut plan = Plan::default();
+        let mut n = 0;
+        for (space, k) in found {
+            let Some(v) = self.store.get(space, &k)? else {
+                continue;
+            };
+            let held: DeadEntry = record::decode(space, &k, &v)?;
+            n += self.plan_requeue(&mut w, &mut plan, space, k, held, now)?;
         }
         if n == 0 {
             return Err(Refusal::not_found(format!(
@@ -5699,6 +5735,9 @@ impl NodeState {
     pub fn requeue_all(&self, queue: Option<&str>) -> Result<RequeuedAll, NodeError> {
         let prefix = queue.map(queue_prefix).unwrap_or_default();
         let mut out = RequeuedAll::default();
+        // What is held from now on (one of these refused again while this
+        // runs) is not taken up again by this run.
+        let started = now_ms();
         for space in [Space::Parked, Space::Dead] {
             let mut after: Option<Vec<u8>> = None;
             loop {
@@ -5713,12 +5752,18 @@ impl NodeState {
                     let Some(e) = held.entry.clone() else {
                         continue;
                     };
+                    if held.at_ms > started {
+                        continue;
+                    }
                     let mark = plan.mark();
                     match self.plan_requeue(&mut w, &mut plan, space, k, held, now) {
                         Ok(n) => out.entries += n,
                         Err(NodeError::Refused(r)) => {
                             plan.rollback(mark);
-                            out.refused.push((e.doc_id, e.from, r.reason));
+                            out.refused_total += 1;
+                            if out.refused.len() < REQUEUE_REFUSED_SHOWN {
+                                out.refused.push((e.doc_id, e.from, r.reason));
+                            }
                         }
                         Err(err) => return Err(err),
                     }
@@ -5764,15 +5809,34 @@ impl NodeState {
                 ),
             )
         };
-        let routes = self
-            .routing()
-            .route(&recipients)
-            .map_err(|err| cannot(format!("it cannot be routed again: {err}")))?;
         let mut queues = Vec::new();
-        for (dest, to) in routes {
-            let queue = queue_name(&dest)
-                .ok_or_else(|| cannot("it is now for an agency this node serves itself".into()))?;
-            queues.push((queue, to));
+        if recipients.is_empty() {
+            // Addressed to the peer itself (a directory change for the
+            // parent): back where it was.
+            queues.push((held_on.clone(), Vec::new()));
+        } else {
+            let routes = self
+                .routing()
+                .route(&recipients)
+                .map_err(|err| cannot(format!("it cannot be routed again: {err}")))?;
+            let from_parent = self
+                .doc_record(plan, &doc_key(&e.from, &e.doc_id))?
+                .is_some_and(|d| d.origin.starts_with("parent"));
+            for (dest, to) in routes {
+                // What the parent sent down is the parent's to route once its
+                // recipients left this node's subtree: it would refuse it back.
+                if from_parent && dest == Destination::Parent {
+                    return Err(cannot(format!(
+                        "{} left this node's subtree; the parent routes it, send it again from there",
+                        to.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    ))
+                    .into());
+                }
+                let queue = queue_name(&dest).ok_or_else(|| {
+                    cannot("it is now for an agency this node serves itself".into())
+                })?;
+                queues.push((queue, to));
+            }
         }
         match space {
             // Still counted in what its document keeps here.
@@ -5995,12 +6059,19 @@ impl NodeState {
     pub fn queue_snapshot(&self) -> Result<QueueSnapshot, NodeError> {
         let now = now_ms();
         let min_deadline = self.min_deadline_ms();
-        let (queues, mut waiting): (Vec<String>, BTreeMap<String, u64>) = {
+        let (queues, mut waiting): (Vec<(String, bool)>, BTreeMap<String, u64>) = {
             let c = self.lock_counts();
+            // With whether an entry with a short deadline waits there.
             let q = c
                 .iter()
                 .filter(|(_, v)| **v > 0)
-                .filter_map(|(k, _)| k.strip_prefix("q:").map(str::to_owned))
+                .filter_map(|(k, _)| k.strip_prefix("q:"))
+                .map(|q| {
+                    (
+                        q.to_owned(),
+                        c.get(&format!("d:{q}")).is_some_and(|n| *n > 0),
+                    )
+                })
                 .collect();
             let r = c
                 .iter()
@@ -6011,7 +6082,7 @@ impl NodeState {
         };
         let mut oldest: BTreeMap<String, i64> = BTreeMap::new();
         let mut overdue = Vec::new();
-        for queue in queues {
+        for (queue, short) in queues {
             let mut after = None;
             'scan: loop {
                 let rows = self.queue_peek(&queue, after, 512)?;
@@ -6021,7 +6092,7 @@ impl NodeState {
                 for (seq, e) in rows {
                     after = Some(seq);
                     let all_known = waiting.keys().all(|r| oldest.contains_key(r));
-                    if all_known && e.enqueued_at_ms + min_deadline > now {
+                    if all_known && !short && e.enqueued_at_ms + min_deadline > now {
                         break 'scan;
                     }
                     for r in &e.recipients {
@@ -7391,6 +7462,70 @@ mod tests {
         assert_eq!(relay.queue_depth("child:dienban"), 1, "on to the district");
     }
 
+    /// At a relay, a requeue sends nothing back up to the parent it came
+    /// from (its recipient left the relay's subtree: the parent routes it),
+    /// and puts a directory change the parent refused back on its queue.
+    #[test]
+    fn a_relays_requeue_sends_nothing_back_up_and_keeps_directory_changes() {
+        let f = Fixture::new();
+        let relay = relay_with_child(&f, "dienban");
+        let district: OrganId = "001.00.10.H47".parse().unwrap();
+        let mut routing = (*relay.routing()).clone();
+        routing.add_child_organ(district.clone(), "dienban".parse().unwrap());
+        *relay.routes.write().unwrap() = Arc::new(routing);
+        let v = f.verified("000.00.00.G22", &[district.as_str()]);
+        let id = v.doc_id;
+        let parent = Origin::Parent("hub".parse().unwrap());
+        relay
+            .accept(v, &parent, Some(std::slice::from_ref(&district)))
+            .unwrap();
+        // The district leaves the relay's subtree; its old node refuses it.
+        let mut routing = RoutingTable::new(true);
+        routing.add_local("000.00.00.H47".parse().unwrap());
+        routing.add_child("dienban".parse().unwrap());
+        *relay.routes.write().unwrap() = Arc::new(routing);
+        let (seq, _) = relay
+            .queue_peek("child:dienban", None, 1)
+            .unwrap()
+            .remove(0);
+        relay
+            .queue_reject("child:dienban", seq, Code::NotFound as i32, "not here")
+            .unwrap();
+        assert_eq!(relay.dead_count(), 1);
+        // Its sender's undeliverable notice is on its way up.
+        let notices = relay.queue_depth("parent");
+        let s = tonic::Status::from(relay.requeue(&id).unwrap_err());
+        assert!(s.message().contains("the parent routes it"), "{s:?}");
+        assert_eq!(relay.queue_depth("parent"), notices, "not sent back up");
+
+        // A directory change the parent refused goes back to the parent.
+        relay
+            .change_directory(envelope::DirectoryFact {
+                remove: false,
+                organ: "002.00.10.H47".parse().unwrap(),
+                name: "Xã".into(),
+                parent: Some("000.00.00.H47".parse().unwrap()),
+                node: Some("dienban".parse().unwrap()),
+            })
+            .unwrap();
+        let (seq, change) = relay
+            .queue_peek("parent", None, 16)
+            .unwrap()
+            .into_iter()
+            .find(|(_, e)| e.kind == pb::Kind::Directory as i32)
+            .unwrap();
+        relay
+            .queue_reject("parent", seq, Code::InvalidArgument as i32, "not now")
+            .unwrap();
+        assert_eq!(relay.queue_depth("parent"), notices);
+        assert_eq!(relay.requeue(&change.doc_id.parse().unwrap()).unwrap(), 1);
+        assert_eq!(
+            relay.queue_depth("parent"),
+            notices + 1,
+            "back to the parent"
+        );
+    }
+
     /// A relay claims no agency the national directory places elsewhere, but
     /// may move one it places on the relay itself to a district below it.
     #[test]
@@ -7631,7 +7766,7 @@ mod tests {
         let none = hub.requeue_all(Some("child:caobang")).unwrap();
         assert_eq!((none.entries, none.refused.len()), (0, 0), "another queue");
         let done = hub.requeue_all(None).unwrap();
-        assert_eq!(done.entries, 1);
+        assert_eq!((done.entries, done.refused_total), (1, 1));
         assert_eq!(hub.queue_depth("child:nghean"), 1);
         let [(doc_id, from, why)] = &done.refused[..] else {
             panic!("{:?}", done.refused)
@@ -7643,7 +7778,8 @@ mod tests {
 
     /// Operators' pages list the earliest overdue documents only (an edge
     /// away for a weekend can leave tens of thousands parked), while the
-    /// counts, the metric and the alert cover them all.
+    /// counts, the metric and the alert cover them all, queued (due dates
+    /// shorter than any priority's deadline) and parked.
     #[test]
     fn the_overdue_list_is_cut_but_every_overdue_document_is_counted() {
         let f = Fixture::new();
@@ -7676,6 +7812,9 @@ mod tests {
                 a.detail
             );
         };
+        // Queued: their due dates made their deadlines short, and the
+        // read goes through the queue for them.
+        counted(&hub, false);
         assert_eq!(hub.park_overdue().unwrap(), n);
         counted(&hub, true);
     }

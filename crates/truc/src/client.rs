@@ -1088,6 +1088,7 @@ pub async fn requeue(
     if json {
         let v = serde_json::json!({
             "requeued": r.requeued,
+            "refused_total": r.refused_total,
             "refused": r.refused.iter().map(|f| serde_json::json!({"doc_id": f.doc_id, "from": f.from, "reason": f.reason})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -1106,10 +1107,17 @@ pub async fn requeue(
             t.add_row(vec![f.doc_id.clone(), f.from.clone(), f.reason.clone()]);
         }
         println!("{t}");
-        println!(
-            "{} held entr{} left where they are",
-            r.refused.len(),
-            if r.refused.len() == 1 { "y" } else { "ies" }
+    }
+    if r.refused_total > 0 {
+        let n = r.refused_total;
+        let shown = if n as usize > r.refused.len() {
+            format!(" (the first {} listed)", r.refused.len())
+        } else {
+            String::new()
+        };
+        bail!(
+            "{n} held entr{} could not be requeued{shown}; they stay where they are",
+            if n == 1 { "y" } else { "ies" }
         );
     }
     Ok(())

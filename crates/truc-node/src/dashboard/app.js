@@ -213,11 +213,13 @@ function render(v) {
   rows($("overdue").tBodies[0], v.overdue, (o) => [
     o.recipient, o.doc_id, o.from, o.priority, time(o.deadline_ms), t(o.parked ? "parked" : "queued"),
   ]);
-  rows($("dead").tBodies[0], v.dead, (d) => [
-    time(d.at_ms), d.doc_id, d.from, d.recipients.join(", "), d.queue, `${d.code}: ${d.reason}`,
+  // Fields a node older than this page does not send are empty, not an error.
+  const dead = v.dead || [];
+  rows($("dead").tBodies[0], dead, (d) => [
+    time(d.at_ms), d.doc_id, d.from, (d.recipients || []).join(", "), d.queue, `${d.code}: ${d.reason}`,
   ]);
-  $("dead-count").textContent = shownOf(v.dead.length, v.dead_total);
-  $("overdue-count").textContent = shownOf(v.overdue.length, v.overdue_total);
+  $("dead-count").textContent = shownOf(dead.length, v.dead_total ?? dead.length);
+  $("overdue-count").textContent = shownOf(v.overdue.length, v.overdue_total ?? v.overdue.length);
   rows($("certs").tBodies[0], v.certificates, (c) => {
     const days = Math.floor((c.not_after_ms - v.now_ms) / 86400000);
     return [c.subject, time(c.not_after_ms).slice(0, 10), days + " " + t("days")];
