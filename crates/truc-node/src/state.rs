@@ -3446,6 +3446,7 @@ impl NodeState {
                     release_key(due, from, doc_id, Held::Attachments),
                     Vec::new(),
                 );
+                d.attachments_due_ms = due;
             }
             if let Some(keep) = self.storage.envelope_retention_ms
                 && d.kind == pb::Kind::Document as i32
@@ -3456,6 +3457,7 @@ impl NodeState {
                     release_key(due, from, doc_id, Held::Envelope),
                     Vec::new(),
                 );
+                d.envelope_due_ms = due;
             }
         }
         plan.docs.insert(key, d);
@@ -3501,9 +3503,15 @@ impl NodeState {
                 Held::Attachments => d.released_at_ms != 0,
                 Held::Envelope => d.envelope_removed_at_ms != 0,
             };
-            // Gone already; or taken again for more recipients since this was
-            // due (`plan_again`): due anew once those are done.
-            if gone || d.pending > 0 {
+            // Gone already; or taken again (`plan_again`, a requeue) since
+            // this was scheduled: due anew once those deliveries are done,
+            // by a later schedule.
+            let scheduled = trailing_u64(&k[..8]).unwrap_or(0) as i64;
+            let latest = match what {
+                Held::Attachments => d.attachments_due_ms,
+                Held::Envelope => d.envelope_due_ms,
+            };
+            if gone || d.pending > 0 || scheduled < latest {
                 continue;
             }
             // Kept until archived: marked, and released when the export is told.
@@ -7729,6 +7737,49 @@ mod tests {
         let hub = f.hub(store);
         assert_eq!(hub.dead_count(), 1);
         assert_eq!(hub.queue_snapshot().unwrap().dead.len(), 1);
+    }
+
+    /// A document refused, requeued and delivered keeps its envelope for the
+    /// whole retention period after that delivery, not after the refusal
+    /// (whose schedule falls due first and is not acted on).
+    #[test]
+    fn retention_runs_from_the_last_delivery_after_a_requeue() {
+        let mut f = Fixture::new();
+        let keep = 2_000;
+        f.storage.envelope_retention_ms = Some(keep);
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let v = f.verified("000.00.00.G22", &["000.00.00.H41"]);
+        let (id, from) = (v.doc_id, v.from.to_string());
+        hub.accept(v, &child("vpcp"), None).unwrap();
+        let head = |hub: &NodeState| hub.queue_peek("child:nghean", None, 1).unwrap().remove(0).0;
+        let refused_at = now_ms();
+        let refused = Code::ResourceExhausted as i32;
+        hub.queue_reject("child:nghean", head(&hub), refused, "over the limit")
+            .unwrap();
+        hub.requeue(&id).unwrap();
+        let wait_until = |t: i64| {
+            while now_ms() <= t {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        };
+        wait_until(refused_at + keep as i64 / 2);
+        let delivered_at = now_ms();
+        hub.queue_ack("child:nghean", head(&hub)).unwrap();
+        let removed = |hub: &NodeState| {
+            hub.load_doc(&from, &id.to_string())
+                .unwrap()
+                .envelope_removed_at_ms
+                != 0
+        };
+        // The refusal's schedule is due; the delivery's is not yet.
+        wait_until(refused_at + keep as i64 + 50);
+        hub.release_due().unwrap();
+        if now_ms() < delivered_at + keep as i64 {
+            assert!(!removed(&hub), "kept for its period after the delivery");
+        }
+        wait_until(delivered_at + keep as i64 + 50);
+        hub.release_due().unwrap();
+        assert!(removed(&hub));
     }
 
     /// After a cause that held many is fixed, an operator requeues every

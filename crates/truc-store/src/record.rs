@@ -101,6 +101,14 @@ pub struct DocRecord {
     /// one taken again for more recipients counts them the same way.
     #[prost(bool, tag = "14")]
     pub pending_counted: bool,
+    /// When the release of its attachments and the removal of its envelope
+    /// were last scheduled for (unix ms; 0: not scheduled since these were
+    /// kept). A schedule made before it was taken or requeued again, and
+    /// done again since, is not acted on: retention runs from the last.
+    #[prost(int64, tag = "15")]
+    pub attachments_due_ms: i64,
+    #[prost(int64, tag = "16")]
+    pub envelope_due_ms: i64,
 }
 
 /// One transfer waiting on a link.
