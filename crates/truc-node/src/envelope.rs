@@ -203,6 +203,22 @@ fn digest(what: &str, b: &[u8]) -> Result<Digest, Refusal> {
     Digest::from_slice(b).ok_or_else(|| Refusal::invalid(format!("{what}: digest is not 32 bytes")))
 }
 
+/// Who a header says sent it: an agency (`from`) or a node (`from_node`),
+/// exactly one.
+pub fn sender_of(header: &pb::Header) -> Result<Sender, Refusal> {
+    match (header.from.is_empty(), header.from_node.is_empty()) {
+        (false, true) => Ok(Sender::Agency(organ("from", &header.from)?)),
+        (true, false) => {
+            Ok(Sender::Node(header.from_node.parse().map_err(|e| {
+                Refusal::invalid(format!("from_node: {e}"))
+            })?))
+        }
+        _ => Err(Refusal::invalid(
+            "exactly one of from and from_node must be set",
+        )),
+    }
+}
+
 /// Checks an envelope: header shape, signature over the exact header bytes, signer
 /// chained to the right CA, and signer == `from` (or `from_node`).
 pub fn verify(
@@ -246,20 +262,7 @@ fn check(
     let id = doc_id("doc_id", &header.doc_id)?;
     let kind = kind_of(header.kind)
         .ok_or_else(|| Refusal::invalid(format!("unknown message kind {}", header.kind)))?;
-    let from = match (header.from.is_empty(), header.from_node.is_empty()) {
-        (false, true) => Sender::Agency(organ("from", &header.from)?),
-        (true, false) => Sender::Node(
-            header
-                .from_node
-                .parse()
-                .map_err(|e| Refusal::invalid(format!("from_node: {e}")))?,
-        ),
-        _ => {
-            return Err(Refusal::invalid(
-                "exactly one of from and from_node must be set",
-            ));
-        }
-    };
+    let from = sender_of(&header)?;
     if header.to.len() > limits.max_recipients {
         return Err(Refusal::over_limit(format!(
             "{} recipients exceed the limit of {} (limits.max_recipients)",

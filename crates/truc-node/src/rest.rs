@@ -231,7 +231,7 @@ impl Ctx {
     /// agency of this edge received, is "nothing uploaded" to it.
     async fn own_uploads(
         &self,
-        headers: &HeaderMap,
+        app: &App,
         attachments: Vec<AttachmentIn>,
     ) -> Result<Vec<pb::Attachment>, ApiError> {
         let attachments = attachments_in(attachments)?;
@@ -247,7 +247,7 @@ impl Ctx {
         if named.is_empty() {
             return Ok(attachments);
         }
-        let app = self.app(headers)?.name.clone();
+        let app = app.name.clone();
         let st = self.state.clone();
         tokio::task::spawn_blocking(move || {
             for (name, d) in named {
@@ -265,10 +265,10 @@ impl Ctx {
     }
 
     /// The application may act for `organ`.
-    fn may(&self, headers: &HeaderMap, organ: &str) -> Result<(), ApiError> {
+    fn may(&self, headers: &HeaderMap, organ: &str) -> Result<&App, ApiError> {
         let app = self.app(headers)?;
         if app.organs.iter().any(|o| o.as_str() == organ) {
-            Ok(())
+            Ok(app)
         } else {
             Err(denied(format!(
                 "application {} may not act for {organ}",
@@ -520,8 +520,8 @@ fn sent_json(r: pb::SendResponse) -> Response {
 }
 
 async fn send(State(cx): State<Ctx>, headers: HeaderMap, Json(b): Json<SendIn>) -> Res {
-    cx.may(&headers, &b.from)?;
-    let attachments = cx.own_uploads(&headers, b.attachments).await?;
+    let app = cx.may(&headers, &b.from)?;
+    let attachments = cx.own_uploads(app, b.attachments).await?;
     let r = cx
         .svc
         .send(Request::new(pb::SendRequest {
@@ -594,7 +594,7 @@ async fn change(
     b: ChangeIn,
 ) -> Res {
     let target = cx.may_sent(headers, &doc_id).await?;
-    let attachments = cx.own_uploads(headers, b.attachments).await?;
+    let attachments = cx.own_uploads(cx.app(headers)?, b.attachments).await?;
     let mut changes: Vec<pb::RecipientChange> = b
         .add
         .into_iter()

@@ -762,6 +762,11 @@ fn queue_prefix(queue: &str) -> Vec<u8> {
     Key::new().str(queue).build()
 }
 
+/// The queue a `(queue, seq)` key (queued, parked, dead) names.
+fn queue_of(key: &[u8]) -> Option<String> {
+    str_parts(key, 1).and_then(|mut q| q.pop())
+}
+
 fn change_key(from: &str, target: &str, business: BusinessType) -> Vec<u8> {
     Key::new()
         .str(from)
@@ -927,9 +932,7 @@ impl NodeState {
             let Some((last, _)) = rows.last() else { break };
             after = Some(last.clone());
             for (k, v) in rows {
-                let queue = str_parts(&k, 1)
-                    .and_then(|mut q| q.pop())
-                    .unwrap_or_default();
+                let queue = queue_of(&k).unwrap_or_default();
                 *counts.entry(format!("q:{queue}")).or_default() += 1;
                 let e: QueueEntry = record::decode(Space::Queue, &k, &v)?;
                 if e.short_deadline {
@@ -2543,15 +2546,11 @@ impl NodeState {
         let Ok(h) = pb::Header::decode(header_bytes) else {
             return Ok(None);
         };
-        let from = match (h.from.parse::<OrganId>(), h.from_node.parse::<NodeId>()) {
-            (Ok(o), _) if h.from_node.is_empty() => o.to_string(),
-            (_, Ok(n)) if h.from.is_empty() => format!("node:{n}"),
-            _ => return Ok(None),
-        };
-        let Ok(doc_id) = h.doc_id.parse::<DocId>() else {
+        // Keyed as `accept` keys what it takes.
+        let (Ok(from), Ok(doc_id)) = (envelope::sender_of(&h), h.doc_id.parse::<DocId>()) else {
             return Ok(None);
         };
-        let key = doc_key(&from, &doc_id.to_string());
+        let key = doc_key(&from.to_string(), &doc_id.to_string());
         let hash = Digest::of(header_bytes);
         let asked: Vec<&str> = recipients.iter().map(String::as_str).collect();
         // Under the writer lock: the write that took it is then counted in
@@ -5796,9 +5795,7 @@ impl NodeState {
         let Some(mut e) = held.entry else {
             return Ok(0);
         };
-        let held_on = str_parts(&key, 1)
-            .and_then(|mut q| q.pop())
-            .ok_or_else(|| internal("held entry key"))?;
+        let held_on = queue_of(&key).ok_or_else(|| internal("held entry key"))?;
         let (was, why) = match space {
             Space::Parked => ("parked", format!("parked on {held_on}")),
             _ => ("refused", format!("refused on {held_on}: {}", held.reason)),
@@ -5937,14 +5934,24 @@ impl NodeState {
     /// Entries parked after their deadline, with their queue: the first
     /// `limit` by queue, oldest first on each.
     pub fn parked(&self, limit: usize) -> Result<Vec<(String, DeadEntry)>, NodeError> {
+        self.held_entries(Space::Parked, limit)
+    }
+
+    /// The first `limit` entries `space` (parked, dead) holds, with the
+    /// queue each was on.
+    fn held_entries(
+        &self,
+        space: Space,
+        limit: usize,
+    ) -> Result<Vec<(String, DeadEntry)>, NodeError> {
         self.store
-            .scan(Space::Parked, &[], None, limit)?
+            .scan(space, &[], None, limit)?
             .into_iter()
             .map(|(k, v)| {
-                let queue = str_parts(&k, 1)
-                    .and_then(|mut q| q.pop())
-                    .unwrap_or_default();
-                Ok((queue, record::decode(Space::Parked, &k, &v)?))
+                Ok((
+                    queue_of(&k).unwrap_or_default(),
+                    record::decode(space, &k, &v)?,
+                ))
             })
             .collect()
     }
@@ -5958,16 +5965,11 @@ impl NodeState {
             return Ok((0, Vec::new()));
         }
         let shown = self
-            .store
-            .scan(Space::Dead, &[], None, limit)?
+            .held_entries(Space::Dead, limit)?
             .into_iter()
-            .map(|(k, v)| {
-                let queue = str_parts(&k, 1)
-                    .and_then(|mut q| q.pop())
-                    .unwrap_or_default();
-                let d: DeadEntry = record::decode(Space::Dead, &k, &v)?;
+            .map(|(queue, d)| {
                 let e = d.entry.unwrap_or_default();
-                Ok(DeadLetter {
+                DeadLetter {
                     queue,
                     doc_id: e.doc_id,
                     from: e.from,
@@ -5975,9 +5977,9 @@ impl NodeState {
                     code: format!("{:?}", Code::from_i32(d.code)),
                     reason: d.reason,
                     at_ms: d.at_ms,
-                })
+                }
             })
-            .collect::<Result<_, NodeError>>()?;
+            .collect();
         Ok((total, shown))
     }
 
