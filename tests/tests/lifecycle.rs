@@ -630,6 +630,58 @@ async fn a_dead_letter_is_shown_to_the_operator_and_requeue_delivers_it() {
     );
 }
 
+/// A recipient's edge whose attachment limit is below the hub's refuses a
+/// document for good: the hub keeps the dead letter and its sender, a
+/// ministry on another edge, gets the hub's signed undeliverable notice.
+/// Once the edge's limit is raised, the hub's operator requeues everything
+/// held, and the document is delivered, once, the sender seeing it so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_at_the_hub_is_requeued_and_its_remote_sender_sees_it_delivered() {
+    let mut c = Cluster::new();
+    let edge_limit = |c: &Cluster, bytes: i64| {
+        c.edit("nghean", |t| {
+            let l = t
+                .entry("limits")
+                .or_insert_with(|| toml::Table::new().into())
+                .as_table_mut()
+                .unwrap();
+            l.insert("max_attachment_bytes".into(), bytes.into());
+        })
+    };
+    edge_limit(&c, 1000);
+    for n in ["hub", "vpcp", "nghean"] {
+        c.start(n);
+    }
+    let file = c.path("phu-luc.bin");
+    std::fs::write(&file, vec![9u8; 4096]).unwrap();
+    let id = c.send_from_vpcp(
+        H41,
+        "Công văn kèm phụ lục lớn",
+        &["--attach", file.to_str().unwrap()],
+    );
+    let v = wait_all(&c, &id, "undeliverable notice", |r| r["state"] == "failed").await;
+    let detail = v["recipients"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("max_attachment_bytes"), "{v}");
+    let queues: serde_json::Value =
+        serde_json::from_str(&c.cli_ok(&["queues", "--config", &c.cfg("hub"), "--json"])).unwrap();
+    assert_eq!(queues["dead_total"], 1, "{queues}");
+    assert_eq!(queues["dead"][0]["queue"], "child:nghean", "{queues}");
+    assert_eq!(queues["dead"][0]["from"], G22, "{queues}");
+
+    c.stop("nghean");
+    edge_limit(&c, 64 << 20);
+    c.start("nghean");
+    let out = c.cli_ok(&["requeue", "--config", &c.cfg("hub"), "--all"]);
+    assert!(out.contains("requeued 1 queue entry"), "{out}");
+    // The delivery receipt, signed by the recipient, wins over the notice.
+    wait_all(&c, &id, "delivered after the requeue", |r| {
+        r["state"] == "delivered"
+    })
+    .await;
+    let items = inbox(&c, "nghean", H41).await;
+    assert_eq!(items.iter().filter(|i| i.doc_id == id).count(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_recipient_queue_pushes_back_and_nothing_is_lost() {
     let mut c = Cluster::new();

@@ -1161,11 +1161,11 @@ where
                  a different attachment needs a new upload_id"
             )));
         }
-        // Finished before its application was recorded with it.
+        // Finished before uploads named their application: its now (a
+        // REST upload id is its application's own).
         if let Some(owner) = owner
-            && !state.uploaded_by(owner, &digest).map_err(Status::from)?
+            && let Some(ticket) = state.own_legacy_upload(&id, owner).map_err(Status::from)?
         {
-            let ticket = state.own_upload(owner, &digest).map_err(Status::from)?;
             state.durable(ticket).await.map_err(Status::from)?;
         }
         return Ok(pb::UploadResult {
@@ -1766,11 +1766,11 @@ mod tests {
         );
     }
 
-    /// An upload finished before its application was recorded with it (an
-    /// older node): the application's retry of it answers as before and
-    /// records it, so that the application may then send it.
+    /// An upload finished over the gRPC API (no application) under an id a
+    /// REST application then retries answers the same, but does not become
+    /// that application's to send.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_retried_upload_is_recorded_as_its_applications() {
+    async fn a_retry_does_not_make_anothers_upload_its_own() {
         let f = Fixture::new();
         let edge = f.edge(Arc::new(MemoryStore::new()));
         let id = uuid::Uuid::now_v7().to_string();
@@ -1789,7 +1789,7 @@ mod tests {
         assert!(!edge.uploaded_by("qlvb", &d).unwrap());
         let again = once(Some("qlvb")).await;
         assert_eq!(again.sha256, first.sha256);
-        assert!(edge.uploaded_by("qlvb", &d).unwrap());
+        assert!(!edge.uploaded_by("qlvb", &d).unwrap());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -138,14 +138,14 @@ type Checked = (Verified, Vec<OrganId>, Vec<Vec<u8>>);
 /// Checks one received transfer: signature, recipients, attachment bytes against
 /// the signed manifest. Returns what to store, or why it is refused (a
 /// duplicate, when it is a resend of what this node took before).
-fn check(state: &NodeState, t: pb::Transfer) -> Result<Checked, Prepared> {
+fn check(state: &NodeState, t: pb::Transfer, origin: &Origin) -> Result<Checked, Prepared> {
     let env = t
         .envelope
         .ok_or_else(|| Refusal::invalid("transfer without envelope"))?;
     // Kept for a failed check (a few KiB; the signature work is far more).
     let header = env.header_bytes.clone();
     let v = envelope::verify(env, &state.verifiers, &state.limits, UnixTime::now()).map_err(|r| {
-        match state.taken_before(&header, &t.recipients) {
+        match state.taken_before(&header, &t.recipients, origin) {
             Ok(Some((ticket, kind))) => {
                 tracing::info!(kind, reason = %r.reason, "a resend of a message taken before, whose checks fail now: acknowledged as a duplicate");
                 Prepared::Duplicate(ticket)
@@ -205,12 +205,16 @@ fn check(state: &NodeState, t: pb::Transfer) -> Result<Checked, Prepared> {
 /// Checks a batch of received transfers and stores the attachments of the valid
 /// ones with one group of filesystem syncs (blocking IO). An IO error fails the
 /// batch: nothing of it is acknowledged and the peer sends it again.
-fn prepare(state: &NodeState, batch: Vec<pb::Transfer>) -> Result<Vec<(u64, Prepared)>, NodeError> {
+fn prepare(
+    state: &NodeState,
+    batch: Vec<pb::Transfer>,
+    origin: &Origin,
+) -> Result<Vec<(u64, Prepared)>, NodeError> {
     let mut out = Vec::with_capacity(batch.len());
     let mut blobs: Vec<(Digest, Vec<u8>)> = Vec::new();
     for t in batch {
         let seq = t.seq;
-        match check(state, t) {
+        match check(state, t, origin) {
             Ok((mut v, recipients, data)) => {
                 // A document's envelope goes with its attachments (the same
                 // syncs): its record, rewritten as deliveries progress, then
@@ -276,10 +280,11 @@ async fn receive_streamed(
     out: mpsc::Sender<pb::LinkFrame>,
     sinks: crate::stream::Sinks,
     t: pb::Transfer,
+    origin: Origin,
 ) -> Result<Vec<(u64, Prepared)>, NodeError> {
     let seq = t.seq;
     let st = state.clone();
-    let checked = tokio::task::spawn_blocking(move || check(&st, t))
+    let checked = tokio::task::spawn_blocking(move || check(&st, t, &origin))
         .await
         .map_err(|e| NodeError::Other(e.to_string()))?;
     let (v, recipients, _) = match checked {
@@ -585,8 +590,16 @@ pub async fn run_session(
         )
         .in_current_span(),
     );
-    receivers
-        .spawn(apply(state.clone(), origin, prep_rx, ack_tx, unanswered.clone()).in_current_span());
+    receivers.spawn(
+        apply(
+            state.clone(),
+            origin.clone(),
+            prep_rx,
+            ack_tx,
+            unanswered.clone(),
+        )
+        .in_current_span(),
+    );
     receivers.spawn(
         acknowledge(
             state.clone(),
@@ -709,14 +722,21 @@ pub async fn run_session(
                         if !inline.is_empty() {
                             let st = state.clone();
                             let b = std::mem::take(&mut inline);
-                            let job = tokio::task::spawn_blocking(move || prepare(&st, b));
+                            let o = origin.clone();
+                            let job = tokio::task::spawn_blocking(move || prepare(&st, b, &o));
                             closed |= prep_tx
                                 .send((std::mem::take(&mut inline_bytes), job))
                                 .is_err();
                         }
                         let job = tokio::spawn(
-                            receive_streamed(state.clone(), cx.out.clone(), cx.sinks.clone(), t)
-                                .in_current_span(),
+                            receive_streamed(
+                                state.clone(),
+                                cx.out.clone(),
+                                cx.sinks.clone(),
+                                t,
+                                origin.clone(),
+                            )
+                            .in_current_span(),
                         );
                         jobs.retain(|j| !j.is_finished());
                         jobs.push(job.abort_handle());
@@ -728,7 +748,8 @@ pub async fn run_session(
                 }
                 if !inline.is_empty() {
                     let st = state.clone();
-                    let job = tokio::task::spawn_blocking(move || prepare(&st, inline));
+                    let o = origin.clone();
+                    let job = tokio::task::spawn_blocking(move || prepare(&st, inline, &o));
                     closed |= prep_tx.send((inline_bytes, job)).is_err();
                 }
                 if closed {
@@ -1638,6 +1659,11 @@ async fn connect_once(
 mod tests {
     use std::sync::{Arc, atomic::Ordering};
 
+    /// What vpcp, a child, sends.
+    fn from_vpcp() -> Origin {
+        Origin::Child("vpcp".parse().unwrap())
+    }
+
     use truc_store::{Batch, FaultyStore, MemoryStore, Space};
 
     use super::*;
@@ -1723,7 +1749,10 @@ mod tests {
             .unwrap()
         };
         hub.verifiers.agencies.set_crls(&[list(-1)]).unwrap();
-        match check(&hub, transfer()).map(|_| ()).unwrap_err() {
+        match check(&hub, transfer(), &from_vpcp())
+            .map(|_| ())
+            .unwrap_err()
+        {
             Prepared::Deferred(reason) => {
                 assert!(reason.contains("cannot be checked here now"), "{reason}");
                 assert!(reason.contains("due for renewal"), "{reason}");
@@ -1736,12 +1765,12 @@ mod tests {
             let last = env.signature.len() - 1;
             env.signature[last] ^= 1;
         }
-        match check(&hub, forged).map(|_| ()).unwrap_err() {
+        match check(&hub, forged, &from_vpcp()).map(|_| ()).unwrap_err() {
             Prepared::Refused(r) => assert_eq!(r.code, Code::Unauthenticated, "{r}"),
             _ => panic!("not refused"),
         }
         hub.verifiers.agencies.set_crls(&[list(30)]).unwrap();
-        assert!(check(&hub, transfer()).is_ok());
+        assert!(check(&hub, transfer(), &from_vpcp()).is_ok());
     }
 
     /// A signer whose issuer no list here covers (the lists name another
@@ -1773,9 +1802,12 @@ mod tests {
             let last = env.signature.len() - 1;
             env.signature[last] ^= 1;
         }
-        assert!(check(&hub, forged).is_err());
+        assert!(check(&hub, forged, &from_vpcp()).is_err());
         assert!(hub.verifiers.agencies.unlisted_issuers(0).is_empty());
-        match check(&hub, transfer(&v)).map(|_| ()).unwrap_err() {
+        match check(&hub, transfer(&v), &from_vpcp())
+            .map(|_| ())
+            .unwrap_err()
+        {
             Prepared::Deferred(reason) => {
                 assert!(
                     reason.contains("no revocation list here covers"),
@@ -1805,7 +1837,7 @@ mod tests {
             .unwrap();
         let alerts = hub.alerts(&Default::default(), &Ok(Default::default()));
         assert!(!alerts.iter().any(|a| a.kind == "crl"), "{alerts:?}");
-        assert!(check(&hub, transfer(&v)).is_ok());
+        assert!(check(&hub, transfer(&v), &from_vpcp()).is_ok());
     }
 
     /// A resend of a message this node took before (the link lost the
@@ -1836,7 +1868,7 @@ mod tests {
         )
         .unwrap();
         hub.verifiers.agencies.set_crls(&[stale]).unwrap();
-        let outcome = |t| match check(&hub, t) {
+        let outcome = |t| match check(&hub, t, &from_vpcp()) {
             Ok(_) => "checked",
             Err(Prepared::Duplicate(_)) => "duplicate",
             Err(Prepared::Deferred(_)) => "deferred",

@@ -2442,14 +2442,38 @@ impl NodeState {
     /// A finished upload: its digest and size, while its file is still kept
     /// (one the orphan sweep took is to be uploaded again).
     pub fn upload_done(&self, id: &uuid::Uuid) -> Result<Option<(Digest, u64)>, NodeError> {
+        Ok(self.upload_record(id)?.map(|(d, size, _)| (d, size)))
+    }
+
+    /// A finished upload whose file is kept: digest, size, and whether it
+    /// was recorded before uploads named their application (no owner then).
+    fn upload_record(&self, id: &uuid::Uuid) -> Result<Option<(Digest, u64, bool)>, NodeError> {
         Ok(self
             .store
             .get(Space::Meta, &Self::upload_key(id))?
             .and_then(|v| {
                 let d = Digest::from_slice(v.get(..32)?)?;
-                Some((d, trailing_u64(&v)?))
+                let size = trailing_u64(v.get(32..40)?)?;
+                Some((d, size, v.len() == 40))
             })
-            .filter(|(d, _)| self.blobs.contains(d)))
+            .filter(|(d, _, _)| self.blobs.contains(d)))
+    }
+
+    /// A retry of a finished upload by `owner`: recorded as its, when the
+    /// upload was finished before uploads named their application.
+    pub fn own_legacy_upload(
+        &self,
+        id: &uuid::Uuid,
+        owner: &str,
+    ) -> Result<Option<Ticket>, NodeError> {
+        match self.upload_record(id)? {
+            Some((d, _, true)) if !self.uploaded_by(owner, &d)? => {
+                let mut b = Batch::new();
+                b.put(Space::Meta, Self::uploaded_by_key(owner, &d), Vec::new());
+                Ok(Some(self.commit.apply(b)?))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Records a finished upload (so a retry of it answers at once) and drops its
@@ -2467,18 +2491,12 @@ impl NodeState {
         b.delete(Space::Meta, Self::partial_key(partial));
         let mut v = d.0.to_vec();
         v.extend_from_slice(&size.to_be_bytes());
+        // Longer than a record from before owners were kept, owner or not.
+        v.push(u8::from(owner.is_some()));
         b.put(Space::Meta, Self::upload_key(id), v);
         if let Some(owner) = owner {
             b.put(Space::Meta, Self::uploaded_by_key(owner, d), Vec::new());
         }
-        Ok(self.commit.apply(b)?)
-    }
-
-    /// Records that `owner` uploaded `d` (a retry of an upload that finished
-    /// before owners were kept).
-    pub fn own_upload(&self, owner: &str, d: &Digest) -> Result<Ticket, NodeError> {
-        let mut b = Batch::new();
-        b.put(Space::Meta, Self::uploaded_by_key(owner, d), Vec::new());
         Ok(self.commit.apply(b)?)
     }
 
@@ -2542,6 +2560,7 @@ impl NodeState {
         &self,
         header_bytes: &[u8],
         recipients: &[String],
+        origin: &Origin,
     ) -> Result<Option<(Ticket, &'static str)>, NodeError> {
         let Ok(h) = pb::Header::decode(header_bytes) else {
             return Ok(None);
@@ -2558,7 +2577,7 @@ impl NodeState {
         let w = self.lock();
         let seen = self.store.get(Space::Dedup, &key)?;
         if seen.is_none_or(|seen| seen != hash.0)
-            || !self.nothing_new(&Plan::default(), h.kind, &key, Some(&asked))?
+            || !self.nothing_new(&Plan::default(), h.kind, &key, origin, Some(&asked))?
         {
             return Ok(None);
         }
@@ -2570,26 +2589,30 @@ impl NodeState {
     }
 
     /// Whether a message stored here before (same header bytes; record
-    /// `key`) asks this hop for nothing it was not taken for: a document's
-    /// recipients all among those it was taken for (`plan_again` takes the
-    /// others), any other kind always. Such a resend is a duplicate, whatever
-    /// its checks (signature, sender's route) would say now.
+    /// `key`), resent by the peer it first came from, asks this hop for
+    /// nothing it was not taken for: a document's recipients all among those
+    /// it was taken for (`plan_again` takes the others), any other kind
+    /// always. Such a resend is a duplicate, whatever its checks (signature,
+    /// sender's route) would say now. From another peer (a parent sending
+    /// back down what a relay sent up) it is checked as any message.
     fn nothing_new(
         &self,
         plan: &Plan,
         kind: i32,
         key: &[u8],
+        origin: &Origin,
         recipients: Option<&[&str]>,
     ) -> Result<bool, NodeError> {
+        let Some(rec) = self.doc_record(plan, key)? else {
+            return Ok(false);
+        };
+        if rec.origin != origin.label() {
+            return Ok(false);
+        }
         let (true, Some(asked)) = (kind == pb::Kind::Document as i32, recipients) else {
             return Ok(true);
         };
-        Ok(match self.doc_record(plan, key)? {
-            Some(rec) => {
-                rec.routed.is_empty() || asked.iter().all(|r| rec.routed.iter().any(|t| t == r))
-            }
-            None => true,
-        })
+        Ok(rec.routed.is_empty() || asked.iter().all(|r| rec.routed.iter().any(|t| t == r)))
     }
 
     /// The queue entry at `seq`, if it is still queued.
@@ -2912,7 +2935,7 @@ impl NodeState {
                 .as_ref()
                 .map(|rs| rs.iter().map(OrganId::as_str).collect());
             if seen.as_ref().is_some_and(|s| *s == v.header_sha256.0)
-                && self.nothing_new(&plan, v.header.kind, &dkey, asked.as_deref())?
+                && self.nothing_new(&plan, v.header.kind, &dkey, origin, asked.as_deref())?
             {
                 verdicts.push(Verdict::Duplicate);
                 continue;
@@ -5759,20 +5782,27 @@ impl NodeState {
                     let Some(e) = held.entry.clone() else {
                         continue;
                     };
-                    if held.at_ms > started {
-                        continue;
-                    }
-                    let mark = plan.mark();
-                    match self.plan_requeue(&mut w, &mut plan, space, k, held, now) {
-                        Ok(n) => out.entries += n,
-                        Err(NodeError::Refused(r)) => {
-                            plan.rollback(mark);
-                            out.refused_total += 1;
-                            if out.refused.len() < REQUEUE_REFUSED_SHOWN {
-                                out.refused.push((e.doc_id, e.from, r.reason));
+                    let why = if held.at_ms > started {
+                        Some("held after this requeue began (refused again meanwhile?); requeue again".into())
+                    } else {
+                        let mark = plan.mark();
+                        match self.plan_requeue(&mut w, &mut plan, space, k, held, now) {
+                            Ok(n) => {
+                                out.entries += n;
+                                None
                             }
+                            Err(NodeError::Refused(r)) => {
+                                plan.rollback(mark);
+                                Some(r.reason)
+                            }
+                            Err(err) => return Err(err),
                         }
-                        Err(err) => return Err(err),
+                    };
+                    if let Some(why) = why {
+                        out.refused_total += 1;
+                        if out.refused.len() < REQUEUE_REFUSED_SHOWN {
+                            out.refused.push((e.doc_id, e.from, why));
+                        }
                     }
                 }
                 self.finish(w, plan)?;
@@ -7472,6 +7502,36 @@ mod tests {
         assert_eq!(relay.queue_depth("child:dienban"), 1, "on to the district");
     }
 
+    /// A relay that sent a district's document up does not take it back
+    /// from its parent as a duplicate (the parent's directory places the
+    /// recipient below the relay while a change propagates): it is checked,
+    /// and refused, so that the hub keeps it and its sender hears.
+    #[test]
+    fn what_a_relay_sent_up_is_not_a_duplicate_when_the_parent_sends_it_down() {
+        let f = Fixture::new();
+        let relay = relay_with_child(&f, "dienban");
+        let district: OrganId = "001.00.10.H47".parse().unwrap();
+        let mut routing = (*relay.routing()).clone();
+        routing.add_child_organ(district.clone(), "dienban".parse().unwrap());
+        *relay.routes.write().unwrap() = Arc::new(routing);
+        let g22: OrganId = "000.00.00.G22".parse().unwrap();
+        let v = f.verified(district.as_str(), &[g22.as_str()]);
+        let to = std::slice::from_ref(&g22);
+        relay
+            .accept(v.clone(), &child("dienban"), Some(to))
+            .unwrap();
+        assert_eq!(relay.queue_depth("parent"), 1, "sent up");
+        assert!(matches!(
+            relay
+                .accept(v.clone(), &child("dienban"), Some(to))
+                .unwrap(),
+            Accepted::Duplicate(_)
+        ));
+        let parent = Origin::Parent("hub".parse().unwrap());
+        let e = relay.accept(v, &parent, Some(to)).unwrap_err();
+        assert!(e.to_string().contains("served below this node"), "{e}");
+    }
+
     /// At a relay, a requeue sends nothing back up to the parent it came
     /// from (its recipient left the relay's subtree: the parent routes it),
     /// and puts a directory change the parent refused back on its queue.
@@ -8262,6 +8322,35 @@ mod tests {
         assert!(!edge.blobs.contains(&d));
         edge.blobs.put(&data).unwrap();
         assert!(!edge.uploaded_by("qlvb", &d).unwrap());
+    }
+
+    /// An upload finished before uploads named their application: the
+    /// application's retry of it records it as its own, once; one finished
+    /// since does not change hands that way.
+    #[test]
+    fn an_upload_from_before_owners_is_its_retrying_applications() {
+        let f = Fixture::new();
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let edge = f.edge(store.clone());
+        let data = vec![4u8; 1000];
+        let d = edge.blobs.put(&data).unwrap();
+        let (old, new) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        let mut legacy = d.0.to_vec();
+        legacy.extend_from_slice(&(data.len() as u64).to_be_bytes());
+        let mut b = Batch::new();
+        b.put(Space::Meta, NodeState::upload_key(&old), legacy);
+        store.apply(b).unwrap();
+        assert_eq!(edge.upload_done(&old).unwrap(), Some((d, 1000)));
+        assert!(edge.own_legacy_upload(&old, "qlvb").unwrap().is_some());
+        assert!(edge.uploaded_by("qlvb", &d).unwrap());
+        assert!(
+            edge.own_legacy_upload(&old, "qlvb").unwrap().is_none(),
+            "once"
+        );
+        edge.finish_upload(&new, "upload-y", &d, 1000, None)
+            .unwrap();
+        assert_eq!(edge.upload_done(&new).unwrap(), Some((d, 1000)));
+        assert!(edge.own_legacy_upload(&new, "other").unwrap().is_none());
     }
 
     /// A submitted document's envelope is kept as a blob the record names (out

@@ -1092,8 +1092,26 @@ pub async fn requeue(
             "refused": r.refused.iter().map(|f| serde_json::json!({"doc_id": f.doc_id, "from": f.from, "reason": f.reason})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+    } else {
+        print_requeued(&r, doc_id);
     }
+    // A node from before the total was sent: the list is all there is.
+    let n = r.refused_total.max(r.refused.len() as u32);
+    if n > 0 {
+        let shown = if n as usize > r.refused.len() {
+            format!(" (the first {} listed)", r.refused.len())
+        } else {
+            String::new()
+        };
+        bail!(
+            "{n} held entr{} could not be requeued{shown}; they stay where they are",
+            if n == 1 { "y" } else { "ies" }
+        );
+    }
+    Ok(())
+}
+
+fn print_requeued(r: &pb::RequeueResponse, doc_id: Option<&str>) {
     let n = r.requeued;
     let entries = if n == 1 { "entry" } else { "entries" };
     match doc_id {
@@ -1108,19 +1126,6 @@ pub async fn requeue(
         }
         println!("{t}");
     }
-    if r.refused_total > 0 {
-        let n = r.refused_total;
-        let shown = if n as usize > r.refused.len() {
-            format!(" (the first {} listed)", r.refused.len())
-        } else {
-            String::new()
-        };
-        bail!(
-            "{n} held entr{} could not be requeued{shown}; they stay where they are",
-            if n == 1 { "y" } else { "ies" }
-        );
-    }
-    Ok(())
 }
 
 pub async fn trace(config: &Path, doc_id: &str, from: Option<&str>, json: bool) -> Result<()> {
