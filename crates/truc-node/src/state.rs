@@ -762,6 +762,19 @@ fn queue_prefix(queue: &str) -> Vec<u8> {
     Key::new().str(queue).build()
 }
 
+/// The shortest delivery deadline of any priority, in ms.
+fn shortest_deadline(d: &DeliverySection) -> i64 {
+    d.deadline_ms.iter().copied().min().unwrap_or(0) as i64
+}
+
+/// Whether an entry's deadline (a due date) is shorter than every
+/// priority's, `min_deadline` (fixed for a process's life, so an entry is
+/// counted and uncounted alike): a queue holding one is read to its end for
+/// overdue entries.
+fn short_deadline(e: &QueueEntry, min_deadline: i64) -> bool {
+    e.deadline_ms != 0 && e.deadline_ms < e.enqueued_at_ms + min_deadline
+}
+
 /// The queue a `(queue, seq)` key (queued, parked, dead) names.
 fn queue_of(key: &[u8]) -> Option<String> {
     str_parts(key, 1).and_then(|mut q| q.pop())
@@ -926,6 +939,7 @@ impl NodeState {
         let (events, _) = broadcast::channel(4096);
         let (audit_seq, audit_head) = audit::append_point(p.store.as_ref())?;
         let mut counts: HashMap<String, i64> = HashMap::new();
+        let min_deadline = shortest_deadline(&p.delivery);
         let mut after: Option<Vec<u8>> = None;
         loop {
             let rows = p.store.scan(Space::Queue, &[], after.as_deref(), 4096)?;
@@ -935,7 +949,7 @@ impl NodeState {
                 let queue = queue_of(&k).unwrap_or_default();
                 *counts.entry(format!("q:{queue}")).or_default() += 1;
                 let e: QueueEntry = record::decode(Space::Queue, &k, &v)?;
-                if e.short_deadline {
+                if short_deadline(&e, min_deadline) {
                     *counts.entry(format!("d:{queue}")).or_default() += 1;
                 }
                 if queue.starts_with("child:") {
@@ -2223,7 +2237,6 @@ impl NodeState {
                     kind: v.header.kind,
                     priority: 0,
                     deadline_ms: 0,
-                    short_deadline: false,
                 };
                 let note = "directory change for the parent".to_owned();
                 self.plan_enqueue(w, plan, "parent".into(), &entry, "queued", note)?;
@@ -4353,7 +4366,6 @@ impl NodeState {
                         kind: v.header.kind,
                         priority: v.header.priority,
                         deadline_ms: deadline,
-                        short_deadline: false,
                     };
                     let note = format!("for {} on {queue}", entry.recipients.join(", "));
                     self.plan_enqueue(w, plan, queue, &entry, "queued", note)?;
@@ -5187,7 +5199,7 @@ impl NodeState {
     /// The shortest deadline of any priority: the deadline sweep stops early
     /// in a queue at the first entry enqueued less than this long ago.
     fn min_deadline_ms(&self) -> i64 {
-        self.delivery.deadline_ms.iter().copied().min().unwrap_or(0) as i64
+        shortest_deadline(&self.delivery)
     }
 
     /// An entry whose deadline (a due date) is shorter than every priority's
@@ -5212,22 +5224,15 @@ impl NodeState {
         let seq = self.next_seq(w, plan, &queue)?;
         let min_deadline = self.min_deadline_ms();
         self.note_short_deadline(entry, entry.enqueued_at_ms, min_deadline);
-        // Marked as such, and counted per queue: operators' reads go through
-        // a queue that holds one to its end (`queue_snapshot`).
-        let short =
-            entry.deadline_ms != 0 && entry.deadline_ms < entry.enqueued_at_ms + min_deadline;
-        let bytes = if short == entry.short_deadline {
-            record::encode(entry)
-        } else {
-            record::encode(&QueueEntry {
-                short_deadline: short,
-                ..entry.clone()
-            })
-        };
-        plan.batch
-            .put(Space::Queue, Key::new().str(&queue).u64(seq).build(), bytes);
+        plan.batch.put(
+            Space::Queue,
+            Key::new().str(&queue).u64(seq).build(),
+            record::encode(entry),
+        );
         plan.deltas.push((format!("q:{queue}"), 1));
-        if short {
+        // Counted per queue: operators' reads go through a queue that holds
+        // one to its end (`queue_snapshot`).
+        if short_deadline(entry, min_deadline) {
             plan.deltas.push((format!("d:{queue}"), 1));
         }
         if queue.starts_with("child:") {
@@ -5282,7 +5287,7 @@ impl NodeState {
         routes: Vec<(String, Vec<OrganId>)>,
         why: &str,
     ) -> Result<(), NodeError> {
-        Self::plan_dequeue(plan, queue, seq, entry);
+        self.plan_dequeue(plan, queue, seq, entry);
         self.plan_split(plan, &entry.from, &entry.doc_id, routes.len())?;
         let now = now_ms();
         for (to_queue, to) in routes {
@@ -5302,11 +5307,11 @@ impl NodeState {
 
     /// Takes `entry` off `queue` at `seq`, uncounted as [`Self::plan_enqueue`]
     /// counted it.
-    fn plan_dequeue(plan: &mut Plan, queue: &str, seq: u64, entry: &QueueEntry) {
+    fn plan_dequeue(&self, plan: &mut Plan, queue: &str, seq: u64, entry: &QueueEntry) {
         plan.batch
             .delete(Space::Queue, Key::new().str(queue).u64(seq).build());
         plan.deltas.push((format!("q:{queue}"), -1));
-        if entry.short_deadline {
+        if short_deadline(entry, self.min_deadline_ms()) {
             plan.deltas.push((format!("d:{queue}"), -1));
         }
         if queue.starts_with("child:") {
@@ -5345,7 +5350,7 @@ impl NodeState {
                     break 'scan;
                 }
                 after = Some(seq);
-                Self::plan_dequeue(&mut plan, queue, seq, &entry);
+                self.plan_dequeue(&mut plan, queue, seq, &entry);
                 self.plan_done_once(&mut plan, &entry.from, &entry.doc_id, now)?;
                 n += 1;
                 kinds.push(entry.kind);
@@ -5485,7 +5490,7 @@ impl NodeState {
         if !local_sender {
             self.plan_undeliverable(&mut w, &mut plan, &entry, &why, now)?;
         }
-        Self::plan_dequeue(&mut plan, queue, seq, &entry);
+        self.plan_dequeue(&mut plan, queue, seq, &entry);
         self.plan_done_once(&mut plan, &entry.from, &entry.doc_id, now)?;
         plan.deltas.push((DEAD_COUNT.to_owned(), 1));
         plan.batch.put(
@@ -5693,7 +5698,7 @@ impl NodeState {
                     e.priority,
                     self.node_id
                 );
-                Self::plan_dequeue(&mut plan, &queue, *seq, e);
+                self.plan_dequeue(&mut plan, &queue, *seq, e);
                 plan.batch.put(
                     Space::Parked,
                     key,
@@ -7896,7 +7901,8 @@ mod tests {
     #[test]
     fn the_overdue_list_is_cut_but_every_overdue_document_is_counted() {
         let f = Fixture::new();
-        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let hub = f.hub(store.clone());
         let n = OVERDUE_SHOWN + 3;
         // Due soon (a due date already past is not a deadline), then past it.
         let due = now_ms() + 500;
@@ -7926,7 +7932,11 @@ mod tests {
             );
         };
         // Queued: their due dates made their deadlines short, and the
-        // read goes through the queue for them.
+        // read goes through the queue for them; after a restart too.
+        counted(&hub, false);
+        hub.close().unwrap();
+        drop(hub);
+        let hub = f.hub(store);
         counted(&hub, false);
         assert_eq!(hub.park_overdue().unwrap(), n);
         counted(&hub, true);

@@ -132,11 +132,6 @@ pub struct QueueEntry {
     /// Unix ms after which an undelivered entry is parked (0: never).
     #[prost(int64, tag = "7")]
     pub deadline_ms: i64,
-    /// Its deadline was shorter than every priority's when it was queued
-    /// (a due date): what reads a queue for overdue entries cannot stop at
-    /// the first entry too young to be overdue while one such waits.
-    #[prost(bool, tag = "8")]
-    pub short_deadline: bool,
 }
 
 /// A document delivered to one local agency.
@@ -306,7 +301,6 @@ mod tests {
             kind: 1,
             priority: 3,
             deadline_ms: 9,
-            short_deadline: true,
         };
         let bytes = encode(&r);
         assert_eq!(decode::<QueueEntry>(Space::Queue, b"k", &bytes).unwrap(), r);
