@@ -91,7 +91,8 @@ impl Admin for AdminService {
             .doc_id
             .parse()
             .map_err(|e| Status::invalid_argument(format!("doc_id: {e}")))?;
-        let n = blocking(move || st.requeue(&doc_id)).await?;
+        let from = crate::agency::opt_organ("from", &r.from)?.map(|o| o.to_string());
+        let n = blocking(move || st.requeue(&doc_id, from.as_deref())).await?;
         tracing::info!(%doc_id, entries = n, %operator, "requeued by an operator");
         Ok(Response::new(pb::RequeueResponse {
             requeued: n as u32,

@@ -5729,18 +5729,36 @@ impl NodeState {
     /// their queues, routed again: the directory may have moved a recipient
     /// to another child since (the old one may be gone for good). All or
     /// nothing.
-    pub fn requeue(&self, doc_id: &DocId) -> Result<usize, NodeError> {
+    /// `from` names the sender when several used the doc_id (each sender
+    /// picks its own); without it, such a doc_id is refused, naming them.
+    pub fn requeue(&self, doc_id: &DocId, from: Option<&str>) -> Result<usize, NodeError> {
         let d = doc_id.to_string();
         // Found without the writer lock (every held entry is read: intake
         // does not wait for that), then read again under it.
         let mut found = Vec::new();
+        let mut senders = BTreeSet::new();
         for space in [Space::Parked, Space::Dead] {
             for (k, v) in self.store.scan(space, &[], None, usize::MAX)? {
                 let held: DeadEntry = record::decode(space, &k, &v)?;
-                if held.entry.as_ref().is_some_and(|e| e.doc_id == d) {
+                if let Some(e) = held
+                    .entry
+                    .as_ref()
+                    .filter(|e| e.doc_id == d && from.is_none_or(|f| f == e.from))
+                {
+                    senders.insert(e.from.clone());
                     found.push((space, k));
                 }
             }
+        }
+        if senders.len() > 1 {
+            return Err(Refusal::new(
+                Code::FailedPrecondition,
+                format!(
+                    "document {d} is held for several senders ({}), each with its own doc_id: name one with from",
+                    senders.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            )
+            .into());
         }
         let now = now_ms();
         let mut w = self.lock();
@@ -7569,7 +7587,7 @@ mod tests {
         assert_eq!(relay.dead_count(), 1);
         // Its sender's undeliverable notice is on its way up.
         let notices = relay.queue_depth("parent");
-        let s = tonic::Status::from(relay.requeue(&id).unwrap_err());
+        let s = tonic::Status::from(relay.requeue(&id, None).unwrap_err());
         assert!(s.message().contains("the parent routes it"), "{s:?}");
         assert_eq!(relay.queue_depth("parent"), notices, "not sent back up");
 
@@ -7593,7 +7611,12 @@ mod tests {
             .queue_reject("parent", seq, Code::InvalidArgument as i32, "not now")
             .unwrap();
         assert_eq!(relay.queue_depth("parent"), notices);
-        assert_eq!(relay.requeue(&change.doc_id.parse().unwrap()).unwrap(), 1);
+        assert_eq!(
+            relay
+                .requeue(&change.doc_id.parse().unwrap(), None)
+                .unwrap(),
+            1
+        );
         assert_eq!(
             relay.queue_depth("parent"),
             notices + 1,
@@ -7712,7 +7735,7 @@ mod tests {
             store,
             &[("000.00.00.G22", "vpcp"), ("000.00.00.H41", "nghean2")],
         );
-        assert_eq!(hub.requeue(&id).unwrap(), 1);
+        assert_eq!(hub.requeue(&id, None).unwrap(), 1);
         assert_eq!(hub.queue_depth("child:nghean2"), 1, "routed again");
     }
 
@@ -7776,7 +7799,7 @@ mod tests {
         assert_eq!(d.recipients, ["000.00.00.H41"]);
         assert_eq!(hub.load_doc(&from, &id.to_string()).unwrap().pending, 0);
 
-        assert_eq!(hub.requeue(&id).unwrap(), 1);
+        assert_eq!(hub.requeue(&id, None).unwrap(), 1);
         assert_eq!(hub.queue_depth("child:nghean"), 1, "on its way again");
         assert_eq!(hub.queue_snapshot().unwrap().dead_total, 0);
         assert_eq!(hub.load_doc(&from, &id.to_string()).unwrap().pending, 1);
@@ -7792,7 +7815,7 @@ mod tests {
         // Refused again, and its envelope released meanwhile: nothing to send.
         reject(&hub);
         hub.release_due().unwrap();
-        let s = tonic::Status::from(hub.requeue(&id).unwrap_err());
+        let s = tonic::Status::from(hub.requeue(&id, None).unwrap_err());
         assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
         assert!(s.message().contains("released"), "{s:?}");
         assert!(s.message().contains("under a new doc_id"), "{s:?}");
@@ -7823,7 +7846,7 @@ mod tests {
         let refused = Code::ResourceExhausted as i32;
         hub.queue_reject("child:nghean", head(&hub), refused, "over the limit")
             .unwrap();
-        hub.requeue(&id).unwrap();
+        hub.requeue(&id, None).unwrap();
         let wait_until = |t: i64| {
             while now_ms() <= t {
                 std::thread::sleep(std::time::Duration::from_millis(20));
@@ -7847,6 +7870,48 @@ mod tests {
         wait_until(delivered_at + keep as i64 + 50);
         hub.release_due().unwrap();
         assert!(removed(&hub));
+    }
+
+    /// Two senders used one doc_id (each picks its own) and both documents
+    /// were refused: a requeue by doc_id alone is refused, naming them; with
+    /// the sender named, that one goes.
+    #[test]
+    fn a_requeue_names_the_sender_when_two_used_the_doc_id() {
+        let f = Fixture::new();
+        let hub = f.hub_with(
+            Arc::new(MemoryStore::new()),
+            &[
+                ("000.00.00.G22", "vpcp"),
+                ("000.00.00.H14", "caobang"),
+                ("000.00.00.H41", "nghean"),
+            ],
+        );
+        let id = DocId::new_v7();
+        for (from, via) in [("000.00.00.G22", "vpcp"), ("000.00.00.H14", "caobang")] {
+            let v = f.seal_verified(&pb::Header {
+                format_version: envelope::FORMAT_VERSION,
+                doc_id: id.to_string(),
+                kind: pb::Kind::Document as i32,
+                from: from.into(),
+                to: vec!["000.00.00.H41".into()],
+                subject: "Cùng số".into(),
+                ..Default::default()
+            });
+            hub.accept(v, &child(via), None).unwrap();
+            let (seq, _) = hub.queue_peek("child:nghean", None, 1).unwrap().remove(0);
+            hub.queue_reject("child:nghean", seq, Code::InvalidArgument as i32, "no")
+                .unwrap();
+        }
+        let s = tonic::Status::from(hub.requeue(&id, None).unwrap_err());
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert!(
+            s.message().contains("000.00.00.G22") && s.message().contains("000.00.00.H14"),
+            "{s:?}"
+        );
+        assert_eq!(hub.queue_depth("child:nghean"), 0);
+        assert_eq!(hub.requeue(&id, Some("000.00.00.G22")).unwrap(), 1);
+        assert_eq!(hub.queue_depth("child:nghean"), 1);
+        assert_eq!(hub.dead_count(), 1, "H14's stays");
     }
 
     /// After a cause that held many is fixed, an operator requeues every

@@ -266,6 +266,9 @@ enum Command {
         /// With --all: only those held on this link queue ("parent", "child:NODE").
         #[arg(long, requires = "all")]
         queue: Option<String>,
+        /// With DOC_ID: the sending agency, when several used the doc_id.
+        #[arg(long, conflicts_with = "all")]
+        from: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -824,8 +827,19 @@ async fn run(cli: Cli) -> Result<()> {
             doc_id,
             all,
             queue,
+            from,
             json,
-        } => client::requeue(&config, doc_id.as_deref(), all, queue.as_deref(), json).await,
+        } => {
+            client::requeue(
+                &config,
+                doc_id.as_deref(),
+                from.as_deref(),
+                all,
+                queue.as_deref(),
+                json,
+            )
+            .await
+        }
         Command::Trace {
             config,
             doc_id,

@@ -1071,6 +1071,7 @@ pub async fn receipts(
 pub async fn requeue(
     config: &Path,
     doc_id: Option<&str>,
+    from: Option<&str>,
     all: bool,
     queue: Option<&str>,
     json: bool,
@@ -1081,6 +1082,7 @@ pub async fn requeue(
             doc_id: doc_id.unwrap_or_default().into(),
             all,
             queue: queue.unwrap_or_default().into(),
+            from: from.unwrap_or_default().into(),
         })
         .await
         .map_err(status_error)?
