@@ -557,4 +557,20 @@ fn an_upload_is_its_applications_own() {
     );
     let (s, sent) = a.post("/v1/documents", letter("Phụ lục đã tải lên"));
     assert_eq!(s, 201, "{sent}");
+    // Nor in an update or a replacement of a document it may change.
+    let id = sent["doc_id"].as_str().unwrap();
+    for change in ["update", "replace"] {
+        let (s, e) = b.post(
+            &format!("/v1/documents/{id}/{change}"),
+            json!({
+                "reason": "Bổ sung phụ lục",
+                "attachments": [{"name": "phu-luc.bin", "sha256": sha256_hex(&file), "size": file.len()}],
+            }),
+        );
+        assert_eq!(
+            (s, e["code"].as_str()),
+            (404, Some("NOT_FOUND")),
+            "{change}: {e}"
+        );
+    }
 }

@@ -7872,6 +7872,37 @@ mod tests {
         assert!(removed(&hub));
     }
 
+    /// A requeue of everything goes through more dead letters than one
+    /// write takes (256 per write), each once.
+    #[test]
+    fn requeue_all_goes_through_every_batch_once() {
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let n = 300;
+        let batch = (0..n)
+            .map(|_| {
+                let v = f.verified("000.00.00.G22", &["000.00.00.H41"]);
+                (v, Some(vec!["000.00.00.H41".parse().unwrap()]))
+            })
+            .collect();
+        hub.accept_batch(batch, &child("vpcp")).unwrap();
+        let seqs: Vec<u64> = hub
+            .queue_peek("child:nghean", None, n)
+            .unwrap()
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect();
+        for seq in seqs {
+            hub.queue_reject("child:nghean", seq, Code::InvalidArgument as i32, "no")
+                .unwrap();
+        }
+        assert_eq!(hub.dead_count(), n as u64);
+        let done = hub.requeue_all(Some("child:nghean")).unwrap();
+        assert_eq!((done.entries, done.refused_total), (n, 0));
+        assert_eq!(hub.dead_count(), 0);
+        assert_eq!(hub.queue_depth("child:nghean"), n as u64);
+    }
+
     /// Two senders used one doc_id (each picks its own) and both documents
     /// were refused: a requeue by doc_id alone is refused, naming them; with
     /// the sender named, that one goes.
