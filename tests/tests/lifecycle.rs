@@ -654,19 +654,31 @@ async fn a_dead_letter_at_the_hub_is_requeued_and_its_remote_sender_sees_it_deli
     }
     let file = c.path("phu-luc.bin");
     std::fs::write(&file, vec![9u8; 4096]).unwrap();
-    let id = c.send_from_vpcp(
-        H41,
-        "Công văn kèm phụ lục lớn",
-        &["--attach", file.to_str().unwrap()],
-    );
+    let attach = ["--attach", file.to_str().unwrap()];
+    let id = c.send_from_vpcp(H41, "Công văn kèm phụ lục lớn", &attach);
+    // A second one its sender will send again another way: discarded.
+    let other = c.send_from_vpcp(H41, "Bản gửi nhầm", &attach);
+    wait_all(&c, &other, "undeliverable notice", |r| {
+        r["state"] == "failed"
+    })
+    .await;
     let v = wait_all(&c, &id, "undeliverable notice", |r| r["state"] == "failed").await;
     let detail = v["recipients"][0]["detail"].as_str().unwrap();
     assert!(detail.contains("max_attachment_bytes"), "{v}");
     let queues: serde_json::Value =
         serde_json::from_str(&c.cli_ok(&["queues", "--config", &c.cfg("hub"), "--json"])).unwrap();
-    assert_eq!(queues["dead_total"], 1, "{queues}");
+    assert_eq!(queues["dead_total"], 2, "{queues}");
     assert_eq!(queues["dead"][0]["queue"], "child:nghean", "{queues}");
     assert_eq!(queues["dead"][0]["from"], G22, "{queues}");
+    let out = c.cli_ok(&[
+        "discard",
+        "--config",
+        &c.cfg("hub"),
+        &other,
+        "--reason",
+        "gửi lại bằng văn bản khác",
+    ]);
+    assert!(out.contains("discarded 1 held entry"), "{out}");
 
     c.stop("nghean");
     edge_limit(&c, 64 << 20);

@@ -47,6 +47,18 @@ pub fn report_pb(r: audit::Report) -> pb::AuditVerifyResponse {
     }
 }
 
+/// A link queue an operator names ("parent", "child:NODE"), or none.
+fn link_queue(q: String) -> Result<Option<String>, Status> {
+    match q.as_str() {
+        "" => Ok(None),
+        "parent" => Ok(Some(q)),
+        _ if q.starts_with("child:") => Ok(Some(q)),
+        _ => Err(Status::invalid_argument(format!(
+            "queue {q:?}: a link queue is \"parent\" or \"child:NODE\" (truc queues lists them)"
+        ))),
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn requeue(
@@ -60,15 +72,7 @@ impl Admin for AdminService {
             if !r.doc_id.is_empty() {
                 return Err(Status::invalid_argument("give a doc_id or all, not both"));
             }
-            let queue = (!r.queue.is_empty()).then_some(r.queue);
-            if let Some(q) = &queue
-                && q != "parent"
-                && !q.starts_with("child:")
-            {
-                return Err(Status::invalid_argument(format!(
-                    "queue {q:?}: a link queue is \"parent\" or \"child:NODE\" (truc queues lists them)"
-                )));
-            }
+            let queue = link_queue(r.queue)?;
             let q = queue.clone();
             let done = blocking(move || st.requeue_all(q.as_deref())).await?;
             tracing::info!(queue = queue.as_deref().unwrap_or("(all)"), entries = done.entries,
@@ -98,6 +102,41 @@ impl Admin for AdminService {
             requeued: n as u32,
             refused: Vec::new(),
             refused_total: 0,
+        }))
+    }
+
+    async fn discard(
+        &self,
+        req: Request<pb::DiscardRequest>,
+    ) -> Result<Response<pb::DiscardResponse>, Status> {
+        let (operator, _) = caller(&req).require(Role::Operator)?;
+        let r = req.into_inner();
+        let reason = r.reason.trim().to_owned();
+        if reason.is_empty() {
+            return Err(Status::invalid_argument(
+                "reason: say why these are dropped (it is audited, and told to their senders here)",
+            ));
+        }
+        let st = self.state.clone();
+        let n = if r.all {
+            if !r.doc_id.is_empty() {
+                return Err(Status::invalid_argument("give a doc_id or all, not both"));
+            }
+            let queue = link_queue(r.queue)?;
+            let why = reason.clone();
+            blocking(move || st.discard_all(queue.as_deref(), &why)).await?
+        } else {
+            let doc_id: DocId = r
+                .doc_id
+                .parse()
+                .map_err(|e| Status::invalid_argument(format!("doc_id: {e}")))?;
+            let from = crate::agency::opt_organ("from", &r.from)?.map(|o| o.to_string());
+            let why = reason.clone();
+            blocking(move || st.discard(&doc_id, from.as_deref(), &why)).await?
+        };
+        tracing::warn!(entries = n, %operator, %reason, "held entries discarded by an operator");
+        Ok(Response::new(pb::DiscardResponse {
+            discarded: n as u32,
         }))
     }
 

@@ -5733,8 +5733,34 @@ impl NodeState {
     /// picks its own); without it, such a doc_id is refused, naming them.
     pub fn requeue(&self, doc_id: &DocId, from: Option<&str>) -> Result<usize, NodeError> {
         let d = doc_id.to_string();
-        // Found without the writer lock (every held entry is read: intake
-        // does not wait for that), then read again under it.
+        let found = self.held_of(&d, from)?;
+        let now = now_ms();
+        let mut w = self.lock();
+        let mut plan = Plan::default();
+        let mut n = 0;
+        for (space, k) in found {
+            let Some(v) = self.store.get(space, &k)? else {
+                continue;
+            };
+            let held: DeadEntry = record::decode(space, &k, &v)?;
+            n += self.plan_requeue(&mut w, &mut plan, space, k, held, now)?;
+        }
+        if n == 0 {
+            return Err(Refusal::not_found(format!(
+                "no parked entry or dead letter for document {d}"
+            ))
+            .into());
+        }
+        self.finish(w, plan)?;
+        Ok(n)
+    }
+
+    /// The parked entries and dead letters of document `d` (of sender
+    /// `from`, when given; refused when several senders used the doc_id and
+    /// none is named), by space and key. Found without the writer lock
+    /// (every held entry is read: intake does not wait for that); the caller
+    /// reads each again under it.
+    fn held_of(&self, d: &str, from: Option<&str>) -> Result<Vec<(Space, Vec<u8>)>, NodeError> {
         let mut found = Vec::new();
         let mut senders = BTreeSet::new();
         for space in [Space::Parked, Space::Dead] {
@@ -5760,8 +5786,23 @@ impl NodeState {
             )
             .into());
         }
+        Ok(found)
+    }
+
+    /// Drops a document's parked entries and dead letters for good, once an
+    /// operator has dealt with them otherwise (sent again under a new doc_id,
+    /// say): `reason` is audited and told to a sender on this node. A parked
+    /// entry's files start their retention as a delivery done would.
+    pub fn discard(
+        &self,
+        doc_id: &DocId,
+        from: Option<&str>,
+        reason: &str,
+    ) -> Result<usize, NodeError> {
+        let d = doc_id.to_string();
+        let found = self.held_of(&d, from)?;
         let now = now_ms();
-        let mut w = self.lock();
+        let w = self.lock();
         let mut plan = Plan::default();
         let mut n = 0;
         for (space, k) in found {
@@ -5769,7 +5810,7 @@ impl NodeState {
                 continue;
             };
             let held: DeadEntry = record::decode(space, &k, &v)?;
-            n += self.plan_requeue(&mut w, &mut plan, space, k, held, now)?;
+            n += self.plan_discard(&mut plan, space, k, held, reason, now)?;
         }
         if n == 0 {
             return Err(Refusal::not_found(format!(
@@ -5779,6 +5820,65 @@ impl NodeState {
         }
         self.finish(w, plan)?;
         Ok(n)
+    }
+
+    /// [`Self::discard`] for every parked entry and dead letter (of `queue`
+    /// only, when given), a few hundred per write.
+    pub fn discard_all(&self, queue: Option<&str>, reason: &str) -> Result<usize, NodeError> {
+        let prefix = queue.map(queue_prefix).unwrap_or_default();
+        let mut n = 0;
+        for space in [Space::Parked, Space::Dead] {
+            loop {
+                let now = now_ms();
+                let w = self.lock();
+                // What is dropped is gone: the next batch is again the first.
+                let rows = self.store.scan(space, &prefix, None, 256)?;
+                if rows.is_empty() {
+                    break;
+                }
+                let mut plan = Plan::default();
+                for (k, v) in rows {
+                    let held: DeadEntry = record::decode(space, &k, &v)?;
+                    n += self.plan_discard(&mut plan, space, k, held, reason, now)?;
+                }
+                self.finish(w, plan)?;
+            }
+        }
+        Ok(n)
+    }
+
+    fn plan_discard(
+        &self,
+        plan: &mut Plan,
+        space: Space,
+        key: Vec<u8>,
+        held: DeadEntry,
+        reason: &str,
+        now: i64,
+    ) -> Result<usize, NodeError> {
+        let held_on = queue_of(&key).unwrap_or_default();
+        plan.batch.delete(space, key);
+        let Some(e) = held.entry else {
+            return Ok(1);
+        };
+        let was = match space {
+            Space::Parked => {
+                // Still counted in what its document keeps here: done now.
+                self.plan_done_once(plan, &e.from, &e.doc_id, now)?;
+                format!("parked on {held_on}")
+            }
+            _ => {
+                plan.deltas.push((DEAD_COUNT.to_owned(), -1));
+                format!("refused on {held_on}: {}", held.reason)
+            }
+        };
+        let why = format!(
+            "discarded by an operator at {}: {reason} ({was})",
+            self.node_id
+        );
+        plan.audit("discarded", &e.doc_id, &e.from, why.clone());
+        self.plan_sender_note(plan, &e, &why, now)?;
+        Ok(1)
     }
 
     /// [`Self::requeue`] for every parked entry and dead letter (of `queue`
@@ -5909,7 +6009,8 @@ impl NodeState {
         if space == Space::Dead {
             plan.deltas.push((DEAD_COUNT.to_owned(), -1));
         }
-        self.plan_requeued_detail(plan, &e, &why, now)?;
+        let note = format!("requeued by an operator at {} ({why})", self.node_id);
+        self.plan_sender_note(plan, &e, &note, now)?;
         let n = queues.len();
         for (queue, to) in queues {
             e.enqueued_at_ms = now;
@@ -5958,14 +6059,14 @@ impl NodeState {
         Ok(())
     }
 
-    /// A sender on this node sees, on each recipient it was told failed,
-    /// that an operator requeued the document (the state stays "failed"
-    /// until a receipt proves more: states only move forward).
-    fn plan_requeued_detail(
+    /// A sender on this node sees `note`, what an operator did (requeued,
+    /// discarded), on each recipient it was told failed (the state stays
+    /// "failed" until a receipt proves more: states only move forward).
+    fn plan_sender_note(
         &self,
         plan: &mut Plan,
         e: &QueueEntry,
-        why: &str,
+        note: &str,
         now: i64,
     ) -> Result<(), NodeError> {
         let key = sent_key(&e.doc_id, &e.from);
@@ -5977,7 +6078,7 @@ impl NodeState {
             .iter_mut()
             .filter(|r| e.recipients.contains(&r.organ) && state_of(r) == DeliveryState::Failed)
         {
-            rr.detail = format!("requeued by an operator at {} ({why})", self.node_id);
+            rr.detail = note.to_owned();
             rr.updated_at_ms = now;
         }
         plan.sent.insert(key, rec);
@@ -7870,6 +7971,68 @@ mod tests {
         wait_until(delivered_at + keep as i64 + 50);
         hub.release_due().unwrap();
         assert!(removed(&hub));
+    }
+
+    /// An operator drops what was dealt with otherwise: a dead letter by
+    /// doc_id, then every parked entry of a queue. Each is audited with the
+    /// reason, and a parked document's files start their retention (they
+    /// were held for it); nothing is left to list.
+    #[test]
+    fn discarded_entries_are_gone_audited_and_release_their_files() {
+        let mut f = Fixture::new();
+        f.storage.envelope_retention_ms = Some(0);
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let refused = f.verified("000.00.00.G22", &["000.00.00.H41"]);
+        let refused_id = refused.doc_id;
+        hub.accept(refused, &child("vpcp"), None).unwrap();
+        let (seq, _) = hub.queue_peek("child:nghean", None, 1).unwrap().remove(0);
+        hub.queue_reject("child:nghean", seq, Code::InvalidArgument as i32, "no")
+            .unwrap();
+        let due = now_ms() + 300;
+        let parked = f.verified_due("000.00.00.G22", "000.00.00.H41", due);
+        let (parked_id, from) = (parked.doc_id.to_string(), parked.from.to_string());
+        hub.accept(parked, &child("vpcp"), None).unwrap();
+        while now_ms() <= due {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(hub.park_overdue().unwrap(), 1);
+        assert_eq!(
+            hub.load_doc(&from, &parked_id).unwrap().pending,
+            1,
+            "held for it"
+        );
+
+        assert_eq!(
+            hub.discard(&refused_id, None, "sent again as 7817")
+                .unwrap(),
+            1
+        );
+        assert_eq!(hub.dead_count(), 0);
+        let trail = hub.audit_trail(&refused_id.to_string()).unwrap();
+        let d = trail
+            .iter()
+            .find(|e| e.event == "discarded")
+            .expect("audited");
+        assert!(d.detail.contains("sent again as 7817"), "{}", d.detail);
+
+        assert_eq!(
+            hub.discard_all(Some("child:nghean"), "done by hand")
+                .unwrap(),
+            1
+        );
+        let snap = hub.queue_snapshot().unwrap();
+        assert!(snap.overdue.is_empty() && snap.dead.is_empty());
+        assert_eq!(hub.load_doc(&from, &parked_id).unwrap().pending, 0);
+        hub.release_due().unwrap();
+        assert_ne!(
+            hub.load_doc(&from, &parked_id)
+                .unwrap()
+                .envelope_removed_at_ms,
+            0,
+            "its retention ran"
+        );
+        let s = tonic::Status::from(hub.discard(&refused_id, None, "again").unwrap_err());
+        assert_eq!(s.code(), Code::NotFound);
     }
 
     /// A requeue of everything goes through more dead letters than one

@@ -272,6 +272,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Drop parked entries and dead letters for good, once dealt with
+    /// otherwise (sent again under a new doc_id, say) (admin API).
+    Discard {
+        #[arg(long)]
+        config: PathBuf,
+        /// The document (every parked entry and dead letter of it).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        doc_id: Option<String>,
+        /// Every parked entry and dead letter.
+        #[arg(long)]
+        all: bool,
+        /// With --all: only those held on this link queue ("parent", "child:NODE").
+        #[arg(long, requires = "all")]
+        queue: Option<String>,
+        /// With DOC_ID: the sending agency, when several used the doc_id.
+        #[arg(long, conflicts_with = "all")]
+        from: Option<String>,
+        /// Why (audited, and told to a sender on this node).
+        #[arg(long)]
+        reason: String,
+    },
     /// One document's path and timings: this node's audit entries and every signed
     /// receipt and status from the other hops.
     Trace {
@@ -839,6 +860,29 @@ async fn run(cli: Cli) -> Result<()> {
                 json,
             )
             .await
+        }
+        Command::Discard {
+            config,
+            doc_id,
+            all,
+            queue,
+            from,
+            reason,
+        } => {
+            let n = client::discard(
+                &config,
+                doc_id.as_deref(),
+                from.as_deref(),
+                all,
+                queue.as_deref(),
+                &reason,
+            )
+            .await?;
+            println!(
+                "discarded {n} held entr{}",
+                if n == 1 { "y" } else { "ies" }
+            );
+            Ok(())
         }
         Command::Trace {
             config,

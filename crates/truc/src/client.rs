@@ -1130,6 +1130,29 @@ fn print_requeued(r: &pb::RequeueResponse, doc_id: Option<&str>) {
     }
 }
 
+pub async fn discard(
+    config: &Path,
+    doc_id: Option<&str>,
+    from: Option<&str>,
+    all: bool,
+    queue: Option<&str>,
+    reason: &str,
+) -> Result<u32> {
+    Ok(admin(config)
+        .await?
+        .discard(pb::DiscardRequest {
+            doc_id: doc_id.unwrap_or_default().into(),
+            from: from.unwrap_or_default().into(),
+            all,
+            queue: queue.unwrap_or_default().into(),
+            reason: reason.into(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .discarded)
+}
+
 pub async fn trace(config: &Path, doc_id: &str, from: Option<&str>, json: bool) -> Result<()> {
     let cfg = Config::load(config)?;
     let req = pb::TraceRequest {
