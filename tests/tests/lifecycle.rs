@@ -679,6 +679,16 @@ async fn a_dead_letter_at_the_hub_is_requeued_and_its_remote_sender_sees_it_deli
         "gửi lại bằng văn bản khác",
     ]);
     assert!(out.contains("discarded 1 held entry"), "{out}");
+    // Everything on the node, at once, only when said so.
+    let (ok, text) = c.cli_any(&[
+        "discard",
+        "--config",
+        &c.cfg("hub"),
+        "--all",
+        "--reason",
+        "x",
+    ]);
+    assert!(!ok && text.contains("add --yes"), "{text}");
 
     c.stop("nghean");
     edge_limit(&c, 64 << 20);

@@ -1,5 +1,5 @@
 //! The admin API (gRPC) for operators: nodes, queues, trace, stats, audit check
-//! (role viewer), requeue and directory changes (role operator). Served on the
+//! (role viewer), requeue, discard and directory changes (role operator). Served on the
 //! operator port; every call needs an operator certificate (see `operator`).
 
 use std::sync::Arc;
@@ -47,6 +47,21 @@ pub fn report_pb(r: audit::Report) -> pb::AuditVerifyResponse {
     }
 }
 
+/// What a requeue or a discard takes: one document (of one sender), or all
+/// (of one queue); a request that mixes them is refused, not half read.
+fn scope(all: bool, doc_id: &str, from: &str, queue: &str) -> Result<(), Status> {
+    match (all, doc_id.is_empty(), from.is_empty(), queue.is_empty()) {
+        (true, false, _, _) => Err(Status::invalid_argument("give a doc_id or all, not both")),
+        (true, _, false, _) => Err(Status::invalid_argument(
+            "from names the sender of one doc_id; with all, name a queue",
+        )),
+        (false, _, _, false) => Err(Status::invalid_argument(
+            "queue goes with all; one doc_id is found on any queue",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A link queue an operator names ("parent", "child:NODE"), or none.
 fn link_queue(q: String) -> Result<Option<String>, Status> {
     match q.as_str() {
@@ -67,11 +82,9 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::RequeueResponse>, Status> {
         let (operator, _) = caller(&req).require(Role::Operator)?;
         let r = req.into_inner();
+        scope(r.all, &r.doc_id, &r.from, &r.queue)?;
         let st = self.state.clone();
         if r.all {
-            if !r.doc_id.is_empty() {
-                return Err(Status::invalid_argument("give a doc_id or all, not both"));
-            }
             let queue = link_queue(r.queue)?;
             let q = queue.clone();
             let done = blocking(move || st.requeue_all(q.as_deref())).await?;
@@ -111,6 +124,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::DiscardResponse>, Status> {
         let (operator, _) = caller(&req).require(Role::Operator)?;
         let r = req.into_inner();
+        scope(r.all, &r.doc_id, &r.from, &r.queue)?;
         let reason = r.reason.trim().to_owned();
         if reason.is_empty() {
             return Err(Status::invalid_argument(
@@ -119,11 +133,8 @@ impl Admin for AdminService {
         }
         let st = self.state.clone();
         let n = if r.all {
-            if !r.doc_id.is_empty() {
-                return Err(Status::invalid_argument("give a doc_id or all, not both"));
-            }
             let queue = link_queue(r.queue)?;
-            let why = reason.clone();
+            let why = format!("{reason}; by {operator}");
             blocking(move || st.discard_all(queue.as_deref(), &why)).await?
         } else {
             let doc_id: DocId = r
@@ -131,7 +142,7 @@ impl Admin for AdminService {
                 .parse()
                 .map_err(|e| Status::invalid_argument(format!("doc_id: {e}")))?;
             let from = crate::agency::opt_organ("from", &r.from)?.map(|o| o.to_string());
-            let why = reason.clone();
+            let why = format!("{reason}; by {operator}");
             blocking(move || st.discard(&doc_id, from.as_deref(), &why)).await?
         };
         tracing::warn!(entries = n, %operator, %reason, "held entries discarded by an operator");
@@ -365,5 +376,21 @@ impl Admin for AdminService {
                 .collect(),
             dead_total: snap.dead_total,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A requeue or discard request that mixes one document with all is
+    /// refused, not half read (a script meaning "all of one sender" would
+    /// otherwise act on everything).
+    #[test]
+    fn a_request_mixing_one_document_and_all_is_refused() {
+        use super::scope;
+        assert!(scope(true, "x", "", "").is_err());
+        assert!(scope(true, "", "000.00.00.G22", "").is_err());
+        assert!(scope(false, "x", "", "parent").is_err());
+        assert!(scope(false, "x", "000.00.00.G22", "").is_ok());
+        assert!(scope(true, "", "", "child:nghean").is_ok());
     }
 }

@@ -5765,7 +5765,11 @@ impl NodeState {
         let mut senders = BTreeSet::new();
         for space in [Space::Parked, Space::Dead] {
             for (k, v) in self.store.scan(space, &[], None, usize::MAX)? {
-                let held: DeadEntry = record::decode(space, &k, &v)?;
+                // One that cannot be read is not this document's to stop
+                // (`discard_all` drops it).
+                let Ok(held) = record::decode::<DeadEntry>(space, &k, &v) else {
+                    continue;
+                };
                 if let Some(e) = held
                     .entry
                     .as_ref()
@@ -5824,21 +5828,33 @@ impl NodeState {
 
     /// [`Self::discard`] for every parked entry and dead letter (of `queue`
     /// only, when given), a few hundred per write.
+    /// Entries held after it began (what the operator has not seen) stay;
+    /// one that cannot be read is dropped too, audited as such.
     pub fn discard_all(&self, queue: Option<&str>, reason: &str) -> Result<usize, NodeError> {
         let prefix = queue.map(queue_prefix).unwrap_or_default();
+        let started = now_ms();
         let mut n = 0;
         for space in [Space::Parked, Space::Dead] {
+            let mut after: Option<Vec<u8>> = None;
             loop {
                 let now = now_ms();
                 let w = self.lock();
-                // What is dropped is gone: the next batch is again the first.
-                let rows = self.store.scan(space, &prefix, None, 256)?;
-                if rows.is_empty() {
-                    break;
-                }
+                let rows = self.store.scan(space, &prefix, after.as_deref(), 256)?;
+                let Some((last, _)) = rows.last() else { break };
+                after = Some(last.clone());
                 let mut plan = Plan::default();
                 for (k, v) in rows {
-                    let held: DeadEntry = record::decode(space, &k, &v)?;
+                    let held = match record::decode::<DeadEntry>(space, &k, &v) {
+                        Ok(held) if held.at_ms > started => continue,
+                        Ok(held) => held,
+                        Err(e) => {
+                            tracing::error!(key = %hex::encode(&k), error = %e, "an unreadable held entry is discarded");
+                            DeadEntry {
+                                reason: format!("unreadable: {e}"),
+                                ..Default::default()
+                            }
+                        }
+                    };
                     n += self.plan_discard(&mut plan, space, k, held, reason, now)?;
                 }
                 self.finish(w, plan)?;
@@ -5858,7 +5874,17 @@ impl NodeState {
     ) -> Result<usize, NodeError> {
         let held_on = queue_of(&key).unwrap_or_default();
         plan.batch.delete(space, key);
+        if space == Space::Dead {
+            plan.deltas.push((DEAD_COUNT.to_owned(), -1));
+        }
         let Some(e) = held.entry else {
+            // Nothing names a document: the line says what was dropped.
+            plan.audit(
+                "discarded",
+                "",
+                "",
+                format!("a held entry on {held_on} ({}): {reason}", held.reason),
+            );
             return Ok(1);
         };
         let was = match space {
@@ -5867,10 +5893,7 @@ impl NodeState {
                 self.plan_done_once(plan, &e.from, &e.doc_id, now)?;
                 format!("parked on {held_on}")
             }
-            _ => {
-                plan.deltas.push((DEAD_COUNT.to_owned(), -1));
-                format!("refused on {held_on}: {}", held.reason)
-            }
+            _ => format!("refused on {held_on}: {}", held.reason),
         };
         let why = format!(
             "discarded by an operator at {}: {reason} ({was})",
@@ -7988,7 +8011,8 @@ mod tests {
         let (seq, _) = hub.queue_peek("child:nghean", None, 1).unwrap().remove(0);
         hub.queue_reject("child:nghean", seq, Code::InvalidArgument as i32, "no")
             .unwrap();
-        let due = now_ms() + 300;
+        // Far enough ahead to be a deadline when it is taken, on a slow host.
+        let due = now_ms() + 1500;
         let parked = f.verified_due("000.00.00.G22", "000.00.00.H41", due);
         let (parked_id, from) = (parked.doc_id.to_string(), parked.from.to_string());
         hub.accept(parked, &child("vpcp"), None).unwrap();
@@ -8033,6 +8057,40 @@ mod tests {
         );
         let s = tonic::Status::from(hub.discard(&refused_id, None, "again").unwrap_err());
         assert_eq!(s.code(), Code::NotFound);
+    }
+
+    /// A held entry that cannot be read stops neither a requeue nor a
+    /// discard of another document, and a discard of all drops it, counted
+    /// out of the dead letters.
+    #[test]
+    fn an_unreadable_held_entry_is_dropped_by_a_discard_of_all() {
+        let f = Fixture::new();
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let hub = f.hub(store.clone());
+        let v = f.verified("000.00.00.G22", &["000.00.00.H41"]);
+        let id = v.doc_id;
+        hub.accept(v, &child("vpcp"), None).unwrap();
+        let (seq, _) = hub.queue_peek("child:nghean", None, 1).unwrap().remove(0);
+        hub.queue_reject("child:nghean", seq, Code::InvalidArgument as i32, "no")
+            .unwrap();
+        hub.close().unwrap();
+        drop(hub);
+        let mut b = Batch::new();
+        b.put(
+            Space::Dead,
+            Key::new().str("child:nghean").u64(u64::MAX).build(),
+            b"not a record".to_vec(),
+        );
+        store.apply(b).unwrap();
+        let hub = f.hub(store);
+        assert_eq!(hub.dead_count(), 2);
+        assert_eq!(
+            hub.requeue(&id, None).unwrap(),
+            1,
+            "the other is not in the way"
+        );
+        assert_eq!(hub.discard_all(Some("child:nghean"), "corrupt").unwrap(), 1);
+        assert_eq!(hub.dead_count(), 0);
     }
 
     /// A requeue of everything goes through more dead letters than one
@@ -8163,8 +8221,9 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let hub = f.hub(store.clone());
         let n = OVERDUE_SHOWN + 3;
-        // Due soon (a due date already past is not a deadline), then past it.
-        let due = now_ms() + 500;
+        // Due soon (a due date already past is not a deadline, so far enough
+        // ahead to be one when taken on a slow host), then past it.
+        let due = now_ms() + 1500;
         let batch = (0..n)
             .map(|_| {
                 let v = f.verified_due("000.00.00.G22", "000.00.00.H41", due);

@@ -414,7 +414,7 @@ impl Collector for StateCollector {
         gauge(
             &mut enc,
             "dead_letters",
-            "Transfers refused for good, kept until an operator requeues them (truc queues lists them)",
+            "Transfers refused for good, kept until an operator requeues or discards them (truc queues lists them)",
             &if readable {
                 vec![(Vec::new(), snap.dead_total as i64)]
             } else {

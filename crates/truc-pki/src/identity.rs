@@ -17,7 +17,7 @@ pub const ROLE_URN: &str = "urn:truc:role:";
 pub enum Role {
     /// Reads: nodes, queues, traces, stats, metrics, the dashboard.
     Viewer,
-    /// Also acts: requeue, directory changes.
+    /// Also acts: requeue, discard, directory changes.
     Operator,
 }
 

@@ -292,6 +292,9 @@ enum Command {
         /// Why (audited, and told to a sender on this node).
         #[arg(long)]
         reason: String,
+        /// With --all and no --queue: yes, every held entry on the node.
+        #[arg(long, requires = "all")]
+        yes: bool,
     },
     /// One document's path and timings: this node's audit entries and every signed
     /// receipt and status from the other hops.
@@ -868,7 +871,13 @@ async fn run(cli: Cli) -> Result<()> {
             queue,
             from,
             reason,
+            yes,
         } => {
+            if all && queue.is_none() && !yes {
+                bail!(
+                    "discard --all without --queue drops every parked entry and dead letter on the node; add --yes"
+                );
+            }
             let n = client::discard(
                 &config,
                 doc_id.as_deref(),
