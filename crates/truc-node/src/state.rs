@@ -5762,7 +5762,7 @@ impl NodeState {
     /// reads each again under it.
     fn held_of(&self, d: &str, from: Option<&str>) -> Result<Vec<(Space, Vec<u8>)>, NodeError> {
         let mut found = Vec::new();
-        let mut senders = BTreeSet::new();
+        let (mut senders, mut others) = (BTreeSet::new(), BTreeSet::new());
         for space in [Space::Parked, Space::Dead] {
             for (k, v) in self.store.scan(space, &[], None, usize::MAX)? {
                 // One that cannot be read is not this document's to stop
@@ -5770,15 +5770,24 @@ impl NodeState {
                 let Ok(held) = record::decode::<DeadEntry>(space, &k, &v) else {
                     continue;
                 };
-                if let Some(e) = held
-                    .entry
-                    .as_ref()
-                    .filter(|e| e.doc_id == d && from.is_none_or(|f| f == e.from))
-                {
+                let Some(e) = held.entry.as_ref().filter(|e| e.doc_id == d) else {
+                    continue;
+                };
+                if from.is_none_or(|f| f == e.from) {
                     senders.insert(e.from.clone());
                     found.push((space, k));
+                } else {
+                    others.insert(e.from.clone());
                 }
             }
+        }
+        if found.is_empty() && !others.is_empty() {
+            return Err(Refusal::not_found(format!(
+                "document {d} is held here only for {}, not {}",
+                others.into_iter().collect::<Vec<_>>().join(", "),
+                from.unwrap_or_default()
+            ))
+            .into());
         }
         if senders.len() > 1 {
             return Err(Refusal::new(
@@ -8164,6 +8173,14 @@ mod tests {
         assert_eq!(hub.requeue(&id, Some("000.00.00.G22")).unwrap(), 1);
         assert_eq!(hub.queue_depth("child:nghean"), 1);
         assert_eq!(hub.dead_count(), 1, "H14's stays");
+        let s = tonic::Status::from(hub.discard(&id, Some("000.00.00.G22"), "x").unwrap_err());
+        assert!(s.message().contains("only for 000.00.00.H14"), "{s:?}");
+        assert_eq!(
+            hub.discard(&id, Some("000.00.00.H14"), "sent again")
+                .unwrap(),
+            1
+        );
+        assert_eq!(hub.dead_count(), 0);
     }
 
     /// After a cause that held many is fixed, an operator requeues every
