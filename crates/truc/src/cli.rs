@@ -31,6 +31,24 @@ enum LogFormat {
     Json,
 }
 
+/// Which held entries (parked after their deadline, dead letters) a
+/// requeue or a discard takes.
+#[derive(clap::Args)]
+pub struct HeldArgs {
+    /// The document (every parked entry and dead letter of it).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub doc_id: Option<String>,
+    /// Every parked entry and dead letter.
+    #[arg(long)]
+    pub all: bool,
+    /// With --all: only those held on this link queue ("parent", "child:NODE").
+    #[arg(long, requires = "all")]
+    pub queue: Option<String>,
+    /// With DOC_ID: the sending agency, when several used the doc_id.
+    #[arg(long, conflicts_with = "all")]
+    pub from: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Development PKI and configs.
@@ -253,22 +271,12 @@ enum Command {
     },
     /// Put a document parked after its deadline, or refused for good (a dead
     /// letter, once the cause is fixed), back into its queue (admin API).
+    /// Each one that cannot be requeued stays, and is listed.
     Requeue {
         #[arg(long)]
         config: PathBuf,
-        /// The document (every parked entry and dead letter of it, or none).
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
-        doc_id: Option<String>,
-        /// Every parked entry and dead letter (once their cause is fixed);
-        /// each one that cannot be requeued stays, and is listed.
-        #[arg(long)]
-        all: bool,
-        /// With --all: only those held on this link queue ("parent", "child:NODE").
-        #[arg(long, requires = "all")]
-        queue: Option<String>,
-        /// With DOC_ID: the sending agency, when several used the doc_id.
-        #[arg(long, conflicts_with = "all")]
-        from: Option<String>,
+        #[command(flatten)]
+        held: HeldArgs,
         #[arg(long)]
         json: bool,
     },
@@ -277,18 +285,8 @@ enum Command {
     Discard {
         #[arg(long)]
         config: PathBuf,
-        /// The document (every parked entry and dead letter of it).
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
-        doc_id: Option<String>,
-        /// Every parked entry and dead letter.
-        #[arg(long)]
-        all: bool,
-        /// With --all: only those held on this link queue ("parent", "child:NODE").
-        #[arg(long, requires = "all")]
-        queue: Option<String>,
-        /// With DOC_ID: the sending agency, when several used the doc_id.
-        #[arg(long, conflicts_with = "all")]
-        from: Option<String>,
+        #[command(flatten)]
+        held: HeldArgs,
         /// Why (audited, and told to a sender on this node).
         #[arg(long)]
         reason: String,
@@ -846,47 +844,19 @@ async fn run(cli: Cli) -> Result<()> {
             trust,
             document,
         }),
-        Command::Requeue {
-            config,
-            doc_id,
-            all,
-            queue,
-            from,
-            json,
-        } => {
-            client::requeue(
-                &config,
-                doc_id.as_deref(),
-                from.as_deref(),
-                all,
-                queue.as_deref(),
-                json,
-            )
-            .await
-        }
+        Command::Requeue { config, held, json } => client::requeue(&config, &held, json).await,
         Command::Discard {
             config,
-            doc_id,
-            all,
-            queue,
-            from,
+            held,
             reason,
             yes,
         } => {
-            if all && queue.is_none() && !yes {
+            if held.all && held.queue.is_none() && !yes {
                 bail!(
                     "discard --all without --queue drops every parked entry and dead letter on the node; add --yes"
                 );
             }
-            let n = client::discard(
-                &config,
-                doc_id.as_deref(),
-                from.as_deref(),
-                all,
-                queue.as_deref(),
-                &reason,
-            )
-            .await?;
+            let n = client::discard(&config, &held, &reason).await?;
             println!(
                 "discarded {n} held entr{}",
                 if n == 1 { "y" } else { "ies" }

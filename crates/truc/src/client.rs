@@ -1068,21 +1068,15 @@ pub async fn receipts(
     Ok(written)
 }
 
-pub async fn requeue(
-    config: &Path,
-    doc_id: Option<&str>,
-    from: Option<&str>,
-    all: bool,
-    queue: Option<&str>,
-    json: bool,
-) -> Result<()> {
+pub async fn requeue(config: &Path, held: &crate::cli::HeldArgs, json: bool) -> Result<()> {
+    let doc_id = held.doc_id.as_deref();
     let r = admin(config)
         .await?
         .requeue(pb::RequeueRequest {
             doc_id: doc_id.unwrap_or_default().into(),
-            all,
-            queue: queue.unwrap_or_default().into(),
-            from: from.unwrap_or_default().into(),
+            all: held.all,
+            queue: held.queue.clone().unwrap_or_default(),
+            from: held.from.clone().unwrap_or_default(),
         })
         .await
         .map_err(status_error)?
@@ -1130,21 +1124,14 @@ fn print_requeued(r: &pb::RequeueResponse, doc_id: Option<&str>) {
     }
 }
 
-pub async fn discard(
-    config: &Path,
-    doc_id: Option<&str>,
-    from: Option<&str>,
-    all: bool,
-    queue: Option<&str>,
-    reason: &str,
-) -> Result<u32> {
+pub async fn discard(config: &Path, held: &crate::cli::HeldArgs, reason: &str) -> Result<u32> {
     Ok(admin(config)
         .await?
         .discard(pb::DiscardRequest {
-            doc_id: doc_id.unwrap_or_default().into(),
-            from: from.unwrap_or_default().into(),
-            all,
-            queue: queue.unwrap_or_default().into(),
+            doc_id: held.doc_id.clone().unwrap_or_default(),
+            from: held.from.clone().unwrap_or_default(),
+            all: held.all,
+            queue: held.queue.clone().unwrap_or_default(),
             reason: reason.into(),
         })
         .await
