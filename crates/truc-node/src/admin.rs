@@ -187,7 +187,7 @@ impl Admin for AdminService {
             Ok((
                 st.daily_stats(STATS_DAYS)?,
                 st.dead_count(),
-                st.parked(usize::MAX)?.len() as u64,
+                st.parked_count(),
             ))
         })
         .await?;

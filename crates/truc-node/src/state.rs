@@ -514,6 +514,22 @@ pub const DEAD_LETTERS_SHOWN: usize = 100;
 /// The key of the dead letter count among the node's counts.
 const DEAD_COUNT: &str = "dead";
 
+/// The key of the parked entry count among the node's counts.
+const PARKED_COUNT: &str = "parked";
+
+/// The key of the count of parked entries for one recipient and priority.
+fn parked_key(recipient: &str, priority: u32) -> String {
+    format!("p:{recipient}\0{priority}")
+}
+
+/// What parking (+1) or taking back (-1) `e` changes in the counts.
+fn parked_deltas(e: &QueueEntry, by: i64) -> impl Iterator<Item = (String, i64)> + '_ {
+    e.recipients
+        .iter()
+        .map(move |r| (parked_key(r, e.priority), by))
+        .chain(std::iter::once((PARKED_COUNT.to_owned(), by)))
+}
+
 /// How many overdue documents operators' pages and `truc queues` list (the
 /// earliest deadlines; an edge away for a weekend can leave tens of
 /// thousands parked).
@@ -960,7 +976,25 @@ impl NodeState {
                 }
             }
         }
-        // Dead letters, for operators' pages and scrapes without a scan.
+        // Parked entries and dead letters, for operators' pages and scrapes
+        // without a scan of them all.
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let rows = p.store.scan(Space::Parked, &[], after.as_deref(), 4096)?;
+            let Some((last, _)) = rows.last() else { break };
+            after = Some(last.clone());
+            for (k, v) in rows {
+                // Unreadable: counted as one entry (discard --all drops it).
+                match record::decode::<DeadEntry>(Space::Parked, &k, &v).map(|d| d.entry) {
+                    Ok(Some(e)) => {
+                        for (key, n) in parked_deltas(&e, 1) {
+                            *counts.entry(key).or_default() += n;
+                        }
+                    }
+                    _ => *counts.entry(PARKED_COUNT.to_owned()).or_default() += 1,
+                }
+            }
+        }
         let mut after: Option<Vec<u8>> = None;
         loop {
             let rows = p.store.scan(Space::Dead, &[], after.as_deref(), 4096)?;
@@ -5699,6 +5733,7 @@ impl NodeState {
                     self.node_id
                 );
                 self.plan_dequeue(&mut plan, &queue, *seq, e);
+                plan.deltas.extend(parked_deltas(e, 1));
                 plan.batch.put(
                     Space::Parked,
                     key,
@@ -5883,8 +5918,10 @@ impl NodeState {
     ) -> Result<usize, NodeError> {
         let held_on = queue_of(&key).unwrap_or_default();
         plan.batch.delete(space, key);
-        if space == Space::Dead {
-            plan.deltas.push((DEAD_COUNT.to_owned(), -1));
+        match (space, &held.entry) {
+            (Space::Parked, Some(e)) => plan.deltas.extend(parked_deltas(e, -1)),
+            (Space::Parked, None) => plan.deltas.push((PARKED_COUNT.to_owned(), -1)),
+            _ => plan.deltas.push((DEAD_COUNT.to_owned(), -1)),
         }
         let Some(e) = held.entry else {
             // Nothing names a document: the line says what was dropped.
@@ -6040,6 +6077,8 @@ impl NodeState {
         plan.batch.delete(space, key);
         if space == Space::Dead {
             plan.deltas.push((DEAD_COUNT.to_owned(), -1));
+        } else {
+            plan.deltas.extend(parked_deltas(&e, -1));
         }
         let note = format!("requeued by an operator at {} ({why})", self.node_id);
         self.plan_sender_note(plan, &e, &note, now)?;
@@ -6312,7 +6351,22 @@ impl NodeState {
                 }
             }
         }
-        for (queue, d) in self.parked(usize::MAX)? {
+        // Queued ones counted as read; parked ones from the counts, and
+        // listed from the first (a hub can hold tens of thousands).
+        let mut overdue_counts: BTreeMap<(String, u32, bool), u64> = BTreeMap::new();
+        for o in &overdue {
+            *overdue_counts
+                .entry((o.recipient.clone(), o.priority, o.parked))
+                .or_default() += 1;
+        }
+        for (k, n) in self.lock_counts().iter().filter(|(_, n)| **n > 0) {
+            if let Some((r, p)) = k.strip_prefix("p:").and_then(|k| k.split_once('\0'))
+                && let Ok(p) = p.parse::<u32>()
+            {
+                overdue_counts.insert((r.to_owned(), p, true), *n as u64);
+            }
+        }
+        for (queue, d) in self.parked(OVERDUE_SHOWN)? {
             if let Some(e) = d.entry {
                 for r in &e.recipients {
                     overdue.push(Overdue {
@@ -6326,12 +6380,6 @@ impl NodeState {
                     });
                 }
             }
-        }
-        let mut overdue_counts = BTreeMap::new();
-        for o in &overdue {
-            *overdue_counts
-                .entry((o.recipient.clone(), o.priority, o.parked))
-                .or_default() += 1;
         }
         overdue.sort_by(|a, b| {
             (a.deadline_ms, &a.doc_id, &a.recipient).cmp(&(b.deadline_ms, &b.doc_id, &b.recipient))
@@ -6938,6 +6986,15 @@ impl NodeState {
             }
         }
         Ok(out)
+    }
+
+    /// How many entries are parked after their deadline, over all queues.
+    pub fn parked_count(&self) -> u64 {
+        self.lock_counts()
+            .get(PARKED_COUNT)
+            .copied()
+            .unwrap_or(0)
+            .max(0) as u64
     }
 
     /// How many transfers peers refused for good, over all queues.
@@ -8271,10 +8328,20 @@ mod tests {
         counted(&hub, false);
         hub.close().unwrap();
         drop(hub);
-        let hub = f.hub(store);
+        let hub = f.hub(store.clone());
         counted(&hub, false);
         assert_eq!(hub.park_overdue().unwrap(), n);
         counted(&hub, true);
+        // Parked ones are counted, not read: at the next start too, and
+        // out of the counts once dealt with.
+        hub.close().unwrap();
+        drop(hub);
+        let hub = f.hub(store);
+        counted(&hub, true);
+        assert_eq!(hub.parked_count(), n as u64);
+        hub.discard_all(Some("child:nghean"), "sent again").unwrap();
+        assert!(hub.queue_snapshot().unwrap().overdue_counts.is_empty());
+        assert_eq!(hub.parked_count(), 0);
     }
 
     /// A document queued for an agency that has since moved to another child
