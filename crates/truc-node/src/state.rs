@@ -5767,6 +5767,29 @@ impl NodeState {
     /// `from` names the sender when several used the doc_id (each sender
     /// picks its own); without it, such a doc_id is refused, naming them.
     pub fn requeue(&self, doc_id: &DocId, from: Option<&str>) -> Result<usize, NodeError> {
+        self.act_on_held_of(doc_id, from, |st, w, plan, space, k, held, now| {
+            st.plan_requeue(w, plan, space, k, held, now)
+        })
+    }
+
+    /// Plans `act` on each parked entry and dead letter of one document
+    /// ([`Self::held_of`], each read again under the writer lock), in one
+    /// write, all or nothing; what `act` counts, or not found when nothing
+    /// is held.
+    fn act_on_held_of(
+        &self,
+        doc_id: &DocId,
+        from: Option<&str>,
+        mut act: impl FnMut(
+            &Self,
+            &mut Writer,
+            &mut Plan,
+            Space,
+            Vec<u8>,
+            DeadEntry,
+            i64,
+        ) -> Result<usize, NodeError>,
+    ) -> Result<usize, NodeError> {
         let d = doc_id.to_string();
         let found = self.held_of(&d, from)?;
         let now = now_ms();
@@ -5778,7 +5801,7 @@ impl NodeState {
                 continue;
             };
             let held: DeadEntry = record::decode(space, &k, &v)?;
-            n += self.plan_requeue(&mut w, &mut plan, space, k, held, now)?;
+            n += act(self, &mut w, &mut plan, space, k, held, now)?;
         }
         if n == 0 {
             return Err(Refusal::not_found(format!(
@@ -5788,6 +5811,46 @@ impl NodeState {
         }
         self.finish(w, plan)?;
         Ok(n)
+    }
+
+    /// Goes through every parked entry and dead letter (of `queue` only,
+    /// when given), 256 per write under the writer lock, handing `act` each
+    /// one as read (or why it cannot be), and whether it was held after the
+    /// walk began (what the operator has not seen).
+    fn walk_held(
+        &self,
+        queue: Option<&str>,
+        mut act: impl FnMut(
+            &Self,
+            &mut Writer,
+            &mut Plan,
+            Space,
+            Vec<u8>,
+            Result<DeadEntry, NodeError>,
+            bool,
+            i64,
+        ) -> Result<(), NodeError>,
+    ) -> Result<(), NodeError> {
+        let prefix = queue.map(queue_prefix).unwrap_or_default();
+        let started = now_ms();
+        for space in [Space::Parked, Space::Dead] {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let now = now_ms();
+                let mut w = self.lock();
+                let rows = self.store.scan(space, &prefix, after.as_deref(), 256)?;
+                let Some((last, _)) = rows.last() else { break };
+                after = Some(last.clone());
+                let mut plan = Plan::default();
+                for (k, v) in rows {
+                    let held = record::decode::<DeadEntry>(space, &k, &v).map_err(NodeError::from);
+                    let late = held.as_ref().is_ok_and(|h| h.at_ms > started);
+                    act(self, &mut w, &mut plan, space, k, held, late, now)?;
+                }
+                self.finish(w, plan)?;
+            }
+        }
+        Ok(())
     }
 
     /// The parked entries and dead letters of document `d` (of sender
@@ -5847,27 +5910,9 @@ impl NodeState {
         from: Option<&str>,
         reason: &str,
     ) -> Result<usize, NodeError> {
-        let d = doc_id.to_string();
-        let found = self.held_of(&d, from)?;
-        let now = now_ms();
-        let w = self.lock();
-        let mut plan = Plan::default();
-        let mut n = 0;
-        for (space, k) in found {
-            let Some(v) = self.store.get(space, &k)? else {
-                continue;
-            };
-            let held: DeadEntry = record::decode(space, &k, &v)?;
-            n += self.plan_discard(&mut plan, space, k, held, reason, now)?;
-        }
-        if n == 0 {
-            return Err(Refusal::not_found(format!(
-                "no parked entry or dead letter for document {d}"
-            ))
-            .into());
-        }
-        self.finish(w, plan)?;
-        Ok(n)
+        self.act_on_held_of(doc_id, from, |st, _, plan, space, k, held, now| {
+            st.plan_discard(plan, space, k, held, reason, now)
+        })
     }
 
     /// [`Self::discard`] for every parked entry and dead letter (of `queue`
@@ -5875,35 +5920,22 @@ impl NodeState {
     /// Entries held after it began (what the operator has not seen) stay;
     /// one that cannot be read is dropped too, audited as such.
     pub fn discard_all(&self, queue: Option<&str>, reason: &str) -> Result<usize, NodeError> {
-        let prefix = queue.map(queue_prefix).unwrap_or_default();
-        let started = now_ms();
         let mut n = 0;
-        for space in [Space::Parked, Space::Dead] {
-            let mut after: Option<Vec<u8>> = None;
-            loop {
-                let now = now_ms();
-                let w = self.lock();
-                let rows = self.store.scan(space, &prefix, after.as_deref(), 256)?;
-                let Some((last, _)) = rows.last() else { break };
-                after = Some(last.clone());
-                let mut plan = Plan::default();
-                for (k, v) in rows {
-                    let held = match record::decode::<DeadEntry>(space, &k, &v) {
-                        Ok(held) if held.at_ms > started => continue,
-                        Ok(held) => held,
-                        Err(e) => {
-                            tracing::error!(key = %hex::encode(&k), error = %e, "an unreadable held entry is discarded");
-                            DeadEntry {
-                                reason: format!("unreadable: {e}"),
-                                ..Default::default()
-                            }
-                        }
-                    };
-                    n += self.plan_discard(&mut plan, space, k, held, reason, now)?;
+        self.walk_held(queue, |st, _, plan, space, k, held, late, now| {
+            let held = match held {
+                _ if late => return Ok(()),
+                Ok(held) => held,
+                Err(e) => {
+                    tracing::error!(key = %hex::encode(&k), error = %e, "an unreadable held entry is discarded");
+                    DeadEntry {
+                        reason: format!("unreadable: {e}"),
+                        ..Default::default()
+                    }
                 }
-                self.finish(w, plan)?;
-            }
-        }
+            };
+            n += st.plan_discard(plan, space, k, held, reason, now)?;
+            Ok(())
+        })?;
         Ok(n)
     }
 
@@ -5955,51 +5987,41 @@ impl NodeState {
     /// that cannot be requeued (its bytes released, no route) stays where it
     /// is, and is told with the reason; the rest go, a few hundred per write.
     pub fn requeue_all(&self, queue: Option<&str>) -> Result<RequeuedAll, NodeError> {
-        let prefix = queue.map(queue_prefix).unwrap_or_default();
         let mut out = RequeuedAll::default();
-        // What is held from now on (one of these refused again while this
+        // What is held after it began (one of these refused again while it
         // runs) is not taken up again by this run.
-        let started = now_ms();
-        for space in [Space::Parked, Space::Dead] {
-            let mut after: Option<Vec<u8>> = None;
-            loop {
-                let now = now_ms();
-                let mut w = self.lock();
-                let rows = self.store.scan(space, &prefix, after.as_deref(), 256)?;
-                let Some((last, _)) = rows.last() else { break };
-                after = Some(last.clone());
-                let mut plan = Plan::default();
-                for (k, v) in rows {
-                    let held: DeadEntry = record::decode(space, &k, &v)?;
-                    let Some(e) = held.entry.clone() else {
-                        continue;
-                    };
-                    let why = if held.at_ms > started {
-                        Some("held after this requeue began (refused again meanwhile?); requeue again".into())
-                    } else {
-                        let mark = plan.mark();
-                        match self.plan_requeue(&mut w, &mut plan, space, k, held, now) {
-                            Ok(n) => {
-                                out.entries += n;
-                                None
-                            }
-                            Err(NodeError::Refused(r)) => {
-                                plan.rollback(mark);
-                                Some(r.reason)
-                            }
-                            Err(err) => return Err(err),
-                        }
-                    };
-                    if let Some(why) = why {
-                        out.refused_total += 1;
-                        if out.refused.len() < REQUEUE_REFUSED_SHOWN {
-                            out.refused.push((e.doc_id, e.from, why));
-                        }
+        self.walk_held(queue, |st, w, plan, space, k, held, late, now| {
+            let held = held?;
+            let Some(e) = held.entry.clone() else {
+                return Ok(());
+            };
+            let why = if late {
+                Some(
+                    "held after this requeue began (refused again meanwhile?); requeue again"
+                        .into(),
+                )
+            } else {
+                let mark = plan.mark();
+                match st.plan_requeue(w, plan, space, k, held, now) {
+                    Ok(n) => {
+                        out.entries += n;
+                        None
                     }
+                    Err(NodeError::Refused(r)) => {
+                        plan.rollback(mark);
+                        Some(r.reason)
+                    }
+                    Err(err) => return Err(err),
                 }
-                self.finish(w, plan)?;
+            };
+            if let Some(why) = why {
+                out.refused_total += 1;
+                if out.refused.len() < REQUEUE_REFUSED_SHOWN {
+                    out.refused.push((e.doc_id, e.from, why));
+                }
             }
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -6990,20 +7012,17 @@ impl NodeState {
 
     /// How many entries are parked after their deadline, over all queues.
     pub fn parked_count(&self) -> u64 {
-        self.lock_counts()
-            .get(PARKED_COUNT)
-            .copied()
-            .unwrap_or(0)
-            .max(0) as u64
+        self.count_of(PARKED_COUNT)
+    }
+
+    /// One of the in-memory counts (0 when absent).
+    fn count_of(&self, key: &str) -> u64 {
+        self.lock_counts().get(key).copied().unwrap_or(0).max(0) as u64
     }
 
     /// How many transfers peers refused for good, over all queues.
     pub fn dead_count(&self) -> u64 {
-        self.lock_counts()
-            .get(DEAD_COUNT)
-            .copied()
-            .unwrap_or(0)
-            .max(0) as u64
+        self.count_of(DEAD_COUNT)
     }
 
     /// Dead letters of `queue`.
