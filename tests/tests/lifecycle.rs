@@ -61,6 +61,18 @@ async fn wait_all(
     .await
 }
 
+/// `node`'s `[limits] max_attachment_bytes`, for its next start.
+fn attachment_limit(c: &Cluster, node: &str, bytes: i64) {
+    c.edit(node, |t| {
+        let l = t
+            .entry("limits")
+            .or_insert_with(|| toml::Table::new().into())
+            .as_table_mut()
+            .unwrap();
+        l.insert("max_attachment_bytes".into(), bytes.into());
+    })
+}
+
 fn send(c: &Cluster, to: &str, subject: &str) -> String {
     c.cli_ok(&[
         "send",
@@ -529,17 +541,7 @@ async fn an_undeliverable_document_is_reported_after_its_deadline_and_requeue_de
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_is_shown_to_the_operator_and_requeue_delivers_it() {
     let mut c = Cluster::new();
-    let hub_limit = |c: &Cluster, bytes: i64| {
-        c.edit("hub", |t| {
-            let l = t
-                .entry("limits")
-                .or_insert_with(|| toml::Table::new().into())
-                .as_table_mut()
-                .unwrap();
-            l.insert("max_attachment_bytes".into(), bytes.into());
-        })
-    };
-    hub_limit(&c, 1000);
+    attachment_limit(&c, "hub", 1000);
     for n in ["hub", "vpcp", "nghean"] {
         c.start(n);
     }
@@ -591,7 +593,7 @@ async fn a_dead_letter_is_shown_to_the_operator_and_requeue_delivers_it() {
 
     // The hub's limit raised; the edge's operator sends one again, then the rest.
     c.stop("hub");
-    hub_limit(&c, 64 << 20);
+    attachment_limit(&c, "hub", 64 << 20);
     assert!(
         c.cli_ok(&["requeue", "--config", &c.cfg("vpcp"), &id])
             .contains("requeued 1"),
@@ -638,17 +640,7 @@ async fn a_dead_letter_is_shown_to_the_operator_and_requeue_delivers_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_at_the_hub_is_requeued_and_its_remote_sender_sees_it_delivered() {
     let mut c = Cluster::new();
-    let edge_limit = |c: &Cluster, bytes: i64| {
-        c.edit("nghean", |t| {
-            let l = t
-                .entry("limits")
-                .or_insert_with(|| toml::Table::new().into())
-                .as_table_mut()
-                .unwrap();
-            l.insert("max_attachment_bytes".into(), bytes.into());
-        })
-    };
-    edge_limit(&c, 1000);
+    attachment_limit(&c, "nghean", 1000);
     for n in ["hub", "vpcp", "nghean"] {
         c.start(n);
     }
@@ -691,7 +683,7 @@ async fn a_dead_letter_at_the_hub_is_requeued_and_its_remote_sender_sees_it_deli
     assert!(!ok && text.contains("add --yes"), "{text}");
 
     c.stop("nghean");
-    edge_limit(&c, 64 << 20);
+    attachment_limit(&c, "nghean", 64 << 20);
     c.start("nghean");
     let out = c.cli_ok(&["requeue", "--config", &c.cfg("hub"), "--all"]);
     assert!(out.contains("requeued 1 queue entry"), "{out}");
