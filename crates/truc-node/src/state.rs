@@ -2978,14 +2978,15 @@ impl NodeState {
             // A resend of what was taken here, for nothing more: a duplicate
             // even where the sender's route would refuse it now (its agency
             // moved to another child since the ack was lost).
-            let asked: Option<Vec<&str>> = recipients
-                .as_ref()
-                .map(|rs| rs.iter().map(OrganId::as_str).collect());
-            if seen.as_ref().is_some_and(|s| *s == v.header_sha256.0)
-                && self.nothing_new(&plan, v.header.kind, &dkey, origin, asked.as_deref())?
-            {
-                verdicts.push(Verdict::Duplicate);
-                continue;
+            // (Nothing is looked up for a message never seen here.)
+            if seen.as_ref().is_some_and(|s| *s == v.header_sha256.0) {
+                let asked: Option<Vec<&str>> = recipients
+                    .as_ref()
+                    .map(|rs| rs.iter().map(OrganId::as_str).collect());
+                if self.nothing_new(&plan, v.header.kind, &dkey, origin, asked.as_deref())? {
+                    verdicts.push(Verdict::Duplicate);
+                    continue;
+                }
             }
             if let Err(r) = self.authorize(v, origin) {
                 verdicts.push(Verdict::Refused(r));
