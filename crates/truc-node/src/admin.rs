@@ -62,6 +62,15 @@ fn scope(all: bool, doc_id: &str, from: &str, queue: &str) -> Result<(), Status>
     }
 }
 
+/// The one document a requeue or a discard names, and its sender if named.
+fn one_doc(doc_id: &str, from: &str) -> Result<(DocId, Option<String>), Status> {
+    let doc_id = doc_id
+        .parse()
+        .map_err(|e| Status::invalid_argument(format!("doc_id: {e}")))?;
+    let from = crate::agency::opt_organ("from", from)?.map(|o| o.to_string());
+    Ok((doc_id, from))
+}
+
 /// A link queue an operator names ("parent", "child:NODE"), or none.
 fn link_queue(q: String) -> Result<Option<String>, Status> {
     match q.as_str() {
@@ -104,11 +113,7 @@ impl Admin for AdminService {
                     .collect(),
             }));
         }
-        let doc_id: DocId = r
-            .doc_id
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("doc_id: {e}")))?;
-        let from = crate::agency::opt_organ("from", &r.from)?.map(|o| o.to_string());
+        let (doc_id, from) = one_doc(&r.doc_id, &r.from)?;
         let n = blocking(move || st.requeue(&doc_id, from.as_deref())).await?;
         tracing::info!(%doc_id, entries = n, %operator, "requeued by an operator");
         Ok(Response::new(pb::RequeueResponse {
@@ -132,17 +137,12 @@ impl Admin for AdminService {
             ));
         }
         let st = self.state.clone();
+        let why = format!("{reason}; by {operator}");
         let n = if r.all {
             let queue = link_queue(r.queue)?;
-            let why = format!("{reason}; by {operator}");
             blocking(move || st.discard_all(queue.as_deref(), &why)).await?
         } else {
-            let doc_id: DocId = r
-                .doc_id
-                .parse()
-                .map_err(|e| Status::invalid_argument(format!("doc_id: {e}")))?;
-            let from = crate::agency::opt_organ("from", &r.from)?.map(|o| o.to_string());
-            let why = format!("{reason}; by {operator}");
+            let (doc_id, from) = one_doc(&r.doc_id, &r.from)?;
             blocking(move || st.discard(&doc_id, from.as_deref(), &why)).await?
         };
         tracing::warn!(entries = n, %operator, %reason, "held entries discarded by an operator");

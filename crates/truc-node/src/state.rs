@@ -964,11 +964,13 @@ impl NodeState {
             for (k, v) in rows {
                 let queue = queue_of(&k).unwrap_or_default();
                 *counts.entry(format!("q:{queue}")).or_default() += 1;
-                let e: QueueEntry = record::decode(Space::Queue, &k, &v)?;
-                if short_deadline(&e, min_deadline) {
-                    *counts.entry(format!("d:{queue}")).or_default() += 1;
-                }
+                // Only entries towards children carry deadlines (and are
+                // counted by sender and recipient): the others are not read.
                 if queue.starts_with("child:") {
+                    let e: QueueEntry = record::decode(Space::Queue, &k, &v)?;
+                    if short_deadline(&e, min_deadline) {
+                        *counts.entry(format!("d:{queue}")).or_default() += 1;
+                    }
                     *counts.entry(format!("s:{}", e.from)).or_default() += 1;
                     for r in &e.recipients {
                         *counts.entry(format!("r:{r}")).or_default() += 1;
@@ -5239,9 +5241,9 @@ impl NodeState {
 
     /// An entry whose deadline (a due date) is shorter than every priority's
     /// would be missed by the early-stopping sweep: the sweep reads every
-    /// queue to its end once it is reached. The one place this is kept.
+    /// queue to its end once it is reached, the next time one falls due.
     fn note_short_deadline(&self, e: &QueueEntry, now: i64, min_deadline: i64) {
-        if e.deadline_ms > now && e.deadline_ms < e.enqueued_at_ms + min_deadline {
+        if e.deadline_ms > now && short_deadline(e, min_deadline) {
             self.next_short_deadline
                 .fetch_min(e.deadline_ms, Ordering::Relaxed);
         }
@@ -5265,12 +5267,12 @@ impl NodeState {
             record::encode(entry),
         );
         plan.deltas.push((format!("q:{queue}"), 1));
-        // Counted per queue: operators' reads go through a queue that holds
-        // one to its end (`queue_snapshot`).
-        if short_deadline(entry, min_deadline) {
-            plan.deltas.push((format!("d:{queue}"), 1));
-        }
         if queue.starts_with("child:") {
+            // Counted per queue: operators' reads go through a queue that
+            // holds one to its end (`queue_snapshot`).
+            if short_deadline(entry, min_deadline) {
+                plan.deltas.push((format!("d:{queue}"), 1));
+            }
             plan.deltas.push((format!("s:{}", entry.from), 1));
             for r in &entry.recipients {
                 plan.deltas.push((format!("r:{r}"), 1));
@@ -5346,10 +5348,10 @@ impl NodeState {
         plan.batch
             .delete(Space::Queue, Key::new().str(queue).u64(seq).build());
         plan.deltas.push((format!("q:{queue}"), -1));
-        if short_deadline(entry, self.min_deadline_ms()) {
-            plan.deltas.push((format!("d:{queue}"), -1));
-        }
         if queue.starts_with("child:") {
+            if short_deadline(entry, self.min_deadline_ms()) {
+                plan.deltas.push((format!("d:{queue}"), -1));
+            }
             plan.deltas.push((format!("s:{}", entry.from), -1));
             for r in &entry.recipients {
                 plan.deltas.push((format!("r:{r}"), -1));
@@ -6059,6 +6061,9 @@ impl NodeState {
                 ),
             )
         };
+        // Read once: whether it came from the parent, and (a dead letter)
+        // whether what it needs is still kept.
+        let record = self.doc_record(plan, &doc_key(&e.from, &e.doc_id))?;
         let mut queues = Vec::new();
         if recipients.is_empty() {
             // Addressed to the peer itself (a directory change for the
@@ -6069,8 +6074,8 @@ impl NodeState {
                 .routing()
                 .route(&recipients)
                 .map_err(|err| cannot(format!("it cannot be routed again: {err}")))?;
-            let from_parent = self
-                .doc_record(plan, &doc_key(&e.from, &e.doc_id))?
+            let from_parent = record
+                .as_ref()
                 .is_some_and(|d| d.origin.starts_with("parent"));
             for (dest, to) in routes {
                 // What the parent sent down is the parent's to route once its
@@ -6094,7 +6099,7 @@ impl NodeState {
             // Done with when it was refused: what it needs must still be
             // here, and is kept again until these are done.
             _ => self
-                .plan_revive(plan, &e, queues.len())
+                .plan_revive(plan, &e, record, queues.len())
                 .map_err(|what| cannot(format!("{what}; send it again under a new doc_id")))?,
         }
         plan.batch.delete(space, key);
@@ -6120,12 +6125,16 @@ impl NodeState {
     /// file it names must still be here (no retention period has ended), and
     /// they are kept again until its `n` new deliveries are done. Why not,
     /// otherwise.
-    fn plan_revive(&self, plan: &mut Plan, e: &QueueEntry, n: usize) -> Result<(), String> {
+    fn plan_revive(
+        &self,
+        plan: &mut Plan,
+        e: &QueueEntry,
+        record: Option<DocRecord>,
+        n: usize,
+    ) -> Result<(), String> {
         let key = doc_key(&e.from, &e.doc_id);
-        let mut rec = match self.doc_record(plan, &key) {
-            Ok(Some(rec)) => rec,
-            Ok(None) => return Err("its record is not kept here".into()),
-            Err(err) => return Err(err.to_string()),
+        let Some(mut rec) = record else {
+            return Err("its record is not kept here".into());
         };
         if rec.released_at_ms != 0 || rec.envelope_removed_at_ms != 0 {
             return Err("its stored bytes were released after their retention period".into());
