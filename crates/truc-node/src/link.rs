@@ -2466,6 +2466,22 @@ mod tests {
         .unwrap();
         let mut p = Pushing::start(&hub);
         p.sent().await;
+
+        // Requeued, it is told as what it was: not sent by this node, not
+        // refused by the peer.
+        assert_eq!(hub.requeue(&id.parse().unwrap(), None).unwrap(), 1);
+        let trail = hub.audit_trail(&id).unwrap();
+        let requeued = trail
+            .iter()
+            .find(|e| e.event == "requeued")
+            .expect("requeue audited");
+        assert!(
+            requeued.detail.contains(
+                "by an operator (cannot be sent from hub on child:nghean: cannot load it"
+            ) && !requeued.detail.contains("refused"),
+            "{}",
+            requeued.detail
+        );
     }
 
     #[tokio::test]

@@ -523,6 +523,17 @@ fn parked_key(recipient: &str, priority: u32) -> String {
 }
 
 /// What parking (+1) or taking back (-1) `e` changes in the counts.
+/// What happened to a held entry, for the lines that tell what an operator
+/// did with it: parked on its queue, refused there by the peer, or not sent
+/// by this node (its reason says so and where).
+fn held_was(space: Space, held_on: &str, here: bool, reason: &str) -> String {
+    match space {
+        Space::Parked => format!("parked on {held_on}"),
+        _ if here => reason.to_owned(),
+        _ => format!("refused on {held_on}: {reason}"),
+    }
+}
+
 fn parked_deltas(e: &QueueEntry, by: i64) -> impl Iterator<Item = (String, i64)> + '_ {
     e.recipients
         .iter()
@@ -5543,6 +5554,7 @@ impl NodeState {
                     FailedAt::Here => why.clone(),
                 },
                 at_ms: now,
+                here: matches!(at, FailedAt::Here),
             }),
         );
         plan.audit(event, &entry.doc_id, &entry.from, detail);
@@ -5745,6 +5757,7 @@ impl NodeState {
                         code: Code::DeadlineExceeded as i32,
                         reason: reason.clone(),
                         at_ms: now,
+                        here: false,
                     }),
                 );
                 plan.audit("parked", &e.doc_id, &e.from, reason.clone());
@@ -5968,14 +5981,11 @@ impl NodeState {
             );
             return Ok(1);
         };
-        let was = match space {
-            Space::Parked => {
-                // Still counted in what its document keeps here: done now.
-                self.plan_done_once(plan, &e.from, &e.doc_id, now)?;
-                format!("parked on {held_on}")
-            }
-            _ => format!("refused on {held_on}: {}", held.reason),
-        };
+        if space == Space::Parked {
+            // Still counted in what its document keeps here: done now.
+            self.plan_done_once(plan, &e.from, &e.doc_id, now)?;
+        }
+        let was = held_was(space, &held_on, held.here, &held.reason);
         let why = format!(
             "discarded by an operator at {}: {reason} ({was})",
             self.node_id
@@ -6043,9 +6053,11 @@ impl NodeState {
             return Ok(0);
         };
         let held_on = queue_of(&key).ok_or_else(|| internal("held entry key"))?;
-        let (was, why) = match space {
-            Space::Parked => ("parked", format!("parked on {held_on}")),
-            _ => ("refused", format!("refused on {held_on}: {}", held.reason)),
+        let why = held_was(space, &held_on, held.here, &held.reason);
+        let was = match space {
+            Space::Parked => "parked",
+            _ if held.here => "not sent",
+            _ => "refused",
         };
         let recipients: Vec<OrganId> = e
             .recipients

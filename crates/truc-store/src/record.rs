@@ -285,6 +285,10 @@ pub struct DeadEntry {
     pub reason: String,
     #[prost(int64, tag = "4")]
     pub at_ms: i64,
+    /// This node could not send it (what it must read for it is gone), where
+    /// `reason` already says so; not refused by the peer.
+    #[prost(bool, tag = "5")]
+    pub here: bool,
 }
 
 #[cfg(test)]
