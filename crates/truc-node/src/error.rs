@@ -129,6 +129,17 @@ impl NodeError {
         )
     }
 
+    /// This error as the answer to a walk of many writes that stopped at
+    /// it, telling also what was `done` before it (those writes stay done).
+    pub fn after_done(self, done: &str) -> NodeError {
+        let s = to_status(self);
+        NodeError::Shared(Status::with_metadata(
+            s.code(),
+            format!("{} ({done} before it; those stay done)", s.message()),
+            s.metadata().clone(),
+        ))
+    }
+
     pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
         let what = what.into();
         move |source| NodeError::Io { what, source }

@@ -5832,10 +5832,13 @@ impl NodeState {
     /// Goes through every parked entry and dead letter (of `queue` only,
     /// when given), 256 per write under the writer lock, handing `act` each
     /// one as read (or why it cannot be), and whether it was held after the
-    /// walk began (what the operator has not seen).
+    /// walk began (what the operator has not seen); the sum of what `act`
+    /// counts. Each write stays done when a later one fails: the error then
+    /// says how many of `what` were done before it.
     fn walk_held(
         &self,
         queue: Option<&str>,
+        what: &str,
         mut act: impl FnMut(
             &Self,
             &mut Writer,
@@ -5845,28 +5848,39 @@ impl NodeState {
             Result<DeadEntry, NodeError>,
             bool,
             i64,
-        ) -> Result<(), NodeError>,
-    ) -> Result<(), NodeError> {
+        ) -> Result<usize, NodeError>,
+    ) -> Result<usize, NodeError> {
         let prefix = queue.map(queue_prefix).unwrap_or_default();
         let started = now_ms();
-        for space in [Space::Parked, Space::Dead] {
-            let mut after: Option<Vec<u8>> = None;
-            loop {
-                let now = now_ms();
-                let mut w = self.lock();
-                let rows = self.store.scan(space, &prefix, after.as_deref(), 256)?;
-                let Some((last, _)) = rows.last() else { break };
-                after = Some(last.clone());
-                let mut plan = Plan::default();
-                for (k, v) in rows {
-                    let held = record::decode::<DeadEntry>(space, &k, &v).map_err(NodeError::from);
-                    let late = held.as_ref().is_ok_and(|h| h.at_ms > started);
-                    act(self, &mut w, &mut plan, space, k, held, late, now)?;
+        let mut done = 0;
+        let mut walk = || -> Result<(), NodeError> {
+            for space in [Space::Parked, Space::Dead] {
+                let mut after: Option<Vec<u8>> = None;
+                loop {
+                    let now = now_ms();
+                    let mut w = self.lock();
+                    let rows = self.store.scan(space, &prefix, after.as_deref(), 256)?;
+                    let Some((last, _)) = rows.last() else { break };
+                    after = Some(last.clone());
+                    let mut plan = Plan::default();
+                    let mut n = 0;
+                    for (k, v) in rows {
+                        let held =
+                            record::decode::<DeadEntry>(space, &k, &v).map_err(NodeError::from);
+                        let late = held.as_ref().is_ok_and(|h| h.at_ms > started);
+                        n += act(self, &mut w, &mut plan, space, k, held, late, now)?;
+                    }
+                    self.finish(w, plan)?;
+                    done += n;
                 }
-                self.finish(w, plan)?;
             }
+            Ok(())
+        };
+        match walk() {
+            Ok(_) => Ok(done),
+            Err(err) if done == 0 => Err(err),
+            Err(err) => Err(err.after_done(&format!("{done} {what}"))),
         }
-        Ok(())
     }
 
     /// The parked entries and dead letters of document `d` (of sender
@@ -5936,23 +5950,24 @@ impl NodeState {
     /// Entries held after it began (what the operator has not seen) stay;
     /// one that cannot be read is dropped too, audited as such.
     pub fn discard_all(&self, queue: Option<&str>, reason: &str) -> Result<usize, NodeError> {
-        let mut n = 0;
-        self.walk_held(queue, |st, _, plan, space, k, held, late, now| {
-            let held = match held {
-                _ if late => return Ok(()),
-                Ok(held) => held,
-                Err(e) => {
-                    tracing::error!(key = %hex::encode(&k), error = %e, "an unreadable held entry is discarded");
-                    DeadEntry {
-                        reason: format!("unreadable: {e}"),
-                        ..Default::default()
+        self.walk_held(
+            queue,
+            "held entries discarded",
+            |st, _, plan, space, k, held, late, now| {
+                let held = match held {
+                    _ if late => return Ok(0),
+                    Ok(held) => held,
+                    Err(e) => {
+                        tracing::error!(key = %hex::encode(&k), error = %e, "an unreadable held entry is discarded");
+                        DeadEntry {
+                            reason: format!("unreadable: {e}"),
+                            ..Default::default()
+                        }
                     }
-                }
-            };
-            n += st.plan_discard(plan, space, k, held, reason, now)?;
-            Ok(())
-        })?;
-        Ok(n)
+                };
+                st.plan_discard(plan, space, k, held, reason, now)
+            },
+        )
     }
 
     fn plan_discard(
@@ -6003,38 +6018,34 @@ impl NodeState {
         let mut out = RequeuedAll::default();
         // What is held after it began (one of these refused again while it
         // runs) is not taken up again by this run.
-        self.walk_held(queue, |st, w, plan, space, k, held, late, now| {
-            let held = held?;
-            let Some(e) = held.entry.clone() else {
-                return Ok(());
-            };
-            let why = if late {
-                Some(
-                    "held after this requeue began (refused again meanwhile?); requeue again"
-                        .into(),
-                )
-            } else {
-                let mark = plan.mark();
-                match st.plan_requeue(w, plan, space, k, held, now) {
-                    Ok(n) => {
-                        out.entries += n;
-                        None
+        out.entries = self.walk_held(
+            queue,
+            "entries requeued",
+            |st, w, plan, space, k, held, late, now| {
+                let held = held?;
+                let Some(e) = held.entry.clone() else {
+                    return Ok(0);
+                };
+                let why = if late {
+                    "held after this requeue began (refused again meanwhile?); requeue again".into()
+                } else {
+                    let mark = plan.mark();
+                    match st.plan_requeue(w, plan, space, k, held, now) {
+                        Ok(n) => return Ok(n),
+                        Err(NodeError::Refused(r)) => {
+                            plan.rollback(mark);
+                            r.reason
+                        }
+                        Err(err) => return Err(err),
                     }
-                    Err(NodeError::Refused(r)) => {
-                        plan.rollback(mark);
-                        Some(r.reason)
-                    }
-                    Err(err) => return Err(err),
-                }
-            };
-            if let Some(why) = why {
+                };
                 out.refused_total += 1;
                 if out.refused.len() < REQUEUE_REFUSED_SHOWN {
                     out.refused.push((e.doc_id, e.from, why));
                 }
-            }
-            Ok(())
-        })?;
+                Ok(0)
+            },
+        )?;
         Ok(out)
     }
 
@@ -8204,8 +8215,20 @@ mod tests {
     /// write takes (256 per write), each once.
     #[test]
     fn requeue_all_goes_through_every_batch_once() {
+        requeue_all_of_300(false);
+    }
+
+    /// A requeue (or discard) of everything whose write fails part way keeps
+    /// what it did before, and its error says how many that was.
+    #[test]
+    fn a_requeue_of_everything_that_fails_part_way_says_what_it_did() {
+        requeue_all_of_300(true);
+    }
+
+    fn requeue_all_of_300(fail_second_write: bool) {
         let f = Fixture::new();
-        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let (store, faults) = truc_store::FaultyStore::new(MemoryStore::new());
+        let hub = f.hub(Arc::new(store));
         let n = 300;
         let batch = (0..n)
             .map(|_| {
@@ -8225,6 +8248,24 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(hub.dead_count(), n as u64);
+        if fail_second_write {
+            let next = faults.applies.load(Ordering::SeqCst) + 2;
+            faults.fail_apply_from.store(next, Ordering::SeqCst);
+            let s = tonic::Status::from(hub.requeue_all(Some("child:nghean")).unwrap_err());
+            assert!(
+                s.message()
+                    .ends_with("(256 entries requeued before it; those stay done)"),
+                "{s:?}"
+            );
+            assert_eq!(hub.queue_depth("child:nghean"), 256);
+            let s = tonic::Status::from(hub.discard_all(None, "x").unwrap_err());
+            assert!(!s.message().contains("before it"), "none went: {s:?}");
+            faults.fail_apply_from.store(0, Ordering::SeqCst);
+            let done = hub.requeue_all(Some("child:nghean")).unwrap();
+            assert_eq!((done.entries, done.refused_total), (n - 256, 0));
+            assert_eq!(hub.queue_depth("child:nghean"), n as u64);
+            return;
+        }
         let done = hub.requeue_all(Some("child:nghean")).unwrap();
         assert_eq!((done.entries, done.refused_total), (n, 0));
         assert_eq!(hub.dead_count(), 0);
