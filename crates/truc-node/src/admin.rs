@@ -93,33 +93,32 @@ impl Admin for AdminService {
         let r = req.into_inner();
         scope(r.all, &r.doc_id, &r.from, &r.queue)?;
         let st = self.state.clone();
-        if r.all {
+        let done = if r.all {
             let queue = link_queue(r.queue)?;
             let q = queue.clone();
             let done = blocking(move || st.requeue_all(q.as_deref())).await?;
             tracing::info!(queue = queue.as_deref().unwrap_or("(all)"), entries = done.entries,
-                refused = done.refused.len(), %operator, "everything held requeued by an operator");
-            return Ok(Response::new(pb::RequeueResponse {
-                requeued: done.entries as u32,
-                refused_total: done.refused_total as u32,
-                refused: done
-                    .refused
-                    .into_iter()
-                    .map(|(doc_id, from, reason)| pb::RequeueRefused {
-                        doc_id,
-                        from,
-                        reason,
-                    })
-                    .collect(),
-            }));
-        }
-        let (doc_id, from) = one_doc(&r.doc_id, &r.from)?;
-        let n = blocking(move || st.requeue(&doc_id, from.as_deref())).await?;
-        tracing::info!(%doc_id, entries = n, %operator, "requeued by an operator");
+                refused = done.refused_total, %operator, "everything held requeued by an operator");
+            done
+        } else {
+            let (doc_id, from) = one_doc(&r.doc_id, &r.from)?;
+            let done = blocking(move || st.requeue(&doc_id, from.as_deref())).await?;
+            tracing::info!(%doc_id, entries = done.entries, kept = done.refused_total, %operator,
+                "requeued by an operator");
+            done
+        };
         Ok(Response::new(pb::RequeueResponse {
-            requeued: n as u32,
-            refused: Vec::new(),
-            refused_total: 0,
+            requeued: done.entries as u32,
+            refused_total: done.refused_total as u32,
+            refused: done
+                .refused
+                .into_iter()
+                .map(|(doc_id, from, reason)| pb::RequeueRefused {
+                    doc_id,
+                    from,
+                    reason,
+                })
+                .collect(),
         }))
     }
 

@@ -2469,7 +2469,7 @@ mod tests {
 
         // Requeued, it is told as what it was: not sent by this node, not
         // refused by the peer.
-        assert_eq!(hub.requeue(&id.parse().unwrap(), None).unwrap(), 1);
+        assert_eq!(hub.requeue(&id.parse().unwrap(), None).unwrap().entries, 1);
         let trail = hub.audit_trail(&id).unwrap();
         let requeued = trail
             .iter()

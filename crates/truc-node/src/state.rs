@@ -494,10 +494,11 @@ pub struct DeadLetter {
     pub at_ms: i64,
 }
 
-/// What [`NodeState::requeue_all`] did: queue entries put back, and the
-/// held entries that could not be, as (doc_id, from, why).
+/// What [`NodeState::requeue`] or [`NodeState::requeue_all`] did: queue
+/// entries put back, and the held entries that could not be (or only in
+/// part), as (doc_id, from, why).
 #[derive(Debug, Default)]
-pub struct RequeuedAll {
+pub struct Requeued {
     pub entries: usize,
     /// The first [`REQUEUE_REFUSED_SHOWN`] of them.
     pub refused: Vec<(String, String, String)>,
@@ -5782,10 +5783,17 @@ impl NodeState {
     /// nothing.
     /// `from` names the sender when several used the doc_id (each sender
     /// picks its own); without it, such a doc_id is refused, naming them.
-    pub fn requeue(&self, doc_id: &DocId, from: Option<&str>) -> Result<usize, NodeError> {
-        self.act_on_held_of(doc_id, from, |st, w, plan, space, k, held, now| {
-            st.plan_requeue(w, plan, space, k, held, now)
-        })
+    pub fn requeue(&self, doc_id: &DocId, from: Option<&str>) -> Result<Requeued, NodeError> {
+        let mut out = Requeued::default();
+        out.entries = self.act_on_held_of(doc_id, from, |st, w, plan, space, k, held, now| {
+            let sender = held.entry.as_ref().map(|e| e.from.clone());
+            let (n, stays) = st.plan_requeue(w, plan, space, k, held, now)?;
+            out.refused
+                .extend(stays.map(|why| (doc_id.to_string(), sender.unwrap_or_default(), why)));
+            Ok(n)
+        })?;
+        out.refused_total = out.refused.len();
+        Ok(out)
     }
 
     /// Plans `act` on each parked entry and dead letter of one document
@@ -6014,8 +6022,8 @@ impl NodeState {
     /// only, when given), after a cause that held many is fixed. Each one
     /// that cannot be requeued (its bytes released, no route) stays where it
     /// is, and is told with the reason; the rest go, a few hundred per write.
-    pub fn requeue_all(&self, queue: Option<&str>) -> Result<RequeuedAll, NodeError> {
-        let mut out = RequeuedAll::default();
+    pub fn requeue_all(&self, queue: Option<&str>) -> Result<Requeued, NodeError> {
+        let mut out = Requeued::default();
         // What is held after it began (one of these refused again while it
         // runs) is not taken up again by this run.
         out.entries = self.walk_held(
@@ -6031,7 +6039,14 @@ impl NodeState {
                 } else {
                     let mark = plan.mark();
                     match st.plan_requeue(w, plan, space, k, held, now) {
-                        Ok(n) => return Ok(n),
+                        Ok((n, None)) => return Ok(n),
+                        Ok((n, Some(stays))) => {
+                            out.refused_total += 1;
+                            if out.refused.len() < REQUEUE_REFUSED_SHOWN {
+                                out.refused.push((e.doc_id, e.from, stays));
+                            }
+                            return Ok(n);
+                        }
                         Err(NodeError::Refused(r)) => {
                             plan.rollback(mark);
                             r.reason
@@ -6050,7 +6065,10 @@ impl NodeState {
     }
 
     /// Plans one held entry (`key` in `space`: parked or dead) back onto the
-    /// queues its recipients route to now; how many entries that makes.
+    /// queues its recipients route to now; how many entries that makes, and
+    /// why the part that cannot go stays held, if any (recipients that left
+    /// a relay's subtree, or that this node now serves itself). Refused when
+    /// no part can go.
     fn plan_requeue(
         &self,
         w: &mut Writer,
@@ -6059,9 +6077,9 @@ impl NodeState {
         key: Vec<u8>,
         held: DeadEntry,
         now: i64,
-    ) -> Result<usize, NodeError> {
-        let Some(mut e) = held.entry else {
-            return Ok(0);
+    ) -> Result<(usize, Option<String>), NodeError> {
+        let Some(mut e) = held.entry.clone() else {
+            return Ok((0, None));
         };
         let held_on = queue_of(&key).ok_or_else(|| internal("held entry key"))?;
         let why = held_was(space, &held_on, held.here, &held.reason);
@@ -6087,7 +6105,9 @@ impl NodeState {
         // Read once: whether it came from the parent, and (a dead letter)
         // whether what it needs is still kept.
         let record = self.doc_record(plan, &doc_key(&e.from, &e.doc_id))?;
+        // Where each part goes, and the recipients that cannot go, with why.
         let mut queues = Vec::new();
+        let mut stay: Vec<(Vec<OrganId>, String)> = Vec::new();
         if recipients.is_empty() {
             // Addressed to the peer itself (a directory change for the
             // parent): back where it was.
@@ -6101,36 +6121,76 @@ impl NodeState {
                 .as_ref()
                 .is_some_and(|d| d.origin.starts_with("parent"));
             for (dest, to) in routes {
+                let names = to.iter().map(ToString::to_string).collect::<Vec<_>>();
+                let names = names.join(", ");
                 // What the parent sent down is the parent's to route once its
                 // recipients left this node's subtree: it would refuse it back.
-                if from_parent && dest == Destination::Parent {
-                    return Err(cannot(format!(
-                        "{} left this node's subtree; the parent routes it, send it again from there",
-                        to.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-                    ))
-                    .into());
-                }
-                let queue = queue_name(&dest).ok_or_else(|| {
-                    cannot("it is now for an agency this node serves itself".into())
-                })?;
-                queues.push((queue, to));
+                let why = if from_parent && dest == Destination::Parent {
+                    format!(
+                        "{names} left this node's subtree; the parent routes it, send it again from there"
+                    )
+                } else if let Some(queue) = queue_name(&dest) {
+                    queues.push((queue, to));
+                    continue;
+                } else {
+                    format!("{names} is now an agency this node serves itself")
+                };
+                stay.push((to, why));
             }
         }
+        if queues.is_empty() {
+            let why = stay.into_iter().map(|(_, why)| why).collect::<Vec<_>>();
+            return Err(cannot(why.join("; ")).into());
+        }
+        // The deliveries it makes, and the held entry itself while part of
+        // it stays (still counted, as parked; a dead letter is not).
+        let n = queues.len();
+        let kept = !stay.is_empty();
         match space {
             // Still counted in what its document keeps here.
-            Space::Parked => self.plan_split(plan, &e.from, &e.doc_id, queues.len())?,
+            Space::Parked => self.plan_split(plan, &e.from, &e.doc_id, n + usize::from(kept))?,
             // Done with when it was refused: what it needs must still be
             // here, and is kept again until these are done.
             _ => self
-                .plan_revive(plan, &e, record, queues.len())
+                .plan_revive(plan, &e, record, n)
                 .map_err(|what| cannot(format!("{what}; send it again under a new doc_id")))?,
         }
-        plan.batch.delete(space, key);
-        if space == Space::Dead {
-            plan.deltas.push((DEAD_COUNT.to_owned(), -1));
-        } else {
+        if space == Space::Parked {
             plan.deltas.extend(parked_deltas(&e, -1));
         }
+        let stays = if kept {
+            // The recipients that cannot go stay held, as they were.
+            let entry = QueueEntry {
+                recipients: stay
+                    .iter()
+                    .flat_map(|(to, _)| to.iter().map(ToString::to_string))
+                    .collect(),
+                ..e.clone()
+            };
+            if space == Space::Parked {
+                plan.deltas.extend(parked_deltas(&entry, 1));
+            }
+            let left = DeadEntry {
+                entry: Some(entry),
+                ..held
+            };
+            plan.batch.put(space, key, record::encode(&left));
+            let why = stay.into_iter().map(|(_, why)| why).collect::<Vec<_>>();
+            Some(format!(
+                "{} (its other recipients were requeued; this part stays {was} on {held_on})",
+                cannot(why.join("; ")).reason
+            ))
+        } else {
+            plan.batch.delete(space, key);
+            if space == Space::Dead {
+                plan.deltas.push((DEAD_COUNT.to_owned(), -1));
+            }
+            None
+        };
+        e.recipients = queues
+            .iter()
+            .flat_map(|(_, to)| to.iter().map(ToString::to_string))
+            .collect();
         let note = format!("requeued by an operator at {} ({why})", self.node_id);
         self.plan_sender_note(plan, &e, &note, now)?;
         let n = queues.len();
@@ -6141,7 +6201,7 @@ impl NodeState {
             let note = format!("on {queue} by an operator ({why})");
             self.plan_enqueue(w, plan, queue, &e, "requeued", note)?;
         }
-        Ok(n)
+        Ok((n, stays))
     }
 
     /// A dead letter's document goes on its way again: its record and every
@@ -7856,7 +7916,8 @@ mod tests {
         assert_eq!(
             relay
                 .requeue(&change.doc_id.parse().unwrap(), None)
-                .unwrap(),
+                .unwrap()
+                .entries,
             1
         );
         assert_eq!(
@@ -7864,6 +7925,148 @@ mod tests {
             notices + 1,
             "back to the parent"
         );
+    }
+
+    /// A relay's requeue of an entry the parent sent down for two districts,
+    /// one of which has left the relay's subtree since: the other goes, and
+    /// the part for the one that left stays a dead letter, told with why
+    /// (the parent routes it), until discarded.
+    #[test]
+    fn a_relays_requeue_sends_the_recipients_it_still_serves_and_keeps_the_rest() {
+        relays_partial_requeue(false);
+    }
+
+    /// The same of an entry parked after its deadline: the part that stays
+    /// is still parked, counted, and held for.
+    #[test]
+    fn a_relays_requeue_of_a_parked_entry_keeps_the_rest_parked() {
+        relays_partial_requeue(true);
+    }
+
+    fn relays_partial_requeue(parked: bool) {
+        let f = Fixture::new();
+        let relay = relay_with_child(&f, "dienban");
+        let (stays, leaves): (OrganId, OrganId) = (
+            "001.00.10.H47".parse().unwrap(),
+            "002.00.10.H47".parse().unwrap(),
+        );
+        let mut routing = (*relay.routing()).clone();
+        routing.add_child_organ(stays.clone(), "dienban".parse().unwrap());
+        routing.add_child_organ(leaves.clone(), "dienban".parse().unwrap());
+        *relay.routes.write().unwrap() = Arc::new(routing);
+        // Far enough ahead to be a deadline when it is taken, on a slow host.
+        let due = now_ms() + 1500;
+        let v = f.seal_verified(&pb::Header {
+            format_version: envelope::FORMAT_VERSION,
+            doc_id: DocId::new_v7().to_string(),
+            kind: pb::Kind::Document as i32,
+            from: "000.00.00.G22".into(),
+            to: vec![stays.to_string(), leaves.to_string()],
+            subject: "Hai huyện".into(),
+            due_at_ms: if parked { due } else { 0 },
+            // Kept here for its deliveries (what `pending` counts).
+            attachments: vec![pb::AttachmentRef {
+                name: "phu-luc.pdf".into(),
+                content_type: "application/pdf".into(),
+                size: 3,
+                sha256: relay.blobs.put(b"pdf").unwrap().0.to_vec(),
+            }],
+            ..Default::default()
+        });
+        let (id, from) = (v.doc_id, v.from.to_string());
+        let both = [stays.clone(), leaves.clone()];
+        let parent = Origin::Parent("hub".parse().unwrap());
+        relay.accept(v, &parent, Some(&both)).unwrap();
+        if parked {
+            while now_ms() <= due {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            assert_eq!(relay.park_overdue().unwrap(), 1);
+        } else {
+            let (seq, _) = relay
+                .queue_peek("child:dienban", None, 1)
+                .unwrap()
+                .remove(0);
+            relay
+                .queue_reject("child:dienban", seq, Code::NotFound as i32, "not here")
+                .unwrap();
+        }
+        let held = |relay: &NodeState| {
+            if parked {
+                relay.parked(10).unwrap()
+            } else {
+                relay
+                    .dead("child:dienban")
+                    .unwrap()
+                    .into_iter()
+                    .map(|d| ("child:dienban".to_owned(), d))
+                    .collect()
+            }
+        };
+        let counted = |relay: &NodeState| {
+            if parked {
+                relay.parked_count()
+            } else {
+                relay.dead_count()
+            }
+        };
+        // One district leaves the relay's subtree.
+        let mut routing = RoutingTable::new(true);
+        routing.add_local("000.00.00.H47".parse().unwrap());
+        routing.add_child("dienban".parse().unwrap());
+        routing.add_child_organ(stays.clone(), "dienban".parse().unwrap());
+        *relay.routes.write().unwrap() = Arc::new(routing);
+        let notices = relay.queue_depth("parent");
+
+        let done = relay.requeue(&id, None).unwrap();
+        assert_eq!(done.entries, 1);
+        let (_, e) = relay
+            .queue_peek("child:dienban", None, 1)
+            .unwrap()
+            .remove(0);
+        assert_eq!(e.recipients, vec![stays.to_string()]);
+        assert_eq!(done.refused.len(), 1, "{:?}", done.refused);
+        let why = &done.refused[0].2;
+        assert!(
+            why.contains("002.00.10.H47 left this node's subtree; the parent routes it")
+                && why.contains("its other recipients were requeued"),
+            "{why}"
+        );
+        assert_eq!(done.refused[0].1, "000.00.00.G22");
+        assert_eq!(relay.queue_depth("parent"), notices, "not sent back up");
+        let left = held(&relay);
+        assert_eq!(left.len(), 1);
+        assert_eq!(
+            left[0].1.entry.as_ref().unwrap().recipients,
+            vec![leaves.to_string()]
+        );
+        assert_eq!(counted(&relay), 1);
+        if parked {
+            // Held for both: the queued part and the part still parked.
+            assert_eq!(relay.load_doc(&from, &id.to_string()).unwrap().pending, 2);
+            let snap = relay.queue_snapshot().unwrap();
+            let overdue: Vec<_> = snap
+                .overdue_counts
+                .keys()
+                .map(|(r, _, parked)| (r.as_str(), *parked))
+                .collect();
+            // The part requeued has a new deadline; the part parked is
+            // still counted overdue, for its recipient alone.
+            assert_eq!(overdue, vec![("002.00.10.H47", true)]);
+        }
+
+        // Requeued again, nothing can go: refused, nothing changes.
+        let s = tonic::Status::from(relay.requeue(&id, None).unwrap_err());
+        assert!(s.message().contains("the parent routes it"), "{s:?}");
+        assert_eq!(relay.queue_depth("child:dienban"), 1);
+        assert_eq!(
+            relay.discard(&id, None, "sent again from the hub").unwrap(),
+            1
+        );
+        assert_eq!(counted(&relay), 0);
+        if parked {
+            assert_eq!(relay.load_doc(&from, &id.to_string()).unwrap().pending, 1);
+        }
     }
 
     /// A relay claims no agency the national directory places elsewhere, but
@@ -7977,7 +8180,7 @@ mod tests {
             store,
             &[("000.00.00.G22", "vpcp"), ("000.00.00.H41", "nghean2")],
         );
-        assert_eq!(hub.requeue(&id, None).unwrap(), 1);
+        assert_eq!(hub.requeue(&id, None).unwrap().entries, 1);
         assert_eq!(hub.queue_depth("child:nghean2"), 1, "routed again");
     }
 
@@ -8041,7 +8244,7 @@ mod tests {
         assert_eq!(d.recipients, ["000.00.00.H41"]);
         assert_eq!(hub.load_doc(&from, &id.to_string()).unwrap().pending, 0);
 
-        assert_eq!(hub.requeue(&id, None).unwrap(), 1);
+        assert_eq!(hub.requeue(&id, None).unwrap().entries, 1);
         assert_eq!(hub.queue_depth("child:nghean"), 1, "on its way again");
         assert_eq!(hub.queue_snapshot().unwrap().dead_total, 0);
         assert_eq!(hub.load_doc(&from, &id.to_string()).unwrap().pending, 1);
@@ -8203,7 +8406,7 @@ mod tests {
         let hub = f.hub(store);
         assert_eq!(hub.dead_count(), 2);
         assert_eq!(
-            hub.requeue(&id, None).unwrap(),
+            hub.requeue(&id, None).unwrap().entries,
             1,
             "the other is not in the way"
         );
@@ -8309,7 +8512,7 @@ mod tests {
             "{s:?}"
         );
         assert_eq!(hub.queue_depth("child:nghean"), 0);
-        assert_eq!(hub.requeue(&id, Some("000.00.00.G22")).unwrap(), 1);
+        assert_eq!(hub.requeue(&id, Some("000.00.00.G22")).unwrap().entries, 1);
         assert_eq!(hub.queue_depth("child:nghean"), 1);
         assert_eq!(hub.dead_count(), 1, "H14's stays");
         let s = tonic::Status::from(hub.discard(&id, Some("000.00.00.G22"), "x").unwrap_err());

@@ -1100,7 +1100,7 @@ pub async fn requeue(config: &Path, held: &crate::cli::HeldArgs, json: bool) -> 
             String::new()
         };
         bail!(
-            "{n} held entr{} could not be requeued{shown}; they stay where they are",
+            "{n} held entr{} could not be requeued, in whole or in part{shown}; what could not go stays where it is",
             if n == 1 { "y" } else { "ies" }
         );
     }
