@@ -105,8 +105,8 @@ enum Prepared {
     Ok(Box<Verified>, Vec<OrganId>),
     /// A resend of what this node took before, that fails its checks now
     /// ([`NodeState::taken_before`]): acknowledged once the write that took
-    /// it is durable, nothing stored.
-    Duplicate(Ticket),
+    /// it is durable, nothing stored; its kind, counted once answered.
+    Duplicate(Ticket, &'static str),
     Refused(Refusal),
     /// Not now (disk full, a stale revocation list here); the sender keeps it
     /// and retries.
@@ -148,7 +148,7 @@ fn check(state: &NodeState, t: pb::Transfer, origin: &Origin) -> Result<Checked,
         match state.taken_before(&header, &t.recipients, origin) {
             Ok(Some((ticket, kind))) => {
                 tracing::info!(kind, reason = %r.reason, "a resend of a message taken before, whose checks fail now: acknowledged as a duplicate");
-                Prepared::Duplicate(ticket)
+                Prepared::Duplicate(ticket, kind)
             }
             Ok(None) => Prepared::failed(r),
             // A store that cannot say whether it was taken: not refused for
@@ -1058,7 +1058,7 @@ impl Unanswered {
 enum Step {
     Deferred(String),
     Refused(Refusal),
-    Duplicate(Ticket),
+    Duplicate(Ticket, &'static str),
     Accept(DocId),
 }
 
@@ -1133,7 +1133,7 @@ async fn apply(
                         Step::Deferred(reason)
                     }
                     Prepared::Refused(r) => Step::Refused(r),
-                    Prepared::Duplicate(ticket) => Step::Duplicate(ticket),
+                    Prepared::Duplicate(ticket, kind) => Step::Duplicate(ticket, kind),
                     Prepared::Ok(v, recipients) => {
                         let doc_id = v.doc_id;
                         items.push((*v, Some(recipients)));
@@ -1178,8 +1178,16 @@ async fn apply(
                     tracing::warn!(origin = %origin.label(), seq, code = ?r.code, reason = %r.reason, "transfer refused");
                     Outcome::Refused(seq, r)
                 }
-                // Counted where it was found (`taken_before`).
-                Step::Duplicate(taken) => Outcome::Stored(seq, taken),
+                // Counted once answered: one skipped after a deferral comes
+                // again.
+                Step::Duplicate(taken, kind) => {
+                    state
+                        .stats
+                        .duplicates
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    state.telemetry.document_in(kind, "duplicate");
+                    Outcome::Stored(seq, taken)
+                }
                 Step::Accept(doc_id) => match verdicts.next() {
                     Some(Verdict::Stored | Verdict::Duplicate) => Outcome::Stored(seq, ticket),
                     Some(Verdict::Refused(r)) => {
@@ -1870,7 +1878,7 @@ mod tests {
         hub.verifiers.agencies.set_crls(&[stale]).unwrap();
         let outcome = |t| match check(&hub, t, &from_vpcp()) {
             Ok(_) => "checked",
-            Err(Prepared::Duplicate(_)) => "duplicate",
+            Err(Prepared::Duplicate(..)) => "duplicate",
             Err(Prepared::Deferred(_)) => "deferred",
             Err(_) => "other",
         };
@@ -1929,6 +1937,25 @@ mod tests {
             1,
             "nothing after 1 was stored"
         );
+    }
+
+    /// A resend taken before (a duplicate found while prepared) is counted
+    /// when it is answered: not when a deferral before it in its batch
+    /// leaves it unanswered (it comes again, and is counted then, once).
+    #[tokio::test]
+    async fn a_duplicate_is_counted_once_answered() {
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let dup = || Prepared::Duplicate(hub.commit().current(), "document");
+        let mut a = Applier::start(&hub);
+        a.send(vec![
+            (1, Prepared::Deferred("disk full".into())),
+            (2, dup()),
+        ]);
+        assert_eq!(a.next().await, (1, "deferred"));
+        a.send(vec![(1, dup()), (2, dup())]);
+        assert_eq!(a.finish().await, [(1, "stored"), (2, "stored")]);
+        assert_eq!(hub.stats.duplicates.load(Ordering::Relaxed), 2);
     }
 
     /// The read loop's context of a session with child nghean.

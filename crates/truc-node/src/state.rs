@@ -2616,7 +2616,8 @@ impl NodeState {
     /// The link lost the first acknowledgement; the signer's certificate has
     /// been revoked or has expired since, or its revocation list is stale
     /// here now. Refusing it would have its sender dead-letter (and tell its
-    /// agency failed) a message that was passed on. Nothing is stored for it.
+    /// agency failed) a message that was passed on. Nothing is stored for it;
+    /// the caller counts it once it answers it, with the kind given.
     pub fn taken_before(
         &self,
         header_bytes: &[u8],
@@ -2643,10 +2644,7 @@ impl NodeState {
             return Ok(None);
         }
         drop(w);
-        let kind = pb_kind_name(h.kind);
-        self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-        self.telemetry.document_in(kind, "duplicate");
-        Ok(Some((self.commit.current(), kind)))
+        Ok(Some((self.commit.current(), pb_kind_name(h.kind))))
     }
 
     /// Whether a message stored here before (same header bytes; record
