@@ -6405,6 +6405,17 @@ impl NodeState {
     /// Operators read it through [`Self::read_within`], which answers at once
     /// once the store is known to hang and waits a bounded time before.
     pub fn queue_snapshot(&self) -> Result<QueueSnapshot, NodeError> {
+        self.queues_read(true)
+    }
+
+    /// [`Self::queue_snapshot`] without its lists of parked entries and dead
+    /// letters (their counts are kept): what a scrape of the metrics and the
+    /// alerts read.
+    pub fn queue_counts(&self) -> Result<QueueSnapshot, NodeError> {
+        self.queues_read(false)
+    }
+
+    fn queues_read(&self, lists: bool) -> Result<QueueSnapshot, NodeError> {
         let now = now_ms();
         let min_deadline = self.min_deadline_ms();
         let (queues, mut waiting): (Vec<(String, bool)>, BTreeMap<String, u64>) = {
@@ -6479,7 +6490,12 @@ impl NodeState {
                 overdue_counts.insert((r.to_owned(), p, true), *n as u64);
             }
         }
-        for (queue, d) in self.parked(OVERDUE_SHOWN)? {
+        let parked = if lists {
+            self.parked(OVERDUE_SHOWN)?
+        } else {
+            Vec::new()
+        };
+        for (queue, d) in parked {
             if let Some(e) = d.entry {
                 for r in &e.recipients {
                     overdue.push(Overdue {
@@ -6498,7 +6514,11 @@ impl NodeState {
             (a.deadline_ms, &a.doc_id, &a.recipient).cmp(&(b.deadline_ms, &b.doc_id, &b.recipient))
         });
         overdue.truncate(OVERDUE_SHOWN);
-        let (dead_total, dead) = self.dead_letters(DEAD_LETTERS_SHOWN)?;
+        let (dead_total, dead) = if lists {
+            self.dead_letters(DEAD_LETTERS_SHOWN)?
+        } else {
+            (self.dead_count(), Vec::new())
+        };
         Ok(QueueSnapshot {
             dead,
             dead_total,

@@ -355,7 +355,7 @@ impl Collector for StateCollector {
         // (absent, not zero), and the store alert below.
         let (read, held, packs) = match st.read_within(crate::state::READ_WAIT, |st| {
             // The pack counts wait for a pack write under way (a disk that hangs).
-            Ok((st.queue_snapshot(), st.held_bytes(), st.blobs.pack_stats()))
+            Ok((st.queue_counts(), st.held_bytes(), st.blobs.pack_stats()))
         }) {
             Ok((read, held, packs)) => (read, held.unwrap_or_default(), Some(packs)),
             Err(e) => (Err(e), Vec::new(), None),
