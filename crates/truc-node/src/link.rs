@@ -1896,6 +1896,55 @@ mod tests {
         );
     }
 
+    /// A status (so a receipt too: not a document) resent after a lost
+    /// acknowledgement, by the peer it first came from, whose checks fail
+    /// now (a stale revocation list here) is a duplicate; from another peer
+    /// it is checked as any message.
+    #[test]
+    fn a_resent_status_whose_checks_fail_now_is_a_duplicate() {
+        use rustls::pki_types::{CertificateRevocationListDer, pem::PemObject};
+        let f = Fixture::new();
+        let hub = f.hub(Arc::new(MemoryStore::new()));
+        let doc = f.verified("000.00.00.G22", &["000.00.00.H41"]);
+        hub.accept(doc.clone(), &from_vpcp(), None).unwrap();
+        let status = f.seal_verified(&pb::Header {
+            format_version: envelope::FORMAT_VERSION,
+            doc_id: DocId::new_v7().to_string(),
+            kind: pb::Kind::Status as i32,
+            from: "000.00.00.H41".into(),
+            to: vec!["000.00.00.G22".into()],
+            status: Some(pb::Status {
+                code: "01".into(),
+                for_from: "000.00.00.G22".into(),
+                for_doc_id: doc.doc_id.to_string(),
+                envelope_sha256: doc.header_sha256.0.to_vec(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let nghean = Origin::Child("nghean".parse().unwrap());
+        hub.accept(status.clone(), &nghean, None).unwrap();
+        let stale = CertificateRevocationListDer::from_pem_slice(
+            f.ca.crl_valid(&[], -1).unwrap().as_bytes(),
+        )
+        .unwrap();
+        hub.verifiers.agencies.set_crls(&[stale]).unwrap();
+        let transfer = || pb::Transfer {
+            seq: 1,
+            envelope: Some(status.envelope.clone()),
+            recipients: vec!["000.00.00.G22".into()],
+            ..Default::default()
+        };
+        let outcome = |origin: &Origin| match check(&hub, transfer(), origin) {
+            Ok(_) => "checked",
+            Err(Prepared::Duplicate(_, kind)) => kind,
+            Err(Prepared::Deferred(_)) => "deferred",
+            Err(_) => "other",
+        };
+        assert_eq!(outcome(&nghean), "status");
+        assert_eq!(outcome(&from_vpcp()), "deferred", "not where it came from");
+    }
+
     fn to_nghean(f: &Fixture) -> Prepared {
         Prepared::Ok(
             Box::new(f.verified("000.00.00.G22", &["000.00.00.H41"])),
