@@ -293,3 +293,96 @@ async fn bad_submissions_are_refused_up_front_with_the_reason() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("'/'"), "{err}");
 }
+
+/// The hub's acknowledgement of a document is lost (a fault proxy holds
+/// everything the hub sends the edge), and by the time the edge resends it
+/// over a new link the hub's checks would refuse it (its subject limit was
+/// lowered across a restart). The hub answers the resend as a duplicate:
+/// the document reaches its recipient once, the edge's queue empties with
+/// no dead letter, and its sender sees it delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_after_a_lost_ack_is_a_duplicate_though_its_checks_now_fail() {
+    use truc::chaos::proxy::{Faults, Proxy};
+
+    let mut c = Cluster::new();
+    // The edge keeps its link while the hub's answers are held, so that
+    // the document goes up at once; the proxy's reset ends it.
+    c.edit("vpcp", |t| {
+        let l = t["link"].as_table_mut().unwrap();
+        l.insert("heartbeat_interval_ms".into(), 10_000.into());
+        l.insert("heartbeat_timeout_ms".into(), 60_000.into());
+    });
+    for n in ["hub", "nghean"] {
+        c.start(n);
+    }
+    let proxy = Proxy::start(c.hub_addr().parse().unwrap()).await.unwrap();
+    c.edit("vpcp", |t| {
+        t["parent"]
+            .as_table_mut()
+            .unwrap()
+            .insert("address".into(), proxy.addr.to_string().into());
+    });
+    c.start("vpcp");
+    let before = c.send_from_vpcp(H41, "Trước", &[]);
+    c.wait_delivered("vpcp", &before);
+
+    proxy.set(Faults {
+        hold_down: true,
+        ..Faults::default()
+    });
+    let subject = "Công văn mà hub không còn nhận tiêu đề dài như thế";
+    let id = c.send_from_vpcp(H41, subject, &[]);
+    // The hub took it (and passed it on); its ack waits in the proxy.
+    eventually("taken by the hub and delivered", || {
+        let c = &c;
+        let id = id.clone();
+        async move {
+            let items = inbox(c, "nghean", H41).await;
+            items.iter().any(|i| i.doc_id == id).then_some(())
+        }
+    })
+    .await;
+
+    c.kill("hub");
+    c.edit("hub", |t| {
+        t["limits"]
+            .as_table_mut()
+            .unwrap()
+            .insert("max_subject_chars".into(), 10.into());
+    });
+    c.start("hub");
+    proxy.reset_all();
+    proxy.heal();
+
+    // The edge resent it from the head of its queue; answered, it is gone.
+    let queues = eventually("the edge's queue to the hub emptied", || {
+        let v: serde_json::Value =
+            serde_json::from_str(&c.cli_ok(&["queues", "--config", &c.cfg("vpcp"), "--json"]))
+                .unwrap();
+        let empty = v["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|q| q["queue"] != "parent" || q["depth"] == 0);
+        async move { empty.then_some(v) }
+    })
+    .await;
+    assert_eq!(queues["dead_total"], 0, "{queues}");
+    c.wait_delivered("vpcp", &id);
+    let items = inbox(&c, "nghean", H41).await;
+    assert_eq!(items.iter().filter(|i| i.doc_id == id).count(), 1);
+    assert!(c.stat("hub", "duplicates") >= 1);
+    // The hub does refuse such a subject now: a new document with it is
+    // the edge's dead letter.
+    let later = c.send_from_vpcp(H41, subject, &[]);
+    let queues = eventually("the new one refused", || {
+        let v: serde_json::Value =
+            serde_json::from_str(&c.cli_ok(&["queues", "--config", &c.cfg("vpcp"), "--json"]))
+                .unwrap();
+        async move { (v["dead_total"] == 1).then_some(v) }
+    })
+    .await;
+    assert_eq!(queues["dead"][0]["doc_id"], later.as_str(), "{queues}");
+    let reason = queues["dead"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("subject is longer than 10"), "{queues}");
+}

@@ -669,8 +669,27 @@ async fn a_dead_letter_at_the_hub_is_requeued_and_its_remote_sender_sees_it_deli
         &other,
         "--reason",
         "gửi lại bằng văn bản khác",
+        "--json",
     ]);
-    assert!(out.contains("discarded 1 held entry"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v, serde_json::json!({ "discarded": 1 }), "{out}");
+    let queues: serde_json::Value =
+        serde_json::from_str(&c.cli_ok(&["queues", "--config", &c.cfg("hub"), "--json"])).unwrap();
+    assert_eq!(queues["dead_total"], 1, "{queues}");
+    // Nothing left of it to discard: an error, as in the text mode.
+    let (ok, text) = c.cli_any(&[
+        "discard",
+        "--config",
+        &c.cfg("hub"),
+        &other,
+        "--reason",
+        "again",
+        "--json",
+    ]);
+    assert!(
+        !ok && text.contains("no parked entry or dead letter"),
+        "{text}"
+    );
     // Everything on the node, at once, only when said so.
     let (ok, text) = c.cli_any(&[
         "discard",

@@ -574,3 +574,61 @@ fn an_upload_is_its_applications_own() {
         );
     }
 }
+
+/// Two applications of one edge upload the same bytes (stored once): each
+/// owns its upload and may name the file in a document, while a third that
+/// uploaded nothing hears so.
+#[test]
+fn two_applications_uploading_the_same_bytes_may_each_send_them() {
+    let mut c = Cluster::new();
+    let apps = [
+        ("qlvb-hai", "token-of-the-second-application"),
+        ("qlvb-ba", "token-of-the-third-application"),
+    ];
+    c.edit("vpcp", |t| {
+        let list = t["rest"]["apps"].as_array_mut().unwrap();
+        for (name, token) in apps {
+            let mut app = toml::Table::new();
+            app.insert("name".into(), name.into());
+            app.insert("token_sha256".into(), sha256_hex(token.as_bytes()).into());
+            app.insert("organs".into(), toml::Value::Array(vec![G22.into()]));
+            list.push(toml::Value::Table(app));
+        }
+    });
+    for n in ["hub", "vpcp"] {
+        c.start(n);
+    }
+    let first = c.rest("vpcp");
+    let second = first.with_token(apps[0].1);
+    let third = first.with_token(apps[1].1);
+    let file: Vec<u8> = (0..100_000usize).map(|i| (i * 7 % 253) as u8).collect();
+    let digest = sha256_hex(&file);
+    // Each under the same upload id, which is each application's own.
+    let up = format!(
+        "/v1/uploads/0196f1d2-7c3a-7e21-9a4b-0000000000bb?size={}",
+        file.len()
+    );
+    for app in [&first, &second] {
+        let (s, done) = app.put_bytes(&up, &file);
+        assert_eq!(
+            (s, done["sha256"].as_str()),
+            (201, Some(&digest[..])),
+            "{done}"
+        );
+    }
+    let letter = json!({
+        "from": G22, "to": [H41], "subject": "Phụ lục chung",
+        "attachments": [{"name": "phu-luc.bin", "sha256": digest, "size": file.len()}],
+    });
+    let (s, e) = third.post("/v1/documents", letter.clone());
+    assert_eq!((s, e["code"].as_str()), (404, Some("NOT_FOUND")), "{e}");
+    let said = format!("application qlvb-ba uploaded nothing with sha-256 {digest}");
+    assert!(e["message"].as_str().unwrap().contains(&said), "{e}");
+    let mut sent = BTreeSet::new();
+    for app in [&first, &second] {
+        let (s, v) = app.post("/v1/documents", letter.clone());
+        assert_eq!(s, 201, "{v}");
+        sent.insert(v["doc_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(sent.len(), 2, "two documents: {sent:?}");
+}

@@ -300,14 +300,25 @@ pub struct SignatureVerifier {
 const UNLISTED_KEPT_SECS: u64 = 3600;
 const UNLISTED_MAX: usize = 64;
 
-/// The first issuer along `chain` (the leaf's, then each intermediate's) that
-/// none of `crls` covers: the CA whose list is missing here.
+/// The first issuer along the signer's real chain that none of `crls`
+/// covers: the CA whose list is missing here. The path starts at the leaf
+/// (`chain[0]`) and goes to the certificate in `chain` whose subject is the
+/// current one's issuer, so a certificate the signer added that is not in its
+/// chain never names its own issuer in the alert.
 fn unlisted_issuer(chain: &[Vec<u8>], crls: &[CertRevocationList<'_>]) -> String {
+    let parsed: Vec<_> = chain
+        .iter()
+        .map(|der| {
+            x509_parser::parse_x509_certificate(der)
+                .ok()
+                .map(|(_, c)| c)
+        })
+        .collect();
     let mut first = None;
-    for der in chain {
-        let Ok((_, c)) = x509_parser::parse_x509_certificate(der) else {
-            continue;
-        };
+    let mut seen = vec![false; parsed.len()];
+    let mut at = 0;
+    while let Some(Some(c)) = parsed.get(at) {
+        seen[at] = true;
         let raw = c.issuer().as_raw();
         // A list names its issuer by the Name's contents, without the
         // outer tag and length the certificate's encoding has.
@@ -319,6 +330,16 @@ fn unlisted_issuer(chain: &[Vec<u8>], crls: &[CertRevocationList<'_>]) -> String
             return c.issuer().to_string();
         }
         first.get_or_insert_with(|| c.issuer().to_string());
+        // The next is the certificate this one's issuer names; none (the
+        // anchor is not sent) or one already passed (a loop) ends the path.
+        match parsed
+            .iter()
+            .zip(&seen)
+            .position(|(p, seen)| !seen && p.as_ref().is_some_and(|p| p.subject().as_raw() == raw))
+        {
+            Some(next) => at = next,
+            None => break,
+        }
     }
     first.unwrap_or_else(|| "its issuer".into())
 }
@@ -568,5 +589,105 @@ impl SignatureVerifier {
             cache.insert(cache_key, (verified.clone(), until));
         }
         Ok(verified)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer,
+        DistinguishedName, DnType, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, SerialNumber,
+    };
+    use time::{Duration, OffsetDateTime};
+
+    use super::*;
+
+    fn ca_params(cn: &str) -> CertificateParams {
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        p.distinguished_name = dn;
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p.not_before = OffsetDateTime::now_utc() - Duration::days(1);
+        p.not_after = OffsetDateTime::now_utc() + Duration::days(30);
+        p
+    }
+
+    fn crl_of(ca: &CertifiedIssuer<'_, KeyPair>) -> CertificateRevocationListDer<'static> {
+        let now = OffsetDateTime::now_utc();
+        CertificateRevocationListParams {
+            this_update: now - Duration::days(1),
+            next_update: now + Duration::days(30),
+            crl_number: SerialNumber::from_slice(&[1]),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(ca)
+        .unwrap()
+        .der()
+        .clone()
+    }
+
+    /// A signer under root → intermediate, whose envelope chain carries a
+    /// certificate from another CA before its intermediate. With a list for
+    /// the intermediate only, the CA lacking one is the root: the alert and
+    /// the refusal name it, not the stray certificate's issuer.
+    #[test]
+    fn the_unlisted_issuer_is_found_along_the_real_chain() {
+        let root = CertifiedIssuer::self_signed(ca_params("Root CA"), KeyPair::generate().unwrap())
+            .unwrap();
+        let inter = CertifiedIssuer::signed_by(
+            ca_params("Intermediate CA"),
+            KeyPair::generate().unwrap(),
+            &root,
+        )
+        .unwrap();
+        let other =
+            CertifiedIssuer::self_signed(ca_params("Unrelated CA"), KeyPair::generate().unwrap())
+                .unwrap();
+        let stray = CertifiedIssuer::signed_by(
+            ca_params("Unrelated sub CA"),
+            KeyPair::generate().unwrap(),
+            &other,
+        )
+        .unwrap();
+        let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
+        leaf.distinguished_name
+            .push(DnType::CommonName, "Văn phòng Chính phủ");
+        leaf.not_before = OffsetDateTime::now_utc() - Duration::days(1);
+        leaf.not_after = OffsetDateTime::now_utc() + Duration::days(30);
+        let leaf = leaf
+            .signed_by(&KeyPair::generate().unwrap(), &inter)
+            .unwrap();
+        let chain = vec![
+            leaf.der().to_vec(),
+            stray.der().to_vec(),
+            inter.der().to_vec(),
+        ];
+
+        let v = SignatureVerifier::new(&[root.der().clone()]).unwrap();
+        v.set_crls(&[crl_of(&inter)]).unwrap();
+        let Err(VerifyError::NotNow(why)) = v.verify_own(&chain, UnixTime::now()) else {
+            panic!("a chain with no list for its root's certificates is not decidable now");
+        };
+        assert!(why.contains("CN=Root CA"), "{why}");
+        let noted: Vec<String> = v.unlisted_issuers(0).into_iter().map(|(i, _)| i).collect();
+        assert_eq!(noted, vec!["CN=Root CA".to_owned()]);
+
+        // The self-issued root sent along ends the walk rather than loop on
+        // itself; every CA listed, the leaf's issuer is all there is to name.
+        let looped = vec![
+            leaf.der().to_vec(),
+            inter.der().to_vec(),
+            root.der().to_vec(),
+        ];
+        let lists = [
+            webpki::OwnedCertRevocationList::from_der(crl_of(&inter).as_ref()).unwrap(),
+            webpki::OwnedCertRevocationList::from_der(crl_of(&root).as_ref()).unwrap(),
+        ]
+        .map(CertRevocationList::from);
+        assert_eq!(unlisted_issuer(&looped, &lists), "CN=Intermediate CA");
     }
 }

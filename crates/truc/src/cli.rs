@@ -293,6 +293,10 @@ enum Command {
         /// With --all and no --queue: yes, every held entry on the node.
         #[arg(long, requires = "all")]
         yes: bool,
+        /// `{"discarded": N}` on stdout. Unlike requeue, no entry is refused
+        /// on its own: a discard that fails is an error, exit code non-zero.
+        #[arg(long)]
+        json: bool,
     },
     /// One document's path and timings: this node's audit entries and every signed
     /// receipt and status from the other hops.
@@ -850,6 +854,7 @@ async fn run(cli: Cli) -> Result<()> {
             held,
             reason,
             yes,
+            json,
         } => {
             if held.all && held.queue.is_none() && !yes {
                 bail!(
@@ -857,10 +862,17 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             }
             let n = client::discard(&config, &held, &reason).await?;
-            println!(
-                "discarded {n} held entr{}",
-                if n == 1 { "y" } else { "ies" }
-            );
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "discarded": n }))?
+                );
+            } else {
+                println!(
+                    "discarded {n} held entr{}",
+                    if n == 1 { "y" } else { "ies" }
+                );
+            }
             Ok(())
         }
         Command::Trace {
