@@ -83,6 +83,26 @@ fn link_queue(q: String) -> Result<Option<String>, Status> {
     }
 }
 
+/// `done` (an operator's requeue or discard, or how far it got before it
+/// failed), answered once what it wrote is durable: an answer that says
+/// "requeued" or "discarded" holds after a crash.
+async fn once_durable<T>(state: &NodeState, done: Result<T, Status>) -> Result<T, Status> {
+    match state.durable(state.commit().current()).await {
+        Ok(()) => done,
+        Err(e) => {
+            let s = Status::from(e);
+            Err(Status::with_metadata(
+                s.code(),
+                format!(
+                    "{}: what this request changed may not have been kept",
+                    s.message()
+                ),
+                s.metadata().clone(),
+            ))
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn requeue(
@@ -96,13 +116,21 @@ impl Admin for AdminService {
         let done = if r.all {
             let queue = link_queue(r.queue)?;
             let q = queue.clone();
-            let done = blocking(move || st.requeue_all(q.as_deref())).await?;
+            let done = once_durable(
+                &self.state,
+                blocking(move || st.requeue_all(q.as_deref())).await,
+            )
+            .await?;
             tracing::info!(queue = queue.as_deref().unwrap_or("(all)"), entries = done.entries,
                 refused = done.refused_total, %operator, "everything held requeued by an operator");
             done
         } else {
             let (doc_id, from) = one_doc(&r.doc_id, &r.from)?;
-            let done = blocking(move || st.requeue(&doc_id, from.as_deref())).await?;
+            let done = once_durable(
+                &self.state,
+                blocking(move || st.requeue(&doc_id, from.as_deref())).await,
+            )
+            .await?;
             tracing::info!(%doc_id, entries = done.entries, kept = done.refused_total, %operator,
                 "requeued by an operator");
             done
@@ -137,13 +165,14 @@ impl Admin for AdminService {
         }
         let st = self.state.clone();
         let why = format!("{reason}; by {operator}");
-        let n = if r.all {
+        let done = if r.all {
             let queue = link_queue(r.queue)?;
-            blocking(move || st.discard_all(queue.as_deref(), &why)).await?
+            blocking(move || st.discard_all(queue.as_deref(), &why)).await
         } else {
             let (doc_id, from) = one_doc(&r.doc_id, &r.from)?;
-            blocking(move || st.discard(&doc_id, from.as_deref(), &why)).await?
+            blocking(move || st.discard(&doc_id, from.as_deref(), &why)).await
         };
+        let n = once_durable(&self.state, done).await?;
         tracing::warn!(entries = n, %operator, %reason, "held entries discarded by an operator");
         Ok(Response::new(pb::DiscardResponse {
             discarded: n as u32,

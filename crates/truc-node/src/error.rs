@@ -135,7 +135,7 @@ impl NodeError {
         let s = to_status(self);
         NodeError::Shared(Status::with_metadata(
             s.code(),
-            format!("{} ({done} before it; those stay done)", s.message()),
+            format!("{} ({done} before it, and kept)", s.message()),
             s.metadata().clone(),
         ))
     }

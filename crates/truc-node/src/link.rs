@@ -1929,20 +1929,26 @@ mod tests {
         )
         .unwrap();
         hub.verifiers.agencies.set_crls(&[stale]).unwrap();
-        let transfer = || pb::Transfer {
+        let transfer = |to: &str| pb::Transfer {
             seq: 1,
             envelope: Some(status.envelope.clone()),
-            recipients: vec!["000.00.00.G22".into()],
+            recipients: vec![to.into()],
             ..Default::default()
         };
-        let outcome = |origin: &Origin| match check(&hub, transfer(), origin) {
+        let outcome = |origin: &Origin, to: &str| match check(&hub, transfer(to), origin) {
             Ok(_) => "checked",
             Err(Prepared::Duplicate(_, kind)) => kind,
             Err(Prepared::Deferred(_)) => "deferred",
             Err(_) => "other",
         };
-        assert_eq!(outcome(&nghean), "status");
-        assert_eq!(outcome(&from_vpcp()), "deferred", "not where it came from");
+        assert_eq!(outcome(&nghean, "000.00.00.G22"), "status");
+        // Recipients asked for are a document's matter only.
+        assert_eq!(outcome(&nghean, "000.00.00.H14"), "status");
+        assert_eq!(
+            outcome(&from_vpcp(), "000.00.00.G22"),
+            "deferred",
+            "not where it came from"
+        );
     }
 
     fn to_nghean(f: &Fixture) -> Prepared {
@@ -1993,17 +1999,25 @@ mod tests {
     /// leaves it unanswered (it comes again, and is counted then, once).
     #[tokio::test]
     async fn a_duplicate_is_counted_once_answered() {
-        let f = Fixture::new();
+        // nghean's queue holds one document: a second is deferred by the store.
+        let mut f = Fixture::new();
+        f.quotas.max_queued_per_recipient = 1;
         let hub = f.hub(Arc::new(MemoryStore::new()));
         let dup = || Prepared::Duplicate(hub.commit().current(), "document");
         let mut a = Applier::start(&hub);
+        // Deferred while prepared, then by the store: the duplicate behind
+        // either is not answered.
         a.send(vec![
             (1, Prepared::Deferred("disk full".into())),
             (2, dup()),
         ]);
         assert_eq!(a.next().await, (1, "deferred"));
-        a.send(vec![(1, dup()), (2, dup())]);
-        assert_eq!(a.finish().await, [(1, "stored"), (2, "stored")]);
+        a.send(vec![(1, to_nghean(&f)), (2, to_nghean(&f)), (3, dup())]);
+        assert_eq!(a.next().await, (1, "stored"));
+        assert_eq!(a.next().await, (2, "deferred"));
+        assert_eq!(hub.stats.duplicates.load(Ordering::Relaxed), 0);
+        a.send(vec![(2, dup()), (3, dup())]);
+        assert_eq!(a.finish().await, [(2, "stored"), (3, "stored")]);
         assert_eq!(hub.stats.duplicates.load(Ordering::Relaxed), 2);
     }
 

@@ -523,7 +523,6 @@ fn parked_key(recipient: &str, priority: u32) -> String {
     format!("p:{recipient}\0{priority}")
 }
 
-/// What parking (+1) or taking back (-1) `e` changes in the counts.
 /// What happened to a held entry, for the lines that tell what an operator
 /// did with it: parked on its queue, refused there by the peer, or not sent
 /// by this node (its reason says so and where).
@@ -535,6 +534,7 @@ fn held_was(space: Space, held_on: &str, here: bool, reason: &str) -> String {
     }
 }
 
+/// What parking (+1) or taking back (-1) `e` changes in the counts.
 fn parked_deltas(e: &QueueEntry, by: i64) -> impl Iterator<Item = (String, i64)> + '_ {
     e.recipients
         .iter()
@@ -5777,27 +5777,51 @@ impl NodeState {
     /// letters (refused for good, requeued once their cause is fixed: an
     /// agency added to a directory, a certificate renewed) back at the end of
     /// their queues, routed again: the directory may have moved a recipient
-    /// to another child since (the old one may be gone for good). All or
-    /// nothing.
+    /// to another child since (the old one may be gone for good). In one
+    /// write. What cannot go stays held and is listed with why; refused
+    /// (the first reason) when nothing can.
     /// `from` names the sender when several used the doc_id (each sender
     /// picks its own); without it, such a doc_id is refused, naming them.
     pub fn requeue(&self, doc_id: &DocId, from: Option<&str>) -> Result<Requeued, NodeError> {
         let mut out = Requeued::default();
+        let mut refusals = Vec::new();
         out.entries = self.act_on_held_of(doc_id, from, |st, w, plan, space, k, held, now| {
-            let sender = held.entry.as_ref().map(|e| e.from.clone());
-            let (n, stays) = st.plan_requeue(w, plan, space, k, held, now)?;
+            let sender = held
+                .entry
+                .as_ref()
+                .map(|e| e.from.clone())
+                .unwrap_or_default();
+            let mark = plan.mark();
+            let why = match st.plan_requeue(w, plan, space, k, held, now) {
+                Ok((n, stays)) => {
+                    out.refused
+                        .extend(stays.map(|why| (doc_id.to_string(), sender, why)));
+                    return Ok(n);
+                }
+                Err(NodeError::Refused(r)) => {
+                    plan.rollback(mark);
+                    r
+                }
+                Err(err) => return Err(err),
+            };
             out.refused
-                .extend(stays.map(|why| (doc_id.to_string(), sender.unwrap_or_default(), why)));
-            Ok(n)
+                .push((doc_id.to_string(), sender, why.reason.clone()));
+            refusals.push(why);
+            Ok(0)
         })?;
+        if out.entries == 0
+            && let Some(first) = refusals.into_iter().next()
+        {
+            return Err(first.into());
+        }
         out.refused_total = out.refused.len();
         Ok(out)
     }
 
     /// Plans `act` on each parked entry and dead letter of one document
     /// ([`Self::held_of`], each read again under the writer lock), in one
-    /// write, all or nothing; what `act` counts, or not found when nothing
-    /// is held.
+    /// write, none of it when `act` fails; what `act` counts, or not found
+    /// when nothing is held.
     fn act_on_held_of(
         &self,
         doc_id: &DocId,
@@ -5817,15 +5841,16 @@ impl NodeState {
         let now = now_ms();
         let mut w = self.lock();
         let mut plan = Plan::default();
-        let mut n = 0;
+        let (mut n, mut read) = (0, 0);
         for (space, k) in found {
             let Some(v) = self.store.get(space, &k)? else {
                 continue;
             };
             let held: DeadEntry = record::decode(space, &k, &v)?;
+            read += 1;
             n += act(self, &mut w, &mut plan, space, k, held, now)?;
         }
-        if n == 0 {
+        if read == 0 {
             return Err(Refusal::not_found(format!(
                 "no parked entry or dead letter for document {d}"
             ))
@@ -6028,7 +6053,22 @@ impl NodeState {
             queue,
             "entries requeued",
             |st, w, plan, space, k, held, late, now| {
-                let held = held?;
+                let held = match held {
+                    Ok(held) => held,
+                    // Listed, and the others go: discard drops it.
+                    Err(err) => {
+                        let q = queue_of(&k).unwrap_or_default();
+                        out.refused_total += 1;
+                        if out.refused.len() < REQUEUE_REFUSED_SHOWN {
+                            out.refused.push((
+                                String::new(),
+                                String::new(),
+                                format!("a held entry on {q} cannot be read ({err}); truc discard --all --queue {q} drops it"),
+                            ));
+                        }
+                        return Ok(0);
+                    }
+                };
                 let Some(e) = held.entry.clone() else {
                     return Ok(0);
                 };
@@ -6086,11 +6126,6 @@ impl NodeState {
             _ if held.here => "not sent",
             _ => "refused",
         };
-        let recipients: Vec<OrganId> = e
-            .recipients
-            .iter()
-            .map(|r| r.parse().map_err(|_| internal("held recipient")))
-            .collect::<Result<_, _>>()?;
         let cannot = |what: String| {
             Refusal::new(
                 Code::FailedPrecondition,
@@ -6100,6 +6135,14 @@ impl NodeState {
                 ),
             )
         };
+        let recipients: Vec<OrganId> = e
+            .recipients
+            .iter()
+            .map(|r| {
+                r.parse()
+                    .map_err(|_| cannot(format!("its recipient {r:?} is not an agency code")))
+            })
+            .collect::<Result<_, _>>()?;
         // Read once: whether it came from the parent, and (a dead letter)
         // whether what it needs is still kept.
         let record = self.doc_record(plan, &doc_key(&e.from, &e.doc_id))?;
@@ -6111,10 +6154,26 @@ impl NodeState {
             // parent): back where it was.
             queues.push((held_on.clone(), Vec::new()));
         } else {
-            let routes = self
-                .routing()
-                .route(&recipients)
-                .map_err(|err| cannot(format!("it cannot be routed again: {err}")))?;
+            let routing = self.routing();
+            // One recipient that cannot be routed (gone from the directory)
+            // keeps none of the others from going.
+            let routes = routing.route(&recipients).unwrap_or_else(|_| {
+                let mut routes = BTreeMap::<Destination, Vec<OrganId>>::new();
+                for r in &recipients {
+                    match routing.route(std::slice::from_ref(r)) {
+                        Ok(one) => {
+                            for (dest, to) in one {
+                                routes.entry(dest).or_default().extend(to);
+                            }
+                        }
+                        Err(err) => stay.push((
+                            vec![r.clone()],
+                            format!("{r} cannot be routed again: {err}"),
+                        )),
+                    }
+                }
+                routes
+            });
             let from_parent = record
                 .as_ref()
                 .is_some_and(|d| d.origin.starts_with("parent"));
@@ -6174,10 +6233,12 @@ impl NodeState {
             };
             plan.batch.put(space, key, record::encode(&left));
             let why = stay.into_iter().map(|(_, why)| why).collect::<Vec<_>>();
-            Some(format!(
+            let why = format!(
                 "{} (its other recipients were requeued; this part stays {was} on {held_on})",
                 cannot(why.join("; ")).reason
-            ))
+            );
+            plan.audit("kept held", &e.doc_id, &e.from, why.clone());
+            Some(why)
         } else {
             plan.batch.delete(space, key);
             if space == Space::Dead {
@@ -6196,7 +6257,14 @@ impl NodeState {
             e.enqueued_at_ms = now;
             e.deadline_ms = now + self.delivery.deadline_for(e.priority) as i64;
             e.recipients = to.iter().map(|o| o.to_string()).collect();
-            let note = format!("on {queue} by an operator ({why})");
+            let note = if kept {
+                format!(
+                    "on {queue} for {} by an operator ({why})",
+                    e.recipients.join(", ")
+                )
+            } else {
+                format!("on {queue} by an operator ({why})")
+            };
             self.plan_enqueue(w, plan, queue, &e, "requeued", note)?;
         }
         Ok((n, stays))
@@ -7951,17 +8019,65 @@ mod tests {
     /// (the parent routes it), until discarded.
     #[test]
     fn a_relays_requeue_sends_the_recipients_it_still_serves_and_keeps_the_rest() {
-        relays_partial_requeue(false);
+        relays_partial_requeue(false, false);
+    }
+
+    /// A hub's dead letter for two agencies of one child, one of which has
+    /// left the directory since: the other goes, the one that cannot be
+    /// routed stays, told with why.
+    #[test]
+    fn a_requeue_sends_the_recipients_still_known_and_keeps_one_gone_from_the_directory() {
+        let f = Fixture::new();
+        let kids = [
+            ("000.00.00.G22", "vpcp"),
+            ("000.00.00.H41", "nghean"),
+            ("000.00.00.H42", "nghean"),
+        ];
+        let hub = f.hub_with(Arc::new(MemoryStore::new()), &kids);
+        let v = f.verified("000.00.00.G22", &["000.00.00.H41", "000.00.00.H42"]);
+        let id = v.doc_id;
+        hub.accept(v, &child("vpcp"), None).unwrap();
+        let (seq, e) = hub.queue_peek("child:nghean", None, 1).unwrap().remove(0);
+        assert_eq!(e.recipients.len(), 2);
+        hub.queue_reject("child:nghean", seq, Code::InvalidArgument as i32, "no")
+            .unwrap();
+        let mut routing = RoutingTable::new(false);
+        for (organ, node) in &kids[..2] {
+            routing.add_child_organ(organ.parse().unwrap(), node.parse().unwrap());
+        }
+        *hub.routes.write().unwrap() = Arc::new(routing);
+
+        let done = hub.requeue(&id, None).unwrap();
+        assert_eq!((done.entries, done.refused_total), (1, 1), "{done:?}");
+        assert!(
+            done.refused[0]
+                .2
+                .contains("000.00.00.H42 cannot be routed again"),
+            "{done:?}"
+        );
+        let (_, e) = hub.queue_peek("child:nghean", None, 1).unwrap().remove(0);
+        assert_eq!(e.recipients, vec!["000.00.00.H41".to_owned()]);
+        let dead = hub.dead("child:nghean").unwrap();
+        assert_eq!(
+            dead[0].entry.as_ref().unwrap().recipients,
+            vec!["000.00.00.H42".to_owned()]
+        );
     }
 
     /// The same of an entry parked after its deadline: the part that stays
     /// is still parked, counted, and held for.
     #[test]
     fn a_relays_requeue_of_a_parked_entry_keeps_the_rest_parked() {
-        relays_partial_requeue(true);
+        relays_partial_requeue(true, false);
     }
 
-    fn relays_partial_requeue(parked: bool) {
+    /// The same through a requeue of everything held.
+    #[test]
+    fn a_relays_requeue_of_everything_keeps_the_part_that_cannot_go() {
+        relays_partial_requeue(false, true);
+    }
+
+    fn relays_partial_requeue(parked: bool, all: bool) {
         let f = Fixture::new();
         let relay = relay_with_child(&f, "dienban");
         let (stays, leaves): (OrganId, OrganId) = (
@@ -8036,8 +8152,12 @@ mod tests {
         *relay.routes.write().unwrap() = Arc::new(routing);
         let notices = relay.queue_depth("parent");
 
-        let done = relay.requeue(&id, None).unwrap();
-        assert_eq!(done.entries, 1);
+        let done = if all {
+            relay.requeue_all(None).unwrap()
+        } else {
+            relay.requeue(&id, None).unwrap()
+        };
+        assert_eq!((done.entries, done.refused_total), (1, 1));
         let (_, e) = relay
             .queue_peek("child:dienban", None, 1)
             .unwrap()
@@ -8052,6 +8172,20 @@ mod tests {
         );
         assert_eq!(done.refused[0].1, "000.00.00.G22");
         assert_eq!(relay.queue_depth("parent"), notices, "not sent back up");
+        // The trail tells the split: who went, and what stays and why.
+        let trail = relay.audit_trail(&id.to_string()).unwrap();
+        assert!(
+            trail.iter().any(|a| a.event == "requeued"
+                && a.detail
+                    .starts_with("on child:dienban for 001.00.10.H47 by an operator")),
+            "{trail:?}"
+        );
+        assert!(
+            trail
+                .iter()
+                .any(|a| a.event == "kept held" && a.detail.contains("the parent routes it")),
+            "{trail:?}"
+        );
         let left = held(&relay);
         assert_eq!(left.len(), 1);
         assert_eq!(
@@ -8059,9 +8193,11 @@ mod tests {
             vec![leaves.to_string()]
         );
         assert_eq!(counted(&relay), 1);
+        let pending = |relay: &NodeState| relay.load_doc(&from, &id.to_string()).unwrap().pending;
+        // Held for the queued part, and for the part still parked (a dead
+        // letter is done with).
+        assert_eq!(pending(&relay), if parked { 2 } else { 1 });
         if parked {
-            // Held for both: the queued part and the part still parked.
-            assert_eq!(relay.load_doc(&from, &id.to_string()).unwrap().pending, 2);
             let snap = relay.queue_snapshot().unwrap();
             let overdue: Vec<_> = snap
                 .overdue_counts
@@ -8077,14 +8213,30 @@ mod tests {
         let s = tonic::Status::from(relay.requeue(&id, None).unwrap_err());
         assert!(s.message().contains("the parent routes it"), "{s:?}");
         assert_eq!(relay.queue_depth("child:dienban"), 1);
+
+        // The part that went is refused again: that one goes once more, the
+        // part that cannot go is listed, not in its way.
+        let (seq, _) = relay
+            .queue_peek("child:dienban", None, 1)
+            .unwrap()
+            .remove(0);
+        relay
+            .queue_reject("child:dienban", seq, Code::NotFound as i32, "not here")
+            .unwrap();
+        let again = relay.requeue(&id, None).unwrap();
+        assert_eq!((again.entries, again.refused_total), (1, 1), "{again:?}");
+        assert!(
+            again.refused[0].2.contains("the parent routes it"),
+            "{again:?}"
+        );
+        assert_eq!(relay.queue_depth("child:dienban"), 1);
+
         assert_eq!(
             relay.discard(&id, None, "sent again from the hub").unwrap(),
             1
         );
         assert_eq!(counted(&relay), 0);
-        if parked {
-            assert_eq!(relay.load_doc(&from, &id.to_string()).unwrap().pending, 1);
-        }
+        assert_eq!(pending(&relay), 1, "the part queued");
     }
 
     /// A relay claims no agency the national directory places elsewhere, but
@@ -8475,7 +8627,7 @@ mod tests {
             let s = tonic::Status::from(hub.requeue_all(Some("child:nghean")).unwrap_err());
             assert!(
                 s.message()
-                    .ends_with("(256 entries requeued before it; those stay done)"),
+                    .ends_with("(256 entries requeued before it, and kept)"),
                 "{s:?}"
             );
             assert_eq!(hub.queue_depth("child:nghean"), 256);

@@ -1116,7 +1116,7 @@ fn print_requeued(r: &pb::RequeueResponse, doc_id: Option<&str>) {
     }
     if !r.refused.is_empty() {
         let mut t = table();
-        t.set_header(vec!["not requeued doc_id", "from", "why"]);
+        t.set_header(vec!["still held doc_id", "from", "why"]);
         for f in &r.refused {
             t.add_row(vec![f.doc_id.clone(), f.from.clone(), f.reason.clone()]);
         }
