@@ -301,11 +301,19 @@ const UNLISTED_KEPT_SECS: u64 = 3600;
 const UNLISTED_MAX: usize = 64;
 
 /// The first issuer along the signer's real chain that none of `crls`
-/// covers: the CA whose list is missing here. The path starts at the leaf
-/// (`chain[0]`) and goes to the certificate in `chain` whose subject is the
-/// current one's issuer, so a certificate the signer added that is not in its
-/// chain never names its own issuer in the alert.
-fn unlisted_issuer(chain: &[Vec<u8>], crls: &[CertRevocationList<'_>]) -> String {
+/// covers: the CA whose list is missing here; none when every one is covered
+/// (a list scoped to part of its CA's certificates, say), as far as can be
+/// told. The chain is followed from the leaf (`chain[0]`) through the
+/// certificates whose subject is the current one's issuer, as webpki builds
+/// it: every such path is tried, and one that ends at a trust anchor is
+/// taken first. So a certificate the signer added that is not in its chain,
+/// or an intermediate cross-signed by a CA not trusted here, never names its
+/// own issuer in the alert.
+fn unlisted_issuer(
+    chain: &[Vec<u8>],
+    crls: &[CertRevocationList<'_>],
+    anchors: &[TrustAnchor<'_>],
+) -> Option<String> {
     let parsed: Vec<_> = chain
         .iter()
         .map(|der| {
@@ -314,34 +322,63 @@ fn unlisted_issuer(chain: &[Vec<u8>], crls: &[CertRevocationList<'_>]) -> String
                 .map(|(_, c)| c)
         })
         .collect();
-    let mut first = None;
-    let mut seen = vec![false; parsed.len()];
-    let mut at = 0;
-    while let Some(Some(c)) = parsed.get(at) {
-        seen[at] = true;
-        let raw = c.issuer().as_raw();
-        // A list names its issuer by the Name's contents, without the
-        // outer tag and length the certificate's encoding has.
-        let covered = crls.iter().any(|l| {
-            let i = l.issuer();
-            raw == i || (raw.ends_with(i) && raw.len() - i.len() <= 6)
-        });
-        if !covered {
-            return c.issuer().to_string();
+    parsed.first()?.as_ref()?;
+    // Names are compared as webpki compares them: byte for byte.
+    let anchored = |c: &x509_parser::certificate::X509Certificate<'_>| {
+        let issuer = name_contents(c.issuer().as_raw());
+        anchors.iter().any(|a| a.subject.as_ref() == issuer)
+    };
+    // Depth first from the leaf (a chain is a handful of certificates; a
+    // few hundred steps at most): the first path that ends at an anchor,
+    // else the first that ends anywhere.
+    let (mut anchored_path, mut other) = (None, None);
+    let mut stack = vec![vec![0usize]];
+    for _ in 0..256 {
+        let Some(path) = stack.pop() else { break };
+        let Some(c) = path.last().and_then(|&i| parsed[i].as_ref()) else {
+            continue;
+        };
+        if anchored(c) {
+            anchored_path = Some(path);
+            break;
         }
-        first.get_or_insert_with(|| c.issuer().to_string());
-        // The next is the certificate this one's issuer names; none (the
-        // anchor is not sent) or one already passed (a loop) ends the path.
-        match parsed
-            .iter()
-            .zip(&seen)
-            .position(|(p, seen)| !seen && p.as_ref().is_some_and(|p| p.subject().as_raw() == raw))
-        {
-            Some(next) => at = next,
-            None => break,
+        let issuer = c.issuer().as_raw();
+        let next: Vec<usize> = (0..parsed.len())
+            .filter(|i| !path.contains(i))
+            .filter(|&i| {
+                parsed[i]
+                    .as_ref()
+                    .is_some_and(|p| p.subject().as_raw() == issuer)
+            })
+            .collect();
+        if next.is_empty() {
+            other.get_or_insert_with(|| path.clone());
+        }
+        for i in next.into_iter().rev() {
+            let mut longer = path.clone();
+            longer.push(i);
+            stack.push(longer);
         }
     }
-    first.unwrap_or_else(|| "its issuer".into())
+    let path = anchored_path.or(other).unwrap_or_else(|| vec![0]);
+    path.iter()
+        .filter_map(|&i| parsed[i].as_ref())
+        .find(|c| {
+            let issuer = name_contents(c.issuer().as_raw());
+            !crls.iter().any(|l| l.issuer() == issuer)
+        })
+        .map(|c| c.issuer().to_string())
+}
+
+/// A DER Name's contents, without its outer tag and length: how webpki
+/// keeps a trust anchor's subject and a list's issuer.
+fn name_contents(der: &[u8]) -> &[u8] {
+    let header = match der.get(1) {
+        Some(&l) if l < 0x80 => 2,
+        Some(&l) => 2 + usize::from(l & 0x7f),
+        None => return der,
+    };
+    der.get(header..).unwrap_or(der)
 }
 
 /// How long a chain checked against revocation lists stays cached: a list
@@ -550,11 +587,15 @@ impl SignatureVerifier {
                 None,
             ),
             webpki::Error::UnknownRevocationStatus => {
-                let issuer = unlisted_issuer(chain, &crls);
+                let issuer = unlisted_issuer(chain, &crls, &self.anchors);
                 let e = VerifyError::NotNow(format!(
-                    "no revocation list here covers {issuer}, a CA of its chain"
+                    "no revocation list here covers {}",
+                    issuer.as_deref().map_or_else(
+                        || "a CA of its chain".to_owned(),
+                        |i| format!("{i}, a CA of its chain")
+                    )
                 ));
-                (e, Some(issuer))
+                (e, issuer)
             }
             e => (VerifyError::Untrusted(e.to_string()), None),
         })?;
@@ -677,17 +718,42 @@ mod tests {
         assert_eq!(noted, vec!["CN=Root CA".to_owned()]);
 
         // The self-issued root sent along ends the walk rather than loop on
-        // itself; every CA listed, the leaf's issuer is all there is to name.
+        // itself; every CA listed, no CA is named (none is to blame).
         let looped = vec![
             leaf.der().to_vec(),
             inter.der().to_vec(),
             root.der().to_vec(),
         ];
-        let lists = [
-            webpki::OwnedCertRevocationList::from_der(crl_of(&inter).as_ref()).unwrap(),
-            webpki::OwnedCertRevocationList::from_der(crl_of(&root).as_ref()).unwrap(),
-        ]
-        .map(CertRevocationList::from);
-        assert_eq!(unlisted_issuer(&looped, &lists), "CN=Intermediate CA");
+        let list = |ca: &CertifiedIssuer<'_, KeyPair>| {
+            CertRevocationList::from(
+                webpki::OwnedCertRevocationList::from_der(crl_of(ca).as_ref()).unwrap(),
+            )
+        };
+        let both = [list(&inter), list(&root)];
+        assert_eq!(unlisted_issuer(&looped, &both, &[]), None);
+        let anchors = [webpki::anchor_from_trusted_cert(root.der()).unwrap()];
+        assert_eq!(unlisted_issuer(&looped, &both, &anchors), None);
+
+        // An intermediate cross-signed by a CA not trusted here, sent first:
+        // the path to the trusted root is the one webpki takes, and its
+        // root lacks a list, not the other one.
+        let inter_key = KeyPair::generate().unwrap();
+        let copy = || KeyPair::try_from(inter_key.serialize_der()).unwrap();
+        let old_root =
+            CertifiedIssuer::self_signed(ca_params("Old Root CA"), KeyPair::generate().unwrap())
+                .unwrap();
+        let by_old =
+            CertifiedIssuer::signed_by(ca_params("Intermediate CA"), copy(), &old_root).unwrap();
+        let by_root =
+            CertifiedIssuer::signed_by(ca_params("Intermediate CA"), copy(), &root).unwrap();
+        let crossed = vec![
+            leaf.der().to_vec(),
+            by_old.der().to_vec(),
+            by_root.der().to_vec(),
+        ];
+        assert_eq!(
+            unlisted_issuer(&crossed, &[list(&by_root)], &anchors).as_deref(),
+            Some("CN=Root CA")
+        );
     }
 }
