@@ -305,13 +305,17 @@ async fn a_resend_after_a_lost_ack_is_a_duplicate_though_its_checks_now_fail() {
     use truc::chaos::proxy::{Faults, Proxy};
 
     let mut c = Cluster::new();
-    // The edge keeps its link while the hub's answers are held, so that
-    // the document goes up at once; the proxy's reset ends it.
-    c.edit("vpcp", |t| {
-        let l = t["link"].as_table_mut().unwrap();
-        l.insert("heartbeat_interval_ms".into(), 10_000.into());
-        l.insert("heartbeat_timeout_ms".into(), 60_000.into());
-    });
+    // Both ends keep the link while the hub's answers are held (the hub
+    // would otherwise drop it for want of the edge's heartbeats, before a
+    // slow host sends the document), so that the document goes up at once;
+    // the proxy's reset ends it.
+    for n in ["vpcp", "hub"] {
+        c.edit(n, |t| {
+            let l = t["link"].as_table_mut().unwrap();
+            l.insert("heartbeat_interval_ms".into(), 10_000.into());
+            l.insert("heartbeat_timeout_ms".into(), 60_000.into());
+        });
+    }
     for n in ["hub", "nghean"] {
         c.start(n);
     }
