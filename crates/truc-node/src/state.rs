@@ -508,6 +508,17 @@ pub struct Requeued {
 /// How many held entries that could not be requeued an answer names.
 pub const REQUEUE_REFUSED_SHOWN: usize = 100;
 
+impl Requeued {
+    /// Counts a held entry that stays held (all of it, or the part that
+    /// could not go), listing the first [`REQUEUE_REFUSED_SHOWN`].
+    fn still_held(&mut self, doc_id: String, from: String, why: String) {
+        self.refused_total += 1;
+        if self.refused.len() < REQUEUE_REFUSED_SHOWN {
+            self.refused.push((doc_id, from, why));
+        }
+    }
+}
+
 /// How many dead letters operators' pages and `truc queues` list: the
 /// first by queue, oldest first on each (what has waited longest).
 pub const DEAD_LETTERS_SHOWN: usize = 100;
@@ -5791,30 +5802,20 @@ impl NodeState {
                 .as_ref()
                 .map(|e| e.from.clone())
                 .unwrap_or_default();
-            let mark = plan.mark();
-            let why = match st.plan_requeue(w, plan, space, k, held, now) {
-                Ok((n, stays)) => {
-                    out.refused
-                        .extend(stays.map(|why| (doc_id.to_string(), sender, why)));
-                    return Ok(n);
+            let (n, why) = st.try_requeue(w, plan, space, k, held, now)?;
+            if let Some(why) = why {
+                out.still_held(doc_id.to_string(), sender, why.reason.clone());
+                if n == 0 {
+                    refusals.push(why);
                 }
-                Err(NodeError::Refused(r)) => {
-                    plan.rollback(mark);
-                    r
-                }
-                Err(err) => return Err(err),
-            };
-            out.refused
-                .push((doc_id.to_string(), sender, why.reason.clone()));
-            refusals.push(why);
-            Ok(0)
+            }
+            Ok(n)
         })?;
         if out.entries == 0
             && let Some(first) = refusals.into_iter().next()
         {
             return Err(first.into());
         }
-        out.refused_total = out.refused.len();
         Ok(out)
     }
 
@@ -6053,53 +6054,61 @@ impl NodeState {
             queue,
             "entries requeued",
             |st, w, plan, space, k, held, late, now| {
-                let held = match held {
-                    Ok(held) => held,
+                let (doc_id, from) = held
+                    .as_ref()
+                    .ok()
+                    .and_then(|h| h.entry.as_ref())
+                    .map(|e| (e.doc_id.clone(), e.from.clone()))
+                    .unwrap_or_default();
+                let (n, why) = match held {
+                    Ok(DeadEntry { entry: None, .. }) => return Ok(0),
+                    Ok(_) if late => (
+                        0,
+                        Some("held after this requeue began (refused again meanwhile?); requeue again".into()),
+                    ),
+                    Ok(held) => {
+                        let (n, why) = st.try_requeue(w, plan, space, k, held, now)?;
+                        (n, why.map(|r| r.reason))
+                    }
                     // Listed, and the others go: discard drops it.
                     Err(err) => {
                         let q = queue_of(&k).unwrap_or_default();
-                        out.refused_total += 1;
-                        if out.refused.len() < REQUEUE_REFUSED_SHOWN {
-                            out.refused.push((
-                                String::new(),
-                                String::new(),
-                                format!("a held entry on {q} cannot be read ({err}); truc discard --all --queue {q} drops it"),
-                            ));
-                        }
-                        return Ok(0);
+                        (
+                            0,
+                            Some(format!("a held entry on {q} cannot be read ({err}); truc discard --all --queue {q} drops it")),
+                        )
                     }
                 };
-                let Some(e) = held.entry.clone() else {
-                    return Ok(0);
-                };
-                let why = if late {
-                    "held after this requeue began (refused again meanwhile?); requeue again".into()
-                } else {
-                    let mark = plan.mark();
-                    match st.plan_requeue(w, plan, space, k, held, now) {
-                        Ok((n, None)) => return Ok(n),
-                        Ok((n, Some(stays))) => {
-                            out.refused_total += 1;
-                            if out.refused.len() < REQUEUE_REFUSED_SHOWN {
-                                out.refused.push((e.doc_id, e.from, stays));
-                            }
-                            return Ok(n);
-                        }
-                        Err(NodeError::Refused(r)) => {
-                            plan.rollback(mark);
-                            r.reason
-                        }
-                        Err(err) => return Err(err),
-                    }
-                };
-                out.refused_total += 1;
-                if out.refused.len() < REQUEUE_REFUSED_SHOWN {
-                    out.refused.push((e.doc_id, e.from, why));
+                if let Some(why) = why {
+                    out.still_held(doc_id, from, why);
                 }
-                Ok(0)
+                Ok(n)
             },
         )?;
         Ok(out)
+    }
+
+    /// [`Self::plan_requeue`], undone when it is refused: the entries it
+    /// made, and why what stays held stays (part of it, or all of it when
+    /// refused).
+    fn try_requeue(
+        &self,
+        w: &mut Writer,
+        plan: &mut Plan,
+        space: Space,
+        key: Vec<u8>,
+        held: DeadEntry,
+        now: i64,
+    ) -> Result<(usize, Option<Refusal>), NodeError> {
+        let mark = plan.mark();
+        match self.plan_requeue(w, plan, space, key, held, now) {
+            Ok(done) => Ok(done),
+            Err(NodeError::Refused(r)) => {
+                plan.rollback(mark);
+                Ok((0, Some(r)))
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// Plans one held entry (`key` in `space`: parked or dead) back onto the
@@ -6115,7 +6124,7 @@ impl NodeState {
         key: Vec<u8>,
         held: DeadEntry,
         now: i64,
-    ) -> Result<(usize, Option<String>), NodeError> {
+    ) -> Result<(usize, Option<Refusal>), NodeError> {
         let Some(mut e) = held.entry.clone() else {
             return Ok((0, None));
         };
@@ -6195,9 +6204,13 @@ impl NodeState {
                 stay.push((to, why));
             }
         }
+        let stay_why = stay
+            .iter()
+            .map(|(_, why)| why.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
         if queues.is_empty() {
-            let why = stay.into_iter().map(|(_, why)| why).collect::<Vec<_>>();
-            return Err(cannot(why.join("; ")).into());
+            return Err(cannot(stay_why).into());
         }
         // The deliveries it makes, and the held entry itself while part of
         // it stays (still counted, as parked; a dead letter is not).
@@ -6232,12 +6245,10 @@ impl NodeState {
                 ..held
             };
             plan.batch.put(space, key, record::encode(&left));
-            let why = stay.into_iter().map(|(_, why)| why).collect::<Vec<_>>();
-            let why = format!(
-                "{} (its other recipients were requeued; this part stays {was} on {held_on})",
-                cannot(why.join("; ")).reason
-            );
-            plan.audit("kept held", &e.doc_id, &e.from, why.clone());
+            let why = cannot(format!(
+                "{stay_why} (its other recipients were requeued; this part stays {was} on {held_on})"
+            ));
+            plan.audit("kept held", &e.doc_id, &e.from, why.reason.clone());
             Some(why)
         } else {
             plan.batch.delete(space, key);
@@ -7860,6 +7871,15 @@ mod tests {
     }
 
     /// Relay quangnam (H47, under a parent) with one child, `child`.
+    /// The peer of `queue` refuses its first entry for good.
+    fn refuse_head(node: &NodeState, queue: &str) {
+        let (seq, _) = node.queue_peek(queue, None, 1).unwrap().remove(0);
+        assert!(
+            node.queue_reject(queue, seq, Code::NotFound as i32, "not here")
+                .unwrap()
+        );
+    }
+
     fn relay_with_child(f: &Fixture, child: &str) -> Arc<NodeState> {
         let mut routing = RoutingTable::new(true);
         routing.add_local("000.00.00.H47".parse().unwrap());
@@ -7965,13 +7985,7 @@ mod tests {
         routing.add_local("000.00.00.H47".parse().unwrap());
         routing.add_child("dienban".parse().unwrap());
         *relay.routes.write().unwrap() = Arc::new(routing);
-        let (seq, _) = relay
-            .queue_peek("child:dienban", None, 1)
-            .unwrap()
-            .remove(0);
-        relay
-            .queue_reject("child:dienban", seq, Code::NotFound as i32, "not here")
-            .unwrap();
+        refuse_head(&relay, "child:dienban");
         assert_eq!(relay.dead_count(), 1);
         // Its sender's undeliverable notice is on its way up.
         let notices = relay.queue_depth("parent");
@@ -8117,13 +8131,7 @@ mod tests {
             }
             assert_eq!(relay.park_overdue().unwrap(), 1);
         } else {
-            let (seq, _) = relay
-                .queue_peek("child:dienban", None, 1)
-                .unwrap()
-                .remove(0);
-            relay
-                .queue_reject("child:dienban", seq, Code::NotFound as i32, "not here")
-                .unwrap();
+            refuse_head(&relay, "child:dienban");
         }
         let held = |relay: &NodeState| {
             if parked {
@@ -8216,13 +8224,7 @@ mod tests {
 
         // The part that went is refused again: that one goes once more, the
         // part that cannot go is listed, not in its way.
-        let (seq, _) = relay
-            .queue_peek("child:dienban", None, 1)
-            .unwrap()
-            .remove(0);
-        relay
-            .queue_reject("child:dienban", seq, Code::NotFound as i32, "not here")
-            .unwrap();
+        refuse_head(&relay, "child:dienban");
         let again = relay.requeue(&id, None).unwrap();
         assert_eq!((again.entries, again.refused_total), (1, 1), "{again:?}");
         assert!(
