@@ -10,7 +10,12 @@ use truc_proto::v1::{self as pb, admin_server::Admin};
 
 use truc_pki::identity::Role;
 
-use crate::{audit, error::blocking, operator::Caller, state::NodeState};
+use crate::{
+    audit,
+    error::{NodeError, blocking},
+    operator::Caller,
+    state::NodeState,
+};
 
 /// Days of per-agency statistics `truc stats` shows.
 const STATS_DAYS: usize = 7;
@@ -83,24 +88,41 @@ fn link_queue(q: String) -> Result<Option<String>, Status> {
     }
 }
 
-/// `done` (an operator's requeue or discard, or how far it got before it
-/// failed), answered once what it wrote is durable: an answer that says
-/// "requeued" or "discarded" holds after a crash.
-async fn once_durable<T>(state: &NodeState, done: Result<T, Status>) -> Result<T, Status> {
-    match state.durable(state.commit().current()).await {
-        Ok(()) => done,
-        Err(e) => {
-            let s = Status::from(e);
-            Err(Status::with_metadata(
-                s.code(),
-                format!(
-                    "{}: what this request changed may not have been kept",
-                    s.message()
-                ),
-                s.metadata().clone(),
-            ))
-        }
+/// Runs `act` (an operator's requeue or discard) off the async threads and
+/// answers once what it wrote is durable: an answer that says "requeued" or
+/// "discarded", or how many went before a failure, holds after a crash. One
+/// that wrote nothing (not found, refused) answers at once.
+async fn once_durable<T: Send + 'static>(
+    state: &NodeState,
+    act: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, Status> {
+    let done = tokio::task::spawn_blocking(act)
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+    if matches!(&done, Ok(_) | Err(NodeError::Partly { .. }))
+        && let Err(e) = state.durable(state.commit().current()).await
+    {
+        let s = Status::from(e);
+        return Err(Status::with_metadata(
+            s.code(),
+            format!(
+                "{}: what this request changed may not have been kept",
+                s.message()
+            ),
+            s.metadata().clone(),
+        ));
     }
+    done.map_err(|e| match e {
+        NodeError::Partly { error, done } => {
+            let s = Status::from(*error);
+            Status::with_metadata(
+                s.code(),
+                format!("{} ({done} before it, and kept)", s.message()),
+                s.metadata().clone(),
+            )
+        }
+        other => other.into(),
+    })
 }
 
 #[tonic::async_trait]
@@ -116,21 +138,14 @@ impl Admin for AdminService {
         let done = if r.all {
             let queue = link_queue(r.queue)?;
             let q = queue.clone();
-            let done = once_durable(
-                &self.state,
-                blocking(move || st.requeue_all(q.as_deref())).await,
-            )
-            .await?;
+            let done = once_durable(&self.state, move || st.requeue_all(q.as_deref())).await?;
             tracing::info!(queue = queue.as_deref().unwrap_or("(all)"), entries = done.entries,
                 refused = done.refused_total, %operator, "everything held requeued by an operator");
             done
         } else {
             let (doc_id, from) = one_doc(&r.doc_id, &r.from)?;
-            let done = once_durable(
-                &self.state,
-                blocking(move || st.requeue(&doc_id, from.as_deref())).await,
-            )
-            .await?;
+            let done =
+                once_durable(&self.state, move || st.requeue(&doc_id, from.as_deref())).await?;
             tracing::info!(%doc_id, entries = done.entries, kept = done.refused_total, %operator,
                 "requeued by an operator");
             done
@@ -165,14 +180,16 @@ impl Admin for AdminService {
         }
         let st = self.state.clone();
         let why = format!("{reason}; by {operator}");
-        let done = if r.all {
+        let n = if r.all {
             let queue = link_queue(r.queue)?;
-            blocking(move || st.discard_all(queue.as_deref(), &why)).await
+            once_durable(&self.state, move || st.discard_all(queue.as_deref(), &why)).await?
         } else {
             let (doc_id, from) = one_doc(&r.doc_id, &r.from)?;
-            blocking(move || st.discard(&doc_id, from.as_deref(), &why)).await
+            once_durable(&self.state, move || {
+                st.discard(&doc_id, from.as_deref(), &why)
+            })
+            .await?
         };
-        let n = once_durable(&self.state, done).await?;
         tracing::warn!(entries = n, %operator, %reason, "held entries discarded by an operator");
         Ok(Response::new(pb::DiscardResponse {
             discarded: n as u32,
@@ -409,6 +426,62 @@ impl Admin for AdminService {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, atomic::Ordering};
+
+    use tonic::Code;
+    use truc_store::{Batch, FaultyStore, MemoryStore, Space};
+
+    use super::once_durable;
+    use crate::{error::NodeError, state::testing::Fixture};
+
+    /// An operator's requeue or discard is answered once what it wrote is
+    /// durable: a flush that fails says so, where the answer would have said
+    /// "done"; what wrote nothing is answered as it is, at once; a walk that
+    /// stopped part way says what it kept.
+    #[tokio::test]
+    async fn an_operators_change_is_answered_once_durable() {
+        let f = Fixture::new();
+        let (store, faults) = FaultyStore::new(MemoryStore::new());
+        let hub = f.hub(Arc::new(store));
+        let write = |st: Arc<crate::state::NodeState>| {
+            move || {
+                let mut b = Batch::new();
+                b.put(Space::Meta, b"operator".to_vec(), vec![1]);
+                st.commit().apply(b)?;
+                Ok::<_, NodeError>(())
+            }
+        };
+        let partly = |st: Arc<crate::state::NodeState>| {
+            move || -> Result<(), NodeError> {
+                write(st)()?;
+                Err(NodeError::Other("disk gone".into()).after_done("3 entries requeued".into()))
+            }
+        };
+        once_durable(&hub, write(hub.clone())).await.unwrap();
+        let s = once_durable(&hub, partly(hub.clone())).await.unwrap_err();
+        assert!(
+            s.message()
+                .ends_with("(3 entries requeued before it, and kept)"),
+            "{s:?}"
+        );
+
+        faults.fail_flush.store(true, Ordering::SeqCst);
+        let s = once_durable(&hub, partly(hub.clone())).await.unwrap_err();
+        assert!(s.message().ends_with("may not have been kept"), "{s:?}");
+        // The store takes no write after a failed flush: refused as such.
+        let s = once_durable(&hub, write(hub.clone())).await.unwrap_err();
+        assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+        let s = once_durable(&hub, || -> Result<(), NodeError> {
+            Err(
+                crate::error::Refusal::not_found("no parked entry or dead letter for document x")
+                    .into(),
+            )
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(s.code(), Code::NotFound, "{s:?}");
+    }
+
     /// A requeue or discard request that mixes one document with all is
     /// refused, not half read (a script meaning "all of one sender" would
     /// otherwise act on everything).

@@ -97,6 +97,10 @@ pub enum NodeError {
     /// text a lone request would have (a full disk stays RESOURCE_EXHAUSTED).
     #[error("{}", .0.message())]
     Shared(Status),
+    /// A walk of many writes stopped at `error` after `done` (what the writes
+    /// before it did: they stay).
+    #[error("{error} ({done} before it)")]
+    Partly { error: Box<NodeError>, done: String },
 }
 
 impl NodeError {
@@ -130,14 +134,12 @@ impl NodeError {
     }
 
     /// This error as the answer to a walk of many writes that stopped at
-    /// it, telling also what was `done` before it (those writes stay done).
-    pub fn after_done(self, done: &str) -> NodeError {
-        let s = to_status(self);
-        NodeError::Shared(Status::with_metadata(
-            s.code(),
-            format!("{} ({done} before it, and kept)", s.message()),
-            s.metadata().clone(),
-        ))
+    /// it, after writes that did `done`.
+    pub fn after_done(self, done: String) -> NodeError {
+        NodeError::Partly {
+            error: Box::new(self),
+            done,
+        }
     }
 
     pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
@@ -184,6 +186,14 @@ pub fn to_status(e: NodeError) -> Status {
         }
         NodeError::Store(StoreError::Corrupt { .. }) => Status::data_loss(e.to_string()),
         NodeError::Shared(s) => s,
+        NodeError::Partly { error, done } => {
+            let s = to_status(*error);
+            Status::with_metadata(
+                s.code(),
+                format!("{} ({done} before it)", s.message()),
+                s.metadata().clone(),
+            )
+        }
         other => Status::internal(other.to_string()),
     }
 }

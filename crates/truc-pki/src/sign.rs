@@ -314,8 +314,11 @@ fn unlisted_issuer(
     crls: &[CertRevocationList<'_>],
     anchors: &[TrustAnchor<'_>],
 ) -> Option<String> {
+    // Bounded as webpki bounds its own search: the first 16 certificates,
+    // paths of at most 7, at most 256 paths held or tried.
     let parsed: Vec<_> = chain
         .iter()
+        .take(16)
         .map(|der| {
             x509_parser::parse_x509_certificate(der)
                 .ok()
@@ -344,7 +347,7 @@ fn unlisted_issuer(
         }
         let issuer = c.issuer().as_raw();
         let next: Vec<usize> = (0..parsed.len())
-            .filter(|i| !path.contains(i))
+            .filter(|i| path.len() < 7 && !path.contains(i))
             .filter(|&i| {
                 parsed[i]
                     .as_ref()
@@ -353,6 +356,9 @@ fn unlisted_issuer(
             .collect();
         if next.is_empty() {
             other.get_or_insert_with(|| path.clone());
+        }
+        if stack.len() + next.len() > 256 {
+            break;
         }
         for i in next.into_iter().rev() {
             let mut longer = path.clone();
