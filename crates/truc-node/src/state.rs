@@ -1830,7 +1830,8 @@ impl NodeState {
         if let Some(d) = self.commit.flush_stalled(STALL_AFTER) {
             return Some(Unwritable::FlushHangs(d));
         }
-        match self.blobs.free_bytes() {
+        // As last sampled: a filesystem that hangs holds no health check.
+        match self.blobs.disk_usage().map(|(_, free)| free) {
             Ok(f) if f >= self.storage.min_free_bytes => None,
             Ok(_) => Some(Unwritable::LowSpace),
             Err(e) => Some(Unwritable::SpaceUnknown(e.to_string())),

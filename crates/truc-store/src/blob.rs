@@ -98,6 +98,47 @@ type Item<'a> = (Digest, &'a [u8]);
 pub struct BlobStore {
     root: PathBuf,
     packs: Arc<Packs>,
+    disk: Arc<DiskWatch>,
+}
+
+/// The size and free bytes of the blobs' filesystem, sampled by a thread of
+/// its own (started by the first read, ended with the store), so that what
+/// reads them (the scrape, the alerts, the health check) never waits on a
+/// filesystem that does not answer, a network mount gone away: a sample
+/// older than [`DISK_STALE`] is an error saying so.
+#[derive(Debug, Default)]
+struct DiskWatch {
+    /// When taken, and what `statvfs` said.
+    sample: std::sync::Mutex<Option<DiskSample>>,
+    ready: std::sync::Condvar,
+    started: std::sync::OnceLock<()>,
+    /// Tests: the sampler takes no sample while set, as when `statvfs` hangs.
+    #[cfg(test)]
+    paused: std::sync::atomic::AtomicBool,
+}
+
+/// When a sample was taken, and (total, free) bytes or why not.
+type DiskSample = (std::time::Instant, Result<(u64, u64), String>);
+
+/// How often the filesystem's space is sampled.
+const DISK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A sample this old means `statvfs` has not answered since.
+const DISK_STALE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a first read waits for the first sample.
+const DISK_FIRST: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// (total, free to unprivileged users) bytes of the filesystem holding `root`.
+fn statvfs_usage(root: &Path) -> Result<(u64, u64), BlobError> {
+    let st = rustix::fs::statvfs(root).map_err(|e| BlobError::Io {
+        path: root.to_owned(),
+        source: e.into(),
+    })?;
+    Ok((
+        st.f_blocks.saturating_mul(st.f_frsize),
+        st.f_bavail.saturating_mul(st.f_frsize),
+    ))
 }
 
 impl BlobStore {
@@ -126,6 +167,7 @@ impl BlobStore {
         Ok(Self {
             root: root.to_owned(),
             packs,
+            disk: Arc::default(),
         })
     }
 
@@ -305,25 +347,65 @@ impl BlobStore {
         self.packs.stats()
     }
 
-    /// Bytes free for this store on its filesystem.
+    /// Bytes free for this store on its filesystem, read now (what intake
+    /// checks before it writes; [`Self::disk_usage`] for what may not wait).
     pub fn free_bytes(&self) -> Result<u64, BlobError> {
-        let st = rustix::fs::statvfs(&self.root).map_err(|e| BlobError::Io {
-            path: self.root.clone(),
-            source: e.into(),
-        })?;
-        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+        statvfs_usage(&self.root).map(|(_, free)| free)
     }
 
-    /// (total, free to unprivileged users) bytes of the filesystem holding the blobs.
+    /// (total, free to unprivileged users) bytes of the filesystem holding
+    /// the blobs, as last sampled (at most a second or so old). Never waits
+    /// long on a filesystem that does not answer: an error once the last
+    /// sample is older than [`DISK_STALE`], or when the first one has not
+    /// come within [`DISK_FIRST`].
     pub fn disk_usage(&self) -> Result<(u64, u64), BlobError> {
-        let st = rustix::fs::statvfs(&self.root).map_err(|e| BlobError::Io {
+        let w = &self.disk;
+        w.started.get_or_init(|| {
+            let watch = Arc::downgrade(w);
+            let root = self.root.clone();
+            let _ = std::thread::Builder::new()
+                .name("truc-disk".into())
+                .spawn(move || {
+                    // Ends once the store (every clone of it) is gone.
+                    while let Some(w) = watch.upgrade() {
+                        #[cfg(test)]
+                        if w.paused.load(std::sync::atomic::Ordering::SeqCst) {
+                            drop(w);
+                            std::thread::sleep(std::time::Duration::from_millis(5));
+                            continue;
+                        }
+                        drop(w);
+                        let usage = statvfs_usage(&root).map_err(|e| e.to_string());
+                        let Some(w) = watch.upgrade() else { break };
+                        *w.sample.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((std::time::Instant::now(), usage));
+                        w.ready.notify_all();
+                        drop(w);
+                        std::thread::sleep(DISK_EVERY);
+                    }
+                });
+        });
+        let unanswered = |secs: u64| BlobError::Io {
             path: self.root.clone(),
-            source: e.into(),
-        })?;
-        Ok((
-            st.f_blocks.saturating_mul(st.f_frsize),
-            st.f_bavail.saturating_mul(st.f_frsize),
-        ))
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("its filesystem has not answered statvfs for {secs} s"),
+            ),
+        };
+        let guard = w.sample.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = w
+            .ready
+            .wait_timeout_while(guard, DISK_FIRST, |s| s.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            None => Err(unanswered(DISK_FIRST.as_secs())),
+            Some((at, _)) if at.elapsed() > DISK_STALE => Err(unanswered(at.elapsed().as_secs())),
+            Some((_, Ok(usage))) => Ok(*usage),
+            Some((_, Err(e))) => Err(BlobError::Io {
+                path: self.root.clone(),
+                source: std::io::Error::other(e.clone()),
+            }),
+        }
     }
 
     /// Refuses intake of `needed` bytes that would leave less than `reserve` free.
@@ -773,6 +855,27 @@ mod tests {
         ));
         assert!(!s.contains(&expected));
         assert_eq!(s.partial_len("x"), None);
+    }
+
+    /// The disk's space is read from a sample a thread of its own takes:
+    /// when `statvfs` stops answering (a network mount gone away), readers
+    /// get an error saying so, at once, rather than wait with it.
+    #[test]
+    fn a_filesystem_that_does_not_answer_holds_no_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path()).unwrap();
+        let (total, free) = s.disk_usage().unwrap();
+        assert!(total >= free && free > 0);
+        s.disk
+            .paused
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let ago = std::time::Instant::now() - DISK_STALE - std::time::Duration::from_secs(1);
+        *s.disk.sample.lock().unwrap() = Some((ago, Ok((total, free))));
+        let e = s.disk_usage().unwrap_err().to_string();
+        assert!(e.contains("has not answered statvfs for 11 s"), "{e}");
+        // Answering again: read as before.
+        *s.disk.sample.lock().unwrap() = Some((std::time::Instant::now(), Ok((total, free))));
+        assert_eq!(s.disk_usage().unwrap(), (total, free));
     }
 
     #[test]
