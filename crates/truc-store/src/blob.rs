@@ -111,14 +111,19 @@ struct DiskWatch {
     /// When taken, and what `statvfs` said.
     sample: std::sync::Mutex<Option<DiskSample>>,
     ready: std::sync::Condvar,
-    started: std::sync::OnceLock<()>,
+    /// When the sampler was started (by the first read).
+    started: std::sync::OnceLock<std::time::Instant>,
     /// Tests: the sampler takes no sample while set, as when `statvfs` hangs.
     #[cfg(test)]
     paused: std::sync::atomic::AtomicBool,
 }
 
-/// When a sample was taken, and (total, free) bytes or why not.
-type DiskSample = (std::time::Instant, Result<(u64, u64), String>);
+/// When a sample was taken, and (total, free) bytes or why not (the
+/// error's kind and text).
+type DiskSample = (
+    std::time::Instant,
+    Result<(u64, u64), (std::io::ErrorKind, String)>,
+);
 
 /// How often the filesystem's space is sampled.
 const DISK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -130,11 +135,8 @@ const DISK_STALE: std::time::Duration = std::time::Duration::from_secs(10);
 const DISK_FIRST: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// (total, free to unprivileged users) bytes of the filesystem holding `root`.
-fn statvfs_usage(root: &Path) -> Result<(u64, u64), BlobError> {
-    let st = rustix::fs::statvfs(root).map_err(|e| BlobError::Io {
-        path: root.to_owned(),
-        source: e.into(),
-    })?;
+fn statvfs_usage(root: &Path) -> Result<(u64, u64), std::io::Error> {
+    let st = rustix::fs::statvfs(root)?;
     Ok((
         st.f_blocks.saturating_mul(st.f_frsize),
         st.f_bavail.saturating_mul(st.f_frsize),
@@ -350,7 +352,9 @@ impl BlobStore {
     /// Bytes free for this store on its filesystem, read now (what intake
     /// checks before it writes; [`Self::disk_usage`] for what may not wait).
     pub fn free_bytes(&self) -> Result<u64, BlobError> {
-        statvfs_usage(&self.root).map(|(_, free)| free)
+        statvfs_usage(&self.root)
+            .map(|(_, free)| free)
+            .map_err(io(&self.root))
     }
 
     /// (total, free to unprivileged users) bytes of the filesystem holding
@@ -360,50 +364,60 @@ impl BlobStore {
     /// come within [`DISK_FIRST`].
     pub fn disk_usage(&self) -> Result<(u64, u64), BlobError> {
         let w = &self.disk;
-        w.started.get_or_init(|| {
+        let started = *w.started.get_or_init(|| {
             let watch = Arc::downgrade(w);
             let root = self.root.clone();
-            let _ = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name("truc-disk".into())
                 .spawn(move || {
-                    // Ends once the store (every clone of it) is gone.
-                    while let Some(w) = watch.upgrade() {
-                        #[cfg(test)]
-                        if w.paused.load(std::sync::atomic::Ordering::SeqCst) {
-                            drop(w);
-                            std::thread::sleep(std::time::Duration::from_millis(5));
-                            continue;
-                        }
-                        drop(w);
-                        let usage = statvfs_usage(&root).map_err(|e| e.to_string());
+                    // Ends once the store (every clone of it) is gone; holds
+                    // it only to write a sample.
+                    loop {
+                        let usage = statvfs_usage(&root).map_err(|e| (e.kind(), e.to_string()));
                         let Some(w) = watch.upgrade() else { break };
-                        *w.sample.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some((std::time::Instant::now(), usage));
+                        let mut sample = w.sample.lock().unwrap_or_else(|p| p.into_inner());
+                        #[cfg(test)]
+                        let paused = w.paused.load(std::sync::atomic::Ordering::SeqCst);
+                        #[cfg(not(test))]
+                        let paused = false;
+                        if !paused {
+                            *sample = Some((std::time::Instant::now(), usage));
+                        }
+                        drop(sample);
                         w.ready.notify_all();
                         drop(w);
                         std::thread::sleep(DISK_EVERY);
                     }
                 });
+            if let Err(e) = spawned {
+                *w.sample.lock().unwrap_or_else(|p| p.into_inner()) = Some((
+                    std::time::Instant::now(),
+                    Err((e.kind(), format!("cannot start the disk sampler: {e}"))),
+                ));
+            }
+            std::time::Instant::now()
         });
         let unanswered = |secs: u64| BlobError::Io {
             path: self.root.clone(),
             source: std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("its filesystem has not answered statvfs for {secs} s"),
+                format!("its filesystem has had no answer to statvfs in {secs} s"),
             ),
         };
         let guard = w.sample.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the first reads wait, and for the first sample only.
+        let wait = DISK_FIRST.saturating_sub(started.elapsed());
         let (guard, _) = w
             .ready
-            .wait_timeout_while(guard, DISK_FIRST, |s| s.is_none())
+            .wait_timeout_while(guard, wait, |s| s.is_none())
             .unwrap_or_else(|p| p.into_inner());
         match guard.as_ref() {
-            None => Err(unanswered(DISK_FIRST.as_secs())),
+            None => Err(unanswered(started.elapsed().as_secs())),
             Some((at, _)) if at.elapsed() > DISK_STALE => Err(unanswered(at.elapsed().as_secs())),
             Some((_, Ok(usage))) => Ok(*usage),
-            Some((_, Err(e))) => Err(BlobError::Io {
+            Some((_, Err((kind, e)))) => Err(BlobError::Io {
                 path: self.root.clone(),
-                source: std::io::Error::other(e.clone()),
+                source: std::io::Error::new(*kind, e.clone()),
             }),
         }
     }
@@ -872,7 +886,13 @@ mod tests {
         let ago = std::time::Instant::now() - DISK_STALE - std::time::Duration::from_secs(1);
         *s.disk.sample.lock().unwrap() = Some((ago, Ok((total, free))));
         let e = s.disk_usage().unwrap_err().to_string();
-        assert!(e.contains("has not answered statvfs for 11 s"), "{e}");
+        let secs: u64 = e
+            .split("has had no answer to statvfs in ")
+            .nth(1)
+            .and_then(|t| t.strip_suffix(" s"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{e}"));
+        assert!(secs > DISK_STALE.as_secs(), "{e}");
         // Answering again: read as before.
         *s.disk.sample.lock().unwrap() = Some((std::time::Instant::now(), Ok((total, free))));
         assert_eq!(s.disk_usage().unwrap(), (total, free));
