@@ -12,7 +12,7 @@ use truc_pki::identity::Role;
 
 use crate::{
     audit,
-    error::{NodeError, blocking},
+    error::{NodeError, blocking, reworded},
     operator::Caller,
     state::NodeState,
 };
@@ -102,25 +102,14 @@ async fn once_durable<T: Send + 'static>(
     if matches!(&done, Ok(_) | Err(NodeError::Partly { .. }))
         && let Err(e) = state.durable(state.commit().current()).await
     {
-        let s = Status::from(e);
-        return Err(Status::with_metadata(
-            s.code(),
-            format!(
-                "{}: what this request changed may not have been kept",
-                s.message()
-            ),
-            s.metadata().clone(),
-        ));
+        return Err(reworded(e.into(), |m| {
+            format!("{m}: what this request changed may not have been kept")
+        }));
     }
     done.map_err(|e| match e {
-        NodeError::Partly { error, done } => {
-            let s = Status::from(*error);
-            Status::with_metadata(
-                s.code(),
-                format!("{} ({done} before it, and kept)", s.message()),
-                s.metadata().clone(),
-            )
-        }
+        NodeError::Partly { error, done } => reworded((*error).into(), |m| {
+            format!("{m} ({done} before it, and kept)")
+        }),
         other => other.into(),
     })
 }

@@ -187,15 +187,15 @@ pub fn to_status(e: NodeError) -> Status {
         NodeError::Store(StoreError::Corrupt { .. }) => Status::data_loss(e.to_string()),
         NodeError::Shared(s) => s,
         NodeError::Partly { error, done } => {
-            let s = to_status(*error);
-            Status::with_metadata(
-                s.code(),
-                format!("{} ({done} before it)", s.message()),
-                s.metadata().clone(),
-            )
+            reworded(to_status(*error), |m| format!("{m} ({done} before it)"))
         }
         other => Status::internal(other.to_string()),
     }
+}
+
+/// `s` with its message reworded, its code and metadata (a retry hint) kept.
+pub fn reworded(s: Status, f: impl FnOnce(&str) -> String) -> Status {
+    Status::with_metadata(s.code(), f(s.message()), s.metadata().clone())
 }
 
 /// Runs store work off the async threads; its error as the API answers it.
