@@ -8596,21 +8596,23 @@ mod tests {
     /// write takes (256 per write), each once.
     #[test]
     fn requeue_all_goes_through_every_batch_once() {
-        requeue_all_of_300(false);
+        requeue_and_discard_all_of_many(false);
     }
 
     /// A requeue (or discard) of everything whose write fails part way keeps
     /// what it did before, and its error says how many that was.
     #[test]
     fn a_requeue_of_everything_that_fails_part_way_says_what_it_did() {
-        requeue_all_of_300(true);
+        requeue_and_discard_all_of_many(true);
     }
 
-    fn requeue_all_of_300(fail_second_write: bool) {
+    fn requeue_and_discard_all_of_many(fail_second_write: bool) {
         let f = Fixture::new();
         let (store, faults) = truc_store::FaultyStore::new(MemoryStore::new());
         let hub = f.hub(Arc::new(store));
-        let n = 300;
+        // Failing writes part way: enough for a discard and a requeue to
+        // each get through one write of 256 before the next fails.
+        let n = if fail_second_write { 600 } else { 300 };
         let batch = (0..n)
             .map(|_| {
                 let v = f.verified("000.00.00.G22", &["000.00.00.H41"]);
@@ -8630,20 +8632,33 @@ mod tests {
         }
         assert_eq!(hub.dead_count(), n as u64);
         if fail_second_write {
-            let next = faults.applies.load(Ordering::SeqCst) + 2;
-            faults.fail_apply_from.store(next, Ordering::SeqCst);
+            let fail_next_but_one = || {
+                let next = faults.applies.load(Ordering::SeqCst) + 2;
+                faults.fail_apply_from.store(next, Ordering::SeqCst);
+            };
+            fail_next_but_one();
+            let s = tonic::Status::from(hub.discard_all(None, "sent again").unwrap_err());
+            assert!(
+                s.message()
+                    .ends_with("(256 held entries discarded before it)"),
+                "{s:?}"
+            );
+            assert_eq!(hub.dead_count(), n as u64 - 256);
+            fail_next_but_one();
             let s = tonic::Status::from(hub.requeue_all(Some("child:nghean")).unwrap_err());
             assert!(
                 s.message().ends_with("(256 entries requeued before it)"),
                 "{s:?}"
             );
             assert_eq!(hub.queue_depth("child:nghean"), 256);
+            // The store takes nothing now: none went, nothing claimed.
             let s = tonic::Status::from(hub.discard_all(None, "x").unwrap_err());
             assert!(!s.message().contains("before it"), "none went: {s:?}");
             faults.fail_apply_from.store(0, Ordering::SeqCst);
             let done = hub.requeue_all(Some("child:nghean")).unwrap();
-            assert_eq!((done.entries, done.refused_total), (n - 256, 0));
-            assert_eq!(hub.queue_depth("child:nghean"), n as u64);
+            assert_eq!((done.entries, done.refused_total), (n - 512, 0));
+            assert_eq!(hub.queue_depth("child:nghean"), n as u64 - 256);
+            assert_eq!(hub.dead_count(), 0);
             return;
         }
         let done = hub.requeue_all(Some("child:nghean")).unwrap();
