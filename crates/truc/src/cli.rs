@@ -271,12 +271,15 @@ enum Command {
     },
     /// Put a document parked after its deadline, or refused for good (a dead
     /// letter, once the cause is fixed), back into its queue (admin API).
-    /// Each one that cannot be requeued stays, and is listed.
+    /// What can go is queued; what cannot (all or part of an entry) stays
+    /// held and is listed, and the command then exits non-zero.
     Requeue {
         #[arg(long)]
         config: PathBuf,
         #[command(flatten)]
         held: HeldArgs,
+        /// `{"requeued", "refused_total", "refused": [{doc_id, from, reason}]}`
+        /// on stdout (refused: what stays held); the same exit code.
         #[arg(long)]
         json: bool,
     },
@@ -293,8 +296,9 @@ enum Command {
         /// With --all and no --queue: yes, every held entry on the node.
         #[arg(long, requires = "all")]
         yes: bool,
-        /// `{"discarded": N}` on stdout. Unlike requeue, no entry is refused
-        /// on its own: a discard that fails is an error, exit code non-zero.
+        /// `{"discarded": N}` on stdout. A discard that fails is an error on
+        /// stderr, exit code non-zero; one of --all that fails part way says
+        /// how many it dropped before (those stay dropped).
         #[arg(long)]
         json: bool,
     },
