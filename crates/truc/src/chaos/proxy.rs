@@ -104,10 +104,13 @@ async fn carry(
     let (sr, sw) = server.into_split();
     let up = pump(cr, sw, faults.clone(), true);
     let down = pump(sr, cw, faults, false);
+    // A reset comes first: bytes held back (a partition) when it came are
+    // dropped with the connection, never let through by a heal right after.
     tokio::select! {
+        biased;
+        _ = generation.wait_for(|g| *g != born) => {}
         _ = up => {}
         _ = down => {}
-        _ = generation.wait_for(|g| *g != born) => {}
     }
     Ok(())
 }
