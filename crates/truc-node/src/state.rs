@@ -7878,11 +7878,14 @@ mod tests {
 
     /// The peer of `queue` refuses its first entry for good.
     fn refuse_head(node: &NodeState, queue: &str) {
+        refuse_head_with(node, queue, Code::NotFound, "not here");
+    }
+
+    /// The peer of `queue` refuses its first entry for good, with `code`
+    /// and `reason`.
+    fn refuse_head_with(node: &NodeState, queue: &str, code: Code, reason: &str) {
         let (seq, _) = node.queue_peek(queue, None, 1).unwrap().remove(0);
-        assert!(
-            node.queue_reject(queue, seq, Code::NotFound as i32, "not here")
-                .unwrap()
-        );
+        assert!(node.queue_reject(queue, seq, code as i32, reason).unwrap());
     }
 
     /// Relay quangnam (H47, under a parent) with one child, `child`.
@@ -8400,11 +8403,11 @@ mod tests {
         let (id, from) = (v.doc_id, v.from.to_string());
         hub.accept(v, &child("vpcp"), None).unwrap();
         let reject = |hub: &NodeState| {
-            let (seq, _) = hub.queue_peek("child:nghean", None, 1).unwrap().remove(0);
-            let over = Code::ResourceExhausted as i32;
-            assert!(
-                hub.queue_reject("child:nghean", seq, over, "over the limit")
-                    .unwrap()
+            refuse_head_with(
+                hub,
+                "child:nghean",
+                Code::ResourceExhausted,
+                "over the limit",
             );
         };
         reject(&hub);
@@ -8507,9 +8510,7 @@ mod tests {
         let refused = f.verified("000.00.00.G22", &["000.00.00.H41"]);
         let refused_id = refused.doc_id;
         hub.accept(refused, &child("vpcp"), None).unwrap();
-        let (seq, _) = hub.queue_peek("child:nghean", None, 1).unwrap().remove(0);
-        hub.queue_reject("child:nghean", seq, Code::InvalidArgument as i32, "no")
-            .unwrap();
+        refuse_head_with(&hub, "child:nghean", Code::InvalidArgument, "no");
         // Far enough ahead to be a deadline when it is taken, on a slow host.
         let due = now_ms() + 1500;
         let parked = f.verified_due("000.00.00.G22", "000.00.00.H41", due);
@@ -8569,9 +8570,7 @@ mod tests {
         let v = f.verified("000.00.00.G22", &["000.00.00.H41"]);
         let id = v.doc_id;
         hub.accept(v, &child("vpcp"), None).unwrap();
-        let (seq, _) = hub.queue_peek("child:nghean", None, 1).unwrap().remove(0);
-        hub.queue_reject("child:nghean", seq, Code::InvalidArgument as i32, "no")
-            .unwrap();
+        refuse_head_with(&hub, "child:nghean", Code::InvalidArgument, "no");
         hub.close().unwrap();
         drop(hub);
         let mut b = Batch::new();
@@ -8693,9 +8692,7 @@ mod tests {
                 ..Default::default()
             });
             hub.accept(v, &child(via), None).unwrap();
-            let (seq, _) = hub.queue_peek("child:nghean", None, 1).unwrap().remove(0);
-            hub.queue_reject("child:nghean", seq, Code::InvalidArgument as i32, "no")
-                .unwrap();
+            refuse_head_with(&hub, "child:nghean", Code::InvalidArgument, "no");
         }
         let s = tonic::Status::from(hub.requeue(&id, None).unwrap_err());
         assert_eq!(s.code(), Code::FailedPrecondition);
@@ -8727,11 +8724,11 @@ mod tests {
         f.storage.envelope_retention_ms = Some(0);
         let hub = f.hub(Arc::new(MemoryStore::new()));
         let refuse_head = |hub: &NodeState| {
-            let (seq, _) = hub.queue_peek("child:nghean", None, 1).unwrap().remove(0);
-            let over = Code::ResourceExhausted as i32;
-            assert!(
-                hub.queue_reject("child:nghean", seq, over, "over the limit")
-                    .unwrap()
+            refuse_head_with(
+                hub,
+                "child:nghean",
+                Code::ResourceExhausted,
+                "over the limit",
             );
         };
         // One dead letter whose envelope is released, then one kept.
