@@ -1152,7 +1152,7 @@ where
         )
     };
     let claim = state.claim_upload(id).await;
-    if let Some((digest, done_size)) = state.upload_done(&id).map_err(Status::from)? {
+    if let Some((digest, done_size, legacy)) = state.finished_upload(&id).map_err(Status::from)? {
         // The same upload again (a retry that missed the answer): the same
         // answer, if it announces the same content.
         if done_size != size || expected.is_some_and(|e| e != digest) {
@@ -1163,8 +1163,8 @@ where
         }
         // Finished before uploads named their application: its now (a
         // REST upload id is its application's own).
-        if let Some(owner) = owner
-            && let Some(ticket) = state.own_legacy_upload(&id, owner).map_err(Status::from)?
+        if let Some(owner) = owner.filter(|_| legacy)
+            && let Some(ticket) = state.own_upload(owner, &digest).map_err(Status::from)?
         {
             state.durable(ticket).await.map_err(Status::from)?;
         }

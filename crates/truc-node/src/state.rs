@@ -2515,12 +2515,15 @@ impl NodeState {
     /// A finished upload: its digest and size, while its file is still kept
     /// (one the orphan sweep took is to be uploaded again).
     pub fn upload_done(&self, id: &uuid::Uuid) -> Result<Option<(Digest, u64)>, NodeError> {
-        Ok(self.upload_record(id)?.map(|(d, size, _)| (d, size)))
+        Ok(self.finished_upload(id)?.map(|(d, size, _)| (d, size)))
     }
 
     /// A finished upload whose file is kept: digest, size, and whether it
     /// was recorded before uploads named their application (no owner then).
-    fn upload_record(&self, id: &uuid::Uuid) -> Result<Option<(Digest, u64, bool)>, NodeError> {
+    pub fn finished_upload(
+        &self,
+        id: &uuid::Uuid,
+    ) -> Result<Option<(Digest, u64, bool)>, NodeError> {
         Ok(self
             .store
             .get(Space::Meta, &Self::upload_key(id))?
@@ -2532,21 +2535,16 @@ impl NodeState {
             .filter(|(d, _, _)| self.blobs.contains(d)))
     }
 
-    /// A retry of a finished upload by `owner`: recorded as its, when the
-    /// upload was finished before uploads named their application.
-    pub fn own_legacy_upload(
-        &self,
-        id: &uuid::Uuid,
-        owner: &str,
-    ) -> Result<Option<Ticket>, NodeError> {
-        match self.upload_record(id)? {
-            Some((d, _, true)) if !self.uploaded_by(owner, &d)? => {
-                let mut b = Batch::new();
-                b.put(Space::Meta, Self::uploaded_by_key(owner, &d), Vec::new());
-                Ok(Some(self.commit.apply(b)?))
-            }
-            _ => Ok(None),
+    /// `d` recorded as `owner`'s upload, unless it is already: for the
+    /// retry of an upload finished before uploads named their application
+    /// ([`Self::finished_upload`] says which). The write, if one was made.
+    pub fn own_upload(&self, owner: &str, d: &Digest) -> Result<Option<Ticket>, NodeError> {
+        if self.uploaded_by(owner, d)? {
+            return Ok(None);
         }
+        let mut b = Batch::new();
+        b.put(Space::Meta, Self::uploaded_by_key(owner, d), Vec::new());
+        Ok(Some(self.commit.apply(b)?))
     }
 
     /// Records a finished upload (so a retry of it answers at once) and drops its
@@ -9226,17 +9224,21 @@ mod tests {
         let mut b = Batch::new();
         b.put(Space::Meta, NodeState::upload_key(&old), legacy);
         store.apply(b).unwrap();
+        // What a retry by `owner` does: owns it when it was finished
+        // before owners were kept.
+        let owned = |id: &uuid::Uuid, owner: &str| {
+            let (digest, size, legacy) = edge.finished_upload(id).unwrap().unwrap();
+            assert_eq!((digest, size), (d, 1000));
+            legacy && edge.own_upload(owner, &digest).unwrap().is_some()
+        };
         assert_eq!(edge.upload_done(&old).unwrap(), Some((d, 1000)));
-        assert!(edge.own_legacy_upload(&old, "qlvb").unwrap().is_some());
+        assert!(owned(&old, "qlvb"));
         assert!(edge.uploaded_by("qlvb", &d).unwrap());
-        assert!(
-            edge.own_legacy_upload(&old, "qlvb").unwrap().is_none(),
-            "once"
-        );
+        assert!(!owned(&old, "qlvb"), "once");
         edge.finish_upload(&new, "upload-y", &d, 1000, None)
             .unwrap();
         assert_eq!(edge.upload_done(&new).unwrap(), Some((d, 1000)));
-        assert!(edge.own_legacy_upload(&new, "other").unwrap().is_none());
+        assert!(!owned(&new, "other"));
     }
 
     /// A submitted document's envelope is kept as a blob the record names (out
