@@ -1003,29 +1003,28 @@ impl NodeState {
         }
         // Parked entries and dead letters, for operators' pages and scrapes
         // without a scan of them all.
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let rows = p.store.scan(Space::Parked, &[], after.as_deref(), 4096)?;
-            let Some((last, _)) = rows.last() else { break };
-            after = Some(last.clone());
-            for (k, v) in rows {
-                // Unreadable: counted as one entry (discard --all drops it).
-                match record::decode::<DeadEntry>(Space::Parked, &k, &v).map(|d| d.entry) {
-                    Ok(Some(e)) => {
-                        for (key, n) in parked_deltas(&e, 1) {
-                            *counts.entry(key).or_default() += n;
-                        }
+        for space in [Space::Parked, Space::Dead] {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let rows = p.store.scan(space, &[], after.as_deref(), 4096)?;
+                let Some((last, _)) = rows.last() else { break };
+                after = Some(last.clone());
+                for (k, v) in rows {
+                    if space == Space::Dead {
+                        *counts.entry(DEAD_COUNT.to_owned()).or_default() += 1;
+                        continue;
                     }
-                    _ => *counts.entry(PARKED_COUNT.to_owned()).or_default() += 1,
+                    // Unreadable: counted as one entry (discard --all drops it).
+                    match record::decode::<DeadEntry>(space, &k, &v).map(|d| d.entry) {
+                        Ok(Some(e)) => {
+                            for (key, n) in parked_deltas(&e, 1) {
+                                *counts.entry(key).or_default() += n;
+                            }
+                        }
+                        _ => *counts.entry(PARKED_COUNT.to_owned()).or_default() += 1,
+                    }
                 }
             }
-        }
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let rows = p.store.scan(Space::Dead, &[], after.as_deref(), 4096)?;
-            let Some((last, _)) = rows.last() else { break };
-            after = Some(last.clone());
-            *counts.entry(DEAD_COUNT.to_owned()).or_default() += rows.len() as i64;
         }
         // Unacknowledged inbox entries per agency and kind (today's count operations).
         // A store from before the status index gets it on the same pass.
