@@ -338,16 +338,13 @@ impl Admin for AdminService {
         let st = self.state.clone();
         // A store that hangs: UNAVAILABLE with the reason, not a command that
         // waits as long as it does.
-        let (queues, parked, snap) = blocking(move || {
+        let (queues, snap) = blocking(move || {
             st.read_within(ADMIN_READ_WAIT, |st| {
-                Ok((
-                    st.queues()?,
-                    st.parked(crate::state::OVERDUE_SHOWN)?,
-                    st.queue_snapshot()?,
-                ))
+                Ok((st.queues()?, st.queue_snapshot()?))
             })
         })
         .await?;
+        let overdue_total = snap.overdue_total();
         Ok(Response::new(pb::QueuesResponse {
             recipients: snap
                 .recipients
@@ -358,7 +355,7 @@ impl Admin for AdminService {
                     oldest_ms: q.oldest_ms,
                 })
                 .collect(),
-            overdue_total: snap.overdue_counts.values().sum(),
+            overdue_total,
             overdue: snap
                 .overdue
                 .into_iter()
@@ -380,7 +377,8 @@ impl Admin for AdminService {
                     oldest_ms,
                 })
                 .collect(),
-            parked: parked
+            parked: snap
+                .parked
                 .into_iter()
                 .map(|(queue, d)| {
                     let e = d.entry.unwrap_or_default();

@@ -488,7 +488,7 @@ async fn overview(State(cx): State<Ctx>, tls: Tls, headers: HeaderMap) -> Respon
                 "priority": o.priority, "deadline_ms": o.deadline_ms, "parked": o.parked,
                 "queue": o.queue,
             })).collect::<Vec<_>>(),
-            "overdue_total": snap.overdue_counts.values().sum::<u64>(),
+            "overdue_total": snap.overdue_total(),
             "dead": snap.dead.iter().map(|d| json!({
                 "doc_id": d.doc_id, "from": d.from, "recipients": d.recipients,
                 "queue": d.queue, "code": d.code, "reason": d.reason, "at_ms": d.at_ms,

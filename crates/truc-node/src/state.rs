@@ -570,6 +570,16 @@ pub struct QueueSnapshot {
     /// are in all.
     pub dead: Vec<DeadLetter>,
     pub dead_total: u64,
+    /// The first [`OVERDUE_SHOWN`] parked entries (by queue, oldest first
+    /// on each), with their queue, as read for `overdue`.
+    pub parked: Vec<(String, DeadEntry)>,
+}
+
+impl QueueSnapshot {
+    /// Every overdue document, queued or parked.
+    pub fn overdue_total(&self) -> u64 {
+        self.overdue_counts.values().sum()
+    }
 }
 
 /// The node's state machine over its store.
@@ -6577,8 +6587,8 @@ impl NodeState {
         } else {
             Vec::new()
         };
-        for (queue, d) in parked {
-            if let Some(e) = d.entry {
+        for (queue, d) in &parked {
+            if let Some(e) = &d.entry {
                 for r in &e.recipients {
                     overdue.push(Overdue {
                         doc_id: e.doc_id.clone(),
@@ -6604,6 +6614,7 @@ impl NodeState {
         Ok(QueueSnapshot {
             dead,
             dead_total,
+            parked,
             recipients: waiting
                 .into_iter()
                 .map(|(organ, depth)| RecipientQueue {
