@@ -113,21 +113,15 @@ enum Prepared {
     Deferred(String),
 }
 
-impl Prepared {
-    /// A failed check: refused for good, or deferred when waiting may settle
-    /// it (a reason of this node's own, [`Refusal::not_now`]).
-    fn failed(r: Refusal) -> Self {
+/// A failed check: refused for good, or deferred when waiting may settle it
+/// (a reason of this node's own, [`Refusal::not_now`]).
+impl From<Refusal> for Prepared {
+    fn from(r: Refusal) -> Self {
         if r.retry {
             Self::Deferred(r.reason)
         } else {
             Self::Refused(r)
         }
-    }
-}
-
-impl From<Refusal> for Prepared {
-    fn from(r: Refusal) -> Self {
-        Self::failed(r)
     }
 }
 
@@ -150,7 +144,7 @@ fn check(state: &NodeState, t: pb::Transfer, origin: &Origin) -> Result<Checked,
                 tracing::info!(kind, reason = %r.reason, "a resend of a message taken before, whose checks fail now: acknowledged as a duplicate");
                 Prepared::Duplicate(ticket, kind)
             }
-            Ok(None) => Prepared::failed(r),
+            Ok(None) => r.into(),
             // A store that cannot say whether it was taken: not refused for
             // good on a guess; the sender keeps it and retries.
             Err(e) => Prepared::Deferred(format!(

@@ -397,12 +397,12 @@ impl BlobStore {
             }
             std::time::Instant::now()
         });
-        let unanswered = |secs: u64| BlobError::Io {
-            path: self.root.clone(),
-            source: std::io::Error::new(
+        let failed = |kind, why: String| io(&self.root)(std::io::Error::new(kind, why));
+        let unanswered = |secs: u64| {
+            failed(
                 std::io::ErrorKind::TimedOut,
                 format!("its filesystem has had no answer to statvfs in {secs} s"),
-            ),
+            )
         };
         let guard = w.sample.lock().unwrap_or_else(|p| p.into_inner());
         // Only the first reads wait, and for the first sample only.
@@ -415,10 +415,7 @@ impl BlobStore {
             None => Err(unanswered(started.elapsed().as_secs())),
             Some((at, _)) if at.elapsed() > DISK_STALE => Err(unanswered(at.elapsed().as_secs())),
             Some((_, Ok(usage))) => Ok(*usage),
-            Some((_, Err((kind, e)))) => Err(BlobError::Io {
-                path: self.root.clone(),
-                source: std::io::Error::new(*kind, e.clone()),
-            }),
+            Some((_, Err((kind, e)))) => Err(failed(*kind, e.clone())),
         }
     }
 
