@@ -319,14 +319,9 @@ impl Ctx {
         })
     }
 
-    /// The application may see a document sent from its agencies: the one
+    /// `app` may see a document sent from its agencies: the one
     /// its own agencies sent, when another agency here used the same doc_id.
-    async fn may_sent(
-        &self,
-        headers: &HeaderMap,
-        doc_id: &str,
-    ) -> Result<pb::GetStatusResponse, ApiError> {
-        let app = self.app(headers)?.clone();
+    async fn may_sent(&self, app: &App, doc_id: &str) -> Result<pb::GetStatusResponse, ApiError> {
         let not_found = || {
             ApiError(Status::not_found(format!(
                 "no document {doc_id} was sent from this edge by application {}'s agencies",
@@ -541,12 +536,12 @@ async fn send(State(cx): State<Ctx>, headers: HeaderMap, Json(b): Json<SendIn>) 
 }
 
 async fn sent_status(State(cx): State<Ctx>, headers: HeaderMap, Path(doc_id): Path<String>) -> Res {
-    let s = cx.may_sent(&headers, &doc_id).await?;
+    let s = cx.may_sent(cx.app(&headers)?, &doc_id).await?;
     Ok(Json(crate::json::sent_document(&s)).into_response())
 }
 
 async fn receipts(State(cx): State<Ctx>, headers: HeaderMap, Path(doc_id): Path<String>) -> Res {
-    let s = cx.may_sent(&headers, &doc_id).await?;
+    let s = cx.may_sent(cx.app(&headers)?, &doc_id).await?;
     let r = cx
         .svc
         .get_receipts(Request::new(pb::GetReceiptsRequest {
@@ -593,8 +588,9 @@ async fn change(
     business: pb::BusinessType,
     b: ChangeIn,
 ) -> Res {
-    let target = cx.may_sent(headers, &doc_id).await?;
-    let attachments = cx.own_uploads(cx.app(headers)?, b.attachments).await?;
+    let app = cx.app(headers)?;
+    let target = cx.may_sent(app, &doc_id).await?;
+    let attachments = cx.own_uploads(app, b.attachments).await?;
     let mut changes: Vec<pb::RecipientChange> = b
         .add
         .into_iter()
@@ -902,7 +898,7 @@ fn urlencode(s: &str) -> String {
 
 /// The package a document sent from here was imported from, byte for byte.
 async fn sent_edxml(State(cx): State<Ctx>, headers: HeaderMap, Path(doc_id): Path<String>) -> Res {
-    let s = cx.may_sent(&headers, &doc_id).await?;
+    let s = cx.may_sent(cx.app(&headers)?, &doc_id).await?;
     let r = cx
         .svc
         .export_edxml(Request::new(pb::ExportEdxmlRequest {
@@ -1049,7 +1045,10 @@ async fn status(
     Json(b): Json<StatusIn>,
 ) -> Res {
     let (organ, from) = if b.code == "13" {
-        (cx.may_sent(&headers, &doc_id).await?.from, String::new())
+        (
+            cx.may_sent(cx.app(&headers)?, &doc_id).await?.from,
+            String::new(),
+        )
     } else {
         let rec = cx.may_received(&headers, &doc_id, &f, &b.organ).await?;
         let organ = rec.organs.into_iter().next().unwrap_or_default();
