@@ -405,6 +405,15 @@ enum Command {
         /// stalls a percentile hides (a period, a moment).
         #[arg(long, value_name = "DIR")]
         latency_log: Option<PathBuf>,
+        /// queued-drain only: every edge reaches the hub over an emulated WAN
+        /// link of this rate, each way (a proxy in the bench), and the drain
+        /// is judged against the link: whether it kept the link busy.
+        #[arg(long, value_name = "MBIT")]
+        link_mbit: Option<f64>,
+        /// The emulated link's round trip (half of it each way), with
+        /// --link-mbit.
+        #[arg(long, value_name = "MS", default_value_t = 0.0, requires = "link_mbit")]
+        link_rtt_ms: f64,
     },
     /// The node's key-value store: PostgreSQL schema, embedded engine conversion.
     Store {
@@ -1006,6 +1015,8 @@ async fn run(cli: Cli) -> Result<()> {
             json,
             dir,
             latency_log,
+            link_mbit,
+            link_rtt_ms,
         } => {
             init_logging(cli.log_format, "error");
             bench::run(bench::BenchArgs {
@@ -1024,6 +1035,10 @@ async fn run(cli: Cli) -> Result<()> {
                 json,
                 dir,
                 latency_log,
+                link: link_mbit.map(|mbit| bench::EmulatedLink {
+                    mbit,
+                    rtt_ms: link_rtt_ms,
+                }),
             })
             .await
         }

@@ -17,13 +17,14 @@ use truc_node::{Config, RunningNode};
 use truc_proto::v1::{self as pb, agency_client::AgencyClient};
 
 use super::{
+    EmulatedLink,
     load::{self, Clock, Load, Window},
     peer::Measured,
     procstat::{self, MIB, Sampler, Usage},
 };
 use crate::{
     certs::{TopoAgency, TopoNode, Topology},
-    chaos::cluster::{self, Cluster, Options},
+    chaos::cluster::{self, Cluster, Links, Options},
     client,
 };
 
@@ -155,9 +156,19 @@ impl Fed {
     /// Makes the PKI and configs in `dir`; starts the nodes (all of them, or only
     /// the hub for the idle shapes, whose edges run in the bench).
     pub async fn start(dir: &Path, shape: Shape, hub: &HubStore) -> Result<Self> {
+        Self::start_with(dir, shape, hub, Links::Direct).await
+    }
+
+    /// Like [`Fed::start`], the edges reaching the hub as `links` says.
+    pub async fn start_with(
+        dir: &Path,
+        shape: Shape,
+        hub: &HubStore,
+        links: Links,
+    ) -> Result<Self> {
         let topo = topology(shape)?;
         let mut cluster =
-            Cluster::create_with(Some(dir.to_owned()), topo, Options { direct: true }).await?;
+            Cluster::create_with(Some(dir.to_owned()), topo, Options { links }).await?;
         // TRUC_BENCH_ENGINE: every node's embedded store engine (storage.engine),
         // to compare redb with sled on the same machine.
         let engine = match std::env::var("TRUC_BENCH_ENGINE") {
@@ -658,13 +669,17 @@ pub async fn attachment(
 }
 
 /// `load.docs` documents queued at the hub for an offline province edge (the
-/// hub's memory growth), then the edge comes back and they drain.
+/// hub's memory growth), then the edge comes back and they drain; over an
+/// emulated WAN link each, if `link` says so (what the drain puts on the
+/// recipient's link is then measured against its rate).
 pub async fn queued_drain(
     dir: &Path,
     load: &Load,
+    link: Option<EmulatedLink>,
     bar: &indicatif::ProgressBar,
 ) -> Result<(Measured, Vec<Usage>)> {
-    let mut fed = Fed::start(dir, Shape::Core, &HubStore::Embedded).await?;
+    let links = link.map_or(Links::Direct, |l| Links::Emulated(l.faults()));
+    let mut fed = Fed::start_with(dir, Shape::Core, &HubStore::Embedded, links).await?;
     let result = async {
         let ids: Ids = Arc::default();
         let (tx, mut rx) = load::arrivals();
@@ -740,6 +755,13 @@ pub async fn queued_drain(
         // the drain is counted from here: the hub's and the sender's counters,
         // and the recipient's from its start.
         let counts0 = fed.settled_counts().await?;
+        let wire = |fed: &Fed| {
+            fed.cluster
+                .proxies
+                .get(RECIPIENT.0)
+                .map(|p| p.carried_down())
+        };
+        let wire0 = wire(&fed);
         bar.set_position(0);
         let drain = Clock::new(load.docs);
         let t0 = Instant::now();
@@ -760,14 +782,19 @@ pub async fn queued_drain(
         let usage = sampler.finish().await;
         w.abort();
         let (_, last) = collected?;
+        let elapsed = last.saturating_duration_since(t0);
+        let wire1 = wire(&fed);
         let counts1 = fed.settled_counts().await?;
         let mut extra = queued_growth(rss_cold, rss0, rss1, peak);
+        if let (Some(l), Some(w0), Some(w1)) = (link, wire0, wire1) {
+            extra.extend(link_use(l, w1.saturating_sub(w0), elapsed));
+        }
         extra.push(("hub_rss_before_mib", rss0 as f64 / MIB));
         extra.extend(counts1.signatures_per_doc(&counts0, load.docs as f64));
         Ok::<_, anyhow::Error>((
             Measured {
                 usage: None,
-                elapsed: last.saturating_duration_since(t0),
+                elapsed,
                 latencies: Vec::new(),
                 extra,
             },
@@ -777,6 +804,21 @@ pub async fn queued_drain(
     let r = result.await;
     fed.stop().await;
     r
+}
+
+/// What a drain of `elapsed` put on an emulated link (`bytes` towards the
+/// recipient: TLS records of the documents, their attachments and the
+/// protocol's own frames): its rate and round trip, the wire's Mbit/s, and
+/// the share of the link's capacity it used.
+fn link_use(link: EmulatedLink, bytes: u64, elapsed: Duration) -> Vec<(&'static str, f64)> {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let mbit = bytes as f64 * 8.0 / secs / 1e6;
+    vec![
+        ("link_mbit", link.mbit),
+        ("link_rtt_ms", link.rtt_ms),
+        ("link_wire_mbit", mbit),
+        ("link_busy", mbit / link.mbit),
+    ]
 }
 
 /// What queueing cost a node's memory, in MiB, from two baselines: `warm`

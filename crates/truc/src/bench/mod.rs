@@ -28,7 +28,7 @@ use self::{
     peer::Measured,
     procstat::Usage,
 };
-use crate::client;
+use crate::{chaos::proxy::Faults, client};
 
 /// The scenarios, in the order they run; the first five are the default.
 pub const SCENARIOS: &[(&str, &str)] = &[
@@ -93,6 +93,36 @@ pub struct BenchArgs {
     pub dir: Option<PathBuf>,
     /// One CSV per run of each document's send time and latency.
     pub latency_log: Option<PathBuf>,
+    /// queued-drain's edges reach the hub over this link.
+    pub link: Option<EmulatedLink>,
+}
+
+/// A WAN link the bench puts between each edge and the hub (`--link-mbit`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EmulatedLink {
+    /// Each way.
+    pub mbit: f64,
+    pub rtt_ms: f64,
+}
+
+impl EmulatedLink {
+    fn faults(self) -> Faults {
+        Faults {
+            rate_bps: (self.mbit * 1e6 / 8.0) as u64,
+            latency: Duration::from_secs_f64(self.rtt_ms / 2000.0),
+            ..Faults::default()
+        }
+    }
+}
+
+impl std::fmt::Display for EmulatedLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} Mbit/s each way, round trip {} ms",
+            self.mbit, self.rtt_ms
+        )
+    }
 }
 
 /// The systems a scenario compares.
@@ -668,7 +698,7 @@ async fn run_truc(
             .await
         }
         "attachment" => fed::attachment(dir, a.attachment_mib << 20, bar).await,
-        "queued-drain" => fed::queued_drain(dir, &l, bar).await,
+        "queued-drain" => fed::queued_drain(dir, &l, a.link, bar).await,
         "idle-edges" => fed::idle(dir, a.idle_edges, bar).await,
         "reconnect" => fed::reconnect(dir, a.reconnect_edges, bar).await,
         other => bail!("unknown scenario {other}"),
@@ -733,6 +763,16 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     if a.runs == 0 || a.docs == 0 || a.window == 0 || a.body_bytes < 8 {
         bail!("--runs, --docs and --window must be > 0 and --body-bytes >= 8");
     }
+    if let Some(link) = a.link {
+        if !(link.mbit > 0.0 && link.mbit.is_finite() && (0.0..=60_000.0).contains(&link.rtt_ms)) {
+            bail!("--link-mbit must be > 0 and --link-rtt-ms between 0 and 60000");
+        }
+        if let Some(other) = selected.iter().find(|s| **s != "queued-drain") {
+            bail!(
+                "--link-mbit applies to queued-drain only (the drain at link speed), not {other}: the other scenarios compare truc with a peer on loopback"
+            );
+        }
+    }
     let mut tmp = None;
     let dir = match &a.dir {
         Some(d) => {
@@ -790,6 +830,11 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         load::IN_FLIGHT
     );
     say(in_flight.clone());
+    if let Some(link) = a.link {
+        say(format!(
+            "link: each edge reaches the hub over an emulated link of {link} (a proxy in this process); the peer runs on loopback"
+        ));
+    }
     let mut runs: Vec<Run> = Vec::new();
     let mut nats_version = None;
     for round in 1..=a.runs {

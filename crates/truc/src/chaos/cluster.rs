@@ -17,7 +17,7 @@ use tokio::{
     process::{Child, Command},
 };
 
-use super::proxy::Proxy;
+use super::proxy::{Faults, Proxy};
 use crate::certs::{self, Topology};
 
 /// How long a node may take to print its ready line.
@@ -39,9 +39,20 @@ pub struct Cluster {
 /// How a cluster is made.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// Children dial their parent directly (no fault proxy) and keep the default
-    /// heartbeats: the benchmark's setting.
-    pub direct: bool,
+    pub links: Links,
+}
+
+/// How each child reaches its parent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Links {
+    /// Through a fault proxy, with quick failure detection: the chaos setting.
+    #[default]
+    Faulty,
+    /// Directly, with the default heartbeats: the benchmark's setting.
+    Direct,
+    /// Through a proxy that emulates this link each way (a rate cap and a
+    /// delay), with the default heartbeats: the benchmark's `--link-mbit`.
+    Emulated(Faults),
 }
 
 /// The low end of the kernel's ephemeral port range, when it leaves room below
@@ -111,14 +122,18 @@ impl Cluster {
         certs::init(&dir, &topo)?;
         std::fs::create_dir_all(dir.join("logs"))?;
         let mut proxies = BTreeMap::new();
-        for n in topo.nodes.iter().filter(|_| !opts.direct) {
+        for n in topo.nodes.iter().filter(|_| opts.links != Links::Direct) {
             if let Some(parent) = &n.parent {
                 let upstream: SocketAddr = topo
                     .node(parent)
                     .and_then(|p| p.listen.clone())
                     .ok_or_else(|| anyhow!("{parent} has no listen address"))?
                     .parse()?;
-                proxies.insert(n.id.clone(), Proxy::start(upstream).await?);
+                let proxy = Proxy::start(upstream).await?;
+                if let Links::Emulated(link) = opts.links {
+                    proxy.set(link);
+                }
+                proxies.insert(n.id.clone(), proxy);
             }
         }
         let c = Self {
@@ -139,7 +154,7 @@ impl Cluster {
                     p.insert("address".into(), via.into());
                 }
                 let link = table(t, "link");
-                if !opts.direct {
+                if opts.links == Links::Faulty {
                     link.insert("heartbeat_interval_ms".into(), 300.into());
                     link.insert("heartbeat_timeout_ms".into(), 1500.into());
                     link.insert("reconnect_max_ms".into(), 500.into());

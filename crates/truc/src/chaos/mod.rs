@@ -383,7 +383,7 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
                     3 => (
                         "latency 300 ms",
                         Faults {
-                            latency_ms: 300,
+                            latency: Duration::from_millis(300),
                             ..Default::default()
                         },
                     ),

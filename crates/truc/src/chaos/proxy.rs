@@ -1,15 +1,24 @@
 //! A TCP fault proxy between a child node and its parent: it forwards bytes and,
 //! on command, holds them (a partition, both ways or one way: TCP keeps the bytes
 //! as a real network would until it heals or a heartbeat gives up), delays them,
-//! caps the bandwidth, or resets every connection it carries.
+//! caps the bandwidth, or resets every connection it carries. A delay and a cap
+//! together emulate a WAN link (`truc bench queued-drain --link-mbit`): the
+//! delay lengthens the round trip without lowering the rate.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::watch,
+    sync::{mpsc, watch},
 };
 
 /// What the proxy does to the bytes it carries now.
@@ -19,8 +28,8 @@ pub struct Faults {
     pub hold_up: bool,
     /// Hold bytes from the parent to the child.
     pub hold_down: bool,
-    /// Added to every chunk, each way.
-    pub latency_ms: u64,
+    /// Each way: how long a byte takes to cross, once sent.
+    pub latency: Duration,
     /// Bytes per second each way; 0: no cap.
     pub rate_bps: u64,
 }
@@ -31,6 +40,8 @@ pub struct Proxy {
     faults: watch::Sender<Faults>,
     /// Bumped to reset every connection open now.
     generation: watch::Sender<u64>,
+    /// Bytes delivered to the parent, and to the children, over every connection.
+    carried: [Arc<AtomicU64>; 2],
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -47,6 +58,8 @@ impl Proxy {
         let addr = listener.local_addr()?;
         let (faults, faults_rx) = watch::channel(Faults::default());
         let (generation, gen_rx) = watch::channel(0u64);
+        let carried: [Arc<AtomicU64>; 2] = Default::default();
+        let counts = carried.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -55,8 +68,9 @@ impl Proxy {
                 };
                 let faults = faults_rx.clone();
                 let generation = gen_rx.clone();
+                let counts = counts.clone();
                 tokio::spawn(async move {
-                    let _ = carry(client, upstream, faults, generation).await;
+                    let _ = carry(client, upstream, faults, generation, counts).await;
                 });
             }
         });
@@ -64,8 +78,14 @@ impl Proxy {
             addr,
             faults,
             generation,
+            carried,
             task,
         })
+    }
+
+    /// Bytes carried so far towards the child (parent to child).
+    pub fn carried_down(&self) -> u64 {
+        self.carried[1].load(Ordering::Relaxed)
     }
 
     pub fn set(&self, f: Faults) {
@@ -87,6 +107,7 @@ async fn carry(
     upstream: SocketAddr,
     faults: watch::Receiver<Faults>,
     mut generation: watch::Receiver<u64>,
+    [up_count, down_count]: [Arc<AtomicU64>; 2],
 ) -> Result<()> {
     let born = *generation.borrow_and_update();
     // A connection opened during a partition waits for it to heal, as a SYN
@@ -102,8 +123,8 @@ async fn carry(
     }
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
-    let up = pump(cr, sw, faults.clone(), true);
-    let down = pump(sr, cw, faults, false);
+    let up = pump(cr, sw, faults.clone(), true, up_count);
+    let down = pump(sr, cw, faults, false, down_count);
     // A reset comes first: bytes held back (a partition) when it came are
     // dropped with the connection, never let through by a heal right after.
     tokio::select! {
@@ -118,29 +139,128 @@ async fn carry(
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    mut faults: watch::Receiver<Faults>,
+    faults: watch::Receiver<Faults>,
     upward: bool,
+    carried: Arc<AtomicU64>,
 ) -> Result<()> {
     let held = move |f: &Faults| if upward { f.hold_up } else { f.hold_down };
-    let mut buf = vec![0u8; 16 << 10];
-    loop {
-        // While held, nothing is read: the sender's window fills up as it would
-        // behind a partition.
-        faults.wait_for(|f| !held(f)).await?;
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            let _ = to.shutdown().await;
-            return Ok(());
+    // What is on the wire: each chunk with the time it reaches the far end.
+    let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(IN_FLIGHT_CHUNKS);
+    let mut read_faults = faults.clone();
+    let read = async move {
+        let mut link = Link::default();
+        loop {
+            // While held, nothing is read: the sender's window fills up as it
+            // would behind a partition.
+            read_faults.wait_for(|f| !held(f)).await?;
+            let mut buf = vec![0u8; CHUNK];
+            let n = from.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, anyhow::Error>(());
+            }
+            buf.truncate(n);
+            let f = *read_faults.borrow();
+            let now = Instant::now();
+            let arrives = link.send(now, n, f.rate_bps, f.latency);
+            tx.send((arrives, buf)).await?;
+            // The link's buffer holds at most `QUEUED` of sending time: past
+            // it, reading stops and TCP pushes back on the sender.
+            if let Some(wait) = link.backlog(now).checked_sub(QUEUED) {
+                tokio::time::sleep(wait).await;
+            }
         }
-        let f = *faults.borrow();
-        let mut delay = Duration::from_millis(f.latency_ms);
-        if f.rate_bps > 0 {
-            delay += Duration::from_secs_f64(n as f64 / f.rate_bps as f64);
+    };
+    let mut write_faults = faults;
+    let write = async move {
+        while let Some((arrives, buf)) = rx.recv().await {
+            tokio::time::sleep_until(arrives.into()).await;
+            write_faults.wait_for(|f| !held(f)).await?;
+            to.write_all(&buf).await?;
+            carried.fetch_add(buf.len() as u64, Ordering::Relaxed);
         }
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+        let _ = to.shutdown().await;
+        Ok(())
+    };
+    tokio::try_join!(read, write)?;
+    Ok(())
+}
+
+/// Bytes read from a socket at a time.
+const CHUNK: usize = 16 << 10;
+/// Chunks on their way at most (4 MiB): a latency with no rate cap passes at
+/// most this much per delay.
+const IN_FLIGHT_CHUNKS: usize = 256;
+/// Sending time a capped link queues at most before it stops reading (a
+/// router's buffer).
+const QUEUED: Duration = Duration::from_millis(20);
+
+/// One direction of an emulated link: a rate cap (serialization, one chunk
+/// after the other) and a propagation delay, pipelined as on a real link, so a
+/// delay lengthens the round trip without lowering the rate.
+#[derive(Debug, Default)]
+struct Link {
+    /// When the link finishes sending what it was given so far.
+    free: Option<Instant>,
+}
+
+impl Link {
+    /// A chunk of `n` bytes given at `now`: when its last byte reaches the
+    /// far end.
+    fn send(&mut self, now: Instant, n: usize, rate_bps: u64, delay: Duration) -> Instant {
+        let start = self.free.map_or(now, |f| f.max(now));
+        let on_wire = if rate_bps == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(n as f64 / rate_bps as f64)
+        };
+        self.free = Some(start + on_wire);
+        start + on_wire + delay
+    }
+
+    /// Sending time queued at `now`.
+    fn backlog(&self, now: Instant) -> Duration {
+        self.free
+            .map_or(Duration::ZERO, |f| f.saturating_duration_since(now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delay_lengthens_the_trip_not_the_time_between_chunks() {
+        let mut link = Link::default();
+        let t0 = Instant::now();
+        // 1 MB/s: 10,000 bytes take 10 ms on the wire, then 50 ms to cross.
+        let rate = 1_000_000;
+        let delay = Duration::from_millis(50);
+        let a = link.send(t0, 10_000, rate, delay);
+        let b = link.send(t0, 10_000, rate, delay);
+        assert_eq!(a - t0, Duration::from_millis(60));
+        // The second waits for the first to be sent, not to arrive.
+        assert_eq!(b - a, Duration::from_millis(10));
+        assert_eq!(link.backlog(t0), Duration::from_millis(20));
+        // Given after the link went idle, a chunk starts at once.
+        let later = t0 + Duration::from_millis(100);
+        assert_eq!(
+            link.send(later, 10_000, rate, delay) - later,
+            Duration::from_millis(60)
+        );
+        assert_eq!(
+            link.backlog(later + Duration::from_millis(30)),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn without_a_cap_a_chunk_only_takes_the_delay() {
+        let mut link = Link::default();
+        let t0 = Instant::now();
+        let delay = Duration::from_millis(5);
+        for _ in 0..3 {
+            assert_eq!(link.send(t0, CHUNK, 0, delay), t0 + delay);
         }
-        faults.wait_for(|f| !held(f)).await?;
-        to.write_all(&buf[..n]).await?;
+        assert_eq!(link.backlog(t0), Duration::ZERO);
     }
 }
