@@ -391,7 +391,11 @@ impl Default for Limits {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LinkTuning {
-    /// Unacknowledged transfers this node lets a peer have in flight. Default 256.
+    /// Unacknowledged transfers this node lets a peer have in flight. Default
+    /// 1024: a peer sends at most this many per round trip, so 10 KiB
+    /// documents fill a 100 Mbit/s link up to a round trip of about 800 ms
+    /// (256 filled half of it at 400 ms). What it holds in flight stays
+    /// bounded by bytes too (`max_inflight_bytes`).
     pub window: u32,
     /// Ping period. Default 2000 ms.
     pub heartbeat_interval_ms: u64,
@@ -416,14 +420,18 @@ pub struct LinkTuning {
     pub inline_attachment_bytes: u64,
     /// Size of one streamed chunk. Default 256 KiB.
     pub chunk_bytes: usize,
-    /// HTTP/2 flow-control window per stream (bounds memory per link). Default 4 MiB.
+    /// HTTP/2 flow-control window per stream (the connection's: twice this);
+    /// bounds the bytes a link's receiver holds unread. Default 16 MiB: a
+    /// drain over a WAN link sends at most a window per round trip, and this
+    /// covers 1 Gbit/s at a 100 ms round trip (4 MiB kept a 1 Gbit/s, 40 ms
+    /// link half busy with 256 KiB documents).
     pub stream_window_bytes: u32,
 }
 
 impl Default for LinkTuning {
     fn default() -> Self {
         Self {
-            window: 256,
+            window: 1024,
             heartbeat_interval_ms: 2000,
             heartbeat_timeout_ms: 8000,
             connect_timeout_ms: 3000,
@@ -435,7 +443,7 @@ impl Default for LinkTuning {
             max_inflight_bytes: 32 << 20,
             inline_attachment_bytes: 256 << 10,
             chunk_bytes: 256 << 10,
-            stream_window_bytes: 4 << 20,
+            stream_window_bytes: 16 << 20,
         }
     }
 }
