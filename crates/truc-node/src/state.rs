@@ -342,6 +342,29 @@ impl<K, V> std::ops::Deref for Staged<K, V> {
     }
 }
 
+/// The count changes a plan makes, summed by key: a quota check reads a
+/// key's sum (a lookup, where it scanned every change of the batch before:
+/// quadratic in a batch of a window of transfers); undone with the plan.
+#[derive(Default)]
+struct Deltas(Staged<String, i64>);
+
+impl Deltas {
+    fn push(&mut self, (key, by): (String, i64)) {
+        let sum = self.of(&key) + by;
+        self.0.insert(key, sum);
+    }
+
+    fn extend(&mut self, changes: impl IntoIterator<Item = (String, i64)>) {
+        for c in changes {
+            self.push(c);
+        }
+    }
+
+    fn of(&self, key: &str) -> i64 {
+        self.0.get(key).copied().unwrap_or(0)
+    }
+}
+
 /// Effects gathered while planning one atomic batch.
 #[derive(Default)]
 struct Plan {
@@ -353,7 +376,7 @@ struct Plan {
     /// Dedup entries written by this batch, not yet visible in the store.
     fresh: Vec<(Vec<u8>, [u8; 32])>,
     audit: Vec<audit::Draft>,
-    deltas: Vec<(String, i64)>,
+    deltas: Deltas,
     /// Blob reference counts and per-agency held bytes changed by this batch.
     refs: Staged<Digest, u64>,
     held: Staged<String, u64>,
@@ -391,7 +414,7 @@ impl Plan {
             events: self.events.len(),
             fresh: self.fresh.len(),
             audit: self.audit.len(),
-            deltas: self.deltas.len(),
+            deltas: self.deltas.0.mark(),
             sent: self.sent.mark(),
             inbox: self.inbox.mark(),
             refs: self.refs.mark(),
@@ -407,7 +430,7 @@ impl Plan {
         self.events.truncate(m.events);
         self.fresh.truncate(m.fresh);
         self.audit.truncate(m.audit);
-        self.deltas.truncate(m.deltas);
+        self.deltas.0.undo_to(m.deltas);
         self.sent.undo_to(m.sent);
         self.inbox.undo_to(m.inbox);
         self.refs.undo_to(m.refs);
@@ -2762,13 +2785,7 @@ impl NodeState {
 
     /// A count as the plan would leave it (the writer's lock held, `_w`).
     fn count(&self, _w: &Writer, plan: &Plan, key: &str) -> i64 {
-        self.lock_counts().get(key).copied().unwrap_or(0)
-            + plan
-                .deltas
-                .iter()
-                .filter(|(k, _)| k == key)
-                .map(|(_, d)| d)
-                .sum::<i64>()
+        self.lock_counts().get(key).copied().unwrap_or(0) + plan.deltas.of(key)
     }
 
     /// Documents waiting in a queue.
@@ -3284,7 +3301,7 @@ impl NodeState {
         w.audit_head = head;
         {
             let mut counts = self.lock_counts();
-            for (k, d) in plan.deltas.drain(..) {
+            for (k, d) in plan.deltas.0.take() {
                 *counts.entry(k).or_default() += d;
             }
         }
@@ -5456,6 +5473,9 @@ impl NodeState {
         };
         let doc_id: DocId = entry.doc_id.parse().map_err(internal)?;
         let sender_organ = rec.from.clone();
+        // The hub's acceptance usually arrives before its link ack, which then
+        // changes nothing: the record is not written again.
+        let mut changed = false;
         for rr in rec
             .recipients
             .iter_mut()
@@ -5463,10 +5483,12 @@ impl NodeState {
         {
             let old = state_of(rr);
             let new = old.advance(state);
-            if !detail.is_empty() && new == state {
+            if !detail.is_empty() && new == state && rr.detail != detail {
                 rr.detail = detail.to_owned();
+                changed = true;
             }
             if new != old {
+                changed = true;
                 rr.state = new as u32;
                 rr.updated_at_ms = now;
                 plan.events.push(Event::StateChanged {
@@ -5477,7 +5499,9 @@ impl NodeState {
                 });
             }
         }
-        plan.sent.insert(key, rec);
+        if changed {
+            plan.sent.insert(key, rec);
+        }
         Ok(())
     }
 
