@@ -370,6 +370,7 @@ mod tests {
             json: false,
             dir: None,
             latency_log: None,
+            link: None,
         }
     }
 
@@ -619,6 +620,41 @@ mod tests {
         );
         assert_eq!(size(10_000), "10000 bytes");
         assert_eq!(size(1 << 20), "1 MiB");
+    }
+
+    /// Over an emulated link the drain is judged by how busy it kept the
+    /// link, not against a gigabit: fast on a slow line is met, a fast line
+    /// left half idle is missed, whatever the rate in absolute terms.
+    #[test]
+    fn a_drain_over_a_link_is_judged_by_how_busy_it_kept_it() {
+        let over = |link_mbit: f64, wire_mbit: f64, docs_per_s: f64| {
+            let mut queued = summary("queued-drain", TRUC, docs_per_s);
+            for (k, v) in [
+                ("link_mbit", link_mbit),
+                ("link_rtt_ms", 400.0),
+                ("link_wire_mbit", wire_mbit),
+                ("link_busy", wire_mbit / link_mbit),
+            ] {
+                queued.extra.insert(k.into(), v);
+            }
+            let c = check_all(&[queued], &args(), &machine(2));
+            verdict(&c, "the queue drained").clone()
+        };
+        let slow_line = over(100.0, 95.0, 1065.0);
+        assert_eq!(
+            slow_line.verdict,
+            "met: the link 95% busy, 95 of its 100 Mbit/s on the wire"
+        );
+        assert_eq!(
+            slow_line.measured,
+            "1065 docs/s of 10 KiB, 10.9 MB/s = 87 Mbit/s over 100 Mbit/s, 400 ms round trip"
+        );
+        // Twice the documents per second, on a line ten times as fast.
+        let fast_line = over(1000.0, 178.0, 1991.0);
+        assert_eq!(
+            fast_line.verdict,
+            "missed: the link 18% busy, 178 of its 1000 Mbit/s on the wire"
+        );
     }
 
     /// A missed target gets its bound only where the bound rules it out.
