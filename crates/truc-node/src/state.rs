@@ -363,6 +363,19 @@ impl Deltas {
     fn of(&self, key: &str) -> i64 {
         self.0.get(key).copied().unwrap_or(0)
     }
+
+    fn mark(&self) -> usize {
+        self.0.mark()
+    }
+
+    fn undo_to(&mut self, mark: usize) {
+        self.0.undo_to(mark);
+    }
+
+    /// Every key's sum, for applying; nothing is left to undo.
+    fn take(&mut self) -> BTreeMap<String, i64> {
+        self.0.take()
+    }
 }
 
 /// Effects gathered while planning one atomic batch.
@@ -414,7 +427,7 @@ impl Plan {
             events: self.events.len(),
             fresh: self.fresh.len(),
             audit: self.audit.len(),
-            deltas: self.deltas.0.mark(),
+            deltas: self.deltas.mark(),
             sent: self.sent.mark(),
             inbox: self.inbox.mark(),
             refs: self.refs.mark(),
@@ -430,7 +443,7 @@ impl Plan {
         self.events.truncate(m.events);
         self.fresh.truncate(m.fresh);
         self.audit.truncate(m.audit);
-        self.deltas.0.undo_to(m.deltas);
+        self.deltas.undo_to(m.deltas);
         self.sent.undo_to(m.sent);
         self.inbox.undo_to(m.inbox);
         self.refs.undo_to(m.refs);
@@ -3301,7 +3314,7 @@ impl NodeState {
         w.audit_head = head;
         {
             let mut counts = self.lock_counts();
-            for (k, d) in plan.deltas.0.take() {
+            for (k, d) in plan.deltas.take() {
                 *counts.entry(k).or_default() += d;
             }
         }
@@ -7754,6 +7767,31 @@ mod tests {
         m.insert("d", 4);
         assert_eq!(m.take().len(), 3);
         assert!(m.is_empty() && m.mark() == 0);
+    }
+
+    /// A batch's count changes are summed by key, and an undone item takes
+    /// back exactly its own: a quota check after it reads what the items
+    /// before it left.
+    #[test]
+    fn count_changes_sum_by_key_and_an_undone_item_takes_back_its_own() {
+        let mut d = Deltas::default();
+        d.push(("q:parent".into(), 1));
+        d.extend([("r:a".into(), 1), ("q:parent".into(), 1)]);
+        assert_eq!((d.of("q:parent"), d.of("r:a"), d.of("r:b")), (2, 1, 0));
+        let before = d.mark();
+        d.extend([
+            ("q:parent".into(), -2),
+            ("r:b".into(), 1),
+            ("r:b".into(), -1),
+        ]);
+        assert_eq!((d.of("q:parent"), d.of("r:b")), (0, 0));
+        d.undo_to(before);
+        assert_eq!((d.of("q:parent"), d.of("r:a"), d.of("r:b")), (2, 1, 0));
+        assert_eq!(
+            d.take().into_iter().collect::<Vec<_>>(),
+            vec![("q:parent".to_owned(), 2), ("r:a".to_owned(), 1)]
+        );
+        assert_eq!(d.of("q:parent"), 0);
     }
 
     fn verified(f: &Fixture, from: &str, to: &[&str]) -> Verified {

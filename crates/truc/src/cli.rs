@@ -411,7 +411,7 @@ enum Command {
         #[arg(long, value_name = "MBIT")]
         link_mbit: Option<f64>,
         /// The emulated link's round trip (half of it each way), with
-        /// --link-mbit.
+        /// --link-mbit; at most 1000.
         #[arg(long, value_name = "MS", default_value_t = 0.0, requires = "link_mbit")]
         link_rtt_ms: f64,
     },

@@ -779,11 +779,11 @@ pub async fn queued_drain(
         )
         .await?;
         let collected = load::collect(&mut rx, &drain, None, load.docs, 1, STALL, bar).await;
+        let wire1 = wire(&fed);
         let usage = sampler.finish().await;
         w.abort();
         let (_, last) = collected?;
         let elapsed = last.saturating_duration_since(t0);
-        let wire1 = wire(&fed);
         let counts1 = fed.settled_counts().await?;
         let mut extra = queued_growth(rss_cold, rss0, rss1, peak);
         if let (Some(l), Some(w0), Some(w1)) = (link, wire0, wire1) {

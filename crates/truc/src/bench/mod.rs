@@ -28,7 +28,10 @@ use self::{
     peer::Measured,
     procstat::Usage,
 };
-use crate::{chaos::proxy::Faults, client};
+use crate::{
+    chaos::proxy::{Faults, ON_THE_WIRE},
+    client,
+};
 
 /// The scenarios, in the order they run; the first five are the default.
 pub const SCENARIOS: &[(&str, &str)] = &[
@@ -764,8 +767,17 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         bail!("--runs, --docs and --window must be > 0 and --body-bytes >= 8");
     }
     if let Some(link) = a.link {
-        if !(link.mbit > 0.0 && link.mbit.is_finite() && (0.0..=60_000.0).contains(&link.rtt_ms)) {
-            bail!("--link-mbit must be > 0 and --link-rtt-ms between 0 and 60000");
+        // A link must come up under the nodes' default handshake timeout (5
+        // s, a few round trips), and the proxy must hold what it carries per
+        // one-way delay.
+        if !(link.mbit >= 0.01 && link.mbit.is_finite() && (0.0..=1000.0).contains(&link.rtt_ms)) {
+            bail!("--link-mbit must be at least 0.01 and --link-rtt-ms between 0 and 1000");
+        }
+        if link.faults().rate_bps as f64 * link.rtt_ms / 2000.0 > ON_THE_WIRE as f64 {
+            bail!(
+                "an emulated link of {link} holds more than {} MiB each way, more than the bench's proxy carries",
+                ON_THE_WIRE >> 20
+            );
         }
         if let Some(other) = selected.iter().find(|s| **s != "queued-drain") {
             bail!(

@@ -18,7 +18,7 @@ use anyhow::Result;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::{mpsc, watch},
+    sync::{Semaphore, mpsc, watch},
 };
 
 /// What the proxy does to the bytes it carries now.
@@ -144,8 +144,12 @@ async fn pump(
     carried: Arc<AtomicU64>,
 ) -> Result<()> {
     let held = move |f: &Faults| if upward { f.hold_up } else { f.hold_down };
-    // What is on the wire: each chunk with the time it reaches the far end.
-    let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(IN_FLIGHT_CHUNKS);
+    // What is on the wire: each chunk with the time it reaches the far end,
+    // at most `ON_THE_WIRE` bytes of them (a permit per byte, given back
+    // once written).
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let room = Arc::new(Semaphore::new(ON_THE_WIRE));
+    let freed = room.clone();
     let mut read_faults = faults.clone();
     let read = async move {
         let mut link = Link::default();
@@ -159,10 +163,11 @@ async fn pump(
                 return Ok::<_, anyhow::Error>(());
             }
             buf.truncate(n);
+            room.acquire_many(n as u32).await?.forget();
             let f = *read_faults.borrow();
             let now = Instant::now();
             let arrives = link.send(now, n, f.rate_bps, f.latency);
-            tx.send((arrives, buf)).await?;
+            tx.send((arrives, buf))?;
             // The link's buffer holds at most `QUEUED` of sending time: past
             // it, reading stops and TCP pushes back on the sender.
             if let Some(wait) = link.backlog(now).checked_sub(QUEUED) {
@@ -177,6 +182,7 @@ async fn pump(
             write_faults.wait_for(|f| !held(f)).await?;
             to.write_all(&buf).await?;
             carried.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            freed.add_permits(buf.len());
         }
         let _ = to.shutdown().await;
         Ok(())
@@ -187,9 +193,10 @@ async fn pump(
 
 /// Bytes read from a socket at a time.
 const CHUNK: usize = 16 << 10;
-/// Chunks on their way at most (4 MiB): a latency with no rate cap passes at
-/// most this much per delay.
-const IN_FLIGHT_CHUNKS: usize = 256;
+/// Bytes on their way at most, each way: a link passes at most this much per
+/// one-way delay (1 Gbit/s up to a round trip of a second; the bench refuses
+/// a link that needs more).
+pub const ON_THE_WIRE: usize = 64 << 20;
 /// Sending time a capped link queues at most before it stops reading (a
 /// router's buffer).
 const QUEUED: Duration = Duration::from_millis(20);
@@ -251,6 +258,43 @@ mod tests {
             link.backlog(later + Duration::from_millis(30)),
             Duration::ZERO
         );
+    }
+
+    /// Bytes read while a partition holds are not delivered, and a reset
+    /// drops them: a heal right after never lets them through.
+    #[tokio::test]
+    async fn held_bytes_stay_held_and_a_reset_drops_them() {
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Proxy::start(upstream.local_addr().unwrap()).await.unwrap();
+        let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+        let (mut parent, _) = upstream.accept().await.unwrap();
+        // A first byte through: the proxy is back reading when the hold
+        // starts, so the held bytes are read, and must be kept.
+        let mut buf = [0u8; 16];
+        parent.write_all(b"a").await.unwrap();
+        client.read_exact(&mut buf[..1]).await.unwrap();
+        proxy.set(Faults {
+            hold_down: true,
+            ..Faults::default()
+        });
+        parent.write_all(b"held").await.unwrap();
+        let early = tokio::time::timeout(Duration::from_millis(300), client.read(&mut buf)).await;
+        assert!(early.is_err(), "nothing crosses a held link: {early:?}");
+        assert_eq!(proxy.carried_down(), 1);
+        proxy.reset_all();
+        proxy.heal();
+        match client.read(&mut buf).await {
+            Ok(0) | Err(_) => {}
+            Ok(n) => panic!("{:?} went through after the reset", &buf[..n]),
+        }
+        assert_eq!(proxy.carried_down(), 1);
+        // Unheld, bytes go through and are counted.
+        let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+        let (mut parent, _) = upstream.accept().await.unwrap();
+        parent.write_all(b"free").await.unwrap();
+        client.read_exact(&mut buf[..4]).await.unwrap();
+        assert_eq!(&buf[..4], b"free");
+        assert_eq!(proxy.carried_down(), 5);
     }
 
     #[test]
