@@ -393,8 +393,9 @@ impl Default for Limits {
 pub struct LinkTuning {
     /// Unacknowledged transfers this node lets a peer have in flight. Default
     /// 1024: a peer sends at most this many per round trip, so 10 KiB
-    /// documents fill a 100 Mbit/s link up to a round trip of about 800 ms
-    /// (256 filled half of it at 400 ms). What it holds in flight stays
+    /// documents fill a 100 Mbit/s link up to a round trip of about 650 ms,
+    /// where `stream_window_bytes` runs out first (256 filled half of it at
+    /// 400 ms). What it holds in flight stays
     /// bounded by bytes too (`max_inflight_bytes`).
     pub window: u32,
     /// Ping period. Default 2000 ms.
