@@ -128,12 +128,7 @@ async fn a_sled_hub_converted_to_redb_keeps_everything_and_says_when_it_repairs(
     assert!(c.path("data/hub/store").is_dir(), "the sled store");
 
     // Configured for redb, the hub refuses the sled store and names the way out.
-    c.edit("hub", |t| {
-        t["storage"]
-            .as_table_mut()
-            .unwrap()
-            .insert("engine".into(), "redb".into());
-    });
+    c.set("hub", "storage", "engine", "redb");
     let out = std::process::Command::new(bin())
         .args(["node", "--config", &c.cfg("hub")])
         .output()

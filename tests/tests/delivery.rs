@@ -320,12 +320,7 @@ async fn a_resend_after_a_lost_ack_is_a_duplicate_though_its_checks_now_fail() {
         c.start(n);
     }
     let proxy = Proxy::start(c.hub_addr().parse().unwrap()).await.unwrap();
-    c.edit("vpcp", |t| {
-        t["parent"]
-            .as_table_mut()
-            .unwrap()
-            .insert("address".into(), proxy.addr.to_string().into());
-    });
+    c.set("vpcp", "parent", "address", proxy.addr.to_string());
     c.start("vpcp");
     let before = c.send_from_vpcp(H41, "Trước", &[]);
     c.wait_delivered("vpcp", &before);
@@ -348,12 +343,7 @@ async fn a_resend_after_a_lost_ack_is_a_duplicate_though_its_checks_now_fail() {
     .await;
 
     c.kill("hub");
-    c.edit("hub", |t| {
-        t["limits"]
-            .as_table_mut()
-            .unwrap()
-            .insert("max_subject_chars".into(), 10.into());
-    });
+    c.set("hub", "limits", "max_subject_chars", 10);
     c.start("hub");
     proxy.reset_all();
     proxy.heal();

@@ -265,12 +265,7 @@ fn pdf_signatures_are_checked_on_arrival_and_shown_with_the_document() {
 #[test]
 fn a_pdf_signed_with_a_revoked_key_is_not_valid() {
     let mut c = Cluster::new();
-    c.edit("nghean", |t| {
-        t["tls"]
-            .as_table_mut()
-            .unwrap()
-            .insert("crl_reload_ms".into(), 100.into());
-    });
+    c.set("nghean", "tls", "crl_reload_ms", 100);
     for n in ["hub", "vpcp", "nghean"] {
         c.start(n);
     }

@@ -232,12 +232,7 @@ async fn a_relay_that_gives_up_on_a_district_tells_a_sender_beyond_the_hub() {
 async fn a_refusal_beyond_the_relay_reaches_the_districts_sender() {
     let mut c = Cluster::new();
     // The hub takes smaller attachments than the province does.
-    c.edit("hub", |t| {
-        t["limits"]
-            .as_table_mut()
-            .unwrap()
-            .insert("max_attachment_bytes".into(), 1000.into());
-    });
+    c.set("hub", "limits", "max_attachment_bytes", 1000);
     for n in ["hub", "vpcp", "quangnam", "duyxuyen"] {
         c.start(n);
     }

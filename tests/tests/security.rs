@@ -385,12 +385,7 @@ async fn an_expired_node_certificate_is_refused_at_the_handshake() {
 async fn a_link_ends_when_the_childs_certificate_expires() {
     let mut c = Cluster::new();
     // The raw link answers no pings: only the expiry may end it here.
-    c.edit("hub", |t| {
-        t["link"]
-            .as_table_mut()
-            .unwrap()
-            .insert("heartbeat_timeout_ms".into(), 60_000.into());
-    });
+    c.set("hub", "link", "heartbeat_timeout_ms", 60_000);
     c.start("hub");
     let pki = c.dir.path();
     let ca = truc_pki::dev::DevCa::load(

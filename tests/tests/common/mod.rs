@@ -162,6 +162,18 @@ impl Cluster {
         std::fs::write(&path, toml::to_string(&t).unwrap()).unwrap();
     }
 
+    /// Sets one setting of a node's config file (`[section] key = value`,
+    /// the section made if missing), read when it next starts.
+    pub fn set(&self, node: &str, section: &str, key: &str, value: impl Into<toml::Value>) {
+        self.edit(node, |t| {
+            t.entry(section)
+                .or_insert_with(|| toml::Table::new().into())
+                .as_table_mut()
+                .unwrap()
+                .insert(key.into(), value.into());
+        });
+    }
+
     /// Starts `truc node` and waits for its ready line.
     pub fn start(&mut self, node: &str) -> &Proc {
         self.start_until(node, None)
