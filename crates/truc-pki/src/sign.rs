@@ -661,6 +661,16 @@ mod tests {
         p
     }
 
+    /// A self-signed CA named `cn`, with a fresh key.
+    fn root_ca(cn: &str) -> CertifiedIssuer<'static, KeyPair> {
+        CertifiedIssuer::self_signed(ca_params(cn), KeyPair::generate().unwrap()).unwrap()
+    }
+
+    /// A CA named `cn` under `by`, with a fresh key.
+    fn sub_ca(cn: &str, by: &CertifiedIssuer<'_, KeyPair>) -> CertifiedIssuer<'static, KeyPair> {
+        CertifiedIssuer::signed_by(ca_params(cn), KeyPair::generate().unwrap(), by).unwrap()
+    }
+
     fn crl_of(ca: &CertifiedIssuer<'_, KeyPair>) -> CertificateRevocationListDer<'static> {
         let now = OffsetDateTime::now_utc();
         CertificateRevocationListParams {
@@ -683,23 +693,9 @@ mod tests {
     /// the refusal name it, not the stray certificate's issuer.
     #[test]
     fn the_unlisted_issuer_is_found_along_the_real_chain() {
-        let root = CertifiedIssuer::self_signed(ca_params("Root CA"), KeyPair::generate().unwrap())
-            .unwrap();
-        let inter = CertifiedIssuer::signed_by(
-            ca_params("Intermediate CA"),
-            KeyPair::generate().unwrap(),
-            &root,
-        )
-        .unwrap();
-        let other =
-            CertifiedIssuer::self_signed(ca_params("Unrelated CA"), KeyPair::generate().unwrap())
-                .unwrap();
-        let stray = CertifiedIssuer::signed_by(
-            ca_params("Unrelated sub CA"),
-            KeyPair::generate().unwrap(),
-            &other,
-        )
-        .unwrap();
+        let root = root_ca("Root CA");
+        let inter = sub_ca("Intermediate CA", &root);
+        let stray = sub_ca("Unrelated sub CA", &root_ca("Unrelated CA"));
         let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
         leaf.distinguished_name
             .push(DnType::CommonName, "Văn phòng Chính phủ");
@@ -745,9 +741,7 @@ mod tests {
         // root lacks a list, not the other one.
         let inter_key = KeyPair::generate().unwrap();
         let copy = || KeyPair::try_from(inter_key.serialize_der()).unwrap();
-        let old_root =
-            CertifiedIssuer::self_signed(ca_params("Old Root CA"), KeyPair::generate().unwrap())
-                .unwrap();
+        let old_root = root_ca("Old Root CA");
         let by_old =
             CertifiedIssuer::signed_by(ca_params("Intermediate CA"), copy(), &old_root).unwrap();
         let by_root =
