@@ -518,12 +518,16 @@ async fn an_undeliverable_document_is_reported_after_its_deadline_and_requeue_de
         "{ok}"
     );
 
-    // An operator requeues it; once the edge is up it is delivered, once.
+    // Once the edge is up, an operator requeues it and it is delivered, once.
+    // The edge connects first: a requeued document has a fresh deadline, 1.5 s
+    // here, which a loaded machine can spend starting a node (the document was
+    // then parked again, and the test failed in CI).
+    c.start("caobang");
+    c.wait_log("hub", &["link up", "caobang"]);
     assert!(
         c.cli_ok(&["requeue", "--config", &c.cfg("hub"), &id])
             .contains("requeued 1")
     );
-    c.start("caobang");
     wait_all(&c, &id, "delivered after requeue", |r| {
         r["state"] == "delivered"
     })
