@@ -8417,12 +8417,17 @@ mod tests {
         let f = Fixture::new();
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let hub = f.hub(store.clone());
-        let v = f.verified_due("000.00.00.G22", "000.00.00.H41", now_ms() + 30);
+        // Far enough ahead to be a deadline when it is taken, on a slow host
+        // (30 ms was not always: the default deadline was then taken).
+        let due = now_ms() + 1500;
+        let v = f.verified_due("000.00.00.G22", "000.00.00.H41", due);
         let id = v.doc_id;
         hub.accept(v, &child("vpcp"), None).unwrap();
         assert_eq!(hub.queue_depth("child:nghean"), 1);
-        // Past the document's due time (the deadline it carries, 30 ms).
-        std::thread::sleep(std::time::Duration::from_millis(60));
+        // Past the document's due time (the deadline it carries).
+        while now_ms() <= due {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         assert_eq!(hub.park_overdue().unwrap(), 1);
         hub.close().unwrap();
         drop(hub);
@@ -8551,6 +8556,9 @@ mod tests {
         wait_until(refused_at + keep as i64 / 2);
         let delivered_at = now_ms();
         hub.queue_ack("child:nghean", head(&hub)).unwrap();
+        // The ack schedules the release from its own clock: a slow host may
+        // pass a while between the two.
+        let acked_at = now_ms();
         let removed = |hub: &NodeState| {
             hub.load_doc(&from, &id.to_string())
                 .unwrap()
@@ -8563,7 +8571,7 @@ mod tests {
         if now_ms() < delivered_at + keep as i64 {
             assert!(!removed(&hub), "kept for its period after the delivery");
         }
-        wait_until(delivered_at + keep as i64 + 50);
+        wait_until(acked_at + keep as i64 + 50);
         hub.release_due().unwrap();
         assert!(removed(&hub));
     }

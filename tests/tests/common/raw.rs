@@ -87,9 +87,33 @@ pub async fn raw_link_to(
     match rx.message().await {
         Ok(Some(pb::LinkFrame {
             frame: Some(Frame::Welcome(_)),
-        })) => Ok(RawLink { tx, rx, seq: 0 }),
+        })) => {
+            keep_alive(&tx);
+            Ok(RawLink { tx, rx, seq: 0 })
+        }
         other => Err(format!("no welcome: {other:?}")),
     }
+}
+
+/// Says something every half second, as a node does at each heartbeat: the
+/// hub ends a link silent for its timeout (2 s in these tests), however long
+/// a test's own steps take between two offers on a loaded machine. Ends with
+/// the link (a weak sender: dropping the `RawLink` still closes the stream).
+fn keep_alive(tx: &mpsc::Sender<pb::LinkFrame>) {
+    let weak = tx.downgrade();
+    tokio::spawn(async move {
+        let mut beat = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            beat.tick().await;
+            let Some(tx) = weak.upgrade() else { return };
+            // A full channel is traffic enough.
+            if let Err(mpsc::error::TrySendError::Closed(_)) =
+                tx.try_send(frame(Frame::Ping(pb::Ping { nonce: 0 })))
+            {
+                return;
+            }
+        }
+    });
 }
 
 impl RawLink {
