@@ -357,7 +357,7 @@ enum Command {
     /// of neighbouring pairs (BENCHMARKS.md). Scenarios: one-hop, edge-hub-edge,
     /// steady, relay, fan-out (the default set), attachment, queued-drain,
     /// idle-edges, reconnect, pg-hub (a hub on PostgreSQL beside the embedded
-    /// one), or all.
+    /// one), outbox-drain (a sending edge's backlog after an outage), or all.
     Bench {
         scenarios: Vec<String>,
         /// Documents per run (fan-out: at most 1,000, each to --fanout
@@ -381,7 +381,8 @@ enum Command {
         /// Agencies one fan-out document goes to.
         #[arg(long, default_value_t = 60)]
         fanout: usize,
-        /// Documents queued for the offline edge in queued-drain.
+        /// Documents queued for the offline edge in queued-drain, and at the
+        /// cut-off sending edge in outbox-drain.
         #[arg(long, default_value_t = 100_000)]
         queued: usize,
         #[arg(long, default_value_t = 1000)]
@@ -405,9 +406,11 @@ enum Command {
         /// stalls a percentile hides (a period, a moment).
         #[arg(long, value_name = "DIR")]
         latency_log: Option<PathBuf>,
-        /// queued-drain only: every edge reaches the hub over an emulated WAN
-        /// link of this rate, each way (a proxy in the bench), and the drain
-        /// is judged against the link: whether it kept the link busy.
+        /// queued-drain and outbox-drain only: every edge reaches the hub over
+        /// an emulated WAN link of this rate, each way (a proxy in the bench),
+        /// and the drain is judged against the link: whether it kept the link
+        /// busy (the recipient's link in queued-drain, the sender's in
+        /// outbox-drain).
         #[arg(long, value_name = "MBIT")]
         link_mbit: Option<f64>,
         /// The emulated link's round trip (half of it each way), with

@@ -24,7 +24,10 @@ use super::{
 };
 use crate::{
     certs::{TopoAgency, TopoNode, Topology},
-    chaos::cluster::{self, Cluster, Links, Options},
+    chaos::{
+        cluster::{self, Cluster, Links, Options},
+        proxy::Faults,
+    },
     client,
 };
 
@@ -704,21 +707,7 @@ pub async fn queued_drain(
             .pid("hub")
             .ok_or_else(|| anyhow!("hub not running"))?;
         let rss_cold = procstat::rss_bytes(hub).unwrap_or(0);
-        // A hub in service is warm: its cache filled and its allocator grown
-        // by the traffic it carries. What the queue costs is measured on top
-        // of that, after `QUEUED_WARM` documents delivered (their bodies apart
-        // from the measured ones, which would otherwise be stored already).
-        let warm_load = load.warm_up();
-        let warm = warm_load.docs;
-        let s = sender.clone();
-        let from = load.docs;
-        load::drive(warm_load, Clock::new(warm), None, move |k| {
-            let s = s.clone();
-            let body = s.body(from + k);
-            s.send(WARM, Some(vec![body]))
-        })
-        .await?;
-        warmed(&mut rx, warm).await?;
+        warm_up(&sender, load, &mut rx).await?;
         // Stopped only once the hub has every warm-up document acknowledged:
         // one still queued would be delivered again inside the timed drain.
         hub_queue_empty(&fed, RECIPIENT.0).await?;
@@ -790,6 +779,147 @@ pub async fn queued_drain(
             extra.extend(link_use(l, w1.saturating_sub(w0), elapsed));
         }
         extra.push(("hub_rss_before_mib", rss0 as f64 / MIB));
+        extra.extend(counts1.signatures_per_doc(&counts0, load.docs as f64));
+        Ok::<_, anyhow::Error>((
+            Measured {
+                usage: None,
+                elapsed,
+                latencies: Vec::new(),
+                extra,
+            },
+            usage,
+        ))
+    };
+    let r = result.await;
+    fed.stop().await;
+    r
+}
+
+/// A node in service is warm: its cache filled and its allocator grown by
+/// the traffic it carries. What a queue costs is measured on top of that,
+/// after `QUEUED_WARM` documents delivered (their bodies apart from the
+/// measured ones, which would otherwise be stored already).
+async fn warm_up(
+    sender: &Sender,
+    load: &Load,
+    rx: &mut mpsc::UnboundedReceiver<load::Arrival>,
+) -> Result<()> {
+    let warm_load = load.warm_up();
+    let warm = warm_load.docs;
+    let s = sender.clone();
+    let from = load.docs;
+    load::drive(warm_load, Clock::new(warm), None, move |k| {
+        let s = s.clone();
+        let body = s.body(from + k);
+        s.send(WARM, Some(vec![body]))
+    })
+    .await?;
+    warmed(rx, warm).await
+}
+
+/// `load.docs` documents sent while the sending edge is cut off from the hub
+/// (an agency goes on sending through a WAN outage: its edge keeps them),
+/// then the link comes back and the backlog drains up through the hub to the
+/// recipient; over an emulated WAN link each, if `link` says so (what the
+/// drain puts on the sender's link is then measured against its rate).
+/// The drain is timed from the first document's arrival: before it, the
+/// sender waits out its reconnect backoff, grown through the outage (up to
+/// `link.reconnect_max_ms`), which is reported apart.
+pub async fn outbox_drain(
+    dir: &Path,
+    load: &Load,
+    link: Option<EmulatedLink>,
+    bar: &indicatif::ProgressBar,
+) -> Result<(Measured, Vec<Usage>)> {
+    // Through a proxy even on loopback: the outage is made there.
+    let faults = link.map(EmulatedLink::faults).unwrap_or_default();
+    let fed = Fed::start_with(
+        dir,
+        Shape::Core,
+        &HubStore::Embedded,
+        Links::Emulated(faults),
+    )
+    .await?;
+    let result = async {
+        let ids: Ids = Arc::default();
+        let (tx, mut rx) = load::arrivals();
+        let w = watch(
+            fed.agency(RECIPIENT.0).await?,
+            RECIPIENT.1,
+            Want::Arrived,
+            ids.clone(),
+            tx,
+        )
+        .await?;
+        let sender = Sender {
+            client: fed.agency(SENDER.0).await?,
+            to: vec![RECIPIENT.1.into()],
+            body: load.body,
+            ids: ids.clone(),
+        };
+        sender.clone().send(WARM, None).await?;
+        warmed(&mut rx, 1).await?;
+        warm_up(&sender, load, &mut rx).await?;
+        let proxy = fed
+            .cluster
+            .proxies
+            .get(SENDER.0)
+            .ok_or_else(|| anyhow!("no proxy on {}'s link", SENDER.0))?;
+        let pid = fed
+            .cluster
+            .pid(SENDER.0)
+            .ok_or_else(|| anyhow!("{} not running", SENDER.0))?;
+        // The outage: the sender's connection reset, new ones held until it
+        // ends (as SYNs retransmitted by the kernel would be).
+        proxy.set(Faults {
+            hold_up: true,
+            hold_down: true,
+            ..faults
+        });
+        proxy.reset_all();
+        let rss0 = procstat::rss_bytes(pid).unwrap_or(0);
+        let queueing = Sampler::start(&[(SENDER.0.into(), pid)]);
+        let clock = Clock::new(load.docs);
+        let s = sender.clone();
+        // Every document is kept by the sending edge (its Send answered once
+        // it is durable there) before the link comes back.
+        load::drive(load.clone(), clock, None, move |i| s.clone().send(i, None)).await?;
+        let rss1 = procstat::rss_bytes(pid).unwrap_or(0);
+        let peak = queueing.finish_peak_bytes().await;
+        let counts0 = fed.settled_counts().await?;
+        let up0 = proxy.carried_up();
+        bar.set_position(0);
+        let drain = Clock::new(load.docs);
+        let t0 = Instant::now();
+        for i in 0..load.docs {
+            drain.mark_at(i, t0);
+        }
+        let sampler = Sampler::start(&fed.procs());
+        proxy.set(faults);
+        let collected = load::collect(&mut rx, &drain, None, load.docs, 1, STALL, bar).await;
+        let up1 = proxy.carried_up();
+        let usage = sampler.finish().await;
+        w.abort();
+        let (timed, last) = collected?;
+        // The first arrival ends the wait for the link; the drain is timed
+        // from there.
+        let first = timed.iter().map(|t| t.latency).min().unwrap_or_default();
+        let elapsed = last.saturating_duration_since(t0 + first);
+        let counts1 = fed.settled_counts().await?;
+        let mut extra = vec![
+            ("reconnect_s", first.as_secs_f64()),
+            (
+                "sender_queued_rss_growth_mib",
+                rss1.saturating_sub(rss0) as f64 / MIB,
+            ),
+            (
+                "sender_queued_rss_growth_peak_mib",
+                (peak.max(rss1 as f64) - rss0 as f64).max(0.0) / MIB,
+            ),
+        ];
+        if let Some(l) = link {
+            extra.extend(link_use(l, up1.saturating_sub(up0), elapsed));
+        }
         extra.extend(counts1.signatures_per_doc(&counts0, load.docs as f64));
         Ok::<_, anyhow::Error>((
             Measured {

@@ -75,6 +75,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "pg-hub",
         "edge → hub → edge with the hub's store in PostgreSQL (a throwaway local server) against the hub on its embedded store",
     ),
+    (
+        "outbox-drain",
+        "--queued documents sent while the sending edge's link is down, then drained up through the hub (no peer: NATS has no sender-side durable queue)",
+    ),
 ];
 const DEFAULT_SET: usize = 5;
 
@@ -96,7 +100,7 @@ pub struct BenchArgs {
     pub dir: Option<PathBuf>,
     /// One CSV per run of each document's send time and latency.
     pub latency_log: Option<PathBuf>,
-    /// queued-drain's edges reach the hub over this link.
+    /// queued-drain's and outbox-drain's edges reach the hub over this link.
     pub link: Option<EmulatedLink>,
 }
 
@@ -622,7 +626,7 @@ fn load_of(scenario: &str, a: &BenchArgs) -> Load {
     let (docs, rate) = match scenario {
         "steady" => (a.docs, Some(a.rate)),
         "fan-out" => (a.docs.min(FAN_OUT_DOCS), None),
-        "queued-drain" => (a.queued, None),
+        "queued-drain" | "outbox-drain" => (a.queued, None),
         _ => (a.docs, None),
     };
     Load {
@@ -702,6 +706,7 @@ async fn run_truc(
         }
         "attachment" => fed::attachment(dir, a.attachment_mib << 20, bar).await,
         "queued-drain" => fed::queued_drain(dir, &l, a.link, bar).await,
+        "outbox-drain" => fed::outbox_drain(dir, &l, a.link, bar).await,
         "idle-edges" => fed::idle(dir, a.idle_edges, bar).await,
         "reconnect" => fed::reconnect(dir, a.reconnect_edges, bar).await,
         other => bail!("unknown scenario {other}"),
@@ -779,9 +784,12 @@ pub async fn run(a: BenchArgs) -> Result<()> {
                 ON_THE_WIRE >> 20
             );
         }
-        if let Some(other) = selected.iter().find(|s| **s != "queued-drain") {
+        if let Some(other) = selected
+            .iter()
+            .find(|s| !matches!(**s, "queued-drain" | "outbox-drain"))
+        {
             bail!(
-                "--link-mbit applies to queued-drain only (the drain at link speed), not {other}: the other scenarios compare truc with a peer on loopback"
+                "--link-mbit applies to queued-drain and outbox-drain only (the drains at link speed), not {other}: the other scenarios compare truc with a peer on loopback"
             );
         }
     }

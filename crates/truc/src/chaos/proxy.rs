@@ -83,6 +83,11 @@ impl Proxy {
         })
     }
 
+    /// Bytes carried so far towards the parent (child to parent).
+    pub fn carried_up(&self) -> u64 {
+        self.carried[0].load(Ordering::Relaxed)
+    }
+
     /// Bytes carried so far towards the child (parent to child).
     pub fn carried_down(&self) -> u64 {
         self.carried[1].load(Ordering::Relaxed)
