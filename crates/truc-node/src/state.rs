@@ -6290,8 +6290,14 @@ impl NodeState {
             if space == Space::Parked {
                 plan.deltas.extend(parked_deltas(&entry, 1));
             }
+            // Held now for why it cannot go, this node's own reason (`truc
+            // queues` and the dashboard show it), no longer the refusal or
+            // the deadline that first held it.
             let left = DeadEntry {
                 entry: Some(entry),
+                code: Code::FailedPrecondition as i32,
+                reason: stay_why.clone(),
+                here: true,
                 ..held
             };
             plan.batch.put(space, key, record::encode(&left));
@@ -8279,6 +8285,16 @@ mod tests {
             left[0].1.entry.as_ref().unwrap().recipients,
             vec![leaves.to_string()]
         );
+        // Shown held for why it stays now, not for what first held it.
+        assert!(
+            left[0]
+                .1
+                .reason
+                .starts_with("002.00.10.H47 left this node's subtree"),
+            "{:?}",
+            left[0].1
+        );
+        assert_eq!(left[0].1.code, Code::FailedPrecondition as i32);
         assert_eq!(counted(&relay), 1);
         let pending = |relay: &NodeState| relay.load_doc(&from, &id.to_string()).unwrap().pending;
         // Held for the queued part, and for the part still parked (a dead
