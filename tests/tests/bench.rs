@@ -97,6 +97,45 @@ fn queued_drain_delivers_every_queued_document_and_reports_the_hubs_growth() {
     );
 }
 
+/// A sending edge cut from the hub keeps what its application sends; once
+/// the link is back every document goes up and arrives, and the run says how
+/// long the first took and what the queue cost the edge.
+#[test]
+fn outbox_drain_delivers_what_the_sender_kept_through_an_outage() {
+    let r = report(&[
+        "outbox-drain",
+        "--queued",
+        "30",
+        "--window",
+        "8",
+        "--runs",
+        "1",
+        "--no-peer",
+    ]);
+    let run = &r["runs"][0];
+    assert_eq!(run["system"], "truc", "{r:#}");
+    assert_eq!(run["docs"], 30, "{run:#}");
+    assert!(run["docs_per_s"].as_f64().unwrap() > 0.0, "{run:#}");
+    assert!(
+        run["extra"]["first_arrival_s"].as_f64().unwrap() > 0.0,
+        "{run:#}"
+    );
+    assert!(
+        run["extra"]["sender_queued_rss_growth_mib"]
+            .as_f64()
+            .is_some(),
+        "{run:#}"
+    );
+    let targets = r["targets"].as_array().unwrap();
+    assert!(
+        targets.iter().any(|t| t["target"]
+            .as_str()
+            .unwrap()
+            .starts_with("the sender's backlog drained")),
+        "{r:#}"
+    );
+}
+
 #[test]
 fn bench_refuses_an_unknown_scenario_and_names_the_known_ones() {
     let out = Command::new(common::bin())

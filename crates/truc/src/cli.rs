@@ -406,11 +406,11 @@ enum Command {
         /// stalls a percentile hides (a period, a moment).
         #[arg(long, value_name = "DIR")]
         latency_log: Option<PathBuf>,
-        /// queued-drain and outbox-drain only: every edge reaches the hub over
-        /// an emulated WAN link of this rate, each way (a proxy in the bench),
-        /// and the drain is judged against the link: whether it kept the link
-        /// busy (the recipient's link in queued-drain, the sender's in
-        /// outbox-drain).
+        /// queued-drain and outbox-drain only: every edge (in outbox-drain the
+        /// sender alone) reaches the hub over an emulated WAN link of this
+        /// rate, each way (a proxy in the bench), and the drain is judged
+        /// against the link: whether it kept the link busy (the recipient's
+        /// link in queued-drain, the sender's in outbox-drain).
         #[arg(long, value_name = "MBIT")]
         link_mbit: Option<f64>,
         /// The emulated link's round trip (half of it each way), with

@@ -42,6 +42,9 @@ const WARM: usize = usize::MAX;
 /// fan-out), all nodes together (run extras).
 pub const SIGNED_PER_DOC: &str = "signatures_made_per_doc";
 pub const VERIFIED_PER_DOC: &str = "signatures_verified_per_doc";
+/// The bench's own process in a run's usage, where its proxies emulate
+/// links: not a node (not counted in the nodes' CPU per document).
+pub const LINKS_PROC: &str = "bench (links)";
 /// How long nothing may arrive before a run counts as stalled.
 const STALL: Duration = Duration::from_secs(120);
 /// Every node's document quotas in a bench run: far above any load it drives.
@@ -234,6 +237,16 @@ impl Fed {
 
     pub async fn agency(&self, node: &str) -> Result<AgencyClient<Channel>> {
         client::connect(&self.cluster.config(node)).await
+    }
+
+    /// [`Fed::procs`], and the bench's own process where it emulates links
+    /// (its proxies take their share of the same cores).
+    pub fn procs_and_links(&self) -> Vec<(String, u32)> {
+        let mut procs = self.procs();
+        if !self.cluster.proxies.is_empty() {
+            procs.push((LINKS_PROC.into(), std::process::id()));
+        }
+        procs
     }
 
     /// (node, pid) of every running node.
@@ -440,6 +453,32 @@ async fn hub_queue_empty(fed: &Fed, node: &str) -> Result<()> {
         }
         if t0.elapsed() > STALL {
             bail!("the hub's queue for {node} did not empty in {STALL:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `node`'s link to its parent and its queue for it (as its
+/// operator API shows them) satisfy `ok(up, depth)`.
+async fn parent_link(fed: &Fed, node: &str, ok: impl Fn(bool, u64) -> bool) -> Result<()> {
+    let mut admin = client::admin(&fed.cluster.config(node)).await?;
+    let t0 = Instant::now();
+    loop {
+        let r = admin
+            .nodes(pb::NodesRequest {})
+            .await
+            .map_err(client::status_error)?
+            .into_inner();
+        // The node itself comes first: its link "up to …" or "down to …"
+        // its parent, and its queue for it.
+        let view = r.nodes.first();
+        if view.is_some_and(|v| ok(v.link.starts_with("up "), v.queue_depth)) {
+            return Ok(());
+        }
+        if t0.elapsed() > STALL {
+            bail!(
+                "{node}'s link to its parent did not reach the state the run waits for in {STALL:?}: {view:?}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -758,7 +797,7 @@ pub async fn queued_drain(
             drain.mark_at(i, t0);
         }
         fed.cluster.start(RECIPIENT.0).await?;
-        let sampler = Sampler::start(&fed.procs());
+        let sampler = Sampler::start(&fed.procs_and_links());
         let w = watch(
             fed.agency(RECIPIENT.0).await?,
             RECIPIENT.1,
@@ -822,15 +861,23 @@ async fn warm_up(
 /// then the link comes back and the backlog drains up through the hub to the
 /// recipient; over an emulated WAN link each, if `link` says so (what the
 /// drain puts on the sender's link is then measured against its rate).
-/// The drain is timed from the first document's arrival: before it, the
-/// sender waits out its reconnect backoff, grown through the outage (up to
-/// `link.reconnect_max_ms`), which is reported apart.
+/// Only the sender's link is emulated: the recipient's proxy carries its
+/// bytes as they come, so the line judged is the only one on the way.
+/// The drain is timed from the first document's arrival to the last: before
+/// it, the sender waits out its reconnect backoff, grown through the outage
+/// (up to `link.reconnect_max_ms`), makes its handshakes and sends the first
+/// document through; that wait is reported apart (`first_arrival_s`).
 pub async fn outbox_drain(
     dir: &Path,
     load: &Load,
     link: Option<EmulatedLink>,
     bar: &indicatif::ProgressBar,
 ) -> Result<(Measured, Vec<Usage>)> {
+    if load.docs < 2 {
+        bail!(
+            "outbox-drain times its drain between the first and the last arrival: --queued 2 or more"
+        );
+    }
     // Through a proxy even on loopback: the outage is made there.
     let faults = link.map(EmulatedLink::faults).unwrap_or_default();
     let fed = Fed::start_with(
@@ -841,6 +888,14 @@ pub async fn outbox_drain(
     )
     .await?;
     let result = async {
+        let proxy = fed
+            .cluster
+            .proxies
+            .get(SENDER.0)
+            .ok_or_else(|| anyhow!("no proxy on {}'s link", SENDER.0))?;
+        if let Some(p) = fed.cluster.proxies.get(RECIPIENT.0) {
+            p.heal();
+        }
         let ids: Ids = Arc::default();
         let (tx, mut rx) = load::arrivals();
         let w = watch(
@@ -860,11 +915,10 @@ pub async fn outbox_drain(
         sender.clone().send(WARM, None).await?;
         warmed(&mut rx, 1).await?;
         warm_up(&sender, load, &mut rx).await?;
-        let proxy = fed
-            .cluster
-            .proxies
-            .get(SENDER.0)
-            .ok_or_else(|| anyhow!("no proxy on {}'s link", SENDER.0))?;
+        // Nothing of the warm-up left to cross the link during the drain:
+        // the sender's outbox, and what the hub holds for it (receipts).
+        parent_link(&fed, SENDER.0, |up, depth| up && depth == 0).await?;
+        hub_queue_empty(&fed, SENDER.0).await?;
         let pid = fed
             .cluster
             .pid(SENDER.0)
@@ -877,7 +931,10 @@ pub async fn outbox_drain(
             ..faults
         });
         proxy.reset_all();
-        let rss0 = procstat::rss_bytes(pid).unwrap_or(0);
+        // The edge's memory from once it has let go of its connection.
+        parent_link(&fed, SENDER.0, |up, _| !up).await?;
+        let rss0 =
+            procstat::rss_bytes(pid).ok_or_else(|| anyhow!("cannot read {}'s memory", SENDER.0))?;
         let queueing = Sampler::start(&[(SENDER.0.into(), pid)]);
         let clock = Clock::new(load.docs);
         let s = sender.clone();
@@ -894,7 +951,7 @@ pub async fn outbox_drain(
         for i in 0..load.docs {
             drain.mark_at(i, t0);
         }
-        let sampler = Sampler::start(&fed.procs());
+        let sampler = Sampler::start(&fed.procs_and_links());
         proxy.set(faults);
         let collected = load::collect(&mut rx, &drain, None, load.docs, 1, STALL, bar).await;
         let up1 = proxy.carried_up();
@@ -907,7 +964,7 @@ pub async fn outbox_drain(
         let elapsed = last.saturating_duration_since(t0 + first);
         let counts1 = fed.settled_counts().await?;
         let mut extra = vec![
-            ("reconnect_s", first.as_secs_f64()),
+            ("first_arrival_s", first.as_secs_f64()),
             (
                 "sender_queued_rss_growth_mib",
                 rss1.saturating_sub(rss0) as f64 / MIB,
@@ -936,10 +993,11 @@ pub async fn outbox_drain(
     r
 }
 
-/// What a drain of `elapsed` put on an emulated link (`bytes` towards the
-/// recipient: TLS records of the documents, their attachments and the
-/// protocol's own frames): its rate and round trip, the wire's Mbit/s, and
-/// the share of the link's capacity it used.
+/// What a drain of `elapsed` put on an emulated link (`bytes` the way the
+/// documents went, towards the recipient or from the sender: TLS records of
+/// the documents, their attachments and the protocol's own frames): its rate
+/// and round trip, the wire's Mbit/s, and the share of the link's capacity
+/// it used.
 fn link_use(link: EmulatedLink, bytes: u64, elapsed: Duration) -> Vec<(&'static str, f64)> {
     let secs = elapsed.as_secs_f64().max(1e-9);
     let mbit = bytes as f64 * 8.0 / secs / 1e6;

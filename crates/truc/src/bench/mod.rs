@@ -327,7 +327,15 @@ fn crypto_floor_ms(s: &Summary, m: &Machine) -> Option<(f64, f64, f64)> {
 
 /// CPU milliseconds the nodes of a summary spent per document delivered.
 fn cpu_ms_per_doc(s: &Summary) -> Option<f64> {
-    (s.docs > 0.0).then(|| s.nodes.iter().map(|u| u.cpu_s).sum::<f64>() * 1000.0 / s.docs)
+    (s.docs > 0.0).then(|| {
+        s.nodes
+            .iter()
+            .filter(|u| u.node != fed::LINKS_PROC)
+            .map(|u| u.cpu_s)
+            .sum::<f64>()
+            * 1000.0
+            / s.docs
+    })
 }
 
 /// The durable peer's summary for the scenario of `s` (in the state compared).
@@ -852,7 +860,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     say(in_flight.clone());
     if let Some(link) = a.link {
         say(format!(
-            "link: each edge reaches the hub over an emulated link of {link} (a proxy in this process); the peer runs on loopback"
+            "link: each edge reaches the hub over an emulated link of {link} (a proxy in this process; in outbox-drain the sender's alone); the peer runs on loopback"
         ));
     }
     let mut runs: Vec<Run> = Vec::new();

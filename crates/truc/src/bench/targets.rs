@@ -323,8 +323,8 @@ fn checks(summary: &[Summary], a: &BenchArgs, m: &Machine) -> Vec<TargetCheck> {
         // The same target the other way: a sending edge's backlog after an
         // outage of its link, timed from the first arrival; the wait for the
         // link to come back (its reconnect backoff) is told apart.
-        let after = s.extra.get("reconnect_s").map_or(String::new(), |r| {
-            format!(", the first {r:.1} s after the outage ended")
+        let after = s.extra.get("first_arrival_s").map_or(String::new(), |r| {
+            format!(", the first arrival {r:.1} s after the outage ended")
         });
         out.push(drained_at_link_speed(
             "the sender's backlog drained at link speed",
@@ -702,7 +702,7 @@ mod tests {
             ("link_rtt_ms", 40.0),
             ("link_wire_mbit", 97.0),
             ("link_busy", 0.97),
-            ("reconnect_s", 2.5),
+            ("first_arrival_s", 2.5),
         ] {
             outbox.extra.insert(k.into(), v);
         }
@@ -714,7 +714,7 @@ mod tests {
         );
         assert_eq!(
             row.measured,
-            "1065 docs/s of 10 KiB, 10.9 MB/s = 87 Mbit/s over 100 Mbit/s, 40 ms round trip, the first 2.5 s after the outage ended"
+            "1065 docs/s of 10 KiB, 10.9 MB/s = 87 Mbit/s over 100 Mbit/s, 40 ms round trip, the first arrival 2.5 s after the outage ended"
         );
         assert!(!c.iter().any(|c| c.target.starts_with("the queue drained")));
     }

@@ -2,8 +2,9 @@
 //! on command, holds them (a partition, both ways or one way: TCP keeps the bytes
 //! as a real network would until it heals or a heartbeat gives up), delays them,
 //! caps the bandwidth, or resets every connection it carries. A delay and a cap
-//! together emulate a WAN link (`truc bench queued-drain --link-mbit`): the
-//! delay lengthens the round trip without lowering the rate.
+//! together emulate a WAN link (`truc bench queued-drain --link-mbit`, and
+//! outbox-drain, whose outage is made here too): the delay lengthens the
+//! round trip without lowering the rate.
 
 use std::{
     net::SocketAddr,
