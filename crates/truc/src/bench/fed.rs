@@ -665,24 +665,12 @@ pub async fn attachment(
     let fed_dir = dir.join("fed");
     let fed = Fed::start(&fed_dir, Shape::Core, &HubStore::Embedded).await?;
     let result = async {
-        let ids: Ids = Arc::default();
-        let (tx, mut rx) = load::arrivals();
-        let w = watch(
-            fed.agency(RECIPIENT.0).await?,
-            RECIPIENT.1,
-            Want::Arrived,
-            ids.clone(),
-            tx,
-        )
-        .await?;
-        let mut sender = Sender {
-            client: fed.agency(SENDER.0).await?,
-            to: vec![RECIPIENT.1.into()],
-            body: 1024,
-            ids,
-        };
-        sender.clone().send(WARM, None).await?;
-        warmed(&mut rx, 1).await?;
+        let Pair {
+            mut rx,
+            watcher: w,
+            mut sender,
+            ..
+        } = Pair::start(&fed, 1024).await?;
         let sampler = Sampler::start(&fed.procs());
         let clock = Clock::new(1);
         let t0 = Instant::now();
@@ -723,24 +711,13 @@ pub async fn queued_drain(
     let links = link.map_or(Links::Direct, |l| Links::Emulated(l.faults()));
     let mut fed = Fed::start_with(dir, Shape::Core, &HubStore::Embedded, links).await?;
     let result = async {
-        let ids: Ids = Arc::default();
-        let (tx, mut rx) = load::arrivals();
-        let w = watch(
-            fed.agency(RECIPIENT.0).await?,
-            RECIPIENT.1,
-            Want::Arrived,
-            ids.clone(),
-            tx.clone(),
-        )
-        .await?;
-        let sender = Sender {
-            client: fed.agency(SENDER.0).await?,
-            to: vec![RECIPIENT.1.into()],
-            body: load.body,
-            ids: ids.clone(),
-        };
-        sender.clone().send(WARM, None).await?;
-        warmed(&mut rx, 1).await?;
+        let Pair {
+            ids,
+            tx,
+            mut rx,
+            watcher: w,
+            sender,
+        } = Pair::start(&fed, load.body).await?;
         let hub = fed
             .cluster
             .pid("hub")
@@ -819,19 +796,54 @@ pub async fn queued_drain(
         }
         extra.push(("hub_rss_before_mib", rss0 as f64 / MIB));
         extra.extend(counts1.signatures_per_doc(&counts0, load.docs as f64));
-        Ok::<_, anyhow::Error>((
-            Measured {
-                usage: None,
-                elapsed,
-                latencies: Vec::new(),
-                extra,
-            },
-            usage,
-        ))
+        Ok::<_, anyhow::Error>((Measured::timed(elapsed, extra), usage))
     };
     let r = result.await;
     fed.stop().await;
     r
+}
+
+/// The ministry's agency sending to the province's: the recipient's
+/// arrivals followed (reported on `rx`), the sender ready, and the warm-up
+/// document sent and arrived (every connection made, every path taken once).
+struct Pair {
+    ids: Ids,
+    /// For another watch of the recipient (after a restart); dropped with the
+    /// pair otherwise, so that `rx` ends if the watch does.
+    tx: mpsc::UnboundedSender<load::Arrival>,
+    rx: mpsc::UnboundedReceiver<load::Arrival>,
+    watcher: tokio::task::JoinHandle<()>,
+    sender: Sender,
+}
+
+impl Pair {
+    async fn start(fed: &Fed, body: usize) -> Result<Self> {
+        let ids: Ids = Arc::default();
+        let (tx, mut rx) = load::arrivals();
+        let watcher = watch(
+            fed.agency(RECIPIENT.0).await?,
+            RECIPIENT.1,
+            Want::Arrived,
+            ids.clone(),
+            tx.clone(),
+        )
+        .await?;
+        let sender = Sender {
+            client: fed.agency(SENDER.0).await?,
+            to: vec![RECIPIENT.1.into()],
+            body,
+            ids: ids.clone(),
+        };
+        sender.clone().send(WARM, None).await?;
+        warmed(&mut rx, 1).await?;
+        Ok(Self {
+            ids,
+            tx,
+            rx,
+            watcher,
+            sender,
+        })
+    }
 }
 
 /// A node in service is warm: its cache filled and its allocator grown by
@@ -896,24 +908,12 @@ pub async fn outbox_drain(
         if let Some(p) = fed.cluster.proxies.get(RECIPIENT.0) {
             p.heal();
         }
-        let ids: Ids = Arc::default();
-        let (tx, mut rx) = load::arrivals();
-        let w = watch(
-            fed.agency(RECIPIENT.0).await?,
-            RECIPIENT.1,
-            Want::Arrived,
-            ids.clone(),
-            tx,
-        )
-        .await?;
-        let sender = Sender {
-            client: fed.agency(SENDER.0).await?,
-            to: vec![RECIPIENT.1.into()],
-            body: load.body,
-            ids: ids.clone(),
-        };
-        sender.clone().send(WARM, None).await?;
-        warmed(&mut rx, 1).await?;
+        let Pair {
+            mut rx,
+            watcher: w,
+            sender,
+            ..
+        } = Pair::start(&fed, load.body).await?;
         warm_up(&sender, load, &mut rx).await?;
         // Nothing of the warm-up left to cross the link during the drain:
         // the sender's outbox, and what the hub holds for it (receipts).
@@ -978,15 +978,7 @@ pub async fn outbox_drain(
             extra.extend(link_use(l, up1.saturating_sub(up0), elapsed));
         }
         extra.extend(counts1.signatures_per_doc(&counts0, load.docs as f64));
-        Ok::<_, anyhow::Error>((
-            Measured {
-                usage: None,
-                elapsed,
-                latencies: Vec::new(),
-                extra,
-            },
-            usage,
-        ))
+        Ok::<_, anyhow::Error>((Measured::timed(elapsed, extra), usage))
     };
     let r = result.await;
     fed.stop().await;
@@ -1076,16 +1068,9 @@ pub async fn idle(
         let rss1 = procstat::rss_bytes(hub).unwrap_or(0);
         let usage = sampler.finish().await;
         shutdown(nodes).await;
+        let per_edge = rss1.saturating_sub(rss0) as f64 / 1024.0 / n.max(1) as f64;
         Ok::<_, anyhow::Error>((
-            Measured {
-                usage: None,
-                elapsed,
-                latencies: Vec::new(),
-                extra: vec![(
-                    "rss_per_connection_kib",
-                    rss1.saturating_sub(rss0) as f64 / 1024.0 / n.max(1) as f64,
-                )],
-            },
+            Measured::timed(elapsed, vec![("rss_per_connection_kib", per_edge)]),
             usage,
         ))
     };

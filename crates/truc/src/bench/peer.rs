@@ -171,6 +171,19 @@ pub struct Measured {
     pub usage: Option<Vec<super::procstat::Usage>>,
 }
 
+impl Measured {
+    /// A run timed as a whole, with figures of its own and no document
+    /// latencies (drains, connections), its usage the caller's sampler's.
+    pub fn timed(elapsed: Duration, extra: Vec<(&'static str, f64)>) -> Self {
+        Self {
+            elapsed,
+            latencies: Vec::new(),
+            extra,
+            usage: None,
+        }
+    }
+}
+
 /// Consumers that report every message's index as an arrival.
 async fn consumers(
     stream: &stream::Stream,
@@ -415,13 +428,11 @@ pub async fn idle(server: &Server, n: usize) -> Result<Measured> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss1 = super::procstat::rss_bytes(server.pid).unwrap_or(0);
     drop(clients);
-    Ok(Measured {
+    Ok(Measured::timed(
         elapsed,
-        latencies: Vec::new(),
-        usage: None,
-        extra: vec![(
+        vec![(
             "rss_per_connection_kib",
             rss1.saturating_sub(rss0) as f64 / 1024.0 / n.max(1) as f64,
         )],
-    })
+    ))
 }
