@@ -6296,7 +6296,7 @@ impl NodeState {
             let left = DeadEntry {
                 entry: Some(entry),
                 code: Code::FailedPrecondition as i32,
-                reason: stay_why.clone(),
+                reason: format!("kept held when its other recipients were requeued: {stay_why}"),
                 here: true,
                 ..held
             };
@@ -8287,10 +8287,9 @@ mod tests {
         );
         // Shown held for why it stays now, not for what first held it.
         assert!(
-            left[0]
-                .1
-                .reason
-                .starts_with("002.00.10.H47 left this node's subtree"),
+            left[0].1.reason.starts_with(
+                "kept held when its other recipients were requeued: 002.00.10.H47 left this node's subtree"
+            ),
             "{:?}",
             left[0].1
         );

@@ -285,8 +285,9 @@ pub struct DeadEntry {
     pub reason: String,
     #[prost(int64, tag = "4")]
     pub at_ms: i64,
-    /// This node could not send it (what it must read for it is gone), where
-    /// `reason` already says so; not refused by the peer.
+    /// This node could not send it (what it must read for it is gone), or
+    /// keeps it back itself (the part of a requeue that cannot go), where
+    /// `reason` already says so; not refused by the peer (any more).
     #[prost(bool, tag = "5")]
     pub here: bool,
 }

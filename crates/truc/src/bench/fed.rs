@@ -239,8 +239,9 @@ impl Fed {
         client::connect(&self.cluster.config(node)).await
     }
 
-    /// [`Fed::procs`], and the bench's own process where it emulates links
-    /// (its proxies take their share of the same cores).
+    /// [`Fed::procs`], and the bench's own process where it emulates links:
+    /// its proxies take their share of the same cores (so do the event
+    /// streams it follows and its sampler, counted with them).
     pub fn procs_and_links(&self) -> Vec<(String, u32)> {
         let mut procs = self.procs();
         if !self.cluster.proxies.is_empty() {
@@ -941,7 +942,8 @@ pub async fn outbox_drain(
         // Every document is kept by the sending edge (its Send answered once
         // it is durable there) before the link comes back.
         load::drive(load.clone(), clock, None, move |i| s.clone().send(i, None)).await?;
-        let rss1 = procstat::rss_bytes(pid).unwrap_or(0);
+        let rss1 =
+            procstat::rss_bytes(pid).ok_or_else(|| anyhow!("cannot read {}'s memory", SENDER.0))?;
         let peak = queueing.finish_peak_bytes().await;
         let counts0 = fed.settled_counts().await?;
         let up0 = proxy.carried_up();

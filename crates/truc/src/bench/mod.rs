@@ -325,17 +325,15 @@ fn crypto_floor_ms(s: &Summary, m: &Machine) -> Option<(f64, f64, f64)> {
     (ms > 0.0).then_some((made, verified, ms))
 }
 
+/// The usage of a summary's nodes: not the bench's own process, sampled
+/// beside them where it emulates links.
+fn node_usage(s: &Summary) -> impl Iterator<Item = &procstat::Usage> {
+    s.nodes.iter().filter(|u| u.node != fed::LINKS_PROC)
+}
+
 /// CPU milliseconds the nodes of a summary spent per document delivered.
 fn cpu_ms_per_doc(s: &Summary) -> Option<f64> {
-    (s.docs > 0.0).then(|| {
-        s.nodes
-            .iter()
-            .filter(|u| u.node != fed::LINKS_PROC)
-            .map(|u| u.cpu_s)
-            .sum::<f64>()
-            * 1000.0
-            / s.docs
-    })
+    (s.docs > 0.0).then(|| node_usage(s).map(|u| u.cpu_s).sum::<f64>() * 1000.0 / s.docs)
 }
 
 /// The durable peer's summary for the scenario of `s` (in the state compared).

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BenchArgs, MIN_PAIRS, Machine, Summary, TRUC, cpu_ms_per_doc, crypto_floor_ms, peer_cost_bound,
-    peer_of,
+    BenchArgs, MIN_PAIRS, Machine, Summary, TRUC, cpu_ms_per_doc, crypto_floor_ms, node_usage,
+    peer_cost_bound, peer_of,
 };
 
 /// One target and what this run measured of it.
@@ -209,7 +209,7 @@ fn checks(summary: &[Summary], a: &BenchArgs, m: &Machine) -> Vec<TargetCheck> {
             // The CPU per document is the report's own figure (the public-key
             // lines print it too).
             if let Some(ms) = cpu_ms_per_doc(s).filter(|_| s.secs > 0.0 && !s.nodes.is_empty()) {
-                let busy = s.nodes.iter().map(|u| u.cpu_s).sum::<f64>() / s.secs;
+                let busy = node_usage(s).map(|u| u.cpu_s).sum::<f64>() / s.secs;
                 let need = ms * a.rate / 1000.0;
                 if need >= m.cpus as f64 {
                     verdict += ", out of reach here";
@@ -233,9 +233,7 @@ fn checks(summary: &[Summary], a: &BenchArgs, m: &Machine) -> Vec<TargetCheck> {
     }
     if let Some(s) = truc(summary, "attachment") {
         const T: &str = "1 GiB attachment: < 64 MiB extra RSS on each node";
-        let extra: Vec<(String, f64)> = s
-            .nodes
-            .iter()
+        let extra: Vec<(String, f64)> = node_usage(s)
             .map(|u| (u.node.clone(), u.rss_peak_mib - u.rss_start_mib))
             .collect();
         let mut measured = extra
