@@ -891,13 +891,14 @@ pub async fn outbox_drain(
             "outbox-drain times its drain between the first and the last arrival: --queued 2 or more"
         );
     }
-    // Through a proxy even on loopback: the outage is made there.
+    // Every edge through a proxy, even on loopback: the outage is made at
+    // the sender's, which alone emulates the link.
     let faults = link.map(EmulatedLink::faults).unwrap_or_default();
     let fed = Fed::start_with(
         dir,
         Shape::Core,
         &HubStore::Embedded,
-        Links::Emulated(faults),
+        Links::Emulated(Faults::default()),
     )
     .await?;
     let result = async {
@@ -906,9 +907,7 @@ pub async fn outbox_drain(
             .proxies
             .get(SENDER.0)
             .ok_or_else(|| anyhow!("no proxy on {}'s link", SENDER.0))?;
-        if let Some(p) = fed.cluster.proxies.get(RECIPIENT.0) {
-            p.heal();
-        }
+        proxy.set(faults);
         let Pair {
             mut rx,
             watcher: w,
@@ -934,16 +933,16 @@ pub async fn outbox_drain(
         proxy.reset_all();
         // The edge's memory from once it has let go of its connection.
         parent_link(&fed, SENDER.0, |up, _| !up).await?;
-        let rss0 =
-            procstat::rss_bytes(pid).ok_or_else(|| anyhow!("cannot read {}'s memory", SENDER.0))?;
+        let rss =
+            || procstat::rss_bytes(pid).ok_or_else(|| anyhow!("cannot read {}'s memory", SENDER.0));
+        let rss0 = rss()?;
         let queueing = Sampler::start(&[(SENDER.0.into(), pid)]);
         let clock = Clock::new(load.docs);
         let s = sender.clone();
         // Every document is kept by the sending edge (its Send answered once
         // it is durable there) before the link comes back.
         load::drive(load.clone(), clock, None, move |i| s.clone().send(i, None)).await?;
-        let rss1 =
-            procstat::rss_bytes(pid).ok_or_else(|| anyhow!("cannot read {}'s memory", SENDER.0))?;
+        let rss1 = rss()?;
         let peak = queueing.finish_peak_bytes().await;
         let counts0 = fed.settled_counts().await?;
         let up0 = proxy.carried_up();
@@ -965,16 +964,11 @@ pub async fn outbox_drain(
         let first = timed.iter().map(|t| t.latency).min().unwrap_or_default();
         let elapsed = last.saturating_duration_since(t0 + first);
         let counts1 = fed.settled_counts().await?;
+        let (growth, peak_growth) = growth_mib(rss0, rss1, peak);
         let mut extra = vec![
             ("first_arrival_s", first.as_secs_f64()),
-            (
-                "sender_queued_rss_growth_mib",
-                rss1.saturating_sub(rss0) as f64 / MIB,
-            ),
-            (
-                "sender_queued_rss_growth_peak_mib",
-                (peak.max(rss1 as f64) - rss0 as f64).max(0.0) / MIB,
-            ),
+            ("sender_queued_rss_growth_mib", growth),
+            ("sender_queued_rss_growth_peak_mib", peak_growth),
         ];
         if let Some(l) = link {
             extra.extend(link_use(l, up1.saturating_sub(up0), elapsed));
@@ -1008,15 +1002,24 @@ fn link_use(link: EmulatedLink, bytes: u64, elapsed: Duration) -> Vec<(&'static 
 /// one document); at `end` (once every document was queued) and at the
 /// `peak` sampled all through the queueing (bytes; at least `end`).
 pub fn queued_growth(cold: u64, warm: u64, end: u64, peak: f64) -> Vec<(&'static str, f64)> {
-    let peak = peak.max(end as f64);
-    let growth = |from: u64| end.saturating_sub(from) as f64 / MIB;
-    let peak_growth = |from: u64| (peak - from as f64).max(0.0) / MIB;
+    let (from_warm, peak_from_warm) = growth_mib(warm, end, peak);
+    let (from_cold, peak_from_cold) = growth_mib(cold, end, peak);
     vec![
-        ("queued_rss_growth_mib", growth(warm)),
-        ("queued_rss_growth_cold_mib", growth(cold)),
-        ("queued_rss_growth_peak_mib", peak_growth(warm)),
-        ("queued_rss_growth_peak_cold_mib", peak_growth(cold)),
+        ("queued_rss_growth_mib", from_warm),
+        ("queued_rss_growth_cold_mib", from_cold),
+        ("queued_rss_growth_peak_mib", peak_from_warm),
+        ("queued_rss_growth_peak_cold_mib", peak_from_cold),
     ]
+}
+
+/// A process's growth in MiB from `from` bytes: to `end`, and to the `peak`
+/// sampled on the way (at least `end`).
+fn growth_mib(from: u64, end: u64, peak: f64) -> (f64, f64) {
+    let peak = peak.max(end as f64);
+    (
+        end.saturating_sub(from) as f64 / MIB,
+        (peak - from as f64).max(0.0) / MIB,
+    )
 }
 
 /// Starts the idle edges of `fed` inside this process and waits until each has
