@@ -107,8 +107,8 @@ async fn once_durable<T: Send + 'static>(
         }));
     }
     done.map_err(|e| match e {
-        NodeError::Partly { error, done } => reworded((*error).into(), |m| {
-            format!("{m} ({done} before it, and kept)")
+        NodeError::Partly { error, done, also } => reworded((*error).into(), |m| {
+            format!("{m} ({done} before it, and kept{also})")
         }),
         other => other.into(),
     })

@@ -98,9 +98,14 @@ pub enum NodeError {
     #[error("{}", .0.message())]
     Shared(Status),
     /// A walk of many writes stopped at `error` after `done` (what the writes
-    /// before it did: they stay).
-    #[error("{error} ({done} before it)")]
-    Partly { error: Box<NodeError>, done: String },
+    /// before it did: they stay), and what else the walk has to tell (`also`,
+    /// "; ..." or empty).
+    #[error("{error} ({done} before it{also})")]
+    Partly {
+        error: Box<NodeError>,
+        done: String,
+        also: String,
+    },
 }
 
 impl NodeError {
@@ -139,6 +144,7 @@ impl NodeError {
         NodeError::Partly {
             error: Box::new(self),
             done,
+            also: String::new(),
         }
     }
 
@@ -186,9 +192,9 @@ pub fn to_status(e: NodeError) -> Status {
         }
         NodeError::Store(StoreError::Corrupt { .. }) => Status::data_loss(e.to_string()),
         NodeError::Shared(s) => s,
-        NodeError::Partly { error, done } => {
-            reworded(to_status(*error), |m| format!("{m} ({done} before it)"))
-        }
+        NodeError::Partly { error, done, also } => reworded(to_status(*error), |m| {
+            format!("{m} ({done} before it{also})")
+        }),
         other => Status::internal(other.to_string()),
     }
 }

@@ -6091,11 +6091,14 @@ impl NodeState {
     /// only, when given), after a cause that held many is fixed. Each one
     /// that cannot be requeued (its bytes released, no route) stays where it
     /// is, and is told with the reason; the rest go, a few hundred per write.
+    /// When a write fails part way, the error says what the writes before
+    /// it requeued and how many of the entries it went through could not
+    /// go, naming the first with its reason.
     pub fn requeue_all(&self, queue: Option<&str>) -> Result<Requeued, NodeError> {
         let mut out = Requeued::default();
         // What is held after it began (one of these refused again while it
         // runs) is not taken up again by this run.
-        out.entries = self.walk_held(
+        let walked = self.walk_held(
             queue,
             "entries requeued",
             |st, w, plan, space, k, held, late, now| {
@@ -6129,8 +6132,33 @@ impl NodeState {
                 }
                 Ok(n)
             },
-        )?;
-        Ok(out)
+        );
+        match walked {
+            Ok(entries) => {
+                out.entries = entries;
+                Ok(out)
+            }
+            // What could not go, which the error alone would not tell (the
+            // failed write's entries that could not go are counted too: they
+            // stay held whatever the failure).
+            Err(NodeError::Partly { error, done, .. }) if out.refused_total > 0 => {
+                let (doc_id, from, why) = &out.refused[0];
+                let first = if doc_id.is_empty() {
+                    why.clone()
+                } else {
+                    format!("{doc_id} from {from}: {why}")
+                };
+                Err(NodeError::Partly {
+                    error,
+                    done,
+                    also: format!(
+                        "; {} could not go, the first: {first}; requeue again to list them all",
+                        out.refused_total
+                    ),
+                })
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// [`Self::plan_requeue`], undone when it is refused: the entries it
@@ -8757,6 +8785,49 @@ mod tests {
         assert_eq!((done.entries, done.refused_total), (n, 0));
         assert_eq!(hub.dead_count(), 0);
         assert_eq!(hub.queue_depth("child:nghean"), n as u64);
+    }
+
+    /// A requeue of everything that fails part way also tells what could
+    /// not go in the writes that went (here an entry that cannot be read),
+    /// which its list would have named had it finished.
+    #[test]
+    fn a_requeue_of_everything_that_fails_part_way_names_what_could_not_go() {
+        let f = Fixture::new();
+        let (store, faults) = truc_store::FaultyStore::new(MemoryStore::new());
+        let store = Arc::new(store);
+        let hub = f.hub(store.clone());
+        let batch = (0..300)
+            .map(|_| {
+                let v = f.verified("000.00.00.G22", &["000.00.00.H41"]);
+                (v, Some(vec!["000.00.00.H41".parse().unwrap()]))
+            })
+            .collect();
+        hub.accept_batch(batch, &child("vpcp")).unwrap();
+        for (seq, _) in hub.queue_peek("child:nghean", None, 300).unwrap() {
+            hub.queue_reject("child:nghean", seq, Code::InvalidArgument as i32, "no")
+                .unwrap();
+        }
+        hub.close().unwrap();
+        drop(hub);
+        // First of the queue's dead letters, so in the write that goes.
+        let mut b = Batch::new();
+        b.put(
+            Space::Dead,
+            Key::new().str("child:nghean").u64(0).build(),
+            b"not a record".to_vec(),
+        );
+        store.apply(b).unwrap();
+        let hub = f.hub(store);
+        let next_but_one = faults.applies.load(Ordering::SeqCst) + 2;
+        faults.fail_apply_from.store(next_but_one, Ordering::SeqCst);
+        let s = tonic::Status::from(hub.requeue_all(Some("child:nghean")).unwrap_err());
+        assert!(
+            s.message().contains(
+                "(255 entries requeued before it; 1 could not go, the first: a held entry on child:nghean cannot be read"
+            ) && s.message().ends_with("; requeue again to list them all)"),
+            "{s:?}"
+        );
+        assert_eq!(hub.queue_depth("child:nghean"), 255);
     }
 
     /// Two senders used one doc_id (each picks its own) and both documents
