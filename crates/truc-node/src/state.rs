@@ -609,6 +609,9 @@ pub struct QueueSnapshot {
     /// The first [`OVERDUE_SHOWN`] parked entries (by queue, oldest first
     /// on each), with their queue, as read for `overdue`.
     pub parked: Vec<(String, DeadEntry)>,
+    /// The held entries of `parked` and `dead` whose records cannot be read
+    /// (listed there with DATA_LOSS): their queue and the error.
+    pub unreadable: Vec<String>,
 }
 
 impl QueueSnapshot {
@@ -1914,6 +1917,19 @@ impl NodeState {
             });
         }
         if let Ok(snap) = snapshot {
+            // Held entries that cannot be read: listed as such, and told here
+            // (a read of the lists finds them, not a scrape's counts).
+            if let Some(first) = snap.unreadable.first() {
+                let n = snap.unreadable.len();
+                out.push(Alert {
+                    kind: "store",
+                    subject: self.node_id.to_string(),
+                    detail: format!(
+                        "{n} held entr{} cannot be read (listed as such; truc discard --all --queue QUEUE drops them), the first {first}",
+                        if n == 1 { "y" } else { "ies" }
+                    ),
+                });
+            }
             let mut by: BTreeMap<&str, (u64, u32, u64)> = BTreeMap::new();
             for ((recipient, priority, parked), n) in &snap.overdue_counts {
                 let e = by.entry(recipient.as_str()).or_default();
@@ -6433,40 +6449,64 @@ impl NodeState {
     }
 
     /// Entries parked after their deadline, with their queue: the first
-    /// `limit` by queue, oldest first on each.
-    pub fn parked(&self, limit: usize) -> Result<Vec<(String, DeadEntry)>, NodeError> {
-        self.held_entries(Space::Parked, limit)
+    /// `limit` by queue, oldest first on each. One that cannot be read is
+    /// listed as such (see [`Self::held_entries`]) and named in `unreadable`.
+    pub fn parked(
+        &self,
+        limit: usize,
+        unreadable: &mut Vec<String>,
+    ) -> Result<Vec<(String, DeadEntry)>, NodeError> {
+        self.held_entries(Space::Parked, limit, unreadable)
     }
 
     /// The first `limit` entries `space` (parked, dead) holds, with the
-    /// queue each was on.
+    /// queue each was on. One whose record cannot be read does not hide the
+    /// others: it is listed with no entry, DATA_LOSS and a reason that says
+    /// how to drop it, and named in `unreadable`.
     fn held_entries(
         &self,
         space: Space,
         limit: usize,
+        unreadable: &mut Vec<String>,
     ) -> Result<Vec<(String, DeadEntry)>, NodeError> {
-        self.store
+        Ok(self
+            .store
             .scan(space, &[], None, limit)?
             .into_iter()
             .map(|(k, v)| {
-                Ok((
-                    queue_of(&k).unwrap_or_default(),
-                    record::decode(space, &k, &v)?,
-                ))
+                let queue = queue_of(&k).unwrap_or_default();
+                let held = record::decode(space, &k, &v).unwrap_or_else(|e| {
+                    let reason = format!(
+                        "this held entry cannot be read ({e}); truc discard --all --queue {queue} drops it"
+                    );
+                    unreadable.push(format!("on {queue}: {e}"));
+                    DeadEntry {
+                        entry: None,
+                        code: Code::DataLoss as i32,
+                        reason,
+                        at_ms: 0,
+                        here: true,
+                    }
+                });
+                (queue, held)
             })
-            .collect()
+            .collect())
     }
 
     /// Transfers refused for good (dead letters), with their queue: the
     /// first `limit` by queue, oldest first on each (read without a scan of
     /// them all), and how many there are.
-    pub fn dead_letters(&self, limit: usize) -> Result<(u64, Vec<DeadLetter>), NodeError> {
+    pub fn dead_letters(
+        &self,
+        limit: usize,
+        unreadable: &mut Vec<String>,
+    ) -> Result<(u64, Vec<DeadLetter>), NodeError> {
         let total = self.dead_count();
         if total == 0 {
             return Ok((0, Vec::new()));
         }
         let shown = self
-            .held_entries(Space::Dead, limit)?
+            .held_entries(Space::Dead, limit, unreadable)?
             .into_iter()
             .map(|(queue, d)| {
                 let e = d.entry.unwrap_or_default();
@@ -6653,8 +6693,9 @@ impl NodeState {
                 overdue_counts.insert((r.to_owned(), p, true), *n as u64);
             }
         }
+        let mut unreadable = Vec::new();
         let parked = if lists {
-            self.parked(OVERDUE_SHOWN)?
+            self.parked(OVERDUE_SHOWN, &mut unreadable)?
         } else {
             Vec::new()
         };
@@ -6678,7 +6719,7 @@ impl NodeState {
         });
         overdue.truncate(OVERDUE_SHOWN);
         let (dead_total, dead) = if lists {
-            self.dead_letters(DEAD_LETTERS_SHOWN)?
+            self.dead_letters(DEAD_LETTERS_SHOWN, &mut unreadable)?
         } else {
             (self.dead_count(), Vec::new())
         };
@@ -6696,6 +6737,7 @@ impl NodeState {
                 .collect(),
             overdue,
             overdue_counts,
+            unreadable,
         })
     }
 
@@ -8248,7 +8290,7 @@ mod tests {
         }
         let held = |relay: &NodeState| {
             if parked {
-                relay.parked(10).unwrap()
+                relay.parked(10, &mut Vec::new()).unwrap()
             } else {
                 relay
                     .dead("child:dienban")
@@ -8681,8 +8723,9 @@ mod tests {
     }
 
     /// A held entry that cannot be read stops neither a requeue nor a
-    /// discard of another document, and a discard of all drops it, counted
-    /// out of the dead letters.
+    /// discard of another document, nor the operator's lists (it is listed
+    /// as such, with an alert), and a discard of all drops it, counted out
+    /// of the dead letters.
     #[test]
     fn an_unreadable_held_entry_is_dropped_by_a_discard_of_all() {
         let f = Fixture::new();
@@ -8703,6 +8746,27 @@ mod tests {
         store.apply(b).unwrap();
         let hub = f.hub(store);
         assert_eq!(hub.dead_count(), 2);
+        let snap = hub.queue_snapshot().unwrap();
+        assert_eq!(snap.dead.len(), 2, "the readable one is listed too");
+        let bad = snap.dead.iter().find(|d| d.doc_id.is_empty()).unwrap();
+        assert_eq!(bad.code, "DataLoss");
+        assert!(
+            bad.reason
+                .starts_with("this held entry cannot be read (corrupt record")
+                && bad
+                    .reason
+                    .ends_with("truc discard --all --queue child:nghean drops it"),
+            "{}",
+            bad.reason
+        );
+        let alerts = hub.alerts(&Default::default(), &Ok(snap));
+        assert!(
+            alerts.iter().any(|a| a.kind == "store"
+                && a.detail.starts_with("1 held entry cannot be read")
+                && a.detail
+                    .contains("the first on child:nghean: corrupt record")),
+            "{alerts:?}"
+        );
         assert_eq!(
             hub.requeue(&id, None).unwrap().entries,
             1,
