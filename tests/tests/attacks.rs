@@ -354,8 +354,14 @@ async fn slow_loris_and_a_stream_flood_do_not_stop_legitimate_traffic() {
         f.abort();
     }
     assert!(c.running("hub"));
-    // And a node that connects now still gets in.
-    raw_link(&pki, "nghean", &hub).await.unwrap();
+    // And a node that connects now still gets in. The hub's 1 s handshake
+    // timeout holds for it too, so a busy machine gets two more tries, as a
+    // node would retry; three handshakes that all fail still fail the test.
+    let mut failed = Vec::new();
+    while let Err(e) = raw_link(&pki, "nghean", &hub).await {
+        failed.push(e);
+        assert!(failed.len() < 3, "no link after the storm: {failed:?}");
+    }
 }
 
 /// A peer that asks for attachment bytes far faster than it reads the
