@@ -232,9 +232,14 @@ async fn malformed_protobuf_is_refused_on_the_link_and_the_agency_api() {
         .unwrap();
     let mut g = tonic::client::Grpc::new(ch);
     g.ready().await.unwrap();
+    let mut garbage = Request::new(GARBAGE.to_vec());
+    let token = truc::client::agency_token(&c.config("vpcp")).unwrap();
+    garbage
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     let err = g
         .unary(
-            Request::new(GARBAGE.to_vec()),
+            garbage,
             http::uri::PathAndQuery::from_static("/truc.v1.Agency/Send"),
             Raw,
         )

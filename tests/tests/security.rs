@@ -165,6 +165,56 @@ async fn a_tls_1_2_only_client_is_refused() {
         .expect("the same client over TLS 1.3 gets in");
 }
 
+/// The gRPC agency API listens on loopback, which every user of the
+/// machine reaches: a call without the token the node made (readable by its
+/// user only), or with another, is refused before it is read, counted and
+/// logged, and nothing is sent; the node's user (the CLI) gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agency_api_takes_no_call_without_the_nodes_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut c = Cluster::new();
+    for n in ["hub", "vpcp", "nghean"] {
+        c.start(n);
+    }
+    let data_dir = truc_node::config::Config::load(&c.config("vpcp"))
+        .unwrap()
+        .data_dir;
+    let token_file = truc_node::agency::token_path(&data_dir);
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", token_file.display());
+
+    let mut a = c.agency_without_token("vpcp").await;
+    let e = a
+        .send(doc(G22, &[H41], "gửi không có mã"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains(token_file.to_str().unwrap()), "{e:?}");
+    let mut wrong = tonic::Request::new(doc(G22, &[H41], "gửi với mã khác"));
+    wrong
+        .metadata_mut()
+        .insert("authorization", "Bearer 00000000".parse().unwrap());
+    let e = a.send(wrong).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().starts_with("wrong token"), "{e:?}");
+    c.wait_log("vpcp", &["request refused", "Unauthenticated"]);
+
+    // Nothing went: the edge sent nothing, and the CLI (the node's user,
+    // which reads the token) is let in.
+    let sent = c
+        .agency("vpcp")
+        .await
+        .list_sent(pb::ListSentRequest {
+            from: G22.into(),
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(sent.documents.is_empty(), "{sent:?}");
+    assert!(inbox(&c, "nghean", H41).await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_tampered_at_the_hub_are_refused_by_the_recipient() {
     let mut c = Cluster::new();

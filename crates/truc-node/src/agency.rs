@@ -19,6 +19,96 @@ pub struct AgencyService {
     state: Arc<NodeState>,
 }
 
+/// Where a node keeps the token of its gRPC agency API: `run/agency.token`
+/// under its data directory, made at its first start, readable and
+/// writable by the node's user only. Whoever can read it may act for every
+/// agency of the edge (as whoever can read their signing keys may sign for
+/// them); other users of the machine cannot, although the API listens on
+/// loopback. Applications of their own use the REST API with their tokens.
+pub fn token_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("run").join("agency.token")
+}
+
+/// The token of the gRPC agency API (64 hex digits), from [`token_path`],
+/// made there first when missing. A file that others may read is refused,
+/// not used.
+pub fn load_or_make_token(data_dir: &std::path::Path) -> Result<String, NodeError> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt, os::unix::fs::PermissionsExt};
+    let path = token_path(data_dir);
+    let shown = path.display().to_string();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(NodeError::io(format!("creating {}", dir.display())))?;
+    }
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| NodeError::Other("no randomness for the agency API's token".into()))?;
+    let made = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path);
+    match made {
+        Ok(mut f) => {
+            let token = hex::encode(bytes);
+            f.write_all(token.as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(NodeError::io(format!("writing {shown}")))?;
+            Ok(token)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mode = std::fs::metadata(&path)
+                .map_err(NodeError::io(format!("reading {shown}")))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(NodeError::Other(format!(
+                    "{shown} may be read by other users (mode {:o}): chmod 600 it, or remove it for a new token",
+                    mode & 0o777
+                )));
+            }
+            let token = std::fs::read_to_string(&path)
+                .map_err(NodeError::io(format!("reading {shown}")))?;
+            let token = token.trim().to_owned();
+            if token.len() < 32 {
+                return Err(NodeError::Other(format!(
+                    "{shown} holds no token (fewer than 32 characters): remove it for a new one"
+                )));
+            }
+            Ok(token)
+        }
+        Err(e) => Err(NodeError::io(format!("creating {shown}"))(e)),
+    }
+}
+
+/// The check of every call to the gRPC agency API: `authorization: Bearer
+/// <token>` with the token of [`load_or_make_token`]; UNAUTHENTICATED
+/// otherwise, before the request is read. (Digests are compared: their
+/// bytes tell nothing of the token.)
+pub fn authorize(
+    token: &str,
+    path: &std::path::Path,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
+    let want = Digest::of(token.as_bytes());
+    let path = path.display().to_string();
+    move |req: Request<()>| {
+        let given = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(t) if Digest::of(t.trim().as_bytes()) == want => Ok(req),
+            Some(_) => Err(Status::unauthenticated(format!(
+                "wrong token for the agency API: it is the one in {path}"
+            ))),
+            None => Err(Status::unauthenticated(format!(
+                "the agency API takes `authorization: Bearer <token>`, the token in {path} (readable by the node's user; truc reads it there)"
+            ))),
+        }
+    }
+}
+
 impl AgencyService {
     /// Imports an edXML package. `allowed`, when given, is the set of agencies
     /// the caller may act for: a package from any other is refused before it
@@ -1384,6 +1474,45 @@ mod tests {
     use crate::state::{Origin, Verdict, testing::Fixture};
 
     type Chunks = mpsc::Sender<Result<pb::UploadChunk, Status>>;
+
+    /// The agency API's token is made once, for the node's user only, and
+    /// kept across starts; a copy others may read, or an empty one, stops
+    /// the node instead of serving with it.
+    #[test]
+    fn the_token_is_made_once_for_the_nodes_user_and_a_readable_one_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let token = load_or_make_token(dir.path()).unwrap();
+        assert_eq!(token.len(), 64);
+        let path = token_path(dir.path());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load_or_make_token(dir.path()).unwrap(), token, "kept");
+
+        let mut check = authorize(&token, &path);
+        let with = |v: &str| {
+            let mut r = Request::new(());
+            r.metadata_mut().insert("authorization", v.parse().unwrap());
+            r
+        };
+        assert!(check(with(&format!("Bearer {token}"))).is_ok());
+        let e = check(with("Bearer 1234")).unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+        assert!(
+            check(Request::new(()))
+                .unwrap_err()
+                .message()
+                .contains("agency.token")
+        );
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_or_make_token(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("may be read by other users (mode 644)"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&path, "\n").unwrap();
+        let e = load_or_make_token(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("holds no token"), "{e}");
+    }
 
     /// An archive takes a receipt or status only for its own document: not
     /// for another sender's under the same doc_id, nor another version.

@@ -147,7 +147,8 @@ pub struct ParentSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgencyApiSection {
-    /// `host:port`, loopback only (the API has no authentication of its own yet).
+    /// `host:port`, loopback only (plaintext; callers present the node's token,
+    /// `agency::load_or_make_token`).
     pub listen: String,
 }
 
@@ -730,7 +731,7 @@ impl Config {
                     .map_err(|e| invalid(format!("agency_api.listen: {e}")))?;
                 if !addr.ip().is_loopback() {
                     return Err(invalid(format!(
-                        "agency_api.listen {addr} is not a loopback address; the agency API has no authentication of its own yet"
+                        "agency_api.listen {addr} is not a loopback address; the agency API is plaintext, for software on this machine (publish the REST API through a TLS reverse proxy instead)"
                     )));
                 }
                 Some(a.listen)

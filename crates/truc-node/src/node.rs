@@ -480,9 +480,15 @@ impl RunningNode {
                 .http2_keepalive_timeout(Some(params.heartbeat_timeout))
                 .add_service(tower::Layer::layer(
                     &crate::agency::Refusals::new(state.clone()),
-                    pb::agency_server::AgencyServer::new(AgencyService::new(state.clone()))
-                        .max_decoding_message_size(config.limits.max_message_bytes)
-                        .max_encoding_message_size(config.limits.max_message_bytes),
+                    tonic::service::interceptor::InterceptedService::new(
+                        pb::agency_server::AgencyServer::new(AgencyService::new(state.clone()))
+                            .max_decoding_message_size(config.limits.max_message_bytes)
+                            .max_encoding_message_size(config.limits.max_message_bytes),
+                        crate::agency::authorize(
+                            &crate::agency::load_or_make_token(&config.data_dir)?,
+                            &crate::agency::token_path(&config.data_dir),
+                        ),
+                    ),
                 ))
                 .add_service(health_service.clone())
                 .add_service(reflection()?);

@@ -60,7 +60,7 @@ fn day_start_ms(day: &str) -> Result<i64> {
 /// creation or arrival falls within the days given.
 async fn documents_between(
     config: &Path,
-    client: &mut truc_proto::v1::agency_client::AgencyClient<tonic::transport::Channel>,
+    client: &mut crate::client::AgencyApi,
     since: Option<&str>,
     until: Option<&str>,
 ) -> Result<Vec<(String, String)>> {
@@ -199,7 +199,7 @@ fn files_under(base: &Path, dir: &Path) -> Result<Vec<String>> {
 }
 
 async fn export_one(
-    c: &mut truc_proto::v1::agency_client::AgencyClient<tonic::transport::Channel>,
+    c: &mut crate::client::AgencyApi,
     doc_id: &str,
     from: Option<&str>,
     out: &Path,

@@ -8,6 +8,7 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use truc_node::Config;
 use truc_proto::v1::{self as pb, admin_client::AdminClient, agency_client::AgencyClient};
@@ -85,10 +86,50 @@ async fn channel(config_path: &Path, api: Api) -> Result<Channel> {
         })
 }
 
-pub async fn connect(config_path: &Path) -> Result<AgencyClient<Channel>> {
-    Ok(AgencyClient::new(channel(config_path, Api::Agency).await?)
+/// A client of an edge's gRPC agency API, its token on every call.
+pub type AgencyApi = AgencyClient<InterceptedService<Channel, Bearer>>;
+
+/// Puts `authorization: Bearer <token>` on every call.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// The token of the agency API of the node `config_path` describes, which
+/// the node made at its first start (readable by the node's user only).
+pub fn agency_token(config_path: &Path) -> Result<String> {
+    let cfg = Config::load(config_path)?;
+    let path = truc_node::agency::token_path(&cfg.data_dir);
+    let token = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {}, the agency API's token: the node makes it at its start (`truc node --config {}`), readable by its user only",
+            path.display(),
+            config_path.display()
+        )
+    })?;
+    Ok(token.trim().to_owned())
+}
+
+/// An agency API client over `ch` that presents `token`.
+pub fn agency_client(ch: Channel, token: &str) -> Result<AgencyApi> {
+    let bearer = Bearer(
+        format!("Bearer {token}")
+            .parse()
+            .context("the agency API's token is not text")?,
+    );
+    Ok(AgencyClient::with_interceptor(ch, bearer)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX))
+}
+
+pub async fn connect(config_path: &Path) -> Result<AgencyApi> {
+    let token = agency_token(config_path)?;
+    agency_client(channel(config_path, Api::Agency).await?, &token)
 }
 
 /// The operator certificate and key the CLI presents to a node's operator
@@ -275,7 +316,7 @@ fn retryable(s: &tonic::Status) -> bool {
 
 /// Uploads one file to the edge; resumes from the edge's durable offset after a cut.
 pub(crate) async fn upload_file(
-    client: &mut AgencyClient<Channel>,
+    client: &mut AgencyApi,
     path: &Path,
     name: &str,
 ) -> Result<pb::Attachment> {
@@ -398,7 +439,7 @@ pub(crate) async fn upload_file(
 
 /// Small files inline, large ones uploaded first.
 async fn prepare_attachments(
-    client: &mut AgencyClient<Channel>,
+    client: &mut AgencyApi,
     paths: &[PathBuf],
 ) -> Result<Vec<pb::Attachment>> {
     let mut out = Vec::new();
@@ -773,7 +814,7 @@ pub(crate) fn sha256_file(path: &Path) -> Result<(Vec<u8>, u64)> {
 /// if it is there), checks its SHA-256 against the signed manifest, then
 /// renames it.
 pub(crate) async fn download(
-    client: &mut AgencyClient<Channel>,
+    client: &mut AgencyApi,
     doc_id: &str,
     from: Option<&str>,
     index: u32,

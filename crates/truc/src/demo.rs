@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 use truc_node::{Config, Listeners, RunningNode};
-use truc_proto::v1::{self as pb, agency_client::AgencyClient};
+use truc_proto::v1::{self as pb};
 
 use crate::{certs, client, pdf};
 
@@ -106,11 +106,16 @@ const DOCS: &[DemoDoc] = &[
     },
 ];
 
-async fn agency(addr: std::net::SocketAddr) -> Result<AgencyClient<Channel>> {
+/// The agency API of a demo node at `addr`, with the token the node made
+/// under `data_dir`.
+async fn agency(
+    (addr, data_dir): (std::net::SocketAddr, PathBuf),
+) -> Result<crate::client::AgencyApi> {
     let ch = Channel::from_shared(format!("http://{addr}"))?
         .connect()
         .await?;
-    Ok(AgencyClient::new(ch))
+    let token = std::fs::read_to_string(truc_node::agency::token_path(&data_dir))?;
+    crate::client::agency_client(ch, token.trim())
 }
 
 pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<()> {
@@ -200,7 +205,7 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<()> {
         nodes
             .iter()
             .find(|n| n.state.node_id.as_str() == id)
-            .and_then(|n| n.agency_addr)
+            .and_then(|n| Some((n.agency_addr?, n.config.data_dir.clone())))
     };
     let mut sent = Vec::new();
     for d in DOCS {

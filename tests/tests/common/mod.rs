@@ -497,7 +497,15 @@ impl Cluster {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    pub async fn agency(&self, node: &str) -> AgencyClient<Channel> {
+    /// The agency API of `node`, with the token the node made (as the CLI
+    /// connects).
+    pub async fn agency(&self, node: &str) -> truc::client::AgencyApi {
+        truc::client::connect(&self.config(node)).await.unwrap()
+    }
+
+    /// The agency API of `node` with no token: what another user of the
+    /// machine can reach.
+    pub async fn agency_without_token(&self, node: &str) -> AgencyClient<Channel> {
         let addr = self.procs[node].agency.expect("not an edge");
         let ch = Channel::from_shared(format!("http://{addr}"))
             .unwrap()

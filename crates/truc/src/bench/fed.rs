@@ -12,9 +12,8 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 use truc_node::{Config, RunningNode};
-use truc_proto::v1::{self as pb, agency_client::AgencyClient};
+use truc_proto::v1::{self as pb};
 
 use super::{
     EmulatedLink,
@@ -235,7 +234,7 @@ impl Fed {
         Ok(Self { cluster })
     }
 
-    pub async fn agency(&self, node: &str) -> Result<AgencyClient<Channel>> {
+    pub async fn agency(&self, node: &str) -> Result<crate::client::AgencyApi> {
         client::connect(&self.cluster.config(node)).await
     }
 
@@ -346,7 +345,7 @@ type Ids = Arc<Mutex<HashMap<String, usize>>>;
 /// Follows one agency's live events and reports the arrivals of this run's
 /// documents.
 async fn watch(
-    mut client: AgencyClient<Channel>,
+    mut client: crate::client::AgencyApi,
     organ: &str,
     want: Want,
     ids: Ids,
@@ -395,7 +394,7 @@ async fn watch(
 /// Sends document `i` (or the warm-up) through the sender edge.
 #[derive(Clone)]
 struct Sender {
-    client: AgencyClient<Channel>,
+    client: crate::client::AgencyApi,
     to: Vec<String>,
     body: usize,
     ids: Ids,

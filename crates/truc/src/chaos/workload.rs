@@ -16,10 +16,9 @@ use anyhow::{Context, Result, anyhow};
 use rustls::pki_types::UnixTime;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 use truc_node::envelope::{self, Sender, Verifiers};
 use truc_pki::sign::SignatureVerifier;
-use truc_proto::v1::{self as pb, agency_client::AgencyClient};
+use truc_proto::v1::{self as pb};
 use truc_store::Digest;
 
 use crate::client;
@@ -280,7 +279,7 @@ impl Pool {
     }
 }
 
-async fn agency(dir: &std::path::Path, node: &str) -> Result<AgencyClient<Channel>> {
+async fn agency(dir: &std::path::Path, node: &str) -> Result<crate::client::AgencyApi> {
     client::connect(&dir.join(format!("{node}.toml"))).await
 }
 
@@ -300,7 +299,7 @@ pub async fn generate(
     pool: Arc<Pool>,
     stop: watch::Receiver<bool>,
 ) {
-    let mut conn: Option<AgencyClient<Channel>> = None;
+    let mut conn: Option<crate::client::AgencyApi> = None;
     let mut seq = 0u64;
     while !*stop.borrow() {
         // An application keeps a bounded number of documents in flight: the
@@ -370,7 +369,7 @@ pub async fn generate(
 
 async fn send_once(
     dir: &std::path::Path,
-    conn: &mut Option<AgencyClient<Channel>>,
+    conn: &mut Option<crate::client::AgencyApi>,
     flow: &Flow,
     doc_id: &str,
     seq: u64,
@@ -445,7 +444,7 @@ pub async fn receive(
             return;
         }
     };
-    let mut conn: Option<AgencyClient<Channel>> = None;
+    let mut conn: Option<crate::client::AgencyApi> = None;
     loop {
         let idle = match receive_once(&dir, node, organ, &ledger, &verifiers, &mut conn).await {
             Ok(n) => n == 0,
@@ -474,7 +473,7 @@ async fn receive_once(
     organ: &str,
     ledger: &Shared,
     verifiers: &Verifiers,
-    conn: &mut Option<AgencyClient<Channel>>,
+    conn: &mut Option<crate::client::AgencyApi>,
 ) -> Result<usize> {
     if conn.is_none() {
         *conn = Some(agency(dir, node).await?);
@@ -498,7 +497,7 @@ async fn receive_once(
 }
 
 async fn take(
-    c: &mut AgencyClient<Channel>,
+    c: &mut crate::client::AgencyApi,
     organ: &str,
     item: &pb::InboxItem,
     ledger: &Shared,
@@ -649,7 +648,7 @@ pub async fn reconcile(dir: &std::path::Path, ledger: &Shared) {
     }
 }
 
-async fn ack(c: &mut AgencyClient<Channel>, organ: &str, item: &pb::InboxItem) -> Result<()> {
+async fn ack(c: &mut crate::client::AgencyApi, organ: &str, item: &pb::InboxItem) -> Result<()> {
     c.ack(pb::AckRequest {
         doc_id: item.doc_id.clone(),
         from: item.from.clone(),
