@@ -137,6 +137,12 @@ async fn authenticated(
     }
 }
 
+/// The largest request body taken: a message of `limits.max_message_bytes`
+/// in base64, and room for the JSON around it.
+fn body_limit(state: &NodeState) -> usize {
+    state.limits.max_message_bytes / 3 * 4 + (64 << 10)
+}
+
 /// Every error answer leaves through here: counted and logged once
 /// (`truc_refused_total{source="rest"}`), and axum's own plain-text rejections
 /// of a malformed body, query or path turned into the JSON error every other
@@ -177,6 +183,11 @@ async fn errors(
             format!(
                 "{what}: method not allowed (allowed: {})",
                 allowed.unwrap_or_default()
+            )
+        } else if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!(
+                "{what}: the request body is over this edge's limit of {} bytes (limits.max_message_bytes, in base64); upload large attachments first (PUT /v1/uploads/{{uuid}}) and name them by sha256 and size",
+                body_limit(&state)
             )
         } else if text.is_empty() {
             format!("no route for {what}")
@@ -352,7 +363,7 @@ impl Ctx {
 
 /// The router for a node's REST API.
 pub fn router(state: Arc<NodeState>, apps: Vec<App>) -> Router {
-    let body_limit = state.limits.max_message_bytes / 3 * 4 + (64 << 10);
+    let body_limit = body_limit(&state);
     let cx = Ctx {
         svc: AgencyService::new(state.clone()),
         state: state.clone(),
@@ -434,6 +445,7 @@ async fn openapi() -> Response {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AttachmentIn {
     name: String,
     #[serde(default)]
@@ -445,7 +457,7 @@ struct AttachmentIn {
     #[serde(default)]
     sha256: Option<String>,
     #[serde(default)]
-    size: u64,
+    size: Option<u64>,
 }
 
 fn attachments_in(list: Vec<AttachmentIn>) -> Result<Vec<pb::Attachment>, ApiError> {
@@ -461,6 +473,12 @@ fn attachments_in(list: Vec<AttachmentIn>) -> Result<Vec<pb::Attachment>, ApiErr
                 (None, Some(h)) if h.trim().is_empty() => {
                     return Err(bad(format!(
                         "attachment {:?}: sha256 is empty (the upload's digest, in hex)",
+                        a.name
+                    )));
+                }
+                (None, Some(_)) if a.size.is_none() => {
+                    return Err(bad(format!(
+                        "attachment {:?}: give size (the upload's bytes) with its sha256",
                         a.name
                     )));
                 }
@@ -481,13 +499,14 @@ fn attachments_in(list: Vec<AttachmentIn>) -> Result<Vec<pb::Attachment>, ApiErr
                 content_type: a.content_type,
                 data,
                 sha256,
-                size: a.size,
+                size: a.size.unwrap_or(0),
             })
         })
         .collect()
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SendIn {
     from: String,
     to: Vec<String>,
@@ -569,7 +588,7 @@ async fn receipts(State(cx): State<Ctx>, headers: HeaderMap, Path(doc_id): Path<
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct ChangeIn {
     reason: String,
     to: Vec<String>,
@@ -955,7 +974,7 @@ struct Received {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct AckIn {
     organ: String,
     reason: String,
@@ -1025,6 +1044,7 @@ async fn nack(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct StatusIn {
     code: String,
     #[serde(default)]
@@ -1205,7 +1225,7 @@ mod tests {
             content_type: String::new(),
             data_base64: None,
             sha256: Some(String::new()),
-            size: 5_000_000,
+            size: Some(5_000_000),
         }])
         .err()
         .unwrap();
@@ -1268,6 +1288,105 @@ mod tests {
         let mut n = 0;
         walk(&doc, &doc, &mut n);
         assert!(n > 20, "{n} references");
+    }
+
+    /// Mistakes an integrator makes in a request's body are refused with
+    /// what to do, and nothing is sent: a misspelt field (which would have
+    /// sent the document without what it named), an upload named without
+    /// its size, a body over the limit.
+    #[tokio::test]
+    async fn a_misspelt_field_an_upload_without_its_size_and_an_oversize_body_are_refused_clearly()
+    {
+        use tower::ServiceExt;
+        let mut f = Fixture::new();
+        f.limits.max_message_bytes = 1024;
+        let edge = f.edge(std::sync::Arc::new(truc_store::MemoryStore::new()));
+        let app = App {
+            name: "qlvb".into(),
+            token_sha256: truc_store::Digest::of(b"t0k3n").0,
+            organs: vec!["000.00.00.G22".parse().unwrap()],
+        };
+        let router = super::router(edge.clone(), vec![app]);
+        let post = |body: String| {
+            axum::http::Request::post("/v1/documents")
+                .header("authorization", "Bearer t0k3n")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body))
+                .unwrap()
+        };
+        let answer = |r: axum::response::Response| async move {
+            let status = r.status();
+            let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        };
+        let doc = |extra: &str| {
+            format!(
+                r#"{{"from": "000.00.00.G22", "to": ["000.00.00.H41"], "subject": "Công văn"{extra}}}"#
+            )
+        };
+        let (status, body) = answer(
+            router
+                .clone()
+                .oneshot(post(doc(
+                    r#", "attachment": [{"name": "a.pdf", "data_base64": "JVBERg=="}]"#,
+                )))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, axum::http::StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.contains("unknown field `attachment`"), "{body}");
+        let (status, body) = answer(
+            router
+                .clone()
+                .oneshot(post(doc(
+                    r#", "attachments": [{"name": "a.pdf", "data_base64": "JVBERg==", "sise": 4}]"#,
+                )))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, axum::http::StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.contains("unknown field `sise`"), "{body}");
+        let (status, body) = answer(
+            router
+                .clone()
+                .oneshot(post(doc(&format!(
+                    r#", "attachments": [{{"name": "a.pdf", "sha256": "{}"}}]"#,
+                    "ab".repeat(32)
+                ))))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, axum::http::StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body.contains(
+                r#"attachment \"a.pdf\": give size (the upload's bytes) with its sha256"#
+            ),
+            "{body}"
+        );
+        let (status, body) = answer(
+            router
+                .clone()
+                .oneshot(post(doc(&format!(
+                    r#", "code_number": "{}""#,
+                    "1".repeat(200_000)
+                ))))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, axum::http::StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        assert!(
+            body.contains("over this edge's limit of 66900 bytes")
+                && body.contains("PUT /v1/uploads/{uuid}"),
+            "{body}"
+        );
+        let sent = edge
+            .list_sent(&"000.00.00.G22".parse().unwrap(), 10)
+            .unwrap();
+        assert!(sent.is_empty(), "{sent:?}");
     }
 
     /// A caller without a known token is refused before its body is read: a

@@ -4978,8 +4978,13 @@ impl NodeState {
                     match self.blobs.size(d) {
                         Some(n) if n == *size => {}
                         Some(n) => {
+                            let hint = if *size == 0 {
+                                " (give the upload's size with its sha256)"
+                            } else {
+                                ""
+                            };
                             return Err(Refusal::invalid(format!(
-                                "attachment {:?}: the upload {d} has {n} bytes, not {size}",
+                                "attachment {:?}: the upload {d} has {n} bytes, not {size}{hint}",
                                 a.name
                             ))
                             .into());
