@@ -319,10 +319,16 @@ impl Ctx {
                     "{doc_id} was not delivered to {organ} here"
                 ))));
             }
-            return Err(denied(format!(
-                "application {} received no document {doc_id}",
-                app.name
-            )));
+            // As for a doc_id never seen: NOT_FOUND either way, so that an
+            // application learns nothing of documents that are not its own.
+            return Err(ApiError(Status::not_found(format!(
+                "no document {doc_id} was delivered here to application {}'s agencies{}",
+                app.name,
+                from.from
+                    .as_deref()
+                    .map(|f| format!(" from {f}"))
+                    .unwrap_or_default()
+            ))));
         };
         Ok(Received {
             organs: organs.iter().map(ToString::to_string).collect(),
