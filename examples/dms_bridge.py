@@ -205,6 +205,14 @@ def handle_document(edge, organ, doc_id, sender, out):
         json.dump(doc, f, ensure_ascii=False, indent=2)
     # Saved: acknowledge (a signed receipt for the sender), then answer.
     edge.call("POST", f"/v1/inbox/{doc_id}/ack{q}", {"organ": organ})
+    change = doc.get("business_type", "new")
+    if change != "new":
+        # Not a new document: a revoke, update or replace of one received
+        # before (its subject is that one's). Whether to accept it (15) or
+        # refuse it (16) is a person's decision in the document software.
+        print(f"{change} of {doc['target_doc_id']} from {doc['from']} ({doc_id}): "
+              f"answer 15 (accept) or 16 (refuse) once decided", flush=True)
+        return
     for code, note in (("01", "Đã đến"), ("03", "Đã vào sổ")):
         edge.call("POST", f"/v1/inbox/{doc_id}/status{q}", {"code": code, "note": note, "organ": organ})
     print(f"received {doc_id} from {doc['from']}: {doc['subject']}", flush=True)

@@ -114,4 +114,23 @@ fn the_example_sends_listens_acknowledges_and_answers_and_resumes_after_a_restar
     let said = listen(&c);
     assert!(said.contains(&format!("received {second}")), "{said}");
     assert!(!said.contains(&first), "{first} handled twice: {said}");
+
+    // The sender recalls the second: the listener tells it as a recall of
+    // that one, not as a new document, and registers nothing (no 01/03).
+    let (s, rec) = vpcp.post(
+        &format!("/v1/documents/{second}/recall"),
+        serde_json::json!({"reason": "Ban hành nhầm"}),
+    );
+    assert_eq!(s, 201, "{rec}");
+    let recall = rec["doc_id"].as_str().unwrap();
+    let said = listen(&c);
+    assert!(
+        said.contains(&format!("revoke of {second} from {G22} ({recall})")),
+        "{said}"
+    );
+    assert!(!said.contains("received"), "{said}");
+    let (_, v) = c.rest("nghean").get(&format!("/v1/inbox/{recall}"));
+    assert_eq!(v["acked"], true, "{v}");
+    let (_, v) = vpcp.get(&format!("/v1/documents/{recall}"));
+    assert_eq!(v["recipients"][0]["last_status"], "", "{v}");
 }

@@ -371,12 +371,52 @@ fn every_vdxp_operation_works_over_rest() {
     );
     assert_eq!(s, 201, "{rec}");
     for (resp, kind) in [(&upd, "update"), (&rep, "replace"), (&rec, "revoke")] {
-        let got = nghean.wait_inbox(H41, resp["doc_id"].as_str().unwrap(), "");
+        let change_id = resp["doc_id"].as_str().unwrap();
+        let got = nghean.wait_inbox(H41, change_id, "");
         assert_eq!(got["business_type"], kind, "{got}");
         assert_eq!(got["target_doc_id"], id.as_str(), "{got}");
+        // The document itself says so too: software that reads it (not
+        // the list) does not take it for a new document.
+        let (s, d) = nghean.get(&format!("/v1/inbox/{change_id}"));
+        assert_eq!(s, 200, "{d}");
+        conforms(&openapi, "ReceivedDocument", &d);
+        assert_eq!(
+            (&d["business_type"], &d["target_doc_id"]),
+            (&json!(kind), &json!(id.as_str())),
+            "{d}"
+        );
     }
-    // A recall is a request: the recipient agrees with a 15 on it.
+    // And so does its event.
+    let mut events = nghean.events(H41, None);
     let rec_id = rec["doc_id"].as_str().unwrap();
+    let ev = loop {
+        let e = events.next().expect("stream open");
+        if e.event == "arrived" && e.data["doc_id"] == rec_id {
+            break e;
+        }
+    };
+    conforms(&openapi, "Event", &ev.data);
+    assert_eq!(
+        (&ev.data["business_type"], &ev.data["target_doc_id"]),
+        (&json!("revoke"), &json!(id.as_str())),
+        "{:?}",
+        ev.data
+    );
+    drop(events);
+    // A recall is not registered (03): it is accepted (15) or refused (16).
+    let (s, e) = nghean.post(
+        &format!("/v1/inbox/{rec_id}/status"),
+        json!({"code": "03", "note": "Đã vào sổ"}),
+    );
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not answer a recall"),
+        "{e}"
+    );
+    // A recall is a request: the recipient agrees with a 15 on it.
     let (s, agree) = nghean.post(
         &format!("/v1/inbox/{rec_id}/status"),
         json!({"code": "15", "note": "Đồng ý thu hồi"}),

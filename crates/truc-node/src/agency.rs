@@ -475,6 +475,8 @@ impl Agency for AgencyService {
                 acked: entries.iter().all(|e| e.acked),
                 // Checked on arrival; done now if that has not happened yet.
                 pdf_signatures: st.check_pdfs_of(&header, doc.received_at_ms)?,
+                business_type: header.business_type,
+                target_doc_id: header.target_doc_id.clone(),
             };
             Ok(pb::GetDocumentResponse {
                 document: Some(document),

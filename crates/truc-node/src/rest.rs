@@ -837,6 +837,7 @@ async fn received(
         "code_number": d.code_number, "code_notation": d.code_notation, "priority": d.priority,
         "created_at_ms": d.created_at_ms, "due_at_ms": d.due_at_ms, "received_at_ms": d.received_at_ms,
         "signer": d.signer, "delivered_to": d.delivered_to, "acked": d.acked,
+        "business_type": crate::json::business_name(d.business_type), "target_doc_id": d.target_doc_id,
         "attachments": d.attachments.iter().enumerate().map(|(i, a)| json!({
             "index": i, "name": a.name, "content_type": a.content_type, "size": a.size,
             "sha256": hex::encode(&a.sha256),
@@ -1176,6 +1177,7 @@ async fn events(State(cx): State<Ctx>, headers: HeaderMap, Query(q): Query<Event
                 let data = json!({
                     "id": e.id, "at_ms": e.at_ms, "organ": e.organ, "kind": e.kind, "doc_id": e.doc_id,
                     "from": e.from, "detail": e.detail, "subject": e.subject, "recipient": e.recipient,
+                    "business_type": crate::json::business_name(e.business_type), "target_doc_id": e.target_doc_id,
                 });
                 Event::default()
                     .id(e.id.to_string())

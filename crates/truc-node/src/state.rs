@@ -106,6 +106,9 @@ pub enum Event {
         subject: String,
         /// Whether it has PDF attachments, whose signatures are checked.
         pdfs: bool,
+        /// New, or a revoke/update/replace of `target` (the header's).
+        business_type: i32,
+        target: String,
     },
     /// A recipient's delivery state of a document `organ` sent.
     StateChanged {
@@ -3217,6 +3220,14 @@ impl NodeState {
         let mut agency_events = Vec::new();
         let events = std::mem::take(&mut plan.events);
         for e in &events {
+            let (business_type, target_doc_id) = match e {
+                Event::Delivered {
+                    business_type,
+                    target,
+                    ..
+                } => (*business_type, target.clone()),
+                _ => (0, String::new()),
+            };
             let (organ, kind, doc_id, from, detail, subject, recipient) = match e {
                 Event::Delivered {
                     organ,
@@ -3294,6 +3305,8 @@ impl NodeState {
                 detail,
                 subject,
                 recipient,
+                business_type,
+                target_doc_id,
             };
             plan.batch.put(
                 Space::Events,
@@ -4634,6 +4647,8 @@ impl NodeState {
             doc_id: v.doc_id,
             subject: v.header.subject.clone(),
             pdfs: v.header.attachments.iter().any(is_pdf),
+            business_type: v.header.business_type,
+            target: v.header.target_doc_id.clone(),
         });
         let spec = ReceiptSpec {
             kind: ReceiptType::Delivered,
@@ -5160,6 +5175,19 @@ impl NodeState {
                 return Err(Refusal::invalid(format!(
                     "status {} answers a recall, update or replace; {d} is none and has no recall request",
                     code.code()
+                ))
+                .into());
+            }
+            // A recall is not a document to register, assign or finish: it
+            // is accepted or refused (its arrival may be told).
+            if e.business_type == BusinessType::Revoke as i32
+                && !code.answers_change()
+                && code.code() != "01"
+            {
+                return Err(Refusal::invalid(format!(
+                    "status {} does not answer a recall: {d} recalls {}, accept it with 15 or refuse it with 16",
+                    code.code(),
+                    e.target_doc_id
                 ))
                 .into());
             }

@@ -729,6 +729,8 @@ pub async fn get(config: &Path, doc_id: &str, from: Option<String>, out: &Path) 
         "signer": doc.signer,
         "delivered_to": doc.delivered_to,
         "acked": doc.acked,
+        "business_type": business_name(doc.business_type),
+        "target_doc_id": doc.target_doc_id,
         "attachments": doc.attachments.iter().map(|a| serde_json::json!({
             "name": a.name, "content_type": a.content_type, "size": a.size, "sha256": hex_of(&a.sha256),
         })).collect::<Vec<_>>(),
