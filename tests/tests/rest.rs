@@ -166,32 +166,39 @@ fn every_vdxp_operation_works_over_rest() {
 
     // Send: an inline attachment and the uploaded one.
     let small = "Nội dung công văn".as_bytes();
-    let (s, sent) = vpcp.post(
-        "/v1/documents",
-        json!({
-            "from": G22, "to": [H41, H14],
-            "subject": "Về việc triển khai Nghị định 30/2020/NĐ-CP",
-            "code_number": "7816", "code_notation": "VPCP-TTĐT", "priority": 1,
-            "attachments": [
-                {"name": "7816.txt", "content_type": "text/plain",
-                 "data_base64": base64::engine::general_purpose::STANDARD.encode(small)},
-                {"name": "phu-luc.bin", "content_type": "application/octet-stream",
-                 "sha256": done["sha256"], "size": big.len()},
-            ],
-        }),
-    );
+    let mut letter = json!({
+        "from": G22, "to": [H41, H14],
+        "subject": "Về việc triển khai Nghị định 30/2020/NĐ-CP",
+        "code_number": "7816", "code_notation": "VPCP-TTĐT", "priority": 1,
+        "attachments": [
+            {"name": "7816.txt", "content_type": "text/plain",
+             "data_base64": base64::engine::general_purpose::STANDARD.encode(small)},
+            {"name": "phu-luc.bin", "content_type": "application/octet-stream",
+             "sha256": done["sha256"], "size": big.len()},
+        ],
+    });
+    let (s, sent) = vpcp.post("/v1/documents", letter.clone());
     assert_eq!(s, 201, "{sent}");
     let id = sent["doc_id"].as_str().unwrap().to_owned();
     assert_eq!(sent["duplicate"], false);
-    // The same doc_id again is a no-op, said so.
-    let (s, again) = vpcp.post(
-        "/v1/documents",
-        json!({"from": G22, "to": [H41, H14], "subject": "Về việc triển khai Nghị định 30/2020/NĐ-CP", "doc_id": id}),
-    );
+    // The same document under its doc_id again (a retry) is a no-op, said so.
+    letter["doc_id"] = json!(id);
+    let (s, again) = vpcp.post("/v1/documents", letter.clone());
     assert_eq!(
         (s, again["duplicate"].as_bool()),
         (201, Some(true)),
         "{again}"
+    );
+    // Another document under it is refused, not dropped as a duplicate.
+    letter["attachments"] = json!([]);
+    let (s, other) = vpcp.post("/v1/documents", letter);
+    assert_eq!(s, 409, "{other}");
+    assert!(
+        other["message"]
+            .as_str()
+            .unwrap()
+            .contains("was used for another document (attachments [\"7816.txt\", \"phu-luc.bin\"]"),
+        "{other}"
     );
     // A name that would display as another is refused with the reason.
     let (s, e) = vpcp.post(

@@ -4879,6 +4879,68 @@ impl NodeState {
         Ok(())
     }
 
+    /// How the document `from` sent under `doc_id` differs from `s`, a
+    /// submission under the same doc_id: its business type and target, its
+    /// subject, and (while its envelope is kept) its attachments by name and
+    /// digest. None when they agree (a retry) or nothing is left to compare.
+    fn reused_for_another(
+        &self,
+        from: &OrganId,
+        doc_id: &DocId,
+        s: &Submission,
+    ) -> Result<Option<String>, NodeError> {
+        let Some(rec) = self.sent_record(
+            &Plan::default(),
+            &sent_key(&doc_id.to_string(), from.as_str()),
+        )?
+        else {
+            return Ok(None);
+        };
+        if rec.business_type != s.business_type || rec.target_doc_id != s.target_doc_id {
+            return Ok(Some(format!(
+                "a {} of {:?}",
+                BusinessType::from_i32(rec.business_type).map_or("document", |b| b.as_str()),
+                rec.target_doc_id
+            )));
+        }
+        if rec.subject != s.subject {
+            return Ok(Some(format!("subject {:?}", rec.subject)));
+        }
+        // The envelope may be gone (retention): then the subject is all
+        // there is to compare.
+        let Ok(env) = self.envelope_of_sent(&rec) else {
+            return Ok(None);
+        };
+        let Ok(header) = pb::Header::decode(env.header_bytes.as_slice()) else {
+            return Ok(None);
+        };
+        let sent: Vec<(&str, &[u8])> = header
+            .attachments
+            .iter()
+            .map(|a| (a.name.as_str(), a.sha256.as_slice()))
+            .collect();
+        let given: Vec<(&str, Digest)> = s
+            .attachments
+            .iter()
+            .map(|a| {
+                let d = match &a.body {
+                    Body::Inline(data) => Digest::of(data),
+                    Body::Stored(d, _) => *d,
+                };
+                (a.name.as_str(), d)
+            })
+            .collect();
+        let same = sent.len() == given.len()
+            && sent
+                .iter()
+                .zip(&given)
+                .all(|((n, d), (m, e))| n == m && *d == e.0.as_slice());
+        Ok((!same).then(|| {
+            let names: Vec<&str> = sent.iter().map(|(n, _)| *n).collect();
+            format!("attachments {names:?} with other bytes or names")
+        }))
+    }
+
     /// Signs and accepts a document from a local application. Attachments are
     /// written (fsynced) first; blocking IO, call from a blocking context.
     pub fn submit(&self, s: Submission) -> Result<(DocId, Accepted), NodeError> {
@@ -4898,11 +4960,21 @@ impl NodeState {
             _ => DocId::new_v7(),
         };
         // The same doc_id again is a retry: answer as before, queue nothing.
+        // Unless it was used for another document: said, not dropped.
         if self
             .store
             .get(Space::Dedup, &doc_key(from.as_str(), &doc_id.to_string()))?
             .is_some()
         {
+            if let Some(differs) = self.reused_for_another(&from, &doc_id, &s)? {
+                return Err(Refusal::new(
+                    Code::AlreadyExists,
+                    format!(
+                        "doc_id {doc_id} of {from} was used for another document ({differs}): give this one a new doc_id (sending the same document again is a no-op)"
+                    ),
+                )
+                .into());
+            }
             return Ok((doc_id, Accepted::Duplicate(self.commit.current())));
         }
         let business = BusinessType::from_i32(s.business_type).ok_or_else(|| {
@@ -9345,6 +9417,51 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    /// A doc_id sent again with the same document is a retry (a no-op); with
+    /// another subject or other attachment bytes it is refused, naming what
+    /// differs, and nothing of it is sent, instead of being dropped as a
+    /// "duplicate" the application may not read.
+    #[test]
+    fn a_doc_id_reused_for_another_document_is_refused_not_dropped() {
+        let f = Fixture::new();
+        let edge = f.edge(Arc::new(MemoryStore::new()));
+        let id = DocId::new_v7().to_string();
+        let first = Submission {
+            doc_id: Some(id.clone()),
+            ..letter_with_attachment()
+        };
+        let (_, a) = edge.submit(first.clone()).unwrap();
+        assert!(matches!(a, Accepted::Stored(_)));
+        let (_, a) = edge.submit(first.clone()).unwrap();
+        assert!(matches!(a, Accepted::Duplicate(_)), "a retry");
+        let other_subject = Submission {
+            subject: "Công văn khác".into(),
+            ..first.clone()
+        };
+        let e = tonic::Status::from(edge.submit(other_subject).unwrap_err());
+        assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+        assert!(
+            e.message().contains(&format!(
+                "doc_id {id} of 000.00.00.G22 was used for another document (subject \"Công văn\")"
+            )),
+            "{e:?}"
+        );
+        let mut other_bytes = first.clone();
+        other_bytes.attachments[0].body = Body::Inline(b"Kinh gui lai".to_vec());
+        let e = tonic::Status::from(edge.submit(other_bytes).unwrap_err());
+        assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+        assert!(
+            e.message()
+                .contains("attachments [\"cong-van.txt\"] with other bytes or names"),
+            "{e:?}"
+        );
+        let sent = edge
+            .list_sent(&"000.00.00.G22".parse().unwrap(), 10)
+            .unwrap();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].subject, "Công văn");
     }
 
     /// Two agencies of one edge may use the same doc_id: each finds its own
