@@ -4,8 +4,42 @@
 
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
+    quiet_on_closed_pipe();
     truc::main()
 }
+
+/// The commands that serve or dial sockets in this process, for which a
+/// write to a closed peer must stay an error (EPIPE), not a signal.
+const SERVING: &[&str] = &["node", "bench", "chaos", "demo"];
+
+/// A command whose output goes to a reader that stops early (`truc inbox
+/// --json | head`) ends quietly, as other command-line tools do, instead of
+/// panicking in `println!` on the closed pipe: SIGPIPE back to its default
+/// for every command but [`SERVING`]. Set before any thread starts.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn quiet_on_closed_pipe() {
+    let mut args = std::env::args().skip(1);
+    let command = loop {
+        match args.next() {
+            Some(a) if a == "--log-format" => {
+                args.next();
+            }
+            Some(a) if a.starts_with('-') => {}
+            other => break other,
+        }
+    };
+    if command.is_some_and(|c| !SERVING.contains(&c.as_str())) {
+        // SAFETY: resets one signal's disposition first thing in main,
+        // before any other thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn quiet_on_closed_pipe() {}
 
 /// At most two glibc malloc arenas, set before any thread starts.
 ///
