@@ -314,6 +314,20 @@ fn every_vdxp_operation_works_over_rest() {
         (Some(true), Some(false)),
         "{it}"
     );
+    // A nack after the ack is refused, saying why, not answered empty.
+    let (s, e) = nghean.post(&format!("/v1/inbox/{id}/nack"), json!({}));
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (409, Some("FAILED_PRECONDITION")),
+        "{e}"
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{id} was already acknowledged by {H41}")),
+        "{e}"
+    );
 
     // The sender: per-recipient state, the sent list, receipts.
     let status = poll("acked with status 03 at the sender", || {

@@ -137,6 +137,21 @@ async fn authenticated(
     }
 }
 
+/// The methods the API's description gives `route` (a path template), as
+/// an Allow header lists them: `GET,HEAD`, `POST`.
+fn methods_of(route: &str) -> String {
+    static DOC: std::sync::LazyLock<Value> =
+        std::sync::LazyLock::new(|| serde_json::from_str(OPENAPI).unwrap_or_default());
+    let mut methods: Vec<String> = DOC["paths"][route]
+        .as_object()
+        .map(|o| o.keys().map(|m| m.to_ascii_uppercase()).collect())
+        .unwrap_or_default();
+    if methods.iter().any(|m| m == "GET") {
+        methods.push("HEAD".into());
+    }
+    methods.join(",")
+}
+
 /// The largest request body taken: a message of `limits.max_message_bytes`
 /// in base64, and room for the JSON around it.
 fn body_limit(state: &NodeState) -> usize {
@@ -153,6 +168,10 @@ async fn errors(
     next: axum::middleware::Next,
 ) -> Response {
     let what = format!("{} {}", req.method(), req.uri().path());
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned());
     let r = next.run(req).await;
     let status = r.status();
     if !status.is_client_error() && !status.is_server_error() {
@@ -173,16 +192,17 @@ async fn errors(
             StatusCode::METHOD_NOT_ALLOWED => Status::unimplemented,
             _ => return r,
         };
+        // axum adds its Allow header outside this layer: the route's
+        // methods are read from the API's own description instead.
         let allow = r.headers().get(header::ALLOW).cloned();
         let text = axum::body::to_bytes(r.into_body(), 64 << 10)
             .await
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
         let text = if status == StatusCode::METHOD_NOT_ALLOWED {
-            let allowed = allow.as_ref().and_then(|a| a.to_str().ok());
             format!(
                 "{what}: method not allowed (allowed: {})",
-                allowed.unwrap_or_default()
+                route.as_deref().map(methods_of).unwrap_or_default()
             )
         } else if status == StatusCode::PAYLOAD_TOO_LARGE {
             format!(
@@ -1395,6 +1415,25 @@ mod tests {
             .list_sent(&"000.00.00.G22".parse().unwrap(), 10)
             .unwrap();
         assert!(sent.is_empty(), "{sent:?}");
+        // A verb the route does not have names those it has.
+        let r = router
+            .clone()
+            .oneshot(
+                axum::http::Request::delete("/v1/counts")
+                    .header("authorization", "Bearer t0k3n")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let allow = r.headers().get("allow").cloned();
+        let (status, body) = answer(r).await;
+        assert_eq!(status, axum::http::StatusCode::METHOD_NOT_ALLOWED, "{body}");
+        assert_eq!(allow.unwrap(), "GET,HEAD");
+        assert!(
+            body.contains("method not allowed (allowed: GET,HEAD)"),
+            "{body}"
+        );
     }
 
     /// A caller without a known token is refused before its body is read: a

@@ -1418,8 +1418,13 @@ impl NodeState {
         let entries = self.answerable_entries(doc_id, from, organ)?;
         let mut plan = Plan::default();
         let mut out = Vec::new();
+        let mut acked = Vec::new();
         for (key, mut e) in entries {
-            if organ.is_some_and(|o| o.as_str() != e.organ) || e.acked {
+            if organ.is_some_and(|o| o.as_str() != e.organ) {
+                continue;
+            }
+            if e.acked {
+                acked.push(e.organ.clone());
                 continue;
             }
             e.nacked = if reason.is_empty() {
@@ -1435,6 +1440,17 @@ impl NodeState {
             );
             out.push(e.organ.parse().map_err(internal)?);
             plan.inbox.insert(key, e);
+        }
+        // Said, not an empty answer: the sender holds the ACKED receipt.
+        if out.is_empty() && !acked.is_empty() {
+            return Err(Refusal::new(
+                Code::FailedPrecondition,
+                format!(
+                    "{doc_id} was already acknowledged by {}: the sender has its signed receipt, and a nack cannot take it back (answer with a business status instead)",
+                    acked.join(", ")
+                ),
+            )
+            .into());
         }
         let ticket = if plan.inbox.is_empty() {
             drop(w);
@@ -5037,7 +5053,10 @@ impl NodeState {
                     .parse()
                     .map_err(|e| Refusal::invalid(format!("to: {e}")))?;
                 if directory.get(&organ).is_none() && !self.routing().is_local(&organ) {
-                    return Err(Refusal::not_found(format!("unknown recipient {organ}")).into());
+                    return Err(Refusal::not_found(format!(
+                        "unknown recipient {organ}: no agency of the directory has this code (`truc directory list`, GET /v1/directory)"
+                    ))
+                    .into());
                 }
             }
         }
