@@ -19,6 +19,28 @@ pub struct AgencyService {
     state: Arc<NodeState>,
 }
 
+/// What an application's new document must have beyond the node's own
+/// checks: a subject (an official document's trích yếu), and a due date, if
+/// any, not already past (in Unix milliseconds: one in seconds is refused
+/// too, as a date of 1970). Changes (recall, update, replace) carry their
+/// target's subject by default; imported edXML packages keep their dates.
+fn check_send(r: &pb::SendRequest, now_ms: i64) -> Result<(), Status> {
+    if r.business_type == pb::BusinessType::New as i32 && r.subject.trim().is_empty() {
+        return Err(Status::invalid_argument(
+            "subject is empty: an official document has one (its trích yếu)",
+        ));
+    }
+    // A minute of slack for the clocks of the application and the edge.
+    if r.due_at_ms != 0 && r.due_at_ms < now_ms - 60_000 {
+        return Err(Status::invalid_argument(format!(
+            "due_at_ms {} is in the past ({} in Vietnam): Unix time in milliseconds, or 0 for none",
+            r.due_at_ms,
+            crate::edxml::timestamp(r.due_at_ms)
+        )));
+    }
+    Ok(())
+}
+
 /// Where a node keeps the token of its gRPC agency API: `run/agency.token`
 /// under its data directory, made at its first start, readable and
 /// writable by the node's user only. Whoever can read it may act for every
@@ -290,6 +312,7 @@ impl Agency for AgencyService {
         req: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
         let r = req.into_inner();
+        check_send(&r, crate::state::now_ms())?;
         let sub = Submission {
             from: r.from,
             to: r.to,
@@ -1476,6 +1499,37 @@ mod tests {
     use crate::state::{Origin, Verdict, testing::Fixture};
 
     type Chunks = mpsc::Sender<Result<pb::UploadChunk, Status>>;
+
+    /// A new document without a subject, or due before now (a date in
+    /// seconds is one of 1970), is refused saying why; a change may leave
+    /// its subject to its target's.
+    #[test]
+    fn a_send_without_a_subject_or_due_in_the_past_is_refused() {
+        let now = 1_796_300_000_000;
+        let send = |subject: &str, due_at_ms: i64, business: pb::BusinessType| pb::SendRequest {
+            subject: subject.into(),
+            due_at_ms,
+            business_type: business as i32,
+            ..Default::default()
+        };
+        let new = pb::BusinessType::New;
+        assert!(check_send(&send("Công văn", 0, new), now).is_ok());
+        assert!(check_send(&send("Công văn", now + 86_400_000, new), now).is_ok());
+        assert!(check_send(&send("", 0, pb::BusinessType::Revoke), now).is_ok());
+        for blank in ["", "   "] {
+            let e = check_send(&send(blank, 0, new), now).unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument);
+            assert!(e.message().starts_with("subject is empty"), "{e:?}");
+        }
+        let e = check_send(&send("Công văn", now / 1000, new), now).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().contains(
+                "is in the past (1970/01/22 01:58:20 in Vietnam): Unix time in milliseconds"
+            ),
+            "{e:?}"
+        );
+    }
 
     /// The agency API's token is made once, for the node's user only, and
     /// kept across starts; a copy others may read, or an empty one, stops
