@@ -182,7 +182,13 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<()> {
         }
     }
     let mut t = client::table();
-    t.set_header(vec!["node", "role", "address", "agencies"]);
+    t.set_header(vec![
+        "node",
+        "role",
+        "link (children dial) / agency gRPC",
+        "REST",
+        "agencies",
+    ]);
     for node in &nodes {
         t.add_row(vec![
             node.state.node_id.to_string(),
@@ -191,6 +197,7 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<()> {
                 .or(node.agency_addr)
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
+            node.rest_addr.map(|a| a.to_string()).unwrap_or_default(),
             node.config
                 .agencies
                 .iter()
@@ -333,12 +340,17 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<()> {
             }
         );
     }
-    let rest = nodes
-        .iter()
-        .find(|n| n.state.node_id.as_str() == "nghean")
-        .and_then(|n| n.rest_addr)
-        .context("nghean has no REST API")?;
+    let rest_of = |id: &str| {
+        nodes
+            .iter()
+            .find(|n| n.state.node_id.as_str() == id)
+            .and_then(|n| n.rest_addr)
+            .with_context(|| format!("{id} has no REST API"))
+    };
+    let rest = rest_of("nghean")?;
     let token = dir.join("tokens").join("nghean.token");
+    let vpcp_rest = rest_of("vpcp")?;
+    let vpcp_token = dir.join("tokens").join("vpcp.token");
     if let Some(admin) = nodes
         .iter()
         .find(|n| n.config.parent.is_none())
@@ -372,7 +384,13 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<()> {
         "  truc edxml inspect {}          # the first document, exported as edXML by Nghệ An's edge",
         edxml_path.display()
     );
-    println!("\nOr as a document-management application, over REST:");
+    println!(
+        "\nOr as a document-management application, over REST (each edge its own port, in the table above):"
+    );
+    println!(
+        "  curl -H \"Authorization: Bearer $(cat {})\" -H 'content-type: application/json' 'http://{vpcp_rest}/v1/documents' -d '{{\"from\": \"000.00.00.G22\", \"to\": [\"000.00.00.H41\"], \"subject\": \"Giấy mời họp\"}}'",
+        vpcp_token.display()
+    );
     println!(
         "  curl -H \"Authorization: Bearer $(cat {})\" 'http://{rest}/v1/inbox?organ=000.00.00.H41'",
         token.display()
