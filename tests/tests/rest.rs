@@ -266,6 +266,24 @@ fn every_vdxp_operation_works_over_rest() {
         assert_eq!(s, 200);
         assert_eq!(bytes, want, "{} comes back byte for byte", a["name"]);
     }
+    // A download cut part way resumes where it stopped, and a part of it
+    // can be read; a range past the end is 416.
+    let href = atts[1]["href"].as_str().unwrap();
+    let n = big.len();
+    let (s, cr, tail) = nghean.get_range(href, &format!("bytes={}-", n - 1000));
+    assert_eq!(
+        (s, cr.as_str()),
+        (206, format!("bytes {}-{}/{n}", n - 1000, n - 1).as_str())
+    );
+    assert_eq!(tail, &big[n - 1000..]);
+    let (s, cr, part) = nghean.get_range(href, "bytes=100-199");
+    assert_eq!(
+        (s, cr.as_str()),
+        (206, format!("bytes 100-199/{n}").as_str())
+    );
+    assert_eq!(part, &big[100..200]);
+    let (s, cr, _) = nghean.get_range(href, &format!("bytes={n}-"));
+    assert_eq!((s, cr), (416, format!("bytes */{n}")));
     let (s, xml) = nghean.get_bytes(&format!("/v1/inbox/{id}/edxml"));
     assert_eq!(s, 200);
     let p = truc_edxml::parse(&xml, &truc_edxml::Limits::default()).unwrap();

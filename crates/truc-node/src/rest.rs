@@ -897,29 +897,51 @@ async fn attachment(
                 "{doc_id} has no attachment {index}"
             )))
         })?;
+    // A download cut part way resumes where it stopped (`Range: bytes=N-`).
+    let range = match byte_range(&headers, a.size) {
+        Ok(r) => r,
+        Err(()) => {
+            return Ok((
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{}", a.size))],
+            )
+                .into_response());
+        }
+    };
+    let (start, len) = range.unwrap_or((0, a.size));
     let stream = cx
         .svc
         .get_attachment(Request::new(pb::GetAttachmentRequest {
             doc_id,
             from: rec.from,
             index,
-            offset: 0,
+            offset: start,
         }))
         .await?
         .into_inner()
-        .map(|c| {
-            c.map(|c| Bytes::from(c.data))
-                .map_err(|s| std::io::Error::other(s.message().to_owned()))
+        .scan(len, |left, c| {
+            let out = match c {
+                Ok(_) if *left == 0 => None,
+                Ok(c) => {
+                    let mut b = Bytes::from(c.data);
+                    b.truncate(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= b.len() as u64;
+                    Some(Ok(b))
+                }
+                Err(s) => Some(Err(std::io::Error::other(s.message().to_owned()))),
+            };
+            futures::future::ready(out)
         });
     // Checked where documents come in; one from before that check still downloads.
     let content_type = match crate::envelope::check_content_type(&a.content_type) {
         Ok(()) if !a.content_type.is_empty() => a.content_type.clone(),
         _ => "application/octet-stream".to_owned(),
     };
-    Ok((
+    let mut r = (
         [
             (header::CONTENT_TYPE, content_type),
-            (header::CONTENT_LENGTH, a.size.to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (header::ACCEPT_RANGES, "bytes".to_owned()),
             (
                 header::CONTENT_DISPOSITION,
                 format!(
@@ -930,7 +952,45 @@ async fn attachment(
         ],
         Body::from_stream(stream),
     )
-        .into_response())
+        .into_response();
+    if range.is_some() {
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(v) = format!("bytes {start}-{}/{}", start + len - 1, a.size).parse() {
+            r.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
+    Ok(r)
+}
+
+/// The one byte range a `Range` header asks of `size` bytes, as (start,
+/// length): `bytes=N-`, `bytes=N-M`, `bytes=-K` (the last K). None for no
+/// header or one this does not serve (several ranges, another unit): the
+/// whole file, as HTTP allows. Err for a range past the end (416).
+fn byte_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(spec) = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+        .filter(|s| !s.contains(','))
+    else {
+        return Ok(None);
+    };
+    let Some((a, b)) = spec.split_once('-') else {
+        return Ok(None);
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let (start, end) = match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(s), Ok(e)) if e >= s => (s, e.min(size.saturating_sub(1))),
+        (Ok(s), Err(_)) if b.is_empty() => (s, size.saturating_sub(1)),
+        (Err(_), Ok(k)) if a.is_empty() && k > 0 => {
+            (size.saturating_sub(k), size.saturating_sub(1))
+        }
+        _ => return Ok(None),
+    };
+    if start >= size {
+        return Err(());
+    }
+    Ok(Some((start, end - start + 1)))
 }
 
 fn urlencode(s: &str) -> String {
@@ -1433,6 +1493,28 @@ mod tests {
         assert!(
             body.contains("method not allowed (allowed: GET,HEAD)"),
             "{body}"
+        );
+    }
+
+    #[test]
+    fn a_range_header_is_read_as_one_byte_range_or_the_whole_file() {
+        let range = |v: &str, size| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert("range", v.parse().unwrap());
+            super::byte_range(&h, size)
+        };
+        assert_eq!(range("bytes=10-", 100), Ok(Some((10, 90))));
+        assert_eq!(range("bytes=10-19", 100), Ok(Some((10, 10))));
+        assert_eq!(range("bytes=90-500", 100), Ok(Some((90, 10))));
+        assert_eq!(range("bytes=-5", 100), Ok(Some((95, 5))));
+        assert_eq!(range("bytes=100-", 100), Err(()));
+        // Served whole: several ranges, another unit, nonsense.
+        for whole in ["bytes=0-1,5-6", "items=1-2", "bytes=5-2", "bytes=x-"] {
+            assert_eq!(range(whole, 100), Ok(None), "{whole}");
+        }
+        assert_eq!(
+            super::byte_range(&axum::http::HeaderMap::new(), 100),
+            Ok(None)
         );
     }
 

@@ -145,6 +145,33 @@ impl Rest {
         (status, body)
     }
 
+    /// GET `path` with `Range: range`: the status, the Content-Range, the bytes.
+    pub fn get_range(&self, path: &str, range: &str) -> (u16, String, Vec<u8>) {
+        let mut r = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .header("Authorization", self.auth())
+            .header("Range", range)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .unwrap();
+        let content_range = r
+            .headers()
+            .get("content-range")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = r
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_vec()
+            .unwrap();
+        (r.status().as_u16(), content_range, body)
+    }
+
     pub fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let r = self
             .agent
