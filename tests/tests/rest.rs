@@ -420,6 +420,10 @@ fn every_vdxp_operation_works_over_rest() {
         assert_eq!(s, 200, "{d}");
         conforms(&openapi, "ReceivedDocument", &d);
         assert_eq!(
+            (&d["kind"], &d["status"]),
+            (&json!("document"), &Value::Null)
+        );
+        assert_eq!(
             (&d["business_type"], &d["target_doc_id"]),
             (&json!(kind), &json!(id.as_str())),
             "{d}"
@@ -485,6 +489,16 @@ fn every_vdxp_operation_works_over_rest() {
     assert_eq!(
         (got["status_code"].as_str(), got["for_doc_id"].as_str()),
         (Some("03"), Some(id.as_str()))
+    );
+    // Read alone, it says it is a status and what it says.
+    let (s, v) = vpcp.get(&format!("/v1/inbox/{st_id}"));
+    assert_eq!(s, 200, "{v}");
+    conforms(&openapi, "ReceivedDocument", &v);
+    assert_eq!(v["kind"], "status", "{v}");
+    assert_eq!(
+        (&v["status"]["code"], &v["status"]["for_doc_id"]),
+        (&json!("03"), &json!(id.as_str())),
+        "{v}"
     );
     let (s, n) = vpcp.get(&format!("/v1/counts?organ={G22}"));
     assert_eq!(s, 200);

@@ -500,6 +500,13 @@ impl Agency for AgencyService {
                 pdf_signatures: st.check_pdfs_of(&header, doc.received_at_ms)?,
                 business_type: header.business_type,
                 target_doc_id: header.target_doc_id.clone(),
+                kind: if header.status.is_some() {
+                    "status"
+                } else {
+                    "document"
+                }
+                .into(),
+                status: header.status.clone(),
             };
             Ok(pb::GetDocumentResponse {
                 document: Some(document),

@@ -858,6 +858,10 @@ async fn received(
         "created_at_ms": d.created_at_ms, "due_at_ms": d.due_at_ms, "received_at_ms": d.received_at_ms,
         "signer": d.signer, "delivered_to": d.delivered_to, "acked": d.acked,
         "business_type": crate::json::business_name(d.business_type), "target_doc_id": d.target_doc_id,
+        "kind": d.kind,
+        "status": d.status.as_ref().map(|s| json!({
+            "code": s.code, "for_from": s.for_from, "for_doc_id": s.for_doc_id, "note": s.note, "staff": s.staff,
+        })),
         "attachments": d.attachments.iter().enumerate().map(|(i, a)| json!({
             "index": i, "name": a.name, "content_type": a.content_type, "size": a.size,
             "sha256": hex::encode(&a.sha256),

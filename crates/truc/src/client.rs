@@ -731,6 +731,10 @@ pub async fn get(config: &Path, doc_id: &str, from: Option<String>, out: &Path) 
         "acked": doc.acked,
         "business_type": business_name(doc.business_type),
         "target_doc_id": doc.target_doc_id,
+        "kind": doc.kind,
+        "status": doc.status.as_ref().map(|s| serde_json::json!({
+            "code": s.code, "for_from": s.for_from, "for_doc_id": s.for_doc_id, "note": s.note, "staff": s.staff,
+        })),
         "attachments": doc.attachments.iter().map(|a| serde_json::json!({
             "name": a.name, "content_type": a.content_type, "size": a.size, "sha256": hex_of(&a.sha256),
         })).collect::<Vec<_>>(),
