@@ -257,6 +257,28 @@ fn pdf_signatures_are_checked_on_arrival_and_shown_with_the_document() {
     // The malformed PDF did not hurt the edge: the next document arrives.
     let next = c.send_from_vpcp(H41, "Văn bản tiếp theo", &[]);
     c.wait_delivered("vpcp", &next);
+
+    // A spreadsheet its sender's software labelled application/pdf (as
+    // edXML manifests often do) is not a PDF: not checked, not "malformed".
+    let (s, sent) = c.rest("vpcp").post(
+        "/v1/documents",
+        serde_json::json!({"from": G22, "to": [H41], "subject": "Bảng số liệu",
+            "attachments": [{"name": "bang-so-lieu.xlsx", "content_type": "application/pdf",
+                             "data_base64": "UEsDBBQAAAAIAA=="}]}),
+    );
+    assert_eq!(s, 201, "{sent}");
+    let xlsx = sent["doc_id"].as_str().unwrap();
+    c.wait_delivered("vpcp", xlsx);
+    let (_, doc) = c.rest("nghean").get(&format!("/v1/inbox/{xlsx}"));
+    let check = &doc["pdf_signatures"][0];
+    assert_eq!(check["verdict"], "not checked", "{doc:#}");
+    assert!(
+        check["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("labelled application/pdf but not a PDF"),
+        "{check}"
+    );
 }
 
 /// A PDF signed with an agency key that is revoked since is not valid at a

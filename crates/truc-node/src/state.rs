@@ -7280,11 +7280,22 @@ impl NodeState {
                         } else {
                             now_ms()
                         };
-                        let report = truc_pdfsig::verify_pdf(&bytes, &pdf.anchors, at);
-                        if report.as_ref().is_ok_and(|r| !r.is_final()) {
-                            record = false;
+                        // Manifests often say application/pdf of other
+                        // files (edXML's own note): one not named .pdf whose
+                        // bytes are no PDF is not a PDF, not a malformed one.
+                        let head = &bytes[..bytes.len().min(1024)];
+                        if !named_pdf(&a.name) && !head.windows(5).any(|w| w == b"%PDF-") {
+                            not_checked(format!(
+                                "labelled {} but not a PDF (no %PDF- header): no signature to check",
+                                a.content_type
+                            ))
+                        } else {
+                            let report = truc_pdfsig::verify_pdf(&bytes, &pdf.anchors, at);
+                            if report.as_ref().is_ok_and(|r| !r.is_final()) {
+                                record = false;
+                            }
+                            pdf_verdict(&a.name, report, from)
                         }
-                        pdf_verdict(&a.name, report, from)
                     }
                     Err(truc_store::BlobError::Missing(_)) => {
                         not_checked("the file is no longer kept here".into())
@@ -7758,9 +7769,13 @@ pub(crate) mod testing {
 /// Whether an attachment is a PDF, whose signatures are checked: by its type
 /// or its name.
 pub fn is_pdf(a: &pb::AttachmentRef) -> bool {
-    let n = a.name.as_bytes();
-    a.content_type.eq_ignore_ascii_case("application/pdf")
-        || n.len() >= 4 && n[n.len() - 4..].eq_ignore_ascii_case(b".pdf")
+    a.content_type.eq_ignore_ascii_case("application/pdf") || named_pdf(&a.name)
+}
+
+/// The name ends in `.pdf`, in any case.
+fn named_pdf(name: &str) -> bool {
+    let n = name.as_bytes();
+    n.len() >= 4 && n[n.len() - 4..].eq_ignore_ascii_case(b".pdf")
 }
 
 /// Read failures that last happened more than `limit` ago: a new failure of
