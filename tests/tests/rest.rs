@@ -575,6 +575,29 @@ fn the_event_stream_delivers_each_event_once_across_a_reconnect_and_a_restart() 
     assert_eq!(ev.event, "state", "{ev:?}");
     assert!(want.contains(ev.data["doc_id"].as_str().unwrap()));
     assert_eq!(ev.data["recipient"], H41);
+
+    // The inbox page by page: every document once, in arrival order, and
+    // no next page after the last.
+    let openapi: Value = serde_json::from_str(truc_node::rest::OPENAPI).unwrap();
+    let nghean = c.rest("nghean");
+    let (mut paged, mut after, mut pages) = (Vec::new(), 0u64, 0);
+    loop {
+        let (s, v) = nghean.get(&format!(
+            "/v1/inbox?organ={H41}&all=true&limit=7&after={after}"
+        ));
+        assert_eq!(s, 200, "{v}");
+        conforms(&openapi, "Inbox", &v);
+        pages += 1;
+        for i in v["items"].as_array().unwrap() {
+            paged.push(i["doc_id"].as_str().unwrap().to_owned());
+        }
+        match v["next_after"].as_u64() {
+            Some(n) => after = n,
+            None => break,
+        }
+    }
+    assert_eq!(paged, sent, "in arrival order, each once");
+    assert_eq!(pages, 3, "20 documents in pages of 7");
 }
 
 /// Upload ids are each application's own: another application naming the

@@ -399,11 +399,11 @@ impl Agency for AgencyService {
         };
         let st = self.state.clone();
         let items = blocking(move || {
-            let items = st.inbox(&organ, r.include_acked, &r.kind, limit)?;
+            let items = st.inbox(&organ, r.include_acked, &r.kind, limit, r.after)?;
             // What the PDF checks found so far (they run as documents arrive).
             let pdfs = items
                 .iter()
-                .map(|e| {
+                .map(|(_, e)| {
                     if e.attachments == 0 {
                         return Ok(String::new());
                     }
@@ -419,7 +419,8 @@ impl Agency for AgencyService {
         Ok(Response::new(pb::ListInboxResponse {
             items: items
                 .into_iter()
-                .map(|(e, pdf_signatures)| pb::InboxItem {
+                .map(|((seq, e), pdf_signatures)| pb::InboxItem {
+                    seq,
                     pdf_signatures,
                     doc_id: e.doc_id,
                     from: e.from,

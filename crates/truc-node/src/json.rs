@@ -77,6 +77,7 @@ pub fn inbox_item(i: &pb::InboxItem) -> Value {
         "nacked": !i.nacked.is_empty(),
         "nack_reason": i.nacked,
         "pdf_signatures": i.pdf_signatures,
+        "seq": i.seq,
     })
 }
 

@@ -814,6 +814,8 @@ struct InboxQuery {
     all: bool,
     #[serde(default)]
     limit: u32,
+    #[serde(default)]
+    after: u64,
 }
 
 async fn inbox(State(cx): State<Ctx>, headers: HeaderMap, Query(q): Query<InboxQuery>) -> Res {
@@ -825,14 +827,20 @@ async fn inbox(State(cx): State<Ctx>, headers: HeaderMap, Query(q): Query<InboxQ
             include_acked: q.all,
             limit: q.limit,
             kind: q.kind,
+            after: q.after,
         }))
         .await?
         .into_inner()
         .items;
-    Ok(
-        Json(json!({"items": items.iter().map(crate::json::inbox_item).collect::<Vec<_>>()}))
-            .into_response(),
-    )
+    // A full page may have more after it: where the next one starts.
+    let full =
+        q.limit != 0 && items.len() >= q.limit as usize || items.len() >= cx.state.limits.max_list;
+    let next_after = items.last().filter(|_| full).map(|i| i.seq);
+    Ok(Json(json!({
+        "items": items.iter().map(crate::json::inbox_item).collect::<Vec<_>>(),
+        "next_after": next_after,
+    }))
+    .into_response())
 }
 
 async fn received(

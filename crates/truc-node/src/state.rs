@@ -6892,10 +6892,12 @@ impl NodeState {
         include_acked: bool,
         kind: &str,
         limit: usize,
-    ) -> Result<Vec<InboxEntry>, NodeError> {
+        after_seq: u64,
+    ) -> Result<Vec<(u64, InboxEntry)>, NodeError> {
         let prefix = Key::new().str(organ.as_str()).build();
         let mut out = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
+        let mut after: Option<Vec<u8>> =
+            (after_seq > 0).then(|| Key::new().str(organ.as_str()).u64(after_seq).build());
         while out.len() < limit {
             let rows = self
                 .store
@@ -6905,7 +6907,13 @@ impl NodeState {
             for (k, v) in rows {
                 let e: InboxEntry = record::decode(Space::Inbox, &k, &v)?;
                 if (include_acked || !e.acked) && (kind.is_empty() || e.kind == kind) {
-                    out.push(e);
+                    let seq = k
+                        .len()
+                        .checked_sub(8)
+                        .and_then(|at| k[at..].try_into().ok())
+                        .map(u64::from_be_bytes)
+                        .ok_or_else(|| internal("inbox key"))?;
+                    out.push((seq, e));
                     if out.len() >= limit {
                         break;
                     }

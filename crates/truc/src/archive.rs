@@ -87,27 +87,36 @@ async fn documents_between(
                 out.insert((d.doc_id, d.from));
             }
         }
-        let inbox = client
-            .list_inbox(pb::ListInboxRequest {
-                organ: organ.to_string(),
-                include_acked: true,
-                limit: u32::MAX,
-                kind: "document".into(),
-            })
-            .await
-            .map_err(client::status_error)?
-            .into_inner();
-        truncated |= inbox.items.len() >= cfg.limits.max_list;
-        for i in inbox.items {
-            if (lo..hi).contains(&i.received_at_ms) {
-                out.insert((i.doc_id, i.from));
+        // The inbox page by page, however many it holds.
+        let mut after = 0;
+        loop {
+            let items = client
+                .list_inbox(pb::ListInboxRequest {
+                    organ: organ.to_string(),
+                    include_acked: true,
+                    limit: u32::MAX,
+                    kind: "document".into(),
+                    after,
+                })
+                .await
+                .map_err(client::status_error)?
+                .into_inner()
+                .items;
+            let Some(last) = items.last().map(|i| i.seq) else {
+                break;
+            };
+            after = last;
+            for i in items {
+                if (lo..hi).contains(&i.received_at_ms) {
+                    out.insert((i.doc_id, i.from));
+                }
             }
         }
     }
     if truncated {
         eprintln!(
-            "warning: the edge lists at most limits.max_list documents per agency and a list was full; \
-             documents of the period may be missing — raise limits.max_list or export them by id"
+            "warning: the edge lists at most limits.max_list sent documents per agency and a list was full; \
+             documents sent in the period may be missing — raise limits.max_list or export them by id"
         );
     }
     Ok(out.into_iter().collect())

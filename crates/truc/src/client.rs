@@ -614,6 +614,7 @@ pub async fn inbox(config: &Path, organ: &str, all: bool, kind: &str, json: bool
             include_acked: all,
             limit: 0,
             kind: kind.into(),
+            after: 0,
         })
         .await
         .map_err(status_error)?

@@ -635,6 +635,7 @@ pub async fn inbox(c: &Cluster, node: &str, organ: &str) -> Vec<pb::InboxItem> {
         include_acked: true,
         limit: 0,
         kind: "document".into(),
+        after: 0,
     })
     .await
     .unwrap()

@@ -485,6 +485,7 @@ async fn receive_once(
             include_acked: false,
             limit: 2000,
             kind: "document".into(),
+            after: 0,
         })
         .await?
         .into_inner()
@@ -627,6 +628,7 @@ pub async fn reconcile(dir: &std::path::Path, ledger: &Shared) {
                 include_acked: true,
                 limit: 100_000,
                 kind: "document".into(),
+                after: 0,
             })
             .await
         else {
