@@ -598,6 +598,28 @@ fn the_event_stream_delivers_each_event_once_across_a_reconnect_and_a_restart() 
     }
     assert_eq!(paged, sent, "in arrival order, each once");
     assert_eq!(pages, 3, "20 documents in pages of 7");
+    // So does the sender's list, newest first (documents of one
+    // millisecond in any order), each once.
+    let (mut listed, mut created, mut after) = (Vec::new(), Vec::new(), String::new());
+    loop {
+        let (s, v) = vpcp.get(&format!("/v1/sent?from={G22}&limit=7&after={after}"));
+        assert_eq!(s, 200, "{v}");
+        conforms(&openapi, "SentList", &v);
+        for d in v["documents"].as_array().unwrap() {
+            listed.push(d["doc_id"].as_str().unwrap().to_owned());
+            created.push(d["created_at_ms"].as_i64().unwrap());
+        }
+        match v["next_after"].as_str() {
+            Some(n) => after = n.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(listed.len(), sent.len(), "{listed:?}");
+    assert_eq!(
+        listed.iter().collect::<BTreeSet<_>>(),
+        sent.iter().collect::<BTreeSet<_>>()
+    );
+    assert!(created.windows(2).all(|w| w[0] >= w[1]), "{created:?}");
 }
 
 /// Upload ids are each application's own: another application naming the

@@ -207,6 +207,7 @@ async fn the_agency_api_takes_no_call_without_the_nodes_token() {
         .list_sent(pb::ListSentRequest {
             from: G22.into(),
             limit: 0,
+            after: String::new(),
         })
         .await
         .unwrap()

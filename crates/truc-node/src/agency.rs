@@ -566,13 +566,14 @@ impl Agency for AgencyService {
             (r.limit as usize).min(max)
         };
         let st = self.state.clone();
-        let records = blocking(move || st.list_sent(&organ, limit)).await?;
+        let (records, next) = blocking(move || st.list_sent_page(&organ, limit, &r.after)).await?;
         let delivery = self.state.delivery.clone();
         Ok(Response::new(pb::ListSentResponse {
             documents: records
                 .into_iter()
                 .map(|r| status_view(r, |p| delivery.deadline_for(p)))
                 .collect(),
+            next_after: next.unwrap_or_default(),
         }))
     }
 

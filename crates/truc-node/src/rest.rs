@@ -682,6 +682,8 @@ struct SentQuery {
     from: String,
     #[serde(default)]
     limit: u32,
+    #[serde(default)]
+    after: String,
 }
 
 async fn sent_list(State(cx): State<Ctx>, headers: HeaderMap, Query(q): Query<SentQuery>) -> Res {
@@ -691,13 +693,15 @@ async fn sent_list(State(cx): State<Ctx>, headers: HeaderMap, Query(q): Query<Se
         .list_sent(Request::new(pb::ListSentRequest {
             from: q.from,
             limit: q.limit,
+            after: q.after,
         }))
         .await?
         .into_inner();
-    Ok(
-        Json(json!({"documents": r.documents.iter().map(crate::json::sent_document).collect::<Vec<_>>()}))
-            .into_response(),
-    )
+    Ok(Json(json!({
+        "documents": r.documents.iter().map(crate::json::sent_document).collect::<Vec<_>>(),
+        "next_after": Some(r.next_after).filter(|n| !n.is_empty()),
+    }))
+    .into_response())
 }
 
 #[derive(Deserialize)]

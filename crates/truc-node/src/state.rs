@@ -7126,10 +7126,40 @@ impl NodeState {
 
     /// What an agency of this edge sent, newest first.
     pub fn list_sent(&self, from: &OrganId, limit: usize) -> Result<Vec<SentRecord>, NodeError> {
+        Ok(self.list_sent_page(from, limit, "")?.0)
+    }
+
+    /// [`Self::list_sent`] from `after` (a `next_after` of an earlier page,
+    /// empty for the newest), and where the next page starts when this one
+    /// is full (the index key past the agency's prefix, in hex).
+    pub fn list_sent_page(
+        &self,
+        from: &OrganId,
+        limit: usize,
+        after: &str,
+    ) -> Result<(Vec<SentRecord>, Option<String>), NodeError> {
         let prefix = Key::new().str(from.as_str()).build();
+        let start = if after.is_empty() {
+            None
+        } else {
+            let rest = hex::decode(after).map_err(|_| {
+                Refusal::invalid(format!("after {after:?}: not a next_after of this list"))
+            })?;
+            Some([prefix.as_slice(), &rest].concat())
+        };
+        let rows = self
+            .store
+            .scan(Space::SentIndex, &prefix, start.as_deref(), limit)?;
+        let next = rows
+            .last()
+            .filter(|_| rows.len() >= limit)
+            .map(|(k, _)| hex::encode(&k[prefix.len()..]));
         let mut out = Vec::new();
-        for (k, _) in self.store.scan(Space::SentIndex, &prefix, None, limit)? {
-            let Some(doc_id) = str_parts(&k[prefix.len() + 8..], 1).and_then(|mut p| p.pop())
+        for (k, _) in rows {
+            let Some(doc_id) = k
+                .get(prefix.len() + 8..)
+                .and_then(|rest| str_parts(rest, 1))
+                .and_then(|mut p| p.pop())
             else {
                 continue;
             };
@@ -7138,7 +7168,7 @@ impl NodeState {
                 out.push(record::decode(Space::Sent, &key, &bytes)?);
             }
         }
-        Ok(out)
+        Ok((out, next))
     }
 
     /// The signed receipts kept for one sent record: (recipient, envelope).

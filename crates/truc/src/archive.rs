@@ -71,23 +71,29 @@ async fn documents_between(
         .unwrap_or(i64::MAX);
     let cfg = Config::load(config)?;
     let mut out = BTreeSet::new();
-    let mut truncated = false;
     for (organ, ..) in &cfg.agencies {
-        let sent = client
-            .list_sent(pb::ListSentRequest {
-                from: organ.to_string(),
-                limit: u32::MAX,
-            })
-            .await
-            .map_err(client::status_error)?
-            .into_inner();
-        truncated |= sent.documents.len() >= cfg.limits.max_list;
-        for d in sent.documents {
-            if (lo..hi).contains(&d.created_at_ms) {
-                out.insert((d.doc_id, d.from));
+        // Both lists page by page, however many they hold.
+        let mut after = String::new();
+        loop {
+            let sent = client
+                .list_sent(pb::ListSentRequest {
+                    from: organ.to_string(),
+                    limit: u32::MAX,
+                    after,
+                })
+                .await
+                .map_err(client::status_error)?
+                .into_inner();
+            for d in sent.documents {
+                if (lo..hi).contains(&d.created_at_ms) {
+                    out.insert((d.doc_id, d.from));
+                }
             }
+            if sent.next_after.is_empty() {
+                break;
+            }
+            after = sent.next_after;
         }
-        // The inbox page by page, however many it holds.
         let mut after = 0;
         loop {
             let items = client
@@ -112,12 +118,6 @@ async fn documents_between(
                 }
             }
         }
-    }
-    if truncated {
-        eprintln!(
-            "warning: the edge lists at most limits.max_list sent documents per agency and a list was full; \
-             documents sent in the period may be missing — raise limits.max_list or export them by id"
-        );
     }
     Ok(out.into_iter().collect())
 }

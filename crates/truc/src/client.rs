@@ -1018,6 +1018,7 @@ pub async fn sent(config: &Path, from: &str, limit: u32, json: bool) -> Result<(
         .list_sent(pb::ListSentRequest {
             from: from.into(),
             limit,
+            after: String::new(),
         })
         .await
         .map_err(status_error)?
