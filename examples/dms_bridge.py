@@ -180,7 +180,7 @@ def cmd_send(edge, a):
         "attachments": [attachment(edge, p) for p in a.files],
     }
     if a.doc_id:
-        doc["doc_id"] = a.doc_id  # the same id again is a no-op: safe to retry
+        doc["doc_id"] = a.doc_id  # the same document again is a no-op: safe to retry
     r = edge.call("POST", "/v1/documents", doc)
     print(r["doc_id"])
 

@@ -51,13 +51,35 @@ pub fn token_path(data_dir: &std::path::Path) -> std::path::PathBuf {
     data_dir.join("run").join("agency.token")
 }
 
-/// The token of the gRPC agency API (64 hex digits), from [`token_path`],
-/// made there first when missing. A file that others may read is refused,
-/// not used.
+/// The token of the gRPC agency API (64 hex digits), from [`token_path`].
+/// A token is kept across starts while its file is a plain file only the
+/// node's user may read; a missing, empty or damaged one, a symlink, or one
+/// others may read (a volume mounted with group rights, say) is replaced by
+/// a new token, written to a temporary file of mode 600 and renamed into
+/// place, so that no start leaves a half-written file behind.
 pub fn load_or_make_token(data_dir: &std::path::Path) -> Result<String, NodeError> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt, os::unix::fs::PermissionsExt};
     let path = token_path(data_dir);
     let shown = path.display().to_string();
+    let kept = match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o077 == 0 => {
+            read_token(&path).ok().map(Ok)
+        }
+        Ok(m) => Some(Err(if m.is_file() {
+            format!(
+                "others may read it (mode {:o})",
+                m.permissions().mode() & 0o777
+            )
+        } else {
+            "it is not a plain file".to_owned()
+        })),
+        Err(_) => None,
+    };
+    let why = match kept {
+        Some(Ok(token)) => return Ok(token),
+        Some(Err(why)) => Some(why),
+        None => None,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(NodeError::io(format!("creating {}", dir.display())))?;
@@ -65,42 +87,34 @@ pub fn load_or_make_token(data_dir: &std::path::Path) -> Result<String, NodeErro
     let mut bytes = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .map_err(|_| NodeError::Other("no randomness for the agency API's token".into()))?;
-    let made = std::fs::OpenOptions::new()
+    let token = hex::encode(bytes);
+    let tmp = path.with_extension("token.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path);
-    match made {
-        Ok(mut f) => {
-            let token = hex::encode(bytes);
-            f.write_all(token.as_bytes())
-                .and_then(|()| f.sync_all())
-                .map_err(NodeError::io(format!("writing {shown}")))?;
-            Ok(token)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let mode = std::fs::metadata(&path)
-                .map_err(NodeError::io(format!("reading {shown}")))?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                return Err(NodeError::Other(format!(
-                    "{shown} may be read by other users (mode {:o}): chmod 600 it, or remove it for a new token",
-                    mode & 0o777
-                )));
-            }
-            let token = std::fs::read_to_string(&path)
-                .map_err(NodeError::io(format!("reading {shown}")))?;
-            let token = token.trim().to_owned();
-            if token.len() < 32 {
-                return Err(NodeError::Other(format!(
-                    "{shown} holds no token (fewer than 32 characters): remove it for a new one"
-                )));
-            }
-            Ok(token)
-        }
-        Err(e) => Err(NodeError::io(format!("creating {shown}"))(e)),
+        .open(&tmp)
+        .map_err(NodeError::io(format!("creating {}", tmp.display())))?;
+    f.write_all(token.as_bytes())
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(NodeError::io(format!("writing {shown}")))?;
+    if let Some(why) = why {
+        tracing::warn!(file = %shown, %why, "the agency API's token was replaced: clients read the new one");
     }
+    Ok(token)
+}
+
+/// The token in `path` ([`token_path`]), as a client reads it: 32
+/// characters at least.
+pub fn read_token(path: &std::path::Path) -> Result<String, String> {
+    let token = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let token = token.trim();
+    if token.len() < 32 {
+        return Err(format!("{} holds no token", path.display()));
+    }
+    Ok(token.to_owned())
 }
 
 /// The check of every call to the gRPC agency API: `authorization: Bearer
@@ -114,11 +128,14 @@ pub fn authorize(
     let want = Digest::of(token.as_bytes());
     let path = path.display().to_string();
     move |req: Request<()>| {
+        // The scheme in any case (RFC 6750), the token after it.
         let given = req
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t);
         match given {
             Some(t) if Digest::of(t.trim().as_bytes()) == want => Ok(req),
             Some(_) => Err(Status::unauthenticated(format!(
@@ -312,7 +329,15 @@ impl Agency for AgencyService {
         req: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
         let r = req.into_inner();
-        check_send(&r, crate::state::now_ms())?;
+        // A retry of a document taken before is answered as before, even
+        // once its due date has passed (or from before these checks).
+        let retry = !r.doc_id.is_empty() && {
+            let (st, from, id) = (self.state.clone(), r.from.clone(), r.doc_id.clone());
+            blocking(move || st.submitted_before(&from, &id)).await?
+        };
+        if !retry {
+            check_send(&r, crate::state::now_ms())?;
+        }
         let sub = Submission {
             from: r.from,
             to: r.to,
@@ -416,7 +441,13 @@ impl Agency for AgencyService {
             Ok(items.into_iter().zip(pdfs).collect::<Vec<_>>())
         })
         .await?;
+        // A full page may have more after it: where the next one starts.
+        let next_after = items
+            .last()
+            .filter(|_| items.len() >= limit)
+            .map_or(0, |((seq, _), _)| *seq);
         Ok(Response::new(pb::ListInboxResponse {
+            next_after,
             items: items
                 .into_iter()
                 .map(|((seq, e), pdf_signatures)| pb::InboxItem {
@@ -1540,11 +1571,55 @@ mod tests {
         );
     }
 
+    /// A retry of a document taken before is answered as a duplicate even
+    /// when it would not pass today's checks (its due date passed since).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retry_after_its_due_date_is_a_duplicate_not_a_refusal() {
+        let f = Fixture::new();
+        let edge = f.edge(Arc::new(MemoryStore::new()));
+        let id = DocId::new_v7().to_string();
+        let due = crate::state::now_ms() - 3_600_000;
+        // Taken while its due date was ahead (the check is the API's).
+        edge.submit(crate::state::Submission {
+            from: "000.00.00.G22".into(),
+            to: vec!["000.00.00.H41".into()],
+            subject: "Công văn".into(),
+            due_at_ms: due,
+            doc_id: Some(id.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let svc = AgencyService::new(edge);
+        let retry = pb::SendRequest {
+            from: "000.00.00.G22".into(),
+            to: vec!["000.00.00.H41".into()],
+            subject: "Công văn".into(),
+            due_at_ms: due,
+            doc_id: id.clone(),
+            ..Default::default()
+        };
+        let r = svc
+            .send(Request::new(retry.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.duplicate, "{r:?}");
+        // A new document due then is refused.
+        let e = svc
+            .send(Request::new(pb::SendRequest {
+                doc_id: String::new(),
+                ..retry
+            }))
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("is in the past"), "{e:?}");
+    }
+
     /// The agency API's token is made once, for the node's user only, and
-    /// kept across starts; a copy others may read, or an empty one, stops
-    /// the node instead of serving with it.
+    /// kept across starts; a copy others may read, an empty one or a
+    /// symlink is replaced, never served with.
     #[test]
-    fn the_token_is_made_once_for_the_nodes_user_and_a_readable_one_refused() {
+    fn the_token_is_made_once_for_the_nodes_user_and_a_readable_one_replaced() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let token = load_or_make_token(dir.path()).unwrap();
@@ -1570,13 +1645,26 @@ mod tests {
                 .contains("agency.token")
         );
 
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = load_or_make_token(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("may be read by other users (mode 644)"), "{e}");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(check(with(&format!("bearer {token}"))).is_ok(), "any case");
+
+        // A copy others may read (a volume mounted with group rights), an
+        // empty one, a symlink: replaced by a new token of mode 600.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).unwrap();
+        let second = load_or_make_token(dir.path()).unwrap();
+        assert_ne!(second, token, "a token others may have read is not kept");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
         std::fs::write(&path, "\n").unwrap();
-        let e = load_or_make_token(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("holds no token"), "{e}");
+        let third = load_or_make_token(dir.path()).unwrap();
+        assert_eq!(third.len(), 64);
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, &third).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        let fourth = load_or_make_token(dir.path()).unwrap();
+        assert_ne!(fourth, third);
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+        assert_eq!(read_token(&path).unwrap(), fourth);
     }
 
     /// An archive takes a receipt or status only for its own document: not

@@ -192,17 +192,21 @@ async fn errors(
             StatusCode::METHOD_NOT_ALLOWED => Status::unimplemented,
             _ => return r,
         };
-        // axum adds its Allow header outside this layer: the route's
-        // methods are read from the API's own description instead.
-        let allow = r.headers().get(header::ALLOW).cloned();
         let text = axum::body::to_bytes(r.into_body(), 64 << 10)
             .await
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
+        // axum adds its Allow header outside this layer: the route's
+        // methods are read from the API's own description instead.
         let text = if status == StatusCode::METHOD_NOT_ALLOWED {
             format!(
                 "{what}: method not allowed (allowed: {})",
                 route.as_deref().map(methods_of).unwrap_or_default()
+            )
+        } else if status == StatusCode::PAYLOAD_TOO_LARGE && route.as_deref() == Some("/v1/edxml") {
+            format!(
+                "{what}: the package is over this edge's limit of {} bytes (limits.max_message_bytes)",
+                body_limit(&state)
             )
         } else if status == StatusCode::PAYLOAD_TOO_LARGE {
             format!(
@@ -217,9 +221,6 @@ async fn errors(
         let mut answer = ApiError(rejected(text)).into_response();
         if status == StatusCode::METHOD_NOT_ALLOWED {
             *answer.status_mut() = status;
-            if let Some(allow) = allow {
-                answer.headers_mut().insert(header::ALLOW, allow);
-            }
         }
         answer
     };
@@ -834,15 +835,10 @@ async fn inbox(State(cx): State<Ctx>, headers: HeaderMap, Query(q): Query<InboxQ
             after: q.after,
         }))
         .await?
-        .into_inner()
-        .items;
-    // A full page may have more after it: where the next one starts.
-    let full =
-        q.limit != 0 && items.len() >= q.limit as usize || items.len() >= cx.state.limits.max_list;
-    let next_after = items.last().filter(|_| full).map(|i| i.seq);
+        .into_inner();
     Ok(Json(json!({
-        "items": items.iter().map(crate::json::inbox_item).collect::<Vec<_>>(),
-        "next_after": next_after,
+        "items": items.items.iter().map(crate::json::inbox_item).collect::<Vec<_>>(),
+        "next_after": Some(items.next_after).filter(|n| *n != 0),
     }))
     .into_response())
 }
@@ -917,11 +913,15 @@ async fn attachment(
     let range = match byte_range(&headers, a.size) {
         Ok(r) => r,
         Err(()) => {
-            return Ok((
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                [(header::CONTENT_RANGE, format!("bytes */{}", a.size))],
-            )
-                .into_response());
+            let mut r = ApiError(Status::out_of_range(format!(
+                "the range asked starts past the end of {:?} ({} bytes)",
+                a.name, a.size
+            )))
+            .into_response();
+            if let Ok(v) = format!("bytes */{}", a.size).parse() {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(r);
         }
     };
     let (start, len) = range.unwrap_or((0, a.size));
@@ -998,9 +998,9 @@ fn byte_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> 
     let (start, end) = match (a.parse::<u64>(), b.parse::<u64>()) {
         (Ok(s), Ok(e)) if e >= s => (s, e.min(size.saturating_sub(1))),
         (Ok(s), Err(_)) if b.is_empty() => (s, size.saturating_sub(1)),
-        (Err(_), Ok(k)) if a.is_empty() && k > 0 => {
-            (size.saturating_sub(k), size.saturating_sub(1))
-        }
+        // The last k bytes; none of them (k = 0) is unsatisfiable.
+        (Err(_), Ok(0)) if a.is_empty() => return Err(()),
+        (Err(_), Ok(k)) if a.is_empty() => (size.saturating_sub(k), size.saturating_sub(1)),
         _ => return Ok(None),
     };
     if start >= size {
@@ -1273,7 +1273,9 @@ async fn events(State(cx): State<Ctx>, headers: HeaderMap, Query(q): Query<Event
                 let data = json!({
                     "id": e.id, "at_ms": e.at_ms, "organ": e.organ, "kind": e.kind, "doc_id": e.doc_id,
                     "from": e.from, "detail": e.detail, "subject": e.subject, "recipient": e.recipient,
-                    "business_type": crate::json::business_name(e.business_type), "target_doc_id": e.target_doc_id,
+                    // A document's own: of an arrival only.
+                    "business_type": (e.kind == "arrived" && e.detail == "document").then(|| crate::json::business_name(e.business_type)),
+                    "target_doc_id": e.target_doc_id,
                 });
                 Event::default()
                     .id(e.id.to_string())
@@ -1524,6 +1526,7 @@ mod tests {
         assert_eq!(range("bytes=90-500", 100), Ok(Some((90, 10))));
         assert_eq!(range("bytes=-5", 100), Ok(Some((95, 5))));
         assert_eq!(range("bytes=100-", 100), Err(()));
+        assert_eq!(range("bytes=-0", 100), Err(()));
         // Served whole: several ranges, another unit, nonsense.
         for whole in ["bytes=0-1,5-6", "items=1-2", "bytes=5-2", "bytes=x-"] {
             assert_eq!(range(whole, 100), Ok(None), "{whole}");

@@ -4895,6 +4895,15 @@ impl NodeState {
         Ok(())
     }
 
+    /// Whether `from` has sent something under `doc_id` (a retry, or a
+    /// reuse `submit` refuses).
+    pub fn submitted_before(&self, from: &str, doc_id: &str) -> Result<bool, NodeError> {
+        Ok(self
+            .store
+            .get(Space::Dedup, &doc_key(from, doc_id))?
+            .is_some())
+    }
+
     /// How the document `from` sent under `doc_id` differs from `s`, a
     /// submission under the same doc_id: its business type and target, its
     /// subject, and (while its envelope is kept) its attachments by name and
@@ -4977,11 +4986,7 @@ impl NodeState {
         };
         // The same doc_id again is a retry: answer as before, queue nothing.
         // Unless it was used for another document: said, not dropped.
-        if self
-            .store
-            .get(Space::Dedup, &doc_key(from.as_str(), &doc_id.to_string()))?
-            .is_some()
-        {
+        if self.submitted_before(from.as_str(), &doc_id.to_string())? {
             if let Some(differs) = self.reused_for_another(&from, &doc_id, &s)? {
                 return Err(Refusal::new(
                     Code::AlreadyExists,
@@ -6907,12 +6912,7 @@ impl NodeState {
             for (k, v) in rows {
                 let e: InboxEntry = record::decode(Space::Inbox, &k, &v)?;
                 if (include_acked || !e.acked) && (kind.is_empty() || e.kind == kind) {
-                    let seq = k
-                        .len()
-                        .checked_sub(8)
-                        .and_then(|at| k[at..].try_into().ok())
-                        .map(u64::from_be_bytes)
-                        .ok_or_else(|| internal("inbox key"))?;
+                    let seq = trailing_u64(&k).ok_or_else(|| internal("inbox key"))?;
                     out.push((seq, e));
                     if out.len() >= limit {
                         break;

@@ -96,7 +96,7 @@ async fn documents_between(
         }
         let mut after = 0;
         loop {
-            let items = client
+            let page = client
                 .list_inbox(pb::ListInboxRequest {
                     organ: organ.to_string(),
                     include_acked: true,
@@ -106,17 +106,16 @@ async fn documents_between(
                 })
                 .await
                 .map_err(client::status_error)?
-                .into_inner()
-                .items;
-            let Some(last) = items.last().map(|i| i.seq) else {
-                break;
-            };
-            after = last;
-            for i in items {
+                .into_inner();
+            for i in page.items {
                 if (lo..hi).contains(&i.received_at_ms) {
                     out.insert((i.doc_id, i.from));
                 }
             }
+            if page.next_after == 0 {
+                break;
+            }
+            after = page.next_after;
         }
     }
     Ok(out.into_iter().collect())

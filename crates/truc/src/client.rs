@@ -105,14 +105,12 @@ impl tonic::service::Interceptor for Bearer {
 pub fn agency_token(config_path: &Path) -> Result<String> {
     let cfg = Config::load(config_path)?;
     let path = truc_node::agency::token_path(&cfg.data_dir);
-    let token = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "cannot read {}, the agency API's token: the node makes it at its start (`truc node --config {}`), readable by its user only",
-            path.display(),
+    truc_node::agency::read_token(&path).map_err(|e| {
+        anyhow!(
+            "cannot read the agency API's token ({e}): the node makes it at its start (`truc node --config {}`), readable by its user only",
             config_path.display()
         )
-    })?;
-    Ok(token.trim().to_owned())
+    })
 }
 
 /// An agency API client over `ch` that presents `token`.
@@ -608,7 +606,7 @@ use truc_node::json::business_name;
 
 pub async fn inbox(config: &Path, organ: &str, all: bool, kind: &str, json: bool) -> Result<()> {
     let mut client = connect(config).await?;
-    let items = client
+    let page = client
         .list_inbox(pb::ListInboxRequest {
             organ: organ.into(),
             include_acked: all,
@@ -618,8 +616,15 @@ pub async fn inbox(config: &Path, organ: &str, all: bool, kind: &str, json: bool
         })
         .await
         .map_err(status_error)?
-        .into_inner()
-        .items;
+        .into_inner();
+    if page.next_after != 0 {
+        eprintln!(
+            "the first {} shown (limits.max_list); the REST API lists the rest page by page (GET /v1/inbox?…&after={})",
+            page.items.len(),
+            page.next_after
+        );
+    }
+    let items = page.items;
     if json {
         let v: Vec<_> = items
             .iter()
@@ -1014,7 +1019,7 @@ pub async fn status(config: &Path, doc_id: &str, from: Option<&str>, json: bool)
 /// The sent list of one agency (today's getSentEdocList).
 pub async fn sent(config: &Path, from: &str, limit: u32, json: bool) -> Result<()> {
     let mut client = connect(config).await?;
-    let docs = client
+    let page = client
         .list_sent(pb::ListSentRequest {
             from: from.into(),
             limit,
@@ -1022,8 +1027,15 @@ pub async fn sent(config: &Path, from: &str, limit: u32, json: bool) -> Result<(
         })
         .await
         .map_err(status_error)?
-        .into_inner()
-        .documents;
+        .into_inner();
+    if !page.next_after.is_empty() {
+        eprintln!(
+            "the newest {} shown; the REST API lists older ones page by page (GET /v1/sent?…&after={})",
+            page.documents.len(),
+            page.next_after
+        );
+    }
+    let docs = page.documents;
     if json {
         println!(
             "{}",

@@ -114,8 +114,9 @@ async fn agency(
     let ch = Channel::from_shared(format!("http://{addr}"))?
         .connect()
         .await?;
-    let token = std::fs::read_to_string(truc_node::agency::token_path(&data_dir))?;
-    crate::client::agency_client(ch, token.trim())
+    let token = truc_node::agency::read_token(&truc_node::agency::token_path(&data_dir))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    crate::client::agency_client(ch, &token)
 }
 
 pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<()> {

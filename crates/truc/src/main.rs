@@ -8,38 +8,27 @@ fn main() -> std::process::ExitCode {
     truc::main()
 }
 
-/// The commands that serve or dial sockets in this process, for which a
-/// write to a closed peer must stay an error (EPIPE), not a signal.
-const SERVING: &[&str] = &["node", "bench", "chaos", "demo"];
-
 /// A command whose output goes to a reader that stops early (`truc inbox
 /// --json | head`) ends quietly, as other command-line tools do, instead of
-/// panicking in `println!` on the closed pipe: SIGPIPE back to its default
-/// for every command but [`SERVING`]. Set before any thread starts.
-#[cfg(unix)]
-#[allow(unsafe_code)]
+/// panicking in `println!` on the closed pipe: exit status 141, as for a
+/// process ended by SIGPIPE. SIGPIPE itself stays ignored, so that a socket
+/// written to after its peer went (a vectored write has no MSG_NOSIGNAL)
+/// is an error the command reports, not a silent end.
 fn quiet_on_closed_pipe() {
-    let mut args = std::env::args().skip(1);
-    let command = loop {
-        match args.next() {
-            Some(a) if a == "--log-format" => {
-                args.next();
-            }
-            Some(a) if a.starts_with('-') => {}
-            other => break other,
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
         }
-    };
-    if command.is_some_and(|c| !SERVING.contains(&c.as_str())) {
-        // SAFETY: resets one signal's disposition first thing in main,
-        // before any other thread exists.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
+        default(info);
+    }));
 }
-
-#[cfg(not(unix))]
-fn quiet_on_closed_pipe() {}
 
 /// At most two glibc malloc arenas, set before any thread starts.
 ///
