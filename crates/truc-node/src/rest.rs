@@ -1425,45 +1425,31 @@ mod tests {
             let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
             (status, String::from_utf8_lossy(&body).into_owned())
         };
+        let ask = |body: String| {
+            let router = router.clone();
+            async move { answer(router.oneshot(post(body)).await.unwrap()).await }
+        };
         let doc = |extra: &str| {
             format!(
                 r#"{{"from": "000.00.00.G22", "to": ["000.00.00.H41"], "subject": "Công văn"{extra}}}"#
             )
         };
-        let (status, body) = answer(
-            router
-                .clone()
-                .oneshot(post(doc(
-                    r#", "attachment": [{"name": "a.pdf", "data_base64": "JVBERg=="}]"#,
-                )))
-                .await
-                .unwrap(),
-        )
+        let (status, body) = ask(doc(
+            r#", "attachment": [{"name": "a.pdf", "data_base64": "JVBERg=="}]"#,
+        ))
         .await;
         assert_eq!(status, axum::http::StatusCode::BAD_REQUEST, "{body}");
         assert!(body.contains("unknown field `attachment`"), "{body}");
-        let (status, body) = answer(
-            router
-                .clone()
-                .oneshot(post(doc(
-                    r#", "attachments": [{"name": "a.pdf", "data_base64": "JVBERg==", "sise": 4}]"#,
-                )))
-                .await
-                .unwrap(),
-        )
+        let (status, body) = ask(doc(
+            r#", "attachments": [{"name": "a.pdf", "data_base64": "JVBERg==", "sise": 4}]"#,
+        ))
         .await;
         assert_eq!(status, axum::http::StatusCode::BAD_REQUEST, "{body}");
         assert!(body.contains("unknown field `sise`"), "{body}");
-        let (status, body) = answer(
-            router
-                .clone()
-                .oneshot(post(doc(&format!(
-                    r#", "attachments": [{{"name": "a.pdf", "sha256": "{}"}}]"#,
-                    "ab".repeat(32)
-                ))))
-                .await
-                .unwrap(),
-        )
+        let (status, body) = ask(doc(&format!(
+            r#", "attachments": [{{"name": "a.pdf", "sha256": "{}"}}]"#,
+            "ab".repeat(32)
+        )))
         .await;
         assert_eq!(status, axum::http::StatusCode::BAD_REQUEST, "{body}");
         assert!(
@@ -1472,16 +1458,10 @@ mod tests {
             ),
             "{body}"
         );
-        let (status, body) = answer(
-            router
-                .clone()
-                .oneshot(post(doc(&format!(
-                    r#", "code_number": "{}""#,
-                    "1".repeat(200_000)
-                ))))
-                .await
-                .unwrap(),
-        )
+        let (status, body) = ask(doc(&format!(
+            r#", "code_number": "{}""#,
+            "1".repeat(200_000)
+        )))
         .await;
         assert_eq!(status, axum::http::StatusCode::PAYLOAD_TOO_LARGE, "{body}");
         assert!(

@@ -135,14 +135,16 @@ impl Rest {
             .header("Authorization", self.auth())
             .call()
             .unwrap();
-        let status = r.status().as_u16();
-        let body = r
-            .body_mut()
+        (r.status().as_u16(), Self::bytes_of(&mut r))
+    }
+
+    /// A whole answer's bytes (an attachment: up to 1 GiB).
+    fn bytes_of(r: &mut ureq::http::Response<ureq::Body>) -> Vec<u8> {
+        r.body_mut()
             .with_config()
             .limit(1 << 30)
             .read_to_vec()
-            .unwrap();
-        (status, body)
+            .unwrap()
     }
 
     /// GET `path` with `Range: range`: the status, the Content-Range, the bytes.
@@ -163,13 +165,7 @@ impl Rest {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        let body = r
-            .body_mut()
-            .with_config()
-            .limit(1 << 30)
-            .read_to_vec()
-            .unwrap();
-        (r.status().as_u16(), content_range, body)
+        (r.status().as_u16(), content_range, Self::bytes_of(&mut r))
     }
 
     pub fn post(&self, path: &str, body: Value) -> (u16, Value) {
