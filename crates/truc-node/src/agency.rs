@@ -24,18 +24,24 @@ pub struct AgencyService {
 /// any, not already past (in Unix milliseconds: one in seconds is refused
 /// too, as a date of 1970). Changes (recall, update, replace) carry their
 /// target's subject by default; imported edXML packages keep their dates.
-fn check_send(r: &pb::SendRequest, now_ms: i64) -> Result<(), Status> {
-    if r.business_type == pb::BusinessType::New as i32 && r.subject.trim().is_empty() {
-        return Err(Status::invalid_argument(
+/// `submit` applies it to a doc_id not seen before (`Submission::api_checks`),
+/// so that a retry is answered as before.
+pub(crate) fn check_send(
+    business_type: i32,
+    subject: &str,
+    due_at_ms: i64,
+    now_ms: i64,
+) -> Result<(), Refusal> {
+    if business_type == pb::BusinessType::New as i32 && subject.trim().is_empty() {
+        return Err(Refusal::invalid(
             "subject is empty: an official document has one (its trích yếu)",
         ));
     }
     // A minute of slack for the clocks of the application and the edge.
-    if r.due_at_ms != 0 && r.due_at_ms < now_ms - 60_000 {
-        return Err(Status::invalid_argument(format!(
-            "due_at_ms {} is in the past ({} in Vietnam): Unix time in milliseconds, or 0 for none",
-            r.due_at_ms,
-            crate::edxml::timestamp(r.due_at_ms)
+    if due_at_ms != 0 && due_at_ms < now_ms - 60_000 {
+        return Err(Refusal::invalid(format!(
+            "due_at_ms {due_at_ms} is in the past ({} in Vietnam): Unix time in milliseconds, or 0 for none",
+            crate::edxml::timestamp(due_at_ms)
         )));
     }
     Ok(())
@@ -329,16 +335,8 @@ impl Agency for AgencyService {
         req: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
         let r = req.into_inner();
-        // A retry of a document taken before is answered as before, even
-        // once its due date has passed (or from before these checks).
-        let retry = !r.doc_id.is_empty() && {
-            let (st, from, id) = (self.state.clone(), r.from.clone(), r.doc_id.clone());
-            blocking(move || st.submitted_before(&from, &id)).await?
-        };
-        if !retry {
-            check_send(&r, crate::state::now_ms())?;
-        }
         let sub = Submission {
+            api_checks: true,
             from: r.from,
             to: r.to,
             subject: r.subject,
@@ -1546,22 +1544,22 @@ mod tests {
     #[test]
     fn a_send_without_a_subject_or_due_in_the_past_is_refused() {
         let now = 1_796_300_000_000;
-        let send = |subject: &str, due_at_ms: i64, business: pb::BusinessType| pb::SendRequest {
-            subject: subject.into(),
-            due_at_ms,
-            business_type: business as i32,
-            ..Default::default()
+        let send = |subject: &str, due_at_ms: i64, business: pb::BusinessType| {
+            (business as i32, subject.to_owned(), due_at_ms)
+        };
+        let check_send = |(b, s, d): (i32, String, i64), now| {
+            check_send(b, &s, d, now).map_err(|r| Status::from(NodeError::Refused(r)))
         };
         let new = pb::BusinessType::New;
-        assert!(check_send(&send("Công văn", 0, new), now).is_ok());
-        assert!(check_send(&send("Công văn", now + 86_400_000, new), now).is_ok());
-        assert!(check_send(&send("", 0, pb::BusinessType::Revoke), now).is_ok());
+        assert!(check_send(send("Công văn", 0, new), now).is_ok());
+        assert!(check_send(send("Công văn", now + 86_400_000, new), now).is_ok());
+        assert!(check_send(send("", 0, pb::BusinessType::Revoke), now).is_ok());
         for blank in ["", "   "] {
-            let e = check_send(&send(blank, 0, new), now).unwrap_err();
+            let e = check_send(send(blank, 0, new), now).unwrap_err();
             assert_eq!(e.code(), Code::InvalidArgument);
             assert!(e.message().starts_with("subject is empty"), "{e:?}");
         }
-        let e = check_send(&send("Công văn", now / 1000, new), now).unwrap_err();
+        let e = check_send(send("Công văn", now / 1000, new), now).unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
         assert!(
             e.message().contains(

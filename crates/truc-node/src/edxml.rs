@@ -176,6 +176,8 @@ pub fn to_truc(mut p: Package, known: impl Fn(&str, &DocId) -> bool) -> Result<I
                 reason,
                 changes,
                 meta,
+                // A package keeps the dates it carries.
+                api_checks: false,
             })))
         }
         Kind::Status => {

@@ -246,6 +246,9 @@ pub struct Submission {
     pub changes: Vec<(String, bool)>,
     /// Extra header fields (an imported edXML package's).
     pub meta: BTreeMap<String, String>,
+    /// An application's Send: a new doc_id also passes
+    /// [`crate::agency::check_send`] (a retry is answered as before).
+    pub api_checks: bool,
 }
 
 /// One attachment of a submission: its bytes, or an upload already on this edge.
@@ -4897,7 +4900,7 @@ impl NodeState {
 
     /// Whether `from` has sent something under `doc_id` (a retry, or a
     /// reuse `submit` refuses).
-    pub fn submitted_before(&self, from: &str, doc_id: &str) -> Result<bool, NodeError> {
+    fn submitted_before(&self, from: &str, doc_id: &str) -> Result<bool, NodeError> {
         Ok(self
             .store
             .get(Space::Dedup, &doc_key(from, doc_id))?
@@ -4997,6 +5000,9 @@ impl NodeState {
                 .into());
             }
             return Ok((doc_id, Accepted::Duplicate(self.commit.current())));
+        }
+        if s.api_checks {
+            crate::agency::check_send(s.business_type, &s.subject, s.due_at_ms, now_ms())?;
         }
         let business = BusinessType::from_i32(s.business_type).ok_or_else(|| {
             Refusal::invalid(format!("unknown business type {}", s.business_type))
