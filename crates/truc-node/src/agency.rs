@@ -19,34 +19,6 @@ pub struct AgencyService {
     state: Arc<NodeState>,
 }
 
-/// What an application's new document must have beyond the node's own
-/// checks: a subject (an official document's trích yếu), and a due date, if
-/// any, not already past (in Unix milliseconds: one in seconds is refused
-/// too, as a date of 1970). Changes (recall, update, replace) carry their
-/// target's subject by default; imported edXML packages keep their dates.
-/// `submit` applies it to a doc_id not seen before (`Submission::api_checks`),
-/// so that a retry is answered as before.
-pub(crate) fn check_send(
-    business_type: i32,
-    subject: &str,
-    due_at_ms: i64,
-    now_ms: i64,
-) -> Result<(), Refusal> {
-    if business_type == pb::BusinessType::New as i32 && subject.trim().is_empty() {
-        return Err(Refusal::invalid(
-            "subject is empty: an official document has one (its trích yếu)",
-        ));
-    }
-    // A minute of slack for the clocks of the application and the edge.
-    if due_at_ms != 0 && due_at_ms < now_ms - 60_000 {
-        return Err(Refusal::invalid(format!(
-            "due_at_ms {due_at_ms} is in the past ({} in Vietnam): Unix time in milliseconds, or 0 for none",
-            crate::edxml::timestamp(due_at_ms)
-        )));
-    }
-    Ok(())
-}
-
 /// Where a node keeps the token of its gRPC agency API: `run/agency.token`
 /// under its data directory, made at its first start, readable and
 /// writable by the node's user only. Whoever can read it may act for every
@@ -1547,19 +1519,19 @@ mod tests {
         let send = |subject: &str, due_at_ms: i64, business: pb::BusinessType| {
             (business as i32, subject.to_owned(), due_at_ms)
         };
-        let check_send = |(b, s, d): (i32, String, i64), now| {
-            check_send(b, &s, d, now).map_err(|r| Status::from(NodeError::Refused(r)))
+        let check = |(b, s, d): (i32, String, i64), now| {
+            crate::state::check_send(b, &s, d, now).map_err(|r| Status::from(NodeError::Refused(r)))
         };
         let new = pb::BusinessType::New;
-        assert!(check_send(send("Công văn", 0, new), now).is_ok());
-        assert!(check_send(send("Công văn", now + 86_400_000, new), now).is_ok());
-        assert!(check_send(send("", 0, pb::BusinessType::Revoke), now).is_ok());
+        assert!(check(send("Công văn", 0, new), now).is_ok());
+        assert!(check(send("Công văn", now + 86_400_000, new), now).is_ok());
+        assert!(check(send("", 0, pb::BusinessType::Revoke), now).is_ok());
         for blank in ["", "   "] {
-            let e = check_send(send(blank, 0, new), now).unwrap_err();
+            let e = check(send(blank, 0, new), now).unwrap_err();
             assert_eq!(e.code(), Code::InvalidArgument);
             assert!(e.message().starts_with("subject is empty"), "{e:?}");
         }
-        let e = check_send(send("Công văn", now / 1000, new), now).unwrap_err();
+        let e = check(send("Công văn", now / 1000, new), now).unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
         assert!(
             e.message().contains(

@@ -227,6 +227,34 @@ impl Drop for UploadClaim {
     }
 }
 
+/// What an application's new document must have beyond the node's own
+/// checks: a subject (an official document's trích yếu), and a due date, if
+/// any, not already past (in Unix milliseconds: one in seconds is refused
+/// too, as a date of 1970). Changes (recall, update, replace) carry their
+/// target's subject by default; imported edXML packages keep their dates.
+/// [`NodeState::submit`] applies it to a doc_id not seen before
+/// (`Submission::api_checks`), so that a retry is answered as before.
+pub(crate) fn check_send(
+    business_type: i32,
+    subject: &str,
+    due_at_ms: i64,
+    now_ms: i64,
+) -> Result<(), Refusal> {
+    if business_type == BusinessType::New as i32 && subject.trim().is_empty() {
+        return Err(Refusal::invalid(
+            "subject is empty: an official document has one (its trích yếu)",
+        ));
+    }
+    // A minute of slack for the clocks of the application and the edge.
+    if due_at_ms != 0 && due_at_ms < now_ms - 60_000 {
+        return Err(Refusal::invalid(format!(
+            "due_at_ms {due_at_ms} is in the past ({} in Vietnam): Unix time in milliseconds, or 0 for none",
+            crate::edxml::timestamp(due_at_ms)
+        )));
+    }
+    Ok(())
+}
+
 /// A document submitted by an application on this edge.
 #[derive(Debug, Clone, Default)]
 pub struct Submission {
@@ -247,7 +275,7 @@ pub struct Submission {
     /// Extra header fields (an imported edXML package's).
     pub meta: BTreeMap<String, String>,
     /// An application's Send: a new doc_id also passes
-    /// [`crate::agency::check_send`] (a retry is answered as before).
+    /// [`check_send`] (a retry is answered as before).
     pub api_checks: bool,
 }
 
@@ -5002,7 +5030,7 @@ impl NodeState {
             return Ok((doc_id, Accepted::Duplicate(self.commit.current())));
         }
         if s.api_checks {
-            crate::agency::check_send(s.business_type, &s.subject, s.due_at_ms, now_ms())?;
+            check_send(s.business_type, &s.subject, s.due_at_ms, now_ms())?;
         }
         let business = BusinessType::from_i32(s.business_type).ok_or_else(|| {
             Refusal::invalid(format!("unknown business type {}", s.business_type))
