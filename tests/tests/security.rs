@@ -214,6 +214,28 @@ async fn the_agency_api_takes_no_call_without_the_nodes_token() {
         .into_inner();
     assert!(sent.documents.is_empty(), "{sent:?}");
     assert!(inbox(&c, "nghean", H41).await.is_empty());
+
+    // The CLI reaches the node by its Unix socket, the node user's only.
+    // While the node is down, another user who binds its TCP port is handed
+    // nothing: the CLI says the node is not there instead of dialling it.
+    let socket = truc_node::agency::socket_path(&data_dir);
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", socket.display());
+    let port = c.agency_addr("vpcp");
+    assert!(c.stop("vpcp").success());
+    assert!(!socket.exists(), "{} left behind", socket.display());
+    let squatter = std::net::TcpListener::bind(port).unwrap();
+    squatter.set_nonblocking(true).unwrap();
+    let e = truc::client::connect(&c.config("vpcp"))
+        .await
+        .err()
+        .expect("no node to reach");
+    assert!(format!("{e:#}").contains(socket.to_str().unwrap()), "{e:#}");
+    assert_eq!(
+        squatter.accept().unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "the CLI dialled the port a squatter holds"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

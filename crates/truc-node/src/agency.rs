@@ -29,6 +29,12 @@ pub fn token_path(data_dir: &std::path::Path) -> std::path::PathBuf {
     data_dir.join("run").join("agency.token")
 }
 
+/// Where a node serves its gRPC agency API on a Unix socket of mode 600,
+/// beside its TCP port; the CLI connects there.
+pub fn socket_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("run").join("agency.sock")
+}
+
 /// The token of the gRPC agency API (64 hex digits), from [`token_path`].
 /// A token is kept across starts while its file is a plain file only the
 /// node's user may read; a missing, empty or damaged one, a symlink, or one

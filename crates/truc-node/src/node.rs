@@ -275,17 +275,36 @@ fn serve_plain(
     tasks: &mut JoinSet<()>,
     router: tonic::transport::server::Router,
     listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     span: tracing::Span,
     what: &'static str,
 ) {
+    serve_incoming(tasks, router, plain_incoming(listener), stop, span, what);
+}
+
+/// Serves `router` on the connections `incoming` yields until the node stops.
+fn serve_incoming<IO>(
+    tasks: &mut JoinSet<()>,
+    router: tonic::transport::server::Router,
+    incoming: impl futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
+    mut stop: watch::Receiver<bool>,
+    span: tracing::Span,
+    what: &'static str,
+) where
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+{
     tasks.spawn(tracing::Instrument::instrument(
         async move {
             let shutdown = async move {
                 let _ = crate::stopped(&mut stop).await;
             };
             if let Err(e) = router
-                .serve_with_incoming_shutdown(plain_incoming(listener), shutdown)
+                .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
             {
                 tracing::error!(error = %e, "{what} failed");
@@ -293,6 +312,47 @@ fn serve_plain(
         },
         span,
     ));
+}
+
+/// Binds the agency API's Unix socket at `path` (in the node's `run/`), of
+/// mode 600: only the node's user may connect, and only a user who may
+/// write in `run/` could have put a socket there, so a client that reaches
+/// the node by its socket knows it hands its token to the node. (A TCP
+/// port on loopback, once free while the node is down, is any user's to
+/// bind.) A socket left by a node that did not stop cleanly is replaced:
+/// the store's lock, taken before, says no other node runs on this
+/// data_dir. The node removes it when it stops.
+fn bind_agency_socket(path: &std::path::Path) -> Result<tokio::net::UnixListener, NodeError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let shown = path.display();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(NodeError::io(format!("creating {}", dir.display())))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
+            .map_err(NodeError::io(format!("removing the stale socket {shown}")))?,
+        Ok(_) => {
+            return Err(NodeError::Other(format!(
+                "{shown} is in the way of the agency API's socket: it is not a socket; move it away"
+            )));
+        }
+        Err(_) => {}
+    }
+    // sun_path: 108 bytes with its terminating zero.
+    if path.as_os_str().len() > 107 {
+        return Err(NodeError::Other(format!(
+            "the agency API's socket {shown} is {} bytes long, over the 107 a Unix socket's path may have: give the node a shorter data_dir",
+            path.as_os_str().len()
+        )));
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(NodeError::io(format!(
+        "binding the agency API's socket {shown}"
+    )))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+        NodeError::io(format!("making {shown} the node user's only")),
+    )?;
+    Ok(listener)
 }
 
 /// The connections of a plaintext listener, each with `TCP_NODELAY`: small
@@ -492,10 +552,21 @@ impl RunningNode {
                 ))
                 .add_service(health_service.clone())
                 .add_service(reflection()?);
-            serve_plain(
+            // The same API on the node's Unix socket, which the CLI uses:
+            // no other user can stand in for the node there.
+            let socket = bind_agency_socket(&crate::agency::socket_path(&config.data_dir))?;
+            serve_incoming(
+                &mut tasks,
+                server.clone(),
+                tokio_stream::wrappers::UnixListenerStream::new(socket),
+                stop_rx.clone(),
+                node_span.clone(),
+                "agency api socket server",
+            );
+            serve_incoming(
                 &mut tasks,
                 server,
-                listener,
+                plain_incoming(listener),
                 stop_rx.clone(),
                 node_span.clone(),
                 "agency api server",
@@ -918,6 +989,9 @@ impl RunningNode {
             self.tasks.abort_all();
         }
         let _ = std::fs::remove_file(self.config.data_dir.join("run").join("endpoints.json"));
+        if self.agency_addr.is_some() {
+            let _ = std::fs::remove_file(crate::agency::socket_path(&self.config.data_dir));
+        }
         let st = self.state.clone();
         tokio::task::spawn_blocking(move || st.close())
             .await

@@ -103,7 +103,10 @@ impl tonic::service::Interceptor for Bearer {
 /// The token of the agency API of the node `config_path` describes, which
 /// the node made at its first start (readable by the node's user only).
 pub fn agency_token(config_path: &Path) -> Result<String> {
-    let cfg = Config::load(config_path)?;
+    token_of(&Config::load(config_path)?, config_path)
+}
+
+fn token_of(cfg: &Config, config_path: &Path) -> Result<String> {
     let path = truc_node::agency::token_path(&cfg.data_dir);
     truc_node::agency::read_token(&path).map_err(|e| {
         anyhow!(
@@ -125,7 +128,50 @@ pub fn agency_client(ch: Channel, token: &str) -> Result<AgencyApi> {
         .max_encoding_message_size(usize::MAX))
 }
 
+/// The agency API of the node `config_path` describes, over the node's
+/// Unix socket (never its TCP port: while the node is down, any user of the
+/// machine may bind that port and would be handed the token).
 pub async fn connect(config_path: &Path) -> Result<AgencyApi> {
+    let cfg = Config::load(config_path)?;
+    if cfg.agency_api.is_none() {
+        bail!(
+            "{} ({}) has no [agency_api]; point --config at an edge",
+            config_path.display(),
+            cfg.role()
+        );
+    }
+    let token = token_of(&cfg, config_path)?;
+    let path = truc_node::agency::socket_path(&cfg.data_dir);
+    let ch = socket_channel(&path).await.with_context(|| {
+        format!(
+            "cannot reach the agency API at {}: is `truc node --config {}` running?",
+            path.display(),
+            config_path.display()
+        )
+    })?;
+    agency_client(ch, &token)
+}
+
+/// A channel to the gRPC server on the Unix socket at `path`.
+pub async fn socket_channel(path: &Path) -> Result<Channel> {
+    let path = path.to_owned();
+    // The connector dials the socket; the URI only names the HTTP/2 authority.
+    let ch = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await?;
+    Ok(ch)
+}
+
+/// [`connect`] over the node's TCP port instead, for the benchmark, whose
+/// load tool reaches truc and its peer alike over loopback TCP.
+pub async fn connect_tcp(config_path: &Path) -> Result<AgencyApi> {
     let token = agency_token(config_path)?;
     agency_client(channel(config_path, Api::Agency).await?, &token)
 }

@@ -9,7 +9,6 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use tokio::net::TcpListener;
-use tonic::transport::Channel;
 use truc_node::{Config, Listeners, RunningNode};
 use truc_proto::v1::{self as pb};
 
@@ -106,14 +105,10 @@ const DOCS: &[DemoDoc] = &[
     },
 ];
 
-/// The agency API of a demo node at `addr`, with the token the node made
-/// under `data_dir`.
-async fn agency(
-    (addr, data_dir): (std::net::SocketAddr, PathBuf),
-) -> Result<crate::client::AgencyApi> {
-    let ch = Channel::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?;
+/// The agency API of a demo node by its socket, with the token the node
+/// made under `data_dir`.
+async fn agency(data_dir: PathBuf) -> Result<crate::client::AgencyApi> {
+    let ch = crate::client::socket_channel(&truc_node::agency::socket_path(&data_dir)).await?;
     let token = truc_node::agency::read_token(&truc_node::agency::token_path(&data_dir))
         .map_err(|e| anyhow::anyhow!(e))?;
     crate::client::agency_client(ch, &token)
@@ -212,8 +207,8 @@ pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<()> {
     let addr_of = |id: &str| {
         nodes
             .iter()
-            .find(|n| n.state.node_id.as_str() == id)
-            .and_then(|n| Some((n.agency_addr?, n.config.data_dir.clone())))
+            .find(|n| n.state.node_id.as_str() == id && n.agency_addr.is_some())
+            .map(|n| n.config.data_dir.clone())
     };
     let mut sent = Vec::new();
     for d in DOCS {

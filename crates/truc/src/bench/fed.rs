@@ -235,7 +235,7 @@ impl Fed {
     }
 
     pub async fn agency(&self, node: &str) -> Result<crate::client::AgencyApi> {
-        client::connect(&self.cluster.config(node)).await
+        client::connect_tcp(&self.cluster.config(node)).await
     }
 
     /// [`Fed::procs`], and the bench's own process where it emulates links:
