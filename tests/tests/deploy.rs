@@ -234,12 +234,34 @@ fn kubernetes_manifests_parse_and_probe_the_health_port() {
         .map(|d| d["metadata"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, topology_nodes("k8s/topology.k8s.toml"));
+    // A node not ready (short of disk space) stays reachable by its children.
+    for svc in docs
+        .iter()
+        .filter(|d| d["kind"].as_str() == Some("Service"))
+    {
+        assert_eq!(
+            svc["spec"]["publishNotReadyAddresses"].as_bool(),
+            Some(true),
+            "{:?}",
+            svc["metadata"]["name"]
+        );
+    }
     for s in sets {
         let spec = &s["spec"]["template"]["spec"];
         let c = &spec["containers"][0];
         for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
             assert_eq!(c[probe]["grpc"]["port"].as_u64(), Some(7799), "{probe}");
         }
+        // Restarts only for what a restart cures (not a full disk, not a
+        // standby); readiness is the store's writability.
+        for probe in ["startupProbe", "livenessProbe"] {
+            assert_eq!(
+                c[probe]["grpc"]["service"].as_str(),
+                Some(truc_node::node::LIVE),
+                "{probe}"
+            );
+        }
+        assert!(c["readinessProbe"]["grpc"]["service"].is_null());
         assert_eq!(
             c["securityContext"]["readOnlyRootFilesystem"].as_bool(),
             Some(true)

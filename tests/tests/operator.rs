@@ -551,32 +551,33 @@ async fn health_is_not_serving_while_the_store_cannot_take_writes() {
     });
     c.start("hub");
     let probe = c.start("vpcp").health.expect("a health port");
-    let check = |ch: tonic::transport::Channel| {
+    let check_name = |ch: tonic::transport::Channel, service: &str| {
         let rt = tokio::runtime::Handle::current();
         let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
         tokio::task::block_in_place(|| {
             rt.block_on(async {
                 h.check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
+                    service: service.to_owned(),
                 })
                 .await
                 .map(|r| r.into_inner().status)
             })
         })
     };
+    let check = |ch: tonic::transport::Channel| check_name(ch, "");
     let status = |c: &Cluster| check(admin_channel(c, "vpcp", None));
-    let plain = || {
+    let plain_channel = || {
         let rt = tokio::runtime::Handle::current();
-        let ch = tokio::task::block_in_place(|| {
+        tokio::task::block_in_place(|| {
             rt.block_on(
                 tonic::transport::Channel::from_shared(format!("http://{probe}"))
                     .unwrap()
                     .connect(),
             )
         })
-        .unwrap();
-        check(ch)
+        .unwrap()
     };
+    let plain = || check(plain_channel());
     use tonic_health::pb::health_check_response::ServingStatus;
     eventually_sync("SERVING", || {
         (status(&c).ok()? == ServingStatus::Serving as i32).then_some(())
@@ -602,6 +603,12 @@ async fn health_is_not_serving_while_the_store_cannot_take_writes() {
     let out = c.cli(&["health", &probe.to_string()]);
     assert!(!out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "NOT_SERVING");
+    // Not ready, but alive: a restart would not free the disk, and a pod
+    // killed for it would loop (the liveness probe asks truc.live).
+    assert_eq!(
+        check_name(plain_channel(), truc_node::node::LIVE).unwrap(),
+        ServingStatus::Serving as i32
+    );
     // The reason is an alert and a metric.
     let s = parse_metrics(&c.ops("vpcp", Some("operators/viewer")).get("/metrics").body);
     assert_eq!(sample(&s, "truc_store_writable", &[]), Some(0.0));

@@ -64,6 +64,13 @@ impl std::fmt::Debug for RunningNode {
 /// The names health reports on: the server as a whole and each truc service.
 const HEALTH_SERVICES: [&str; 4] = ["", "truc.v1.Link", "truc.v1.Agency", "truc.v1.Admin"];
 
+/// The health name for liveness probes: SERVING while the process is up,
+/// opening its store or standing by included, and NOT_SERVING only when a
+/// restart is what the node needs (a failed flush). A node short of disk
+/// space, hanging on its disk or standing by is not made better by a
+/// restart: it is NOT_SERVING on the other names (readiness) only.
+pub const LIVE: &str = "truc.live";
+
 /// Sets every name health reports on.
 async fn set_health(
     reporter: &tonic_health::server::HealthReporter,
@@ -107,6 +114,11 @@ async fn check_health(
             set_health(reporter, tonic_health::ServingStatus::NotServing).await;
         }
     }
+    let live = match &why {
+        Some(crate::state::Unwritable::FlushFailed) => tonic_health::ServingStatus::NotServing,
+        _ => tonic_health::ServingStatus::Serving,
+    };
+    reporter.set_service_status(LIVE, live).await;
     *last = Some(why);
 }
 
@@ -426,8 +438,12 @@ impl RunningNode {
             )));
         }
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        // NOT_SERVING until the store is open and the health loop says otherwise.
+        // NOT_SERVING until the store is open and the health loop says
+        // otherwise; alive meanwhile (a long repair, a standby).
         set_health(&health_reporter, tonic_health::ServingStatus::NotServing).await;
+        health_reporter
+            .set_service_status(LIVE, tonic_health::ServingStatus::Serving)
+            .await;
         // Every log line of this node's tasks and requests names it.
         let node_span = tracing::info_span!("node", node = %config.node_id);
         let trace_node = {
