@@ -497,6 +497,16 @@ async fn an_undeliverable_document_is_reported_after_its_deadline_and_requeue_de
     let queues: serde_json::Value =
         serde_json::from_str(&c.cli_ok(&["queues", "--config", &c.cfg("hub"), "--json"])).unwrap();
     assert_eq!(queues["parked"][0]["doc_id"], id.as_str(), "{queues}");
+    // The table says so too, with why and the way out.
+    let text = c.cli_ok(&["queues", "--config", &c.cfg("hub")]);
+    assert!(
+        text.contains("parked doc_id")
+            && text.contains("--all --queue child:caobang")
+            && text
+                .lines()
+                .any(|l| l.contains(&id) && l.contains("deadline")),
+        "{text}"
+    );
 
     // The notice is a receipt signed by the hub.
     let dir = c.path("undeliverable");
@@ -602,6 +612,16 @@ async fn a_dead_letter_is_shown_to_the_operator_and_requeue_delivers_it() {
         c.cli_ok(&["requeue", "--config", &c.cfg("vpcp"), &id])
             .contains("requeued 1"),
     );
+    // A queue named wrong is said to be no link, not "requeued 0".
+    let (ok, text) = c.cli_any(&[
+        "requeue",
+        "--config",
+        &c.cfg("vpcp"),
+        "--all",
+        "--queue",
+        "child:nghean",
+    ]);
+    assert!(!ok && text.contains("no such link"), "{text}");
     let rest = c.cli_ok(&[
         "requeue",
         "--config",

@@ -88,6 +88,25 @@ fn link_queue(q: String) -> Result<Option<String>, Status> {
     }
 }
 
+/// A queue an operator named with all that held nothing and is no link of
+/// this node (a typo, `child:quangnma`): said so, where "requeued 0" would
+/// let the operator believe what waits went. (A child no longer configured
+/// whose queue still holds entries is found by them.)
+fn unknown_queue(st: &NodeState, queue: Option<&str>) -> Result<(), Status> {
+    let Some(q) = queue else { return Ok(()) };
+    let routing = st.routing();
+    let known = match q.strip_prefix("child:") {
+        Some(node) => routing.child_nodes().any(|n| n.as_str() == node),
+        None => routing.has_parent(),
+    };
+    if known {
+        return Ok(());
+    }
+    Err(Status::not_found(format!(
+        "nothing is held on queue {q}, and this node has no such link (truc queues lists its queues)"
+    )))
+}
+
 /// Runs `act` (an operator's requeue or discard) off the async threads and
 /// answers once what it wrote is durable: an answer that says "requeued" or
 /// "discarded", or how many went before a failure, holds after a crash. One
@@ -128,6 +147,9 @@ impl Admin for AdminService {
             let queue = link_queue(r.queue)?;
             let q = queue.clone();
             let done = once_durable(&self.state, move || st.requeue_all(q.as_deref())).await?;
+            if done.entries == 0 && done.refused_total == 0 {
+                unknown_queue(&self.state, queue.as_deref())?;
+            }
             tracing::info!(queue = queue.as_deref().unwrap_or("(all)"), entries = done.entries,
                 refused = done.refused_total, %operator, "everything held requeued by an operator");
             done
@@ -171,7 +193,12 @@ impl Admin for AdminService {
         let why = format!("{reason}; by {operator}");
         let n = if r.all {
             let queue = link_queue(r.queue)?;
-            once_durable(&self.state, move || st.discard_all(queue.as_deref(), &why)).await?
+            let q = queue.clone();
+            let n = once_durable(&self.state, move || st.discard_all(q.as_deref(), &why)).await?;
+            if n == 0 {
+                unknown_queue(&self.state, queue.as_deref())?;
+            }
+            n
         } else {
             let (doc_id, from) = one_doc(&r.doc_id, &r.from)?;
             once_durable(&self.state, move || {

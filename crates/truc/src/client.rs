@@ -1377,27 +1377,30 @@ pub async fn queues(config: &Path, json: bool) -> Result<()> {
             );
         }
     }
+    if !r.parked.is_empty() {
+        println!(
+            "{}",
+            held_table("parked doc_id", "parked (UTC+7)", &r.parked)
+        );
+        let queues: std::collections::BTreeSet<&str> =
+            r.parked.iter().map(|p| p.queue.as_str()).collect();
+        println!(
+            "{}{} parked past their deadline (their senders were told); once the recipient is back: truc requeue --config {} --all --queue {}",
+            if r.parked.len() >= 200 {
+                "at least "
+            } else {
+                ""
+            },
+            r.parked.len(),
+            config.display(),
+            queues.into_iter().collect::<Vec<_>>().join("|"),
+        );
+    }
     if !r.dead.is_empty() {
-        let mut t = table();
-        t.set_header(vec![
-            "dead letter doc_id",
-            "from",
-            "recipients",
-            "queue",
-            "refused (UTC+7)",
-            "why",
-        ]);
-        for d in &r.dead {
-            t.add_row(vec![
-                d.doc_id.clone(),
-                d.from.clone(),
-                d.recipients.join(", "),
-                d.queue.clone(),
-                time(d.at_ms),
-                format!("{}: {}", d.code, d.reason),
-            ]);
-        }
-        println!("{t}");
+        println!(
+            "{}",
+            held_table("dead letter doc_id", "refused (UTC+7)", &r.dead)
+        );
         let shown = if r.dead_total > r.dead.len() as u64 {
             format!(
                 " (the first {} shown: by queue, oldest first)",
@@ -1413,6 +1416,32 @@ pub async fn queues(config: &Path, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Parked entries or dead letters as `truc queues` shows them; one whose
+/// record cannot be read has no doc_id and says so in its reason.
+fn held_table(first: &str, when: &str, held: &[pb::ParkedView]) -> Table {
+    let mut t = table();
+    t.set_header(vec![first, "from", "recipients", "queue", when, "why"]);
+    for d in held {
+        t.add_row(vec![
+            if d.doc_id.is_empty() {
+                "(unreadable)".to_owned()
+            } else {
+                d.doc_id.clone()
+            },
+            d.from.clone(),
+            d.recipients.join(", "),
+            d.queue.clone(),
+            time(d.at_ms),
+            if d.code.is_empty() {
+                d.reason.clone()
+            } else {
+                format!("{}: {}", d.code, d.reason)
+            },
+        ]);
+    }
+    t
 }
 
 /// A duration since `ms` as people read it.
