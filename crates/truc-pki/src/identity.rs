@@ -62,6 +62,39 @@ pub struct CertInfo {
     pub may_sign: bool,
 }
 
+/// The DNS names and IP addresses a DER certificate is issued for, in its
+/// order (a node's certificate: its id, localhost and loopback, and the
+/// names its children and operators dial).
+pub fn host_names(der: &[u8]) -> Result<Vec<String>, PkiError> {
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| PkiError::BadCertificate(format!("cannot parse: {e}")))?;
+    let san = cert.subject_alternative_name().map_err(|e| {
+        PkiError::BadCertificate(format!(
+            "{}: unreadable subject alternative names: {e}",
+            cert.subject()
+        ))
+    })?;
+    let mut out = Vec::new();
+    for name in san.iter().flat_map(|s| &s.value.general_names) {
+        match name {
+            GeneralName::DNSName(d) => out.push((*d).to_owned()),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => out.push(
+                    std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).unwrap_or_default())
+                        .to_string(),
+                ),
+                16 => out.push(
+                    std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).unwrap_or_default())
+                        .to_string(),
+                ),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 /// Reads the identity of a DER certificate. Fails if it names none or several.
 pub fn cert_info(der: &[u8]) -> Result<CertInfo, PkiError> {
     let (_, cert) = X509Certificate::from_der(der)

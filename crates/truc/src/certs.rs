@@ -315,7 +315,7 @@ fn load_ca(out: &Path, name: &str) -> Result<DevCa> {
 
 /// Issues a new certificate and key for `node` (a new serial); the node uses
 /// them when it restarts. The old files are kept as `.old`.
-pub fn rotate(out: &Path, node: &str, hostnames: &[String]) -> Result<PathBuf> {
+pub fn rotate(out: &Path, node: &str) -> Result<PathBuf> {
     let id: NodeId = node.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     let transport = load_transport(out)?;
     let crt = out.join("nodes").join(format!("{id}.crt"));
@@ -326,7 +326,19 @@ pub fn rotate(out: &Path, node: &str, hostnames: &[String]) -> Result<PathBuf> {
             crt.display()
         );
     }
-    let issued = transport.node_cert(&id, hostnames)?;
+    // The names children and operators dial (hub.example.gov.vn) go on to
+    // the new certificate; the ones every node certificate has are added
+    // again by `node_cert`.
+    let current = truc_pki::load_certs(&crt)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{}: no certificate", crt.display()))?;
+    let always = [id.as_str(), "localhost", "127.0.0.1", "::1"];
+    let hostnames: Vec<String> = truc_pki::identity::host_names(&current)?
+        .into_iter()
+        .filter(|h| !always.contains(&h.as_str()))
+        .collect();
+    let issued = transport.node_cert(&id, &hostnames)?;
     let _ = fs::copy(&crt, crt.with_extension("crt.old"));
     let _ = fs::copy(&key, key.with_extension("key.old"));
     write_secret(&key.with_extension("key.new"), &issued.key_pem)?;
@@ -620,6 +632,32 @@ mod tests {
             "the hub names no agency key"
         );
         let ca_before = fs::read(dir.path().join("signing-ca.crt")).unwrap();
+
+        // A rotated certificate keeps the names it was issued for.
+        let k8s = Topology::parse(
+            &fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/k8s/topology.k8s.toml"),
+            )
+            .unwrap(),
+            "k8s",
+        )
+        .unwrap();
+        let pki = tempfile::tempdir().unwrap();
+        init(pki.path(), &k8s).unwrap();
+        let names = |p: &Path| {
+            let der = truc_pki::load_certs(p).unwrap().remove(0);
+            (
+                truc_pki::identity::host_names(&der).unwrap(),
+                truc_pki::identity::serial(&der).unwrap(),
+            )
+        };
+        let crt = pki.path().join("nodes/hub.crt");
+        let (before, serial) = names(&crt);
+        assert!(before.iter().any(|h| h == "hub.truc.svc"), "{before:?}");
+        assert_eq!(rotate(pki.path(), "hub").unwrap(), crt);
+        let (after, new_serial) = names(&crt);
+        assert_ne!(new_serial, serial);
+        assert_eq!(after, before);
         let second = init(dir.path(), &t).unwrap();
         assert!(second.created.is_empty());
         assert_eq!(

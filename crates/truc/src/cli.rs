@@ -642,7 +642,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Certs {
             command: CertsCommand::Rotate { out, node },
         } => {
-            let crt = certs::rotate(&out, &node, &[])?;
+            let crt = certs::rotate(&out, &node)?;
             println!("{} rewritten; restart {node} to use it", crt.display());
             Ok(())
         }

@@ -486,7 +486,7 @@ async fn run_one(name: &str, a: &ChaosArgs, dir: Option<PathBuf>) -> Result<Repo
             "cert-rotation" => {
                 let node = edges[rng.usize(..edges.len())];
                 crate::certs::revoke(&c.dir, node)?;
-                crate::certs::rotate(&c.dir, node, &[])?;
+                crate::certs::rotate(&c.dir, node)?;
                 // The parent drops the revoked link within crl_reload_ms; the
                 // node comes back with its new certificate.
                 tokio::time::sleep(hold(&mut rng, 250, 1000)).await;
