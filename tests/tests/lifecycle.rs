@@ -497,6 +497,7 @@ async fn an_undeliverable_document_is_reported_after_its_deadline_and_requeue_de
     let queues: serde_json::Value =
         serde_json::from_str(&c.cli_ok(&["queues", "--config", &c.cfg("hub"), "--json"])).unwrap();
     assert_eq!(queues["parked"][0]["doc_id"], id.as_str(), "{queues}");
+    assert_eq!(queues["parked_total"], 1, "{queues}");
     // The table says so too, with why and the way out.
     let text = c.cli_ok(&["queues", "--config", &c.cfg("hub")]);
     assert!(

@@ -235,6 +235,24 @@ async fn the_agency_api_takes_no_call_without_the_nodes_token() {
         std::io::ErrorKind::WouldBlock,
         "the CLI dialled the port a squatter holds"
     );
+    drop(squatter);
+
+    // A socket left behind (a crash) is replaced at the next start, in a
+    // run/ only the node's user may enter.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    c.start("vpcp");
+    let run = socket.parent().unwrap();
+    let mode = std::fs::metadata(run).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{}", run.display());
+    c.agency("vpcp")
+        .await
+        .list_sent(pb::ListSentRequest {
+            from: G22.into(),
+            limit: 0,
+            after: String::new(),
+        })
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

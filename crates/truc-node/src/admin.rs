@@ -434,6 +434,7 @@ impl Admin for AdminService {
                 })
                 .collect(),
             dead_total: snap.dead_total,
+            parked_total: self.state.parked_count(),
         }))
     }
 }

@@ -327,19 +327,26 @@ fn serve_incoming<IO>(
 }
 
 /// Binds the agency API's Unix socket at `path` (in the node's `run/`), of
-/// mode 600: only the node's user may connect, and only a user who may
-/// write in `run/` could have put a socket there, so a client that reaches
-/// the node by its socket knows it hands its token to the node. (A TCP
-/// port on loopback, once free while the node is down, is any user's to
-/// bind.) A socket left by a node that did not stop cleanly is replaced:
-/// the store's lock, taken before, says no other node runs on this
-/// data_dir. The node removes it when it stops.
+/// mode 600 in a `run/` of mode 700: only the node's user may connect, or
+/// put a socket there. (A TCP port on loopback, once free while the node is
+/// down, is any user's to bind; a volume mounted with group rights, as
+/// Kubernetes' fsGroup does at each mount, made `run/` the group's to write.)
+/// Clients also check that the socket's server runs as the node's user
+/// (`truc::client::socket_channel`). A socket left by a node that did not
+/// stop cleanly is replaced: the store's lock, taken before, says no other
+/// node runs on this data_dir. The node removes it when it stops.
 fn bind_agency_socket(path: &std::path::Path) -> Result<tokio::net::UnixListener, NodeError> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let shown = path.display();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(NodeError::io(format!("creating {}", dir.display())))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(
+            NodeError::io(format!(
+                "making {} the node user's only (is it another user's?)",
+                dir.display()
+            )),
+        )?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
@@ -526,21 +533,14 @@ impl RunningNode {
                 )
                 .add_service(health_service.clone())
                 .add_service(reflection()?);
-            let mut s = stop_rx.clone();
-            tasks.spawn(tracing::Instrument::instrument(
-                async move {
-                    let shutdown = async move {
-                        let _ = crate::stopped(&mut s).await;
-                    };
-                    if let Err(e) = server
-                        .serve_with_incoming_shutdown(incoming, shutdown)
-                        .await
-                    {
-                        tracing::error!(error = %e, "link server failed");
-                    }
-                },
+            serve_incoming(
+                &mut tasks,
+                server,
+                incoming,
+                stop_rx.clone(),
                 node_span.clone(),
-            ));
+                "link server",
+            );
         }
 
         let mut agency_addr = None;
@@ -579,10 +579,10 @@ impl RunningNode {
                 node_span.clone(),
                 "agency api socket server",
             );
-            serve_incoming(
+            serve_plain(
                 &mut tasks,
                 server,
-                plain_incoming(listener),
+                listener,
                 stop_rx.clone(),
                 node_span.clone(),
                 "agency api server",
@@ -645,24 +645,17 @@ impl RunningNode {
                 config.link.max_connections,
                 stop_rx.clone(),
             );
-            let mut s = stop_rx.clone();
-            tasks.spawn(tracing::Instrument::instrument(
-                async move {
-                    let shutdown = async move {
-                        crate::stopped(&mut s).await;
-                    };
-                    if let Err(e) = Server::builder()
-                        .trace_fn(trace_node.clone())
-                        .accept_http1(true)
-                        .add_routes(routes)
-                        .serve_with_incoming_shutdown(incoming, shutdown)
-                        .await
-                    {
-                        tracing::error!(error = %e, "operator port failed");
-                    }
-                },
+            serve_incoming(
+                &mut tasks,
+                Server::builder()
+                    .trace_fn(trace_node.clone())
+                    .accept_http1(true)
+                    .add_routes(routes),
+                incoming,
+                stop_rx.clone(),
                 node_span.clone(),
-            ));
+                "operator port",
+            );
         }
 
         // Health for load balancers and probes: SERVING while the store takes
@@ -1232,6 +1225,61 @@ async fn reload_crls(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failed flush, which a restart cures, turns liveness (`truc.live`)
+    /// NOT_SERVING with readiness; until then the node is alive and ready.
+    /// (A node only short of disk space stays alive: tests/operator.rs.)
+    #[tokio::test]
+    async fn a_failed_flush_fails_liveness_too() {
+        use std::sync::atomic::Ordering;
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let f = crate::state::testing::Fixture::new();
+        let (store, plan) = truc_store::FaultyStore::new(truc_store::MemoryStore::new());
+        let st = f.edge(Arc::new(store));
+        let (reporter, service) = tonic_health::server::health_reporter();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            Server::builder()
+                .add_service(service)
+                .serve_with_incoming(plain_incoming(listener)),
+        );
+        let mut client = HealthClient::new(
+            tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+        let mut ask = async |name: &str| {
+            client
+                .check(HealthCheckRequest {
+                    service: name.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+        };
+        let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+        let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+        let mut last = None;
+        check_health(&st, &reporter, &mut last).await;
+        assert_eq!((ask("").await, ask(LIVE).await), (serving, serving));
+
+        plan.fail_flush.store(true, Ordering::SeqCst);
+        let (_, accepted) = st
+            .submit(crate::state::Submission {
+                from: "000.00.00.G22".into(),
+                to: vec!["000.00.00.H41".into()],
+                subject: "x".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(st.durable(accepted.ticket()).await.is_err());
+        check_health(&st, &reporter, &mut last).await;
+        assert_eq!((ask("").await, ask(LIVE).await), (not_serving, not_serving));
+    }
 
     /// The plaintext listeners' connections (agency API, health) and the REST
     /// API's send small answers at once (`TCP_NODELAY`), not after the

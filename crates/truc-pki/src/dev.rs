@@ -197,10 +197,14 @@ impl DevCa {
             SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
         ];
         for h in hostnames {
-            sans.push(match h.parse::<IpAddr>() {
+            let san = match h.parse::<IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
                 Err(_) => SanType::DnsName(h.as_str().try_into()?),
-            });
+            };
+            // Named again (a rotation passes every name of the old one): once.
+            if !sans.contains(&san) {
+                sans.push(san);
+            }
         }
         p.subject_alt_names = sans;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];

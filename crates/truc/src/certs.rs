@@ -327,18 +327,12 @@ pub fn rotate(out: &Path, node: &str) -> Result<PathBuf> {
         );
     }
     // The names children and operators dial (hub.example.gov.vn) go on to
-    // the new certificate; the ones every node certificate has are added
-    // again by `node_cert`.
+    // the new certificate (`node_cert` adds each once).
     let current = truc_pki::load_certs(&crt)?
         .into_iter()
         .next()
         .ok_or_else(|| anyhow::anyhow!("{}: no certificate", crt.display()))?;
-    let always = [id.as_str(), "localhost", "127.0.0.1", "::1"];
-    let hostnames: Vec<String> = truc_pki::identity::host_names(&current)?
-        .into_iter()
-        .filter(|h| !always.contains(&h.as_str()))
-        .collect();
-    let issued = transport.node_cert(&id, &hostnames)?;
+    let issued = transport.node_cert(&id, &truc_pki::identity::host_names(&current)?)?;
     let _ = fs::copy(&crt, crt.with_extension("crt.old"));
     let _ = fs::copy(&key, key.with_extension("key.old"));
     write_secret(&key.with_extension("key.new"), &issued.key_pem)?;

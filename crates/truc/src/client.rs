@@ -29,6 +29,21 @@ impl Api {
     }
 }
 
+/// A config without the API a command needs.
+fn no_api(config_path: &Path, cfg: &Config, api: Api) -> anyhow::Error {
+    anyhow!(
+        "{} ({}) has no [{}_api]{}",
+        config_path.display(),
+        cfg.role(),
+        api.name(),
+        if api == Api::Agency {
+            "; point --config at an edge"
+        } else {
+            ""
+        }
+    )
+}
+
 /// Finds a local API of the node a config describes.
 pub fn api_addr(config_path: &Path, api: Api) -> Result<SocketAddr> {
     let cfg = Config::load(config_path)?;
@@ -36,19 +51,7 @@ pub fn api_addr(config_path: &Path, api: Api) -> Result<SocketAddr> {
         Api::Agency => cfg.agency_api.as_ref(),
         Api::Admin => cfg.admin_api.as_ref(),
     };
-    let listen = configured.ok_or_else(|| {
-        anyhow!(
-            "{} ({}) has no [{}_api]{}",
-            config_path.display(),
-            cfg.role(),
-            api.name(),
-            if api == Api::Agency {
-                "; point --config at an edge"
-            } else {
-                ""
-            }
-        )
-    })?;
+    let listen = configured.ok_or_else(|| no_api(config_path, &cfg, api))?;
     let addr: SocketAddr = listen
         .parse()
         .with_context(|| format!("{}_api.listen {listen:?}", api.name()))?;
@@ -134,35 +137,77 @@ pub fn agency_client(ch: Channel, token: &str) -> Result<AgencyApi> {
 pub async fn connect(config_path: &Path) -> Result<AgencyApi> {
     let cfg = Config::load(config_path)?;
     if cfg.agency_api.is_none() {
-        bail!(
-            "{} ({}) has no [agency_api]; point --config at an edge",
-            config_path.display(),
-            cfg.role()
-        );
+        return Err(no_api(config_path, &cfg, Api::Agency));
     }
     let token = token_of(&cfg, config_path)?;
     let path = truc_node::agency::socket_path(&cfg.data_dir);
-    let ch = socket_channel(&path).await.with_context(|| {
-        format!(
-            "cannot reach the agency API at {}: is `truc node --config {}` running?",
-            path.display(),
-            config_path.display()
-        )
-    })?;
-    agency_client(ch, &token)
+    agency_at(&cfg.data_dir, &token).await.with_context(|| {
+        if !path.exists() && cfg.data_dir.join("run").join("endpoints.json").exists() {
+            format!(
+                "the node of {} runs but serves no agency socket at {}: a node started by an older truc does not; restart it",
+                config_path.display(),
+                path.display()
+            )
+        } else {
+            format!(
+                "cannot reach the agency API at {}: is `truc node --config {}` running?",
+                path.display(),
+                config_path.display()
+            )
+        }
+    })
 }
 
-/// A channel to the gRPC server on the Unix socket at `path`.
-pub async fn socket_channel(path: &Path) -> Result<Channel> {
+/// The agency API of the node whose data directory is `data_dir`, by its
+/// socket, presenting `token`.
+pub async fn agency_at(data_dir: &Path, token: &str) -> Result<AgencyApi> {
+    let ch = socket_channel(
+        &truc_node::agency::socket_path(data_dir),
+        node_user(data_dir)?,
+    )
+    .await?;
+    agency_client(ch, token)
+}
+
+/// The user a node's socket server must run as, for a client run by `euid`
+/// on the node of `data_dir` (owned by `data_dir_owner`): the client's own
+/// user (who may read the node's token is the node's user), or, for root,
+/// the data directory's owner.
+fn expected_node_user(euid: u32, data_dir_owner: u32) -> u32 {
+    if euid == 0 { data_dir_owner } else { euid }
+}
+
+fn node_user(data_dir: &Path) -> Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(data_dir)
+        .with_context(|| format!("{}", data_dir.display()))?
+        .uid();
+    Ok(expected_node_user(
+        rustix::process::geteuid().as_raw(),
+        owner,
+    ))
+}
+
+/// A channel to the gRPC server on the Unix socket at `path`, refused
+/// before a byte is sent unless that server runs as user `uid` (one who
+/// replaced the socket, in a directory others could write, is not handed
+/// the token).
+pub async fn socket_channel(path: &Path, uid: u32) -> Result<Channel> {
     let path = path.to_owned();
     // The connector dials the socket; the URI only names the HTTP/2 authority.
     let ch = tonic::transport::Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let path = path.clone();
             async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
+                let stream = tokio::net::UnixStream::connect(&path).await?;
+                let peer = stream.peer_cred()?.uid();
+                if peer != uid {
+                    return Err(std::io::Error::other(format!(
+                        "{} is served by uid {peer}, not the node's user (uid {uid}): not handing it the token",
+                        path.display()
+                    )));
+                }
+                Ok(hyper_util::rt::TokioIo::new(stream))
             }
         }))
         .await?;
@@ -1313,6 +1358,7 @@ pub async fn queues(config: &Path, json: bool) -> Result<()> {
             "parked": r.parked.iter().map(|p| serde_json::json!({"queue": p.queue, "doc_id": p.doc_id, "from": p.from, "recipients": p.recipients, "reason": p.reason, "at_ms": p.at_ms})).collect::<Vec<_>>(),
             "dead": r.dead.iter().map(|p| serde_json::json!({"queue": p.queue, "doc_id": p.doc_id, "from": p.from, "recipients": p.recipients, "code": p.code, "reason": p.reason, "at_ms": p.at_ms})).collect::<Vec<_>>(),
             "dead_total": r.dead_total,
+            "parked_total": r.parked_total,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -1382,19 +1428,26 @@ pub async fn queues(config: &Path, json: bool) -> Result<()> {
             "{}",
             held_table("parked doc_id", "parked (UTC+7)", &r.parked)
         );
+        let shown = if r.parked_total > r.parked.len() as u64 {
+            format!(
+                " (the first {} shown: by queue, oldest first)",
+                r.parked.len()
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "{} parked past their deadline{shown}, their senders told; once a recipient is back:",
+            r.parked_total.max(r.parked.len() as u64)
+        );
         let queues: std::collections::BTreeSet<&str> =
             r.parked.iter().map(|p| p.queue.as_str()).collect();
-        println!(
-            "{}{} parked past their deadline (their senders were told); once the recipient is back: truc requeue --config {} --all --queue {}",
-            if r.parked.len() >= 200 {
-                "at least "
-            } else {
-                ""
-            },
-            r.parked.len(),
-            config.display(),
-            queues.into_iter().collect::<Vec<_>>().join("|"),
-        );
+        for q in queues {
+            println!(
+                "  truc requeue --config {} --all --queue {q}",
+                config.display()
+            );
+        }
     }
     if !r.dead.is_empty() {
         println!(
@@ -1719,6 +1772,28 @@ pub fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A socket's server must run as the node's user: the client's own, or
+    /// for root the data directory's owner (never root just for being root).
+    #[test]
+    fn the_socket_server_must_be_the_nodes_user() {
+        assert_eq!(expected_node_user(1000, 1000), 1000);
+        assert_eq!(expected_node_user(1000, 0), 1000);
+        assert_eq!(expected_node_user(0, 999), 999);
+        assert_eq!(expected_node_user(0, 0), 0);
+    }
+
+    /// A socket served by another user than the node's is refused before
+    /// the token is sent: the channel does not open.
+    #[tokio::test]
+    async fn a_socket_served_by_another_user_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agency.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let me = rustix::process::geteuid().as_raw();
+        let e = socket_channel(&path, me.wrapping_add(1)).await.unwrap_err();
+        assert!(format!("{e:?}").contains("not the node's user"), "{e:?}");
+    }
 
     /// Attachments with one name are saved side by side, not over each
     /// other, and none takes the place of the partial downloads.

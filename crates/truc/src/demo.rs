@@ -108,10 +108,9 @@ const DOCS: &[DemoDoc] = &[
 /// The agency API of a demo node by its socket, with the token the node
 /// made under `data_dir`.
 async fn agency(data_dir: PathBuf) -> Result<crate::client::AgencyApi> {
-    let ch = crate::client::socket_channel(&truc_node::agency::socket_path(&data_dir)).await?;
     let token = truc_node::agency::read_token(&truc_node::agency::token_path(&data_dir))
         .map_err(|e| anyhow::anyhow!(e))?;
-    crate::client::agency_client(ch, &token)
+    crate::client::agency_at(&data_dir, &token).await
 }
 
 pub async fn run(dir: Option<PathBuf>, once: bool) -> Result<()> {
