@@ -1428,14 +1428,7 @@ pub async fn queues(config: &Path, json: bool) -> Result<()> {
             "{}",
             held_table("parked doc_id", "parked (UTC+7)", &r.parked)
         );
-        let shown = if r.parked_total > r.parked.len() as u64 {
-            format!(
-                " (the first {} shown: by queue, oldest first)",
-                r.parked.len()
-            )
-        } else {
-            String::new()
-        };
+        let shown = first_shown(r.parked_total, r.parked.len());
         println!(
             "{} parked past their deadline{shown}, their senders told; once a recipient is back:",
             r.parked_total.max(r.parked.len() as u64)
@@ -1454,14 +1447,7 @@ pub async fn queues(config: &Path, json: bool) -> Result<()> {
             "{}",
             held_table("dead letter doc_id", "refused (UTC+7)", &r.dead)
         );
-        let shown = if r.dead_total > r.dead.len() as u64 {
-            format!(
-                " (the first {} shown: by queue, oldest first)",
-                r.dead.len()
-            )
-        } else {
-            String::new()
-        };
+        let shown = first_shown(r.dead_total, r.dead.len());
         println!(
             "{} transfer(s) refused for good{shown}; once the cause is fixed: truc requeue --config {} DOC_ID",
             r.dead_total,
@@ -1469,6 +1455,15 @@ pub async fn queues(config: &Path, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// " (the first N shown: …)" when a list of held entries has more.
+fn first_shown(total: u64, shown: usize) -> String {
+    if total > shown as u64 {
+        format!(" (the first {shown} shown: by queue, oldest first)")
+    } else {
+        String::new()
+    }
 }
 
 /// Parked entries or dead letters as `truc queues` shows them; one whose
