@@ -101,6 +101,15 @@ pub fn read_token(path: &std::path::Path) -> Result<String, String> {
     Ok(token.to_owned())
 }
 
+/// The token of an `Authorization: Bearer <token>` value, the scheme in
+/// any case (RFC 6750, RFC 9110 §11.1), spaces around the token dropped.
+pub fn bearer(value: &str) -> Option<&str> {
+    value
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+}
+
 /// The check of every call to the gRPC agency API: `authorization: Bearer
 /// <token>` with the token of [`load_or_make_token`]; UNAUTHENTICATED
 /// otherwise, before the request is read. (Digests are compared: their
@@ -112,16 +121,13 @@ pub fn authorize(
     let want = Digest::of(token.as_bytes());
     let path = path.display().to_string();
     move |req: Request<()>| {
-        // The scheme in any case (RFC 6750), the token after it.
         let given = req
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t);
+            .and_then(bearer);
         match given {
-            Some(t) if Digest::of(t.trim().as_bytes()) == want => Ok(req),
+            Some(t) if Digest::of(t.as_bytes()) == want => Ok(req),
             Some(_) => Err(Status::unauthenticated(format!(
                 "wrong token for the agency API: it is the one in {path}"
             ))),

@@ -244,13 +244,13 @@ impl Ctx {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(crate::agency::bearer)
             .ok_or_else(|| {
                 ApiError(Status::unauthenticated(
                     "missing Authorization: Bearer <token>",
                 ))
             })?;
-        let d = Digest::of(token.trim().as_bytes());
+        let d = Digest::of(token.as_bytes());
         self.apps
             .iter()
             // Digests of the token are compared: their bytes reveal nothing about it.
@@ -1415,7 +1415,8 @@ mod tests {
         let router = super::router(edge.clone(), vec![app]);
         let post = |body: String| {
             axum::http::Request::post("/v1/documents")
-                .header("authorization", "Bearer t0k3n")
+                // The scheme in any case.
+                .header("authorization", "bearer t0k3n")
                 .header("content-type", "application/json")
                 .body(axum::body::Body::from(body))
                 .unwrap()
