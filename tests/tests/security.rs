@@ -240,12 +240,14 @@ async fn the_agency_api_takes_no_call_without_the_nodes_token() {
     drop(squatter);
 
     // A socket left behind (a crash) is replaced at the next start, in a
-    // run/ only the node's user may enter.
+    // run/ only the node's user may enter again (a volume's group rights
+    // had opened it).
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
-    c.start("vpcp");
     let run = socket.parent().unwrap();
+    std::fs::set_permissions(run, std::fs::Permissions::from_mode(0o2770)).unwrap();
+    c.start("vpcp");
     let mode = std::fs::metadata(run).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o700, "{}", run.display());
+    assert_eq!(mode & 0o7777, 0o700, "{}", run.display());
     assert!(sent(&c).await.documents.is_empty());
 }
 

@@ -35,6 +35,41 @@ pub fn socket_path(data_dir: &std::path::Path) -> std::path::PathBuf {
     data_dir.join("run").join("agency.sock")
 }
 
+/// Makes the node's `run/` (its token, its socket) a directory only its
+/// user may enter, mode 700, before anything is written there. One that
+/// cannot be made so (another user's: a restore by root, a volume's owner)
+/// or that is not a plain directory (a symlink) is moved aside as
+/// `run.stale-<unix ms>`, with a WARN line, and made anew: what it holds is
+/// made again at each start.
+pub fn prepare_run_dir(data_dir: &std::path::Path) -> Result<(), NodeError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = data_dir.join("run");
+    let private = || std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    let why = match std::fs::symlink_metadata(&dir) {
+        Ok(m) if m.is_dir() => match private() {
+            Ok(()) => return Ok(()),
+            Err(e) => Some(format!("it cannot be made the node user's only: {e}")),
+        },
+        Ok(_) => Some("it is not a directory".to_owned()),
+        Err(_) => None,
+    };
+    if let Some(why) = why {
+        let aside = data_dir.join(format!("run.stale-{}", crate::state::now_ms()));
+        std::fs::rename(&dir, &aside).map_err(NodeError::io(format!(
+            "moving {} aside ({why})",
+            dir.display()
+        )))?;
+        tracing::warn!(dir = %dir.display(), moved_to = %aside.display(), %why, "the node's run directory was moved aside and made anew");
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(NodeError::io(format!("creating {}", dir.display())))?;
+    // The mode asked for at creation is cut by the umask.
+    private().map_err(NodeError::io(format!("making {} mode 700", dir.display())))
+}
+
 /// The token of the gRPC agency API (64 hex digits), from [`token_path`].
 /// A token is kept across starts while its file is a plain file only the
 /// node's user may read; a missing, empty or damaged one, a symlink, or one

@@ -326,28 +326,19 @@ fn serve_incoming<IO>(
     ));
 }
 
-/// Binds the agency API's Unix socket at `path` (in the node's `run/`), of
-/// mode 600 in a `run/` of mode 700: only the node's user may connect, or
-/// put a socket there. (A TCP port on loopback, once free while the node is
-/// down, is any user's to bind; a volume mounted with group rights, as
-/// Kubernetes' fsGroup does at each mount, made `run/` the group's to write.)
-/// Clients also check that the socket's server runs as the node's user
-/// (`truc::client::socket_channel`). A socket left by a node that did not
+/// Binds the agency API's Unix socket at `path`, of mode 600 in the node's
+/// `run/`, which [`crate::agency::prepare_run_dir`] made mode 700: only the
+/// node's user may connect. (A TCP port on loopback, once free while the
+/// node is down, is any user's to bind.) What keeps the token from a socket
+/// someone else put there (a data directory others may write, as
+/// Kubernetes' fsGroup makes a volume at each mount, lets them replace
+/// `run/` itself) is the client's check that the socket's server runs as
+/// the node's user (`truc::client::socket_channel`). A socket left by a node that did not
 /// stop cleanly is replaced: the store's lock, taken before, says no other
 /// node runs on this data_dir. The node removes it when it stops.
 fn bind_agency_socket(path: &std::path::Path) -> Result<tokio::net::UnixListener, NodeError> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let shown = path.display();
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(NodeError::io(format!("creating {}", dir.display())))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(
-            NodeError::io(format!(
-                "making {} the node user's only (is it another user's?)",
-                dir.display()
-            )),
-        )?;
-    }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
             .map_err(NodeError::io(format!("removing the stale socket {shown}")))?,
@@ -545,6 +536,7 @@ impl RunningNode {
 
         let mut agency_addr = None;
         if let Some(addr) = &config.agency_api {
+            crate::agency::prepare_run_dir(&config.data_dir)?;
             let (listener, bound) = bind(listeners.agency, "agency api", addr).await?;
             agency_addr = Some(bound);
             // Keepalive: a client whose connection died without a word (a

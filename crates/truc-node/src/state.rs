@@ -2093,8 +2093,10 @@ impl NodeState {
                     ),
                 });
             } else if next > 0 && now / 1000 + 86_400 >= next {
+                // Its own kind: a warning to act on, where a stale or
+                // missing list (`crl`) already refuses work.
                 out.push(Alert {
-                    kind: "crl",
+                    kind: "crl_due",
                     subject: format!("{which}:{path}"),
                     detail: format!(
                         "revocation list {path} is due for its next update within a day"
@@ -10629,6 +10631,28 @@ mod tests {
             )
             .unwrap();
         assert!(!snap.recipients.is_empty(), "the queue is back");
+    }
+
+    /// A revocation list due within a day is a warning of its own kind
+    /// (`crl_due`, a page may wait); one past its next update is `crl`,
+    /// which refuses what it covers.
+    #[test]
+    fn a_list_due_soon_and_a_stale_one_are_alerts_of_two_kinds() {
+        let f = Fixture::new();
+        let edge = f.edge(Arc::new(MemoryStore::new()));
+        let kinds = |next: i64| {
+            edge.telemetry
+                .set_crls("transport", vec![("ca.crl".into(), next)]);
+            edge.alerts(&Default::default(), &Ok(Default::default()))
+                .into_iter()
+                .filter(|a| a.subject == "transport:ca.crl")
+                .map(|a| a.kind)
+                .collect::<Vec<_>>()
+        };
+        let now = now_ms() / 1000;
+        assert_eq!(kinds(now + 3600), ["crl_due"]);
+        assert_eq!(kinds(now - 60), ["crl"]);
+        assert!(kinds(now + 7 * 86_400).is_empty());
     }
 
     #[tokio::test]

@@ -59,12 +59,17 @@ pub fn api_addr(config_path: &Path, api: Api) -> Result<SocketAddr> {
         return Ok(addr);
     }
     let endpoints = cfg.data_dir.join("run").join("endpoints.json");
-    let text = std::fs::read_to_string(&endpoints).with_context(|| {
-        format!(
+    let text = std::fs::read_to_string(&endpoints).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow!(
             "the config says port 0 and {} is missing: is `truc node --config {}` running?",
             endpoints.display(),
             config_path.display()
-        )
+        ),
+        // An edge's run/ is its user's only.
+        _ => anyhow!(
+            "the config says port 0 and {} cannot be read ({e}): run this as the node's user, or give the API a fixed port",
+            endpoints.display()
+        ),
     })?;
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}", endpoints.display()))?;
@@ -169,22 +174,29 @@ pub async fn agency_at(data_dir: &Path, token: &str) -> Result<AgencyApi> {
     agency_client(ch, token)
 }
 
-/// The user a node's socket server must run as, for a client run by `euid`
-/// on the node of `data_dir` (owned by `data_dir_owner`): the client's own
-/// user (who may read the node's token is the node's user), or, for root,
-/// the data directory's owner.
-fn expected_node_user(euid: u32, data_dir_owner: u32) -> u32 {
-    if euid == 0 { data_dir_owner } else { euid }
+/// The user a node's socket server must run as, for a client run by `euid`:
+/// the client's own user (who may read the node's token is the node's
+/// user); for root, the data directory's owner, or when that is root too (a
+/// volume's root, or a node run by root) the owner of `run/`.
+fn expected_node_user(euid: u32, data_dir_owner: u32, run_owner: u32) -> u32 {
+    match (euid, data_dir_owner) {
+        (0, 0) => run_owner,
+        (0, owner) => owner,
+        (me, _) => me,
+    }
 }
 
 fn node_user(data_dir: &Path) -> Result<u32> {
     use std::os::unix::fs::MetadataExt;
-    let owner = std::fs::metadata(data_dir)
-        .with_context(|| format!("{}", data_dir.display()))?
-        .uid();
+    let owner = |p: &Path| -> Result<u32> {
+        Ok(std::fs::metadata(p)
+            .with_context(|| format!("{}", p.display()))?
+            .uid())
+    };
     Ok(expected_node_user(
         rustix::process::geteuid().as_raw(),
-        owner,
+        owner(data_dir)?,
+        owner(&data_dir.join("run"))?,
     ))
 }
 
@@ -1772,10 +1784,10 @@ mod tests {
     /// for root the data directory's owner (never root just for being root).
     #[test]
     fn the_socket_server_must_be_the_nodes_user() {
-        assert_eq!(expected_node_user(1000, 1000), 1000);
-        assert_eq!(expected_node_user(1000, 0), 1000);
-        assert_eq!(expected_node_user(0, 999), 999);
-        assert_eq!(expected_node_user(0, 0), 0);
+        assert_eq!(expected_node_user(1000, 1000, 1000), 1000);
+        assert_eq!(expected_node_user(1000, 0, 2000), 1000);
+        assert_eq!(expected_node_user(0, 999, 999), 999);
+        assert_eq!(expected_node_user(0, 0, 65532), 65532, "a volume's root");
     }
 
     /// A socket served by another user than the node's is refused before
