@@ -333,9 +333,10 @@ fn serve_incoming<IO>(
 /// someone else put there (a data directory others may write, as
 /// Kubernetes' fsGroup makes a volume at each mount, lets them replace
 /// `run/` itself) is the client's check that the socket's server runs as
-/// the node's user (`truc::client::socket_channel`). A socket left by a node that did not
-/// stop cleanly is replaced: the store's lock, taken before, says no other
-/// node runs on this data_dir. The node removes it when it stops.
+/// the node's user (`truc::client::socket_channel`). A socket left by a
+/// node that did not stop cleanly is replaced: the store's lock, taken
+/// before, says no other node runs on this data_dir. The node removes it
+/// when it stops.
 fn bind_agency_socket(path: &std::path::Path) -> Result<tokio::net::UnixListener, NodeError> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let shown = path.display();
