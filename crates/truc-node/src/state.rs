@@ -7357,8 +7357,7 @@ impl NodeState {
                         // Manifests often say application/pdf of other
                         // files (edXML's own note): one not named .pdf whose
                         // bytes are no PDF is not a PDF, not a malformed one.
-                        let head = &bytes[..bytes.len().min(1024)];
-                        if !named_pdf(&a.name) && !head.windows(5).any(|w| w == b"%PDF-") {
+                        if !named_pdf(&a.name) && !truc_pdfsig::has_pdf_header(&bytes) {
                             not_checked(format!(
                                 "labelled {} but not a PDF (no %PDF- header): no signature to check",
                                 a.content_type

@@ -321,6 +321,14 @@ const MAX_TAILS_PER_BYTE: u64 = 2;
 /// checked"). PAdES signatures always have signed attributes.
 pub(crate) const MAX_COPIED_PER_BYTE: u64 = 8;
 
+/// Whether `bytes` start as a PDF does: a `%PDF-` header in the first KiB
+/// (where readers look for it), as [`verify_pdf`] requires.
+pub fn has_pdf_header(bytes: &[u8]) -> bool {
+    bytes[..bytes.len().min(1024)]
+        .windows(5)
+        .any(|w| w == b"%PDF-")
+}
+
 /// Verifies every signature of `pdf` against `anchors`, at `now_ms` (Unix ms;
 /// a claimed signing time after it is refused).
 ///
@@ -332,8 +340,7 @@ pub(crate) const MAX_COPIED_PER_BYTE: u64 = 8;
 /// the crate documentation). Everything wrong with a parsed signature is a
 /// [`Verdict::Invalid`] in the report.
 pub fn verify_pdf(pdf: &[u8], anchors: &TrustAnchors, now_ms: i64) -> Result<Report, Error> {
-    let head = &pdf[..pdf.len().min(1024)];
-    if !head.windows(5).any(|w| w == b"%PDF-") {
+    if !has_pdf_header(pdf) {
         return Err(Error::Malformed(
             "not a PDF: no %PDF- header in the first 1024 bytes".into(),
         ));
