@@ -296,6 +296,16 @@ async fn slow_loris_and_a_stream_flood_do_not_stop_legitimate_traffic() {
         link.insert("handshake_timeout_ms".into(), 1000.into());
         link.insert("max_connections".into(), 64.into());
     });
+    // The established links are under test, not their heartbeats: the storm
+    // loads both cores, and a lapse of the tests' usual 2 s timeout would make
+    // an edge reconnect through the loris instead.
+    for n in ["hub", "vpcp", "caobang"] {
+        c.edit(n, |t| {
+            let l = t["link"].as_table_mut().unwrap();
+            l.insert("heartbeat_interval_ms".into(), 2_000.into());
+            l.insert("heartbeat_timeout_ms".into(), 20_000.into());
+        });
+    }
     for n in ["hub", "vpcp", "caobang"] {
         c.start(n);
     }

@@ -124,6 +124,12 @@ async fn a_sled_hub_converted_to_redb_keeps_everything_and_says_when_it_repairs(
     }
     let first = c.send_from_vpcp(H41, "Trước khi chuyển", &[]);
     c.wait_delivered("vpcp", &first);
+    // nghean's ack reaches the hub apart from the receipt vpcp has seen: the
+    // hub's own line is waited for, so the converted store must carry it.
+    rest::poll("the hub to record nghean's ack", || {
+        let (_, trace) = c.cli_any(&["trace", "--config", &c.cfg("hub"), &first]);
+        trace.contains("stored by child:nghean").then_some(())
+    });
     assert!(c.stop("hub").success());
     assert!(c.path("data/hub/store").is_dir(), "the sled store");
 
