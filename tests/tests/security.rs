@@ -173,12 +173,25 @@ async fn a_tls_1_2_only_client_is_refused() {
 async fn the_agency_api_takes_no_call_without_the_nodes_token() {
     use std::os::unix::fs::PermissionsExt;
     let mut c = Cluster::new();
+    // A data_dir deeper than a Unix socket's 107 bytes may name: the node
+    // binds, and the CLI dials, its socket all the same.
+    let deep = c
+        .dir
+        .path()
+        .join("data")
+        .join("a-ministry-volume-mounted-deep-in-a-tree-of-directories")
+        .join("vpcp-of-the-office-of-the-government");
+    c.edit("vpcp", |t| {
+        t.insert("data_dir".into(), deep.to_str().unwrap().into());
+    });
     for n in ["hub", "vpcp", "nghean"] {
         c.start(n);
     }
     let data_dir = truc_node::config::Config::load(&c.config("vpcp"))
         .unwrap()
         .data_dir;
+    let socket = truc_node::agency::socket_path(&data_dir);
+    assert!(socket.as_os_str().len() > 107, "{}", socket.display());
     let token_file = truc_node::agency::token_path(&data_dir);
     let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "{}", token_file.display());
@@ -220,7 +233,6 @@ async fn the_agency_api_takes_no_call_without_the_nodes_token() {
     // The CLI reaches the node by its Unix socket, the node user's only.
     // While the node is down, another user who binds its TCP port is handed
     // nothing: the CLI says the node is not there instead of dialling it.
-    let socket = truc_node::agency::socket_path(&data_dir);
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "{}", socket.display());
     let port = c.agency_addr("vpcp");
@@ -242,7 +254,9 @@ async fn the_agency_api_takes_no_call_without_the_nodes_token() {
     // A socket left behind (a crash) is replaced at the next start, in a
     // run/ only the node's user may enter again (a volume's group rights
     // had opened it).
-    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let dial = truc_node::agency::socket_dial_path(&socket).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(&dial.path).unwrap());
+    assert!(socket.exists(), "{}", socket.display());
     let run = socket.parent().unwrap();
     std::fs::set_permissions(run, std::fs::Permissions::from_mode(0o2770)).unwrap();
     c.start("vpcp");

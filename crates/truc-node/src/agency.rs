@@ -35,6 +35,55 @@ pub fn socket_path(data_dir: &std::path::Path) -> std::path::PathBuf {
     data_dir.join("run").join("agency.sock")
 }
 
+/// A path a Unix socket at `path` may be bound or dialled by. `sun_path`
+/// holds 107 bytes: a longer `path` (a deep data_dir) is reached as
+/// `/proc/self/fd/N/<file name>` through its directory, opened here and held
+/// open by the returned value, which the caller keeps until its bind or
+/// connect has returned. The socket is the same file either way.
+#[derive(Debug)]
+pub struct SocketDialPath {
+    pub path: std::path::PathBuf,
+    _dir: Option<std::fs::File>,
+}
+
+/// [`SocketDialPath`] of `path`: itself when it fits, else through its
+/// directory; an error naming both limits where `/proc` is not there (not
+/// Linux) or the file name alone does not fit.
+pub fn socket_dial_path(path: &std::path::Path) -> std::io::Result<SocketDialPath> {
+    use std::os::fd::AsRawFd;
+    const SUN_PATH_MAX: usize = 107;
+    if path.as_os_str().len() <= SUN_PATH_MAX {
+        return Ok(SocketDialPath {
+            path: path.to_owned(),
+            _dir: None,
+        });
+    }
+    let too_long = |why: String| {
+        std::io::Error::other(format!(
+            "the socket {} is {} bytes long, over the {SUN_PATH_MAX} a Unix socket's path may have, and {why}: give the node a shorter data_dir",
+            path.display(),
+            path.as_os_str().len()
+        ))
+    };
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(too_long("it names no file in a directory".into()));
+    };
+    let dir = std::fs::File::open(dir)
+        .map_err(|e| too_long(format!("its directory cannot be opened ({e})")))?;
+    let short = std::path::Path::new("/proc/self/fd")
+        .join(dir.as_raw_fd().to_string())
+        .join(name);
+    if short.as_os_str().len() > SUN_PATH_MAX || !short.parent().is_some_and(|d| d.is_dir()) {
+        return Err(too_long(
+            "it cannot be shortened through /proc/self/fd".into(),
+        ));
+    }
+    Ok(SocketDialPath {
+        path: short,
+        _dir: Some(dir),
+    })
+}
+
 /// Makes the node's `run/` (its token, its socket) a directory only its
 /// user may enter, mode 700, before anything is written there. One that
 /// cannot be made so (another user's: a restore by root, a volume's owner)

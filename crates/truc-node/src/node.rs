@@ -350,16 +350,10 @@ fn bind_agency_socket(path: &std::path::Path) -> Result<tokio::net::UnixListener
         }
         Err(_) => {}
     }
-    // sun_path: 108 bytes with its terminating zero.
-    if path.as_os_str().len() > 107 {
-        return Err(NodeError::Other(format!(
-            "the agency API's socket {shown} is {} bytes long, over the 107 a Unix socket's path may have: give the node a shorter data_dir",
-            path.as_os_str().len()
-        )));
-    }
-    let listener = tokio::net::UnixListener::bind(path).map_err(NodeError::io(format!(
-        "binding the agency API's socket {shown}"
-    )))?;
+    let what = format!("binding the agency API's socket {shown}");
+    let listener = crate::agency::socket_dial_path(path)
+        .and_then(|dial| tokio::net::UnixListener::bind(&dial.path))
+        .map_err(NodeError::io(what))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
         NodeError::io(format!("making {shown} the node user's only")),
     )?;

@@ -211,7 +211,8 @@ pub async fn socket_channel(path: &Path, uid: u32) -> Result<Channel> {
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let path = path.clone();
             async move {
-                let stream = tokio::net::UnixStream::connect(&path).await?;
+                let dial = truc_node::agency::socket_dial_path(&path)?;
+                let stream = tokio::net::UnixStream::connect(&dial.path).await?;
                 let peer = stream.peer_cred()?.uid();
                 if peer != uid {
                     return Err(std::io::Error::other(format!(
