@@ -25,7 +25,19 @@ async fn only_operators_use_the_operator_port_and_only_by_their_role() {
     }
     let hub = c.cfg("hub");
 
-    // The CLI presents operators/admin.crt by default: it may read and act.
+    // The node's own user (root runs the tests) needs no certificate: its
+    // CLI reaches the admin API on run/admin.sock, mode 600, and may read and
+    // act. With operators/ moved away, it has no certificate to present.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let data_dir = truc_node::config::Config::load(&c.config("hub"))
+            .unwrap()
+            .data_dir;
+        let socket = truc_node::admin::socket_path(&data_dir);
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", socket.display());
+    }
+    std::fs::rename(c.path("operators"), c.path("operators.away")).unwrap();
     let out = c.cli_ok(&["nodes", "--config", &hub]);
     assert!(out.contains("vpcp") && out.contains("nghean"), "{out}");
     let (ok, out) = c.cli_any(&[
@@ -34,6 +46,29 @@ async fn only_operators_use_the_operator_port_and_only_by_their_role() {
         &hub,
         &truc_core::DocId::new_v7().to_string(),
     ]);
+    assert!(
+        !ok && out.contains("NotFound"),
+        "the node's user may requeue (nothing is parked here): {out}"
+    );
+    std::fs::rename(c.path("operators.away"), c.path("operators")).unwrap();
+
+    // Anyone else presents an operator certificate on the operator port:
+    // operators/admin.crt when TRUC_OPERATOR names it.
+    let admin = [("TRUC_OPERATOR", "admin".to_owned())];
+    let (ok, out) = c.cli_env(&["nodes", "--config", &hub], &admin);
+    assert!(
+        ok && out.contains("vpcp") && out.contains("nghean"),
+        "{out}"
+    );
+    let (ok, out) = c.cli_env(
+        &[
+            "requeue",
+            "--config",
+            &hub,
+            &truc_core::DocId::new_v7().to_string(),
+        ],
+        &admin,
+    );
     assert!(
         !ok && out.contains("NotFound"),
         "an operator may requeue (nothing is parked here): {out}"

@@ -1,6 +1,7 @@
 //! The admin API (gRPC) for operators: nodes, queues, trace, stats, audit check
 //! (role viewer), requeue, discard and directory changes (role operator). Served on the
-//! operator port; every call needs an operator certificate (see `operator`).
+//! operator port, where every call needs an operator certificate (see `operator`), and
+//! to the node's own user on `run/admin.sock`.
 
 use std::sync::Arc;
 
@@ -24,9 +25,25 @@ const STATS_DAYS: usize = 7;
 /// reason (it reads every parked entry, so longer than a scrape's wait).
 const ADMIN_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Who called: the operator certificate of the TLS connection, if any.
+/// Who called: on the node's admin socket, the peer's user
+/// ([`Caller::local`]); on the operator port, the operator certificate of
+/// the TLS connection, if any.
 fn caller<T>(req: &Request<T>) -> Caller {
+    if let Some(uds) = req
+        .extensions()
+        .get::<tonic::transport::server::UdsConnectInfo>()
+    {
+        return Caller::local(uds.peer_cred.map(|c| c.uid()));
+    }
     Caller::from_certs(req.peer_certs().as_deref().map(|v| &v[..]))
+}
+
+/// Where a node serves its admin API to its own user, beside the operator
+/// port: a Unix socket of mode 600 in its `run/`. `truc queues`, `requeue`
+/// and the other operator commands run as the node's user (`sudo -u truc`,
+/// `kubectl exec`) use it and need no operator certificate.
+pub fn socket_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("run").join("admin.sock")
 }
 
 #[derive(Clone)]

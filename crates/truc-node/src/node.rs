@@ -326,9 +326,10 @@ fn serve_incoming<IO>(
     ));
 }
 
-/// Binds the agency API's Unix socket at `path`, of mode 600 in the node's
-/// `run/`, which [`crate::agency::prepare_run_dir`] made mode 700: only the
-/// node's user may connect. (A TCP port on loopback, once free while the
+/// Binds the Unix socket of the node's agency or admin API (`what`) at
+/// `path`, of mode 600 in the node's `run/`, which
+/// [`crate::agency::prepare_run_dir`] made mode 700: only the node's user
+/// may connect. (A TCP port on loopback, once free while the
 /// node is down, is any user's to bind.) What keeps the token from a socket
 /// someone else put there (a data directory others may write, as
 /// Kubernetes' fsGroup makes a volume at each mount, lets them replace
@@ -337,7 +338,7 @@ fn serve_incoming<IO>(
 /// node that did not stop cleanly is replaced: the store's lock, taken
 /// before, says no other node runs on this data_dir. The node removes it
 /// when it stops.
-fn bind_agency_socket(path: &std::path::Path) -> Result<tokio::net::UnixListener, NodeError> {
+fn bind_socket(path: &std::path::Path, what: &str) -> Result<tokio::net::UnixListener, NodeError> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let shown = path.display();
     match std::fs::symlink_metadata(path) {
@@ -345,12 +346,12 @@ fn bind_agency_socket(path: &std::path::Path) -> Result<tokio::net::UnixListener
             .map_err(NodeError::io(format!("removing the stale socket {shown}")))?,
         Ok(_) => {
             return Err(NodeError::Other(format!(
-                "{shown} is in the way of the agency API's socket: it is not a socket; move it away"
+                "{shown} is in the way of the {what}'s socket: it is not a socket; move it away"
             )));
         }
         Err(_) => {}
     }
-    let what = format!("binding the agency API's socket {shown}");
+    let what = format!("binding the {what}'s socket {shown}");
     let listener = crate::agency::socket_dial_path(path)
         .and_then(|dial| tokio::net::UnixListener::bind(&dial.path))
         .map_err(NodeError::io(what))?;
@@ -557,7 +558,7 @@ impl RunningNode {
                 .add_service(reflection()?);
             // The same API on the node's Unix socket, which the CLI uses:
             // no other user can stand in for the node there.
-            let socket = bind_agency_socket(&crate::agency::socket_path(&config.data_dir))?;
+            let socket = bind_socket(&crate::agency::socket_path(&config.data_dir), "agency API")?;
             serve_incoming(
                 &mut tasks,
                 server.clone(),
@@ -642,6 +643,24 @@ impl RunningNode {
                 stop_rx.clone(),
                 node_span.clone(),
                 "operator port",
+            );
+            // The admin API for the node's own user (its CLI run by
+            // `sudo -u truc` or `kubectl exec`), by peer credentials: no
+            // operator certificate needs to live beside the node.
+            crate::agency::prepare_run_dir(&config.data_dir)?;
+            let socket = bind_socket(&crate::admin::socket_path(&config.data_dir), "admin API")?;
+            serve_incoming(
+                &mut tasks,
+                Server::builder()
+                    .trace_fn(trace_node.clone())
+                    .add_service(pb::admin_server::AdminServer::new(AdminService::new(
+                        state.clone(),
+                    )))
+                    .add_service(health_service.clone()),
+                tokio_stream::wrappers::UnixListenerStream::new(socket),
+                stop_rx.clone(),
+                node_span.clone(),
+                "admin api socket server",
             );
         }
 
@@ -987,6 +1006,9 @@ impl RunningNode {
         let _ = std::fs::remove_file(self.config.data_dir.join("run").join("endpoints.json"));
         if self.agency_addr.is_some() {
             let _ = std::fs::remove_file(crate::agency::socket_path(&self.config.data_dir));
+        }
+        if self.admin_addr.is_some() {
+            let _ = std::fs::remove_file(crate::admin::socket_path(&self.config.data_dir));
         }
         let st = self.state.clone();
         tokio::task::spawn_blocking(move || st.close())

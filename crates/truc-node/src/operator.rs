@@ -87,6 +87,23 @@ impl Caller {
         }
     }
 
+    /// A caller on the node's admin socket (mode 600 in a `run/` of mode
+    /// 700), by its peer credentials as PostgreSQL's peer authentication:
+    /// the node's own user, or root, who may read and write the node's
+    /// store and keys anyway, is an operator named `local uid N`. Anyone
+    /// else (the modes changed by hand) is anonymous.
+    pub fn local(uid: Option<u32>) -> Self {
+        let node_user = rustix::process::geteuid().as_raw();
+        match uid {
+            Some(uid) if uid == node_user || uid == 0 => Caller::Operator {
+                name: format!("local uid {uid}"),
+                role: Role::Operator,
+                by: "socket",
+            },
+            _ => Caller::Anonymous,
+        }
+    }
+
     /// Allowed when it is an operator with at least `need`; otherwise the
     /// status says why.
     pub fn require(&self, need: Role) -> Result<(String, Role), tonic::Status> {
@@ -559,5 +576,28 @@ async fn trace(
         .into_response(),
         Ok(Err(e)) => error_json(tonic::Status::from(e)),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On the admin socket, the node's own user (or root) is an operator
+    /// known by its uid; another user, or a peer whose credentials could not
+    /// be read, is nobody.
+    #[test]
+    fn the_admin_socket_lets_in_the_nodes_user_only() {
+        let me = rustix::process::geteuid().as_raw();
+        let (name, role) = Caller::local(Some(me)).require(Role::Operator).unwrap();
+        assert_eq!((name, role), (format!("local uid {me}"), Role::Operator));
+        assert!(Caller::local(Some(0)).require(Role::Operator).is_ok());
+        let other = if me == 0 { 4242 } else { me + 1 };
+        let e = Caller::local(Some(other))
+            .require(Role::Viewer)
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+        let e = Caller::local(None).require(Role::Viewer).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
     }
 }

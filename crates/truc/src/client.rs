@@ -264,9 +264,30 @@ pub fn operator_identity(config_path: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((cert, key))
 }
 
-/// The admin API of a node, over TLS with an operator certificate.
+/// The admin API of a node. An operator certificate the environment names
+/// (`TRUC_OPERATOR_CERT` and `TRUC_OPERATOR_KEY`, or `TRUC_OPERATOR`) is
+/// presented on the operator port. Otherwise a caller who can reach the
+/// node's admin socket (the node's user, or root; `run/` is theirs only)
+/// uses it and is known by its uid, with no certificate. Otherwise
+/// `operators/admin.crt` beside the config, on the operator port.
 pub async fn admin(config_path: &Path) -> Result<AdminClient<Channel>> {
     let cfg = Config::load(config_path)?;
+    let named = ["TRUC_OPERATOR_CERT", "TRUC_OPERATOR_KEY", "TRUC_OPERATOR"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    let socket = truc_node::admin::socket_path(&cfg.data_dir);
+    if !named && cfg.admin_api.is_some() && socket.exists() {
+        let ch = socket_channel(&socket, node_user(&cfg.data_dir)?)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach the admin API at {}: is `truc node --config {}` running?",
+                    socket.display(),
+                    config_path.display()
+                )
+            })?;
+        return Ok(AdminClient::new(ch));
+    }
     let addr = api_addr(config_path, Api::Admin)?;
     let (cert, key) = operator_identity(config_path)?;
     let tls = truc_pki::tls::TransportMaterial::load(&cfg.tls.ca, &cert, &key, &cfg.tls.crls)
