@@ -37,59 +37,45 @@ async fn only_operators_use_the_operator_port_and_only_by_their_role() {
         let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{}", socket.display());
     }
+    // A read (`truc nodes` or `truc queues`) and a requeue of nothing parked
+    // (NOT_FOUND once allowed), with the operator certificate `env` names.
+    let read_and_act = |read: &str, env: &[(&str, String)]| {
+        let read = c.cli_env(&[read, "--config", &hub], env);
+        let id = truc_core::DocId::new_v7().to_string();
+        (read, c.cli_env(&["requeue", "--config", &hub, &id], env))
+    };
     std::fs::rename(c.path("operators"), c.path("operators.away")).unwrap();
-    let out = c.cli_ok(&["nodes", "--config", &hub]);
-    assert!(out.contains("vpcp") && out.contains("nghean"), "{out}");
-    let (ok, out) = c.cli_any(&[
-        "requeue",
-        "--config",
-        &hub,
-        &truc_core::DocId::new_v7().to_string(),
-    ]);
+    let ((ok, out), (acted, said)) = read_and_act("nodes", &[]);
     assert!(
-        !ok && out.contains("NotFound"),
-        "the node's user may requeue (nothing is parked here): {out}"
+        ok && out.contains("vpcp") && out.contains("nghean"),
+        "{out}"
+    );
+    assert!(
+        !acted && said.contains("NotFound"),
+        "the node's user may requeue (nothing is parked here): {said}"
     );
     std::fs::rename(c.path("operators.away"), c.path("operators")).unwrap();
 
     // Anyone else presents an operator certificate on the operator port:
     // operators/admin.crt when TRUC_OPERATOR names it.
-    let admin = [("TRUC_OPERATOR", "admin".to_owned())];
-    let (ok, out) = c.cli_env(&["nodes", "--config", &hub], &admin);
+    let ((ok, out), (acted, said)) =
+        read_and_act("nodes", &[("TRUC_OPERATOR", "admin".to_owned())]);
     assert!(
         ok && out.contains("vpcp") && out.contains("nghean"),
         "{out}"
     );
-    let (ok, out) = c.cli_env(
-        &[
-            "requeue",
-            "--config",
-            &hub,
-            &truc_core::DocId::new_v7().to_string(),
-        ],
-        &admin,
-    );
     assert!(
-        !ok && out.contains("NotFound"),
-        "an operator may requeue (nothing is parked here): {out}"
+        !acted && said.contains("NotFound"),
+        "an operator may requeue (nothing is parked here): {said}"
     );
 
     // A viewer may read, not act.
-    let viewer = [("TRUC_OPERATOR", "viewer".to_owned())];
-    let (ok, out) = c.cli_env(&["queues", "--config", &hub], &viewer);
+    let ((ok, out), (acted, said)) =
+        read_and_act("queues", &[("TRUC_OPERATOR", "viewer".to_owned())]);
     assert!(ok, "{out}");
-    let (ok, out) = c.cli_env(
-        &[
-            "requeue",
-            "--config",
-            &hub,
-            &truc_core::DocId::new_v7().to_string(),
-        ],
-        &viewer,
-    );
     assert!(
-        !ok && out.contains("role viewer") && out.contains("PermissionDenied"),
-        "{out}"
+        !acted && said.contains("role viewer") && said.contains("PermissionDenied"),
+        "{said}"
     );
 
     // A node certificate is refused by every admin RPC.
