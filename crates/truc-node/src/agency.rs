@@ -68,8 +68,9 @@ pub fn socket_dial_path(path: &std::path::Path) -> std::io::Result<SocketDialPat
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(too_long("it names no file in a directory".into()));
     };
+    // Not a length problem: said as it is.
     let dir = std::fs::File::open(dir)
-        .map_err(|e| too_long(format!("its directory cannot be opened ({e})")))?;
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
     let short = std::path::Path::new("/proc/self/fd")
         .join(dir.as_raw_fd().to_string())
         .join(name);

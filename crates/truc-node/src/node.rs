@@ -335,8 +335,9 @@ fn serve_incoming<IO>(
 /// Kubernetes' fsGroup makes a volume at each mount, lets them replace
 /// `run/` itself) is the client's check that the socket's server runs as
 /// the node's user (`truc::client::socket_channel`). A socket left by a
-/// node that did not stop cleanly is replaced: the store's lock, taken
-/// before, says no other node runs on this data_dir. The node removes it
+/// node that did not stop cleanly is replaced: the embedded store's lock,
+/// taken before, says no other node runs on this data_dir (hubs on one
+/// PostgreSQL store each have a data_dir of their own). The node removes it
 /// when it stops.
 fn bind_socket(path: &std::path::Path, what: &str) -> Result<tokio::net::UnixListener, NodeError> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};

@@ -54,7 +54,8 @@ pub enum Caller {
     Operator {
         name: String,
         role: Role,
-        /// "certificate" or "login".
+        /// "certificate", "login", or "socket" (the node's own user on its
+        /// admin socket).
         by: &'static str,
     },
     /// A node certificate: nodes talk over links, never to the operator port.

@@ -207,7 +207,10 @@ fn node_user(data_dir: &Path) -> Result<u32> {
 pub async fn socket_channel(path: &Path, uid: u32) -> Result<Channel> {
     let path = path.to_owned();
     // The connector dials the socket; the URI only names the HTTP/2 authority.
+    // A node that accepts and then says nothing (stopped by a debugger, a
+    // frozen host) is given up on rather than waited for without end.
     let ch = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_timeout(std::time::Duration::from_secs(5))
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let path = path.clone();
             async move {
@@ -216,7 +219,7 @@ pub async fn socket_channel(path: &Path, uid: u32) -> Result<Channel> {
                 let peer = stream.peer_cred()?.uid();
                 if peer != uid {
                     return Err(std::io::Error::other(format!(
-                        "{} is served by uid {peer}, not the node's user (uid {uid}): not handing it the token",
+                        "{} is served by uid {peer}, not the node's user (uid {uid}): not talking to it",
                         path.display()
                     )));
                 }
@@ -272,9 +275,8 @@ pub fn operator_identity(config_path: &Path) -> Result<(PathBuf, PathBuf)> {
 /// `operators/admin.crt` beside the config, on the operator port.
 pub async fn admin(config_path: &Path) -> Result<AdminClient<Channel>> {
     let cfg = Config::load(config_path)?;
-    let named = ["TRUC_OPERATOR_CERT", "TRUC_OPERATOR_KEY", "TRUC_OPERATOR"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some());
+    let set = |v: &str| std::env::var_os(v).is_some_and(|v| !v.is_empty());
+    let named = (set("TRUC_OPERATOR_CERT") && set("TRUC_OPERATOR_KEY")) || set("TRUC_OPERATOR");
     let socket = truc_node::admin::socket_path(&cfg.data_dir);
     if !named && cfg.admin_api.is_some() && socket.exists() {
         let ch = socket_channel(&socket, node_user(&cfg.data_dir)?)
@@ -289,7 +291,18 @@ pub async fn admin(config_path: &Path) -> Result<AdminClient<Channel>> {
         return Ok(AdminClient::new(ch));
     }
     let addr = api_addr(config_path, Api::Admin)?;
-    let (cert, key) = operator_identity(config_path)?;
+    let (cert, key) = operator_identity(config_path).map_err(|e| {
+        // The node's user, whose `run/` holds no socket: the node is down.
+        if !named && cfg.admin_api.is_some() && socket.parent().is_some_and(Path::is_dir) {
+            anyhow!(
+                "cannot reach the admin API at {}: is `truc node --config {}` running? ({e:#})",
+                socket.display(),
+                config_path.display()
+            )
+        } else {
+            e
+        }
+    })?;
     let tls = truc_pki::tls::TransportMaterial::load(&cfg.tls.ca, &cert, &key, &cfg.tls.crls)
         .with_context(|| format!("operator certificate {}", cert.display()))?
         .client_config()?;

@@ -20,6 +20,16 @@ pub mod rest;
 use tonic::transport::Channel;
 use truc_proto::v1::{self as pb, agency_client::AgencyClient};
 
+/// The CLI with none of the operator certificates a developer's shell may
+/// name: a test says which one it presents, or none (the admin socket).
+fn cli_command() -> Command {
+    let mut cmd = Command::new(bin());
+    for v in ["TRUC_OPERATOR", "TRUC_OPERATOR_CERT", "TRUC_OPERATOR_KEY"] {
+        cmd.env_remove(v);
+    }
+    cmd
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_truc-it"))
 }
@@ -385,12 +395,12 @@ impl Cluster {
 
     /// Runs the CLI.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin()).args(args).output().unwrap()
+        cli_command().args(args).output().unwrap()
     }
 
     /// Runs the CLI with extra environment; returns (success, stdout + stderr).
     pub fn cli_env(&self, args: &[&str], env: &[(&str, String)]) -> (bool, String) {
-        let out = Command::new(bin())
+        let out = cli_command()
             .args(args)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .output()
