@@ -531,9 +531,13 @@ impl RunningNode {
             );
         }
 
+        // run/ (the token, the sockets) the node user's only, before
+        // anything is written there.
+        if config.agency_api.is_some() || config.admin_api.is_some() {
+            crate::agency::prepare_run_dir(&config.data_dir)?;
+        }
         let mut agency_addr = None;
         if let Some(addr) = &config.agency_api {
-            crate::agency::prepare_run_dir(&config.data_dir)?;
             let (listener, bound) = bind(listeners.agency, "agency api", addr).await?;
             agency_addr = Some(bound);
             // Keepalive: a client whose connection died without a word (a
@@ -648,7 +652,6 @@ impl RunningNode {
             // The admin API for the node's own user (its CLI run by
             // `sudo -u truc` or `kubectl exec`), by peer credentials: no
             // operator certificate needs to live beside the node.
-            crate::agency::prepare_run_dir(&config.data_dir)?;
             let socket = bind_socket(&crate::admin::socket_path(&config.data_dir), "admin API")?;
             serve_incoming(
                 &mut tasks,

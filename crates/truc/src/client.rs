@@ -154,13 +154,18 @@ pub async fn connect(config_path: &Path) -> Result<AgencyApi> {
                 path.display()
             )
         } else {
-            format!(
-                "cannot reach the agency API at {}: is `truc node --config {}` running?",
-                path.display(),
-                config_path.display()
-            )
+            not_running("agency", &path, config_path)
         }
     })
+}
+
+/// The CLI could not reach a node's `api` socket: the node is not running.
+fn not_running(api: &str, socket: &Path, config_path: &Path) -> String {
+    format!(
+        "cannot reach the {api} API at {}: is `truc node --config {}` running?",
+        socket.display(),
+        config_path.display()
+    )
 }
 
 /// The agency API of the node whose data directory is `data_dir`, by its
@@ -281,24 +286,14 @@ pub async fn admin(config_path: &Path) -> Result<AdminClient<Channel>> {
     if !named && cfg.admin_api.is_some() && socket.exists() {
         let ch = socket_channel(&socket, node_user(&cfg.data_dir)?)
             .await
-            .with_context(|| {
-                format!(
-                    "cannot reach the admin API at {}: is `truc node --config {}` running?",
-                    socket.display(),
-                    config_path.display()
-                )
-            })?;
+            .with_context(|| not_running("admin", &socket, config_path))?;
         return Ok(AdminClient::new(ch));
     }
     let addr = api_addr(config_path, Api::Admin)?;
     let (cert, key) = operator_identity(config_path).map_err(|e| {
         // The node's user, whose `run/` holds no socket: the node is down.
         if !named && cfg.admin_api.is_some() && socket.parent().is_some_and(Path::is_dir) {
-            anyhow!(
-                "cannot reach the admin API at {}: is `truc node --config {}` running? ({e:#})",
-                socket.display(),
-                config_path.display()
-            )
+            anyhow!("{} ({e:#})", not_running("admin", &socket, config_path))
         } else {
             e
         }
